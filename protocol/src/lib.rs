@@ -7,6 +7,12 @@
 //! Never: sockets, threads, or reading a clock (time is always passed in as an input).
 #![forbid(unsafe_code)]
 
+pub mod encoding;
+pub mod error;
 pub mod message;
+pub mod messages;
+pub mod types;
+pub mod v1;
+pub mod wire;
 
 pub use message::Message;

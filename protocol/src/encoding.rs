@@ -1,0 +1,1 @@
+//! Ceph encoding conventions: little-endian integers, strings, containers, versioned blocks.

@@ -1,0 +1,1 @@
+//! The protocol error type and its categories.

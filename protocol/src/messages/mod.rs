@@ -1,0 +1,1 @@
+//! Typed messages that encode to and decode from a [`crate::Message`].

@@ -1,0 +1,1 @@
+//! Entity types and names, entity addresses (legacy and in-message forms), feature bits.
