@@ -1,3 +1,5 @@
 //! Workspace integration tests and their fixtures (loopback peers, a real `ceph-mon`).
 //!
 //! Never: part of any shipped library; only `tests/` and `bench` use it.
+
+pub mod ceph;
