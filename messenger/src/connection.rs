@@ -1,0 +1,325 @@
+//! [`Connection`]: the cheap, cloneable handle any thread may hold, and the mailbox
+//! through which it reaches the worker-owned driver.
+//!
+//! Only the driver on the connection's worker touches the socket and the protocol state.
+//! Other threads push onto the handle's mailbox and wake the driver with
+//! `CenterHandle::notify` — only when the mailbox goes from idle to non-empty, so a burst
+//! of sends costs one wakeup (Ceph's "wake a worker only when its queue goes from empty to
+//! non-empty").
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use event_center::{CenterHandle, HandlerId};
+use parking_lot::Mutex;
+use protocol::types::{EntityAddr, EntityName, EntityType, Features};
+use protocol::wire::KeepaliveStamp;
+use protocol::Message;
+
+use crate::messenger::Core;
+
+/// Where a connection is in its life, as seen from other threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConnState {
+    /// Dialling or handshaking.
+    Connecting = 0,
+    /// Session open: messages flow.
+    Open = 1,
+    /// Lossless session without a socket, waiting for traffic (policy `standby`).
+    Standby = 2,
+    /// Waiting to reconnect after a fault (backoff).
+    Reconnecting = 3,
+    /// Closed for good: sends are dropped.
+    Closed = 4,
+}
+
+impl ConnState {
+    fn from_u8(v: u8) -> ConnState {
+        match v {
+            0 => ConnState::Connecting,
+            1 => ConnState::Open,
+            2 => ConnState::Standby,
+            3 => ConnState::Reconnecting,
+            _ => ConnState::Closed,
+        }
+    }
+}
+
+/// Why `send_message` did not queue a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The connection was marked down or closed: the message is dropped.
+    Closed,
+    /// The connection's send queue is over `max_queued_bytes`.
+    QueueFull,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Closed => f.write_str("connection closed"),
+            SendError::QueueFull => f.write_str("connection send queue full"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Work for the driver, posted from other threads.
+pub(crate) enum Command {
+    /// Send a keepalive now.
+    Keepalive,
+    /// `mark_down`: close at once, discard queued messages, no reset callback.
+    MarkDown,
+    /// A newly accepted socket replaces this lossless session's socket (Ceph's replace:
+    /// the existing connection keeps its queues and sequence numbers).
+    TakeOver(Box<crate::driver::Incoming>),
+}
+
+#[derive(Default)]
+pub(crate) struct Mailbox {
+    pub(crate) messages: VecDeque<(Message, Instant)>,
+    pub(crate) queued_bytes: u64,
+    pub(crate) commands: Vec<Command>,
+    /// A notify is in flight (or the driver is about to drain): don't post another.
+    pub(crate) notified: bool,
+    pub(crate) closed: bool,
+}
+
+/// What the driver publishes about the peer once known.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PeerInfo {
+    pub(crate) addr: Option<EntityAddr>,
+    pub(crate) entity_type: Option<EntityType>,
+    pub(crate) name: Option<EntityName>,
+    pub(crate) features: Features,
+    pub(crate) socket_addr: Option<SocketAddr>,
+}
+
+/// A snapshot of the session that another connection's accept decision needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Snapshot {
+    pub(crate) connect_seq: u32,
+    pub(crate) peer_global_seq: u32,
+    pub(crate) lossy: bool,
+    pub(crate) server_side: bool,
+    pub(crate) replacing: bool,
+}
+
+pub(crate) struct ConnShared {
+    pub(crate) id: u64,
+    pub(crate) core: Weak<Core>,
+    pub(crate) loopback: bool,
+    pub(crate) outgoing: bool,
+    pub(crate) mailbox: Mutex<Mailbox>,
+    pub(crate) place: Mutex<Option<(CenterHandle, HandlerId)>>,
+    pub(crate) state: AtomicU8,
+    pub(crate) peer: Mutex<PeerInfo>,
+    pub(crate) snapshot: Mutex<Snapshot>,
+    pub(crate) priv_data: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
+    pub(crate) keepalive: Mutex<(Option<Instant>, Option<KeepaliveStamp>)>,
+    pub(crate) disposable: AtomicBool,
+    pub(crate) max_queued_bytes: u64,
+}
+
+/// A handle to one connection (Ceph's `ConnectionRef`). Clone it freely and use it from
+/// any thread; all of its methods only queue work for the connection's worker.
+#[derive(Clone)]
+pub struct Connection(pub(crate) Arc<ConnShared>);
+
+impl Connection {
+    pub(crate) fn new(
+        id: u64,
+        core: Weak<Core>,
+        outgoing: bool,
+        loopback: bool,
+        max_queued_bytes: u64,
+    ) -> Connection {
+        Connection(Arc::new(ConnShared {
+            id,
+            core,
+            loopback,
+            outgoing,
+            mailbox: Mutex::new(Mailbox::default()),
+            place: Mutex::new(None),
+            state: AtomicU8::new(ConnState::Connecting as u8),
+            peer: Mutex::new(PeerInfo::default()),
+            snapshot: Mutex::new(Snapshot::default()),
+            priv_data: Mutex::new(None),
+            keepalive: Mutex::new((None, None)),
+            disposable: AtomicBool::new(false),
+            max_queued_bytes,
+        }))
+    }
+
+    /// A process-unique id of this connection.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// Queues `msg` for sending; never blocks on the socket. On a lossless connection the
+    /// message survives socket faults and is delivered exactly once, in order.
+    pub fn send_message(&self, msg: Message) -> Result<(), SendError> {
+        if self.0.loopback {
+            let core = self.0.core.upgrade().ok_or(SendError::Closed)?;
+            core.deliver_local(self, msg);
+            return Ok(());
+        }
+        let len = msg.payload_len() as u64;
+        let wake = {
+            let mut mb = self.0.mailbox.lock();
+            if mb.closed {
+                return Err(SendError::Closed);
+            }
+            if mb.queued_bytes > 0 && mb.queued_bytes + len > self.0.max_queued_bytes {
+                return Err(SendError::QueueFull);
+            }
+            mb.queued_bytes += len;
+            mb.messages.push_back((msg, Instant::now()));
+            !std::mem::replace(&mut mb.notified, true)
+        };
+        if wake {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn post(&self, cmd: Command) {
+        let wake = {
+            let mut mb = self.0.mailbox.lock();
+            if mb.closed {
+                return;
+            }
+            mb.commands.push(cmd);
+            !std::mem::replace(&mut mb.notified, true)
+        };
+        if wake {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        let place = self.0.place.lock().clone();
+        if let Some((center, id)) = place {
+            // The driver drains the mailbox and clears `notified` when it runs; if the
+            // center is gone the messenger is shutting down and the message is moot.
+            let _ = center.notify(id);
+        }
+    }
+
+    /// Sends a keepalive (KEEPALIVE2 when negotiated) as soon as possible.
+    pub fn send_keepalive(&self) {
+        self.post(Command::Keepalive);
+    }
+
+    /// Closes the connection at once, discarding queued messages; no reset callback
+    /// is delivered for it (Ceph's `mark_down`).
+    pub fn mark_down(&self) {
+        if self.0.loopback {
+            return;
+        }
+        if let Some(core) = self.0.core.upgrade() {
+            core.forget(self);
+            core.dispatch_queue().discard(self.0.id);
+        }
+        self.post(Command::MarkDown);
+    }
+
+    /// Marks the connection disposable: it may be closed once idle (Ceph's
+    /// `mark_disposable`, used for short-lived lossy connections).
+    pub fn mark_disposable(&self) {
+        self.0.disposable.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the session is open (handshake done, not faulted or closed).
+    pub fn is_connected(&self) -> bool {
+        self.0.loopback || self.state() == ConnState::Open
+    }
+
+    /// The connection's state as last published by its driver.
+    pub fn state(&self) -> ConnState {
+        ConnState::from_u8(self.0.state.load(Ordering::Acquire))
+    }
+
+    /// Whether this is the messenger's loopback connection.
+    pub fn is_loopback(&self) -> bool {
+        self.0.loopback
+    }
+
+    /// The peer's announced address, once known.
+    pub fn peer_addr(&self) -> Option<EntityAddr> {
+        self.0.peer.lock().addr.clone()
+    }
+
+    /// The peer's socket address (the TCP endpoint), once connected.
+    pub fn peer_socket_addr(&self) -> Option<SocketAddr> {
+        self.0.peer.lock().socket_addr
+    }
+
+    /// The peer's entity type (mon, osd, client…), once known.
+    pub fn peer_type(&self) -> Option<EntityType> {
+        self.0.peer.lock().entity_type
+    }
+
+    /// The peer's entity name, from the last message received on this connection.
+    pub fn peer_name(&self) -> Option<EntityName> {
+        self.0.peer.lock().name.clone()
+    }
+
+    /// The negotiated features (peer's ∩ ours), once open.
+    pub fn features(&self) -> Features {
+        self.0.peer.lock().features
+    }
+
+    /// Attaches private data for the dispatcher (Ceph's `set_priv`; an MDS keeps its
+    /// session here).
+    pub fn set_priv(&self, data: Option<Arc<dyn Any + Send + Sync>>) {
+        *self.0.priv_data.lock() = data;
+    }
+
+    /// The private data attached with [`Connection::set_priv`].
+    pub fn priv_data(&self) -> Option<Arc<dyn Any + Send + Sync>> {
+        self.0.priv_data.lock().clone()
+    }
+
+    /// When the last keepalive from the peer arrived.
+    pub fn last_keepalive(&self) -> Option<Instant> {
+        self.0.keepalive.lock().0
+    }
+
+    /// The stamp echoed by the peer's last KEEPALIVE2_ACK.
+    pub fn last_keepalive_ack(&self) -> Option<KeepaliveStamp> {
+        self.0.keepalive.lock().1
+    }
+
+    pub(crate) fn set_state(&self, state: ConnState) {
+        self.0.state.store(state as u8, Ordering::Release);
+    }
+}
+
+impl dispatch::ConnectionRef for Connection {
+    fn conn_id(&self) -> u64 {
+        self.0.id
+    }
+}
+
+impl PartialEq for Connection {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Connection {}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let peer = self.0.peer.lock();
+        write!(f, "conn({} {:?} {:?})", self.0.id, peer.socket_addr, self.state())
+    }
+}

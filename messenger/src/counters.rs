@@ -1,0 +1,78 @@
+//! Per-worker messenger counters with Ceph's names (`AsyncMessenger::Worker-N` in a
+//! Ceph daemon's `perf dump`), kept as relaxed atomics: each is written by one worker and
+//! read by whoever dumps them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Counters of one worker for one messenger.
+#[derive(Default, Debug)]
+pub struct WorkerCounters {
+    /// `msgr_recv_messages`.
+    pub recv_messages: AtomicU64,
+    /// `msgr_send_messages`.
+    pub send_messages: AtomicU64,
+    /// `msgr_recv_bytes`: every byte read from sockets (handshake and frames).
+    pub recv_bytes: AtomicU64,
+    /// `msgr_send_bytes`: every byte written to sockets.
+    pub send_bytes: AtomicU64,
+    /// `msgr_active_connections`.
+    pub active_connections: AtomicU64,
+    /// `msgr_created_connections`.
+    pub created_connections: AtomicU64,
+    /// `msgr_running_total_time` in nanoseconds: time spent in this messenger's handlers.
+    pub running_total_time_ns: AtomicU64,
+    /// `msgr_running_send_time` in nanoseconds.
+    pub running_send_time_ns: AtomicU64,
+    /// `msgr_running_recv_time` in nanoseconds.
+    pub running_recv_time_ns: AtomicU64,
+    /// `msgr_running_fast_dispatch_time` in nanoseconds.
+    pub running_fast_dispatch_time_ns: AtomicU64,
+    /// `msgr_send_messages_queue_lat`: summed nanoseconds from `send_message` to the socket.
+    pub send_messages_queue_lat_ns: AtomicU64,
+    /// Number of samples in `send_messages_queue_lat_ns`.
+    pub send_messages_queue_lat_count: AtomicU64,
+    /// `msgr_handle_ack_lat`: summed nanoseconds spent trimming the unacked queue.
+    pub handle_ack_lat_ns: AtomicU64,
+    /// Number of samples in `handle_ack_lat_ns`.
+    pub handle_ack_lat_count: AtomicU64,
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl WorkerCounters {
+    /// Adds `d` to a nanosecond counter.
+    pub fn add_time(counter: &AtomicU64, d: Duration) {
+        counter.fetch_add(ns(d), Relaxed);
+    }
+
+    /// The counters as a JSON object in the shape of Ceph's `perf dump` section.
+    pub fn to_json(&self) -> serde_json::Value {
+        let avg = |sum: &AtomicU64, count: &AtomicU64| {
+            let (s, c) = (sum.load(Relaxed), count.load(Relaxed));
+            serde_json::json!({
+                "avgcount": c,
+                "sum": s as f64 / 1e9,
+                "avgtime": if c == 0 { 0.0 } else { s as f64 / c as f64 / 1e9 },
+            })
+        };
+        serde_json::json!({
+            "msgr_recv_messages": self.recv_messages.load(Relaxed),
+            "msgr_send_messages": self.send_messages.load(Relaxed),
+            "msgr_recv_bytes": self.recv_bytes.load(Relaxed),
+            "msgr_send_bytes": self.send_bytes.load(Relaxed),
+            "msgr_created_connections": self.created_connections.load(Relaxed),
+            "msgr_active_connections": self.active_connections.load(Relaxed),
+            "msgr_running_total_time": self.running_total_time_ns.load(Relaxed) as f64 / 1e9,
+            "msgr_running_send_time": self.running_send_time_ns.load(Relaxed) as f64 / 1e9,
+            "msgr_running_recv_time": self.running_recv_time_ns.load(Relaxed) as f64 / 1e9,
+            "msgr_running_fast_dispatch_time":
+                self.running_fast_dispatch_time_ns.load(Relaxed) as f64 / 1e9,
+            "msgr_send_messages_queue_lat":
+                avg(&self.send_messages_queue_lat_ns, &self.send_messages_queue_lat_count),
+            "msgr_handle_ack_lat": avg(&self.handle_ack_lat_ns, &self.handle_ack_lat_count),
+        })
+    }
+}

@@ -1,0 +1,810 @@
+//! The worker-owned connection driver (Ceph's `AsyncConnection` minus the protocol
+//! logic, which lives in `protocol::v1`).
+//!
+//! A driver is an `event_center` handler. It is the only code that touches its socket and
+//! its protocol state machine. Every entry point (readiness, timer, notify) ends in
+//! [`Driver::pump`], which: drains the handle's mailbox → reads (bounded by
+//! `read_budget`) → handles protocol events → writes (vectored, every queued frame in one
+//! `writev`) → derives the mio interest and the one armed timer from the machine.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use dispatch::{AuthVerdict, Permit, QueueEvent};
+use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, TimerTarget};
+use mio::net::TcpStream;
+use mio::Interest;
+use protocol::types::{EntityAddr, EntityType};
+use protocol::v1::{self, Decision, Event, ExistingSession, Policy, SessionState};
+use protocol::wire::KeepaliveStamp;
+
+use crate::connection::{Command, ConnState, Connection, Snapshot};
+use crate::counters::WorkerCounters;
+use crate::messenger::Core;
+
+/// Most iovecs handed to one `writev` (Linux's IOV_MAX is 1024; 64 covers a burst of
+/// small messages, 4 segments each, without a huge stack array).
+const MAX_IOV: usize = 64;
+
+/// Rounds of "events → write" per pump: each round can only be triggered by the previous
+/// one's output, so a small bound is enough and keeps one connection from hogging a worker.
+const MAX_ROUNDS: usize = 4;
+
+/// A freshly accepted socket whose connect request was decided "replace": it travels to
+/// the existing session's driver, which adopts it (Ceph's replace).
+pub(crate) struct Incoming {
+    pub(crate) socket: TcpStream,
+    pub(crate) proto: v1::Connection,
+    pub(crate) policy: Policy,
+    pub(crate) decision: Decision,
+}
+
+pub(crate) struct Driver {
+    conn: Connection,
+    core: Arc<Core>,
+    counters: Arc<WorkerCounters>,
+    center: CenterHandle,
+    id: Option<HandlerId>,
+    socket: Option<TcpStream>,
+    /// Where to dial (outgoing connections only).
+    dial: Option<SocketAddr>,
+    /// TCP connect in progress.
+    dialling: bool,
+    proto: v1::Connection,
+    policy: Option<Policy>,
+    rbuf: BytesMut,
+    /// Frames handed to us by the machine and not yet fully written.
+    wsegs: VecDeque<Bytes>,
+    scratch: Vec<Bytes>,
+    /// The socket reported readable and we have not seen WouldBlock since.
+    read_ready: bool,
+    write_ready: bool,
+    interest: Option<Interest>,
+    timer: Option<(TimerId, Instant)>,
+    /// Permits held for the message being read (policy bytes, policy messages, dispatch).
+    budget: Vec<Permit>,
+    budget_wanted: Option<u64>,
+    started: bool,
+    finished: bool,
+    server_side: bool,
+}
+
+fn wall_stamp() -> KeepaliveStamp {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    KeepaliveStamp { sec: d.as_secs() as u32, nsec: d.subsec_nanos() }
+}
+
+/// Dials `addr` from the worker behind `center`, for the new outgoing `conn`.
+pub(crate) fn spawn_outgoing(
+    core: &Arc<Core>,
+    center: &CenterHandle,
+    conn: Connection,
+    peer_type: EntityType,
+    addr: EntityAddr,
+) {
+    let core = core.clone();
+    let handle = center.clone();
+    let posted = center.dispatch_event_external(move |cx: &mut Context<'_>| {
+        let policy = core.policies.read().policy(peer_type);
+        let proto = v1::Connection::connect(
+            core.proto_config(),
+            policy.clone(),
+            addr.clone(),
+            peer_type,
+            cx.now(),
+        );
+        let dial = addr.socket_addr();
+        let d = Driver::new(conn, core, handle, proto, Some(policy), None, dial, false);
+        d.install(cx);
+    });
+    if posted.is_err() {
+        log::warn!(target: "msgr::conn", "worker gone; connection to {addr} not started");
+    }
+}
+
+/// Takes a just-accepted socket onto the worker behind `center`.
+pub(crate) fn spawn_accepted(
+    core: &Arc<Core>,
+    center: &CenterHandle,
+    socket: TcpStream,
+    peer: SocketAddr,
+) {
+    let core = core.clone();
+    let handle = center.clone();
+    let posted = center.dispatch_event_external(move |cx: &mut Context<'_>| {
+        let local = socket.local_addr().unwrap_or(peer);
+        let proto = v1::Connection::accept(core.proto_config(), peer, local, cx.now());
+        let conn = Connection::new(
+            core.new_conn_id(),
+            Arc::downgrade(&core),
+            false,
+            false,
+            core.config.max_queued_bytes,
+        );
+        conn.0.peer.lock().socket_addr = Some(peer);
+        core.conns.lock().insert(conn.id(), conn.clone());
+        let d = Driver::new(conn, core, handle, proto, None, Some(socket), None, true);
+        d.install(cx);
+    });
+    if posted.is_err() {
+        log::warn!(target: "msgr::conn", "worker gone; accepted socket from {peer} dropped");
+    }
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        conn: Connection,
+        core: Arc<Core>,
+        center: CenterHandle,
+        proto: v1::Connection,
+        policy: Option<Policy>,
+        socket: Option<TcpStream>,
+        dial: Option<SocketAddr>,
+        server_side: bool,
+    ) -> Driver {
+        let counters = core.counters[center.id() % core.counters.len().max(1)].clone();
+        Driver {
+            conn,
+            core,
+            counters,
+            center,
+            id: None,
+            socket,
+            dial,
+            dialling: false,
+            proto,
+            policy,
+            rbuf: BytesMut::new(),
+            wsegs: VecDeque::new(),
+            scratch: Vec::new(),
+            read_ready: true,
+            write_ready: true,
+            interest: None,
+            timer: None,
+            budget: Vec::new(),
+            budget_wanted: None,
+            started: false,
+            finished: false,
+            server_side,
+        }
+    }
+
+    /// Puts the driver into the center and starts it (first pump).
+    fn install(self, cx: &mut Context<'_>) {
+        let conn = self.conn.clone();
+        let center = self.center.clone();
+        self.counters.created_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters.active_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        center.add_load(1);
+        let id = cx.insert_handler(Box::new(self));
+        *conn.0.place.lock() = Some((center, id));
+        // Start in handler context so the driver learns its id and registers its socket.
+        cx.with_handler(id, |h, cx| h.notify(cx));
+    }
+
+    fn my_id(&self) -> Option<HandlerId> {
+        self.id
+    }
+
+    /// The one entry point after any input.
+    fn pump(&mut self, cx: &mut Context<'_>) {
+        if self.finished {
+            return;
+        }
+        let started_at = Instant::now();
+        if !self.started {
+            self.started = true;
+            self.id = cx.id();
+            if let Err(e) = self.start(cx) {
+                log::info!(target: "msgr::conn", "{}: start failed: {e}", self.proto);
+                self.proto.handle_transport_closed(cx.now());
+            }
+        }
+        self.drain_mailbox(cx);
+        self.read(cx);
+        for _ in 0..MAX_ROUNDS {
+            let progressed = self.handle_events(cx);
+            if self.finished {
+                return;
+            }
+            let wrote = self.flush(cx);
+            if !progressed && !wrote {
+                break;
+            }
+        }
+        self.publish();
+        self.update_interest(cx);
+        self.update_timer(cx);
+        WorkerCounters::add_time(&self.counters.running_total_time_ns, started_at.elapsed());
+    }
+
+    fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.socket.is_some() {
+            self.configure_socket()?;
+            self.register_socket(cx)?;
+            return Ok(());
+        }
+        if let Some(addr) = self.dial {
+            self.dial_now(cx, addr)?;
+        }
+        Ok(())
+    }
+
+    fn configure_socket(&self) -> io::Result<()> {
+        if let Some(s) = &self.socket {
+            s.set_nodelay(self.core.config.tcp_nodelay)?;
+            let sock = socket2::SockRef::from(s);
+            if self.core.config.tcp_rcvbuf > 0 {
+                sock.set_recv_buffer_size(self.core.config.tcp_rcvbuf)?;
+            }
+            if self.core.config.tcp_sndbuf > 0 {
+                sock.set_send_buffer_size(self.core.config.tcp_sndbuf)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn register_socket(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let (Some(id), Some(s)) = (self.id, self.socket.as_mut()) else {
+            return Ok(());
+        };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        cx.register_source(id, s, interest)?;
+        self.interest = Some(interest);
+        self.read_ready = true;
+        self.write_ready = true;
+        Ok(())
+    }
+
+    fn dial_now(&mut self, cx: &mut Context<'_>, addr: SocketAddr) -> io::Result<()> {
+        self.close_socket(cx);
+        let s = TcpStream::connect(addr)?;
+        self.socket = Some(s);
+        self.dialling = true;
+        self.configure_socket()?;
+        self.register_socket(cx)?;
+        self.conn.set_state(ConnState::Connecting);
+        Ok(())
+    }
+
+    fn close_socket(&mut self, cx: &mut Context<'_>) {
+        if let Some(mut s) = self.socket.take() {
+            let _ = cx.deregister_source(&mut s);
+        }
+        self.interest = None;
+        self.wsegs.clear();
+        self.dialling = false;
+    }
+
+    fn drain_mailbox(&mut self, cx: &mut Context<'_>) {
+        let (messages, commands) = {
+            let mut mb = self.conn.0.mailbox.lock();
+            mb.notified = false;
+            mb.queued_bytes = 0;
+            (std::mem::take(&mut mb.messages), std::mem::take(&mut mb.commands))
+        };
+        let now = cx.now();
+        for (mut msg, queued_at) in messages {
+            if msg.priority() == 0 {
+                msg.set_priority(protocol::message::PRIO_DEFAULT);
+            }
+            WorkerCounters::add_time(
+                &self.counters.send_messages_queue_lat_ns,
+                now.saturating_duration_since(queued_at),
+            );
+            self.counters
+                .send_messages_queue_lat_count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.proto.send_message(msg);
+        }
+        for cmd in commands {
+            match cmd {
+                Command::Keepalive => self.proto.send_keepalive(wall_stamp()),
+                Command::MarkDown => {
+                    self.finish(cx, false);
+                    return;
+                }
+                Command::TakeOver(incoming) => self.take_over(cx, *incoming),
+            }
+        }
+    }
+
+    /// Adopts a newly accepted socket for this session (Ceph's replace): the session's
+    /// sequence numbers and queues move into the new socket's state machine.
+    fn take_over(&mut self, cx: &mut Context<'_>, incoming: Incoming) {
+        let Incoming { socket, mut proto, policy, decision } = incoming;
+        let session = self.proto.take_session();
+        let now = cx.now();
+        proto.handle_accept_decision(now, policy.clone(), decision, session);
+        self.close_socket(cx);
+        self.proto = proto;
+        self.policy = Some(policy);
+        self.socket = Some(socket);
+        self.server_side = true;
+        self.budget.clear();
+        self.budget_wanted = None;
+        self.conn.0.snapshot.lock().replacing = false;
+        if let Err(e) = self.configure_socket().and_then(|()| self.register_socket(cx)) {
+            log::info!(target: "msgr::conn", "{}: adopting replaced socket failed: {e}", self.proto);
+            self.proto.handle_transport_closed(now);
+        }
+    }
+
+    fn read(&mut self, cx: &mut Context<'_>) {
+        if self.dialling || !self.read_ready {
+            return;
+        }
+        let Some(sock) = self.socket.as_mut() else { return };
+        let t0 = Instant::now();
+        let mut budget = self.core.config.read_budget;
+        let chunk = self.core.config.read_buffer.max(4096);
+        while budget > 0 && self.proto.wants_read() {
+            if self.rbuf.len() < chunk / 4 {
+                self.rbuf = BytesMut::zeroed(chunk);
+            }
+            match sock.read(&mut self.rbuf[..]) {
+                Ok(0) => {
+                    self.read_ready = false;
+                    self.proto.handle_transport_closed(cx.now());
+                    break;
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    self.counters.recv_bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    let data = self.rbuf.split_to(n).freeze();
+                    self.proto.handle_bytes(cx.now(), data);
+                    // Budget requests and decisions must be answered before reading on.
+                    if self.proto.has_events() {
+                        self.handle_events(cx);
+                        if self.finished {
+                            return;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.read_ready = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::info!(target: "msgr::conn", "{}: read error: {e}", self.proto);
+                    self.read_ready = false;
+                    self.proto.handle_transport_closed(cx.now());
+                    break;
+                }
+            }
+            if self.socket.is_none() {
+                break;
+            }
+        }
+        if budget == 0 && self.read_ready {
+            // Stopped before WouldBlock: edge-triggered readiness will not fire again for
+            // the bytes still buffered, so come back after other work on this worker.
+            if let Some(id) = self.id {
+                let _ = self.center.notify(id);
+            }
+        }
+        // An idle connection keeps no read buffer: ≤ a few KiB per idle connection.
+        if !self.read_ready && self.rbuf.capacity() > 0 && self.rbuf.len() == self.rbuf.capacity() {
+            self.rbuf = BytesMut::new();
+        }
+        WorkerCounters::add_time(&self.counters.running_recv_time_ns, t0.elapsed());
+    }
+
+    /// Writes everything the machine has queued, vectored. Returns whether bytes moved.
+    fn flush(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.dialling || self.socket.is_none() {
+            return false;
+        }
+        let t0 = Instant::now();
+        self.scratch.clear();
+        if self.proto.poll_transmit(&mut self.scratch) > 0 {
+            self.wsegs.extend(self.scratch.drain(..));
+        }
+        let sent_before = self.proto.messages_sent();
+        let mut wrote_any = false;
+        while self.write_ready && !self.wsegs.is_empty() {
+            let Some(sock) = self.socket.as_mut() else { break };
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n_iov = 0;
+            for seg in self.wsegs.iter().take(MAX_IOV) {
+                iov[n_iov] = IoSlice::new(seg);
+                n_iov += 1;
+            }
+            match sock.write_vectored(&iov[..n_iov]) {
+                Ok(0) => {
+                    self.write_ready = false;
+                    break;
+                }
+                Ok(mut n) => {
+                    wrote_any = true;
+                    self.counters.send_bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    while n > 0 {
+                        let Some(front) = self.wsegs.front_mut() else { break };
+                        if n >= front.len() {
+                            n -= front.len();
+                            self.wsegs.pop_front();
+                        } else {
+                            let _ = front.split_to(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_ready = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::info!(target: "msgr::conn", "{}: write error: {e}", self.proto);
+                    self.write_ready = false;
+                    self.wsegs.clear();
+                    self.proto.handle_transport_closed(cx.now());
+                    break;
+                }
+            }
+        }
+        let framed = self.proto.messages_sent().saturating_sub(sent_before);
+        self.counters.send_messages.fetch_add(framed, std::sync::atomic::Ordering::Relaxed);
+        WorkerCounters::add_time(&self.counters.running_send_time_ns, t0.elapsed());
+        wrote_any
+    }
+
+    /// Handles every pending protocol event. Returns whether any was handled.
+    fn handle_events(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut any = false;
+        while let Some(ev) = self.proto.poll_event() {
+            any = true;
+            self.handle_event(cx, ev);
+            if self.finished {
+                break;
+            }
+        }
+        any
+    }
+
+    fn handle_event(&mut self, cx: &mut Context<'_>, ev: Event) {
+        let now = cx.now();
+        match ev {
+            Event::AcceptRequest(req) => self.decide_accept(cx, req),
+            Event::VerifyAuthorizer { peer_type, protocol, authorizer } => {
+                let verdict = self.core.dispatchers.verify_authorizer(
+                    &self.conn,
+                    peer_type.0,
+                    protocol,
+                    &authorizer,
+                );
+                let verdict = match verdict {
+                    AuthVerdict::Accept { reply } => v1::AuthVerdict::Accept { reply: reply.into() },
+                    AuthVerdict::Reject => v1::AuthVerdict::Reject,
+                };
+                self.proto.handle_authorizer_verdict(now, verdict);
+            }
+            Event::Opened(opened) => {
+                {
+                    let mut peer = self.conn.0.peer.lock();
+                    peer.addr = Some(opened.peer_addr.clone());
+                    peer.entity_type = Some(opened.peer_type);
+                    peer.features = opened.features;
+                }
+                self.conn.set_state(ConnState::Open);
+                log::info!(target: "msgr::conn", "{}: open", self.proto);
+                let ev = if self.server_side {
+                    QueueEvent::Accept(self.conn.clone())
+                } else {
+                    QueueEvent::Connect(self.conn.clone())
+                };
+                self.core.queue.enqueue_event(ev);
+            }
+            Event::NeedBudget { bytes } => {
+                self.budget_wanted = Some(bytes);
+                self.try_budget(cx);
+            }
+            Event::Message(mut msg) => {
+                self.counters.recv_messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                msg.set_dispatch_stamp(Some(now));
+                {
+                    let src = msg.src();
+                    let mut peer = self.conn.0.peer.lock();
+                    if peer.name.as_ref() != Some(&src) {
+                        peer.name = Some(src);
+                    }
+                }
+                let permits = std::mem::take(&mut self.budget);
+                let t0 = Instant::now();
+                let fast = self.core.dispatchers.deliver(&self.core.queue, &self.conn, msg, permits);
+                if fast {
+                    WorkerCounters::add_time(
+                        &self.counters.running_fast_dispatch_time_ns,
+                        t0.elapsed(),
+                    );
+                }
+            }
+            Event::Acked { .. } => {}
+            Event::KeepaliveReceived => {
+                self.conn.0.keepalive.lock().0 = Some(now);
+            }
+            Event::KeepaliveAck(stamp) => {
+                self.conn.0.keepalive.lock().1 = Some(stamp);
+            }
+            Event::Reconnect { .. } => {
+                self.conn.set_state(ConnState::Connecting);
+                match self.dial.or_else(|| self.conn.peer_addr().and_then(|a| a.socket_addr())) {
+                    Some(addr) => {
+                        self.dial = Some(addr);
+                        if let Err(e) = self.dial_now(cx, addr) {
+                            log::info!(target: "msgr::conn", "{}: dial {addr} failed: {e}", self.proto);
+                            self.proto.handle_transport_closed(now);
+                        } else {
+                            // The machine restarts its handshake once the TCP connect is done.
+                        }
+                    }
+                    None => self.finish(cx, true),
+                }
+            }
+            Event::Standby => {
+                self.close_socket(cx);
+                self.conn.set_state(ConnState::Standby);
+            }
+            Event::Reset => {
+                self.core.queue.enqueue_event(QueueEvent::Reset(self.conn.clone()));
+            }
+            Event::RemoteReset => {
+                self.core.queue.enqueue_event(QueueEvent::RemoteReset(self.conn.clone()));
+            }
+            Event::Refused => {
+                self.core.queue.enqueue_event(QueueEvent::Refused(self.conn.clone()));
+            }
+            Event::Closed { by, reason } => {
+                log::info!(target: "msgr::conn", "{}: closed by {by:?}: {reason}", self.proto);
+                self.finish(cx, false);
+            }
+        }
+    }
+
+    /// Asks the throttles for the budget of the message being read; when one is full the
+    /// driver stops reading and its waker (a notify of this driver) resumes it.
+    fn try_budget(&mut self, cx: &mut Context<'_>) {
+        let Some(bytes) = self.budget_wanted else { return };
+        let Some(id) = self.id else { return };
+        let peer_type = self.conn.peer_type().unwrap_or(EntityType::ANY);
+        let (tb, tm) = self.core.policies.read().throttlers(peer_type);
+        let wanted = [
+            tb.map(|t| (t, bytes)),
+            tm.map(|t| (t, 1)),
+            Some((self.core.dispatch_throttle.clone(), bytes)),
+        ];
+        for (throttle, n) in wanted.into_iter().flatten().skip(self.budget.len()) {
+            let center = self.center.clone();
+            let waker = Box::new(move || {
+                let _ = center.notify(id);
+            });
+            match throttle.acquire_or_wait(n, waker) {
+                Some(permit) => self.budget.push(permit),
+                None => return,
+            }
+        }
+        self.budget_wanted = None;
+        self.proto.grant_budget(cx.now());
+    }
+
+    /// The accept decision: the machine parsed and pre-checked the peer's connect; the
+    /// session table says whether a session exists (Ceph's `handle_connect_message`).
+    fn decide_accept(&mut self, cx: &mut Context<'_>, req: v1::AcceptRequest) {
+        let now = cx.now();
+        let policy = self.core.policies.read().policy(req.peer_type);
+        let my_addr = self.core.my_addr.read().clone();
+        let existing = self.core.sessions.lock().get(&req.peer_addr).cloned();
+        let existing = existing.filter(|c| c != &self.conn && c.state() != ConnState::Closed);
+        let snapshot = existing.as_ref().map(|c| {
+            let s: Snapshot = *c.0.snapshot.lock();
+            ExistingSession {
+                state: match c.state() {
+                    ConnState::Open => v1::ExistingState::Open,
+                    ConnState::Standby => v1::ExistingState::Standby,
+                    ConnState::Connecting | ConnState::Reconnecting => v1::ExistingState::Connecting,
+                    ConnState::Closed => v1::ExistingState::Closed,
+                },
+                connect_seq: s.connect_seq,
+                peer_global_seq: s.peer_global_seq,
+                lossy: s.lossy,
+                server_side: s.server_side,
+                replacing: s.replacing,
+            }
+        });
+        let decision = v1::decide(&req, snapshot.as_ref(), &policy, &my_addr);
+        log::debug!(target: "msgr::conn", "{}: accept decision {decision:?}", self.proto);
+        {
+            let mut peer = self.conn.0.peer.lock();
+            peer.addr = Some(req.peer_addr.clone());
+            peer.entity_type = Some(req.peer_type);
+        }
+        match (&decision, existing) {
+            (Decision::Replace { .. }, Some(existing)) if !snapshot.is_some_and(|s| s.lossy) => {
+                // Lossless replace: the existing session adopts this socket.
+                existing.0.snapshot.lock().replacing = true;
+                let Some(id) = self.id else { return };
+                let Some(mut socket) = self.socket.take() else { return };
+                let _ = cx.deregister_source(&mut socket);
+                let proto = std::mem::replace(
+                    &mut self.proto,
+                    v1::Connection::accept(self.core.proto_config(), req.socket_peer, req.socket_peer, now),
+                );
+                existing.post(Command::TakeOver(Box::new(Incoming { socket, proto, policy, decision })));
+                // This driver's handle never opened; it vanishes without callbacks.
+                self.finished = true;
+                self.conn.set_state(ConnState::Closed);
+                self.conn.0.mailbox.lock().closed = true;
+                self.core.conns.lock().remove(&self.conn.id());
+                self.release(cx, id);
+            }
+            (Decision::Replace { .. }, Some(existing)) => {
+                // Lossy existing session: it is reset, this one becomes the session.
+                self.core.sessions.lock().insert(req.peer_addr.clone(), self.conn.clone());
+                existing.0.core.upgrade().map(|c| c.queue.discard(existing.id()));
+                existing.post(Command::MarkDown);
+                self.core.queue.enqueue_event(QueueEvent::Reset(existing));
+                self.policy = Some(policy.clone());
+                self.proto.handle_accept_decision(now, policy, decision, None);
+            }
+            (Decision::Wait, Some(existing)) => {
+                existing.send_keepalive();
+                self.proto.handle_accept_decision(now, policy, decision, None);
+            }
+            (Decision::Open { .. } | Decision::Replace { .. }, _) => {
+                self.core.sessions.lock().insert(req.peer_addr.clone(), self.conn.clone());
+                self.policy = Some(policy.clone());
+                self.proto.handle_accept_decision(now, policy, decision, None);
+            }
+            _ => self.proto.handle_accept_decision(now, policy, decision, None),
+        }
+    }
+
+    fn publish(&mut self) {
+        let (in_seq, out_seq, cs, pgs) = self.proto.seqs();
+        let _ = (in_seq, out_seq);
+        let mut s = self.conn.0.snapshot.lock();
+        s.connect_seq = cs;
+        s.peer_global_seq = pgs;
+        s.lossy = self.policy.as_ref().is_some_and(|p| p.lossy);
+        s.server_side = self.server_side;
+        drop(s);
+        if self.proto.is_open() && self.conn.state() != ConnState::Open {
+            self.conn.set_state(ConnState::Open);
+        }
+    }
+
+    fn update_interest(&mut self, cx: &mut Context<'_>) {
+        let (Some(id), Some(sock)) = (self.id, self.socket.as_mut()) else { return };
+        let mut want: Option<Interest> = None;
+        if self.dialling || !self.wsegs.is_empty() {
+            want = Some(Interest::WRITABLE);
+        }
+        if self.dialling || self.proto.wants_read() {
+            want = Some(want.map_or(Interest::READABLE, |w| w | Interest::READABLE));
+        }
+        // Keep both while the socket is hot: edge-triggered writable costs nothing when
+        // unchanged, while every change is an epoll_ctl.
+        let want = want.map(|w| w | Interest::READABLE);
+        if want != self.interest {
+            if let Err(e) = cx.reregister_source(id, sock, want) {
+                log::warn!(target: "msgr::conn", "{}: reregister failed: {e}", self.proto);
+            }
+            self.interest = want;
+        }
+    }
+
+    fn update_timer(&mut self, cx: &mut Context<'_>) {
+        let want = self.proto.poll_timeout();
+        if self.timer.map(|t| t.1) == want {
+            return;
+        }
+        if let Some((tid, _)) = self.timer.take() {
+            cx.delete_time_event(tid);
+        }
+        if let (Some(at), Some(id)) = (want, self.id) {
+            let after = at.saturating_duration_since(cx.now());
+            let tid = cx.create_time_event(after, TimerTarget::Handler(id));
+            self.timer = Some((tid, at));
+        }
+    }
+
+    /// Closes for good: unregisters, drops queued messages, releases the handler.
+    fn finish(&mut self, cx: &mut Context<'_>, _reset: bool) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.close_socket(cx);
+        self.conn.set_state(ConnState::Closed);
+        {
+            let mut mb = self.conn.0.mailbox.lock();
+            mb.closed = true;
+            mb.messages.clear();
+            mb.commands.clear();
+        }
+        self.budget.clear();
+        self.core.unregister(&self.conn);
+        if let Some((tid, _)) = self.timer.take() {
+            cx.delete_time_event(tid);
+        }
+        if let Some(id) = self.id {
+            self.release(cx, id);
+        }
+    }
+
+    fn release(&mut self, cx: &mut Context<'_>, id: HandlerId) {
+        self.counters.active_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.center.add_load(-1);
+        cx.remove(id);
+    }
+}
+
+impl Handler for Driver {
+    fn ready(&mut self, cx: &mut Context<'_>, ready: Ready) {
+        if ready.readable || ready.closed {
+            self.read_ready = true;
+        }
+        if ready.writable || ready.closed {
+            self.write_ready = true;
+        }
+        if self.dialling && (ready.writable || ready.closed) {
+            let now = cx.now();
+            let connected = match self.socket.as_ref() {
+                Some(s) => match s.take_error() {
+                    Ok(None) => s.peer_addr().ok(),
+                    _ => None,
+                },
+                None => None,
+            };
+            match connected {
+                Some(peer) => {
+                    self.dialling = false;
+                    self.conn.0.peer.lock().socket_addr = Some(peer);
+                    self.proto.handle_transport_connected(now);
+                }
+                None if ready.closed || ready.writable => {
+                    self.dialling = false;
+                    self.close_socket(cx);
+                    self.proto.handle_transport_closed(now);
+                }
+                None => {}
+            }
+        }
+        self.pump(cx);
+    }
+
+    fn timer(&mut self, cx: &mut Context<'_>, id: TimerId) {
+        if self.timer.is_some_and(|t| t.0 == id) {
+            self.timer = None;
+        }
+        self.proto.handle_timeout(cx.now());
+        self.pump(cx);
+    }
+
+    fn notify(&mut self, cx: &mut Context<'_>) {
+        if self.budget_wanted.is_some() {
+            self.try_budget(cx);
+        }
+        self.pump(cx);
+    }
+
+    fn shutdown(&mut self, cx: &mut Context<'_>) {
+        self.finish(cx, false);
+    }
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.proto)
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Driver>();
+    let _ = SessionState::default;
+}

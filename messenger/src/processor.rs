@@ -1,0 +1,166 @@
+//! The Processor: the listening socket and `C_processor_accept`.
+//!
+//! Accepts until WouldBlock and places each new connection on the least-loaded worker.
+//! Accept errors that mean "out of resources" (EMFILE, ENFILE, ENOBUFS, ENOMEM) pause
+//! accepting for a moment instead of spinning on a listener that stays readable.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, TimerTarget};
+use mio::net::TcpListener;
+use mio::Interest;
+
+use crate::config::MessengerConfig;
+use crate::messenger::Core;
+
+/// How long accepting pauses after running out of file descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Connections accepted per readiness event before yielding to the worker's other work.
+const ACCEPT_BATCH: usize = 256;
+
+/// Socket, non-blocking, bind, getsockname, listen.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    config: &MessengerConfig,
+) -> io::Result<(std::net::TcpListener, SocketAddr)> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.set_nonblocking(true)?;
+    sock.set_reuse_address(true)?;
+    if config.tcp_rcvbuf > 0 {
+        sock.set_recv_buffer_size(config.tcp_rcvbuf)?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    let listener: std::net::TcpListener = sock.into();
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
+}
+
+/// The messenger's listener, living on one worker once started.
+pub(crate) struct Processor {
+    listener: Option<std::net::TcpListener>,
+    center: CenterHandle,
+    id: Option<HandlerId>,
+}
+
+impl Processor {
+    pub(crate) fn new(listener: std::net::TcpListener, center: CenterHandle) -> Processor {
+        Processor { listener: Some(listener), center, id: None }
+    }
+
+    /// Registers the listener on its worker; accepting starts.
+    pub(crate) fn start(&mut self, core: Arc<Core>) -> io::Result<()> {
+        let Some(listener) = self.listener.take() else { return Ok(()) };
+        let listener = TcpListener::from_std(listener);
+        let center = self.center.clone();
+        let id = self
+            .center
+            .submit_to(move |cx: &mut Context<'_>| -> io::Result<HandlerId> {
+                let handler = AcceptHandler { listener, core, paused: None, center };
+                let id = cx.insert_handler(Box::new(handler));
+                let registered = cx.with_handler(id, |h, cx| h.notify(cx));
+                if registered.is_none() {
+                    return Err(io::Error::other("accept handler vanished"));
+                }
+                Ok(id)
+            })
+            .map_err(|e| io::Error::other(format!("{e}")))??;
+        self.id = Some(id);
+        Ok(())
+    }
+
+    /// Stops accepting: the listener is closed on its worker.
+    pub(crate) fn stop(self) {
+        if let Some(id) = self.id {
+            let _ = self.center.dispatch_event_external(move |cx: &mut Context<'_>| {
+                cx.remove(id);
+            });
+        }
+    }
+}
+
+struct AcceptHandler {
+    listener: TcpListener,
+    core: Arc<Core>,
+    paused: Option<TimerId>,
+    center: CenterHandle,
+}
+
+impl AcceptHandler {
+    fn accept_some(&mut self, cx: &mut Context<'_>) {
+        for _ in 0..ACCEPT_BATCH {
+            match self.listener.accept() {
+                Ok((socket, peer)) => {
+                    log::debug!(target: "msgr::accept", "accepted {peer}");
+                    let worker = self.pool_least_loaded();
+                    crate::driver::spawn_accepted(&self.core, &worker, socket, peer);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_resource_exhaustion(&e) => {
+                    log::warn!(target: "msgr::accept", "accept: {e}; pausing {ACCEPT_BACKOFF:?}");
+                    if let Some(id) = cx.id() {
+                        let _ = cx.reregister_source(id, &mut self.listener, None);
+                        self.paused =
+                            Some(cx.create_time_event(ACCEPT_BACKOFF, TimerTarget::Handler(id)));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    // ECONNABORTED and friends: that one connection is gone; go on.
+                    log::info!(target: "msgr::accept", "accept: {e}");
+                }
+            }
+        }
+        // Batch used up with connections possibly still pending: come back after other work.
+        if let Some(id) = cx.id() {
+            let _ = self.center.notify(id);
+        }
+    }
+
+    fn pool_least_loaded(&self) -> CenterHandle {
+        self.core.pool_least_loaded().unwrap_or_else(|| self.center.clone())
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}
+
+impl Handler for AcceptHandler {
+    fn ready(&mut self, cx: &mut Context<'_>, _ready: Ready) {
+        if self.paused.is_none() {
+            self.accept_some(cx);
+        }
+    }
+
+    fn timer(&mut self, cx: &mut Context<'_>, _id: TimerId) {
+        self.paused = None;
+        if let Some(id) = cx.id() {
+            let _ = cx.reregister_source(id, &mut self.listener, Some(Interest::READABLE));
+        }
+        self.accept_some(cx);
+    }
+
+    fn notify(&mut self, cx: &mut Context<'_>) {
+        // First notify registers the listener; later ones resume a used-up batch.
+        if let Some(id) = cx.id() {
+            if cx.register_source(id, &mut self.listener, Interest::READABLE).is_err() {
+                // Already registered: this is a resume.
+            }
+        }
+        self.accept_some(cx);
+    }
+
+    fn shutdown(&mut self, cx: &mut Context<'_>) {
+        let _ = cx.deregister_source(&mut self.listener);
+    }
+}
