@@ -1,0 +1,155 @@
+//! A fixed set of named worker threads, one [`EventCenter`] each.
+
+use std::io;
+use std::sync::Mutex;
+use std::thread::{self, JoinHandle};
+
+use log::{error, info, warn};
+
+use crate::{CenterHandle, EventCenter};
+
+const LOG: &str = "msgr::center";
+
+/// How to build a [`WorkerPool`].
+#[derive(Clone, Debug)]
+pub struct WorkerPoolConfig {
+    /// Number of worker threads (and centers); at least 1.
+    pub workers: usize,
+    /// Threads are named `{name_prefix}-{index}`.
+    pub name_prefix: String,
+    /// Pin worker `i` to CPU `i % available CPUs` (best effort: a failure is logged).
+    pub pin_cpus: bool,
+}
+
+impl Default for WorkerPoolConfig {
+    /// Three workers (Ceph's `ms_async_op_threads` default), `msgr-worker`, no pinning.
+    fn default() -> Self {
+        WorkerPoolConfig { workers: 3, name_prefix: "msgr-worker".to_owned(), pin_cpus: false }
+    }
+}
+
+/// The worker threads, each running one center until [`shutdown`](Self::shutdown).
+#[derive(Debug)]
+pub struct WorkerPool {
+    /// Invariant: not empty (checked in `new`).
+    handles: Vec<CenterHandle>,
+    /// Taken out (not joined under the lock) by the first `shutdown`.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl WorkerPool {
+    /// Creates every center, then spawns exactly `config.workers` threads running them.
+    /// On a spawn failure the threads already started are stopped and joined.
+    pub fn new(config: WorkerPoolConfig) -> io::Result<WorkerPool> {
+        if config.workers == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a pool needs a worker"));
+        }
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        let pool = WorkerPool { handles: Vec::new(), threads: Mutex::new(Vec::new()) };
+        let mut pool = pool;
+        for index in 0..config.workers {
+            let mut center = EventCenter::new(index)?;
+            pool.handles.push(center.handle());
+            let pin = config.pin_cpus.then_some(index % cpus);
+            let thread = thread::Builder::new()
+                .name(format!("{}-{index}", config.name_prefix))
+                .spawn(move || {
+                    if let Some(cpu) = pin {
+                        match pin_to_cpu(cpu) {
+                            Ok(()) => info!(target: LOG, "worker {index} pinned to cpu {cpu}"),
+                            Err(e) => warn!(target: LOG, "worker {index}: pin to cpu {cpu}: {e}"),
+                        }
+                    }
+                    if let Err(e) = center.run() {
+                        error!(target: LOG, "worker {index} stopped on error: {e}");
+                    }
+                })?;
+            lock(&pool.threads).push(thread);
+        }
+        Ok(pool)
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// The handle of worker `i`.
+    ///
+    /// # Panics
+    /// If `i >= self.workers()`.
+    pub fn handle(&self, i: usize) -> &CenterHandle {
+        &self.handles[i]
+    }
+
+    /// Every worker's handle, in index order.
+    pub fn handles(&self) -> &[CenterHandle] {
+        &self.handles
+    }
+
+    /// The worker with the fewest references ([`CenterHandle::load`]); ties go to the lowest
+    /// index. Ceph's `NetworkStack::get_worker`.
+    #[doc(alias = "get_worker")]
+    pub fn least_loaded(&self) -> &CenterHandle {
+        let mut best = &self.handles[0];
+        let mut best_load = best.load();
+        for handle in &self.handles[1..] {
+            let load = handle.load();
+            if load < best_load {
+                best = handle;
+                best_load = load;
+            }
+        }
+        best
+    }
+
+    /// Stops every center (handlers get [`Handler::shutdown`](crate::Handler::shutdown)),
+    /// wakes them and joins every thread, holding no lock while joining. Idempotent; after
+    /// it, posts to any worker return [`CenterError::Stopped`](crate::CenterError::Stopped).
+    /// Called from a worker thread itself, that thread is not joined (it exits when its
+    /// current callback returns).
+    pub fn shutdown(&self) {
+        for handle in &self.handles {
+            handle.stop();
+        }
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        let me = thread::current().id();
+        for thread in threads {
+            if thread.thread().id() == me {
+                continue;
+            }
+            let name = thread.thread().name().unwrap_or("worker").to_owned();
+            if thread.join().is_err() {
+                error!(target: LOG, "{name} panicked outside a handler");
+            }
+        }
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu beyond CPU_SETSIZE"));
+    }
+    // SAFETY: cpu_set_t is plain data for which all-zero is the empty set; CPU_SET writes
+    // inside it (cpu < CPU_SETSIZE checked above); sched_setaffinity only reads `set`.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
