@@ -18,6 +18,8 @@ pub const PRIO_HIGHEST: u16 = 255;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Message {
     msg_type: u16,
+    version: u16,
+    compat_version: u16,
     priority: u16,
     tid: u64,
     seq: u64,
@@ -34,6 +36,26 @@ impl Message {
     /// The message type number (`CEPH_MSG_*`).
     pub fn msg_type(&self) -> u16 {
         self.msg_type
+    }
+    /// Encoding version of the payload (the message's HEAD_VERSION).
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+    /// Sets the payload encoding version.
+    pub fn set_version(&mut self, version: u16) {
+        self.version = version;
+    }
+    /// Oldest decoder version able to read the payload.
+    pub fn compat_version(&self) -> u16 {
+        self.compat_version
+    }
+    /// Sets the compat version.
+    pub fn set_compat_version(&mut self, compat_version: u16) {
+        self.compat_version = compat_version;
+    }
+    /// Sets the middle segment.
+    pub fn set_middle(&mut self, middle: Bytes) {
+        self.middle = middle;
     }
     /// Queueing priority (`PRIO_*`); 0 means "the messenger's default".
     pub fn priority(&self) -> u16 {

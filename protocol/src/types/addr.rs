@@ -1,0 +1,396 @@
+//! Entity addresses: the 136-byte legacy `ceph_entity_addr` (banner phase), the
+//! `entity_addr_t` / `entity_addrvec_t` forms inside messages, and the race tie-break key.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+use crate::encoding::{Decoder, Encoder};
+use crate::error::{Error, Result};
+use crate::types::Features;
+
+/// Size of the legacy `ceph_entity_addr`: u32 type + u32 nonce + 128-byte sockaddr_storage.
+pub const LEGACY_ADDR_LEN: usize = 136;
+
+/// Size of [`EntityAddr::race_key`]: Ceph's in-memory `entity_addr_t`.
+///
+/// `u32 type` + `u32 nonce` + the `sockaddr` union, whose largest member is
+/// `sockaddr_in6` (28 bytes): 36 bytes hold an IPv6 address completely (family 2, port 2,
+/// flowinfo 4, address 16, scope id 4), so no longer key is needed for IPv6.
+pub const RACE_KEY_LEN: usize = 36;
+
+const AF_UNSPEC: u16 = 0;
+const AF_INET: u16 = 2;
+/// Linux's `AF_INET6` (Ceph writes the host's value; every Ceph peer we meet is Linux).
+const AF_INET6: u16 = 10;
+const SOCKADDR_IN_LEN: usize = 16;
+const SOCKADDR_IN6_LEN: usize = 28;
+const SOCKADDR_STORAGE_LEN: usize = 128;
+
+/// `entity_addr_t::type`: which messenger protocol an address speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AddrType(pub u32);
+
+impl AddrType {
+    /// No address.
+    pub const NONE: AddrType = AddrType(0);
+    /// msgr v1 ("v1:").
+    pub const LEGACY: AddrType = AddrType(1);
+    /// msgr v2 ("v2:").
+    pub const MSGR2: AddrType = AddrType(2);
+    /// Either.
+    pub const ANY: AddrType = AddrType(3);
+
+    /// Ceph's prefix name ("v1", "v2", "any", "none"), or "unknown".
+    pub fn name(self) -> &'static str {
+        match self {
+            AddrType::NONE => "none",
+            AddrType::LEGACY => "v1",
+            AddrType::MSGR2 => "v2",
+            AddrType::ANY => "any",
+            _ => "unknown",
+        }
+    }
+}
+
+/// `entity_addr_t`: type, nonce and an optional socket address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EntityAddr {
+    /// The protocol this address speaks.
+    pub ty: AddrType,
+    /// Distinguishes processes on the same ip:port (random for clients, 0 for monitors).
+    pub nonce: u32,
+    /// The socket address; `None` for `AF_UNSPEC` (a blank address).
+    pub addr: Option<SocketAddr>,
+}
+
+impl EntityAddr {
+    /// A v1 (legacy) address.
+    pub fn legacy(addr: SocketAddr, nonce: u32) -> Self {
+        EntityAddr { ty: AddrType::LEGACY, nonce, addr: Some(addr) }
+    }
+
+    /// True if the IP is unspecified (0.0.0.0 / ::) or there is no address at all.
+    pub fn is_blank_ip(&self) -> bool {
+        self.addr.map_or(true, |a| a.ip().is_unspecified())
+    }
+
+    /// The port, 0 without an address.
+    pub fn port(&self) -> u16 {
+        self.addr.map_or(0, |a| a.port())
+    }
+
+    /// Writes the sockaddr bytes (family in the given byte order, then port BE, IP...)
+    /// into `out`, which must be at least 28 bytes; returns the sockaddr length used.
+    fn write_sockaddr(&self, out: &mut [u8], family_be: bool) -> usize {
+        let fam = |f: u16| if family_be { f.to_be_bytes() } else { f.to_le_bytes() };
+        match self.addr {
+            None => 0,
+            Some(SocketAddr::V4(a)) => {
+                out[0..2].copy_from_slice(&fam(AF_INET));
+                out[2..4].copy_from_slice(&a.port().to_be_bytes());
+                out[4..8].copy_from_slice(&a.ip().octets());
+                SOCKADDR_IN_LEN
+            }
+            Some(SocketAddr::V6(a)) => {
+                out[0..2].copy_from_slice(&fam(AF_INET6));
+                out[2..4].copy_from_slice(&a.port().to_be_bytes());
+                out[4..8].copy_from_slice(&a.flowinfo().to_le_bytes());
+                out[8..24].copy_from_slice(&a.ip().octets());
+                out[24..28].copy_from_slice(&a.scope_id().to_le_bytes());
+                SOCKADDR_IN6_LEN
+            }
+        }
+    }
+
+    /// Parses sockaddr bytes whose family is in the given byte order.
+    fn read_sockaddr(b: &[u8], family_be: bool) -> Result<Option<SocketAddr>> {
+        if b.len() < 2 {
+            return if b.is_empty() {
+                Ok(None)
+            } else {
+                Err(Error::Malformed("sockaddr shorter than its family"))
+            };
+        }
+        let fam = [b[0], b[1]];
+        let family = if family_be { u16::from_be_bytes(fam) } else { u16::from_le_bytes(fam) };
+        let mut d = Decoder::new(&b[2..]);
+        match family {
+            AF_UNSPEC => Ok(None),
+            AF_INET => {
+                let port = u16::from_be_bytes(d.array()?);
+                let ip = Ipv4Addr::from(d.array::<4>()?);
+                Ok(Some(SocketAddr::V4(SocketAddrV4::new(ip, port))))
+            }
+            AF_INET6 => {
+                let port = u16::from_be_bytes(d.array()?);
+                let flowinfo = u32::from_le_bytes(d.array()?);
+                let ip = Ipv6Addr::from(d.array::<16>()?);
+                let scope = u32::from_le_bytes(d.array()?);
+                Ok(Some(SocketAddr::V6(SocketAddrV6::new(ip, port, flowinfo, scope))))
+            }
+            _ => Err(Error::Unsupported("address family other than inet/inet6")),
+        }
+    }
+
+    /// The 136-byte legacy `ceph_entity_addr` (banner phase).
+    ///
+    /// Like Pacific, the type field is written as 0; the family is big-endian.
+    pub fn encode_legacy(&self) -> [u8; LEGACY_ADDR_LEN] {
+        let mut out = [0u8; LEGACY_ADDR_LEN];
+        out[4..8].copy_from_slice(&self.nonce.to_le_bytes());
+        self.write_sockaddr(&mut out[8..], true);
+        out
+    }
+
+    /// Decodes a legacy address from exactly [`LEGACY_ADDR_LEN`] bytes.
+    pub fn decode_legacy(b: &[u8]) -> Result<Self> {
+        let mut d = Decoder::new(b);
+        let addr = Self::decode_legacy_from(&mut d)?;
+        d.finish()?;
+        Ok(addr)
+    }
+
+    /// Decodes a legacy address at the decoder's position.
+    ///
+    /// The first byte is a marker and must be 0; bytes 1-3 of the type are ignored, as
+    /// in Ceph. The result has type [`AddrType::LEGACY`].
+    pub fn decode_legacy_from(d: &mut Decoder<'_>) -> Result<Self> {
+        if d.u8()? != 0 {
+            return Err(Error::Malformed("legacy entity_addr marker is not 0"));
+        }
+        d.skip(3)?;
+        Self::decode_legacy_after_marker(d)
+    }
+
+    fn decode_legacy_after_marker(d: &mut Decoder<'_>) -> Result<Self> {
+        let nonce = d.u32()?;
+        let storage = d.bytes(SOCKADDR_STORAGE_LEN)?;
+        let addr = Self::read_sockaddr(storage, true)?;
+        Ok(EntityAddr { ty: AddrType::LEGACY, nonce, addr })
+    }
+
+    /// Encodes as `entity_addr_t` inside a message, for a peer with `features`.
+    ///
+    /// Without `MSG_ADDR2`: the legacy 136-byte form. With it: marker 1, a versioned
+    /// block (v1, compat 1) holding type, nonce, sockaddr length and the sockaddr with a
+    /// little-endian family. A peer without `SERVER_NAUTILUS` sees type ANY as LEGACY.
+    pub fn encode(&self, e: &mut Encoder, features: Features) {
+        if !features.contains(Features::MSG_ADDR2) {
+            e.bytes(&self.encode_legacy());
+            return;
+        }
+        let ty = if self.ty == AddrType::ANY && !features.contains(Features::SERVER_NAUTILUS) {
+            AddrType::LEGACY
+        } else {
+            self.ty
+        };
+        e.u8(1);
+        e.versioned(1, 1, |e| {
+            let mut sa = [0u8; SOCKADDR_IN6_LEN];
+            let len = self.write_sockaddr(&mut sa, false);
+            e.u32(ty.0).u32(self.nonce).u32(len as u32).bytes(&sa[..len]);
+        });
+    }
+
+    /// Decodes an `entity_addr_t` inside a message: marker 0 (legacy) or 1 (new form).
+    pub fn decode(d: &mut Decoder<'_>) -> Result<Self> {
+        match d.u8()? {
+            0 => {
+                d.skip(3)?;
+                Self::decode_legacy_after_marker(d)
+            }
+            1 => Self::decode_new_after_marker(d),
+            _ => Err(Error::Malformed("entity_addr_t marker is not 0 or 1")),
+        }
+    }
+
+    fn decode_new_after_marker(d: &mut Decoder<'_>) -> Result<Self> {
+        d.versioned("entity_addr_t", 1, |d, _v| {
+            let ty = AddrType(d.u32()?);
+            let nonce = d.u32()?;
+            let len = d.u32()? as usize;
+            if len > SOCKADDR_IN6_LEN {
+                return Err(Error::TooLarge {
+                    what: "entity_addr_t sockaddr",
+                    len: len as u64,
+                    limit: SOCKADDR_IN6_LEN as u64,
+                });
+            }
+            let addr = Self::read_sockaddr(d.bytes(len)?, false)?;
+            Ok(EntityAddr { ty, nonce, addr })
+        })
+    }
+
+    /// The key Ceph compares (`memcmp`) to break a connection race (msgr-v1.md 3.7).
+    ///
+    /// Ceph's in-memory `entity_addr_t`: `u32 type` LE, `u32 nonce` LE (so nonces are not
+    /// compared numerically), then the sockaddr union with the family in host order (LE),
+    /// port BE, IP, zero padding. Compare two keys byte-wise (`<` on arrays does that).
+    /// Ceph compares the *legacy* addresses, so pass addresses of type LEGACY.
+    pub fn race_key(&self) -> [u8; RACE_KEY_LEN] {
+        let mut out = [0u8; RACE_KEY_LEN];
+        out[0..4].copy_from_slice(&self.ty.0.to_le_bytes());
+        out[4..8].copy_from_slice(&self.nonce.to_le_bytes());
+        self.write_sockaddr(&mut out[8..], false);
+        out
+    }
+}
+
+impl fmt::Display for EntityAddr {
+    /// Ceph's form: `v1:127.0.0.1:6789/0`, `-` for a blank address.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            Some(a) => write!(f, "{}:{}/{}", self.ty.name(), a, self.nonce),
+            None => write!(f, "{}:-/{}", self.ty.name(), self.nonce),
+        }
+    }
+}
+
+/// `entity_addrvec_t`: the addresses an entity listens on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EntityAddrVec {
+    /// The addresses, in preference order.
+    pub addrs: Vec<EntityAddr>,
+}
+
+impl EntityAddrVec {
+    /// A vector holding one address.
+    pub fn single(addr: EntityAddr) -> Self {
+        EntityAddrVec { addrs: vec![addr] }
+    }
+
+    /// The first v1 (LEGACY) address, if any.
+    pub fn legacy_addr(&self) -> Option<EntityAddr> {
+        self.addrs.iter().copied().find(|a| a.ty == AddrType::LEGACY)
+    }
+
+    /// Encodes for a peer with `features`: without `MSG_ADDR2` a single legacy address
+    /// (the v1 member, or an all-zero address); with it, marker 2 + count + addresses.
+    pub fn encode(&self, e: &mut Encoder, features: Features) {
+        if !features.contains(Features::MSG_ADDR2) {
+            e.bytes(&self.legacy_addr().unwrap_or_default().encode_legacy());
+            return;
+        }
+        e.u8(2);
+        e.vec(&self.addrs, |e, a| a.encode(e, features));
+    }
+
+    /// Decodes marker 0 (one legacy address), 1 (one new-form address) or 2 (vector).
+    pub fn decode(d: &mut Decoder<'_>) -> Result<Self> {
+        match d.u8()? {
+            0 => {
+                d.skip(3)?;
+                Ok(Self::single(EntityAddr::decode_legacy_after_marker(d)?))
+            }
+            1 => Ok(Self::single(EntityAddr::decode_new_after_marker(d)?)),
+            2 => Ok(EntityAddrVec { addrs: d.vec(EntityAddr::decode)? }),
+            _ => Err(Error::Malformed("entity_addrvec_t marker above 2")),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn mon() -> EntityAddr {
+        EntityAddr::legacy("127.0.0.1:6789".parse().unwrap(), 0)
+    }
+
+    #[test]
+    fn legacy_form_matches_the_wire() {
+        // msgr-v1.md 2.3: monitor 127.0.0.1:6789, nonce 0.
+        let b = mon().encode_legacy();
+        assert_eq!(&b[..16], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0x1a, 0x85, 127, 0, 0, 1]);
+        assert!(b[16..].iter().all(|&x| x == 0));
+        assert_eq!(EntityAddr::decode_legacy(&b).unwrap(), mon());
+        let mut bad = b;
+        bad[0] = 1;
+        assert!(matches!(EntityAddr::decode_legacy(&bad), Err(Error::Malformed(_))));
+        // Bytes 1-3 of the type are ignored.
+        let mut odd = b;
+        odd[2] = 7;
+        assert_eq!(EntityAddr::decode_legacy(&odd).unwrap(), mon());
+        assert!(matches!(EntityAddr::decode_legacy(&b[..135]), Err(Error::Truncated { .. })));
+    }
+
+    #[test]
+    fn new_form_matches_the_monmap_bytes() {
+        // msgr-v1.md 2.4 example: v1:127.0.0.1:6789/0.
+        let mut e = Encoder::new();
+        mon().encode(&mut e, Features::PACIFIC_ADVERTISED);
+        let want = [
+            1, 1, 1, 0x1c, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 2, 0, 0x1a, 0x85, 127,
+            0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(e.as_slice(), &want);
+        let mut d = Decoder::new(&want);
+        assert_eq!(EntityAddr::decode(&mut d).unwrap(), mon());
+        d.finish().unwrap();
+    }
+
+    #[test]
+    fn ipv6_round_trips_in_every_form() {
+        let a6 = EntityAddr {
+            ty: AddrType::MSGR2,
+            nonce: 0xdead_beef,
+            addr: Some("[fe80::1%3]:3300".parse().unwrap()),
+        };
+        let legacy = EntityAddr { ty: AddrType::LEGACY, ..a6 };
+        assert_eq!(EntityAddr::decode_legacy(&a6.encode_legacy()).unwrap(), legacy);
+        let v = EntityAddrVec { addrs: vec![a6, mon()] };
+        for features in [Features::PACIFIC_ADVERTISED, Features::MSG_ADDR2] {
+            let mut e = Encoder::new();
+            v.encode(&mut e, features);
+            let mut d = Decoder::new(e.as_slice());
+            assert_eq!(EntityAddrVec::decode(&mut d).unwrap(), v);
+            d.finish().unwrap();
+        }
+        // Without MSG_ADDR2 the vector collapses to its v1 member.
+        let mut e = Encoder::new();
+        v.encode(&mut e, Features::NONE);
+        assert_eq!(e.len(), LEGACY_ADDR_LEN);
+        assert_eq!(EntityAddrVec::decode(&mut Decoder::new(e.as_slice())).unwrap().addrs, [mon()]);
+    }
+
+    #[test]
+    fn any_becomes_legacy_for_pre_nautilus_peers() {
+        let a = EntityAddr { ty: AddrType::ANY, ..mon() };
+        let mut e = Encoder::new();
+        a.encode(&mut e, Features::MSG_ADDR2);
+        let got = EntityAddr::decode(&mut Decoder::new(e.as_slice())).unwrap();
+        assert_eq!(got.ty, AddrType::LEGACY);
+    }
+
+    #[test]
+    fn race_key_compares_nonce_bytes_little_endian() {
+        // Nonce 0x100 has LE bytes 00 01.., nonce 1 has 01 00..: 0x100 sorts lower.
+        let a = EntityAddr { nonce: 0x100, ..mon() };
+        let b = EntityAddr { nonce: 1, ..mon() };
+        assert!(a.race_key() < b.race_key());
+        assert_eq!(&a.race_key()[..12], &[1, 0, 0, 0, 0, 1, 0, 0, 2, 0, 0x1a, 0x85]);
+        let v6 = EntityAddr::legacy("[::1]:1".parse().unwrap(), 0);
+        assert_eq!(v6.race_key()[8 + 23], 1, "the whole IPv6 address is inside the key");
+    }
+
+    #[test]
+    fn blank_ip_and_display() {
+        assert!(EntityAddr::default().is_blank_ip());
+        assert!(EntityAddr::legacy("0.0.0.0:5".parse().unwrap(), 1).is_blank_ip());
+        assert!(!mon().is_blank_ip());
+        assert_eq!(mon().to_string(), "v1:127.0.0.1:6789/0");
+    }
+
+    #[test]
+    fn hostile_new_form_is_rejected() {
+        // sockaddr_len 200 > 28.
+        let b = [1, 1, 1, 12, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 200, 0, 0, 0];
+        assert!(matches!(EntityAddr::decode(&mut Decoder::new(&b)), Err(Error::TooLarge { .. })));
+        // Unknown family.
+        let b = [1, 1, 1, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 9, 0];
+        assert!(matches!(EntityAddr::decode(&mut Decoder::new(&b)), Err(Error::Unsupported(_))));
+        assert!(EntityAddrVec::decode(&mut Decoder::new(&[3])).is_err());
+        assert!(EntityAddrVec::decode(&mut Decoder::new(&[2, 0xff, 0xff, 0xff, 0xff])).is_err());
+    }
+}
