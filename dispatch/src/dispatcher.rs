@@ -1,0 +1,350 @@
+//! [`Dispatcher`]: the hooks a daemon implements; [`Dispatchers`]: the ordered chain.
+//!
+//! | Ceph (`msg/Dispatcher.h`, `Messenger::ms_deliver_*`) | here |
+//! |---|---|
+//! | `ms_dispatch2` returning `bool` | [`Dispatcher::ms_dispatch`] returning [`Dispatched`] |
+//! | `ms_deliver_dispatch` (head → tail until taken) | [`Dispatchers::dispatch`] |
+//! | `ms_fast_preprocess` / `ms_can_fast_dispatch` / `ms_fast_dispatch` | same names |
+//! | `ms_deliver_handle_connect` etc. | [`Dispatchers::handle_connect`] etc. |
+//! | `ms_get_authorizer` / `ms_verify_authorizer` | same names |
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use protocol::Message;
+
+use crate::queue::DispatchQueue;
+use crate::throttle::Permit;
+
+/// What a connection handle must offer the dispatch layer.
+///
+/// The messenger's `Connection` implements it; tests use a plain id.
+pub trait ConnectionRef: Clone + Send + Sync + 'static {
+    /// A process-unique id; the queue keeps per-connection FIFO order by it.
+    fn conn_id(&self) -> u64;
+}
+
+/// Whether a dispatcher took a message.
+#[derive(Debug)]
+pub enum Dispatched {
+    /// The dispatcher consumed it; later dispatchers do not see it.
+    Taken,
+    /// Not for this dispatcher: hand it to the next one.
+    NotTaken(Message),
+}
+
+/// Credentials a dispatcher supplies for an outgoing connection (`AuthAuthorizer`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Authorizer {
+    /// The auth protocol (`CEPH_AUTH_*`).
+    pub protocol: u32,
+    /// The encoded authorizer.
+    pub bytes: Vec<u8>,
+}
+
+/// A dispatcher's judgement of an incoming authorizer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthVerdict {
+    /// Accept the peer and send `reply` (may be empty) back in the connect reply.
+    Accept {
+        /// Authorizer reply bytes.
+        reply: Vec<u8>,
+    },
+    /// Refuse the peer (the wire answers `CEPH_MSGR_TAG_BADAUTHORIZER`).
+    Reject,
+}
+
+/// The hooks through which received messages and connection events reach a daemon.
+///
+/// Every method but [`ms_dispatch`](Self::ms_dispatch) has Ceph's default, so a
+/// dispatcher implements only what it needs. Which thread calls what:
+/// - `ms_dispatch`, `ms_handle_connect`, `ms_handle_accept`, `ms_handle_reset`,
+///   `ms_handle_remote_reset`, `ms_handle_refused`: the queue's `ms_dispatch` thread.
+/// - `ms_fast_*` and `ms_handle_fast_*`: the thread that delivered the message or event
+///   (a worker, or the dispatch thread for the loopback connection). They must not block.
+/// - the authorizer hooks: the worker doing the handshake.
+///
+/// No lock of this crate is held while any hook runs, so a hook may call back into the
+/// queue or the throttles (but never [`Throttle::acquire`](crate::Throttle::acquire)
+/// on the dispatch throttle from the dispatch thread: it is the one that releases it).
+pub trait Dispatcher<C: ConnectionRef>: Send + Sync + 'static {
+    /// Handles a queued message; give it back with [`Dispatched::NotTaken`] to pass it on.
+    #[doc(alias = "ms_dispatch2")]
+    fn ms_dispatch(&self, conn: &C, msg: Message) -> Dispatched;
+
+    /// Whether this dispatcher may fast-dispatch anything at all. Read once, when it is
+    /// added: only such dispatchers get `ms_fast_preprocess` and `ms_fast_dispatch`.
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        false
+    }
+
+    /// Whether `msg` should skip the queue and go to [`ms_fast_dispatch`](Self::ms_fast_dispatch).
+    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
+        false
+    }
+
+    /// Handles `msg` on the delivering thread; must not block.
+    fn ms_fast_dispatch(&self, _conn: &C, _msg: Message) {}
+
+    /// Sees every message, fast or queued, in arrival order per connection, before it is
+    /// dispatched; must not block.
+    fn ms_fast_preprocess(&self, _conn: &C, _msg: &Message) {}
+
+    /// An outgoing connection is open (queued; before any queued message of `conn`).
+    fn ms_handle_connect(&self, _conn: &C) {}
+
+    /// An outgoing connection is open (on the delivering thread, before any message of `conn`).
+    fn ms_handle_fast_connect(&self, _conn: &C) {}
+
+    /// An incoming connection is open (queued; before any queued message of `conn`).
+    fn ms_handle_accept(&self, _conn: &C) {}
+
+    /// An incoming connection is open (on the delivering thread, before any message of `conn`).
+    fn ms_handle_fast_accept(&self, _conn: &C) {}
+
+    /// The connection failed and was reset locally; return `true` if handled (stops the walk).
+    fn ms_handle_reset(&self, _conn: &C) -> bool {
+        false
+    }
+
+    /// The peer reset the session (it lost our state); every dispatcher hears it.
+    fn ms_handle_remote_reset(&self, _conn: &C) {}
+
+    /// The peer refused the connection; return `true` if handled (stops the walk).
+    fn ms_handle_refused(&self, _conn: &C) -> bool {
+        false
+    }
+
+    /// Credentials for an outgoing connection to a peer of `peer_type` (`CEPH_ENTITY_TYPE_*`).
+    fn ms_get_authorizer(&self, _peer_type: u8) -> Option<Authorizer> {
+        None
+    }
+
+    /// Judges an incoming connection's authorizer.
+    fn ms_verify_authorizer(
+        &self,
+        _conn: &C,
+        _peer_type: u8,
+        _protocol: u32,
+        _authorizer: &[u8],
+    ) -> AuthVerdict {
+        AuthVerdict::Accept { reply: Vec::new() }
+    }
+}
+
+/// Where [`Dispatchers::fast_dispatch_or_queue`] sent a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Delivered by `ms_fast_dispatch` on the calling thread.
+    Fast,
+    /// Queued for the dispatch thread.
+    Queued,
+}
+
+type Chain<C> = Arc<Vec<Arc<dyn Dispatcher<C>>>>;
+
+/// The ordered dispatcher chain plus the fast-path logic, shared by the dispatch thread
+/// and the workers.
+///
+/// Adding is expected at start-up; each call replaces an immutable snapshot, so readers
+/// never hold a lock while a hook runs.
+pub struct Dispatchers<C: ConnectionRef> {
+    all: RwLock<Chain<C>>,
+    /// Those whose `ms_can_fast_dispatch_any` was true when added (Ceph's `fast_dispatchers`).
+    fast: RwLock<Chain<C>>,
+}
+
+impl<C: ConnectionRef> Default for Dispatchers<C> {
+    fn default() -> Self {
+        Dispatchers {
+            all: RwLock::new(Arc::new(Vec::new())),
+            fast: RwLock::new(Arc::new(Vec::new())),
+        }
+    }
+}
+
+impl<C: ConnectionRef> Dispatchers<C> {
+    /// An empty chain.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Puts `d` first (Ceph's `add_dispatcher_head`).
+    #[doc(alias = "add_dispatcher_head")]
+    pub fn add_head(&self, d: Arc<dyn Dispatcher<C>>) {
+        self.insert(d, true);
+    }
+
+    /// Puts `d` last (Ceph's `add_dispatcher_tail`).
+    #[doc(alias = "add_dispatcher_tail")]
+    pub fn add_tail(&self, d: Arc<dyn Dispatcher<C>>) {
+        self.insert(d, false);
+    }
+
+    fn insert(&self, d: Arc<dyn Dispatcher<C>>, head: bool) {
+        let is_fast = d.ms_can_fast_dispatch_any();
+        let push = |chain: &RwLock<Chain<C>>, d: Arc<dyn Dispatcher<C>>| {
+            let mut w = chain.write();
+            let mut v: Vec<_> = w.as_ref().clone();
+            if head {
+                v.insert(0, d);
+            } else {
+                v.push(d);
+            }
+            *w = Arc::new(v);
+        };
+        if is_fast {
+            push(&self.fast, Arc::clone(&d));
+        }
+        push(&self.all, d);
+    }
+
+    /// Number of dispatchers.
+    pub fn len(&self) -> usize {
+        self.all.read().len()
+    }
+
+    /// Whether no dispatcher was added yet.
+    pub fn is_empty(&self) -> bool {
+        self.all.read().is_empty()
+    }
+
+    fn all(&self) -> Chain<C> {
+        Arc::clone(&self.all.read())
+    }
+
+    fn fast(&self) -> Chain<C> {
+        Arc::clone(&self.fast.read())
+    }
+
+    /// Offers `msg` head → tail until one takes it; returns it if nobody did.
+    #[doc(alias = "ms_deliver_dispatch")]
+    pub fn dispatch(&self, conn: &C, msg: Message) -> Option<Message> {
+        let mut msg = msg;
+        for d in self.all().iter() {
+            match d.ms_dispatch(conn, msg) {
+                Dispatched::Taken => return None,
+                Dispatched::NotTaken(m) => msg = m,
+            }
+        }
+        Some(msg)
+    }
+
+    /// Whether some fast dispatcher wants `msg` on the fast path.
+    #[doc(alias = "ms_can_fast_dispatch")]
+    pub fn can_fast_dispatch(&self, msg: &Message) -> bool {
+        self.fast().iter().any(|d| d.ms_can_fast_dispatch(msg))
+    }
+
+    /// Hands `msg` to the first fast dispatcher that wants it; returns it if none does.
+    #[doc(alias = "ms_deliver_fast_dispatch")]
+    pub fn fast_dispatch(&self, conn: &C, msg: Message) -> Option<Message> {
+        match self.fast().iter().find(|d| d.ms_can_fast_dispatch(&msg)) {
+            Some(d) => {
+                d.ms_fast_dispatch(conn, msg);
+                None
+            }
+            None => Some(msg),
+        }
+    }
+
+    /// Shows `msg` to every fast dispatcher's `ms_fast_preprocess`.
+    #[doc(alias = "ms_fast_preprocess")]
+    pub fn fast_preprocess(&self, conn: &C, msg: &Message) {
+        for d in self.fast().iter() {
+            d.ms_fast_preprocess(conn, msg);
+        }
+    }
+
+    /// The receive path for one message, called by its connection's worker in arrival
+    /// order: preprocess, then fast-dispatch on this thread if a dispatcher wants it
+    /// (releasing `budget` when it returns), else queue it with its budget.
+    pub fn fast_dispatch_or_queue(
+        &self,
+        conn: &C,
+        msg: Message,
+        budget: Option<Permit>,
+        queue: &DispatchQueue<C>,
+    ) -> Delivery {
+        self.fast_preprocess(conn, &msg);
+        let fast = self.fast();
+        match fast.iter().find(|d| d.ms_can_fast_dispatch(&msg)) {
+            Some(d) => {
+                d.ms_fast_dispatch(conn, msg);
+                drop(budget);
+                queue.note_fast_dispatched();
+                Delivery::Fast
+            }
+            None => {
+                queue.enqueue(conn, msg, budget);
+                Delivery::Queued
+            }
+        }
+    }
+
+    /// `ms_handle_connect` on every dispatcher.
+    pub fn handle_connect(&self, conn: &C) {
+        self.all().iter().for_each(|d| d.ms_handle_connect(conn));
+    }
+
+    /// `ms_handle_fast_connect` on every fast dispatcher.
+    pub fn handle_fast_connect(&self, conn: &C) {
+        self.fast().iter().for_each(|d| d.ms_handle_fast_connect(conn));
+    }
+
+    /// `ms_handle_accept` on every dispatcher.
+    pub fn handle_accept(&self, conn: &C) {
+        self.all().iter().for_each(|d| d.ms_handle_accept(conn));
+    }
+
+    /// `ms_handle_fast_accept` on every fast dispatcher.
+    pub fn handle_fast_accept(&self, conn: &C) {
+        self.fast().iter().for_each(|d| d.ms_handle_fast_accept(conn));
+    }
+
+    /// `ms_handle_reset` head → tail until one returns `true`; returns whether one did.
+    pub fn handle_reset(&self, conn: &C) -> bool {
+        self.all().iter().any(|d| d.ms_handle_reset(conn))
+    }
+
+    /// `ms_handle_remote_reset` on every dispatcher.
+    pub fn handle_remote_reset(&self, conn: &C) {
+        self.all().iter().for_each(|d| d.ms_handle_remote_reset(conn));
+    }
+
+    /// `ms_handle_refused` head → tail until one returns `true`; returns whether one did.
+    pub fn handle_refused(&self, conn: &C) -> bool {
+        self.all().iter().any(|d| d.ms_handle_refused(conn))
+    }
+
+    /// The first authorizer a dispatcher (head → tail) supplies for `peer_type`.
+    #[doc(alias = "ms_get_authorizer")]
+    pub fn get_authorizer(&self, peer_type: u8) -> Option<Authorizer> {
+        self.all().iter().find_map(|d| d.ms_get_authorizer(peer_type))
+    }
+
+    /// Asks every dispatcher head → tail: any `Reject` rejects (stopping the walk);
+    /// otherwise the peer is accepted with the first non-empty reply (or an empty one).
+    /// With no dispatchers the peer is accepted.
+    #[doc(alias = "ms_verify_authorizer")]
+    pub fn verify_authorizer(
+        &self,
+        conn: &C,
+        peer_type: u8,
+        protocol: u32,
+        authorizer: &[u8],
+    ) -> AuthVerdict {
+        let mut reply = Vec::new();
+        for d in self.all().iter() {
+            match d.ms_verify_authorizer(conn, peer_type, protocol, authorizer) {
+                AuthVerdict::Reject => return AuthVerdict::Reject,
+                AuthVerdict::Accept { reply: r } => {
+                    if reply.is_empty() {
+                        reply = r;
+                    }
+                }
+            }
+        }
+        AuthVerdict::Accept { reply }
+    }
+}

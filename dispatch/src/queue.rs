@@ -1,0 +1,580 @@
+//! [`DispatchQueue`]: received messages and connection events waiting for the one
+//! `ms_dispatch` thread.
+//!
+//! # What is promised
+//! - **Events first.** Queued connection events ([`QueueEvent`]) are delivered before
+//!   any queued message, in the order they were enqueued (one FIFO for all
+//!   connections). So an event enqueued before a message of the same connection is
+//!   delivered first — and an event enqueued later (a reset) may overtake that
+//!   connection's earlier queued messages, as in Ceph. [`DispatchQueue::discard`] does
+//!   not remove events.
+//! - **Connect / accept before messages.** [`DispatchQueue::enqueue_event`] with
+//!   `Connect`/`Accept` calls `ms_handle_fast_connect`/`ms_handle_fast_accept` on the
+//!   calling thread before it returns, and queues `ms_handle_connect`/`ms_handle_accept`.
+//!   If the caller delivers that connection's messages after `enqueue_event` returns
+//!   (the connection's worker does), then the fast hooks run before every message of
+//!   the connection, fast-dispatched or queued, and the queued hooks run before every
+//!   *queued* message of it. A fast-dispatched message may run before the queued
+//!   `ms_handle_connect` (as in Ceph).
+//! - **Messages.** Priorities above `PRIO_HIGH` (so `PRIO_HIGHEST`) strictly first,
+//!   highest first; the others by weighted round robin, the priority value being the
+//!   weight (see the `prio` module docs: proportional turns, nothing starves); within a
+//!   priority, connections take turns; within one connection and one priority, FIFO.
+//!   Priority 0 counts as `PRIO_DEFAULT`. Messages of one connection at different
+//!   priorities may be reordered (that is what priorities are for).
+//! - **Fast path.** [`DispatchQueue::deliver`] (or [`Dispatchers::fast_dispatch_or_queue`])
+//!   runs `ms_fast_preprocess` for every message and `ms_fast_dispatch` on the calling
+//!   thread for those a fast dispatcher wants, bypassing the queue; each connection's
+//!   worker calls it in arrival order, so preprocess sees each connection's messages in
+//!   arrival order.
+//! - **Loopback.** [`DispatchQueue::local_delivery`] keeps the same guarantees: local
+//!   messages wait in a FIFO lane that the dispatch thread serves after events and
+//!   before queued messages, running preprocess, then fast dispatch or queueing, exactly
+//!   as a worker would. (Ceph uses a separate local-delivery thread; we add no thread.)
+//! - **Budget.** Each message may carry a dispatch-throttle [`Permit`], acquired when it
+//!   was read. It is released when the dispatcher (fast or not) returns, or when the
+//!   message is discarded.
+//!
+//! # Bounds
+//! The message queue has no bound of its own: it is bounded by the dispatch throttle
+//! (bytes; default 100 MiB, Ceph's `ms_dispatch_throttle_bytes`), because workers stop
+//! reading when they cannot acquire budget. The messenger should charge every message
+//! at least one unit (a zero-byte message costs nothing). Events are few per
+//! connection (open, reset, refused). Local deliveries are charged with
+//! [`Throttle::take`] (the local sender is not blocked, as in Ceph), which makes
+//! remote readers back off.
+//!
+//! # Shutdown
+//! [`ShutdownMode::Drain`] delivers what is queued, then stops; `Discard` drops it
+//! (releasing budgets) after the dispatch in progress. Both refuse new items and
+//! join the thread (unless called from the dispatch thread itself, where they only
+//! ask it to stop). If the thread was never started, both discard.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use protocol::Message;
+
+use crate::dispatcher::{ConnectionRef, Delivery, Dispatchers};
+use crate::prio::PrioQueue;
+use crate::throttle::{Permit, Throttle};
+
+/// A connection event for the dispatchers.
+#[derive(Clone, Debug)]
+pub enum QueueEvent<C> {
+    /// An outgoing connection opened: `ms_handle_connect` (and, at enqueue time,
+    /// `ms_handle_fast_connect`).
+    Connect(C),
+    /// An incoming connection opened: `ms_handle_accept` (and, at enqueue time,
+    /// `ms_handle_fast_accept`).
+    Accept(C),
+    /// The connection was reset: `ms_handle_reset`, head → tail until one handles it.
+    Reset(C),
+    /// The peer reset the session: `ms_handle_remote_reset` on every dispatcher.
+    RemoteReset(C),
+    /// The peer refused us: `ms_handle_refused`, head → tail until one handles it.
+    Refused(C),
+}
+
+/// How [`DispatchQueue::shutdown`] treats what is still queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// Deliver everything already queued, then stop.
+    Drain,
+    /// Drop everything queued (releasing budgets), then stop.
+    Discard,
+}
+
+/// A snapshot of the queue's state and totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounters {
+    /// Items waiting: messages (queued and local) plus events.
+    pub len: usize,
+    /// Messages waiting (queued and local).
+    pub messages: usize,
+    /// Events waiting.
+    pub events: usize,
+    /// How long the oldest waiting message has waited (zero when none waits).
+    pub oldest_age: Duration,
+    /// Messages taken by an `ms_dispatch`.
+    pub dispatched: u64,
+    /// Messages delivered by `ms_fast_dispatch` (workers and local delivery).
+    pub fast_dispatched: u64,
+    /// Messages dropped: discarded, refused after shutdown, or dropped by shutdown.
+    pub discarded: u64,
+    /// Messages that every dispatcher declined.
+    pub untaken: u64,
+    /// Events delivered to the dispatchers.
+    pub events_delivered: u64,
+}
+
+struct Queued<C> {
+    conn: C,
+    msg: Message,
+    budget: Option<Permit>,
+    /// Arrival order; key into `State::arrivals`.
+    ticket: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Created,
+    Running,
+    Stopping(ShutdownMode),
+    Stopped,
+}
+
+struct State<C> {
+    phase: Phase,
+    events: VecDeque<QueueEvent<C>>,
+    /// Loopback messages not yet preprocessed, in arrival order.
+    local: VecDeque<Queued<C>>,
+    messages: PrioQueue<Queued<C>>,
+    /// Arrival time of every waiting message, by ticket (so the first is the oldest).
+    arrivals: BTreeMap<u64, Instant>,
+    next_ticket: u64,
+}
+
+impl<C> State<C> {
+    fn accepting(&self) -> bool {
+        matches!(self.phase, Phase::Created | Phase::Running)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.events.is_empty() && self.local.is_empty() && self.messages.len() == 0
+    }
+
+    fn ticket(&mut self) -> u64 {
+        let t = self.next_ticket;
+        self.next_ticket += 1;
+        self.arrivals.insert(t, Instant::now());
+        t
+    }
+
+    fn take_all(&mut self) -> (Vec<Queued<C>>, Vec<QueueEvent<C>>) {
+        let mut msgs: Vec<_> = self.local.drain(..).collect();
+        msgs.extend(self.messages.drain());
+        self.arrivals.clear();
+        (msgs, self.events.drain(..).collect())
+    }
+}
+
+struct Shared<C: ConnectionRef> {
+    name: String,
+    dispatchers: Arc<Dispatchers<C>>,
+    throttle: Arc<Throttle>,
+    state: Mutex<State<C>>,
+    /// The dispatch thread sleeps here when everything is empty.
+    work: Condvar,
+    dispatched: AtomicU64,
+    fast_dispatched: AtomicU64,
+    discarded: AtomicU64,
+    untaken: AtomicU64,
+    events_delivered: AtomicU64,
+}
+
+/// What the dispatch thread does next.
+enum Work<C> {
+    Event(QueueEvent<C>),
+    Local(Queued<C>),
+    Message(Queued<C>),
+    Exit,
+}
+
+/// Received messages and connection events, delivered to the [`Dispatchers`] by one
+/// thread named `ms_dispatch`. See the module docs for the ordering promises.
+pub struct DispatchQueue<C: ConnectionRef> {
+    shared: Arc<Shared<C>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    thread_id: Mutex<Option<ThreadId>>,
+}
+
+impl<C: ConnectionRef> DispatchQueue<C> {
+    /// A stopped queue delivering to `dispatchers`; `throttle` is the dispatch throttle
+    /// (charged by [`local_delivery`](Self::local_delivery); workers charge it themselves).
+    pub fn new(name: &str, dispatchers: Arc<Dispatchers<C>>, throttle: Arc<Throttle>) -> Arc<Self> {
+        Arc::new(DispatchQueue {
+            shared: Arc::new(Shared {
+                name: name.to_owned(),
+                dispatchers,
+                throttle,
+                state: Mutex::new(State {
+                    phase: Phase::Created,
+                    events: VecDeque::new(),
+                    local: VecDeque::new(),
+                    messages: PrioQueue::new(),
+                    arrivals: BTreeMap::new(),
+                    next_ticket: 0,
+                }),
+                work: Condvar::new(),
+                dispatched: AtomicU64::new(0),
+                fast_dispatched: AtomicU64::new(0),
+                discarded: AtomicU64::new(0),
+                untaken: AtomicU64::new(0),
+                events_delivered: AtomicU64::new(0),
+            }),
+            thread: Mutex::new(None),
+            thread_id: Mutex::new(None),
+        })
+    }
+
+    /// The dispatcher chain.
+    pub fn dispatchers(&self) -> &Arc<Dispatchers<C>> {
+        &self.shared.dispatchers
+    }
+
+    /// The dispatch throttle.
+    pub fn throttle(&self) -> &Arc<Throttle> {
+        &self.shared.throttle
+    }
+
+    /// Spawns the `ms_dispatch` thread. Items queued before this are kept.
+    ///
+    /// Errors: already started or shut down, or the thread could not be spawned.
+    pub fn start(self: &Arc<Self>) -> io::Result<()> {
+        let mut slot = self.thread.lock();
+        {
+            let mut st = self.shared.state.lock();
+            if st.phase != Phase::Created {
+                return Err(io::Error::other(format!(
+                    "dispatch queue {}: start in phase {:?}",
+                    self.shared.name, st.phase
+                )));
+            }
+            st.phase = Phase::Running;
+        }
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new().name("ms_dispatch".into()).spawn(move || {
+            run(&shared);
+        });
+        match spawned {
+            Ok(h) => {
+                *self.thread_id.lock() = Some(h.thread().id());
+                *slot = Some(h);
+                log::debug!(target: "msgr::dispatch", "{}: dispatch thread started", self.shared.name);
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.state.lock().phase = Phase::Created;
+                Err(e)
+            }
+        }
+    }
+
+    /// Queues a message read from `conn`, with the dispatch-throttle `budget` charged
+    /// for it. After shutdown began the message is dropped (and counted as discarded).
+    pub fn enqueue(&self, conn: &C, msg: Message, budget: Option<Permit>) {
+        let priority = msg.priority();
+        let rejected = {
+            let mut st = self.shared.state.lock();
+            if st.accepting() {
+                let was_idle = st.is_idle();
+                let ticket = st.ticket();
+                st.messages.push(
+                    priority,
+                    conn.conn_id(),
+                    Queued { conn: conn.clone(), msg, budget, ticket },
+                );
+                drop(st);
+                if was_idle {
+                    self.shared.work.notify_one();
+                }
+                None
+            } else {
+                Some((msg, budget))
+            }
+        };
+        if rejected.is_some() {
+            self.shared.discarded.fetch_add(1, Ordering::Relaxed);
+            log::debug!(target: "msgr::dispatch", "{}: message refused after shutdown", self.shared.name);
+        }
+        // The budget (if any) is released here, outside the lock.
+        drop(rejected);
+    }
+
+    /// The receive path for a message read by `conn`'s worker, in arrival order:
+    /// preprocess, fast dispatch on this thread if wanted, else [`enqueue`](Self::enqueue).
+    pub fn deliver(&self, conn: &C, msg: Message, budget: Option<Permit>) -> Delivery {
+        self.shared.dispatchers.fast_dispatch_or_queue(conn, msg, budget, self)
+    }
+
+    /// Queues a connection event; for `Connect`/`Accept`, first calls the fast hooks on
+    /// this thread. Ignored after shutdown began.
+    pub fn enqueue_event(&self, item: QueueEvent<C>) {
+        if !self.shared.state.lock().accepting() {
+            return;
+        }
+        match &item {
+            QueueEvent::Connect(c) => self.shared.dispatchers.handle_fast_connect(c),
+            QueueEvent::Accept(c) => self.shared.dispatchers.handle_fast_accept(c),
+            QueueEvent::Reset(_) | QueueEvent::RemoteReset(_) | QueueEvent::Refused(_) => {}
+        }
+        let mut st = self.shared.state.lock();
+        if st.accepting() {
+            let was_idle = st.is_idle();
+            st.events.push_back(item);
+            drop(st);
+            if was_idle {
+                self.shared.work.notify_one();
+            }
+        }
+    }
+
+    /// Delivers a message sent on the loopback connection `conn` to our own dispatchers
+    /// with the same guarantees as a worker's [`deliver`](Self::deliver), on the dispatch
+    /// thread (never on the caller's, which may hold its own locks). Charges the dispatch
+    /// throttle without waiting.
+    pub fn local_delivery(&self, conn: &C, msg: Message) {
+        let budget = self.shared.throttle.take(payload_cost(&msg));
+        let rejected = {
+            let mut st = self.shared.state.lock();
+            if st.accepting() {
+                let was_idle = st.is_idle();
+                let ticket = st.ticket();
+                st.local.push_back(Queued {
+                    conn: conn.clone(),
+                    msg,
+                    budget: Some(budget),
+                    ticket,
+                });
+                drop(st);
+                if was_idle {
+                    self.shared.work.notify_one();
+                }
+                None
+            } else {
+                Some((msg, budget))
+            }
+        };
+        if rejected.is_some() {
+            self.shared.discarded.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(rejected);
+    }
+
+    /// Drops every waiting message of connection `conn_id` (not its events), releasing
+    /// their budget. Returns how many were dropped. A message already handed to a
+    /// dispatcher is not affected.
+    #[doc(alias = "discard_queue")]
+    pub fn discard(&self, conn_id: u64) -> usize {
+        let dropped = {
+            let mut st = self.shared.state.lock();
+            let mut dropped = st.messages.remove_conn(conn_id);
+            let (mine, rest): (VecDeque<_>, VecDeque<_>) =
+                st.local.drain(..).partition(|q| q.conn.conn_id() == conn_id);
+            st.local = rest;
+            dropped.extend(mine);
+            for q in &dropped {
+                st.arrivals.remove(&q.ticket);
+            }
+            dropped
+        };
+        let n = dropped.len();
+        self.shared.discarded.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0 {
+            log::debug!(target: "msgr::dispatch", "{}: discarded {n} messages of conn {conn_id}", self.shared.name);
+        }
+        // Releasing budgets may call wakers: outside the lock.
+        drop(dropped);
+        n
+    }
+
+    /// Stops the queue (see the module docs) and joins the dispatch thread. Idempotent;
+    /// a concurrent second call may return before the first finished joining.
+    pub fn shutdown(&self, mode: ShutdownMode) {
+        let (dropped, events) = {
+            let mut st = self.shared.state.lock();
+            match st.phase {
+                Phase::Created => {
+                    st.phase = Phase::Stopped;
+                    st.take_all()
+                }
+                Phase::Running | Phase::Stopping(ShutdownMode::Drain) => {
+                    st.phase = Phase::Stopping(mode);
+                    match mode {
+                        ShutdownMode::Drain => (Vec::new(), Vec::new()),
+                        ShutdownMode::Discard => st.take_all(),
+                    }
+                }
+                Phase::Stopping(ShutdownMode::Discard) | Phase::Stopped => (Vec::new(), Vec::new()),
+            }
+        };
+        self.shared.work.notify_all();
+        self.shared.discarded.fetch_add(dropped.len() as u64, Ordering::Relaxed);
+        log::debug!(
+            target: "msgr::dispatch",
+            "{}: shutdown {mode:?}, dropped {} messages and {} events",
+            self.shared.name,
+            dropped.len(),
+            events.len()
+        );
+        drop((dropped, events));
+
+        if *self.thread_id.lock() == Some(std::thread::current().id()) {
+            // Called by a dispatcher: the thread exits when this hook returns.
+            return;
+        }
+        let handle = self.thread.lock().take();
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                log::error!(target: "msgr::dispatch", "{}: dispatch thread panicked", self.shared.name);
+            }
+            self.shared.state.lock().phase = Phase::Stopped;
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> QueueCounters {
+        let s = &self.shared;
+        let (messages, events, oldest_age) = {
+            let st = s.state.lock();
+            let oldest = st.arrivals.first_key_value().map(|(_, t)| t.elapsed());
+            (st.messages.len() + st.local.len(), st.events.len(), oldest.unwrap_or_default())
+        };
+        QueueCounters {
+            len: messages + events,
+            messages,
+            events,
+            oldest_age,
+            dispatched: s.dispatched.load(Ordering::Relaxed),
+            fast_dispatched: s.fast_dispatched.load(Ordering::Relaxed),
+            discarded: s.discarded.load(Ordering::Relaxed),
+            untaken: s.untaken.load(Ordering::Relaxed),
+            events_delivered: s.events_delivered.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn note_fast_dispatched(&self) {
+        self.shared.fast_dispatched.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl<C: ConnectionRef> Drop for DispatchQueue<C> {
+    fn drop(&mut self) {
+        self.shutdown(ShutdownMode::Discard);
+    }
+}
+
+impl<C: ConnectionRef> std::fmt::Debug for DispatchQueue<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DispatchQueue")
+            .field("name", &self.shared.name)
+            .field("counters", &self.counters())
+            .finish()
+    }
+}
+
+/// What local delivery charges the dispatch throttle.
+fn payload_cost(msg: &Message) -> u64 {
+    u64::try_from(msg.payload_len()).unwrap_or(u64::MAX)
+}
+
+/// The `ms_dispatch` thread.
+fn run<C: ConnectionRef>(s: &Shared<C>) {
+    loop {
+        match next_work(s) {
+            Work::Exit => break,
+            Work::Event(ev) => {
+                deliver_event(s, ev);
+                s.events_delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Work::Local(q) => {
+                let Queued { conn, msg, budget, ticket } = q;
+                s.dispatchers.fast_preprocess(&conn, &msg);
+                match s.dispatchers.fast_dispatch(&conn, msg) {
+                    None => {
+                        s.fast_dispatched.fetch_add(1, Ordering::Relaxed);
+                        s.state.lock().arrivals.remove(&ticket);
+                        drop(budget);
+                    }
+                    Some(msg) => requeue_local(s, Queued { conn, msg, budget, ticket }),
+                }
+            }
+            Work::Message(q) => {
+                let Queued { conn, msg, budget, .. } = q;
+                match s.dispatchers.dispatch(&conn, msg) {
+                    None => {
+                        s.dispatched.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(m) => {
+                        s.untaken.fetch_add(1, Ordering::Relaxed);
+                        log::debug!(
+                            target: "msgr::dispatch",
+                            "{}: no dispatcher took message type {} from conn {}",
+                            s.name,
+                            m.msg_type(),
+                            conn.conn_id()
+                        );
+                    }
+                }
+                // Ceph releases the dispatch throttle when ms_dispatch returns.
+                drop(budget);
+            }
+        }
+    }
+    log::debug!(target: "msgr::dispatch", "{}: dispatch thread exits", s.name);
+}
+
+fn next_work<C: ConnectionRef>(s: &Shared<C>) -> Work<C> {
+    let mut st = s.state.lock();
+    loop {
+        if st.phase == Phase::Stopping(ShutdownMode::Discard) {
+            return Work::Exit;
+        }
+        if let Some(ev) = st.events.pop_front() {
+            return Work::Event(ev);
+        }
+        if let Some(q) = st.local.pop_front() {
+            // Keeps its arrival entry until it is delivered or queued.
+            return Work::Local(q);
+        }
+        if let Some(q) = st.messages.pop() {
+            st.arrivals.remove(&q.ticket);
+            return Work::Message(q);
+        }
+        if matches!(st.phase, Phase::Stopping(_) | Phase::Stopped) {
+            return Work::Exit;
+        }
+        s.work.wait(&mut st);
+    }
+}
+
+/// A local message no fast dispatcher wanted joins the priority queue (even while
+/// draining: it was accepted before shutdown).
+fn requeue_local<C: ConnectionRef>(s: &Shared<C>, q: Queued<C>) {
+    let mut st = s.state.lock();
+    if st.phase == Phase::Stopping(ShutdownMode::Discard) {
+        st.arrivals.remove(&q.ticket);
+        drop(st);
+        s.discarded.fetch_add(1, Ordering::Relaxed);
+        drop(q);
+        return;
+    }
+    let priority = q.msg.priority();
+    let id = q.conn.conn_id();
+    st.messages.push(priority, id, q);
+}
+
+fn deliver_event<C: ConnectionRef>(s: &Shared<C>, ev: QueueEvent<C>) {
+    let d = &s.dispatchers;
+    match ev {
+        QueueEvent::Connect(c) => d.handle_connect(&c),
+        QueueEvent::Accept(c) => d.handle_accept(&c),
+        QueueEvent::Reset(c) => {
+            if !d.handle_reset(&c) {
+                log::debug!(target: "msgr::dispatch", "{}: reset of conn {} unhandled", s.name, c.conn_id());
+            }
+        }
+        QueueEvent::RemoteReset(c) => d.handle_remote_reset(&c),
+        QueueEvent::Refused(c) => {
+            if !d.handle_refused(&c) {
+                log::debug!(target: "msgr::dispatch", "{}: refusal of conn {} unhandled", s.name, c.conn_id());
+            }
+        }
+    }
+}
