@@ -24,6 +24,12 @@ compile_error!("event_center packs (generation, index) into a 64-bit mio::Token"
 pub(crate) const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
 
 impl HandlerId {
+    /// The slab slot this id names (shared with earlier and later ids of other
+    /// generations); for logs and tests.
+    pub fn slot(&self) -> u32 {
+        self.index
+    }
+
     pub(crate) fn token(self) -> mio::Token {
         mio::Token(((self.generation as usize) << 32) | self.index as usize)
     }
