@@ -80,6 +80,8 @@ struct Shared {
     stopping: AtomicBool,
     load: AtomicIsize,
     panics: AtomicU64,
+    /// Waker writes by posts (after coalescing).
+    wakeups: AtomicU64,
     /// The thread that first ran the loop.
     owner: OnceLock<ThreadId>,
     /// Handlers with a `Notify` queued and not yet delivered; bounded by the live handlers.
@@ -189,6 +191,12 @@ impl CenterHandle {
         self.shared.panics.load(Ordering::Relaxed)
     }
 
+    /// How many posts wrote the waker. Only the first post after the loop drained its queue
+    /// does, so this stays far below the number of posts under load.
+    pub fn wakeups(&self) -> u64 {
+        self.shared.wakeups.load(Ordering::Relaxed)
+    }
+
     /// Tells the center to stop: `run` returns after giving every handler
     /// [`Handler::shutdown`]. Later posts return [`CenterError::Stopped`]. Idempotent.
     pub fn stop(&self) {
@@ -209,6 +217,7 @@ impl CenterHandle {
         // Only the first post since the loop last drained writes the eventfd (Ceph's
         // external-event wakeup). SeqCst pairs with the loop's clear-then-drain.
         if !self.shared.wake_pending.swap(true, Ordering::SeqCst) {
+            self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
             self.wake();
         }
         Ok(())
@@ -626,6 +635,7 @@ impl EventCenter {
             stopping: AtomicBool::new(false),
             load: AtomicIsize::new(0),
             panics: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
             owner: OnceLock::new(),
             notify_pending: Mutex::new(HashSet::new()),
         });

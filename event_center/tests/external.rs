@@ -163,3 +163,22 @@ fn external_flood_is_drained_in_bounded_batches() {
     }
     assert_eq!(ran.load(Ordering::Relaxed), total);
 }
+
+// Ceph's EventCenter::dispatch_event_external writes the notify pipe only when the queue
+// goes from empty to non-empty.
+#[test]
+fn only_the_first_post_after_a_drain_wakes_the_poll() {
+    let mut center = EventCenter::new(0).expect("center");
+    let handle = center.handle();
+    for _ in 0..100 {
+        handle.dispatch_event_external(|_| ()).expect("post");
+    }
+    assert_eq!(handle.wakeups(), 1);
+    center.run_once(Some(Duration::ZERO)).expect("poll");
+    for _ in 0..100 {
+        handle.dispatch_event_external(|_| ()).expect("post");
+    }
+    assert_eq!(handle.wakeups(), 2, "the drain re-armed the wakeup once");
+    center.run_once(Some(Duration::ZERO)).expect("poll");
+    assert_eq!(handle.wakeups(), 2, "draining does not wake");
+}
