@@ -1,6 +1,43 @@
-//! [`Message`]: one Ceph message (header, front, middle, data, footer) as zero-copy segments.
+//! [`Message`]: one Ceph message (header, front, middle, data, footer) as zero-copy
+//! segments; [`Frame`]: its vectored wire form; [`MessageDecoder`]: the incremental decoder.
+//!
+//! # Sending
+//! The session assigns `seq` and calls [`Message::encode_frame`], which yields a [`Frame`]:
+//! `[Tag::MSG + 53-byte header]`, front, middle, data, footer — five slices for `writev`,
+//! the payload segments shared with the message, never copied.
+//!
+//! # Receiving
+//! The session reads the one-byte tag itself; after [`crate::wire::Tag::MSG`] it hands the
+//! following bytes to a [`MessageDecoder`], in whatever chunks the socket produced:
+//!
+//! ```text
+//!          feed()                    proceed()                 feed()…
+//! AwaitHeader ──► HeaderReady(hdr) ───────────► AwaitPayload ──► AwaitFooter ──► Message
+//!   (53 bytes,     caller takes a throttle       front, middle,    crcs checked   (decoder is
+//!   crc + limits   budget for hdr.payload_len()  data              here           AwaitHeader
+//!   checked)       then calls proceed()                                           again)
+//! ```
+//!
+//! 1. [`MessageDecoder::feed`] with the bytes after the tag. It consumes only what it
+//!    needs and returns [`Progress::NeedMore`] (everything was consumed, feed more),
+//!    [`Progress::HeaderReady`] or [`Progress::Message`].
+//! 2. On `HeaderReady` the decoder stops consuming: the caller reserves throttle budget
+//!    for `payload_len()` (it may take a while; just stop reading) and then calls
+//!    [`MessageDecoder::proceed`], and feeds again — the same unconsumed input first.
+//! 3. On `Message` the decoder is back at `AwaitHeader`; bytes left in the input belong to
+//!    the next tag, which the caller reads.
+//!
+//! Any error leaves the decoder failed (the connection must fault); [`MessageDecoder::reset`]
+//! makes it usable again.
 
-use bytes::Bytes;
+use std::fmt;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::error::{Error, Result};
+use crate::types::{EntityName, EntityType};
+use crate::wire::{ceph_crc32c, FooterFlags, FooterFormat, MsgFooter, MsgHeader, Tag};
 
 /// `CEPH_MSG_PRIO_LOW`.
 pub const PRIO_LOW: u16 = 64;
@@ -11,11 +48,9 @@ pub const PRIO_HIGH: u16 = 196;
 /// `CEPH_MSG_PRIO_HIGHEST`.
 pub const PRIO_HIGHEST: u16 = 255;
 
-/// A Ceph message: the header fields the upper layers set, plus payload segments.
-///
-/// Placeholder shape fixed early so `dispatch` can build against it; the wire codec
-/// extends it (header/footer structs, timestamps) without changing these accessors.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// A Ceph message: header fields, payload segments, the received footer and the
+/// timestamps the messenger fills in.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Message {
     msg_type: u16,
     version: u16,
@@ -23,9 +58,17 @@ pub struct Message {
     priority: u16,
     tid: u64,
     seq: u64,
+    src: Option<EntityName>,
+    data_off: u16,
     front: Bytes,
     middle: Bytes,
     data: Bytes,
+    /// The footer as received (crcs, signature, flags); default for locally built ones.
+    footer: MsgFooter,
+    recv_stamp: Option<Instant>,
+    throttle_stamp: Option<Instant>,
+    recv_complete_stamp: Option<Instant>,
+    dispatch_stamp: Option<Instant>,
 }
 
 impl Message {
@@ -33,6 +76,32 @@ impl Message {
     pub fn new(msg_type: u16, front: Bytes) -> Self {
         Message { msg_type, front, ..Default::default() }
     }
+
+    /// A received message from its decoded parts.
+    pub fn from_parts(
+        header: &MsgHeader,
+        front: Bytes,
+        middle: Bytes,
+        data: Bytes,
+        footer: MsgFooter,
+    ) -> Self {
+        Message {
+            msg_type: header.msg_type,
+            version: header.version,
+            compat_version: header.compat_version,
+            priority: header.priority,
+            tid: header.tid,
+            seq: header.seq,
+            src: Some(header.src),
+            data_off: header.data_off,
+            front,
+            middle,
+            data,
+            footer,
+            ..Default::default()
+        }
+    }
+
     /// The message type number (`CEPH_MSG_*`).
     pub fn msg_type(&self) -> u16 {
         self.msg_type
@@ -49,13 +118,9 @@ impl Message {
     pub fn compat_version(&self) -> u16 {
         self.compat_version
     }
-    /// Sets the compat version.
+    /// Sets the compat version (sent as is; Ceph sends 0 for some messages).
     pub fn set_compat_version(&mut self, compat_version: u16) {
         self.compat_version = compat_version;
-    }
-    /// Sets the middle segment.
-    pub fn set_middle(&mut self, middle: Bytes) {
-        self.middle = middle;
     }
     /// Queueing priority (`PRIO_*`); 0 means "the messenger's default".
     pub fn priority(&self) -> u16 {
@@ -73,17 +138,46 @@ impl Message {
     pub fn set_tid(&mut self, tid: u64) {
         self.tid = tid;
     }
-    /// Session sequence number (assigned when sent).
+    /// Session sequence number (assigned when sent, read from the header when received).
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+    /// Sets the sequence number (the session does this when it queues the message).
+    pub fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+    /// The sender as named in the header; `None` for a locally built message, which
+    /// the session stamps with its own name when encoding.
+    pub fn src(&self) -> Option<EntityName> {
+        self.src
+    }
+    /// Sets the sender name.
+    pub fn set_src(&mut self, src: EntityName) {
+        self.src = Some(src);
+    }
+    /// The header's `data_off`.
+    pub fn data_off(&self) -> u16 {
+        self.data_off
+    }
+    /// Sets `data_off`.
+    pub fn set_data_off(&mut self, data_off: u16) {
+        self.data_off = data_off;
     }
     /// The front segment.
     pub fn front(&self) -> &Bytes {
         &self.front
     }
+    /// Sets the front segment.
+    pub fn set_front(&mut self, front: Bytes) {
+        self.front = front;
+    }
     /// The middle segment.
     pub fn middle(&self) -> &Bytes {
         &self.middle
+    }
+    /// Sets the middle segment.
+    pub fn set_middle(&mut self, middle: Bytes) {
+        self.middle = middle;
     }
     /// The data segment.
     pub fn data(&self) -> &Bytes {
@@ -96,5 +190,591 @@ impl Message {
     /// Payload bytes (front + middle + data): what the throttles charge.
     pub fn payload_len(&self) -> usize {
         self.front.len() + self.middle.len() + self.data.len()
+    }
+    /// The footer as received (default for a locally built message).
+    pub fn footer(&self) -> &MsgFooter {
+        &self.footer
+    }
+
+    /// When the first byte of this message was read (set by the messenger).
+    pub fn recv_stamp(&self) -> Option<Instant> {
+        self.recv_stamp
+    }
+    /// Records when the first byte was read.
+    pub fn set_recv_stamp(&mut self, at: Instant) {
+        self.recv_stamp = Some(at);
+    }
+    /// When throttle budget was granted.
+    pub fn throttle_stamp(&self) -> Option<Instant> {
+        self.throttle_stamp
+    }
+    /// Records when throttle budget was granted.
+    pub fn set_throttle_stamp(&mut self, at: Instant) {
+        self.throttle_stamp = Some(at);
+    }
+    /// When the last byte was read.
+    pub fn recv_complete_stamp(&self) -> Option<Instant> {
+        self.recv_complete_stamp
+    }
+    /// Records when the last byte was read.
+    pub fn set_recv_complete_stamp(&mut self, at: Instant) {
+        self.recv_complete_stamp = Some(at);
+    }
+    /// When the message was handed to a dispatcher.
+    pub fn dispatch_stamp(&self) -> Option<Instant> {
+        self.dispatch_stamp
+    }
+    /// Records when the message was handed to a dispatcher.
+    pub fn set_dispatch_stamp(&mut self, at: Instant) {
+        self.dispatch_stamp = Some(at);
+    }
+
+    /// The header and footer this message is sent with as message `seq`.
+    ///
+    /// `src` stands in when the message has none of its own. Front and middle crcs (and
+    /// the header crc) are computed when `crc_header`; the data crc when `crc_data`,
+    /// otherwise the footer carries `NOCRC`. The footer always has `COMPLETE`.
+    pub fn encode_header(
+        &self,
+        seq: u64,
+        src: EntityName,
+        crc_header: bool,
+        crc_data: bool,
+    ) -> (MsgHeader, MsgFooter) {
+        let mut header = MsgHeader {
+            seq,
+            tid: self.tid,
+            msg_type: self.msg_type,
+            priority: self.priority,
+            version: self.version,
+            front_len: len32(&self.front),
+            middle_len: len32(&self.middle),
+            data_len: len32(&self.data),
+            data_off: self.data_off,
+            src: self.src.unwrap_or(src),
+            compat_version: self.compat_version,
+            reserved: 0,
+            crc: 0,
+        };
+        let mut footer = MsgFooter { flags: FooterFlags::COMPLETE, ..Default::default() };
+        if crc_header {
+            header = header.with_crc();
+            footer.front_crc = ceph_crc32c(0, &self.front);
+            footer.middle_crc = ceph_crc32c(0, &self.middle);
+        }
+        if crc_data {
+            footer.data_crc = ceph_crc32c(0, &self.data);
+        } else {
+            footer.flags = footer.flags | FooterFlags::NOCRC;
+        }
+        (header, footer)
+    }
+
+    /// The complete wire form (tag, header, segments, footer) as message `seq`.
+    pub fn encode_frame(&self, seq: u64, src: EntityName, opts: &EncodeOptions) -> Frame {
+        let (header, footer) = self.encode_header(seq, src, opts.crc_header, opts.crc_data);
+        Frame::new(&header, &footer, opts.footer, self)
+    }
+}
+
+/// A `u32` segment length; a local segment above 4 GiB cannot be sent in msgr v1 and is
+/// a caller bug, logged and clamped rather than silently wrapped.
+fn len32(b: &Bytes) -> u32 {
+    u32::try_from(b.len()).unwrap_or_else(|_| {
+        log::error!(target: "msgr::message", "segment of {} bytes exceeds u32", b.len());
+        u32::MAX
+    })
+}
+
+impl fmt::Debug for Message {
+    /// Never prints payload bytes, only their lengths.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("type", &self.msg_type)
+            .field("version", &self.version)
+            .field("compat", &self.compat_version)
+            .field("priority", &self.priority)
+            .field("tid", &self.tid)
+            .field("seq", &self.seq)
+            .field("src", &self.src.map(|s| s.to_string()))
+            .field("front_len", &self.front.len())
+            .field("middle_len", &self.middle.len())
+            .field("data_len", &self.data.len())
+            .finish()
+    }
+}
+
+/// How a connection sends messages (Ceph's `ms_crc_header`, `ms_crc_data`, MSG_AUTH).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// Compute header, front and middle crcs (`ms_crc_header`, default true).
+    pub crc_header: bool,
+    /// Compute the data crc (`ms_crc_data`, default true).
+    pub crc_data: bool,
+    /// Footer format from the negotiated features.
+    pub footer: FooterFormat,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions { crc_header: true, crc_data: true, footer: FooterFormat::New }
+    }
+}
+
+/// A message in wire form: five slices for vectored writes; payloads are shared, not copied.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// `Tag::MSG` + the 53-byte header.
+    head: [u8; 1 + MsgHeader::LEN],
+    front: Bytes,
+    middle: Bytes,
+    data: Bytes,
+    footer: [u8; MsgFooter::MAX_LEN],
+    footer_len: usize,
+}
+
+impl Frame {
+    /// Assembles a frame from an encoded header/footer and the message's segments.
+    pub fn new(
+        header: &MsgHeader,
+        footer: &MsgFooter,
+        format: FooterFormat,
+        msg: &Message,
+    ) -> Self {
+        let mut head = [0u8; 1 + MsgHeader::LEN];
+        head[0] = Tag::MSG.0;
+        head[1..].copy_from_slice(&header.to_bytes());
+        let (footer, footer_len) = footer.to_bytes(format);
+        Frame {
+            head,
+            front: msg.front.clone(),
+            middle: msg.middle.clone(),
+            data: msg.data.clone(),
+            footer,
+            footer_len,
+        }
+    }
+
+    /// The five slices in wire order: tag+header, front, middle, data, footer.
+    pub fn slices(&self) -> [&[u8]; 5] {
+        [&self.head, &self.front, &self.middle, &self.data, &self.footer[..self.footer_len]]
+    }
+
+    /// The slices still to write after `written` bytes went out (for partial writes);
+    /// fully written slices come back empty.
+    pub fn slices_after(&self, mut written: usize) -> [&[u8]; 5] {
+        let mut out = self.slices();
+        for s in out.iter_mut() {
+            let skip = written.min(s.len());
+            *s = &s[skip..];
+            written -= skip;
+        }
+        out
+    }
+
+    /// Total bytes on the wire.
+    pub fn len(&self) -> usize {
+        self.slices().iter().map(|s| s.len()).sum()
+    }
+
+    /// Never true: a frame always has a tag and a header.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Appends the whole frame to `out` (copies; for tests and small control paths).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        for s in self.slices() {
+            out.extend_from_slice(s);
+        }
+    }
+}
+
+/// Upper bounds on the segment lengths a peer may announce, checked before allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest front.
+    pub max_front: u32,
+    /// Largest middle.
+    pub max_middle: u32,
+    /// Largest data segment.
+    pub max_data: u32,
+}
+
+impl Default for DecodeLimits {
+    /// 64 MiB front (the largest monitor payloads, full OSDMaps of big clusters, are tens
+    /// of MiB), 16 MiB middle (unused by everything we speak), 256 MiB data (Ceph's
+    /// largest object writes are ~90 MiB, `osd_max_write_size`).
+    fn default() -> Self {
+        DecodeLimits { max_front: 64 << 20, max_middle: 16 << 20, max_data: 256 << 20 }
+    }
+}
+
+/// How a connection receives messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Length limits.
+    pub limits: DecodeLimits,
+    /// Crc settings; `crc_header` checks header, front and middle crcs, `crc_data` the
+    /// data crc (unless the footer says `NOCRC`), as Ceph's receiver does.
+    pub crc: EncodeOptions,
+}
+
+/// What one [`MessageDecoder::feed`] call achieved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// All input was consumed; feed more.
+    NeedMore,
+    /// The header is decoded and checked; reserve budget, call
+    /// [`MessageDecoder::proceed`], then feed again. Input after the header was left.
+    HeaderReady(MsgHeader),
+    /// A complete, verified message; input after its footer was left.
+    Message(Message),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    AwaitHeader,
+    HeaderReady,
+    AwaitFront,
+    AwaitMiddle,
+    AwaitData,
+    AwaitFooter,
+    Failed,
+}
+
+/// Incremental decoder of the bytes after a `Tag::MSG` (see the module docs for the
+/// call order).
+#[derive(Debug)]
+pub struct MessageDecoder {
+    opts: DecodeOptions,
+    stage: Stage,
+    /// Bytes of the current piece that arrived split across chunks. Grows only with
+    /// bytes actually received, never from an announced length.
+    partial: BytesMut,
+    /// Valid from `HeaderReady` on.
+    header: MsgHeader,
+    front: Bytes,
+    middle: Bytes,
+    data: Bytes,
+}
+
+impl MessageDecoder {
+    /// A decoder awaiting a header.
+    pub fn new(opts: DecodeOptions) -> Self {
+        MessageDecoder {
+            opts,
+            stage: Stage::AwaitHeader,
+            partial: BytesMut::new(),
+            header: MsgHeader::default(),
+            front: Bytes::new(),
+            middle: Bytes::new(),
+            data: Bytes::new(),
+        }
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &DecodeOptions {
+        &self.opts
+    }
+
+    /// Changes the options (e.g. the footer format once features are negotiated).
+    /// Takes effect for the next message.
+    pub fn set_options(&mut self, opts: DecodeOptions) {
+        self.opts = opts;
+    }
+
+    /// The decoded header, once `HeaderReady` was returned and until the message completes.
+    pub fn header(&self) -> Option<&MsgHeader> {
+        match self.stage {
+            Stage::AwaitHeader | Stage::Failed => None,
+            _ => Some(&self.header),
+        }
+    }
+
+    /// True between messages with nothing buffered.
+    pub fn is_idle(&self) -> bool {
+        self.stage == Stage::AwaitHeader && self.partial.is_empty()
+    }
+
+    /// Forgets any partial message and failure; awaits a header again.
+    pub fn reset(&mut self) {
+        self.stage = Stage::AwaitHeader;
+        self.partial = BytesMut::new();
+        self.front = Bytes::new();
+        self.middle = Bytes::new();
+        self.data = Bytes::new();
+    }
+
+    /// Lets the decoder read the payload after `HeaderReady`.
+    pub fn proceed(&mut self) -> Result<()> {
+        if self.stage != Stage::HeaderReady {
+            return Err(Error::Misuse("MessageDecoder::proceed without HeaderReady"));
+        }
+        self.stage = Stage::AwaitFront;
+        Ok(())
+    }
+
+    /// Consumes bytes from the front of `input` (advancing it) and reports progress.
+    pub fn feed(&mut self, input: &mut Bytes) -> Result<Progress> {
+        let r = self.step(input);
+        if r.is_err() {
+            self.stage = Stage::Failed;
+            self.partial = BytesMut::new();
+        }
+        r
+    }
+
+    fn step(&mut self, input: &mut Bytes) -> Result<Progress> {
+        loop {
+            match self.stage {
+                Stage::Failed => return Err(Error::Misuse("MessageDecoder used after an error")),
+                Stage::HeaderReady => return Ok(Progress::HeaderReady(self.header)),
+                Stage::AwaitHeader => {
+                    let Some(raw) = self.take(input, MsgHeader::LEN) else {
+                        return Ok(Progress::NeedMore);
+                    };
+                    let (header, _) = MsgHeader::decode(&raw)?;
+                    self.check_header(&header)?;
+                    log::trace!(target: "msgr::message", "header seq {} type {} front {} middle {} data {}",
+                        header.seq, header.msg_type, header.front_len, header.middle_len, header.data_len);
+                    self.header = header;
+                    self.stage = Stage::HeaderReady;
+                    return Ok(Progress::HeaderReady(header));
+                }
+                Stage::AwaitFront => {
+                    let Some(b) = self.take(input, self.header.front_len as usize) else {
+                        return Ok(Progress::NeedMore);
+                    };
+                    self.front = b;
+                    self.stage = Stage::AwaitMiddle;
+                }
+                Stage::AwaitMiddle => {
+                    let Some(b) = self.take(input, self.header.middle_len as usize) else {
+                        return Ok(Progress::NeedMore);
+                    };
+                    self.middle = b;
+                    self.stage = Stage::AwaitData;
+                }
+                Stage::AwaitData => {
+                    let Some(b) = self.take(input, self.header.data_len as usize) else {
+                        return Ok(Progress::NeedMore);
+                    };
+                    self.data = b;
+                    self.stage = Stage::AwaitFooter;
+                }
+                Stage::AwaitFooter => {
+                    let format = self.opts.crc.footer;
+                    let Some(raw) = self.take(input, format.encoded_len()) else {
+                        return Ok(Progress::NeedMore);
+                    };
+                    let (footer, _) = MsgFooter::decode(&raw, format)?;
+                    self.check_footer(&footer)?;
+                    let msg = Message::from_parts(
+                        &self.header,
+                        std::mem::take(&mut self.front),
+                        std::mem::take(&mut self.middle),
+                        std::mem::take(&mut self.data),
+                        footer,
+                    );
+                    self.stage = Stage::AwaitHeader;
+                    return Ok(Progress::Message(msg));
+                }
+            }
+        }
+    }
+
+    /// Takes exactly `n` bytes: a zero-copy slice when they are all in `input` and
+    /// nothing is pending, else accumulates into `partial` (copying only then).
+    fn take(&mut self, input: &mut Bytes, n: usize) -> Option<Bytes> {
+        if self.partial.is_empty() && input.len() >= n {
+            return Some(input.split_to(n));
+        }
+        let want = n - self.partial.len();
+        let now = want.min(input.len());
+        self.partial.extend_from_slice(&input[..now]);
+        input.advance(now);
+        if self.partial.len() == n {
+            Some(self.partial.split().freeze())
+        } else {
+            None
+        }
+    }
+
+    fn check_header(&self, h: &MsgHeader) -> Result<()> {
+        if self.opts.crc.crc_header {
+            h.verify_crc()?;
+        }
+        let l = &self.opts.limits;
+        for (what, len, limit) in [
+            ("front", h.front_len, l.max_front),
+            ("middle", h.middle_len, l.max_middle),
+            ("data", h.data_len, l.max_data),
+        ] {
+            if len > limit {
+                return Err(Error::TooLarge { what, len: len.into(), limit: limit.into() });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_footer(&self, f: &MsgFooter) -> Result<()> {
+        if !f.flags.contains(FooterFlags::COMPLETE) {
+            return Err(Error::Aborted);
+        }
+        let check = |what, expected, seg: &Bytes| {
+            let got = ceph_crc32c(0, seg);
+            if got == expected {
+                Ok(())
+            } else {
+                Err(Error::BadCrc { what, expected, got })
+            }
+        };
+        if self.opts.crc.crc_header {
+            check("front", f.front_crc, &self.front)?;
+            check("middle", f.middle_crc, &self.middle)?;
+        }
+        if self.opts.crc.crc_data && !f.flags.contains(FooterFlags::NOCRC) {
+            check("data", f.data_crc, &self.data)?;
+        }
+        Ok(())
+    }
+}
+
+/// The name a session uses for locally built messages before it knows better.
+pub const UNNAMED_CLIENT: EntityName = EntityName { ty: EntityType::CLIENT, num: EntityName::NEW };
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Message {
+        let mut m = Message::new(17, Bytes::from_static(b"front bytes"));
+        m.set_version(1);
+        m.set_compat_version(1);
+        m.set_priority(PRIO_DEFAULT);
+        m.set_tid(9);
+        m.set_middle(Bytes::from_static(b"mid"));
+        m.set_data(Bytes::from(vec![7u8; 100]));
+        m
+    }
+
+    fn decode_all(bytes: &[u8], opts: DecodeOptions) -> Result<Message> {
+        let mut dec = MessageDecoder::new(opts);
+        let mut input = Bytes::copy_from_slice(bytes);
+        loop {
+            match dec.feed(&mut input)? {
+                Progress::NeedMore => return Err(Error::Truncated { need: 1, have: 0 }),
+                Progress::HeaderReady(_) => dec.proceed()?,
+                Progress::Message(m) => {
+                    assert!(input.is_empty());
+                    return Ok(m);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn frame_round_trips_without_copying_payload() {
+        let m = sample();
+        let frame = m.encode_frame(5, UNNAMED_CLIENT, &EncodeOptions::default());
+        assert_eq!(frame.slices()[1].as_ptr(), m.front().as_ptr());
+        assert_eq!(frame.slices()[3].as_ptr(), m.data().as_ptr());
+        let mut wire = Vec::new();
+        frame.write_to(&mut wire);
+        assert_eq!(wire.len(), frame.len());
+        assert_eq!(wire[0], Tag::MSG.0);
+        let got = decode_all(&wire[1..], DecodeOptions::default()).unwrap();
+        assert_eq!(got.seq(), 5);
+        assert_eq!(got.src(), Some(UNNAMED_CLIENT));
+        assert_eq!((got.front(), got.middle(), got.data()), (m.front(), m.middle(), m.data()));
+        assert_eq!((got.tid(), got.msg_type(), got.version()), (9, 17, 1));
+        assert!(got.footer().flags.contains(FooterFlags::COMPLETE));
+    }
+
+    #[test]
+    fn whole_segments_are_sliced_not_copied() {
+        let frame = sample().encode_frame(1, UNNAMED_CLIENT, &EncodeOptions::default());
+        let mut wire = Vec::new();
+        frame.write_to(&mut wire);
+        let mut input = Bytes::from(wire).slice(1..);
+        let base = input.as_ptr() as usize;
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        assert!(matches!(dec.feed(&mut input).unwrap(), Progress::HeaderReady(_)));
+        dec.proceed().unwrap();
+        let Progress::Message(m) = dec.feed(&mut input).unwrap() else { panic!("no message") };
+        assert_eq!(m.front().as_ptr() as usize, base + MsgHeader::LEN);
+    }
+
+    #[test]
+    fn slices_after_partial_write() {
+        let frame = sample().encode_frame(1, UNNAMED_CLIENT, &EncodeOptions::default());
+        let all: Vec<u8> = frame.slices().concat();
+        for written in [0, 1, 54, 60, 65, frame.len() - 1, frame.len()] {
+            let rest: Vec<u8> = frame.slices_after(written).concat();
+            assert_eq!(rest, all[written..]);
+        }
+    }
+
+    #[test]
+    fn old_footer_and_no_data_crc() {
+        let opts = EncodeOptions { crc_header: true, crc_data: false, footer: FooterFormat::Old };
+        let frame = sample().encode_frame(2, UNNAMED_CLIENT, &opts);
+        assert_eq!(frame.slices()[4].len(), 13);
+        let mut wire = Vec::new();
+        frame.write_to(&mut wire);
+        let m = decode_all(&wire[1..], DecodeOptions { crc: opts, ..Default::default() }).unwrap();
+        assert!(m.footer().flags.contains(FooterFlags::NOCRC));
+        // A receiver that wants data crcs honours NOCRC.
+        let strict = EncodeOptions { crc_data: true, ..opts };
+        decode_all(&wire[1..], DecodeOptions { crc: strict, ..Default::default() }).unwrap();
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        let frame = sample().encode_frame(1, UNNAMED_CLIENT, &EncodeOptions::default());
+        let mut wire = Vec::new();
+        frame.write_to(&mut wire);
+        let body = &wire[1..];
+        let opts = DecodeOptions::default();
+
+        let mut bad = body.to_vec();
+        bad[0] ^= 1;
+        assert!(matches!(decode_all(&bad, opts), Err(Error::BadCrc { what: "header", .. })));
+        let mut bad = body.to_vec();
+        bad[MsgHeader::LEN] ^= 1;
+        assert!(matches!(decode_all(&bad, opts), Err(Error::BadCrc { what: "front", .. })));
+        let mut bad = body.to_vec();
+        let data_at = MsgHeader::LEN + 11 + 3;
+        bad[data_at] ^= 1;
+        assert!(matches!(decode_all(&bad, opts), Err(Error::BadCrc { what: "data", .. })));
+        let mut bad = body.to_vec();
+        *bad.last_mut().unwrap() = 0;
+        assert_eq!(decode_all(&bad, opts), Err(Error::Aborted));
+
+        let tight = DecodeOptions {
+            limits: DecodeLimits { max_front: 4, ..Default::default() },
+            ..Default::default()
+        };
+        assert!(matches!(decode_all(body, tight), Err(Error::TooLarge { what: "front", .. })));
+
+        let mut dec = MessageDecoder::new(opts);
+        assert!(matches!(dec.proceed(), Err(Error::Misuse(_))));
+    }
+
+    #[test]
+    fn header_ready_holds_until_proceed() {
+        let frame = sample().encode_frame(1, UNNAMED_CLIENT, &EncodeOptions::default());
+        let mut wire = Vec::new();
+        frame.write_to(&mut wire);
+        let mut input = Bytes::from(wire).slice(1..);
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        let Progress::HeaderReady(h) = dec.feed(&mut input).unwrap() else { panic!() };
+        assert_eq!(h.payload_len(), 114);
+        let left = input.len();
+        assert!(matches!(dec.feed(&mut input).unwrap(), Progress::HeaderReady(_)));
+        assert_eq!(input.len(), left, "nothing consumed before proceed()");
+        assert_eq!(dec.header().map(|h| h.seq), Some(1));
     }
 }
