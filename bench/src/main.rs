@@ -1,2 +1,55 @@
-//! The asyncmsgr benchmark harness (placeholder until event_center/messenger land).
-fn main() {}
+//! `cargo run --release -p bench`: the asyncmsgr loopback benchmark, in the spirit of
+//! Ceph's `ceph_perf_msgr_server` / `ceph_perf_msgr_client`, with a plain `std::net`
+//! request/reply loop run in the same command for comparison. `--help` lists the options.
+#![allow(clippy::print_stdout)]
+
+mod args;
+mod report;
+mod stdnet;
+
+use args::{Args, Mode};
+use report::Report;
+
+fn print_table(args: &Args, reports: &[Report]) {
+    println!();
+    println!(
+        "size {} B, reply {} B, depth {}, conns {}, workers {}, crc {}, {:.1} s",
+        args.size,
+        args.reply_size,
+        args.depth,
+        args.conns,
+        args.workers,
+        if args.crc { "on" } else { "off" },
+        args.duration.as_secs_f64()
+    );
+    println!("{}", Report::header());
+    for r in reports {
+        println!("{}", r.row());
+    }
+}
+
+fn main() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .try_init();
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let mut reports = Vec::new();
+    let result = match args.mode {
+        Mode::StdNet | Mode::Compare | Mode::Messenger => {
+            stdnet::run(&args).map(|r| reports.push(r))
+        }
+        Mode::Server | Mode::Client => {
+            Err(std::io::Error::other("server/client modes need the messenger"))
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("bench failed: {e}");
+        std::process::exit(1);
+    }
+    print_table(&args, &reports);
+}
