@@ -20,6 +20,15 @@
 //!   `MMonGetVersionReply`'s `oldest_version`), so refusing them would break interop.
 //!   They are logged at `debug` on target `msgr::messages` (the count, never the bytes).
 //!
+//! # Deliberate differences from Ceph
+//! - Strings must be UTF-8 ([`crate::encoding::Decoder::string`]); Ceph accepts any
+//!   bytes. Every name, key and command Ceph puts in these messages is ASCII/JSON.
+//! - [`MPing`] keeps its front verbatim (Ceph's decoder ignores it) so a monitor's health
+//!   report is readable.
+//! - [`MonMap`] of the old forms: see its doc (rank derivation, v1 names, min release).
+//! - A typed message whose compat is too new is an error returned to the caller; Ceph
+//!   logs it and drops the message. The caller decides (the session layer may drop it).
+//!
 //! # Header versions
 //! Ceph's `Message::encode` sets `compat_version = version` when a message class does not
 //! name a compat version ("if the encoder didn't specify past compatibility, we assume it
@@ -334,4 +343,55 @@ pub fn decode_any(msg: &Message) -> Result<AnyMessage> {
         MsgType::MON_COMMAND_ACK => AnyMessage::MonCommandAck(MMonCommandAck::from_message(msg)?),
         _ => AnyMessage::Raw(msg.clone()),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msg_type_names_and_display() {
+        assert_eq!(MsgType::MON_MAP.to_string(), "mon_map(4)");
+        assert_eq!(MsgType(0x4242).to_string(), "type16962");
+        assert_eq!(MsgType::from(70), MsgType::OSD_PING);
+        assert_eq!(u16::from(MsgType::MGR_MAP), 0x704);
+    }
+
+    #[test]
+    fn paxos_header_is_18_bytes_and_client_default() {
+        let mut e = Encoder::new();
+        PaxosHeader::default().encode(&mut e);
+        assert_eq!(e.len(), PaxosHeader::LEN);
+        assert_eq!(&e.as_slice()[8..10], &[0xff, 0xff]);
+        let back = PaxosHeader::decode(&mut Decoder::new(e.as_slice())).unwrap();
+        assert_eq!(back, PaxosHeader::default());
+    }
+
+    #[test]
+    fn string_containers_check_counts_before_allocating() {
+        let huge = [0xff, 0xff, 0xff, 0x0f, 1, 2, 3];
+        assert!(matches!(
+            decode_string_vec(&mut Decoder::new(&huge)),
+            Err(Error::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode_string_map(&mut Decoder::new(&huge)),
+            Err(Error::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode_string_set(&mut Decoder::new(&huge)),
+            Err(Error::Truncated { .. })
+        ));
+    }
+
+    #[test]
+    fn to_message_sets_type_versions_and_segments() {
+        let m = MMonCommand { data: Bytes::from_static(b"in"), ..MMonCommand::default() };
+        let msg = m.to_message(Features::PACIFIC_ADVERTISED);
+        assert_eq!(msg.msg_type(), MsgType::MON_COMMAND.0);
+        assert_eq!((msg.version(), msg.compat_version()), (1, 1));
+        assert_eq!(&msg.data()[..], b"in");
+        assert!(msg.middle().is_empty());
+    }
 }

@@ -429,3 +429,45 @@ fn encode_mon_features(e: &mut Encoder, f: u64) {
 fn decode_mon_features(d: &mut Decoder<'_>) -> Result<u64> {
     d.versioned("mon_feature_t", 1, |d, _| d.u64())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, addr: &str) -> MonInfo {
+        MonInfo {
+            name: name.into(),
+            public_addrs: EntityAddrVec::single(EntityAddr::legacy(addr.parse().unwrap(), 0)),
+            ..MonInfo::default()
+        }
+    }
+
+    #[test]
+    fn legacy_ranks_follow_address_order_then_name() {
+        let mut mons = BTreeMap::new();
+        for (n, a) in [("a", "10.0.0.3:6789"), ("b", "10.0.0.1:6789"), ("c", "10.0.0.2:6789")] {
+            mons.insert(n.to_string(), info(n, a));
+        }
+        assert_eq!(legacy_ranks(&mons), ["b", "c", "a"]);
+    }
+
+    #[test]
+    fn crush_location_raises_mon_info_compat() {
+        let mut m = info("a", "10.0.0.1:6789");
+        let mut e = Encoder::new();
+        m.encode(&mut e, Features::PACIFIC_ADVERTISED);
+        assert_eq!(&e.as_slice()[..2], &[5, 1]);
+        m.crush_loc.insert("host".into(), "h1".into());
+        let mut e = Encoder::new();
+        m.encode(&mut e, Features::PACIFIC_ADVERTISED);
+        assert_eq!(&e.as_slice()[..2], &[5, 5]);
+        assert_eq!(MonInfo::decode(&mut Decoder::new(e.as_slice())).unwrap(), m);
+    }
+
+    #[test]
+    fn version_zero_and_empty_blobs_are_malformed() {
+        assert!(matches!(MonMap::decode(&[]), Err(Error::Truncated { .. })));
+        assert!(matches!(MonMap::decode(&[0, 0]), Err(Error::Malformed(_))));
+    }
+}

@@ -162,3 +162,27 @@ impl TypedMessage for MOSDPing {
         Ok(m)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_span_truncates_toward_zero_like_chrono() {
+        // -1.5 s: duration_cast<seconds> gives -1, the remainder -500_000_000 ns.
+        let mut e = Encoder::new();
+        SignedSpan(-1_500_000_000).encode(&mut e);
+        assert_eq!(e.as_slice(), &[0xff, 0xff, 0xff, 0xff, 0x00, 0x9b, 0x32, 0xe2]);
+        let back = SignedSpan::decode(&mut Decoder::new(e.as_slice())).unwrap();
+        assert_eq!(back, SignedSpan(-1_500_000_000));
+    }
+
+    #[test]
+    fn min_message_size_below_the_fixed_part_means_no_padding() {
+        let m = MOSDPing { min_message_size: 10, ..MOSDPing::default() };
+        let p = m.encode_payload(Features::NONE);
+        assert_eq!(p.front.len(), 29 + 4 + 4 + 8 + 8 + 1);
+        assert_eq!(&p.front[29..33], &[0, 0, 0, 0]);
+    }
+}
