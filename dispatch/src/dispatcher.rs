@@ -25,6 +25,9 @@ pub trait ConnectionRef: Clone + Send + Sync + 'static {
 }
 
 /// Whether a dispatcher took a message.
+// Declining hands the message back by value: boxing it would cost an allocation per
+// declined message for the sake of a smaller `Taken`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Dispatched {
     /// The dispatcher consumed it; later dispatchers do not see it.

@@ -37,7 +37,8 @@ pub type Waker = Box<dyn FnOnce() + Send>;
 /// while a worker waits for an oversize amount, [`try_acquire`](Self::try_acquire)
 /// fails for everyone else (Ceph's "always wait behind other waiters"). Wakers
 /// registered by [`acquire_or_wait`](Self::acquire_or_wait) are hints: the woken worker
-/// retries and may lose a race with another worker, in which case it registers again.
+/// retries and may lose a race with another worker, in which case it registers again;
+/// every waker whose amount fits is called by the release that makes room for it.
 pub struct Throttle {
     name: String,
     state: Mutex<State>,
@@ -118,21 +119,31 @@ impl State {
         })
     }
 
-    /// After a release (or a raised max): grant blocked threads and pick the wakers to
-    /// call, in FIFO order, while the room lasts. Returns the wakers and whether any
-    /// blocked thread was granted.
+    /// After a release (or a raised max): grants blocked threads in FIFO order while
+    /// they fit, and picks every waker whose amount fits now.
+    ///
+    /// Wakers are not promised their room: a woken worker whose connection has since
+    /// closed never retries, and reserving room for it would strand the waiters behind
+    /// it with nothing held. So each waker that fits on its own is called, and those
+    /// that lose the race register again — a release may wake more workers than fit,
+    /// bounded by the number of waiting connections. Wakers behind a blocked thread
+    /// that does not fit stay queued: they could not get past it anyway.
     fn serve_waiters(&mut self) -> (Vec<Waker>, bool) {
         let mut wakers = Vec::new();
         let mut granted = false;
-        // Wakers do not take their amount here, so count it as promised to avoid waking
-        // more workers than can fit.
-        let mut promised: u64 = 0;
-        while let Some(front) = self.waiters.front() {
-            let held = self.current.saturating_add(promised);
-            if self.should_wait(held, front.need) {
-                break;
+        let mut i = 0;
+        while i < self.waiters.len() {
+            let Some(w) = self.waiters.get(i) else { break };
+            let fits = !self.should_wait(self.current, w.need);
+            let blocking = matches!(w.kind, WaiterKind::Blocking(_));
+            if !fits {
+                if blocking {
+                    break;
+                }
+                i += 1;
+                continue;
             }
-            let Some(w) = self.waiters.pop_front() else { break };
+            let Some(w) = self.waiters.remove(i) else { break };
             match w.kind {
                 WaiterKind::Blocking(flag) => {
                     self.current = self.current.saturating_add(w.need);
@@ -141,10 +152,7 @@ impl State {
                     flag.store(true, Ordering::Release);
                     granted = true;
                 }
-                WaiterKind::Wake(waker) => {
-                    promised = promised.saturating_add(w.need);
-                    wakers.push(waker);
-                }
+                WaiterKind::Wake(waker) => wakers.push(waker),
             }
         }
         (wakers, granted)

@@ -142,3 +142,12 @@ pub fn wait_until(mut cond: impl FnMut() -> bool) {
 pub fn arc<D: Dispatcher<TestConn>>(d: D) -> Arc<dyn Dispatcher<TestConn>> {
     Arc::new(d)
 }
+
+/// The seed for a randomised test: `TEST_SEED` if set (to replay a failure), else random.
+/// Printed so a failing run can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed =
+        std::env::var("TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("{test}: seed = {seed} (replay with TEST_SEED={seed})");
+    seed
+}

@@ -1,0 +1,551 @@
+//! DispatchQueue and Dispatchers behaviour through the public API.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::*;
+use crossbeam_channel::unbounded;
+use dispatch::{
+    AuthVerdict, Delivery, DispatchQueue, Dispatched, Dispatcher, Dispatchers, QueueEvent,
+    ShutdownMode, Throttle,
+};
+use protocol::message::{PRIO_DEFAULT, PRIO_HIGH, PRIO_HIGHEST, PRIO_LOW};
+use protocol::Message;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+fn queue(d: &Arc<Dispatchers<TestConn>>) -> Arc<DispatchQueue<TestConn>> {
+    DispatchQueue::new("test", Arc::clone(d), Throttle::new("dispatch", 0))
+}
+
+fn dispatched(s: &Seen) -> Option<(&'static str, u64, u16, u64)> {
+    match s {
+        Seen::Dispatch { who, conn, msg_type, tid, .. } => Some((who, *conn, *msg_type, *tid)),
+        _ => None,
+    }
+}
+
+/// Ceph's ms_deliver_dispatch: head → tail until one takes it; the rest never see it.
+#[test]
+fn chain_walks_head_to_tail_until_taken() {
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    let mut b = Recorder::new("b", tx.clone());
+    b.takes = Some(vec![1]);
+    let mut a = Recorder::new("a", tx.clone());
+    a.takes = Some(vec![2]);
+    let mut c = Recorder::new("c", tx.clone());
+    c.takes = Some(vec![1, 2]);
+    d.add_tail(arc(b));
+    d.add_head(arc(a)); // now a, b
+    d.add_tail(arc(c)); // a, b, c
+    assert_eq!(d.len(), 3);
+    let q = queue(&d);
+    q.start().expect("start");
+    let conn = TestConn(7);
+    q.enqueue(&conn, msg(1, PRIO_DEFAULT, 1, 0), None);
+    q.enqueue(&conn, msg(2, PRIO_DEFAULT, 2, 0), None);
+    q.enqueue(&conn, msg(3, PRIO_DEFAULT, 3, 0), None); // nobody takes type 3
+    q.shutdown(ShutdownMode::Drain);
+    let seen: Vec<_> = rx.try_iter().filter_map(|s| dispatched(&s)).collect();
+    assert_eq!(seen, [("b", 7, 1, 1), ("a", 7, 2, 2)]);
+    let k = q.counters();
+    assert_eq!((k.dispatched, k.untaken, k.len), (2, 1, 0));
+}
+
+/// Fast-dispatchable messages never enter the queue and run on the delivering thread;
+/// ms_fast_preprocess sees every message in arrival order.
+#[test]
+fn fast_dispatch_bypasses_queue_and_preprocess_sees_all_in_order() {
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    let mut r = Recorder::new("r", tx);
+    r.fast = vec![10];
+    d.add_tail(arc(r));
+    let q = queue(&d);
+    let budget = Throttle::new("budget", 1000);
+    // Not started: anything queued stays queued, so fast deliveries are visibly synchronous.
+    let worker = {
+        let q = Arc::clone(&q);
+        let budget = Arc::clone(&budget);
+        std::thread::spawn(move || {
+            let conn = TestConn(1);
+            let mut kinds = Vec::new();
+            for tid in 0..20u64 {
+                let ty = if tid % 3 == 0 { 11 } else { 10 };
+                let permit = budget.try_acquire(10).expect("room");
+                kinds.push(q.deliver(&conn, msg(ty, PRIO_DEFAULT, tid, 10), Some(permit)));
+            }
+            (std::thread::current().id(), kinds)
+        })
+    };
+    let (worker_id, kinds) = worker.join().expect("worker");
+    let fast_tids: Vec<u64> = (0..20).filter(|t| t % 3 != 0).collect();
+    let queued_tids: Vec<u64> = (0..20).filter(|t| t % 3 == 0).collect();
+    for (tid, kind) in kinds.iter().enumerate() {
+        let want = if tid % 3 == 0 { Delivery::Queued } else { Delivery::Fast };
+        assert_eq!(*kind, want, "tid {tid}");
+    }
+    let seen: Vec<Seen> = rx.try_iter().collect();
+    let pre: Vec<u64> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Preprocess { tid, .. } => Some(*tid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pre, (0..20).collect::<Vec<_>>());
+    let fast: Vec<u64> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Fast { tid, thread, .. } => {
+                assert_eq!(*thread, worker_id);
+                Some(*tid)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fast, fast_tids);
+    let k = q.counters();
+    assert_eq!((k.messages, k.fast_dispatched), (queued_tids.len(), fast_tids.len() as u64));
+    // Fast budgets were released when ms_fast_dispatch returned; queued ones are held.
+    assert_eq!(budget.current(), 10 * queued_tids.len() as u64);
+    q.start().expect("start");
+    let got: Vec<u64> =
+        recv_n(&rx, queued_tids.len()).iter().filter_map(|s| dispatched(s).map(|x| x.3)).collect();
+    assert_eq!(got, queued_tids);
+    q.shutdown(ShutdownMode::Drain);
+    assert_eq!(budget.current(), 0);
+}
+
+/// Ceph's ms_handle_fast_connect/accept run before any message of the connection, and
+/// the queued ms_handle_connect/accept before any queued message of it.
+#[test]
+fn connect_and_accept_reach_dispatchers_before_messages() {
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    let mut r = Recorder::new("r", tx);
+    r.fast = vec![10];
+    d.add_tail(arc(r));
+    let q = queue(&d);
+    q.start().expect("start");
+    let conns = 50u64;
+    let per_conn = 20u64;
+    let workers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let q = Arc::clone(&q);
+            std::thread::spawn(move || {
+                for c in (0..conns).filter(|c| c % 2 == w) {
+                    let conn = TestConn(c);
+                    let ev = if c % 4 < 2 {
+                        QueueEvent::Connect(conn.clone())
+                    } else {
+                        QueueEvent::Accept(conn.clone())
+                    };
+                    q.enqueue_event(ev);
+                    for tid in 0..per_conn {
+                        let ty = if tid % 2 == 0 { 10 } else { 11 };
+                        q.deliver(&conn, msg(ty, PRIO_DEFAULT, tid, 0), None);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    // Per conn: fast open, 2 open, preprocess and fast/queued delivery of each message.
+    let total = (conns * (2 + per_conn * 2)) as usize;
+    let seen = recv_n(&rx, total);
+    q.shutdown(ShutdownMode::Drain);
+    let mut fast_open: HashMap<u64, usize> = HashMap::new();
+    let mut open: HashMap<u64, usize> = HashMap::new();
+    for (i, s) in seen.iter().enumerate() {
+        match s {
+            Seen::FastConnect(c) | Seen::FastAccept(c) => {
+                assert!(fast_open.insert(*c, i).is_none());
+            }
+            Seen::Connect(c) | Seen::Accept(c) => {
+                assert_eq!(matches!(s, Seen::Connect(_)), c % 4 < 2);
+                assert!(open.insert(*c, i).is_none());
+            }
+            Seen::Preprocess { conn, .. } | Seen::Fast { conn, .. } => {
+                assert!(fast_open.contains_key(conn), "conn {conn}: message before fast open");
+            }
+            Seen::Dispatch { conn, .. } => {
+                assert!(fast_open.contains_key(conn), "conn {conn}: message before fast open");
+                assert!(open.contains_key(conn), "conn {conn}: queued message before open");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((fast_open.len(), open.len()), (conns as usize, conns as usize));
+}
+
+/// Within one connection and one priority, messages are dispatched in FIFO order, under
+/// several producers, many connections and mixed priorities.
+#[test]
+fn per_connection_fifo_under_many_connections_and_priorities() {
+    let seed = seed("per_connection_fifo");
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    d.add_tail(arc(Recorder::new("r", tx)));
+    let budget = Throttle::new("dispatch", 64 * 1024);
+    let q = DispatchQueue::new("fifo", Arc::clone(&d), Arc::clone(&budget));
+    q.start().expect("start");
+    let prios = [PRIO_LOW, PRIO_DEFAULT, PRIO_HIGH, PRIO_HIGHEST];
+    let producers = 4u64;
+    let per_producer = 5_000u64;
+    let handles: Vec<_> = (0..producers)
+        .map(|p| {
+            let q = Arc::clone(&q);
+            let budget = Arc::clone(&budget);
+            std::thread::spawn(move || {
+                let mut rng = SmallRng::seed_from_u64(seed ^ p);
+                // Producer p owns connections p, p + producers, ... (a worker owns its conns).
+                let mut next: HashMap<(u64, u16), u64> = HashMap::new();
+                for _ in 0..per_producer {
+                    let conn = p + producers * rng.gen_range(0..16u64);
+                    let prio = prios[rng.gen_range(0..prios.len())];
+                    let slot = next.entry((conn, prio)).or_insert(0);
+                    let len = rng.gen_range(0..256usize);
+                    let permit = budget.acquire(len as u64);
+                    q.enqueue(&TestConn(conn), msg(1, prio, *slot, len), Some(permit));
+                    *slot += 1;
+                }
+            })
+        })
+        .collect();
+    let seen = recv_n(&rx, (producers * per_producer) as usize);
+    for h in handles {
+        h.join().expect("producer");
+    }
+    let mut expect: HashMap<(u64, u16), u64> = HashMap::new();
+    for s in &seen {
+        if let Seen::Dispatch { conn, prio, tid, .. } = s {
+            let e = expect.entry((*conn, *prio)).or_insert(0);
+            assert_eq!(*tid, *e, "seed {seed}: conn {conn} prio {prio} out of order");
+            *e += 1;
+        }
+    }
+    q.shutdown(ShutdownMode::Drain);
+    assert_eq!(budget.current(), 0, "seed {seed}");
+    assert_eq!(q.counters().dispatched, producers * per_producer);
+}
+
+/// Ceph's prioritized queue: strict priorities first, then turns proportional to the
+/// priority value; the lowest priority is never starved.
+#[test]
+fn weighted_round_robin_proportions_and_no_starvation() {
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    d.add_tail(arc(Recorder::new("r", tx)));
+    let q = queue(&d);
+    let n = 2_000u64;
+    for tid in 0..n {
+        for (i, p) in [PRIO_LOW, PRIO_DEFAULT, PRIO_HIGH].into_iter().enumerate() {
+            q.enqueue(&TestConn(i as u64), msg(1, p, tid, 0), None);
+        }
+    }
+    for tid in 0..10 {
+        q.enqueue(&TestConn(9), msg(1, PRIO_HIGHEST, tid, 0), None);
+    }
+    assert_eq!(q.counters().messages, (3 * n + 10) as usize);
+    q.start().expect("start");
+    let seen = recv_n(&rx, (3 * n + 10) as usize);
+    q.shutdown(ShutdownMode::Drain);
+    let prios: Vec<u16> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Dispatch { prio, .. } => Some(*prio),
+            _ => None,
+        })
+        .collect();
+    assert!(prios[..10].iter().all(|p| *p == PRIO_HIGHEST));
+    // While all three are backlogged (the first n turns at least), each gets its share.
+    let total = f64::from(PRIO_LOW + PRIO_DEFAULT + PRIO_HIGH);
+    let mut counts = HashMap::new();
+    for (turn, p) in prios[10..10 + n as usize].iter().enumerate() {
+        *counts.entry(*p).or_insert(0u32) += 1;
+        for w in [PRIO_LOW, PRIO_DEFAULT, PRIO_HIGH] {
+            let share = (turn + 1) as f64 * f64::from(w) / total;
+            let got = f64::from(*counts.get(&w).unwrap_or(&0));
+            assert!((got - share).abs() <= 1.0, "turn {turn} prio {w}: {got} vs {share:.1}");
+        }
+    }
+    // No starvation: in every window of 10 turns the lowest priority gets one.
+    for window in prios[10..10 + n as usize].windows(10) {
+        assert!(window.contains(&PRIO_LOW));
+    }
+}
+
+/// Ceph's discard_queue (used by mark_down): drops that connection's messages only and
+/// returns their dispatch-throttle budget, waking a waiting worker.
+#[test]
+fn discard_drops_one_connection_and_releases_budget() {
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    d.add_tail(arc(Recorder::new("r", tx)));
+    let budget = Throttle::new("dispatch", 100);
+    let q = DispatchQueue::new("discard", Arc::clone(&d), Arc::clone(&budget));
+    for tid in 0..6u64 {
+        let conn = TestConn(tid % 2);
+        let p = budget.try_acquire(15).expect("room");
+        q.enqueue(
+            &conn,
+            msg(1, if tid < 3 { PRIO_DEFAULT } else { PRIO_HIGHEST }, tid, 15),
+            Some(p),
+        );
+    }
+    q.enqueue_event(QueueEvent::Reset(TestConn(1)));
+    assert_eq!(budget.current(), 90);
+    let (wtx, wrx) = unbounded();
+    assert!(budget.acquire_or_wait(40, Box::new(move || wtx.send(()).expect("rx"))).is_none());
+    assert_eq!(q.discard(1), 3);
+    assert_eq!(budget.current(), 45);
+    wrx.recv_timeout(WAIT).expect("worker woken by the discard");
+    assert_eq!(q.discard(1), 0);
+    let k = q.counters();
+    assert_eq!((k.messages, k.events, k.discarded), (3, 1, 3));
+    q.start().expect("start");
+    let seen = recv_n(&rx, 4);
+    q.shutdown(ShutdownMode::Drain);
+    assert_eq!(seen[0], Seen::Reset { who: "r", conn: 1 }, "the event survives discard");
+    let tids: Vec<u64> = seen[1..].iter().filter_map(|s| dispatched(s).map(|x| x.3)).collect();
+    assert_eq!(tids, [4, 0, 2]);
+    assert_eq!(budget.current(), 0);
+}
+
+/// Reset and refused stop at the first dispatcher that handles them; remote reset
+/// reaches all.
+#[test]
+fn reset_events_walk_the_chain() {
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    d.add_tail(arc(Recorder::new("a", tx.clone())));
+    let mut b = Recorder::new("b", tx.clone());
+    b.handles_reset = true;
+    d.add_tail(arc(b));
+    d.add_tail(arc(Recorder::new("c", tx)));
+    let q = queue(&d);
+    q.start().expect("start");
+    let c = TestConn(3);
+    q.enqueue_event(QueueEvent::Reset(c.clone()));
+    q.enqueue_event(QueueEvent::RemoteReset(c.clone()));
+    q.enqueue_event(QueueEvent::Refused(c));
+    q.shutdown(ShutdownMode::Drain);
+    let seen: Vec<Seen> = rx.try_iter().collect();
+    assert_eq!(
+        seen,
+        [
+            Seen::Reset { who: "a", conn: 3 },
+            Seen::Reset { who: "b", conn: 3 },
+            Seen::RemoteReset { who: "a", conn: 3 },
+            Seen::RemoteReset { who: "b", conn: 3 },
+            Seen::RemoteReset { who: "c", conn: 3 },
+            Seen::Refused { who: "a", conn: 3 },
+            Seen::Refused { who: "b", conn: 3 },
+        ]
+    );
+    assert_eq!(q.counters().events_delivered, 3);
+}
+
+/// The loopback path: preprocess in order, fast dispatch on the dispatch thread (never
+/// the sender's), the rest queued; budget charged and returned.
+#[test]
+fn local_delivery_keeps_the_worker_guarantees() {
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    let mut r = Recorder::new("r", tx);
+    r.fast = vec![10];
+    d.add_tail(arc(r));
+    let budget = Throttle::new("dispatch", 1000);
+    let q = DispatchQueue::new("local", Arc::clone(&d), Arc::clone(&budget));
+    let me = TestConn(0);
+    q.enqueue_event(QueueEvent::Connect(me.clone()));
+    for tid in 0..10u64 {
+        q.local_delivery(&me, msg(if tid % 2 == 0 { 10 } else { 11 }, PRIO_DEFAULT, tid, 5));
+    }
+    assert_eq!(budget.current(), 50);
+    assert_eq!(q.counters().messages, 10);
+    q.start().expect("start");
+    // fast connect + connect + 10 preprocess + 5 fast + 5 dispatch
+    let seen = recv_n(&rx, 22);
+    q.shutdown(ShutdownMode::Drain);
+    assert_eq!(seen[0], Seen::FastConnect(0));
+    assert_eq!(seen[1], Seen::Connect(0));
+    let pre: Vec<u64> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Preprocess { tid, .. } => Some(*tid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pre, (0..10).collect::<Vec<_>>());
+    for s in &seen {
+        if let Seen::Fast { thread, .. } = s {
+            assert_ne!(*thread, std::thread::current().id());
+        }
+    }
+    let queued: Vec<u64> = seen.iter().filter_map(|s| dispatched(s).map(|x| x.3)).collect();
+    assert_eq!(queued, [1, 3, 5, 7, 9]);
+    let k = q.counters();
+    assert_eq!((k.fast_dispatched, k.dispatched, k.len), (5, 5, 0));
+    assert_eq!(budget.current(), 0);
+}
+
+/// A dispatcher that blocks on its first message until released.
+struct Gate {
+    entered: crossbeam_channel::Sender<()>,
+    open: crossbeam_channel::Receiver<()>,
+}
+
+impl Dispatcher<TestConn> for Gate {
+    fn ms_dispatch(&self, _conn: &TestConn, _msg: Message) -> Dispatched {
+        if self.entered.send(()).is_ok() {
+            let _ = self.open.recv_timeout(WAIT);
+        }
+        Dispatched::Taken
+    }
+}
+
+#[test]
+fn shutdown_drain_with_a_full_queue_delivers_everything() {
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    d.add_tail(arc(Recorder::new("r", tx)));
+    let budget = Throttle::new("dispatch", 10_000);
+    let q = DispatchQueue::new("drain", Arc::clone(&d), Arc::clone(&budget));
+    q.start().expect("start");
+    let mut n = 0u64;
+    while let Some(p) = budget.try_acquire(1) {
+        q.enqueue(&TestConn(n % 5), msg(1, PRIO_DEFAULT, n, 1), Some(p));
+        n += 1;
+        if n == 10_000 {
+            break;
+        }
+    }
+    q.shutdown(ShutdownMode::Drain);
+    assert_eq!(rx.try_iter().count() as u64, n);
+    assert_eq!(budget.current(), 0);
+    // Refused after shutdown, budget released at once.
+    q.enqueue(&TestConn(1), msg(1, PRIO_DEFAULT, 0, 1), Some(budget.take(1)));
+    assert_eq!(budget.current(), 0);
+    assert_eq!(q.counters().discarded, 1);
+    q.shutdown(ShutdownMode::Drain); // idempotent
+}
+
+#[test]
+fn shutdown_discard_with_a_full_queue_drops_it_and_returns() {
+    let (entered_tx, entered_rx) = unbounded();
+    let (open_tx, open_rx) = unbounded();
+    let d = Dispatchers::new();
+    d.add_tail(arc(Gate { entered: entered_tx, open: open_rx }));
+    let budget = Throttle::new("dispatch", 1_000);
+    let q = DispatchQueue::new("discard", Arc::clone(&d), Arc::clone(&budget));
+    q.start().expect("start");
+    for tid in 0..1_000u64 {
+        let p = budget.try_acquire(1).expect("room");
+        q.enqueue(&TestConn(tid % 3), msg(1, PRIO_DEFAULT, tid, 1), Some(p));
+    }
+    entered_rx.recv_timeout(WAIT).expect("dispatcher busy with the first message");
+    let stopper = {
+        let q = Arc::clone(&q);
+        std::thread::spawn(move || q.shutdown(ShutdownMode::Discard))
+    };
+    // The queue is emptied before the join; only then let the dispatcher return.
+    wait_until(|| q.counters().len == 0);
+    assert_eq!(budget.current(), 1, "only the message in ms_dispatch still holds budget");
+    open_tx.send(()).expect("gate");
+    stopper.join().expect("shutdown returned");
+    let k = q.counters();
+    assert_eq!((k.dispatched, k.discarded), (1, 999));
+    assert_eq!(budget.current(), 0);
+}
+
+/// A dispatcher may shut its own queue down without deadlocking on the join.
+#[test]
+fn shutdown_from_the_dispatch_thread_does_not_hang() {
+    struct Stopper {
+        q: parking_lot::Mutex<Option<Arc<DispatchQueue<TestConn>>>>,
+        done: crossbeam_channel::Sender<()>,
+    }
+    impl Dispatcher<TestConn> for Stopper {
+        fn ms_dispatch(&self, _c: &TestConn, _m: Message) -> Dispatched {
+            if let Some(q) = self.q.lock().take() {
+                q.shutdown(ShutdownMode::Discard);
+                let _ = self.done.send(());
+            }
+            Dispatched::Taken
+        }
+    }
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    let stopper = Arc::new(Stopper { q: parking_lot::Mutex::new(None), done: tx });
+    d.add_tail(Arc::clone(&stopper) as Arc<dyn Dispatcher<TestConn>>);
+    let q = queue(&d);
+    *stopper.q.lock() = Some(Arc::clone(&q));
+    q.start().expect("start");
+    q.enqueue(&TestConn(1), msg(1, PRIO_DEFAULT, 0, 0), None);
+    q.enqueue(&TestConn(1), msg(1, PRIO_DEFAULT, 1, 0), None);
+    rx.recv_timeout(WAIT).expect("dispatcher returned from shutdown");
+    q.shutdown(ShutdownMode::Drain); // joins the now-exiting thread
+    assert_eq!(q.counters().dispatched, 1);
+}
+
+#[test]
+fn start_twice_is_an_error_and_shutdown_without_start_discards() {
+    let d = Dispatchers::<TestConn>::new();
+    let q = queue(&d);
+    q.enqueue(&TestConn(1), msg(1, PRIO_DEFAULT, 0, 0), None);
+    q.shutdown(ShutdownMode::Drain);
+    assert_eq!(q.counters().discarded, 1);
+    assert!(q.start().is_err());
+    let q2 = queue(&d);
+    q2.start().expect("start");
+    assert!(q2.start().is_err());
+    q2.shutdown(ShutdownMode::Discard);
+}
+
+#[test]
+fn counters_report_length_and_oldest_age() {
+    let d = Dispatchers::<TestConn>::new();
+    let q = queue(&d);
+    assert_eq!(q.counters().oldest_age, std::time::Duration::ZERO);
+    q.enqueue(&TestConn(1), msg(1, PRIO_DEFAULT, 0, 0), None);
+    q.enqueue_event(QueueEvent::Accept(TestConn(1)));
+    let k = q.counters();
+    assert_eq!((k.len, k.messages, k.events), (2, 1, 1));
+    let first = k.oldest_age;
+    wait_until(|| q.counters().oldest_age > first);
+    q.shutdown(ShutdownMode::Discard);
+}
+
+/// Authorizer hooks: the first supplied authorizer wins; any rejection wins.
+#[test]
+fn authorizer_hooks() {
+    struct Auth(Option<u32>, AuthVerdict);
+    impl Dispatcher<TestConn> for Auth {
+        fn ms_dispatch(&self, _c: &TestConn, m: Message) -> Dispatched {
+            Dispatched::NotTaken(m)
+        }
+        fn ms_get_authorizer(&self, _peer: u8) -> Option<dispatch::Authorizer> {
+            self.0.map(|p| dispatch::Authorizer { protocol: p, bytes: vec![p as u8] })
+        }
+        fn ms_verify_authorizer(&self, _c: &TestConn, _t: u8, _p: u32, _a: &[u8]) -> AuthVerdict {
+            self.1.clone()
+        }
+    }
+    let d = Dispatchers::<TestConn>::new();
+    let c = TestConn(1);
+    assert_eq!(d.verify_authorizer(&c, 4, 2, b"x"), AuthVerdict::Accept { reply: vec![] });
+    d.add_tail(Arc::new(Auth(None, AuthVerdict::Accept { reply: vec![] })));
+    d.add_tail(Arc::new(Auth(Some(2), AuthVerdict::Accept { reply: vec![9] })));
+    d.add_tail(Arc::new(Auth(Some(1), AuthVerdict::Accept { reply: vec![8] })));
+    assert_eq!(d.get_authorizer(4).map(|a| a.protocol), Some(2));
+    assert_eq!(d.verify_authorizer(&c, 4, 2, b"x"), AuthVerdict::Accept { reply: vec![9] });
+    d.add_tail(Arc::new(Auth(None, AuthVerdict::Reject)));
+    assert_eq!(d.verify_authorizer(&c, 4, 2, b"x"), AuthVerdict::Reject);
+}
