@@ -135,7 +135,11 @@ impl CenterHandle {
         if !newly {
             return Ok(());
         }
-        self.post(External::Notify(id))
+        let posted = self.post(External::Notify(id));
+        if posted.is_err() {
+            lock(&self.shared.notify_pending).remove(&id);
+        }
+        posted
     }
 
     /// Runs `f` on the worker and waits for its result.
@@ -544,7 +548,8 @@ impl Context<'_> {
     /// Removes handler `id`: deregisters its source and returns it. Later readiness, timers
     /// and notifies for `id` are never delivered, even once the slot is reused. For the
     /// running handler (or one inside [`with_handler`](Self::with_handler)) this returns
-    /// `None` and the handler is dropped when its callback returns.
+    /// `None` and the handler is dropped when its callback returns. Timers armed for `id`
+    /// stay queued until due and are then skipped; cancel them to free them sooner.
     #[doc(alias = "delete_file_event")]
     pub fn remove(&mut self, id: HandlerId) -> Option<Box<dyn Handler>> {
         self.core.remove(id)

@@ -20,6 +20,67 @@
 //!   [`CenterHandle::notify`] and [`CenterHandle::submit_to`] from any thread; only the
 //!   first post after the loop drained its queue writes the waker.
 //!
+//! # Example: a handler that owns its socket
+//! ```
+//! use std::io::{self, Read};
+//! use event_center::{Context, Handler, Ready, WorkerPool, WorkerPoolConfig};
+//! use mio::{net::TcpListener, Interest};
+//!
+//! struct Acceptor {
+//!     listener: TcpListener,
+//! }
+//!
+//! impl Handler for Acceptor {
+//!     fn ready(&mut self, cx: &mut Context<'_>, _ready: Ready) {
+//!         // Edge-triggered: accept until WouldBlock.
+//!         while let Ok((stream, _peer)) = self.listener.accept() {
+//!             let _ = cx.register(stream, Interest::READABLE, |_id, stream| {
+//!                 Box::new(Conn { stream })
+//!             });
+//!         }
+//!     }
+//! }
+//!
+//! struct Conn {
+//!     stream: mio::net::TcpStream,
+//! }
+//!
+//! impl Handler for Conn {
+//!     fn ready(&mut self, cx: &mut Context<'_>, _ready: Ready) {
+//!         let mut buf = [0u8; 4096];
+//!         loop {
+//!             match self.stream.read(&mut buf) {
+//!                 Ok(0) => {
+//!                     // Peer closed: deregister and drop (after this callback returns).
+//!                     if let Some(id) = cx.id() {
+//!                         cx.remove(id);
+//!                     }
+//!                     return;
+//!                 }
+//!                 Ok(_n) => {}
+//!                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+//!                 Err(_) => return,
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = WorkerPool::new(WorkerPoolConfig { workers: 2, ..Default::default() })?;
+//! let worker = pool.least_loaded();
+//! worker.add_load(1);
+//! let addr = worker.submit_to(|cx| -> io::Result<std::net::SocketAddr> {
+//!     let listener = TcpListener::bind("127.0.0.1:0".parse().expect("literal"))?;
+//!     let addr = listener.local_addr()?;
+//!     cx.register(listener, Interest::READABLE, |_id, listener| Box::new(Acceptor { listener }))?;
+//!     Ok(addr)
+//! })??;
+//! std::net::TcpStream::connect(addr)?;
+//! pool.shutdown();
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Ceph names
 //! `EventCenter::create_file_event` → [`Context::register`]; `delete_file_event` →
 //! [`Context::remove`] / [`Context::set_interest`]; `create_time_event`,

@@ -1,0 +1,185 @@
+//! Handler lifecycle: removal while running, with_handler, panics on file events, shutdown.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Sender};
+use event_center::{CenterHandle, Context, EventCenter, Handler, HandlerId, Ready};
+use mio::net::TcpStream;
+use mio::Interest;
+
+#[test]
+fn handles_are_send_and_sync_and_centers_are_send() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<CenterHandle>();
+    send_sync::<event_center::WorkerPool>();
+    send::<EventCenter>();
+}
+
+/// Reports its drop, so tests see exactly when the center lets go of it.
+struct DropProbe {
+    tx: Sender<&'static str>,
+}
+
+impl Drop for DropProbe {
+    fn drop(&mut self) {
+        let _ = self.tx.send("dropped");
+    }
+}
+
+struct SelfRemover {
+    tx: Sender<&'static str>,
+    _probe: DropProbe,
+}
+
+impl Handler for SelfRemover {
+    fn ready(&mut self, _cx: &mut Context<'_>, _ready: Ready) {}
+    fn notify(&mut self, cx: &mut Context<'_>) {
+        let me = cx.id().expect("running a handler");
+        assert!(cx.remove(me).is_none(), "the running handler is not handed out");
+        assert!(!cx.is_live(me));
+        let _ = self.tx.send("removed itself");
+    }
+}
+
+#[test]
+fn a_handler_removing_itself_is_dropped_after_it_returns() {
+    let mut center = EventCenter::new(0).expect("center");
+    let (tx, rx) = unbounded();
+    let id = center.with_context(|cx| {
+        cx.insert_handler(Box::new(SelfRemover {
+            tx: tx.clone(),
+            _probe: DropProbe { tx: tx.clone() },
+        }))
+    });
+    center.handle().notify(id).expect("notify");
+    center.run_once(Some(Duration::ZERO)).expect("poll");
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), ["removed itself", "dropped"]);
+    assert_eq!(center.handler_count(), 0);
+    assert_eq!(center.handle().panics(), 0);
+    // The slot is free again.
+    let next = center.with_context(|cx| {
+        cx.insert_handler(Box::new(SelfRemover { tx: tx.clone(), _probe: DropProbe { tx } }))
+    });
+    assert_eq!(next.slot(), id.slot());
+}
+
+struct Counter {
+    hits: u32,
+    seen_ids: Sender<Option<HandlerId>>,
+}
+
+impl Handler for Counter {
+    fn ready(&mut self, _cx: &mut Context<'_>, _ready: Ready) {}
+    fn notify(&mut self, cx: &mut Context<'_>) {
+        self.hits += 1;
+        let _ = self.seen_ids.send(cx.id());
+    }
+}
+
+struct Poker {
+    target: HandlerId,
+    out: Sender<Option<u32>>,
+}
+
+impl Handler for Poker {
+    fn ready(&mut self, _cx: &mut Context<'_>, _ready: Ready) {}
+    fn notify(&mut self, cx: &mut Context<'_>) {
+        let me = cx.id().expect("running");
+        // Another handler: reachable, and its callbacks see its own id.
+        let hits = cx.with_handler(self.target, |h, cx| h.notify(cx));
+        let _ = self.out.send(hits.map(|()| 1));
+        // Itself (taken out while running): not reachable.
+        let _ = self.out.send(cx.with_handler(me, |_, _| 7));
+        assert_eq!(cx.id(), Some(me), "id restored after with_handler");
+    }
+}
+
+#[test]
+fn with_handler_reaches_other_live_handlers_only() {
+    let mut center = EventCenter::new(0).expect("center");
+    let (ids_tx, ids_rx) = unbounded();
+    let (out_tx, out_rx) = unbounded();
+    let target = center
+        .with_context(|cx| cx.insert_handler(Box::new(Counter { hits: 0, seen_ids: ids_tx })));
+    let poker =
+        center.with_context(|cx| cx.insert_handler(Box::new(Poker { target, out: out_tx })));
+    center.handle().notify(poker).expect("notify");
+    center.run_once(Some(Duration::ZERO)).expect("poll");
+    assert_eq!(out_rx.try_iter().collect::<Vec<_>>(), [Some(1), None]);
+    assert_eq!(ids_rx.try_iter().collect::<Vec<_>>(), [Some(target)]);
+}
+
+struct PanicOnRead {
+    _stream: TcpStream,
+    _probe: DropProbe,
+}
+
+impl Handler for PanicOnRead {
+    fn ready(&mut self, _cx: &mut Context<'_>, _ready: Ready) {
+        panic!("ready bug (expected by the test)");
+    }
+}
+
+#[test]
+fn a_handler_panicking_on_readiness_is_deregistered_counted_and_dropped() {
+    let mut center = EventCenter::new(0).expect("center");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    server.set_nonblocking(true).expect("nonblocking");
+    client.write_all(b"boom").expect("write");
+    let (tx, rx) = unbounded();
+    let id = center
+        .with_context(|cx| {
+            cx.register(TcpStream::from_std(server), Interest::READABLE, |_, stream| {
+                Box::new(PanicOnRead { _stream: stream, _probe: DropProbe { tx } })
+            })
+        })
+        .expect("register");
+    let handle = center.handle();
+    for _ in 0..100 {
+        center.run_once(Some(Duration::from_millis(100))).expect("poll");
+        if handle.panics() > 0 {
+            break;
+        }
+    }
+    assert_eq!(handle.panics(), 1);
+    assert_eq!(rx.try_iter().collect::<Vec<_>>(), ["dropped"]);
+    assert!(!center.with_context(|cx| cx.is_live(id)));
+    // More data (or a reset: the dropped handler closed the socket with unread data):
+    // nothing is registered any more, so nothing runs and nothing panics.
+    let _ = client.write_all(b"again");
+    center.run_once(Some(Duration::from_millis(10))).expect("poll");
+    assert_eq!(handle.panics(), 1);
+}
+
+struct Stopping {
+    tx: Sender<&'static str>,
+}
+
+impl Handler for Stopping {
+    fn ready(&mut self, _cx: &mut Context<'_>, _ready: Ready) {}
+    fn shutdown(&mut self, _cx: &mut Context<'_>) {
+        let _ = self.tx.send("shutdown");
+    }
+}
+
+#[test]
+fn dropping_a_center_shuts_its_handlers_down_once() {
+    let mut center = EventCenter::new(0).expect("center");
+    let handle = center.handle();
+    let (tx, rx) = unbounded();
+    center.with_context(|cx| {
+        cx.insert_handler(Box::new(Stopping { tx: tx.clone() }));
+        cx.insert_handler(Box::new(Stopping { tx }));
+    });
+    center.shutdown();
+    center.shutdown();
+    drop(center);
+    assert_eq!(rx.try_iter().count(), 2);
+    assert!(handle.is_stopping());
+    assert!(handle.dispatch_event_external(|_| ()).is_err());
+}
