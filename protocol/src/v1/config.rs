@@ -1,0 +1,121 @@
+//! Settings shared by every connection of one messenger.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::message::DecodeLimits;
+use crate::types::{EntityAddr, EntityName, EntityType, Features};
+
+/// Produces the authorizer for a connect to a peer of the given type: `Some((auth
+/// protocol, bytes))`, or `None` to send none. Ceph's `ms_get_authorizer`.
+pub type AuthorizerHook = Arc<dyn Fn(EntityType) -> Option<(u32, Bytes)> + Send + Sync>;
+
+/// Configuration of the v1 state machines of one messenger (`Arc<Config>` is shared by
+/// all its connections).
+#[derive(Clone)]
+pub struct Config {
+    /// Our entity name: `src` of outgoing messages, `host_type` of our connects.
+    pub my_name: EntityName,
+    /// The legacy address we announce in banners; may have a blank IP and port 0 for a
+    /// pure client. Also the race tie-break key.
+    pub my_addr: EntityAddr,
+    /// Features we advertise (`ms` policy `features_supported`).
+    pub features_supported: Features,
+    /// Features a peer must have (`features_required`).
+    pub features_required: Features,
+    /// Limits on the lengths a peer may announce (checked before allocating).
+    pub limits: DecodeLimits,
+    /// `ms_crc_header`: compute and check header, front and middle crcs.
+    pub crc_header: bool,
+    /// `ms_crc_data`: compute and check data crcs.
+    pub crc_data: bool,
+    /// A handshake that does not complete in this time faults (a real monitor never times
+    /// out a silent handshake; we must). Ceph's `ms_connection_ready_timeout`, 10 s.
+    pub handshake_timeout: Duration,
+    /// An open connection with no traffic from the peer for this long faults.
+    /// `ms_connection_idle_timeout`, 900 s.
+    pub idle_timeout: Duration,
+    /// Send a keepalive when nothing was sent for this long (None: only on request).
+    pub keepalive_interval: Option<Duration>,
+    /// First reconnect backoff (`ms_initial_backoff`, 0.2 s).
+    pub initial_backoff: Duration,
+    /// Backoff ceiling, also the WAIT backoff (`ms_max_backoff`, 15 s).
+    pub max_backoff: Duration,
+    /// The messenger's connection-attempt counter (Ceph's `AsyncMessenger::global_seq`),
+    /// shared by all its connections.
+    pub global_seq: Arc<AtomicU32>,
+    /// Authorizer producer for connects (None: never send one).
+    pub authorizer: Option<AuthorizerHook>,
+    /// Ask the messenger to verify an empty authorizer too (a monitor rejects mon peers
+    /// without one); when false an empty authorizer is accepted without an event.
+    pub verify_empty_authorizer: bool,
+}
+
+impl Config {
+    /// Ceph's defaults for `my_name` announcing `my_addr`: Pacific features, crcs on,
+    /// 10 s handshake, 900 s idle, no periodic keepalive, backoff 0.2 s → 15 s.
+    pub fn new(my_name: EntityName, my_addr: EntityAddr) -> Self {
+        Config {
+            my_name,
+            my_addr,
+            features_supported: Features::PACIFIC_ADVERTISED,
+            features_required: Features::REQUIRED_DEFAULT,
+            limits: DecodeLimits::default(),
+            crc_header: true,
+            crc_data: true,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(900),
+            keepalive_interval: None,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(15),
+            global_seq: Arc::new(AtomicU32::new(0)),
+            authorizer: None,
+            verify_empty_authorizer: false,
+        }
+    }
+
+    /// Takes the next global_seq (the first is 1).
+    pub(crate) fn next_global_seq(&self) -> u32 {
+        self.global_seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
+    }
+
+    /// Raises the counter above `seen` (RETRY_GLOBAL) and returns the new value.
+    pub(crate) fn global_seq_above(&self, seen: u32) -> u32 {
+        let mut cur = self.global_seq.load(Ordering::Relaxed);
+        loop {
+            let next = cur.max(seen).wrapping_add(1);
+            match self.global_seq.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("my_name", &self.my_name)
+            .field("my_addr", &self.my_addr)
+            .field("features_supported", &self.features_supported)
+            .field("features_required", &self.features_required)
+            .field("crc_header", &self.crc_header)
+            .field("crc_data", &self.crc_data)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("initial_backoff", &self.initial_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("authorizer", &self.authorizer.is_some())
+            .finish_non_exhaustive()
+    }
+}

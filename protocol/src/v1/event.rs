@@ -1,0 +1,146 @@
+//! What the state machine reports to its driver ([`super::Connection::poll_event`]).
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::message::Message;
+use crate::types::{EntityAddr, EntityType, Features};
+use crate::wire::KeepaliveStamp;
+
+use super::decide::AcceptRequest;
+use super::fault::Fault;
+
+/// The messenger's answer to [`Event::VerifyAuthorizer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthVerdict {
+    /// Accept; `reply` is the authorizer reply sent back (empty for auth none).
+    Accept {
+        /// Authorizer reply bytes.
+        reply: Bytes,
+    },
+    /// Reject: the connector gets BADAUTHORIZER.
+    Reject,
+}
+
+/// Who ended a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Initiator {
+    /// Our own user (`close`, mark_down).
+    Local,
+    /// The peer (CLOSE tag, or it refused us).
+    Peer,
+    /// This library (a fault, a timeout, a replaced session).
+    Library,
+}
+
+/// Why a connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// `close()` was called.
+    Requested,
+    /// The peer sent CLOSE.
+    PeerClose,
+    /// The session is gone after a fault (lossy reset, or a half-accepted connection).
+    Fault(Fault),
+    /// The peer refused us for good (BADPROTOVER, FEATURES, BADAUTHORIZER), or we
+    /// refused it.
+    Refused(&'static str),
+    /// The session moved to another state machine ([`super::Connection::take_session`])
+    /// or the accept decision gave this connection up.
+    Replaced,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Requested => f.write_str("close requested"),
+            CloseReason::PeerClose => f.write_str("peer sent CLOSE"),
+            CloseReason::Fault(fault) => write!(f, "fault: {fault}"),
+            CloseReason::Refused(why) => write!(f, "refused: {why}"),
+            CloseReason::Replaced => f.write_str("session moved to another connection"),
+        }
+    }
+}
+
+/// The session opened (Ceph's `ms_handle_connect` / `ms_handle_accept`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The peer's address (dialled, or announced and fixed up).
+    pub peer_addr: EntityAddr,
+    /// The peer's entity type.
+    pub peer_type: EntityType,
+    /// Negotiated features (`peer & ours`).
+    pub features: Features,
+    /// The session's connect_seq after this open.
+    pub connect_seq: u32,
+    /// The session is lossy.
+    pub lossy: bool,
+    /// This open continued an existing session (reconnect or replace), rather than
+    /// starting a new one.
+    pub resumed: bool,
+    /// The peer restarted (reset from peer); see also [`Event::RemoteReset`].
+    pub remote_reset: bool,
+}
+
+/// One report of the state machine. After [`Event::Closed`] no more events come.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// Accept side: the peer's connect passed the protocol version, feature and
+    /// authorizer checks; call [`super::decide`] with the session table and answer with
+    /// [`super::Connection::handle_accept_decision`]. Reading stops until then.
+    AcceptRequest(AcceptRequest),
+    /// Accept side: verify this authorizer and answer with
+    /// [`super::Connection::handle_authorizer_verdict`].
+    VerifyAuthorizer {
+        /// The peer's type.
+        peer_type: EntityType,
+        /// `authorizer_protocol` (`CEPH_AUTH_*`).
+        protocol: u32,
+        /// The authorizer bytes.
+        authorizer: Bytes,
+    },
+    /// The session is open.
+    Opened(Opened),
+    /// A message header was decoded: the next message carries this many payload bytes
+    /// (and counts as one message). Reading stops until
+    /// [`super::Connection::grant_budget`].
+    NeedBudget {
+        /// front + middle + data bytes.
+        bytes: u64,
+    },
+    /// A message arrived (seq filled in; duplicates already dropped).
+    Message(Message),
+    /// The peer acknowledged our messages up to this seq.
+    Acked {
+        /// Highest acknowledged seq.
+        up_to: u64,
+    },
+    /// A KEEPALIVE or KEEPALIVE2 arrived (its time is [`super::Connection::last_keepalive`]).
+    KeepaliveReceived,
+    /// A KEEPALIVE2_ACK arrived, echoing our stamp.
+    KeepaliveAck(KeepaliveStamp),
+    /// Lossless fault: dial the peer again, then call
+    /// [`super::Connection::handle_transport_connected`].
+    Reconnect {
+        /// 1 for the first attempt after a fault.
+        attempt: u32,
+    },
+    /// Lossless session with nothing to send: the socket can go; a `send_message`
+    /// (connect side) wakes it with [`Event::Reconnect`].
+    Standby,
+    /// The session was reset: lossy fault (`ms_handle_reset`), or RESETSESSION
+    /// discarded what we had queued.
+    Reset,
+    /// The peer restarted and lost its session (`ms_handle_remote_reset`).
+    RemoteReset,
+    /// The peer refused the connection for good (`ms_handle_refused`).
+    Refused,
+    /// The connection is finished; the driver drops the socket and the machine.
+    Closed {
+        /// Who ended it.
+        by: Initiator,
+        /// Why.
+        reason: CloseReason,
+    },
+}

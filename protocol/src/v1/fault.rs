@@ -1,0 +1,234 @@
+//! Faults and the pure fault policy (Ceph's `ProtocolV1::fault`).
+//!
+//! A fault is anything that ends the current TCP connection of a session: the peer's
+//! bytes made no sense, a timer ran out, or the transport closed. [`fault_action`] turns
+//! the fault and the session's situation into what happens next; the state machine
+//! only carries the action out.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// Why a connection faulted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The transport closed (EOF or socket error), as reported by the driver.
+    TransportClosed,
+    /// The peer's banner was not `ceph v027`.
+    BadBanner,
+    /// The acceptor announced an address other than the one we dialled.
+    AddrMismatch,
+    /// The peer's bytes failed to decode (bad crc, missing COMPLETE, oversize length,
+    /// bad address marker, ...).
+    Decode(Error),
+    /// An unknown tag arrived (in the connect reply or the open session).
+    UnknownTag(u8),
+    /// The peer broke a protocol rule (for example a wrong connect_seq in its reply).
+    Misbehaved(&'static str),
+    /// The handshake did not complete within `Config::handshake_timeout`.
+    HandshakeTimeout,
+    /// Nothing arrived for `Config::idle_timeout`.
+    IdleTimeout,
+    /// The acceptor answered WAIT: we lost the connection race; the
+    /// acceptor's own outgoing connection will carry the session.
+    Wait,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::TransportClosed => f.write_str("transport closed"),
+            Fault::BadBanner => f.write_str("bad banner"),
+            Fault::AddrMismatch => {
+                f.write_str("peer announced an address other than the one dialled")
+            }
+            Fault::Decode(e) => write!(f, "{e}"),
+            Fault::UnknownTag(t) => write!(f, "unknown tag {t}"),
+            Fault::Misbehaved(why) => write!(f, "peer misbehaved: {why}"),
+            Fault::HandshakeTimeout => f.write_str("handshake timed out"),
+            Fault::IdleTimeout => f.write_str("idle timeout"),
+            Fault::Wait => f.write_str("connection race lost (WAIT)"),
+        }
+    }
+}
+
+impl std::error::Error for Fault {}
+
+/// Which end of the TCP connection this machine is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// We dialled.
+    Connect,
+    /// We accepted.
+    Accept,
+}
+
+/// The situation in which a fault happened: everything [`fault_action`] looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultContext {
+    /// The session's policy is lossy.
+    pub lossy: bool,
+    /// The policy is a server one (never dials the peer).
+    pub server: bool,
+    /// The policy allows standby.
+    pub standby: bool,
+    /// Which side this connection is.
+    pub side: Side,
+    /// The session was opened at least once (Ceph's `once_ready`) and the fault hit an
+    /// open session, rather than a connect attempt.
+    pub was_open: bool,
+    /// Messages are queued or unacked (after requeueing), or a keepalive is pending.
+    pub has_pending: bool,
+    /// The fault is a WAIT reply (race lost).
+    pub wait: bool,
+    /// The backoff used for the previous attempt (zero if none yet).
+    pub prev_backoff: Duration,
+    /// `Config::initial_backoff`.
+    pub initial_backoff: Duration,
+    /// `Config::max_backoff`.
+    pub max_backoff: Duration,
+}
+
+/// What to do after a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Lossy session that was open: drop it (`ms_handle_reset`) and stop.
+    Reset,
+    /// A connection that never carried a session (half-accepted): close quietly.
+    Close,
+    /// Keep the session, wait for new messages (connect side) or for the peer to
+    /// reconnect (server side).
+    Standby,
+    /// Keep the session and dial again after `after`.
+    Reconnect {
+        /// Delay before dialling; zero for the first reconnect of an open session.
+        after: Duration,
+    },
+}
+
+/// The fault policy, mirroring Ceph's `ProtocolV1::fault` (msgr-v1.md 3.8, 3.9).
+pub fn fault_action(ctx: &FaultContext) -> FaultAction {
+    // A lossy session dies with its connection; a lossy connector still retries while
+    // it has never been open (Ceph keeps lossy connects in START_CONNECT).
+    if ctx.lossy && (ctx.was_open || ctx.side == Side::Accept) {
+        return if ctx.was_open { FaultAction::Reset } else { FaultAction::Close };
+    }
+    // Half-accepted and nothing of ours to deliver: nobody depends on this connection.
+    if ctx.side == Side::Accept && !ctx.was_open && !ctx.has_pending {
+        return FaultAction::Close;
+    }
+    if ctx.standby && !ctx.has_pending && !ctx.wait {
+        return FaultAction::Standby;
+    }
+    if ctx.was_open {
+        // A server never dials its clients: it waits for them to come back.
+        if ctx.server {
+            return FaultAction::Standby;
+        }
+        // Ceph reconnects at once after losing an open session (backoff zero).
+        return FaultAction::Reconnect { after: Duration::ZERO };
+    }
+    FaultAction::Reconnect { after: next_backoff(ctx) }
+}
+
+/// The backoff before the next connect attempt: `initial`, doubling to `max`; WAIT
+/// waits `max` straight away.
+pub fn next_backoff(ctx: &FaultContext) -> Duration {
+    if ctx.wait {
+        ctx.max_backoff
+    } else if ctx.prev_backoff.is_zero() {
+        ctx.initial_backoff.min(ctx.max_backoff)
+    } else {
+        ctx.prev_backoff.saturating_mul(2).min(ctx.max_backoff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> FaultContext {
+        FaultContext {
+            lossy: false,
+            server: false,
+            standby: false,
+            side: Side::Connect,
+            was_open: true,
+            has_pending: true,
+            wait: false,
+            prev_backoff: Duration::ZERO,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(15),
+        }
+    }
+
+    // ProtocolV1::fault: "on lossy channel, failing" → stop + queue_reset.
+    #[test]
+    fn lossy_open_session_resets() {
+        let c = FaultContext { lossy: true, ..ctx() };
+        assert_eq!(fault_action(&c), FaultAction::Reset);
+    }
+
+    // A lossy connector that never got a session keeps retrying with backoff.
+    #[test]
+    fn lossy_connect_attempt_retries_with_initial_backoff() {
+        let c = FaultContext { lossy: true, was_open: false, ..ctx() };
+        assert_eq!(fault_action(&c), FaultAction::Reconnect { after: Duration::from_millis(200) });
+    }
+
+    // "with nothing to send and in the half accept state just closed".
+    #[test]
+    fn half_accepted_connection_just_closes() {
+        let c = FaultContext { side: Side::Accept, was_open: false, has_pending: false, ..ctx() };
+        assert_eq!(fault_action(&c), FaultAction::Close);
+        let c = FaultContext { lossy: true, side: Side::Accept, was_open: false, ..ctx() };
+        assert_eq!(fault_action(&c), FaultAction::Close);
+    }
+
+    // "with nothing to send, going to standby".
+    #[test]
+    fn standby_when_nothing_pending_and_policy_allows() {
+        let c = FaultContext { standby: true, has_pending: false, ..ctx() };
+        assert_eq!(fault_action(&c), FaultAction::Standby);
+        // Pending messages override standby.
+        let c = FaultContext { standby: true, ..ctx() };
+        assert_eq!(fault_action(&c), FaultAction::Reconnect { after: Duration::ZERO });
+    }
+
+    // "server, going to standby": a server never dials its peer.
+    #[test]
+    fn lossless_server_goes_standby() {
+        let c = FaultContext { server: true, side: Side::Accept, ..ctx() };
+        assert_eq!(fault_action(&c), FaultAction::Standby);
+    }
+
+    // "initiating reconnect": first reconnect after an open session is immediate.
+    #[test]
+    fn lossless_open_session_reconnects_immediately() {
+        assert_eq!(fault_action(&ctx()), FaultAction::Reconnect { after: Duration::ZERO });
+    }
+
+    // Backoff: ms_initial_backoff doubling to ms_max_backoff; WAIT uses the max.
+    #[test]
+    fn backoff_doubles_to_max_and_wait_uses_max() {
+        let mut c = FaultContext { was_open: false, ..ctx() };
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let FaultAction::Reconnect { after } = fault_action(&c) else {
+                panic!("not reconnect")
+            };
+            seen.push(after.as_millis());
+            c.prev_backoff = after;
+        }
+        assert_eq!(seen, [200, 400, 800, 1600, 3200, 6400, 12800, 15000, 15000, 15000]);
+        let c = FaultContext {
+            was_open: false,
+            wait: true,
+            standby: true,
+            has_pending: false,
+            ..ctx()
+        };
+        assert_eq!(fault_action(&c), FaultAction::Reconnect { after: Duration::from_secs(15) });
+    }
+}

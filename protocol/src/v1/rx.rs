@@ -1,0 +1,128 @@
+//! The receive buffer: input chunks as they came, consumed without copying when a
+//! piece lies within one chunk.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Unconsumed input. Bounded by the driver: it reads only while the machine
+/// `wants_read()`, and every state consumes what it needs or pauses reading.
+#[derive(Debug, Default)]
+pub(crate) struct RxBuf {
+    /// Invariant: no empty chunks.
+    chunks: VecDeque<Bytes>,
+    /// Invariant: the sum of the chunk lengths.
+    avail: usize,
+}
+
+impl RxBuf {
+    pub(crate) fn push(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.avail += data.len();
+            self.chunks.push_back(data);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.avail
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.chunks.clear();
+        self.avail = 0;
+    }
+
+    /// The first `n` bytes as one slice, gathering (copying exactly `n` bytes) only if
+    /// they span chunks. None if fewer than `n` bytes are buffered.
+    pub(crate) fn contiguous(&mut self, n: usize) -> Option<&[u8]> {
+        if self.avail < n {
+            return None;
+        }
+        if n == 0 {
+            return Some(&[]);
+        }
+        if self.chunks.front().map_or(0, Bytes::len) < n {
+            let mut buf = BytesMut::with_capacity(n);
+            while buf.len() < n {
+                let Some(c) = self.chunks.front_mut() else { break };
+                let k = c.len().min(n - buf.len());
+                buf.extend_from_slice(&c[..k]);
+                c.advance(k);
+                if c.is_empty() {
+                    self.chunks.pop_front();
+                }
+            }
+            self.chunks.push_front(buf.freeze());
+        }
+        self.chunks.front().map(|c| &c[..n])
+    }
+
+    /// Drops `n` bytes from the front (at most what is buffered).
+    pub(crate) fn consume(&mut self, mut n: usize) {
+        n = n.min(self.avail);
+        self.avail -= n;
+        while n > 0 {
+            let Some(c) = self.chunks.front_mut() else { break };
+            if c.len() <= n {
+                n -= c.len();
+                self.chunks.pop_front();
+            } else {
+                c.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    /// Removes and returns the first chunk (for a consumer that advances it itself).
+    pub(crate) fn pop_chunk(&mut self) -> Option<Bytes> {
+        let c = self.chunks.pop_front()?;
+        self.avail -= c.len();
+        Some(c)
+    }
+
+    /// Puts back what is left of a chunk taken with [`RxBuf::pop_chunk`].
+    pub(crate) fn unpop_chunk(&mut self, rest: Bytes) {
+        if !rest.is_empty() {
+            self.avail += rest.len();
+            self.chunks.push_front(rest);
+        }
+    }
+
+    /// Takes the first `n` bytes as one `Bytes`: a slice of the input chunk when it lies
+    /// in one (zero-copy), otherwise one copy.
+    #[cfg(test)]
+    pub(crate) fn take(&mut self, n: usize) -> Option<Bytes> {
+        self.contiguous(n)?;
+        if n == 0 {
+            return Some(Bytes::new());
+        }
+        let c = self.chunks.front_mut()?;
+        let out = c.split_to(n);
+        if c.is_empty() {
+            self.chunks.pop_front();
+        }
+        self.avail -= n;
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_is_zero_copy_within_a_chunk_and_gathers_across() {
+        let mut rx = RxBuf::default();
+        let a = Bytes::from_static(b"hello ");
+        rx.push(a.clone());
+        rx.push(Bytes::from_static(b"world"));
+        let h = rx.take(3);
+        assert_eq!(h.as_deref(), Some(&b"hel"[..]));
+        assert_eq!(h.map(|h| h.as_ptr()), Some(a.as_ptr()));
+        assert_eq!(rx.take(5).as_deref(), Some(&b"lo wo"[..]));
+        assert_eq!(rx.len(), 3);
+        assert!(rx.take(4).is_none());
+        rx.consume(1);
+        assert_eq!(rx.contiguous(2), Some(&b"ld"[..]));
+    }
+}
