@@ -591,6 +591,19 @@ impl Context<'_> {
         out
     }
 
+    /// Like [`with_handler`](Self::with_handler) for a handler of concrete type `H`;
+    /// `None` also when `id`'s handler is of another type.
+    pub fn with_handler_as<H: Handler, R>(
+        &mut self,
+        id: HandlerId,
+        f: impl FnOnce(&mut H, &mut Context<'_>) -> R,
+    ) -> Option<R> {
+        self.with_handler(id, |h, cx| {
+            crate::AsAny::as_any_mut(h).downcast_mut::<H>().map(|h| f(h, cx))
+        })
+        .flatten()
+    }
+
     /// Tells this center to stop after the current iteration (see [`CenterHandle::stop`]).
     pub fn stop(&mut self) {
         self.handle().stop();

@@ -73,7 +73,7 @@ impl Ready {
 /// under `catch_unwind`: a handler that panics is logged (target `msgr::center`), counted
 /// ([`CenterHandle::panics`](crate::CenterHandle::panics)) and dropped, since it may be
 /// left half-updated; the worker keeps running.
-pub trait Handler: Send + 'static {
+pub trait Handler: AsAny + Send + 'static {
     /// Readiness for the handler's registered source (see [`Ready`] for the edge contract).
     fn ready(&mut self, cx: &mut Context<'_>, ready: Ready);
 
@@ -93,6 +93,25 @@ pub trait Handler: Send + 'static {
     /// deregistered by the center.
     fn shutdown(&mut self, cx: &mut Context<'_>) {
         let _ = cx;
+    }
+}
+
+/// Lets [`Context::with_handler_as`](crate::Context::with_handler_as) downcast a
+/// `dyn Handler` to its concrete type. Implemented for every `'static` type; never
+/// implement it yourself.
+pub trait AsAny {
+    /// `self` as `&dyn Any`.
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// `self` as `&mut dyn Any`.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+impl<T: std::any::Any> AsAny for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 

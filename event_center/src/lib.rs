@@ -101,6 +101,6 @@ mod timer;
 pub use center::{
     CenterError, CenterHandle, Context, EventCenter, EVENTS_CAPACITY, EXTERNAL_BATCH, TIMER_BATCH,
 };
-pub use handler::{Handler, HandlerId, Ready};
+pub use handler::{AsAny, Handler, HandlerId, Ready};
 pub use pool::{WorkerPool, WorkerPoolConfig};
 pub use timer::{TimerId, TimerTarget};

@@ -183,3 +183,24 @@ fn dropping_a_center_shuts_its_handlers_down_once() {
     assert!(handle.is_stopping());
     assert!(handle.dispatch_event_external(|_| ()).is_err());
 }
+
+#[test]
+fn with_handler_as_downcasts_to_the_concrete_type() {
+    let mut center = EventCenter::new(0).expect("center");
+    let (ids_tx, _ids_rx) = unbounded();
+    let (tx, _rx) = unbounded();
+    let counter = center
+        .with_context(|cx| cx.insert_handler(Box::new(Counter { hits: 41, seen_ids: ids_tx })));
+    let other = center.with_context(|cx| cx.insert_handler(Box::new(Stopping { tx })));
+    center.with_context(|cx| {
+        assert_eq!(
+            cx.with_handler_as(counter, |c: &mut Counter, _| {
+                c.hits += 1;
+                c.hits
+            }),
+            Some(42)
+        );
+        assert_eq!(cx.with_handler_as(other, |c: &mut Counter, _| c.hits), None, "wrong type");
+        assert!(cx.is_live(other), "a type mismatch leaves the handler in place");
+    });
+}
