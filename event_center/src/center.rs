@@ -564,7 +564,11 @@ impl Context<'_> {
     /// [`now`](Self::now)). Timers fire in deadline order, ties in creation order.
     pub fn create_time_event(&mut self, after: Duration, target: TimerTarget) -> TimerId {
         let now = Instant::now();
-        let deadline = now.checked_add(after).unwrap_or(now + Duration::from_secs(86_400 * 365));
+        // An `after` too large for Instant means "never": a year out stands in for it.
+        let deadline = now
+            .checked_add(after)
+            .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365)))
+            .unwrap_or(now);
         self.core.timers.insert(deadline, target)
     }
 

@@ -139,3 +139,23 @@ fn handler_timer_is_delivered_with_its_id() {
     });
     assert_eq!(got, Some(timer));
 }
+
+#[test]
+fn an_enormous_delay_does_not_overflow_and_stays_pending() {
+    let mut center = EventCenter::new(0).expect("center");
+    let (tx, rx) = unbounded();
+    let id = center.with_context(|cx| arm_after(cx, Duration::MAX, &tx));
+    center.run_once(Some(Duration::ZERO)).expect("poll");
+    assert!(rx.try_recv().is_err());
+    assert!(center.with_context(|cx| cx.delete_time_event(id)));
+}
+
+fn arm_after(cx: &mut Context<'_>, after: Duration, tx: &Sender<u32>) -> TimerId {
+    let tx = tx.clone();
+    cx.create_time_event(
+        after,
+        TimerTarget::Fn(Box::new(move |_| {
+            let _ = tx.send(0);
+        })),
+    )
+}
