@@ -42,8 +42,8 @@ fn osd_ping(op: OsdPingOp, delta_ub: Option<SignedSpan>, min_message_size: u32) 
         map_epoch: 42,
         op,
         ping_stamp: UTime::new(1_700_000_000, 123_456_789),
-        mono_ping_stamp: SignedSpan(-1_500_000_001),
-        mono_send_stamp: SignedSpan(987_654_321_012),
+        mono_ping_stamp: SignedSpan::from_nanos(-1_500_000_001),
+        mono_send_stamp: SignedSpan::from_nanos(987_654_321_012),
         delta_ub,
         up_from: 7,
         min_message_size,
@@ -95,9 +95,13 @@ fn samples() -> Vec<AnyMessage> {
     vec![
         AnyMessage::Ping(MPing::new()),
         AnyMessage::Ping(MPing::with_report("{\"health\":\"HEALTH_OK\"}")),
-        AnyMessage::OsdPing(osd_ping(OsdPingOp::PING, Some(SignedSpan(3)), 1000)),
+        AnyMessage::OsdPing(osd_ping(OsdPingOp::PING, Some(SignedSpan::from_nanos(3)), 1000)),
         AnyMessage::OsdPing(osd_ping(OsdPingOp::PING_REPLY, None, 29)),
-        AnyMessage::OsdPing(osd_ping(OsdPingOp::YOU_DIED, Some(SignedSpan(-9)), 40_000)),
+        AnyMessage::OsdPing(osd_ping(
+            OsdPingOp::YOU_DIED,
+            Some(SignedSpan::from_nanos(-9)),
+            40_000,
+        )),
         AnyMessage::Command(MCommand {
             fsid: FSID,
             cmd: vec!["{\"prefix\": \"version\"}".into()],
@@ -199,7 +203,7 @@ fn every_typed_message_round_trips_through_the_registry() {
 #[test]
 fn typed_round_trips_keep_versions_and_segments() {
     assert_round_trip(&MPing::with_report("r"), PACIFIC);
-    assert_round_trip(&osd_ping(OsdPingOp::PING, Some(SignedSpan(-1)), 64), PACIFIC);
+    assert_round_trip(&osd_ping(OsdPingOp::PING, Some(SignedSpan::from_nanos(-1)), 64), PACIFIC);
     assert_round_trip(&MMonGetVersionReply { handle: 1, version: 2, oldest_version: 3 }, PACIFIC);
     let cmd = MCommand { fsid: FSID, cmd: vec!["x".into()], data: Bytes::from_static(b"d") };
     let msg = cmd.to_message(PACIFIC);

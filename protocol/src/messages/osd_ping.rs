@@ -47,27 +47,43 @@ impl fmt::Display for OsdPingOp {
     }
 }
 
-/// A signed monotonic duration (`ceph::signedspan`) in nanoseconds.
+/// A signed monotonic duration (`ceph::signedspan`) as it travels on the wire.
 ///
-/// Wire form (Ceph's generic `std::chrono::duration` encoder): seconds and the
+/// Wire form (Ceph's generic `std::chrono::duration` encoder): whole seconds and the
 /// sub-second nanoseconds, each truncated toward zero and written as a 32-bit value.
 /// Pacific's decoder reads both halves as `uint32_t`; later trees read `int32_t`. The
-/// bytes are the same; we decode as signed, so negative spans round trip.
+/// bytes are the same; we keep both halves as signed values, exactly as received, so a
+/// decoded span re-encodes to the same bytes even when a peer sends nanoseconds outside
+/// one second (which [`SignedSpan::as_nanos`] then simply adds up).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SignedSpan(pub i64);
+pub struct SignedSpan {
+    /// Whole seconds (truncated toward zero).
+    pub secs: i32,
+    /// The remaining nanoseconds, with the sign of the span.
+    pub nanos: i32,
+}
 
 impl SignedSpan {
     const NANOS: i64 = 1_000_000_000;
 
-    fn encode(self, e: &mut Encoder) {
+    /// A span of `nanos` nanoseconds, split as Ceph splits it. Spans beyond ±2^31 s
+    /// wrap their seconds like Ceph's 32-bit cast.
+    pub fn from_nanos(nanos: i64) -> Self {
         // `as` truncation is the point: Ceph casts the counts to 32 bits the same way.
-        e.i32((self.0 / Self::NANOS) as i32).i32((self.0 % Self::NANOS) as i32);
+        SignedSpan { secs: (nanos / Self::NANOS) as i32, nanos: (nanos % Self::NANOS) as i32 }
+    }
+
+    /// The span in nanoseconds (`secs * 10^9 + nanos`).
+    pub fn as_nanos(self) -> i64 {
+        i64::from(self.secs) * Self::NANOS + i64::from(self.nanos)
+    }
+
+    fn encode(self, e: &mut Encoder) {
+        e.i32(self.secs).i32(self.nanos);
     }
 
     fn decode(d: &mut Decoder<'_>) -> Result<Self> {
-        let s = i64::from(d.i32()?);
-        let ns = i64::from(d.i32()?);
-        Ok(SignedSpan(s * Self::NANOS + ns))
+        Ok(SignedSpan { secs: d.i32()?, nanos: d.i32()? })
     }
 }
 
@@ -172,10 +188,12 @@ mod tests {
     fn signed_span_truncates_toward_zero_like_chrono() {
         // -1.5 s: duration_cast<seconds> gives -1, the remainder -500_000_000 ns.
         let mut e = Encoder::new();
-        SignedSpan(-1_500_000_000).encode(&mut e);
+        let span = SignedSpan::from_nanos(-1_500_000_000);
+        assert_eq!(span, SignedSpan { secs: -1, nanos: -500_000_000 });
+        span.encode(&mut e);
         assert_eq!(e.as_slice(), &[0xff, 0xff, 0xff, 0xff, 0x00, 0x9b, 0x32, 0xe2]);
         let back = SignedSpan::decode(&mut Decoder::new(e.as_slice())).unwrap();
-        assert_eq!(back, SignedSpan(-1_500_000_000));
+        assert_eq!(back.as_nanos(), -1_500_000_000);
     }
 
     #[test]
