@@ -269,8 +269,11 @@ impl<C: ConnectionRef> Dispatchers<C> {
         budget: Option<Permit>,
         queue: &DispatchQueue<C>,
     ) -> Delivery {
-        self.fast_preprocess(conn, &msg);
+        // One snapshot for both walks: a dispatcher added meanwhile sees neither.
         let fast = self.fast();
+        for d in fast.iter() {
+            d.ms_fast_preprocess(conn, &msg);
+        }
         match fast.iter().find(|d| d.ms_can_fast_dispatch(&msg)) {
             Some(d) => {
                 d.ms_fast_dispatch(conn, msg);
