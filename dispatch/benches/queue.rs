@@ -4,6 +4,9 @@
 //!
 //! Run: `cargo bench -p dispatch --bench queue -- --warm-up-time 1 --measurement-time 3`
 
+// criterion_group! generates an undocumented pub fn.
+#![allow(missing_docs)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
