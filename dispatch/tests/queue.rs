@@ -549,3 +549,58 @@ fn authorizer_hooks() {
     d.add_tail(Arc::new(Auth(None, AuthVerdict::Reject)));
     assert_eq!(d.verify_authorizer(&c, 4, 2, b"x"), AuthVerdict::Reject);
 }
+
+/// The queue is bounded by the dispatch throttle: a worker that cannot get budget stops
+/// reading and is resumed by its waker when the dispatch thread releases budget (no
+/// polling). Ceph's dispatch throttle, without its 1 ms retry timer.
+#[test]
+fn dispatch_throttle_bounds_the_queue_and_resumes_the_worker() {
+    const MAX: u64 = 1_000;
+    const SIZE: usize = 100;
+    const N: u64 = 500;
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    d.add_tail(arc(Recorder::new("r", tx)));
+    let budget = Throttle::new("dispatch", MAX);
+    let q = DispatchQueue::new("bounded", Arc::clone(&d), Arc::clone(&budget));
+    let worker = {
+        let q = Arc::clone(&q);
+        let budget = Arc::clone(&budget);
+        std::thread::spawn(move || {
+            // The worker's "event loop": its external-event channel.
+            let (wake_tx, wake_rx) = unbounded::<()>();
+            let mut stalls = 0u64;
+            let conn = TestConn(1);
+            for tid in 0..N {
+                let permit = loop {
+                    let wake_tx = wake_tx.clone();
+                    let waker = Box::new(move || {
+                        let _ = wake_tx.send(());
+                    });
+                    if let Some(p) = budget.acquire_or_wait(SIZE as u64, waker) {
+                        break p;
+                    }
+                    stalls += 1;
+                    wake_rx.recv_timeout(WAIT).expect("woken by a release");
+                };
+                assert!(q.counters().messages as u64 * SIZE as u64 <= MAX);
+                q.enqueue(&conn, msg(1, PRIO_DEFAULT, tid, SIZE), Some(permit));
+            }
+            stalls
+        })
+    };
+    // Not started yet: the worker fills the budget and must stall.
+    wait_until(|| budget.waiting() == 1);
+    assert_eq!(q.counters().messages as u64, MAX / SIZE as u64);
+    q.start().expect("start");
+    let seen = recv_n(&rx, N as usize);
+    let stalls = worker.join().expect("worker");
+    q.shutdown(ShutdownMode::Drain);
+    let tids: Vec<u64> = seen.iter().filter_map(|s| dispatched(s).map(|x| x.3)).collect();
+    assert_eq!(tids, (0..N).collect::<Vec<_>>());
+    assert_eq!(budget.current(), 0);
+    let k = budget.counters();
+    assert!(stalls >= 1);
+    assert_eq!(k.wait, stalls);
+    assert!(k.get_sum == N * SIZE as u64 && k.put_sum == k.get_sum);
+}

@@ -193,3 +193,22 @@ fn reset_max_serves_waiters() {
     t.reset_max(0);
     assert!(t.try_acquire(1 << 40).is_some());
 }
+
+/// A woken worker whose connection closed never retries; the room it was woken for
+/// must not be kept from the others (every waker that fits is called).
+#[test]
+fn waker_of_a_closed_connection_does_not_strand_others() {
+    let t = Throttle::new("t", 100);
+    let held = t.try_acquire(100).expect("fits");
+    let (tx, rx) = unbounded();
+    let (dead_tx, dead_rx) = unbounded();
+    assert!(t.acquire_or_wait(60, Box::new(move || dead_tx.send(()).expect("rx"))).is_none());
+    assert!(t.acquire_or_wait(60, Box::new(move || tx.send(()).expect("rx"))).is_none());
+    drop(held);
+    dead_rx.recv_timeout(WAIT).expect("first waker called");
+    // Its owner never comes back; the second worker is woken all the same.
+    rx.recv_timeout(WAIT).expect("second waker called");
+    let p = t.try_acquire(60).expect("room for the live worker");
+    assert_eq!(t.waiting(), 0);
+    drop(p);
+}
