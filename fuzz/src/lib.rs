@@ -6,6 +6,8 @@
 //! checked-in seed corpus (`corpus/<target>/`) on stable Rust, and an ignored test runs
 //! every target over pseudo-random inputs when cargo-fuzz is not available.
 
+pub mod typed_messages;
+
 use bytes::Bytes;
 use protocol::encoding::{Decoder, Encoder};
 use protocol::message::{DecodeLimits, DecodeOptions, EncodeOptions, MessageDecoder, Progress};

@@ -106,7 +106,7 @@ mod tests {
             let path = entry.map(|e| e.path()).unwrap_or_else(|e| panic!("{e}"));
             let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
             typed_messages(&data);
-            if message_from_input(&data).map_or(false, |m| decode_any(&m).is_ok()) {
+            if message_from_input(&data).is_some_and(|m| decode_any(&m).is_ok()) {
                 decoded += 1;
             }
             for cut in 0..data.len() {
@@ -173,7 +173,7 @@ mod tests {
             if buf.len() > 1 && next() % 4 != 0 {
                 buf[1] = (buf[1] & 0x0f) | 0x10;
             }
-            if message_from_input(&buf).map_or(false, |m| decode_any(&m).is_ok()) {
+            if message_from_input(&buf).is_some_and(|m| decode_any(&m).is_ok()) {
                 ok += 1;
             }
             typed_messages(&buf);
