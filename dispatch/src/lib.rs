@@ -18,10 +18,20 @@
 //!    releases the permit when the dispatcher returns.
 //!
 //! Deliberate differences from Ceph (each with its reason at the definition):
-//! - an oversize throttle request waits until nothing is held ([`Throttle`]);
-//! - weighted round robin counts turns, not message cost ([`DispatchQueue`] docs);
-//! - loopback delivery runs on the dispatch thread, not a thread of its own;
-//! - `ms_verify_authorizer` asks every dispatcher: any rejection wins ([`Dispatchers::verify_authorizer`]).
+//! - an oversize throttle request waits until nothing is held, where Ceph admits it
+//!   whenever the count is not above the maximum ([`Throttle`]): the overshoot stays
+//!   bounded by one request;
+//! - a worker waiting for throttle budget registers a waker that a release calls
+//!   (every waker whose amount fits), instead of retrying on a 1 ms timer; try_acquire
+//!   yields to blocked threads and to a waiting oversize request (so neither starves),
+//!   not to ordinary waiting workers ([`Throttle`]);
+//! - weighted round robin counts turns (weight = priority), not message cost
+//!   ([`queue`] docs); priority 0 counts as `PRIO_DEFAULT`;
+//! - loopback delivery runs on the dispatch thread, not on a thread of its own;
+//! - `ms_verify_authorizer` asks every dispatcher: any rejection wins, else the first
+//!   non-empty reply ([`Dispatchers::verify_authorizer`]);
+//! - messages are `Message` values moved through the chain (a declining dispatcher
+//!   hands it back in [`Dispatched::NotTaken`]) instead of reference-counted pointers.
 #![forbid(unsafe_code)]
 
 pub mod dispatcher;

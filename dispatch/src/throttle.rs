@@ -131,19 +131,18 @@ impl State {
     fn serve_waiters(&mut self) -> (Vec<Waker>, bool) {
         let mut wakers = Vec::new();
         let mut granted = false;
-        let mut i = 0;
-        while i < self.waiters.len() {
-            let Some(w) = self.waiters.get(i) else { break };
-            let fits = !self.should_wait(self.current, w.need);
-            let blocking = matches!(w.kind, WaiterKind::Blocking(_));
-            if !fits {
-                if blocking {
+        // One pass, rebuilding the queue: O(waiters) per release.
+        let mut kept = VecDeque::with_capacity(self.waiters.len());
+        let mut pending = std::mem::take(&mut self.waiters).into_iter();
+        for w in pending.by_ref() {
+            if self.should_wait(self.current, w.need) {
+                let blocked = matches!(w.kind, WaiterKind::Blocking(_));
+                kept.push_back(w);
+                if blocked {
                     break;
                 }
-                i += 1;
                 continue;
             }
-            let Some(w) = self.waiters.remove(i) else { break };
             match w.kind {
                 WaiterKind::Blocking(flag) => {
                     self.current = self.current.saturating_add(w.need);
@@ -155,6 +154,8 @@ impl State {
                 WaiterKind::Wake(waker) => wakers.push(waker),
             }
         }
+        kept.extend(pending);
+        self.waiters = kept;
         (wakers, granted)
     }
 }
