@@ -80,6 +80,9 @@ pub(crate) enum Command {
     /// A newly accepted socket replaces this lossless session's socket (Ceph's replace:
     /// the existing connection keeps its queues and sequence numbers).
     TakeOver(Box<crate::driver::Incoming>),
+    /// Test seam: cut the socket as a network failure would (both directions shut down).
+    #[cfg(feature = "fault-injection")]
+    InjectFault,
 }
 
 #[derive(Default)]
@@ -116,7 +119,6 @@ pub(crate) struct ConnShared {
     pub(crate) id: u64,
     pub(crate) core: Weak<Core>,
     pub(crate) loopback: bool,
-    pub(crate) outgoing: bool,
     pub(crate) mailbox: Mutex<Mailbox>,
     pub(crate) place: Mutex<Option<(CenterHandle, HandlerId)>>,
     pub(crate) state: AtomicU8,
@@ -137,7 +139,6 @@ impl Connection {
     pub(crate) fn new(
         id: u64,
         core: Weak<Core>,
-        outgoing: bool,
         loopback: bool,
         max_queued_bytes: u64,
     ) -> Connection {
@@ -145,7 +146,6 @@ impl Connection {
             id,
             core,
             loopback,
-            outgoing,
             mailbox: Mutex::new(Mailbox::default()),
             place: Mutex::new(None),
             state: AtomicU8::new(ConnState::Connecting as u8),
@@ -228,7 +228,28 @@ impl Connection {
             core.forget(self);
             core.dispatch_queue().discard(self.0.id);
         }
-        self.post(Command::MarkDown);
+        // Closed from this moment: later sends fail at once, queued ones are dropped.
+        let wake = {
+            let mut mb = self.0.mailbox.lock();
+            if mb.closed {
+                return;
+            }
+            mb.closed = true;
+            mb.messages.clear();
+            mb.queued_bytes = 0;
+            mb.commands.push(Command::MarkDown);
+            !std::mem::replace(&mut mb.notified, true)
+        };
+        if wake {
+            self.wake();
+        }
+    }
+
+    /// Test seam (feature `fault-injection`): cuts this connection's socket as a network
+    /// failure would. A lossless session must survive it without loss or duplicates.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_socket_failure(&self) {
+        self.post(Command::InjectFault);
     }
 
     /// Marks the connection disposable: it may be closed once idle (Ceph's
@@ -254,7 +275,7 @@ impl Connection {
 
     /// The peer's announced address, once known.
     pub fn peer_addr(&self) -> Option<EntityAddr> {
-        self.0.peer.lock().addr.clone()
+        self.0.peer.lock().addr
     }
 
     /// The peer's socket address (the TCP endpoint), once connected.
@@ -269,7 +290,7 @@ impl Connection {
 
     /// The peer's entity name, from the last message received on this connection.
     pub fn peer_name(&self) -> Option<EntityName> {
-        self.0.peer.lock().name.clone()
+        self.0.peer.lock().name
     }
 
     /// The negotiated features (peer's ∩ ours), once open.

@@ -19,7 +19,7 @@ use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, Ti
 use mio::net::TcpStream;
 use mio::Interest;
 use protocol::types::{EntityAddr, EntityType};
-use protocol::v1::{self, Decision, Event, ExistingSession, Policy, SessionState};
+use protocol::v1::{self, Decision, Event, ExistingSession, Policy};
 use protocol::wire::KeepaliveStamp;
 
 use crate::connection::{Command, ConnState, Connection, Snapshot};
@@ -88,20 +88,18 @@ pub(crate) fn spawn_outgoing(
 ) {
     let core = core.clone();
     let handle = center.clone();
+    // Charged at selection, as Ceph's get_worker does, so a burst of new connections
+    // spreads out before any of them has run; released in `Driver::release`.
+    center.add_load(1);
     let posted = center.dispatch_event_external(move |cx: &mut Context<'_>| {
         let policy = core.policies.read().policy(peer_type);
-        let proto = v1::Connection::connect(
-            core.proto_config(),
-            policy.clone(),
-            addr.clone(),
-            peer_type,
-            cx.now(),
-        );
-        let dial = addr.socket_addr();
+        let proto = v1::Connection::connect(core.proto_config(), policy, addr, peer_type, cx.now());
+        let dial = addr.addr;
         let d = Driver::new(conn, core, handle, proto, Some(policy), None, dial, false);
         d.install(cx);
     });
     if posted.is_err() {
+        center.add_load(-1);
         log::warn!(target: "msgr::conn", "worker gone; connection to {addr} not started");
     }
 }
@@ -115,13 +113,13 @@ pub(crate) fn spawn_accepted(
 ) {
     let core = core.clone();
     let handle = center.clone();
+    center.add_load(1);
     let posted = center.dispatch_event_external(move |cx: &mut Context<'_>| {
         let local = socket.local_addr().unwrap_or(peer);
         let proto = v1::Connection::accept(core.proto_config(), peer, local, cx.now());
         let conn = Connection::new(
             core.new_conn_id(),
             Arc::downgrade(&core),
-            false,
             false,
             core.config.max_queued_bytes,
         );
@@ -131,6 +129,7 @@ pub(crate) fn spawn_accepted(
         d.install(cx);
     });
     if posted.is_err() {
+        center.add_load(-1);
         log::warn!(target: "msgr::conn", "worker gone; accepted socket from {peer} dropped");
     }
 }
@@ -180,15 +179,10 @@ impl Driver {
         let center = self.center.clone();
         self.counters.created_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.counters.active_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        center.add_load(1);
         let id = cx.insert_handler(Box::new(self));
         *conn.0.place.lock() = Some((center, id));
         // Start in handler context so the driver learns its id and registers its socket.
         cx.with_handler(id, |h, cx| h.notify(cx));
-    }
-
-    fn my_id(&self) -> Option<HandlerId> {
-        self.id
     }
 
     /// The one entry point after any input.
@@ -250,7 +244,7 @@ impl Driver {
     }
 
     fn register_socket(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let (Some(id), Some(s)) = (self.id, self.socket.as_mut()) else {
+        let (Some(id), Some(s)) = (self.id, self.socket.as_ref()) else {
             return Ok(());
         };
         let interest = Interest::READABLE | Interest::WRITABLE;
@@ -273,8 +267,10 @@ impl Driver {
     }
 
     fn close_socket(&mut self, cx: &mut Context<'_>) {
-        if let Some(mut s) = self.socket.take() {
-            let _ = cx.deregister_source(&mut s);
+        if self.socket.take().is_some() {
+            if let Some(id) = self.id {
+                let _ = cx.deregister(id);
+            }
         }
         self.interest = None;
         self.wsegs.clear();
@@ -289,7 +285,11 @@ impl Driver {
             (std::mem::take(&mut mb.messages), std::mem::take(&mut mb.commands))
         };
         let now = cx.now();
+        let me = *self.core.name.read();
         for (mut msg, queued_at) in messages {
+            if msg.src().is_none() {
+                msg.set_src(me);
+            }
             if msg.priority() == 0 {
                 msg.set_priority(protocol::message::PRIO_DEFAULT);
             }
@@ -310,6 +310,14 @@ impl Driver {
                     return;
                 }
                 Command::TakeOver(incoming) => self.take_over(cx, *incoming),
+                #[cfg(feature = "fault-injection")]
+                Command::InjectFault => {
+                    if let Some(s) = &self.socket {
+                        log::info!(target: "msgr::conn", "{}: injected socket failure", self.proto);
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                        self.read_ready = true;
+                    }
+                }
             }
         }
     }
@@ -320,7 +328,7 @@ impl Driver {
         let Incoming { socket, mut proto, policy, decision } = incoming;
         let session = self.proto.take_session();
         let now = cx.now();
-        proto.handle_accept_decision(now, policy.clone(), decision, session);
+        proto.handle_accept_decision(now, policy, decision, session);
         self.close_socket(cx);
         self.proto = proto;
         self.policy = Some(policy);
@@ -339,7 +347,9 @@ impl Driver {
         if self.dialling || !self.read_ready {
             return;
         }
-        let Some(sock) = self.socket.as_mut() else { return };
+        if self.socket.is_none() {
+            return;
+        }
         let t0 = Instant::now();
         let mut budget = self.core.config.read_budget;
         let chunk = self.core.config.read_buffer.max(4096);
@@ -347,6 +357,7 @@ impl Driver {
             if self.rbuf.len() < chunk / 4 {
                 self.rbuf = BytesMut::zeroed(chunk);
             }
+            let Some(sock) = self.socket.as_mut() else { break };
             match sock.read(&mut self.rbuf[..]) {
                 Ok(0) => {
                     self.read_ready = false;
@@ -354,8 +365,11 @@ impl Driver {
                     break;
                 }
                 Ok(n) => {
+                    log::trace!(target: "msgr::conn", "{}: read {n}", self.proto);
                     budget = budget.saturating_sub(n);
-                    self.counters.recv_bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    self.counters
+                        .recv_bytes
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     let data = self.rbuf.split_to(n).freeze();
                     self.proto.handle_bytes(cx.now(), data);
                     // Budget requests and decisions must be answered before reading on.
@@ -402,11 +416,11 @@ impl Driver {
             return false;
         }
         let t0 = Instant::now();
+        let sent_before = self.proto.messages_sent();
         self.scratch.clear();
         if self.proto.poll_transmit(&mut self.scratch) > 0 {
             self.wsegs.extend(self.scratch.drain(..));
         }
-        let sent_before = self.proto.messages_sent();
         let mut wrote_any = false;
         while self.write_ready && !self.wsegs.is_empty() {
             let Some(sock) = self.socket.as_mut() else { break };
@@ -422,8 +436,11 @@ impl Driver {
                     break;
                 }
                 Ok(mut n) => {
+                    log::trace!(target: "msgr::conn", "{}: wrote {n}", self.proto);
                     wrote_any = true;
-                    self.counters.send_bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    self.counters
+                        .send_bytes
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     while n > 0 {
                         let Some(front) = self.wsegs.front_mut() else { break };
                         if n >= front.len() {
@@ -477,7 +494,9 @@ impl Driver {
                     &authorizer,
                 );
                 let verdict = match verdict {
-                    AuthVerdict::Accept { reply } => v1::AuthVerdict::Accept { reply: reply.into() },
+                    AuthVerdict::Accept { reply } => {
+                        v1::AuthVerdict::Accept { reply: reply.into() }
+                    }
                     AuthVerdict::Reject => v1::AuthVerdict::Reject,
                 };
                 self.proto.handle_authorizer_verdict(now, verdict);
@@ -485,7 +504,7 @@ impl Driver {
             Event::Opened(opened) => {
                 {
                     let mut peer = self.conn.0.peer.lock();
-                    peer.addr = Some(opened.peer_addr.clone());
+                    peer.addr = Some(opened.peer_addr);
                     peer.entity_type = Some(opened.peer_type);
                     peer.features = opened.features;
                 }
@@ -504,18 +523,21 @@ impl Driver {
             }
             Event::Message(mut msg) => {
                 self.counters.recv_messages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                msg.set_dispatch_stamp(Some(now));
-                {
-                    let src = msg.src();
+                msg.set_dispatch_stamp(now);
+                if let Some(src) = msg.src() {
                     let mut peer = self.conn.0.peer.lock();
-                    if peer.name.as_ref() != Some(&src) {
+                    if peer.name != Some(src) {
                         peer.name = Some(src);
                     }
                 }
-                let permits = std::mem::take(&mut self.budget);
+                // The dispatch-throttle permit (acquired last) travels with the message
+                // until its dispatcher returns; the policy throttlers' permits are
+                // released when the message is handed over.
+                let permit = self.budget.pop();
+                self.budget.clear();
                 let t0 = Instant::now();
-                let fast = self.core.dispatchers.deliver(&self.core.queue, &self.conn, msg, permits);
-                if fast {
+                let delivery = self.core.queue.deliver(&self.conn, msg, permit);
+                if delivery == dispatch::Delivery::Fast {
                     WorkerCounters::add_time(
                         &self.counters.running_fast_dispatch_time_ns,
                         t0.elapsed(),
@@ -531,7 +553,7 @@ impl Driver {
             }
             Event::Reconnect { .. } => {
                 self.conn.set_state(ConnState::Connecting);
-                match self.dial.or_else(|| self.conn.peer_addr().and_then(|a| a.socket_addr())) {
+                match self.dial.or_else(|| self.conn.peer_addr().and_then(|a| a.addr)) {
                     Some(addr) => {
                         self.dial = Some(addr);
                         if let Err(e) = self.dial_now(cx, addr) {
@@ -595,7 +617,7 @@ impl Driver {
     fn decide_accept(&mut self, cx: &mut Context<'_>, req: v1::AcceptRequest) {
         let now = cx.now();
         let policy = self.core.policies.read().policy(req.peer_type);
-        let my_addr = self.core.my_addr.read().clone();
+        let my_addr = *self.core.my_addr.read();
         let existing = self.core.sessions.lock().get(&req.peer_addr).cloned();
         let existing = existing.filter(|c| c != &self.conn && c.state() != ConnState::Closed);
         let snapshot = existing.as_ref().map(|c| {
@@ -604,7 +626,9 @@ impl Driver {
                 state: match c.state() {
                     ConnState::Open => v1::ExistingState::Open,
                     ConnState::Standby => v1::ExistingState::Standby,
-                    ConnState::Connecting | ConnState::Reconnecting => v1::ExistingState::Connecting,
+                    ConnState::Connecting | ConnState::Reconnecting => {
+                        v1::ExistingState::Connecting
+                    }
                     ConnState::Closed => v1::ExistingState::Closed,
                 },
                 connect_seq: s.connect_seq,
@@ -618,7 +642,7 @@ impl Driver {
         log::debug!(target: "msgr::conn", "{}: accept decision {decision:?}", self.proto);
         {
             let mut peer = self.conn.0.peer.lock();
-            peer.addr = Some(req.peer_addr.clone());
+            peer.addr = Some(req.peer_addr);
             peer.entity_type = Some(req.peer_type);
         }
         match (&decision, existing) {
@@ -626,13 +650,23 @@ impl Driver {
                 // Lossless replace: the existing session adopts this socket.
                 existing.0.snapshot.lock().replacing = true;
                 let Some(id) = self.id else { return };
-                let Some(mut socket) = self.socket.take() else { return };
-                let _ = cx.deregister_source(&mut socket);
+                let Some(socket) = self.socket.take() else { return };
+                let _ = cx.deregister(id);
                 let proto = std::mem::replace(
                     &mut self.proto,
-                    v1::Connection::accept(self.core.proto_config(), req.socket_peer, req.socket_peer, now),
+                    v1::Connection::accept(
+                        self.core.proto_config(),
+                        req.socket_peer,
+                        req.socket_peer,
+                        now,
+                    ),
                 );
-                existing.post(Command::TakeOver(Box::new(Incoming { socket, proto, policy, decision })));
+                existing.post(Command::TakeOver(Box::new(Incoming {
+                    socket,
+                    proto,
+                    policy,
+                    decision,
+                })));
                 // This driver's handle never opened; it vanishes without callbacks.
                 self.finished = true;
                 self.conn.set_state(ConnState::Closed);
@@ -642,11 +676,11 @@ impl Driver {
             }
             (Decision::Replace { .. }, Some(existing)) => {
                 // Lossy existing session: it is reset, this one becomes the session.
-                self.core.sessions.lock().insert(req.peer_addr.clone(), self.conn.clone());
+                self.core.sessions.lock().insert(req.peer_addr, self.conn.clone());
                 existing.0.core.upgrade().map(|c| c.queue.discard(existing.id()));
                 existing.post(Command::MarkDown);
                 self.core.queue.enqueue_event(QueueEvent::Reset(existing));
-                self.policy = Some(policy.clone());
+                self.policy = Some(policy);
                 self.proto.handle_accept_decision(now, policy, decision, None);
             }
             (Decision::Wait, Some(existing)) => {
@@ -654,8 +688,8 @@ impl Driver {
                 self.proto.handle_accept_decision(now, policy, decision, None);
             }
             (Decision::Open { .. } | Decision::Replace { .. }, _) => {
-                self.core.sessions.lock().insert(req.peer_addr.clone(), self.conn.clone());
-                self.policy = Some(policy.clone());
+                self.core.sessions.lock().insert(req.peer_addr, self.conn.clone());
+                self.policy = Some(policy);
                 self.proto.handle_accept_decision(now, policy, decision, None);
             }
             _ => self.proto.handle_accept_decision(now, policy, decision, None),
@@ -677,7 +711,7 @@ impl Driver {
     }
 
     fn update_interest(&mut self, cx: &mut Context<'_>) {
-        let (Some(id), Some(sock)) = (self.id, self.socket.as_mut()) else { return };
+        let (Some(id), Some(_)) = (self.id, self.socket.as_ref()) else { return };
         let mut want: Option<Interest> = None;
         if self.dialling || !self.wsegs.is_empty() {
             want = Some(Interest::WRITABLE);
@@ -689,7 +723,7 @@ impl Driver {
         // unchanged, while every change is an epoll_ctl.
         let want = want.map(|w| w | Interest::READABLE);
         if want != self.interest {
-            if let Err(e) = cx.reregister_source(id, sock, want) {
+            if let Err(e) = cx.set_interest(id, want) {
                 log::warn!(target: "msgr::conn", "{}: reregister failed: {e}", self.proto);
             }
             self.interest = want;
@@ -744,6 +778,7 @@ impl Driver {
 
 impl Handler for Driver {
     fn ready(&mut self, cx: &mut Context<'_>, ready: Ready) {
+        log::trace!(target: "msgr::conn", "{}: ready {ready:?}", self.proto);
         if ready.readable || ready.closed {
             self.read_ready = true;
         }
@@ -806,5 +841,4 @@ impl std::fmt::Debug for Driver {
 fn _assert_send() {
     fn is_send<T: Send>() {}
     is_send::<Driver>();
-    let _ = SessionState::default;
 }

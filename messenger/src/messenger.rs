@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use dispatch::{DispatchQueue, Dispatcher, Dispatchers, QueueEvent, ShutdownMode, Throttle};
-use event_center::{WorkerPool, WorkerPoolConfig};
+use dispatch::{DispatchQueue, Dispatcher, Dispatchers, ShutdownMode, Throttle};
+use event_center::{CenterHandle, WorkerPool, WorkerPoolConfig};
 use parking_lot::{Mutex, RwLock};
 use protocol::types::{EntityAddr, EntityName, EntityType};
 use protocol::v1::{self, Policy};
@@ -18,20 +18,23 @@ use crate::connection::{ConnState, Connection, SendError};
 use crate::counters::WorkerCounters;
 use crate::{driver, processor};
 
+/// The (bytes, messages) policy throttlers of one peer type.
+pub(crate) type ThrottlerPair = (Option<Arc<Throttle>>, Option<Arc<Throttle>>);
+
 /// Per-peer-type policies and throttlers (Ceph's `Policy` table of a messenger).
 #[derive(Clone)]
 pub(crate) struct PolicySet {
     pub(crate) default: Policy,
     pub(crate) by_type: HashMap<u8, Policy>,
     /// (bytes, messages) throttlers charged for every received message from that peer type.
-    pub(crate) throttlers: HashMap<u8, (Option<Arc<Throttle>>, Option<Arc<Throttle>>)>,
+    pub(crate) throttlers: HashMap<u8, ThrottlerPair>,
 }
 
 impl PolicySet {
     pub(crate) fn policy(&self, peer: EntityType) -> Policy {
-        self.by_type.get(&peer.0).cloned().unwrap_or_else(|| self.default.clone())
+        self.by_type.get(&peer.0).cloned().unwrap_or(self.default)
     }
-    pub(crate) fn throttlers(&self, peer: EntityType) -> (Option<Arc<Throttle>>, Option<Arc<Throttle>>) {
+    pub(crate) fn throttlers(&self, peer: EntityType) -> ThrottlerPair {
         self.throttlers.get(&peer.0).cloned().unwrap_or((None, None))
     }
 }
@@ -58,6 +61,8 @@ pub(crate) struct Core {
     pub(crate) next_id: AtomicU64,
     pub(crate) stopping: AtomicBool,
     pub(crate) loopback: OnceLock<Connection>,
+    /// The pool's workers (handles only: the pool itself is owned by [`Messenger`]).
+    pub(crate) workers: Vec<CenterHandle>,
 }
 
 impl Core {
@@ -88,6 +93,11 @@ impl Core {
         self.conns.lock().remove(&conn.id());
     }
 
+    /// Ceph's `get_worker`: the worker holding the fewest connections, ties to the lowest.
+    pub(crate) fn pool_least_loaded(&self) -> Option<CenterHandle> {
+        self.workers.iter().min_by_key(|w| w.load()).cloned()
+    }
+
     pub(crate) fn new_conn_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -98,7 +108,7 @@ impl Core {
 
     fn build_proto_config(&self) -> v1::Config {
         let c = &self.config;
-        let mut pc = v1::Config::new(self.name.read().clone(), self.my_addr.read().clone());
+        let mut pc = v1::Config::new(*self.name.read(), *self.my_addr.read());
         pc.crc_header = c.crc_header;
         pc.crc_data = c.crc_data;
         pc.handshake_timeout = c.connection_ready_timeout;
@@ -156,15 +166,16 @@ impl Messenger {
         pool: Arc<WorkerPool>,
         owns_pool: bool,
     ) -> Messenger {
-        let dispatchers = Arc::new(Dispatchers::new());
-        let dispatch_throttle = Throttle::new("msgr_dispatch_throttler", config.dispatch_throttle_bytes);
+        let dispatchers = Dispatchers::new();
+        let dispatch_throttle =
+            Throttle::new("msgr_dispatch_throttler", config.dispatch_throttle_bytes);
         let queue =
             DispatchQueue::new("ms_dispatch", dispatchers.clone(), dispatch_throttle.clone());
         let counters = (0..pool.workers()).map(|_| Arc::new(WorkerCounters::default())).collect();
         let core = Arc::new(Core {
             name: RwLock::new(name),
             nonce,
-            my_addr: RwLock::new(EntityAddr::blank_legacy(nonce)),
+            my_addr: RwLock::new(EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), nonce)),
             config,
             proto: OnceLock::new(),
             global_seq: Arc::new(AtomicU32::new(0)),
@@ -182,8 +193,9 @@ impl Messenger {
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             loopback: OnceLock::new(),
+            workers: pool.handles().to_vec(),
         });
-        let lo = Connection::new(0, Arc::downgrade(&core), false, true, u64::MAX);
+        let lo = Connection::new(0, Arc::downgrade(&core), true, u64::MAX);
         lo.set_state(ConnState::Open);
         let _ = core.loopback.set(lo);
         Messenger {
@@ -209,21 +221,18 @@ impl Messenger {
 
     /// Our announced address (after `bind`; blank IP and port 0 for a pure client).
     pub fn my_addr(&self) -> EntityAddr {
-        self.core.my_addr.read().clone()
+        *self.core.my_addr.read()
     }
 
     /// Our entity name.
     pub fn my_name(&self) -> EntityName {
-        self.core.name.read().clone()
+        *self.core.name.read()
     }
 
     /// Changes our entity name (a client learns `client.<global_id>` after MAuth).
     /// Takes effect for messages framed afterwards.
     pub fn set_myname(&self, name: EntityName) {
-        *self.core.name.write() = name.clone();
-        if let Some(pc) = self.core.proto.get() {
-            pc.set_my_name(name);
-        }
+        *self.core.name.write() = name;
     }
 
     /// Starts the messenger. Accepting begins once the first dispatcher is added.
@@ -302,16 +311,15 @@ impl Messenger {
         let conn = Connection::new(
             self.core.new_conn_id(),
             Arc::downgrade(&self.core),
-            true,
             false,
             self.core.config.max_queued_bytes,
         );
         {
             let mut peer = conn.0.peer.lock();
-            peer.addr = Some(addr.clone());
+            peer.addr = Some(addr);
             peer.entity_type = Some(peer_type);
         }
-        sessions.insert(addr.clone(), conn.clone());
+        sessions.insert(addr, conn.clone());
         drop(sessions);
         self.core.conns.lock().insert(conn.id(), conn.clone());
         let worker = self.pool.least_loaded().clone();
@@ -452,10 +460,6 @@ impl Messenger {
     pub fn wait(&self) {
         self.shutdown();
     }
-
-    pub(crate) fn core(&self) -> &Arc<Core> {
-        &self.core
-    }
 }
 
 impl Drop for Messenger {
@@ -475,9 +479,4 @@ pub struct Totals {
     pub recv_bytes: u64,
     /// Bytes written to sockets.
     pub send_bytes: u64,
-}
-
-/// Dispatch a connection event (both the fast variant on this thread and the queued one).
-pub(crate) fn dispatch_event(core: &Core, ev: QueueEvent<Connection>) {
-    core.queue.enqueue_event(ev);
 }

@@ -61,7 +61,8 @@ impl Processor {
         let id = self
             .center
             .submit_to(move |cx: &mut Context<'_>| -> io::Result<HandlerId> {
-                let handler = AcceptHandler { listener, core, paused: None, center };
+                let handler =
+                    AcceptHandler { listener, core, paused: None, center, registered: false };
                 let id = cx.insert_handler(Box::new(handler));
                 let registered = cx.with_handler(id, |h, cx| h.notify(cx));
                 if registered.is_none() {
@@ -89,6 +90,7 @@ struct AcceptHandler {
     core: Arc<Core>,
     paused: Option<TimerId>,
     center: CenterHandle,
+    registered: bool,
 }
 
 impl AcceptHandler {
@@ -105,7 +107,7 @@ impl AcceptHandler {
                 Err(e) if is_resource_exhaustion(&e) => {
                     log::warn!(target: "msgr::accept", "accept: {e}; pausing {ACCEPT_BACKOFF:?}");
                     if let Some(id) = cx.id() {
-                        let _ = cx.reregister_source(id, &mut self.listener, None);
+                        let _ = cx.set_interest(id, None);
                         self.paused =
                             Some(cx.create_time_event(ACCEPT_BACKOFF, TimerTarget::Handler(id)));
                     }
@@ -145,22 +147,27 @@ impl Handler for AcceptHandler {
     fn timer(&mut self, cx: &mut Context<'_>, _id: TimerId) {
         self.paused = None;
         if let Some(id) = cx.id() {
-            let _ = cx.reregister_source(id, &mut self.listener, Some(Interest::READABLE));
+            let _ = cx.set_interest(id, Some(Interest::READABLE));
         }
         self.accept_some(cx);
     }
 
     fn notify(&mut self, cx: &mut Context<'_>) {
-        // First notify registers the listener; later ones resume a used-up batch.
-        if let Some(id) = cx.id() {
-            if cx.register_source(id, &mut self.listener, Interest::READABLE).is_err() {
-                // Already registered: this is a resume.
+        // The first notify registers the listener; later ones resume a used-up batch.
+        if !self.registered {
+            if let Some(id) = cx.id() {
+                match cx.register_source(id, &self.listener, Interest::READABLE) {
+                    Ok(()) => self.registered = true,
+                    Err(e) => log::error!(target: "msgr::accept", "listener registration: {e}"),
+                }
             }
         }
         self.accept_some(cx);
     }
 
     fn shutdown(&mut self, cx: &mut Context<'_>) {
-        let _ = cx.deregister_source(&mut self.listener);
+        if let Some(id) = cx.id() {
+            let _ = cx.deregister(id);
+        }
     }
 }

@@ -3,3 +3,4 @@
 //! Never: part of any shipped library; only `tests/` and `bench` use it.
 
 pub mod ceph;
+pub mod loopback;

@@ -1,0 +1,148 @@
+//! Loopback helpers for messenger tests: a recording dispatcher and messenger builders.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
+use protocol::types::{EntityName, EntityType};
+use protocol::Message;
+
+/// How long a test waits for something that should happen promptly on loopback.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// What a [`Recorder`] saw. (Test-only: the size difference of variants does not matter.)
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Seen {
+    /// A message (with the connection it came on).
+    Message(Connection, Message),
+    /// `ms_handle_connect`.
+    Connect(Connection),
+    /// `ms_handle_accept`.
+    Accept(Connection),
+    /// `ms_handle_reset`.
+    Reset(Connection),
+    /// `ms_handle_remote_reset`.
+    RemoteReset(Connection),
+    /// `ms_handle_refused`.
+    Refused(Connection),
+}
+
+/// A dispatcher that forwards everything it sees to a channel, and optionally answers
+/// every message with a reply of the same type on the same connection.
+pub struct Recorder {
+    tx: Sender<Seen>,
+    echo: bool,
+}
+
+impl Recorder {
+    /// A recorder and the receiving end of what it sees.
+    pub fn new(echo: bool) -> (Arc<Recorder>, Receiver<Seen>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (Arc::new(Recorder { tx, echo }), rx)
+    }
+}
+
+impl Dispatcher<Connection> for Recorder {
+    fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
+        if self.echo {
+            let mut reply = Message::new(msg.msg_type(), msg.front().clone());
+            reply.set_tid(msg.tid());
+            reply.set_data(msg.data().clone());
+            let _ = conn.send_message(reply);
+        }
+        let _ = self.tx.send(Seen::Message(conn.clone(), msg));
+        Dispatched::Taken
+    }
+    fn ms_handle_connect(&self, conn: &Connection) {
+        let _ = self.tx.send(Seen::Connect(conn.clone()));
+    }
+    fn ms_handle_accept(&self, conn: &Connection) {
+        let _ = self.tx.send(Seen::Accept(conn.clone()));
+    }
+    fn ms_handle_reset(&self, conn: &Connection) -> bool {
+        let _ = self.tx.send(Seen::Reset(conn.clone()));
+        true
+    }
+    fn ms_handle_remote_reset(&self, conn: &Connection) {
+        let _ = self.tx.send(Seen::RemoteReset(conn.clone()));
+    }
+    fn ms_handle_refused(&self, conn: &Connection) -> bool {
+        let _ = self.tx.send(Seen::Refused(conn.clone()));
+        true
+    }
+}
+
+/// Waits for the next message seen, skipping connection events; panics on timeout.
+pub fn next_message(rx: &Receiver<Seen>) -> (Connection, Message) {
+    loop {
+        match rx.recv_timeout(WAIT) {
+            Ok(Seen::Message(c, m)) => return (c, m),
+            Ok(_) => continue,
+            Err(e) => panic!("no message within {WAIT:?}: {e}"),
+        }
+    }
+}
+
+/// A test message: type `msg_type`, tid `tid`, front = tid as 8 LE bytes, data `data`.
+pub fn test_message(msg_type: u16, tid: u64, data: Bytes) -> Message {
+    let mut m = Message::new(msg_type, Bytes::copy_from_slice(&tid.to_le_bytes()));
+    m.set_tid(tid);
+    m.set_data(data);
+    m
+}
+
+/// Turns on `RUST_LOG`-driven logging for a test binary (idempotent).
+pub fn init_logging() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .is_test(true)
+        .try_init();
+}
+
+/// A small config for tests: 2 workers unless said otherwise.
+pub fn test_config(workers: usize) -> MessengerConfig {
+    init_logging();
+    MessengerConfig { workers, ..MessengerConfig::default() }
+}
+
+/// A started server messenger on 127.0.0.1 port 0 with `policy` and a recorder.
+pub fn server(
+    ty: EntityType,
+    nonce: u32,
+    policy: Policy,
+    echo: bool,
+) -> (Messenger, SocketAddr, Receiver<Seen>) {
+    server_on(ty, nonce, policy, echo, SocketAddr::from(([127, 0, 0, 1], 0)), test_config(2))
+}
+
+/// Like [`server`], on a given address with a given config.
+pub fn server_on(
+    ty: EntityType,
+    nonce: u32,
+    policy: Policy,
+    echo: bool,
+    addr: SocketAddr,
+    config: MessengerConfig,
+) -> (Messenger, SocketAddr, Receiver<Seen>) {
+    let m = Messenger::new(EntityName::new(ty, 0), nonce, config).expect("messenger");
+    m.set_default_policy(policy);
+    let bound = m.bind(addr).expect("bind");
+    m.start().expect("start");
+    let (rec, rx) = Recorder::new(echo);
+    m.add_dispatcher_head(rec).expect("dispatcher");
+    (m, bound, rx)
+}
+
+/// A started client messenger (no listener) with `policy` and a recorder.
+pub fn client(ty: EntityType, nonce: u32, policy: Policy) -> (Messenger, Receiver<Seen>) {
+    let m = Messenger::new(EntityName::new(ty, nonce as i64), nonce, test_config(2))
+        .expect("messenger");
+    m.set_default_policy(policy);
+    m.start().expect("start");
+    let (rec, rx) = Recorder::new(false);
+    m.add_dispatcher_head(rec).expect("dispatcher");
+    (m, rx)
+}
