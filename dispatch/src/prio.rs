@@ -63,10 +63,16 @@ impl<T> Lane<T> {
     }
 }
 
+/// Empty lanes are kept (so a steady trickle at one priority does not allocate a lane
+/// per message) while there are at most this many lanes; beyond it they are dropped.
+/// Real traffic uses a handful of priorities.
+const KEEP_EMPTY_LANES: usize = 8; // per class (strict, round robin)
+
 /// Messages ordered by priority, then connection, then arrival.
 pub(crate) struct PrioQueue<T> {
-    /// Invariant (both maps): no empty lane is stored.
+    /// Priorities above `PRIO_HIGH`. Lanes may be empty (see [`KEEP_EMPTY_LANES`]).
     strict: BTreeMap<u16, Lane<T>>,
+    /// The others. Lanes may be empty; an empty lane's WRR weight is reset to 0.
     wrr: BTreeMap<u16, Lane<T>>,
     len: usize,
 }
@@ -97,11 +103,16 @@ impl<T> PrioQueue<T> {
     }
 
     pub(crate) fn pop(&mut self) -> Option<T> {
-        let item = match self.strict.last_entry() {
-            Some(mut e) => {
-                let item = e.get_mut().pop();
-                if e.get().len == 0 {
-                    e.remove();
+        if self.len == 0 {
+            return None;
+        }
+        let strict = self.strict.iter_mut().rev().find(|(_, lane)| lane.len > 0);
+        let item = match strict {
+            Some((prio, lane)) => {
+                let prio = *prio;
+                let item = lane.pop();
+                if lane.len == 0 {
+                    Self::trim(&mut self.strict, prio);
                 }
                 item
             }
@@ -113,11 +124,18 @@ impl<T> PrioQueue<T> {
         item
     }
 
+    fn trim(map: &mut BTreeMap<u16, Lane<T>>, prio: u16) {
+        if map.len() > KEEP_EMPTY_LANES {
+            map.remove(&prio);
+        }
+    }
+
     fn pop_wrr(&mut self) -> Option<T> {
-        let total: i64 = self.wrr.keys().map(|p| i64::from(*p)).sum();
+        let total: i64 =
+            self.wrr.iter().filter(|(_, l)| l.len > 0).map(|(p, _)| i64::from(*p)).sum();
         let mut best: Option<(u16, i64)> = None;
         // Highest priority first, so ties go to the higher priority.
-        for (prio, lane) in self.wrr.iter_mut().rev() {
+        for (prio, lane) in self.wrr.iter_mut().rev().filter(|(_, l)| l.len > 0) {
             lane.current += i64::from(*prio);
             if best.map_or(true, |(_, cw)| lane.current > cw) {
                 best = Some((*prio, lane.current));
@@ -128,7 +146,9 @@ impl<T> PrioQueue<T> {
         lane.current -= total;
         let item = lane.pop();
         if lane.len == 0 {
-            self.wrr.remove(&prio);
+            // Leaving the rotation: it re-enters with no credit or debt, as a new lane.
+            lane.current = 0;
+            Self::trim(&mut self.wrr, prio);
         }
         item
     }
@@ -137,10 +157,15 @@ impl<T> PrioQueue<T> {
     pub(crate) fn remove_conn(&mut self, conn: u64) -> Vec<T> {
         let mut out = Vec::new();
         for map in [&mut self.strict, &mut self.wrr] {
-            map.retain(|_, lane| {
+            for lane in map.values_mut() {
                 lane.remove_conn(conn, &mut out);
-                lane.len > 0
-            });
+                if lane.len == 0 {
+                    lane.current = 0;
+                }
+            }
+            if map.len() > KEEP_EMPTY_LANES {
+                map.retain(|_, lane| lane.len > 0);
+            }
         }
         self.len -= out.len();
         out
@@ -153,6 +178,11 @@ impl<T> PrioQueue<T> {
             out.push(item);
         }
         out
+    }
+
+    #[cfg(test)]
+    fn lanes(&self) -> usize {
+        self.strict.len() + self.wrr.len()
     }
 }
 
@@ -221,6 +251,20 @@ mod tests {
         assert_eq!(gone, [1, 3, 101, 103]);
         assert_eq!(q.len(), 4);
         assert_eq!(q.drain(), [100, 102, 0, 2]);
+    }
+
+    #[test]
+    fn empty_lanes_are_bounded() {
+        let mut q = PrioQueue::new();
+        for p in 1..=300u16 {
+            q.push(p, 1, p);
+        }
+        assert_eq!(q.lanes(), 300);
+        let got = q.drain();
+        assert_eq!(got.len(), 300);
+        assert!(q.lanes() <= 2 * KEEP_EMPTY_LANES, "{} lanes", q.lanes());
+        // Strict lanes 197..=300 first, highest first.
+        assert_eq!(got[..3], [300, 299, 298]);
     }
 
     #[test]
