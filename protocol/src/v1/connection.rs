@@ -332,10 +332,8 @@ impl Connection {
             State::AwaitBackoff { until } if now >= until => {
                 self.start_reconnect(now);
             }
-            s if s.in_handshake() => {
-                if self.handshake_deadline.is_some_and(|d| now >= d) {
-                    self.fault(now, Fault::HandshakeTimeout);
-                }
+            s if s.in_handshake() && self.handshake_deadline.is_some_and(|d| now >= d) => {
+                self.fault(now, Fault::HandshakeTimeout);
             }
             State::Open => {
                 if now >= self.last_rx + self.config.idle_timeout {
@@ -1042,6 +1040,7 @@ impl Connection {
         reset_from_peer: bool,
     ) {
         self.resuming = false;
+        self.once_ready = true;
         if let Some(mut s) = transferred {
             s.requeue_sent();
             self.session = s;
@@ -1263,6 +1262,7 @@ impl Connection {
             standby: self.policy.standby,
             side: self.side,
             was_open,
+            once_ready: self.once_ready,
             has_pending: !self.session.queue.is_empty() || self.keepalive_pending.is_some(),
             wait: fault == Fault::Wait,
             prev_backoff: self.backoff,
@@ -1278,6 +1278,7 @@ impl Connection {
         self.pending_connect = None;
         self.handshake_deadline = None;
         self.keepalive_due = None;
+        self.drop_stale_requests();
         let by = if fault == Fault::TransportClosed { Initiator::Peer } else { Initiator::Library };
         log::debug!(target: LOG, "{self}: fault action {action:?}");
         match action {
@@ -1338,7 +1339,19 @@ impl Connection {
         self.ack_pending = false;
     }
 
+    /// Requests to the driver about the connection that just failed are moot: a driver
+    /// that answered a stale AcceptRequest could hand a session to a dead machine.
+    fn drop_stale_requests(&mut self) {
+        self.events.retain(|e| {
+            !matches!(
+                e,
+                Event::AcceptRequest(_) | Event::VerifyAuthorizer { .. } | Event::NeedBudget { .. }
+            )
+        });
+    }
+
     fn finish(&mut self, by: Initiator, reason: CloseReason) {
+        self.drop_stale_requests();
         log::debug!(target: LOG, "{self}: closed by {by:?}: {reason}");
         self.set_state(State::Closed);
         self.handshake_deadline = None;

@@ -75,9 +75,12 @@ pub struct FaultContext {
     pub standby: bool,
     /// Which side this connection is.
     pub side: Side,
-    /// The session was opened at least once (Ceph's `once_ready`) and the fault hit an
-    /// open session, rather than a connect attempt.
+    /// The fault hit an open session, rather than a connect attempt.
     pub was_open: bool,
+    /// This connection carries a session that was opened (Ceph's `once_ready`): on the
+    /// accept side, set from the moment the final reply went out or a session was
+    /// transferred in.
+    pub once_ready: bool,
     /// Messages are queued or unacked (after requeueing), or a keepalive is pending.
     pub has_pending: bool,
     /// The fault is a WAIT reply (race lost).
@@ -115,7 +118,7 @@ pub fn fault_action(ctx: &FaultContext) -> FaultAction {
         return if ctx.was_open { FaultAction::Reset } else { FaultAction::Close };
     }
     // Half-accepted and nothing of ours to deliver: nobody depends on this connection.
-    if ctx.side == Side::Accept && !ctx.was_open && !ctx.has_pending {
+    if ctx.side == Side::Accept && !ctx.once_ready && !ctx.has_pending {
         return FaultAction::Close;
     }
     if ctx.standby && !ctx.has_pending && !ctx.wait {
@@ -155,6 +158,7 @@ mod tests {
             standby: false,
             side: Side::Connect,
             was_open: true,
+            once_ready: true,
             has_pending: true,
             wait: false,
             prev_backoff: Duration::ZERO,
@@ -180,8 +184,17 @@ mod tests {
     // "with nothing to send and in the half accept state just closed".
     #[test]
     fn half_accepted_connection_just_closes() {
-        let c = FaultContext { side: Side::Accept, was_open: false, has_pending: false, ..ctx() };
+        let c = FaultContext {
+            side: Side::Accept,
+            was_open: false,
+            once_ready: false,
+            has_pending: false,
+            ..ctx()
+        };
         assert_eq!(fault_action(&c), FaultAction::Close);
+        // A session already handed over (reply sent / transferred) is not half-accepted.
+        let c = FaultContext { side: Side::Accept, was_open: false, has_pending: false, ..ctx() };
+        assert_ne!(fault_action(&c), FaultAction::Close);
         let c = FaultContext { lossy: true, side: Side::Accept, was_open: false, ..ctx() };
         assert_eq!(fault_action(&c), FaultAction::Close);
     }

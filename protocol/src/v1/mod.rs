@@ -54,6 +54,7 @@ mod fault;
 mod policy;
 mod rx;
 mod session;
+pub mod testing;
 
 pub use config::{AuthorizerHook, Config};
 pub use connection::{Connection, SessionState};

@@ -1,0 +1,548 @@
+//! Test support: two messengers' worth of [`Connection`]s on an in-memory network with
+//! a virtual clock (quinn's `Pair`).
+//!
+//! Each [`Node`] plays the messenger: it owns a session table keyed by peer address,
+//! answers accept requests with [`decide`], moves sessions on a replace, dials on
+//! [`Event::Reconnect`] and grants receive budget. [`Pair::step`] moves bytes one round;
+//! [`Pair::drive`] runs to quiescence and fails on livelock; [`Pair::run_for`] also
+//! advances the clock through the machines' timers. Links can be cut, delivery split
+//! into arbitrary chunks, and bytes tampered with.
+//!
+//! Not for production use: it exists for this crate's tests, benchmarks and fuzzing.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::message::Message;
+use crate::types::{EntityAddr, EntityName, EntityType};
+use crate::wire::KeepaliveStamp;
+
+use super::{
+    decide, AuthVerdict, Config, Connection, Decision, Event, ExistingSession, ExistingState,
+    Policy, SessionState,
+};
+
+/// One messenger of the pair.
+pub struct Node {
+    /// Its configuration (shared by its connections).
+    pub config: Arc<Config>,
+    /// Its policy for the peer.
+    pub policy: Policy,
+    /// Session table: peer address → endpoint index.
+    pub sessions: HashMap<EntityAddr, usize>,
+    /// Messages delivered to this node, in order.
+    pub received: Vec<Message>,
+    /// Every event name seen, in order (for assertions).
+    pub log: Vec<String>,
+    /// `Event::Reset` count.
+    pub resets: usize,
+    /// `Event::RemoteReset` count.
+    pub remote_resets: usize,
+    /// `Event::Refused` count.
+    pub refused: usize,
+    /// `Event::Opened` count.
+    pub opened: usize,
+    /// Reject every authorizer.
+    pub reject_authorizers: bool,
+    /// Dials to this node fail (it is down).
+    pub unreachable: bool,
+    /// Keep `NeedBudget` requests pending instead of granting them.
+    pub hold_budget: bool,
+    /// Endpoints with a budget request outstanding.
+    pub budget_waiting: Vec<usize>,
+}
+
+impl Node {
+    fn new(config: Arc<Config>, policy: Policy) -> Self {
+        Node {
+            config,
+            policy,
+            sessions: HashMap::new(),
+            received: Vec::new(),
+            log: Vec::new(),
+            resets: 0,
+            remote_resets: 0,
+            refused: 0,
+            opened: 0,
+            reject_authorizers: false,
+            unreachable: false,
+            hold_budget: false,
+            budget_waiting: Vec::new(),
+        }
+    }
+}
+
+/// One connection state machine and where it lives.
+pub struct Endpoint {
+    /// The machine.
+    pub conn: Connection,
+    /// Owning node (0 or 1).
+    pub node: usize,
+    /// The link it currently talks over.
+    pub link: Option<usize>,
+    /// False once closed or replaced.
+    pub alive: bool,
+    /// Created by an accept.
+    pub accepted: bool,
+}
+
+/// A TCP connection between two endpoints.
+pub struct Link {
+    /// Endpoint at each end.
+    pub ends: [usize; 2],
+    /// Bytes in flight toward `ends[i]`.
+    pub toward: [VecDeque<Bytes>; 2],
+    /// Bytes sent toward `ends[i]` so far (tamper offsets count these).
+    pub sent: [u64; 2],
+    /// End `i` closed its socket: `ends[1 - i]` sees EOF once its queue drains.
+    pub closing: [bool; 2],
+    /// Gone entirely.
+    pub dead: bool,
+}
+
+/// Chooses the size of the next delivered chunk (argument: bytes available, >= 1).
+pub type Splitter = Box<dyn FnMut(usize) -> usize>;
+
+/// The two-node network.
+pub struct Pair {
+    /// The virtual clock.
+    pub now: Instant,
+    /// Node 0 and node 1.
+    pub nodes: [Node; 2],
+    /// Every endpoint ever created (dead ones stay, for index stability).
+    pub eps: Vec<Endpoint>,
+    /// Every link ever created.
+    pub links: Vec<Link>,
+    /// Chunking of deliveries (None: whole segments).
+    pub splitter: Option<Splitter>,
+    /// Flip bits `xor` of the byte at stream offset `.1` of the first link's bytes
+    /// travelling toward node `.0` (applied once).
+    pub tamper: Option<(usize, u64, u8)>,
+    /// Cut every link after this many bytes were delivered in total.
+    pub cut_after: Option<u64>,
+    /// Bytes delivered so far.
+    pub delivered: u64,
+    /// Steps after which [`Pair::drive`] declares livelock.
+    pub max_steps: usize,
+    /// Log endpoint ids, decisions and close reasons in [`Node::log`].
+    pub verbose: bool,
+    next_port: u16,
+}
+
+impl Pair {
+    /// Node 0 is `mon.0` at 127.0.0.1:6789 nonce 1, node 1 `mon.1` at 127.0.0.1:6790 nonce 2
+    /// (node 0's address sorts lower), with the given policies.
+    pub fn new(now: Instant, policy0: Policy, policy1: Policy) -> Self {
+        let cfg = |num: i64, port: u16, nonce: u32| {
+            let addr = EntityAddr::legacy(
+                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+                nonce,
+            );
+            Config::new(EntityName::new(EntityType::MON, num), addr)
+        };
+        Pair::with_configs(now, cfg(0, 6789, 1), policy0, cfg(1, 6790, 2), policy1)
+    }
+
+    /// A pair from explicit configurations.
+    pub fn with_configs(now: Instant, c0: Config, p0: Policy, c1: Config, p1: Policy) -> Self {
+        Pair {
+            now,
+            nodes: [Node::new(Arc::new(c0), p0), Node::new(Arc::new(c1), p1)],
+            eps: Vec::new(),
+            links: Vec::new(),
+            splitter: None,
+            tamper: None,
+            cut_after: None,
+            delivered: 0,
+            max_steps: 100_000,
+            verbose: false,
+            next_port: 40_000,
+        }
+    }
+
+    /// The other node.
+    pub fn peer_of(node: usize) -> usize {
+        1 - node
+    }
+
+    /// `node` opens a connection to the other node (Ceph's `get_connection`): it is
+    /// registered in the session table at once and dialled. Returns its endpoint.
+    pub fn connect(&mut self, node: usize) -> usize {
+        let peer = Pair::peer_of(node);
+        let peer_addr = self.nodes[peer].config.my_addr;
+        let peer_type = self.nodes[peer].config.my_name.ty;
+        let conn = Connection::connect(
+            self.nodes[node].config.clone(),
+            self.nodes[node].policy,
+            peer_addr,
+            peer_type,
+            self.now,
+        );
+        let ep = self.eps.len();
+        self.eps.push(Endpoint { conn, node, link: None, alive: true, accepted: false });
+        self.nodes[node].sessions.insert(peer_addr, ep);
+        self.dial(ep);
+        ep
+    }
+
+    /// The endpoint registered on `node` for the other node, if alive.
+    pub fn session_ep(&self, node: usize) -> Option<usize> {
+        let peer_addr = self.nodes[Pair::peer_of(node)].config.my_addr;
+        self.nodes[node].sessions.get(&peer_addr).copied().filter(|&e| self.eps[e].alive)
+    }
+
+    /// Sends `msg` from `node` to the other node through its session (connecting first
+    /// if there is none), as the messenger's `send_message(msg, dest)`.
+    pub fn send(&mut self, node: usize, msg: Message) {
+        let ep = match self.session_ep(node) {
+            Some(ep) => ep,
+            None => self.connect(node),
+        };
+        self.eps[ep].conn.send_message(msg);
+    }
+
+    /// The machine of endpoint `ep`.
+    pub fn conn(&mut self, ep: usize) -> &mut Connection {
+        &mut self.eps[ep].conn
+    }
+
+    fn dial(&mut self, ep: usize) {
+        let node = self.eps[ep].node;
+        let peer = Pair::peer_of(node);
+        if self.nodes[peer].unreachable {
+            self.eps[ep].conn.handle_transport_closed(self.now);
+            return;
+        }
+        self.next_port = self.next_port.wrapping_add(1).max(40_000);
+        let local = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.next_port));
+        let listen = self.nodes[peer].config.my_addr.addr.unwrap_or(local);
+        let acc = Connection::accept(self.nodes[peer].config.clone(), local, listen, self.now);
+        let acc_ep = self.eps.len();
+        self.eps.push(Endpoint { conn: acc, node: peer, link: None, alive: true, accepted: true });
+        let link = self.links.len();
+        self.links.push(Link {
+            ends: [ep, acc_ep],
+            toward: [VecDeque::new(), VecDeque::new()],
+            sent: [0, 0],
+            closing: [false, false],
+            dead: false,
+        });
+        self.eps[ep].link = Some(link);
+        self.eps[acc_ep].link = Some(link);
+        self.eps[ep].conn.handle_transport_connected(self.now);
+    }
+
+    /// Cuts `link` abruptly: bytes in flight are lost and both ends see EOF.
+    pub fn cut(&mut self, link: usize) {
+        if self.links[link].dead {
+            return;
+        }
+        self.links[link].dead = true;
+        for i in 0..2 {
+            self.links[link].toward[i].clear();
+            let ep = self.links[link].ends[i];
+            if self.eps[ep].link == Some(link) {
+                self.eps[ep].link = None;
+                if self.eps[ep].alive {
+                    self.eps[ep].conn.handle_transport_closed(self.now);
+                }
+            }
+        }
+    }
+
+    /// Cuts every live link.
+    pub fn cut_all(&mut self) {
+        for l in 0..self.links.len() {
+            self.cut(l);
+        }
+    }
+
+    /// Live links.
+    pub fn live_links(&self) -> Vec<usize> {
+        (0..self.links.len()).filter(|&l| !self.links[l].dead).collect()
+    }
+
+    fn detach(&mut self, ep: usize) {
+        // The endpoint dropped its socket: what it already wrote still arrives, then EOF.
+        if let Some(link) = self.eps[ep].link.take() {
+            let side = if self.links[link].ends[0] == ep { 0 } else { 1 };
+            self.links[link].closing[side] = true;
+            self.links[link].toward[side].clear();
+        }
+    }
+
+    fn handle_event(&mut self, ep: usize, ev: Event) {
+        let node = self.eps[ep].node;
+        let name = match &ev {
+            Event::AcceptRequest(_) => "AcceptRequest",
+            Event::VerifyAuthorizer { .. } => "VerifyAuthorizer",
+            Event::Opened(_) => "Opened",
+            Event::NeedBudget { .. } => "NeedBudget",
+            Event::Message(_) => "Message",
+            Event::Acked { .. } => "Acked",
+            Event::KeepaliveReceived => "KeepaliveReceived",
+            Event::KeepaliveAck(_) => "KeepaliveAck",
+            Event::Reconnect { .. } => "Reconnect",
+            Event::Standby => "Standby",
+            Event::Reset => "Reset",
+            Event::RemoteReset => "RemoteReset",
+            Event::Refused => "Refused",
+            Event::Closed { .. } => "Closed",
+        };
+        match &ev {
+            Event::Message(_) | Event::NeedBudget { .. } | Event::Acked { .. } => {}
+            Event::Closed { reason, .. } if self.verbose => {
+                self.nodes[node].log.push(format!("Closed#{ep}({reason})"))
+            }
+            _ if self.verbose => self.nodes[node].log.push(format!("{name}#{ep}")),
+            _ => self.nodes[node].log.push(name.to_string()),
+        }
+        let now = self.now;
+        match ev {
+            Event::AcceptRequest(req) => {
+                let policy = self.nodes[node].policy;
+                let existing_ep = self.nodes[node]
+                    .sessions
+                    .get(&req.peer_addr)
+                    .copied()
+                    .filter(|&e| e != ep && self.eps[e].alive);
+                let existing = existing_ep.map(|e| {
+                    let c = &self.eps[e].conn;
+                    let (_, _, cs, pgs) = c.seqs();
+                    ExistingSession {
+                        state: match c.state() {
+                            SessionState::Open => ExistingState::Open,
+                            SessionState::Standby => ExistingState::Standby,
+                            SessionState::Closed => ExistingState::Closed,
+                            SessionState::Connecting | SessionState::Accepting => {
+                                ExistingState::Connecting
+                            }
+                        },
+                        connect_seq: cs,
+                        peer_global_seq: pgs,
+                        lossy: c.is_lossy(),
+                        server_side: c.policy().server,
+                        replacing: false,
+                    }
+                });
+                let my_addr = self.nodes[node].config.my_addr;
+                let decision = decide(&req, existing.as_ref(), &policy, &my_addr);
+                if self.verbose {
+                    self.nodes[node].log.push(format!(
+                        "decide#{ep}({req:?} vs {existing_ep:?} {existing:?}) = {decision:?}"
+                    ));
+                }
+                let mut transferred = None;
+                match (decision, existing_ep) {
+                    (Decision::Replace { .. }, Some(old)) => {
+                        if self.eps[old].conn.is_lossy() {
+                            self.eps[old].conn.close(now);
+                            self.nodes[node].resets += 1;
+                        } else {
+                            transferred = self.eps[old].conn.take_session();
+                            self.eps[old].alive = false;
+                            self.detach(old);
+                        }
+                        self.nodes[node].sessions.insert(req.peer_addr, ep);
+                    }
+                    (Decision::Open { .. } | Decision::Replace { .. }, None)
+                        if !(policy.lossy && policy.server) =>
+                    {
+                        self.nodes[node].sessions.insert(req.peer_addr, ep);
+                    }
+                    (Decision::Wait, Some(old)) => {
+                        self.eps[old].conn.send_keepalive(KeepaliveStamp::default());
+                    }
+                    _ => {}
+                }
+                self.eps[ep].conn.handle_accept_decision(now, policy, decision, transferred);
+            }
+            Event::VerifyAuthorizer { .. } => {
+                let verdict = if self.nodes[node].reject_authorizers {
+                    AuthVerdict::Reject
+                } else {
+                    AuthVerdict::Accept { reply: Bytes::new() }
+                };
+                self.eps[ep].conn.handle_authorizer_verdict(now, verdict);
+            }
+            Event::Opened(_) => self.nodes[node].opened += 1,
+            Event::NeedBudget { .. } => {
+                if self.nodes[node].hold_budget {
+                    self.nodes[node].budget_waiting.push(ep);
+                } else {
+                    self.eps[ep].conn.grant_budget(now);
+                }
+            }
+            Event::Message(m) => self.nodes[node].received.push(m),
+            Event::Reconnect { .. } => {
+                self.detach(ep);
+                self.dial(ep);
+            }
+            Event::Standby => self.detach(ep),
+            Event::Reset => self.nodes[node].resets += 1,
+            Event::RemoteReset => self.nodes[node].remote_resets += 1,
+            Event::Refused => self.nodes[node].refused += 1,
+            Event::Closed { .. } => {
+                self.eps[ep].alive = false;
+                // Flush a final CLOSE before the socket goes.
+                self.transmit(ep);
+                self.detach(ep);
+            }
+            Event::Acked { .. } | Event::KeepaliveReceived | Event::KeepaliveAck(_) => {}
+        }
+    }
+
+    /// Grants every held budget request.
+    pub fn release_budget(&mut self) {
+        for node in 0..2 {
+            for ep in std::mem::take(&mut self.nodes[node].budget_waiting) {
+                self.eps[ep].conn.grant_budget(self.now);
+            }
+        }
+    }
+
+    fn transmit(&mut self, ep: usize) -> bool {
+        let Some(link) = self.eps[ep].link else { return false };
+        let mut segs = Vec::new();
+        let mut any = false;
+        // Bounded: each call frames at most the machine's transmit batch.
+        for _ in 0..64 {
+            segs.clear();
+            if self.eps[ep].conn.poll_transmit(&mut segs) == 0 {
+                break;
+            }
+            any = true;
+            let side = if self.links[link].ends[0] == ep { 1 } else { 0 };
+            let to_node = self.eps[self.links[link].ends[side]].node;
+            for seg in segs.drain(..) {
+                let start = self.links[link].sent[side];
+                self.links[link].sent[side] += seg.len() as u64;
+                let seg = match self.tamper {
+                    Some((n, off, xor))
+                        if n == to_node && off >= start && off < start + seg.len() as u64 =>
+                    {
+                        // Once: the resend on the next connection must get through.
+                        self.tamper = None;
+                        let mut b = BytesMut::from(&seg[..]);
+                        b[(off - start) as usize] ^= xor;
+                        b.freeze()
+                    }
+                    _ => seg,
+                };
+                self.links[link].toward[side].push_back(seg);
+            }
+        }
+        any
+    }
+
+    /// One round: events, transmits, deliveries, EOFs. Returns whether anything moved.
+    pub fn step(&mut self) -> bool {
+        let mut progress = false;
+        for ep in 0..self.eps.len() {
+            while self.eps[ep].alive {
+                let Some(ev) = self.eps[ep].conn.poll_event() else { break };
+                progress = true;
+                self.handle_event(ep, ev);
+            }
+            if self.eps[ep].alive {
+                progress |= self.transmit(ep);
+            }
+        }
+        for l in 0..self.links.len() {
+            if self.links[l].dead {
+                continue;
+            }
+            for side in 0..2 {
+                let ep = self.links[l].ends[side];
+                if !self.eps[ep].alive || self.eps[ep].link != Some(l) {
+                    self.links[l].toward[side].clear();
+                    continue;
+                }
+                while self.eps[ep].conn.wants_read() {
+                    let Some(mut seg) = self.links[l].toward[side].pop_front() else { break };
+                    let n = match self.splitter.as_mut() {
+                        Some(f) => f(seg.len()).clamp(1, seg.len()),
+                        None => seg.len(),
+                    };
+                    let n = match self.cut_after {
+                        Some(limit) => n.min(limit.saturating_sub(self.delivered) as usize),
+                        None => n,
+                    };
+                    if n == 0 {
+                        self.links[l].toward[side].push_front(seg);
+                        break;
+                    }
+                    let chunk = seg.split_to(n);
+                    if !seg.is_empty() {
+                        self.links[l].toward[side].push_front(seg);
+                    }
+                    self.delivered += n as u64;
+                    progress = true;
+                    self.eps[ep].conn.handle_bytes(self.now, chunk);
+                    if self.splitter.is_some() {
+                        break;
+                    }
+                }
+                if self.links[l].toward[side].is_empty() && self.links[l].closing[1 - side] {
+                    self.links[l].dead = true;
+                    if self.eps[ep].link == Some(l) {
+                        self.eps[ep].link = None;
+                        self.eps[ep].conn.handle_transport_closed(self.now);
+                    }
+                    progress = true;
+                }
+            }
+        }
+        if self.cut_after.is_some_and(|limit| self.delivered >= limit) {
+            let live = self.live_links();
+            if !live.is_empty() {
+                self.cut_all();
+                progress = true;
+            }
+            self.cut_after = None;
+        }
+        progress
+    }
+
+    /// Steps until nothing moves. Panics on livelock (more than `max_steps` rounds).
+    pub fn drive(&mut self) {
+        for _ in 0..self.max_steps {
+            if !self.step() {
+                return;
+            }
+        }
+        panic!("livelock: still busy after {} steps", self.max_steps);
+    }
+
+    /// Drives, then advances the clock from timer to timer for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.drive();
+        for _ in 0..self.max_steps {
+            let next =
+                self.eps.iter().filter(|e| e.alive).filter_map(|e| e.conn.poll_timeout()).min();
+            match next {
+                Some(t) if t <= end => {
+                    self.now = self.now.max(t);
+                    for ep in 0..self.eps.len() {
+                        if self.eps[ep].alive
+                            && self.eps[ep].conn.poll_timeout().is_some_and(|t| t <= self.now)
+                        {
+                            self.eps[ep].conn.handle_timeout(self.now);
+                        }
+                    }
+                    self.drive();
+                }
+                _ => {
+                    self.now = end;
+                    return;
+                }
+            }
+        }
+        panic!("livelock: timers keep firing at {:?}", self.now);
+    }
+}
