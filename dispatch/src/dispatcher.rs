@@ -90,19 +90,22 @@ pub trait Dispatcher<C: ConnectionRef>: Send + Sync + 'static {
     fn ms_fast_dispatch(&self, _conn: &C, _msg: Message) {}
 
     /// Sees every message, fast or queued, in arrival order per connection, before it is
-    /// dispatched; must not block.
+    /// dispatched; must not block. Called only on dispatchers whose
+    /// [`ms_can_fast_dispatch_any`](Self::ms_can_fast_dispatch_any) is true (as Ceph).
     fn ms_fast_preprocess(&self, _conn: &C, _msg: &Message) {}
 
     /// An outgoing connection is open (queued; before any queued message of `conn`).
     fn ms_handle_connect(&self, _conn: &C) {}
 
-    /// An outgoing connection is open (on the delivering thread, before any message of `conn`).
+    /// An outgoing connection is open (on the delivering thread, before any message of `conn`);
+    /// fast dispatchers only.
     fn ms_handle_fast_connect(&self, _conn: &C) {}
 
     /// An incoming connection is open (queued; before any queued message of `conn`).
     fn ms_handle_accept(&self, _conn: &C) {}
 
-    /// An incoming connection is open (on the delivering thread, before any message of `conn`).
+    /// An incoming connection is open (on the delivering thread, before any message of `conn`);
+    /// fast dispatchers only.
     fn ms_handle_fast_accept(&self, _conn: &C) {}
 
     /// The connection failed and was reset locally; return `true` if handled (stops the walk).

@@ -54,7 +54,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::{JoinHandle, ThreadId};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -190,8 +190,8 @@ enum Work<C> {
 /// thread named `ms_dispatch`. See the module docs for the ordering promises.
 pub struct DispatchQueue<C: ConnectionRef> {
     shared: Arc<Shared<C>>,
+    /// Taken out (never held locked) while joining.
     thread: Mutex<Option<JoinHandle<()>>>,
-    thread_id: Mutex<Option<ThreadId>>,
 }
 
 impl<C: ConnectionRef> DispatchQueue<C> {
@@ -219,7 +219,6 @@ impl<C: ConnectionRef> DispatchQueue<C> {
                 events_delivered: AtomicU64::new(0),
             }),
             thread: Mutex::new(None),
-            thread_id: Mutex::new(None),
         })
     }
 
@@ -237,8 +236,9 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     ///
     /// Errors: already started or shut down, or the thread could not be spawned.
     pub fn start(self: &Arc<Self>) -> io::Result<()> {
-        let mut slot = self.thread.lock();
         {
+            // The phase (not the thread slot) guards against a second start, so no lock
+            // is held across the spawn.
             let mut st = self.shared.state.lock();
             if st.phase != Phase::Created {
                 return Err(io::Error::other(format!(
@@ -254,13 +254,15 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         });
         match spawned {
             Ok(h) => {
-                *self.thread_id.lock() = Some(h.thread().id());
-                *slot = Some(h);
+                *self.thread.lock() = Some(h);
                 log::debug!(target: "msgr::dispatch", "{}: dispatch thread started", self.shared.name);
                 Ok(())
             }
             Err(e) => {
-                self.shared.state.lock().phase = Phase::Created;
+                let mut st = self.shared.state.lock();
+                if st.phase == Phase::Running {
+                    st.phase = Phase::Created;
+                }
                 Err(e)
             }
         }
@@ -268,6 +270,9 @@ impl<C: ConnectionRef> DispatchQueue<C> {
 
     /// Queues a message read from `conn`, with the dispatch-throttle `budget` charged
     /// for it. After shutdown began the message is dropped (and counted as discarded).
+    ///
+    /// This is the bare queue: it runs neither `ms_fast_preprocess` nor the fast path.
+    /// The receive path is [`deliver`](Self::deliver).
     pub fn enqueue(&self, conn: &C, msg: Message, budget: Option<Permit>) {
         let priority = msg.priority();
         let rejected = {
@@ -415,12 +420,14 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         );
         drop((dropped, events));
 
-        if *self.thread_id.lock() == Some(std::thread::current().id()) {
-            // Called by a dispatcher: the thread exits when this hook returns.
-            return;
-        }
         let handle = self.thread.lock().take();
         if let Some(h) = handle {
+            if h.thread().id() == std::thread::current().id() {
+                // Called by a dispatcher: the thread exits when this hook returns; a later
+                // shutdown or the drop joins it.
+                *self.thread.lock() = Some(h);
+                return;
+            }
             if h.join().is_err() {
                 log::error!(target: "msgr::dispatch", "{}: dispatch thread panicked", self.shared.name);
             }
