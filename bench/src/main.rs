@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout)]
 
 mod args;
+mod msgr;
 mod report;
 mod stdnet;
 
@@ -39,14 +40,27 @@ fn main() {
         }
     };
     let mut reports = Vec::new();
-    let result = match args.mode {
-        Mode::StdNet | Mode::Compare | Mode::Messenger => {
-            stdnet::run(&args).map(|r| reports.push(r))
+    let result = (|| -> std::io::Result<()> {
+        match args.mode {
+            Mode::Compare => {
+                reports.push(msgr::run(&args)?);
+                reports.push(stdnet::run(&args)?);
+            }
+            Mode::Messenger => reports.push(msgr::run(&args)?),
+            Mode::StdNet => reports.push(stdnet::run(&args)?),
+            Mode::Server => {
+                let (server, addr) = msgr::server(&args, args.addr)?;
+                eprintln!("asyncmsgr server on {addr}; Ctrl-C to stop");
+                // Runs until killed: the workers and dispatch thread do the work.
+                loop {
+                    std::thread::park();
+                    let _ = &server;
+                }
+            }
+            Mode::Client => reports.push(msgr::client(&args, args.addr, "asyncmsgr")?),
         }
-        Mode::Server | Mode::Client => {
-            Err(std::io::Error::other("server/client modes need the messenger"))
-        }
-    };
+        Ok(())
+    })();
     if let Err(e) = result {
         eprintln!("bench failed: {e}");
         std::process::exit(1);

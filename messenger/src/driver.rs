@@ -8,7 +8,7 @@
 //! `writev`) → derives the mio interest and the one armed timer from the machine.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -56,7 +56,6 @@ pub(crate) struct Driver {
     dialling: bool,
     proto: v1::Connection,
     policy: Option<Policy>,
-    rbuf: BytesMut,
     /// Frames handed to us by the machine and not yet fully written.
     wsegs: VecDeque<Bytes>,
     scratch: Vec<Bytes>,
@@ -71,6 +70,35 @@ pub(crate) struct Driver {
     started: bool,
     finished: bool,
     server_side: bool,
+}
+
+thread_local! {
+    /// The worker's read buffer, shared by all connections of that worker: reads land in
+    /// its spare capacity and are split off as `Bytes`, so an idle connection holds no
+    /// buffer at all and a busy worker reuses one block until messages release it.
+    static READ_BUF: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// Reads into the unused capacity of `buf` (at least `chunk` bytes of it), without
+/// zeroing it first: the bytes read become `buf`'s new tail and are split off as `Bytes`
+/// that message payloads reference without a copy.
+fn read_into_spare(sock: &TcpStream, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    if buf.capacity() - buf.len() < chunk / 4 {
+        buf.reserve(chunk);
+    }
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: read(2) writes at most `spare.len()` bytes at the start of the spare
+    // capacity, which is valid for writes; only the `n` bytes it reports written are
+    // then marked initialized.
+    let n = unsafe { libc::read(sock.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialized exactly `n` bytes past the old length.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 fn wall_stamp() -> KeepaliveStamp {
@@ -158,7 +186,6 @@ impl Driver {
             dialling: false,
             proto,
             policy,
-            rbuf: BytesMut::new(),
             wsegs: VecDeque::new(),
             scratch: Vec::new(),
             read_ready: true,
@@ -190,7 +217,9 @@ impl Driver {
         if self.finished {
             return;
         }
-        let started_at = Instant::now();
+        // The loop iteration's cached clock is the start; two clock reads per pump
+        // (after reading, at the end) give the recv and total run times.
+        let started_at = cx.now();
         if !self.started {
             self.started = true;
             self.id = cx.id();
@@ -201,6 +230,11 @@ impl Driver {
         }
         self.drain_mailbox(cx);
         self.read(cx);
+        let read_done = Instant::now();
+        WorkerCounters::add_time(
+            &self.counters.running_recv_time_ns,
+            read_done.saturating_duration_since(started_at),
+        );
         for _ in 0..MAX_ROUNDS {
             let progressed = self.handle_events(cx);
             if self.finished {
@@ -214,7 +248,15 @@ impl Driver {
         self.publish();
         self.update_interest(cx);
         self.update_timer(cx);
-        WorkerCounters::add_time(&self.counters.running_total_time_ns, started_at.elapsed());
+        let done = Instant::now();
+        WorkerCounters::add_time(
+            &self.counters.running_send_time_ns,
+            done.saturating_duration_since(read_done),
+        );
+        WorkerCounters::add_time(
+            &self.counters.running_total_time_ns,
+            done.saturating_duration_since(started_at),
+        );
     }
 
     fn start(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
@@ -350,27 +392,26 @@ impl Driver {
         if self.socket.is_none() {
             return;
         }
-        let t0 = Instant::now();
         let mut budget = self.core.config.read_budget;
         let chunk = self.core.config.read_buffer.max(4096);
         while budget > 0 && self.proto.wants_read() {
-            if self.rbuf.len() < chunk / 4 {
-                self.rbuf = BytesMut::zeroed(chunk);
-            }
-            let Some(sock) = self.socket.as_mut() else { break };
-            match sock.read(&mut self.rbuf[..]) {
-                Ok(0) => {
+            let Some(sock) = self.socket.as_ref() else { break };
+            let read = READ_BUF.with(|b| {
+                let mut b = b.borrow_mut();
+                read_into_spare(sock, &mut b, chunk).map(|n| (n, b.split().freeze()))
+            });
+            match read {
+                Ok((0, _)) => {
                     self.read_ready = false;
                     self.proto.handle_transport_closed(cx.now());
                     break;
                 }
-                Ok(n) => {
+                Ok((n, data)) => {
                     log::trace!(target: "msgr::conn", "{}: read {n}", self.proto);
                     budget = budget.saturating_sub(n);
                     self.counters
                         .recv_bytes
                         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    let data = self.rbuf.split_to(n).freeze();
                     self.proto.handle_bytes(cx.now(), data);
                     // Budget requests and decisions must be answered before reading on.
                     if self.proto.has_events() {
@@ -403,11 +444,6 @@ impl Driver {
                 let _ = self.center.notify(id);
             }
         }
-        // An idle connection keeps no read buffer: ≤ a few KiB per idle connection.
-        if !self.read_ready && self.rbuf.capacity() > 0 && self.rbuf.len() == self.rbuf.capacity() {
-            self.rbuf = BytesMut::new();
-        }
-        WorkerCounters::add_time(&self.counters.running_recv_time_ns, t0.elapsed());
     }
 
     /// Writes everything the machine has queued, vectored. Returns whether bytes moved.
@@ -415,7 +451,6 @@ impl Driver {
         if self.dialling || self.socket.is_none() {
             return false;
         }
-        let t0 = Instant::now();
         let sent_before = self.proto.messages_sent();
         self.scratch.clear();
         if self.proto.poll_transmit(&mut self.scratch) > 0 {
@@ -465,7 +500,6 @@ impl Driver {
         }
         let framed = self.proto.messages_sent().saturating_sub(sent_before);
         self.counters.send_messages.fetch_add(framed, std::sync::atomic::Ordering::Relaxed);
-        WorkerCounters::add_time(&self.counters.running_send_time_ns, t0.elapsed());
         wrote_any
     }
 
@@ -535,14 +569,7 @@ impl Driver {
                 // released when the message is handed over.
                 let permit = self.budget.pop();
                 self.budget.clear();
-                let t0 = Instant::now();
-                let delivery = self.core.queue.deliver(&self.conn, msg, permit);
-                if delivery == dispatch::Delivery::Fast {
-                    WorkerCounters::add_time(
-                        &self.counters.running_fast_dispatch_time_ns,
-                        t0.elapsed(),
-                    );
-                }
+                let _ = self.core.queue.deliver(&self.conn, msg, permit);
             }
             Event::Acked { .. } => {}
             Event::KeepaliveReceived => {
