@@ -30,6 +30,10 @@ use crate::messenger::Core;
 /// small messages, 4 segments each, without a huge stack array).
 const MAX_IOV: usize = 64;
 
+/// Messages handed to the protocol's out queue (queued + sent-but-unacked) at most; the
+/// rest wait in the handle's mailbox, bounded by `max_queued_bytes`.
+const MAX_IN_PROTOCOL: usize = 1024;
+
 /// Rounds of "events → write" per pump: each round can only be triggered by the previous
 /// one's output, so a small bound is enough and keeps one connection from hogging a worker.
 const MAX_ROUNDS: usize = 4;
@@ -320,11 +324,19 @@ impl Driver {
     }
 
     fn drain_mailbox(&mut self, cx: &mut Context<'_>) {
+        // Only as many messages move into the protocol's queue as it has room for: the
+        // rest stay in the mailbox, where `max_queued_bytes` bounds them. A socket
+        // making progress (writable, ACKs) brings the driver back to take more.
+        let room = MAX_IN_PROTOCOL.saturating_sub(self.proto.pending_messages());
         let (messages, commands) = {
             let mut mb = self.conn.0.mailbox.lock();
-            mb.notified = false;
-            mb.queued_bytes = 0;
-            (std::mem::take(&mut mb.messages), std::mem::take(&mut mb.commands))
+            let n = room.min(mb.messages.len());
+            let messages: Vec<_> = mb.messages.drain(..n).collect();
+            let moved: u64 = messages.iter().map(|(m, _)| m.payload_len() as u64).sum();
+            mb.queued_bytes = mb.queued_bytes.saturating_sub(moved);
+            // Messages left behind need no wakeup from senders: we come back on our own.
+            mb.notified = !mb.messages.is_empty();
+            (messages, std::mem::take(&mut mb.commands))
         };
         let now = cx.now();
         let me = *self.core.name.read();
@@ -552,7 +564,9 @@ impl Driver {
                 self.core.queue.enqueue_event(ev);
             }
             Event::NeedBudget { bytes } => {
-                self.budget_wanted = Some(bytes);
+                // An empty message still occupies the queue: charge it one byte so the
+                // dispatch throttle bounds the message count too.
+                self.budget_wanted = Some(bytes.max(1));
                 self.try_budget(cx);
             }
             Event::Message(mut msg) => {
@@ -759,8 +773,13 @@ impl Driver {
 
     fn update_timer(&mut self, cx: &mut Context<'_>) {
         let want = self.proto.poll_timeout();
-        if self.timer.map(|t| t.1) == want {
-            return;
+        // An armed timer that fires no later than wanted is kept: firing early only makes
+        // the machine re-derive its deadline, while re-arming on every pump (the idle
+        // deadline moves with each read) would churn the timer set.
+        match (self.timer, want) {
+            (Some((_, armed)), Some(at)) if armed <= at => return,
+            (Some(_), None) | (None, None) => return,
+            _ => {}
         }
         if let Some((tid, _)) = self.timer.take() {
             cx.delete_time_event(tid);
