@@ -1,0 +1,95 @@
+//! Codec benchmarks: header encode/decode, crc32c throughput, 4 KiB message round trip.
+//!
+//! `cargo bench -p protocol --bench codec -- --warm-up-time 1 --measurement-time 3`
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use protocol::message::{DecodeOptions, EncodeOptions, MessageDecoder, Progress};
+use protocol::types::{EntityName, EntityType};
+use protocol::wire::{ceph_crc32c, MsgHeader};
+use protocol::Message;
+
+fn header() -> MsgHeader {
+    MsgHeader {
+        seq: 42,
+        tid: 7,
+        msg_type: 17,
+        priority: 127,
+        version: 1,
+        front_len: 4096,
+        src: EntityName::new(EntityType::CLIENT, 4121),
+        compat_version: 1,
+        ..Default::default()
+    }
+}
+
+fn bench_header(c: &mut Criterion) {
+    let h = header();
+    c.bench_function("header/encode_with_crc", |b| b.iter(|| black_box(h).with_crc().to_bytes()));
+    let bytes = h.with_crc().to_bytes();
+    c.bench_function("header/decode_verify_crc", |b| {
+        b.iter(|| {
+            let (h, _) = MsgHeader::decode(black_box(&bytes)).unwrap();
+            h.verify_crc().unwrap();
+            h
+        })
+    });
+}
+
+fn bench_crc(c: &mut Criterion) {
+    let mut g = c.benchmark_group("crc32c");
+    for size in [4 << 10, 64 << 10, 4 << 20] {
+        let data = vec![0xa5u8; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, d| {
+            b.iter(|| ceph_crc32c(0, black_box(d)))
+        });
+    }
+    g.finish();
+}
+
+fn bench_message(c: &mut Criterion) {
+    let mut m = Message::new(17, Bytes::from(vec![0x5au8; 4096]));
+    m.set_version(1);
+    let src = EntityName::new(EntityType::CLIENT, 4121);
+    let opts = EncodeOptions::default();
+    let mut g = c.benchmark_group("message_4k");
+    g.throughput(Throughput::Bytes(4096));
+    g.bench_function("encode", |b| b.iter(|| black_box(&m).encode_frame(1, src, &opts)));
+    let mut wire = Vec::new();
+    m.encode_frame(1, src, &opts).write_to(&mut wire);
+    let body = Bytes::from(wire).slice(1..);
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            let mut dec = MessageDecoder::new(DecodeOptions::default());
+            let mut input = body.clone();
+            loop {
+                match dec.feed(&mut input).unwrap() {
+                    Progress::HeaderReady(_) => dec.proceed().unwrap(),
+                    Progress::Message(m) => break m,
+                    Progress::NeedMore => unreachable!(),
+                }
+            }
+        })
+    });
+    g.bench_function("encode_decode", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(4200);
+            m.encode_frame(1, src, &opts).write_to(&mut out);
+            let mut input = Bytes::from(out).slice(1..);
+            let mut dec = MessageDecoder::new(DecodeOptions::default());
+            loop {
+                match dec.feed(&mut input).unwrap() {
+                    Progress::HeaderReady(_) => dec.proceed().unwrap(),
+                    Progress::Message(m) => break m,
+                    Progress::NeedMore => unreachable!(),
+                }
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_header, bench_crc, bench_message);
+criterion_main!(benches);
