@@ -17,6 +17,10 @@ pub enum Mode {
     Server,
     /// A messenger client of a server in another process (`ceph_perf_msgr_client`).
     Client,
+    /// Memory per idle connection: a server and `--conns` idle connections to it.
+    Idle,
+    /// Internal: the idle mode's client process.
+    IdleClients,
 }
 
 /// Benchmark parameters.
@@ -64,7 +68,7 @@ impl Default for Args {
 pub const USAGE: &str = "\
 usage: bench [MODE] [options]
 modes: compare (default: messenger, then std::net with the same sizes), messenger, stdnet,
-       server, client
+       server, client, idle (RSS per idle connection; use with --conns 10000)
 options:
   --size BYTES        request data size (default 4096; suffixes k, m)
   --depth N           requests in flight per connection (default 32)
@@ -98,6 +102,8 @@ impl Args {
                 "stdnet" => a.mode = Mode::StdNet,
                 "server" => a.mode = Mode::Server,
                 "client" => a.mode = Mode::Client,
+                "idle" => a.mode = Mode::Idle,
+                "idle-clients" => a.mode = Mode::IdleClients,
                 "--size" => a.size = parse_size(&value("--size")?)?,
                 "--reply-size" => a.reply_size = parse_size(&value("--reply-size")?)?,
                 "--depth" => a.depth = value("--depth")?.parse().map_err(|e| format!("{e}"))?,

@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout)]
 
 mod args;
+mod idle;
 mod msgr;
 mod report;
 mod stdnet;
@@ -58,12 +59,23 @@ fn main() {
                 }
             }
             Mode::Client => reports.push(msgr::client(&args, args.addr, "asyncmsgr")?),
+            Mode::Idle => {
+                idle::run(&args)?;
+                return Ok(());
+            }
+            Mode::IdleClients => {
+                idle::clients(args.addr, args.conns)?;
+                std::process::exit(0);
+            }
         }
         Ok(())
     })();
     if let Err(e) = result {
         eprintln!("bench failed: {e}");
         std::process::exit(1);
+    }
+    if reports.is_empty() {
+        return;
     }
     print_table(&args, &reports);
 }
