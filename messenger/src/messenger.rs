@@ -263,8 +263,12 @@ impl Messenger {
         }
         self.start()?;
         self.core.queue.start()?;
-        if let Some(p) = self.processor.lock().as_mut() {
-            p.start(self.core.clone())?;
+        // Taken out so no lock is held while the listener's worker registers it.
+        let processor = self.processor.lock().take();
+        if let Some(mut p) = processor {
+            let started = p.start(self.core.clone());
+            *self.processor.lock() = Some(p);
+            started?;
         }
         Ok(())
     }
@@ -445,7 +449,8 @@ impl Messenger {
         if self.core.stopping.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Some(p) = self.processor.lock().take() {
+        let processor = self.processor.lock().take();
+        if let Some(p) = processor {
             p.stop();
         }
         self.mark_down_all();
