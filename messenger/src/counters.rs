@@ -34,10 +34,6 @@ pub struct WorkerCounters {
     pub send_messages_queue_lat_ns: AtomicU64,
     /// Number of samples in `send_messages_queue_lat_ns`.
     pub send_messages_queue_lat_count: AtomicU64,
-    /// `msgr_handle_ack_lat`: summed nanoseconds spent trimming the unacked queue.
-    pub handle_ack_lat_ns: AtomicU64,
-    /// Number of samples in `handle_ack_lat_ns`.
-    pub handle_ack_lat_count: AtomicU64,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -72,7 +68,6 @@ impl WorkerCounters {
             "msgr_running_recv_time": self.running_recv_time_ns.load(Relaxed) as f64 / 1e9,
             "msgr_send_messages_queue_lat":
                 avg(&self.send_messages_queue_lat_ns, &self.send_messages_queue_lat_count),
-            "msgr_handle_ack_lat": avg(&self.handle_ack_lat_ns, &self.handle_ack_lat_count),
         })
     }
 }

@@ -6,6 +6,41 @@
 //!
 //! Never: spawns threads beyond the configured workers and one dispatch thread per
 //! messenger; holds a lock across a socket call or a dispatcher callback.
+//!
+//! # Threads and ownership
+//!
+//! A [`Connection`] is a handle. Sending pushes onto the handle's mailbox and, only when
+//! the mailbox goes from idle to non-empty, posts one notify to the connection's worker.
+//! The worker-owned driver is the only code touching the socket and the
+//! `protocol::v1::Connection` state machine; it drains the mailbox, reads (into a
+//! per-worker buffer split into `Bytes`), hands protocol events to the dispatch layer,
+//! writes with one `writev` per batch, and keeps one timer armed from the machine's
+//! `poll_timeout`. Received messages are charged to the dispatch throttle before their
+//! payload is read; when it is full the driver stops reading until the throttle wakes it.
+//!
+//! # Deliberate differences from Ceph's AsyncMessenger
+//!
+//! * **Replace** (an incoming connect takes over a lossless session): the accepting
+//!   driver posts its socket and half-open state machine to the existing connection's
+//!   driver, which adopts them and moves its session (seqs, queues, unacked messages)
+//!   into the new machine. Ceph does the same hand-over under two connection locks; here
+//!   no two connections are ever locked together, and user handles stay valid.
+//! * [`Messenger::get_connection`] takes a socket address and dials it with nonce 0, which
+//!   is what monitors announce. A peer announcing another nonce is refused by the address
+//!   check (as in Ceph); use [`Messenger::connect_to`] with the peer's full address, as
+//!   Ceph daemons do from their maps.
+//! * Policy throttlers (per peer type) are released when a message is handed to the
+//!   dispatch layer; the dispatch throttle (`ms_dispatch_throttle_bytes`) is held until
+//!   the dispatcher returns and bounds the memory of queued messages. Ceph holds both until
+//!   dispatch.
+//! * Messages on the loopback connection are delivered by the dispatch thread (fast
+//!   dispatchers included), never on the sender's thread, which may hold its own locks.
+//! * The send side is bounded: a connection's mailbox holds at most
+//!   [`MessengerConfig::max_queued_bytes`] and `send_message` fails with
+//!   [`SendError::QueueFull`] beyond it (Ceph's out queue is unbounded). At most 1024
+//!   messages sit in the protocol's own queue per connection.
+//! * Counters: `msgr_running_fast_dispatch_time` is part of `msgr_running_recv_time`
+//!   (fast dispatch runs inside the read path); `msgr_handle_ack_lat` is not measured.
 
 pub mod config;
 mod connection;
