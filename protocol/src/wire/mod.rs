@@ -18,6 +18,16 @@
 //!   ══ open: Tag::MSG + MsgHeader + front + middle + data + MsgFooter, Tag::ACK + u64,
 //!      Tag::KEEPALIVE2(_ACK) + stamp, Tag::KEEPALIVE, Tag::CLOSE ══
 //! ```
+//!
+//! # Deliberate differences from Ceph (all on the receive side, all stricter)
+//! - Authorizers and authorizer replies above [`MAX_AUTHORIZER_LEN`] are refused; Ceph
+//!   reads whatever length the peer announces.
+//! - A connect `host_type` above 255 is malformed (it cannot be an entity type).
+//! - An `entity_addr_t` whose sockaddr length exceeds `sockaddr_in6` (28) or is too short
+//!   for its family is refused, and families other than inet/inet6/unspec are unsupported.
+//! - Strings must be UTF-8 ([`crate::encoding::Decoder::string`]).
+//! - Message segment lengths are checked against [`crate::message::DecodeLimits`] before
+//!   any payload is read; Ceph relies on its throttles alone.
 
 mod ack;
 mod banner;
