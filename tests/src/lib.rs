@@ -4,3 +4,4 @@
 
 pub mod ceph;
 pub mod loopback;
+pub mod mon;

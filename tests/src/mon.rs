@@ -1,0 +1,520 @@
+//! Monitor conversations over our [`Messenger`], for interop tests against real Ceph.
+//!
+//! - [`MonClient`]: our messenger as a client of a monitor (what Ceph's `MonClient` does
+//!   on the wire with auth none): MAuth → MAuthReply → `client.<global_id>`, subscriptions,
+//!   commands matched to replies by tid, pings, version queries.
+//! - [`MiniMon`]: a dispatcher that plays a minimal monitor (msgr-v1.md section 9.2 item
+//!   13) so the real `ceph` CLI can use our messenger as its monitor; it records what the
+//!   CLI sent.
+//!
+//! Everything waits on channels with timeouts; nothing sleeps.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use messenger::{
+    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, SendError,
+};
+use protocol::messages::{
+    decode_any, AnyMessage, AuthNegotiation, MAuth, MAuthReply, MConfig, MMonCommand,
+    MMonCommandAck, MMonGetVersion, MMonGetVersionReply, MMonMap, MMonSubscribe, MMonSubscribeAck,
+    MPing, MonMap, TypedMessage,
+};
+use protocol::types::{EntityAddr, EntityAddrVec, EntityName, EntityType, Features, AUTH_NONE};
+use protocol::Message;
+
+/// How long a monitor conversation step may take before a test fails.
+pub const MON_WAIT: Duration = Duration::from_secs(20);
+
+/// The replies of the pending commands, by tid.
+type Pending = Arc<Mutex<HashMap<u64, Sender<MMonCommandAck>>>>;
+
+/// What a [`MonClient`] received, besides command acks it was waiting for.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum MonEvent {
+    /// `MAuthReply`.
+    AuthReply(MAuthReply),
+    /// `MMonMap` (decoded map).
+    MonMap(MonMap),
+    /// `MConfig`.
+    Config(MConfig),
+    /// `MMonSubscribeAck`.
+    SubscribeAck(MMonSubscribeAck),
+    /// `MPing` (a monitor's reply carries its health report).
+    Ping(MPing),
+    /// `MMonGetVersionReply`.
+    Version(MMonGetVersionReply),
+    /// An `MMonCommandAck` nobody waited for (its tid and the ack).
+    UnmatchedAck(u64, MMonCommandAck),
+    /// Any other message (or one that failed to decode), raw.
+    Other(Message),
+    /// `ms_handle_connect`.
+    Connect(Connection),
+    /// `ms_handle_reset` (a lossy session to the monitor is gone).
+    Reset(Connection),
+    /// `ms_handle_remote_reset`.
+    RemoteReset(Connection),
+    /// `ms_handle_refused`.
+    Refused(Connection),
+}
+
+struct ClientDispatcher {
+    tx: Sender<MonEvent>,
+    pending: Pending,
+}
+
+impl Dispatcher<Connection> for ClientDispatcher {
+    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
+        let tid = msg.tid();
+        let ev = match decode_any(&msg) {
+            Ok(AnyMessage::MonCommandAck(ack)) => {
+                let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&tid));
+                match waiter {
+                    Some(w) => {
+                        let _ = w.send(ack);
+                        return Dispatched::Taken;
+                    }
+                    None => MonEvent::UnmatchedAck(tid, ack),
+                }
+            }
+            Ok(AnyMessage::AuthReply(m)) => MonEvent::AuthReply(m),
+            Ok(AnyMessage::MonMap(m)) => MonEvent::MonMap(m.monmap),
+            Ok(AnyMessage::Config(m)) => MonEvent::Config(m),
+            Ok(AnyMessage::MonSubscribeAck(m)) => MonEvent::SubscribeAck(m),
+            Ok(AnyMessage::Ping(m)) => MonEvent::Ping(m),
+            Ok(AnyMessage::MonGetVersionReply(m)) => MonEvent::Version(m),
+            _ => MonEvent::Other(msg),
+        };
+        let _ = self.tx.send(ev);
+        Dispatched::Taken
+    }
+    fn ms_handle_connect(&self, conn: &Connection) {
+        let _ = self.tx.send(MonEvent::Connect(conn.clone()));
+    }
+    fn ms_handle_reset(&self, conn: &Connection) -> bool {
+        let _ = self.tx.send(MonEvent::Reset(conn.clone()));
+        true
+    }
+    fn ms_handle_remote_reset(&self, conn: &Connection) {
+        let _ = self.tx.send(MonEvent::RemoteReset(conn.clone()));
+    }
+    fn ms_handle_refused(&self, conn: &Connection) -> bool {
+        let _ = self.tx.send(MonEvent::Refused(conn.clone()));
+        true
+    }
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no {what} from the monitor within {MON_WAIT:?}"),
+    )
+}
+
+fn send_failed(e: SendError) -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, e.to_string())
+}
+
+/// Our messenger as a monitor client: entity `client.-1` until authenticated, then
+/// `client.<global_id>`; the `lossy_client` policy for monitors (as librados).
+pub struct MonClient {
+    msgr: Messenger,
+    mon: SocketAddr,
+    conn: Mutex<Connection>,
+    events: Receiver<MonEvent>,
+    pending: Pending,
+    next_tid: AtomicU64,
+    fsid: Mutex<[u8; 16]>,
+}
+
+impl MonClient {
+    /// A started client messenger (random nonce, no listener) and a connection being
+    /// dialled to the monitor at `mon`.
+    pub fn new(mon: SocketAddr, config: MessengerConfig) -> io::Result<MonClient> {
+        let nonce = rand::random::<u32>() | 1;
+        let msgr =
+            Messenger::new(EntityName::new(EntityType::CLIENT, EntityName::NEW), nonce, config)?;
+        msgr.set_policy(EntityType::MON, Policy::lossy_client());
+        msgr.start()?;
+        let (tx, events) = crossbeam_channel::unbounded();
+        let pending: Pending = Arc::default();
+        msgr.add_dispatcher_head(Arc::new(ClientDispatcher { tx, pending: pending.clone() }))?;
+        let conn = msgr.get_connection(EntityType::MON, mon);
+        Ok(MonClient {
+            msgr,
+            mon,
+            conn: Mutex::new(conn),
+            events,
+            pending,
+            next_tid: AtomicU64::new(1),
+            fsid: Mutex::new([0; 16]),
+        })
+    }
+
+    /// The messenger (counters, name, shutdown).
+    pub fn messenger(&self) -> &Messenger {
+        &self.msgr
+    }
+
+    /// The current connection to the monitor.
+    pub fn connection(&self) -> Connection {
+        self.conn.lock().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Dials the monitor again (after a reset): `get_connection` returns a new session
+    /// once the old one is closed. Our name goes back to `client.-1` until re-authenticated.
+    pub fn reconnect(&self) -> Connection {
+        self.msgr.set_myname(EntityName::new(EntityType::CLIENT, EntityName::NEW));
+        let conn = self.msgr.get_connection(EntityType::MON, self.mon);
+        match self.conn.lock() {
+            Ok(mut c) => *c = conn.clone(),
+            Err(p) => *p.into_inner() = conn.clone(),
+        }
+        conn
+    }
+
+    /// The cluster fsid, as learned from the last monmap seen by [`MonClient::wait_for`]
+    /// (all zero before).
+    pub fn fsid(&self) -> [u8; 16] {
+        self.fsid.lock().map(|f| *f).unwrap_or([0; 16])
+    }
+
+    /// Sets the fsid used in commands.
+    pub fn set_fsid(&self, fsid: [u8; 16]) {
+        if let Ok(mut f) = self.fsid.lock() {
+            *f = fsid;
+        }
+    }
+
+    /// The next event within `timeout`, if any.
+    pub fn next_event(&self, timeout: Duration) -> Option<MonEvent> {
+        let ev = self.events.recv_timeout(timeout).ok()?;
+        if let MonEvent::MonMap(m) = &ev {
+            self.set_fsid(m.fsid);
+        }
+        Some(ev)
+    }
+
+    /// Waits (at most [`MON_WAIT`]) for the first event `pick` accepts; events it refuses
+    /// are dropped.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        mut pick: impl FnMut(MonEvent) -> Option<T>,
+    ) -> io::Result<T> {
+        let deadline = Instant::now() + MON_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = self.next_event(left).ok_or_else(|| timed_out(what))?;
+            if let Some(t) = pick(ev) {
+                return Ok(t);
+            }
+        }
+    }
+
+    /// Encodes `m` for the connection's features and sends it.
+    pub fn send<M: TypedMessage>(&self, m: &M) -> Result<(), SendError> {
+        let conn = self.connection();
+        conn.send_message(m.to_message(conn.features()))
+    }
+
+    /// Auth none (msgr-v1.md 7.3/7.4): MAuth for `client.admin` with methods `[none]` and
+    /// monmap epoch 0 → MAuthReply; on success our name becomes `client.<global_id>`.
+    /// Returns the reply (the caller checks `result`).
+    pub fn authenticate(&self) -> io::Result<MAuthReply> {
+        let auth = MAuth::negotiate(&AuthNegotiation::default(), 0);
+        self.send(&auth).map_err(send_failed)?;
+        let reply = self.wait_for("MAuthReply", |ev| match ev {
+            MonEvent::AuthReply(r) => Some(r),
+            _ => None,
+        })?;
+        if reply.result == 0 {
+            let gid = i64::try_from(reply.global_id).unwrap_or(EntityName::NEW);
+            self.msgr.set_myname(EntityName::new(EntityType::CLIENT, gid));
+        }
+        Ok(reply)
+    }
+
+    /// Subscribes to `what` from epoch `start` with `flags`.
+    pub fn subscribe(&self, items: &[(&str, u64, u8)]) -> Result<(), SendError> {
+        let mut sub = MMonSubscribe { hostname: "asyncmsgr".into(), ..MMonSubscribe::default() };
+        for (what, start, flags) in items {
+            sub.want(what, *start, *flags);
+        }
+        self.send(&sub)
+    }
+
+    /// Subscribes to the monmap and waits for it (learning the fsid).
+    pub fn fetch_monmap(&self) -> io::Result<MonMap> {
+        self.subscribe(&[("monmap", 0, 0)]).map_err(send_failed)?;
+        self.wait_for("MMonMap", |ev| match ev {
+            MonEvent::MonMap(m) => Some(m),
+            _ => None,
+        })
+    }
+
+    /// Sends a command (one JSON string) with a fresh tid; the ack arrives on the
+    /// returned channel, whatever order acks come in.
+    pub fn send_command(&self, json: &str) -> Result<(u64, Receiver<MMonCommandAck>), SendError> {
+        let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(tid, tx);
+        }
+        let cmd =
+            MMonCommand { fsid: self.fsid(), cmd: vec![json.to_owned()], ..MMonCommand::default() };
+        let conn = self.connection();
+        let mut msg = cmd.to_message(conn.features());
+        msg.set_tid(tid);
+        if let Err(e) = conn.send_message(msg) {
+            if let Ok(mut p) = self.pending.lock() {
+                p.remove(&tid);
+            }
+            return Err(e);
+        }
+        Ok((tid, rx))
+    }
+
+    /// Sends a command and waits for its ack.
+    pub fn command(&self, json: &str) -> io::Result<MMonCommandAck> {
+        let (_, rx) = self.send_command(json).map_err(send_failed)?;
+        rx.recv_timeout(MON_WAIT).map_err(|_| timed_out("MMonCommandAck"))
+    }
+
+    /// Commands sent and not answered yet.
+    pub fn pending_commands(&self) -> usize {
+        self.pending.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Sends an `MPing` and returns the monitor's health report (JSON text).
+    pub fn ping(&self) -> io::Result<String> {
+        self.send(&MPing::new()).map_err(send_failed)?;
+        let ping = self.wait_for("MPing reply", |ev| match ev {
+            MonEvent::Ping(p) => Some(p),
+            _ => None,
+        })?;
+        ping.monitor_report()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "empty ping reply"))
+    }
+
+    /// `MMonGetVersion` for `what` (e.g. `osdmap`) with `handle`, and its reply.
+    pub fn get_version(&self, what: &str, handle: u64) -> io::Result<MMonGetVersionReply> {
+        self.send(&MMonGetVersion { handle, what: what.into() }).map_err(send_failed)?;
+        self.wait_for("MMonGetVersionReply", |ev| match ev {
+            MonEvent::Version(v) if v.handle == handle => Some(v),
+            _ => None,
+        })
+    }
+}
+
+/// What a [`MiniMon`] received: the message decoded, with its connection, source and tid.
+#[derive(Debug)]
+pub struct Received {
+    /// The connection it came on.
+    pub conn: Connection,
+    /// The header `src`.
+    pub src: Option<EntityName>,
+    /// The header tid.
+    pub tid: u64,
+    /// Whether a keepalive had arrived on this connection before this message.
+    pub keepalive_before: bool,
+    /// The decoded message (raw if its type is not typed).
+    pub msg: AnyMessage,
+}
+
+/// A command answer: `r`, `rs` and the output (data segment).
+pub type CommandAnswer = (i32, String, Bytes);
+
+/// Answers a command given as its JSON object.
+pub type CommandHandler = Box<dyn Fn(&serde_json::Value) -> CommandAnswer + Send + Sync>;
+
+/// A dispatcher playing a minimal monitor `mon.0` at `addr` (auth none): MAuthReply with
+/// a fresh global id (and the monmap right after, when the client's epoch is older),
+/// MMonMap for `monmap` subscriptions, an empty MConfig for `config`, an
+/// MMonSubscribeAck for peers without MON_STATEFUL_SUB, MMonCommandAck from `commands`.
+/// Everything it receives is forwarded to a channel.
+pub struct MiniMon {
+    monmap: MonMap,
+    next_global_id: AtomicU64,
+    commands: CommandHandler,
+    tx: Sender<Received>,
+}
+
+impl MiniMon {
+    /// The first global id handed out (Ceph's monitor starts around 4100 as well).
+    pub const FIRST_GLOBAL_ID: u64 = 4200;
+
+    /// A mini monitor announcing itself as `mon.a` at `addr` in cluster `fsid`.
+    pub fn new(
+        fsid: [u8; 16],
+        addr: SocketAddr,
+        commands: CommandHandler,
+    ) -> (Arc<MiniMon>, Receiver<Received>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let monmap =
+            MonMap::single(fsid, 1, "a", EntityAddrVec::single(EntityAddr::legacy(addr, 0)));
+        let mon =
+            MiniMon { monmap, next_global_id: AtomicU64::new(Self::FIRST_GLOBAL_ID), commands, tx };
+        (Arc::new(mon), rx)
+    }
+
+    /// Starts a messenger `mon.0`, nonce 0 (monitors announce nonce 0 and clients check
+    /// it against `mon_host`), on a free loopback port, with this dispatcher. Returns the
+    /// messenger, its address and what it receives.
+    pub fn serve(
+        fsid: [u8; 16],
+        commands: CommandHandler,
+    ) -> io::Result<(Messenger, SocketAddr, Receiver<Received>)> {
+        let msgr =
+            Messenger::new(EntityName::new(EntityType::MON, 0), 0, MessengerConfig::default())?;
+        msgr.set_default_policy(Policy::stateless_server());
+        let addr = msgr.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        msgr.start()?;
+        let (mon, rx) = MiniMon::new(fsid, addr, commands);
+        msgr.add_dispatcher_head(mon)?;
+        Ok((msgr, addr, rx))
+    }
+
+    fn reply(&self, conn: &Connection, msg: Message) {
+        // A send to a connection the client already closed is moot.
+        let _ = conn.send_message(msg);
+    }
+
+    fn send_monmap(&self, conn: &Connection) {
+        self.reply(conn, MMonMap { monmap: self.monmap.clone() }.to_message(conn.features()));
+    }
+
+    fn answer(&self, conn: &Connection, tid: u64, any: &AnyMessage) {
+        let features = conn.features();
+        match any {
+            AnyMessage::Auth(auth) => {
+                let ok = auth
+                    .negotiation()
+                    .and_then(|n| n.ok())
+                    .is_some_and(|n| n.methods.contains(&AUTH_NONE));
+                let reply = if ok {
+                    MAuthReply {
+                        protocol: AUTH_NONE,
+                        result: 0,
+                        global_id: self.next_global_id.fetch_add(1, Ordering::Relaxed),
+                        ..MAuthReply::default()
+                    }
+                } else {
+                    MAuthReply { result: -95, ..MAuthReply::default() }
+                };
+                self.reply(conn, reply.to_message(features));
+                if ok && auth.monmap_epoch < self.monmap.epoch {
+                    self.send_monmap(conn);
+                }
+            }
+            AnyMessage::MonSubscribe(sub) => {
+                for (what, item) in &sub.what {
+                    let current = u64::from(self.monmap.epoch);
+                    match what.as_str() {
+                        "monmap" if item.start <= current => self.send_monmap(conn),
+                        "config" => self.reply(conn, MConfig::default().to_message(features)),
+                        // osdmap, mgrmap…: a real monitor sends maps we cannot build; the
+                        // CLI gets by without them for monitor commands.
+                        _ => {}
+                    }
+                }
+                if !features.contains(Features::MON_STATEFUL_SUB) {
+                    let ack = MMonSubscribeAck { interval: 86400, fsid: self.monmap.fsid };
+                    self.reply(conn, ack.to_message(features));
+                }
+            }
+            AnyMessage::MonCommand(cmd) => {
+                let json = cmd
+                    .cmd
+                    .first()
+                    .and_then(|s| serde_json::from_str(s).ok())
+                    .unwrap_or(serde_json::Value::Null);
+                let (r, rs, data) = (self.commands)(&json);
+                let ack = MMonCommandAck {
+                    r,
+                    rs,
+                    cmd: cmd.cmd.clone(),
+                    data,
+                    ..MMonCommandAck::default()
+                };
+                let mut msg = ack.to_message(features);
+                msg.set_tid(tid);
+                self.reply(conn, msg);
+            }
+            AnyMessage::MonGetVersion(q) => {
+                let reply = MMonGetVersionReply { handle: q.handle, version: 1, oldest_version: 1 };
+                self.reply(conn, reply.to_message(features));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Dispatcher<Connection> for MiniMon {
+    fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
+        let any = decode_any(&msg).unwrap_or_else(|_| AnyMessage::Raw(msg.clone()));
+        self.answer(conn, msg.tid(), &any);
+        let _ = self.tx.send(Received {
+            conn: conn.clone(),
+            src: msg.src(),
+            tid: msg.tid(),
+            keepalive_before: conn.last_keepalive().is_some(),
+            msg: any,
+        });
+        Dispatched::Taken
+    }
+}
+
+/// Message and byte counters of a real Ceph daemon's messenger: the
+/// `AsyncMessenger::Worker-N` sections of its `perf dump`, summed over workers.
+pub fn perf_dump_totals(perf_dump: &str) -> io::Result<messenger::Totals> {
+    let v: serde_json::Value = serde_json::from_str(perf_dump)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "perf dump is not an object"))?;
+    let mut t = messenger::Totals::default();
+    let mut workers = 0;
+    for (name, section) in obj {
+        if !name.starts_with("AsyncMessenger::Worker-") {
+            continue;
+        }
+        workers += 1;
+        let get = |k: &str| section.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        t.recv_messages += get("msgr_recv_messages");
+        t.send_messages += get("msgr_send_messages");
+        t.recv_bytes += get("msgr_recv_bytes");
+        t.send_bytes += get("msgr_send_bytes");
+    }
+    if workers == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no AsyncMessenger::Worker-N section",
+        ));
+    }
+    Ok(t)
+}
+
+/// The difference `after - before` of two counter snapshots.
+pub fn totals_delta(before: messenger::Totals, after: messenger::Totals) -> messenger::Totals {
+    messenger::Totals {
+        recv_messages: after.recv_messages.saturating_sub(before.recv_messages),
+        send_messages: after.send_messages.saturating_sub(before.send_messages),
+        recv_bytes: after.recv_bytes.saturating_sub(before.recv_bytes),
+        send_bytes: after.send_bytes.saturating_sub(before.send_bytes),
+    }
+}
+
+/// Formats a 16-byte fsid the way Ceph prints it.
+pub fn fsid_string(fsid: &[u8; 16]) -> String {
+    let h: String = fsid.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
