@@ -461,14 +461,16 @@ impl MiniMon {
 impl Dispatcher<Connection> for MiniMon {
     fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
         let any = decode_any(&msg).unwrap_or_else(|_| AnyMessage::Raw(msg.clone()));
-        self.answer(conn, msg.tid(), &any);
+        // Recorded before it is answered: a peer that exits on our reply has had all its
+        // messages recorded by then.
         let _ = self.tx.send(Received {
             conn: conn.clone(),
             src: msg.src(),
             tid: msg.tid(),
             keepalive_before: conn.last_keepalive().is_some(),
-            msg: any,
+            msg: any.clone(),
         });
+        self.answer(conn, msg.tid(), &any);
         Dispatched::Taken
     }
 }
