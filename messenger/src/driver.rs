@@ -232,7 +232,13 @@ impl Driver {
                 self.proto.handle_transport_closed(cx.now());
             }
         }
+        // While the driver runs, senders need not wake it: it re-drains the mailbox before
+        // each write, so replies sent from fast dispatch leave in the same writev.
+        self.conn.0.mailbox.lock().notified = true;
         self.drain_mailbox(cx);
+        if self.finished {
+            return;
+        }
         self.read(cx);
         let read_done = Instant::now();
         WorkerCounters::add_time(
@@ -240,6 +246,10 @@ impl Driver {
             read_done.saturating_duration_since(started_at),
         );
         for _ in 0..MAX_ROUNDS {
+            self.drain_mailbox(cx);
+            if self.finished {
+                return;
+            }
             let progressed = self.handle_events(cx);
             if self.finished {
                 return;
@@ -247,6 +257,12 @@ impl Driver {
             let wrote = self.flush(cx);
             if !progressed && !wrote {
                 break;
+            }
+        }
+        if self.settle_mailbox() {
+            // Work arrived after the last drain (bounded rounds used up): run again soon.
+            if let Some(id) = self.id {
+                let _ = self.center.notify(id);
             }
         }
         self.publish();
@@ -334,8 +350,6 @@ impl Driver {
             let messages: Vec<_> = mb.messages.drain(..n).collect();
             let moved: u64 = messages.iter().map(|(m, _)| m.payload_len() as u64).sum();
             mb.queued_bytes = mb.queued_bytes.saturating_sub(moved);
-            // Messages left behind need no wakeup from senders: we come back on our own.
-            mb.notified = !mb.messages.is_empty();
             (messages, std::mem::take(&mut mb.commands))
         };
         let now = cx.now();
@@ -374,6 +388,21 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Leaves the awake state: returns whether the mailbox still has work this driver can
+    /// take now (then it stays marked notified and the caller schedules another pump).
+    /// Messages left only because the protocol queue is full need no wakeup from senders:
+    /// socket progress (writable, ACKs) brings the driver back.
+    fn settle_mailbox(&mut self) -> bool {
+        let room = MAX_IN_PROTOCOL > self.proto.pending_messages();
+        let mut mb = self.conn.0.mailbox.lock();
+        if mb.closed {
+            return false;
+        }
+        let more = !mb.commands.is_empty() || (room && !mb.messages.is_empty());
+        mb.notified = more || !mb.messages.is_empty();
+        more
     }
 
     /// Adopts a newly accepted socket for this session (Ceph's replace): the session's
