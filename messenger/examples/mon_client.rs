@@ -1,0 +1,249 @@
+//! A tiny Ceph monitor client over asyncmsgr (msgr v1, auth none).
+//!
+//! ```text
+//! cargo run --release --example mon_client -- v1:127.0.0.1:6789 status
+//! cargo run --release --example mon_client -- v1:127.0.0.1:6789 mon dump
+//! cargo run --release --example mon_client -- v1:127.0.0.1:6789 '{"prefix": "health"}'
+//! cargo run --release --example mon_client -- v1:127.0.0.1:6789 --watch
+//! ```
+//!
+//! A command's JSON output goes to stdout, the monitor's status text to stderr, and the
+//! exit status is 0 when the monitor answered `r = 0`. `--watch` subscribes to the monmap
+//! and prints every new epoch until interrupted (Ctrl-C), reconnecting when the monitor
+//! goes away and keeping the session alive with keepalives.
+//!
+//! What it does on the wire is what Ceph's `MonClient` does with auth none: connect with
+//! the `lossy_client` policy, MAuth for `client.admin` → MAuthReply with a global id (we
+//! become `client.<id>`), the monmap (which gives the fsid), then MMonCommand or
+//! MMonSubscribe.
+#![allow(clippy::print_stdout)] // An example's job is to print.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
+use protocol::messages::{
+    decode_any, AnyMessage, AuthNegotiation, MAuth, MMonCommand, MMonSubscribe, MonMap,
+    TypedMessage,
+};
+use protocol::types::{EntityName, EntityType};
+use protocol::Message;
+
+/// How long to wait for each answer of the monitor.
+const WAIT: Duration = Duration::from_secs(15);
+/// Keepalive period while watching (Ceph's `mon_client_ping_interval`): the monitor
+/// closes sessions silent for `mon_session_timeout` (300 s).
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
+
+enum Event {
+    Message(AnyMessage, u64),
+    Reset,
+}
+
+struct Forward(Sender<Event>);
+
+impl Dispatcher<Connection> for Forward {
+    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
+        let any = decode_any(&msg).unwrap_or(AnyMessage::Raw(msg.clone()));
+        let _ = self.0.send(Event::Message(any, msg.tid()));
+        Dispatched::Taken
+    }
+    fn ms_handle_reset(&self, _conn: &Connection) -> bool {
+        let _ = self.0.send(Event::Reset);
+        true
+    }
+    fn ms_handle_refused(&self, _conn: &Connection) -> bool {
+        let _ = self.0.send(Event::Reset);
+        true
+    }
+}
+
+struct Client {
+    msgr: Messenger,
+    mon: SocketAddr,
+    rx: Receiver<Event>,
+}
+
+impl Client {
+    fn new(mon: SocketAddr) -> Result<Client, String> {
+        let nonce = rand::random::<u32>() | 1;
+        let msgr = Messenger::new(
+            EntityName::new(EntityType::CLIENT, EntityName::NEW),
+            nonce,
+            MessengerConfig { workers: 1, ..MessengerConfig::default() },
+        )
+        .map_err(|e| format!("messenger: {e}"))?;
+        msgr.set_policy(EntityType::MON, Policy::lossy_client());
+        msgr.start().map_err(|e| format!("start: {e}"))?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        msgr.add_dispatcher_head(Arc::new(Forward(tx))).map_err(|e| format!("dispatcher: {e}"))?;
+        Ok(Client { msgr, mon, rx })
+    }
+
+    /// Waits for the first message `pick` accepts; a reset is an error.
+    fn wait<T>(
+        &self,
+        what: &str,
+        mut pick: impl FnMut(AnyMessage, u64) -> Option<T>,
+    ) -> Result<T, String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Event::Message(m, tid)) => {
+                    if let Some(t) = pick(m, tid) {
+                        return Ok(t);
+                    }
+                }
+                Ok(Event::Reset) => {
+                    return Err(format!("connection to {} lost while waiting for {what}", self.mon))
+                }
+                Err(_) => return Err(format!("no {what} from {} within {WAIT:?}", self.mon)),
+            }
+        }
+    }
+
+    /// Connects and authenticates (auth none); returns the connection and the monmap.
+    fn session(&self) -> Result<(Connection, MonMap), String> {
+        self.msgr.set_myname(EntityName::new(EntityType::CLIENT, EntityName::NEW));
+        let conn = self.msgr.get_connection(EntityType::MON, self.mon);
+        let auth = MAuth::negotiate(&AuthNegotiation::default(), 0);
+        conn.send_message(auth.to_message(conn.features())).map_err(|e| e.to_string())?;
+        let reply = self.wait("MAuthReply", |m, _| match m {
+            AnyMessage::AuthReply(r) => Some(r),
+            _ => None,
+        })?;
+        if reply.result != 0 {
+            return Err(format!("authentication refused: {} {}", reply.result, reply.result_msg));
+        }
+        let gid = i64::try_from(reply.global_id).unwrap_or(EntityName::NEW);
+        self.msgr.set_myname(EntityName::new(EntityType::CLIENT, gid));
+        // Our MAuth said monmap epoch 0, so the monitor sends its map right away.
+        let monmap = self.wait("MMonMap", |m, _| match m {
+            AnyMessage::MonMap(m) => Some(m.monmap),
+            _ => None,
+        })?;
+        Ok((conn, monmap))
+    }
+
+    fn command(&self, json: &str) -> Result<ExitCode, String> {
+        let (conn, monmap) = self.session()?;
+        let cmd =
+            MMonCommand { fsid: monmap.fsid, cmd: vec![json.to_owned()], ..MMonCommand::default() };
+        let mut msg = cmd.to_message(conn.features());
+        msg.set_tid(1);
+        conn.send_message(msg).map_err(|e| e.to_string())?;
+        let ack = self.wait("MMonCommandAck", |m, tid| match m {
+            AnyMessage::MonCommandAck(a) if tid == 1 => Some(a),
+            _ => None,
+        })?;
+        println!("{}", String::from_utf8_lossy(&ack.data));
+        if !ack.rs.is_empty() {
+            eprintln!("{}", ack.rs);
+        }
+        Ok(if ack.r == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    }
+
+    fn watch(&self) -> Result<ExitCode, String> {
+        loop {
+            let (conn, monmap) = match self.session() {
+                Ok(s) => s,
+                Err(e) => {
+                    // The monitor is down or restarting: retry at Ceph's reconnect pace
+                    // (mon_client_hunt_interval, 3 s) until it answers or we are stopped.
+                    eprintln!("mon_client: {e}; retrying");
+                    std::thread::sleep(Duration::from_secs(3));
+                    continue;
+                }
+            };
+            print_monmap(&monmap);
+            let mut epoch = monmap.epoch;
+            let mut sub = MMonSubscribe {
+                hostname: "asyncmsgr-mon_client".into(),
+                ..MMonSubscribe::default()
+            };
+            sub.want("monmap", u64::from(epoch) + 1, 0);
+            conn.send_message(sub.to_message(conn.features())).map_err(|e| e.to_string())?;
+            loop {
+                match self.rx.recv_timeout(KEEPALIVE_EVERY) {
+                    Ok(Event::Message(AnyMessage::MonMap(m), _)) => {
+                        if m.monmap.epoch != epoch {
+                            epoch = m.monmap.epoch;
+                            print_monmap(&m.monmap);
+                        }
+                    }
+                    Ok(Event::Message(..)) => {}
+                    Ok(Event::Reset) => {
+                        eprintln!("connection to {} lost; reconnecting", self.mon);
+                        break;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => conn.send_keepalive(),
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        return Err("messenger stopped".into())
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn fsid_string(fsid: &[u8; 16]) -> String {
+    let h: String = fsid.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn print_monmap(m: &MonMap) {
+    let mons: Vec<serde_json::Value> = m
+        .ranks
+        .iter()
+        .enumerate()
+        .map(|(rank, name)| {
+            let addrs: Vec<String> = m
+                .addrs_of_rank(rank)
+                .map(|v| v.addrs.iter().map(|a| a.to_string()).collect())
+                .unwrap_or_default();
+            serde_json::json!({"rank": rank, "name": name, "addrs": addrs})
+        })
+        .collect();
+    let j = serde_json::json!({"epoch": m.epoch, "fsid": fsid_string(&m.fsid), "mons": mons});
+    println!("{j}");
+}
+
+/// `v1:127.0.0.1:6789`, `127.0.0.1:6789` or `v1:127.0.0.1:6789/0`.
+fn parse_mon_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.strip_prefix("v1:").unwrap_or(s);
+    let s = s.split('/').next().unwrap_or(s);
+    s.parse().map_err(|e| format!("bad monitor address {s:?}: {e}"))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((addr, rest)) = args.split_first() else {
+        eprintln!("usage: mon_client <v1:IP:PORT> (<command words> | '<json>' | --watch)");
+        return ExitCode::from(2);
+    };
+    let run = || -> Result<ExitCode, String> {
+        let client = Client::new(parse_mon_addr(addr)?)?;
+        let result = match rest {
+            [w] if w == "--watch" => client.watch(),
+            [] => client.command(r#"{"prefix": "status", "format": "json"}"#),
+            [json] if json.trim_start().starts_with('{') => client.command(json),
+            words => {
+                let cmd = serde_json::json!({"prefix": words.join(" "), "format": "json"});
+                client.command(&cmd.to_string())
+            }
+        };
+        client.msgr.shutdown();
+        result
+    };
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mon_client: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
