@@ -1,0 +1,90 @@
+//! Messages per second through a pair of open v1 state machines, in memory (no sockets):
+//! the protocol's own CPU cost of framing, crc, parsing, seq/ack bookkeeping.
+//!
+//! `cargo bench -p protocol --bench v1 -- --warm-up-time 1 --measurement-time 5`
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use protocol::message::PRIO_DEFAULT;
+use protocol::v1::testing::Pair;
+use protocol::v1::{Connection, Event, Policy};
+use protocol::Message;
+
+const BATCH: u64 = 1000;
+
+/// Sends `BATCH` messages from `a` to `b`; returns how many `b` delivered.
+fn one_way(
+    a: &mut Connection,
+    b: &mut Connection,
+    msg: &Message,
+    now: Instant,
+    segs: &mut Vec<Bytes>,
+) -> u64 {
+    for _ in 0..BATCH {
+        a.send_message(msg.clone());
+    }
+    let mut got = 0;
+    loop {
+        segs.clear();
+        if a.poll_transmit(segs) == 0 {
+            break;
+        }
+        for s in segs.drain(..) {
+            b.handle_bytes(now, s);
+            while let Some(ev) = b.poll_event() {
+                match ev {
+                    Event::NeedBudget { .. } => b.grant_budget(now),
+                    Event::Message(_) => got += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    // The batched ACK back, so the sender's unacked queue stays bounded.
+    segs.clear();
+    b.poll_transmit(segs);
+    for s in segs.drain(..) {
+        a.handle_bytes(now, s);
+    }
+    while a.poll_event().is_some() {}
+    got
+}
+
+fn bench_pair(c: &mut Criterion) {
+    let mut group = c.benchmark_group("v1_pair_one_way");
+    for (name, policy, crc) in [
+        ("crc/lossless", Policy::lossless_peer(), true),
+        ("crc/lossy", Policy::lossy_client(), true),
+        ("nocrc/lossless", Policy::lossless_peer(), false),
+    ] {
+        let base = Pair::new(Instant::now(), policy, Policy::lossless_peer());
+        let mut c0 = (*base.nodes[0].config).clone();
+        let mut c1 = (*base.nodes[1].config).clone();
+        for c in [&mut c0, &mut c1] {
+            c.crc_header = crc;
+            c.crc_data = crc;
+        }
+        let mut p = Pair::with_configs(base.now, c0, policy, c1, Policy::lossless_peer());
+        let a = p.connect(0);
+        p.drive();
+        let b = p.session_ep(1).unwrap();
+        assert!(p.eps[a].conn.is_open() && p.eps[b].conn.is_open());
+        let (lo, hi) = p.eps.split_at_mut(b);
+        let (ca, cb) = (&mut lo[a].conn, &mut hi[0].conn);
+        let now = p.now;
+        let mut msg = Message::new(2, Bytes::from(vec![0xa5u8; 4096]));
+        msg.set_priority(PRIO_DEFAULT);
+        let mut segs = Vec::new();
+        group.throughput(Throughput::Elements(BATCH));
+        group.bench_function(BenchmarkId::new("4KiB", name), |bench| {
+            bench.iter(|| assert_eq!(one_way(ca, cb, &msg, now, &mut segs), BATCH));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_pair);
+criterion_main!(benches);
