@@ -39,7 +39,7 @@ const WAIT: Duration = Duration::from_secs(15);
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
 
 enum Event {
-    Message(AnyMessage, u64),
+    Message(Box<AnyMessage>, u64),
     Reset,
 }
 
@@ -48,7 +48,7 @@ struct Forward(Sender<Event>);
 impl Dispatcher<Connection> for Forward {
     fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
         let any = decode_any(&msg).unwrap_or(AnyMessage::Raw(msg.clone()));
-        let _ = self.0.send(Event::Message(any, msg.tid()));
+        let _ = self.0.send(Event::Message(Box::new(any), msg.tid()));
         Dispatched::Taken
     }
     fn ms_handle_reset(&self, _conn: &Connection) -> bool {
@@ -94,7 +94,7 @@ impl Client {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(Event::Message(m, tid)) => {
-                    if let Some(t) = pick(m, tid) {
+                    if let Some(t) = pick(*m, tid) {
                         return Ok(t);
                     }
                 }
@@ -169,13 +169,13 @@ impl Client {
             conn.send_message(sub.to_message(conn.features())).map_err(|e| e.to_string())?;
             loop {
                 match self.rx.recv_timeout(KEEPALIVE_EVERY) {
-                    Ok(Event::Message(AnyMessage::MonMap(m), _)) => {
+                    Ok(Event::Message(m, _)) => {
+                        let AnyMessage::MonMap(m) = *m else { continue };
                         if m.monmap.epoch != epoch {
                             epoch = m.monmap.epoch;
                             print_monmap(&m.monmap);
                         }
                     }
-                    Ok(Event::Message(..)) => {}
                     Ok(Event::Reset) => {
                         eprintln!("connection to {} lost; reconnecting", self.mon);
                         break;

@@ -154,7 +154,7 @@ fn ceph_cli_status_runs_end_to_end_against_our_messenger() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let seen = Seen::collect(&rx);
     for r in &seen.all {
-        println!("{:?} tid {} {:?}", r.src, r.tid, r.msg.msg_type());
+        eprintln!("{:?} tid {} {:?}", r.src, r.tid, r.msg.msg_type());
     }
 
     // Handshake: every connection the CLI opened negotiated the full Pacific set with us.

@@ -282,7 +282,7 @@ fn message_and_byte_counters_agree_with_the_monitors_perf_dump() {
     }
     let ours = totals_delta(ours_before, client.messenger().totals());
     let theirs = totals_delta(mon_before, mon_totals(&mon));
-    println!("ours {ours:?}\nmonitor {theirs:?}");
+    eprintln!("ours {ours:?}\nmonitor {theirs:?}");
 
     let exchanged = COMMANDS + PINGS + VERSIONS;
     assert_eq!(ours.send_messages, exchanged);
@@ -308,7 +308,7 @@ fn message_and_byte_counters_agree_with_the_monitors_perf_dump() {
     assert_eq!(fresh.command(STATUS).expect("status").r, 0);
     let ours = fresh.messenger().totals();
     let theirs = totals_delta(mon_before, mon_totals(&mon));
-    println!("fresh connection: ours {ours:?}\nmonitor {theirs:?}");
+    eprintln!("fresh connection: ours {ours:?}\nmonitor {theirs:?}");
     assert_eq!((ours.send_messages, ours.recv_messages), (2, 3), "MAuth+command; reply+monmap+ack");
     assert_eq!(theirs.recv_messages, ours.send_messages);
     assert_eq!(theirs.send_messages, ours.recv_messages);
