@@ -87,6 +87,23 @@ fn run_ceph(conf: &std::path::Path, args: &[&str]) -> Output {
         .expect("run ceph")
 }
 
+/// The CLI's temporary conf directory, removed when the test ends (even on failure).
+struct ConfDir(std::path::PathBuf);
+
+impl ConfDir {
+    fn new(addr: SocketAddr) -> ConfDir {
+        ConfDir(client_conf_for(addr, &fsid_string(&FSID)).expect("client conf"))
+    }
+}
+
+impl Drop for ConfDir {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// Starts our mini monitor; `None` when Ceph is missing (skipped).
 fn serve(test: &str) -> Option<(messenger::Messenger, SocketAddr, Receiver<Received>)> {
     init_logging();
@@ -148,8 +165,8 @@ fn ceph_cli_status_runs_end_to_end_against_our_messenger() {
     let Some((msgr, addr, rx)) = serve("ceph_cli_status") else {
         return;
     };
-    let conf = client_conf_for(addr, &fsid_string(&FSID)).expect("client conf");
-    let out = run_ceph(&conf, &["status", "-f", "json"]);
+    let conf = ConfDir::new(addr);
+    let out = run_ceph(&conf.0, &["status", "-f", "json"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let seen = Seen::collect(&rx);
@@ -210,8 +227,8 @@ fn ceph_cli_mon_dump_prints_our_monmap() {
     let Some((msgr, addr, rx)) = serve("ceph_cli_mon_dump") else {
         return;
     };
-    let conf = client_conf_for(addr, &fsid_string(&FSID)).expect("client conf");
-    let out = run_ceph(&conf, &["mon", "dump", "-f", "json"]);
+    let conf = ConfDir::new(addr);
+    let out = run_ceph(&conf.0, &["mon", "dump", "-f", "json"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "ceph mon dump failed: {:?}\n{stdout}\n{stderr}", out.status);
