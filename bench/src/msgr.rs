@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender};
 use messenger::{Connection, Dispatcher, Messenger, MessengerConfig, Policy};
 use parking_lot::Mutex;
 use protocol::types::{EntityName, EntityType};
 use protocol::Message;
+use std::collections::VecDeque;
 
 use crate::args::Args;
 use crate::report::{cpu_time, new_histogram, Progress, Report};
@@ -66,14 +66,36 @@ pub fn server(args: &Args, addr: SocketAddr) -> io::Result<(Messenger, SocketAdd
     Ok((m, bound))
 }
 
-/// Completes one in-flight window slot per reply and records its round trip.
-struct Collect {
-    inflight: Receiver<Instant>,
+/// The client side of one connection: every reply completes a round trip and, until the
+/// deadline, sends the next request from the worker that delivered the reply (fast
+/// dispatch), so the window stays `depth` deep with no user thread in the loop — how an
+/// event-driven Ceph client keeps its ops in flight.
+struct Pipeline {
+    payload: Bytes,
+    deadline: Instant,
+    /// Send times of the requests in flight, oldest first: replies come back in order on
+    /// one connection. Only the connection's worker touches it after the first window.
+    inflight: Mutex<VecDeque<Instant>>,
     hist: Mutex<hdrhistogram::Histogram<u64>>,
     done: Arc<AtomicU64>,
+    tid: AtomicU64,
+    drained: crossbeam_channel::Sender<()>,
 }
 
-impl Dispatcher<Connection> for Collect {
+impl Pipeline {
+    fn send(&self, conn: &Connection) {
+        let tid = self.tid.fetch_add(1, Ordering::Relaxed);
+        let mut msg = Message::new(MSG_PING, Bytes::new());
+        msg.set_tid(tid);
+        msg.set_data(self.payload.clone());
+        self.inflight.lock().push_back(Instant::now());
+        if conn.send_message(msg).is_err() {
+            self.inflight.lock().pop_back();
+        }
+    }
+}
+
+impl Dispatcher<Connection> for Pipeline {
     fn ms_dispatch(&self, conn: &Connection, msg: Message) -> messenger::Dispatched {
         self.ms_fast_dispatch(conn, msg);
         messenger::Dispatched::Taken
@@ -84,10 +106,19 @@ impl Dispatcher<Connection> for Collect {
     fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
         true
     }
-    fn ms_fast_dispatch(&self, _conn: &Connection, _msg: Message) {
-        if let Ok(sent) = self.inflight.try_recv() {
+    fn ms_fast_dispatch(&self, conn: &Connection, _msg: Message) {
+        let (sent, left) = {
+            let mut q = self.inflight.lock();
+            (q.pop_front(), q.len())
+        };
+        if let Some(sent) = sent {
             let _ = self.hist.lock().record(sent.elapsed().as_nanos() as u64);
             self.done.fetch_add(1, Ordering::Relaxed);
+        }
+        if Instant::now() < self.deadline {
+            self.send(conn);
+        } else if left == 0 {
+            let _ = self.drained.try_send(());
         }
     }
 }
@@ -95,11 +126,13 @@ impl Dispatcher<Connection> for Collect {
 /// Runs `args.conns` client messengers against `server` for `args.duration`.
 pub fn client(args: &Args, server: SocketAddr, name: &str) -> io::Result<Report> {
     let done = Arc::new(AtomicU64::new(0));
+    let payload = Bytes::from(vec![0xa5; args.size]);
+    let (drained_tx, drained_rx) = crossbeam_channel::bounded(args.conns);
+    let t0 = Instant::now();
+    let deadline = t0 + args.duration;
     let mut clients = Vec::new();
     for i in 0..args.conns {
-        // One client messenger per connection, as ceph_perf_msgr_client does; they
-        // share one pool so the thread count stays what was asked for.
-        let (tx, rx): (Sender<Instant>, Receiver<Instant>) = crossbeam_channel::bounded(args.depth);
+        // One client messenger per connection, as ceph_perf_msgr_client does.
         let m = Messenger::new(
             EntityName::new(EntityType::CLIENT, i as i64),
             1000 + i as u32,
@@ -107,47 +140,38 @@ pub fn client(args: &Args, server: SocketAddr, name: &str) -> io::Result<Report>
         )?;
         m.set_default_policy(Policy::lossy_client());
         m.start()?;
-        let collect = Arc::new(Collect {
-            inflight: rx,
+        let pipeline = Arc::new(Pipeline {
+            payload: payload.clone(),
+            deadline,
+            inflight: Mutex::new(VecDeque::with_capacity(args.depth)),
             hist: Mutex::new(new_histogram()),
             done: done.clone(),
+            tid: AtomicU64::new(1),
+            drained: drained_tx.clone(),
         });
-        m.add_dispatcher_head(collect.clone())?;
+        m.add_dispatcher_head(pipeline.clone())?;
         let conn = m.get_connection(EntityType::OSD, server);
-        clients.push((m, conn, tx, collect));
+        clients.push((m, conn, pipeline));
     }
     let progress = Progress::start(name.to_string(), done.clone(), args.progress);
-    let payload = Bytes::from(vec![0xa5; args.size]);
     let cpu0 = cpu_time();
-    let t0 = Instant::now();
-    let deadline = t0 + args.duration;
-    std::thread::scope(|s| {
-        for (_, conn, tx, _) in &clients {
-            let payload = payload.clone();
-            s.spawn(move || {
-                let mut tid = 0u64;
-                while Instant::now() < deadline {
-                    // The bounded channel is the in-flight window: blocks at `depth`.
-                    if tx.send_timeout(Instant::now(), Duration::from_millis(100)).is_err() {
-                        continue;
-                    }
-                    tid += 1;
-                    let mut msg = Message::new(MSG_PING, Bytes::new());
-                    msg.set_tid(tid);
-                    msg.set_data(payload.clone());
-                    if conn.send_message(msg).is_err() {
-                        break;
-                    }
-                }
-            });
+    for (_, conn, pipeline) in &clients {
+        for _ in 0..args.depth {
+            pipeline.send(conn);
         }
-    });
+    }
+    // Each connection reports once its last reply after the deadline arrived.
+    for _ in 0..args.conns {
+        if drained_rx.recv_deadline(deadline + Duration::from_secs(30)).is_err() {
+            break;
+        }
+    }
     let elapsed = t0.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
     progress.stop();
     let mut rtt = new_histogram();
-    for (m, _, _, collect) in clients {
-        let _ = rtt.add(&*collect.hist.lock());
+    for (m, _, pipeline) in clients {
+        let _ = rtt.add(&*pipeline.hist.lock());
         m.shutdown();
     }
     let n = done.load(Ordering::Relaxed);
