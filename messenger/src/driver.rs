@@ -65,6 +65,8 @@ pub(crate) struct Driver {
     scratch: Vec<Bytes>,
     /// The socket reported readable and we have not seen WouldBlock since.
     read_ready: bool,
+    /// The socket reported the peer's close (or an error): read until EOF or error.
+    peer_closed: bool,
     write_ready: bool,
     interest: Option<Interest>,
     timer: Option<(TimerId, Instant)>,
@@ -198,6 +200,7 @@ impl Driver {
             wsegs: VecDeque::new(),
             scratch: Vec::new(),
             read_ready: true,
+            peer_closed: false,
             write_ready: true,
             interest: None,
             timer: None,
@@ -318,6 +321,7 @@ impl Driver {
         cx.register_source(id, s, interest)?;
         self.interest = Some(interest);
         self.read_ready = true;
+        self.peer_closed = false;
         self.write_ready = true;
         Ok(())
     }
@@ -458,7 +462,9 @@ impl Driver {
                     break;
                 }
                 Ok((n, drained, data)) => {
-                    if drained {
+                    // Not once the peer's close was reported: its EOF may sit behind
+                    // these bytes and raises no further edge.
+                    if drained && !self.peer_closed {
                         self.read_ready = false;
                     }
                     log::trace!(target: "msgr::conn", "{}: read {n}", self.proto);
@@ -877,6 +883,9 @@ impl Handler for Driver {
         log::trace!(target: "msgr::conn", "{}: ready {ready:?}", self.proto);
         if ready.readable || ready.closed {
             self.read_ready = true;
+        }
+        if ready.closed {
+            self.peer_closed = true;
         }
         if ready.writable || ready.closed {
             self.write_ready = true;
