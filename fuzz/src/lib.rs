@@ -7,6 +7,7 @@
 //! every target over pseudo-random inputs when cargo-fuzz is not available.
 
 pub mod typed_messages;
+pub mod v1;
 
 use bytes::Bytes;
 use protocol::encoding::{Decoder, Encoder};
