@@ -166,6 +166,8 @@ pub struct Connection {
     once_ready: bool,
     /// The current open continues a session (not a fresh one).
     resuming: bool,
+    /// The current open follows a peer restart (reset from peer).
+    remote_reset: bool,
     /// Backoff used for the last attempt (zero after a successful open).
     backoff: Duration,
     /// Reconnect attempts since the last open.
@@ -220,6 +222,7 @@ impl Connection {
             global_seq: 0,
             once_ready: false,
             resuming: false,
+            remote_reset: false,
             backoff: Duration::ZERO,
             attempt: 0,
             rx: RxBuf::default(),
@@ -1050,9 +1053,12 @@ impl Connection {
             self.session.reset();
             self.resuming = false;
         }
-        if reset_from_peer {
+        // Ceph's session_reset queues ms_handle_remote_reset; a peer restart without
+        // resetcheck keeps our session (READY, in_seq zeroed) and reports nothing.
+        if reset_from_peer && reset_existing {
             self.events.push_back(Event::RemoteReset);
         }
+        self.remote_reset = reset_from_peer;
         self.session.connect_seq = p.msg.connect_seq.wrapping_add(1);
         self.session.peer_global_seq = p.msg.global_seq;
         let seq_exchange = p.msg.features.contains(Features::RECONNECT_SEQ) && !reset_from_peer;
@@ -1108,9 +1114,10 @@ impl Connection {
             connect_seq: self.session.connect_seq,
             lossy: self.lossy,
             resumed: self.resuming || self.session.in_seq > 0 || self.session.out_seq > 0,
-            remote_reset: false,
+            remote_reset: self.remote_reset,
         }));
         self.resuming = false;
+        self.remote_reset = false;
     }
 
     // ----- the open session -----

@@ -129,10 +129,13 @@ pub enum Event {
     /// Lossless session with nothing to send: the socket can go; a `send_message`
     /// (connect side) wakes it with [`Event::Reconnect`].
     Standby,
-    /// The session was reset: lossy fault (`ms_handle_reset`), or RESETSESSION
-    /// discarded what we had queued.
+    /// The session is gone (`ms_handle_reset`): a lossy session faulted, or the peer
+    /// sent CLOSE.
     Reset,
-    /// The peer restarted and lost its session (`ms_handle_remote_reset`).
+    /// Our session was reset because the peer lost it (`ms_handle_remote_reset`, Ceph's
+    /// `session_reset`): the connector got RESETSESSION, or the acceptor saw a restarted
+    /// peer (connect_seq 0) under `resetcheck`. Queued and unacked messages were
+    /// discarded.
     RemoteReset,
     /// The peer refused the connection for good (`ms_handle_refused`).
     Refused,
