@@ -124,7 +124,7 @@ impl Session {
         if self.sent.is_empty() {
             return;
         }
-        self.out_seq -= self.sent.len() as u64;
+        self.out_seq = self.out_seq.saturating_sub(self.sent.len() as u64);
         let sent = std::mem::take(&mut self.sent);
         self.queue.requeue_front(sent.into_iter());
     }
