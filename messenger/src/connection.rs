@@ -190,18 +190,20 @@ impl Connection {
         Ok(())
     }
 
+    /// Queues a command for the driver and always wakes it: unlike messages, which may
+    /// wait in the mailbox for the socket to make progress, a command (adopt a socket,
+    /// mark down) must run even when the connection is idle or backing off. The center
+    /// coalesces a notify already pending.
     pub(crate) fn post(&self, cmd: Command) {
-        let wake = {
+        {
             let mut mb = self.0.mailbox.lock();
             if mb.closed {
                 return;
             }
             mb.commands.push(cmd);
-            !std::mem::replace(&mut mb.notified, true)
-        };
-        if wake {
-            self.wake();
+            mb.notified = true;
         }
+        self.wake();
     }
 
     fn wake(&self) {
@@ -229,7 +231,7 @@ impl Connection {
             core.dispatch_queue().discard(self.0.id);
         }
         // Closed from this moment: later sends fail at once, queued ones are dropped.
-        let wake = {
+        {
             let mut mb = self.0.mailbox.lock();
             if mb.closed {
                 return;
@@ -238,11 +240,9 @@ impl Connection {
             mb.messages.clear();
             mb.queued_bytes = 0;
             mb.commands.push(Command::MarkDown);
-            !std::mem::replace(&mut mb.notified, true)
-        };
-        if wake {
-            self.wake();
+            mb.notified = true;
         }
+        self.wake();
     }
 
     /// Test seam (feature `fault-injection`): cuts this connection's socket as a network

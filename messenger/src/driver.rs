@@ -263,12 +263,14 @@ impl Driver {
                 return;
             }
             let wrote = self.flush(cx);
-            if !progressed && !wrote {
+            // A write error queues a fault's events (e.g. Reconnect): never leave them
+            // for a timer to find.
+            if !progressed && !wrote && !self.proto.has_events() {
                 break;
             }
         }
-        if self.settle_mailbox() {
-            // Work arrived after the last drain (bounded rounds used up): run again soon.
+        if self.settle_mailbox() || self.proto.has_events() {
+            // Work left after the bounded rounds: run again after the worker's other work.
             if let Some(id) = self.id {
                 let _ = self.center.notify(id);
             }
