@@ -11,7 +11,7 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -75,6 +75,8 @@ impl std::error::Error for SendError {}
 pub(crate) enum Command {
     /// Send a keepalive now.
     Keepalive,
+    /// `mark_disposable`: the session becomes lossy.
+    MarkDisposable,
     /// `mark_down`: close at once, discard queued messages, no reset callback.
     MarkDown,
     /// A newly accepted socket replaces this lossless session's socket (Ceph's replace:
@@ -126,7 +128,6 @@ pub(crate) struct ConnShared {
     pub(crate) snapshot: Mutex<Snapshot>,
     pub(crate) priv_data: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
     pub(crate) keepalive: Mutex<(Option<Instant>, Option<KeepaliveStamp>)>,
-    pub(crate) disposable: AtomicBool,
     pub(crate) max_queued_bytes: u64,
 }
 
@@ -153,7 +154,6 @@ impl Connection {
             snapshot: Mutex::new(Snapshot::default()),
             priv_data: Mutex::new(None),
             keepalive: Mutex::new((None, None)),
-            disposable: AtomicBool::new(false),
             max_queued_bytes,
         }))
     }
@@ -252,10 +252,11 @@ impl Connection {
         self.post(Command::InjectFault);
     }
 
-    /// Marks the connection disposable: it may be closed once idle (Ceph's
-    /// `mark_disposable`, used for short-lived lossy connections).
+    /// Marks the connection disposable (Ceph's `mark_disposable`): its session becomes
+    /// lossy, so the next fault ends it with `ms_handle_reset` instead of a reconnect and
+    /// unacked messages are not resent.
     pub fn mark_disposable(&self) {
-        self.0.disposable.store(true, Ordering::Relaxed);
+        self.post(Command::MarkDisposable);
     }
 
     /// Whether the session is open (handshake done, not faulted or closed).

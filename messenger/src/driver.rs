@@ -384,6 +384,12 @@ impl Driver {
         for cmd in commands {
             match cmd {
                 Command::Keepalive => self.proto.send_keepalive(wall_stamp()),
+                Command::MarkDisposable => {
+                    self.proto.mark_lossy();
+                    if let Some(p) = self.policy.as_mut() {
+                        p.lossy = true;
+                    }
+                }
                 Command::MarkDown => {
                     self.finish(cx, false);
                     return;
@@ -670,6 +676,12 @@ impl Driver {
                 self.conn.set_state(ConnState::Standby);
             }
             Event::Reset => {
+                // Dead before anyone hears of it: a dispatcher reacting to the reset
+                // (MonClient dialling again) must get a new session from
+                // get_connection, and sends on this handle must fail.
+                self.core.forget(&self.conn);
+                self.conn.set_state(ConnState::Closed);
+                self.conn.0.mailbox.lock().closed = true;
                 self.core.queue.enqueue_event(QueueEvent::Reset(self.conn.clone()));
             }
             Event::RemoteReset => {

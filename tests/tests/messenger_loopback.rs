@@ -482,3 +482,30 @@ fn lossless_streams_both_ways_survive_random_cuts_from_either_side() {
     a.shutdown();
     b.shutdown();
 }
+
+/// `mark_disposable` turns a lossless session lossy (Ceph sets `policy.lossy`): the next
+/// socket failure ends it with `ms_handle_reset` instead of a reconnect.
+#[test]
+fn a_disposable_connection_resets_instead_of_reconnecting() {
+    let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateful_server(), false);
+    let (cli, cli_rx) = client(EntityType::OSD, 2, Policy::lossless_peer());
+    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    assert_eq!(next_message(&srv_rx).1.tid(), 1);
+    conn.mark_disposable();
+    conn.inject_socket_failure();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match cli_rx.recv_deadline(deadline) {
+            Ok(Seen::Reset(c)) => {
+                assert_eq!(c, conn);
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("a disposable connection did not reset: {e}"),
+        }
+    }
+    assert!(conn.send_message(test_message(MSG_TEST, 2, Bytes::new())).is_err());
+    cli.shutdown();
+    srv.shutdown();
+}

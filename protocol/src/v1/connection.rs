@@ -660,6 +660,13 @@ impl Connection {
         self.lossy
     }
 
+    /// Makes the session lossy from now on (Ceph's `mark_disposable`): the next fault
+    /// resets it ([`Event::Reset`]) instead of reconnecting, and nothing more is acked.
+    pub fn mark_lossy(&mut self) {
+        self.policy.lossy = true;
+        self.lossy = true;
+    }
+
     /// When the peer's last KEEPALIVE / KEEPALIVE2 arrived.
     pub fn last_keepalive(&self) -> Option<Instant> {
         self.last_keepalive
