@@ -72,12 +72,22 @@ pub fn run(args: &Args) -> io::Result<Report> {
         let mut w = TcpStream::connect(addr)?;
         w.set_nodelay(true)?;
         let mut r = BufReader::with_capacity(64 << 10, w.try_clone()?);
-        // The in-flight window: the writer blocks once `depth` send times are queued.
+        // The in-flight window: `depth` slot tokens. The writer takes a token, then
+        // stamps and writes a request; the reader returns the token after reading the
+        // reply. So at most `depth` requests are outstanding, and a round trip is timed
+        // from the moment its request could go out, not from before waiting for a slot.
+        let (slot_tx, slot_rx) = crossbeam_channel::bounded::<()>(args.depth);
+        for _ in 0..args.depth {
+            let _ = slot_tx.send(());
+        }
         let (tx, rx) = crossbeam_channel::bounded::<Instant>(args.depth);
         let (stop_w, size) = (stop.clone(), args.size);
         let writer = std::thread::spawn(move || {
             let request = frame(size, 0xa5);
             while !stop_w.load(Ordering::Relaxed) {
+                if slot_rx.recv().is_err() {
+                    break;
+                }
                 if tx.send(Instant::now()).is_err() || w.write_all(&request).is_err() {
                     break;
                 }
@@ -89,12 +99,11 @@ pub fn run(args: &Args) -> io::Result<Report> {
         let reader = std::thread::spawn(move || {
             let mut hist = new_histogram();
             let mut buf = Vec::new();
-            while let Ok(sent) = rx.recv() {
-                if read_frame(&mut r, &mut buf).is_err() {
-                    break;
-                }
+            while read_frame(&mut r, &mut buf).is_ok() {
+                let Ok(sent) = rx.recv() else { break };
                 let _ = hist.record(sent.elapsed().as_nanos() as u64);
                 done_r.fetch_add(1, Ordering::Relaxed);
+                let _ = slot_tx.send(());
             }
             hist
         });
@@ -105,8 +114,10 @@ pub fn run(args: &Args) -> io::Result<Report> {
     let mut rtt = new_histogram();
     for (writer, reader) in clients {
         let w = writer.join().map_err(|_| io::Error::other("writer panicked"))?;
+        // EOF to the server: it answers what is outstanding, then closes, which ends the
+        // reader after the last reply.
+        let _ = w.shutdown(Shutdown::Write);
         let h = reader.join().map_err(|_| io::Error::other("reader panicked"))?;
-        let _ = w.shutdown(Shutdown::Both);
         let _ = rtt.add(&h);
     }
     let elapsed = t0.elapsed();

@@ -88,17 +88,20 @@ thread_local! {
 /// Reads into the unused capacity of `buf` (at least `chunk` bytes of it), without
 /// zeroing it first: the bytes read become `buf`'s new tail and are split off as `Bytes`
 /// that message payloads reference without a copy.
-/// Returns the bytes read and how many were asked for.
+/// At most `max` bytes are read. Returns the bytes read and how many were asked for.
 fn read_into_spare(
     sock: &TcpStream,
     buf: &mut BytesMut,
     chunk: usize,
+    max: usize,
 ) -> io::Result<(usize, usize)> {
     use std::os::fd::AsRawFd;
     if buf.capacity() - buf.len() < chunk / 4 {
         buf.reserve(chunk);
     }
     let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(max);
+    let spare = &mut spare[..len];
     // SAFETY: read(2) writes at most `spare.len()` bytes at the start of the spare
     // capacity, which is valid for writes; only the `n` bytes it reports written are
     // then marked initialized.
@@ -452,11 +455,50 @@ impl Driver {
         }
         let mut budget = self.core.config.read_budget;
         let chunk = self.core.config.read_buffer.max(4096);
-        while budget > 0 && self.proto.wants_read() {
+        while budget > 0 && self.read_ready && self.proto.wants_read() {
             let Some(sock) = self.socket.as_ref() else { break };
+            // A large segment arriving in pieces: read straight into the buffer it is
+            // assembled in, never past its end, so it is not copied together later.
+            if let Some((buf, need)) = self.proto.direct_read_buffer() {
+                match read_into_spare(sock, buf, need, need) {
+                    Ok((0, _)) => {
+                        self.read_ready = false;
+                        self.proto.handle_transport_closed(cx.now());
+                        break;
+                    }
+                    Ok((n, asked)) => {
+                        if n < asked && !self.peer_closed {
+                            self.read_ready = false;
+                        }
+                        budget = budget.saturating_sub(n);
+                        self.counters
+                            .recv_bytes
+                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        self.proto.handle_direct_read(cx.now(), n);
+                        if self.proto.has_events() {
+                            self.handle_events(cx);
+                            if self.finished {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.read_ready = false;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log::info!(target: "msgr::conn", "{}: read error: {e}", self.proto);
+                        self.read_ready = false;
+                        self.proto.handle_transport_closed(cx.now());
+                        break;
+                    }
+                }
+            }
             let read = READ_BUF.with(|b| {
                 let mut b = b.borrow_mut();
-                read_into_spare(sock, &mut b, chunk).map(|(n, asked)| {
+                read_into_spare(sock, &mut b, chunk, usize::MAX).map(|(n, asked)| {
                     // A short read emptied the socket's receive queue: the next bytes to
                     // arrive raise a new edge, so the read that would only say
                     // WouldBlock is skipped (one syscall per message saved).

@@ -39,6 +39,11 @@ use crate::error::{Error, Result};
 use crate::types::{EntityName, EntityType};
 use crate::wire::{ceph_crc32c, FooterFlags, FooterFormat, MsgFooter, MsgHeader, Tag};
 
+/// Payload segments at least this large that arrive split across reads are assembled in
+/// a buffer reserved at their full length and offered for direct reads
+/// ([`MessageDecoder::assembly_buffer`]); smaller ones are simply copied together.
+pub const DIRECT_ASSEMBLY_MIN: usize = 64 << 10;
+
 /// `CEPH_MSG_PRIO_LOW`.
 pub const PRIO_LOW: u16 = 64;
 /// `CEPH_MSG_PRIO_DEFAULT`.
@@ -584,11 +589,41 @@ impl MessageDecoder {
         }
     }
 
+    fn in_payload(&self) -> bool {
+        matches!(self.stage, Stage::AwaitFront | Stage::AwaitMiddle | Stage::AwaitData)
+    }
+
+    /// While a large payload segment (at least [`DIRECT_ASSEMBLY_MIN`] bytes) is being
+    /// assembled from pieces, the buffer it grows in and how many bytes it still needs.
+    /// A driver may read up to that many bytes straight into the buffer's spare capacity
+    /// and then call [`MessageDecoder::feed`] with an empty input: the segment is then
+    /// never copied together. `None` otherwise.
+    pub fn assembly_buffer(&mut self) -> Option<(&mut BytesMut, usize)> {
+        let n = match self.stage {
+            Stage::AwaitFront => self.header.front_len,
+            Stage::AwaitMiddle => self.header.middle_len,
+            Stage::AwaitData => self.header.data_len,
+            _ => return None,
+        } as usize;
+        if n < DIRECT_ASSEMBLY_MIN || self.partial.is_empty() || self.partial.len() >= n {
+            return None;
+        }
+        let need = n - self.partial.len();
+        Some((&mut self.partial, need))
+    }
+
     /// Takes exactly `n` bytes: a zero-copy slice when they are all in `input` and
     /// nothing is pending, else accumulates into `partial` (copying only then).
     fn take(&mut self, input: &mut Bytes, n: usize) -> Option<Bytes> {
         if self.partial.is_empty() && input.len() >= n {
             return Some(input.split_to(n));
+        }
+        if self.partial.is_empty() && n >= DIRECT_ASSEMBLY_MIN && self.in_payload() {
+            // A large payload segment split across reads: reserve its whole length once
+            // (already checked against the limits, and its budget granted before
+            // `proceed`), so assembling it never reallocates, and the driver can read
+            // the rest straight into it (`assembly_buffer`).
+            self.partial.reserve(n);
         }
         let want = n - self.partial.len();
         let now = want.min(input.len());

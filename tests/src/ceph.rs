@@ -156,8 +156,12 @@ impl CephMon {
                     .ok()
                     .and_then(|s| s.trim().parse::<i32>().ok());
             }
+            // Accepting TCP is not enough: until the monitor has won its (one-member)
+            // election it holds client requests such as MAuth, which would make the first
+            // exchange of a test wait on the election instead of on us.
             if self.pid.is_some()
                 && TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+                && self.is_leader()
             {
                 return Ok(());
             }
@@ -170,6 +174,20 @@ impl CephMon {
             // Polling an external daemon's readiness: there is no event to wait on.
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether the monitor reports itself leader of its quorum (admin socket `mon_status`).
+    fn is_leader(&self) -> bool {
+        Command::new("ceph")
+            .arg("--admin-daemon")
+            .arg(self.admin_socket())
+            .arg("mon_status")
+            .output()
+            .map(|o| {
+                let text = String::from_utf8_lossy(&o.stdout);
+                o.status.success() && text.contains("\"state\": \"leader\"")
+            })
+            .unwrap_or(false)
     }
 
     /// Kills the monitor (SIGKILL, as a crash would) and waits until it is gone.

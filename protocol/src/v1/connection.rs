@@ -319,6 +319,32 @@ impl Connection {
         self.process(now);
     }
 
+    /// While a large message segment arrives in pieces, the buffer it is assembled in
+    /// and how many more bytes it needs ([`MessageDecoder::assembly_buffer`]): the driver
+    /// may read at most that many bytes into its spare capacity, then call
+    /// [`Connection::handle_direct_read`]. `None` whenever bytes must go through
+    /// [`Connection::handle_bytes`].
+    pub fn direct_read_buffer(&mut self) -> Option<(&mut BytesMut, usize)> {
+        if self.state != State::Open
+            || !matches!(self.open_rx, OpenRx::Msg { .. })
+            || self.rx.len() > 0
+        {
+            return None;
+        }
+        self.decoder.assembly_buffer()
+    }
+
+    /// `n` bytes were read into [`Connection::direct_read_buffer`].
+    pub fn handle_direct_read(&mut self, now: Instant, n: usize) {
+        self.now = now;
+        if self.state == State::Closed || n == 0 {
+            return;
+        }
+        log::trace!(target: LOG, "{self}: {n} bytes in (direct)");
+        self.last_rx = now;
+        self.process(now);
+    }
+
     /// The socket reached EOF or failed.
     pub fn handle_transport_closed(&mut self, now: Instant) {
         self.now = now;
@@ -1197,7 +1223,8 @@ impl Connection {
     }
 
     fn read_message(&mut self, now: Instant, discard: bool) -> bool {
-        let Some(mut chunk) = self.rx.pop_chunk() else { return false };
+        // No buffered input is fine: a direct read may have completed the segment.
+        let mut chunk = self.rx.pop_chunk().unwrap_or_default();
         let progress = self.decoder.feed(&mut chunk);
         self.rx.unpop_chunk(chunk);
         match progress {
