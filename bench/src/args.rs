@@ -19,6 +19,9 @@ pub enum Mode {
     Client,
     /// Memory per idle connection: a server and `--conns` idle connections to it.
     Idle,
+    /// Depth-1 latency floor of an event-loop design: a bare mio loop, then asyncmsgr
+    /// and std::net with the same size.
+    Floor,
     /// Internal: the idle mode's client process.
     IdleClients,
 }
@@ -68,7 +71,8 @@ impl Default for Args {
 pub const USAGE: &str = "\
 usage: bench [MODE] [options]
 modes: compare (default: messenger, then std::net with the same sizes), messenger, stdnet,
-       server, client, idle (RSS per idle connection; use with --conns 10000)
+       server, client, idle (RSS per idle connection; use with --conns 10000),
+       floor (depth 1: a bare mio loop, asyncmsgr and std::net side by side)
 options:
   --size BYTES        request data size (default 4096; suffixes k, m)
   --depth N           requests in flight per connection (default 32)
@@ -103,6 +107,7 @@ impl Args {
                 "server" => a.mode = Mode::Server,
                 "client" => a.mode = Mode::Client,
                 "idle" => a.mode = Mode::Idle,
+                "floor" => a.mode = Mode::Floor,
                 "idle-clients" => a.mode = Mode::IdleClients,
                 "--size" => a.size = parse_size(&value("--size")?)?,
                 "--reply-size" => a.reply_size = parse_size(&value("--reply-size")?)?,

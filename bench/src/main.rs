@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout)]
 
 mod args;
+mod floor;
 mod idle;
 mod msgr;
 mod report;
@@ -34,6 +35,7 @@ fn main() {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .try_init();
     let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(a) if a.mode == Mode::Floor => Args { depth: 1, ..a },
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}");
@@ -48,6 +50,11 @@ fn main() {
                 reports.push(stdnet::run(&args)?);
             }
             Mode::Messenger => reports.push(msgr::run(&args)?),
+            Mode::Floor => {
+                reports.push(floor::run(&args)?);
+                reports.push(msgr::run(&args)?);
+                reports.push(stdnet::run(&args)?);
+            }
             Mode::StdNet => reports.push(stdnet::run(&args)?),
             Mode::Server => {
                 let (server, addr) = msgr::server(&args, args.addr)?;
