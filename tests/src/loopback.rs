@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
@@ -83,6 +83,30 @@ pub fn next_message(rx: &Receiver<Seen>) -> (Connection, Message) {
             Ok(Seen::Message(c, m)) => return (c, m),
             Ok(_) => continue,
             Err(e) => panic!("no message within {WAIT:?}: {e}"),
+        }
+    }
+}
+
+/// Asserts that no further message arrives within a short grace period (a duplicate or
+/// a stray delivery would); connection events are ignored.
+pub fn assert_no_more_messages(rx: &Receiver<Seen>, why: &str) {
+    let grace = Instant::now() + Duration::from_millis(300);
+    while let Ok(seen) = rx.recv_deadline(grace) {
+        assert!(!matches!(seen, Seen::Message(..)), "unexpected message: {why}");
+    }
+}
+
+/// Waits for `ms_handle_reset` and asserts it is for `conn`; panics on timeout.
+pub fn wait_for_reset(rx: &Receiver<Seen>, conn: &Connection) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match rx.recv_deadline(deadline) {
+            Ok(Seen::Reset(c)) => {
+                assert_eq!(&c, conn, "reset for another connection");
+                return;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("no ms_handle_reset within {WAIT:?}: {e}"),
         }
     }
 }
