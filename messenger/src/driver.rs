@@ -73,6 +73,10 @@ pub(crate) struct Driver {
     /// Permits held for the message being read (policy bytes, policy messages, dispatch).
     budget: Vec<Permit>,
     budget_wanted: Option<u64>,
+    /// The peer type's policy throttlers, looked up on the first message.
+    throttlers: Option<crate::messenger::ThrottlerPair>,
+    /// Scratch for messages taken from the mailbox (kept for its capacity).
+    inbox: VecDeque<(protocol::Message, Instant)>,
     started: bool,
     finished: bool,
     server_side: bool,
@@ -209,6 +213,8 @@ impl Driver {
             timer: None,
             budget: Vec::new(),
             budget_wanted: None,
+            throttlers: None,
+            inbox: VecDeque::new(),
             started: false,
             finished: false,
             server_side,
@@ -358,18 +364,25 @@ impl Driver {
         // rest stay in the mailbox, where `max_queued_bytes` bounds them. A socket
         // making progress (writable, ACKs) brings the driver back to take more.
         let room = MAX_IN_PROTOCOL.saturating_sub(self.proto.pending_messages());
-        let (messages, commands) = {
+        // The messages move through a scratch queue the driver keeps, so a drain costs
+        // no allocation.
+        let mut inbox = std::mem::take(&mut self.inbox);
+        let commands = {
             let mut mb = self.conn.0.mailbox.lock();
             let n = room.min(mb.messages.len());
-            let messages: Vec<_> = mb.messages.drain(..n).collect();
-            let moved: u64 = messages.iter().map(|(m, _)| m.payload_len() as u64).sum();
+            if n == mb.messages.len() {
+                std::mem::swap(&mut mb.messages, &mut inbox);
+            } else {
+                inbox.extend(mb.messages.drain(..n));
+            }
+            let moved: u64 = inbox.iter().map(|(m, _)| m.payload_len() as u64).sum();
             mb.queued_bytes = mb.queued_bytes.saturating_sub(moved);
-            (messages, std::mem::take(&mut mb.commands))
+            std::mem::take(&mut mb.commands)
         };
         let now = cx.now();
-        let me = *self.core.name.read();
-        for (mut msg, queued_at) in messages {
-            if msg.src().is_none() {
+        let me = (!inbox.is_empty()).then(|| *self.core.name.read());
+        for (mut msg, queued_at) in inbox.drain(..) {
+            if let (None, Some(me)) = (msg.src(), me) {
                 msg.set_src(me);
             }
             if msg.priority() == 0 {
@@ -384,6 +397,7 @@ impl Driver {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.proto.send_message(msg);
         }
+        self.inbox = inbox;
         for cmd in commands {
             match cmd {
                 Command::Keepalive => self.proto.send_keepalive(wall_stamp()),
@@ -744,14 +758,23 @@ impl Driver {
     fn try_budget(&mut self, cx: &mut Context<'_>) {
         let Some(bytes) = self.budget_wanted else { return };
         let Some(id) = self.id else { return };
-        let peer_type = self.conn.peer_type().unwrap_or(EntityType::ANY);
-        let (tb, tm) = self.core.policies.read().throttlers(peer_type);
+        if self.throttlers.is_none() {
+            // The peer's type is fixed once it is known: look its throttlers up once.
+            let peer_type = self.conn.peer_type().unwrap_or(EntityType::ANY);
+            self.throttlers = Some(self.core.policies.read().throttlers(peer_type));
+        }
+        let (tb, tm) = self.throttlers.clone().unwrap_or((None, None));
         let wanted = [
             tb.map(|t| (t, bytes)),
             tm.map(|t| (t, 1)),
             Some((self.core.dispatch_throttle.clone(), bytes)),
         ];
         for (throttle, n) in wanted.into_iter().flatten().skip(self.budget.len()) {
+            // Room now is the common case: no waker to build.
+            if let Some(permit) = throttle.try_acquire(n) {
+                self.budget.push(permit);
+                continue;
+            }
             let center = self.center.clone();
             let waker = Box::new(move || {
                 let _ = center.notify(id);
