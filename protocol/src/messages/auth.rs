@@ -10,7 +10,7 @@ use crate::Message;
 
 /// `MAuth`: a client's authentication request to a monitor.
 ///
-/// Front (msgr-v1.md 7.3 and transcript 8.2 [V], v1/compat 1): the paxos prefix (7.1),
+/// Front (msgr-v1.md 7.3 and transcript 8.2 \[V\], v1/compat 1): the paxos prefix (7.1),
 /// `u32 protocol` (0 = `CEPH_AUTH_UNKNOWN`, "negotiating", in the first message),
 /// `bufferlist auth_payload`, `u32 monmap_epoch`. Like Ceph's decoder, a front that ends
 /// after `auth_payload` decodes with `monmap_epoch = 0` (pre-monmap-epoch senders).
@@ -72,7 +72,7 @@ impl TypedMessage for MAuth {
 
 /// The `auth_payload` of a negotiating (`protocol` 0) [`MAuth`].
 ///
-/// Layout (msgr-v1.md 7.3 [V], from `MonConnection::start` in `src/mon/MonClient.cc`):
+/// Layout (msgr-v1.md 7.3 \[V\], from `MonConnection::start` in `src/mon/MonClient.cc`):
 /// `u8 struct_v = 1`, `vector<u32>` supported methods in preference order, the auth
 /// `EntityName`, `u64 global_id` (0 for a new client, the old id when re-authenticating).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl AuthNegotiation {
 
 /// `MAuthReply`: the monitor's answer to an [`MAuth`].
 ///
-/// Front (msgr-v1.md 7.4 and transcript 8.2 [V], v1/compat 1; not a paxos message):
+/// Front (msgr-v1.md 7.4 and transcript 8.2 \[V\], v1/compat 1; not a paxos message):
 /// `u32 protocol` (the chosen method), `s32 result` (0 or negative errno, e.g. -95
 /// EOPNOTSUPP when no offered method is allowed), `u64 global_id`, `bufferlist
 /// result_bl` (method-specific, empty for auth none), `string result_msg`.

@@ -10,7 +10,7 @@ use crate::Message;
 
 /// `MConfig`: the monitor's answer to a `config` subscription.
 ///
-/// Front: `map<string,string>` of option name → value (msgr-v1.md 7.7 [V]: an empty map
+/// Front: `map<string,string>` of option name → value (msgr-v1.md 7.7 \[V\]: an empty map
 /// `00 00 00 00` from a fresh 16.2.15 cluster, header v1/compat 1). Checked against
 /// `src/messages/MConfig.h` of `ceph/ceph` (stored copy at commit 09d388e9, Nautilus era:
 /// `HEAD_VERSION = 1`, `COMPAT_VERSION = 1`, `encode(config)`), matching the wire.

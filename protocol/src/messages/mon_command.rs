@@ -13,7 +13,7 @@ use crate::Message;
 
 /// `MMonCommand`: a command for the monitor (`ceph status`, `ceph osd pool ls` …).
 ///
-/// Front (msgr-v1.md 7.9 and transcript 8.5 [V], v1/compat 1): the paxos prefix (7.1),
+/// Front (msgr-v1.md 7.9 and transcript 8.5 \[V\], v1/compat 1): the paxos prefix (7.1),
 /// `uuid fsid`, `vector<string> cmd` — normally one JSON object such as
 /// `{"prefix": "status", "format": "json"}`. Optional input in the data segment. The
 /// header tid is the client's command id; the monitor copies it into the ack.
@@ -54,7 +54,7 @@ impl TypedMessage for MMonCommand {
 
 /// `MMonCommandAck`: the monitor's answer to an [`MMonCommand`].
 ///
-/// Front (msgr-v1.md 7.9 [V], v1/compat 1): paxos prefix, `s32 r` (0 or negative errno),
+/// Front (msgr-v1.md 7.9 \[V\], v1/compat 1): paxos prefix, `s32 r` (0 or negative errno),
 /// `string rs` (status text), `vector<string> cmd` (echo of the request). The command's
 /// output is the data segment; the tid is the request's. (The stored Ceph copy of
 /// `MMonCommandAck.h` predates the paxos prefix; the layout here is the one a 16.2.15

@@ -10,7 +10,7 @@ use crate::Message;
 ///
 /// Front: `u64 handle` (the caller's id, echoed back; real clients match replies by it),
 /// `string what` (`"osdmap"`, `"mdsmap"`, `"fsmap"`, `"monmap"` …) — msgr-v1.md 7.8 and
-/// transcript 8.4 [V]. Checked against `src/messages/MMonGetVersion.h` of `ceph/ceph`
+/// transcript 8.4 \[V\]. Checked against `src/messages/MMonGetVersion.h` of `ceph/ceph`
 /// (stored copy at commit 0ccaa764: `Message(CEPH_MSG_MON_GET_VERSION)`, so v1 and, via
 /// `Message::encode`, compat 1).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,7 +43,7 @@ impl TypedMessage for MMonGetVersion {
 /// `MMonGetVersionReply`: the newest (and oldest) epoch of the asked-for map.
 ///
 /// Front: `u64 handle`, `u64 version`, and since header v2 `u64 oldest_version`
-/// (msgr-v1.md 7.8 [V]: v2/compat 2 from 16.2.15, `handle 1, version 1, oldest 1`).
+/// (msgr-v1.md 7.8 \[V\]: v2/compat 2 from 16.2.15, `handle 1, version 1, oldest 1`).
 /// Checked against `src/messages/MMonGetVersionReply.h` of `ceph/ceph` (stored copy at
 /// commit 09d388e9: `HEAD_VERSION = 2`, `oldest_version` decoded only when
 /// `header.version >= 2`). A v1 reply decodes with `oldest_version = 0`.

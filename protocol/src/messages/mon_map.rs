@@ -14,7 +14,7 @@ use crate::Message;
 /// `MMonMap`: the monitor map, sent by a monitor after authentication (when the client's
 /// epoch is older) and for a `monmap` subscription.
 ///
-/// Front (msgr-v1.md 7.6 and transcript 8.3 [V], v1/compat 1): one `bufferlist` holding
+/// Front (msgr-v1.md 7.6 and transcript 8.3 \[V\], v1/compat 1): one `bufferlist` holding
 /// the encoded [`MonMap`]. Like Ceph's `MMonMap::encode_payload`, the map is encoded for
 /// the connection's features ([`MonMap::encode`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -48,7 +48,7 @@ impl TypedMessage for MMonMap {
 ///
 /// Pacific encodes it as a versioned block v5: `string name`, `entity_addrvec_t
 /// public_addrs`, `u16 priority` (v2+), `u16 weight` (v4+), `map<string,string>
-/// crush_loc` (v5+) (msgr-v1.md 7.6, bytes [V] in transcript 8.3).
+/// crush_loc` (v5+) (msgr-v1.md 7.6, bytes \[V\] in transcript 8.3).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MonInfo {
     /// The monitor's name (`a` for `mon.a`).
@@ -68,7 +68,7 @@ impl MonInfo {
 
     fn encode(&self, e: &mut Encoder, features: Features) {
         if !features.contains(Features::SERVER_NAUTILUS) {
-            // Pre-Nautilus peers get v2 with the single legacy address ([S?]: Nautilus
+            // Pre-Nautilus peers get v2 with the single legacy address (\[S?\]: Nautilus
             // source; not exercised).
             e.versioned(2, 1, |e| {
                 e.string(&self.name);
@@ -77,8 +77,8 @@ impl MonInfo {
             });
             return;
         }
-        // From memory of later sources [S?]: a non-empty crush_loc raises compat to 5 so
-        // old readers do not drop it silently. Ceph's own monitors send compat 1 [V].
+        // From memory of later sources \[S?\]: a non-empty crush_loc raises compat to 5 so
+        // old readers do not drop it silently. Ceph's own monitors send compat 1 \[V\].
         let compat = if self.crush_loc.is_empty() { 1 } else { 5 };
         e.versioned(Self::HEAD, compat, |e| {
             e.string(&self.name);
@@ -117,14 +117,14 @@ impl MonInfo {
 ///   optional features (`mon_feature_t`, versioned 1/1 { u64 }), `map<string,
 ///   mon_info_t>`, ranks, min_mon_release, removed_ranks, election strategy,
 ///   disallowed_leaders, stretch_mode_enabled, tiebreaker_mon, stretch_marked_down_mons.
-///   Byte-exact with a 16.2.15 monitor (msgr-v1.md 8.3 [V]; this crate's golden test).
+///   Byte-exact with a 16.2.15 monitor (msgr-v1.md 8.3 \[V\]; this crate's golden test).
 /// - without `MONNAMES`: `u16 1`, fsid, epoch, `vector<entity_inst_t>` (`mon.<rank>` +
 ///   address, legacy 136-byte form when the peer lacks `MSG_ADDR2`), last_changed,
-///   created — what a minimal-feature client receives [V].
+///   created — what a minimal-feature client receives \[V\].
 /// - without `MONENC`: `u16 2`, fsid, epoch, `map<string, entity_addr_t>`, last_changed,
-///   created [S].
+///   created \[S\].
 /// - without `SERVER_NAUTILUS`: versioned v5/compat 3 with the legacy address map,
-///   features and `mon_info` ([S], Nautilus source: `src/mon/MonMap.cc` at the stored
+///   features and `mon_info` (\[S\], Nautilus source: `src/mon/MonMap.cc` at the stored
 ///   copy of `ceph/ceph`).
 ///
 /// The decoder follows Pacific's `MonMap::decode` (`DECODE_START_LEGACY_COMPAT_LEN_16(9,
@@ -201,7 +201,7 @@ impl MonMap {
     pub const RELEASE_PACIFIC: u8 = 16;
     /// `ElectionLogic::CLASSIC`.
     pub const STRATEGY_CLASSIC: u8 = 1;
-    /// The persistent monitor features a fresh 16.2.15 cluster carries (0xff) [V].
+    /// The persistent monitor features a fresh 16.2.15 cluster carries (0xff) \[V\].
     pub const PACIFIC_PERSISTENT_FEATURES: u64 = 0xff;
 
     /// A one-monitor map such as a fresh 16.2.15 cluster has: monitor `name` at `addr`

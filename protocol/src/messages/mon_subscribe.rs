@@ -22,7 +22,7 @@ pub struct SubscribeItem {
 
 /// `MMonSubscribe`: subscribe to cluster maps (`monmap`, `osdmap`, `config`, `mgrmap` …).
 ///
-/// Pacific layout (msgr-v1.md 7.5 and transcript 8.3 [V], v3/compat 1): `map<string,
+/// Pacific layout (msgr-v1.md 7.5 and transcript 8.3 \[V\], v3/compat 1): `map<string,
 /// ceph_mon_subscribe_item>` (each item `u64 start`, `u8 flags`) then, since v3, `string
 /// hostname`. Checked against `src/messages/MMonSubscribe.h` of `ceph/ceph` (a stored
 /// copy with `HEAD_VERSION = 3`, `COMPAT_VERSION = 1`): for a peer without `SUBSCRIBE2`
@@ -102,7 +102,7 @@ impl TypedMessage for MMonSubscribe {
 /// `MMonSubscribeAck`: sent by a monitor to peers without `MON_STATEFUL_SUB`, telling
 /// them how often to renew their subscriptions.
 ///
-/// Front (msgr-v1.md 7.5 [V], v1/compat 1): `u32 interval` (seconds; 86400 =
+/// Front (msgr-v1.md 7.5 \[V\], v1/compat 1): `u32 interval` (seconds; 86400 =
 /// `mon_subscribe_interval`), `uuid fsid`. Checked against
 /// `src/messages/MMonSubscribeAck.h` of `ceph/ceph` (stored copy at commit 008216bd, the
 /// layout unchanged since): the decoder reads the fsid only if bytes remain, so a front

@@ -11,7 +11,7 @@ use crate::Message;
 /// `MPing`: a liveness probe with no fields of its own.
 ///
 /// Pacific (`src/messages/MPing.h`): `Message(CEPH_MSG_PING)`, empty `encode_payload` and
-/// `decode_payload`, so it travels as v1/compat 1 with an empty front (msgr-v1.md 7.2 [V]).
+/// `decode_payload`, so it travels as v1/compat 1 with an empty front (msgr-v1.md 7.2 \[V\]).
 /// A **monitor** answers an `MPing` with an `MPing` whose front it fills directly with a
 /// `string` holding a JSON health report (v1/compat 0, because the front is set without
 /// `encode_payload`). Ceph's decoder ignores the front; we keep it verbatim in
