@@ -7,6 +7,64 @@
 //! Never: spawns threads beyond the configured workers and one dispatch thread per
 //! messenger; holds a lock across a socket call or a dispatcher callback.
 //!
+//! # Example
+//!
+//! A server that answers every message on the connection it came on, and a client that
+//! sends it one (the OSD heartbeat's ping → reply):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
+//! use protocol::types::{EntityName, EntityType};
+//! use protocol::Message;
+//!
+//! struct Echo;
+//! impl Dispatcher<Connection> for Echo {
+//!     fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
+//!         let mut reply = Message::new(msg.msg_type(), msg.front().clone());
+//!         reply.set_tid(msg.tid());
+//!         let _ = conn.send_message(reply);
+//!         Dispatched::Taken
+//!     }
+//! }
+//!
+//! struct Replies(crossbeam_channel::Sender<u64>);
+//! impl Dispatcher<Connection> for Replies {
+//!     fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
+//!         let _ = self.0.send(msg.tid());
+//!         Dispatched::Taken
+//!     }
+//! }
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let config = MessengerConfig { workers: 1, ..MessengerConfig::default() };
+//! let server = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config.clone())?;
+//! server.set_default_policy(Policy::stateless_server());
+//! server.bind("127.0.0.1:0".parse().expect("address"))?;
+//! server.start()?;
+//! server.add_dispatcher_head(Arc::new(Echo))?;
+//!
+//! let client = Messenger::new(EntityName::new(EntityType::CLIENT, 1), 2, config)?;
+//! client.set_default_policy(Policy::lossy_client());
+//! client.start()?;
+//! let (tx, rx) = crossbeam_channel::unbounded();
+//! client.add_dispatcher_head(Arc::new(Replies(tx)))?;
+//!
+//! // The server's full address (with its nonce), as a Ceph daemon knows it from a map.
+//! let conn = client.connect_to(EntityType::OSD, server.my_addr());
+//! let mut ping = Message::new(2 /* CEPH_MSG_PING */, Bytes::new());
+//! ping.set_tid(42);
+//! conn.send_message(ping).expect("queued");
+//! assert_eq!(rx.recv_timeout(Duration::from_secs(10)).expect("reply"), 42);
+//!
+//! client.shutdown();
+//! server.shutdown();
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Threads and ownership
 //!
 //! A [`Connection`] is a handle. Sending pushes onto the handle's mailbox and, only when
