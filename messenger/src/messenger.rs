@@ -60,7 +60,6 @@ pub(crate) struct Core {
     pub(crate) counters: Vec<Arc<WorkerCounters>>,
     pub(crate) next_id: AtomicU64,
     pub(crate) stopping: AtomicBool,
-    pub(crate) loopback: OnceLock<Connection>,
     /// The pool's workers (handles only: the pool itself is owned by [`Messenger`]).
     pub(crate) workers: Vec<CenterHandle>,
 }
@@ -137,6 +136,8 @@ pub struct Messenger {
     processor: Mutex<Option<processor::Processor>>,
     ready: AtomicBool,
     started: AtomicBool,
+    /// The connection to ourselves (held here, not in `Core`, which it points back to).
+    loopback: Connection,
 }
 
 impl Messenger {
@@ -192,12 +193,10 @@ impl Messenger {
             counters,
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
-            loopback: OnceLock::new(),
             workers: pool.handles().to_vec(),
         });
         let lo = Connection::new(0, Arc::downgrade(&core), true, u64::MAX);
         lo.set_state(ConnState::Open);
-        let _ = core.loopback.set(lo);
         Messenger {
             core,
             pool,
@@ -205,6 +204,7 @@ impl Messenger {
             processor: Mutex::new(None),
             ready: AtomicBool::new(false),
             started: AtomicBool::new(false),
+            loopback: lo,
         }
     }
 
@@ -333,7 +333,7 @@ impl Messenger {
 
     /// The connection to ourselves: delivers to our own dispatchers without a socket.
     pub fn get_loopback_connection(&self) -> Connection {
-        self.core.loopback.get().cloned().expect("loopback connection is set in build()")
+        self.loopback.clone()
     }
 
     /// Sends `msg` to the peer at `addr`, connecting if needed.
