@@ -100,6 +100,7 @@
 //! * Counters: `msgr_running_fast_dispatch_time` is part of `msgr_running_recv_time`
 //!   (fast dispatch runs inside the read path); `msgr_handle_ack_lat` is not measured.
 
+mod admin;
 pub mod config;
 mod connection;
 pub mod counters;

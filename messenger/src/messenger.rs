@@ -101,6 +101,52 @@ impl Core {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    pub(crate) fn counters_json(&self) -> serde_json::Value {
+        let mut obj = serde_json::Map::new();
+        for (i, c) in self.counters.iter().enumerate() {
+            obj.insert(format!("AsyncMessenger::Worker-{i}"), c.to_json());
+        }
+        let t = self.dispatch_throttle.counters();
+        obj.insert(
+            "throttle-msgr_dispatch_throttler".into(),
+            serde_json::json!({
+                "val": t.val, "max": t.max, "get": t.get, "get_sum": t.get_sum,
+                "get_or_fail_fail": t.get_or_fail_fail,
+                "get_or_fail_success": t.get_or_fail_success,
+                "take": t.take, "put": t.put, "wait": t.wait,
+            }),
+        );
+        let q = self.queue.counters();
+        obj.insert(
+            "dispatch_queue".into(),
+            serde_json::json!({
+                "len": q.len, "dispatched": q.dispatched, "discarded": q.discarded,
+                "untaken": q.untaken,
+            }),
+        );
+        serde_json::Value::Object(obj)
+    }
+
+    pub(crate) fn dump_connections(&self) -> serde_json::Value {
+        let conns: Vec<Connection> = self.conns.lock().values().cloned().collect();
+        serde_json::Value::Array(
+            conns
+                .iter()
+                .map(|c| {
+                    let peer = c.0.peer.lock().clone();
+                    serde_json::json!({
+                        "id": c.id(),
+                        "peer_addr": peer.addr.map(|a| a.to_string()),
+                        "peer_type": peer.entity_type.map(|t| t.name().to_string()),
+                        "socket": peer.socket_addr.map(|a| a.to_string()),
+                        "state": format!("{:?}", c.state()),
+                        "features": format!("{:#x}", peer.features.0),
+                    })
+                })
+                .collect(),
+        )
+    }
+
     pub(crate) fn proto_config(&self) -> Arc<v1::Config> {
         self.proto.get_or_init(|| Arc::new(self.build_proto_config())).clone()
     }
@@ -138,6 +184,7 @@ pub struct Messenger {
     started: AtomicBool,
     /// The connection to ourselves (held here, not in `Core`, which it points back to).
     loopback: Connection,
+    admin: Mutex<Option<crate::admin::AdminSocket>>,
 }
 
 impl Messenger {
@@ -205,6 +252,7 @@ impl Messenger {
             ready: AtomicBool::new(false),
             started: AtomicBool::new(false),
             loopback: lo,
+            admin: Mutex::new(None),
         }
     }
 
@@ -378,31 +426,26 @@ impl Messenger {
     }
 
     /// Counters as JSON: one `AsyncMessenger::Worker-N` section per worker (Ceph's names)
-    /// plus the dispatch throttle and queue.
+    /// plus the dispatch throttle and queue (also the admin socket's `perf dump`).
     pub fn counters_json(&self) -> serde_json::Value {
-        let mut obj = serde_json::Map::new();
-        for (i, c) in self.core.counters.iter().enumerate() {
-            obj.insert(format!("AsyncMessenger::Worker-{i}"), c.to_json());
-        }
-        let t = self.core.dispatch_throttle.counters();
-        obj.insert(
-            "throttle-msgr_dispatch_throttler".into(),
-            serde_json::json!({
-                "val": t.val, "max": t.max, "get": t.get, "get_sum": t.get_sum,
-                "get_or_fail_fail": t.get_or_fail_fail,
-                "get_or_fail_success": t.get_or_fail_success,
-                "take": t.take, "put": t.put, "wait": t.wait,
-            }),
-        );
-        let q = self.core.queue.counters();
-        obj.insert(
-            "dispatch_queue".into(),
-            serde_json::json!({
-                "len": q.len, "dispatched": q.dispatched, "discarded": q.discarded,
-                "untaken": q.untaken,
-            }),
-        );
-        serde_json::Value::Object(obj)
+        self.core.counters_json()
+    }
+
+    /// A JSON list of connections: id, peer, state, features (also the admin socket's
+    /// `messenger dump`).
+    pub fn dump_connections(&self) -> serde_json::Value {
+        self.core.dump_connections()
+    }
+
+    /// Serves Ceph's admin-socket protocol on a Unix socket at `path` from one of the
+    /// workers (no thread of its own): `perf dump`, `messenger dump`, `version`, `help`
+    /// and `get_command_descriptions`, so `ceph --admin-daemon PATH perf dump` works.
+    /// The socket file is removed when the messenger shuts down.
+    pub fn start_admin_socket(&self, path: &std::path::Path) -> io::Result<()> {
+        let worker = self.pool.least_loaded().clone();
+        let admin = crate::admin::AdminSocket::start(path, self.core.clone(), &worker)?;
+        *self.admin.lock() = Some(admin);
+        Ok(())
     }
 
     /// Summed counters over all workers (message and byte totals).
@@ -422,27 +465,6 @@ impl Messenger {
         &self.core.counters
     }
 
-    /// A JSON list of connections: id, peer, state, features.
-    pub fn dump_connections(&self) -> serde_json::Value {
-        let conns: Vec<Connection> = self.core.conns.lock().values().cloned().collect();
-        serde_json::Value::Array(
-            conns
-                .iter()
-                .map(|c| {
-                    let peer = c.0.peer.lock().clone();
-                    serde_json::json!({
-                        "id": c.id(),
-                        "peer_addr": peer.addr.map(|a| a.to_string()),
-                        "peer_type": peer.entity_type.map(|t| t.name().to_string()),
-                        "socket": peer.socket_addr.map(|a| a.to_string()),
-                        "state": format!("{:?}", c.state()),
-                        "features": format!("{:#x}", peer.features.0),
-                    })
-                })
-                .collect(),
-        )
-    }
-
     /// Stops accepting, closes every connection, stops the dispatch thread (discarding
     /// what is still queued) and, if the pool is ours, the workers. Returns promptly.
     pub fn shutdown(&self) {
@@ -452,6 +474,10 @@ impl Messenger {
         let processor = self.processor.lock().take();
         if let Some(p) = processor {
             p.stop();
+        }
+        let admin = self.admin.lock().take();
+        if let Some(a) = admin {
+            a.stop();
         }
         self.mark_down_all();
         self.core.queue.shutdown(ShutdownMode::Discard);

@@ -1,0 +1,254 @@
+//! The admin socket: Ceph's admin-socket protocol on a Unix socket, served by one
+//! worker's event loop (no thread of its own).
+//!
+//! Protocol (what `ceph --admin-daemon PATH …` speaks): the client connects, sends a
+//! command — JSON such as `{"prefix": "perf dump"}`, or plain text from old clients —
+//! terminated by a NUL byte; the server answers with a `u32` big-endian length and that
+//! many bytes, then closes. The CLI first asks for `get_command_descriptions` and checks
+//! its command against the returned signatures.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use event_center::{CenterHandle, Context, Handler, HandlerId, Ready};
+use mio::net::{UnixListener, UnixStream};
+use mio::Interest;
+use serde_json::{json, Value};
+
+use crate::messenger::Core;
+
+/// Longest command accepted: commands are short JSON objects; anything longer is refused
+/// (the connection is closed) rather than buffered without bound.
+const MAX_COMMAND: usize = 64 << 10;
+
+/// Connections accepted per readiness event before yielding to the worker's other work.
+const ACCEPT_BATCH: usize = 64;
+
+/// A running admin socket; `stop` closes it and removes the socket file.
+pub(crate) struct AdminSocket {
+    center: CenterHandle,
+    id: HandlerId,
+    path: PathBuf,
+}
+
+impl AdminSocket {
+    pub(crate) fn start(path: &Path, core: Arc<Core>, center: &CenterHandle) -> io::Result<Self> {
+        // A stale file from a previous run would make bind fail (Ceph unlinks it too).
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        let id = center
+            .submit_to(move |cx: &mut Context<'_>| {
+                cx.register(listener, Interest::READABLE, |_, listener| {
+                    Box::new(AdminListener { listener, core })
+                })
+            })
+            .map_err(|e| io::Error::other(format!("admin socket: {e}")))??;
+        log::info!(target: "msgr::admin", "admin socket on {}", path.display());
+        Ok(AdminSocket { center: center.clone(), id, path: path.to_path_buf() })
+    }
+
+    pub(crate) fn stop(self) {
+        let id = self.id;
+        let _ = self.center.dispatch_event_external(move |cx: &mut Context<'_>| {
+            cx.remove(id);
+        });
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+struct AdminListener {
+    listener: UnixListener,
+    core: Arc<Core>,
+}
+
+impl Handler for AdminListener {
+    fn ready(&mut self, cx: &mut Context<'_>, _ready: Ready) {
+        for _ in 0..ACCEPT_BATCH {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    let core = self.core.clone();
+                    let registered = cx.register(stream, Interest::READABLE, |_, stream| {
+                        Box::new(AdminConn { stream, core, input: Vec::new(), output: None })
+                    });
+                    if let Err(e) = registered {
+                        log::warn!(target: "msgr::admin", "admin connection: {e}");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!(target: "msgr::admin", "admin accept: {e}");
+                    return;
+                }
+            }
+        }
+        // More may be pending: come back after the worker's other work.
+        if let Some(id) = cx.id() {
+            let _ = cx.handle().notify(id);
+        }
+    }
+
+    fn notify(&mut self, cx: &mut Context<'_>) {
+        self.ready(cx, Ready { readable: true, writable: false, closed: false });
+    }
+}
+
+/// One admin client: read a command up to its NUL, answer, close.
+struct AdminConn {
+    stream: UnixStream,
+    core: Arc<Core>,
+    input: Vec<u8>,
+    /// The framed answer and how much of it is written.
+    output: Option<(Vec<u8>, usize)>,
+}
+
+impl AdminConn {
+    /// Reads until the NUL terminator (or EOF); returns the command once complete.
+    fn read_command(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(Some(std::mem::take(&mut self.input))),
+                Ok(n) => {
+                    let got = chunk.get(..n).unwrap_or_default();
+                    if let Some(end) = got.iter().position(|&b| b == 0) {
+                        self.input.extend_from_slice(got.get(..end).unwrap_or_default());
+                        return Ok(Some(std::mem::take(&mut self.input)));
+                    }
+                    if self.input.len() + n > MAX_COMMAND {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, "command too long"));
+                    }
+                    self.input.extend_from_slice(got);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes the answer; returns whether it is all written.
+    fn write_answer(&mut self) -> io::Result<bool> {
+        let Some((out, written)) = self.output.as_mut() else { return Ok(true) };
+        while *written < out.len() {
+            match self.stream.write(out.get(*written..).unwrap_or_default()) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => *written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Handler for AdminConn {
+    fn ready(&mut self, cx: &mut Context<'_>, _ready: Ready) {
+        let Some(id) = cx.id() else { return };
+        if self.output.is_none() {
+            match self.read_command() {
+                Ok(Some(command)) => {
+                    let answer = answer(&self.core, &command);
+                    let mut framed = Vec::with_capacity(4 + answer.len());
+                    framed.extend_from_slice(
+                        &u32::try_from(answer.len()).unwrap_or(u32::MAX).to_be_bytes(),
+                    );
+                    framed.extend_from_slice(&answer);
+                    self.output = Some((framed, 0));
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    log::info!(target: "msgr::admin", "admin client dropped: {e}");
+                    cx.remove(id);
+                    return;
+                }
+            }
+        }
+        match self.write_answer() {
+            Ok(true) => {
+                cx.remove(id);
+            }
+            Ok(false) => {
+                let _ = cx.set_interest(id, Some(Interest::WRITABLE));
+            }
+            Err(e) => {
+                log::info!(target: "msgr::admin", "admin answer not sent: {e}");
+                cx.remove(id);
+            }
+        }
+    }
+}
+
+/// The commands we serve, in the shape of Ceph's `get_command_descriptions` table.
+fn command_table() -> Value {
+    json!({
+        "cmd000": {"sig": ["get_command_descriptions"], "help": "list available commands"},
+        "cmd001": {"sig": ["help"], "help": "list available commands"},
+        "cmd002": {"sig": ["messenger", "dump"],
+                   "help": "dump the messenger's connections (peer, state, features)"},
+        "cmd003": {"sig": ["perf", "dump",
+                           {"name": "logger", "req": "false", "type": "CephString"},
+                           {"name": "counter", "req": "false", "type": "CephString"}],
+                   "help": "dump perfcounters value"},
+        "cmd004": {"sig": ["version"], "help": "get asyncmsgr version"},
+    })
+}
+
+fn pretty(v: &Value) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(v).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+/// The answer to one command (JSON, or Ceph's error text for an unknown one).
+fn answer(core: &Core, command: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(command);
+    let text = text.trim();
+    // JSON from today's CLI; plain words from old clients.
+    let parsed: Value = serde_json::from_str(text).unwrap_or_else(|_| json!({ "prefix": text }));
+    let prefix = parsed.get("prefix").and_then(Value::as_str).unwrap_or_default();
+    log::debug!(target: "msgr::admin", "admin command {prefix:?}");
+    match prefix {
+        "get_command_descriptions" => pretty(&command_table()),
+        "help" => {
+            let table = command_table();
+            let mut help = serde_json::Map::new();
+            if let Some(cmds) = table.as_object() {
+                for cmd in cmds.values() {
+                    let sig: Vec<&str> = cmd["sig"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    help.insert(sig.join(" "), cmd["help"].clone());
+                }
+            }
+            pretty(&Value::Object(help))
+        }
+        "perf dump" => {
+            let all = core.counters_json();
+            match parsed.get("logger").and_then(Value::as_str) {
+                Some(logger) => match all.get(logger) {
+                    Some(section) => match parsed.get("counter").and_then(Value::as_str) {
+                        Some(counter) => pretty(&json!({
+                            logger: { counter: section.get(counter).cloned().unwrap_or(Value::Null) }
+                        })),
+                        None => pretty(&json!({ logger: section })),
+                    },
+                    None => pretty(&json!({})),
+                },
+                None => pretty(&all),
+            }
+        }
+        "messenger dump" => pretty(&core.dump_connections()),
+        "version" => pretty(&json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "release": "asyncmsgr",
+            "release_type": "dev",
+        })),
+        other => {
+            format!("ERROR: (22) Invalid argument\nunknown command prefix {other}\n").into_bytes()
+        }
+    }
+}

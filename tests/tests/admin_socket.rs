@@ -1,0 +1,131 @@
+//! The admin socket speaks Ceph's admin-socket protocol: our own client checks the
+//! framing, and the real `ceph --admin-daemon` CLI queries it (where Ceph is installed).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use messenger::Policy;
+use protocol::types::EntityType;
+use tests::ceph::ceph_available;
+use tests::loopback::*;
+
+const MSG_TEST: u16 = 0x7f00;
+
+fn socket_path(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("asyncmsgr-asok-{tag}-{}.asok", std::process::id()))
+}
+
+/// One request/answer over the admin-socket protocol: command + NUL, then a u32
+/// big-endian length and that many bytes.
+fn ask(path: &Path, command: &[u8]) -> Vec<u8> {
+    let mut s = UnixStream::connect(path).expect("connect admin socket");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s.write_all(command).expect("write");
+    s.write_all(&[0]).expect("write NUL");
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).expect("length");
+    let mut out = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut out).expect("answer");
+    out
+}
+
+#[test]
+fn admin_socket_answers_perf_dump_messenger_dump_and_refuses_unknown_commands() {
+    let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
+    let path = socket_path("proto");
+    srv.start_admin_socket(&path).expect("admin socket");
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    for tid in 1..=5 {
+        conn.send_message(test_message(MSG_TEST, tid, Bytes::new())).expect("send");
+        next_message(&cli_rx);
+    }
+    drop(srv_rx);
+
+    let perf: serde_json::Value =
+        serde_json::from_slice(&ask(&path, br#"{"prefix": "perf dump"}"#)).expect("json");
+    let received: u64 = perf
+        .as_object()
+        .expect("object")
+        .iter()
+        .filter(|(k, _)| k.starts_with("AsyncMessenger::Worker-"))
+        .map(|(_, v)| v["msgr_recv_messages"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(received, 5, "{perf}");
+
+    let one: serde_json::Value = serde_json::from_slice(&ask(
+        &path,
+        br#"{"prefix": "perf dump", "logger": "AsyncMessenger::Worker-0", "counter": "msgr_send_messages"}"#,
+    ))
+    .expect("json");
+    assert!(one["AsyncMessenger::Worker-0"]["msgr_send_messages"].is_u64(), "{one}");
+
+    let dump: serde_json::Value =
+        serde_json::from_slice(&ask(&path, br#"{"prefix": "messenger dump"}"#)).expect("json");
+    assert_eq!(dump.as_array().map(|a| a.len()), Some(1), "{dump}");
+
+    // Old clients send plain words.
+    let version: serde_json::Value = serde_json::from_slice(&ask(&path, b"version")).expect("json");
+    assert_eq!(version["release"], "asyncmsgr");
+
+    let err = String::from_utf8(ask(&path, br#"{"prefix": "no such thing"}"#)).expect("utf8");
+    assert!(err.starts_with("ERROR: (22) Invalid argument"), "{err}");
+
+    // A command that never ends is refused, not buffered without bound.
+    let mut s = UnixStream::connect(&path).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let junk = vec![b'x'; 128 << 10];
+    let _ = s.write_all(&junk);
+    let mut buf = [0u8; 16];
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)), "an endless command was kept open");
+
+    cli.shutdown();
+    srv.shutdown();
+    assert!(!path.exists(), "socket file removed at shutdown");
+}
+
+#[test]
+fn the_real_ceph_cli_reads_our_admin_socket() {
+    if !ceph_available("the_real_ceph_cli_reads_our_admin_socket") {
+        return;
+    }
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
+    let path = socket_path("cli");
+    srv.start_admin_socket(&path).expect("admin socket");
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    next_message(&cli_rx);
+
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .arg("ceph")
+            .arg("--admin-daemon")
+            .arg(&path)
+            .args(args)
+            .output()
+            .expect("run ceph");
+        assert!(
+            out.status.success(),
+            "ceph --admin-daemon {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON from the CLI")
+    };
+    let perf = run(&["perf", "dump"]);
+    let received: u64 = perf
+        .as_object()
+        .expect("object")
+        .iter()
+        .filter(|(k, _)| k.starts_with("AsyncMessenger::Worker-"))
+        .map(|(_, v)| v["msgr_recv_messages"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(received, 1, "{perf}");
+    let dump = run(&["messenger", "dump"]);
+    assert!(dump.as_array().is_some_and(|a| !a.is_empty()), "{dump}");
+    cli.shutdown();
+    srv.shutdown();
+}
