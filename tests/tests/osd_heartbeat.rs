@@ -1,0 +1,213 @@
+//! The OSD heartbeat, as Ceph's docs describe it, on asyncmsgr: every OSD has front and
+//! back heartbeat messengers (server side `stateless_server`, client side
+//! `lossy_client`), all sharing one small worker pool; each pings every peer on both
+//! networks with `MOSDPing` and the peer answers `PING_REPLY` on the connection the ping
+//! came on. A peer that stops answering for longer than the grace is reported failed —
+//! and only that peer.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_center::{WorkerPool, WorkerPoolConfig};
+use messenger::{Connection, Dispatched, Dispatcher, Messenger, Policy};
+use parking_lot::Mutex;
+use protocol::encoding::UTime;
+use protocol::messages::{MOSDPing, OsdPingOp, TypedMessage};
+use protocol::types::{EntityAddr, EntityName, EntityType, Features};
+use protocol::Message;
+use tests::loopback::{test_config, WAIT};
+
+const FSID: [u8; 16] = [7; 16];
+const IFACES: [&str; 2] = ["front", "back"];
+
+/// Answers a PING with a PING_REPLY on the same connection (the OSD's heartbeat server).
+struct HeartbeatServer {
+    osd: i64,
+}
+
+impl Dispatcher<Connection> for HeartbeatServer {
+    fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
+        self.ms_fast_dispatch(conn, msg);
+        Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_can_fast_dispatch(&self, msg: &Message) -> bool {
+        msg.msg_type() == MOSDPing::TYPE.0
+    }
+    fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
+        let Ok(ping) = MOSDPing::from_message(&msg) else { return };
+        if ping.op != OsdPingOp::PING {
+            return;
+        }
+        let reply = MOSDPing { op: OsdPingOp::PING_REPLY, up_from: self.osd as u32, ..ping };
+        let _ = conn.send_message(reply.to_message(conn.features()));
+    }
+}
+
+/// Records when each peer last answered, per interface (the OSD's heartbeat client).
+struct HeartbeatClient {
+    iface: usize,
+    last_reply: Arc<Mutex<HashMap<(i64, usize), Instant>>>,
+}
+
+impl Dispatcher<Connection> for HeartbeatClient {
+    fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
+        self.ms_fast_dispatch(conn, msg);
+        Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_can_fast_dispatch(&self, msg: &Message) -> bool {
+        msg.msg_type() == MOSDPing::TYPE.0
+    }
+    fn ms_fast_dispatch(&self, _conn: &Connection, msg: Message) {
+        if let Ok(reply) = MOSDPing::from_message(&msg) {
+            if reply.op == OsdPingOp::PING_REPLY {
+                let peer = i64::from(reply.up_from);
+                self.last_reply.lock().insert((peer, self.iface), Instant::now());
+            }
+        }
+    }
+}
+
+struct Osd {
+    id: i64,
+    servers: Vec<Messenger>,
+    clients: Vec<Messenger>,
+    addrs: Vec<EntityAddr>,
+    last_reply: Arc<Mutex<HashMap<(i64, usize), Instant>>>,
+}
+
+fn start_osd(id: i64, pool: &Arc<WorkerPool>) -> Osd {
+    let last_reply = Arc::new(Mutex::new(HashMap::new()));
+    let (mut servers, mut clients, mut addrs) = (Vec::new(), Vec::new(), Vec::new());
+    for (iface, _) in IFACES.iter().enumerate() {
+        let nonce = (id as u32) * 10 + iface as u32 + 1;
+        let name = EntityName::new(EntityType::OSD, id);
+        let server = Messenger::with_pool(name, nonce, test_config(3), pool.clone());
+        server.set_default_policy(Policy::stateless_server());
+        server.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        server.start().expect("start");
+        server.add_dispatcher_head(Arc::new(HeartbeatServer { osd: id })).expect("dispatcher");
+        addrs.push(server.my_addr());
+        servers.push(server);
+        let client = Messenger::with_pool(name, nonce + 100, test_config(3), pool.clone());
+        client.set_default_policy(Policy::lossy_client());
+        client.start().expect("start");
+        let hb = HeartbeatClient { iface, last_reply: last_reply.clone() };
+        client.add_dispatcher_head(Arc::new(hb)).expect("dispatcher");
+        clients.push(client);
+    }
+    Osd { id, servers, clients, addrs, last_reply }
+}
+
+/// One heartbeat round: every live OSD pings every other on both interfaces.
+fn ping_all(osds: &[Osd], targets: &[(i64, Vec<EntityAddr>)]) {
+    let wall = UTime { sec: 1, nsec: 0 };
+    for osd in osds {
+        for (peer, addrs) in targets {
+            if *peer == osd.id {
+                continue;
+            }
+            for (iface, client) in osd.clients.iter().enumerate() {
+                let conn = client.connect_to(EntityType::OSD, addrs[iface]);
+                let ping = MOSDPing {
+                    fsid: FSID,
+                    op: OsdPingOp::PING,
+                    ping_stamp: wall,
+                    up_from: osd.id as u32,
+                    ..MOSDPing::default()
+                };
+                let _ = conn.send_message(ping.to_message(Features::PACIFIC_ADVERTISED));
+            }
+        }
+    }
+}
+
+/// Peers (and interfaces) of `osd` without a reply within `grace`.
+fn failed(osd: &Osd, peers: &[i64], grace: Duration) -> Vec<(i64, usize)> {
+    let last = osd.last_reply.lock();
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for &peer in peers.iter().filter(|&&p| p != osd.id) {
+        for iface in 0..IFACES.len() {
+            let fresh = last.get(&(peer, iface)).is_some_and(|t| now.duration_since(*t) < grace);
+            if !fresh {
+                out.push((peer, iface));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn heartbeats_on_front_and_back_detect_exactly_the_dead_osd() {
+    // Three OSDs × four heartbeat messengers on three workers, as an OSD shares its pool.
+    let pool = Arc::new(
+        WorkerPool::new(WorkerPoolConfig { workers: 3, ..Default::default() }).expect("pool"),
+    );
+    let mut osds: Vec<Osd> = (0..3).map(|i| start_osd(i, &pool)).collect();
+    let targets: Vec<(i64, Vec<EntityAddr>)> =
+        osds.iter().map(|o| (o.id, o.addrs.clone())).collect();
+    let ids: Vec<i64> = osds.iter().map(|o| o.id).collect();
+    let interval = Duration::from_millis(20);
+    // Detection grace, and the far longer silence after which a *live* peer would count
+    // as wrongly reported: a loaded CI machine can stall a heartbeat for a moment.
+    let grace = Duration::from_secs(1);
+    let false_alarm = Duration::from_secs(4);
+    let ticker = crossbeam_channel::tick(interval);
+
+    // Healthy: everyone hears everyone on both networks.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        ping_all(&osds, &targets);
+        if osds.iter().all(|o| failed(o, &ids, grace).is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "heartbeats never all answered");
+        let _ = ticker.recv_timeout(WAIT);
+    }
+    // And it stays so for a while: no false failure.
+    for _ in 0..25 {
+        let _ = ticker.recv_timeout(WAIT);
+        ping_all(&osds, &targets);
+        for o in &osds {
+            assert!(failed(o, &ids, false_alarm).is_empty(), "osd.{} saw a false failure", o.id);
+        }
+    }
+
+    // osd.2 dies (all its messengers go away).
+    let dead = osds.pop().expect("osd.2");
+    for m in dead.servers.iter().chain(dead.clients.iter()) {
+        m.shutdown();
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let _ = ticker.recv_timeout(WAIT);
+        ping_all(&osds, &targets);
+        let reports: Vec<Vec<(i64, usize)>> = osds.iter().map(|o| failed(o, &ids, grace)).collect();
+        for o in &osds {
+            let blamed = failed(o, &ids, false_alarm);
+            assert!(
+                blamed.iter().all(|(peer, _)| *peer == dead.id),
+                "osd.{} blamed {blamed:?}",
+                o.id
+            );
+        }
+        if reports.iter().all(|r| r.len() == IFACES.len()) {
+            break; // both survivors report osd.2 down on front and back
+        }
+        assert!(Instant::now() < deadline, "the dead OSD was never reported");
+    }
+    for o in &osds {
+        for m in o.servers.iter().chain(o.clients.iter()) {
+            m.shutdown();
+        }
+    }
+    pool.shutdown();
+}
