@@ -27,16 +27,14 @@ use crate::messenger::Core;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ConnState {
-    /// Dialling or handshaking.
+    /// Dialling, handshaking, or backing off before a reconnect.
     Connecting = 0,
     /// Session open: messages flow.
     Open = 1,
     /// Lossless session without a socket, waiting for traffic (policy `standby`).
     Standby = 2,
-    /// Waiting to reconnect after a fault (backoff).
-    Reconnecting = 3,
     /// Closed for good: sends are dropped.
-    Closed = 4,
+    Closed = 3,
 }
 
 impl ConnState {
@@ -45,7 +43,6 @@ impl ConnState {
             0 => ConnState::Connecting,
             1 => ConnState::Open,
             2 => ConnState::Standby,
-            3 => ConnState::Reconnecting,
             _ => ConnState::Closed,
         }
     }

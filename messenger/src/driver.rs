@@ -75,6 +75,9 @@ pub(crate) struct Driver {
     budget_wanted: Option<u64>,
     /// The peer type's policy throttlers, looked up on the first message.
     throttlers: Option<crate::messenger::ThrottlerPair>,
+    /// What `publish` last wrote to the handle's snapshot: (connect_seq,
+    /// peer_global_seq, lossy, server_side).
+    published: Option<(u32, u32, bool, bool)>,
     /// Scratch for messages taken from the mailbox (kept for its capacity).
     inbox: VecDeque<(protocol::Message, Instant)>,
     started: bool,
@@ -214,6 +217,7 @@ impl Driver {
             budget: Vec::new(),
             budget_wanted: None,
             throttlers: None,
+            published: None,
             inbox: VecDeque::new(),
             started: false,
             finished: false,
@@ -408,7 +412,7 @@ impl Driver {
                     }
                 }
                 Command::MarkDown => {
-                    self.finish(cx, false);
+                    self.finish(cx);
                     return;
                 }
                 Command::TakeOver(incoming) => self.take_over(cx, *incoming),
@@ -471,63 +475,31 @@ impl Driver {
         let chunk = self.core.config.read_buffer.max(4096);
         while budget > 0 && self.read_ready && self.proto.wants_read() {
             let Some(sock) = self.socket.as_ref() else { break };
-            // A large segment arriving in pieces: read straight into the buffer it is
-            // assembled in, never past its end, so it is not copied together later.
-            if let Some((buf, need)) = self.proto.direct_read_buffer() {
-                match read_into_spare(sock, buf, need, need) {
-                    Ok((0, _)) => {
-                        self.read_ready = false;
-                        self.proto.handle_transport_closed(cx.now());
-                        break;
-                    }
-                    Ok((n, asked)) => {
-                        if n < asked && !self.peer_closed {
-                            self.read_ready = false;
-                        }
-                        budget = budget.saturating_sub(n);
-                        self.counters
-                            .recv_bytes
-                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                        self.proto.handle_direct_read(cx.now(), n);
-                        if self.proto.has_events() {
-                            self.handle_events(cx);
-                            if self.finished {
-                                return;
-                            }
-                        }
-                        continue;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.read_ready = false;
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        log::info!(target: "msgr::conn", "{}: read error: {e}", self.proto);
-                        self.read_ready = false;
-                        self.proto.handle_transport_closed(cx.now());
-                        break;
-                    }
+            // A large segment arriving in pieces is read straight into the buffer it is
+            // assembled in (never past its end), so it is not copied together later;
+            // anything else goes into the worker's buffer and is split off as `Bytes`.
+            let read = match self.proto.direct_read_buffer() {
+                Some((buf, need)) => {
+                    read_into_spare(sock, buf, need, need).map(|(n, asked)| (n, n < asked, None))
                 }
-            }
-            let read = READ_BUF.with(|b| {
-                let mut b = b.borrow_mut();
-                read_into_spare(sock, &mut b, chunk, usize::MAX).map(|(n, asked)| {
-                    // A short read emptied the socket's receive queue: the next bytes to
-                    // arrive raise a new edge, so the read that would only say
-                    // WouldBlock is skipped (one syscall per message saved).
-                    (n, n < asked, b.split().freeze())
-                })
-            });
+                None => READ_BUF.with(|b| {
+                    let mut b = b.borrow_mut();
+                    read_into_spare(sock, &mut b, chunk, usize::MAX)
+                        .map(|(n, asked)| (n, n < asked, Some(b.split().freeze())))
+                }),
+            };
             match read {
                 Ok((0, _, _)) => {
                     self.read_ready = false;
                     self.proto.handle_transport_closed(cx.now());
                     break;
                 }
-                Ok((n, drained, data)) => {
-                    // Not once the peer's close was reported: its EOF may sit behind
-                    // these bytes and raises no further edge.
+                Ok((n, drained, chunk)) => {
+                    // A short read emptied the socket's receive queue: the next bytes to
+                    // arrive raise a new edge, so the read that would only say WouldBlock
+                    // is skipped (one syscall per message saved). Not once the peer's
+                    // close was reported: its EOF may sit behind these bytes and raises
+                    // no further edge.
                     if drained && !self.peer_closed {
                         self.read_ready = false;
                     }
@@ -536,7 +508,11 @@ impl Driver {
                     self.counters
                         .recv_bytes
                         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    self.proto.handle_bytes(cx.now(), data);
+                    let whole_chunk = chunk.is_some();
+                    match chunk {
+                        Some(data) => self.proto.handle_bytes(cx.now(), data),
+                        None => self.proto.handle_direct_read(cx.now(), n),
+                    }
                     // Budget requests and decisions must be answered before reading on.
                     if self.proto.has_events() {
                         self.handle_events(cx);
@@ -544,14 +520,16 @@ impl Driver {
                             return;
                         }
                     }
-                    // Send what this chunk produced (replies from fast dispatch, acks)
-                    // before parsing the next one: the peer starts on them while we read
-                    // on, so the two ends overlap instead of trading whole batches.
-                    self.drain_mailbox(cx);
-                    if self.finished {
-                        return;
+                    if whole_chunk {
+                        // Send what this chunk produced (replies from fast dispatch, acks)
+                        // before parsing the next one: the peer starts on them while we
+                        // read on, so the two ends overlap instead of trading whole batches.
+                        self.drain_mailbox(cx);
+                        if self.finished {
+                            return;
+                        }
+                        self.flush(cx);
                     }
-                    self.flush(cx);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.read_ready = false;
@@ -724,7 +702,7 @@ impl Driver {
                             // The machine restarts its handshake once the TCP connect is done.
                         }
                     }
-                    None => self.finish(cx, true),
+                    None => self.finish(cx),
                 }
             }
             Event::Standby => {
@@ -748,7 +726,7 @@ impl Driver {
             }
             Event::Closed { by, reason } => {
                 log::info!(target: "msgr::conn", "{}: closed by {by:?}: {reason}", self.proto);
-                self.finish(cx, false);
+                self.finish(cx);
             }
         }
     }
@@ -802,9 +780,7 @@ impl Driver {
                 state: match c.state() {
                     ConnState::Open => v1::ExistingState::Open,
                     ConnState::Standby => v1::ExistingState::Standby,
-                    ConnState::Connecting | ConnState::Reconnecting => {
-                        v1::ExistingState::Connecting
-                    }
+                    ConnState::Connecting => v1::ExistingState::Connecting,
                     ConnState::Closed => v1::ExistingState::Closed,
                 },
                 connect_seq: s.connect_seq,
@@ -873,14 +849,18 @@ impl Driver {
     }
 
     fn publish(&mut self) {
-        let (in_seq, out_seq, cs, pgs) = self.proto.seqs();
-        let _ = (in_seq, out_seq);
-        let mut s = self.conn.0.snapshot.lock();
-        s.connect_seq = cs;
-        s.peer_global_seq = pgs;
-        s.lossy = self.policy.as_ref().is_some_and(|p| p.lossy);
-        s.server_side = self.server_side;
-        drop(s);
+        let (_, _, connect_seq, peer_global_seq) = self.proto.seqs();
+        let lossy = self.policy.as_ref().is_some_and(|p| p.lossy);
+        let now = (connect_seq, peer_global_seq, lossy, self.server_side);
+        // These change only on (re)connects: skip the lock on every other pump.
+        if self.published != Some(now) {
+            self.published = Some(now);
+            let mut s = self.conn.0.snapshot.lock();
+            s.connect_seq = connect_seq;
+            s.peer_global_seq = peer_global_seq;
+            s.lossy = lossy;
+            s.server_side = self.server_side;
+        }
         if self.proto.is_open() && self.conn.state() != ConnState::Open {
             self.conn.set_state(ConnState::Open);
         }
@@ -888,21 +868,20 @@ impl Driver {
 
     fn update_interest(&mut self, cx: &mut Context<'_>) {
         let (Some(id), Some(_)) = (self.id, self.socket.as_ref()) else { return };
-        let mut want: Option<Interest> = None;
-        if self.dialling || !self.wsegs.is_empty() {
-            want = Some(Interest::WRITABLE);
-        }
-        if self.dialling || self.proto.wants_read() {
-            want = Some(want.map_or(Interest::READABLE, |w| w | Interest::READABLE));
-        }
-        // Keep both while the socket is hot: edge-triggered writable costs nothing when
-        // unchanged, while every change is an epoll_ctl.
-        let want = want.map(|w| w | Interest::READABLE);
-        if want != self.interest {
-            if let Err(e) = cx.set_interest(id, want) {
+        // READABLE stays registered even while a throttle holds reading back (the read
+        // loop checks `wants_read`): every interest change is an epoll_ctl, and an edge
+        // per arriving segment ends once the peer's window fills. WRITABLE only while
+        // bytes wait or a connect is in progress.
+        let want = if self.dialling || !self.wsegs.is_empty() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        if Some(want) != self.interest {
+            if let Err(e) = cx.set_interest(id, Some(want)) {
                 log::warn!(target: "msgr::conn", "{}: reregister failed: {e}", self.proto);
             }
-            self.interest = want;
+            self.interest = Some(want);
         }
     }
 
@@ -927,7 +906,7 @@ impl Driver {
     }
 
     /// Closes for good: unregisters, drops queued messages, releases the handler.
-    fn finish(&mut self, cx: &mut Context<'_>, _reset: bool) {
+    fn finish(&mut self, cx: &mut Context<'_>) {
         if self.finished {
             return;
         }
@@ -1011,7 +990,7 @@ impl Handler for Driver {
     }
 
     fn shutdown(&mut self, cx: &mut Context<'_>) {
-        self.finish(cx, false);
+        self.finish(cx);
     }
 }
 
@@ -1019,10 +998,4 @@ impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.proto)
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: Send>() {}
-    is_send::<Driver>();
 }
