@@ -275,16 +275,27 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     /// The receive path is [`deliver`](Self::deliver).
     pub fn enqueue(&self, conn: &C, msg: Message, budget: Option<Permit>) {
         let priority = msg.priority();
+        self.push_message(conn, msg, budget, |st, q| {
+            st.messages.push(priority, q.conn.conn_id(), q)
+        });
+    }
+
+    /// Puts one message into its lane with `place` and wakes the dispatch thread if the
+    /// queue was idle; after shutdown began the message is dropped and counted instead.
+    /// Its budget is released outside the lock either way.
+    fn push_message(
+        &self,
+        conn: &C,
+        msg: Message,
+        budget: Option<Permit>,
+        place: impl FnOnce(&mut State<C>, Queued<C>),
+    ) {
         let rejected = {
             let mut st = self.shared.state.lock();
             if st.accepting() {
                 let was_idle = st.is_idle();
                 let ticket = st.ticket();
-                st.messages.push(
-                    priority,
-                    conn.conn_id(),
-                    Queued { conn: conn.clone(), msg, budget, ticket },
-                );
+                place(&mut st, Queued { conn: conn.clone(), msg, budget, ticket });
                 drop(st);
                 if was_idle {
                     self.shared.work.notify_one();
@@ -298,7 +309,6 @@ impl<C: ConnectionRef> DispatchQueue<C> {
             self.shared.discarded.fetch_add(1, Ordering::Relaxed);
             log::debug!(target: "msgr::dispatch", "{}: message refused after shutdown", self.shared.name);
         }
-        // The budget (if any) is released here, outside the lock.
         drop(rejected);
     }
 
@@ -336,30 +346,7 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     /// throttle without waiting.
     pub fn local_delivery(&self, conn: &C, msg: Message) {
         let budget = self.shared.throttle.take(payload_cost(&msg));
-        let rejected = {
-            let mut st = self.shared.state.lock();
-            if st.accepting() {
-                let was_idle = st.is_idle();
-                let ticket = st.ticket();
-                st.local.push_back(Queued {
-                    conn: conn.clone(),
-                    msg,
-                    budget: Some(budget),
-                    ticket,
-                });
-                drop(st);
-                if was_idle {
-                    self.shared.work.notify_one();
-                }
-                None
-            } else {
-                Some((msg, budget))
-            }
-        };
-        if rejected.is_some() {
-            self.shared.discarded.fetch_add(1, Ordering::Relaxed);
-        }
-        drop(rejected);
+        self.push_message(conn, msg, Some(budget), |st, q| st.local.push_back(q));
     }
 
     /// Drops every waiting message of connection `conn_id` (not its events), releasing

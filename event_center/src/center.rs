@@ -268,6 +268,16 @@ struct Core {
 }
 
 impl Core {
+    /// Ids of every live handler, in slot order.
+    fn live_ids(&self) -> Vec<HandlerId> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.live)
+            .map(|(i, s)| HandlerId { index: i as u32, generation: s.generation })
+            .collect()
+    }
+
     fn slot(&self, id: HandlerId) -> Option<&Slot> {
         self.slots.get(id.index as usize).filter(|s| s.live && s.generation == id.generation)
     }
@@ -795,28 +805,13 @@ impl EventCenter {
         }
         self.shut_down = true;
         self.core.shared.stopping.store(true, Ordering::Release);
-        let ids: Vec<HandlerId> = self
-            .core
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.live)
-            .map(|(i, s)| HandlerId { index: i as u32, generation: s.generation })
-            .collect();
+        let ids = self.core.live_ids();
         for &id in &ids {
             run_handler(&mut self.core, id, "shutdown", |h, cx| h.shutdown(cx));
             drop_quietly(self.core.remove(id));
         }
         // Handlers created by other handlers' shutdown get no callback: bounded work.
-        let rest: Vec<HandlerId> = self
-            .core
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.live)
-            .map(|(i, s)| HandlerId { index: i as u32, generation: s.generation })
-            .collect();
-        for id in rest {
+        for id in self.core.live_ids() {
             drop_quietly(self.core.remove(id));
         }
         self.core.timers.clear();
