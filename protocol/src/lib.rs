@@ -2,11 +2,13 @@
 //!
 //! Owns: entity names/addresses and feature bits, Ceph's encoding conventions, the v1
 //! frames (banner, connect, connect_reply, tags, header, footer, crc32c), [`Message`],
-//! typed messages and the sans-IO session state machine.
+//! typed messages, the sans-IO session state machine and authentication (auth none,
+//! cephx).
 //!
 //! Never: sockets, threads, or reading a clock (time is always passed in as an input).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod encoding;
 pub mod error;
 pub mod message;

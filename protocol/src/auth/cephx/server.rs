@@ -1,0 +1,460 @@
+//! The monitor side of cephx (Ceph's `CephxServiceHandler` + `KeyServer`), pure: fed
+//! one `MAuth` at a time with the session it arrived on, the wall-clock time and a
+//! random source; answers the `MAuthReply`.
+//!
+//! Enough to authenticate the real `ceph` CLI and our own [`super::CephxClient`]:
+//! challenge, proof check, auth ticket, extra and principal service tickets, renewal
+//! and global_id reclaim with the old ticket (cephx.md 6), rotating secrets for
+//! daemons. Every credential failure answers `-EACCES`, as a 16.2.15 monitor does.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand_core::CryptoRngCore;
+use subtle::ConstantTimeEq;
+
+use crate::auth::config::AuthConfig;
+use crate::auth::crypto::CryptoKey;
+use crate::auth::error::{AuthError, EINVAL};
+use crate::auth::keyring::KeyRing;
+use crate::encoding::{Decoder, Encoder, UTime};
+use crate::messages::{AuthNegotiation, MAuth, MAuthReply};
+use crate::types::{AuthEntityName, EntityType, AUTH_CEPHX, AUTH_NONE, AUTH_UNKNOWN};
+
+use super::authorizer::{AuthorizerA, AuthorizerVerdict, AuthorizerVerifier};
+use super::request::{
+    challenge_proof, Authenticate, RequestType, ResponseHeader, ServerChallenge, ServiceMask,
+    ServiceTicketRequest,
+};
+use super::rotating::{KeyStore, RotatingSecrets};
+use super::ticket::{
+    encode_ticket_reply, utime_add, AuthCapsInfo, AuthTicket, IssuedTicket, ServiceTicketInfo,
+    SECRET_ID_OWN_KEY,
+};
+
+const LOG: &str = "msgr::auth";
+
+/// The services a key server keeps rotating secrets for.
+const ROTATING_SERVICES: [EntityType; 5] =
+    [EntityType::AUTH, EntityType::MON, EntityType::OSD, EntityType::MDS, EntityType::MGR];
+
+/// Where one client's session with the monitor is (one per connection).
+#[derive(Clone, Debug, Default)]
+pub enum ServerSession {
+    /// Nothing received yet.
+    #[default]
+    New,
+    /// Round 1 answered with a server challenge.
+    Challenged {
+        /// Who is authenticating.
+        name: AuthEntityName,
+        /// The global id given (or kept).
+        global_id: u64,
+        /// The session's challenge (reused for renewals).
+        server_challenge: u64,
+        /// The client asked to keep a previous global id.
+        reclaim: bool,
+    },
+    /// Authenticated.
+    Authenticated {
+        /// Who.
+        name: AuthEntityName,
+        /// Its global id.
+        global_id: u64,
+        /// The session's challenge.
+        server_challenge: u64,
+    },
+    /// Negotiated auth none (the key server allowed it).
+    AuthNone {
+        /// Its global id.
+        global_id: u64,
+    },
+}
+
+impl ServerSession {
+    /// The authenticated entity and its global id, once authenticated.
+    pub fn authenticated(&self) -> Option<(&AuthEntityName, u64)> {
+        match self {
+            ServerSession::Authenticated { name, global_id, .. } => Some((name, *global_id)),
+            _ => None,
+        }
+    }
+}
+
+/// A monitor's key server: every entity's secret and caps, and the rotating service
+/// secrets that seal tickets.
+#[derive(Clone, Debug)]
+pub struct KeyServer {
+    keyring: KeyRing,
+    rotating: BTreeMap<EntityType, RotatingSecrets>,
+    config: AuthConfig,
+}
+
+impl KeyServer {
+    /// A key server for the entities of `keyring`, with fresh rotating secrets for
+    /// auth, mon, osd, mds and mgr made at `now`. Uses `config`'s methods, ticket ttls
+    /// and `auth_allow_insecure_global_id_reclaim`.
+    pub fn new(
+        keyring: KeyRing,
+        config: AuthConfig,
+        now: UTime,
+        rng: &mut dyn CryptoRngCore,
+    ) -> Self {
+        let period = config.auth_service_ticket_ttl;
+        let rotating = ROTATING_SERVICES
+            .into_iter()
+            .map(|s| (s, RotatingSecrets::generate(now, period, 1, rng)))
+            .collect();
+        KeyServer { keyring, rotating, config }
+    }
+
+    /// The rotating secrets of `service`.
+    pub fn rotating(&self, service: EntityType) -> Option<&RotatingSecrets> {
+        self.rotating.get(&service)
+    }
+
+    /// Rotates any service whose current secret expired at `now`: the oldest secret
+    /// goes, a new "next" one comes (Ceph's `KeyServer::_rotate_secret`).
+    pub fn rotate(&mut self, now: UTime, rng: &mut dyn CryptoRngCore) {
+        let period = self.config.auth_service_ticket_ttl;
+        for r in self.rotating.values_mut() {
+            while r.current().is_some_and(|(_, k)| k.expiration < now) {
+                let last = r.secrets.values().next_back().map(|k| k.expiration).unwrap_or(now);
+                let id = r.max_ver + 1;
+                r.secrets.insert(
+                    id,
+                    super::rotating::ExpiringCryptoKey {
+                        key: CryptoKey::generate(now, rng),
+                        expiration: utime_add(last, period),
+                    },
+                );
+                r.max_ver = id;
+                if let Some(oldest) = r.secrets.keys().next().copied() {
+                    r.secrets.remove(&oldest);
+                }
+            }
+        }
+    }
+
+    /// Answers one `MAuth` of `session`. `new_global_id` hands out a fresh global id
+    /// when the client has none to reclaim.
+    pub fn handle_request(
+        &self,
+        session: &mut ServerSession,
+        auth: &MAuth,
+        now: UTime,
+        rng: &mut dyn CryptoRngCore,
+        new_global_id: &mut dyn FnMut() -> u64,
+    ) -> MAuthReply {
+        let result = if auth.protocol == AUTH_UNKNOWN {
+            self.negotiate(session, &auth.auth_payload, rng, new_global_id)
+        } else if auth.protocol == AUTH_CEPHX {
+            self.cephx_request(session, &auth.auth_payload, now, rng)
+        } else {
+            Err((AUTH_UNKNOWN, AuthError::UnexpectedMethod { method: auth.protocol }))
+        };
+        let global_id = match session {
+            ServerSession::Challenged { global_id, .. }
+            | ServerSession::Authenticated { global_id, .. }
+            | ServerSession::AuthNone { global_id } => *global_id,
+            ServerSession::New => 0,
+        };
+        match result {
+            Ok((protocol, result_bl)) => {
+                MAuthReply { protocol, result: 0, global_id, result_bl, result_msg: String::new() }
+            }
+            Err((protocol, e)) => {
+                log::info!(target: LOG, "refusing MAuth (global_id {global_id}): {e}");
+                MAuthReply {
+                    protocol,
+                    result: -e.errno(),
+                    global_id: if protocol == AUTH_UNKNOWN { 0 } else { global_id },
+                    ..MAuthReply::default()
+                }
+            }
+        }
+    }
+
+    fn negotiate(
+        &self,
+        session: &mut ServerSession,
+        payload: &[u8],
+        rng: &mut dyn CryptoRngCore,
+        new_global_id: &mut dyn FnMut() -> u64,
+    ) -> Result<(u32, Bytes), (u32, AuthError)> {
+        let n =
+            AuthNegotiation::decode(payload).map_err(|e| (AUTH_UNKNOWN, AuthError::Decode(e)))?;
+        let peer = EntityType::from_u32(n.name.ty).unwrap_or(EntityType::CLIENT);
+        let allowed = self.config.accepted_from(peer);
+        // The first of our methods the client offered (Ceph: `AuthRegistry::pick`).
+        let method =
+            allowed.0.iter().copied().find(|m| n.methods.contains(m)).ok_or((
+                AUTH_UNKNOWN,
+                AuthError::NoAcceptableMethod { offered: n.methods.clone() },
+            ))?;
+        let reclaim = n.global_id != 0;
+        let global_id = if reclaim { n.global_id } else { new_global_id() };
+        if method == AUTH_NONE {
+            *session = ServerSession::AuthNone { global_id };
+            return Ok((AUTH_NONE, Bytes::new()));
+        }
+        let mut server_challenge = rng.next_u64();
+        while server_challenge == 0 {
+            server_challenge = rng.next_u64();
+        }
+        *session = ServerSession::Challenged { name: n.name, global_id, server_challenge, reclaim };
+        let mut e = Encoder::with_capacity(9);
+        ServerChallenge { server_challenge }.encode(&mut e);
+        Ok((AUTH_CEPHX, e.into_bytes()))
+    }
+
+    fn cephx_request(
+        &self,
+        session: &mut ServerSession,
+        payload: &[u8],
+        now: UTime,
+        rng: &mut dyn CryptoRngCore,
+    ) -> Result<(u32, Bytes), (u32, AuthError)> {
+        let cephx = |e: AuthError| (AUTH_CEPHX, e);
+        let mut d = Decoder::new(payload);
+        let request = RequestType::decode(&mut d).map_err(cephx)?;
+        let mut e = Encoder::with_capacity(256);
+        match request {
+            RequestType::GET_AUTH_SESSION_KEY => {
+                let body = self.session_key(session, &mut d, now, rng).map_err(cephx)?;
+                ResponseHeader { request_type: request, status: 0 }.encode(&mut e);
+                e.bytes(&body);
+            }
+            RequestType::GET_PRINCIPAL_SESSION_KEY => {
+                let body = self.principal(session, d.rest(), now, rng).map_err(cephx)?;
+                ResponseHeader { request_type: request, status: 0 }.encode(&mut e);
+                e.bytes(&body);
+            }
+            RequestType::GET_ROTATING_KEY => {
+                let (name, _) = session
+                    .authenticated()
+                    .ok_or(cephx(AuthError::Misuse("rotating keys before authentication")))?;
+                let ty = EntityType::from_u32(name.ty).unwrap_or(EntityType::CLIENT);
+                let secrets = self
+                    .rotating
+                    .get(&ty)
+                    .filter(|_| ty != EntityType::CLIENT && ty != EntityType::AUTH)
+                    .ok_or(cephx(AuthError::Refused { code: -EINVAL, message: String::new() }))?;
+                let key = self
+                    .keyring
+                    .key(name)
+                    .map_err(|_| cephx(AuthError::UnknownEntity(name.to_string())))?;
+                ResponseHeader { request_type: request, status: 0 }.encode(&mut e);
+                key.seal_blob(&mut e, |e| secrets.encode(e));
+            }
+            _ => return Err(cephx(AuthError::Malformed("unknown cephx request type"))),
+        }
+        Ok((AUTH_CEPHX, e.into_bytes()))
+    }
+
+    /// GET_AUTH_SESSION_KEY: check the proof and the old ticket, issue the auth ticket
+    /// (and the extra service tickets asked for in `other_keys`).
+    fn session_key(
+        &self,
+        session: &mut ServerSession,
+        d: &mut Decoder<'_>,
+        now: UTime,
+        rng: &mut dyn CryptoRngCore,
+    ) -> Result<Vec<u8>, AuthError> {
+        let (name, global_id, server_challenge, reclaim, renewal) = match session {
+            ServerSession::Challenged { name, global_id, server_challenge, reclaim } => {
+                (name.clone(), *global_id, *server_challenge, *reclaim, false)
+            }
+            ServerSession::Authenticated { name, global_id, server_challenge } => {
+                (name.clone(), *global_id, *server_challenge, false, true)
+            }
+            _ => return Err(AuthError::Misuse("cephx request before negotiation")),
+        };
+        let req = Authenticate::decode(d)?;
+        let entry =
+            self.keyring.get(&name).ok_or_else(|| AuthError::UnknownEntity(name.to_string()))?;
+        let expected = challenge_proof(&entry.key, server_challenge, req.client_challenge);
+        if !bool::from(expected.to_le_bytes().ct_eq(&req.key.to_le_bytes())) {
+            return Err(AuthError::PermissionDenied {
+                entity: name.to_string(),
+                code: -13,
+                message: "unexpected key".into(),
+            });
+        }
+        // The old ticket proves a reclaimed global id (cephx.md 6).
+        let old = if req.old_ticket.is_empty() {
+            None
+        } else {
+            if !reclaim && !renewal {
+                return Err(AuthError::Malformed("superfluous old ticket for a new global id"));
+            }
+            let opened = self
+                .service_secret(EntityType::AUTH, req.old_ticket.secret_id)
+                .ok_or(AuthError::MissingServiceSecret {
+                    service: "auth",
+                    secret_id: req.old_ticket.secret_id,
+                })
+                .and_then(|secret| ServiceTicketInfo::open(&req.old_ticket, &secret))
+                .ok()
+                .filter(|info| info.ticket.global_id == global_id && info.ticket.name == name);
+            if opened.is_none() && !self.config.auth_allow_insecure_global_id_reclaim {
+                return Err(AuthError::BadAuthorizer("old ticket does not prove the global id"));
+            }
+            opened
+        };
+        if reclaim && old.is_none() {
+            let insecure_ok = req.struct_v < 3 && self.config.auth_allow_insecure_global_id_reclaim;
+            if !insecure_ok {
+                return Err(AuthError::BadAuthorizer("global id reclaim without the old ticket"));
+            }
+        }
+        if !entry.caps.get("mon").is_some_and(|c| !c.is_empty()) {
+            return Err(AuthError::PermissionDenied {
+                entity: name.to_string(),
+                code: -13,
+                message: "no mon caps".into(),
+            });
+        }
+        let auth_ttl = self.config.auth_mon_ticket_ttl;
+        let mut auth = self.issue(
+            EntityType::AUTH,
+            &name,
+            global_id,
+            AuthCapsInfo::default(),
+            auth_ttl,
+            now,
+            rng,
+        )?;
+        auth.encrypt_blob_with = old.map(|o| o.session_key);
+        let session_key = auth.session_key.clone();
+        let mut out = Encoder::with_capacity(512);
+        encode_ticket_reply(&mut out, &entry.key, std::slice::from_ref(&auth));
+        if !req.other_keys.is_empty() {
+            // The connection secret: empty on the MAuth path (cephx.md 4.2).
+            out.blob(&[]);
+            let wanted = req.other_keys.without(ServiceMask::AUTH);
+            let extra = self.service_tickets(&name, global_id, wanted, now, rng);
+            if extra.is_empty() {
+                out.blob(&[]);
+            } else {
+                let mut x = Encoder::with_capacity(200 * extra.len());
+                encode_ticket_reply(&mut x, &session_key, &extra);
+                out.blob(x.as_slice());
+            }
+        }
+        log::debug!(target: LOG, "{name} global_id {global_id}: auth ticket (renewal {renewal})");
+        *session = ServerSession::Authenticated { name, global_id, server_challenge };
+        Ok(out.into_vec())
+    }
+
+    /// GET_PRINCIPAL_SESSION_KEY: an authorizer for the auth service, then the wanted
+    /// services.
+    fn principal(
+        &self,
+        session: &mut ServerSession,
+        payload: &[u8],
+        now: UTime,
+        rng: &mut dyn CryptoRngCore,
+    ) -> Result<Vec<u8>, AuthError> {
+        let (name, global_id) = session
+            .authenticated()
+            .map(|(n, g)| (n.clone(), g))
+            .ok_or(AuthError::Misuse("service tickets before authentication"))?;
+        // The authorizer is part A then a sealed blob; the ticket request follows it.
+        let mut d = Decoder::new(payload);
+        AuthorizerA::decode(&mut d)?;
+        d.blob()?;
+        let (authorizer, rest) = payload.split_at(d.position());
+        let verdict = AuthorizerVerifier::new().verify(
+            self,
+            EntityType::AUTH,
+            authorizer,
+            false,
+            now,
+            None,
+            rng,
+        )?;
+        let AuthorizerVerdict::Accepted(acc) = verdict else {
+            return Err(AuthError::BadAuthorizer("unexpected challenge"));
+        };
+        if acc.ticket.global_id != global_id || acc.ticket.name != name {
+            return Err(AuthError::BadAuthorizer("auth ticket of another entity"));
+        }
+        let req = ServiceTicketRequest::decode(&mut Decoder::new(rest))?;
+        let tickets =
+            self.service_tickets(&name, global_id, req.keys.without(ServiceMask::AUTH), now, rng);
+        let mut out = Encoder::with_capacity(200 * tickets.len() + 8);
+        encode_ticket_reply(&mut out, &acc.session_key, &tickets);
+        Ok(out.into_vec())
+    }
+
+    fn service_tickets(
+        &self,
+        name: &AuthEntityName,
+        global_id: u64,
+        wanted: ServiceMask,
+        now: UTime,
+        rng: &mut dyn CryptoRngCore,
+    ) -> Vec<IssuedTicket> {
+        let caps = self.keyring.get(name).map(|e| e.caps.clone()).unwrap_or_default();
+        let ttl = self.config.auth_service_ticket_ttl;
+        wanted
+            .iter()
+            .filter_map(|service| {
+                // Mon caps are checked by the monitor itself: its tickets carry none.
+                let caps = match caps.get(service.name()) {
+                    Some(c) if service != EntityType::MON => AuthCapsInfo::from_cap_string(c),
+                    _ => AuthCapsInfo::default(),
+                };
+                self.issue(service, name, global_id, caps, ttl, now, rng).ok()
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn issue(
+        &self,
+        service: EntityType,
+        name: &AuthEntityName,
+        global_id: u64,
+        caps: AuthCapsInfo,
+        ttl: Duration,
+        now: UTime,
+        rng: &mut dyn CryptoRngCore,
+    ) -> Result<IssuedTicket, AuthError> {
+        let (secret_id, secret) = self
+            .rotating
+            .get(&service)
+            .and_then(|r| r.current())
+            .ok_or(AuthError::MissingServiceSecret { service: service.name(), secret_id: 0 })?;
+        let session_key = CryptoKey::generate(now, rng);
+        let info = ServiceTicketInfo {
+            ticket: AuthTicket {
+                name: name.clone(),
+                global_id,
+                created: now,
+                expires: utime_add(now, ttl),
+                caps,
+                flags: 0,
+            },
+            session_key: session_key.clone(),
+        };
+        Ok(IssuedTicket {
+            service,
+            session_key,
+            validity: ttl,
+            blob: info.seal(secret_id, &secret.key),
+            encrypt_blob_with: None,
+        })
+    }
+}
+
+impl KeyStore for KeyServer {
+    fn service_secret(&self, service: EntityType, secret_id: u64) -> Option<CryptoKey> {
+        if secret_id == SECRET_ID_OWN_KEY {
+            return self.keyring.get(&AuthEntityName::new(service, "")).map(|e| e.key.clone());
+        }
+        self.rotating.get(&service)?.get(secret_id).cloned()
+    }
+}

@@ -1,0 +1,386 @@
+//! Two-sided scenarios without sockets: a [`CephxClient`] talking to a [`KeyServer`]
+//! through an in-memory pair with a virtual clock (quinn's `Pair`), bounded so a
+//! livelock fails instead of spinning.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use super::testing::TestRng;
+use super::ticket::utime_add;
+use super::*;
+use crate::auth::config::AuthConfig;
+use crate::auth::error::AuthError;
+use crate::auth::keyring::{parse_entity_name, KeyEntry, KeyRing};
+use crate::auth::CryptoKey;
+use crate::encoding::UTime;
+use crate::messages::MAuth;
+use crate::types::EntityType;
+
+const WALL0: UTime = UTime::new(1_700_000_000, 0);
+/// Most request/reply round trips one `drive` may take.
+const MAX_ROUNDS: usize = 16;
+
+struct Pair {
+    client: CephxClient,
+    server: KeyServer,
+    session: ServerSession,
+    start: Instant,
+    now: Instant,
+    rng: TestRng,
+    next_gid: u64,
+    /// Every request the client sent, in order.
+    sent: Vec<MAuth>,
+    /// Every event the client produced.
+    events: Vec<ClientEvent>,
+    /// The key server's keyring.
+    ring: KeyRing,
+}
+
+fn keyring(rng: &mut TestRng) -> KeyRing {
+    let mut ring = KeyRing::new();
+    ring.insert(
+        parse_entity_name("client.admin").unwrap(),
+        KeyEntry::new(CryptoKey::generate(WALL0, rng))
+            .with_cap("mon", "allow *")
+            .with_cap("osd", "allow *")
+            .with_cap("mgr", "allow *"),
+    );
+    ring.insert(
+        parse_entity_name("osd.0").unwrap(),
+        KeyEntry::new(CryptoKey::generate(WALL0, rng)).with_cap("mon", "allow profile osd"),
+    );
+    ring.insert(
+        parse_entity_name("client.nocaps").unwrap(),
+        KeyEntry::new(CryptoKey::generate(WALL0, rng)),
+    );
+    ring
+}
+
+impl Pair {
+    fn new(seed: u64, name: &str, config: AuthConfig) -> Pair {
+        eprintln!("cephx pair seed {seed}");
+        let mut rng = TestRng::new(seed);
+        let ring = keyring(&mut rng);
+        let name = parse_entity_name(name).unwrap();
+        let key = ring.key(&name).cloned().unwrap_or_else(|_| CryptoKey::generate(WALL0, &mut rng));
+        let server = KeyServer::new(ring.clone(), config, WALL0, &mut rng);
+        let client = CephxClient::new(
+            ClientConfig::new(name, key),
+            Box::new(TestRng::new(seed.wrapping_add(1))),
+        );
+        let now = Instant::now();
+        Pair {
+            client,
+            server,
+            session: ServerSession::New,
+            start: now,
+            now,
+            rng,
+            next_gid: 4100,
+            sent: Vec::new(),
+            events: Vec::new(),
+            ring,
+        }
+    }
+
+    fn wall(&self) -> UTime {
+        utime_add(WALL0, self.now - self.start)
+    }
+
+    /// Runs request → reply until the client has nothing to send; returns the first
+    /// error of the client.
+    fn drive(&mut self) -> Result<(), AuthError> {
+        for _ in 0..MAX_ROUNDS {
+            let Some(req) = self.client.poll_request(self.now) else {
+                while let Some(ev) = self.client.poll_event() {
+                    self.events.push(ev);
+                }
+                return Ok(());
+            };
+            self.sent.push(req.clone());
+            let wall = self.wall();
+            let gid = &mut self.next_gid;
+            let reply = self.server.handle_request(
+                &mut self.session,
+                &req,
+                wall,
+                &mut self.rng,
+                &mut || {
+                    *gid += 1;
+                    *gid
+                },
+            );
+            let r = self.client.handle_reply(self.now, &reply);
+            while let Some(ev) = self.client.poll_event() {
+                self.events.push(ev);
+            }
+            r?;
+        }
+        panic!("no quiescence after {MAX_ROUNDS} round trips: livelock");
+    }
+
+    /// Moves the virtual clock to the client's next timeout and handles it.
+    fn advance_to_timeout(&mut self) -> Result<(), AuthError> {
+        let at = self.client.poll_timeout().expect("a timeout is armed");
+        assert!(at >= self.now, "timeout in the past");
+        self.now = at;
+        self.client.handle_timeout(self.now)
+    }
+
+    fn new_session(&mut self) {
+        self.session = ServerSession::New;
+        self.client.start(self.now);
+    }
+}
+
+fn ceph_config() -> AuthConfig {
+    AuthConfig::ceph_defaults()
+}
+
+#[test]
+fn client_authenticates_gets_tickets_and_its_authorizer_verifies_at_a_daemon() {
+    let mut p = Pair::new(11, "client.admin", ceph_config());
+    p.new_session();
+    p.drive().unwrap();
+    // Two round trips: the extra tickets of round 2 cover mon, osd and mgr.
+    assert_eq!(p.sent.len(), 2, "{:?}", p.sent);
+    assert_eq!(p.sent[0].protocol, 0);
+    assert_eq!(p.sent[1].protocol, 2);
+    assert_eq!(
+        p.events,
+        [
+            ClientEvent::Authenticated { global_id: 4101, reclaimed: false },
+            ClientEvent::ServiceTickets(ServiceMask(0x15)),
+        ]
+    );
+    assert!(p.client.is_authenticated());
+    assert_eq!(p.session.authenticated().map(|(_, g)| g), Some(4101));
+
+    // A daemon holding the osd rotating secrets verifies the client's osd authorizer,
+    // with the challenge round.
+    let store =
+        RotatingKeyStore::new(EntityType::OSD, p.server.rotating(EntityType::OSD).unwrap().clone());
+    let mut authorizer = p.client.authorizer(EntityType::OSD, p.now).unwrap();
+    let mut verifier = AuthorizerVerifier::new();
+    let wall = p.wall();
+    let v = verifier
+        .verify(&store, EntityType::OSD, authorizer.bytes(), true, wall, None, &mut p.rng)
+        .unwrap();
+    let AuthorizerVerdict::Challenge(ch) = v else { panic!("{v:?}") };
+    let again = authorizer.handle_challenge(&ch).unwrap();
+    let v = verifier.verify(&store, EntityType::OSD, &again, true, wall, None, &mut p.rng).unwrap();
+    let AuthorizerVerdict::Accepted(acc) = v else { panic!("{v:?}") };
+    assert_eq!(acc.ticket.name.to_string(), "client.admin");
+    assert_eq!(acc.ticket.global_id, 4101);
+    assert_eq!(acc.ticket.caps.cap_string().as_deref(), Some("allow *"));
+    authorizer.verify_reply(&acc.reply).unwrap();
+    // No ticket for mds was asked for, so none can be presented.
+    assert!(p.client.authorizer(EntityType::MDS, p.now).is_err());
+}
+
+#[test]
+fn wrong_key_is_permission_denied_and_final() {
+    let mut p = Pair::new(12, "client.admin", ceph_config());
+    let name = p.client.name().clone();
+    p.client = CephxClient::new(
+        ClientConfig::new(name, CryptoKey::new(WALL0, [0x42; 16])),
+        Box::new(TestRng::new(99)),
+    );
+    p.new_session();
+    let err = p.drive().unwrap_err();
+    assert!(matches!(err, AuthError::PermissionDenied { code: -13, .. }), "{err}");
+    assert!(err.to_string().contains("client.admin"), "{err}");
+    assert_eq!(p.client.error(), Some(&err));
+    assert!(p.client.poll_request(p.now).is_none(), "no retry");
+    assert!(p.client.poll_timeout().is_none(), "nothing left to wait for");
+}
+
+#[test]
+fn unknown_entity_and_missing_caps_are_permission_denied() {
+    for name in ["client.nosuchuser", "client.nocaps"] {
+        let mut p = Pair::new(13, name, ceph_config());
+        p.new_session();
+        let err = p.drive().unwrap_err();
+        assert!(matches!(err, AuthError::PermissionDenied { code: -13, .. }), "{name}: {err}");
+    }
+}
+
+#[test]
+fn a_monitor_without_cephx_is_no_acceptable_method() {
+    let mut cfg = ceph_config();
+    cfg.auth_service_required = crate::auth::AuthMethods::none();
+    let mut p = Pair::new(14, "client.admin", cfg);
+    p.new_session();
+    let err = p.drive().unwrap_err();
+    assert_eq!(err, AuthError::NoAcceptableMethod { offered: vec![2] });
+}
+
+#[test]
+fn auth_ticket_renews_at_75_percent_with_the_old_ticket() {
+    let mut cfg = ceph_config();
+    cfg.auth_mon_ticket_ttl = Duration::from_secs(120);
+    cfg.auth_service_ticket_ttl = Duration::from_secs(3600);
+    let mut p = Pair::new(15, "client.admin", cfg);
+    p.new_session();
+    p.drive().unwrap();
+    let first = p.client.auth_ticket().unwrap().clone();
+    for round in 1..=3 {
+        let before = p.now;
+        p.advance_to_timeout().unwrap();
+        assert_eq!(p.now - before, Duration::from_secs(90), "round {round}: 75 % of 120 s");
+        p.drive().unwrap();
+        assert_eq!(p.events.last(), Some(&ClientEvent::ServiceTickets(ServiceMask(0x15))));
+        assert!(p.events.contains(&ClientEvent::AuthTicketRenewed));
+        // The renewal carried the old ticket, and the new blob came encrypted with the
+        // previous session key (ticket_enc = 1), which the client opened.
+        let last = p.sent.last().unwrap();
+        assert!(last.auth_payload.len() > 40, "old ticket included");
+    }
+    let renewed = p.client.auth_ticket().unwrap();
+    assert_ne!(renewed.session_key, first.session_key);
+    assert_eq!(p.client.global_id(), 4101);
+    assert!(p.client.is_authenticated());
+}
+
+#[test]
+fn service_tickets_renew_through_get_principal_session_key() {
+    let mut cfg = ceph_config();
+    cfg.auth_service_ticket_ttl = Duration::from_secs(40);
+    let mut p = Pair::new(16, "client.admin", cfg);
+    p.new_session();
+    p.drive().unwrap();
+    let osd_before = p.client.service_ticket(EntityType::OSD, p.now).unwrap().session_key.clone();
+    p.advance_to_timeout().unwrap();
+    p.drive().unwrap();
+    assert_eq!(p.sent.len(), 3);
+    assert_eq!(&p.sent[2].auth_payload[..2], &[0x00, 0x02], "GET_PRINCIPAL_SESSION_KEY");
+    let osd_after = p.client.service_ticket(EntityType::OSD, p.now).unwrap();
+    assert_ne!(osd_after.session_key, osd_before);
+}
+
+#[test]
+fn reconnect_reclaims_the_global_id_with_the_old_ticket() {
+    let mut cfg = ceph_config();
+    cfg.auth_allow_insecure_global_id_reclaim = false;
+    let mut p = Pair::new(17, "client.admin", cfg);
+    p.new_session();
+    p.drive().unwrap();
+    p.now += Duration::from_secs(5);
+    p.new_session();
+    p.drive().unwrap();
+    assert_eq!(
+        p.events[2],
+        ClientEvent::Authenticated { global_id: 4101, reclaimed: true },
+        "{:?}",
+        p.events
+    );
+    assert_eq!(p.next_gid, 4101, "no new id was handed out");
+}
+
+#[test]
+fn reclaim_without_the_old_ticket_is_refused_when_insecure_reclaim_is_off() {
+    for (allow, v, ok) in [(false, 3, false), (true, 3, false), (true, 2, true), (false, 2, false)]
+    {
+        let mut cfg = ceph_config();
+        cfg.auth_allow_insecure_global_id_reclaim = allow;
+        let mut p = Pair::new(18, "client.admin", cfg);
+        let key = p.server_key("client.admin");
+        // Round 1 with a global id to reclaim.
+        let n = crate::messages::AuthNegotiation {
+            methods: vec![2],
+            name: parse_entity_name("client.admin").unwrap(),
+            global_id: 777,
+        };
+        let r1 = p.request(&MAuth::negotiate(&n, 0));
+        assert_eq!((r1.result, r1.global_id), (0, 777));
+        let sc = u64::from_le_bytes(r1.result_bl[1..9].try_into().unwrap());
+        let auth = request::Authenticate {
+            struct_v: v,
+            client_challenge: 5,
+            key: challenge_proof(&key, sc, 5),
+            old_ticket: TicketBlob::default(),
+            other_keys: ServiceMask::AUTH,
+        };
+        let mut e = crate::encoding::Encoder::new();
+        RequestType::GET_AUTH_SESSION_KEY.encode(&mut e);
+        auth.encode(&mut e);
+        let r2 =
+            p.request(&MAuth { protocol: 2, auth_payload: e.into_bytes(), ..MAuth::default() });
+        assert_eq!(r2.result == 0, ok, "allow_insecure {allow}, struct_v {v}: {}", r2.result);
+        if !ok {
+            assert_eq!(r2.result, -13);
+        }
+    }
+}
+
+impl Pair {
+    fn server_key(&self, name: &str) -> CryptoKey {
+        self.ring.key(&parse_entity_name(name).unwrap()).unwrap().clone()
+    }
+    fn request(&mut self, m: &MAuth) -> crate::messages::MAuthReply {
+        let wall = self.wall();
+        let gid = &mut self.next_gid;
+        self.server.handle_request(&mut self.session, m, wall, &mut self.rng, &mut || {
+            *gid += 1;
+            *gid
+        })
+    }
+}
+
+#[test]
+fn a_silent_monitor_is_a_timeout_not_a_hang() {
+    let mut p = Pair::new(19, "client.admin", ceph_config());
+    p.new_session();
+    let req = p.client.poll_request(p.now).unwrap();
+    assert_eq!(req.protocol, 0);
+    assert!(p.client.poll_request(p.now).is_none(), "one request at a time");
+    let err = p.advance_to_timeout().unwrap_err();
+    assert_eq!(err, AuthError::Timeout { waiting_for: "server challenge" });
+    assert_eq!(p.now - p.start, Duration::from_secs(30));
+    assert!(p.client.poll_timeout().is_none());
+}
+
+#[test]
+fn a_daemon_fetches_its_rotating_secrets() {
+    let mut p = Pair::new(20, "osd.0", ceph_config());
+    p.client.request_rotating_secrets();
+    p.new_session();
+    p.drive().unwrap();
+    let got = p.events.iter().find_map(|e| match e {
+        ClientEvent::RotatingSecrets(r) => Some(r.clone()),
+        _ => None,
+    });
+    assert_eq!(got.as_ref(), p.server.rotating(EntityType::OSD));
+    // A client entity gets none.
+    let mut p = Pair::new(21, "client.admin", ceph_config());
+    p.client.request_rotating_secrets();
+    p.new_session();
+    assert!(matches!(p.drive(), Err(AuthError::Refused { code: -22, .. })));
+}
+
+#[test]
+fn hostile_replies_fail_cleanly_in_every_state() {
+    // Random bytes as result_bl at each step: an error or a state change, never a panic.
+    for seed in 0..200u64 {
+        let mut p = Pair::new(22, "client.admin", ceph_config());
+        let mut rng = TestRng::new(seed);
+        p.new_session();
+        for _step in 0..3 {
+            let Some(_req) = p.client.poll_request(p.now) else { break };
+            let len = (rand_core::RngCore::next_u32(&mut rng) % 300) as usize;
+            let mut bl = vec![0u8; len];
+            rand_core::RngCore::fill_bytes(&mut rng, &mut bl);
+            let reply = crate::messages::MAuthReply {
+                protocol: 2,
+                result: 0,
+                global_id: 1,
+                result_bl: bl.into(),
+                result_msg: String::new(),
+            };
+            if p.client.handle_reply(p.now, &reply).is_err() {
+                break;
+            }
+        }
+    }
+}

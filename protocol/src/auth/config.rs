@@ -1,0 +1,238 @@
+//! Auth settings with Ceph's option names, for the messenger to adopt.
+//!
+//! One field per Ceph option (`src/common/options.cc`), spelled the same, with Ceph's
+//! value in [`AuthConfig::ceph_defaults`]. [`AuthConfig::default`] is *auth none*
+//! everywhere: until the connection machines call the auth seam, a messenger built with
+//! the default config behaves as it always did. That is a deliberate difference from
+//! Ceph, whose default is cephx.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::AuthError;
+use crate::types::{EntityType, AUTH_CEPHX, AUTH_NONE};
+
+/// A list of `CEPH_AUTH_*` methods in preference order (`"cephx, none"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthMethods(pub Vec<u32>);
+
+impl AuthMethods {
+    /// `none` only.
+    pub fn none() -> Self {
+        AuthMethods(vec![AUTH_NONE])
+    }
+
+    /// `cephx` only.
+    pub fn cephx() -> Self {
+        AuthMethods(vec![AUTH_CEPHX])
+    }
+
+    /// Parses Ceph's spelling: method names separated by commas, spaces or semicolons.
+    pub fn parse(s: &str) -> Result<Self, AuthError> {
+        let mut out = Vec::new();
+        for word in s.split([',', ' ', ';', '\t']).filter(|w| !w.is_empty()) {
+            let m = match word {
+                "cephx" => AUTH_CEPHX,
+                "none" => AUTH_NONE,
+                _ => return Err(AuthError::Malformed("unknown auth method (cephx or none)")),
+            };
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        if out.is_empty() {
+            return Err(AuthError::Malformed("empty auth method list"));
+        }
+        Ok(AuthMethods(out))
+    }
+
+    /// Whether `method` is allowed.
+    pub fn allows(&self, method: u32) -> bool {
+        self.0.contains(&method)
+    }
+}
+
+/// Auth options of one messenger or monitor, named as Ceph's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthConfig {
+    /// Methods we accept when we are a client of a peer (`auth_client_required`).
+    pub auth_client_required: AuthMethods,
+    /// Methods a daemon requires from clients (`auth_service_required`).
+    pub auth_service_required: AuthMethods,
+    /// Methods daemons require from each other (`auth_cluster_required`).
+    pub auth_cluster_required: AuthMethods,
+    /// Keyring file with our key (`keyring`).
+    pub keyring: Option<PathBuf>,
+    /// Sign outgoing v1 messages and check incoming signatures when a session has a
+    /// cephx session key (`cephx_sign_messages`, default true).
+    pub cephx_sign_messages: bool,
+    /// Refuse unsigned messages and peers without `MSG_AUTH` (`cephx_require_signatures`).
+    pub cephx_require_signatures: bool,
+    /// As above, between daemons (`cephx_cluster_require_signatures`).
+    pub cephx_cluster_require_signatures: bool,
+    /// As above, from clients to daemons (`cephx_service_require_signatures`).
+    pub cephx_service_require_signatures: bool,
+    /// Minimum cephx version of clients of a monitor (`cephx_require_version`; 2 means
+    /// CEPHX_V2 is required).
+    pub cephx_require_version: u32,
+    /// Minimum cephx version between daemons (`cephx_cluster_require_version`).
+    pub cephx_cluster_require_version: u32,
+    /// Minimum cephx version of clients of a daemon (`cephx_service_require_version`;
+    /// 2 = the authorizer challenge round is required).
+    pub cephx_service_require_version: u32,
+    /// Validity of auth tickets a monitor issues (`auth_mon_ticket_ttl`, 72 h).
+    pub auth_mon_ticket_ttl: Duration,
+    /// Validity of service tickets, and the rotation period of service secrets
+    /// (`auth_service_ticket_ttl`, 1 h).
+    pub auth_service_ticket_ttl: Duration,
+    /// Let clients reclaim a global id without proving they held it
+    /// (`auth_allow_insecure_global_id_reclaim`, true in 16.2.15).
+    pub auth_allow_insecure_global_id_reclaim: bool,
+}
+
+impl Default for AuthConfig {
+    /// Auth none everywhere (see the module docs); the cephx knobs keep Ceph's values.
+    fn default() -> Self {
+        AuthConfig {
+            auth_client_required: AuthMethods::none(),
+            auth_service_required: AuthMethods::none(),
+            auth_cluster_required: AuthMethods::none(),
+            ..AuthConfig::ceph_defaults()
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Ceph 16.2's defaults: cephx everywhere, signing on, CEPHX_V2 required.
+    pub fn ceph_defaults() -> Self {
+        AuthConfig {
+            auth_client_required: AuthMethods(vec![AUTH_CEPHX, AUTH_NONE]),
+            auth_service_required: AuthMethods::cephx(),
+            auth_cluster_required: AuthMethods::cephx(),
+            keyring: None,
+            cephx_sign_messages: true,
+            cephx_require_signatures: false,
+            cephx_cluster_require_signatures: false,
+            cephx_service_require_signatures: false,
+            cephx_require_version: 2,
+            cephx_cluster_require_version: 2,
+            cephx_service_require_version: 2,
+            auth_mon_ticket_ttl: Duration::from_secs(72 * 3600),
+            auth_service_ticket_ttl: Duration::from_secs(3600),
+            auth_allow_insecure_global_id_reclaim: true,
+        }
+    }
+
+    /// Sets one option by its Ceph name (spaces, dashes and underscores alike), from
+    /// its text value as in `ceph.conf`.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), AuthError> {
+        let name = name.trim().replace([' ', '-'], "_");
+        let value = value.trim();
+        let flag = || parse_bool(value).ok_or(AuthError::Malformed("expected true or false"));
+        let num = || value.parse::<u32>().map_err(|_| AuthError::Malformed("expected a number"));
+        let secs = || {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or(AuthError::Malformed("expected a positive number of seconds"))
+        };
+        match name.as_str() {
+            "auth_client_required" => self.auth_client_required = AuthMethods::parse(value)?,
+            "auth_service_required" => self.auth_service_required = AuthMethods::parse(value)?,
+            "auth_cluster_required" => self.auth_cluster_required = AuthMethods::parse(value)?,
+            "keyring" => self.keyring = Some(PathBuf::from(value)),
+            "cephx_sign_messages" => self.cephx_sign_messages = flag()?,
+            "cephx_require_signatures" => self.cephx_require_signatures = flag()?,
+            "cephx_cluster_require_signatures" => self.cephx_cluster_require_signatures = flag()?,
+            "cephx_service_require_signatures" => self.cephx_service_require_signatures = flag()?,
+            "cephx_require_version" => self.cephx_require_version = num()?,
+            "cephx_cluster_require_version" => self.cephx_cluster_require_version = num()?,
+            "cephx_service_require_version" => self.cephx_service_require_version = num()?,
+            "auth_mon_ticket_ttl" => self.auth_mon_ticket_ttl = secs()?,
+            "auth_service_ticket_ttl" => self.auth_service_ticket_ttl = secs()?,
+            "auth_allow_insecure_global_id_reclaim" => {
+                self.auth_allow_insecure_global_id_reclaim = flag()?
+            }
+            _ => return Err(AuthError::Malformed("unknown auth option")),
+        }
+        Ok(())
+    }
+
+    /// The methods a daemon of type `me` accepts from a peer of type `peer`: cluster
+    /// methods between daemons, service methods for clients (Ceph's
+    /// `AuthRegistry::_get_supported_methods`).
+    pub fn accepted_from(&self, peer: EntityType) -> &AuthMethods {
+        if peer == EntityType::CLIENT {
+            &self.auth_service_required
+        } else {
+            &self.auth_cluster_required
+        }
+    }
+
+    /// Whether a daemon must run the authorizer challenge round with a peer of type
+    /// `peer` (CEPHX_V2; `cephx_*require_version >= 2`).
+    pub fn requires_challenge(&self, peer: EntityType) -> bool {
+        let v = if peer == EntityType::CLIENT {
+            self.cephx_service_require_version
+        } else {
+            self.cephx_cluster_require_version
+        };
+        v >= 2
+    }
+
+    /// Whether messages from a peer of type `peer` must be signed.
+    pub fn requires_signatures(&self, peer: EntityType) -> bool {
+        self.cephx_require_signatures
+            || if peer == EntityType::CLIENT {
+                self.cephx_service_require_signatures
+            } else {
+                self.cephx_cluster_require_signatures
+            }
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Some(true),
+        "false" | "no" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_auth_none_and_ceph_defaults_are_cephx() {
+        let d = AuthConfig::default();
+        assert_eq!(d.auth_client_required, AuthMethods::none());
+        assert!(d.cephx_sign_messages);
+        let c = AuthConfig::ceph_defaults();
+        assert!(c.auth_service_required.allows(AUTH_CEPHX));
+        assert!(!c.auth_service_required.allows(AUTH_NONE));
+        assert!(c.requires_challenge(EntityType::CLIENT));
+        assert!(!c.requires_signatures(EntityType::OSD));
+    }
+
+    #[test]
+    fn options_set_by_ceph_name() {
+        let mut c = AuthConfig::default();
+        c.set("auth_client_required", "cephx, none").unwrap();
+        assert_eq!(c.auth_client_required, AuthMethods(vec![AUTH_CEPHX, AUTH_NONE]));
+        c.set("auth service required", "cephx").unwrap();
+        c.set("cephx-require-signatures", "true").unwrap();
+        c.set("cephx_service_require_version", "1").unwrap();
+        c.set("auth_service_ticket_ttl", "30").unwrap();
+        c.set("keyring", "/etc/ceph/ceph.client.admin.keyring").unwrap();
+        assert!(c.requires_signatures(EntityType::CLIENT));
+        assert!(!c.requires_challenge(EntityType::CLIENT));
+        assert_eq!(c.auth_service_ticket_ttl, Duration::from_secs(30));
+        assert!(c.set("auth_client_required", "kerberos").is_err());
+        assert!(c.set("cephx_sign_messages", "maybe").is_err());
+        assert!(c.set("no_such_option", "1").is_err());
+    }
+}
