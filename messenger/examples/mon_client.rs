@@ -1,7 +1,9 @@
-//! A tiny Ceph monitor client over asyncmsgr (msgr v1, auth none).
+//! A tiny Ceph monitor client over asyncmsgr (msgr v1, auth none or cephx).
 //!
 //! ```text
 //! cargo run --release --example mon_client -- v1:127.0.0.1:6789 status
+//! cargo run --release --example mon_client -- --keyring /etc/ceph/ceph.client.admin.keyring \
+//!     --name client.admin v1:127.0.0.1:6789 status
 //! cargo run --release --example mon_client -- v1:127.0.0.1:6789 mon dump
 //! cargo run --release --example mon_client -- v1:127.0.0.1:6789 '{"prefix": "health"}'
 //! cargo run --release --example mon_client -- v1:127.0.0.1:6789 --watch
@@ -12,10 +14,14 @@
 //! and prints every new epoch until interrupted (Ctrl-C), reconnecting when the monitor
 //! goes away and keeping the session alive with keepalives.
 //!
-//! What it does on the wire is what Ceph's `MonClient` does with auth none: connect with
-//! the `lossy_client` policy, MAuth for `client.admin` → MAuthReply with a global id (we
+//! What it does on the wire is what Ceph's `MonClient` does: connect with the
+//! `lossy_client` policy, MAuth for `client.admin` → MAuthReply with a global id (we
 //! become `client.<id>`), the monmap (which gives the fsid), then MMonCommand or
-//! MMonSubscribe.
+//! MMonSubscribe. Without `--keyring` it offers auth none; with it, cephx
+//! (`protocol::auth::cephx`, cephx.md 4): server challenge, proof of the key, auth and
+//! service tickets, renewal before they expire while watching, and on reconnect the old
+//! ticket proves our global id so the monitor lets us keep it. A wrong key, an unknown
+//! entity or missing caps end the program with the monitor's refusal, at once.
 #![allow(clippy::print_stdout)] // An example's job is to print.
 
 use std::net::SocketAddr;
@@ -25,8 +31,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
+use protocol::auth::cephx::{CephxClient, ClientConfig, ClientEvent};
+use protocol::auth::{parse_entity_name, KeyRing};
 use protocol::messages::{
-    decode_any, AnyMessage, AuthNegotiation, MAuth, MMonCommand, MMonSubscribe, MonMap,
+    decode_any, AnyMessage, AuthNegotiation, MAuth, MAuthReply, MMonCommand, MMonSubscribe, MonMap,
     TypedMessage,
 };
 use protocol::types::{EntityName, EntityType};
@@ -65,10 +73,24 @@ struct Client {
     msgr: Messenger,
     mon: SocketAddr,
     rx: Receiver<Event>,
+    /// cephx state (kept across reconnects: its ticket reclaims our global id), or
+    /// `None` for auth none.
+    cephx: Option<CephxClient>,
+}
+
+/// `--keyring FILE --name TYPE.ID`: the cephx client for that entity.
+fn cephx_client(keyring: &str, name: &str) -> Result<CephxClient, String> {
+    let entity = parse_entity_name(name)
+        .ok_or_else(|| format!("--name {name:?} is not an entity name (e.g. client.admin)"))?;
+    let ring = KeyRing::load(keyring).map_err(|e| e.to_string())?;
+    let key = ring.key(&entity).map_err(|e| e.to_string())?.clone();
+    let mut config = ClientConfig::new(entity, key);
+    config.request_timeout = WAIT;
+    Ok(CephxClient::new(config, Box::new(rand::rngs::OsRng)))
 }
 
 impl Client {
-    fn new(mon: SocketAddr) -> Result<Client, String> {
+    fn new(mon: SocketAddr, cephx: Option<CephxClient>) -> Result<Client, String> {
         let nonce = rand::random::<u32>() | 1;
         let msgr = Messenger::new(
             EntityName::new(EntityType::CLIENT, EntityName::NEW),
@@ -80,7 +102,7 @@ impl Client {
         msgr.start().map_err(|e| format!("start: {e}"))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         msgr.add_dispatcher_head(Arc::new(Forward(tx))).map_err(|e| format!("dispatcher: {e}"))?;
-        Ok(Client { msgr, mon, rx })
+        Ok(Client { msgr, mon, rx, cephx })
     }
 
     /// Waits for the first message `pick` accepts; a reset is an error.
@@ -106,30 +128,95 @@ impl Client {
         }
     }
 
-    /// Connects and authenticates (auth none); returns the connection and the monmap.
-    fn session(&self) -> Result<(Connection, MonMap), String> {
+    /// Connects and authenticates (auth none, or cephx with a keyring); returns the
+    /// connection and the monmap.
+    fn session(&mut self) -> Result<(Connection, MonMap), String> {
         self.msgr.set_myname(EntityName::new(EntityType::CLIENT, EntityName::NEW));
         let conn = self.msgr.get_connection(EntityType::MON, self.mon);
-        let auth = MAuth::negotiate(&AuthNegotiation::default(), 0);
-        conn.send_message(auth.to_message(conn.features())).map_err(|e| e.to_string())?;
-        let reply = self.wait("MAuthReply", |m, _| match m {
-            AnyMessage::AuthReply(r) => Some(r),
-            _ => None,
-        })?;
-        if reply.result != 0 {
-            return Err(format!("authentication refused: {} {}", reply.result, reply.result_msg));
-        }
-        let gid = i64::try_from(reply.global_id).unwrap_or(EntityName::NEW);
+        let mut monmap = None;
+        let gid = match self.cephx.take() {
+            None => self.auth_none(&conn, &mut monmap),
+            Some(mut auth) => {
+                let r = self.auth_cephx(&conn, &mut auth, &mut monmap);
+                self.cephx = Some(auth);
+                r
+            }
+        }?;
+        let gid = i64::try_from(gid).unwrap_or(EntityName::NEW);
         self.msgr.set_myname(EntityName::new(EntityType::CLIENT, gid));
         // Our MAuth said monmap epoch 0, so the monitor sends its map right away.
-        let monmap = self.wait("MMonMap", |m, _| match m {
-            AnyMessage::MonMap(m) => Some(m.monmap),
-            _ => None,
-        })?;
+        let monmap = match monmap {
+            Some(m) => m,
+            None => self.wait("MMonMap", |m, _| match m {
+                AnyMessage::MonMap(m) => Some(m.monmap),
+                _ => None,
+            })?,
+        };
         Ok((conn, monmap))
     }
 
-    fn command(&self, json: &str) -> Result<ExitCode, String> {
+    /// Waits for an MAuthReply, keeping a monmap that arrives meanwhile.
+    fn wait_auth_reply(&self, monmap: &mut Option<MonMap>) -> Result<MAuthReply, String> {
+        self.wait("MAuthReply", |m, _| match m {
+            AnyMessage::AuthReply(r) => Some(r),
+            AnyMessage::MonMap(m) => {
+                *monmap = Some(m.monmap);
+                None
+            }
+            _ => None,
+        })
+    }
+
+    fn auth_none(&self, conn: &Connection, monmap: &mut Option<MonMap>) -> Result<u64, String> {
+        let auth = MAuth::negotiate(&AuthNegotiation::default(), 0);
+        conn.send_message(auth.to_message(conn.features())).map_err(|e| e.to_string())?;
+        let reply = self.wait_auth_reply(monmap)?;
+        if reply.result != 0 {
+            return Err(format!("authentication refused: {} {}", reply.result, reply.result_msg));
+        }
+        Ok(reply.global_id)
+    }
+
+    /// cephx rounds until the client has nothing more to ask (2 with a real monitor).
+    fn auth_cephx(
+        &self,
+        conn: &Connection,
+        auth: &mut CephxClient,
+        monmap: &mut Option<MonMap>,
+    ) -> Result<u64, String> {
+        auth.start(Instant::now());
+        self.pump_cephx(conn, auth, monmap)?;
+        if !auth.is_authenticated() {
+            return Err("cephx did not complete".into());
+        }
+        Ok(auth.global_id())
+    }
+
+    /// Sends what `auth` asks for and feeds it the replies until it is idle; bounded
+    /// (cephx never needs more than a few round trips in a row).
+    fn pump_cephx(
+        &self,
+        conn: &Connection,
+        auth: &mut CephxClient,
+        monmap: &mut Option<MonMap>,
+    ) -> Result<(), String> {
+        for _ in 0..8 {
+            let Some(req) = auth.poll_request(Instant::now()) else {
+                for ev in std::iter::from_fn(|| auth.poll_event()) {
+                    if let ClientEvent::Authenticated { global_id, reclaimed: true } = ev {
+                        eprintln!("mon_client: kept global id {global_id} (reclaimed)");
+                    }
+                }
+                return Ok(());
+            };
+            conn.send_message(req.to_message(conn.features())).map_err(|e| e.to_string())?;
+            let reply = self.wait_auth_reply(monmap)?;
+            auth.handle_reply(Instant::now(), &reply).map_err(|e| e.to_string())?;
+        }
+        Err("cephx did not settle".into())
+    }
+
+    fn command(&mut self, json: &str) -> Result<ExitCode, String> {
         let (conn, monmap) = self.session()?;
         let cmd =
             MMonCommand { fsid: monmap.fsid, cmd: vec![json.to_owned()], ..MMonCommand::default() };
@@ -147,7 +234,7 @@ impl Client {
         Ok(if ack.r == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     }
 
-    fn watch(&self) -> Result<ExitCode, String> {
+    fn watch(&mut self) -> Result<ExitCode, String> {
         loop {
             let (conn, monmap) = match self.session() {
                 Ok(s) => s,
@@ -168,12 +255,31 @@ impl Client {
             sub.want("monmap", u64::from(epoch) + 1, 0);
             conn.send_message(sub.to_message(conn.features())).map_err(|e| e.to_string())?;
             loop {
-                match self.rx.recv_timeout(KEEPALIVE_EVERY) {
-                    Ok(Event::Message(m, _)) => {
-                        let AnyMessage::MonMap(m) = *m else { continue };
-                        if m.monmap.epoch != epoch {
+                // Wake for the next keepalive or the next cephx renewal, whichever is first.
+                let renew = self.cephx.as_ref().and_then(CephxClient::poll_timeout);
+                let wait = renew.map_or(KEEPALIVE_EVERY, |at| {
+                    at.saturating_duration_since(Instant::now()).min(KEEPALIVE_EVERY)
+                });
+                match self.rx.recv_timeout(wait) {
+                    Ok(Event::Message(m, _)) => match *m {
+                        AnyMessage::MonMap(m) if m.monmap.epoch != epoch => {
                             epoch = m.monmap.epoch;
                             print_monmap(&m.monmap);
+                        }
+                        AnyMessage::AuthReply(r) => {
+                            if let Some(auth) = self.cephx.as_mut() {
+                                auth.handle_reply(Instant::now(), &r).map_err(|e| e.to_string())?;
+                                self.send_cephx_requests(&conn)?;
+                            }
+                        }
+                        _ => {}
+                    },
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                        if renew.is_some_and(|at| Instant::now() >= at) =>
+                    {
+                        if let Some(auth) = self.cephx.as_mut() {
+                            auth.handle_timeout(Instant::now()).map_err(|e| e.to_string())?;
+                            self.send_cephx_requests(&conn)?;
                         }
                     }
                     Ok(Event::Reset) => {
@@ -187,6 +293,23 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+impl Client {
+    /// Sends the request `cephx` wants now (renewals while watching); its reply comes
+    /// back through the watch loop.
+    fn send_cephx_requests(&mut self, conn: &Connection) -> Result<(), String> {
+        let Some(auth) = self.cephx.as_mut() else { return Ok(()) };
+        if let Some(req) = auth.poll_request(Instant::now()) {
+            conn.send_message(req.to_message(conn.features())).map_err(|e| e.to_string())?;
+        }
+        for ev in std::iter::from_fn(|| auth.poll_event()) {
+            if ev == ClientEvent::AuthTicketRenewed {
+                eprintln!("mon_client: auth ticket renewed");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -220,13 +343,26 @@ fn parse_mon_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((addr, rest)) = args.split_first() else {
-        eprintln!("usage: mon_client <v1:IP:PORT> (<command words> | '<json>' | --watch)");
+    const USAGE: &str = "usage: mon_client [--keyring FILE [--name TYPE.ID]] <v1:IP:PORT> \
+                         (<command words> | '<json>' | --watch)";
+    let mut keyring = None;
+    let mut name = "client.admin".to_owned();
+    let mut positional = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--keyring" | "-k" => keyring = args.next(),
+            "--name" | "-n" => name = args.next().unwrap_or_default(),
+            _ => positional.push(a),
+        }
+    }
+    let Some((addr, rest)) = positional.split_first() else {
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
     let run = || -> Result<ExitCode, String> {
-        let client = Client::new(parse_mon_addr(addr)?)?;
+        let cephx = keyring.as_deref().map(|k| cephx_client(k, &name)).transpose()?;
+        let mut client = Client::new(parse_mon_addr(addr)?, cephx)?;
         let result = match rest {
             [w] if w == "--watch" => client.watch(),
             [] => client.command(r#"{"prefix": "status", "format": "json"}"#),

@@ -21,6 +21,7 @@ use crossbeam_channel::{Receiver, Sender};
 use messenger::{
     Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, SendError,
 };
+use protocol::auth::cephx::{CephxClient, ClientEvent};
 use protocol::messages::{
     decode_any, AnyMessage, AuthNegotiation, MAuth, MAuthReply, MConfig, MMonCommand,
     MMonCommandAck, MMonGetVersion, MMonGetVersionReply, MMonMap, MMonSubscribe, MMonSubscribeAck,
@@ -240,6 +241,43 @@ impl MonClient {
             self.msgr.set_myname(EntityName::new(EntityType::CLIENT, gid));
         }
         Ok(reply)
+    }
+
+    /// cephx with the monitor (cephx.md 4): starts `auth` on the current connection and
+    /// drives it until it has nothing more to ask; on success our name becomes
+    /// `client.<global_id>`. Returns the events `auth` produced. A monitor error or a
+    /// silent monitor is an error within [`MON_WAIT`] per round trip.
+    pub fn authenticate_cephx(&self, auth: &mut CephxClient) -> io::Result<Vec<ClientEvent>> {
+        auth.start(Instant::now());
+        self.drive_cephx(auth)
+    }
+
+    /// Sends what `auth` asks for and feeds it the replies, until it is idle (renewals,
+    /// service tickets, rotating secrets on an authenticated session).
+    pub fn drive_cephx(&self, auth: &mut CephxClient) -> io::Result<Vec<ClientEvent>> {
+        let mut events = Vec::new();
+        // Bounded: a handful of round trips is all cephx ever needs in one go.
+        for _ in 0..8 {
+            let Some(req) = auth.poll_request(Instant::now()) else {
+                events.extend(std::iter::from_fn(|| auth.poll_event()));
+                return Ok(events);
+            };
+            self.send(&req).map_err(send_failed)?;
+            let reply = self.wait_for("MAuthReply", |ev| match ev {
+                MonEvent::AuthReply(r) => Some(r),
+                _ => None,
+            })?;
+            auth.handle_reply(Instant::now(), &reply)
+                .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+            for ev in std::iter::from_fn(|| auth.poll_event()) {
+                if let ClientEvent::Authenticated { global_id, .. } = ev {
+                    let gid = i64::try_from(global_id).unwrap_or(EntityName::NEW);
+                    self.msgr.set_myname(EntityName::new(EntityType::CLIENT, gid));
+                }
+                events.push(ev);
+            }
+        }
+        Err(io::Error::other("cephx did not settle within 8 round trips"))
     }
 
     /// Subscribes to `what` from epoch `start` with `flags`.
