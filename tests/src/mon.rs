@@ -5,7 +5,8 @@
 //!   commands matched to replies by tid, pings, version queries.
 //! - [`MiniMon`]: a dispatcher that plays a minimal monitor (msgr-v1.md section 9.2 item
 //!   13) so the real `ceph` CLI can use our messenger as its monitor; it records what the
-//!   CLI sent.
+//!   CLI sent. With [`MiniMon::serve_cephx`] it authenticates with cephx through
+//!   `protocol::auth::cephx::KeyServer` and answers only authenticated sessions.
 //!
 //! Everything waits on channels with timeouts; nothing sleeps.
 
@@ -21,7 +22,9 @@ use crossbeam_channel::{Receiver, Sender};
 use messenger::{
     Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, SendError,
 };
-use protocol::auth::cephx::{CephxClient, ClientEvent};
+use protocol::auth::cephx::{CephxClient, ClientEvent, KeyServer, ServerSession};
+use protocol::auth::{AuthConfig, KeyRing};
+use protocol::encoding::UTime;
 use protocol::messages::{
     decode_any, AnyMessage, AuthNegotiation, MAuth, MAuthReply, MConfig, MMonCommand,
     MMonCommandAck, MMonGetVersion, MMonGetVersionReply, MMonMap, MMonSubscribe, MMonSubscribeAck,
@@ -384,6 +387,22 @@ pub struct MiniMon {
     next_global_id: AtomicU64,
     commands: CommandHandler,
     tx: Sender<Received>,
+    /// cephx, when served with a keyring; `None` for auth none.
+    cephx: Option<Mutex<CephxMon>>,
+}
+
+/// The cephx side of a [`MiniMon`]: its key server and one session per connection.
+struct CephxMon {
+    server: KeyServer,
+    /// Auth state by connection id; dropped when the connection resets.
+    sessions: HashMap<u64, ServerSession>,
+    rng: rand::rngs::StdRng,
+}
+
+/// The wall clock as a `utime_t` (tickets carry it).
+fn wall_now() -> UTime {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    UTime::new(u32::try_from(d.as_secs()).unwrap_or(u32::MAX), d.subsec_nanos())
 }
 
 impl MiniMon {
@@ -399,8 +418,13 @@ impl MiniMon {
         let (tx, rx) = crossbeam_channel::unbounded();
         let monmap =
             MonMap::single(fsid, 1, "a", EntityAddrVec::single(EntityAddr::legacy(addr, 0)));
-        let mon =
-            MiniMon { monmap, next_global_id: AtomicU64::new(Self::FIRST_GLOBAL_ID), commands, tx };
+        let mon = MiniMon {
+            monmap,
+            next_global_id: AtomicU64::new(Self::FIRST_GLOBAL_ID),
+            commands,
+            tx,
+            cephx: None,
+        };
         (Arc::new(mon), rx)
     }
 
@@ -411,14 +435,66 @@ impl MiniMon {
         fsid: [u8; 16],
         commands: CommandHandler,
     ) -> io::Result<(Messenger, SocketAddr, Receiver<Received>)> {
+        MiniMon::serve_with(fsid, commands, None)
+    }
+
+    /// [`MiniMon::serve`] with cephx required (Ceph's defaults, `cephx_*` as in
+    /// 16.2.15) for the entities of `keyring`: MAuth is answered by a
+    /// [`KeyServer`], and nothing else is answered before the session authenticated.
+    pub fn serve_cephx(
+        fsid: [u8; 16],
+        commands: CommandHandler,
+        keyring: KeyRing,
+    ) -> io::Result<(Messenger, SocketAddr, Receiver<Received>)> {
+        MiniMon::serve_with(fsid, commands, Some(keyring))
+    }
+
+    fn serve_with(
+        fsid: [u8; 16],
+        commands: CommandHandler,
+        keyring: Option<KeyRing>,
+    ) -> io::Result<(Messenger, SocketAddr, Receiver<Received>)> {
         let msgr =
             Messenger::new(EntityName::new(EntityType::MON, 0), 0, MessengerConfig::default())?;
         msgr.set_default_policy(Policy::stateless_server());
         let addr = msgr.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         msgr.start()?;
         let (mon, rx) = MiniMon::new(fsid, addr, commands);
-        msgr.add_dispatcher_head(mon)?;
+        let mut mon = Arc::try_unwrap(mon).map_err(|_| io::Error::other("MiniMon shared"))?;
+        if let Some(ring) = keyring {
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+            let server = KeyServer::new(ring, AuthConfig::ceph_defaults(), wall_now(), &mut rng);
+            mon.cephx = Some(Mutex::new(CephxMon { server, sessions: HashMap::new(), rng }));
+        }
+        msgr.add_dispatcher_head(Arc::new(mon))?;
         Ok((msgr, addr, rx))
+    }
+
+    /// cephx: answers `auth` on `conn`'s session; true when this reply completed the
+    /// session's authentication (the monitor then sends its monmap).
+    fn answer_cephx(&self, cx: &Mutex<CephxMon>, conn: &Connection, auth: &MAuth) -> bool {
+        let Ok(mut guard) = cx.lock() else { return false };
+        let CephxMon { server, sessions, rng } = &mut *guard;
+        let now = wall_now();
+        server.rotate(now, rng);
+        let session = sessions.entry(conn.id()).or_default();
+        let was_authenticated = session.authenticated().is_some();
+        let reply = server.handle_request(session, auth, now, rng, &mut || {
+            self.next_global_id.fetch_add(1, Ordering::Relaxed)
+        });
+        let completed = !was_authenticated && session.authenticated().is_some();
+        drop(guard);
+        self.reply(conn, reply.to_message(conn.features()));
+        completed
+    }
+
+    /// Whether `conn` may be answered: always with auth none; once authenticated with
+    /// cephx (a real monitor ignores an unauthenticated session's requests).
+    fn is_authenticated(&self, conn: &Connection) -> bool {
+        let Some(cx) = &self.cephx else { return true };
+        cx.lock()
+            .map(|g| g.sessions.get(&conn.id()).is_some_and(|s| s.authenticated().is_some()))
+            .unwrap_or(false)
     }
 
     fn reply(&self, conn: &Connection, msg: Message) {
@@ -433,6 +509,14 @@ impl MiniMon {
     fn answer(&self, conn: &Connection, tid: u64, any: &AnyMessage) {
         let features = conn.features();
         match any {
+            AnyMessage::Auth(auth) if self.cephx.is_some() => {
+                let completed =
+                    self.cephx.as_ref().is_some_and(|cx| self.answer_cephx(cx, conn, auth));
+                if completed && auth.monmap_epoch < self.monmap.epoch {
+                    self.send_monmap(conn);
+                }
+            }
+            _ if !self.is_authenticated(conn) => {}
             AnyMessage::Auth(auth) => {
                 let ok = auth
                     .negotiation()
@@ -510,6 +594,14 @@ impl Dispatcher<Connection> for MiniMon {
         });
         self.answer(conn, msg.tid(), &any);
         Dispatched::Taken
+    }
+
+    fn ms_handle_reset(&self, conn: &Connection) -> bool {
+        if let Some(Ok(mut cx)) = self.cephx.as_ref().map(|c| c.lock()) {
+            cx.sessions.remove(&conn.id());
+        }
+        // Other dispatchers may want to hear of it too.
+        false
     }
 }
 
