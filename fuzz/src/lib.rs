@@ -6,6 +6,7 @@
 //! checked-in seed corpus (`corpus/<target>/`) on stable Rust, and an ignored test runs
 //! every target over pseudo-random inputs when cargo-fuzz is not available.
 
+pub mod cephx;
 pub mod typed_messages;
 pub mod v1;
 
