@@ -35,6 +35,8 @@ use super::ticket::{
 
 const LOG: &str = "msgr::auth";
 
+/// Rotating secrets kept per service: previous, current, next.
+const ROTATING_WINDOW: usize = 3;
 /// The services a key server keeps rotating secrets for.
 const ROTATING_SERVICES: [EntityType; 5] =
     [EntityType::AUTH, EntityType::MON, EntityType::OSD, EntityType::MDS, EntityType::MGR];
@@ -118,8 +120,16 @@ impl KeyServer {
     /// goes, a new "next" one comes (Ceph's `KeyServer::_rotate_secret`).
     pub fn rotate(&mut self, now: UTime, rng: &mut dyn CryptoRngCore) {
         let period = self.config.auth_service_ticket_ttl;
+        if period.is_zero() {
+            return;
+        }
         for r in self.rotating.values_mut() {
-            while r.current().is_some_and(|(_, k)| k.expiration < now) {
+            // After a long pause a few rotations replace the whole window; more would
+            // only churn (bounded whatever `now` says).
+            for _ in 0..ROTATING_WINDOW {
+                if !r.current().is_some_and(|(_, k)| k.expiration < now) {
+                    break;
+                }
                 let last = r.secrets.values().next_back().map(|k| k.expiration).unwrap_or(now);
                 let id = r.max_ver + 1;
                 r.secrets.insert(

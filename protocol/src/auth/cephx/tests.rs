@@ -384,3 +384,37 @@ fn hostile_replies_fail_cleanly_in_every_state() {
         }
     }
 }
+
+#[test]
+fn key_server_rotates_expired_secrets_and_old_tickets_still_open_within_the_window() {
+    let mut cfg = ceph_config();
+    cfg.auth_service_ticket_ttl = Duration::from_secs(60);
+    let mut p = Pair::new(23, "client.admin", cfg);
+    p.new_session();
+    p.drive().unwrap();
+    let before = p.server.rotating(EntityType::OSD).unwrap().clone();
+    assert_eq!(before.current().unwrap().0, 2);
+    // The current secret (expiring at +60 s) has expired: one rotation.
+    let mut rng = TestRng::new(5);
+    p.server.rotate(utime_add(WALL0, Duration::from_secs(61)), &mut rng);
+    let after = p.server.rotating(EntityType::OSD).unwrap();
+    assert_eq!(after.secrets.keys().copied().collect::<Vec<_>>(), [2, 3, 4]);
+    assert_eq!(after.current().unwrap().0, 3);
+    assert_eq!(after.max_ver, 4);
+    // A ticket sealed with secret 2 still opens with the rotated set.
+    let store = RotatingKeyStore::new(EntityType::OSD, after.clone());
+    let authorizer = p.client.authorizer(EntityType::OSD, p.now).unwrap();
+    let v = AuthorizerVerifier::new().verify(
+        &store,
+        EntityType::OSD,
+        authorizer.bytes(),
+        false,
+        WALL0,
+        None,
+        &mut rng,
+    );
+    assert!(matches!(v, Ok(AuthorizerVerdict::Accepted(_))), "{v:?}");
+    // A very long pause replaces the window once, boundedly.
+    p.server.rotate(utime_add(WALL0, Duration::from_secs(1_000_000)), &mut rng);
+    assert_eq!(p.server.rotating(EntityType::OSD).unwrap().secrets.len(), 3);
+}
