@@ -69,8 +69,9 @@ fn wait_for_auth_timeout(client: &MonClient, auth: &mut CephxClient) -> Duration
     start.elapsed()
 }
 
-/// With 1 s tickets (the smallest whole ttl; a 16.2.15 monitor accepts it for both
-/// `auth_mon_ticket_ttl` and `auth_service_ticket_ttl`), the client renews at 75 %
+/// With 1 s tickets (`auth_mon_ticket_ttl` and `auth_service_ticket_ttl`; a 16.2.15
+/// monitor also accepts 0.5 s, and spins a core at 0 — 1 s keeps the 750 ms renewal
+/// period well above scheduling noise on a loaded machine), the client renews at 75 %
 /// (Ceph's `renew_after`) three times on the same session: each renewal presents the
 /// old ticket, gets the new one encrypted under the previous session key, keeps the
 /// global id, and the session keeps answering commands. About 3 s of renewals.

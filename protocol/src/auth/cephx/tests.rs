@@ -418,3 +418,44 @@ fn key_server_rotates_expired_secrets_and_old_tickets_still_open_within_the_wind
     p.server.rotate(utime_add(WALL0, Duration::from_secs(1_000_000)), &mut rng);
     assert_eq!(p.server.rotating(EntityType::OSD).unwrap().secrets.len(), 3);
 }
+
+#[test]
+fn service_tickets_need_the_sessions_own_auth_ticket() {
+    // client.admin authenticates; osd.0 on another session presents admin's auth ticket
+    // (with admin's global id) in GET_PRINCIPAL_SESSION_KEY: refused, -EACCES.
+    let mut p = Pair::new(24, "client.admin", ceph_config());
+    p.new_session();
+    p.drive().unwrap();
+    let stolen = p.client.auth_ticket().unwrap().clone();
+    let gid = p.client.global_id();
+    let mut thief = ServerSession::New;
+    std::mem::swap(&mut p.session, &mut thief);
+    let key = p.server_key("osd.0");
+    let n = crate::messages::AuthNegotiation {
+        methods: vec![2],
+        name: parse_entity_name("osd.0").unwrap(),
+        global_id: 0,
+    };
+    let r1 = p.request(&MAuth::negotiate(&n, 0));
+    let sc = u64::from_le_bytes(r1.result_bl[1..9].try_into().unwrap());
+    let auth = request::Authenticate {
+        struct_v: 3,
+        client_challenge: 9,
+        key: challenge_proof(&key, sc, 9),
+        old_ticket: TicketBlob::default(),
+        other_keys: ServiceMask::NONE,
+    };
+    let mut e = crate::encoding::Encoder::new();
+    RequestType::GET_AUTH_SESSION_KEY.encode(&mut e);
+    auth.encode(&mut e);
+    let r2 = p.request(&MAuth { protocol: 2, auth_payload: e.into_bytes(), ..MAuth::default() });
+    assert_eq!(r2.result, 0, "osd.0 authenticates");
+    let authorizer = Authorizer::new(gid, &stolen, &mut p.rng);
+    let mut e = crate::encoding::Encoder::new();
+    RequestType::GET_PRINCIPAL_SESSION_KEY.encode(&mut e);
+    e.bytes(authorizer.bytes());
+    e.u8(1).u32(ServiceMask::CLIENT_SERVICES.0);
+    let r3 = p.request(&MAuth { protocol: 2, auth_payload: e.into_bytes(), ..MAuth::default() });
+    assert_eq!(r3.result, -13);
+    assert!(r3.result_bl.is_empty());
+}
