@@ -16,7 +16,7 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::config::AuthConfig;
 use crate::auth::crypto::CryptoKey;
-use crate::auth::error::{AuthError, EINVAL};
+use crate::auth::error::{AuthError, EACCES, EINVAL};
 use crate::auth::keyring::KeyRing;
 use crate::encoding::{Decoder, Encoder, UTime};
 use crate::messages::{AuthNegotiation, MAuth, MAuthReply};
@@ -288,7 +288,7 @@ impl KeyServer {
         if !bool::from(expected.to_le_bytes().ct_eq(&req.key.to_le_bytes())) {
             return Err(AuthError::PermissionDenied {
                 entity: name.to_string(),
-                code: -13,
+                code: -EACCES,
                 message: "unexpected key".into(),
             });
         }
@@ -322,7 +322,7 @@ impl KeyServer {
         if !entry.caps.get("mon").is_some_and(|c| !c.is_empty()) {
             return Err(AuthError::PermissionDenied {
                 entity: name.to_string(),
-                code: -13,
+                code: -EACCES,
                 message: "no mon caps".into(),
             });
         }
