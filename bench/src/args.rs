@@ -1,29 +1,110 @@
-//! Command-line options of the benchmark (hand-parsed: no dependency for a dozen flags).
+//! Command-line options of the benchmark (hand-parsed: no dependency for a few flags).
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// What to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// In-process messenger server + client, then the std::net loop with the same
-    /// parameters, and a comparison table (the default).
+    /// Every peer of `--peers` with the same parameters, one table (the default).
     Compare,
-    /// Only the in-process messenger run.
-    Messenger,
-    /// Only the std::net request/reply loop.
-    StdNet,
+    /// The issue's size/depth table for every peer, `--runs` times, medians.
+    Matrix,
+    /// asyncmsgr lossy + fast dispatch against lossless and queued dispatch.
+    Modes,
+    /// Aggregate over many connections: 16 against `--conns` (default 1,000), depth 4.
+    Conns,
     /// A messenger server in this process (`ceph_perf_msgr_server`).
     Server,
     /// A messenger client of a server in another process (`ceph_perf_msgr_client`).
     Client,
     /// Memory per idle connection: a server and `--conns` idle connections to it.
     Idle,
-    /// Depth-1 latency floor of an event-loop design: a bare mio loop, then asyncmsgr
-    /// and std::net with the same size.
+    /// Depth-1 latency floor of an event-loop design: a bare mio loop beside the peers.
     Floor,
     /// Internal: the idle mode's client process.
     IdleClients,
+}
+
+/// How the asyncmsgr peer runs its sessions and dispatch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MsgrVariant {
+    /// `Policy::lossless_peer()` at both ends (acks, the sent queue, reconnects) instead
+    /// of `lossy_client` / `stateless_server`.
+    pub lossless: bool,
+    /// Both ends answer from `ms_dispatch` on the dispatch thread instead of
+    /// `ms_fast_dispatch` on the worker.
+    pub queued: bool,
+}
+
+/// One implementation of the request/reply workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// asyncmsgr, server and client messengers in this process.
+    Asyncmsgr(MsgrVariant),
+    /// tokio + a tokio-util codec, a current_thread runtime per side, 64 KiB buffers.
+    Tokio,
+    /// Blocking std::net, 64 KiB BufReader/BufWriter, a flush per sent window.
+    StdBatched,
+    /// The old naive std::net loop: u32 frames, no crc, one write per message.
+    StdNaive,
+}
+
+impl Peer {
+    /// The peers of the default comparison.
+    pub const DEFAULT: [Peer; 3] = [
+        Peer::Asyncmsgr(MsgrVariant { lossless: false, queued: false }),
+        Peer::Tokio,
+        Peer::StdBatched,
+    ];
+
+    /// The peers of `bench modes`: asyncmsgr's lossy + fast dispatch first.
+    pub const MODES: [Peer; 3] = [
+        Peer::Asyncmsgr(MsgrVariant { lossless: false, queued: false }),
+        Peer::Asyncmsgr(MsgrVariant { lossless: true, queued: false }),
+        Peer::Asyncmsgr(MsgrVariant { lossless: false, queued: true }),
+    ];
+
+    /// The peers of `bench conns` (a blocking peer with 1,000 connections is 3,000
+    /// threads; add `--peers ...,std` to see it).
+    pub const SCALING: [Peer; 2] =
+        [Peer::Asyncmsgr(MsgrVariant { lossless: false, queued: false }), Peer::Tokio];
+
+    fn parse(s: &str) -> Result<Peer, String> {
+        let v = |lossless, queued| Peer::Asyncmsgr(MsgrVariant { lossless, queued });
+        Ok(match s {
+            "asyncmsgr" => v(false, false),
+            "lossless" | "asyncmsgr+lossless" => v(true, false),
+            "queued" | "asyncmsgr+queued" => v(false, true),
+            "lossless+queued" | "asyncmsgr+lossless+queued" => v(true, true),
+            "tokio" | "tokio-ct64" => Peer::Tokio,
+            "std" | "std-batched" => Peer::StdBatched,
+            "naive" | "std-naive" => Peer::StdNaive,
+            other => return Err(format!("unknown peer {other:?}")),
+        })
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Asyncmsgr(v) => {
+                f.write_str("asyncmsgr")?;
+                if v.lossless {
+                    f.write_str("+lossless")?;
+                }
+                if v.queued {
+                    f.write_str("+queued")?;
+                }
+                Ok(())
+            }
+            Peer::Tokio => f.write_str("tokio-ct64"),
+            Peer::StdBatched => f.write_str("std-batched"),
+            Peer::StdNaive => f.write_str("std-naive (no crc, u32)"),
+        }
+    }
 }
 
 /// Benchmark parameters.
@@ -31,14 +112,20 @@ pub enum Mode {
 pub struct Args {
     /// What to run.
     pub mode: Mode,
+    /// The peers to run, in table order (the first is the ratios' reference).
+    pub peers: Vec<Peer>,
+    /// `--peers` was given (else the mode picks its own).
+    pub peers_given: bool,
+    /// asyncmsgr's variant in `server` / `client` mode (and for `asyncmsgr` in `--peers`).
+    pub variant: MsgrVariant,
     /// Request payload bytes (the message's data segment).
     pub size: usize,
     /// Requests in flight per connection.
     pub depth: usize,
     /// Client connections.
     pub conns: usize,
-    /// How long to measure.
-    pub duration: Duration,
+    /// How long to measure (`None`: the mode's default).
+    pub duration: Option<Duration>,
     /// Worker threads per messenger.
     pub workers: usize,
     /// crc32c on header and data.
@@ -49,39 +136,69 @@ pub struct Args {
     pub addr: SocketAddr,
     /// Print a progress line every second.
     pub progress: bool,
+    /// A run fails when no reply arrives for this long.
+    pub stall: Duration,
+    /// Runs per cell in `matrix` mode (medians are reported).
+    pub runs: usize,
+    /// Write the latency distribution of every peer here (SVG).
+    pub plot: Option<PathBuf>,
+    /// Profile the asyncmsgr runs in-process and write a flamegraph here (SVG).
+    pub flamegraph: Option<PathBuf>,
 }
 
 impl Default for Args {
     fn default() -> Self {
         Args {
             mode: Mode::Compare,
+            peers: Peer::DEFAULT.to_vec(),
+            peers_given: false,
+            variant: MsgrVariant::default(),
             size: 4096,
             depth: 32,
             conns: 1,
-            duration: Duration::from_secs(10),
+            duration: None,
             workers: 2,
             crc: true,
             reply_size: 0,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             progress: true,
+            stall: Duration::from_secs(5),
+            runs: 3,
+            plot: None,
+            flamegraph: None,
         }
     }
 }
 
+/// The `--help` text.
 pub const USAGE: &str = "\
 usage: bench [MODE] [options]
-modes: compare (default: messenger, then std::net with the same sizes), messenger, stdnet,
-       server, client, idle (RSS per idle connection; use with --conns 10000),
-       floor (depth 1: a bare mio loop, asyncmsgr and std::net side by side)
+modes:
+  compare (default)  every peer of --peers with the same parameters, one table with ratios
+  matrix             the performance issue's table (4k/1, 4k/32, 4k/128, 64/128, 1m/1, 1m/16)
+                     for every peer, --runs times each (default 3), medians; 5 s per run
+  modes              asyncmsgr lossy+fast against lossless and queued dispatch (4k/32, 64/128)
+  conns              aggregate rt/s of 16 connections against --conns (default 1000), depth 4
+  server, client     ceph_perf_msgr_server / ceph_perf_msgr_client in two processes
+  idle               RSS per idle connection (use with --conns 10000)
+  floor              depth 1: a bare mio loop (no crc, u32 frames) beside the peers
 options:
+  --peers LIST        comma-separated, first is the reference (default asyncmsgr,tokio,std);
+                      also lossless, queued, lossless+queued (asyncmsgr variants), naive
+  --lossless          asyncmsgr with lossless_peer at both ends (acks, resend on reconnect)
+  --queued            asyncmsgr answering from ms_dispatch instead of ms_fast_dispatch
   --size BYTES        request data size (default 4096; suffixes k, m)
   --depth N           requests in flight per connection (default 32)
   --conns N           client connections (default 1)
-  --duration SECS     measured time (default 10)
+  --duration SECS     measured time (default 10; 5 per run in matrix, modes and conns)
   --workers N         worker threads per messenger (default 2)
   --crc on|off        crc32c of header and data (default on)
   --reply-size BYTES  server's reply data size (default 0)
   --addr IP:PORT      server address (server: bind; client: connect)
+  --stall SECS        fail when no reply arrives for this long (default 5)
+  --runs N            runs per cell in matrix mode (default 3)
+  --plot FILE.svg     latency distribution of every peer on one chart
+  --flamegraph FILE.svg   profile the asyncmsgr run in-process
   --quiet             no progress line";
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -93,33 +210,48 @@ fn parse_size(s: &str) -> Result<usize, String> {
     num.parse::<usize>().map(|n| n * mult).map_err(|e| format!("bad size {s:?}: {e}"))
 }
 
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("bad seconds {s:?}: {e}"))?;
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("bad seconds {s:?}: {e}"))
+}
+
 impl Args {
     /// Parses `argv` (without the program name).
     pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         let mut a = Args::default();
+        let mut conns_given = false;
         let mut it = argv.into_iter();
         while let Some(arg) = it.next() {
             let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+            let number = |v: String| v.parse::<usize>().map_err(|e| format!("{v:?}: {e}"));
             match arg.as_str() {
                 "compare" => a.mode = Mode::Compare,
-                "messenger" => a.mode = Mode::Messenger,
-                "stdnet" => a.mode = Mode::StdNet,
+                "matrix" | "--matrix" => a.mode = Mode::Matrix,
+                "modes" => a.mode = Mode::Modes,
+                "conns" => a.mode = Mode::Conns,
                 "server" => a.mode = Mode::Server,
                 "client" => a.mode = Mode::Client,
                 "idle" => a.mode = Mode::Idle,
                 "floor" => a.mode = Mode::Floor,
                 "idle-clients" => a.mode = Mode::IdleClients,
+                "--peers" => {
+                    a.peers =
+                        value("--peers")?.split(',').map(Peer::parse).collect::<Result<_, _>>()?;
+                    a.peers_given = true;
+                }
+                "--lossless" => a.variant.lossless = true,
+                "--queued" => a.variant.queued = true,
                 "--size" => a.size = parse_size(&value("--size")?)?,
                 "--reply-size" => a.reply_size = parse_size(&value("--reply-size")?)?,
-                "--depth" => a.depth = value("--depth")?.parse().map_err(|e| format!("{e}"))?,
-                "--conns" => a.conns = value("--conns")?.parse().map_err(|e| format!("{e}"))?,
-                "--workers" => {
-                    a.workers = value("--workers")?.parse().map_err(|e| format!("{e}"))?
+                "--depth" => a.depth = number(value("--depth")?)?,
+                "--conns" => {
+                    a.conns = number(value("--conns")?)?;
+                    conns_given = true;
                 }
-                "--duration" => {
-                    let secs: f64 = value("--duration")?.parse().map_err(|e| format!("{e}"))?;
-                    a.duration = Duration::from_secs_f64(secs);
-                }
+                "--workers" => a.workers = number(value("--workers")?)?,
+                "--runs" => a.runs = number(value("--runs")?)?,
+                "--duration" => a.duration = Some(parse_secs(&value("--duration")?)?),
+                "--stall" => a.stall = parse_secs(&value("--stall")?)?,
                 "--crc" => {
                     a.crc = match value("--crc")?.as_str() {
                         "on" => true,
@@ -130,14 +262,87 @@ impl Args {
                 "--addr" => {
                     a.addr = value("--addr")?.parse().map_err(|e| format!("bad --addr: {e}"))?
                 }
+                "--plot" => a.plot = Some(value("--plot")?.into()),
+                "--flamegraph" => a.flamegraph = Some(value("--flamegraph")?.into()),
                 "--quiet" => a.progress = false,
                 "-h" | "--help" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
         }
-        if a.depth == 0 || a.conns == 0 || a.workers == 0 {
-            return Err("--depth, --conns and --workers must be at least 1".into());
+        if a.mode == Mode::Conns && !conns_given {
+            a.conns = 1000;
+        }
+        // `--lossless` / `--queued` apply to the plain asyncmsgr peer.
+        for p in &mut a.peers {
+            if *p == Peer::Asyncmsgr(MsgrVariant::default()) {
+                *p = Peer::Asyncmsgr(a.variant);
+            }
+        }
+        if a.depth == 0 || a.conns == 0 || a.workers == 0 || a.runs == 0 || a.peers.is_empty() {
+            return Err(
+                "--depth, --conns, --workers, --runs and --peers must not be 0/empty".into()
+            );
+        }
+        if a.stall.is_zero() {
+            return Err("--stall must be above 0".into());
         }
         Ok(a)
+    }
+
+    /// The measured time of one run: `--duration`, else 10 s (5 s per run in the modes
+    /// that run many cells).
+    pub fn duration(&self) -> Duration {
+        self.duration.unwrap_or(match self.mode {
+            Mode::Matrix | Mode::Modes | Mode::Conns => Duration::from_secs(5),
+            _ => Duration::from_secs(10),
+        })
+    }
+
+    /// Payload bytes of one round trip.
+    pub fn rt_bytes(&self) -> usize {
+        self.size + self.reply_size
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Args, String> {
+        Args::parse(s.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn defaults_are_the_issue_s() {
+        let a = parse("").unwrap();
+        assert_eq!((a.size, a.depth, a.conns, a.crc), (4096, 32, 1, true));
+        assert_eq!(a.duration(), Duration::from_secs(10));
+        assert_eq!(a.peers, Peer::DEFAULT.to_vec());
+    }
+
+    #[test]
+    fn peers_and_variants() {
+        let a = parse("--peers asyncmsgr,lossless,queued,tokio,naive --lossless").unwrap();
+        let names: Vec<String> = a.peers.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "asyncmsgr+lossless",
+                "asyncmsgr+lossless",
+                "asyncmsgr+queued",
+                "tokio-ct64",
+                "std-naive (no crc, u32)"
+            ]
+        );
+        assert!(parse("--peers quic").is_err());
+        assert_eq!(parse("conns").unwrap().conns, 1000);
+        assert_eq!(parse("conns --conns 50").unwrap().conns, 50);
+        assert_eq!(parse("matrix").unwrap().duration(), Duration::from_secs(5));
+        assert_eq!(
+            parse("--size 1m --duration 0.5").unwrap().duration(),
+            Duration::from_millis(500)
+        );
+        assert!(parse("--stall 0").is_err());
     }
 }

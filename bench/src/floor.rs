@@ -110,7 +110,7 @@ pub fn run(args: &Args) -> io::Result<Report> {
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let mut n = 0u64;
-    while t0.elapsed() < args.duration {
+    while t0.elapsed() < args.duration() {
         let sent = Instant::now();
         write_all(&mut conn, &mut poll, &mut events, &request)?;
         while !pop_frame(&mut buf) {
@@ -125,12 +125,5 @@ pub fn run(args: &Args) -> io::Result<Report> {
     stop.store(true, Ordering::Relaxed);
     drop(conn);
     let _ = server.join();
-    Ok(Report {
-        name: "mio floor".into(),
-        round_trips: n,
-        bytes: n * (args.size + args.reply_size) as u64,
-        elapsed,
-        cpu,
-        rtt,
-    })
+    Ok(Report::new("mio-floor (no crc, u32)", n, args.rt_bytes(), elapsed, cpu, rtt))
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use protocol::types::{EntityAddr, EntityName, EntityType};
 use protocol::v1::{self, Event, Policy};
 
-use crate::args::Args;
+use crate::args::{Args, MsgrVariant};
 
 /// Resident set size of this process in bytes (from /proc/self/statm).
 fn rss_bytes() -> io::Result<u64> {
@@ -42,8 +42,12 @@ fn raise_fd_limit() {
     }
 }
 
-/// One blocking v1 handshake as a client; returns the open socket.
-fn handshake(addr: SocketAddr, cfg: &Arc<v1::Config>) -> io::Result<TcpStream> {
+/// One blocking v1 handshake as a lossy client of the server at `addr`; returns the open
+/// session's state machine and its socket.
+pub fn handshake(
+    addr: SocketAddr,
+    cfg: &Arc<v1::Config>,
+) -> io::Result<(v1::Connection, TcpStream)> {
     let now = Instant::now();
     let peer = EntityAddr::legacy(addr, 0);
     let mut conn =
@@ -61,7 +65,7 @@ fn handshake(addr: SocketAddr, cfg: &Arc<v1::Config>) -> io::Result<TcpStream> {
         }
         while let Some(ev) = conn.poll_event() {
             match ev {
-                Event::Opened(_) => return Ok(sock),
+                Event::Opened(_) => return Ok((conn, sock)),
                 Event::Closed { reason, .. } => {
                     return Err(io::Error::other(format!("handshake failed: {reason}")))
                 }
@@ -88,7 +92,7 @@ pub fn clients(addr: SocketAddr, n: usize) -> io::Result<()> {
     let cfg = Arc::new(cfg);
     let mut socks = Vec::with_capacity(n);
     for _ in 0..n {
-        socks.push(handshake(addr, &cfg)?);
+        socks.push(handshake(addr, &cfg)?.1);
     }
     let mut stdout = io::stdout();
     writeln!(stdout, "ready {}", socks.len())?;
@@ -101,7 +105,8 @@ pub fn clients(addr: SocketAddr, n: usize) -> io::Result<()> {
 /// The parent: a server messenger, the child's connections, RSS before and after.
 pub fn run(args: &Args) -> io::Result<()> {
     raise_fd_limit();
-    let (server, addr) = crate::msgr::server(args, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (server, addr) = crate::msgr::server(args, loopback, MsgrVariant::default())?;
     // Warm the server's paths once so one-time allocations are not charged to the idle
     // connections: a few connections come and go first.
     {

@@ -1,21 +1,18 @@
-//! `cargo run --release -p bench`: the asyncmsgr loopback benchmark, in the spirit of
-//! Ceph's `ceph_perf_msgr_server` / `ceph_perf_msgr_client`, with a plain `std::net`
-//! request/reply loop run in the same command for comparison. `--help` lists the options.
+//! `cargo run --release -p bench`: asyncmsgr, a tuned tokio peer and a batched std::net
+//! peer doing the same msgr v1 request/reply work over loopback, one table with ratios.
+//! `--help` lists the modes and options. Exits 1 when a run fails (a reset with
+//! requests in flight, a bad frame, a reply out of order or missing, traffic stopped).
 #![allow(clippy::print_stdout)]
 
-mod args;
-mod floor;
-mod idle;
-mod msgr;
-mod report;
-mod stdnet;
+use std::process::ExitCode;
 
-use args::{Args, Mode};
-use report::Report;
+use bench::args::{Args, Mode, Peer};
+use bench::matrix::{self, Cell};
+use bench::report::{self, Report};
+use bench::{compare, idle, msgr, plot, run_peer};
 
-fn print_table(args: &Args, reports: &[Report]) {
-    println!();
-    println!(
+fn heading(args: &Args) -> String {
+    format!(
         "size {} B, reply {} B, depth {}, conns {}, workers {}, crc {}, {:.1} s",
         args.size,
         args.reply_size,
@@ -23,66 +20,101 @@ fn print_table(args: &Args, reports: &[Report]) {
         args.conns,
         args.workers,
         if args.crc { "on" } else { "off" },
-        args.duration.as_secs_f64()
-    );
-    println!("{}", Report::header());
-    for r in reports {
-        println!("{}", r.row());
+        args.duration().as_secs_f64()
+    )
+}
+
+/// Prints the table (and plots it); the exit code says whether every run passed.
+fn finish(args: &Args, reports: &[Report]) -> Result<(), String> {
+    println!("\n{}\n{}", heading(args), report::table(reports));
+    if let Some(path) = &args.plot {
+        plot::latency_svg(path, &heading(args), reports).map_err(|e| e.to_string())?;
+        eprintln!("latency plot written to {}", path.display());
+    }
+    if let Some(path) = &args.flamegraph {
+        eprintln!("flamegraph of the asyncmsgr run written to {}", path.display());
+    }
+    match reports.iter().find_map(|r| r.failure.as_ref().map(|f| (r, f))) {
+        Some((r, why)) => Err(format!("{} failed: {why}", r.name)),
+        None => Ok(()),
     }
 }
 
-fn main() {
+fn run_matrix(args: &Args, cells: &[Cell]) -> Result<(), String> {
+    let results = matrix::run(args, cells, run_peer)?;
+    println!("\n{}", matrix::table(args, &results));
+    if args.mode == Mode::Conns {
+        println!("{}", matrix::scaling(args, &results));
+    }
+    Ok(())
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let io = |e: std::io::Error| e.to_string();
+    match args.mode {
+        Mode::Compare => finish(args, &compare(args).map_err(io)?),
+        Mode::Matrix => run_matrix(args, &matrix::ISSUE_CELLS),
+        Mode::Modes => run_matrix(args, &matrix::MODE_CELLS),
+        Mode::Conns => {
+            let cells = [matrix::CONNS_REFERENCE, args.conns].map(|conns| Cell {
+                size: args.size,
+                depth: matrix::CONNS_DEPTH,
+                conns,
+            });
+            run_matrix(args, &cells)
+        }
+        Mode::Floor => {
+            let mut reports = vec![bench::floor::run(args).map_err(io)?];
+            reports.extend(compare(args).map_err(io)?);
+            finish(args, &reports)
+        }
+        Mode::Server => {
+            let (server, addr) = msgr::server(args, args.addr, args.variant).map_err(io)?;
+            eprintln!("asyncmsgr server on {addr}; Ctrl-C to stop");
+            // Runs until killed: the workers and dispatch thread do the work.
+            loop {
+                std::thread::park();
+                let _ = &server;
+            }
+        }
+        Mode::Client => {
+            let name = Peer::Asyncmsgr(args.variant).to_string();
+            let report = msgr::client(args, args.addr, args.variant, &name).map_err(io)?;
+            finish(args, &[report])
+        }
+        Mode::Idle => idle::run(args).map_err(io),
+        Mode::IdleClients => {
+            idle::clients(args.addr, args.conns).map_err(io)?;
+            std::process::exit(0);
+        }
+    }
+}
+
+fn main() -> ExitCode {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .try_init();
-    let args = match Args::parse(std::env::args().skip(1)) {
-        Ok(a) if a.mode == Mode::Floor => Args { depth: 1, ..a },
+    let mut args = match Args::parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}");
-            std::process::exit(2);
+            return ExitCode::from(2);
         }
     };
-    let mut reports = Vec::new();
-    let result = (|| -> std::io::Result<()> {
-        match args.mode {
-            Mode::Compare => {
-                reports.push(msgr::run(&args)?);
-                reports.push(stdnet::run(&args)?);
-            }
-            Mode::Messenger => reports.push(msgr::run(&args)?),
-            Mode::Floor => {
-                reports.push(floor::run(&args)?);
-                reports.push(msgr::run(&args)?);
-                reports.push(stdnet::run(&args)?);
-            }
-            Mode::StdNet => reports.push(stdnet::run(&args)?),
-            Mode::Server => {
-                let (server, addr) = msgr::server(&args, args.addr)?;
-                eprintln!("asyncmsgr server on {addr}; Ctrl-C to stop");
-                // Runs until killed: the workers and dispatch thread do the work.
-                loop {
-                    std::thread::park();
-                    let _ = &server;
-                }
-            }
-            Mode::Client => reports.push(msgr::client(&args, args.addr, "asyncmsgr")?),
-            Mode::Idle => {
-                idle::run(&args)?;
-                return Ok(());
-            }
-            Mode::IdleClients => {
-                idle::clients(args.addr, args.conns)?;
-                std::process::exit(0);
-            }
+    match args.mode {
+        Mode::Floor => args.depth = 1,
+        Mode::Modes if !args.peers_given => args.peers = Peer::MODES.to_vec(),
+        Mode::Conns if !args.peers_given => args.peers = Peer::SCALING.to_vec(),
+        _ => {}
+    }
+    if args.addr.port() == 0 && args.mode == Mode::Client {
+        eprintln!("client mode needs --addr IP:PORT of a running `bench server`");
+        return ExitCode::from(2);
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("bench FAILED: {why}");
+            ExitCode::FAILURE
         }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        eprintln!("bench failed: {e}");
-        std::process::exit(1);
     }
-    if reports.is_empty() {
-        return;
-    }
-    print_table(&args, &reports);
 }

@@ -1,25 +1,27 @@
-//! The messenger side of the benchmark: a server messenger that answers every message on
-//! the connection it came on, and client messengers that keep `depth` requests in flight.
+//! The asyncmsgr peer: a server messenger that answers every message on the connection
+//! it came on, and client messengers that keep `depth` requests in flight, check that
+//! every reply answers the oldest request (tid order), count resets, and fail the run
+//! when a reply is missing, out of order, or traffic stops.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use messenger::{Connection, Dispatcher, Messenger, MessengerConfig, Policy};
+use crossbeam_channel::Sender;
+use event_center::{WorkerPool, WorkerPoolConfig};
+use hdrhistogram::Histogram;
+use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
 use parking_lot::Mutex;
-use protocol::types::{EntityName, EntityType};
+use protocol::types::EntityType;
 use protocol::Message;
-use std::collections::VecDeque;
 
-use crate::args::Args;
-use crate::report::{cpu_time, new_histogram, Progress, Report};
-
-/// `CEPH_MSG_PING`: the server answers a ping with a ping (as the issue asks); any other
-/// type is answered with the same type.
-const MSG_PING: u16 = 2;
+use crate::args::{Args, MsgrVariant};
+use crate::report::{measure, new_histogram, Report};
+use crate::verify::{InFlight, Signal};
+use crate::wire::{client_name, MSG_PING, SERVER_NAME};
 
 fn config(args: &Args) -> MessengerConfig {
     MessengerConfig {
@@ -30,165 +32,236 @@ fn config(args: &Args) -> MessengerConfig {
     }
 }
 
-/// Answers every message on its own connection, from the worker (fast dispatch).
+/// Answers every message on its own connection with a message of the same type and tid
+/// carrying `reply` as data: from the worker (fast dispatch) or, `queued`, from the
+/// dispatch thread.
 struct Echo {
     reply: Bytes,
+    queued: bool,
 }
 
-impl Dispatcher<Connection> for Echo {
-    fn ms_dispatch(&self, conn: &Connection, msg: Message) -> messenger::Dispatched {
-        self.ms_fast_dispatch(conn, msg);
-        messenger::Dispatched::Taken
-    }
-    fn ms_can_fast_dispatch_any(&self) -> bool {
-        true
-    }
-    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
-        true
-    }
-    fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
+impl Echo {
+    fn answer(&self, conn: &Connection, msg: &Message) {
         let mut reply = Message::new(msg.msg_type(), Bytes::new());
         reply.set_tid(msg.tid());
         reply.set_data(self.reply.clone());
+        // A closed connection has nobody to answer; the client notices the reset.
         let _ = conn.send_message(reply);
     }
 }
 
+impl Dispatcher<Connection> for Echo {
+    fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
+        self.answer(conn, &msg);
+        Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        !self.queued
+    }
+    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
+        !self.queued
+    }
+    fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
+        self.answer(conn, &msg);
+    }
+    fn ms_handle_reset(&self, _conn: &Connection) -> bool {
+        // Every client that leaves resets its lossy session; nothing to do.
+        true
+    }
+}
+
 /// Starts a server messenger bound to `addr`.
-pub fn server(args: &Args, addr: SocketAddr) -> io::Result<(Messenger, SocketAddr)> {
+pub fn server(
+    args: &Args,
+    addr: SocketAddr,
+    variant: MsgrVariant,
+) -> io::Result<(Messenger, SocketAddr)> {
     // Nonce 0, as a monitor announces: a client that knows only the server's IP:port
     // (the `client` mode in another process) dials exactly what the server announces.
-    let m = Messenger::new(EntityName::new(EntityType::OSD, 0), 0, config(args))?;
-    m.set_default_policy(Policy::stateless_server());
+    let m = Messenger::new(SERVER_NAME, 0, config(args))?;
+    m.set_default_policy(if variant.lossless {
+        Policy::lossless_peer()
+    } else {
+        Policy::stateless_server()
+    });
     let bound = m.bind(addr)?;
     m.start()?;
-    m.add_dispatcher_head(Arc::new(Echo { reply: Bytes::from(vec![0x5a; args.reply_size]) }))?;
+    m.add_dispatcher_head(Arc::new(Echo {
+        reply: Bytes::from(vec![0x5a; args.reply_size]),
+        queued: variant.queued,
+    }))?;
     Ok((m, bound))
 }
 
+/// The window of one connection: requests in flight and the round trips completed.
+struct Window {
+    inflight: InFlight,
+    hist: Histogram<u64>,
+}
+
 /// The client side of one connection: every reply completes a round trip and, until the
-/// deadline, sends the next request from the worker that delivered the reply (fast
-/// dispatch), so the window stays `depth` deep with no user thread in the loop — how an
-/// event-driven Ceph client keeps its ops in flight.
+/// deadline, sends the next request from the thread that delivered the reply, so the
+/// window stays `depth` deep with no user thread in the loop — how an event-driven Ceph
+/// client keeps its ops in flight.
 struct Pipeline {
     payload: Bytes,
     deadline: Instant,
-    /// Send times of the requests in flight, oldest first: replies come back in order on
-    /// one connection. Only the connection's worker touches it after the first window.
-    inflight: Mutex<VecDeque<Instant>>,
-    hist: Mutex<hdrhistogram::Histogram<u64>>,
+    queued: bool,
+    window: Mutex<Window>,
     done: Arc<AtomicU64>,
-    tid: AtomicU64,
-    drained: crossbeam_channel::Sender<()>,
+    resets: Arc<AtomicU64>,
+    signals: Sender<Signal>,
+    /// Set once the connection failed: no more sends, one report.
+    failed: AtomicBool,
 }
 
 impl Pipeline {
     fn send(&self, conn: &Connection) {
-        let tid = self.tid.fetch_add(1, Ordering::Relaxed);
         let mut msg = Message::new(MSG_PING, Bytes::new());
-        msg.set_tid(tid);
+        msg.set_tid(self.window.lock().inflight.push(Instant::now()));
         msg.set_data(self.payload.clone());
-        self.inflight.lock().push_back(Instant::now());
-        if conn.send_message(msg).is_err() {
-            self.inflight.lock().pop_back();
+        if let Err(e) = conn.send_message(msg) {
+            self.window.lock().inflight.unpush();
+            self.fail(format!("send_message failed: {e}"));
+        }
+    }
+
+    fn fail(&self, why: String) {
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            let _ = self.signals.send(Signal::Failed(why));
+        }
+    }
+
+    fn reply(&self, conn: &Connection, msg: &Message) {
+        let completed = {
+            let mut w = self.window.lock();
+            match w.inflight.complete(msg.tid()) {
+                Ok(sent) => {
+                    let _ = w.hist.record(sent.elapsed().as_nanos() as u64);
+                    Ok(w.inflight.len())
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match completed {
+            Err(e) => self.fail(format!("connection {}: {e}", conn.id())),
+            Ok(left) => {
+                self.done.fetch_add(1, Ordering::Relaxed);
+                if self.failed.load(Ordering::Relaxed) {
+                } else if Instant::now() < self.deadline {
+                    self.send(conn);
+                } else if left == 0 {
+                    let _ = self.signals.send(Signal::Drained);
+                }
+            }
+        }
+    }
+
+    fn reset(&self, conn: &Connection, hook: &str) {
+        self.resets.fetch_add(1, Ordering::Relaxed);
+        let lost = self.window.lock().inflight.len();
+        if lost > 0 {
+            self.fail(format!(
+                "connection {} to {:?} reset ({hook}) with {lost} requests in flight: \
+                 their replies are lost",
+                conn.id(),
+                conn.peer_socket_addr()
+            ));
         }
     }
 }
 
 impl Dispatcher<Connection> for Pipeline {
-    fn ms_dispatch(&self, conn: &Connection, msg: Message) -> messenger::Dispatched {
-        self.ms_fast_dispatch(conn, msg);
-        messenger::Dispatched::Taken
+    fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
+        self.reply(conn, &msg);
+        Dispatched::Taken
     }
     fn ms_can_fast_dispatch_any(&self) -> bool {
-        true
+        !self.queued
     }
     fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
+        !self.queued
+    }
+    fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
+        self.reply(conn, &msg);
+    }
+    fn ms_handle_reset(&self, conn: &Connection) -> bool {
+        self.reset(conn, "ms_handle_reset");
         true
     }
-    fn ms_fast_dispatch(&self, conn: &Connection, _msg: Message) {
-        let (sent, left) = {
-            let mut q = self.inflight.lock();
-            (q.pop_front(), q.len())
-        };
-        if let Some(sent) = sent {
-            let _ = self.hist.lock().record(sent.elapsed().as_nanos() as u64);
-            self.done.fetch_add(1, Ordering::Relaxed);
-        }
-        if Instant::now() < self.deadline {
-            self.send(conn);
-        } else if left == 0 {
-            let _ = self.drained.try_send(());
-        }
+    fn ms_handle_remote_reset(&self, conn: &Connection) {
+        self.reset(conn, "ms_handle_remote_reset");
     }
 }
 
-/// Runs `args.conns` client messengers against `server` for `args.duration`.
-pub fn client(args: &Args, server: SocketAddr, name: &str) -> io::Result<Report> {
-    let done = Arc::new(AtomicU64::new(0));
-    let payload = Bytes::from(vec![0xa5; args.size]);
-    let (drained_tx, drained_rx) = crossbeam_channel::bounded(args.conns);
-    let t0 = Instant::now();
-    let deadline = t0 + args.duration;
-    let mut clients = Vec::new();
-    for i in 0..args.conns {
-        // One client messenger per connection, as ceph_perf_msgr_client does.
-        let m = Messenger::new(
-            EntityName::new(EntityType::CLIENT, i as i64),
-            1000 + i as u32,
-            config(args),
-        )?;
-        m.set_default_policy(Policy::lossy_client());
-        m.start()?;
-        let pipeline = Arc::new(Pipeline {
-            payload: payload.clone(),
-            deadline,
-            inflight: Mutex::new(VecDeque::with_capacity(args.depth)),
-            hist: Mutex::new(new_histogram()),
-            done: done.clone(),
-            tid: AtomicU64::new(1),
-            drained: drained_tx.clone(),
-        });
-        m.add_dispatcher_head(pipeline.clone())?;
-        let conn = m.get_connection(EntityType::OSD, server);
-        clients.push((m, conn, pipeline));
-    }
-    let progress = Progress::start(name.to_string(), done.clone(), args.progress);
-    let cpu0 = cpu_time();
-    for (_, conn, pipeline) in &clients {
-        for _ in 0..args.depth {
-            pipeline.send(conn);
+/// Runs `args.conns` client messengers against `server` for the run's duration. The
+/// client messengers share one pool of `args.workers` workers (so 1,000 connections
+/// are 1,000 messengers on 2 threads, as daemons share a pool); each is its own entity,
+/// `client.i`, as `ceph_perf_msgr_client` does.
+pub fn client(
+    args: &Args,
+    server: SocketAddr,
+    variant: MsgrVariant,
+    name: &str,
+) -> io::Result<Report> {
+    let resets = Arc::new(AtomicU64::new(0));
+    let mut report = measure(args, name, |deadline, done, signals| {
+        let pool = Arc::new(WorkerPool::new(WorkerPoolConfig {
+            workers: args.workers,
+            name_prefix: "bench-client".into(),
+            ..WorkerPoolConfig::default()
+        })?);
+        let payload = Bytes::from(vec![0xa5; args.size]);
+        let mut clients = Vec::with_capacity(args.conns);
+        for i in 0..args.conns {
+            let m =
+                Messenger::with_pool(client_name(i), 1000 + i as u32, config(args), pool.clone());
+            m.set_default_policy(if variant.lossless {
+                Policy::lossless_peer()
+            } else {
+                Policy::lossy_client()
+            });
+            m.start()?;
+            let pipeline = Arc::new(Pipeline {
+                payload: payload.clone(),
+                deadline,
+                queued: variant.queued,
+                window: Mutex::new(Window {
+                    inflight: InFlight::new(args.depth),
+                    hist: new_histogram(),
+                }),
+                done: done.clone(),
+                resets: resets.clone(),
+                signals: signals.clone(),
+                failed: AtomicBool::new(false),
+            });
+            m.add_dispatcher_head(pipeline.clone())?;
+            let conn = m.get_connection(EntityType::OSD, server);
+            clients.push((m, conn, pipeline));
         }
-    }
-    // Each connection reports once its last reply after the deadline arrived.
-    for _ in 0..args.conns {
-        if drained_rx.recv_deadline(deadline + Duration::from_secs(30)).is_err() {
-            break;
+        for (_, conn, pipeline) in &clients {
+            for _ in 0..args.depth {
+                pipeline.send(conn);
+            }
         }
-    }
-    let elapsed = t0.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu0);
-    progress.stop();
-    let mut rtt = new_histogram();
-    for (m, _, pipeline) in clients {
-        let _ = rtt.add(&*pipeline.hist.lock());
-        m.shutdown();
-    }
-    let n = done.load(Ordering::Relaxed);
-    Ok(Report {
-        name: name.to_string(),
-        round_trips: n,
-        bytes: n * (args.size + args.reply_size) as u64,
-        elapsed,
-        cpu,
-        rtt,
-    })
+        Ok(Box::new(move || {
+            let mut rtt = new_histogram();
+            for (m, _, pipeline) in clients {
+                let _ = rtt.add(&pipeline.window.lock().hist);
+                m.shutdown();
+            }
+            pool.shutdown();
+            Ok(rtt)
+        }))
+    })?;
+    report.resets = resets.load(Ordering::Relaxed);
+    Ok(report)
 }
 
 /// Server and clients in this process.
-pub fn run(args: &Args) -> io::Result<Report> {
-    let (server, addr) = server(args, SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let report = client(args, addr, "asyncmsgr");
+pub fn run(args: &Args, variant: MsgrVariant, name: &str) -> io::Result<Report> {
+    let (server, addr) = server(args, SocketAddr::from(([127, 0, 0, 1], 0)), variant)?;
+    let report = client(args, addr, variant, name);
     server.shutdown();
     report
 }

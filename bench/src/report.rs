@@ -1,10 +1,16 @@
-//! Results of one run: throughput, round-trip percentiles, CPU per message.
+//! Results of one run: throughput, round-trip percentiles, CPU per round trip, resets;
+//! the comparison table; a live progress line.
 
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
 use hdrhistogram::Histogram;
+
+use crate::args::Args;
+use crate::verify::{self, Signal};
 
 /// Process CPU time (user + system) so far.
 pub fn cpu_time() -> Duration {
@@ -25,7 +31,7 @@ pub fn new_histogram() -> Histogram<u64> {
 /// The outcome of one measured run.
 #[derive(Clone, Debug)]
 pub struct Report {
-    /// What ran ("asyncmsgr", "std::net").
+    /// What ran ("asyncmsgr", "tokio-ct64", …).
     pub name: String,
     /// Round trips completed in the measured window.
     pub round_trips: u64,
@@ -37,9 +43,35 @@ pub struct Report {
     pub cpu: Duration,
     /// Round-trip times.
     pub rtt: Histogram<u64>,
+    /// Connection resets seen by the client (`ms_handle_reset` + `ms_handle_remote_reset`).
+    pub resets: u64,
+    /// Why the run is void (reset with requests in flight, bad frame, reply out of order,
+    /// traffic stopped), if it is.
+    pub failure: Option<String>,
 }
 
 impl Report {
+    /// A report of `round_trips` of `per_rt_bytes` payload each.
+    pub fn new(
+        name: impl Into<String>,
+        round_trips: u64,
+        per_rt_bytes: usize,
+        elapsed: Duration,
+        cpu: Duration,
+        rtt: Histogram<u64>,
+    ) -> Report {
+        Report {
+            name: name.into(),
+            round_trips,
+            bytes: round_trips * per_rt_bytes as u64,
+            elapsed,
+            cpu,
+            rtt,
+            resets: 0,
+            failure: None,
+        }
+    }
+
     /// Round trips per second.
     pub fn rate(&self) -> f64 {
         self.round_trips as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -56,28 +88,103 @@ impl Report {
     pub fn cpu_us_per_rt(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / (self.round_trips.max(1) as f64)
     }
+}
 
-    /// One table row.
-    pub fn row(&self) -> String {
-        format!(
-            "{:<10} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>12.2}",
-            self.name,
-            self.rate(),
-            self.mbps(),
-            self.pct_us(0.5),
-            self.pct_us(0.99),
-            self.pct_us(0.999),
-            self.cpu_us_per_rt(),
-        )
+/// `reference ÷ other`, printed as `x1.23` (a dash when undefined).
+fn ratio(reference: f64, other: f64) -> String {
+    if other > 0.0 && reference.is_finite() && other.is_finite() {
+        format!("x{:.2}", reference / other)
+    } else {
+        "-".into()
     }
+}
 
-    /// The table header matching [`Report::row`].
-    pub fn header() -> String {
-        format!(
-            "{:<10} {:>12} {:>10} {:>10} {:>10} {:>10} {:>12}",
-            "peer", "rt/s", "MB/s", "p50 us", "p99 us", "p99.9 us", "cpu us/rt"
-        )
+/// One table of runs with the same parameters: a row per peer, and the first row's
+/// throughput, CPU per round trip and p50 divided by each other row's (so `rt/s x1.30`
+/// means the first row did 1.3 times the round trips; `cpu x0.80` that it spent 80 % of
+/// the CPU per round trip).
+pub fn table(reports: &[Report]) -> String {
+    let mut out = format!(
+        "{:<26} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}   {:<9} {:>7} {:>7} {:>7}\n",
+        "peer",
+        "rt/s",
+        "MB/s",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "cpu us",
+        "resets",
+        "ref/peer:",
+        "rt/s",
+        "cpu",
+        "p50"
+    );
+    let reference = reports.first();
+    for (i, r) in reports.iter().enumerate() {
+        let ratios = match reference {
+            Some(f) if i > 0 => format!(
+                "{:<9} {:>7} {:>7} {:>7}",
+                "",
+                ratio(f.rate(), r.rate()),
+                ratio(f.cpu_us_per_rt(), r.cpu_us_per_rt()),
+                ratio(f.pct_us(0.5), r.pct_us(0.5)),
+            ),
+            _ => String::new(),
+        };
+        out += &format!(
+            "{:<26} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>6}   {}\n",
+            r.name,
+            r.rate(),
+            r.mbps(),
+            r.pct_us(0.5),
+            r.pct_us(0.99),
+            r.pct_us(0.999),
+            r.cpu_us_per_rt(),
+            r.resets,
+            ratios.trim_end(),
+        );
+        if let Some(why) = &r.failure {
+            out += &format!("  {} FAILED: {why}\n", r.name);
+        }
     }
+    out
+}
+
+/// What a peer's `start` hands back: joins its threads and merges their histograms.
+pub type Join = Box<dyn FnOnce() -> io::Result<Histogram<u64>>>;
+
+/// Measures one peer in this process: `start(deadline, done, signals)` sets up its
+/// server and clients (they count round trips in `done` and report on `signals`, and
+/// stop sending at `deadline`); the run lasts until every connection drained or one
+/// failed ([`verify::watch`]). CPU time covers the whole process over the same window.
+/// After a failure the peer's threads are not joined (they may be blocked on a silent
+/// socket); the process reports the failure and exits.
+pub fn measure(
+    args: &Args,
+    name: &str,
+    start: impl FnOnce(Instant, Arc<AtomicU64>, Sender<Signal>) -> io::Result<Join>,
+) -> io::Result<Report> {
+    /// Generous: the stall check, not this, is what notices a dead run.
+    const GRACE: Duration = Duration::from_secs(60);
+    let (signals, signals_rx) = crossbeam_channel::unbounded();
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start(name.to_string(), done.clone(), args.progress);
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + args.duration();
+    let join = start(deadline, done.clone(), signals)?;
+    let outcome = verify::watch(&signals_rx, args.conns, &done, args.stall, deadline + GRACE);
+    let elapsed = t0.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu0);
+    progress.stop();
+    let (rtt, outcome) = match outcome {
+        Ok(()) => (join()?, verify::late_failure(&signals_rx)),
+        Err(why) => (new_histogram(), Err(why)),
+    };
+    let n = done.load(Ordering::Relaxed);
+    let mut report = Report::new(name, n, args.rt_bytes(), elapsed, cpu, rtt);
+    report.failure = outcome.err();
+    Ok(report)
 }
 
 /// A live progress line on stderr, once a second, from a counter the run increments.

@@ -1,0 +1,27 @@
+//! `--flamegraph FILE.svg`: samples this process's threads while the asyncmsgr run
+//! goes (SIGPROF at [`FREQUENCY`] Hz, stacks unwound in-process by `pprof`) and writes
+//! an interactive flamegraph, so no external `perf` or `inferno` install is needed.
+//! The release profile keeps line tables, so frames have names.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+/// Samples per second: prime, so sampling does not beat with periodic work.
+const FREQUENCY: i32 = 997;
+
+/// Runs `f` under the profiler and writes the flamegraph of what ran meanwhile (every
+/// thread of the process: client, server, workers, dispatch threads) to `path`.
+pub fn profile<T>(path: &Path, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let guard = pprof::ProfilerGuardBuilder::default()
+        .frequency(FREQUENCY)
+        // Unwinding through these can deadlock or crash inside a signal handler.
+        .blocklist(&["libgcc", "vdso"])
+        .build()
+        .map_err(io::Error::other)?;
+    let out = f()?;
+    let report = guard.report().build().map_err(io::Error::other)?;
+    drop(guard);
+    report.flamegraph(File::create(path)?).map_err(io::Error::other)?;
+    Ok(out)
+}

@@ -1,0 +1,57 @@
+//! The asyncmsgr benchmark, in the spirit of Ceph's `ceph_perf_msgr_server` /
+//! `ceph_perf_msgr_client`: request/reply over loopback, asyncmsgr against a tuned tokio
+//! peer and a batched blocking std::net peer doing the same msgr v1 work (same frames,
+//! same crcs, every reply verified and matched to its request). `bench --help` lists the
+//! modes and options; `main.rs` is only the command line around this library, which the
+//! tests drive too.
+
+pub mod args;
+pub mod flame;
+pub mod floor;
+pub mod idle;
+pub mod matrix;
+pub mod msgr;
+pub mod naive;
+pub mod plot;
+pub mod report;
+pub mod stdnet;
+pub mod tokio_peer;
+pub mod verify;
+pub mod wire;
+
+use std::io;
+
+use args::{Args, Peer};
+use report::Report;
+
+/// Runs one peer with `args` in this process.
+pub fn run_peer(args: &Args, peer: Peer) -> io::Result<Report> {
+    match peer {
+        Peer::Asyncmsgr(v) => msgr::run(args, v, &peer.to_string()),
+        Peer::Tokio => tokio_peer::run(args),
+        Peer::StdBatched => stdnet::run(args),
+        Peer::StdNaive => naive::run(args),
+    }
+}
+
+/// Runs every peer of `args.peers` in order, profiling the first asyncmsgr run when
+/// `--flamegraph` is given; stops at the first failed run.
+pub fn compare(args: &Args) -> io::Result<Vec<Report>> {
+    let mut reports: Vec<Report> = Vec::with_capacity(args.peers.len());
+    let mut profiled = false;
+    for &peer in &args.peers {
+        let report = match (&args.flamegraph, peer) {
+            (Some(path), Peer::Asyncmsgr(_)) if !profiled => {
+                profiled = true;
+                flame::profile(path, || run_peer(args, peer))?
+            }
+            _ => run_peer(args, peer)?,
+        };
+        let failed = report.failure.is_some();
+        reports.push(report);
+        if failed {
+            break;
+        }
+    }
+    Ok(reports)
+}
