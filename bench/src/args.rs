@@ -24,6 +24,8 @@ pub enum Mode {
     Idle,
     /// Depth-1 latency floor of an event-loop design: a bare mio loop beside the peers.
     Floor,
+    /// The crc32c kernels side by side at header to bulk sizes.
+    Crc,
     /// Internal: the idle mode's client process.
     IdleClients,
 }
@@ -182,6 +184,7 @@ modes:
   server, client     ceph_perf_msgr_server / ceph_perf_msgr_client in two processes
   idle               RSS per idle connection (use with --conns 10000)
   floor              depth 1: a bare mio loop (no crc, u32 frames) beside the peers
+  crc                the crc32c kernels (crc32c crate, crc-fast, protocol's pick) by size
 options:
   --peers LIST        comma-separated, first is the reference (default asyncmsgr,tokio,std);
                       also lossless, queued, lossless+queued (asyncmsgr variants), naive
@@ -233,6 +236,7 @@ impl Args {
                 "client" => a.mode = Mode::Client,
                 "idle" => a.mode = Mode::Idle,
                 "floor" => a.mode = Mode::Floor,
+                "crc" => a.mode = Mode::Crc,
                 "idle-clients" => a.mode = Mode::IdleClients,
                 "--peers" => {
                     a.peers =

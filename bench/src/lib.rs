@@ -6,6 +6,7 @@
 //! tests drive too.
 
 pub mod args;
+pub mod crc;
 pub mod flame;
 pub mod floor;
 pub mod idle;

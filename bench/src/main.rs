@@ -83,6 +83,10 @@ fn run(args: &Args) -> Result<(), String> {
             finish(args, &[report])
         }
         Mode::Idle => idle::run(args).map_err(io),
+        Mode::Crc => {
+            println!("{}", bench::crc::run());
+            Ok(())
+        }
         Mode::IdleClients => {
             idle::clients(args.addr, args.conns).map_err(io)?;
             std::process::exit(0);
