@@ -61,6 +61,7 @@ pub fn latency_svg(path: &Path, title: &str, reports: &[Report]) -> io::Result<(
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
+        .margin_right(36)
         .x_label_area_size(40)
         .y_label_area_size(64)
         .build_cartesian_2d(0f64..x_max.ceil(), ((lo * 0.8).max(0.1)..hi * 1.25).log_scale())
