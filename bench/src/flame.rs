@@ -1,7 +1,7 @@
 //! `--flamegraph FILE.svg`: samples this process's threads while the asyncmsgr run
-//! goes (SIGPROF at [`FREQUENCY`] Hz, stacks unwound in-process by `pprof`) and writes
-//! an interactive flamegraph, so no external `perf` or `inferno` install is needed.
-//! The release profile keeps line tables, so frames have names.
+//! goes (SIGPROF about 1,000 times a CPU second, stacks unwound in-process by `pprof`)
+//! and writes an interactive flamegraph, so no external `perf` or `inferno` install is
+//! needed. The release profile keeps line tables, so frames have names.
 
 use std::fs::File;
 use std::io;
