@@ -18,8 +18,7 @@ pub fn profile<T>(path: &Path, f: impl FnOnce() -> io::Result<T>) -> io::Result<
         .frequency(FREQUENCY)
         // Samples that land in the unwinder itself or the vDSO are dropped (unwinding
         // from there can deadlock or crash in a signal handler). libc is kept: without
-        // it every sample inside a syscall wrapper would be lost, and with it the time
-        // spent in read/writev/epoll_wait.
+        // it every sample inside a syscall wrapper (read, writev, epoll_wait) is lost.
         .blocklist(&["libgcc", "vdso"])
         .build()
         .map_err(io::Error::other)?;
