@@ -182,6 +182,7 @@ modes:
   modes              asyncmsgr lossy+fast against lossless and queued dispatch (4k/32, 64/128)
   conns              aggregate rt/s of 16 connections against --conns (default 1000), depth 4
   server, client     ceph_perf_msgr_server / ceph_perf_msgr_client in two processes
+                     (the client's table counts its own CPU only)
   idle               RSS per idle connection (use with --conns 10000)
   floor              depth 1: a bare mio loop (no crc, u32 frames) beside the peers
   crc                the crc32c kernels (crc32c crate, crc-fast, protocol's pick) by size

@@ -133,27 +133,27 @@ impl Pipeline {
     }
 
     fn reply(&self, conn: &Connection, msg: &Message) {
-        let completed = {
+        let left = {
             let mut w = self.window.lock();
             match w.inflight.complete(msg.tid()) {
                 Ok(sent) => {
                     let _ = w.hist.record(sent.elapsed().as_nanos() as u64);
-                    Ok(w.inflight.len())
+                    w.inflight.len()
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    drop(w);
+                    return self.fail(format!("connection {}: {e}", conn.id()));
+                }
             }
         };
-        match completed {
-            Err(e) => self.fail(format!("connection {}: {e}", conn.id())),
-            Ok(left) => {
-                self.done.fetch_add(1, Ordering::Relaxed);
-                if self.failed.load(Ordering::Relaxed) {
-                } else if Instant::now() < self.deadline {
-                    self.send(conn);
-                } else if left == 0 {
-                    let _ = self.signals.send(Signal::Drained);
-                }
-            }
+        self.done.fetch_add(1, Ordering::Relaxed);
+        if self.failed.load(Ordering::Relaxed) {
+            return;
+        }
+        if Instant::now() < self.deadline {
+            self.send(conn);
+        } else if left == 0 {
+            let _ = self.signals.send(Signal::Drained);
         }
     }
 

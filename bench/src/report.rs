@@ -1,5 +1,6 @@
 //! Results of one run: throughput, round-trip percentiles, CPU per round trip, resets;
-//! the comparison table; a live progress line.
+//! the comparison table; [`measure`], the harness every in-process peer runs under; a
+//! live progress line.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
