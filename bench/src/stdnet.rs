@@ -76,7 +76,7 @@ fn serve_conn(stream: TcpStream, reply: &[u8], crc: bool) -> io::Result<()> {
     let mut buf = Vec::new();
     loop {
         let buffered = r.buffer();
-        if Deframer::frame_len(buffered).map_or(true, |n| n > buffered.len()) {
+        if Deframer::frame_len(buffered).is_none_or(|n| n > buffered.len()) {
             // The next read may block: what is answered so far goes out first.
             w.flush()?;
         }

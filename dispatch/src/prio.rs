@@ -137,7 +137,7 @@ impl<T> PrioQueue<T> {
         // Highest priority first, so ties go to the higher priority.
         for (prio, lane) in self.wrr.iter_mut().rev().filter(|(_, l)| l.len > 0) {
             lane.current += i64::from(*prio);
-            if best.map_or(true, |(_, cw)| lane.current > cw) {
+            if best.is_none_or(|(_, cw)| lane.current > cw) {
                 best = Some((*prio, lane.current));
             }
         }

@@ -342,7 +342,7 @@ fn check_truncated_and_trailing(
     let cut = r.gen_range(0..good.len());
     assert!(matches!(decode(&good[..cut]), Err(Error::Truncated { .. })));
     let mut long = good.to_vec();
-    long.extend(std::iter::repeat(0u8).take(r.gen_range(1..10)));
+    long.extend(std::iter::repeat_n(0u8, r.gen_range(1..10)));
     assert!(matches!(decode(&long), Err(Error::TrailingBytes { .. })));
 }
 

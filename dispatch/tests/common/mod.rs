@@ -69,7 +69,7 @@ impl Recorder {
 
 impl Dispatcher<TestConn> for Recorder {
     fn ms_dispatch(&self, conn: &TestConn, msg: Message) -> Dispatched {
-        let taken = self.takes.as_ref().map_or(true, |t| t.contains(&msg.msg_type()));
+        let taken = self.takes.as_ref().is_none_or(|t| t.contains(&msg.msg_type()));
         if !taken {
             return Dispatched::NotTaken(msg);
         }

@@ -132,7 +132,7 @@ impl CryptoKey {
     /// checking them: the envelope's magic is what detects a wrong key, and a padding
     /// check would only add a distinguishable error.
     pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Vec<u8>, AuthError> {
-        if ciphertext.is_empty() || ciphertext.len() % AES_BLOCK != 0 {
+        if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(AES_BLOCK) {
             return Err(AuthError::Malformed("ciphertext length is not a multiple of 16"));
         }
         let mut out = Aes128CbcDec::new(&self.secret.into(), &CEPH_AES_IV.into())

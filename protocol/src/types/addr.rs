@@ -71,7 +71,7 @@ impl EntityAddr {
 
     /// True if the IP is unspecified (0.0.0.0 / ::) or there is no address at all.
     pub fn is_blank_ip(&self) -> bool {
-        self.addr.map_or(true, |a| a.ip().is_unspecified())
+        self.addr.is_none_or(|a| a.ip().is_unspecified())
     }
 
     /// The port, 0 without an address.

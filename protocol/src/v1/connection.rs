@@ -1416,7 +1416,7 @@ trait PeerAddrExt {
 
 impl PeerAddrExt for Option<EntityAddr> {
     fn is_none_or_port0(&self) -> bool {
-        self.map_or(true, |a| a.port() == 0)
+        self.is_none_or(|a| a.port() == 0)
     }
 }
 

@@ -127,7 +127,7 @@ impl KeyServer {
             // After a long pause a few rotations replace the whole window; more would
             // only churn (bounded whatever `now` says).
             for _ in 0..ROTATING_WINDOW {
-                if !r.current().is_some_and(|(_, k)| k.expiration < now) {
+                if r.current().is_none_or(|(_, k)| k.expiration >= now) {
                     break;
                 }
                 let last = r.secrets.values().next_back().map(|k| k.expiration).unwrap_or(now);
@@ -319,7 +319,7 @@ impl KeyServer {
                 return Err(AuthError::BadAuthorizer("global id reclaim without the old ticket"));
             }
         }
-        if !entry.caps.get("mon").is_some_and(|c| !c.is_empty()) {
+        if entry.caps.get("mon").is_none_or(|c| c.is_empty()) {
             return Err(AuthError::PermissionDenied {
                 entity: name.to_string(),
                 code: -EACCES,
