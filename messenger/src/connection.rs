@@ -244,6 +244,11 @@ impl Connection {
 
     /// Test seam (feature `fault-injection`): cuts this connection's socket as a network
     /// failure would. A lossless session must survive it without loss or duplicates.
+    ///
+    /// Every call is one cut: a call made while no session is open, or while the last cut
+    /// is still being recovered from, waits until the session is open again on a new
+    /// socket. So N calls on a lossless session make N reconnects; on a lossy one the
+    /// first cut ends the session and the rest are dropped with it.
     #[cfg(feature = "fault-injection")]
     pub fn inject_socket_failure(&self) {
         self.post(Command::InjectFault);

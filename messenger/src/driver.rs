@@ -83,6 +83,13 @@ pub(crate) struct Driver {
     started: bool,
     finished: bool,
     server_side: bool,
+    /// Injected cuts not applied yet (`Connection::inject_socket_failure`): one is
+    /// applied per open session, so N calls make N reconnects.
+    #[cfg(feature = "fault-injection")]
+    cuts_pending: u32,
+    /// The current socket was already cut by an injected failure.
+    #[cfg(feature = "fault-injection")]
+    socket_cut: bool,
 }
 
 thread_local! {
@@ -222,6 +229,10 @@ impl Driver {
             started: false,
             finished: false,
             server_side,
+            #[cfg(feature = "fault-injection")]
+            cuts_pending: 0,
+            #[cfg(feature = "fault-injection")]
+            socket_cut: false,
         }
     }
 
@@ -260,6 +271,8 @@ impl Driver {
         if self.finished {
             return;
         }
+        #[cfg(feature = "fault-injection")]
+        self.apply_injected_cut();
         self.read(cx);
         let read_done = Instant::now();
         WorkerCounters::add_time(
@@ -282,7 +295,11 @@ impl Driver {
                 break;
             }
         }
-        if self.settle_mailbox() || self.proto.has_events() {
+        #[cfg(feature = "fault-injection")]
+        let cut_ready = self.cut_ready();
+        #[cfg(not(feature = "fault-injection"))]
+        let cut_ready = false;
+        if self.settle_mailbox() || self.proto.has_events() || cut_ready {
             // Work left after the bounded rounds: run again after the worker's other work.
             if let Some(id) = self.id {
                 let _ = self.center.notify(id);
@@ -338,6 +355,10 @@ impl Driver {
         self.read_ready = true;
         self.peer_closed = false;
         self.write_ready = true;
+        #[cfg(feature = "fault-injection")]
+        {
+            self.socket_cut = false;
+        }
         Ok(())
     }
 
@@ -417,14 +438,33 @@ impl Driver {
                 }
                 Command::TakeOver(incoming) => self.take_over(cx, *incoming),
                 #[cfg(feature = "fault-injection")]
-                Command::InjectFault => {
-                    if let Some(s) = &self.socket {
-                        log::info!(target: "msgr::conn", "{}: injected socket failure", self.proto);
-                        let _ = s.shutdown(std::net::Shutdown::Both);
-                        self.read_ready = true;
-                    }
-                }
+                Command::InjectFault => self.cuts_pending = self.cuts_pending.saturating_add(1),
             }
+        }
+    }
+
+    /// Whether an injected cut waits and the session is open on a socket not cut yet.
+    #[cfg(feature = "fault-injection")]
+    fn cut_ready(&self) -> bool {
+        self.cuts_pending > 0 && !self.socket_cut && self.socket.is_some() && self.proto.is_open()
+    }
+
+    /// Cuts the socket (both directions shut down, as a network failure would) for one
+    /// pending `inject_socket_failure`, once the session is open on a socket not cut yet:
+    /// a cut asked for while another is still being recovered from waits for the next
+    /// session, so each call costs exactly one reconnect.
+    #[cfg(feature = "fault-injection")]
+    fn apply_injected_cut(&mut self) {
+        if !self.cut_ready() {
+            return;
+        }
+        if let Some(s) = &self.socket {
+            log::info!(target: "msgr::conn", "{}: injected socket failure", self.proto);
+            let _ = s.shutdown(std::net::Shutdown::Both);
+            self.cuts_pending -= 1;
+            self.socket_cut = true;
+            self.read_ready = true;
+            self.peer_closed = true;
         }
     }
 

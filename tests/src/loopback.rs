@@ -96,6 +96,27 @@ pub fn assert_no_more_messages(rx: &Receiver<Seen>, why: &str) {
     }
 }
 
+/// Counts the events matching `pred` until `expected` were seen (each within [`WAIT`]),
+/// then for a short grace period more, so one too many shows as a count above
+/// `expected`. Other events are skipped. Returns the count (below `expected` on timeout).
+pub fn count_events(rx: &Receiver<Seen>, expected: usize, pred: impl Fn(&Seen) -> bool) -> usize {
+    let mut n = 0;
+    while n < expected {
+        match rx.recv_timeout(WAIT) {
+            Ok(seen) if pred(&seen) => n += 1,
+            Ok(_) => {}
+            Err(_) => return n,
+        }
+    }
+    let grace = Instant::now() + Duration::from_millis(300);
+    while let Ok(seen) = rx.recv_deadline(grace) {
+        if pred(&seen) {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Waits for `ms_handle_reset` and asserts it is for `conn`; panics on timeout.
 pub fn wait_for_reset(rx: &Receiver<Seen>, conn: &Connection) {
     let deadline = Instant::now() + WAIT;
