@@ -460,6 +460,13 @@ impl Messenger {
         t
     }
 
+    /// The v1 handshake counters of all our connections: connect attempts, WAIT,
+    /// RETRY_GLOBAL, RETRY_SESSION and RESETSESSION replies met, and received messages
+    /// dropped as already delivered. Read-only; for tests and diagnostics.
+    pub fn v1_counters(&self) -> v1::CounterValues {
+        self.core.proto_config().counters.values()
+    }
+
     /// Per-worker counters (index = worker index).
     pub fn worker_counters(&self) -> &[Arc<WorkerCounters>] {
         &self.core.counters

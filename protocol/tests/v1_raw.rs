@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,8 +46,15 @@ fn events(c: &mut Connection) -> Vec<Event> {
 
 /// A connector that has sent its banner, address and first connect.
 fn connector(config: Config, policy: Policy) -> (Connection, Instant, Vec<u8>) {
+    connector_shared(Arc::new(config), policy)
+}
+
+/// [`connector`] on a config the test keeps (to read its counters).
+fn connector_shared(config: Arc<Config>, policy: Policy) -> (Connection, Instant, Vec<u8>) {
     let now = Instant::now();
-    let mut c = Connection::connect(Arc::new(config), policy, peer_addr(), EntityType::MON, now);
+    let counter_before = config.global_seq.load(Relaxed);
+    let connects_before = config.counters.values().connects;
+    let mut c = Connection::connect(config.clone(), policy, peer_addr(), EntityType::MON, now);
     assert!(!c.wants_read(), "nothing to read before the socket is connected");
     c.handle_transport_connected(now);
     assert_eq!(drain(&mut c), BANNER);
@@ -58,7 +66,11 @@ fn connector(config: Config, policy: Policy) -> (Connection, Instant, Vec<u8>) {
     let out = drain(&mut c);
     assert_eq!(out.len(), 136 + 33);
     let connect = ConnectMsg::decode_exact(&out[136..]).unwrap();
-    assert_eq!(connect.global_seq, c.seqs().3.max(connect.global_seq));
+    // Ceph's connect takes `++global_seq` of the messenger: the attempt carries the
+    // counter's next value, and the shared counter moved to it.
+    assert_eq!(connect.global_seq, counter_before + 1);
+    assert_eq!(config.global_seq.load(Relaxed), connect.global_seq);
+    assert_eq!(config.counters.values().connects, connects_before + 1);
     (c, now, out)
 }
 
@@ -160,27 +172,34 @@ fn connector_final_refusals() {
 // RETRY_GLOBAL: global_seq = max(counter, reply) + 1, connect again on the same socket.
 #[test]
 fn connector_retry_global_raises_global_seq() {
-    let (mut c, now, _) = connector(me(), Policy::lossless_peer());
+    let config = Arc::new(me());
+    let (mut c, now, _) = connector_shared(config.clone(), Policy::lossless_peer());
     c.handle_bytes(now, reply(Tag::RETRY_GLOBAL, 100, 0, 0));
     let m = ConnectMsg::decode_exact(&drain(&mut c)).unwrap();
     assert_eq!(m.global_seq, 101);
+    let n = config.counters.values();
+    assert_eq!((n.connects, n.retry_global, n.retry_session, n.wait), (2, 1, 0, 0));
 }
 
 // RETRY_SESSION: connect_seq = reply.connect_seq.
 #[test]
 fn connector_retry_session_adopts_connect_seq() {
-    let (mut c, now, _) = connector(me(), Policy::lossless_peer());
+    let config = Arc::new(me());
+    let (mut c, now, _) = connector_shared(config.clone(), Policy::lossless_peer());
     c.handle_bytes(now, reply(Tag::RETRY_SESSION, 0, 7, 0));
     let m = ConnectMsg::decode_exact(&drain(&mut c)).unwrap();
     assert_eq!(m.connect_seq, 7);
     c.handle_bytes(now, reply(Tag::SEQ, 3, 8, 0));
     assert!(c.is_open());
+    let n = config.counters.values();
+    assert_eq!((n.connects, n.retry_global, n.retry_session, n.wait), (2, 0, 1, 0));
 }
 
 // RESETSESSION: queued messages discarded, remote reset reported, connect_seq 0.
 #[test]
 fn connector_resetsession_discards_session() {
-    let (mut c, now, _) = connector(me(), Policy::lossless_peer());
+    let config = Arc::new(me());
+    let (mut c, now, _) = connector_shared(config.clone(), Policy::lossless_peer());
     c.send_message(Message::new(2, Bytes::new()));
     c.handle_bytes(now, reply(Tag::RETRY_SESSION, 0, 4, 0));
     drain(&mut c);
@@ -189,14 +208,18 @@ fn connector_resetsession_discards_session() {
     let m = ConnectMsg::decode_exact(&drain(&mut c)).unwrap();
     assert_eq!(m.connect_seq, 0);
     assert_eq!(c.pending_messages(), 0);
+    let n = config.counters.values();
+    assert_eq!((n.connects, n.retry_session, n.reset_session), (3, 1, 1));
 }
 
 // WAIT: back off for ms_max_backoff.
 #[test]
 fn connector_wait_backs_off_max() {
-    let (mut c, now, _) = connector(me(), Policy::lossless_peer());
+    let config = Arc::new(me());
+    let (mut c, now, _) = connector_shared(config.clone(), Policy::lossless_peer());
     c.send_message(Message::new(2, Bytes::new()));
     c.handle_bytes(now, reply(Tag::WAIT, 0, 0, 0));
+    assert_eq!(config.counters.values().wait, 1);
     assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(15)));
     c.handle_timeout(now + Duration::from_secs(15));
     assert!(events(&mut c).iter().any(|e| matches!(e, Event::Reconnect { attempt: 1 })));
@@ -262,8 +285,13 @@ fn bad_banner_faults_both_sides() {
 // ---- accept side ----
 
 fn acceptor() -> (Connection, Instant, Vec<u8>) {
+    acceptor_shared(Arc::new(me()))
+}
+
+/// [`acceptor`] on a config the test keeps (to read its counters).
+fn acceptor_shared(config: Arc<Config>) -> (Connection, Instant, Vec<u8>) {
     let now = Instant::now();
-    let mut a = Connection::accept(Arc::new(me()), sa("127.0.0.1:5000"), sa("127.0.0.1:6789"), now);
+    let mut a = Connection::accept(config, sa("127.0.0.1:5000"), sa("127.0.0.1:6789"), now);
     let out = drain(&mut a);
     assert_eq!(out.len(), 281, "banner block sent at once");
     let mut hello = BANNER.to_vec();
@@ -428,7 +456,12 @@ fn acceptor_open_replies() {
 
 /// An open lossless acceptor (full features: new footer, KEEPALIVE2).
 fn open_acceptor(policy: Policy) -> (Connection, Instant) {
-    let (mut a, now, _) = acceptor();
+    open_acceptor_shared(Arc::new(me()), policy)
+}
+
+/// [`open_acceptor`] on a config the test keeps (to read its counters).
+fn open_acceptor_shared(config: Arc<Config>, policy: Policy) -> (Connection, Instant) {
+    let (mut a, now, _) = acceptor_shared(config);
     a.handle_bytes(now, connect_bytes(Features::PACIFIC_ADVERTISED, 13, 0, &[]));
     accept_request(&mut a);
     a.handle_accept_decision(now, policy, Decision::Open { reset_from_peer: false }, None);
@@ -465,7 +498,8 @@ fn feed(a: &mut Connection, now: Instant, bytes: &[u8]) -> Vec<Message> {
 // Unlike Pacific, a duplicate (seq <= in_seq) is dropped and reading goes on.
 #[test]
 fn duplicate_seq_is_dropped_and_reading_continues() {
-    let (mut a, now) = open_acceptor(Policy::lossless_peer());
+    let config = Arc::new(me());
+    let (mut a, now) = open_acceptor_shared(config.clone(), Policy::lossless_peer());
     let mut bytes = frame(1, b"one");
     bytes.extend(frame(1, b"dup"));
     bytes.extend(frame(2, b"two"));
@@ -473,6 +507,7 @@ fn duplicate_seq_is_dropped_and_reading_continues() {
     let got = feed(&mut a, now, &bytes);
     let fronts: Vec<&[u8]> = got.iter().map(|m| &m.front()[..]).collect();
     assert_eq!(fronts, [&b"one"[..], b"two"]);
+    assert_eq!(config.counters.values().old_seq_dropped, 1, "the duplicate is counted");
     // ACK 2 (lossless) and the KEEPALIVE2_ACK echo.
     let out = drain(&mut a);
     assert!(out.windows(9).any(|w| w == [Tag::ACK.0, 2, 0, 0, 0, 0, 0, 0, 0]), "{out:?}");

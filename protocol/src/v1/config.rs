@@ -1,7 +1,7 @@
 //! Settings shared by every connection of one messenger.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +53,65 @@ pub struct Config {
     /// Ask the messenger to verify an empty authorizer too (a monitor rejects mon peers
     /// without one); when false an empty authorizer is accepted without an event.
     pub verify_empty_authorizer: bool,
+    /// Handshake and duplicate counters of every connection sharing this config.
+    pub counters: Arc<Counters>,
+}
+
+/// Read-only counters of the connections sharing one [`Config`] (one messenger): how
+/// many connect attempts the handshakes took and which retry replies they met, so
+/// reconnect races can be checked for bounded rounds. Written with relaxed atomics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connect messages sent: first attempts, reconnects, and resends after a
+    /// RETRY_GLOBAL, RETRY_SESSION or RESETSESSION reply.
+    pub connects: AtomicU64,
+    /// WAIT replies received (a connection race lost to the peer's own connect).
+    pub wait: AtomicU64,
+    /// RETRY_GLOBAL replies received.
+    pub retry_global: AtomicU64,
+    /// RETRY_SESSION replies received.
+    pub retry_session: AtomicU64,
+    /// RESETSESSION replies received (the peer had lost our session).
+    pub reset_session: AtomicU64,
+    /// Received messages dropped because their seq was already delivered (a resend after
+    /// a reconnect whose SEQ exchange could not tell the peer).
+    pub old_seq_dropped: AtomicU64,
+}
+
+/// The values of [`Counters`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterValues {
+    /// [`Counters::connects`].
+    pub connects: u64,
+    /// [`Counters::wait`].
+    pub wait: u64,
+    /// [`Counters::retry_global`].
+    pub retry_global: u64,
+    /// [`Counters::retry_session`].
+    pub retry_session: u64,
+    /// [`Counters::reset_session`].
+    pub reset_session: u64,
+    /// [`Counters::old_seq_dropped`].
+    pub old_seq_dropped: u64,
+}
+
+impl Counters {
+    /// The current values.
+    pub fn values(&self) -> CounterValues {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CounterValues {
+            connects: get(&self.connects),
+            wait: get(&self.wait),
+            retry_global: get(&self.retry_global),
+            retry_session: get(&self.retry_session),
+            reset_session: get(&self.reset_session),
+            old_seq_dropped: get(&self.old_seq_dropped),
+        }
+    }
+
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Config {
@@ -75,6 +134,7 @@ impl Config {
             global_seq: Arc::new(AtomicU32::new(0)),
             authorizer: None,
             verify_empty_authorizer: false,
+            counters: Arc::new(Counters::default()),
         }
     }
 

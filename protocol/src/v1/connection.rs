@@ -19,7 +19,7 @@ use crate::wire::{
     BANNER_LEN, CONNECT_LOSSY, MAX_AUTHORIZER_LEN,
 };
 
-use super::config::Config;
+use super::config::{Config, Counters};
 use super::decide::{AcceptRequest, Decision};
 use super::event::{AuthVerdict, CloseReason, Event, Initiator, Opened};
 use super::fault::{fault_action, Fault, FaultAction, FaultContext, Side};
@@ -854,6 +854,7 @@ impl Connection {
         let mut out = Vec::with_capacity(ConnectMsg::LEN + auth.len());
         msg.encode_with_authorizer(&auth, &mut out);
         self.ctrl.extend_from_slice(&out);
+        Counters::bump(&self.config.counters.connects);
         log::debug!(target: LOG, "{self}: connect gs={} cs={}", msg.global_seq, msg.connect_seq);
     }
 
@@ -893,6 +894,7 @@ impl Connection {
                 false
             }
             Tag::RESETSESSION => {
+                Counters::bump(&self.config.counters.reset_session);
                 log::info!(target: LOG, "{self}: peer reset our session");
                 self.session.reset();
                 self.keepalive_pending = None;
@@ -901,16 +903,19 @@ impl Connection {
                 true
             }
             Tag::RETRY_GLOBAL => {
+                Counters::bump(&self.config.counters.retry_global);
                 self.global_seq = self.config.global_seq_above(reply.global_seq);
                 self.send_connect();
                 true
             }
             Tag::RETRY_SESSION => {
+                Counters::bump(&self.config.counters.retry_session);
                 self.session.connect_seq = reply.connect_seq;
                 self.send_connect();
                 true
             }
             Tag::WAIT => {
+                Counters::bump(&self.config.counters.wait);
                 self.fault(now, Fault::Wait);
                 false
             }
@@ -1239,6 +1244,7 @@ impl Connection {
                     // Already delivered (a resend the peer could not know we had): read
                     // it without asking for budget and drop it, then keep reading.
                     log::debug!(target: LOG, "{self}: dropping duplicate seq {} (in_seq {})", h.seq, self.session.in_seq);
+                    Counters::bump(&self.config.counters.old_seq_dropped);
                     if let Err(e) = self.decoder.proceed() {
                         self.fault(now, Fault::Decode(e));
                         return false;

@@ -56,7 +56,7 @@ mod rx;
 mod session;
 pub mod testing;
 
-pub use config::{AuthorizerHook, Config};
+pub use config::{AuthorizerHook, Config, CounterValues, Counters};
 pub use connection::{Connection, SessionState};
 pub use decide::{decide, AcceptRequest, Decision, ExistingSession, ExistingState};
 pub use event::{AuthVerdict, CloseReason, Event, Initiator, Opened};
