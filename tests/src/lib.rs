@@ -3,5 +3,7 @@
 //! Never: part of any shipped library; only `tests/` and `bench` use it.
 
 pub mod ceph;
+pub mod chaos;
 pub mod loopback;
 pub mod mon;
+pub mod soak;

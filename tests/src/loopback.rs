@@ -183,8 +183,17 @@ pub fn server_on(
 
 /// A started client messenger (no listener) with `policy` and a recorder.
 pub fn client(ty: EntityType, nonce: u32, policy: Policy) -> (Messenger, Receiver<Seen>) {
-    let m = Messenger::new(EntityName::new(ty, nonce as i64), nonce, test_config(2))
-        .expect("messenger");
+    client_with(ty, nonce, policy, test_config(2))
+}
+
+/// Like [`client`], with a given config.
+pub fn client_with(
+    ty: EntityType,
+    nonce: u32,
+    policy: Policy,
+    config: MessengerConfig,
+) -> (Messenger, Receiver<Seen>) {
+    let m = Messenger::new(EntityName::new(ty, nonce as i64), nonce, config).expect("messenger");
     m.set_default_policy(policy);
     m.start().expect("start");
     let (rec, rx) = Recorder::new(false);
