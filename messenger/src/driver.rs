@@ -180,7 +180,11 @@ pub(crate) fn spawn_accepted(
             core.config.max_queued_bytes,
         );
         conn.0.peer.lock().socket_addr = Some(peer);
-        core.conns.lock().insert(conn.id(), conn.clone());
+        if !core.register(&conn) {
+            // Accepted while shutting down: the socket is dropped unanswered.
+            handle.add_load(-1);
+            return;
+        }
         let d = Driver::new(conn, core, handle, proto, None, Some(socket), None, true);
         d.install(cx);
     });
@@ -863,7 +867,7 @@ impl Driver {
                 self.finished = true;
                 self.conn.set_state(ConnState::Closed);
                 self.conn.0.mailbox.lock().closed = true;
-                self.core.conns.lock().remove(&self.conn.id());
+                self.core.drop_conn(self.conn.id());
                 self.release(cx, id);
             }
             (Decision::Replace { .. }, Some(existing)) => {

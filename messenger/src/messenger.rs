@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use dispatch::{DispatchQueue, Dispatcher, Dispatchers, ShutdownMode, Throttle};
 use event_center::{CenterHandle, WorkerPool, WorkerPoolConfig};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use protocol::types::{EntityAddr, EntityName, EntityType};
 use protocol::v1::{self, Policy};
 use protocol::Message;
@@ -57,6 +57,8 @@ pub(crate) struct Core {
     pub(crate) sessions: Mutex<HashMap<EntityAddr, Connection>>,
     /// Every live connection by id (for mark_down_all, dumps and shutdown).
     pub(crate) conns: Mutex<HashMap<u64, Connection>>,
+    /// Signalled when `conns` becomes empty ([`Messenger::wait`] waits for it).
+    pub(crate) conns_gone: Condvar,
     pub(crate) counters: Vec<Arc<WorkerCounters>>,
     pub(crate) next_id: AtomicU64,
     pub(crate) stopping: AtomicBool,
@@ -89,7 +91,29 @@ impl Core {
 
     pub(crate) fn unregister(&self, conn: &Connection) {
         self.forget(conn);
-        self.conns.lock().remove(&conn.id());
+        self.drop_conn(conn.id());
+    }
+
+    /// Removes connection `id` from the live list (its driver is done).
+    pub(crate) fn drop_conn(&self, id: u64) {
+        let mut conns = self.conns.lock();
+        conns.remove(&id);
+        if conns.is_empty() {
+            self.conns_gone.notify_all();
+        }
+    }
+
+    /// Registers a new live connection, unless the messenger is shutting down (then the
+    /// caller must not start its driver). Checked under the same lock `mark_down_all`
+    /// takes its snapshot under, so a connection either is marked down by `shutdown` or
+    /// never starts.
+    pub(crate) fn register(&self, conn: &Connection) -> bool {
+        let mut conns = self.conns.lock();
+        if self.stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        conns.insert(conn.id(), conn.clone());
+        true
     }
 
     /// Ceph's `get_worker`: the worker holding the fewest connections, ties to the lowest.
@@ -237,6 +261,7 @@ impl Messenger {
             }),
             sessions: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
+            conns_gone: Condvar::new(),
             counters,
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
@@ -373,7 +398,13 @@ impl Messenger {
         }
         sessions.insert(addr, conn.clone());
         drop(sessions);
-        self.core.conns.lock().insert(conn.id(), conn.clone());
+        if !self.core.register(&conn) {
+            // Shutting down: a handle that is closed from the start.
+            self.core.forget(&conn);
+            conn.set_state(ConnState::Closed);
+            conn.0.mailbox.lock().closed = true;
+            return conn;
+        }
         let worker = self.pool.least_loaded().clone();
         driver::spawn_outgoing(&self.core, &worker, conn.clone(), peer_type, addr);
         conn
@@ -493,10 +524,20 @@ impl Messenger {
         }
     }
 
-    /// Waits until the messenger has shut down (Ceph's `wait`). `shutdown` already joins
-    /// every thread it owns, so this only makes sure it has been called.
+    /// Waits until the messenger has shut down (Ceph's `wait`): calls `shutdown`, then,
+    /// on a shared pool whose workers keep running, waits until every connection of this
+    /// messenger is gone from them, so none of its dispatchers is called afterwards.
+    /// Called from a worker of the pool itself it cannot wait for that worker, and only
+    /// shuts down.
     pub fn wait(&self) {
         self.shutdown();
+        if self.core.workers.iter().any(|w| w.is_current_thread()) {
+            return;
+        }
+        let mut conns = self.core.conns.lock();
+        while !conns.is_empty() {
+            self.core.conns_gone.wait(&mut conns);
+        }
     }
 }
 

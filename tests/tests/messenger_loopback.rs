@@ -535,3 +535,89 @@ fn an_idle_connection_is_closed_after_the_idle_timeout() {
     cli.shutdown();
     srv.shutdown();
 }
+
+/// Counts fast-dispatched messages, and those that arrive after `closed` was set.
+struct FastCounter {
+    seen: AtomicU64,
+    closed: std::sync::atomic::AtomicBool,
+    after_close: AtomicU64,
+}
+
+impl Dispatcher<Connection> for FastCounter {
+    fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
+        Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
+        true
+    }
+    fn ms_fast_dispatch(&self, _conn: &Connection, _msg: Message) {
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        if self.closed.load(Ordering::Acquire) {
+            self.after_close.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// An OSD runs its messengers on one shared pool, which keeps running when one of them
+/// shuts down. Ceph's `wait` returns once the messenger's connections are gone; so must
+/// ours: afterwards no connection of it is left on the workers, and none of its
+/// dispatchers is called again, although its peers keep sending.
+#[test]
+fn wait_on_a_shared_pool_returns_once_every_connection_is_gone() {
+    let pool = Arc::new(
+        WorkerPool::new(WorkerPoolConfig { workers: 2, ..Default::default() }).expect("pool"),
+    );
+    let srv =
+        Messenger::with_pool(EntityName::new(EntityType::OSD, 0), 1, test_config(2), pool.clone());
+    srv.set_default_policy(Policy::stateless_server());
+    srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    srv.start().expect("start");
+    let counter = Arc::new(FastCounter {
+        seen: AtomicU64::new(0),
+        closed: std::sync::atomic::AtomicBool::new(false),
+        after_close: AtomicU64::new(0),
+    });
+    srv.add_dispatcher_head(counter.clone()).expect("dispatcher");
+    let clients: Vec<_> =
+        (0..8).map(|i| client(EntityType::CLIENT, 10 + i, Policy::lossy_client())).collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for (cli, _) in &clients {
+            let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+            let stop = &stop;
+            s.spawn(move || {
+                let mut tid = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    tid += 1;
+                    if conn.send_message(test_message(MSG_TEST, tid, Bytes::new())).is_err() {
+                        break;
+                    }
+                    if tid % 64 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            });
+        }
+        let deadline = Instant::now() + WAIT;
+        while counter.seen.load(Ordering::Relaxed) < 1000 {
+            assert!(Instant::now() < deadline, "no traffic reached the server");
+            std::thread::yield_now();
+        }
+        srv.shutdown();
+        srv.wait();
+        counter.closed.store(true, Ordering::Release);
+        let left = srv.connection_count();
+        // The peers go on for a moment: nothing of theirs may reach our dispatcher now.
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(left, 0, "connections left on the shared workers after wait()");
+        assert_eq!(counter.after_close.load(Ordering::Relaxed), 0, "dispatched after wait()");
+    });
+    for (cli, _) in clients {
+        cli.shutdown();
+    }
+    pool.shutdown();
+}
