@@ -7,3 +7,4 @@ pub mod chaos;
 pub mod loopback;
 pub mod mon;
 pub mod soak;
+pub mod synthetic;
