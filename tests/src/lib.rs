@@ -8,3 +8,4 @@ pub mod loopback;
 pub mod mon;
 pub mod soak;
 pub mod synthetic;
+pub mod watchdog;
