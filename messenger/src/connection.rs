@@ -110,6 +110,8 @@ pub(crate) struct Snapshot {
     pub(crate) connect_seq: u32,
     pub(crate) peer_global_seq: u32,
     pub(crate) lossy: bool,
+    /// The connection's policy is a server one (Ceph's `existing->policy.server`, which
+    /// wins a connection race against it for the incoming side).
     pub(crate) server_side: bool,
     pub(crate) replacing: bool,
 }

@@ -76,7 +76,7 @@ pub(crate) struct Driver {
     /// The peer type's policy throttlers, looked up on the first message.
     throttlers: Option<crate::messenger::ThrottlerPair>,
     /// What `publish` last wrote to the handle's snapshot: (connect_seq,
-    /// peer_global_seq, lossy, server_side).
+    /// peer_global_seq, lossy, server policy).
     published: Option<(u32, u32, bool, bool)>,
     /// Scratch for messages taken from the mailbox (kept for its capacity).
     inbox: VecDeque<(protocol::Message, Instant)>,
@@ -895,7 +895,11 @@ impl Driver {
     fn publish(&mut self) {
         let (_, _, connect_seq, peer_global_seq) = self.proto.seqs();
         let lossy = self.policy.as_ref().is_some_and(|p| p.lossy);
-        let now = (connect_seq, peer_global_seq, lossy, self.server_side);
+        // Ceph's `existing->policy.server`, not whether this connection was accepted: a
+        // race between two lossless peers is decided by their addresses alone, the same
+        // way on both sides.
+        let server_policy = self.policy.as_ref().is_some_and(|p| p.server);
+        let now = (connect_seq, peer_global_seq, lossy, server_policy);
         // These change only on (re)connects: skip the lock on every other pump.
         if self.published != Some(now) {
             self.published = Some(now);
@@ -903,7 +907,7 @@ impl Driver {
             s.connect_seq = connect_seq;
             s.peer_global_seq = peer_global_seq;
             s.lossy = lossy;
-            s.server_side = self.server_side;
+            s.server_side = server_policy;
         }
         if self.proto.is_open() && self.conn.state() != ConnState::Open {
             self.conn.set_state(ConnState::Open);
