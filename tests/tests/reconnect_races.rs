@@ -10,8 +10,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use messenger::{MessengerConfig, Policy};
+use crossbeam_channel::Receiver;
+use messenger::{Connection, Messenger, MessengerConfig, Policy};
 use protocol::types::EntityType;
+use protocol::v1::CounterValues;
 use tests::loopback::*;
 
 const MSG_TEST: u16 = 0x7f00;
@@ -24,6 +26,222 @@ fn race_config() -> MessengerConfig {
         max_backoff: Duration::from_secs(60),
         ..test_config(2)
     }
+}
+
+fn delta(after: CounterValues, before: CounterValues) -> CounterValues {
+    CounterValues {
+        connects: after.connects - before.connects,
+        wait: after.wait - before.wait,
+        retry_global: after.retry_global - before.retry_global,
+        retry_session: after.retry_session - before.retry_session,
+        reset_session: after.reset_session - before.reset_session,
+        old_seq_dropped: after.old_seq_dropped - before.old_seq_dropped,
+    }
+}
+
+/// Receives messages `from..=to` in order on `rx`, counting opens (connect + accept) on
+/// the way; fails on any reset.
+fn receive_in_order(who: &str, rx: &Receiver<Seen>, from: u64, to: u64) -> usize {
+    let mut opens = 0;
+    let mut expect = from;
+    while expect <= to {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Seen::Message(_, m)) => {
+                assert_eq!(m.tid(), expect, "{who}: lost, duplicated or reordered");
+                expect += 1;
+            }
+            Ok(Seen::Connect(_) | Seen::Accept(_)) => opens += 1,
+            Ok(other) => panic!("{who}: {other:?} on a lossless session"),
+            Err(e) => panic!("{who}: stalled at {expect} of {to} (a WAIT backoff?): {e}"),
+        }
+    }
+    opens
+}
+
+/// Opens seen in a short grace period (a second reconnect would show here).
+fn later_opens(who: &str, rx: &Receiver<Seen>) -> usize {
+    let mut opens = 0;
+    let grace = Instant::now() + Duration::from_millis(300);
+    while let Ok(seen) = rx.recv_deadline(grace) {
+        match seen {
+            Seen::Connect(_) | Seen::Accept(_) => opens += 1,
+            Seen::Message(_, m) => panic!("{who}: unexpected message {}", m.tid()),
+            other => panic!("{who}: {other:?} on a lossless session"),
+        }
+    }
+    opens
+}
+
+/// [`later_opens`] of two receivers over one grace period.
+fn later_opens_both(a: &Receiver<Seen>, b: &Receiver<Seen>) -> (usize, usize) {
+    let mut opens = [0, 0];
+    let grace = Instant::now() + Duration::from_millis(300);
+    loop {
+        let timeout = grace.saturating_duration_since(Instant::now());
+        let (who, seen) = crossbeam_channel::select! {
+            recv(a) -> s => (0, s),
+            recv(b) -> s => (1, s),
+            default(timeout) => return (opens[0], opens[1]),
+        };
+        match seen.expect("recorder alive") {
+            Seen::Connect(_) | Seen::Accept(_) => opens[who] += 1,
+            other => panic!("{}: {other:?} after the round", ["a", "b"][who]),
+        }
+    }
+}
+
+fn wait_for_one_connection(who: &str, m: &Messenger) {
+    let deadline = Instant::now() + WAIT;
+    while m.connection_count() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{who}: {} connections: {}",
+            m.connection_count(),
+            m.dump_connections()
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// Ceph's ReconnectTest: a lossless client of a stateful server loses its socket once
+/// in the middle of a stream. Exactly one reconnect: one more connect attempt (no WAIT,
+/// no RETRY, no RESETSESSION, no duplicate to drop), one more `ms_handle_connect` on the
+/// client and one more `ms_handle_accept` on the server (which never dials), and every
+/// message once, in order. (`lossless_client` has no standby, so the reconnect is
+/// immediate whether or not anything was pending at the cut.)
+#[test]
+fn a_single_cut_gives_exactly_one_reconnect() {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (srv, _, srv_rx) =
+        server_on(EntityType::OSD, 1, Policy::stateful_server(), false, any, race_config());
+    let (cli, cli_rx) =
+        client_with(EntityType::CLIENT, 2, Policy::lossless_client(), race_config());
+    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    assert_eq!(receive_in_order("server", &srv_rx, 1, 1), 1, "one accept");
+    assert_eq!(count_events(&cli_rx, 1, |s| matches!(s, Seen::Connect(_))), 1, "one connect");
+    let (c0, s0) = (cli.v1_counters(), srv.v1_counters());
+    assert_eq!(c0.connects, 1);
+    for tid in 2..=200 {
+        conn.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[7; 100])))
+            .expect("send");
+        if tid == 100 {
+            conn.inject_socket_failure();
+        }
+    }
+    let opens = receive_in_order("server", &srv_rx, 2, 200);
+    // The cut may land after the last message went through: its reconnect comes later.
+    let opens = opens + count_events(&srv_rx, 1 - opens, |s| matches!(s, Seen::Accept(_)));
+    assert_eq!(opens, 1, "one accept per cut");
+    assert_eq!(count_events(&cli_rx, 1, |s| matches!(s, Seen::Connect(_))), 1, "one reconnect");
+    let (c, s) = (delta(cli.v1_counters(), c0), delta(srv.v1_counters(), s0));
+    assert_eq!(c, CounterValues { connects: 1, ..CounterValues::default() }, "client");
+    assert_eq!(s, CounterValues::default(), "a stateful server never dials");
+    wait_for_one_connection("client", &cli);
+    wait_for_one_connection("server", &srv);
+    cli.shutdown();
+    srv.shutdown();
+}
+
+/// Ceph's ReconnectRaceTest and PR 27359: two lossless peers, both with messages queued
+/// for the other, lose their socket at the same instant; both reconnect at once with the
+/// same connect_seq, so each one's connect meets the other's as a connection race. Over
+/// 12 rounds: each round ends with exactly one session (one open on each side, one
+/// connection each), every message of both streams once and in order, without falling
+/// back to the WAIT backoff (a minute here), and within bounded handshake rounds: per
+/// side at most 2 connect attempts and at most 1 WAIT, 1 RETRY_SESSION and 1
+/// RETRY_GLOBAL reply, never a RESETSESSION.
+#[test]
+fn both_lossless_peers_cut_at_once_reconnect_into_one_session() {
+    // The session was dialled by the peer with the lower address (nonce 1).
+    race_rounds(1, 2);
+}
+
+/// The same with the session dialled by the peer with the higher address: the side that
+/// accepted it now sorts lower, so the race rule and the "existing is a server" rule
+/// must agree on one winner.
+#[test]
+fn both_lossless_peers_cut_at_once_when_the_lower_address_accepted() {
+    race_rounds(2, 1);
+}
+
+/// `a` (nonce `a_nonce`) dials `b` (nonce `b_nonce`), then the rounds of cuts.
+fn race_rounds(a_nonce: u32, b_nonce: u32) {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (a, _, a_rx) =
+        server_on(EntityType::OSD, a_nonce, Policy::lossless_peer(), false, any, race_config());
+    let (b, _, b_rx) =
+        server_on(EntityType::OSD, b_nonce, Policy::lossless_peer(), false, any, race_config());
+    let a_to_b = a.connect_to(EntityType::OSD, b.my_addr());
+    a_to_b.send_message(test_message(MSG_TEST, 0, Bytes::new())).expect("send");
+    let (b_to_a, first) = next_message(&b_rx);
+    assert_eq!(first.tid(), 0);
+    // Drain the opening events of both sides.
+    let _ = later_opens("a", &a_rx);
+    const BATCH: u64 = 100;
+    const ROUNDS: usize = 12;
+    let mut tid = 0;
+    let (mut total_a, mut total_b) = (CounterValues::default(), CounterValues::default());
+    let mut races = 0;
+    for round in 0..ROUNDS {
+        let (a0, b0) = (a.v1_counters(), b.v1_counters());
+        let from = tid + 1;
+        let send_both = |tid: u64| {
+            let payload = Bytes::from_static(&[9; 64]);
+            a_to_b.send_message(test_message(MSG_TEST, tid, payload.clone())).expect("a sends");
+            b_to_a.send_message(test_message(MSG_TEST, tid, payload)).expect("b sends");
+        };
+        for _ in 0..BATCH {
+            tid += 1;
+            send_both(tid);
+        }
+        // Alternate which end the cut is made from; both ends lose the socket either way.
+        if round % 2 == 0 {
+            a_to_b.inject_socket_failure();
+        } else {
+            b_to_a.inject_socket_failure();
+        }
+        for _ in 0..BATCH {
+            tid += 1;
+            send_both(tid);
+        }
+        // If the cut only landed once everything was acked, both sides went to standby
+        // (lossless_peer): the next message of each wakes them, into the same race.
+        let opens_b = receive_in_order("b", &b_rx, from, tid);
+        let opens_a = receive_in_order("a", &a_rx, from, tid);
+        tid += 1;
+        send_both(tid);
+        let opens_b = opens_b + receive_in_order("b", &b_rx, tid, tid);
+        let opens_a = opens_a + receive_in_order("a", &a_rx, tid, tid);
+        let (later_a, later_b) = later_opens_both(&a_rx, &b_rx);
+        let (opens_a, opens_b) = (opens_a + later_a, opens_b + later_b);
+        assert_eq!((opens_a, opens_b), (1, 1), "round {round}: one session opened on each side");
+        let (da, db) = (delta(a.v1_counters(), a0), delta(b.v1_counters(), b0));
+        for (who, d) in [("a", da), ("b", db)] {
+            assert!(d.connects <= 2, "round {round}: {who} tried {} connects: {d:?}", d.connects);
+            assert!(
+                d.wait <= 1 && d.retry_session <= 1 && d.retry_global <= 1,
+                "round {round}: {who} {d:?}"
+            );
+            assert_eq!(d.reset_session, 0, "round {round}: {who}: the session was lost");
+        }
+        assert!(da.connects + db.connects >= 1, "round {round}: nobody reconnected");
+        races += usize::from(da.connects > 0 && db.connects > 0);
+        wait_for_one_connection("a", &a);
+        wait_for_one_connection("b", &b);
+        assert!(a_to_b.is_connected() && b_to_a.is_connected(), "round {round}");
+        for (t, d) in [(&mut total_a, da), (&mut total_b, db)] {
+            t.connects += d.connects;
+            t.wait += d.wait;
+            t.retry_session += d.retry_session;
+            t.retry_global += d.retry_global;
+        }
+    }
+    eprintln!("{ROUNDS} cuts: {races} rounds where both sides reconnected at once; a {total_a:?}, b {total_b:?}");
+    assert!(races > 0, "both sides never reconnected at once: no race was exercised");
+    let _: &Connection = &a_to_b;
+    a.shutdown();
+    b.shutdown();
 }
 
 /// A peer played by the sans-IO v1 machine over a blocking socket, so a test decides
