@@ -229,7 +229,8 @@ impl Connection {
             core.forget(self);
             core.dispatch_queue().discard(self.0.id);
         }
-        // Closed from this moment: later sends fail at once, queued ones are dropped.
+        // Closed from this moment: later sends fail at once, queued ones are dropped, and
+        // `is_connected` is false (Ceph's mark_down is synchronous).
         {
             let mut mb = self.0.mailbox.lock();
             if mb.closed {
@@ -241,6 +242,7 @@ impl Connection {
             mb.commands.push(Command::MarkDown);
             mb.notified = true;
         }
+        self.set_state(ConnState::Closed);
         self.wake();
     }
 
@@ -324,8 +326,13 @@ impl Connection {
         self.0.keepalive.lock().1
     }
 
+    /// Publishes the connection's state. `Closed` is final: a driver finishing a pump
+    /// after `mark_down` must not make the handle look open again.
     pub(crate) fn set_state(&self, state: ConnState) {
-        self.0.state.store(state as u8, Ordering::Release);
+        let closed = ConnState::Closed as u8;
+        let _ = self.0.state.fetch_update(Ordering::Release, Ordering::Acquire, |now| {
+            (now != closed).then_some(state as u8)
+        });
     }
 }
 
