@@ -1,0 +1,278 @@
+//! Reset semantics, callback by callback (Ceph's StatefulTest, StatelessTest,
+//! ClientStandbyTest and NameAddrTest in test_msgr.cc): for `mark_down` on the client side
+//! and on the server side under each policy, the exact sequence of `ms_handle_*` calls
+//! each side sees, standby and the wake-up on send, sequence numbers restarting at 1
+//! after a session reset, and `connect_to` on the server returning the connection it
+//! accepted.
+//!
+//! Each side's callbacks are read in order from its recorder and named: the client's
+//! connections `c1, c2…`, the server's `s1, s2…`, in order of first appearance.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use messenger::{ConnState, Connection, Messenger, Policy};
+use protocol::types::EntityType;
+use tests::loopback::*;
+
+const MSG_TEST: u16 = 0x7f00;
+
+/// One side's callbacks, as short strings with stable connection names.
+struct Journal {
+    rx: Receiver<Seen>,
+    prefix: char,
+    names: Vec<Connection>,
+}
+
+impl Journal {
+    fn new(rx: Receiver<Seen>, prefix: char) -> Journal {
+        Journal { rx, prefix, names: Vec::new() }
+    }
+
+    /// The connection's name (`c1`, `s2`…), naming it on first sight.
+    fn name(&mut self, c: &Connection) -> String {
+        let i = match self.names.iter().position(|n| n == c) {
+            Some(i) => i,
+            None => {
+                self.names.push(c.clone());
+                self.names.len() - 1
+            }
+        };
+        format!("{}{}", self.prefix, i + 1)
+    }
+
+    /// The connection named `name`.
+    fn conn(&self, name: &str) -> Connection {
+        let i: usize = name[1..].parse().expect("a connection name");
+        self.names[i - 1].clone()
+    }
+
+    fn describe(&mut self, seen: Seen) -> String {
+        match seen {
+            Seen::Connect(c) => format!("connect {}", self.name(&c)),
+            Seen::Accept(c) => format!("accept {}", self.name(&c)),
+            Seen::Reset(c) => format!("reset {}", self.name(&c)),
+            Seen::RemoteReset(c) => format!("remote_reset {}", self.name(&c)),
+            Seen::Refused(c) => format!("refused {}", self.name(&c)),
+            Seen::Message(c, m) => format!("msg {} tid={} seq={}", self.name(&c), m.tid(), m.seq()),
+        }
+    }
+
+    /// Callbacks up to and including `last`; fails if it does not come within the wait.
+    fn until(&mut self, last: &str) -> Vec<String> {
+        let mut got = Vec::new();
+        loop {
+            match self.rx.recv_timeout(WAIT) {
+                Ok(seen) => {
+                    let d = self.describe(seen);
+                    let done = d == last;
+                    got.push(d);
+                    if done {
+                        return got;
+                    }
+                }
+                Err(e) => panic!("{}: no `{last}` within {WAIT:?} ({e}); got {got:?}", self.prefix),
+            }
+        }
+    }
+
+    /// Callbacks in a short grace period (nothing, when nothing is due).
+    fn quiet(&mut self) -> Vec<String> {
+        let mut got = Vec::new();
+        let grace = Instant::now() + Duration::from_millis(300);
+        while let Ok(seen) = self.rx.recv_deadline(grace) {
+            got.push(self.describe(seen));
+        }
+        got
+    }
+}
+
+fn send(c: &Connection, tid: u64) {
+    c.send_message(test_message(MSG_TEST, tid, Bytes::new())).expect("send");
+}
+
+fn wait_for_state(c: &Connection, state: ConnState) {
+    let deadline = Instant::now() + WAIT;
+    while c.state() != state {
+        assert!(Instant::now() < deadline, "{c:?} never reached {state:?}");
+        std::thread::yield_now();
+    }
+}
+
+/// A server (echoing, so the client sees replies) and a client, as Ceph's fixture.
+fn pair(server: Policy, client_policy: Policy) -> (Messenger, Journal, Messenger, Journal) {
+    let (srv, _, srv_rx) = tests::loopback::server(EntityType::OSD, 1, server, true);
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, client_policy);
+    (srv, Journal::new(srv_rx, 's'), cli, Journal::new(cli_rx, 'c'))
+}
+
+/// The client's address as the server knows it (Ceph's `last_accept`).
+fn last_accept(s: &mut Journal, name: &str) -> protocol::types::EntityAddr {
+    s.conn(name).peer_addr().expect("the client's announced address")
+}
+
+/// StatefulTest: stateful server, lossless client.
+/// 1. The client marks its connection down: no callback on either side; the server keeps
+///    the session (standby) and `connect_to` the client's address returns it.
+/// 2. The client connects anew (connect_seq 0): the server sees a peer restart and, with
+///    resetcheck, resets the session — `ms_handle_remote_reset`, then `ms_handle_accept`
+///    on the same handle, numbering from 1 again.
+/// 3. The server marks its side down: the client reconnects, is told RESETSESSION
+///    (`ms_handle_remote_reset`, then `ms_handle_connect`), and the server accepts a new
+///    connection, seq 1 again both ways.
+#[test]
+fn stateful_server_and_lossless_client() {
+    let (srv, mut s, cli, mut c) = pair(Policy::stateful_server(), Policy::lossless_client());
+    let c1 = cli.connect_to(EntityType::OSD, srv.my_addr());
+    send(&c1, 1);
+    assert_eq!(c.until("msg c1 tid=1 seq=1"), ["connect c1", "msg c1 tid=1 seq=1"]);
+    assert_eq!(s.until("msg s1 tid=1 seq=1"), ["accept s1", "msg s1 tid=1 seq=1"]);
+
+    // 1. Client-side mark_down.
+    c1.mark_down();
+    assert!(!c1.is_connected());
+    assert!(c1.send_message(test_message(MSG_TEST, 9, Bytes::new())).is_err());
+    let client_addr = last_accept(&mut s, "s1");
+    wait_for_state(&s.conn("s1"), ConnState::Standby);
+    assert_eq!(srv.connect_to(EntityType::CLIENT, client_addr), s.conn("s1"), "state kept");
+    assert_eq!(c.quiet(), Vec::<String>::new(), "mark_down calls nothing back");
+    assert_eq!(s.quiet(), Vec::<String>::new(), "the server's session waits in standby");
+
+    // 2. A new connection from the same client: a peer restart for the server.
+    let c2 = cli.connect_to(EntityType::OSD, srv.my_addr());
+    assert_ne!(c2, c1);
+    send(&c2, 2);
+    assert_eq!(c.until("msg c2 tid=2 seq=1"), ["connect c2", "msg c2 tid=2 seq=1"]);
+    assert_eq!(
+        s.until("msg s1 tid=2 seq=1"),
+        ["remote_reset s1", "accept s1", "msg s1 tid=2 seq=1"],
+        "resetcheck: the old session is reset, the handle carries the new one"
+    );
+    assert_eq!(srv.connect_to(EntityType::CLIENT, client_addr), s.conn("s1"));
+
+    // 3. Server-side mark_down.
+    s.conn("s1").mark_down();
+    assert!(!s.conn("s1").is_connected());
+    assert_eq!(c.until("connect c2"), ["remote_reset c2", "connect c2"]);
+    send(&c2, 3);
+    assert_eq!(c.until("msg c2 tid=3 seq=1"), ["msg c2 tid=3 seq=1"]);
+    assert_eq!(s.until("msg s2 tid=3 seq=1"), ["accept s2", "msg s2 tid=3 seq=1"]);
+    assert_eq!(srv.connect_to(EntityType::CLIENT, client_addr), s.conn("s2"));
+    assert_eq!((c.quiet(), s.quiet()), (Vec::new(), Vec::new()));
+    assert_eq!(cli.v1_counters().reset_session, 1, "told once that its session was gone");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+/// StatelessTest: stateless server, lossy client.
+/// 1. The client marks down: nothing on the client; the server's lossy session dies with
+///    its socket (`ms_handle_reset`). A new connection is a new session on both sides.
+/// 2. The server marks down: nothing on the server; the client learns it when it next
+///    talks (a keepalive) — `ms_handle_reset` — and the handle stays closed; a new one
+///    works.
+#[test]
+fn stateless_server_and_lossy_client() {
+    let (srv, mut s, cli, mut c) = pair(Policy::stateless_server(), Policy::lossy_client());
+    let c1 = cli.connect_to(EntityType::OSD, srv.my_addr());
+    send(&c1, 1);
+    assert_eq!(c.until("msg c1 tid=1 seq=1"), ["connect c1", "msg c1 tid=1 seq=1"]);
+    assert_eq!(s.until("msg s1 tid=1 seq=1"), ["accept s1", "msg s1 tid=1 seq=1"]);
+
+    // 1. Client-side mark_down.
+    c1.mark_down();
+    assert!(!c1.is_connected());
+    assert_eq!(s.until("reset s1"), ["reset s1"]);
+    assert_eq!(c.quiet(), Vec::<String>::new());
+    let c2 = cli.connect_to(EntityType::OSD, srv.my_addr());
+    assert_ne!(c2, c1);
+    send(&c2, 2);
+    assert_eq!(c.until("msg c2 tid=2 seq=1"), ["connect c2", "msg c2 tid=2 seq=1"]);
+    assert_eq!(s.until("msg s2 tid=2 seq=1"), ["accept s2", "msg s2 tid=2 seq=1"], "lost state");
+
+    // 2. Server-side mark_down.
+    s.conn("s2").mark_down();
+    assert!(!s.conn("s2").is_connected());
+    c2.send_keepalive();
+    assert_eq!(c.until("reset c2"), ["reset c2"]);
+    assert!(!c2.is_connected());
+    assert!(c2.send_message(test_message(MSG_TEST, 9, Bytes::new())).is_err(), "stays closed");
+    assert_eq!(s.quiet(), Vec::<String>::new(), "the server's own mark_down is silent");
+    let c3 = cli.connect_to(EntityType::OSD, srv.my_addr());
+    send(&c3, 3);
+    assert_eq!(c.until("msg c3 tid=3 seq=1"), ["connect c3", "msg c3 tid=3 seq=1"]);
+    assert_eq!(s.until("msg s3 tid=3 seq=1"), ["accept s3", "msg s3 tid=3 seq=1"]);
+    cli.shutdown();
+    srv.shutdown();
+}
+
+/// ClientStandbyTest: stateful server, lossless_peer client. The server marks down: the
+/// client, with nothing to send, parks in standby without a callback. A send wakes it:
+/// it reconnects, is told RESETSESSION (`ms_handle_remote_reset`: the message that woke
+/// it is discarded with the old session, as in Ceph), then `ms_handle_connect`; the next
+/// message is seq 1 on a new server connection.
+#[test]
+fn lossless_peer_client_in_standby_wakes_on_send() {
+    let (srv, mut s, cli, mut c) = pair(Policy::stateful_server(), Policy::lossless_peer());
+    let c1 = cli.connect_to(EntityType::OSD, srv.my_addr());
+    send(&c1, 1);
+    assert_eq!(c.until("msg c1 tid=1 seq=1"), ["connect c1", "msg c1 tid=1 seq=1"]);
+    assert_eq!(s.until("msg s1 tid=1 seq=1"), ["accept s1", "msg s1 tid=1 seq=1"]);
+    let client_addr = last_accept(&mut s, "s1");
+    assert_eq!(srv.connect_to(EntityType::CLIENT, client_addr), s.conn("s1"));
+
+    s.conn("s1").mark_down();
+    wait_for_state(&c1, ConnState::Standby);
+    assert_eq!(c.quiet(), Vec::<String>::new(), "standby calls nothing back");
+    assert_eq!(s.quiet(), Vec::<String>::new());
+
+    send(&c1, 2);
+    assert_eq!(c.until("connect c1"), ["remote_reset c1", "connect c1"]);
+    assert_eq!(s.until("accept s2"), ["accept s2"]);
+    send(&c1, 3);
+    assert_eq!(c.until("msg c1 tid=3 seq=1"), ["msg c1 tid=3 seq=1"]);
+    assert_eq!(s.until("msg s2 tid=3 seq=1"), ["msg s2 tid=3 seq=1"], "tid 2 went with the reset");
+    assert_eq!(srv.connect_to(EntityType::CLIENT, client_addr), s.conn("s2"));
+    assert_eq!((c.quiet(), s.quiet()), (Vec::new(), Vec::new()));
+    cli.shutdown();
+    srv.shutdown();
+}
+
+/// NameAddrTest: the client's connection knows the server's announced address and type;
+/// the server's `connect_to` the client's address returns the connection it accepted, not
+/// a new one — for a stateful server, and for a stateless one, which registers its lossy
+/// clients (our `stateless_server` is also Ceph's `stateless_registered_server`, and
+/// Ceph's NameAddrTest expects the accepted connection back from its stateless server).
+#[test]
+fn connect_to_on_the_server_returns_the_accepted_connection() {
+    let (srv, mut s, cli, mut c) = pair(Policy::stateful_server(), Policy::lossless_client());
+    let c1 = cli.connect_to(EntityType::OSD, srv.my_addr());
+    send(&c1, 1);
+    c.until("msg c1 tid=1 seq=1");
+    s.until("msg s1 tid=1 seq=1");
+    assert_eq!(c1.peer_addr(), Some(srv.my_addr()));
+    assert_eq!(c1.peer_type(), Some(EntityType::OSD));
+    let s1 = s.conn("s1");
+    assert_eq!(s1.peer_type(), Some(EntityType::CLIENT));
+    let back = srv.connect_to(EntityType::CLIENT, s1.peer_addr().expect("announced"));
+    assert_eq!(back, s1, "the accepted connection, not a new one");
+    send(&back, 7);
+    assert_eq!(c.until("msg c1 tid=7 seq=2"), ["msg c1 tid=7 seq=2"], "after the echo of 1");
+    assert_eq!(srv.connection_count(), 1);
+    cli.shutdown();
+    srv.shutdown();
+
+    let (srv, mut s, cli, mut c) = pair(Policy::stateless_server(), Policy::lossy_client());
+    let c1 = cli.connect_to(EntityType::OSD, srv.my_addr());
+    send(&c1, 1);
+    c.until("msg c1 tid=1 seq=1");
+    s.until("msg s1 tid=1 seq=1");
+    let s1 = s.conn("s1");
+    let back = srv.connect_to(EntityType::CLIENT, s1.peer_addr().expect("announced"));
+    assert_eq!(back, s1, "the accepted lossy connection");
+    send(&back, 7);
+    assert_eq!(c.until("msg c1 tid=7 seq=2"), ["msg c1 tid=7 seq=2"]);
+    assert_eq!(srv.connection_count(), 1);
+    cli.shutdown();
+    srv.shutdown();
+}
