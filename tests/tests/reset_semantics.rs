@@ -276,3 +276,70 @@ fn connect_to_on_the_server_returns_the_accepted_connection() {
     cli.shutdown();
     srv.shutdown();
 }
+
+/// Two lossless peers (both bound; B echoes), A's connection marked down on A's side or
+/// on B's side, under `lossless_peer` (no resetcheck) and `lossless_peer_reuse`.
+/// * A marks down and connects anew (connect_seq 0): for B a peer restart. Without
+///   resetcheck B keeps the session and only accepts again; with it, B reports
+///   `ms_handle_remote_reset` first. A sees a plain new connection.
+/// * B marks down: A parks in standby without a callback; its next message wakes it into
+///   RESETSESSION (`ms_handle_remote_reset`, that message discarded, `ms_handle_connect`)
+///   and B accepts a new connection. Seqs start at 1 again.
+#[test]
+fn lossless_peers_mark_down_on_either_side() {
+    for (policy, resetcheck) in
+        [(Policy::lossless_peer(), false), (Policy::lossless_peer_reuse(), true)]
+    {
+        for b_side in [false, true] {
+            let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            let (a, _, a_rx) = server_on(EntityType::OSD, 1, policy, false, any, test_config(2));
+            let (b, _, b_rx) = server_on(EntityType::OSD, 2, policy, true, any, test_config(2));
+            let (mut aj, mut bj) = (Journal::new(a_rx, 'a'), Journal::new(b_rx, 'b'));
+            let case = format!("{policy:?}, mark_down on {}", if b_side { "B" } else { "A" });
+            let a1 = a.connect_to(EntityType::OSD, b.my_addr());
+            send(&a1, 1);
+            assert_eq!(
+                aj.until("msg a1 tid=1 seq=1"),
+                ["connect a1", "msg a1 tid=1 seq=1"],
+                "{case}"
+            );
+            assert_eq!(
+                bj.until("msg b1 tid=1 seq=1"),
+                ["accept b1", "msg b1 tid=1 seq=1"],
+                "{case}"
+            );
+            if !b_side {
+                a1.mark_down();
+                wait_for_state(&bj.conn("b1"), ConnState::Standby);
+                assert_eq!((aj.quiet(), bj.quiet()), (Vec::new(), Vec::new()), "{case}");
+                let a2 = a.connect_to(EntityType::OSD, b.my_addr());
+                assert_ne!(a2, a1, "{case}");
+                send(&a2, 2);
+                assert_eq!(
+                    aj.until("msg a2 tid=2 seq=1"),
+                    ["connect a2", "msg a2 tid=2 seq=1"],
+                    "{case}"
+                );
+                let expect: &[&str] = if resetcheck {
+                    &["remote_reset b1", "accept b1", "msg b1 tid=2 seq=1"]
+                } else {
+                    &["accept b1", "msg b1 tid=2 seq=1"]
+                };
+                assert_eq!(bj.until("msg b1 tid=2 seq=1"), expect, "{case}");
+            } else {
+                bj.conn("b1").mark_down();
+                wait_for_state(&a1, ConnState::Standby);
+                assert_eq!((aj.quiet(), bj.quiet()), (Vec::new(), Vec::new()), "{case}");
+                send(&a1, 2);
+                assert_eq!(aj.until("connect a1"), ["remote_reset a1", "connect a1"], "{case}");
+                assert_eq!(bj.until("accept b2"), ["accept b2"], "{case}");
+                send(&a1, 3);
+                assert_eq!(aj.until("msg a1 tid=3 seq=1"), ["msg a1 tid=3 seq=1"], "{case}");
+                assert_eq!(bj.until("msg b2 tid=3 seq=1"), ["msg b2 tid=3 seq=1"], "{case}");
+            }
+            assert_eq!((aj.quiet(), bj.quiet()), (Vec::new(), Vec::new()), "{case}");
+            a.shutdown();
+            b.shutdown();
+        }
+    }
+}
