@@ -251,8 +251,9 @@ impl Connection {
     ///
     /// Every call is one cut: a call made while no session is open, or while the last cut
     /// is still being recovered from, waits until the session is open again on a new
-    /// socket. So N calls on a lossless session make N reconnects; on a lossy one the
-    /// first cut ends the session and the rest are dropped with it.
+    /// socket. So N calls on a lossless session make N reconnects (a session parked in
+    /// standby opens again when something is sent); on a lossy one the first cut ends
+    /// the session and the rest are dropped with it.
     #[cfg(feature = "fault-injection")]
     pub fn inject_socket_failure(&self) {
         self.post(Command::InjectFault);
