@@ -69,7 +69,12 @@ impl Handler for AdminListener {
                 Ok((stream, _)) => {
                     let core = self.core.clone();
                     let registered = cx.register(stream, Interest::READABLE, |_, stream| {
-                        Box::new(AdminConn { stream, core, input: Vec::new(), output: None })
+                        Box::new(AdminConn {
+                            stream,
+                            core,
+                            reader: CommandReader::default(),
+                            output: None,
+                        })
                     });
                     if let Err(e) = registered {
                         log::warn!(target: "msgr::admin", "admin connection: {e}");
@@ -94,11 +99,67 @@ impl Handler for AdminListener {
     }
 }
 
+/// The admin socket's command framing, without the socket: a command is the bytes up to
+/// a NUL terminator, or up to the end of the stream (old clients send none), at most
+/// 64 KiB of them. Public so that it can be fuzzed; a daemon has no use for it.
+#[derive(Debug, Default)]
+pub struct CommandReader {
+    input: Vec<u8>,
+}
+
+/// A command longer than the admin socket accepts: the connection is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandTooLong;
+
+impl std::fmt::Display for CommandTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "admin command longer than {MAX_COMMAND} bytes")
+    }
+}
+
+impl std::error::Error for CommandTooLong {}
+
+impl CommandReader {
+    /// The longest command accepted, in bytes.
+    pub const MAX: usize = MAX_COMMAND;
+
+    /// Bytes read from the client: the command once its NUL arrived (bytes after it are
+    /// ignored), `None` while incomplete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>, CommandTooLong> {
+        let (part, complete) = match bytes.iter().position(|&b| b == 0) {
+            Some(end) => (bytes.get(..end).unwrap_or_default(), true),
+            None => (bytes, false),
+        };
+        if self.input.len() + part.len() > MAX_COMMAND {
+            return Err(CommandTooLong);
+        }
+        self.input.extend_from_slice(part);
+        Ok(complete.then(|| std::mem::take(&mut self.input)))
+    }
+
+    /// The client closed its side: what arrived is the command.
+    pub fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.input)
+    }
+}
+
+/// A command as the admin socket reads it: a JSON object with a `prefix` (today's CLI)
+/// or plain words, which become the prefix (old clients). Always an object with a
+/// string `prefix`.
+pub fn parse_command(command: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(command);
+    let text = text.trim();
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) if v.get("prefix").is_some_and(Value::is_string) => v,
+        _ => json!({ "prefix": text }),
+    }
+}
+
 /// One admin client: read a command up to its NUL, answer, close.
 struct AdminConn {
     stream: UnixStream,
     core: Arc<Core>,
-    input: Vec<u8>,
+    reader: CommandReader,
     /// The framed answer and how much of it is written.
     output: Option<(Vec<u8>, usize)>,
 }
@@ -109,18 +170,12 @@ impl AdminConn {
         let mut chunk = [0u8; 4096];
         loop {
             match self.stream.read(&mut chunk) {
-                Ok(0) => return Ok(Some(std::mem::take(&mut self.input))),
-                Ok(n) => {
-                    let got = chunk.get(..n).unwrap_or_default();
-                    if let Some(end) = got.iter().position(|&b| b == 0) {
-                        self.input.extend_from_slice(got.get(..end).unwrap_or_default());
-                        return Ok(Some(std::mem::take(&mut self.input)));
-                    }
-                    if self.input.len() + n > MAX_COMMAND {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, "command too long"));
-                    }
-                    self.input.extend_from_slice(got);
-                }
+                Ok(0) => return Ok(Some(self.reader.finish())),
+                Ok(n) => match self.reader.feed(chunk.get(..n).unwrap_or_default()) {
+                    Ok(Some(command)) => return Ok(Some(command)),
+                    Ok(None) => {}
+                    Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -204,10 +259,7 @@ fn pretty(v: &Value) -> Vec<u8> {
 
 /// The answer to one command (JSON, or Ceph's error text for an unknown one).
 fn answer(core: &Core, command: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(command);
-    let text = text.trim();
-    // JSON from today's CLI; plain words from old clients.
-    let parsed: Value = serde_json::from_str(text).unwrap_or_else(|_| json!({ "prefix": text }));
+    let parsed = parse_command(command);
     let prefix = parsed.get("prefix").and_then(Value::as_str).unwrap_or_default();
     log::debug!(target: "msgr::admin", "admin command {prefix:?}");
     match prefix {

@@ -108,6 +108,7 @@ mod driver;
 mod messenger;
 mod processor;
 
+pub use admin::{parse_command, CommandReader, CommandTooLong};
 pub use config::MessengerConfig;
 pub use connection::{ConnState, Connection, SendError};
 pub use dispatch::{AuthVerdict, Authorizer, Dispatched, Dispatcher, Throttle};
