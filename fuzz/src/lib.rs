@@ -6,7 +6,9 @@
 //! checked-in seed corpus (`corpus/<target>/`) on stable Rust, and an ignored test runs
 //! every target over pseudo-random inputs when cargo-fuzz is not available.
 
+pub mod admin;
 pub mod cephx;
+pub mod pair;
 pub mod typed_messages;
 pub mod v1;
 
@@ -168,6 +170,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("header_footer", header_footer),
     ("entity_addr", entity_addr),
     ("message_decoder", message_decoder),
+    ("admin_command", admin::admin_command),
 ];
 
 #[cfg(test)]
