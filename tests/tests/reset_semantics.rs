@@ -107,6 +107,21 @@ fn pair(server: Policy, client_policy: Policy) -> (Messenger, Journal, Messenger
     (srv, Journal::new(srv_rx, 's'), cli, Journal::new(cli_rx, 'c'))
 }
 
+/// The first exchange of every scenario: the client connects and sends tid 1, the
+/// server (echoing) accepts it as `s1`, the client gets the echo on `c1`. Returns `c1`.
+fn first_exchange(
+    srv: &Messenger,
+    s: &mut Journal,
+    cli: &Messenger,
+    c: &mut Journal,
+) -> Connection {
+    let c1 = cli.connect_to(EntityType::OSD, srv.my_addr());
+    send(&c1, 1);
+    assert_eq!(c.until("msg c1 tid=1 seq=1"), ["connect c1", "msg c1 tid=1 seq=1"]);
+    assert_eq!(s.until("msg s1 tid=1 seq=1"), ["accept s1", "msg s1 tid=1 seq=1"]);
+    c1
+}
+
 /// The client's address as the server knows it (Ceph's `last_accept`).
 fn last_accept(s: &mut Journal, name: &str) -> protocol::types::EntityAddr {
     s.conn(name).peer_addr().expect("the client's announced address")
@@ -124,10 +139,7 @@ fn last_accept(s: &mut Journal, name: &str) -> protocol::types::EntityAddr {
 #[test]
 fn stateful_server_and_lossless_client() {
     let (srv, mut s, cli, mut c) = pair(Policy::stateful_server(), Policy::lossless_client());
-    let c1 = cli.connect_to(EntityType::OSD, srv.my_addr());
-    send(&c1, 1);
-    assert_eq!(c.until("msg c1 tid=1 seq=1"), ["connect c1", "msg c1 tid=1 seq=1"]);
-    assert_eq!(s.until("msg s1 tid=1 seq=1"), ["accept s1", "msg s1 tid=1 seq=1"]);
+    let c1 = first_exchange(&srv, &mut s, &cli, &mut c);
 
     // 1. Client-side mark_down.
     c1.mark_down();
@@ -174,10 +186,7 @@ fn stateful_server_and_lossless_client() {
 #[test]
 fn stateless_server_and_lossy_client() {
     let (srv, mut s, cli, mut c) = pair(Policy::stateless_server(), Policy::lossy_client());
-    let c1 = cli.connect_to(EntityType::OSD, srv.my_addr());
-    send(&c1, 1);
-    assert_eq!(c.until("msg c1 tid=1 seq=1"), ["connect c1", "msg c1 tid=1 seq=1"]);
-    assert_eq!(s.until("msg s1 tid=1 seq=1"), ["accept s1", "msg s1 tid=1 seq=1"]);
+    let c1 = first_exchange(&srv, &mut s, &cli, &mut c);
 
     // 1. Client-side mark_down.
     c1.mark_down();
@@ -214,10 +223,7 @@ fn stateless_server_and_lossy_client() {
 #[test]
 fn lossless_peer_client_in_standby_wakes_on_send() {
     let (srv, mut s, cli, mut c) = pair(Policy::stateful_server(), Policy::lossless_peer());
-    let c1 = cli.connect_to(EntityType::OSD, srv.my_addr());
-    send(&c1, 1);
-    assert_eq!(c.until("msg c1 tid=1 seq=1"), ["connect c1", "msg c1 tid=1 seq=1"]);
-    assert_eq!(s.until("msg s1 tid=1 seq=1"), ["accept s1", "msg s1 tid=1 seq=1"]);
+    let c1 = first_exchange(&srv, &mut s, &cli, &mut c);
     let client_addr = last_accept(&mut s, "s1");
     assert_eq!(srv.connect_to(EntityType::CLIENT, client_addr), s.conn("s1"));
 
