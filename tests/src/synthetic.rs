@@ -74,7 +74,9 @@ pub struct Options {
     pub server_policy: Policy,
     /// The clients' default policy.
     pub client_policy: Policy,
-    /// Every messenger's configuration.
+    /// Every messenger's configuration. Config-level fault injection (Ceph's
+    /// `ms_inject_socket_failures`: 1 socket operation in 30 failing), once the messenger
+    /// has it, is switched on here for every messenger of a run.
     pub config: MessengerConfig,
     /// Stop after this many checked messages were sent…
     pub messages: u64,

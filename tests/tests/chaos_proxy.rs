@@ -160,6 +160,7 @@ fn stream_through_chaos(chaos: ChaosConfig, ci_run: Duration) {
     assert!(reconnects >= 1, "no cut hit an open session: {stats:?}");
     assert!(reconnects as u64 <= stats.cuts, "a reconnect without a cut: {reconnects} > {stats:?}");
     assert_eq!(v1.reset_session, 0, "the server never lost the session");
+    assert_eq!(srv.v1_counters().old_seq_dropped, 0, "replays were trimmed by the SEQ exchange");
     cli.shutdown();
     srv.shutdown();
 }
