@@ -76,12 +76,12 @@ fn large_messages_survive_cuts_in_the_middle() {
     );
     let data = alphabet_data();
     let message = |tid: u64| {
-        let mut m = if tid % 2 == 0 {
+        let mut m = if tid.is_multiple_of(2) {
             Message::new(CEPH_MSG_PING, Bytes::new())
         } else {
             Message::new(CEPH_MSG_PING, front.clone())
         };
-        if tid % 2 == 0 {
+        if tid.is_multiple_of(2) {
             m.set_data(data.clone());
         }
         m.set_tid(tid);
@@ -90,7 +90,7 @@ fn large_messages_survive_cuts_in_the_middle() {
     const N: u64 = 20;
     for tid in 1..=N {
         conn.send_message(message(tid)).expect("send");
-        if tid % 3 == 0 {
+        if tid.is_multiple_of(3) {
             conn.inject_socket_failure();
         }
     }

@@ -713,7 +713,7 @@ fn wait_on_a_shared_pool_returns_once_every_connection_is_gone() {
                     if conn.send_message(test_message(MSG_TEST, tid, Bytes::new())).is_err() {
                         break;
                     }
-                    if tid % 64 == 0 {
+                    if tid.is_multiple_of(64) {
                         std::thread::yield_now();
                     }
                 }

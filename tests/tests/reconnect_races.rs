@@ -196,7 +196,7 @@ fn race_rounds(a_nonce: u32, b_nonce: u32) {
             send_both(tid);
         }
         // Alternate which end the cut is made from; both ends lose the socket either way.
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             a_to_b.inject_socket_failure();
         } else {
             b_to_a.inject_socket_failure();
