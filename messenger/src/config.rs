@@ -18,7 +18,9 @@ pub struct MessengerConfig {
     pub initial_backoff: Duration,
     /// `ms_max_backoff`: reconnect delay cap (also the WAIT backoff).
     pub max_backoff: Duration,
-    /// `ms_connection_ready_timeout`: a handshake that makes no progress for this long faults.
+    /// `ms_connection_ready_timeout`: the whole handshake must complete within this time,
+    /// counted from accept (or from the start of the dial); progress does not extend it,
+    /// so a peer trickling its handshake byte by byte is cut off too.
     pub connection_ready_timeout: Duration,
     /// `ms_connection_idle_timeout`: an open connection with no traffic for this long is closed.
     pub connection_idle_timeout: Duration,

@@ -34,6 +34,12 @@ pub struct WorkerCounters {
     pub send_messages_queue_lat_ns: AtomicU64,
     /// Number of samples in `send_messages_queue_lat_ns`.
     pub send_messages_queue_lat_count: AtomicU64,
+    /// `msgr_peer_issues` (ours): protocol violations by peers (bad connects, bad
+    /// messages, unknown tags, ...). Each kind is logged at WARN once per connection.
+    pub peer_issues: AtomicU64,
+    /// `msgr_peer_issues_unlogged` (ours): the part of `peer_issues` that was not logged
+    /// at WARN because the same connection already reported that kind.
+    pub peer_issues_unlogged: AtomicU64,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -68,6 +74,8 @@ impl WorkerCounters {
             "msgr_running_recv_time": self.running_recv_time_ns.load(Relaxed) as f64 / 1e9,
             "msgr_send_messages_queue_lat":
                 avg(&self.send_messages_queue_lat_ns, &self.send_messages_queue_lat_count),
+            "msgr_peer_issues": self.peer_issues.load(Relaxed),
+            "msgr_peer_issues_unlogged": self.peer_issues_unlogged.load(Relaxed),
         })
     }
 }

@@ -309,6 +309,7 @@ impl Driver {
                 let _ = self.center.notify(id);
             }
         }
+        self.count_peer_issues();
         self.publish();
         self.update_interest(cx);
         self.update_timer(cx);
@@ -892,6 +893,17 @@ impl Driver {
         }
     }
 
+    /// Moves the machine's peer-misbehaviour counts into the worker's counters.
+    fn count_peer_issues(&mut self) {
+        let (issues, unlogged) = self.proto.poll_peer_issues();
+        if issues > 0 {
+            self.counters.peer_issues.fetch_add(issues, std::sync::atomic::Ordering::Relaxed);
+            self.counters
+                .peer_issues_unlogged
+                .fetch_add(unlogged, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     fn publish(&mut self) {
         let (_, _, connect_seq, peer_global_seq) = self.proto.seqs();
         let lossy = self.policy.as_ref().is_some_and(|p| p.lossy);
@@ -959,6 +971,7 @@ impl Driver {
             return;
         }
         self.finished = true;
+        self.count_peer_issues();
         self.close_socket(cx);
         self.conn.set_state(ConnState::Closed);
         {

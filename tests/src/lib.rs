@@ -4,6 +4,7 @@
 
 pub mod ceph;
 pub mod chaos;
+pub mod hostile;
 pub mod loopback;
 pub mod mon;
 pub mod soak;

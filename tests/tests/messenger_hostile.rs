@@ -2,16 +2,15 @@
 //! connection, while a well-behaved client's traffic goes on untouched.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use messenger::Policy;
-use protocol::types::{EntityAddr, EntityName, EntityType};
-use protocol::v1::{self, Event};
+use protocol::types::{EntityName, EntityType};
 use protocol::wire::{MsgHeader, Tag};
 use rand::{Rng, SeedableRng};
+use tests::hostile::handshaken_socket;
 use tests::loopback::*;
 
 const MSG_TEST: u16 = 0x7f00;
@@ -34,38 +33,6 @@ fn wait_closed_by_server(mut sock: TcpStream) {
     }
 }
 
-/// A v1 handshake done by hand (our sans-IO machine over a blocking socket), leaving an
-/// open session the test can then abuse.
-fn handshaken_socket(server: EntityAddr) -> TcpStream {
-    let cfg = Arc::new(v1::Config::new(
-        EntityName::new(EntityType::CLIENT, -1),
-        EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), 77),
-    ));
-    let now = Instant::now();
-    let mut conn =
-        v1::Connection::connect(cfg, Policy::lossy_client(), server, EntityType::OSD, now);
-    let mut sock = TcpStream::connect(server.addr.expect("server address")).expect("connect");
-    sock.set_read_timeout(Some(WAIT)).expect("timeout");
-    conn.handle_transport_connected(Instant::now());
-    let (mut out, mut buf) = (Vec::new(), vec![0u8; 4096]);
-    for _ in 0..64 {
-        out.clear();
-        conn.poll_transmit(&mut out);
-        for seg in &out {
-            sock.write_all(seg).expect("write");
-        }
-        while let Some(ev) = conn.poll_event() {
-            if let Event::Opened(_) = ev {
-                return sock;
-            }
-        }
-        let n = sock.read(&mut buf).expect("read");
-        assert!(n > 0, "server closed during the handshake");
-        conn.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
-    }
-    panic!("handshake did not finish");
-}
-
 #[test]
 fn hostile_peers_lose_only_their_own_connection() {
     let seed: u64 = rand::thread_rng().gen();
@@ -84,7 +51,7 @@ fn hostile_peers_lose_only_their_own_connection() {
 
     // 2. A proper session, then a message header announcing a 4 GiB front (over any
     //    limit; its crc is right, so only the length check can stop it).
-    let mut oversize = handshaken_socket(srv.my_addr());
+    let (mut oversize, _) = handshaken_socket(srv.my_addr(), Policy::lossy_client());
     let header = MsgHeader {
         seq: 1,
         msg_type: MSG_TEST,
@@ -98,7 +65,7 @@ fn hostile_peers_lose_only_their_own_connection() {
     oversize.write_all(&frame).expect("write");
 
     // 3. A proper session, then an unknown tag.
-    let mut bad_tag = handshaken_socket(srv.my_addr());
+    let (mut bad_tag, _) = handshaken_socket(srv.my_addr(), Policy::lossy_client());
     bad_tag.write_all(&[0x42]).expect("write");
 
     // The good client keeps talking the whole time.

@@ -37,6 +37,39 @@ const TRANSMIT_BATCH_BYTES: usize = 1 << 20;
 /// Source of the connection ids shown in the `Display` prefix.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Connect messages one accepted TCP connection may send before it is faulted.
+///
+/// A well-behaved connector needs at most a handful on one socket (RETRY_SESSION,
+/// RETRY_GLOBAL, RESETSESSION, one more after a BADAUTHORIZER); anything beyond is a
+/// peer looping on purpose, and each connect costs us a reply. Ceph's connector gives up
+/// after a few retries too; 8 leaves room for every legitimate sequence.
+pub const MAX_CONNECT_ATTEMPTS: u32 = 8;
+
+/// Kinds of peer misbehaviour that a peer could trigger in bulk. Each is logged at WARN
+/// the first time it happens on a connection and at DEBUG afterwards, and always counted
+/// ([`Connection::poll_peer_issues`]), so a flood costs one log line per connection and
+/// kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PeerIssue {
+    /// A connect we answer with a retry or refusal (bad protocol version, features,
+    /// authorizer), or too many connects.
+    BadConnect,
+    /// A connect reply we cannot accept.
+    BadConnectReply,
+    /// A banner or address that is not what it must be.
+    BadBanner,
+    /// A message that failed to decode (crc, limits, footer).
+    BadMessage,
+    /// An unknown tag in the open session.
+    UnknownTag,
+}
+
+impl PeerIssue {
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
 /// A coarse public view of the connection's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionState {
@@ -196,6 +229,13 @@ pub struct Connection {
     /// in_seq advanced since the last ACK we sent (lossless only).
     ack_pending: bool,
     messages_sent: u64,
+    /// Connect messages received on the current accepted socket.
+    connects_received: u32,
+    /// [`PeerIssue`] kinds already logged at WARN on this connection (one bit each).
+    warned: u8,
+    /// Peer issues seen and how many of them were not logged at WARN, since the last
+    /// [`Connection::poll_peer_issues`].
+    peer_issues: (u64, u64),
 }
 
 impl Connection {
@@ -232,7 +272,7 @@ impl Connection {
             events: VecDeque::new(),
             pending_connect: None,
             now,
-            handshake_deadline: Some(now + config.handshake_timeout),
+            handshake_deadline: Some(later(now, config.handshake_timeout)),
             last_rx: now,
             keepalive_due: None,
             keepalive_pending: None,
@@ -241,6 +281,9 @@ impl Connection {
             last_keepalive_ack: None,
             ack_pending: false,
             messages_sent: 0,
+            connects_received: 0,
+            warned: 0,
+            peer_issues: (0, 0),
             config,
         }
     }
@@ -301,7 +344,7 @@ impl Connection {
         self.reset_transport();
         self.global_seq = self.config.next_global_seq();
         self.ctrl.extend_from_slice(BANNER);
-        self.handshake_deadline = Some(now + self.config.handshake_timeout);
+        self.handshake_deadline = Some(later(now, self.config.handshake_timeout));
         self.last_rx = now;
         self.set_state(State::AwaitBanner);
     }
@@ -365,7 +408,7 @@ impl Connection {
                 self.fault(now, Fault::HandshakeTimeout);
             }
             State::Open => {
-                if now >= self.last_rx + self.config.idle_timeout {
+                if now >= later(self.last_rx, self.config.idle_timeout) {
                     self.fault(now, Fault::IdleTimeout);
                     return;
                 }
@@ -375,7 +418,7 @@ impl Connection {
                     if now >= due {
                         let stamp = self.stamp_at(now);
                         self.queue_keepalive(stamp);
-                        self.keepalive_due = Some(now + every);
+                        self.keepalive_due = Some(later(now, every));
                     }
                 }
             }
@@ -412,12 +455,14 @@ impl Connection {
             Decision::Replace { reset_existing, reset_from_peer } => {
                 self.accept_open(now, pending, transferred, reset_existing, reset_from_peer)
             }
-            Decision::RetryGlobal(gs) => self.retry_reply(now, &pending, Tag::RETRY_GLOBAL, gs, 0),
-            Decision::RetrySession(cs) => {
-                self.retry_reply(now, &pending, Tag::RETRY_SESSION, 0, cs)
-            }
-            Decision::Wait => self.retry_reply(now, &pending, Tag::WAIT, 0, 0),
-            Decision::ResetSession => self.retry_reply(now, &pending, Tag::RESETSESSION, 0, 0),
+            Decision::RetryGlobal(gs) => self.retry_reply(&pending, Tag::RETRY_GLOBAL, gs, 0),
+            Decision::RetrySession(cs) => self.retry_reply(&pending, Tag::RETRY_SESSION, 0, cs),
+            Decision::Wait => self.retry_reply(&pending, Tag::WAIT, 0, 0),
+            Decision::ResetSession => self.retry_reply(&pending, Tag::RESETSESSION, 0, 0),
+        }
+        // After a retry reply, the peer's next connect may already be buffered.
+        if self.state == State::AwaitConnect {
+            self.process(now);
         }
     }
 
@@ -436,9 +481,10 @@ impl Connection {
                 self.request_decision();
             }
             AuthVerdict::Reject => {
-                log::warn!(target: LOG, "{self}: authorizer rejected");
+                self.peer_issue(PeerIssue::BadConnect, format_args!("authorizer rejected"));
                 if let Some(p) = self.pending_connect.take() {
-                    self.retry_reply(now, &p, Tag::BADAUTHORIZER, 0, 0);
+                    self.retry_reply(&p, Tag::BADAUTHORIZER, 0, 0);
+                    self.process(now);
                 }
             }
         }
@@ -596,7 +642,7 @@ impl Connection {
             State::AwaitBackoff { until } => Some(until),
             s if s.in_handshake() => self.handshake_deadline,
             State::Open => {
-                let idle = self.last_rx + self.config.idle_timeout;
+                let idle = later(self.last_rx, self.config.idle_timeout);
                 Some(self.keepalive_due.map_or(idle, |k| k.min(idle)))
             }
             _ => None,
@@ -723,6 +769,13 @@ impl Connection {
         self.messages_sent
     }
 
+    /// Peer misbehaviour seen since the last call: `(issues, not logged at WARN)`. Each
+    /// kind of issue is logged at WARN once per connection and at DEBUG afterwards, so a
+    /// peer repeating it costs one log line; the counts let the messenger show the rest.
+    pub fn poll_peer_issues(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.peer_issues)
+    }
+
     // ----- the handshake -----
 
     fn process(&mut self, now: Instant) {
@@ -812,7 +865,10 @@ impl Connection {
                 && block.my_addr.port() == dialled.port()
                 && block.my_addr.nonce == dialled.nonce;
             if !same && !blank_ok {
-                log::warn!(target: LOG, "{self}: peer announced {:?}, dialled {:?}", block.my_addr, dialled);
+                self.peer_issue(
+                    PeerIssue::BadBanner,
+                    format_args!("peer announced {:?}, dialled {:?}", block.my_addr, dialled),
+                );
                 self.fault(now, Fault::AddrMismatch);
                 return false;
             }
@@ -876,12 +932,18 @@ impl Connection {
         match reply.tag {
             Tag::FEATURES => {
                 let missing = supported.missing_from(reply.features);
-                log::warn!(target: LOG, "{self}: peer requires features we lack: {missing}");
+                self.peer_issue(
+                    PeerIssue::BadConnectReply,
+                    format_args!("peer requires features we lack: {missing}"),
+                );
                 self.refuse("peer requires features we lack");
                 false
             }
             Tag::BADPROTOVER => {
-                log::warn!(target: LOG, "{self}: peer wants protocol version {}", reply.protocol_version);
+                self.peer_issue(
+                    PeerIssue::BadConnectReply,
+                    format_args!("peer wants protocol version {}", reply.protocol_version),
+                );
                 self.refuse("protocol version mismatch");
                 false
             }
@@ -922,7 +984,10 @@ impl Connection {
             Tag::SEQ | Tag::READY => {
                 let missing = reply.features.missing_from(self.config.features_required);
                 if !missing.is_empty() {
-                    log::warn!(target: LOG, "{self}: peer lacks required features {missing}");
+                    self.peer_issue(
+                        PeerIssue::BadConnectReply,
+                        format_args!("peer lacks required features {missing}"),
+                    );
                     self.refuse("peer lacks required features");
                     return false;
                 }
@@ -997,17 +1062,32 @@ impl Connection {
         let peer_type = msg.host_type;
         self.peer_type = Some(peer_type);
         log::debug!(target: LOG, "{self}: connect from {peer_type} gs={} cs={}", msg.global_seq, msg.connect_seq);
+        self.connects_received = self.connects_received.saturating_add(1);
+        if self.connects_received > MAX_CONNECT_ATTEMPTS {
+            self.peer_issue(
+                PeerIssue::BadConnect,
+                format_args!("more than {MAX_CONNECT_ATTEMPTS} connects on one connection"),
+            );
+            self.fault(now, Fault::Misbehaved("too many connect attempts on one connection"));
+            return false;
+        }
         let pending = PendingConnect { msg, authorizer_reply: Bytes::new() };
         let expected = proto_version(self.config.my_name.ty, peer_type, false);
         if msg.protocol_version != expected {
-            log::warn!(target: LOG, "{self}: peer protocol {} != {expected}", msg.protocol_version);
-            self.retry_reply(now, &pending, Tag::BADPROTOVER, 0, 0);
+            self.peer_issue(
+                PeerIssue::BadConnect,
+                format_args!("peer protocol {} != {expected}", msg.protocol_version),
+            );
+            self.retry_reply(&pending, Tag::BADPROTOVER, 0, 0);
             return true;
         }
         let missing = msg.features.missing_from(self.config.features_required);
         if !missing.is_empty() {
-            log::warn!(target: LOG, "{self}: peer lacks required features {missing}");
-            self.retry_reply(now, &pending, Tag::FEATURES, 0, 0);
+            self.peer_issue(
+                PeerIssue::BadConnect,
+                format_args!("peer lacks required features {missing}"),
+            );
+            self.retry_reply(&pending, Tag::FEATURES, 0, 0);
             return true;
         }
         self.pending_connect = Some(pending);
@@ -1045,14 +1125,7 @@ impl Connection {
 
     /// A reply that leaves the peer to send another connect (or to give up): features
     /// `(theirs & supported) | required`, as Ceph's `send_connect_message_reply`.
-    fn retry_reply(
-        &mut self,
-        now: Instant,
-        p: &PendingConnect,
-        tag: Tag,
-        global_seq: u32,
-        connect_seq: u32,
-    ) {
+    fn retry_reply(&mut self, p: &PendingConnect, tag: Tag, global_seq: u32, connect_seq: u32) {
         let reply = ConnectReply {
             tag,
             features: (p.msg.features & self.config.features_supported)
@@ -1067,8 +1140,10 @@ impl Connection {
         reply.encode_full(&p.authorizer_reply, 0, &mut out);
         self.ctrl.extend_from_slice(&out);
         log::debug!(target: LOG, "{self}: replied {tag}");
+        // Back to reading connects. The caller's input loop (`process`) reads the next
+        // one: never call it from here, or a peer that pipelines thousands of bad
+        // connects would recurse once per connect.
         self.set_state(State::AwaitConnect);
-        self.process(now);
     }
 
     /// Ceph's `ProtocolV1::open` on the accept side.
@@ -1142,7 +1217,7 @@ impl Connection {
         opts.crc.footer = FooterFormat::for_features(self.features);
         self.decoder.set_options(opts);
         self.last_rx = now;
-        self.keepalive_due = self.config.keepalive_interval.map(|every| now + every);
+        self.keepalive_due = self.config.keepalive_interval.map(|every| later(now, every));
         let (Some(peer_addr), Some(peer_type)) = (self.peer_addr, self.peer_type) else { return };
         log::info!(target: LOG, "{self}: open, features {:#x}, lossy {}", self.features.bits(), self.lossy);
         self.events.push_back(Event::Opened(Opened {
@@ -1184,7 +1259,10 @@ impl Connection {
                         return false;
                     }
                     other => {
-                        log::warn!(target: LOG, "{self}: unknown tag {}", other.0);
+                        self.peer_issue(
+                            PeerIssue::UnknownTag,
+                            format_args!("unknown tag {}", other.0),
+                        );
                         self.fault(now, Fault::UnknownTag(other.0));
                         return false;
                     }
@@ -1234,7 +1312,7 @@ impl Connection {
         self.rx.unpop_chunk(chunk);
         match progress {
             Err(e) => {
-                log::warn!(target: LOG, "{self}: bad message: {e}");
+                self.peer_issue(PeerIssue::BadMessage, format_args!("bad message: {e}"));
                 self.fault(now, Fault::Decode(e));
                 false
             }
@@ -1349,7 +1427,7 @@ impl Connection {
                 if after.is_zero() {
                     self.start_reconnect(now);
                 } else {
-                    self.set_state(State::AwaitBackoff { until: now + after });
+                    self.set_state(State::AwaitBackoff { until: later(now, after) });
                 }
             }
         }
@@ -1358,7 +1436,7 @@ impl Connection {
     fn start_reconnect(&mut self, now: Instant) {
         self.attempt = self.attempt.saturating_add(1);
         self.side = Side::Connect;
-        self.handshake_deadline = Some(now + self.config.handshake_timeout);
+        self.handshake_deadline = Some(later(now, self.config.handshake_timeout));
         self.set_state(State::AwaitTransport);
         self.events.push_back(Event::Reconnect { attempt: self.attempt });
     }
@@ -1407,12 +1485,32 @@ impl Connection {
         self.events.push_back(Event::Closed { by, reason });
     }
 
+    /// Reports peer misbehaviour: WARN the first time `issue` happens on this
+    /// connection, DEBUG afterwards; always counted.
+    fn peer_issue(&mut self, issue: PeerIssue, what: fmt::Arguments<'_>) {
+        self.peer_issues.0 += 1;
+        if self.warned & issue.bit() == 0 {
+            self.warned |= issue.bit();
+            log::warn!(target: LOG, "{self}: {what}");
+        } else {
+            self.peer_issues.1 += 1;
+            log::debug!(target: LOG, "{self}: {what} (again)");
+        }
+    }
+
     fn set_state(&mut self, next: State) {
         if self.state != next {
             log::debug!(target: LOG, "{self}: {} -> {}", self.state.name(), next.name());
             self.state = next;
         }
     }
+}
+
+/// `at + d`, or a point far enough out to mean "never" when that overflows `Instant`
+/// (a configured `Duration::MAX` must not panic here).
+fn later(at: Instant, d: Duration) -> Instant {
+    const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+    at.checked_add(d).or_else(|| at.checked_add(NEVER)).unwrap_or(at)
 }
 
 /// `Option<EntityAddr>` helpers.

@@ -57,7 +57,7 @@ mod session;
 pub mod testing;
 
 pub use config::{AuthorizerHook, Config, CounterValues, Counters};
-pub use connection::{Connection, SessionState};
+pub use connection::{Connection, SessionState, MAX_CONNECT_ATTEMPTS};
 pub use decide::{decide, AcceptRequest, Decision, ExistingSession, ExistingState};
 pub use event::{AuthVerdict, CloseReason, Event, Initiator, Opened};
 pub use fault::{fault_action, next_backoff, Fault, FaultAction, FaultContext, Side};

@@ -1,0 +1,152 @@
+//! Raw-socket hostile peers: the building blocks of the hardening tests
+//! (`tests/tests/hostile_*.rs`) and of the `attack` measuring tool.
+//!
+//! Each helper speaks just enough msgr v1 over a blocking `std::net::TcpStream` to reach
+//! the point where a real attacker would start misbehaving.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use protocol::types::{proto_version, EntityAddr, EntityName, EntityType, Features};
+use protocol::v1::{self, Event, Policy};
+use protocol::wire::{
+    ceph_crc32c, ConnectMsg, FooterFlags, FooterFormat, MsgFooter, MsgHeader, Tag,
+    ACCEPTOR_BLOCK_LEN, BANNER,
+};
+
+/// The message type hostile peers send (not a Ceph type: dispatchers see it as a test).
+pub const MSG_HOSTILE: u16 = 0x7f01;
+
+/// Opens a socket to an acceptor and exchanges banners and addresses: the next bytes
+/// the acceptor reads are a connect message.
+pub fn banner_socket(server: SocketAddr) -> TcpStream {
+    let mut sock = TcpStream::connect(server).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    sock.write_all(BANNER).expect("banner");
+    let mut block = [0u8; ACCEPTOR_BLOCK_LEN];
+    sock.read_exact(&mut block).expect("acceptor banner");
+    let me = EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), 99);
+    sock.write_all(&me.encode_legacy()).expect("address");
+    sock
+}
+
+/// A connect message as a client of ours would send it to an OSD, with the given
+/// protocol version and features.
+pub fn connect_msg(protocol_version: u32, features: Features) -> [u8; ConnectMsg::LEN] {
+    ConnectMsg {
+        features,
+        host_type: EntityType::CLIENT,
+        global_seq: 1,
+        connect_seq: 0,
+        protocol_version,
+        authorizer_protocol: 0,
+        authorizer_len: 0,
+        flags: 0,
+    }
+    .to_bytes()
+}
+
+/// The protocol version a client must announce to an OSD.
+pub fn good_protocol_version() -> u32 {
+    proto_version(EntityType::CLIENT, EntityType::OSD, true)
+}
+
+/// A v1 handshake done by hand (our sans-IO machine over a blocking socket) with
+/// `policy`, leaving an open session the caller can then abuse with raw frames.
+/// Returns the socket and the footer format the session uses.
+pub fn handshaken_socket(server: EntityAddr, policy: Policy) -> (TcpStream, FooterFormat) {
+    let cfg = Arc::new(v1::Config::new(
+        EntityName::new(EntityType::CLIENT, -1),
+        EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), 77),
+    ));
+    let now = Instant::now();
+    let mut conn = v1::Connection::connect(cfg, policy, server, EntityType::OSD, now);
+    let mut sock = TcpStream::connect(server.addr.expect("server address")).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    conn.handle_transport_connected(Instant::now());
+    let (mut out, mut buf) = (Vec::new(), vec![0u8; 4096]);
+    for _ in 0..64 {
+        out.clear();
+        conn.poll_transmit(&mut out);
+        for seg in &out {
+            sock.write_all(seg).expect("write");
+        }
+        while let Some(ev) = conn.poll_event() {
+            if let Event::Opened(o) = ev {
+                return (sock, FooterFormat::for_features(o.features));
+            }
+        }
+        let n = sock.read(&mut buf).expect("read");
+        assert!(n > 0, "server closed during the handshake");
+        conn.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
+    }
+    panic!("handshake did not finish");
+}
+
+/// `Tag::MSG` + a header (with a correct crc) announcing `front_len` and `data_len`
+/// bytes as message `seq`.
+pub fn msg_head(seq: u64, tid: u64, front_len: u32, data_len: u32) -> Vec<u8> {
+    let header = MsgHeader {
+        seq,
+        tid,
+        msg_type: MSG_HOSTILE,
+        front_len,
+        data_len,
+        src: EntityName::new(EntityType::CLIENT, -1),
+        ..MsgHeader::default()
+    }
+    .with_crc();
+    let mut frame = vec![Tag::MSG.0];
+    frame.extend_from_slice(&header.to_bytes());
+    frame
+}
+
+/// A complete, valid message frame: `front` as the front segment.
+pub fn msg_frame(seq: u64, tid: u64, front: &[u8], format: FooterFormat) -> Vec<u8> {
+    let len = u32::try_from(front.len()).expect("front length");
+    let mut frame = msg_head(seq, tid, len, 0);
+    frame.extend_from_slice(front);
+    let footer = MsgFooter {
+        front_crc: ceph_crc32c(0, front),
+        flags: FooterFlags::COMPLETE,
+        ..MsgFooter::default()
+    };
+    let (bytes, n) = footer.to_bytes(format);
+    frame.extend_from_slice(&bytes[..n]);
+    frame
+}
+
+/// Reads (and discards) until the peer closes `sock`; returns whether that happened
+/// within `within`.
+pub fn closed_within(sock: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        sock.set_read_timeout(Some(left.min(Duration::from_millis(200)))).expect("timeout");
+        match sock.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// This process's resident set size in bytes (Linux `/proc/self/status`), 0 if unknown.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

@@ -1,0 +1,134 @@
+//! Hostile handshakes: a peer that pipelines connect after connect, or trickles its
+//! handshake, loses only its own connection; the process and every other connection
+//! go on.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use messenger::Policy;
+use protocol::types::{EntityType, Features};
+use protocol::v1::MAX_CONNECT_ATTEMPTS;
+use protocol::wire::{ConnectReply, Tag};
+use tests::hostile::*;
+use tests::loopback::*;
+
+const MSG_TEST: u16 = 0x7f00;
+
+/// The server's `msgr_peer_issues`, summed over its workers.
+fn peer_issues(srv: &messenger::Messenger) -> u64 {
+    let counters = srv.counters_json();
+    let Some(sections) = counters.as_object() else { return 0 };
+    sections
+        .iter()
+        .filter(|(k, _)| k.starts_with("AsyncMessenger::Worker"))
+        .map(|(_, v)| v["msgr_peer_issues"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Sends `n` copies of `connect` in one write from a helper thread (the server stops
+/// reading once it faults us, so the write may fail) and waits until the server closes.
+fn flood_connects(server: std::net::SocketAddr, connect: [u8; 33], n: usize) {
+    let mut sock = banner_socket(server);
+    let mut writer = sock.try_clone().expect("clone");
+    let blob: Vec<u8> = connect.iter().copied().cycle().take(connect.len() * n).collect();
+    let w = std::thread::spawn(move || {
+        let _ = writer.write_all(&blob);
+    });
+    assert!(closed_within(&mut sock, WAIT), "the server kept a looping connector open");
+    w.join().expect("writer");
+}
+
+/// Sends `n` copies of `connect` one after the other and returns the reply tags.
+fn answered_connects(
+    server: std::net::SocketAddr,
+    connect: [u8; 33],
+    n: usize,
+) -> (std::net::TcpStream, Vec<Tag>) {
+    let mut sock = banner_socket(server);
+    let mut tags = Vec::new();
+    for _ in 0..n {
+        sock.write_all(&connect).expect("connect");
+        let mut reply = [0u8; ConnectReply::LEN];
+        sock.read_exact(&mut reply).expect("reply");
+        tags.push(Tag(reply[0]));
+    }
+    (sock, tags)
+}
+
+// Ceph answers a bad connect with BADPROTOVER or FEATURES and lets the connector try
+// again on the same socket; a connector that keeps trying is closed after a few.
+#[test]
+fn pipelined_bad_connects_are_answered_a_few_times_then_faulted() {
+    let (srv, addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let good = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let max = MAX_CONNECT_ATTEMPTS as usize;
+    let bad_version = connect_msg(u32::MAX, Features::PACIFIC_ADVERTISED);
+    let bad_features = connect_msg(good_protocol_version(), Features(0));
+
+    // Each bad connect is answered, up to the bound; one more and the socket is closed.
+    for (connect, tag) in [(bad_version, Tag::BADPROTOVER), (bad_features, Tag::FEATURES)] {
+        let (mut sock, tags) = answered_connects(addr, connect, max);
+        assert!(tags.iter().all(|t| *t == tag), "{tags:?}");
+        sock.write_all(&connect).expect("one more");
+        assert!(closed_within(&mut sock, WAIT), "connect number {} was answered", max + 1);
+    }
+
+    // 100,000 connects in one write: answered without recursion (this used to overflow
+    // the worker's stack and abort the process), and only up to the bound.
+    for connect in [bad_version, bad_features] {
+        let before = peer_issues(&srv);
+        flood_connects(addr, connect, 100_000);
+        let issues = peer_issues(&srv) - before;
+        assert!((1..=max as u64 + 1).contains(&issues), "{issues} connects handled");
+    }
+
+    // The process and the good client are fine.
+    for tid in 0..50u64 {
+        good.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[1; 64]))).expect("send");
+    }
+    for tid in 0..50u64 {
+        assert_eq!(next_message(&cli_rx).1.tid(), tid);
+    }
+    drop(srv_rx);
+    cli.shutdown();
+    srv.shutdown();
+}
+
+// The handshake timeout runs from accept: a connector trickling its handshake one byte at
+// a time (progress every time) is closed when it runs out, not kept forever.
+#[test]
+fn a_trickled_handshake_is_closed_at_the_handshake_timeout() {
+    let config = messenger::MessengerConfig {
+        connection_ready_timeout: Duration::from_secs(2),
+        ..test_config(1)
+    };
+    let (srv, addr, _rx) = server_on(
+        EntityType::OSD,
+        1,
+        Policy::stateless_server(),
+        true,
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        config,
+    );
+    let mut sock = banner_socket(addr);
+    let started = Instant::now();
+    let connect = connect_msg(good_protocol_version(), Features::PACIFIC_ADVERTISED);
+    let mut closed = false;
+    // 32 of the 33 bytes, one every 150 ms: progress all the time, never complete.
+    for b in &connect[..32] {
+        if sock.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    if !closed {
+        closed = closed_within(&mut sock, WAIT);
+    }
+    assert!(closed, "a trickled handshake was kept open");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(12), "closed only after {took:?}");
+    srv.shutdown();
+}
