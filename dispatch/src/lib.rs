@@ -9,9 +9,10 @@
 //! dispatcher hook or a throttle waker.
 //!
 //! The receive path, as the messenger drives it:
-//! 1. the worker reads a message header and asks the dispatch throttle for its size
-//!    with [`Throttle::acquire_or_wait`]; if refused it stops reading and its waker
-//!    resumes it after a release;
+//! 1. the worker reads a message header and asks the dispatch throttle for a first
+//!    window of its size (and for more windows as its bytes arrive) with
+//!    [`Throttle::acquire_or_wait`]; if the request is queued it stops reading and the
+//!    waker resumes it when a release grants the request;
 //! 2. it hands the message and the [`Permit`] to [`DispatchQueue::deliver`], which runs
 //!    `ms_fast_preprocess`, then either `ms_fast_dispatch` on the worker or queues it;
 //! 3. the `ms_dispatch` thread offers queued messages to the dispatchers head → tail and
@@ -21,10 +22,9 @@
 //! - an oversize throttle request waits until nothing is held, where Ceph admits it
 //!   whenever the count is not above the maximum ([`Throttle`]): the overshoot stays
 //!   bounded by one request;
-//! - a worker waiting for throttle budget registers a waker that a release calls
-//!   (every waker whose amount fits), instead of retrying on a 1 ms timer; try_acquire
-//!   yields to blocked threads and to a waiting oversize request (so neither starves),
-//!   not to ordinary waiting workers ([`Throttle`]);
+//! - a worker waiting for throttle budget queues one request whose grant calls its
+//!   waker, instead of retrying on a 1 ms timer; requests are granted in FIFO order
+//!   and the oldest message in progress always gets its next window ([`Throttle`]);
 //! - weighted round robin counts turns (weight = priority), not message cost
 //!   ([`queue`] docs); priority 0 counts as `PRIO_DEFAULT`;
 //! - loopback delivery runs on the dispatch thread, not on a thread of its own;
@@ -43,7 +43,7 @@ pub use dispatcher::{
     AuthVerdict, Authorizer, ConnectionRef, Delivery, Dispatched, Dispatcher, Dispatchers,
 };
 pub use queue::{DispatchQueue, QueueCounters, QueueEvent, ShutdownMode};
-pub use throttle::{Permit, Throttle, ThrottleCounters, Waker};
+pub use throttle::{InFlight, Permit, Throttle, ThrottleCounters, Ticket, Waiting, Waker};
 
 /// Ceph's default `ms_dispatch_throttle_bytes`: 100 MiB.
 pub const DEFAULT_DISPATCH_THROTTLE_BYTES: u64 = 100 << 20;

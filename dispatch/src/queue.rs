@@ -38,8 +38,10 @@
 //! # Bounds
 //! The message queue has no bound of its own: it is bounded by the dispatch throttle
 //! (bytes; default 100 MiB, Ceph's `ms_dispatch_throttle_bytes`), because workers stop
-//! reading when they cannot acquire budget. The messenger should charge every message
-//! at least one unit (a zero-byte message costs nothing). Events are few per
+//! reading when they cannot acquire budget. Every message is charged what it costs
+//! while queued, [`Message::queued_cost`] (payload plus
+//! [`protocol::message::MESSAGE_OVERHEAD`] for the value and its queue entry), so
+//! empty messages are bounded too. Events are few per
 //! connection (open, reset, refused). Local deliveries are charged with
 //! [`Throttle::take`] (the local sender is not blocked, as in Ceph), which makes
 //! remote readers back off.
@@ -345,7 +347,7 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     /// thread (never on the caller's, which may hold its own locks). Charges the dispatch
     /// throttle without waiting.
     pub fn local_delivery(&self, conn: &C, msg: Message) {
-        let budget = self.shared.throttle.take(payload_cost(&msg));
+        let budget = self.shared.throttle.take(msg.queued_cost());
         self.push_message(conn, msg, Some(budget), |st, q| st.local.push_back(q));
     }
 
@@ -463,11 +465,6 @@ impl<C: ConnectionRef> std::fmt::Debug for DispatchQueue<C> {
     }
 }
 
-/// What local delivery charges the dispatch throttle.
-fn payload_cost(msg: &Message) -> u64 {
-    u64::try_from(msg.payload_len()).unwrap_or(u64::MAX)
-}
-
 /// The `ms_dispatch` thread.
 fn run<C: ConnectionRef>(s: &Shared<C>) {
     loop {
@@ -570,5 +567,18 @@ fn deliver_event<C: ConnectionRef>(s: &Shared<C>, ev: QueueEvent<C>) {
                 log::debug!(target: "msgr::dispatch", "{}: refusal of conn {} unhandled", s.name, c.conn_id());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// MESSAGE_OVERHEAD covers a queued message's entry (the message value included)
+    /// with room for the arrival index and allocator slack.
+    #[test]
+    fn message_overhead_covers_a_queue_entry() {
+        let entry = std::mem::size_of::<Queued<u64>>() as u64;
+        assert!(entry + 64 <= protocol::message::MESSAGE_OVERHEAD, "entry is {entry} bytes");
     }
 }

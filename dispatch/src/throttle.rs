@@ -8,37 +8,53 @@
 //! | `put(c)` | dropping the [`Permit`] |
 //! | `reset_max(m)` | [`Throttle::reset_max`] |
 //! | `get_current()` / `get_max()` | [`Throttle::current`] / [`Throttle::max`] |
-//! | AsyncConnection's 1 ms retry timer | [`Throttle::acquire_or_wait`]'s waker |
+//! | AsyncConnection's 1 ms retry timer | [`Throttle::acquire_or_wait`]'s [`Waiting`] + waker |
+//!
+//! # Waiting
+//! Waiters are served strictly in arrival order (FIFO), blocked threads and event-loop
+//! workers alike, and while anyone waits [`Throttle::try_acquire`] fails (Ceph's
+//! `get_or_fail` does the same), so a large request is never starved by small ones. A
+//! release grants waiters from the head of the queue while they fit: the amount is
+//! charged at once and handed to the waiter, a blocked thread wakes with it, a worker's
+//! waker is called and the worker picks it up with [`Waiting::try_take`]. A worker
+//! holds one [`Waiting`] per request, however often it is woken for other reasons, and
+//! dropping it (its connection closed) cancels the wait and passes a grant it did not
+//! pick up on to the next waiter. Every operation is O(log waiters).
+//!
+//! # Messages in progress
+//! A message that arrives in several windows of budget holds what it received while it
+//! waits for the next window. If such messages held all of the budget, none could
+//! complete and nothing would be released. So a message that needs more than one
+//! window registers as in progress ([`Throttle::begin_inflight`], with one [`Ticket`]
+//! across all the throttles it uses), and the oldest one in progress is always granted
+//! its next window, even beyond the maximum: it completes, is dispatched, and releases.
+//! The overshoot is bounded by the remainder of one message.
 //!
 //! Differences from Ceph, on purpose:
 //! - a request larger than the maximum is admitted only when nothing at all is held
 //!   (Ceph admits it whenever the count is not already above the maximum), so the
 //!   overshoot is bounded by one oversize request;
-//! - a worker never sleeps or polls: it registers a waker that a release calls.
+//! - a worker never sleeps or polls: its waker is called when its request is granted;
+//! - the oldest message in progress may exceed the maximum (see above); Ceph reserves a
+//!   message's whole length when its header arrives, which lets a peer that announces
+//!   a large message and stops sending hold the budget.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-/// Called once, outside any lock, when a release may have made room for a worker.
+/// Called once, outside any lock, when a worker's request was granted.
 pub type Waker = Box<dyn FnOnce() + Send>;
 
 /// A counting limit on a shared resource (bytes or messages).
 ///
 /// Amounts are charged by acquiring a [`Permit`] and returned when the permit is
 /// dropped. A maximum of 0 means unlimited (everything is admitted, but still counted).
-///
-/// Fairness: a thread blocked in [`acquire`](Self::acquire) is served in FIFO order and
-/// granted its amount directly by the release that makes room; while one waits, or
-/// while a worker waits for an oversize amount, [`try_acquire`](Self::try_acquire)
-/// fails for everyone else (Ceph's "always wait behind other waiters"). Wakers
-/// registered by [`acquire_or_wait`](Self::acquire_or_wait) are hints: the woken worker
-/// retries and may lose a race with another worker, in which case it registers again;
-/// every waker whose amount fits is called by the release that makes room for it.
+/// See the module docs for the waiting rules.
 pub struct Throttle {
     name: String,
     state: Mutex<State>,
@@ -47,24 +63,34 @@ pub struct Throttle {
 }
 
 struct State {
-    /// Amount currently held by live permits (including grants not yet picked up).
+    /// Amount currently held by live permits and by grants not yet picked up.
     current: u64,
     /// 0 = unlimited.
     max: u64,
-    /// FIFO. Bounded by the number of threads and connections waiting (each waits once).
-    waiters: VecDeque<Waiter>,
+    /// Queued requests by id; ids grow, so this is arrival (FIFO) order. Bounded by the
+    /// number of threads and connections waiting (each holds one request at a time).
+    waiters: BTreeMap<u64, Waiter>,
+    next_id: u64,
+    /// Amounts granted to workers' [`Waiting`]s and not picked up yet, by request id
+    /// (included in `current`).
+    grants: HashMap<u64, u64>,
+    /// Messages in progress ([`Throttle::begin_inflight`]) by ticket, oldest first, with
+    /// the id of their queued request if they wait.
+    inflight: BTreeMap<u64, Option<u64>>,
     counters: ThrottleCounters,
 }
 
 struct Waiter {
     need: u64,
     kind: WaiterKind,
+    /// The ticket of the message in progress this request is for.
+    ticket: Option<u64>,
 }
 
 enum WaiterKind {
-    /// A user thread in `acquire`; the release grants it directly and sets the flag.
+    /// A user thread in `acquire`; the grant sets the flag.
     Blocking(Arc<AtomicBool>),
-    /// A worker's waker; called when the amount would fit, without granting.
+    /// A worker; the grant is kept for its [`Waiting`] and the waker called.
     Wake(Waker),
 }
 
@@ -91,73 +117,104 @@ pub struct ThrottleCounters {
     pub put: u64,
     /// Sum of the amounts released (`put_sum`).
     pub put_sum: u64,
-    /// Times a caller had to wait: blocked in `acquire` or registered a waker (`wait`).
+    /// Times a caller had to wait: blocked in `acquire` or queued a worker's request (`wait`).
     pub wait: u64,
     /// Total time blocked in `acquire` (Ceph's `wait` is this as an average).
     pub wait_time: Duration,
+    /// Grants beyond the maximum to the oldest message in progress (ours).
+    pub inflight_overshoot: u64,
+}
+
+/// Orders messages in progress across every throttle they use (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ticket(u64);
+
+impl Ticket {
+    /// A ticket younger than every ticket handed out before.
+    pub fn next() -> Ticket {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Ticket(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 impl State {
     /// Ceph's `_should_wait`, except that an oversize request waits until nothing is held.
-    fn should_wait(&self, held: u64, n: u64) -> bool {
+    fn should_wait(&self, n: u64) -> bool {
         if self.max == 0 {
             return false;
         }
         if n > self.max {
-            held > 0
+            self.current > 0
         } else {
-            held.saturating_add(n) > self.max
+            self.current.saturating_add(n) > self.max
         }
     }
 
-    /// Whether a queued waiter forbids others from jumping ahead of it.
-    fn has_barrier(&self) -> bool {
-        let max = self.max;
-        self.waiters.iter().any(|w| match w.kind {
-            WaiterKind::Blocking(_) => true,
-            WaiterKind::Wake(_) => max != 0 && w.need > max,
-        })
+    fn charge(&mut self, n: u64) {
+        self.current = self.current.saturating_add(n);
+        self.counters.get += 1;
+        self.counters.get_sum = self.counters.get_sum.saturating_add(n);
     }
 
-    /// After a release (or a raised max): grants blocked threads in FIFO order while
-    /// they fit, and picks every waker whose amount fits now.
-    ///
-    /// Wakers are not promised their room: a woken worker whose connection has since
-    /// closed never retries, and reserving room for it would strand the waiters behind
-    /// it with nothing held. So each waker that fits on its own is called, and those
-    /// that lose the race register again — a release may wake more workers than fit,
-    /// bounded by the number of waiting connections. Wakers behind a blocked thread
-    /// that does not fit stay queued: they could not get past it anyway.
-    fn serve_waiters(&mut self) -> (Vec<Waker>, bool) {
-        let mut wakers = Vec::new();
-        let mut granted = false;
-        // One pass, rebuilding the queue: O(waiters) per release.
-        let mut kept = VecDeque::with_capacity(self.waiters.len());
-        let mut pending = std::mem::take(&mut self.waiters).into_iter();
-        for w in pending.by_ref() {
-            if self.should_wait(self.current, w.need) {
-                let blocked = matches!(w.kind, WaiterKind::Blocking(_));
-                kept.push_back(w);
-                if blocked {
-                    break;
-                }
-                continue;
+    fn queue(&mut self, need: u64, kind: WaiterKind, ticket: Option<u64>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.waiters.insert(id, Waiter { need, kind, ticket });
+        if let Some(t) = ticket.and_then(|t| self.inflight.get_mut(&t)) {
+            *t = Some(id);
+        }
+        self.counters.wait += 1;
+        id
+    }
+
+    /// Grants the queued request `id` (already removed from `waiters`).
+    fn grant(&mut self, id: u64, w: Waiter, out: &mut Served) {
+        self.charge(w.need);
+        if let Some(t) = w.ticket.and_then(|t| self.inflight.get_mut(&t)) {
+            *t = None;
+        }
+        match w.kind {
+            WaiterKind::Blocking(flag) => {
+                flag.store(true, Ordering::Release);
+                out.blocking = true;
             }
-            match w.kind {
-                WaiterKind::Blocking(flag) => {
-                    self.current = self.current.saturating_add(w.need);
-                    self.counters.get += 1;
-                    self.counters.get_sum = self.counters.get_sum.saturating_add(w.need);
-                    flag.store(true, Ordering::Release);
-                    granted = true;
-                }
-                WaiterKind::Wake(waker) => wakers.push(waker),
+            WaiterKind::Wake(waker) => {
+                self.grants.insert(id, w.need);
+                out.wakers.push(waker);
             }
         }
-        kept.extend(pending);
-        self.waiters = kept;
-        (wakers, granted)
     }
+
+    /// After a release, a raised maximum or a cancelled request: grants queued requests
+    /// from the head while they fit, then the oldest message in progress if it waits.
+    fn serve(&mut self) -> Served {
+        let mut out = Served::default();
+        while let Some((&id, w)) = self.waiters.first_key_value() {
+            if self.should_wait(w.need) {
+                break;
+            }
+            if let Some(w) = self.waiters.remove(&id) {
+                self.grant(id, w, &mut out);
+            }
+        }
+        if let Some((_, Some(id))) = self.inflight.first_key_value() {
+            let id = *id;
+            if let Some(w) = self.waiters.remove(&id) {
+                if self.should_wait(w.need) {
+                    self.counters.inflight_overshoot += 1;
+                }
+                self.grant(id, w, &mut out);
+            }
+        }
+        out
+    }
+}
+
+/// What [`State::serve`] granted: wakers to call and whether blocked threads must look.
+#[derive(Default)]
+struct Served {
+    wakers: Vec<Waker>,
+    blocking: bool,
 }
 
 impl Throttle {
@@ -168,7 +225,10 @@ impl Throttle {
             state: Mutex::new(State {
                 current: 0,
                 max,
-                waiters: VecDeque::new(),
+                waiters: BTreeMap::new(),
+                next_id: 0,
+                grants: HashMap::new(),
+                inflight: BTreeMap::new(),
                 counters: ThrottleCounters::default(),
             }),
             granted: Condvar::new(),
@@ -180,61 +240,73 @@ impl Throttle {
         &self.name
     }
 
-    /// Takes `n` if it fits now and nobody is queued ahead; never waits.
+    /// Takes `n` if it fits now and nobody is queued; never waits.
     #[doc(alias = "get_or_fail")]
     pub fn try_acquire(self: &Arc<Self>, n: u64) -> Option<Permit> {
         let mut st = self.state.lock();
-        if st.should_wait(st.current, n) || st.has_barrier() {
+        if st.should_wait(n) || !st.waiters.is_empty() {
             st.counters.get_or_fail_fail += 1;
             return None;
         }
-        Some(self.grant_locked(&mut st, n))
+        st.charge(n);
+        st.counters.get_or_fail_success += 1;
+        Some(self.permit(n))
     }
 
-    /// Takes `n` now if it fits; otherwise registers `waker` and returns `None`.
+    /// Takes `n` now if it fits and nobody is queued; otherwise queues the request and
+    /// returns its [`Waiting`].
     ///
-    /// This is the worker path: the waker is called exactly once, on the releasing
-    /// thread and outside any lock, when a release (or [`reset_max`](Self::reset_max))
-    /// makes room for `n`. It should post to the worker, which then calls this again.
-    /// The room is not reserved, so the retry may fail and register a new waker. If the
-    /// throttle is dropped first, the waker is dropped without being called. On success
-    /// the waker is dropped uncalled.
-    pub fn acquire_or_wait(self: &Arc<Self>, n: u64, waker: Waker) -> Option<Permit> {
-        let mut st = self.state.lock();
-        if !st.should_wait(st.current, n) && !st.has_barrier() {
-            return Some(self.grant_locked(&mut st, n));
-        }
-        st.counters.get_or_fail_fail += 1;
-        st.counters.wait += 1;
-        st.waiters.push_back(Waiter { need: n, kind: WaiterKind::Wake(waker) });
-        log::trace!(target: "msgr::throttle", "{}: worker waits for {n} (current {})", self.name, st.current);
-        None
+    /// This is the worker path: `waker` is called once, on the granting thread and
+    /// outside any lock, when the request is granted; the worker then picks the permit
+    /// up with [`Waiting::try_take`]. It should post to the worker rather than do work
+    /// itself. Dropping the `Waiting` cancels the request (a grant not picked up goes to
+    /// the next waiter). On immediate success the waker is dropped uncalled.
+    pub fn acquire_or_wait(self: &Arc<Self>, n: u64, waker: Waker) -> Result<Permit, Waiting> {
+        self.acquire_or_queue(n, waker, None)
     }
 
-    /// Takes `n`, blocking the calling thread until it fits.
+    fn acquire_or_queue(
+        self: &Arc<Self>,
+        n: u64,
+        waker: Waker,
+        ticket: Option<u64>,
+    ) -> Result<Permit, Waiting> {
+        let mut st = self.state.lock();
+        let oldest = ticket.is_some() && st.inflight.first_key_value().map(|(t, _)| *t) == ticket;
+        let fits = !st.should_wait(n) && st.waiters.is_empty();
+        if fits || oldest {
+            if !fits && st.should_wait(n) {
+                st.counters.inflight_overshoot += 1;
+            }
+            st.charge(n);
+            return Ok(self.permit(n));
+        }
+        let id = st.queue(n, WaiterKind::Wake(waker), ticket);
+        log::trace!(target: "msgr::throttle", "{}: worker waits for {n} (current {})", self.name, st.current);
+        Err(Waiting { throttle: Arc::clone(self), id: Some(id) })
+    }
+
+    /// Takes `n`, blocking the calling thread until it is granted.
     ///
     /// For user threads only: never call this from an event-loop worker or from a
     /// dispatcher (the dispatch thread is what releases the dispatch throttle).
     #[doc(alias = "get")]
     pub fn acquire(self: &Arc<Self>, n: u64) -> Permit {
         let mut st = self.state.lock();
-        if !st.should_wait(st.current, n) && !st.has_barrier() {
-            st.counters.get += 1;
-            st.counters.get_sum = st.counters.get_sum.saturating_add(n);
-            st.current = st.current.saturating_add(n);
-            return Permit { throttle: Arc::clone(self), amount: n };
+        if !st.should_wait(n) && st.waiters.is_empty() {
+            st.charge(n);
+            return self.permit(n);
         }
         let flag = Arc::new(AtomicBool::new(false));
-        st.waiters.push_back(Waiter { need: n, kind: WaiterKind::Blocking(Arc::clone(&flag)) });
-        st.counters.wait += 1;
+        st.queue(n, WaiterKind::Blocking(Arc::clone(&flag)), None);
         let started = Instant::now();
         log::debug!(target: "msgr::throttle", "{}: blocking for {n} (current {})", self.name, st.current);
         while !flag.load(Ordering::Acquire) {
             self.granted.wait(&mut st);
         }
         st.counters.wait_time += started.elapsed();
-        // The releasing thread already charged `n` and counted the get.
-        Permit { throttle: Arc::clone(self), amount: n }
+        // The granting thread already charged `n` and counted the get.
+        self.permit(n)
     }
 
     /// Charges `n` without waiting, even beyond the maximum.
@@ -243,21 +315,26 @@ impl Throttle {
         st.current = st.current.saturating_add(n);
         st.counters.take += 1;
         st.counters.take_sum = st.counters.take_sum.saturating_add(n);
-        Permit { throttle: Arc::clone(self), amount: n }
+        self.permit(n)
+    }
+
+    /// Registers a message in progress with `ticket` (the same ticket on every throttle
+    /// the message uses): while it is the oldest registered, its requests through
+    /// [`InFlight::acquire_or_wait`] are always granted. Drop the [`InFlight`] when the
+    /// message completes or is abandoned.
+    pub fn begin_inflight(self: &Arc<Self>, ticket: Ticket) -> InFlight {
+        self.state.lock().inflight.insert(ticket.0, None);
+        InFlight { throttle: Arc::clone(self), ticket: ticket.0 }
     }
 
     /// Changes the maximum (0 = unlimited) and serves waiters that now fit.
     pub fn reset_max(&self, max: u64) {
-        let wakers = {
+        let served = {
             let mut st = self.state.lock();
             st.max = max;
-            let (wakers, granted) = st.serve_waiters();
-            if granted {
-                self.granted.notify_all();
-            }
-            wakers
+            st.serve()
         };
-        wakers.into_iter().for_each(|w| w());
+        self.finish_serving(served);
     }
 
     /// Amount currently held.
@@ -272,7 +349,7 @@ impl Throttle {
         self.state.lock().max
     }
 
-    /// Number of callers waiting (blocked threads and registered wakers).
+    /// Number of queued requests (blocked threads and waiting workers) not yet granted.
     pub fn waiting(&self) -> usize {
         self.state.lock().waiters.len()
     }
@@ -283,17 +360,23 @@ impl Throttle {
         ThrottleCounters { val: st.current, max: st.max, ..st.counters }
     }
 
-    fn grant_locked(self: &Arc<Self>, st: &mut State, n: u64) -> Permit {
-        st.current = st.current.saturating_add(n);
-        st.counters.get += 1;
-        st.counters.get_sum = st.counters.get_sum.saturating_add(n);
-        st.counters.get_or_fail_success += 1;
-        Permit { throttle: Arc::clone(self), amount: n }
+    fn permit(self: &Arc<Self>, amount: u64) -> Permit {
+        Permit { throttle: Arc::clone(self), amount }
+    }
+
+    /// Wakes what `serve` granted; called without the lock.
+    fn finish_serving(&self, served: Served) {
+        if served.blocking {
+            self.granted.notify_all();
+        }
+        for w in served.wakers {
+            w();
+        }
     }
 
     /// Ceph's `put`: returns `n` and serves waiters; wakers run after the lock is released.
     fn release(&self, n: u64) {
-        let wakers = {
+        let served = {
             let mut st = self.state.lock();
             st.current = st.current.saturating_sub(n);
             st.counters.put += 1;
@@ -301,15 +384,33 @@ impl Throttle {
             if st.waiters.is_empty() {
                 return;
             }
-            let (wakers, granted) = st.serve_waiters();
-            if granted {
-                self.granted.notify_all();
-            }
-            wakers
+            st.serve()
         };
-        for w in wakers {
-            w();
-        }
+        self.finish_serving(served);
+    }
+
+    /// Cancels request `id`: unqueues it, or returns its grant if it was not picked up.
+    fn cancel(&self, id: u64) {
+        let (served, waker) = {
+            let mut st = self.state.lock();
+            let mut waker = None;
+            if let Some(w) = st.waiters.remove(&id) {
+                if let Some(t) = w.ticket.and_then(|t| st.inflight.get_mut(&t)) {
+                    *t = None;
+                }
+                // Dropped below, outside the lock: a waker may own anything.
+                if let WaiterKind::Wake(k) = w.kind {
+                    waker = Some(k);
+                }
+            } else if let Some(amount) = st.grants.remove(&id) {
+                st.current = st.current.saturating_sub(amount);
+                st.counters.put += 1;
+                st.counters.put_sum = st.counters.put_sum.saturating_add(amount);
+            }
+            (st.serve(), waker)
+        };
+        drop(waker);
+        self.finish_serving(served);
     }
 }
 
@@ -321,6 +422,94 @@ impl fmt::Debug for Throttle {
             .field("current", &st.current)
             .field("max", &st.max)
             .field("waiting", &st.waiters.len())
+            .field("inflight", &st.inflight.len())
+            .finish()
+    }
+}
+
+/// A worker's queued request ([`Throttle::acquire_or_wait`]). Dropping it cancels the
+/// request; a grant not picked up yet goes back to the throttle.
+#[must_use = "dropping a Waiting cancels the request"]
+pub struct Waiting {
+    throttle: Arc<Throttle>,
+    /// `None` once the grant was picked up.
+    id: Option<u64>,
+}
+
+impl Waiting {
+    /// The permit, if the request was granted (the waker has been or is being called);
+    /// otherwise the request stays queued and comes back.
+    pub fn try_take(mut self) -> Result<Permit, Waiting> {
+        let Some(id) = self.id else { return Err(self) };
+        let amount = self.throttle.state.lock().grants.remove(&id);
+        match amount {
+            Some(amount) => {
+                self.id = None;
+                Ok(self.throttle.permit(amount))
+            }
+            None => Err(self),
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.throttle.cancel(id);
+        }
+    }
+}
+
+impl fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waiting")
+            .field("throttle", &self.throttle.name)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+/// A message in progress on one throttle ([`Throttle::begin_inflight`]).
+#[must_use = "dropping an InFlight ends the registration"]
+pub struct InFlight {
+    throttle: Arc<Throttle>,
+    ticket: u64,
+}
+
+impl InFlight {
+    /// Like [`Throttle::acquire_or_wait`], except that the request is granted at once,
+    /// even beyond the maximum, while this is the oldest message in progress on the
+    /// throttle, and that a queued request is granted as soon as it becomes the oldest.
+    pub fn acquire_or_wait(&self, n: u64, waker: Waker) -> Result<Permit, Waiting> {
+        self.throttle.acquire_or_queue(n, waker, Some(self.ticket))
+    }
+
+    /// The throttle this registration is on.
+    pub fn throttle(&self) -> &Arc<Throttle> {
+        &self.throttle
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let served = {
+            let mut st = self.throttle.state.lock();
+            st.inflight.remove(&self.ticket);
+            if st.waiters.is_empty() {
+                return;
+            }
+            // The next oldest may be waiting: it goes on now.
+            st.serve()
+        };
+        self.throttle.finish_serving(served);
+    }
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlight")
+            .field("throttle", &self.throttle.name)
+            .field("ticket", &self.ticket)
             .finish()
     }
 }
@@ -359,6 +548,17 @@ impl Permit {
         let n = n.min(self.amount);
         self.amount -= n;
         Permit { throttle: Arc::clone(&self.throttle), amount: n }
+    }
+
+    /// Makes this permit hold exactly `n`: the surplus is released, a shortfall is
+    /// charged with [`Throttle::take`] (without waiting).
+    pub fn settle(&mut self, n: u64) {
+        if n < self.amount {
+            drop(self.split(self.amount - n));
+        } else if n > self.amount {
+            let more = self.throttle.take(n - self.amount);
+            let _ = self.merge(more);
+        }
     }
 }
 
@@ -444,22 +644,101 @@ mod tests {
     }
 
     #[test]
-    fn waker_runs_once_when_room_is_made() {
+    fn waker_runs_once_when_the_request_is_granted() {
         let t = Throttle::new("t", 10);
         let held = t.try_acquire(8).expect("fits");
         let (tx, rx) = unbounded();
         let tx2 = tx.clone();
-        assert!(t.acquire_or_wait(5, Box::new(move || tx2.send(()).expect("rx alive"))).is_none());
+        let waiting = t
+            .acquire_or_wait(5, Box::new(move || tx2.send(()).expect("rx alive")))
+            .expect_err("does not fit");
         assert!(rx.try_recv().is_err());
+        let waiting = waiting.try_take().expect_err("not granted yet");
         let mut held = held;
         drop(held.split(2)); // 6 held: 5 still does not fit
         assert!(rx.try_recv().is_err());
         drop(held);
         assert!(rx.try_recv().is_ok());
-        // A later release does not call it again.
-        drop(t.try_acquire(3).expect("fits"));
+        // Granted: charged already, handed over by try_take.
+        assert_eq!(t.current(), 5);
+        let p = waiting.try_take().expect("granted");
+        assert_eq!(p.amount(), 5);
+        drop(p);
         assert!(rx.try_recv().is_err());
-        assert_eq!(t.waiting(), 0);
+        assert_eq!((t.waiting(), t.current()), (0, 0));
         drop(tx);
+    }
+
+    #[test]
+    fn a_cancelled_grant_goes_to_the_next_waiter() {
+        let t = Throttle::new("t", 10);
+        let held = t.try_acquire(10).expect("fits");
+        let (tx, rx) = unbounded();
+        let tx2 = tx.clone();
+        let first =
+            t.acquire_or_wait(6, Box::new(move || tx.send(1).expect("rx"))).expect_err("full");
+        let second =
+            t.acquire_or_wait(6, Box::new(move || tx2.send(2).expect("rx"))).expect_err("full");
+        drop(held);
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert!(rx.try_recv().is_err(), "6 + 6 do not fit");
+        // The first worker's connection closed before it picked its grant up.
+        drop(first);
+        assert_eq!(rx.try_recv(), Ok(2));
+        let p = second.try_take().expect("granted");
+        assert_eq!(t.current(), 6);
+        drop(p);
+        assert_eq!(t.current(), 0);
+    }
+
+    #[test]
+    fn fifo_a_queued_large_request_is_not_overtaken() {
+        let t = Throttle::new("t", 10);
+        let held = t.try_acquire(5).expect("fits");
+        let big = t.acquire_or_wait(8, Box::new(|| {})).expect_err("does not fit");
+        // 5 would fit, but someone is queued.
+        assert!(t.try_acquire(5).is_none());
+        drop(held);
+        let big = big.try_take().expect("granted first");
+        assert_eq!(big.amount(), 8);
+    }
+
+    // The oldest message in progress always gets its next window, so messages that hold
+    // all of the budget while waiting for more cannot deadlock.
+    #[test]
+    fn the_oldest_message_in_progress_always_goes_on() {
+        let t = Throttle::new("t", 10);
+        let (a, b) = (Ticket::next(), Ticket::next());
+        let ia = t.begin_inflight(a);
+        let ib = t.begin_inflight(b);
+        let pa = ia.acquire_or_wait(5, Box::new(|| {})).expect("fits");
+        let pb = ib.acquire_or_wait(5, Box::new(|| {})).expect("fits");
+        // Full, and both want more: b waits, a (the oldest) overshoots.
+        let (tx, rx) = unbounded();
+        let wb =
+            ib.acquire_or_wait(5, Box::new(move || tx.send(()).expect("rx"))).expect_err("b waits");
+        let more_a = ia.acquire_or_wait(5, Box::new(|| {})).expect("the oldest goes on");
+        assert_eq!(t.current(), 15);
+        assert_eq!(t.counters().inflight_overshoot, 1);
+        // a completes (its permits go with the message); b is now the oldest and is
+        // granted at once, beyond the maximum.
+        drop(ia);
+        rx.recv_timeout(Duration::from_secs(5)).expect("b granted as the oldest");
+        let more_b = wb.try_take().expect("granted");
+        assert_eq!(t.current(), 20);
+        drop((pa, more_a, pb, more_b, ib));
+        assert_eq!((t.current(), t.waiting()), (0, 0));
+    }
+
+    #[test]
+    fn settle_charges_exactly() {
+        let t = Throttle::new("t", 100);
+        let mut p = t.try_acquire(10).expect("fits");
+        p.settle(4);
+        assert_eq!((p.amount(), t.current()), (4, 4));
+        p.settle(30);
+        assert_eq!((p.amount(), t.current()), (30, 30));
+        drop(p);
+        assert_eq!(t.current(), 0);
     }
 }

@@ -302,10 +302,14 @@ fn discard_drops_one_connection_and_releases_budget() {
     q.enqueue_event(QueueEvent::Reset(TestConn(1)));
     assert_eq!(budget.current(), 90);
     let (wtx, wrx) = unbounded();
-    assert!(budget.acquire_or_wait(40, Box::new(move || wtx.send(()).expect("rx"))).is_none());
+    let waiting =
+        budget.acquire_or_wait(40, Box::new(move || wtx.send(()).expect("rx"))).expect_err("full");
     assert_eq!(q.discard(1), 3);
-    assert_eq!(budget.current(), 45);
     wrx.recv_timeout(WAIT).expect("worker woken by the discard");
+    // 45 still queued + the 40 granted to the worker.
+    assert_eq!(budget.current(), 85);
+    drop(waiting.try_take().expect("granted"));
+    assert_eq!(budget.current(), 45);
     assert_eq!(q.discard(1), 0);
     let k = q.counters();
     assert_eq!((k.messages, k.events, k.discarded), (3, 1, 3));
@@ -572,16 +576,17 @@ fn dispatch_throttle_bounds_the_queue_and_resumes_the_worker() {
             let mut stalls = 0u64;
             let conn = TestConn(1);
             for tid in 0..N {
-                let permit = loop {
-                    let wake_tx = wake_tx.clone();
-                    let waker = Box::new(move || {
-                        let _ = wake_tx.send(());
-                    });
-                    if let Some(p) = budget.acquire_or_wait(SIZE as u64, waker) {
-                        break p;
+                let wake_tx = wake_tx.clone();
+                let waker = Box::new(move || {
+                    let _ = wake_tx.send(());
+                });
+                let permit = match budget.acquire_or_wait(SIZE as u64, waker) {
+                    Ok(p) => p,
+                    Err(waiting) => {
+                        stalls += 1;
+                        wake_rx.recv_timeout(WAIT).expect("woken by a release");
+                        waiting.try_take().expect("granted")
                     }
-                    stalls += 1;
-                    wake_rx.recv_timeout(WAIT).expect("woken by a release");
                 };
                 assert!(q.counters().messages as u64 * SIZE as u64 <= MAX);
                 q.enqueue(&conn, msg(1, PRIO_DEFAULT, tid, SIZE), Some(permit));

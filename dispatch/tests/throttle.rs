@@ -12,7 +12,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 /// 8 threads mixing every way of acquiring: the maximum is never exceeded, every
-/// amount got is put back, every registered waker is called, and the counters add up.
+/// amount got is put back, every worker that waits is granted, and the counters add up.
 #[test]
 fn exact_accounting_under_eight_threads() {
     let seed = seed("exact_accounting");
@@ -41,27 +41,23 @@ fn exact_accounting_under_eight_threads() {
                         // Blocking is only safe while holding nothing ourselves.
                         1 if held.is_empty() => Some(t.acquire(n)),
                         _ => {
-                            // The worker path: register, wait for the waker, retry.
-                            let mut p = None;
-                            for _ in 0..1_000 {
-                                let (tx, rx) = unbounded();
-                                let called = Arc::clone(&called);
-                                let waker = Box::new(move || {
-                                    called.fetch_add(1, Ordering::SeqCst);
-                                    let _ = tx.send(());
-                                });
-                                if let Some(got) = t.acquire_or_wait(n, waker) {
-                                    p = Some(got);
-                                    break;
+                            // The worker path: queue, wait for the waker, pick the grant up.
+                            let (tx, rx) = unbounded();
+                            let called = Arc::clone(&called);
+                            let waker = Box::new(move || {
+                                called.fetch_add(1, Ordering::SeqCst);
+                                let _ = tx.send(());
+                            });
+                            match t.acquire_or_wait(n, waker) {
+                                Ok(p) => Some(p),
+                                // Do not wait while holding: cancel the request.
+                                Err(_cancelled) if !held.is_empty() => None,
+                                Err(waiting) => {
+                                    registered.fetch_add(1, Ordering::SeqCst);
+                                    rx.recv_timeout(WAIT).expect("waker called by a grant");
+                                    Some(waiting.try_take().expect("granted when woken"))
                                 }
-                                registered.fetch_add(1, Ordering::SeqCst);
-                                if !held.is_empty() {
-                                    // Do not wait while holding: give up this round.
-                                    break;
-                                }
-                                rx.recv_timeout(WAIT).expect("waker called after a release");
                             }
-                            p
                         }
                     };
                     if let Some(p) = permit {
@@ -76,14 +72,15 @@ fn exact_accounting_under_eight_threads() {
         })
         .collect();
     let got: u64 = handles.into_iter().map(|h| h.join().expect("thread")).sum();
-    // Wakers of workers that gave up are called by later releases; the last release
-    // leaves nothing held, so every waiter fits and has been woken.
+    // Requests cancelled by workers that gave up may have been granted (and returned)
+    // meanwhile: everything charged was released, nothing waits, and every worker that
+    // waited was granted.
     assert_eq!(t.current(), 0, "seed {seed}");
     assert_eq!(t.waiting(), 0, "seed {seed}");
-    assert_eq!(wakers_called.load(Ordering::SeqCst), wakers_registered.load(Ordering::SeqCst));
+    assert!(wakers_called.load(Ordering::SeqCst) >= wakers_registered.load(Ordering::SeqCst));
     let k = t.counters();
-    assert_eq!(k.get_sum, got, "seed {seed}");
-    assert_eq!(k.put_sum, got, "seed {seed}");
+    assert!(k.get_sum >= got, "seed {seed}");
+    assert_eq!(k.put_sum, k.get_sum, "seed {seed}");
     assert_eq!(k.put, k.get, "seed {seed}");
     assert_eq!(k.val, 0);
     assert!(k.get >= k.get_or_fail_success);
@@ -110,37 +107,39 @@ fn oversize_request_admitted_when_idle() {
 
     let held = t.try_acquire(3).expect("fits");
     let (tx, rx) = unbounded();
-    assert!(t.acquire_or_wait(25, Box::new(move || tx.send(()).expect("rx"))).is_none());
+    let waiting =
+        t.acquire_or_wait(25, Box::new(move || tx.send(()).expect("rx"))).expect_err("waits");
     // An oversize worker waiter also keeps small requests out, so it is not starved.
     assert!(t.try_acquire(1).is_none());
     assert!(rx.try_recv().is_err());
     drop(held);
     rx.recv_timeout(WAIT).expect("woken when idle");
-    let big = t.try_acquire(25).expect("idle: admitted");
+    let big = waiting.try_take().expect("idle: admitted");
     assert_eq!(t.current(), 25);
     drop(big);
 }
 
-/// A registered waker is called once, outside the lock (it may use the throttle), when
-/// a release makes room — and not for a release that does not.
+/// A worker's waker is called once, outside the lock (it may use the throttle), when a
+/// release grants its request — and not for a release that does not.
 #[test]
-fn waker_called_once_on_release() {
+fn waker_called_once_on_grant() {
     let t = Throttle::new("t", 10);
     let mut held = t.try_acquire(10).expect("fits");
     let (tx, rx) = unbounded();
     let t2 = Arc::clone(&t);
     let waker = Box::new(move || {
         // Re-entering the throttle from the waker must not deadlock.
-        let retry = t2.try_acquire(4);
-        tx.send(retry.map(|p| p.amount())).expect("rx");
+        tx.send(t2.current()).expect("rx");
     });
-    assert!(t.acquire_or_wait(4, waker).is_none());
+    let waiting = t.acquire_or_wait(4, waker).expect_err("full");
     drop(held.split(2));
     assert!(rx.try_recv().is_err(), "2 free: 4 does not fit yet");
     drop(held.split(2));
-    assert_eq!(rx.recv_timeout(WAIT).expect("woken"), Some(4));
+    assert_eq!(rx.recv_timeout(WAIT).expect("woken"), 10, "6 held + 4 granted");
+    let p = waiting.try_take().expect("granted");
     drop(held);
     assert!(rx.try_recv().is_err(), "called only once");
+    drop(p);
     assert_eq!(t.current(), 0);
     assert_eq!(t.counters().wait, 1);
 }
@@ -184,31 +183,35 @@ fn reset_max_serves_waiters() {
     let t = Throttle::new("t", 4);
     let held = t.try_acquire(4).expect("fits");
     let (tx, rx) = unbounded();
-    assert!(t.acquire_or_wait(4, Box::new(move || tx.send(()).expect("rx"))).is_none());
+    let waiting =
+        t.acquire_or_wait(4, Box::new(move || tx.send(()).expect("rx"))).expect_err("full");
     t.reset_max(8);
     rx.recv_timeout(WAIT).expect("woken by the larger max");
     assert_eq!(t.max(), 8);
-    let p = t.try_acquire(4).expect("fits now");
+    let p = waiting.try_take().expect("granted");
     drop((held, p));
     t.reset_max(0);
     assert!(t.try_acquire(1 << 40).is_some());
 }
 
-/// A woken worker whose connection closed never retries; the room it was woken for
-/// must not be kept from the others (every waker that fits is called).
+/// A worker whose connection closed never picks its grant up; dropping its request
+/// passes the grant on, so the others are not stranded.
 #[test]
-fn waker_of_a_closed_connection_does_not_strand_others() {
+fn a_closed_connection_does_not_strand_others() {
     let t = Throttle::new("t", 100);
     let held = t.try_acquire(100).expect("fits");
     let (tx, rx) = unbounded();
     let (dead_tx, dead_rx) = unbounded();
-    assert!(t.acquire_or_wait(60, Box::new(move || dead_tx.send(()).expect("rx"))).is_none());
-    assert!(t.acquire_or_wait(60, Box::new(move || tx.send(()).expect("rx"))).is_none());
+    let dead =
+        t.acquire_or_wait(60, Box::new(move || dead_tx.send(()).expect("rx"))).expect_err("full");
+    let live = t.acquire_or_wait(60, Box::new(move || tx.send(()).expect("rx"))).expect_err("full");
     drop(held);
-    dead_rx.recv_timeout(WAIT).expect("first waker called");
-    // Its owner never comes back; the second worker is woken all the same.
-    rx.recv_timeout(WAIT).expect("second waker called");
-    let p = t.try_acquire(60).expect("room for the live worker");
-    assert_eq!(t.waiting(), 0);
+    dead_rx.recv_timeout(WAIT).expect("first request granted");
+    assert!(rx.try_recv().is_err(), "60 + 60 do not fit");
+    // Its owner never comes back: its request is dropped with the connection.
+    drop(dead);
+    rx.recv_timeout(WAIT).expect("second request granted");
+    let p = live.try_take().expect("granted");
+    assert_eq!((t.waiting(), t.current()), (0, 60));
     drop(p);
 }

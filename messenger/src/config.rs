@@ -22,6 +22,13 @@ pub struct MessengerConfig {
     /// counted from accept (or from the start of the dial); progress does not extend it,
     /// so a peer trickling its handshake byte by byte is cut off too.
     pub connection_ready_timeout: Duration,
+    /// While a message arrives, its payload must progress by at least one window of
+    /// budget (`read_buffer` bytes) within this time, or the connection faults and
+    /// releases what the message held (ours; see the crate docs, "Bounds").
+    pub payload_timeout: Duration,
+    /// Bytes waiting to be sent that the socket takes none of for this long fault the
+    /// connection: the peer stopped reading (ours; see the crate docs, "Bounds").
+    pub write_timeout: Duration,
     /// `ms_connection_idle_timeout`: an open connection with no traffic for this long is closed.
     pub connection_idle_timeout: Duration,
     /// Interval of keepalives sent on open connections (`None` = only on request).
@@ -42,9 +49,13 @@ pub struct MessengerConfig {
     pub read_budget: usize,
     /// Size of the reusable read buffer of a connection while it is active.
     pub read_buffer: usize,
-    /// Bound on the sender side: bytes of messages queued on one connection and not yet
-    /// handed to the socket. `send_message` beyond it fails instead of growing without bound.
+    /// Bound on the sender side, per connection: what messages queued on one
+    /// connection cost until they leave it (written, or acknowledged on a lossless
+    /// session), counted in framed bytes plus a per-message overhead
+    /// (`Message::send_cost`). `send_message` beyond it fails with `QueueFull`.
     pub max_queued_bytes: u64,
+    /// The same bound over all connections of the messenger together.
+    pub max_total_queued_bytes: u64,
 }
 
 impl Default for MessengerConfig {
@@ -58,6 +69,8 @@ impl Default for MessengerConfig {
             max_backoff: Duration::from_secs(15),
             connection_ready_timeout: Duration::from_secs(10),
             connection_idle_timeout: Duration::from_secs(900),
+            payload_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(60),
             keepalive_interval: None,
             dispatch_throttle_bytes: 100 << 20,
             crc_header: true,
@@ -67,7 +80,8 @@ impl Default for MessengerConfig {
             max_data: 128 << 20,
             read_budget: 1 << 20,
             read_buffer: 64 << 10,
-            max_queued_bytes: 1 << 30,
+            max_queued_bytes: 256 << 20,
+            max_total_queued_bytes: 1 << 30,
         }
     }
 }

@@ -34,6 +34,12 @@ pub struct WorkerCounters {
     pub send_messages_queue_lat_ns: AtomicU64,
     /// Number of samples in `send_messages_queue_lat_ns`.
     pub send_messages_queue_lat_count: AtomicU64,
+    /// `msgr_recv_held_bytes` (ours, a gauge): memory held by messages still being
+    /// received on this worker's connections (their assembly buffers and segments).
+    pub recv_held_bytes: AtomicU64,
+    /// `msgr_send_held_bytes` (ours, a gauge): what messages waiting to be sent (or to be
+    /// acknowledged) on this worker's connections cost, in framed bytes plus overhead.
+    pub send_held_bytes: AtomicU64,
     /// `msgr_peer_issues` (ours): protocol violations by peers (bad connects, bad
     /// messages, unknown tags, ...). Each kind is logged at WARN once per connection.
     pub peer_issues: AtomicU64,
@@ -47,6 +53,16 @@ fn ns(d: Duration) -> u64 {
 }
 
 impl WorkerCounters {
+    /// Moves a gauge from `*last` to `now` (what one connection contributes).
+    pub(crate) fn move_gauge(gauge: &AtomicU64, last: &mut u64, now: u64) {
+        if now > *last {
+            gauge.fetch_add(now - *last, Relaxed);
+        } else if now < *last {
+            gauge.fetch_sub(*last - now, Relaxed);
+        }
+        *last = now;
+    }
+
     /// Adds `d` to a nanosecond counter.
     pub fn add_time(counter: &AtomicU64, d: Duration) {
         counter.fetch_add(ns(d), Relaxed);
@@ -74,6 +90,8 @@ impl WorkerCounters {
             "msgr_running_recv_time": self.running_recv_time_ns.load(Relaxed) as f64 / 1e9,
             "msgr_send_messages_queue_lat":
                 avg(&self.send_messages_queue_lat_ns, &self.send_messages_queue_lat_count),
+            "msgr_recv_held_bytes": self.recv_held_bytes.load(Relaxed),
+            "msgr_send_held_bytes": self.send_held_bytes.load(Relaxed),
             "msgr_peer_issues": self.peer_issues.load(Relaxed),
             "msgr_peer_issues_unlogged": self.peer_issues_unlogged.load(Relaxed),
         })

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use dispatch::{AuthVerdict, Permit, QueueEvent};
+use dispatch::{AuthVerdict, InFlight, Permit, QueueEvent, Ticket, Waiting};
 use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, TimerTarget};
 use mio::net::TcpStream;
 use mio::Interest;
+use protocol::message::MESSAGE_OVERHEAD;
 use protocol::types::{EntityAddr, EntityType};
 use protocol::v1::{self, Decision, Event, ExistingSession, Policy};
 use protocol::wire::KeepaliveStamp;
@@ -37,6 +38,46 @@ const MAX_IN_PROTOCOL: usize = 1024;
 /// Rounds of "events → write" per pump: each round can only be triggered by the previous
 /// one's output, so a small bound is enough and keeps one connection from hogging a worker.
 const MAX_ROUNDS: usize = 4;
+
+/// The steps of a budget request, in the order they are taken: the policy's message
+/// count first (a message in progress always holds its count, so counting cannot
+/// deadlock with the byte windows), then the policy's bytes, then the dispatch bytes.
+const STEP_MESSAGES: usize = 0;
+const STEP_POLICY_BYTES: usize = 1;
+const STEP_DISPATCH: usize = 2;
+const STEPS: usize = 3;
+
+/// A window of budget the machine asked for ([`Event::NeedBudget`]).
+#[derive(Clone, Copy, Debug)]
+struct Want {
+    /// Payload bytes of the window.
+    bytes: u64,
+    /// The message's first window (it also pays the message count and overhead).
+    first: bool,
+}
+
+/// What the message being received holds of the throttles (see `Driver::try_budget`).
+/// Dropping it releases everything.
+#[derive(Default)]
+struct RecvBudget {
+    /// Held permits by step, windows merged.
+    permits: [Option<Permit>; STEPS],
+    /// In-progress registrations on the byte throttles, from the second window on.
+    inflight: [Option<InFlight>; STEPS],
+    /// The window being served, and the step it is at.
+    want: Option<Want>,
+    step: usize,
+    /// The queued request of the current step, when its throttle made it wait.
+    waiting: Option<Waiting>,
+}
+
+impl RecvBudget {
+    fn is_active(&self) -> bool {
+        self.want.is_some()
+            || self.permits.iter().any(Option::is_some)
+            || self.inflight.iter().any(Option::is_some)
+    }
+}
 
 /// A freshly accepted socket whose connect request was decided "replace": it travels to
 /// the existing session's driver, which adopts it (Ceph's replace).
@@ -70,9 +111,10 @@ pub(crate) struct Driver {
     write_ready: bool,
     interest: Option<Interest>,
     timer: Option<(TimerId, Instant)>,
-    /// Permits held for the message being read (policy bytes, policy messages, dispatch).
-    budget: Vec<Permit>,
-    budget_wanted: Option<u64>,
+    /// What the message being received holds of the throttles, and its pending request.
+    recv: RecvBudget,
+    /// What `recv_held_bytes` last counted for this connection.
+    recv_held: u64,
     /// The peer type's policy throttlers, looked up on the first message.
     throttlers: Option<crate::messenger::ThrottlerPair>,
     /// What `publish` last wrote to the handle's snapshot: (connect_seq,
@@ -225,8 +267,8 @@ impl Driver {
             write_ready: true,
             interest: None,
             timer: None,
-            budget: Vec::new(),
-            budget_wanted: None,
+            recv: RecvBudget::default(),
+            recv_held: 0,
             throttlers: None,
             published: None,
             inbox: VecDeque::new(),
@@ -310,6 +352,7 @@ impl Driver {
             }
         }
         self.count_peer_issues();
+        self.update_gauges();
         self.publish();
         self.update_interest(cx);
         self.update_timer(cx);
@@ -500,8 +543,7 @@ impl Driver {
         self.policy = Some(policy);
         self.socket = Some(socket);
         self.server_side = true;
-        self.budget.clear();
-        self.budget_wanted = None;
+        self.recv = RecvBudget::default();
         self.conn.0.snapshot.lock().replacing = false;
         if let Err(e) = self.configure_socket().and_then(|()| self.register_socket(cx)) {
             log::info!(target: "msgr::conn", "{}: adopting replaced socket failed: {e}", self.proto);
@@ -668,6 +710,10 @@ impl Driver {
                 break;
             }
         }
+        // A fault dropped the message being received: so does its budget.
+        if self.recv.is_active() && !self.proto.message_in_progress() {
+            self.recv = RecvBudget::default();
+        }
         any
     }
 
@@ -707,9 +753,19 @@ impl Driver {
                 self.core.queue.enqueue_event(ev);
             }
             Event::NeedBudget { bytes } => {
-                // An empty message still occupies the queue: charge it one byte so the
-                // dispatch throttle bounds the message count too.
-                self.budget_wanted = Some(bytes.max(1));
+                let first = self.recv.permits.iter().all(Option::is_none);
+                if !first && self.recv.inflight.iter().all(Option::is_none) {
+                    // A second window: from now on this message holds budget while it
+                    // waits for more, so it registers as in progress (the oldest one
+                    // always goes on; see `dispatch::throttle`).
+                    let ticket = Ticket::next();
+                    let (tb, _) = self.throttlers();
+                    self.recv.inflight[STEP_POLICY_BYTES] = tb.map(|t| t.begin_inflight(ticket));
+                    self.recv.inflight[STEP_DISPATCH] =
+                        Some(self.core.dispatch_throttle.begin_inflight(ticket));
+                }
+                self.recv.want = Some(Want { bytes, first });
+                self.recv.step = 0;
                 self.try_budget(cx);
             }
             Event::Message(mut msg) => {
@@ -721,11 +777,16 @@ impl Driver {
                         peer.name = Some(src);
                     }
                 }
-                // The dispatch-throttle permit (acquired last) travels with the message
-                // until its dispatcher returns; the policy throttlers' permits are
+                // The dispatch-throttle permit travels with the message until its
+                // dispatcher returns, charged exactly what the queued message costs; the
+                // policy throttlers' permits (and the in-progress registrations) are
                 // released when the message is handed over.
-                let permit = self.budget.pop();
-                self.budget.clear();
+                let mut recv = std::mem::take(&mut self.recv);
+                let mut permit = recv.permits[STEP_DISPATCH].take();
+                if let Some(p) = permit.as_mut() {
+                    p.settle(msg.queued_cost());
+                }
+                drop(recv);
                 let _ = self.core.queue.deliver(&self.conn, msg, permit);
             }
             Event::Acked { .. } => {}
@@ -776,38 +837,77 @@ impl Driver {
         }
     }
 
-    /// Asks the throttles for the budget of the message being read; when one is full the
-    /// driver stops reading and its waker (a notify of this driver) resumes it.
-    fn try_budget(&mut self, cx: &mut Context<'_>) {
-        let Some(bytes) = self.budget_wanted else { return };
-        let Some(id) = self.id else { return };
+    /// The peer type's (bytes, messages) policy throttlers; the type is fixed once
+    /// known, so they are looked up once.
+    fn throttlers(&mut self) -> crate::messenger::ThrottlerPair {
         if self.throttlers.is_none() {
-            // The peer's type is fixed once it is known: look its throttlers up once.
             let peer_type = self.conn.peer_type().unwrap_or(EntityType::ANY);
             self.throttlers = Some(self.core.policies.read().throttlers(peer_type));
         }
-        let (tb, tm) = self.throttlers.clone().unwrap_or((None, None));
-        let wanted = [
-            tb.map(|t| (t, bytes)),
-            tm.map(|t| (t, 1)),
-            Some((self.core.dispatch_throttle.clone(), bytes)),
-        ];
-        for (throttle, n) in wanted.into_iter().flatten().skip(self.budget.len()) {
-            // Room now is the common case: no waker to build.
-            if let Some(permit) = throttle.try_acquire(n) {
-                self.budget.push(permit);
+        self.throttlers.clone().unwrap_or((None, None))
+    }
+
+    /// Serves the pending request for the message being received, throttle by throttle
+    /// (policy messages, policy bytes, dispatch bytes). When one makes it wait, the
+    /// driver stops reading; the request's grant calls a waker (a notify of this
+    /// driver), and `notify` picks it up here. One queued request per throttle at a
+    /// time, however often the driver is notified for other reasons.
+    fn try_budget(&mut self, cx: &mut Context<'_>) {
+        let Some(want) = self.recv.want else { return };
+        let Some(id) = self.id else { return };
+        let (tb, tm) = self.throttlers();
+        // The first window also pays for the message itself.
+        let bytes = want.bytes + if want.first { MESSAGE_OVERHEAD } else { 0 };
+        while self.recv.step < STEPS {
+            let step = self.recv.step;
+            let (throttle, n) = match step {
+                STEP_MESSAGES => (tm.as_ref(), u64::from(want.first)),
+                STEP_POLICY_BYTES => (tb.as_ref(), bytes),
+                _ => (Some(&self.core.dispatch_throttle), bytes),
+            };
+            let Some(throttle) = throttle.filter(|_| n > 0) else {
+                self.recv.step += 1;
                 continue;
+            };
+            let permit = match self.recv.waiting.take() {
+                Some(waiting) => match waiting.try_take() {
+                    Ok(p) => p,
+                    Err(waiting) => {
+                        self.recv.waiting = Some(waiting);
+                        return;
+                    }
+                },
+                // Room now is the common case: no waker to build.
+                None => match throttle.try_acquire(n) {
+                    Some(p) => p,
+                    None => {
+                        let center = self.center.clone();
+                        let waker = Box::new(move || {
+                            let _ = center.notify(id);
+                        });
+                        let asked = match &self.recv.inflight[step] {
+                            Some(inflight) => inflight.acquire_or_wait(n, waker),
+                            None => throttle.acquire_or_wait(n, waker),
+                        };
+                        match asked {
+                            Ok(p) => p,
+                            Err(waiting) => {
+                                self.recv.waiting = Some(waiting);
+                                return;
+                            }
+                        }
+                    }
+                },
+            };
+            match &mut self.recv.permits[step] {
+                Some(held) => {
+                    let _ = held.merge(permit);
+                }
+                slot => *slot = Some(permit),
             }
-            let center = self.center.clone();
-            let waker = Box::new(move || {
-                let _ = center.notify(id);
-            });
-            match throttle.acquire_or_wait(n, waker) {
-                Some(permit) => self.budget.push(permit),
-                None => return,
-            }
+            self.recv.step += 1;
         }
-        self.budget_wanted = None;
+        self.recv.want = None;
         self.proto.grant_budget(cx.now());
     }
 
@@ -893,6 +993,12 @@ impl Driver {
         }
     }
 
+    /// Updates this connection's share of the worker's gauges.
+    fn update_gauges(&mut self) {
+        let held = if self.finished { 0 } else { self.proto.receive_held_bytes() as u64 };
+        WorkerCounters::move_gauge(&self.counters.recv_held_bytes, &mut self.recv_held, held);
+    }
+
     /// Moves the machine's peer-misbehaviour counts into the worker's counters.
     fn count_peer_issues(&mut self) {
         let (issues, unlogged) = self.proto.poll_peer_issues();
@@ -972,6 +1078,7 @@ impl Driver {
         }
         self.finished = true;
         self.count_peer_issues();
+        self.update_gauges();
         self.close_socket(cx);
         self.conn.set_state(ConnState::Closed);
         {
@@ -980,7 +1087,7 @@ impl Driver {
             mb.messages.clear();
             mb.commands.clear();
         }
-        self.budget.clear();
+        self.recv = RecvBudget::default();
         self.core.unregister(&self.conn);
         if let Some((tid, _)) = self.timer.take() {
             cx.delete_time_event(tid);
@@ -1044,7 +1151,7 @@ impl Handler for Driver {
     }
 
     fn notify(&mut self, cx: &mut Context<'_>) {
-        if self.budget_wanted.is_some() {
+        if self.recv.want.is_some() {
             self.try_budget(cx);
         }
         self.pump(cx);

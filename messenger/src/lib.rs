@@ -73,8 +73,9 @@
 //! `protocol::v1::Connection` state machine; it drains the mailbox, reads (into a
 //! per-worker buffer split into `Bytes`), hands protocol events to the dispatch layer,
 //! writes with one `writev` per batch, and keeps one timer armed from the machine's
-//! `poll_timeout`. Received messages are charged to the dispatch throttle before their
-//! payload is read; when it is full the driver stops reading until the throttle wakes it.
+//! `poll_timeout`. Received messages are charged to the throttles window by window as
+//! their payload arrives; when one is full the driver stops reading until the throttle
+//! grants its request (see "Bounds a peer cannot escape" below).
 //!
 //! # Deliberate differences from Ceph's AsyncMessenger
 //!

@@ -182,6 +182,12 @@ impl Core {
         pc.crc_data = c.crc_data;
         pc.handshake_timeout = c.connection_ready_timeout;
         pc.idle_timeout = c.connection_idle_timeout;
+        pc.payload_timeout = c.payload_timeout;
+        pc.write_timeout = c.write_timeout;
+        // One budget window is one read; messages under half a read buffer are copied
+        // out of it, so a retained small message pins at most twice its size.
+        pc.budget_window = u32::try_from(c.read_buffer).unwrap_or(u32::MAX);
+        pc.compact_below = c.read_buffer / 2;
         pc.keepalive_interval = c.keepalive_interval;
         pc.initial_backoff = c.initial_backoff;
         pc.max_backoff = c.max_backoff;

@@ -44,6 +44,17 @@ use crate::wire::{ceph_crc32c, FooterFlags, FooterFormat, MsgFooter, MsgHeader, 
 /// ([`MessageDecoder::assembly_buffer`]); smaller ones are simply copied together.
 pub const DIRECT_ASSEMBLY_MIN: usize = 64 << 10;
 
+/// What one message held in a queue costs beyond its payload: the `Message` value
+/// itself (240 bytes), the queue entry around it (connection handle, throttle permit,
+/// arrival ticket), the shared header of its payload allocation and allocator slack,
+/// rounded up. Charged with the payload wherever messages are bounded (the dispatch
+/// throttle, the send queues), so a flood of empty messages is bounded too.
+pub const MESSAGE_OVERHEAD: u64 = 512;
+
+/// Bytes of msgr v1 framing around a message's payload: the tag, the header and the
+/// (larger) footer.
+pub const FRAME_OVERHEAD: u64 = (1 + MsgHeader::LEN + MsgFooter::MAX_LEN) as u64;
+
 /// `CEPH_MSG_PRIO_LOW`.
 pub const PRIO_LOW: u16 = 64;
 /// `CEPH_MSG_PRIO_DEFAULT`.
@@ -195,6 +206,16 @@ impl Message {
     /// Payload bytes (front + middle + data): what the throttles charge.
     pub fn payload_len(&self) -> usize {
         self.front.len() + self.middle.len() + self.data.len()
+    }
+    /// What this message costs while it waits for dispatch: its payload plus
+    /// [`MESSAGE_OVERHEAD`]. The dispatch throttle is charged this much.
+    pub fn queued_cost(&self) -> u64 {
+        (self.payload_len() as u64).saturating_add(MESSAGE_OVERHEAD)
+    }
+    /// What this message costs while it waits to be sent: its framed length plus
+    /// [`MESSAGE_OVERHEAD`]. The send-side bounds count this much.
+    pub fn send_cost(&self) -> u64 {
+        self.queued_cost().saturating_add(FRAME_OVERHEAD)
     }
     /// The footer as received (default for a locally built message).
     pub fn footer(&self) -> &MsgFooter {
@@ -428,10 +449,14 @@ pub struct DecodeOptions {
 /// What one [`MessageDecoder::feed`] call achieved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Progress {
-    /// All input was consumed; feed more.
+    /// All input was consumed; feed more. (With a limited allowance
+    /// ([`MessageDecoder::proceed_with`]) also when the allowance ran out before the
+    /// payload did: then input may be left, and [`MessageDecoder::budget_needed`] says
+    /// how much payload is not yet covered.)
     NeedMore,
     /// The header is decoded and checked; reserve budget, call
-    /// [`MessageDecoder::proceed`], then feed again. Input after the header was left.
+    /// [`MessageDecoder::proceed`] (or [`MessageDecoder::skip`] for a message to drop),
+    /// then feed again. Input after the header was left.
     HeaderReady(MsgHeader),
     /// A complete, verified message; input after its footer was left.
     Message(Message),
@@ -445,18 +470,44 @@ enum Stage {
     AwaitMiddle,
     AwaitData,
     AwaitFooter,
+    /// Dropping a message as it streams in ([`MessageDecoder::skip`]): this many bytes
+    /// of payload and footer are still to come.
+    Skipping {
+        left: u64,
+    },
     Failed,
 }
 
 /// Incremental decoder of the bytes after a `Tag::MSG` (see the module docs for the
 /// call order).
+///
+/// # Memory
+/// What a message being received holds is bounded by what its sender actually sent
+/// and what the caller allowed: payload bytes are taken in only up to the allowance
+/// given with [`MessageDecoder::proceed_with`] and [`MessageDecoder::grant`] (the
+/// caller charges it to its throttles first), and a segment arriving in pieces is
+/// assembled in a buffer that grows with the allowance, never reserved at its announced
+/// length. A skipped message ([`MessageDecoder::skip`]) is dropped as it streams in.
 #[derive(Debug)]
 pub struct MessageDecoder {
     opts: DecodeOptions,
     stage: Stage,
     /// Bytes of the current piece that arrived split across chunks. Grows only with
-    /// bytes actually received, never from an announced length.
+    /// bytes actually received (and, for a payload segment, within the allowance), never
+    /// from an announced length.
     partial: BytesMut,
+    /// Bytes of `partial` already counted against `allowance` (the rest were read into
+    /// its spare capacity directly: [`MessageDecoder::assembly_buffer`]).
+    partial_counted: usize,
+    /// Payload bytes the decoder may still take in for the current message.
+    allowance: u64,
+    /// Payload bytes of the current message not yet taken in.
+    payload_left: u64,
+    /// Every payload segment so far was a zero-copy slice of the caller's input.
+    sliced: bool,
+    /// Messages whose payload is smaller than this and was sliced out of the caller's
+    /// input are copied into their own allocation ([`MessageDecoder::set_compact_below`]).
+    compact_below: usize,
     /// Valid from `HeaderReady` on.
     header: MsgHeader,
     front: Bytes,
@@ -471,6 +522,11 @@ impl MessageDecoder {
             opts,
             stage: Stage::AwaitHeader,
             partial: BytesMut::new(),
+            partial_counted: 0,
+            allowance: 0,
+            payload_left: 0,
+            sliced: true,
+            compact_below: 0,
             header: MsgHeader::default(),
             front: Bytes::new(),
             middle: Bytes::new(),
@@ -489,10 +545,18 @@ impl MessageDecoder {
         self.opts = opts;
     }
 
+    /// Messages whose payload is below `n` bytes and lies in the caller's input (which
+    /// is typically a slice of a large shared read buffer) are copied into one
+    /// allocation of their own when they complete, so that keeping a small message does
+    /// not keep the whole read buffer alive. 0 (the default) never copies.
+    pub fn set_compact_below(&mut self, n: usize) {
+        self.compact_below = n;
+    }
+
     /// The decoded header, once `HeaderReady` was returned and until the message completes.
     pub fn header(&self) -> Option<&MsgHeader> {
         match self.stage {
-            Stage::AwaitHeader | Stage::Failed => None,
+            Stage::AwaitHeader | Stage::Failed | Stage::Skipping { .. } => None,
             _ => Some(&self.header),
         }
     }
@@ -502,22 +566,82 @@ impl MessageDecoder {
         self.stage == Stage::AwaitHeader && self.partial.is_empty()
     }
 
+    /// Bytes of memory the decoder holds for the message in progress (its assembly
+    /// buffer's capacity and the segments taken so far).
+    pub fn held_bytes(&self) -> usize {
+        self.partial.capacity() + self.front.len() + self.middle.len() + self.data.len()
+    }
+
     /// Forgets any partial message and failure; awaits a header again.
     pub fn reset(&mut self) {
         self.stage = Stage::AwaitHeader;
         self.partial = BytesMut::new();
+        self.partial_counted = 0;
+        self.allowance = 0;
+        self.payload_left = 0;
         self.front = Bytes::new();
         self.middle = Bytes::new();
         self.data = Bytes::new();
     }
 
-    /// Lets the decoder read the payload after `HeaderReady`.
+    /// Lets the decoder read the whole payload after `HeaderReady` (no allowance limit).
     pub fn proceed(&mut self) -> Result<()> {
+        self.proceed_with(u64::MAX)
+    }
+
+    /// Lets the decoder read the payload after `HeaderReady`, taking in at most
+    /// `allowance` payload bytes until [`MessageDecoder::grant`] allows more.
+    pub fn proceed_with(&mut self, allowance: u64) -> Result<()> {
         if self.stage != Stage::HeaderReady {
             return Err(Error::Misuse("MessageDecoder::proceed without HeaderReady"));
         }
         self.stage = Stage::AwaitFront;
+        self.allowance = allowance;
+        self.payload_left = self.header.payload_len();
+        self.sliced = true;
         Ok(())
+    }
+
+    /// Allows `more` payload bytes of the current message.
+    pub fn grant(&mut self, more: u64) {
+        self.allowance = self.allowance.saturating_add(more);
+    }
+
+    /// While a message's payload is being read: how many of its payload bytes the
+    /// allowance does not cover yet, if the decoder cannot go on without more
+    /// ([`MessageDecoder::grant`]). `None` when it can.
+    pub fn budget_needed(&self) -> Option<u64> {
+        if !self.in_payload() || self.allowance > 0 {
+            return None;
+        }
+        let uncovered = self.payload_left.saturating_sub(self.uncounted() as u64);
+        (uncovered > 0).then_some(uncovered)
+    }
+
+    /// Drops the message announced by `HeaderReady` instead of reading it: its payload
+    /// and footer are consumed by [`MessageDecoder::skip_input`] as they arrive and
+    /// never stored, whatever length the header announced.
+    pub fn skip(&mut self) -> Result<()> {
+        if self.stage != Stage::HeaderReady {
+            return Err(Error::Misuse("MessageDecoder::skip without HeaderReady"));
+        }
+        let footer = self.opts.crc.footer.encoded_len() as u64;
+        self.stage = Stage::Skipping { left: self.header.payload_len() + footer };
+        Ok(())
+    }
+
+    /// While skipping: consumes the skipped message's bytes from the front of `input`.
+    /// Returns true once all of them went by (the decoder then awaits a header again;
+    /// input after them is left).
+    pub fn skip_input(&mut self, input: &mut Bytes) -> Result<bool> {
+        let Stage::Skipping { left } = self.stage else {
+            return Err(Error::Misuse("MessageDecoder::skip_input without skip"));
+        };
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
+        input.advance(n);
+        let left = left - n as u64;
+        self.stage = if left == 0 { Stage::AwaitHeader } else { Stage::Skipping { left } };
+        Ok(left == 0)
     }
 
     /// Consumes bytes from the front of `input` (advancing it) and reports progress.
@@ -526,14 +650,19 @@ impl MessageDecoder {
         if r.is_err() {
             self.stage = Stage::Failed;
             self.partial = BytesMut::new();
+            self.partial_counted = 0;
         }
         r
     }
 
     fn step(&mut self, input: &mut Bytes) -> Result<Progress> {
+        self.count_direct_reads();
         loop {
             match self.stage {
                 Stage::Failed => return Err(Error::Misuse("MessageDecoder used after an error")),
+                Stage::Skipping { .. } => {
+                    return Err(Error::Misuse("MessageDecoder::feed while skipping"))
+                }
                 Stage::HeaderReady => return Ok(Progress::HeaderReady(self.header)),
                 Stage::AwaitHeader => {
                     let Some(raw) = self.take(input, MsgHeader::LEN) else {
@@ -575,61 +704,124 @@ impl MessageDecoder {
                     };
                     let (footer, _) = MsgFooter::decode(&raw, format)?;
                     self.check_footer(&footer)?;
-                    let msg = Message::from_parts(
-                        &self.header,
-                        std::mem::take(&mut self.front),
-                        std::mem::take(&mut self.middle),
-                        std::mem::take(&mut self.data),
-                        footer,
-                    );
+                    let (front, middle, data) = self.finished_segments();
+                    let msg = Message::from_parts(&self.header, front, middle, data, footer);
                     self.stage = Stage::AwaitHeader;
+                    self.allowance = 0;
                     return Ok(Progress::Message(msg));
                 }
             }
         }
     }
 
+    /// The three segments of a completed message, copied into one allocation of their
+    /// own when they are small slices of the caller's (shared) input.
+    fn finished_segments(&mut self) -> (Bytes, Bytes, Bytes) {
+        let (front, middle, data) = (
+            std::mem::take(&mut self.front),
+            std::mem::take(&mut self.middle),
+            std::mem::take(&mut self.data),
+        );
+        let len = front.len() + middle.len() + data.len();
+        if !self.sliced || len == 0 || len >= self.compact_below {
+            return (front, middle, data);
+        }
+        let mut own = BytesMut::with_capacity(len);
+        for seg in [&front, &middle, &data] {
+            own.extend_from_slice(seg);
+        }
+        let own = own.freeze();
+        let (f, m) = (front.len(), front.len() + middle.len());
+        (own.slice(..f), own.slice(f..m), own.slice(m..))
+    }
+
     fn in_payload(&self) -> bool {
         matches!(self.stage, Stage::AwaitFront | Stage::AwaitMiddle | Stage::AwaitData)
     }
 
-    /// While a large payload segment (at least [`DIRECT_ASSEMBLY_MIN`] bytes) is being
-    /// assembled from pieces, the buffer it grows in and how many bytes it still needs.
-    /// A driver may read up to that many bytes straight into the buffer's spare capacity
-    /// and then call [`MessageDecoder::feed`] with an empty input: the segment is then
-    /// never copied together. `None` otherwise.
-    pub fn assembly_buffer(&mut self) -> Option<(&mut BytesMut, usize)> {
-        let n = match self.stage {
+    /// The length of the payload segment being read (0 outside the payload).
+    fn segment_len(&self) -> usize {
+        (match self.stage {
             Stage::AwaitFront => self.header.front_len,
             Stage::AwaitMiddle => self.header.middle_len,
             Stage::AwaitData => self.header.data_len,
-            _ => return None,
-        } as usize;
+            _ => 0,
+        }) as usize
+    }
+
+    /// Bytes read into `partial` directly and not yet counted against the allowance.
+    fn uncounted(&self) -> usize {
+        self.partial.len().saturating_sub(self.partial_counted)
+    }
+
+    /// Counts bytes a driver read straight into the assembly buffer.
+    fn count_direct_reads(&mut self) {
+        let n = self.uncounted() as u64;
+        if n > 0 && self.in_payload() {
+            self.allowance = self.allowance.saturating_sub(n);
+            self.payload_left = self.payload_left.saturating_sub(n);
+        }
+        self.partial_counted = self.partial.len();
+    }
+
+    /// While a large payload segment (at least [`DIRECT_ASSEMBLY_MIN`] bytes) is being
+    /// assembled from pieces, the buffer it grows in and how many bytes may be read
+    /// into it now (at most what the segment still needs and the allowance covers).
+    /// A driver may read up to that many bytes straight into the buffer's spare
+    /// capacity and then call [`MessageDecoder::feed`] with an empty input: the segment
+    /// is then never copied together. `None` otherwise.
+    pub fn assembly_buffer(&mut self) -> Option<(&mut BytesMut, usize)> {
+        let n = self.segment_len();
         if n < DIRECT_ASSEMBLY_MIN || self.partial.is_empty() || self.partial.len() >= n {
             return None;
         }
-        let need = n - self.partial.len();
+        let room = self.allowance.saturating_sub(self.uncounted() as u64);
+        let need = (n - self.partial.len()).min(usize::try_from(room).unwrap_or(usize::MAX));
+        if need == 0 {
+            return None;
+        }
         Some((&mut self.partial, need))
     }
 
     /// Takes exactly `n` bytes: a zero-copy slice when they are all in `input` and
-    /// nothing is pending, else accumulates into `partial` (copying only then).
+    /// nothing is pending, else accumulates into `partial` (copying only then). In the
+    /// payload, takes no more than the allowance.
     fn take(&mut self, input: &mut Bytes, n: usize) -> Option<Bytes> {
-        if self.partial.is_empty() && input.len() >= n {
+        let payload = self.in_payload();
+        let allowed = if payload {
+            usize::try_from(self.allowance).unwrap_or(usize::MAX)
+        } else {
+            usize::MAX
+        };
+        if self.partial.is_empty() && input.len() >= n && n <= allowed {
+            if payload {
+                self.allowance -= n as u64;
+                self.payload_left = self.payload_left.saturating_sub(n as u64);
+            }
             return Some(input.split_to(n));
         }
-        if self.partial.is_empty() && n >= DIRECT_ASSEMBLY_MIN && self.in_payload() {
-            // A large payload segment split across reads: reserve its whole length once
-            // (already checked against the limits, and its budget granted before
-            // `proceed`), so assembling it never reallocates, and the driver can read
-            // the rest straight into it (`assembly_buffer`).
-            self.partial.reserve(n);
+        let want = (n - self.partial.len()).min(allowed);
+        if payload
+            && n >= DIRECT_ASSEMBLY_MIN
+            && self.partial.capacity() - self.partial.len() < want
+        {
+            // A large segment split across reads: its buffer grows with the allowance
+            // (which the caller charged before granting), never to the announced
+            // length up front, so the driver can read straight into it
+            // (`assembly_buffer`) and it is not copied together later.
+            self.partial.reserve(want);
         }
-        let want = n - self.partial.len();
         let now = want.min(input.len());
         self.partial.extend_from_slice(&input[..now]);
         input.advance(now);
+        self.partial_counted = self.partial.len();
+        if payload {
+            self.sliced = false;
+            self.allowance -= now as u64;
+            self.payload_left = self.payload_left.saturating_sub(now as u64);
+        }
         if self.partial.len() == n {
+            self.partial_counted = 0;
             Some(self.partial.split().freeze())
         } else {
             None
@@ -811,5 +1003,100 @@ mod tests {
         assert!(matches!(dec.feed(&mut input).unwrap(), Progress::HeaderReady(_)));
         assert_eq!(input.len(), left, "nothing consumed before proceed()");
         assert_eq!(dec.header().map(|h| h.seq), Some(1));
+    }
+
+    fn wire_of(m: &Message) -> Bytes {
+        let frame = m.encode_frame(1, UNNAMED_CLIENT, &EncodeOptions::default());
+        let mut wire = Vec::new();
+        frame.write_to(&mut wire);
+        Bytes::from(wire).slice(1..)
+    }
+
+    #[test]
+    fn a_skipped_message_streams_by_unstored() {
+        let mut m = Message::new(17, Bytes::from(vec![3u8; 5000]));
+        m.set_data(Bytes::from(vec![4u8; 200_000]));
+        let mut input = wire_of(&m);
+        let next = wire_of(&sample());
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        assert!(matches!(dec.feed(&mut input).unwrap(), Progress::HeaderReady(_)));
+        dec.skip().unwrap();
+        let mut done = false;
+        while !input.is_empty() {
+            let mut piece = input.split_to(input.len().min(999));
+            done = dec.skip_input(&mut piece).unwrap();
+            assert!(piece.is_empty());
+            assert_eq!(dec.held_bytes(), 0, "a skipped message is never stored");
+        }
+        assert!(done && dec.is_idle());
+        let mut next = next;
+        assert!(matches!(dec.feed(&mut next).unwrap(), Progress::HeaderReady(_)));
+    }
+
+    #[test]
+    fn the_allowance_bounds_what_a_message_takes_in() {
+        let mut m = Message::new(17, Bytes::from(vec![3u8; 100]));
+        m.set_data(Bytes::from(vec![4u8; 1 << 20]));
+        let wire = wire_of(&m);
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        let mut input = wire.clone();
+        assert!(matches!(dec.feed(&mut input).unwrap(), Progress::HeaderReady(_)));
+        dec.proceed_with(64 << 10).unwrap();
+        // Fed in 4 KiB pieces (so the data segment is assembled): it stops at the window.
+        let mut granted = 64u64 << 10;
+        let mut got = None;
+        while got.is_none() {
+            let mut piece = input.split_to(input.len().min(4096));
+            loop {
+                match dec.feed(&mut piece).unwrap() {
+                    Progress::Message(m) => {
+                        got = Some(m);
+                        break;
+                    }
+                    Progress::NeedMore => {
+                        if let Some(uncovered) = dec.budget_needed() {
+                            assert!(dec.held_bytes() as u64 <= 2 * granted + 4096);
+                            let more = uncovered.min(granted);
+                            dec.grant(more);
+                            granted += more;
+                            continue;
+                        }
+                        break;
+                    }
+                    Progress::HeaderReady(_) => panic!("second header"),
+                }
+            }
+            assert!(piece.is_empty());
+        }
+        assert_eq!(granted, m.payload_len() as u64);
+        let got = got.unwrap();
+        assert_eq!((got.front(), got.data()), (m.front(), m.data()));
+    }
+
+    #[test]
+    fn small_messages_are_copied_out_of_a_shared_input() {
+        let wire = wire_of(&sample());
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        dec.set_compact_below(4096);
+        let mut input = wire.clone();
+        let range = input.as_ptr() as usize..input.as_ptr() as usize + input.len();
+        assert!(matches!(dec.feed(&mut input).unwrap(), Progress::HeaderReady(_)));
+        dec.proceed().unwrap();
+        let Progress::Message(m) = dec.feed(&mut input).unwrap() else { panic!("no message") };
+        for seg in [m.front(), m.middle(), m.data()] {
+            assert!(!range.contains(&(seg.as_ptr() as usize)), "still a slice of the input");
+        }
+        assert_eq!(
+            (m.front(), m.middle(), m.data()),
+            (sample().front(), sample().middle(), sample().data())
+        );
+        // At the threshold and above they stay zero-copy slices.
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        dec.set_compact_below(114);
+        let mut input = wire.clone();
+        assert!(matches!(dec.feed(&mut input).unwrap(), Progress::HeaderReady(_)));
+        dec.proceed().unwrap();
+        let Progress::Message(m) = dec.feed(&mut input).unwrap() else { panic!("no message") };
+        assert!(range.contains(&(m.front().as_ptr() as usize)));
     }
 }

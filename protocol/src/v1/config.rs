@@ -14,6 +14,9 @@ use crate::types::{EntityAddr, EntityName, EntityType, Features};
 /// protocol, bytes))`, or `None` to send none. Ceph's `ms_get_authorizer`.
 pub type AuthorizerHook = Arc<dyn Fn(EntityType) -> Option<(u32, Bytes)> + Send + Sync>;
 
+/// Default [`Config::budget_window`]: one socket read of the messenger's default size.
+pub const DEFAULT_BUDGET_WINDOW: u32 = 64 << 10;
+
 /// Configuration of the v1 state machines of one messenger (`Arc<Config>` is shared by
 /// all its connections).
 #[derive(Clone)]
@@ -39,6 +42,23 @@ pub struct Config {
     /// An open connection with no traffic from the peer for this long faults.
     /// `ms_connection_idle_timeout`, 900 s.
     pub idle_timeout: Duration,
+    /// While a message arrives, its payload must progress by at least
+    /// [`Config::budget_window`] bytes (or to its end) within this time after each grant
+    /// of budget; otherwise the connection faults and releases what the message held.
+    /// A peer cannot hold budget by announcing a large message and then trickling it.
+    pub payload_timeout: Duration,
+    /// Bytes waiting to be sent that the socket does not take for this long fault the
+    /// connection: the peer stopped reading ([`super::Connection::handle_write_blocked`]).
+    pub write_timeout: Duration,
+    /// The first window of budget a message asks for ([`super::Event::NeedBudget`]);
+    /// later windows double with what the message already holds, so the budget (and
+    /// the assembly buffer) of a message grows with the bytes that actually arrived.
+    /// Also the progress unit of [`Config::payload_timeout`].
+    pub budget_window: u32,
+    /// Received messages with a payload below this many bytes are copied out of the
+    /// shared read buffer they were sliced from, so a retained small message never keeps
+    /// a whole read buffer alive (0: never copy).
+    pub compact_below: usize,
     /// Send a keepalive when nothing was sent for this long (None: only on request).
     pub keepalive_interval: Option<Duration>,
     /// First reconnect backoff (`ms_initial_backoff`, 0.2 s).
@@ -128,6 +148,10 @@ impl Config {
             crc_data: true,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(900),
+            payload_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(60),
+            budget_window: DEFAULT_BUDGET_WINDOW,
+            compact_below: 0,
             keepalive_interval: None,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
@@ -172,6 +196,10 @@ impl fmt::Debug for Config {
             .field("crc_data", &self.crc_data)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("payload_timeout", &self.payload_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("budget_window", &self.budget_window)
+            .field("compact_below", &self.compact_below)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("initial_backoff", &self.initial_backoff)
             .field("max_backoff", &self.max_backoff)

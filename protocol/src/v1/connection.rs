@@ -164,6 +164,17 @@ enum OpenRx {
     AwaitBudget,
 }
 
+/// The budget of the message being received (see [`Event::NeedBudget`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct MsgBudget {
+    /// Payload bytes granted so far.
+    granted: u64,
+    /// The amount of the outstanding request.
+    requested: u64,
+    /// The header waits for its first grant (`MessageDecoder::proceed_with`).
+    first: bool,
+}
+
 /// The peer's connect message while the accept side decides about it.
 #[derive(Clone, Debug)]
 struct PendingConnect {
@@ -231,6 +242,16 @@ pub struct Connection {
     messages_sent: u64,
     /// Connect messages received on the current accepted socket.
     connects_received: u32,
+    /// The message being received: budget granted so far (payload bytes), the amount
+    /// asked for by the pending [`Event::NeedBudget`], and whether its header is still
+    /// waiting for the first grant.
+    msg_budget: MsgBudget,
+    /// While a message arrives: when it must have progressed by a window
+    /// (`Config::payload_timeout`), and the bytes it progressed since the last reset.
+    payload_deadline: Option<(Instant, u64)>,
+    /// Since when bytes have waited that the socket would not take
+    /// ([`Connection::handle_write_blocked`]).
+    write_blocked_since: Option<Instant>,
     /// [`PeerIssue`] kinds already logged at WARN on this connection (one bit each).
     warned: u8,
     /// Peer issues seen and how many of them were not logged at WARN, since the last
@@ -240,7 +261,7 @@ pub struct Connection {
 
 impl Connection {
     fn new(config: Arc<Config>, side: Side, policy: Policy, state: State, now: Instant) -> Self {
-        let decoder = MessageDecoder::new(DecodeOptions {
+        let mut decoder = MessageDecoder::new(DecodeOptions {
             limits: config.limits,
             crc: EncodeOptions {
                 crc_header: config.crc_header,
@@ -248,6 +269,7 @@ impl Connection {
                 footer: FooterFormat::New,
             },
         });
+        decoder.set_compact_below(config.compact_below);
         Connection {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             side,
@@ -282,6 +304,9 @@ impl Connection {
             ack_pending: false,
             messages_sent: 0,
             connects_received: 0,
+            msg_budget: MsgBudget::default(),
+            payload_deadline: None,
+            write_blocked_since: None,
             warned: 0,
             peer_issues: (0, 0),
             config,
@@ -385,6 +410,7 @@ impl Connection {
         }
         log::trace!(target: LOG, "{self}: {n} bytes in (direct)");
         self.last_rx = now;
+        self.note_payload_progress(now, n as u64);
         self.process(now);
     }
 
@@ -395,6 +421,23 @@ impl Connection {
             State::Closed | State::Standby | State::AwaitBackoff { .. } => {}
             _ => self.fault(now, Fault::TransportClosed),
         }
+    }
+
+    /// The driver has bytes to write that the socket does not take (it would block).
+    /// If that lasts `Config::write_timeout` with no [`Connection::handle_write_progress`]
+    /// in between, the open session faults: the peer stopped reading, and what waits for
+    /// it must not be held forever.
+    pub fn handle_write_blocked(&mut self, now: Instant) {
+        self.now = now;
+        if self.write_blocked_since.is_none() {
+            self.write_blocked_since = Some(now);
+        }
+    }
+
+    /// The socket took bytes, or nothing waits to be written any more.
+    pub fn handle_write_progress(&mut self, now: Instant) {
+        self.now = now;
+        self.write_blocked_since = None;
     }
 
     /// The deadline from [`Connection::poll_timeout`] passed (calling early is harmless).
@@ -410,6 +453,14 @@ impl Connection {
             State::Open => {
                 if now >= later(self.last_rx, self.config.idle_timeout) {
                     self.fault(now, Fault::IdleTimeout);
+                    return;
+                }
+                if self.payload_deadline.is_some_and(|(at, _)| now >= at) {
+                    self.fault(now, Fault::PayloadTimeout);
+                    return;
+                }
+                if self.write_deadline().is_some_and(|at| now >= at) {
+                    self.fault(now, Fault::WriteTimeout);
                     return;
                 }
                 if let (Some(due), Some(every)) =
@@ -496,10 +547,20 @@ impl Connection {
         if self.open_rx != OpenRx::AwaitBudget {
             return;
         }
-        if let Err(e) = self.decoder.proceed() {
-            self.fault(now, Fault::Decode(e));
-            return;
+        let b = &mut self.msg_budget;
+        if b.first {
+            b.first = false;
+            if let Err(e) = self.decoder.proceed_with(b.requested) {
+                self.fault(now, Fault::Decode(e));
+                return;
+            }
+        } else {
+            self.decoder.grant(b.requested);
         }
+        b.granted = b.granted.saturating_add(b.requested);
+        b.requested = 0;
+        // The peer is on the clock again: it must fill the window in time.
+        self.payload_deadline = Some((later(now, self.config.payload_timeout), 0));
         self.open_rx = OpenRx::Msg { discard: false };
         self.process(now);
     }
@@ -643,7 +704,12 @@ impl Connection {
             s if s.in_handshake() => self.handshake_deadline,
             State::Open => {
                 let idle = later(self.last_rx, self.config.idle_timeout);
-                Some(self.keepalive_due.map_or(idle, |k| k.min(idle)))
+                [self.keepalive_due, self.payload_deadline.map(|(at, _)| at), self.write_deadline()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(|at| at.min(idle))
+                    .or(Some(idle))
             }
             _ => None,
         }
@@ -767,6 +833,24 @@ impl Connection {
     /// Messages framed so far by [`Connection::poll_transmit`] (resends included).
     pub fn messages_sent(&self) -> u64 {
         self.messages_sent
+    }
+
+    /// Whether a message is being received: its header was read and it has not
+    /// completed (the driver holds its budget meanwhile). False after a fault.
+    pub fn message_in_progress(&self) -> bool {
+        self.state == State::Open
+            && (self.open_rx == OpenRx::AwaitBudget
+                || (self.open_rx == OpenRx::Msg { discard: false }
+                    && self.decoder.header().is_some()))
+    }
+
+    /// Bytes of memory held for the message being received.
+    pub fn receive_held_bytes(&self) -> usize {
+        self.decoder.held_bytes()
+    }
+
+    fn write_deadline(&self) -> Option<Instant> {
+        self.write_blocked_since.map(|at| later(at, self.config.write_timeout))
     }
 
     /// Peer misbehaviour seen since the last call: `(issues, not logged at WARN)`. Each
@@ -1308,37 +1392,60 @@ impl Connection {
     fn read_message(&mut self, now: Instant, discard: bool) -> bool {
         // No buffered input is fine: a direct read may have completed the segment.
         let mut chunk = self.rx.pop_chunk().unwrap_or_default();
+        if discard {
+            // A duplicate streams by without being stored.
+            let done = self.decoder.skip_input(&mut chunk);
+            self.rx.unpop_chunk(chunk);
+            return match done {
+                Err(e) => {
+                    self.fault(now, Fault::Decode(e));
+                    false
+                }
+                Ok(true) => {
+                    self.open_rx = OpenRx::Tag;
+                    true
+                }
+                Ok(false) => self.rx.len() > 0,
+            };
+        }
+        let before = chunk.len();
         let progress = self.decoder.feed(&mut chunk);
+        let used = before - chunk.len();
         self.rx.unpop_chunk(chunk);
+        self.note_payload_progress(now, used as u64);
         match progress {
             Err(e) => {
                 self.peer_issue(PeerIssue::BadMessage, format_args!("bad message: {e}"));
                 self.fault(now, Fault::Decode(e));
                 false
             }
-            Ok(Progress::NeedMore) => self.rx.len() > 0,
+            Ok(Progress::NeedMore) => {
+                if let Some(uncovered) = self.decoder.budget_needed() {
+                    self.request_budget(uncovered, false);
+                    return false;
+                }
+                self.rx.len() > 0
+            }
             Ok(Progress::HeaderReady(h)) => {
                 if h.seq <= self.session.in_seq {
-                    // Already delivered (a resend the peer could not know we had): read
-                    // it without asking for budget and drop it, then keep reading.
+                    // Already delivered (a resend the peer could not know we had): let it
+                    // stream by without budget and without storing it, then read on.
                     log::debug!(target: LOG, "{self}: dropping duplicate seq {} (in_seq {})", h.seq, self.session.in_seq);
                     Counters::bump(&self.config.counters.old_seq_dropped);
-                    if let Err(e) = self.decoder.proceed() {
+                    if let Err(e) = self.decoder.skip() {
                         self.fault(now, Fault::Decode(e));
                         return false;
                     }
                     self.open_rx = OpenRx::Msg { discard: true };
                     return true;
                 }
-                self.open_rx = OpenRx::AwaitBudget;
-                self.events.push_back(Event::NeedBudget { bytes: h.payload_len() });
+                self.request_budget(h.payload_len(), true);
                 false
             }
             Ok(Progress::Message(mut msg)) => {
                 self.open_rx = OpenRx::Tag;
-                if discard {
-                    return true;
-                }
+                self.msg_budget = MsgBudget::default();
+                self.payload_deadline = None;
                 let seq = msg.seq();
                 if seq > self.session.in_seq.wrapping_add(1) {
                     log::info!(target: LOG, "{self}: seq gap: got {seq}, expected {}", self.session.in_seq + 1);
@@ -1352,6 +1459,35 @@ impl Connection {
                 true
             }
         }
+    }
+
+    /// Asks for the next window of budget for the message being received and stops
+    /// reading until [`Connection::grant_budget`]. `uncovered` is what its payload still
+    /// needs beyond what was granted; windows double with what the message already
+    /// holds, starting at `Config::budget_window`, so a message's budget grows with the
+    /// bytes that actually arrived.
+    fn request_budget(&mut self, uncovered: u64, first: bool) {
+        let b = &mut self.msg_budget;
+        if first {
+            *b = MsgBudget { first: true, ..MsgBudget::default() };
+        }
+        let window = u64::from(self.config.budget_window.max(1)).max(b.granted);
+        b.requested = uncovered.min(window);
+        self.open_rx = OpenRx::AwaitBudget;
+        // Waiting for our own budget is not the peer's stall.
+        self.payload_deadline = None;
+        self.events.push_back(Event::NeedBudget { bytes: b.requested });
+    }
+
+    /// Counts `n` bytes of the message being received towards its progress deadline.
+    fn note_payload_progress(&mut self, now: Instant, n: u64) {
+        let Some((_, progressed)) = self.payload_deadline else { return };
+        let progressed = progressed.saturating_add(n);
+        self.payload_deadline = if progressed >= u64::from(self.config.budget_window.max(1)) {
+            Some((later(now, self.config.payload_timeout), 0))
+        } else {
+            self.payload_deadline.map(|(at, _)| (at, progressed))
+        };
     }
 
     fn queue_keepalive(&mut self, stamp: KeepaliveStamp) {
@@ -1460,6 +1596,9 @@ impl Connection {
         self.rx.clear();
         self.ctrl.clear();
         self.open_rx = OpenRx::Tag;
+        self.msg_budget = MsgBudget::default();
+        self.payload_deadline = None;
+        self.write_blocked_since = None;
         self.decoder.reset();
         self.ack_pending = false;
     }

@@ -30,6 +30,11 @@ pub enum Fault {
     HandshakeTimeout,
     /// Nothing arrived for `Config::idle_timeout`.
     IdleTimeout,
+    /// A message's payload stopped arriving (`Config::payload_timeout`).
+    PayloadTimeout,
+    /// Bytes waited to be sent and the socket took none for `Config::write_timeout`:
+    /// the peer does not read.
+    WriteTimeout,
     /// The acceptor answered WAIT: we lost the connection race; the
     /// acceptor's own outgoing connection will carry the session.
     Wait,
@@ -48,6 +53,8 @@ impl fmt::Display for Fault {
             Fault::Misbehaved(why) => write!(f, "peer misbehaved: {why}"),
             Fault::HandshakeTimeout => f.write_str("handshake timed out"),
             Fault::IdleTimeout => f.write_str("idle timeout"),
+            Fault::PayloadTimeout => f.write_str("message payload stalled"),
+            Fault::WriteTimeout => f.write_str("peer stopped reading (write timed out)"),
             Fault::Wait => f.write_str("connection race lost (WAIT)"),
         }
     }

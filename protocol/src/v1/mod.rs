@@ -56,7 +56,7 @@ mod rx;
 mod session;
 pub mod testing;
 
-pub use config::{AuthorizerHook, Config, CounterValues, Counters};
+pub use config::{AuthorizerHook, Config, CounterValues, Counters, DEFAULT_BUDGET_WINDOW};
 pub use connection::{Connection, SessionState, MAX_CONNECT_ATTEMPTS};
 pub use decide::{decide, AcceptRequest, Decision, ExistingSession, ExistingState};
 pub use event::{AuthVerdict, CloseReason, Event, Initiator, Opened};

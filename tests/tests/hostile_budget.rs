@@ -1,0 +1,190 @@
+//! The dispatch budget a message holds while it is still arriving: a peer that
+//! announces a large message and goes silent (or trickles it) holds no more than one
+//! window of it and loses its connection at the payload timeout; other connections keep
+//! flowing. And honest large messages arriving at once never deadlock on the budget.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
+use protocol::message::MESSAGE_OVERHEAD;
+use protocol::types::{EntityName, EntityType};
+use protocol::Message;
+use tests::hostile::*;
+use tests::loopback::*;
+
+const MSG_TEST: u16 = 0x7f00;
+const MIB: u32 = 1 << 20;
+
+/// Waits (bounded by `WAIT`) until `f` holds.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn echo_server(config: MessengerConfig) -> (Messenger, SocketAddr, Receiver<Seen>) {
+    server_on(
+        EntityType::OSD,
+        1,
+        Policy::stateless_server(),
+        true,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        config,
+    )
+}
+
+/// `n` round trips of `size` bytes on `good`; panics if any reply takes longer than `WAIT`.
+fn round_trips(good: &Connection, rx: &Receiver<Seen>, first_tid: u64, n: u64, size: usize) {
+    for tid in first_tid..first_tid + n {
+        good.send_message(test_message(MSG_TEST, tid, Bytes::from(vec![7u8; size]))).expect("send");
+        assert_eq!(next_message(rx).1.tid(), tid, "good traffic disturbed");
+    }
+}
+
+// Ceph reserves a message's whole length when its header arrives; here a message holds
+// budget only for what arrived plus one window, so announcing 100 MiB and going silent
+// costs the server nothing the others need.
+#[test]
+fn peers_announcing_large_messages_and_going_silent_do_not_stall_others() {
+    let window = 64 << 10;
+    let config = MessengerConfig {
+        // Long enough that the good traffic below cannot be waiting for it.
+        payload_timeout: Duration::from_secs(60),
+        read_buffer: window,
+        ..test_config(2)
+    };
+    let (srv, _addr, _srv_rx) = echo_server(config);
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let good = cli.connect_to(EntityType::OSD, srv.my_addr());
+    round_trips(&good, &cli_rx, 0, 10, 4096);
+
+    // One peer announces 100 MiB, two more 50 MiB each; each sends 100 bytes of it.
+    let mut attackers = Vec::new();
+    for data_len in [100 * MIB, 50 * MIB, 50 * MIB] {
+        let (mut sock, _) = handshaken_socket(srv.my_addr(), Policy::lossy_client());
+        sock.write_all(&msg_head(1, 1, 0, data_len)).expect("header");
+        sock.write_all(&[0u8; 100]).expect("a little payload");
+        attackers.push(sock);
+    }
+    let held_most = 3 * (window as u64 + MESSAGE_OVERHEAD);
+    wait_for("the attackers' first windows", || {
+        srv.dispatch_throttle().current() >= 3 * MESSAGE_OVERHEAD
+    });
+    let held = srv.dispatch_throttle().current();
+    assert!(held <= held_most, "silent peers hold {held} bytes of dispatch budget");
+
+    // The good client goes on at once, while the attackers still hold their windows.
+    round_trips(&good, &cli_rx, 10, 200, 4096);
+    round_trips(&good, &cli_rx, 210, 20, 1 << 20);
+    for sock in &mut attackers {
+        assert!(!closed_within(sock, Duration::from_millis(1)), "attacker closed early");
+    }
+    drop(attackers);
+    cli.shutdown();
+    srv.shutdown();
+}
+
+// A message's payload must progress by a window per payload timeout: trickling one byte
+// at a time (which resets the idle timer every time) does not keep it alive.
+#[test]
+fn a_trickled_message_is_faulted_at_the_payload_timeout() {
+    let config = MessengerConfig { payload_timeout: Duration::from_secs(1), ..test_config(1) };
+    let (srv, _addr, _srv_rx) = echo_server(config);
+    let (mut sock, _) = handshaken_socket(srv.my_addr(), Policy::lossy_client());
+    sock.write_all(&msg_head(1, 1, 0, 8 * MIB)).expect("header");
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < WAIT {
+        if sock.write_all(&[0u8]).is_err() || closed_within(&mut sock, Duration::from_millis(100)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a trickled message kept its connection for {:?}", started.elapsed());
+    wait_for("the budget to be released", || srv.dispatch_throttle().current() == 0);
+    srv.shutdown();
+}
+
+/// Holds every message until `open` is called, then takes them all.
+struct Gate {
+    open: parking_lot::Mutex<bool>,
+    cond: parking_lot::Condvar,
+    tx: crossbeam_channel::Sender<(u64, u64)>,
+}
+
+impl Dispatcher<Connection> for Gate {
+    fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
+        let mut open = self.open.lock();
+        while !*open {
+            self.cond.wait(&mut open);
+        }
+        let _ = self.tx.send((conn.id(), msg.tid()));
+        Dispatched::Taken
+    }
+}
+
+/// Opens the gate when dropped (also when the test fails, so shutdown can join).
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        *self.0.open.lock() = true;
+        self.0.cond.notify_all();
+    }
+}
+
+// Eight peers send 768 KiB messages at once into a 1 MiB dispatch budget: the messages
+// in progress hold all of it while waiting for more. The oldest one in progress always
+// gets its next window, so everything arrives.
+#[test]
+fn large_messages_arriving_together_never_deadlock_on_the_budget() {
+    let config = MessengerConfig { dispatch_throttle_bytes: 1 << 20, ..test_config(2) };
+    let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config).expect("messenger");
+    srv.set_default_policy(Policy::stateless_server());
+    srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    srv.start().expect("start");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let gate = Arc::new(Gate {
+        open: parking_lot::Mutex::new(false),
+        cond: parking_lot::Condvar::new(),
+        tx,
+    });
+    srv.add_dispatcher_head(gate.clone()).expect("dispatcher");
+    const PEERS: usize = 8;
+    const EACH: u64 = 6;
+    let clients: Vec<_> = (0..PEERS)
+        .map(|i| {
+            let (cli, _rx) = client(EntityType::CLIENT, 10 + i as u32, Policy::lossless_client());
+            let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+            for tid in 0..EACH {
+                conn.send_message(test_message(MSG_TEST, tid, Bytes::from(vec![1u8; 768 << 10])))
+                    .expect("send");
+            }
+            (cli, conn)
+        })
+        .collect();
+    // Let the budget fill up with queued and partly received messages, then dispatch.
+    let opener = OpenOnDrop(gate.clone());
+    wait_for("the budget to fill", || srv.dispatch_throttle().waiting() > 0);
+    drop(opener);
+    let deadline = Instant::now() + WAIT;
+    let mut got = 0;
+    while got < PEERS as u64 * EACH {
+        let left = deadline.saturating_duration_since(Instant::now());
+        rx.recv_timeout(left).unwrap_or_else(|_| {
+            panic!("deadlock: {got} of {} messages arrived", PEERS as u64 * EACH)
+        });
+        got += 1;
+    }
+    for (cli, _) in clients {
+        cli.shutdown();
+    }
+    srv.shutdown();
+}
