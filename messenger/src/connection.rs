@@ -11,7 +11,7 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -53,7 +53,8 @@ impl ConnState {
 pub enum SendError {
     /// The connection was marked down or closed: the message is dropped.
     Closed,
-    /// The connection's send queue is over `max_queued_bytes`.
+    /// The connection's send queue is over `max_queued_bytes`, or the messenger's
+    /// send queues together are over `max_total_queued_bytes`.
     QueueFull,
 }
 
@@ -84,14 +85,79 @@ pub(crate) enum Command {
     InjectFault,
 }
 
+/// The send-side bounds of one messenger: what messages waiting to leave its
+/// connections cost (`Message::send_cost`), per connection and in total.
+#[derive(Debug)]
+pub(crate) struct SendBudget {
+    /// What every connection holds together.
+    pub(crate) held: AtomicU64,
+    pub(crate) max_total: u64,
+    pub(crate) max_per_conn: u64,
+    /// `send_message` calls refused with `QueueFull`.
+    pub(crate) refused: AtomicU64,
+}
+
+impl SendBudget {
+    pub(crate) fn new(max_per_conn: u64, max_total: u64) -> Arc<SendBudget> {
+        Arc::new(SendBudget {
+            held: AtomicU64::new(0),
+            max_total,
+            max_per_conn,
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// Adds `cost` to the total unless that would pass the maximum (a single message
+    /// larger than the maximum is admitted when nothing at all is held).
+    fn try_charge(&self, cost: u64) -> bool {
+        let mut cur = self.held.load(Ordering::Relaxed);
+        loop {
+            if cur > 0 && cur.saturating_add(cost) > self.max_total {
+                return false;
+            }
+            match self.held.compare_exchange_weak(
+                cur,
+                cur.saturating_add(cost),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Moves the total by what one connection's holding changed.
+    pub(crate) fn adjust(&self, before: u64, after: u64) {
+        if after > before {
+            self.held.fetch_add(after - before, Ordering::Relaxed);
+        } else if before > after {
+            self.held.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Mailbox {
     pub(crate) messages: VecDeque<(Message, Instant)>,
-    pub(crate) queued_bytes: u64,
+    /// What the messages in `messages` cost (`Message::send_cost`).
+    pub(crate) queued_cost: u64,
+    /// What the driver holds of this connection's messages (in the protocol's queues
+    /// and its write list), as it last published it.
+    pub(crate) driver_cost: u64,
     pub(crate) commands: Vec<Command>,
     /// A notify is in flight (or the driver is about to drain): don't post another.
     pub(crate) notified: bool,
     pub(crate) closed: bool,
+}
+
+impl Mailbox {
+    /// Drops the messages waiting here and their share of the send bounds.
+    pub(crate) fn drop_messages(&mut self, budget: &SendBudget) {
+        self.messages.clear();
+        budget.adjust(self.queued_cost, 0);
+        self.queued_cost = 0;
+    }
 }
 
 /// What the driver publishes about the peer once known.
@@ -127,7 +193,7 @@ pub(crate) struct ConnShared {
     pub(crate) snapshot: Mutex<Snapshot>,
     pub(crate) priv_data: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
     pub(crate) keepalive: Mutex<(Option<Instant>, Option<KeepaliveStamp>)>,
-    pub(crate) max_queued_bytes: u64,
+    pub(crate) send_budget: Arc<SendBudget>,
 }
 
 /// A handle to one connection (Ceph's `ConnectionRef`). Clone it freely and use it from
@@ -140,7 +206,7 @@ impl Connection {
         id: u64,
         core: Weak<Core>,
         loopback: bool,
-        max_queued_bytes: u64,
+        send_budget: Arc<SendBudget>,
     ) -> Connection {
         Connection(Arc::new(ConnShared {
             id,
@@ -153,7 +219,7 @@ impl Connection {
             snapshot: Mutex::new(Snapshot::default()),
             priv_data: Mutex::new(None),
             keepalive: Mutex::new((None, None)),
-            max_queued_bytes,
+            send_budget,
         }))
     }
 
@@ -164,22 +230,33 @@ impl Connection {
 
     /// Queues `msg` for sending; never blocks on the socket. On a lossless connection the
     /// message survives socket faults and is delivered exactly once, in order.
+    ///
+    /// Fails with [`SendError::QueueFull`] when what this connection holds for sending
+    /// (messages not yet written, or on a lossless session not yet acknowledged; each
+    /// counted as its framed length plus a per-message overhead) would pass
+    /// `max_queued_bytes`, or the messenger's total would pass `max_total_queued_bytes`
+    /// (see the crate docs, "Bounds a peer cannot escape").
     pub fn send_message(&self, msg: Message) -> Result<(), SendError> {
         if self.0.loopback {
             let core = self.0.core.upgrade().ok_or(SendError::Closed)?;
             core.deliver_local(self, msg);
             return Ok(());
         }
-        let len = msg.payload_len() as u64;
+        let cost = msg.send_cost();
+        let budget = &self.0.send_budget;
         let wake = {
             let mut mb = self.0.mailbox.lock();
             if mb.closed {
                 return Err(SendError::Closed);
             }
-            if mb.queued_bytes > 0 && mb.queued_bytes + len > self.0.max_queued_bytes {
+            let held = mb.queued_cost + mb.driver_cost;
+            if (held > 0 && held.saturating_add(cost) > budget.max_per_conn)
+                || !budget.try_charge(cost)
+            {
+                budget.refused.fetch_add(1, Ordering::Relaxed);
                 return Err(SendError::QueueFull);
             }
-            mb.queued_bytes += len;
+            mb.queued_cost += cost;
             mb.messages.push_back((msg, Instant::now()));
             !std::mem::replace(&mut mb.notified, true)
         };
@@ -237,8 +314,7 @@ impl Connection {
                 return;
             }
             mb.closed = true;
-            mb.messages.clear();
-            mb.queued_bytes = 0;
+            mb.drop_messages(&self.0.send_budget);
             mb.commands.push(Command::MarkDown);
             mb.notified = true;
         }

@@ -37,9 +37,6 @@ pub struct WorkerCounters {
     /// `msgr_recv_held_bytes` (ours, a gauge): memory held by messages still being
     /// received on this worker's connections (their assembly buffers and segments).
     pub recv_held_bytes: AtomicU64,
-    /// `msgr_send_held_bytes` (ours, a gauge): what messages waiting to be sent (or to be
-    /// acknowledged) on this worker's connections cost, in framed bytes plus overhead.
-    pub send_held_bytes: AtomicU64,
     /// `msgr_peer_issues` (ours): protocol violations by peers (bad connects, bad
     /// messages, unknown tags, ...). Each kind is logged at WARN once per connection.
     pub peer_issues: AtomicU64,
@@ -91,7 +88,6 @@ impl WorkerCounters {
             "msgr_send_messages_queue_lat":
                 avg(&self.send_messages_queue_lat_ns, &self.send_messages_queue_lat_count),
             "msgr_recv_held_bytes": self.recv_held_bytes.load(Relaxed),
-            "msgr_send_held_bytes": self.send_held_bytes.load(Relaxed),
             "msgr_peer_issues": self.peer_issues.load(Relaxed),
             "msgr_peer_issues_unlogged": self.peer_issues_unlogged.load(Relaxed),
         })

@@ -35,6 +35,10 @@ const MAX_IOV: usize = 64;
 /// rest wait in the handle's mailbox, bounded by `max_queued_bytes`.
 const MAX_IN_PROTOCOL: usize = 1024;
 
+/// Frame more messages only while fewer bytes than this wait in the write list (one
+/// `poll_transmit` batch): what cannot be written stays in the protocol's queue.
+const FRAME_AHEAD: usize = 1 << 20;
+
 /// Rounds of "events → write" per pump: each round can only be triggered by the previous
 /// one's output, so a small bound is enough and keeps one connection from hogging a worker.
 const MAX_ROUNDS: usize = 4;
@@ -115,6 +119,12 @@ pub(crate) struct Driver {
     recv: RecvBudget,
     /// What `recv_held_bytes` last counted for this connection.
     recv_held: u64,
+    /// What this driver holds of its connection's send bounds (published as the
+    /// mailbox's `driver_cost`): the protocol's queued and unacknowledged messages, and
+    /// on a lossy session the framed bytes in `wsegs`.
+    send_held: u64,
+    /// Bytes in `wsegs`.
+    wsegs_bytes: usize,
     /// The peer type's policy throttlers, looked up on the first message.
     throttlers: Option<crate::messenger::ThrottlerPair>,
     /// What `publish` last wrote to the handle's snapshot: (connect_seq,
@@ -219,7 +229,7 @@ pub(crate) fn spawn_accepted(
             core.new_conn_id(),
             Arc::downgrade(&core),
             false,
-            core.config.max_queued_bytes,
+            core.send_budget.clone(),
         );
         conn.0.peer.lock().socket_addr = Some(peer);
         if !core.register(&conn) {
@@ -269,6 +279,8 @@ impl Driver {
             timer: None,
             recv: RecvBudget::default(),
             recv_held: 0,
+            send_held: 0,
+            wsegs_bytes: 0,
             throttlers: None,
             published: None,
             inbox: VecDeque::new(),
@@ -429,13 +441,14 @@ impl Driver {
         }
         self.interest = None;
         self.wsegs.clear();
+        self.wsegs_bytes = 0;
         self.dialling = false;
     }
 
     fn drain_mailbox(&mut self, cx: &mut Context<'_>) {
         // Only as many messages move into the protocol's queue as it has room for: the
-        // rest stay in the mailbox, where `max_queued_bytes` bounds them. A socket
-        // making progress (writable, ACKs) brings the driver back to take more.
+        // rest stay in the mailbox. Wherever they are, the send bounds count them. A
+        // socket making progress (writable, ACKs) brings the driver back to take more.
         let room = MAX_IN_PROTOCOL.saturating_sub(self.proto.pending_messages());
         // The messages move through a scratch queue the driver keeps, so a drain costs
         // no allocation.
@@ -448,8 +461,11 @@ impl Driver {
             } else {
                 inbox.extend(mb.messages.drain(..n));
             }
-            let moved: u64 = inbox.iter().map(|(m, _)| m.payload_len() as u64).sum();
-            mb.queued_bytes = mb.queued_bytes.saturating_sub(moved);
+            // The messages stay counted against the send bounds: as the driver's now.
+            let moved: u64 = inbox.iter().map(|(m, _)| m.send_cost()).sum();
+            mb.queued_cost = mb.queued_cost.saturating_sub(moved);
+            mb.driver_cost += moved;
+            self.send_held += moved;
             std::mem::take(&mut mb.commands)
         };
         let now = cx.now();
@@ -649,9 +665,15 @@ impl Driver {
             return false;
         }
         let sent_before = self.proto.messages_sent();
-        self.scratch.clear();
-        if self.proto.poll_transmit(&mut self.scratch) > 0 {
-            self.wsegs.extend(self.scratch.drain(..));
+        // Frame more only while little waits for the socket: messages stay in the
+        // protocol's queue (where they can still be requeued) rather than pile up here.
+        if self.wsegs_bytes < FRAME_AHEAD {
+            self.scratch.clear();
+            let framed = self.proto.poll_transmit(&mut self.scratch);
+            if framed > 0 {
+                self.wsegs_bytes += framed;
+                self.wsegs.extend(self.scratch.drain(..));
+            }
         }
         let mut wrote_any = false;
         while self.write_ready && !self.wsegs.is_empty() {
@@ -670,6 +692,7 @@ impl Driver {
                 Ok(mut n) => {
                     log::trace!(target: "msgr::conn", "{}: wrote {n}", self.proto);
                     wrote_any = true;
+                    self.wsegs_bytes = self.wsegs_bytes.saturating_sub(n);
                     self.counters
                         .send_bytes
                         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
@@ -690,10 +713,18 @@ impl Driver {
                     log::info!(target: "msgr::conn", "{}: write error: {e}", self.proto);
                     self.write_ready = false;
                     self.wsegs.clear();
+                    self.wsegs_bytes = 0;
                     self.proto.handle_transport_closed(cx.now());
                     break;
                 }
             }
+        }
+        // The write deadline: bytes waiting that the socket takes none of.
+        if wrote_any || self.wsegs.is_empty() {
+            self.proto.handle_write_progress(cx.now());
+        }
+        if !self.wsegs.is_empty() && !self.write_ready {
+            self.proto.handle_write_blocked(cx.now());
         }
         let framed = self.proto.messages_sent().saturating_sub(sent_before);
         self.counters.send_messages.fetch_add(framed, std::sync::atomic::Ordering::Relaxed);
@@ -993,10 +1024,24 @@ impl Driver {
         }
     }
 
-    /// Updates this connection's share of the worker's gauges.
+    /// Updates this connection's share of the worker's gauges and of the send bounds.
     fn update_gauges(&mut self) {
         let held = if self.finished { 0 } else { self.proto.receive_held_bytes() as u64 };
         WorkerCounters::move_gauge(&self.counters.recv_held_bytes, &mut self.recv_held, held);
+        let send = if self.finished {
+            0
+        } else {
+            // A lossless session keeps framed messages until they are acknowledged
+            // (counted by the machine); a lossy one forgets them once framed, so their
+            // bytes count while they wait here.
+            let framed = if self.proto.is_lossy() { self.wsegs_bytes as u64 } else { 0 };
+            self.proto.send_held_cost() + framed
+        };
+        if send != self.send_held {
+            self.conn.0.mailbox.lock().driver_cost = send;
+            self.conn.0.send_budget.adjust(self.send_held, send);
+            self.send_held = send;
+        }
     }
 
     /// Moves the machine's peer-misbehaviour counts into the worker's counters.
@@ -1084,7 +1129,7 @@ impl Driver {
         {
             let mut mb = self.conn.0.mailbox.lock();
             mb.closed = true;
-            mb.messages.clear();
+            mb.drop_messages(&self.conn.0.send_budget);
             mb.commands.clear();
         }
         self.recv = RecvBudget::default();

@@ -94,12 +94,62 @@
 //!   dispatch.
 //! * Messages on the loopback connection are delivered by the dispatch thread (fast
 //!   dispatchers included), never on the sender's thread, which may hold its own locks.
-//! * The send side is bounded: a connection's mailbox holds at most
-//!   [`MessengerConfig::max_queued_bytes`] and `send_message` fails with
-//!   [`SendError::QueueFull`] beyond it (Ceph's out queue is unbounded). At most 1024
-//!   messages sit in the protocol's own queue per connection.
+//! * The send side is bounded and a peer that stops reading is faulted; receive budget
+//!   is taken window by window; a message in progress must keep progressing (see
+//!   "Bounds a peer cannot escape"). Ceph's out queue is unbounded and it reserves a
+//!   message's whole length at its header.
+//! * Queued messages are charged what they cost ([`protocol::Message::queued_cost`]:
+//!   payload plus a per-message overhead); Ceph charges the payload only.
 //! * Counters: `msgr_running_fast_dispatch_time` is part of `msgr_running_recv_time`
 //!   (fast dispatch runs inside the read path); `msgr_handle_ack_lat` is not measured.
+
+//!
+//! # Bounds a peer cannot escape
+//!
+//! Whatever a peer sends (or does not read), what its connection makes this process
+//! hold is bounded, and the other connections keep flowing.
+//!
+//! **Receiving.** A message's budget (the dispatch throttle, `dispatch_throttle_bytes`,
+//! and its peer type's policy throttlers) is taken in windows as its payload arrives:
+//! the first window (`read_buffer` bytes, plus [`protocol::message::MESSAGE_OVERHEAD`]
+//! for the message itself) when its header is read, each further one when the previous
+//! one is used up, doubling with what the message already holds. Its assembly buffer
+//! grows with the grants, never to the announced length. So a peer that announces
+//! 100 MiB and sends 100 bytes holds one window, not 100 MiB; a thousand such peers hold
+//! a thousand windows (64 MiB with the defaults) and the dispatch throttle still has room
+//! for everyone else. A message must progress by at least one window per
+//! `payload_timeout` (10 s) after each grant, or the connection faults and releases
+//! everything the message held: trickling one byte at a time does not keep a message
+//! alive (the idle timer alone would let it). While waiting for a window the driver
+//! stops reading that socket; when messages in progress hold all of the budget, the
+//! oldest of them is always granted its next window (it then completes, is dispatched
+//! and releases), so honest large messages never deadlock; that overshoot is bounded by
+//! one message. Duplicates (`seq <= in_seq`) stream by without being stored. Why windows
+//! and not a reservation at the header (Ceph) or a fixed per-connection share: a
+//! reservation lets one silent peer hold the whole budget, and a fixed share is either
+//! too small for large messages or lets a few hundred peers hold it all; windows that
+//! grow with real bytes cost an attacker one real byte per byte held, while the deadline
+//! bounds how long it may hold them.
+//!
+//! **Sending.** What a connection holds for sending — messages in its mailbox, in the
+//! protocol's queue, framed and unwritten (lossy), or written and not yet acknowledged
+//! (lossless) — is counted as [`protocol::Message::send_cost`] (framed bytes plus the
+//! per-message overhead), wherever it is and whether or not the socket is writable.
+//! `send_message` fails with [`SendError::QueueFull`] when that would pass
+//! [`MessengerConfig::max_queued_bytes`] for the connection or
+//! [`MessengerConfig::max_total_queued_bytes`] for the messenger. When bytes wait and
+//! the socket takes none of them for [`MessengerConfig::write_timeout`] (60 s), the
+//! connection faults (a lossless session keeps its messages for the reconnect, still
+//! counted). A connection never stops *reading* because its peer does not read: that
+//! back-pressure would let two lossless peers streaming at each other both stop
+//! reading and wedge for good, while the write deadline cannot deadlock. A server
+//! whose dispatcher answers every request sees `QueueFull` for the replies of a peer
+//! that does not read them until the deadline closes that connection.
+//!
+//! **Memory of queued messages.** Messages below half a read buffer are copied out of
+//! the shared per-worker read buffer when they complete, so a retained message never
+//! pins a whole buffer for a few bytes; larger ones pin at most about twice their size.
+//! Decoders of typed messages never reserve more than their remaining input holds.
 
 mod admin;
 pub mod config;

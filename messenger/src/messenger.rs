@@ -14,7 +14,7 @@ use protocol::v1::{self, Policy};
 use protocol::Message;
 
 use crate::config::MessengerConfig;
-use crate::connection::{ConnState, Connection, SendError};
+use crate::connection::{ConnState, Connection, SendBudget, SendError};
 use crate::counters::WorkerCounters;
 use crate::{driver, processor};
 
@@ -64,6 +64,8 @@ pub(crate) struct Core {
     pub(crate) stopping: AtomicBool,
     /// The pool's workers (handles only: the pool itself is owned by [`Messenger`]).
     pub(crate) workers: Vec<CenterHandle>,
+    /// The send-side bounds shared by every connection.
+    pub(crate) send_budget: Arc<SendBudget>,
 }
 
 impl Core {
@@ -138,6 +140,15 @@ impl Core {
                 "get_or_fail_fail": t.get_or_fail_fail,
                 "get_or_fail_success": t.get_or_fail_success,
                 "take": t.take, "put": t.put, "wait": t.wait,
+            }),
+        );
+        let b = &self.send_budget;
+        obj.insert(
+            "msgr_send_queues".into(),
+            serde_json::json!({
+                "val": b.held.load(Ordering::Relaxed), "max": b.max_total,
+                "max_per_connection": b.max_per_conn,
+                "refused": b.refused.load(Ordering::Relaxed),
             }),
         );
         let q = self.queue.counters();
@@ -250,6 +261,7 @@ impl Messenger {
         let queue =
             DispatchQueue::new("ms_dispatch", dispatchers.clone(), dispatch_throttle.clone());
         let counters = (0..pool.workers()).map(|_| Arc::new(WorkerCounters::default())).collect();
+        let send_budget = SendBudget::new(config.max_queued_bytes, config.max_total_queued_bytes);
         let core = Arc::new(Core {
             name: RwLock::new(name),
             nonce,
@@ -272,8 +284,9 @@ impl Messenger {
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
             workers: pool.handles().to_vec(),
+            send_budget,
         });
-        let lo = Connection::new(0, Arc::downgrade(&core), true, u64::MAX);
+        let lo = Connection::new(0, Arc::downgrade(&core), true, core.send_budget.clone());
         lo.set_state(ConnState::Open);
         Messenger {
             core,
@@ -395,7 +408,7 @@ impl Messenger {
             self.core.new_conn_id(),
             Arc::downgrade(&self.core),
             false,
-            self.core.config.max_queued_bytes,
+            self.core.send_budget.clone(),
         );
         {
             let mut peer = conn.0.peer.lock();

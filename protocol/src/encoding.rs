@@ -191,13 +191,32 @@ impl<'a> Decoder<'a> {
     }
 
     /// A `vector`/`list`/`set`: `u32` count then `count` elements decoded by `elem`.
-    pub fn vec<T>(&mut self, mut elem: impl FnMut(&mut Self) -> Result<T>) -> Result<Vec<T>> {
-        let count = self.count(1)?;
-        let mut out = Vec::with_capacity(count);
+    pub fn vec<T>(&mut self, elem: impl FnMut(&mut Self) -> Result<T>) -> Result<Vec<T>> {
+        self.vec_of(1, elem)
+    }
+
+    /// Like [`Decoder::vec`] for elements that take at least `min_elem_size` bytes on
+    /// the wire: the count is checked against that first.
+    pub fn vec_of<T>(
+        &mut self,
+        min_elem_size: usize,
+        mut elem: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let count = self.count(min_elem_size)?;
+        let mut out = Vec::with_capacity(self.capacity_for::<T>(count));
         for _ in 0..count {
             out.push(elem(self)?);
         }
         Ok(out)
+    }
+
+    /// How many `T`s to reserve for `count` elements read from the wire: never more
+    /// than the remaining input's size in bytes worth of them. An element may be much
+    /// larger in memory than on the wire (an address is 1 byte of count check but 40 in
+    /// memory), so a hostile count must not make us reserve that ratio up front; the
+    /// vector grows with the elements actually decoded instead.
+    pub fn capacity_for<T>(&self, count: usize) -> usize {
+        count.min(self.remaining() / std::mem::size_of::<T>().max(1))
     }
 
     /// A `map<K, V>`: `u32` count then (key, value) pairs. A repeated key keeps the last
@@ -489,5 +508,20 @@ mod tests {
         let other = Bytes::from(b"\x03\x00\x00\x00abcz".to_vec());
         let mut d = Decoder::new(&whole);
         assert!(matches!(d.blob_bytes(&other), Err(Error::Misuse(_))));
+    }
+
+    #[test]
+    fn a_hostile_count_reserves_no_more_than_the_input_holds() {
+        // 1,000 one-byte elements announced in 1,004 bytes: u64s of 8 bytes each would
+        // be 8,000 bytes reserved; at most 1,000 bytes' worth are.
+        let mut b = 1000u32.to_le_bytes().to_vec();
+        b.extend_from_slice(&[0u8; 1000]);
+        let d = Decoder::new(&b[4..]);
+        assert_eq!(d.capacity_for::<u64>(1000), 125);
+        assert_eq!(d.capacity_for::<u8>(1000), 1000);
+        let v = Decoder::new(&b).vec(|d| d.u8().map(u64::from)).unwrap();
+        assert_eq!(v.len(), 1000);
+        // The count is still checked against each element's smallest size.
+        assert!(matches!(Decoder::new(&b).vec_of(2, |d| d.u16()), Err(Error::Truncated { .. })));
     }
 }

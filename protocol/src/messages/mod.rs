@@ -202,12 +202,7 @@ impl PaxosHeader {
 /// `vector<string>`: each element needs at least its 4-byte length, so the count is
 /// checked against that before anything is allocated.
 fn decode_string_vec(d: &mut Decoder<'_>) -> Result<Vec<String>> {
-    let n = d.count(4)?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(d.string()?);
-    }
-    Ok(out)
+    d.vec_of(4, Decoder::string)
 }
 
 fn encode_string_vec(e: &mut Encoder, v: &[String]) {

@@ -246,6 +246,10 @@ impl fmt::Display for EntityAddr {
     }
 }
 
+/// The smallest `entity_addr_t` on the wire: marker 1, a versioned block header (6) and
+/// type, nonce and sockaddr length (12) with an empty sockaddr.
+const MIN_ADDR_LEN: usize = 1 + 6 + 12;
+
 /// `entity_addrvec_t`: the addresses an entity listens on.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EntityAddrVec {
@@ -283,7 +287,7 @@ impl EntityAddrVec {
                 Ok(Self::single(EntityAddr::decode_legacy_after_marker(d)?))
             }
             1 => Ok(Self::single(EntityAddr::decode_new_after_marker(d)?)),
-            2 => Ok(EntityAddrVec { addrs: d.vec(EntityAddr::decode)? }),
+            2 => Ok(EntityAddrVec { addrs: d.vec_of(MIN_ADDR_LEN, EntityAddr::decode)? }),
             _ => Err(Error::Malformed("entity_addrvec_t marker above 2")),
         }
     }

@@ -680,7 +680,7 @@ impl Connection {
                 head.extend_from_slice(&fb[..flen]);
                 self.messages_sent += 1;
                 if !self.lossy {
-                    self.session.sent.push_back(msg);
+                    self.session.push_sent(msg);
                 }
             }
         }
@@ -803,6 +803,16 @@ impl Connection {
     pub fn mark_lossy(&mut self) {
         self.policy.lossy = true;
         self.lossy = true;
+        // Never resent now, and no longer acknowledged: keeping them would hold them
+        // (and their share of the send bounds) until the session ends.
+        self.session.drop_sent();
+    }
+
+    /// What the messages this machine holds for sending cost: queued, and (lossless)
+    /// sent but not yet acknowledged (`Message::send_cost` each). The messenger's send
+    /// bounds count this.
+    pub fn send_held_cost(&self) -> u64 {
+        self.session.send_cost()
     }
 
     /// When the peer's last KEEPALIVE / KEEPALIVE2 arrived.

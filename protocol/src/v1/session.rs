@@ -15,10 +15,13 @@ pub(crate) struct OutQueue {
     /// Invariant: no empty deques are kept.
     by_prio: BTreeMap<u16, VecDeque<Message>>,
     len: usize,
+    /// Invariant: the sum of `Message::send_cost` over the queued messages.
+    cost: u64,
 }
 
 impl OutQueue {
     pub(crate) fn push_back(&mut self, msg: Message) {
+        self.cost += msg.send_cost();
         self.by_prio.entry(msg.priority()).or_default().push_back(msg);
         self.len += 1;
     }
@@ -28,6 +31,7 @@ impl OutQueue {
     pub(crate) fn requeue_front(&mut self, msgs: impl DoubleEndedIterator<Item = Message>) {
         let q = self.by_prio.entry(PRIO_HIGHEST).or_default();
         for m in msgs.rev() {
+            self.cost += m.send_cost();
             q.push_front(m);
             self.len += 1;
         }
@@ -42,8 +46,9 @@ impl OutQueue {
         if entry.get().is_empty() {
             entry.remove();
         }
-        if msg.is_some() {
+        if let Some(m) = &msg {
             self.len -= 1;
+            self.cost -= m.send_cost();
         }
         msg
     }
@@ -54,7 +59,9 @@ impl OutQueue {
         let Some(q) = self.by_prio.get_mut(&PRIO_HIGHEST) else { return 0 };
         let mut n = 0;
         while q.front().is_some_and(|m| m.seq() != 0 && m.seq() <= acked) {
-            q.pop_front();
+            if let Some(m) = q.pop_front() {
+                self.cost -= m.send_cost();
+            }
             n += 1;
         }
         if q.is_empty() {
@@ -76,6 +83,10 @@ impl OutQueue {
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    pub(crate) fn cost(&self) -> u64 {
+        self.cost
+    }
 }
 
 /// A session's sequence numbers and queues, movable between state machines.
@@ -94,6 +105,8 @@ pub struct Session {
     pub(crate) queue: OutQueue,
     /// Framed but not yet acked (lossless policies only), in seq order.
     pub(crate) sent: VecDeque<Message>,
+    /// Invariant: the sum of `Message::send_cost` over `sent`.
+    pub(crate) sent_cost: u64,
 }
 
 impl Session {
@@ -118,6 +131,24 @@ impl Session {
         self.queue.len() + self.sent.len()
     }
 
+    /// What the messages queued or sent-but-unacked cost (`Message::send_cost`).
+    pub fn send_cost(&self) -> u64 {
+        self.queue.cost() + self.sent_cost
+    }
+
+    /// Keeps a framed message until the peer acknowledges it (lossless sessions).
+    pub(crate) fn push_sent(&mut self, msg: Message) {
+        self.sent_cost += msg.send_cost();
+        self.sent.push_back(msg);
+    }
+
+    /// Forgets the framed-but-unacked messages (the session became lossy: they will
+    /// never be resent).
+    pub(crate) fn drop_sent(&mut self) {
+        self.sent.clear();
+        self.sent_cost = 0;
+    }
+
     /// Ceph's `requeue_sent`: unacked messages go back to the head of the queue with
     /// their seqs, and out_seq rolls back so they are framed with the same numbers.
     pub(crate) fn requeue_sent(&mut self) {
@@ -126,6 +157,7 @@ impl Session {
         }
         self.out_seq = self.out_seq.saturating_sub(self.sent.len() as u64);
         let sent = std::mem::take(&mut self.sent);
+        self.sent_cost = 0;
         self.queue.requeue_front(sent.into_iter());
     }
 
@@ -144,7 +176,9 @@ impl Session {
     pub(crate) fn ack(&mut self, seq: u64) -> bool {
         let mut any = false;
         while self.sent.front().is_some_and(|m| m.seq() <= seq) {
-            self.sent.pop_front();
+            if let Some(m) = self.sent.pop_front() {
+                self.sent_cost -= m.send_cost();
+            }
             any = true;
         }
         any
@@ -193,5 +227,30 @@ mod tests {
         let first = s.queue.pop().map(|m| m.seq());
         assert_eq!(first, Some(3));
         assert_eq!(s.queue.pop().map(|m| m.front()[0]), Some(9));
+    }
+
+    #[test]
+    fn send_cost_follows_the_messages_through_every_stage() {
+        let mut s = Session::default();
+        let one = msg(PRIO_DEFAULT, 1).send_cost();
+        for _ in 0..3 {
+            s.queue.push_back(msg(PRIO_DEFAULT, 1));
+        }
+        assert_eq!(s.send_cost(), 3 * one);
+        for seq in 1..=2u64 {
+            let mut m = s.queue.pop().expect("queued");
+            m.set_seq(seq);
+            s.out_seq = seq;
+            s.push_sent(m);
+        }
+        assert_eq!(s.send_cost(), 3 * one);
+        s.ack(1);
+        assert_eq!(s.send_cost(), 2 * one);
+        s.requeue_sent();
+        assert_eq!(s.send_cost(), 2 * one);
+        s.discard_requeued_up_to(2);
+        assert_eq!(s.send_cost(), one);
+        s.reset();
+        assert_eq!(s.send_cost(), 0);
     }
 }

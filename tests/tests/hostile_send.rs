@@ -1,0 +1,200 @@
+//! The send side is bounded: a peer that sends requests and never reads the replies
+//! gets at most `max_queued_bytes` (framed bytes plus a per-message overhead) queued on
+//! its connection, replies beyond that are refused with `QueueFull`, and once its socket
+//! has taken nothing for `write_timeout` the connection is faulted. Nothing stops
+//! reading, so two messengers streaming at each other cannot wedge.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use messenger::{
+    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, SendError,
+};
+use protocol::message::MESSAGE_OVERHEAD;
+use protocol::types::{EntityName, EntityType};
+use protocol::Message;
+use tests::hostile::*;
+use tests::loopback::*;
+
+const MSG_TEST: u16 = 0x7f00;
+
+fn send_queues(srv: &Messenger, field: &str) -> u64 {
+    srv.counters_json()["msgr_send_queues"][field].as_u64().unwrap_or(0)
+}
+
+/// Floods `srv` with `n` requests of `size` bytes of front from a peer that never reads.
+/// Returns the socket (kept open, unread) once every request was written or the server
+/// closed it.
+fn flood_without_reading(srv: &Messenger, n: u64, size: usize) -> std::net::TcpStream {
+    let (sock, footer) = handshaken_socket(srv.my_addr(), Policy::lossy_client());
+    let mut writer = sock.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        let front = vec![9u8; size];
+        for seq in 1..=n {
+            if writer.write_all(&msg_frame(seq, seq, &front, footer)).is_err() {
+                return;
+            }
+        }
+    });
+    sock
+}
+
+/// Answers every message with one of the same front, and counts the framed bytes of
+/// the replies `send_message` accepted.
+struct CountingEcho {
+    accepted: AtomicU64,
+}
+
+impl Dispatcher<Connection> for CountingEcho {
+    fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
+        let mut reply = Message::new(msg.msg_type(), msg.front().clone());
+        reply.set_tid(msg.tid());
+        let framed = reply.send_cost() - MESSAGE_OVERHEAD;
+        if conn.send_message(reply).is_ok() {
+            self.accepted.fetch_add(framed, Ordering::Relaxed);
+        }
+        Dispatched::Taken
+    }
+}
+
+// Ceph's out queue is unbounded; ours is bounded per connection and per messenger, and a
+// peer that stops reading is faulted after the write timeout.
+#[test]
+fn a_peer_that_never_reads_is_bounded_then_faulted() {
+    const PER_CONN: u64 = 4 << 20;
+    let config = MessengerConfig {
+        max_queued_bytes: PER_CONN,
+        write_timeout: Duration::from_secs(2),
+        tcp_sndbuf: 64 << 10,
+        ..test_config(2)
+    };
+    let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config).expect("messenger");
+    srv.set_default_policy(Policy::stateless_server());
+    srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    srv.start().expect("start");
+    let echo = Arc::new(CountingEcho { accepted: AtomicU64::new(0) });
+    srv.add_dispatcher_head(echo.clone()).expect("dispatcher");
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let good = cli.connect_to(EntityType::OSD, srv.my_addr());
+
+    // 4 KiB replies and empty ones (an empty message costs its overhead: bounded too).
+    for size in [4096, 0] {
+        let (accepted0, written0) =
+            (echo.accepted.load(Ordering::Relaxed), srv.totals().send_bytes);
+        let _sock = flood_without_reading(&srv, 40_000, size);
+        let deadline = Instant::now() + WAIT;
+        // Sampled while the flood lasts: what the server accepted to send and has not
+        // written stays within the bound (plus what the socket buffers took), and the
+        // internal count agrees.
+        while send_queues(&srv, "refused") == 0 || srv.connection_count() > 1 {
+            let accepted = echo.accepted.load(Ordering::Relaxed) - accepted0;
+            let unwritten = accepted.saturating_sub(srv.totals().send_bytes - written0);
+            assert!(unwritten <= PER_CONN + 8192, "{unwritten} bytes queued for one peer");
+            let held = send_queues(&srv, "val");
+            assert!(held <= PER_CONN + 8192, "{held} bytes counted for one peer");
+            assert!(Instant::now() < deadline, "not refused and faulted");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The good client is fine all along.
+        let tid = 1000 + size as u64;
+        good.send_message(test_message(MSG_TEST, tid, Bytes::new())).expect("send");
+        assert_eq!(next_message(&cli_rx).1.tid(), tid);
+    }
+    // Everything the faulted connections held was released.
+    assert!(send_queues(&srv, "val") < 64 << 10);
+    cli.shutdown();
+    srv.shutdown();
+}
+
+// The bound holds for user code as well: sends beyond it fail with QueueFull instead
+// of queueing without end, whatever the socket does.
+#[test]
+fn send_message_fails_with_queue_full_beyond_the_bound() {
+    let config = MessengerConfig {
+        max_queued_bytes: 1 << 20,
+        max_total_queued_bytes: 1 << 20,
+        ..test_config(1)
+    };
+    let cli = Messenger::new(EntityName::new(EntityType::CLIENT, 1), 1, config).expect("messenger");
+    cli.set_default_policy(Policy::lossless_client());
+    cli.start().expect("start");
+    let (rec, _rx) = Recorder::new(false);
+    cli.add_dispatcher_head(rec).expect("dispatcher");
+    // Nobody listens there: every message waits.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = nowhere.local_addr().expect("addr");
+    drop(nowhere);
+    let conn = cli.get_connection(EntityType::OSD, addr);
+    let mut queued = 0u64;
+    let err = loop {
+        match conn.send_message(test_message(MSG_TEST, queued, Bytes::new())) {
+            Ok(()) => queued += 1,
+            Err(e) => break e,
+        }
+        assert!(queued < 1 << 20, "empty messages were never refused");
+    };
+    assert_eq!(err, SendError::QueueFull);
+    let cost = test_message(MSG_TEST, 0, Bytes::new()).send_cost();
+    assert_eq!(queued, (1 << 20) / cost, "refused at the bound, not before");
+    cli.shutdown();
+}
+
+// Two lossless peers streaming at each other with small send bounds: neither stops
+// reading, so both streams complete, every message once and in order.
+#[test]
+fn two_peers_streaming_at_each_other_do_not_wedge() {
+    let config = |_| MessengerConfig { max_queued_bytes: 256 << 10, ..test_config(1) };
+    let (a, a_addr, a_rx) = server_on(
+        EntityType::OSD,
+        1,
+        Policy::lossless_peer(),
+        false,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        config(()),
+    );
+    let (b, _b_addr, b_rx) = server_on(
+        EntityType::OSD,
+        2,
+        Policy::lossless_peer(),
+        false,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        config(()),
+    );
+    let _ = a_addr;
+    const N: u64 = 2_000;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = |from: &Messenger, to: &Messenger| {
+        let conn = from.connect_to(EntityType::OSD, to.my_addr());
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let payload = Bytes::from(vec![5u8; 16 << 10]);
+            for tid in 0..N {
+                loop {
+                    match conn.send_message(test_message(MSG_TEST, tid, payload.clone())) {
+                        Ok(()) => break,
+                        Err(SendError::QueueFull) if !stop.load(Ordering::Relaxed) => {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(e) => panic!("send {tid}: {e}"),
+                    }
+                }
+            }
+        })
+    };
+    let ab = stream(&a, &b);
+    let ba = stream(&b, &a);
+    for rx in [&b_rx, &a_rx] {
+        for tid in 0..N {
+            assert_eq!(next_message(rx).1.tid(), tid, "lost, duplicated or reordered");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    ab.join().expect("a → b");
+    ba.join().expect("b → a");
+    a.shutdown();
+    b.shutdown();
+}
