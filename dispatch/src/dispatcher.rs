@@ -22,6 +22,13 @@ use crate::throttle::Permit;
 pub trait ConnectionRef: Clone + Send + Sync + 'static {
     /// A process-unique id; the queue keeps per-connection FIFO order by it.
     fn conn_id(&self) -> u64;
+
+    /// Whether the connection was marked down (Ceph's `mark_down`): from then on the
+    /// queue accepts none of its messages and starts the dispatch of none it holds.
+    /// The flag must be set before [`crate::DispatchQueue::discard`] is called.
+    fn is_marked_down(&self) -> bool {
+        false
+    }
 }
 
 /// Whether a dispatcher took a message.

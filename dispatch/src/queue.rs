@@ -294,7 +294,10 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     ) {
         let rejected = {
             let mut st = self.shared.state.lock();
-            if st.accepting() {
+            // Checked under the lock that `discard` takes: a message of a connection
+            // marked down either is queued before the discard (and discarded by it) or
+            // is refused here.
+            if st.accepting() && !conn.is_marked_down() {
                 let was_idle = st.is_idle();
                 let ticket = st.ticket();
                 place(&mut st, Queued { conn: conn.clone(), msg, budget, ticket });
@@ -309,7 +312,7 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         };
         if rejected.is_some() {
             self.shared.discarded.fetch_add(1, Ordering::Relaxed);
-            log::debug!(target: "msgr::dispatch", "{}: message refused after shutdown", self.shared.name);
+            log::debug!(target: "msgr::dispatch", "{}: message refused (shutdown or marked down)", self.shared.name);
         }
         drop(rejected);
     }
@@ -488,6 +491,11 @@ fn run<C: ConnectionRef>(s: &Shared<C>) {
             }
             Work::Message(q) => {
                 let Queued { conn, msg, budget, .. } = q;
+                if conn.is_marked_down() {
+                    // Taken off the queue just before a mark_down's discard.
+                    s.discarded.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 match s.dispatchers.dispatch(&conn, msg) {
                     None => {
                         s.dispatched.fetch_add(1, Ordering::Relaxed);

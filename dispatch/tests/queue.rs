@@ -372,7 +372,8 @@ fn local_delivery_keeps_the_worker_guarantees() {
     for tid in 0..10u64 {
         q.local_delivery(&me, msg(if tid % 2 == 0 { 10 } else { 11 }, PRIO_DEFAULT, tid, 5));
     }
-    assert_eq!(budget.current(), 50);
+    // Each is charged what it costs queued: payload and overhead.
+    assert_eq!(budget.current(), 10 * msg(10, PRIO_DEFAULT, 0, 5).queued_cost());
     assert_eq!(q.counters().messages, 10);
     q.start().expect("start");
     // fast connect + connect + 10 preprocess + 5 fast + 5 dispatch

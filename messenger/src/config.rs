@@ -1,6 +1,40 @@
-//! Messenger configuration, with Ceph's option names and defaults.
+//! Messenger configuration, with Ceph's option names and defaults, and its validation.
 
+use std::fmt;
 use std::time::Duration;
+
+/// The longest duration any timeout, interval or backoff may be set to. Far beyond any
+/// sensible value, and far below what overflows `Instant` arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The most worker threads a messenger may create.
+pub const MAX_WORKERS: usize = 1024;
+
+/// The largest read buffer (and so budget window) a connection may use.
+pub const MAX_READ_BUFFER: usize = 64 << 20;
+
+/// Why [`MessengerConfig::validate`] refused a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The offending option (the field name).
+    pub option: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid messenger option {}: {}", self.option, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<ConfigError> for std::io::Error {
+    fn from(e: ConfigError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+    }
+}
 
 /// Options of one messenger. Field names are Ceph's `ms_*` options without the prefix;
 /// defaults are Ceph's (Pacific).
@@ -83,5 +117,68 @@ impl Default for MessengerConfig {
             max_queued_bytes: 256 << 20,
             max_total_queued_bytes: 1 << 30,
         }
+    }
+}
+
+impl MessengerConfig {
+    /// Checks every option: zero where zero would spin (a zero keepalive interval,
+    /// read budget or backoff), values so large that deadline arithmetic would overflow
+    /// (`Duration::MAX`), and contradictions (a maximum below its minimum). Called by
+    /// [`crate::Messenger::new`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(option: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError { option, reason: reason.into() })
+        }
+        fn duration(option: &'static str, d: Duration) -> Result<(), ConfigError> {
+            if d.is_zero() {
+                return bad(option, "must be above zero");
+            }
+            if d > MAX_DURATION {
+                return bad(option, format!("{d:?} is above the maximum {MAX_DURATION:?}"));
+            }
+            Ok(())
+        }
+        if self.workers == 0 || self.workers > MAX_WORKERS {
+            return bad("workers", format!("{} is not within 1..={MAX_WORKERS}", self.workers));
+        }
+        duration("initial_backoff", self.initial_backoff)?;
+        duration("max_backoff", self.max_backoff)?;
+        if self.max_backoff < self.initial_backoff {
+            return bad("max_backoff", "is below initial_backoff");
+        }
+        duration("connection_ready_timeout", self.connection_ready_timeout)?;
+        duration("connection_idle_timeout", self.connection_idle_timeout)?;
+        duration("payload_timeout", self.payload_timeout)?;
+        duration("write_timeout", self.write_timeout)?;
+        if let Some(every) = self.keepalive_interval {
+            duration("keepalive_interval", every)?;
+        }
+        if self.dispatch_throttle_bytes == 0 {
+            return bad("dispatch_throttle_bytes", "0 would leave received messages unbounded");
+        }
+        if self.max_front == 0 {
+            return bad("max_front", "0 would refuse every message");
+        }
+        if self.read_budget == 0 {
+            return bad("read_budget", "0 would never read");
+        }
+        if self.read_buffer == 0 || self.read_buffer > MAX_READ_BUFFER {
+            return bad(
+                "read_buffer",
+                format!("{} is not within 1..={MAX_READ_BUFFER}", self.read_buffer),
+            );
+        }
+        for (option, size) in [("tcp_rcvbuf", self.tcp_rcvbuf), ("tcp_sndbuf", self.tcp_sndbuf)] {
+            if i32::try_from(size).is_err() {
+                return bad(option, format!("{size} does not fit a socket option"));
+            }
+        }
+        if self.max_queued_bytes == 0 {
+            return bad("max_queued_bytes", "0 would refuse every message");
+        }
+        if self.max_total_queued_bytes < self.max_queued_bytes {
+            return bad("max_total_queued_bytes", "is below max_queued_bytes");
+        }
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -194,6 +194,8 @@ pub(crate) struct ConnShared {
     pub(crate) priv_data: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
     pub(crate) keepalive: Mutex<(Option<Instant>, Option<KeepaliveStamp>)>,
     pub(crate) send_budget: Arc<SendBudget>,
+    /// `mark_down` was called: no message of this connection is dispatched from then on.
+    pub(crate) marked_down: AtomicBool,
 }
 
 /// A handle to one connection (Ceph's `ConnectionRef`). Clone it freely and use it from
@@ -220,6 +222,7 @@ impl Connection {
             priv_data: Mutex::new(None),
             keepalive: Mutex::new((None, None)),
             send_budget,
+            marked_down: AtomicBool::new(false),
         }))
     }
 
@@ -270,16 +273,18 @@ impl Connection {
     /// wait in the mailbox for the socket to make progress, a command (adopt a socket,
     /// mark down) must run even when the connection is idle or backing off. The center
     /// coalesces a notify already pending.
-    pub(crate) fn post(&self, cmd: Command) {
+    /// Returns false (dropping `cmd`) if the connection is already closed.
+    pub(crate) fn post(&self, cmd: Command) -> bool {
         {
             let mut mb = self.0.mailbox.lock();
             if mb.closed {
-                return;
+                return false;
             }
             mb.commands.push(cmd);
             mb.notified = true;
         }
         self.wake();
+        true
     }
 
     fn wake(&self) {
@@ -293,15 +298,24 @@ impl Connection {
 
     /// Sends a keepalive (KEEPALIVE2 when negotiated) as soon as possible.
     pub fn send_keepalive(&self) {
-        self.post(Command::Keepalive);
+        let _ = self.post(Command::Keepalive);
     }
 
     /// Closes the connection at once, discarding queued messages; no reset callback
     /// is delivered for it (Ceph's `mark_down`).
+    ///
+    /// Synchronous as Ceph's: once it returns, no dispatch of this connection's
+    /// messages starts — those waiting in the dispatch queue are discarded, the worker
+    /// delivers none it reads afterwards, and the dispatch thread drops one it had just
+    /// taken off the queue. (A fast dispatch the worker had already begun may still be
+    /// running, as in Ceph, which also calls fast dispatch without the connection lock.)
     pub fn mark_down(&self) {
         if self.0.loopback {
             return;
         }
+        // First, so that whatever checks it after this point drops the message; the
+        // discard below then empties the queue under the queue's lock.
+        self.0.marked_down.store(true, Ordering::SeqCst);
         if let Some(core) = self.0.core.upgrade() {
             core.forget(self);
             core.dispatch_queue().discard(self.0.id);
@@ -332,14 +346,14 @@ impl Connection {
     /// the session and the rest are dropped with it.
     #[cfg(feature = "fault-injection")]
     pub fn inject_socket_failure(&self) {
-        self.post(Command::InjectFault);
+        let _ = self.post(Command::InjectFault);
     }
 
     /// Marks the connection disposable (Ceph's `mark_disposable`): its session becomes
     /// lossy, so the next fault ends it with `ms_handle_reset` instead of a reconnect and
     /// unacked messages are not resent.
     pub fn mark_disposable(&self) {
-        self.post(Command::MarkDisposable);
+        let _ = self.post(Command::MarkDisposable);
     }
 
     /// Whether the session is open (handshake done, not faulted or closed).
@@ -416,6 +430,10 @@ impl Connection {
 impl dispatch::ConnectionRef for Connection {
     fn conn_id(&self) -> u64 {
         self.0.id
+    }
+
+    fn is_marked_down(&self) -> bool {
+        self.0.marked_down.load(Ordering::SeqCst)
     }
 }
 

@@ -23,7 +23,7 @@ use protocol::types::{EntityAddr, EntityType};
 use protocol::v1::{self, Decision, Event, ExistingSession, Policy};
 use protocol::wire::KeepaliveStamp;
 
-use crate::connection::{Command, ConnState, Connection, Snapshot};
+use crate::connection::{Command, ConnState, Connection};
 use crate::counters::WorkerCounters;
 use crate::messenger::Core;
 
@@ -133,7 +133,10 @@ pub(crate) struct Driver {
     /// Scratch for messages taken from the mailbox (kept for its capacity).
     inbox: VecDeque<(protocol::Message, Instant)>,
     started: bool,
+    /// Closed (or handed over): no more input is handled.
     finished: bool,
+    /// `cleanup` ran.
+    cleaned: bool,
     server_side: bool,
     /// Injected cuts not applied yet (`Connection::inject_socket_failure`): one is
     /// applied per open session, so N calls make N reconnects.
@@ -286,6 +289,7 @@ impl Driver {
             inbox: VecDeque::new(),
             started: false,
             finished: false,
+            cleaned: false,
             server_side,
             #[cfg(feature = "fault-injection")]
             cuts_pending: 0,
@@ -560,7 +564,10 @@ impl Driver {
         self.socket = Some(socket);
         self.server_side = true;
         self.recv = RecvBudget::default();
-        self.conn.0.snapshot.lock().replacing = false;
+        // The session's new numbers and the end of the replace become visible together:
+        // a connect racing this one must see either `replacing` or the new connect_seq,
+        // never the old numbers without the mark (it would replace the session again).
+        self.publish_snapshot(true);
         if let Err(e) = self.configure_socket().and_then(|()| self.register_socket(cx)) {
             log::info!(target: "msgr::conn", "{}: adopting replaced socket failed: {e}", self.proto);
             self.proto.handle_transport_closed(now);
@@ -818,6 +825,11 @@ impl Driver {
                     p.settle(msg.queued_cost());
                 }
                 drop(recv);
+                if dispatch::ConnectionRef::is_marked_down(&self.conn) {
+                    // Read after mark_down: never delivered (the MarkDown command that
+                    // closes this driver is on its way).
+                    return;
+                }
                 let _ = self.core.queue.deliver(&self.conn, msg, permit);
             }
             Event::Acked { .. } => {}
@@ -948,11 +960,30 @@ impl Driver {
         let now = cx.now();
         let policy = self.core.policies.read().policy(req.peer_type);
         let my_addr = *self.core.my_addr.read();
-        let existing = self.core.sessions.lock().get(&req.peer_addr).cloned();
-        let existing = existing.filter(|c| c != &self.conn && c.state() != ConnState::Closed);
-        let snapshot = existing.as_ref().map(|c| {
-            let s: Snapshot = *c.0.snapshot.lock();
-            ExistingSession {
+        {
+            let mut peer = self.conn.0.peer.lock();
+            peer.addr = Some(req.peer_addr);
+            peer.entity_type = Some(req.peer_type);
+        }
+        let (Some(id), true) = (self.id, self.socket.is_some()) else {
+            // Not running or no socket: nothing to decide for (the machine faults).
+            self.proto.handle_transport_closed(now);
+            return;
+        };
+        // One critical section of the session table: look the session up, read its
+        // snapshot, decide, and apply the table's side of the decision (register this
+        // connection, or mark the existing session as being replaced). Two connects
+        // racing for one peer on two workers then see each other's outcome: the second
+        // finds `replacing` set and is told to retry. No callback and no syscall runs
+        // inside; the lock order is sessions → snapshot everywhere.
+        let (decision, existing, existing_lossy) = {
+            let mut sessions = self.core.sessions.lock();
+            let existing = sessions
+                .get(&req.peer_addr)
+                .filter(|c| *c != &self.conn && c.state() != ConnState::Closed)
+                .cloned();
+            let mut snapshot = existing.as_ref().map(|c| c.0.snapshot.lock());
+            let view = existing.as_ref().zip(snapshot.as_deref()).map(|(c, s)| ExistingSession {
                 state: match c.state() {
                     ConnState::Open => v1::ExistingState::Open,
                     ConnState::Standby => v1::ExistingState::Standby,
@@ -964,20 +995,25 @@ impl Driver {
                 lossy: s.lossy,
                 server_side: s.server_side,
                 replacing: s.replacing,
+            });
+            let decision = v1::decide(&req, view.as_ref(), &policy, &my_addr);
+            let existing_lossy = view.is_some_and(|v| v.lossy);
+            match (&decision, snapshot.as_deref_mut()) {
+                (Decision::Replace { .. }, Some(s)) if !existing_lossy => s.replacing = true,
+                (Decision::Open { .. } | Decision::Replace { .. }, _) => {
+                    sessions.insert(req.peer_addr, self.conn.clone());
+                }
+                _ => {}
             }
-        });
-        let decision = v1::decide(&req, snapshot.as_ref(), &policy, &my_addr);
+            drop(snapshot);
+            (decision, existing, existing_lossy)
+        };
         log::debug!(target: "msgr::conn", "{}: accept decision {decision:?}", self.proto);
-        {
-            let mut peer = self.conn.0.peer.lock();
-            peer.addr = Some(req.peer_addr);
-            peer.entity_type = Some(req.peer_type);
-        }
         match (&decision, existing) {
-            (Decision::Replace { .. }, Some(existing)) if !snapshot.is_some_and(|s| s.lossy) => {
-                // Lossless replace: the existing session adopts this socket.
-                existing.0.snapshot.lock().replacing = true;
-                let Some(id) = self.id else { return };
+            (Decision::Replace { .. }, Some(existing)) if !existing_lossy => {
+                // Lossless replace: the existing session adopts this socket. From here
+                // on nothing returns early with `replacing` set: either the existing
+                // driver adopts the socket (and clears it), or it is already closed.
                 let Some(socket) = self.socket.take() else { return };
                 let _ = cx.deregister(id);
                 let proto = std::mem::replace(
@@ -989,24 +1025,19 @@ impl Driver {
                         now,
                     ),
                 );
-                existing.post(Command::TakeOver(Box::new(Incoming {
-                    socket,
-                    proto,
-                    policy,
-                    decision,
-                })));
+                let incoming = Incoming { socket, proto, policy, decision };
+                if !existing.post(Command::TakeOver(Box::new(incoming))) {
+                    // Closed meanwhile: the socket is dropped and the peer connects again.
+                    existing.0.snapshot.lock().replacing = false;
+                }
                 // This driver's handle never opened; it vanishes without callbacks.
-                self.finished = true;
-                self.conn.set_state(ConnState::Closed);
-                self.conn.0.mailbox.lock().closed = true;
-                self.core.drop_conn(self.conn.id());
-                self.release(cx, id);
+                self.cleanup();
+                cx.remove(id);
             }
             (Decision::Replace { .. }, Some(existing)) => {
                 // Lossy existing session: it is reset, this one becomes the session.
-                self.core.sessions.lock().insert(req.peer_addr, self.conn.clone());
                 existing.0.core.upgrade().map(|c| c.queue.discard(existing.id()));
-                existing.post(Command::MarkDown);
+                let _ = existing.post(Command::MarkDown);
                 self.core.queue.enqueue_event(QueueEvent::Reset(existing));
                 self.policy = Some(policy);
                 self.proto.handle_accept_decision(now, policy, decision, None);
@@ -1016,7 +1047,6 @@ impl Driver {
                 self.proto.handle_accept_decision(now, policy, decision, None);
             }
             (Decision::Open { .. } | Decision::Replace { .. }, _) => {
-                self.core.sessions.lock().insert(req.peer_addr, self.conn.clone());
                 self.policy = Some(policy);
                 self.proto.handle_accept_decision(now, policy, decision, None);
             }
@@ -1055,7 +1085,9 @@ impl Driver {
         }
     }
 
-    fn publish(&mut self) {
+    /// Writes what another connection's accept decision needs to the handle's snapshot
+    /// (and ends a replace when `replace_done`).
+    fn publish_snapshot(&mut self, replace_done: bool) {
         let (_, _, connect_seq, peer_global_seq) = self.proto.seqs();
         let lossy = self.policy.as_ref().is_some_and(|p| p.lossy);
         // Ceph's `existing->policy.server`, not whether this connection was accepted: a
@@ -1064,14 +1096,21 @@ impl Driver {
         let server_policy = self.policy.as_ref().is_some_and(|p| p.server);
         let now = (connect_seq, peer_global_seq, lossy, server_policy);
         // These change only on (re)connects: skip the lock on every other pump.
-        if self.published != Some(now) {
+        if self.published != Some(now) || replace_done {
             self.published = Some(now);
             let mut s = self.conn.0.snapshot.lock();
             s.connect_seq = connect_seq;
             s.peer_global_seq = peer_global_seq;
             s.lossy = lossy;
             s.server_side = server_policy;
+            if replace_done {
+                s.replacing = false;
+            }
         }
+    }
+
+    fn publish(&mut self) {
+        self.publish_snapshot(false);
         if self.proto.is_open() && self.conn.state() != ConnState::Open {
             self.conn.set_state(ConnState::Open);
         }
@@ -1121,10 +1160,33 @@ impl Driver {
         if self.finished {
             return;
         }
+        // Counted before the socket closes, so whoever sees the close sees the counts.
+        self.count_peer_issues();
+        self.close_socket(cx);
+        self.cleanup();
+        if let Some((tid, _)) = self.timer.take() {
+            cx.delete_time_event(tid);
+        }
+        if let Some(id) = self.id {
+            cx.remove(id);
+        }
+    }
+
+    /// Undoes everything this driver stands for outside itself, whichever way it ends
+    /// (closed, its socket handed to another session, or dropped by the event center
+    /// after a panic): the handle is closed and its queued messages dropped (with their
+    /// share of the send bounds), the session table and connection list forget it, its
+    /// gauges, the worker's load and the active-connection count go back, and a
+    /// `replacing` mark on its own session is cleared. Needs no `Context`, so `Drop`
+    /// can run it; runs once.
+    fn cleanup(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.cleaned = true;
         self.finished = true;
         self.count_peer_issues();
         self.update_gauges();
-        self.close_socket(cx);
         self.conn.set_state(ConnState::Closed);
         {
             let mut mb = self.conn.0.mailbox.lock();
@@ -1132,20 +1194,31 @@ impl Driver {
             mb.drop_messages(&self.conn.0.send_budget);
             mb.commands.clear();
         }
+        self.conn.0.snapshot.lock().replacing = false;
         self.recv = RecvBudget::default();
         self.core.unregister(&self.conn);
-        if let Some((tid, _)) = self.timer.take() {
-            cx.delete_time_event(tid);
-        }
-        if let Some(id) = self.id {
-            self.release(cx, id);
-        }
-    }
-
-    fn release(&mut self, cx: &mut Context<'_>, id: HandlerId) {
         self.counters.active_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.center.add_load(-1);
-        cx.remove(id);
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        // Dropped without closing: a callback panicked (a user's fast dispatcher, say)
+        // and the event center discarded the driver, or the center stopped. Without
+        // this the session table would keep a dead session that swallows the peer's
+        // reconnects.
+        let was_open = matches!(self.conn.state(), ConnState::Open | ConnState::Standby);
+        log::warn!(target: "msgr::conn", "{}: driver dropped without closing; cleaning up", self.proto);
+        self.cleanup();
+        if was_open {
+            // The session's state is gone with the driver: for the dispatchers this is
+            // a reset.
+            self.core.queue.enqueue_event(QueueEvent::Reset(self.conn.clone()));
+        }
     }
 }
 

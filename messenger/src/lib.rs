@@ -160,7 +160,7 @@ mod messenger;
 mod processor;
 
 pub use admin::{parse_command, CommandReader, CommandTooLong};
-pub use config::MessengerConfig;
+pub use config::{ConfigError, MessengerConfig};
 pub use connection::{ConnState, Connection, SendError};
 pub use dispatch::{AuthVerdict, Authorizer, Dispatched, Dispatcher, Throttle};
 pub use messenger::{Messenger, Totals};

@@ -230,22 +230,44 @@ pub struct Messenger {
 
 impl Messenger {
     /// A messenger with its own pool of `config.workers` worker threads.
+    ///
+    /// Fails with `InvalidInput` if [`MessengerConfig::validate`] refuses `config`.
     pub fn new(name: EntityName, nonce: u32, config: MessengerConfig) -> io::Result<Messenger> {
+        config.validate()?;
         let pool = Arc::new(WorkerPool::new(WorkerPoolConfig {
-            workers: config.workers.max(1),
+            workers: config.workers,
             ..WorkerPoolConfig::default()
         })?);
         Ok(Self::build(name, nonce, config, pool, true))
     }
 
     /// A messenger sharing `pool` with other messengers (an OSD runs several on one pool).
+    ///
+    /// # Panics
+    /// If [`MessengerConfig::validate`] refuses `config` (a programming error, like an
+    /// out-of-range index); [`Messenger::try_with_pool`] returns the error instead.
     pub fn with_pool(
         name: EntityName,
         nonce: u32,
         config: MessengerConfig,
         pool: Arc<WorkerPool>,
     ) -> Messenger {
-        Self::build(name, nonce, config, pool, false)
+        match Self::try_with_pool(name, nonce, config, pool) {
+            Ok(m) => m,
+            Err(e) => panic!("Messenger::with_pool: {e}"),
+        }
+    }
+
+    /// Like [`Messenger::with_pool`], failing with `InvalidInput` if
+    /// [`MessengerConfig::validate`] refuses `config`.
+    pub fn try_with_pool(
+        name: EntityName,
+        nonce: u32,
+        config: MessengerConfig,
+        pool: Arc<WorkerPool>,
+    ) -> io::Result<Messenger> {
+        config.validate()?;
+        Ok(Self::build(name, nonce, config, pool, false))
     }
 
     fn build(

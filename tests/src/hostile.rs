@@ -23,12 +23,16 @@ pub const MSG_HOSTILE: u16 = 0x7f01;
 /// Opens a socket to an acceptor and exchanges banners and addresses: the next bytes
 /// the acceptor reads are a connect message.
 pub fn banner_socket(server: SocketAddr) -> TcpStream {
+    banner_socket_as(server, EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), 99))
+}
+
+/// Like [`banner_socket`], announcing `me` as our address (the acceptor's session key).
+pub fn banner_socket_as(server: SocketAddr, me: EntityAddr) -> TcpStream {
     let mut sock = TcpStream::connect(server).expect("connect");
     sock.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     sock.write_all(BANNER).expect("banner");
     let mut block = [0u8; ACCEPTOR_BLOCK_LEN];
     sock.read_exact(&mut block).expect("acceptor banner");
-    let me = EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), 99);
     sock.write_all(&me.encode_legacy()).expect("address");
     sock
 }
@@ -42,6 +46,21 @@ pub fn connect_msg(protocol_version: u32, features: Features) -> [u8; ConnectMsg
         global_seq: 1,
         connect_seq: 0,
         protocol_version,
+        authorizer_protocol: 0,
+        authorizer_len: 0,
+        flags: 0,
+    }
+    .to_bytes()
+}
+
+/// A well-formed connect of a client to an OSD with the given session numbers.
+pub fn session_connect(connect_seq: u32, global_seq: u32) -> [u8; ConnectMsg::LEN] {
+    ConnectMsg {
+        features: Features::PACIFIC_ADVERTISED,
+        host_type: EntityType::CLIENT,
+        global_seq,
+        connect_seq,
+        protocol_version: good_protocol_version(),
         authorizer_protocol: 0,
         authorizer_len: 0,
         flags: 0,
