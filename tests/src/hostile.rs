@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,10 +77,15 @@ pub fn good_protocol_version() -> u32 {
 /// A v1 handshake done by hand (our sans-IO machine over a blocking socket) with
 /// `policy`, leaving an open session the caller can then abuse with raw frames.
 /// Returns the socket and the footer format the session uses.
+///
+/// Each call announces its own address (a fresh nonce), so the server keeps one session
+/// per socket.
 pub fn handshaken_socket(server: EntityAddr, policy: Policy) -> (TcpStream, FooterFormat) {
+    static NONCE: AtomicU32 = AtomicU32::new(1_000_000);
+    let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
     let cfg = Arc::new(v1::Config::new(
         EntityName::new(EntityType::CLIENT, -1),
-        EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), 77),
+        EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), nonce),
     ));
     let now = Instant::now();
     let mut conn = v1::Connection::connect(cfg, policy, server, EntityType::OSD, now);
