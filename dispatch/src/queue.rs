@@ -54,7 +54,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -178,6 +178,8 @@ struct Shared<C: ConnectionRef> {
     discarded: AtomicU64,
     untaken: AtomicU64,
     events_delivered: AtomicU64,
+    /// See [`DispatchQueue::set_compact_below`].
+    compact_below: AtomicUsize,
 }
 
 /// What the dispatch thread does next.
@@ -219,9 +221,18 @@ impl<C: ConnectionRef> DispatchQueue<C> {
                 discarded: AtomicU64::new(0),
                 untaken: AtomicU64::new(0),
                 events_delivered: AtomicU64::new(0),
+                compact_below: AtomicUsize::new(0),
             }),
             thread: Mutex::new(None),
         })
+    }
+
+    /// Messages queued by [`enqueue`](Self::enqueue) with a payload below `n` bytes are
+    /// copied into an allocation of their own ([`Message::compact`]): received messages
+    /// are slices of large shared read buffers, which a small message waiting here
+    /// would otherwise keep alive. 0 (the default) never copies.
+    pub fn set_compact_below(&self, n: usize) {
+        self.shared.compact_below.store(n, Ordering::Relaxed);
     }
 
     /// The dispatcher chain.
@@ -275,7 +286,8 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     ///
     /// This is the bare queue: it runs neither `ms_fast_preprocess` nor the fast path.
     /// The receive path is [`deliver`](Self::deliver).
-    pub fn enqueue(&self, conn: &C, msg: Message, budget: Option<Permit>) {
+    pub fn enqueue(&self, conn: &C, mut msg: Message, budget: Option<Permit>) {
+        msg.compact(self.shared.compact_below.load(Ordering::Relaxed));
         let priority = msg.priority();
         self.push_message(conn, msg, budget, |st, q| {
             st.messages.push(priority, q.conn.conn_id(), q)

@@ -146,9 +146,12 @@
 //! whose dispatcher answers every request sees `QueueFull` for the replies of a peer
 //! that does not read them until the deadline closes that connection.
 //!
-//! **Memory of queued messages.** Messages below half a read buffer are copied out of
-//! the shared per-worker read buffer when they complete, so a retained message never
-//! pins a whole buffer for a few bytes; larger ones pin at most about twice their size.
+//! **Memory of queued messages.** A received message's segments are slices of a
+//! per-worker read buffer shared with other messages. When a message below half a read
+//! buffer is queued for dispatch it is copied out, so a queued message never pins a
+//! whole buffer for a few bytes; larger ones pin at most about twice their size. (A
+//! fast-dispatched message is not copied: the dispatch throttle's charge for it ends
+//! when `ms_fast_dispatch` returns.)
 //! Decoders of typed messages never reserve more than their remaining input holds.
 
 mod admin;

@@ -195,10 +195,8 @@ impl Core {
         pc.idle_timeout = c.connection_idle_timeout;
         pc.payload_timeout = c.payload_timeout;
         pc.write_timeout = c.write_timeout;
-        // One budget window is one read; messages under half a read buffer are copied
-        // out of it, so a retained small message pins at most twice its size.
+        // One budget window is one read.
         pc.budget_window = u32::try_from(c.read_buffer).unwrap_or(u32::MAX);
-        pc.compact_below = c.read_buffer / 2;
         pc.keepalive_interval = c.keepalive_interval;
         pc.initial_backoff = c.initial_backoff;
         pc.max_backoff = c.max_backoff;
@@ -282,6 +280,9 @@ impl Messenger {
             Throttle::new("msgr_dispatch_throttler", config.dispatch_throttle_bytes);
         let queue =
             DispatchQueue::new("ms_dispatch", dispatchers.clone(), dispatch_throttle.clone());
+        // Messages under half a read buffer are copied out of it when they are queued, so
+        // a queued message pins at most about twice its size of read buffers.
+        queue.set_compact_below(config.read_buffer / 2);
         let counters = (0..pool.workers()).map(|_| Arc::new(WorkerCounters::default())).collect();
         let send_budget = SendBudget::new(config.max_queued_bytes, config.max_total_queued_bytes);
         let core = Arc::new(Core {

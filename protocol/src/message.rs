@@ -217,6 +217,25 @@ impl Message {
     pub fn send_cost(&self) -> u64 {
         self.queued_cost().saturating_add(FRAME_OVERHEAD)
     }
+    /// Copies the payload into one allocation of its own when it is smaller than
+    /// `below` bytes. A received message's segments are usually slices of a large read
+    /// buffer shared with other messages; a small message kept for long (queued for
+    /// dispatch) would keep all of that buffer alive. Costs one copy of the payload.
+    pub fn compact(&mut self, below: usize) {
+        let len = self.payload_len();
+        if len == 0 || len >= below {
+            return;
+        }
+        let mut own = BytesMut::with_capacity(len);
+        for seg in [&self.front, &self.middle, &self.data] {
+            own.extend_from_slice(seg);
+        }
+        let own = own.freeze();
+        let (f, m) = (self.front.len(), self.front.len() + self.middle.len());
+        self.front = own.slice(..f);
+        self.middle = own.slice(f..m);
+        self.data = own.slice(m..);
+    }
     /// The footer as received (default for a locally built message).
     pub fn footer(&self) -> &MsgFooter {
         &self.footer
@@ -503,11 +522,6 @@ pub struct MessageDecoder {
     allowance: u64,
     /// Payload bytes of the current message not yet taken in.
     payload_left: u64,
-    /// Every payload segment so far was a zero-copy slice of the caller's input.
-    sliced: bool,
-    /// Messages whose payload is smaller than this and was sliced out of the caller's
-    /// input are copied into their own allocation ([`MessageDecoder::set_compact_below`]).
-    compact_below: usize,
     /// Valid from `HeaderReady` on.
     header: MsgHeader,
     front: Bytes,
@@ -525,8 +539,6 @@ impl MessageDecoder {
             partial_counted: 0,
             allowance: 0,
             payload_left: 0,
-            sliced: true,
-            compact_below: 0,
             header: MsgHeader::default(),
             front: Bytes::new(),
             middle: Bytes::new(),
@@ -543,14 +555,6 @@ impl MessageDecoder {
     /// Takes effect for the next message.
     pub fn set_options(&mut self, opts: DecodeOptions) {
         self.opts = opts;
-    }
-
-    /// Messages whose payload is below `n` bytes and lies in the caller's input (which
-    /// is typically a slice of a large shared read buffer) are copied into one
-    /// allocation of their own when they complete, so that keeping a small message does
-    /// not keep the whole read buffer alive. 0 (the default) never copies.
-    pub fn set_compact_below(&mut self, n: usize) {
-        self.compact_below = n;
     }
 
     /// The decoded header, once `HeaderReady` was returned and until the message completes.
@@ -598,7 +602,6 @@ impl MessageDecoder {
         self.stage = Stage::AwaitFront;
         self.allowance = allowance;
         self.payload_left = self.header.payload_len();
-        self.sliced = true;
         Ok(())
     }
 
@@ -704,35 +707,19 @@ impl MessageDecoder {
                     };
                     let (footer, _) = MsgFooter::decode(&raw, format)?;
                     self.check_footer(&footer)?;
-                    let (front, middle, data) = self.finished_segments();
-                    let msg = Message::from_parts(&self.header, front, middle, data, footer);
+                    let msg = Message::from_parts(
+                        &self.header,
+                        std::mem::take(&mut self.front),
+                        std::mem::take(&mut self.middle),
+                        std::mem::take(&mut self.data),
+                        footer,
+                    );
                     self.stage = Stage::AwaitHeader;
                     self.allowance = 0;
                     return Ok(Progress::Message(msg));
                 }
             }
         }
-    }
-
-    /// The three segments of a completed message, copied into one allocation of their
-    /// own when they are small slices of the caller's (shared) input.
-    fn finished_segments(&mut self) -> (Bytes, Bytes, Bytes) {
-        let (front, middle, data) = (
-            std::mem::take(&mut self.front),
-            std::mem::take(&mut self.middle),
-            std::mem::take(&mut self.data),
-        );
-        let len = front.len() + middle.len() + data.len();
-        if !self.sliced || len == 0 || len >= self.compact_below {
-            return (front, middle, data);
-        }
-        let mut own = BytesMut::with_capacity(len);
-        for seg in [&front, &middle, &data] {
-            own.extend_from_slice(seg);
-        }
-        let own = own.freeze();
-        let (f, m) = (front.len(), front.len() + middle.len());
-        (own.slice(..f), own.slice(f..m), own.slice(m..))
     }
 
     fn in_payload(&self) -> bool {
@@ -816,7 +803,6 @@ impl MessageDecoder {
         input.advance(now);
         self.partial_counted = self.partial.len();
         if payload {
-            self.sliced = false;
             self.allowance -= now as u64;
             self.payload_left = self.payload_left.saturating_sub(now as u64);
         }
@@ -1074,29 +1060,21 @@ mod tests {
     }
 
     #[test]
-    fn small_messages_are_copied_out_of_a_shared_input() {
-        let wire = wire_of(&sample());
-        let mut dec = MessageDecoder::new(DecodeOptions::default());
-        dec.set_compact_below(4096);
-        let mut input = wire.clone();
-        let range = input.as_ptr() as usize..input.as_ptr() as usize + input.len();
-        assert!(matches!(dec.feed(&mut input).unwrap(), Progress::HeaderReady(_)));
-        dec.proceed().unwrap();
-        let Progress::Message(m) = dec.feed(&mut input).unwrap() else { panic!("no message") };
+    fn compact_copies_small_payloads_out_of_a_shared_buffer() {
+        let shared = Bytes::from(vec![1u8; 64 << 10]);
+        let range = shared.as_ptr() as usize..shared.as_ptr() as usize + shared.len();
+        let mut m = Message::new(17, shared.slice(0..10));
+        m.set_middle(shared.slice(10..13));
+        m.set_data(shared.slice(100..200));
+        let before = (m.front().clone(), m.middle().clone(), m.data().clone());
+        m.compact(1 << 10);
         for seg in [m.front(), m.middle(), m.data()] {
-            assert!(!range.contains(&(seg.as_ptr() as usize)), "still a slice of the input");
+            assert!(!range.contains(&(seg.as_ptr() as usize)), "still a slice of the buffer");
         }
-        assert_eq!(
-            (m.front(), m.middle(), m.data()),
-            (sample().front(), sample().middle(), sample().data())
-        );
-        // At the threshold and above they stay zero-copy slices.
-        let mut dec = MessageDecoder::new(DecodeOptions::default());
-        dec.set_compact_below(114);
-        let mut input = wire.clone();
-        assert!(matches!(dec.feed(&mut input).unwrap(), Progress::HeaderReady(_)));
-        dec.proceed().unwrap();
-        let Progress::Message(m) = dec.feed(&mut input).unwrap() else { panic!("no message") };
-        assert!(range.contains(&(m.front().as_ptr() as usize)));
+        assert_eq!((m.front(), m.middle(), m.data()), (&before.0, &before.1, &before.2));
+        // At the threshold and above it stays a zero-copy slice.
+        let mut big = Message::new(17, shared.slice(0..1024));
+        big.compact(1 << 10);
+        assert!(range.contains(&(big.front().as_ptr() as usize)));
     }
 }

@@ -55,10 +55,6 @@ pub struct Config {
     /// the assembly buffer) of a message grows with the bytes that actually arrived.
     /// Also the progress unit of [`Config::payload_timeout`].
     pub budget_window: u32,
-    /// Received messages with a payload below this many bytes are copied out of the
-    /// shared read buffer they were sliced from, so a retained small message never keeps
-    /// a whole read buffer alive (0: never copy).
-    pub compact_below: usize,
     /// Send a keepalive when nothing was sent for this long (None: only on request).
     pub keepalive_interval: Option<Duration>,
     /// First reconnect backoff (`ms_initial_backoff`, 0.2 s).
@@ -151,7 +147,6 @@ impl Config {
             payload_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
             budget_window: DEFAULT_BUDGET_WINDOW,
-            compact_below: 0,
             keepalive_interval: None,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
@@ -199,7 +194,6 @@ impl fmt::Debug for Config {
             .field("payload_timeout", &self.payload_timeout)
             .field("write_timeout", &self.write_timeout)
             .field("budget_window", &self.budget_window)
-            .field("compact_below", &self.compact_below)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("initial_backoff", &self.initial_backoff)
             .field("max_backoff", &self.max_backoff)

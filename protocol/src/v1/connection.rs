@@ -261,7 +261,7 @@ pub struct Connection {
 
 impl Connection {
     fn new(config: Arc<Config>, side: Side, policy: Policy, state: State, now: Instant) -> Self {
-        let mut decoder = MessageDecoder::new(DecodeOptions {
+        let decoder = MessageDecoder::new(DecodeOptions {
             limits: config.limits,
             crc: EncodeOptions {
                 crc_header: config.crc_header,
@@ -269,7 +269,6 @@ impl Connection {
                 footer: FooterFormat::New,
             },
         });
-        decoder.set_compact_below(config.compact_below);
         Connection {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             side,
