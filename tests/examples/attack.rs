@@ -15,7 +15,10 @@
 //! - `stall2`: two peers announce 50 MiB each, likewise;
 //! - `trickle`: 1,000 peers announce 100 MiB each and trickle it a byte at a time;
 //! - `noread`: a peer sends 4 KiB requests and never reads the replies;
-//! - `dup`: a peer streams a duplicate (seq 0) announcing 128 MiB, over and over.
+//! - `dup`: a peer streams a duplicate (seq 0) announcing 128 MiB, over and over;
+//! - `pin`: a peer sends 10,000 small messages that the server's (blocked) dispatcher
+//!   keeps queued, each followed by a 60 KiB duplicate, so that each small message lands
+//!   in a read buffer of its own (item 6: a retained small message must not pin it).
 #![allow(clippy::print_stdout)] // a measuring tool: printing is its output
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -32,7 +35,7 @@ use protocol::Message;
 use tests::hostile::*;
 
 const MSG_TEST: u16 = 0x7f00;
-const KINDS: [&str; 6] = ["badconnect", "stall", "stall2", "trickle", "noread", "dup"];
+const KINDS: [&str; 7] = ["badconnect", "stall", "stall2", "trickle", "noread", "dup", "pin"];
 const MIB: f64 = (1 << 20) as f64;
 
 struct Args {
@@ -71,19 +74,22 @@ fn server_config() -> MessengerConfig {
     MessengerConfig { workers: 2, ..MessengerConfig::default() }
 }
 
-/// Answers every message on the worker (fast dispatch) with one of the same front.
+/// Answers the good client's messages on the worker (fast dispatch) with one of the
+/// same front; queues everything else for the dispatch thread, which stays blocked in
+/// its first `ms_dispatch` until the server exits (so queued messages are kept).
 struct Echo;
 
 impl Dispatcher<Connection> for Echo {
-    fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
-        self.ms_fast_dispatch(conn, msg);
+    fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
         Dispatched::Taken
     }
     fn ms_can_fast_dispatch_any(&self) -> bool {
         true
     }
-    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
-        true
+    fn ms_can_fast_dispatch(&self, msg: &Message) -> bool {
+        msg.msg_type() == MSG_TEST
     }
     fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
         let mut reply = Message::new(msg.msg_type(), msg.front().clone());
@@ -228,6 +234,27 @@ fn one_round(kind: &str, srv: EntityAddr, stop: &AtomicBool) {
                 }
                 seq += 1;
             }
+        }
+        "pin" => {
+            let (mut sock, footer) = handshaken_socket(srv, Policy::lossy_client());
+            let dup = {
+                let mut d = msg_head(1, 1, 60 << 10, 0);
+                d.extend_from_slice(&vec![0u8; (60 << 10) + footer.encoded_len()]);
+                d
+            };
+            for seq in 1..=10_000u64 {
+                let mut dup = dup.clone();
+                dup[1..9].copy_from_slice(&seq.to_le_bytes());
+                let header_crc = protocol::wire::ceph_crc32c(0, &dup[1..50]);
+                dup[50..54].copy_from_slice(&header_crc.to_le_bytes());
+                if stop.load(Ordering::Relaxed)
+                    || sock.write_all(&msg_frame(seq, seq, &[5u8; 100], footer)).is_err()
+                    || sock.write_all(&dup).is_err()
+                {
+                    return;
+                }
+            }
+            hold(&mut sock);
         }
         "dup" => {
             let (mut sock, _) = handshaken_socket(srv, Policy::lossy_client());
