@@ -22,8 +22,13 @@
 //!    needs and returns [`Progress::NeedMore`] (everything was consumed, feed more),
 //!    [`Progress::HeaderReady`] or [`Progress::Message`].
 //! 2. On `HeaderReady` the decoder stops consuming: the caller reserves throttle budget
-//!    for `payload_len()` (it may take a while; just stop reading) and then calls
-//!    [`MessageDecoder::proceed`], and feeds again — the same unconsumed input first.
+//!    (it may take a while; just stop reading) and then calls
+//!    [`MessageDecoder::proceed`] (the whole payload) or [`MessageDecoder::proceed_with`]
+//!    (a first window of it), and feeds again — the same unconsumed input first. With a
+//!    window, the decoder takes in no more payload than allowed: when it returns
+//!    `NeedMore` and [`MessageDecoder::budget_needed`] says so, the caller reserves more
+//!    and calls [`MessageDecoder::grant`]. A message not to be read (a duplicate) is
+//!    dropped with [`MessageDecoder::skip`] and [`MessageDecoder::skip_input`] instead.
 //! 3. On `Message` the decoder is back at `AwaitHeader`; bytes left in the input belong to
 //!    the next tag, which the caller reads.
 //!

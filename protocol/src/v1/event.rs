@@ -102,8 +102,10 @@ pub enum Event {
     },
     /// The session is open.
     Opened(Opened),
-    /// A message header was decoded: the next message carries this many payload bytes
-    /// (and counts as one message). Reading stops until
+    /// A message being received needs budget for this many more payload bytes: its
+    /// first window when its header was decoded (that request also stands for the
+    /// message itself: count it as one message), then one window each time the previous
+    /// one is used up (see `Config::budget_window`). Reading stops until
     /// [`super::Connection::grant_budget`].
     NeedBudget {
         /// front + middle + data bytes.

@@ -10,6 +10,7 @@
 //!   [`Connection::accept`] (the socket is already connected).
 //! * **Inputs**: [`Connection::handle_bytes`] (only while [`Connection::wants_read`]),
 //!   [`Connection::handle_transport_closed`], [`Connection::handle_timeout`],
+//!   [`Connection::handle_write_blocked`], [`Connection::handle_write_progress`],
 //!   [`Connection::handle_accept_decision`], [`Connection::handle_authorizer_verdict`],
 //!   [`Connection::grant_budget`].
 //! * **Commands**: [`Connection::send_message`], [`Connection::send_keepalive`],
@@ -36,8 +37,16 @@
 //! * A replaced lossless session opens directly on the new socket (SEQ/READY) instead
 //!   of Ceph's extra RETRY_GLOBAL round trip: the session moves as a value, so there is
 //!   no second lookup to protect against. A Ceph connector handles both.
-//! * A duplicate message (`seq <= in_seq`) is dropped and reading continues; Pacific
-//!   stops reading the socket (msgr-v1.md 3.9 quirk).
+//! * A duplicate message (`seq <= in_seq`) is dropped as it streams in (never stored)
+//!   and reading continues; Pacific stops reading the socket (msgr-v1.md 3.9 quirk).
+//! * A message's budget is asked for in windows as its payload arrives
+//!   ([`Event::NeedBudget`]), not for its whole length at the header, and its payload
+//!   must progress by a window per `Config::payload_timeout`: a peer cannot hold budget
+//!   by announcing a large message and going silent.
+//! * An accepted socket may send at most [`MAX_CONNECT_ATTEMPTS`] connect messages; the
+//!   next one faults it (retry replies are answered in a loop, never recursively).
+//! * A session whose socket takes none of the bytes waiting for it for
+//!   `Config::write_timeout` faults ([`Connection::handle_write_blocked`]).
 //! * BADPROTOVER, FEATURES, BADAUTHORIZER and CHALLENGE_AUTHORIZER (cephx is out of
 //!   scope) end the connection with [`Event::Refused`] instead of retrying forever:
 //!   nothing changes between attempts that would make a retry succeed.
