@@ -10,7 +10,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The most worker threads a messenger may create.
 pub const MAX_WORKERS: usize = 1024;
 
-/// The largest read buffer (and so budget window) a connection may use.
+/// The largest read buffer a connection may use.
 pub const MAX_READ_BUFFER: usize = 64 << 20;
 
 /// Why [`MessengerConfig::validate`] refused a configuration.
@@ -56,8 +56,8 @@ pub struct MessengerConfig {
     /// counted from accept (or from the start of the dial); progress does not extend it,
     /// so a peer trickling its handshake byte by byte is cut off too.
     pub connection_ready_timeout: Duration,
-    /// While a message arrives, its payload must progress by at least one window of
-    /// budget (`read_buffer` bytes) within this time, or the connection faults and
+    /// While a message arrives, its payload must progress by at least `read_buffer`
+    /// bytes (or to its end) within this time, or the connection faults and
     /// releases what the message held (ours; see the crate docs, "Bounds").
     pub payload_timeout: Duration,
     /// Bytes waiting to be sent that the socket takes none of for this long fault the

@@ -361,7 +361,12 @@ impl Driver {
         let cut_ready = self.cut_ready();
         #[cfg(not(feature = "fault-injection"))]
         let cut_ready = false;
-        if self.settle_mailbox() || self.proto.has_events() || cut_ready {
+        // Readable bytes the machine wants now but the read phase did not take: budget
+        // granted during the rounds (after the read phase) resumes a paused read, and
+        // edge-triggered readiness will not report those bytes again.
+        let unread =
+            self.read_ready && !self.dialling && self.socket.is_some() && self.proto.wants_read();
+        if self.settle_mailbox() || self.proto.has_events() || unread || cut_ready {
             // Work left after the bounded rounds: run again after the worker's other work.
             if let Some(id) = self.id {
                 let _ = self.center.notify(id);

@@ -111,14 +111,14 @@
 //!
 //! **Receiving.** A message's budget (the dispatch throttle, `dispatch_throttle_bytes`,
 //! and its peer type's policy throttlers) is taken in windows as its payload arrives:
-//! the first window (`read_buffer` bytes, plus [`protocol::message::MESSAGE_OVERHEAD`]
-//! for the message itself) when its header is read, each further one when the previous
-//! one is used up, doubling with what the message already holds. Its assembly buffer
-//! grows with the grants, never to the announced length. So a peer that announces
-//! 100 MiB and sends 100 bytes holds one window, not 100 MiB; a thousand such peers hold
-//! a thousand windows (64 MiB with the defaults) and the dispatch throttle still has room
-//! for everyone else. A message must progress by at least one window per
-//! `payload_timeout` (10 s) after each grant, or the connection faults and releases
+//! the first window (4 KiB, or what already arrived with the header if more, plus
+//! [`protocol::message::MESSAGE_OVERHEAD`] for the message itself) when its header is
+//! read, each further one when the previous one is used up, doubling with what the
+//! message already holds. Its assembly buffer grows with the grants, never to the
+//! announced length. So a peer that announces 100 MiB and sends 100 bytes holds one
+//! small window, not 100 MiB; a thousand such peers hold about 4.5 MiB of the 100 MiB
+//! and everyone else goes on. A message must progress by at least `read_buffer` bytes
+//! (or to its end) per `payload_timeout` (10 s), or the connection faults and releases
 //! everything the message held: trickling one byte at a time does not keep a message
 //! alive (the idle timer alone would let it). While waiting for a window the driver
 //! stops reading that socket; when messages in progress hold all of the budget, the
@@ -128,8 +128,10 @@
 //! and not a reservation at the header (Ceph) or a fixed per-connection share: a
 //! reservation lets one silent peer hold the whole budget, and a fixed share is either
 //! too small for large messages or lets a few hundred peers hold it all; windows that
-//! grow with real bytes cost an attacker one real byte per byte held, while the deadline
-//! bounds how long it may hold them.
+//! grow with real bytes cost an attacker one real byte per byte held beyond the first
+//! window, while the deadline bounds how long it may hold them. What stays unbounded is
+//! the number of connections (each holding its first window): that is the operating
+//! system's file descriptor limit.
 //!
 //! **Sending.** What a connection holds for sending — messages in its mailbox, in the
 //! protocol's queue, framed and unwritten (lossy), or written and not yet acknowledged

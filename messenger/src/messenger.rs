@@ -195,8 +195,8 @@ impl Core {
         pc.idle_timeout = c.connection_idle_timeout;
         pc.payload_timeout = c.payload_timeout;
         pc.write_timeout = c.write_timeout;
-        // One budget window is one read.
-        pc.budget_window = u32::try_from(c.read_buffer).unwrap_or(u32::MAX);
+        // A message must progress by one read per payload timeout.
+        pc.progress_window = u32::try_from(c.read_buffer).unwrap_or(u32::MAX);
         pc.keepalive_interval = c.keepalive_interval;
         pc.initial_backoff = c.initial_backoff;
         pc.max_backoff = c.max_backoff;

@@ -13,6 +13,7 @@ use crossbeam_channel::Receiver;
 use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
 use protocol::message::MESSAGE_OVERHEAD;
 use protocol::types::{EntityName, EntityType};
+use protocol::v1::DEFAULT_FIRST_WINDOW;
 use protocol::Message;
 use tests::hostile::*;
 use tests::loopback::*;
@@ -73,7 +74,8 @@ fn peers_announcing_large_messages_and_going_silent_do_not_stall_others() {
         sock.write_all(&[0u8; 100]).expect("a little payload");
         attackers.push(sock);
     }
-    let held_most = 3 * (window as u64 + MESSAGE_OVERHEAD);
+    // Each holds its first window: a page (more only for payload already received).
+    let held_most = 3 * (u64::from(DEFAULT_FIRST_WINDOW) + MESSAGE_OVERHEAD);
     wait_for("the attackers' first windows", || {
         srv.dispatch_throttle().current() >= 3 * MESSAGE_OVERHEAD
     });
@@ -179,7 +181,12 @@ fn large_messages_arriving_together_never_deadlock_on_the_budget() {
     while got < PEERS as u64 * EACH {
         let left = deadline.saturating_duration_since(Instant::now());
         rx.recv_timeout(left).unwrap_or_else(|_| {
-            panic!("deadlock: {got} of {} messages arrived", PEERS as u64 * EACH)
+            panic!(
+                "deadlock: {got} of {} messages arrived; {:?} {:?}",
+                PEERS as u64 * EACH,
+                srv.dispatch_throttle(),
+                srv.dispatch_throttle().counters()
+            )
         });
         got += 1;
     }

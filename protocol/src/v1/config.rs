@@ -14,8 +14,13 @@ use crate::types::{EntityAddr, EntityName, EntityType, Features};
 /// protocol, bytes))`, or `None` to send none. Ceph's `ms_get_authorizer`.
 pub type AuthorizerHook = Arc<dyn Fn(EntityType) -> Option<(u32, Bytes)> + Send + Sync>;
 
-/// Default [`Config::budget_window`]: one socket read of the messenger's default size.
-pub const DEFAULT_BUDGET_WINDOW: u32 = 64 << 10;
+/// Default [`Config::first_window`]: a page. Small enough that a thousand peers which
+/// announce large messages and stall hold only a few MiB of budget; larger messages
+/// double it quickly (a 128 MiB one asks 16 times).
+pub const DEFAULT_FIRST_WINDOW: u32 = 4 << 10;
+
+/// Default [`Config::progress_window`]: one socket read of the messenger's default size.
+pub const DEFAULT_PROGRESS_WINDOW: u32 = 64 << 10;
 
 /// Configuration of the v1 state machines of one messenger (`Arc<Config>` is shared by
 /// all its connections).
@@ -43,18 +48,21 @@ pub struct Config {
     /// `ms_connection_idle_timeout`, 900 s.
     pub idle_timeout: Duration,
     /// While a message arrives, its payload must progress by at least
-    /// [`Config::budget_window`] bytes (or to its end) within this time after each grant
-    /// of budget; otherwise the connection faults and releases what the message held.
-    /// A peer cannot hold budget by announcing a large message and then trickling it.
+    /// [`Config::progress_window`] bytes (or to its end) within this time of the last
+    /// such progress or grant of budget; otherwise the connection faults and releases
+    /// what the message held. A peer cannot hold budget by announcing a large message
+    /// and then trickling it.
     pub payload_timeout: Duration,
     /// Bytes waiting to be sent that the socket does not take for this long fault the
     /// connection: the peer stopped reading ([`super::Connection::handle_write_blocked`]).
     pub write_timeout: Duration,
-    /// The first window of budget a message asks for ([`super::Event::NeedBudget`]);
-    /// later windows double with what the message already holds, so the budget (and
-    /// the assembly buffer) of a message grows with the bytes that actually arrived.
-    /// Also the progress unit of [`Config::payload_timeout`].
-    pub budget_window: u32,
+    /// The budget a message asks for when its header arrives ([`super::Event::NeedBudget`];
+    /// more if more of its payload already arrived with the header). Later windows
+    /// double with what the message already holds, so the budget (and the assembly
+    /// buffer) of a message grows with the bytes that actually arrived.
+    pub first_window: u32,
+    /// The progress a message must make per [`Config::payload_timeout`].
+    pub progress_window: u32,
     /// Send a keepalive when nothing was sent for this long (None: only on request).
     pub keepalive_interval: Option<Duration>,
     /// First reconnect backoff (`ms_initial_backoff`, 0.2 s).
@@ -146,7 +154,8 @@ impl Config {
             idle_timeout: Duration::from_secs(900),
             payload_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
-            budget_window: DEFAULT_BUDGET_WINDOW,
+            first_window: DEFAULT_FIRST_WINDOW,
+            progress_window: DEFAULT_PROGRESS_WINDOW,
             keepalive_interval: None,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
@@ -193,7 +202,8 @@ impl fmt::Debug for Config {
             .field("idle_timeout", &self.idle_timeout)
             .field("payload_timeout", &self.payload_timeout)
             .field("write_timeout", &self.write_timeout)
-            .field("budget_window", &self.budget_window)
+            .field("first_window", &self.first_window)
+            .field("progress_window", &self.progress_window)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("initial_backoff", &self.initial_backoff)
             .field("max_backoff", &self.max_backoff)

@@ -1472,15 +1472,18 @@ impl Connection {
 
     /// Asks for the next window of budget for the message being received and stops
     /// reading until [`Connection::grant_budget`]. `uncovered` is what its payload still
-    /// needs beyond what was granted; windows double with what the message already
-    /// holds, starting at `Config::budget_window`, so a message's budget grows with the
-    /// bytes that actually arrived.
+    /// needs beyond what was granted. A window is `Config::first_window`, or what the
+    /// message already holds (so windows double), or what already arrived and waits in
+    /// the receive buffer (it is in memory anyway, and a message that arrived whole is
+    /// then taken in one window, without a copy), whichever is largest: a message's
+    /// budget grows with the bytes that actually arrived.
     fn request_budget(&mut self, uncovered: u64, first: bool) {
         let b = &mut self.msg_budget;
         if first {
             *b = MsgBudget { first: true, ..MsgBudget::default() };
         }
-        let window = u64::from(self.config.budget_window.max(1)).max(b.granted);
+        let window =
+            u64::from(self.config.first_window.max(1)).max(b.granted).max(self.rx.len() as u64);
         b.requested = uncovered.min(window);
         self.open_rx = OpenRx::AwaitBudget;
         // Waiting for our own budget is not the peer's stall.
@@ -1492,7 +1495,7 @@ impl Connection {
     fn note_payload_progress(&mut self, now: Instant, n: u64) {
         let Some((_, progressed)) = self.payload_deadline else { return };
         let progressed = progressed.saturating_add(n);
-        self.payload_deadline = if progressed >= u64::from(self.config.budget_window.max(1)) {
+        self.payload_deadline = if progressed >= u64::from(self.config.progress_window.max(1)) {
             Some((later(now, self.config.payload_timeout), 0))
         } else {
             self.payload_deadline.map(|(at, _)| (at, progressed))

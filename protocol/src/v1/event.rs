@@ -105,7 +105,7 @@ pub enum Event {
     /// A message being received needs budget for this many more payload bytes: its
     /// first window when its header was decoded (that request also stands for the
     /// message itself: count it as one message), then one window each time the previous
-    /// one is used up (see `Config::budget_window`). Reading stops until
+    /// one is used up (see `Config::first_window`). Reading stops until
     /// [`super::Connection::grant_budget`].
     NeedBudget {
         /// front + middle + data bytes.

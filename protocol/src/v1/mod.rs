@@ -65,7 +65,9 @@ mod rx;
 mod session;
 pub mod testing;
 
-pub use config::{AuthorizerHook, Config, CounterValues, Counters, DEFAULT_BUDGET_WINDOW};
+pub use config::{
+    AuthorizerHook, Config, CounterValues, Counters, DEFAULT_FIRST_WINDOW, DEFAULT_PROGRESS_WINDOW,
+};
 pub use connection::{Connection, SessionState, MAX_CONNECT_ATTEMPTS};
 pub use decide::{decide, AcceptRequest, Decision, ExistingSession, ExistingState};
 pub use event::{AuthVerdict, CloseReason, Event, Initiator, Opened};
