@@ -142,9 +142,6 @@ pub(crate) struct Mailbox {
     pub(crate) messages: VecDeque<(Message, Instant)>,
     /// What the messages in `messages` cost (`Message::send_cost`).
     pub(crate) queued_cost: u64,
-    /// What the driver holds of this connection's messages (in the protocol's queues
-    /// and its write list), as it last published it.
-    pub(crate) driver_cost: u64,
     pub(crate) commands: Vec<Command>,
     /// A notify is in flight (or the driver is about to drain): don't post another.
     pub(crate) notified: bool,
@@ -196,6 +193,10 @@ pub(crate) struct ConnShared {
     pub(crate) send_budget: Arc<SendBudget>,
     /// `mark_down` was called: no message of this connection is dispatched from then on.
     pub(crate) marked_down: AtomicBool,
+    /// What the driver holds of this connection's messages (in the protocol's queues
+    /// and its write list), as it last published it; with the mailbox's `queued_cost`,
+    /// what the per-connection send bound counts.
+    pub(crate) driver_cost: AtomicU64,
 }
 
 /// A handle to one connection (Ceph's `ConnectionRef`). Clone it freely and use it from
@@ -223,6 +224,7 @@ impl Connection {
             keepalive: Mutex::new((None, None)),
             send_budget,
             marked_down: AtomicBool::new(false),
+            driver_cost: AtomicU64::new(0),
         }))
     }
 
@@ -252,7 +254,7 @@ impl Connection {
             if mb.closed {
                 return Err(SendError::Closed);
             }
-            let held = mb.queued_cost + mb.driver_cost;
+            let held = mb.queued_cost + self.0.driver_cost.load(Ordering::Relaxed);
             if (held > 0 && held.saturating_add(cost) > budget.max_per_conn)
                 || !budget.try_charge(cost)
             {

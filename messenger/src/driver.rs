@@ -120,7 +120,7 @@ pub(crate) struct Driver {
     /// What `recv_held_bytes` last counted for this connection.
     recv_held: u64,
     /// What this driver holds of its connection's send bounds (published as the
-    /// mailbox's `driver_cost`): the protocol's queued and unacknowledged messages, and
+    /// connection's `driver_cost`): the protocol's queued and unacknowledged messages, and
     /// on a lossy session the framed bytes in `wsegs`.
     send_held: u64,
     /// Bytes in `wsegs`.
@@ -473,7 +473,7 @@ impl Driver {
             // The messages stay counted against the send bounds: as the driver's now.
             let moved: u64 = inbox.iter().map(|(m, _)| m.send_cost()).sum();
             mb.queued_cost = mb.queued_cost.saturating_sub(moved);
-            mb.driver_cost += moved;
+            self.conn.0.driver_cost.fetch_add(moved, std::sync::atomic::Ordering::Relaxed);
             self.send_held += moved;
             std::mem::take(&mut mb.commands)
         };
@@ -1073,7 +1073,7 @@ impl Driver {
             self.proto.send_held_cost() + framed
         };
         if send != self.send_held {
-            self.conn.0.mailbox.lock().driver_cost = send;
+            self.conn.0.driver_cost.store(send, std::sync::atomic::Ordering::Relaxed);
             self.conn.0.send_budget.adjust(self.send_held, send);
             self.send_held = send;
         }
