@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --release -p tests --example attack -- --kind stall
 //! cargo run --release -p tests --example attack -- --kind all --seconds 10
+//! cargo run --release -p tests --example attack -- --kind noread --send-bound 32
 //! ```
 //!
 //! Kinds (the attacks of issue 10):
@@ -43,11 +44,20 @@ struct Args {
     seconds: u64,
     size: usize,
     depth: u64,
+    /// The server's `max_queued_bytes` in MiB (its default otherwise).
+    send_bound: Option<u64>,
     serve: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { kind: "all".into(), seconds: 10, size: 4096, depth: 16, serve: false };
+    let mut a = Args {
+        kind: "all".into(),
+        seconds: 10,
+        size: 4096,
+        depth: 16,
+        send_bound: None,
+        serve: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_default();
@@ -56,6 +66,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = value().parse().unwrap_or(a.seconds),
             "--size" => a.size = value().parse().unwrap_or(a.size),
             "--depth" => a.depth = value().parse().unwrap_or(a.depth),
+            "--send-bound" => a.send_bound = value().parse().ok(),
             "--serve" => a.serve = true,
             _ => {
                 println!(
@@ -69,14 +80,20 @@ fn args() -> Args {
     a
 }
 
-/// The server's configuration: the defaults, printed with the results.
-fn server_config() -> MessengerConfig {
-    MessengerConfig { workers: 2, ..MessengerConfig::default() }
+/// The server's configuration: the defaults (but `--send-bound`), printed with the
+/// results.
+fn server_config(a: &Args) -> MessengerConfig {
+    let d = MessengerConfig::default();
+    let max_queued_bytes = a.send_bound.map_or(d.max_queued_bytes, |mib| mib << 20);
+    MessengerConfig { workers: 2, max_queued_bytes, ..d }
 }
 
-/// Answers the good client's messages on the worker (fast dispatch) with one of the
-/// same front; queues everything else for the dispatch thread, which stays blocked in
-/// its first `ms_dispatch` until the server exits (so queued messages are kept).
+/// Messages with a tid from here on are kept: queued for the dispatch thread, which
+/// stays blocked in its first `ms_dispatch` until the server exits (the `pin` kind).
+const KEEP_TID: u64 = 1 << 40;
+
+/// Answers every message on the worker (fast dispatch) with one of the same front,
+/// except those to keep (see [`KEEP_TID`]).
 struct Echo;
 
 impl Dispatcher<Connection> for Echo {
@@ -89,7 +106,7 @@ impl Dispatcher<Connection> for Echo {
         true
     }
     fn ms_can_fast_dispatch(&self, msg: &Message) -> bool {
-        msg.msg_type() == MSG_TEST
+        msg.tid() < KEEP_TID
     }
     fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
         let mut reply = Message::new(msg.msg_type(), msg.front().clone());
@@ -99,8 +116,8 @@ impl Dispatcher<Connection> for Echo {
 }
 
 /// Child mode: serve until stdin closes.
-fn serve() -> std::io::Result<()> {
-    let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, server_config())?;
+fn serve(a: &Args) -> std::io::Result<()> {
+    let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, server_config(a))?;
     srv.set_default_policy(Policy::stateless_server());
     srv.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     srv.start()?;
@@ -226,13 +243,26 @@ fn one_round(kind: &str, srv: EntityAddr, stop: &AtomicBool) {
         }
         "noread" => {
             let (mut sock, footer) = handshaken_socket(srv, Policy::lossy_client());
+            // Bounded writes, so the round notices `stop` even when the server stops
+            // reading us.
+            let _ = sock.set_write_timeout(Some(Duration::from_millis(200)));
             let front = vec![1u8; 4096];
-            let mut seq = 1;
+            let (mut seq, mut frame, mut at) = (0u64, Vec::new(), 0);
             while !stop.load(Ordering::Relaxed) {
-                if sock.write_all(&msg_frame(seq, seq, &front, footer)).is_err() {
-                    return;
+                if at == frame.len() {
+                    seq += 1;
+                    frame = msg_frame(seq, seq, &front, footer);
+                    at = 0;
                 }
-                seq += 1;
+                match sock.write(&frame[at..]) {
+                    Ok(n) => at += n,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => return,
+                }
             }
         }
         "pin" => {
@@ -248,7 +278,7 @@ fn one_round(kind: &str, srv: EntityAddr, stop: &AtomicBool) {
                 let header_crc = protocol::wire::ceph_crc32c(0, &dup[1..50]);
                 dup[50..54].copy_from_slice(&header_crc.to_le_bytes());
                 if stop.load(Ordering::Relaxed)
-                    || sock.write_all(&msg_frame(seq, seq, &[5u8; 100], footer)).is_err()
+                    || sock.write_all(&msg_frame(seq, KEEP_TID + seq, &[5u8; 100], footer)).is_err()
                     || sock.write_all(&dup).is_err()
                 {
                     return;
@@ -270,12 +300,13 @@ fn one_round(kind: &str, srv: EntityAddr, stop: &AtomicBool) {
     }
 }
 
-fn start_server() -> std::io::Result<(Child, EntityAddr)> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("--serve")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
+fn start_server(a: &Args) -> std::io::Result<(Child, EntityAddr)> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("--serve");
+    if let Some(mib) = a.send_bound {
+        cmd.args(["--send-bound", &mib.to_string()]);
+    }
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
     let out = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
     let mut line = String::new();
     BufReader::new(out).read_line(&mut line)?;
@@ -289,7 +320,7 @@ fn start_server() -> std::io::Result<(Child, EntityAddr)> {
 }
 
 fn run(kind: &str, a: &Args) -> std::io::Result<()> {
-    let (mut child, srv) = start_server()?;
+    let (mut child, srv) = start_server(a)?;
     let pid = child.id();
     let cli = Messenger::new(
         EntityName::new(EntityType::CLIENT, 1),
@@ -328,7 +359,7 @@ fn run(kind: &str, a: &Args) -> std::io::Result<()> {
         during
     });
     let alive = child.try_wait()?.is_none();
-    let c = server_config();
+    let c = server_config(a);
     println!(
         "{kind:>10}: good client {} B depth {}: before {before:>8.0} rt/s, during {during:>8.0} rt/s ({:>3.0} %) | server RSS before {:>6.1} MiB, max during {:>6.1} MiB | alive {alive} | attack rounds {}",
         a.size,
@@ -356,7 +387,7 @@ fn run(kind: &str, a: &Args) -> std::io::Result<()> {
 fn main() -> std::io::Result<()> {
     let a = args();
     if a.serve {
-        return serve();
+        return serve(&a);
     }
     let kinds: Vec<&str> = if a.kind == "all" { KINDS.to_vec() } else { vec![a.kind.as_str()] };
     for kind in kinds {
