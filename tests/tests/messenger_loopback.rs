@@ -191,8 +191,6 @@ impl Dispatcher<Connection> for AfterMark {
 /// prefix, and — Ceph's `mark_down` being synchronous — no answer is dispatched on the
 /// connection once `mark_down` has returned.
 #[test]
-#[ignore = "mark_down returns before the worker stops reading: answers read meanwhile are \
-            still dispatched (hardening lane, issue 10 item 7)"]
 fn mark_down_racing_a_stream_of_sends() {
     let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
     let cli = Messenger::new(EntityName::new(EntityType::CLIENT, 2), 2, test_config(2))
