@@ -15,6 +15,7 @@ pub mod message;
 pub mod messages;
 pub mod types;
 pub mod v1;
+pub mod v2;
 pub mod wire;
 
 pub use message::Message;
