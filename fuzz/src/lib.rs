@@ -11,6 +11,7 @@ pub mod cephx;
 pub mod pair;
 pub mod typed_messages;
 pub mod v1;
+pub mod v2;
 
 use bytes::Bytes;
 use protocol::encoding::{Decoder, Encoder};
@@ -171,6 +172,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("entity_addr", entity_addr),
     ("message_decoder", message_decoder),
     ("admin_command", admin::admin_command),
+    ("v2_frames", v2::v2_frames),
 ];
 
 #[cfg(test)]

@@ -249,3 +249,137 @@ fn crc_frames_from_the_document() {
     assert_eq!(&buf[28..32], &hex("47 01 8d 37")[..]);
     assert_eq!(&buf[155..], &hex("6d 12 0e c9")[..]);
 }
+
+/// Frames of one capture direction after the banner, with their wire ranges.
+fn frames_with_ranges(stream: &[u8]) -> Vec<(Frame, std::ops::Range<usize>)> {
+    let mut dec = FrameDecoder::new(FrameLimits::default());
+    let mut at = BANNER_LEN;
+    let mut out = Vec::new();
+    while at < stream.len() {
+        let (f, used) = decode_one(&mut dec, &stream[at..]);
+        out.push((f, at..at + used));
+        at += used;
+    }
+    out
+}
+
+fn end_of(frames: &[(Frame, std::ops::Range<usize>)], tag: Tag) -> usize {
+    frames.iter().find(|(f, _)| f.tag() == tag).map(|(_, r)| r.end).unwrap()
+}
+
+fn drain(conn: &mut protocol::v2::Connection, wire: &mut Vec<u8>) {
+    let mut segs = Vec::new();
+    while conn.poll_transmit(&mut segs) > 0 {}
+    for s in segs {
+        wire.extend_from_slice(&s);
+    }
+}
+
+// Our connect side, configured as the probe was (client.admin, lossy, the capture's
+// nonce, required = MSG_ADDR2 only) and fed the monitor's real bytes, writes exactly the
+// probe's handshake bytes: banner, HELLO, AUTH_REQUEST, AUTH_SIGNATURE, CLIENT_IDENT.
+#[test]
+fn connect_side_handshake_is_byte_exact_with_the_capture() {
+    use protocol::types::{
+        AuthEntityName, EntityAddr, EntityAddrVec, EntityName, EntityType, Features,
+    };
+    use protocol::v2::{Config, Connection, Event};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let c2s = data("crc.c2s");
+    let s2c = data("crc.s2c");
+    let ours = frames_with_ranges(&c2s);
+    let theirs = frames_with_ranges(&s2c);
+    let (ident_frame, _) = ours.iter().find(|(f, _)| f.tag() == Tag::CLIENT_IDENT).unwrap();
+    let ident = ClientIdent::from_segment(&ident_frame.segments[0]).unwrap();
+    let me = EntityAddr { addr: Some("0.0.0.0:0".parse().unwrap()), ..ident.addrs.addrs[0] };
+    let mut config = Config::new(
+        EntityName::new(EntityType::CLIENT, EntityName::NEW),
+        EntityAddrVec::single(me),
+        AuthEntityName::new(EntityType::CLIENT, "admin"),
+    );
+    config.features_required = Features::NONE;
+    let now = Instant::now();
+    let mon = ident.target_addr;
+    let mut conn = Connection::connect(
+        Arc::new(config),
+        protocol::v1::Policy::lossy_client(),
+        mon,
+        EntityType::MON,
+        now,
+    );
+    conn.handle_transport_connected(now);
+    let mut wire = Vec::new();
+    drain(&mut conn, &mut wire);
+    let upto = end_of(&theirs, Tag::SERVER_IDENT);
+    for chunk in s2c[..upto].chunks(7) {
+        conn.handle_bytes(now, Bytes::copy_from_slice(chunk));
+        drain(&mut conn, &mut wire);
+    }
+    let mut opened = false;
+    while let Some(ev) = conn.poll_event() {
+        opened |= matches!(ev, Event::Opened(_));
+    }
+    assert!(opened, "{conn}");
+    let handshake = end_of(&ours, Tag::CLIENT_IDENT);
+    assert_eq!(wire.len(), handshake);
+    assert_eq!(wire, &c2s[..handshake], "our connector's handshake bytes");
+}
+
+// Our accept side, configured as the monitor was (its addresses, gid 0, required
+// features, global_seq counter and global id) and fed the probe's real bytes, writes
+// exactly the monitor's handshake bytes: banner, HELLO, AUTH_DONE, AUTH_SIGNATURE,
+// SERVER_IDENT.
+#[test]
+fn accept_side_handshake_is_byte_exact_with_the_capture() {
+    use protocol::types::{AuthEntityName, EntityName, EntityType, Features};
+    use protocol::v2::auth::AuthNoneProvider;
+    use protocol::v2::{decide, Config, Connection, Event};
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    use std::time::Instant;
+    let c2s = data("crc.c2s");
+    let s2c = data("crc.s2c");
+    let ours = frames_with_ranges(&c2s);
+    let theirs = frames_with_ranges(&s2c);
+    let seg = |tag| {
+        theirs.iter().find(|(f, _)| f.tag() == tag).map(|(f, _)| f.segments[0].clone()).unwrap()
+    };
+    let hello = Hello::from_segment(&seg(Tag::HELLO)).unwrap();
+    let done = AuthDone::from_segment(&seg(Tag::AUTH_DONE)).unwrap();
+    let si = ServerIdent::from_segment(&seg(Tag::SERVER_IDENT)).unwrap();
+    let mut config = Config::new(
+        EntityName::new(EntityType::MON, si.gid),
+        si.addrs.clone(),
+        AuthEntityName::new(EntityType::MON, "a"),
+    );
+    config.features_required = Features(si.required_features.0 & !Features::MSG_ADDR2.0);
+    config.global_seq = Arc::new(AtomicU64::new(si.global_seq - 1));
+    config.auth = Arc::new(
+        AuthNoneProvider::new(AuthEntityName::new(EntityType::MON, "a"))
+            .with_first_global_id(done.global_id),
+    );
+    let my_addrs = config.my_addrs.clone();
+    let now = Instant::now();
+    let socket_peer = hello.peer_addr.addr.unwrap();
+    let socket_local = si.addrs.addrs[0].addr.unwrap();
+    let mut conn = Connection::accept(Arc::new(config), socket_peer, socket_local, now);
+    let mut wire = Vec::new();
+    drain(&mut conn, &mut wire);
+    let upto = end_of(&ours, Tag::CLIENT_IDENT);
+    for chunk in c2s[..upto].chunks(5) {
+        conn.handle_bytes(now, Bytes::copy_from_slice(chunk));
+        while let Some(ev) = conn.poll_event() {
+            if let Event::AcceptRequest(req) = ev {
+                let policy = protocol::v1::Policy::stateless_server();
+                let d = decide(&req, None, &policy, &my_addrs);
+                conn.handle_accept_decision(now, policy, d, None);
+            }
+        }
+        drain(&mut conn, &mut wire);
+    }
+    assert!(conn.is_open(), "{conn}");
+    let handshake = end_of(&theirs, Tag::SERVER_IDENT);
+    assert_eq!(wire.len(), handshake);
+    assert_eq!(wire, &s2c[..handshake], "our acceptor's handshake bytes");
+}

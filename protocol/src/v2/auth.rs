@@ -232,6 +232,13 @@ impl AuthNoneProvider {
             modes: vec![ConMode::CRC],
         }
     }
+
+    /// The same, handing out global ids from `first` on (an acceptor playing a
+    /// monitor).
+    pub fn with_first_global_id(self, first: u64) -> Self {
+        self.next_global_id.store(first, Ordering::Relaxed);
+        self
+    }
 }
 
 impl AuthProvider for AuthNoneProvider {

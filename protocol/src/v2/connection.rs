@@ -1460,7 +1460,9 @@ impl Connection {
         self.keepalive_due = self.config.keepalive_interval.map(|every| now + every);
         self.auth = AuthState::default();
         let peer_type = self.peer_type.unwrap_or(EntityType::ANY);
-        let peer_addr = self.peer_addr.unwrap_or_else(|| msgr2_addr(&self.peer_addrs));
+        // The peer's v2 address, else its first one (a client's ANY address).
+        let peer_addr =
+            self.peer_addr.or_else(|| self.peer_addrs.addrs.first().copied()).unwrap_or_default();
         log::info!(target: LOG, "{self}: open, {} mode, features {:#x}, lossy {}", self.con_mode, self.session.features.bits(), self.lossy);
         self.events.push_back(Event::Opened(Opened {
             peer_addr,
