@@ -40,6 +40,17 @@ fn ids(received: &[Message]) -> Vec<u32> {
     received.iter().map(|m| u32::from_le_bytes(m.front()[..4].try_into().unwrap())).collect()
 }
 
+/// A lossless client and a stateful server authenticating with the two-round test
+/// method in `modes`.
+fn test_auth_pair(modes: &[ConMode]) -> Pair {
+    Pair::with_test_auth(
+        Instant::now(),
+        Policy::lossless_client(),
+        Policy::stateful_server(),
+        modes,
+    )
+}
+
 fn client_server() -> Pair {
     Pair::new(Instant::now(), Policy::lossless_client(), Policy::stateful_server())
 }
@@ -249,12 +260,7 @@ fn wrong_key_is_refused() {
 #[test]
 fn delivery_byte_by_byte_crc_and_secure() {
     for modes in [&[ConMode::CRC][..], &[ConMode::SECURE][..]] {
-        let mut p = Pair::with_test_auth(
-            Instant::now(),
-            Policy::lossless_client(),
-            Policy::stateful_server(),
-            modes,
-        );
+        let mut p = test_auth_pair(modes);
         p.splitter = Some(Box::new(|_| 1));
         let p = exchange_is_byte_exact(p);
         let a = p.session_ep(0).unwrap();
@@ -270,12 +276,7 @@ fn delivery_in_random_splits() {
         let seed = base.wrapping_add(i);
         let mut rng = SmallRng::seed_from_u64(seed);
         let modes = if seed % 2 == 0 { [ConMode::SECURE] } else { [ConMode::CRC] };
-        let mut p = Pair::with_test_auth(
-            Instant::now(),
-            Policy::lossless_client(),
-            Policy::stateful_server(),
-            &modes,
-        );
+        let mut p = test_auth_pair(&modes);
         let mut r2 = SmallRng::seed_from_u64(seed ^ 0xdead);
         p.splitter = Some(Box::new(move |n| r2.gen_range(1..=n)));
         let n = rng.gen_range(1..20);
@@ -291,14 +292,7 @@ fn delivery_in_random_splits() {
 
 /// The bytes delivered for a handshake plus three messages, in `modes`.
 fn cut_everywhere(modes: &[ConMode]) {
-    let make = || {
-        Pair::with_test_auth(
-            Instant::now(),
-            Policy::lossless_client(),
-            Policy::stateful_server(),
-            modes,
-        )
-    };
+    let make = || test_auth_pair(modes);
     let mut p = make();
     for i in 0..3 {
         p.send(0, msg(i));
@@ -343,21 +337,11 @@ fn cut_at_every_byte_offset_loses_nothing_secure() {
 #[test]
 fn tampered_bytes_fault_and_lossless_resend_recovers() {
     for modes in [[ConMode::CRC], [ConMode::SECURE]] {
-        let mut probe = Pair::with_test_auth(
-            Instant::now(),
-            Policy::lossless_client(),
-            Policy::stateful_server(),
-            &modes,
-        );
+        let mut probe = test_auth_pair(&modes);
         probe.connect(0);
         probe.drive();
         let handshake = probe.links[0].sent[1];
-        let mut p = Pair::with_test_auth(
-            Instant::now(),
-            Policy::lossless_client(),
-            Policy::stateful_server(),
-            &modes,
-        );
+        let mut p = test_auth_pair(&modes);
         // Inside the first MESSAGE: its front (crc) / its first GCM block (secure).
         p.tamper = Some((1, handshake + 60, 0x40));
         p.send(0, msg(7));
@@ -374,23 +358,13 @@ fn tampered_bytes_fault_and_lossless_resend_recovers() {
 #[test]
 fn tampered_handshake_byte_anywhere_is_detected() {
     for modes in [[ConMode::CRC], [ConMode::SECURE]] {
-        let mut probe = Pair::with_test_auth(
-            Instant::now(),
-            Policy::lossless_client(),
-            Policy::stateful_server(),
-            &modes,
-        );
+        let mut probe = test_auth_pair(&modes);
         probe.connect(0);
         probe.drive();
         let sent = probe.links[0].sent;
         for (to, &len) in sent.iter().enumerate() {
             for off in (0..len).step_by(3) {
-                let mut p = Pair::with_test_auth(
-                    Instant::now(),
-                    Policy::lossless_client(),
-                    Policy::stateful_server(),
-                    &modes,
-                );
+                let mut p = test_auth_pair(&modes);
                 p.tamper = Some((to, off, 0x10));
                 p.send(0, msg(1));
                 p.run_for(Duration::from_secs(30));

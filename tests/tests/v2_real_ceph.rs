@@ -23,8 +23,12 @@ use protocol::messages::{MMonMap, MMonSubscribe, MsgType, TypedMessage};
 use protocol::types::{
     AddrType, AuthEntityName, EntityAddr, EntityAddrVec, EntityName, EntityType, Features,
 };
+use protocol::v1::ExistingState;
 use protocol::v1::Policy;
-use protocol::v2::{decide, ConMode, Config, Connection, Event};
+use protocol::v2::{
+    decide, AcceptRequest, ConMode, Config, Connection, Decision, Event, ExistingSession,
+    RequestKind, Session,
+};
 use protocol::wire::KeepaliveStamp;
 use protocol::Message;
 use tests::ceph::CephMon;
@@ -37,6 +41,25 @@ fn pump(
     stream: &mut TcpStream,
     deadline: Instant,
     my_addrs: &EntityAddrVec,
+    stop: impl FnMut(&Event) -> bool,
+) -> Event {
+    let my_addrs = my_addrs.clone();
+    let mut stateless = move |req: &AcceptRequest| {
+        let policy = Policy::stateless_server();
+        (policy, decide(req, None, &policy, &my_addrs), None)
+    };
+    pump_with(conn, stream, deadline, &mut stateless, stop)
+}
+
+/// How a test answers an accept request: policy, decision, transferred session.
+type OnAccept<'a> = dyn FnMut(&AcceptRequest) -> (Policy, Decision, Option<Session>) + 'a;
+
+/// [`pump`] with the accept decision made by `on_accept`.
+fn pump_with(
+    conn: &mut Connection,
+    stream: &mut TcpStream,
+    deadline: Instant,
+    on_accept: &mut OnAccept<'_>,
     mut stop: impl FnMut(&Event) -> bool,
 ) -> Event {
     stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
@@ -56,12 +79,13 @@ fn pump(
             match &ev {
                 Event::NeedBudget { .. } => conn.grant_budget(now),
                 Event::AcceptRequest(req) => {
-                    let policy = Policy::stateless_server();
-                    let d = decide(req, None, &policy, my_addrs);
-                    conn.handle_accept_decision(now, policy, d, None);
+                    let (policy, d, transferred) = on_accept(req);
+                    conn.handle_accept_decision(now, policy, d, transferred);
                 }
                 Event::Closed { by, reason } => panic!("{conn}: closed by {by:?}: {reason}"),
-                Event::Reconnect { .. } => panic!("{conn}: handshake failed, reconnect wanted"),
+                Event::Reconnect { .. } if !stop(&ev) => {
+                    panic!("{conn}: handshake failed, reconnect wanted")
+                }
                 _ => {}
             }
             if stop(&ev) {
@@ -247,4 +271,182 @@ fn accept_side_dialled_by_real_ceph_cli_over_v2() {
         "IP learned from our HELLO"
     );
     assert_eq!(m.src().unwrap().to_string(), "client.?", "gid -1 before a global id");
+}
+
+/// The session table entry the messenger would hold for `conn`.
+fn existing_of(conn: &Connection) -> ExistingSession {
+    let (client_cookie, server_cookie) = conn.cookies();
+    let (_, _, connect_seq, peer_global_seq) = conn.seqs();
+    ExistingSession {
+        state: match conn.state() {
+            protocol::v1::SessionState::Open => ExistingState::Open,
+            protocol::v1::SessionState::Standby => ExistingState::Standby,
+            protocol::v1::SessionState::Closed => ExistingState::Closed,
+            _ => ExistingState::Connecting,
+        },
+        client_cookie,
+        server_cookie,
+        connect_seq,
+        peer_global_seq,
+        lossy: conn.is_lossy(),
+        server_side: conn.policy().server,
+        replacing: false,
+    }
+}
+
+fn ping() -> Message {
+    let mut m = Message::new(MsgType::PING.0, Bytes::new());
+    m.set_version(1);
+    m.set_compat_version(1);
+    m.set_priority(PRIO_DEFAULT);
+    m
+}
+
+// msgr-v2.md 7.2-7.4 [V: S1, S8, S9]: the session layer against a real monitor, as a
+// lossless mon-type peer (the only lossless policy a monitor has).
+// 1. CLIENT_IDENT with a cookie → SERVER_IDENT (flags 0, server cookie); MPing answered.
+// 2. We drop TCP with the reply unacked; the monitor dials our address back as a
+//    connector and sends SESSION_RECONNECT with both cookies to our accept side, which
+//    takes the session over (decide → Replace) and answers RECONNECT_OK(in_seq 1): the
+//    monitor resends nothing, and the next MPing reply is seq 2.
+// 3. That connection drops too; our side (now holding the session) redials the monitor
+//    with SESSION_RECONNECT, through SESSION_RETRY / WAIT as the monitor's own redials
+//    fail, to RECONNECT_OK; the next reply is seq 3.
+#[test]
+fn lossless_session_resumes_both_ways_with_real_monitor() {
+    let Some(mon) =
+        CephMon::start_msgr2_only("lossless_session_resumes_both_ways_with_real_monitor")
+            .expect("start ceph-mon")
+    else {
+        return;
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let local = listener.local_addr().unwrap();
+    let nonce = std::process::id() | 1;
+    let me = EntityAddrVec::single(v2_addr(local, nonce));
+    let mut config = Config::new(
+        EntityName::new(EntityType::MON, 9),
+        me.clone(),
+        AuthEntityName::new(EntityType::MON, "yy"),
+    );
+    // Races against the monitor's own redials resolve by WAIT + backoff: keep it short.
+    config.initial_backoff = Duration::from_millis(50);
+    config.max_backoff = Duration::from_millis(300);
+    let config = Arc::new(config);
+    let policy = Policy::lossless_peer_reuse();
+    let now = Instant::now();
+    let deadline = now + Duration::from_secs(60);
+    let mon_addr = v2_addr(mon.addr(), 0);
+
+    // 1. A lossless session.
+    let mut conn = Connection::connect(config.clone(), policy, mon_addr, EntityType::MON, now);
+    let mut stream = TcpStream::connect(mon.addr()).expect("dial monitor");
+    conn.handle_transport_connected(Instant::now());
+    let opened = pump(&mut conn, &mut stream, deadline, &me, |e| matches!(e, Event::Opened(_)));
+    let Event::Opened(o) = opened else { unreachable!() };
+    assert!(!o.lossy, "a monitor keeps mon-type peers lossless (SERVER_IDENT flags 0)");
+    let (cc, sc) = conn.cookies();
+    assert!(cc != 0 && sc != 0, "both cookies: {cc:#x} {sc:#x}");
+    conn.send_message(ping());
+    let ev = pump(&mut conn, &mut stream, deadline, &me, |e| matches!(e, Event::Message(_)));
+    let Event::Message(m) = ev else { unreachable!() };
+    assert_eq!((m.msg_type(), m.seq()), (MsgType::PING.0, 1));
+
+    // 2. Drop TCP before our ACK goes out; the monitor dials us back.
+    drop(stream);
+    conn.handle_transport_closed(Instant::now());
+    while conn.poll_event().is_some() {}
+    assert_eq!(conn.state(), protocol::v1::SessionState::Standby, "{conn}");
+    listener.set_nonblocking(false).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let l2 = listener.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let _ = tx.send(l2.accept());
+    });
+    let (mut back, peer) =
+        rx.recv_timeout(Duration::from_secs(20)).expect("the monitor dialled back").unwrap();
+    let mut acc = Connection::accept(config.clone(), peer, local, Instant::now());
+    let mut seen = None;
+    let mut old = Some(conn);
+    let mut on_accept = |req: &AcceptRequest| {
+        let existing = old.as_ref().map(existing_of);
+        let d = decide(req, existing.as_ref(), &policy, &me);
+        seen = Some((req.kind, d));
+        let moved = match d {
+            Decision::Replace { reset_existing: false, .. } => {
+                old.as_mut().and_then(Connection::take_session)
+            }
+            _ => None,
+        };
+        (policy, d, moved)
+    };
+    let ev =
+        pump_with(&mut acc, &mut back, deadline, &mut on_accept, |e| matches!(e, Event::Opened(_)));
+    let Event::Opened(o) = ev else { unreachable!() };
+    let (kind, d) = seen.expect("an accept request");
+    let RequestKind::Reconnect { client_cookie, server_cookie, msg_seq, .. } = kind else {
+        panic!("the monitor resumed with {kind:?}")
+    };
+    assert_eq!((client_cookie, server_cookie), (cc, sc), "the session keeps its cookies");
+    assert_eq!(msg_seq, 1, "the monitor got our MPing");
+    assert_eq!(d, Decision::Replace { reset_existing: false, remote_reset: false });
+    assert!(o.resumed);
+    acc.send_message(ping());
+    let ev = pump(&mut acc, &mut back, deadline, &me, |e| matches!(e, Event::Message(_)));
+    let Event::Message(m) = ev else { unreachable!() };
+    assert_eq!(m.seq(), 2, "nothing resent, numbering continues");
+    assert_eq!(acc.duplicates_dropped(), 0);
+
+    // 3. Stop accepting; drop this connection (our side parks in standby: nothing is
+    // pending); a new message wakes it and it redials with SESSION_RECONNECT.
+    drop(listener);
+    drop(back);
+    acc.handle_transport_closed(Instant::now());
+    while acc.poll_event().is_some() {}
+    assert_eq!(acc.state(), protocol::v1::SessionState::Standby, "{acc}");
+    acc.send_message(ping());
+    let mut attempts = 0;
+    let mut stream = None;
+    let ev = loop {
+        let Some(ev) = acc.poll_event() else {
+            if let Some(t) = acc.poll_timeout() {
+                std::thread::sleep(t.saturating_duration_since(Instant::now()));
+                acc.handle_timeout(Instant::now());
+                continue;
+            }
+            panic!("{acc}: neither an event nor a timer");
+        };
+        match ev {
+            Event::Reconnect { .. } => {
+                attempts += 1;
+                assert!(attempts < 50, "{acc}: no end to reconnecting");
+                let mut s = TcpStream::connect(mon.addr()).expect("redial monitor");
+                acc.handle_transport_connected(Instant::now());
+                let ev = pump(&mut acc, &mut s, deadline, &me, |e| {
+                    matches!(e, Event::Opened(_) | Event::Reconnect { .. })
+                });
+                if matches!(ev, Event::Opened(_)) {
+                    stream = Some(s);
+                    break ev;
+                }
+                // WAIT or a race: back off and try again (the event is requeued below).
+                while let Some(e) = acc.poll_event() {
+                    assert!(!matches!(e, Event::Closed { .. }), "{acc}: closed");
+                }
+                continue;
+            }
+            Event::Opened(_) => break ev,
+            Event::Closed { by, reason } => panic!("{acc}: closed by {by:?}: {reason}"),
+            _ => {}
+        }
+    };
+    let Event::Opened(o) = ev else { unreachable!() };
+    assert!(o.resumed, "SESSION_RECONNECT_OK, not a new session");
+    assert_eq!(acc.cookies(), (cc, sc));
+    let mut stream = stream.expect("connected");
+    let ev = pump(&mut acc, &mut stream, deadline, &me, |e| matches!(e, Event::Message(_)));
+    let Event::Message(m) = ev else { unreachable!() };
+    assert_eq!(m.seq(), 3, "numbering continues across both resumptions");
+    assert_eq!(acc.seqs().1, 3, "we sent three messages in the session");
+    assert_eq!(acc.duplicates_dropped(), 0);
 }

@@ -150,9 +150,11 @@ pub struct AuthNoneClient {
 
 impl AuthNoneClient {
     /// A client for `name` (e.g. `client.admin`) with `global_id` (0 when it has
-    /// none yet), talking to a peer of `peer_type`.
+    /// none yet), talking to a peer of `peer_type`. A monitor authenticates other
+    /// monitors with an authorizer, like every other daemon pair (msgr-v2.md 5.2).
     pub fn new(name: AuthEntityName, global_id: u64, peer_type: EntityType) -> Self {
-        AuthNoneClient { name, global_id, to_monitor: peer_type == EntityType::MON }
+        let i_am_mon = name.ty == u32::from(EntityType::MON.0);
+        AuthNoneClient { name, global_id, to_monitor: peer_type == EntityType::MON && !i_am_mon }
     }
 }
 
@@ -278,7 +280,6 @@ mod tests {
         assert_eq!(&b[..], b"\x0a\x08\x00\x00\x00\x05\x00\x00\x00admin\0\0\0\0\0\0\0\0");
         let mut m =
             AuthNoneClient::new(AuthEntityName::new(EntityType::MON, "a"), 0, EntityType::MON);
-        m.to_monitor = false;
         assert_eq!(
             &m.build_request().unwrap()[..],
             b"\x01\x01\x00\x00\x00\x01\x00\x00\x00a\0\0\0\0\0\0\0\0"

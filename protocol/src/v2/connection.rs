@@ -20,7 +20,7 @@ use crate::v1::{
 use crate::wire::{FooterFlags, KeepaliveStamp, MsgFooter, MsgHeader};
 
 use super::auth::{
-    filter_modes, pick_mode, AuthClient, AuthRole, AuthServer, AuthStep, EOPNOTSUPP,
+    filter_modes, pick_mode, AuthClient, AuthOutcome, AuthRole, AuthServer, AuthStep, EOPNOTSUPP,
 };
 use super::banner::{Banner, Msgr2Features, BANNER_HEAD_LEN};
 use super::config::Config;
@@ -1027,21 +1027,27 @@ impl Connection {
                     .map_err(Fault::Decode)?;
                 self.global_id = done.global_id;
                 self.con_mode = done.con_mode;
-                // The transcript ends with AUTH_DONE, received (ours) and sent (theirs).
-                self.auth.recording = false;
-                self.auth.session_key = outcome.session_key.clone();
-                let sig = AuthSignature::compute(
-                    self.auth.session_key.as_deref(),
-                    &self.auth.rx_transcript,
-                );
-                self.auth.rx_transcript = Vec::new();
-                self.install_mode(&outcome.connection_secret)?;
-                self.send_control(&sig);
-                self.set_state(State::AwaitAuthSignature);
+                // The connector's transcripts end with the AUTH_DONE it read.
+                self.finish_auth(outcome)?;
                 Ok(true)
             }
             other => Err(self.unexpected(other)),
         }
+    }
+
+    /// After AUTH_DONE (read by a connector, written by an acceptor): stop recording
+    /// the transcript, switch to the negotiated mode and send our AUTH_SIGNATURE over
+    /// what we received (Ceph's `finish_auth` / the tail of `handle_auth_done`).
+    fn finish_auth(&mut self, outcome: AuthOutcome) -> Result<(), Fault> {
+        self.auth.recording = false;
+        self.auth.session_key = outcome.session_key;
+        let sig =
+            AuthSignature::compute(self.auth.session_key.as_deref(), &self.auth.rx_transcript);
+        self.auth.rx_transcript = Vec::new();
+        self.install_mode(&outcome.connection_secret)?;
+        self.send_control(&sig);
+        self.set_state(State::AwaitAuthSignature);
+        Ok(())
     }
 
     /// Switches both directions to the negotiated mode (after AUTH_DONE).
@@ -1213,7 +1219,7 @@ impl Connection {
         Ok(true)
     }
 
-    fn on_auth_request(&mut self, now: Instant, f: &Frame) -> Result<bool, Fault> {
+    fn on_auth_request(&mut self, _now: Instant, f: &Frame) -> Result<bool, Fault> {
         self.count_round()?;
         let peer_type = self.peer_type.unwrap_or(EntityType::ANY);
         let provider = self.config.auth.clone();
@@ -1269,18 +1275,8 @@ impl Connection {
                 self.global_id = global_id;
                 self.con_mode = mode;
                 self.send_control(&AuthDone { global_id, con_mode: mode, payload });
-                // The acceptor's transcript ends with the AUTH_DONE it wrote.
-                self.auth.recording = false;
-                self.auth.session_key = outcome.session_key.clone();
-                let sig = AuthSignature::compute(
-                    self.auth.session_key.as_deref(),
-                    &self.auth.rx_transcript,
-                );
-                self.auth.rx_transcript = Vec::new();
-                self.install_mode(&outcome.connection_secret)?;
-                self.send_control(&sig);
-                self.set_state(State::AwaitAuthSignature);
-                let _ = now;
+                // The acceptor's transcripts end with the AUTH_DONE it wrote.
+                self.finish_auth(outcome)?;
             }
         }
         Ok(true)
