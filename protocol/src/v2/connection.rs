@@ -943,11 +943,13 @@ impl Connection {
                 }
             }
         }
-        self.start_auth(now)?;
-        Ok(true)
+        self.start_auth(now)
     }
 
-    fn start_auth(&mut self, _now: Instant) -> Result<(), Fault> {
+    /// Sends AUTH_REQUEST with our next untried method; with none left we give up for
+    /// good (Ceph's `get_auth_request` failing: stop + reset). Returns whether to go on
+    /// reading.
+    fn start_auth(&mut self, _now: Instant) -> Result<bool, Fault> {
         let peer_type = self.peer_type.unwrap_or(EntityType::ANY);
         let provider = self.config.auth.clone();
         for method in provider.methods(AuthRole::Connector, peer_type) {
@@ -966,9 +968,10 @@ impl Connection {
             self.auth.client = Some(client);
             self.send_control(&AuthRequest { method, preferred_modes: modes, payload });
             self.set_state(State::AwaitAuthReply);
-            return Ok(());
+            return Ok(true);
         }
-        Err(Fault::Misbehaved("no auth method left that the peer allows"))
+        self.refuse("no auth method left that both sides allow");
+        Ok(false)
     }
 
     fn count_round(&mut self) -> Result<(), Fault> {
@@ -987,23 +990,14 @@ impl Connection {
                 log::info!(target: LOG, "{self}: auth method {} refused ({}), allowed {:?} modes {:?}", bad.method, bad.result, bad.allowed_methods, bad.allowed_modes);
                 self.auth.tried.push(self.auth.method);
                 self.auth.client = None;
+                // Only methods the peer allows are worth another request.
                 let peer_type = self.peer_type.unwrap_or(EntityType::ANY);
-                let ours = self.config.auth.methods(AuthRole::Connector, peer_type);
-                let next = ours
-                    .iter()
-                    .any(|m| !self.auth.tried.contains(m) && bad.allowed_methods.contains(m));
-                if !next {
-                    self.refuse("authentication refused by the peer");
-                    return Ok(false);
-                }
-                // Only retry methods the peer allows.
-                for m in ours {
+                for m in self.config.auth.methods(AuthRole::Connector, peer_type) {
                     if !bad.allowed_methods.contains(&m) && !self.auth.tried.contains(&m) {
                         self.auth.tried.push(m);
                     }
                 }
-                self.start_auth(now)?;
-                Ok(true)
+                self.start_auth(now)
             }
             Tag::AUTH_REPLY_MORE => {
                 let more = AuthReplyMore::from_segment(&f.segments[0]).map_err(Fault::Decode)?;

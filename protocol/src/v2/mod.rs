@@ -86,6 +86,24 @@
 //!   budget; the budget is released with the next message, as for any message.
 //! * The accept side enforces the handshake timeout (`ms_connection_ready_timeout`).
 
+//!
+//! # Toward the protocol seam
+//!
+//! Already shared with v1 (used, not copied): the session's seqs and queues
+//! ([`crate::v1::Session`] inside [`Session`]: in/out seq, priority queue, sent list,
+//! requeue and discard), the fault policy ([`crate::v1::fault_action`]), [`crate::v1::Policy`],
+//! [`crate::v1::Opened`] / [`crate::v1::CloseReason`] / [`crate::v1::Initiator`],
+//! [`crate::v1::SessionState`], [`crate::v1::ExistingState`] and v1's receive buffer.
+//! Both machines expose the same inputs, commands, outputs and queries (this module's
+//! list above is v1's minus `handle_authorizer_verdict` and the direct-read pair), and
+//! their `Event`s differ only in the accept request (and v1's `VerifyAuthorizer`, which
+//! the auth seam will absorb). What remains written twice until the restructure: the
+//! shell around the fault policy (`fault`, `start_reconnect`, `wake_from_standby`),
+//! timers and keepalive bookkeeping (`handle_timeout`, `poll_timeout`, `stamp_at`), the
+//! open-session receive bookkeeping (in_seq, gap log, ack_pending, duplicates) and the
+//! transmit loop around the framing, `finish` / `refuse` / `drop_stale_requests`, the
+//! accessors, [`Config`]'s timers and global_seq counter, and the test [`testing::Pair`].
+
 pub mod auth;
 pub mod banner;
 mod config;

@@ -1,0 +1,486 @@
+//! One msgr2 machine against a scripted peer writing raw frames: the edge cases of
+//! msgr-v2.md that a well-behaved peer never produces (the probe's experiments E1-E21
+//! where they apply to us): wrong banners, oversize lengths, frames out of phase, bad
+//! signatures, bad idents, aborted and malformed epilogues, duplicates, unknown tags.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use protocol::types::{AddrType, EntityAddr, EntityAddrVec, EntityType, Features};
+use protocol::v1::{CloseReason, Fault, Policy};
+use protocol::v2::banner::{Banner, Msgr2Features, BANNER_LEN};
+use protocol::v2::frames::*;
+use protocol::v2::framing::{
+    Frame, FrameDecoder, FrameEncoder, FrameLimits, FrameProgress, Preamble, SegmentDesc,
+};
+use protocol::v2::testing::{node_config, v2_addr};
+use protocol::v2::{decide, ConMode, Connection, Event, Tag};
+
+fn sa(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One control frame in crc mode.
+fn frame<F: ControlFrame>(f: &F) -> Vec<u8> {
+    raw_frame(F::TAG, &[&f.to_segment()])
+}
+
+fn raw_frame(tag: Tag, segs: &[&Bytes]) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    FrameEncoder::crc().encode(tag, segs, &mut buf, &mut out).unwrap();
+    out.push(buf.freeze());
+    out.concat()
+}
+
+/// The machine's output so far.
+fn output(conn: &mut Connection) -> Vec<u8> {
+    let mut segs = Vec::new();
+    while conn.poll_transmit(&mut segs) > 0 {}
+    segs.concat()
+}
+
+/// The frames in `wire` (crc mode), after `skip` bytes.
+fn frames(wire: &[u8], skip: usize) -> Vec<Frame> {
+    let all = Bytes::copy_from_slice(wire);
+    let mut dec = FrameDecoder::new(FrameLimits::default());
+    let mut at = skip;
+    let mut out = Vec::new();
+    loop {
+        if dec.is_paused() {
+            dec.proceed().unwrap();
+        }
+        let n = dec.need();
+        if at + n > all.len() {
+            return out;
+        }
+        let piece = all.slice(at..at + n);
+        at += n;
+        if let FrameProgress::Frame(f) = dec.advance(piece).unwrap() {
+            out.push(f);
+        }
+    }
+}
+
+fn events(conn: &mut Connection) -> Vec<Event> {
+    std::iter::from_fn(|| conn.poll_event()).collect()
+}
+
+fn closed_by_fault(evs: &[Event]) -> Option<Fault> {
+    evs.iter().find_map(|e| match e {
+        Event::Closed { reason: CloseReason::Fault(f), .. } => Some(f.clone()),
+        _ => None,
+    })
+}
+
+/// A monitor-like acceptor (mon.0 at v2 127.0.0.1:6789/0, auth none) and a raw client.
+struct Acceptor {
+    conn: Connection,
+    now: Instant,
+    /// What the acceptor wrote so far.
+    wire: Vec<u8>,
+}
+
+impl Acceptor {
+    fn new() -> Self {
+        let now = Instant::now();
+        let conn = Connection::accept(Arc::new(node_config(0, 6789, 0)), sa(40000), sa(6789), now);
+        let mut a = Acceptor { conn, now, wire: Vec::new() };
+        a.flush();
+        a
+    }
+
+    fn flush(&mut self) {
+        let out = output(&mut self.conn);
+        self.wire.extend_from_slice(&out);
+    }
+
+    fn feed(&mut self, b: &[u8]) -> Vec<Event> {
+        self.conn.handle_bytes(self.now, Bytes::copy_from_slice(b));
+        let mut evs = events(&mut self.conn);
+        // Answer accept requests as a stateless server.
+        let mut more = Vec::new();
+        for e in &evs {
+            if let Event::AcceptRequest(req) = e {
+                let policy = Policy::stateless_server();
+                let me = EntityAddrVec::single(v2_addr(6789, 0));
+                let d = decide(req, None, &policy, &me);
+                self.conn.handle_accept_decision(self.now, policy, d, None);
+                more.extend(events(&mut self.conn));
+            }
+        }
+        evs.extend(more);
+        self.flush();
+        evs
+    }
+
+    /// Frames the acceptor sent after its banner.
+    fn sent(&self) -> Vec<Frame> {
+        frames(&self.wire, BANNER_LEN)
+    }
+
+    /// Banner + HELLO from a client.
+    fn hello(&mut self) {
+        let mut b = Banner::OURS.to_bytes().to_vec();
+        b.extend(frame(&Hello { entity_type: EntityType::CLIENT, peer_addr: v2_addr(6789, 0) }));
+        assert!(self.feed(&b).is_empty());
+    }
+
+    /// Through AUTH (none) and both signatures.
+    fn authenticated(&mut self) {
+        self.hello();
+        self.feed(&frame(&auth_none_request(vec![ConMode::CRC])));
+        assert_eq!(self.sent().last().unwrap().tag(), Tag::AUTH_SIGNATURE);
+        assert!(self.feed(&frame(&AuthSignature::default())).is_empty());
+    }
+
+    /// Through SERVER_IDENT (a lossy client).
+    fn ready(&mut self) {
+        self.authenticated();
+        let evs = self.feed(&frame(&client_ident()));
+        assert!(evs.iter().any(|e| matches!(e, Event::Opened(_))), "{evs:?}");
+    }
+}
+
+fn auth_none_request(modes: Vec<ConMode>) -> AuthRequest {
+    AuthRequest {
+        method: protocol::types::AUTH_NONE,
+        preferred_modes: modes,
+        payload: Bytes::from_static(b"\x0a\x08\x00\x00\x00\x05\x00\x00\x00admin\0\0\0\0\0\0\0\0"),
+    }
+}
+
+fn client_ident() -> ClientIdent {
+    ClientIdent {
+        addrs: EntityAddrVec::single(EntityAddr { ty: AddrType::ANY, nonce: 5, addr: Some(sa(0)) }),
+        target_addr: v2_addr(6789, 0),
+        gid: -1,
+        global_seq: 1,
+        supported_features: Features::PACIFIC_ADVERTISED,
+        required_features: Features::MSG_ADDR2,
+        flags: IDENT_FLAG_LOSSY,
+        client_cookie: 0,
+    }
+}
+
+fn message(seq: u64, late: Option<u8>) -> Vec<u8> {
+    let h = MsgHeader2 {
+        seq,
+        msg_type: 2,
+        priority: 127,
+        version: 1,
+        flags: 3,
+        compat_version: 1,
+        ..MsgHeader2::default()
+    };
+    let h = Bytes::copy_from_slice(&h.to_bytes());
+    let front = Bytes::from(vec![seq as u8; 5]);
+    let mut w = raw_frame(Tag::MESSAGE, &[&h, &front]);
+    if let Some(l) = late {
+        let at = w.len() - 13;
+        w[at] = l;
+    }
+    w
+}
+
+// E1: the acceptor writes its banner at once, before reading anything.
+#[test]
+fn acceptor_banner_goes_out_first() {
+    let a = Acceptor::new();
+    assert_eq!(a.wire, Banner::OURS.to_bytes());
+}
+
+// A v1 banner on a v2 port: "peer is using msgr V1 protocol", closed (msgr-v2.md 1.2).
+#[test]
+fn v1_banner_is_refused_from_its_first_bytes() {
+    let mut a = Acceptor::new();
+    let evs = a.feed(b"ceph v027");
+    assert_eq!(closed_by_fault(&evs), Some(Fault::BadBanner));
+}
+
+// E3 and msgr2.0: a banner requiring an unknown feature, or lacking REVISION_1.
+#[test]
+fn incompatible_banners_are_refused() {
+    for banner in [
+        Banner { supported: Msgr2Features(3), required: Msgr2Features::COMPRESSION },
+        Banner { supported: Msgr2Features::NONE, required: Msgr2Features::NONE },
+    ] {
+        let mut a = Acceptor::new();
+        let evs = a.feed(&banner.to_bytes());
+        assert!(matches!(closed_by_fault(&evs), Some(Fault::Decode(_))), "{banner:?}: {evs:?}");
+    }
+}
+
+// A control frame announcing 1 GiB is refused from its preamble, before any payload.
+#[test]
+fn oversize_control_frame_is_refused_before_allocating() {
+    let mut a = Acceptor::new();
+    a.hello();
+    let mut segments = [SegmentDesc::default(); 4];
+    segments[0] = SegmentDesc { len: 1 << 30, align: 8 };
+    let pre = Preamble { tag: Tag::AUTH_REQUEST, num_segments: 1, segments, flags: 0 };
+    let evs = a.feed(&pre.to_bytes());
+    assert!(
+        matches!(
+            closed_by_fault(&evs),
+            Some(Fault::Decode(protocol::error::Error::TooLarge { .. }))
+        ),
+        "{evs:?}"
+    );
+}
+
+// E4/E5: bad preamble crc and bad segment crc fault the connection.
+#[test]
+fn bad_crcs_fault() {
+    for at in [28usize, 40] {
+        let mut a = Acceptor::new();
+        let mut b = Banner::OURS.to_bytes().to_vec();
+        let mut h = frame(&Hello { entity_type: EntityType::CLIENT, peer_addr: v2_addr(6789, 0) });
+        let at = at.min(h.len() - 1);
+        h[at] ^= 1;
+        b.extend(h);
+        let evs = a.feed(&b);
+        assert!(matches!(closed_by_fault(&evs), Some(Fault::Decode(_))), "byte {at}: {evs:?}");
+    }
+}
+
+// E6/E7: auth none with only secure mode offered → AUTH_BAD_METHOD(-95, [none], modes);
+// another AUTH_REQUEST on the same connection then succeeds.
+#[test]
+fn bad_mode_then_retry_on_the_same_connection() {
+    let mut a = Acceptor::new();
+    a.hello();
+    a.feed(&frame(&auth_none_request(vec![ConMode::SECURE])));
+    let last = a.sent().pop().unwrap();
+    assert_eq!(last.tag(), Tag::AUTH_BAD_METHOD);
+    let bad = AuthBadMethod::from_segment(&last.segments[0]).unwrap();
+    assert_eq!((bad.method, bad.result), (1, -95));
+    assert_eq!(bad.allowed_methods, [1]);
+    a.feed(&frame(&auth_none_request(vec![ConMode::CRC])));
+    let tags: Vec<Tag> = a.sent().iter().map(Frame::tag).collect();
+    assert_eq!(&tags[tags.len() - 2..], [Tag::AUTH_DONE, Tag::AUTH_SIGNATURE]);
+}
+
+// Frames out of phase: MESSAGE before ready ("not in ready state"), CLIENT_IDENT
+// before the signature, an unknown tag.
+#[test]
+fn frames_out_of_phase_fault() {
+    let mut a = Acceptor::new();
+    a.hello();
+    let evs = a.feed(&message(1, None));
+    assert!(matches!(closed_by_fault(&evs), Some(Fault::Misbehaved(_))), "{evs:?}");
+
+    let mut a = Acceptor::new();
+    a.hello();
+    a.feed(&frame(&auth_none_request(vec![ConMode::CRC])));
+    let evs = a.feed(&frame(&client_ident()));
+    assert!(matches!(closed_by_fault(&evs), Some(Fault::Misbehaved(_))), "{evs:?}");
+
+    let mut a = Acceptor::new();
+    a.hello();
+    let evs =
+        a.feed(&raw_frame(Tag::COMPRESSION_REQUEST, &[&Bytes::from_static(&[1, 0, 0, 0, 0])]));
+    assert_eq!(closed_by_fault(&evs), Some(Fault::UnknownTag(21)));
+}
+
+// E18-ish: a wrong AUTH_SIGNATURE (non-zero under auth none): "pre-auth signature
+// mismatch", closed.
+#[test]
+fn bad_signature_faults() {
+    let mut a = Acceptor::new();
+    a.hello();
+    a.feed(&frame(&auth_none_request(vec![ConMode::CRC])));
+    let evs = a.feed(&frame(&AuthSignature { hmac: [1; 32] }));
+    assert_eq!(closed_by_fault(&evs), Some(Fault::Misbehaved("pre-auth signature mismatch")));
+}
+
+// E8/E9 and empty addrs (msgr-v2.md 5.6): missing features → IDENT_MISSING_FEATURES and
+// the connection stays open for another ident; wrong target or no address → fault.
+#[test]
+fn ident_checks() {
+    let mut a = Acceptor::new();
+    a.authenticated();
+    let mut ci = client_ident();
+    ci.supported_features = Features(Features::PACIFIC_ADVERTISED.0 & !Features::MSG_ADDR2.0);
+    let evs = a.feed(&frame(&ci));
+    assert!(evs.is_empty(), "{evs:?}");
+    let last = a.sent().pop().unwrap();
+    assert_eq!(last.tag(), Tag::IDENT_MISSING_FEATURES);
+    assert_eq!(
+        IdentMissingFeatures::from_segment(&last.segments[0]).unwrap().missing_features,
+        Features::MSG_ADDR2.0
+    );
+    assert!(a.conn.wants_read());
+    let evs = a.feed(&frame(&client_ident()));
+    assert!(evs.iter().any(|e| matches!(e, Event::Opened(_))), "{evs:?}");
+
+    let mut a = Acceptor::new();
+    a.authenticated();
+    let mut ci = client_ident();
+    ci.target_addr = v2_addr(6789, 7);
+    assert_eq!(closed_by_fault(&a.feed(&frame(&ci))), Some(Fault::AddrMismatch));
+
+    let mut a = Acceptor::new();
+    a.authenticated();
+    let mut ci = client_ident();
+    ci.addrs = EntityAddrVec::default();
+    assert!(matches!(closed_by_fault(&a.feed(&frame(&ci))), Some(Fault::Misbehaved(_))));
+}
+
+// msgr-v2.md 7.4 row 1 (V: lossy client): SESSION_RECONNECT to a stateless server →
+// SESSION_RESET(full); the connection stays for a CLIENT_IDENT.
+#[test]
+fn reconnect_without_a_session_is_reset() {
+    let mut a = Acceptor::new();
+    a.authenticated();
+    let r = SessionReconnect {
+        addrs: client_ident().addrs,
+        client_cookie: 1,
+        server_cookie: 2,
+        global_seq: 3,
+        connect_seq: 1,
+        msg_seq: 0,
+    };
+    a.feed(&frame(&r));
+    let last = a.sent().pop().unwrap();
+    assert_eq!(last.tag(), Tag::SESSION_RESET);
+    assert!(SessionReset::from_segment(&last.segments[0]).unwrap().full);
+    let evs = a.feed(&frame(&client_ident()));
+    assert!(evs.iter().any(|e| matches!(e, Event::Opened(_))));
+}
+
+// E14-E17 in the ready state: an aborted MESSAGE is dropped silently and the next one
+// delivered (the monitor logged a seq gap); a duplicate seq is dropped (Pacific stops
+// reading; we go on); KEEPALIVE2 is echoed; a bad late_status faults.
+#[test]
+fn ready_state_edges() {
+    let mut a = Acceptor::new();
+    a.ready();
+    let delivered = |a: &mut Acceptor, b: Vec<u8>| -> Vec<u64> {
+        let mut seqs = Vec::new();
+        a.conn.handle_bytes(a.now, Bytes::from(b));
+        for _ in 0..10 {
+            for e in events(&mut a.conn) {
+                match e {
+                    Event::NeedBudget { .. } => a.conn.grant_budget(a.now),
+                    Event::Message(m) => seqs.push(m.seq()),
+                    Event::Closed { .. } => panic!("closed: {e:?}"),
+                    _ => {}
+                }
+            }
+        }
+        a.flush();
+        seqs
+    };
+    assert_eq!(delivered(&mut a, message(1, Some(0x01))), Vec::<u64>::new(), "aborted");
+    assert_eq!(delivered(&mut a, message(2, None)), [2], "gap accepted");
+    assert_eq!(delivered(&mut a, message(2, None)), Vec::<u64>::new(), "duplicate");
+    assert_eq!(a.conn.duplicates_dropped(), 1);
+    assert_eq!(delivered(&mut a, message(3, Some(0xE))), [3], "only the low nibble counts");
+    let stamp = protocol::wire::KeepaliveStamp { sec: 5, nsec: 6 };
+    delivered(&mut a, frame(&Keepalive2 { stamp }));
+    let last = a.sent().pop().unwrap();
+    assert_eq!(last.tag(), Tag::KEEPALIVE2_ACK);
+    assert_eq!(Keepalive2Ack::from_segment(&last.segments[0]).unwrap().stamp, stamp);
+    a.conn.handle_bytes(a.now, Bytes::from(message(4, Some(0x00))));
+    let evs = events(&mut a.conn);
+    assert!(evs.iter().any(|e| matches!(e, Event::NeedBudget { .. })));
+    a.conn.grant_budget(a.now);
+    let evs = events(&mut a.conn);
+    assert!(matches!(closed_by_fault(&evs), Some(Fault::Decode(_))), "bad late_status: {evs:?}");
+}
+
+/// A connector (client.? dialling mon at v2 127.0.0.1:6789/0) and a raw acceptor.
+fn connector(policy: Policy) -> (Connection, Instant) {
+    let now = Instant::now();
+    let mut c = Connection::connect(
+        Arc::new(node_config(1, 6800, 9)),
+        policy,
+        v2_addr(6789, 0),
+        EntityType::MON,
+        now,
+    );
+    c.handle_transport_connected(now);
+    (c, now)
+}
+
+fn acceptor_prefix(hello_type: EntityType) -> Vec<u8> {
+    let mut b = Banner::OURS.to_bytes().to_vec();
+    b.extend(frame(&Hello { entity_type: hello_type, peer_addr: v2_addr(40000, 0) }));
+    b.extend(frame(&AuthDone { global_id: 4100, con_mode: ConMode::CRC, payload: Bytes::new() }));
+    b.extend(frame(&AuthSignature::default()));
+    b
+}
+
+fn server_ident(addr: EntityAddr) -> ServerIdent {
+    ServerIdent {
+        addrs: EntityAddrVec::single(addr),
+        gid: 0,
+        global_seq: 5,
+        supported_features: Features::PACIFIC_ADVERTISED,
+        required_features: Features::MSG_ADDR2,
+        flags: 0,
+        server_cookie: 77,
+    }
+}
+
+// The connector's checks: the acceptor's HELLO type, SERVER_IDENT's addresses, and the
+// replies it refuses for good or answers with a backoff.
+#[test]
+fn connector_edges() {
+    // A HELLO from an OSD when we dialled a monitor.
+    let (mut c, now) = connector(Policy::lossless_client());
+    c.handle_bytes(now, Bytes::from(acceptor_prefix(EntityType::OSD)));
+    // A fault before the session opened: retry after ms_initial_backoff.
+    assert_eq!(c.poll_timeout(), Some(now + Duration::from_millis(200)), "{c}");
+    assert!(!c.wants_read());
+
+    // SERVER_IDENT not listing the address we dialled.
+    let (mut c, now) = connector(Policy::lossless_client());
+    let mut b = acceptor_prefix(EntityType::MON);
+    b.extend(frame(&server_ident(v2_addr(6789, 3))));
+    c.handle_bytes(now, Bytes::from(b));
+    assert!(!c.is_open());
+    assert_eq!(c.poll_timeout(), Some(now + Duration::from_millis(200)), "{c}");
+
+    // IDENT_MISSING_FEATURES: refused for good.
+    let (mut c, now) = connector(Policy::lossless_client());
+    let mut b = acceptor_prefix(EntityType::MON);
+    b.extend(frame(&IdentMissingFeatures { missing_features: 1 << 40 }));
+    c.handle_bytes(now, Bytes::from(b));
+    let evs = events(&mut c);
+    assert!(evs.iter().any(|e| matches!(e, Event::Refused)), "{evs:?}");
+
+    // WAIT: the race is lost; back off for ms_max_backoff.
+    let (mut c, now) = connector(Policy::lossless_client());
+    let mut b = acceptor_prefix(EntityType::MON);
+    b.extend(frame(&Wait));
+    c.handle_bytes(now, Bytes::from(b));
+    assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(15)));
+
+    // SESSION_RESET in answer to a CLIENT_IDENT (not a reconnect): a protocol error.
+    let (mut c, now) = connector(Policy::lossless_client());
+    let mut b = acceptor_prefix(EntityType::MON);
+    b.extend(frame(&SessionReset { full: true }));
+    c.handle_bytes(now, Bytes::from(b));
+    assert_eq!(c.poll_timeout(), Some(now + Duration::from_millis(200)), "{c}");
+
+    // And the good path: SERVER_IDENT → open, lossless, with the server's cookie.
+    let (mut c, now) = connector(Policy::lossless_client());
+    let mut b = acceptor_prefix(EntityType::MON);
+    b.extend(frame(&server_ident(v2_addr(6789, 0))));
+    c.handle_bytes(now, Bytes::from(b));
+    assert!(c.is_open(), "{c}");
+    assert_eq!(c.cookies().1, 77);
+    assert_eq!(c.global_id(), 4100);
+    let sent = frames(&output(&mut c), BANNER_LEN);
+    let tags: Vec<Tag> = sent.iter().map(Frame::tag).collect();
+    assert_eq!(tags, [Tag::HELLO, Tag::AUTH_REQUEST, Tag::AUTH_SIGNATURE, Tag::CLIENT_IDENT]);
+    let ci = ClientIdent::from_segment(&sent[3].segments[0]).unwrap();
+    assert!(!ci.is_lossy() && ci.client_cookie != 0);
+    assert_eq!(ci.target_addr, v2_addr(6789, 0));
+}
