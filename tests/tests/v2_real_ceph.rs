@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::message::PRIO_DEFAULT;
-use protocol::messages::{MMonMap, MMonSubscribe, MsgType, TypedMessage};
+use protocol::messages::{
+    decode_any, AnyMessage, MConfig, MMonCommandAck, MMonMap, MMonSubscribe, MonMap, MsgType,
+    TypedMessage,
+};
 use protocol::types::{
     AddrType, AuthEntityName, EntityAddr, EntityAddrVec, EntityName, EntityType, Features,
 };
@@ -449,4 +452,177 @@ fn lossless_session_resumes_both_ways_with_real_monitor() {
     assert_eq!(m.seq(), 3, "numbering continues across both resumptions");
     assert_eq!(acc.seqs().1, 3, "we sent three messages in the session");
     assert_eq!(acc.duplicates_dropped(), 0);
+}
+
+const FSID: [u8; 16] = [
+    0x6d, 0x9a, 0x2b, 0x3e, 0x1f, 0x3c, 0x4a, 0x55, 0x9d, 0x0e, 0x2c, 0x1f, 0x3b, 0x4a, 0x5d, 0x6e,
+];
+const FSID_STR: &str = "6d9a2b3e-1f3c-4a55-9d0e-2c1f3b4a5d6e";
+
+/// A minimal monitor's answers (msgr-v2.md 9 item 7): MMonMap for MMonGetMap and monmap
+/// subscriptions, an empty MConfig for `config`, and MMonCommandAck for the command
+/// table and `status`. Commands seen are sent to `seen`.
+fn answer(
+    msg: &Message,
+    monmap: &MonMap,
+    features: Features,
+    seen: &std::sync::mpsc::Sender<String>,
+) -> Vec<Message> {
+    let map = || MMonMap { monmap: monmap.clone() }.to_message(features);
+    match decode_any(msg) {
+        Ok(AnyMessage::MonSubscribe(sub)) => sub
+            .what
+            .keys()
+            .filter_map(|what| match what.as_str() {
+                "monmap" => Some(map()),
+                "config" => Some(MConfig::default().to_message(features)),
+                _ => None,
+            })
+            .collect(),
+        Ok(AnyMessage::MonCommand(cmd)) => {
+            let json: serde_json::Value =
+                cmd.cmd.first().and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default();
+            let prefix = json["prefix"].as_str().unwrap_or_default().to_owned();
+            let _ = seen.send(prefix.clone());
+            let out = match prefix.as_str() {
+                "get_command_descriptions" => serde_json::json!({
+                    "cmd073": {"sig": ["status"], "help": "show cluster status",
+                               "module": "mon", "perm": "r", "flags": 0},
+                }),
+                "status" => serde_json::json!({
+                    "fsid": FSID_STR,
+                    "health": {"status": "HEALTH_OK", "checks": {}, "mutes": []},
+                    "served_by": "asyncmsgr v2",
+                }),
+                _ => serde_json::Value::Null,
+            };
+            let ack = MMonCommandAck {
+                r: 0,
+                cmd: cmd.cmd.clone(),
+                data: Bytes::from(out.to_string()),
+                ..MMonCommandAck::default()
+            };
+            let mut m = ack.to_message(features);
+            m.set_tid(msg.tid());
+            vec![m]
+        }
+        _ if msg.msg_type() == MsgType::MON_GET_MAP.0 => vec![map()],
+        _ => Vec::new(),
+    }
+}
+
+/// Serves one accepted connection with our accept side until the peer goes.
+fn serve_mini_mon(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    seen: std::sync::mpsc::Sender<String>,
+) {
+    let my_addrs = EntityAddrVec::single(v2_addr(local, 0));
+    let config = Config::new(
+        EntityName::new(EntityType::MON, 0),
+        my_addrs.clone(),
+        AuthEntityName::new(EntityType::MON, "a"),
+    );
+    let monmap = MonMap::single(FSID, 1, "a", my_addrs.clone());
+    let mut conn = Connection::accept(Arc::new(config), peer, local, Instant::now());
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = vec![0u8; 64 * 1024];
+    while Instant::now() < deadline {
+        let mut segs = Vec::new();
+        while conn.poll_transmit(&mut segs) > 0 {}
+        for s in &segs {
+            if stream.write_all(s).is_err() {
+                return;
+            }
+        }
+        let now = Instant::now();
+        while let Some(ev) = conn.poll_event() {
+            match ev {
+                Event::NeedBudget { .. } => conn.grant_budget(now),
+                Event::AcceptRequest(req) => {
+                    let policy = Policy::stateless_server();
+                    let d = decide(&req, None, &policy, &my_addrs);
+                    conn.handle_accept_decision(now, policy, d, None);
+                }
+                Event::Message(m) => {
+                    for reply in answer(&m, &monmap, conn.features(), &seen) {
+                        conn.send_message(reply);
+                    }
+                }
+                Event::Closed { .. } => return,
+                _ => {}
+            }
+        }
+        if conn.wants_write() {
+            continue;
+        }
+        if conn.poll_timeout().is_some_and(|t| t <= now) {
+            conn.handle_timeout(now);
+        }
+        if !conn.wants_read() {
+            continue;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => conn.handle_transport_closed(Instant::now()),
+            Ok(n) => conn.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => conn.handle_transport_closed(Instant::now()),
+        }
+    }
+}
+
+// msgr-v2.md 9: `ceph -s` over v2 against our accept side playing a minimal monitor. Our
+// MESSAGE frames (MMonMap v9 with a v2 address, MConfig, 4-segment MMonCommandAcks) are
+// accepted by the real client, which prints our status JSON and exits 0.
+#[test]
+fn ceph_cli_status_over_v2_against_our_acceptor() {
+    if !tests::ceph::ceph_available("ceph_cli_status_over_v2_against_our_acceptor") {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let local = listener.local_addr().unwrap();
+    let dir = std::env::temp_dir().join(format!("asyncmsgr-v2status-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("ceph.conf");
+    let d = dir.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "[global]\nfsid = {FSID_STR}\nauth_client_required = none\nlog_file = {d}/$name.log\n\
+             admin_socket = {d}/$name.asok\nkeyring = {d}/keyring\n"
+        ),
+    )
+    .unwrap();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    // The CLI opens a bootstrap connection, then its librados one: serve each.
+    std::thread::spawn(move || {
+        for _ in 0..4 {
+            let Ok((stream, peer)) = listener.accept() else { return };
+            let seen = seen_tx.clone();
+            std::thread::spawn(move || serve_mini_mon(stream, peer, local, seen));
+        }
+    });
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg("ceph")
+        .arg("-c")
+        .arg(&conf)
+        .args(["-m", &format!("v2:{local}"), "status", "-f", "json", "--connect-timeout", "20"])
+        .output()
+        .expect("run ceph");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ceph failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON status");
+    assert_eq!(status["fsid"], FSID_STR);
+    assert_eq!(status["served_by"], "asyncmsgr v2");
+    let seen: Vec<String> = seen_rx.try_iter().collect();
+    assert!(seen.contains(&"get_command_descriptions".to_string()), "{seen:?}");
+    assert!(seen.contains(&"status".to_string()), "{seen:?}");
 }
