@@ -138,6 +138,14 @@ impl CephMon {
         CephMon::start_with_auth(test, Bind::Msgr1, Some(options))
     }
 
+    /// As [`CephMon::start_cephx`], bound to msgr2 only: secure mode becomes possible.
+    pub fn start_cephx_msgr2_only(
+        test: &str,
+        options: &[(&str, &str)],
+    ) -> io::Result<Option<CephMon>> {
+        CephMon::start_with_auth(test, Bind::Msgr2, Some(options))
+    }
+
     /// `bind`: msgr v1 or msgr2 only; `cephx`: `None` for auth none, or the extra
     /// `[global]` options of a cephx monitor.
     fn start_with_auth(
