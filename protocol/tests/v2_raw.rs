@@ -318,6 +318,20 @@ fn ident_checks() {
     let evs = a.feed(&frame(&client_ident()));
     assert!(evs.iter().any(|e| matches!(e, Event::Opened(_))), "{evs:?}");
 
+    // Not forever: a peer repeating a refused ident is dropped after the round bound.
+    let mut a = Acceptor::new();
+    a.authenticated();
+    let mut ci = client_ident();
+    ci.supported_features = Features::NONE;
+    let mut closed = None;
+    for _ in 0..100 {
+        closed = closed_by_fault(&a.feed(&frame(&ci)));
+        if closed.is_some() {
+            break;
+        }
+    }
+    assert_eq!(closed, Some(Fault::Misbehaved("too many handshake rounds")));
+
     let mut a = Acceptor::new();
     a.authenticated();
     let mut ci = client_ident();

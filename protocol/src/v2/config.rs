@@ -82,8 +82,9 @@ pub struct Config {
     pub auth: Arc<dyn AuthProvider>,
     /// Cookie generator.
     pub cookies: Arc<CookieSource>,
-    /// AUTH_REQUEST / AUTH_BAD_METHOD / MORE rounds allowed per connection: a peer
-    /// cannot keep a handshake (and its transcript) growing forever.
+    /// Handshake rounds allowed per TCP connection (auth requests and replies, refused
+    /// idents, session retries and resets): a peer cannot keep a handshake (and its
+    /// transcript) going forever. Ceph's own exchanges take at most a handful.
     pub max_auth_rounds: u32,
 }
 

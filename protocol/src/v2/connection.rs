@@ -728,6 +728,11 @@ impl Connection {
         // Each step consumes input or changes state, or returns false; the bound only
         // guards against a bug turning into a hang.
         for _ in 0..1_000_000 {
+            if let Some(e) = self.tx_failed.take() {
+                // A reply could not be encoded (secure mode out of nonces).
+                self.fault(now, Fault::Decode(e));
+                return;
+            }
             if !self.step(now) {
                 return;
             }
@@ -977,7 +982,7 @@ impl Connection {
     fn count_round(&mut self) -> Result<(), Fault> {
         self.auth.rounds += 1;
         if self.auth.rounds > self.config.max_auth_rounds {
-            return Err(Fault::Misbehaved("too many auth rounds"));
+            return Err(Fault::Misbehaved("too many handshake rounds"));
         }
         Ok(())
     }
@@ -1321,6 +1326,8 @@ impl Connection {
                 let missing =
                     (self.config.features_required | MSGR2_REQUIRED).0 & !ci.supported_features.0;
                 if missing != 0 {
+                    // The peer may try again on this connection, but not forever.
+                    self.count_round()?;
                     log::warn!(target: LOG, "{self}: peer lacks required features {missing:#x}");
                     self.send_control(&IdentMissingFeatures { missing_features: missing });
                     return Ok(true);

@@ -68,8 +68,9 @@
 //!   exactly the 41-byte header2 and control frames exactly one segment. Ceph relies
 //!   on its throttles alone.
 //! * Control payloads must be consumed exactly (trailing bytes are an error).
-//! * The pre-auth phase is bounded: [`Config::max_auth_rounds`] auth or retry rounds and
-//!   256 KiB of transcript per direction; Ceph only asserts on 1 MB with
+//! * The handshake is bounded: [`Config::max_auth_rounds`] rounds (auth, refused idents,
+//!   session retries and resets) and 256 KiB of pre-auth transcript per direction; Ceph
+//!   loops as long as the peer does and only asserts on a 1 MB transcript with
 //!   `ms_die_on_bug`.
 //! * IDENT_MISSING_FEATURES, an incompatible banner and an auth method refused with no
 //!   alternative end a connector with [`Event::Refused`] instead of Ceph's endless
