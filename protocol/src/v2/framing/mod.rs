@@ -322,12 +322,20 @@ pub enum FrameProgress {
     Frame(Frame),
 }
 
-#[derive(Debug)]
+/// Where the decoder is within a frame. The frame's parts live in the decoder's fields,
+/// so moving between stages moves no buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
+    /// Between frames.
     Preamble,
-    Segment0 { preamble: Preamble, inline: Bytes },
-    Paused { head: FrameHead },
-    Rest { head: FrameHead },
+    /// Preamble read; segment 0 (its crc, or the rest of its GCM block) next.
+    Segment0,
+    /// Segment 0 handed out; waiting for [`FrameDecoder::proceed`].
+    Paused,
+    /// Reading segments 1.. (crc mode: one at a time, `next` is the index, then the
+    /// epilogue when `next == num_segments`) or block C whole (secure mode).
+    Rest { next: usize },
+    /// An error was returned; nothing more is decoded.
     Failed,
 }
 
@@ -337,17 +345,30 @@ pub struct FrameDecoder {
     limits: FrameLimits,
     secure: Option<GcmStream>,
     stage: Stage,
+    /// The preamble of the frame in progress.
+    preamble: Preamble,
+    /// Secure mode: the first 48 bytes of padded segment 0, from the first block.
+    inline: Bytes,
+    /// The segments received so far of the frame in progress.
+    segments: [Bytes; MAX_SEGMENTS],
 }
 
 impl FrameDecoder {
     /// A crc-mode decoder.
     pub fn new(limits: FrameLimits) -> Self {
-        FrameDecoder { limits, secure: None, stage: Stage::Preamble }
+        FrameDecoder {
+            limits,
+            secure: None,
+            stage: Stage::Preamble,
+            preamble: Preamble::default(),
+            inline: Bytes::new(),
+            segments: Default::default(),
+        }
     }
 
     /// Switches to secure mode (after AUTH_DONE). Only between frames.
     pub fn set_secure(&mut self, rx: GcmStream) -> Result<()> {
-        if !matches!(self.stage, Stage::Preamble) {
+        if self.stage != Stage::Preamble {
             return Err(Error::Misuse("mode switch in the middle of a frame"));
         }
         self.secure = Some(rx);
@@ -361,27 +382,24 @@ impl FrameDecoder {
 
     /// Whether the decoder waits for [`FrameDecoder::proceed`].
     pub fn is_paused(&self) -> bool {
-        matches!(self.stage, Stage::Paused { .. })
+        self.stage == Stage::Paused
     }
 
     /// Whether the decoder is between frames.
     pub fn is_idle(&self) -> bool {
-        matches!(self.stage, Stage::Preamble)
+        self.stage == Stage::Preamble
     }
 
     /// The exact number of bytes the next [`FrameDecoder::advance`] takes (0 is valid:
     /// call `advance` with an empty piece). Meaningless while paused or failed.
     pub fn need(&self) -> usize {
-        match &self.stage {
-            Stage::Preamble => {
-                if self.secure.is_some() {
-                    SECURE_HEAD_LEN
-                } else {
-                    PREAMBLE_LEN
-                }
-            }
-            Stage::Segment0 { preamble, .. } => {
-                let l0 = preamble.lens()[0] as usize;
+        let lens = self.preamble.lens();
+        let num = usize::from(self.preamble.num_segments);
+        match self.stage {
+            Stage::Preamble if self.secure.is_some() => SECURE_HEAD_LEN,
+            Stage::Preamble => PREAMBLE_LEN,
+            Stage::Segment0 => {
+                let l0 = lens[0] as usize;
                 if self.secure.is_some() {
                     let p0 = pad16(l0);
                     if p0 > INLINE_LEN {
@@ -395,190 +413,291 @@ impl FrameDecoder {
                     0
                 }
             }
-            Stage::Rest { head } => {
-                let p = &head.preamble;
-                let num = usize::from(p.num_segments);
-                if num <= 1 {
-                    return 0;
-                }
-                let lens = p.lens();
-                if self.secure.is_some() {
-                    lens[1..num].iter().map(|&l| pad16(l as usize)).sum::<usize>()
-                        + SECURE_EPILOGUE_LEN
-                        + TAG_LEN
-                } else {
-                    lens[1..num].iter().map(|&l| l as usize).sum::<usize>() + CRC_EPILOGUE_LEN
-                }
+            Stage::Rest { .. } if num <= 1 => 0,
+            Stage::Rest { .. } if self.secure.is_some() => {
+                lens[1..num].iter().map(|&l| pad16(l as usize)).sum::<usize>()
+                    + SECURE_EPILOGUE_LEN
+                    + TAG_LEN
             }
-            Stage::Paused { .. } | Stage::Failed => 0,
+            // Each segment on its own, so that one arriving in one chunk is sliced out
+            // of it rather than gathered with its neighbours.
+            Stage::Rest { next } if next < num => lens.get(next).map_or(0, |&l| l as usize),
+            Stage::Rest { .. } => CRC_EPILOGUE_LEN,
+            Stage::Paused | Stage::Failed => 0,
         }
     }
 
     /// Resumes after [`FrameProgress::Head`].
     pub fn proceed(&mut self) -> Result<()> {
-        match std::mem::replace(&mut self.stage, Stage::Failed) {
-            Stage::Paused { head } => {
-                self.stage = Stage::Rest { head };
-                Ok(())
-            }
-            other => {
-                self.stage = other;
-                Err(Error::Misuse("proceed without a frame head"))
-            }
+        if self.stage != Stage::Paused {
+            return Err(Error::Misuse("proceed without a frame head"));
         }
+        self.stage = Stage::Rest { next: 1 };
+        Ok(())
     }
 
     /// Forgets any partial frame (after a fault, before reuse).
     pub fn reset(&mut self) {
         self.stage = Stage::Preamble;
+        self.inline = Bytes::new();
+        self.segments = Default::default();
     }
 
     /// Feeds exactly [`FrameDecoder::need`] bytes. Any error leaves the decoder failed.
     pub fn advance(&mut self, piece: Bytes) -> Result<FrameProgress> {
-        if piece.len() != self.need() || self.is_paused() {
+        if piece.len() != self.need() || matches!(self.stage, Stage::Paused | Stage::Failed) {
             return Err(Error::Misuse("advance with the wrong number of bytes"));
         }
         let stage = std::mem::replace(&mut self.stage, Stage::Failed);
-        let (next, progress) = match stage {
+        let progress = match stage {
             Stage::Preamble => self.read_preamble(piece)?,
-            Stage::Segment0 { preamble, inline } => self.read_segment0(preamble, inline, piece)?,
-            Stage::Rest { head } => self.read_rest(head, piece)?,
-            Stage::Paused { .. } | Stage::Failed => {
+            Stage::Segment0 => self.read_segment0(piece)?,
+            Stage::Rest { next } => self.read_rest(next, piece)?,
+            Stage::Paused | Stage::Failed => {
                 return Err(Error::Misuse("advance on a failed decoder"))
             }
         };
-        self.stage = next;
         Ok(progress)
     }
 
-    fn read_preamble(&mut self, piece: Bytes) -> Result<(Stage, FrameProgress)> {
-        let (pre_bytes, inline) = match self.secure.as_mut() {
-            None => (piece, Bytes::new()),
+    fn read_preamble(&mut self, piece: Bytes) -> Result<FrameProgress> {
+        let mut raw = [0u8; PREAMBLE_LEN];
+        match self.secure.as_mut() {
+            None => {
+                raw.copy_from_slice(&piece[..PREAMBLE_LEN]);
+                self.inline = Bytes::new();
+            }
             Some(gcm) => {
                 let mut block = BytesMut::from(&piece[..PREAMBLE_LEN + INLINE_LEN]);
                 gcm.open(&mut block, &piece[PREAMBLE_LEN + INLINE_LEN..])?;
+                raw.copy_from_slice(&block[..PREAMBLE_LEN]);
                 let mut block = block.freeze();
-                let pre = block.split_to(PREAMBLE_LEN);
-                (pre, block)
+                self.inline = block.split_off(PREAMBLE_LEN);
             }
-        };
-        let mut raw = [0u8; PREAMBLE_LEN];
-        raw.copy_from_slice(&pre_bytes[..PREAMBLE_LEN]);
+        }
         let preamble = Preamble::decode(&raw)?;
         self.limits.check(&preamble)?;
-        let stage = Stage::Segment0 { preamble, inline };
-        self.stage = stage;
+        self.preamble = preamble;
+        self.stage = Stage::Segment0;
         if self.need() == 0 {
-            let Stage::Segment0 { preamble, inline } =
-                std::mem::replace(&mut self.stage, Stage::Failed)
-            else {
-                return Err(Error::Misuse("decoder stage lost"));
-            };
-            return self.read_segment0(preamble, inline, Bytes::new());
+            self.stage = Stage::Failed;
+            return self.read_segment0(Bytes::new());
         }
-        let stage = std::mem::replace(&mut self.stage, Stage::Failed);
-        Ok((stage, FrameProgress::NeedMore))
+        Ok(FrameProgress::NeedMore)
     }
 
-    fn read_segment0(
-        &mut self,
-        preamble: Preamble,
-        inline: Bytes,
-        piece: Bytes,
-    ) -> Result<(Stage, FrameProgress)> {
-        let l0 = preamble.lens()[0] as usize;
+    fn read_segment0(&mut self, piece: Bytes) -> Result<FrameProgress> {
+        let l0 = self.preamble.lens()[0] as usize;
         let segment0 = match self.secure.as_mut() {
+            None if l0 == 0 => Bytes::new(),
             None => {
-                if l0 == 0 {
-                    Bytes::new()
-                } else {
-                    let mut piece = piece;
-                    let crc_bytes = piece.split_off(l0);
-                    let wire = u32::from_le_bytes([
-                        crc_bytes[0],
-                        crc_bytes[1],
-                        crc_bytes[2],
-                        crc_bytes[3],
-                    ]);
-                    let got = ceph_crc32c(SEGMENT_CRC_SEED, &piece);
-                    if wire != got {
-                        return Err(Error::BadCrc { what: "segment 0", expected: wire, got });
-                    }
-                    piece
+                let mut piece = piece;
+                let crc_bytes = piece.split_off(l0);
+                let wire =
+                    u32::from_le_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);
+                let got = ceph_crc32c(SEGMENT_CRC_SEED, &piece);
+                if wire != got {
+                    return Err(Error::BadCrc { what: "segment 0", expected: wire, got });
                 }
+                piece
             }
+            Some(_) if piece.is_empty() => self.inline.slice(..l0),
             Some(gcm) => {
-                if piece.is_empty() {
-                    inline.slice(..l0)
-                } else {
-                    let body = piece.len() - TAG_LEN;
-                    let mut all = BytesMut::with_capacity(INLINE_LEN + body);
-                    all.extend_from_slice(&inline);
-                    all.extend_from_slice(&piece[..body]);
-                    gcm.open(&mut all[INLINE_LEN..], &piece[body..])?;
-                    all.truncate(l0);
-                    all.freeze()
-                }
+                let body = piece.len() - TAG_LEN;
+                let mut all = BytesMut::with_capacity(INLINE_LEN + body);
+                all.extend_from_slice(&self.inline);
+                all.extend_from_slice(&piece[..body]);
+                gcm.open(&mut all[INLINE_LEN..], &piece[body..])?;
+                all.truncate(l0);
+                all.freeze()
             }
         };
-        let head = FrameHead { preamble, segment0 };
-        Ok((Stage::Paused { head: head.clone() }, FrameProgress::Head(head)))
+        self.inline = Bytes::new();
+        self.segments[0] = segment0.clone();
+        self.stage = Stage::Paused;
+        Ok(FrameProgress::Head(FrameHead { preamble: self.preamble, segment0 }))
     }
 
-    fn read_rest(&mut self, head: FrameHead, piece: Bytes) -> Result<(Stage, FrameProgress)> {
-        let p = head.preamble;
-        let num = usize::from(p.num_segments);
-        let lens = p.lens();
-        let mut segments: [Bytes; MAX_SEGMENTS] = Default::default();
-        segments[0] = head.segment0;
-        let mut aborted = false;
-        if num > 1 {
-            let late_status = match self.secure.as_mut() {
-                None => {
-                    let epi_at = piece.len() - CRC_EPILOGUE_LEN;
-                    let epi = &piece[epi_at..];
-                    let mut at = 0;
-                    for i in 1..num {
-                        let len = lens[i] as usize;
-                        let seg = piece.slice(at..at + len);
-                        let c = 1 + 4 * (i - 1);
-                        let wire = u32::from_le_bytes([epi[c], epi[c + 1], epi[c + 2], epi[c + 3]]);
-                        let got = ceph_crc32c(SEGMENT_CRC_SEED, &seg);
-                        if wire != got {
-                            return Err(Error::BadCrc {
-                                what: SEGMENT_NAMES[i],
-                                expected: wire,
-                                got,
-                            });
-                        }
-                        segments[i] = seg;
-                        at += len;
-                    }
-                    epi[0]
-                }
-                Some(gcm) => {
-                    let body = piece.len() - TAG_LEN;
-                    let mut plain = BytesMut::from(&piece[..body]);
-                    gcm.open(&mut plain, &piece[body..])?;
-                    let plain = plain.freeze();
-                    let mut at = 0;
-                    for i in 1..num {
-                        let len = lens[i] as usize;
-                        segments[i] = plain.slice(at..at + len);
-                        at += pad16(len);
-                    }
-                    plain.get(at).copied().unwrap_or(0)
-                }
-            };
-            match late_status & LATE_STATUS_MASK {
-                s if s == LATE_STATUS_COMPLETE => {}
-                s if s == LATE_STATUS_ABORTED => aborted = true,
-                _ => return Err(Error::Malformed("bad late_status in the epilogue")),
-            }
+    fn read_rest(&mut self, next: usize, piece: Bytes) -> Result<FrameProgress> {
+        let num = usize::from(self.preamble.num_segments);
+        let lens = self.preamble.lens();
+        if num <= 1 {
+            return Ok(self.finish_frame(false));
         }
-        Ok((Stage::Preamble, FrameProgress::Frame(Frame { preamble: p, segments, aborted })))
+        let late_status = match self.secure.as_mut() {
+            None if next < num => {
+                // One segment; its crc is checked with the epilogue.
+                if let Some(slot) = self.segments.get_mut(next) {
+                    *slot = piece;
+                }
+                self.stage = Stage::Rest { next: next + 1 };
+                return Ok(FrameProgress::NeedMore);
+            }
+            None => {
+                // late_status, then the crcs of segments 1..3 (0 past num_segments).
+                let (late, crcs) = piece.split_at(1);
+                let used = self.segments.iter().zip(SEGMENT_NAMES).take(num).skip(1);
+                for ((seg, what), wire) in used.zip(crcs.chunks_exact(CRC_LEN)) {
+                    let wire = u32::from_le_bytes([wire[0], wire[1], wire[2], wire[3]]);
+                    let got = ceph_crc32c(SEGMENT_CRC_SEED, seg);
+                    if wire != got {
+                        return Err(Error::BadCrc { what, expected: wire, got });
+                    }
+                }
+                late[0]
+            }
+            Some(gcm) => {
+                // Decrypt in place: the piece is usually the only owner of its bytes
+                // (gathered for us), so no copy; otherwise one.
+                let mut plain = piece.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
+                let body = plain.len() - TAG_LEN;
+                let tag = plain.split_off(body);
+                gcm.open(&mut plain, &tag)?;
+                let plain = plain.freeze();
+                let mut at = 0;
+                for (slot, &len) in self.segments.iter_mut().zip(&lens).take(num).skip(1) {
+                    let len = len as usize;
+                    *slot = plain.slice(at..at + len);
+                    at += pad16(len);
+                }
+                plain.get(at).copied().unwrap_or(0)
+            }
+        };
+        let aborted = match late_status & LATE_STATUS_MASK {
+            LATE_STATUS_COMPLETE => false,
+            LATE_STATUS_ABORTED => true,
+            _ => return Err(Error::Malformed("bad late_status in the epilogue")),
+        };
+        Ok(self.finish_frame(aborted))
+    }
+
+    fn finish_frame(&mut self, aborted: bool) -> FrameProgress {
+        self.stage = Stage::Preamble;
+        let segments = std::mem::take(&mut self.segments);
+        FrameProgress::Frame(Frame { preamble: self.preamble, segments, aborted })
     }
 }
 
 /// Names of the segment crcs in errors.
 const SEGMENT_NAMES: [&str; MAX_SEGMENTS] = ["segment 0", "segment 1", "segment 2", "segment 3"];
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn encode(enc: &mut FrameEncoder, tag: Tag, segs: &[&Bytes]) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let n = enc.encode(tag, segs, &mut buf, &mut out).unwrap();
+        out.push(buf.freeze());
+        let wire = out.concat();
+        assert_eq!(wire.len(), n, "wire_len agrees with the bytes written");
+        wire
+    }
+
+    fn decode(dec: &mut FrameDecoder, wire: &[u8]) -> Result<Frame> {
+        let all = Bytes::copy_from_slice(wire);
+        let mut at = 0;
+        loop {
+            if dec.is_paused() {
+                dec.proceed()?;
+            }
+            let n = dec.need();
+            let piece = all.slice(at..at + n);
+            at += n;
+            if let FrameProgress::Frame(f) = dec.advance(piece)? {
+                assert_eq!(at, wire.len(), "the frame used every byte");
+                return Ok(f);
+            }
+        }
+    }
+
+    fn message_segments() -> [Bytes; 4] {
+        [
+            Bytes::from(vec![1u8; HEADER2_LEN]),
+            Bytes::from(vec![2u8; 100]),
+            Bytes::new(),
+            Bytes::from((0..5000u32).map(|i| i as u8).collect::<Vec<_>>()),
+        ]
+    }
+
+    fn secure_pair() -> (FrameEncoder, FrameDecoder) {
+        let secret = [9u8; SECRET_USED_LEN];
+        let (_, tx) = GcmStream::pair_from_secret(&secret, false).unwrap();
+        let (rx, _) = GcmStream::pair_from_secret(&secret, true).unwrap();
+        let mut dec = FrameDecoder::new(FrameLimits::default());
+        dec.set_secure(rx).unwrap();
+        (FrameEncoder::secure(tx), dec)
+    }
+
+    // Every segment round-trips, an empty middle included, in both modes.
+    #[test]
+    fn four_segment_message_round_trips_in_both_modes() {
+        let segs = message_segments();
+        let refs: Vec<&Bytes> = segs.iter().collect();
+        let wire = encode(&mut FrameEncoder::crc(), Tag::MESSAGE, &refs);
+        // msgr-v2.md 3.2: 32 + (41 + 4) + 100 + 0 + 5000 + 13.
+        assert_eq!(wire.len(), 32 + 45 + 5100 + 13);
+        let f = decode(&mut FrameDecoder::new(FrameLimits::default()), &wire).unwrap();
+        assert_eq!(f.segments, segs);
+        let (mut enc, mut dec) = secure_pair();
+        let wire = encode(&mut enc, Tag::MESSAGE, &refs);
+        // 3.3: 96 + pad16(100) + 0 + pad16(5000) + 16 + 16.
+        assert_eq!(wire.len(), 96 + 112 + 5008 + 32);
+        assert_eq!(decode(&mut dec, &wire).unwrap().segments, segs);
+    }
+
+    // A bad crc in any later segment and a bad late_status are caught at the epilogue;
+    // ABORTED is reported, not an error.
+    #[test]
+    fn epilogue_checks() {
+        let segs = message_segments();
+        let refs: Vec<&Bytes> = segs.iter().collect();
+        let wire = encode(&mut FrameEncoder::crc(), Tag::MESSAGE, &refs);
+        let data_at = 32 + 45 + 100 + 10;
+        let mut bad = wire.clone();
+        bad[data_at] ^= 1;
+        let err = decode(&mut FrameDecoder::new(FrameLimits::default()), &bad).unwrap_err();
+        assert!(matches!(err, Error::BadCrc { what: "segment 3", .. }), "{err}");
+        let late_at = wire.len() - CRC_EPILOGUE_LEN;
+        let mut aborted = wire.clone();
+        aborted[late_at] = LATE_STATUS_ABORTED;
+        let f = decode(&mut FrameDecoder::new(FrameLimits::default()), &aborted).unwrap();
+        assert!(f.aborted);
+        let mut garbage = wire;
+        garbage[late_at] = 0;
+        let err = decode(&mut FrameDecoder::new(FrameLimits::default()), &garbage).unwrap_err();
+        assert_eq!(err, Error::Malformed("bad late_status in the epilogue"));
+    }
+
+    // Any flipped bit of any GCM block fails its tag.
+    #[test]
+    fn gcm_blocks_are_authenticated() {
+        let segs = message_segments();
+        let refs: Vec<&Bytes> = segs.iter().collect();
+        let (mut enc, _) = secure_pair();
+        let wire = encode(&mut enc, Tag::MESSAGE, &refs);
+        for at in [0, 50, 95, 96, 300, wire.len() - 1] {
+            let (_, mut dec) = secure_pair();
+            let mut bad = wire.clone();
+            bad[at] ^= 0x80;
+            assert!(decode(&mut dec, &bad).is_err(), "flip at {at} went unnoticed");
+        }
+    }
+
+    // Limits are checked from the preamble, before any segment is read.
+    #[test]
+    fn limits_are_checked_from_the_preamble() {
+        let mut limits = FrameLimits::default();
+        limits.message.max_data = 4999;
+        let segs = message_segments();
+        let refs: Vec<&Bytes> = segs.iter().collect();
+        let wire = encode(&mut FrameEncoder::crc(), Tag::MESSAGE, &refs);
+        let mut dec = FrameDecoder::new(limits);
+        let err = dec.advance(Bytes::copy_from_slice(&wire[..PREAMBLE_LEN])).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { what: "message data", .. }), "{err}");
+        // And a decoder that failed stays failed.
+        assert!(dec.advance(Bytes::new()).is_err());
+    }
+}

@@ -1,0 +1,144 @@
+//! Messages per second through a pair of open msgr2 state machines, in memory (no
+//! sockets): the protocol's own CPU cost of framing, crc or AES-GCM, parsing, seq/ack
+//! bookkeeping. The same exchange as `benches/v1.rs`, for comparison.
+//!
+//! `cargo bench -p protocol --bench v2 -- --warm-up-time 1 --measurement-time 5`
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use protocol::message::PRIO_DEFAULT;
+use protocol::v1::Policy;
+use protocol::v2::testing::Pair;
+use protocol::v2::{ConMode, Connection, Event};
+use protocol::Message;
+
+/// Sends `batch` messages from `a` to `b`; returns how many `b` delivered.
+fn one_way(
+    a: &mut Connection,
+    b: &mut Connection,
+    msg: &Message,
+    batch: u64,
+    now: Instant,
+    segs: &mut Vec<Bytes>,
+) -> u64 {
+    for _ in 0..batch {
+        a.send_message(msg.clone());
+    }
+    let mut got = 0;
+    loop {
+        segs.clear();
+        if a.poll_transmit(segs) == 0 {
+            break;
+        }
+        for s in segs.drain(..) {
+            b.handle_bytes(now, s);
+            while let Some(ev) = b.poll_event() {
+                match ev {
+                    Event::NeedBudget { .. } => b.grant_budget(now),
+                    Event::Message(_) => got += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    // The ACK back, so the sender's unacked queue stays bounded.
+    segs.clear();
+    b.poll_transmit(segs);
+    for s in segs.drain(..) {
+        a.handle_bytes(now, s);
+    }
+    while a.poll_event().is_some() {}
+    got
+}
+
+/// The same exchange through v1 machines (crc on, lossless), as the yardstick.
+fn v1_one_way(
+    a: &mut protocol::v1::Connection,
+    b: &mut protocol::v1::Connection,
+    msg: &Message,
+    batch: u64,
+    now: Instant,
+    segs: &mut Vec<Bytes>,
+) -> u64 {
+    for _ in 0..batch {
+        a.send_message(msg.clone());
+    }
+    let mut got = 0;
+    loop {
+        segs.clear();
+        if a.poll_transmit(segs) == 0 {
+            break;
+        }
+        for s in segs.drain(..) {
+            b.handle_bytes(now, s);
+            while let Some(ev) = b.poll_event() {
+                match ev {
+                    protocol::v1::Event::NeedBudget { .. } => b.grant_budget(now),
+                    protocol::v1::Event::Message(_) => got += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    segs.clear();
+    b.poll_transmit(segs);
+    for s in segs.drain(..) {
+        a.handle_bytes(now, s);
+    }
+    while a.poll_event().is_some() {}
+    got
+}
+
+fn bench_pair(c: &mut Criterion) {
+    let mut group = c.benchmark_group("v2_pair_one_way");
+    for (size, label, batch) in [(4096usize, "4KiB", 1000u64), (1 << 20, "1MiB", 16)] {
+        let mut msg = Message::new(2, Bytes::from(vec![0xa5u8; size]));
+        msg.set_priority(PRIO_DEFAULT);
+        let mut p1 = protocol::v1::testing::Pair::new(
+            Instant::now(),
+            Policy::lossless_peer(),
+            Policy::lossless_peer(),
+        );
+        let a = p1.connect(0);
+        p1.drive();
+        let b = p1.session_ep(1).unwrap();
+        let (lo, hi) = p1.eps.split_at_mut(b);
+        let (ca, cb) = (&mut lo[a].conn, &mut hi[0].conn);
+        let now = p1.now;
+        let mut segs = Vec::new();
+        group.throughput(Throughput::Bytes(batch * size as u64));
+        group.bench_function(BenchmarkId::new(label, "v1 crc/lossless (yardstick)"), |bench| {
+            bench.iter(|| assert_eq!(v1_one_way(ca, cb, &msg, batch, now, &mut segs), batch));
+        });
+        for (name, policy, mode) in [
+            ("crc/lossless", Policy::lossless_peer(), ConMode::CRC),
+            ("crc/lossy", Policy::lossy_client(), ConMode::CRC),
+            ("secure/lossless", Policy::lossless_peer(), ConMode::SECURE),
+        ] {
+            let mut p =
+                Pair::with_test_auth(Instant::now(), policy, Policy::lossless_peer(), &[mode]);
+            let a = p.connect(0);
+            p.drive();
+            let b = p.session_ep(1).unwrap();
+            assert!(p.eps[a].conn.is_open() && p.eps[b].conn.is_open());
+            assert_eq!(p.eps[a].conn.con_mode(), mode);
+            let (lo, hi) = p.eps.split_at_mut(b);
+            let (ca, cb) = (&mut lo[a].conn, &mut hi[0].conn);
+            let now = p.now;
+            let mut msg = Message::new(2, Bytes::from(vec![0xa5u8; size]));
+            msg.set_priority(PRIO_DEFAULT);
+            let mut segs = Vec::new();
+            group.throughput(Throughput::Bytes(batch * size as u64));
+            group.bench_function(BenchmarkId::new(label, name), |bench| {
+                bench.iter(|| assert_eq!(one_way(ca, cb, &msg, batch, now, &mut segs), batch));
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_pair);
+criterion_main!(benches);
