@@ -712,3 +712,34 @@ fn handshake_timeout_on_a_silent_peer() {
     p.run_for(Duration::from_secs(1));
     assert!(p.nodes[1].log.contains(&"Closed".to_string()), "{:?}", p.nodes[1].log);
 }
+
+// msgr-v2.md 7.4 [V: S9]: both sides of a lossless session reconnect at once with the
+// same connect_seq. The side whose address sorts higher gets WAIT from the other (whose
+// own reconnect carries the session); exactly one session results, nothing is lost or
+// repeated.
+#[test]
+fn reconnect_race_resolves_by_wait() {
+    let mut p = Pair::new(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
+    p.verbose = true;
+    p.send(0, msg(1));
+    p.drive();
+    p.send(1, msg(2));
+    p.drive();
+    let a = p.session_ep(0).unwrap();
+    let b = p.session_ep(1).unwrap();
+    let cs = p.eps[a].conn.seqs().2;
+    // Both have something to send when the link dies: both redial at once.
+    p.eps[a].conn.send_message(msg(3));
+    p.eps[b].conn.send_message(msg(4));
+    p.cut_all();
+    p.run_for(Duration::from_secs(60));
+    assert_one_session(&p);
+    assert_eq!(ids(&p.nodes[1].received), [1, 3]);
+    assert_eq!(ids(&p.nodes[0].received), [2, 4]);
+    let waits = p.nodes.iter().flat_map(|n| &n.log).filter(|l| l.contains("= Wait")).count();
+    assert!(waits >= 1, "a WAIT resolved the race: {:?} {:?}", p.nodes[0].log, p.nodes[1].log);
+    let a = p.session_ep(0).unwrap();
+    assert!(p.eps[a].conn.seqs().2 > cs, "the session continued (connect_seq grew)");
+    let dups: u64 = p.eps.iter().map(|e| e.conn.duplicates_dropped()).sum();
+    assert_eq!(dups, 0);
+}
