@@ -31,7 +31,7 @@ use protocol::types::{
     AddrType, AuthEntityName, EntityAddr, EntityAddrVec, EntityName, EntityType, Features,
 };
 use protocol::v1::ExistingState;
-use protocol::v1::Policy;
+use protocol::v1::{Opened, Policy};
 use protocol::v2::auth::{AuthClient, AuthOutcome, AuthProvider, AuthRole, AuthServer};
 use protocol::v2::{
     decide, AcceptRequest, ConMode, Config, Connection, Decision, Event, ExistingSession,
@@ -124,6 +124,42 @@ fn v2_addr(addr: SocketAddr, nonce: u32) -> EntityAddr {
     EntityAddr { ty: AddrType::MSGR2, nonce, addr: Some(addr) }
 }
 
+/// `client.admin` bound to nothing (one address of type ANY, blank IP, port 0), as the
+/// CLI is; auth none unless the caller replaces `config.auth`.
+fn client_config() -> Config {
+    let nonce = std::process::id() ^ 0x5a5a_0000;
+    let me =
+        EntityAddr { ty: AddrType::ANY, nonce, addr: Some(SocketAddr::from(([0, 0, 0, 0], 0))) };
+    Config::new(
+        EntityName::new(EntityType::CLIENT, EntityName::NEW),
+        EntityAddrVec::single(me),
+        AuthEntityName::new(EntityType::CLIENT, "admin"),
+    )
+}
+
+/// Dials the monitor at `mon` as a lossy client with `config` and runs the handshake
+/// to `Opened`; returns the machine, its socket and its addresses.
+fn open_to_monitor(
+    mon: SocketAddr,
+    config: Config,
+    deadline: Instant,
+) -> (Connection, TcpStream, EntityAddrVec, Opened) {
+    let my_addrs = config.my_addrs.clone();
+    let conn_addr = v2_addr(mon, 0);
+    let mut conn = Connection::connect(
+        Arc::new(config),
+        Policy::lossy_client(),
+        conn_addr,
+        EntityType::MON,
+        Instant::now(),
+    );
+    let mut stream = TcpStream::connect(mon).expect("dial monitor");
+    conn.handle_transport_connected(Instant::now());
+    let ev = pump(&mut conn, &mut stream, deadline, &my_addrs, |e| matches!(e, Event::Opened(_)));
+    let Event::Opened(o) = ev else { unreachable!() };
+    (conn, stream, my_addrs, o)
+}
+
 // msgr-v2.md 1.1 and 9: a client's first conversation with a msgr2-only monitor, driven by
 // our connect side (auth none, crc mode).
 #[test]
@@ -133,31 +169,10 @@ fn connect_side_against_msgr2_only_monitor() {
     else {
         return;
     };
-    let nonce = std::process::id() ^ 0x5a5a_0000;
-    // A client that bound nothing: one address of type ANY, blank IP, port 0.
-    let me =
-        EntityAddr { ty: AddrType::ANY, nonce, addr: Some(SocketAddr::from(([0, 0, 0, 0], 0))) };
-    let config = Config::new(
-        EntityName::new(EntityType::CLIENT, EntityName::NEW),
-        EntityAddrVec::single(me),
-        AuthEntityName::new(EntityType::CLIENT, "admin"),
-    );
-    let my_addrs = config.my_addrs.clone();
-    let now = Instant::now();
-    let deadline = now + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mon_addr = v2_addr(mon.addr(), 0);
-    let mut conn = Connection::connect(
-        Arc::new(config),
-        Policy::lossy_client(),
-        mon_addr,
-        EntityType::MON,
-        now,
-    );
-    let mut stream = TcpStream::connect(mon.addr()).expect("dial monitor");
-    conn.handle_transport_connected(Instant::now());
-    let opened =
-        pump(&mut conn, &mut stream, deadline, &my_addrs, |e| matches!(e, Event::Opened(_)));
-    let Event::Opened(o) = opened else { unreachable!() };
+    let (mut conn, mut stream, my_addrs, o) =
+        open_to_monitor(mon.addr(), client_config(), deadline);
     assert!(o.lossy, "a monitor makes client sessions lossy (SERVER_IDENT flags)");
     assert_eq!(o.features, Features::PACIFIC_ADVERTISED);
     assert_eq!(o.peer_addr, mon_addr);
@@ -738,37 +753,13 @@ fn cephx_secure_and_crc_modes_against_msgr2_only_monitor() {
         let name = parse_entity_name("client.admin").expect("name");
         let key = ring.key(&name).expect("key").clone();
         let cephx = CephxClient::new(ClientConfig::new(name, key), Box::new(rand::rngs::OsRng));
-        let nonce = std::process::id() ^ 0x3c3c_0000;
-        let me = EntityAddr {
-            ty: AddrType::ANY,
-            nonce,
-            addr: Some(SocketAddr::from(([0, 0, 0, 0], 0))),
-        };
-        let mut config = Config::new(
-            EntityName::new(EntityType::CLIENT, EntityName::NEW),
-            EntityAddrVec::single(me),
-            AuthEntityName::new(EntityType::CLIENT, "admin"),
-        );
+        let mut config = client_config();
         config.auth = Arc::new(CephxProvider {
             client: std::sync::Mutex::new(Some(cephx)),
             modes: vec![mode],
         });
-        let my_addrs = config.my_addrs.clone();
-        let now = Instant::now();
-        let deadline = now + Duration::from_secs(30);
-        let mon_addr = v2_addr(mon.addr(), 0);
-        let mut conn = Connection::connect(
-            Arc::new(config),
-            Policy::lossy_client(),
-            mon_addr,
-            EntityType::MON,
-            now,
-        );
-        let mut stream = TcpStream::connect(mon.addr()).expect("dial monitor");
-        conn.handle_transport_connected(Instant::now());
-        let ev =
-            pump(&mut conn, &mut stream, deadline, &my_addrs, |e| matches!(e, Event::Opened(_)));
-        assert!(matches!(ev, Event::Opened(_)));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut conn, mut stream, my_addrs, _) = open_to_monitor(mon.addr(), config, deadline);
         assert_eq!(conn.con_mode(), mode, "the monitor picked our only mode");
         assert!(conn.global_id() > 0);
         let mut get_map = Message::new(MsgType::MON_GET_MAP.0, Bytes::new());
