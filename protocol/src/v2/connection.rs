@@ -1316,7 +1316,7 @@ impl Connection {
         let req = match f.tag() {
             Tag::CLIENT_IDENT => {
                 let ci = ClientIdent::from_segment(&f.segments[0]).map_err(Fault::Decode)?;
-                if ci.addrs.addrs.first().map_or(true, |a| *a == EntityAddr::default()) {
+                if ci.addrs.addrs.first().is_none_or(|a| *a == EntityAddr::default()) {
                     return Err(Fault::Misbehaved("CLIENT_IDENT without addresses"));
                 }
                 if !self.is_my_addr(&ci.target_addr) {
@@ -1606,7 +1606,7 @@ impl Connection {
         let mut action = fault_action(&ctx);
         // A peer without a dialable v2 address (a pure client) cannot be dialled back.
         if matches!(action, FaultAction::Reconnect { .. })
-            && self.peer_addr.map_or(true, |a| a.port() == 0)
+            && self.peer_addr.is_none_or(|a| a.port() == 0)
         {
             action = FaultAction::Standby;
         }
