@@ -536,7 +536,7 @@ impl Connection {
                 self.ack_pending = false;
                 self.messages_sent += 1;
                 if !self.lossy {
-                    self.session.msgs.sent.push_back(msg);
+                    self.session.msgs.push_sent(msg);
                 }
             }
             if self.ack_pending && !self.lossy {
