@@ -363,6 +363,16 @@ impl Connection {
         self.0.loopback || self.state() == ConnState::Open
     }
 
+    /// What this connection holds for its peer, as its per-connection send bound counts
+    /// it (framed bytes plus a per-message overhead): messages waiting in the mailbox,
+    /// queued in the session, being written, and, on a lossless session, sent but not
+    /// yet acknowledged. Zero once the peer has acknowledged everything (Ceph's out
+    /// queue plus sent list, as `messenger dump` would show them).
+    pub fn queued_send_bytes(&self) -> u64 {
+        let mailbox = self.0.mailbox.lock().queued_cost;
+        mailbox + self.0.driver_cost.load(Ordering::Relaxed)
+    }
+
     /// The connection's state as last published by its driver.
     pub fn state(&self) -> ConnState {
         ConnState::from_u8(self.0.state.load(Ordering::Acquire))

@@ -92,6 +92,17 @@ fn send(c: &Connection, tid: u64) {
     c.send_message(test_message(MSG_TEST, tid, Bytes::new())).expect("send");
 }
 
+/// Waits until the peer has acknowledged everything `c` sent: a lossless connection
+/// that faults with unacked messages reconnects to resend them instead of parking in
+/// standby (Ceph's fault rule), so a scenario about standby must start from here.
+fn wait_acked(c: &Connection) {
+    let deadline = Instant::now() + WAIT;
+    while c.queued_send_bytes() != 0 {
+        assert!(Instant::now() < deadline, "{c:?} still holds {} bytes", c.queued_send_bytes());
+        std::thread::yield_now();
+    }
+}
+
 fn wait_for_state(c: &Connection, state: ConnState) {
     let deadline = Instant::now() + WAIT;
     while c.state() != state {
@@ -314,6 +325,8 @@ fn lossless_peers_mark_down_on_either_side() {
                 ["accept b1", "msg b1 tid=1 seq=1"],
                 "{case}"
             );
+            wait_acked(&a1);
+            wait_acked(&bj.conn("b1"));
             if !b_side {
                 a1.mark_down();
                 wait_for_state(&bj.conn("b1"), ConnState::Standby);
