@@ -1,43 +1,21 @@
-//! What the center calls: the [`Handler`] trait, its [`HandlerId`] and the [`Ready`] set.
+//! What runs on a worker: the [`Handler`] trait the center calls, the [`Context`] it
+//! passes to every callback (and to timer and external closures), and [`TimerTarget`].
+//!
+//! These name each other (a callback receives a `Context`; a `Context` stores, lends and
+//! removes handlers), so they share this file; the containers under them (the registry,
+//! the timer queue, the external queue) are generic and know none of them.
 
-use crate::{Context, TimerId};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// A generation-tagged token naming one handler on one center.
-///
-/// The `index` is a slab slot; the `generation` changes every time that slot is freed, so
-/// an id kept after [`Context::remove`] never reaches the handler that later reuses the slot
-/// (not for readiness, timers or [`CenterHandle::notify`](crate::CenterHandle::notify)).
-/// Ids are only meaningful on the center that issued them.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct HandlerId {
-    pub(crate) index: u32,
-    pub(crate) generation: u32,
-}
+use mio::Interest;
 
-// The mio token carries both halves of the id, so a readiness event that was already
-// collected for a removed handler is recognised as stale even after the slot is reused.
-#[cfg(not(target_pointer_width = "64"))]
-compile_error!("event_center packs (generation, index) into a 64-bit mio::Token");
-
-/// The token of the center's `mio::Waker`; never produced by a [`HandlerId`] because slot
-/// indices stay below `u32::MAX`.
-pub(crate) const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
-
-impl HandlerId {
-    /// The slab slot this id names (shared with earlier and later ids of other
-    /// generations); for logs and tests.
-    pub fn slot(&self) -> u32 {
-        self.index
-    }
-
-    pub(crate) fn token(self) -> mio::Token {
-        mio::Token(((self.generation as usize) << 32) | self.index as usize)
-    }
-
-    pub(crate) fn from_token(token: mio::Token) -> HandlerId {
-        HandlerId { index: (token.0 & 0xffff_ffff) as u32, generation: (token.0 >> 32) as u32 }
-    }
-}
+use crate::external::Shared;
+use crate::registry::{drop_quietly, HandlerId, HandlerRegistry};
+use crate::timer::{TimerId, TimerQueue};
 
 /// Readiness of a handler's source, as reported by one `poll`.
 ///
@@ -77,8 +55,7 @@ pub trait Handler: AsAny + Send + 'static {
     /// Readiness for the handler's registered source (see [`Ready`] for the edge contract).
     fn ready(&mut self, cx: &mut Context<'_>, ready: Ready);
 
-    /// A timer armed with [`TimerTarget::Handler`](crate::TimerTarget::Handler) for this
-    /// handler fired.
+    /// A timer armed with [`TimerTarget::Handler`] for this handler fired.
     fn timer(&mut self, cx: &mut Context<'_>, id: TimerId) {
         let _ = (cx, id);
     }
@@ -96,9 +73,8 @@ pub trait Handler: AsAny + Send + 'static {
     }
 }
 
-/// Lets [`Context::with_handler_as`](crate::Context::with_handler_as) downcast a
-/// `dyn Handler` to its concrete type. Implemented for every `'static` type; never
-/// implement it yourself.
+/// Lets [`Context::with_handler_as`] downcast a `dyn Handler` to its concrete type.
+/// Implemented for every `'static` type; never implement it yourself.
 pub trait AsAny {
     /// `self` as `&dyn Any`.
     fn as_any(&self) -> &dyn std::any::Any;
@@ -115,14 +91,226 @@ impl<T: std::any::Any> AsAny for T {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A closure run on the worker: an external event or a timer's.
+pub(crate) type ExternalFn = Box<dyn FnOnce(&mut Context<'_>) + Send>;
 
-    #[test]
-    fn token_round_trips_both_halves() {
-        let id = HandlerId { index: 7, generation: u32::MAX - 1 };
-        assert_eq!(HandlerId::from_token(id.token()), id);
-        assert_ne!(id.token(), WAKER_TOKEN);
+/// What a timer does when it fires.
+pub enum TimerTarget {
+    /// Call [`Handler::timer`] on this handler, if it is still live.
+    Handler(HandlerId),
+    /// Run this closure on the worker.
+    Fn(Box<dyn FnOnce(&mut Context<'_>) + Send>),
+}
+
+impl std::fmt::Debug for TimerTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TimerTarget::Handler(id) => f.debug_tuple("Handler").field(id).finish(),
+            TimerTarget::Fn(_) => f.write_str("Fn(..)"),
+        }
+    }
+}
+
+/// Everything a handler may touch through its [`Context`]; owned by the loop.
+pub(crate) struct Core {
+    pub(crate) handlers: HandlerRegistry<Box<dyn Handler>>,
+    pub(crate) timers: TimerQueue<TimerTarget>,
+    pub(crate) shared: Arc<Shared<ExternalFn>>,
+    /// Read once per loop iteration, after `poll` returns.
+    pub(crate) now: Instant,
+}
+
+impl Core {
+    /// A context for code that runs on no handler's behalf (set-up code, closures).
+    pub(crate) fn context(&mut self) -> Context<'_> {
+        Context { core: self, current: None }
+    }
+}
+
+/// Runs one callback of handler `id` (lent out of its slot) under `catch_unwind`.
+/// Returns false if the handler was not live (or already running).
+pub(crate) fn run_handler(
+    core: &mut Core,
+    id: HandlerId,
+    what: &str,
+    f: impl FnOnce(&mut dyn Handler, &mut Context<'_>),
+) -> bool {
+    let Some(mut handler) = core.handlers.take(id) else {
+        return false;
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let mut cx = Context { core: &mut *core, current: Some(id) };
+        f(handler.as_mut(), &mut cx);
+    }));
+    match result {
+        Ok(()) => core.handlers.put_back(id, handler),
+        Err(payload) => {
+            core.shared.note_panic(&format!("handler {id:?} {what}"), payload.as_ref());
+            core.handlers.discard(id, handler);
+        }
+    }
+    true
+}
+
+/// Runs a closure (timer or external event) under `catch_unwind`.
+pub(crate) fn run_closure(core: &mut Core, what: &str, f: ExternalFn) {
+    let result = catch_unwind(AssertUnwindSafe(|| f(&mut core.context())));
+    if let Err(payload) = result {
+        core.shared.note_panic(what, payload.as_ref());
+    }
+}
+
+/// The center as seen from code running on its worker: handlers, timers and closures.
+///
+/// Everything here acts at once on the owning worker; nothing locks.
+pub struct Context<'a> {
+    pub(crate) core: &'a mut Core,
+    current: Option<HandlerId>,
+}
+
+impl Context<'_> {
+    /// Monotonic time, read once per loop iteration (after `poll` returns).
+    pub fn now(&self) -> Instant {
+        self.core.now
+    }
+
+    /// The handler being run, if this code runs on behalf of one.
+    pub fn id(&self) -> Option<HandlerId> {
+        self.current
+    }
+
+    /// This center's id.
+    pub fn center_id(&self) -> usize {
+        self.core.shared.id()
+    }
+
+    /// Registers `source` for `interest` and stores the handler built by `make`, which
+    /// receives the new id and takes ownership of the source.
+    ///
+    /// Ownership: the handler owns its source (e.g. a `mio::net::TcpStream` it reads and
+    /// writes in [`Handler::ready`]); the center keeps only the registration (the fd) and
+    /// deregisters it on [`remove`](Self::remove), on a panic and at shutdown, before the
+    /// handler — and so the source — is dropped. A handler must therefore keep the source
+    /// open while registered; to replace it, [`deregister`](Self::deregister) first, then
+    /// [`register_source`](Self::register_source) the new one.
+    #[doc(alias = "create_file_event")]
+    pub fn register<S, F>(
+        &mut self,
+        source: S,
+        interest: Interest,
+        make: F,
+    ) -> io::Result<HandlerId>
+    where
+        S: AsRawFd,
+        F: FnOnce(HandlerId, S) -> Box<dyn Handler>,
+    {
+        let fd = source.as_raw_fd();
+        let id = self.core.handlers.allocate();
+        let handler = match catch_unwind(AssertUnwindSafe(|| make(id, source))) {
+            Ok(handler) => handler,
+            Err(payload) => {
+                self.core.handlers.abandon(id);
+                std::panic::resume_unwind(payload);
+            }
+        };
+        self.core.handlers.fill(id, handler);
+        if let Err(e) = self.core.handlers.register_fd(id, fd, interest) {
+            drop_quietly(self.core.handlers.remove(id));
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Stores a handler that has no source (yet); it can get one later through
+    /// [`register_source`](Self::register_source), and receives timers and notifies.
+    pub fn insert_handler(&mut self, handler: Box<dyn Handler>) -> HandlerId {
+        self.core.handlers.insert(handler)
+    }
+
+    /// Registers a source owned by the live handler `id` (possibly the running one), which
+    /// must not have one already. The same ownership rules as [`register`](Self::register).
+    pub fn register_source<S: AsRawFd + ?Sized>(
+        &mut self,
+        id: HandlerId,
+        source: &S,
+        interest: Interest,
+    ) -> io::Result<()> {
+        self.core.handlers.register_fd(id, source.as_raw_fd(), interest)
+    }
+
+    /// Changes the readiness `id` is woken for. `None` stops all readiness (e.g. throttled:
+    /// stop reading); setting an interest again reports the source's current readiness, so
+    /// data that arrived meanwhile is not missed.
+    pub fn set_interest(&mut self, id: HandlerId, interest: Option<Interest>) -> io::Result<()> {
+        self.core.handlers.set_interest(id, interest)
+    }
+
+    /// Deregisters `id`'s source but keeps the handler (which still owns the source).
+    pub fn deregister(&mut self, id: HandlerId) -> io::Result<()> {
+        self.core.handlers.deregister(id)
+    }
+
+    /// Removes handler `id`: deregisters its source and returns it. Later readiness, timers
+    /// and notifies for `id` are never delivered, even once the slot is reused. For the
+    /// running handler (or one inside [`with_handler`](Self::with_handler)) this returns
+    /// `None` and the handler is dropped when its callback returns. Timers armed for `id`
+    /// stay queued until due and are then skipped; cancel them to free them sooner.
+    #[doc(alias = "delete_file_event")]
+    pub fn remove(&mut self, id: HandlerId) -> Option<Box<dyn Handler>> {
+        self.core.handlers.remove(id)
+    }
+
+    /// Whether `id` names a live handler on this center.
+    pub fn is_live(&self, id: HandlerId) -> bool {
+        self.core.handlers.is_live(id)
+    }
+
+    /// Arms a one-shot timer `after` from now (the current clock, not the cached
+    /// [`now`](Self::now)). Timers fire in deadline order, ties in creation order.
+    #[inline]
+    pub fn create_time_event(&mut self, after: Duration, target: TimerTarget) -> TimerId {
+        let now = Instant::now();
+        // An `after` too large for Instant means "never": a year out stands in for it.
+        let deadline = now
+            .checked_add(after)
+            .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365)))
+            .unwrap_or(now);
+        self.core.timers.insert(deadline, target)
+    }
+
+    /// Cancels a timer; false if it already fired or was cancelled.
+    #[inline]
+    pub fn delete_time_event(&mut self, id: TimerId) -> bool {
+        self.core.timers.cancel(id)
+    }
+
+    /// Runs `f` against another live handler on this center (its callbacks' `cx.id()` is
+    /// `id` meanwhile). `None` if `id` is not live or is the one running. A panic in `f` is
+    /// treated like a panicking callback: counted, logged, the handler dropped, `None`.
+    pub fn with_handler<R>(
+        &mut self,
+        id: HandlerId,
+        f: impl FnOnce(&mut dyn Handler, &mut Context<'_>) -> R,
+    ) -> Option<R> {
+        let mut out = None;
+        run_handler(self.core, id, "with_handler", |h, cx| out = Some(f(h, cx)));
+        out
+    }
+
+    /// Like [`with_handler`](Self::with_handler) for a handler of concrete type `H`;
+    /// `None` also when `id`'s handler is of another type.
+    pub fn with_handler_as<H: Handler, R>(
+        &mut self,
+        id: HandlerId,
+        f: impl FnOnce(&mut H, &mut Context<'_>) -> R,
+    ) -> Option<R> {
+        self.with_handler(id, |h, cx| AsAny::as_any_mut(h).downcast_mut::<H>().map(|h| f(h, cx)))
+            .flatten()
+    }
+
+    /// Tells this center to stop after the current iteration (see
+    /// [`CenterHandle::stop`](crate::CenterHandle::stop)).
+    pub fn stop(&mut self) {
+        self.core.shared.stop();
     }
 }

@@ -92,15 +92,29 @@
 //!   running inline: the only way to touch the center is the `&mut Context` that code on the
 //!   worker already holds, so it calls the closure itself.
 //! - A panicking handler is dropped and counted instead of aborting the process.
+//!
+//! # Layout (for readers of the source)
+//! Bottom up, each file using only those before it: `registry` (the slab of
+//! generation-tagged handler slots and their epoll registrations), `timer` (the ordered
+//! timer queue) and `external` (the cross-thread queue, the waker, the coalescing of
+//! wakeups and notifies) are generic and know no handler; `handler` (the [`Handler`]
+//! trait and the [`Context`] it is given) builds on them, `center_handle` on it, `center`
+//! (the loop) on all of them, and `pool` on the loop. Their small hot-path methods are
+//! `#[inline]`: split across modules, the compiler stopped inlining them, and a timer's
+//! insert + cancel took a fifth more instructions than in one file.
 
 mod center;
+mod center_handle;
+mod external;
 mod handler;
 mod pool;
+mod registry;
 mod timer;
 
-pub use center::{
-    CenterError, CenterHandle, Context, EventCenter, EVENTS_CAPACITY, EXTERNAL_BATCH, TIMER_BATCH,
-};
-pub use handler::{AsAny, Handler, HandlerId, Ready};
+pub use center::{EventCenter, EVENTS_CAPACITY, EXTERNAL_BATCH, TIMER_BATCH};
+pub use center_handle::CenterHandle;
+pub use external::CenterError;
+pub use handler::{AsAny, Context, Handler, Ready, TimerTarget};
 pub use pool::{WorkerPool, WorkerPoolConfig};
-pub use timer::{TimerId, TimerTarget};
+pub use registry::HandlerId;
+pub use timer::TimerId;

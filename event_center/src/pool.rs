@@ -1,12 +1,13 @@
 //! A fixed set of named worker threads, one [`EventCenter`] each.
 
 use std::io;
-use std::sync::Mutex;
 use std::thread::{self, JoinHandle};
 
 use log::{error, info, warn};
+use parking_lot::Mutex;
 
-use crate::{CenterHandle, EventCenter};
+use crate::center::EventCenter;
+use crate::center_handle::CenterHandle;
 
 const LOG: &str = "msgr::center";
 
@@ -64,7 +65,7 @@ impl WorkerPool {
                         error!(target: LOG, "worker {index} stopped on error: {e}");
                     }
                 })?;
-            lock(&pool.threads).push(thread);
+            pool.threads.lock().push(thread);
         }
         Ok(pool)
     }
@@ -112,7 +113,7 @@ impl WorkerPool {
         for handle in &self.handles {
             handle.stop();
         }
-        let threads = std::mem::take(&mut *lock(&self.threads));
+        let threads = std::mem::take(&mut *self.threads.lock());
         let me = thread::current().id();
         for thread in threads {
             if thread.thread().id() == me {
@@ -130,10 +131,6 @@ impl Drop for WorkerPool {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn pin_to_cpu(cpu: usize) -> io::Result<()> {

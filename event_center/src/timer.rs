@@ -2,12 +2,11 @@
 //!
 //! Insert and cancel are O(log n) and cancel removes the entry at once (no lazy deletion,
 //! so 100k insert/cancel cycles leave nothing behind). Ties on the deadline fire in
-//! creation order because `seq` only grows.
+//! creation order because `seq` only grows. Generic over what a timer does when it fires
+//! (the center stores a [`TimerTarget`](crate::TimerTarget)).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-use crate::{Context, HandlerId};
 
 /// Names one armed timer on one center. Carries its deadline, so cancel needs no side table.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -23,49 +22,41 @@ impl TimerId {
     }
 }
 
-/// What a timer does when it fires.
-pub enum TimerTarget {
-    /// Call [`Handler::timer`](crate::Handler::timer) on this handler, if it is still live.
-    Handler(HandlerId),
-    /// Run this closure on the worker.
-    Fn(Box<dyn FnOnce(&mut Context<'_>) + Send>),
-}
-
-impl std::fmt::Debug for TimerTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TimerTarget::Handler(id) => f.debug_tuple("Handler").field(id).finish(),
-            TimerTarget::Fn(_) => f.write_str("Fn(..)"),
-        }
-    }
-}
-
 /// The armed timers of one center.
-#[derive(Default)]
-pub(crate) struct TimerQueue {
+pub(crate) struct TimerQueue<T> {
     /// Invariant: every key was produced by `insert` and has not been popped or cancelled.
-    armed: BTreeMap<(Instant, u64), TimerTarget>,
+    armed: BTreeMap<(Instant, u64), T>,
     next_seq: u64,
 }
 
-impl TimerQueue {
-    pub(crate) fn insert(&mut self, deadline: Instant, target: TimerTarget) -> TimerId {
+impl<T> Default for TimerQueue<T> {
+    fn default() -> Self {
+        TimerQueue { armed: BTreeMap::new(), next_seq: 0 }
+    }
+}
+
+impl<T> TimerQueue<T> {
+    #[inline]
+    pub(crate) fn insert(&mut self, deadline: Instant, target: T) -> TimerId {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.armed.insert((deadline, seq), target);
         TimerId { deadline, seq }
     }
 
+    #[inline]
     pub(crate) fn cancel(&mut self, id: TimerId) -> bool {
         self.armed.remove(&(id.deadline, id.seq)).is_some()
     }
 
+    #[inline]
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.armed.first_key_value().map(|(&(deadline, _), _)| deadline)
     }
 
     /// The earliest timer if it is due at `now`.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(TimerId, TimerTarget)> {
+    #[inline]
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(TimerId, T)> {
         let entry = self.armed.first_entry()?;
         if entry.key().0 > now {
             return None;
@@ -101,29 +92,25 @@ pub(crate) fn poll_timeout(now: Instant, deadline: Instant) -> Duration {
 mod tests {
     use super::*;
 
-    fn id(n: u32) -> TimerTarget {
-        TimerTarget::Handler(HandlerId { index: n, generation: 0 })
-    }
-
     #[test]
     fn pops_in_deadline_then_fifo_order() {
         let mut q = TimerQueue::default();
         let t0 = Instant::now();
-        q.insert(t0 + Duration::from_millis(5), id(0));
-        q.insert(t0 + Duration::from_millis(1), id(1));
-        q.insert(t0 + Duration::from_millis(5), id(2));
+        q.insert(t0 + Duration::from_millis(5), 0);
+        q.insert(t0 + Duration::from_millis(1), 1);
+        q.insert(t0 + Duration::from_millis(5), 2);
         let mut order = Vec::new();
-        while let Some((_, TimerTarget::Handler(h))) = q.pop_due(t0 + Duration::from_secs(1)) {
-            order.push(h.index);
+        while let Some((_, n)) = q.pop_due(t0 + Duration::from_secs(1)) {
+            order.push(n);
         }
         assert_eq!(order, [1, 0, 2]);
     }
 
     #[test]
     fn not_due_stays() {
-        let mut q = TimerQueue::default();
+        let mut q = TimerQueue::<u32>::default();
         let t0 = Instant::now();
-        let t = q.insert(t0 + Duration::from_millis(5), id(0));
+        let t = q.insert(t0 + Duration::from_millis(5), 0);
         assert!(q.pop_due(t0).is_none());
         assert!(q.cancel(t));
         assert!(!q.cancel(t));
