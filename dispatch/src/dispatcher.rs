@@ -13,9 +13,6 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use protocol::Message;
 
-use crate::queue::DispatchQueue;
-use crate::throttle::Permit;
-
 /// What a connection handle must offer the dispatch layer.
 ///
 /// The messenger's `Connection` implements it; tests use a plain id.
@@ -145,16 +142,8 @@ pub trait Dispatcher<C: ConnectionRef>: Send + Sync + 'static {
     }
 }
 
-/// Where [`Dispatchers::fast_dispatch_or_queue`] sent a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Delivery {
-    /// Delivered by `ms_fast_dispatch` on the calling thread.
-    Fast,
-    /// Queued for the dispatch thread.
-    Queued,
-}
-
-type Chain<C> = Arc<Vec<Arc<dyn Dispatcher<C>>>>;
+/// An immutable snapshot of a dispatcher list.
+pub(crate) type Chain<C> = Arc<Vec<Arc<dyn Dispatcher<C>>>>;
 
 /// The ordered dispatcher chain plus the fast-path logic, shared by the dispatch thread
 /// and the workers.
@@ -226,7 +215,8 @@ impl<C: ConnectionRef> Dispatchers<C> {
         Arc::clone(&self.all.read())
     }
 
-    fn fast(&self) -> Chain<C> {
+    /// A snapshot of the fast dispatchers (Ceph's `fast_dispatchers`).
+    pub(crate) fn fast(&self) -> Chain<C> {
         Arc::clone(&self.fast.read())
     }
 
@@ -266,35 +256,6 @@ impl<C: ConnectionRef> Dispatchers<C> {
     pub fn fast_preprocess(&self, conn: &C, msg: &Message) {
         for d in self.fast().iter() {
             d.ms_fast_preprocess(conn, msg);
-        }
-    }
-
-    /// The receive path for one message, called by its connection's worker in arrival
-    /// order: preprocess, then fast-dispatch on this thread if a dispatcher wants it
-    /// (releasing `budget` when it returns), else queue it with its budget.
-    pub fn fast_dispatch_or_queue(
-        &self,
-        conn: &C,
-        msg: Message,
-        budget: Option<Permit>,
-        queue: &DispatchQueue<C>,
-    ) -> Delivery {
-        // One snapshot for both walks: a dispatcher added meanwhile sees neither.
-        let fast = self.fast();
-        for d in fast.iter() {
-            d.ms_fast_preprocess(conn, &msg);
-        }
-        match fast.iter().find(|d| d.ms_can_fast_dispatch(&msg)) {
-            Some(d) => {
-                d.ms_fast_dispatch(conn, msg);
-                drop(budget);
-                queue.note_fast_dispatched();
-                Delivery::Fast
-            }
-            None => {
-                queue.enqueue(conn, msg, budget);
-                Delivery::Queued
-            }
         }
     }
 

@@ -39,10 +39,8 @@ mod prio;
 pub mod queue;
 pub mod throttle;
 
-pub use dispatcher::{
-    AuthVerdict, Authorizer, ConnectionRef, Delivery, Dispatched, Dispatcher, Dispatchers,
-};
-pub use queue::{DispatchQueue, QueueCounters, QueueEvent, ShutdownMode};
+pub use dispatcher::{AuthVerdict, Authorizer, ConnectionRef, Dispatched, Dispatcher, Dispatchers};
+pub use queue::{Delivery, DispatchQueue, QueueCounters, QueueEvent, ShutdownMode};
 pub use throttle::{InFlight, Permit, Throttle, ThrottleCounters, Ticket, Waiting, Waker};
 
 /// Ceph's default `ms_dispatch_throttle_bytes`: 100 MiB.

@@ -22,11 +22,10 @@
 //!   priority, connections take turns; within one connection and one priority, FIFO.
 //!   Priority 0 counts as `PRIO_DEFAULT`. Messages of one connection at different
 //!   priorities may be reordered (that is what priorities are for).
-//! - **Fast path.** [`DispatchQueue::deliver`] (or [`Dispatchers::fast_dispatch_or_queue`])
-//!   runs `ms_fast_preprocess` for every message and `ms_fast_dispatch` on the calling
-//!   thread for those a fast dispatcher wants, bypassing the queue; each connection's
-//!   worker calls it in arrival order, so preprocess sees each connection's messages in
-//!   arrival order.
+//! - **Fast path.** [`DispatchQueue::deliver`] runs `ms_fast_preprocess` for every
+//!   message and `ms_fast_dispatch` on the calling thread for those a fast dispatcher
+//!   wants, bypassing the queue; each connection's worker calls it in arrival order, so
+//!   preprocess sees each connection's messages in arrival order.
 //! - **Loopback.** [`DispatchQueue::local_delivery`] keeps the same guarantees: local
 //!   messages wait in a FIFO lane that the dispatch thread serves after events and
 //!   before queued messages, running preprocess, then fast dispatch or queueing, exactly
@@ -62,7 +61,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use protocol::Message;
 
-use crate::dispatcher::{ConnectionRef, Delivery, Dispatchers};
+use crate::dispatcher::{ConnectionRef, Dispatchers};
 use crate::prio::PrioQueue;
 use crate::throttle::{Permit, Throttle};
 
@@ -81,6 +80,15 @@ pub enum QueueEvent<C> {
     RemoteReset(C),
     /// The peer refused us: `ms_handle_refused`, head → tail until one handles it.
     Refused(C),
+}
+
+/// Where [`DispatchQueue::deliver`] sent a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Delivered by `ms_fast_dispatch` on the calling thread.
+    Fast,
+    /// Queued for the dispatch thread.
+    Queued,
 }
 
 /// How [`DispatchQueue::shutdown`] treats what is still queued.
@@ -330,9 +338,26 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     }
 
     /// The receive path for a message read by `conn`'s worker, in arrival order:
-    /// preprocess, fast dispatch on this thread if wanted, else [`enqueue`](Self::enqueue).
+    /// preprocess, fast dispatch on this thread if wanted (releasing `budget` when the
+    /// dispatcher returns), else [`enqueue`](Self::enqueue) it with its budget.
     pub fn deliver(&self, conn: &C, msg: Message, budget: Option<Permit>) -> Delivery {
-        self.shared.dispatchers.fast_dispatch_or_queue(conn, msg, budget, self)
+        // One snapshot for both walks: a dispatcher added meanwhile sees neither.
+        let fast = self.shared.dispatchers.fast();
+        for d in fast.iter() {
+            d.ms_fast_preprocess(conn, &msg);
+        }
+        match fast.iter().find(|d| d.ms_can_fast_dispatch(&msg)) {
+            Some(d) => {
+                d.ms_fast_dispatch(conn, msg);
+                drop(budget);
+                self.shared.fast_dispatched.fetch_add(1, Ordering::Relaxed);
+                Delivery::Fast
+            }
+            None => {
+                self.enqueue(conn, msg, budget);
+                Delivery::Queued
+            }
+        }
     }
 
     /// Queues a connection event; for `Connect`/`Accept`, first calls the fast hooks on
@@ -458,10 +483,6 @@ impl<C: ConnectionRef> DispatchQueue<C> {
             untaken: s.untaken.load(Ordering::Relaxed),
             events_delivered: s.events_delivered.load(Ordering::Relaxed),
         }
-    }
-
-    pub(crate) fn note_fast_dispatched(&self) {
-        self.shared.fast_dispatched.fetch_add(1, Ordering::Relaxed);
     }
 }
 
