@@ -2,7 +2,7 @@
 //! producer threads, each message charged to a 100 MiB dispatch throttle as the
 //! messenger's workers do; plus the fast path for comparison.
 //!
-//! Run: `cargo bench -p dispatch --bench queue -- --warm-up-time 1 --measurement-time 3`
+//! Run: `cargo bench -p asyncmsgr-dispatch --bench queue -- --warm-up-time 1 --measurement-time 3`
 
 // criterion_group! generates an undocumented pub fn.
 #![allow(missing_docs)]
@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use crossbeam_channel::{bounded, Receiver, Sender};
-use dispatch::{
+use asyncmsgr_dispatch::{
     ConnectionRef, DispatchQueue, Dispatched, Dispatcher, Dispatchers, ShutdownMode, Throttle,
     DEFAULT_DISPATCH_THROTTLE_BYTES,
 };
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use protocol::message::PRIO_DEFAULT;
 use protocol::Message;
 

@@ -5,12 +5,12 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::*;
-use crossbeam_channel::unbounded;
-use dispatch::{
+use asyncmsgr_dispatch::{
     AuthVerdict, Delivery, DispatchQueue, Dispatched, Dispatcher, Dispatchers, QueueEvent,
     ShutdownMode, Throttle,
 };
+use common::*;
+use crossbeam_channel::unbounded;
 use protocol::message::{PRIO_DEFAULT, PRIO_HIGH, PRIO_HIGHEST, PRIO_LOW};
 use protocol::Message;
 use rand::rngs::SmallRng;
@@ -536,8 +536,8 @@ fn authorizer_hooks() {
         fn ms_dispatch(&self, _c: &TestConn, m: Message) -> Dispatched {
             Dispatched::NotTaken(m)
         }
-        fn ms_get_authorizer(&self, _peer: u8) -> Option<dispatch::Authorizer> {
-            self.0.map(|p| dispatch::Authorizer { protocol: p, bytes: vec![p as u8] })
+        fn ms_get_authorizer(&self, _peer: u8) -> Option<asyncmsgr_dispatch::Authorizer> {
+            self.0.map(|p| asyncmsgr_dispatch::Authorizer { protocol: p, bytes: vec![p as u8] })
         }
         fn ms_verify_authorizer(&self, _c: &TestConn, _t: u8, _p: u32, _a: &[u8]) -> AuthVerdict {
             self.1.clone()

@@ -5,9 +5,9 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use asyncmsgr_dispatch::{Permit, Throttle};
 use common::{seed, wait_until, WAIT};
 use crossbeam_channel::unbounded;
-use dispatch::{Permit, Throttle};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

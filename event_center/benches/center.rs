@@ -5,9 +5,11 @@
 
 use std::time::{Duration, Instant};
 
+use asyncmsgr_event_center::{
+    CenterHandle, EventCenter, TimerTarget, WorkerPool, WorkerPoolConfig,
+};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use crossbeam_channel::{bounded, Sender};
-use event_center::{CenterHandle, EventCenter, TimerTarget, WorkerPool, WorkerPoolConfig};
 
 /// One round trip: `a` posts to `b`, `b` posts back to `a`; `left` more after this one.
 fn ping(a: CenterHandle, b: CenterHandle, left: u64, done: Sender<()>) {

@@ -1,12 +1,12 @@
 //! Two workers bounce N external events back and forth and report the rate.
 //!
-//! `cargo run --release -p event_center --example ping_pong -- [round_trips]`
+//! `cargo run --release -p asyncmsgr-event-center --example ping_pong -- [round_trips]`
 #![allow(clippy::print_stdout)]
 
 use std::time::Instant;
 
+use asyncmsgr_event_center::{CenterHandle, WorkerPool, WorkerPoolConfig};
 use crossbeam_channel::{bounded, Sender};
-use event_center::{CenterHandle, WorkerPool, WorkerPoolConfig};
 
 fn ping(a: CenterHandle, b: CenterHandle, left: u64, done: Sender<()>) {
     if left == 0 {

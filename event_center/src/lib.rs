@@ -23,7 +23,7 @@
 //! # Example: a handler that owns its socket
 //! ```
 //! use std::io::{self, Read};
-//! use event_center::{Context, Handler, Ready, WorkerPool, WorkerPoolConfig};
+//! use asyncmsgr_event_center::{Context, Handler, Ready, WorkerPool, WorkerPoolConfig};
 //! use mio::{net::TcpListener, Interest};
 //!
 //! struct Acceptor {

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{unbounded, Sender};
-use event_center::{
+use asyncmsgr_event_center::{
     CenterError, Context, EventCenter, Handler, Ready, WorkerPool, WorkerPoolConfig,
 };
+use crossbeam_channel::{unbounded, Sender};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -146,7 +146,7 @@ fn external_flood_is_drained_in_bounded_batches() {
     let mut center = EventCenter::new(0).expect("center");
     let handle = center.handle();
     let ran = Arc::new(AtomicU64::new(0));
-    let total = 3 * event_center::EXTERNAL_BATCH as u64 + 1;
+    let total = 3 * asyncmsgr_event_center::EXTERNAL_BATCH as u64 + 1;
     for _ in 0..total {
         let ran = Arc::clone(&ran);
         handle
@@ -156,7 +156,7 @@ fn external_flood_is_drained_in_bounded_batches() {
             .expect("post");
     }
     center.run_once(None).expect("poll");
-    assert_eq!(ran.load(Ordering::Relaxed), event_center::EXTERNAL_BATCH as u64);
+    assert_eq!(ran.load(Ordering::Relaxed), asyncmsgr_event_center::EXTERNAL_BATCH as u64);
     // The rest is still queued, so the next iterations do not sleep.
     for _ in 0..3 {
         center.run_once(None).expect("poll");

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
-use event_center::{
+use asyncmsgr_event_center::{
     Context, EventCenter, Handler, HandlerId, Ready, TimerTarget, WorkerPool, WorkerPoolConfig,
 };
+use crossbeam_channel::{unbounded, Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
 
@@ -205,7 +205,7 @@ impl Handler for Recorder {
     fn ready(&mut self, _cx: &mut Context<'_>, _ready: Ready) {
         let _ = self.tx.send("ready");
     }
-    fn timer(&mut self, _cx: &mut Context<'_>, _id: event_center::TimerId) {
+    fn timer(&mut self, _cx: &mut Context<'_>, _id: asyncmsgr_event_center::TimerId) {
         let _ = self.tx.send("timer");
     }
     fn notify(&mut self, _cx: &mut Context<'_>) {

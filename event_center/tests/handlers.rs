@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::time::Duration;
 
+use asyncmsgr_event_center::{CenterHandle, Context, EventCenter, Handler, HandlerId, Ready};
 use crossbeam_channel::{unbounded, Sender};
-use event_center::{CenterHandle, Context, EventCenter, Handler, HandlerId, Ready};
 use mio::net::TcpStream;
 use mio::Interest;
 
@@ -13,7 +13,7 @@ fn handles_are_send_and_sync_and_centers_are_send() {
     fn send_sync<T: Send + Sync>() {}
     fn send<T: Send>() {}
     send_sync::<CenterHandle>();
-    send_sync::<event_center::WorkerPool>();
+    send_sync::<asyncmsgr_event_center::WorkerPool>();
     send::<EventCenter>();
 }
 

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{unbounded, Sender};
-use event_center::{
+use asyncmsgr_event_center::{
     CenterError, CenterHandle, Context, Handler, Ready, TimerTarget, WorkerPool, WorkerPoolConfig,
 };
+use crossbeam_channel::{unbounded, Sender};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use asyncmsgr_event_center::{Context, EventCenter, Handler, Ready, TimerId, TimerTarget};
 use crossbeam_channel::{unbounded, Sender};
-use event_center::{Context, EventCenter, Handler, Ready, TimerId, TimerTarget};
 
 /// Upper bound on loop iterations while waiting for a timer: each iteration sleeps in
 /// poll until the deadline, so a few suffice; a spinning loop would blow through this.

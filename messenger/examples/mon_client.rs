@@ -18,7 +18,7 @@
 //! `lossy_client` policy, MAuth for `client.admin` → MAuthReply with a global id (we
 //! become `client.<id>`), the monmap (which gives the fsid), then MMonCommand or
 //! MMonSubscribe. Without `--keyring` it offers auth none; with it, cephx
-//! (`protocol::auth::cephx`, cephx.md 4): server challenge, proof of the key, auth and
+//! (`asyncmsgr::auth::cephx`, cephx.md 4): server challenge, proof of the key, auth and
 //! service tickets, renewal before they expire while watching, and on reconnect the old
 //! ticket proves our global id so the monitor lets us keep it. A wrong key, an unknown
 //! entity or missing caps end the program with the monitor's refusal, at once.
@@ -29,16 +29,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
-use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
-use protocol::auth::cephx::{CephxClient, ClientConfig, ClientEvent};
-use protocol::auth::{parse_entity_name, KeyRing};
-use protocol::messages::{
+use asyncmsgr::auth::cephx::{CephxClient, ClientConfig, ClientEvent};
+use asyncmsgr::auth::{parse_entity_name, KeyRing};
+use asyncmsgr::messages::{
     decode_any, AnyMessage, AuthNegotiation, MAuth, MAuthReply, MMonCommand, MMonSubscribe, MonMap,
     TypedMessage,
 };
-use protocol::types::{EntityName, EntityType};
-use protocol::Message;
+use asyncmsgr::{
+    Connection, Dispatched, Dispatcher, EntityName, EntityType, Message, Messenger,
+    MessengerConfig, Policy,
+};
+use crossbeam_channel::{Receiver, Sender};
 
 /// How long to wait for each answer of the monitor.
 const WAIT: Duration = Duration::from_secs(15);

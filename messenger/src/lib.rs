@@ -15,10 +15,8 @@
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use bytes::Bytes;
-//! use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
-//! use protocol::types::{EntityName, EntityType};
-//! use protocol::Message;
+//! use asyncmsgr::{Bytes, Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
+//! use asyncmsgr::{EntityName, EntityType, Message};
 //!
 //! struct Echo;
 //! impl Dispatcher<Connection> for Echo {
@@ -170,3 +168,13 @@ pub use connection::{ConnState, Connection, SendError};
 pub use dispatch::{AuthVerdict, Authorizer, Dispatched, Dispatcher, Throttle};
 pub use messenger::{Messenger, Totals};
 pub use protocol::v1::Policy;
+
+// What a daemon names besides the messenger itself, so that `asyncmsgr` is its one
+// dependency: messages and their payloads, entity names and addresses, typed messages,
+// auth configuration, a shared worker pool; the crates underneath, whole, for the rest.
+pub use bytes::Bytes;
+pub use event_center::{WorkerPool, WorkerPoolConfig};
+pub use protocol::auth::{AuthConfig, KeyRing};
+pub use protocol::types::{EntityAddr, EntityAddrVec, EntityName, EntityType, Features};
+pub use protocol::{auth, messages, types, Message};
+pub use {dispatch, event_center, protocol};

@@ -1,7 +1,10 @@
 //! Codec benchmarks: header encode/decode, crc32c throughput, 4 KiB message round trip.
 //!
-//! `cargo bench -p protocol --bench codec -- --warm-up-time 1 --measurement-time 3`
+//! `cargo bench -p asyncmsgr-protocol --bench codec -- --warm-up-time 1 --measurement-time 3`
 #![allow(clippy::unwrap_used, missing_docs)]
+
+// The workspace names this package's library `protocol` (see the root Cargo.toml).
+extern crate asyncmsgr_protocol as protocol;
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

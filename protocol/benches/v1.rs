@@ -1,8 +1,11 @@
 //! Messages per second through a pair of open v1 state machines, in memory (no sockets):
 //! the protocol's own CPU cost of framing, crc, parsing, seq/ack bookkeeping.
 //!
-//! `cargo bench -p protocol --bench v1 -- --warm-up-time 1 --measurement-time 5`
+//! `cargo bench -p asyncmsgr-protocol --bench v1 -- --warm-up-time 1 --measurement-time 5`
 #![allow(clippy::unwrap_used, missing_docs)]
+
+// The workspace names this package's library `protocol` (see the root Cargo.toml).
+extern crate asyncmsgr_protocol as protocol;
 
 use std::time::Instant;
 

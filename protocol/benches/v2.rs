@@ -2,8 +2,11 @@
 //! sockets): the protocol's own CPU cost of framing, crc or AES-GCM, parsing, seq/ack
 //! bookkeeping. The same exchange as `benches/v1.rs`, for comparison.
 //!
-//! `cargo bench -p protocol --bench v2 -- --warm-up-time 1 --measurement-time 5`
+//! `cargo bench -p asyncmsgr-protocol --bench v2 -- --warm-up-time 1 --measurement-time 5`
 #![allow(clippy::unwrap_used, missing_docs)]
+
+// The workspace names this package's library `protocol` (see the root Cargo.toml).
+extern crate asyncmsgr_protocol as protocol;
 
 use std::time::Instant;
 

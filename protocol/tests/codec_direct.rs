@@ -1,6 +1,9 @@
 //! The decoder's direct-read path: a large data segment split across reads is assembled
 //! in one buffer reserved at its full length, into which a driver reads the rest directly.
 
+// The workspace names this package's library `protocol` (see the root Cargo.toml).
+extern crate asyncmsgr_protocol as protocol;
+
 use bytes::{BufMut, Bytes};
 use protocol::message::{
     DecodeOptions, EncodeOptions, MessageDecoder, Progress, DIRECT_ASSEMBLY_MIN,

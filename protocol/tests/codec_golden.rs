@@ -3,6 +3,9 @@
 //! every recorded frame must decode with its crcs verified.
 #![allow(clippy::unwrap_used)]
 
+// The workspace names this package's library `protocol` (see the root Cargo.toml).
+extern crate asyncmsgr_protocol as protocol;
+
 use bytes::Bytes;
 use protocol::message::{DecodeOptions, EncodeOptions, MessageDecoder, Progress};
 use protocol::types::{EntityAddr, EntityName, EntityType, Features, CEPH_MONC_PROTOCOL};

@@ -3,6 +3,9 @@
 //! and never a panic. Each test prints its seed; rerun one with `CODEC_SEED=<seed>`.
 #![allow(clippy::unwrap_used)]
 
+// The workspace names this package's library `protocol` (see the root Cargo.toml).
+extern crate asyncmsgr_protocol as protocol;
+
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use bytes::Bytes;

@@ -2,6 +2,9 @@
 //! of a client talking to a real Ceph 16.2.15 monitor (shared/protocol/msgr-v1.md §8).
 #![allow(clippy::unwrap_used)]
 
+// The workspace names this package's library `protocol` (see the root Cargo.toml).
+extern crate asyncmsgr_protocol as protocol;
+
 use std::collections::BTreeMap;
 
 use bytes::Bytes;

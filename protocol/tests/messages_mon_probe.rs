@@ -5,6 +5,9 @@
 //! Skipped, with the reason printed, when python3 or the script is not available.
 #![allow(clippy::unwrap_used)]
 
+// The workspace names this package's library `protocol` (see the root Cargo.toml).
+extern crate asyncmsgr_protocol as protocol;
+
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -5,6 +5,9 @@
 //! Randomised tests print their seed; rerun one with `MSGS_SEED=<seed>`.
 #![allow(clippy::unwrap_used)]
 
+// The workspace names this package's library `protocol` (see the root Cargo.toml).
+extern crate asyncmsgr_protocol as protocol;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 

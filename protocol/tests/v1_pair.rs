@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+// The workspace names this package's library `protocol` (see the root Cargo.toml).
+extern crate asyncmsgr_protocol as protocol;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+// The workspace names this package's library `protocol` (see the root Cargo.toml).
+extern crate asyncmsgr_protocol as protocol;
+
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

@@ -7,6 +7,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+// The workspace names this package's library `protocol` (see the root Cargo.toml).
+extern crate asyncmsgr_protocol as protocol;
+
 use bytes::{Bytes, BytesMut};
 use protocol::v2::banner::{Banner, BANNER_LEN};
 use protocol::v2::frames::*;

@@ -430,7 +430,7 @@ pub fn mon_client_example() -> io::Result<PathBuf> {
     let bin = profile_dir.join("examples").join("mon_client");
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "--quiet", "-p", "messenger", "--example", "mon_client"]);
+    cmd.args(["build", "--quiet", "-p", "asyncmsgr", "--example", "mon_client"]);
     if release {
         cmd.arg("--release");
     }

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
+use asyncmsgr_dispatch::{ConnectionRef, Dispatched, Dispatcher};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
-use dispatch::{ConnectionRef, Dispatched, Dispatcher};
 use protocol::Message;
 
 /// How long a test waits for something that should happen at once.

@@ -7,7 +7,7 @@
 use crc_fast::{CrcAlgorithm, Digest};
 
 /// Inputs at least this long go to the folding kernel (`crc-fast`), shorter ones to the
-/// `crc32c` crate. Measured on this project's machines (`cargo bench -p protocol --bench
+/// `crc32c` crate. Measured on this project's machines (`cargo bench -p asyncmsgr-protocol --bench
 /// codec -- crc32c`): the `crc32c` crate is faster to 128 bytes (a 49-byte header: equal;
 /// 64 B: 10–12 ns against 16+), the two are level near 256, and from 1 KiB on folding is
 /// 2–4× faster (4 KiB: 92 ns against 220–330; 1 MiB: 27 µs against 67–90).
