@@ -2,7 +2,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use asyncmsgr_event_center::{
@@ -11,6 +11,7 @@ use asyncmsgr_event_center::{
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::Interest;
+use parking_lot::Mutex;
 
 const WAIT: Duration = Duration::from_secs(10);
 const PAYLOAD: usize = 4 << 20;
@@ -253,7 +254,7 @@ struct Killer {
 
 impl Handler for Killer {
     fn ready(&mut self, cx: &mut Context<'_>, _ready: Ready) {
-        let victim = *self.victim.lock().expect("victim");
+        let victim = *self.victim.lock();
         let Some(victim) = victim else { return };
         if cx.remove(victim).is_some() {
             let Some(spare) = self.spare.take() else { return };
@@ -300,8 +301,8 @@ fn stale_readiness_in_the_same_poll_batch_is_not_delivered_to_the_reused_slot() 
             .expect("register");
         (k1, k2)
     });
-    *victim_of_1.lock().expect("lock") = Some(k2);
-    *victim_of_2.lock().expect("lock") = Some(k1);
+    *victim_of_1.lock() = Some(k2);
+    *victim_of_2.lock() = Some(k1);
     // Both sockets already have data: one poll reports both tokens.
     center.run_once(Some(Duration::from_secs(1))).expect("poll");
     let (victim, new) = reused_rx.recv_timeout(WAIT).expect("one killer ran");
