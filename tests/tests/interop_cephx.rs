@@ -58,23 +58,24 @@ fn cephx_client_authenticates_to_a_real_monitor_and_runs_status() {
 }
 
 /// Waits until `auth`'s next deadline (a renewal), draining monitor events meanwhile,
-/// then hands it the timeout. Returns how long it waited.
-fn wait_for_auth_timeout(client: &MonClient, auth: &mut CephxClient) -> Duration {
-    let start = Instant::now();
+/// then hands it the timeout. Returns the deadline.
+fn wait_for_auth_timeout(client: &MonClient, auth: &mut CephxClient) -> Instant {
     let at = auth.poll_timeout().expect("a renewal is scheduled");
     while Instant::now() < at {
         let _ = client.next_event(at.saturating_duration_since(Instant::now()));
     }
     auth.handle_timeout(Instant::now()).expect("no request timed out");
-    start.elapsed()
+    at
 }
 
 /// With 1 s tickets (`auth_mon_ticket_ttl` and `auth_service_ticket_ttl`; a 16.2.15
-/// monitor also accepts 0.5 s, and spins a core at 0 — 1 s keeps the 750 ms renewal
-/// period well above scheduling noise on a loaded machine), the client renews at 75 %
-/// (Ceph's `renew_after`) three times on the same session: each renewal presents the
-/// old ticket, gets the new one encrypted under the previous session key, keeps the
-/// global id, and the session keeps answering commands. About 3 s of renewals.
+/// monitor also accepts 0.5 s, and spins a core at 0), the client renews at 75 %
+/// (Ceph's `renew_after`) three times on the same session: each renewal is scheduled
+/// while the tickets are still valid, presents the old ticket, gets the new one
+/// encrypted under the previous session key, keeps the global id, and the session keeps
+/// answering commands. About 3 s of renewals. How late a loaded machine wakes the test
+/// is not asserted (a renewal at 862 ms once failed an 800 ms bound here): the schedule
+/// is checked on the client's own clock, the outcome on the monitor.
 #[test]
 fn cephx_session_stays_authenticated_across_three_renewals() {
     init_logging();
@@ -91,11 +92,13 @@ fn cephx_session_stays_authenticated_across_three_renewals() {
     client.fetch_monmap().expect("monmap");
     let mut keys = vec![auth.auth_ticket().expect("ticket").session_key.clone()];
     for round in 1..=3 {
-        let waited = wait_for_auth_timeout(&client, &mut auth);
-        assert!(
-            waited <= Duration::from_millis(800),
-            "round {round}: renewal at 75 % ({waited:?})"
-        );
+        let at = wait_for_auth_timeout(&client, &mut auth);
+        for service in [EntityType::MON, EntityType::OSD, EntityType::MGR] {
+            assert!(
+                auth.service_ticket(service, at).is_some(),
+                "round {round}: the renewal is due before the {service} ticket expires"
+            );
+        }
         let events = client.drive_cephx(&mut auth).expect("renewal accepted");
         assert_eq!(
             events,
