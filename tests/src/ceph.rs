@@ -281,7 +281,28 @@ impl CephMon {
         cmd.arg("-c").arg(self.conf()).args(["-i", "a"]);
         start_daemon(&mut cmd, &pid_file, &mut self.pid, START_TIMEOUT, ready).map_err(|e| {
             io::Error::new(e.kind(), format!("ceph-mon did not accept on {addr}: {e}"))
-        })
+        })?;
+        self.wait_serving()
+    }
+
+    /// Waits, bounded, until the monitor serves a real client: `rados lspools`
+    /// authenticates (MAuth over v1, the auth frames over v2) and reads the osdmap.
+    ///
+    /// Leading its quorum is not enough. After mkfs, the auth service has no state until
+    /// its first paxos commit, a few milliseconds after the election; until then a 16.2
+    /// monitor refuses msgr2 authentication with EBUSY (`handle_auth_request haven't
+    /// formed initial quorum`), which a client of ours sees as a failed handshake (v1
+    /// MAuth just waits). Ceph's client retries that on its own; a short hunt interval
+    /// makes its retries quick, and the run is bounded by `client_mount_timeout`.
+    fn wait_serving(&self) -> io::Result<()> {
+        run(Command::new("timeout")
+            .arg("60")
+            .arg("rados")
+            .arg("-c")
+            .arg(self.conf())
+            .args(["--mon_client_hunt_interval", "0.05", "--client_mount_timeout", "30"])
+            .arg("lspools"))
+        .map(drop)
     }
 
     /// Kills the monitor (SIGKILL, as a crash would) and waits until it is gone.
