@@ -638,18 +638,25 @@ fn kill_and_wait(pid: &mut Option<i32>) {
 
 /// Whether process `pid` still runs. A daemon is not our child (Ceph daemons
 /// daemonize): once dead it stays a zombie until init reaps it, which here took ~1.3 s,
-/// per daemon and fixture. A zombie holds no file, socket or port any more, so it
-/// counts as gone.
+/// per daemon and fixture. It counts as gone once every one of its threads is a zombie
+/// or dead: SIGKILL ends the threads one by one, and the main thread can be a zombie
+/// while others still hold the process's sockets (seen under load: the monitor's port
+/// still accepted). Without `/proc`, it runs until reaped.
 fn is_alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the pid exists.
     if unsafe { libc::kill(pid, 0) } != 0 {
         return false;
     }
-    // `/proc/PID/stat` is `pid (comm) STATE …`; comm may hold spaces and parentheses.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-        .is_none_or(|zombie| !zombie)
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return true };
+    tasks.flatten().any(|task| {
+        // `stat` is `tid (comm) STATE …`; comm may hold spaces and parentheses. A thread
+        // that vanished meanwhile is dead.
+        std::fs::read_to_string(task.path().join("stat")).ok().is_some_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+        })
+    })
 }
 
 /// The wall clock as a `utime_t` (keys carry their creation time).

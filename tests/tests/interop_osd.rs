@@ -11,7 +11,7 @@
 //! messenger lane ports onto the connection machine.
 //!
 //! Each test starts its own cluster ([`CephOsd`]: a cephx monitor and one memstore OSD,
-//! ~3 s) and is skipped with a printed reason when Ceph is not installed (a failure in
+//! ~1 s idle) and is skipped with a printed reason when Ceph is not installed (a failure in
 //! CI).
 
 use std::io::{ErrorKind, Read, Write};
