@@ -678,10 +678,10 @@ fn wall_now() -> UTime {
 /// completes — before the monitor's MMonMap (sent in the same burst) is handled — with
 /// an all-zero fsid. The monitor refuses it (`handle_command on fsid
 /// 00000000-0000-0000-0000-000000000000 != …` in its log, `-EPERM "wrong fsid"`).
-/// Reproduced 4 times in 120 runs of the fixture's recipe under load, against a monitor long
-/// past its election. That refusal is of the table query, before the command itself
-/// is sent, so the run is repeated (up to three times in all); any other
-/// failure is returned as it is.
+/// Reproduced 4 times in 120 runs of the fixture's recipe under load, against a monitor
+/// long past its election. The refused command is the table query, sent before the
+/// command itself, so the run is repeated (up to three times in all); any other failure
+/// is returned as it is.
 pub fn ceph_cli(conf: &Path, args: &[&str]) -> io::Result<Output> {
     let mut attempt = 1;
     loop {
