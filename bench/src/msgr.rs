@@ -215,7 +215,7 @@ pub fn client(
         let mut clients = Vec::with_capacity(args.conns);
         for i in 0..args.conns {
             let m =
-                Messenger::with_pool(client_name(i), 1000 + i as u32, config(args), pool.clone());
+                Messenger::with_pool(client_name(i), 1000 + i as u32, config(args), pool.clone())?;
             m.set_default_policy(if variant.lossless {
                 Policy::lossless_peer()
             } else {

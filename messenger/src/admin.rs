@@ -16,7 +16,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::Interest;
 use serde_json::{json, Value};
 
-use crate::messenger::Core;
+use crate::env::Env;
 
 /// Longest command accepted: commands are short JSON objects; anything longer is refused
 /// (the connection is closed) rather than buffered without bound.
@@ -33,14 +33,14 @@ pub(crate) struct AdminSocket {
 }
 
 impl AdminSocket {
-    pub(crate) fn start(path: &Path, core: Arc<Core>, center: &CenterHandle) -> io::Result<Self> {
+    pub(crate) fn start(path: &Path, env: Arc<Env>, center: &CenterHandle) -> io::Result<Self> {
         // A stale file from a previous run would make bind fail (Ceph unlinks it too).
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
         let id = center
             .submit_to(move |cx: &mut Context<'_>| {
                 cx.register(listener, Interest::READABLE, |_, listener| {
-                    Box::new(AdminListener { listener, core })
+                    Box::new(AdminListener { listener, env })
                 })
             })
             .map_err(|e| io::Error::other(format!("admin socket: {e}")))??;
@@ -59,7 +59,7 @@ impl AdminSocket {
 
 struct AdminListener {
     listener: UnixListener,
-    core: Arc<Core>,
+    env: Arc<Env>,
 }
 
 impl Handler for AdminListener {
@@ -67,11 +67,11 @@ impl Handler for AdminListener {
         for _ in 0..ACCEPT_BATCH {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    let core = self.core.clone();
+                    let env = self.env.clone();
                     let registered = cx.register(stream, Interest::READABLE, |_, stream| {
                         Box::new(AdminConn {
                             stream,
-                            core,
+                            env,
                             reader: CommandReader::default(),
                             output: None,
                         })
@@ -158,7 +158,7 @@ pub fn parse_command(command: &[u8]) -> Value {
 /// One admin client: read a command up to its NUL, answer, close.
 struct AdminConn {
     stream: UnixStream,
-    core: Arc<Core>,
+    env: Arc<Env>,
     reader: CommandReader,
     /// The framed answer and how much of it is written.
     output: Option<(Vec<u8>, usize)>,
@@ -205,7 +205,7 @@ impl Handler for AdminConn {
         if self.output.is_none() {
             match self.read_command() {
                 Ok(Some(command)) => {
-                    let answer = answer(&self.core, &command);
+                    let answer = answer(&self.env, &command);
                     let mut framed = Vec::with_capacity(4 + answer.len());
                     framed.extend_from_slice(
                         &u32::try_from(answer.len()).unwrap_or(u32::MAX).to_be_bytes(),
@@ -258,7 +258,7 @@ fn pretty(v: &Value) -> Vec<u8> {
 }
 
 /// The answer to one command (JSON, or Ceph's error text for an unknown one).
-fn answer(core: &Core, command: &[u8]) -> Vec<u8> {
+fn answer(env: &Env, command: &[u8]) -> Vec<u8> {
     let parsed = parse_command(command);
     let prefix = parsed.get("prefix").and_then(Value::as_str).unwrap_or_default();
     log::debug!(target: "msgr::admin", "admin command {prefix:?}");
@@ -279,7 +279,7 @@ fn answer(core: &Core, command: &[u8]) -> Vec<u8> {
             pretty(&Value::Object(help))
         }
         "perf dump" => {
-            let all = core.counters_json();
+            let all = env.perf_dump();
             match parsed.get("logger").and_then(Value::as_str) {
                 Some(logger) => match all.get(logger) {
                     Some(section) => match parsed.get("counter").and_then(Value::as_str) {
@@ -293,7 +293,7 @@ fn answer(core: &Core, command: &[u8]) -> Vec<u8> {
                 None => pretty(&all),
             }
         }
-        "messenger dump" => pretty(&core.dump_connections()),
+        "messenger dump" => pretty(&env.sessions.dump()),
         "version" => pretty(&json!({
             "version": env!("CARGO_PKG_VERSION"),
             "release": "asyncmsgr",

@@ -3,6 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
+#[cfg(feature = "fault-injection")]
+use protocol::types::EntityType;
+
 /// The longest duration any timeout, interval or backoff may be set to. Far beyond any
 /// sensible value, and far below what overflows `Instant` arithmetic.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -90,6 +93,42 @@ pub struct MessengerConfig {
     pub max_queued_bytes: u64,
     /// The same bound over all connections of the messenger together.
     pub max_total_queued_bytes: u64,
+    /// `ms_inject_socket_failures` (test seam, feature `fault-injection`): each socket
+    /// read, write, dial and accept fails — the socket is shut down, as a network
+    /// failure would — with probability 1/N; 0 = never.
+    #[cfg(feature = "fault-injection")]
+    #[doc(alias = "ms_inject_socket_failures")]
+    pub inject_socket_failures: u32,
+    /// `ms_inject_internal_delays` (test seam): the accept decision and the adoption of
+    /// a replaced session's new socket wait this long (on a timer of the worker, never
+    /// a sleep), to widen the races around them; zero = no delay.
+    #[cfg(feature = "fault-injection")]
+    #[doc(alias = "ms_inject_internal_delays")]
+    pub inject_internal_delays: Duration,
+    /// `ms_inject_delay_type` (test seam): messages received from peers of these types
+    /// go through a delay queue (Ceph's `DelayedDelivery`), in order per connection.
+    #[cfg(feature = "fault-injection")]
+    #[doc(alias = "ms_inject_delay_type")]
+    pub inject_delay_type: Vec<EntityType>,
+    /// `ms_inject_delay_max` (test seam): the longest delay of one received message.
+    #[cfg(feature = "fault-injection")]
+    #[doc(alias = "ms_inject_delay_max")]
+    pub inject_delay_max: Duration,
+    /// `ms_inject_delay_probability` (test seam): the chance, from 0 to 1, that a
+    /// message from a peer of `inject_delay_type` is delayed (by a random part of
+    /// `inject_delay_max`); the messages behind it wait behind it.
+    #[cfg(feature = "fault-injection")]
+    #[doc(alias = "ms_inject_delay_probability")]
+    pub inject_delay_probability: f64,
+    /// `ms_inject_network_congestion` (test seam, Ceph PR 44289): a socket write
+    /// reports "would block" N−1 times in N without writing; 0 = never.
+    #[cfg(feature = "fault-injection")]
+    #[doc(alias = "ms_inject_network_congestion")]
+    pub inject_network_congestion: u32,
+    /// Seeds the injection decisions (each connection draws from its own generator,
+    /// seeded from this and its id), so a run with the same seed injects alike.
+    #[cfg(feature = "fault-injection")]
+    pub inject_seed: u64,
 }
 
 impl Default for MessengerConfig {
@@ -116,6 +155,20 @@ impl Default for MessengerConfig {
             read_buffer: 64 << 10,
             max_queued_bytes: 256 << 20,
             max_total_queued_bytes: 1 << 30,
+            #[cfg(feature = "fault-injection")]
+            inject_socket_failures: 0,
+            #[cfg(feature = "fault-injection")]
+            inject_internal_delays: Duration::ZERO,
+            #[cfg(feature = "fault-injection")]
+            inject_delay_type: Vec::new(),
+            #[cfg(feature = "fault-injection")]
+            inject_delay_max: Duration::from_secs(1),
+            #[cfg(feature = "fault-injection")]
+            inject_delay_probability: 0.0,
+            #[cfg(feature = "fault-injection")]
+            inject_network_congestion: 0,
+            #[cfg(feature = "fault-injection")]
+            inject_seed: 0,
         }
     }
 }
@@ -178,6 +231,18 @@ impl MessengerConfig {
         }
         if self.max_total_queued_bytes < self.max_queued_bytes {
             return bad("max_total_queued_bytes", "is below max_queued_bytes");
+        }
+        #[cfg(feature = "fault-injection")]
+        {
+            if self.inject_internal_delays > MAX_DURATION {
+                return bad("inject_internal_delays", "is above the maximum duration");
+            }
+            if self.inject_delay_max > MAX_DURATION {
+                return bad("inject_delay_max", "is above the maximum duration");
+            }
+            if !(0.0..=1.0).contains(&self.inject_delay_probability) {
+                return bad("inject_delay_probability", "is not within 0..=1");
+            }
         }
         Ok(())
     }

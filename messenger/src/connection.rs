@@ -1,18 +1,22 @@
-//! [`Connection`]: the cheap, cloneable handle any thread may hold, and the mailbox
-//! through which it reaches the worker-owned driver.
+//! [`Connection`]: the cheap, cloneable handle any thread may hold.
 //!
 //! Only the driver on the connection's worker touches the socket and the protocol state.
 //! Other threads push onto the handle's mailbox and wake the driver with
 //! `CenterHandle::notify` — only when the mailbox goes from idle to non-empty, so a burst
 //! of sends costs one wakeup (Ceph's "wake a worker only when its queue goes from empty to
 //! non-empty").
+//!
+//! The handle has three locks, each taken for a few instructions and never two at once
+//! except in the order session table → published: the mailbox (every send and drain),
+//! what the driver publishes about its peer and session (read by users and by other
+//! connections' accept decisions), and the user's private data. Where the driver is
+//! (`place`) is set once when the driver starts, and read without a lock on every wake.
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
 use event_center::{CenterHandle, HandlerId};
@@ -21,32 +25,9 @@ use protocol::types::{EntityAddr, EntityName, EntityType, Features};
 use protocol::wire::KeepaliveStamp;
 use protocol::Message;
 
-use crate::messenger::Core;
-
-/// Where a connection is in its life, as seen from other threads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ConnState {
-    /// Dialling, handshaking, or backing off before a reconnect.
-    Connecting = 0,
-    /// Session open: messages flow.
-    Open = 1,
-    /// Lossless session without a socket, waiting for traffic (policy `standby`).
-    Standby = 2,
-    /// Closed for good: sends are dropped.
-    Closed = 3,
-}
-
-impl ConnState {
-    fn from_u8(v: u8) -> ConnState {
-        match v {
-            0 => ConnState::Connecting,
-            1 => ConnState::Open,
-            2 => ConnState::Standby,
-            _ => ConnState::Closed,
-        }
-    }
-}
+use crate::machine::SessionSnapshot;
+use crate::mailbox::{Command, Mailbox, SendBudget};
+use crate::state::ConnState;
 
 /// Why `send_message` did not queue a message.
 #[derive(Debug, PartialEq, Eq)]
@@ -69,130 +50,52 @@ impl fmt::Display for SendError {
 
 impl std::error::Error for SendError {}
 
-/// Work for the driver, posted from other threads.
-pub(crate) enum Command {
-    /// Send a keepalive now.
-    Keepalive,
-    /// `mark_disposable`: the session becomes lossy.
-    MarkDisposable,
-    /// `mark_down`: close at once, discard queued messages, no reset callback.
-    MarkDown,
-    /// A newly accepted socket replaces this lossless session's socket (Ceph's replace:
-    /// the existing connection keeps its queues and sequence numbers).
-    TakeOver(Box<crate::driver::Incoming>),
-    /// Test seam: cut the socket as a network failure would (both directions shut down).
-    #[cfg(feature = "fault-injection")]
-    InjectFault,
+/// The messenger a handle belongs to, as far as the handle itself needs it: `mark_down`
+/// must leave the session table and the dispatch queue at once, and the loopback
+/// connection delivers without a driver. Held weakly: a handle outliving its messenger
+/// only finds it gone.
+pub(crate) trait Home: Send + Sync {
+    /// Removes `conn` from the session table if it is the session registered there.
+    fn forget(&self, conn: &Connection);
+    /// Drops what waits in the dispatch queue for `conn`.
+    fn discard_queued(&self, conn: &Connection);
+    /// Delivers `msg` to our own dispatchers (the loopback connection).
+    fn deliver_local(&self, conn: &Connection, msg: Message);
 }
 
-/// The send-side bounds of one messenger: what messages waiting to leave its
-/// connections cost (`Message::send_cost`), per connection and in total.
-#[derive(Debug)]
-pub(crate) struct SendBudget {
-    /// What every connection holds together.
-    pub(crate) held: AtomicU64,
-    pub(crate) max_total: u64,
-    pub(crate) max_per_conn: u64,
-    /// `send_message` calls refused with `QueueFull`.
-    pub(crate) refused: AtomicU64,
-}
-
-impl SendBudget {
-    pub(crate) fn new(max_per_conn: u64, max_total: u64) -> Arc<SendBudget> {
-        Arc::new(SendBudget {
-            held: AtomicU64::new(0),
-            max_total,
-            max_per_conn,
-            refused: AtomicU64::new(0),
-        })
-    }
-
-    /// Adds `cost` to the total unless that would pass the maximum (a single message
-    /// larger than the maximum is admitted when nothing at all is held).
-    fn try_charge(&self, cost: u64) -> bool {
-        let mut cur = self.held.load(Ordering::Relaxed);
-        loop {
-            if cur > 0 && cur.saturating_add(cost) > self.max_total {
-                return false;
-            }
-            match self.held.compare_exchange_weak(
-                cur,
-                cur.saturating_add(cost),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(now) => cur = now,
-            }
-        }
-    }
-
-    /// Moves the total by what one connection's holding changed.
-    pub(crate) fn adjust(&self, before: u64, after: u64) {
-        if after > before {
-            self.held.fetch_add(after - before, Ordering::Relaxed);
-        } else if before > after {
-            self.held.fetch_sub(before - after, Ordering::Relaxed);
-        }
-    }
-}
-
-#[derive(Default)]
-pub(crate) struct Mailbox {
-    pub(crate) messages: VecDeque<(Message, Instant)>,
-    /// What the messages in `messages` cost (`Message::send_cost`).
-    pub(crate) queued_cost: u64,
-    pub(crate) commands: Vec<Command>,
-    /// A notify is in flight (or the driver is about to drain): don't post another.
-    pub(crate) notified: bool,
-    pub(crate) closed: bool,
-}
-
-impl Mailbox {
-    /// Drops the messages waiting here and their share of the send bounds.
-    pub(crate) fn drop_messages(&mut self, budget: &SendBudget) {
-        self.messages.clear();
-        budget.adjust(self.queued_cost, 0);
-        self.queued_cost = 0;
-    }
-}
-
-/// What the driver publishes about the peer once known.
+/// What the driver publishes about the peer and the session, read by users (peer
+/// address, type, features, keepalives), by dumps, and by other connections' accept
+/// decisions (through the session table).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct PeerInfo {
+pub(crate) struct Published {
     pub(crate) addr: Option<EntityAddr>,
     pub(crate) entity_type: Option<EntityType>,
     pub(crate) name: Option<EntityName>,
     pub(crate) features: Features,
     pub(crate) socket_addr: Option<SocketAddr>,
-}
-
-/// A snapshot of the session that another connection's accept decision needs.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Snapshot {
-    pub(crate) connect_seq: u32,
-    pub(crate) peer_global_seq: u32,
-    pub(crate) lossy: bool,
-    /// The connection's policy is a server one (Ceph's `existing->policy.server`, which
-    /// wins a connection race against it for the incoming side).
-    pub(crate) server_side: bool,
+    /// What an accept decision against this session needs.
+    pub(crate) session: SessionSnapshot,
+    /// Another connection's connect was decided "replace" against this session and its
+    /// socket is on the way here (set by the session table inside that decision;
+    /// cleared when this driver adopts the socket, or closes).
     pub(crate) replacing: bool,
+    pub(crate) last_keepalive: Option<Instant>,
+    pub(crate) last_keepalive_ack: Option<KeepaliveStamp>,
 }
 
 pub(crate) struct ConnShared {
-    pub(crate) id: u64,
-    pub(crate) core: Weak<Core>,
-    pub(crate) loopback: bool,
+    id: u64,
+    home: Weak<dyn Home>,
+    loopback: bool,
     pub(crate) mailbox: Mutex<Mailbox>,
-    pub(crate) place: Mutex<Option<(CenterHandle, HandlerId)>>,
-    pub(crate) state: AtomicU8,
-    pub(crate) peer: Mutex<PeerInfo>,
-    pub(crate) snapshot: Mutex<Snapshot>,
-    pub(crate) priv_data: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
-    pub(crate) keepalive: Mutex<(Option<Instant>, Option<KeepaliveStamp>)>,
+    /// The driver's worker and handler id, set once when the driver starts.
+    place: OnceLock<(CenterHandle, HandlerId)>,
+    state: AtomicU8,
+    pub(crate) published: Mutex<Published>,
+    priv_data: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
     pub(crate) send_budget: Arc<SendBudget>,
     /// `mark_down` was called: no message of this connection is dispatched from then on.
-    pub(crate) marked_down: AtomicBool,
+    marked_down: AtomicBool,
     /// What the driver holds of this connection's messages (in the protocol's queues
     /// and its write list), as it last published it; with the mailbox's `queued_cost`,
     /// what the per-connection send bound counts.
@@ -207,21 +110,19 @@ pub struct Connection(pub(crate) Arc<ConnShared>);
 impl Connection {
     pub(crate) fn new(
         id: u64,
-        core: Weak<Core>,
+        home: Weak<dyn Home>,
         loopback: bool,
         send_budget: Arc<SendBudget>,
     ) -> Connection {
         Connection(Arc::new(ConnShared {
             id,
-            core,
+            home,
             loopback,
             mailbox: Mutex::new(Mailbox::default()),
-            place: Mutex::new(None),
+            place: OnceLock::new(),
             state: AtomicU8::new(ConnState::Connecting as u8),
-            peer: Mutex::new(PeerInfo::default()),
-            snapshot: Mutex::new(Snapshot::default()),
+            published: Mutex::new(Published::default()),
             priv_data: Mutex::new(None),
-            keepalive: Mutex::new((None, None)),
             send_budget,
             marked_down: AtomicBool::new(false),
             driver_cost: AtomicU64::new(0),
@@ -243,22 +144,18 @@ impl Connection {
     /// (see the crate docs, "Bounds a peer cannot escape").
     pub fn send_message(&self, msg: Message) -> Result<(), SendError> {
         if self.0.loopback {
-            let core = self.0.core.upgrade().ok_or(SendError::Closed)?;
-            core.deliver_local(self, msg);
+            let home = self.0.home.upgrade().ok_or(SendError::Closed)?;
+            home.deliver_local(self, msg);
             return Ok(());
         }
         let cost = msg.send_cost();
-        let budget = &self.0.send_budget;
         let wake = {
             let mut mb = self.0.mailbox.lock();
             if mb.closed {
                 return Err(SendError::Closed);
             }
             let held = mb.queued_cost + self.0.driver_cost.load(Ordering::Relaxed);
-            if (held > 0 && held.saturating_add(cost) > budget.max_per_conn)
-                || !budget.try_charge(cost)
-            {
-                budget.refused.fetch_add(1, Ordering::Relaxed);
+            if !self.0.send_budget.try_charge(held, cost) {
                 return Err(SendError::QueueFull);
             }
             mb.queued_cost += cost;
@@ -290,11 +187,18 @@ impl Connection {
     }
 
     fn wake(&self) {
-        let place = self.0.place.lock().clone();
-        if let Some((center, id)) = place {
+        // Before the driver started, its first pump drains whatever is queued.
+        if let Some((center, id)) = self.0.place.get() {
             // The driver drains the mailbox and clears `notified` when it runs; if the
             // center is gone the messenger is shutting down and the message is moot.
-            let _ = center.notify(id);
+            let _ = center.notify(*id);
+        }
+    }
+
+    /// Records where the driver runs; once, when it starts.
+    pub(crate) fn set_place(&self, center: CenterHandle, id: HandlerId) {
+        if self.0.place.set((center, id)).is_err() {
+            log::error!(target: "msgr::conn", "conn {}: driver placed twice", self.0.id);
         }
     }
 
@@ -318,9 +222,9 @@ impl Connection {
         // First, so that whatever checks it after this point drops the message; the
         // discard below then empties the queue under the queue's lock.
         self.0.marked_down.store(true, Ordering::SeqCst);
-        if let Some(core) = self.0.core.upgrade() {
-            core.forget(self);
-            core.dispatch_queue().discard(self.0.id);
+        if let Some(home) = self.0.home.upgrade() {
+            home.forget(self);
+            home.discard_queued(self);
         }
         // Closed from this moment: later sends fail at once, queued ones are dropped, and
         // `is_connected` is false (Ceph's mark_down is synchronous).
@@ -385,27 +289,27 @@ impl Connection {
 
     /// The peer's announced address, once known.
     pub fn peer_addr(&self) -> Option<EntityAddr> {
-        self.0.peer.lock().addr
+        self.0.published.lock().addr
     }
 
     /// The peer's socket address (the TCP endpoint), once connected.
     pub fn peer_socket_addr(&self) -> Option<SocketAddr> {
-        self.0.peer.lock().socket_addr
+        self.0.published.lock().socket_addr
     }
 
     /// The peer's entity type (mon, osd, client…), once known.
     pub fn peer_type(&self) -> Option<EntityType> {
-        self.0.peer.lock().entity_type
+        self.0.published.lock().entity_type
     }
 
     /// The peer's entity name, from the last message received on this connection.
     pub fn peer_name(&self) -> Option<EntityName> {
-        self.0.peer.lock().name
+        self.0.published.lock().name
     }
 
     /// The negotiated features (peer's ∩ ours), once open.
     pub fn features(&self) -> Features {
-        self.0.peer.lock().features
+        self.0.published.lock().features
     }
 
     /// Attaches private data for the dispatcher (Ceph's `set_priv`; an MDS keeps its
@@ -421,12 +325,12 @@ impl Connection {
 
     /// When the last keepalive from the peer arrived.
     pub fn last_keepalive(&self) -> Option<Instant> {
-        self.0.keepalive.lock().0
+        self.0.published.lock().last_keepalive
     }
 
     /// The stamp echoed by the peer's last KEEPALIVE2_ACK.
     pub fn last_keepalive_ack(&self) -> Option<KeepaliveStamp> {
-        self.0.keepalive.lock().1
+        self.0.published.lock().last_keepalive_ack
     }
 
     /// Publishes the connection's state. `Closed` is final: a driver finishing a pump
@@ -436,6 +340,26 @@ impl Connection {
         let _ = self.0.state.fetch_update(Ordering::Release, Ordering::Acquire, |now| {
             (now != closed).then_some(state as u8)
         });
+    }
+
+    /// Closes a handle whose driver never ran (or has ended): sends fail from now on
+    /// and whatever waited is dropped.
+    pub(crate) fn close(&self) {
+        self.set_state(ConnState::Closed);
+        self.0.mailbox.lock().close(&self.0.send_budget);
+    }
+
+    /// The connection as `messenger dump` shows it.
+    pub(crate) fn dump(&self) -> serde_json::Value {
+        let p = self.0.published.lock().clone();
+        serde_json::json!({
+            "id": self.id(),
+            "peer_addr": p.addr.map(|a| a.to_string()),
+            "peer_type": p.entity_type.map(|t| t.name().to_string()),
+            "socket": p.socket_addr.map(|a| a.to_string()),
+            "state": format!("{:?}", self.state()),
+            "features": format!("{:#x}", p.features.0),
+        })
     }
 }
 
@@ -459,7 +383,7 @@ impl Eq for Connection {}
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let peer = self.0.peer.lock();
-        write!(f, "conn({} {:?} {:?})", self.0.id, peer.socket_addr, self.state())
+        let socket = self.0.published.lock().socket_addr;
+        write!(f, "conn({} {:?} {:?})", self.0.id, socket, self.state())
     }
 }

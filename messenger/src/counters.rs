@@ -43,6 +43,28 @@ pub struct WorkerCounters {
     /// `msgr_peer_issues_unlogged` (ours): the part of `peer_issues` that was not logged
     /// at WARN because the same connection already reported that kind.
     pub peer_issues_unlogged: AtomicU64,
+    /// `msgr_inject_socket_ops` (test seam, feature `fault-injection`): socket
+    /// operations that drew for an injected failure (`ms_inject_socket_failures`).
+    #[cfg(feature = "fault-injection")]
+    pub inject_socket_ops: AtomicU64,
+    /// `msgr_inject_socket_failures` (test seam): socket operations failed on purpose.
+    #[cfg(feature = "fault-injection")]
+    pub inject_socket_failures: AtomicU64,
+    /// `msgr_inject_writes` (test seam): writes that drew for injected congestion
+    /// (`ms_inject_network_congestion`).
+    #[cfg(feature = "fault-injection")]
+    pub inject_writes: AtomicU64,
+    /// `msgr_inject_congested_writes` (test seam): writes refused as if the socket were full.
+    #[cfg(feature = "fault-injection")]
+    pub inject_congested_writes: AtomicU64,
+    /// `msgr_inject_internal_delays` (test seam): accept decisions and replace
+    /// hand-offs delayed (`ms_inject_internal_delays`).
+    #[cfg(feature = "fault-injection")]
+    pub inject_internal_delays: AtomicU64,
+    /// `msgr_inject_delayed_messages` (test seam): received messages whose delivery
+    /// was delayed (`ms_inject_delay_*`).
+    #[cfg(feature = "fault-injection")]
+    pub inject_delayed_messages: AtomicU64,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -75,7 +97,8 @@ impl WorkerCounters {
                 "avgtime": if c == 0 { 0.0 } else { s as f64 / c as f64 / 1e9 },
             })
         };
-        serde_json::json!({
+        #[allow(unused_mut)]
+        let mut section = serde_json::json!({
             "msgr_recv_messages": self.recv_messages.load(Relaxed),
             "msgr_send_messages": self.send_messages.load(Relaxed),
             "msgr_recv_bytes": self.recv_bytes.load(Relaxed),
@@ -90,6 +113,20 @@ impl WorkerCounters {
             "msgr_recv_held_bytes": self.recv_held_bytes.load(Relaxed),
             "msgr_peer_issues": self.peer_issues.load(Relaxed),
             "msgr_peer_issues_unlogged": self.peer_issues_unlogged.load(Relaxed),
-        })
+        });
+        #[cfg(feature = "fault-injection")]
+        if let Some(obj) = section.as_object_mut() {
+            for (name, counter) in [
+                ("msgr_inject_socket_ops", &self.inject_socket_ops),
+                ("msgr_inject_socket_failures", &self.inject_socket_failures),
+                ("msgr_inject_writes", &self.inject_writes),
+                ("msgr_inject_congested_writes", &self.inject_congested_writes),
+                ("msgr_inject_internal_delays", &self.inject_internal_delays),
+                ("msgr_inject_delayed_messages", &self.inject_delayed_messages),
+            ] {
+                obj.insert(name.into(), counter.load(Relaxed).into());
+            }
+        }
+        section
     }
 }

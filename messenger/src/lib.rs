@@ -75,6 +75,15 @@
 //! their payload arrives; when one is full the driver stops reading until the throttle
 //! grants its request (see "Bounds a peer cannot escape" below).
 //!
+//! Inside, the crate is a line, each part using only those before it: the configuration
+//! and counters → the protocol machine as the driver sees it (`machine`, the one module
+//! that calls the session machine) → the handle's mailbox and send bounds → the
+//! [`Connection`] handle → the session table (peer address → session, every live
+//! connection, and the accept decision's check-and-set) → the drivers' environment →
+//! the driver (socket I/O, mailbox, budgets, events, accept and replace, cleanup) → the
+//! listener and the admin socket → [`Messenger`]. The handle has three locks (mailbox,
+//! what the driver publishes, private data); where its driver runs is set once.
+//!
 //! # Deliberate differences from Ceph's AsyncMessenger
 //!
 //! * **Replace** (an incoming connect takes over a lossless session): the accepting
@@ -153,21 +162,59 @@
 //! fast-dispatched message is not copied: the dispatch throttle's charge for it ends
 //! when `ms_fast_dispatch` returns.)
 //! Decoders of typed messages never reserve more than their remaining input holds.
-
+//!
+//! # Fault injection (feature `fault-injection`)
+//!
+//! A test seam, never enabled by the library: without the feature none of its code or
+//! state exists (the driver's injection state is an empty type, checked at compile
+//! time). With it, [`MessengerConfig`] carries Ceph's options, each decision drawn from a
+//! generator seeded with `inject_seed` and the connection's id, and counted in the
+//! worker's counters (`msgr_inject_*`):
+//!
+//! * `inject_socket_failures` (`ms_inject_socket_failures`): each socket read, write,
+//!   dial and accept fails with probability 1/N. A read or write shuts the socket down
+//!   both ways first (the operation then sees EOF or an error and the session faults the
+//!   ordinary way); a dial fails before connecting; an accepted socket is shut down and
+//!   dropped.
+//! * `inject_internal_delays` (`ms_inject_internal_delays`): the accept decision and the
+//!   adoption of a replaced session's new socket wait this long. Ceph sleeps on the
+//!   connection's thread; here the work is held on the driver's timer, so the worker goes
+//!   on serving its other connections meanwhile.
+//! * `inject_delay_type`, `inject_delay_max`, `inject_delay_probability`
+//!   (`ms_inject_delay_*`, Ceph's `DelayedDelivery`): received messages from peers of the
+//!   chosen types are delayed with the given probability, by up to the maximum. Order per
+//!   connection is kept: a message queued behind a delayed one leaves with it (Ceph
+//!   releases the head of its queue on each message's timer, so its delays are not
+//!   bounded the same way). Held messages are delivered before the connection's next
+//!   session event (connect, reset…), and dropped with it on `mark_down`.
+//! * `inject_network_congestion` (`ms_inject_network_congestion`, Ceph PR 44289): a write
+//!   is refused as if the socket were full N−1 times in N; since a socket that is not
+//!   full raises no new readiness edge, the driver retries after the worker's other work.
+//! * `Connection::inject_socket_failure`: cuts one connection's socket on request
+//!   (each call one cut, see its docs).
 mod admin;
 pub mod config;
 mod connection;
 pub mod counters;
 mod driver;
+mod env;
+#[cfg(feature = "fault-injection")]
+mod inject;
+mod machine;
+mod mailbox;
 mod messenger;
+mod policies;
 mod processor;
+mod session_table;
+mod state;
 
 pub use admin::{parse_command, CommandReader, CommandTooLong};
 pub use config::{ConfigError, MessengerConfig};
-pub use connection::{ConnState, Connection, SendError};
+pub use connection::{Connection, SendError};
 pub use dispatch::{AuthVerdict, Authorizer, Dispatched, Dispatcher, Throttle};
 pub use messenger::{Messenger, Totals};
 pub use protocol::v1::Policy;
+pub use state::ConnState;
 
 // What a daemon names besides the messenger itself, so that `asyncmsgr` is its one
 // dependency: messages and their payloads, entity names and addresses, typed messages,

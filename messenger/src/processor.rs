@@ -14,7 +14,10 @@ use mio::net::TcpListener;
 use mio::Interest;
 
 use crate::config::MessengerConfig;
-use crate::messenger::Core;
+use crate::driver;
+use crate::env::Env;
+#[cfg(feature = "fault-injection")]
+use crate::inject::{Injector, LISTENER_STREAM};
 
 /// How long accepting pauses after running out of file descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -53,16 +56,28 @@ impl Processor {
         Processor { listener: Some(listener), center, id: None }
     }
 
-    /// Registers the listener on its worker; accepting starts.
-    pub(crate) fn start(&mut self, core: Arc<Core>) -> io::Result<()> {
+    /// Registers the listener on its worker; accepting starts, each accepted socket
+    /// going to the least loaded of `workers`.
+    pub(crate) fn start(&mut self, env: Arc<Env>, workers: Vec<CenterHandle>) -> io::Result<()> {
         let Some(listener) = self.listener.take() else { return Ok(()) };
         let listener = TcpListener::from_std(listener);
         let center = self.center.clone();
         let id = self
             .center
             .submit_to(move |cx: &mut Context<'_>| -> io::Result<HandlerId> {
-                let handler =
-                    AcceptHandler { listener, core, paused: None, center, registered: false };
+                #[cfg(feature = "fault-injection")]
+                let injector =
+                    Injector::new(&env.config, LISTENER_STREAM, env.worker_counters(center.id()));
+                let handler = AcceptHandler {
+                    listener,
+                    env,
+                    workers,
+                    paused: None,
+                    center,
+                    registered: false,
+                    #[cfg(feature = "fault-injection")]
+                    injector,
+                };
                 let id = cx.insert_handler(Box::new(handler));
                 let registered = cx.with_handler(id, |h, cx| h.notify(cx));
                 if registered.is_none() {
@@ -87,10 +102,15 @@ impl Processor {
 
 struct AcceptHandler {
     listener: TcpListener,
-    core: Arc<Core>,
+    env: Arc<Env>,
+    /// The workers accepted connections are placed on.
+    workers: Vec<CenterHandle>,
     paused: Option<TimerId>,
     center: CenterHandle,
     registered: bool,
+    /// `ms_inject_socket_failures` on accept.
+    #[cfg(feature = "fault-injection")]
+    injector: Injector,
 }
 
 impl AcceptHandler {
@@ -99,8 +119,14 @@ impl AcceptHandler {
             match self.listener.accept() {
                 Ok((socket, peer)) => {
                     log::debug!(target: "msgr::accept", "accepted {peer}");
-                    let worker = self.pool_least_loaded();
-                    crate::driver::spawn_accepted(&self.core, &worker, socket, peer);
+                    #[cfg(feature = "fault-injection")]
+                    if self.injector.fail_socket() {
+                        log::info!(target: "msgr::accept", "injected socket failure (accept {peer})");
+                        let _ = socket.shutdown(std::net::Shutdown::Both);
+                        continue;
+                    }
+                    let worker = self.least_loaded();
+                    driver::spawn_accepted(&self.env, &worker, socket, peer);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -125,8 +151,9 @@ impl AcceptHandler {
         }
     }
 
-    fn pool_least_loaded(&self) -> CenterHandle {
-        self.core.pool_least_loaded().unwrap_or_else(|| self.center.clone())
+    /// Ceph's `get_worker`: the worker holding the fewest connections, ties to the lowest.
+    fn least_loaded(&self) -> CenterHandle {
+        self.workers.iter().min_by_key(|w| w.load()).cloned().unwrap_or_else(|| self.center.clone())
     }
 }
 

@@ -465,7 +465,8 @@ impl Cluster {
                 1000 + i as u32,
                 opts.config.clone(),
                 pool.clone(),
-            );
+            )
+            .expect("server messenger");
             m.set_default_policy(opts.server_policy);
             let bound = m.bind(loopback).expect("bind server");
             m.start().expect("start server");
@@ -494,7 +495,8 @@ impl Cluster {
                 2000 + i as u32,
                 opts.config.clone(),
                 pool.clone(),
-            );
+            )
+            .expect("client messenger");
             m.set_default_policy(opts.client_policy);
             if opts.client_policy.standby {
                 m.bind(loopback).expect("bind client");

@@ -68,7 +68,8 @@ fn a_thousand_connections_spread_evenly_over_workers() {
             10_000 + i as u32,
             test_config(2),
             pool.clone(),
-        );
+        )
+        .expect("messenger");
         m.set_default_policy(Policy::lossy_client());
         m.start().expect("start");
         let conn = m.connect_to(EntityType::OSD, srv.my_addr());
@@ -463,7 +464,8 @@ fn seven_messengers_share_three_workers() {
             100 + i,
             test_config(3),
             pool.clone(),
-        );
+        )
+        .expect("messenger");
         m.set_default_policy(Policy::stateless_server());
         let addr = m.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
         m.start().expect("start");
@@ -687,7 +689,8 @@ fn wait_on_a_shared_pool_returns_once_every_connection_is_gone() {
         WorkerPool::new(WorkerPoolConfig { workers: 2, ..Default::default() }).expect("pool"),
     );
     let srv =
-        Messenger::with_pool(EntityName::new(EntityType::OSD, 0), 1, test_config(2), pool.clone());
+        Messenger::with_pool(EntityName::new(EntityType::OSD, 0), 1, test_config(2), pool.clone())
+            .expect("messenger");
     srv.set_default_policy(Policy::stateless_server());
     srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
     srv.start().expect("start");

@@ -89,14 +89,16 @@ fn start_osd(id: i64, pool: &Arc<WorkerPool>) -> Osd {
     for (iface, _) in IFACES.iter().enumerate() {
         let nonce = (id as u32) * 10 + iface as u32 + 1;
         let name = EntityName::new(EntityType::OSD, id);
-        let server = Messenger::with_pool(name, nonce, test_config(3), pool.clone());
+        let server = Messenger::with_pool(name, nonce, test_config(3), pool.clone())
+            .expect("server messenger");
         server.set_default_policy(Policy::stateless_server());
         server.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
         server.start().expect("start");
         server.add_dispatcher_head(Arc::new(HeartbeatServer { osd: id })).expect("dispatcher");
         addrs.push(server.my_addr());
         servers.push(server);
-        let client = Messenger::with_pool(name, nonce + 100, test_config(3), pool.clone());
+        let client = Messenger::with_pool(name, nonce + 100, test_config(3), pool.clone())
+            .expect("client messenger");
         client.set_default_policy(Policy::lossy_client());
         client.start().expect("start");
         let hb = HeartbeatClient { iface, last_reply: last_reply.clone() };

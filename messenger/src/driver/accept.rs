@@ -1,0 +1,129 @@
+//! The accept decision and the replace hand-off (Ceph's `handle_connect_message_2` and
+//! `replace`), on the driver's side.
+//!
+//! The decision is one check-and-set of the session table (`SessionTable::decide_accept`)
+//! around the protocol's pure decision (`machine::decide`). A lossless replace then runs
+//! as a hand-off: the accepting driver posts its socket and half-open machine to the
+//! existing session's driver ([`Driver::take_over`]), which adopts them and moves its
+//! session into the new machine; no two connections are ever locked together, and the
+//! user's handle to the session stays valid.
+
+use dispatch::QueueEvent;
+use event_center::Context;
+
+use super::Driver;
+use crate::machine::{self, AcceptAction, AcceptRequest, Machine, Replacement};
+use crate::mailbox::{Command, Incoming};
+use crate::session_table::Claim;
+
+impl Driver {
+    /// The accept decision: the machine parsed and pre-checked the peer's connect; the
+    /// session table says whether a session exists.
+    pub(super) fn decide_accept(&mut self, cx: &mut Context<'_>, req: AcceptRequest) {
+        let now = cx.now();
+        let policy = self.env.policies.policy(req.peer_type);
+        let my_addr = self.env.identity.addr();
+        {
+            let mut p = self.conn.0.published.lock();
+            p.addr = Some(req.peer_addr);
+            p.entity_type = Some(req.peer_type);
+        }
+        let (Some(id), true) = (self.id, self.io.socket.is_some()) else {
+            // Not running or no socket: nothing to decide for (the machine faults).
+            self.machine.handle_transport_closed(now);
+            return;
+        };
+        let (verdict, existing) =
+            self.env.sessions.decide_accept(&self.conn, req.peer_addr, |existing| {
+                let verdict = machine::decide(&req, existing, &policy, &my_addr);
+                let claim = match verdict.action {
+                    AcceptAction::HandOver => Claim::BeginReplace,
+                    AcceptAction::ResetExisting | AcceptAction::Proceed { register: true } => {
+                        Claim::Register
+                    }
+                    AcceptAction::NudgeExisting | AcceptAction::Proceed { register: false } => {
+                        Claim::Nothing
+                    }
+                };
+                (verdict, claim)
+            });
+        log::debug!(target: "msgr::conn", "{}: accept decision {verdict:?}", self.machine);
+        match (verdict.action, existing) {
+            (AcceptAction::HandOver, Some(existing)) => {
+                // Lossless replace: the existing session adopts this socket. From here
+                // on nothing returns early with `replacing` set: either the existing
+                // driver adopts the socket (and clears it), or it is already closed.
+                let Some(socket) = self.io.socket.take() else { return };
+                let _ = cx.deregister(id);
+                let fresh = Machine::accept(
+                    self.env.protocol_config(),
+                    req.socket_peer,
+                    req.socket_peer,
+                    now,
+                );
+                let accepted = std::mem::replace(&mut self.machine, fresh);
+                let replacement = Replacement::new(accepted, policy, verdict);
+                let incoming = Incoming { socket, replacement };
+                if !existing.post(Command::TakeOver(Box::new(incoming))) {
+                    // Closed meanwhile: the socket is dropped and the peer connects again.
+                    self.env.sessions.abort_replace(&existing);
+                }
+                // This driver's handle never opened; it vanishes without callbacks.
+                self.cleanup();
+                cx.remove(id);
+            }
+            (AcceptAction::ResetExisting, Some(existing)) => {
+                // Lossy existing session: it is reset, this one becomes the session.
+                self.env.queue.discard(existing.id());
+                let _ = existing.post(Command::MarkDown);
+                self.env.queue.enqueue_event(QueueEvent::Reset(existing));
+                self.policy = Some(policy);
+                self.machine.handle_verdict(now, policy, verdict);
+            }
+            (AcceptAction::NudgeExisting, Some(existing)) => {
+                existing.send_keepalive();
+                self.machine.handle_verdict(now, policy, verdict);
+            }
+            (AcceptAction::Proceed { register: true }, _) => {
+                self.policy = Some(policy);
+                self.machine.handle_verdict(now, policy, verdict);
+            }
+            _ => self.machine.handle_verdict(now, policy, verdict),
+        }
+    }
+
+    /// Adopts a newly accepted socket for this session (Ceph's replace): the session's
+    /// sequence numbers and queues move into the new socket's state machine.
+    pub(super) fn take_over(&mut self, cx: &mut Context<'_>, incoming: Box<Incoming>) {
+        let Incoming { socket, replacement } = *incoming;
+        let now = cx.now();
+        let policy = replacement.policy();
+        self.machine = replacement.adopt(&mut self.machine, now);
+        self.policy = Some(policy);
+        self.server_side = true;
+        self.recv = Default::default();
+        // The session's new numbers and the end of the replace become visible together:
+        // a connect racing this one must see either `replacing` or the new connect_seq,
+        // never the old numbers without the mark (it would replace the session again).
+        self.publish_snapshot(true);
+        if let Err(e) = self.adopt_socket(cx, socket) {
+            log::info!(target: "msgr::conn", "{}: adopting replaced socket failed: {e}", self.machine);
+            self.machine.handle_transport_closed(now);
+        }
+    }
+
+    /// Writes what another connection's accept decision needs to the handle (and ends a
+    /// replace when `replace_done`).
+    pub(super) fn publish_snapshot(&mut self, replace_done: bool) {
+        let now = self.machine.snapshot(self.policy.as_ref());
+        // These change only on (re)connects: skip the lock on every other pump.
+        if self.published != Some(now) || replace_done {
+            self.published = Some(now);
+            let mut p = self.conn.0.published.lock();
+            p.session = now;
+            if replace_done {
+                p.replacing = false;
+            }
+        }
+    }
+}

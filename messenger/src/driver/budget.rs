@@ -1,0 +1,183 @@
+//! The driver's budgets: receive windows charged to the throttles as a message's payload
+//! arrives (see the crate docs, "Bounds a peer cannot escape"), and this connection's
+//! share of the send bounds and of the worker's gauges.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use dispatch::{InFlight, Permit, Ticket, Waiting};
+use event_center::Context;
+use protocol::message::MESSAGE_OVERHEAD;
+use protocol::types::EntityType;
+
+use super::Driver;
+use crate::counters::WorkerCounters;
+use crate::policies::ThrottlerPair;
+
+/// The steps of a budget request, in the order they are taken: the policy's message
+/// count first (a message in progress always holds its count, so counting cannot
+/// deadlock with the byte windows), then the policy's bytes, then the dispatch bytes.
+const STEP_MESSAGES: usize = 0;
+const STEP_POLICY_BYTES: usize = 1;
+pub(super) const STEP_DISPATCH: usize = 2;
+const STEPS: usize = 3;
+
+/// A window of budget the machine asked for (`Event::NeedBudget`).
+#[derive(Clone, Copy, Debug)]
+struct Want {
+    /// Payload bytes of the window.
+    bytes: u64,
+    /// The message's first window (it also pays the message count and overhead).
+    first: bool,
+}
+
+/// What the message being received holds of the throttles (see `Driver::try_budget`).
+/// Dropping it releases everything.
+#[derive(Default)]
+pub(super) struct RecvBudget {
+    /// Held permits by step, windows merged.
+    pub(super) permits: [Option<Permit>; STEPS],
+    /// In-progress registrations on the byte throttles, from the second window on.
+    inflight: [Option<InFlight>; STEPS],
+    /// The window being served, and the step it is at.
+    want: Option<Want>,
+    step: usize,
+    /// The queued request of the current step, when its throttle made it wait.
+    waiting: Option<Waiting>,
+}
+
+impl RecvBudget {
+    pub(super) fn is_active(&self) -> bool {
+        self.want.is_some()
+            || self.permits.iter().any(Option::is_some)
+            || self.inflight.iter().any(Option::is_some)
+    }
+
+    /// A window is asked for and not granted yet.
+    pub(super) fn is_waiting(&self) -> bool {
+        self.want.is_some()
+    }
+}
+
+impl Driver {
+    /// `Event::NeedBudget`: the message being received needs `bytes` more payload
+    /// bytes of budget.
+    pub(super) fn need_budget(&mut self, cx: &mut Context<'_>, bytes: u64) {
+        let first = self.recv.permits.iter().all(Option::is_none);
+        if !first && self.recv.inflight.iter().all(Option::is_none) {
+            // A second window: from now on this message holds budget while it waits for
+            // more, so it registers as in progress (the oldest one always goes on; see
+            // `dispatch::throttle`).
+            let ticket = Ticket::next();
+            let (tb, _) = self.throttlers();
+            self.recv.inflight[STEP_POLICY_BYTES] = tb.map(|t| t.begin_inflight(ticket));
+            self.recv.inflight[STEP_DISPATCH] =
+                Some(self.env.dispatch_throttle().begin_inflight(ticket));
+        }
+        self.recv.want = Some(Want { bytes, first });
+        self.recv.step = 0;
+        self.try_budget(cx);
+    }
+
+    /// The peer type's (bytes, messages) policy throttlers; the type is fixed once
+    /// known, so they are looked up once.
+    fn throttlers(&mut self) -> ThrottlerPair {
+        if self.throttlers.is_none() {
+            let peer_type = self.conn.peer_type().unwrap_or(EntityType::ANY);
+            self.throttlers = Some(self.env.policies.throttlers(peer_type));
+        }
+        self.throttlers.clone().unwrap_or((None, None))
+    }
+
+    /// Serves the pending request for the message being received, throttle by throttle
+    /// (policy messages, policy bytes, dispatch bytes). When one makes it wait, the
+    /// driver stops reading; the request's grant calls a waker (a notify of this
+    /// driver), and `notify` picks it up here. One queued request per throttle at a
+    /// time, however often the driver is notified for other reasons.
+    pub(super) fn try_budget(&mut self, cx: &mut Context<'_>) {
+        let Some(want) = self.recv.want else { return };
+        let Some(id) = self.id else { return };
+        let (tb, tm) = self.throttlers();
+        // The first window also pays for the message itself.
+        let bytes = want.bytes + if want.first { MESSAGE_OVERHEAD } else { 0 };
+        while self.recv.step < STEPS {
+            let step = self.recv.step;
+            let (throttle, n) = match step {
+                STEP_MESSAGES => (tm.as_ref(), u64::from(want.first)),
+                STEP_POLICY_BYTES => (tb.as_ref(), bytes),
+                _ => (Some(self.env.dispatch_throttle()), bytes),
+            };
+            let Some(throttle) = throttle.filter(|_| n > 0) else {
+                self.recv.step += 1;
+                continue;
+            };
+            let permit = match self.recv.waiting.take() {
+                Some(waiting) => match waiting.try_take() {
+                    Ok(p) => p,
+                    Err(waiting) => {
+                        self.recv.waiting = Some(waiting);
+                        return;
+                    }
+                },
+                // Room now is the common case: no waker to build.
+                None => match throttle.try_acquire(n) {
+                    Some(p) => p,
+                    None => {
+                        let center = self.center.clone();
+                        let waker = Box::new(move || {
+                            let _ = center.notify(id);
+                        });
+                        let asked = match &self.recv.inflight[step] {
+                            Some(inflight) => inflight.acquire_or_wait(n, waker),
+                            None => throttle.acquire_or_wait(n, waker),
+                        };
+                        match asked {
+                            Ok(p) => p,
+                            Err(waiting) => {
+                                self.recv.waiting = Some(waiting);
+                                return;
+                            }
+                        }
+                    }
+                },
+            };
+            match &mut self.recv.permits[step] {
+                Some(held) => {
+                    let _ = held.merge(permit);
+                }
+                slot => *slot = Some(permit),
+            }
+            self.recv.step += 1;
+        }
+        self.recv.want = None;
+        self.machine.handle_budget_granted(cx.now());
+    }
+
+    /// Updates this connection's share of the worker's gauges and of the send bounds.
+    pub(super) fn update_gauges(&mut self) {
+        let held = if self.finished { 0 } else { self.machine.receive_held_bytes() as u64 };
+        WorkerCounters::move_gauge(&self.counters.recv_held_bytes, &mut self.recv_held, held);
+        let send = if self.finished {
+            0
+        } else {
+            // A lossless session keeps framed messages until they are acknowledged
+            // (counted by the machine); a lossy one forgets them once framed, so their
+            // bytes count while they wait here.
+            let framed = if self.machine.is_lossy() { self.io.wsegs_bytes as u64 } else { 0 };
+            self.machine.send_held_cost() + framed
+        };
+        if send != self.send_held {
+            self.conn.0.driver_cost.store(send, Relaxed);
+            self.conn.0.send_budget.adjust(self.send_held, send);
+            self.send_held = send;
+        }
+    }
+
+    /// Moves the machine's peer-misbehaviour counts into the worker's counters.
+    pub(super) fn count_peer_issues(&mut self) {
+        let (issues, unlogged) = self.machine.poll_peer_issues();
+        if issues > 0 {
+            self.counters.peer_issues.fetch_add(issues, Relaxed);
+            self.counters.peer_issues_unlogged.fetch_add(unlogged, Relaxed);
+        }
+    }
+}

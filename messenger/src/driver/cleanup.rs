@@ -1,0 +1,71 @@
+//! How a driver ends, whichever way it ends: closed, its socket handed to another
+//! session, or dropped by the event center after a panic.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use dispatch::QueueEvent;
+use event_center::Context;
+
+use super::Driver;
+use crate::state::ConnState;
+
+impl Driver {
+    /// Closes for good: unregisters, drops queued messages, releases the handler.
+    pub(super) fn finish(&mut self, cx: &mut Context<'_>) {
+        if self.finished {
+            return;
+        }
+        // Counted before the socket closes, so whoever sees the close sees the counts.
+        self.count_peer_issues();
+        self.close_socket(cx);
+        self.cleanup();
+        if let Some((tid, _)) = self.timer.take() {
+            cx.delete_time_event(tid);
+        }
+        if let Some(id) = self.id {
+            cx.remove(id);
+        }
+    }
+
+    /// Undoes everything this driver stands for outside itself: the handle is closed and
+    /// its queued messages dropped (with their share of the send bounds), the session
+    /// table forgets it, its gauges, the worker's load and the active-connection count
+    /// go back, a `replacing` mark on its own session is cleared, and what an injected
+    /// delay held is dropped. Needs no `Context`, so `Drop` can run it; runs once.
+    pub(super) fn cleanup(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.cleaned = true;
+        self.finished = true;
+        self.count_peer_issues();
+        self.update_gauges();
+        self.conn.close();
+        self.conn.0.published.lock().replacing = false;
+        self.recv = Default::default();
+        self.seams.discard();
+        self.env.sessions.unregister(&self.conn);
+        self.counters.active_connections.fetch_sub(1, Relaxed);
+        self.center.add_load(-1);
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        // Dropped without closing: a callback panicked (a user's fast dispatcher, say)
+        // and the event center discarded the driver, or the center stopped. Without
+        // this the session table would keep a dead session that swallows the peer's
+        // reconnects.
+        let was_open = matches!(self.conn.state(), ConnState::Open | ConnState::Standby);
+        log::warn!(target: "msgr::conn", "{}: driver dropped without closing; cleaning up", self.machine);
+        self.cleanup();
+        if was_open {
+            // The session's state is gone with the driver: for the dispatchers this is
+            // a reset.
+            self.env.queue.enqueue_event(QueueEvent::Reset(self.conn.clone()));
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! What the driver does with the machine's events: peer and session state published on
+//! the handle, received messages handed to the dispatch layer, session events queued for
+//! the dispatchers, reconnects dialled, the accept decision and budget requests passed
+//! on to their own files.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dispatch::{ConnectionRef, Permit, QueueEvent};
+use event_center::Context;
+use protocol::wire::KeepaliveStamp;
+use protocol::Message;
+
+use super::budget::STEP_DISPATCH;
+use super::Driver;
+use crate::machine::Event;
+use crate::state::ConnState;
+
+/// Our wall clock as a keepalive stamp (KEEPALIVE2 carries one; the peer echoes it).
+pub(super) fn wall_stamp() -> KeepaliveStamp {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    KeepaliveStamp { sec: d.as_secs() as u32, nsec: d.subsec_nanos() }
+}
+
+impl Driver {
+    /// Handles every pending machine event. Returns whether any was handled.
+    pub(super) fn handle_events(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut any = false;
+        while let Some(ev) = self.machine.poll_event() {
+            any = true;
+            self.handle_event(cx, ev);
+            if self.finished {
+                break;
+            }
+        }
+        // A fault dropped the message being received: so does its budget.
+        if self.recv.is_active() && !self.machine.message_in_progress() {
+            self.recv = Default::default();
+        }
+        any
+    }
+
+    fn handle_event(&mut self, cx: &mut Context<'_>, ev: Event) {
+        let now = cx.now();
+        match ev {
+            Event::AcceptRequest(req) => {
+                if let Some(req) = self.seams.hold_accept(now, req) {
+                    self.decide_accept(cx, req);
+                }
+            }
+            Event::VerifyAuthorizer { peer_type, protocol, authorizer } => {
+                let verdict = self.env.dispatchers().verify_authorizer(
+                    &self.conn,
+                    peer_type.0,
+                    protocol,
+                    &authorizer,
+                );
+                self.machine.handle_authorizer_verdict(now, verdict);
+            }
+            Event::Opened(opened) => {
+                {
+                    let mut p = self.conn.0.published.lock();
+                    p.addr = Some(opened.peer_addr);
+                    p.entity_type = Some(opened.peer_type);
+                    p.features = opened.features;
+                }
+                self.conn.set_state(ConnState::Open);
+                log::info!(target: "msgr::conn", "{}: open", self.machine);
+                let ev = if self.server_side {
+                    QueueEvent::Accept(self.conn.clone())
+                } else {
+                    QueueEvent::Connect(self.conn.clone())
+                };
+                self.enqueue_event(ev);
+            }
+            Event::NeedBudget { bytes } => self.need_budget(cx, bytes),
+            Event::Message(mut msg) => {
+                self.counters.recv_messages.fetch_add(1, Relaxed);
+                msg.set_dispatch_stamp(now);
+                if let Some(src) = msg.src() {
+                    // The name is published when it changes, not locked per message.
+                    if self.peer_name != Some(src) {
+                        self.peer_name = Some(src);
+                        self.conn.0.published.lock().name = Some(src);
+                    }
+                }
+                // The dispatch-throttle permit travels with the message until its
+                // dispatcher returns, charged exactly what the queued message costs; the
+                // policy throttlers' permits (and the in-progress registrations) are
+                // released when the message is handed over.
+                let mut recv = std::mem::take(&mut self.recv);
+                let mut permit = recv.permits[STEP_DISPATCH].take();
+                if let Some(p) = permit.as_mut() {
+                    p.settle(msg.queued_cost());
+                }
+                drop(recv);
+                let conn = &self.conn;
+                if let Some((msg, permit)) =
+                    self.seams.hold_message(now, || conn.peer_type(), (msg, permit))
+                {
+                    self.deliver(msg, permit);
+                }
+            }
+            Event::Acked { .. } => {}
+            Event::KeepaliveReceived => {
+                self.conn.0.published.lock().last_keepalive = Some(now);
+            }
+            Event::KeepaliveAck(stamp) => {
+                self.conn.0.published.lock().last_keepalive_ack = Some(stamp);
+            }
+            Event::Reconnect { .. } => {
+                self.conn.set_state(ConnState::Connecting);
+                match self.io.dial.or_else(|| self.conn.peer_addr().and_then(|a| a.addr)) {
+                    Some(addr) => {
+                        self.io.dial = Some(addr);
+                        if let Err(e) = self.dial_now(cx, addr) {
+                            log::info!(target: "msgr::conn", "{}: dial {addr} failed: {e}", self.machine);
+                            self.machine.handle_transport_closed(now);
+                        }
+                        // Else the machine restarts its handshake once the TCP connect is done.
+                    }
+                    None => self.finish(cx),
+                }
+            }
+            Event::Standby => {
+                self.close_socket(cx);
+                self.conn.set_state(ConnState::Standby);
+            }
+            Event::Reset => {
+                // Dead before anyone hears of it: a dispatcher reacting to the reset
+                // (MonClient dialling again) must get a new session from
+                // get_connection, and sends on this handle must fail.
+                self.env.sessions.forget(&self.conn);
+                self.conn.set_state(ConnState::Closed);
+                self.conn.0.mailbox.lock().closed = true;
+                self.enqueue_event(QueueEvent::Reset(self.conn.clone()));
+            }
+            Event::RemoteReset => {
+                self.enqueue_event(QueueEvent::RemoteReset(self.conn.clone()));
+            }
+            Event::Refused => {
+                self.enqueue_event(QueueEvent::Refused(self.conn.clone()));
+            }
+            Event::Closed { by, reason } => {
+                log::info!(target: "msgr::conn", "{}: closed by {by:?}: {reason}", self.machine);
+                self.flush_held_messages();
+                self.finish(cx);
+            }
+        }
+    }
+
+    /// Hands a received message to the dispatch layer (fast dispatch here, or the
+    /// dispatch queue), unless the connection was marked down meanwhile.
+    fn deliver(&self, msg: Message, permit: Option<Permit>) {
+        if self.conn.is_marked_down() {
+            // Read after mark_down: never delivered (the MarkDown command that closes
+            // this driver is on its way).
+            return;
+        }
+        let _ = self.env.queue.deliver(&self.conn, msg, permit);
+    }
+
+    /// Queues a session event for the dispatchers, after the messages received before it.
+    fn enqueue_event(&mut self, ev: QueueEvent<crate::connection::Connection>) {
+        self.flush_held_messages();
+        self.env.queue.enqueue_event(ev);
+    }
+
+    /// Delivers the messages an injected delay holds back, whatever their time (none
+    /// without the `fault-injection` feature).
+    fn flush_held_messages(&mut self) {
+        while let Some((msg, permit)) = self.seams.flush_message() {
+            self.deliver(msg, permit);
+        }
+    }
+
+    /// Runs what an injected delay held back once its time has come (none without the
+    /// `fault-injection` feature): an accept decision, a replace hand-off, messages.
+    pub(super) fn release_held(&mut self, cx: &mut Context<'_>) {
+        let now = cx.now();
+        if let Some(req) = self.seams.due_accept(now) {
+            // A handshake that timed out meanwhile has nothing left to decide.
+            if !self.machine.is_closed() {
+                self.decide_accept(cx, req);
+            }
+        }
+        if let Some(incoming) = self.seams.due_take_over(now) {
+            self.take_over(cx, incoming);
+        }
+        while let Some((msg, permit)) = self.seams.due_message(now) {
+            self.deliver(msg, permit);
+        }
+    }
+}

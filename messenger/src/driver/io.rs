@@ -1,0 +1,438 @@
+//! The driver's socket I/O: dial, read into the worker's buffer (or straight into a
+//! large segment's own buffer), write every queued frame with one `writev`, derive the
+//! mio interest, and the fault-injection seams that sit on those operations.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::{Bytes, BytesMut};
+use event_center::{Context, Ready};
+use mio::net::TcpStream;
+use mio::Interest;
+
+use super::Driver;
+use crate::state::ConnState;
+
+/// Most iovecs handed to one `writev` (Linux's IOV_MAX is 1024; 64 covers a burst of
+/// small messages, 4 segments each, without a huge stack array).
+const MAX_IOV: usize = 64;
+
+/// Frame more messages only while fewer bytes than this wait in the write list (one
+/// `poll_transmit` batch): what cannot be written stays in the protocol's queue.
+const FRAME_AHEAD: usize = 1 << 20;
+
+/// The smallest chunk a read asks the kernel for.
+const MIN_READ_CHUNK: usize = 4096;
+
+/// The driver's socket and what it knows of its readiness.
+pub(super) struct Io {
+    pub(super) socket: Option<TcpStream>,
+    /// Where to dial (outgoing connections, and accepted ones once the peer's address
+    /// is known).
+    pub(super) dial: Option<SocketAddr>,
+    /// TCP connect in progress.
+    pub(super) dialling: bool,
+    /// Frames handed to us by the machine and not yet fully written.
+    wsegs: VecDeque<Bytes>,
+    /// Bytes in `wsegs`.
+    pub(super) wsegs_bytes: usize,
+    scratch: Vec<Bytes>,
+    /// The socket reported readable and we have not seen WouldBlock since.
+    pub(super) read_ready: bool,
+    /// The socket reported the peer's close (or an error): read until EOF or error.
+    peer_closed: bool,
+    write_ready: bool,
+    interest: Option<Interest>,
+}
+
+impl Io {
+    pub(super) fn new(socket: Option<TcpStream>, dial: Option<SocketAddr>) -> Io {
+        Io {
+            socket,
+            dial,
+            dialling: false,
+            wsegs: VecDeque::new(),
+            wsegs_bytes: 0,
+            scratch: Vec::new(),
+            read_ready: true,
+            peer_closed: false,
+            write_ready: true,
+            interest: None,
+        }
+    }
+
+    /// Bytes are waiting in readable socket data the driver has not taken.
+    pub(super) fn unread(&self) -> bool {
+        self.read_ready && !self.dialling && self.socket.is_some()
+    }
+}
+
+thread_local! {
+    /// The worker's read buffer, shared by all connections of that worker: reads land in
+    /// its spare capacity and are split off as `Bytes`, so an idle connection holds no
+    /// buffer at all and a busy worker reuses one block until messages release it.
+    static READ_BUF: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// Reads into the unused capacity of `buf` (at least `chunk` bytes of it), without
+/// zeroing it first: the bytes read become `buf`'s new tail and are split off as `Bytes`
+/// that message payloads reference without a copy.
+/// At most `max` bytes are read. Returns the bytes read and how many were asked for.
+fn read_into_spare(
+    sock: &TcpStream,
+    buf: &mut BytesMut,
+    chunk: usize,
+    max: usize,
+) -> io::Result<(usize, usize)> {
+    use std::os::fd::AsRawFd;
+    if buf.capacity() - buf.len() < chunk / 4 {
+        buf.reserve(chunk);
+    }
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(max);
+    let spare = &mut spare[..len];
+    // SAFETY: read(2) writes at most `spare.len()` bytes at the start of the spare
+    // capacity, which is valid for writes; only the `n` bytes it reports written are
+    // then marked initialized.
+    let n = unsafe { libc::read(sock.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (n, asked) = (n as usize, spare.len());
+    // SAFETY: the kernel initialized exactly `n` bytes past the old length.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok((n, asked))
+}
+
+impl Driver {
+    pub(super) fn configure_socket(&self) -> io::Result<()> {
+        if let Some(s) = &self.io.socket {
+            let config = &self.env.config;
+            s.set_nodelay(config.tcp_nodelay)?;
+            let sock = socket2::SockRef::from(s);
+            if config.tcp_rcvbuf > 0 {
+                sock.set_recv_buffer_size(config.tcp_rcvbuf)?;
+            }
+            if config.tcp_sndbuf > 0 {
+                sock.set_send_buffer_size(config.tcp_sndbuf)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn register_socket(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let (Some(id), Some(s)) = (self.id, self.io.socket.as_ref()) else {
+            return Ok(());
+        };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        cx.register_source(id, s, interest)?;
+        self.io.interest = Some(interest);
+        self.io.read_ready = true;
+        self.io.peer_closed = false;
+        self.io.write_ready = true;
+        self.seams.new_socket();
+        Ok(())
+    }
+
+    /// Takes `socket` as this connection's socket (an adopted replace).
+    pub(super) fn adopt_socket(
+        &mut self,
+        cx: &mut Context<'_>,
+        socket: TcpStream,
+    ) -> io::Result<()> {
+        self.close_socket(cx);
+        self.io.socket = Some(socket);
+        self.configure_socket()?;
+        self.register_socket(cx)
+    }
+
+    pub(super) fn dial_now(&mut self, cx: &mut Context<'_>, addr: SocketAddr) -> io::Result<()> {
+        self.close_socket(cx);
+        if self.seams.fail_socket() {
+            log::info!(target: "msgr::conn", "{}: injected socket failure (dial)", self.machine);
+            return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "injected dial failure"));
+        }
+        let s = TcpStream::connect(addr)?;
+        self.io.socket = Some(s);
+        self.io.dialling = true;
+        self.configure_socket()?;
+        self.register_socket(cx)?;
+        self.conn.set_state(ConnState::Connecting);
+        Ok(())
+    }
+
+    pub(super) fn close_socket(&mut self, cx: &mut Context<'_>) {
+        if self.io.socket.take().is_some() {
+            if let Some(id) = self.id {
+                let _ = cx.deregister(id);
+            }
+        }
+        self.io.interest = None;
+        self.io.wsegs.clear();
+        self.io.wsegs_bytes = 0;
+        self.io.dialling = false;
+    }
+
+    /// Readiness of the socket: remembered, and a dial in progress completes or fails.
+    pub(super) fn on_ready(&mut self, cx: &mut Context<'_>, ready: Ready) {
+        if ready.readable || ready.closed {
+            self.io.read_ready = true;
+        }
+        if ready.closed {
+            self.io.peer_closed = true;
+        }
+        if ready.writable || ready.closed {
+            self.io.write_ready = true;
+        }
+        if self.io.dialling && (ready.writable || ready.closed) {
+            let now = cx.now();
+            let connected = match self.io.socket.as_ref() {
+                Some(s) => match s.take_error() {
+                    Ok(None) => s.peer_addr().ok(),
+                    _ => None,
+                },
+                None => None,
+            };
+            match connected {
+                Some(peer) => {
+                    self.io.dialling = false;
+                    self.conn.0.published.lock().socket_addr = Some(peer);
+                    self.machine.handle_transport_connected(now);
+                }
+                None => {
+                    self.io.dialling = false;
+                    self.close_socket(cx);
+                    self.machine.handle_transport_closed(now);
+                }
+            }
+        }
+    }
+
+    /// Shuts the socket down both ways, as a network failure would: the next read sees
+    /// EOF and the next write an error, which fault the session the ordinary way.
+    fn cut_socket(&mut self) {
+        if let Some(s) = &self.io.socket {
+            let _ = s.shutdown(Shutdown::Both);
+            self.io.read_ready = true;
+            self.io.peer_closed = true;
+        }
+    }
+
+    /// Whether an injected cut (`Connection::inject_socket_failure`) waits and the
+    /// session is open on a socket not cut yet.
+    pub(super) fn cut_ready(&self) -> bool {
+        self.seams.cut_wanted() && self.io.socket.is_some() && self.machine.is_open()
+    }
+
+    /// Cuts the socket for one pending `inject_socket_failure`, once the session is open
+    /// on a socket not cut yet: a cut asked for while another is still being recovered
+    /// from waits for the next session, so each call costs exactly one reconnect.
+    pub(super) fn apply_injected_cut(&mut self) {
+        if self.cut_ready() {
+            log::info!(target: "msgr::conn", "{}: injected socket failure", self.machine);
+            self.cut_socket();
+            self.seams.cut_applied();
+        }
+    }
+
+    pub(super) fn read(&mut self, cx: &mut Context<'_>) {
+        if self.io.dialling || !self.io.read_ready || self.io.socket.is_none() {
+            return;
+        }
+        let mut budget = self.env.config.read_budget;
+        let chunk = self.env.config.read_buffer.max(MIN_READ_CHUNK);
+        while budget > 0 && self.io.read_ready && self.machine.wants_read() {
+            if self.seams.fail_socket() {
+                log::info!(target: "msgr::conn", "{}: injected socket failure (read)", self.machine);
+                self.cut_socket();
+            }
+            let Some(sock) = self.io.socket.as_ref() else { break };
+            // A large segment arriving in pieces is read straight into the buffer it is
+            // assembled in (never past its end), so it is not copied together later;
+            // anything else goes into the worker's buffer and is split off as `Bytes`.
+            let read = match self.machine.direct_read_buffer() {
+                Some((buf, need)) => {
+                    read_into_spare(sock, buf, need, need).map(|(n, asked)| (n, n < asked, None))
+                }
+                None => READ_BUF.with(|b| {
+                    let mut b = b.borrow_mut();
+                    read_into_spare(sock, &mut b, chunk, usize::MAX)
+                        .map(|(n, asked)| (n, n < asked, Some(b.split().freeze())))
+                }),
+            };
+            match read {
+                Ok((0, _, _)) => {
+                    self.io.read_ready = false;
+                    self.machine.handle_transport_closed(cx.now());
+                    break;
+                }
+                Ok((n, drained, chunk)) => {
+                    // A short read emptied the socket's receive queue: the next bytes to
+                    // arrive raise a new edge, so the read that would only say WouldBlock
+                    // is skipped (one syscall per message saved). Not once the peer's
+                    // close was reported: its EOF may sit behind these bytes and raises
+                    // no further edge.
+                    if drained && !self.io.peer_closed {
+                        self.io.read_ready = false;
+                    }
+                    log::trace!(target: "msgr::conn", "{}: read {n}", self.machine);
+                    budget = budget.saturating_sub(n);
+                    self.counters.recv_bytes.fetch_add(n as u64, Relaxed);
+                    let whole_chunk = chunk.is_some();
+                    match chunk {
+                        Some(data) => self.machine.handle_bytes(cx.now(), data),
+                        None => self.machine.handle_direct_read(cx.now(), n),
+                    }
+                    // Budget requests and decisions must be answered before reading on.
+                    if self.machine.has_events() {
+                        self.handle_events(cx);
+                        if self.finished {
+                            return;
+                        }
+                    }
+                    if whole_chunk {
+                        // Send what this chunk produced (replies from fast dispatch, acks)
+                        // before parsing the next one: the peer starts on them while we
+                        // read on, so the two ends overlap instead of trading whole batches.
+                        self.drain_mailbox(cx);
+                        if self.finished {
+                            return;
+                        }
+                        self.flush(cx);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.io.read_ready = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::info!(target: "msgr::conn", "{}: read error: {e}", self.machine);
+                    self.io.read_ready = false;
+                    self.machine.handle_transport_closed(cx.now());
+                    break;
+                }
+            }
+            if self.io.socket.is_none() {
+                break;
+            }
+        }
+        if budget == 0 && self.io.read_ready {
+            // Stopped before WouldBlock: edge-triggered readiness will not fire again for
+            // the bytes still buffered, so come back after other work on this worker.
+            self.notify_self();
+        }
+    }
+
+    /// Writes everything the machine has queued, vectored. Returns whether bytes moved.
+    pub(super) fn flush(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.io.dialling || self.io.socket.is_none() {
+            return false;
+        }
+        let sent_before = self.machine.messages_sent();
+        // Frame more only while little waits for the socket: messages stay in the
+        // protocol's queue (where they can still be requeued) rather than pile up here.
+        if self.io.wsegs_bytes < FRAME_AHEAD {
+            self.io.scratch.clear();
+            let framed = self.machine.poll_transmit(&mut self.io.scratch);
+            if framed > 0 {
+                self.io.wsegs_bytes += framed;
+                let Io { wsegs, scratch, .. } = &mut self.io;
+                wsegs.extend(scratch.drain(..));
+            }
+        }
+        let mut wrote_any = false;
+        while self.io.write_ready && !self.io.wsegs.is_empty() {
+            if self.seams.fail_socket() {
+                log::info!(target: "msgr::conn", "{}: injected socket failure (write)", self.machine);
+                self.cut_socket();
+            }
+            if self.seams.congest_write() {
+                // As if the socket were full; it is not, so no edge will come: the pump
+                // comes back by itself (see `take_write_retry`).
+                self.io.write_ready = false;
+                break;
+            }
+            let Some(sock) = self.io.socket.as_mut() else { break };
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n_iov = 0;
+            for seg in self.io.wsegs.iter().take(MAX_IOV) {
+                iov[n_iov] = IoSlice::new(seg);
+                n_iov += 1;
+            }
+            match sock.write_vectored(&iov[..n_iov]) {
+                Ok(0) => {
+                    self.io.write_ready = false;
+                    break;
+                }
+                Ok(mut n) => {
+                    log::trace!(target: "msgr::conn", "{}: wrote {n}", self.machine);
+                    wrote_any = true;
+                    self.io.wsegs_bytes = self.io.wsegs_bytes.saturating_sub(n);
+                    self.counters.send_bytes.fetch_add(n as u64, Relaxed);
+                    while n > 0 {
+                        let Some(front) = self.io.wsegs.front_mut() else { break };
+                        if n >= front.len() {
+                            n -= front.len();
+                            self.io.wsegs.pop_front();
+                        } else {
+                            let _ = front.split_to(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.io.write_ready = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::info!(target: "msgr::conn", "{}: write error: {e}", self.machine);
+                    self.io.write_ready = false;
+                    self.io.wsegs.clear();
+                    self.io.wsegs_bytes = 0;
+                    self.machine.handle_transport_closed(cx.now());
+                    break;
+                }
+            }
+        }
+        // The write deadline: bytes waiting that the socket takes none of.
+        if wrote_any || self.io.wsegs.is_empty() {
+            self.machine.handle_write_progress(cx.now());
+        }
+        if !self.io.wsegs.is_empty() && !self.io.write_ready {
+            self.machine.handle_write_blocked(cx.now());
+        }
+        let framed = self.machine.messages_sent().saturating_sub(sent_before);
+        self.counters.send_messages.fetch_add(framed, Relaxed);
+        wrote_any
+    }
+
+    /// A write refused by injected congestion is retried after the worker's other work
+    /// (the edge a real full socket would raise once drained). Returns whether one was.
+    pub(super) fn retry_congested_write(&mut self) -> bool {
+        if !self.seams.take_write_retry() {
+            return false;
+        }
+        self.io.write_ready = true;
+        true
+    }
+
+    pub(super) fn update_interest(&mut self, cx: &mut Context<'_>) {
+        let (Some(id), Some(_)) = (self.id, self.io.socket.as_ref()) else { return };
+        // READABLE stays registered even while a throttle holds reading back (the read
+        // loop checks `wants_read`): every interest change is an epoll_ctl, and an edge
+        // per arriving segment ends once the peer's window fills. WRITABLE only while
+        // bytes wait or a connect is in progress.
+        let want = if self.io.dialling || !self.io.wsegs.is_empty() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        if Some(want) != self.io.interest {
+            if let Err(e) = cx.set_interest(id, Some(want)) {
+                log::warn!(target: "msgr::conn", "{}: reregister failed: {e}", self.machine);
+            }
+            self.io.interest = Some(want);
+        }
+    }
+}

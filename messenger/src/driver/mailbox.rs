@@ -1,0 +1,96 @@
+//! The driver's end of the handle's mailbox: take messages into the machine (as many as
+//! it has room for) and run commands; leave the awake state so the next send wakes us.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use event_center::Context;
+
+use super::events::wall_stamp;
+use super::Driver;
+use crate::counters::WorkerCounters;
+use crate::mailbox::Command;
+
+/// Messages handed to the protocol's out queue (queued + sent-but-unacked) at most; the
+/// rest wait in the handle's mailbox, bounded by `max_queued_bytes`.
+const MAX_IN_PROTOCOL: usize = 1024;
+
+impl Driver {
+    pub(super) fn drain_mailbox(&mut self, cx: &mut Context<'_>) {
+        // Only as many messages move into the protocol's queue as it has room for: the
+        // rest stay in the mailbox. Wherever they are, the send bounds count them. A
+        // socket making progress (writable, ACKs) brings the driver back to take more.
+        let room = MAX_IN_PROTOCOL.saturating_sub(self.machine.pending_messages());
+        // The messages move through a scratch queue the driver keeps, so a drain costs
+        // no allocation.
+        let mut inbox = std::mem::take(&mut self.inbox);
+        let commands = {
+            let mut mb = self.conn.0.mailbox.lock();
+            let n = room.min(mb.messages.len());
+            if n == mb.messages.len() {
+                std::mem::swap(&mut mb.messages, &mut inbox);
+            } else {
+                inbox.extend(mb.messages.drain(..n));
+            }
+            // The messages stay counted against the send bounds: as the driver's now.
+            let moved: u64 = inbox.iter().map(|(m, _)| m.send_cost()).sum();
+            mb.queued_cost = mb.queued_cost.saturating_sub(moved);
+            self.conn.0.driver_cost.fetch_add(moved, Relaxed);
+            self.send_held += moved;
+            std::mem::take(&mut mb.commands)
+        };
+        let now = cx.now();
+        let me = (!inbox.is_empty()).then(|| self.env.identity.name());
+        for (mut msg, queued_at) in inbox.drain(..) {
+            if let (None, Some(me)) = (msg.src(), me) {
+                msg.set_src(me);
+            }
+            if msg.priority() == 0 {
+                msg.set_priority(protocol::message::PRIO_DEFAULT);
+            }
+            WorkerCounters::add_time(
+                &self.counters.send_messages_queue_lat_ns,
+                now.saturating_duration_since(queued_at),
+            );
+            self.counters.send_messages_queue_lat_count.fetch_add(1, Relaxed);
+            self.machine.send_message(msg);
+        }
+        self.inbox = inbox;
+        for cmd in commands {
+            match cmd {
+                Command::Keepalive => self.machine.send_keepalive(wall_stamp()),
+                Command::MarkDisposable => {
+                    self.machine.mark_lossy();
+                    if let Some(p) = self.policy.as_mut() {
+                        p.lossy = true;
+                    }
+                }
+                Command::MarkDown => {
+                    self.finish(cx);
+                    return;
+                }
+                Command::TakeOver(incoming) => {
+                    if let Some(incoming) = self.seams.hold_take_over(now, incoming) {
+                        self.take_over(cx, incoming);
+                    }
+                }
+                #[cfg(feature = "fault-injection")]
+                Command::InjectFault => self.seams.add_cut(),
+            }
+        }
+    }
+
+    /// Leaves the awake state: returns whether the mailbox still has work this driver can
+    /// take now (then it stays marked notified and the caller schedules another pump).
+    /// Messages left only because the protocol queue is full need no wakeup from senders:
+    /// socket progress (writable, ACKs) brings the driver back.
+    pub(super) fn settle_mailbox(&mut self) -> bool {
+        let room = MAX_IN_PROTOCOL > self.machine.pending_messages();
+        let mut mb = self.conn.0.mailbox.lock();
+        if mb.closed {
+            return false;
+        }
+        let more = !mb.commands.is_empty() || (room && !mb.messages.is_empty());
+        mb.notified = more || !mb.messages.is_empty();
+        more
+    }
+}

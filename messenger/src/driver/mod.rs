@@ -1,0 +1,351 @@
+//! The worker-owned connection driver (Ceph's `AsyncConnection` minus the protocol
+//! logic, which lives in the protocol crate's session machine, reached through
+//! `crate::machine`).
+//!
+//! A driver is an `event_center` handler. It is the only code that touches its socket and
+//! its session machine. Every entry point (readiness, timer, notify) ends in
+//! [`Driver::pump`], which: drains the handle's mailbox → reads (bounded by
+//! `read_budget`) → handles machine events → writes (vectored, every queued frame in one
+//! `writev`) → derives the mio interest and the one armed timer from the machine.
+//!
+//! The parts, one file each: socket I/O (`io`), the mailbox's driver end (`mailbox`),
+//! receive windows and send bounds (`budget`), the machine's events (`events`), the
+//! accept decision and the replace hand-off (`accept`), the end of a driver (`cleanup`),
+//! and the fault-injection seams (`seams`, empty without the feature).
+
+mod accept;
+mod budget;
+mod cleanup;
+mod events;
+mod io;
+mod mailbox;
+mod seams;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, TimerTarget};
+use mio::net::TcpStream;
+use protocol::types::{EntityAddr, EntityName, EntityType};
+use protocol::Message;
+
+use self::budget::RecvBudget;
+use self::io::Io;
+use self::seams::Seams;
+use crate::connection::Connection;
+use crate::counters::WorkerCounters;
+use crate::env::Env;
+use crate::machine::{Machine, Policy, SessionSnapshot};
+use crate::policies::ThrottlerPair;
+use crate::state::ConnState;
+
+/// Rounds of "events → write" per pump: each round can only be triggered by the previous
+/// one's output, so a small bound is enough and keeps one connection from hogging a worker.
+const MAX_ROUNDS: usize = 4;
+
+pub(crate) struct Driver {
+    conn: Connection,
+    env: Arc<Env>,
+    counters: Arc<WorkerCounters>,
+    center: CenterHandle,
+    id: Option<HandlerId>,
+    machine: Machine,
+    /// The policy in force: from the start on the connect side, from the accept
+    /// decision on the accept side.
+    policy: Option<Policy>,
+    /// The session was accepted (or adopted from an accepted socket): its opening is
+    /// `ms_handle_accept`, not `ms_handle_connect`.
+    server_side: bool,
+    io: Io,
+    /// What the message being received holds of the throttles, and its pending request.
+    recv: RecvBudget,
+    /// The peer type's policy throttlers, looked up on the first message.
+    throttlers: Option<ThrottlerPair>,
+    /// What `recv_held_bytes` last counted for this connection.
+    recv_held: u64,
+    /// What this driver holds of its connection's send bounds (published as the
+    /// connection's `driver_cost`): the machine's queued and unacknowledged messages,
+    /// and on a lossy session the framed bytes waiting to be written.
+    send_held: u64,
+    timer: Option<(TimerId, Instant)>,
+    /// What was last published as the session's snapshot.
+    published: Option<SessionSnapshot>,
+    /// The peer's name as last published (from the last message's source).
+    peer_name: Option<EntityName>,
+    /// Scratch for messages taken from the mailbox (kept for its capacity).
+    inbox: VecDeque<(Message, Instant)>,
+    started: bool,
+    /// Closed (or handed over): no more input is handled.
+    finished: bool,
+    /// `cleanup` ran.
+    cleaned: bool,
+    /// Fault injection (an empty type without the feature).
+    seams: Seams,
+}
+
+/// Dials `addr` from the worker behind `center`, for the new outgoing `conn`.
+pub(crate) fn spawn_outgoing(
+    env: &Arc<Env>,
+    center: &CenterHandle,
+    conn: Connection,
+    peer_type: EntityType,
+    addr: EntityAddr,
+) {
+    let env = env.clone();
+    let handle = center.clone();
+    // Charged at selection, as Ceph's get_worker does, so a burst of new connections
+    // spreads out before any of them has run; released in `Driver::cleanup`.
+    center.add_load(1);
+    let posted = center.dispatch_event_external(move |cx: &mut Context<'_>| {
+        let policy = env.policies.policy(peer_type);
+        let machine = Machine::connect(env.protocol_config(), policy, addr, peer_type, cx.now());
+        let d = Driver::new(conn, env, handle, machine, Some(policy), Io::new(None, addr.addr));
+        d.install(cx);
+    });
+    if posted.is_err() {
+        center.add_load(-1);
+        log::warn!(target: "msgr::conn", "worker gone; connection to {addr} not started");
+    }
+}
+
+/// Takes a just-accepted socket onto the worker behind `center`.
+pub(crate) fn spawn_accepted(
+    env: &Arc<Env>,
+    center: &CenterHandle,
+    socket: TcpStream,
+    peer: SocketAddr,
+) {
+    let env = env.clone();
+    let handle = center.clone();
+    center.add_load(1);
+    let posted = center.dispatch_event_external(move |cx: &mut Context<'_>| {
+        let local = socket.local_addr().unwrap_or(peer);
+        let machine = Machine::accept(env.protocol_config(), peer, local, cx.now());
+        let conn = env.new_connection(false);
+        conn.0.published.lock().socket_addr = Some(peer);
+        if !env.sessions.register(&conn) {
+            // Accepted while shutting down: the socket is dropped unanswered.
+            handle.add_load(-1);
+            return;
+        }
+        let mut d = Driver::new(conn, env, handle, machine, None, Io::new(Some(socket), None));
+        d.server_side = true;
+        d.install(cx);
+    });
+    if posted.is_err() {
+        center.add_load(-1);
+        log::warn!(target: "msgr::conn", "worker gone; accepted socket from {peer} dropped");
+    }
+}
+
+impl Driver {
+    fn new(
+        conn: Connection,
+        env: Arc<Env>,
+        center: CenterHandle,
+        machine: Machine,
+        policy: Option<Policy>,
+        io: Io,
+    ) -> Driver {
+        let counters = env.worker_counters(center.id());
+        let seams = Seams::new(&env.config, conn.id(), counters.clone());
+        Driver {
+            conn,
+            env,
+            counters,
+            center,
+            id: None,
+            machine,
+            policy,
+            server_side: false,
+            io,
+            recv: RecvBudget::default(),
+            throttlers: None,
+            recv_held: 0,
+            send_held: 0,
+            timer: None,
+            published: None,
+            peer_name: None,
+            inbox: VecDeque::new(),
+            started: false,
+            finished: false,
+            cleaned: false,
+            seams,
+        }
+    }
+
+    /// Puts the driver into the center and starts it (first pump).
+    fn install(self, cx: &mut Context<'_>) {
+        let conn = self.conn.clone();
+        let center = self.center.clone();
+        self.counters.created_connections.fetch_add(1, Relaxed);
+        self.counters.active_connections.fetch_add(1, Relaxed);
+        let id = cx.insert_handler(Box::new(self));
+        conn.set_place(center, id);
+        // Start in handler context so the driver learns its id and registers its socket.
+        cx.with_handler(id, |h, cx| h.notify(cx));
+    }
+
+    /// Runs this driver again after the worker's other work.
+    fn notify_self(&self) {
+        if let Some(id) = self.id {
+            let _ = self.center.notify(id);
+        }
+    }
+
+    /// The one entry point after any input.
+    fn pump(&mut self, cx: &mut Context<'_>) {
+        if self.finished {
+            return;
+        }
+        // The loop iteration's cached clock is the start; two clock reads per pump
+        // (after reading, at the end) give the recv and total run times.
+        let started_at = cx.now();
+        if !self.started {
+            self.started = true;
+            self.id = cx.id();
+            if let Err(e) = self.start(cx) {
+                log::info!(target: "msgr::conn", "{}: start failed: {e}", self.machine);
+                self.machine.handle_transport_closed(cx.now());
+            }
+        }
+        // While the driver runs, senders need not wake it: it re-drains the mailbox before
+        // each write, so replies sent from fast dispatch leave in the same writev.
+        self.conn.0.mailbox.lock().notified = true;
+        self.drain_mailbox(cx);
+        if self.finished {
+            return;
+        }
+        self.apply_injected_cut();
+        self.read(cx);
+        let read_done = Instant::now();
+        WorkerCounters::add_time(
+            &self.counters.running_recv_time_ns,
+            read_done.saturating_duration_since(started_at),
+        );
+        for _ in 0..MAX_ROUNDS {
+            self.drain_mailbox(cx);
+            if self.finished {
+                return;
+            }
+            let progressed = self.handle_events(cx);
+            if self.finished {
+                return;
+            }
+            let wrote = self.flush(cx);
+            // A write error queues a fault's events (e.g. Reconnect): never leave them
+            // for a timer to find.
+            if !progressed && !wrote && !self.machine.has_events() {
+                break;
+            }
+        }
+        // Readable bytes the machine wants now but the read phase did not take: budget
+        // granted during the rounds (after the read phase) resumes a paused read, and
+        // edge-triggered readiness will not report those bytes again.
+        let unread = self.io.unread() && self.machine.wants_read();
+        let more = self.settle_mailbox()
+            | self.machine.has_events()
+            | unread
+            | self.cut_ready()
+            | self.retry_congested_write();
+        if more {
+            // Work left after the bounded rounds: run again after the worker's other work.
+            self.notify_self();
+        }
+        self.count_peer_issues();
+        self.update_gauges();
+        self.publish();
+        self.update_interest(cx);
+        self.update_timer(cx);
+        let done = Instant::now();
+        WorkerCounters::add_time(
+            &self.counters.running_send_time_ns,
+            done.saturating_duration_since(read_done),
+        );
+        WorkerCounters::add_time(
+            &self.counters.running_total_time_ns,
+            done.saturating_duration_since(started_at),
+        );
+    }
+
+    fn start(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        if self.io.socket.is_some() {
+            self.configure_socket()?;
+            self.register_socket(cx)?;
+            return Ok(());
+        }
+        if let Some(addr) = self.io.dial {
+            self.dial_now(cx, addr)?;
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        self.publish_snapshot(false);
+        if self.machine.is_open() && self.conn.state() != ConnState::Open {
+            self.conn.set_state(ConnState::Open);
+        }
+    }
+
+    /// Keeps one timer armed at the earliest of the machine's deadline and what an
+    /// injected delay holds.
+    fn update_timer(&mut self, cx: &mut Context<'_>) {
+        let want = match (self.machine.poll_timeout(), self.seams.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // An armed timer that fires no later than wanted is kept: firing early only makes
+        // the machine re-derive its deadline, while re-arming on every pump (the idle
+        // deadline moves with each read) would churn the timer set.
+        match (self.timer, want) {
+            (Some((_, armed)), Some(at)) if armed <= at => return,
+            (Some(_), None) | (None, None) => return,
+            _ => {}
+        }
+        if let Some((tid, _)) = self.timer.take() {
+            cx.delete_time_event(tid);
+        }
+        if let (Some(at), Some(id)) = (want, self.id) {
+            let after = at.saturating_duration_since(cx.now());
+            let tid = cx.create_time_event(after, TimerTarget::Handler(id));
+            self.timer = Some((tid, at));
+        }
+    }
+}
+
+impl Handler for Driver {
+    fn ready(&mut self, cx: &mut Context<'_>, ready: Ready) {
+        log::trace!(target: "msgr::conn", "{}: ready {ready:?}", self.machine);
+        self.on_ready(cx, ready);
+        self.pump(cx);
+    }
+
+    fn timer(&mut self, cx: &mut Context<'_>, id: TimerId) {
+        if self.timer.is_some_and(|t| t.0 == id) {
+            self.timer = None;
+        }
+        self.machine.handle_timeout(cx.now());
+        self.release_held(cx);
+        self.pump(cx);
+    }
+
+    fn notify(&mut self, cx: &mut Context<'_>) {
+        if self.recv.is_waiting() {
+            self.try_budget(cx);
+        }
+        self.pump(cx);
+    }
+
+    fn shutdown(&mut self, cx: &mut Context<'_>) {
+        self.finish(cx);
+    }
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.machine)
+    }
+}

@@ -1,0 +1,304 @@
+//! The driver's side of the fault-injection seams (feature `fault-injection`): what it
+//! holds back on purpose — an accept decision or a replace hand-off for
+//! `ms_inject_internal_delays`, received messages for `ms_inject_delay_*` — and the
+//! cuts asked for with `Connection::inject_socket_failure`.
+//!
+//! Held work waits for the driver's one timer (its deadline joins the machine's), never
+//! in a sleep on the event loop thread. Without the feature, [`Seams`] is an empty type
+//! whose every question is answered "no" at compile time, so a release build pays for
+//! none of it (checked by the size assertion below).
+
+use std::time::Instant;
+
+use dispatch::Permit;
+use protocol::types::EntityType;
+use protocol::Message;
+
+use crate::machine::AcceptRequest;
+use crate::mailbox::Incoming;
+
+pub(super) use imp::Seams;
+
+/// A received message and the dispatch-throttle permit it carries to its dispatcher.
+pub(super) type Received = (Message, Option<Permit>);
+
+#[cfg(feature = "fault-injection")]
+mod imp {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::MessengerConfig;
+    use crate::counters::WorkerCounters;
+    use crate::inject::{DelayQueue, Injector};
+
+    /// The injection state of one driver.
+    pub(in crate::driver) struct Seams {
+        injector: Injector,
+        /// `inject_socket_failure` calls not applied yet: one is applied per open
+        /// session, so N calls make N reconnects.
+        cuts_pending: u32,
+        /// The current socket was already cut by an injected failure.
+        socket_cut: bool,
+        /// A write was refused as congested: the socket is in fact writable and will
+        /// raise no edge, so the driver comes back by itself.
+        write_retry: bool,
+        /// An accept decision held back by an internal delay, and when it runs.
+        accept: Option<(Instant, AcceptRequest)>,
+        /// A replace hand-off held back by an internal delay, and when it runs.
+        take_over: Option<(Instant, Box<Incoming>)>,
+        /// Whether this peer's messages go through `delayed` (decided once its type is
+        /// known).
+        delays_peer: Option<bool>,
+        delayed: DelayQueue<Received>,
+    }
+
+    impl Seams {
+        pub(in crate::driver) fn new(
+            config: &MessengerConfig,
+            conn_id: u64,
+            counters: Arc<WorkerCounters>,
+        ) -> Seams {
+            Seams {
+                injector: Injector::new(config, conn_id, counters),
+                cuts_pending: 0,
+                socket_cut: false,
+                write_retry: false,
+                accept: None,
+                take_over: None,
+                delays_peer: None,
+                delayed: DelayQueue::default(),
+            }
+        }
+
+        /// `ms_inject_socket_failures`: the socket operation about to run fails.
+        pub(in crate::driver) fn fail_socket(&mut self) -> bool {
+            self.injector.fail_socket()
+        }
+
+        /// `ms_inject_network_congestion`: the write about to run is refused.
+        pub(in crate::driver) fn congest_write(&mut self) -> bool {
+            let congested = self.injector.congest_write();
+            self.write_retry |= congested;
+            congested
+        }
+
+        /// Whether a write was refused since the last call (the caller retries later).
+        pub(in crate::driver) fn take_write_retry(&mut self) -> bool {
+            std::mem::take(&mut self.write_retry)
+        }
+
+        /// One more `Connection::inject_socket_failure`.
+        pub(in crate::driver) fn add_cut(&mut self) {
+            self.cuts_pending = self.cuts_pending.saturating_add(1);
+        }
+
+        /// Whether a requested cut waits for a socket not cut yet.
+        pub(in crate::driver) fn cut_wanted(&self) -> bool {
+            self.cuts_pending > 0 && !self.socket_cut
+        }
+
+        /// A requested cut was applied to the current socket.
+        pub(in crate::driver) fn cut_applied(&mut self) {
+            self.cuts_pending -= 1;
+            self.socket_cut = true;
+        }
+
+        /// A new socket: it has not been cut.
+        pub(in crate::driver) fn new_socket(&mut self) {
+            self.socket_cut = false;
+        }
+
+        /// `ms_inject_internal_delays` at the accept decision: `req` back to decide now,
+        /// or `None` if it was held until the delay is over.
+        pub(in crate::driver) fn hold_accept(
+            &mut self,
+            now: Instant,
+            req: AcceptRequest,
+        ) -> Option<AcceptRequest> {
+            match self.injector.internal_delay() {
+                Some(delay) => {
+                    self.accept = Some((now + delay, req));
+                    None
+                }
+                None => Some(req),
+            }
+        }
+
+        /// The held accept decision, once its delay is over.
+        pub(in crate::driver) fn due_accept(&mut self, now: Instant) -> Option<AcceptRequest> {
+            match &self.accept {
+                Some((at, _)) if *at <= now => self.accept.take().map(|(_, req)| req),
+                _ => None,
+            }
+        }
+
+        /// `ms_inject_internal_delays` at the replace hand-off: `incoming` back to adopt
+        /// now, or `None` if it was held until the delay is over.
+        pub(in crate::driver) fn hold_take_over(
+            &mut self,
+            now: Instant,
+            incoming: Box<Incoming>,
+        ) -> Option<Box<Incoming>> {
+            let Some(delay) = self.injector.internal_delay() else {
+                return Some(incoming);
+            };
+            // The session is marked `replacing` meanwhile, so no second hand-off comes;
+            // if one did, the older socket would be dropped and its peer reconnect.
+            self.take_over = Some((now + delay, incoming));
+            None
+        }
+
+        /// The held hand-off, once its delay is over.
+        pub(in crate::driver) fn due_take_over(&mut self, now: Instant) -> Option<Box<Incoming>> {
+            match &self.take_over {
+                Some((at, _)) if *at <= now => self.take_over.take().map(|(_, i)| i),
+                _ => None,
+            }
+        }
+
+        /// `ms_inject_delay_*`: `msg` back to deliver now, or `None` if it was queued
+        /// (behind whatever is queued already, so the connection's order holds).
+        pub(in crate::driver) fn hold_message(
+            &mut self,
+            now: Instant,
+            peer_type: impl FnOnce() -> Option<EntityType>,
+            msg: Received,
+        ) -> Option<Received> {
+            let injector = &self.injector;
+            let delays = *self
+                .delays_peer
+                .get_or_insert_with(|| peer_type().is_some_and(|t| injector.delays_peer(t)));
+            if !delays {
+                return Some(msg);
+            }
+            let delay = self.injector.message_delay();
+            if delay.is_zero() && self.delayed.is_empty() {
+                return Some(msg);
+            }
+            self.delayed.push(now + delay, msg);
+            None
+        }
+
+        /// The next delayed message whose time has come.
+        pub(in crate::driver) fn due_message(&mut self, now: Instant) -> Option<Received> {
+            self.delayed.pop_due(now)
+        }
+
+        /// The next delayed message, due or not (delivered before a session event, so
+        /// callbacks keep their order with messages, as Ceph's `DelayedDelivery::flush`).
+        pub(in crate::driver) fn flush_message(&mut self) -> Option<Received> {
+            self.delayed.pop_front()
+        }
+
+        /// The earliest time held work is due.
+        pub(in crate::driver) fn next_deadline(&self) -> Option<Instant> {
+            [self.accept.as_ref().map(|a| a.0), self.take_over.as_ref().map(|t| t.0)]
+                .into_iter()
+                .chain(std::iter::once(self.delayed.next_release()))
+                .flatten()
+                .min()
+        }
+
+        /// Drops everything held (the driver closes): a held hand-off's socket closes
+        /// and its peer reconnects; held messages go with the session (Ceph's
+        /// `DelayedDelivery::discard`).
+        pub(in crate::driver) fn discard(&mut self) {
+            self.accept = None;
+            self.take_over = None;
+            self.delayed.clear();
+        }
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+mod imp {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::MessengerConfig;
+    use crate::counters::WorkerCounters;
+
+    /// No injection: every question is answered "no" and inlined away.
+    pub(in crate::driver) struct Seams;
+
+    // A release build carries no injection state at all.
+    const _: () = assert!(std::mem::size_of::<Seams>() == 0);
+
+    impl Seams {
+        #[inline(always)]
+        pub(in crate::driver) fn new(
+            _config: &MessengerConfig,
+            _conn_id: u64,
+            _counters: Arc<WorkerCounters>,
+        ) -> Seams {
+            Seams
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn fail_socket(&mut self) -> bool {
+            false
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn congest_write(&mut self) -> bool {
+            false
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn take_write_retry(&mut self) -> bool {
+            false
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn cut_wanted(&self) -> bool {
+            false
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn cut_applied(&mut self) {}
+        #[inline(always)]
+        pub(in crate::driver) fn new_socket(&mut self) {}
+        #[inline(always)]
+        pub(in crate::driver) fn hold_accept(
+            &mut self,
+            _now: Instant,
+            req: AcceptRequest,
+        ) -> Option<AcceptRequest> {
+            Some(req)
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn due_accept(&mut self, _now: Instant) -> Option<AcceptRequest> {
+            None
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn hold_take_over(
+            &mut self,
+            _now: Instant,
+            incoming: Box<Incoming>,
+        ) -> Option<Box<Incoming>> {
+            Some(incoming)
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn due_take_over(&mut self, _now: Instant) -> Option<Box<Incoming>> {
+            None
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn hold_message(
+            &mut self,
+            _now: Instant,
+            _peer_type: impl FnOnce() -> Option<EntityType>,
+            msg: Received,
+        ) -> Option<Received> {
+            Some(msg)
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn due_message(&mut self, _now: Instant) -> Option<Received> {
+            None
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn flush_message(&mut self) -> Option<Received> {
+            None
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn next_deadline(&self) -> Option<Instant> {
+            None
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn discard(&mut self) {}
+    }
+}

@@ -1,0 +1,188 @@
+//! [`Env`]: what a messenger's drivers, listener and admin socket share — and all they
+//! may reach of the messenger. Each part has one owner type that keeps its own
+//! invariants (the session table, the policies, who we are); the messenger creates the
+//! environment once and hands it out in an `Arc`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+use dispatch::{DispatchQueue, Dispatchers, Throttle};
+use parking_lot::RwLock;
+use protocol::types::{EntityAddr, EntityName};
+use protocol::Message;
+
+use crate::config::MessengerConfig;
+use crate::connection::{Connection, Home};
+use crate::counters::WorkerCounters;
+use crate::machine::{self, ProtocolConfig};
+use crate::mailbox::SendBudget;
+use crate::policies::Policies;
+use crate::session_table::SessionTable;
+
+/// Who the messenger is: its name, nonce and address, and the protocol configuration
+/// built from them when it starts.
+pub(crate) struct Identity {
+    name: RwLock<EntityName>,
+    nonce: u32,
+    addr: RwLock<EntityAddr>,
+    /// Ceph's `global_seq`: one counter for every connect attempt of this messenger.
+    global_seq: Arc<AtomicU32>,
+    /// Built on first use (at `start`) and fixed from then on: the name and address
+    /// machines announce.
+    protocol: OnceLock<Arc<ProtocolConfig>>,
+}
+
+impl Identity {
+    fn new(name: EntityName, nonce: u32) -> Identity {
+        Identity {
+            name: RwLock::new(name),
+            nonce,
+            addr: RwLock::new(EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), nonce)),
+            global_seq: Arc::new(AtomicU32::new(0)),
+            protocol: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn name(&self) -> EntityName {
+        *self.name.read()
+    }
+
+    pub(crate) fn set_name(&self, name: EntityName) {
+        *self.name.write() = name;
+    }
+
+    pub(crate) fn addr(&self) -> EntityAddr {
+        *self.addr.read()
+    }
+
+    /// The address we listen on (with our nonce).
+    pub(crate) fn set_bound(&self, bound: SocketAddr) {
+        *self.addr.write() = EntityAddr::legacy(bound, self.nonce);
+    }
+}
+
+/// The environment of a messenger's drivers (and its listener and admin socket).
+pub(crate) struct Env {
+    pub(crate) config: MessengerConfig,
+    pub(crate) identity: Identity,
+    pub(crate) policies: Policies,
+    pub(crate) sessions: SessionTable,
+    /// The dispatch queue, with the dispatchers and the dispatch throttle it serves.
+    pub(crate) queue: Arc<DispatchQueue<Connection>>,
+    /// The send-side bounds shared by every connection.
+    pub(crate) send_budget: Arc<SendBudget>,
+    /// One set per worker of the pool (index = worker index).
+    pub(crate) counters: Vec<Arc<WorkerCounters>>,
+    next_id: AtomicU64,
+}
+
+impl Env {
+    /// The environment of a messenger named `name` with `workers` workers.
+    pub(crate) fn new(
+        name: EntityName,
+        nonce: u32,
+        config: MessengerConfig,
+        workers: usize,
+    ) -> Arc<Env> {
+        let dispatchers = Dispatchers::new();
+        let throttle = Throttle::new("msgr_dispatch_throttler", config.dispatch_throttle_bytes);
+        let queue = DispatchQueue::new("ms_dispatch", dispatchers, throttle);
+        // Messages under half a read buffer are copied out of it when they are queued, so
+        // a queued message pins at most about twice its size of read buffers.
+        queue.set_compact_below(config.read_buffer / 2);
+        let send_budget = SendBudget::new(config.max_queued_bytes, config.max_total_queued_bytes);
+        Arc::new(Env {
+            identity: Identity::new(name, nonce),
+            policies: Policies::new(),
+            sessions: SessionTable::default(),
+            queue,
+            send_budget,
+            counters: (0..workers).map(|_| Arc::new(WorkerCounters::default())).collect(),
+            next_id: AtomicU64::new(1),
+            config,
+        })
+    }
+
+    /// The protocol configuration (built from who we are on first use).
+    pub(crate) fn protocol_config(&self) -> Arc<ProtocolConfig> {
+        let id = &self.identity;
+        id.protocol
+            .get_or_init(|| {
+                Arc::new(machine::protocol_config(
+                    &self.config,
+                    id.name(),
+                    id.addr(),
+                    id.global_seq.clone(),
+                ))
+            })
+            .clone()
+    }
+
+    pub(crate) fn dispatchers(&self) -> &Arc<Dispatchers<Connection>> {
+        self.queue.dispatchers()
+    }
+
+    pub(crate) fn dispatch_throttle(&self) -> &Arc<Throttle> {
+        self.queue.throttle()
+    }
+
+    /// The counters of the worker with index `worker`.
+    pub(crate) fn worker_counters(&self, worker: usize) -> Arc<WorkerCounters> {
+        self.counters[worker % self.counters.len().max(1)].clone()
+    }
+
+    /// A new handle belonging to this messenger (not registered anywhere yet).
+    pub(crate) fn new_connection(self: &Arc<Self>, loopback: bool) -> Connection {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let home: Weak<dyn Home> = Arc::<Env>::downgrade(self);
+        Connection::new(id, home, loopback, self.send_budget.clone())
+    }
+
+    /// Counters as JSON: one `AsyncMessenger::Worker-N` section per worker (Ceph's
+    /// names) plus the dispatch throttle, the send queues and the dispatch queue.
+    pub(crate) fn perf_dump(&self) -> serde_json::Value {
+        let mut obj = serde_json::Map::new();
+        for (i, c) in self.counters.iter().enumerate() {
+            obj.insert(format!("AsyncMessenger::Worker-{i}"), c.to_json());
+        }
+        let t = self.dispatch_throttle().counters();
+        obj.insert(
+            "throttle-msgr_dispatch_throttler".into(),
+            serde_json::json!({
+                "val": t.val, "max": t.max, "get": t.get, "get_sum": t.get_sum,
+                "get_or_fail_fail": t.get_or_fail_fail,
+                "get_or_fail_success": t.get_or_fail_success,
+                "take": t.take, "put": t.put, "wait": t.wait,
+            }),
+        );
+        obj.insert("msgr_send_queues".into(), self.send_budget.to_json());
+        let q = self.queue.counters();
+        obj.insert(
+            "dispatch_queue".into(),
+            serde_json::json!({
+                "len": q.len, "dispatched": q.dispatched, "discarded": q.discarded,
+                "untaken": q.untaken,
+            }),
+        );
+        serde_json::Value::Object(obj)
+    }
+}
+
+impl Home for Env {
+    fn forget(&self, conn: &Connection) {
+        self.sessions.forget(conn);
+    }
+
+    fn discard_queued(&self, conn: &Connection) {
+        self.queue.discard(conn.id());
+    }
+
+    /// Loopback delivery: no socket; the message keeps the dispatch queue's guarantees.
+    fn deliver_local(&self, conn: &Connection, mut msg: Message) {
+        if msg.priority() == 0 {
+            msg.set_priority(protocol::message::PRIO_DEFAULT);
+        }
+        self.queue.local_delivery(conn, msg);
+    }
+}

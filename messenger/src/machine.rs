@@ -1,0 +1,400 @@
+//! The one place the messenger meets the protocol's session machine.
+//!
+//! [`Machine`] wraps the sans-IO machine (`protocol::v1::Connection` today) with exactly
+//! the inputs, commands, outputs and queries the driver uses; [`decide`] turns the
+//! protocol's accept decision into what the driver and the session table do with it;
+//! [`Replacement`] is a half-open machine on its way to the session it takes over. No
+//! other module of this crate names a `protocol::v1` item except the policy and counter
+//! types of the public API, so a second protocol behind one seam changes this file (and
+//! the events the driver matches on), not the driver.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use protocol::types::{EntityAddr, EntityName, EntityType};
+use protocol::v1::{self, Decision, ExistingSession, ExistingState};
+use protocol::wire::KeepaliveStamp;
+use protocol::Message;
+
+use crate::config::MessengerConfig;
+use crate::state::ConnState;
+
+pub(crate) use protocol::v1::{AcceptRequest, CounterValues, Event, Policy};
+
+/// The protocol's configuration, shared by every machine of one messenger.
+pub(crate) type ProtocolConfig = v1::Config;
+
+/// The protocol's configuration for a messenger named `name` at `addr`.
+pub(crate) fn protocol_config(
+    config: &MessengerConfig,
+    name: EntityName,
+    addr: EntityAddr,
+    global_seq: Arc<AtomicU32>,
+) -> ProtocolConfig {
+    let mut pc = v1::Config::new(name, addr);
+    pc.crc_header = config.crc_header;
+    pc.crc_data = config.crc_data;
+    pc.handshake_timeout = config.connection_ready_timeout;
+    pc.idle_timeout = config.connection_idle_timeout;
+    pc.payload_timeout = config.payload_timeout;
+    pc.write_timeout = config.write_timeout;
+    // A message must progress by one read per payload timeout.
+    pc.progress_window = u32::try_from(config.read_buffer).unwrap_or(u32::MAX);
+    pc.keepalive_interval = config.keepalive_interval;
+    pc.initial_backoff = config.initial_backoff;
+    pc.max_backoff = config.max_backoff;
+    pc.limits.max_front = config.max_front;
+    pc.limits.max_middle = config.max_middle;
+    pc.limits.max_data = config.max_data;
+    pc.global_seq = global_seq;
+    pc
+}
+
+/// One connection's session machine, as the driver drives it. Inputs are `handle_*`,
+/// commands change what it will send, outputs are `poll_*`; after any input or command
+/// the driver drains [`Machine::poll_event`], writes what [`Machine::poll_transmit`]
+/// returns and re-arms its timer from [`Machine::poll_timeout`].
+pub(crate) struct Machine(v1::Connection);
+
+impl Machine {
+    /// The connect side towards `addr` (the driver dials, then
+    /// [`Machine::handle_transport_connected`]).
+    pub(crate) fn connect(
+        config: Arc<ProtocolConfig>,
+        policy: Policy,
+        addr: EntityAddr,
+        peer_type: EntityType,
+        now: Instant,
+    ) -> Machine {
+        Machine(v1::Connection::connect(config, policy, addr, peer_type, now))
+    }
+
+    /// The accept side of a socket just accepted from `peer` on `local`.
+    pub(crate) fn accept(
+        config: Arc<ProtocolConfig>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        now: Instant,
+    ) -> Machine {
+        Machine(v1::Connection::accept(config, peer, local, now))
+    }
+
+    // ----- inputs -----
+
+    #[inline]
+    pub(crate) fn handle_transport_connected(&mut self, now: Instant) {
+        self.0.handle_transport_connected(now);
+    }
+
+    #[inline]
+    pub(crate) fn handle_transport_closed(&mut self, now: Instant) {
+        self.0.handle_transport_closed(now);
+    }
+
+    #[inline]
+    pub(crate) fn handle_bytes(&mut self, now: Instant, data: Bytes) {
+        self.0.handle_bytes(now, data);
+    }
+
+    /// The buffer a large segment is assembled in and how much of it is still missing,
+    /// when the next read should go straight there.
+    #[inline]
+    pub(crate) fn direct_read_buffer(&mut self) -> Option<(&mut BytesMut, usize)> {
+        self.0.direct_read_buffer()
+    }
+
+    #[inline]
+    pub(crate) fn handle_direct_read(&mut self, now: Instant, n: usize) {
+        self.0.handle_direct_read(now, n);
+    }
+
+    #[inline]
+    pub(crate) fn handle_write_blocked(&mut self, now: Instant) {
+        self.0.handle_write_blocked(now);
+    }
+
+    #[inline]
+    pub(crate) fn handle_write_progress(&mut self, now: Instant) {
+        self.0.handle_write_progress(now);
+    }
+
+    #[inline]
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.0.handle_timeout(now);
+    }
+
+    /// The dispatchers' verdict on the peer's authorizer.
+    pub(crate) fn handle_authorizer_verdict(
+        &mut self,
+        now: Instant,
+        verdict: dispatch::AuthVerdict,
+    ) {
+        let verdict = match verdict {
+            dispatch::AuthVerdict::Accept { reply } => {
+                v1::AuthVerdict::Accept { reply: reply.into() }
+            }
+            dispatch::AuthVerdict::Reject => v1::AuthVerdict::Reject,
+        };
+        self.0.handle_authorizer_verdict(now, verdict);
+    }
+
+    /// The accept decision, for every outcome but a hand-over (see [`Replacement`]).
+    pub(crate) fn handle_verdict(&mut self, now: Instant, policy: Policy, verdict: Verdict) {
+        self.0.handle_accept_decision(now, policy, verdict.decision, None);
+    }
+
+    /// The budget asked for by `Event::NeedBudget` is granted.
+    #[inline]
+    pub(crate) fn handle_budget_granted(&mut self, now: Instant) {
+        self.0.grant_budget(now);
+    }
+
+    // ----- commands -----
+
+    #[inline]
+    pub(crate) fn send_message(&mut self, msg: Message) {
+        self.0.send_message(msg);
+    }
+
+    #[inline]
+    pub(crate) fn send_keepalive(&mut self, wall_clock: KeepaliveStamp) {
+        self.0.send_keepalive(wall_clock);
+    }
+
+    /// Ceph's `mark_disposable`: the session becomes lossy.
+    pub(crate) fn mark_lossy(&mut self) {
+        self.0.mark_lossy();
+    }
+
+    // ----- outputs -----
+
+    #[inline]
+    pub(crate) fn poll_transmit(&mut self, out: &mut Vec<Bytes>) -> usize {
+        self.0.poll_transmit(out)
+    }
+
+    #[inline]
+    pub(crate) fn poll_event(&mut self) -> Option<Event> {
+        self.0.poll_event()
+    }
+
+    #[inline]
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.0.poll_timeout()
+    }
+
+    /// Peer misbehaviour since the last call: `(issues, not logged at WARN)`.
+    #[inline]
+    pub(crate) fn poll_peer_issues(&mut self) -> (u64, u64) {
+        self.0.poll_peer_issues()
+    }
+
+    // ----- queries -----
+
+    #[inline]
+    pub(crate) fn has_events(&self) -> bool {
+        self.0.has_events()
+    }
+
+    #[inline]
+    pub(crate) fn wants_read(&self) -> bool {
+        self.0.wants_read()
+    }
+
+    #[inline]
+    pub(crate) fn is_open(&self) -> bool {
+        self.0.is_open()
+    }
+
+    /// The machine is finished (no more events after its `Closed`).
+    #[inline]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
+    #[inline]
+    pub(crate) fn is_lossy(&self) -> bool {
+        self.0.is_lossy()
+    }
+
+    /// What the messages this machine holds for sending cost (the send bounds count it).
+    #[inline]
+    pub(crate) fn send_held_cost(&self) -> u64 {
+        self.0.send_held_cost()
+    }
+
+    /// Messages queued or sent-but-unacked.
+    #[inline]
+    pub(crate) fn pending_messages(&self) -> usize {
+        self.0.pending_messages()
+    }
+
+    /// Messages framed so far (resends included).
+    #[inline]
+    pub(crate) fn messages_sent(&self) -> u64 {
+        self.0.messages_sent()
+    }
+
+    /// A message is being received (its budget is held meanwhile).
+    #[inline]
+    pub(crate) fn message_in_progress(&self) -> bool {
+        self.0.message_in_progress()
+    }
+
+    /// Bytes held for the message being received.
+    #[inline]
+    pub(crate) fn receive_held_bytes(&self) -> usize {
+        self.0.receive_held_bytes()
+    }
+
+    /// What another connection's accept decision needs to know of this session, under
+    /// the messenger's `policy` for it.
+    #[inline]
+    pub(crate) fn snapshot(&self, policy: Option<&Policy>) -> SessionSnapshot {
+        let (_, _, connect_seq, peer_global_seq) = self.0.seqs();
+        SessionSnapshot {
+            connect_seq,
+            peer_global_seq,
+            lossy: policy.is_some_and(|p| p.lossy),
+            server_policy: policy.is_some_and(|p| p.server),
+        }
+    }
+}
+
+impl fmt::Display for Machine {
+    /// The machine's log prefix (id, peer, state, seqs).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// The protocol counters of every machine of a messenger (connect attempts, WAIT and
+/// RETRY rounds, duplicates dropped).
+pub(crate) fn counter_values(config: &ProtocolConfig) -> CounterValues {
+    config.counters.values()
+}
+
+/// What another connection's accept decision needs to know of a session (Ceph reads
+/// these from `existing` under its lock); published by the session's driver whenever
+/// they change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SessionSnapshot {
+    connect_seq: u32,
+    peer_global_seq: u32,
+    lossy: bool,
+    /// The session's policy is a server one (Ceph's `existing->policy.server`, which
+    /// wins a connection race against it for the incoming side): the policy, not
+    /// whether the connection was accepted, so a race between two lossless peers is
+    /// decided by their addresses alone, the same way on both sides.
+    server_policy: bool,
+}
+
+/// The existing session an accept decision is taken against, as the session table
+/// shows it: its state, what its driver last published, and whether another connect is
+/// already replacing it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Existing {
+    pub(crate) state: ConnState,
+    pub(crate) session: SessionSnapshot,
+    pub(crate) replacing: bool,
+}
+
+/// What the accepting driver does once the decision is taken (the session table's side
+/// was applied inside the decision, see `SessionTable::decide_accept`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AcceptAction {
+    /// Lossless replace: this socket and machine go to the existing session's driver,
+    /// which adopts them (the table marked that session `replacing`).
+    HandOver,
+    /// The existing (lossy) session is reset; this connection becomes the session (the
+    /// table registered it).
+    ResetExisting,
+    /// The peer must wait for our own connection to it: nudge that one with a
+    /// keepalive so its handshake completes.
+    NudgeExisting,
+    /// This connection opens (`register`: the table registered it) or answers with a
+    /// retry or reset reply.
+    Proceed {
+        /// The connection opens: the table now points at it and its policy is set.
+        register: bool,
+    },
+}
+
+/// The accept decision: the protocol's answer (given back to the machine) and what the
+/// messenger does about it.
+#[derive(Debug)]
+pub(crate) struct Verdict {
+    decision: Decision,
+    /// What the accepting driver does.
+    pub(crate) action: AcceptAction,
+}
+
+/// Decides a peer's connect against the session the table holds for it (the protocol's
+/// race and reset rules, Ceph's `handle_connect_message_2`). Pure: the session table
+/// runs it inside its one critical section.
+pub(crate) fn decide(
+    req: &AcceptRequest,
+    existing: Option<&Existing>,
+    policy: &Policy,
+    my_addr: &EntityAddr,
+) -> Verdict {
+    let view = existing.map(|e| ExistingSession {
+        state: match e.state {
+            ConnState::Open => ExistingState::Open,
+            ConnState::Standby => ExistingState::Standby,
+            ConnState::Connecting => ExistingState::Connecting,
+            ConnState::Closed => ExistingState::Closed,
+        },
+        connect_seq: e.session.connect_seq,
+        peer_global_seq: e.session.peer_global_seq,
+        lossy: e.session.lossy,
+        server_side: e.session.server_policy,
+        replacing: e.replacing,
+    });
+    let decision = v1::decide(req, view.as_ref(), policy, my_addr);
+    let existing_lossy = view.is_some_and(|v| v.lossy);
+    let action = match (decision, existing.is_some()) {
+        (Decision::Replace { .. }, true) if !existing_lossy => AcceptAction::HandOver,
+        (Decision::Replace { .. }, true) => AcceptAction::ResetExisting,
+        (Decision::Wait, true) => AcceptAction::NudgeExisting,
+        (Decision::Open { .. } | Decision::Replace { .. }, _) => {
+            AcceptAction::Proceed { register: true }
+        }
+        _ => AcceptAction::Proceed { register: false },
+    };
+    Verdict { decision, action }
+}
+
+/// An accepted machine whose connect was decided "replace": it travels (with its socket)
+/// to the existing session's driver, which moves its session into it (Ceph's replace).
+pub(crate) struct Replacement {
+    machine: Machine,
+    policy: Policy,
+    decision: Decision,
+}
+
+impl Replacement {
+    /// The accepting machine, to be adopted under `policy` as `verdict` says.
+    pub(crate) fn new(machine: Machine, policy: Policy, verdict: Verdict) -> Replacement {
+        Replacement { machine, policy, decision: verdict.decision }
+    }
+
+    /// The policy the session continues under.
+    pub(crate) fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Moves `old`'s session (seqs, queued and unacknowledged messages) into the new
+    /// machine and answers its connect; `old` is closed without further events. Returns
+    /// the machine that carries the session from now on.
+    pub(crate) fn adopt(self, old: &mut Machine, now: Instant) -> Machine {
+        let Replacement { mut machine, policy, decision } = self;
+        let session = old.0.take_session();
+        machine.0.handle_accept_decision(now, policy, decision, session);
+        machine
+    }
+}

@@ -1,0 +1,136 @@
+//! What other threads hand a connection's driver: the [`Mailbox`] on the handle
+//! (messages to send and [`Command`]s), and the send-side bounds ([`SendBudget`]) those
+//! messages are charged to from `send_message` until they leave the connection.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use protocol::Message;
+
+use crate::machine::Replacement;
+
+/// Work for the driver, posted from other threads.
+pub(crate) enum Command {
+    /// Send a keepalive now.
+    Keepalive,
+    /// `mark_disposable`: the session becomes lossy.
+    MarkDisposable,
+    /// `mark_down`: close at once, discard queued messages, no reset callback.
+    MarkDown,
+    /// A newly accepted socket replaces this lossless session's socket (Ceph's replace:
+    /// the existing connection keeps its queues and sequence numbers).
+    TakeOver(Box<Incoming>),
+    /// Test seam: cut the socket as a network failure would (both directions shut down).
+    #[cfg(feature = "fault-injection")]
+    InjectFault,
+}
+
+/// A freshly accepted socket whose connect was decided "replace", with its half-open
+/// machine: it travels to the existing session's driver, which adopts it.
+pub(crate) struct Incoming {
+    pub(crate) socket: TcpStream,
+    pub(crate) replacement: Replacement,
+}
+
+/// A connection's mailbox: what senders queued and the driver has not taken yet.
+#[derive(Default)]
+pub(crate) struct Mailbox {
+    pub(crate) messages: VecDeque<(Message, Instant)>,
+    /// What the messages in `messages` cost (`Message::send_cost`).
+    pub(crate) queued_cost: u64,
+    pub(crate) commands: Vec<Command>,
+    /// A notify is in flight (or the driver is about to drain): don't post another.
+    pub(crate) notified: bool,
+    /// The connection is closed: nothing more is queued.
+    pub(crate) closed: bool,
+}
+
+impl Mailbox {
+    /// Drops the messages waiting here and their share of the send bounds.
+    pub(crate) fn drop_messages(&mut self, budget: &SendBudget) {
+        self.messages.clear();
+        budget.adjust(self.queued_cost, 0);
+        self.queued_cost = 0;
+    }
+
+    /// Closes the mailbox for good, dropping what waits in it (commands included).
+    pub(crate) fn close(&mut self, budget: &SendBudget) {
+        self.closed = true;
+        self.drop_messages(budget);
+        self.commands.clear();
+    }
+}
+
+/// The send-side bounds of one messenger: what messages waiting to leave its
+/// connections cost (`Message::send_cost`), per connection and in total.
+#[derive(Debug)]
+pub(crate) struct SendBudget {
+    /// What every connection holds together.
+    held: AtomicU64,
+    max_total: u64,
+    max_per_conn: u64,
+    /// `send_message` calls refused with `QueueFull`.
+    refused: AtomicU64,
+}
+
+impl SendBudget {
+    pub(crate) fn new(max_per_conn: u64, max_total: u64) -> Arc<SendBudget> {
+        Arc::new(SendBudget {
+            held: AtomicU64::new(0),
+            max_total,
+            max_per_conn,
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// Charges `cost` for a message a connection already holding `held` wants to queue:
+    /// false (counted as a refusal) if that would pass the per-connection or the total
+    /// bound. A single message larger than a bound is admitted when nothing at all is
+    /// held against it, so that it can be sent at all.
+    pub(crate) fn try_charge(&self, held: u64, cost: u64) -> bool {
+        if (held > 0 && held.saturating_add(cost) > self.max_per_conn) || !self.charge_total(cost) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn charge_total(&self, cost: u64) -> bool {
+        let mut cur = self.held.load(Ordering::Relaxed);
+        loop {
+            if cur > 0 && cur.saturating_add(cost) > self.max_total {
+                return false;
+            }
+            match self.held.compare_exchange_weak(
+                cur,
+                cur.saturating_add(cost),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Moves the total by what one connection's holding changed.
+    pub(crate) fn adjust(&self, before: u64, after: u64) {
+        if after > before {
+            self.held.fetch_add(after - before, Ordering::Relaxed);
+        } else if before > after {
+            self.held.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
+    /// The bounds and their use, for `perf dump`.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "val": self.held.load(Ordering::Relaxed), "max": self.max_total,
+            "max_per_connection": self.max_per_conn,
+            "refused": self.refused.load(Ordering::Relaxed),
+        })
+    }
+}

@@ -1,0 +1,205 @@
+//! [`SessionTable`]: the messenger's connections, by the peer address their session is
+//! registered under (Ceph's `conns`, for the accept decision and `connect_to` reuse)
+//! and by id (every live connection, Ceph's `accepting_conns` and `conns` together, for
+//! `mark_down_all`, dumps, shutdown and `wait`).
+//!
+//! Both maps live under one lock, so what spans them holds by construction:
+//! * a connection registered under an address is live (it leaves `sessions` no later
+//!   than `live`);
+//! * a connection starts only if it was registered before shutdown began: `shutdown`
+//!   takes its list of connections to close under the same lock that registration
+//!   checks `stopping` under, so each connection is either closed by it or never starts;
+//! * an accept decision reads the existing session, decides and applies its outcome
+//!   (register the newcomer, or mark the existing session `replacing`) in one critical
+//!   section, so two connects racing for one peer on two workers see each other's
+//!   outcome. The lock order is table → a handle's published state; nothing else is
+//!   locked, and no callback or syscall runs, inside.
+
+use std::collections::HashMap;
+
+use parking_lot::{Condvar, Mutex};
+use protocol::types::EntityAddr;
+
+use crate::connection::Connection;
+use crate::machine::Existing;
+use crate::state::ConnState;
+
+/// What an accept decision does to the table, applied inside the decision's critical
+/// section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Nothing (a retry or reset reply).
+    Nothing,
+    /// The deciding connection becomes the session registered for the peer.
+    Register,
+    /// The existing session is being replaced: later connects for the peer are told to
+    /// retry until its driver adopted the new socket (or closed).
+    BeginReplace,
+}
+
+/// What `connect_to` found or made.
+pub(crate) enum Lookup {
+    /// A live session to the peer: reuse it.
+    Existing(Connection),
+    /// A new connection, registered: start its driver.
+    Created(Connection),
+    /// The messenger is shutting down: the new connection was not registered and must
+    /// not start.
+    Stopping(Connection),
+}
+
+#[derive(Default)]
+struct Tables {
+    /// Peer's announced address → its session.
+    sessions: HashMap<EntityAddr, Connection>,
+    /// Every live connection by id (registered until its driver is done).
+    live: HashMap<u64, Connection>,
+    /// Shutdown began: nothing more registers.
+    stopping: bool,
+}
+
+/// The messenger's connections; see the module docs for what it keeps true.
+#[derive(Default)]
+pub(crate) struct SessionTable {
+    tables: Mutex<Tables>,
+    /// Signalled when `live` becomes empty.
+    emptied: Condvar,
+}
+
+impl SessionTable {
+    /// `connect_to`'s lookup: the live session registered for `addr`, else a new
+    /// connection from `create`, registered under `addr` unless shutdown began.
+    pub(crate) fn get_or_create(
+        &self,
+        addr: EntityAddr,
+        create: impl FnOnce() -> Connection,
+    ) -> Lookup {
+        let mut t = self.tables.lock();
+        if let Some(conn) = t.sessions.get(&addr) {
+            if conn.state() != ConnState::Closed {
+                return Lookup::Existing(conn.clone());
+            }
+        }
+        let conn = create();
+        if t.stopping {
+            return Lookup::Stopping(conn);
+        }
+        t.sessions.insert(addr, conn.clone());
+        t.live.insert(conn.id(), conn.clone());
+        Lookup::Created(conn)
+    }
+
+    /// Registers an accepted connection as live (not as a session: its accept decision
+    /// does that). False if shutdown began: the caller must not start it.
+    pub(crate) fn register(&self, conn: &Connection) -> bool {
+        let mut t = self.tables.lock();
+        if t.stopping {
+            return false;
+        }
+        t.live.insert(conn.id(), conn.clone());
+        true
+    }
+
+    /// The accept decision's check-and-set, for `me`'s connect from the peer at `addr`:
+    /// looks up the live session registered there (other than `me`), shows it to
+    /// `decide` — its state, what its driver published, whether it is being replaced —
+    /// and applies the [`Claim`] `decide` returns, all in one critical section. Returns
+    /// `decide`'s verdict and the existing session it saw.
+    pub(crate) fn decide_accept<V>(
+        &self,
+        me: &Connection,
+        addr: EntityAddr,
+        decide: impl FnOnce(Option<&Existing>) -> (V, Claim),
+    ) -> (V, Option<Connection>) {
+        let mut t = self.tables.lock();
+        let existing =
+            t.sessions.get(&addr).filter(|c| *c != me && c.state() != ConnState::Closed).cloned();
+        let mut published = existing.as_ref().map(|c| c.0.published.lock());
+        let view = existing.as_ref().zip(published.as_deref()).map(|(c, p)| Existing {
+            state: c.state(),
+            session: p.session,
+            replacing: p.replacing,
+        });
+        let (verdict, claim) = decide(view.as_ref());
+        match (claim, published.as_deref_mut()) {
+            (Claim::BeginReplace, Some(p)) => p.replacing = true,
+            (Claim::Register, _) => {
+                t.sessions.insert(addr, me.clone());
+            }
+            _ => {}
+        }
+        drop(published);
+        (verdict, existing)
+    }
+
+    /// Ends a replace that will not happen (the replaced session closed before the
+    /// socket reached it): the peer's next connect is decided afresh.
+    pub(crate) fn abort_replace(&self, existing: &Connection) {
+        let _t = self.tables.lock();
+        existing.0.published.lock().replacing = false;
+    }
+
+    /// The live session registered for `addr`.
+    pub(crate) fn lookup(&self, addr: &EntityAddr) -> Option<Connection> {
+        self.tables.lock().sessions.get(addr).cloned()
+    }
+
+    /// Removes `conn` from the sessions if it is the one registered for its peer (it
+    /// stays live until [`SessionTable::unregister`]).
+    pub(crate) fn forget(&self, conn: &Connection) {
+        if let Some(addr) = conn.peer_addr() {
+            let mut t = self.tables.lock();
+            if t.sessions.get(&addr) == Some(conn) {
+                t.sessions.remove(&addr);
+            }
+        }
+    }
+
+    /// `conn`'s driver is done: it leaves the sessions and the live connections.
+    pub(crate) fn unregister(&self, conn: &Connection) {
+        let addr = conn.peer_addr();
+        let mut t = self.tables.lock();
+        if let Some(addr) = addr {
+            if t.sessions.get(&addr) == Some(conn) {
+                t.sessions.remove(&addr);
+            }
+        }
+        t.live.remove(&conn.id());
+        if t.live.is_empty() {
+            self.emptied.notify_all();
+        }
+    }
+
+    /// Every live connection.
+    pub(crate) fn live(&self) -> Vec<Connection> {
+        self.tables.lock().live.values().cloned().collect()
+    }
+
+    /// Number of live connections.
+    pub(crate) fn len(&self) -> usize {
+        self.tables.lock().live.len()
+    }
+
+    /// Begins shutdown: nothing registers from now on. Returns the live connections to
+    /// close, or `None` if shutdown had already begun.
+    pub(crate) fn begin_shutdown(&self) -> Option<Vec<Connection>> {
+        let mut t = self.tables.lock();
+        if std::mem::replace(&mut t.stopping, true) {
+            return None;
+        }
+        Some(t.live.values().cloned().collect())
+    }
+
+    /// Blocks until no connection is live.
+    pub(crate) fn wait_until_empty(&self) {
+        let mut t = self.tables.lock();
+        while !t.live.is_empty() {
+            self.emptied.wait(&mut t);
+        }
+    }
+
+    /// The live connections as `messenger dump` shows them.
+    pub(crate) fn dump(&self) -> serde_json::Value {
+        serde_json::Value::Array(self.live().iter().map(Connection::dump).collect())
+    }
+}
