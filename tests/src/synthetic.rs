@@ -74,9 +74,9 @@ pub struct Options {
     pub server_policy: Policy,
     /// The clients' default policy.
     pub client_policy: Policy,
-    /// Every messenger's configuration. Config-level fault injection (Ceph's
-    /// `ms_inject_socket_failures`: 1 socket operation in 30 failing), once the messenger
-    /// has it, is switched on here for every messenger of a run.
+    /// Every messenger's configuration, config-level fault injection included: Ceph's
+    /// `ms_inject_socket_failures` fails 1 socket operation (read, write, dial, accept)
+    /// in 30 on lossless runs and 1 in 600 on lossy ones, seeded with the run's seed.
     pub config: MessengerConfig,
     /// Stop after this many checked messages were sent…
     pub messages: u64,
@@ -105,6 +105,7 @@ impl Options {
     /// Ceph's sizes scaled to a 2-core CI machine: 8 servers, 16 clients, 3 workers,
     /// 10,000 messages, 64 in flight, up to 128 connections, 1 cut per 30 operations.
     pub fn new(name: &'static str, seed: u64, server: Policy, client: Policy) -> Options {
+        let lossy = server.lossy || client.lossy;
         Options {
             name,
             seed,
@@ -118,6 +119,9 @@ impl Options {
                 // runs with ms_max_backoff 1 s).
                 initial_backoff: Duration::from_millis(10),
                 max_backoff: Duration::from_secs(1),
+                // Ceph's SyntheticInjectTest: 1 in 30 (lossless) / 1 in 600 (lossy).
+                inject_socket_failures: if lossy { 600 } else { 30 },
+                inject_seed: seed,
                 ..MessengerConfig::default()
             },
             messages: 10_000,
@@ -126,7 +130,7 @@ impl Options {
             max_connections: 128,
             cut_one_in: 30,
             chaos: None,
-            lossy: server.lossy || client.lossy,
+            lossy,
             mark_down_both_ends: !client.lossy && !client.server && client.standby,
             drain_deadline: Duration::from_secs(60),
         }
@@ -152,6 +156,10 @@ pub struct Report {
     pub cuts: u64,
     /// Cuts made by the chaos proxies.
     pub proxy_cuts: u64,
+    /// Socket operations failed by `ms_inject_socket_failures`, over every messenger.
+    pub injected_socket_failures: u64,
+    /// Socket operations that drew for an injected failure.
+    pub injection_socket_ops: u64,
     /// `ms_handle_connect` on clients / servers.
     pub client_connects: u64,
     /// `ms_handle_connect` on servers (lossless peers dial back).
@@ -204,7 +212,7 @@ impl Report {
     pub fn summary(&self) -> String {
         format!(
             "{} checked messages ({} MiB) + {} noise, {} echoed; {} connections, {} mark_downs, \
-             {} injected cuts, {} proxy cuts; connects c/s {}/{}, accepts s/c {}/{}; resets c/s \
+             {} injected cuts, {} proxy cuts, {} of {} socket operations failed by injection; connects c/s {}/{}, accepts s/c {}/{}; resets c/s \
              {}/{}, remote resets c/s {}/{}; lost {}, discarded by remote reset {}, abandoned \
              {}, late after gone {}, late forgiven {}; v1 {:?}; {:?}",
             self.sent,
@@ -215,6 +223,8 @@ impl Report {
             self.mark_downs,
             self.cuts,
             self.proxy_cuts,
+            self.injected_socket_failures,
+            self.injection_socket_ops,
             self.client_connects,
             self.server_connects,
             self.server_accepts,
@@ -790,6 +800,13 @@ pub fn run(opts: &Options) -> Report {
         v1.reset_session += c.reset_session;
         v1.old_seq_dropped += c.old_seq_dropped;
     }
+    let (mut injected, mut socket_ops) = (0, 0);
+    for m in cluster.all() {
+        for c in m.worker_counters() {
+            injected += c.inject_socket_failures.load(std::sync::atomic::Ordering::Relaxed);
+            socket_ops += c.inject_socket_ops.load(std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     let mut late = Vec::new();
     for (i, m) in cluster.all().enumerate() {
         let len = dispatch_queue_len(m);
@@ -819,5 +836,7 @@ pub fn run(opts: &Options) -> Report {
     st.report.v1 = v1;
     st.report.wall = wall;
     st.report.proxy_cuts = proxy_cuts;
+    st.report.injected_socket_failures = injected;
+    st.report.injection_socket_ops = socket_ops;
     st.report.clone()
 }

@@ -33,6 +33,8 @@ fn run(mut opts: Options) -> Report {
     if opts.duration.is_none() {
         assert!(report.sent >= CI_MESSAGES, "only {} messages sent", report.sent);
     }
+    // Config-level injection (`ms_inject_socket_failures`) was on and failed operations.
+    assert!(report.injected_socket_failures > 0, "no socket operation failed by injection");
     // Every checked message is accounted for, exactly once.
     assert_eq!(
         report.sent,

@@ -1,0 +1,245 @@
+//! The fault-injection seams of `MessengerConfig` (feature `fault-injection`), each on
+//! its own over real loopback sockets: Ceph's `ms_inject_socket_failures`,
+//! `ms_inject_network_congestion` (PR 44289), `ms_inject_delay_{type,max,probability}`
+//! and `ms_inject_internal_delays`. Each test checks that the seam fires at its configured
+//! rate (from the messenger's own counters, with a fixed seed) and that a lossless
+//! session delivers everything once and in order through it. The scenarios that lean on
+//! these seams (Synthetic, reconnect races) live in their own files.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use messenger::counters::WorkerCounters;
+use messenger::{Messenger, MessengerConfig, Policy};
+use protocol::types::{EntityName, EntityType};
+use tests::loopback::{
+    client_with, next_message, server_on, test_config, test_message, Recorder, Seen,
+};
+
+const MSG: u16 = 0x7f30;
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Sums one counter over a messenger's workers.
+fn total(m: &Messenger, counter: impl Fn(&WorkerCounters) -> u64) -> u64 {
+    m.worker_counters().iter().map(|c| counter(c)).sum()
+}
+
+/// Asserts that `hits` of `draws` Bernoulli(`p`) draws is within five standard
+/// deviations (plus one) of the mean: the seam fires at its rate, neither never nor
+/// always.
+fn assert_rate(what: &str, hits: u64, draws: u64, p: f64) {
+    let mean = draws as f64 * p;
+    let sd = (draws as f64 * p * (1.0 - p)).sqrt();
+    let off = (hits as f64 - mean).abs();
+    assert!(
+        off <= 5.0 * sd + 1.0,
+        "{what}: {hits} of {draws} (expected about {mean:.0} ± {:.0})",
+        5.0 * sd + 1.0
+    );
+}
+
+/// Receives `n` messages and asserts their tids are exactly 1..=n in order (nothing
+/// lost, duplicated or reordered).
+fn expect_in_order(rx: &Receiver<Seen>, n: u64) {
+    for want in 1..=n {
+        let (_, msg) = next_message(rx);
+        assert_eq!(msg.tid(), want, "message {want} arrived out of order or was lost");
+    }
+}
+
+/// `ms_inject_socket_failures = 20` on both ends of a lossless session: about one read,
+/// write, dial or accept in 20 shuts its socket down, the session reconnects each time,
+/// and every message arrives once, in order.
+#[test]
+fn socket_failures_fire_one_in_n_and_a_lossless_session_loses_nothing() {
+    const N: u32 = 20;
+    const MESSAGES: u64 = 2_000;
+    let config = MessengerConfig {
+        inject_socket_failures: N,
+        inject_seed: 11,
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(50),
+        ..test_config(2)
+    };
+    let (server, _, srx) =
+        server_on(EntityType::OSD, 1, Policy::stateful_server(), false, loopback(), config.clone());
+    let (client, _crx) = client_with(EntityType::CLIENT, 2, Policy::lossless_client(), config);
+    let conn = client.connect_to(EntityType::OSD, server.my_addr());
+    for tid in 1..=MESSAGES {
+        conn.send_message(test_message(MSG, tid, Bytes::from_static(&[7; 512]))).expect("queued");
+    }
+    expect_in_order(&srx, MESSAGES);
+    let (mut failures, mut ops) = (0, 0);
+    for m in [&server, &client] {
+        failures += total(m, |c| c.inject_socket_failures.load(Relaxed));
+        ops += total(m, |c| c.inject_socket_ops.load(Relaxed));
+    }
+    assert!(failures > 0, "no socket operation failed in {ops}");
+    assert_rate("socket failures", failures, ops, 1.0 / f64::from(N));
+    let connects = client.v1_counters().connects;
+    assert!(connects > 1, "{failures} injected failures but {connects} connect attempts");
+    eprintln!("{failures} of {ops} socket operations failed; {connects} connect attempts");
+}
+
+/// `ms_inject_network_congestion = 4`: three writes in four are refused as if the
+/// socket were full; the driver comes back by itself (no edge is lost), and everything
+/// is delivered in order.
+#[test]
+fn congestion_refuses_three_writes_in_four_and_everything_arrives_in_order() {
+    const MESSAGES: u64 = 1_000;
+    let config = MessengerConfig { inject_network_congestion: 4, inject_seed: 5, ..test_config(2) };
+    let (server, _, srx) =
+        server_on(EntityType::OSD, 1, Policy::stateful_server(), false, loopback(), test_config(2));
+    let (client, _crx) = client_with(EntityType::CLIENT, 2, Policy::lossless_client(), config);
+    let conn = client.connect_to(EntityType::OSD, server.my_addr());
+    for tid in 1..=MESSAGES {
+        let data = Bytes::from(vec![tid as u8; 4096]);
+        conn.send_message(test_message(MSG, tid, data)).expect("queued");
+    }
+    expect_in_order(&srx, MESSAGES);
+    let refused = total(&client, |c| c.inject_congested_writes.load(Relaxed));
+    let writes = total(&client, |c| c.inject_writes.load(Relaxed));
+    assert!(refused > 0, "no write refused in {writes}");
+    assert_rate("congested writes", refused, writes, 0.75);
+    assert_eq!(client.v1_counters().connects, 1, "congestion is not a fault");
+}
+
+/// `ms_inject_delay_type = client`, probability 0.3, up to 20 ms: about 30 % of the
+/// messages a server receives from clients are held back, those behind a held one wait
+/// behind it (order kept), and messages from other peer types (the server's echoes,
+/// as the client receives them) are never delayed.
+#[test]
+fn delayed_delivery_keeps_order_and_delays_only_the_chosen_peer_types() {
+    const MESSAGES: u64 = 500;
+    let config = MessengerConfig {
+        inject_delay_type: vec![EntityType::CLIENT],
+        inject_delay_max: Duration::from_millis(20),
+        inject_delay_probability: 0.3,
+        inject_seed: 23,
+        ..test_config(2)
+    };
+    let (server, _, srx) =
+        server_on(EntityType::OSD, 1, Policy::stateful_server(), true, loopback(), config.clone());
+    let (client, crx) = client_with(EntityType::CLIENT, 2, Policy::lossless_client(), config);
+    let conn = client.connect_to(EntityType::OSD, server.my_addr());
+    for tid in 1..=MESSAGES {
+        conn.send_message(test_message(MSG, tid, Bytes::new())).expect("queued");
+    }
+    expect_in_order(&srx, MESSAGES);
+    expect_in_order(&crx, MESSAGES);
+    let delayed = total(&server, |c| c.inject_delayed_messages.load(Relaxed));
+    assert_rate("delayed messages", delayed, MESSAGES, 0.3);
+    assert_eq!(
+        total(&client, |c| c.inject_delayed_messages.load(Relaxed)),
+        0,
+        "messages from an OSD were delayed, but only clients were chosen"
+    );
+}
+
+/// `ms_inject_internal_delays` holds an accept decision on a timer of the worker, not
+/// in a sleep: with one worker thread for everything, a session on that worker keeps
+/// exchanging messages while a newcomer's accept decision waits, and the newcomer opens
+/// once the delay is over.
+#[test]
+fn internal_delay_holds_the_accept_decision_without_stalling_the_worker() {
+    let delay = Duration::from_secs(2);
+    let pool = Arc::new(
+        event_center::WorkerPool::new(event_center::WorkerPoolConfig {
+            workers: 1,
+            ..Default::default()
+        })
+        .expect("pool"),
+    );
+    let messenger = |name: EntityName, nonce: u32, config: MessengerConfig, policy: Policy| {
+        let m = Messenger::with_pool(name, nonce, config, pool.clone()).expect("messenger");
+        m.set_default_policy(policy);
+        m
+    };
+    // The server delays every accept decision; its peer `echo` accepts without delay.
+    let delayed = MessengerConfig { inject_internal_delays: delay, ..test_config(1) };
+    let server =
+        messenger(EntityName::new(EntityType::OSD, 0), 1, delayed, Policy::lossless_peer());
+    server.bind(loopback()).expect("bind");
+    server.start().expect("start");
+    let (rec, srx) = Recorder::new(false);
+    server.add_dispatcher_head(rec).expect("dispatcher");
+    let echo =
+        messenger(EntityName::new(EntityType::OSD, 1), 2, test_config(1), Policy::lossless_peer());
+    echo.bind(loopback()).expect("bind");
+    echo.start().expect("start");
+    let (rec, _erx) = Recorder::new(true);
+    echo.add_dispatcher_head(rec).expect("dispatcher");
+    let newcomer = messenger(
+        EntityName::new(EntityType::CLIENT, 2),
+        3,
+        test_config(1),
+        Policy::lossy_client(),
+    );
+    newcomer.start().expect("start");
+
+    // The server's own session to `echo` (dialled: no accept decision of the server's).
+    let to_echo = server.connect_to(EntityType::OSD, echo.my_addr());
+    to_echo.send_message(test_message(MSG, 1, Bytes::new())).expect("queued");
+    assert_eq!(next_message(&srx).1.tid(), 1);
+
+    // A newcomer dials the server: its accept decision is held for `delay`.
+    let held = newcomer.connect_to(EntityType::OSD, server.my_addr());
+    held.send_message(test_message(MSG, 100, Bytes::new())).expect("queued");
+    // Meanwhile the one worker serves the open session: its echo comes back first.
+    to_echo.send_message(test_message(MSG, 2, Bytes::new())).expect("queued");
+    let (conn, msg) = next_message(&srx);
+    assert_eq!(msg.tid(), 2, "the held accept decision stalled the worker");
+    assert_eq!(conn, to_echo);
+    assert!(!held.is_connected(), "the accept decision was not held");
+    // Then the newcomer's decision is taken and its message delivered.
+    let (_, msg) = next_message(&srx);
+    assert_eq!(msg.tid(), 100);
+    let delays = total(&server, |c| c.inject_internal_delays.load(Relaxed));
+    assert!(delays >= 1, "no internal delay counted");
+    for m in [&newcomer, &echo, &server] {
+        m.shutdown();
+        m.wait();
+    }
+    pool.shutdown();
+}
+
+/// `ms_inject_internal_delays` around a replace: the accept decision of the reconnect
+/// and the hand-off of its socket to the existing session both wait; the lossless
+/// session still delivers everything once and in order.
+#[test]
+fn internal_delays_around_a_replace_lose_nothing() {
+    const MESSAGES: u64 = 400;
+    let config =
+        MessengerConfig { inject_internal_delays: Duration::from_millis(50), ..test_config(2) };
+    let (server, _, srx) =
+        server_on(EntityType::OSD, 1, Policy::stateful_server(), false, loopback(), config);
+    let (client, _crx) =
+        client_with(EntityType::CLIENT, 2, Policy::lossless_client(), test_config(2));
+    let conn = client.connect_to(EntityType::OSD, server.my_addr());
+    for tid in 1..=MESSAGES / 2 {
+        conn.send_message(test_message(MSG, tid, Bytes::new())).expect("queued");
+    }
+    expect_in_order(&srx, MESSAGES / 2);
+    // A cut: the client reconnects and the server's session takes the new socket over.
+    conn.inject_socket_failure();
+    for tid in MESSAGES / 2 + 1..=MESSAGES {
+        conn.send_message(test_message(MSG, tid, Bytes::new())).expect("queued");
+    }
+    for want in MESSAGES / 2 + 1..=MESSAGES {
+        let (_, msg) = next_message(&srx);
+        assert_eq!(msg.tid(), want, "message {want} arrived out of order or was lost");
+    }
+    // The first accept, the reconnect's accept and its hand-off (counted when they
+    // were held, so before the messages behind them could arrive).
+    let delays = total(&server, |c| c.inject_internal_delays.load(Relaxed));
+    assert_eq!(delays, 3, "internal delays: expected accept, accept, hand-off");
+    assert_eq!(client.v1_counters().connects, 2, "one cut, one reconnect");
+    assert_eq!(server.connection_count(), 1, "the replace left one session");
+}
