@@ -126,7 +126,8 @@ pub struct MessengerConfig {
     #[doc(alias = "ms_inject_network_congestion")]
     pub inject_network_congestion: u32,
     /// Seeds the injection decisions (each connection draws from its own generator,
-    /// seeded from this and its id), so a run with the same seed injects alike.
+    /// seeded from this, the messenger's nonce and the connection's id), so a run with
+    /// the same seed injects alike.
     #[cfg(feature = "fault-injection")]
     pub inject_seed: u64,
 }

@@ -52,6 +52,10 @@ impl Identity {
         *self.name.write() = name;
     }
 
+    pub(crate) fn nonce(&self) -> u32 {
+        self.nonce
+    }
+
     pub(crate) fn addr(&self) -> EntityAddr {
         *self.addr.read()
     }

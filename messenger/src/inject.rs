@@ -6,7 +6,8 @@
 //! accept) whether it fails, before each write whether the network is congested, and the
 //! driver asks it how long an accept decision, a replace hand-off or a received message
 //! waits. Each connection has its own injector, seeded from
-//! `MessengerConfig::inject_seed` and the connection's id, so a run with the same seed
+//! `MessengerConfig::inject_seed`, the messenger's nonce and the connection's id (so
+//! connections of different messengers draw independently), and a run with the same seed
 //! injects alike on each connection (what differs between runs is only the timing of
 //! the operations themselves).
 
@@ -22,8 +23,9 @@ use rand::{Rng, SeedableRng};
 use crate::config::MessengerConfig;
 use crate::counters::WorkerCounters;
 
-/// Spreads stream numbers over the seed space, so neighbouring connection ids get
-/// unrelated generators (the 64-bit golden ratio, as in splitmix64).
+/// Spreads stream numbers over the seed space (an odd multiplier, so distinct streams
+/// keep distinct seeds: the 64-bit golden ratio, as in splitmix64); the generator's own
+/// seeding then makes neighbouring seeds unrelated.
 const STREAM_SPREAD: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// The injection stream of a messenger's listener (connections use their ids).
@@ -43,13 +45,17 @@ pub(crate) struct Injector {
 }
 
 impl Injector {
-    /// The injector of stream `stream` (a connection id, or [`LISTENER_STREAM`]).
+    /// The injector of stream `stream` (a connection id, or [`LISTENER_STREAM`]) of the
+    /// messenger with nonce `nonce`: messengers of one process draw from different
+    /// streams even though their connection ids start alike.
     pub(crate) fn new(
         config: &MessengerConfig,
+        nonce: u32,
         stream: u64,
         counters: Arc<WorkerCounters>,
     ) -> Injector {
-        let seed = config.inject_seed ^ stream.wrapping_add(1).wrapping_mul(STREAM_SPREAD);
+        let stream = (u64::from(nonce) << 32) ^ stream;
+        let seed = config.inject_seed ^ stream.wrapping_mul(STREAM_SPREAD);
         Injector {
             rng: SmallRng::seed_from_u64(seed),
             counters,
@@ -175,7 +181,7 @@ mod tests {
 
     fn injector(config: MessengerConfig) -> (Injector, Arc<WorkerCounters>) {
         let counters = Arc::new(WorkerCounters::default());
-        (Injector::new(&config, 7, counters.clone()), counters)
+        (Injector::new(&config, 1, 7, counters.clone()), counters)
     }
 
     /// `ms_inject_socket_failures = 30` fails one operation in 30 (with this seed: within

@@ -168,7 +168,7 @@
 //! A test seam, never enabled by the library: without the feature none of its code or
 //! state exists (the driver's injection state is an empty type, checked at compile
 //! time). With it, [`MessengerConfig`] carries Ceph's options, each decision drawn from a
-//! generator seeded with `inject_seed` and the connection's id, and counted in the
+//! generator seeded with `inject_seed`, the nonce and the connection's id, and counted in the
 //! worker's counters (`msgr_inject_*`):
 //!
 //! * `inject_socket_failures` (`ms_inject_socket_failures`): each socket read, write,

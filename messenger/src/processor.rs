@@ -66,8 +66,12 @@ impl Processor {
             .center
             .submit_to(move |cx: &mut Context<'_>| -> io::Result<HandlerId> {
                 #[cfg(feature = "fault-injection")]
-                let injector =
-                    Injector::new(&env.config, LISTENER_STREAM, env.worker_counters(center.id()));
+                let injector = Injector::new(
+                    &env.config,
+                    env.identity.nonce(),
+                    LISTENER_STREAM,
+                    env.worker_counters(center.id()),
+                );
                 let handler = AcceptHandler {
                     listener,
                     env,

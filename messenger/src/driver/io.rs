@@ -331,6 +331,12 @@ impl Driver {
         if self.io.dialling || self.io.socket.is_none() {
             return false;
         }
+        // What other connections' accept decisions read of this session is published
+        // before any byte the peer could act on leaves: a peer that gets the reply
+        // opening the session and is cut right after reconnects at once, and its next
+        // connect must be decided against the new connect_seq, not the last one
+        // published (it would be told to reset its session).
+        self.publish_snapshot(false);
         let sent_before = self.machine.messages_sent();
         // Frame more only while little waits for the socket: messages stay in the
         // protocol's queue (where they can still be requeued) rather than pile up here.

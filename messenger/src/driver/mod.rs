@@ -151,7 +151,7 @@ impl Driver {
         io: Io,
     ) -> Driver {
         let counters = env.worker_counters(center.id());
-        let seams = Seams::new(&env.config, conn.id(), counters.clone());
+        let seams = Seams::new(&env.config, env.identity.nonce(), conn.id(), counters.clone());
         Driver {
             conn,
             env,

@@ -55,11 +55,12 @@ mod imp {
     impl Seams {
         pub(in crate::driver) fn new(
             config: &MessengerConfig,
+            nonce: u32,
             conn_id: u64,
             counters: Arc<WorkerCounters>,
         ) -> Seams {
             Seams {
-                injector: Injector::new(config, conn_id, counters),
+                injector: Injector::new(config, nonce, conn_id, counters),
                 cuts_pending: 0,
                 socket_cut: false,
                 write_retry: false,
@@ -228,6 +229,7 @@ mod imp {
         #[inline(always)]
         pub(in crate::driver) fn new(
             _config: &MessengerConfig,
+            _nonce: u32,
             _conn_id: u64,
             _counters: Arc<WorkerCounters>,
         ) -> Seams {
