@@ -6,11 +6,12 @@
 //! of sends costs one wakeup (Ceph's "wake a worker only when its queue goes from empty to
 //! non-empty").
 //!
-//! The handle has three locks, each taken for a few instructions and never two at once
-//! except in the order session table → published: the mailbox (every send and drain),
-//! what the driver publishes about its peer and session (read by users and by other
-//! connections' accept decisions), and the user's private data. Where the driver is
-//! (`place`) is set once when the driver starts, and read without a lock on every wake.
+//! The handle has three locks, each held for a few instructions and never while another
+//! of them is taken: the mailbox (every send and drain), what the driver publishes about
+//! its peer and session (read by users, and by other connections' accept decisions with
+//! the session table's lock held: table first, never the other way), and the user's
+//! private data. Where the driver runs (`place`) is set once when it starts, and read
+//! without a lock on every wake.
 
 use std::any::Any;
 use std::fmt;

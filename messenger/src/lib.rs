@@ -77,8 +77,8 @@
 //!
 //! Inside, the crate is a line, each part using only those before it: the configuration
 //! and counters → the protocol machine as the driver sees it (`machine`, the one module
-//! that calls the session machine) → the handle's mailbox and send bounds → the
-//! [`Connection`] handle → the session table (peer address → session, every live
+//! that calls the session machine) → policies, and the handle's mailbox and send bounds
+//! → the [`Connection`] handle → the session table (peer address → session, every live
 //! connection, and the accept decision's check-and-set) → the drivers' environment →
 //! the driver (socket I/O, mailbox, budgets, events, accept and replace, cleanup) → the
 //! listener and the admin socket → [`Messenger`]. The handle has three locks (mailbox,

@@ -4,9 +4,10 @@
 //! the inputs, commands, outputs and queries the driver uses; [`decide`] turns the
 //! protocol's accept decision into what the driver and the session table do with it;
 //! [`Replacement`] is a half-open machine on its way to the session it takes over. No
-//! other module of this crate names a `protocol::v1` item except the policy and counter
-//! types of the public API, so a second protocol behind one seam changes this file (and
-//! the events the driver matches on), not the driver.
+//! other module of this crate names a `protocol::v1` item (the crate root re-exports its
+//! `Policy`; the rest take `Policy`, `Event`, `AcceptRequest` and `CounterValues` from
+//! here), so a second protocol behind one seam changes this file (and the events the
+//! driver matches on, in `driver/events.rs`), not the driver.
 
 use std::fmt;
 use std::net::SocketAddr;
