@@ -22,17 +22,25 @@
 //!
 //! Faults come from [`messenger::Connection::inject_socket_failure`] and, in front of
 //! server policies, the chaos proxy. Config-level injection goes through
-//! [`Options::config`], which every messenger is built from.
+//! [`Options::config`], which every messenger is built from (the servers from
+//! [`Options::server_config`] when set). With [`Options::refusals_allowed`] the send
+//! bound is part of the test: a `QueueFull` refusal is counted, and after every send the
+//! connection must hold no more than `max_queued_bytes`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_center::{WorkerPool, WorkerPoolConfig};
-use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
+use messenger::counters::WorkerCounters;
+use messenger::{
+    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, SendError,
+};
 use parking_lot::{Condvar, Mutex};
 use protocol::types::{EntityAddr, EntityName, EntityType};
 use protocol::v1::CounterValues;
@@ -55,6 +63,8 @@ const NOISE_PRIORITY: u16 = 200;
 const PAYLOADS: usize = 64;
 /// Failures kept verbatim (the rest are counted).
 const MAX_FAILURES_KEPT: usize = 20;
+/// Messages of one burst at most (`Options::burst_one_in`).
+const MAX_BURST: usize = 8;
 
 /// One Synthetic run.
 #[derive(Clone, Debug)]
@@ -99,6 +109,23 @@ pub struct Options {
     pub mark_down_both_ends: bool,
     /// How long everything pending may take to drain at the end.
     pub drain_deadline: Duration,
+    /// The servers' configuration when it differs from [`Options::config`] (which the
+    /// clients keep): e.g. a send bound checked on the clients only, so that the servers'
+    /// echoes are never refused.
+    pub server_config: Option<MessengerConfig>,
+    /// `send_message` on a lossless connection may fail with `QueueFull` (the clients'
+    /// send bound is part of the test): a refusal is counted instead of failed, the
+    /// refused message must never be echoed, and after every send the connection holds
+    /// at most the clients' `max_queued_bytes` (`Connection::queued_send_bytes`).
+    pub refusals_allowed: bool,
+    /// How many of the payloads are large, on top of the usual mix (0: none).
+    pub large_payloads: usize,
+    /// The length of the large payloads.
+    pub large_payload_len: RangeInclusive<usize>,
+    /// One operation in this many sends large payloads back to back on one connection
+    /// until a send is refused (at most 8); 0 for none. Meant with
+    /// [`Options::refusals_allowed`]: it drives a connection to its send bound.
+    pub burst_one_in: u32,
 }
 
 impl Options {
@@ -133,6 +160,11 @@ impl Options {
             lossy,
             mark_down_both_ends: !client.lossy && !client.server && client.standby,
             drain_deadline: Duration::from_secs(60),
+            server_config: None,
+            refusals_allowed: false,
+            large_payloads: 0,
+            large_payload_len: (2 << 20)..=(4 << 20),
+            burst_one_in: 0,
         }
     }
 }
@@ -197,6 +229,21 @@ pub struct Report {
     pub more_failures: u64,
     /// Wall time of the operations and the drain.
     pub wall: Duration,
+    /// Sends refused with `QueueFull` (only with [`Options::refusals_allowed`]).
+    pub refused_sends: u64,
+    /// The most a client connection held for sending, read after each send
+    /// (`Connection::queued_send_bytes`; only with [`Options::refusals_allowed`]).
+    pub max_queued_send_bytes: u64,
+    /// The longest time from a send to its echo.
+    pub max_echo_latency: Duration,
+    /// Received messages held back by `ms_inject_delay_*`, on the servers and on the
+    /// clients.
+    pub delayed_messages: (u64, u64),
+    /// Accept decisions and replace hand-offs held back by `ms_inject_internal_delays`.
+    pub internal_delays: u64,
+    /// Writes refused as congested by `ms_inject_network_congestion`, of the writes
+    /// that drew for it.
+    pub congested_writes: (u64, u64),
 }
 
 impl Report {
@@ -214,7 +261,9 @@ impl Report {
             "{} checked messages ({} MiB) + {} noise, {} echoed; {} connections, {} mark_downs, \
              {} injected cuts, {} proxy cuts, {} of {} socket operations failed by injection; connects c/s {}/{}, accepts s/c {}/{}; resets c/s \
              {}/{}, remote resets c/s {}/{}; lost {}, discarded by remote reset {}, abandoned \
-             {}, late after gone {}, late forgiven {}; v1 {:?}; {:?}",
+             {}, late after gone {}, late forgiven {}; v1 {:?}; delayed messages s/c {:?}, \
+             internal delays {}, congested writes {:?}, refused sends {}, max queued {} B, \
+             max echo latency {:?}; {:?}",
             self.sent,
             self.bytes >> 20,
             self.noise,
@@ -239,6 +288,12 @@ impl Report {
             self.late_after_gone,
             self.late_forgiven,
             self.v1,
+            self.delayed_messages,
+            self.internal_delays,
+            self.congested_writes,
+            self.refused_sends,
+            self.max_queued_send_bytes,
+            self.max_echo_latency,
             self.wall
         )
     }
@@ -252,8 +307,8 @@ struct Tracked {
     conn: Connection,
     client: usize,
     server: usize,
-    /// Sent and not yet echoed, in send order: (sequence number, payload).
-    sent: VecDeque<(u64, Bytes)>,
+    /// Sent and not yet echoed, in send order: (sequence number, payload, when sent).
+    sent: VecDeque<(u64, Bytes, Instant)>,
 }
 
 #[derive(Default)]
@@ -316,7 +371,8 @@ impl Dispatcher<Connection> for ClientSide {
             return;
         };
         match t.sent.front() {
-            Some((head, payload)) if *head == seq => {
+            Some((head, payload, at)) if *head == seq => {
+                let latency = at.elapsed();
                 if msg.data() != payload {
                     let what = format!(
                         "conn {}: echo {seq} payload differs ({} bytes, sent {})",
@@ -329,13 +385,14 @@ impl Dispatcher<Connection> for ClientSide {
                 t.sent.pop_front();
                 st.in_flight -= 1;
                 st.report.echoed += 1;
+                st.report.max_echo_latency = st.report.max_echo_latency.max(latency);
                 self.shared.drained.notify_all();
             }
             head => {
                 let head = head.map(|h| h.0);
                 if st.forgiven.remove(&seq) {
                     st.report.late_forgiven += 1;
-                } else if t.sent.iter().any(|(s, _)| *s == seq) {
+                } else if t.sent.iter().any(|(s, ..)| *s == seq) {
                     let what = format!(
                         "conn {} (client {} → server {}): echo {seq} before {head:?}: lost or reordered",
                         conn.id(),
@@ -388,7 +445,7 @@ impl Dispatcher<Connection> for ClientSide {
             // The session's queue is gone (Ceph's session_reset): so are the echoes.
             let n = Shared::release(st, &t);
             st.report.discarded_by_remote_reset += n;
-            st.forgiven.extend(t.sent.drain(..).map(|(s, _)| s));
+            st.forgiven.extend(t.sent.drain(..).map(|(s, ..)| s));
             st.live.insert(key, t);
             self.shared.drained.notify_all();
         }
@@ -469,11 +526,12 @@ impl Cluster {
         let mut servers = Vec::new();
         let mut server_addrs = Vec::new();
         let mut proxies = Vec::new();
+        let server_config = opts.server_config.as_ref().unwrap_or(&opts.config);
         for i in 0..opts.servers {
             let m = Messenger::with_pool(
                 EntityName::new(EntityType::OSD, i as i64),
                 1000 + i as u32,
-                opts.config.clone(),
+                server_config.clone(),
                 pool.clone(),
             )
             .expect("server messenger");
@@ -525,9 +583,10 @@ impl Cluster {
 }
 
 /// Payloads from 32 B to 1 MiB, mostly small (so a CI run moves 10,000 of them in
-/// seconds): 90 % up to 4 KiB, 9 % up to 64 KiB, 1 % up to 1 MiB.
-fn make_payloads(rng: &mut SmallRng) -> Vec<Bytes> {
-    (0..PAYLOADS)
+/// seconds): 90 % up to 4 KiB, 9 % up to 64 KiB, 1 % up to 1 MiB; then
+/// `opts.large_payloads` more of `opts.large_payload_len`.
+fn make_payloads(rng: &mut SmallRng, opts: &Options) -> Vec<Bytes> {
+    let mut payloads: Vec<Bytes> = (0..PAYLOADS)
         .map(|i| {
             let max = match i % 100 {
                 0 => 1 << 20,
@@ -537,7 +596,13 @@ fn make_payloads(rng: &mut SmallRng) -> Vec<Bytes> {
             let len = rng.gen_range(32..=max);
             (0..len).map(|_| rng.gen::<u8>()).collect::<Vec<u8>>().into()
         })
-        .collect()
+        .collect();
+    for _ in 0..opts.large_payloads {
+        let mut large = vec![0; rng.gen_range(opts.large_payload_len.clone())];
+        rng.fill(&mut large[..]);
+        payloads.push(large.into());
+    }
+    payloads
 }
 
 /// The workload: operations on random connections until the budget is spent.
@@ -649,35 +714,82 @@ impl Workload<'_> {
             }
             return true;
         }
+        let payload = self.payloads[self.rng.gen_range(0..self.payloads.len())].clone();
+        self.send_checked(id, &conn, payload);
+        true
+    }
+
+    /// Sends one checked message on `conn`; false if it was not queued.
+    fn send_checked(&mut self, id: Key, conn: &Connection, payload: Bytes) -> bool {
         self.next_seq += 1;
         let seq = self.next_seq;
-        let payload = self.payloads[self.rng.gen_range(0..self.payloads.len())].clone();
         {
             let mut st = self.shared.state.lock();
-            let Some(t) = st.live.get_mut(&id) else { return true };
-            t.sent.push_back((seq, payload.clone()));
+            let Some(t) = st.live.get_mut(&id) else { return false };
+            t.sent.push_back((seq, payload.clone(), Instant::now()));
             st.in_flight += 1;
             st.report.sent += 1;
             st.report.bytes += payload.len() as u64;
         }
+        let len = payload.len() as u64;
         let mut msg = Message::new(MSG_PING, Bytes::copy_from_slice(&seq.to_le_bytes()));
         msg.set_tid(seq);
         msg.set_data(payload);
-        if let Err(e) = conn.send_message(msg) {
+        let sent = conn.send_message(msg);
+        if let Err(e) = &sent {
             let mut st = self.shared.state.lock();
             let st = &mut *st;
             if let Some(t) = st.live.get_mut(&id) {
-                if t.sent.back().is_some_and(|(s, _)| *s == seq) {
+                if t.sent.back().is_some_and(|(s, ..)| *s == seq) {
                     t.sent.pop_back();
                     st.in_flight -= 1;
                 }
-                if !self.shared.lossy {
+                let refusal = self.opts.refusals_allowed && *e == SendError::QueueFull;
+                if refusal {
+                    st.report.refused_sends += 1;
+                } else if !self.shared.lossy {
                     st.report.fail(format!("send on live lossless conn {id:?} failed: {e}"));
                 }
             }
             st.report.sent -= 1;
+            st.report.bytes -= len;
         }
-        true
+        if self.opts.refusals_allowed {
+            self.check_send_bound(id, conn, sent.is_ok());
+        }
+        sent.is_ok()
+    }
+
+    /// Large messages back to back on one connection until one is refused (or
+    /// [`MAX_BURST`] were queued): congestion with multi-MiB messages reaches the send
+    /// bound on purpose.
+    fn burst(&mut self) {
+        let large = self.opts.large_payloads.min(self.payloads.len());
+        let Some((id, conn, _, _)) = self.random_live() else { return };
+        for _ in 0..MAX_BURST {
+            let k = self.payloads.len() - 1 - self.rng.gen_range(0..large.max(1));
+            let payload = self.payloads[k].clone();
+            if !self.send_checked(id, &conn, payload) {
+                break;
+            }
+        }
+    }
+
+    /// The clients' send bound holds after a send, accepted or refused: only this
+    /// thread adds to a client connection's queue, and its driver only takes from it, so
+    /// what it holds now is the most it held since the send.
+    fn check_send_bound(&self, id: Key, conn: &Connection, accepted: bool) {
+        let bound = self.opts.config.max_queued_bytes;
+        let held = conn.queued_send_bytes();
+        let mut st = self.shared.state.lock();
+        st.report.max_queued_send_bytes = st.report.max_queued_send_bytes.max(held);
+        if held > bound {
+            let how = if accepted { "accepted" } else { "refused" };
+            st.report.fail(format!(
+                "conn {id:?} holds {held} bytes for sending after a send ({how}), above \
+                 max_queued_bytes {bound}"
+            ));
+        }
     }
 
     /// Runs operations until the message or time budget is spent. False if the run
@@ -697,6 +809,9 @@ impl Workload<'_> {
             }
             if self.opts.cut_one_in > 0 && self.rng.gen_ratio(1, self.opts.cut_one_in) {
                 self.cut();
+            }
+            if self.opts.burst_one_in > 0 && self.rng.gen_ratio(1, self.opts.burst_one_in) {
+                self.burst();
             }
             match self.rng.gen_range(0..100) {
                 95.. => self.connect(),
@@ -718,7 +833,7 @@ fn dump(shared: &Shared, cluster: &Cluster) -> String {
     let st = shared.state.lock();
     let _ = writeln!(out, "{} messages in flight:", st.in_flight);
     for ((_, id), t) in st.live.iter().filter(|(_, t)| !t.sent.is_empty()) {
-        let seqs: Vec<u64> = t.sent.iter().take(8).map(|(s, _)| *s).collect();
+        let seqs: Vec<u64> = t.sent.iter().take(8).map(|(s, ..)| *s).collect();
         let _ = writeln!(
             out,
             "  conn {id} {:?} client {} → server {}: {} pending, first {seqs:?}",
@@ -753,7 +868,7 @@ pub fn run(opts: &Options) -> Report {
     });
     let cluster = Cluster::start(opts, &shared);
     let mut rng = SmallRng::seed_from_u64(opts.seed);
-    let payloads = make_payloads(&mut rng);
+    let payloads = make_payloads(&mut rng, opts);
     let started = Instant::now();
     let mut workload =
         Workload { opts, shared: &shared, cluster: &cluster, rng, payloads, next_seq: 0 };
@@ -801,13 +916,18 @@ pub fn run(opts: &Options) -> Report {
         v1.reset_session += c.reset_session;
         v1.old_seq_dropped += c.old_seq_dropped;
     }
-    let (mut injected, mut socket_ops) = (0, 0);
-    for m in cluster.all() {
-        for c in m.worker_counters() {
-            injected += c.inject_socket_failures.load(std::sync::atomic::Ordering::Relaxed);
-            socket_ops += c.inject_socket_ops.load(std::sync::atomic::Ordering::Relaxed);
-        }
-    }
+    let sum = |ms: &[Messenger], counter: fn(&WorkerCounters) -> &std::sync::atomic::AtomicU64| {
+        ms.iter().flat_map(|m| m.worker_counters()).map(|c| counter(c).load(Relaxed)).sum::<u64>()
+    };
+    let both = |counter| sum(&cluster.servers, counter) + sum(&cluster.clients, counter);
+    let injected = both(|c| &c.inject_socket_failures);
+    let socket_ops = both(|c| &c.inject_socket_ops);
+    let delayed_messages = (
+        sum(&cluster.servers, |c| &c.inject_delayed_messages),
+        sum(&cluster.clients, |c| &c.inject_delayed_messages),
+    );
+    let internal_delays = both(|c| &c.inject_internal_delays);
+    let congested_writes = (both(|c| &c.inject_congested_writes), both(|c| &c.inject_writes));
     let mut late = Vec::new();
     for (i, m) in cluster.all().enumerate() {
         let len = dispatch_queue_len(m);
@@ -839,5 +959,54 @@ pub fn run(opts: &Options) -> Report {
     st.report.proxy_cuts = proxy_cuts;
     st.report.injected_socket_failures = injected;
     st.report.injection_socket_ops = socket_ops;
+    st.report.delayed_messages = delayed_messages;
+    st.report.internal_delays = internal_delays;
+    st.report.congested_writes = congested_writes;
     st.report.clone()
+}
+
+/// Runs `opts` — for `ASYNCMSGR_SOAK_SECS` seconds instead when that is set — prints its
+/// seed and figures, and asserts what every variant promises: the checker found nothing,
+/// a CI run sent at least `min_messages`, config-level socket failures were injected, and
+/// every checked message is accounted for exactly once.
+pub fn run_and_check(mut opts: Options, min_messages: u64) -> Report {
+    opts.duration = crate::soak::soak_duration();
+    let report = run(&opts);
+    eprintln!("{} (seed {}): {}", opts.name, opts.seed, report.summary());
+    assert!(
+        report.failures.is_empty(),
+        "{} (MSGR_SEED={}): {} failures (+{} more):\n{}",
+        opts.name,
+        opts.seed,
+        report.failures.len(),
+        report.more_failures,
+        report.failures.join("\n")
+    );
+    if opts.duration.is_none() {
+        assert!(report.sent >= min_messages, "only {} messages sent", report.sent);
+    }
+    // Config-level injection (`ms_inject_socket_failures`) was on and failed operations.
+    assert!(report.injected_socket_failures > 0, "no socket operation failed by injection");
+    assert_eq!(
+        report.sent,
+        report.echoed + report.abandoned + report.discarded_by_remote_reset + report.lost,
+        "sent = echoed + abandoned by mark_down + discarded by a remote reset + lost"
+    );
+    report
+}
+
+/// What a lossless run promises on top of [`run_and_check`]: nothing lost, no session
+/// reset, cuts were made and reconnected, and no resend of an already delivered message
+/// ever reached a receiver (the SEQ exchange trims every replay to what the peer lacks).
+pub fn assert_lossless(r: &Report) {
+    assert_eq!(r.lost, 0, "a lossless session lost messages");
+    assert_eq!((r.client_resets, r.server_resets), (0, 0), "ms_handle_reset on lossless sessions");
+    assert!(r.cuts > 0, "no cut was injected");
+    assert_eq!(r.v1.old_seq_dropped, 0, "duplicates reached a receiver's dedup");
+    assert!(
+        r.v1.connects > r.connections,
+        "the cuts caused no reconnect: {} connect attempts for {} connections",
+        r.v1.connects,
+        r.connections
+    );
 }

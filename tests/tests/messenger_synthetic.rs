@@ -12,51 +12,13 @@ use std::time::Duration;
 use messenger::Policy;
 use tests::chaos::ChaosConfig;
 use tests::soak;
-use tests::synthetic::{self, Options, Report};
+use tests::synthetic::{self, assert_lossless, Options, Report};
 
 /// Checked messages a CI run sends at least.
 const CI_MESSAGES: u64 = 10_000;
 
-fn run(mut opts: Options) -> Report {
-    opts.duration = soak::soak_duration();
-    let report = synthetic::run(&opts);
-    eprintln!("{} (seed {}): {}", opts.name, opts.seed, report.summary());
-    assert!(
-        report.failures.is_empty(),
-        "{} (MSGR_SEED={}): {} failures (+{} more):\n{}",
-        opts.name,
-        opts.seed,
-        report.failures.len(),
-        report.more_failures,
-        report.failures.join("\n")
-    );
-    if opts.duration.is_none() {
-        assert!(report.sent >= CI_MESSAGES, "only {} messages sent", report.sent);
-    }
-    // Config-level injection (`ms_inject_socket_failures`) was on and failed operations.
-    assert!(report.injected_socket_failures > 0, "no socket operation failed by injection");
-    // Every checked message is accounted for, exactly once.
-    assert_eq!(
-        report.sent,
-        report.echoed + report.abandoned + report.discarded_by_remote_reset + report.lost,
-        "sent = echoed + abandoned by mark_down + discarded by a remote reset + lost"
-    );
-    report
-}
-
-fn assert_lossless(r: &Report) {
-    assert_eq!(r.lost, 0, "a lossless session lost messages");
-    assert_eq!((r.client_resets, r.server_resets), (0, 0), "ms_handle_reset on lossless sessions");
-    assert!(r.cuts > 0, "no cut was injected");
-    // The SEQ exchange trims every replay to what the peer lacks: a resend of a message
-    // already delivered never reaches a receiver.
-    assert_eq!(r.v1.old_seq_dropped, 0, "duplicates reached a receiver's dedup");
-    assert!(
-        r.v1.connects > r.connections,
-        "the cuts caused no reconnect: {} connect attempts for {} connections",
-        r.v1.connects,
-        r.connections
-    );
+fn run(opts: Options) -> Report {
+    synthetic::run_and_check(opts, CI_MESSAGES)
 }
 
 /// SyntheticInjectTest: stateful servers, lossless clients, 1 operation in 30 cuts a
