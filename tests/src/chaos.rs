@@ -502,7 +502,7 @@ fn write_some(half: &mut Half, from: &mut Vec<u8>) -> io::Result<usize> {
 /// Replaces the acceptor's own address in the banner block at the start of `stream`
 /// with `announce` (keeping its nonce). A stream that does not start with a valid block
 /// is left alone.
-fn rewrite_acceptor_block(stream: &mut [u8], announce: SocketAddr) {
+pub(crate) fn rewrite_acceptor_block(stream: &mut [u8], announce: SocketAddr) {
     let Some(block) = stream.get_mut(..ACCEPTOR_BLOCK_LEN) else { return };
     let Ok((mut banner, _)) = AcceptorBanner::decode(block) else { return };
     banner.my_addr.addr = Some(announce);

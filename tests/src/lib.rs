@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod hostile;
 pub mod loopback;
 pub mod mon;
+pub mod nat;
 pub mod soak;
 pub mod synthetic;
 pub mod watchdog;
