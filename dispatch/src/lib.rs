@@ -40,7 +40,9 @@ pub mod queue;
 pub mod throttle;
 
 pub use dispatcher::{AuthVerdict, Authorizer, ConnectionRef, Dispatched, Dispatcher, Dispatchers};
-pub use queue::{Delivery, DispatchQueue, QueueCounters, QueueEvent, ShutdownMode};
+pub use queue::{
+    Delivery, DispatchQueue, QueueCounters, QueueEvent, ShutdownMode, DEFAULT_IDLE_SPIN,
+};
 pub use throttle::{InFlight, Permit, Throttle, ThrottleCounters, Ticket, Waiting, Waker};
 
 /// Ceph's default `ms_dispatch_throttle_bytes`: 100 MiB.

@@ -11,15 +11,56 @@
 //!   messages leave in FIFO order.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use protocol::message::{PRIO_DEFAULT, PRIO_HIGH};
+
+/// Hashes a connection id with one multiply. Connection ids are handed out by the
+/// process (never chosen by a peer), so flooding one bucket is not a threat, and a
+/// SipHash per queued message is measurable on the dispatch path.
+#[derive(Default)]
+struct ConnIdHasher(u64);
+
+impl Hasher for ConnIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(FIB_MULTIPLIER);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // The high bits carry the mix; hashbrown takes its control bits from the top.
+        self.0 = (self.0 ^ n).wrapping_mul(FIB_MULTIPLIER);
+    }
+}
+
+/// 2^64 / φ, odd: multiplying by it spreads consecutive ids over the high bits.
+const FIB_MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+
+type ConnMap<V> = HashMap<u64, V, BuildHasherDefault<ConnIdHasher>>;
+
+/// How many emptied per-connection deques a lane keeps for reuse, so a connection
+/// whose backlog drains and refills (the steady state of a busy dispatch thread) does
+/// not free and allocate a deque each time.
+const SPARE_DEQUES: usize = 8;
+
+/// A spare deque keeps at most this much capacity (items); a larger one, left by a
+/// burst, is dropped rather than kept holding memory.
+const SPARE_CAPACITY: usize = 64;
 
 /// One priority level: the connections with queued items, served in rotation.
 struct Lane<T> {
     /// Invariant: holds each key of `by_conn` exactly once.
     rotation: VecDeque<u64>,
     /// Invariant: no empty deque is stored.
-    by_conn: HashMap<u64, VecDeque<T>>,
+    by_conn: ConnMap<VecDeque<T>>,
+    /// Emptied deques for reuse (at most [`SPARE_DEQUES`], each at most
+    /// [`SPARE_CAPACITY`] items of capacity).
+    spare: Vec<VecDeque<T>>,
     len: usize,
     /// Smooth WRR running weight (unused for strict lanes).
     current: i64,
@@ -27,11 +68,18 @@ struct Lane<T> {
 
 impl<T> Lane<T> {
     fn new() -> Self {
-        Lane { rotation: VecDeque::new(), by_conn: HashMap::new(), len: 0, current: 0 }
+        Lane {
+            rotation: VecDeque::new(),
+            by_conn: ConnMap::default(),
+            spare: Vec::new(),
+            len: 0,
+            current: 0,
+        }
     }
 
     fn push(&mut self, conn: u64, item: T) {
-        let q = self.by_conn.entry(conn).or_default();
+        let spare = &mut self.spare;
+        let q = self.by_conn.entry(conn).or_insert_with(|| spare.pop().unwrap_or_default());
         if q.is_empty() {
             self.rotation.push_back(conn);
         }
@@ -44,7 +92,9 @@ impl<T> Lane<T> {
         let q = self.by_conn.get_mut(&conn)?;
         let item = q.pop_front();
         if q.is_empty() {
-            self.by_conn.remove(&conn);
+            if let Some(q) = self.by_conn.remove(&conn) {
+                self.recycle(q);
+            }
         } else {
             self.rotation.push_back(conn);
         }
@@ -54,12 +104,24 @@ impl<T> Lane<T> {
         item
     }
 
+    /// Keeps an emptied deque for the next connection that queues here, within bounds.
+    fn recycle(&mut self, q: VecDeque<T>) {
+        if self.spare.len() < SPARE_DEQUES && q.capacity() <= SPARE_CAPACITY {
+            self.spare.push(q);
+        }
+    }
+
     fn remove_conn(&mut self, conn: u64, out: &mut Vec<T>) {
         if let Some(q) = self.by_conn.remove(&conn) {
             self.len -= q.len();
             out.extend(q);
             self.rotation.retain(|c| *c != conn);
         }
+    }
+
+    /// The first waiting item of each connection.
+    fn heads(&self) -> impl Iterator<Item = &T> {
+        self.by_conn.values().filter_map(VecDeque::front)
     }
 }
 
@@ -171,6 +233,12 @@ impl<T> PrioQueue<T> {
         out
     }
 
+    /// The first waiting item of every (priority, connection) pair: each is the oldest of
+    /// its FIFO, so the oldest item of all is among them.
+    pub(crate) fn heads(&self) -> impl Iterator<Item = &T> {
+        self.strict.values().chain(self.wrr.values()).flat_map(Lane::heads)
+    }
+
     /// Removes everything.
     pub(crate) fn drain(&mut self) -> Vec<T> {
         let mut out = Vec::with_capacity(self.len);
@@ -265,6 +333,38 @@ mod tests {
         assert!(q.lanes() <= 2 * KEEP_EMPTY_LANES, "{} lanes", q.lanes());
         // Strict lanes 197..=300 first, highest first.
         assert_eq!(got[..3], [300, 299, 298]);
+    }
+
+    /// A connection whose backlog drains and refills reuses its emptied deque; spares
+    /// stay bounded in number and size, and reuse keeps FIFO order and turns.
+    #[test]
+    fn emptied_deques_are_reused_within_bounds() {
+        let mut q = PrioQueue::new();
+        for round in 0..3u64 {
+            for conn in 0..(2 * SPARE_DEQUES as u64) {
+                for i in 0..3 {
+                    q.push(PRIO_DEFAULT, conn, (round, conn, i));
+                }
+            }
+            let got = q.drain();
+            let mut expect = Vec::new();
+            for i in 0..3 {
+                for conn in 0..(2 * SPARE_DEQUES as u64) {
+                    expect.push((round, conn, i));
+                }
+            }
+            assert_eq!(got, expect);
+            let lane = q.wrr.get(&PRIO_DEFAULT).expect("lane kept");
+            assert_eq!(lane.spare.len(), SPARE_DEQUES);
+        }
+        // A burst leaves a deque too large to keep.
+        for i in 0..(4 * SPARE_CAPACITY as u64) {
+            q.push(PRIO_DEFAULT, 99, (9, 99, i));
+        }
+        let _ = q.drain();
+        let lane = q.wrr.get(&PRIO_DEFAULT).expect("lane kept");
+        assert!(lane.spare.iter().all(|d| d.capacity() <= SPARE_CAPACITY));
+        assert!(lane.spare.len() <= SPARE_DEQUES);
     }
 
     #[test]

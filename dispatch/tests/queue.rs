@@ -4,6 +4,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use asyncmsgr_dispatch::{
     AuthVerdict, Delivery, DispatchQueue, Dispatched, Dispatcher, Dispatchers, QueueEvent,
@@ -526,6 +527,77 @@ fn counters_report_length_and_oldest_age() {
     let first = k.oldest_age;
     wait_until(|| q.counters().oldest_age > first);
     q.shutdown(ShutdownMode::Discard);
+}
+
+/// A message's age counts from its dispatch stamp (the worker reads the clock once for
+/// a batch; the queue reads none of its own), and the oldest is found across
+/// priorities, connections and the loopback lane.
+#[test]
+fn oldest_age_counts_from_dispatch_stamps_across_lanes() {
+    let d = Dispatchers::<TestConn>::new();
+    let q = queue(&d);
+    let now = Instant::now();
+    let stamped = |prio, tid, age_s| {
+        let mut m = msg(1, prio, tid, 0);
+        let at = now.checked_sub(Duration::from_secs(age_s)).expect("up for a minute");
+        m.set_dispatch_stamp(at);
+        m
+    };
+    q.enqueue(&TestConn(1), stamped(PRIO_HIGHEST, 1, 40), None);
+    q.enqueue(&TestConn(2), stamped(PRIO_LOW, 2, 60), None);
+    q.enqueue(&TestConn(2), stamped(PRIO_LOW, 3, 50), None);
+    q.local_delivery(&TestConn(3), stamped(PRIO_DEFAULT, 4, 20));
+    let age = q.counters().oldest_age;
+    assert!(age >= Duration::from_secs(60) && age < Duration::from_secs(60) + WAIT, "{age:?}");
+    assert_eq!(q.discard(2), 2);
+    let age = q.counters().oldest_age;
+    assert!(age >= Duration::from_secs(40) && age < Duration::from_secs(50), "{age:?}");
+    assert_eq!(q.discard(1), 1);
+    let age = q.counters().oldest_age;
+    assert!(age >= Duration::from_secs(20) && age < Duration::from_secs(40), "{age:?}");
+    q.shutdown(ShutdownMode::Discard);
+}
+
+/// Work that arrives while the idle dispatch thread spins is taken at once and without
+/// the thread sleeping; a shutdown ends the spin rather than waiting it out.
+#[test]
+fn idle_spin_takes_new_work_without_sleeping_and_shutdown_ends_it() {
+    // Far longer than WAIT: a spin that missed an arrival or a shutdown fails the test.
+    const SPIN: Duration = Duration::from_secs(60);
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    d.add_tail(arc(Recorder::new("a", tx)));
+    let q = queue(&d);
+    q.set_idle_spin(SPIN);
+    q.start().expect("start");
+    for tid in 0..50 {
+        q.enqueue(&TestConn(1), msg(1, PRIO_DEFAULT, tid, 0), None);
+        let seen = rx.recv_timeout(WAIT).expect("dispatched during the spin");
+        assert_eq!(dispatched(&seen), Some(("a", 1, 1, tid)));
+    }
+    assert_eq!(q.counters().sleeps, 0, "every message arrived while the thread spun");
+    let asked = Instant::now();
+    q.shutdown(ShutdownMode::Drain);
+    assert!(asked.elapsed() < WAIT, "shutdown waited {:?} for the spin", asked.elapsed());
+}
+
+/// With no idle spin the thread sleeps as soon as the queue is empty, and a message
+/// wakes it.
+#[test]
+fn without_idle_spin_the_thread_sleeps_and_a_message_wakes_it() {
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    d.add_tail(arc(Recorder::new("a", tx)));
+    let q = queue(&d);
+    q.set_idle_spin(Duration::ZERO);
+    q.start().expect("start");
+    for tid in 0..3 {
+        wait_until(|| q.counters().sleeps > tid);
+        q.enqueue(&TestConn(1), msg(1, PRIO_DEFAULT, tid, 0), None);
+        let seen = rx.recv_timeout(WAIT).expect("woken and dispatched");
+        assert_eq!(dispatched(&seen), Some(("a", 1, 1, tid)));
+    }
+    q.shutdown(ShutdownMode::Drain);
 }
 
 /// Authorizer hooks: the first supplied authorizer wins; any rejection wins.
