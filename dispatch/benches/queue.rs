@@ -1,6 +1,9 @@
 //! Enqueue → dispatch throughput of the DispatchQueue (messages/s), from 1 and 2
 //! producer threads, each message charged to a 100 MiB dispatch throttle as the
-//! messenger's workers do; plus the fast path for comparison.
+//! messenger's workers do; plus the fast path for comparison. `handoff` hands over one
+//! message at a time and waits for its dispatch (the queue runs dry after every
+//! message, as under a request/reply load), with and without the idle spin: it shows
+//! what a sleep and wake of the dispatch thread costs.
 //!
 //! Run: `cargo bench -p asyncmsgr-dispatch --bench queue -- --warm-up-time 1 --measurement-time 3`
 
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use asyncmsgr_dispatch::{
     ConnectionRef, DispatchQueue, Dispatched, Dispatcher, Dispatchers, ShutdownMode, Throttle,
-    DEFAULT_DISPATCH_THROTTLE_BYTES,
+    DEFAULT_DISPATCH_THROTTLE_BYTES, DEFAULT_IDLE_SPIN,
 };
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -71,6 +74,10 @@ struct Rig {
 }
 
 fn rig(fast: bool) -> Rig {
+    rig_with_spin(fast, DEFAULT_IDLE_SPIN)
+}
+
+fn rig_with_spin(fast: bool, spin: Duration) -> Rig {
     let (tx, rx) = bounded(1);
     let counter = Arc::new(Counter {
         seen: AtomicU64::new(0),
@@ -82,6 +89,7 @@ fn rig(fast: bool) -> Rig {
     d.add_tail(Arc::clone(&counter) as Arc<dyn Dispatcher<BenchConn>>);
     let throttle = Throttle::new("dispatch", DEFAULT_DISPATCH_THROTTLE_BYTES);
     let queue = DispatchQueue::new("bench", d, Arc::clone(&throttle));
+    queue.set_idle_spin(spin);
     queue.start().expect("start dispatch thread");
     Rig { queue, throttle, counter, done: rx }
 }
@@ -114,6 +122,26 @@ fn run(rig: &Rig, producers: u64, total: u64) -> Duration {
     start.elapsed()
 }
 
+/// Sends `total` messages one at a time, each after the previous one was dispatched.
+/// The producer polls the count (yielding), so only the dispatch thread may sleep.
+fn handoff(rig: &Rig, total: u64) -> Duration {
+    rig.counter.seen.store(0, Ordering::Relaxed);
+    rig.counter.target.store(u64::MAX, Ordering::Relaxed);
+    let payload = Bytes::from_static(&[0u8; 64]);
+    let conn = BenchConn(0);
+    let start = Instant::now();
+    for tid in 0..total {
+        let mut m = Message::new(1, payload.clone());
+        m.set_tid(tid);
+        let budget = rig.throttle.acquire(m.payload_len() as u64);
+        rig.queue.deliver(&conn, m, Some(budget));
+        while rig.counter.seen.load(Ordering::Acquire) <= tid {
+            std::thread::yield_now();
+        }
+    }
+    start.elapsed()
+}
+
 fn bench_queue(c: &mut Criterion) {
     let mut g = c.benchmark_group("enqueue_dispatch");
     g.throughput(Throughput::Elements(1));
@@ -127,6 +155,19 @@ fn bench_queue(c: &mut Criterion) {
     let rig = rig(true);
     g.bench_function("fast_dispatch/1_producer", |b| b.iter_custom(|iters| run(&rig, 1, iters)));
     rig.queue.shutdown(ShutdownMode::Drain);
+    for (name, spin) in [("idle_spin_0", Duration::ZERO), ("idle_spin_default", DEFAULT_IDLE_SPIN)]
+    {
+        let rig = rig_with_spin(false, spin);
+        g.bench_function(format!("handoff/{name}"), |b| {
+            b.iter_custom(|iters| handoff(&rig, iters))
+        });
+        let sleeps = rig.queue.counters().sleeps;
+        let dispatched = rig.queue.counters().dispatched;
+        rig.queue.shutdown(ShutdownMode::Drain);
+        eprintln!(
+            "handoff/{name}: {sleeps} sleeps of the dispatch thread for {dispatched} messages"
+        );
+    }
     g.finish();
 }
 
