@@ -739,10 +739,15 @@ impl Workload<'_> {
         if let Err(e) = &sent {
             let mut st = self.shared.state.lock();
             let st = &mut *st;
+            // Unsent only if it is still pending here: a reset that ran between the
+            // push above and this failure already counted it (lost, or discarded by a
+            // remote reset), and uncounting it too would count it twice.
+            let mut unsent = false;
             if let Some(t) = st.live.get_mut(&id) {
                 if t.sent.back().is_some_and(|(s, ..)| *s == seq) {
                     t.sent.pop_back();
                     st.in_flight -= 1;
+                    unsent = true;
                 }
                 let refusal = self.opts.refusals_allowed && *e == SendError::QueueFull;
                 if refusal {
@@ -751,8 +756,10 @@ impl Workload<'_> {
                     st.report.fail(format!("send on live lossless conn {id:?} failed: {e}"));
                 }
             }
-            st.report.sent -= 1;
-            st.report.bytes -= len;
+            if unsent {
+                st.report.sent -= 1;
+                st.report.bytes -= len;
+            }
         }
         if self.opts.refusals_allowed {
             self.check_send_bound(id, conn, sent.is_ok());
