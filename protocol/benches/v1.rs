@@ -12,9 +12,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use protocol::message::PRIO_DEFAULT;
-use protocol::v1::testing::Pair;
-use protocol::v1::{Connection, Event, Policy};
-use protocol::Message;
+use protocol::testing::Pair;
+use protocol::{Connection, Event, Message, Policy, ProtocolVersion};
 
 const BATCH: u64 = 1000;
 
@@ -63,14 +62,15 @@ fn bench_pair(c: &mut Criterion) {
         ("crc/lossy", Policy::lossy_client(), true),
         ("nocrc/lossless", Policy::lossless_peer(), false),
     ] {
-        let base = Pair::new(Instant::now(), policy, Policy::lossless_peer());
+        let base = Pair::v1(Instant::now(), policy, Policy::lossless_peer());
         let mut c0 = (*base.nodes[0].config).clone();
         let mut c1 = (*base.nodes[1].config).clone();
         for c in [&mut c0, &mut c1] {
             c.crc_header = crc;
             c.crc_data = crc;
         }
-        let mut p = Pair::with_configs(base.now, c0, policy, c1, Policy::lossless_peer());
+        let v1 = ProtocolVersion::V1;
+        let mut p = Pair::with_configs(base.now, v1, c0, policy, c1, Policy::lossless_peer());
         let a = p.connect(0);
         p.drive();
         let b = p.session_ep(1).unwrap();

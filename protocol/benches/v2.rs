@@ -12,11 +12,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use protocol::auth::ConMode;
 use protocol::message::PRIO_DEFAULT;
-use protocol::v1::Policy;
-use protocol::v2::testing::Pair;
-use protocol::v2::{ConMode, Connection, Event};
-use protocol::Message;
+use protocol::testing::Pair;
+use protocol::{Connection, Event, Message, Policy};
 
 /// Sends `batch` messages from `a` to `b`; returns how many `b` delivered.
 fn one_way(
@@ -57,54 +56,13 @@ fn one_way(
     got
 }
 
-/// The same exchange through v1 machines (crc on, lossless), as the yardstick.
-fn v1_one_way(
-    a: &mut protocol::v1::Connection,
-    b: &mut protocol::v1::Connection,
-    msg: &Message,
-    batch: u64,
-    now: Instant,
-    segs: &mut Vec<Bytes>,
-) -> u64 {
-    for _ in 0..batch {
-        a.send_message(msg.clone());
-    }
-    let mut got = 0;
-    loop {
-        segs.clear();
-        if a.poll_transmit(segs) == 0 {
-            break;
-        }
-        for s in segs.drain(..) {
-            b.handle_bytes(now, s);
-            while let Some(ev) = b.poll_event() {
-                match ev {
-                    protocol::v1::Event::NeedBudget { .. } => b.grant_budget(now),
-                    protocol::v1::Event::Message(_) => got += 1,
-                    _ => {}
-                }
-            }
-        }
-    }
-    segs.clear();
-    b.poll_transmit(segs);
-    for s in segs.drain(..) {
-        a.handle_bytes(now, s);
-    }
-    while a.poll_event().is_some() {}
-    got
-}
-
 fn bench_pair(c: &mut Criterion) {
     let mut group = c.benchmark_group("v2_pair_one_way");
     for (size, label, batch) in [(4096usize, "4KiB", 1000u64), (1 << 20, "1MiB", 16)] {
         let mut msg = Message::new(2, Bytes::from(vec![0xa5u8; size]));
         msg.set_priority(PRIO_DEFAULT);
-        let mut p1 = protocol::v1::testing::Pair::new(
-            Instant::now(),
-            Policy::lossless_peer(),
-            Policy::lossless_peer(),
-        );
+        // The same exchange through v1 machines (crc on, lossless), as the yardstick.
+        let mut p1 = Pair::v1(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
         let a = p1.connect(0);
         p1.drive();
         let b = p1.session_ep(1).unwrap();
@@ -114,7 +72,7 @@ fn bench_pair(c: &mut Criterion) {
         let mut segs = Vec::new();
         group.throughput(Throughput::Bytes(batch * size as u64));
         group.bench_function(BenchmarkId::new(label, "v1 crc/lossless (yardstick)"), |bench| {
-            bench.iter(|| assert_eq!(v1_one_way(ca, cb, &msg, batch, now, &mut segs), batch));
+            bench.iter(|| assert_eq!(one_way(ca, cb, &msg, batch, now, &mut segs), batch));
         });
         for (name, policy, mode) in [
             ("crc/lossless", Policy::lossless_peer(), ConMode::CRC),
@@ -127,7 +85,7 @@ fn bench_pair(c: &mut Criterion) {
             p.drive();
             let b = p.session_ep(1).unwrap();
             assert!(p.eps[a].conn.is_open() && p.eps[b].conn.is_open());
-            assert_eq!(p.eps[a].conn.con_mode(), mode);
+            assert_eq!(p.eps[a].conn.con_mode(), Some(mode));
             let (lo, hi) = p.eps.split_at_mut(b);
             let (ca, cb) = (&mut lo[a].conn, &mut hi[0].conn);
             let now = p.now;

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::message::PRIO_DEFAULT;
+use protocol::testing::Pair;
 use protocol::types::Features;
-use protocol::v1::testing::Pair;
-use protocol::v1::{Policy, SessionState};
 use protocol::wire::KeepaliveStamp;
 use protocol::Message;
+use protocol::{ConnectSeq, GlobalSeq, Policy, Seq, SessionState};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -30,7 +30,7 @@ fn ids(received: &[Message]) -> Vec<u32> {
 }
 
 fn client_server() -> Pair {
-    Pair::new(Instant::now(), Policy::lossless_client(), Policy::stateful_server())
+    Pair::v1(Instant::now(), Policy::lossless_client(), Policy::stateful_server())
 }
 
 /// Both session endpoints are open and talk to each other.
@@ -62,8 +62,9 @@ fn handshake_opens_both_sides_with_exact_byte_counts() {
     assert_eq!((p.nodes[0].opened, p.nodes[1].opened), (1, 1));
     let a = p.session_ep(0).unwrap();
     let b = p.session_ep(1).unwrap();
-    assert_eq!(p.eps[a].conn.seqs(), (0, 0, 1, p.eps[a].conn.seqs().3));
-    assert_eq!(p.eps[b].conn.seqs().2, 1);
+    let s = p.eps[a].conn.seqs();
+    assert_eq!((s.in_seq, s.out_seq, s.connect_seq), (Seq(0), Seq(0), ConnectSeq(1)));
+    assert_eq!(p.eps[b].conn.seqs().connect_seq, ConnectSeq(1));
     assert_eq!(p.eps[a].conn.features(), Features::PACIFIC_ADVERTISED);
     assert!(!p.eps[a].conn.is_lossy());
     let shown = p.eps[a].conn.to_string();
@@ -89,8 +90,8 @@ fn messages_flow_both_ways_in_order_and_acks_trim_unacked() {
     let b = p.session_ep(1).unwrap();
     assert_eq!(p.eps[a].conn.pending_messages(), 0, "ACKs trimmed the unacked queue");
     assert_eq!(p.eps[b].conn.pending_messages(), 0);
-    assert_eq!(p.eps[a].conn.seqs().0, 10);
-    assert_eq!(p.eps[b].conn.seqs().1, 10);
+    assert_eq!(p.eps[a].conn.seqs().in_seq, Seq(10));
+    assert_eq!(p.eps[b].conn.seqs().out_seq, Seq(10));
 }
 
 // Priority ordering of the out queue: HIGHEST first, FIFO within a priority.
@@ -113,7 +114,7 @@ fn out_queue_sends_higher_priority_first() {
 // ACKs; lossy clients never ACK either (msgr-v1.md 3.9).
 #[test]
 fn stateless_server_makes_session_lossy_without_acks() {
-    let mut p = Pair::new(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
+    let mut p = Pair::v1(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
     p.send(0, msg(1));
     p.drive();
     let a = p.session_ep(0).unwrap();
@@ -199,7 +200,7 @@ fn tampered_header_is_a_crc_fault_and_lossless_resend_recovers() {
 // (ms_handle_reset) and nothing is delivered.
 #[test]
 fn tampered_front_on_lossy_session_resets_both_sides() {
-    let mut p = Pair::new(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
+    let mut p = Pair::v1(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
     p.tamper = Some((1, 186 + 1 + 53, 0x01)); // first front byte
     p.send(0, msg(7));
     p.drive();
@@ -214,7 +215,7 @@ fn tampered_front_on_lossy_session_resets_both_sides() {
 // and node 1's acceptor replaces its own attempt. Exactly one session results.
 #[test]
 fn simultaneous_connect_resolves_to_one_session() {
-    let mut p = Pair::new(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
+    let mut p = Pair::v1(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
     p.send(0, msg(1));
     p.send(1, msg(2));
     p.run_for(Duration::from_secs(60));
@@ -229,7 +230,7 @@ fn simultaneous_connect_resolves_to_one_session() {
 fn simultaneous_connect_random_orders() {
     for seed in 0..300u64 {
         let mut rng = SmallRng::seed_from_u64(seed);
-        let mut p = Pair::new(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
+        let mut p = Pair::v1(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
         let mut r2 = SmallRng::seed_from_u64(seed ^ 7);
         p.splitter = Some(Box::new(move |n| r2.gen_range(1..=n)));
         let first = rng.gen_range(0..2);
@@ -291,8 +292,8 @@ fn explain_remote_resets(seed: u64, p: &Pair, node: usize) {
             Some(why) if why.starts_with(&decide) => {
                 let request = why.split(" vs ").next().unwrap_or_default();
                 assert!(
-                    request.contains("connect_seq: 0,")
-                        && why.ends_with("= Replace { reset_existing: true, reset_from_peer: true }"),
+                    request.contains("connect_seq: ConnectSeq(0),")
+                        && why.ends_with("= Replace { reset_existing: true, peer_restarted: true }"),
                     "seed {seed}: node {node}: remote reset #{ep} not by the peer-restart rule: {why}"
                 );
             }
@@ -303,12 +304,12 @@ fn explain_remote_resets(seed: u64, p: &Pair, node: usize) {
     let reset_sessions: Vec<&String> = peer
         .log
         .iter()
-        .filter(|e| e.starts_with("decide#") && e.ends_with("= ResetSession"))
+        .filter(|e| e.starts_with("decide#") && e.ends_with("= ResetSession { full: true }"))
         .collect();
     for why in &reset_sessions {
         let existing = why.split(" vs ").nth(1).unwrap_or_default();
         assert!(
-            existing.contains(", connect_seq: 0,"),
+            existing.contains(", connect_seq: ConnectSeq(0),"),
             "seed {seed}: node {}: RESETSESSION against a session that had opened: {why}",
             1 - node
         );
@@ -351,7 +352,7 @@ fn check_stream(seed: u64, node: usize, base: u32, sent: u32, got: &[u32], marks
 /// reset must be explained (see [`explain_remote_resets`]). Returns the number of resets.
 fn lossless_run(seed: u64, p0: Policy, p1: Policy) -> usize {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut p = Pair::new(Instant::now(), p0, p1);
+    let mut p = Pair::v1(Instant::now(), p0, p1);
     p.verbose = true;
     let mut r2 = SmallRng::seed_from_u64(seed.wrapping_mul(31));
     p.splitter = Some(Box::new(move |n| if r2.gen_bool(0.5) { n } else { r2.gen_range(1..=n) }));
@@ -469,7 +470,7 @@ fn lossless_peers_replay_randomised() {
 // ProtocolV1::fault on a lossy channel: "failing", ms_handle_reset on both sides.
 #[test]
 fn lossy_session_resets_on_cut() {
-    let mut p = Pair::new(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
+    let mut p = Pair::v1(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
     p.send(0, msg(1));
     p.drive();
     p.cut(0);
@@ -485,13 +486,13 @@ fn lossy_session_resets_on_cut() {
 #[test]
 fn peer_restart_with_resetcheck_resets_session() {
     let mut p =
-        Pair::new(Instant::now(), Policy::lossless_peer_reuse(), Policy::lossless_peer_reuse());
+        Pair::v1(Instant::now(), Policy::lossless_peer_reuse(), Policy::lossless_peer_reuse());
     for i in 0..3 {
         p.send(0, msg(i));
     }
     p.drive();
     let b_old = p.session_ep(1).unwrap();
-    assert_eq!(p.eps[b_old].conn.seqs().0, 3);
+    assert_eq!(p.eps[b_old].conn.seqs().in_seq, Seq(3));
     // Node 0 restarts: its state is gone, its socket dies.
     for e in 0..p.eps.len() {
         if p.eps[e].node == 0 {
@@ -506,7 +507,7 @@ fn peer_restart_with_resetcheck_resets_session() {
     p.run_for(Duration::from_secs(10));
     assert_eq!(p.nodes[1].remote_resets, 1, "{:?}", p.nodes[1].log);
     let b = p.session_ep(1).unwrap();
-    assert_eq!(p.eps[b].conn.seqs().0, 1, "in_seq restarted: the new message is seq 1");
+    assert_eq!(p.eps[b].conn.seqs().in_seq, Seq(1), "in_seq restarted: the new message is seq 1");
     assert_eq!(ids(&p.nodes[1].received), [0, 1, 2, 10]);
     assert_one_session(&p);
 }
@@ -530,7 +531,7 @@ fn server_restart_answers_resetsession() {
     assert_eq!(p.nodes[0].remote_resets, 1, "{:?}", p.nodes[0].log);
     assert_one_session(&p);
     let a = p.session_ep(0).unwrap();
-    assert_eq!(p.eps[a].conn.seqs().2, 1, "fresh session after reset");
+    assert_eq!(p.eps[a].conn.seqs().connect_seq, ConnectSeq(1), "fresh session after reset");
     p.send(0, msg(2));
     p.drive();
     assert_eq!(ids(&p.nodes[1].received), [1, 2]);
@@ -540,7 +541,7 @@ fn server_restart_answers_resetsession() {
 // wakes it; the reconnect with an equal connect_seq gets RETRY_SESSION, then replaces.
 #[test]
 fn standby_then_wake_on_send_via_retry_session() {
-    let mut p = Pair::new(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
+    let mut p = Pair::v1(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
     p.send(0, msg(1));
     p.drive();
     p.cut_all();
@@ -554,7 +555,7 @@ fn standby_then_wake_on_send_via_retry_session() {
     assert_one_session(&p);
     assert_eq!(ids(&p.nodes[1].received), [1, 2]);
     // cs 1 → standby reconnect with 1 → RETRY_SESSION(2) → replace → 3.
-    assert_eq!(p.eps[a].conn.seqs().2, 3);
+    assert_eq!(p.eps[a].conn.seqs().connect_seq, ConnectSeq(3));
 }
 
 // RETRY_GLOBAL: a connect whose global_seq is below what the acceptor saw last.
@@ -566,12 +567,12 @@ fn stale_global_seq_gets_retry_global() {
     p.cut_all();
     p.run_for(Duration::from_secs(1)); // reconnect: gs 2, replace
     let b = p.session_ep(1).unwrap();
-    let pgs = p.eps[b].conn.seqs().3;
-    assert_eq!(pgs, 2);
-    p.nodes[0].config.global_seq.store(0, std::sync::atomic::Ordering::Relaxed);
+    let pgs = p.eps[b].conn.seqs().peer_global_seq;
+    assert_eq!(pgs, GlobalSeq(2));
+    p.nodes[0].config.global_seq.set(GlobalSeq(0));
     p.cut_all();
     p.run_for(Duration::from_secs(1)); // gs 1 < 2 → RETRY_GLOBAL(2) → gs 3
-    assert_eq!(p.nodes[0].config.global_seq.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(p.nodes[0].config.global_seq.current(), GlobalSeq(3));
     assert_one_session(&p);
     p.send(0, msg(2));
     p.drive();
@@ -581,15 +582,16 @@ fn stale_global_seq_gets_retry_global() {
 // KEEPALIVE2 → KEEPALIVE2_ACK echoing the stamp; periodic keepalives from the timer.
 #[test]
 fn keepalive2_is_echoed_and_periodic() {
-    let mut c0 = protocol::v1::Config::new(
+    let mut c0 = protocol::Config::new(
         protocol::types::EntityName::new(protocol::types::EntityType::CLIENT, -1),
         protocol::types::EntityAddr::default(),
     );
     c0.keepalive_interval = Some(Duration::from_secs(10));
-    let p1 = Pair::new(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
+    let p1 = Pair::v1(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
     let c1 = (*p1.nodes[1].config).clone();
     let mut p = Pair::with_configs(
         Instant::now(),
+        protocol::ProtocolVersion::V1,
         c0,
         Policy::lossy_client(),
         c1,
@@ -612,11 +614,18 @@ fn keepalive2_is_echoed_and_periodic() {
 // ms_connection_idle_timeout: a silent open connection faults (lossy: reset).
 #[test]
 fn idle_timeout_faults_silent_session() {
-    let mut p = Pair::new(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
+    let mut p = Pair::v1(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
     let mut c1 = (*p.nodes[1].config).clone();
     c1.idle_timeout = Duration::from_secs(30);
     let c0 = (*p.nodes[0].config).clone();
-    p = Pair::with_configs(p.now, c0, Policy::lossy_client(), c1, Policy::stateless_server());
+    p = Pair::with_configs(
+        p.now,
+        protocol::ProtocolVersion::V1,
+        c0,
+        Policy::lossy_client(),
+        c1,
+        Policy::stateless_server(),
+    );
     p.connect(0);
     p.drive();
     p.run_for(Duration::from_secs(29));

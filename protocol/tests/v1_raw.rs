@@ -8,22 +8,23 @@
 extern crate asyncmsgr_protocol as protocol;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::message::EncodeOptions;
+use protocol::session::Fault;
 use protocol::types::{EntityAddr, EntityName, EntityType, Features};
-use protocol::v1::{
-    AuthVerdict, CloseReason, Config, Connection, Decision, Event, Fault, Initiator, Policy,
-    SessionState,
-};
+use protocol::v1::Connection;
 use protocol::wire::{
     AcceptorBanner, ConnectMsg, ConnectReply, FooterFormat, KeepaliveStamp, Tag, BANNER,
     CONNECT_LOSSY,
 };
 use protocol::Message;
+use protocol::{
+    AuthVerdict, CloseReason, Config, ConnectSeq, Decision, Event, GlobalSeq, Initiator, Policy,
+    RequestKind, SessionState,
+};
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -55,7 +56,7 @@ fn connector(config: Config, policy: Policy) -> (Connection, Instant, Vec<u8>) {
 /// [`connector`] on a config the test keeps (to read its counters).
 fn connector_shared(config: Arc<Config>, policy: Policy) -> (Connection, Instant, Vec<u8>) {
     let now = Instant::now();
-    let counter_before = config.global_seq.load(Relaxed);
+    let counter_before = config.global_seq.current().to_v1();
     let connects_before = config.counters.values().connects;
     let mut c = Connection::connect(config.clone(), policy, peer_addr(), EntityType::MON, now);
     assert!(!c.wants_read(), "nothing to read before the socket is connected");
@@ -72,7 +73,7 @@ fn connector_shared(config: Arc<Config>, policy: Policy) -> (Connection, Instant
     // Ceph's connect takes `++global_seq` of the messenger: the attempt carries the
     // counter's next value, and the shared counter moved to it.
     assert_eq!(connect.global_seq, counter_before + 1);
-    assert_eq!(config.global_seq.load(Relaxed), connect.global_seq);
+    assert_eq!(config.global_seq.current().to_v1(), connect.global_seq);
     assert_eq!(config.counters.values().connects, connects_before + 1);
     (c, now, out)
 }
@@ -101,7 +102,7 @@ fn last_connect(out: &[u8]) -> ConnectMsg {
 #[test]
 fn connector_sends_address_and_connect_after_banner_block() {
     let (_c, _now, out) = connector(me(), Policy::lossless_peer());
-    assert_eq!(EntityAddr::decode_legacy(&out[..136]).unwrap(), me().my_addr);
+    assert_eq!(EntityAddr::decode_legacy(&out[..136]).unwrap(), me().v1_addr());
     let m = last_connect(&out);
     assert_eq!(m.features, Features::PACIFIC_ADVERTISED);
     assert_eq!(m.host_type, EntityType::MON);
@@ -112,7 +113,7 @@ fn connector_sends_address_and_connect_after_banner_block() {
 #[test]
 fn connector_with_blank_address_learns_its_ip() {
     let mut cfg = me();
-    cfg.my_addr = EntityAddr::legacy(sa("0.0.0.0:0"), 77);
+    cfg.my_addrs = EntityAddr::legacy(sa("0.0.0.0:0"), 77).into();
     cfg.my_name = EntityName::new(EntityType::CLIENT, -1);
     let (_c, _now, out) = connector(cfg, Policy::lossy_client());
     let mine = EntityAddr::decode_legacy(&out[..136]).unwrap();
@@ -128,8 +129,8 @@ fn connector_ready_opens_without_seq_exchange() {
     assert!(c.is_open());
     assert!(drain(&mut c).is_empty(), "READY: no in_seq answer");
     let ev = events(&mut c);
-    assert!(matches!(&ev[..], [Event::Opened(o)] if o.connect_seq == 1 && !o.lossy));
-    assert_eq!(c.seqs().3, 9, "peer_global_seq from the reply");
+    assert!(matches!(&ev[..], [Event::Opened(o)] if o.connect_seq == ConnectSeq(1) && !o.lossy));
+    assert_eq!(c.seqs().peer_global_seq, GlobalSeq(9), "peer_global_seq from the reply");
 }
 
 #[test]
@@ -324,7 +325,7 @@ fn connect_bytes(
     Bytes::from(v)
 }
 
-fn accept_request(a: &mut Connection) -> protocol::v1::AcceptRequest {
+fn accept_request(a: &mut Connection) -> protocol::AcceptRequest {
     match events(a).pop() {
         Some(Event::AcceptRequest(r)) => r,
         other => panic!("expected AcceptRequest, got {other:?}"),
@@ -337,12 +338,13 @@ fn accept_request(a: &mut Connection) -> protocol::v1::AcceptRequest {
 fn acceptor_fixes_up_blank_peer_ip() {
     let (mut a, now, out) = acceptor();
     let block = AcceptorBanner::decode_exact(&out).unwrap();
-    assert_eq!(block.my_addr, me().my_addr);
+    assert_eq!(block.my_addr, me().v1_addr());
     assert_eq!(block.peer_addr, EntityAddr::legacy(sa("127.0.0.1:5000"), 0));
     a.handle_bytes(now, connect_bytes(Features::PACIFIC_ADVERTISED, 13, 0, &[]));
     let req = accept_request(&mut a);
     assert_eq!(req.peer_addr, EntityAddr::legacy(sa("127.0.0.1:6790"), 2));
-    assert_eq!((req.global_seq, req.connect_seq), (5, 0));
+    let RequestKind::Connect { global_seq, connect_seq, .. } = req.kind else { panic!() };
+    assert_eq!((global_seq, connect_seq), (GlobalSeq(5), ConnectSeq(0)));
     assert!(!a.wants_read(), "no reading while the messenger decides");
 }
 
@@ -387,12 +389,7 @@ fn acceptor_authorizer_verdict() {
     events(&mut a);
     a.handle_authorizer_verdict(now, AuthVerdict::Accept { reply: Bytes::from_static(b"ok") });
     accept_request(&mut a);
-    a.handle_accept_decision(
-        now,
-        Policy::lossless_peer(),
-        Decision::Open { reset_from_peer: false },
-        None,
-    );
+    a.handle_accept_decision(now, Policy::lossless_peer(), Decision::Open, None);
     let out = drain(&mut a);
     let r = reply_of(&out);
     assert_eq!((r.tag, r.authorizer_len), (Tag::SEQ, 2));
@@ -403,10 +400,10 @@ fn acceptor_authorizer_verdict() {
 #[test]
 fn acceptor_decision_replies() {
     for (decision, tag, gs, cs) in [
-        (Decision::RetryGlobal(9), Tag::RETRY_GLOBAL, 9, 0),
-        (Decision::RetrySession(4), Tag::RETRY_SESSION, 0, 4),
+        (Decision::RetryGlobal(GlobalSeq(9)), Tag::RETRY_GLOBAL, 9, 0),
+        (Decision::RetrySession(ConnectSeq(4)), Tag::RETRY_SESSION, 0, 4),
         (Decision::Wait, Tag::WAIT, 0, 0),
-        (Decision::ResetSession, Tag::RESETSESSION, 0, 0),
+        (Decision::ResetSession { full: true }, Tag::RESETSESSION, 0, 0),
     ] {
         let (mut a, now, _) = acceptor();
         a.handle_bytes(now, connect_bytes(Features::PACIFIC_ADVERTISED, 13, 3, &[]));
@@ -425,12 +422,7 @@ fn acceptor_open_replies() {
     let (mut a, now, _) = acceptor();
     a.handle_bytes(now, connect_bytes(Features::PACIFIC_ADVERTISED, 13, 3, &[]));
     accept_request(&mut a);
-    a.handle_accept_decision(
-        now,
-        Policy::stateless_server(),
-        Decision::Open { reset_from_peer: false },
-        None,
-    );
+    a.handle_accept_decision(now, Policy::stateless_server(), Decision::Open, None);
     let out = drain(&mut a);
     let r = reply_of(&out);
     assert_eq!(
@@ -446,12 +438,7 @@ fn acceptor_open_replies() {
     let old = Features(Features::PACIFIC_ADVERTISED.bits() & !Features::RECONNECT_SEQ.bits());
     a.handle_bytes(now, connect_bytes(old, 13, 0, &[]));
     accept_request(&mut a);
-    a.handle_accept_decision(
-        now,
-        Policy::lossless_peer(),
-        Decision::Open { reset_from_peer: false },
-        None,
-    );
+    a.handle_accept_decision(now, Policy::lossless_peer(), Decision::Open, None);
     let out = drain(&mut a);
     assert_eq!((reply_of(&out).tag, out.len()), (Tag::READY, 26));
     assert!(a.is_open());
@@ -467,7 +454,7 @@ fn open_acceptor_shared(config: Arc<Config>, policy: Policy) -> (Connection, Ins
     let (mut a, now, _) = acceptor_shared(config);
     a.handle_bytes(now, connect_bytes(Features::PACIFIC_ADVERTISED, 13, 0, &[]));
     accept_request(&mut a);
-    a.handle_accept_decision(now, policy, Decision::Open { reset_from_peer: false }, None);
+    a.handle_accept_decision(now, policy, Decision::Open, None);
     a.handle_bytes(now, Bytes::copy_from_slice(&0u64.to_le_bytes()));
     drain(&mut a);
     events(&mut a);
@@ -481,6 +468,29 @@ fn frame(seq: u64, front: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     m.encode_frame(seq, EntityName::new(EntityType::MON, 1), &opts).write_to(&mut v);
     v
+}
+
+// One encoder: the bytes the open session writes for a message are exactly
+// `Message::encode_frame`'s (which the golden vectors check against Ceph's bytes), for
+// a message with every segment, and for one whose payload is large enough to go out
+// by reference.
+#[test]
+fn messages_on_the_wire_are_the_golden_encoders_bytes() {
+    let (mut a, _now) = open_acceptor(Policy::lossless_peer());
+    let mut big = Message::new(42, Bytes::from(vec![0x5a; 70_000]));
+    big.set_middle(Bytes::from_static(b"middle"));
+    big.set_data(Bytes::from(vec![0xa5; 10_000]));
+    big.set_tid(77);
+    let small = Message::new(2, Bytes::from_static(b"ping"));
+    a.send_message(small.clone());
+    a.send_message(big.clone());
+    let wire = drain(&mut a);
+    let opts = EncodeOptions { crc_header: true, crc_data: true, footer: FooterFormat::New };
+    let mut want = Vec::new();
+    small.encode_frame(1, me().my_name, &opts).write_to(&mut want);
+    big.encode_frame(2, me().my_name, &opts).write_to(&mut want);
+    assert_eq!(wire.len(), want.len());
+    assert!(wire == want, "poll_transmit and encode_frame disagree");
 }
 
 /// Feeds bytes, granting every budget request; returns the messages.

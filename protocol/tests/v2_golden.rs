@@ -11,12 +11,13 @@
 extern crate asyncmsgr_protocol as protocol;
 
 use bytes::{Bytes, BytesMut};
+use protocol::auth::ConMode;
 use protocol::v2::banner::{Banner, BANNER_LEN};
 use protocol::v2::frames::*;
 use protocol::v2::framing::{
     Frame, FrameDecoder, FrameEncoder, FrameLimits, FrameProgress, GcmStream,
 };
-use protocol::v2::tag::{ConMode, Tag};
+use protocol::v2::tag::Tag;
 
 fn hex(s: &str) -> Vec<u8> {
     let digits: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
@@ -286,7 +287,8 @@ fn connect_side_handshake_is_byte_exact_with_the_capture() {
     use protocol::types::{
         AuthEntityName, EntityAddr, EntityAddrVec, EntityName, EntityType, Features,
     };
-    use protocol::v2::{Config, Connection, Event};
+    use protocol::v2::Connection;
+    use protocol::{Config, Event};
     use std::sync::Arc;
     use std::time::Instant;
     let c2s = data("crc.c2s");
@@ -296,17 +298,19 @@ fn connect_side_handshake_is_byte_exact_with_the_capture() {
     let (ident_frame, _) = ours.iter().find(|(f, _)| f.tag() == Tag::CLIENT_IDENT).unwrap();
     let ident = ClientIdent::from_segment(&ident_frame.segments[0]).unwrap();
     let me = EntityAddr { addr: Some("0.0.0.0:0".parse().unwrap()), ..ident.addrs.addrs[0] };
-    let mut config = Config::new(
+    let config = Config::new(
         EntityName::new(EntityType::CLIENT, EntityName::NEW),
         EntityAddrVec::single(me),
-        AuthEntityName::new(EntityType::CLIENT, "admin"),
     );
+    let mut config = config.with_auth(Arc::new(protocol::auth::AuthNoneProvider::new(
+        AuthEntityName::new(EntityType::CLIENT, "admin"),
+    )));
     config.features_required = Features::NONE;
     let now = Instant::now();
     let mon = ident.target_addr;
     let mut conn = Connection::connect(
         Arc::new(config),
-        protocol::v1::Policy::lossy_client(),
+        protocol::Policy::lossy_client(),
         mon,
         EntityType::MON,
         now,
@@ -335,10 +339,10 @@ fn connect_side_handshake_is_byte_exact_with_the_capture() {
 // SERVER_IDENT.
 #[test]
 fn accept_side_handshake_is_byte_exact_with_the_capture() {
+    use protocol::auth::AuthNoneProvider;
     use protocol::types::{AuthEntityName, EntityName, EntityType, Features};
-    use protocol::v2::auth::AuthNoneProvider;
-    use protocol::v2::{decide, Config, Connection, Event};
-    use std::sync::atomic::AtomicU64;
+    use protocol::v2::Connection;
+    use protocol::{decide, Config, Event, GlobalSeq, GlobalSeqCounter};
     use std::sync::Arc;
     use std::time::Instant;
     let c2s = data("crc.c2s");
@@ -351,13 +355,9 @@ fn accept_side_handshake_is_byte_exact_with_the_capture() {
     let hello = Hello::from_segment(&seg(Tag::HELLO)).unwrap();
     let done = AuthDone::from_segment(&seg(Tag::AUTH_DONE)).unwrap();
     let si = ServerIdent::from_segment(&seg(Tag::SERVER_IDENT)).unwrap();
-    let mut config = Config::new(
-        EntityName::new(EntityType::MON, si.gid),
-        si.addrs.clone(),
-        AuthEntityName::new(EntityType::MON, "a"),
-    );
+    let mut config = Config::new(EntityName::new(EntityType::MON, si.gid), si.addrs.clone());
     config.features_required = Features(si.required_features.0 & !Features::MSG_ADDR2.0);
-    config.global_seq = Arc::new(AtomicU64::new(si.global_seq - 1));
+    config.global_seq = Arc::new(GlobalSeqCounter::after(GlobalSeq(si.global_seq - 1)));
     config.auth = Arc::new(
         AuthNoneProvider::new(AuthEntityName::new(EntityType::MON, "a"))
             .with_first_global_id(done.global_id),
@@ -374,7 +374,7 @@ fn accept_side_handshake_is_byte_exact_with_the_capture() {
         conn.handle_bytes(now, Bytes::copy_from_slice(chunk));
         while let Some(ev) = conn.poll_event() {
             if let Event::AcceptRequest(req) = ev {
-                let policy = protocol::v1::Policy::stateless_server();
+                let policy = protocol::Policy::stateless_server();
                 let d = decide(&req, None, &policy, &my_addrs);
                 conn.handle_accept_decision(now, policy, d, None);
             }

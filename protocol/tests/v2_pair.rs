@@ -12,13 +12,18 @@ extern crate asyncmsgr_protocol as protocol;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use protocol::auth::ConMode;
 use protocol::message::PRIO_DEFAULT;
+use protocol::testing::node_config as nc;
+use protocol::testing::{Pair, TestAuthProvider, TEST_AUTH};
 use protocol::types::Features;
-use protocol::v1::{Policy, SessionState};
-use protocol::v2::testing::{Pair, TestAuthProvider, TEST_AUTH};
-use protocol::v2::ConMode;
 use protocol::wire::KeepaliveStamp;
 use protocol::Message;
+use protocol::{ConnectSeq, Cookies, Policy, ProtocolVersion, Seq, SessionState};
+
+fn node_config(num: i64, port: u16, nonce: u32) -> protocol::Config {
+    nc(ProtocolVersion::V2, num, port, nonce)
+}
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -55,7 +60,7 @@ fn test_auth_pair(modes: &[ConMode]) -> Pair {
 }
 
 fn client_server() -> Pair {
-    Pair::new(Instant::now(), Policy::lossless_client(), Policy::stateful_server())
+    Pair::v2(Instant::now(), Policy::lossless_client(), Policy::stateful_server())
 }
 
 /// Both session endpoints are open and talk to each other.
@@ -91,11 +96,11 @@ fn handshake_opens_both_sides_with_exact_byte_counts() {
     assert_eq!(p.links[0].sent, [26 + 72 + 52 + 68 + 124, 26 + 72 + 70 + 68 + 159]);
     assert_eq!((p.nodes[0].opened, p.nodes[1].opened), (1, 1));
     assert_eq!(p.eps[a].conn.features(), Features::PACIFIC_ADVERTISED);
-    assert_eq!(p.eps[a].conn.con_mode(), ConMode::CRC);
+    assert_eq!(p.eps[a].conn.con_mode(), Some(ConMode::CRC));
     assert!(!p.eps[a].conn.is_lossy());
-    let (cc, sc) = p.eps[a].conn.cookies();
+    let Cookies { client: cc, server: sc } = p.eps[a].conn.cookies();
     assert!(cc != 0 && sc != 0, "lossless: both cookies set");
-    assert_eq!(p.eps[b].conn.cookies(), (cc, sc));
+    assert_eq!(p.eps[b].conn.cookies(), Cookies { client: cc, server: sc });
     assert_eq!(p.eps[a].conn.state(), SessionState::Open);
     let shown = p.eps[a].conn.to_string();
     assert!(shown.starts_with("v2#") && shown.contains("Open crc"), "{shown}");
@@ -136,8 +141,8 @@ fn messages_flow_both_ways_byte_exact_and_acks_trim_unacked() {
     let b = p.session_ep(1).unwrap();
     assert_eq!(p.eps[a].conn.pending_messages(), 0, "acked via ack_seq / ACK");
     assert_eq!(p.eps[b].conn.pending_messages(), 0);
-    assert_eq!(p.eps[a].conn.seqs().0, 10);
-    assert_eq!(p.eps[a].conn.seqs().1, 20);
+    assert_eq!(p.eps[a].conn.seqs().in_seq, Seq(10));
+    assert_eq!(p.eps[a].conn.seqs().out_seq, Seq(20));
 }
 
 /// Both directions, all segment shapes, for the pair built by `make`.
@@ -176,8 +181,8 @@ fn two_round_auth_with_signatures_in_crc_mode() {
     );
     let p = exchange_is_byte_exact(p);
     let a = p.session_ep(0).unwrap();
-    assert_eq!(p.eps[a].conn.con_mode(), ConMode::CRC);
-    assert!(p.eps[a].conn.global_id() > 1000, "global id from the test method");
+    assert_eq!(p.eps[a].conn.con_mode(), Some(ConMode::CRC));
+    assert!(p.eps[a].conn.as_v2().unwrap().global_id() > 1000, "global id from the test method");
 }
 
 // msgr-v2.md 3.3: secure mode from the connection secret; every frame after AUTH_DONE
@@ -193,8 +198,8 @@ fn secure_mode_handshake_and_messages() {
     let p = exchange_is_byte_exact(p);
     let a = p.session_ep(0).unwrap();
     let b = p.session_ep(1).unwrap();
-    assert_eq!(p.eps[a].conn.con_mode(), ConMode::SECURE);
-    assert_eq!(p.eps[b].conn.con_mode(), ConMode::SECURE);
+    assert_eq!(p.eps[a].conn.con_mode(), Some(ConMode::SECURE));
+    assert_eq!(p.eps[b].conn.con_mode(), Some(ConMode::SECURE));
     // The acceptor's AUTH_SIGNATURE and everything after it is 96-byte blocks: 26 + 72 +
     // 57 (REPLY_MORE, 8-byte challenge + 4 + 4 crc) + AUTH_DONE, then secure frames.
     assert!(p.links[0].sent[0] > 26 + 72 + 48 + 96);
@@ -205,16 +210,22 @@ fn secure_mode_handshake_and_messages() {
 #[test]
 fn mode_is_the_connectors_first_allowed_preference() {
     let now = Instant::now();
-    let mut c0 = protocol::v2::testing::node_config(0, 6789, 1);
-    let mut c1 = protocol::v2::testing::node_config(1, 6790, 2);
+    let mut c0 = node_config(0, 6789, 1);
+    let mut c1 = node_config(1, 6790, 2);
     c0.auth = std::sync::Arc::new(TestAuthProvider::new(&[ConMode::CRC, ConMode::SECURE]));
     c1.auth = std::sync::Arc::new(TestAuthProvider::new(&[ConMode::SECURE, ConMode::CRC]));
-    let mut p =
-        Pair::with_configs(now, c0, Policy::lossless_client(), c1, Policy::stateful_server());
+    let mut p = Pair::with_configs(
+        now,
+        ProtocolVersion::V2,
+        c0,
+        Policy::lossless_client(),
+        c1,
+        Policy::stateful_server(),
+    );
     p.send(0, msg(1));
     p.drive();
     let a = p.session_ep(0).unwrap();
-    assert_eq!(p.eps[a].conn.con_mode(), ConMode::CRC);
+    assert_eq!(p.eps[a].conn.con_mode(), Some(ConMode::CRC));
 }
 
 // AUTH_BAD_METHOD then another AUTH_REQUEST on the same connection (msgr-v2.md 5.2 [V]):
@@ -222,19 +233,25 @@ fn mode_is_the_connectors_first_allowed_preference() {
 #[test]
 fn bad_method_falls_back_to_the_next_allowed_method() {
     let now = Instant::now();
-    let mut c0 = protocol::v2::testing::node_config(0, 6789, 1);
-    let mut c1 = protocol::v2::testing::node_config(1, 6790, 2);
+    let mut c0 = node_config(0, 6789, 1);
+    let mut c1 = node_config(1, 6790, 2);
     c0.auth = std::sync::Arc::new(TestAuthProvider::new(&[ConMode::SECURE, ConMode::CRC]));
     let mut server = TestAuthProvider::new(&[ConMode::SECURE, ConMode::CRC]);
     server.server_methods = vec![protocol::types::AUTH_NONE];
     c1.auth = std::sync::Arc::new(server);
-    let mut p =
-        Pair::with_configs(now, c0, Policy::lossless_client(), c1, Policy::stateful_server());
+    let mut p = Pair::with_configs(
+        now,
+        ProtocolVersion::V2,
+        c0,
+        Policy::lossless_client(),
+        c1,
+        Policy::stateful_server(),
+    );
     p.send(0, msg(1));
     p.drive();
     assert_one_session(&p);
     let a = p.session_ep(0).unwrap();
-    assert_eq!(p.eps[a].conn.con_mode(), ConMode::CRC, "auth none forces crc");
+    assert_eq!(p.eps[a].conn.con_mode(), Some(ConMode::CRC), "auth none forces crc");
     assert_eq!(ids(&p.nodes[1].received), [1]);
 }
 
@@ -243,16 +260,22 @@ fn bad_method_falls_back_to_the_next_allowed_method() {
 #[test]
 fn wrong_key_is_refused() {
     let now = Instant::now();
-    let mut c0 = protocol::v2::testing::node_config(0, 6789, 1);
-    let mut c1 = protocol::v2::testing::node_config(1, 6790, 2);
+    let mut c0 = node_config(0, 6789, 1);
+    let mut c1 = node_config(1, 6790, 2);
     let mut client = TestAuthProvider::new(&[ConMode::CRC]).with_wrong_key();
     client.client_methods = vec![TEST_AUTH];
     c0.auth = std::sync::Arc::new(client);
     let mut server = TestAuthProvider::new(&[ConMode::CRC]);
     server.server_methods = vec![TEST_AUTH];
     c1.auth = std::sync::Arc::new(server);
-    let mut p =
-        Pair::with_configs(now, c0, Policy::lossless_client(), c1, Policy::stateful_server());
+    let mut p = Pair::with_configs(
+        now,
+        ProtocolVersion::V2,
+        c0,
+        Policy::lossless_client(),
+        c1,
+        Policy::stateful_server(),
+    );
     p.send(0, msg(1));
     p.run_for(Duration::from_secs(30));
     assert_eq!(p.nodes[0].refused, 1, "{:?}", p.nodes[0].log);
@@ -267,7 +290,7 @@ fn delivery_byte_by_byte_crc_and_secure() {
         p.splitter = Some(Box::new(|_| 1));
         let p = exchange_is_byte_exact(p);
         let a = p.session_ep(0).unwrap();
-        assert_eq!(p.eps[a].conn.con_mode(), modes[0]);
+        assert_eq!(p.eps[a].conn.con_mode(), Some(modes[0]));
     }
 }
 
@@ -390,7 +413,7 @@ fn tampered_handshake_byte_anywhere_is_detected() {
 // Bad bytes on a lossy session: the monitor-like server closes; both sides reset.
 #[test]
 fn tampered_frame_on_lossy_session_resets_both_sides() {
-    let mut p = Pair::new(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
+    let mut p = Pair::v2(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
     p.connect(0);
     p.drive();
     let handshake = p.links[0].sent[1];
@@ -406,7 +429,7 @@ fn tampered_frame_on_lossy_session_resets_both_sides() {
 // Connection race (msgr-v2.md 7.3, last row): both dial at once; exactly one session.
 #[test]
 fn simultaneous_connect_resolves_to_one_session() {
-    let mut p = Pair::new(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
+    let mut p = Pair::v2(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
     p.send(0, msg(1));
     p.send(1, msg(2));
     p.run_for(Duration::from_secs(60));
@@ -422,7 +445,7 @@ fn simultaneous_connect_random_orders() {
     for i in 0..200u64 {
         let seed = base.wrapping_add(i);
         let mut rng = SmallRng::seed_from_u64(seed);
-        let mut p = Pair::new(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
+        let mut p = Pair::v2(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
         let mut r2 = SmallRng::seed_from_u64(seed ^ 7);
         p.splitter = Some(Box::new(move |n| r2.gen_range(1..=n)));
         let first = rng.gen_range(0..2);
@@ -557,12 +580,12 @@ fn lossless_peers_replay_randomised() {
 // ProtocolV2::_fault on a lossy channel: "failing", ms_handle_reset on both sides.
 #[test]
 fn lossy_session_resets_on_cut() {
-    let mut p = Pair::new(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
+    let mut p = Pair::v2(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
     p.send(0, msg(1));
     p.drive();
     let a = p.session_ep(0).unwrap();
     assert!(p.eps[a].conn.is_lossy());
-    assert_eq!(p.eps[a].conn.cookies(), (0, 0), "lossy sessions carry no cookies");
+    assert_eq!(p.eps[a].conn.cookies(), Cookies::default(), "lossy sessions carry no cookies");
     assert_eq!(p.eps[a].conn.pending_messages(), 0, "lossy keeps no unacked copies");
     p.cut(0);
     p.drive();
@@ -595,7 +618,7 @@ fn server_restart_answers_session_reset() {
     p.drive();
     assert_eq!(ids(&p.nodes[1].received), [1, 2]);
     let b = p.session_ep(1).unwrap();
-    assert_eq!(p.eps[b].conn.seqs().0, 1, "a new session numbers from 1");
+    assert_eq!(p.eps[b].conn.seqs().in_seq, Seq(1), "a new session numbers from 1");
 }
 
 // msgr-v2.md 7.3 "peer restarted": a new client cookie against a session with both
@@ -603,7 +626,7 @@ fn server_restart_answers_session_reset() {
 #[test]
 fn peer_restart_with_resetcheck_resets_session() {
     let mut p =
-        Pair::new(Instant::now(), Policy::lossless_peer_reuse(), Policy::lossless_peer_reuse());
+        Pair::v2(Instant::now(), Policy::lossless_peer_reuse(), Policy::lossless_peer_reuse());
     for i in 0..3 {
         p.send(0, msg(i));
     }
@@ -623,7 +646,7 @@ fn peer_restart_with_resetcheck_resets_session() {
     p.run_for(Duration::from_secs(10));
     assert_eq!(p.nodes[1].remote_resets, 1, "{:?}", p.nodes[1].log);
     let b = p.session_ep(1).unwrap();
-    assert_eq!(p.eps[b].conn.seqs().0, 1, "in_seq restarted: the new message is seq 1");
+    assert_eq!(p.eps[b].conn.seqs().in_seq, Seq(1), "in_seq restarted: the new message is seq 1");
     assert_eq!(ids(&p.nodes[1].received), [0, 1, 2, 10]);
     assert_one_session(&p);
 }
@@ -632,7 +655,7 @@ fn peer_restart_with_resetcheck_resets_session() {
 // wakes it and the session resumes (SESSION_RECONNECT → RECONNECT_OK).
 #[test]
 fn standby_then_wake_on_send_resumes_session() {
-    let mut p = Pair::new(Instant::now(), Policy::lossless_peer(), Policy::stateful_server());
+    let mut p = Pair::v2(Instant::now(), Policy::lossless_peer(), Policy::stateful_server());
     p.send(0, msg(1));
     p.drive();
     let a = p.session_ep(0).unwrap();
@@ -646,20 +669,26 @@ fn standby_then_wake_on_send_resumes_session() {
     assert_one_session(&p);
     assert_eq!(ids(&p.nodes[1].received), [1, 2]);
     assert_eq!(p.eps[a].conn.cookies(), cookies, "same session");
-    assert_eq!(p.eps[a].conn.seqs().2, 1, "connect_seq counts the reconnect");
+    assert_eq!(p.eps[a].conn.seqs().connect_seq, ConnectSeq(1), "connect_seq counts the reconnect");
     let b = p.session_ep(1).unwrap();
-    assert_eq!(p.eps[b].conn.seqs().0, 2, "seq numbering continued");
+    assert_eq!(p.eps[b].conn.seqs().in_seq, Seq(2), "seq numbering continued");
 }
 
 // KEEPALIVE2 is answered with KEEPALIVE2_ACK echoing the stamp; the periodic one fires.
 #[test]
 fn keepalive2_is_echoed_and_periodic() {
     let now = Instant::now();
-    let mut c0 = protocol::v2::testing::node_config(0, 6789, 1);
+    let mut c0 = node_config(0, 6789, 1);
     c0.keepalive_interval = Some(Duration::from_secs(3));
-    let c1 = protocol::v2::testing::node_config(1, 6790, 2);
-    let mut p =
-        Pair::with_configs(now, c0, Policy::lossless_client(), c1, Policy::stateful_server());
+    let c1 = node_config(1, 6790, 2);
+    let mut p = Pair::with_configs(
+        now,
+        ProtocolVersion::V2,
+        c0,
+        Policy::lossless_client(),
+        c1,
+        Policy::stateful_server(),
+    );
     p.connect(0);
     p.drive();
     let a = p.session_ep(0).unwrap();
@@ -680,7 +709,7 @@ fn keepalive2_is_echoed_and_periodic() {
 // ms_connection_idle_timeout: a silent open session faults.
 #[test]
 fn idle_timeout_faults_silent_session() {
-    let mut p = Pair::new(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
+    let mut p = Pair::v2(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
     p.connect(0);
     p.drive();
     p.run_for(Duration::from_secs(901));
@@ -722,7 +751,7 @@ fn handshake_timeout_on_a_silent_peer() {
 // repeated.
 #[test]
 fn reconnect_race_resolves_by_wait() {
-    let mut p = Pair::new(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
+    let mut p = Pair::v2(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
     p.verbose = true;
     p.send(0, msg(1));
     p.drive();
@@ -730,7 +759,7 @@ fn reconnect_race_resolves_by_wait() {
     p.drive();
     let a = p.session_ep(0).unwrap();
     let b = p.session_ep(1).unwrap();
-    let cs = p.eps[a].conn.seqs().2;
+    let cs = p.eps[a].conn.seqs().connect_seq;
     // Both have something to send when the link dies: both redial at once.
     p.eps[a].conn.send_message(msg(3));
     p.eps[b].conn.send_message(msg(4));
@@ -742,7 +771,7 @@ fn reconnect_race_resolves_by_wait() {
     let waits = p.nodes.iter().flat_map(|n| &n.log).filter(|l| l.contains("= Wait")).count();
     assert!(waits >= 1, "a WAIT resolved the race: {:?} {:?}", p.nodes[0].log, p.nodes[1].log);
     let a = p.session_ep(0).unwrap();
-    assert!(p.eps[a].conn.seqs().2 > cs, "the session continued (connect_seq grew)");
+    assert!(p.eps[a].conn.seqs().connect_seq > cs, "the session continued (connect_seq grew)");
     let dups: u64 = p.eps.iter().map(|e| e.conn.duplicates_dropped()).sum();
     assert_eq!(dups, 0);
 }

@@ -13,15 +13,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use protocol::auth::ConMode;
+use protocol::session::Fault;
+use protocol::testing::v2_addr;
 use protocol::types::{AddrType, EntityAddr, EntityAddrVec, EntityType, Features};
-use protocol::v1::{CloseReason, Fault, Policy};
 use protocol::v2::banner::{Banner, Msgr2Features, BANNER_LEN};
 use protocol::v2::frames::*;
 use protocol::v2::framing::{
     Frame, FrameDecoder, FrameEncoder, FrameLimits, FrameProgress, Preamble, SegmentDesc,
 };
-use protocol::v2::testing::{node_config, v2_addr};
-use protocol::v2::{decide, ConMode, Connection, Event, Tag};
+use protocol::v2::{Connection, Tag};
+use protocol::{decide, CloseReason, Event, Policy, ProtocolVersion};
+
+fn node_config(num: i64, port: u16, nonce: u32) -> protocol::Config {
+    protocol::testing::node_config(ProtocolVersion::V2, num, port, nonce)
+}
 
 fn sa(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -492,7 +498,7 @@ fn connector_edges() {
     b.extend(frame(&server_ident(v2_addr(6789, 0))));
     c.handle_bytes(now, Bytes::from(b));
     assert!(c.is_open(), "{c}");
-    assert_eq!(c.cookies().1, 77);
+    assert_eq!(c.cookies().server, 77);
     assert_eq!(c.global_id(), 4100);
     let sent = frames(&output(&mut c), BANNER_LEN);
     let tags: Vec<Tag> = sent.iter().map(Frame::tag).collect();

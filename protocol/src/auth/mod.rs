@@ -1,9 +1,14 @@
-//! Authentication: auth none and cephx (shared/protocol/cephx.md), sans-IO.
+//! Authentication: the seam both connection machines call, auth none behind it, and
+//! cephx (shared/protocol/cephx.md), sans-IO.
 //!
-//! Owns keys and keyrings ([`KeyRing`], [`CryptoKey`]), the cephx structures, the
-//! client handler for a monitor ([`cephx::CephxClient`]), the monitor-side key server
-//! ([`cephx::KeyServer`]), authorizers and their verification, v1 message signatures,
-//! and the auth options with Ceph's names ([`AuthConfig`]).
+//! Owns the seam ([`AuthProvider`] and the handlers it creates: [`AuthClient`] /
+//! [`AuthServer`] for msgr2's AUTH frames, [`AuthorizerClient`] / [`AuthorizerServer`]
+//! for msgr v1's authorizers, [`SessionHandler`] for per-message signing), the msgr2
+//! connection modes ([`ConMode`]), auth none ([`AuthNoneProvider`]), keys and keyrings
+//! ([`KeyRing`], [`CryptoKey`]), the cephx structures, the client handler for a monitor
+//! ([`cephx::CephxClient`]), the monitor-side key server ([`cephx::KeyServer`]),
+//! authorizers and their verification, v1 message signatures, and the auth options with
+//! Ceph's names ([`AuthConfig`]).
 //!
 //! Never: sockets, threads or clock reads. Time is an argument (`Instant` for the
 //! client's own deadlines, wall-clock [`crate::encoding::UTime`] where cephx stamps or
@@ -12,40 +17,91 @@
 //! comes from RustCrypto's `aes`/`cbc`; comparisons of secrets use `subtle`.
 //!
 //! Deliberate differences from Ceph:
-//! - [`AuthConfig::default`] is auth none (Ceph defaults to cephx) until the connection
-//!   machines call this module; [`AuthConfig::ceph_defaults`] has Ceph's values.
+//! - [`AuthConfig::default`] is auth none (Ceph defaults to cephx) until the messenger
+//!   installs a cephx provider; [`AuthConfig::ceph_defaults`] has Ceph's values.
 //! - A daemon refuses an authorizer whose ticket has expired at the `now` it is given
 //!   (Ceph relies on the rotation of service secrets alone).
 //! - Decoders refuse counts above small fixed bounds (16 tickets per reply, 16 rotating
 //!   secrets) before allocating.
+//! - A v1 connector checks the acceptor's authorizer reply only when it sent an
+//!   authorizer; auth none sends none (a Ceph v1 client sends an auth-none authorizer,
+//!   which a Ceph acceptor does not require).
 //!
-//! # The auth seam (for the connection machines)
+//! # The seam: what the machines call, and when
 //!
-//! What a v1 or v2 connection machine calls, and when:
-//! - connector, building a connect to a daemon: [`cephx::Authorizer`] from the
-//!   messenger's ticket source (its `bytes()` go in `ceph_msg_connect` with
-//!   `authorizer_protocol = 2`); on `CHALLENGE_AUTHORIZER`,
-//!   [`cephx::Authorizer::handle_challenge`] gives the bytes of the repeated connect;
-//!   on `READY`/`SEQ`, [`cephx::Authorizer::verify_reply`] (failure faults the
-//!   connection), then [`cephx::MessageSigner::for_session`] with its session key;
-//! - acceptor, on a connect with an authorizer: one [`cephx::AuthorizerVerifier`] per
-//!   connection, `verify(keys, my_type, bytes, config.requires_challenge(peer), now,
-//!   None, rng)` → `Challenge(bytes)` (send `CHALLENGE_AUTHORIZER`) or `Accepted` (reply
-//!   bytes in the connect reply, peer identity for the dispatcher, signer from its
-//!   session key) or an error (`BADAUTHORIZER`);
-//! - both, per message: [`cephx::MessageSigner::sign`] after the crcs are computed,
-//!   [`cephx::MessageSigner::check`] before delivering (failure: drop, count, fault);
-//! - the monitor session ([`cephx::CephxClient`]) stays above the messenger, as in
-//!   Ceph's MonClient: it supplies the service tickets the connector's authorizers are
-//!   built from and the rotating secrets a daemon's [`cephx::KeyStore`] holds.
+//! One [`AuthProvider`] per messenger sits in [`crate::Config::auth`].
+//!
+//! **msgr2** (in the handshake, `crate::v2`):
+//! - connector: for each method of `methods(Connector, peer_type)` not yet refused,
+//!   `client(peer_type, method)` → [`AuthClient`]: `build_request()` is AUTH_REQUEST's
+//!   payload; each AUTH_REPLY_MORE goes to `handle_reply_more()`; AUTH_DONE to
+//!   `handle_done(global_id, mode, payload)` → [`AuthOutcome`] (session key for
+//!   AUTH_SIGNATURE, connection secret for secure mode);
+//! - acceptor: `server(peer_type, method)` → [`AuthServer`]:
+//!   `handle_request(mode, more, payload)` → [`AuthStep`] (More, Done, Reject, Busy).
+//!
+//! **msgr v1** (in the handshake, `crate::v1`):
+//! - connector, each connect message (except to a monitor when we are not one):
+//!   `authorizer_client(peer_type)` → [`AuthorizerClient`]; its `method()` and
+//!   `bytes()` go in the connect message; CHALLENGE_AUTHORIZER →
+//!   `handle_challenge(challenge)` gives the repeated connect's authorizer; SEQ/READY →
+//!   `handle_reply(reply, features)` (an error faults the connection) gives the open
+//!   session's [`SessionHandler`];
+//! - acceptor, on the first connect: `authorizer_server()` → one [`AuthorizerServer`]
+//!   for the connection (`None`: the driver answers [`crate::Event::VerifyAuthorizer`]
+//!   with an [`crate::AuthVerdict`]); each connect's authorizer →
+//!   `verify(&AuthorizerRequest)` → [`AuthorizerStep`]: Accept (reply bytes in the
+//!   final connect reply, signer for the open session), Challenge (CHALLENGE_AUTHORIZER,
+//!   wait for the repeated connect), Reject (BADAUTHORIZER);
+//! - open session: every framed message → `sign(header, &mut footer)` after the crcs;
+//!   every received message → `check(header, footer)` before it is delivered (an error
+//!   faults the connection, `Fault::Auth`).
+//!
+//! # cephx over v1: what the next implementation plugs in
+//!
+//! Nothing in the machines changes; a cephx provider implements the traits with what
+//! [`cephx`] already has:
+//! - `impl AuthorizerClient for` a wrapper of [`cephx::Authorizer`] built with
+//!   `Authorizer::new(global_id, &ticket, rng)` from the [`cephx::CephxClient`]'s
+//!   `service_ticket(peer_type, now)`: `method()` = `AUTH_CEPHX`, `bytes()` =
+//!   `authorizer.bytes().clone()`, `handle_challenge(c)` = `authorizer.handle_challenge(c)`,
+//!   `handle_reply(r, features)` = `authorizer.verify_reply(r)?` then
+//!   `MessageSigner::for_session(authorizer.session_key().clone(), features,
+//!   cephx_sign_messages)` boxed;
+//! - `impl AuthorizerServer for` a wrapper holding a [`cephx::AuthorizerVerifier`], the
+//!   daemon's [`cephx::KeyStore`], an rng and a wall clock: `verify(req)` =
+//!   `verifier.verify(keys, my_type, req.authorizer, require_challenge, wall_now, None,
+//!   rng)` mapped: `Challenge(b)` → [`AuthorizerStep::Challenge`], `Accepted(a)` →
+//!   `Accept { reply: a.reply, signer: MessageSigner::for_session(a.session_key,
+//!   req.features, sign) }`, an error → `Reject`;
+//! - [`cephx::MessageSigner`] is already a [`SessionHandler`];
+//! - `AuthProvider::authorizer_client` / `authorizer_server` return those wrappers for
+//!   the peer types `auth_cluster_required` / `auth_service_required` name.
+//!
+//! The monitor session ([`cephx::CephxClient`]) stays above the messenger, as in Ceph's
+//! MonClient: it supplies the service tickets the connector's authorizers are built from
+//! and the rotating secrets a daemon's [`cephx::KeyStore`] holds.
 
+mod authorizer;
 pub mod cephx;
 pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod keyring;
+mod mode;
+mod none;
+mod provider;
 
+pub use authorizer::{
+    AuthorizerClient, AuthorizerRequest, AuthorizerServer, AuthorizerStep, SessionHandler,
+};
 pub use config::{AuthConfig, AuthMethods};
 pub use crypto::CryptoKey;
 pub use error::{AuthError, KeyringError};
 pub use keyring::{parse_entity_name, KeyEntry, KeyRing};
+pub use mode::ConMode;
+pub use none::{AuthNoneClient, AuthNoneProvider, AuthNoneServer, FIRST_GLOBAL_ID};
+pub use provider::{
+    filter_modes, pick_mode, AuthClient, AuthOutcome, AuthProvider, AuthRole, AuthServer, AuthStep,
+    AUTH_MODE_AUTHORIZER, AUTH_MODE_MON, AUTH_MODE_MON_MAX, EACCES, EOPNOTSUPP,
+};

@@ -293,6 +293,13 @@ impl EntityAddrVec {
     }
 }
 
+impl From<EntityAddr> for EntityAddrVec {
+    /// A vector of that one address.
+    fn from(addr: EntityAddr) -> Self {
+        EntityAddrVec::single(addr)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

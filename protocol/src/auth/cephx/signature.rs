@@ -5,6 +5,7 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::crypto::{xor_fold_u64, CryptoKey, AUTH_ENC_MAGIC};
 use crate::auth::error::AuthError;
+use crate::auth::SessionHandler;
 use crate::types::Features;
 use crate::wire::{FooterFlags, MsgFooter, MsgHeader};
 
@@ -147,6 +148,16 @@ impl MessageSigner {
         } else {
             Err(AuthError::MissingSignature { seq: header.seq })
         }
+    }
+}
+
+impl SessionHandler for MessageSigner {
+    fn sign(&self, header: &MsgHeader, footer: &mut MsgFooter) {
+        MessageSigner::sign(self, header, footer);
+    }
+
+    fn check(&self, header: &MsgHeader, footer: &MsgFooter) -> Result<(), AuthError> {
+        MessageSigner::check(self, header, footer)
     }
 }
 

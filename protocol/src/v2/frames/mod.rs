@@ -32,7 +32,8 @@ use crate::encoding::{Decoder, Encoder};
 use crate::error::Result;
 use crate::types::Features;
 
-use super::tag::{ConMode, Tag};
+use super::tag::Tag;
+use crate::auth::ConMode;
 
 pub use ack::Ack;
 pub use auth_bad_method::AuthBadMethod;

@@ -5,6 +5,8 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::error::Error;
+
 /// Unconsumed input. Bounded by the driver: it reads only while the machine
 /// `wants_read()`, and every state consumes what it needs or pauses reading.
 #[derive(Debug, Default)]
@@ -88,9 +90,29 @@ impl RxBuf {
         }
     }
 
+    /// Runs a prefix decoder over the buffered input, widening the window when it
+    /// reports how much it needs ([`Error::Truncated`]), and consumes what it used.
+    /// `Ok(None)`: not enough input yet.
+    pub(crate) fn parse<T>(
+        &mut self,
+        mut need: usize,
+        f: impl Fn(&[u8]) -> Result<(T, usize), Error>,
+    ) -> Result<Option<T>, Error> {
+        loop {
+            let Some(buf) = self.contiguous(need) else { return Ok(None) };
+            match f(buf) {
+                Ok((v, used)) => {
+                    self.consume(used);
+                    return Ok(Some(v));
+                }
+                Err(Error::Truncated { need: more, .. }) if more > need => need = more,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Takes the first `n` bytes as one `Bytes`: a slice of the input chunk when it lies
     /// in one (zero-copy), otherwise one copy.
-    #[cfg(test)]
     pub(crate) fn take(&mut self, n: usize) -> Option<Bytes> {
         self.contiguous(n)?;
         if n == 0 {

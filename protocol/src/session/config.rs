@@ -1,18 +1,16 @@
-//! Settings shared by every connection of one messenger.
+//! Settings shared by every connection of one messenger, whichever protocol it speaks.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-
+use crate::auth::{AuthNoneProvider, AuthProvider};
 use crate::message::DecodeLimits;
-use crate::types::{EntityAddr, EntityName, EntityType, Features};
+use crate::types::{AuthEntityName, EntityAddr, EntityAddrVec, EntityName, Features};
 
-/// Produces the authorizer for a connect to a peer of the given type: `Some((auth
-/// protocol, bytes))`, or `None` to send none. Ceph's `ms_get_authorizer`.
-pub type AuthorizerHook = Arc<dyn Fn(EntityType) -> Option<(u32, Bytes)> + Send + Sync>;
+use super::cookies::CookieSource;
+use super::seq::GlobalSeqCounter;
 
 /// Default [`Config::first_window`]: a page. Small enough that a thousand peers which
 /// announce large messages and stall hold only a few MiB of budget; larger messages
@@ -22,27 +20,37 @@ pub const DEFAULT_FIRST_WINDOW: u32 = 4 << 10;
 /// Default [`Config::progress_window`]: one socket read of the messenger's default size.
 pub const DEFAULT_PROGRESS_WINDOW: u32 = 64 << 10;
 
-/// Configuration of the v1 state machines of one messenger (`Arc<Config>` is shared by
-/// all its connections).
+/// Default [`Config::max_control_frame`]: Ceph's control frames are < 1 KiB; AUTH_DONE
+/// with every cephx ticket, the largest, is ~1 KiB.
+pub const DEFAULT_MAX_CONTROL_FRAME: u32 = 64 << 10;
+
+/// Configuration of the session machines of one messenger (`Arc<Config>` is shared by
+/// all its connections, v1 and v2).
 #[derive(Clone)]
 pub struct Config {
-    /// Our entity name: `src` of outgoing messages, `host_type` of our connects.
+    /// Our entity name: `src` of outgoing messages, v1's `host_type`, msgr2's HELLO
+    /// entity type and ident `gid`.
     pub my_name: EntityName,
-    /// The legacy address we announce in banners; may have a blank IP and port 0 for a
-    /// pure client. Also the race tie-break key.
-    pub my_addr: EntityAddr,
+    /// The addresses we are bound to. msgr v1 announces the LEGACY one (or the first;
+    /// [`Config::v1_addr`]); msgr2 sends them all in its idents. A pure client has one
+    /// address with a blank IP and port 0 (its IP is learned from the peer).
+    pub my_addrs: EntityAddrVec,
     /// Features we advertise (`ms` policy `features_supported`).
     pub features_supported: Features,
-    /// Features a peer must have (`features_required`).
+    /// Features a peer must have (`features_required`; msgr2 adds MSG_ADDR2).
     pub features_required: Features,
-    /// Limits on the lengths a peer may announce (checked before allocating).
+    /// Limits on the message segment lengths a peer may announce (checked before
+    /// allocating).
     pub limits: DecodeLimits,
-    /// `ms_crc_header`: compute and check header, front and middle crcs.
+    /// msgr2: the largest control frame (every frame but MESSAGE) a peer may send.
+    pub max_control_frame: u32,
+    /// msgr v1 `ms_crc_header`: compute and check header, front and middle crcs.
     pub crc_header: bool,
-    /// `ms_crc_data`: compute and check data crcs.
+    /// msgr v1 `ms_crc_data`: compute and check data crcs.
     pub crc_data: bool,
-    /// A handshake that does not complete in this time faults (a real monitor never times
-    /// out a silent handshake; we must). Ceph's `ms_connection_ready_timeout`, 10 s.
+    /// A handshake that does not complete in this time faults (a real monitor never
+    /// times out a silent v1 handshake; we must). Ceph's `ms_connection_ready_timeout`,
+    /// 10 s.
     pub handshake_timeout: Duration,
     /// An open connection with no traffic from the peer for this long faults.
     /// `ms_connection_idle_timeout`, 900 s.
@@ -54,12 +62,13 @@ pub struct Config {
     /// and then trickling it.
     pub payload_timeout: Duration,
     /// Bytes waiting to be sent that the socket does not take for this long fault the
-    /// connection: the peer stopped reading ([`super::Connection::handle_write_blocked`]).
+    /// connection: the peer stopped reading ([`super::Machine::handle_write_blocked`]).
     pub write_timeout: Duration,
-    /// The budget a message asks for when its header arrives ([`super::Event::NeedBudget`];
-    /// more if more of its payload already arrived with the header). Later windows
-    /// double with what the message already holds, so the budget (and the assembly
-    /// buffer) of a message grows with the bytes that actually arrived.
+    /// The budget a message asks for when its header arrives
+    /// ([`super::Event::NeedBudget`]; more if more of its payload already arrived with
+    /// the header). Later windows double with what the message already holds, so the
+    /// budget (and the assembly buffer) of a message grows with the bytes that actually
+    /// arrived.
     pub first_window: u32,
     /// The progress a message must make per [`Config::payload_timeout`].
     pub progress_window: u32,
@@ -69,14 +78,21 @@ pub struct Config {
     pub initial_backoff: Duration,
     /// Backoff ceiling, also the WAIT backoff (`ms_max_backoff`, 15 s).
     pub max_backoff: Duration,
-    /// The messenger's connection-attempt counter (Ceph's `AsyncMessenger::global_seq`),
-    /// shared by all its connections.
-    pub global_seq: Arc<AtomicU32>,
-    /// Authorizer producer for connects (None: never send one).
-    pub authorizer: Option<AuthorizerHook>,
-    /// Ask the messenger to verify an empty authorizer too (a monitor rejects mon peers
-    /// without one); when false an empty authorizer is accepted without an event.
+    /// The messenger's connection-attempt counter, shared by all its connections.
+    pub global_seq: Arc<GlobalSeqCounter>,
+    /// Authentication: msgr2's methods, modes and handlers; v1's authorizers, their
+    /// verification and message signing ([`crate::auth`]).
+    pub auth: Arc<dyn AuthProvider>,
+    /// msgr v1: without an inline verifier ([`AuthProvider::authorizer_server`]), ask
+    /// the driver to verify an empty authorizer too (a monitor rejects mon peers without
+    /// one); when false an empty authorizer is accepted without an event.
     pub verify_empty_authorizer: bool,
+    /// msgr2: the cookie generator.
+    pub cookies: Arc<CookieSource>,
+    /// msgr2: handshake rounds allowed per TCP connection (auth requests and replies,
+    /// refused idents, session retries and resets): a peer cannot keep a handshake (and
+    /// its transcript) going forever. Ceph's own exchanges take at most a handful.
+    pub max_auth_rounds: u32,
     /// Handshake and duplicate counters of every connection sharing this config.
     pub counters: Arc<Counters>,
 }
@@ -86,19 +102,19 @@ pub struct Config {
 /// reconnect races can be checked for bounded rounds. Written with relaxed atomics.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Connect messages sent: first attempts, reconnects, and resends after a
-    /// RETRY_GLOBAL, RETRY_SESSION or RESETSESSION reply.
+    /// Connect attempts sent: v1 connect messages (first attempts, reconnects, resends
+    /// after a retry reply) and msgr2 idents and reconnects.
     pub connects: AtomicU64,
     /// WAIT replies received (a connection race lost to the peer's own connect).
     pub wait: AtomicU64,
-    /// RETRY_GLOBAL replies received.
+    /// RETRY_GLOBAL / SESSION_RETRY_GLOBAL replies received.
     pub retry_global: AtomicU64,
-    /// RETRY_SESSION replies received.
+    /// RETRY_SESSION / SESSION_RETRY replies received.
     pub retry_session: AtomicU64,
-    /// RESETSESSION replies received (the peer had lost our session).
+    /// RESETSESSION / SESSION_RESET replies received (the peer had lost our session).
     pub reset_session: AtomicU64,
     /// Received messages dropped because their seq was already delivered (a resend after
-    /// a reconnect whose SEQ exchange could not tell the peer).
+    /// a reconnect whose seq exchange could not tell the peer).
     pub old_seq_dropped: AtomicU64,
 }
 
@@ -139,15 +155,20 @@ impl Counters {
 }
 
 impl Config {
-    /// Ceph's defaults for `my_name` announcing `my_addr`: Pacific features, crcs on,
-    /// 10 s handshake, 900 s idle, no periodic keepalive, backoff 0.2 s → 15 s.
-    pub fn new(my_name: EntityName, my_addr: EntityAddr) -> Self {
+    /// Ceph's defaults for `my_name` bound to `my_addrs`: Pacific features, crcs on,
+    /// 10 s handshake, 900 s idle, no periodic keepalive, backoff 0.2 s → 15 s, auth
+    /// none as `client.admin` (clients) or `<type>.<num>` ([`Config::with_auth`]
+    /// changes it).
+    pub fn new(my_name: EntityName, my_addrs: impl Into<EntityAddrVec>) -> Self {
+        let id = if my_name.num >= 0 { my_name.num.to_string() } else { "admin".to_string() };
+        let auth_name = AuthEntityName::new(my_name.ty, id);
         Config {
             my_name,
-            my_addr,
+            my_addrs: my_addrs.into(),
             features_supported: Features::PACIFIC_ADVERTISED,
             features_required: Features::REQUIRED_DEFAULT,
             limits: DecodeLimits::default(),
+            max_control_frame: DEFAULT_MAX_CONTROL_FRAME,
             crc_header: true,
             crc_data: true,
             handshake_timeout: Duration::from_secs(10),
@@ -159,33 +180,28 @@ impl Config {
             keepalive_interval: None,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
-            global_seq: Arc::new(AtomicU32::new(0)),
-            authorizer: None,
+            global_seq: Arc::new(GlobalSeqCounter::new()),
+            auth: Arc::new(AuthNoneProvider::new(auth_name)),
             verify_empty_authorizer: false,
+            cookies: Arc::new(CookieSource::from_entropy()),
+            max_auth_rounds: 16,
             counters: Arc::new(Counters::default()),
         }
     }
 
-    /// Takes the next global_seq (the first is 1).
-    pub(crate) fn next_global_seq(&self) -> u32 {
-        self.global_seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
+    /// The same with `auth` as the authentication provider.
+    pub fn with_auth(mut self, auth: Arc<dyn AuthProvider>) -> Self {
+        self.auth = auth;
+        self
     }
 
-    /// Raises the counter above `seen` (RETRY_GLOBAL) and returns the new value.
-    pub(crate) fn global_seq_above(&self, seen: u32) -> u32 {
-        let mut cur = self.global_seq.load(Ordering::Relaxed);
-        loop {
-            let next = cur.max(seen).wrapping_add(1);
-            match self.global_seq.compare_exchange_weak(
-                cur,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return next,
-                Err(now) => cur = now,
-            }
-        }
+    /// The address msgr v1 announces: the LEGACY one of [`Config::my_addrs`], else the
+    /// first (a client's blank address), else a blank one.
+    pub fn v1_addr(&self) -> EntityAddr {
+        self.my_addrs
+            .legacy_addr()
+            .or_else(|| self.my_addrs.addrs.first().copied())
+            .unwrap_or_default()
     }
 }
 
@@ -193,9 +209,10 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("my_name", &self.my_name)
-            .field("my_addr", &self.my_addr)
+            .field("my_addrs", &self.my_addrs)
             .field("features_supported", &self.features_supported)
             .field("features_required", &self.features_required)
+            .field("limits", &self.limits)
             .field("crc_header", &self.crc_header)
             .field("crc_data", &self.crc_data)
             .field("handshake_timeout", &self.handshake_timeout)
@@ -207,7 +224,6 @@ impl fmt::Debug for Config {
             .field("keepalive_interval", &self.keepalive_interval)
             .field("initial_backoff", &self.initial_backoff)
             .field("max_backoff", &self.max_backoff)
-            .field("authorizer", &self.authorizer.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -1,4 +1,4 @@
-//! Faults and the pure fault policy (Ceph's `ProtocolV1::fault`).
+//! Faults and the pure fault policy (Ceph's `ProtocolV1::fault`, `ProtocolV2::_fault`).
 //!
 //! A fault is anything that ends the current TCP connection of a session: the peer's
 //! bytes made no sense, a timer ran out, or the transport closed. [`fault_action`] turns
@@ -8,6 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::auth::AuthError;
 use crate::error::Error;
 
 /// Why a connection faulted.
@@ -15,7 +16,7 @@ use crate::error::Error;
 pub enum Fault {
     /// The transport closed (EOF or socket error), as reported by the driver.
     TransportClosed,
-    /// The peer's banner was not `ceph v027`.
+    /// The peer's banner was not the protocol's (`ceph v027`, `ceph v2\n`).
     BadBanner,
     /// The acceptor announced an address other than the one we dialled.
     AddrMismatch,
@@ -38,6 +39,9 @@ pub enum Fault {
     /// The acceptor answered WAIT: we lost the connection race; the
     /// acceptor's own outgoing connection will carry the session.
     Wait,
+    /// Authentication failed on an open or opening session: a bad authorizer reply, a
+    /// message whose signature does not check.
+    Auth(AuthError),
 }
 
 impl fmt::Display for Fault {
@@ -56,6 +60,7 @@ impl fmt::Display for Fault {
             Fault::PayloadTimeout => f.write_str("message payload stalled"),
             Fault::WriteTimeout => f.write_str("peer stopped reading (write timed out)"),
             Fault::Wait => f.write_str("connection race lost (WAIT)"),
+            Fault::Auth(e) => write!(f, "authentication: {e}"),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! What the state machine reports to its driver ([`super::Connection::poll_event`]).
+//! What a session machine reports to its driver ([`super::Machine::poll_event`]): one
+//! [`Event`] type for both protocols.
 
 use std::fmt;
 
@@ -8,10 +9,12 @@ use crate::message::Message;
 use crate::types::{EntityAddr, EntityType, Features};
 use crate::wire::KeepaliveStamp;
 
-use super::decide::AcceptRequest;
 use super::fault::Fault;
+use super::race::AcceptRequest;
+use super::seq::{ConnectSeq, Seq};
 
-/// The messenger's answer to [`Event::VerifyAuthorizer`].
+/// The driver's answer to [`Event::VerifyAuthorizer`] (the same three outcomes an
+/// inline [`crate::auth::AuthorizerServer`] has).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthVerdict {
     /// Accept; `reply` is the authorizer reply sent back (empty for auth none).
@@ -19,6 +22,9 @@ pub enum AuthVerdict {
         /// Authorizer reply bytes.
         reply: Bytes,
     },
+    /// Send CHALLENGE_AUTHORIZER with these bytes; the peer repeats its connect with an
+    /// authorizer that answers it.
+    Challenge(Bytes),
     /// Reject: the connector gets BADAUTHORIZER.
     Reject,
 }
@@ -43,10 +49,10 @@ pub enum CloseReason {
     PeerClose,
     /// The session is gone after a fault (lossy reset, or a half-accepted connection).
     Fault(Fault),
-    /// The peer refused us for good (BADPROTOVER, FEATURES, BADAUTHORIZER), or we
-    /// refused it.
+    /// The peer refused us for good (v1 BADPROTOVER, FEATURES, BADAUTHORIZER; msgr2
+    /// IDENT_MISSING_FEATURES, no auth method left), or we refused it.
     Refused(&'static str),
-    /// The session moved to another state machine ([`super::Connection::take_session`])
+    /// The session moved to another state machine ([`super::Machine::take_session`])
     /// or the accept decision gave this connection up.
     Replaced,
 }
@@ -73,7 +79,7 @@ pub struct Opened {
     /// Negotiated features (`peer & ours`).
     pub features: Features,
     /// The session's connect_seq after this open.
-    pub connect_seq: u32,
+    pub connect_seq: ConnectSeq,
     /// The session is lossy.
     pub lossy: bool,
     /// This open continued an existing session (reconnect or replace), rather than
@@ -83,15 +89,17 @@ pub struct Opened {
     pub remote_reset: bool,
 }
 
-/// One report of the state machine. After [`Event::Closed`] no more events come.
+/// One report of a session machine, v1 or v2. After [`Event::Closed`] no more events
+/// come.
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// Accept side: the peer's connect passed the protocol version, feature and
-    /// authorizer checks; call [`super::decide`] with the session table and answer with
-    /// [`super::Connection::handle_accept_decision`]. Reading stops until then.
+    /// Accept side: the peer's connect (v1) or CLIENT_IDENT / SESSION_RECONNECT (msgr2)
+    /// passed the checks that need no global knowledge; decide with the session table
+    /// ([`crate::decide`]) and answer with [`super::Machine::handle_accept_decision`].
+    /// Reading stops until then.
     AcceptRequest(AcceptRequest),
-    /// Accept side: verify this authorizer and answer with
-    /// [`super::Connection::handle_authorizer_verdict`].
+    /// Accept side (v1), when the config's auth provider has no inline verifier: verify
+    /// this authorizer and answer with [`super::Machine::handle_authorizer_verdict`].
     VerifyAuthorizer {
         /// The peer's type.
         peer_type: EntityType,
@@ -104,9 +112,9 @@ pub enum Event {
     Opened(Opened),
     /// A message being received needs budget for this many more payload bytes: its
     /// first window when its header was decoded (that request also stands for the
-    /// message itself: count it as one message), then one window each time the previous
-    /// one is used up (see `Config::first_window`). Reading stops until
-    /// [`super::Connection::grant_budget`].
+    /// message itself: count it as one message), then (v1) one window each time the
+    /// previous one is used up (see `Config::first_window`). Reading stops until
+    /// [`super::Machine::grant_budget`].
     NeedBudget {
         /// front + middle + data bytes.
         bytes: u64,
@@ -116,14 +124,15 @@ pub enum Event {
     /// The peer acknowledged our messages up to this seq.
     Acked {
         /// Highest acknowledged seq.
-        up_to: u64,
+        up_to: Seq,
     },
-    /// A KEEPALIVE or KEEPALIVE2 arrived (its time is [`super::Connection::last_keepalive`]).
+    /// A KEEPALIVE or KEEPALIVE2 arrived (its time is
+    /// [`super::Machine::last_keepalive`]).
     KeepaliveReceived,
     /// A KEEPALIVE2_ACK arrived, echoing our stamp.
     KeepaliveAck(KeepaliveStamp),
-    /// Lossless fault: dial the peer again, then call
-    /// [`super::Connection::handle_transport_connected`].
+    /// Lossless fault: dial the peer again ([`super::Machine::peer_addr`]), then call
+    /// [`super::Machine::handle_transport_connected`].
     Reconnect {
         /// 1 for the first attempt after a fault.
         attempt: u32,
@@ -135,8 +144,8 @@ pub enum Event {
     /// sent CLOSE.
     Reset,
     /// Our session was reset because the peer lost it (`ms_handle_remote_reset`, Ceph's
-    /// `session_reset`): the connector got RESETSESSION, or the acceptor saw a restarted
-    /// peer (connect_seq 0) under `resetcheck`. Queued and unacked messages were
+    /// `session_reset`): the connector got RESETSESSION / a full SESSION_RESET, or the
+    /// acceptor saw a restarted peer under `resetcheck`. Queued and unacked messages were
     /// discarded.
     RemoteReset,
     /// The peer refused the connection for good (`ms_handle_refused`).
@@ -148,4 +157,34 @@ pub enum Event {
         /// Why.
         reason: CloseReason,
     },
+}
+
+impl Event {
+    /// The variant's name (for logs and test assertions).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::AcceptRequest(_) => "AcceptRequest",
+            Event::VerifyAuthorizer { .. } => "VerifyAuthorizer",
+            Event::Opened(_) => "Opened",
+            Event::NeedBudget { .. } => "NeedBudget",
+            Event::Message(_) => "Message",
+            Event::Acked { .. } => "Acked",
+            Event::KeepaliveReceived => "KeepaliveReceived",
+            Event::KeepaliveAck(_) => "KeepaliveAck",
+            Event::Reconnect { .. } => "Reconnect",
+            Event::Standby => "Standby",
+            Event::Reset => "Reset",
+            Event::RemoteReset => "RemoteReset",
+            Event::Refused => "Refused",
+            Event::Closed { .. } => "Closed",
+        }
+    }
+
+    /// A request to the driver about the current TCP connection, moot once it fails.
+    pub(crate) fn is_request(&self) -> bool {
+        matches!(
+            self,
+            Event::AcceptRequest(_) | Event::VerifyAuthorizer { .. } | Event::NeedBudget { .. }
+        )
+    }
 }

@@ -1,38 +1,35 @@
-//! Test support: two messengers' worth of msgr2 [`Connection`]s on an in-memory network
-//! with a virtual clock (quinn's `Pair`), and a toy auth method that exercises the
-//! multi-round auth framework, the transcript signatures and secure mode.
+//! Test support (feature `testing`): two messengers' worth of [`Connection`]s, of either
+//! protocol, on an in-memory network with a virtual clock (quinn's `Pair`), and toy
+//! authentication ([`TestAuthProvider`]).
 //!
-//! Each [`Node`] plays the messenger: it owns a session table keyed by the peer's v2
-//! address, answers accept requests with [`decide`], moves sessions on a replace, dials
-//! on [`Event::Reconnect`] and grants receive budget. [`Pair::step`] moves bytes one
-//! round; [`Pair::drive`] runs to quiescence and fails on livelock; [`Pair::run_for`]
-//! also advances the clock through the machines' timers. Links can be cut, delivery
-//! split into arbitrary chunks, and bytes tampered with.
+//! Each [`Node`] plays the messenger: it owns a session table keyed by the peer's
+//! address, answers accept requests with [`crate::decide`] and the decision's
+//! [`TableEffect`], moves sessions on a replace, dials on [`Event::Reconnect`] and
+//! grants receive budget. [`Pair::step`] moves bytes one round; [`Pair::drive`] runs to
+//! quiescence and fails on livelock; [`Pair::run_for`] also advances the clock through
+//! the machines' timers. Links can be cut, delivery split into arbitrary chunks, and
+//! bytes tampered with.
 //!
 //! Not for production use: it exists for this crate's tests, benchmarks and fuzzing.
-//! (The driving loop mirrors `v1::testing`; the two collapse into one harness once both
-//! machines sit behind the protocol seam.)
+
+mod auth;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::error::{Error, Result};
 use crate::message::Message;
-use crate::types::{
-    AddrType, AuthEntityName, EntityAddr, EntityAddrVec, EntityName, EntityType, AUTH_NONE,
+use crate::session::{
+    AuthVerdict, Config, CookieSource, Event, ExistingSession, Policy, TableEffect,
 };
-use crate::v1::{ExistingState, Policy, SessionState};
+use crate::types::{AddrType, EntityAddr, EntityName, EntityType};
 use crate::wire::KeepaliveStamp;
+use crate::{decide, Connection, ProtocolVersion};
 
-use super::auth::{
-    AuthClient, AuthNoneProvider, AuthOutcome, AuthProvider, AuthRole, AuthServer, AuthStep, EACCES,
-};
-use super::{decide, ConMode, Config, Connection, CookieSource, Decision, Event, ExistingSession};
+pub use auth::{TestAuthProvider, TestSigner, TEST_AUTH};
 
 /// One messenger of the pair.
 pub struct Node {
@@ -40,7 +37,7 @@ pub struct Node {
     pub config: Arc<Config>,
     /// Its policy for the peer.
     pub policy: Policy,
-    /// Session table: the peer's v2 address → endpoint index.
+    /// Session table: peer address → endpoint index.
     pub sessions: HashMap<EntityAddr, usize>,
     /// Messages delivered to this node, in order.
     pub received: Vec<Message>,
@@ -54,6 +51,8 @@ pub struct Node {
     pub refused: usize,
     /// `Event::Opened` count.
     pub opened: usize,
+    /// Reject every authorizer the driver is asked about ([`Event::VerifyAuthorizer`]).
+    pub reject_authorizers: bool,
     /// Dials to this node fail (it is down).
     pub unreachable: bool,
     /// Keep `NeedBudget` requests pending instead of granting them.
@@ -74,15 +73,22 @@ impl Node {
             remote_resets: 0,
             refused: 0,
             opened: 0,
+            reject_authorizers: false,
             unreachable: false,
             hold_budget: false,
             budget_waiting: Vec::new(),
         }
     }
 
-    /// This node's v2 address (what the peer dials and keys its table with).
-    pub fn addr(&self) -> EntityAddr {
-        super::msgr2_addr(&self.config.my_addrs)
+    /// This node's address in `version` (what the peer dials and keys its table with):
+    /// its LEGACY address for v1, its v2 address for msgr2 (else its first).
+    pub fn addr(&self, version: ProtocolVersion) -> EntityAddr {
+        let ty = match version {
+            ProtocolVersion::V1 => AddrType::LEGACY,
+            ProtocolVersion::V2 => AddrType::MSGR2,
+        };
+        let addrs = &self.config.my_addrs.addrs;
+        addrs.iter().copied().find(|a| a.ty == ty).or(addrs.first().copied()).unwrap_or_default()
     }
 }
 
@@ -121,6 +127,11 @@ pub type Splitter = Box<dyn FnMut(usize) -> usize>;
 pub struct Pair {
     /// The virtual clock.
     pub now: Instant,
+    /// The protocol connectors speak.
+    pub version: ProtocolVersion,
+    /// Acceptors read the peer's banner to pick the protocol ([`Connection::accept`])
+    /// instead of being bound to [`Pair::version`].
+    pub sniff: bool,
     /// Node 0 and node 1.
     pub nodes: [Node; 2],
     /// Every endpoint ever created (dead ones stay, for index stability).
@@ -152,44 +163,70 @@ pub fn v2_addr(port: u16, nonce: u32) -> EntityAddr {
     }
 }
 
-/// A node configuration: `mon.<num>` at v2 127.0.0.1:`port`/`nonce`, auth none,
-/// deterministic cookies.
-pub fn node_config(num: i64, port: u16, nonce: u32) -> Config {
-    let mut c = Config::new(
-        EntityName::new(EntityType::MON, num),
-        EntityAddrVec::single(v2_addr(port, nonce)),
-        AuthEntityName::new(EntityType::MON, num.to_string()),
-    );
+/// A v1 (LEGACY) address on loopback.
+pub fn v1_addr(port: u16, nonce: u32) -> EntityAddr {
+    EntityAddr::legacy(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)), nonce)
+}
+
+/// A node configuration: `mon.<num>` at 127.0.0.1:`port`/`nonce` in `version`, auth
+/// none as `mon.<num>`, deterministic cookies.
+pub fn node_config(version: ProtocolVersion, num: i64, port: u16, nonce: u32) -> Config {
+    let addr = match version {
+        ProtocolVersion::V1 => v1_addr(port, nonce),
+        ProtocolVersion::V2 => v2_addr(port, nonce),
+    };
+    let mut c = Config::new(EntityName::new(EntityType::MON, num), addr);
     c.cookies = Arc::new(CookieSource::with_seed(u64::from(port) << 32 | u64::from(nonce)));
     c
 }
 
 impl Pair {
-    /// Node 0 is `mon.0` at v2 127.0.0.1:6789 nonce 1, node 1 `mon.1` at :6790 nonce 2
-    /// (node 0's address sorts lower), auth none, crc mode.
-    pub fn new(now: Instant, policy0: Policy, policy1: Policy) -> Self {
-        Pair::with_configs(now, node_config(0, 6789, 1), policy0, node_config(1, 6790, 2), policy1)
+    /// Node 0 is `mon.0` at 127.0.0.1:6789 nonce 1, node 1 `mon.1` at :6790 nonce 2 (node
+    /// 0's address sorts lower), speaking `version`, auth none, with the given policies.
+    pub fn new(now: Instant, version: ProtocolVersion, policy0: Policy, policy1: Policy) -> Self {
+        let c0 = node_config(version, 0, 6789, 1);
+        let c1 = node_config(version, 1, 6790, 2);
+        Pair::with_configs(now, version, c0, policy0, c1, policy1)
     }
 
-    /// As [`Pair::new`], both nodes authenticating with [`TestAuthProvider`] (two
-    /// rounds, a session key, a connection secret) preferring `modes`.
+    /// [`Pair::new`] over msgr v1.
+    pub fn v1(now: Instant, policy0: Policy, policy1: Policy) -> Self {
+        Pair::new(now, ProtocolVersion::V1, policy0, policy1)
+    }
+
+    /// [`Pair::new`] over msgr2 (crc mode).
+    pub fn v2(now: Instant, policy0: Policy, policy1: Policy) -> Self {
+        Pair::new(now, ProtocolVersion::V2, policy0, policy1)
+    }
+
+    /// As [`Pair::v2`], both nodes authenticating with [`TestAuthProvider`] (two rounds,
+    /// a session key, a connection secret) preferring `modes`.
     pub fn with_test_auth(
         now: Instant,
         policy0: Policy,
         policy1: Policy,
-        modes: &[ConMode],
+        modes: &[crate::auth::ConMode],
     ) -> Self {
-        let mut c0 = node_config(0, 6789, 1);
-        let mut c1 = node_config(1, 6790, 2);
+        let mut c0 = node_config(ProtocolVersion::V2, 0, 6789, 1);
+        let mut c1 = node_config(ProtocolVersion::V2, 1, 6790, 2);
         c0.auth = Arc::new(TestAuthProvider::new(modes));
         c1.auth = Arc::new(TestAuthProvider::new(modes));
-        Pair::with_configs(now, c0, policy0, c1, policy1)
+        Pair::with_configs(now, ProtocolVersion::V2, c0, policy0, c1, policy1)
     }
 
     /// A pair from explicit configurations.
-    pub fn with_configs(now: Instant, c0: Config, p0: Policy, c1: Config, p1: Policy) -> Self {
+    pub fn with_configs(
+        now: Instant,
+        version: ProtocolVersion,
+        c0: Config,
+        p0: Policy,
+        c1: Config,
+        p1: Policy,
+    ) -> Self {
         Pair {
             now,
+            version,
+            sniff: false,
             nodes: [Node::new(Arc::new(c0), p0), Node::new(Arc::new(c1), p1)],
             eps: Vec::new(),
             links: Vec::new(),
@@ -208,14 +245,15 @@ impl Pair {
         1 - node
     }
 
-    /// `node` opens a connection to the other node: registered in the session table at
-    /// once and dialled. Returns its endpoint.
+    /// `node` opens a connection to the other node (Ceph's `get_connection`): it is
+    /// registered in the session table at once and dialled. Returns its endpoint.
     pub fn connect(&mut self, node: usize) -> usize {
         let peer = Pair::peer_of(node);
-        let peer_addr = self.nodes[peer].addr();
+        let peer_addr = self.nodes[peer].addr(self.version);
         let peer_type = self.nodes[peer].config.my_name.ty;
         let conn = Connection::connect(
             self.nodes[node].config.clone(),
+            self.version,
             self.nodes[node].policy,
             peer_addr,
             peer_type,
@@ -230,11 +268,12 @@ impl Pair {
 
     /// The endpoint registered on `node` for the other node, if alive.
     pub fn session_ep(&self, node: usize) -> Option<usize> {
-        let peer_addr = self.nodes[Pair::peer_of(node)].addr();
+        let peer_addr = self.nodes[Pair::peer_of(node)].addr(self.version);
         self.nodes[node].sessions.get(&peer_addr).copied().filter(|&e| self.eps[e].alive)
     }
 
-    /// Sends `msg` from `node` through its session (connecting first if none).
+    /// Sends `msg` from `node` to the other node through its session (connecting first
+    /// if there is none), as the messenger's `send_message(msg, dest)`.
     pub fn send(&mut self, node: usize, msg: Message) {
         let ep = match self.session_ep(node) {
             Some(ep) => ep,
@@ -257,8 +296,13 @@ impl Pair {
         }
         self.next_port = self.next_port.wrapping_add(1).max(40_000);
         let local = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.next_port));
-        let listen = self.nodes[peer].addr().addr.unwrap_or(local);
-        let acc = Connection::accept(self.nodes[peer].config.clone(), local, listen, self.now);
+        let listen = self.nodes[peer].addr(self.version).addr.unwrap_or(local);
+        let config = self.nodes[peer].config.clone();
+        let acc = match (self.sniff, self.version) {
+            (true, _) => Connection::accept(config, local, listen, self.now),
+            (false, ProtocolVersion::V1) => Connection::accept_v1(config, local, listen, self.now),
+            (false, ProtocolVersion::V2) => Connection::accept_v2(config, local, listen, self.now),
+        };
         let acc_ep = self.eps.len();
         self.eps.push(Endpoint { conn: acc, node: peer, link: None, alive: true, accepted: true });
         let link = self.links.len();
@@ -313,44 +357,52 @@ impl Pair {
         }
     }
 
-    fn existing_of(&self, ep: usize) -> ExistingSession {
-        let c = &self.eps[ep].conn;
-        let (client_cookie, server_cookie) = c.cookies();
-        let (_, _, connect_seq, peer_global_seq) = c.seqs();
-        ExistingSession {
-            state: match c.state() {
-                SessionState::Open => ExistingState::Open,
-                SessionState::Standby => ExistingState::Standby,
-                SessionState::Closed => ExistingState::Closed,
-                SessionState::Connecting | SessionState::Accepting => ExistingState::Connecting,
-            },
-            client_cookie,
-            server_cookie,
-            connect_seq,
-            peer_global_seq,
-            lossy: c.is_lossy(),
-            server_side: c.policy().server,
-            replacing: false,
+    /// The messenger's accept decision: one check-and-set of the session table.
+    fn decide(&mut self, ep: usize, req: crate::AcceptRequest) {
+        let node = self.eps[ep].node;
+        let now = self.now;
+        let policy = self.nodes[node].policy;
+        let key = req.peer_addr;
+        let existing_ep =
+            self.nodes[node].sessions.get(&key).copied().filter(|&e| e != ep && self.eps[e].alive);
+        let existing: Option<ExistingSession> =
+            existing_ep.map(|e| self.eps[e].conn.existing_session());
+        let my_addrs = self.nodes[node].config.my_addrs.clone();
+        let decision = decide(&req, existing.as_ref(), &policy, &my_addrs);
+        if self.verbose {
+            self.nodes[node].log.push(format!(
+                "decide#{ep}({:?} vs {existing_ep:?} {existing:?}) = {decision:?}",
+                req.kind
+            ));
         }
+        let register = !(policy.lossy && policy.server);
+        let mut transferred = None;
+        match (decision.table_effect(existing.as_ref()), existing_ep) {
+            (TableEffect::Replace, Some(old)) => {
+                transferred = self.eps[old].conn.take_session();
+                self.eps[old].alive = false;
+                self.detach(old);
+                self.nodes[node].sessions.insert(key, ep);
+            }
+            (TableEffect::ResetExisting, Some(old)) => {
+                self.eps[old].conn.close(now);
+                self.nodes[node].resets += 1;
+                self.nodes[node].sessions.insert(key, ep);
+            }
+            (TableEffect::Register, _) if register => {
+                self.nodes[node].sessions.insert(key, ep);
+            }
+            (TableEffect::NudgeExisting, Some(old)) => {
+                self.eps[old].conn.send_keepalive(KeepaliveStamp::default());
+            }
+            _ => {}
+        }
+        self.eps[ep].conn.handle_accept_decision(now, policy, decision, transferred);
     }
 
     fn handle_event(&mut self, ep: usize, ev: Event) {
         let node = self.eps[ep].node;
-        let name = match &ev {
-            Event::AcceptRequest(_) => "AcceptRequest",
-            Event::Opened(_) => "Opened",
-            Event::NeedBudget { .. } => "NeedBudget",
-            Event::Message(_) => "Message",
-            Event::Acked { .. } => "Acked",
-            Event::KeepaliveReceived => "KeepaliveReceived",
-            Event::KeepaliveAck(_) => "KeepaliveAck",
-            Event::Reconnect { .. } => "Reconnect",
-            Event::Standby => "Standby",
-            Event::Reset => "Reset",
-            Event::RemoteReset => "RemoteReset",
-            Event::Refused => "Refused",
-            Event::Closed { .. } => "Closed",
-        };
+        let name = ev.name();
         match &ev {
             Event::Message(_) | Event::NeedBudget { .. } | Event::Acked { .. } => {}
             Event::Closed { reason, .. } if self.verbose => {
@@ -361,50 +413,14 @@ impl Pair {
         }
         let now = self.now;
         match ev {
-            Event::AcceptRequest(req) => {
-                let policy = self.nodes[node].policy;
-                let key = super::msgr2_addr(&req.peer_addrs);
-                let existing_ep = self.nodes[node]
-                    .sessions
-                    .get(&key)
-                    .copied()
-                    .filter(|&e| e != ep && self.eps[e].alive);
-                let existing = existing_ep.map(|e| self.existing_of(e));
-                let my_addrs = self.nodes[node].config.my_addrs.clone();
-                let decision = decide(&req, existing.as_ref(), &policy, &my_addrs);
-                if self.verbose {
-                    self.nodes[node].log.push(format!(
-                        "decide#{ep}({:?} vs {existing_ep:?} {existing:?}) = {decision:?}",
-                        req.kind
-                    ));
-                }
-                let mut transferred = None;
-                let register = !(policy.lossy && policy.server);
-                match (decision, existing_ep) {
-                    (Decision::Replace { reset_existing, remote_reset }, Some(old)) => {
-                        if reset_existing && !remote_reset {
-                            // A lossy existing connection: stopped, ms_handle_reset.
-                            self.eps[old].conn.close(now);
-                            self.nodes[node].resets += 1;
-                        } else {
-                            // Keep (or discard, on a peer restart) its session.
-                            transferred = self.eps[old].conn.take_session();
-                        }
-                        self.eps[old].alive = false;
-                        self.detach(old);
-                        if register {
-                            self.nodes[node].sessions.insert(key, ep);
-                        }
-                    }
-                    (Decision::Open | Decision::Replace { .. }, None) if register => {
-                        self.nodes[node].sessions.insert(key, ep);
-                    }
-                    (Decision::Wait, Some(old)) => {
-                        self.eps[old].conn.send_keepalive(KeepaliveStamp::default());
-                    }
-                    _ => {}
-                }
-                self.eps[ep].conn.handle_accept_decision(now, policy, decision, transferred);
+            Event::AcceptRequest(req) => self.decide(ep, req),
+            Event::VerifyAuthorizer { .. } => {
+                let verdict = if self.nodes[node].reject_authorizers {
+                    AuthVerdict::Reject
+                } else {
+                    AuthVerdict::Accept { reply: Bytes::new() }
+                };
+                self.eps[ep].conn.handle_authorizer_verdict(now, verdict);
             }
             Event::Opened(_) => self.nodes[node].opened += 1,
             Event::NeedBudget { .. } => {
@@ -425,6 +441,7 @@ impl Pair {
             Event::Refused => self.nodes[node].refused += 1,
             Event::Closed { .. } => {
                 self.eps[ep].alive = false;
+                // Flush a final CLOSE (v1) before the socket goes.
                 self.transmit(ep);
                 self.detach(ep);
             }
@@ -493,44 +510,7 @@ impl Pair {
                 continue;
             }
             for side in 0..2 {
-                let ep = self.links[l].ends[side];
-                if !self.eps[ep].alive || self.eps[ep].link != Some(l) {
-                    self.links[l].toward[side].clear();
-                    continue;
-                }
-                while self.eps[ep].conn.wants_read() {
-                    let Some(mut seg) = self.links[l].toward[side].pop_front() else { break };
-                    let n = match self.splitter.as_mut() {
-                        Some(f) => f(seg.len()).clamp(1, seg.len()),
-                        None => seg.len(),
-                    };
-                    let n = match self.cut_after {
-                        Some(limit) => n.min(limit.saturating_sub(self.delivered) as usize),
-                        None => n,
-                    };
-                    if n == 0 {
-                        self.links[l].toward[side].push_front(seg);
-                        break;
-                    }
-                    let chunk = seg.split_to(n);
-                    if !seg.is_empty() {
-                        self.links[l].toward[side].push_front(seg);
-                    }
-                    self.delivered += n as u64;
-                    progress = true;
-                    self.eps[ep].conn.handle_bytes(self.now, chunk);
-                    if self.splitter.is_some() {
-                        break;
-                    }
-                }
-                if self.links[l].toward[side].is_empty() && self.links[l].closing[1 - side] {
-                    self.links[l].dead = true;
-                    if self.eps[ep].link == Some(l) {
-                        self.eps[ep].link = None;
-                        self.eps[ep].conn.handle_transport_closed(self.now);
-                    }
-                    progress = true;
-                }
+                progress |= self.deliver(l, side);
             }
         }
         if self.cut_after.is_some_and(|limit| self.delivered >= limit) {
@@ -539,6 +519,50 @@ impl Pair {
                 progress = true;
             }
             self.cut_after = None;
+        }
+        progress
+    }
+
+    /// Delivers the bytes in flight toward `ends[side]` of link `l` (then its EOF).
+    fn deliver(&mut self, l: usize, side: usize) -> bool {
+        let mut progress = false;
+        let ep = self.links[l].ends[side];
+        if !self.eps[ep].alive || self.eps[ep].link != Some(l) {
+            self.links[l].toward[side].clear();
+            return false;
+        }
+        while self.eps[ep].conn.wants_read() {
+            let Some(mut seg) = self.links[l].toward[side].pop_front() else { break };
+            let n = match self.splitter.as_mut() {
+                Some(f) => f(seg.len()).clamp(1, seg.len()),
+                None => seg.len(),
+            };
+            let n = match self.cut_after {
+                Some(limit) => n.min(limit.saturating_sub(self.delivered) as usize),
+                None => n,
+            };
+            if n == 0 {
+                self.links[l].toward[side].push_front(seg);
+                break;
+            }
+            let chunk = seg.split_to(n);
+            if !seg.is_empty() {
+                self.links[l].toward[side].push_front(seg);
+            }
+            self.delivered += n as u64;
+            progress = true;
+            self.eps[ep].conn.handle_bytes(self.now, chunk);
+            if self.splitter.is_some() {
+                break;
+            }
+        }
+        if self.links[l].toward[side].is_empty() && self.links[l].closing[1 - side] {
+            self.links[l].dead = true;
+            if self.eps[ep].link == Some(l) {
+                self.eps[ep].link = None;
+                self.eps[ep].conn.handle_transport_closed(self.now);
+            }
+            progress = true;
         }
         progress
     }
@@ -579,144 +603,5 @@ impl Pair {
             }
         }
         panic!("livelock: timers keep firing at {:?}", self.now);
-    }
-}
-
-/// The toy method's number: outside Ceph's `CEPH_AUTH_*` values.
-pub const TEST_AUTH: u32 = 0xfe;
-
-/// A toy two-round auth method for tests (NOT secure: it only has the shape of cephx).
-///
-/// AUTH_REQUEST carries a name; the acceptor answers AUTH_REPLY_MORE with an 8-byte
-/// challenge; AUTH_REQUEST_MORE proves the shared key by xoring it in; AUTH_DONE
-/// carries a 64-byte connection secret masked with the key (secure mode only). Both
-/// sides then hold the key as session key (so the AUTH_SIGNATUREs are real HMACs).
-pub struct TestAuthProvider {
-    key: [u8; 16],
-    modes: Vec<ConMode>,
-    counter: Arc<AtomicU64>,
-    /// Methods a connector offers (default: TEST_AUTH then AUTH_NONE).
-    pub client_methods: Vec<u32>,
-    /// Methods an acceptor allows (default: TEST_AUTH then AUTH_NONE).
-    pub server_methods: Vec<u32>,
-    none: AuthNoneProvider,
-}
-
-impl TestAuthProvider {
-    /// Both roles, preferring `modes`.
-    pub fn new(modes: &[ConMode]) -> Self {
-        TestAuthProvider {
-            key: *b"asyncmsgr-test!!",
-            modes: modes.to_vec(),
-            counter: Arc::new(AtomicU64::new(1)),
-            client_methods: vec![TEST_AUTH, AUTH_NONE],
-            server_methods: vec![TEST_AUTH, AUTH_NONE],
-            none: AuthNoneProvider::new(AuthEntityName::new(EntityType::CLIENT, "test")),
-        }
-    }
-
-    /// The same key with a different value: proofs fail (EACCES).
-    pub fn with_wrong_key(mut self) -> Self {
-        self.key[0] ^= 1;
-        self
-    }
-}
-
-fn mask(key: &[u8; 16], data: &[u8]) -> Vec<u8> {
-    data.iter().zip(key.iter().cycle()).map(|(d, k)| d ^ k).collect()
-}
-
-struct TestClient {
-    key: [u8; 16],
-}
-
-impl AuthClient for TestClient {
-    fn build_request(&mut self) -> Result<Bytes> {
-        Ok(Bytes::from_static(b"test-auth"))
-    }
-
-    fn handle_reply_more(&mut self, payload: &[u8]) -> Result<Bytes> {
-        if payload.len() != 8 {
-            return Err(Error::Malformed("test auth challenge is not 8 bytes"));
-        }
-        Ok(Bytes::from(mask(&self.key, payload)))
-    }
-
-    fn handle_done(
-        &mut self,
-        _global_id: u64,
-        mode: ConMode,
-        payload: &[u8],
-    ) -> Result<AuthOutcome> {
-        let secret = mask(&self.key, payload);
-        if mode == ConMode::SECURE && secret.len() < 40 {
-            return Err(Error::Malformed("test auth secret too short"));
-        }
-        Ok(AuthOutcome { session_key: Some(self.key.to_vec()), connection_secret: secret })
-    }
-}
-
-struct TestServer {
-    key: [u8; 16],
-    challenge: [u8; 8],
-    counter: Arc<AtomicU64>,
-}
-
-impl AuthServer for TestServer {
-    fn handle_request(&mut self, mode: ConMode, more: bool, payload: &[u8]) -> AuthStep {
-        if !more {
-            return AuthStep::More(Bytes::copy_from_slice(&self.challenge));
-        }
-        if payload != mask(&self.key, &self.challenge).as_slice() {
-            return AuthStep::Reject { result: EACCES };
-        }
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let secret: Vec<u8> = if mode == ConMode::SECURE {
-            (0..64u64).map(|i| (n.wrapping_mul(31).wrapping_add(i * 7)) as u8).collect()
-        } else {
-            Vec::new()
-        };
-        AuthStep::Done {
-            global_id: 1000 + n,
-            payload: Bytes::from(mask(&self.key, &secret)),
-            outcome: AuthOutcome {
-                session_key: Some(self.key.to_vec()),
-                connection_secret: secret,
-            },
-        }
-    }
-}
-
-impl AuthProvider for TestAuthProvider {
-    fn methods(&self, role: AuthRole, _peer_type: EntityType) -> Vec<u32> {
-        match role {
-            AuthRole::Connector => self.client_methods.clone(),
-            AuthRole::Acceptor => self.server_methods.clone(),
-        }
-    }
-
-    fn modes(&self, _role: AuthRole, _peer_type: EntityType) -> Vec<ConMode> {
-        self.modes.clone()
-    }
-
-    fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
-        match method {
-            TEST_AUTH => Some(Box::new(TestClient { key: self.key })),
-            _ => self.none.client(peer_type, method),
-        }
-    }
-
-    fn server(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>> {
-        match method {
-            TEST_AUTH => {
-                let n = self.counter.fetch_add(1, Ordering::Relaxed);
-                Some(Box::new(TestServer {
-                    key: self.key,
-                    challenge: n.to_le_bytes(),
-                    counter: self.counter.clone(),
-                }))
-            }
-            _ => self.none.server(peer_type, method),
-        }
     }
 }

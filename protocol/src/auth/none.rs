@@ -1,0 +1,197 @@
+//! `auth none` behind the seam: msgr2's AUTH_REQUEST payload (msgr-v2.md 5.2) and no
+//! v1 authorizer (a v1 connector sends none; an acceptor leaves authorizers to its
+//! driver, [`crate::Event::VerifyAuthorizer`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::encoding::{Decoder, Encoder};
+use crate::error::{Error, Result};
+use crate::types::{AuthEntityName, EntityType, AUTH_NONE};
+
+use super::mode::ConMode;
+use super::provider::{
+    AuthClient, AuthOutcome, AuthProvider, AuthRole, AuthServer, AuthStep, AUTH_MODE_AUTHORIZER,
+    AUTH_MODE_MON, AUTH_MODE_MON_MAX, EACCES, EOPNOTSUPP,
+};
+
+/// auth none, connector side: the AUTH_REQUEST payload is `u8 auth_mode` (10 to a
+/// monitor, 1 otherwise: the auth-none authorizer), the entity name and the global id.
+#[derive(Clone, Debug)]
+pub struct AuthNoneClient {
+    name: AuthEntityName,
+    global_id: u64,
+    to_monitor: bool,
+}
+
+impl AuthNoneClient {
+    /// A client for `name` (e.g. `client.admin`) with `global_id` (0 when it has
+    /// none yet), talking to a peer of `peer_type`. A monitor authenticates other
+    /// monitors with an authorizer, like every other daemon pair (msgr-v2.md 5.2).
+    pub fn new(name: AuthEntityName, global_id: u64, peer_type: EntityType) -> Self {
+        let i_am_mon = name.ty == u32::from(EntityType::MON.0);
+        AuthNoneClient { name, global_id, to_monitor: peer_type == EntityType::MON && !i_am_mon }
+    }
+}
+
+impl AuthClient for AuthNoneClient {
+    fn build_request(&mut self) -> Result<Bytes> {
+        let mut e = Encoder::new();
+        e.u8(if self.to_monitor { AUTH_MODE_MON } else { AUTH_MODE_AUTHORIZER });
+        self.name.encode(&mut e);
+        e.u64(self.global_id);
+        Ok(e.into_bytes())
+    }
+
+    fn handle_reply_more(&mut self, _payload: &[u8]) -> Result<Bytes> {
+        Err(Error::Malformed("auth none has no second round"))
+    }
+
+    fn handle_done(
+        &mut self,
+        global_id: u64,
+        _mode: ConMode,
+        _payload: &[u8],
+    ) -> Result<AuthOutcome> {
+        self.global_id = global_id;
+        Ok(AuthOutcome::default())
+    }
+}
+
+/// auth none, acceptor side: accepts any well-formed request. To a monitor-mode
+/// request with global id 0 it assigns the next id of its counter (a monitor's job);
+/// an authorizer keeps the id it names.
+pub struct AuthNoneServer {
+    next_global_id: Arc<AtomicU64>,
+}
+
+impl AuthServer for AuthNoneServer {
+    fn handle_request(&mut self, _mode: ConMode, more: bool, payload: &[u8]) -> AuthStep {
+        if more {
+            return AuthStep::Reject { result: EOPNOTSUPP };
+        }
+        let mut d = Decoder::new(payload);
+        let parsed = (|| -> Result<(u8, u64)> {
+            let mode = d.u8()?;
+            AuthEntityName::decode(&mut d)?;
+            Ok((mode, d.u64()?))
+        })();
+        match parsed {
+            Ok((mode, 0)) if (AUTH_MODE_MON..=AUTH_MODE_MON_MAX).contains(&mode) => {
+                let global_id = self.next_global_id.fetch_add(1, Ordering::Relaxed);
+                AuthStep::Done { global_id, payload: Bytes::new(), outcome: AuthOutcome::default() }
+            }
+            Ok((mode, global_id)) if (AUTH_MODE_AUTHORIZER..=AUTH_MODE_MON_MAX).contains(&mode) => {
+                AuthStep::Done { global_id, payload: Bytes::new(), outcome: AuthOutcome::default() }
+            }
+            _ => AuthStep::Reject { result: EACCES },
+        }
+    }
+}
+
+/// The first global id an auth-none acceptor hands out (a 16.2.15 monitor started at
+/// 4099 in our runs; any non-zero value works).
+pub const FIRST_GLOBAL_ID: u64 = 4096;
+
+/// `auth none` in both roles for every peer type, crc mode only.
+#[derive(Debug)]
+pub struct AuthNoneProvider {
+    name: AuthEntityName,
+    next_global_id: Arc<AtomicU64>,
+    modes: Vec<ConMode>,
+}
+
+impl AuthNoneProvider {
+    /// Auth none as `name` (the `EntityName` sent in requests).
+    pub fn new(name: AuthEntityName) -> Self {
+        AuthNoneProvider {
+            name,
+            next_global_id: Arc::new(AtomicU64::new(FIRST_GLOBAL_ID)),
+            modes: vec![ConMode::CRC],
+        }
+    }
+
+    /// The same, handing out global ids from `first` on (an acceptor playing a
+    /// monitor).
+    pub fn with_first_global_id(self, first: u64) -> Self {
+        self.next_global_id.store(first, Ordering::Relaxed);
+        self
+    }
+}
+
+impl AuthProvider for AuthNoneProvider {
+    fn methods(&self, _role: AuthRole, _peer_type: EntityType) -> Vec<u32> {
+        vec![AUTH_NONE]
+    }
+
+    fn modes(&self, _role: AuthRole, _peer_type: EntityType) -> Vec<ConMode> {
+        self.modes.clone()
+    }
+
+    fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
+        (method == AUTH_NONE)
+            .then(|| Box::new(AuthNoneClient::new(self.name.clone(), 0, peer_type)) as _)
+    }
+
+    fn server(&self, _peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>> {
+        (method == AUTH_NONE)
+            .then(|| Box::new(AuthNoneServer { next_global_id: self.next_global_id.clone() }) as _)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    // msgr-v2.md 5.2: client.admin to a monitor, and mon.a's authorizer to a mon peer.
+    #[test]
+    fn none_payloads_match_ceph() {
+        let mut c = AuthNoneClient::new(
+            AuthEntityName::new(EntityType::CLIENT, "admin"),
+            0,
+            EntityType::MON,
+        );
+        let b = c.build_request().unwrap();
+        assert_eq!(&b[..], b"\x0a\x08\x00\x00\x00\x05\x00\x00\x00admin\0\0\0\0\0\0\0\0");
+        let mut m =
+            AuthNoneClient::new(AuthEntityName::new(EntityType::MON, "a"), 0, EntityType::MON);
+        assert_eq!(
+            &m.build_request().unwrap()[..],
+            b"\x01\x01\x00\x00\x00\x01\x00\x00\x00a\0\0\0\0\0\0\0\0"
+        );
+        assert!(c.handle_reply_more(b"x").is_err());
+    }
+
+    #[test]
+    fn none_server_assigns_ids_and_rejects_garbage() {
+        let p = AuthNoneProvider::new(AuthEntityName::new(EntityType::MON, "a"));
+        let mut s = p.server(EntityType::CLIENT, AUTH_NONE).unwrap();
+        let mut c = AuthNoneClient::new(
+            AuthEntityName::new(EntityType::CLIENT, "admin"),
+            0,
+            EntityType::MON,
+        );
+        let req = c.build_request().unwrap();
+        let AuthStep::Done { global_id, .. } = s.handle_request(ConMode::CRC, false, &req) else {
+            panic!("not done")
+        };
+        assert_eq!(global_id, FIRST_GLOBAL_ID);
+        let AuthStep::Done { global_id, .. } = s.handle_request(ConMode::CRC, false, &req) else {
+            panic!("not done")
+        };
+        assert_eq!(global_id, FIRST_GLOBAL_ID + 1);
+        assert_eq!(s.handle_request(ConMode::CRC, false, &[]), AuthStep::Reject { result: EACCES });
+        assert_eq!(
+            s.handle_request(
+                ConMode::CRC,
+                false,
+                &[42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            ),
+            AuthStep::Reject { result: EACCES }
+        );
+        assert!(p.server(EntityType::CLIENT, 2).is_none());
+    }
+}

@@ -1,0 +1,175 @@
+//! [`AuthProvider`]: the one object per messenger through which both connection
+//! machines authenticate, and the msgr2 handlers it creates ([`AuthClient`],
+//! [`AuthServer`]).
+//!
+//! msgr2 carries authentication in its AUTH frames (msgr-v2.md 5.2): the machine asks
+//! the provider which methods and modes to offer or allow for a peer type, and starts
+//! one [`AuthClient`] (connector) or [`AuthServer`] (acceptor) per attempt; the method
+//! ends with an [`AuthOutcome`] (the session key that signs the pre-auth transcript,
+//! the connection secret secure mode derives its keys from). msgr v1 carries an
+//! authorizer in its connect message: the provider hands a connector its
+//! [`AuthorizerClient`] and an acceptor its [`AuthorizerServer`] (see
+//! [`super::authorizer`]).
+//!
+//! These are Ceph's `AuthClient` / `AuthServer` / `AuthRegistry` interfaces reduced to
+//! what one connection needs.
+
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::types::{EntityType, AUTH_NONE};
+
+use super::authorizer::{AuthorizerClient, AuthorizerServer};
+use super::mode::ConMode;
+
+/// `AUTH_MODE_AUTHORIZER`: the payload is an authorizer (any peer but a monitor).
+pub const AUTH_MODE_AUTHORIZER: u8 = 1;
+/// `AUTH_MODE_MON`: the payload authenticates to a monitor.
+pub const AUTH_MODE_MON: u8 = 10;
+/// Highest `AUTH_MODE_MON*` value (10..=19 are monitor modes, 1..=9 authorizers).
+pub const AUTH_MODE_MON_MAX: u8 = 19;
+
+/// `-EOPNOTSUPP`: the result in AUTH_BAD_METHOD for a method or mode we do not allow.
+pub const EOPNOTSUPP: i32 = -95;
+/// `-EACCES`: the result in AUTH_BAD_METHOD for bad credentials.
+pub const EACCES: i32 = -13;
+
+/// What a finished msgr2 authentication yields for the connection.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AuthOutcome {
+    /// The session key's secret: signs the pre-auth transcript. `None` (auth none):
+    /// the signatures are zeros.
+    pub session_key: Option<Vec<u8>>,
+    /// The connection secret: secure mode's key and nonces come from its first 40
+    /// bytes. Empty in crc mode.
+    pub connection_secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for AuthOutcome {
+    /// Never prints key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthOutcome")
+            .field("session_key", &self.session_key.as_ref().map(Vec::len))
+            .field("connection_secret", &self.connection_secret.len())
+            .finish()
+    }
+}
+
+/// The msgr2 connector's side of one authentication (Ceph's `AuthClient` for one
+/// connection).
+pub trait AuthClient: Send {
+    /// The first AUTH_REQUEST's payload.
+    fn build_request(&mut self) -> Result<Bytes>;
+
+    /// An AUTH_REPLY_MORE payload arrived; returns the AUTH_REQUEST_MORE payload.
+    fn handle_reply_more(&mut self, payload: &[u8]) -> Result<Bytes>;
+
+    /// AUTH_DONE arrived with `global_id`, the chosen mode and the final payload.
+    fn handle_done(&mut self, global_id: u64, mode: ConMode, payload: &[u8])
+        -> Result<AuthOutcome>;
+}
+
+/// The msgr2 acceptor's verdict on one AUTH_REQUEST or AUTH_REQUEST_MORE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthStep {
+    /// Another round: send AUTH_REPLY_MORE with this payload.
+    More(Bytes),
+    /// Authenticated: send AUTH_DONE.
+    Done {
+        /// The connector's global id.
+        global_id: u64,
+        /// AUTH_DONE's payload.
+        payload: Bytes,
+        /// Keys for the signature and secure mode.
+        outcome: AuthOutcome,
+    },
+    /// Refused (bad credentials, unknown entity): AUTH_BAD_METHOD with this negative
+    /// errno; the connector may try again on the same connection.
+    Reject {
+        /// A negative errno, e.g. [`EACCES`].
+        result: i32,
+    },
+    /// Cannot authenticate now (a monitor without quorum, Ceph's `-EBUSY`): drop the
+    /// connection.
+    Busy,
+}
+
+/// The msgr2 acceptor's side of one authentication (Ceph's `AuthServer` for one
+/// connection).
+pub trait AuthServer: Send {
+    /// Handles the payload of AUTH_REQUEST (`more` false) or AUTH_REQUEST_MORE (true)
+    /// for a connection in `mode`.
+    fn handle_request(&mut self, mode: ConMode, more: bool, payload: &[u8]) -> AuthStep;
+}
+
+/// Which side of a connection a method or mode list is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthRole {
+    /// We dial (`auth_client_required`, `ms_*client_mode`).
+    Connector,
+    /// We accept (`auth_service_required` / `auth_cluster_required`, `ms_*service_mode`
+    /// / `ms_*cluster_mode`).
+    Acceptor,
+}
+
+/// Per-messenger auth configuration and handler factory (Ceph's `AuthRegistry` plus
+/// its `AuthClient`/`AuthServer`), for both protocols.
+pub trait AuthProvider: Send + Sync {
+    /// msgr2: methods (`CEPH_AUTH_*`) for a peer of `peer_type`, in preference order.
+    fn methods(&self, role: AuthRole, peer_type: EntityType) -> Vec<u32>;
+
+    /// msgr2: connection modes for a peer of `peer_type`, in preference order, before
+    /// the per-method filter (auth none allows crc only; the machine applies that).
+    fn modes(&self, role: AuthRole, peer_type: EntityType) -> Vec<ConMode>;
+
+    /// msgr2: a connector-side handler for `method`, or `None` if we cannot speak it.
+    fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>>;
+
+    /// msgr2: an acceptor-side handler for `method`, or `None` if we do not allow it.
+    fn server(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>>;
+
+    /// msgr v1: the authorizer a connector presents to a peer of `peer_type` (Ceph's
+    /// `ms_get_authorizer`), asked for each connect message; `None` sends none.
+    #[doc(alias = "ms_get_authorizer")]
+    fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
+        let _ = peer_type;
+        None
+    }
+
+    /// msgr v1: the verifier of the authorizers one accepted connection receives (it
+    /// keeps the challenge it issued). `None`: the machine asks its driver instead
+    /// ([`crate::Event::VerifyAuthorizer`]), as the messenger's dispatcher hooks do.
+    #[doc(alias = "ms_verify_authorizer")]
+    fn authorizer_server(&self) -> Option<Box<dyn AuthorizerServer>> {
+        None
+    }
+}
+
+/// Ceph's `AuthRegistry::get_supported_modes` filter: a method without a connection
+/// secret (auth none) cannot do secure mode.
+pub fn filter_modes(method: u32, modes: &[ConMode]) -> Vec<ConMode> {
+    modes.iter().copied().filter(|&m| method != AUTH_NONE || m != ConMode::SECURE).collect()
+}
+
+/// Ceph's `pick_con_mode`: the first of the connector's preferences we allow.
+pub fn pick_mode(preferred: &[ConMode], allowed: &[ConMode]) -> Option<ConMode> {
+    preferred.iter().copied().find(|m| allowed.contains(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // "With method none only crc is possible" (msgr-v2.md 5.2); pick_con_mode.
+    #[test]
+    fn mode_filter_and_pick() {
+        let both = [ConMode::SECURE, ConMode::CRC];
+        assert_eq!(filter_modes(AUTH_NONE, &both), [ConMode::CRC]);
+        assert_eq!(filter_modes(2, &both), both);
+        assert_eq!(
+            pick_mode(&[ConMode::SECURE, ConMode::CRC], &[ConMode::CRC, ConMode::SECURE]),
+            Some(ConMode::SECURE)
+        );
+        assert_eq!(pick_mode(&[ConMode::SECURE], &[ConMode::CRC]), None);
+    }
+}

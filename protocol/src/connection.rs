@@ -1,0 +1,424 @@
+//! [`Connection`]: the one type a messenger's driver drives, whichever protocol the
+//! connection speaks (the protocol seam).
+//!
+//! An enum of the two machines, dispatched by `match` (no trait object on the
+//! per-message path), plus the accept side's short first state that reads the peer's
+//! banner to pick one ([`Sniffer`]). Every method is [`crate::Machine`]'s, with the same
+//! contract: see [`crate::session::Machine`] for the call order.
+//!
+//! ```text
+//! connect(V1 | V2) ─────────────────────────────────► V1 | V2
+//! accept_v1 / accept_v2 (a listener bound to one) ──► V1 | V2
+//! accept (both) ─► Sniffing ─ peer's 8 banner bytes ─► V1 | V2
+//!                     └── bad banner, timeout, EOF ─► closed (Event::Closed)
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::accept::{Sniffed, Sniffer};
+use crate::auth::ConMode;
+use crate::message::Message;
+use crate::session::{
+    AuthVerdict, CloseReason, Config, Cookies, Decision, Event, ExistingSession, Initiator, Policy,
+    Seqs, Session, SessionState,
+};
+use crate::types::{EntityAddr, EntityType, Features};
+use crate::wire::KeepaliveStamp;
+use crate::{v1, v2};
+
+/// Which protocol a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProtocolVersion {
+    /// msgr v1 (`ceph v027`; Ceph's `ms_bind_msgr1`, port 6789).
+    V1,
+    /// msgr2.1 (`ceph v2\n`; Ceph's `ms_bind_msgr2`, port 3300).
+    V2,
+}
+
+/// One connection of either protocol (connect or accept side) and the session it
+/// carries.
+#[derive(Debug)]
+pub enum Connection {
+    /// msgr v1.
+    V1(v1::Connection),
+    /// msgr2.
+    V2(v2::Connection),
+    /// Accept side of a listener serving both protocols: the peer's banner is not read
+    /// yet ([`Connection::accept`]).
+    Sniffing(Sniffer),
+}
+
+/// `match` over the two machines; `$sniff` is what a sniffing acceptor does.
+macro_rules! each {
+    ($self:expr, $c:ident => $machine:expr, $s:ident => $sniff:expr) => {
+        match $self {
+            Connection::V1($c) => $machine,
+            Connection::V2($c) => $machine,
+            Connection::Sniffing($s) => $sniff,
+        }
+    };
+}
+
+/// The policy of a connection with no session yet.
+static NO_POLICY: Policy =
+    Policy { lossy: false, server: false, standby: false, resetcheck: false };
+
+impl Connection {
+    // ----- constructors -----
+
+    /// A connect-side machine of `version` for `peer_addr` (of type `peer_type`). The
+    /// driver dials and calls [`Connection::handle_transport_connected`].
+    pub fn connect(
+        config: Arc<Config>,
+        version: ProtocolVersion,
+        policy: Policy,
+        peer_addr: EntityAddr,
+        peer_type: EntityType,
+        now: Instant,
+    ) -> Self {
+        match version {
+            ProtocolVersion::V1 => {
+                Connection::V1(v1::Connection::connect(config, policy, peer_addr, peer_type, now))
+            }
+            ProtocolVersion::V2 => {
+                Connection::V2(v2::Connection::connect(config, policy, peer_addr, peer_type, now))
+            }
+        }
+    }
+
+    /// An accept-side connection for a listener serving both protocols: it reads the
+    /// peer's banner first and becomes V1 or V2 (see [`crate::Sniffer`] for why it
+    /// writes nothing until then).
+    pub fn accept(
+        config: Arc<Config>,
+        socket_peer: SocketAddr,
+        socket_local: SocketAddr,
+        now: Instant,
+    ) -> Self {
+        Connection::Sniffing(Sniffer::new(config, socket_peer, socket_local, now))
+    }
+
+    /// An accept-side msgr v1 machine (a listener bound to v1 only): its banner is
+    /// ready at once, as Ceph's.
+    pub fn accept_v1(
+        config: Arc<Config>,
+        socket_peer: SocketAddr,
+        socket_local: SocketAddr,
+        now: Instant,
+    ) -> Self {
+        Connection::V1(v1::Connection::accept(config, socket_peer, socket_local, now))
+    }
+
+    /// An accept-side msgr2 machine (a listener bound to v2 only): its banner is ready
+    /// at once, as Ceph's.
+    pub fn accept_v2(
+        config: Arc<Config>,
+        socket_peer: SocketAddr,
+        socket_local: SocketAddr,
+        now: Instant,
+    ) -> Self {
+        Connection::V2(v2::Connection::accept(config, socket_peer, socket_local, now))
+    }
+
+    // ----- which protocol -----
+
+    /// The protocol, once known.
+    pub fn protocol(&self) -> Option<ProtocolVersion> {
+        match self {
+            Connection::V1(_) => Some(ProtocolVersion::V1),
+            Connection::V2(_) => Some(ProtocolVersion::V2),
+            Connection::Sniffing(_) => None,
+        }
+    }
+
+    /// msgr2's connection mode (None for v1, or before the protocol is known).
+    pub fn con_mode(&self) -> Option<ConMode> {
+        match self {
+            Connection::V2(c) => Some(c.con_mode()),
+            _ => None,
+        }
+    }
+
+    /// The msgr v1 machine, if this is one.
+    pub fn as_v1(&self) -> Option<&v1::Connection> {
+        match self {
+            Connection::V1(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The msgr2 machine, if this is one.
+    pub fn as_v2(&self) -> Option<&v2::Connection> {
+        match self {
+            Connection::V2(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    // ----- inputs -----
+
+    /// See [`crate::Machine::handle_transport_connected`].
+    pub fn handle_transport_connected(&mut self, now: Instant) {
+        each!(self, c => c.handle_transport_connected(now), _s => {})
+    }
+
+    /// See [`crate::Machine::handle_bytes`]. A sniffing acceptor becomes V1 or V2 here.
+    pub fn handle_bytes(&mut self, now: Instant, data: Bytes) {
+        let next = match self {
+            Connection::V1(c) => return c.handle_bytes(now, data),
+            Connection::V2(c) => return c.handle_bytes(now, data),
+            Connection::Sniffing(s) => s.handle_bytes(now, data),
+        };
+        match next {
+            Sniffed::Pending => {}
+            Sniffed::V1(c) => *self = Connection::V1(c),
+            Sniffed::V2(c) => *self = Connection::V2(c),
+        }
+    }
+
+    /// See [`crate::Machine::direct_read_buffer`].
+    pub fn direct_read_buffer(&mut self) -> Option<(&mut BytesMut, usize)> {
+        each!(self, c => c.direct_read_buffer(), _s => None)
+    }
+
+    /// See [`crate::Machine::handle_direct_read`].
+    pub fn handle_direct_read(&mut self, now: Instant, n: usize) {
+        each!(self, c => c.handle_direct_read(now, n), _s => {})
+    }
+
+    /// See [`crate::Machine::handle_transport_closed`].
+    pub fn handle_transport_closed(&mut self, now: Instant) {
+        each!(self, c => c.handle_transport_closed(now), s => s.handle_transport_closed())
+    }
+
+    /// See [`crate::Machine::handle_write_blocked`].
+    pub fn handle_write_blocked(&mut self, now: Instant) {
+        each!(self, c => c.handle_write_blocked(now), _s => {})
+    }
+
+    /// See [`crate::Machine::handle_write_progress`].
+    pub fn handle_write_progress(&mut self, now: Instant) {
+        each!(self, c => c.handle_write_progress(now), _s => {})
+    }
+
+    /// See [`crate::Machine::handle_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        each!(self, c => c.handle_timeout(now), s => s.handle_timeout(now))
+    }
+
+    /// See [`crate::Machine::handle_accept_decision`].
+    pub fn handle_accept_decision(
+        &mut self,
+        now: Instant,
+        policy: Policy,
+        decision: Decision,
+        transferred: Option<Session>,
+    ) {
+        each!(self, c => c.handle_accept_decision(now, policy, decision, transferred), _s => {})
+    }
+
+    /// See [`crate::Machine::handle_authorizer_verdict`].
+    pub fn handle_authorizer_verdict(&mut self, now: Instant, verdict: AuthVerdict) {
+        each!(self, c => c.handle_authorizer_verdict(now, verdict), _s => {})
+    }
+
+    /// See [`crate::Machine::grant_budget`].
+    pub fn grant_budget(&mut self, now: Instant) {
+        each!(self, c => c.grant_budget(now), _s => {})
+    }
+
+    // ----- commands -----
+
+    /// See [`crate::Machine::send_message`].
+    pub fn send_message(&mut self, msg: Message) {
+        each!(self, c => c.send_message(msg), s => s.send_message(msg))
+    }
+
+    /// See [`crate::Machine::send_keepalive`].
+    pub fn send_keepalive(&mut self, wall_clock: KeepaliveStamp) {
+        each!(self, c => c.send_keepalive(wall_clock), s => s.send_keepalive(wall_clock))
+    }
+
+    /// See [`crate::Machine::close`].
+    pub fn close(&mut self, now: Instant) {
+        each!(self, c => c.close(now), s => s.close(Initiator::Local, CloseReason::Requested))
+    }
+
+    /// See [`crate::Machine::take_session`].
+    pub fn take_session(&mut self) -> Option<Session> {
+        each!(self, c => c.take_session(), _s => None)
+    }
+
+    /// See [`crate::Machine::mark_lossy`].
+    pub fn mark_lossy(&mut self) {
+        each!(self, c => c.mark_lossy(), s => s.mark_lossy())
+    }
+
+    // ----- outputs -----
+
+    /// See [`crate::Machine::poll_transmit`]. A sniffing acceptor writes nothing.
+    pub fn poll_transmit(&mut self, out: &mut Vec<Bytes>) -> usize {
+        each!(self, c => c.poll_transmit(out), _s => 0)
+    }
+
+    /// See [`crate::Machine::poll_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        each!(self, c => c.poll_timeout(), s => s.deadline())
+    }
+
+    /// See [`crate::Machine::poll_event`].
+    pub fn poll_event(&mut self) -> Option<Event> {
+        each!(self, c => c.poll_event(), s => s.poll_event())
+    }
+
+    /// See [`crate::Machine::has_events`].
+    pub fn has_events(&self) -> bool {
+        each!(self, c => c.has_events(), s => s.has_events())
+    }
+
+    // ----- queries -----
+
+    /// See [`crate::Machine::wants_read`].
+    pub fn wants_read(&self) -> bool {
+        each!(self, c => c.wants_read(), s => !s.is_closed())
+    }
+
+    /// See [`crate::Machine::wants_write`].
+    pub fn wants_write(&self) -> bool {
+        each!(self, c => c.wants_write(), _s => false)
+    }
+
+    /// See [`crate::Machine::is_open`].
+    pub fn is_open(&self) -> bool {
+        each!(self, c => c.is_open(), _s => false)
+    }
+
+    /// See [`crate::Machine::is_closed`].
+    pub fn is_closed(&self) -> bool {
+        each!(self, c => c.is_closed(), s => s.is_closed())
+    }
+
+    /// See [`crate::Machine::state`].
+    pub fn state(&self) -> SessionState {
+        each!(self, c => c.state(), s => if s.is_closed() {
+            SessionState::Closed
+        } else {
+            SessionState::Accepting
+        })
+    }
+
+    /// See [`crate::Machine::existing_session`].
+    pub fn existing_session(&self) -> ExistingSession {
+        each!(self, c => c.existing_session(), _s => ExistingSession {
+            state: self.state().into(),
+            ..ExistingSession::default()
+        })
+    }
+
+    /// See [`crate::Machine::peer_addr`].
+    pub fn peer_addr(&self) -> Option<&EntityAddr> {
+        each!(self, c => c.peer_addr(), _s => None)
+    }
+
+    /// See [`crate::Machine::peer_type`].
+    pub fn peer_type(&self) -> Option<EntityType> {
+        each!(self, c => c.peer_type(), _s => None)
+    }
+
+    /// See [`crate::Machine::features`].
+    pub fn features(&self) -> Features {
+        each!(self, c => c.features(), _s => Features::NONE)
+    }
+
+    /// See [`crate::Machine::policy`].
+    pub fn policy(&self) -> &Policy {
+        each!(self, c => c.policy(), _s => &NO_POLICY)
+    }
+
+    /// See [`crate::Machine::is_lossy`].
+    pub fn is_lossy(&self) -> bool {
+        each!(self, c => c.is_lossy(), _s => false)
+    }
+
+    /// See [`crate::Machine::send_held_cost`].
+    pub fn send_held_cost(&self) -> u64 {
+        each!(self, c => c.send_held_cost(), s => s.send_cost())
+    }
+
+    /// See [`crate::Machine::last_keepalive`].
+    pub fn last_keepalive(&self) -> Option<Instant> {
+        each!(self, c => c.last_keepalive(), _s => None)
+    }
+
+    /// See [`crate::Machine::last_keepalive_ack`].
+    pub fn last_keepalive_ack(&self) -> Option<KeepaliveStamp> {
+        each!(self, c => c.last_keepalive_ack(), _s => None)
+    }
+
+    /// See [`crate::Machine::seqs`].
+    pub fn seqs(&self) -> Seqs {
+        each!(self, c => c.seqs(), _s => Seqs::default())
+    }
+
+    /// See [`crate::Machine::cookies`].
+    pub fn cookies(&self) -> Cookies {
+        each!(self, c => c.cookies(), _s => Cookies::default())
+    }
+
+    /// See [`crate::Machine::pending_messages`].
+    pub fn pending_messages(&self) -> usize {
+        each!(self, c => c.pending_messages(), s => s.pending())
+    }
+
+    /// See [`crate::Machine::messages_sent`].
+    pub fn messages_sent(&self) -> u64 {
+        each!(self, c => c.messages_sent(), _s => 0)
+    }
+
+    /// See [`crate::Machine::duplicates_dropped`].
+    pub fn duplicates_dropped(&self) -> u64 {
+        each!(self, c => c.duplicates_dropped(), _s => 0)
+    }
+
+    /// See [`crate::Machine::message_in_progress`].
+    pub fn message_in_progress(&self) -> bool {
+        each!(self, c => c.message_in_progress(), _s => false)
+    }
+
+    /// See [`crate::Machine::receive_held_bytes`].
+    pub fn receive_held_bytes(&self) -> usize {
+        each!(self, c => c.receive_held_bytes(), _s => 0)
+    }
+
+    /// See [`crate::Machine::poll_peer_issues`].
+    pub fn poll_peer_issues(&mut self) -> (u64, u64) {
+        each!(self, c => c.poll_peer_issues(), _s => (0, 0))
+    }
+}
+
+impl From<v1::Connection> for Connection {
+    fn from(c: v1::Connection) -> Self {
+        Connection::V1(c)
+    }
+}
+
+impl From<v2::Connection> for Connection {
+    fn from(c: v2::Connection) -> Self {
+        Connection::V2(c)
+    }
+}
+
+impl std::fmt::Display for Connection {
+    /// The machine's log prefix (`v1#…`, `v2#…`), or `accept@<peer>` while sniffing.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Connection::V1(c) => c.fmt(f),
+            Connection::V2(c) => c.fmt(f),
+            Connection::Sniffing(s) => write!(f, "accept@{}", s.socket_peer()),
+        }
+    }
+}

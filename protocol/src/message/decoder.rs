@@ -1,0 +1,436 @@
+//! [`MessageDecoder`]: the incremental decoder of the bytes after a msgr v1
+//! `Tag::MSG` (see the module docs of [`super`] for the call order), its limits and
+//! options.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::error::{Error, Result};
+use crate::wire::{ceph_crc32c, FooterFlags, MsgFooter, MsgHeader};
+
+use super::frame::EncodeOptions;
+use super::{Message, DIRECT_ASSEMBLY_MIN};
+
+/// Upper bounds on the segment lengths a peer may announce, checked before allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest front.
+    pub max_front: u32,
+    /// Largest middle.
+    pub max_middle: u32,
+    /// Largest data segment.
+    pub max_data: u32,
+}
+
+impl Default for DecodeLimits {
+    /// 64 MiB front (the largest monitor payloads, full OSDMaps of big clusters, are tens
+    /// of MiB), 16 MiB middle (unused by everything we speak), 256 MiB data (Ceph's
+    /// largest object writes are ~90 MiB, `osd_max_write_size`).
+    fn default() -> Self {
+        DecodeLimits { max_front: 64 << 20, max_middle: 16 << 20, max_data: 256 << 20 }
+    }
+}
+
+/// How a connection receives messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Length limits.
+    pub limits: DecodeLimits,
+    /// Crc settings; `crc_header` checks header, front and middle crcs, `crc_data` the
+    /// data crc (unless the footer says `NOCRC`), as Ceph's receiver does.
+    pub crc: EncodeOptions,
+}
+
+/// What one [`MessageDecoder::feed`] call achieved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// All input was consumed; feed more. (With a limited allowance
+    /// ([`MessageDecoder::proceed_with`]) also when the allowance ran out before the
+    /// payload did: then input may be left, and [`MessageDecoder::budget_needed`] says
+    /// how much payload is not yet covered.)
+    NeedMore,
+    /// The header is decoded and checked; reserve budget, call
+    /// [`MessageDecoder::proceed`] (or [`MessageDecoder::skip`] for a message to drop),
+    /// then feed again. Input after the header was left.
+    HeaderReady(MsgHeader),
+    /// A complete, verified message; input after its footer was left.
+    Message(Message),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    AwaitHeader,
+    HeaderReady,
+    AwaitFront,
+    AwaitMiddle,
+    AwaitData,
+    AwaitFooter,
+    /// Dropping a message as it streams in ([`MessageDecoder::skip`]): this many bytes
+    /// of payload and footer are still to come.
+    Skipping {
+        left: u64,
+    },
+    Failed,
+}
+
+/// Incremental decoder of the bytes after a `Tag::MSG` (see the module docs for the
+/// call order).
+///
+/// # Memory
+/// What a message being received holds is bounded by what its sender actually sent
+/// and what the caller allowed: payload bytes are taken in only up to the allowance
+/// given with [`MessageDecoder::proceed_with`] and [`MessageDecoder::grant`] (the
+/// caller charges it to its throttles first), and a segment arriving in pieces is
+/// assembled in a buffer that grows with the allowance, never reserved at its announced
+/// length. A skipped message ([`MessageDecoder::skip`]) is dropped as it streams in.
+#[derive(Debug)]
+pub struct MessageDecoder {
+    opts: DecodeOptions,
+    stage: Stage,
+    /// Bytes of the current piece that arrived split across chunks. Grows only with
+    /// bytes actually received (and, for a payload segment, within the allowance), never
+    /// from an announced length.
+    partial: BytesMut,
+    /// Bytes of `partial` already counted against `allowance` (the rest were read into
+    /// its spare capacity directly: [`MessageDecoder::assembly_buffer`]).
+    partial_counted: usize,
+    /// Payload bytes the decoder may still take in for the current message.
+    allowance: u64,
+    /// Payload bytes of the current message not yet taken in.
+    payload_left: u64,
+    /// Valid from `HeaderReady` on.
+    header: MsgHeader,
+    front: Bytes,
+    middle: Bytes,
+    data: Bytes,
+}
+
+impl MessageDecoder {
+    /// A decoder awaiting a header.
+    pub fn new(opts: DecodeOptions) -> Self {
+        MessageDecoder {
+            opts,
+            stage: Stage::AwaitHeader,
+            partial: BytesMut::new(),
+            partial_counted: 0,
+            allowance: 0,
+            payload_left: 0,
+            header: MsgHeader::default(),
+            front: Bytes::new(),
+            middle: Bytes::new(),
+            data: Bytes::new(),
+        }
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &DecodeOptions {
+        &self.opts
+    }
+
+    /// Changes the options (e.g. the footer format once features are negotiated).
+    /// Takes effect for the next message.
+    pub fn set_options(&mut self, opts: DecodeOptions) {
+        self.opts = opts;
+    }
+
+    /// The decoded header, once `HeaderReady` was returned and until the message completes.
+    pub fn header(&self) -> Option<&MsgHeader> {
+        match self.stage {
+            Stage::AwaitHeader | Stage::Failed | Stage::Skipping { .. } => None,
+            _ => Some(&self.header),
+        }
+    }
+
+    /// The header of the message [`Progress::Message`] just returned (a session that
+    /// checks signatures reads it; meaningless before the first message).
+    pub fn last_header(&self) -> &MsgHeader {
+        &self.header
+    }
+
+    /// True between messages with nothing buffered.
+    pub fn is_idle(&self) -> bool {
+        self.stage == Stage::AwaitHeader && self.partial.is_empty()
+    }
+
+    /// Bytes of memory the decoder holds for the message in progress (its assembly
+    /// buffer's capacity and the segments taken so far).
+    pub fn held_bytes(&self) -> usize {
+        self.partial.capacity() + self.front.len() + self.middle.len() + self.data.len()
+    }
+
+    /// Forgets any partial message and failure; awaits a header again.
+    pub fn reset(&mut self) {
+        self.stage = Stage::AwaitHeader;
+        self.partial = BytesMut::new();
+        self.partial_counted = 0;
+        self.allowance = 0;
+        self.payload_left = 0;
+        self.front = Bytes::new();
+        self.middle = Bytes::new();
+        self.data = Bytes::new();
+    }
+
+    /// Lets the decoder read the whole payload after `HeaderReady` (no allowance limit).
+    pub fn proceed(&mut self) -> Result<()> {
+        self.proceed_with(u64::MAX)
+    }
+
+    /// Lets the decoder read the payload after `HeaderReady`, taking in at most
+    /// `allowance` payload bytes until [`MessageDecoder::grant`] allows more.
+    pub fn proceed_with(&mut self, allowance: u64) -> Result<()> {
+        if self.stage != Stage::HeaderReady {
+            return Err(Error::Misuse("MessageDecoder::proceed without HeaderReady"));
+        }
+        self.stage = Stage::AwaitFront;
+        self.allowance = allowance;
+        self.payload_left = self.header.payload_len();
+        Ok(())
+    }
+
+    /// Allows `more` payload bytes of the current message.
+    pub fn grant(&mut self, more: u64) {
+        self.allowance = self.allowance.saturating_add(more);
+    }
+
+    /// While a message's payload is being read: how many of its payload bytes the
+    /// allowance does not cover yet, if the decoder cannot go on without more
+    /// ([`MessageDecoder::grant`]). `None` when it can.
+    pub fn budget_needed(&self) -> Option<u64> {
+        if !self.in_payload() || self.allowance > 0 {
+            return None;
+        }
+        let uncovered = self.payload_left.saturating_sub(self.uncounted() as u64);
+        (uncovered > 0).then_some(uncovered)
+    }
+
+    /// Drops the message announced by `HeaderReady` instead of reading it: its payload
+    /// and footer are consumed by [`MessageDecoder::skip_input`] as they arrive and
+    /// never stored, whatever length the header announced.
+    pub fn skip(&mut self) -> Result<()> {
+        if self.stage != Stage::HeaderReady {
+            return Err(Error::Misuse("MessageDecoder::skip without HeaderReady"));
+        }
+        let footer = self.opts.crc.footer.encoded_len() as u64;
+        self.stage = Stage::Skipping { left: self.header.payload_len() + footer };
+        Ok(())
+    }
+
+    /// While skipping: consumes the skipped message's bytes from the front of `input`.
+    /// Returns true once all of them went by (the decoder then awaits a header again;
+    /// input after them is left).
+    pub fn skip_input(&mut self, input: &mut Bytes) -> Result<bool> {
+        let Stage::Skipping { left } = self.stage else {
+            return Err(Error::Misuse("MessageDecoder::skip_input without skip"));
+        };
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
+        input.advance(n);
+        let left = left - n as u64;
+        self.stage = if left == 0 { Stage::AwaitHeader } else { Stage::Skipping { left } };
+        Ok(left == 0)
+    }
+
+    /// Consumes bytes from the front of `input` (advancing it) and reports progress.
+    pub fn feed(&mut self, input: &mut Bytes) -> Result<Progress> {
+        let r = self.step(input);
+        if r.is_err() {
+            self.stage = Stage::Failed;
+            self.partial = BytesMut::new();
+            self.partial_counted = 0;
+        }
+        r
+    }
+
+    fn step(&mut self, input: &mut Bytes) -> Result<Progress> {
+        self.count_direct_reads();
+        loop {
+            match self.stage {
+                Stage::Failed => return Err(Error::Misuse("MessageDecoder used after an error")),
+                Stage::Skipping { .. } => {
+                    return Err(Error::Misuse("MessageDecoder::feed while skipping"))
+                }
+                Stage::HeaderReady => return Ok(Progress::HeaderReady(self.header)),
+                Stage::AwaitHeader => {
+                    let Some(raw) = self.take(input, MsgHeader::LEN) else {
+                        return Ok(Progress::NeedMore);
+                    };
+                    let (header, _) = MsgHeader::decode(&raw)?;
+                    self.check_header(&header)?;
+                    log::trace!(target: "msgr::message", "header seq {} type {} front {} middle {} data {}",
+                        header.seq, header.msg_type, header.front_len, header.middle_len, header.data_len);
+                    self.header = header;
+                    self.stage = Stage::HeaderReady;
+                    return Ok(Progress::HeaderReady(header));
+                }
+                Stage::AwaitFront => {
+                    let Some(b) = self.take(input, self.header.front_len as usize) else {
+                        return Ok(Progress::NeedMore);
+                    };
+                    self.front = b;
+                    self.stage = Stage::AwaitMiddle;
+                }
+                Stage::AwaitMiddle => {
+                    let Some(b) = self.take(input, self.header.middle_len as usize) else {
+                        return Ok(Progress::NeedMore);
+                    };
+                    self.middle = b;
+                    self.stage = Stage::AwaitData;
+                }
+                Stage::AwaitData => {
+                    let Some(b) = self.take(input, self.header.data_len as usize) else {
+                        return Ok(Progress::NeedMore);
+                    };
+                    self.data = b;
+                    self.stage = Stage::AwaitFooter;
+                }
+                Stage::AwaitFooter => {
+                    let format = self.opts.crc.footer;
+                    let Some(raw) = self.take(input, format.encoded_len()) else {
+                        return Ok(Progress::NeedMore);
+                    };
+                    let (footer, _) = MsgFooter::decode(&raw, format)?;
+                    self.check_footer(&footer)?;
+                    let msg = Message::from_parts(
+                        &self.header,
+                        std::mem::take(&mut self.front),
+                        std::mem::take(&mut self.middle),
+                        std::mem::take(&mut self.data),
+                        footer,
+                    );
+                    self.stage = Stage::AwaitHeader;
+                    self.allowance = 0;
+                    return Ok(Progress::Message(msg));
+                }
+            }
+        }
+    }
+
+    fn in_payload(&self) -> bool {
+        matches!(self.stage, Stage::AwaitFront | Stage::AwaitMiddle | Stage::AwaitData)
+    }
+
+    /// The length of the payload segment being read (0 outside the payload).
+    fn segment_len(&self) -> usize {
+        (match self.stage {
+            Stage::AwaitFront => self.header.front_len,
+            Stage::AwaitMiddle => self.header.middle_len,
+            Stage::AwaitData => self.header.data_len,
+            _ => 0,
+        }) as usize
+    }
+
+    /// Bytes read into `partial` directly and not yet counted against the allowance.
+    fn uncounted(&self) -> usize {
+        self.partial.len().saturating_sub(self.partial_counted)
+    }
+
+    /// Counts bytes a driver read straight into the assembly buffer.
+    fn count_direct_reads(&mut self) {
+        let n = self.uncounted() as u64;
+        if n > 0 && self.in_payload() {
+            self.allowance = self.allowance.saturating_sub(n);
+            self.payload_left = self.payload_left.saturating_sub(n);
+        }
+        self.partial_counted = self.partial.len();
+    }
+
+    /// While a large payload segment (at least [`DIRECT_ASSEMBLY_MIN`] bytes) is being
+    /// assembled from pieces, the buffer it grows in and how many bytes may be read
+    /// into it now (at most what the segment still needs and the allowance covers).
+    /// A driver may read up to that many bytes straight into the buffer's spare
+    /// capacity and then call [`MessageDecoder::feed`] with an empty input: the segment
+    /// is then never copied together. `None` otherwise.
+    pub fn assembly_buffer(&mut self) -> Option<(&mut BytesMut, usize)> {
+        let n = self.segment_len();
+        if n < DIRECT_ASSEMBLY_MIN || self.partial.is_empty() || self.partial.len() >= n {
+            return None;
+        }
+        let room = self.allowance.saturating_sub(self.uncounted() as u64);
+        let need = (n - self.partial.len()).min(usize::try_from(room).unwrap_or(usize::MAX));
+        if need == 0 {
+            return None;
+        }
+        Some((&mut self.partial, need))
+    }
+
+    /// Takes exactly `n` bytes: a zero-copy slice when they are all in `input` and
+    /// nothing is pending, else accumulates into `partial` (copying only then). In the
+    /// payload, takes no more than the allowance.
+    fn take(&mut self, input: &mut Bytes, n: usize) -> Option<Bytes> {
+        let payload = self.in_payload();
+        let allowed = if payload {
+            usize::try_from(self.allowance).unwrap_or(usize::MAX)
+        } else {
+            usize::MAX
+        };
+        if self.partial.is_empty() && input.len() >= n && n <= allowed {
+            if payload {
+                self.allowance -= n as u64;
+                self.payload_left = self.payload_left.saturating_sub(n as u64);
+            }
+            return Some(input.split_to(n));
+        }
+        let want = (n - self.partial.len()).min(allowed);
+        if payload
+            && n >= DIRECT_ASSEMBLY_MIN
+            && self.partial.capacity() - self.partial.len() < want
+        {
+            // A large segment split across reads: its buffer grows with the allowance
+            // (which the caller charged before granting), never to the announced
+            // length up front, so the driver can read straight into it
+            // (`assembly_buffer`) and it is not copied together later.
+            self.partial.reserve(want);
+        }
+        let now = want.min(input.len());
+        self.partial.extend_from_slice(&input[..now]);
+        input.advance(now);
+        self.partial_counted = self.partial.len();
+        if payload {
+            self.allowance -= now as u64;
+            self.payload_left = self.payload_left.saturating_sub(now as u64);
+        }
+        if self.partial.len() == n {
+            self.partial_counted = 0;
+            Some(self.partial.split().freeze())
+        } else {
+            None
+        }
+    }
+
+    fn check_header(&self, h: &MsgHeader) -> Result<()> {
+        if self.opts.crc.crc_header {
+            h.verify_crc()?;
+        }
+        let l = &self.opts.limits;
+        for (what, len, limit) in [
+            ("front", h.front_len, l.max_front),
+            ("middle", h.middle_len, l.max_middle),
+            ("data", h.data_len, l.max_data),
+        ] {
+            if len > limit {
+                return Err(Error::TooLarge { what, len: len.into(), limit: limit.into() });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_footer(&self, f: &MsgFooter) -> Result<()> {
+        if !f.flags.contains(FooterFlags::COMPLETE) {
+            return Err(Error::Aborted);
+        }
+        let check = |what, expected, seg: &Bytes| {
+            let got = ceph_crc32c(0, seg);
+            if got == expected {
+                Ok(())
+            } else {
+                Err(Error::BadCrc { what, expected, got })
+            }
+        };
+        if self.opts.crc.crc_header {
+            check("front", f.front_crc, &self.front)?;
+            check("middle", f.middle_crc, &self.middle)?;
+        }
+        if self.opts.crc.crc_data && !f.flags.contains(FooterFlags::NOCRC) {
+            check("data", f.data_crc, &self.data)?;
+        }
+        Ok(())
+    }
+}

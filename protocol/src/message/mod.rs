@@ -1,0 +1,563 @@
+//! [`Message`]: one Ceph message (header, front, middle, data, footer) as zero-copy
+//! segments; [`Frame`]: its vectored msgr v1 wire form (`frame.rs`, the one encoder);
+//! [`MessageDecoder`]: the incremental v1 decoder (`decoder.rs`).
+//!
+//! # Sending
+//! The session assigns `seq` and calls [`Message::encode_frame_with`] (signing the footer
+//! when its session signs), which yields a [`Frame`]: `[Tag::MSG + 53-byte header]`,
+//! front, middle, data, footer. [`Frame::push_to`] appends it to a write list, the
+//! payload segments shared with the message, never copied. This is the one v1 message
+//! encoder: what [`crate::Machine::poll_transmit`] writes, and what the golden vectors
+//! test ([`Message::encode_frame`] and [`Frame::write_to`] go through the same code).
+//!
+//! # Receiving
+//! The session reads the one-byte tag itself; after [`crate::wire::Tag::MSG`] it hands the
+//! following bytes to a [`MessageDecoder`], in whatever chunks the socket produced:
+//!
+//! ```text
+//!          feed()                    proceed()                 feed()…
+//! AwaitHeader ──► HeaderReady(hdr) ───────────► AwaitPayload ──► AwaitFooter ──► Message
+//!   (53 bytes,     caller takes a throttle       front, middle,    crcs checked   (decoder is
+//!   crc + limits   budget for hdr.payload_len()  data              here           AwaitHeader
+//!   checked)       then calls proceed()                                           again)
+//! ```
+//!
+//! 1. [`MessageDecoder::feed`] with the bytes after the tag. It consumes only what it
+//!    needs and returns [`Progress::NeedMore`] (everything was consumed, feed more),
+//!    [`Progress::HeaderReady`] or [`Progress::Message`].
+//! 2. On `HeaderReady` the decoder stops consuming: the caller reserves throttle budget
+//!    (it may take a while; just stop reading) and then calls
+//!    [`MessageDecoder::proceed`] (the whole payload) or [`MessageDecoder::proceed_with`]
+//!    (a first window of it), and feeds again — the same unconsumed input first. With a
+//!    window, the decoder takes in no more payload than allowed: when it returns
+//!    `NeedMore` and [`MessageDecoder::budget_needed`] says so, the caller reserves more
+//!    and calls [`MessageDecoder::grant`]. A message not to be read (a duplicate) is
+//!    dropped with [`MessageDecoder::skip`] and [`MessageDecoder::skip_input`] instead.
+//! 3. On `Message` the decoder is back at `AwaitHeader`; bytes left in the input belong to
+//!    the next tag, which the caller reads.
+//!
+//! Any error leaves the decoder failed (the connection must fault); [`MessageDecoder::reset`]
+//! makes it usable again.
+
+mod decoder;
+mod frame;
+
+use std::fmt;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::types::{EntityName, EntityType};
+use crate::wire::{MsgFooter, MsgHeader};
+
+/// Payload segments at least this large that arrive split across reads are assembled in
+/// a buffer reserved at their full length and offered for direct reads
+/// ([`MessageDecoder::assembly_buffer`]); smaller ones are simply copied together.
+pub const DIRECT_ASSEMBLY_MIN: usize = 64 << 10;
+
+/// What one message held in a queue costs beyond its payload: the `Message` value
+/// itself (240 bytes), the queue entry around it (connection handle, throttle permit,
+/// arrival ticket), the shared header of its payload allocation and allocator slack,
+/// rounded up. Charged with the payload wherever messages are bounded (the dispatch
+/// throttle, the send queues), so a flood of empty messages is bounded too.
+pub const MESSAGE_OVERHEAD: u64 = 512;
+
+/// Bytes of msgr v1 framing around a message's payload: the tag, the header and the
+/// (larger) footer.
+pub const FRAME_OVERHEAD: u64 = (1 + MsgHeader::LEN + MsgFooter::MAX_LEN) as u64;
+
+/// `CEPH_MSG_PRIO_LOW`.
+pub const PRIO_LOW: u16 = 64;
+/// `CEPH_MSG_PRIO_DEFAULT`.
+pub const PRIO_DEFAULT: u16 = 127;
+/// `CEPH_MSG_PRIO_HIGH`.
+pub const PRIO_HIGH: u16 = 196;
+/// `CEPH_MSG_PRIO_HIGHEST`.
+pub const PRIO_HIGHEST: u16 = 255;
+
+/// A Ceph message: header fields, payload segments, the received footer and the
+/// timestamps the messenger fills in.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    msg_type: u16,
+    version: u16,
+    compat_version: u16,
+    priority: u16,
+    tid: u64,
+    seq: u64,
+    src: Option<EntityName>,
+    data_off: u16,
+    front: Bytes,
+    middle: Bytes,
+    data: Bytes,
+    /// The footer as received (crcs, signature, flags); default for locally built ones.
+    footer: MsgFooter,
+    recv_stamp: Option<Instant>,
+    throttle_stamp: Option<Instant>,
+    recv_complete_stamp: Option<Instant>,
+    dispatch_stamp: Option<Instant>,
+}
+
+impl Message {
+    /// A message of `msg_type` whose front (payload) is `front`.
+    pub fn new(msg_type: u16, front: Bytes) -> Self {
+        Message { msg_type, front, ..Default::default() }
+    }
+
+    /// A received message from its decoded parts.
+    pub fn from_parts(
+        header: &MsgHeader,
+        front: Bytes,
+        middle: Bytes,
+        data: Bytes,
+        footer: MsgFooter,
+    ) -> Self {
+        Message {
+            msg_type: header.msg_type,
+            version: header.version,
+            compat_version: header.compat_version,
+            priority: header.priority,
+            tid: header.tid,
+            seq: header.seq,
+            src: Some(header.src),
+            data_off: header.data_off,
+            front,
+            middle,
+            data,
+            footer,
+            ..Default::default()
+        }
+    }
+
+    /// The message type number (`CEPH_MSG_*`).
+    pub fn msg_type(&self) -> u16 {
+        self.msg_type
+    }
+    /// Encoding version of the payload (the message's HEAD_VERSION).
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+    /// Sets the payload encoding version.
+    pub fn set_version(&mut self, version: u16) {
+        self.version = version;
+    }
+    /// Oldest decoder version able to read the payload.
+    pub fn compat_version(&self) -> u16 {
+        self.compat_version
+    }
+    /// Sets the compat version (sent as is; Ceph sends 0 for some messages).
+    pub fn set_compat_version(&mut self, compat_version: u16) {
+        self.compat_version = compat_version;
+    }
+    /// Queueing priority (`PRIO_*`); 0 means "the messenger's default".
+    pub fn priority(&self) -> u16 {
+        self.priority
+    }
+    /// Sets the queueing priority.
+    pub fn set_priority(&mut self, priority: u16) {
+        self.priority = priority;
+    }
+    /// Transaction id chosen by the upper layer.
+    pub fn tid(&self) -> u64 {
+        self.tid
+    }
+    /// Sets the transaction id.
+    pub fn set_tid(&mut self, tid: u64) {
+        self.tid = tid;
+    }
+    /// Session sequence number (assigned when sent, read from the header when received).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    /// Sets the sequence number (the session does this when it queues the message).
+    pub fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+    /// The sender as named in the header; `None` for a locally built message, which
+    /// the session stamps with its own name when encoding.
+    pub fn src(&self) -> Option<EntityName> {
+        self.src
+    }
+    /// Sets the sender name.
+    pub fn set_src(&mut self, src: EntityName) {
+        self.src = Some(src);
+    }
+    /// The header's `data_off`.
+    pub fn data_off(&self) -> u16 {
+        self.data_off
+    }
+    /// Sets `data_off`.
+    pub fn set_data_off(&mut self, data_off: u16) {
+        self.data_off = data_off;
+    }
+    /// The front segment.
+    pub fn front(&self) -> &Bytes {
+        &self.front
+    }
+    /// Sets the front segment.
+    pub fn set_front(&mut self, front: Bytes) {
+        self.front = front;
+    }
+    /// The middle segment.
+    pub fn middle(&self) -> &Bytes {
+        &self.middle
+    }
+    /// Sets the middle segment.
+    pub fn set_middle(&mut self, middle: Bytes) {
+        self.middle = middle;
+    }
+    /// The data segment.
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+    /// Sets the data segment.
+    pub fn set_data(&mut self, data: Bytes) {
+        self.data = data;
+    }
+    /// Payload bytes (front + middle + data): what the throttles charge.
+    pub fn payload_len(&self) -> usize {
+        self.front.len() + self.middle.len() + self.data.len()
+    }
+    /// What this message costs while it waits for dispatch: its payload plus
+    /// [`MESSAGE_OVERHEAD`]. The dispatch throttle is charged this much.
+    pub fn queued_cost(&self) -> u64 {
+        (self.payload_len() as u64).saturating_add(MESSAGE_OVERHEAD)
+    }
+    /// What this message costs while it waits to be sent: its framed length plus
+    /// [`MESSAGE_OVERHEAD`]. The send-side bounds count this much.
+    pub fn send_cost(&self) -> u64 {
+        self.queued_cost().saturating_add(FRAME_OVERHEAD)
+    }
+    /// Copies the payload into one allocation of its own when it is smaller than
+    /// `below` bytes. A received message's segments are usually slices of a large read
+    /// buffer shared with other messages; a small message kept for long (queued for
+    /// dispatch) would keep all of that buffer alive. Costs one copy of the payload.
+    pub fn compact(&mut self, below: usize) {
+        let len = self.payload_len();
+        if len == 0 || len >= below {
+            return;
+        }
+        let mut own = BytesMut::with_capacity(len);
+        for seg in [&self.front, &self.middle, &self.data] {
+            own.extend_from_slice(seg);
+        }
+        let own = own.freeze();
+        let (f, m) = (self.front.len(), self.front.len() + self.middle.len());
+        self.front = own.slice(..f);
+        self.middle = own.slice(f..m);
+        self.data = own.slice(m..);
+    }
+    /// The footer as received (default for a locally built message).
+    pub fn footer(&self) -> &MsgFooter {
+        &self.footer
+    }
+
+    /// When the first byte of this message was read (set by the messenger).
+    pub fn recv_stamp(&self) -> Option<Instant> {
+        self.recv_stamp
+    }
+    /// Records when the first byte was read.
+    pub fn set_recv_stamp(&mut self, at: Instant) {
+        self.recv_stamp = Some(at);
+    }
+    /// When throttle budget was granted.
+    pub fn throttle_stamp(&self) -> Option<Instant> {
+        self.throttle_stamp
+    }
+    /// Records when throttle budget was granted.
+    pub fn set_throttle_stamp(&mut self, at: Instant) {
+        self.throttle_stamp = Some(at);
+    }
+    /// When the last byte was read.
+    pub fn recv_complete_stamp(&self) -> Option<Instant> {
+        self.recv_complete_stamp
+    }
+    /// Records when the last byte was read.
+    pub fn set_recv_complete_stamp(&mut self, at: Instant) {
+        self.recv_complete_stamp = Some(at);
+    }
+    /// When the message was handed to a dispatcher.
+    pub fn dispatch_stamp(&self) -> Option<Instant> {
+        self.dispatch_stamp
+    }
+    /// Records when the message was handed to a dispatcher.
+    pub fn set_dispatch_stamp(&mut self, at: Instant) {
+        self.dispatch_stamp = Some(at);
+    }
+}
+
+/// A `u32` segment length; a local segment above 4 GiB cannot be sent in msgr v1 and is
+/// a caller bug, logged and clamped rather than silently wrapped.
+fn len32(b: &Bytes) -> u32 {
+    u32::try_from(b.len()).unwrap_or_else(|_| {
+        log::error!(target: "msgr::message", "segment of {} bytes exceeds u32", b.len());
+        u32::MAX
+    })
+}
+
+impl fmt::Debug for Message {
+    /// Never prints payload bytes, only their lengths.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("type", &self.msg_type)
+            .field("version", &self.version)
+            .field("compat", &self.compat_version)
+            .field("priority", &self.priority)
+            .field("tid", &self.tid)
+            .field("seq", &self.seq)
+            .field("src", &self.src.map(|s| s.to_string()))
+            .field("front_len", &self.front.len())
+            .field("middle_len", &self.middle.len())
+            .field("data_len", &self.data.len())
+            .finish()
+    }
+}
+
+/// The name a session uses for locally built messages before it knows better.
+pub const UNNAMED_CLIENT: EntityName = EntityName { ty: EntityType::CLIENT, num: EntityName::NEW };
+
+pub use decoder::{DecodeLimits, DecodeOptions, MessageDecoder, Progress};
+pub use frame::{EncodeOptions, Frame};
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::error::{Error, Result};
+    use crate::wire::{FooterFlags, FooterFormat, Tag};
+
+    fn sample() -> Message {
+        let mut m = Message::new(17, Bytes::from_static(b"front bytes"));
+        m.set_version(1);
+        m.set_compat_version(1);
+        m.set_priority(PRIO_DEFAULT);
+        m.set_tid(9);
+        m.set_middle(Bytes::from_static(b"mid"));
+        m.set_data(Bytes::from(vec![7u8; 100]));
+        m
+    }
+
+    fn decode_all(bytes: &[u8], opts: DecodeOptions) -> Result<Message> {
+        let mut dec = MessageDecoder::new(opts);
+        let mut input = Bytes::copy_from_slice(bytes);
+        loop {
+            match dec.feed(&mut input)? {
+                Progress::NeedMore => return Err(Error::Truncated { need: 1, have: 0 }),
+                Progress::HeaderReady(_) => dec.proceed()?,
+                Progress::Message(m) => {
+                    assert!(input.is_empty());
+                    return Ok(m);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn frame_round_trips_without_copying_payload() {
+        let m = sample();
+        let frame = m.encode_frame(5, UNNAMED_CLIENT, &EncodeOptions::default());
+        assert_eq!(frame.slices()[1].as_ptr(), m.front().as_ptr());
+        assert_eq!(frame.slices()[3].as_ptr(), m.data().as_ptr());
+        let mut wire = Vec::new();
+        frame.write_to(&mut wire);
+        assert_eq!(wire.len(), frame.len());
+        assert_eq!(wire[0], Tag::MSG.0);
+        let got = decode_all(&wire[1..], DecodeOptions::default()).unwrap();
+        assert_eq!(got.seq(), 5);
+        assert_eq!(got.src(), Some(UNNAMED_CLIENT));
+        assert_eq!((got.front(), got.middle(), got.data()), (m.front(), m.middle(), m.data()));
+        assert_eq!((got.tid(), got.msg_type(), got.version()), (9, 17, 1));
+        assert!(got.footer().flags.contains(FooterFlags::COMPLETE));
+    }
+
+    // The write-list form: tag+header gathered, each payload segment by reference (the
+    // same allocation), the footer gathered after them; the bytes are write_to's.
+    #[test]
+    fn push_to_shares_payload_and_matches_write_to() {
+        let m = sample();
+        let mut head = BytesMut::new();
+        let mut out = Vec::new();
+        let n = m
+            .encode_frame(3, UNNAMED_CLIENT, &EncodeOptions::default())
+            .push_to(&mut head, &mut out);
+        assert_eq!(out.len(), 4, "header, front, middle, data; the footer stays in head");
+        assert_eq!(out[1].as_ptr(), m.front().as_ptr());
+        assert_eq!(out[3].as_ptr(), m.data().as_ptr());
+        out.push(head.freeze());
+        let mut want = Vec::new();
+        m.encode_frame(3, UNNAMED_CLIENT, &EncodeOptions::default()).write_to(&mut want);
+        assert_eq!((out.concat(), n), (want.clone(), want.len()));
+    }
+
+    #[test]
+    fn whole_segments_are_sliced_not_copied() {
+        let frame = sample().encode_frame(1, UNNAMED_CLIENT, &EncodeOptions::default());
+        let mut wire = Vec::new();
+        frame.write_to(&mut wire);
+        let mut input = Bytes::from(wire).slice(1..);
+        let base = input.as_ptr() as usize;
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        assert!(matches!(dec.feed(&mut input).unwrap(), Progress::HeaderReady(_)));
+        dec.proceed().unwrap();
+        let Progress::Message(m) = dec.feed(&mut input).unwrap() else { panic!("no message") };
+        assert_eq!(m.front().as_ptr() as usize, base + MsgHeader::LEN);
+    }
+
+    #[test]
+    fn slices_after_partial_write() {
+        let frame = sample().encode_frame(1, UNNAMED_CLIENT, &EncodeOptions::default());
+        let all: Vec<u8> = frame.slices().concat();
+        for written in [0, 1, 54, 60, 65, frame.len() - 1, frame.len()] {
+            let rest: Vec<u8> = frame.slices_after(written).concat();
+            assert_eq!(rest, all[written..]);
+        }
+    }
+
+    #[test]
+    fn old_footer_and_no_data_crc() {
+        let opts = EncodeOptions { crc_header: true, crc_data: false, footer: FooterFormat::Old };
+        let frame = sample().encode_frame(2, UNNAMED_CLIENT, &opts);
+        assert_eq!(frame.slices()[4].len(), 13);
+        let mut wire = Vec::new();
+        frame.write_to(&mut wire);
+        let m = decode_all(&wire[1..], DecodeOptions { crc: opts, ..Default::default() }).unwrap();
+        assert!(m.footer().flags.contains(FooterFlags::NOCRC));
+        // A receiver that wants data crcs honours NOCRC.
+        let strict = EncodeOptions { crc_data: true, ..opts };
+        decode_all(&wire[1..], DecodeOptions { crc: strict, ..Default::default() }).unwrap();
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        let frame = sample().encode_frame(1, UNNAMED_CLIENT, &EncodeOptions::default());
+        let mut wire = Vec::new();
+        frame.write_to(&mut wire);
+        let body = &wire[1..];
+        let opts = DecodeOptions::default();
+
+        let mut bad = body.to_vec();
+        bad[0] ^= 1;
+        assert!(matches!(decode_all(&bad, opts), Err(Error::BadCrc { what: "header", .. })));
+        let mut bad = body.to_vec();
+        bad[MsgHeader::LEN] ^= 1;
+        assert!(matches!(decode_all(&bad, opts), Err(Error::BadCrc { what: "front", .. })));
+        let mut bad = body.to_vec();
+        let data_at = MsgHeader::LEN + 11 + 3;
+        bad[data_at] ^= 1;
+        assert!(matches!(decode_all(&bad, opts), Err(Error::BadCrc { what: "data", .. })));
+        let mut bad = body.to_vec();
+        *bad.last_mut().unwrap() = 0;
+        assert_eq!(decode_all(&bad, opts), Err(Error::Aborted));
+
+        let tight = DecodeOptions {
+            limits: DecodeLimits { max_front: 4, ..Default::default() },
+            ..Default::default()
+        };
+        assert!(matches!(decode_all(body, tight), Err(Error::TooLarge { what: "front", .. })));
+
+        let mut dec = MessageDecoder::new(opts);
+        assert!(matches!(dec.proceed(), Err(Error::Misuse(_))));
+    }
+
+    #[test]
+    fn header_ready_holds_until_proceed() {
+        let frame = sample().encode_frame(1, UNNAMED_CLIENT, &EncodeOptions::default());
+        let mut wire = Vec::new();
+        frame.write_to(&mut wire);
+        let mut input = Bytes::from(wire).slice(1..);
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        let Progress::HeaderReady(h) = dec.feed(&mut input).unwrap() else { panic!() };
+        assert_eq!(h.payload_len(), 114);
+        let left = input.len();
+        assert!(matches!(dec.feed(&mut input).unwrap(), Progress::HeaderReady(_)));
+        assert_eq!(input.len(), left, "nothing consumed before proceed()");
+        assert_eq!(dec.header().map(|h| h.seq), Some(1));
+    }
+
+    fn wire_of(m: &Message) -> Bytes {
+        let frame = m.encode_frame(1, UNNAMED_CLIENT, &EncodeOptions::default());
+        let mut wire = Vec::new();
+        frame.write_to(&mut wire);
+        Bytes::from(wire).slice(1..)
+    }
+
+    #[test]
+    fn a_skipped_message_streams_by_unstored() {
+        let mut m = Message::new(17, Bytes::from(vec![3u8; 5000]));
+        m.set_data(Bytes::from(vec![4u8; 200_000]));
+        let mut input = wire_of(&m);
+        let next = wire_of(&sample());
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        assert!(matches!(dec.feed(&mut input).unwrap(), Progress::HeaderReady(_)));
+        dec.skip().unwrap();
+        let mut done = false;
+        while !input.is_empty() {
+            let mut piece = input.split_to(input.len().min(999));
+            done = dec.skip_input(&mut piece).unwrap();
+            assert!(piece.is_empty());
+            assert_eq!(dec.held_bytes(), 0, "a skipped message is never stored");
+        }
+        assert!(done && dec.is_idle());
+        let mut next = next;
+        assert!(matches!(dec.feed(&mut next).unwrap(), Progress::HeaderReady(_)));
+    }
+
+    #[test]
+    fn the_allowance_bounds_what_a_message_takes_in() {
+        let mut m = Message::new(17, Bytes::from(vec![3u8; 100]));
+        m.set_data(Bytes::from(vec![4u8; 1 << 20]));
+        let wire = wire_of(&m);
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        let mut input = wire.clone();
+        assert!(matches!(dec.feed(&mut input).unwrap(), Progress::HeaderReady(_)));
+        dec.proceed_with(64 << 10).unwrap();
+        // Fed in 4 KiB pieces (so the data segment is assembled): it stops at the window.
+        let mut granted = 64u64 << 10;
+        let mut got = None;
+        while got.is_none() {
+            let mut piece = input.split_to(input.len().min(4096));
+            loop {
+                match dec.feed(&mut piece).unwrap() {
+                    Progress::Message(m) => {
+                        got = Some(m);
+                        break;
+                    }
+                    Progress::NeedMore => {
+                        if let Some(uncovered) = dec.budget_needed() {
+                            assert!(dec.held_bytes() as u64 <= 2 * granted + 4096);
+                            let more = uncovered.min(granted);
+                            dec.grant(more);
+                            granted += more;
+                            continue;
+                        }
+                        break;
+                    }
+                    Progress::HeaderReady(_) => panic!("second header"),
+                }
+            }
+            assert!(piece.is_empty());
+        }
+        assert_eq!(granted, m.payload_len() as u64);
+        let got = got.unwrap();
+        assert_eq!((got.front(), got.data()), (m.front(), m.data()));
+    }
+
+    #[test]
+    fn compact_copies_small_payloads_out_of_a_shared_buffer() {
+        let shared = Bytes::from(vec![1u8; 64 << 10]);
+        let range = shared.as_ptr() as usize..shared.as_ptr() as usize + shared.len();
+        let mut m = Message::new(17, shared.slice(0..10));
+        m.set_middle(shared.slice(10..13));
+        m.set_data(shared.slice(100..200));
+        let before = (m.front().clone(), m.middle().clone(), m.data().clone());
+        m.compact(1 << 10);
+        for seg in [m.front(), m.middle(), m.data()] {
+            assert!(!range.contains(&(seg.as_ptr() as usize)), "still a slice of the buffer");
+        }
+        assert_eq!((m.front(), m.middle(), m.data()), (&before.0, &before.1, &before.2));
+        // At the threshold and above it stays a zero-copy slice.
+        let mut big = Message::new(17, shared.slice(0..1024));
+        big.compact(1 << 10);
+        assert!(range.contains(&(big.front().as_ptr() as usize)));
+    }
+}

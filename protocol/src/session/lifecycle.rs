@@ -1,0 +1,228 @@
+//! The shell around the fault policy, for both protocols: what a fault does to the
+//! machine ([`fault_action`] decides, this file carries it out), reconnecting, waking
+//! from standby, opening, refusing and finishing, and the rate-limited log of peer
+//! misbehaviour.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::auth::SessionHandler;
+use crate::types::{EntityAddr, EntityType};
+
+use super::event::{CloseReason, Event, Initiator, Opened};
+use super::fault::{fault_action, Fault, FaultAction, FaultContext, Side};
+use super::machine::Machine;
+use super::protocol::Protocol;
+use super::receive::Open;
+use super::state::State;
+use super::timers::later;
+
+/// Kinds of peer misbehaviour that a peer could trigger in bulk. Each is logged at WARN
+/// the first time it happens on a connection and at DEBUG afterwards, and always counted
+/// ([`Machine::poll_peer_issues`]), so a flood costs one log line per connection and
+/// kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PeerIssue {
+    /// A connect or ident we answer with a retry or refusal (bad protocol version,
+    /// features, authorizer), or too many of them.
+    BadConnect,
+    /// A connect reply or ident reply we cannot accept.
+    BadConnectReply,
+    /// A banner or address that is not what it must be.
+    BadBanner,
+    /// A message or frame that failed to decode (crc, limits, footer).
+    BadMessage,
+    /// An unknown tag in the open session.
+    UnknownTag,
+}
+
+impl PeerIssue {
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// The peer issues of one machine.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PeerIssues {
+    /// [`PeerIssue`] kinds already logged at WARN on this connection (one bit each).
+    warned: u8,
+    /// Issues seen since the last [`Machine::poll_peer_issues`].
+    seen: u64,
+    /// Of those, the ones not logged at WARN.
+    unlogged: u64,
+}
+
+impl PeerIssues {
+    pub(crate) fn take_counts(&mut self) -> (u64, u64) {
+        let counts = (self.seen, self.unlogged);
+        self.seen = 0;
+        self.unlogged = 0;
+        counts
+    }
+}
+
+/// How a session opened, as the protocol saw it.
+pub(crate) struct OpenNote {
+    /// The address reported in [`Opened::peer_addr`].
+    pub(crate) peer_addr: EntityAddr,
+    /// The open continued an existing session.
+    pub(crate) resumed: bool,
+    /// The peer restarted.
+    pub(crate) remote_reset: bool,
+}
+
+impl<P: Protocol> Machine<P> {
+    /// The session is open: `rx` is the protocol's receive state, `signer` the message
+    /// signing its authentication agreed (if any).
+    pub(crate) fn open(
+        &mut self,
+        now: Instant,
+        rx: P::OpenRx,
+        signer: Option<Box<dyn SessionHandler>>,
+        note: OpenNote,
+    ) {
+        self.set_state(State::Open(Open::new(rx, now, &self.config, signer)));
+        self.backoff = Duration::ZERO;
+        self.attempt = 0;
+        self.once_ready = true;
+        self.last_rx = now;
+        log::info!(target: P::LOG, "{self}: open, features {:#x}, lossy {}", self.session.features.bits(), self.lossy);
+        self.events.push_back(Event::Opened(Opened {
+            peer_addr: note.peer_addr,
+            peer_type: self.peer_type.unwrap_or(EntityType::ANY),
+            features: self.session.features,
+            connect_seq: self.session.connect_seq,
+            lossy: self.lossy,
+            resumed: note.resumed,
+            remote_reset: note.remote_reset,
+        }));
+    }
+
+    /// The current TCP connection failed (Ceph's `fault`): the fault policy decides
+    /// between resetting the session, closing, standby and reconnecting.
+    pub(crate) fn fault(&mut self, now: Instant, fault: Fault) {
+        if self.state.is_closed() {
+            return;
+        }
+        let was_open = self.state.is_open();
+        log::info!(target: P::LOG, "{self}: fault: {fault}");
+        if !self.lossy {
+            self.session.requeue_sent();
+        }
+        let ctx = FaultContext {
+            lossy: self.lossy,
+            server: self.policy.server,
+            standby: self.policy.standby,
+            side: self.side,
+            was_open,
+            once_ready: self.once_ready,
+            has_pending: !self.session.queue.is_empty() || self.keepalive.pending.is_some(),
+            wait: fault == Fault::Wait,
+            prev_backoff: self.backoff,
+            initial_backoff: self.config.initial_backoff,
+            max_backoff: self.config.max_backoff,
+        };
+        let mut action = fault_action(&ctx);
+        // A peer without a dialable address (a pure client) cannot be dialled back.
+        if matches!(action, FaultAction::Reconnect { .. }) && !self.peer_dialable() {
+            action = FaultAction::Standby;
+        }
+        self.reset_transport();
+        self.drop_stale_requests();
+        let by = if fault == Fault::TransportClosed { Initiator::Peer } else { Initiator::Library };
+        log::debug!(target: P::LOG, "{self}: fault action {action:?}");
+        match action {
+            FaultAction::Reset => {
+                self.session.reset();
+                self.events.push_back(Event::Reset);
+                self.finish(by, CloseReason::Fault(fault));
+            }
+            FaultAction::Close => self.finish(by, CloseReason::Fault(fault)),
+            FaultAction::Standby => {
+                self.set_state(State::Standby);
+                self.events.push_back(Event::Standby);
+            }
+            FaultAction::Reconnect { after } => {
+                if P::bumps_connect_seq(self, was_open) {
+                    self.session.connect_seq = self.session.connect_seq.next();
+                }
+                self.backoff = after;
+                if after.is_zero() {
+                    self.start_reconnect(now);
+                } else {
+                    self.set_state(State::AwaitBackoff { until: later(now, after) });
+                }
+            }
+        }
+    }
+
+    /// Whether the peer can be dialled (a peer that announced port 0, a pure client,
+    /// cannot).
+    fn peer_dialable(&self) -> bool {
+        self.peer_addr.is_some_and(|a| a.port() != 0)
+    }
+
+    /// Asks the driver to dial again.
+    pub(crate) fn start_reconnect(&mut self, now: Instant) {
+        self.attempt = self.attempt.saturating_add(1);
+        self.side = Side::Connect;
+        self.set_state(State::AwaitTransport { deadline: self.handshake_deadline(now) });
+        self.events.push_back(Event::Reconnect { attempt: self.attempt });
+    }
+
+    /// Something to send woke a parked connect-side session.
+    pub(crate) fn wake_from_standby(&mut self) {
+        if matches!(self.state, State::Standby) && !self.policy.server && self.peer_dialable() {
+            log::debug!(target: P::LOG, "{self}: waking from standby");
+            if P::wake_bumps_connect_seq(self) {
+                self.session.connect_seq = self.session.connect_seq.next();
+            }
+            self.start_reconnect(self.now);
+        }
+    }
+
+    /// The peer refused us for good (or we refuse it): no retry would change anything.
+    pub(crate) fn refuse(&mut self, why: &'static str) {
+        self.reset_transport();
+        self.events.push_back(Event::Refused);
+        self.finish(Initiator::Peer, CloseReason::Refused(why));
+    }
+
+    /// Forgets everything tied to the current TCP connection.
+    pub(crate) fn reset_transport(&mut self) {
+        self.rx.clear();
+        self.ctrl.clear();
+        self.write_blocked_since = None;
+        self.deferred_fault = None;
+        P::reset_transport(self);
+    }
+
+    /// Requests to the driver about the connection that just failed are moot: a driver
+    /// that answered a stale AcceptRequest could hand a session to a dead machine.
+    fn drop_stale_requests(&mut self) {
+        self.events.retain(|e| !e.is_request());
+    }
+
+    /// The machine is finished: [`Event::Closed`] is its last event.
+    pub(crate) fn finish(&mut self, by: Initiator, reason: CloseReason) {
+        self.drop_stale_requests();
+        log::debug!(target: P::LOG, "{self}: closed by {by:?}: {reason}");
+        self.set_state(State::Closed);
+        self.rx.clear();
+        self.events.push_back(Event::Closed { by, reason });
+    }
+
+    /// Reports peer misbehaviour: WARN the first time `issue` happens on this
+    /// connection, DEBUG afterwards; always counted.
+    pub(crate) fn peer_issue(&mut self, issue: PeerIssue, what: fmt::Arguments<'_>) {
+        self.issues.seen += 1;
+        if self.issues.warned & issue.bit() == 0 {
+            self.issues.warned |= issue.bit();
+            log::warn!(target: P::LOG, "{self}: {what}");
+        } else {
+            self.issues.unlogged += 1;
+            log::debug!(target: P::LOG, "{self}: {what} (again)");
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! What msgr v1 and msgr2 share, written once: the session and its numbers, the out
+//! queue and the sent-but-unacked list, the fault and backoff policy, timers and
+//! keepalives, the open session's receive bookkeeping, and [`Machine`], the state
+//! machine skeleton both protocols run in.
+//!
+//! # Map
+//!
+//! | file | holds |
+//! |---|---|
+//! | `seq.rs` | [`Seq`], [`ConnectSeq`], [`GlobalSeq`], the messenger's [`GlobalSeqCounter`] |
+//! | `mod.rs` | [`Session`]: the numbers and queues that move between machines on a replace |
+//! | `queue.rs` | the out queue (priority, FIFO within one; requeue, discard) |
+//! | `cookies.rs` | msgr2's [`Cookies`] and their [`CookieSource`] |
+//! | `policy.rs` | [`Policy`] (Ceph's `Messenger::Policy`) |
+//! | `config.rs` | [`Config`] of a messenger's machines, its [`Counters`] |
+//! | `fault.rs` | [`Fault`] and the pure [`fault_action`] policy |
+//! | `event.rs` | [`Event`], what a machine reports to its driver |
+//! | `race.rs` | the accept decision's vocabulary: [`AcceptRequest`], [`ExistingSession`], [`Decision`] |
+//! | `state.rs` | the state skeleton both protocols fill in, and [`SessionState`] |
+//! | `protocol.rs` | the hooks a protocol plugs into the machine |
+//! | `machine.rs` | [`Machine`]: its inputs, commands and outputs, for both protocols |
+//! | `queries.rs` | [`Machine`]'s queries |
+//! | `lifecycle.rs` | the fault shell: fault, reconnect, standby, refuse, close |
+//! | `timers.rs` | deadlines and keepalives |
+//! | `receive.rs` | the open session's receive bookkeeping: seqs, duplicates, acks, budget windows |
+//! | `rx.rs` | the receive buffer |
+//!
+//! What differs stays with each protocol: v1's connect_seq/global_seq race
+//! ([`crate::v1::race`]), msgr2's cookies and its race ([`crate::v2::race`]), framing
+//! and the handshakes.
+
+mod config;
+mod cookies;
+mod event;
+mod fault;
+mod lifecycle;
+mod machine;
+mod policy;
+mod protocol;
+mod queries;
+mod queue;
+mod race;
+mod receive;
+mod rx;
+mod seq;
+mod state;
+mod timers;
+
+use std::collections::VecDeque;
+
+use crate::message::Message;
+use crate::types::Features;
+
+pub use config::Config;
+pub use config::{CounterValues, Counters, DEFAULT_FIRST_WINDOW, DEFAULT_PROGRESS_WINDOW};
+pub use cookies::{CookieSource, Cookies};
+pub use event::{AuthVerdict, CloseReason, Event, Initiator, Opened};
+pub use fault::{fault_action, next_backoff, Fault, FaultAction, FaultContext, Side};
+pub(crate) use machine::machine_newtype;
+pub use machine::Machine;
+pub use policy::Policy;
+pub(crate) use protocol::Protocol;
+pub use race::{AcceptRequest, Decision, ExistingSession, ExistingState, RequestKind, TableEffect};
+pub use seq::{ConnectSeq, GlobalSeq, GlobalSeqCounter, Seq};
+pub use state::SessionState;
+
+pub(crate) use lifecycle::{OpenNote, PeerIssue};
+pub(crate) use queue::OutQueue;
+pub(crate) use state::State;
+pub(crate) use timers::later;
+
+/// A session's sequence numbers and queues: what moves between state machines.
+///
+/// On a replace (msgr-v1.md 3.7, msgr-v2.md 7.3) Ceph hands the new socket to the old
+/// connection object; we move the session out of the old machine as a value instead
+/// ([`Machine::take_session`]) and into the one that owns the new socket
+/// ([`Machine::handle_accept_decision`]).
+#[derive(Clone, Debug, Default)]
+pub struct Session {
+    /// Successful connects in this session (0 for a new session).
+    pub(crate) connect_seq: ConnectSeq,
+    /// The peer's global_seq of its last accepted connect, ident or reconnect.
+    pub(crate) peer_global_seq: GlobalSeq,
+    /// Seq of the last message accepted from the peer.
+    pub(crate) in_seq: Seq,
+    /// Seq of the last message framed. Invariant: `sent` holds seqs
+    /// `out_seq - sent.len() + 1 ..= out_seq` in order (lossless only).
+    pub(crate) out_seq: Seq,
+    /// Messages waiting to be framed.
+    pub(crate) queue: OutQueue,
+    /// Framed but not yet acked (lossless policies only), in seq order.
+    pub(crate) sent: VecDeque<Message>,
+    /// Invariant: the sum of `Message::send_cost` over `sent`.
+    pub(crate) sent_cost: u64,
+    /// msgr2: the session's cookies (both 0 for v1).
+    pub(crate) cookies: Cookies,
+    /// Negotiated features (`peer & ours`); msgr2 keeps them across a reconnect.
+    pub(crate) features: Features,
+    /// msgr2: the peer's `gid` from its ident (its entity number).
+    pub(crate) peer_gid: i64,
+}
+
+/// A session's numbers at one moment ([`Machine::seqs`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seqs {
+    /// Seq of the last message received.
+    pub in_seq: Seq,
+    /// Seq of the last message framed.
+    pub out_seq: Seq,
+    /// The session's connect_seq.
+    pub connect_seq: ConnectSeq,
+    /// The peer's global_seq of its last accepted attempt.
+    pub peer_global_seq: GlobalSeq,
+}
+
+impl Session {
+    /// The session's numbers.
+    pub fn seqs(&self) -> Seqs {
+        Seqs {
+            in_seq: self.in_seq,
+            out_seq: self.out_seq,
+            connect_seq: self.connect_seq,
+            peer_global_seq: self.peer_global_seq,
+        }
+    }
+
+    /// The session's connect_seq.
+    pub fn connect_seq(&self) -> ConnectSeq {
+        self.connect_seq
+    }
+
+    /// The peer's last global_seq.
+    pub fn peer_global_seq(&self) -> GlobalSeq {
+        self.peer_global_seq
+    }
+
+    /// Seq of the last message received.
+    pub fn in_seq(&self) -> Seq {
+        self.in_seq
+    }
+
+    /// Seq of the last message framed.
+    pub fn out_seq(&self) -> Seq {
+        self.out_seq
+    }
+
+    /// msgr2's cookies (zero for v1).
+    pub fn cookies(&self) -> Cookies {
+        self.cookies
+    }
+
+    /// Messages queued or sent-but-unacked.
+    pub fn pending(&self) -> usize {
+        self.queue.len() + self.sent.len()
+    }
+
+    /// What the messages queued or sent-but-unacked cost (`Message::send_cost`).
+    pub fn send_cost(&self) -> u64 {
+        self.queue.cost() + self.sent_cost
+    }
+
+    /// Keeps a framed message until the peer acknowledges it (lossless sessions).
+    pub(crate) fn push_sent(&mut self, msg: Message) {
+        self.sent_cost += msg.send_cost();
+        self.sent.push_back(msg);
+    }
+
+    /// Forgets the framed-but-unacked messages (the session became lossy: they will
+    /// never be resent).
+    pub(crate) fn drop_sent(&mut self) {
+        self.sent.clear();
+        self.sent_cost = 0;
+    }
+
+    /// Ceph's `requeue_sent`: unacked messages go back to the head of the queue with
+    /// their seqs, and out_seq rolls back so they are framed with the same numbers.
+    pub(crate) fn requeue_sent(&mut self) {
+        if self.sent.is_empty() {
+            return;
+        }
+        self.out_seq = Seq(self.out_seq.0.saturating_sub(self.sent.len() as u64));
+        let sent = std::mem::take(&mut self.sent);
+        self.sent_cost = 0;
+        self.queue.requeue_front(sent.into_iter());
+    }
+
+    /// After the peer told us its in_seq: drop requeued messages it already has.
+    pub(crate) fn discard_requeued_up_to(&mut self, peer_in_seq: Seq) {
+        self.out_seq.0 += self.queue.discard_requeued_up_to(peer_in_seq);
+    }
+
+    /// Ceph's `session_reset` (RESETSESSION, peer restart under resetcheck): a brand
+    /// new session; everything queued or unacked is discarded.
+    pub(crate) fn reset(&mut self) {
+        *self = Session::default();
+    }
+
+    /// Trims `sent` up to `seq` (an ACK); returns whether anything was trimmed.
+    pub(crate) fn ack(&mut self, seq: Seq) -> bool {
+        let mut any = false;
+        while self.sent.front().is_some_and(|m| m.seq() <= seq.0) {
+            if let Some(m) = self.sent.pop_front() {
+                self.sent_cost -= m.send_cost();
+            }
+            any = true;
+        }
+        any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{PRIO_DEFAULT, PRIO_HIGHEST};
+    use bytes::Bytes;
+
+    fn msg(prio: u16, tag: u8) -> Message {
+        let mut m = Message::new(2, Bytes::from(vec![tag]));
+        m.set_priority(prio);
+        m
+    }
+
+    // ProtocolV1::requeue_sent + discard_requeued_up_to.
+    #[test]
+    fn requeue_keeps_seqs_and_discard_advances_out_seq() {
+        let mut s = Session::default();
+        for i in 1..=3u64 {
+            let mut m = msg(PRIO_DEFAULT, i as u8);
+            m.set_seq(i);
+            s.sent.push_back(m);
+        }
+        s.out_seq = Seq(3);
+        s.queue.push_back(msg(PRIO_HIGHEST, 9));
+        s.requeue_sent();
+        assert_eq!(s.out_seq, Seq(0));
+        assert!(s.queue.has_requeued());
+        s.discard_requeued_up_to(Seq(2));
+        assert_eq!(s.out_seq, Seq(2));
+        let first = s.queue.pop().map(|m| m.seq());
+        assert_eq!(first, Some(3));
+        assert_eq!(s.queue.pop().map(|m| m.front()[0]), Some(9));
+    }
+
+    #[test]
+    fn send_cost_follows_the_messages_through_every_stage() {
+        let mut s = Session::default();
+        let one = msg(PRIO_DEFAULT, 1).send_cost();
+        for _ in 0..3 {
+            s.queue.push_back(msg(PRIO_DEFAULT, 1));
+        }
+        assert_eq!(s.send_cost(), 3 * one);
+        for seq in 1..=2u64 {
+            let mut m = s.queue.pop().expect("queued");
+            m.set_seq(seq);
+            s.out_seq = Seq(seq);
+            s.push_sent(m);
+        }
+        assert_eq!(s.send_cost(), 3 * one);
+        s.ack(Seq(1));
+        assert_eq!(s.send_cost(), 2 * one);
+        s.requeue_sent();
+        assert_eq!(s.send_cost(), 2 * one);
+        s.discard_requeued_up_to(Seq(2));
+        assert_eq!(s.send_cost(), one);
+        s.reset();
+        assert_eq!(s.send_cost(), 0);
+    }
+}

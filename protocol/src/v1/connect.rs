@@ -1,0 +1,261 @@
+//! The v1 connect side of the handshake (msgr-v1.md 3.2-3.6; Ceph's
+//! `ProtocolV1::send_connect_message` and `handle_connect_reply_2`): banner, our
+//! address, connect messages, and every reply the acceptor can give.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::auth::AuthorizerClient;
+use crate::error::Error;
+use crate::session::{
+    ConnectSeq, Counters, Fault, GlobalSeq, Machine, OpenNote, PeerIssue, Seq, State,
+};
+use crate::types::{proto_version, EntityType};
+use crate::wire::{
+    check_banner, AcceptorBanner, ConnectMsg, ConnectReply, Tag, ACCEPTOR_BLOCK_LEN, BANNER,
+    BANNER_LEN, CONNECT_LOSSY, MAX_AUTHORIZER_LEN,
+};
+
+use super::connection::{LOG, V1};
+use super::open::open_rx;
+use super::state::Handshake;
+
+/// The dialled socket connected: our banner goes first (the acceptor writes its own at
+/// once too).
+pub(crate) fn start(m: &mut Machine<V1>) -> Handshake {
+    m.ctrl.extend_from_slice(BANNER);
+    Handshake::AwaitBanner
+}
+
+/// The acceptor's banner, its address and ours as it sees us (281 bytes).
+pub(crate) fn read_acceptor_banner(m: &mut Machine<V1>, now: Instant) -> bool {
+    let Some(buf) = m.rx.contiguous(ACCEPTOR_BLOCK_LEN) else {
+        // A wrong banner is known from its first 9 bytes.
+        if let Some(b) = m.rx.contiguous(BANNER_LEN.min(m.rx.len())) {
+            if b.len() == BANNER_LEN && check_banner(b).is_err() {
+                m.fault(now, Fault::BadBanner);
+            }
+        }
+        return false;
+    };
+    let block = match AcceptorBanner::decode(buf) {
+        Ok((b, _)) => b,
+        Err(Error::BadBanner) => {
+            m.fault(now, Fault::BadBanner);
+            return false;
+        }
+        Err(e) => {
+            m.fault(now, Fault::Decode(e));
+            return false;
+        }
+    };
+    m.rx.consume(ACCEPTOR_BLOCK_LEN);
+    // The acceptor must be who we dialled; a blank IP with our port and nonce passes.
+    if let Some(dialled) = m.peer_addr {
+        let same = block.my_addr.nonce == dialled.nonce && block.my_addr.addr == dialled.addr;
+        let blank_ok = block.my_addr.is_blank_ip()
+            && block.my_addr.port() == dialled.port()
+            && block.my_addr.nonce == dialled.nonce;
+        if !same && !blank_ok {
+            m.peer_issue(
+                PeerIssue::BadBanner,
+                format_args!("peer announced {:?}, dialled {:?}", block.my_addr, dialled),
+            );
+            m.fault(now, Fault::AddrMismatch);
+            return false;
+        }
+    }
+    // Learn our IP from what the peer saw (ms_learn_addr_from_peer), keep port/nonce.
+    let mut me = m.config.v1_addr();
+    if me.is_blank_ip() {
+        if let Some(seen) = block.peer_addr.addr {
+            me.addr = Some(SocketAddr::new(seen.ip(), me.port()));
+        }
+    }
+    m.ctrl.extend_from_slice(&me.encode_legacy());
+    let authorizer = send_connect(m, None);
+    m.set_step(Handshake::AwaitConnectReply { authorizer });
+    true
+}
+
+/// Sends a connect message. Its authorizer is `answer` (the same authorizer with the
+/// bytes that answer a challenge), else a fresh one from the auth provider (Ceph asks
+/// `ms_get_authorizer` for every connect, unless a non-monitor talks to a monitor:
+/// clients authenticate to monitors with MAuth afterwards). Returns the authorizer,
+/// for the reply.
+fn send_connect(
+    m: &mut Machine<V1>,
+    answer: Option<(Box<dyn AuthorizerClient>, Bytes)>,
+) -> Option<Box<dyn AuthorizerClient>> {
+    let peer_type = m.peer_type.unwrap_or(EntityType::ANY);
+    let my_type = m.config.my_name.ty;
+    let (authorizer, bytes) = match answer {
+        Some((a, bytes)) => (Some(a), bytes),
+        None => {
+            let a = (peer_type != EntityType::MON || my_type == EntityType::MON)
+                .then(|| m.config.auth.authorizer_client(peer_type))
+                .flatten();
+            let bytes = a.as_ref().map(|a| a.bytes()).unwrap_or_default();
+            (a, bytes)
+        }
+    };
+    let msg = ConnectMsg {
+        features: m.config.features_supported,
+        host_type: my_type,
+        global_seq: m.global_seq.to_v1(),
+        connect_seq: m.session.connect_seq.to_v1(),
+        protocol_version: proto_version(my_type, peer_type, true),
+        authorizer_protocol: authorizer.as_ref().map_or(0, |a| a.method()),
+        authorizer_len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+        flags: if m.policy.lossy { CONNECT_LOSSY } else { 0 },
+    };
+    let mut out = Vec::with_capacity(ConnectMsg::LEN + bytes.len());
+    msg.encode_with_authorizer(&bytes, &mut out);
+    m.ctrl.extend_from_slice(&out);
+    Counters::bump(&m.config.counters.connects);
+    log::debug!(target: LOG, "{m}: connect gs={} cs={}", msg.global_seq, msg.connect_seq);
+    authorizer
+}
+
+/// The acceptor's reply to our connect (msgr-v1.md 3.5).
+pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
+    let parsed = m.rx.parse(ConnectReply::LEN, |b| {
+        ConnectReply::decode_full(b, MAX_AUTHORIZER_LEN)
+            .map(|(r, auth, in_seq, used)| ((r, Bytes::copy_from_slice(auth), in_seq), used))
+    });
+    let (reply, auth_reply, peer_in_seq) = match parsed {
+        Ok(Some(r)) => r,
+        Ok(None) => return false,
+        Err(e) => {
+            m.fault(now, Fault::Decode(e));
+            return false;
+        }
+    };
+    log::debug!(target: LOG, "{m}: reply {} gs={} cs={}", reply.tag, reply.global_seq, reply.connect_seq);
+    let authorizer = match m.state.step_mut() {
+        Some(Handshake::AwaitConnectReply { authorizer }) => authorizer.take(),
+        _ => None,
+    };
+    let supported = m.config.features_supported;
+    match reply.tag {
+        Tag::FEATURES => {
+            let missing = supported.missing_from(reply.features);
+            m.peer_issue(
+                PeerIssue::BadConnectReply,
+                format_args!("peer requires features we lack: {missing}"),
+            );
+            m.refuse("peer requires features we lack");
+            false
+        }
+        Tag::BADPROTOVER => {
+            m.peer_issue(
+                PeerIssue::BadConnectReply,
+                format_args!("peer wants protocol version {}", reply.protocol_version),
+            );
+            m.refuse("protocol version mismatch");
+            false
+        }
+        Tag::BADAUTHORIZER => {
+            m.refuse("authorizer rejected");
+            false
+        }
+        Tag::CHALLENGE_AUTHORIZER => {
+            let Some(mut a) = authorizer else {
+                m.refuse("authorizer challenge without an authorizer to answer it");
+                return false;
+            };
+            match a.handle_challenge(&auth_reply) {
+                Ok(bytes) => {
+                    let authorizer = send_connect(m, Some((a, bytes)));
+                    m.set_step(Handshake::AwaitConnectReply { authorizer });
+                    true
+                }
+                Err(e) => {
+                    m.fault(now, Fault::Auth(e));
+                    false
+                }
+            }
+        }
+        Tag::RESETSESSION => {
+            Counters::bump(&m.config.counters.reset_session);
+            log::info!(target: LOG, "{m}: peer reset our session");
+            m.session.reset();
+            m.keepalive.pending = None;
+            m.events.push_back(crate::session::Event::RemoteReset);
+            resend_connect(m);
+            true
+        }
+        Tag::RETRY_GLOBAL => {
+            Counters::bump(&m.config.counters.retry_global);
+            m.global_seq = m.config.global_seq.above(GlobalSeq::from_v1(reply.global_seq));
+            resend_connect(m);
+            true
+        }
+        Tag::RETRY_SESSION => {
+            Counters::bump(&m.config.counters.retry_session);
+            m.session.connect_seq = ConnectSeq::from_v1(reply.connect_seq);
+            resend_connect(m);
+            true
+        }
+        Tag::WAIT => {
+            Counters::bump(&m.config.counters.wait);
+            m.fault(now, Fault::Wait);
+            false
+        }
+        Tag::SEQ | Tag::READY => {
+            let missing = reply.features.missing_from(m.config.features_required);
+            if !missing.is_empty() {
+                m.peer_issue(
+                    PeerIssue::BadConnectReply,
+                    format_args!("peer lacks required features {missing}"),
+                );
+                m.refuse("peer lacks required features");
+                return false;
+            }
+            let cs = m.session.connect_seq.next();
+            if reply.connect_seq != cs.to_v1() {
+                m.fault(now, Fault::Misbehaved("connect_seq in the reply is not ours + 1"));
+                return false;
+            }
+            let features = reply.features & supported;
+            let signer = match authorizer.map(|mut a| a.handle_reply(&auth_reply, features)) {
+                None => None,
+                Some(Ok(signer)) => signer,
+                Some(Err(e)) => {
+                    m.fault(now, Fault::Auth(e));
+                    return false;
+                }
+            };
+            if let Some(peer_in) = peer_in_seq {
+                m.session.discard_requeued_up_to(Seq(peer_in));
+                m.ctrl.extend_from_slice(&m.session.in_seq.0.to_le_bytes());
+            }
+            m.session.connect_seq = cs;
+            m.session.peer_global_seq = GlobalSeq::from_v1(reply.global_seq);
+            m.lossy = m.policy.lossy || reply.is_lossy();
+            m.session.features = features;
+            let note = OpenNote {
+                peer_addr: m.peer_addr.unwrap_or_default(),
+                resumed: m.session.in_seq.0 > 0 || m.session.out_seq.0 > 0,
+                remote_reset: false,
+            };
+            let rx = open_rx(&m.config, features);
+            m.open(now, rx, signer, note);
+            true
+        }
+        other => {
+            m.fault(now, Fault::UnknownTag(other.0));
+            false
+        }
+    }
+}
+
+/// A retry reply: the next connect, with a fresh authorizer.
+fn resend_connect(m: &mut Machine<V1>) {
+    let authorizer = send_connect(m, None);
+    if matches!(m.state, State::Handshake { .. }) {
+        m.set_step(Handshake::AwaitConnectReply { authorizer });
+    }
+}

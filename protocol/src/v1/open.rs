@@ -1,0 +1,220 @@
+//! The open v1 session (msgr-v1.md 3.9; Ceph's `ProtocolV1::read_event`,
+//! `handle_message_*`, `write_event`): tags, ACKs, keepalives and messages in, ACKs,
+//! keepalives and framed messages out.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::message::{DecodeOptions, EncodeOptions, MessageDecoder, Progress};
+use crate::session::CloseReason;
+use crate::session::{Config, Event, Fault, Initiator, Machine, PeerIssue, Seq};
+use crate::types::Features;
+use crate::wire::{
+    ack_frame, decode_ack, decode_keepalive_stamp, keepalive2_frame, FooterFormat, Tag,
+};
+
+use super::connection::{queue_keepalive, LOG, V1};
+use super::state::{Next, OpenRx};
+
+/// How many payload bytes one `poll_transmit` call frames at most, so one busy
+/// connection cannot build an unbounded write list (the driver calls again after
+/// writing).
+const TRANSMIT_BATCH_BYTES: usize = 1 << 20;
+
+/// The receive side of a session opening with `features` negotiated.
+pub(crate) fn open_rx(config: &Config, features: Features) -> OpenRx {
+    let decoder = MessageDecoder::new(DecodeOptions {
+        limits: config.limits,
+        crc: encode_options(config, features),
+    });
+    OpenRx { next: Next::Tag, decoder }
+}
+
+/// How messages are framed and checked on a session with `features`.
+fn encode_options(config: &Config, features: Features) -> EncodeOptions {
+    EncodeOptions {
+        crc_header: config.crc_header,
+        crc_data: config.crc_data,
+        footer: FooterFormat::for_features(features),
+    }
+}
+
+/// One unit of open-session input; false when more input (or budget) is needed.
+pub(crate) fn read(m: &mut Machine<V1>, now: Instant) -> bool {
+    let Some(open) = m.state.open_mut() else { return false };
+    if open.budget.is_waiting() {
+        return false;
+    }
+    match open.rx.next {
+        Next::Tag => {
+            let Some(b) = m.rx.contiguous(1) else { return false };
+            let tag = Tag(b[0]);
+            m.rx.consume(1);
+            let next = match tag {
+                Tag::MSG => Next::Msg { discard: false },
+                Tag::ACK => Next::Ack,
+                Tag::KEEPALIVE => {
+                    m.keepalive.last_received = Some(now);
+                    m.events.push_back(Event::KeepaliveReceived);
+                    Next::Tag
+                }
+                Tag::KEEPALIVE2 => Next::Keepalive2,
+                Tag::KEEPALIVE2_ACK => Next::Keepalive2Ack,
+                Tag::CLOSE => {
+                    log::info!(target: LOG, "{m}: peer sent CLOSE");
+                    m.session.reset();
+                    m.events.push_back(Event::Reset);
+                    m.finish(Initiator::Peer, CloseReason::PeerClose);
+                    return false;
+                }
+                other => {
+                    m.peer_issue(PeerIssue::UnknownTag, format_args!("unknown tag {}", other.0));
+                    m.fault(now, Fault::UnknownTag(other.0));
+                    return false;
+                }
+            };
+            set_next(m, next);
+            true
+        }
+        Next::Ack => {
+            let Some(b) = m.rx.contiguous(8) else { return false };
+            let seq = Seq(decode_ack(b).map(|(s, _)| s).unwrap_or(0));
+            m.rx.consume(8);
+            set_next(m, Next::Tag);
+            if !m.lossy {
+                m.session.ack(seq);
+            }
+            m.events.push_back(Event::Acked { up_to: seq });
+            true
+        }
+        next @ (Next::Keepalive2 | Next::Keepalive2Ack) => {
+            let Some(b) = m.rx.contiguous(8) else { return false };
+            let stamp = match decode_keepalive_stamp(b) {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    m.fault(now, Fault::Decode(e));
+                    return false;
+                }
+            };
+            m.rx.consume(8);
+            if next == Next::Keepalive2 {
+                m.ctrl.extend_from_slice(&keepalive2_frame(Tag::KEEPALIVE2_ACK, stamp));
+                m.keepalive.last_received = Some(now);
+                m.events.push_back(Event::KeepaliveReceived);
+            } else {
+                m.keepalive.last_ack = Some(stamp);
+                m.events.push_back(Event::KeepaliveAck(stamp));
+            }
+            set_next(m, Next::Tag);
+            true
+        }
+        Next::Msg { discard } => read_message(m, now, discard),
+    }
+}
+
+fn set_next(m: &mut Machine<V1>, next: Next) {
+    if let Some(open) = m.state.open_mut() {
+        open.rx.next = next;
+    }
+}
+
+/// Feeds message bytes to the decoder (or lets a duplicate stream by).
+fn read_message(m: &mut Machine<V1>, now: Instant, discard: bool) -> bool {
+    let Some(open) = m.state.open_mut() else { return false };
+    // No buffered input is fine: a direct read may have completed the segment.
+    let mut chunk = m.rx.pop_chunk().unwrap_or_default();
+    if discard {
+        let done = open.rx.decoder.skip_input(&mut chunk);
+        m.rx.unpop_chunk(chunk);
+        return match done {
+            Err(e) => {
+                m.fault(now, Fault::Decode(e));
+                false
+            }
+            Ok(true) => {
+                set_next(m, Next::Tag);
+                true
+            }
+            Ok(false) => m.rx.len() > 0,
+        };
+    }
+    let before = chunk.len();
+    let progress = open.rx.decoder.feed(&mut chunk);
+    let used = before - chunk.len();
+    m.rx.unpop_chunk(chunk);
+    m.note_payload_progress(now, used as u64);
+    match progress {
+        Err(e) => {
+            m.peer_issue(PeerIssue::BadMessage, format_args!("bad message: {e}"));
+            m.fault(now, Fault::Decode(e));
+            false
+        }
+        Ok(Progress::NeedMore) => {
+            let uncovered = m.state.open().and_then(|o| o.rx.decoder.budget_needed());
+            if let Some(uncovered) = uncovered {
+                m.request_window(uncovered, false);
+                return false;
+            }
+            m.rx.len() > 0
+        }
+        Ok(Progress::HeaderReady(h)) => {
+            if m.is_duplicate(Seq(h.seq)) {
+                // Already delivered: let it stream by without budget and without
+                // storing it, then read on.
+                let skipped = m.state.open_mut().map(|o| o.rx.decoder.skip());
+                if let Some(Err(e)) = skipped {
+                    m.fault(now, Fault::Decode(e));
+                    return false;
+                }
+                set_next(m, Next::Msg { discard: true });
+                return true;
+            }
+            m.request_window(h.payload_len(), true);
+            false
+        }
+        Ok(Progress::Message(mut msg)) => {
+            let Some(open) = m.state.open_mut() else { return false };
+            open.rx.next = Next::Tag;
+            open.budget.finish();
+            let header = open.rx.decoder.last_header();
+            if let Some(Err(e)) = open.signer.as_ref().map(|s| s.check(header, msg.footer())) {
+                m.peer_issue(PeerIssue::BadMessage, format_args!("{e}"));
+                m.fault(now, Fault::Auth(e));
+                return false;
+            }
+            m.note_received(Seq(msg.seq()));
+            msg.set_recv_stamp(now);
+            m.events.push_back(Event::Message(msg));
+            true
+        }
+    }
+}
+
+/// While open: the ACK we owe, a pending keepalive, then messages, up to the batch.
+pub(crate) fn transmit(m: &mut Machine<V1>, head: &mut BytesMut, out: &mut Vec<Bytes>) {
+    let lossless = !m.lossy;
+    let in_seq = m.session.in_seq;
+    let Some(open) = m.state.open_mut() else { return };
+    if open.ack_pending && lossless {
+        head.extend_from_slice(&ack_frame(in_seq.0));
+    }
+    open.ack_pending = false;
+    if let Some(stamp) = m.keepalive.pending.take() {
+        queue_keepalive(head, m.session.features, stamp);
+    }
+    let opts = encode_options(&m.config, m.session.features);
+    let src = m.config.my_name;
+    let mut framed = head.len();
+    while framed < TRANSMIT_BATCH_BYTES {
+        let Some((msg, seq)) = m.next_outgoing() else { break };
+        let signer = m.state.open().and_then(|o| o.signer.as_deref());
+        let frame = msg.encode_frame_with(seq.0, src, &opts, |header, footer| {
+            if let Some(s) = signer {
+                s.sign(header, footer);
+            }
+        });
+        framed += frame.push_to(head, out);
+        m.framed(msg);
+    }
+}

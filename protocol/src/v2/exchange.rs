@@ -1,0 +1,332 @@
+//! Bytes and frames on one msgr2 TCP connection, both sides: the banner, reading frames
+//! and dispatching them by step, writing control frames, the pre-auth transcript, the
+//! switch to the negotiated mode and the AUTH_SIGNATURE check.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::auth::{AuthOutcome, ConMode};
+use crate::error::Error;
+use crate::session::{Fault, Machine, PeerIssue, State};
+use crate::types::{AddrType, EntityAddr};
+
+use super::banner::{Banner, Msgr2Features, BANNER_HEAD_LEN, BANNER_PREFIX, V1_BANNER_PREFIX};
+use super::connection::{LOG, V2};
+use super::frames::{AuthSignature, ControlFrame, Hello, MsgHeader2};
+use super::framing::{Frame, FrameEncoder, FrameHead, FrameProgress, GcmStream};
+use super::state::{Handshake, OpenRx, PeerSignature, Transcript};
+use super::tag::Tag;
+use super::{accept, connect, open};
+
+/// Takes exactly `n` buffered bytes as one `Bytes` (zero-copy within a chunk),
+/// recording them in the transcript while it is kept.
+fn take(m: &mut Machine<V2>, n: usize) -> Option<Bytes> {
+    let out = m.rx.take(n)?;
+    if let Some(t) = m.state.step_mut().and_then(Handshake::transcript_mut) {
+        t.rx.extend_from_slice(&out);
+    }
+    Some(out)
+}
+
+/// The peer's banner (both sides); our HELLO answers it.
+pub(crate) fn read_banner(m: &mut Machine<V2>, now: Instant) -> bool {
+    let len = {
+        let Some(head) = m.rx.contiguous(BANNER_HEAD_LEN.min(m.rx.len().max(1))) else {
+            return false;
+        };
+        // A wrong prefix is known from its first 8 bytes.
+        if head.len() < BANNER_HEAD_LEN {
+            if !BANNER_PREFIX.starts_with(&head[..head.len().min(8)]) {
+                m.fault(now, Fault::BadBanner);
+            }
+            return false;
+        }
+        match Banner::decode_head(head) {
+            Ok(len) => len,
+            Err(Error::BadBanner) => {
+                if head.starts_with(V1_BANNER_PREFIX) {
+                    log::info!(target: LOG, "{m}: peer is using msgr V1 protocol");
+                }
+                m.peer_issue(PeerIssue::BadBanner, format_args!("not a msgr2 banner"));
+                m.fault(now, Fault::BadBanner);
+                return false;
+            }
+            Err(e) => {
+                m.fault(now, Fault::Decode(e));
+                return false;
+            }
+        }
+    };
+    let Some(all) = take(m, BANNER_HEAD_LEN + len) else { return false };
+    let peer = match Banner::decode_payload(&all[BANNER_HEAD_LEN..]) {
+        Ok(b) => b,
+        Err(e) => {
+            m.fault(now, Fault::Decode(e));
+            return false;
+        }
+    };
+    if let Err(e) = Banner::OURS.check_compatible(&peer) {
+        incompatible(m, now, e);
+        return false;
+    }
+    if !peer.supported.contains(Msgr2Features::REVISION_1) {
+        // msgr2.0 (Nautilus 14.2.0-14.2.4): different framing and nonces with known
+        // weaknesses; not implemented.
+        incompatible(m, now, Error::Unsupported("peer speaks msgr2.0 only (no REVISION_1)"));
+        return false;
+    }
+    let my_type = m.config.my_name.ty;
+    match m.take_step() {
+        Some((deadline, Handshake::AwaitBanner(mut t))) => {
+            let dialled = m.peer_addr.unwrap_or_default();
+            send_control(m, Some(&mut t), &Hello { entity_type: my_type, peer_addr: dialled });
+            m.set_state(State::Handshake { deadline, step: Handshake::AwaitHello(t) });
+        }
+        Some((deadline, Handshake::AwaitPeerBanner(mut t))) => {
+            let seen = EntityAddr { ty: AddrType::MSGR2, nonce: 0, addr: m.socket_peer };
+            send_control(m, Some(&mut t), &Hello { entity_type: my_type, peer_addr: seen });
+            m.set_state(State::Handshake { deadline, step: Handshake::AwaitPeerHello(t) });
+        }
+        Some((deadline, other)) => {
+            m.set_state(State::Handshake { deadline, step: other });
+            return false;
+        }
+        None => return false,
+    }
+    true
+}
+
+/// One piece of a frame: the next thing the frame decoder needs.
+pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
+    if m.proto.decoder.is_paused() {
+        return false;
+    }
+    let n = m.proto.decoder.need();
+    let Some(piece) = take(m, n) else { return false };
+    if m.state.step_mut().and_then(Handshake::transcript_mut).is_some_and(|t| t.too_long()) {
+        m.fault(now, Fault::Misbehaved("pre-auth phase too long"));
+        return false;
+    }
+    match m.proto.decoder.advance(piece) {
+        Err(e) => {
+            m.peer_issue(PeerIssue::BadMessage, format_args!("bad frame: {e}"));
+            m.fault(now, Fault::Decode(e));
+            false
+        }
+        Ok(FrameProgress::NeedMore) => true,
+        Ok(FrameProgress::Head(h)) => handle_head(m, now, h),
+        Ok(FrameProgress::Frame(f)) => handle_frame(m, now, f),
+    }
+}
+
+/// Segment 0 of a frame is in: a MESSAGE waits for budget (or goes by unstored as a
+/// duplicate); any other frame is read on.
+fn handle_head(m: &mut Machine<V2>, now: Instant, h: FrameHead) -> bool {
+    if h.tag() != Tag::MESSAGE {
+        if let Err(e) = m.proto.decoder.proceed() {
+            m.fault(now, Fault::Decode(e));
+            return false;
+        }
+        return true;
+    }
+    if !m.state.is_open() {
+        m.peer_issue(PeerIssue::BadMessage, format_args!("MESSAGE while not ready"));
+        m.fault(now, Fault::Misbehaved("MESSAGE before the session is ready"));
+        return false;
+    }
+    let header = match MsgHeader2::decode(&h.segment0) {
+        Ok(hd) => hd,
+        Err(e) => {
+            m.fault(now, Fault::Decode(e));
+            return false;
+        }
+    };
+    let discard = m.is_duplicate(crate::session::Seq(header.seq));
+    if let Some(open) = m.state.open_mut() {
+        open.rx = OpenRx::Reading { header, discard };
+    }
+    if discard {
+        // Already delivered: read it without budget and drop it (Pacific stops
+        // reading the connection instead, msgr-v2.md 6.2).
+        if let Err(e) = m.proto.decoder.proceed() {
+            m.fault(now, Fault::Decode(e));
+            return false;
+        }
+        return true;
+    }
+    m.request_budget(h.payload_len(), true);
+    false
+}
+
+/// A whole frame: dispatched by the step (or the open session) it arrives in.
+fn handle_frame(m: &mut Machine<V2>, now: Instant, f: Frame) -> bool {
+    let tag = f.tag();
+    log::trace!(target: LOG, "{m}: got {tag}");
+    if f.aborted && tag != Tag::MESSAGE {
+        // An aborted frame is dropped unread (FRAME_LATE_STATUS_ABORTED).
+        return true;
+    }
+    let route = match m.state.step() {
+        _ if m.state.is_open() => Route::Open,
+        Some(Handshake::AwaitHello(_)) => Route::Hello,
+        Some(Handshake::AwaitAuthReply(..)) => Route::AuthReply,
+        Some(Handshake::AwaitIdentReply { .. }) => Route::IdentReply,
+        Some(Handshake::AwaitPeerHello(_)) => Route::PeerHello,
+        Some(Handshake::AwaitAuthRequest(_) | Handshake::AwaitAuthRequestMore(..)) => {
+            Route::AuthRequest
+        }
+        Some(Handshake::AwaitIdent) => Route::Ident,
+        Some(Handshake::AwaitAuthSignature(_)) => Route::AuthSignature,
+        Some(
+            Handshake::AwaitBanner(_)
+            | Handshake::AwaitPeerBanner(_)
+            | Handshake::AwaitAcceptDecision(_),
+        )
+        | None => Route::Nowhere,
+    };
+    let result = match route {
+        Route::Open => open::on_frame(m, now, f),
+        Route::Hello => connect::on_hello(m, now, &f),
+        Route::AuthReply => connect::on_auth_reply(m, now, &f),
+        Route::IdentReply => connect::on_ident_reply(m, now, &f),
+        Route::PeerHello => accept::on_peer_hello(m, now, &f),
+        Route::AuthRequest => accept::on_auth_request(m, now, &f),
+        Route::Ident => accept::on_ident(m, now, &f),
+        Route::AuthSignature => on_auth_signature(m, now, &f),
+        Route::Nowhere => Ok(false),
+    };
+    match result {
+        Ok(more) => more && !m.state.is_closed(),
+        Err(fault) => {
+            log::warn!(target: LOG, "{m}: {tag}: {fault}");
+            m.fault(now, fault);
+            false
+        }
+    }
+}
+
+/// Which handler a whole frame goes to.
+enum Route {
+    Open,
+    Hello,
+    AuthReply,
+    IdentReply,
+    PeerHello,
+    AuthRequest,
+    Ident,
+    AuthSignature,
+    Nowhere,
+}
+
+/// A frame that does not belong to the current state (Ceph faults on these).
+pub(crate) fn unexpected(tag: Tag) -> Fault {
+    if tag.0 == 0 || tag.0 > Tag::ACK.0 {
+        Fault::UnknownTag(tag.0)
+    } else {
+        Fault::Misbehaved("frame not allowed in this state")
+    }
+}
+
+/// Counts one handshake round; too many fault the connection.
+pub(crate) fn count_round(m: &mut Machine<V2>) -> Result<(), Fault> {
+    m.proto.rounds += 1;
+    if m.proto.rounds > m.config.max_auth_rounds {
+        return Err(Fault::Misbehaved("too many handshake rounds"));
+    }
+    Ok(())
+}
+
+/// After AUTH_DONE (read by a connector, written by an acceptor): stop recording the
+/// transcript, switch to the negotiated mode and send our AUTH_SIGNATURE over what we
+/// received (Ceph's `finish_auth` / the tail of `handle_auth_done`). The next step
+/// checks the peer's.
+pub(crate) fn finish_auth(
+    m: &mut Machine<V2>,
+    deadline: Instant,
+    transcript: Transcript,
+    outcome: AuthOutcome,
+) -> Result<(), Fault> {
+    let sig = AuthSignature::compute(outcome.session_key.as_deref(), &transcript.rx);
+    install_mode(m, &outcome.connection_secret)?;
+    send_control(m, None, &sig);
+    let check = PeerSignature { session_key: outcome.session_key, sent: transcript.tx };
+    m.set_state(State::Handshake { deadline, step: Handshake::AwaitAuthSignature(check) });
+    Ok(())
+}
+
+/// Switches both directions to the negotiated mode (after AUTH_DONE).
+fn install_mode(m: &mut Machine<V2>, secret: &[u8]) -> Result<(), Fault> {
+    if m.proto.con_mode != ConMode::SECURE {
+        return Ok(());
+    }
+    let connector = m.side == crate::session::Side::Connect;
+    let (rx, tx) = GcmStream::pair_from_secret(secret, connector).map_err(Fault::Decode)?;
+    m.proto.decoder.set_secure(rx).map_err(Fault::Decode)?;
+    m.proto.encoder = FrameEncoder::secure(tx);
+    Ok(())
+}
+
+/// The peer's AUTH_SIGNATURE over what we sent: the connector then identifies, the
+/// acceptor waits for that.
+fn on_auth_signature(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<bool, Fault> {
+    if f.tag() != Tag::AUTH_SIGNATURE {
+        return Err(unexpected(f.tag()));
+    }
+    let got = AuthSignature::from_segment(&f.segments[0]).map_err(Fault::Decode)?;
+    let Some(Handshake::AwaitAuthSignature(check)) = m.state.step() else { return Ok(false) };
+    let want = AuthSignature::compute(check.session_key.as_deref(), &check.sent);
+    if got != want {
+        return Err(Fault::Misbehaved("pre-auth signature mismatch"));
+    }
+    if m.side == crate::session::Side::Connect {
+        connect::send_ident_or_reconnect(m);
+    } else {
+        m.set_step(Handshake::AwaitIdent);
+    }
+    Ok(true)
+}
+
+/// The peer's banner is incompatible: a connector gives up for good (a retry would
+/// meet the same banner); an acceptor just drops the connection.
+fn incompatible(m: &mut Machine<V2>, now: Instant, e: Error) {
+    log::warn!(target: LOG, "{m}: {e}");
+    if m.side == crate::session::Side::Connect {
+        m.refuse("incompatible msgr2 peer");
+    } else {
+        m.fault(now, Fault::Decode(e));
+    }
+}
+
+/// Raw bytes (the banner), recorded in `transcript` while pre-auth.
+pub(crate) fn send_raw(m: &mut Machine<V2>, transcript: Option<&mut Transcript>, b: &[u8]) {
+    if let Some(t) = transcript {
+        t.tx.extend_from_slice(b);
+    }
+    m.ctrl.extend_from_slice(b);
+}
+
+/// Encodes a control frame in the current mode and queues it (recorded in
+/// `transcript` while pre-auth). A frame that cannot be encoded (secure mode out of
+/// nonces) faults the connection before anything more is read or written.
+pub(crate) fn send_control<F: ControlFrame>(
+    m: &mut Machine<V2>,
+    transcript: Option<&mut Transcript>,
+    f: &F,
+) {
+    let seg = f.to_segment();
+    let mut buf = BytesMut::new();
+    let mut spill = Vec::new();
+    match m.proto.encoder.encode(F::TAG, &[&seg], &mut buf, &mut spill) {
+        Ok(_) => {
+            let mut transcript = transcript;
+            for s in spill.iter().chain(std::iter::once(&buf.freeze())) {
+                if let Some(t) = transcript.as_deref_mut() {
+                    t.tx.extend_from_slice(s);
+                }
+                m.ctrl.extend_from_slice(s);
+            }
+        }
+        Err(e) => m.deferred_fault = Some(Fault::Decode(e)),
+    }
+}

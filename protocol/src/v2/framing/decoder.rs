@@ -1,0 +1,324 @@
+//! [`FrameDecoder`]: wire bytes into frames, incrementally, every length checked
+//! against the [`FrameLimits`] from the preamble before a segment is buffered.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::{Error, Result};
+use crate::wire::ceph_crc32c;
+
+use super::super::tag::Tag;
+use super::{
+    pad16, FrameLimits, GcmStream, Preamble, CRC_EPILOGUE_LEN, CRC_LEN, INLINE_LEN,
+    LATE_STATUS_ABORTED, LATE_STATUS_COMPLETE, LATE_STATUS_MASK, MAX_SEGMENTS, PREAMBLE_LEN,
+    SECURE_EPILOGUE_LEN, SECURE_HEAD_LEN, SEGMENT_CRC_SEED, TAG_LEN,
+};
+
+/// The first segment of a frame being received, before the rest is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameHead {
+    /// The frame's preamble.
+    pub preamble: Preamble,
+    /// Segment 0, checked (crc or GCM).
+    pub segment0: Bytes,
+}
+
+impl FrameHead {
+    /// The frame's tag.
+    pub fn tag(&self) -> Tag {
+        self.preamble.tag
+    }
+
+    /// Bytes of segments 1..3 (a MESSAGE's front + middle + data).
+    pub fn payload_len(&self) -> u64 {
+        self.preamble.lens()[1..].iter().map(|&l| u64::from(l)).sum()
+    }
+}
+
+/// A complete, verified frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The frame's preamble.
+    pub preamble: Preamble,
+    /// Segments 0..3 (empty beyond `num_segments`).
+    pub segments: [Bytes; MAX_SEGMENTS],
+    /// The sender aborted the frame (`late_status` ABORTED): Ceph drops it silently.
+    pub aborted: bool,
+}
+
+impl Frame {
+    /// The frame's tag.
+    pub fn tag(&self) -> Tag {
+        self.preamble.tag
+    }
+}
+
+/// What one [`FrameDecoder::advance`] produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FrameProgress {
+    /// Nothing yet: call [`FrameDecoder::need`] again.
+    NeedMore,
+    /// Segment 0 is in: call [`FrameDecoder::proceed`] to read the rest.
+    Head(FrameHead),
+    /// The whole frame; the decoder is ready for the next one.
+    Frame(Frame),
+}
+
+/// Where the decoder is within a frame. The frame's parts live in the decoder's fields,
+/// so moving between stages moves no buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Between frames.
+    Preamble,
+    /// Preamble read; segment 0 (its crc, or the rest of its GCM block) next.
+    Segment0,
+    /// Segment 0 handed out; waiting for [`FrameDecoder::proceed`].
+    Paused,
+    /// Reading segments 1.. (crc mode: one at a time, `next` is the index, then the
+    /// epilogue when `next == num_segments`) or block C whole (secure mode).
+    Rest { next: usize },
+    /// An error was returned; nothing more is decoded.
+    Failed,
+}
+
+/// Incremental receiver of frames (see the module docs for the call order).
+#[derive(Debug)]
+pub struct FrameDecoder {
+    limits: FrameLimits,
+    /// Boxed: a connection in crc mode (most) does not carry the cipher state.
+    secure: Option<Box<GcmStream>>,
+    stage: Stage,
+    /// The preamble of the frame in progress.
+    preamble: Preamble,
+    /// Secure mode: the first 48 bytes of padded segment 0, from the first block.
+    inline: Bytes,
+    /// The segments received so far of the frame in progress.
+    segments: [Bytes; MAX_SEGMENTS],
+}
+
+impl FrameDecoder {
+    /// A crc-mode decoder.
+    pub fn new(limits: FrameLimits) -> Self {
+        FrameDecoder {
+            limits,
+            secure: None,
+            stage: Stage::Preamble,
+            preamble: Preamble::default(),
+            inline: Bytes::new(),
+            segments: Default::default(),
+        }
+    }
+
+    /// Switches to secure mode (after AUTH_DONE). Only between frames.
+    pub fn set_secure(&mut self, rx: GcmStream) -> Result<()> {
+        if self.stage != Stage::Preamble {
+            return Err(Error::Misuse("mode switch in the middle of a frame"));
+        }
+        self.secure = Some(Box::new(rx));
+        Ok(())
+    }
+
+    /// Whether frames are decrypted.
+    pub fn is_secure(&self) -> bool {
+        self.secure.is_some()
+    }
+
+    /// Whether the decoder waits for [`FrameDecoder::proceed`].
+    pub fn is_paused(&self) -> bool {
+        self.stage == Stage::Paused
+    }
+
+    /// Whether the decoder is between frames.
+    pub fn is_idle(&self) -> bool {
+        self.stage == Stage::Preamble
+    }
+
+    /// The exact number of bytes the next [`FrameDecoder::advance`] takes (0 is valid:
+    /// call `advance` with an empty piece). Meaningless while paused or failed.
+    pub fn need(&self) -> usize {
+        let lens = self.preamble.lens();
+        let num = usize::from(self.preamble.num_segments);
+        match self.stage {
+            Stage::Preamble if self.secure.is_some() => SECURE_HEAD_LEN,
+            Stage::Preamble => PREAMBLE_LEN,
+            Stage::Segment0 => {
+                let l0 = lens[0] as usize;
+                if self.secure.is_some() {
+                    let p0 = pad16(l0);
+                    if p0 > INLINE_LEN {
+                        p0 - INLINE_LEN + TAG_LEN
+                    } else {
+                        0
+                    }
+                } else if l0 > 0 {
+                    l0 + CRC_LEN
+                } else {
+                    0
+                }
+            }
+            Stage::Rest { .. } if num <= 1 => 0,
+            Stage::Rest { .. } if self.secure.is_some() => {
+                lens[1..num].iter().map(|&l| pad16(l as usize)).sum::<usize>()
+                    + SECURE_EPILOGUE_LEN
+                    + TAG_LEN
+            }
+            // Each segment on its own, so that one arriving in one chunk is sliced out
+            // of it rather than gathered with its neighbours.
+            Stage::Rest { next } if next < num => lens.get(next).map_or(0, |&l| l as usize),
+            Stage::Rest { .. } => CRC_EPILOGUE_LEN,
+            Stage::Paused | Stage::Failed => 0,
+        }
+    }
+
+    /// Resumes after [`FrameProgress::Head`].
+    pub fn proceed(&mut self) -> Result<()> {
+        if self.stage != Stage::Paused {
+            return Err(Error::Misuse("proceed without a frame head"));
+        }
+        self.stage = Stage::Rest { next: 1 };
+        Ok(())
+    }
+
+    /// Forgets any partial frame (after a fault, before reuse).
+    pub fn reset(&mut self) {
+        self.stage = Stage::Preamble;
+        self.inline = Bytes::new();
+        self.segments = Default::default();
+    }
+
+    /// Feeds exactly [`FrameDecoder::need`] bytes. Any error leaves the decoder failed.
+    pub fn advance(&mut self, piece: Bytes) -> Result<FrameProgress> {
+        if piece.len() != self.need() || matches!(self.stage, Stage::Paused | Stage::Failed) {
+            return Err(Error::Misuse("advance with the wrong number of bytes"));
+        }
+        let stage = std::mem::replace(&mut self.stage, Stage::Failed);
+        let progress = match stage {
+            Stage::Preamble => self.read_preamble(piece)?,
+            Stage::Segment0 => self.read_segment0(piece)?,
+            Stage::Rest { next } => self.read_rest(next, piece)?,
+            Stage::Paused | Stage::Failed => {
+                return Err(Error::Misuse("advance on a failed decoder"))
+            }
+        };
+        Ok(progress)
+    }
+
+    fn read_preamble(&mut self, piece: Bytes) -> Result<FrameProgress> {
+        let mut raw = [0u8; PREAMBLE_LEN];
+        match self.secure.as_mut() {
+            None => {
+                raw.copy_from_slice(&piece[..PREAMBLE_LEN]);
+                self.inline = Bytes::new();
+            }
+            Some(gcm) => {
+                let mut block = BytesMut::from(&piece[..PREAMBLE_LEN + INLINE_LEN]);
+                gcm.open(&mut block, &piece[PREAMBLE_LEN + INLINE_LEN..])?;
+                raw.copy_from_slice(&block[..PREAMBLE_LEN]);
+                let mut block = block.freeze();
+                self.inline = block.split_off(PREAMBLE_LEN);
+            }
+        }
+        let preamble = Preamble::decode(&raw)?;
+        self.limits.check(&preamble)?;
+        self.preamble = preamble;
+        self.stage = Stage::Segment0;
+        if self.need() == 0 {
+            self.stage = Stage::Failed;
+            return self.read_segment0(Bytes::new());
+        }
+        Ok(FrameProgress::NeedMore)
+    }
+
+    fn read_segment0(&mut self, piece: Bytes) -> Result<FrameProgress> {
+        let l0 = self.preamble.lens()[0] as usize;
+        let segment0 = match self.secure.as_mut() {
+            None if l0 == 0 => Bytes::new(),
+            None => {
+                let mut piece = piece;
+                let crc_bytes = piece.split_off(l0);
+                let wire =
+                    u32::from_le_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);
+                let got = ceph_crc32c(SEGMENT_CRC_SEED, &piece);
+                if wire != got {
+                    return Err(Error::BadCrc { what: "segment 0", expected: wire, got });
+                }
+                piece
+            }
+            Some(_) if piece.is_empty() => self.inline.slice(..l0),
+            Some(gcm) => {
+                let body = piece.len() - TAG_LEN;
+                let mut all = BytesMut::with_capacity(INLINE_LEN + body);
+                all.extend_from_slice(&self.inline);
+                all.extend_from_slice(&piece[..body]);
+                gcm.open(&mut all[INLINE_LEN..], &piece[body..])?;
+                all.truncate(l0);
+                all.freeze()
+            }
+        };
+        self.inline = Bytes::new();
+        self.segments[0] = segment0.clone();
+        self.stage = Stage::Paused;
+        Ok(FrameProgress::Head(FrameHead { preamble: self.preamble, segment0 }))
+    }
+
+    fn read_rest(&mut self, next: usize, piece: Bytes) -> Result<FrameProgress> {
+        let num = usize::from(self.preamble.num_segments);
+        let lens = self.preamble.lens();
+        if num <= 1 {
+            return Ok(self.finish_frame(false));
+        }
+        let late_status = match self.secure.as_mut() {
+            None if next < num => {
+                // One segment; its crc is checked with the epilogue.
+                if let Some(slot) = self.segments.get_mut(next) {
+                    *slot = piece;
+                }
+                self.stage = Stage::Rest { next: next + 1 };
+                return Ok(FrameProgress::NeedMore);
+            }
+            None => {
+                // late_status, then the crcs of segments 1..3 (0 past num_segments).
+                let (late, crcs) = piece.split_at(1);
+                let used = self.segments.iter().zip(SEGMENT_NAMES).take(num).skip(1);
+                for ((seg, what), wire) in used.zip(crcs.chunks_exact(CRC_LEN)) {
+                    let wire = u32::from_le_bytes([wire[0], wire[1], wire[2], wire[3]]);
+                    let got = ceph_crc32c(SEGMENT_CRC_SEED, seg);
+                    if wire != got {
+                        return Err(Error::BadCrc { what, expected: wire, got });
+                    }
+                }
+                late[0]
+            }
+            Some(gcm) => {
+                // Decrypt in place: the piece is usually the only owner of its bytes
+                // (gathered for us), so no copy; otherwise one.
+                let mut plain = piece.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
+                let body = plain.len() - TAG_LEN;
+                let tag = plain.split_off(body);
+                gcm.open(&mut plain, &tag)?;
+                let plain = plain.freeze();
+                let mut at = 0;
+                for (slot, &len) in self.segments.iter_mut().zip(&lens).take(num).skip(1) {
+                    let len = len as usize;
+                    *slot = plain.slice(at..at + len);
+                    at += pad16(len);
+                }
+                plain.get(at).copied().unwrap_or(0)
+            }
+        };
+        let aborted = match late_status & LATE_STATUS_MASK {
+            LATE_STATUS_COMPLETE => false,
+            LATE_STATUS_ABORTED => true,
+            _ => return Err(Error::Malformed("bad late_status in the epilogue")),
+        };
+        Ok(self.finish_frame(aborted))
+    }
+
+    fn finish_frame(&mut self, aborted: bool) -> FrameProgress {
+        self.stage = Stage::Preamble;
+        let segments = std::mem::take(&mut self.segments);
+        FrameProgress::Frame(Frame { preamble: self.preamble, segments, aborted })
+    }
+}
+
+/// Names of the segment crcs in errors.
+const SEGMENT_NAMES: [&str; MAX_SEGMENTS] = ["segment 0", "segment 1", "segment 2", "segment 3"];
