@@ -4,13 +4,13 @@
 //! environment once and hands it out in an `Arc`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use dispatch::{DispatchQueue, Dispatchers, Throttle};
 use parking_lot::RwLock;
 use protocol::types::{EntityAddr, EntityName};
-use protocol::Message;
+use protocol::{GlobalSeqCounter, Message};
 
 use crate::config::MessengerConfig;
 use crate::connection::{Connection, Home};
@@ -27,7 +27,7 @@ pub(crate) struct Identity {
     nonce: u32,
     addr: RwLock<EntityAddr>,
     /// Ceph's `global_seq`: one counter for every connect attempt of this messenger.
-    global_seq: Arc<AtomicU32>,
+    global_seq: Arc<GlobalSeqCounter>,
     /// Built on first use (at `start`) and fixed from then on: the name and address
     /// machines announce.
     protocol: OnceLock<Arc<ProtocolConfig>>,
@@ -39,7 +39,7 @@ impl Identity {
             name: RwLock::new(name),
             nonce,
             addr: RwLock::new(EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), nonce)),
-            global_seq: Arc::new(AtomicU32::new(0)),
+            global_seq: Arc::new(GlobalSeqCounter::new()),
             protocol: OnceLock::new(),
         }
     }

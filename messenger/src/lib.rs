@@ -213,7 +213,7 @@ pub use config::{ConfigError, MessengerConfig};
 pub use connection::{Connection, SendError};
 pub use dispatch::{AuthVerdict, Authorizer, Dispatched, Dispatcher, Throttle};
 pub use messenger::{Messenger, Totals};
-pub use protocol::v1::Policy;
+pub use protocol::Policy;
 pub use state::ConnState;
 
 // What a daemon names besides the messenger itself, so that `asyncmsgr` is its one

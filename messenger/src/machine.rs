@@ -11,32 +11,34 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use protocol::types::{EntityAddr, EntityName, EntityType};
-use protocol::v1::{self, Decision, ExistingSession, ExistingState};
+use protocol::v1;
 use protocol::wire::KeepaliveStamp;
-use protocol::Message;
+use protocol::{
+    ConnectSeq, Decision, ExistingSession, ExistingState, GlobalSeq, GlobalSeqCounter, Message,
+};
 
 use crate::config::MessengerConfig;
 use crate::state::ConnState;
 
-pub(crate) use protocol::v1::{AcceptRequest, CounterValues, Event, Policy};
+pub(crate) use protocol::session::CounterValues;
+pub(crate) use protocol::{AcceptRequest, Event, Policy};
 
 /// The protocol's configuration, shared by every machine of one messenger.
-pub(crate) type ProtocolConfig = v1::Config;
+pub(crate) type ProtocolConfig = protocol::Config;
 
 /// The protocol's configuration for a messenger named `name` at `addr`.
 pub(crate) fn protocol_config(
     config: &MessengerConfig,
     name: EntityName,
     addr: EntityAddr,
-    global_seq: Arc<AtomicU32>,
+    global_seq: Arc<GlobalSeqCounter>,
 ) -> ProtocolConfig {
-    let mut pc = v1::Config::new(name, addr);
+    let mut pc = protocol::Config::new(name, addr);
     pc.crc_header = config.crc_header;
     pc.crc_data = config.crc_data;
     pc.handshake_timeout = config.connection_ready_timeout;
@@ -136,9 +138,9 @@ impl Machine {
     ) {
         let verdict = match verdict {
             dispatch::AuthVerdict::Accept { reply } => {
-                v1::AuthVerdict::Accept { reply: reply.into() }
+                protocol::AuthVerdict::Accept { reply: reply.into() }
             }
-            dispatch::AuthVerdict::Reject => v1::AuthVerdict::Reject,
+            dispatch::AuthVerdict::Reject => protocol::AuthVerdict::Reject,
         };
         self.0.handle_authorizer_verdict(now, verdict);
     }
@@ -256,10 +258,10 @@ impl Machine {
     /// the messenger's `policy` for it.
     #[inline]
     pub(crate) fn snapshot(&self, policy: Option<&Policy>) -> SessionSnapshot {
-        let (_, _, connect_seq, peer_global_seq) = self.0.seqs();
+        let seqs = self.0.seqs();
         SessionSnapshot {
-            connect_seq,
-            peer_global_seq,
+            connect_seq: seqs.connect_seq,
+            peer_global_seq: seqs.peer_global_seq,
             lossy: policy.is_some_and(|p| p.lossy),
             server_policy: policy.is_some_and(|p| p.server),
         }
@@ -284,8 +286,8 @@ pub(crate) fn counter_values(config: &ProtocolConfig) -> CounterValues {
 /// they change.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct SessionSnapshot {
-    connect_seq: u32,
-    peer_global_seq: u32,
+    connect_seq: ConnectSeq,
+    peer_global_seq: GlobalSeq,
     lossy: bool,
     /// The session's policy is a server one (Ceph's `existing->policy.server`, which
     /// wins a connection race against it for the incoming side): the policy, not
@@ -355,16 +357,15 @@ pub(crate) fn decide(
         lossy: e.session.lossy,
         server_side: e.session.server_policy,
         replacing: e.replacing,
+        ..ExistingSession::default()
     });
-    let decision = v1::decide(req, view.as_ref(), policy, my_addr);
+    let decision = protocol::decide(req, view.as_ref(), policy, &(*my_addr).into());
     let existing_lossy = view.is_some_and(|v| v.lossy);
     let action = match (decision, existing.is_some()) {
         (Decision::Replace { .. }, true) if !existing_lossy => AcceptAction::HandOver,
         (Decision::Replace { .. }, true) => AcceptAction::ResetExisting,
         (Decision::Wait, true) => AcceptAction::NudgeExisting,
-        (Decision::Open { .. } | Decision::Replace { .. }, _) => {
-            AcceptAction::Proceed { register: true }
-        }
+        (Decision::Open | Decision::Replace { .. }, _) => AcceptAction::Proceed { register: true },
         _ => AcceptAction::Proceed { register: false },
     };
     Verdict { decision, action }
