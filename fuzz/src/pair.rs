@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::message::PRIO_DEFAULT;
-use protocol::v1::testing::Pair;
-use protocol::v1::{CounterValues, Policy};
+use protocol::session::CounterValues;
+use protocol::testing::Pair;
 use protocol::Message;
+use protocol::Policy;
 
 /// The policy pairs byte 0 chooses from (node 0's, node 1's).
 pub const POLICY_PAIRS: [(Policy, Policy); 6] = [
@@ -73,7 +74,7 @@ pub fn v1_pair(data: &[u8]) -> Reached {
     let [policy, chunking, program @ ..] = data else { return Reached::default() };
     let (p0, p1) = POLICY_PAIRS[usize::from(*policy) % POLICY_PAIRS.len()];
     let lossless = !p0.lossy && !p1.lossy;
-    let mut p = Pair::new(Instant::now(), p0, p1);
+    let mut p = Pair::v1(Instant::now(), p0, p1);
     p.max_steps = 20_000;
     if *chunking != 0 {
         let mut x = u32::from(*chunking) | 0x100;
@@ -130,10 +131,7 @@ pub fn v1_pair(data: &[u8]) -> Reached {
                 // A stale global_seq (as after a restart of the counter): RETRY_GLOBAL.
                 let arg = ops.next().unwrap_or(0);
                 let node = usize::from(arg & 1);
-                p.nodes[node]
-                    .config
-                    .global_seq
-                    .store(u32::from(arg >> 1), std::sync::atomic::Ordering::Relaxed);
+                p.nodes[node].config.global_seq.set(protocol::GlobalSeq(u64::from(arg >> 1)));
             }
             0x74 => {
                 let node = usize::from(ops.next().unwrap_or(0) & 1);

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use protocol::message::DecodeLimits;
 use protocol::types::{EntityAddr, EntityName, EntityType};
-use protocol::v1::{
-    decide, AuthVerdict, Config, Connection, Decision, Event, ExistingSession, ExistingState,
-    Policy,
+use protocol::v1::Connection;
+use protocol::{
+    decide, AuthVerdict, Config, ConnectSeq, Decision, Event, ExistingSession, ExistingState,
+    GlobalSeq, Policy,
 };
 
 const POLICIES: [Policy; 6] = [
@@ -76,14 +77,14 @@ fn drain_events(conn: &mut Connection, now: Instant, choice: u8, closed: &mut bo
                         ExistingState::Connecting,
                         ExistingState::Closed,
                     ][usize::from(choice >> 4) & 3],
-                    connect_seq: u32::from(choice & 7),
-                    peer_global_seq: u32::from(choice >> 3),
+                    connect_seq: ConnectSeq(u64::from(choice & 7)),
+                    peer_global_seq: GlobalSeq(u64::from(choice >> 3)),
                     lossy: choice & 0x80 != 0,
                     server_side: choice & 8 != 0,
-                    replacing: false,
+                    ..ExistingSession::default()
                 });
                 let my = EntityAddr::legacy(sa(6789), 0);
-                let d = decide(&req, existing.as_ref(), &policy, &my);
+                let d = decide(&req, existing.as_ref(), &policy, &my.into());
                 let transferred = matches!(d, Decision::Replace { reset_existing: false, .. })
                     .then(|| {
                         // A session from a throwaway machine, as the messenger would move.
@@ -251,6 +252,11 @@ mod tests {
         // Unchanged, the conversation opens and delivers the three messages each way.
         assert_eq!(v1_accept(&with_prefix(0, 2, &to_a)), 3);
         assert_eq!(v1_connect(&with_prefix(5, 2, &to_c)), 3);
+        // A listener serving both protocols sniffs the banner and serves it all the same.
+        assert_eq!(crate::v2::accept_any(&with_prefix(0, 4, &to_a)), 3);
+        for cut in (0..to_a.len()).step_by(5) {
+            crate::v2::accept_any(&with_prefix(3, 4, &to_a[..cut]));
+        }
         for choice in [0u8, 2, 3, 0x21, 0x42, 0x53, 0xe5] {
             for seed in [0u8, 7, 0x80, 0xff] {
                 v1_accept(&with_prefix(seed, choice, &to_a));

@@ -12,15 +12,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use protocol::auth::ConMode;
 use protocol::message::DecodeLimits;
+use protocol::testing::{v2_addr, TestAuthProvider};
 use protocol::types::EntityType;
-use protocol::v1::{ExistingState, Policy};
 use protocol::v2::frames::*;
 use protocol::v2::framing::{
     Frame, FrameDecoder, FrameEncoder, FrameLimits, FrameProgress, GcmStream,
 };
-use protocol::v2::testing::{node_config, v2_addr, TestAuthProvider};
-use protocol::v2::{decide, ConMode, Config, Connection, Event, ExistingSession, Tag};
+use protocol::v2::{Connection, Tag};
+use protocol::{
+    decide, Config, ConnectSeq, Decision, Event, ExistingSession, ExistingState, GlobalSeq, Policy,
+    ProtocolVersion,
+};
 
 const POLICIES: [Policy; 6] = [
     Policy::stateful_server(),
@@ -204,8 +208,9 @@ pub fn sample_frames() -> (Vec<u8>, Vec<u8>) {
 /// A node configuration: crc-mode auth none (`secure` false) or the two-round test
 /// method in secure mode, small limits.
 fn config(num: i64, port: u16, nonce: u32, secure: bool) -> Arc<Config> {
-    let mut c = node_config(num, port, nonce);
-    c.limits = limits();
+    let mut c = protocol::testing::node_config(ProtocolVersion::V2, num, port, nonce);
+    c.limits = limits().message;
+    c.max_control_frame = limits().max_control;
     if secure {
         c.auth = Arc::new(TestAuthProvider::new(&[ConMode::SECURE]));
     }
@@ -230,7 +235,12 @@ fn chunks(seed: u8, stream: &[u8]) -> Vec<Bytes> {
 }
 
 /// Answers the machine's requests and checks the event invariants.
-fn drain_events(conn: &mut Connection, now: Instant, choice: u8, closed: &mut bool) -> usize {
+fn drain_events(
+    conn: &mut protocol::Connection,
+    now: Instant,
+    choice: u8,
+    closed: &mut bool,
+) -> usize {
     let mut messages = 0;
     for _ in 0..10_000 {
         let Some(ev) = conn.poll_event() else { return messages };
@@ -247,27 +257,26 @@ fn drain_events(conn: &mut Connection, now: Instant, choice: u8, closed: &mut bo
                     ][usize::from(choice >> 4) & 3],
                     client_cookie: u64::from(choice & 3),
                     server_cookie: u64::from(choice & 4),
-                    connect_seq: u64::from(choice & 7),
-                    peer_global_seq: u64::from(choice >> 3),
+                    connect_seq: ConnectSeq(u64::from(choice & 7)),
+                    peer_global_seq: GlobalSeq(u64::from(choice >> 3)),
                     lossy: choice & 0x80 != 0,
                     server_side: choice & 8 != 0,
                     replacing: choice & 0x20 != 0,
                 });
                 let my = conn_addrs();
                 let d = decide(&req, existing.as_ref(), &policy, &my);
-                let transferred =
-                    matches!(d, protocol::v2::Decision::Replace { reset_existing: false, .. })
-                        .then(|| {
-                            let mut old = Connection::connect(
-                                config(0, 6789, 0, false),
-                                policy,
-                                v2_addr(6800, 1),
-                                req.peer_type,
-                                now,
-                            );
-                            old.take_session()
-                        })
-                        .flatten();
+                let transferred = matches!(d, Decision::Replace { reset_existing: false, .. })
+                    .then(|| {
+                        let mut old = Connection::connect(
+                            config(0, 6789, 0, false),
+                            policy,
+                            v2_addr(6800, 1),
+                            req.peer_type,
+                            now,
+                        );
+                        old.take_session()
+                    })
+                    .flatten();
                 conn.handle_accept_decision(now, policy, d, transferred);
             }
             Event::NeedBudget { bytes } => {
@@ -283,12 +292,14 @@ fn drain_events(conn: &mut Connection, now: Instant, choice: u8, closed: &mut bo
     panic!("unbounded events");
 }
 
+/// Our addresses: v2 and, for the v1 race rules of [`accept_any`], LEGACY.
 fn conn_addrs() -> protocol::types::EntityAddrVec {
-    protocol::types::EntityAddrVec::single(v2_addr(MON_PORT, 0))
+    let legacy = protocol::testing::v1_addr(MON_PORT, 0);
+    protocol::types::EntityAddrVec { addrs: vec![v2_addr(MON_PORT, 0), legacy] }
 }
 
 fn run(
-    conn: &mut Connection,
+    conn: &mut protocol::Connection,
     data: &[u8],
     connect_side: bool,
     choice: u8,
@@ -341,8 +352,22 @@ pub fn v2_accept(data: &[u8]) -> usize {
     let [seed, choice, stream @ ..] = data else { return 0 };
     let now = Instant::now();
     let sa = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
-    let mut conn =
-        Connection::accept(config(0, MON_PORT, 0, choice & 1 != 0), sa(40000), sa(MON_PORT), now);
+    let mut conn: protocol::Connection =
+        Connection::accept(config(0, MON_PORT, 0, choice & 1 != 0), sa(40000), sa(MON_PORT), now)
+            .into();
+    run(&mut conn, data, false, *choice, *seed, stream)
+}
+
+/// The accept side of a listener serving both protocols ([`protocol::Connection::accept`]):
+/// the banner sniffer, then whichever machine the connector's banner picked, fed its
+/// bytes (seeds: `corpus/v1_accept` and `corpus/v2_accept`). Bytes 0-1 as for
+/// [`v2_accept`]. Returns how many messages were delivered.
+pub fn accept_any(data: &[u8]) -> usize {
+    let [seed, choice, stream @ ..] = data else { return 0 };
+    let now = Instant::now();
+    let sa = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+    let config = config(0, MON_PORT, 0, choice & 1 != 0);
+    let mut conn = protocol::Connection::accept(config, sa(40000), sa(MON_PORT), now);
     run(&mut conn, data, false, *choice, *seed, stream)
 }
 
@@ -351,13 +376,14 @@ pub fn v2_accept(data: &[u8]) -> usize {
 pub fn v2_connect(data: &[u8]) -> usize {
     let [seed, choice, stream @ ..] = data else { return 0 };
     let policy = POLICIES[usize::from(*choice >> 1) % POLICIES.len()];
-    let mut conn = Connection::connect(
+    let mut conn: protocol::Connection = Connection::connect(
         config(1, 6800, 7, choice & 1 != 0),
         policy,
         v2_addr(MON_PORT, 0),
         EntityType::MON,
         Instant::now(),
-    );
+    )
+    .into();
     run(&mut conn, data, true, *choice, *seed, stream)
 }
 
@@ -367,14 +393,16 @@ pub fn v2_connect(data: &[u8]) -> usize {
 pub fn sample_streams(secure: bool) -> (Vec<u8>, Vec<u8>) {
     let now = Instant::now();
     let sa = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
-    let mut a = Connection::accept(config(0, MON_PORT, 0, secure), sa(40000), sa(MON_PORT), now);
-    let mut c = Connection::connect(
+    let mut a: protocol::Connection =
+        Connection::accept(config(0, MON_PORT, 0, secure), sa(40000), sa(MON_PORT), now).into();
+    let mut c: protocol::Connection = Connection::connect(
         config(1, 6800, 7, secure),
         Policy::lossless_client(),
         v2_addr(MON_PORT, 0),
         EntityType::MON,
         now,
-    );
+    )
+    .into();
     c.handle_transport_connected(now);
     for i in 0..3u8 {
         let mut m = protocol::Message::new(2, Bytes::from(vec![i; 10 + usize::from(i)]));
@@ -424,6 +452,7 @@ mod tests {
             // Unchanged, the conversation opens and delivers the three messages each way.
             assert_eq!(v2_accept(&with_prefix(0, choice, &to_a)), 3, "secure {secure}");
             assert_eq!(v2_connect(&with_prefix(5, choice, &to_c)), 3, "secure {secure}");
+            assert_eq!(accept_any(&with_prefix(0, choice, &to_a)), 3, "sniffed, secure {secure}");
             for extra in [0u8, 2, 4, 0x42, 0x52, 0xe4, 0x2a] {
                 for seed in [0u8, 7, 0x80, 0xff] {
                     v2_accept(&with_prefix(seed, choice | extra, &to_a));
@@ -464,8 +493,11 @@ mod tests {
     fn v2_seed_corpus_replays_cleanly() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 3] = [
+        let targets: [Target; 4] = [
             ("v2_frames", v2_frames),
+            ("accept_any", |d| {
+                accept_any(d);
+            }),
             ("v2_accept", |d| {
                 v2_accept(d);
             }),
