@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::types::{proto_version, EntityAddr, EntityName, EntityType, Features};
-use protocol::v1::{self, Event, Policy};
+use protocol::v1;
 use protocol::wire::{
     ceph_crc32c, ConnectMsg, FooterFlags, FooterFormat, MsgFooter, MsgHeader, Tag,
     ACCEPTOR_BLOCK_LEN, BANNER,
 };
+use protocol::{Event, Policy};
 
 /// The message type hostile peers send (not a Ceph type: dispatchers see it as a test).
 pub const MSG_HOSTILE: u16 = 0x7f01;
@@ -83,7 +84,7 @@ pub fn good_protocol_version() -> u32 {
 pub fn handshaken_socket(server: EntityAddr, policy: Policy) -> (TcpStream, FooterFormat) {
     static NONCE: AtomicU32 = AtomicU32::new(1_000_000);
     let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
-    let cfg = Arc::new(v1::Config::new(
+    let cfg = Arc::new(protocol::Config::new(
         EntityName::new(EntityType::CLIENT, -1),
         EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), nonce),
     ));

@@ -46,8 +46,8 @@ use messenger::{
     Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, SendError,
 };
 use parking_lot::{Condvar, Mutex};
+use protocol::session::CounterValues;
 use protocol::types::{EntityAddr, EntityName, EntityType};
-use protocol::v1::CounterValues;
 use protocol::Message;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use messenger::{Connection, Messenger, MessengerConfig, Policy};
+use protocol::session::CounterValues;
 use protocol::types::EntityType;
-use protocol::v1::CounterValues;
 use tests::loopback::*;
 
 const MSG_TEST: u16 = 0x7f00;
@@ -254,7 +254,7 @@ struct RawPeer {
 impl RawPeer {
     /// Writes what the machine has, reads once (or until `deadline`), feeds the bytes,
     /// and returns the events.
-    fn pump(&mut self, deadline: Instant) -> Vec<protocol::v1::Event> {
+    fn pump(&mut self, deadline: Instant) -> Vec<protocol::Event> {
         use std::io::{Read, Write};
         let mut events = Vec::new();
         let now = Instant::now();
@@ -280,7 +280,7 @@ impl RawPeer {
             }
         }
         while let Some(ev) = self.machine.poll_event() {
-            if let protocol::v1::Event::NeedBudget { .. } = ev {
+            if let protocol::Event::NeedBudget { .. } = ev {
                 self.machine.grant_budget(Instant::now());
             }
             events.push(ev);
@@ -297,11 +297,7 @@ impl RawPeer {
     }
 
     /// Pumps until an event matching `pred` shows up; panics after `WAIT`.
-    fn until(
-        &mut self,
-        what: &str,
-        pred: impl Fn(&protocol::v1::Event) -> bool,
-    ) -> protocol::v1::Event {
+    fn until(&mut self, what: &str, pred: impl Fn(&protocol::Event) -> bool) -> protocol::Event {
         let deadline = Instant::now() + WAIT;
         loop {
             assert!(Instant::now() < deadline, "raw peer: no {what}");
@@ -321,7 +317,7 @@ impl RawPeer {
 /// replace too on its side, and the two would close each other's new sockets.
 #[test]
 fn a_race_at_the_lower_address_answers_wait_even_if_it_had_accepted_the_session() {
-    use protocol::v1::{Config, Event};
+    use protocol::{Config, Event};
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let (a, _, a_rx) =
         server_on(EntityType::OSD, 1, Policy::lossless_peer(), false, any, race_config());

@@ -18,8 +18,9 @@ use protocol::messages::{
     AuthNegotiation, MAuth, MAuthReply, MMonMap, MMonSubscribe, MsgType, TypedMessage,
 };
 use protocol::types::{EntityAddr, EntityName, EntityType, Features};
-use protocol::v1::{decide, Config, Connection, Event, Policy};
+use protocol::v1::Connection;
 use protocol::wire::KeepaliveStamp;
+use protocol::{decide, Config, Event, Policy, Seq};
 use tests::ceph::{client_conf_for, CephMon};
 
 /// Runs `conn` over a blocking `stream` until `stop` accepts an event (which is
@@ -51,7 +52,7 @@ fn pump(
                 Event::NeedBudget { .. } => conn.grant_budget(now),
                 Event::AcceptRequest(req) => {
                     let policy = Policy::stateless_server();
-                    let d = decide(req, None, &policy, &my_addr);
+                    let d = decide(req, None, &policy, &my_addr.into());
                     conn.handle_accept_decision(now, policy, d, None);
                 }
                 Event::Closed { by, reason } => panic!("{conn}: closed by {by:?}: {reason}"),
@@ -107,7 +108,7 @@ fn connect_side_against_real_monitor() {
     let now = Instant::now();
     let deadline = now + Duration::from_secs(20);
     let mon_addr = EntityAddr::legacy(mon.addr(), 0);
-    let my = config.my_addr;
+    let my = config.v1_addr();
     let dial = Some(mon.addr());
     let mut conn = Connection::connect(
         Arc::new(config),
@@ -123,7 +124,7 @@ fn connect_side_against_real_monitor() {
     let Event::Opened(o) = opened else { unreachable!() };
     assert!(o.lossy, "a monitor makes client sessions lossy");
     assert_eq!(o.features, Features::PACIFIC_ADVERTISED);
-    assert_eq!(o.connect_seq, 1);
+    assert_eq!(o.connect_seq, protocol::ConnectSeq(1));
 
     // As MonClient: KEEPALIVE2 first, then MAuth.
     let stamp = KeepaliveStamp { sec: 1_700_000_000, nsec: 42 };
@@ -159,7 +160,7 @@ fn connect_side_against_real_monitor() {
     let Event::Message(m) = ev else { unreachable!() };
     let map = MMonMap::from_message(&m).expect("decode MMonMap");
     assert_eq!(map.monmap.fsid, mon.fsid_bytes());
-    assert_eq!(conn.seqs().1, 2, "we sent two messages");
+    assert_eq!(conn.seqs().out_seq, Seq(2), "we sent two messages");
 
     conn.close(Instant::now());
     let mut segs = Vec::new();

@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use protocol::auth::cephx::{CephxClient, ClientConfig};
 use protocol::auth::{parse_entity_name, KeyRing};
+use protocol::auth::{
+    AuthClient, AuthNoneProvider, AuthOutcome, AuthProvider, AuthRole, AuthServer, ConMode,
+};
 use protocol::message::PRIO_DEFAULT;
 use protocol::messages::MAuthReply;
 use protocol::messages::{
@@ -30,15 +33,13 @@ use protocol::types::AUTH_CEPHX;
 use protocol::types::{
     AddrType, AuthEntityName, EntityAddr, EntityAddrVec, EntityName, EntityType, Features,
 };
-use protocol::v1::ExistingState;
-use protocol::v1::{Opened, Policy};
-use protocol::v2::auth::{AuthClient, AuthOutcome, AuthProvider, AuthRole, AuthServer};
-use protocol::v2::{
-    decide, AcceptRequest, ConMode, Config, Connection, Decision, Event, ExistingSession,
-    RequestKind, Session,
-};
+use protocol::v2::Connection;
 use protocol::wire::KeepaliveStamp;
 use protocol::Message;
+use protocol::{
+    decide, AcceptRequest, Config, Cookies, Decision, Event, Opened, Policy, RequestKind, Seq,
+    Session,
+};
 use tests::ceph::CephMon;
 
 /// Runs `conn` over a blocking `stream` until `stop` accepts an event (returned).
@@ -130,11 +131,11 @@ fn client_config() -> Config {
     let nonce = std::process::id() ^ 0x5a5a_0000;
     let me =
         EntityAddr { ty: AddrType::ANY, nonce, addr: Some(SocketAddr::from(([0, 0, 0, 0], 0))) };
-    Config::new(
-        EntityName::new(EntityType::CLIENT, EntityName::NEW),
-        EntityAddrVec::single(me),
-        AuthEntityName::new(EntityType::CLIENT, "admin"),
-    )
+    Config::new(EntityName::new(EntityType::CLIENT, EntityName::NEW), EntityAddrVec::single(me))
+        .with_auth(Arc::new(AuthNoneProvider::new(AuthEntityName::new(
+            EntityType::CLIENT,
+            "admin",
+        ))))
 }
 
 /// Dials the monitor at `mon` as a lossy client with `config` and runs the handshake
@@ -213,8 +214,8 @@ fn connect_side_against_msgr2_only_monitor() {
     assert_eq!(m.seq(), 2);
     assert_eq!(MMonMap::from_message(&m).expect("decode").monmap.fsid, mon.fsid_bytes());
     assert!(got_ack || conn.last_keepalive_ack() == Some(stamp), "KEEPALIVE2_ACK echoed");
-    assert_eq!(conn.seqs().1, 2, "we sent two messages");
-    assert_eq!(conn.seqs().0, 2, "and received two");
+    assert_eq!(conn.seqs().out_seq, Seq(2), "we sent two messages");
+    assert_eq!(conn.seqs().in_seq, Seq(2), "and received two");
 
     // msgr2 has no CLOSE frame: closing is closing the socket.
     conn.close(Instant::now());
@@ -261,11 +262,8 @@ fn accept_side_dialled_by_real_ceph_cli_over_v2() {
         rx.recv_timeout(Duration::from_secs(20)).expect("CLI connected").unwrap();
 
     let my_addrs = EntityAddrVec::single(v2_addr(local, 0));
-    let config = Config::new(
-        EntityName::new(EntityType::MON, 0),
-        my_addrs.clone(),
-        AuthEntityName::new(EntityType::MON, "a"),
-    );
+    let config = Config::new(EntityName::new(EntityType::MON, 0), my_addrs.clone())
+        .with_auth(Arc::new(AuthNoneProvider::new(AuthEntityName::new(EntityType::MON, "a"))));
     let now = Instant::now();
     let mut conn = Connection::accept(Arc::new(config), peer, local, now);
     let deadline = now + Duration::from_secs(20);
@@ -294,27 +292,6 @@ fn accept_side_dialled_by_real_ceph_cli_over_v2() {
         "IP learned from our HELLO"
     );
     assert_eq!(m.src().unwrap().to_string(), "client.?", "gid -1 before a global id");
-}
-
-/// The session table entry the messenger would hold for `conn`.
-fn existing_of(conn: &Connection) -> ExistingSession {
-    let (client_cookie, server_cookie) = conn.cookies();
-    let (_, _, connect_seq, peer_global_seq) = conn.seqs();
-    ExistingSession {
-        state: match conn.state() {
-            protocol::v1::SessionState::Open => ExistingState::Open,
-            protocol::v1::SessionState::Standby => ExistingState::Standby,
-            protocol::v1::SessionState::Closed => ExistingState::Closed,
-            _ => ExistingState::Connecting,
-        },
-        client_cookie,
-        server_cookie,
-        connect_seq,
-        peer_global_seq,
-        lossy: conn.is_lossy(),
-        server_side: conn.policy().server,
-        replacing: false,
-    }
 }
 
 fn ping() -> Message {
@@ -347,11 +324,8 @@ fn lossless_session_resumes_both_ways_with_real_monitor() {
     let local = listener.local_addr().unwrap();
     let nonce = std::process::id() | 1;
     let me = EntityAddrVec::single(v2_addr(local, nonce));
-    let mut config = Config::new(
-        EntityName::new(EntityType::MON, 9),
-        me.clone(),
-        AuthEntityName::new(EntityType::MON, "yy"),
-    );
+    let mut config = Config::new(EntityName::new(EntityType::MON, 9), me.clone())
+        .with_auth(Arc::new(AuthNoneProvider::new(AuthEntityName::new(EntityType::MON, "yy"))));
     // Races against the monitor's own redials resolve by WAIT + backoff: keep it short.
     config.initial_backoff = Duration::from_millis(50);
     config.max_backoff = Duration::from_millis(300);
@@ -368,7 +342,7 @@ fn lossless_session_resumes_both_ways_with_real_monitor() {
     let opened = pump(&mut conn, &mut stream, deadline, &me, |e| matches!(e, Event::Opened(_)));
     let Event::Opened(o) = opened else { unreachable!() };
     assert!(!o.lossy, "a monitor keeps mon-type peers lossless (SERVER_IDENT flags 0)");
-    let (cc, sc) = conn.cookies();
+    let Cookies { client: cc, server: sc } = conn.cookies();
     assert!(cc != 0 && sc != 0, "both cookies: {cc:#x} {sc:#x}");
     conn.send_message(ping());
     let ev = pump(&mut conn, &mut stream, deadline, &me, |e| matches!(e, Event::Message(_)));
@@ -379,7 +353,7 @@ fn lossless_session_resumes_both_ways_with_real_monitor() {
     drop(stream);
     conn.handle_transport_closed(Instant::now());
     while conn.poll_event().is_some() {}
-    assert_eq!(conn.state(), protocol::v1::SessionState::Standby, "{conn}");
+    assert_eq!(conn.state(), protocol::SessionState::Standby, "{conn}");
     listener.set_nonblocking(false).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let l2 = listener.try_clone().unwrap();
@@ -392,12 +366,12 @@ fn lossless_session_resumes_both_ways_with_real_monitor() {
     let mut seen = None;
     let mut old = Some(conn);
     let mut on_accept = |req: &AcceptRequest| {
-        let existing = old.as_ref().map(existing_of);
+        let existing = old.as_ref().map(|c| c.existing_session());
         let d = decide(req, existing.as_ref(), &policy, &me);
-        seen = Some((req.kind, d));
+        seen = Some((req.kind.clone(), d));
         let moved = match d {
             Decision::Replace { reset_existing: false, .. } => {
-                old.as_mut().and_then(Connection::take_session)
+                old.as_mut().and_then(|c| c.take_session())
             }
             _ => None,
         };
@@ -411,8 +385,8 @@ fn lossless_session_resumes_both_ways_with_real_monitor() {
         panic!("the monitor resumed with {kind:?}")
     };
     assert_eq!((client_cookie, server_cookie), (cc, sc), "the session keeps its cookies");
-    assert_eq!(msg_seq, 1, "the monitor got our MPing");
-    assert_eq!(d, Decision::Replace { reset_existing: false, remote_reset: false });
+    assert_eq!(msg_seq, Seq(1), "the monitor got our MPing");
+    assert_eq!(d, Decision::Replace { reset_existing: false, peer_restarted: false });
     assert!(o.resumed);
     acc.send_message(ping());
     let ev = pump(&mut acc, &mut back, deadline, &me, |e| matches!(e, Event::Message(_)));
@@ -426,7 +400,7 @@ fn lossless_session_resumes_both_ways_with_real_monitor() {
     drop(back);
     acc.handle_transport_closed(Instant::now());
     while acc.poll_event().is_some() {}
-    assert_eq!(acc.state(), protocol::v1::SessionState::Standby, "{acc}");
+    assert_eq!(acc.state(), protocol::SessionState::Standby, "{acc}");
     acc.send_message(ping());
     let mut attempts = 0;
     let mut stream = None;
@@ -465,12 +439,12 @@ fn lossless_session_resumes_both_ways_with_real_monitor() {
     };
     let Event::Opened(o) = ev else { unreachable!() };
     assert!(o.resumed, "SESSION_RECONNECT_OK, not a new session");
-    assert_eq!(acc.cookies(), (cc, sc));
+    assert_eq!(acc.cookies(), Cookies { client: cc, server: sc });
     let mut stream = stream.expect("connected");
     let ev = pump(&mut acc, &mut stream, deadline, &me, |e| matches!(e, Event::Message(_)));
     let Event::Message(m) = ev else { unreachable!() };
     assert_eq!(m.seq(), 3, "numbering continues across both resumptions");
-    assert_eq!(acc.seqs().1, 3, "we sent three messages in the session");
+    assert_eq!(acc.seqs().out_seq, Seq(3), "we sent three messages in the session");
     assert_eq!(acc.duplicates_dropped(), 0);
 }
 
@@ -539,11 +513,8 @@ fn serve_mini_mon(
     seen: std::sync::mpsc::Sender<String>,
 ) {
     let my_addrs = EntityAddrVec::single(v2_addr(local, 0));
-    let config = Config::new(
-        EntityName::new(EntityType::MON, 0),
-        my_addrs.clone(),
-        AuthEntityName::new(EntityType::MON, "a"),
-    );
+    let config = Config::new(EntityName::new(EntityType::MON, 0), my_addrs.clone())
+        .with_auth(Arc::new(AuthNoneProvider::new(AuthEntityName::new(EntityType::MON, "a"))));
     let monmap = MonMap::single(FSID, 1, "a", my_addrs.clone());
     let mut conn = Connection::accept(Arc::new(config), peer, local, Instant::now());
     stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
