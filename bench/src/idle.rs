@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::types::{EntityAddr, EntityName, EntityType};
-use protocol::v1::{self, Event, Policy};
+use protocol::v1;
+use protocol::{Config, Event, Policy};
 
 use crate::args::{Args, MsgrVariant};
 
@@ -44,10 +45,7 @@ fn raise_fd_limit() {
 
 /// One blocking v1 handshake as a lossy client of the server at `addr`; returns the open
 /// session's state machine and its socket.
-pub fn handshake(
-    addr: SocketAddr,
-    cfg: &Arc<v1::Config>,
-) -> io::Result<(v1::Connection, TcpStream)> {
+pub fn handshake(addr: SocketAddr, cfg: &Arc<Config>) -> io::Result<(v1::Connection, TcpStream)> {
     let now = Instant::now();
     let peer = EntityAddr::legacy(addr, 0);
     let mut conn =
@@ -84,7 +82,7 @@ pub fn handshake(
 /// The child: opens `n` connections, prints "ready", holds them until stdin closes.
 pub fn clients(addr: SocketAddr, n: usize) -> io::Result<()> {
     raise_fd_limit();
-    let mut cfg = v1::Config::new(
+    let mut cfg = Config::new(
         EntityName::new(EntityType::CLIENT, -1),
         EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), std::process::id()),
     );

@@ -14,7 +14,6 @@ use bench::wire::{client_name, Framer, FOOTER_LEN, HEAD_LEN, MSG_PING, SERVER_NA
 use bytes::Bytes;
 use protocol::message::PRIO_DEFAULT;
 use protocol::types::EntityAddr;
-use protocol::v1;
 use protocol::Message;
 
 #[test]
@@ -22,7 +21,7 @@ fn captured_frames_match() {
     let args = Args::default();
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let (server, addr) = bench::msgr::server(&args, loopback, MsgrVariant::default()).unwrap();
-    let mut cfg = v1::Config::new(client_name(0), EntityAddr::legacy(loopback, 4242));
+    let mut cfg = protocol::Config::new(client_name(0), EntityAddr::legacy(loopback, 4242));
     cfg.crc_header = true;
     cfg.crc_data = true;
     let (mut conn, mut sock) = bench::idle::handshake(addr, &Arc::new(cfg)).unwrap();
