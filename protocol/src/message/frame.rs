@@ -23,33 +23,19 @@ impl Message {
         crc_header: bool,
         crc_data: bool,
     ) -> (MsgHeader, MsgFooter) {
-        let mut header = MsgHeader {
+        let fields = MsgHeader {
             seq,
             tid: self.tid,
             msg_type: self.msg_type,
             priority: self.priority,
             version: self.version,
-            front_len: len32(&self.front),
-            middle_len: len32(&self.middle),
-            data_len: len32(&self.data),
             data_off: self.data_off,
             src: self.src.unwrap_or(src),
             compat_version: self.compat_version,
-            reserved: 0,
-            crc: 0,
+            ..MsgHeader::default()
         };
-        let mut footer = MsgFooter { flags: FooterFlags::COMPLETE, ..Default::default() };
-        if crc_header {
-            header = header.with_crc();
-            footer.front_crc = ceph_crc32c(0, &self.front);
-            footer.middle_crc = ceph_crc32c(0, &self.middle);
-        }
-        if crc_data {
-            footer.data_crc = ceph_crc32c(0, &self.data);
-        } else {
-            footer.flags = footer.flags | FooterFlags::NOCRC;
-        }
-        (header, footer)
+        let segments = [&self.front[..], &self.middle[..], &self.data[..]];
+        seal_header(fields, segments, crc_header, crc_data)
     }
 
     /// The complete wire form (tag, header, segments, footer) as message `seq`.
@@ -70,6 +56,41 @@ impl Message {
         sign(&header, &mut footer);
         Frame::new(&header, &footer, opts.footer, self)
     }
+}
+
+/// The header and footer of a message sent with `fields` (seq, tid, type, priority,
+/// versions, data_off, src; lengths and crcs are filled in here) and `segments`
+/// (front, middle, data): the segment lengths, the crcs when `crc_header` (header,
+/// front, middle) and `crc_data` (data, else `NOCRC`), and `COMPLETE`. Every v1 sender
+/// computes them here: [`Message::encode_header`], and peers that keep their payload in
+/// plain slices (the benchmark's).
+pub fn seal_header(
+    fields: MsgHeader,
+    segments: [&[u8]; 3],
+    crc_header: bool,
+    crc_data: bool,
+) -> (MsgHeader, MsgFooter) {
+    let [front, middle, data] = segments;
+    let mut header = MsgHeader {
+        front_len: len32(front.len()),
+        middle_len: len32(middle.len()),
+        data_len: len32(data.len()),
+        reserved: 0,
+        crc: 0,
+        ..fields
+    };
+    let mut footer = MsgFooter { flags: FooterFlags::COMPLETE, ..Default::default() };
+    if crc_header {
+        header = header.with_crc();
+        footer.front_crc = ceph_crc32c(0, front);
+        footer.middle_crc = ceph_crc32c(0, middle);
+    }
+    if crc_data {
+        footer.data_crc = ceph_crc32c(0, data);
+    } else {
+        footer.flags = footer.flags | FooterFlags::NOCRC;
+    }
+    (header, footer)
 }
 
 /// How a connection sends messages (Ceph's `ms_crc_header`, `ms_crc_data`, MSG_AUTH).

@@ -288,9 +288,9 @@ impl Message {
 
 /// A `u32` segment length; a local segment above 4 GiB cannot be sent in msgr v1 and is
 /// a caller bug, logged and clamped rather than silently wrapped.
-fn len32(b: &Bytes) -> u32 {
-    u32::try_from(b.len()).unwrap_or_else(|_| {
-        log::error!(target: "msgr::message", "segment of {} bytes exceeds u32", b.len());
+fn len32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or_else(|_| {
+        log::error!(target: "msgr::message", "segment of {len} bytes exceeds u32");
         u32::MAX
     })
 }
@@ -317,7 +317,7 @@ impl fmt::Debug for Message {
 pub const UNNAMED_CLIENT: EntityName = EntityName { ty: EntityType::CLIENT, num: EntityName::NEW };
 
 pub use decoder::{DecodeLimits, DecodeOptions, MessageDecoder, Progress};
-pub use frame::{EncodeOptions, Frame};
+pub use frame::{seal_header, EncodeOptions, Frame};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
