@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use protocol::message::{DecodeLimits, PRIO_DEFAULT};
+use protocol::message::{seal_header, DecodeLimits, PRIO_DEFAULT};
 use protocol::types::{EntityName, EntityType};
 use protocol::wire::{ceph_crc32c, FooterFlags, FooterFormat, MsgFooter, MsgHeader, Tag};
 
@@ -52,28 +52,19 @@ impl Framer {
     }
 
     /// The 54 bytes before the payload and the footer of message `tid` carrying `data`,
-    /// computed as `Message::encode_header` does (header crc, front, middle and data crcs).
+    /// from the `protocol` crate's v1 encoder ([`seal_header`]: header crc, front,
+    /// middle and data crcs, as the messenger's own frames).
     pub fn frame(&mut self, tid: u64, data: &[u8]) -> ([u8; HEAD_LEN], [u8; FOOTER_LEN]) {
-        let mut header = MsgHeader {
+        let fields = MsgHeader {
             seq: self.next_seq,
             tid,
             msg_type: MSG_PING,
             priority: PRIO_DEFAULT,
-            data_len: u32::try_from(data.len()).unwrap_or(u32::MAX),
             src: self.src,
             ..MsgHeader::default()
         };
         self.next_seq += 1;
-        let mut footer = MsgFooter { flags: FooterFlags::COMPLETE, ..MsgFooter::default() };
-        if self.crc {
-            header = header.with_crc();
-            // The empty front and middle are crc'd too, as the messenger does.
-            footer.front_crc = ceph_crc32c(0, &[]);
-            footer.middle_crc = ceph_crc32c(0, &[]);
-            footer.data_crc = ceph_crc32c(0, data);
-        } else {
-            footer.flags = footer.flags | FooterFlags::NOCRC;
-        }
+        let (header, footer) = seal_header(fields, [&[], &[], data], self.crc, self.crc);
         let mut head = [0u8; HEAD_LEN];
         head[0] = Tag::MSG.0;
         head[1..].copy_from_slice(&header.to_bytes());
