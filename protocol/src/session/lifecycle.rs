@@ -1,7 +1,6 @@
 //! The shell around the fault policy, for both protocols: what a fault does to the
 //! machine ([`fault_action`] decides, this file carries it out), reconnecting, waking
-//! from standby, opening, refusing and finishing, and the rate-limited log of peer
-//! misbehaviour.
+//! from standby, opening, refusing and finishing, and the log of peer misbehaviour.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -9,58 +8,13 @@ use std::time::{Duration, Instant};
 use crate::auth::SessionHandler;
 use crate::types::{EntityAddr, EntityType};
 
+use super::clock::later;
 use super::event::{CloseReason, Event, Initiator, Opened};
 use super::fault::{fault_action, Fault, FaultAction, FaultContext, Side};
-use super::machine::Machine;
-use super::protocol::Protocol;
-use super::receive::Open;
+use super::issues::PeerIssue;
+use super::machine::{Machine, Protocol};
+use super::open::Open;
 use super::state::State;
-use super::timers::later;
-
-/// Kinds of peer misbehaviour that a peer could trigger in bulk. Each is logged at WARN
-/// the first time it happens on a connection and at DEBUG afterwards, and always counted
-/// ([`Machine::poll_peer_issues`]), so a flood costs one log line per connection and
-/// kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum PeerIssue {
-    /// A connect or ident we answer with a retry or refusal (bad protocol version,
-    /// features, authorizer), or too many of them.
-    BadConnect,
-    /// A connect reply or ident reply we cannot accept.
-    BadConnectReply,
-    /// A banner or address that is not what it must be.
-    BadBanner,
-    /// A message or frame that failed to decode (crc, limits, footer).
-    BadMessage,
-    /// An unknown tag in the open session.
-    UnknownTag,
-}
-
-impl PeerIssue {
-    fn bit(self) -> u8 {
-        1 << (self as u8)
-    }
-}
-
-/// The peer issues of one machine.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct PeerIssues {
-    /// [`PeerIssue`] kinds already logged at WARN on this connection (one bit each).
-    warned: u8,
-    /// Issues seen since the last [`Machine::poll_peer_issues`].
-    seen: u64,
-    /// Of those, the ones not logged at WARN.
-    unlogged: u64,
-}
-
-impl PeerIssues {
-    pub(crate) fn take_counts(&mut self) -> (u64, u64) {
-        let counts = (self.seen, self.unlogged);
-        self.seen = 0;
-        self.unlogged = 0;
-        counts
-    }
-}
 
 /// How a session opened, as the protocol saw it.
 pub(crate) struct OpenNote {
@@ -204,7 +158,7 @@ impl<P: Protocol> Machine<P> {
         self.events.retain(|e| !e.is_request());
     }
 
-    /// The machine is finished: [`Event::Closed`] is its last event.
+    /// The machine is finished: [`super::Event::Closed`] is its last event.
     pub(crate) fn finish(&mut self, by: Initiator, reason: CloseReason) {
         self.drop_stale_requests();
         log::debug!(target: P::LOG, "{self}: closed by {by:?}: {reason}");
@@ -216,12 +170,9 @@ impl<P: Protocol> Machine<P> {
     /// Reports peer misbehaviour: WARN the first time `issue` happens on this
     /// connection, DEBUG afterwards; always counted.
     pub(crate) fn peer_issue(&mut self, issue: PeerIssue, what: fmt::Arguments<'_>) {
-        self.issues.seen += 1;
-        if self.issues.warned & issue.bit() == 0 {
-            self.issues.warned |= issue.bit();
+        if self.issues.note(issue) {
             log::warn!(target: P::LOG, "{self}: {what}");
         } else {
-            self.issues.unlogged += 1;
             log::debug!(target: P::LOG, "{self}: {what} (again)");
         }
     }

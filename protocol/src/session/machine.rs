@@ -33,28 +33,92 @@ use crate::message::Message;
 use crate::types::{EntityAddr, EntityType};
 use crate::wire::KeepaliveStamp;
 
+use super::clock::{later, Keepalive};
 use super::config::Config;
-use super::event::{AuthVerdict, CloseReason, Event, Initiator};
+use super::event::{AuthVerdict, Event};
 use super::fault::{Fault, Side};
-use super::lifecycle::PeerIssues;
+use super::issues::PeerIssues;
 use super::policy::Policy;
-use super::protocol::Protocol;
 use super::race::Decision;
 use super::rx::RxBuf;
 use super::seq::{GlobalSeq, Seq};
 use super::state::State;
-use super::timers::{later, Keepalive};
 use super::Session;
 
 /// Source of the connection ids shown in the `Display` prefix.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Input steps one call may take. Each step consumes input or changes state, or
-/// returns false; the bound only guards against a bug turning into a hang.
-const INPUT_STEPS_BOUND: usize = 1_000_000;
+/// What a protocol (msgr v1, msgr2) plugs into [`Machine`]: its handshake steps, what
+/// its open session is in the middle of reading, and the hooks the shared skeleton
+/// calls. Implemented by [`crate::v1::V1`] and [`crate::v2::V2`] only; a driver never
+/// calls these.
+pub trait Protocol: Sized + Send + 'static {
+    /// The protocol's handshake steps (a closed enum of per-step data).
+    type Handshake: Send;
+    /// What the open session is in the middle of reading.
+    type OpenRx: Send;
+    /// Log target (`msgr::v1`, `msgr::v2`).
+    const LOG: &'static str;
+    /// The prefix of the `Display` form (`v1`, `v2`).
+    const NAME: &'static str;
+
+    /// The step's name, for logs.
+    fn step_name(step: &Self::Handshake) -> &'static str;
+    /// Whether the step reads the socket (false while the driver owes an answer).
+    fn step_wants_read(step: &Self::Handshake) -> bool;
+    /// Whether the step waits for [`Machine::handle_accept_decision`].
+    fn step_awaits_decision(step: &Self::Handshake) -> bool;
+    /// Whether a message's payload must progress against `Config::payload_timeout`
+    /// once its budget is granted (v1, which reads payloads in windows; msgr2 takes a
+    /// segment whole).
+    const TIMED_PAYLOAD: bool;
+
+    /// The dialled socket connected: queue the banner; the first handshake step.
+    fn start_handshake(m: &mut Machine<Self>) -> Self::Handshake;
+    /// One unit of handshake input; false when more input (or an answer) is needed.
+    fn read_handshake(m: &mut Machine<Self>, now: Instant) -> bool;
+    /// One unit of open-session input; false when more input (or budget) is needed.
+    fn read_open(m: &mut Machine<Self>, now: Instant) -> bool;
+    /// The driver's accept decision (the machine is in its AwaitAcceptDecision step).
+    fn accept_decision(
+        m: &mut Machine<Self>,
+        now: Instant,
+        decision: Decision,
+        transferred: Option<Session>,
+    );
+    /// The driver's authorizer verdict.
+    fn authorizer_verdict(m: &mut Machine<Self>, now: Instant, verdict: AuthVerdict);
+    /// The driver granted `bytes` of budget (`first`: the message's first grant): let
+    /// the decoder read on. An error faults the connection.
+    fn grant(m: &mut Machine<Self>, bytes: u64, first: bool) -> Result<(), Fault>;
+    /// The large payload segment being assembled and how many bytes may be read into it.
+    fn direct_read_buffer(m: &mut Machine<Self>) -> Option<(&mut BytesMut, usize)>;
+    /// Whether a message's header was read and it has not completed.
+    fn message_in_progress(rx: &Self::OpenRx) -> bool;
+    /// Bytes of memory held for the message being received.
+    fn receive_held_bytes(rx: &Self::OpenRx) -> usize;
+
+    /// While open: appends ACKs, pending keepalives and framed messages after the
+    /// control bytes in `head` (small pieces into `head`, payload segments pushed onto
+    /// `out` by reference, flushing `head` before them).
+    fn transmit(m: &mut Machine<Self>, head: &mut BytesMut, out: &mut Vec<Bytes>);
+    /// Queues a keepalive on the open session.
+    fn queue_keepalive(m: &mut Machine<Self>, stamp: KeepaliveStamp);
+    /// The user closes the connection: what goes out before the socket does (v1's
+    /// CLOSE on an open session).
+    fn queue_close(m: &mut Machine<Self>, was_open: bool);
+    /// Forgets the protocol's per-TCP-connection state.
+    fn reset_transport(m: &mut Machine<Self>);
+    /// Whether a reconnect after a fault starts the session's next connect_seq.
+    fn bumps_connect_seq(m: &Machine<Self>, was_open: bool) -> bool;
+    /// Whether waking from standby starts the session's next connect_seq.
+    fn wake_bumps_connect_seq(m: &Machine<Self>) -> bool;
+    /// Extra words for the `Display` prefix after the state (msgr2's mode).
+    fn describe(m: &Machine<Self>) -> Option<&'static str>;
+}
 
 /// One connection attempt / session of a protocol `P` (connect or accept side), as a
-/// pure state machine: fed bytes and `now`, it hands back bytes to write, [`Event`]s
+/// pure state machine: fed bytes and `now`, it hands back bytes to write, [`super::Event`]s
 /// and its next deadline (see the module docs for the call order).
 pub struct Machine<P: Protocol> {
     /// Process-unique id for logs.
@@ -157,260 +221,6 @@ impl<P: Protocol> Machine<P> {
     /// The handshake deadline for an attempt starting at `now`.
     pub(crate) fn handshake_deadline(&self, now: Instant) -> Instant {
         later(now, self.config.handshake_timeout)
-    }
-
-    // ----- inputs -----
-
-    /// The dialled socket is connected (first attempt or after [`Event::Reconnect`]):
-    /// the handshake starts.
-    #[doc(alias = "reconnect_transport")]
-    #[doc(alias = "start_client_banner_exchange")]
-    pub fn handle_transport_connected(&mut self, now: Instant) {
-        self.now = now;
-        if !matches!(self.state, State::AwaitTransport { .. }) {
-            log::warn!(target: P::LOG, "{self}: transport connected in state {}", self.state_name());
-            return;
-        }
-        self.side = Side::Connect;
-        self.reset_transport();
-        self.global_seq = self.config.global_seq.next();
-        self.last_rx = now;
-        let step = P::start_handshake(self);
-        self.set_state(State::Handshake { deadline: self.handshake_deadline(now), step });
-    }
-
-    /// Bytes from the socket, in any chunking. Call only while [`Machine::wants_read`];
-    /// payloads are sliced out of `data` without copying.
-    pub fn handle_bytes(&mut self, now: Instant, data: Bytes) {
-        self.now = now;
-        if self.state.is_closed() || data.is_empty() {
-            return;
-        }
-        log::trace!(target: P::LOG, "{self}: {} bytes in", data.len());
-        self.last_rx = now;
-        self.rx.push(data);
-        self.process(now);
-    }
-
-    /// While a large message segment arrives in pieces, the buffer it is assembled in
-    /// and how many more bytes it needs: the driver may read at most that many bytes
-    /// into its spare capacity, then call [`Machine::handle_direct_read`]. `None`
-    /// whenever bytes must go through [`Machine::handle_bytes`] (always for msgr2).
-    pub fn direct_read_buffer(&mut self) -> Option<(&mut BytesMut, usize)> {
-        if !self.state.is_open() || self.rx.len() > 0 {
-            return None;
-        }
-        P::direct_read_buffer(self)
-    }
-
-    /// `n` bytes were read into [`Machine::direct_read_buffer`].
-    pub fn handle_direct_read(&mut self, now: Instant, n: usize) {
-        self.now = now;
-        if self.state.is_closed() || n == 0 {
-            return;
-        }
-        log::trace!(target: P::LOG, "{self}: {n} bytes in (direct)");
-        self.last_rx = now;
-        self.note_payload_progress(now, n as u64);
-        self.process(now);
-    }
-
-    /// The socket reached EOF or failed.
-    pub fn handle_transport_closed(&mut self, now: Instant) {
-        self.now = now;
-        match self.state {
-            State::Closed | State::Standby | State::AwaitBackoff { .. } => {}
-            _ => self.fault(now, Fault::TransportClosed),
-        }
-    }
-
-    /// The driver has bytes to write that the socket does not take (it would block).
-    /// If that lasts `Config::write_timeout` with no [`Machine::handle_write_progress`]
-    /// in between, the open session faults: the peer stopped reading, and what waits for
-    /// it must not be held forever.
-    pub fn handle_write_blocked(&mut self, now: Instant) {
-        self.now = now;
-        if self.write_blocked_since.is_none() {
-            self.write_blocked_since = Some(now);
-        }
-    }
-
-    /// The socket took bytes, or nothing waits to be written any more.
-    pub fn handle_write_progress(&mut self, now: Instant) {
-        self.now = now;
-        self.write_blocked_since = None;
-    }
-
-    /// The messenger's answer to [`Event::AcceptRequest`]: its policy for the peer's
-    /// type, the [`Decision`] (from [`crate::decide`]) and, when the decision keeps an
-    /// existing session ([`super::TableEffect::Replace`]), that session, taken from its
-    /// machine with [`Machine::take_session`].
-    pub fn handle_accept_decision(
-        &mut self,
-        now: Instant,
-        policy: Policy,
-        decision: Decision,
-        transferred: Option<Session>,
-    ) {
-        self.now = now;
-        if !self.state.step().is_some_and(P::step_awaits_decision) {
-            log::warn!(target: P::LOG, "{self}: accept decision in state {}", self.state_name());
-            return;
-        }
-        self.policy = policy;
-        self.lossy = policy.lossy;
-        log::debug!(target: P::LOG, "{self}: accept decision {decision:?}");
-        P::accept_decision(self, now, decision, transferred);
-    }
-
-    /// The messenger's answer to [`Event::VerifyAuthorizer`].
-    pub fn handle_authorizer_verdict(&mut self, now: Instant, verdict: AuthVerdict) {
-        self.now = now;
-        P::authorizer_verdict(self, now, verdict);
-    }
-
-    /// Budget for the message announced by [`Event::NeedBudget`] was reserved: read on.
-    pub fn grant_budget(&mut self, now: Instant) {
-        self.now = now;
-        let Some((bytes, first)) = self.take_grant(now, P::TIMED_PAYLOAD) else { return };
-        if let Err(fault) = P::grant(self, bytes, first) {
-            self.fault(now, fault);
-            return;
-        }
-        self.process(now);
-    }
-
-    // ----- commands -----
-
-    /// Queues `msg` (priority order, HIGHEST first; FIFO within a priority). Its seq is
-    /// assigned when it is framed. Wakes a connect-side standby session.
-    pub fn send_message(&mut self, msg: Message) {
-        if self.state.is_closed() {
-            log::debug!(target: P::LOG, "{self}: message dropped, connection closed");
-            return;
-        }
-        self.session.queue.push_back(msg);
-        self.wake_from_standby();
-    }
-
-    /// Queues a keepalive carrying `wall_clock` (v1 without KEEPALIVE2: a bare
-    /// KEEPALIVE). Sent once open if not open yet.
-    pub fn send_keepalive(&mut self, wall_clock: KeepaliveStamp) {
-        self.keepalive.anchor = (self.now, wall_clock);
-        match self.state {
-            State::Closed => {}
-            State::Open(_) => P::queue_keepalive(self, wall_clock),
-            _ => {
-                self.keepalive.pending = Some(wall_clock);
-                self.wake_from_standby();
-            }
-        }
-    }
-
-    /// Closes the connection: an open v1 session sends CLOSE (flush
-    /// [`Machine::poll_transmit`] before dropping the socket; msgr2 has no CLOSE frame);
-    /// queued messages are dropped. Emits [`Event::Closed`] by [`Initiator::Local`].
-    pub fn close(&mut self, now: Instant) {
-        self.now = now;
-        if self.state.is_closed() {
-            return;
-        }
-        let was_open = self.state.is_open();
-        self.session.reset();
-        P::queue_close(self, was_open);
-        self.finish(Initiator::Local, CloseReason::Requested);
-    }
-
-    /// Moves the session (seqs, queued and unacked messages) out for a replace; this
-    /// machine is closed afterwards without further events.
-    pub fn take_session(&mut self) -> Option<Session> {
-        if self.state.is_closed() {
-            return None;
-        }
-        self.session.requeue_sent();
-        let s = std::mem::take(&mut self.session);
-        log::debug!(target: P::LOG, "{self}: session taken (cs={} in={} out={})", s.connect_seq, s.in_seq, s.out_seq);
-        self.ctrl.clear();
-        self.rx.clear();
-        self.set_state(State::Closed);
-        Some(s)
-    }
-
-    /// Makes the session lossy from now on (Ceph's `mark_disposable`): the next fault
-    /// resets it ([`Event::Reset`]) instead of reconnecting, and nothing more is acked.
-    pub fn mark_lossy(&mut self) {
-        self.policy.lossy = true;
-        self.lossy = true;
-        // Never resent now, and no longer acknowledged: keeping them would hold them
-        // (and their share of the send bounds) until the session ends.
-        self.session.drop_sent();
-    }
-
-    // ----- outputs -----
-
-    /// Appends the bytes to write, as segments (payloads are shared, not copied);
-    /// returns how many bytes were appended. Call until it returns 0 or the socket is
-    /// full; what was returned must be written in order before the next call's output.
-    pub fn poll_transmit(&mut self, out: &mut Vec<Bytes>) -> usize {
-        let first = out.len();
-        let mut head = std::mem::take(&mut self.ctrl);
-        if self.state.is_open() {
-            P::transmit(self, &mut head, out);
-        }
-        if !head.is_empty() {
-            out.push(head.split().freeze());
-        }
-        // Keep the allocation for the next round when it was not handed out.
-        self.ctrl = head;
-        let total = out[first..].iter().map(Bytes::len).sum();
-        if total > 0 {
-            log::trace!(target: P::LOG, "{self}: {total} bytes out");
-        }
-        if let Some(fault) = self.deferred_fault.take() {
-            let now = self.now;
-            self.fault(now, fault);
-        }
-        total
-    }
-
-    /// The next event, if any. Drain after every input or command.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    /// Whether events are waiting.
-    pub fn has_events(&self) -> bool {
-        !self.events.is_empty()
-    }
-
-    // ----- reading -----
-
-    /// Runs input steps until one needs more input or an answer.
-    pub(crate) fn process(&mut self, now: Instant) {
-        for _ in 0..INPUT_STEPS_BOUND {
-            if let Some(fault) = self.deferred_fault.take() {
-                // Something queued before could not be encoded.
-                self.fault(now, fault);
-                return;
-            }
-            let more = match self.state {
-                State::Handshake { .. } => P::read_handshake(self, now),
-                State::Open(_) => P::read_open(self, now),
-                State::AwaitTransport { .. }
-                | State::AwaitBackoff { .. }
-                | State::Standby
-                | State::Closed => {
-                    // Bytes of a connection that is gone.
-                    self.rx.clear();
-                    false
-                }
-                State::Transition => false,
-            };
-            if !more {
-                return;
-            }
-        }
-        log::warn!(target: P::LOG, "{self}: input loop bound hit");
     }
 
     // ----- writing -----

@@ -12,31 +12,40 @@
 //! | `queue.rs` | the out queue (priority, FIFO within one; requeue, discard) |
 //! | `cookies.rs` | msgr2's [`Cookies`] and their [`CookieSource`] |
 //! | `policy.rs` | [`Policy`] (Ceph's `Messenger::Policy`) |
+//! | `clock.rs` | deadlines that cannot overflow; keepalive wall-clock stamps |
+//! | `issues.rs` | peer misbehaviour: counted, logged at WARN once per kind |
 //! | `config.rs` | [`Config`] of a messenger's machines, its [`Counters`] |
 //! | `fault.rs` | [`Fault`] and the pure [`fault_action`] policy |
 //! | `event.rs` | [`Event`], what a machine reports to its driver |
 //! | `race.rs` | the accept decision's vocabulary: [`AcceptRequest`], [`ExistingSession`], [`Decision`] |
+//! | `open.rs` | what only an open session has: receive state, budget, ACK due, signer |
 //! | `state.rs` | the state skeleton both protocols fill in, and [`SessionState`] |
-//! | `protocol.rs` | the hooks a protocol plugs into the machine |
-//! | `machine.rs` | [`Machine`]: its inputs, commands and outputs, for both protocols |
-//! | `queries.rs` | [`Machine`]'s queries |
-//! | `lifecycle.rs` | the fault shell: fault, reconnect, standby, refuse, close |
-//! | `timers.rs` | deadlines and keepalives |
+//! | `machine.rs` | [`Machine`] and the hooks a protocol plugs into it |
+//! | `lifecycle.rs` | the fault shell: open, fault, reconnect, standby, refuse, finish |
 //! | `receive.rs` | the open session's receive bookkeeping: seqs, duplicates, acks, budget windows |
+//! | `inputs.rs`, `commands.rs`, `outputs.rs`, `timers.rs`, `queries.rs` | [`Machine`]'s API, grouped as quinn's |
 //! | `rx.rs` | the receive buffer |
+//!
+//! Files import downward only: the data files (above `machine.rs` in this table),
+//! then `machine.rs`, then the files that add behaviour to [`Machine`].
 //!
 //! What differs stays with each protocol: v1's connect_seq/global_seq race
 //! ([`crate::v1::race`]), msgr2's cookies and its race ([`crate::v2::race`]), framing
 //! and the handshakes.
 
+mod clock;
+mod commands;
 mod config;
 mod cookies;
 mod event;
 mod fault;
+mod inputs;
+mod issues;
 mod lifecycle;
 mod machine;
+mod open;
+mod outputs;
 mod policy;
-mod protocol;
 mod queries;
 mod queue;
 mod race;
@@ -58,16 +67,17 @@ pub use event::{AuthVerdict, CloseReason, Event, Initiator, Opened};
 pub use fault::{fault_action, next_backoff, Fault, FaultAction, FaultContext, Side};
 pub(crate) use machine::machine_newtype;
 pub use machine::Machine;
+pub(crate) use machine::Protocol;
 pub use policy::Policy;
-pub(crate) use protocol::Protocol;
 pub use race::{AcceptRequest, Decision, ExistingSession, ExistingState, RequestKind, TableEffect};
 pub use seq::{ConnectSeq, GlobalSeq, GlobalSeqCounter, Seq};
 pub use state::SessionState;
 
-pub(crate) use lifecycle::{OpenNote, PeerIssue};
+pub(crate) use clock::later;
+pub(crate) use issues::PeerIssue;
+pub(crate) use lifecycle::OpenNote;
 pub(crate) use queue::OutQueue;
 pub(crate) use state::State;
-pub(crate) use timers::later;
 
 /// A session's sequence numbers and queues: what moves between state machines.
 ///

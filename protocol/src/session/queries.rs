@@ -8,9 +8,8 @@ use crate::wire::KeepaliveStamp;
 
 use super::cookies::Cookies;
 use super::fault::Side;
-use super::machine::Machine;
+use super::machine::{Machine, Protocol};
 use super::policy::Policy;
-use super::protocol::Protocol;
 use super::race::ExistingSession;
 use super::state::{SessionState, State};
 use super::Seqs;

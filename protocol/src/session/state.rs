@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use super::receive::Open;
+use super::open::Open;
 
 /// Where a machine is. Wait states share the `Await` prefix.
 pub(crate) enum State<H, O> {

@@ -18,9 +18,8 @@ use crate::wire::{
     check_banner, ConnectMsg, ConnectReply, Tag, BANNER_LEN, CONNECT_LOSSY, MAX_AUTHORIZER_LEN,
 };
 
-use super::connection::{LOG, V1};
 use super::open::open_rx;
-use super::state::{AcceptLink, Handshake, Opening, PendingConnect, Verifier};
+use super::state::{AcceptLink, Handshake, Opening, PendingConnect, Verifier, LOG, V1};
 
 /// Connect messages one accepted TCP connection may send before it is faulted.
 ///

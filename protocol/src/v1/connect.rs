@@ -18,9 +18,8 @@ use crate::wire::{
     BANNER_LEN, CONNECT_LOSSY, MAX_AUTHORIZER_LEN,
 };
 
-use super::connection::{LOG, V1};
 use super::open::open_rx;
-use super::state::Handshake;
+use super::state::{Handshake, LOG, V1};
 
 /// The dialled socket connected: our banner goes first (the acceptor writes its own at
 /// once too).

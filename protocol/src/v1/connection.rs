@@ -9,21 +9,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::session::{
     AuthVerdict, Config, Decision, Fault, Machine, Policy, Protocol, Session, Side, State,
 };
-use crate::types::{EntityAddr, EntityType, Features};
-use crate::wire::{keepalive2_frame, AcceptorBanner, KeepaliveStamp, Tag};
+use crate::types::{EntityAddr, EntityType};
+use crate::wire::{AcceptorBanner, KeepaliveStamp, Tag};
 
-use super::state::{Handshake, OpenRx};
+use super::state::{Handshake, OpenRx, LOG, V1};
 use super::{accept, connect, open};
-
-/// The log target of msgr v1.
-pub(crate) const LOG: &str = "msgr::v1";
-
-/// msgr v1 as a protocol of [`Machine`]: the handshake of msgr-v1.md 2-3, the
-/// open session's tags and messages, its framing.
-#[derive(Debug)]
-pub struct V1 {
-    _private: (),
-}
 
 crate::session::machine_newtype!(
     /// One msgr v1 connection (connect or accept side) and the session it carries: a
@@ -45,7 +35,7 @@ impl Connection {
     ) -> Self {
         let deadline = crate::session::later(now, config.handshake_timeout);
         let state = State::AwaitTransport { deadline };
-        let mut m = Machine::new(config, Side::Connect, policy, state, V1 { _private: () }, now);
+        let mut m = Machine::new(config, Side::Connect, policy, state, V1::new(), now);
         m.peer_addr = Some(peer_addr);
         m.peer_type = Some(peer_type);
         m.socket_peer = peer_addr.addr;
@@ -64,8 +54,7 @@ impl Connection {
     ) -> Self {
         let deadline = crate::session::later(now, config.handshake_timeout);
         let state = State::Handshake { deadline, step: Handshake::AwaitPeerBanner };
-        let mut m =
-            Machine::new(config, Side::Accept, Policy::default(), state, V1 { _private: () }, now);
+        let mut m = Machine::new(config, Side::Accept, Policy::default(), state, V1::new(), now);
         m.socket_peer = Some(socket_peer);
         let mut me = m.config.v1_addr();
         if me.is_blank_ip() {
@@ -164,7 +153,7 @@ impl Protocol for V1 {
     }
 
     fn queue_keepalive(m: &mut Machine<V1>, stamp: KeepaliveStamp) {
-        queue_keepalive(&mut m.ctrl, m.session.features, stamp);
+        open::queue_keepalive(&mut m.ctrl, m.session.features, stamp);
     }
 
     fn queue_close(m: &mut Machine<V1>, was_open: bool) {
@@ -188,14 +177,5 @@ impl Protocol for V1 {
 
     fn describe(_m: &Machine<V1>) -> Option<&'static str> {
         None
-    }
-}
-
-/// A keepalive into `buf`: KEEPALIVE2 with `stamp` if negotiated, else KEEPALIVE.
-pub(crate) fn queue_keepalive(buf: &mut BytesMut, features: Features, stamp: KeepaliveStamp) {
-    if features.contains(Features::MSGR_KEEPALIVE2) {
-        buf.extend_from_slice(&keepalive2_frame(Tag::KEEPALIVE2, stamp));
-    } else {
-        buf.put_u8(Tag::KEEPALIVE.0);
     }
 }

@@ -67,4 +67,5 @@ pub mod race;
 mod state;
 
 pub use accept::MAX_CONNECT_ATTEMPTS;
-pub use connection::{Connection, V1};
+pub use connection::Connection;
+pub use state::V1;

@@ -4,18 +4,18 @@
 
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::message::{DecodeOptions, EncodeOptions, MessageDecoder, Progress};
 use crate::session::CloseReason;
 use crate::session::{Config, Event, Fault, Initiator, Machine, PeerIssue, Seq};
 use crate::types::Features;
 use crate::wire::{
-    ack_frame, decode_ack, decode_keepalive_stamp, keepalive2_frame, FooterFormat, Tag,
+    ack_frame, decode_ack, decode_keepalive_stamp, keepalive2_frame, FooterFormat, KeepaliveStamp,
+    Tag,
 };
 
-use super::connection::{queue_keepalive, LOG, V1};
-use super::state::{Next, OpenRx};
+use super::state::{Next, OpenRx, LOG, V1};
 
 /// How many payload bytes one `poll_transmit` call frames at most, so one busy
 /// connection cannot build an unbounded write list (the driver calls again after
@@ -216,5 +216,14 @@ pub(crate) fn transmit(m: &mut Machine<V1>, head: &mut BytesMut, out: &mut Vec<B
         });
         framed += frame.push_to(head, out);
         m.framed(msg);
+    }
+}
+
+/// A keepalive into `buf`: KEEPALIVE2 with `stamp` if negotiated, else KEEPALIVE.
+pub(crate) fn queue_keepalive(buf: &mut BytesMut, features: Features, stamp: KeepaliveStamp) {
+    if features.contains(Features::MSGR_KEEPALIVE2) {
+        buf.extend_from_slice(&keepalive2_frame(Tag::KEEPALIVE2, stamp));
+    } else {
+        buf.put_u8(Tag::KEEPALIVE.0);
     }
 }

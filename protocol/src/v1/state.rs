@@ -7,6 +7,22 @@ use crate::auth::{AuthorizerClient, AuthorizerServer, SessionHandler};
 use crate::message::MessageDecoder;
 use crate::wire::ConnectMsg;
 
+/// The log target of msgr v1.
+pub(crate) const LOG: &str = "msgr::v1";
+
+/// msgr v1 as a protocol of [`crate::Machine`]: the handshake of msgr-v1.md 2-3, the
+/// open session's tags and messages, its framing.
+#[derive(Debug)]
+pub struct V1 {
+    _private: (),
+}
+
+impl V1 {
+    pub(crate) fn new() -> Self {
+        V1 { _private: () }
+    }
+}
+
 /// The v1 handshake steps, both sides (see the state diagram in [`super`]).
 #[allow(clippy::enum_variant_names)] // Wait states share the `Await` prefix (STYLE.md).
 pub enum Handshake {

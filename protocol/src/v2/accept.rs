@@ -13,16 +13,16 @@ use crate::session::{
 };
 use crate::types::{EntityAddr, EntityType};
 
-use super::connection::{LOG, MSGR2_REQUIRED, V2};
-use super::exchange::{count_round, finish_auth, send_control, unexpected};
 use super::frames::{
     AuthBadMethod, AuthDone, AuthReplyMore, AuthRequest, AuthRequestMore, ClientIdent,
     ControlFrame, Hello, IdentMissingFeatures, ServerIdent, SessionReconnect, SessionReconnectOk,
     SessionReset, SessionRetry, SessionRetryGlobal, Wait, IDENT_FLAG_LOSSY,
 };
 use super::framing::Frame;
+use super::link::{LOG, MSGR2_REQUIRED, V2};
 use super::open;
 use super::race::msgr2_addr;
+use super::send::{count_round, finish_auth, send_control, unexpected};
 use super::state::{Handshake, ServerAuth, Transcript};
 use super::tag::Tag;
 

@@ -12,15 +12,15 @@ use crate::session::{
 };
 use crate::types::EntityType;
 
-use super::connection::{LOG, MSGR2_REQUIRED, V2};
-use super::exchange::{count_round, finish_auth, send_control, unexpected};
 use super::frames::{
     AuthBadMethod, AuthDone, AuthReplyMore, AuthRequest, AuthRequestMore, ClientIdent,
     ControlFrame, Hello, IdentMissingFeatures, ServerIdent, SessionReconnect, SessionReconnectOk,
     SessionReset, SessionRetry, SessionRetryGlobal, Wait, IDENT_FLAG_LOSSY,
 };
 use super::framing::Frame;
+use super::link::{LOG, MSGR2_REQUIRED, V2};
 use super::open;
+use super::send::{count_round, finish_auth, send_control, unexpected};
 use super::state::{ClientAuth, Handshake, Transcript};
 use super::tag::Tag;
 

@@ -10,64 +10,15 @@ use crate::auth::ConMode;
 use crate::session::{
     later, AuthVerdict, Config, Decision, Fault, Machine, Policy, Protocol, Session, Side, State,
 };
-use crate::types::{EntityAddr, EntityAddrVec, EntityName, EntityType, Features};
+use crate::types::{EntityAddr, EntityType};
 use crate::wire::KeepaliveStamp;
 
 use super::banner::Banner;
 use super::frames::Keepalive2;
-use super::framing::{FrameDecoder, FrameEncoder, FrameLimits};
+use super::framing::{FrameDecoder, FrameEncoder};
+use super::link::{frame_limits, LOG, V2};
 use super::state::{Handshake, OpenRx, Transcript};
-use super::{accept, exchange, open};
-
-/// The log target of msgr2.
-pub(crate) const LOG: &str = "msgr::v2";
-
-/// Ceph's `msgr2_required`: every msgr2 peer must support MSG_ADDR2.
-pub(crate) const MSGR2_REQUIRED: Features = Features::MSG_ADDR2;
-
-/// msgr2.1 as a protocol of [`Machine`]: what one TCP connection of it keeps
-/// beside the shared session (frame codec, mode, addresses, handshake rounds).
-#[derive(Debug)]
-pub struct V2 {
-    /// Frames in (crc mode until AUTH_DONE negotiates secure).
-    pub(crate) decoder: FrameDecoder,
-    /// Frames out.
-    pub(crate) encoder: FrameEncoder,
-    /// The connection mode negotiated by the last AUTH_DONE (UNKNOWN before).
-    pub(crate) con_mode: ConMode,
-    /// The global id the acceptor's auth assigned (connect side) or accepted.
-    pub(crate) global_id: u64,
-    /// Our addresses as sent in idents, with the IP learned from the acceptor's HELLO
-    /// when ours is blank (`ms_learn_addr_from_peer`).
-    pub(crate) my_addrs: EntityAddrVec,
-    /// The peer's addresses (from its ident, or the acceptor's SERVER_IDENT).
-    pub(crate) peer_addrs: EntityAddrVec,
-    /// Accept side: the local address of the socket (our blank-IP addresses match it).
-    pub(crate) socket_local: Option<SocketAddr>,
-    /// Handshake rounds on this TCP connection (auth requests and replies, refused
-    /// idents, session retries and resets), bounded by `Config::max_auth_rounds`.
-    pub(crate) rounds: u32,
-}
-
-impl V2 {
-    fn new(config: &Config) -> Self {
-        V2 {
-            decoder: FrameDecoder::new(frame_limits(config)),
-            encoder: FrameEncoder::crc(),
-            con_mode: ConMode::UNKNOWN,
-            global_id: 0,
-            my_addrs: config.my_addrs.clone(),
-            peer_addrs: EntityAddrVec::default(),
-            socket_local: None,
-            rounds: 0,
-        }
-    }
-}
-
-/// The frame limits of a messenger's config.
-fn frame_limits(config: &Config) -> FrameLimits {
-    FrameLimits { max_control: config.max_control_frame, message: config.limits }
-}
+use super::{accept, open, receive, send};
 
 crate::session::machine_newtype!(
     /// One msgr2 connection (connect or accept side) and the session it carries: a
@@ -121,28 +72,6 @@ impl Connection {
     }
 }
 
-impl Machine<V2> {
-    /// The peer's addresses from its ident (empty before).
-    pub fn peer_addrs(&self) -> &EntityAddrVec {
-        &self.proto.peer_addrs
-    }
-
-    /// The peer's entity name (type from HELLO, number from its ident's gid).
-    pub fn peer_name(&self) -> Option<EntityName> {
-        self.peer_type.map(|t| EntityName::new(t, self.session.peer_gid))
-    }
-
-    /// The connection mode negotiated by the last AUTH_DONE (UNKNOWN before).
-    pub fn con_mode(&self) -> ConMode {
-        self.proto.con_mode
-    }
-
-    /// The global id from AUTH_DONE (0 before).
-    pub fn global_id(&self) -> u64 {
-        self.proto.global_id
-    }
-}
-
 impl Protocol for V2 {
     type Handshake = Handshake;
     type OpenRx = OpenRx;
@@ -164,22 +93,22 @@ impl Protocol for V2 {
 
     fn start_handshake(m: &mut Machine<V2>) -> Handshake {
         let mut transcript = Transcript::default();
-        exchange::send_raw(m, Some(&mut transcript), &Banner::OURS.to_bytes());
+        send::send_raw(m, Some(&mut transcript), &Banner::OURS.to_bytes());
         Handshake::AwaitBanner(transcript)
     }
 
     fn read_handshake(m: &mut Machine<V2>, now: Instant) -> bool {
         match m.state.step() {
             Some(Handshake::AwaitBanner(_) | Handshake::AwaitPeerBanner(_)) => {
-                exchange::read_banner(m, now)
+                receive::read_banner(m, now)
             }
             Some(Handshake::AwaitAcceptDecision(_)) | None => false,
-            Some(_) => exchange::read_frame(m, now),
+            Some(_) => receive::read_frame(m, now),
         }
     }
 
     fn read_open(m: &mut Machine<V2>, now: Instant) -> bool {
-        exchange::read_frame(m, now)
+        receive::read_frame(m, now)
     }
 
     fn accept_decision(
@@ -217,7 +146,7 @@ impl Protocol for V2 {
     }
 
     fn queue_keepalive(m: &mut Machine<V2>, stamp: KeepaliveStamp) {
-        exchange::send_control(m, None, &Keepalive2 { stamp });
+        send::send_control(m, None, &Keepalive2 { stamp });
     }
 
     fn queue_close(_m: &mut Machine<V2>, _was_open: bool) {

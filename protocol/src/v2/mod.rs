@@ -15,9 +15,11 @@
 //!
 //! | file | holds |
 //! |---|---|
-//! | `connection.rs` | [`Connection`], its constructors and accessors, [`V2`]'s hooks |
+//! | `link.rs` | [`V2`]: what one TCP connection keeps (frame codec, mode, addresses, rounds); msgr2's accessors |
 //! | `state.rs` | the handshake steps (with the transcript and auth attempt they carry) |
-//! | `exchange.rs` | banner, frame reading and dispatch, control frames, mode switch, AUTH_SIGNATURE |
+//! | `send.rs` | control frames out, the mode switch, handshake rounds |
+//! | `receive.rs` | banner and frames in, dispatched by step; the AUTH_SIGNATURE check |
+//! | `connection.rs` | [`Connection`], its constructors, [`V2`]'s hooks |
 //! | `connect.rs` | the connect side: HELLO, auth client, idents, every session reply |
 //! | `accept.rs` | the accept side: HELLO, auth server, idents, decision, replies |
 //! | `open.rs` | the open session: MESSAGE, KEEPALIVE2(_ACK), ACK; framing out |
@@ -94,14 +96,17 @@ mod accept;
 pub mod banner;
 mod connect;
 mod connection;
-mod exchange;
 pub mod frames;
 pub mod framing;
+mod link;
 mod open;
 pub mod race;
+mod receive;
+mod send;
 mod state;
 pub mod tag;
 
-pub use connection::{Connection, V2};
+pub use connection::Connection;
+pub use link::V2;
 pub use race::msgr2_addr;
 pub use tag::Tag;

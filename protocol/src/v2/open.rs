@@ -12,10 +12,10 @@ use crate::session::{Event, Fault, Machine, OpenNote, Seq};
 use crate::types::{EntityName, EntityType};
 use crate::wire::{FooterFlags, MsgFooter, MsgHeader};
 
-use super::connection::{LOG, V2};
-use super::exchange::{send_control, unexpected};
 use super::frames::{Ack, ControlFrame, Keepalive2, Keepalive2Ack, MsgHeader2, HEADER2_FLAGS};
 use super::framing::Frame;
+use super::link::{LOG, V2};
+use super::send::{send_control, unexpected};
 use super::state::OpenRx;
 use super::tag::Tag;
 

@@ -1,21 +1,22 @@
-//! Bytes and frames on one msgr2 TCP connection, both sides: the banner, reading frames
-//! and dispatching them by step, writing control frames, the pre-auth transcript, the
-//! switch to the negotiated mode and the AUTH_SIGNATURE check.
+//! Reading one msgr2 TCP connection, both sides: the banner, frames piece by piece (the
+//! pre-auth transcript recorded as they come), MESSAGE heads waiting for budget, and
+//! whole frames dispatched to the step (or the open session) they arrive in; the
+//! AUTH_SIGNATURE check.
 
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-use crate::auth::{AuthOutcome, ConMode};
 use crate::error::Error;
-use crate::session::{Fault, Machine, PeerIssue, State};
+use crate::session::{Fault, Machine, PeerIssue, Side, State};
 use crate::types::{AddrType, EntityAddr};
 
 use super::banner::{Banner, Msgr2Features, BANNER_HEAD_LEN, BANNER_PREFIX, V1_BANNER_PREFIX};
-use super::connection::{LOG, V2};
 use super::frames::{AuthSignature, ControlFrame, Hello, MsgHeader2};
-use super::framing::{Frame, FrameEncoder, FrameHead, FrameProgress, GcmStream};
-use super::state::{Handshake, OpenRx, PeerSignature, Transcript};
+use super::framing::{Frame, FrameHead, FrameProgress};
+use super::link::{LOG, V2};
+use super::send::{send_control, unexpected};
+use super::state::{Handshake, OpenRx};
 use super::tag::Tag;
 use super::{accept, connect, open};
 
@@ -219,54 +220,6 @@ enum Route {
     Nowhere,
 }
 
-/// A frame that does not belong to the current state (Ceph faults on these).
-pub(crate) fn unexpected(tag: Tag) -> Fault {
-    if tag.0 == 0 || tag.0 > Tag::ACK.0 {
-        Fault::UnknownTag(tag.0)
-    } else {
-        Fault::Misbehaved("frame not allowed in this state")
-    }
-}
-
-/// Counts one handshake round; too many fault the connection.
-pub(crate) fn count_round(m: &mut Machine<V2>) -> Result<(), Fault> {
-    m.proto.rounds += 1;
-    if m.proto.rounds > m.config.max_auth_rounds {
-        return Err(Fault::Misbehaved("too many handshake rounds"));
-    }
-    Ok(())
-}
-
-/// After AUTH_DONE (read by a connector, written by an acceptor): stop recording the
-/// transcript, switch to the negotiated mode and send our AUTH_SIGNATURE over what we
-/// received (Ceph's `finish_auth` / the tail of `handle_auth_done`). The next step
-/// checks the peer's.
-pub(crate) fn finish_auth(
-    m: &mut Machine<V2>,
-    deadline: Instant,
-    transcript: Transcript,
-    outcome: AuthOutcome,
-) -> Result<(), Fault> {
-    let sig = AuthSignature::compute(outcome.session_key.as_deref(), &transcript.rx);
-    install_mode(m, &outcome.connection_secret)?;
-    send_control(m, None, &sig);
-    let check = PeerSignature { session_key: outcome.session_key, sent: transcript.tx };
-    m.set_state(State::Handshake { deadline, step: Handshake::AwaitAuthSignature(check) });
-    Ok(())
-}
-
-/// Switches both directions to the negotiated mode (after AUTH_DONE).
-fn install_mode(m: &mut Machine<V2>, secret: &[u8]) -> Result<(), Fault> {
-    if m.proto.con_mode != ConMode::SECURE {
-        return Ok(());
-    }
-    let connector = m.side == crate::session::Side::Connect;
-    let (rx, tx) = GcmStream::pair_from_secret(secret, connector).map_err(Fault::Decode)?;
-    m.proto.decoder.set_secure(rx).map_err(Fault::Decode)?;
-    m.proto.encoder = FrameEncoder::secure(tx);
-    Ok(())
-}
-
 /// The peer's AUTH_SIGNATURE over what we sent: the connector then identifies, the
 /// acceptor waits for that.
 fn on_auth_signature(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<bool, Fault> {
@@ -279,7 +232,7 @@ fn on_auth_signature(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<bo
     if got != want {
         return Err(Fault::Misbehaved("pre-auth signature mismatch"));
     }
-    if m.side == crate::session::Side::Connect {
+    if m.side == Side::Connect {
         connect::send_ident_or_reconnect(m);
     } else {
         m.set_step(Handshake::AwaitIdent);
@@ -291,42 +244,9 @@ fn on_auth_signature(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<bo
 /// meet the same banner); an acceptor just drops the connection.
 fn incompatible(m: &mut Machine<V2>, now: Instant, e: Error) {
     log::warn!(target: LOG, "{m}: {e}");
-    if m.side == crate::session::Side::Connect {
+    if m.side == Side::Connect {
         m.refuse("incompatible msgr2 peer");
     } else {
         m.fault(now, Fault::Decode(e));
-    }
-}
-
-/// Raw bytes (the banner), recorded in `transcript` while pre-auth.
-pub(crate) fn send_raw(m: &mut Machine<V2>, transcript: Option<&mut Transcript>, b: &[u8]) {
-    if let Some(t) = transcript {
-        t.tx.extend_from_slice(b);
-    }
-    m.ctrl.extend_from_slice(b);
-}
-
-/// Encodes a control frame in the current mode and queues it (recorded in
-/// `transcript` while pre-auth). A frame that cannot be encoded (secure mode out of
-/// nonces) faults the connection before anything more is read or written.
-pub(crate) fn send_control<F: ControlFrame>(
-    m: &mut Machine<V2>,
-    transcript: Option<&mut Transcript>,
-    f: &F,
-) {
-    let seg = f.to_segment();
-    let mut buf = BytesMut::new();
-    let mut spill = Vec::new();
-    match m.proto.encoder.encode(F::TAG, &[&seg], &mut buf, &mut spill) {
-        Ok(_) => {
-            let mut transcript = transcript;
-            for s in spill.iter().chain(std::iter::once(&buf.freeze())) {
-                if let Some(t) = transcript.as_deref_mut() {
-                    t.tx.extend_from_slice(s);
-                }
-                m.ctrl.extend_from_slice(s);
-            }
-        }
-        Err(e) => m.deferred_fault = Some(Fault::Decode(e)),
     }
 }

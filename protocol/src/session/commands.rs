@@ -1,0 +1,77 @@
+//! [`Machine`]'s commands: what the messenger's user asks of a connection.
+
+use std::time::Instant;
+
+use crate::message::Message;
+use crate::wire::KeepaliveStamp;
+
+use super::event::{CloseReason, Initiator};
+use super::machine::{Machine, Protocol};
+use super::state::State;
+use super::Session;
+
+impl<P: Protocol> Machine<P> {
+    /// Queues `msg` (priority order, HIGHEST first; FIFO within a priority). Its seq is
+    /// assigned when it is framed. Wakes a connect-side standby session.
+    pub fn send_message(&mut self, msg: Message) {
+        if self.state.is_closed() {
+            log::debug!(target: P::LOG, "{self}: message dropped, connection closed");
+            return;
+        }
+        self.session.queue.push_back(msg);
+        self.wake_from_standby();
+    }
+
+    /// Queues a keepalive carrying `wall_clock` (v1 without KEEPALIVE2: a bare
+    /// KEEPALIVE). Sent once open if not open yet.
+    pub fn send_keepalive(&mut self, wall_clock: KeepaliveStamp) {
+        self.keepalive.anchor = (self.now, wall_clock);
+        match self.state {
+            State::Closed => {}
+            State::Open(_) => P::queue_keepalive(self, wall_clock),
+            _ => {
+                self.keepalive.pending = Some(wall_clock);
+                self.wake_from_standby();
+            }
+        }
+    }
+
+    /// Closes the connection: an open v1 session sends CLOSE (flush
+    /// [`Machine::poll_transmit`] before dropping the socket; msgr2 has no CLOSE frame);
+    /// queued messages are dropped. Emits [`super::Event::Closed`] by [`Initiator::Local`].
+    pub fn close(&mut self, now: Instant) {
+        self.now = now;
+        if self.state.is_closed() {
+            return;
+        }
+        let was_open = self.state.is_open();
+        self.session.reset();
+        P::queue_close(self, was_open);
+        self.finish(Initiator::Local, CloseReason::Requested);
+    }
+
+    /// Moves the session (seqs, queued and unacked messages) out for a replace; this
+    /// machine is closed afterwards without further events.
+    pub fn take_session(&mut self) -> Option<Session> {
+        if self.state.is_closed() {
+            return None;
+        }
+        self.session.requeue_sent();
+        let s = std::mem::take(&mut self.session);
+        log::debug!(target: P::LOG, "{self}: session taken (cs={} in={} out={})", s.connect_seq, s.in_seq, s.out_seq);
+        self.ctrl.clear();
+        self.rx.clear();
+        self.set_state(State::Closed);
+        Some(s)
+    }
+
+    /// Makes the session lossy from now on (Ceph's `mark_disposable`): the next fault
+    /// resets it ([`super::Event::Reset`]) instead of reconnecting, and nothing more is acked.
+    pub fn mark_lossy(&mut self) {
+        self.policy.lossy = true;
+        self.lossy = true;
+        // Never resent now, and no longer acknowledged: keeping them would hold them
+        // (and their share of the send bounds) until the session ends.
+        self.session.drop_sent();
+    }
+}

@@ -1,0 +1,119 @@
+//! The open session's own state: what exists only while a session is open (the
+//! protocol's receive state, the budget of the message being received, the ACK due,
+//! the keepalive timer, the message signing).
+
+use std::time::Instant;
+
+use crate::auth::SessionHandler;
+
+use super::clock::later;
+use super::config::Config;
+
+/// The open session: what only exists while it is open, around the protocol's receive
+/// state `R` (what it is in the middle of reading).
+pub(crate) struct Open<R> {
+    /// What the protocol is in the middle of reading.
+    pub(crate) rx: R,
+    /// The budget of the message being received.
+    pub(crate) budget: Budget,
+    /// in_seq advanced since the last ACK we sent (lossless only).
+    pub(crate) ack_pending: bool,
+    /// Next periodic keepalive (`Config::keepalive_interval`).
+    pub(crate) keepalive_due: Option<Instant>,
+    /// Signs outgoing and checks incoming messages (v1 with cephx); installed when the
+    /// session opened, from what its authentication agreed.
+    pub(crate) signer: Option<Box<dyn SessionHandler>>,
+}
+
+impl<R> Open<R> {
+    pub(crate) fn new(
+        rx: R,
+        now: Instant,
+        config: &Config,
+        signer: Option<Box<dyn SessionHandler>>,
+    ) -> Self {
+        Open {
+            rx,
+            budget: Budget::default(),
+            ack_pending: false,
+            keepalive_due: config.keepalive_interval.map(|every| later(now, every)),
+            signer,
+        }
+    }
+}
+
+/// The receive budget of the message being received (see
+/// [`super::Event::NeedBudget`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Budget {
+    /// Payload bytes granted so far.
+    granted: u64,
+    /// The request waiting for [`super::Machine::grant_budget`]: its bytes, and whether it is
+    /// the message's first (the one that also admits its header).
+    asked: Option<(u64, bool)>,
+    /// While the payload arrives: when it must have progressed by a window
+    /// (`Config::payload_timeout`), and the bytes it progressed since the last reset.
+    deadline: Option<(Instant, u64)>,
+}
+
+impl Budget {
+    /// Whether a request waits for the driver (reading stops meanwhile).
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.asked.is_some()
+    }
+
+    /// When the payload must have progressed.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline.map(|(at, _)| at)
+    }
+
+    /// The next window for a message whose payload still needs `uncovered` bytes:
+    /// `Config::first_window`, or what the message already holds (so windows double),
+    /// or what already arrived and waits in the receive buffer (it is in memory anyway,
+    /// and a message that arrived whole is then taken in one window, without a copy),
+    /// whichever is largest, and never more than `uncovered`.
+    pub(crate) fn window(&self, uncovered: u64, config: &Config, buffered: usize) -> u64 {
+        let window = u64::from(config.first_window.max(1)).max(self.granted).max(buffered as u64);
+        uncovered.min(window)
+    }
+
+    /// The message is complete (or dropped): the next one starts afresh.
+    pub(crate) fn finish(&mut self) {
+        *self = Budget::default();
+    }
+
+    /// Asks for `bytes` (`first`: for a message whose header just arrived: it starts
+    /// afresh). The payload's clock stops meanwhile: waiting for our own budget is not
+    /// the peer's stall.
+    pub(crate) fn ask(&mut self, bytes: u64, first: bool) {
+        if first {
+            *self = Budget::default();
+        }
+        self.asked = Some((bytes, first));
+        self.deadline = None;
+    }
+
+    /// The request was granted: returns `(bytes, first)` (`None` when nothing was
+    /// asked) and, when `progress_due` is given, puts the peer on the clock again: it
+    /// must fill the window by then.
+    pub(crate) fn grant(&mut self, progress_due: Option<Instant>) -> Option<(u64, bool)> {
+        let (bytes, first) = self.asked.take()?;
+        self.granted = self.granted.saturating_add(bytes);
+        if let Some(due) = progress_due {
+            self.deadline = Some((due, 0));
+        }
+        Some((bytes, first))
+    }
+
+    /// `n` more payload bytes arrived: a whole `window` of progress restarts the clock
+    /// at `next_due`.
+    pub(crate) fn progress(&mut self, n: u64, window: u32, next_due: Instant) {
+        let Some((at, progressed)) = self.deadline else { return };
+        let progressed = progressed.saturating_add(n);
+        self.deadline = if progressed >= u64::from(window.max(1)) {
+            Some((next_due, 0))
+        } else {
+            Some((at, progressed))
+        };
+    }
+}
