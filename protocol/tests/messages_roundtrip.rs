@@ -28,6 +28,8 @@ use rand::{Rng, SeedableRng};
 const PACIFIC: Features = Features::PACIFIC_ADVERTISED;
 const FSID: [u8; 16] = *b"0123456789abcdef";
 
+// The seed, when none is given, comes from the wall clock (a test's only clock read).
+#[allow(clippy::disallowed_methods)]
 fn seed() -> u64 {
     let seed = std::env::var("MSGS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now()

@@ -283,6 +283,8 @@ fn drain(conn: &mut protocol::v2::Connection, wire: &mut Vec<u8>) {
 // nonce, required = MSG_ADDR2 only) and fed the monitor's real bytes, writes exactly the
 // probe's handshake bytes: banner, HELLO, AUTH_REQUEST, AUTH_SIGNATURE, CLIENT_IDENT.
 #[test]
+// Starts the virtual clock from the real one (`Instant` has no other constructor).
+#[allow(clippy::disallowed_methods)]
 fn connect_side_handshake_is_byte_exact_with_the_capture() {
     use protocol::types::{
         AuthEntityName, EntityAddr, EntityAddrVec, EntityName, EntityType, Features,
@@ -338,6 +340,8 @@ fn connect_side_handshake_is_byte_exact_with_the_capture() {
 // exactly the monitor's handshake bytes: banner, HELLO, AUTH_DONE, AUTH_SIGNATURE,
 // SERVER_IDENT.
 #[test]
+// Starts the virtual clock from the real one (`Instant` has no other constructor).
+#[allow(clippy::disallowed_methods)]
 fn accept_side_handshake_is_byte_exact_with_the_capture() {
     use protocol::auth::AuthNoneProvider;
     use protocol::types::{AuthEntityName, EntityName, EntityType, Features};

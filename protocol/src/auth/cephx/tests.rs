@@ -58,6 +58,8 @@ fn keyring(rng: &mut TestRng) -> KeyRing {
 }
 
 impl Pair {
+    // Starts the virtual clock from the real one (`Instant` has no other constructor).
+    #[allow(clippy::disallowed_methods)]
     fn new(seed: u64, name: &str, config: AuthConfig) -> Pair {
         eprintln!("cephx pair seed {seed}");
         let mut rng = TestRng::new(seed);
