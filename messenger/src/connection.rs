@@ -22,9 +22,10 @@ use std::time::Instant;
 
 use event_center::{CenterHandle, HandlerId};
 use parking_lot::Mutex;
+use protocol::auth::ConMode;
 use protocol::types::{EntityAddr, EntityName, EntityType, Features};
 use protocol::wire::KeepaliveStamp;
-use protocol::Message;
+use protocol::{Message, ProtocolVersion};
 
 use crate::machine::SessionSnapshot;
 use crate::mailbox::{Command, Mailbox, SendBudget};
@@ -73,6 +74,9 @@ pub(crate) struct Published {
     pub(crate) entity_type: Option<EntityType>,
     pub(crate) name: Option<EntityName>,
     pub(crate) features: Features,
+    /// The protocol the session speaks, and msgr2's connection mode, once open.
+    pub(crate) protocol: Option<ProtocolVersion>,
+    pub(crate) con_mode: Option<ConMode>,
     pub(crate) socket_addr: Option<SocketAddr>,
     /// What an accept decision against this session needs.
     pub(crate) session: SessionSnapshot,
@@ -313,6 +317,16 @@ impl Connection {
         self.0.published.lock().features
     }
 
+    /// The protocol the session speaks (msgr v1 or msgr2), once open.
+    pub fn protocol(&self) -> Option<ProtocolVersion> {
+        self.0.published.lock().protocol
+    }
+
+    /// msgr2's connection mode (crc or secure), once open; `None` for msgr v1.
+    pub fn con_mode(&self) -> Option<ConMode> {
+        self.0.published.lock().con_mode
+    }
+
     /// Attaches private data for the dispatcher (Ceph's `set_priv`; an MDS keeps its
     /// session here).
     pub fn set_priv(&self, data: Option<Arc<dyn Any + Send + Sync>>) {
@@ -360,6 +374,11 @@ impl Connection {
             "socket": p.socket_addr.map(|a| a.to_string()),
             "state": format!("{:?}", self.state()),
             "features": format!("{:#x}", p.features.0),
+            "protocol": p.protocol.map(|v| match v {
+                ProtocolVersion::V1 => "v1",
+                ProtocolVersion::V2 => "v2",
+            }),
+            "mode": p.con_mode.map(ConMode::name),
         })
     }
 }

@@ -1,8 +1,9 @@
 //! The public face of asyncmsgr: [`Messenger`], [`Connection`], policies.
 //!
 //! Owns: the Processor (listening and accepting), the worker-owned connection drivers
-//! that run `protocol::v1` over `event_center` sockets, the session table, policies,
-//! counters and the connections dump.
+//! that run the protocol seam (`protocol::Connection`: msgr v1, or msgr2 for a peer whose
+//! banner says so and for a `v2:` address we dial) over `event_center` sockets, the
+//! session table, policies, counters and the connections dump.
 //!
 //! Never: spawns threads beyond the configured workers and one dispatch thread per
 //! messenger; holds a lock across a socket call or a dispatcher callback.
@@ -68,7 +69,7 @@
 //! A [`Connection`] is a handle. Sending pushes onto the handle's mailbox and, only when
 //! the mailbox goes from idle to non-empty, posts one notify to the connection's worker.
 //! The worker-owned driver is the only code touching the socket and the
-//! `protocol::v1::Connection` state machine; it drains the mailbox, reads (into a
+//! `protocol::Connection` state machine; it drains the mailbox, reads (into a
 //! per-worker buffer split into `Bytes`), hands protocol events to the dispatch layer,
 //! writes with one `writev` per batch, and keeps one timer armed from the machine's
 //! `poll_timeout`. Received messages are charged to the throttles window by window as
@@ -213,7 +214,7 @@ pub use config::{ConfigError, MessengerConfig};
 pub use connection::{Connection, SendError};
 pub use dispatch::{AuthVerdict, Authorizer, Dispatched, Dispatcher, Throttle};
 pub use messenger::{Messenger, Totals};
-pub use protocol::Policy;
+pub use protocol::{Policy, ProtocolVersion};
 pub use state::ConnState;
 
 // What a daemon names besides the messenger itself, so that `asyncmsgr` is its one

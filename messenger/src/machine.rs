@@ -1,13 +1,18 @@
 //! The one place the messenger meets the protocol's session machine.
 //!
-//! [`Machine`] wraps the sans-IO machine (`protocol::v1::Connection` today) with exactly
-//! the inputs, commands, outputs and queries the driver uses; [`decide`] turns the
-//! protocol's accept decision into what the driver and the session table do with it;
+//! [`Machine`] wraps the protocol seam (`protocol::Connection`: msgr v1 or msgr2) with
+//! exactly the inputs, commands, outputs and queries the driver uses; [`decide`] turns
+//! the protocol's accept decision into what the driver and the session table do with it;
 //! [`Replacement`] is a half-open machine on its way to the session it takes over. No
-//! other module of this crate names a `protocol::v1` item (the crate root re-exports its
-//! `Policy`; the rest take `Policy`, `Event`, `AcceptRequest` and `CounterValues` from
-//! here), so a second protocol behind one seam changes this file (and the events the
-//! driver matches on, in `driver/events.rs`), not the driver.
+//! other module of this crate names a protocol's machine: the rest take `Policy`,
+//! `Event`, `AcceptRequest` and `CounterValues` from here, and never learn which
+//! protocol a connection speaks.
+//!
+//! Which protocol: an accepted socket is served by whichever machine the peer's banner
+//! asks for (`ceph v027` or `ceph v2\n`, read before we write ours), so one listening
+//! port serves both, as Ceph's two bound ports do together. A dialled connection speaks
+//! msgr2 when the address it was given is a `v2:` one (Ceph picks the address of the
+//! protocol it prefers from the peer's address vector), msgr v1 otherwise.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,11 +20,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use protocol::types::{EntityAddr, EntityName, EntityType};
-use protocol::v1;
+use protocol::types::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType};
 use protocol::wire::KeepaliveStamp;
 use protocol::{
-    ConnectSeq, Decision, ExistingSession, ExistingState, GlobalSeq, GlobalSeqCounter, Message,
+    ConnectSeq, Connection, Decision, ExistingSession, ExistingState, GlobalSeq, GlobalSeqCounter,
+    Message, ProtocolVersion, TableEffect,
 };
 
 use crate::config::MessengerConfig;
@@ -38,7 +43,7 @@ pub(crate) fn protocol_config(
     addr: EntityAddr,
     global_seq: Arc<GlobalSeqCounter>,
 ) -> ProtocolConfig {
-    let mut pc = protocol::Config::new(name, addr);
+    let mut pc = protocol::Config::new(name, announced_addrs(addr));
     pc.crc_header = config.crc_header;
     pc.crc_data = config.crc_data;
     pc.handshake_timeout = config.connection_ready_timeout;
@@ -57,15 +62,25 @@ pub(crate) fn protocol_config(
     pc
 }
 
+/// The addresses we announce for our address `addr` (what `bind` gave, blank for a pure
+/// client): the same socket address as msgr2 and as v1, since the accept side serves
+/// both on it. msgr v1 announces the v1 one; msgr2 sends the vector (Ceph's order: v2
+/// first) and checks a connector's target against it.
+pub(crate) fn announced_addrs(addr: EntityAddr) -> EntityAddrVec {
+    let v2 = EntityAddr { ty: AddrType::MSGR2, ..addr };
+    let v1 = EntityAddr { ty: AddrType::LEGACY, ..addr };
+    EntityAddrVec { addrs: vec![v2, v1] }
+}
+
 /// One connection's session machine, as the driver drives it. Inputs are `handle_*`,
 /// commands change what it will send, outputs are `poll_*`; after any input or command
 /// the driver drains [`Machine::poll_event`], writes what [`Machine::poll_transmit`]
 /// returns and re-arms its timer from [`Machine::poll_timeout`].
-pub(crate) struct Machine(v1::Connection);
+pub(crate) struct Machine(Connection);
 
 impl Machine {
     /// The connect side towards `addr` (the driver dials, then
-    /// [`Machine::handle_transport_connected`]).
+    /// [`Machine::handle_transport_connected`]): msgr2 for a `v2:` address, else v1.
     pub(crate) fn connect(
         config: Arc<ProtocolConfig>,
         policy: Policy,
@@ -73,17 +88,20 @@ impl Machine {
         peer_type: EntityType,
         now: Instant,
     ) -> Machine {
-        Machine(v1::Connection::connect(config, policy, addr, peer_type, now))
+        let version =
+            if addr.ty == AddrType::MSGR2 { ProtocolVersion::V2 } else { ProtocolVersion::V1 };
+        Machine(Connection::connect(config, version, policy, addr, peer_type, now))
     }
 
-    /// The accept side of a socket just accepted from `peer` on `local`.
+    /// The accept side of a socket just accepted from `peer` on `local`: it reads the
+    /// peer's banner, then runs the machine of the protocol the banner names.
     pub(crate) fn accept(
         config: Arc<ProtocolConfig>,
         peer: SocketAddr,
         local: SocketAddr,
         now: Instant,
     ) -> Machine {
-        Machine(v1::Connection::accept(config, peer, local, now))
+        Machine(Connection::accept(config, peer, local, now))
     }
 
     // ----- inputs -----
@@ -198,6 +216,18 @@ impl Machine {
 
     // ----- queries -----
 
+    /// The protocol, once known (an accepted socket's is known from the peer's banner).
+    #[inline]
+    pub(crate) fn protocol(&self) -> Option<ProtocolVersion> {
+        self.0.protocol()
+    }
+
+    /// msgr2's connection mode (`None` for v1).
+    #[inline]
+    pub(crate) fn con_mode(&self) -> Option<protocol::auth::ConMode> {
+        self.0.con_mode()
+    }
+
     #[inline]
     pub(crate) fn has_events(&self) -> bool {
         self.0.has_events()
@@ -259,9 +289,12 @@ impl Machine {
     #[inline]
     pub(crate) fn snapshot(&self, policy: Option<&Policy>) -> SessionSnapshot {
         let seqs = self.0.seqs();
+        let cookies = self.0.cookies();
         SessionSnapshot {
             connect_seq: seqs.connect_seq,
             peer_global_seq: seqs.peer_global_seq,
+            client_cookie: cookies.client,
+            server_cookie: cookies.server,
             lossy: policy.is_some_and(|p| p.lossy),
             server_policy: policy.is_some_and(|p| p.server),
         }
@@ -288,6 +321,9 @@ pub(crate) fn counter_values(config: &ProtocolConfig) -> CounterValues {
 pub(crate) struct SessionSnapshot {
     connect_seq: ConnectSeq,
     peer_global_seq: GlobalSeq,
+    /// msgr2's session cookies (0 for v1): a reconnect must name them.
+    client_cookie: u64,
+    server_cookie: u64,
     lossy: bool,
     /// The session's policy is a server one (Ceph's `existing->policy.server`, which
     /// wins a connection race against it for the incoming side): the policy, not
@@ -336,14 +372,16 @@ pub(crate) struct Verdict {
     pub(crate) action: AcceptAction,
 }
 
-/// Decides a peer's connect against the session the table holds for it (the protocol's
-/// race and reset rules, Ceph's `handle_connect_message_2`). Pure: the session table
-/// runs it inside its one critical section.
+/// Decides a peer's connect (v1) or ident / reconnect (msgr2) against the session the
+/// table holds for it (the protocol's race and reset rules, Ceph's
+/// `handle_connect_message_2` and `handle_existing_connection`); `my_addrs` are ours
+/// ([`announced_addrs`]). Pure: the session table runs it inside its one critical
+/// section.
 pub(crate) fn decide(
     req: &AcceptRequest,
     existing: Option<&Existing>,
     policy: &Policy,
-    my_addr: &EntityAddr,
+    my_addrs: &EntityAddrVec,
 ) -> Verdict {
     let view = existing.map(|e| ExistingSession {
         state: match e.state {
@@ -354,19 +392,19 @@ pub(crate) fn decide(
         },
         connect_seq: e.session.connect_seq,
         peer_global_seq: e.session.peer_global_seq,
+        client_cookie: e.session.client_cookie,
+        server_cookie: e.session.server_cookie,
         lossy: e.session.lossy,
         server_side: e.session.server_policy,
         replacing: e.replacing,
-        ..ExistingSession::default()
     });
-    let decision = protocol::decide(req, view.as_ref(), policy, &(*my_addr).into());
-    let existing_lossy = view.is_some_and(|v| v.lossy);
-    let action = match (decision, existing.is_some()) {
-        (Decision::Replace { .. }, true) if !existing_lossy => AcceptAction::HandOver,
-        (Decision::Replace { .. }, true) => AcceptAction::ResetExisting,
-        (Decision::Wait, true) => AcceptAction::NudgeExisting,
-        (Decision::Open | Decision::Replace { .. }, _) => AcceptAction::Proceed { register: true },
-        _ => AcceptAction::Proceed { register: false },
+    let decision = protocol::decide(req, view.as_ref(), policy, my_addrs);
+    let action = match decision.table_effect(view.as_ref()) {
+        TableEffect::Replace => AcceptAction::HandOver,
+        TableEffect::ResetExisting => AcceptAction::ResetExisting,
+        TableEffect::NudgeExisting => AcceptAction::NudgeExisting,
+        TableEffect::Register => AcceptAction::Proceed { register: true },
+        TableEffect::Nothing => AcceptAction::Proceed { register: false },
     };
     Verdict { decision, action }
 }

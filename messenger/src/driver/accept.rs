@@ -22,7 +22,7 @@ impl Driver {
     pub(super) fn decide_accept(&mut self, cx: &mut Context<'_>, req: AcceptRequest) {
         let now = cx.now();
         let policy = self.env.policies.policy(req.peer_type);
-        let my_addr = self.env.identity.addr();
+        let my_addrs = machine::announced_addrs(self.env.identity.addr());
         {
             let mut p = self.conn.0.published.lock();
             p.addr = Some(req.peer_addr);
@@ -35,7 +35,7 @@ impl Driver {
         };
         let (verdict, existing) =
             self.env.sessions.decide_accept(&self.conn, req.peer_addr, |existing| {
-                let verdict = machine::decide(&req, existing, &policy, &my_addr);
+                let verdict = machine::decide(&req, existing, &policy, &my_addrs);
                 let claim = match verdict.action {
                     AcceptAction::HandOver => Claim::BeginReplace,
                     AcceptAction::ResetExisting | AcceptAction::Proceed { register: true } => {

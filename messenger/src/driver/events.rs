@@ -63,6 +63,8 @@ impl Driver {
                     p.addr = Some(opened.peer_addr);
                     p.entity_type = Some(opened.peer_type);
                     p.features = opened.features;
+                    p.protocol = self.machine.protocol();
+                    p.con_mode = self.machine.con_mode();
                 }
                 self.conn.set_state(ConnState::Open);
                 log::info!(target: "msgr::conn", "{}: open", self.machine);
