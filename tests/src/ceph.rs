@@ -779,11 +779,21 @@ pub fn client_conf_cephx_for(addr: SocketAddr, fsid: &str, ring: &KeyRing) -> io
 /// A `ceph.conf` for the real `ceph` CLI to dial a monitor of ours at `addr` (auth none,
 /// msgr v1), written into a fresh temporary directory whose path is returned.
 pub fn client_conf_for(addr: SocketAddr, fsid: &str) -> io::Result<PathBuf> {
+    client_conf(&format!("v1:{addr}"), fsid, "ms_bind_msgr2 = false\nms_bind_msgr1 = true\n")
+}
+
+/// [`client_conf_for`] over msgr2: `mon_host = v2:ADDR` and the CLI's own (Pacific)
+/// defaults, which prefer msgr2 for every monitor address that offers it.
+pub fn client_conf_msgr2_for(addr: SocketAddr, fsid: &str) -> io::Result<PathBuf> {
+    client_conf(&format!("v2:{addr}"), fsid, "")
+}
+
+fn client_conf(mon_host: &str, fsid: &str, bind: &str) -> io::Result<PathBuf> {
     let dir = unique_dir("asyncmsgr-cli")?;
     let conf = format!(
-        "[global]\nfsid = {fsid}\nmon_host = v1:{addr}\n\
+        "[global]\nfsid = {fsid}\nmon_host = {mon_host}\n\
          auth_cluster_required = none\nauth_service_required = none\nauth_client_required = none\n\
-         ms_bind_msgr2 = false\nms_bind_msgr1 = true\nlog_file = {d}/$name.log\n\
+         {bind}log_file = {d}/$name.log\n\
          admin_socket = {d}/$name.asok\nkeyring = {d}/keyring\n",
         d = dir.display()
     );

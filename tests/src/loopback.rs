@@ -140,6 +140,44 @@ pub fn test_message(msg_type: u16, tid: u64, data: Bytes) -> Message {
     m
 }
 
+/// Each side streams `n` messages (tids 1..=n) on its own handle while the other does
+/// the same, then checks it received the other's stream on that same handle (one
+/// session, however a connection race was resolved), every message once and in order.
+pub fn stream_both_ways_on_own_handles(
+    (a_to_b, a_rx): (&Connection, &Receiver<Seen>),
+    (b_to_a, b_rx): (&Connection, &Receiver<Seen>),
+    msg_type: u16,
+    n: u64,
+) {
+    std::thread::scope(|s| {
+        for conn in [a_to_b, b_to_a] {
+            s.spawn(move || {
+                for tid in 1..=n {
+                    conn.send_message(test_message(msg_type, tid, Bytes::new())).expect("send");
+                }
+            });
+        }
+    });
+    for (rx, own, who) in [(b_rx, b_to_a, "b"), (a_rx, a_to_b, "a")] {
+        for tid in 1..=n {
+            let (c, m) = next_message(rx);
+            assert_eq!(m.tid(), tid, "{who}: in order, no loss, no duplicate");
+            assert_eq!(&c, own, "{who}: received on its own handle: one session");
+        }
+        assert_no_more_messages(rx, "a duplicate arrived");
+    }
+}
+
+/// Waits until `m` has exactly `n` live connections (e.g. the losing attempt of a race
+/// has closed); panics with its connection dump after [`WAIT`].
+pub fn wait_for_connection_count(m: &Messenger, n: usize, who: &str) {
+    let deadline = Instant::now() + WAIT;
+    while m.connection_count() != n {
+        assert!(Instant::now() < deadline, "{who}: {}", m.dump_connections());
+        std::thread::yield_now();
+    }
+}
+
 /// Turns on `RUST_LOG`-driven logging for a test binary (idempotent).
 pub fn init_logging() {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))

@@ -28,9 +28,11 @@ use protocol::encoding::UTime;
 use protocol::messages::{
     decode_any, AnyMessage, AuthNegotiation, MAuth, MAuthReply, MConfig, MMonCommand,
     MMonCommandAck, MMonGetVersion, MMonGetVersionReply, MMonMap, MMonSubscribe, MMonSubscribeAck,
-    MPing, MonMap, TypedMessage,
+    MPing, MonMap, MsgType, TypedMessage,
 };
-use protocol::types::{EntityAddr, EntityAddrVec, EntityName, EntityType, Features, AUTH_NONE};
+use protocol::types::{
+    AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType, Features, AUTH_NONE,
+};
 use protocol::Message;
 
 /// How long a monitor conversation step may take before a test fails.
@@ -415,9 +417,17 @@ impl MiniMon {
         addr: SocketAddr,
         commands: CommandHandler,
     ) -> (Arc<MiniMon>, Receiver<Received>) {
+        MiniMon::with_addrs(fsid, EntityAddrVec::single(EntityAddr::legacy(addr, 0)), commands)
+    }
+
+    /// A mini monitor announcing itself as `mon.a` at `addrs` in cluster `fsid`.
+    pub fn with_addrs(
+        fsid: [u8; 16],
+        addrs: EntityAddrVec,
+        commands: CommandHandler,
+    ) -> (Arc<MiniMon>, Receiver<Received>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let monmap =
-            MonMap::single(fsid, 1, "a", EntityAddrVec::single(EntityAddr::legacy(addr, 0)));
+        let monmap = MonMap::single(fsid, 1, "a", addrs);
         let mon = MiniMon {
             monmap,
             next_global_id: AtomicU64::new(Self::FIRST_GLOBAL_ID),
@@ -435,7 +445,17 @@ impl MiniMon {
         fsid: [u8; 16],
         commands: CommandHandler,
     ) -> io::Result<(Messenger, SocketAddr, Receiver<Received>)> {
-        MiniMon::serve_with(fsid, commands, None)
+        MiniMon::serve_with(fsid, commands, None, false)
+    }
+
+    /// [`MiniMon::serve`] announcing msgr2 and v1 on its one port (`[v2:…, v1:…]` in
+    /// its monmap, Ceph's order), so a client that read the monmap dials msgr2. Auth
+    /// none: over msgr2 the messenger's AUTH frames authenticate, no MAuth comes.
+    pub fn serve_msgr2(
+        fsid: [u8; 16],
+        commands: CommandHandler,
+    ) -> io::Result<(Messenger, SocketAddr, Receiver<Received>)> {
+        MiniMon::serve_with(fsid, commands, None, true)
     }
 
     /// [`MiniMon::serve`] with cephx required (Ceph's defaults, `cephx_*` as in
@@ -446,20 +466,27 @@ impl MiniMon {
         commands: CommandHandler,
         keyring: KeyRing,
     ) -> io::Result<(Messenger, SocketAddr, Receiver<Received>)> {
-        MiniMon::serve_with(fsid, commands, Some(keyring))
+        MiniMon::serve_with(fsid, commands, Some(keyring), false)
     }
 
     fn serve_with(
         fsid: [u8; 16],
         commands: CommandHandler,
         keyring: Option<KeyRing>,
+        msgr2: bool,
     ) -> io::Result<(Messenger, SocketAddr, Receiver<Received>)> {
         let msgr =
             Messenger::new(EntityName::new(EntityType::MON, 0), 0, MessengerConfig::default())?;
         msgr.set_default_policy(Policy::stateless_server());
         let addr = msgr.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         msgr.start()?;
-        let (mon, rx) = MiniMon::new(fsid, addr, commands);
+        let v1 = EntityAddr::legacy(addr, 0);
+        let addrs = if msgr2 {
+            EntityAddrVec { addrs: vec![EntityAddr { ty: AddrType::MSGR2, ..v1 }, v1] }
+        } else {
+            EntityAddrVec::single(v1)
+        };
+        let (mon, rx) = MiniMon::with_addrs(fsid, addrs, commands);
         let mut mon = Arc::try_unwrap(mon).map_err(|_| io::Error::other("MiniMon shared"))?;
         if let Some(ring) = keyring {
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
@@ -571,6 +598,8 @@ impl MiniMon {
                 msg.set_tid(tid);
                 self.reply(conn, msg);
             }
+            // A msgr2 client's first message (it authenticated in the AUTH frames).
+            AnyMessage::Raw(m) if m.msg_type() == MsgType::MON_GET_MAP.0 => self.send_monmap(conn),
             AnyMessage::MonGetVersion(q) => {
                 let reply = MMonGetVersionReply { handle: q.handle, version: 1, oldest_version: 1 };
                 self.reply(conn, reply.to_message(features));

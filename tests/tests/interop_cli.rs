@@ -11,10 +11,12 @@ use std::process::{Command, Output};
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
+use messenger::ProtocolVersion;
+use protocol::auth::ConMode;
 use protocol::messages::{AnyMessage, AuthNegotiation};
 use protocol::types::{EntityName, EntityType, Features, AUTH_NONE, AUTH_UNKNOWN};
 use serde_json::json;
-use tests::ceph::{ceph_available, client_conf_for};
+use tests::ceph::{ceph_available, client_conf_for, client_conf_msgr2_for};
 use tests::loopback::init_logging;
 use tests::mon::*;
 
@@ -245,5 +247,45 @@ fn ceph_cli_mon_dump_prints_our_monmap() {
     assert!(stderr.contains("dumped monmap epoch 1"), "rs printed on stderr: {stderr}");
     let cmds = Seen::collect(&rx).commands();
     assert!(cmds.iter().any(|(_, _, c)| c["prefix"] == "mon dump"), "{cmds:?}");
+    msgr.shutdown();
+}
+
+/// The real CLI over msgr2 (`mon_host = v2:…`): our messenger's one port reads its
+/// banner and serves it with the msgr2 machine (HELLO, AUTH none in frames, idents,
+/// crc mode), the monmap we send announces `[v2:…, v1:…]` so the CLI's librados session
+/// dials msgr2 again, and `ceph status` prints our JSON. No MAuth comes (msgr2
+/// authenticates in its AUTH frames); every message arrives on a msgr2 session.
+#[test]
+fn ceph_cli_status_over_msgr2_against_our_messenger() {
+    init_logging();
+    if !ceph_available("ceph_cli_status_over_msgr2") {
+        return;
+    }
+    let cell = std::sync::Arc::new(std::sync::OnceLock::new());
+    let (msgr, addr, rx) = MiniMon::serve_msgr2(FSID, handler(cell.clone())).expect("serve");
+    let _ = cell.set(addr);
+    let conf = ConfDir(client_conf_msgr2_for(addr, &fsid_string(&FSID)).expect("client conf"));
+    let out = run_ceph(&conf.0, &["status", "-f", "json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let seen = Seen::collect(&rx);
+    for r in &seen.all {
+        eprintln!("{:?} tid {} {:?} {:?}", r.src, r.tid, r.msg.msg_type(), r.conn.protocol());
+    }
+    assert!(out.status.success(), "ceph status failed: {:?}\n{stdout}\n{stderr}", out.status);
+    let printed: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("CLI output is not JSON ({e}): {stdout}"));
+    assert_eq!(printed, status_json());
+
+    assert!(seen.auths().is_empty(), "no MAuth over msgr2");
+    assert!(!seen.all.is_empty());
+    for r in &seen.all {
+        assert_eq!(r.conn.protocol(), Some(ProtocolVersion::V2), "{:?}", r.msg.msg_type());
+        assert_eq!(r.conn.con_mode(), Some(ConMode::CRC));
+    }
+    let cmds = seen.commands();
+    assert!(cmds.iter().any(|(_, _, c)| c["prefix"] == "status"), "{cmds:?}");
+    let src = cmds.iter().find(|(_, _, c)| c["prefix"] == "status").and_then(|c| c.1);
+    assert_eq!(src.map(|s| s.ty), Some(EntityType::CLIENT), "src {src:?}");
     msgr.shutdown();
 }

@@ -124,38 +124,13 @@ fn simultaneous_connect_yields_one_session_and_loses_nothing() {
     let (b, _b_addr, b_rx) = server(EntityType::OSD, 2, Policy::lossless_peer(), false);
     let a_to_b = a.connect_to(EntityType::OSD, b.my_addr());
     let b_to_a = b.connect_to(EntityType::OSD, a.my_addr());
-    const N: u64 = 500;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            for tid in 1..=N {
-                a_to_b.send_message(test_message(MSG_TEST, tid, Bytes::new())).expect("send");
-            }
-        });
-        s.spawn(|| {
-            for tid in 1..=N {
-                b_to_a.send_message(test_message(MSG_TEST, tid, Bytes::new())).expect("send");
-            }
-        });
-    });
     // Both handles were made before either side could know of the other's: each is
     // its side's own outgoing attempt. The race is resolved when the two attempts have
     // become one session — each side receiving everything on its own handle.
-    for (rx, own, who) in [(&b_rx, &b_to_a, "b"), (&a_rx, &a_to_b, "a")] {
-        for tid in 1..=N {
-            let (c, m) = next_message(rx);
-            assert_eq!(m.tid(), tid, "{who}: in order, no loss, no duplicate");
-            assert_eq!(&c, own, "{who}: received on its own handle: one session");
-        }
-        assert_no_more_messages(rx, "a duplicate arrived");
-    }
+    stream_both_ways_on_own_handles((&a_to_b, &a_rx), (&b_to_a, &b_rx), MSG_TEST, 500);
     eprintln!("race: a {:?}, b {:?}", a.v1_counters(), b.v1_counters());
-    for (m, who) in [(&a, "a"), (&b, "b")] {
-        let deadline = Instant::now() + WAIT;
-        while m.connection_count() != 1 {
-            assert!(Instant::now() < deadline, "{who}: {}", m.dump_connections());
-            std::thread::yield_now();
-        }
-    }
+    wait_for_connection_count(&a, 1, "a");
+    wait_for_connection_count(&b, 1, "b");
     assert!(a_to_b.is_connected() && b_to_a.is_connected(), "one session, both handles on it");
     a.shutdown();
     b.shutdown();
