@@ -162,11 +162,13 @@ impl Connection {
     // ----- inputs -----
 
     /// See [`crate::Machine::handle_transport_connected`].
+    #[inline]
     pub fn handle_transport_connected(&mut self, now: Instant) {
         each!(self, c => c.handle_transport_connected(now), _s => {})
     }
 
     /// See [`crate::Machine::handle_bytes`]. A sniffing acceptor becomes V1 or V2 here.
+    #[inline]
     pub fn handle_bytes(&mut self, now: Instant, data: Bytes) {
         let next = match self {
             Connection::V1(c) => return c.handle_bytes(now, data),
@@ -181,36 +183,43 @@ impl Connection {
     }
 
     /// See [`crate::Machine::direct_read_buffer`].
+    #[inline]
     pub fn direct_read_buffer(&mut self) -> Option<(&mut BytesMut, usize)> {
         each!(self, c => c.direct_read_buffer(), _s => None)
     }
 
     /// See [`crate::Machine::handle_direct_read`].
+    #[inline]
     pub fn handle_direct_read(&mut self, now: Instant, n: usize) {
         each!(self, c => c.handle_direct_read(now, n), _s => {})
     }
 
     /// See [`crate::Machine::handle_transport_closed`].
+    #[inline]
     pub fn handle_transport_closed(&mut self, now: Instant) {
         each!(self, c => c.handle_transport_closed(now), s => s.handle_transport_closed())
     }
 
     /// See [`crate::Machine::handle_write_blocked`].
+    #[inline]
     pub fn handle_write_blocked(&mut self, now: Instant) {
         each!(self, c => c.handle_write_blocked(now), _s => {})
     }
 
     /// See [`crate::Machine::handle_write_progress`].
+    #[inline]
     pub fn handle_write_progress(&mut self, now: Instant) {
         each!(self, c => c.handle_write_progress(now), _s => {})
     }
 
     /// See [`crate::Machine::handle_timeout`].
+    #[inline]
     pub fn handle_timeout(&mut self, now: Instant) {
         each!(self, c => c.handle_timeout(now), s => s.handle_timeout(now))
     }
 
     /// See [`crate::Machine::handle_accept_decision`].
+    #[inline]
     pub fn handle_accept_decision(
         &mut self,
         now: Instant,
@@ -222,11 +231,13 @@ impl Connection {
     }
 
     /// See [`crate::Machine::handle_authorizer_verdict`].
+    #[inline]
     pub fn handle_authorizer_verdict(&mut self, now: Instant, verdict: AuthVerdict) {
         each!(self, c => c.handle_authorizer_verdict(now, verdict), _s => {})
     }
 
     /// See [`crate::Machine::grant_budget`].
+    #[inline]
     pub fn grant_budget(&mut self, now: Instant) {
         each!(self, c => c.grant_budget(now), _s => {})
     }
@@ -234,26 +245,31 @@ impl Connection {
     // ----- commands -----
 
     /// See [`crate::Machine::send_message`].
+    #[inline]
     pub fn send_message(&mut self, msg: Message) {
         each!(self, c => c.send_message(msg), s => s.send_message(msg))
     }
 
     /// See [`crate::Machine::send_keepalive`].
+    #[inline]
     pub fn send_keepalive(&mut self, wall_clock: KeepaliveStamp) {
         each!(self, c => c.send_keepalive(wall_clock), s => s.send_keepalive(wall_clock))
     }
 
     /// See [`crate::Machine::close`].
+    #[inline]
     pub fn close(&mut self, now: Instant) {
         each!(self, c => c.close(now), s => s.close(Initiator::Local, CloseReason::Requested))
     }
 
     /// See [`crate::Machine::take_session`].
+    #[inline]
     pub fn take_session(&mut self) -> Option<Session> {
         each!(self, c => c.take_session(), _s => None)
     }
 
     /// See [`crate::Machine::mark_lossy`].
+    #[inline]
     pub fn mark_lossy(&mut self) {
         each!(self, c => c.mark_lossy(), s => s.mark_lossy())
     }
@@ -261,21 +277,25 @@ impl Connection {
     // ----- outputs -----
 
     /// See [`crate::Machine::poll_transmit`]. A sniffing acceptor writes nothing.
+    #[inline]
     pub fn poll_transmit(&mut self, out: &mut Vec<Bytes>) -> usize {
         each!(self, c => c.poll_transmit(out), _s => 0)
     }
 
     /// See [`crate::Machine::poll_timeout`].
+    #[inline]
     pub fn poll_timeout(&self) -> Option<Instant> {
         each!(self, c => c.poll_timeout(), s => s.deadline())
     }
 
     /// See [`crate::Machine::poll_event`].
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         each!(self, c => c.poll_event(), s => s.poll_event())
     }
 
     /// See [`crate::Machine::has_events`].
+    #[inline]
     pub fn has_events(&self) -> bool {
         each!(self, c => c.has_events(), s => s.has_events())
     }
@@ -283,26 +303,31 @@ impl Connection {
     // ----- queries -----
 
     /// See [`crate::Machine::wants_read`].
+    #[inline]
     pub fn wants_read(&self) -> bool {
         each!(self, c => c.wants_read(), s => !s.is_closed())
     }
 
     /// See [`crate::Machine::wants_write`].
+    #[inline]
     pub fn wants_write(&self) -> bool {
         each!(self, c => c.wants_write(), _s => false)
     }
 
     /// See [`crate::Machine::is_open`].
+    #[inline]
     pub fn is_open(&self) -> bool {
         each!(self, c => c.is_open(), _s => false)
     }
 
     /// See [`crate::Machine::is_closed`].
+    #[inline]
     pub fn is_closed(&self) -> bool {
         each!(self, c => c.is_closed(), s => s.is_closed())
     }
 
     /// See [`crate::Machine::state`].
+    #[inline]
     pub fn state(&self) -> SessionState {
         each!(self, c => c.state(), s => if s.is_closed() {
             SessionState::Closed
@@ -312,6 +337,7 @@ impl Connection {
     }
 
     /// See [`crate::Machine::existing_session`].
+    #[inline]
     pub fn existing_session(&self) -> ExistingSession {
         each!(self, c => c.existing_session(), _s => ExistingSession {
             state: self.state().into(),
@@ -320,81 +346,97 @@ impl Connection {
     }
 
     /// See [`crate::Machine::peer_addr`].
+    #[inline]
     pub fn peer_addr(&self) -> Option<&EntityAddr> {
         each!(self, c => c.peer_addr(), _s => None)
     }
 
     /// See [`crate::Machine::peer_type`].
+    #[inline]
     pub fn peer_type(&self) -> Option<EntityType> {
         each!(self, c => c.peer_type(), _s => None)
     }
 
     /// See [`crate::Machine::features`].
+    #[inline]
     pub fn features(&self) -> Features {
         each!(self, c => c.features(), _s => Features::NONE)
     }
 
     /// See [`crate::Machine::policy`].
+    #[inline]
     pub fn policy(&self) -> &Policy {
         each!(self, c => c.policy(), _s => &NO_POLICY)
     }
 
     /// See [`crate::Machine::is_lossy`].
+    #[inline]
     pub fn is_lossy(&self) -> bool {
         each!(self, c => c.is_lossy(), _s => false)
     }
 
     /// See [`crate::Machine::send_held_cost`].
+    #[inline]
     pub fn send_held_cost(&self) -> u64 {
         each!(self, c => c.send_held_cost(), s => s.send_cost())
     }
 
     /// See [`crate::Machine::last_keepalive`].
+    #[inline]
     pub fn last_keepalive(&self) -> Option<Instant> {
         each!(self, c => c.last_keepalive(), _s => None)
     }
 
     /// See [`crate::Machine::last_keepalive_ack`].
+    #[inline]
     pub fn last_keepalive_ack(&self) -> Option<KeepaliveStamp> {
         each!(self, c => c.last_keepalive_ack(), _s => None)
     }
 
     /// See [`crate::Machine::seqs`].
+    #[inline]
     pub fn seqs(&self) -> Seqs {
         each!(self, c => c.seqs(), _s => Seqs::default())
     }
 
     /// See [`crate::Machine::cookies`].
+    #[inline]
     pub fn cookies(&self) -> Cookies {
         each!(self, c => c.cookies(), _s => Cookies::default())
     }
 
     /// See [`crate::Machine::pending_messages`].
+    #[inline]
     pub fn pending_messages(&self) -> usize {
         each!(self, c => c.pending_messages(), s => s.pending())
     }
 
     /// See [`crate::Machine::messages_sent`].
+    #[inline]
     pub fn messages_sent(&self) -> u64 {
         each!(self, c => c.messages_sent(), _s => 0)
     }
 
     /// See [`crate::Machine::duplicates_dropped`].
+    #[inline]
     pub fn duplicates_dropped(&self) -> u64 {
         each!(self, c => c.duplicates_dropped(), _s => 0)
     }
 
     /// See [`crate::Machine::message_in_progress`].
+    #[inline]
     pub fn message_in_progress(&self) -> bool {
         each!(self, c => c.message_in_progress(), _s => false)
     }
 
     /// See [`crate::Machine::receive_held_bytes`].
+    #[inline]
     pub fn receive_held_bytes(&self) -> usize {
         each!(self, c => c.receive_held_bytes(), _s => 0)
     }
 
     /// See [`crate::Machine::poll_peer_issues`].
+    #[inline]
     pub fn poll_peer_issues(&mut self) -> (u64, u64) {
         each!(self, c => c.poll_peer_issues(), _s => (0, 0))
     }
