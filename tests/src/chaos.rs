@@ -19,7 +19,9 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -109,7 +111,7 @@ pub struct ChaosProxy {
 }
 
 fn lock(c: &Mutex<Control>) -> MutexGuard<'_, Control> {
-    c.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    c.lock()
 }
 
 impl ChaosProxy {

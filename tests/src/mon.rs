@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -81,7 +83,7 @@ impl Dispatcher<Connection> for ClientDispatcher {
         let tid = msg.tid();
         let ev = match decode_any(&msg) {
             Ok(AnyMessage::MonCommandAck(ack)) => {
-                let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&tid));
+                let waiter = self.pending.lock().remove(&tid);
                 match waiter {
                     Some(w) => {
                         let _ = w.send(ack);
@@ -171,7 +173,7 @@ impl MonClient {
 
     /// The current connection to the monitor.
     pub fn connection(&self) -> Connection {
-        self.conn.lock().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.conn.lock().clone()
     }
 
     /// Dials the monitor again (after a reset): `get_connection` returns a new session
@@ -179,24 +181,19 @@ impl MonClient {
     pub fn reconnect(&self) -> Connection {
         self.msgr.set_myname(EntityName::new(EntityType::CLIENT, EntityName::NEW));
         let conn = self.msgr.get_connection(EntityType::MON, self.mon);
-        match self.conn.lock() {
-            Ok(mut c) => *c = conn.clone(),
-            Err(p) => *p.into_inner() = conn.clone(),
-        }
+        *self.conn.lock() = conn.clone();
         conn
     }
 
     /// The cluster fsid, as learned from the last monmap seen by [`MonClient::wait_for`]
     /// (all zero before).
     pub fn fsid(&self) -> [u8; 16] {
-        self.fsid.lock().map(|f| *f).unwrap_or([0; 16])
+        *self.fsid.lock()
     }
 
     /// Sets the fsid used in commands.
     pub fn set_fsid(&self, fsid: [u8; 16]) {
-        if let Ok(mut f) = self.fsid.lock() {
-            *f = fsid;
-        }
+        *self.fsid.lock() = fsid;
     }
 
     /// The next event within `timeout`, if any.
@@ -308,18 +305,14 @@ impl MonClient {
     pub fn send_command(&self, json: &str) -> Result<(u64, Receiver<MMonCommandAck>), SendError> {
         let tid = self.next_tid.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(1);
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(tid, tx);
-        }
+        self.pending.lock().insert(tid, tx);
         let cmd =
             MMonCommand { fsid: self.fsid(), cmd: vec![json.to_owned()], ..MMonCommand::default() };
         let conn = self.connection();
         let mut msg = cmd.to_message(conn.features());
         msg.set_tid(tid);
         if let Err(e) = conn.send_message(msg) {
-            if let Ok(mut p) = self.pending.lock() {
-                p.remove(&tid);
-            }
+            self.pending.lock().remove(&tid);
             return Err(e);
         }
         Ok((tid, rx))
@@ -333,7 +326,7 @@ impl MonClient {
 
     /// Commands sent and not answered yet.
     pub fn pending_commands(&self) -> usize {
-        self.pending.lock().map(|p| p.len()).unwrap_or(0)
+        self.pending.lock().len()
     }
 
     /// Sends an `MPing` and returns the monitor's health report (JSON text).
@@ -500,7 +493,7 @@ impl MiniMon {
     /// cephx: answers `auth` on `conn`'s session; true when this reply completed the
     /// session's authentication (the monitor then sends its monmap).
     fn answer_cephx(&self, cx: &Mutex<CephxMon>, conn: &Connection, auth: &MAuth) -> bool {
-        let Ok(mut guard) = cx.lock() else { return false };
+        let mut guard = cx.lock();
         let CephxMon { server, sessions, rng } = &mut *guard;
         let now = wall_now();
         server.rotate(now, rng);
@@ -519,9 +512,7 @@ impl MiniMon {
     /// cephx (a real monitor ignores an unauthenticated session's requests).
     fn is_authenticated(&self, conn: &Connection) -> bool {
         let Some(cx) = &self.cephx else { return true };
-        cx.lock()
-            .map(|g| g.sessions.get(&conn.id()).is_some_and(|s| s.authenticated().is_some()))
-            .unwrap_or(false)
+        cx.lock().sessions.get(&conn.id()).is_some_and(|s| s.authenticated().is_some())
     }
 
     fn reply(&self, conn: &Connection, msg: Message) {
@@ -626,8 +617,8 @@ impl Dispatcher<Connection> for MiniMon {
     }
 
     fn ms_handle_reset(&self, conn: &Connection) -> bool {
-        if let Some(Ok(mut cx)) = self.cephx.as_ref().map(|c| c.lock()) {
-            cx.sessions.remove(&conn.id());
+        if let Some(cx) = &self.cephx {
+            cx.lock().sessions.remove(&conn.id());
         }
         // Other dispatchers may want to hear of it too.
         false

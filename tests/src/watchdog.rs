@@ -11,7 +11,9 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -46,8 +48,8 @@ fn thread_key() -> String {
     format!("{} {:?}", t.name().unwrap_or("unnamed"), t.id())
 }
 
-fn lock(a: &Activities) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, Instant)>> {
-    a.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+fn lock(a: &Activities) -> MutexGuard<'_, BTreeMap<String, (String, Instant)>> {
+    a.lock()
 }
 
 impl Watchdog {

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,14 +28,14 @@ const STALL: Duration = Duration::from_secs(15);
 const BACKSTOP: Duration = Duration::from_secs(60);
 
 /// Messengers a watchdog dump shows.
-type Registry = Arc<StdMutex<Vec<(String, Weak<Messenger>)>>>;
+type Registry = Arc<Mutex<Vec<(String, Weak<Messenger>)>>>;
 
 fn watchdog(name: &str) -> (Arc<Watchdog>, Registry) {
-    let registry: Registry = Arc::new(StdMutex::new(Vec::new()));
+    let registry: Registry = Arc::new(Mutex::new(Vec::new()));
     let shown = registry.clone();
     let wd = Watchdog::start(name, STALL, move || {
         let mut out = String::new();
-        let list = shown.lock().map(|l| l.clone()).unwrap_or_default();
+        let list = shown.lock().clone();
         for (name, m) in list {
             if let Some(m) = m.upgrade() {
                 out += &format!(
@@ -51,9 +51,7 @@ fn watchdog(name: &str) -> (Arc<Watchdog>, Registry) {
 }
 
 fn register(registry: &Registry, name: &str, m: &Arc<Messenger>) {
-    if let Ok(mut l) = registry.lock() {
-        l.push((name.to_owned(), Arc::downgrade(m)));
-    }
+    registry.lock().push((name.to_owned(), Arc::downgrade(m)));
 }
 
 fn pause_up_to_500us() {

@@ -686,7 +686,7 @@ impl AuthClient for CephxBridge {
 
 /// cephx as a client of monitors, preferring `modes`.
 struct CephxProvider {
-    client: std::sync::Mutex<Option<CephxClient>>,
+    client: parking_lot::Mutex<Option<CephxClient>>,
     modes: Vec<ConMode>,
 }
 
@@ -700,7 +700,7 @@ impl AuthProvider for CephxProvider {
     }
 
     fn client(&self, _peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
-        let inner = self.client.lock().ok()?.take()?;
+        let inner = self.client.lock().take()?;
         (method == AUTH_CEPHX).then(|| Box::new(CephxBridge { inner }) as Box<dyn AuthClient>)
     }
 
@@ -726,7 +726,7 @@ fn cephx_secure_and_crc_modes_against_msgr2_only_monitor() {
         let cephx = CephxClient::new(ClientConfig::new(name, key), Box::new(rand::rngs::OsRng));
         let mut config = client_config();
         config.auth = Arc::new(CephxProvider {
-            client: std::sync::Mutex::new(Some(cephx)),
+            client: parking_lot::Mutex::new(Some(cephx)),
             modes: vec![mode],
         });
         let deadline = Instant::now() + Duration::from_secs(30);
