@@ -116,6 +116,10 @@ pub struct Counters {
     /// Received messages dropped because their seq was already delivered (a resend after
     /// a reconnect whose seq exchange could not tell the peer).
     pub old_seq_dropped: AtomicU64,
+    /// Received messages whose signature did not check (each faulted its connection).
+    pub bad_signatures: AtomicU64,
+    /// Authorizers refused (the peer got BADAUTHORIZER).
+    pub authorizers_rejected: AtomicU64,
 }
 
 /// The values of [`Counters`] at one moment.
@@ -133,6 +137,10 @@ pub struct CounterValues {
     pub reset_session: u64,
     /// [`Counters::old_seq_dropped`].
     pub old_seq_dropped: u64,
+    /// [`Counters::bad_signatures`].
+    pub bad_signatures: u64,
+    /// [`Counters::authorizers_rejected`].
+    pub authorizers_rejected: u64,
 }
 
 impl Counters {
@@ -146,6 +154,8 @@ impl Counters {
             retry_session: get(&self.retry_session),
             reset_session: get(&self.reset_session),
             old_seq_dropped: get(&self.old_seq_dropped),
+            bad_signatures: get(&self.bad_signatures),
+            authorizers_rejected: get(&self.authorizers_rejected),
         }
     }
 

@@ -10,8 +10,8 @@ use bytes::Bytes;
 
 use crate::auth::{AuthorizerRequest, AuthorizerStep};
 use crate::session::{
-    AcceptRequest, AuthVerdict, ConnectSeq, Decision, Event, Fault, GlobalSeq, Machine, OpenNote,
-    PeerIssue, RequestKind, Seq, Session, State,
+    AcceptRequest, AuthVerdict, ConnectSeq, Counters, Decision, Event, Fault, GlobalSeq, Machine,
+    OpenNote, PeerIssue, RequestKind, Seq, Session, State,
 };
 use crate::types::{proto_version, EntityAddr, Features, LEGACY_ADDR_LEN};
 use crate::wire::{
@@ -190,6 +190,7 @@ fn judged(m: &mut Machine<V1>, _now: Instant, step: AuthorizerStep) {
         }
         AuthorizerStep::Reject => {
             m.set_state(State::Handshake { deadline, step: Handshake::AwaitConnect(link) });
+            Counters::bump(&m.config.counters.authorizers_rejected);
             m.peer_issue(PeerIssue::BadConnect, format_args!("authorizer rejected"));
             retry_reply(m, &pending.msg, Tag::BADAUTHORIZER, &[], 0, 0);
         }

@@ -8,7 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::message::{DecodeOptions, EncodeOptions, MessageDecoder, Progress};
 use crate::session::CloseReason;
-use crate::session::{Config, Event, Fault, Initiator, Machine, PeerIssue, Seq};
+use crate::session::{Config, Counters, Event, Fault, Initiator, Machine, PeerIssue, Seq};
 use crate::types::Features;
 use crate::wire::{
     ack_frame, decode_ack, decode_keepalive_stamp, keepalive2_frame, FooterFormat, KeepaliveStamp,
@@ -179,6 +179,7 @@ fn read_message(m: &mut Machine<V1>, now: Instant, discard: bool) -> bool {
             open.budget.finish();
             let header = open.rx.decoder.last_header();
             if let Some(Err(e)) = open.signer.as_ref().map(|s| s.check(header, msg.footer())) {
+                Counters::bump(&m.config.counters.bad_signatures);
                 m.peer_issue(PeerIssue::BadMessage, format_args!("{e}"));
                 m.fault(now, Fault::Auth(e));
                 return false;

@@ -7,10 +7,12 @@
 //! - [`KeyServer`]: the monitor side (challenge, proof, tickets, rotating secrets);
 //! - [`Authorizer`] / [`AuthorizerVerifier`]: what a client presents to a daemon and how
 //!   the daemon checks it, challenge round included;
-//! - [`MessageSigner`]: msgr v1 footer signatures.
+//! - [`MessageSigner`]: msgr v1 footer signatures;
+//! - [`CephxProvider`]: all of the above behind the auth seam for msgr v1.
 
 pub mod authorizer;
 pub mod client;
+pub mod provider;
 pub mod request;
 pub mod rotating;
 pub mod server;
@@ -19,6 +21,10 @@ pub mod ticket;
 
 pub use authorizer::{AcceptedAuthorizer, Authorizer, AuthorizerVerdict, AuthorizerVerifier};
 pub use client::{CephxClient, ClientConfig, ClientEvent};
+pub use provider::{
+    CephxAuthorizerClient, CephxAuthorizerServer, CephxProvider, RngSource, SharedKeyStore,
+    TicketSource, TicketStore, WallClock,
+};
 pub use request::{challenge_proof, RequestType, ServiceMask};
 pub use rotating::{KeyStore, RotatingKeyStore, RotatingSecrets};
 pub use server::{KeyServer, ServerSession};

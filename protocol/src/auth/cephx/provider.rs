@@ -1,0 +1,592 @@
+//! cephx behind the auth seam for msgr v1 (Ceph's `AuthRegistry` + the cephx parts of
+//! `MonClient::get_auth_authorizer` / `handle_auth_request` for daemons): a connector's
+//! authorizers built from service tickets, an acceptor's verifier over the daemon's
+//! service secrets, and the signing of every message of the session.
+//!
+//! ```text
+//! CephxProvider
+//!   connector: authorizer_client(peer) -> CephxAuthorizerClient
+//!                ticket from a TicketSource (TicketStore, filled by the user or a CephxClient)
+//!   acceptor:  authorizer_server()     -> CephxAuthorizerServer (one per connection)
+//!                secrets from a KeyStore (SharedKeyStore: the rotating secrets)
+//!   both:      MessageSigner for the session (cephx_sign_messages, MSG_AUTH)
+//! ```
+//!
+//! Sans-IO like the rest of the crate: wall-clock time comes from a [`WallClock`]
+//! anchored by the caller (the machine's `Instant`s map onto it), and randomness from
+//! an [`RngSource`] the caller gives (one generator per authorizer or accepted
+//! connection, so no lock is shared across connections).
+//!
+//! Which method a peer must use (Ceph's `AuthRegistry::_get_supported_methods`): between
+//! two daemons `auth_cluster_required`; a daemon accepting a client
+//! `auth_service_required`; a client connecting anywhere `auth_client_required`. Where
+//! the list holds `none` as well, a missing ticket (connector) or an empty authorizer
+//! (acceptor) is auth none.
+//!
+//! msgr2 (AUTH frames) is served by auth none when the lists allow it; cephx over msgr2
+//! is not implemented by this provider.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use rand_core::CryptoRngCore;
+
+use crate::auth::authorizer::{
+    AuthorizerClient, AuthorizerRequest, AuthorizerServer, AuthorizerStep, SessionHandler,
+};
+use crate::auth::config::{AuthConfig, AuthMethods};
+use crate::auth::error::AuthError;
+use crate::auth::mode::ConMode;
+use crate::auth::none::AuthNoneProvider;
+use crate::auth::provider::{AuthClient, AuthProvider, AuthRole, AuthServer};
+use crate::encoding::UTime;
+use crate::types::{AuthEntityName, EntityType, Features, AUTH_CEPHX, AUTH_NONE, AUTH_UNKNOWN};
+
+use super::authorizer::{Authorizer, AuthorizerVerdict, AuthorizerVerifier};
+use super::client::CephxClient;
+use super::rotating::{KeyStore, RotatingKeyStore, RotatingSecrets};
+use super::signature::MessageSigner;
+use super::ticket::{duration_to_utime, utime_to_duration, ReceivedTicket};
+
+const LOG: &str = "msgr::auth";
+
+/// The services a daemon or client holds service tickets for.
+const TICKET_SERVICES: [EntityType; 4] =
+    [EntityType::MON, EntityType::OSD, EntityType::MDS, EntityType::MGR];
+
+/// A fresh random source per use: one per authorizer a connector builds and per
+/// connection an acceptor verifies (e.g. `Arc::new(|| Box::new(rand_core::OsRng) as _)`).
+pub type RngSource = Arc<dyn Fn() -> Box<dyn CryptoRngCore + Send> + Send + Sync>;
+
+/// Wall-clock time for the machines' monotonic `Instant`s: the caller reads both clocks
+/// once and anchors them here; later instants map onto wall time by their distance from
+/// the anchor (ticket expiry is checked in wall time, cephx.md 7.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WallClock {
+    at: Instant,
+    wall: Duration,
+}
+
+impl WallClock {
+    /// The instant `at` is the wall-clock time `wall`.
+    pub fn anchored(at: Instant, wall: UTime) -> Self {
+        WallClock { at, wall: utime_to_duration(wall) }
+    }
+
+    /// The wall-clock time at `now`.
+    pub fn wall(&self, now: Instant) -> UTime {
+        let wall = match now.checked_duration_since(self.at) {
+            Some(ahead) => self.wall.saturating_add(ahead),
+            None => self.wall.saturating_sub(self.at.saturating_duration_since(now)),
+        };
+        duration_to_utime(wall)
+    }
+}
+
+/// Where a connector finds the service ticket (and the global id it was issued to) for
+/// a peer type. Ceph keeps these in the `MonClient`'s cephx handler; here the user fills
+/// a [`TicketStore`] from a [`CephxClient`] or by hand, or implements this.
+pub trait TicketSource: Send + Sync {
+    /// Our global id and the ticket for `service`, if held.
+    fn ticket(&self, service: EntityType) -> Option<(u64, ReceivedTicket)>;
+}
+
+#[derive(Default)]
+struct Tickets {
+    global_id: u64,
+    by_service: BTreeMap<EntityType, ReceivedTicket>,
+}
+
+/// A [`TicketSource`] the user fills: service tickets and the global id they name.
+/// Renewal is the filler's job (refill after [`CephxClient`] renewed its tickets); a
+/// stale ticket is refused by the daemon, whose refusal the connection reports.
+#[derive(Default)]
+pub struct TicketStore {
+    inner: RwLock<Tickets>,
+}
+
+impl std::fmt::Debug for TicketStore {
+    /// Names the services held, never key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let t = self.inner.read();
+        let services: Vec<&str> = t.by_service.keys().map(|s| s.name()).collect();
+        f.debug_struct("TicketStore")
+            .field("global_id", &t.global_id)
+            .field("services", &services)
+            .finish()
+    }
+}
+
+impl TicketStore {
+    /// An empty store for tickets issued to `global_id`.
+    pub fn new(global_id: u64) -> Self {
+        let store = TicketStore::default();
+        store.write().global_id = global_id;
+        store
+    }
+
+    fn write(&self) -> parking_lot::RwLockWriteGuard<'_, Tickets> {
+        self.inner.write()
+    }
+
+    /// Holds `ticket` for its service (replacing an older one), issued to `global_id`.
+    pub fn insert(&self, global_id: u64, ticket: ReceivedTicket) {
+        let mut t = self.write();
+        t.global_id = global_id;
+        t.by_service.insert(ticket.service, ticket);
+    }
+
+    /// Copies the monitor session's service tickets valid at `now` (mon, osd, mds,
+    /// mgr) and its global id: call after it authenticated and after each renewal.
+    pub fn update_from(&self, client: &CephxClient, now: Instant) {
+        let fresh: Vec<ReceivedTicket> = TICKET_SERVICES
+            .into_iter()
+            .filter_map(|s| client.service_ticket(s, now).cloned())
+            .collect();
+        let mut t = self.write();
+        t.global_id = client.global_id();
+        for ticket in fresh {
+            t.by_service.insert(ticket.service, ticket);
+        }
+    }
+}
+
+impl TicketSource for TicketStore {
+    fn ticket(&self, service: EntityType) -> Option<(u64, ReceivedTicket)> {
+        let t = self.inner.read();
+        t.by_service.get(&service).map(|ticket| (t.global_id, ticket.clone()))
+    }
+}
+
+/// A daemon's [`KeyStore`] that can be refreshed while connections verify against it
+/// (new rotating secrets from the monitor every `auth_service_ticket_ttl`).
+#[derive(Debug, Default)]
+pub struct SharedKeyStore {
+    inner: RwLock<RotatingKeyStore>,
+}
+
+impl SharedKeyStore {
+    /// A store holding `keys`.
+    pub fn new(keys: RotatingKeyStore) -> Self {
+        SharedKeyStore { inner: RwLock::new(keys) }
+    }
+
+    /// Replaces the rotating secrets (GET_ROTATING_KEY's answer, or the daemon's own).
+    pub fn set_rotating(&self, rotating: RotatingSecrets) {
+        self.inner.write().rotating = rotating;
+    }
+}
+
+impl KeyStore for SharedKeyStore {
+    fn service_secret(
+        &self,
+        service: EntityType,
+        secret_id: u64,
+    ) -> Option<crate::auth::CryptoKey> {
+        self.inner.read().service_secret(service, secret_id)
+    }
+}
+
+/// What the connector and acceptor sides share.
+#[derive(Clone)]
+struct Shared {
+    my_type: EntityType,
+    config: AuthConfig,
+    tickets: Option<Arc<dyn TicketSource>>,
+    keys: Option<Arc<dyn KeyStore + Send + Sync>>,
+    clock: WallClock,
+    rng: RngSource,
+}
+
+impl Shared {
+    /// The methods allowed with a peer of `peer` (Ceph's `_get_supported_methods`).
+    fn methods(&self, role: AuthRole, peer: EntityType) -> &AuthMethods {
+        let daemon = |t: EntityType| t != EntityType::CLIENT;
+        if daemon(self.my_type) && daemon(peer) {
+            &self.config.auth_cluster_required
+        } else {
+            match role {
+                AuthRole::Acceptor => &self.config.auth_service_required,
+                AuthRole::Connector => &self.config.auth_client_required,
+            }
+        }
+    }
+
+    /// `cephx_*require_signatures` for a peer: the session must negotiate `MSG_AUTH`.
+    fn check_signing(&self, peer: EntityType, features: Features) -> Result<(), AuthError> {
+        if self.config.requires_signatures(peer) && !features.contains(Features::MSG_AUTH) {
+            return Err(AuthError::BadAuthorizer("signatures required; peer lacks MSG_AUTH"));
+        }
+        Ok(())
+    }
+
+    fn signer(
+        &self,
+        key: crate::auth::CryptoKey,
+        features: Features,
+    ) -> Option<Box<dyn SessionHandler>> {
+        MessageSigner::for_session(key, features, self.config.cephx_sign_messages)
+            .map(|s| Box::new(s) as Box<dyn SessionHandler>)
+    }
+}
+
+/// cephx for msgr v1 behind [`AuthProvider`]: see the module docs.
+pub struct CephxProvider {
+    shared: Arc<Shared>,
+    none: AuthNoneProvider,
+}
+
+impl std::fmt::Debug for CephxProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CephxProvider")
+            .field("my_type", &self.shared.my_type)
+            .field("connector", &self.shared.tickets.is_some())
+            .field("acceptor", &self.shared.keys.is_some())
+            .finish()
+    }
+}
+
+impl CephxProvider {
+    /// A provider for entity `name` with `config`'s methods and signing options.
+    /// Without [`CephxProvider::with_tickets`] it presents no authorizer; without
+    /// [`CephxProvider::with_keys`] it refuses every cephx authorizer.
+    pub fn new(name: AuthEntityName, config: AuthConfig, clock: WallClock, rng: RngSource) -> Self {
+        let my_type = EntityType(u8::try_from(name.ty).unwrap_or(EntityType::ANY.0));
+        CephxProvider {
+            shared: Arc::new(Shared { my_type, config, tickets: None, keys: None, clock, rng }),
+            none: AuthNoneProvider::new(name),
+        }
+    }
+
+    /// Connector side: service tickets come from `tickets`.
+    pub fn with_tickets(mut self, tickets: Arc<dyn TicketSource>) -> Self {
+        Arc::make_mut(&mut self.shared).tickets = Some(tickets);
+        self
+    }
+
+    /// Acceptor side: authorizers are verified with the secrets of `keys`.
+    pub fn with_keys(mut self, keys: Arc<dyn KeyStore + Send + Sync>) -> Self {
+        Arc::make_mut(&mut self.shared).keys = Some(keys);
+        self
+    }
+}
+
+impl AuthProvider for CephxProvider {
+    fn methods(&self, role: AuthRole, peer_type: EntityType) -> Vec<u32> {
+        // msgr2 speaks auth none only, where allowed.
+        if self.shared.methods(role, peer_type).allows(AUTH_NONE) {
+            vec![AUTH_NONE]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn modes(&self, role: AuthRole, peer_type: EntityType) -> Vec<ConMode> {
+        self.none.modes(role, peer_type)
+    }
+
+    fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
+        let allowed = self.shared.methods(AuthRole::Connector, peer_type).allows(method);
+        allowed.then(|| self.none.client(peer_type, method)).flatten()
+    }
+
+    fn server(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>> {
+        let allowed = self.shared.methods(AuthRole::Acceptor, peer_type).allows(method);
+        allowed.then(|| self.none.server(peer_type, method)).flatten()
+    }
+
+    fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
+        let s = &self.shared;
+        if !s.methods(AuthRole::Connector, peer_type).allows(AUTH_CEPHX) {
+            return None;
+        }
+        let Some((global_id, ticket)) = s.tickets.as_ref().and_then(|t| t.ticket(peer_type)) else {
+            log::warn!(target: LOG, "no cephx ticket for {}: connecting without an authorizer", peer_type.name());
+            return None;
+        };
+        let mut rng = (s.rng)();
+        let authorizer = Authorizer::new(global_id, &ticket, &mut *rng);
+        Some(Box::new(CephxAuthorizerClient { shared: s.clone(), peer_type, authorizer }))
+    }
+
+    fn authorizer_server(&self) -> Option<Box<dyn AuthorizerServer>> {
+        Some(Box::new(CephxAuthorizerServer {
+            shared: self.shared.clone(),
+            verifier: AuthorizerVerifier::new(),
+            rng: (self.shared.rng)(),
+        }))
+    }
+}
+
+/// A connector's cephx authorizer on one connection (Ceph's `CephXAuthorizer` as the v1
+/// machine uses it).
+pub struct CephxAuthorizerClient {
+    shared: Arc<Shared>,
+    peer_type: EntityType,
+    authorizer: Authorizer,
+}
+
+impl AuthorizerClient for CephxAuthorizerClient {
+    fn method(&self) -> u32 {
+        AUTH_CEPHX
+    }
+
+    fn bytes(&self) -> Bytes {
+        self.authorizer.bytes().clone()
+    }
+
+    fn handle_challenge(&mut self, challenge: &[u8]) -> Result<Bytes, AuthError> {
+        self.authorizer.handle_challenge(challenge)
+    }
+
+    fn handle_reply(
+        &mut self,
+        reply: &[u8],
+        features: Features,
+    ) -> Result<Option<Box<dyn SessionHandler>>, AuthError> {
+        self.authorizer.verify_reply(reply)?;
+        self.shared.check_signing(self.peer_type, features)?;
+        Ok(self.shared.signer(self.authorizer.session_key().clone(), features))
+    }
+}
+
+/// An acceptor's verifier of one connection's authorizers (it keeps the challenge it
+/// issued).
+pub struct CephxAuthorizerServer {
+    shared: Arc<Shared>,
+    verifier: AuthorizerVerifier,
+    rng: Box<dyn CryptoRngCore + Send>,
+}
+
+impl CephxAuthorizerServer {
+    fn judge(&mut self, req: &AuthorizerRequest<'_>) -> Result<AuthorizerStep, AuthError> {
+        let s = &self.shared;
+        let methods = s.methods(AuthRole::Acceptor, req.peer_type);
+        let none = req.authorizer.is_empty() || matches!(req.method, AUTH_NONE | AUTH_UNKNOWN);
+        if none {
+            if !methods.allows(AUTH_NONE) {
+                return Err(AuthError::NoAcceptableMethod { offered: vec![req.method] });
+            }
+            return Ok(AuthorizerStep::Accept { reply: Bytes::new(), signer: None });
+        }
+        if req.method != AUTH_CEPHX || !methods.allows(AUTH_CEPHX) {
+            return Err(AuthError::UnexpectedMethod { method: req.method });
+        }
+        let keys = s.keys.as_ref().ok_or(AuthError::Misuse("no service secrets to verify with"))?;
+        s.check_signing(req.peer_type, req.features)?;
+        let verdict = self.verifier.verify(
+            keys.as_ref(),
+            s.my_type,
+            req.authorizer,
+            s.config.requires_challenge(req.peer_type),
+            s.clock.wall(req.now),
+            None,
+            &mut *self.rng,
+        )?;
+        Ok(match verdict {
+            AuthorizerVerdict::Challenge(c) => AuthorizerStep::Challenge(c),
+            AuthorizerVerdict::Accepted(a) => AuthorizerStep::Accept {
+                reply: a.reply,
+                signer: s.signer(a.session_key, req.features),
+            },
+        })
+    }
+}
+
+impl AuthorizerServer for CephxAuthorizerServer {
+    fn verify(&mut self, request: &AuthorizerRequest<'_>) -> AuthorizerStep {
+        self.judge(request).unwrap_or_else(|e| {
+            log::info!(target: LOG, "authorizer from a {} refused: {e}", request.peer_type.name());
+            AuthorizerStep::Reject
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::auth::cephx::server::KeyServer;
+    use crate::auth::cephx::testing::TestRng;
+    use crate::auth::crypto::CryptoKey;
+    use crate::auth::keyring::{KeyEntry, KeyRing};
+    use crate::wire::{FooterFlags, MsgFooter, MsgHeader};
+
+    const WALL0: UTime = UTime::new(1_700_000_000, 0);
+
+    /// The tests' virtual clock starts from the real one (an `Instant` cannot be made
+    /// otherwise); everything after is offsets from it.
+    #[allow(clippy::disallowed_methods)]
+    fn start() -> Instant {
+        Instant::now()
+    }
+
+    /// The connector's and the acceptor's signer of one session.
+    type Signers = (Box<dyn SessionHandler>, Box<dyn SessionHandler>);
+
+    fn rng_source(seed: u64) -> RngSource {
+        let next = Arc::new(AtomicU64::new(seed));
+        Arc::new(move || Box::new(TestRng::new(next.fetch_add(1, Ordering::Relaxed))) as _)
+    }
+
+    fn cluster(rng: &mut TestRng) -> KeyServer {
+        let mut ring = KeyRing::new();
+        let osd = AuthEntityName::new(EntityType::OSD, "0");
+        ring.insert(osd, KeyEntry::new(CryptoKey::generate(WALL0, rng)).with_cap("osd", "allow *"));
+        KeyServer::new(ring, AuthConfig::ceph_defaults(), WALL0, rng)
+    }
+
+    /// osd.0 dialing osd.1: the provider pair runs the v1 authorizer exchange with the
+    /// challenge round, and the two signers agree.
+    fn exchange(
+        server: &KeyServer,
+        acceptor_keys: RotatingKeyStore,
+        at: Instant,
+    ) -> Result<Signers, AuthorizerStep> {
+        let mut rng = TestRng::new(3);
+        let clock = WallClock::anchored(at, WALL0);
+        let name = AuthEntityName::new(EntityType::OSD, "0");
+        let tickets = Arc::new(TicketStore::new(4100));
+        let t = server.service_ticket(&name, 4100, EntityType::OSD, WALL0, &mut rng).unwrap();
+        tickets.insert(4100, t);
+        let config = AuthConfig::ceph_defaults();
+        let connector =
+            CephxProvider::new(name, config.clone(), clock, rng_source(10)).with_tickets(tickets);
+        let acceptor = CephxProvider::new(
+            AuthEntityName::new(EntityType::OSD, "1"),
+            config,
+            clock,
+            rng_source(20),
+        )
+        .with_keys(Arc::new(SharedKeyStore::new(acceptor_keys)));
+        let features = Features::PACIFIC_ADVERTISED;
+        let mut client = connector.authorizer_client(EntityType::OSD).unwrap();
+        let mut verifier = acceptor.authorizer_server().unwrap();
+        let bytes = client.bytes();
+        fn request(a: &[u8], features: Features, at: Instant) -> AuthorizerRequest<'_> {
+            AuthorizerRequest {
+                peer_type: EntityType::OSD,
+                method: AUTH_CEPHX,
+                authorizer: a,
+                features,
+                now: at,
+            }
+        }
+        let req = |a| request(a, features, at);
+        let AuthorizerStep::Challenge(c) = verifier.verify(&req(&bytes)) else {
+            return Err(verifier.verify(&req(&bytes)));
+        };
+        let answer = client.handle_challenge(&c).unwrap();
+        match verifier.verify(&req(&answer)) {
+            AuthorizerStep::Accept { reply, signer } => {
+                let mine = client.handle_reply(&reply, features).unwrap().unwrap();
+                Ok((mine, signer.unwrap()))
+            }
+            other => Err(other),
+        }
+    }
+
+    #[test]
+    fn authorizer_round_trip_and_signers_agree() {
+        let mut rng = TestRng::new(1);
+        let server = cluster(&mut rng);
+        let keys = RotatingKeyStore::new(
+            EntityType::OSD,
+            server.rotating(EntityType::OSD).unwrap().clone(),
+        );
+        let (mine, theirs) = exchange(&server, keys, start()).unwrap();
+        let header = MsgHeader { seq: 7, front_len: 3, crc: 0xabcd, ..MsgHeader::default() };
+        let mut footer =
+            MsgFooter { front_crc: 9, flags: FooterFlags::COMPLETE, ..MsgFooter::default() };
+        mine.sign(&header, &mut footer);
+        theirs.check(&header, &footer).unwrap();
+        footer.front_crc ^= 1;
+        assert_eq!(theirs.check(&header, &footer), Err(AuthError::BadSignature { seq: 7 }));
+    }
+
+    #[test]
+    fn wrong_service_secret_is_rejected() {
+        let mut rng = TestRng::new(1);
+        let server = cluster(&mut rng);
+        let other = cluster(&mut TestRng::new(2));
+        let keys = RotatingKeyStore::new(
+            EntityType::OSD,
+            other.rotating(EntityType::OSD).unwrap().clone(),
+        );
+        let step = exchange(&server, keys, start()).map(|_| ()).unwrap_err();
+        assert!(matches!(step, AuthorizerStep::Reject), "{step:?}");
+    }
+
+    #[test]
+    fn expired_ticket_is_rejected_through_the_wall_clock() {
+        let mut rng = TestRng::new(1);
+        let server = cluster(&mut rng);
+        let keys = RotatingKeyStore::new(
+            EntityType::OSD,
+            server.rotating(EntityType::OSD).unwrap().clone(),
+        );
+        let ttl = AuthConfig::ceph_defaults().auth_service_ticket_ttl;
+        // The verifier's now is an hour and a second past the anchor (and the ticket).
+        let anchor = start();
+        let clock = WallClock::anchored(anchor, WALL0);
+        assert_eq!(clock.wall(anchor + ttl), UTime::new(WALL0.sec + 3600, 0));
+        let late = exchange_at(&server, keys, anchor, anchor + ttl + Duration::from_secs(1));
+        assert!(matches!(late, Some(AuthorizerStep::Reject)), "{late:?}");
+    }
+
+    fn exchange_at(
+        server: &KeyServer,
+        keys: RotatingKeyStore,
+        anchor: Instant,
+        now: Instant,
+    ) -> Option<AuthorizerStep> {
+        let mut rng = TestRng::new(3);
+        let clock = WallClock::anchored(anchor, WALL0);
+        let name = AuthEntityName::new(EntityType::OSD, "0");
+        let t = server.service_ticket(&name, 4100, EntityType::OSD, WALL0, &mut rng).ok()?;
+        let authorizer = Authorizer::new(4100, &t, &mut rng);
+        let acceptor = CephxProvider::new(name, AuthConfig::ceph_defaults(), clock, rng_source(5))
+            .with_keys(Arc::new(SharedKeyStore::new(keys)));
+        let mut v = acceptor.authorizer_server()?;
+        Some(v.verify(&AuthorizerRequest {
+            peer_type: EntityType::OSD,
+            method: AUTH_CEPHX,
+            authorizer: authorizer.bytes(),
+            features: Features::PACIFIC_ADVERTISED,
+            now,
+        }))
+    }
+
+    #[test]
+    fn methods_follow_the_peer_type_and_none_where_allowed() {
+        let clock = WallClock::anchored(start(), WALL0);
+        let mut config = AuthConfig::ceph_defaults();
+        config.auth_service_required = AuthMethods(vec![AUTH_CEPHX, AUTH_NONE]);
+        let osd = CephxProvider::new(
+            AuthEntityName::new(EntityType::OSD, "1"),
+            config,
+            clock,
+            rng_source(1),
+        );
+        let mut v = osd.authorizer_server().unwrap();
+        let empty = |peer_type| AuthorizerRequest {
+            peer_type,
+            method: AUTH_UNKNOWN,
+            authorizer: &[],
+            features: Features::PACIFIC_ADVERTISED,
+            now: start(),
+        };
+        // A client may come without one (service allows none); a daemon may not.
+        assert!(matches!(v.verify(&empty(EntityType::CLIENT)), AuthorizerStep::Accept { .. }));
+        assert!(matches!(v.verify(&empty(EntityType::OSD)), AuthorizerStep::Reject));
+        // No ticket: no authorizer.
+        assert!(osd.authorizer_client(EntityType::OSD).is_none());
+        assert!(osd.methods(AuthRole::Acceptor, EntityType::OSD).is_empty());
+        assert_eq!(osd.methods(AuthRole::Acceptor, EntityType::CLIENT), [AUTH_NONE]);
+    }
+}
