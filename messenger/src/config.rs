@@ -1,7 +1,10 @@
 //! Messenger configuration, with Ceph's option names and defaults, and its validation.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+
+use protocol::auth::AuthProvider;
 
 #[cfg(feature = "fault-injection")]
 use protocol::types::EntityType;
@@ -36,6 +39,18 @@ impl std::error::Error for ConfigError {}
 impl From<ConfigError> for std::io::Error {
     fn from(e: ConfigError) -> Self {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+    }
+}
+
+/// The authentication of a messenger's connections ([`MessengerConfig::auth`]): one
+/// provider shared by all of them, e.g. `protocol::auth::cephx::CephxProvider`.
+#[derive(Clone)]
+pub struct AuthProviderHandle(pub Arc<dyn AuthProvider>);
+
+impl fmt::Debug for AuthProviderHandle {
+    /// Providers hold keys: nothing of them is printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthProvider")
     }
 }
 
@@ -93,6 +108,10 @@ pub struct MessengerConfig {
     pub max_queued_bytes: u64,
     /// The same bound over all connections of the messenger together.
     pub max_total_queued_bytes: u64,
+    /// Authentication of every connection (msgr v1 authorizers and message signing,
+    /// msgr2's AUTH frames). `None`: auth none as our entity name. Set it before the
+    /// messenger starts; [`MessengerConfig::with_auth_provider`] wraps an `Arc`.
+    pub auth: Option<AuthProviderHandle>,
     /// `ms_inject_socket_failures` (test seam, feature `fault-injection`): each socket
     /// read, write, dial and accept fails — the socket is shut down, as a network
     /// failure would — with probability 1/N; 0 = never.
@@ -156,6 +175,7 @@ impl Default for MessengerConfig {
             read_buffer: 64 << 10,
             max_queued_bytes: 256 << 20,
             max_total_queued_bytes: 1 << 30,
+            auth: None,
             #[cfg(feature = "fault-injection")]
             inject_socket_failures: 0,
             #[cfg(feature = "fault-injection")]
@@ -175,6 +195,12 @@ impl Default for MessengerConfig {
 }
 
 impl MessengerConfig {
+    /// The same with `provider` authenticating every connection (e.g. cephx).
+    pub fn with_auth_provider(mut self, provider: Arc<dyn AuthProvider>) -> Self {
+        self.auth = Some(AuthProviderHandle(provider));
+        self
+    }
+
     /// Checks every option: zero where zero would spin (a zero keepalive interval,
     /// read budget or backoff), values so large that deadline arithmetic would overflow
     /// (`Duration::MAX`), and contradictions (a maximum below its minimum). Called by

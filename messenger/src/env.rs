@@ -169,6 +169,17 @@ impl Env {
                 "untaken": q.untaken,
             }),
         );
+        // Read without building the protocol config: that fixes who we are (start does).
+        let p = self.identity.protocol.get().map(|c| c.counters.values()).unwrap_or_default();
+        obj.insert(
+            "msgr_protocol".into(),
+            serde_json::json!({
+                "connects": p.connects, "wait": p.wait, "retry_global": p.retry_global,
+                "retry_session": p.retry_session, "reset_session": p.reset_session,
+                "old_seq_dropped": p.old_seq_dropped, "bad_signatures": p.bad_signatures,
+                "authorizers_rejected": p.authorizers_rejected,
+            }),
+        );
         serde_json::Value::Object(obj)
     }
 }

@@ -210,7 +210,7 @@ mod session_table;
 mod state;
 
 pub use admin::{parse_command, CommandReader, CommandTooLong};
-pub use config::{ConfigError, MessengerConfig};
+pub use config::{AuthProviderHandle, ConfigError, MessengerConfig};
 pub use connection::{Connection, SendError};
 pub use dispatch::{AuthVerdict, Authorizer, Dispatched, Dispatcher, Throttle};
 pub use messenger::{Messenger, Totals};

@@ -59,6 +59,9 @@ pub(crate) fn protocol_config(
     pc.limits.max_middle = config.max_middle;
     pc.limits.max_data = config.max_data;
     pc.global_seq = global_seq;
+    if let Some(auth) = &config.auth {
+        pc.auth = auth.0.clone();
+    }
     pc
 }
 

@@ -36,6 +36,8 @@ fn delta(after: CounterValues, before: CounterValues) -> CounterValues {
         retry_session: after.retry_session - before.retry_session,
         reset_session: after.reset_session - before.reset_session,
         old_seq_dropped: after.old_seq_dropped - before.old_seq_dropped,
+        bad_signatures: after.bad_signatures - before.bad_signatures,
+        authorizers_rejected: after.authorizers_rejected - before.authorizers_rejected,
     }
 }
 
