@@ -3,6 +3,7 @@
 //! Never: part of any shipped library; only `tests/` and `bench` use it.
 
 pub mod ceph;
+pub mod cephx;
 pub mod chaos;
 pub mod hostile;
 pub mod loopback;

@@ -76,10 +76,13 @@ impl Dispatcher<Connection> for Recorder {
     }
 }
 
-/// Waits for the next message seen, skipping connection events; panics on timeout.
+/// Waits for the next message seen, skipping connection events; panics on timeout
+/// (one deadline for the whole wait: a stream of connection events, e.g. a reconnect
+/// loop, does not extend it).
 pub fn next_message(rx: &Receiver<Seen>) -> (Connection, Message) {
+    let deadline = Instant::now() + WAIT;
     loop {
-        match rx.recv_timeout(WAIT) {
+        match rx.recv_deadline(deadline) {
             Ok(Seen::Message(c, m)) => return (c, m),
             Ok(_) => continue,
             Err(e) => panic!("no message within {WAIT:?}: {e}"),

@@ -1,0 +1,278 @@
+//! cephx through the messenger, over loopback (issue 14, must-show 4): our messengers
+//! present cephx authorizers built from service tickets, verify them with the daemon's
+//! rotating secrets (challenge round included) and sign every message of the session.
+//! Tickets are minted in-process by a `KeyServer` from a test keyring
+//! (`tests::cephx::TestCluster`); no monitor runs.
+//!
+//! A tap around the real provider counts the signatures made and checked, and can sign
+//! one message wrongly: a peer that signs wrong, seen from the acceptor.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use messenger::{Messenger, MessengerConfig, Policy};
+use protocol::auth::{
+    AuthClient, AuthError, AuthProvider, AuthRole, AuthServer, AuthorizerClient, AuthorizerRequest,
+    AuthorizerServer, AuthorizerStep, ConMode, SessionHandler,
+};
+use protocol::types::{EntityName, EntityType, Features};
+use protocol::wire::{MsgFooter, MsgHeader};
+use tests::cephx::TestCluster;
+use tests::loopback::{
+    assert_no_more_messages, next_message, stream_both_ways_on_own_handles, test_config,
+    test_message, Recorder, Seen, WAIT,
+};
+
+const MSG_TEST: u16 = 0x7f00;
+
+/// What a [`Tap`] saw of its sessions' signing.
+#[derive(Default)]
+struct TapCounts {
+    signed: AtomicU64,
+    checked: AtomicU64,
+    /// Sign the message with this seq wrongly, once (0: never).
+    tamper_seq: AtomicU64,
+    tampered: AtomicBool,
+}
+
+/// A provider that delegates to the real one and wraps the session signers it returns.
+struct Tap {
+    inner: Arc<dyn AuthProvider>,
+    counts: Arc<TapCounts>,
+}
+
+struct TapSigner {
+    inner: Box<dyn SessionHandler>,
+    counts: Arc<TapCounts>,
+}
+
+impl SessionHandler for TapSigner {
+    fn sign(&self, header: &MsgHeader, footer: &mut MsgFooter) {
+        self.inner.sign(header, footer);
+        self.counts.signed.fetch_add(1, Ordering::Relaxed);
+        if header.seq == self.counts.tamper_seq.load(Ordering::Relaxed)
+            && !self.counts.tampered.swap(true, Ordering::Relaxed)
+        {
+            footer.sig ^= 1;
+        }
+    }
+    fn check(&self, header: &MsgHeader, footer: &MsgFooter) -> Result<(), AuthError> {
+        self.counts.checked.fetch_add(1, Ordering::Relaxed);
+        self.inner.check(header, footer)
+    }
+}
+
+fn tap(
+    signer: Option<Box<dyn SessionHandler>>,
+    counts: &Arc<TapCounts>,
+) -> Option<Box<dyn SessionHandler>> {
+    signer.map(|inner| Box::new(TapSigner { inner, counts: counts.clone() }) as _)
+}
+
+struct TapClient {
+    inner: Box<dyn AuthorizerClient>,
+    counts: Arc<TapCounts>,
+}
+
+impl AuthorizerClient for TapClient {
+    fn method(&self) -> u32 {
+        self.inner.method()
+    }
+    fn bytes(&self) -> Bytes {
+        self.inner.bytes()
+    }
+    fn handle_challenge(&mut self, challenge: &[u8]) -> Result<Bytes, AuthError> {
+        self.inner.handle_challenge(challenge)
+    }
+    fn handle_reply(
+        &mut self,
+        reply: &[u8],
+        features: Features,
+    ) -> Result<Option<Box<dyn SessionHandler>>, AuthError> {
+        Ok(tap(self.inner.handle_reply(reply, features)?, &self.counts))
+    }
+}
+
+struct TapServer {
+    inner: Box<dyn AuthorizerServer>,
+    counts: Arc<TapCounts>,
+}
+
+impl AuthorizerServer for TapServer {
+    fn verify(&mut self, request: &AuthorizerRequest<'_>) -> AuthorizerStep {
+        match self.inner.verify(request) {
+            AuthorizerStep::Accept { reply, signer } => {
+                AuthorizerStep::Accept { reply, signer: tap(signer, &self.counts) }
+            }
+            other => other,
+        }
+    }
+}
+
+impl AuthProvider for Tap {
+    fn methods(&self, role: AuthRole, peer_type: EntityType) -> Vec<u32> {
+        self.inner.methods(role, peer_type)
+    }
+    fn modes(&self, role: AuthRole, peer_type: EntityType) -> Vec<ConMode> {
+        self.inner.modes(role, peer_type)
+    }
+    fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
+        self.inner.client(peer_type, method)
+    }
+    fn server(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>> {
+        self.inner.server(peer_type, method)
+    }
+    fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
+        let inner = self.inner.authorizer_client(peer_type)?;
+        Some(Box::new(TapClient { inner, counts: self.counts.clone() }))
+    }
+    fn authorizer_server(&self) -> Option<Box<dyn AuthorizerServer>> {
+        let inner = self.inner.authorizer_server()?;
+        Some(Box::new(TapServer { inner, counts: self.counts.clone() }))
+    }
+}
+
+fn tapped(provider: Arc<dyn AuthProvider>) -> (MessengerConfig, Arc<TapCounts>) {
+    let counts = Arc::new(TapCounts::default());
+    let tap = Tap { inner: provider, counts: counts.clone() };
+    (test_config(2).with_auth_provider(Arc::new(tap)), counts)
+}
+
+/// A started messenger named `name` with `config` and `policy`, bound on loopback if
+/// `bind`, with a recorder.
+fn messenger(
+    name: EntityName,
+    nonce: u32,
+    config: MessengerConfig,
+    policy: Policy,
+    bind: bool,
+) -> (Messenger, crossbeam_channel::Receiver<Seen>) {
+    let m = Messenger::new(name, nonce, config).expect("messenger");
+    m.set_default_policy(policy);
+    if bind {
+        m.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    }
+    m.start().expect("start");
+    let (rec, rx) = Recorder::new(false);
+    m.add_dispatcher_head(rec).expect("dispatcher");
+    (m, rx)
+}
+
+/// The acceptor's protocol counter `name`, as `perf dump` shows it.
+fn protocol_counter(m: &Messenger, name: &str) -> u64 {
+    m.counters_json()["msgr_protocol"][name].as_u64().unwrap_or(u64::MAX)
+}
+
+fn seed() -> u64 {
+    let seed = rand::random::<u64>();
+    eprintln!("seed {seed}");
+    seed
+}
+
+#[test]
+fn cephx_signed_sessions_deliver_every_message_once_in_order() {
+    let osd0 = EntityName::new(EntityType::OSD, 0);
+    let osd1 = EntityName::new(EntityType::OSD, 1);
+    let mut cluster = TestCluster::new(&[osd0, osd1], seed());
+    let mut config = protocol::auth::AuthConfig::ceph_defaults();
+    // Every message must be signed: a session without MSG_AUTH is refused.
+    config.cephx_require_signatures = true;
+    let (c0, n0) = tapped(cluster.provider(osd0, Some(config.clone())));
+    let (c1, n1) = tapped(cluster.provider(osd1, Some(config)));
+    let (a, a_rx) = messenger(osd0, 1, c0, Policy::lossless_peer(), true);
+    let (b, b_rx) = messenger(osd1, 2, c1, Policy::lossless_peer(), true);
+    let a_to_b = a.connect_to(EntityType::OSD, b.my_addr());
+    let b_to_a = b.connect_to(EntityType::OSD, a.my_addr());
+    let n = 300;
+    stream_both_ways_on_own_handles((&a_to_b, &a_rx), (&b_to_a, &b_rx), MSG_TEST, n);
+    // Every message was signed by its sender and checked by its receiver (acks and
+    // keepalives are not messages).
+    for (who, counts) in [("osd.0", &n0), ("osd.1", &n1)] {
+        let signed = counts.signed.load(Ordering::Relaxed);
+        let checked = counts.checked.load(Ordering::Relaxed);
+        assert!(signed >= n && checked >= n, "{who}: signed {signed}, checked {checked} of {n}");
+    }
+    for m in [&a, &b] {
+        assert_eq!(protocol_counter(m, "bad_signatures"), 0);
+        assert_eq!(protocol_counter(m, "authorizers_rejected"), 0);
+    }
+    a.shutdown();
+    b.shutdown();
+}
+
+#[test]
+fn peer_with_the_wrong_service_secret_is_refused_at_the_handshake() {
+    let osd = EntityName::new(EntityType::OSD, 0);
+    let client = EntityName::new(EntityType::CLIENT, 7);
+    let seed = seed();
+    let mut cluster = TestCluster::new(&[osd, client], seed);
+    // The daemon's rotating secrets come from another cluster: it cannot open the
+    // tickets the client presents.
+    let other = TestCluster::new(&[osd], seed.wrapping_add(1));
+    let (sc, _) = tapped(cluster.provider_with_keys(osd, None, Some(other.keys(EntityType::OSD))));
+    let (srv, srv_rx) = messenger(osd, 1, sc, Policy::stateless_server(), true);
+    let (cc, _) = tapped(cluster.provider(client, None));
+    let (cli, cli_rx) = messenger(client, 2, cc, Policy::lossy_client(), false);
+    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match cli_rx.recv_deadline(deadline) {
+            Ok(Seen::Refused(c)) => {
+                assert_eq!(c, conn, "refused on another connection");
+                break;
+            }
+            Ok(Seen::Message(..)) => panic!("the client got a message"),
+            Ok(Seen::Connect(_)) => panic!("the handshake completed"),
+            Ok(_) => {}
+            Err(e) => panic!("no ms_handle_refused within {WAIT:?}: {e}"),
+        }
+    }
+    assert_no_more_messages(&srv_rx, "the refused peer's message was dispatched");
+    assert!(protocol_counter(&srv, "authorizers_rejected") >= 1, "{}", srv.counters_json());
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn wrongly_signed_message_faults_the_connection_and_is_counted() {
+    let osd = EntityName::new(EntityType::OSD, 0);
+    let client = EntityName::new(EntityType::CLIENT, 7);
+    let mut cluster = TestCluster::new(&[osd, client], seed());
+    let (sc, srv_counts) = tapped(cluster.provider(osd, None));
+    let (srv, srv_rx) = messenger(osd, 1, sc, Policy::stateless_server(), true);
+    let (cc, cli_counts) = tapped(cluster.provider(client, None));
+    cli_counts.tamper_seq.store(3, Ordering::Relaxed);
+    let (cli, cli_rx) = messenger(client, 2, cc, Policy::lossy_client(), false);
+    let target = srv.my_addr();
+    let conn = cli.connect_to(EntityType::OSD, target);
+    for tid in 1..=3 {
+        conn.send_message(test_message(MSG_TEST, tid, Bytes::new())).expect("send");
+    }
+    for tid in 1..=2 {
+        assert_eq!(next_message(&srv_rx).1.tid(), tid, "the correctly signed ones arrive");
+    }
+    // The acceptor faults the connection; our lossy client sees the reset.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match cli_rx.recv_deadline(deadline) {
+            Ok(Seen::Reset(c)) if c == conn => break,
+            Ok(_) => {}
+            Err(e) => panic!("no reset of the tampered connection within {WAIT:?}: {e}"),
+        }
+    }
+    assert!(cli_counts.tampered.load(Ordering::Relaxed));
+    assert_eq!(protocol_counter(&srv, "bad_signatures"), 1, "{}", srv.counters_json());
+    assert_no_more_messages(&srv_rx, "the wrongly signed message was dispatched");
+    // A new session signs correctly again and is served.
+    let checked_before = srv_counts.checked.load(Ordering::Relaxed);
+    let again = cli.connect_to(EntityType::OSD, target);
+    again.send_message(test_message(MSG_TEST, 4, Bytes::new())).expect("send");
+    assert_eq!(next_message(&srv_rx).1.tid(), 4);
+    assert!(srv_counts.checked.load(Ordering::Relaxed) > checked_before);
+    assert_eq!(protocol_counter(&srv, "bad_signatures"), 1);
+    cli.shutdown();
+    srv.shutdown();
+}
