@@ -11,13 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_center::{WorkerPool, WorkerPoolConfig};
-use messenger::{Connection, Dispatched, Dispatcher, Messenger, Policy};
+use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
 use parking_lot::Mutex;
+use protocol::auth::{AuthConfig, AuthProvider};
 use protocol::encoding::UTime;
 use protocol::messages::{MOSDPing, OsdPingOp, TypedMessage};
 use protocol::types::{EntityAddr, EntityName, EntityType, Features};
 use protocol::Message;
-use tests::loopback::{test_config, WAIT};
+use tests::cephx::TestCluster;
+use tests::loopback::{test_config, Seen, WAIT};
 
 const FSID: [u8; 16] = [7; 16];
 const IFACES: [&str; 2] = ["front", "back"];
@@ -83,21 +85,22 @@ struct Osd {
     last_reply: Arc<Mutex<HashMap<(i64, usize), Instant>>>,
 }
 
-fn start_osd(id: i64, pool: &Arc<WorkerPool>) -> Osd {
+/// osd.`id`'s four heartbeat messengers, each with the config `config` makes.
+fn start_osd(id: i64, pool: &Arc<WorkerPool>, config: &dyn Fn() -> MessengerConfig) -> Osd {
     let last_reply = Arc::new(Mutex::new(HashMap::new()));
     let (mut servers, mut clients, mut addrs) = (Vec::new(), Vec::new(), Vec::new());
     for (iface, _) in IFACES.iter().enumerate() {
         let nonce = (id as u32) * 10 + iface as u32 + 1;
         let name = EntityName::new(EntityType::OSD, id);
-        let server = Messenger::with_pool(name, nonce, test_config(3), pool.clone())
-            .expect("server messenger");
+        let server =
+            Messenger::with_pool(name, nonce, config(), pool.clone()).expect("server messenger");
         server.set_default_policy(Policy::stateless_server());
         server.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
         server.start().expect("start");
         server.add_dispatcher_head(Arc::new(HeartbeatServer { osd: id })).expect("dispatcher");
         addrs.push(server.my_addr());
         servers.push(server);
-        let client = Messenger::with_pool(name, nonce + 100, test_config(3), pool.clone())
+        let client = Messenger::with_pool(name, nonce + 100, config(), pool.clone())
             .expect("client messenger");
         client.set_default_policy(Policy::lossy_client());
         client.start().expect("start");
@@ -149,11 +152,58 @@ fn failed(osd: &Osd, peers: &[i64], grace: Duration) -> Vec<(i64, usize)> {
 
 #[test]
 fn heartbeats_on_front_and_back_detect_exactly_the_dead_osd() {
+    heartbeat_scenario(&|_| test_config(3), &|_| {});
+}
+
+// The same with cephx between the OSDs (issue 14 must-show 4): every heartbeat
+// connection presents an authorizer from its osd ticket, the peer verifies it with the
+// osd rotating secrets (challenge round), and every ping and reply is signed
+// (`cephx_require_signatures`: a session without MSG_AUTH is refused).
+#[test]
+fn heartbeats_with_cephx_and_signing() {
+    let seed = rand::random::<u64>();
+    eprintln!("seed {seed}");
+    let names: Vec<EntityName> = (0..3).map(|i| EntityName::new(EntityType::OSD, i)).collect();
+    let mut cluster = TestCluster::new(&names, seed);
+    let mut auth = AuthConfig::ceph_defaults();
+    auth.cephx_require_signatures = true;
+    let providers: Vec<Arc<dyn AuthProvider>> =
+        names.iter().map(|&n| cluster.provider(n, Some(auth.clone())) as _).collect();
+    let config = |id: i64| {
+        let p = usize::try_from(id).ok().and_then(|i| providers.get(i)).expect("provider");
+        test_config(3).with_auth_provider(p.clone())
+    };
+    heartbeat_scenario(&config, &refuses_auth_none);
+}
+
+/// The heartbeat server at `addr` requires cephx: a peer without an authorizer is
+/// refused at the handshake.
+fn refuses_auth_none(addr: EntityAddr) {
+    let (anon, rx) = tests::loopback::client(EntityType::OSD, 77, Policy::lossy_client());
+    let conn = anon.connect_to(EntityType::OSD, addr);
+    let _ = conn.send_message(MOSDPing::default().to_message(Features::PACIFIC_ADVERTISED));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match rx.recv_deadline(deadline) {
+            Ok(Seen::Refused(_)) => break,
+            Ok(Seen::Message(..) | Seen::Connect(_)) => panic!("an auth-none peer got in"),
+            Ok(_) => {}
+            Err(e) => panic!("the auth-none peer was not refused within {WAIT:?}: {e}"),
+        }
+    }
+    anon.shutdown();
+}
+
+/// Three OSDs heartbeat on front and back until all hear each other, stay so, then
+/// osd.2 dies and exactly it is reported, by both survivors on both networks. Each
+/// OSD's messengers get `config(id)`; `check` runs on osd.0's front address before the
+/// survivors shut down.
+fn heartbeat_scenario(config: &dyn Fn(i64) -> MessengerConfig, check: &dyn Fn(EntityAddr)) {
     // Three OSDs × four heartbeat messengers on three workers, as an OSD shares its pool.
     let pool = Arc::new(
         WorkerPool::new(WorkerPoolConfig { workers: 3, ..Default::default() }).expect("pool"),
     );
-    let mut osds: Vec<Osd> = (0..3).map(|i| start_osd(i, &pool)).collect();
+    let mut osds: Vec<Osd> = (0..3).map(|i| start_osd(i, &pool, &|| config(i))).collect();
     let targets: Vec<(i64, Vec<EntityAddr>)> =
         osds.iter().map(|o| (o.id, o.addrs.clone())).collect();
     let ids: Vec<i64> = osds.iter().map(|o| o.id).collect();
@@ -206,6 +256,7 @@ fn heartbeats_on_front_and_back_detect_exactly_the_dead_osd() {
         }
         assert!(Instant::now() < deadline, "the dead OSD was never reported");
     }
+    check(osds[0].addrs[0]);
     for o in &osds {
         for m in o.servers.iter().chain(o.clients.iter()) {
             m.shutdown();
