@@ -1,18 +1,25 @@
 //! An in-process cephx cluster for messenger tests: a [`KeyServer`] made from a test
 //! keyring mints every entity's service tickets (no monitor), and each daemon's
 //! [`SharedKeyStore`] holds the same rotating secrets the key server sealed them with.
-//! [`TestCluster::provider`] gives the [`CephxProvider`] of one entity.
+//! [`TestCluster::provider`] gives the [`CephxProvider`] of one entity; a [`Tap`]
+//! around a provider counts its sessions' signatures and can sign one message wrongly.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use protocol::auth::cephx::{
     CephxProvider, KeyServer, RngSource, RotatingKeyStore, SharedKeyStore, TicketStore, WallClock,
 };
-use protocol::auth::{AuthConfig, CryptoKey, KeyEntry, KeyRing};
+use protocol::auth::{
+    AuthClient, AuthConfig, AuthError, AuthProvider, AuthRole, AuthServer, AuthorizerClient,
+    AuthorizerRequest, AuthorizerServer, AuthorizerStep, ConMode, CryptoKey, KeyEntry, KeyRing,
+    SessionHandler,
+};
 use protocol::encoding::UTime;
-use protocol::types::{AuthEntityName, EntityName, EntityType};
+use protocol::types::{AuthEntityName, EntityName, EntityType, Features};
+use protocol::wire::{MsgFooter, MsgHeader};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -113,5 +120,125 @@ impl TestCluster {
             p = p.with_keys(Arc::new(SharedKeyStore::new(keys)));
         }
         Arc::new(p)
+    }
+}
+
+/// What a [`Tap`] saw of its sessions' signing.
+#[derive(Default)]
+pub struct TapCounts {
+    /// Messages signed.
+    pub signed: AtomicU64,
+    /// Received messages checked.
+    pub checked: AtomicU64,
+    /// Sign the message with this seq wrongly, once (0: never).
+    pub tamper_seq: AtomicU64,
+    /// The tampering happened.
+    pub tampered: AtomicBool,
+}
+
+/// A provider that delegates to the real one and wraps the session signers it returns:
+/// counts what they sign and check, and can sign one message wrongly (a peer that signs
+/// wrong).
+pub struct Tap {
+    inner: Arc<dyn AuthProvider>,
+    counts: Arc<TapCounts>,
+}
+
+struct TapSigner {
+    inner: Box<dyn SessionHandler>,
+    counts: Arc<TapCounts>,
+}
+
+impl SessionHandler for TapSigner {
+    fn sign(&self, header: &MsgHeader, footer: &mut MsgFooter) {
+        self.inner.sign(header, footer);
+        self.counts.signed.fetch_add(1, Ordering::Relaxed);
+        if header.seq == self.counts.tamper_seq.load(Ordering::Relaxed)
+            && !self.counts.tampered.swap(true, Ordering::Relaxed)
+        {
+            footer.sig ^= 1;
+        }
+    }
+    fn check(&self, header: &MsgHeader, footer: &MsgFooter) -> Result<(), AuthError> {
+        self.counts.checked.fetch_add(1, Ordering::Relaxed);
+        self.inner.check(header, footer)
+    }
+}
+
+fn tap(
+    signer: Option<Box<dyn SessionHandler>>,
+    counts: &Arc<TapCounts>,
+) -> Option<Box<dyn SessionHandler>> {
+    signer.map(|inner| Box::new(TapSigner { inner, counts: counts.clone() }) as _)
+}
+
+struct TapClient {
+    inner: Box<dyn AuthorizerClient>,
+    counts: Arc<TapCounts>,
+}
+
+impl AuthorizerClient for TapClient {
+    fn method(&self) -> u32 {
+        self.inner.method()
+    }
+    fn bytes(&self) -> Bytes {
+        self.inner.bytes()
+    }
+    fn handle_challenge(&mut self, challenge: &[u8]) -> Result<Bytes, AuthError> {
+        self.inner.handle_challenge(challenge)
+    }
+    fn handle_reply(
+        &mut self,
+        reply: &[u8],
+        features: Features,
+    ) -> Result<Option<Box<dyn SessionHandler>>, AuthError> {
+        Ok(tap(self.inner.handle_reply(reply, features)?, &self.counts))
+    }
+}
+
+struct TapServer {
+    inner: Box<dyn AuthorizerServer>,
+    counts: Arc<TapCounts>,
+}
+
+impl AuthorizerServer for TapServer {
+    fn verify(&mut self, request: &AuthorizerRequest<'_>) -> AuthorizerStep {
+        match self.inner.verify(request) {
+            AuthorizerStep::Accept { reply, signer } => {
+                AuthorizerStep::Accept { reply, signer: tap(signer, &self.counts) }
+            }
+            other => other,
+        }
+    }
+}
+
+impl AuthProvider for Tap {
+    fn methods(&self, role: AuthRole, peer_type: EntityType) -> Vec<u32> {
+        self.inner.methods(role, peer_type)
+    }
+    fn modes(&self, role: AuthRole, peer_type: EntityType) -> Vec<ConMode> {
+        self.inner.modes(role, peer_type)
+    }
+    fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
+        self.inner.client(peer_type, method)
+    }
+    fn server(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>> {
+        self.inner.server(peer_type, method)
+    }
+    fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
+        let inner = self.inner.authorizer_client(peer_type)?;
+        Some(Box::new(TapClient { inner, counts: self.counts.clone() }))
+    }
+    fn authorizer_server(&self) -> Option<Box<dyn AuthorizerServer>> {
+        let inner = self.inner.authorizer_server()?;
+        Some(Box::new(TapServer { inner, counts: self.counts.clone() }))
+    }
+}
+
+impl Tap {
+    /// A tap around `inner` and its counts.
+    pub fn new(inner: Arc<dyn AuthProvider>) -> (Arc<Tap>, Arc<TapCounts>) {
+        let counts = Arc::new(TapCounts::default());
+        (Arc::new(Tap { inner, counts: counts.clone() }), counts)
     }
 }

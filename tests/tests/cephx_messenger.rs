@@ -4,22 +4,19 @@
 //! Tickets are minted in-process by a `KeyServer` from a test keyring
 //! (`tests::cephx::TestCluster`); no monitor runs.
 //!
-//! A tap around the real provider counts the signatures made and checked, and can sign
-//! one message wrongly: a peer that signs wrong, seen from the acceptor.
+//! A tap around the real provider (`tests::cephx::Tap`) counts the signatures made and
+//! checked, and can sign one message wrongly: a peer that signs wrong, seen from the
+//! acceptor.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use messenger::{Messenger, MessengerConfig, Policy};
-use protocol::auth::{
-    AuthClient, AuthError, AuthProvider, AuthRole, AuthServer, AuthorizerClient, AuthorizerRequest,
-    AuthorizerServer, AuthorizerStep, ConMode, SessionHandler,
-};
-use protocol::types::{EntityName, EntityType, Features};
-use protocol::wire::{MsgFooter, MsgHeader};
-use tests::cephx::TestCluster;
+use protocol::auth::AuthProvider;
+use protocol::types::{EntityName, EntityType};
+use tests::cephx::{Tap, TapCounts, TestCluster};
 use tests::loopback::{
     assert_no_more_messages, next_message, stream_both_ways_on_own_handles, test_config,
     test_message, Recorder, Seen, WAIT,
@@ -27,117 +24,9 @@ use tests::loopback::{
 
 const MSG_TEST: u16 = 0x7f00;
 
-/// What a [`Tap`] saw of its sessions' signing.
-#[derive(Default)]
-struct TapCounts {
-    signed: AtomicU64,
-    checked: AtomicU64,
-    /// Sign the message with this seq wrongly, once (0: never).
-    tamper_seq: AtomicU64,
-    tampered: AtomicBool,
-}
-
-/// A provider that delegates to the real one and wraps the session signers it returns.
-struct Tap {
-    inner: Arc<dyn AuthProvider>,
-    counts: Arc<TapCounts>,
-}
-
-struct TapSigner {
-    inner: Box<dyn SessionHandler>,
-    counts: Arc<TapCounts>,
-}
-
-impl SessionHandler for TapSigner {
-    fn sign(&self, header: &MsgHeader, footer: &mut MsgFooter) {
-        self.inner.sign(header, footer);
-        self.counts.signed.fetch_add(1, Ordering::Relaxed);
-        if header.seq == self.counts.tamper_seq.load(Ordering::Relaxed)
-            && !self.counts.tampered.swap(true, Ordering::Relaxed)
-        {
-            footer.sig ^= 1;
-        }
-    }
-    fn check(&self, header: &MsgHeader, footer: &MsgFooter) -> Result<(), AuthError> {
-        self.counts.checked.fetch_add(1, Ordering::Relaxed);
-        self.inner.check(header, footer)
-    }
-}
-
-fn tap(
-    signer: Option<Box<dyn SessionHandler>>,
-    counts: &Arc<TapCounts>,
-) -> Option<Box<dyn SessionHandler>> {
-    signer.map(|inner| Box::new(TapSigner { inner, counts: counts.clone() }) as _)
-}
-
-struct TapClient {
-    inner: Box<dyn AuthorizerClient>,
-    counts: Arc<TapCounts>,
-}
-
-impl AuthorizerClient for TapClient {
-    fn method(&self) -> u32 {
-        self.inner.method()
-    }
-    fn bytes(&self) -> Bytes {
-        self.inner.bytes()
-    }
-    fn handle_challenge(&mut self, challenge: &[u8]) -> Result<Bytes, AuthError> {
-        self.inner.handle_challenge(challenge)
-    }
-    fn handle_reply(
-        &mut self,
-        reply: &[u8],
-        features: Features,
-    ) -> Result<Option<Box<dyn SessionHandler>>, AuthError> {
-        Ok(tap(self.inner.handle_reply(reply, features)?, &self.counts))
-    }
-}
-
-struct TapServer {
-    inner: Box<dyn AuthorizerServer>,
-    counts: Arc<TapCounts>,
-}
-
-impl AuthorizerServer for TapServer {
-    fn verify(&mut self, request: &AuthorizerRequest<'_>) -> AuthorizerStep {
-        match self.inner.verify(request) {
-            AuthorizerStep::Accept { reply, signer } => {
-                AuthorizerStep::Accept { reply, signer: tap(signer, &self.counts) }
-            }
-            other => other,
-        }
-    }
-}
-
-impl AuthProvider for Tap {
-    fn methods(&self, role: AuthRole, peer_type: EntityType) -> Vec<u32> {
-        self.inner.methods(role, peer_type)
-    }
-    fn modes(&self, role: AuthRole, peer_type: EntityType) -> Vec<ConMode> {
-        self.inner.modes(role, peer_type)
-    }
-    fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
-        self.inner.client(peer_type, method)
-    }
-    fn server(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>> {
-        self.inner.server(peer_type, method)
-    }
-    fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
-        let inner = self.inner.authorizer_client(peer_type)?;
-        Some(Box::new(TapClient { inner, counts: self.counts.clone() }))
-    }
-    fn authorizer_server(&self) -> Option<Box<dyn AuthorizerServer>> {
-        let inner = self.inner.authorizer_server()?;
-        Some(Box::new(TapServer { inner, counts: self.counts.clone() }))
-    }
-}
-
 fn tapped(provider: Arc<dyn AuthProvider>) -> (MessengerConfig, Arc<TapCounts>) {
-    let counts = Arc::new(TapCounts::default());
-    let tap = Tap { inner: provider, counts: counts.clone() };
-    (test_config(2).with_auth_provider(Arc::new(tap)), counts)
+    let (tap, counts) = Tap::new(provider);
+    (test_config(2).with_auth_provider(tap), counts)
 }
 
 /// A started messenger named `name` with `config` and `policy`, bound on loopback if
