@@ -18,6 +18,7 @@ use protocol::auth::{
     SessionHandler,
 };
 use protocol::encoding::UTime;
+use protocol::messages::MCommandReply;
 use protocol::types::{AuthEntityName, EntityName, EntityType, Features};
 use protocol::wire::{MsgFooter, MsgHeader};
 use rand::rngs::StdRng;
@@ -241,4 +242,13 @@ impl Tap {
         let counts = Arc::new(TapCounts::default());
         (Arc::new(Tap { inner, counts: counts.clone() }), counts)
     }
+}
+
+/// A real 16.2 OSD's answer to `{"prefix": "version"}`: success, and Pacific's version
+/// JSON.
+pub fn assert_version_json(reply: &MCommandReply) {
+    assert_eq!((reply.r, reply.rs.as_str()), (0, ""), "{reply:?}");
+    let json: serde_json::Value = serde_json::from_slice(&reply.data).expect("version JSON");
+    assert_eq!(json["release"], "pacific", "{json}");
+    assert!(json["version"].as_str().is_some_and(|v| v.starts_with("16.2.")), "{json}");
 }

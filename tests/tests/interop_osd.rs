@@ -37,6 +37,7 @@ use protocol::wire::{
 };
 use protocol::Message;
 use tests::ceph::CephOsd;
+use tests::cephx::assert_version_json;
 use tests::hostile::banner_socket_as;
 use tests::loopback::init_logging;
 use tests::mon::MonClient;
@@ -326,13 +327,6 @@ fn wall_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()
-}
-
-fn assert_version_json(reply: &MCommandReply) {
-    assert_eq!((reply.r, reply.rs.as_str()), (0, ""), "{reply:?}");
-    let json: serde_json::Value = serde_json::from_slice(&reply.data).expect("version JSON");
-    assert_eq!(json["release"], "pacific", "{json}");
-    assert!(json["version"].as_str().is_some_and(|v| v.starts_with("16.2.")), "{json}");
 }
 
 /// The OSD verifies our authorizer (built from the ticket the real monitor sealed with

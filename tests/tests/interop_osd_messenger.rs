@@ -22,7 +22,7 @@ use protocol::auth::{parse_entity_name, AuthConfig, KeyRing};
 use protocol::messages::{MCommand, MCommandReply, TypedMessage};
 use protocol::types::{EntityAddr, EntityName, EntityType, Features};
 use tests::ceph::CephOsd;
-use tests::cephx::{wall_now, Tap, TapCounts};
+use tests::cephx::{assert_version_json, wall_now, Tap, TapCounts};
 use tests::loopback::{init_logging, test_config, Recorder, Seen, WAIT};
 use tests::mon::MonClient;
 
@@ -99,13 +99,6 @@ fn reply_on(admin: &Admin, conn: &Connection) -> MCommandReply {
             Err(e) => panic!("no reply within {WAIT:?}: {e}"),
         }
     }
-}
-
-fn assert_version_json(reply: &MCommandReply) {
-    assert_eq!((reply.r, reply.rs.as_str()), (0, ""), "{reply:?}");
-    let json: serde_json::Value = serde_json::from_slice(&reply.data).expect("version JSON");
-    assert_eq!(json["release"], "pacific", "{json}");
-    assert!(json["version"].as_str().is_some_and(|v| v.starts_with("16.2.")), "{json}");
 }
 
 /// The real OSD accepts the authorizer our messenger builds from the monitor-issued osd
