@@ -4,11 +4,11 @@
 //! reply, and exchanges signed messages with it — `MCommand {"prefix": "version"}` (what
 //! `ceph tell osd.0 version` sends) answered by a signed `MCommandReply`.
 //!
-//! The messenger's v1 handshake is not wired to cephx yet, so, as `interop_cephx_wire`
-//! does against a monitor, these tests drive the v1 socket by hand with `protocol`'s
-//! pure codecs (banner, connect, CHALLENGE_AUTHORIZER, SEQ, KEEPALIVE2, messages) and
-//! `protocol::auth::cephx` ([`Authorizer`], [`MessageSigner`]). They are what the cephx
-//! messenger lane ports onto the connection machine.
+//! As `interop_cephx_wire` does against a monitor, these tests drive the v1 socket by
+//! hand with `protocol`'s pure codecs (banner, connect, CHALLENGE_AUTHORIZER, SEQ,
+//! KEEPALIVE2, messages) and `protocol::auth::cephx` ([`Authorizer`], [`MessageSigner`]),
+//! byte by byte; `interop_osd_messenger` does the same through the messenger's cephx
+//! provider.
 //!
 //! Each test starts its own cluster ([`CephOsd`]: a cephx monitor and one memstore OSD,
 //! ~1 s idle) and is skipped with a printed reason when Ceph is not installed (a failure in

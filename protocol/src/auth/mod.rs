@@ -57,26 +57,27 @@
 //!   every received message → `check(header, footer)` before it is delivered (an error
 //!   faults the connection, `Fault::Auth`).
 //!
-//! # cephx over v1: what the next implementation plugs in
+//! # cephx over v1: [`cephx::CephxProvider`]
 //!
-//! Nothing in the machines changes; a cephx provider implements the traits with what
-//! [`cephx`] already has:
-//! - `impl AuthorizerClient for` a wrapper of [`cephx::Authorizer`] built with
-//!   `Authorizer::new(global_id, &ticket, rng)` from the [`cephx::CephxClient`]'s
-//!   `service_ticket(peer_type, now)`: `method()` = `AUTH_CEPHX`, `bytes()` =
-//!   `authorizer.bytes().clone()`, `handle_challenge(c)` = `authorizer.handle_challenge(c)`,
-//!   `handle_reply(r, features)` = `authorizer.verify_reply(r)?` then
-//!   `MessageSigner::for_session(authorizer.session_key().clone(), features,
-//!   cephx_sign_messages)` boxed;
-//! - `impl AuthorizerServer for` a wrapper holding a [`cephx::AuthorizerVerifier`], the
-//!   daemon's [`cephx::KeyStore`], an rng and a wall clock: `verify(req)` =
-//!   `verifier.verify(keys, my_type, req.authorizer, require_challenge, wall_now, None,
-//!   rng)` mapped: `Challenge(b)` → [`AuthorizerStep::Challenge`], `Accepted(a)` →
-//!   `Accept { reply: a.reply, signer: MessageSigner::for_session(a.session_key,
-//!   req.features, sign) }`, an error → `Reject`;
-//! - [`cephx::MessageSigner`] is already a [`SessionHandler`];
-//! - `AuthProvider::authorizer_client` / `authorizer_server` return those wrappers for
-//!   the peer types `auth_cluster_required` / `auth_service_required` name.
+//! Nothing in the machines changed; [`cephx::CephxProvider`] implements the traits with
+//! the rest of [`cephx`] (a daemon names it in the messenger's config):
+//! - [`cephx::CephxAuthorizerClient`]: a [`cephx::Authorizer`] from the service ticket
+//!   of the peer type (`Authorizer::new(global_id, &ticket, rng)`); it answers
+//!   CHALLENGE_AUTHORIZER, checks the reply (`nonce + 1`) and yields the session's
+//!   [`cephx::MessageSigner`] (`cephx_sign_messages`, `MSG_AUTH` negotiated);
+//! - [`cephx::CephxAuthorizerServer`]: one per accepted connection, a
+//!   [`cephx::AuthorizerVerifier`] over the daemon's [`cephx::KeyStore`], the challenge
+//!   round when `cephx_*require_version >= 2`, ticket expiry checked at the wall-clock
+//!   time of the machine's `now`; any failure answers BADAUTHORIZER;
+//! - both refuse a session without `MSG_AUTH` when `cephx_*require_signatures`;
+//! - which method a peer must use follows `auth_cluster_required` (daemon ↔ daemon),
+//!   `auth_service_required` (a daemon accepting a client) and `auth_client_required`
+//!   (a client dialling); where `none` is listed too, no ticket / an empty authorizer is
+//!   auth none. Tickets come from a [`cephx::TicketSource`] ([`cephx::TicketStore`],
+//!   filled by hand or from a [`cephx::CephxClient`]), secrets from a
+//!   [`cephx::KeyStore`] ([`cephx::SharedKeyStore`] can be refreshed), wall-clock time
+//!   from a [`cephx::WallClock`] the caller anchors, randomness from a
+//!   [`cephx::RngSource`].
 //!
 //! The monitor session ([`cephx::CephxClient`]) stays above the messenger, as in Ceph's
 //! MonClient: it supplies the service tickets the connector's authorizers are built from
