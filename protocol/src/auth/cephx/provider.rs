@@ -562,6 +562,38 @@ mod tests {
         }))
     }
 
+    // A daemon whose rotating secrets were stale verifies once they are refreshed, on
+    // the same provider (connections accepted later see the new secrets).
+    #[test]
+    fn refreshed_secrets_take_effect() {
+        let mut rng = TestRng::new(1);
+        let server = cluster(&mut rng);
+        let stale = cluster(&mut TestRng::new(2));
+        let keys = Arc::new(SharedKeyStore::new(RotatingKeyStore::new(
+            EntityType::OSD,
+            stale.rotating(EntityType::OSD).unwrap().clone(),
+        )));
+        let name = AuthEntityName::new(EntityType::OSD, "0");
+        let t = server.service_ticket(&name, 4100, EntityType::OSD, WALL0, &mut rng).unwrap();
+        let authorizer = Authorizer::new(4100, &t, &mut rng);
+        let mut config = AuthConfig::ceph_defaults();
+        config.cephx_cluster_require_version = 1;
+        let clock = WallClock::anchored(start(), WALL0);
+        let osd = CephxProvider::new(name, config, clock, rng_source(5)).with_keys(keys.clone());
+        let req = AuthorizerRequest {
+            peer_type: EntityType::OSD,
+            method: AUTH_CEPHX,
+            authorizer: authorizer.bytes(),
+            features: Features::PACIFIC_ADVERTISED,
+            now: start(),
+        };
+        let step = osd.authorizer_server().unwrap().verify(&req);
+        assert!(matches!(step, AuthorizerStep::Reject), "{step:?}");
+        keys.set_rotating(server.rotating(EntityType::OSD).unwrap().clone());
+        let step = osd.authorizer_server().unwrap().verify(&req);
+        assert!(matches!(step, AuthorizerStep::Accept { signer: Some(_), .. }), "{step:?}");
+    }
+
     #[test]
     fn methods_follow_the_peer_type_and_none_where_allowed() {
         let clock = WallClock::anchored(start(), WALL0);
