@@ -11,6 +11,7 @@ use crossbeam_channel::Sender;
 use hdrhistogram::Histogram;
 
 use crate::args::Args;
+pub use crate::verify::new_histogram;
 use crate::verify::{self, Signal};
 
 /// Process CPU time (user + system) so far.
@@ -22,11 +23,6 @@ pub fn cpu_time() -> Duration {
     }
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-/// A round-trip histogram in nanoseconds (1 µs … 60 s, 3 significant digits).
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("static histogram bounds are valid")
 }
 
 /// The outcome of one measured run.
