@@ -177,6 +177,25 @@ pub struct Machine<P: Protocol> {
 }
 
 impl<P: Protocol> Machine<P> {
+    /// A connect-side machine for `peer_addr` (of type `peer_type`), waiting for the
+    /// driver's TCP connect within the handshake timeout: what both protocols' connect
+    /// constructors share.
+    pub(crate) fn connecting(
+        config: Arc<Config>,
+        policy: Policy,
+        proto: P,
+        peer_addr: EntityAddr,
+        peer_type: EntityType,
+        now: Instant,
+    ) -> Self {
+        let state = State::AwaitTransport { deadline: later(now, config.handshake_timeout) };
+        let mut m = Machine::new(config, Side::Connect, policy, state, proto, now);
+        m.peer_addr = Some(peer_addr);
+        m.peer_type = Some(peer_type);
+        m.socket_peer = peer_addr.addr;
+        m
+    }
+
     /// A machine in `state`, before any protocol specifics.
     pub(crate) fn new(
         config: Arc<Config>,

@@ -33,12 +33,7 @@ impl Connection {
         peer_type: EntityType,
         now: Instant,
     ) -> Self {
-        let deadline = crate::session::later(now, config.handshake_timeout);
-        let state = State::AwaitTransport { deadline };
-        let mut m = Machine::new(config, Side::Connect, policy, state, V1::new(), now);
-        m.peer_addr = Some(peer_addr);
-        m.peer_type = Some(peer_type);
-        m.socket_peer = peer_addr.addr;
+        let m = Machine::connecting(config, policy, V1::new(), peer_addr, peer_type, now);
         log::debug!(target: LOG, "{m}: connecting");
         Connection(m)
     }

@@ -38,12 +38,8 @@ impl Connection {
         peer_type: EntityType,
         now: Instant,
     ) -> Self {
-        let state = State::AwaitTransport { deadline: later(now, config.handshake_timeout) };
         let proto = V2::new(&config);
-        let mut m = Machine::new(config, Side::Connect, policy, state, proto, now);
-        m.peer_addr = Some(peer_addr);
-        m.peer_type = Some(peer_type);
-        m.socket_peer = peer_addr.addr;
+        let m = Machine::connecting(config, policy, proto, peer_addr, peer_type, now);
         log::debug!(target: LOG, "{m}: connecting");
         Connection(m)
     }
