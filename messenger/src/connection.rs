@@ -154,6 +154,8 @@ impl Connection {
             return Ok(());
         }
         let cost = msg.send_cost();
+        // Read before the lock: every sender of this connection contends for it.
+        let queued_at = Instant::now();
         let wake = {
             let mut mb = self.0.mailbox.lock();
             if mb.closed {
@@ -164,7 +166,7 @@ impl Connection {
                 return Err(SendError::QueueFull);
             }
             mb.queued_cost += cost;
-            mb.messages.push_back((msg, Instant::now()));
+            mb.messages.push_back((msg, queued_at));
             !std::mem::replace(&mut mb.notified, true)
         };
         if wake {
