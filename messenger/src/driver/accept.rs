@@ -110,6 +110,10 @@ impl Driver {
             log::info!(target: "msgr::conn", "{}: adopting replaced socket failed: {e}", self.machine);
             self.machine.handle_transport_closed(now);
         }
+        // A peer reset ends the old incarnation here, before anything else reaches the
+        // session: messages held back for it or sent for it meanwhile (the caller may
+        // deliver due held messages or drain the mailbox next) must not enter the new one.
+        self.handle_events(cx);
     }
 
     /// Writes what another connection's accept decision needs to the handle (and ends a

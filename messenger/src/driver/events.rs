@@ -138,6 +138,13 @@ impl Driver {
                 self.enqueue_event(QueueEvent::Reset(self.conn.clone()));
             }
             Event::RemoteReset => {
+                // Ceph's was_session_reset: the old incarnation is gone with what it
+                // received that no dispatcher has seen (held back by an injected delay,
+                // or waiting in the dispatch queue) and what was sent for it and not
+                // taken yet; delivered or sent later, it would land in the new session.
+                self.seams.discard_messages();
+                self.env.queue.discard(self.conn.id());
+                self.conn.0.mailbox.lock().drop_messages(&self.conn.0.send_budget);
                 self.enqueue_event(QueueEvent::RemoteReset(self.conn.clone()));
             }
             Event::Refused => {
@@ -188,6 +195,9 @@ impl Driver {
         }
         if let Some(incoming) = self.seams.due_take_over(now) {
             self.take_over(cx, incoming);
+            if self.finished {
+                return;
+            }
         }
         while let Some((msg, permit)) = self.seams.due_message(now) {
             self.deliver(msg, permit);

@@ -71,6 +71,9 @@ impl Driver {
                 Command::TakeOver(incoming) => {
                     if let Some(incoming) = self.seams.hold_take_over(now, incoming) {
                         self.take_over(cx, incoming);
+                        if self.finished {
+                            return;
+                        }
                     }
                 }
                 #[cfg(feature = "fault-injection")]

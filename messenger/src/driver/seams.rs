@@ -180,6 +180,12 @@ mod imp {
             None
         }
 
+        /// Drops the held messages (their session was reset by the peer: they belong to
+        /// the incarnation that is gone, as Ceph's `was_session_reset` discards them).
+        pub(in crate::driver) fn discard_messages(&mut self) {
+            self.delayed.clear();
+        }
+
         /// The next delayed message whose time has come.
         pub(in crate::driver) fn due_message(&mut self, now: Instant) -> Option<Received> {
             self.delayed.pop_due(now)
@@ -300,6 +306,8 @@ mod imp {
         pub(in crate::driver) fn next_deadline(&self) -> Option<Instant> {
             None
         }
+        #[inline(always)]
+        pub(in crate::driver) fn discard_messages(&mut self) {}
         #[inline(always)]
         pub(in crate::driver) fn discard(&mut self) {}
     }
