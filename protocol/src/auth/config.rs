@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::error::AuthError;
+use super::mode::ConMode;
 use crate::types::{EntityType, AUTH_CEPHX, AUTH_NONE};
 
 /// A list of `CEPH_AUTH_*` methods in preference order (`"cephx, none"`).
@@ -52,6 +53,81 @@ impl AuthMethods {
     }
 }
 
+/// A list of msgr2 connection modes in preference order (`"secure crc"`), one of
+/// Ceph's `ms_*_mode` options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConModes(pub Vec<ConMode>);
+
+impl ConModes {
+    /// `"crc secure"`: crc preferred (Ceph's default between daemons and to OSDs).
+    pub fn crc_secure() -> Self {
+        ConModes(vec![ConMode::CRC, ConMode::SECURE])
+    }
+
+    /// `"secure crc"`: secure preferred (Ceph's default for everything with a monitor).
+    pub fn secure_crc() -> Self {
+        ConModes(vec![ConMode::SECURE, ConMode::CRC])
+    }
+
+    /// Parses Ceph's spelling: `crc` and `secure` separated by commas, spaces or
+    /// semicolons (Ceph's `AuthRegistry::_parse_mode_list`, which warns about unknown
+    /// words; we refuse them).
+    pub fn parse(s: &str) -> Result<Self, AuthError> {
+        let mut out = Vec::new();
+        for word in s.split([',', ' ', ';', '\t']).filter(|w| !w.is_empty()) {
+            let m = match word {
+                "crc" => ConMode::CRC,
+                "secure" => ConMode::SECURE,
+                _ => return Err(AuthError::Malformed("unknown connection mode (crc or secure)")),
+            };
+            if !out.contains(&m) {
+                out.push(m);
+            }
+        }
+        if out.is_empty() {
+            return Err(AuthError::Malformed("empty connection mode list"));
+        }
+        Ok(ConModes(out))
+    }
+}
+
+/// Which of Ceph's three method lists and six mode lists applies to one connection:
+/// Ceph's `AuthRegistry::get_supported_methods` for an entity of type `me` talking to a
+/// peer of type `peer`, whichever side dialled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnKind {
+    /// We are a client; the peer a monitor (`auth_client_required`, `ms_mon_client_mode`).
+    ClientToMon,
+    /// We are a client; the peer a daemon (`auth_client_required`, `ms_client_mode`).
+    Client,
+    /// Monitor ↔ monitor (`auth_cluster_required`, `ms_mon_cluster_mode`).
+    MonCluster,
+    /// A monitor and anything but a monitor (`auth_service_required`,
+    /// `ms_mon_service_mode`).
+    MonService,
+    /// A non-monitor daemon and any daemon (`auth_cluster_required`, `ms_cluster_mode`).
+    Cluster,
+    /// A non-monitor daemon and a client (`auth_service_required`, `ms_service_mode`).
+    Service,
+}
+
+impl ConnKind {
+    /// The kind of connection between `me` and `peer` (Ceph 16.2's table, msgr-v2.md 5.2).
+    pub fn of(me: EntityType, peer: EntityType) -> Self {
+        let daemon = |t: EntityType| {
+            matches!(t, EntityType::MON | EntityType::MGR | EntityType::MDS | EntityType::OSD)
+        };
+        match me {
+            EntityType::CLIENT if peer == EntityType::MON => ConnKind::ClientToMon,
+            EntityType::CLIENT => ConnKind::Client,
+            EntityType::MON if peer == EntityType::MON => ConnKind::MonCluster,
+            EntityType::MON => ConnKind::MonService,
+            _ if daemon(peer) => ConnKind::Cluster,
+            _ => ConnKind::Service,
+        }
+    }
+}
+
 /// Auth options of one messenger or monitor, named as Ceph's.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuthConfig {
@@ -88,6 +164,20 @@ pub struct AuthConfig {
     /// Let clients reclaim a global id without proving they held it
     /// (`auth_allow_insecure_global_id_reclaim`, true in 16.2.15).
     pub auth_allow_insecure_global_id_reclaim: bool,
+    /// msgr2 modes a client offers a monitor (`ms_mon_client_mode`, "secure crc").
+    pub ms_mon_client_mode: ConModes,
+    /// msgr2 modes between monitors (`ms_mon_cluster_mode`, "secure crc").
+    pub ms_mon_cluster_mode: ConModes,
+    /// msgr2 modes a monitor allows anything but monitors (`ms_mon_service_mode`,
+    /// "secure crc").
+    pub ms_mon_service_mode: ConModes,
+    /// msgr2 modes a client offers daemons other than monitors (`ms_client_mode`,
+    /// "crc secure").
+    pub ms_client_mode: ConModes,
+    /// msgr2 modes between non-monitor daemons (`ms_cluster_mode`, "crc secure").
+    pub ms_cluster_mode: ConModes,
+    /// msgr2 modes a non-monitor daemon allows clients (`ms_service_mode`, "crc secure").
+    pub ms_service_mode: ConModes,
 }
 
 impl Default for AuthConfig {
@@ -120,6 +210,12 @@ impl AuthConfig {
             auth_mon_ticket_ttl: Duration::from_secs(72 * 3600),
             auth_service_ticket_ttl: Duration::from_secs(3600),
             auth_allow_insecure_global_id_reclaim: true,
+            ms_mon_client_mode: ConModes::secure_crc(),
+            ms_mon_cluster_mode: ConModes::secure_crc(),
+            ms_mon_service_mode: ConModes::secure_crc(),
+            ms_client_mode: ConModes::crc_secure(),
+            ms_cluster_mode: ConModes::crc_secure(),
+            ms_service_mode: ConModes::crc_secure(),
         }
     }
 
@@ -155,9 +251,38 @@ impl AuthConfig {
             "auth_allow_insecure_global_id_reclaim" => {
                 self.auth_allow_insecure_global_id_reclaim = flag()?
             }
+            "ms_mon_client_mode" => self.ms_mon_client_mode = ConModes::parse(value)?,
+            "ms_mon_cluster_mode" => self.ms_mon_cluster_mode = ConModes::parse(value)?,
+            "ms_mon_service_mode" => self.ms_mon_service_mode = ConModes::parse(value)?,
+            "ms_client_mode" => self.ms_client_mode = ConModes::parse(value)?,
+            "ms_cluster_mode" => self.ms_cluster_mode = ConModes::parse(value)?,
+            "ms_service_mode" => self.ms_service_mode = ConModes::parse(value)?,
             _ => return Err(AuthError::Malformed("unknown auth option")),
         }
         Ok(())
+    }
+
+    /// The methods allowed on a connection between `me` and `peer`, whichever side
+    /// dialled (Ceph's `AuthRegistry::get_supported_methods`).
+    pub fn methods_for(&self, me: EntityType, peer: EntityType) -> &AuthMethods {
+        match ConnKind::of(me, peer) {
+            ConnKind::ClientToMon | ConnKind::Client => &self.auth_client_required,
+            ConnKind::MonCluster | ConnKind::Cluster => &self.auth_cluster_required,
+            ConnKind::MonService | ConnKind::Service => &self.auth_service_required,
+        }
+    }
+
+    /// The msgr2 modes of a connection between `me` and `peer`, in preference order,
+    /// before the per-method filter (Ceph's `AuthRegistry::get_supported_methods`).
+    pub fn modes_for(&self, me: EntityType, peer: EntityType) -> &ConModes {
+        match ConnKind::of(me, peer) {
+            ConnKind::ClientToMon => &self.ms_mon_client_mode,
+            ConnKind::Client => &self.ms_client_mode,
+            ConnKind::MonCluster => &self.ms_mon_cluster_mode,
+            ConnKind::MonService => &self.ms_mon_service_mode,
+            ConnKind::Cluster => &self.ms_cluster_mode,
+            ConnKind::Service => &self.ms_service_mode,
+        }
     }
 
     /// The methods a daemon of type `me` accepts from a peer of type `peer`: cluster
@@ -234,5 +359,61 @@ mod tests {
         assert!(c.set("auth_client_required", "kerberos").is_err());
         assert!(c.set("cephx_sign_messages", "maybe").is_err());
         assert!(c.set("no_such_option", "1").is_err());
+    }
+
+    // Ceph 16.2's table (msgr-v2.md 5.2, checked live): which option applies per pair of
+    // entity types, and the defaults.
+    #[test]
+    fn mode_and_method_lists_per_connection_kind() {
+        use EntityType as T;
+        let mut c = AuthConfig::ceph_defaults();
+        let (secure, crc) = (ConMode::SECURE, ConMode::CRC);
+        // Defaults: secure first with monitors, crc first elsewhere.
+        assert_eq!(c.modes_for(T::CLIENT, T::MON).0, [secure, crc]);
+        assert_eq!(c.modes_for(T::CLIENT, T::OSD).0, [crc, secure]);
+        assert_eq!(c.modes_for(T::MON, T::CLIENT).0, [secure, crc]);
+        assert_eq!(c.modes_for(T::OSD, T::OSD).0, [crc, secure]);
+        // Each option reaches exactly its cells of the table.
+        let names = [
+            "ms_mon_client_mode",
+            "ms_client_mode",
+            "ms_mon_cluster_mode",
+            "ms_mon_service_mode",
+            "ms_cluster_mode",
+            "ms_service_mode",
+        ];
+        for name in names {
+            c.set(name, "secure").unwrap();
+        }
+        c.set("ms_mon_client_mode", "crc").unwrap();
+        c.set("ms service mode", "crc, secure").unwrap();
+        let table = [
+            (T::CLIENT, T::MON, ConnKind::ClientToMon, vec![crc]),
+            (T::CLIENT, T::OSD, ConnKind::Client, vec![secure]),
+            (T::CLIENT, T::MGR, ConnKind::Client, vec![secure]),
+            (T::MON, T::MON, ConnKind::MonCluster, vec![secure]),
+            (T::MON, T::CLIENT, ConnKind::MonService, vec![secure]),
+            (T::MON, T::OSD, ConnKind::MonService, vec![secure]),
+            (T::OSD, T::MON, ConnKind::Cluster, vec![secure]),
+            (T::OSD, T::MDS, ConnKind::Cluster, vec![secure]),
+            (T::MGR, T::OSD, ConnKind::Cluster, vec![secure]),
+            (T::OSD, T::CLIENT, ConnKind::Service, vec![crc, secure]),
+            (T::MDS, T::CLIENT, ConnKind::Service, vec![crc, secure]),
+        ];
+        for (me, peer, kind, modes) in table {
+            assert_eq!(ConnKind::of(me, peer), kind, "{me:?} -> {peer:?}");
+            assert_eq!(c.modes_for(me, peer).0, modes, "{me:?} -> {peer:?}");
+        }
+        // Methods follow the same split.
+        c.set("auth_client_required", "none").unwrap();
+        c.set("auth_cluster_required", "cephx").unwrap();
+        c.set("auth_service_required", "cephx, none").unwrap();
+        assert_eq!(c.methods_for(T::CLIENT, T::MON).0, [AUTH_NONE]);
+        assert_eq!(c.methods_for(T::OSD, T::MON).0, [AUTH_CEPHX]);
+        assert_eq!(c.methods_for(T::MON, T::OSD).0, [AUTH_CEPHX, AUTH_NONE]);
+        assert_eq!(c.methods_for(T::OSD, T::CLIENT).0, [AUTH_CEPHX, AUTH_NONE]);
+        assert!(ConModes::parse("crc fast").is_err());
+        assert!(ConModes::parse(" ").is_err());
+        assert_eq!(ConModes::parse("secure;crc;secure").unwrap(), ConModes::secure_crc());
     }
 }

@@ -96,7 +96,7 @@ mod provider;
 pub use authorizer::{
     AuthorizerClient, AuthorizerRequest, AuthorizerServer, AuthorizerStep, SessionHandler,
 };
-pub use config::{AuthConfig, AuthMethods};
+pub use config::{AuthConfig, AuthMethods, ConModes, ConnKind};
 pub use crypto::CryptoKey;
 pub use error::{AuthError, KeyringError};
 pub use keyring::{parse_entity_name, KeyEntry, KeyRing};
