@@ -18,18 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::auth::cephx::{CephxClient, ClientConfig};
-use protocol::auth::{parse_entity_name, KeyRing};
-use protocol::auth::{
-    AuthClient, AuthNoneProvider, AuthOutcome, AuthProvider, AuthRole, AuthServer, ConMode,
-};
+use protocol::auth::cephx::{CephxProvider, RngSource, TicketSource, TicketStore, WallClock};
+use protocol::auth::{parse_entity_name, AuthConfig, ConModes, KeyRing};
+use protocol::auth::{AuthNoneProvider, ConMode};
 use protocol::message::PRIO_DEFAULT;
-use protocol::messages::MAuthReply;
 use protocol::messages::{
     decode_any, AnyMessage, MConfig, MMonCommandAck, MMonMap, MMonSubscribe, MonMap, MsgType,
     TypedMessage,
 };
-use protocol::types::AUTH_CEPHX;
 use protocol::types::{
     AddrType, AuthEntityName, EntityAddr, EntityAddrVec, EntityName, EntityType, Features,
 };
@@ -618,97 +614,6 @@ fn ceph_cli_status_over_v2_against_our_acceptor() {
     assert!(seen.contains(&"status".to_string()), "{seen:?}");
 }
 
-/// Test-only bridge from cephx's MAuth-shaped client ([`CephxClient`]) to msgr2's auth
-/// seam: the AUTH_REQUEST payload is monitor-mode auth (10, name, global id), the
-/// AUTH_REPLY_MORE / AUTH_DONE payloads are what an MAuthReply would carry. (A proper
-/// v2 entry point in `protocol::auth` would also take the global id from AUTH_DONE.)
-struct CephxBridge {
-    inner: CephxClient,
-}
-
-fn cephx_failed(e: &protocol::auth::AuthError) -> protocol::error::Error {
-    eprintln!("cephx: {e}");
-    protocol::error::Error::Unsupported("cephx exchange failed")
-}
-
-impl AuthClient for CephxBridge {
-    fn build_request(&mut self) -> protocol::error::Result<Bytes> {
-        let now = Instant::now();
-        self.inner.start(now);
-        // The negotiation MAuth of v1; over v2 its content goes in AUTH_REQUEST.
-        let _ = self.inner.poll_request(now);
-        let mut e = protocol::encoding::Encoder::new();
-        e.u8(10);
-        self.inner.name().encode(&mut e);
-        e.u64(self.inner.global_id());
-        Ok(e.into_bytes())
-    }
-
-    fn handle_reply_more(&mut self, payload: &[u8]) -> protocol::error::Result<Bytes> {
-        let now = Instant::now();
-        let reply = MAuthReply {
-            protocol: AUTH_CEPHX,
-            global_id: self.inner.global_id(),
-            result_bl: Bytes::copy_from_slice(payload),
-            ..MAuthReply::default()
-        };
-        self.inner.handle_reply(now, &reply).map_err(|e| cephx_failed(&e))?;
-        let req = self
-            .inner
-            .poll_request(now)
-            .ok_or(protocol::error::Error::Misuse("cephx has nothing to send"))?;
-        Ok(req.auth_payload)
-    }
-
-    fn handle_done(
-        &mut self,
-        global_id: u64,
-        _mode: ConMode,
-        payload: &[u8],
-    ) -> protocol::error::Result<AuthOutcome> {
-        let reply = MAuthReply {
-            protocol: AUTH_CEPHX,
-            global_id,
-            result_bl: Bytes::copy_from_slice(payload),
-            ..MAuthReply::default()
-        };
-        self.inner.handle_reply(Instant::now(), &reply).map_err(|e| cephx_failed(&e))?;
-        let ticket = self
-            .inner
-            .auth_ticket()
-            .ok_or(protocol::error::Error::Misuse("no auth ticket after AUTH_DONE"))?;
-        Ok(AuthOutcome {
-            session_key: Some(ticket.session_key.secret().to_vec()),
-            connection_secret: self.inner.connection_secret().to_vec(),
-        })
-    }
-}
-
-/// cephx as a client of monitors, preferring `modes`.
-struct CephxProvider {
-    client: parking_lot::Mutex<Option<CephxClient>>,
-    modes: Vec<ConMode>,
-}
-
-impl AuthProvider for CephxProvider {
-    fn methods(&self, _role: AuthRole, _peer_type: EntityType) -> Vec<u32> {
-        vec![AUTH_CEPHX]
-    }
-
-    fn modes(&self, _role: AuthRole, _peer_type: EntityType) -> Vec<ConMode> {
-        self.modes.clone()
-    }
-
-    fn client(&self, _peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
-        let inner = self.client.lock().take()?;
-        (method == AUTH_CEPHX).then(|| Box::new(CephxBridge { inner }) as Box<dyn AuthClient>)
-    }
-
-    fn server(&self, _peer_type: EntityType, _method: u32) -> Option<Box<dyn AuthServer>> {
-        None
-    }
-}
-
 // msgr-v2.md 3.3, 5.3-5.5 [V]: cephx against a real msgr2-only monitor, in secure mode
 // (AES-128-GCM from the connection secret, every frame after AUTH_DONE encrypted, both
 // AUTH_SIGNATUREs real HMACs) and in crc mode; then MMonGetMap → MMonMap with the fsid.
@@ -723,16 +628,22 @@ fn cephx_secure_and_crc_modes_against_msgr2_only_monitor() {
     for mode in [ConMode::SECURE, ConMode::CRC] {
         let name = parse_entity_name("client.admin").expect("name");
         let key = ring.key(&name).expect("key").clone();
-        let cephx = CephxClient::new(ClientConfig::new(name, key), Box::new(rand::rngs::OsRng));
+        let mut auth = AuthConfig::ceph_defaults();
+        auth.ms_mon_client_mode = ConModes(vec![mode]);
+        let store = Arc::new(TicketStore::default());
+        let clock = WallClock::anchored(Instant::now(), tests::cephx::wall_now());
+        let rng: RngSource = Arc::new(|| Box::new(rand::rngs::OsRng) as _);
         let mut config = client_config();
-        config.auth = Arc::new(CephxProvider {
-            client: parking_lot::Mutex::new(Some(cephx)),
-            modes: vec![mode],
-        });
+        config.auth = Arc::new(
+            CephxProvider::new(name, auth, clock, rng).with_monitor_key(key, store.clone()),
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         let (mut conn, mut stream, my_addrs, _) = open_to_monitor(mon.addr(), config, deadline);
         assert_eq!(conn.con_mode(), mode, "the monitor picked our only mode");
         assert!(conn.global_id() > 0);
+        // AUTH_DONE's extra tickets (other_keys) are kept for authorizers to daemons.
+        let (gid, _) = store.ticket(EntityType::OSD).expect("an osd ticket from the monitor");
+        assert_eq!(gid, conn.global_id());
         let mut get_map = Message::new(MsgType::MON_GET_MAP.0, Bytes::new());
         get_map.set_version(1);
         get_map.set_compat_version(1);

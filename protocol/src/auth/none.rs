@@ -68,7 +68,13 @@ pub struct AuthNoneServer {
 }
 
 impl AuthServer for AuthNoneServer {
-    fn handle_request(&mut self, _mode: ConMode, more: bool, payload: &[u8]) -> AuthStep {
+    fn handle_request(
+        &mut self,
+        _now: std::time::Instant,
+        _mode: ConMode,
+        more: bool,
+        payload: &[u8],
+    ) -> AuthStep {
         if more {
             return AuthStep::Reject { result: EOPNOTSUPP };
         }
@@ -175,17 +181,26 @@ mod tests {
             EntityType::MON,
         );
         let req = c.build_request().unwrap();
-        let AuthStep::Done { global_id, .. } = s.handle_request(ConMode::CRC, false, &req) else {
+        // Auth none never reads the clock; any instant does.
+        #[allow(clippy::disallowed_methods)]
+        let now = std::time::Instant::now();
+        let AuthStep::Done { global_id, .. } = s.handle_request(now, ConMode::CRC, false, &req)
+        else {
             panic!("not done")
         };
         assert_eq!(global_id, FIRST_GLOBAL_ID);
-        let AuthStep::Done { global_id, .. } = s.handle_request(ConMode::CRC, false, &req) else {
+        let AuthStep::Done { global_id, .. } = s.handle_request(now, ConMode::CRC, false, &req)
+        else {
             panic!("not done")
         };
         assert_eq!(global_id, FIRST_GLOBAL_ID + 1);
-        assert_eq!(s.handle_request(ConMode::CRC, false, &[]), AuthStep::Reject { result: EACCES });
+        assert_eq!(
+            s.handle_request(now, ConMode::CRC, false, &[]),
+            AuthStep::Reject { result: EACCES }
+        );
         assert_eq!(
             s.handle_request(
+                now,
                 ConMode::CRC,
                 false,
                 &[42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]

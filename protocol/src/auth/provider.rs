@@ -14,6 +14,8 @@
 //! These are Ceph's `AuthClient` / `AuthServer` / `AuthRegistry` interfaces reduced to
 //! what one connection needs.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 
 use crate::error::Result;
@@ -98,8 +100,15 @@ pub enum AuthStep {
 /// connection).
 pub trait AuthServer: Send {
     /// Handles the payload of AUTH_REQUEST (`more` false) or AUTH_REQUEST_MORE (true)
-    /// for a connection in `mode`.
-    fn handle_request(&mut self, mode: ConMode, more: bool, payload: &[u8]) -> AuthStep;
+    /// for a connection in `mode`, at `now` (cephx checks ticket expiry and stamps the
+    /// tickets it issues with the wall-clock time of `now`).
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        mode: ConMode,
+        more: bool,
+        payload: &[u8],
+    ) -> AuthStep;
 }
 
 /// Which side of a connection a method or mode list is for.

@@ -109,7 +109,13 @@ struct TestServer {
 }
 
 impl AuthServer for TestServer {
-    fn handle_request(&mut self, mode: ConMode, more: bool, payload: &[u8]) -> AuthStep {
+    fn handle_request(
+        &mut self,
+        _now: Instant,
+        mode: ConMode,
+        more: bool,
+        payload: &[u8],
+    ) -> AuthStep {
         if !more {
             return AuthStep::More(Bytes::copy_from_slice(&self.challenge));
         }

@@ -39,11 +39,7 @@ pub(crate) fn on_peer_hello(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Re
 }
 
 /// AUTH_REQUEST (a method and its first payload) or AUTH_REQUEST_MORE.
-pub(crate) fn on_auth_request(
-    m: &mut Machine<V2>,
-    _now: Instant,
-    f: &Frame,
-) -> Result<bool, Fault> {
+pub(crate) fn on_auth_request(m: &mut Machine<V2>, now: Instant, f: &Frame) -> Result<bool, Fault> {
     count_round(m)?;
     let peer_type = m.peer_type.unwrap_or(EntityType::ANY);
     let provider = m.config.auth.clone();
@@ -96,7 +92,7 @@ pub(crate) fn on_auth_request(
             return Err(unexpected(other));
         }
     };
-    match auth.server.handle_request(auth.mode, more, &payload) {
+    match auth.server.handle_request(now, auth.mode, more, &payload) {
         AuthStep::More(payload) => {
             send_control(m, Some(&mut t), &AuthReplyMore { payload });
             m.set_state(State::Handshake {

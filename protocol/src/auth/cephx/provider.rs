@@ -23,10 +23,16 @@
 //! the list holds `none` as well, a missing ticket (connector) or an empty authorizer
 //! (acceptor) is auth none.
 //!
-//! msgr2 (AUTH frames) is served by auth none when the lists allow it; cephx over msgr2
-//! is not implemented by this provider.
+//! msgr2 (AUTH frames): cephx through the handlers of [`super::v2`] — to a monitor the
+//! provider's own cephx session ([`CephxProvider::with_monitor_key`], whose tickets fill
+//! its [`TicketStore`]), to other daemons authorizers from the [`TicketSource`]; as an
+//! acceptor authorizers verified with the [`KeyStore`], and monitor-mode requests
+//! answered by a [`KeyServer`] ([`CephxProvider::with_key_server`]). Auth none where
+//! the lists allow it. Methods and modes follow Ceph's `AuthRegistry`
+//! ([`AuthConfig::methods_for`], [`AuthConfig::modes_for`]).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,9 +44,10 @@ use crate::auth::authorizer::{
     AuthorizerClient, AuthorizerRequest, AuthorizerServer, AuthorizerStep, SessionHandler,
 };
 use crate::auth::config::{AuthConfig, AuthMethods};
+use crate::auth::crypto::CryptoKey;
 use crate::auth::error::AuthError;
 use crate::auth::mode::ConMode;
-use crate::auth::none::AuthNoneProvider;
+use crate::auth::none::{AuthNoneProvider, FIRST_GLOBAL_ID};
 use crate::auth::provider::{AuthClient, AuthProvider, AuthRole, AuthServer};
 use crate::encoding::UTime;
 use crate::types::{AuthEntityName, EntityType, Features, AUTH_CEPHX, AUTH_NONE, AUTH_UNKNOWN};
@@ -48,13 +55,15 @@ use crate::types::{AuthEntityName, EntityType, Features, AUTH_CEPHX, AUTH_NONE, 
 use super::authorizer::{Authorizer, AuthorizerVerdict, AuthorizerVerifier};
 use super::client::CephxClient;
 use super::rotating::{KeyStore, RotatingKeyStore, RotatingSecrets};
+use super::server::KeyServer;
 use super::signature::MessageSigner;
 use super::ticket::{duration_to_utime, utime_to_duration, ReceivedTicket};
+use super::v2::{CephxAuthorizerV2Client, CephxMonClient, CephxV2Server};
 
 const LOG: &str = "msgr::auth";
 
 /// The services a daemon or client holds service tickets for.
-const TICKET_SERVICES: [EntityType; 4] =
+pub(super) const TICKET_SERVICES: [EntityType; 4] =
     [EntityType::MON, EntityType::OSD, EntityType::MDS, EntityType::MGR];
 
 /// A fresh random source per use: one per authorizer a connector builds and per
@@ -74,6 +83,11 @@ impl WallClock {
     /// The instant `at` is the wall-clock time `wall`.
     pub fn anchored(at: Instant, wall: UTime) -> Self {
         WallClock { at, wall: utime_to_duration(wall) }
+    }
+
+    /// The instant of the anchor.
+    pub(crate) fn anchor(&self) -> Instant {
+        self.at
     }
 
     /// The wall-clock time at `now`.
@@ -130,6 +144,11 @@ impl TicketStore {
 
     fn write(&self) -> parking_lot::RwLockWriteGuard<'_, Tickets> {
         self.inner.write()
+    }
+
+    /// The global id the tickets are issued to (a new monitor session's).
+    pub fn set_global_id(&self, global_id: u64) {
+        self.write().global_id = global_id;
     }
 
     /// Holds `ticket` for its service (replacing an older one), issued to `global_id`.
@@ -190,28 +209,49 @@ impl KeyStore for SharedKeyStore {
     }
 }
 
+/// A connector's credentials for monitors over msgr2 (AUTH_MODE_MON).
+#[derive(Clone)]
+struct MonCredentials {
+    key: CryptoKey,
+    store: Arc<TicketStore>,
+}
+
 /// What the connector and acceptor sides share.
 #[derive(Clone)]
-struct Shared {
-    my_type: EntityType,
-    config: AuthConfig,
+pub(super) struct Shared {
+    pub(super) name: AuthEntityName,
+    pub(super) my_type: EntityType,
+    pub(super) config: AuthConfig,
     tickets: Option<Arc<dyn TicketSource>>,
-    keys: Option<Arc<dyn KeyStore + Send + Sync>>,
-    clock: WallClock,
-    rng: RngSource,
+    pub(super) keys: Option<Arc<dyn KeyStore + Send + Sync>>,
+    mon: Option<MonCredentials>,
+    pub(super) key_server: Option<Arc<KeyServer>>,
+    /// Global ids handed out when playing a monitor.
+    pub(super) next_global_id: Arc<AtomicU64>,
+    pub(super) clock: WallClock,
+    pub(super) rng: RngSource,
 }
 
 impl Shared {
-    /// The methods allowed with a peer of `peer` (Ceph's `_get_supported_methods`).
-    fn methods(&self, role: AuthRole, peer: EntityType) -> &AuthMethods {
-        let daemon = |t: EntityType| t != EntityType::CLIENT;
-        if daemon(self.my_type) && daemon(peer) {
-            &self.config.auth_cluster_required
-        } else {
-            match role {
-                AuthRole::Acceptor => &self.config.auth_service_required,
-                AuthRole::Connector => &self.config.auth_client_required,
-            }
+    /// The methods allowed with a peer of `peer`, whichever side dialled (Ceph's
+    /// `AuthRegistry::get_supported_methods`; the role does not matter there).
+    fn methods(&self, _role: AuthRole, peer: EntityType) -> &AuthMethods {
+        self.config.methods_for(self.my_type, peer)
+    }
+
+    /// Whether msgr2's AUTH_REQUEST to `peer` is monitor-mode (a monitor authenticates
+    /// other monitors with authorizers, like every other daemon pair).
+    fn to_monitor(&self, peer: EntityType) -> bool {
+        peer == EntityType::MON && self.my_type != EntityType::MON
+    }
+
+    /// Whether we can do cephx with `peer` in `role` at all (Ceph drops cephx from its
+    /// lists when it has no keyring).
+    fn can_cephx(&self, role: AuthRole, peer: EntityType) -> bool {
+        match role {
+            AuthRole::Connector if self.to_monitor(peer) => self.mon.is_some(),
+            AuthRole::Connector => self.tickets.is_some(),
+            AuthRole::Acceptor => self.keys.is_some() || self.key_server.is_some(),
         }
     }
 
@@ -233,7 +273,7 @@ impl Shared {
     }
 }
 
-/// cephx for msgr v1 behind [`AuthProvider`]: see the module docs.
+/// cephx for msgr v1 and msgr2 behind [`AuthProvider`]: see the module docs.
 pub struct CephxProvider {
     shared: Arc<Shared>,
     none: AuthNoneProvider,
@@ -256,9 +296,43 @@ impl CephxProvider {
     pub fn new(name: AuthEntityName, config: AuthConfig, clock: WallClock, rng: RngSource) -> Self {
         let my_type = EntityType(u8::try_from(name.ty).unwrap_or(EntityType::ANY.0));
         CephxProvider {
-            shared: Arc::new(Shared { my_type, config, tickets: None, keys: None, clock, rng }),
+            shared: Arc::new(Shared {
+                name: name.clone(),
+                my_type,
+                config,
+                tickets: None,
+                keys: None,
+                mon: None,
+                key_server: None,
+                next_global_id: Arc::new(AtomicU64::new(FIRST_GLOBAL_ID)),
+                clock,
+                rng,
+            }),
             none: AuthNoneProvider::new(name),
         }
+    }
+
+    /// msgr2 connector to monitors: authenticate with `key` (our keyring entry) in
+    /// AUTH_MODE_MON; every monitor session's global id and service tickets go into
+    /// `store`, which also becomes the [`TicketSource`] of our authorizers.
+    pub fn with_monitor_key(mut self, key: CryptoKey, store: Arc<TicketStore>) -> Self {
+        let shared = Arc::make_mut(&mut self.shared);
+        shared.tickets = Some(store.clone());
+        shared.mon = Some(MonCredentials { key, store });
+        self
+    }
+
+    /// msgr2 acceptor playing a monitor: AUTH_MODE_MON requests are answered by
+    /// `server` (challenge, proof, tickets, a connection secret), global ids handed out
+    /// from [`FIRST_GLOBAL_ID`]. Without [`CephxProvider::with_keys`] authorizers are
+    /// verified with its secrets too.
+    pub fn with_key_server(mut self, server: Arc<KeyServer>) -> Self {
+        let shared = Arc::make_mut(&mut self.shared);
+        if shared.keys.is_none() {
+            shared.keys = Some(server.clone());
+        }
+        shared.key_server = Some(server);
+        self
     }
 
     /// Connector side: service tickets come from `tickets`.
@@ -276,26 +350,48 @@ impl CephxProvider {
 
 impl AuthProvider for CephxProvider {
     fn methods(&self, role: AuthRole, peer_type: EntityType) -> Vec<u32> {
-        // msgr2 speaks auth none only, where allowed.
-        if self.shared.methods(role, peer_type).allows(AUTH_NONE) {
-            vec![AUTH_NONE]
-        } else {
-            Vec::new()
-        }
+        let s = &self.shared;
+        s.methods(role, peer_type)
+            .0
+            .iter()
+            .copied()
+            .filter(|&m| m == AUTH_NONE || (m == AUTH_CEPHX && s.can_cephx(role, peer_type)))
+            .collect()
     }
 
-    fn modes(&self, role: AuthRole, peer_type: EntityType) -> Vec<ConMode> {
-        self.none.modes(role, peer_type)
+    fn modes(&self, _role: AuthRole, peer_type: EntityType) -> Vec<ConMode> {
+        self.shared.config.modes_for(self.shared.my_type, peer_type).0.clone()
     }
 
     fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
-        let allowed = self.shared.methods(AuthRole::Connector, peer_type).allows(method);
-        allowed.then(|| self.none.client(peer_type, method)).flatten()
+        let s = &self.shared;
+        if !self.methods(AuthRole::Connector, peer_type).contains(&method) {
+            return None;
+        }
+        if method != AUTH_CEPHX {
+            return self.none.client(peer_type, method);
+        }
+        if s.to_monitor(peer_type) {
+            let mon = s.mon.as_ref()?;
+            return Some(Box::new(CephxMonClient::new(s, mon.key.clone(), mon.store.clone())));
+        }
+        let Some((global_id, ticket)) = s.tickets.as_ref().and_then(|t| t.ticket(peer_type)) else {
+            log::warn!(target: LOG, "no cephx ticket for {}: cannot offer cephx", peer_type.name());
+            return None;
+        };
+        let mut rng = (s.rng)();
+        let authorizer = Authorizer::new(global_id, &ticket, &mut *rng);
+        Some(Box::new(CephxAuthorizerV2Client::new(authorizer)))
     }
 
     fn server(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>> {
-        let allowed = self.shared.methods(AuthRole::Acceptor, peer_type).allows(method);
-        allowed.then(|| self.none.server(peer_type, method)).flatten()
+        if !self.methods(AuthRole::Acceptor, peer_type).contains(&method) {
+            return None;
+        }
+        if method != AUTH_CEPHX {
+            return self.none.server(peer_type, method);
+        }
+        Some(Box::new(CephxV2Server::new(self.shared.clone(), peer_type)))
     }
 
     fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
@@ -408,11 +504,8 @@ impl AuthorizerServer for CephxAuthorizerServer {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     use super::*;
-    use crate::auth::cephx::server::KeyServer;
-    use crate::auth::cephx::testing::TestRng;
+    use crate::auth::cephx::testing::{rng_source, TestRng};
     use crate::auth::crypto::CryptoKey;
     use crate::auth::keyring::{KeyEntry, KeyRing};
     use crate::wire::{FooterFlags, MsgFooter, MsgHeader};
@@ -428,11 +521,6 @@ mod tests {
 
     /// The connector's and the acceptor's signer of one session.
     type Signers = (Box<dyn SessionHandler>, Box<dyn SessionHandler>);
-
-    fn rng_source(seed: u64) -> RngSource {
-        let next = Arc::new(AtomicU64::new(seed));
-        Arc::new(move || Box::new(TestRng::new(next.fetch_add(1, Ordering::Relaxed))) as _)
-    }
 
     fn cluster(rng: &mut TestRng) -> KeyServer {
         let mut ring = KeyRing::new();

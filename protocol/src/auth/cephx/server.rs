@@ -189,7 +189,7 @@ impl KeyServer {
         let result = if auth.protocol == AUTH_UNKNOWN {
             self.negotiate(session, &auth.auth_payload, rng, new_global_id)
         } else if auth.protocol == AUTH_CEPHX {
-            self.cephx_request(session, &auth.auth_payload, now, rng)
+            self.cephx_request(session, &auth.auth_payload, now, rng, None).map(|(p, b, _)| (p, b))
         } else {
             Err((AUTH_UNKNOWN, AuthError::UnexpectedMethod { method: auth.protocol }))
         };
@@ -213,6 +213,49 @@ impl KeyServer {
                 }
             }
         }
+    }
+
+    /// msgr2, AUTH_MODE_MON (msgr-v2.md 5.3): the first AUTH_REQUEST's payload after
+    /// its mode byte — `name` asking for cephx with `global_id` (0: a new one from
+    /// `new_global_id`). Returns the AUTH_REPLY_MORE payload (the server challenge) and
+    /// the session's global id.
+    #[doc(alias = "start_session")]
+    pub fn start_v2(
+        &self,
+        session: &mut ServerSession,
+        name: AuthEntityName,
+        global_id: u64,
+        rng: &mut dyn CryptoRngCore,
+        new_global_id: &mut dyn FnMut() -> u64,
+    ) -> Result<(Bytes, u64), AuthError> {
+        let n = AuthNegotiation { methods: vec![AUTH_CEPHX], name, global_id };
+        let (method, challenge) =
+            self.negotiate(session, &n.encode(), rng, new_global_id).map_err(|(_, e)| e)?;
+        match (method, &*session) {
+            (AUTH_CEPHX, ServerSession::Challenged { global_id, .. }) => {
+                Ok((challenge, *global_id))
+            }
+            _ => Err(AuthError::NoAcceptableMethod { offered: vec![AUTH_CEPHX] }),
+        }
+    }
+
+    /// msgr2, AUTH_MODE_MON: an AUTH_REQUEST_MORE's payload (a cephx request, in
+    /// practice GET_AUTH_SESSION_KEY). Returns AUTH_DONE's payload — with
+    /// `connection_secret` sealed in it — and the auth ticket's session key (which
+    /// signs the pre-auth transcript).
+    pub fn handle_v2_more(
+        &self,
+        session: &mut ServerSession,
+        payload: &[u8],
+        now: UTime,
+        rng: &mut dyn CryptoRngCore,
+        connection_secret: &[u8],
+    ) -> Result<(Bytes, CryptoKey), AuthError> {
+        let (_, body, key) = self
+            .cephx_request(session, payload, now, rng, Some(connection_secret))
+            .map_err(|(_, e)| e)?;
+        let key = key.ok_or(AuthError::Malformed("msgr2 auth must ask for the session key"))?;
+        Ok((body, key))
     }
 
     fn negotiate(
@@ -248,20 +291,26 @@ impl KeyServer {
         Ok((AUTH_CEPHX, e.into_bytes()))
     }
 
+    /// One cephx request; also the auth ticket's session key when it issued one.
     fn cephx_request(
         &self,
         session: &mut ServerSession,
         payload: &[u8],
         now: UTime,
         rng: &mut dyn CryptoRngCore,
-    ) -> Result<(u32, Bytes), (u32, AuthError)> {
+        connection_secret: Option<&[u8]>,
+    ) -> Result<(u32, Bytes, Option<CryptoKey>), (u32, AuthError)> {
         let cephx = |e: AuthError| (AUTH_CEPHX, e);
         let mut d = Decoder::new(payload);
         let request = RequestType::decode(&mut d).map_err(cephx)?;
         let mut e = Encoder::with_capacity(256);
+        let mut issued = None;
         match request {
             RequestType::GET_AUTH_SESSION_KEY => {
-                let body = self.session_key(session, &mut d, now, rng).map_err(cephx)?;
+                let (body, key) = self
+                    .session_key(session, &mut d, now, rng, connection_secret)
+                    .map_err(cephx)?;
+                issued = Some(key);
                 ResponseHeader { request_type: request, status: 0 }.encode(&mut e);
                 e.bytes(&body);
             }
@@ -289,18 +338,22 @@ impl KeyServer {
             }
             _ => return Err(cephx(AuthError::Malformed("unknown cephx request type"))),
         }
-        Ok((AUTH_CEPHX, e.into_bytes()))
+        Ok((AUTH_CEPHX, e.into_bytes(), issued))
     }
 
     /// GET_AUTH_SESSION_KEY: check the proof and the old ticket, issue the auth ticket
     /// (and the extra service tickets asked for in `other_keys`).
+    ///
+    /// `connection_secret`: msgr2's, sealed under the new session key in the reply;
+    /// `None` on the MAuth path (an empty blob there, cephx.md 4.2).
     fn session_key(
         &self,
         session: &mut ServerSession,
         d: &mut Decoder<'_>,
         now: UTime,
         rng: &mut dyn CryptoRngCore,
-    ) -> Result<Vec<u8>, AuthError> {
+        connection_secret: Option<&[u8]>,
+    ) -> Result<(Vec<u8>, CryptoKey), AuthError> {
         let (name, global_id, server_challenge, reclaim, renewal) = match session {
             ServerSession::Challenged { name, global_id, server_challenge, reclaim } => {
                 (name.clone(), *global_id, *server_challenge, *reclaim, false)
@@ -370,8 +423,20 @@ impl KeyServer {
         let mut out = Encoder::with_capacity(512);
         encode_ticket_reply(&mut out, &entry.key, std::slice::from_ref(&auth));
         if !req.other_keys.is_empty() {
-            // The connection secret: empty on the MAuth path (cephx.md 4.2).
-            out.blob(&[]);
+            // The connection secret: empty on the MAuth path (cephx.md 4.2); over msgr2
+            // sealed under the session key, even when empty (crc mode), as Ceph does.
+            match connection_secret {
+                None => {
+                    out.blob(&[]);
+                }
+                Some(secret) => {
+                    let mut sealed = Encoder::with_capacity(secret.len() + 48);
+                    session_key.seal_blob(&mut sealed, |e| {
+                        e.blob(secret);
+                    });
+                    out.blob(sealed.as_slice());
+                }
+            }
             let wanted = req.other_keys.without(ServiceMask::AUTH);
             let extra = self.service_tickets(&name, global_id, wanted, now, rng);
             if extra.is_empty() {
@@ -384,7 +449,7 @@ impl KeyServer {
         }
         log::debug!(target: LOG, "{name} global_id {global_id}: auth ticket (renewal {renewal})");
         *session = ServerSession::Authenticated { name, global_id, server_challenge };
-        Ok(out.into_vec())
+        Ok((out.into_vec(), session_key))
     }
 
     /// GET_PRINCIPAL_SESSION_KEY: an authorizer for the auth service, then the wanted

@@ -64,3 +64,11 @@ impl RngCore for TestRng {
 }
 
 impl CryptoRng for TestRng {}
+
+/// A [`super::RngSource`] handing out seeded generators `seed`, `seed + 1`, ...
+pub(crate) fn rng_source(seed: u64) -> super::RngSource {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(seed));
+    std::sync::Arc::new(move || {
+        Box::new(TestRng::new(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))) as _
+    })
+}

@@ -1,0 +1,350 @@
+//! cephx over msgr2's AUTH frames (msgr-v2.md 5.2–5.5, cephx.md 9): the handlers
+//! [`super::CephxProvider`] creates for the v2 machine.
+//!
+//! ```text
+//! to a monitor (AUTH_MODE_MON)                     to any other daemon (AUTH_MODE_AUTHORIZER)
+//!  AUTH_REQUEST       {10, name, global_id}         AUTH_REQUEST       authorizer (ticket + E_SK{nonce})
+//!  AUTH_REPLY_MORE    server challenge              AUTH_REPLY_MORE    E_SK{challenge}   (cephx v2)
+//!  AUTH_REQUEST_MORE  GET_AUTH_SESSION_KEY          AUTH_REQUEST_MORE  the rebuilt authorizer
+//!  AUTH_DONE          tickets + E_SK{secret}        AUTH_DONE          E_SK{nonce + 1, secret}
+//! ```
+//!
+//! - [`CephxMonClient`]: a client of a monitor. One [`CephxClient`] session per
+//!   connection; the service tickets AUTH_DONE carries go into the provider's
+//!   [`TicketStore`], from which later authorizers to OSDs, MDSs and MGRs are built.
+//! - [`CephxAuthorizerV2Client`]: an authorizer to any other daemon.
+//! - [`CephxV2Server`]: the acceptor. Authorizers are verified against the daemon's
+//!   [`KeyStore`] (with the challenge round when `cephx_*require_version >= 2`);
+//!   with a [`KeyServer`] it also plays a monitor for AUTH_MODE_MON requests.
+//!
+//! The connection secret is Ceph's length for the mode (`AuthConnectionMeta::
+//! get_connection_secret_length`): 64 random bytes in secure mode, none in crc mode.
+//! Every refusal is AUTH_BAD_METHOD with `-EACCES` (a malformed request `-EINVAL`), as a
+//! 16.2.15 daemon answers; the connector may then try another method.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use rand_core::CryptoRngCore;
+
+use crate::auth::error::AuthError;
+use crate::auth::mode::ConMode;
+use crate::auth::provider::{
+    AuthClient, AuthOutcome, AuthServer, AuthStep, AUTH_MODE_AUTHORIZER, AUTH_MODE_MON,
+    AUTH_MODE_MON_MAX,
+};
+use crate::encoding::{Decoder, Encoder};
+use crate::error::{Error, Result};
+use crate::messages::MAuthReply;
+use crate::types::{AuthEntityName, EntityType, AUTH_CEPHX};
+
+use super::authorizer::{Authorizer, AuthorizerVerdict, AuthorizerVerifier};
+use super::client::{CephxClient, ClientConfig};
+use super::provider::{Shared, TicketStore, TICKET_SERVICES};
+use super::server::ServerSession;
+
+const LOG: &str = "msgr::auth";
+
+/// `AuthConnectionMeta::get_connection_secret_length`: what an acceptor mints for a
+/// connection in `mode` (secure mode keys and nonces come from its first 40 bytes).
+#[doc(alias = "get_connection_secret_length")]
+pub fn connection_secret_len(mode: ConMode) -> usize {
+    /// Ceph's `16 * 4`.
+    const SECURE_SECRET_LEN: usize = 64;
+    if mode == ConMode::SECURE {
+        SECURE_SECRET_LEN
+    } else {
+        0
+    }
+}
+
+/// A cephx failure as the machine's error (it faults the attempt); the detail is logged.
+fn failed(what: &str, e: &AuthError) -> Error {
+    log::info!(target: LOG, "cephx over msgr2: {what}: {e}");
+    Error::Malformed("cephx exchange failed")
+}
+
+/// A connector's cephx session with a monitor over msgr2 (Ceph's `MonConnection` with
+/// its `CephxClientHandler`), one per connection attempt.
+pub struct CephxMonClient {
+    client: CephxClient,
+    store: Arc<TicketStore>,
+    /// The instant the per-connection client stamps its tickets with. The machine's
+    /// handshake deadline bounds the exchange, so the client's own timers are unused;
+    /// the tickets' validity is kept by the monitor and the daemons that check them.
+    at: Instant,
+}
+
+impl CephxMonClient {
+    pub(super) fn new(
+        shared: &Shared,
+        key: crate::auth::CryptoKey,
+        store: Arc<TicketStore>,
+    ) -> Self {
+        let config = ClientConfig::new(shared.name.clone(), key);
+        CephxMonClient {
+            client: CephxClient::new(config, (shared.rng)()),
+            store,
+            at: shared.clock.anchor(),
+        }
+    }
+
+    fn reply(global_id: u64, payload: &[u8]) -> MAuthReply {
+        MAuthReply {
+            protocol: AUTH_CEPHX,
+            global_id,
+            result_bl: Bytes::copy_from_slice(payload),
+            ..MAuthReply::default()
+        }
+    }
+}
+
+impl AuthClient for CephxMonClient {
+    fn build_request(&mut self) -> Result<Bytes> {
+        self.client.start(self.at);
+        // Round 1 of the MAuth path becomes this payload; the client now waits for the
+        // server challenge.
+        let _ = self.client.poll_request(self.at);
+        let mut e = Encoder::with_capacity(32);
+        e.u8(AUTH_MODE_MON);
+        self.client.name().encode(&mut e);
+        // A fresh global id each connection: reclaiming one needs the old ticket, which
+        // this per-connection session does not keep.
+        e.u64(0);
+        Ok(e.into_bytes())
+    }
+
+    fn handle_reply_more(&mut self, payload: &[u8]) -> Result<Bytes> {
+        // msgr2 tells the global id only in AUTH_DONE.
+        self.client
+            .handle_reply(self.at, &Self::reply(0, payload))
+            .map_err(|e| failed("server challenge", &e))?;
+        let req = self
+            .client
+            .poll_request(self.at)
+            .ok_or(Error::Misuse("cephx has no session key request to send"))?;
+        Ok(req.auth_payload)
+    }
+
+    fn handle_done(
+        &mut self,
+        global_id: u64,
+        mode: ConMode,
+        payload: &[u8],
+    ) -> Result<AuthOutcome> {
+        self.client
+            .handle_reply(self.at, &Self::reply(global_id, payload))
+            .map_err(|e| failed("auth ticket", &e))?;
+        let ticket =
+            self.client.auth_ticket().ok_or(Error::Misuse("no auth ticket after AUTH_DONE"))?;
+        let session_key = ticket.session_key.secret().to_vec();
+        let secret = self.client.connection_secret().to_vec();
+        self.store.set_global_id(global_id);
+        for service in TICKET_SERVICES {
+            if let Some(t) = self.client.service_ticket(service, self.at) {
+                self.store.insert(global_id, t.clone());
+            }
+        }
+        log::debug!(target: LOG, "{}: authenticated to a monitor over msgr2 as global_id {global_id}, {mode} mode; {:?}", self.client.name(), self.store);
+        Ok(AuthOutcome { session_key: Some(session_key), connection_secret: secret })
+    }
+}
+
+/// A connector's cephx authorizer to a daemon over msgr2 (Ceph's `CephXAuthorizer`
+/// through `MonClient::get_auth_request` / `handle_auth_reply_more` / `handle_auth_done`).
+pub struct CephxAuthorizerV2Client {
+    authorizer: Authorizer,
+}
+
+impl CephxAuthorizerV2Client {
+    pub(super) fn new(authorizer: Authorizer) -> Self {
+        CephxAuthorizerV2Client { authorizer }
+    }
+}
+
+impl AuthClient for CephxAuthorizerV2Client {
+    fn build_request(&mut self) -> Result<Bytes> {
+        Ok(self.authorizer.bytes().clone())
+    }
+
+    fn handle_reply_more(&mut self, payload: &[u8]) -> Result<Bytes> {
+        self.authorizer.handle_challenge(payload).map_err(|e| failed("authorizer challenge", &e))
+    }
+
+    fn handle_done(
+        &mut self,
+        _global_id: u64,
+        _mode: ConMode,
+        payload: &[u8],
+    ) -> Result<AuthOutcome> {
+        let secret = self
+            .authorizer
+            .verify_reply(payload)
+            .map_err(|e| failed("authorizer reply", &e))?
+            .unwrap_or_default();
+        Ok(AuthOutcome {
+            session_key: Some(self.authorizer.session_key().secret().to_vec()),
+            connection_secret: secret,
+        })
+    }
+}
+
+/// Where one accepted connection's cephx exchange is.
+enum Exchange {
+    /// Nothing yet (or a new AUTH_REQUEST after a refusal).
+    Fresh,
+    /// AUTH_MODE_MON: challenged, waiting for GET_AUTH_SESSION_KEY.
+    Mon { session: ServerSession, global_id: u64 },
+    /// AUTH_MODE_AUTHORIZER: the verifier remembers the challenge it issued.
+    Authorizer(AuthorizerVerifier),
+}
+
+/// The acceptor's cephx over msgr2 for one connection (Ceph's `Monitor::
+/// handle_auth_request` for AUTH_MODE_MON, `MonClient::handle_auth_request` for
+/// authorizers).
+pub struct CephxV2Server {
+    shared: Arc<Shared>,
+    peer_type: EntityType,
+    exchange: Exchange,
+    rng: Box<dyn CryptoRngCore + Send>,
+}
+
+impl CephxV2Server {
+    pub(super) fn new(shared: Arc<Shared>, peer_type: EntityType) -> Self {
+        let rng = (shared.rng)();
+        CephxV2Server { shared, peer_type, exchange: Exchange::Fresh, rng }
+    }
+
+    fn secret(&mut self, mode: ConMode) -> Vec<u8> {
+        let mut secret = vec![0u8; connection_secret_len(mode)];
+        self.rng.fill_bytes(&mut secret);
+        secret
+    }
+
+    /// AUTH_REQUEST in AUTH_MODE_MON: `{mode, name, global_id}` → the server challenge.
+    fn start_mon(&mut self, payload: &[u8]) -> std::result::Result<AuthStep, AuthError> {
+        let server = self
+            .shared
+            .key_server
+            .clone()
+            .ok_or(AuthError::Misuse("monitor-mode auth but we are no key server"))?;
+        let mut d = Decoder::new(payload);
+        let _mode = d.u8()?;
+        let name = AuthEntityName::decode(&mut d)?;
+        let global_id = d.u64()?;
+        let counter = self.shared.next_global_id.clone();
+        let mut session = ServerSession::New;
+        let (challenge, global_id) =
+            server.start_v2(&mut session, name, global_id, &mut *self.rng, &mut || {
+                counter.fetch_add(1, Ordering::Relaxed)
+            })?;
+        self.exchange = Exchange::Mon { session, global_id };
+        Ok(AuthStep::More(challenge))
+    }
+
+    /// AUTH_REQUEST_MORE in AUTH_MODE_MON: GET_AUTH_SESSION_KEY → AUTH_DONE.
+    fn finish_mon(
+        &mut self,
+        now: Instant,
+        mode: ConMode,
+        payload: &[u8],
+    ) -> std::result::Result<AuthStep, AuthError> {
+        let server = self.shared.key_server.clone().ok_or(AuthError::Misuse("no key server"))?;
+        let secret = self.secret(mode);
+        let wall = self.shared.clock.wall(now);
+        let Exchange::Mon { session, global_id } = &mut self.exchange else {
+            return Err(AuthError::Misuse("AUTH_REQUEST_MORE outside a monitor exchange"));
+        };
+        let global_id = *global_id;
+        let (body, key) = server.handle_v2_more(session, payload, wall, &mut *self.rng, &secret)?;
+        Ok(AuthStep::Done {
+            global_id,
+            payload: body,
+            outcome: AuthOutcome {
+                session_key: Some(key.secret().to_vec()),
+                connection_secret: secret,
+            },
+        })
+    }
+
+    /// An authorizer (first or answering our challenge) → challenge or AUTH_DONE.
+    fn authorize(
+        &mut self,
+        now: Instant,
+        mode: ConMode,
+        payload: &[u8],
+    ) -> std::result::Result<AuthStep, AuthError> {
+        let shared = self.shared.clone();
+        let keys =
+            shared.keys.as_ref().ok_or(AuthError::Misuse("no service secrets to verify with"))?;
+        let secret = self.secret(mode);
+        let Exchange::Authorizer(verifier) = &mut self.exchange else {
+            return Err(AuthError::Misuse("authorizer outside an authorizer exchange"));
+        };
+        let verdict = verifier.verify(
+            keys.as_ref(),
+            shared.my_type,
+            payload,
+            shared.config.requires_challenge(self.peer_type),
+            shared.clock.wall(now),
+            (!secret.is_empty()).then(|| secret.clone()),
+            &mut *self.rng,
+        )?;
+        Ok(match verdict {
+            AuthorizerVerdict::Challenge(c) => AuthStep::More(c),
+            AuthorizerVerdict::Accepted(a) => AuthStep::Done {
+                global_id: a.ticket.global_id,
+                payload: a.reply,
+                outcome: AuthOutcome {
+                    session_key: Some(a.session_key.secret().to_vec()),
+                    connection_secret: secret,
+                },
+            },
+        })
+    }
+
+    fn step(
+        &mut self,
+        now: Instant,
+        mode: ConMode,
+        more: bool,
+        payload: &[u8],
+    ) -> std::result::Result<AuthStep, AuthError> {
+        if more {
+            return match self.exchange {
+                Exchange::Mon { .. } => self.finish_mon(now, mode, payload),
+                Exchange::Authorizer(_) => self.authorize(now, mode, payload),
+                Exchange::Fresh => Err(AuthError::Misuse("AUTH_REQUEST_MORE before AUTH_REQUEST")),
+            };
+        }
+        // A new AUTH_REQUEST starts over (the connector may retry after a refusal).
+        self.exchange = Exchange::Fresh;
+        match payload.first().copied() {
+            Some(m) if (AUTH_MODE_MON..=AUTH_MODE_MON_MAX).contains(&m) => self.start_mon(payload),
+            Some(m) if (AUTH_MODE_AUTHORIZER..AUTH_MODE_MON).contains(&m) => {
+                self.exchange = Exchange::Authorizer(AuthorizerVerifier::new());
+                self.authorize(now, mode, payload)
+            }
+            _ => Err(AuthError::Malformed("unknown msgr2 auth mode")),
+        }
+    }
+}
+
+impl AuthServer for CephxV2Server {
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        mode: ConMode,
+        more: bool,
+        payload: &[u8],
+    ) -> AuthStep {
+        self.step(now, mode, more, payload).unwrap_or_else(|e| {
+            log::info!(target: LOG, "cephx over msgr2 from a {} refused: {e}", self.peer_type.name());
+            self.exchange = Exchange::Fresh;
+            // Every credential problem is EACCES (AuthError::errno), as in Ceph.
+            AuthStep::Reject { result: -e.errno() }
+        })
+    }
+}

@@ -1,0 +1,375 @@
+//! cephx over msgr2 on the two-node [`Pair`] harness (virtual clock, in-memory links):
+//! a client authenticating to a monitor (AUTH_MODE_MON) and a daemon presenting an
+//! authorizer to another daemon (AUTH_MODE_AUTHORIZER, with the challenge round), in
+//! crc and secure mode; refusals with AUTH_BAD_METHOD / -EACCES; tampering in secure
+//! mode.
+
+// The virtual clock starts from the real one (an `Instant` cannot be made otherwise).
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::testing::{rng_source, TestRng};
+use super::*;
+use crate::auth::config::{AuthConfig, ConModes};
+use crate::auth::crypto::CryptoKey;
+use crate::auth::keyring::{KeyEntry, KeyRing};
+use crate::auth::provider::{AuthProvider, AuthStep, EACCES};
+use crate::auth::ConMode;
+use crate::encoding::UTime;
+use crate::message::PRIO_DEFAULT;
+use crate::testing::{node_config, Pair};
+use crate::types::{AuthEntityName, EntityName, EntityType, AUTH_CEPHX};
+use crate::{Config, Message, Policy, ProtocolVersion};
+
+const WALL0: UTime = UTime::new(1_700_000_000, 0);
+
+/// A key server for client.admin, osd.0 and osd.1, and client.admin's key.
+struct Cluster {
+    server: Arc<KeyServer>,
+    admin: CryptoKey,
+    clock: WallClock,
+}
+
+fn cluster(seed: u64, start: Instant) -> Cluster {
+    let mut rng = TestRng::new(seed);
+    let mut ring = KeyRing::new();
+    let admin = CryptoKey::generate(WALL0, &mut rng);
+    ring.insert(
+        AuthEntityName::new(EntityType::CLIENT, "admin"),
+        KeyEntry::new(admin.clone()).with_cap("mon", "allow *").with_cap("osd", "allow *"),
+    );
+    for id in ["0", "1"] {
+        let key = CryptoKey::generate(WALL0, &mut rng);
+        ring.insert(
+            AuthEntityName::new(EntityType::OSD, id),
+            KeyEntry::new(key).with_cap("mon", "allow profile osd").with_cap("osd", "allow *"),
+        );
+    }
+    let server = KeyServer::new(ring, AuthConfig::ceph_defaults(), WALL0, &mut rng);
+    Cluster { server: Arc::new(server), admin, clock: WallClock::anchored(start, WALL0) }
+}
+
+/// Node `num`'s configuration as `ty.num` with `auth`.
+fn config(ty: EntityType, num: i64, auth: Arc<dyn AuthProvider>) -> Config {
+    let mut c = node_config(ProtocolVersion::V2, num, 6789 + num as u16, num as u32 + 1);
+    c.my_name = EntityName::new(ty, num);
+    c.auth = auth;
+    c
+}
+
+/// Ceph's defaults with every `ms_*_mode` set to `modes`.
+fn auth_config(modes: &[ConMode]) -> AuthConfig {
+    let mut c = AuthConfig::ceph_defaults();
+    let m = ConModes(modes.to_vec());
+    c.ms_mon_client_mode = m.clone();
+    c.ms_mon_service_mode = m.clone();
+    c.ms_cluster_mode = m.clone();
+    c.ms_client_mode = m.clone();
+    c.ms_service_mode = m;
+    c
+}
+
+fn msg(id: u32, data: usize) -> Message {
+    let mut m = Message::new(2, Bytes::copy_from_slice(&id.to_le_bytes()));
+    m.set_priority(PRIO_DEFAULT);
+    m.set_data(Bytes::from((0..data).map(|i| (i * 7 + id as usize) as u8).collect::<Vec<_>>()));
+    m
+}
+
+fn ids(received: &[Message]) -> Vec<u32> {
+    received
+        .iter()
+        .map(|m| u32::from_le_bytes(m.front()[..4].try_into().unwrap_or([0; 4])))
+        .collect()
+}
+
+/// client.admin (node 0) dialling mon.0 (node 1, a key server) with `client_modes`.
+fn client_and_monitor(
+    c: &Cluster,
+    client_modes: &[ConMode],
+    admin: CryptoKey,
+) -> (Pair, Arc<TicketStore>) {
+    let store = Arc::new(TicketStore::default());
+    let client = CephxProvider::new(
+        AuthEntityName::new(EntityType::CLIENT, "admin"),
+        auth_config(client_modes),
+        c.clock,
+        rng_source(100),
+    )
+    .with_monitor_key(admin, store.clone());
+    let mon = CephxProvider::new(
+        AuthEntityName::new(EntityType::MON, "0"),
+        AuthConfig::ceph_defaults(),
+        c.clock,
+        rng_source(200),
+    )
+    .with_key_server(c.server.clone());
+    let p = Pair::with_configs(
+        c.clock.anchor(),
+        ProtocolVersion::V2,
+        config(EntityType::CLIENT, 0, Arc::new(client)),
+        Policy::lossless_client(),
+        config(EntityType::MON, 1, Arc::new(mon)),
+        Policy::stateful_server(),
+    );
+    (p, store)
+}
+
+/// osd.0 (node 0, tickets from `tickets`) dialling osd.1 (node 1, the cluster's osd
+/// secrets) in `modes`.
+fn osd_pair(c: &Cluster, modes: &[ConMode], tickets: Arc<dyn TicketSource>) -> Pair {
+    let dialler = CephxProvider::new(
+        AuthEntityName::new(EntityType::OSD, "0"),
+        auth_config(modes),
+        c.clock,
+        rng_source(300),
+    )
+    .with_tickets(tickets);
+    let keys = RotatingKeyStore::new(
+        EntityType::OSD,
+        c.server.rotating(EntityType::OSD).cloned().unwrap_or_default(),
+    );
+    let acceptor = CephxProvider::new(
+        AuthEntityName::new(EntityType::OSD, "1"),
+        auth_config(modes),
+        c.clock,
+        rng_source(400),
+    )
+    .with_keys(Arc::new(SharedKeyStore::new(keys)));
+    Pair::with_configs(
+        c.clock.anchor(),
+        ProtocolVersion::V2,
+        config(EntityType::OSD, 0, Arc::new(dialler)),
+        Policy::lossless_client(),
+        config(EntityType::OSD, 1, Arc::new(acceptor)),
+        Policy::stateful_server(),
+    )
+}
+
+/// Messages both ways, byte-exact; returns the negotiated mode and global id.
+fn exchange(p: &mut Pair) -> (ConMode, u64) {
+    let sent0: Vec<Message> = (1..=5).map(|i| msg(i, i as usize * 5000)).collect();
+    let sent1: Vec<Message> = (101..=103).map(|i| msg(i, 777)).collect();
+    for m in &sent0 {
+        p.send(0, m.clone());
+    }
+    p.drive();
+    for m in &sent1 {
+        p.send(1, m.clone());
+    }
+    p.drive();
+    assert_eq!(ids(&p.nodes[1].received), [1, 2, 3, 4, 5], "{:?}", p.nodes[0].log);
+    assert_eq!(ids(&p.nodes[0].received), [101, 102, 103]);
+    for (got, want) in
+        p.nodes[1].received.iter().zip(&sent0).chain(p.nodes[0].received.iter().zip(&sent1))
+    {
+        assert_eq!((got.front(), got.data()), (want.front(), want.data()));
+    }
+    let a = p.session_ep(0).expect("client session");
+    let b = p.session_ep(1).expect("server session");
+    let (ca, cb) = (p.eps[a].conn.con_mode(), p.eps[b].conn.con_mode());
+    assert_eq!(ca, cb);
+    let ga = p.eps[a].conn.as_v2().map(|c| c.global_id()).unwrap_or(0);
+    let gb = p.eps[b].conn.as_v2().map(|c| c.global_id()).unwrap_or(0);
+    assert_eq!(ga, gb, "both sides agree on the global id");
+    (ca.unwrap_or_default(), ga)
+}
+
+// msgr-v2.md 5.3: client.admin to a monitor in AUTH_MODE_MON, in secure and crc mode;
+// the monitor-issued tickets land in the store, and the osd ticket then authenticates
+// client.admin to an OSD (AUTH_MODE_AUTHORIZER, challenge round) in both modes.
+#[test]
+fn client_to_monitor_then_with_its_osd_ticket_to_an_osd_both_modes() {
+    for mode in [ConMode::SECURE, ConMode::CRC] {
+        let c = cluster(1, Instant::now());
+        let (mut p, store) = client_and_monitor(&c, &[mode], c.admin.clone());
+        let (got, global_id) = exchange(&mut p);
+        assert_eq!(got, mode);
+        assert!(global_id >= crate::auth::FIRST_GLOBAL_ID, "a fresh id from the monitor");
+        let (gid, osd_ticket) =
+            store.ticket(EntityType::OSD).expect("an osd ticket from AUTH_DONE");
+        assert_eq!(gid, global_id);
+        assert!(store.ticket(EntityType::MGR).is_some() && store.ticket(EntityType::MON).is_some());
+
+        // The same ticket through the osd pair, presented by "osd.0" as the client it is.
+        let tickets = Arc::new(TicketStore::new(gid));
+        tickets.insert(gid, osd_ticket);
+        let mut p = osd_pair(&c, &[mode], tickets);
+        let (got, osd_gid) = exchange(&mut p);
+        assert_eq!((got, osd_gid), (mode, global_id), "AUTH_DONE names the ticket's global id");
+    }
+}
+
+// Daemon to daemon with a minted ticket: the acceptor's preference does not matter,
+// the connector's first allowed mode wins (msgr-v2.md 5.2).
+#[test]
+fn osd_to_osd_authorizer_picks_the_connectors_first_allowed_mode() {
+    let c = cluster(2, Instant::now());
+    let mut rng = TestRng::new(9);
+    let name = AuthEntityName::new(EntityType::OSD, "0");
+    let t = c.server.service_ticket(&name, 4200, EntityType::OSD, WALL0, &mut rng).unwrap();
+    let tickets = Arc::new(TicketStore::new(4200));
+    tickets.insert(4200, t);
+    for (modes, want) in [
+        (&[ConMode::SECURE, ConMode::CRC][..], ConMode::SECURE),
+        (&[ConMode::CRC, ConMode::SECURE][..], ConMode::CRC),
+    ] {
+        let mut p = osd_pair(&c, modes, tickets.clone());
+        assert_eq!(exchange(&mut p), (want, 4200));
+    }
+}
+
+// A wrong client key: the monitor still challenges, then answers GET_AUTH_SESSION_KEY
+// with AUTH_BAD_METHOD -EACCES (msgr-v2.md 5.3 "Failures" [V]); with no other method the
+// connector is refused for good and nothing is delivered.
+#[test]
+fn wrong_key_is_refused_with_eacces() {
+    let start = Instant::now();
+    let c = cluster(3, start);
+    let wrong = CryptoKey::generate(WALL0, &mut TestRng::new(77));
+    let (mut p, store) = client_and_monitor(&c, &[ConMode::SECURE], wrong.clone());
+    p.send(0, msg(1, 10));
+    p.run_for(Duration::from_secs(30));
+    assert_eq!(p.nodes[0].refused, 1, "{:?}", p.nodes[0].log);
+    assert!(p.nodes[1].received.is_empty());
+    assert!(store.ticket(EntityType::OSD).is_none());
+
+    // The same exchange through the handlers: the answer is -EACCES.
+    let client = CephxProvider::new(
+        AuthEntityName::new(EntityType::CLIENT, "admin"),
+        AuthConfig::ceph_defaults(),
+        c.clock,
+        rng_source(5),
+    )
+    .with_monitor_key(wrong, Arc::new(TicketStore::default()));
+    let mon = CephxProvider::new(
+        AuthEntityName::new(EntityType::MON, "0"),
+        AuthConfig::ceph_defaults(),
+        c.clock,
+        rng_source(6),
+    )
+    .with_key_server(c.server.clone());
+    let mut cl = client.client(EntityType::MON, AUTH_CEPHX).unwrap();
+    let mut sv = mon.server(EntityType::CLIENT, AUTH_CEPHX).unwrap();
+    let req = cl.build_request().unwrap();
+    let AuthStep::More(challenge) = sv.handle_request(start, ConMode::SECURE, false, &req) else {
+        panic!("no challenge")
+    };
+    let more = cl.handle_reply_more(&challenge).unwrap();
+    assert_eq!(
+        sv.handle_request(start, ConMode::SECURE, true, &more),
+        AuthStep::Reject { result: EACCES }
+    );
+}
+
+// An authorizer sealed with another cluster's secrets, and one whose ticket expired at
+// the acceptor's now: AUTH_BAD_METHOD -EACCES, the connector is refused.
+#[test]
+fn bad_or_expired_authorizer_is_refused() {
+    let start = Instant::now();
+    let c = cluster(4, start);
+    let other = cluster(5, start);
+    let mut rng = TestRng::new(9);
+    let name = AuthEntityName::new(EntityType::OSD, "0");
+    let t = other.server.service_ticket(&name, 4300, EntityType::OSD, WALL0, &mut rng).unwrap();
+    let tickets = Arc::new(TicketStore::new(4300));
+    tickets.insert(4300, t);
+    let mut p = osd_pair(&c, &[ConMode::SECURE], tickets.clone());
+    p.send(0, msg(1, 10));
+    p.run_for(Duration::from_secs(30));
+    assert_eq!(p.nodes[0].refused, 1, "{:?}", p.nodes[0].log);
+    assert!(p.nodes[1].received.is_empty());
+
+    let good = c.server.service_ticket(&name, 4300, EntityType::OSD, WALL0, &mut rng).unwrap();
+    let osd1 = CephxProvider::new(
+        AuthEntityName::new(EntityType::OSD, "1"),
+        AuthConfig::ceph_defaults(),
+        c.clock,
+        rng_source(8),
+    )
+    .with_key_server(c.server.clone());
+    let authorizer = Authorizer::new(4300, &good, &mut rng);
+    let mut sv = osd1.server(EntityType::OSD, AUTH_CEPHX).unwrap();
+    let late = start + AuthConfig::ceph_defaults().auth_service_ticket_ttl + Duration::from_secs(1);
+    assert_eq!(
+        sv.handle_request(late, ConMode::CRC, false, authorizer.bytes()),
+        AuthStep::Reject { result: EACCES }
+    );
+    // In time it is challenged (cephx v2 required by default).
+    assert!(matches!(
+        sv.handle_request(start, ConMode::CRC, false, authorizer.bytes()),
+        AuthStep::More(_)
+    ));
+}
+
+// A flipped bit inside the first MESSAGE in secure mode fails its GCM tag: the acceptor
+// faults the connection (stateful server → standby), the client reconnects with a new
+// authorizer and a new connection secret, and the message arrives once.
+#[test]
+fn tampered_secure_frame_faults_and_a_new_authentication_recovers() {
+    let c = cluster(6, Instant::now());
+    let ticket = |c: &Cluster| {
+        let name = AuthEntityName::new(EntityType::OSD, "0");
+        let t = c.server.service_ticket(&name, 4400, EntityType::OSD, WALL0, &mut TestRng::new(3));
+        let tickets = Arc::new(TicketStore::new(4400));
+        tickets.insert(4400, t.unwrap());
+        tickets
+    };
+    let mut probe = osd_pair(&c, &[ConMode::SECURE], ticket(&c));
+    probe.connect(0);
+    probe.drive();
+    let handshake = probe.links[0].sent[1];
+    let mut p = osd_pair(&c, &[ConMode::SECURE], ticket(&c));
+    p.tamper = Some((1, handshake + 60, 0x40));
+    p.send(0, msg(7, 3000));
+    p.run_for(Duration::from_secs(5));
+    assert_eq!(ids(&p.nodes[1].received), [7]);
+    assert!(p.links.len() >= 2, "a second connection authenticated");
+    assert!(p.nodes[1].log.contains(&"Standby".to_string()), "{:?}", p.nodes[1].log);
+    assert!(p.nodes[0].log.contains(&"Reconnect".to_string()), "{:?}", p.nodes[0].log);
+    let a = p.session_ep(0).unwrap();
+    assert_eq!(p.eps[a].conn.con_mode(), Some(ConMode::SECURE));
+}
+
+// Ceph's AuthRegistry through the provider: a client without a key offers none (or
+// nothing), a monitor with a key server accepts cephx, modes follow ms_*_mode.
+#[test]
+fn provider_methods_and_modes_follow_the_registry() {
+    let c = cluster(7, Instant::now());
+    let mut cfg = AuthConfig::ceph_defaults();
+    let client = |cfg: AuthConfig| {
+        CephxProvider::new(
+            AuthEntityName::new(EntityType::CLIENT, "admin"),
+            cfg,
+            c.clock,
+            rng_source(1),
+        )
+    };
+    let role = crate::auth::AuthRole::Connector;
+    // No keyring: cephx dropped, as Ceph's "no keyring found ... disabling cephx".
+    assert_eq!(client(cfg.clone()).methods(role, EntityType::MON), [crate::types::AUTH_NONE]);
+    let keyed =
+        client(cfg.clone()).with_monitor_key(c.admin.clone(), Arc::new(TicketStore::default()));
+    assert_eq!(keyed.methods(role, EntityType::MON), [AUTH_CEPHX, crate::types::AUTH_NONE]);
+    assert_eq!(keyed.modes(role, EntityType::MON), [ConMode::SECURE, ConMode::CRC]);
+    assert_eq!(keyed.modes(role, EntityType::OSD), [ConMode::CRC, ConMode::SECURE]);
+    cfg.set("ms_mon_client_mode", "crc").unwrap();
+    assert_eq!(client(cfg).modes(role, EntityType::MON), [ConMode::CRC]);
+    let mon = CephxProvider::new(
+        AuthEntityName::new(EntityType::MON, "a"),
+        AuthConfig::ceph_defaults(),
+        c.clock,
+        rng_source(2),
+    );
+    let acc = crate::auth::AuthRole::Acceptor;
+    assert!(mon.methods(acc, EntityType::CLIENT).is_empty(), "no keys: nothing to accept");
+    let mon = mon.with_key_server(c.server.clone());
+    assert_eq!(mon.methods(acc, EntityType::CLIENT), [AUTH_CEPHX]);
+    assert_eq!(mon.modes(acc, EntityType::CLIENT), [ConMode::SECURE, ConMode::CRC]);
+    assert_eq!(connection_secret_len(ConMode::SECURE), 64);
+    assert_eq!(connection_secret_len(ConMode::CRC), 0);
+}
