@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::auth::AuthProvider;
+use protocol::auth::{AuthProvider, ConModes, ConnKind, WithConModes};
+use protocol::types::EntityType as PeerType;
 
 #[cfg(feature = "fault-injection")]
 use protocol::types::EntityType;
@@ -112,6 +113,28 @@ pub struct MessengerConfig {
     /// msgr2's AUTH frames). `None`: auth none as our entity name. Set it before the
     /// messenger starts; [`MessengerConfig::with_auth_provider`] wraps an `Arc`.
     pub auth: Option<AuthProviderHandle>,
+    // ---- msgr2 connection modes (Ceph's `ms_*_mode`); `None`: the auth provider's own
+    // lists (a cephx provider's AuthConfig, auth none: crc). Which applies to a
+    // connection follows Ceph's AuthRegistry (`protocol::auth::ConnKind`).
+    /// `ms_mon_client_mode`: modes a client offers monitors.
+    #[doc(alias = "ms_mon_client_mode")]
+    pub mon_client_mode: Option<ConModes>,
+    /// `ms_mon_cluster_mode`: modes between monitors.
+    #[doc(alias = "ms_mon_cluster_mode")]
+    pub mon_cluster_mode: Option<ConModes>,
+    /// `ms_mon_service_mode`: modes a monitor allows anything but monitors.
+    #[doc(alias = "ms_mon_service_mode")]
+    pub mon_service_mode: Option<ConModes>,
+    /// `ms_client_mode`: modes a client offers other daemons.
+    #[doc(alias = "ms_client_mode")]
+    pub client_mode: Option<ConModes>,
+    /// `ms_cluster_mode`: modes between non-monitor daemons.
+    #[doc(alias = "ms_cluster_mode")]
+    pub cluster_mode: Option<ConModes>,
+    /// `ms_service_mode`: modes a non-monitor daemon allows clients.
+    #[doc(alias = "ms_service_mode")]
+    pub service_mode: Option<ConModes>,
+    // ---- end of the msgr2 connection modes
     /// `ms_inject_socket_failures` (test seam, feature `fault-injection`): each socket
     /// read, write, dial and accept fails — the socket is shut down, as a network
     /// failure would — with probability 1/N; 0 = never.
@@ -176,6 +199,12 @@ impl Default for MessengerConfig {
             max_queued_bytes: 256 << 20,
             max_total_queued_bytes: 1 << 30,
             auth: None,
+            mon_client_mode: None,
+            mon_cluster_mode: None,
+            mon_service_mode: None,
+            client_mode: None,
+            cluster_mode: None,
+            service_mode: None,
             #[cfg(feature = "fault-injection")]
             inject_socket_failures: 0,
             #[cfg(feature = "fault-injection")]
@@ -199,6 +228,29 @@ impl MessengerConfig {
     pub fn with_auth_provider(mut self, provider: Arc<dyn AuthProvider>) -> Self {
         self.auth = Some(AuthProviderHandle(provider));
         self
+    }
+
+    /// `provider` for an entity of type `me` with the `ms_*_mode` options set here
+    /// replacing its mode lists (unchanged when none is set).
+    pub fn apply_con_modes(
+        &self,
+        provider: Arc<dyn AuthProvider>,
+        me: PeerType,
+    ) -> Arc<dyn AuthProvider> {
+        let set = [
+            (ConnKind::ClientToMon, &self.mon_client_mode),
+            (ConnKind::MonCluster, &self.mon_cluster_mode),
+            (ConnKind::MonService, &self.mon_service_mode),
+            (ConnKind::Client, &self.client_mode),
+            (ConnKind::Cluster, &self.cluster_mode),
+            (ConnKind::Service, &self.service_mode),
+        ];
+        let modes: std::collections::BTreeMap<ConnKind, ConModes> =
+            set.into_iter().filter_map(|(k, m)| Some((k, m.clone()?))).collect();
+        if modes.is_empty() {
+            return provider;
+        }
+        Arc::new(WithConModes::new(provider, me, modes))
     }
 
     /// Checks every option: zero where zero would spin (a zero keepalive interval,

@@ -62,6 +62,7 @@ pub(crate) fn protocol_config(
     if let Some(auth) = &config.auth {
         pc.auth = auth.0.clone();
     }
+    pc.auth = config.apply_con_modes(pc.auth.clone(), pc.my_name.ty);
     pc
 }
 

@@ -94,7 +94,7 @@ impl ConModes {
 /// Which of Ceph's three method lists and six mode lists applies to one connection:
 /// Ceph's `AuthRegistry::get_supported_methods` for an entity of type `me` talking to a
 /// peer of type `peer`, whichever side dialled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ConnKind {
     /// We are a client; the peer a monitor (`auth_client_required`, `ms_mon_client_mode`).
     ClientToMon,

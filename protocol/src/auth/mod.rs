@@ -104,5 +104,5 @@ pub use mode::ConMode;
 pub use none::{AuthNoneClient, AuthNoneProvider, AuthNoneServer, FIRST_GLOBAL_ID};
 pub use provider::{
     filter_modes, pick_mode, AuthClient, AuthOutcome, AuthProvider, AuthRole, AuthServer, AuthStep,
-    AUTH_MODE_AUTHORIZER, AUTH_MODE_MON, AUTH_MODE_MON_MAX, EACCES, EOPNOTSUPP,
+    WithConModes, AUTH_MODE_AUTHORIZER, AUTH_MODE_MON, AUTH_MODE_MON_MAX, EACCES, EOPNOTSUPP,
 };

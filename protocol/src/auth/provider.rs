@@ -14,6 +14,8 @@
 //! These are Ceph's `AuthClient` / `AuthServer` / `AuthRegistry` interfaces reduced to
 //! what one connection needs.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -22,6 +24,7 @@ use crate::error::Result;
 use crate::types::{EntityType, AUTH_NONE};
 
 use super::authorizer::{AuthorizerClient, AuthorizerServer};
+use super::config::{ConModes, ConnKind};
 use super::mode::ConMode;
 
 /// `AUTH_MODE_AUTHORIZER`: the payload is an authorizer (any peer but a monitor).
@@ -154,6 +157,56 @@ pub trait AuthProvider: Send + Sync {
     }
 }
 
+/// Another provider with some of its msgr2 mode lists replaced (a messenger's
+/// `ms_*_mode` options over whatever provider it was given); everything else is the
+/// inner provider's.
+pub struct WithConModes {
+    inner: Arc<dyn AuthProvider>,
+    me: EntityType,
+    modes: BTreeMap<ConnKind, ConModes>,
+}
+
+impl WithConModes {
+    /// `inner` for an entity of type `me`, with `modes` replacing its lists for those
+    /// kinds of connection.
+    pub fn new(
+        inner: Arc<dyn AuthProvider>,
+        me: EntityType,
+        modes: BTreeMap<ConnKind, ConModes>,
+    ) -> Self {
+        WithConModes { inner, me, modes }
+    }
+}
+
+impl AuthProvider for WithConModes {
+    fn methods(&self, role: AuthRole, peer_type: EntityType) -> Vec<u32> {
+        self.inner.methods(role, peer_type)
+    }
+
+    fn modes(&self, role: AuthRole, peer_type: EntityType) -> Vec<ConMode> {
+        match self.modes.get(&ConnKind::of(self.me, peer_type)) {
+            Some(m) => m.0.clone(),
+            None => self.inner.modes(role, peer_type),
+        }
+    }
+
+    fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
+        self.inner.client(peer_type, method)
+    }
+
+    fn server(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>> {
+        self.inner.server(peer_type, method)
+    }
+
+    fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
+        self.inner.authorizer_client(peer_type)
+    }
+
+    fn authorizer_server(&self) -> Option<Box<dyn AuthorizerServer>> {
+        self.inner.authorizer_server()
+    }
+}
+
 /// Ceph's `AuthRegistry::get_supported_modes` filter: a method without a connection
 /// secret (auth none) cannot do secure mode.
 pub fn filter_modes(method: u32, modes: &[ConMode]) -> Vec<ConMode> {
@@ -180,5 +233,18 @@ mod tests {
             Some(ConMode::SECURE)
         );
         assert_eq!(pick_mode(&[ConMode::SECURE], &[ConMode::CRC]), None);
+    }
+
+    // The override replaces exactly the lists it names.
+    #[test]
+    fn with_con_modes_overrides_only_its_kinds() {
+        let none = Arc::new(super::super::AuthNoneProvider::new(
+            crate::types::AuthEntityName::new(EntityType::CLIENT, "admin"),
+        ));
+        let modes = BTreeMap::from([(ConnKind::ClientToMon, ConModes(vec![ConMode::SECURE]))]);
+        let p = WithConModes::new(none, EntityType::CLIENT, modes);
+        assert_eq!(p.modes(AuthRole::Connector, EntityType::MON), [ConMode::SECURE]);
+        assert_eq!(p.modes(AuthRole::Connector, EntityType::OSD), [ConMode::CRC]);
+        assert_eq!(p.methods(AuthRole::Connector, EntityType::MON), [AUTH_NONE]);
     }
 }
