@@ -1,9 +1,11 @@
-//! A tiny Ceph monitor client over asyncmsgr (msgr v1, auth none or cephx).
+//! A tiny Ceph monitor client over asyncmsgr (msgr v1 or msgr2, auth none or cephx).
 //!
 //! ```text
 //! cargo run --release --example mon_client -- v1:127.0.0.1:6789 status
 //! cargo run --release --example mon_client -- --keyring /etc/ceph/ceph.client.admin.keyring \
 //!     --name client.admin v1:127.0.0.1:6789 status
+//! cargo run --release --example mon_client -- --keyring /etc/ceph/ceph.client.admin.keyring \
+//!     --name client.admin --mode secure v2:127.0.0.1:3300 status
 //! cargo run --release --example mon_client -- v1:127.0.0.1:6789 mon dump
 //! cargo run --release --example mon_client -- v1:127.0.0.1:6789 '{"prefix": "health"}'
 //! cargo run --release --example mon_client -- v1:127.0.0.1:6789 --watch
@@ -22,6 +24,13 @@
 //! service tickets, renewal before they expire while watching, and on reconnect the old
 //! ticket proves our global id so the monitor lets us keep it. A wrong key, an unknown
 //! entity or missing caps end the program with the monitor's refusal, at once.
+//!
+//! At a `v2:` address it speaks msgr2 and authenticates as Ceph's MonClient does there:
+//! in the handshake's AUTH frames (no MAuth message), through the messenger's cephx
+//! provider (`CephxProvider::with_monitor_key`), each connection anew. `--mode secure`,
+//! `--mode crc` or `--mode "secure crc"` is the messenger's `ms_mon_client_mode`
+//! (default Ceph's "secure crc"); the mode the monitor picked is printed on stderr. Auth
+//! none allows crc mode only. The first message is MMonGetMap, as a Pacific client's.
 #![allow(clippy::print_stdout)] // An example's job is to print.
 
 use std::net::SocketAddr;
@@ -29,14 +38,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use asyncmsgr::auth::cephx::{CephxClient, ClientConfig, ClientEvent};
-use asyncmsgr::auth::{parse_entity_name, KeyRing};
+use asyncmsgr::auth::cephx::{
+    CephxClient, CephxProvider, ClientConfig, ClientEvent, RngSource, TicketStore, WallClock,
+};
+use asyncmsgr::auth::{parse_entity_name, AuthConfig, ConModes, KeyRing};
 use asyncmsgr::messages::{
     decode_any, AnyMessage, AuthNegotiation, MAuth, MAuthReply, MMonCommand, MMonSubscribe, MonMap,
     TypedMessage,
 };
+use asyncmsgr::types::AddrType;
 use asyncmsgr::{
-    Connection, Dispatched, Dispatcher, EntityName, EntityType, Message, Messenger,
+    Connection, Dispatched, Dispatcher, EntityAddr, EntityName, EntityType, Message, Messenger,
     MessengerConfig, Policy,
 };
 use crossbeam_channel::{Receiver, Sender};
@@ -73,37 +85,67 @@ impl Dispatcher<Connection> for Forward {
 struct Client {
     msgr: Messenger,
     mon: SocketAddr,
+    /// msgr2 (a `v2:` address): authentication happens in the handshake.
+    v2: bool,
     rx: Receiver<Event>,
-    /// cephx state (kept across reconnects: its ticket reclaims our global id), or
-    /// `None` for auth none.
+    /// cephx state over msgr v1 (kept across reconnects: its ticket reclaims our global
+    /// id), or `None` for auth none and for msgr2.
     cephx: Option<CephxClient>,
 }
 
-/// `--keyring FILE --name TYPE.ID`: the cephx client for that entity.
-fn cephx_client(keyring: &str, name: &str) -> Result<CephxClient, String> {
+/// `--keyring FILE --name TYPE.ID`: that entity's name and key.
+fn load_key(
+    keyring: &str,
+    name: &str,
+) -> Result<(asyncmsgr::types::AuthEntityName, asyncmsgr::auth::CryptoKey), String> {
     let entity = parse_entity_name(name)
         .ok_or_else(|| format!("--name {name:?} is not an entity name (e.g. client.admin)"))?;
     let ring = KeyRing::load(keyring).map_err(|e| e.to_string())?;
     let key = ring.key(&entity).map_err(|e| e.to_string())?.clone();
+    Ok((entity, key))
+}
+
+/// The cephx client of msgr v1 (MAuth messages) for `--keyring` / `--name`.
+fn cephx_client(keyring: &str, name: &str) -> Result<CephxClient, String> {
+    let (entity, key) = load_key(keyring, name)?;
     let mut config = ClientConfig::new(entity, key);
     config.request_timeout = WAIT;
     Ok(CephxClient::new(config, Box::new(rand::rngs::OsRng)))
 }
 
+/// The messenger's cephx provider for msgr2 (authentication in the AUTH frames).
+fn cephx_provider(keyring: &str, name: &str) -> Result<Arc<CephxProvider>, String> {
+    let (entity, key) = load_key(keyring, name)?;
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
+    let wall = asyncmsgr::protocol::encoding::UTime::new(
+        u32::try_from(wall.as_secs()).unwrap_or(u32::MAX),
+        wall.subsec_nanos(),
+    );
+    let clock = WallClock::anchored(Instant::now(), wall);
+    let rng: RngSource = Arc::new(|| Box::new(rand::rngs::OsRng) as _);
+    let provider = CephxProvider::new(entity, AuthConfig::ceph_defaults(), clock, rng)
+        .with_monitor_key(key, Arc::new(TicketStore::default()));
+    Ok(Arc::new(provider))
+}
+
 impl Client {
-    fn new(mon: SocketAddr, cephx: Option<CephxClient>) -> Result<Client, String> {
+    fn new(
+        mon: SocketAddr,
+        v2: bool,
+        cephx: Option<CephxClient>,
+        config: MessengerConfig,
+    ) -> Result<Client, String> {
         let nonce = rand::random::<u32>() | 1;
-        let msgr = Messenger::new(
-            EntityName::new(EntityType::CLIENT, EntityName::NEW),
-            nonce,
-            MessengerConfig { workers: 1, ..MessengerConfig::default() },
-        )
-        .map_err(|e| format!("messenger: {e}"))?;
+        let msgr =
+            Messenger::new(EntityName::new(EntityType::CLIENT, EntityName::NEW), nonce, config)
+                .map_err(|e| format!("messenger: {e}"))?;
         msgr.set_policy(EntityType::MON, Policy::lossy_client());
         msgr.start().map_err(|e| format!("start: {e}"))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         msgr.add_dispatcher_head(Arc::new(Forward(tx))).map_err(|e| format!("dispatcher: {e}"))?;
-        Ok(Client { msgr, mon, rx, cephx })
+        Ok(Client { msgr, mon, v2, rx, cephx })
     }
 
     /// Waits for the first message `pick` accepts; a reset is an error.
@@ -133,6 +175,9 @@ impl Client {
     /// connection and the monmap.
     fn session(&mut self) -> Result<(Connection, MonMap), String> {
         self.msgr.set_myname(EntityName::new(EntityType::CLIENT, EntityName::NEW));
+        if self.v2 {
+            return self.session_v2();
+        }
         let conn = self.msgr.get_connection(EntityType::MON, self.mon);
         let mut monmap = None;
         let gid = match self.cephx.take() {
@@ -153,6 +198,25 @@ impl Client {
                 _ => None,
             })?,
         };
+        Ok((conn, monmap))
+    }
+
+    /// msgr2: the handshake authenticates (the messenger's provider); the first message
+    /// is MMonGetMap, answered with the monmap. Prints the negotiated mode on stderr.
+    fn session_v2(&mut self) -> Result<(Connection, MonMap), String> {
+        let addr = EntityAddr { ty: AddrType::MSGR2, nonce: 0, addr: Some(self.mon) };
+        let conn = self.msgr.connect_to(EntityType::MON, addr);
+        let mut get_map =
+            Message::new(asyncmsgr::messages::MsgType::MON_GET_MAP.0, asyncmsgr::Bytes::new());
+        get_map.set_version(1);
+        get_map.set_compat_version(1);
+        conn.send_message(get_map).map_err(|e| e.to_string())?;
+        let monmap = self.wait("MMonMap", |m, _| match m {
+            AnyMessage::MonMap(m) => Some(m.monmap),
+            _ => None,
+        })?;
+        let mode = conn.con_mode().map_or("unknown", |m| m.name());
+        eprintln!("mon_client: msgr2 to {}, {mode} mode", self.mon);
         Ok((conn, monmap))
     }
 
@@ -336,17 +400,24 @@ fn print_monmap(m: &MonMap) {
     println!("{j}");
 }
 
-/// `v1:127.0.0.1:6789`, `127.0.0.1:6789` or `v1:127.0.0.1:6789/0`.
-fn parse_mon_addr(s: &str) -> Result<SocketAddr, String> {
-    let s = s.strip_prefix("v1:").unwrap_or(s);
+/// `v1:127.0.0.1:6789`, `127.0.0.1:6789`, `v1:127.0.0.1:6789/0` or (msgr2)
+/// `v2:127.0.0.1:3300`; returns the socket address and whether it is msgr2.
+fn parse_mon_addr(s: &str) -> Result<(SocketAddr, bool), String> {
+    let (s, v2) = match s.strip_prefix("v2:") {
+        Some(rest) => (rest, true),
+        None => (s.strip_prefix("v1:").unwrap_or(s), false),
+    };
     let s = s.split('/').next().unwrap_or(s);
-    s.parse().map_err(|e| format!("bad monitor address {s:?}: {e}"))
+    let addr = s.parse().map_err(|e| format!("bad monitor address {s:?}: {e}"))?;
+    Ok((addr, v2))
 }
 
 fn main() -> ExitCode {
-    const USAGE: &str = "usage: mon_client [--keyring FILE [--name TYPE.ID]] <v1:IP:PORT> \
+    const USAGE: &str = "usage: mon_client [--keyring FILE [--name TYPE.ID]] \
+                         [--mode secure|crc|'secure crc'] <v1:IP:PORT | v2:IP:PORT> \
                          (<command words> | '<json>' | --watch)";
     let mut keyring = None;
+    let mut mode = None;
     let mut name = "client.admin".to_owned();
     let mut positional = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -354,6 +425,7 @@ fn main() -> ExitCode {
         match a.as_str() {
             "--keyring" | "-k" => keyring = args.next(),
             "--name" | "-n" => name = args.next().unwrap_or_default(),
+            "--mode" => mode = args.next(),
             _ => positional.push(a),
         }
     }
@@ -362,8 +434,23 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let run = || -> Result<ExitCode, String> {
-        let cephx = keyring.as_deref().map(|k| cephx_client(k, &name)).transpose()?;
-        let mut client = Client::new(parse_mon_addr(addr)?, cephx)?;
+        let (mon, v2) = parse_mon_addr(addr)?;
+        let mut config = MessengerConfig { workers: 1, ..MessengerConfig::default() };
+        if let Some(m) = &mode {
+            if !v2 {
+                return Err("--mode is for msgr2 (a v2: address)".into());
+            }
+            config.mon_client_mode = Some(ConModes::parse(m).map_err(|e| format!("--mode: {e}"))?);
+        }
+        let cephx = match (&keyring, v2) {
+            (Some(k), false) => Some(cephx_client(k, &name)?),
+            (Some(k), true) => {
+                config = config.with_auth_provider(cephx_provider(k, &name)?);
+                None
+            }
+            (None, _) => None,
+        };
+        let mut client = Client::new(mon, v2, cephx, config)?;
         let result = match rest {
             [w] if w == "--watch" => client.watch(),
             [] => client.command(r#"{"prefix": "status", "format": "json"}"#),
