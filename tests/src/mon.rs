@@ -24,7 +24,9 @@ use crossbeam_channel::{Receiver, Sender};
 use messenger::{
     Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, SendError,
 };
-use protocol::auth::cephx::{CephxClient, ClientEvent, KeyServer, ServerSession};
+use protocol::auth::cephx::{
+    CephxClient, CephxProvider, ClientEvent, KeyServer, RngSource, ServerSession, WallClock,
+};
 use protocol::auth::{AuthConfig, KeyRing};
 use protocol::encoding::UTime;
 use protocol::messages::{
@@ -33,7 +35,8 @@ use protocol::messages::{
     MPing, MonMap, MsgType, TypedMessage,
 };
 use protocol::types::{
-    AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType, Features, AUTH_NONE,
+    AddrType, AuthEntityName, EntityAddr, EntityAddrVec, EntityName, EntityType, Features,
+    AUTH_NONE,
 };
 use protocol::Message;
 
@@ -451,6 +454,31 @@ impl MiniMon {
         MiniMon::serve_with(fsid, commands, None, true)
     }
 
+    /// [`MiniMon::serve_msgr2`] with cephx required in msgr2's AUTH frames: the
+    /// messenger's `CephxProvider` answers AUTH_MODE_MON with a [`KeyServer`] for the
+    /// entities of `keyring` (challenge, proof, tickets, a connection secret), in the
+    /// mode Ceph's `ms_mon_service_mode` default ("secure crc") and the client's
+    /// preference pick. No MAuth comes; the dispatcher sees authenticated sessions only.
+    pub fn serve_msgr2_cephx(
+        fsid: [u8; 16],
+        commands: CommandHandler,
+        keyring: KeyRing,
+    ) -> io::Result<(Messenger, SocketAddr, Receiver<Received>)> {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+        let server = KeyServer::new(keyring, AuthConfig::ceph_defaults(), wall_now(), &mut rng);
+        let clock = WallClock::anchored(Instant::now(), wall_now());
+        let rng: RngSource = Arc::new(|| Box::new(rand::rngs::OsRng) as _);
+        let provider = CephxProvider::new(
+            AuthEntityName::new(EntityType::MON, "a"),
+            AuthConfig::ceph_defaults(),
+            clock,
+            rng,
+        )
+        .with_key_server(Arc::new(server));
+        let config = MessengerConfig::default().with_auth_provider(Arc::new(provider));
+        MiniMon::serve_config(fsid, commands, None, true, config)
+    }
+
     /// [`MiniMon::serve`] with cephx required (Ceph's defaults, `cephx_*` as in
     /// 16.2.15) for the entities of `keyring`: MAuth is answered by a
     /// [`KeyServer`], and nothing else is answered before the session authenticated.
@@ -468,8 +496,17 @@ impl MiniMon {
         keyring: Option<KeyRing>,
         msgr2: bool,
     ) -> io::Result<(Messenger, SocketAddr, Receiver<Received>)> {
-        let msgr =
-            Messenger::new(EntityName::new(EntityType::MON, 0), 0, MessengerConfig::default())?;
+        MiniMon::serve_config(fsid, commands, keyring, msgr2, MessengerConfig::default())
+    }
+
+    fn serve_config(
+        fsid: [u8; 16],
+        commands: CommandHandler,
+        keyring: Option<KeyRing>,
+        msgr2: bool,
+        config: MessengerConfig,
+    ) -> io::Result<(Messenger, SocketAddr, Receiver<Received>)> {
+        let msgr = Messenger::new(EntityName::new(EntityType::MON, 0), 0, config)?;
         msgr.set_default_policy(Policy::stateless_server());
         let addr = msgr.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         msgr.start()?;

@@ -289,3 +289,69 @@ fn ceph_cli_status_over_msgr2_against_our_messenger() {
     assert_eq!(src.map(|s| s.ty), Some(EntityType::CLIENT), "src {src:?}");
     msgr.shutdown();
 }
+
+/// Issue 15 must-show 2, cephx: the real CLI over msgr2 with a keyring and
+/// `ms_mon_client_mode = secure` (then `crc`) against our messenger playing a monitor
+/// whose cephx provider answers AUTH_MODE_MON with a key server. The CLI proves its key
+/// in the AUTH frames, in secure mode both sides switch to AES-128-GCM after AUTH_DONE,
+/// and `ceph -s` prints our JSON; every message our side received came on a msgr2
+/// session in the mode the CLI asked for.
+#[test]
+fn ceph_cli_status_over_msgr2_with_cephx_in_secure_and_crc_mode() {
+    init_logging();
+    if !ceph_available("ceph_cli_status_over_msgr2_cephx") {
+        return;
+    }
+    for (name, mode) in [("secure", ConMode::SECURE), ("crc", ConMode::CRC)] {
+        cli_status_over_msgr2_with_cephx(name, mode);
+    }
+}
+
+fn cli_status_over_msgr2_with_cephx(mode_name: &str, mode: ConMode) {
+    let ring = tests::ceph::cephx_keyring();
+    let cell = std::sync::Arc::new(std::sync::OnceLock::new());
+    let (msgr, addr, rx) =
+        MiniMon::serve_msgr2_cephx(FSID, handler(cell.clone()), ring.clone()).expect("serve");
+    let _ = cell.set(addr);
+    let dir = std::env::temp_dir()
+        .join(format!("asyncmsgr-v2cephx-cli-{}-{mode_name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("conf dir");
+    let conf = ConfDir(dir.join("ceph.conf"));
+    std::fs::write(dir.join("keyring"), ring.to_text()).expect("keyring");
+    let d = dir.display();
+    std::fs::write(
+        &conf.0,
+        format!(
+            "[global]\nfsid = {fsid}\nmon_host = v2:{addr}\n\
+             auth_cluster_required = cephx\nauth_service_required = cephx\n\
+             auth_client_required = cephx\nms_mon_client_mode = {mode_name}\n\
+             log_file = {d}/$name.log\nadmin_socket = {d}/$name.asok\nkeyring = {d}/keyring\n",
+            fsid = fsid_string(&FSID),
+        ),
+    )
+    .expect("conf");
+    let out = run_ceph(&conf.0, &["-s", "-f", "json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let seen = Seen::collect(&rx);
+    for r in &seen.all {
+        eprintln!("{:?} tid {} {:?} {:?}", r.src, r.tid, r.msg.msg_type(), r.conn.con_mode());
+    }
+    assert!(
+        out.status.success(),
+        "{mode_name}: ceph -s failed: {:?}\n{stdout}\n{stderr}",
+        out.status
+    );
+    let printed: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("CLI output is not JSON ({e}): {stdout}"));
+    assert_eq!(printed, status_json());
+    assert!(seen.auths().is_empty(), "no MAuth over msgr2");
+    assert!(!seen.all.is_empty());
+    for r in &seen.all {
+        assert_eq!(r.conn.protocol(), Some(ProtocolVersion::V2), "{:?}", r.msg.msg_type());
+        assert_eq!(r.conn.con_mode(), Some(mode), "{mode_name}: {:?}", r.msg.msg_type());
+    }
+    let cmds = seen.commands();
+    assert!(cmds.iter().any(|(_, _, c)| c["prefix"] == "status"), "{cmds:?}");
+    msgr.shutdown();
+}
