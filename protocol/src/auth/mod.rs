@@ -38,7 +38,11 @@
 //!   `handle_done(global_id, mode, payload)` → [`AuthOutcome`] (session key for
 //!   AUTH_SIGNATURE, connection secret for secure mode);
 //! - acceptor: `server(peer_type, method)` → [`AuthServer`]:
-//!   `handle_request(mode, more, payload)` → [`AuthStep`] (More, Done, Reject, Busy).
+//!   `handle_request(now, mode, more, payload)` → [`AuthStep`] (More, Done, Reject,
+//!   Busy);
+//! - modes: `modes(role, peer_type)` in preference order ([`AuthConfig`]'s `ms_*_mode`
+//!   options, by Ceph's `AuthRegistry` table: [`ConnKind`]); a messenger may replace
+//!   them ([`WithConModes`]).
 //!
 //! **msgr v1** (in the handshake, `crate::v1`):
 //! - connector, each connect message (except to a monitor when we are not one):
@@ -57,10 +61,16 @@
 //!   every received message → `check(header, footer)` before it is delivered (an error
 //!   faults the connection, `Fault::Auth`).
 //!
-//! # cephx over v1: [`cephx::CephxProvider`]
+//! # cephx: [`cephx::CephxProvider`]
 //!
-//! Nothing in the machines changed; [`cephx::CephxProvider`] implements the traits with
-//! the rest of [`cephx`] (a daemon names it in the messenger's config):
+//! [`cephx::CephxProvider`] implements the traits with the rest of [`cephx`] (a daemon
+//! names it in the messenger's config). Over msgr2 ([`cephx::v2`]): to a monitor its
+//! own cephx session per connection (AUTH_MODE_MON, [`cephx::CephxProvider::
+//! with_monitor_key`]; the tickets AUTH_DONE brings fill its [`cephx::TicketStore`]),
+//! to other daemons an authorizer with the challenge round; as an acceptor authorizers
+//! verified with its [`cephx::KeyStore`] and, with a [`cephx::KeyServer`]
+//! ([`cephx::CephxProvider::with_key_server`]), monitor-mode requests; secure mode's
+//! 64-byte connection secret minted by the acceptor. Over msgr v1:
 //! - [`cephx::CephxAuthorizerClient`]: a [`cephx::Authorizer`] from the service ticket
 //!   of the peer type (`Authorizer::new(global_id, &ticket, rng)`); it answers
 //!   CHALLENGE_AUTHORIZER, checks the reply (`nonce + 1`) and yields the session's

@@ -14,8 +14,8 @@
 //!   [`TicketStore`], from which later authorizers to OSDs, MDSs and MGRs are built.
 //! - [`CephxAuthorizerV2Client`]: an authorizer to any other daemon.
 //! - [`CephxV2Server`]: the acceptor. Authorizers are verified against the daemon's
-//!   [`KeyStore`] (with the challenge round when `cephx_*require_version >= 2`);
-//!   with a [`KeyServer`] it also plays a monitor for AUTH_MODE_MON requests.
+//!   [`super::KeyStore`] (with the challenge round when `cephx_*require_version >= 2`);
+//!   with a [`super::KeyServer`] it also plays a monitor for AUTH_MODE_MON requests.
 //!
 //! The connection secret is Ceph's length for the mode (`AuthConnectionMeta::
 //! get_connection_secret_length`): 64 random bytes in secure mode, none in crc mode.

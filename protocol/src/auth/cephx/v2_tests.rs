@@ -373,3 +373,65 @@ fn provider_methods_and_modes_follow_the_registry() {
     assert_eq!(connection_secret_len(ConMode::SECURE), 64);
     assert_eq!(connection_secret_len(ConMode::CRC), 0);
 }
+
+// Hostile input: every prefix of valid requests, and random bytes, in both rounds and
+// both modes, to an acceptor that plays a monitor and verifies authorizers. Each answer
+// is a refusal or another round; nothing panics, and nothing is accepted.
+#[test]
+fn hostile_auth_payloads_are_refused_not_panics() {
+    use rand::{Rng, SeedableRng};
+    let start = Instant::now();
+    let c = cluster(8, start);
+    let osd1 = CephxProvider::new(
+        AuthEntityName::new(EntityType::OSD, "1"),
+        AuthConfig::ceph_defaults(),
+        c.clock,
+        rng_source(9),
+    )
+    .with_key_server(c.server.clone());
+    let admin = CephxProvider::new(
+        AuthEntityName::new(EntityType::CLIENT, "admin"),
+        AuthConfig::ceph_defaults(),
+        c.clock,
+        rng_source(10),
+    )
+    .with_monitor_key(c.admin.clone(), Arc::new(TicketStore::default()));
+    let name = AuthEntityName::new(EntityType::OSD, "0");
+    let ticket = c.server.service_ticket(&name, 4500, EntityType::OSD, WALL0, &mut TestRng::new(1));
+    let authorizer = Authorizer::new(4500, &ticket.unwrap(), &mut TestRng::new(2));
+    let mon_request = admin.client(EntityType::MON, AUTH_CEPHX).unwrap().build_request().unwrap();
+    let valid = [authorizer.bytes().clone(), mon_request];
+    let seed = rand::random::<u64>();
+    eprintln!("seed {seed}");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut inputs: Vec<Vec<u8>> = Vec::new();
+    for v in &valid {
+        inputs.extend((0..v.len()).map(|n| v[..n].to_vec()));
+        for _ in 0..50 {
+            let mut bad = v.to_vec();
+            let at = rng.gen_range(0..bad.len());
+            bad[at] ^= rng.gen_range(1..=255u8);
+            inputs.push(bad);
+        }
+    }
+    inputs.extend((0..200).map(|_| {
+        let len = rng.gen_range(0..300);
+        let mut b: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        if let Some(first) = b.first_mut() {
+            *first = [1u8, 10, 42][rng.gen_range(0..3)];
+        }
+        b
+    }));
+    for input in &inputs {
+        for mode in [ConMode::CRC, ConMode::SECURE] {
+            let mut sv = osd1.server(EntityType::CLIENT, AUTH_CEPHX).unwrap();
+            for more in [false, true] {
+                match sv.handle_request(start, mode, more, input) {
+                    AuthStep::Reject { result } => assert!(result < 0),
+                    AuthStep::More(_) => {}
+                    other => panic!("accepted {input:02x?}: {other:?}"),
+                }
+            }
+        }
+    }
+}
