@@ -625,12 +625,15 @@ fn cephx_secure_and_crc_modes_against_msgr2_only_monitor() {
         return;
     };
     let ring = KeyRing::load(mon.keyring()).expect("keyring");
+    // One ticket store for both connections, as one client's: the second reclaims the
+    // first's global id with its auth ticket (cephx.md 6).
+    let store = Arc::new(TicketStore::default());
+    let mut first_global_id = None;
     for mode in [ConMode::SECURE, ConMode::CRC] {
         let name = parse_entity_name("client.admin").expect("name");
         let key = ring.key(&name).expect("key").clone();
         let mut auth = AuthConfig::ceph_defaults();
         auth.ms_mon_client_mode = ConModes(vec![mode]);
-        let store = Arc::new(TicketStore::default());
         let clock = WallClock::anchored(Instant::now(), tests::cephx::wall_now());
         let rng: RngSource = Arc::new(|| Box::new(rand::rngs::OsRng) as _);
         let mut config = client_config();
@@ -644,6 +647,7 @@ fn cephx_secure_and_crc_modes_against_msgr2_only_monitor() {
         // AUTH_DONE's extra tickets (other_keys) are kept for authorizers to daemons.
         let (gid, _) = store.ticket(EntityType::OSD).expect("an osd ticket from the monitor");
         assert_eq!(gid, conn.global_id());
+        assert_eq!(*first_global_id.get_or_insert(gid), gid, "the global id was reclaimed");
         let mut get_map = Message::new(MsgType::MON_GET_MAP.0, Bytes::new());
         get_map.set_version(1);
         get_map.set_compat_version(1);

@@ -213,6 +213,14 @@ impl CephxClient {
         self.want_services = self.want_services.with(self.config.want_services);
     }
 
+    /// Takes up an earlier session's global id and auth ticket (e.g. of another
+    /// connection to the monitors), so the next [`CephxClient::start`] reclaims that id
+    /// with the ticket as proof (cephx.md 6).
+    pub fn resume(&mut self, global_id: u64, auth_ticket: ReceivedTicket, now: Instant) {
+        self.global_id = global_id;
+        self.auth = Some(Held::new(auth_ticket, now));
+    }
+
     /// Asks for (fresh) service tickets for `services` once authenticated.
     pub fn request_service_tickets(&mut self, services: ServiceMask) {
         self.want_services = self.want_services.with(services.without(ServiceMask::AUTH));

@@ -10,8 +10,10 @@
 //! ```
 //!
 //! - [`CephxMonClient`]: a client of a monitor. One [`CephxClient`] session per
-//!   connection; the service tickets AUTH_DONE carries go into the provider's
-//!   [`TicketStore`], from which later authorizers to OSDs, MDSs and MGRs are built.
+//!   connection; the auth ticket and the service tickets AUTH_DONE carries go into the
+//!   provider's [`TicketStore`]: later authorizers to OSDs, MDSs and MGRs are built from
+//!   them, and the next monitor connection reclaims the global id with the auth ticket
+//!   (cephx.md 6), as Ceph's MonClient does.
 //! - [`CephxAuthorizerV2Client`]: an authorizer to any other daemon.
 //! - [`CephxV2Server`]: the acceptor. Authorizers are verified against the daemon's
 //!   [`super::KeyStore`] (with the challenge round when `cephx_*require_version >= 2`);
@@ -42,7 +44,7 @@ use crate::types::{AuthEntityName, EntityType, AUTH_CEPHX};
 
 use super::authorizer::{Authorizer, AuthorizerVerdict, AuthorizerVerifier};
 use super::client::{CephxClient, ClientConfig};
-use super::provider::{Shared, TicketStore, TICKET_SERVICES};
+use super::provider::{Shared, TicketSource, TicketStore, TICKET_SERVICES};
 use super::server::ServerSession;
 
 const LOG: &str = "msgr::auth";
@@ -103,6 +105,11 @@ impl CephxMonClient {
 
 impl AuthClient for CephxMonClient {
     fn build_request(&mut self) -> Result<Bytes> {
+        // The provider's last monitor session: reclaim its global id with its auth
+        // ticket, as Ceph's MonClient does on every new monitor connection.
+        if let Some((global_id, auth)) = self.store.ticket(EntityType::AUTH) {
+            self.client.resume(global_id, auth, self.at);
+        }
         self.client.start(self.at);
         // Round 1 of the MAuth path becomes this payload; the client now waits for the
         // server challenge.
@@ -110,16 +117,16 @@ impl AuthClient for CephxMonClient {
         let mut e = Encoder::with_capacity(32);
         e.u8(AUTH_MODE_MON);
         self.client.name().encode(&mut e);
-        // A fresh global id each connection: reclaiming one needs the old ticket, which
-        // this per-connection session does not keep.
-        e.u64(0);
+        e.u64(self.client.global_id());
         Ok(e.into_bytes())
     }
 
     fn handle_reply_more(&mut self, payload: &[u8]) -> Result<Bytes> {
-        // msgr2 tells the global id only in AUTH_DONE.
+        // msgr2 tells the global id only in AUTH_DONE; until then the one we asked to
+        // keep stands (0 for a new one), so a reclaim sends the old ticket.
+        let asked = self.client.global_id();
         self.client
-            .handle_reply(self.at, &Self::reply(0, payload))
+            .handle_reply(self.at, &Self::reply(asked, payload))
             .map_err(|e| failed("server challenge", &e))?;
         let req = self
             .client
@@ -142,6 +149,8 @@ impl AuthClient for CephxMonClient {
         let session_key = ticket.session_key.secret().to_vec();
         let secret = self.client.connection_secret().to_vec();
         self.store.set_global_id(global_id);
+        // The auth ticket too: the next connection reclaims the global id with it.
+        self.store.insert(global_id, ticket.clone());
         for service in TICKET_SERVICES {
             if let Some(t) = self.client.service_ticket(service, self.at) {
                 self.store.insert(global_id, t.clone());

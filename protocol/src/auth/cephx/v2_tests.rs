@@ -435,3 +435,47 @@ fn hostile_auth_payloads_are_refused_not_panics() {
         }
     }
 }
+
+// cephx.md 6 over msgr2: a new monitor connection of the same provider asks for its
+// global id back and proves it with the auth ticket of the last one; the monitor keeps
+// the id. A client with no memory gets a new one.
+#[test]
+fn a_new_monitor_connection_reclaims_the_global_id_with_the_old_ticket() {
+    let c = cluster(11, Instant::now());
+    // One monitor for every connection: its global id counter moves on.
+    let mon: Arc<dyn AuthProvider> = Arc::new(
+        CephxProvider::new(
+            AuthEntityName::new(EntityType::MON, "0"),
+            AuthConfig::ceph_defaults(),
+            c.clock,
+            rng_source(600),
+        )
+        .with_key_server(c.server.clone()),
+    );
+    let connect = |store: &Arc<TicketStore>, seed: u64| {
+        let client = CephxProvider::new(
+            AuthEntityName::new(EntityType::CLIENT, "admin"),
+            AuthConfig::ceph_defaults(),
+            c.clock,
+            rng_source(seed),
+        )
+        .with_monitor_key(c.admin.clone(), store.clone());
+        let mut p = Pair::with_configs(
+            c.clock.anchor(),
+            ProtocolVersion::V2,
+            config(EntityType::CLIENT, 0, Arc::new(client)),
+            Policy::lossless_client(),
+            config(EntityType::MON, 1, mon.clone()),
+            Policy::stateful_server(),
+        );
+        exchange(&mut p).1
+    };
+    let store = Arc::new(TicketStore::default());
+    let first = connect(&store, 100);
+    let (gid, _) = store.ticket(EntityType::AUTH).expect("the auth ticket is kept");
+    assert_eq!(gid, first);
+    let other = connect(&Arc::new(TicketStore::default()), 200);
+    assert_ne!(other, first, "a client without the old ticket gets a new id");
+    let again = connect(&store, 300);
+    assert_eq!(again, first, "the global id was reclaimed");
+}
