@@ -138,3 +138,47 @@ fn cephx_between_daemons_defaults_to_crc_mode() {
     assert_eq!((client, server), (ConMode::CRC, ConMode::CRC));
     assert!(dump.contains(r#""mode":"crc""#), "{dump}");
 }
+
+// A daemon whose rotating secrets come from another cluster cannot open the client's
+// ticket: over msgr2 it answers AUTH_BAD_METHOD -EACCES, the client has no other method
+// and is refused (ms_handle_refused), nothing is dispatched, and the refusal is counted.
+#[test]
+fn msgr2_peer_with_the_wrong_service_secret_is_refused_and_counted() {
+    let osd = EntityName::new(EntityType::OSD, 0);
+    let client = EntityName::new(EntityType::CLIENT, 7);
+    let seed = seed();
+    let mut cluster = TestCluster::new(&[osd, client], seed);
+    let other = TestCluster::new(&[osd], seed.wrapping_add(1));
+    let provider = cluster.provider_with_keys(osd, None, Some(other.keys(EntityType::OSD)));
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (srv, _, srv_rx) = server_on(
+        EntityType::OSD,
+        1,
+        Policy::stateless_server(),
+        false,
+        loopback,
+        test_config(2).with_auth_provider(provider),
+    );
+    let config = test_config(2).with_auth_provider(cluster.provider(client, None));
+    let (cli, cli_rx) = client_with(EntityType::CLIENT, 2, Policy::lossy_client(), config);
+    let conn = cli.connect_to(EntityType::OSD, v2(srv.my_addr()));
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match cli_rx.recv_deadline(deadline) {
+            Ok(Seen::Refused(c)) => {
+                assert_eq!(c, conn);
+                break;
+            }
+            Ok(Seen::Message(..)) => panic!("the client got a message"),
+            Ok(Seen::Connect(_)) => panic!("the handshake completed"),
+            Ok(_) => {}
+            Err(e) => panic!("no ms_handle_refused within {WAIT:?}: {e}"),
+        }
+    }
+    assert_no_more_messages(&srv_rx, "the refused peer's message was dispatched");
+    let rejected = srv.counters_json()["msgr_protocol"]["authorizers_rejected"].as_u64();
+    assert!(rejected.is_some_and(|n| n >= 1), "{}", srv.counters_json());
+    cli.shutdown();
+    srv.shutdown();
+}

@@ -118,7 +118,8 @@ pub struct Counters {
     pub old_seq_dropped: AtomicU64,
     /// Received messages whose signature did not check (each faulted its connection).
     pub bad_signatures: AtomicU64,
-    /// Authorizers refused (the peer got BADAUTHORIZER).
+    /// Credentials refused: v1 authorizers (the peer got BADAUTHORIZER) and msgr2 AUTH
+    /// requests the method refused (the peer got AUTH_BAD_METHOD with its errno).
     pub authorizers_rejected: AtomicU64,
 }
 

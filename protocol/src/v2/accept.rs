@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use crate::auth::{filter_modes, pick_mode, AuthRole, AuthStep, EOPNOTSUPP};
 use crate::session::{
-    AcceptRequest, CloseReason, ConnectSeq, Decision, Event, Fault, GlobalSeq, Initiator, Machine,
-    PeerIssue, RequestKind, Seq, Session, State,
+    AcceptRequest, CloseReason, ConnectSeq, Counters, Decision, Event, Fault, GlobalSeq, Initiator,
+    Machine, PeerIssue, RequestKind, Seq, Session, State,
 };
 use crate::types::{EntityAddr, EntityType};
 
@@ -101,6 +101,9 @@ pub(crate) fn on_auth_request(m: &mut Machine<V2>, now: Instant, f: &Frame) -> R
             });
         }
         AuthStep::Reject { result } => {
+            // The method's verdict on the peer's credentials (not a method or mode we
+            // do not allow, which never gets this far).
+            Counters::bump(&m.config.counters.authorizers_rejected);
             send_bad_method(m, &mut t, auth.method, result);
             m.set_state(State::Handshake { deadline, step: Handshake::AwaitAuthRequest(t) });
         }
