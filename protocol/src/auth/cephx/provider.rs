@@ -1,15 +1,20 @@
-//! cephx behind the auth seam for msgr v1 (Ceph's `AuthRegistry` + the cephx parts of
-//! `MonClient::get_auth_authorizer` / `handle_auth_request` for daemons): a connector's
-//! authorizers built from service tickets, an acceptor's verifier over the daemon's
-//! service secrets, and the signing of every message of the session.
+//! cephx behind the auth seam for msgr v1 and msgr2 (Ceph's `AuthRegistry` + the cephx
+//! parts of `MonClient::get_auth_authorizer` / `handle_auth_request` for daemons): a
+//! connector's authorizers built from service tickets, an acceptor's verifier over the
+//! daemon's service secrets, the signing of every v1 message of the session, and over
+//! msgr2 the monitor session itself.
 //!
 //! ```text
 //! CephxProvider
-//!   connector: authorizer_client(peer) -> CephxAuthorizerClient
-//!                ticket from a TicketSource (TicketStore, filled by the user or a CephxClient)
-//!   acceptor:  authorizer_server()     -> CephxAuthorizerServer (one per connection)
-//!                secrets from a KeyStore (SharedKeyStore: the rotating secrets)
-//!   both:      MessageSigner for the session (cephx_sign_messages, MSG_AUTH)
+//!   v1 connector: authorizer_client(peer) -> CephxAuthorizerClient
+//!                   ticket from a TicketSource (TicketStore, filled by the user or a CephxClient)
+//!   v1 acceptor:  authorizer_server()     -> CephxAuthorizerServer (one per connection)
+//!                   secrets from a KeyStore (SharedKeyStore: the rotating secrets)
+//!   v1 both:      MessageSigner for the session (cephx_sign_messages, MSG_AUTH)
+//!   v2 connector: client(peer, cephx) -> CephxMonClient (a monitor: with_monitor_key,
+//!                   fills the TicketStore) | CephxAuthorizerV2Client (a ticket's authorizer)
+//!   v2 acceptor:  server(peer, cephx) -> CephxV2Server (authorizers: KeyStore;
+//!                   monitor mode: with_key_server)
 //! ```
 //!
 //! Sans-IO like the rest of the crate: wall-clock time comes from a [`WallClock`]
@@ -285,6 +290,8 @@ impl std::fmt::Debug for CephxProvider {
             .field("my_type", &self.shared.my_type)
             .field("connector", &self.shared.tickets.is_some())
             .field("acceptor", &self.shared.keys.is_some())
+            .field("monitor_key", &self.shared.mon.is_some())
+            .field("key_server", &self.shared.key_server.is_some())
             .finish()
     }
 }
