@@ -13,8 +13,11 @@
 //!    window of its size (and for more windows as its bytes arrive) with
 //!    [`Throttle::acquire_or_wait`]; if the request is queued it stops reading and the
 //!    waker resumes it when a release grants the request;
-//! 2. it hands the message and the [`Permit`] to [`DispatchQueue::deliver`], which runs
-//!    `ms_fast_preprocess`, then either `ms_fast_dispatch` on the worker or queues it;
+//! 2. it hands the message and the [`Permit`] to [`DispatchQueue::deliver_into`], which
+//!    runs `ms_fast_preprocess`, then either `ms_fast_dispatch` on the worker or adds it
+//!    to the worker's batch, which [`DispatchQueue::enqueue_batch`] queues once the read
+//!    is handled (one lock, at most one wakeup; [`DispatchQueue::deliver`] does both for
+//!    one message);
 //! 3. the `ms_dispatch` thread offers queued messages to the dispatchers head → tail and
 //!    releases the permit when the dispatcher returns.
 //!

@@ -11,7 +11,7 @@ use asyncmsgr_dispatch::{
     ShutdownMode, Throttle,
 };
 use common::*;
-use crossbeam_channel::unbounded;
+use crossbeam_channel::{unbounded, Receiver};
 use protocol::message::{PRIO_DEFAULT, PRIO_HIGH, PRIO_HIGHEST, PRIO_LOW};
 use protocol::Message;
 use rand::rngs::SmallRng;
@@ -25,6 +25,27 @@ fn dispatched(s: &Seen) -> Option<(&'static str, u64, u16, u64)> {
     match s {
         Seen::Dispatch { who, conn, msg_type, tid, .. } => Some((who, *conn, *msg_type, *tid)),
         _ => None,
+    }
+}
+
+/// A stopped queue whose one dispatcher "r" fast-dispatches message type 10 and takes
+/// everything else in `ms_dispatch`, and what it reports.
+fn fast_tens_queue() -> (Arc<DispatchQueue<TestConn>>, Receiver<Seen>) {
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    let mut r = Recorder::new("r", tx);
+    r.fast = vec![10];
+    d.add_tail(arc(r));
+    (queue(&d), rx)
+}
+
+/// The message type for transaction `tid`: every third one (11) for the queue, the rest
+/// (10) for the fast path.
+fn every_third_queued(tid: u64) -> u16 {
+    if tid.is_multiple_of(3) {
+        11
+    } else {
+        10
     }
 }
 
@@ -60,12 +81,7 @@ fn chain_walks_head_to_tail_until_taken() {
 /// ms_fast_preprocess sees every message in arrival order.
 #[test]
 fn fast_dispatch_bypasses_queue_and_preprocess_sees_all_in_order() {
-    let (tx, rx) = unbounded();
-    let d = Dispatchers::new();
-    let mut r = Recorder::new("r", tx);
-    r.fast = vec![10];
-    d.add_tail(arc(r));
-    let q = queue(&d);
+    let (q, rx) = fast_tens_queue();
     let budget = Throttle::new("budget", 1000);
     // Not started: anything queued stays queued, so fast deliveries are visibly synchronous.
     let worker = {
@@ -75,7 +91,7 @@ fn fast_dispatch_bypasses_queue_and_preprocess_sees_all_in_order() {
             let conn = TestConn(1);
             let mut kinds = Vec::new();
             for tid in 0..20u64 {
-                let ty = if tid % 3 == 0 { 11 } else { 10 };
+                let ty = every_third_queued(tid);
                 let permit = budget.try_acquire(10).expect("room");
                 kinds.push(q.deliver(&conn, msg(ty, PRIO_DEFAULT, tid, 10), Some(permit)));
             }
@@ -681,4 +697,48 @@ fn dispatch_throttle_bounds_the_queue_and_resumes_the_worker() {
     assert!(stalls >= 1);
     assert_eq!(k.wait, stalls);
     assert!(k.get_sum == N * SIZE as u64 && k.put_sum == k.get_sum);
+}
+
+/// A worker's read batch: `deliver_into` preprocesses and fast-dispatches at once but
+/// only collects what is for the queue; `enqueue_batch` queues it in arrival order with
+/// its budget, waking the sleeping dispatch thread once for the whole batch; after
+/// shutdown a batch is dropped, counted and its budget released.
+#[test]
+fn deliver_into_collects_a_batch_that_enqueue_batch_queues_with_one_wakeup() {
+    let (q, rx) = fast_tens_queue();
+    q.set_idle_spin(Duration::ZERO);
+    q.start().expect("start");
+    wait_until(|| q.counters().sleeps > 0);
+    let asleep = q.counters().sleeps;
+    let budget = Throttle::new("budget", 1000);
+    let conn = TestConn(3);
+    let mut batch = Vec::new();
+    for tid in 0..20u64 {
+        let ty = every_third_queued(tid);
+        let permit = budget.try_acquire(10).expect("room");
+        q.deliver_into(&conn, msg(ty, PRIO_DEFAULT, tid, 10), Some(permit), &mut batch);
+    }
+    let queued_tids: Vec<u64> = (0..20).filter(|t| t % 3 == 0).collect();
+    let before: Vec<Seen> = rx.try_iter().collect();
+    assert!(before.iter().all(|s| dispatched(s).is_none()), "nothing queued before the hand-over");
+    assert_eq!(before.iter().filter(|s| matches!(s, Seen::Fast { .. })).count(), 20 - 7);
+    assert_eq!(batch.len(), queued_tids.len());
+    assert_eq!(budget.current(), 10 * queued_tids.len() as u64, "the batch holds its budget");
+
+    q.enqueue_batch(&conn, &mut batch);
+    assert!(batch.is_empty());
+    let got: Vec<u64> =
+        recv_n(&rx, queued_tids.len()).iter().filter_map(|s| dispatched(s).map(|x| x.3)).collect();
+    assert_eq!(got, queued_tids, "dispatched in arrival order");
+    wait_until(|| q.counters().sleeps > asleep);
+    assert_eq!(q.counters().sleeps, asleep + 1, "one wakeup for the whole batch");
+    assert_eq!(budget.current(), 0);
+
+    q.shutdown(ShutdownMode::Drain);
+    let permit = budget.try_acquire(10).expect("room");
+    q.deliver_into(&conn, msg(11, PRIO_DEFAULT, 99, 10), Some(permit), &mut batch);
+    q.enqueue_batch(&conn, &mut batch);
+    assert!(batch.is_empty());
+    assert_eq!(q.counters().discarded, 1);
+    assert_eq!(budget.current(), 0, "a refused batch releases its budget");
 }

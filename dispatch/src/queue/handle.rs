@@ -188,6 +188,47 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     /// preprocess, fast dispatch on this thread if wanted (releasing `budget` when the
     /// dispatcher returns), else [`enqueue`](Self::enqueue) it with its budget.
     pub fn deliver(&self, conn: &C, msg: Message, budget: Option<Permit>) -> Delivery {
+        match self.fast_or_return(conn, msg, budget) {
+            None => Delivery::Fast,
+            Some((msg, budget)) => {
+                self.enqueue(conn, msg, budget);
+                Delivery::Queued
+            }
+        }
+    }
+
+    /// [`deliver`](Self::deliver) for one message of a batch read by `conn`'s worker:
+    /// preprocess and fast dispatch happen now, but a message for the queue is appended
+    /// to `batch` (in arrival order) instead of queued. The caller hands the batch to
+    /// [`enqueue_batch`](Self::enqueue_batch) once its read is handled, so a read of many
+    /// messages costs the queue one lock and the dispatch thread at most one wakeup.
+    ///
+    /// The messages in `batch` keep their budget until then: the caller must hand it over
+    /// before it waits for dispatch-throttle budget itself.
+    pub fn deliver_into(
+        &self,
+        conn: &C,
+        msg: Message,
+        budget: Option<Permit>,
+        batch: &mut Vec<(Message, Option<Permit>)>,
+    ) -> Delivery {
+        match self.fast_or_return(conn, msg, budget) {
+            None => Delivery::Fast,
+            Some(queued) => {
+                batch.push(queued);
+                Delivery::Queued
+            }
+        }
+    }
+
+    /// Runs `ms_fast_preprocess`, then `ms_fast_dispatch` if a fast dispatcher wants
+    /// `msg` (returning `None`); hands the message back for the queue otherwise.
+    fn fast_or_return(
+        &self,
+        conn: &C,
+        msg: Message,
+        budget: Option<Permit>,
+    ) -> Option<(Message, Option<Permit>)> {
         // One snapshot for both walks: a dispatcher added meanwhile sees neither.
         let fast = self.shared.dispatchers.fast();
         for d in fast.iter() {
@@ -198,12 +239,48 @@ impl<C: ConnectionRef> DispatchQueue<C> {
                 d.ms_fast_dispatch(conn, msg);
                 drop(budget);
                 self.shared.fast_dispatched.fetch_add(1, Ordering::Relaxed);
-                Delivery::Fast
+                None
             }
-            None => {
-                self.enqueue(conn, msg, budget);
-                Delivery::Queued
-            }
+            None => Some((msg, budget)),
+        }
+    }
+
+    /// Queues every message of `batch` (all read from `conn`, in arrival order), leaving
+    /// it empty: what [`enqueue`](Self::enqueue) does for each, under one lock and with at
+    /// most one wakeup of the dispatch thread. After shutdown began, or once `conn` is
+    /// marked down, the messages are dropped and counted as discarded instead.
+    pub fn enqueue_batch(&self, conn: &C, batch: &mut Vec<(Message, Option<Permit>)>) {
+        if batch.is_empty() {
+            return;
+        }
+        // Copies, if any, are made before the lock is taken.
+        let compact_below = self.shared.compact_below.load(Ordering::Relaxed);
+        for (msg, _) in batch.iter_mut() {
+            msg.compact(compact_below);
+        }
+        let id = conn.conn_id();
+        let mut st = self.shared.state.lock();
+        // Checked under the lock that `discard` takes, as for one message.
+        if !st.accepting() || conn.is_marked_down() {
+            drop(st);
+            let n = batch.len();
+            self.shared.discarded.fetch_add(n as u64, Ordering::Relaxed);
+            log::debug!(target: "msgr::dispatch", "{}: {n} messages refused (shutdown or marked down)", self.shared.name);
+            // Releasing budgets may call wakers: outside the lock.
+            batch.clear();
+            return;
+        }
+        let was_idle = st.is_idle();
+        for (msg, budget) in batch.drain(..) {
+            let priority = msg.priority();
+            st.messages.push(priority, id, Queued::new(conn.clone(), msg, budget));
+        }
+        if was_idle {
+            self.shared.arrivals.fetch_add(1, Ordering::Release);
+        }
+        drop(st);
+        if was_idle {
+            self.shared.work.notify_one();
         }
     }
 

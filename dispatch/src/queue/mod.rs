@@ -47,7 +47,10 @@
 //!
 //! # Wakeups
 //! The dispatch thread sleeps on a condvar when nothing waits, and a producer wakes it
-//! only when it makes an idle queue non-empty. Each sleep costs a futex wait here and
+//! only when it makes an idle queue non-empty. A worker hands over what one read
+//! produced together ([`DispatchQueue::enqueue_batch`]): one lock and at most one
+//! wakeup per read, where handing over message by message let the thread wake, drain
+//! the first message and sleep again several times per read. Each sleep costs a futex wait here and
 //! a futex wake on the producer (a worker), which dominated the queued path's cost
 //! under a request/reply load. So before it sleeps the thread spins for a few
 //! microseconds ([`DispatchQueue::set_idle_spin`], default [`DEFAULT_IDLE_SPIN`]),

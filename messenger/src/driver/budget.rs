@@ -122,6 +122,9 @@ impl Driver {
                 None => match throttle.try_acquire(n) {
                     Some(p) => p,
                     None => {
+                        // The received messages not handed over yet hold dispatch
+                        // budget that only their dispatch releases.
+                        self.env.queue.enqueue_batch(&self.conn, &mut self.pending);
                         let center = self.center.clone();
                         let waker = Box::new(move || {
                             let _ = center.notify(id);

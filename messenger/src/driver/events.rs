@@ -33,6 +33,7 @@ impl Driver {
                 break;
             }
         }
+        self.deliver_pending();
         // A fault dropped the message being received: so does its budget.
         if self.recv.is_active() && !self.machine.message_in_progress() {
             self.recv = Default::default();
@@ -42,6 +43,11 @@ impl Driver {
 
     fn handle_event(&mut self, cx: &mut Context<'_>, ev: Event) {
         let now = cx.now();
+        if !matches!(ev, Event::Message(_) | Event::NeedBudget { .. }) {
+            // Whatever else happens comes after the messages received before it (a wait
+            // for budget hands them over in `try_budget`).
+            self.deliver_pending();
+        }
         match ev {
             Event::AcceptRequest(req) => {
                 if let Some(req) = self.seams.hold_accept(now, req) {
@@ -159,14 +165,22 @@ impl Driver {
     }
 
     /// Hands a received message to the dispatch layer (fast dispatch here, or the
-    /// dispatch queue), unless the connection was marked down meanwhile.
-    fn deliver(&self, msg: Message, permit: Option<Permit>) {
+    /// driver's batch for the dispatch queue), unless the connection was marked down
+    /// meanwhile.
+    fn deliver(&mut self, msg: Message, permit: Option<Permit>) {
         if self.conn.is_marked_down() {
             // Read after mark_down: never delivered (the MarkDown command that closes
             // this driver is on its way).
             return;
         }
-        let _ = self.env.queue.deliver(&self.conn, msg, permit);
+        let _ = self.env.queue.deliver_into(&self.conn, msg, permit, &mut self.pending);
+    }
+
+    /// Queues the batch of received messages for the dispatch thread: one lock and at
+    /// most one wakeup per read, not per message. Runs before anything that must come
+    /// after them (a session event, a wait for dispatch budget) and when events are done.
+    pub(super) fn deliver_pending(&mut self) {
+        self.env.queue.enqueue_batch(&self.conn, &mut self.pending);
     }
 
     /// Queues a session event for the dispatchers, after the messages received before it.
@@ -181,6 +195,7 @@ impl Driver {
         while let Some((msg, permit)) = self.seams.flush_message() {
             self.deliver(msg, permit);
         }
+        self.deliver_pending();
     }
 
     /// Runs what an injected delay held back once its time has come (none without the
@@ -202,5 +217,6 @@ impl Driver {
         while let Some((msg, permit)) = self.seams.due_message(now) {
             self.deliver(msg, permit);
         }
+        self.deliver_pending();
     }
 }

@@ -27,6 +27,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+use dispatch::Permit;
 use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, TimerTarget};
 use mio::net::TcpStream;
 use protocol::types::{EntityAddr, EntityName, EntityType};
@@ -77,6 +78,9 @@ pub(crate) struct Driver {
     peer_name: Option<EntityName>,
     /// Scratch for messages taken from the mailbox (kept for its capacity).
     inbox: VecDeque<(Message, Instant)>,
+    /// Received messages for the dispatch queue, handed over together
+    /// (`deliver_pending`); empty between pumps.
+    pending: Vec<(Message, Option<Permit>)>,
     started: bool,
     /// Closed (or handed over): no more input is handled.
     finished: bool,
@@ -170,6 +174,7 @@ impl Driver {
             published: None,
             peer_name: None,
             inbox: VecDeque::new(),
+            pending: Vec::new(),
             started: false,
             finished: false,
             cleaned: false,
