@@ -11,7 +11,6 @@ use event_center::Context;
 use protocol::wire::KeepaliveStamp;
 use protocol::Message;
 
-use super::budget::STEP_DISPATCH;
 use super::Driver;
 use crate::machine::Event;
 use crate::state::ConnState;
@@ -96,12 +95,10 @@ impl Driver {
                 // dispatcher returns, charged exactly what the queued message costs; the
                 // policy throttlers' permits (and the in-progress registrations) are
                 // released when the message is handed over.
-                let mut recv = std::mem::take(&mut self.recv);
-                let mut permit = recv.permits[STEP_DISPATCH].take();
+                let mut permit = self.recv.finish_message();
                 if let Some(p) = permit.as_mut() {
                     p.settle(msg.queued_cost());
                 }
-                drop(recv);
                 let conn = &self.conn;
                 if let Some((msg, permit)) =
                     self.seams.hold_message(now, || conn.peer_type(), (msg, permit))
