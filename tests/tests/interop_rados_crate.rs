@@ -2,16 +2,18 @@
 //! msgr2.1 implementation) against our messenger over msgr2 on loopback, both ways:
 //! the crate's `msgr2::Connection::connect` as a client of our server, and its
 //! `msgr2::Connection::accept` (the crate's server role) as the server our client
-//! dials at a `v2:` address. Crc mode, auth none: every message both ways is compared
+//! dials at a `v2:` address. Crc mode with auth none both ways, and the crate's client
+//! with cephx in secure and crc mode: every message both ways is compared
 //! byte for byte (type, tid, priority, version, compat version; front, middle and data)
 //! with what the other side sent, so a framing, crc, segment or header-field slip on
 //! either implementation fails here.
 //!
-//! Secure mode, one way only, and not here yet: the crate's client does cephx as a
-//! monitor client (`MonitorAuthProvider`, AUTH_MODE_MON in the AUTH frames), so our
-//! server must answer AUTH_MODE_MON over msgr2 from a key server, which is the v2auth
-//! work (not on main when this was written). The other way cannot be done: the crate's
-//! server refuses cephx from any client, so it never has secure mode's keys
+//! Secure mode, one way only: the crate's client does cephx as a monitor client
+//! (`MonitorAuthProvider`, AUTH_MODE_MON in the AUTH frames), which our server answers
+//! from a key server as a monitor does; the exchange then runs in secure mode
+//! (AES-128-GCM with the connection secret our cephx handed out) and, asked for it, in
+//! crc mode under cephx. The other way cannot be done: the crate's server refuses cephx
+//! from any client, so it never has secure mode's keys
 //! ([`rados_server_refuses_cephx_even_from_its_own_client`] shows it).
 //!
 //! The crate runs in a `current_thread` tokio runtime on a thread of its own; every one
@@ -19,15 +21,19 @@
 //! with the same deadline, so a stuck handshake fails instead of hanging.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use messenger::{Policy, ProtocolVersion};
-use protocol::auth::ConMode;
-use protocol::types::{AddrType, EntityAddr, EntityType};
+use messenger::{MessengerConfig, Policy, ProtocolVersion};
+use protocol::auth::cephx::{CephxProvider, KeyServer, WallClock};
+use protocol::auth::{AuthConfig, ConMode};
+use protocol::types::{AddrType, AuthEntityName, EntityAddr, EntityType};
 use rados::msgr2::{Connection as RadosConnection, ConnectionConfig, Message as RadosMessage};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tests::loopback::{client, next_message, server, WAIT};
+use tests::cephx::{seeded_rng_source, wall_now};
+use tests::loopback::{client, next_message, server_on, test_config, WAIT};
 
 /// One message as both implementations see it: header fields and the three segments.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,12 +211,19 @@ const REPLY_TIDS: u64 = 5000;
 /// The crate as a msgr2 client of our server: it sends `requests`, our server checks
 /// each and answers with the matching one of `replies`, which the crate receives.
 /// Returns the replies sent and the crate's side.
-fn rados_client_exchange(config: ConnectionConfig, test: &str) -> (Vec<Sent>, CrateSide) {
+fn rados_client_exchange(
+    config: ConnectionConfig,
+    server_config: MessengerConfig,
+    mode: ConMode,
+    test: &str,
+) -> (Vec<Sent>, CrateSide) {
     let mut rng = SmallRng::seed_from_u64(tests::soak::seed(test));
     let requests = messages(&mut rng, MSG_REQUEST, REQUEST_TIDS, MESSAGES);
     let replies = messages(&mut rng, MSG_REPLY, REPLY_TIDS, MESSAGES);
 
-    let (srv, _bound, srv_rx) = server(EntityType::MON, 0, Policy::stateless_server(), false);
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (srv, _bound, srv_rx) =
+        server_on(EntityType::MON, 0, Policy::stateless_server(), false, loopback, server_config);
     let addr: SocketAddr = srv.my_addr().addr.expect("bound address");
 
     let crate_side = {
@@ -242,7 +255,7 @@ fn rados_client_exchange(config: ConnectionConfig, test: &str) -> (Vec<Sent>, Cr
         let reply = reply.unwrap_or_else(|| panic!("our server received unknown tid {}", m.tid));
         received.push(m);
         assert_eq!(conn.protocol(), Some(ProtocolVersion::V2), "the crate speaks msgr2 only");
-        assert_eq!(conn.con_mode(), Some(ConMode::CRC));
+        assert_eq!(conn.con_mode(), Some(mode));
         conn.send_message(to_ours(reply)).expect("reply");
         if let Some(first) = &session {
             assert_eq!(&conn, first, "every request on one session");
@@ -261,6 +274,8 @@ fn rados_client_exchange(config: ConnectionConfig, test: &str) -> (Vec<Sent>, Cr
 fn rados_client_to_our_server_crc_byte_exact_both_ways() {
     let (replies, result) = rados_client_exchange(
         ConnectionConfig::prefer_crc_mode(),
+        test_config(2),
+        ConMode::CRC,
         "rados_client_to_our_server_crc_byte_exact_both_ways",
     );
     let (got, negotiated) = result.expect("the crate's side");
@@ -278,11 +293,72 @@ fn rados_client_offering_compression_gets_an_uncompressed_session() {
             preferred_modes: vec![rados::msgr2::ConnectionMode::Crc],
             ..ConnectionConfig::with_compression()
         },
+        test_config(2),
+        ConMode::CRC,
         "rados_client_offering_compression_gets_an_uncompressed_session",
     );
     let (got, negotiated) = result.expect("the crate's side");
     assert!(!negotiated.compressed, "{negotiated:?}");
     assert_received_by_priority(&got, &replies, "the crate received");
+}
+
+/// Our server authenticating as a monitor does (cephx in AUTH_MODE_MON from a key
+/// server holding a fresh keyring, Ceph's default mode lists), and client.admin's key in
+/// the base64 form the crate takes.
+fn cephx_monitor(seed: u64) -> (MessengerConfig, String) {
+    let ring = tests::ceph::cephx_keyring();
+    let admin = ring.key(&AuthEntityName::new(EntityType::CLIENT, "admin")).expect("admin key");
+    let admin = admin.to_base64();
+    let keys =
+        KeyServer::new(ring, AuthConfig::ceph_defaults(), wall_now(), &mut rand::rngs::OsRng);
+    let provider = CephxProvider::new(
+        AuthEntityName::new(EntityType::MON, "a"),
+        AuthConfig::ceph_defaults(),
+        WallClock::anchored(Instant::now(), wall_now()),
+        seeded_rng_source(seed),
+    )
+    .with_key_server(Arc::new(keys));
+    (test_config(2).with_auth_provider(Arc::new(provider)), admin)
+}
+
+/// The crate's cephx client (`MonitorAuthProvider`, client.admin's key, cephx only)
+/// asking for `mode` only, against [`cephx_monitor`]: the same exchange as the crc test.
+fn rados_cephx_client_exchange(mode: ConMode, test: &str) {
+    let (server_config, admin_key) = cephx_monitor(tests::soak::seed(test));
+    let mut auth = rados::auth::MonitorAuthProvider::new("client.admin").expect("entity name");
+    auth.set_secret_key_from_base64(&admin_key).expect("the crate takes our key");
+    let crate_mode = match mode {
+        ConMode::SECURE => rados::msgr2::ConnectionMode::Secure,
+        _ => rados::msgr2::ConnectionMode::Crc,
+    };
+    let config = ConnectionConfig {
+        preferred_modes: vec![crate_mode],
+        supported_auth_methods: vec![rados::msgr2::AuthMethod::Cephx],
+        ..ConnectionConfig::with_auth_provider(Box::new(auth))
+    };
+    let (replies, result) = rados_client_exchange(config, server_config, mode, test);
+    let (got, negotiated) = result.expect("the crate's side");
+    assert_eq!(negotiated.encrypted, mode == ConMode::SECURE, "{negotiated:?}");
+    assert_received_by_priority(&got, &replies, "the crate received");
+}
+
+/// The crate's cephx client in secure mode (AES-128-GCM with the connection secret our
+/// cephx handed it) against our server: 60 messages each way, byte-exact.
+#[test]
+fn rados_cephx_client_to_our_server_secure_byte_exact_both_ways() {
+    rados_cephx_client_exchange(
+        ConMode::SECURE,
+        "rados_cephx_client_to_our_server_secure_byte_exact_both_ways",
+    );
+}
+
+/// The same with cephx in crc mode (authenticated, not encrypted).
+#[test]
+fn rados_cephx_client_to_our_server_crc_byte_exact_both_ways() {
+    rados_cephx_client_exchange(
+        ConMode::CRC,
+        "rados_cephx_client_to_our_server_crc_byte_exact_both_ways",
+    );
 }
 
 /// Our client dials the crate's server (`Connection::accept` + `accept_session`, the
