@@ -195,7 +195,8 @@ options:
                       also lossless, queued, lossless+queued (asyncmsgr variants), naive,
                       rados (the rados crate's msgr2 at both ends: crc, auth none, lossy;
                       one task per connection alternates sends and receives, as its
-                      Connection allows; refused when depth x reply-size > 256 KiB)
+                      Connection allows; refused when depth x reply-size > 256 KiB; crc
+                      only: the crate's server has no cephx, so no secure mode)
   --lossless          asyncmsgr with lossless_peer at both ends (acks, resend on reconnect)
   --queued            asyncmsgr answering from ms_dispatch instead of ms_fast_dispatch
   --size BYTES        request data size (default 4096; suffixes k, m)
