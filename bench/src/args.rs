@@ -52,6 +52,8 @@ pub enum Peer {
     StdBatched,
     /// The old naive std::net loop: u32 frames, no crc, one write per message.
     StdNaive,
+    /// The `rados` crate's msgr2 connection at both ends (crc mode, auth none, lossy).
+    Rados,
 }
 
 impl Peer {
@@ -84,6 +86,7 @@ impl Peer {
             "tokio" | "tokio-ct64" => Peer::Tokio,
             "std" | "std-batched" => Peer::StdBatched,
             "naive" | "std-naive" => Peer::StdNaive,
+            "rados" | "rados-msgr2" => Peer::Rados,
             other => return Err(format!("unknown peer {other:?}")),
         })
     }
@@ -105,6 +108,7 @@ impl fmt::Display for Peer {
             Peer::Tokio => f.write_str("tokio-ct64"),
             Peer::StdBatched => f.write_str("std-batched"),
             Peer::StdNaive => f.write_str("std-naive (no crc, u32)"),
+            Peer::Rados => f.write_str("rados-msgr2"),
         }
     }
 }
@@ -188,7 +192,11 @@ modes:
   crc                the crc32c kernels (crc32c crate, crc-fast, protocol's pick) by size
 options:
   --peers LIST        comma-separated, first is the reference (default asyncmsgr,tokio,std);
-                      also lossless, queued, lossless+queued (asyncmsgr variants), naive
+                      also lossless, queued, lossless+queued (asyncmsgr variants), naive,
+                      rados (the rados crate's msgr2 at both ends: crc, auth none, lossy;
+                      one task per connection alternates sends and receives, as its
+                      Connection allows; refused when depth x reply-size > 256 KiB; crc
+                      only: the crate's server has no cephx, so no secure mode)
   --lossless          asyncmsgr with lossless_peer at both ends (acks, resend on reconnect)
   --queued            asyncmsgr answering from ms_dispatch instead of ms_fast_dispatch
   --size BYTES        request data size (default 4096; suffixes k, m)
@@ -328,7 +336,7 @@ mod tests {
 
     #[test]
     fn peers_and_variants() {
-        let a = parse("--peers asyncmsgr,lossless,queued,tokio,naive --lossless").unwrap();
+        let a = parse("--peers asyncmsgr,lossless,queued,tokio,naive,rados --lossless").unwrap();
         let names: Vec<String> = a.peers.iter().map(|p| p.to_string()).collect();
         assert_eq!(
             names,
@@ -337,7 +345,8 @@ mod tests {
                 "asyncmsgr+lossless",
                 "asyncmsgr+queued",
                 "tokio-ct64",
-                "std-naive (no crc, u32)"
+                "std-naive (no crc, u32)",
+                "rados-msgr2"
             ]
         );
         assert!(parse("--peers quic").is_err());

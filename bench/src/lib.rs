@@ -14,6 +14,8 @@ pub mod matrix;
 pub mod msgr;
 pub mod naive;
 pub mod plot;
+#[cfg(feature = "rados")]
+pub mod rados_peer;
 pub mod report;
 pub mod stdnet;
 pub mod tokio_peer;
@@ -32,6 +34,10 @@ pub fn run_peer(args: &Args, peer: Peer) -> io::Result<Report> {
         Peer::Tokio => tokio_peer::run(args),
         Peer::StdBatched => stdnet::run(args),
         Peer::StdNaive => naive::run(args),
+        #[cfg(feature = "rados")]
+        Peer::Rados => rados_peer::run(args),
+        #[cfg(not(feature = "rados"))]
+        Peer::Rados => Err(io::Error::other("bench was built without its `rados` feature")),
     }
 }
 

@@ -14,6 +14,7 @@
 //! payload `Bytes` would avoid one copy per MiB-sized message; a multi-threaded runtime
 //! would spread many connections over both cores.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +33,7 @@ use tokio::sync::Notify;
 use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
 
 use crate::args::{Args, Peer};
-use crate::report::{measure, new_histogram, Report};
+use crate::report::{measure, new_histogram, Join, Report};
 use crate::verify::{self, InFlight, Signal};
 use crate::wire::{client_name, Deframer, Framer, Parsed, FOOTER_LEN, HEAD_LEN, SERVER_NAME};
 
@@ -237,54 +238,84 @@ async fn client_conn(
     verify::conn_ended(&signals, result)
 }
 
+/// Runs `serve(listener)` on a `current_thread` runtime on a thread of its own
+/// (`{name}-server`) and the client connections `conn(0)`, `conn(1)`, … `conn(conns - 1)`
+/// as tasks of another (`{name}-client`); the [`Join`] merges their histograms. The
+/// harness of every tokio-based peer, for [`measure`]'s `start`; a listener the server's
+/// runtime cannot take fails the run on `signals`.
+pub(crate) fn server_and_clients<S, SFut, C, CFut>(
+    name: &str,
+    listener: std::net::TcpListener,
+    signals: &Sender<Signal>,
+    conns: usize,
+    serve: S,
+    conn: C,
+) -> io::Result<Join>
+where
+    S: FnOnce(TcpListener) -> SFut + Send + 'static,
+    SFut: Future<Output = ()>,
+    C: Fn(usize) -> CFut + Send + 'static,
+    CFut: Future<Output = Histogram<u64>> + Send + 'static,
+{
+    let server = {
+        let (rt, signals, name) = (runtime()?, signals.clone(), name.to_string());
+        std::thread::Builder::new().name(format!("{name}-server")).spawn(move || {
+            rt.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => serve(l).await,
+                    Err(e) => {
+                        let _ = signals.send(Signal::Failed(format!("{name} listener: {e}")));
+                    }
+                }
+            })
+        })?
+    };
+    let client = {
+        let rt = runtime()?;
+        std::thread::Builder::new().name(format!("{name}-client")).spawn(move || {
+            rt.block_on(async move {
+                let tasks: Vec<_> = (0..conns).map(|i| tokio::spawn(conn(i))).collect();
+                // The connections hold their own signal senders; drop the factory's so
+                // the watchdog sees every sender gone once they end.
+                drop(conn);
+                let mut rtt = new_histogram();
+                for t in tasks {
+                    if let Ok(h) = t.await {
+                        let _ = rtt.add(&h);
+                    }
+                }
+                rtt
+            })
+        })?
+    };
+    let name = name.to_string();
+    Ok(Box::new(move || {
+        let rtt = client.join().map_err(|_| io::Error::other(format!("{name} client panicked")))?;
+        let _ = server.join();
+        Ok(rtt)
+    }))
+}
+
 /// Runs the tokio peer in this process and reports it.
 pub fn run(args: &Args) -> io::Result<Report> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     measure(args, &Peer::Tokio.to_string(), |deadline, done, signals| {
-        let server = {
-            let (signals, conns, crc) = (signals.clone(), args.conns, args.crc);
-            let reply = Bytes::from(vec![0x5a; args.reply_size]);
-            let rt = runtime()?;
-            std::thread::Builder::new().name("tokio-server".into()).spawn(move || {
-                rt.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(l) => serve(l, conns, reply, crc, signals).await,
-                        Err(e) => {
-                            let _ = signals.send(Signal::Failed(format!("tokio listener: {e}")));
-                        }
-                    }
-                })
-            })?
-        };
-        let client = {
-            let args = Arc::new(args.clone());
-            let rt = runtime()?;
-            std::thread::Builder::new().name("tokio-client".into()).spawn(move || {
-                rt.block_on(async move {
-                    let conns: Vec<_> = (0..args.conns)
-                        .map(|i| {
-                            let (args, done, signals) =
-                                (args.clone(), done.clone(), signals.clone());
-                            tokio::spawn(client_conn(addr, i, args, deadline, done, signals))
-                        })
-                        .collect();
-                    drop(signals);
-                    let mut rtt = new_histogram();
-                    for c in conns {
-                        if let Ok(h) = c.await {
-                            let _ = rtt.add(&h);
-                        }
-                    }
-                    rtt
-                })
-            })?
-        };
-        Ok(Box::new(move || {
-            let rtt = client.join().map_err(|_| io::Error::other("tokio client panicked"))?;
-            let _ = server.join();
-            Ok(rtt)
-        }))
+        let (conns, crc) = (args.conns, args.crc);
+        let reply = Bytes::from(vec![0x5a; args.reply_size]);
+        let server_signals = signals.clone();
+        let args = Arc::new(args.clone());
+        server_and_clients(
+            "tokio",
+            listener,
+            &server_signals,
+            conns,
+            {
+                let signals = server_signals.clone();
+                move |l| serve(l, conns, reply, crc, signals)
+            },
+            move |i| client_conn(addr, i, args.clone(), deadline, done.clone(), signals.clone()),
+        )
     })
 }
