@@ -135,6 +135,21 @@ pub struct MessengerConfig {
     #[doc(alias = "ms_service_mode")]
     pub service_mode: Option<ConModes>,
     // ---- end of the msgr2 connection modes
+    // ----- Binding: which protocols the listener serves -----
+    /// `ms_bind_msgr1`: the listener serves msgr v1 and the messenger announces a v1
+    /// (`LEGACY`) address. Like Ceph's, only the listening side is governed: dialling
+    /// follows the address dialled. Ceph binds one listening socket per protocol (v2 on
+    /// 3300 and v1 on 6789 for a monitor, a port each from the range for a daemon);
+    /// we bind one socket that serves whichever of the two are on, so both announced
+    /// addresses carry the same port (see [`crate::Messenger::my_addrs`]).
+    #[doc(alias = "ms_bind_msgr1")]
+    pub bind_msgr1: bool,
+    /// `ms_bind_msgr2`: the listener serves msgr2 and the messenger announces a v2
+    /// address (first, Ceph's order). With only one of the two on, the listener speaks
+    /// that protocol alone in Ceph's order (its banner first); a peer speaking the
+    /// other one fails the banner exchange and is closed.
+    #[doc(alias = "ms_bind_msgr2")]
+    pub bind_msgr2: bool,
     /// `ms_inject_socket_failures` (test seam, feature `fault-injection`): each socket
     /// read, write, dial and accept fails — the socket is shut down, as a network
     /// failure would — with probability 1/N; 0 = never.
@@ -205,6 +220,8 @@ impl Default for MessengerConfig {
             client_mode: None,
             cluster_mode: None,
             service_mode: None,
+            bind_msgr1: true,
+            bind_msgr2: true,
             #[cfg(feature = "fault-injection")]
             inject_socket_failures: 0,
             #[cfg(feature = "fault-injection")]
@@ -310,6 +327,12 @@ impl MessengerConfig {
         }
         if self.max_total_queued_bytes < self.max_queued_bytes {
             return bad("max_total_queued_bytes", "is below max_queued_bytes");
+        }
+        if !self.bind_msgr1 && !self.bind_msgr2 {
+            return bad(
+                "bind_msgr2",
+                "and bind_msgr1 are both off: the listener would serve nothing",
+            );
         }
         #[cfg(feature = "fault-injection")]
         {

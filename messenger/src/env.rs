@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use dispatch::{DispatchQueue, Dispatchers, Throttle};
 use parking_lot::RwLock;
-use protocol::types::{EntityAddr, EntityName};
+use protocol::types::{EntityAddr, EntityAddrVec, EntityName};
 use protocol::{GlobalSeqCounter, Message};
 
 use crate::config::MessengerConfig;
@@ -121,6 +121,11 @@ impl Env {
                 ))
             })
             .clone()
+    }
+
+    /// The addresses we announce: our bound address as msgr2 and as v1, each if bound.
+    pub(crate) fn my_addrs(&self) -> EntityAddrVec {
+        machine::announced_addrs(self.identity.addr(), &self.config)
     }
 
     pub(crate) fn dispatchers(&self) -> &Arc<Dispatchers<Connection>> {

@@ -43,7 +43,7 @@ pub(crate) fn protocol_config(
     addr: EntityAddr,
     global_seq: Arc<GlobalSeqCounter>,
 ) -> ProtocolConfig {
-    let mut pc = protocol::Config::new(name, announced_addrs(addr));
+    let mut pc = protocol::Config::new(name, announced_addrs(addr, config));
     pc.crc_header = config.crc_header;
     pc.crc_data = config.crc_data;
     pc.handshake_timeout = config.connection_ready_timeout;
@@ -67,13 +67,18 @@ pub(crate) fn protocol_config(
 }
 
 /// The addresses we announce for our address `addr` (what `bind` gave, blank for a pure
-/// client): the same socket address as msgr2 and as v1, since the accept side serves
-/// both on it. msgr v1 announces the v1 one; msgr2 sends the vector (Ceph's order: v2
-/// first) and checks a connector's target against it.
-pub(crate) fn announced_addrs(addr: EntityAddr) -> EntityAddrVec {
+/// client): the same socket address as msgr2 and as v1 (one listening socket serves
+/// both), each only if `config` binds its protocol (`bind_msgr2`, `bind_msgr1`). msgr v1
+/// announces the v1 one (or the first); msgr2 sends the vector (Ceph's order: v2 first)
+/// and checks a connector's target against it.
+pub(crate) fn announced_addrs(addr: EntityAddr, config: &MessengerConfig) -> EntityAddrVec {
     let v2 = EntityAddr { ty: AddrType::MSGR2, ..addr };
     let v1 = EntityAddr { ty: AddrType::LEGACY, ..addr };
-    EntityAddrVec { addrs: vec![v2, v1] }
+    let addrs = [(config.bind_msgr2, v2), (config.bind_msgr1, v1)]
+        .into_iter()
+        .filter_map(|(bound, a)| bound.then_some(a))
+        .collect();
+    EntityAddrVec { addrs }
 }
 
 /// One connection's session machine, as the driver drives it. Inputs are `handle_*`,
@@ -97,15 +102,24 @@ impl Machine {
         Machine(Connection::connect(config, version, policy, addr, peer_type, now))
     }
 
-    /// The accept side of a socket just accepted from `peer` on `local`: it reads the
-    /// peer's banner, then runs the machine of the protocol the banner names.
+    /// The accept side of a socket just accepted from `peer` on `local`. Serving both
+    /// protocols (both are in our announced addresses), it reads the peer's banner,
+    /// then runs the machine of the protocol the banner names; serving one, it runs
+    /// that protocol's machine in Ceph's order (our banner queued first), which closes
+    /// a peer whose banner is the other protocol's.
     pub(crate) fn accept(
         config: Arc<ProtocolConfig>,
         peer: SocketAddr,
         local: SocketAddr,
         now: Instant,
     ) -> Machine {
-        Machine(Connection::accept(config, peer, local, now))
+        let serves = |ty| config.my_addrs.addrs.iter().any(|a| a.ty == ty);
+        let c = match (serves(AddrType::LEGACY), serves(AddrType::MSGR2)) {
+            (true, false) => Connection::accept_v1(config, peer, local, now),
+            (false, true) => Connection::accept_v2(config, peer, local, now),
+            _ => Connection::accept(config, peer, local, now),
+        };
+        Machine(c)
     }
 
     // ----- inputs -----

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use dispatch::{Dispatcher, ShutdownMode, Throttle};
 use event_center::{WorkerPool, WorkerPoolConfig};
 use parking_lot::Mutex;
-use protocol::types::{EntityAddr, EntityName, EntityType};
+use protocol::types::{EntityAddr, EntityAddrVec, EntityName, EntityType};
 use protocol::Message;
 
 use crate::admin::AdminSocket;
@@ -101,9 +101,22 @@ impl Messenger {
         Ok(bound)
     }
 
-    /// Our announced address (after `bind`; blank IP and port 0 for a pure client).
+    /// The address a peer dials to reach us (after `bind`; blank IP and port 0 for a
+    /// pure client): our v1 address (Ceph's `get_myaddr_legacy`), or our msgr2 one
+    /// when only msgr2 is bound (`bind_msgr1 = false`), so dialling it always works.
+    #[doc(alias = "get_myaddr_legacy")]
     pub fn my_addr(&self) -> EntityAddr {
-        self.env.identity.addr()
+        let addrs = self.my_addrs();
+        addrs.legacy_addr().or_else(|| addrs.addrs.first().copied()).unwrap_or_default()
+    }
+
+    /// Our address vector (Ceph's `get_myaddrs`): the bound address as msgr2 (first)
+    /// and as msgr v1, each only if its protocol is bound (`bind_msgr2`, `bind_msgr1`).
+    /// Both carry the same port: one listening socket serves both protocols (Ceph binds
+    /// one per protocol; see [`MessengerConfig::bind_msgr1`]).
+    #[doc(alias = "get_myaddrs")]
+    pub fn my_addrs(&self) -> EntityAddrVec {
+        self.env.my_addrs()
     }
 
     /// Our entity name.
@@ -186,7 +199,7 @@ impl Messenger {
     /// Like [`Messenger::get_connection`] for a peer whose announced address (with nonce)
     /// is known, e.g. from a monmap or an OSD map.
     pub fn connect_to(&self, peer_type: EntityType, addr: EntityAddr) -> Connection {
-        if addr == self.env.identity.addr() {
+        if self.my_addrs().addrs.contains(&addr) {
             return self.get_loopback_connection();
         }
         let created = self.env.sessions.get_or_create(addr, || {

@@ -22,7 +22,7 @@ impl Driver {
     pub(super) fn decide_accept(&mut self, cx: &mut Context<'_>, req: AcceptRequest) {
         let now = cx.now();
         let policy = self.env.policies.policy(req.peer_type);
-        let my_addrs = machine::announced_addrs(self.env.identity.addr());
+        let my_addrs = self.env.my_addrs();
         {
             let mut p = self.conn.0.published.lock();
             p.addr = Some(req.peer_addr);
