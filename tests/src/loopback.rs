@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
-use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
-use protocol::types::{EntityName, EntityType};
+use messenger::{
+    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion,
+};
+use protocol::types::{AddrType, EntityAddr, EntityName, EntityType};
 use protocol::Message;
 
 /// How long a test waits for something that should happen promptly on loopback.
@@ -179,6 +181,16 @@ pub fn wait_for_connection_count(m: &Messenger, n: usize, who: &str) {
         assert!(Instant::now() < deadline, "{who}: {}", m.dump_connections());
         std::thread::yield_now();
     }
+}
+
+/// `addr` (an announced address) as the address to dial it over `proto`: for msgr2 the
+/// `v2:` address on the same port (our listener serves both protocols there).
+pub fn addr_for(proto: ProtocolVersion, addr: EntityAddr) -> EntityAddr {
+    let ty = match proto {
+        ProtocolVersion::V1 => AddrType::LEGACY,
+        ProtocolVersion::V2 => AddrType::MSGR2,
+    };
+    EntityAddr { ty, ..addr }
 }
 
 /// Turns on `RUST_LOG`-driven logging for a test binary (idempotent).

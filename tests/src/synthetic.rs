@@ -43,7 +43,8 @@ use bytes::Bytes;
 use event_center::{WorkerPool, WorkerPoolConfig};
 use messenger::counters::WorkerCounters;
 use messenger::{
-    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, SendError,
+    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion,
+    SendError,
 };
 use parking_lot::{Condvar, Mutex};
 use protocol::session::CounterValues;
@@ -53,6 +54,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::chaos::{ChaosConfig, ChaosProxy};
+use crate::loopback::addr_for;
 
 /// A checked message from a client (front: its sequence number; data: the payload).
 pub const MSG_PING: u16 = 0x7f10;
@@ -130,6 +132,10 @@ pub struct Options {
     /// until a send is refused (at most 8); 0 for none. Meant with
     /// [`Options::refusals_allowed`]: it drives a connection to its send bound.
     pub burst_one_in: u32,
+    /// The protocol clients dial servers with (msgr2: the servers' `v2:` addresses on
+    /// the same port) and the servers dial clients back with; every session accepted
+    /// or connected must speak it.
+    pub proto: ProtocolVersion,
 }
 
 impl Options {
@@ -169,6 +175,7 @@ impl Options {
             large_payloads: 0,
             large_payload_len: (2 << 20)..=(4 << 20),
             burst_one_in: 0,
+            proto: ProtocolVersion::V1,
         }
     }
 }
@@ -363,9 +370,19 @@ struct Shared {
     /// Signalled whenever `in_flight` drops.
     drained: Condvar,
     lossy: bool,
+    /// The protocol every session must speak ([`Options::proto`]).
+    proto: ProtocolVersion,
 }
 
 impl Shared {
+    /// Fails the run if `conn` (just opened) speaks another protocol than the run's.
+    fn check_protocol(&self, conn: &Connection, side: &str) {
+        if conn.protocol() != Some(self.proto) {
+            let what = format!("{side} session {} speaks {:?}", conn.id(), conn.protocol());
+            self.state.lock().report.fail(what);
+        }
+    }
+
     /// Removes `t`'s pending messages from the flight count; returns how many.
     fn release(st: &mut State, t: &Tracked) -> u64 {
         st.in_flight -= t.sent.len();
@@ -515,6 +532,7 @@ impl Dispatcher<Connection> for ClientSide {
         self.shared.state.lock().opened((self.client, conn.id()));
     }
     fn ms_handle_connect(&self, conn: &Connection) {
+        self.shared.check_protocol(conn, "client (connected)");
         let mut st = self.shared.state.lock();
         st.report.client_connects += 1;
         st.open_reported((self.client, conn.id()));
@@ -579,11 +597,13 @@ impl Dispatcher<Connection> for ServerSide {
         }
     }
     fn ms_handle_connect(&self, conn: &Connection) {
+        self.shared.check_protocol(conn, "server (connected)");
         let mut st = self.shared.state.lock();
         st.report.server_connects += 1;
         st.server_conns.insert((self.server, conn.id()), conn.clone());
     }
     fn ms_handle_accept(&self, conn: &Connection) {
+        self.shared.check_protocol(conn, "server (accepted)");
         let mut st = self.shared.state.lock();
         st.report.server_accepts += 1;
         st.server_conns.insert((self.server, conn.id()), conn.clone());
@@ -648,10 +668,11 @@ impl Cluster {
                     let proxy = ChaosProxy::start(bound, chaos).expect("chaos proxy");
                     proxy.arm();
                     let addr = EntityAddr::legacy(proxy.addr(), m.my_addr().nonce);
+                    let addr = addr_for(opts.proto, addr);
                     proxies.push(proxy);
                     addr
                 }
-                None => m.my_addr(),
+                None => addr_for(opts.proto, m.my_addr()),
             };
             server_addrs.push(addr);
             servers.push(m);
@@ -764,7 +785,7 @@ impl Workload<'_> {
         if self.opts.mark_down_both_ends {
             // Lossless peers: the server's session to that client goes too, or it would
             // reconnect and resend into the client's next session (Ceph does the same).
-            let client = self.cluster.clients[c].my_addr();
+            let client = addr_for(self.opts.proto, self.cluster.clients[c].my_addr());
             self.cluster.servers[s].connect_to(EntityType::CLIENT, client).mark_down();
         }
     }
@@ -974,6 +995,7 @@ pub fn run(opts: &Options) -> Report {
         state: Mutex::new(State::default()),
         drained: Condvar::new(),
         lossy: opts.lossy,
+        proto: opts.proto,
     });
     let cluster = Cluster::start(opts, &shared);
     let mut rng = SmallRng::seed_from_u64(opts.seed);
@@ -1097,7 +1119,7 @@ pub fn run(opts: &Options) -> Report {
 pub fn run_and_check(mut opts: Options, min_messages: u64) -> Report {
     opts.duration = crate::soak::soak_duration();
     let report = run(&opts);
-    eprintln!("{} (seed {}): {}", opts.name, opts.seed, report.summary());
+    eprintln!("{} over {:?} (seed {}): {}", opts.name, opts.proto, opts.seed, report.summary());
     assert!(
         report.failures.is_empty(),
         "{} (MSGR_SEED={}): {} failures (+{} more):\n{}",
