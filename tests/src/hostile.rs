@@ -176,3 +176,110 @@ pub fn rss_bytes() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// A hand-driven peer over either protocol: our sans-IO machine did the handshake over a
+/// blocking socket (so the acceptor holds an open session with it), and frames messages
+/// on request ([`RawPeer::frame`]) that the test then writes whole, in part, trickled or
+/// not at all. It never reads after the handshake: what the acceptor sends piles up
+/// unread.
+pub struct RawPeer {
+    /// The socket, open.
+    pub sock: TcpStream,
+    machine: protocol::Connection,
+}
+
+impl RawPeer {
+    /// Connects to `server` (its `v2:` address for msgr2, its v1 one for v1) with
+    /// `policy` and runs the handshake to an open session. Each call announces a fresh
+    /// nonce, so the acceptor keeps one session per peer.
+    pub fn handshake(server: EntityAddr, policy: Policy) -> RawPeer {
+        static NONCE: AtomicU32 = AtomicU32::new(2_000_000);
+        let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
+        let me = EntityAddr {
+            ty: server.ty,
+            ..EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), nonce)
+        };
+        let cfg = Arc::new(protocol::Config::new(EntityName::new(EntityType::CLIENT, -1), me));
+        let version = if server.ty == protocol::types::AddrType::MSGR2 {
+            protocol::ProtocolVersion::V2
+        } else {
+            protocol::ProtocolVersion::V1
+        };
+        let now = Instant::now();
+        let mut machine =
+            protocol::Connection::connect(cfg, version, policy, server, EntityType::OSD, now);
+        let mut sock = TcpStream::connect(server.addr.expect("server address")).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        machine.handle_transport_connected(Instant::now());
+        let (mut out, mut buf) = (Vec::new(), vec![0u8; 4096]);
+        for _ in 0..64 {
+            out.clear();
+            machine.poll_transmit(&mut out);
+            for seg in &out {
+                sock.write_all(seg).expect("write");
+            }
+            while let Some(ev) = machine.poll_event() {
+                if let Event::Opened(_) = ev {
+                    return RawPeer { sock, machine };
+                }
+            }
+            let n = sock.read(&mut buf).expect("read");
+            assert!(n > 0, "server closed during the handshake");
+            machine.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
+        }
+        panic!("handshake did not finish");
+    }
+
+    /// The protocol the session speaks.
+    pub fn protocol(&self) -> protocol::ProtocolVersion {
+        self.machine.protocol().expect("open")
+    }
+
+    /// The wire bytes of `msg` as the session frames it (the next sequence number, the
+    /// protocol's header, crcs and epilogue), not written: the test writes them.
+    pub fn frame(&mut self, msg: protocol::Message) -> Vec<u8> {
+        self.machine.send_message(msg);
+        let mut out = Vec::new();
+        self.machine.poll_transmit(&mut out);
+        out.concat()
+    }
+
+    /// A message of type [`MSG_HOSTILE`] with `tid` and `front`, framed
+    /// ([`RawPeer::frame`]).
+    pub fn message(&mut self, tid: u64, front: &[u8]) -> Vec<u8> {
+        let mut msg = protocol::Message::new(MSG_HOSTILE, Bytes::copy_from_slice(front));
+        msg.set_tid(tid);
+        self.frame(msg)
+    }
+
+    /// The first `n` wire bytes of a message of type [`MSG_HOSTILE`] announcing
+    /// `data_len` bytes of data (zeros) and no front: its head ([`head_len`]) and the
+    /// start of its data, what a peer that announces a large message and goes silent
+    /// sends.
+    pub fn announce(&mut self, tid: u64, data_len: usize, n: usize) -> Vec<u8> {
+        let mut msg = protocol::Message::new(MSG_HOSTILE, Bytes::new());
+        msg.set_tid(tid);
+        // calloc'd: the pages of a large announcement are never touched but by the crc.
+        msg.set_data(Bytes::from(vec![0u8; data_len]));
+        self.machine.send_message(msg);
+        let mut out = Vec::new();
+        self.machine.poll_transmit(&mut out);
+        let mut head = Vec::with_capacity(n);
+        for piece in &out {
+            let take = (n - head.len()).min(piece.len());
+            head.extend_from_slice(&piece[..take]);
+        }
+        head
+    }
+}
+
+/// How many bytes of a framed message with an empty front come before its data: v1's tag
+/// and header, msgr2's preamble, header2 segment and its crc (crc mode).
+pub fn head_len(proto: protocol::ProtocolVersion) -> usize {
+    match proto {
+        protocol::ProtocolVersion::V1 => 1 + MsgHeader::LEN,
+        protocol::ProtocolVersion::V2 => {
+            protocol::v2::framing::PREAMBLE_LEN + protocol::v2::framing::HEADER2_LEN + 4
+        }
+    }
+}

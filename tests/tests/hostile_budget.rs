@@ -2,6 +2,7 @@
 //! announces a large message and goes silent (or trickles it) holds no more than one
 //! window of it and loses its connection at the payload timeout; other connections keep
 //! flowing. And honest large messages arriving at once never deadlock on the budget.
+//! Each over msgr v1 and msgr2.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
-use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
+use messenger::{
+    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion,
+};
 use protocol::message::MESSAGE_OVERHEAD;
 use protocol::session::DEFAULT_FIRST_WINDOW;
 use protocol::types::{EntityName, EntityType};
@@ -52,8 +55,7 @@ fn round_trips(good: &Connection, rx: &Receiver<Seen>, first_tid: u64, n: u64, s
 // Ceph reserves a message's whole length when its header arrives; here a message holds
 // budget only for what arrived plus one window, so announcing 100 MiB and going silent
 // costs the server nothing the others need.
-#[test]
-fn peers_announcing_large_messages_and_going_silent_do_not_stall_others() {
+fn silent_announcers_do_not_stall_others(proto: ProtocolVersion) {
     let window = 64 << 10;
     let config = MessengerConfig {
         // Long enough that the good traffic below cannot be waiting for it.
@@ -63,16 +65,17 @@ fn peers_announcing_large_messages_and_going_silent_do_not_stall_others() {
     };
     let (srv, _addr, _srv_rx) = echo_server(config);
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
-    let good = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let good = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     round_trips(&good, &cli_rx, 0, 10, 4096);
 
     // One peer announces 100 MiB, two more 50 MiB each; each sends 100 bytes of it.
     let mut attackers = Vec::new();
     for data_len in [100 * MIB, 50 * MIB, 50 * MIB] {
-        let (mut sock, _) = handshaken_socket(srv.my_addr(), Policy::lossy_client());
-        sock.write_all(&msg_head(1, 1, 0, data_len)).expect("header");
-        sock.write_all(&[0u8; 100]).expect("a little payload");
-        attackers.push(sock);
+        let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+        assert_eq!(peer.protocol(), proto);
+        let head = peer.announce(1, data_len as usize, head_len(proto) + 100);
+        peer.sock.write_all(&head).expect("header and a little payload");
+        attackers.push(peer.sock);
     }
     // Each holds its first window: a page (more only for payload already received).
     let held_most = 3 * (u64::from(DEFAULT_FIRST_WINDOW) + MESSAGE_OVERHEAD);
@@ -93,14 +96,29 @@ fn peers_announcing_large_messages_and_going_silent_do_not_stall_others() {
     srv.shutdown();
 }
 
+#[test]
+fn peers_announcing_large_messages_and_going_silent_do_not_stall_others() {
+    silent_announcers_do_not_stall_others(ProtocolVersion::V1);
+}
+
+// Known gap: msgr2 reserves a message's whole announced length when its head arrives
+// (its frame decoder takes a segment whole), so three silent announcers hold the whole
+// dispatch budget until the payload timeout faults them (the trickle test below).
+#[test]
+#[ignore = "msgr2 reserves a message's whole length of budget when its head arrives (known gap)"]
+fn peers_announcing_large_messages_and_going_silent_do_not_stall_others_over_msgr2() {
+    silent_announcers_do_not_stall_others(ProtocolVersion::V2);
+}
+
 // A message's payload must progress by a window per payload timeout: trickling one byte
 // at a time (which resets the idle timer every time) does not keep it alive.
-#[test]
-fn a_trickled_message_is_faulted_at_the_payload_timeout() {
+fn trickled_message_is_faulted(proto: ProtocolVersion) {
     let config = MessengerConfig { payload_timeout: Duration::from_secs(1), ..test_config(1) };
     let (srv, _addr, _srv_rx) = echo_server(config);
-    let (mut sock, _) = handshaken_socket(srv.my_addr(), Policy::lossy_client());
-    sock.write_all(&msg_head(1, 1, 0, 8 * MIB)).expect("header");
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    let head = peer.announce(1, 8 * MIB as usize, head_len(proto));
+    let mut sock = peer.sock;
+    sock.write_all(&head).expect("header");
     let started = Instant::now();
     let mut closed = false;
     while started.elapsed() < WAIT {
@@ -112,6 +130,16 @@ fn a_trickled_message_is_faulted_at_the_payload_timeout() {
     assert!(closed, "a trickled message kept its connection for {:?}", started.elapsed());
     wait_for("the budget to be released", || srv.dispatch_throttle().current() == 0);
     srv.shutdown();
+}
+
+#[test]
+fn a_trickled_message_is_faulted_at_the_payload_timeout() {
+    trickled_message_is_faulted(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_trickled_message_is_faulted_at_the_payload_timeout_over_msgr2() {
+    trickled_message_is_faulted(ProtocolVersion::V2);
 }
 
 /// Holds every message until `open` is called, then takes them all.
@@ -145,8 +173,7 @@ impl Drop for OpenOnDrop {
 // Eight peers send 768 KiB messages at once into a 1 MiB dispatch budget: the messages
 // in progress hold all of it while waiting for more. The oldest one in progress always
 // gets its next window, so everything arrives.
-#[test]
-fn large_messages_arriving_together_never_deadlock_on_the_budget() {
+fn large_messages_never_deadlock(proto: ProtocolVersion) {
     let config = MessengerConfig { dispatch_throttle_bytes: 1 << 20, ..test_config(2) };
     let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config).expect("messenger");
     srv.set_default_policy(Policy::stateless_server());
@@ -164,7 +191,7 @@ fn large_messages_arriving_together_never_deadlock_on_the_budget() {
     let clients: Vec<_> = (0..PEERS)
         .map(|i| {
             let (cli, _rx) = client(EntityType::CLIENT, 10 + i as u32, Policy::lossless_client());
-            let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+            let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
             for tid in 0..EACH {
                 conn.send_message(test_message(MSG_TEST, tid, Bytes::from(vec![1u8; 768 << 10])))
                     .expect("send");
@@ -194,4 +221,14 @@ fn large_messages_arriving_together_never_deadlock_on_the_budget() {
         cli.shutdown();
     }
     srv.shutdown();
+}
+
+#[test]
+fn large_messages_arriving_together_never_deadlock_on_the_budget() {
+    large_messages_never_deadlock(ProtocolVersion::V1);
+}
+
+#[test]
+fn large_messages_arriving_together_never_deadlock_on_the_budget_over_msgr2() {
+    large_messages_never_deadlock(ProtocolVersion::V2);
 }

@@ -46,6 +46,9 @@ impl<P: Protocol> Machine<P> {
         }
         log::trace!(target: P::LOG, "{self}: {} bytes in", data.len());
         self.last_rx = now;
+        if P::PROGRESS_ON_ARRIVAL {
+            self.note_payload_progress(now, data.len() as u64);
+        }
         self.rx.push(data);
         self.process(now);
     }

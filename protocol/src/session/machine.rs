@@ -69,9 +69,14 @@ pub trait Protocol: Sized + Send + 'static {
     /// Whether the step waits for [`Machine::handle_accept_decision`].
     fn step_awaits_decision(step: &Self::Handshake) -> bool;
     /// Whether a message's payload must progress against `Config::payload_timeout`
-    /// once its budget is granted (v1, which reads payloads in windows; msgr2 takes a
-    /// segment whole).
+    /// once its budget is granted (both protocols: a peer that announces a message and
+    /// stalls or trickles it loses its connection and the budget it held).
     const TIMED_PAYLOAD: bool;
+    /// Whether payload progress is counted as bytes arrive ([`Machine::handle_bytes`])
+    /// instead of by the protocol as it consumes them: v1 reads payloads in windows and
+    /// counts what it consumed; msgr2's frame decoder takes a segment whole once it is
+    /// buffered, so what arrives meanwhile is the progress.
+    const PROGRESS_ON_ARRIVAL: bool;
 
     /// The dialled socket connected: queue the banner; the first handshake step.
     fn start_handshake(m: &mut Machine<Self>) -> Self::Handshake;

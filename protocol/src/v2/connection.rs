@@ -73,7 +73,8 @@ impl Protocol for V2 {
     type OpenRx = OpenRx;
     const LOG: &'static str = LOG;
     const NAME: &'static str = "v2";
-    const TIMED_PAYLOAD: bool = false;
+    const TIMED_PAYLOAD: bool = true;
+    const PROGRESS_ON_ARRIVAL: bool = true;
 
     fn step_name(step: &Handshake) -> &'static str {
         step.name()
