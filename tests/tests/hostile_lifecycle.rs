@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
+use messenger::{
+    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion,
+};
 use protocol::types::{EntityName, EntityType};
 use protocol::Message;
 use tests::loopback::*;
@@ -39,8 +41,7 @@ impl Dispatcher<Connection> for MarkDownAt {
 
 // Ceph's mark_down stops the connection under its lock and discards its queue: nothing
 // it read is dispatched afterwards.
-#[test]
-fn no_message_is_dispatched_after_mark_down_returns() {
+fn no_message_is_dispatched_after_mark_down_returns_over(proto: ProtocolVersion) {
     for round in 0..5 {
         let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, test_config(2))
             .expect("messenger");
@@ -56,7 +57,7 @@ fn no_message_is_dispatched_after_mark_down_returns() {
         });
         srv.add_dispatcher_head(d.clone()).expect("dispatcher");
         let (cli, _cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
-        let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+        let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
         // A stream the server is still reading while it marks the connection down.
         for tid in 0..5_000u64 {
             let _ = conn.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[0; 512])));
@@ -73,6 +74,16 @@ fn no_message_is_dispatched_after_mark_down_returns() {
         cli.shutdown();
         srv.shutdown();
     }
+}
+
+#[test]
+fn no_message_is_dispatched_after_mark_down_returns() {
+    no_message_is_dispatched_after_mark_down_returns_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn no_message_is_dispatched_after_mark_down_returns_over_msgr2() {
+    no_message_is_dispatched_after_mark_down_returns_over(ProtocolVersion::V2);
 }
 
 fn refused(config: MessengerConfig) -> String {
@@ -139,8 +150,9 @@ impl Dispatcher<Connection> for Blocking {
 
 // A driver waiting for throttle budget queues one request, however often it is woken
 // meanwhile (Ceph's AsyncConnection retries on a timer instead).
-#[test]
-fn a_waiting_connection_queues_one_throttle_request_however_often_it_is_woken() {
+fn a_waiting_connection_queues_one_throttle_request_however_often_it_is_woken_over(
+    proto: ProtocolVersion,
+) {
     let config = MessengerConfig { dispatch_throttle_bytes: 64 << 10, ..test_config(1) };
     let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config).expect("messenger");
     srv.set_default_policy(Policy::stateless_server());
@@ -151,7 +163,7 @@ fn a_waiting_connection_queues_one_throttle_request_however_often_it_is_woken() 
     srv.add_dispatcher_head(Arc::new(Blocking { conn: conn_tx, release: release_rx }))
         .expect("dispatcher");
     let (cli, _rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
-    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     for tid in 0..8u64 {
         conn.send_message(test_message(MSG_TEST, tid, Bytes::from(vec![0u8; 32 << 10])))
             .expect("send");
@@ -176,4 +188,18 @@ fn a_waiting_connection_queues_one_throttle_request_however_often_it_is_woken() 
     }
     cli.shutdown();
     srv.shutdown();
+}
+
+#[test]
+fn a_waiting_connection_queues_one_throttle_request_however_often_it_is_woken() {
+    a_waiting_connection_queues_one_throttle_request_however_often_it_is_woken_over(
+        ProtocolVersion::V1,
+    );
+}
+
+#[test]
+fn a_waiting_connection_queues_one_throttle_request_however_often_it_is_woken_over_msgr2() {
+    a_waiting_connection_queues_one_throttle_request_however_often_it_is_woken_over(
+        ProtocolVersion::V2,
+    );
 }

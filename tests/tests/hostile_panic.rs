@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use messenger::{Connection, Dispatched, Dispatcher, Messenger, Policy};
+use messenger::{Connection, Dispatched, Dispatcher, Messenger, Policy, ProtocolVersion};
 use protocol::types::{EntityName, EntityType};
 use protocol::Message;
 use tests::loopback::*;
@@ -46,8 +46,9 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 // Ceph's AsyncConnection has no such case (a throwing dispatcher aborts the daemon);
 // our event center survives a panicking handler, so the driver must clean up after it.
-#[test]
-fn a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects() {
+fn a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects_over(
+    proto: ProtocolVersion,
+) {
     let srv =
         Messenger::new(EntityName::new(EntityType::OSD, 0), 1, test_config(1)).expect("messenger");
     srv.set_default_policy(Policy::stateful_server());
@@ -55,7 +56,7 @@ fn a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects() {
     srv.start().expect("start");
     srv.add_dispatcher_head(Arc::new(PanickyEcho)).expect("dispatcher");
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossless_client());
-    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     for tid in 0..POISON {
         conn.send_message(test_message(MSG_TEST, tid, Bytes::new())).expect("send");
         assert_eq!(next_message(&cli_rx).1.tid(), tid);
@@ -101,4 +102,14 @@ fn a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects() {
     assert_eq!(srv.connection_count(), 1);
     cli.shutdown();
     srv.shutdown();
+}
+
+#[test]
+fn a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects() {
+    a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects_over_msgr2() {
+    a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects_over(ProtocolVersion::V2);
 }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use messenger::{
-    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, SendError,
+    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion,
+    SendError,
 };
 use protocol::message::MESSAGE_OVERHEAD;
 use protocol::types::{EntityName, EntityType};
@@ -26,16 +27,23 @@ fn send_queues(srv: &Messenger, field: &str) -> u64 {
     srv.counters_json()["msgr_send_queues"][field].as_u64().unwrap_or(0)
 }
 
-/// Floods `srv` with `n` requests of `size` bytes of front from a peer that never reads.
+/// Floods `srv` with `n` requests of `size` bytes of front from a peer that never reads
+/// (over `proto`).
 /// Returns the socket (kept open, unread) once every request was written or the server
 /// closed it.
-fn flood_without_reading(srv: &Messenger, n: u64, size: usize) -> std::net::TcpStream {
-    let (sock, footer) = handshaken_socket(srv.my_addr(), Policy::lossy_client());
-    let mut writer = sock.try_clone().expect("clone");
+fn flood_without_reading(
+    srv: &Messenger,
+    proto: ProtocolVersion,
+    n: u64,
+    size: usize,
+) -> std::net::TcpStream {
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    let sock = peer.sock.try_clone().expect("clone");
     std::thread::spawn(move || {
         let front = vec![9u8; size];
         for seq in 1..=n {
-            if writer.write_all(&msg_frame(seq, seq, &front, footer)).is_err() {
+            let frame = peer.message(seq, &front);
+            if peer.sock.write_all(&frame).is_err() {
                 return;
             }
         }
@@ -63,8 +71,7 @@ impl Dispatcher<Connection> for CountingEcho {
 
 // Ceph's out queue is unbounded; ours is bounded per connection and per messenger, and a
 // peer that stops reading is faulted after the write timeout.
-#[test]
-fn a_peer_that_never_reads_is_bounded_then_faulted() {
+fn a_peer_that_never_reads_is_bounded_then_faulted_over(proto: ProtocolVersion) {
     const PER_CONN: u64 = 4 << 20;
     let config = MessengerConfig {
         max_queued_bytes: PER_CONN,
@@ -79,13 +86,13 @@ fn a_peer_that_never_reads_is_bounded_then_faulted() {
     let echo = Arc::new(CountingEcho { accepted: AtomicU64::new(0) });
     srv.add_dispatcher_head(echo.clone()).expect("dispatcher");
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
-    let good = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let good = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
 
     // 4 KiB replies and empty ones (an empty message costs its overhead: bounded too).
     for size in [4096, 0] {
         let (accepted0, written0) =
             (echo.accepted.load(Ordering::Relaxed), srv.totals().send_bytes);
-        let _sock = flood_without_reading(&srv, 40_000, size);
+        let _sock = flood_without_reading(&srv, proto, 40_000, size);
         let deadline = Instant::now() + WAIT;
         // Sampled while the flood lasts: what the server accepted to send and has not
         // written stays within the bound (plus what the socket buffers took), and the
@@ -108,6 +115,16 @@ fn a_peer_that_never_reads_is_bounded_then_faulted() {
     assert!(send_queues(&srv, "val") < 64 << 10);
     cli.shutdown();
     srv.shutdown();
+}
+
+#[test]
+fn a_peer_that_never_reads_is_bounded_then_faulted() {
+    a_peer_that_never_reads_is_bounded_then_faulted_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_peer_that_never_reads_is_bounded_then_faulted_over_msgr2() {
+    a_peer_that_never_reads_is_bounded_then_faulted_over(ProtocolVersion::V2);
 }
 
 // The bound holds for user code as well: sends beyond it fail with QueueFull instead
@@ -145,8 +162,7 @@ fn send_message_fails_with_queue_full_beyond_the_bound() {
 
 // Two lossless peers streaming at each other with small send bounds: neither stops
 // reading, so both streams complete, every message once and in order.
-#[test]
-fn two_peers_streaming_at_each_other_do_not_wedge() {
+fn two_peers_streaming_at_each_other_do_not_wedge_over(proto: ProtocolVersion) {
     let config = |_| MessengerConfig { max_queued_bytes: 256 << 10, ..test_config(1) };
     let (a, a_addr, a_rx) = server_on(
         EntityType::OSD,
@@ -168,7 +184,7 @@ fn two_peers_streaming_at_each_other_do_not_wedge() {
     const N: u64 = 2_000;
     let stop = Arc::new(AtomicBool::new(false));
     let stream = |from: &Messenger, to: &Messenger| {
-        let conn = from.connect_to(EntityType::OSD, to.my_addr());
+        let conn = from.connect_to(EntityType::OSD, addr_for(proto, to.my_addr()));
         let stop = stop.clone();
         std::thread::spawn(move || {
             let payload = Bytes::from(vec![5u8; 16 << 10]);
@@ -197,4 +213,14 @@ fn two_peers_streaming_at_each_other_do_not_wedge() {
     ba.join().expect("b → a");
     a.shutdown();
     b.shutdown();
+}
+
+#[test]
+fn two_peers_streaming_at_each_other_do_not_wedge() {
+    two_peers_streaming_at_each_other_do_not_wedge_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn two_peers_streaming_at_each_other_do_not_wedge_over_msgr2() {
+    two_peers_streaming_at_each_other_do_not_wedge_over(ProtocolVersion::V2);
 }
