@@ -167,6 +167,18 @@ pub fn closed_within(sock: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// The server's `msgr_peer_issues` (protocol violations by peers), summed over its
+/// workers.
+pub fn peer_issues(srv: &messenger::Messenger) -> u64 {
+    let counters = srv.counters_json();
+    let Some(sections) = counters.as_object() else { return 0 };
+    sections
+        .iter()
+        .filter(|(k, _)| k.starts_with("AsyncMessenger::Worker"))
+        .map(|(_, v)| v["msgr_peer_issues"].as_u64().unwrap_or(0))
+        .sum()
+}
+
 /// This process's resident set size in bytes (Linux `/proc/self/status`), 0 if unknown.
 pub fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -15,17 +15,6 @@ use tests::loopback::*;
 
 const MSG_TEST: u16 = 0x7f00;
 
-/// The server's `msgr_peer_issues`, summed over its workers.
-fn peer_issues(srv: &messenger::Messenger) -> u64 {
-    let counters = srv.counters_json();
-    let Some(sections) = counters.as_object() else { return 0 };
-    sections
-        .iter()
-        .filter(|(k, _)| k.starts_with("AsyncMessenger::Worker"))
-        .map(|(_, v)| v["msgr_peer_issues"].as_u64().unwrap_or(0))
-        .sum()
-}
-
 /// Sends `n` copies of `connect` in one write from a helper thread (the server stops
 /// reading once it faults us, so the write may fail) and waits until the server closes.
 fn flood_connects(server: std::net::SocketAddr, connect: [u8; 33], n: usize) {

@@ -1,16 +1,20 @@
 //! Nothing a peer sends can hurt anyone else: hostile bytes fault only that peer's
-//! connection, while a well-behaved client's traffic goes on untouched.
+//! connection, while a well-behaved client's traffic goes on untouched. Over msgr v1 and,
+//! with msgr2's own attacks (bad preambles, huge segments, stalled frames), over msgr2.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use messenger::Policy;
+use messenger::{Policy, ProtocolVersion};
 use protocol::types::{EntityName, EntityType};
+use protocol::v2::banner::Banner;
+use protocol::v2::framing::{Preamble, SegmentDesc, HEADER2_LEN, PREAMBLE_LEN};
+use protocol::v2::tag::Tag as Tag2;
 use protocol::wire::{MsgHeader, Tag};
 use rand::{Rng, SeedableRng};
-use tests::hostile::handshaken_socket;
+use tests::hostile::{handshaken_socket, head_len, peer_issues, RawPeer};
 use tests::loopback::*;
 
 const MSG_TEST: u16 = 0x7f00;
@@ -80,6 +84,94 @@ fn hostile_peers_lose_only_their_own_connection() {
         wait_closed_by_server(sock);
     }
     assert!(good.is_connected());
+    // The server saw exactly the good client's messages.
+    let mut seen = 0;
+    while let Ok(ev) = srv_rx.recv_timeout(Duration::from_millis(300)) {
+        if let Seen::Message(_, m) = ev {
+            assert_eq!(m.msg_type(), MSG_TEST);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 201, "the server saw exactly the good client's messages");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+/// A msgr2 preamble (crc mode) for `tag` with segments of `lens`.
+fn preamble(tag: Tag2, lens: &[u32]) -> [u8; PREAMBLE_LEN] {
+    let mut segments = [SegmentDesc::default(); 4];
+    for (s, &len) in segments.iter_mut().zip(lens) {
+        *s = SegmentDesc { len, align: 8 };
+    }
+    let num_segments = u8::try_from(lens.len()).expect("at most 4 segments");
+    Preamble { tag, num_segments, segments, flags: 0 }.to_bytes()
+}
+
+/// msgr2's hostile bytes, each from its own peer while a msgr2 client talks to the same
+/// server: each faults only its own connection, counted (`msgr_peer_issues`) and logged
+/// like v1's, and the good client's traffic goes on untouched.
+#[test]
+fn msgr2_hostile_frames_lose_only_their_own_connection() {
+    let seed: u64 = rand::thread_rng().gen();
+    eprintln!("seed {seed}");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let config =
+        messenger::MessengerConfig { payload_timeout: Duration::from_secs(1), ..test_config(2) };
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let (srv, addr, srv_rx) =
+        server_on(EntityType::OSD, 1, Policy::stateless_server(), true, any, config);
+    let srv_v2 = addr_for(ProtocolVersion::V2, srv.my_addr());
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let good = cli.connect_to(EntityType::OSD, srv_v2);
+    good.send_message(test_message(MSG_TEST, 0, Bytes::new())).expect("send");
+    assert_eq!(next_message(&cli_rx).1.tid(), 0);
+    assert_eq!(good.protocol(), Some(ProtocolVersion::V2));
+    let issues_before = peer_issues(&srv);
+
+    // 1. A good banner, then random bytes where HELLO's preamble should be.
+    let mut garbage = TcpStream::connect(addr).expect("connect");
+    garbage.write_all(&Banner::OURS.to_bytes()).expect("banner");
+    let noise: Vec<u8> = (0..4096).map(|_| rng.gen()).collect();
+    garbage.write_all(&noise).expect("write");
+
+    // 2. An open session, then a MESSAGE preamble announcing a 4 GiB data segment (its
+    //    crc is right, so only the length check can stop it, before any allocation).
+    let mut huge = RawPeer::handshake(srv_v2, Policy::lossy_client());
+    huge.sock
+        .write_all(&preamble(Tag2::MESSAGE, &[HEADER2_LEN as u32, 0, 0, u32::MAX]))
+        .expect("write");
+
+    // 3. An open session, then a KEEPALIVE2 preamble whose crc is wrong.
+    let mut bad_crc = RawPeer::handshake(srv_v2, Policy::lossy_client());
+    let mut p = preamble(Tag2::KEEPALIVE2, &[12]);
+    p[PREAMBLE_LEN - 1] ^= 0x5a;
+    bad_crc.sock.write_all(&p).expect("write");
+
+    // 4. An open session, then a message's head and the start of its 1 MiB data, and
+    //    silence: faulted at the payload timeout, its budget released.
+    let mut stalled = RawPeer::handshake(srv_v2, Policy::lossy_client());
+    let head = stalled.announce(1, 1 << 20, head_len(ProtocolVersion::V2) + 100);
+    stalled.sock.write_all(&head).expect("write");
+
+    // The good client keeps talking the whole time.
+    for tid in 1..=200u64 {
+        good.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[5; 100])))
+            .expect("send");
+    }
+    for tid in 1..=200u64 {
+        assert_eq!(next_message(&cli_rx).1.tid(), tid, "good traffic disturbed (seed {seed})");
+    }
+    for sock in [garbage, huge.sock, bad_crc.sock, stalled.sock] {
+        wait_closed_by_server(sock);
+    }
+    assert!(good.is_connected());
+    let issues = peer_issues(&srv) - issues_before;
+    assert!(issues >= 3, "{issues} peer issues counted for three bad frames");
+    let deadline = Instant::now() + WAIT;
+    while srv.dispatch_throttle().current() > 0 {
+        assert!(Instant::now() < deadline, "the stalled message's budget was not released");
+        std::thread::yield_now();
+    }
     // The server saw exactly the good client's messages.
     let mut seen = 0;
     while let Ok(ev) = srv_rx.recv_timeout(Duration::from_millis(300)) {
