@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_center::{WorkerPool, WorkerPoolConfig};
-use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
+use messenger::{
+    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion,
+};
 use parking_lot::Mutex;
 use protocol::auth::{AuthConfig, AuthProvider};
 use protocol::encoding::UTime;
@@ -19,7 +21,7 @@ use protocol::messages::{MOSDPing, OsdPingOp, TypedMessage};
 use protocol::types::{EntityAddr, EntityName, EntityType, Features};
 use protocol::Message;
 use tests::cephx::TestCluster;
-use tests::loopback::{test_config, Seen, WAIT};
+use tests::loopback::{addr_for, test_config, Seen, WAIT};
 
 const FSID: [u8; 16] = [7; 16];
 const IFACES: [&str; 2] = ["front", "back"];
@@ -152,7 +154,13 @@ fn failed(osd: &Osd, peers: &[i64], grace: Duration) -> Vec<(i64, usize)> {
 
 #[test]
 fn heartbeats_on_front_and_back_detect_exactly_the_dead_osd() {
-    heartbeat_scenario(&|_| test_config(3), &|_| {});
+    heartbeat_scenario(ProtocolVersion::V1, &|_| test_config(3), &|_| {});
+}
+
+// The same with every heartbeat connection dialled at the peers' `v2:` addresses.
+#[test]
+fn heartbeats_on_front_and_back_detect_exactly_the_dead_osd_over_msgr2() {
+    heartbeat_scenario(ProtocolVersion::V2, &|_| test_config(3), &|_| {});
 }
 
 // The same with cephx between the OSDs (issue 14 must-show 4): every heartbeat
@@ -173,7 +181,7 @@ fn heartbeats_with_cephx_and_signing() {
         let p = usize::try_from(id).ok().and_then(|i| providers.get(i)).expect("provider");
         test_config(3).with_auth_provider(p.clone())
     };
-    heartbeat_scenario(&config, &refuses_auth_none);
+    heartbeat_scenario(ProtocolVersion::V1, &config, &refuses_auth_none);
 }
 
 /// The heartbeat server at `addr` requires cephx: a peer without an authorizer is
@@ -195,17 +203,23 @@ fn refuses_auth_none(addr: EntityAddr) {
 }
 
 /// Three OSDs heartbeat on front and back until all hear each other, stay so, then
-/// osd.2 dies and exactly it is reported, by both survivors on both networks. Each
-/// OSD's messengers get `config(id)`; `check` runs on osd.0's front address before the
-/// survivors shut down.
-fn heartbeat_scenario(config: &dyn Fn(i64) -> MessengerConfig, check: &dyn Fn(EntityAddr)) {
+/// osd.2 dies and exactly it is reported, by both survivors on both networks. Peers
+/// dial each other over `proto`; each OSD's messengers get `config(id)`; `check` runs
+/// on osd.0's front address before the survivors shut down.
+fn heartbeat_scenario(
+    proto: ProtocolVersion,
+    config: &dyn Fn(i64) -> MessengerConfig,
+    check: &dyn Fn(EntityAddr),
+) {
     // Three OSDs × four heartbeat messengers on three workers, as an OSD shares its pool.
     let pool = Arc::new(
         WorkerPool::new(WorkerPoolConfig { workers: 3, ..Default::default() }).expect("pool"),
     );
     let mut osds: Vec<Osd> = (0..3).map(|i| start_osd(i, &pool, &|| config(i))).collect();
-    let targets: Vec<(i64, Vec<EntityAddr>)> =
-        osds.iter().map(|o| (o.id, o.addrs.clone())).collect();
+    let targets: Vec<(i64, Vec<EntityAddr>)> = osds
+        .iter()
+        .map(|o| (o.id, o.addrs.iter().map(|&a| addr_for(proto, a)).collect()))
+        .collect();
     let ids: Vec<i64> = osds.iter().map(|o| o.id).collect();
     let interval = Duration::from_millis(20);
     // Detection grace, and the far longer silence after which a *live* peer would count
@@ -223,6 +237,10 @@ fn heartbeat_scenario(config: &dyn Fn(i64) -> MessengerConfig, check: &dyn Fn(En
         }
         assert!(Instant::now() < deadline, "heartbeats never all answered");
         let _ = ticker.recv_timeout(WAIT);
+    }
+    for (iface, client) in osds[0].clients.iter().enumerate() {
+        let conn = client.connect_to(EntityType::OSD, targets[1].1[iface]);
+        assert_eq!(conn.protocol(), Some(proto), "{} heartbeat", IFACES[iface]);
     }
     // And it stays so for a while: no false failure.
     for _ in 0..25 {
