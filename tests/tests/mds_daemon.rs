@@ -11,12 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use event_center::{Context, TimerTarget};
-use messenger::{Connection, Dispatched, Dispatcher, Messenger, Policy};
+use messenger::{Connection, Dispatched, Dispatcher, Messenger, Policy, ProtocolVersion};
 use parking_lot::Mutex;
 use protocol::messages::{MCommand, MCommandReply, TypedMessage};
 use protocol::types::{EntityName, EntityType, Features};
 use protocol::Message;
-use tests::loopback::{test_config, WAIT};
+use tests::loopback::{addr_for, test_config, WAIT};
 
 /// What the daemon keeps per client (Ceph's MDS `Session`, hung on the connection).
 struct Session {
@@ -125,8 +125,9 @@ fn command(
     rs
 }
 
-#[test]
-fn mds_like_daemon_keeps_sessions_answers_commands_ticks_and_drops_sessions_on_reset() {
+fn mds_like_daemon_keeps_sessions_answers_commands_ticks_and_drops_sessions_on_reset_over(
+    proto: ProtocolVersion,
+) {
     let (dropped_tx, dropped_rx) = crossbeam_channel::unbounded();
     let mds = Arc::new(Mds {
         sessions: Mutex::new(HashMap::new()),
@@ -167,7 +168,7 @@ fn mds_like_daemon_keeps_sessions_answers_commands_ticks_and_drops_sessions_on_r
         m.set_default_policy(Policy::lossy_client());
         m.start().expect("start");
         m.add_dispatcher_head(Arc::new(Client(tx))).expect("dispatcher");
-        let conn = m.connect_to(EntityType::MDS, daemon.my_addr());
+        let conn = m.connect_to(EntityType::MDS, addr_for(proto, daemon.my_addr()));
         clients.push((m, conn, rx));
     }
     // Each client's commands are counted in its own session.
@@ -184,6 +185,7 @@ fn mds_like_daemon_keeps_sessions_answers_commands_ticks_and_drops_sessions_on_r
         session_ids.push(first.split_whitespace().nth(1).expect("session id").to_string());
     }
     assert_ne!(session_ids[0], session_ids[1], "one session per client");
+    assert!(clients.iter().all(|(_, conn, _)| conn.protocol() == Some(proto)));
     assert_eq!(mds.sessions.lock().len(), 2);
 
     // Client 1 goes away: its connection resets on the daemon, which drops its session.
@@ -202,4 +204,18 @@ fn mds_like_daemon_keeps_sessions_answers_commands_ticks_and_drops_sessions_on_r
         m.shutdown();
     }
     daemon.shutdown();
+}
+
+#[test]
+fn mds_like_daemon_keeps_sessions_answers_commands_ticks_and_drops_sessions_on_reset() {
+    mds_like_daemon_keeps_sessions_answers_commands_ticks_and_drops_sessions_on_reset_over(
+        ProtocolVersion::V1,
+    );
+}
+
+#[test]
+fn mds_like_daemon_keeps_sessions_answers_commands_ticks_and_drops_sessions_on_reset_over_msgr2() {
+    mds_like_daemon_keeps_sessions_answers_commands_ticks_and_drops_sessions_on_reset_over(
+        ProtocolVersion::V2,
+    );
 }
