@@ -1,5 +1,6 @@
 //! Messenger integration tests on loopback (127.0.0.1, port 0), no sleeps: every wait is
-//! a channel receive with a timeout.
+//! a channel receive with a timeout. The tests of a connection's life and traffic run
+//! over msgr v1 and (`*_over_msgr2`, dialling `v2:` addresses) over msgr2.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use event_center::{WorkerPool, WorkerPoolConfig};
-use messenger::{Connection, Dispatched, Dispatcher, Messenger, Policy};
+use messenger::{Connection, Dispatched, Dispatcher, Messenger, Policy, ProtocolVersion};
 use protocol::types::{EntityName, EntityType};
 use protocol::Message;
 use tests::loopback::*;
@@ -18,11 +19,10 @@ use tests::loopback::*;
 const MSG_TEST: u16 = 0x7f00;
 
 /// The OSD heartbeat shape: ping → reply on the same connection.
-#[test]
-fn ping_pong_replies_on_the_same_connection() {
+fn ping_pong_replies_on_the_same_connection_over(proto: ProtocolVersion) {
     let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
-    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     for tid in 1..=100u64 {
         conn.send_message(test_message(MSG_TEST, tid, Bytes::new())).expect("send");
         let (reply_conn, reply) = next_message(&cli_rx);
@@ -40,6 +40,16 @@ fn ping_pong_replies_on_the_same_connection() {
     assert_eq!(srv.totals().recv_messages, 100);
     cli.shutdown();
     srv.shutdown();
+}
+
+#[test]
+fn ping_pong_replies_on_the_same_connection() {
+    ping_pong_replies_on_the_same_connection_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn ping_pong_replies_on_the_same_connection_over_msgr2() {
+    ping_pong_replies_on_the_same_connection_over(ProtocolVersion::V2);
 }
 
 /// Ceph's `C_processor_accept` + `get_worker`: accepted connections go to the worker with
@@ -95,11 +105,10 @@ fn a_thousand_connections_spread_evenly_over_workers() {
 }
 
 /// Sizes from empty to 64 MiB, crc on, payload checked byte for byte.
-#[test]
-fn messages_from_empty_to_64_mib_arrive_intact() {
+fn messages_from_empty_to_64_mib_arrive_intact_over(proto: ProtocolVersion) {
     let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
     let (cli, _cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
-    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     let sizes = [0usize, 4096, 1 << 20, 64 << 20];
     for (i, &size) in sizes.iter().enumerate() {
         let data: Vec<u8> = (0..size).map(|j| (j as u32).wrapping_mul(2654435761) as u8).collect();
@@ -112,6 +121,16 @@ fn messages_from_empty_to_64_mib_arrive_intact() {
     }
     cli.shutdown();
     srv.shutdown();
+}
+
+#[test]
+fn messages_from_empty_to_64_mib_arrive_intact() {
+    messages_from_empty_to_64_mib_arrive_intact_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn messages_from_empty_to_64_mib_arrive_intact_over_msgr2() {
+    messages_from_empty_to_64_mib_arrive_intact_over(ProtocolVersion::V2);
 }
 
 /// Both sides dial each other at the same moment (Ceph's connection race, decided by
@@ -166,8 +185,7 @@ impl Dispatcher<Connection> for AfterMark {
 /// panic, no hang, sends after the mark_down fail cleanly, the peer saw an in-order
 /// prefix, and — Ceph's `mark_down` being synchronous — no answer is dispatched on the
 /// connection once `mark_down` has returned.
-#[test]
-fn mark_down_racing_a_stream_of_sends() {
+fn mark_down_racing_a_stream_of_sends_over(proto: ProtocolVersion) {
     let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
     let cli = Messenger::new(EntityName::new(EntityType::CLIENT, 2), 2, test_config(2))
         .expect("messenger");
@@ -179,7 +197,7 @@ fn mark_down_racing_a_stream_of_sends() {
         after: AtomicU64::new(0),
     });
     cli.add_dispatcher_head(seen.clone()).expect("dispatcher");
-    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     let sent = AtomicU64::new(0);
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -213,12 +231,21 @@ fn mark_down_racing_a_stream_of_sends() {
     srv.shutdown();
 }
 
-/// A lossy client whose server goes away gets `ms_handle_reset` (Ceph's lossy fault).
 #[test]
-fn lossy_client_sees_reset_when_the_server_goes_away() {
+fn mark_down_racing_a_stream_of_sends() {
+    mark_down_racing_a_stream_of_sends_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn mark_down_racing_a_stream_of_sends_over_msgr2() {
+    mark_down_racing_a_stream_of_sends_over(ProtocolVersion::V2);
+}
+
+/// A lossy client whose server goes away gets `ms_handle_reset` (Ceph's lossy fault).
+fn lossy_client_sees_reset_when_the_server_goes_away_over(proto: ProtocolVersion) {
     let (srv, _addr, _srv_rx) = server(EntityType::MON, 1, Policy::stateless_server(), true);
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
-    let conn = cli.connect_to(EntityType::MON, srv.my_addr());
+    let conn = cli.connect_to(EntityType::MON, addr_for(proto, srv.my_addr()));
     conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
     next_message(&cli_rx);
     srv.shutdown();
@@ -227,15 +254,24 @@ fn lossy_client_sees_reset_when_the_server_goes_away() {
     cli.shutdown();
 }
 
+#[test]
+fn lossy_client_sees_reset_when_the_server_goes_away() {
+    lossy_client_sees_reset_when_the_server_goes_away_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn lossy_client_sees_reset_when_the_server_goes_away_over_msgr2() {
+    lossy_client_sees_reset_when_the_server_goes_away_over(ProtocolVersion::V2);
+}
+
 /// The server restarts on the same address (its sessions are gone): a lossless client
 /// reconnects, is told RESETSESSION and reports `ms_handle_remote_reset` (once, and no
 /// `ms_handle_reset`: the handle lives on), what it had queued is discarded with the old
 /// session, and messages sent after that arrive at the new server exactly once, in order.
-#[test]
-fn lossless_client_reconnects_to_a_restarted_server() {
+fn lossless_client_reconnects_to_a_restarted_server_over(proto: ProtocolVersion) {
     let (srv, addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateful_server(), false);
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossless_client());
-    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     for tid in 1..=10 {
         conn.send_message(test_message(MSG_TEST, tid, Bytes::new())).expect("send");
     }
@@ -276,6 +312,16 @@ fn lossless_client_reconnects_to_a_restarted_server() {
     assert_eq!(cli.v1_counters().reset_session, 1, "told once");
     cli.shutdown();
     srv2.shutdown();
+}
+
+#[test]
+fn lossless_client_reconnects_to_a_restarted_server() {
+    lossless_client_reconnects_to_a_restarted_server_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn lossless_client_reconnects_to_a_restarted_server_over_msgr2() {
+    lossless_client_reconnects_to_a_restarted_server_over(ProtocolVersion::V2);
 }
 
 /// A dispatcher that blocks until released: holds the dispatch thread like a slow
@@ -537,8 +583,7 @@ fn lossless_session_survives_repeated_socket_cuts_without_loss_or_duplicates() {
 /// Both ends stream over one lossless session while the socket is cut at random moments
 /// from either end (seeded; the seed is printed): every message of both streams arrives
 /// exactly once and in order, across every reconnect.
-#[test]
-fn lossless_streams_both_ways_survive_random_cuts_from_either_side() {
+fn lossless_streams_both_ways_survive_random_cuts_from_either_side_over(proto: ProtocolVersion) {
     use rand::{Rng, SeedableRng};
     let seed: u64 = std::env::var("MSGR_SEED")
         .ok()
@@ -556,7 +601,7 @@ fn lossless_streams_both_ways_survive_random_cuts_from_either_side() {
     let (a, _, a_rx) =
         server_on(EntityType::OSD, 1, Policy::lossless_peer(), false, any, cfg.clone());
     let (b, _, b_rx) = server_on(EntityType::OSD, 2, Policy::lossless_peer(), false, any, cfg);
-    let a_to_b = a.connect_to(EntityType::OSD, b.my_addr());
+    let a_to_b = a.connect_to(EntityType::OSD, addr_for(proto, b.my_addr()));
     const N: u64 = 3_000;
     // B replies on the connection A's first message arrives on.
     a_to_b.send_message(test_message(MSG_TEST, 0, Bytes::new())).expect("send");
@@ -593,13 +638,22 @@ fn lossless_streams_both_ways_survive_random_cuts_from_either_side() {
     b.shutdown();
 }
 
+#[test]
+fn lossless_streams_both_ways_survive_random_cuts_from_either_side() {
+    lossless_streams_both_ways_survive_random_cuts_from_either_side_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn lossless_streams_both_ways_survive_random_cuts_from_either_side_over_msgr2() {
+    lossless_streams_both_ways_survive_random_cuts_from_either_side_over(ProtocolVersion::V2);
+}
+
 /// `mark_disposable` turns a lossless session lossy (Ceph sets `policy.lossy`): the next
 /// socket failure ends it with `ms_handle_reset` instead of a reconnect.
-#[test]
-fn a_disposable_connection_resets_instead_of_reconnecting() {
+fn a_disposable_connection_resets_instead_of_reconnecting_over(proto: ProtocolVersion) {
     let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateful_server(), false);
     let (cli, cli_rx) = client(EntityType::OSD, 2, Policy::lossless_peer());
-    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
     assert_eq!(next_message(&srv_rx).1.tid(), 1);
     conn.mark_disposable();
@@ -610,14 +664,23 @@ fn a_disposable_connection_resets_instead_of_reconnecting() {
     srv.shutdown();
 }
 
+#[test]
+fn a_disposable_connection_resets_instead_of_reconnecting() {
+    a_disposable_connection_resets_instead_of_reconnecting_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_disposable_connection_resets_instead_of_reconnecting_over_msgr2() {
+    a_disposable_connection_resets_instead_of_reconnecting_over(ProtocolVersion::V2);
+}
+
 /// `send_keepalive` sends KEEPALIVE2 (negotiated with Pacific features); the peer echoes
 /// the stamp and the handle shows it as `last_keepalive_ack`, while the peer's handle
 /// records when it arrived.
-#[test]
-fn keepalive2_is_echoed_and_visible_on_both_handles() {
+fn keepalive2_is_echoed_and_visible_on_both_handles_over(proto: ProtocolVersion) {
     let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
     let (cli, _cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
-    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
     let (server_side, _) = next_message(&srv_rx);
     assert!(conn.last_keepalive_ack().is_none());
@@ -632,10 +695,19 @@ fn keepalive2_is_echoed_and_visible_on_both_handles() {
     srv.shutdown();
 }
 
+#[test]
+fn keepalive2_is_echoed_and_visible_on_both_handles() {
+    keepalive2_is_echoed_and_visible_on_both_handles_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn keepalive2_is_echoed_and_visible_on_both_handles_over_msgr2() {
+    keepalive2_is_echoed_and_visible_on_both_handles_over(ProtocolVersion::V2);
+}
+
 /// `ms_connection_idle_timeout`: a connection with no traffic is closed by the side whose
 /// timer runs out; the lossy client hears `ms_handle_reset`.
-#[test]
-fn an_idle_connection_is_closed_after_the_idle_timeout() {
+fn an_idle_connection_is_closed_after_the_idle_timeout_over(proto: ProtocolVersion) {
     let cfg = messenger::MessengerConfig {
         connection_idle_timeout: Duration::from_millis(300),
         ..test_config(2)
@@ -644,7 +716,7 @@ fn an_idle_connection_is_closed_after_the_idle_timeout() {
     let (srv, _addr, srv_rx) =
         server_on(EntityType::OSD, 1, Policy::stateless_server(), false, any, cfg);
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
-    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
     next_message(&srv_rx);
     // Then silence: the server's idle timer closes it, the client sees the reset.
@@ -652,6 +724,16 @@ fn an_idle_connection_is_closed_after_the_idle_timeout() {
     assert!(!conn.is_connected());
     cli.shutdown();
     srv.shutdown();
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    an_idle_connection_is_closed_after_the_idle_timeout_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout_over_msgr2() {
+    an_idle_connection_is_closed_after_the_idle_timeout_over(ProtocolVersion::V2);
 }
 
 /// An OSD runs its messengers on one shared pool, which keeps running when one of them
