@@ -1,7 +1,8 @@
 //! The asyncmsgr benchmark, in the spirit of Ceph's `ceph_perf_msgr_server` /
 //! `ceph_perf_msgr_client`: request/reply over loopback, asyncmsgr against a tuned tokio
 //! peer and a batched blocking std::net peer doing the same msgr v1 work (same frames,
-//! same crcs, every reply verified and matched to its request). `bench --help` lists the
+//! same crcs, every reply verified and matched to its request), and asyncmsgr over msgr2
+//! (crc mode) beside its v1 row. `bench --help` lists the
 //! modes and options; `main.rs` is only the command line around this library, which the
 //! tests drive too.
 

@@ -13,9 +13,11 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use event_center::{WorkerPool, WorkerPoolConfig};
 use hdrhistogram::Histogram;
-use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
+use messenger::{
+    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion,
+};
 use parking_lot::Mutex;
-use protocol::types::EntityType;
+use protocol::types::{AddrType, EntityAddr, EntityType};
 use protocol::Message;
 
 use crate::args::{Args, MsgrVariant};
@@ -212,6 +214,11 @@ pub fn client(
             ..WorkerPoolConfig::default()
         })?);
         let payload = Bytes::from(vec![0xa5; args.size]);
+        // The server announces nonce 0 on one port for both protocols: msgr2 is its
+        // `v2:` address there.
+        let ty = if variant.v2 { AddrType::MSGR2 } else { AddrType::LEGACY };
+        let target = EntityAddr { ty, ..EntityAddr::legacy(server, 0) };
+        let proto = if variant.v2 { ProtocolVersion::V2 } else { ProtocolVersion::V1 };
         let mut clients = Vec::with_capacity(args.conns);
         for i in 0..args.conns {
             let m =
@@ -236,7 +243,7 @@ pub fn client(
                 failed: AtomicBool::new(false),
             });
             m.add_dispatcher_head(pipeline.clone())?;
-            let conn = m.get_connection(EntityType::OSD, server);
+            let conn = m.connect_to(EntityType::OSD, target);
             clients.push((m, conn, pipeline));
         }
         for (_, conn, pipeline) in &clients {
@@ -246,12 +253,17 @@ pub fn client(
         }
         Ok(Box::new(move || {
             let mut rtt = new_histogram();
-            for (m, _, pipeline) in clients {
+            let mut spoke = Ok(());
+            for (m, conn, pipeline) in clients {
                 let _ = rtt.add(&pipeline.window.lock().hist);
+                if conn.protocol() != Some(proto) && spoke.is_ok() {
+                    let got = conn.protocol();
+                    spoke = Err(io::Error::other(format!("dialled {proto:?}, spoke {got:?}")));
+                }
                 m.shutdown();
             }
             pool.shutdown();
-            Ok(rtt)
+            spoke.map(|()| rtt)
         }))
     })?;
     report.resets = resets.load(Ordering::Relaxed);
