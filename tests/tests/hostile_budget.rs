@@ -101,11 +101,7 @@ fn peers_announcing_large_messages_and_going_silent_do_not_stall_others() {
     silent_announcers_do_not_stall_others(ProtocolVersion::V1);
 }
 
-// Known gap: msgr2 reserves a message's whole announced length when its head arrives
-// (its frame decoder takes a segment whole), so three silent announcers hold the whole
-// dispatch budget until the payload timeout faults them (the trickle test below).
 #[test]
-#[ignore = "msgr2 reserves a message's whole length of budget when its head arrives (known gap)"]
 fn peers_announcing_large_messages_and_going_silent_do_not_stall_others_over_msgr2() {
     silent_announcers_do_not_stall_others(ProtocolVersion::V2);
 }

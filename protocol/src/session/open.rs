@@ -62,6 +62,11 @@ impl Budget {
         self.asked.is_some()
     }
 
+    /// Payload bytes granted so far.
+    pub(crate) fn granted(&self) -> u64 {
+        self.granted
+    }
+
     /// When the payload must have progressed.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.deadline.map(|(at, _)| at)

@@ -121,8 +121,14 @@ impl Protocol for V2 {
         log::warn!(target: LOG, "{m}: authorizer verdict for msgr2 (it authenticates in its AUTH frames)");
     }
 
-    fn grant(m: &mut Machine<V2>, _bytes: u64, _first: bool) -> Result<(), Fault> {
-        m.proto.decoder.proceed().map_err(Fault::Decode)
+    fn grant(m: &mut Machine<V2>, _bytes: u64, first: bool) -> Result<(), Fault> {
+        // The first window resumes the decoder paused at the message's head; later
+        // windows only let more of the payload be read.
+        if first {
+            m.proto.decoder.proceed().map_err(Fault::Decode)
+        } else {
+            Ok(())
+        }
     }
 
     fn direct_read_buffer(_m: &mut Machine<V2>) -> Option<(&mut BytesMut, usize)> {

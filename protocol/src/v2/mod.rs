@@ -87,10 +87,12 @@
 //! * An aborted MESSAGE (late_status ABORTED) is dropped after the driver granted its
 //!   budget; the budget is released with the next message, as for any message.
 //! * The accept side enforces the handshake timeout (`ms_connection_ready_timeout`).
-//! * A MESSAGE asks for its whole payload's budget at its header and its segments are
-//!   read whole (no windows, no payload progress deadline, no direct reads yet): the
-//!   frame decoder takes each segment in one piece. The frame limits bound what a peer
-//!   can make us hold.
+//! * A MESSAGE's payload is budgeted in windows as v1's (the first at its header, the
+//!   next once what arrived covers what was granted; reading stops in between) and must
+//!   progress by a window per payload timeout, so a peer that announces a large message
+//!   and stalls holds what it sent plus one window, then loses its connection. The
+//!   frame decoder still takes each segment in one piece from the receive buffer (no
+//!   direct reads yet).
 
 mod accept;
 pub mod banner;

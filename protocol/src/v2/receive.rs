@@ -104,7 +104,10 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
         return false;
     }
     let n = m.proto.decoder.need();
-    let Some(piece) = take(m, n) else { return false };
+    let Some(piece) = take(m, n) else {
+        ask_next_window(m);
+        return false;
+    };
     if m.state.step_mut().and_then(Handshake::transcript_mut).is_some_and(|t| t.too_long()) {
         m.fault(now, Fault::Misbehaved("pre-auth phase too long"));
         return false;
@@ -118,6 +121,25 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
         Ok(FrameProgress::NeedMore) => true,
         Ok(FrameProgress::Head(h)) => handle_head(m, now, h),
         Ok(FrameProgress::Frame(f)) => handle_frame(m, now, f),
+    }
+}
+
+/// A message's payload is budgeted in windows, as v1's: once what arrived of it (taken
+/// by the decoder or buffered) covers what was granted, the next window is asked for
+/// and reading stops until it is granted. A peer announcing a large message holds only
+/// what it sent plus one window, and the payload timeout runs per window.
+fn ask_next_window(m: &mut Machine<V2>) {
+    let Some(open) = m.state.open() else { return };
+    let reading = matches!(open.rx, OpenRx::Reading { discard: false, .. });
+    if !reading || open.budget.is_waiting() || m.proto.decoder.is_paused() {
+        return;
+    }
+    let total = m.proto.decoder.payload_len();
+    let pending = m.proto.decoder.payload_pending();
+    let arrived = total.saturating_sub(pending).saturating_add(m.rx.len() as u64);
+    let granted = open.budget.granted();
+    if arrived >= granted && granted < total {
+        m.request_window(total - granted, false);
     }
 }
 
@@ -156,7 +178,7 @@ fn handle_head(m: &mut Machine<V2>, now: Instant, h: FrameHead) -> bool {
         }
         return true;
     }
-    m.request_budget(h.payload_len(), true);
+    m.request_window(h.payload_len(), true);
     false
 }
 

@@ -169,6 +169,28 @@ impl FrameDecoder {
         }
     }
 
+    /// Payload bytes (segments 1..) of the frame in progress.
+    pub fn payload_len(&self) -> u64 {
+        match self.stage {
+            Stage::Preamble | Stage::Failed => 0,
+            _ => self.preamble.lens()[1..].iter().map(|&l| u64::from(l)).sum(),
+        }
+    }
+
+    /// Payload bytes (segments 1..) of the frame in progress that
+    /// [`FrameDecoder::advance`] has not taken yet (secure mode takes them all at once).
+    pub fn payload_pending(&self) -> u64 {
+        let lens = self.preamble.lens();
+        let num = usize::from(self.preamble.num_segments);
+        let from = match self.stage {
+            Stage::Segment0 | Stage::Paused => 1,
+            Stage::Rest { next } if self.secure.is_none() => next,
+            Stage::Rest { .. } => 1,
+            Stage::Preamble | Stage::Failed => return 0,
+        };
+        lens.get(from..num).map_or(0, |l| l.iter().map(|&x| u64::from(x)).sum())
+    }
+
     /// Resumes after [`FrameProgress::Head`].
     pub fn proceed(&mut self) -> Result<()> {
         if self.stage != Stage::Paused {
