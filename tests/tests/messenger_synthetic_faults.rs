@@ -10,18 +10,22 @@
 //!   every send, a send beyond it is refused with `QueueFull`, and everything accepted
 //!   is echoed once, in order.
 //!
-//! Each CI run sends at least 10,000 checked messages; `ASYNCMSGR_SOAK_SECS=N` runs each
-//! variant for N seconds instead. `MSGR_SEED` replays a run.
+//! Each CI run sends at least 10,000 checked messages (the delayed-delivery variants over
+//! msgr2, dialling the servers' `v2:` addresses, 4,000); `ASYNCMSGR_SOAK_SECS=N` runs
+//! each variant for N seconds instead. `MSGR_SEED` replays a run.
 
 use std::time::Duration;
 
-use messenger::Policy;
+use messenger::{Policy, ProtocolVersion};
 use protocol::types::EntityType;
 use tests::soak;
 use tests::synthetic::{self, assert_lossless, Options};
 
 /// Checked messages a CI run sends at least.
 const CI_MESSAGES: u64 = 10_000;
+/// Checked messages a CI run over msgr2 sends at least (the same scenarios, CI time
+/// kept in check).
+const CI_MESSAGES_V2: u64 = 4_000;
 
 /// The longest a received message from a client is held back.
 const DELAY_MAX: Duration = Duration::from_millis(40);
@@ -31,8 +35,8 @@ const DELAY_MAX: Duration = Duration::from_millis(40);
 /// behind one wait behind it), every accept decision and replace hand-off held back by
 /// 2 ms, 1 socket operation in 30 failing and 1 workload operation in 30 cutting a
 /// socket. Nothing is lost, duplicated or reordered; only messages from the chosen peer
-/// type were held, and the echoes of held ones arrive late.
-fn delayed_delivery(test: &str, delayed: EntityType) {
+/// type were held, and the echoes of held ones arrive late. Over `proto`.
+fn delayed_delivery(test: &str, delayed: EntityType, proto: ProtocolVersion) {
     let seed = soak::seed(test);
     let mut opts = Options::new(
         "stateful_server/lossless_client + delayed delivery",
@@ -44,7 +48,12 @@ fn delayed_delivery(test: &str, delayed: EntityType) {
     opts.config.inject_delay_max = DELAY_MAX;
     opts.config.inject_delay_probability = 0.05;
     opts.config.inject_internal_delays = Duration::from_millis(2);
-    let r = synthetic::run_and_check(opts, CI_MESSAGES);
+    opts.proto = proto;
+    if proto == ProtocolVersion::V2 {
+        opts.messages = CI_MESSAGES_V2;
+    }
+    let min_messages = opts.messages;
+    let r = synthetic::run_and_check(opts, min_messages);
     assert_lossless(&r);
     assert_eq!(r.client_remote_resets, 0, "a lossless client's session was reset");
     // Clients hold back what OSDs (the servers) send them, and servers what clients send.
@@ -71,7 +80,21 @@ fn delayed_delivery(test: &str, delayed: EntityType) {
 /// [`delayed_delivery`] with the clients holding back the servers' echoes.
 #[test]
 fn delayed_delivery_of_echoes_keeps_order_and_loses_nothing() {
-    delayed_delivery("delayed_delivery_of_echoes_keeps_order_and_loses_nothing", EntityType::OSD);
+    delayed_delivery(
+        "delayed_delivery_of_echoes_keeps_order_and_loses_nothing",
+        EntityType::OSD,
+        ProtocolVersion::V1,
+    );
+}
+
+/// [`delayed_delivery_of_echoes_keeps_order_and_loses_nothing`] over msgr2.
+#[test]
+fn delayed_delivery_of_echoes_keeps_order_and_loses_nothing_over_msgr2() {
+    delayed_delivery(
+        "delayed_delivery_of_echoes_keeps_order_and_loses_nothing_over_msgr2",
+        EntityType::OSD,
+        ProtocolVersion::V2,
+    );
 }
 
 /// [`delayed_delivery`] with the servers holding back the clients' messages (Ceph's
@@ -89,6 +112,17 @@ fn delayed_delivery_of_client_messages_keeps_order_and_loses_nothing() {
     delayed_delivery(
         "delayed_delivery_of_client_messages_keeps_order_and_loses_nothing",
         EntityType::CLIENT,
+        ProtocolVersion::V1,
+    );
+}
+
+/// [`delayed_delivery_of_client_messages_keeps_order_and_loses_nothing`] over msgr2.
+#[test]
+fn delayed_delivery_of_client_messages_keeps_order_and_loses_nothing_over_msgr2() {
+    delayed_delivery(
+        "delayed_delivery_of_client_messages_keeps_order_and_loses_nothing_over_msgr2",
+        EntityType::CLIENT,
+        ProtocolVersion::V2,
     );
 }
 
