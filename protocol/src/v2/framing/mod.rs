@@ -164,6 +164,38 @@ mod tests {
         (FrameEncoder::secure(tx), dec)
     }
 
+    // What a message still needs to arrive shrinks segment by segment in crc mode (the
+    // receive windows are asked from it); secure mode takes block C whole.
+    #[test]
+    fn payload_pending_follows_the_segments_taken() {
+        let segs = message_segments();
+        let refs: Vec<&Bytes> = segs.iter().collect();
+        let wire = Bytes::from(encode(&mut FrameEncoder::crc(), Tag::MESSAGE, &refs));
+        let mut dec = FrameDecoder::new(FrameLimits::default());
+        assert_eq!((dec.payload_len(), dec.payload_pending()), (0, 0), "between frames");
+        let mut at = 0;
+        let mut pending = Vec::new();
+        loop {
+            if dec.is_paused() {
+                pending.push(dec.payload_pending());
+                dec.proceed().unwrap();
+            }
+            let n = dec.need();
+            let piece = wire.slice(at..at + n);
+            at += n;
+            if matches!(dec.advance(piece).unwrap(), FrameProgress::Frame(_)) {
+                break;
+            }
+            if !dec.is_paused() {
+                assert_eq!(dec.payload_len(), 5100);
+                pending.push(dec.payload_pending());
+            }
+        }
+        // Preamble, segment 0 (paused), front, middle (empty), data, epilogue.
+        assert_eq!(pending, [5100, 5100, 5000, 5000, 0]);
+        assert_eq!(dec.payload_pending(), 0, "the frame is done");
+    }
+
     // Every segment round-trips, an empty middle included, in both modes.
     #[test]
     fn four_segment_message_round_trips_in_both_modes() {
