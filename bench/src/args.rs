@@ -223,7 +223,7 @@ options:
                       Connection allows; refused when depth x reply-size > 256 KiB; crc
                       only: the crate's server has no cephx, so no secure mode)
   --proto v1|v2       the protocol of the asyncmsgr peer (and of server/client modes)
-  --mode crc|secure   msgr2's connection mode (secure is not yet available: cephx keys)
+  --mode crc|secure   msgr2's connection mode (secure is not wired into the bench yet)
   --lossless          asyncmsgr with lossless_peer at both ends (acks, resend on reconnect)
   --queued            asyncmsgr answering from ms_dispatch instead of ms_fast_dispatch
   --size BYTES        request data size (default 4096; suffixes k, m)
@@ -337,11 +337,11 @@ impl Args {
             a.peers.dedup();
         }
         if a.con_mode == ConMode::Secure {
-            // The messenger negotiates msgr2's crc mode only (auth none); secure mode
-            // needs the cephx keys of an authenticated session, which it does not have yet.
-            return Err("--mode secure: msgr2 secure mode is not available through the \
-                        messenger yet (it needs cephx over msgr2 in the messenger); use \
-                        --mode crc"
+            // Secure mode needs a cephx session (its connection secret keys the cipher):
+            // the bench's messengers run auth none, and no keys are set up for them yet.
+            return Err("--mode secure: msgr2 secure mode is not available in the bench \
+                        yet (its messengers run auth none; secure mode needs cephx keys); \
+                        use --mode crc"
                 .into());
         }
         if a.depth == 0 || a.conns == 0 || a.workers == 0 || a.runs == 0 || a.peers.is_empty() {
