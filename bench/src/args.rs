@@ -26,6 +26,8 @@ pub enum Mode {
     Floor,
     /// The crc32c kernels side by side at header to bulk sizes.
     Crc,
+    /// The raw AES-128-GCM rate of the `aes-gcm` crate (what bounds secure mode).
+    Crypto,
     /// Internal: the idle mode's client process.
     IdleClients,
 }
@@ -41,23 +43,19 @@ pub struct MsgrVariant {
     pub queued: bool,
     /// The client dials the server's `v2:` address: msgr2 (crc mode) instead of v1.
     pub v2: bool,
+    /// msgr2 in secure mode (AES-128-GCM frames): both messengers authenticate with
+    /// cephx and their mode options allow only secure (needs `v2`).
+    pub secure: bool,
 }
 
 impl MsgrVariant {
     /// asyncmsgr's default: lossy, fast dispatch, msgr v1.
-    pub const V1: MsgrVariant = MsgrVariant { lossless: false, queued: false, v2: false };
+    pub const V1: MsgrVariant =
+        MsgrVariant { lossless: false, queued: false, v2: false, secure: false };
     /// The same over msgr2 in crc mode.
     pub const V2: MsgrVariant = MsgrVariant { v2: true, ..MsgrVariant::V1 };
-}
-
-/// msgr2's connection mode for the asyncmsgr peers (`--mode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ConMode {
-    /// crc mode: frames with crc32c, no encryption.
-    #[default]
-    Crc,
-    /// secure mode: AES-128-GCM frames (needs cephx keys).
-    Secure,
+    /// The same over msgr2 in secure mode, with cephx.
+    pub const V2_SECURE: MsgrVariant = MsgrVariant { secure: true, ..MsgrVariant::V2 };
 }
 
 /// One implementation of the request/reply workload.
@@ -76,11 +74,13 @@ pub enum Peer {
 }
 
 impl Peer {
-    /// The peers of the default comparison (and the matrix): asyncmsgr over v1 and over
-    /// msgr2 (crc mode) side by side, then the other implementations.
-    pub const DEFAULT: [Peer; 4] = [
+    /// The peers of the default comparison (and the matrix): asyncmsgr over v1, over
+    /// msgr2 in crc mode and in secure mode side by side, then the other
+    /// implementations.
+    pub const DEFAULT: [Peer; 5] = [
         Peer::Asyncmsgr(MsgrVariant::V1),
         Peer::Asyncmsgr(MsgrVariant::V2),
+        Peer::Asyncmsgr(MsgrVariant::V2_SECURE),
         Peer::Tokio,
         Peer::StdBatched,
     ];
@@ -97,10 +97,12 @@ impl Peer {
     pub const SCALING: [Peer; 2] = [Peer::Asyncmsgr(MsgrVariant::V1), Peer::Tokio];
 
     fn parse(s: &str) -> Result<Peer, String> {
-        let v = |lossless, queued| Peer::Asyncmsgr(MsgrVariant { lossless, queued, v2: false });
+        let v =
+            |lossless, queued| Peer::Asyncmsgr(MsgrVariant { lossless, queued, ..MsgrVariant::V1 });
         Ok(match s {
             "asyncmsgr" => v(false, false),
             "v2" | "asyncmsgr-v2" => Peer::Asyncmsgr(MsgrVariant::V2),
+            "v2s" | "asyncmsgr-v2-secure" => Peer::Asyncmsgr(MsgrVariant::V2_SECURE),
             "lossless" | "asyncmsgr+lossless" => v(true, false),
             "queued" | "asyncmsgr+queued" => v(false, true),
             "lossless+queued" | "asyncmsgr+lossless+queued" => v(true, true),
@@ -117,7 +119,11 @@ impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Peer::Asyncmsgr(v) => {
-                f.write_str(if v.v2 { "asyncmsgr-v2" } else { "asyncmsgr" })?;
+                f.write_str(match (v.v2, v.secure) {
+                    (false, _) => "asyncmsgr",
+                    (true, false) => "asyncmsgr-v2",
+                    (true, true) => "asyncmsgr-v2-secure",
+                })?;
                 if v.lossless {
                     f.write_str("+lossless")?;
                 }
@@ -171,8 +177,6 @@ pub struct Args {
     pub plot: Option<PathBuf>,
     /// Profile the asyncmsgr runs in-process and write a flamegraph here (SVG).
     pub flamegraph: Option<PathBuf>,
-    /// msgr2's connection mode for the asyncmsgr peers that speak msgr2.
-    pub con_mode: ConMode,
 }
 
 impl Default for Args {
@@ -195,7 +199,6 @@ impl Default for Args {
             runs: 3,
             plot: None,
             flamegraph: None,
-            con_mode: ConMode::Crc,
         }
     }
 }
@@ -214,16 +217,21 @@ modes:
   idle               RSS per idle connection (use with --conns 10000)
   floor              depth 1: a bare mio loop (no crc, u32 frames) beside the peers
   crc                the crc32c kernels (crc32c crate, crc-fast, protocol's pick) by size
+  crypto             AES-128-GCM (the aes-gcm crate secure mode uses) seal/open rate by size
 options:
-  --peers LIST        comma-separated, first is the reference (default asyncmsgr,v2,tokio,std);
-                      also lossless, queued, lossless+queued (asyncmsgr variants), naive;
+  --peers LIST        comma-separated, first is the reference
+                      (default asyncmsgr,v2,v2s,tokio,std); also lossless, queued,
+                      lossless+queued (asyncmsgr variants), naive;
                       v2 = asyncmsgr over msgr2 (crc mode) beside asyncmsgr over v1;
+                      v2s = asyncmsgr over msgr2 in secure mode (cephx keys from an
+                      in-process key server; the run fails unless secure was negotiated);
                       rados (the rados crate's msgr2 at both ends: crc, auth none, lossy;
                       one task per connection alternates sends and receives, as its
                       Connection allows; refused when depth x reply-size > 256 KiB; crc
                       only: the crate's server has no cephx, so no secure mode)
   --proto v1|v2       the protocol of the asyncmsgr peer (and of server/client modes)
-  --mode crc|secure   msgr2's connection mode (secure is not wired into the bench yet)
+  --mode crc|secure   msgr2's connection mode of the asyncmsgr peer (secure: with --proto v2,
+                      cephx at both ends, in-process compare/matrix runs only)
   --lossless          asyncmsgr with lossless_peer at both ends (acks, resend on reconnect)
   --queued            asyncmsgr answering from ms_dispatch instead of ms_fast_dispatch
   --size BYTES        request data size (default 4096; suffixes k, m)
@@ -273,6 +281,7 @@ impl Args {
                 "idle" => a.mode = Mode::Idle,
                 "floor" => a.mode = Mode::Floor,
                 "crc" => a.mode = Mode::Crc,
+                "crypto" => a.mode = Mode::Crypto,
                 "idle-clients" => a.mode = Mode::IdleClients,
                 "--peers" => {
                     a.peers =
@@ -288,9 +297,9 @@ impl Args {
                     }
                 }
                 "--mode" => {
-                    a.con_mode = match value("--mode")?.as_str() {
-                        "crc" => ConMode::Crc,
-                        "secure" => ConMode::Secure,
+                    a.variant.secure = match value("--mode")?.as_str() {
+                        "crc" => false,
+                        "secure" => true,
                         other => return Err(format!("--mode crc|secure, not {other:?}")),
                     }
                 }
@@ -334,14 +343,23 @@ impl Args {
             }
         }
         if a.variant.v2 && !a.peers_given {
-            a.peers.dedup();
+            let mut seen = Vec::with_capacity(a.peers.len());
+            a.peers.retain(|p| {
+                let first = !seen.contains(p);
+                seen.push(*p);
+                first
+            });
         }
-        if a.con_mode == ConMode::Secure {
-            // Secure mode needs a cephx session (its connection secret keys the cipher):
-            // the bench's messengers run auth none, and no keys are set up for them yet.
-            return Err("--mode secure: msgr2 secure mode is not available in the bench \
-                        yet (its messengers run auth none; secure mode needs cephx keys); \
-                        use --mode crc"
+        if a.variant.secure && !a.variant.v2 {
+            return Err("--mode secure needs --proto v2: msgr v1 has no secure mode \
+                        (only message signatures)"
+                .into());
+        }
+        if a.variant.secure && matches!(a.mode, Mode::Server | Mode::Client) {
+            // The cephx keys come from a key server in this process; two processes
+            // would need a keyring both read.
+            return Err("--mode secure runs in-process only (compare, matrix), not in \
+                        server/client mode: the cephx keys live in one process"
                 .into());
         }
         if a.depth == 0 || a.conns == 0 || a.workers == 0 || a.runs == 0 || a.peers.is_empty() {
@@ -417,16 +435,22 @@ mod tests {
     fn proto_and_mode() {
         let names = |a: Args| a.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>();
         let a = parse("").unwrap();
-        assert_eq!(names(a)[..2], ["asyncmsgr", "asyncmsgr-v2"]);
+        assert_eq!(names(a)[..3], ["asyncmsgr", "asyncmsgr-v2", "asyncmsgr-v2-secure"]);
         // --proto v2 makes the asyncmsgr row msgr2: the table has it once.
         let a = parse("--proto v2").unwrap();
-        assert_eq!(names(a), ["asyncmsgr-v2", "tokio-ct64", "std-batched"]);
+        assert_eq!(names(a), ["asyncmsgr-v2", "asyncmsgr-v2-secure", "tokio-ct64", "std-batched"]);
+        // --mode secure makes it secure mode: the crc row stays beside it.
+        let a = parse("--proto v2 --mode secure").unwrap();
+        assert_eq!(names(a), ["asyncmsgr-v2-secure", "asyncmsgr-v2", "tokio-ct64", "std-batched"]);
+        let a = parse("--peers asyncmsgr,v2,v2s").unwrap();
+        assert_eq!(names(a), ["asyncmsgr", "asyncmsgr-v2", "asyncmsgr-v2-secure"]);
         let a = parse("--proto v2 --lossless --peers asyncmsgr,tokio").unwrap();
         assert_eq!(names(a), ["asyncmsgr-v2+lossless", "tokio-ct64"]);
         assert!(parse("--proto v3").is_err());
-        assert_eq!(parse("--mode crc").unwrap().con_mode, ConMode::Crc);
-        let secure = parse("--proto v2 --mode secure").unwrap_err();
-        assert!(secure.contains("secure mode is not available"), "{secure}");
+        assert!(!parse("--mode crc").unwrap().variant.secure);
+        let v1 = parse("--mode secure").unwrap_err();
+        assert!(v1.contains("needs --proto v2"), "{v1}");
+        assert!(parse("server --proto v2 --mode secure").is_err());
         assert!(parse("--mode plain").is_err());
     }
 }

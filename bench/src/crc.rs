@@ -36,8 +36,8 @@ fn crc_fast(seed: u32, data: &[u8]) -> u32 {
 const KERNELS: [(&str, Kernel); 3] =
     [("crc32c crate", crc32c_crate), ("crc-fast", crc_fast), ("ceph_crc32c", ceph_crc32c)];
 
-/// This thread's CPU time.
-fn thread_cpu() -> Duration {
+/// This thread's CPU time (also the crypto mode's clock).
+pub(crate) fn thread_cpu() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the struct we pass; the clock id is valid.
     if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
@@ -58,7 +58,7 @@ fn trial(k: Kernel, data: &[u8]) -> f64 {
     (thread_cpu() - t0).as_nanos() as f64 / calls as f64
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }

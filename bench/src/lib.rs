@@ -2,12 +2,14 @@
 //! `ceph_perf_msgr_client`: request/reply over loopback, asyncmsgr against a tuned tokio
 //! peer and a batched blocking std::net peer doing the same msgr v1 work (same frames,
 //! same crcs, every reply verified and matched to its request), and asyncmsgr over msgr2
-//! (crc mode) beside its v1 row. `bench --help` lists the
-//! modes and options; `main.rs` is only the command line around this library, which the
-//! tests drive too.
+//! (crc mode, and secure mode with cephx keys from [`cephx`]) beside its v1 row.
+//! `bench --help` lists the modes and options; `main.rs` is only the command line around
+//! this library, which the tests drive too.
 
 pub mod args;
+pub mod cephx;
 pub mod crc;
+pub mod crypto;
 pub mod flame;
 pub mod floor;
 pub mod idle;

@@ -79,12 +79,16 @@ fn run(args: &Args) -> Result<(), String> {
         }
         Mode::Client => {
             let name = Peer::Asyncmsgr(args.variant).to_string();
-            let report = msgr::client(args, args.addr, args.variant, &name).map_err(io)?;
+            let report = msgr::client(args, args.addr, args.variant, None, &name).map_err(io)?;
             finish(args, &[report])
         }
         Mode::Idle => idle::run(args).map_err(io),
         Mode::Crc => {
             println!("{}", bench::crc::run());
+            Ok(())
+        }
+        Mode::Crypto => {
+            println!("{}", bench::crypto::run()?);
             Ok(())
         }
         Mode::IdleClients => {

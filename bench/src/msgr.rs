@@ -17,21 +17,49 @@ use messenger::{
     Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion,
 };
 use parking_lot::Mutex;
+use protocol::auth::cephx::CephxProvider;
+use protocol::auth::{ConMode, ConModes};
 use protocol::types::{AddrType, EntityAddr, EntityType};
 use protocol::Message;
 
 use crate::args::{Args, MsgrVariant};
+use crate::cephx::Keys;
 use crate::report::{measure, new_histogram, Report};
 use crate::verify::{InFlight, Signal};
 use crate::wire::{client_name, MSG_PING, SERVER_NAME};
 
-fn config(args: &Args) -> MessengerConfig {
-    MessengerConfig {
+/// The messengers' options; with `auth` (secure mode), that provider authenticates
+/// every connection and the mode options (`ms_client_mode`, `ms_service_mode`) allow
+/// secure mode only, so a connection that cannot have it fails instead of running crc.
+fn config(args: &Args, auth: Option<Arc<CephxProvider>>) -> MessengerConfig {
+    let config = MessengerConfig {
         workers: args.workers,
         crc_header: args.crc,
         crc_data: args.crc,
         ..MessengerConfig::default()
+    };
+    match auth {
+        None => config,
+        Some(provider) => {
+            let secure = Some(ConModes(vec![ConMode::SECURE]));
+            MessengerConfig { client_mode: secure.clone(), service_mode: secure, ..config }
+                .with_auth_provider(provider)
+        }
     }
+}
+
+/// The connection mode `variant` must have negotiated (`None`: msgr v1, no modes).
+fn expected_mode(variant: MsgrVariant) -> Option<ConMode> {
+    match (variant.v2, variant.secure) {
+        (false, _) => None,
+        (true, false) => Some(ConMode::CRC),
+        (true, true) => Some(ConMode::SECURE),
+    }
+}
+
+/// The providers `variant` needs: cephx keys for secure mode, none (auth none) else.
+fn keys_for(variant: MsgrVariant) -> io::Result<Option<Keys>> {
+    variant.secure.then(Keys::new).transpose().map_err(io::Error::other)
 }
 
 /// Answers every message on its own connection with a message of the same type and tid
@@ -72,15 +100,29 @@ impl Dispatcher<Connection> for Echo {
     }
 }
 
-/// Starts a server messenger bound to `addr`.
+/// Starts a server messenger bound to `addr`, auth none (see [`server_with`]).
 pub fn server(
     args: &Args,
     addr: SocketAddr,
     variant: MsgrVariant,
 ) -> io::Result<(Messenger, SocketAddr)> {
+    server_with(args, addr, variant, None)
+}
+
+/// Starts a server messenger bound to `addr`, authenticating with `auth` (cephx,
+/// secure mode only) when given. A secure `variant` needs it.
+pub fn server_with(
+    args: &Args,
+    addr: SocketAddr,
+    variant: MsgrVariant,
+    auth: Option<Arc<CephxProvider>>,
+) -> io::Result<(Messenger, SocketAddr)> {
+    if variant.secure && auth.is_none() {
+        return Err(io::Error::other("secure mode needs the server's cephx provider"));
+    }
     // Nonce 0, as a monitor announces: a client that knows only the server's IP:port
     // (the `client` mode in another process) dials exactly what the server announces.
-    let m = Messenger::new(SERVER_NAME, 0, config(args))?;
+    let m = Messenger::new(SERVER_NAME, 0, config(args, auth))?;
     m.set_default_policy(if variant.lossless {
         Policy::lossless_peer()
     } else {
@@ -199,13 +241,19 @@ impl Dispatcher<Connection> for Pipeline {
 /// Runs `args.conns` client messengers against `server` for the run's duration. The
 /// client messengers share one pool of `args.workers` workers (so 1,000 connections
 /// are 1,000 messengers on 2 threads, as daemons share a pool); each is its own entity,
-/// `client.i`, as `ceph_perf_msgr_client` does.
+/// `client.i`, as `ceph_perf_msgr_client` does. With `auth` (secure mode) they share
+/// that cephx provider (one client entity). Fails unless every connection spoke the
+/// protocol and negotiated the mode `variant` asks for.
 pub fn client(
     args: &Args,
     server: SocketAddr,
     variant: MsgrVariant,
+    auth: Option<Arc<CephxProvider>>,
     name: &str,
 ) -> io::Result<Report> {
+    if variant.secure && auth.is_none() {
+        return Err(io::Error::other("secure mode needs the clients' cephx provider"));
+    }
     let resets = Arc::new(AtomicU64::new(0));
     let mut report = measure(args, name, |deadline, done, signals| {
         let pool = Arc::new(WorkerPool::new(WorkerPoolConfig {
@@ -221,8 +269,8 @@ pub fn client(
         let proto = if variant.v2 { ProtocolVersion::V2 } else { ProtocolVersion::V1 };
         let mut clients = Vec::with_capacity(args.conns);
         for i in 0..args.conns {
-            let m =
-                Messenger::with_pool(client_name(i), 1000 + i as u32, config(args), pool.clone())?;
+            let config = config(args, auth.clone());
+            let m = Messenger::with_pool(client_name(i), 1000 + i as u32, config, pool.clone())?;
             m.set_default_policy(if variant.lossless {
                 Policy::lossless_peer()
             } else {
@@ -260,6 +308,15 @@ pub fn client(
                     let got = conn.protocol();
                     spoke = Err(io::Error::other(format!("dialled {proto:?}, spoke {got:?}")));
                 }
+                let mode = expected_mode(variant);
+                if mode.is_some() && conn.con_mode() != mode && spoke.is_ok() {
+                    let show = |m: Option<ConMode>| m.map_or("no".to_string(), |m| m.to_string());
+                    spoke = Err(io::Error::other(format!(
+                        "asked for msgr2 {} mode, negotiated {} mode",
+                        show(mode),
+                        show(conn.con_mode())
+                    )));
+                }
                 m.shutdown();
             }
             pool.shutdown();
@@ -271,9 +328,16 @@ pub fn client(
 }
 
 /// Server and clients in this process.
+/// In secure mode both get cephx providers from one in-process key server.
 pub fn run(args: &Args, variant: MsgrVariant, name: &str) -> io::Result<Report> {
-    let (server, addr) = server(args, SocketAddr::from(([127, 0, 0, 1], 0)), variant)?;
-    let report = client(args, addr, variant, name);
+    let keys = keys_for(variant)?;
+    let (server_auth, client_auth) = match keys {
+        Some(k) => (Some(k.server), Some(k.client)),
+        None => (None, None),
+    };
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (server, addr) = server_with(args, loopback, variant, server_auth)?;
+    let report = client(args, addr, variant, client_auth, name);
     server.shutdown();
     report
 }
