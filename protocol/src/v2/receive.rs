@@ -105,6 +105,7 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
     }
     let n = m.proto.decoder.need();
     let Some(piece) = take(m, n) else {
+        absorb_buffered(m);
         ask_next_window(m);
         return false;
     };
@@ -122,6 +123,33 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
         Ok(FrameProgress::Head(h)) => handle_head(m, now, h),
         Ok(FrameProgress::Frame(f)) => handle_frame(m, now, f),
     }
+}
+
+/// The receive budget of the message being read not yet covered by what arrived of
+/// it; `None` when no (stored) message payload is being read or budget is awaited.
+pub(crate) fn window_left(m: &Machine<V2>) -> Option<u64> {
+    let open = m.state.open()?;
+    let reading = matches!(open.rx, OpenRx::Reading { discard: false, .. });
+    if !reading || open.budget.is_waiting() || m.proto.decoder.is_paused() {
+        return None;
+    }
+    let total = m.proto.decoder.payload_len();
+    let pending = m.proto.decoder.payload_pending();
+    let arrived = total.saturating_sub(pending).saturating_add(m.rx.len() as u64);
+    Some(open.budget.granted().saturating_sub(arrived))
+}
+
+/// A large segment that arrives across reads: what of it is buffered moves into the
+/// buffer the segment is assembled in (one copy of a read's tail), so the receive
+/// buffer is empty and the rest is read straight into it (`direct_read_buffer`).
+fn absorb_buffered(m: &mut Machine<V2>) {
+    let n = m.rx.len();
+    if n == 0 || window_left(m).is_none() {
+        return;
+    }
+    let Some(head) = m.rx.contiguous(n) else { return };
+    let used = m.proto.decoder.absorb(head);
+    m.rx.consume(used);
 }
 
 /// A message's payload is budgeted in windows, as v1's: once what arrived of it (taken
