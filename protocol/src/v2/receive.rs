@@ -104,16 +104,29 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
         return false;
     }
     let n = m.proto.decoder.need();
-    let Some(piece) = take(m, n) else {
-        absorb_buffered(m);
-        ask_next_window(m);
-        return false;
+    let progress = if m.state.is_open() && m.proto.decoder.reads_in_place() {
+        // A preamble or epilogue is only read: no `Bytes` for it, so no reference is
+        // taken on (and dropped from) the shared read buffer twice per message.
+        let Some(piece) = m.rx.contiguous(n) else {
+            ask_next_window(m);
+            return false;
+        };
+        let progress = m.proto.decoder.advance_slice(piece);
+        m.rx.consume(n);
+        progress
+    } else {
+        let Some(piece) = take(m, n) else {
+            absorb_buffered(m);
+            ask_next_window(m);
+            return false;
+        };
+        if m.state.step_mut().and_then(Handshake::transcript_mut).is_some_and(|t| t.too_long()) {
+            m.fault(now, Fault::Misbehaved("pre-auth phase too long"));
+            return false;
+        }
+        m.proto.decoder.advance(piece)
     };
-    if m.state.step_mut().and_then(Handshake::transcript_mut).is_some_and(|t| t.too_long()) {
-        m.fault(now, Fault::Misbehaved("pre-auth phase too long"));
-        return false;
-    }
-    match m.proto.decoder.advance(piece) {
+    match progress {
         Err(e) => {
             m.peer_issue(PeerIssue::BadMessage, format_args!("bad frame: {e}"));
             m.fault(now, Fault::Decode(e));

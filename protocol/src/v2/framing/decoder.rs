@@ -264,7 +264,7 @@ impl FrameDecoder {
         }
         let stage = std::mem::replace(&mut self.stage, Stage::Failed);
         let progress = match stage {
-            Stage::Preamble => self.read_preamble(piece)?,
+            Stage::Preamble => self.read_preamble(&piece)?,
             Stage::Segment0 => self.read_segment0(piece)?,
             Stage::Rest { next } => self.read_rest(next, piece)?,
             Stage::Paused | Stage::Failed => {
@@ -274,7 +274,31 @@ impl FrameDecoder {
         Ok(progress)
     }
 
-    fn read_preamble(&mut self, piece: Bytes) -> Result<FrameProgress> {
+    /// Whether the next piece is only read, never kept (the preamble, crc mode's
+    /// epilogue): [`FrameDecoder::advance_slice`] takes it without a `Bytes`.
+    pub fn reads_in_place(&self) -> bool {
+        let num = usize::from(self.preamble.num_segments);
+        match self.stage {
+            Stage::Preamble => true,
+            Stage::Rest { next } => self.secure.is_none() && num > 1 && next >= num,
+            _ => false,
+        }
+    }
+
+    /// [`FrameDecoder::advance`] for a piece that is only read
+    /// ([`FrameDecoder::reads_in_place`]): the caller needs no `Bytes` for it (no
+    /// reference taken on a shared read buffer). Any error leaves the decoder failed.
+    pub fn advance_slice(&mut self, piece: &[u8]) -> Result<FrameProgress> {
+        if !self.reads_in_place() || piece.len() != self.need() {
+            return Err(Error::Misuse("advance_slice with a piece that is kept or wrong"));
+        }
+        match std::mem::replace(&mut self.stage, Stage::Failed) {
+            Stage::Preamble => self.read_preamble(piece),
+            _ => self.read_crc_epilogue(piece),
+        }
+    }
+
+    fn read_preamble(&mut self, piece: &[u8]) -> Result<FrameProgress> {
         let mut raw = [0u8; PREAMBLE_LEN];
         match self.secure.as_mut() {
             None => {
@@ -353,19 +377,7 @@ impl FrameDecoder {
                 self.stage = Stage::Rest { next: next + 1 };
                 return Ok(FrameProgress::NeedMore);
             }
-            None => {
-                // late_status, then the crcs of segments 1..3 (0 past num_segments).
-                let (late, crcs) = piece.split_at(1);
-                let used = self.segments.iter().zip(SEGMENT_NAMES).take(num).skip(1);
-                for ((seg, what), wire) in used.zip(crcs.chunks_exact(CRC_LEN)) {
-                    let wire = u32::from_le_bytes([wire[0], wire[1], wire[2], wire[3]]);
-                    let got = ceph_crc32c(SEGMENT_CRC_SEED, seg);
-                    if wire != got {
-                        return Err(Error::BadCrc { what, expected: wire, got });
-                    }
-                }
-                late[0]
-            }
+            None => return self.read_crc_epilogue(&piece),
             Some(gcm) => {
                 // Decrypt in place: the piece is usually the only owner of its bytes
                 // (gathered for us), so no copy; otherwise one.
@@ -383,6 +395,27 @@ impl FrameDecoder {
                 plain.get(at).copied().unwrap_or(0)
             }
         };
+        self.finish_with(late_status)
+    }
+
+    /// crc mode's epilogue: late_status, then the crcs of segments 1..3 (0 past
+    /// num_segments), checked against the segments read.
+    fn read_crc_epilogue(&mut self, piece: &[u8]) -> Result<FrameProgress> {
+        let num = usize::from(self.preamble.num_segments);
+        let (late, crcs) = piece.split_at(1);
+        let used = self.segments.iter().zip(SEGMENT_NAMES).take(num).skip(1);
+        for ((seg, what), wire) in used.zip(crcs.chunks_exact(CRC_LEN)) {
+            let wire = u32::from_le_bytes([wire[0], wire[1], wire[2], wire[3]]);
+            let got = ceph_crc32c(SEGMENT_CRC_SEED, seg);
+            if wire != got {
+                return Err(Error::BadCrc { what, expected: wire, got });
+            }
+        }
+        self.finish_with(late[0])
+    }
+
+    /// The frame is complete with this late_status.
+    fn finish_with(&mut self, late_status: u8) -> Result<FrameProgress> {
         let aborted = match late_status & LATE_STATUS_MASK {
             LATE_STATUS_COMPLETE => false,
             LATE_STATUS_ABORTED => true,

@@ -249,6 +249,49 @@ mod tests {
         }
     }
 
+    // The preamble and crc mode's epilogue can be fed as plain slices (nothing kept);
+    // a kept piece cannot, and the crcs are checked the same way.
+    #[test]
+    fn preamble_and_epilogue_decode_from_slices() {
+        let segs = message_segments();
+        let refs: Vec<&Bytes> = segs.iter().collect();
+        let wire = Bytes::from(encode(&mut FrameEncoder::crc(), Tag::MESSAGE, &refs));
+        for corrupt in [false, true] {
+            let mut wire = wire.to_vec();
+            if corrupt {
+                wire[32 + 45 + 50] ^= 1;
+            }
+            let wire = Bytes::from(wire);
+            let mut dec = FrameDecoder::new(FrameLimits::default());
+            let (mut at, mut slices) = (0, 0);
+            let got = loop {
+                if dec.is_paused() {
+                    dec.proceed().unwrap();
+                }
+                let n = dec.need();
+                let progress = if dec.reads_in_place() {
+                    slices += 1;
+                    dec.advance_slice(&wire[at..at + n])
+                } else {
+                    assert!(dec.advance_slice(&[]).is_err(), "a kept piece is refused");
+                    dec.advance(wire.slice(at..at + n))
+                };
+                at += n;
+                match progress {
+                    Ok(FrameProgress::NeedMore | FrameProgress::Head(_)) => {}
+                    other => break other,
+                }
+            };
+            assert_eq!(slices, 2, "the preamble and the epilogue");
+            if corrupt {
+                assert!(matches!(got, Err(Error::BadCrc { what: "segment 1", .. })), "{got:?}");
+            } else {
+                let Ok(FrameProgress::Frame(f)) = got else { panic!("{got:?}") };
+                assert_eq!(f.segments, segs);
+            }
+        }
+    }
+
     // Every segment round-trips, an empty middle included, in both modes.
     #[test]
     fn four_segment_message_round_trips_in_both_modes() {
