@@ -56,7 +56,7 @@ impl<P: Protocol> Machine<P> {
     /// While a large message segment arrives in pieces, the buffer it is assembled in
     /// and how many more bytes it needs: the driver may read at most that many bytes
     /// into its spare capacity, then call [`Machine::handle_direct_read`]. `None`
-    /// whenever bytes must go through [`Machine::handle_bytes`] (always for msgr2).
+    /// whenever bytes must go through [`Machine::handle_bytes`].
     pub fn direct_read_buffer(&mut self) -> Option<(&mut BytesMut, usize)> {
         if !self.state.is_open() || self.rx.len() > 0 {
             return None;

@@ -131,9 +131,9 @@ impl Protocol for V2 {
         }
     }
 
-    fn direct_read_buffer(_m: &mut Machine<V2>) -> Option<(&mut BytesMut, usize)> {
-        // The frame decoder takes each segment whole from the receive buffer.
-        None
+    fn direct_read_buffer(m: &mut Machine<V2>) -> Option<(&mut BytesMut, usize)> {
+        let allowed = super::receive::window_left(m)?;
+        m.proto.decoder.assembly_buffer(allowed)
     }
 
     fn message_in_progress(rx: &OpenRx) -> bool {

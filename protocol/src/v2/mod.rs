@@ -90,9 +90,9 @@
 //! * A MESSAGE's payload is budgeted in windows as v1's (the first at its header, the
 //!   next once what arrived covers what was granted; reading stops in between) and must
 //!   progress by a window per payload timeout, so a peer that announces a large message
-//!   and stalls holds what it sent plus one window, then loses its connection. The
-//!   frame decoder still takes each segment in one piece from the receive buffer (no
-//!   direct reads yet).
+//!   and stalls holds what it sent plus one window, then loses its connection. A large
+//!   segment (crc mode) is read straight into the buffer it is assembled in, as v1's;
+//!   secure mode takes block C in one piece from the receive buffer.
 
 mod accept;
 pub mod banner;

@@ -104,15 +104,29 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
         return false;
     }
     let n = m.proto.decoder.need();
-    let Some(piece) = take(m, n) else {
-        ask_next_window(m);
-        return false;
+    let progress = if m.state.is_open() && m.proto.decoder.reads_in_place() {
+        // A preamble or epilogue is only read: no `Bytes` for it, so no reference is
+        // taken on (and dropped from) the shared read buffer twice per message.
+        let Some(piece) = m.rx.contiguous(n) else {
+            ask_next_window(m);
+            return false;
+        };
+        let progress = m.proto.decoder.advance_slice(piece);
+        m.rx.consume(n);
+        progress
+    } else {
+        let Some(piece) = take(m, n) else {
+            absorb_buffered(m);
+            ask_next_window(m);
+            return false;
+        };
+        if m.state.step_mut().and_then(Handshake::transcript_mut).is_some_and(|t| t.too_long()) {
+            m.fault(now, Fault::Misbehaved("pre-auth phase too long"));
+            return false;
+        }
+        m.proto.decoder.advance(piece)
     };
-    if m.state.step_mut().and_then(Handshake::transcript_mut).is_some_and(|t| t.too_long()) {
-        m.fault(now, Fault::Misbehaved("pre-auth phase too long"));
-        return false;
-    }
-    match m.proto.decoder.advance(piece) {
+    match progress {
         Err(e) => {
             m.peer_issue(PeerIssue::BadMessage, format_args!("bad frame: {e}"));
             m.fault(now, Fault::Decode(e));
@@ -122,6 +136,33 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
         Ok(FrameProgress::Head(h)) => handle_head(m, now, h),
         Ok(FrameProgress::Frame(f)) => handle_frame(m, now, f),
     }
+}
+
+/// The receive budget of the message being read not yet covered by what arrived of
+/// it; `None` when no (stored) message payload is being read or budget is awaited.
+pub(crate) fn window_left(m: &Machine<V2>) -> Option<u64> {
+    let open = m.state.open()?;
+    let reading = matches!(open.rx, OpenRx::Reading { discard: false, .. });
+    if !reading || open.budget.is_waiting() || m.proto.decoder.is_paused() {
+        return None;
+    }
+    let total = m.proto.decoder.payload_len();
+    let pending = m.proto.decoder.payload_pending();
+    let arrived = total.saturating_sub(pending).saturating_add(m.rx.len() as u64);
+    Some(open.budget.granted().saturating_sub(arrived))
+}
+
+/// A large segment that arrives across reads: what of it is buffered moves into the
+/// buffer the segment is assembled in (one copy of a read's tail), so the receive
+/// buffer is empty and the rest is read straight into it (`direct_read_buffer`).
+fn absorb_buffered(m: &mut Machine<V2>) {
+    let n = m.rx.len();
+    if n == 0 || window_left(m).is_none() {
+        return;
+    }
+    let Some(head) = m.rx.contiguous(n) else { return };
+    let used = m.proto.decoder.absorb(head);
+    m.rx.consume(used);
 }
 
 /// A message's payload is budgeted in windows, as v1's: once what arrived of it (taken

@@ -4,6 +4,7 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::error::{Error, Result};
+use crate::message::DIRECT_ASSEMBLY_MIN;
 use crate::wire::ceph_crc32c;
 
 use super::super::tag::Tag;
@@ -93,6 +94,10 @@ pub struct FrameDecoder {
     inline: Bytes,
     /// The segments received so far of the frame in progress.
     segments: [Bytes; MAX_SEGMENTS],
+    /// crc mode: the start of a large payload segment that arrived across reads, in the
+    /// buffer it is assembled in (grown only by what the caller lets in, see
+    /// [`FrameDecoder::assembly_buffer`]); empty otherwise.
+    partial: BytesMut,
 }
 
 impl FrameDecoder {
@@ -105,6 +110,7 @@ impl FrameDecoder {
             preamble: Preamble::default(),
             inline: Bytes::new(),
             segments: Default::default(),
+            partial: BytesMut::new(),
         }
     }
 
@@ -163,7 +169,9 @@ impl FrameDecoder {
             }
             // Each segment on its own, so that one arriving in one chunk is sliced out
             // of it rather than gathered with its neighbours.
-            Stage::Rest { next } if next < num => lens.get(next).map_or(0, |&l| l as usize),
+            Stage::Rest { next } if next < num => {
+                lens.get(next).map_or(0, |&l| l as usize).saturating_sub(self.partial.len())
+            }
             Stage::Rest { .. } => CRC_EPILOGUE_LEN,
             Stage::Paused | Stage::Failed => 0,
         }
@@ -188,7 +196,48 @@ impl FrameDecoder {
             Stage::Rest { .. } => 1,
             Stage::Preamble | Stage::Failed => return 0,
         };
-        lens.get(from..num).map_or(0, |l| l.iter().map(|&x| u64::from(x)).sum())
+        let left: u64 = lens.get(from..num).map_or(0, |l| l.iter().map(|&x| u64::from(x)).sum());
+        left.saturating_sub(self.partial.len() as u64)
+    }
+
+    /// The large payload segment (crc mode, at least [`DIRECT_ASSEMBLY_MIN`] bytes) the
+    /// decoder is in, and how many bytes of it are still missing; `None` elsewhere.
+    fn assembling(&self) -> Option<usize> {
+        let Stage::Rest { next } = self.stage else { return None };
+        if self.secure.is_some() || next >= usize::from(self.preamble.num_segments) {
+            return None;
+        }
+        let len = self.preamble.lens().get(next).map_or(0, |&l| l as usize);
+        (len >= DIRECT_ASSEMBLY_MIN).then(|| len - self.partial.len())
+    }
+
+    /// Copies the first bytes of a large payload segment that are already buffered
+    /// into its assembly buffer, so that the rest can be read straight into it
+    /// ([`FrameDecoder::assembly_buffer`]). Takes at most what the segment still needs;
+    /// returns how many bytes it took (0 when not in such a segment).
+    pub fn absorb(&mut self, bytes: &[u8]) -> usize {
+        let Some(missing) = self.assembling() else { return 0 };
+        let n = bytes.len().min(missing);
+        self.partial.extend_from_slice(&bytes[..n]);
+        n
+    }
+
+    /// While a large payload segment is being assembled (crc mode), the buffer it grows
+    /// in and how many bytes may be read into its spare capacity now: what the segment
+    /// still needs, at most `allowed` (the receive budget not yet covered). The buffer
+    /// grows by that much only, never to the announced length up front. The caller then
+    /// calls [`FrameDecoder::advance`] with what [`FrameDecoder::need`] says (an empty
+    /// piece once the segment is complete). `None` otherwise.
+    pub fn assembly_buffer(&mut self, allowed: u64) -> Option<(&mut BytesMut, usize)> {
+        let missing = self.assembling()?;
+        let want = missing.min(usize::try_from(allowed).unwrap_or(usize::MAX));
+        if want == 0 {
+            return None;
+        }
+        if self.partial.capacity() - self.partial.len() < want {
+            self.partial.reserve(want);
+        }
+        Some((&mut self.partial, want))
     }
 
     /// Resumes after [`FrameProgress::Head`].
@@ -205,6 +254,7 @@ impl FrameDecoder {
         self.stage = Stage::Preamble;
         self.inline = Bytes::new();
         self.segments = Default::default();
+        self.partial = BytesMut::new();
     }
 
     /// Feeds exactly [`FrameDecoder::need`] bytes. Any error leaves the decoder failed.
@@ -214,7 +264,7 @@ impl FrameDecoder {
         }
         let stage = std::mem::replace(&mut self.stage, Stage::Failed);
         let progress = match stage {
-            Stage::Preamble => self.read_preamble(piece)?,
+            Stage::Preamble => self.read_preamble(&piece)?,
             Stage::Segment0 => self.read_segment0(piece)?,
             Stage::Rest { next } => self.read_rest(next, piece)?,
             Stage::Paused | Stage::Failed => {
@@ -224,7 +274,31 @@ impl FrameDecoder {
         Ok(progress)
     }
 
-    fn read_preamble(&mut self, piece: Bytes) -> Result<FrameProgress> {
+    /// Whether the next piece is only read, never kept (the preamble, crc mode's
+    /// epilogue): [`FrameDecoder::advance_slice`] takes it without a `Bytes`.
+    pub fn reads_in_place(&self) -> bool {
+        let num = usize::from(self.preamble.num_segments);
+        match self.stage {
+            Stage::Preamble => true,
+            Stage::Rest { next } => self.secure.is_none() && num > 1 && next >= num,
+            _ => false,
+        }
+    }
+
+    /// [`FrameDecoder::advance`] for a piece that is only read
+    /// ([`FrameDecoder::reads_in_place`]): the caller needs no `Bytes` for it (no
+    /// reference taken on a shared read buffer). Any error leaves the decoder failed.
+    pub fn advance_slice(&mut self, piece: &[u8]) -> Result<FrameProgress> {
+        if !self.reads_in_place() || piece.len() != self.need() {
+            return Err(Error::Misuse("advance_slice with a piece that is kept or wrong"));
+        }
+        match std::mem::replace(&mut self.stage, Stage::Failed) {
+            Stage::Preamble => self.read_preamble(piece),
+            _ => self.read_crc_epilogue(piece),
+        }
+    }
+
+    fn read_preamble(&mut self, piece: &[u8]) -> Result<FrameProgress> {
         let mut raw = [0u8; PREAMBLE_LEN];
         match self.secure.as_mut() {
             None => {
@@ -291,25 +365,19 @@ impl FrameDecoder {
         let late_status = match self.secure.as_mut() {
             None if next < num => {
                 // One segment; its crc is checked with the epilogue.
+                let segment = if self.partial.is_empty() {
+                    piece
+                } else {
+                    self.partial.extend_from_slice(&piece);
+                    std::mem::take(&mut self.partial).freeze()
+                };
                 if let Some(slot) = self.segments.get_mut(next) {
-                    *slot = piece;
+                    *slot = segment;
                 }
                 self.stage = Stage::Rest { next: next + 1 };
                 return Ok(FrameProgress::NeedMore);
             }
-            None => {
-                // late_status, then the crcs of segments 1..3 (0 past num_segments).
-                let (late, crcs) = piece.split_at(1);
-                let used = self.segments.iter().zip(SEGMENT_NAMES).take(num).skip(1);
-                for ((seg, what), wire) in used.zip(crcs.chunks_exact(CRC_LEN)) {
-                    let wire = u32::from_le_bytes([wire[0], wire[1], wire[2], wire[3]]);
-                    let got = ceph_crc32c(SEGMENT_CRC_SEED, seg);
-                    if wire != got {
-                        return Err(Error::BadCrc { what, expected: wire, got });
-                    }
-                }
-                late[0]
-            }
+            None => return self.read_crc_epilogue(&piece),
             Some(gcm) => {
                 // Decrypt in place: the piece is usually the only owner of its bytes
                 // (gathered for us), so no copy; otherwise one.
@@ -327,6 +395,27 @@ impl FrameDecoder {
                 plain.get(at).copied().unwrap_or(0)
             }
         };
+        self.finish_with(late_status)
+    }
+
+    /// crc mode's epilogue: late_status, then the crcs of segments 1..3 (0 past
+    /// num_segments), checked against the segments read.
+    fn read_crc_epilogue(&mut self, piece: &[u8]) -> Result<FrameProgress> {
+        let num = usize::from(self.preamble.num_segments);
+        let (late, crcs) = piece.split_at(1);
+        let used = self.segments.iter().zip(SEGMENT_NAMES).take(num).skip(1);
+        for ((seg, what), wire) in used.zip(crcs.chunks_exact(CRC_LEN)) {
+            let wire = u32::from_le_bytes([wire[0], wire[1], wire[2], wire[3]]);
+            let got = ceph_crc32c(SEGMENT_CRC_SEED, seg);
+            if wire != got {
+                return Err(Error::BadCrc { what, expected: wire, got });
+            }
+        }
+        self.finish_with(late[0])
+    }
+
+    /// The frame is complete with this late_status.
+    fn finish_with(&mut self, late_status: u8) -> Result<FrameProgress> {
         let aborted = match late_status & LATE_STATUS_MASK {
             LATE_STATUS_COMPLETE => false,
             LATE_STATUS_ABORTED => true,

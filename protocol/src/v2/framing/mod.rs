@@ -196,6 +196,102 @@ mod tests {
         assert_eq!(dec.payload_pending(), 0, "the frame is done");
     }
 
+    // A large data segment is assembled from what was buffered plus direct reads into
+    // the decoder's buffer, never past what is allowed, and its crc is still checked.
+    #[test]
+    fn large_segment_is_assembled_by_direct_reads_within_the_allowance() {
+        let data = Bytes::from((0..200_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        let segs = [Bytes::from(vec![7u8; HEADER2_LEN]), Bytes::new(), Bytes::new(), data];
+        let refs: Vec<&Bytes> = segs.iter().collect();
+        let wire = Bytes::from(encode(&mut FrameEncoder::crc(), Tag::MESSAGE, &refs));
+        for corrupt in [false, true] {
+            let mut wire = wire.to_vec();
+            if corrupt {
+                wire[32 + 45 + 150_000] ^= 1;
+            }
+            let wire = Bytes::from(wire);
+            let mut dec = FrameDecoder::new(FrameLimits::default());
+            let mut at = 0;
+            for _ in 0..2 {
+                let n = dec.need();
+                dec.advance(wire.slice(at..at + n)).unwrap();
+                at += n;
+            }
+            dec.proceed().unwrap();
+            for _ in 0..2 {
+                // The empty front and middle.
+                assert_eq!(dec.need(), 0);
+                dec.advance(Bytes::new()).unwrap();
+            }
+            assert_eq!(dec.need(), 200_000, "the data segment whole");
+            // 1000 bytes were buffered: absorbed, not more than the segment needs.
+            assert_eq!(dec.absorb(&wire[at..at + 1000]), 1000);
+            at += 1000;
+            assert_eq!(dec.payload_pending(), 199_000);
+            let mut reads = 0;
+            while let Some((buf, max)) = dec.assembly_buffer(64 << 10) {
+                assert!(max <= 64 << 10, "never past the allowance");
+                let k = max.min(50_000);
+                buf.extend_from_slice(&wire[at..at + k]);
+                at += k;
+                reads += 1;
+            }
+            assert_eq!(reads, 4);
+            assert_eq!(dec.need(), 0, "nothing more for the segment");
+            assert!(matches!(dec.advance(Bytes::new()).unwrap(), FrameProgress::NeedMore));
+            let got = dec.advance(wire.slice(at..));
+            if corrupt {
+                assert!(matches!(got, Err(Error::BadCrc { what: "segment 3", .. })), "{got:?}");
+            } else {
+                let Ok(FrameProgress::Frame(f)) = got else { panic!("{got:?}") };
+                assert_eq!(f.segments, segs);
+            }
+        }
+    }
+
+    // The preamble and crc mode's epilogue can be fed as plain slices (nothing kept);
+    // a kept piece cannot, and the crcs are checked the same way.
+    #[test]
+    fn preamble_and_epilogue_decode_from_slices() {
+        let segs = message_segments();
+        let refs: Vec<&Bytes> = segs.iter().collect();
+        let wire = Bytes::from(encode(&mut FrameEncoder::crc(), Tag::MESSAGE, &refs));
+        for corrupt in [false, true] {
+            let mut wire = wire.to_vec();
+            if corrupt {
+                wire[32 + 45 + 50] ^= 1;
+            }
+            let wire = Bytes::from(wire);
+            let mut dec = FrameDecoder::new(FrameLimits::default());
+            let (mut at, mut slices) = (0, 0);
+            let got = loop {
+                if dec.is_paused() {
+                    dec.proceed().unwrap();
+                }
+                let n = dec.need();
+                let progress = if dec.reads_in_place() {
+                    slices += 1;
+                    dec.advance_slice(&wire[at..at + n])
+                } else {
+                    assert!(dec.advance_slice(&[]).is_err(), "a kept piece is refused");
+                    dec.advance(wire.slice(at..at + n))
+                };
+                at += n;
+                match progress {
+                    Ok(FrameProgress::NeedMore | FrameProgress::Head(_)) => {}
+                    other => break other,
+                }
+            };
+            assert_eq!(slices, 2, "the preamble and the epilogue");
+            if corrupt {
+                assert!(matches!(got, Err(Error::BadCrc { what: "segment 1", .. })), "{got:?}");
+            } else {
+                let Ok(FrameProgress::Frame(f)) = got else { panic!("{got:?}") };
+                assert_eq!(f.segments, segs);
+            }
+        }
+    }
+
     // Every segment round-trips, an empty middle included, in both modes.
     #[test]
     fn four_segment_message_round_trips_in_both_modes() {
