@@ -762,12 +762,37 @@ pub fn cephx_keyring() -> KeyRing {
 /// monitor of ours at `addr` over msgr v1, in a fresh temporary directory whose conf
 /// path is returned.
 pub fn client_conf_cephx_for(addr: SocketAddr, fsid: &str, ring: &KeyRing) -> io::Result<PathBuf> {
+    client_conf_cephx(
+        &format!("v1:{addr}"),
+        fsid,
+        ring,
+        "ms_bind_msgr2 = false\nms_bind_msgr1 = true\n",
+    )
+}
+
+/// [`client_conf_cephx_for`] over msgr2: `mon_host = v2:ADDR`, and `ms_mon_client_mode`
+/// set to `mode` ("secure", "crc", "secure crc", …).
+pub fn client_conf_cephx_msgr2_for(
+    addr: SocketAddr,
+    fsid: &str,
+    ring: &KeyRing,
+    mode: &str,
+) -> io::Result<PathBuf> {
+    client_conf_cephx(&format!("v2:{addr}"), fsid, ring, &format!("ms_mon_client_mode = {mode}\n"))
+}
+
+fn client_conf_cephx(
+    mon_host: &str,
+    fsid: &str,
+    ring: &KeyRing,
+    extra: &str,
+) -> io::Result<PathBuf> {
     let dir = unique_dir("asyncmsgr-cli")?;
     std::fs::write(dir.join("keyring"), ring.to_text())?;
     let conf = format!(
-        "[global]\nfsid = {fsid}\nmon_host = v1:{addr}\n\
+        "[global]\nfsid = {fsid}\nmon_host = {mon_host}\n\
          auth_cluster_required = cephx\nauth_service_required = cephx\nauth_client_required = cephx\n\
-         ms_bind_msgr2 = false\nms_bind_msgr1 = true\nlog_file = {d}/$name.log\n\
+         {extra}log_file = {d}/$name.log\n\
          admin_socket = {d}/$name.asok\nkeyring = {d}/keyring\n",
         d = dir.display()
     );
