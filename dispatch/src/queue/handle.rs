@@ -147,9 +147,8 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         });
     }
 
-    /// Puts one message into its lane with `place` and wakes the dispatch thread if the
-    /// queue was idle; after shutdown began the message is dropped and counted instead.
-    /// Its budget is released outside the lock either way.
+    /// Puts one message into its lane with `place` (see [`admit`](Self::admit)); after
+    /// shutdown began, or once `conn` is marked down, it is dropped and counted instead.
     fn push_message(
         &self,
         conn: &C,
@@ -157,31 +156,45 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         budget: Option<Permit>,
         place: impl FnOnce(&mut State<C>, Queued<C>),
     ) {
-        let rejected = {
-            let mut st = self.shared.state.lock();
-            // Checked under the lock that `discard` takes: a message of a connection
-            // marked down either is queued before the discard (and discarded by it) or
-            // is refused here.
-            if st.accepting() && !conn.is_marked_down() {
-                let was_idle = st.is_idle();
-                place(&mut st, Queued::new(conn.clone(), msg, budget));
-                if was_idle {
-                    self.shared.arrivals.fetch_add(1, Ordering::Release);
-                }
-                drop(st);
-                if was_idle {
-                    self.shared.work.notify_one();
-                }
-                None
-            } else {
-                Some((msg, budget))
+        let mut item = Some((msg, budget));
+        let admitted = self.admit(conn, |st| {
+            if let Some((msg, budget)) = item.take() {
+                place(st, Queued::new(conn.clone(), msg, budget));
             }
-        };
-        if rejected.is_some() {
-            self.shared.discarded.fetch_add(1, Ordering::Relaxed);
-            log::debug!(target: "msgr::dispatch", "{}: message refused (shutdown or marked down)", self.shared.name);
+        });
+        if !admitted {
+            self.refused(1);
         }
-        drop(rejected);
+        // A refused message's budget is released here, outside the lock.
+        drop(item);
+    }
+
+    /// Runs `place` under the queue's lock if the queue accepts messages of `conn` and
+    /// wakes the dispatch thread if the queue was idle; returns whether it ran. Checked
+    /// under the lock that `discard` takes: a message of a connection marked down either
+    /// is queued before the discard (and discarded by it) or is refused here.
+    fn admit(&self, conn: &C, place: impl FnOnce(&mut State<C>)) -> bool {
+        let mut st = self.shared.state.lock();
+        if !st.accepting() || conn.is_marked_down() {
+            return false;
+        }
+        let was_idle = st.is_idle();
+        place(&mut st);
+        if was_idle {
+            self.shared.arrivals.fetch_add(1, Ordering::Release);
+        }
+        drop(st);
+        if was_idle {
+            self.shared.work.notify_one();
+        }
+        true
+    }
+
+    /// Counts `n` messages refused after shutdown began or once their connection was
+    /// marked down.
+    fn refused(&self, n: usize) {
+        self.shared.discarded.fetch_add(n as u64, Ordering::Relaxed);
+        log::debug!(target: "msgr::dispatch", "{}: {n} messages refused (shutdown or marked down)", self.shared.name);
     }
 
     /// The receive path for a message read by `conn`'s worker, in arrival order:
@@ -259,28 +272,15 @@ impl<C: ConnectionRef> DispatchQueue<C> {
             msg.compact(compact_below);
         }
         let id = conn.conn_id();
-        let mut st = self.shared.state.lock();
-        // Checked under the lock that `discard` takes, as for one message.
-        if !st.accepting() || conn.is_marked_down() {
-            drop(st);
-            let n = batch.len();
-            self.shared.discarded.fetch_add(n as u64, Ordering::Relaxed);
-            log::debug!(target: "msgr::dispatch", "{}: {n} messages refused (shutdown or marked down)", self.shared.name);
+        let admitted = self.admit(conn, |st| {
+            for (msg, budget) in batch.drain(..) {
+                st.messages.push(msg.priority(), id, Queued::new(conn.clone(), msg, budget));
+            }
+        });
+        if !admitted {
+            self.refused(batch.len());
             // Releasing budgets may call wakers: outside the lock.
             batch.clear();
-            return;
-        }
-        let was_idle = st.is_idle();
-        for (msg, budget) in batch.drain(..) {
-            let priority = msg.priority();
-            st.messages.push(priority, id, Queued::new(conn.clone(), msg, budget));
-        }
-        if was_idle {
-            self.shared.arrivals.fetch_add(1, Ordering::Release);
-        }
-        drop(st);
-        if was_idle {
-            self.shared.work.notify_one();
         }
     }
 
