@@ -8,8 +8,8 @@
 
 use std::hint::black_box;
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes128Gcm, KeyInit, Nonce};
+use aes_gcm::aead::AeadInOut;
+use aes_gcm::{Aes128Gcm, KeyInit};
 
 use crate::crc::{median, thread_cpu};
 
@@ -33,17 +33,17 @@ fn trial(cipher: &Aes128Gcm, data: &[u8], seal: bool) -> Result<f64, String> {
     let calls = (TRIAL_BYTES / data.len().max(1)).max(1);
     // One fixed nonce for every call: nothing secret is sealed here, and the work per
     // byte does not depend on the nonce.
-    let nonce = Nonce::from([7u8; NONCE_LEN]);
+    let nonce = [7u8; NONCE_LEN].into();
     let mut buf = data.to_vec();
     let sealed_tag = cipher
-        .encrypt_in_place_detached(&nonce, &[], &mut buf)
+        .encrypt_inout_detached(&nonce, &[], buf.as_mut_slice().into())
         .map_err(|e| format!("aes-gcm seal: {e}"))?;
     let sealed = buf.clone();
     let t0 = thread_cpu();
     for _ in 0..calls {
         if seal {
             let tag = cipher
-                .encrypt_in_place_detached(&nonce, &[], black_box(&mut buf))
+                .encrypt_inout_detached(&nonce, &[], black_box(buf.as_mut_slice()).into())
                 .map_err(|e| format!("aes-gcm seal: {e}"))?;
             black_box(tag);
         } else {
@@ -51,7 +51,12 @@ fn trial(cipher: &Aes128Gcm, data: &[u8], seal: bool) -> Result<f64, String> {
             // is a small share of the work, and the frame decoder copies too).
             buf.copy_from_slice(&sealed);
             cipher
-                .decrypt_in_place_detached(&nonce, &[], black_box(&mut buf), &sealed_tag)
+                .decrypt_inout_detached(
+                    &nonce,
+                    &[],
+                    black_box(buf.as_mut_slice()).into(),
+                    &sealed_tag,
+                )
                 .map_err(|e| format!("aes-gcm open: {e}"))?;
         }
     }

@@ -1,8 +1,8 @@
 //! Secure mode's cipher state: AES-128-GCM with Ceph's msgr2.1 nonce rule (msgr-v2.md
 //! 3.3). The cipher is RustCrypto's `aes-gcm`; nothing here is cryptography of our own.
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes128Gcm, KeyInit, Nonce, Tag as GcmTag};
+use aes_gcm::aead::AeadInOut;
+use aes_gcm::{Aes128Gcm, KeyInit};
 
 use crate::error::{Error, Result};
 
@@ -36,7 +36,7 @@ impl GcmStream {
         c.copy_from_slice(&nonce[4..]);
         let counter = u64::from_le_bytes(c);
         GcmStream {
-            cipher: Aes128Gcm::new(key.into()),
+            cipher: Aes128Gcm::new(&(*key).into()),
             fixed,
             counter,
             initial: counter,
@@ -78,7 +78,7 @@ impl GcmStream {
         let n = self.next_nonce()?;
         let tag = self
             .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&n), &[], buf)
+            .encrypt_inout_detached(&n.into(), &[], buf.into())
             .map_err(|_| Error::Misuse("GCM refused to encrypt"))?;
         let mut out = [0u8; TAG_LEN];
         out.copy_from_slice(&tag);
@@ -88,11 +88,11 @@ impl GcmStream {
     /// Decrypts `buf` in place (one GCM operation) after checking `tag`.
     pub fn open(&mut self, buf: &mut [u8], tag: &[u8]) -> Result<()> {
         let n = self.next_nonce()?;
-        if tag.len() != TAG_LEN {
+        let Ok(tag) = <[u8; TAG_LEN]>::try_from(tag) else {
             return Err(Error::Malformed("GCM tag is not 16 bytes"));
-        }
+        };
         self.cipher
-            .decrypt_in_place_detached(Nonce::from_slice(&n), &[], buf, GcmTag::from_slice(tag))
+            .decrypt_inout_detached(&n.into(), &[], buf.into(), &tag.into())
             .map_err(|_| Error::Malformed("frame failed GCM authentication (bad tag)"))
     }
 }
