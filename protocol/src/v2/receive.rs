@@ -157,7 +157,10 @@ pub(crate) fn window_left(m: &Machine<V2>) -> Option<u64> {
 /// buffer is empty and the rest is read straight into it (`direct_read_buffer`).
 fn absorb_buffered(m: &mut Machine<V2>) {
     let n = m.rx.len();
-    if n == 0 || window_left(m).is_none() {
+    // Gathering the buffered reads into one piece copies them: only when the decoder
+    // takes them, or a frame it does not assemble in place (secure mode) is copied again
+    // on every read until it is complete.
+    if n == 0 || !m.proto.decoder.is_assembling() || window_left(m).is_none() {
         return;
     }
     let Some(head) = m.rx.contiguous(n) else { return };

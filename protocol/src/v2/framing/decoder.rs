@@ -211,6 +211,13 @@ impl FrameDecoder {
         (len >= DIRECT_ASSEMBLY_MIN).then(|| len - self.partial.len())
     }
 
+    /// Whether a large payload segment is being assembled in place (crc mode), so that
+    /// [`FrameDecoder::absorb`] would take bytes: callers check it before gathering
+    /// buffered bytes for it, which costs a copy whenever they span several reads.
+    pub fn is_assembling(&self) -> bool {
+        self.assembling().is_some()
+    }
+
     /// Copies the first bytes of a large payload segment that are already buffered
     /// into its assembly buffer, so that the rest can be read straight into it
     /// ([`FrameDecoder::assembly_buffer`]). Takes at most what the segment still needs;
