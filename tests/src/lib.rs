@@ -6,6 +6,7 @@ pub mod ceph;
 pub mod cephx;
 pub mod chaos;
 pub mod hostile;
+pub mod hostile_v2;
 pub mod loopback;
 pub mod mon;
 pub mod nat;

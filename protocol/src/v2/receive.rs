@@ -214,9 +214,9 @@ fn handle_head(m: &mut Machine<V2>, now: Instant, h: FrameHead) -> bool {
         open.rx = OpenRx::Reading { header, discard };
     }
     if discard {
-        // Already delivered: read it without budget and drop it (Pacific stops
-        // reading the connection instead, msgr-v2.md 6.2).
-        if let Err(e) = m.proto.decoder.proceed() {
+        // Already delivered: read it without budget and drop it as it passes (Pacific
+        // stops reading the connection instead, msgr-v2.md 6.2).
+        if let Err(e) = m.proto.decoder.skip_rest() {
             m.fault(now, Fault::Decode(e));
             return false;
         }

@@ -98,7 +98,15 @@ pub struct FrameDecoder {
     /// buffer it is assembled in (grown only by what the caller lets in, see
     /// [`FrameDecoder::assembly_buffer`]); empty otherwise.
     partial: BytesMut,
+    /// crc mode, after [`FrameDecoder::skip_rest`]: the running crcs of segments 1..,
+    /// which pass in pieces and are dropped, never gathered.
+    skip_crcs: Option<[u32; MAX_SEGMENTS]>,
+    /// Bytes of the segment being skipped that passed already.
+    skipped: usize,
 }
+
+/// The most a skipped segment passes in one piece: what a duplicate holds at a time.
+const SKIP_PIECE: usize = 64 << 10;
 
 impl FrameDecoder {
     /// A crc-mode decoder.
@@ -111,6 +119,8 @@ impl FrameDecoder {
             inline: Bytes::new(),
             segments: Default::default(),
             partial: BytesMut::new(),
+            skip_crcs: None,
+            skipped: 0,
         }
     }
 
@@ -167,6 +177,11 @@ impl FrameDecoder {
                     + SECURE_EPILOGUE_LEN
                     + TAG_LEN
             }
+            Stage::Rest { next } if next < num && self.skip_crcs.is_some() => lens
+                .get(next)
+                .map_or(0, |&l| l as usize)
+                .saturating_sub(self.skipped)
+                .min(SKIP_PIECE),
             // Each segment on its own, so that one arriving in one chunk is sliced out
             // of it rather than gathered with its neighbours.
             Stage::Rest { next } if next < num => {
@@ -197,14 +212,17 @@ impl FrameDecoder {
             Stage::Preamble | Stage::Failed => return 0,
         };
         let left: u64 = lens.get(from..num).map_or(0, |l| l.iter().map(|&x| u64::from(x)).sum());
-        left.saturating_sub(self.partial.len() as u64)
+        left.saturating_sub((self.partial.len() + self.skipped) as u64)
     }
 
     /// The large payload segment (crc mode, at least [`DIRECT_ASSEMBLY_MIN`] bytes) the
     /// decoder is in, and how many bytes of it are still missing; `None` elsewhere.
     fn assembling(&self) -> Option<usize> {
         let Stage::Rest { next } = self.stage else { return None };
-        if self.secure.is_some() || next >= usize::from(self.preamble.num_segments) {
+        if self.secure.is_some()
+            || self.skip_crcs.is_some()
+            || next >= usize::from(self.preamble.num_segments)
+        {
             return None;
         }
         let len = self.preamble.lens().get(next).map_or(0, |&l| l as usize);
@@ -256,12 +274,28 @@ impl FrameDecoder {
         Ok(())
     }
 
+    /// Resumes after [`FrameProgress::Head`] without keeping the rest of the frame (a
+    /// duplicate message): in crc mode its segments pass in pieces of at most 64 KiB,
+    /// their crcs checked as they go, and are dropped, so the frame holds nothing
+    /// whatever it announced. In secure mode the rest is one GCM block, read as after
+    /// [`FrameDecoder::proceed`].
+    pub fn skip_rest(&mut self) -> Result<()> {
+        self.proceed()?;
+        if self.secure.is_none() {
+            self.skip_crcs = Some([SEGMENT_CRC_SEED; MAX_SEGMENTS]);
+            self.skipped = 0;
+        }
+        Ok(())
+    }
+
     /// Forgets any partial frame (after a fault, before reuse).
     pub fn reset(&mut self) {
         self.stage = Stage::Preamble;
         self.inline = Bytes::new();
         self.segments = Default::default();
         self.partial = BytesMut::new();
+        self.skip_crcs = None;
+        self.skipped = 0;
     }
 
     /// Feeds exactly [`FrameDecoder::need`] bytes. Any error leaves the decoder failed.
@@ -370,6 +404,21 @@ impl FrameDecoder {
             return Ok(self.finish_frame(false));
         }
         let late_status = match self.secure.as_mut() {
+            None if next < num && self.skip_crcs.is_some() => {
+                // A piece of a skipped segment: into its crc, then dropped.
+                if let Some(crc) = self.skip_crcs.as_mut().and_then(|c| c.get_mut(next)) {
+                    *crc = ceph_crc32c(*crc, &piece);
+                }
+                self.skipped += piece.len();
+                let len = lens.get(next).map_or(0, |&l| l as usize);
+                self.stage = if self.skipped >= len {
+                    self.skipped = 0;
+                    Stage::Rest { next: next + 1 }
+                } else {
+                    Stage::Rest { next }
+                };
+                return Ok(FrameProgress::NeedMore);
+            }
             None if next < num => {
                 // One segment; its crc is checked with the epilogue.
                 let segment = if self.partial.is_empty() {
@@ -410,10 +459,14 @@ impl FrameDecoder {
     fn read_crc_epilogue(&mut self, piece: &[u8]) -> Result<FrameProgress> {
         let num = usize::from(self.preamble.num_segments);
         let (late, crcs) = piece.split_at(1);
-        let used = self.segments.iter().zip(SEGMENT_NAMES).take(num).skip(1);
-        for ((seg, what), wire) in used.zip(crcs.chunks_exact(CRC_LEN)) {
+        let skipped = self.skip_crcs.take();
+        let used = self.segments.iter().zip(SEGMENT_NAMES).enumerate().take(num).skip(1);
+        for ((i, (seg, what)), wire) in used.zip(crcs.chunks_exact(CRC_LEN)) {
             let wire = u32::from_le_bytes([wire[0], wire[1], wire[2], wire[3]]);
-            let got = ceph_crc32c(SEGMENT_CRC_SEED, seg);
+            let got = match skipped {
+                Some(c) => c[i],
+                None => ceph_crc32c(SEGMENT_CRC_SEED, seg),
+            };
             if wire != got {
                 return Err(Error::BadCrc { what, expected: wire, got });
             }
@@ -440,3 +493,61 @@ impl FrameDecoder {
 
 /// Names of the segment crcs in errors.
 const SEGMENT_NAMES: [&str; MAX_SEGMENTS] = ["segment 0", "segment 1", "segment 2", "segment 3"];
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod skip_tests {
+    use super::super::FrameEncoder;
+    use super::*;
+
+    /// A crc-mode MESSAGE with a 41-byte head and a data segment of `data_len` bytes.
+    fn message(data_len: usize) -> Vec<u8> {
+        let head = Bytes::from(vec![1u8; 41]);
+        let data = Bytes::from((0..data_len).map(|i| i as u8).collect::<Vec<_>>());
+        let empty = Bytes::new();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        FrameEncoder::crc()
+            .encode(Tag::MESSAGE, &[&head, &empty, &empty, &data], &mut buf, &mut out)
+            .unwrap();
+        out.push(buf.freeze());
+        out.concat()
+    }
+
+    /// Feeds `wire` skipping the rest after the head; returns the pieces' largest size
+    /// and the outcome.
+    fn skip(wire: &[u8]) -> (usize, Result<Frame>) {
+        let mut dec = FrameDecoder::new(FrameLimits::default());
+        let all = Bytes::copy_from_slice(wire);
+        let (mut at, mut largest) = (0, 0);
+        loop {
+            if dec.is_paused() {
+                dec.skip_rest().unwrap();
+            }
+            let n = dec.need();
+            largest = largest.max(n);
+            let piece = all.slice(at..at + n);
+            at += n;
+            match dec.advance(piece) {
+                Ok(FrameProgress::Frame(f)) => return (largest, Ok(f)),
+                Ok(_) => {}
+                Err(e) => return (largest, Err(e)),
+            }
+        }
+    }
+
+    // A skipped message's payload passes in pieces of at most SKIP_PIECE, never gathered,
+    // and its crc is still checked.
+    #[test]
+    fn a_skipped_payload_passes_in_bounded_pieces_with_its_crc_checked() {
+        let wire = message(1 << 20);
+        let (largest, frame) = skip(&wire);
+        assert_eq!(largest, SKIP_PIECE, "the 1 MiB segment was taken whole");
+        let frame = frame.unwrap();
+        assert!(frame.segments[3].is_empty(), "a skipped segment was kept");
+        let mut bad = wire.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 1;
+        assert!(matches!(skip(&bad).1, Err(Error::BadCrc { what: "segment 3", .. })));
+    }
+}

@@ -1,0 +1,178 @@
+//! Raw msgr2 bytes for hostile peers (`tests/tests/hostile_*.rs`): frames built with the
+//! protocol crate's crc-mode encoder, and sockets driven by hand to the point where a
+//! real attacker would start misbehaving.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use protocol::types::{EntityAddr, EntityName, EntityType};
+use protocol::v2::banner::{Banner, BANNER_LEN};
+use protocol::v2::frames::{ControlFrame, Hello, MsgHeader2, HEADER2_FLAGS};
+use protocol::v2::framing::{
+    FrameEncoder, Preamble, SegmentDesc, ALIGN_DEFAULT, ALIGN_PAGE, MAX_SEGMENTS, PREAMBLE_LEN,
+    SEGMENT_CRC_SEED,
+};
+use protocol::v2::Tag;
+use protocol::wire::ceph_crc32c;
+use protocol::Policy;
+
+use crate::hostile::MSG_HOSTILE;
+
+/// The wire pieces of one crc-mode frame `tag` with `segments`, in order (large
+/// segments are their own pieces, by reference).
+pub fn frame_pieces(tag: Tag, segments: &[&Bytes]) -> Vec<Bytes> {
+    let mut small = BytesMut::new();
+    let mut pieces = Vec::new();
+    FrameEncoder::crc().encode(tag, segments, &mut small, &mut pieces).expect("encode frame");
+    pieces.push(small.freeze());
+    pieces
+}
+
+/// One crc-mode frame `tag` with `segments`, as one buffer.
+pub fn frame(tag: Tag, segments: &[&Bytes]) -> Vec<u8> {
+    frame_pieces(tag, segments).concat()
+}
+
+/// A control frame, as one buffer.
+pub fn control<F: ControlFrame>(f: &F) -> Vec<u8> {
+    frame(F::TAG, &[&f.to_segment()])
+}
+
+/// A MESSAGE frame of type [`MSG_HOSTILE`] with sequence number `seq`, `tid`, `front`
+/// and `data` (crc mode), in wire pieces ([`frame_pieces`]).
+pub fn message_pieces(seq: u64, tid: u64, front: Bytes, data: Bytes) -> Vec<Bytes> {
+    let header = MsgHeader2 {
+        seq,
+        tid,
+        msg_type: MSG_HOSTILE,
+        flags: HEADER2_FLAGS,
+        ..MsgHeader2::default()
+    };
+    let header = Bytes::copy_from_slice(&header.to_bytes());
+    let empty = Bytes::new();
+    let segments: Vec<&Bytes> =
+        if data.is_empty() { vec![&header, &front] } else { vec![&header, &front, &empty, &data] };
+    frame_pieces(Tag::MESSAGE, &segments)
+}
+
+/// Opens a socket to a msgr2 acceptor and exchanges banners: the next bytes the
+/// acceptor reads are a frame (it has sent its HELLO, unread).
+pub fn v2_banner_socket(server: SocketAddr) -> TcpStream {
+    let mut sock = TcpStream::connect(server).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    sock.write_all(&Banner::OURS.to_bytes()).expect("banner");
+    let mut banner = [0u8; BANNER_LEN];
+    sock.read_exact(&mut banner).expect("acceptor banner");
+    sock
+}
+
+/// Our HELLO as a client dialling `server`, as one frame.
+pub fn client_hello(server: EntityAddr) -> Vec<u8> {
+    control(&Hello { entity_type: EntityType::CLIENT, peer_addr: server })
+}
+
+/// A msgr2 socket whose handshake our sans-IO machine ran (auth none, crc mode) up to
+/// its ident: the acceptor has checked our AUTH_SIGNATURE and now waits for
+/// CLIENT_IDENT or SESSION_RECONNECT, which the test writes (the machine's own ident is
+/// held back). `me` is the address the machine announces.
+pub fn v2_socket_at_ident(server: EntityAddr, me: EntityAddr, policy: Policy) -> TcpStream {
+    let cfg = Arc::new(protocol::Config::new(EntityName::new(EntityType::CLIENT, -1), me));
+    let now = Instant::now();
+    let mut machine = protocol::Connection::connect(
+        cfg,
+        protocol::ProtocolVersion::V2,
+        policy,
+        server,
+        EntityType::OSD,
+        now,
+    );
+    let mut sock = TcpStream::connect(server.addr.expect("server address")).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    machine.handle_transport_connected(Instant::now());
+    let (mut out, mut buf) = (Vec::new(), vec![0u8; 4096]);
+    // What the machine transmitted and we have not written yet, and whether the banner
+    // (which is not a frame) went already.
+    let mut pending: Vec<u8> = Vec::new();
+    let mut banner_sent = false;
+    for _ in 0..64 {
+        out.clear();
+        machine.poll_transmit(&mut out);
+        for seg in &out {
+            pending.extend_from_slice(seg);
+        }
+        loop {
+            if !banner_sent {
+                if pending.len() < BANNER_LEN {
+                    break;
+                }
+                sock.write_all(&pending[..BANNER_LEN]).expect("banner");
+                pending.drain(..BANNER_LEN);
+                banner_sent = true;
+                continue;
+            }
+            let Some((tag, len)) = next_frame(&pending) else { break };
+            if tag == Tag::CLIENT_IDENT || tag == Tag::SESSION_RECONNECT {
+                return sock;
+            }
+            let Some(frame) = pending.get(..len) else { break };
+            sock.write_all(frame).expect("frame");
+            pending.drain(..len);
+        }
+        let n = sock.read(&mut buf).expect("read");
+        assert!(n > 0, "server closed during the handshake");
+        machine.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
+    }
+    panic!("the handshake did not reach the ident");
+}
+
+/// The tag and wire length of the crc-mode frame at the start of `stream`, once its
+/// preamble is there.
+fn next_frame(stream: &[u8]) -> Option<(Tag, usize)> {
+    let pre: &[u8; PREAMBLE_LEN] = stream.get(..PREAMBLE_LEN)?.try_into().ok()?;
+    let pre = Preamble::decode(pre).expect("a crc-mode preamble");
+    let lens = pre.lens().map(|l| l as usize);
+    let num = usize::from(pre.num_segments);
+    Some((pre.tag, FrameEncoder::crc().wire_len(&lens[..num])))
+}
+
+/// Reads one crc-mode frame from `sock`: its tag and segment 0. `None` if the peer
+/// closed (or reset) the socket first.
+pub fn read_frame(sock: &mut TcpStream) -> Option<(Tag, Bytes)> {
+    let mut pre = [0u8; PREAMBLE_LEN];
+    sock.read_exact(&mut pre).ok()?;
+    let (tag, len) = next_frame(&pre)?;
+    let mut rest = vec![0u8; len - PREAMBLE_LEN];
+    sock.read_exact(&mut rest).ok()?;
+    let l0 = Preamble::decode(&pre).ok()?.lens()[0] as usize;
+    Some((tag, Bytes::copy_from_slice(rest.get(..l0)?)))
+}
+
+/// The first bytes of a crc-mode MESSAGE frame of type [`MSG_HOSTILE`] with sequence
+/// number `seq` announcing `data_len` bytes of data (no front): its preamble, header2
+/// and header2's crc, what comes before the data ([`crate::hostile::head_len`]).
+pub fn message_head(seq: u64, tid: u64, data_len: u32) -> Vec<u8> {
+    let header = MsgHeader2 {
+        seq,
+        tid,
+        msg_type: MSG_HOSTILE,
+        flags: HEADER2_FLAGS,
+        ..MsgHeader2::default()
+    }
+    .to_bytes();
+    let control = SegmentDesc { len: 0, align: ALIGN_DEFAULT };
+    let segments = [
+        SegmentDesc { len: MsgHeader2::LEN as u32, align: ALIGN_DEFAULT },
+        control,
+        control,
+        SegmentDesc { len: data_len, align: ALIGN_PAGE },
+    ];
+    let preamble =
+        Preamble { tag: Tag::MESSAGE, num_segments: MAX_SEGMENTS as u8, segments, flags: 0 };
+    let mut out = preamble.to_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&ceph_crc32c(SEGMENT_CRC_SEED, &header).to_le_bytes());
+    out
+}
