@@ -7,14 +7,28 @@
 //! both ends at the same instant, and an RST really is an abortive close (`SO_LINGER` 0
 //! on the only descriptor of the socket).
 //!
-//! # The one thing the proxy rewrites
-//! A msgr v1 connector checks that the acceptor announces the address it dialled
-//! (msgr-v1.md 2.1). Dialling the proxy, it would meet the server's own address, so the
-//! proxy replaces the acceptor's address in the first 281 bytes the server sends (the
-//! banner block) with its own listening address — what a NAT gateway presenting the
-//! server would have to do. Everything else passes untouched. Because of that rewrite a
-//! session must only ever be dialled through the proxy: use it in front of a server
-//! policy (which never dials its clients), not between two peers that both reconnect.
+//! # What the proxy rewrites
+//! Both protocols check that the peer at the other end is the one dialled, so a proxy
+//! presenting the server at its own address must rewrite what names it — what a NAT
+//! gateway presenting the server would have to do. It tells the protocols apart by the
+//! first bytes each side sends (`ceph v027` or `ceph v2\n`, msgr-v2.md 2):
+//! * msgr v1: a connector checks that the acceptor announces the address it dialled
+//!   (msgr-v1.md 2.1), so the proxy replaces the acceptor's own address in the first 281
+//!   bytes the server sends (the banner block) with its own listening address.
+//! * msgr2 (crc mode): the connector faults unless SERVER_IDENT's `addrs` contain the
+//!   address it dialled, and the acceptor faults unless CLIENT_IDENT's `target_addr` is
+//!   one of its own (Ceph's `handle_server_ident` / `handle_client_ident`; msgr-v2.md 5.6).
+//!   The proxy follows the frames of both directions (preamble lengths only) and
+//!   re-encodes those two frames with the addresses swapped: the server's addresses
+//!   become the proxy's in SERVER_IDENT, the proxy's becomes the server's in
+//!   CLIENT_IDENT. Both frames come after AUTH_SIGNATURE, so the pre-auth transcript
+//!   stays intact. A secure-mode stream cannot be rewritten (the first encrypted preamble
+//!   fails its crc and the proxy stops following); its handshake then fails, as it would
+//!   through a real NAT.
+//!
+//! Everything else passes untouched. Because of the rewrite a session must only ever be
+//! dialled through the proxy: use it in front of a server policy (which never dials its
+//! clients), not between two peers that both reconnect.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -25,9 +39,15 @@ use parking_lot::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use protocol::wire::{AcceptorBanner, ACCEPTOR_BLOCK_LEN};
+use protocol::types::EntityAddr;
+use protocol::v2::banner::{BANNER_HEAD_LEN, BANNER_PREFIX};
+use protocol::v2::frames::{ClientIdent, ControlFrame, ServerIdent};
+use protocol::v2::framing::{FrameEncoder, Preamble, MAX_SEGMENTS, PREAMBLE_LEN};
+use protocol::v2::Tag;
+use protocol::wire::{AcceptorBanner, ACCEPTOR_BLOCK_LEN, BANNER};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -90,6 +110,8 @@ pub struct ChaosStats {
     pub links_cut: u64,
     /// Bytes forwarded, both directions.
     pub bytes: u64,
+    /// msgr2 SERVER_IDENT and CLIENT_IDENT frames rewritten.
+    pub v2_idents_rewritten: u64,
 }
 
 #[derive(Default)]
@@ -208,8 +230,10 @@ struct Link {
     to_up: Vec<u8>,
     /// Read from `up`, not yet written to `down`.
     to_down: Vec<u8>,
-    /// The acceptor's banner block has not been rewritten yet.
-    rewrite_pending: bool,
+    /// What the proxy follows of `to_up`.
+    scan_up: Scan,
+    /// What the proxy follows of `to_down`.
+    scan_down: Scan,
 }
 
 /// Whether a link is still needed after pumping.
@@ -347,7 +371,8 @@ impl Loop {
                 up_connected: false,
                 to_up: Vec::new(),
                 to_down: Vec::new(),
-                rewrite_pending: true,
+                scan_up: Scan::new(Direction::ToServer),
+                scan_down: Scan::new(Direction::ToClient),
             },
         );
         lock(&self.control).stats.links += 1;
@@ -355,9 +380,9 @@ impl Loop {
     }
 
     fn pump(&mut self, id: usize) {
-        let announce = self.announce;
+        let names = Names { server: self.upstream, proxy: self.announce };
         let Some(link) = self.links.get_mut(&id) else { return };
-        let fate = pump_link(link, &mut self.buf, announce, &self.control);
+        let fate = pump_link(link, &mut self.buf, names, &self.control);
         if fate == LinkFate::Done {
             self.drop_link(id);
         }
@@ -405,13 +430,9 @@ impl Loop {
 }
 
 /// Moves bytes both ways until nothing moves. Returns whether the link is finished.
-fn pump_link(
-    link: &mut Link,
-    buf: &mut [u8],
-    announce: SocketAddr,
-    control: &Mutex<Control>,
-) -> LinkFate {
+fn pump_link(link: &mut Link, buf: &mut [u8], names: Names, control: &Mutex<Control>) -> LinkFate {
     let mut moved = 0u64;
+    let mut rewritten = 0u64;
     loop {
         let mut progress = false;
         // Downstream (the connector) → upstream (the server).
@@ -419,8 +440,9 @@ fn pump_link(
             Ok(n) => progress |= n > 0,
             Err(_) => return LinkFate::Done,
         }
+        rewritten += link.scan_up.advance(&mut link.to_up, link.down.eof, names);
         if link.up_connected {
-            match write_some(&mut link.up, &mut link.to_up) {
+            match write_some(&mut link.up, &mut link.to_up, &mut link.scan_up.ready) {
                 Ok(n) => {
                     moved += n as u64;
                     progress |= n > 0;
@@ -432,18 +454,13 @@ fn pump_link(
                 Err(_) => return LinkFate::Done,
             }
         }
-        if link.rewrite_pending && (link.to_down.len() >= ACCEPTOR_BLOCK_LEN || link.up.eof) {
-            link.rewrite_pending = false;
-            rewrite_acceptor_block(&mut link.to_down, announce);
-        }
-        if !link.rewrite_pending {
-            match write_some(&mut link.down, &mut link.to_down) {
-                Ok(n) => {
-                    moved += n as u64;
-                    progress |= n > 0;
-                }
-                Err(_) => return LinkFate::Done,
+        rewritten += link.scan_down.advance(&mut link.to_down, link.up.eof, names);
+        match write_some(&mut link.down, &mut link.to_down, &mut link.scan_down.ready) {
+            Ok(n) => {
+                moved += n as u64;
+                progress |= n > 0;
             }
+            Err(_) => return LinkFate::Done,
         }
         // Forward an orderly close once everything before it went through.
         if link.down.eof && link.to_up.is_empty() && link.up_connected && !link.up.shut {
@@ -458,12 +475,180 @@ fn pump_link(
             break;
         }
     }
-    lock(control).stats.bytes += moved;
+    let mut c = lock(control);
+    c.stats.bytes += moved;
+    c.stats.v2_idents_rewritten += rewritten;
+    drop(c);
     if link.down.shut && link.up.shut {
         LinkFate::Done
     } else {
         LinkFate::Alive
     }
+}
+
+/// The two addresses the proxy swaps: the server's own and the one it presents it at.
+#[derive(Clone, Copy)]
+struct Names {
+    server: SocketAddr,
+    proxy: SocketAddr,
+}
+
+/// Which way a buffered stream flows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// From the connector to the server.
+    ToServer,
+    /// From the server to the connector.
+    ToClient,
+}
+
+/// How far the proxy follows one direction of a link.
+enum Stage {
+    /// The protocol is not known yet: the banner's first 8 bytes are still to come (a
+    /// v1 connector sends its 9-byte banner and waits).
+    Banner,
+    /// msgr2: the banner's length field is still to come.
+    V2Banner,
+    /// msgr v1, server → connector: the acceptor's banner block is still to come.
+    V1Block,
+    /// msgr2 frames (crc mode); `skip` more bytes of the current one pass untouched.
+    Frames { skip: usize },
+    /// Everything passes untouched.
+    Pass,
+}
+
+/// What the proxy follows of one direction: the stage, and how many bytes at the front
+/// of the direction's buffer it has cleared to forward (the rest may still be rewritten).
+struct Scan {
+    direction: Direction,
+    stage: Stage,
+    ready: usize,
+}
+
+impl Scan {
+    fn new(direction: Direction) -> Scan {
+        Scan { direction, stage: Stage::Banner, ready: 0 }
+    }
+
+    /// Follows `stream` (the direction's buffer, whose first `self.ready` bytes are
+    /// already cleared) as far as it goes, rewriting what names the server. `eof`: the
+    /// sender closed, nothing more will come, so whatever is held goes as it is.
+    /// Returns the msgr2 ident frames rewritten.
+    fn advance(&mut self, stream: &mut Vec<u8>, eof: bool, names: Names) -> u64 {
+        let mut rewritten = 0;
+        loop {
+            let rest = stream.get(self.ready..).unwrap_or_default();
+            match self.stage {
+                Stage::Pass => {
+                    self.ready = stream.len();
+                    return rewritten;
+                }
+                Stage::Banner => {
+                    let Some(prefix) = rest.get(..BANNER_PREFIX.len()) else { break };
+                    self.stage = if prefix == BANNER_PREFIX {
+                        Stage::V2Banner
+                    } else if BANNER.starts_with(prefix) && self.direction == Direction::ToClient {
+                        Stage::V1Block
+                    } else {
+                        Stage::Pass
+                    };
+                }
+                Stage::V2Banner => {
+                    let Some(&[lo, hi]) = rest.get(BANNER_PREFIX.len()..BANNER_HEAD_LEN) else {
+                        break;
+                    };
+                    let payload = u16::from_le_bytes([lo, hi]);
+                    self.stage = Stage::Frames { skip: BANNER_HEAD_LEN + usize::from(payload) };
+                }
+                Stage::V1Block => {
+                    let Some(block) = stream.get_mut(self.ready..self.ready + ACCEPTOR_BLOCK_LEN)
+                    else {
+                        break;
+                    };
+                    rewrite_acceptor_block(block, names.proxy);
+                    self.stage = Stage::Pass;
+                }
+                Stage::Frames { skip } if skip > 0 => {
+                    let n = skip.min(rest.len());
+                    self.ready += n;
+                    self.stage = Stage::Frames { skip: skip - n };
+                    if n < skip {
+                        return rewritten;
+                    }
+                }
+                Stage::Frames { .. } => {
+                    let Some(Ok(pre)) =
+                        rest.get(..PREAMBLE_LEN).map(<&[u8; PREAMBLE_LEN]>::try_from)
+                    else {
+                        break;
+                    };
+                    let Ok(pre) = Preamble::decode(pre) else {
+                        // Encrypted (secure mode), or not msgr2 after all.
+                        self.stage = Stage::Pass;
+                        continue;
+                    };
+                    let lens = pre.lens().map(|l| l as usize);
+                    let num = usize::from(pre.num_segments).min(MAX_SEGMENTS);
+                    let wire = FrameEncoder::crc().wire_len(&lens[..num]);
+                    let ident = match self.direction {
+                        Direction::ToServer => Tag::CLIENT_IDENT,
+                        Direction::ToClient => Tag::SERVER_IDENT,
+                    };
+                    if pre.tag != ident || num != 1 {
+                        self.stage = Stage::Frames { skip: wire };
+                        continue;
+                    }
+                    let Some(frame) = rest.get(..wire) else { break };
+                    let Some(seg) = frame.get(PREAMBLE_LEN..PREAMBLE_LEN + lens[0]) else {
+                        self.stage = Stage::Pass;
+                        continue;
+                    };
+                    let Some(new) = rewrite_ident(pre.tag, seg, names) else {
+                        self.stage = Stage::Frames { skip: wire };
+                        continue;
+                    };
+                    stream.splice(self.ready..self.ready + wire, new.iter().copied());
+                    self.ready += new.len();
+                    rewritten += 1;
+                }
+            }
+        }
+        if eof {
+            // Nothing more will come to complete what is held: let it go as it is.
+            self.stage = Stage::Pass;
+            self.ready = stream.len();
+        }
+        rewritten
+    }
+}
+
+/// The msgr2 ident frame `tag` with segment `seg`, re-encoded (crc mode) with the
+/// addresses swapped: the server's socket address becomes the proxy's in SERVER_IDENT,
+/// the proxy's becomes the server's in CLIENT_IDENT (types and nonces kept). `None` if
+/// the segment does not decode.
+fn rewrite_ident(tag: Tag, seg: &[u8], names: Names) -> Option<Vec<u8>> {
+    let swap = |a: &mut EntityAddr, from: SocketAddr, to: SocketAddr| {
+        if a.addr == Some(from) {
+            a.addr = Some(to);
+        }
+    };
+    let segment = if tag == Tag::SERVER_IDENT {
+        let mut si = ServerIdent::from_segment(seg).ok()?;
+        for a in &mut si.addrs.addrs {
+            swap(a, names.server, names.proxy);
+        }
+        si.to_segment()
+    } else {
+        let mut ci = ClientIdent::from_segment(seg).ok()?;
+        swap(&mut ci.target_addr, names.proxy, names.server);
+        ci.to_segment()
+    };
+    let mut small = BytesMut::new();
+    let mut large: Vec<Bytes> = Vec::new();
+    FrameEncoder::crc().encode(tag, &[&segment], &mut small, &mut large).ok()?;
+    let mut out: Vec<u8> = large.iter().flat_map(|b| b.iter().copied()).collect();
+    out.extend_from_slice(&small);
+    Some(out)
 }
 
 /// Reads from `half` into `into` while it is readable and `into` has room. Returns the
@@ -485,11 +670,13 @@ fn read_some(half: &mut Half, into: &mut Vec<u8>, buf: &mut [u8]) -> io::Result<
     Ok(total)
 }
 
-/// Writes `from` to `half` while it is writable. Returns the bytes written.
-fn write_some(half: &mut Half, from: &mut Vec<u8>) -> io::Result<usize> {
+/// Writes the first `ready` bytes of `from` to `half` while it is writable, and takes
+/// what went out off both. Returns the bytes written.
+fn write_some(half: &mut Half, from: &mut Vec<u8>, ready: &mut usize) -> io::Result<usize> {
     let mut total = 0;
-    while half.writable && total < from.len() {
-        match half.sock.write(from.get(total..).unwrap_or_default()) {
+    let limit = (*ready).min(from.len());
+    while half.writable && total < limit {
+        match half.sock.write(from.get(total..limit).unwrap_or_default()) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => total += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => half.writable = false,
@@ -498,6 +685,7 @@ fn write_some(half: &mut Half, from: &mut Vec<u8>) -> io::Result<usize> {
         }
     }
     from.drain(..total);
+    *ready -= total;
     Ok(total)
 }
 

@@ -1,7 +1,9 @@
 //! A lossless session through the chaos proxy (`tests::chaos`): a userspace TCP proxy
 //! cuts the client's and the server's sockets at once, with RSTs and FINs, at random
 //! seeded moments, while a numbered stream flows both ways. The messengers are the
-//! unmodified library; they only see their sockets die.
+//! unmodified library; they only see their sockets die. Each test runs over msgr v1 and,
+//! dialling the proxy's `v2:` address, over msgr2 in crc mode (the proxy rewrites the
+//! ident frames that name the server, see `tests::chaos`).
 //!
 //! `ASYNCMSGR_SOAK_SECS=N` runs the stream for N seconds instead of the CI's few.
 
@@ -9,11 +11,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use messenger::{MessengerConfig, Policy};
+use messenger::{Connection, MessengerConfig, Policy, ProtocolVersion};
 use protocol::types::{EntityAddr, EntityType};
 use tests::chaos::{ChaosConfig, ChaosProxy, CutKind};
 use tests::loopback::*;
 use tests::soak;
+
+use ProtocolVersion::{V1, V2};
 
 const MSG_TEST: u16 = 0x7f00;
 /// Messages sent and not yet echoed, at most.
@@ -69,7 +73,16 @@ fn check_server_stream(rx: &Receiver<Seen>, last: &Receiver<u64>) -> u64 {
 fn lossless_stream_survives_a_proxy_cutting_both_sides_at_random() {
     let name = "lossless_stream_survives_a_proxy_cutting_both_sides_at_random";
     let seed = soak::seed(name);
-    stream_through_chaos(ChaosConfig::new(seed), Duration::from_secs(3));
+    stream_through_chaos(ChaosConfig::new(seed), Duration::from_secs(3), V1);
+}
+
+/// [`lossless_stream_survives_a_proxy_cutting_both_sides_at_random`] over msgr2: the
+/// session resumes with SESSION_RECONNECT after every cut.
+#[test]
+fn lossless_stream_survives_a_proxy_cutting_both_sides_at_random_over_msgr2() {
+    let name = "lossless_stream_survives_a_proxy_cutting_both_sides_at_random_over_msgr2";
+    let seed = soak::seed(name);
+    stream_through_chaos(ChaosConfig::new(seed), Duration::from_secs(3), V2);
 }
 
 /// The same under a storm of cuts every 1–8 ms, so that many land inside handshakes
@@ -77,16 +90,48 @@ fn lossless_stream_survives_a_proxy_cutting_both_sides_at_random() {
 /// nothing lost, duplicated, reordered or reset.
 #[test]
 fn lossless_stream_survives_cuts_that_land_inside_handshakes() {
-    let seed = soak::seed("lossless_stream_survives_cuts_that_land_inside_handshakes");
+    storm("lossless_stream_survives_cuts_that_land_inside_handshakes", V1);
+}
+
+/// [`lossless_stream_survives_cuts_that_land_inside_handshakes`] over msgr2: cuts land
+/// between HELLO, AUTH, the idents and SESSION_RECONNECT/RECONNECT_OK.
+#[test]
+fn lossless_stream_survives_cuts_that_land_inside_handshakes_over_msgr2() {
+    storm("lossless_stream_survives_cuts_that_land_inside_handshakes_over_msgr2", V2);
+}
+
+fn storm(name: &str, proto: ProtocolVersion) {
     let storm = ChaosConfig {
         min_interval: Duration::from_millis(1),
         max_interval: Duration::from_millis(8),
-        ..ChaosConfig::new(seed)
+        ..ChaosConfig::new(soak::seed(name))
     };
-    stream_through_chaos(storm, Duration::from_secs(2));
+    stream_through_chaos(storm, Duration::from_secs(2), proto);
 }
 
-fn stream_through_chaos(chaos: ChaosConfig, ci_run: Duration) {
+/// A lossless client's connection to the server behind `proxy`, over `proto`.
+fn connect_through(
+    cli: &messenger::Messenger,
+    srv: &messenger::Messenger,
+    proxy: &ChaosProxy,
+    proto: ProtocolVersion,
+) -> Connection {
+    let addr = addr_for(proto, EntityAddr::legacy(proxy.addr(), srv.my_addr().nonce));
+    cli.connect_to(EntityType::OSD, addr)
+}
+
+/// Every session of the run spoke `proto`, and over msgr2 the proxy rewrote the idents
+/// of at least the first handshake (one SERVER_IDENT, one CLIENT_IDENT).
+fn check_protocol(conn: &Connection, proxy: &ChaosProxy, proto: ProtocolVersion) {
+    assert_eq!(conn.protocol(), Some(proto), "the session speaks {proto:?}");
+    let rewritten = proxy.stats().v2_idents_rewritten;
+    match proto {
+        V1 => assert_eq!(rewritten, 0, "no msgr2 frame on a v1 link"),
+        V2 => assert!(rewritten >= 2, "the first handshake's idents: {rewritten}"),
+    }
+}
+
+fn stream_through_chaos(chaos: ChaosConfig, ci_run: Duration, proto: ProtocolVersion) {
     let run_for = soak::soak_duration().unwrap_or(ci_run);
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let (srv, srv_addr, srv_rx) =
@@ -94,8 +139,7 @@ fn stream_through_chaos(chaos: ChaosConfig, ci_run: Duration) {
     let proxy = ChaosProxy::start(srv_addr, chaos).expect("proxy");
     let (cli, cli_rx) =
         client_with(EntityType::CLIENT, 2, Policy::lossless_client(), chaos_config());
-    let conn =
-        cli.connect_to(EntityType::OSD, EntityAddr::legacy(proxy.addr(), srv.my_addr().nonce));
+    let conn = connect_through(&cli, &srv, &proxy, proto);
 
     let started = Instant::now();
     let (last_tx, last_rx) = crossbeam_channel::bounded(1);
@@ -151,7 +195,7 @@ fn stream_through_chaos(chaos: ChaosConfig, ci_run: Duration) {
     let reconnects = connects.saturating_sub(1);
     let v1 = cli.v1_counters();
     eprintln!(
-        "chaos: {sent} messages each way in {wall:?}, {} cuts ({} RST, {} FIN) ending {} \
+        "chaos over {proto:?}: {sent} messages each way in {wall:?}, {} cuts ({} RST, {} FIN) ending {} \
          connections, {reconnects} reconnects, {} connect attempts; 0 lost, 0 duplicated, \
          0 reordered, 0 resets",
         stats.cuts, stats.resets, stats.fins, stats.links_cut, v1.connects
@@ -161,6 +205,7 @@ fn stream_through_chaos(chaos: ChaosConfig, ci_run: Duration) {
     assert!(reconnects as u64 <= stats.cuts, "a reconnect without a cut: {reconnects} > {stats:?}");
     assert_eq!(v1.reset_session, 0, "the server never lost the session");
     assert_eq!(srv.v1_counters().old_seq_dropped, 0, "replays were trimmed by the SEQ exchange");
+    check_protocol(&conn, &proxy, proto);
     cli.shutdown();
     srv.shutdown();
 }
@@ -170,14 +215,23 @@ fn stream_through_chaos(chaos: ChaosConfig, ci_run: Duration) {
 /// replacing socket) and nothing else — no reset of either kind, no message.
 #[test]
 fn one_proxy_cut_of_each_kind_is_one_reconnect() {
+    one_cut_of_each_kind(V1);
+}
+
+/// [`one_proxy_cut_of_each_kind_is_one_reconnect`] over msgr2.
+#[test]
+fn one_proxy_cut_of_each_kind_is_one_reconnect_over_msgr2() {
+    one_cut_of_each_kind(V2);
+}
+
+fn one_cut_of_each_kind(proto: ProtocolVersion) {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let (srv, srv_addr, srv_rx) =
         server_on(EntityType::OSD, 1, Policy::stateful_server(), true, any, chaos_config());
     let proxy = ChaosProxy::start(srv_addr, ChaosConfig::new(0)).expect("proxy");
     let (cli, cli_rx) =
         client_with(EntityType::CLIENT, 2, Policy::lossless_client(), chaos_config());
-    let conn =
-        cli.connect_to(EntityType::OSD, EntityAddr::legacy(proxy.addr(), srv.my_addr().nonce));
+    let conn = connect_through(&cli, &srv, &proxy, proto);
     let mut tid = 0;
     let mut connects = 0;
     // The next echo; counts the connects seen on the way.
@@ -220,6 +274,7 @@ fn one_proxy_cut_of_each_kind_is_one_reconnect() {
     }
     assert_eq!(got, [1, 2, 3, 4], "each message once, in order");
     assert_eq!(accepts, 3, "one accept, then one replacing accept per cut");
+    check_protocol(&conn, &proxy, proto);
     cli.shutdown();
     srv.shutdown();
 }

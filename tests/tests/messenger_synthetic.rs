@@ -125,9 +125,8 @@ fn stateless_server_lossy_client_with_rare_socket_cuts_over_msgr2() {
 
 /// The stateful/lossless workload with a chaos proxy in front of every server, cutting
 /// both sides with RSTs and FINs every 50–400 ms, on top of the injected cuts.
-#[test]
-fn stateful_server_lossless_client_through_chaos_proxies() {
-    let seed = seed("stateful_server_lossless_client_through_chaos_proxies", V1);
+fn stateful_server_lossless_client_through_chaos(proto: ProtocolVersion) {
+    let seed = seed("stateful_server_lossless_client_through_chaos_proxies", proto);
     let mut opts = Options::new(
         "stateful_server/lossless_client + chaos",
         seed,
@@ -139,8 +138,20 @@ fn stateful_server_lossless_client_through_chaos_proxies() {
         max_interval: Duration::from_millis(400),
         ..ChaosConfig::new(seed)
     });
-    let r = run(opts, V1);
+    let r = run(opts, proto);
     assert_lossless(&r);
     assert!(r.proxy_cuts > 0, "the proxies never cut");
     assert_eq!(r.client_remote_resets, 0, "a lossless client's session was reset");
+}
+
+#[test]
+fn stateful_server_lossless_client_through_chaos_proxies() {
+    stateful_server_lossless_client_through_chaos(V1);
+}
+
+/// [`stateful_server_lossless_client_through_chaos_proxies`] over msgr2 (crc mode): the
+/// proxies rewrite the ident frames that name the servers.
+#[test]
+fn stateful_server_lossless_client_through_chaos_proxies_over_msgr2() {
+    stateful_server_lossless_client_through_chaos(V2);
 }
