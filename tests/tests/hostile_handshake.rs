@@ -1,16 +1,20 @@
 //! Hostile handshakes: a peer that pipelines connect after connect, or trickles its
 //! handshake, loses only its own connection; the process and every other connection
-//! go on.
+//! go on. Over msgr v1 and msgr2.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use messenger::Policy;
-use protocol::types::{EntityType, Features};
+use messenger::{Policy, ProtocolVersion};
+use protocol::types::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType, Features};
 use protocol::v1::MAX_CONNECT_ATTEMPTS;
+use protocol::v2::banner::Banner;
+use protocol::v2::frames::ClientIdent;
+use protocol::v2::Tag as V2Tag;
 use protocol::wire::{ConnectReply, Tag};
 use tests::hostile::*;
+use tests::hostile_v2::*;
 use tests::loopback::*;
 
 const MSG_TEST: u16 = 0x7f00;
@@ -117,6 +121,177 @@ fn a_trickled_handshake_is_closed_at_the_handshake_timeout() {
         closed = closed_within(&mut sock, WAIT);
     }
     assert!(closed, "a trickled handshake was kept open");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(12), "closed only after {took:?}");
+    srv.shutdown();
+}
+
+// msgr2 counterparts. A raw peer speaks msgr2 (crc mode, auth none) up to the point where
+// it misbehaves; the frames come from the protocol crate's encoder.
+
+/// The server's v2 address, and the address a raw peer with `nonce` announces.
+fn v2_addrs(srv: &messenger::Messenger, nonce: u32) -> (EntityAddr, EntityAddr) {
+    let server = addr_for(ProtocolVersion::V2, srv.my_addr());
+    let me = EntityAddr {
+        ty: AddrType::MSGR2,
+        ..EntityAddr::legacy(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), nonce)
+    };
+    (server, me)
+}
+
+/// A CLIENT_IDENT for `server` from `me` that lacks every feature (the acceptor requires
+/// MSG_ADDR2 at least): Ceph answers IDENT_MISSING_FEATURES and lets the peer try again.
+fn featureless_ident(server: EntityAddr, me: EntityAddr) -> Vec<u8> {
+    control(&ClientIdent {
+        addrs: EntityAddrVec { addrs: vec![me] },
+        target_addr: server,
+        gid: -1,
+        global_seq: 1,
+        supported_features: Features(0),
+        required_features: Features(0),
+        flags: 0,
+        client_cookie: 7,
+    })
+}
+
+/// The bound on handshake rounds an acceptor allows one connection.
+fn max_rounds() -> usize {
+    let name = EntityName::new(EntityType::OSD, 0);
+    protocol::Config::new(name, EntityAddr::default()).max_auth_rounds as usize
+}
+
+// Each featureless CLIENT_IDENT is answered, a bounded number of times; then the socket is
+// closed. 100,000 of them in one write are handled only up to the bound (no recursion, no
+// unbounded work), and a good msgr2 client of the same server goes on.
+#[test]
+fn pipelined_bad_client_idents_are_answered_a_few_times_then_faulted_over_msgr2() {
+    let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let good = cli.connect_to(EntityType::OSD, addr_for(ProtocolVersion::V2, srv.my_addr()));
+    let bound = max_rounds();
+
+    // One at a time: answered with IDENT_MISSING_FEATURES until the bound, then closed.
+    let (server, me) = v2_addrs(&srv, 3_000_001);
+    let mut sock = v2_socket_at_ident(server, me, Policy::lossy_client());
+    let ident = featureless_ident(server, me);
+    let mut answered = 0;
+    let mut closed = false;
+    for _ in 0..bound + 2 {
+        if sock.write_all(&ident).is_err() {
+            closed = true;
+            break;
+        }
+        match read_frame(&mut sock) {
+            Some((tag, _)) => {
+                assert_eq!(tag, V2Tag::IDENT_MISSING_FEATURES);
+                answered += 1;
+            }
+            None => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "{answered} featureless idents answered and the socket still open");
+    assert!((1..=bound).contains(&answered), "{answered} featureless idents answered");
+    eprintln!("{answered} featureless idents answered, then closed (bound {bound})");
+
+    // 100,000 in one write.
+    let (server, me) = v2_addrs(&srv, 3_000_002);
+    let mut sock = v2_socket_at_ident(server, me, Policy::lossy_client());
+    let blob = featureless_ident(server, me).repeat(100_000);
+    let before = peer_issues(&srv);
+    let mut writer = sock.try_clone().expect("clone");
+    let w = std::thread::spawn(move || {
+        let _ = writer.write_all(&blob);
+    });
+    assert!(closed_within(&mut sock, WAIT), "the server kept a looping connector open");
+    w.join().expect("writer");
+    let issues = peer_issues(&srv) - before;
+    assert!((1..=bound as u64 + 1).contains(&issues), "{issues} idents handled");
+
+    for tid in 0..50u64 {
+        good.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[1; 64]))).expect("send");
+    }
+    for tid in 0..50u64 {
+        assert_eq!(next_message(&cli_rx).1.tid(), tid);
+    }
+    assert_eq!(good.protocol(), Some(ProtocolVersion::V2));
+    drop(srv_rx);
+    cli.shutdown();
+    srv.shutdown();
+}
+
+// Frames that do not belong to the handshake's phase, pipelined right after HELLO (a
+// CLIENT_IDENT and 100,000 MESSAGEs before any AUTH_REQUEST): the first one faults the
+// connection, the rest are never handled, nothing is delivered.
+#[test]
+fn frames_pipelined_before_the_handshake_finished_fault_only_that_connection_over_msgr2() {
+    let (srv, addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let good = cli.connect_to(EntityType::OSD, addr_for(ProtocolVersion::V2, srv.my_addr()));
+    let (server, me) = v2_addrs(&srv, 3_000_003);
+    for early in
+        [featureless_ident(server, me), message_pieces(1, 1, Bytes::new(), Bytes::new()).concat()]
+    {
+        let mut sock = v2_banner_socket(addr);
+        let mut blob = client_hello(server);
+        blob.extend(early.repeat(100_000));
+        let mut writer = sock.try_clone().expect("clone");
+        let w = std::thread::spawn(move || {
+            let _ = writer.write_all(&blob);
+        });
+        assert!(closed_within(&mut sock, WAIT), "the server kept an early framer open");
+        w.join().expect("writer");
+    }
+    for tid in 0..50u64 {
+        good.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[2; 64]))).expect("send");
+    }
+    for tid in 0..50u64 {
+        assert_eq!(next_message(&cli_rx).1.tid(), tid);
+    }
+    // Only the good client's 50 reached the server.
+    for tid in 0..50u64 {
+        assert_eq!(next_message(&srv_rx).1.tid(), tid);
+    }
+    assert_no_more_messages(&srv_rx, "a frame sent before the handshake was delivered");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+// A msgr2 connector trickling its banner and HELLO one byte every 150 ms is
+// closed at the handshake timeout (2 s here), not kept while it makes progress.
+#[test]
+fn a_trickled_handshake_is_closed_at_the_handshake_timeout_over_msgr2() {
+    let config = messenger::MessengerConfig {
+        connection_ready_timeout: Duration::from_secs(2),
+        ..test_config(1)
+    };
+    let (srv, addr, _rx) = server_on(
+        EntityType::OSD,
+        1,
+        Policy::stateless_server(),
+        true,
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        config,
+    );
+    let (server, _) = v2_addrs(&srv, 0);
+    let mut bytes = Banner::OURS.to_bytes().to_vec();
+    bytes.extend(client_hello(server));
+    let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+    let started = Instant::now();
+    let mut closed = false;
+    for b in &bytes {
+        if sock.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    if !closed {
+        closed = closed_within(&mut sock, WAIT);
+    }
+    assert!(closed, "a trickled msgr2 handshake was kept open");
     let took = started.elapsed();
     assert!(took < Duration::from_secs(12), "closed only after {took:?}");
     srv.shutdown();

@@ -1,15 +1,19 @@
 //! Two connects racing to replace one lossless session: the accept decision reads the
 //! session and marks it "being replaced" in one critical section, so at most one wins;
-//! the other is told to retry (Ceph's RETRY_GLOBAL while `replacing`).
+//! the other is told to retry (Ceph's RETRY_GLOBAL while `replacing`). Over msgr v1 and
+//! msgr2.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 
 use messenger::Policy;
-use protocol::types::{EntityAddr, EntityType};
+use protocol::types::{AddrType, EntityAddr, EntityAddrVec, EntityType, Features};
+use protocol::v2::frames::{ClientIdent, ControlFrame, ServerIdent, SessionReconnect};
+use protocol::v2::Tag as V2Tag;
 use protocol::wire::{ConnectReply, Tag};
 use tests::hostile::*;
+use tests::hostile_v2::*;
 use tests::loopback::*;
 
 fn reply_tag(sock: &mut std::net::TcpStream) -> Tag {
@@ -59,5 +63,94 @@ fn two_connects_racing_to_replace_a_session_do_not_both_win() {
         drop(first);
     }
     assert_eq!(both_won, 0, "two connects replaced one session in {both_won} rounds");
+    srv.shutdown();
+}
+
+/// A CLIENT_IDENT opening a lossless session of `me` at `server`.
+fn lossless_ident(server: EntityAddr, me: EntityAddr, cookie: u64) -> Vec<u8> {
+    control(&ClientIdent {
+        addrs: EntityAddrVec { addrs: vec![me] },
+        target_addr: server,
+        gid: -1,
+        global_seq: 10,
+        supported_features: Features::PACIFIC_ADVERTISED,
+        required_features: Features::MSG_ADDR2,
+        flags: 0,
+        client_cookie: cookie,
+    })
+}
+
+// The msgr2 counterpart: a lossless session opened with CLIENT_IDENT, then two
+// SESSION_RECONNECTs of it at once (same cookies, global_seq and connect_seq). The accept
+// decision marks the session "being replaced" in the same critical section that reads it,
+// so exactly one gets SESSION_RECONNECT_OK; the other is answered as Ceph's
+// `handle_reconnect` says: RETRY_GLOBAL while the session is being replaced, or, once the
+// winner is in, WAIT (equal connect_seq, the peer's address sorts higher and the policy
+// is not a server's: the existing session wins the reconnect race). Never a second
+// RECONNECT_OK, never a socket closed without an answer.
+#[test]
+fn two_session_reconnects_racing_to_replace_a_session_do_not_both_win_over_msgr2() {
+    const ROUNDS: u32 = 60;
+    let config = test_config(4);
+    let (srv, _addr, _rx) = server_on(
+        EntityType::OSD,
+        1,
+        Policy::lossless_peer(),
+        false,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        config,
+    );
+    let server = addr_for(messenger::ProtocolVersion::V2, srv.my_addr());
+    let mut tally = std::collections::BTreeMap::<String, u32>::new();
+    for round in 0..ROUNDS {
+        // Nonces above the server's: our address sorts higher in a race.
+        let me = EntityAddr {
+            ty: AddrType::MSGR2,
+            ..EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), 5000 + round)
+        };
+        let cookie = 0x1000 + u64::from(round);
+        // The session: opened by a first socket.
+        let mut first = v2_socket_at_ident(server, me, Policy::lossless_peer());
+        first.write_all(&lossless_ident(server, me, cookie)).expect("ident");
+        let (tag, seg) = read_frame(&mut first).expect("ident reply");
+        assert_eq!(tag, V2Tag::SERVER_IDENT, "round {round}");
+        let server_cookie = ServerIdent::from_segment(&seg).expect("server ident").server_cookie;
+        assert_ne!(server_cookie, 0, "a lossless session has a server cookie");
+        let reconnect = control(&SessionReconnect {
+            addrs: EntityAddrVec { addrs: vec![me] },
+            client_cookie: cookie,
+            server_cookie,
+            global_seq: 100,
+            connect_seq: 1,
+            msg_seq: 0,
+        });
+        // Two reconnects of that session at once.
+        let barrier = Arc::new(Barrier::new(2));
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let (barrier, reconnect) = (barrier.clone(), reconnect.clone());
+                std::thread::spawn(move || {
+                    let mut sock = v2_socket_at_ident(server, me, Policy::lossless_peer());
+                    barrier.wait();
+                    sock.write_all(&reconnect).expect("reconnect");
+                    let tag = read_frame(&mut sock).map(|(t, _)| t);
+                    (sock, tag)
+                })
+            })
+            .collect();
+        let tags: Vec<Option<V2Tag>> =
+            racers.into_iter().map(|r| r.join().expect("racer").1).collect();
+        for t in &tags {
+            *tally.entry(format!("{t:?}")).or_default() += 1;
+        }
+        let won = tags.iter().filter(|t| **t == Some(V2Tag::SESSION_RECONNECT_OK)).count();
+        let lost = tags
+            .iter()
+            .filter(|t| matches!(t, Some(V2Tag::SESSION_RETRY_GLOBAL | V2Tag::WAIT)))
+            .count();
+        assert_eq!((won, lost), (1, 1), "round {round}: {tags:?}");
+        drop(first);
+    }
+    eprintln!("replies over {ROUNDS} rounds: {tally:?}");
     srv.shutdown();
 }
