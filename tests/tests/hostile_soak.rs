@@ -1,6 +1,10 @@
 //! Soak: 32 hostile peers of mixed kinds attack one server for 30 s, reconnecting as
 //! soon as they are thrown out, while one well-behaved lossless client streams to it.
 //! The good stream must arrive complete: every message once, in order.
+//!
+//! The msgr2 variant runs the same kinds in both protocols (half the peers speak msgr v1,
+//! half msgr2, against the one listener serving both) while the good client streams over
+//! msgr2; it runs for `ASYNCMSGR_SOAK_SECS` (10 s by default).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -9,12 +13,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use messenger::{MessengerConfig, Policy};
-use protocol::types::{EntityType, Features};
+use messenger::{MessengerConfig, Policy, ProtocolVersion};
+use protocol::types::{EntityAddr, EntityType, Features};
+use protocol::v2::banner::Banner;
+use protocol::v2::Tag as V2Tag;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tests::hostile::*;
+use tests::hostile_v2::*;
 use tests::loopback::*;
+use tests::soak;
 
 const MSG_TEST: u16 = 0x7f00;
 const SOAK: Duration = Duration::from_secs(30);
@@ -115,10 +123,115 @@ fn attack_once(
     }
 }
 
+/// One round of the msgr2 counterpart of `kind` against `srv` (its `v2:` address;
+/// `server` is its socket address).
+fn attack_once_v2(kind: &str, srv: EntityAddr, server: SocketAddr, rng: &mut SmallRng) {
+    let round = Duration::from_millis(rng.gen_range(200..3000));
+    let started = Instant::now();
+    let give_up = |sock: &mut TcpStream| {
+        let left = round.saturating_sub(started.elapsed());
+        let _ = closed_within(sock, left);
+    };
+    let me = EntityAddr {
+        ty: srv.ty,
+        ..EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), rng.gen())
+    };
+    match kind {
+        "garbage" => {
+            let mut sock = v2_banner_socket(server);
+            let noise: Vec<u8> = (0..rng.gen_range(1..8192)).map(|_| rng.gen()).collect();
+            let _ = sock.write_all(&noise);
+            give_up(&mut sock);
+        }
+        "bad-connects" => {
+            let mut sock = v2_socket_at_ident(srv, me, Policy::lossy_client());
+            let ident = protocol::v2::frames::ClientIdent {
+                addrs: protocol::types::EntityAddrVec { addrs: vec![me] },
+                target_addr: srv,
+                gid: -1,
+                global_seq: 1,
+                supported_features: Features(0),
+                required_features: Features(0),
+                flags: 0,
+                client_cookie: 1,
+            };
+            let _ = sock.write_all(&control(&ident).repeat(10_000));
+            give_up(&mut sock);
+        }
+        "trickled-handshake" => {
+            let mut bytes = Banner::OURS.to_bytes().to_vec();
+            bytes.extend(client_hello(srv));
+            let Ok(mut sock) = TcpStream::connect(server) else { return };
+            for b in bytes.iter().take(bytes.len() - 1) {
+                if sock.write_all(&[*b]).is_err() || started.elapsed() > round {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            give_up(&mut sock);
+        }
+        "silent-large-message" => {
+            let mut peer = RawPeer::handshake(srv, Policy::lossy_client());
+            let n = head_len(protocol::ProtocolVersion::V2) + rng.gen_range(0..100_000);
+            let head = peer.announce(1, rng.gen_range(1..128) << 20, n);
+            let _ = peer.sock.write_all(&head);
+            give_up(&mut peer.sock);
+        }
+        "trickled-message" => {
+            let mut peer = RawPeer::handshake(srv, Policy::lossy_client());
+            let _ = peer.sock.write_all(&message_head(1, 1, 4 << 20));
+            while started.elapsed() < round {
+                if peer.sock.write_all(&[0u8; 16]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        "never-reads" => {
+            let mut peer = RawPeer::handshake(srv, Policy::lossy_client());
+            let front = vec![1u8; rng.gen_range(0..8192)];
+            for tid in 1..=20_000u64 {
+                let frame = peer.message(tid, &front);
+                if peer.sock.write_all(&frame).is_err() || started.elapsed() > round {
+                    return;
+                }
+            }
+        }
+        "duplicates" => {
+            // seq 0 on a fresh session (in_seq 0): a duplicate announcing 100 MiB.
+            let mut peer = RawPeer::handshake(srv, Policy::lossy_client());
+            let _ = peer.sock.write_all(&message_head(0, 1, 100 << 20));
+            let chunk = vec![0u8; 64 << 10];
+            while started.elapsed() < round {
+                if peer.sock.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        }
+        _ => {
+            let mut peer = RawPeer::handshake(srv, Policy::lossy_client());
+            let _ = peer.sock.write_all(&frame(V2Tag(0x42), &[&Bytes::from_static(b"?")]));
+            give_up(&mut peer.sock);
+        }
+    }
+}
+
 #[test]
 fn a_lossless_stream_survives_32_hostile_peers_for_30_seconds() {
+    soak("a_lossless_stream_survives_32_hostile_peers_for_30_seconds", ProtocolVersion::V1, SOAK);
+}
+
+/// The msgr2 variant: 16 peers attack in msgr v1, 16 in msgr2, the good client streams
+/// over msgr2.
+#[test]
+fn a_lossless_stream_survives_32_hostile_peers_over_msgr2() {
+    let run = soak::soak_duration().unwrap_or(Duration::from_secs(10));
+    soak("a_lossless_stream_survives_32_hostile_peers_over_msgr2", ProtocolVersion::V2, run);
+}
+
+fn soak(name: &str, proto: ProtocolVersion, run: Duration) {
     let seed: u64 = rand::thread_rng().gen();
-    eprintln!("seed {seed}");
+    eprintln!("{name}: seed {seed}");
     let config = MessengerConfig {
         connection_ready_timeout: Duration::from_secs(2),
         payload_timeout: Duration::from_secs(2),
@@ -136,20 +249,39 @@ fn a_lossless_stream_survives_32_hostile_peers_for_30_seconds() {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicU64::new(0));
+    // msgr2 rounds that ran to their end (no helper gave up on a refused handshake).
+    let v2_rounds = Arc::new(AtomicU64::new(0));
     let attackers: Vec<_> = (0..HOSTILE)
         .map(|i| {
             let (stop, rounds, srv_addr) = (stop.clone(), rounds.clone(), srv.my_addr());
+            let v2_rounds = v2_rounds.clone();
+            // Over msgr2, every other peer attacks in msgr2.
+            let v2 = proto == ProtocolVersion::V2 && i % 2 == 1;
             std::thread::spawn(move || {
                 let mut rng = SmallRng::seed_from_u64(seed ^ i as u64);
-                let kind = KINDS[i % KINDS.len()];
+                // Over msgr2 each kind has as many msgr2 peers as v1 ones.
+                let per_kind = if proto == ProtocolVersion::V2 { i / 2 } else { i };
+                let kind = KINDS[per_kind % KINDS.len()];
                 while !stop.load(Ordering::Relaxed) {
                     // A panic in a helper (the server refusing a handshake) only ends
                     // this round.
                     let mut r = SmallRng::seed_from_u64(rng.gen());
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        attack_once(kind, srv_addr, addr, &mut r)
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        if v2 {
+                            attack_once_v2(
+                                kind,
+                                addr_for(ProtocolVersion::V2, srv_addr),
+                                addr,
+                                &mut r,
+                            )
+                        } else {
+                            attack_once(kind, srv_addr, addr, &mut r)
+                        }
                     }));
                     rounds.fetch_add(1, Ordering::Relaxed);
+                    if v2 && ran.is_ok() {
+                        v2_rounds.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             })
         })
@@ -157,12 +289,12 @@ fn a_lossless_stream_survives_32_hostile_peers_for_30_seconds() {
 
     // The good lossless client: a window of 32 messages in flight, replies checked too.
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossless_client());
-    let good = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let good = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     let started = Instant::now();
     let (mut sent, mut replied) = (0u64, 0u64);
     let mut rng = SmallRng::seed_from_u64(seed);
-    while started.elapsed() < SOAK || replied < sent {
-        while sent < replied + 32 && started.elapsed() < SOAK {
+    while started.elapsed() < run || replied < sent {
+        while sent < replied + 32 && started.elapsed() < run {
             let size = if rng.gen_bool(0.05) {
                 rng.gen_range(0..(1 << 20))
             } else {
@@ -200,9 +332,14 @@ fn a_lossless_stream_survives_32_hostile_peers_for_30_seconds() {
     }
     assert_eq!(seen, sent, "seed {seed}");
     assert!(good.is_connected());
+    assert_eq!(good.protocol(), Some(proto), "the good client speaks {proto:?}");
     let rounds = rounds.load(Ordering::Relaxed);
-    eprintln!("{sent} good messages, {rounds} hostile rounds");
+    let v2_rounds = v2_rounds.load(Ordering::Relaxed);
+    eprintln!("{sent} good messages, {rounds} hostile rounds ({v2_rounds} full msgr2 ones)");
     assert!(rounds >= HOSTILE as u64, "the attackers hardly ran");
+    if proto == ProtocolVersion::V2 {
+        assert!(v2_rounds >= HOSTILE as u64 / 2, "the msgr2 attackers hardly ran");
+    }
     cli.shutdown();
     srv.shutdown();
 }
