@@ -8,6 +8,10 @@
 //! `ms_inject_internal_delays` (on a timer of the worker), which widens the windows
 //! these races need; each test first waits until the messenger's own counter shows the
 //! step is held, then strikes.
+//!
+//! The cut-while-deciding and `mark_down` races run over msgr v1 and msgr2 (the client
+//! dials the server's `v2:` address; SESSION_RECONNECT and SESSION_RESET play v1's
+//! connect and RESETSESSION).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,7 +23,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use messenger::counters::WorkerCounters;
-use messenger::{ConnState, Connection, Messenger, MessengerConfig, Policy, SendError};
+use messenger::{
+    ConnState, Connection, Messenger, MessengerConfig, Policy, ProtocolVersion, SendError,
+};
 use protocol::session::CounterValues;
 use protocol::types::{EntityAddr, EntityName, EntityType};
 use tests::chaos::{ChaosConfig, ChaosProxy, CutKind};
@@ -96,6 +102,17 @@ fn receive_in_order(
 /// side, one session on the server.
 #[test]
 fn a_socket_cut_while_its_replace_is_being_decided_loses_nothing() {
+    cut_while_the_replace_is_decided(ProtocolVersion::V1);
+}
+
+/// [`a_socket_cut_while_its_replace_is_being_decided_loses_nothing`] over msgr2: the
+/// SESSION_RECONNECT's socket is cut while its decision is held.
+#[test]
+fn a_socket_cut_while_its_replace_is_being_decided_loses_nothing_over_msgr2() {
+    cut_while_the_replace_is_decided(ProtocolVersion::V2);
+}
+
+fn cut_while_the_replace_is_decided(proto: ProtocolVersion) {
     let config = MessengerConfig { inject_internal_delays: HOLD, ..test_config(2) };
     let (server, bound, srx) =
         server_on(EntityType::OSD, 1, Policy::stateful_server(), false, loopback(), config);
@@ -107,8 +124,8 @@ fn a_socket_cut_while_its_replace_is_being_decided_loses_nothing() {
     };
     let (client, crx) =
         client_with(EntityType::CLIENT, 2, Policy::lossless_client(), client_config);
-    let conn = client
-        .connect_to(EntityType::OSD, EntityAddr::legacy(proxy.addr(), server.my_addr().nonce));
+    let through_proxy = EntityAddr::legacy(proxy.addr(), server.my_addr().nonce);
+    let conn = client.connect_to(EntityType::OSD, addr_for(proto, through_proxy));
     send_range(&conn, 1..=100);
     receive_in_order("server", &srx, 1..=100);
 
@@ -130,6 +147,7 @@ fn a_socket_cut_while_its_replace_is_being_decided_loses_nothing() {
     wait_for("the server has one session", || server.connection_count() == 1);
     let connects = client.v1_counters().connects;
     assert!((3..=8).contains(&connects), "{connects} connect attempts for 2 cuts");
+    assert_eq!(conn.protocol(), Some(proto));
     client.shutdown();
     server.shutdown();
 }
@@ -141,15 +159,16 @@ fn a_socket_cut_while_its_replace_is_being_decided_loses_nothing() {
 /// handle after `mark_down` returns, sends on it fail, the client learns of it once
 /// (`ms_handle_remote_reset`: its next connect is answered RESETSESSION), and what it
 /// sends afterwards arrives once, in order, on one new server session.
-fn mark_down_while_the_replace_is_held(steps: u64) {
+fn mark_down_while_the_replace_is_held(steps: u64, proto: ProtocolVersion) {
     let config = MessengerConfig { inject_internal_delays: HOLD, ..test_config(2) };
     let (server, _, srx) =
         server_on(EntityType::OSD, 1, Policy::stateful_server(), false, loopback(), config);
     let (client, crx) =
         client_with(EntityType::CLIENT, 2, Policy::lossless_client(), test_config(2));
-    let conn = client.connect_to(EntityType::OSD, server.my_addr());
+    let conn = client.connect_to(EntityType::OSD, addr_for(proto, server.my_addr()));
     send_range(&conn, 1..=50);
     let session = receive_in_order("server", &srx, 1..=50);
+    assert_eq!(session.protocol(), Some(proto));
 
     let before = held(&server);
     conn.inject_socket_failure();
@@ -190,12 +209,22 @@ fn mark_down_while_the_replace_is_held(steps: u64) {
 
 #[test]
 fn mark_down_while_the_accept_decision_is_held() {
-    mark_down_while_the_replace_is_held(1);
+    mark_down_while_the_replace_is_held(1, ProtocolVersion::V1);
 }
 
 #[test]
 fn mark_down_while_the_replace_hand_off_is_held() {
-    mark_down_while_the_replace_is_held(2);
+    mark_down_while_the_replace_is_held(2, ProtocolVersion::V1);
+}
+
+#[test]
+fn mark_down_while_the_accept_decision_is_held_over_msgr2() {
+    mark_down_while_the_replace_is_held(1, ProtocolVersion::V2);
+}
+
+#[test]
+fn mark_down_while_the_replace_hand_off_is_held_over_msgr2() {
+    mark_down_while_the_replace_is_held(2, ProtocolVersion::V2);
 }
 
 /// Ceph PR 46732 (shutdown hanging behind connections stuck in their handshake): 50

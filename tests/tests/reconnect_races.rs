@@ -3,15 +3,17 @@
 //! once, both reconnecting with equal connect_seqs, one answered WAIT forever).
 //!
 //! The numbers of connect attempts and of WAIT / RETRY / RESETSESSION replies come from
-//! `Messenger::v1_counters`; each open of a session from `ms_handle_connect` /
-//! `ms_handle_accept`.
+//! `Messenger::v1_counters` (the session counters both protocols share); each open of a
+//! session from `ms_handle_connect` / `ms_handle_accept`. The messenger-level tests run
+//! over msgr v1 and, dialling the peers' `v2:` addresses, over msgr2 (SESSION_RECONNECT,
+//! RETRY, RETRY_GLOBAL and WAIT are msgr2's counterparts of v1's connect replies).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
-use messenger::{Connection, Messenger, MessengerConfig, Policy};
+use messenger::{Connection, Messenger, MessengerConfig, Policy, ProtocolVersion};
 use protocol::session::CounterValues;
 use protocol::types::EntityType;
 use tests::loopback::*;
@@ -113,12 +115,22 @@ fn wait_for_one_connection(who: &str, m: &Messenger) {
 /// immediate whether or not anything was pending at the cut.)
 #[test]
 fn a_single_cut_gives_exactly_one_reconnect() {
+    single_cut(ProtocolVersion::V1);
+}
+
+/// [`a_single_cut_gives_exactly_one_reconnect`] over msgr2: one SESSION_RECONNECT.
+#[test]
+fn a_single_cut_gives_exactly_one_reconnect_over_msgr2() {
+    single_cut(ProtocolVersion::V2);
+}
+
+fn single_cut(proto: ProtocolVersion) {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let (srv, _, srv_rx) =
         server_on(EntityType::OSD, 1, Policy::stateful_server(), false, any, race_config());
     let (cli, cli_rx) =
         client_with(EntityType::CLIENT, 2, Policy::lossless_client(), race_config());
-    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
     assert_eq!(receive_in_order("server", &srv_rx, 1, 1), 1, "one accept");
     assert_eq!(count_events(&cli_rx, 1, |s| matches!(s, Seen::Connect(_))), 1, "one connect");
@@ -141,6 +153,7 @@ fn a_single_cut_gives_exactly_one_reconnect() {
     assert_eq!(s, CounterValues::default(), "a stateful server never dials");
     wait_for_one_connection("client", &cli);
     wait_for_one_connection("server", &srv);
+    assert_eq!(conn.protocol(), Some(proto));
     cli.shutdown();
     srv.shutdown();
 }
@@ -156,7 +169,14 @@ fn a_single_cut_gives_exactly_one_reconnect() {
 #[test]
 fn both_lossless_peers_cut_at_once_reconnect_into_one_session() {
     // The session was dialled by the peer with the lower address (nonce 1).
-    race_rounds(1, 2);
+    race_rounds(1, 2, ProtocolVersion::V1);
+}
+
+/// [`both_lossless_peers_cut_at_once_reconnect_into_one_session`] over msgr2: the two
+/// SESSION_RECONNECTs meet as a reconnect race (msgr-v2.md 7.4).
+#[test]
+fn both_lossless_peers_cut_at_once_reconnect_into_one_session_over_msgr2() {
+    race_rounds(1, 2, ProtocolVersion::V2);
 }
 
 /// The same with the session dialled by the peer with the higher address: the side that
@@ -164,17 +184,24 @@ fn both_lossless_peers_cut_at_once_reconnect_into_one_session() {
 /// must agree on one winner.
 #[test]
 fn both_lossless_peers_cut_at_once_when_the_lower_address_accepted() {
-    race_rounds(2, 1);
+    race_rounds(2, 1, ProtocolVersion::V1);
 }
 
-/// `a` (nonce `a_nonce`) dials `b` (nonce `b_nonce`), then the rounds of cuts.
-fn race_rounds(a_nonce: u32, b_nonce: u32) {
+/// [`both_lossless_peers_cut_at_once_when_the_lower_address_accepted`] over msgr2.
+#[test]
+fn both_lossless_peers_cut_at_once_when_the_lower_address_accepted_over_msgr2() {
+    race_rounds(2, 1, ProtocolVersion::V2);
+}
+
+/// `a` (nonce `a_nonce`) dials `b` (nonce `b_nonce`) over `proto`, then the rounds of
+/// cuts.
+fn race_rounds(a_nonce: u32, b_nonce: u32, proto: ProtocolVersion) {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let (a, _, a_rx) =
         server_on(EntityType::OSD, a_nonce, Policy::lossless_peer(), false, any, race_config());
     let (b, _, b_rx) =
         server_on(EntityType::OSD, b_nonce, Policy::lossless_peer(), false, any, race_config());
-    let a_to_b = a.connect_to(EntityType::OSD, b.my_addr());
+    let a_to_b = a.connect_to(EntityType::OSD, addr_for(proto, b.my_addr()));
     a_to_b.send_message(test_message(MSG_TEST, 0, Bytes::new())).expect("send");
     let (b_to_a, first) = next_message(&b_rx);
     assert_eq!(first.tid(), 0);
@@ -239,7 +266,8 @@ fn race_rounds(a_nonce: u32, b_nonce: u32) {
             t.retry_global += d.retry_global;
         }
     }
-    eprintln!("{ROUNDS} cuts: {races} rounds where both sides reconnected at once; a {total_a:?}, b {total_b:?}");
+    assert_eq!(a_to_b.protocol(), Some(proto));
+    eprintln!("{proto:?}, {ROUNDS} cuts: {races} rounds where both sides reconnected at once; a {total_a:?}, b {total_b:?}");
     assert!(races > 0, "both sides never reconnected at once: no race was exercised");
     let _: &Connection = &a_to_b;
     a.shutdown();
