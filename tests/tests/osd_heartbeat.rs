@@ -15,7 +15,7 @@ use messenger::{
     Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion,
 };
 use parking_lot::Mutex;
-use protocol::auth::{AuthConfig, AuthProvider};
+use protocol::auth::{AuthConfig, AuthProvider, ConMode, ConModes};
 use protocol::encoding::UTime;
 use protocol::messages::{MOSDPing, OsdPingOp, TypedMessage};
 use protocol::types::{EntityAddr, EntityName, EntityType, Features};
@@ -154,13 +154,13 @@ fn failed(osd: &Osd, peers: &[i64], grace: Duration) -> Vec<(i64, usize)> {
 
 #[test]
 fn heartbeats_on_front_and_back_detect_exactly_the_dead_osd() {
-    heartbeat_scenario(ProtocolVersion::V1, &|_| test_config(3), &|_| {});
+    heartbeat_scenario(ProtocolVersion::V1, None, &|_| test_config(3), &|_| {});
 }
 
 // The same with every heartbeat connection dialled at the peers' `v2:` addresses.
 #[test]
 fn heartbeats_on_front_and_back_detect_exactly_the_dead_osd_over_msgr2() {
-    heartbeat_scenario(ProtocolVersion::V2, &|_| test_config(3), &|_| {});
+    heartbeat_scenario(ProtocolVersion::V2, None, &|_| test_config(3), &|_| {});
 }
 
 // The same with cephx between the OSDs (issue 14 must-show 4): every heartbeat
@@ -169,6 +169,20 @@ fn heartbeats_on_front_and_back_detect_exactly_the_dead_osd_over_msgr2() {
 // (`cephx_require_signatures`: a session without MSG_AUTH is refused).
 #[test]
 fn heartbeats_with_cephx_and_signing() {
+    heartbeats_with_cephx(ProtocolVersion::V1, None);
+}
+
+// The same over msgr2 in secure mode (`ms_cluster_mode = secure`): every heartbeat
+// connection authenticates with cephx in msgr2's AUTH frames and runs AES-128-GCM; an
+// auth-none peer dialling the `v2:` address is refused.
+#[test]
+fn heartbeats_with_cephx_in_secure_mode_over_msgr2() {
+    heartbeats_with_cephx(ProtocolVersion::V2, Some(ConMode::SECURE));
+}
+
+/// Three OSDs with cephx keys from one in-process key server heartbeat over `proto`;
+/// over msgr2 the cluster mode is `mode` alone.
+fn heartbeats_with_cephx(proto: ProtocolVersion, mode: Option<ConMode>) {
     let seed = rand::random::<u64>();
     eprintln!("seed {seed}");
     let names: Vec<EntityName> = (0..3).map(|i| EntityName::new(EntityType::OSD, i)).collect();
@@ -179,9 +193,10 @@ fn heartbeats_with_cephx_and_signing() {
         names.iter().map(|&n| cluster.provider(n, Some(auth.clone())) as _).collect();
     let config = |id: i64| {
         let p = usize::try_from(id).ok().and_then(|i| providers.get(i)).expect("provider");
-        test_config(3).with_auth_provider(p.clone())
+        let cluster_mode = mode.map(|m| ConModes(vec![m]));
+        MessengerConfig { cluster_mode, ..test_config(3) }.with_auth_provider(p.clone())
     };
-    heartbeat_scenario(ProtocolVersion::V1, &config, &refuses_auth_none);
+    heartbeat_scenario(proto, mode, &config, &|addr| refuses_auth_none(addr_for(proto, addr)));
 }
 
 /// The heartbeat server at `addr` requires cephx: a peer without an authorizer is
@@ -205,9 +220,11 @@ fn refuses_auth_none(addr: EntityAddr) {
 /// Three OSDs heartbeat on front and back until all hear each other, stay so, then
 /// osd.2 dies and exactly it is reported, by both survivors on both networks. Peers
 /// dial each other over `proto`; each OSD's messengers get `config(id)`; `check` runs
-/// on osd.0's front address before the survivors shut down.
+/// on osd.0's front address before the survivors shut down. `mode`: the connection
+/// mode every msgr2 heartbeat session must run in.
 fn heartbeat_scenario(
     proto: ProtocolVersion,
+    mode: Option<ConMode>,
     config: &dyn Fn(i64) -> MessengerConfig,
     check: &dyn Fn(EntityAddr),
 ) {
@@ -241,6 +258,9 @@ fn heartbeat_scenario(
     for (iface, client) in osds[0].clients.iter().enumerate() {
         let conn = client.connect_to(EntityType::OSD, targets[1].1[iface]);
         assert_eq!(conn.protocol(), Some(proto), "{} heartbeat", IFACES[iface]);
+        if let Some(mode) = mode {
+            assert_eq!(conn.con_mode(), Some(mode), "{} heartbeat's mode", IFACES[iface]);
+        }
     }
     // And it stays so for a while: no false failure.
     for _ in 0..25 {
