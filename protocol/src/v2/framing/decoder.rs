@@ -77,6 +77,9 @@ enum Stage {
     /// Reading segments 1.. (crc mode: one at a time, `next` is the index, then the
     /// epilogue when `next == num_segments`) or block C whole (secure mode).
     Rest { next: usize },
+    /// crc mode, after [`FrameDecoder::skip_rest`]: segments 1.. pass in pieces and are
+    /// dropped (`next` is the index, `passed` what of it went by), then the epilogue.
+    Skip { next: usize, passed: u32 },
     /// An error was returned; nothing more is decoded.
     Failed,
 }
@@ -96,17 +99,16 @@ pub struct FrameDecoder {
     segments: [Bytes; MAX_SEGMENTS],
     /// crc mode: the start of a large payload segment that arrived across reads, in the
     /// buffer it is assembled in (grown only by what the caller lets in, see
-    /// [`FrameDecoder::assembly_buffer`]); empty otherwise.
+    /// [`FrameDecoder::assembly_buffer`]); in [`Stage::Skip`], the running crcs of
+    /// segments 1..3 ([`SKIP_CRCS_LEN`] bytes, nothing of the segments themselves);
+    /// empty otherwise.
     partial: BytesMut,
-    /// crc mode, after [`FrameDecoder::skip_rest`]: the running crcs of segments 1..,
-    /// which pass in pieces and are dropped, never gathered.
-    skip_crcs: Option<[u32; MAX_SEGMENTS]>,
-    /// Bytes of the segment being skipped that passed already.
-    skipped: usize,
 }
 
 /// The most a skipped segment passes in one piece: what a duplicate holds at a time.
 const SKIP_PIECE: usize = 64 << 10;
+/// The running crcs of segments 1..3 of a skipped frame.
+const SKIP_CRCS_LEN: usize = CRC_LEN * (MAX_SEGMENTS - 1);
 
 impl FrameDecoder {
     /// A crc-mode decoder.
@@ -119,8 +121,6 @@ impl FrameDecoder {
             inline: Bytes::new(),
             segments: Default::default(),
             partial: BytesMut::new(),
-            skip_crcs: None,
-            skipped: 0,
         }
     }
 
@@ -177,17 +177,18 @@ impl FrameDecoder {
                     + SECURE_EPILOGUE_LEN
                     + TAG_LEN
             }
-            Stage::Rest { next } if next < num && self.skip_crcs.is_some() => lens
-                .get(next)
-                .map_or(0, |&l| l as usize)
-                .saturating_sub(self.skipped)
-                .min(SKIP_PIECE),
             // Each segment on its own, so that one arriving in one chunk is sliced out
             // of it rather than gathered with its neighbours.
             Stage::Rest { next } if next < num => {
                 lens.get(next).map_or(0, |&l| l as usize).saturating_sub(self.partial.len())
             }
             Stage::Rest { .. } => CRC_EPILOGUE_LEN,
+            Stage::Skip { next, passed } if next < num => lens
+                .get(next)
+                .map_or(0, |&l| l as usize)
+                .saturating_sub(passed as usize)
+                .min(SKIP_PIECE),
+            Stage::Skip { .. } => CRC_EPILOGUE_LEN,
             Stage::Paused | Stage::Failed => 0,
         }
     }
@@ -205,24 +206,22 @@ impl FrameDecoder {
     pub fn payload_pending(&self) -> u64 {
         let lens = self.preamble.lens();
         let num = usize::from(self.preamble.num_segments);
-        let from = match self.stage {
-            Stage::Segment0 | Stage::Paused => 1,
-            Stage::Rest { next } if self.secure.is_none() => next,
-            Stage::Rest { .. } => 1,
+        let (from, taken) = match self.stage {
+            Stage::Segment0 | Stage::Paused => (1, self.partial.len()),
+            Stage::Rest { next } if self.secure.is_none() => (next, self.partial.len()),
+            Stage::Rest { .. } => (1, self.partial.len()),
+            Stage::Skip { next, passed } => (next, passed as usize),
             Stage::Preamble | Stage::Failed => return 0,
         };
         let left: u64 = lens.get(from..num).map_or(0, |l| l.iter().map(|&x| u64::from(x)).sum());
-        left.saturating_sub((self.partial.len() + self.skipped) as u64)
+        left.saturating_sub(taken as u64)
     }
 
     /// The large payload segment (crc mode, at least [`DIRECT_ASSEMBLY_MIN`] bytes) the
     /// decoder is in, and how many bytes of it are still missing; `None` elsewhere.
     fn assembling(&self) -> Option<usize> {
         let Stage::Rest { next } = self.stage else { return None };
-        if self.secure.is_some()
-            || self.skip_crcs.is_some()
-            || next >= usize::from(self.preamble.num_segments)
-        {
+        if self.secure.is_some() || next >= usize::from(self.preamble.num_segments) {
             return None;
         }
         let len = self.preamble.lens().get(next).map_or(0, |&l| l as usize);
@@ -281,9 +280,13 @@ impl FrameDecoder {
     /// [`FrameDecoder::proceed`].
     pub fn skip_rest(&mut self) -> Result<()> {
         self.proceed()?;
-        if self.secure.is_none() {
-            self.skip_crcs = Some([SEGMENT_CRC_SEED; MAX_SEGMENTS]);
-            self.skipped = 0;
+        // A one-segment frame has no more bytes (crc mode has no epilogue for it).
+        if self.secure.is_none() && self.preamble.num_segments > 1 {
+            self.stage = Stage::Skip { next: 1, passed: 0 };
+            self.partial = BytesMut::with_capacity(SKIP_CRCS_LEN);
+            for _ in 1..MAX_SEGMENTS {
+                self.partial.extend_from_slice(&SEGMENT_CRC_SEED.to_le_bytes());
+            }
         }
         Ok(())
     }
@@ -294,8 +297,6 @@ impl FrameDecoder {
         self.inline = Bytes::new();
         self.segments = Default::default();
         self.partial = BytesMut::new();
-        self.skip_crcs = None;
-        self.skipped = 0;
     }
 
     /// Feeds exactly [`FrameDecoder::need`] bytes. Any error leaves the decoder failed.
@@ -308,6 +309,7 @@ impl FrameDecoder {
             Stage::Preamble => self.read_preamble(&piece)?,
             Stage::Segment0 => self.read_segment0(piece)?,
             Stage::Rest { next } => self.read_rest(next, piece)?,
+            Stage::Skip { next, passed } => self.skip_piece(next, passed, &piece)?,
             Stage::Paused | Stage::Failed => {
                 return Err(Error::Misuse("advance on a failed decoder"))
             }
@@ -322,6 +324,7 @@ impl FrameDecoder {
         match self.stage {
             Stage::Preamble => true,
             Stage::Rest { next } => self.secure.is_none() && num > 1 && next >= num,
+            Stage::Skip { next, .. } => next >= num,
             _ => false,
         }
     }
@@ -335,7 +338,8 @@ impl FrameDecoder {
         }
         match std::mem::replace(&mut self.stage, Stage::Failed) {
             Stage::Preamble => self.read_preamble(piece),
-            _ => self.read_crc_epilogue(piece),
+            Stage::Skip { .. } => self.read_crc_epilogue(piece, true),
+            _ => self.read_crc_epilogue(piece, false),
         }
     }
 
@@ -404,21 +408,6 @@ impl FrameDecoder {
             return Ok(self.finish_frame(false));
         }
         let late_status = match self.secure.as_mut() {
-            None if next < num && self.skip_crcs.is_some() => {
-                // A piece of a skipped segment: into its crc, then dropped.
-                if let Some(crc) = self.skip_crcs.as_mut().and_then(|c| c.get_mut(next)) {
-                    *crc = ceph_crc32c(*crc, &piece);
-                }
-                self.skipped += piece.len();
-                let len = lens.get(next).map_or(0, |&l| l as usize);
-                self.stage = if self.skipped >= len {
-                    self.skipped = 0;
-                    Stage::Rest { next: next + 1 }
-                } else {
-                    Stage::Rest { next }
-                };
-                return Ok(FrameProgress::NeedMore);
-            }
             None if next < num => {
                 // One segment; its crc is checked with the epilogue.
                 let segment = if self.partial.is_empty() {
@@ -433,7 +422,7 @@ impl FrameDecoder {
                 self.stage = Stage::Rest { next: next + 1 };
                 return Ok(FrameProgress::NeedMore);
             }
-            None => return self.read_crc_epilogue(&piece),
+            None => return self.read_crc_epilogue(&piece, false),
             Some(gcm) => {
                 // Decrypt in place: the piece is usually the only owner of its bytes
                 // (gathered for us), so no copy; otherwise one.
@@ -454,18 +443,43 @@ impl FrameDecoder {
         self.finish_with(late_status)
     }
 
+    /// One piece of segment `next` of a skipped frame (or its epilogue): into the
+    /// segment's running crc, then dropped.
+    fn skip_piece(&mut self, next: usize, passed: u32, piece: &[u8]) -> Result<FrameProgress> {
+        let num = usize::from(self.preamble.num_segments);
+        if next >= num {
+            return self.read_crc_epilogue(piece, true);
+        }
+        let at = CRC_LEN * (next - 1);
+        let Some(slot) = self.partial.get_mut(at..at + CRC_LEN) else {
+            return Err(Error::Misuse("skipping without running crcs"));
+        };
+        let crc = ceph_crc32c(u32::from_le_bytes([slot[0], slot[1], slot[2], slot[3]]), piece);
+        slot.copy_from_slice(&crc.to_le_bytes());
+        let passed = passed as usize + piece.len();
+        let len = self.preamble.lens().get(next).map_or(0, |&l| l as usize);
+        self.stage = if passed >= len {
+            Stage::Skip { next: next + 1, passed: 0 }
+        } else {
+            // `passed < len`, a segment length: fits.
+            Stage::Skip { next, passed: passed as u32 }
+        };
+        Ok(FrameProgress::NeedMore)
+    }
+
     /// crc mode's epilogue: late_status, then the crcs of segments 1..3 (0 past
-    /// num_segments), checked against the segments read.
-    fn read_crc_epilogue(&mut self, piece: &[u8]) -> Result<FrameProgress> {
+    /// num_segments), checked against the segments read (`skipped`: against the running
+    /// crcs of a skipped frame's segments).
+    fn read_crc_epilogue(&mut self, piece: &[u8], skipped: bool) -> Result<FrameProgress> {
         let num = usize::from(self.preamble.num_segments);
         let (late, crcs) = piece.split_at(1);
-        let skipped = self.skip_crcs.take();
+        let running = if skipped { std::mem::take(&mut self.partial) } else { BytesMut::new() };
         let used = self.segments.iter().zip(SEGMENT_NAMES).enumerate().take(num).skip(1);
         for ((i, (seg, what)), wire) in used.zip(crcs.chunks_exact(CRC_LEN)) {
             let wire = u32::from_le_bytes([wire[0], wire[1], wire[2], wire[3]]);
-            let got = match skipped {
-                Some(c) => c[i],
-                None => ceph_crc32c(SEGMENT_CRC_SEED, seg),
+            let got = match running.get(CRC_LEN * (i - 1)..CRC_LEN * i) {
+                Some(c) if skipped => u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                _ => ceph_crc32c(SEGMENT_CRC_SEED, seg),
             };
             if wire != got {
                 return Err(Error::BadCrc { what, expected: wire, got });
@@ -549,5 +563,10 @@ mod skip_tests {
         let mid = bad.len() / 2;
         bad[mid] ^= 1;
         assert!(matches!(skip(&bad).1, Err(Error::BadCrc { what: "segment 3", .. })));
+        // A head-only message (one segment, no epilogue) and a small one.
+        for len in [0, 100] {
+            let wire = message(len);
+            assert!(skip(&wire).1.unwrap().segments.iter().skip(1).all(Bytes::is_empty));
+        }
     }
 }
