@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use protocol::types::{EntityAddr, EntityName, EntityType};
+use protocol::types::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType, Features};
 use protocol::v2::banner::{Banner, BANNER_LEN};
-use protocol::v2::frames::{ControlFrame, Hello, MsgHeader2, HEADER2_FLAGS};
+use protocol::v2::frames::{ClientIdent, ControlFrame, Hello, MsgHeader2, HEADER2_FLAGS};
 use protocol::v2::framing::{
     FrameEncoder, Preamble, SegmentDesc, ALIGN_DEFAULT, ALIGN_PAGE, MAX_SEGMENTS, PREAMBLE_LEN,
     SEGMENT_CRC_SEED,
@@ -175,4 +175,40 @@ pub fn message_head(seq: u64, tid: u64, data_len: u32) -> Vec<u8> {
     out.extend_from_slice(&header);
     out.extend_from_slice(&ceph_crc32c(SEGMENT_CRC_SEED, &header).to_le_bytes());
     out
+}
+
+/// A msgr2 address on 127.0.0.1 (port 0) with `nonce`: what a raw peer announces.
+pub fn v2_peer_addr(nonce: u32) -> EntityAddr {
+    EntityAddr {
+        ty: AddrType::MSGR2,
+        ..EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), nonce)
+    }
+}
+
+/// A CLIENT_IDENT from `me` for `server`, opening a lossless session with
+/// `client_cookie`, supporting `features` (requiring MSG_ADDR2 only if it supports it),
+/// as one frame.
+pub fn client_ident(
+    server: EntityAddr,
+    me: EntityAddr,
+    features: Features,
+    client_cookie: u64,
+) -> Vec<u8> {
+    control(&ClientIdent {
+        addrs: EntityAddrVec { addrs: vec![me] },
+        target_addr: server,
+        gid: -1,
+        global_seq: 10,
+        supported_features: features,
+        required_features: Features(features.0 & Features::MSG_ADDR2.0),
+        flags: 0,
+        client_cookie,
+    })
+}
+
+/// A CLIENT_IDENT that lacks every feature (an acceptor requires MSG_ADDR2 at least):
+/// Ceph answers IDENT_MISSING_FEATURES and lets the peer try again, a bounded number of
+/// times.
+pub fn featureless_ident(server: EntityAddr, me: EntityAddr) -> Vec<u8> {
+    client_ident(server, me, Features(0), 7)
 }

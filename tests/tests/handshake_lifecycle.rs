@@ -9,9 +9,9 @@
 //! these races need; each test first waits until the messenger's own counter shows the
 //! step is held, then strikes.
 //!
-//! The cut-while-deciding and `mark_down` races run over msgr v1 and msgr2 (the client
-//! dials the server's `v2:` address; SESSION_RECONNECT and SESSION_RESET play v1's
-//! connect and RESETSESSION).
+//! The cut-while-deciding, `mark_down` and `shutdown` races run over msgr v1 and msgr2
+//! (clients dial the server's `v2:` address; SESSION_RECONNECT and SESSION_RESET play
+//! v1's connect and RESETSESSION, CLIENT_IDENT its first connect).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -27,9 +27,10 @@ use messenger::{
     ConnState, Connection, Messenger, MessengerConfig, Policy, ProtocolVersion, SendError,
 };
 use protocol::session::CounterValues;
-use protocol::types::{EntityAddr, EntityName, EntityType};
+use protocol::types::{EntityAddr, EntityName, EntityType, Features};
 use tests::chaos::{ChaosConfig, ChaosProxy, CutKind};
 use tests::hostile::{banner_socket_as, closed_within, session_connect};
+use tests::hostile_v2::{client_ident, v2_peer_addr, v2_socket_at_ident};
 use tests::loopback::*;
 use tests::nat::NatProxy;
 
@@ -234,6 +235,17 @@ fn mark_down_while_the_replace_hand_off_is_held_over_msgr2() {
 /// sockets is closed, and no connection is left.
 #[test]
 fn shutdown_with_50_handshakes_paused_returns_promptly() {
+    shutdown_with_50_handshakes_paused(ProtocolVersion::V1);
+}
+
+/// [`shutdown_with_50_handshakes_paused_returns_promptly`] with 50 msgr2 peers paused
+/// after their CLIENT_IDENT.
+#[test]
+fn shutdown_with_50_handshakes_paused_returns_promptly_over_msgr2() {
+    shutdown_with_50_handshakes_paused(ProtocolVersion::V2);
+}
+
+fn shutdown_with_50_handshakes_paused(proto: ProtocolVersion) {
     const PEERS: u32 = 50;
     let pool = Arc::new(
         event_center::WorkerPool::new(event_center::WorkerPoolConfig {
@@ -252,11 +264,20 @@ fn shutdown_with_50_handshakes_paused_returns_promptly() {
     let (rec, _srx) = Recorder::new(false);
     server.add_dispatcher_head(rec).expect("dispatcher");
     let mut sockets: Vec<TcpStream> = (0..PEERS)
-        .map(|i| {
-            let me = EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), 100 + i);
-            let mut sock = banner_socket_as(bound, me);
-            sock.write_all(&session_connect(0, 1)).expect("connect message");
-            sock
+        .map(|i| match proto {
+            ProtocolVersion::V1 => {
+                let me = EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), 100 + i);
+                let mut sock = banner_socket_as(bound, me);
+                sock.write_all(&session_connect(0, 1)).expect("connect message");
+                sock
+            }
+            ProtocolVersion::V2 => {
+                let (server_addr, me) = (addr_for(proto, server.my_addr()), v2_peer_addr(100 + i));
+                let mut sock = v2_socket_at_ident(server_addr, me, Policy::lossless_client());
+                let ident = client_ident(server_addr, me, Features::PACIFIC_ADVERTISED, 1);
+                sock.write_all(&ident).expect("client ident");
+                sock
+            }
         })
         .collect();
     wait_for("50 accept decisions are held", || held(&server) == u64::from(PEERS));

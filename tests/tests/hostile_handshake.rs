@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use messenger::{Policy, ProtocolVersion};
-use protocol::types::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType, Features};
+use protocol::types::{EntityAddr, EntityName, EntityType, Features};
 use protocol::v1::MAX_CONNECT_ATTEMPTS;
 use protocol::v2::banner::Banner;
-use protocol::v2::frames::ClientIdent;
 use protocol::v2::Tag as V2Tag;
 use protocol::wire::{ConnectReply, Tag};
 use tests::hostile::*;
@@ -131,27 +130,7 @@ fn a_trickled_handshake_is_closed_at_the_handshake_timeout() {
 
 /// The server's v2 address, and the address a raw peer with `nonce` announces.
 fn v2_addrs(srv: &messenger::Messenger, nonce: u32) -> (EntityAddr, EntityAddr) {
-    let server = addr_for(ProtocolVersion::V2, srv.my_addr());
-    let me = EntityAddr {
-        ty: AddrType::MSGR2,
-        ..EntityAddr::legacy(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), nonce)
-    };
-    (server, me)
-}
-
-/// A CLIENT_IDENT for `server` from `me` that lacks every feature (the acceptor requires
-/// MSG_ADDR2 at least): Ceph answers IDENT_MISSING_FEATURES and lets the peer try again.
-fn featureless_ident(server: EntityAddr, me: EntityAddr) -> Vec<u8> {
-    control(&ClientIdent {
-        addrs: EntityAddrVec { addrs: vec![me] },
-        target_addr: server,
-        gid: -1,
-        global_seq: 1,
-        supported_features: Features(0),
-        required_features: Features(0),
-        flags: 0,
-        client_cookie: 7,
-    })
+    (addr_for(ProtocolVersion::V2, srv.my_addr()), v2_peer_addr(nonce))
 }
 
 /// The bound on handshake rounds an acceptor allows one connection.

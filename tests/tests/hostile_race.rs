@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 
 use messenger::Policy;
-use protocol::types::{AddrType, EntityAddr, EntityAddrVec, EntityType, Features};
-use protocol::v2::frames::{ClientIdent, ControlFrame, ServerIdent, SessionReconnect};
+use protocol::types::{EntityAddr, EntityAddrVec, EntityType, Features};
+use protocol::v2::frames::{ControlFrame, ServerIdent, SessionReconnect};
 use protocol::v2::Tag as V2Tag;
 use protocol::wire::{ConnectReply, Tag};
 use tests::hostile::*;
@@ -66,20 +66,6 @@ fn two_connects_racing_to_replace_a_session_do_not_both_win() {
     srv.shutdown();
 }
 
-/// A CLIENT_IDENT opening a lossless session of `me` at `server`.
-fn lossless_ident(server: EntityAddr, me: EntityAddr, cookie: u64) -> Vec<u8> {
-    control(&ClientIdent {
-        addrs: EntityAddrVec { addrs: vec![me] },
-        target_addr: server,
-        gid: -1,
-        global_seq: 10,
-        supported_features: Features::PACIFIC_ADVERTISED,
-        required_features: Features::MSG_ADDR2,
-        flags: 0,
-        client_cookie: cookie,
-    })
-}
-
 // The msgr2 counterpart: a lossless session opened with CLIENT_IDENT, then two
 // SESSION_RECONNECTs of it at once (same cookies, global_seq and connect_seq). The accept
 // decision marks the session "being replaced" in the same critical section that reads it,
@@ -104,14 +90,13 @@ fn two_session_reconnects_racing_to_replace_a_session_do_not_both_win_over_msgr2
     let mut tally = std::collections::BTreeMap::<String, u32>::new();
     for round in 0..ROUNDS {
         // Nonces above the server's: our address sorts higher in a race.
-        let me = EntityAddr {
-            ty: AddrType::MSGR2,
-            ..EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), 5000 + round)
-        };
+        let me = v2_peer_addr(5000 + round);
         let cookie = 0x1000 + u64::from(round);
         // The session: opened by a first socket.
         let mut first = v2_socket_at_ident(server, me, Policy::lossless_peer());
-        first.write_all(&lossless_ident(server, me, cookie)).expect("ident");
+        first
+            .write_all(&client_ident(server, me, Features::PACIFIC_ADVERTISED, cookie))
+            .expect("ident");
         let (tag, seg) = read_frame(&mut first).expect("ident reply");
         assert_eq!(tag, V2Tag::SERVER_IDENT, "round {round}");
         let server_cookie = ServerIdent::from_segment(&seg).expect("server ident").server_cookie;

@@ -132,10 +132,7 @@ fn attack_once_v2(kind: &str, srv: EntityAddr, server: SocketAddr, rng: &mut Sma
         let left = round.saturating_sub(started.elapsed());
         let _ = closed_within(sock, left);
     };
-    let me = EntityAddr {
-        ty: srv.ty,
-        ..EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), rng.gen())
-    };
+    let me = v2_peer_addr(rng.gen());
     match kind {
         "garbage" => {
             let mut sock = v2_banner_socket(server);
@@ -145,17 +142,7 @@ fn attack_once_v2(kind: &str, srv: EntityAddr, server: SocketAddr, rng: &mut Sma
         }
         "bad-connects" => {
             let mut sock = v2_socket_at_ident(srv, me, Policy::lossy_client());
-            let ident = protocol::v2::frames::ClientIdent {
-                addrs: protocol::types::EntityAddrVec { addrs: vec![me] },
-                target_addr: srv,
-                gid: -1,
-                global_seq: 1,
-                supported_features: Features(0),
-                required_features: Features(0),
-                flags: 0,
-                client_cookie: 1,
-            };
-            let _ = sock.write_all(&control(&ident).repeat(10_000));
+            let _ = sock.write_all(&featureless_ident(srv, me).repeat(10_000));
             give_up(&mut sock);
         }
         "trickled-handshake" => {
