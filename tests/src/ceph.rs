@@ -233,10 +233,13 @@ impl CephMon {
                 (format!("[v2:{v2_addr},v1:{addr}]"), String::new(), true, true)
             }
         };
+        // mon_data_avail_crit = 0: the throwaway store holds a few MiB, and a monitor
+        // refuses to start below 5 % free disk (a shared CI disk can be that full).
         let conf = format!(
             "[global]\nfsid = {fsid}\nmon_host = {addrs}\n{auth}\
              ms_bind_msgr2 = {v2}\nms_bind_msgr1 = {v1}\n\
              mon_data = {d}/mon.$id\nrun_dir = {d}\nlog_file = {d}/$name.log\n\
+             mon_data_avail_crit = 0\n\
              admin_socket = {d}/$name.asok\npid_file = {d}/$name.pid\n\
              [mon.a]\n{mon_addr}"
         );
