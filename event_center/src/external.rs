@@ -173,8 +173,12 @@ impl<J> Shared<J> {
     /// Makes the calling thread the center's owner if it has none yet.
     #[inline]
     pub(crate) fn claim_owner(&self) {
-        let me = thread::current().id();
-        let _ = self.owner.get_or_init(|| me);
+        // Checked first: every loop iteration calls this, and `thread::current()` is a
+        // reference count round trip on the thread's handle.
+        if self.owner.get().is_none() {
+            let me = thread::current().id();
+            let _ = self.owner.get_or_init(|| me);
+        }
     }
 
     /// Whether the calling thread is the one that first ran the loop.
