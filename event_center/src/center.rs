@@ -44,6 +44,9 @@ pub struct EventCenter {
     core: Core,
     iterations: u64,
     shut_down: bool,
+    /// How long `run_once` polls without sleeping before it sleeps in `poll` (zero: it
+    /// sleeps at once). See [`set_busy_poll`](Self::set_busy_poll).
+    busy_poll: Duration,
 }
 
 impl fmt::Debug for EventCenter {
@@ -76,6 +79,7 @@ impl EventCenter {
             },
             iterations: 0,
             shut_down: false,
+            busy_poll: Duration::ZERO,
         })
     }
 
@@ -87,6 +91,17 @@ impl EventCenter {
     /// Runs `f` with a [`Context`] directly (set-up code on the owning thread, tests).
     pub fn with_context<R>(&mut self, f: impl FnOnce(&mut Context<'_>) -> R) -> R {
         f(&mut self.core.context())
+    }
+
+    /// Before sleeping in `poll`, poll without sleeping for up to `spin` (bounded by the
+    /// nearest timer), one `epoll_wait(0)` after another: an event that arrives meanwhile
+    /// is taken without the wakeup a sleeping thread needs (the scheduler's wakeup and,
+    /// on another CPU, an interrupt), which is most of a depth-1 round trip's latency.
+    /// The cost is CPU: an idle worker burns `spin` after each burst of work, so a
+    /// worker that sees a message every few microseconds never sleeps. Zero (the
+    /// default) turns it off.
+    pub fn set_busy_poll(&mut self, spin: Duration) {
+        self.busy_poll = spin;
     }
 
     /// Loop iterations run so far.
@@ -117,10 +132,10 @@ impl EventCenter {
         if !self.inbox.is_empty() || self.core.shared.is_stopping() {
             timeout = Some(Duration::ZERO);
         }
-        match self.poll.poll(&mut self.events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => self.events.clear(),
-            Err(e) => return Err(e),
+        let spinning = timeout != Some(Duration::ZERO) && !self.busy_poll.is_zero();
+        let timeout = if spinning { self.spin(timeout)? } else { Some(timeout) };
+        if let Some(timeout) = timeout {
+            self.poll_events(timeout)?;
         }
         self.core.now = Instant::now();
         self.iterations += 1;
@@ -160,6 +175,37 @@ impl EventCenter {
             }
         }
         Ok(())
+    }
+
+    /// One `poll` into `self.events`; EINTR leaves them empty.
+    fn poll_events(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.events.clear();
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Polls without sleeping until an event arrives or the busy-poll time (at most
+    /// `timeout`) is over. Returns `None` when events arrived, else what is left of
+    /// `timeout` for the sleeping `poll`.
+    fn spin(&mut self, timeout: Option<Duration>) -> io::Result<Option<Option<Duration>>> {
+        let start = Instant::now();
+        let limit = timeout.map_or(self.busy_poll, |t| t.min(self.busy_poll));
+        loop {
+            self.poll_events(Some(Duration::ZERO))?;
+            if !self.events.is_empty() {
+                return Ok(None);
+            }
+            let spent = start.elapsed();
+            if spent >= limit {
+                return Ok(Some(timeout.map(|t| t.saturating_sub(spent))));
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// Runs until [`CenterHandle::stop`], then [`shutdown`](Self::shutdown). A `poll` error

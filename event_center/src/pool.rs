@@ -2,6 +2,7 @@
 
 use std::io;
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use log::{error, info, warn};
 use parking_lot::Mutex;
@@ -20,12 +21,22 @@ pub struct WorkerPoolConfig {
     pub name_prefix: String,
     /// Pin worker `i` to CPU `i % available CPUs` (best effort: a failure is logged).
     pub pin_cpus: bool,
+    /// Each worker polls without sleeping this long before it sleeps in `poll`
+    /// ([`EventCenter::set_busy_poll`]): lower latency for a burning CPU. Zero (the
+    /// default): off.
+    pub busy_poll: Duration,
 }
 
 impl Default for WorkerPoolConfig {
-    /// Three workers (Ceph's `ms_async_op_threads` default), `msgr-worker`, no pinning.
+    /// Three workers (Ceph's `ms_async_op_threads` default), `msgr-worker`, no pinning,
+    /// no busy polling.
     fn default() -> Self {
-        WorkerPoolConfig { workers: 3, name_prefix: "msgr-worker".to_owned(), pin_cpus: false }
+        WorkerPoolConfig {
+            workers: 3,
+            name_prefix: "msgr-worker".to_owned(),
+            pin_cpus: false,
+            busy_poll: Duration::ZERO,
+        }
     }
 }
 
@@ -50,6 +61,7 @@ impl WorkerPool {
         let mut pool = pool;
         for index in 0..config.workers {
             let mut center = EventCenter::new(index)?;
+            center.set_busy_poll(config.busy_poll);
             pool.handles.push(center.handle());
             let pin = config.pin_cpus.then_some(index % cpus);
             let thread = thread::Builder::new()

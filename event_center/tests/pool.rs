@@ -22,6 +22,7 @@ fn spawns_exactly_the_configured_named_workers() {
         workers: 3,
         name_prefix: "msgr-worker".to_owned(),
         pin_cpus: true,
+        busy_poll: Duration::ZERO,
     })
     .expect("pool");
     assert_eq!(pool.workers(), 3);
