@@ -43,19 +43,25 @@ pub struct MsgrVariant {
     pub queued: bool,
     /// The client dials the server's `v2:` address: msgr2 (crc mode) instead of v1.
     pub v2: bool,
-    /// msgr2 in secure mode (AES-128-GCM frames): both messengers authenticate with
-    /// cephx and their mode options allow only secure (needs `v2`).
+    /// msgr2 in secure mode (AES-128-GCM frames): their mode options allow only secure
+    /// (needs `v2` and `cephx`: secure mode's keys come from the cephx exchange).
     pub secure: bool,
+    /// Both messengers authenticate with cephx (keys from the in-process key server)
+    /// instead of auth none; with `secure` off that is msgr2 crc mode after a cephx
+    /// handshake, as a cluster with `ms_*_mode = crc` and cephx runs (needs `v2`).
+    pub cephx: bool,
 }
 
 impl MsgrVariant {
     /// asyncmsgr's default: lossy, fast dispatch, msgr v1.
     pub const V1: MsgrVariant =
-        MsgrVariant { lossless: false, queued: false, v2: false, secure: false };
+        MsgrVariant { lossless: false, queued: false, v2: false, secure: false, cephx: false };
     /// The same over msgr2 in crc mode.
     pub const V2: MsgrVariant = MsgrVariant { v2: true, ..MsgrVariant::V1 };
+    /// msgr2 in crc mode after a cephx handshake.
+    pub const V2_CEPHX: MsgrVariant = MsgrVariant { cephx: true, ..MsgrVariant::V2 };
     /// The same over msgr2 in secure mode, with cephx.
-    pub const V2_SECURE: MsgrVariant = MsgrVariant { secure: true, ..MsgrVariant::V2 };
+    pub const V2_SECURE: MsgrVariant = MsgrVariant { secure: true, ..MsgrVariant::V2_CEPHX };
 }
 
 /// One implementation of the request/reply workload.
@@ -103,6 +109,7 @@ impl Peer {
             "asyncmsgr" => v(false, false),
             "v2" | "asyncmsgr-v2" => Peer::Asyncmsgr(MsgrVariant::V2),
             "v2s" | "asyncmsgr-v2-secure" => Peer::Asyncmsgr(MsgrVariant::V2_SECURE),
+            "v2c" | "asyncmsgr-v2-cephx" => Peer::Asyncmsgr(MsgrVariant::V2_CEPHX),
             "lossless" | "asyncmsgr+lossless" => v(true, false),
             "queued" | "asyncmsgr+queued" => v(false, true),
             "lossless+queued" | "asyncmsgr+lossless+queued" => v(true, true),
@@ -119,10 +126,11 @@ impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Peer::Asyncmsgr(v) => {
-                f.write_str(match (v.v2, v.secure) {
-                    (false, _) => "asyncmsgr",
-                    (true, false) => "asyncmsgr-v2",
-                    (true, true) => "asyncmsgr-v2-secure",
+                f.write_str(match (v.v2, v.secure, v.cephx) {
+                    (false, _, _) => "asyncmsgr",
+                    (true, false, false) => "asyncmsgr-v2",
+                    (true, false, true) => "asyncmsgr-v2-cephx",
+                    (true, true, _) => "asyncmsgr-v2-secure",
                 })?;
                 if v.lossless {
                     f.write_str("+lossless")?;
@@ -177,6 +185,9 @@ pub struct Args {
     pub plot: Option<PathBuf>,
     /// Profile the asyncmsgr runs in-process and write a flamegraph here (SVG).
     pub flamegraph: Option<PathBuf>,
+    /// asyncmsgr's workers (both messengers) poll without sleeping this long before
+    /// they sleep (`WorkerPoolConfig::busy_poll`); zero: off.
+    pub busy_poll: Duration,
 }
 
 impl Default for Args {
@@ -199,6 +210,7 @@ impl Default for Args {
             runs: 3,
             plot: None,
             flamegraph: None,
+            busy_poll: Duration::ZERO,
         }
     }
 }
@@ -225,11 +237,15 @@ options:
                       v2 = asyncmsgr over msgr2 (crc mode) beside asyncmsgr over v1;
                       v2s = asyncmsgr over msgr2 in secure mode (cephx keys from an
                       in-process key server; the run fails unless secure was negotiated);
+                      v2c = asyncmsgr over msgr2 in crc mode after a cephx handshake;
+                      every asyncmsgr-v2 run fails unless both ends negotiated the mode
                       rados (the rados crate's msgr2 at both ends: crc, auth none, lossy;
                       one task per connection alternates sends and receives, as its
                       Connection allows; refused when depth x reply-size > 256 KiB; crc
                       only: the crate's server has no cephx, so no secure mode)
   --proto v1|v2       the protocol of the asyncmsgr peer (and of server/client modes)
+  --auth none|cephx   the asyncmsgr peer's authentication (cephx: with --proto v2; secure
+                      mode implies it; default none in crc mode)
   --mode crc|secure   msgr2's connection mode of the asyncmsgr peer (secure: with --proto v2,
                       cephx at both ends, in-process compare/matrix runs only)
   --lossless          asyncmsgr with lossless_peer at both ends (acks, resend on reconnect)
@@ -246,6 +262,9 @@ options:
   --runs N            runs per cell in matrix mode (default 3)
   --plot FILE.svg     latency distribution of every peer on one chart
   --flamegraph FILE.svg   profile the asyncmsgr run in-process
+  --busy-poll US      asyncmsgr's workers poll without sleeping this long before they
+                      sleep (default 0: off); lower depth-1 latency for CPU, which the
+                      cpu column shows
   --quiet             no progress line";
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -267,6 +286,7 @@ impl Args {
     pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         let mut a = Args::default();
         let mut conns_given = false;
+        let mut auth: Option<bool> = None;
         let mut it = argv.into_iter();
         while let Some(arg) = it.next() {
             let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -303,6 +323,13 @@ impl Args {
                         other => return Err(format!("--mode crc|secure, not {other:?}")),
                     }
                 }
+                "--auth" => {
+                    auth = Some(match value("--auth")?.as_str() {
+                        "none" => false,
+                        "cephx" => true,
+                        other => return Err(format!("--auth none|cephx, not {other:?}")),
+                    })
+                }
                 "--queued" => a.variant.queued = true,
                 "--size" => a.size = parse_size(&value("--size")?)?,
                 "--reply-size" => a.reply_size = parse_size(&value("--reply-size")?)?,
@@ -327,6 +354,10 @@ impl Args {
                 }
                 "--plot" => a.plot = Some(value("--plot")?.into()),
                 "--flamegraph" => a.flamegraph = Some(value("--flamegraph")?.into()),
+                "--busy-poll" => {
+                    let us = number(value("--busy-poll")?)?;
+                    a.busy_poll = Duration::from_micros(us as u64);
+                }
                 "--quiet" => a.progress = false,
                 "-h" | "--help" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -335,6 +366,16 @@ impl Args {
         if a.mode == Mode::Conns && !conns_given {
             a.conns = 1000;
         }
+        // Secure mode's keys come from cephx: it implies it, and refuses auth none.
+        a.variant.cephx = match auth {
+            Some(false) if a.variant.secure => {
+                return Err("--mode secure needs --auth cephx: secure mode's keys come from \
+                            the cephx exchange"
+                    .into())
+            }
+            Some(cephx) => cephx || a.variant.secure,
+            None => a.variant.secure,
+        };
         // `--lossless` / `--queued` / `--proto` apply to the plain asyncmsgr peer; with
         // `--proto v2` the default table's separate v2 row would repeat it.
         for p in &mut a.peers {
@@ -355,11 +396,17 @@ impl Args {
                         (only message signatures)"
                 .into());
         }
-        if a.variant.secure && matches!(a.mode, Mode::Server | Mode::Client) {
+        if a.variant.cephx && !a.variant.v2 {
+            // Only msgr2 reports what the handshake negotiated, so only there can the
+            // run check that both ends really ran it.
+            return Err("--auth cephx needs --proto v2".into());
+        }
+        if a.variant.cephx && matches!(a.mode, Mode::Server | Mode::Client) {
             // The cephx keys come from a key server in this process; two processes
             // would need a keyring both read.
-            return Err("--mode secure runs in-process only (compare, matrix), not in \
-                        server/client mode: the cephx keys live in one process"
+            return Err("--auth cephx and --mode secure run in-process only (compare, \
+                        matrix), not in server/client mode: the cephx keys live in one \
+                        process"
                 .into());
         }
         if a.depth == 0 || a.conns == 0 || a.workers == 0 || a.runs == 0 || a.peers.is_empty() {

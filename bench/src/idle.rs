@@ -104,7 +104,8 @@ pub fn clients(addr: SocketAddr, n: usize) -> io::Result<()> {
 pub fn run(args: &Args) -> io::Result<()> {
     raise_fd_limit();
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let (server, addr) = crate::msgr::server(args, loopback, MsgrVariant::default())?;
+    let server = crate::msgr::server(args, loopback, MsgrVariant::default())?;
+    let addr = server.addr;
     // Warm the server's paths once so one-time allocations are not charged to the idle
     // connections: a few connections come and go first.
     {
@@ -113,7 +114,7 @@ pub fn run(args: &Args) -> io::Result<()> {
         let _ = child.wait();
     }
     let settle = Instant::now() + Duration::from_secs(10);
-    while server.connection_count() > 0 && Instant::now() < settle {
+    while server.messenger.connection_count() > 0 && Instant::now() < settle {
         std::thread::sleep(Duration::from_millis(10));
     }
     let before = rss_bytes()?;
@@ -125,10 +126,10 @@ pub fn run(args: &Args) -> io::Result<()> {
         return Err(io::Error::other(format!("clients failed: {line:?}")));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while server.connection_count() < args.conns && Instant::now() < deadline {
+    while server.messenger.connection_count() < args.conns && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let conns = server.connection_count();
+    let conns = server.messenger.connection_count();
     let after = rss_bytes()?;
     let per = (after.saturating_sub(before)) as f64 / conns.max(1) as f64;
     #[allow(clippy::print_stdout)]

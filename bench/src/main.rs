@@ -69,8 +69,8 @@ fn run(args: &Args) -> Result<(), String> {
             finish(args, &reports)
         }
         Mode::Server => {
-            let (server, addr) = msgr::server(args, args.addr, args.variant).map_err(io)?;
-            eprintln!("asyncmsgr server on {addr}; Ctrl-C to stop");
+            let server = msgr::server(args, args.addr, args.variant).map_err(io)?;
+            eprintln!("asyncmsgr server on {}; Ctrl-C to stop", server.addr);
             // Runs until killed: the workers and dispatch thread do the work.
             loop {
                 std::thread::park();

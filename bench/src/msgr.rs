@@ -3,6 +3,7 @@
 //! every reply answers the oldest request (tid order), count resets, and fail the run
 //! when a reply is missing, out of order, or traffic stops.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,23 +29,24 @@ use crate::report::{measure, new_histogram, Report};
 use crate::verify::{InFlight, Signal};
 use crate::wire::{client_name, MSG_PING, SERVER_NAME};
 
-/// The messengers' options; with `auth` (secure mode), that provider authenticates
-/// every connection and the mode options (`ms_client_mode`, `ms_service_mode`) allow
-/// secure mode only, so a connection that cannot have it fails instead of running crc.
-fn config(args: &Args, auth: Option<Arc<CephxProvider>>) -> MessengerConfig {
+/// The messengers' options; with `auth` (cephx), that provider authenticates every
+/// connection and the mode options (`ms_client_mode`, `ms_service_mode`) allow only the
+/// mode `variant` asks for, so a connection that cannot have it fails instead of running
+/// the other.
+fn config(args: &Args, variant: MsgrVariant, auth: Option<Arc<CephxProvider>>) -> MessengerConfig {
     let config = MessengerConfig {
         workers: args.workers,
         crc_header: args.crc,
         crc_data: args.crc,
         ..MessengerConfig::default()
     };
-    match auth {
-        None => config,
-        Some(provider) => {
-            let secure = Some(ConModes(vec![ConMode::SECURE]));
-            MessengerConfig { client_mode: secure.clone(), service_mode: secure, ..config }
+    match (auth, expected_mode(variant)) {
+        (Some(provider), Some(mode)) => {
+            let only = Some(ConModes(vec![mode]));
+            MessengerConfig { client_mode: only.clone(), service_mode: only, ..config }
                 .with_auth_provider(provider)
         }
+        _ => config,
     }
 }
 
@@ -57,9 +59,70 @@ fn expected_mode(variant: MsgrVariant) -> Option<ConMode> {
     }
 }
 
-/// The providers `variant` needs: cephx keys for secure mode, none (auth none) else.
+/// Whether `variant` authenticates with cephx (secure mode always does).
+fn wants_cephx(variant: MsgrVariant) -> bool {
+    variant.cephx || variant.secure
+}
+
+/// The providers `variant` needs: cephx keys, or none (auth none).
 fn keys_for(variant: MsgrVariant) -> io::Result<Option<Keys>> {
-    variant.secure.then(Keys::new).transpose().map_err(io::Error::other)
+    wants_cephx(variant).then(Keys::new).transpose().map_err(io::Error::other)
+}
+
+/// Checks that a connection spoke `proto` and negotiated the mode `variant` asks for;
+/// `end` names the side in the error.
+fn check_spoke(end: &str, variant: MsgrVariant, spoke: Spoke) -> io::Result<()> {
+    let proto = if variant.v2 { ProtocolVersion::V2 } else { ProtocolVersion::V1 };
+    if spoke.0 != Some(proto) {
+        return Err(io::Error::other(format!("{end}: asked for {proto:?}, spoke {:?}", spoke.0)));
+    }
+    let mode = expected_mode(variant);
+    if mode.is_some() && spoke.1 != mode {
+        let show = |m: Option<ConMode>| m.map_or("no".to_string(), |m| m.to_string());
+        return Err(io::Error::other(format!(
+            "{end}: asked for msgr2 {} mode, negotiated {} mode",
+            show(mode),
+            show(spoke.1)
+        )));
+    }
+    Ok(())
+}
+
+/// The protocol a connection spoke and the msgr2 mode it negotiated.
+type Spoke = (Option<ProtocolVersion>, Option<ConMode>);
+
+/// What the server's end of each accepted connection negotiated, by connection id,
+/// recorded when the session opens (before its first message is dispatched).
+#[derive(Default)]
+pub struct Accepted(Mutex<BTreeMap<u64, Spoke>>);
+
+impl Accepted {
+    fn record(&self, conn: &Connection) {
+        self.0.lock().insert(conn.id(), (conn.protocol(), conn.con_mode()));
+    }
+
+    /// Sessions the server opened so far.
+    pub fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+
+    /// Whether the server opened no session.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().is_empty()
+    }
+
+    /// Fails unless the server opened at least `conns` sessions and every one spoke the
+    /// protocol and mode `variant` asks for.
+    pub fn check(&self, variant: MsgrVariant, conns: usize) -> io::Result<()> {
+        let accepted = self.0.lock().clone();
+        if accepted.len() < conns {
+            return Err(io::Error::other(format!(
+                "server: opened {} sessions for {conns} client connections",
+                accepted.len()
+            )));
+        }
+        accepted.into_values().try_for_each(|spoke| check_spoke("server", variant, spoke))
+    }
 }
 
 /// Answers every message on its own connection with a message of the same type and tid
@@ -68,6 +131,7 @@ fn keys_for(variant: MsgrVariant) -> io::Result<Option<Keys>> {
 struct Echo {
     reply: Bytes,
     queued: bool,
+    accepted: Arc<Accepted>,
 }
 
 impl Echo {
@@ -94,35 +158,70 @@ impl Dispatcher<Connection> for Echo {
     fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
         self.answer(conn, &msg);
     }
+    fn ms_handle_fast_accept(&self, conn: &Connection) {
+        self.accepted.record(conn);
+    }
+    fn ms_handle_accept(&self, conn: &Connection) {
+        // Queued dispatch gets no fast hook; in fast mode this repeats the record.
+        self.accepted.record(conn);
+    }
     fn ms_handle_reset(&self, _conn: &Connection) -> bool {
         // Every client that leaves resets its lossy session; nothing to do.
         true
     }
 }
 
+/// A server messenger of the bench on its own worker pool, and what its accepted
+/// sessions negotiated.
+pub struct Server {
+    /// The messenger.
+    pub messenger: Messenger,
+    /// Its workers (the bench's, so they can busy-poll).
+    pool: Arc<WorkerPool>,
+    /// The address it is bound to.
+    pub addr: SocketAddr,
+    /// Protocol and mode of every session it opened.
+    pub accepted: Arc<Accepted>,
+}
+
+impl Server {
+    /// Shuts the messenger down, then its workers.
+    pub fn shutdown(&self) {
+        self.messenger.shutdown();
+        self.pool.shutdown();
+    }
+}
+
+/// A pool of `args.workers` workers, busy-polling `--busy-poll` before they sleep.
+fn worker_pool(args: &Args, name_prefix: &str) -> io::Result<Arc<WorkerPool>> {
+    Ok(Arc::new(WorkerPool::new(WorkerPoolConfig {
+        workers: args.workers,
+        name_prefix: name_prefix.into(),
+        busy_poll: args.busy_poll,
+        ..WorkerPoolConfig::default()
+    })?))
+}
+
 /// Starts a server messenger bound to `addr`, auth none (see [`server_with`]).
-pub fn server(
-    args: &Args,
-    addr: SocketAddr,
-    variant: MsgrVariant,
-) -> io::Result<(Messenger, SocketAddr)> {
+pub fn server(args: &Args, addr: SocketAddr, variant: MsgrVariant) -> io::Result<Server> {
     server_with(args, addr, variant, None)
 }
 
-/// Starts a server messenger bound to `addr`, authenticating with `auth` (cephx,
-/// secure mode only) when given. A secure `variant` needs it.
+/// Starts a server messenger bound to `addr`, authenticating with `auth` (cephx, only
+/// the mode `variant` asks for) when given. A cephx or secure `variant` needs it.
 pub fn server_with(
     args: &Args,
     addr: SocketAddr,
     variant: MsgrVariant,
     auth: Option<Arc<CephxProvider>>,
-) -> io::Result<(Messenger, SocketAddr)> {
-    if variant.secure && auth.is_none() {
-        return Err(io::Error::other("secure mode needs the server's cephx provider"));
+) -> io::Result<Server> {
+    if wants_cephx(variant) && auth.is_none() {
+        return Err(io::Error::other("cephx needs the server's cephx provider"));
     }
     // Nonce 0, as a monitor announces: a client that knows only the server's IP:port
     // (the `client` mode in another process) dials exactly what the server announces.
-    let m = Messenger::new(SERVER_NAME, 0, config(args, auth))?;
+    let pool = worker_pool(args, "bench-server")?;
+    let m = Messenger::with_pool(SERVER_NAME, 0, config(args, variant, auth), pool.clone())?;
     m.set_default_policy(if variant.lossless {
         Policy::lossless_peer()
     } else {
@@ -130,11 +229,13 @@ pub fn server_with(
     });
     let bound = m.bind(addr)?;
     m.start()?;
+    let accepted = Arc::new(Accepted::default());
     m.add_dispatcher_head(Arc::new(Echo {
         reply: Bytes::from(vec![0x5a; args.reply_size]),
         queued: variant.queued,
+        accepted: accepted.clone(),
     }))?;
-    Ok((m, bound))
+    Ok(Server { messenger: m, pool, addr: bound, accepted })
 }
 
 /// The window of one connection: requests in flight and the round trips completed.
@@ -241,9 +342,9 @@ impl Dispatcher<Connection> for Pipeline {
 /// Runs `args.conns` client messengers against `server` for the run's duration. The
 /// client messengers share one pool of `args.workers` workers (so 1,000 connections
 /// are 1,000 messengers on 2 threads, as daemons share a pool); each is its own entity,
-/// `client.i`, as `ceph_perf_msgr_client` does. With `auth` (secure mode) they share
-/// that cephx provider (one client entity). Fails unless every connection spoke the
-/// protocol and negotiated the mode `variant` asks for.
+/// `client.i`, as `ceph_perf_msgr_client` does. With `auth` (cephx) they share that
+/// cephx provider (one client entity). Fails unless every connection spoke the protocol
+/// and negotiated the mode `variant` asks for.
 pub fn client(
     args: &Args,
     server: SocketAddr,
@@ -251,25 +352,20 @@ pub fn client(
     auth: Option<Arc<CephxProvider>>,
     name: &str,
 ) -> io::Result<Report> {
-    if variant.secure && auth.is_none() {
-        return Err(io::Error::other("secure mode needs the clients' cephx provider"));
+    if wants_cephx(variant) && auth.is_none() {
+        return Err(io::Error::other("cephx needs the clients' cephx provider"));
     }
     let resets = Arc::new(AtomicU64::new(0));
     let mut report = measure(args, name, |deadline, done, signals| {
-        let pool = Arc::new(WorkerPool::new(WorkerPoolConfig {
-            workers: args.workers,
-            name_prefix: "bench-client".into(),
-            ..WorkerPoolConfig::default()
-        })?);
+        let pool = worker_pool(args, "bench-client")?;
         let payload = Bytes::from(vec![0xa5; args.size]);
         // The server announces nonce 0 on one port for both protocols: msgr2 is its
         // `v2:` address there.
         let ty = if variant.v2 { AddrType::MSGR2 } else { AddrType::LEGACY };
         let target = EntityAddr { ty, ..EntityAddr::legacy(server, 0) };
-        let proto = if variant.v2 { ProtocolVersion::V2 } else { ProtocolVersion::V1 };
         let mut clients = Vec::with_capacity(args.conns);
         for i in 0..args.conns {
-            let config = config(args, auth.clone());
+            let config = config(args, variant, auth.clone());
             let m = Messenger::with_pool(client_name(i), 1000 + i as u32, config, pool.clone())?;
             m.set_default_policy(if variant.lossless {
                 Policy::lossless_peer()
@@ -304,18 +400,8 @@ pub fn client(
             let mut spoke = Ok(());
             for (m, conn, pipeline) in clients {
                 let _ = rtt.add(&pipeline.window.lock().hist);
-                if conn.protocol() != Some(proto) && spoke.is_ok() {
-                    let got = conn.protocol();
-                    spoke = Err(io::Error::other(format!("dialled {proto:?}, spoke {got:?}")));
-                }
-                let mode = expected_mode(variant);
-                if mode.is_some() && conn.con_mode() != mode && spoke.is_ok() {
-                    let show = |m: Option<ConMode>| m.map_or("no".to_string(), |m| m.to_string());
-                    spoke = Err(io::Error::other(format!(
-                        "asked for msgr2 {} mode, negotiated {} mode",
-                        show(mode),
-                        show(conn.con_mode())
-                    )));
+                if spoke.is_ok() {
+                    spoke = check_spoke("client", variant, (conn.protocol(), conn.con_mode()));
                 }
                 m.shutdown();
             }
@@ -327,8 +413,9 @@ pub fn client(
     Ok(report)
 }
 
-/// Server and clients in this process.
-/// In secure mode both get cephx providers from one in-process key server.
+/// Server and clients in this process. With cephx (and in secure mode) both get cephx
+/// providers from one in-process key server. The run fails unless the server's end of
+/// every connection, too, spoke the protocol and negotiated the mode asked for.
 pub fn run(args: &Args, variant: MsgrVariant, name: &str) -> io::Result<Report> {
     let keys = keys_for(variant)?;
     let (server_auth, client_auth) = match keys {
@@ -336,8 +423,12 @@ pub fn run(args: &Args, variant: MsgrVariant, name: &str) -> io::Result<Report> 
         None => (None, None),
     };
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let (server, addr) = server_with(args, loopback, variant, server_auth)?;
-    let report = client(args, addr, variant, client_auth, name);
+    let server = server_with(args, loopback, variant, server_auth)?;
+    let report = client(args, server.addr, variant, client_auth, name);
     server.shutdown();
-    report
+    let mut report = report?;
+    if report.failure.is_none() {
+        report.failure = server.accepted.check(variant, args.conns).err().map(|e| e.to_string());
+    }
+    Ok(report)
 }

@@ -20,7 +20,8 @@ use protocol::Message;
 fn captured_frames_match() {
     let args = Args::default();
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let (server, addr) = bench::msgr::server(&args, loopback, MsgrVariant::default()).unwrap();
+    let server = bench::msgr::server(&args, loopback, MsgrVariant::default()).unwrap();
+    let addr = server.addr;
     let mut cfg = protocol::Config::new(client_name(0), EntityAddr::legacy(loopback, 4242));
     cfg.crc_header = true;
     cfg.crc_data = true;

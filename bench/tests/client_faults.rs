@@ -108,8 +108,8 @@ fn client_fails_against(d: Arc<dyn Dispatcher<Connection>>, stall_secs: &str, wh
 #[test]
 fn client_fails_when_the_server_goes_away() {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let (server, addr) =
-        bench::msgr::server(&Args::default(), loopback, MsgrVariant::default()).unwrap();
+    let server = bench::msgr::server(&Args::default(), loopback, MsgrVariant::default()).unwrap();
+    let addr = server.addr;
     let mut client = Client::start(addr, "3");
     client.wait_for_traffic();
     server.shutdown();
