@@ -30,11 +30,11 @@ impl Message {
             priority: self.priority,
             version: self.version,
             data_off: self.data_off,
-            src: self.src.unwrap_or(src),
+            src: self.src().unwrap_or(src),
             compat_version: self.compat_version,
             ..MsgHeader::default()
         };
-        let segments = [&self.front[..], &self.middle[..], &self.data[..]];
+        let segments = [&self.front[..], &self.middle()[..], &self.data[..]];
         seal_header(fields, segments, crc_header, crc_data)
     }
 
@@ -137,7 +137,7 @@ impl Frame {
         Frame {
             head,
             front: msg.front.clone(),
-            middle: msg.middle.clone(),
+            middle: msg.middle().clone(),
             data: msg.data.clone(),
             footer,
             footer_len,

@@ -56,7 +56,7 @@ use crate::wire::{MsgFooter, MsgHeader};
 pub const DIRECT_ASSEMBLY_MIN: usize = 64 << 10;
 
 /// What one message held in a queue costs beyond its payload: the `Message` value
-/// itself (240 bytes), the queue entry around it (connection handle, throttle permit,
+/// itself (168 bytes), the queue entry around it (connection handle, throttle permit,
 /// arrival ticket), the shared header of its payload allocation and allocator slack,
 /// rounded up. Charged with the payload wherever messages are bounded (the dispatch
 /// throttle, the send queues), so a flood of empty messages is bounded too.
@@ -77,25 +77,40 @@ pub const PRIO_HIGHEST: u16 = 255;
 
 /// A Ceph message: header fields, payload segments, the received footer and the
 /// timestamps the messenger fills in.
+///
+/// Every received message is moved several times on its way to a dispatcher (decoder,
+/// event queue, driver, dispatch queue), so the value is kept small: the sender's name
+/// is stored unpacked (no `Option` padding), the middle segment, which almost no
+/// message type uses, is boxed, and only the two timestamps the messenger sets are kept.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Message {
     msg_type: u16,
     version: u16,
     compat_version: u16,
     priority: u16,
+    data_off: u16,
+    /// The sender's type; `None` for a locally built message (see [`Message::src`]).
+    src_type: Option<EntityType>,
+    /// The sender's number (meaningless while `src_type` is `None`).
+    src_num: i64,
     tid: u64,
     seq: u64,
-    src: Option<EntityName>,
-    data_off: u16,
     front: Bytes,
-    middle: Bytes,
+    /// `None` for an empty middle (nearly every message).
+    middle: Option<Box<Bytes>>,
     data: Bytes,
     /// The footer as received (crcs, signature, flags); default for locally built ones.
     footer: MsgFooter,
     recv_stamp: Option<Instant>,
-    throttle_stamp: Option<Instant>,
-    recv_complete_stamp: Option<Instant>,
     dispatch_stamp: Option<Instant>,
+}
+
+/// What [`Message::middle`] returns for a message without a middle segment.
+static EMPTY_SEGMENT: Bytes = Bytes::new();
+
+/// A boxed middle segment, `None` when empty (see [`Message`]).
+fn boxed_segment(seg: Bytes) -> Option<Box<Bytes>> {
+    (!seg.is_empty()).then(|| Box::new(seg))
 }
 
 impl Message {
@@ -119,10 +134,11 @@ impl Message {
             priority: header.priority,
             tid: header.tid,
             seq: header.seq,
-            src: Some(header.src),
+            src_type: Some(header.src.ty),
+            src_num: header.src.num,
             data_off: header.data_off,
             front,
-            middle,
+            middle: boxed_segment(middle),
             data,
             footer,
             ..Default::default()
@@ -176,11 +192,12 @@ impl Message {
     /// The sender as named in the header; `None` for a locally built message, which
     /// the session stamps with its own name when encoding.
     pub fn src(&self) -> Option<EntityName> {
-        self.src
+        self.src_type.map(|ty| EntityName { ty, num: self.src_num })
     }
     /// Sets the sender name.
     pub fn set_src(&mut self, src: EntityName) {
-        self.src = Some(src);
+        self.src_type = Some(src.ty);
+        self.src_num = src.num;
     }
     /// The header's `data_off`.
     pub fn data_off(&self) -> u16 {
@@ -200,11 +217,11 @@ impl Message {
     }
     /// The middle segment.
     pub fn middle(&self) -> &Bytes {
-        &self.middle
+        self.middle.as_deref().unwrap_or(&EMPTY_SEGMENT)
     }
     /// Sets the middle segment.
     pub fn set_middle(&mut self, middle: Bytes) {
-        self.middle = middle;
+        self.middle = boxed_segment(middle);
     }
     /// The data segment.
     pub fn data(&self) -> &Bytes {
@@ -216,7 +233,7 @@ impl Message {
     }
     /// Payload bytes (front + middle + data): what the throttles charge.
     pub fn payload_len(&self) -> usize {
-        self.front.len() + self.middle.len() + self.data.len()
+        self.front.len() + self.middle().len() + self.data.len()
     }
     /// What this message costs while it waits for dispatch: its payload plus
     /// [`MESSAGE_OVERHEAD`]. The dispatch throttle is charged this much.
@@ -231,20 +248,34 @@ impl Message {
     /// Copies the payload into one allocation of its own when it is smaller than
     /// `below` bytes. A received message's segments are usually slices of a large read
     /// buffer shared with other messages; a small message kept for long (queued for
-    /// dispatch) would keep all of that buffer alive. Costs one copy of the payload.
+    /// dispatch) would keep all of that buffer alive. Costs one copy of the payload and
+    /// one allocation (two when more than one segment is set).
     pub fn compact(&mut self, below: usize) {
         let len = self.payload_len();
         if len == 0 || len >= below {
             return;
         }
+        // Nearly every message has one segment: a copy of its own is one exact-size
+        // allocation, never shared, so it needs no separate reference count (slicing
+        // one allocation into three segments does).
+        if self.middle.is_none() {
+            if self.data.is_empty() {
+                self.front = Bytes::copy_from_slice(&self.front);
+                return;
+            }
+            if self.front.is_empty() {
+                self.data = Bytes::copy_from_slice(&self.data);
+                return;
+            }
+        }
         let mut own = BytesMut::with_capacity(len);
-        for seg in [&self.front, &self.middle, &self.data] {
+        for seg in [&self.front, self.middle(), &self.data] {
             own.extend_from_slice(seg);
         }
         let own = own.freeze();
-        let (f, m) = (self.front.len(), self.front.len() + self.middle.len());
+        let (f, m) = (self.front.len(), self.front.len() + self.middle().len());
         self.front = own.slice(..f);
-        self.middle = own.slice(f..m);
+        self.middle = boxed_segment(own.slice(f..m));
         self.data = own.slice(m..);
     }
     /// The footer as received (default for a locally built message).
@@ -259,22 +290,6 @@ impl Message {
     /// Records when the first byte was read.
     pub fn set_recv_stamp(&mut self, at: Instant) {
         self.recv_stamp = Some(at);
-    }
-    /// When throttle budget was granted.
-    pub fn throttle_stamp(&self) -> Option<Instant> {
-        self.throttle_stamp
-    }
-    /// Records when throttle budget was granted.
-    pub fn set_throttle_stamp(&mut self, at: Instant) {
-        self.throttle_stamp = Some(at);
-    }
-    /// When the last byte was read.
-    pub fn recv_complete_stamp(&self) -> Option<Instant> {
-        self.recv_complete_stamp
-    }
-    /// Records when the last byte was read.
-    pub fn set_recv_complete_stamp(&mut self, at: Instant) {
-        self.recv_complete_stamp = Some(at);
     }
     /// When the message was handed to a dispatcher.
     pub fn dispatch_stamp(&self) -> Option<Instant> {
@@ -305,9 +320,9 @@ impl fmt::Debug for Message {
             .field("priority", &self.priority)
             .field("tid", &self.tid)
             .field("seq", &self.seq)
-            .field("src", &self.src.map(|s| s.to_string()))
+            .field("src", &self.src().map(|s| s.to_string()))
             .field("front_len", &self.front.len())
-            .field("middle_len", &self.middle.len())
+            .field("middle_len", &self.middle().len())
             .field("data_len", &self.data.len())
             .finish()
     }
@@ -542,6 +557,21 @@ mod tests {
         assert_eq!((got.front(), got.data()), (m.front(), m.data()));
     }
 
+    /// Every received message is moved several times on its way to a dispatcher: a
+    /// field added to `Message` should be weighed against that (see its docs).
+    #[test]
+    fn message_stays_small() {
+        assert!(std::mem::size_of::<Message>() <= 168, "{}", std::mem::size_of::<Message>());
+        let mut m = sample();
+        assert_eq!(m.middle(), &Bytes::from_static(b"mid"));
+        m.set_middle(Bytes::new());
+        assert!(m.middle.is_none(), "an empty middle is not boxed");
+        assert_eq!(m.payload_len(), 11 + 100);
+        assert_eq!(m.src(), None);
+        m.set_src(UNNAMED_CLIENT);
+        assert_eq!(m.src(), Some(UNNAMED_CLIENT));
+    }
+
     #[test]
     fn compact_copies_small_payloads_out_of_a_shared_buffer() {
         let shared = Bytes::from(vec![1u8; 64 << 10]);
@@ -555,6 +585,20 @@ mod tests {
             assert!(!range.contains(&(seg.as_ptr() as usize)), "still a slice of the buffer");
         }
         assert_eq!((m.front(), m.middle(), m.data()), (&before.0, &before.1, &before.2));
+        // One segment (front or data alone) is copied too.
+        for data in [false, true] {
+            let mut one = Message::new(17, Bytes::new());
+            if data {
+                one.set_data(shared.slice(300..364));
+            } else {
+                one.set_front(shared.slice(300..364));
+            }
+            one.compact(1 << 10);
+            let (seg, empty) =
+                if data { (one.data(), one.front()) } else { (one.front(), one.data()) };
+            assert!(!range.contains(&(seg.as_ptr() as usize)), "still a slice of the buffer");
+            assert_eq!((seg, empty.len()), (&shared.slice(300..364), 0));
+        }
         // At the threshold and above it stays a zero-copy slice.
         let mut big = Message::new(17, shared.slice(0..1024));
         big.compact(1 << 10);
