@@ -100,8 +100,9 @@ pub trait Protocol: Sized + Send + 'static {
     fn direct_read_buffer(m: &mut Machine<Self>) -> Option<(&mut BytesMut, usize)>;
     /// Whether a message's header was read and it has not completed.
     fn message_in_progress(rx: &Self::OpenRx) -> bool;
-    /// Bytes of memory held for the message being received.
-    fn receive_held_bytes(rx: &Self::OpenRx) -> usize;
+    /// Bytes of memory held for the message being received (the session is open),
+    /// wherever the protocol assembles it.
+    fn receive_held_bytes(m: &Machine<Self>) -> usize;
 
     /// While open: appends ACKs, pending keepalives and framed messages after the
     /// control bytes in `head` (small pieces into `head`, payload segments pushed onto

@@ -152,7 +152,11 @@ impl<P: Protocol> Machine<P> {
 
     /// Bytes of memory held for the message being received.
     pub fn receive_held_bytes(&self) -> usize {
-        self.state.open().map_or(0, |open| P::receive_held_bytes(&open.rx))
+        if self.state.is_open() {
+            P::receive_held_bytes(self)
+        } else {
+            0
+        }
     }
 
     /// Peer misbehaviour seen since the last call: `(issues, not logged at WARN)`. Each

@@ -140,8 +140,8 @@ impl Protocol for V1 {
         rx.next == (super::state::Next::Msg { discard: false }) && rx.decoder.header().is_some()
     }
 
-    fn receive_held_bytes(rx: &OpenRx) -> usize {
-        rx.decoder.held_bytes()
+    fn receive_held_bytes(m: &Machine<V1>) -> usize {
+        m.state.open().map_or(0, |open| open.rx.decoder.held_bytes())
     }
 
     fn transmit(m: &mut Machine<V1>, head: &mut BytesMut, out: &mut Vec<Bytes>) {

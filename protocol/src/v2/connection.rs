@@ -140,8 +140,13 @@ impl Protocol for V2 {
         matches!(rx, OpenRx::Reading { discard: false, .. })
     }
 
-    fn receive_held_bytes(_rx: &OpenRx) -> usize {
-        0
+    fn receive_held_bytes(m: &Machine<V2>) -> usize {
+        // The frame decoder assembles the message (its segments and a large segment's
+        // buffer), not the session's receive state; secure mode takes the payload's
+        // block from the receive buffer only once it is all there, so while a message
+        // is read what waits there counts too.
+        let reading = m.state.open().is_some_and(|o| matches!(o.rx, OpenRx::Reading { .. }));
+        m.proto.decoder.held_bytes() + if reading { m.rx.len() } else { 0 }
     }
 
     fn transmit(m: &mut Machine<V2>, head: &mut BytesMut, out: &mut Vec<Bytes>) {

@@ -264,6 +264,12 @@ impl FrameDecoder {
         Some((&mut self.partial, want))
     }
 
+    /// Bytes of memory held for the frame in progress: the segments taken so far and
+    /// the capacity of a large segment's assembly buffer (0 between frames).
+    pub fn held_bytes(&self) -> usize {
+        self.partial.capacity() + self.segments.iter().map(Bytes::len).sum::<usize>()
+    }
+
     /// Resumes after [`FrameProgress::Head`].
     pub fn proceed(&mut self) -> Result<()> {
         if self.stage != Stage::Paused {
