@@ -127,9 +127,8 @@ pub(crate) fn transmit(m: &mut Machine<V2>, head: &mut BytesMut, out: &mut Vec<B
             compat_version: msg.compat_version(),
             reserved: 0,
         };
-        let h = Bytes::copy_from_slice(&header.to_bytes());
-        let segs = [&h, msg.front(), msg.middle(), msg.data()];
-        match m.proto.encoder.encode(Tag::MESSAGE, &segs, head, out) {
+        let segs = [msg.front(), msg.middle(), msg.data()];
+        match m.proto.encoder.encode_parts(Tag::MESSAGE, &header.to_bytes(), &segs, head, out) {
             Ok(n) => framed += n,
             Err(e) => {
                 m.deferred_fault = Some(Fault::Decode(e));

@@ -61,9 +61,9 @@ impl FrameEncoder {
     }
 
     /// Appends the frame `tag` with `segments` (1..=4; trailing empty ones are dropped,
-    /// as Ceph does). Small pieces go to `buf`; in crc mode, large segments are pushed
-    /// onto `out` by reference after flushing `buf` there, so the wire order is `out`
-    /// then `buf`. Returns the frame's wire length.
+    /// as Ceph does). Small pieces go to `buf`; in crc mode, large segments after
+    /// segment 0 are pushed onto `out` by reference after flushing `buf` there, so the
+    /// wire order is `out` then `buf`. Returns the frame's wire length.
     pub fn encode(
         &mut self,
         tag: Tag,
@@ -71,14 +71,32 @@ impl FrameEncoder {
         buf: &mut BytesMut,
         out: &mut Vec<Bytes>,
     ) -> Result<usize> {
-        if segments.is_empty() || segments.len() > MAX_SEGMENTS {
+        let Some((segment0, rest)) = segments.split_first() else {
+            return Err(Error::Misuse("a frame has 1 to 4 segments"));
+        };
+        self.encode_parts(tag, segment0, rest, buf, out)
+    }
+
+    /// [`FrameEncoder::encode`] with segment 0 as plain bytes (it is always copied into
+    /// `buf`: a MESSAGE's header2 needs no `Bytes` of its own) and the other segments
+    /// in `rest` (0..=3).
+    pub fn encode_parts(
+        &mut self,
+        tag: Tag,
+        segment0: &[u8],
+        rest: &[&Bytes],
+        buf: &mut BytesMut,
+        out: &mut Vec<Bytes>,
+    ) -> Result<usize> {
+        if rest.len() >= MAX_SEGMENTS {
             return Err(Error::Misuse("a frame has 1 to 4 segments"));
         }
         let mut lens = [0usize; MAX_SEGMENTS];
-        for (l, s) in lens.iter_mut().zip(segments) {
+        lens[0] = segment0.len();
+        for (l, s) in lens[1..].iter_mut().zip(rest) {
             *l = s.len();
         }
-        let num = effective_segments(&lens[..segments.len()]);
+        let num = effective_segments(&lens[..=rest.len()]);
         let mut pre = Preamble { tag, num_segments: num as u8, ..Preamble::default() };
         for (i, (&l, desc)) in lens.iter().zip(pre.segments.iter_mut()).take(num).enumerate() {
             let align = if tag == Tag::MESSAGE && i == MAX_SEGMENTS - 1 {
@@ -99,16 +117,15 @@ impl FrameEncoder {
             None => {
                 buf.reserve(PREAMBLE_LEN + CRC_LEN + CRC_EPILOGUE_LEN + 64);
                 buf.extend_from_slice(&pre);
-                let s0 = segments[0];
-                if !s0.is_empty() {
-                    push_segment(s0, buf, out);
-                    buf.put_u32_le(ceph_crc32c(SEGMENT_CRC_SEED, s0));
+                if !segment0.is_empty() {
+                    buf.extend_from_slice(segment0);
+                    buf.put_u32_le(ceph_crc32c(SEGMENT_CRC_SEED, segment0));
                 }
                 if num > 1 {
                     let mut crcs = [0u32; MAX_SEGMENTS - 1];
-                    for i in 1..num {
-                        push_segment(segments[i], buf, out);
-                        crcs[i - 1] = ceph_crc32c(SEGMENT_CRC_SEED, segments[i]);
+                    for (seg, crc) in rest.iter().take(num - 1).zip(&mut crcs) {
+                        push_segment(seg, buf, out);
+                        *crc = ceph_crc32c(SEGMENT_CRC_SEED, seg);
                     }
                     buf.put_u8(LATE_STATUS_COMPLETE);
                     for c in crcs {
@@ -121,7 +138,7 @@ impl FrameEncoder {
                 // Block A: preamble + the first 48 bytes of segment 0, zero padded.
                 let start = buf.len();
                 buf.extend_from_slice(&pre);
-                let s0 = segments[0];
+                let s0 = segment0;
                 let inline = s0.len().min(INLINE_LEN);
                 buf.extend_from_slice(&s0[..inline]);
                 buf.put_bytes(0, INLINE_LEN - inline);
@@ -136,7 +153,7 @@ impl FrameEncoder {
                 // Block C: segments 1.., each padded, and the epilogue.
                 if num > 1 {
                     let start = buf.len();
-                    for s in &segments[1..num] {
+                    for s in rest.iter().take(num - 1) {
                         buf.extend_from_slice(s);
                         buf.put_bytes(0, pad16(s.len()) - s.len());
                     }
