@@ -13,7 +13,7 @@ use crate::types::{EntityName, EntityType};
 use crate::wire::{FooterFlags, MsgFooter, MsgHeader};
 
 use super::frames::{Ack, ControlFrame, Keepalive2, Keepalive2Ack, MsgHeader2, HEADER2_FLAGS};
-use super::framing::Frame;
+use super::framing::{Frame, MAX_SEGMENTS};
 use super::link::{LOG, V2};
 use super::send::{send_control, unexpected};
 use super::state::OpenRx;
@@ -35,21 +35,7 @@ pub(crate) fn start(m: &mut Machine<V2>, now: Instant, resumed: bool, remote_res
 /// A frame of the open session.
 pub(crate) fn on_frame(m: &mut Machine<V2>, now: Instant, f: Frame) -> Result<bool, Fault> {
     match f.tag() {
-        Tag::MESSAGE => {
-            let rx = m.state.open_mut().map(|o| std::mem::replace(&mut o.rx, OpenRx::Idle));
-            let Some(OpenRx::Reading { header, discard }) = rx else {
-                return Err(Fault::Misbehaved("MESSAGE without a header"));
-            };
-            if let Some(open) = m.state.open_mut() {
-                open.budget.finish();
-            }
-            if f.aborted || discard {
-                log::debug!(target: LOG, "{m}: dropped message seq {} (aborted {})", header.seq, f.aborted);
-                return Ok(true);
-            }
-            deliver(m, now, header, f);
-            Ok(true)
-        }
+        Tag::MESSAGE => on_message(m, now, f.segments, f.aborted).map(|()| true),
         Tag::KEEPALIVE2 => {
             let k = Keepalive2::from_segment(&f.segments[0]).map_err(Fault::Decode)?;
             send_control(m, None, &Keepalive2Ack { stamp: k.stamp });
@@ -75,10 +61,33 @@ pub(crate) fn on_frame(m: &mut Machine<V2>, now: Instant, f: Frame) -> Result<bo
     }
 }
 
+/// A complete MESSAGE (its header2 was read with segment 0): delivered unless it was
+/// aborted or is a duplicate.
+pub(crate) fn on_message(
+    m: &mut Machine<V2>,
+    now: Instant,
+    segments: [Bytes; MAX_SEGMENTS],
+    aborted: bool,
+) -> Result<(), Fault> {
+    let rx = m.state.open_mut().map(|o| std::mem::replace(&mut o.rx, OpenRx::Idle));
+    let Some(OpenRx::Reading { header, discard }) = rx else {
+        return Err(Fault::Misbehaved("MESSAGE without a header"));
+    };
+    if let Some(open) = m.state.open_mut() {
+        open.budget.finish();
+    }
+    if aborted || discard {
+        log::debug!(target: LOG, "{m}: dropped message seq {} (aborted {aborted})", header.seq);
+        return Ok(());
+    }
+    deliver(m, now, header, segments);
+    Ok(())
+}
+
 /// A complete MESSAGE: in_seq moves, the piggy-backed ack trims our sent list, and the
 /// message goes up.
-fn deliver(m: &mut Machine<V2>, now: Instant, h: MsgHeader2, f: Frame) {
-    let [_, front, middle, data] = f.segments;
+fn deliver(m: &mut Machine<V2>, now: Instant, h: MsgHeader2, segments: [Bytes; MAX_SEGMENTS]) {
+    let [_, front, middle, data] = segments;
     m.note_received(Seq(h.seq));
     if !m.lossy {
         m.session.ack(Seq(h.ack_seq));

@@ -13,7 +13,7 @@ use crate::types::{AddrType, EntityAddr};
 
 use super::banner::{Banner, Msgr2Features, BANNER_HEAD_LEN, BANNER_PREFIX, V1_BANNER_PREFIX};
 use super::frames::{AuthSignature, ControlFrame, Hello, MsgHeader2};
-use super::framing::{Frame, FrameHead, FrameProgress};
+use super::framing::{Frame, Step};
 use super::link::{LOG, V2};
 use super::send::{send_control, unexpected};
 use super::state::{Handshake, OpenRx};
@@ -104,16 +104,16 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
         return false;
     }
     let n = m.proto.decoder.need();
-    let progress = if m.state.is_open() && m.proto.decoder.reads_in_place() {
+    let step = if m.state.is_open() && m.proto.decoder.reads_in_place() {
         // A preamble or epilogue is only read: no `Bytes` for it, so no reference is
         // taken on (and dropped from) the shared read buffer twice per message.
         let Some(piece) = m.rx.contiguous(n) else {
             ask_next_window(m);
             return false;
         };
-        let progress = m.proto.decoder.advance_slice(piece);
+        let step = m.proto.decoder.step_slice(piece);
         m.rx.consume(n);
-        progress
+        step
     } else {
         let Some(piece) = take(m, n) else {
             absorb_buffered(m);
@@ -124,17 +124,35 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
             m.fault(now, Fault::Misbehaved("pre-auth phase too long"));
             return false;
         }
-        m.proto.decoder.advance(piece)
+        m.proto.decoder.step(piece)
     };
-    match progress {
+    match step {
         Err(e) => {
             m.peer_issue(PeerIssue::BadMessage, format_args!("bad frame: {e}"));
             m.fault(now, Fault::Decode(e));
             false
         }
-        Ok(FrameProgress::NeedMore) => true,
-        Ok(FrameProgress::Head(h)) => handle_head(m, now, h),
-        Ok(FrameProgress::Frame(f)) => handle_frame(m, now, f),
+        Ok(Step::NeedMore) => true,
+        Ok(Step::Head) => handle_head(m, now),
+        Ok(Step::Frame) if m.state.is_open() && m.proto.decoder.preamble().tag == Tag::MESSAGE => {
+            // The common case, kept lean: the segments go from the decoder into the
+            // message, nothing else is moved.
+            log::trace!(target: LOG, "{m}: got {}", Tag::MESSAGE);
+            let aborted = m.proto.decoder.aborted();
+            let segments = m.proto.decoder.take_segments();
+            match open::on_message(m, now, segments, aborted) {
+                Ok(()) => !m.state.is_closed(),
+                Err(fault) => {
+                    log::warn!(target: LOG, "{m}: {}: {fault}", Tag::MESSAGE);
+                    m.fault(now, fault);
+                    false
+                }
+            }
+        }
+        Ok(Step::Frame) => {
+            let f = m.proto.decoder.take_frame();
+            handle_frame(m, now, f)
+        }
     }
 }
 
@@ -189,8 +207,8 @@ fn ask_next_window(m: &mut Machine<V2>) {
 
 /// Segment 0 of a frame is in: a MESSAGE waits for budget (or goes by unstored as a
 /// duplicate); any other frame is read on.
-fn handle_head(m: &mut Machine<V2>, now: Instant, h: FrameHead) -> bool {
-    if h.tag() != Tag::MESSAGE {
+fn handle_head(m: &mut Machine<V2>, now: Instant) -> bool {
+    if m.proto.decoder.preamble().tag != Tag::MESSAGE {
         if let Err(e) = m.proto.decoder.proceed() {
             m.fault(now, Fault::Decode(e));
             return false;
@@ -202,7 +220,7 @@ fn handle_head(m: &mut Machine<V2>, now: Instant, h: FrameHead) -> bool {
         m.fault(now, Fault::Misbehaved("MESSAGE before the session is ready"));
         return false;
     }
-    let header = match MsgHeader2::decode(&h.segment0) {
+    let header = match MsgHeader2::decode(m.proto.decoder.segment0()) {
         Ok(hd) => hd,
         Err(e) => {
             m.fault(now, Fault::Decode(e));
@@ -222,7 +240,7 @@ fn handle_head(m: &mut Machine<V2>, now: Instant, h: FrameHead) -> bool {
         }
         return true;
     }
-    m.request_window(h.payload_len(), true);
+    m.request_window(m.proto.decoder.payload_len(), true);
     false
 }
 

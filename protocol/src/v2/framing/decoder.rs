@@ -64,6 +64,20 @@ pub enum FrameProgress {
     Frame(Frame),
 }
 
+/// What one [`FrameDecoder::step`] produced: [`FrameProgress`] without the frame's
+/// parts, which stay in the decoder until taken ([`FrameDecoder::segment0`],
+/// [`FrameDecoder::take_segments`], [`FrameDecoder::take_frame`]). The receive path of
+/// every message goes through here, so nothing larger than a byte moves per piece.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing yet: call [`FrameDecoder::need`] again.
+    NeedMore,
+    /// Segment 0 is in ([`FrameDecoder::segment0`]): call [`FrameDecoder::proceed`].
+    Head,
+    /// The whole frame is in: take it before the next piece.
+    Frame,
+}
+
 /// Where the decoder is within a frame. The frame's parts live in the decoder's fields,
 /// so moving between stages moves no buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +111,8 @@ pub struct FrameDecoder {
     inline: Bytes,
     /// The segments received so far of the frame in progress.
     segments: [Bytes; MAX_SEGMENTS],
+    /// The frame just completed was aborted by its sender (late_status ABORTED).
+    aborted: bool,
     /// crc mode: the start of a large payload segment that arrived across reads, in the
     /// buffer it is assembled in (grown only by what the caller lets in, see
     /// [`FrameDecoder::assembly_buffer`]); in [`Stage::Skip`], the running crcs of
@@ -120,6 +136,7 @@ impl FrameDecoder {
             preamble: Preamble::default(),
             inline: Bytes::new(),
             segments: Default::default(),
+            aborted: false,
             partial: BytesMut::new(),
         }
     }
@@ -307,20 +324,59 @@ impl FrameDecoder {
 
     /// Feeds exactly [`FrameDecoder::need`] bytes. Any error leaves the decoder failed.
     pub fn advance(&mut self, piece: Bytes) -> Result<FrameProgress> {
+        let step = self.step(piece)?;
+        Ok(self.progress(step))
+    }
+
+    /// [`FrameDecoder::advance`] leaving the frame's parts in the decoder.
+    pub fn step(&mut self, piece: Bytes) -> Result<Step> {
         if piece.len() != self.need() || matches!(self.stage, Stage::Paused | Stage::Failed) {
             return Err(Error::Misuse("advance with the wrong number of bytes"));
         }
-        let stage = std::mem::replace(&mut self.stage, Stage::Failed);
-        let progress = match stage {
-            Stage::Preamble => self.read_preamble(&piece)?,
-            Stage::Segment0 => self.read_segment0(piece)?,
-            Stage::Rest { next } => self.read_rest(next, piece)?,
-            Stage::Skip { next, passed } => self.skip_piece(next, passed, &piece)?,
-            Stage::Paused | Stage::Failed => {
-                return Err(Error::Misuse("advance on a failed decoder"))
-            }
-        };
-        Ok(progress)
+        match std::mem::replace(&mut self.stage, Stage::Failed) {
+            Stage::Preamble => self.read_preamble(&piece),
+            Stage::Segment0 => self.read_segment0(piece),
+            Stage::Rest { next } => self.read_rest(next, piece),
+            Stage::Skip { next, passed } => self.skip_piece(next, passed, &piece),
+            Stage::Paused | Stage::Failed => Err(Error::Misuse("advance on a failed decoder")),
+        }
+    }
+
+    /// The parts of what `step` produced, handed out.
+    fn progress(&mut self, step: Step) -> FrameProgress {
+        match step {
+            Step::NeedMore => FrameProgress::NeedMore,
+            Step::Head => FrameProgress::Head(FrameHead {
+                preamble: self.preamble,
+                segment0: self.segments[0].clone(),
+            }),
+            Step::Frame => FrameProgress::Frame(self.take_frame()),
+        }
+    }
+
+    /// The preamble of the frame in progress (or just completed).
+    pub fn preamble(&self) -> &Preamble {
+        &self.preamble
+    }
+
+    /// Segment 0 of the frame in progress, once [`Step::Head`] was returned.
+    pub fn segment0(&self) -> &Bytes {
+        &self.segments[0]
+    }
+
+    /// Whether the frame just completed ([`Step::Frame`]) was aborted by its sender.
+    pub fn aborted(&self) -> bool {
+        self.aborted
+    }
+
+    /// Takes the segments of the frame just completed ([`Step::Frame`]).
+    pub fn take_segments(&mut self) -> [Bytes; MAX_SEGMENTS] {
+        std::mem::take(&mut self.segments)
+    }
+
+    /// Takes the frame just completed ([`Step::Frame`]).
+    pub fn take_frame(&mut self) -> Frame {
+        Frame { preamble: self.preamble, segments: self.take_segments(), aborted: self.aborted }
     }
 
     /// Whether the next piece is only read, never kept (the preamble, crc mode's
@@ -339,6 +395,12 @@ impl FrameDecoder {
     /// ([`FrameDecoder::reads_in_place`]): the caller needs no `Bytes` for it (no
     /// reference taken on a shared read buffer). Any error leaves the decoder failed.
     pub fn advance_slice(&mut self, piece: &[u8]) -> Result<FrameProgress> {
+        let step = self.step_slice(piece)?;
+        Ok(self.progress(step))
+    }
+
+    /// [`FrameDecoder::advance_slice`] leaving the frame's parts in the decoder.
+    pub fn step_slice(&mut self, piece: &[u8]) -> Result<Step> {
         if !self.reads_in_place() || piece.len() != self.need() {
             return Err(Error::Misuse("advance_slice with a piece that is kept or wrong"));
         }
@@ -349,7 +411,7 @@ impl FrameDecoder {
         }
     }
 
-    fn read_preamble(&mut self, piece: &[u8]) -> Result<FrameProgress> {
+    fn read_preamble(&mut self, piece: &[u8]) -> Result<Step> {
         let mut raw = [0u8; PREAMBLE_LEN];
         match self.secure.as_mut() {
             None => {
@@ -366,16 +428,21 @@ impl FrameDecoder {
         }
         let preamble = Preamble::decode(&raw)?;
         self.limits.check(&preamble)?;
+        if self.segments.iter().any(|seg| !seg.is_empty()) {
+            // Parts of the last frame nobody took: never mistaken for this one's.
+            self.segments = Default::default();
+        }
         self.preamble = preamble;
+        self.aborted = false;
         self.stage = Stage::Segment0;
         if self.need() == 0 {
             self.stage = Stage::Failed;
             return self.read_segment0(Bytes::new());
         }
-        Ok(FrameProgress::NeedMore)
+        Ok(Step::NeedMore)
     }
 
-    fn read_segment0(&mut self, piece: Bytes) -> Result<FrameProgress> {
+    fn read_segment0(&mut self, piece: Bytes) -> Result<Step> {
         let l0 = self.preamble.lens()[0] as usize;
         let segment0 = match self.secure.as_mut() {
             None if l0 == 0 => Bytes::new(),
@@ -402,12 +469,12 @@ impl FrameDecoder {
             }
         };
         self.inline = Bytes::new();
-        self.segments[0] = segment0.clone();
+        self.segments[0] = segment0;
         self.stage = Stage::Paused;
-        Ok(FrameProgress::Head(FrameHead { preamble: self.preamble, segment0 }))
+        Ok(Step::Head)
     }
 
-    fn read_rest(&mut self, next: usize, piece: Bytes) -> Result<FrameProgress> {
+    fn read_rest(&mut self, next: usize, piece: Bytes) -> Result<Step> {
         let num = usize::from(self.preamble.num_segments);
         let lens = self.preamble.lens();
         if num <= 1 {
@@ -426,7 +493,7 @@ impl FrameDecoder {
                     *slot = segment;
                 }
                 self.stage = Stage::Rest { next: next + 1 };
-                return Ok(FrameProgress::NeedMore);
+                return Ok(Step::NeedMore);
             }
             None => return self.read_crc_epilogue(&piece, false),
             Some(gcm) => {
@@ -451,7 +518,7 @@ impl FrameDecoder {
 
     /// One piece of segment `next` of a skipped frame (or its epilogue): into the
     /// segment's running crc, then dropped.
-    fn skip_piece(&mut self, next: usize, passed: u32, piece: &[u8]) -> Result<FrameProgress> {
+    fn skip_piece(&mut self, next: usize, passed: u32, piece: &[u8]) -> Result<Step> {
         let num = usize::from(self.preamble.num_segments);
         if next >= num {
             return self.read_crc_epilogue(piece, true);
@@ -470,13 +537,13 @@ impl FrameDecoder {
             // `passed < len`, a segment length: fits.
             Stage::Skip { next, passed: passed as u32 }
         };
-        Ok(FrameProgress::NeedMore)
+        Ok(Step::NeedMore)
     }
 
     /// crc mode's epilogue: late_status, then the crcs of segments 1..3 (0 past
     /// num_segments), checked against the segments read (`skipped`: against the running
     /// crcs of a skipped frame's segments).
-    fn read_crc_epilogue(&mut self, piece: &[u8], skipped: bool) -> Result<FrameProgress> {
+    fn read_crc_epilogue(&mut self, piece: &[u8], skipped: bool) -> Result<Step> {
         let num = usize::from(self.preamble.num_segments);
         let (late, crcs) = piece.split_at(1);
         let running = if skipped { std::mem::take(&mut self.partial) } else { BytesMut::new() };
@@ -495,7 +562,7 @@ impl FrameDecoder {
     }
 
     /// The frame is complete with this late_status.
-    fn finish_with(&mut self, late_status: u8) -> Result<FrameProgress> {
+    fn finish_with(&mut self, late_status: u8) -> Result<Step> {
         let aborted = match late_status & LATE_STATUS_MASK {
             LATE_STATUS_COMPLETE => false,
             LATE_STATUS_ABORTED => true,
@@ -504,10 +571,10 @@ impl FrameDecoder {
         Ok(self.finish_frame(aborted))
     }
 
-    fn finish_frame(&mut self, aborted: bool) -> FrameProgress {
+    fn finish_frame(&mut self, aborted: bool) -> Step {
         self.stage = Stage::Preamble;
-        let segments = std::mem::take(&mut self.segments);
-        FrameProgress::Frame(Frame { preamble: self.preamble, segments, aborted })
+        self.aborted = aborted;
+        Step::Frame
     }
 }
 

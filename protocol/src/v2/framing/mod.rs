@@ -25,7 +25,7 @@ use crate::message::DecodeLimits;
 
 use super::tag::Tag;
 
-pub use decoder::{Frame, FrameDecoder, FrameHead, FrameProgress};
+pub use decoder::{Frame, FrameDecoder, FrameHead, FrameProgress, Step};
 pub use encoder::FrameEncoder;
 pub use preamble::{Preamble, SegmentDesc, MAX_SEGMENTS, PREAMBLE_LEN};
 pub use secure::{GcmStream, KEY_LEN, NONCE_LEN, SECRET_USED_LEN, TAG_LEN};
