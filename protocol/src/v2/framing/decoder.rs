@@ -292,7 +292,7 @@ impl FrameDecoder {
         if self.stage != Stage::Paused {
             return Err(Error::Misuse("proceed without a frame head"));
         }
-        self.stage = Stage::Rest { next: 1 };
+        self.stage = Stage::Rest { next: self.nonempty_from(1) };
         Ok(())
     }
 
@@ -312,6 +312,19 @@ impl FrameDecoder {
             }
         }
         Ok(())
+    }
+
+    /// crc mode: the first segment from `next` on that has bytes to read (or
+    /// `num_segments`: the epilogue). An empty segment is no piece of its own: a
+    /// message with an empty front or middle (most) takes no read step for it.
+    /// Secure mode reads block C whole, from segment 1.
+    fn nonempty_from(&self, next: usize) -> usize {
+        if self.secure.is_some() {
+            return next;
+        }
+        let num = usize::from(self.preamble.num_segments);
+        let lens = self.preamble.lens();
+        (next..num).find(|&i| lens.get(i).is_some_and(|&l| l > 0)).unwrap_or(num)
     }
 
     /// Forgets any partial frame (after a fault, before reuse).
@@ -492,7 +505,7 @@ impl FrameDecoder {
                 if let Some(slot) = self.segments.get_mut(next) {
                     *slot = segment;
                 }
-                self.stage = Stage::Rest { next: next + 1 };
+                self.stage = Stage::Rest { next: self.nonempty_from(next + 1) };
                 return Ok(Step::NeedMore);
             }
             None => return self.read_crc_epilogue(&piece, false),
