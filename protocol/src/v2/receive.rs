@@ -140,14 +140,8 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
             log::trace!(target: LOG, "{m}: got {}", Tag::MESSAGE);
             let aborted = m.proto.decoder.aborted();
             let segments = m.proto.decoder.take_segments();
-            match open::on_message(m, now, segments, aborted) {
-                Ok(()) => !m.state.is_closed(),
-                Err(fault) => {
-                    log::warn!(target: LOG, "{m}: {}: {fault}", Tag::MESSAGE);
-                    m.fault(now, fault);
-                    false
-                }
-            }
+            let result = open::on_message(m, now, segments, aborted).map(|()| true);
+            conclude(m, now, Tag::MESSAGE, result)
         }
         Ok(Step::Frame) => {
             let f = m.proto.decoder.take_frame();
@@ -156,9 +150,10 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
     }
 }
 
-/// The receive budget of the message being read not yet covered by what arrived of
-/// it; `None` when no (stored) message payload is being read or budget is awaited.
-pub(crate) fn window_left(m: &Machine<V2>) -> Option<u64> {
+/// While a stored message's payload is read and no budget is awaited: what of it was
+/// granted, what arrived (taken by the decoder or buffered) and its total; `None`
+/// otherwise.
+fn payload_progress(m: &Machine<V2>) -> Option<(u64, u64, u64)> {
     let open = m.state.open()?;
     let reading = matches!(open.rx, OpenRx::Reading { discard: false, .. });
     if !reading || open.budget.is_waiting() || m.proto.decoder.is_paused() {
@@ -167,7 +162,13 @@ pub(crate) fn window_left(m: &Machine<V2>) -> Option<u64> {
     let total = m.proto.decoder.payload_len();
     let pending = m.proto.decoder.payload_pending();
     let arrived = total.saturating_sub(pending).saturating_add(m.rx.len() as u64);
-    Some(open.budget.granted().saturating_sub(arrived))
+    Some((open.budget.granted(), arrived, total))
+}
+
+/// The receive budget of the message being read not yet covered by what arrived of
+/// it; `None` when no (stored) message payload is being read or budget is awaited.
+pub(crate) fn window_left(m: &Machine<V2>) -> Option<u64> {
+    payload_progress(m).map(|(granted, arrived, _)| granted.saturating_sub(arrived))
 }
 
 /// A large segment that arrives across reads: what of it is buffered moves into the
@@ -191,15 +192,7 @@ fn absorb_buffered(m: &mut Machine<V2>) {
 /// and reading stops until it is granted. A peer announcing a large message holds only
 /// what it sent plus one window, and the payload timeout runs per window.
 fn ask_next_window(m: &mut Machine<V2>) {
-    let Some(open) = m.state.open() else { return };
-    let reading = matches!(open.rx, OpenRx::Reading { discard: false, .. });
-    if !reading || open.budget.is_waiting() || m.proto.decoder.is_paused() {
-        return;
-    }
-    let total = m.proto.decoder.payload_len();
-    let pending = m.proto.decoder.payload_pending();
-    let arrived = total.saturating_sub(pending).saturating_add(m.rx.len() as u64);
-    let granted = open.budget.granted();
+    let Some((granted, arrived, total)) = payload_progress(m) else { return };
     if arrived >= granted && granted < total {
         m.request_window(total - granted, false);
     }
@@ -281,6 +274,11 @@ fn handle_frame(m: &mut Machine<V2>, now: Instant, f: Frame) -> bool {
         Route::AuthSignature => on_auth_signature(m, now, &f),
         Route::Nowhere => Ok(false),
     };
+    conclude(m, now, tag, result)
+}
+
+/// What a handled frame leaves: whether to read on, or its fault taken.
+fn conclude(m: &mut Machine<V2>, now: Instant, tag: Tag, result: Result<bool, Fault>) -> bool {
     match result {
         Ok(more) => more && !m.state.is_closed(),
         Err(fault) => {

@@ -281,9 +281,8 @@ impl FrameDecoder {
         if want == 0 {
             return None;
         }
-        if self.partial.capacity() - self.partial.len() < want {
-            self.partial.reserve(want);
-        }
+        // No-op when the spare capacity already suffices.
+        self.partial.reserve(want);
         Some((&mut self.partial, want))
     }
 
