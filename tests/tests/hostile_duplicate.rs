@@ -22,6 +22,16 @@ fn worker_sum(srv: &messenger::Messenger, name: &str) -> u64 {
         .sum()
 }
 
+/// Waits until the server's sockets have read `total` bytes in all (no event reports
+/// it, so the counter is polled, with a deadline).
+fn wait_until_read(srv: &messenger::Messenger, total: u64) {
+    let deadline = Instant::now() + WAIT;
+    while srv.totals().recv_bytes < total {
+        assert!(Instant::now() < deadline, "the server stopped reading a duplicate");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 // Ceph skips a duplicate's payload too (msgr-v1.md 3.9); on a fresh session in_seq is 0,
 // so `seq: 0` makes any message a duplicate.
 #[test]
@@ -36,11 +46,7 @@ fn a_duplicate_announcing_128_mib_is_not_stored() {
         sock.write_all(&chunk).expect("payload");
     }
     // Once the server has read those 32 MiB, it holds none of them.
-    let deadline = Instant::now() + WAIT;
-    while srv.totals().recv_bytes < before + 32 * u64::from(MIB) {
-        assert!(Instant::now() < deadline, "the server stopped reading a duplicate");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until_read(&srv, before + 32 * u64::from(MIB));
     let held = worker_sum(&srv, "msgr_recv_held_bytes");
     assert!(held < u64::from(MIB), "a duplicate holds {held} bytes");
     assert_eq!(srv.dispatch_throttle().current(), 0);
@@ -88,11 +94,7 @@ fn a_duplicate_announcing_128_mib_is_not_stored_over_msgr2() {
             if !checked && sent >= 64 * MIB as usize {
                 checked = true;
                 // Once the server has read 64 MiB of it, it holds none of them.
-                let deadline = Instant::now() + WAIT;
-                while srv.totals().recv_bytes < recv_before + 64 * u64::from(MIB) {
-                    assert!(Instant::now() < deadline, "the server stopped reading a duplicate");
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                wait_until_read(&srv, recv_before + 64 * u64::from(MIB));
                 let grew = rss_bytes().saturating_sub(rss_before);
                 assert!(grew < 32 * u64::from(MIB), "a duplicate grew the process by {grew} bytes");
                 assert_eq!(srv.dispatch_throttle().current(), 0, "a duplicate was charged");

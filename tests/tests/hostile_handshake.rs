@@ -92,6 +92,16 @@ fn pipelined_bad_connects_are_answered_a_few_times_then_faulted() {
 // a time (progress every time) is closed when it runs out, not kept forever.
 #[test]
 fn a_trickled_handshake_is_closed_at_the_handshake_timeout() {
+    let (srv, addr) = server_with_a_2s_handshake_timeout();
+    let sock = banner_socket(addr);
+    let connect = connect_msg(good_protocol_version(), Features::PACIFIC_ADVERTISED);
+    // 32 of the 33 bytes: progress all the time, never complete.
+    assert_trickle_is_closed(sock, &connect[..32], "a trickled handshake was kept open");
+    srv.shutdown();
+}
+
+/// A server whose handshakes must be done 2 s after accept.
+fn server_with_a_2s_handshake_timeout() -> (messenger::Messenger, std::net::SocketAddr) {
     let config = messenger::MessengerConfig {
         connection_ready_timeout: Duration::from_secs(2),
         ..test_config(1)
@@ -104,12 +114,15 @@ fn a_trickled_handshake_is_closed_at_the_handshake_timeout() {
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         config,
     );
-    let mut sock = banner_socket(addr);
+    (srv, addr)
+}
+
+/// Writes `bytes` one every 150 ms (the trickle is the misbehaviour) and asserts the
+/// server closes `sock` at its handshake timeout, not later.
+fn assert_trickle_is_closed(mut sock: std::net::TcpStream, bytes: &[u8], kept_open: &str) {
     let started = Instant::now();
-    let connect = connect_msg(good_protocol_version(), Features::PACIFIC_ADVERTISED);
     let mut closed = false;
-    // 32 of the 33 bytes, one every 150 ms: progress all the time, never complete.
-    for b in &connect[..32] {
+    for b in bytes {
         if sock.write_all(&[*b]).is_err() {
             closed = true;
             break;
@@ -119,10 +132,9 @@ fn a_trickled_handshake_is_closed_at_the_handshake_timeout() {
     if !closed {
         closed = closed_within(&mut sock, WAIT);
     }
-    assert!(closed, "a trickled handshake was kept open");
+    assert!(closed, "{kept_open}");
     let took = started.elapsed();
     assert!(took < Duration::from_secs(12), "closed only after {took:?}");
-    srv.shutdown();
 }
 
 // msgr2 counterparts. A raw peer speaks msgr2 (crc mode, auth none) up to the point where
@@ -242,36 +254,11 @@ fn frames_pipelined_before_the_handshake_finished_fault_only_that_connection_ove
 // closed at the handshake timeout (2 s here), not kept while it makes progress.
 #[test]
 fn a_trickled_handshake_is_closed_at_the_handshake_timeout_over_msgr2() {
-    let config = messenger::MessengerConfig {
-        connection_ready_timeout: Duration::from_secs(2),
-        ..test_config(1)
-    };
-    let (srv, addr, _rx) = server_on(
-        EntityType::OSD,
-        1,
-        Policy::stateless_server(),
-        true,
-        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        config,
-    );
+    let (srv, addr) = server_with_a_2s_handshake_timeout();
     let (server, _) = v2_addrs(&srv, 0);
     let mut bytes = Banner::OURS.to_bytes().to_vec();
     bytes.extend(client_hello(server));
-    let mut sock = std::net::TcpStream::connect(addr).expect("connect");
-    let started = Instant::now();
-    let mut closed = false;
-    for b in &bytes {
-        if sock.write_all(&[*b]).is_err() {
-            closed = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(150));
-    }
-    if !closed {
-        closed = closed_within(&mut sock, WAIT);
-    }
-    assert!(closed, "a trickled msgr2 handshake was kept open");
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(12), "closed only after {took:?}");
+    let sock = std::net::TcpStream::connect(addr).expect("connect");
+    assert_trickle_is_closed(sock, &bytes, "a trickled msgr2 handshake was kept open");
     srv.shutdown();
 }
