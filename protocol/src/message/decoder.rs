@@ -249,10 +249,12 @@ impl MessageDecoder {
                 }
                 Stage::HeaderReady => return Ok(Progress::HeaderReady(self.header)),
                 Stage::AwaitHeader => {
-                    let Some(raw) = self.take(input, MsgHeader::LEN) else {
+                    let Some(header) = self.take_small(input, MsgHeader::LEN, |raw| {
+                        MsgHeader::decode(raw).map(|(h, _)| h)
+                    })?
+                    else {
                         return Ok(Progress::NeedMore);
                     };
-                    let (header, _) = MsgHeader::decode(&raw)?;
                     self.check_header(&header)?;
                     log::trace!(target: "msgr::message", "header seq {} type {} front {} middle {} data {}",
                         header.seq, header.msg_type, header.front_len, header.middle_len, header.data_len);
@@ -283,10 +285,12 @@ impl MessageDecoder {
                 }
                 Stage::AwaitFooter => {
                     let format = self.opts.crc.footer;
-                    let Some(raw) = self.take(input, format.encoded_len()) else {
+                    let Some(footer) = self.take_small(input, format.encoded_len(), |raw| {
+                        MsgFooter::decode(raw, format).map(|(f, _)| f)
+                    })?
+                    else {
                         return Ok(Progress::NeedMore);
                     };
-                    let (footer, _) = MsgFooter::decode(&raw, format)?;
                     self.check_footer(&footer)?;
                     let msg = Message::from_parts(
                         &self.header,
@@ -351,10 +355,36 @@ impl MessageDecoder {
         Some((&mut self.partial, need))
     }
 
+    /// Takes exactly `n` bytes of a fixed-size part (header, footer) and decodes them
+    /// with `decode`: straight from `input` when they are all there and nothing is
+    /// pending (no `Bytes` split off and dropped per message), else through [`Self::take`].
+    fn take_small<T>(
+        &mut self,
+        input: &mut Bytes,
+        n: usize,
+        decode: impl FnOnce(&[u8]) -> Result<T>,
+    ) -> Result<Option<T>> {
+        if self.partial.is_empty() {
+            if let Some(raw) = input.get(..n) {
+                let v = decode(raw)?;
+                input.advance(n);
+                return Ok(Some(v));
+            }
+        }
+        match self.take(input, n) {
+            Some(raw) => decode(&raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Takes exactly `n` bytes: a zero-copy slice when they are all in `input` and
     /// nothing is pending, else accumulates into `partial` (copying only then). In the
     /// payload, takes no more than the allowance.
     fn take(&mut self, input: &mut Bytes, n: usize) -> Option<Bytes> {
+        if n == 0 {
+            // An empty segment (most messages' middle, many fronts or datas).
+            return Some(Bytes::new());
+        }
         let payload = self.in_payload();
         let allowed = if payload {
             usize::try_from(self.allowance).unwrap_or(usize::MAX)
