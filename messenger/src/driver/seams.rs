@@ -11,7 +11,6 @@
 use std::time::Instant;
 
 use dispatch::Permit;
-use protocol::types::EntityType;
 use protocol::Message;
 
 use crate::machine::AcceptRequest;
@@ -25,6 +24,8 @@ pub(super) type Received = (Message, Option<Permit>);
 #[cfg(feature = "fault-injection")]
 mod imp {
     use std::sync::Arc;
+
+    use protocol::types::EntityType;
 
     use super::*;
     use crate::config::MessengerConfig;
@@ -284,15 +285,6 @@ mod imp {
         #[inline(always)]
         pub(in crate::driver) fn due_take_over(&mut self, _now: Instant) -> Option<Box<Incoming>> {
             None
-        }
-        #[inline(always)]
-        pub(in crate::driver) fn hold_message(
-            &mut self,
-            _now: Instant,
-            _peer_type: impl FnOnce() -> Option<EntityType>,
-            msg: Received,
-        ) -> Option<Received> {
-            Some(msg)
         }
         #[inline(always)]
         pub(in crate::driver) fn due_message(&mut self, _now: Instant) -> Option<Received> {
