@@ -102,6 +102,11 @@ pub struct MessengerConfig {
     pub read_budget: usize,
     /// Size of the reusable read buffer of a connection while it is active.
     pub read_buffer: usize,
+    /// Messages a connection hands to its dispatchers between two writes of what they
+    /// sent meanwhile (fast dispatch's replies): the peer starts on the first replies
+    /// while the rest of a burst is read. Acks alone wait for the end of the read.
+    /// (Ours; Ceph writes after every message.)
+    pub reply_batch: usize,
     /// Bound on the sender side, per connection: what messages queued on one
     /// connection cost until they leave it (written, or acknowledged on a lossless
     /// session), counted in framed bytes plus a per-message overhead
@@ -211,6 +216,7 @@ impl Default for MessengerConfig {
             max_data: 128 << 20,
             read_budget: 1 << 20,
             read_buffer: 64 << 10,
+            reply_batch: 16,
             max_queued_bytes: 256 << 20,
             max_total_queued_bytes: 1 << 30,
             auth: None,
@@ -307,6 +313,9 @@ impl MessengerConfig {
         }
         if self.max_front == 0 {
             return bad("max_front", "0 would refuse every message");
+        }
+        if self.reply_batch == 0 {
+            return bad("reply_batch", "0 messages per write would never write");
         }
         if self.read_budget == 0 {
             return bad("read_budget", "0 would never read");

@@ -264,6 +264,30 @@ impl RawPeer {
         self.frame(msg)
     }
 
+    /// Reads until `n` messages arrived (granting their budget as the machine asks), or
+    /// fails when the socket's read timeout passes first, saying how many came.
+    pub fn receive(&mut self, n: usize) -> Result<Vec<protocol::Message>, String> {
+        let mut got = Vec::with_capacity(n);
+        let mut buf = vec![0u8; 64 << 10];
+        while got.len() < n {
+            let read = self.sock.read(&mut buf).map_err(|e| {
+                format!("{} of {n} messages arrived, then the read failed: {e}", got.len())
+            })?;
+            if read == 0 {
+                return Err(format!("{} of {n} messages arrived, then EOF", got.len()));
+            }
+            self.machine.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..read]));
+            while let Some(ev) = self.machine.poll_event() {
+                match ev {
+                    Event::NeedBudget { .. } => self.machine.grant_budget(Instant::now()),
+                    Event::Message(m) => got.push(m),
+                    _ => {}
+                }
+            }
+        }
+        Ok(got)
+    }
+
     /// The first `n` wire bytes of a message of type [`MSG_HOSTILE`] announcing
     /// `data_len` bytes of data (zeros) and no front: its head ([`head_len`]) and the
     /// start of its data, what a peer that announces a large message and goes silent

@@ -15,46 +15,10 @@ use crate::mailbox::Command;
 const MAX_IN_PROTOCOL: usize = 1024;
 
 impl Driver {
+    /// Takes the mailbox's messages (see [`Self::take_mailbox`]) and runs its commands.
     pub(super) fn drain_mailbox(&mut self, cx: &mut Context<'_>) {
-        // Only as many messages move into the protocol's queue as it has room for: the
-        // rest stay in the mailbox. Wherever they are, the send bounds count them. A
-        // socket making progress (writable, ACKs) brings the driver back to take more.
-        let room = MAX_IN_PROTOCOL.saturating_sub(self.machine.pending_messages());
-        // The messages move through a scratch queue the driver keeps, so a drain costs
-        // no allocation.
-        let mut inbox = std::mem::take(&mut self.inbox);
-        let commands = {
-            let mut mb = self.conn.0.mailbox.lock();
-            let n = room.min(mb.messages.len());
-            if n == mb.messages.len() {
-                std::mem::swap(&mut mb.messages, &mut inbox);
-            } else {
-                inbox.extend(mb.messages.drain(..n));
-            }
-            // The messages stay counted against the send bounds: as the driver's now.
-            let moved: u64 = inbox.iter().map(|(m, _)| m.send_cost()).sum();
-            mb.queued_cost = mb.queued_cost.saturating_sub(moved);
-            self.conn.0.driver_cost.fetch_add(moved, Relaxed);
-            self.send_held += moved;
-            std::mem::take(&mut mb.commands)
-        };
+        let (_, commands) = self.take_mailbox(cx, true);
         let now = cx.now();
-        let me = (!inbox.is_empty()).then(|| self.env.identity.name());
-        for (mut msg, queued_at) in inbox.drain(..) {
-            if let (None, Some(me)) = (msg.src(), me) {
-                msg.set_src(me);
-            }
-            if msg.priority() == 0 {
-                msg.set_priority(protocol::message::PRIO_DEFAULT);
-            }
-            WorkerCounters::add_time(
-                &self.counters.send_messages_queue_lat_ns,
-                now.saturating_duration_since(queued_at),
-            );
-            self.counters.send_messages_queue_lat_count.fetch_add(1, Relaxed);
-            self.machine.send_message(msg);
-        }
-        self.inbox = inbox;
         for cmd in commands {
             match cmd {
                 Command::Keepalive => self.machine.send_keepalive(wall_stamp()),
@@ -80,6 +44,61 @@ impl Driver {
                 Command::InjectFault => self.seams.add_cut(),
             }
         }
+    }
+
+    /// Moves the mailbox's messages into the protocol's queue (as many as it has room
+    /// for) and, with `with_commands`, takes its commands for the caller to run (else
+    /// they stay for the next drain). Returns how many messages moved, and the commands.
+    pub(super) fn take_mailbox(
+        &mut self,
+        cx: &mut Context<'_>,
+        with_commands: bool,
+    ) -> (usize, Vec<Command>) {
+        // Only as many messages move into the protocol's queue as it has room for: the
+        // rest stay in the mailbox. Wherever they are, the send bounds count them. A
+        // socket making progress (writable, ACKs) brings the driver back to take more.
+        let room = MAX_IN_PROTOCOL.saturating_sub(self.machine.pending_messages());
+        // The messages move through a scratch queue the driver keeps, so a drain costs
+        // no allocation.
+        let mut inbox = std::mem::take(&mut self.inbox);
+        let commands = {
+            let mut mb = self.conn.0.mailbox.lock();
+            let n = room.min(mb.messages.len());
+            if n == mb.messages.len() {
+                std::mem::swap(&mut mb.messages, &mut inbox);
+            } else {
+                inbox.extend(mb.messages.drain(..n));
+            }
+            // The messages stay counted against the send bounds: as the driver's now.
+            let moved: u64 = inbox.iter().map(|(m, _)| m.send_cost()).sum();
+            mb.queued_cost = mb.queued_cost.saturating_sub(moved);
+            self.conn.0.driver_cost.fetch_add(moved, Relaxed);
+            self.send_held += moved;
+            if with_commands {
+                std::mem::take(&mut mb.commands)
+            } else {
+                Vec::new()
+            }
+        };
+        let now = cx.now();
+        let moved = inbox.len();
+        let me = (!inbox.is_empty()).then(|| self.env.identity.name());
+        for (mut msg, queued_at) in inbox.drain(..) {
+            if let (None, Some(me)) = (msg.src(), me) {
+                msg.set_src(me);
+            }
+            if msg.priority() == 0 {
+                msg.set_priority(protocol::message::PRIO_DEFAULT);
+            }
+            WorkerCounters::add_time(
+                &self.counters.send_messages_queue_lat_ns,
+                now.saturating_duration_since(queued_at),
+            );
+            self.counters.send_messages_queue_lat_count.fetch_add(1, Relaxed);
+            self.machine.send_message(msg);
+        }
+        self.inbox = inbox;
+        (moved, commands)
     }
 
     /// Leaves the awake state: returns whether the mailbox still has work this driver can
