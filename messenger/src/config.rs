@@ -102,11 +102,12 @@ pub struct MessengerConfig {
     pub read_budget: usize,
     /// Size of the reusable read buffer of a connection while it is active.
     pub read_buffer: usize,
-    /// Messages a connection hands to its dispatchers between two writes of what they
-    /// sent meanwhile (fast dispatch's replies): the peer starts on the first replies
-    /// while the rest of a burst is read. Acks alone wait for the end of the read.
-    /// (Ours; Ceph writes after every message.)
-    pub reply_batch: usize,
+    /// Messages of one read a connection hands on together: every `dispatch_batch`
+    /// messages, those for `ms_dispatch` go to the dispatch thread and what fast
+    /// dispatch sent meanwhile (replies) is written, so the dispatch thread and the peer
+    /// start on them while the rest of a burst is parsed. Acks alone wait for the end
+    /// of the read. (Ours; Ceph hands on and writes after every message.)
+    pub dispatch_batch: usize,
     /// Bound on the sender side, per connection: what messages queued on one
     /// connection cost until they leave it (written, or acknowledged on a lossless
     /// session), counted in framed bytes plus a per-message overhead
@@ -216,7 +217,7 @@ impl Default for MessengerConfig {
             max_data: 128 << 20,
             read_budget: 1 << 20,
             read_buffer: 64 << 10,
-            reply_batch: 16,
+            dispatch_batch: 16,
             max_queued_bytes: 256 << 20,
             max_total_queued_bytes: 1 << 30,
             auth: None,
@@ -314,8 +315,8 @@ impl MessengerConfig {
         if self.max_front == 0 {
             return bad("max_front", "0 would refuse every message");
         }
-        if self.reply_batch == 0 {
-            return bad("reply_batch", "0 messages per write would never write");
+        if self.dispatch_batch == 0 {
+            return bad("dispatch_batch", "0 messages per batch would never hand one on");
         }
         if self.read_budget == 0 {
             return bad("read_budget", "0 would never read");

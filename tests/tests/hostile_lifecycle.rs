@@ -120,8 +120,8 @@ fn configurations_that_would_spin_or_panic_are_refused() {
     assert!(e.contains("workers"), "{e}");
     let e = refused(MessengerConfig { read_buffer: 0, ..ok.clone() });
     assert!(e.contains("read_buffer"), "{e}");
-    let e = refused(MessengerConfig { reply_batch: 0, ..ok.clone() });
-    assert!(e.contains("reply_batch"), "{e}");
+    let e = refused(MessengerConfig { dispatch_batch: 0, ..ok.clone() });
+    assert!(e.contains("dispatch_batch"), "{e}");
     let e = refused(MessengerConfig { max_queued_bytes: 0, ..ok.clone() });
     assert!(e.contains("max_queued_bytes"), "{e}");
     let e = refused(MessengerConfig {

@@ -112,7 +112,7 @@ impl Driver {
                 // cost two copies of the message.
                 #[cfg(not(feature = "fault-injection"))]
                 self.deliver(msg, permit);
-                self.reply_after_batch(cx);
+                self.hand_on_batch(cx);
             }
             Event::Acked { .. } => {}
             Event::KeepaliveReceived => {
@@ -169,16 +169,18 @@ impl Driver {
         }
     }
 
-    /// Every `reply_batch` messages delivered, writes what their dispatch sent (the
-    /// rest of a read's burst is still to be parsed): the peer works on those replies
-    /// while this end reads on, instead of the two ends trading whole bursts. Nothing
+    /// Every `dispatch_batch` messages delivered, hands those queued for `ms_dispatch`
+    /// to the dispatch thread and writes what fast dispatch sent meanwhile (the rest of
+    /// a read's burst is still to be parsed): the dispatch thread and the peer work on
+    /// them while this end reads on, instead of the ends trading whole bursts. Nothing
     /// is written when nothing was sent (acks alone wait for the end of the read).
-    fn reply_after_batch(&mut self, cx: &mut Context<'_>) {
-        self.delivered_since_write += 1;
-        if self.delivered_since_write < self.env.config.reply_batch {
+    fn hand_on_batch(&mut self, cx: &mut Context<'_>) {
+        self.delivered_since_batch += 1;
+        if self.delivered_since_batch < self.env.config.dispatch_batch {
             return;
         }
-        self.delivered_since_write = 0;
+        self.delivered_since_batch = 0;
+        self.deliver_pending();
         // Commands (a mark_down, a replacing socket) wait for the end of the read: they
         // change the session, which this is in the middle of parsing.
         let (moved, _) = self.take_mailbox(cx, false);

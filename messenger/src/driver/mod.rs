@@ -78,8 +78,8 @@ pub(crate) struct Driver {
     peer_name: Option<EntityName>,
     /// Scratch for messages taken from the mailbox (kept for its capacity).
     inbox: VecDeque<(Message, Instant)>,
-    /// Messages delivered since the last write of their replies (`reply_after_batch`).
-    delivered_since_write: usize,
+    /// Messages delivered since the last batch was handed on (`hand_on_batch`).
+    delivered_since_batch: usize,
     /// Received messages for the dispatch queue, handed over together
     /// (`deliver_pending`); empty between pumps.
     pending: Vec<(Message, Option<Permit>)>,
@@ -176,7 +176,7 @@ impl Driver {
             published: None,
             peer_name: None,
             inbox: VecDeque::new(),
-            delivered_since_write: 0,
+            delivered_since_batch: 0,
             pending: Vec::new(),
             started: false,
             finished: false,

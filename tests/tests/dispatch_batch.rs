@@ -1,0 +1,168 @@
+//! A burst read at once is handed on in batches (`MessengerConfig::dispatch_batch`): a
+//! peer that sends many requests in one write gets the first replies, and the dispatch
+//! thread the first queued messages, while the rest are still being parsed, as from
+//! Ceph, which hands on and writes after every message. Checked by holding the fast
+//! dispatch of one message until the batch before it has arrived where it goes: handed
+//! on only at the end of the read, it never does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use messenger::{Connection, Dispatched, Dispatcher, Message, MessengerConfig, Policy};
+use protocol::types::EntityType;
+use protocol::ProtocolVersion;
+use tests::hostile::{RawPeer, MSG_HOSTILE};
+use tests::loopback::{addr_for, server_on, test_config, WAIT};
+
+/// The reply's type.
+const MSG_REPLY: u16 = 0x7f02;
+
+/// The server's `dispatch_batch`, and the burst: three batches in one write.
+const BATCH: usize = 8;
+const BURST: u64 = 3 * BATCH as u64;
+
+/// A server handing on every [`BATCH`] messages, on one worker.
+fn batch_server() -> (messenger::Messenger, std::net::SocketAddr, Receiver<tests::loopback::Seen>) {
+    let config = MessengerConfig { dispatch_batch: BATCH, ..test_config(1) };
+    let addr = "127.0.0.1:0".parse().expect("addr");
+    server_on(EntityType::OSD, 1, Policy::stateless_server(), false, addr, config)
+}
+
+/// Writes [`BURST`] requests (tids 1, 2, …) in one write, and makes the peer's reads
+/// give up after 5 s.
+fn send_burst(peer: &mut RawPeer) {
+    let burst: Vec<u8> = (1..=BURST).flat_map(|tid| peer.message(tid, b"ping")).collect();
+    peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    std::io::Write::write_all(&mut peer.sock, &burst).expect("burst");
+}
+
+/// Answers every request on its connection from fast dispatch; the request with tid
+/// `hold` first waits (at most [`WAIT`]) for the test's go-ahead.
+struct HoldOne {
+    hold: u64,
+    go: Receiver<()>,
+    held: Sender<bool>,
+}
+
+impl Dispatcher<Connection> for HoldOne {
+    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
+        Dispatched::NotTaken(msg)
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_can_fast_dispatch(&self, msg: &Message) -> bool {
+        msg.msg_type() == MSG_HOSTILE
+    }
+    fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
+        if msg.tid() == self.hold {
+            let released = self.go.recv_timeout(WAIT).is_ok();
+            let _ = self.held.send(released);
+        }
+        let mut reply = Message::new(MSG_REPLY, Bytes::new());
+        reply.set_tid(msg.tid());
+        let _ = conn.send_message(reply);
+    }
+}
+
+fn burst_is_answered_in_batches(proto: ProtocolVersion) {
+    let (srv, _, _rx) = batch_server();
+    let (go_tx, go) = bounded(1);
+    let (held, held_rx) = bounded(1);
+    // The first request of the second batch waits until the first batch is answered.
+    let hold = BATCH as u64 + 1;
+    srv.add_dispatcher_head(Arc::new(HoldOne { hold, go, held })).expect("dispatcher");
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    send_burst(&mut peer);
+
+    let first = peer.receive(BATCH);
+    go_tx.send(()).expect("release the held request");
+    let first = first.unwrap_or_else(|e| panic!("the first batch was not answered early: {e}"));
+    let tids: Vec<u64> = first.iter().map(Message::tid).collect();
+    assert_eq!(tids, (1..=BATCH as u64).collect::<Vec<_>>());
+    assert_eq!(held_rx.recv_timeout(WAIT), Ok(true), "the held request was released");
+
+    // And the rest follows, in order.
+    let rest = peer.receive(BURST as usize - BATCH).expect("the rest of the replies");
+    let tids: Vec<u64> = rest.iter().map(Message::tid).collect();
+    assert_eq!(tids, (BATCH as u64 + 1..=BURST).collect::<Vec<_>>());
+    srv.shutdown();
+    srv.wait();
+}
+
+#[test]
+fn a_burst_read_at_once_is_answered_in_batches() {
+    burst_is_answered_in_batches(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_burst_read_at_once_is_answered_in_batches_over_msgr2() {
+    burst_is_answered_in_batches(ProtocolVersion::V2);
+}
+
+/// Takes every message but one (tid `hold`) in `ms_dispatch`, reporting its tid; holds
+/// `hold` in fast dispatch, on the worker, until the test's go-ahead.
+struct QueueAllButOne {
+    hold: u64,
+    seen: Sender<u64>,
+    go: Receiver<()>,
+    held: Sender<bool>,
+}
+
+impl Dispatcher<Connection> for QueueAllButOne {
+    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
+        let _ = self.seen.send(msg.tid());
+        Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_can_fast_dispatch(&self, msg: &Message) -> bool {
+        msg.msg_type() == MSG_HOSTILE && msg.tid() == self.hold
+    }
+    fn ms_fast_dispatch(&self, _conn: &Connection, _msg: Message) {
+        let released = self.go.recv_timeout(WAIT).is_ok();
+        let _ = self.held.send(released);
+    }
+}
+
+fn queued_burst_reaches_ms_dispatch_in_batches(proto: ProtocolVersion) {
+    let (srv, _, _rx) = batch_server();
+    let (seen, seen_rx) = crossbeam_channel::unbounded();
+    let (go_tx, go) = bounded(1);
+    let (held, held_rx) = bounded(1);
+    // The first message of the second batch holds the worker until the dispatch thread
+    // has the first batch.
+    let hold = BATCH as u64 + 1;
+    let d = QueueAllButOne { hold, seen, go, held };
+    srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    send_burst(&mut peer);
+
+    let first: Result<Vec<u64>, _> =
+        (0..BATCH).map(|_| seen_rx.recv_timeout(Duration::from_secs(5))).collect();
+    go_tx.send(()).expect("release the held message");
+    let first = first.unwrap_or_else(|e| panic!("the first batch did not reach ms_dispatch: {e}"));
+    assert_eq!(first, (1..=BATCH as u64).collect::<Vec<_>>());
+    assert_eq!(held_rx.recv_timeout(WAIT), Ok(true), "the held message was released");
+
+    // The rest of the queued ones follow, in order.
+    let rest: Vec<u64> = (BATCH as u64 + 2..=BURST)
+        .map(|_| seen_rx.recv_timeout(WAIT).expect("the rest of the burst"))
+        .collect();
+    assert_eq!(rest, (BATCH as u64 + 2..=BURST).collect::<Vec<_>>());
+    srv.shutdown();
+    srv.wait();
+}
+
+#[test]
+fn queued_messages_of_a_burst_reach_ms_dispatch_in_batches() {
+    queued_burst_reaches_ms_dispatch_in_batches(ProtocolVersion::V1);
+}
+
+#[test]
+fn queued_messages_of_a_burst_reach_ms_dispatch_in_batches_over_msgr2() {
+    queued_burst_reaches_ms_dispatch_in_batches(ProtocolVersion::V2);
+}
