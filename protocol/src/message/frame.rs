@@ -110,9 +110,9 @@ impl Default for EncodeOptions {
     }
 }
 
-/// What [`Frame::push_to`] reserves at a time for the tags, headers and footers it
-/// gathers: about 50 frames' worth.
-const HEAD_BLOCK: usize = 4096;
+/// The most bytes [`Frame::push_to`] gathers into its `head` per frame (tag, header,
+/// footer): a sender framing a batch reserves this much per frame up front.
+pub const GATHERED_PER_FRAME: usize = 1 + MsgHeader::LEN + MsgFooter::MAX_LEN;
 
 /// A message in wire form: five slices for vectored writes; payloads are shared, not copied.
 #[derive(Clone, Debug)]
@@ -181,12 +181,10 @@ impl Frame {
     /// what is left in `head`. Returns the frame's length.
     pub fn push_to(self, head: &mut BytesMut, out: &mut Vec<Bytes>) -> usize {
         let len = self.len();
-        let need = self.head.len() + self.footer_len;
-        if head.capacity() - head.len() < need {
-            // One block for the small pieces of many frames: reserving only what this
-            // frame needs cost an allocation (and a shared-buffer header) per message.
-            head.reserve(need.max(HEAD_BLOCK));
-        }
+        // The caller reserves room for a batch ([`GATHERED_PER_FRAME`] each): reserving
+        // only what this frame needs cost an allocation (and a shared-buffer header)
+        // per message.
+        head.reserve(self.head.len() + self.footer_len);
         head.extend_from_slice(&self.head);
         for seg in [self.front, self.middle, self.data] {
             if seg.is_empty() {

@@ -332,7 +332,7 @@ impl fmt::Debug for Message {
 pub const UNNAMED_CLIENT: EntityName = EntityName { ty: EntityType::CLIENT, num: EntityName::NEW };
 
 pub use decoder::{DecodeLimits, DecodeOptions, MessageDecoder, Progress};
-pub use frame::{seal_header, EncodeOptions, Frame};
+pub use frame::{seal_header, EncodeOptions, Frame, GATHERED_PER_FRAME};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

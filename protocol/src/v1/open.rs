@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::message::{DecodeOptions, EncodeOptions, MessageDecoder, Progress};
+use crate::message::{DecodeOptions, EncodeOptions, MessageDecoder, Progress, GATHERED_PER_FRAME};
 use crate::session::CloseReason;
 use crate::session::{Config, Counters, Event, Fault, Initiator, Machine, PeerIssue, Seq};
 use crate::types::Features;
@@ -21,6 +21,9 @@ use super::state::{Next, OpenRx, LOG, V1};
 /// connection cannot build an unbounded write list (the driver calls again after
 /// writing).
 const TRANSMIT_BATCH_BYTES: usize = 1 << 20;
+
+/// Frames whose small pieces one reservation covers (about 4 KiB).
+const FRAMES_PER_RESERVE: usize = 64;
 
 /// The receive side of a session opening with `features` negotiated.
 pub(crate) fn open_rx(config: &Config, features: Features) -> OpenRx {
@@ -206,6 +209,9 @@ pub(crate) fn transmit(m: &mut Machine<V1>, head: &mut BytesMut, out: &mut Vec<B
     }
     let opts = encode_options(&m.config, m.session.features);
     let src = m.config.my_name;
+    // One allocation for the small pieces of the frames about to be made, not one each.
+    let batch = m.session.queue.len().min(FRAMES_PER_RESERVE);
+    head.reserve(batch * GATHERED_PER_FRAME);
     let mut framed = head.len();
     while framed < TRANSMIT_BATCH_BYTES {
         let Some((msg, seq)) = m.next_outgoing() else { break };
