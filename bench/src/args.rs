@@ -41,6 +41,10 @@ pub struct MsgrVariant {
     /// Both ends answer from `ms_dispatch` on the dispatch thread instead of
     /// `ms_fast_dispatch` on the worker.
     pub queued: bool,
+    /// Only the server answers from `ms_dispatch`; the client takes the replies in
+    /// `ms_fast_dispatch`, as Ceph's Objecter does with an OSD's replies: the daemon's
+    /// queued path once per round trip instead of twice.
+    pub queued_server: bool,
     /// The client dials the server's `v2:` address: msgr2 (crc mode) instead of v1.
     pub v2: bool,
     /// msgr2 in secure mode (AES-128-GCM frames): their mode options allow only secure
@@ -54,8 +58,14 @@ pub struct MsgrVariant {
 
 impl MsgrVariant {
     /// asyncmsgr's default: lossy, fast dispatch, msgr v1.
-    pub const V1: MsgrVariant =
-        MsgrVariant { lossless: false, queued: false, v2: false, secure: false, cephx: false };
+    pub const V1: MsgrVariant = MsgrVariant {
+        lossless: false,
+        queued: false,
+        queued_server: false,
+        v2: false,
+        secure: false,
+        cephx: false,
+    };
     /// The same over msgr2 in crc mode.
     pub const V2: MsgrVariant = MsgrVariant { v2: true, ..MsgrVariant::V1 };
     /// msgr2 in crc mode after a cephx handshake.
@@ -92,10 +102,11 @@ impl Peer {
     ];
 
     /// The peers of `bench modes`: asyncmsgr's lossy + fast dispatch first.
-    pub const MODES: [Peer; 3] = [
+    pub const MODES: [Peer; 4] = [
         Peer::Asyncmsgr(MsgrVariant::V1),
         Peer::Asyncmsgr(MsgrVariant { lossless: true, ..MsgrVariant::V1 }),
         Peer::Asyncmsgr(MsgrVariant { queued: true, ..MsgrVariant::V1 }),
+        Peer::Asyncmsgr(MsgrVariant { queued_server: true, ..MsgrVariant::V1 }),
     ];
 
     /// The peers of `bench conns` (a blocking peer with 1,000 connections is 3,000
@@ -113,6 +124,9 @@ impl Peer {
             "lossless" | "asyncmsgr+lossless" => v(true, false),
             "queued" | "asyncmsgr+queued" => v(false, true),
             "lossless+queued" | "asyncmsgr+lossless+queued" => v(true, true),
+            "queued-server" | "asyncmsgr+queued-server" => {
+                Peer::Asyncmsgr(MsgrVariant { queued_server: true, ..MsgrVariant::V1 })
+            }
             "tokio" | "tokio-ct64" => Peer::Tokio,
             "std" | "std-batched" => Peer::StdBatched,
             "naive" | "std-naive" => Peer::StdNaive,
@@ -137,6 +151,9 @@ impl fmt::Display for Peer {
                 }
                 if v.queued {
                     f.write_str("+queued")?;
+                }
+                if v.queued_server {
+                    f.write_str("+queued-server")?;
                 }
                 Ok(())
             }
@@ -222,7 +239,8 @@ modes:
   compare (default)  every peer of --peers with the same parameters, one table with ratios
   matrix             the performance issue's table (4k/1, 4k/32, 4k/128, 64/128, 1m/1, 1m/16)
                      for every peer, --runs times each (default 3), medians; 5 s per run
-  modes              asyncmsgr lossy+fast against lossless and queued dispatch (4k/32, 64/128)
+  modes              asyncmsgr lossy+fast against lossless and queued dispatch (4k/32, 64/128):
+                     queued at both ends, and at the server only (queued-server)
   conns              aggregate rt/s of 16 connections against --conns (default 1000), depth 4
   server, client     ceph_perf_msgr_server / ceph_perf_msgr_client in two processes
                      (the client's table counts its own CPU only)
@@ -233,7 +251,9 @@ modes:
 options:
   --peers LIST        comma-separated, first is the reference
                       (default asyncmsgr,v2,v2s,tokio,std); also lossless, queued,
-                      lossless+queued (asyncmsgr variants), naive;
+                      lossless+queued, queued-server (asyncmsgr variants; queued-server:
+                      the server answers from ms_dispatch, the client fast-dispatches
+                      the replies, as Ceph's Objecter), naive;
                       v2 = asyncmsgr over msgr2 (crc mode) beside asyncmsgr over v1;
                       v2s = asyncmsgr over msgr2 in secure mode (cephx keys from an
                       in-process key server; the run fails unless secure was negotiated);
@@ -454,7 +474,9 @@ mod tests {
 
     #[test]
     fn peers_and_variants() {
-        let a = parse("--peers asyncmsgr,lossless,queued,tokio,naive,rados --lossless").unwrap();
+        let a =
+            parse("--peers asyncmsgr,lossless,queued,queued-server,tokio,naive,rados --lossless")
+                .unwrap();
         let names: Vec<String> = a.peers.iter().map(|p| p.to_string()).collect();
         assert_eq!(
             names,
@@ -462,6 +484,7 @@ mod tests {
                 "asyncmsgr+lossless",
                 "asyncmsgr+lossless",
                 "asyncmsgr+queued",
+                "asyncmsgr+queued-server",
                 "tokio-ct64",
                 "std-naive (no crc, u32)",
                 "rados-msgr2"

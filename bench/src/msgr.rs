@@ -232,7 +232,7 @@ pub fn server_with(
     let accepted = Arc::new(Accepted::default());
     m.add_dispatcher_head(Arc::new(Echo {
         reply: Bytes::from(vec![0x5a; args.reply_size]),
-        queued: variant.queued,
+        queued: variant.queued || variant.queued_server,
         accepted: accepted.clone(),
     }))?;
     Ok(Server { messenger: m, pool, addr: bound, accepted })
