@@ -1031,11 +1031,23 @@ pub fn run(opts: &Options) -> Report {
     // Noise may still wait behind a slow dispatcher, and a session cut by an injected
     // failure just before the end may still be reconnecting (its ms_handle_connect is
     // queued when it opens): every queue empties, all of them at once.
+    // Judged once they were all empty at one moment, or at the deadline: a session that
+    // opens after that moment queues its ms_handle_connect, which is not a stuck item.
     let deadline = Instant::now() + opts.drain_deadline;
-    let busy = || cluster.all().any(|m| dispatch_queue_len(m) > 0);
-    while busy() && Instant::now() < deadline {
+    let still_queued = loop {
+        let queued: Vec<String> = cluster
+            .all()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let len = dispatch_queue_len(m);
+                (len > 0).then(|| format!("messenger {i}: {len} items still in its dispatch queue"))
+            })
+            .collect();
+        if queued.is_empty() || Instant::now() >= deadline {
+            break queued;
+        }
         std::thread::yield_now();
-    }
+    };
     let wall = started.elapsed();
     {
         // Every remote reset was reported by now: an overtaken message none explains
@@ -1075,13 +1087,7 @@ pub fn run(opts: &Options) -> Report {
     );
     let internal_delays = both(|c| &c.inject_internal_delays);
     let congested_writes = (both(|c| &c.inject_congested_writes), both(|c| &c.inject_writes));
-    let mut late = Vec::new();
-    for (i, m) in cluster.all().enumerate() {
-        let len = dispatch_queue_len(m);
-        if len > 0 {
-            late.push(format!("messenger {i}: {len} items still in its dispatch queue"));
-        }
-    }
+    let mut late = still_queued;
     for m in cluster.all() {
         m.shutdown();
     }
