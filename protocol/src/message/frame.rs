@@ -112,7 +112,7 @@ impl Default for EncodeOptions {
 
 /// The most bytes [`Frame::push_to`] gathers into its `head` per frame (tag, header,
 /// footer): a sender framing a batch reserves this much per frame up front.
-pub const GATHERED_PER_FRAME: usize = 1 + MsgHeader::LEN + MsgFooter::MAX_LEN;
+pub(crate) const GATHERED_PER_FRAME: usize = 1 + MsgHeader::LEN + MsgFooter::MAX_LEN;
 
 /// A message in wire form: five slices for vectored writes; payloads are shared, not copied.
 #[derive(Clone, Debug)]

@@ -332,7 +332,8 @@ impl fmt::Debug for Message {
 pub const UNNAMED_CLIENT: EntityName = EntityName { ty: EntityType::CLIENT, num: EntityName::NEW };
 
 pub use decoder::{DecodeLimits, DecodeOptions, MessageDecoder, Progress};
-pub use frame::{seal_header, EncodeOptions, Frame, GATHERED_PER_FRAME};
+pub(crate) use frame::GATHERED_PER_FRAME;
+pub use frame::{seal_header, EncodeOptions, Frame};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
