@@ -41,17 +41,15 @@ pub fn control<F: ControlFrame>(f: &F) -> Vec<u8> {
     frame(F::TAG, &[&f.to_segment()])
 }
 
+/// The header2 of a MESSAGE of type [`MSG_HOSTILE`] with sequence number `seq` and `tid`.
+fn hostile_header(seq: u64, tid: u64) -> MsgHeader2 {
+    MsgHeader2 { seq, tid, msg_type: MSG_HOSTILE, flags: HEADER2_FLAGS, ..MsgHeader2::default() }
+}
+
 /// A MESSAGE frame of type [`MSG_HOSTILE`] with sequence number `seq`, `tid`, `front`
 /// and `data` (crc mode), in wire pieces ([`frame_pieces`]).
 pub fn message_pieces(seq: u64, tid: u64, front: Bytes, data: Bytes) -> Vec<Bytes> {
-    let header = MsgHeader2 {
-        seq,
-        tid,
-        msg_type: MSG_HOSTILE,
-        flags: HEADER2_FLAGS,
-        ..MsgHeader2::default()
-    };
-    let header = Bytes::copy_from_slice(&header.to_bytes());
+    let header = Bytes::copy_from_slice(&hostile_header(seq, tid).to_bytes());
     let empty = Bytes::new();
     let segments: Vec<&Bytes> =
         if data.is_empty() { vec![&header, &front] } else { vec![&header, &front, &empty, &data] };
@@ -154,14 +152,7 @@ pub fn read_frame(sock: &mut TcpStream) -> Option<(Tag, Bytes)> {
 /// number `seq` announcing `data_len` bytes of data (no front): its preamble, header2
 /// and header2's crc, what comes before the data ([`crate::hostile::head_len`]).
 pub fn message_head(seq: u64, tid: u64, data_len: u32) -> Vec<u8> {
-    let header = MsgHeader2 {
-        seq,
-        tid,
-        msg_type: MSG_HOSTILE,
-        flags: HEADER2_FLAGS,
-        ..MsgHeader2::default()
-    }
-    .to_bytes();
+    let header = hostile_header(seq, tid).to_bytes();
     let control = SegmentDesc { len: 0, align: ALIGN_DEFAULT };
     let segments = [
         SegmentDesc { len: MsgHeader2::LEN as u32, align: ALIGN_DEFAULT },
