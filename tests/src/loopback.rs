@@ -122,6 +122,18 @@ pub fn count_events(rx: &Receiver<Seen>, expected: usize, pred: impl Fn(&Seen) -
     n
 }
 
+/// Waits (at most [`WAIT`]) for an event `pred` accepts, passing over the others;
+/// false if none came.
+pub fn wait_for_event(rx: &Receiver<Seen>, pred: impl Fn(&Seen) -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while let Ok(seen) = rx.recv_deadline(deadline) {
+        if pred(&seen) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Waits for `ms_handle_reset` and asserts it is for `conn`; panics on timeout.
 pub fn wait_for_reset(rx: &Receiver<Seen>, conn: &Connection) {
     let deadline = Instant::now() + WAIT;
