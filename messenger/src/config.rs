@@ -102,11 +102,12 @@ pub struct MessengerConfig {
     pub read_budget: usize,
     /// Size of the reusable read buffer of a connection while it is active.
     pub read_buffer: usize,
-    /// Messages of one read a connection hands on together: every `dispatch_batch`
-    /// messages, those for `ms_dispatch` go to the dispatch thread and what fast
-    /// dispatch sent meanwhile (replies) is written, so the dispatch thread and the peer
-    /// start on them while the rest of a burst is parsed. Acks alone wait for the end
-    /// of the read. (Ours; Ceph hands on and writes after every message.)
+    /// The most messages of one read a connection hands on together: every batch, those
+    /// for `ms_dispatch` go to the dispatch thread and what fast dispatch sent meanwhile
+    /// (replies) is written, so the dispatch thread and the peer start on them while the
+    /// rest of a burst is parsed. A batch is a quarter of the previous read's burst,
+    /// at least 8 messages (or this, if smaller) and at most this. Acks alone wait for
+    /// the end of the read. (Ours; Ceph hands on and writes after every message.)
     pub dispatch_batch: usize,
     /// Bound on the sender side, per connection: what messages queued on one
     /// connection cost until they leave it (written, or acknowledged on a lossless

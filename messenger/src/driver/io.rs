@@ -241,6 +241,7 @@ impl Driver {
         if self.io.dialling || !self.io.read_ready || self.io.socket.is_none() {
             return;
         }
+        self.last_burst = std::mem::take(&mut self.burst);
         let mut budget = self.env.config.read_budget;
         let chunk = self.env.config.read_buffer.max(MIN_READ_CHUNK);
         while budget > 0 && self.io.read_ready && self.machine.wants_read() {
@@ -280,7 +281,6 @@ impl Driver {
                     log::trace!(target: "msgr::conn", "{}: read {n}", self.machine);
                     budget = budget.saturating_sub(n);
                     self.counters.recv_bytes.fetch_add(n as u64, Relaxed);
-                    let whole_chunk = chunk.is_some();
                     match chunk {
                         Some(data) => self.machine.handle_bytes(cx.now(), data),
                         None => self.machine.handle_direct_read(cx.now(), n),
@@ -291,16 +291,6 @@ impl Driver {
                         if self.finished {
                             return;
                         }
-                    }
-                    if whole_chunk {
-                        // Send what this chunk produced (replies from fast dispatch, acks)
-                        // before parsing the next one: the peer starts on them while we
-                        // read on, so the two ends overlap instead of trading whole batches.
-                        self.drain_mailbox(cx);
-                        if self.finished {
-                            return;
-                        }
-                        self.flush(cx);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

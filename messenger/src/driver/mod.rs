@@ -80,6 +80,12 @@ pub(crate) struct Driver {
     inbox: VecDeque<(Message, Instant)>,
     /// Messages delivered since the last batch was handed on (`hand_on_batch`).
     delivered_since_batch: usize,
+    /// Their payload bytes.
+    bytes_since_batch: usize,
+    /// Messages delivered since the current read phase began, and in the one before:
+    /// the size of the peer's bursts, which sets how many make a batch.
+    burst: usize,
+    last_burst: usize,
     /// Received messages for the dispatch queue, handed over together
     /// (`deliver_pending`); empty between pumps.
     pending: Vec<(Message, Option<Permit>)>,
@@ -177,6 +183,9 @@ impl Driver {
             peer_name: None,
             inbox: VecDeque::new(),
             delivered_since_batch: 0,
+            bytes_since_batch: 0,
+            burst: 0,
+            last_burst: 0,
             pending: Vec::new(),
             started: false,
             finished: false,
