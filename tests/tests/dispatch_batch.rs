@@ -23,17 +23,19 @@ const MSG_REPLY: u16 = 0x7f02;
 const BATCH: usize = 8;
 const BURST: u64 = 3 * BATCH as u64;
 
-/// A server handing on every [`BATCH`] messages, on one worker.
-fn batch_server() -> (messenger::Messenger, std::net::SocketAddr, Receiver<tests::loopback::Seen>) {
-    let config = MessengerConfig { dispatch_batch: BATCH, ..test_config(1) };
+/// A server handing on every `dispatch_batch` messages at most, on one worker.
+fn batch_server(
+    dispatch_batch: usize,
+) -> (messenger::Messenger, std::net::SocketAddr, Receiver<tests::loopback::Seen>) {
+    let config = MessengerConfig { dispatch_batch, ..test_config(1) };
     let addr = "127.0.0.1:0".parse().expect("addr");
     server_on(EntityType::OSD, 1, Policy::stateless_server(), false, addr, config)
 }
 
-/// Writes [`BURST`] requests (tids 1, 2, …) in one write, and makes the peer's reads
-/// give up after 5 s.
-fn send_burst(peer: &mut RawPeer) {
-    let burst: Vec<u8> = (1..=BURST).flat_map(|tid| peer.message(tid, b"ping")).collect();
+/// Writes [`BURST`] requests (tids 1, 2, …) with `front` in one write, and makes the
+/// peer's reads give up after 5 s.
+fn send_burst(peer: &mut RawPeer, front: &[u8]) {
+    let burst: Vec<u8> = (1..=BURST).flat_map(|tid| peer.message(tid, front)).collect();
     peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     std::io::Write::write_all(&mut peer.sock, &burst).expect("burst");
 }
@@ -67,15 +69,17 @@ impl Dispatcher<Connection> for HoldOne {
     }
 }
 
-fn burst_is_answered_in_batches(proto: ProtocolVersion) {
-    let (srv, _, _rx) = batch_server();
+/// A server with `dispatch_batch` answers a burst of requests carrying `front` in
+/// batches of [`BATCH`].
+fn burst_is_answered_in_batches(proto: ProtocolVersion, dispatch_batch: usize, front: &[u8]) {
+    let (srv, _, _rx) = batch_server(dispatch_batch);
     let (go_tx, go) = bounded(1);
     let (held, held_rx) = bounded(1);
     // The first request of the second batch waits until the first batch is answered.
     let hold = BATCH as u64 + 1;
     srv.add_dispatcher_head(Arc::new(HoldOne { hold, go, held })).expect("dispatcher");
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
-    send_burst(&mut peer);
+    send_burst(&mut peer, front);
 
     let first = peer.receive(BATCH);
     go_tx.send(()).expect("release the held request");
@@ -94,12 +98,27 @@ fn burst_is_answered_in_batches(proto: ProtocolVersion) {
 
 #[test]
 fn a_burst_read_at_once_is_answered_in_batches() {
-    burst_is_answered_in_batches(ProtocolVersion::V1);
+    burst_is_answered_in_batches(ProtocolVersion::V1, BATCH, b"ping");
 }
 
 #[test]
 fn a_burst_read_at_once_is_answered_in_batches_over_msgr2() {
-    burst_is_answered_in_batches(ProtocolVersion::V2);
+    burst_is_answered_in_batches(ProtocolVersion::V2, BATCH, b"ping");
+}
+
+/// With the default `dispatch_batch` (16), a burst of 4 KiB requests is answered after
+/// the first 8: a batch of 8 that carried 32 KiB goes early (a peer with a small window
+/// of large messages would sit idle for the other 8).
+#[test]
+fn a_burst_of_large_messages_is_answered_in_early_batches() {
+    let default = MessengerConfig::default().dispatch_batch;
+    assert_eq!(default, 2 * BATCH, "the early batch is half the default");
+    burst_is_answered_in_batches(ProtocolVersion::V1, default, &[7; 4096]);
+}
+
+#[test]
+fn a_burst_of_large_messages_is_answered_in_early_batches_over_msgr2() {
+    burst_is_answered_in_batches(ProtocolVersion::V2, 2 * BATCH, &[7; 4096]);
 }
 
 /// Takes every message but one (tid `hold`) in `ms_dispatch`, reporting its tid; holds
@@ -129,7 +148,7 @@ impl Dispatcher<Connection> for QueueAllButOne {
 }
 
 fn queued_burst_reaches_ms_dispatch_in_batches(proto: ProtocolVersion) {
-    let (srv, _, _rx) = batch_server();
+    let (srv, _, _rx) = batch_server(BATCH);
     let (seen, seen_rx) = crossbeam_channel::unbounded();
     let (go_tx, go) = bounded(1);
     let (held, held_rx) = bounded(1);
@@ -139,7 +158,7 @@ fn queued_burst_reaches_ms_dispatch_in_batches(proto: ProtocolVersion) {
     let d = QueueAllButOne { hold, seen, go, held };
     srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
-    send_burst(&mut peer);
+    send_burst(&mut peer, b"ping");
 
     let first: Result<Vec<u64>, _> =
         (0..BATCH).map(|_| seen_rx.recv_timeout(Duration::from_secs(5))).collect();
