@@ -1,77 +1,115 @@
 //! The out queue: messages waiting to be framed, by priority.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::message::{Message, PRIO_HIGHEST};
 
 use super::seq::Seq;
 
+/// Empty lanes kept for reuse beyond which they are dropped: a sender using many
+/// priorities must not leave a lane behind for each.
+const MAX_LANES: usize = 8;
+
+/// One priority's messages, FIFO.
+#[derive(Clone, Debug)]
+struct Lane {
+    prio: u16,
+    msgs: VecDeque<Message>,
+}
+
 /// Outgoing messages not yet framed, by priority (highest first), FIFO within one.
+///
+/// The queue empties after nearly every write and fills again on the next send, so a
+/// lane is kept when it empties, with its capacity: a map of deques that dropped a
+/// priority's deque when empty paid a node, a buffer and its regrowth per batch.
+/// Senders use a handful of priorities (Ceph's are 64, 127, 196 and 255), so lanes are
+/// a short vector, highest first, scanned.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct OutQueue {
-    /// Invariant: no empty deques are kept.
-    by_prio: BTreeMap<u16, VecDeque<Message>>,
-    /// Invariant: the number of queued messages.
+    /// Sorted by priority, highest first; at most one lane per priority.
+    lanes: Vec<Lane>,
     len: usize,
-    /// Invariant: the sum of `Message::send_cost` over the queued messages.
+    /// Sum of `send_cost` of the queued messages.
     cost: u64,
 }
 
 impl OutQueue {
-    pub(crate) fn push_back(&mut self, msg: Message) {
-        self.cost += msg.send_cost();
-        self.by_prio.entry(msg.priority()).or_default().push_back(msg);
-        self.len += 1;
+    /// The lane of `prio`, made (in order) if there is none.
+    fn lane(&mut self, prio: u16) -> &mut VecDeque<Message> {
+        let place =
+            |lanes: &[Lane]| lanes.iter().position(|l| l.prio <= prio).unwrap_or(lanes.len());
+        let mut at = place(&self.lanes);
+        if self.lanes.get(at).is_none_or(|l| l.prio != prio) {
+            if self.lanes.len() >= MAX_LANES {
+                // Only empty lanes go (lanes before `at` among them, so it moves).
+                self.lanes.retain(|l| !l.msgs.is_empty());
+                at = place(&self.lanes);
+            }
+            self.lanes.insert(at, Lane { prio, msgs: VecDeque::new() });
+        }
+        // In bounds: the lane was found at `at` or just inserted there.
+        &mut self.lanes[at].msgs
     }
 
-    /// Puts already-numbered messages back in front of everything (Ceph's
-    /// `requeue_sent`: at HIGHEST, original order).
+    pub(crate) fn push_back(&mut self, msg: Message) {
+        self.cost += msg.send_cost();
+        self.len += 1;
+        self.lane(msg.priority()).push_back(msg);
+    }
+
+    /// Puts `msgs` (sent, unacknowledged) back in front of everything, in their order,
+    /// to be sent again first.
     pub(crate) fn requeue_front(&mut self, msgs: impl DoubleEndedIterator<Item = Message>) {
-        let q = self.by_prio.entry(PRIO_HIGHEST).or_default();
+        let mut cost = 0;
+        let mut n = 0;
+        let q = self.lane(PRIO_HIGHEST);
         for m in msgs.rev() {
-            self.cost += m.send_cost();
+            cost += m.send_cost();
+            n += 1;
             q.push_front(m);
-            self.len += 1;
         }
-        if q.is_empty() {
-            self.by_prio.remove(&PRIO_HIGHEST);
-        }
+        self.cost += cost;
+        self.len += n;
     }
 
     pub(crate) fn pop(&mut self) -> Option<Message> {
-        let mut entry = self.by_prio.last_entry()?;
-        let msg = entry.get_mut().pop_front();
-        if entry.get().is_empty() {
-            entry.remove();
+        if self.len == 0 {
+            return None;
         }
-        if let Some(m) = &msg {
-            self.len -= 1;
-            self.cost -= m.send_cost();
-        }
-        msg
+        let msg = self.lanes.iter_mut().find_map(|l| l.msgs.pop_front())?;
+        self.len -= 1;
+        self.cost -= msg.send_cost();
+        Some(msg)
     }
 
-    /// Drops requeued messages (seq != 0, at the head of HIGHEST) with seq <= `acked`;
-    /// returns how many (Ceph's `discard_requeued_up_to`).
+    /// Drops requeued messages (at the front of the highest lane) the peer says it has
+    /// (seq ≤ `acked`); returns how many.
     pub(crate) fn discard_requeued_up_to(&mut self, acked: Seq) -> u64 {
-        let Some(q) = self.by_prio.get_mut(&PRIO_HIGHEST) else { return 0 };
-        let mut n = 0;
+        let Some(q) = self.highest_mut() else { return 0 };
+        let mut n = 0u64;
+        let mut cost = 0;
         while q.front().is_some_and(|m| m.seq() != 0 && m.seq() <= acked.0) {
             if let Some(m) = q.pop_front() {
-                self.cost -= m.send_cost();
+                cost += m.send_cost();
+                n += 1;
             }
-            n += 1;
         }
-        if q.is_empty() {
-            self.by_prio.remove(&PRIO_HIGHEST);
-        }
+        self.cost -= cost;
         self.len -= n as usize;
         n
     }
 
-    /// Whether requeued (already numbered) messages wait at the head.
+    /// Whether a requeued (already sequenced) message waits at the front.
     pub(crate) fn has_requeued(&self) -> bool {
-        self.by_prio.get(&PRIO_HIGHEST).and_then(|q| q.front()).is_some_and(|m| m.seq() != 0)
+        self.lanes
+            .first()
+            .filter(|l| l.prio == PRIO_HIGHEST)
+            .and_then(|l| l.msgs.front())
+            .is_some_and(|m| m.seq() != 0)
+    }
+
+    fn highest_mut(&mut self) -> Option<&mut VecDeque<Message>> {
+        self.lanes.first_mut().filter(|l| l.prio == PRIO_HIGHEST).map(|l| &mut l.msgs)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -108,5 +146,52 @@ mod tests {
         let order: Vec<u8> = std::iter::from_fn(|| q.pop()).map(|m| m.front()[0]).collect();
         assert_eq!(order, [2, 1, 3]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn many_priorities_keep_their_order_and_surplus_empty_lanes_go() {
+        let mut q = OutQueue::default();
+        // More priorities than lanes kept: every one still orders (highest first,
+        // FIFO within), and once drained only MAX_LANES empty lanes stay behind.
+        for round in 0..3u8 {
+            for p in (0..20u16).map(|i| i * 13 % 20) {
+                q.push_back(msg(p, round));
+            }
+        }
+        assert_eq!(q.len(), 60);
+        let mut popped = Vec::new();
+        while let Some(m) = q.pop() {
+            popped.push((m.priority(), m.front()[0]));
+        }
+        let mut want: Vec<(u16, u8)> =
+            (0..20u16).flat_map(|p| (0..3u8).map(move |r| (p, r))).collect();
+        want.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        assert_eq!(popped, want);
+        assert_eq!((q.len(), q.cost()), (0, 0));
+        q.push_back(msg(1000, 0));
+        assert!(q.lanes.len() <= MAX_LANES + 1, "{} lanes", q.lanes.len());
+        assert_eq!(q.pop().map(|m| m.priority()), Some(1000));
+    }
+
+    #[test]
+    fn requeued_messages_go_first_and_are_discarded_once_acked() {
+        let mut q = OutQueue::default();
+        q.push_back(msg(PRIO_DEFAULT, 1));
+        let sent: Vec<Message> = (1..=3u64)
+            .map(|seq| {
+                let mut m = msg(PRIO_DEFAULT, 10 + seq as u8);
+                m.set_seq(seq);
+                m
+            })
+            .collect();
+        q.requeue_front(sent.into_iter());
+        assert!(q.has_requeued());
+        assert_eq!(q.len(), 4);
+        assert_eq!(q.discard_requeued_up_to(Seq(2)), 2);
+        assert_eq!(q.len(), 2);
+        let order: Vec<u8> = std::iter::from_fn(|| q.pop()).map(|m| m.front()[0]).collect();
+        assert_eq!(order, [13, 1]);
+        assert!(!q.has_requeued());
+        assert_eq!(q.cost(), 0);
     }
 }
