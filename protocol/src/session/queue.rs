@@ -10,6 +10,11 @@ use super::seq::Seq;
 /// priorities must not leave a lane behind for each.
 const MAX_LANES: usize = 8;
 
+/// Room (in messages) a lane keeps when the queue empties: enough for the usual batch
+/// between two writes, and a connection idle after a burst keeps ~2.7 KiB, not the
+/// burst's room.
+const LANE_KEEP: usize = 16;
+
 /// One priority's messages, FIFO.
 #[derive(Clone, Debug)]
 struct Lane {
@@ -79,7 +84,23 @@ impl OutQueue {
         let msg = self.lanes.iter_mut().find_map(|l| l.msgs.pop_front())?;
         self.len -= 1;
         self.cost -= msg.send_cost();
+        if self.len == 0 {
+            self.trim();
+        }
         Some(msg)
+    }
+
+    /// The queue just emptied: surplus lanes go, and the rest give back room beyond
+    /// [`LANE_KEEP`].
+    fn trim(&mut self) {
+        if self.lanes.len() > MAX_LANES {
+            self.lanes.clear();
+        }
+        for l in &mut self.lanes {
+            if l.msgs.capacity() > LANE_KEEP {
+                l.msgs.shrink_to(LANE_KEEP);
+            }
+        }
     }
 
     /// Drops requeued messages (at the front of the highest lane) the peer says it has
@@ -168,9 +189,20 @@ mod tests {
         want.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         assert_eq!(popped, want);
         assert_eq!((q.len(), q.cost()), (0, 0));
+        assert!(q.lanes.is_empty(), "{} lanes left once drained", q.lanes.len());
         q.push_back(msg(1000, 0));
-        assert!(q.lanes.len() <= MAX_LANES + 1, "{} lanes", q.lanes.len());
         assert_eq!(q.pop().map(|m| m.priority()), Some(1000));
+    }
+
+    #[test]
+    fn an_emptied_lane_keeps_little_room() {
+        let mut q = OutQueue::default();
+        for i in 0..200u8 {
+            q.push_back(msg(PRIO_DEFAULT, i));
+        }
+        while q.pop().is_some() {}
+        let room: Vec<usize> = q.lanes.iter().map(|l| l.msgs.capacity()).collect();
+        assert!(room.iter().all(|&c| c <= LANE_KEEP), "{room:?}");
     }
 
     #[test]
