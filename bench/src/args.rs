@@ -54,7 +54,13 @@ pub struct MsgrVariant {
     /// instead of auth none; with `secure` off that is msgr2 crc mode after a cephx
     /// handshake, as a cluster with `ms_*_mode = crc` and cephx runs (needs `v2`).
     pub cephx: bool,
+    /// Both messengers' workers busy-poll [`BUSY_POLL`] (or `--busy-poll`, if longer)
+    /// before they sleep: the opt-in low-latency mode beside the default in one table.
+    pub busy: bool,
 }
+
+/// The busy-poll of the `busy` peer (`asyncmsgr+busy-poll`).
+pub const BUSY_POLL: Duration = Duration::from_micros(20);
 
 impl MsgrVariant {
     /// asyncmsgr's default: lossy, fast dispatch, msgr v1.
@@ -65,6 +71,7 @@ impl MsgrVariant {
         v2: false,
         secure: false,
         cephx: false,
+        busy: false,
     };
     /// The same over msgr2 in crc mode.
     pub const V2: MsgrVariant = MsgrVariant { v2: true, ..MsgrVariant::V1 };
@@ -127,6 +134,9 @@ impl Peer {
             "queued-server" | "asyncmsgr+queued-server" => {
                 Peer::Asyncmsgr(MsgrVariant { queued_server: true, ..MsgrVariant::V1 })
             }
+            "busy" | "asyncmsgr+busy-poll" => {
+                Peer::Asyncmsgr(MsgrVariant { busy: true, ..MsgrVariant::V1 })
+            }
             "tokio" | "tokio-ct64" => Peer::Tokio,
             "std" | "std-batched" => Peer::StdBatched,
             "naive" | "std-naive" => Peer::StdNaive,
@@ -154,6 +164,9 @@ impl fmt::Display for Peer {
                 }
                 if v.queued_server {
                     f.write_str("+queued-server")?;
+                }
+                if v.busy {
+                    f.write_str("+busy-poll")?;
                 }
                 Ok(())
             }
@@ -251,9 +264,10 @@ modes:
 options:
   --peers LIST        comma-separated, first is the reference
                       (default asyncmsgr,v2,v2s,tokio,std); also lossless, queued,
-                      lossless+queued, queued-server (asyncmsgr variants; queued-server:
+                      lossless+queued, queued-server, busy (asyncmsgr variants; queued-server:
                       the server answers from ms_dispatch, the client fast-dispatches
-                      the replies, as Ceph's Objecter), naive;
+                      the replies, as Ceph's Objecter; busy: both ends' workers
+                      busy-poll 20 us before they sleep, or --busy-poll if longer), naive;
                       v2 = asyncmsgr over msgr2 (crc mode) beside asyncmsgr over v1;
                       v2s = asyncmsgr over msgr2 in secure mode (cephx keys from an
                       in-process key server; the run fails unless secure was negotiated);
@@ -490,6 +504,9 @@ mod tests {
                 "rados-msgr2"
             ]
         );
+        let busy = parse("--peers busy,asyncmsgr+busy-poll").unwrap();
+        let names: Vec<String> = busy.peers.iter().map(|p| p.to_string()).collect();
+        assert_eq!(names, ["asyncmsgr+busy-poll", "asyncmsgr+busy-poll"]);
         assert!(parse("--peers quic").is_err());
         assert_eq!(parse("conns").unwrap().conns, 1000);
         assert_eq!(parse("conns --conns 50").unwrap().conns, 50);

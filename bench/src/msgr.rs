@@ -23,7 +23,7 @@ use protocol::auth::{ConMode, ConModes};
 use protocol::types::{AddrType, EntityAddr, EntityType};
 use protocol::Message;
 
-use crate::args::{Args, MsgrVariant};
+use crate::args::{Args, MsgrVariant, BUSY_POLL};
 use crate::cephx::Keys;
 use crate::report::{measure, new_histogram, Report};
 use crate::verify::{InFlight, Signal};
@@ -192,12 +192,18 @@ impl Server {
     }
 }
 
-/// A pool of `args.workers` workers, busy-polling `--busy-poll` before they sleep.
-fn worker_pool(args: &Args, name_prefix: &str) -> io::Result<Arc<WorkerPool>> {
+/// A pool of `args.workers` workers, busy-polling `--busy-poll` before they sleep (at
+/// least [`BUSY_POLL`] for the `busy` variant).
+fn worker_pool(
+    args: &Args,
+    variant: MsgrVariant,
+    name_prefix: &str,
+) -> io::Result<Arc<WorkerPool>> {
+    let busy_poll = if variant.busy { args.busy_poll.max(BUSY_POLL) } else { args.busy_poll };
     Ok(Arc::new(WorkerPool::new(WorkerPoolConfig {
         workers: args.workers,
         name_prefix: name_prefix.into(),
-        busy_poll: args.busy_poll,
+        busy_poll,
         ..WorkerPoolConfig::default()
     })?))
 }
@@ -220,7 +226,7 @@ pub fn server_with(
     }
     // Nonce 0, as a monitor announces: a client that knows only the server's IP:port
     // (the `client` mode in another process) dials exactly what the server announces.
-    let pool = worker_pool(args, "bench-server")?;
+    let pool = worker_pool(args, variant, "bench-server")?;
     let m = Messenger::with_pool(SERVER_NAME, 0, config(args, variant, auth), pool.clone())?;
     m.set_default_policy(if variant.lossless {
         Policy::lossless_peer()
@@ -357,7 +363,7 @@ pub fn client(
     }
     let resets = Arc::new(AtomicU64::new(0));
     let mut report = measure(args, name, |deadline, done, signals| {
-        let pool = worker_pool(args, "bench-client")?;
+        let pool = worker_pool(args, variant, "bench-client")?;
         let payload = Bytes::from(vec![0xa5; args.size]);
         // The server announces nonce 0 on one port for both protocols: msgr2 is its
         // `v2:` address there.
