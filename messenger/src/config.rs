@@ -105,9 +105,10 @@ pub struct MessengerConfig {
     /// The most messages of one read a connection hands on together: every batch, those
     /// for `ms_dispatch` go to the dispatch thread and what fast dispatch sent meanwhile
     /// (replies) is written, so the dispatch thread and the peer start on them while the
-    /// rest of a burst is parsed. A batch is a quarter of the previous read's burst,
-    /// at least 8 messages (or this, if smaller) and at most this. Acks alone wait for
-    /// the end of the read. (Ours; Ceph hands on and writes after every message.)
+    /// rest of a burst is parsed. A batch is this many messages, or fewer once they
+    /// carried 32 KiB: a quarter of the previous read's burst, at least 8. Acks alone
+    /// wait for the end of the read. (Ours; Ceph hands on and writes after every
+    /// message.)
     pub dispatch_batch: usize,
     /// Bound on the sender side, per connection: what messages queued on one
     /// connection cost until they leave it (written, or acknowledged on a lossless

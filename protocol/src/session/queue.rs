@@ -90,8 +90,8 @@ impl OutQueue {
         Some(msg)
     }
 
-    /// The queue just emptied: surplus lanes go, and the rest give back room beyond
-    /// [`LANE_KEEP`].
+    /// The queue just emptied (`pop`, `discard_requeued_up_to`): surplus lanes go, and
+    /// the rest give back room beyond [`LANE_KEEP`].
     fn trim(&mut self) {
         if self.lanes.len() > MAX_LANES {
             self.lanes.clear();
@@ -117,6 +117,9 @@ impl OutQueue {
         }
         self.cost -= cost;
         self.len -= n as usize;
+        if self.len == 0 {
+            self.trim();
+        }
         n
     }
 
