@@ -41,7 +41,13 @@ impl Driver {
                     }
                 }
                 #[cfg(feature = "fault-injection")]
-                Command::InjectFault => self.seams.add_cut(),
+                Command::InjectFault => {
+                    // Now, before the messages taken with the command are written (the
+                    // rounds of a pump flush after each drain): what was sent after the
+                    // call goes on the next socket.
+                    self.seams.add_cut();
+                    self.apply_injected_cut();
+                }
             }
         }
     }
