@@ -257,10 +257,6 @@ impl Connection {
     /// socket. So N calls on a lossless session make N reconnects (a session parked in
     /// standby opens again when something is sent); on a lossy one the first cut ends
     /// the session and the rest are dropped with it.
-    ///
-    /// A cut that can apply at once does so before anything sent after this call is
-    /// written: those messages go on the next socket, so a test can tell what crossed a
-    /// cut.
     #[cfg(feature = "fault-injection")]
     pub fn inject_socket_failure(&self) {
         let _ = self.post(Command::InjectFault);

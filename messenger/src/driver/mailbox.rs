@@ -41,13 +41,7 @@ impl Driver {
                     }
                 }
                 #[cfg(feature = "fault-injection")]
-                Command::InjectFault => {
-                    // Now, before the messages taken with the command are written (the
-                    // rounds of a pump flush after each drain): what was sent after the
-                    // call goes on the next socket.
-                    self.seams.add_cut();
-                    self.apply_injected_cut();
-                }
+                Command::InjectFault => self.seams.add_cut(),
             }
         }
     }
