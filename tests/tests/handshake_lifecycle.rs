@@ -435,6 +435,11 @@ fn a_race_winner_whose_socket_is_black_holed_still_ends_in_one_session() {
         let batch = tid + 1..=tid + 100;
         tid += 100;
         w_to_lo.inject_socket_failure();
+        // The batch must cross the cut: the driver applies a cut at its next pump, and
+        // messages sent before that could still leave on the old socket (then nothing
+        // needs the reconnect). The session is not open again before `lo`'s held
+        // decision, nor parked in standby until the batch.
+        wait_for("w's socket is cut", || w_to_lo.state() != ConnState::Open);
         send_range(&w_to_lo, batch.clone());
         send_range(&lo_to_w, batch.clone());
         // `lo` accepted the winner's connect and holds the hand-off of its socket: the
