@@ -253,6 +253,21 @@ impl Throttle {
         Some(self.permit(n))
     }
 
+    /// Takes up to `n`, and no more than a `share`th of the maximum (all `n` when
+    /// unlimited), if that much fits now and nobody is queued; never waits. For budget
+    /// taken ahead of need, so that one holder cannot take the whole throttle.
+    pub fn try_acquire_share(self: &Arc<Self>, n: u64, share: u64) -> Option<Permit> {
+        let mut st = self.state.lock();
+        let n = if st.max == 0 { n } else { n.min(st.max / share.max(1)) };
+        if n == 0 || st.should_wait(n) || !st.waiters.is_empty() {
+            st.counters.get_or_fail_fail += 1;
+            return None;
+        }
+        st.charge(n);
+        st.counters.get_or_fail_success += 1;
+        Some(self.permit(n))
+    }
+
     /// Takes `n` now if it fits and nobody is queued; otherwise queues the request and
     /// returns its [`Waiting`].
     ///
@@ -728,6 +743,21 @@ mod tests {
         assert_eq!(t.current(), 20);
         drop((pa, more_a, pb, more_b, ib));
         assert_eq!((t.current(), t.waiting()), (0, 0));
+    }
+
+    #[test]
+    fn a_share_is_capped_and_never_waits() {
+        let t = Throttle::new("t", 800);
+        let p = t.try_acquire_share(1000, 8).expect("a share fits");
+        assert_eq!((p.amount(), t.current()), (100, 100), "capped at max / share");
+        let _big = t.try_acquire(650).expect("fits");
+        assert!(t.try_acquire_share(1000, 8).is_none(), "100 more would pass the max");
+        drop(p);
+        assert_eq!(t.try_acquire_share(40, 8).map(|p| p.amount()), Some(40), "less than a share");
+        let unlimited = Throttle::new("u", 0);
+        assert_eq!(unlimited.try_acquire_share(1000, 8).map(|p| p.amount()), Some(1000));
+        let tiny = Throttle::new("tiny", 4);
+        assert!(tiny.try_acquire_share(10, 8).is_none(), "a share of nothing is refused");
     }
 
     #[test]
