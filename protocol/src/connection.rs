@@ -242,6 +242,18 @@ impl Connection {
         each!(self, c => c.grant_budget(now), _s => {})
     }
 
+    /// See [`crate::Machine::add_receive_credit`].
+    #[inline]
+    pub fn add_receive_credit(&mut self, messages: u32, bytes: u64) {
+        each!(self, c => c.add_receive_credit(messages, bytes), _s => {})
+    }
+
+    /// See [`crate::Machine::take_receive_credit`].
+    #[inline]
+    pub fn take_receive_credit(&mut self) -> (u32, u64) {
+        each!(self, c => c.take_receive_credit(), _s => (0, 0))
+    }
+
     // ----- commands -----
 
     /// See [`crate::Machine::send_message`].

@@ -43,6 +43,59 @@ fn events(c: &mut Connection) -> Vec<Event> {
     std::iter::from_fn(|| c.poll_event()).collect()
 }
 
+// Receive credit granted ahead, in both protocols: whole small messages are read on
+// without a budget request until the credit runs out (in messages or bytes); the unused
+// rest comes back, and a session that ends takes its credit with it.
+#[test]
+fn receive_credit_reads_whole_messages_without_budget_requests() {
+    const COST: u64 = 4 + protocol::message::MESSAGE_OVERHEAD;
+    for version in [ProtocolVersion::V1, ProtocolVersion::V2] {
+        let mut p = Pair::new(
+            Instant::now(),
+            version,
+            Policy::lossless_client(),
+            Policy::stateful_server(),
+        );
+        p.nodes[1].hold_budget = true;
+        p.send(0, msg(1));
+        p.drive();
+        assert_eq!(p.nodes[1].budget_waiting.len(), 1, "{version:?}: the first message asks");
+        p.release_budget();
+        p.drive();
+        assert_eq!(ids(&p.nodes[1].received), [1]);
+        let b = p.session_ep(1).expect("server session");
+
+        // Two messages' worth (in messages): the third asks again.
+        p.eps[b].conn.add_receive_credit(2, 10 * COST);
+        for id in 2..=4 {
+            p.send(0, msg(id));
+        }
+        p.drive();
+        assert_eq!(ids(&p.nodes[1].received), [1, 2, 3], "{version:?}: two read on credit");
+        assert_eq!(p.nodes[1].budget_waiting.len(), 1, "{version:?}: the third asks");
+        assert_eq!(p.eps[b].conn.take_receive_credit(), (0, 8 * COST), "bytes left over");
+        p.release_budget();
+        p.drive();
+        assert_eq!(ids(&p.nodes[1].received), [1, 2, 3, 4]);
+
+        // Short of the next message by a byte: it asks, and the credit is left whole.
+        p.eps[b].conn.add_receive_credit(5, COST - 1);
+        p.send(0, msg(5));
+        p.drive();
+        assert_eq!(p.nodes[1].budget_waiting.len(), 1, "{version:?}: not covered, it asks");
+        assert_eq!(p.eps[b].conn.take_receive_credit(), (5, COST - 1), "untouched");
+        assert_eq!(p.eps[b].conn.take_receive_credit(), (0, 0), "taken back once");
+        p.release_budget();
+        p.drive();
+        assert_eq!(ids(&p.nodes[1].received), [1, 2, 3, 4, 5]);
+
+        // The session's end takes the credit with it.
+        p.eps[b].conn.add_receive_credit(3, 3 * COST);
+        p.eps[b].conn.handle_transport_closed(p.now);
+        assert_eq!(p.eps[b].conn.take_receive_credit(), (0, 0), "{version:?}: gone");
+    }
+}
+
 // One listener for both protocols: the acceptor reads the peer's banner, becomes the
 // machine of that protocol, and the session works as with a listener bound to it.
 #[test]

@@ -141,6 +141,27 @@ impl<P: Protocol> Machine<P> {
         self.process(now);
     }
 
+    /// Grants receive budget ahead: up to `messages` whole messages, `bytes` in all
+    /// (each costs its payload plus [`crate::message::MESSAGE_OVERHEAD`]), are taken
+    /// without an [`super::Event::NeedBudget`] when their first window covers their
+    /// payload. The caller holds that much of its throttles until it takes the unused
+    /// rest back with [`Self::take_receive_credit`]; the credit is lost when the open
+    /// session ends. Ignored while no session is open.
+    pub fn add_receive_credit(&mut self, messages: u32, bytes: u64) {
+        if let Some(open) = self.state.open_mut() {
+            open.credit.messages = open.credit.messages.saturating_add(messages);
+            open.credit.bytes = open.credit.bytes.saturating_add(bytes);
+        }
+    }
+
+    /// Takes back the receive credit not used yet: `(messages, bytes)`; zero when none
+    /// is left or the session it was granted to has ended.
+    pub fn take_receive_credit(&mut self) -> (u32, u64) {
+        let Some(open) = self.state.open_mut() else { return (0, 0) };
+        let left = std::mem::take(&mut open.credit);
+        (left.messages, left.bytes)
+    }
+
     /// Runs input steps until one needs more input or an answer.
     pub(crate) fn process(&mut self, now: Instant) {
         for _ in 0..INPUT_STEPS_BOUND {

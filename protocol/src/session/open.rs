@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use crate::auth::SessionHandler;
+use crate::message::MESSAGE_OVERHEAD;
 
 use super::clock::later;
 use super::config::Config;
@@ -16,6 +17,9 @@ pub(crate) struct Open<R> {
     pub(crate) rx: R,
     /// The budget of the message being received.
     pub(crate) budget: Budget,
+    /// Budget the driver granted ahead for whole small messages (see
+    /// [`super::Machine::add_receive_credit`]); gone with the open session.
+    pub(crate) credit: Credit,
     /// in_seq advanced since the last ACK we sent (lossless only).
     pub(crate) ack_pending: bool,
     /// Next periodic keepalive (`Config::keepalive_interval`).
@@ -35,10 +39,35 @@ impl<R> Open<R> {
         Open {
             rx,
             budget: Budget::default(),
+            credit: Credit::default(),
             ack_pending: false,
             keepalive_due: config.keepalive_interval.map(|every| later(now, every)),
             signer,
         }
+    }
+}
+
+/// Receive budget granted ahead (see [`super::Machine::add_receive_credit`]): whole
+/// messages whose first window covers their payload take it from here, each one message
+/// and its payload plus [`MESSAGE_OVERHEAD`], without a round trip through the driver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Credit {
+    /// Messages left.
+    pub(crate) messages: u32,
+    /// Bytes left (payloads plus [`MESSAGE_OVERHEAD`] each).
+    pub(crate) bytes: u64,
+}
+
+impl Credit {
+    /// Takes one message of `payload` bytes, if the credit covers it.
+    pub(crate) fn take(&mut self, payload: u64) -> bool {
+        let cost = payload.saturating_add(MESSAGE_OVERHEAD);
+        if self.messages == 0 || cost > self.bytes {
+            return false;
+        }
+        self.messages -= 1;
+        self.bytes -= cost;
+        true
     }
 }
 

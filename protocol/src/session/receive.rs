@@ -54,6 +54,26 @@ impl<P: Protocol> Machine<P> {
         self.request_budget(bytes, first);
     }
 
+    /// The first window of a message whose payload is `len` bytes: taken from the
+    /// credit granted ahead when the window covers the whole payload and the credit
+    /// covers the window (then the message is read on at once: returns true), else asked
+    /// for with [`super::Event::NeedBudget`] (returns false: reading stops).
+    pub(crate) fn request_first_window(&mut self, now: Instant, len: u64) -> bool {
+        let Some(open) = self.state.open_mut() else { return false };
+        let window = Budget::default().window(len, &self.config, self.rx.len());
+        if window < len || !open.credit.take(len) {
+            self.request_budget(window, true);
+            return false;
+        }
+        open.budget.ask(len, true);
+        let Some((bytes, first)) = self.take_grant(now, P::TIMED_PAYLOAD) else { return false };
+        if let Err(fault) = P::grant(self, bytes, first) {
+            self.fault(now, fault);
+            return false;
+        }
+        true
+    }
+
     /// The driver granted the outstanding request: returns `(bytes, first)`, and (when
     /// `timed`) starts the payload's progress clock. `None` when nothing was asked.
     pub(crate) fn take_grant(&mut self, now: Instant, timed: bool) -> Option<(u64, bool)> {

@@ -43,7 +43,9 @@
 //! * A message's budget is asked for in windows as its payload arrives
 //!   ([`crate::Event::NeedBudget`]), not for its whole length at the header, and its
 //!   payload must progress by a window per `Config::payload_timeout`: a peer cannot
-//!   hold budget by announcing a large message and going silent.
+//!   hold budget by announcing a large message and going silent. Whole small messages
+//!   can also be read on budget granted ahead ([`crate::Machine::add_receive_credit`]),
+//!   one request for a burst.
 //! * An accepted socket may send at most [`MAX_CONNECT_ATTEMPTS`] connect messages; the
 //!   next one faults it (retry replies are answered in a loop, never recursively).
 //! * A session whose socket takes none of the bytes waiting for it for

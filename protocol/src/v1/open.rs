@@ -173,8 +173,7 @@ fn read_message(m: &mut Machine<V1>, now: Instant, discard: bool) -> bool {
                 set_next(m, Next::Msg { discard: true });
                 return true;
             }
-            m.request_window(h.payload_len(), true);
-            false
+            m.request_first_window(now, h.payload_len())
         }
         Ok(Progress::Message(mut msg)) => {
             let Some(open) = m.state.open_mut() else { return false };

@@ -233,8 +233,7 @@ fn handle_head(m: &mut Machine<V2>, now: Instant) -> bool {
         }
         return true;
     }
-    m.request_window(m.proto.decoder.payload_len(), true);
-    false
+    m.request_first_window(now, m.proto.decoder.payload_len())
 }
 
 /// A whole frame: dispatched by the step (or the open session) it arrives in.
