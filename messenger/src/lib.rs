@@ -141,6 +141,15 @@
 //! the number of connections (each holding its first window): that is the operating
 //! system's file descriptor limit.
 //!
+//! A burst of small messages does not ask once per message: from the second message of
+//! a read's burst, the driver grants the machine receive credit — whole messages up to
+//! the next dispatch batch, taken from every throttle at once and only if it is there
+//! (never waited for), at most an eighth of each throttle's maximum — and each message
+//! it funds takes exactly the charge it would have asked for (message count and policy
+//! bytes until it is handed over, its queued cost of the dispatch throttle until it is
+//! dispatched). What the burst did not use goes back at the end of the pump, so credit
+//! is held only while a burst is being parsed and an idle connection holds none.
+//!
 //! **Sending.** What a connection holds for sending — messages in its mailbox, in the
 //! protocol's queue, framed and unwritten (lossy), or written and not yet acknowledged
 //! (lossless) — is counted as [`protocol::Message::send_cost`] (framed bytes plus the

@@ -192,6 +192,18 @@ impl Machine {
         self.0.grant_budget(now);
     }
 
+    /// Receive budget granted ahead (see `protocol::Machine::add_receive_credit`).
+    #[inline]
+    pub(crate) fn add_receive_credit(&mut self, messages: u32, bytes: u64) {
+        self.0.add_receive_credit(messages, bytes);
+    }
+
+    /// The receive credit not used yet, taken back.
+    #[inline]
+    pub(crate) fn take_receive_credit(&mut self) -> (u32, u64) {
+        self.0.take_receive_credit()
+    }
+
     // ----- commands -----
 
     #[inline]

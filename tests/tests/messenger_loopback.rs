@@ -344,6 +344,23 @@ impl Dispatcher<Connection> for Slow {
     }
 }
 
+/// A started OSD server with `config` (after `setup`) whose one dispatcher is [`Slow`]:
+/// returns it, the gate (one unit lets one message through) and the finished tids.
+fn slow_server(
+    config: messenger::MessengerConfig,
+    setup: impl FnOnce(&Messenger),
+) -> (Messenger, crossbeam_channel::Sender<()>, Receiver<u64>) {
+    let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config).expect("messenger");
+    srv.set_default_policy(Policy::stateless_server());
+    setup(&srv);
+    let _addr = srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    srv.start().expect("start");
+    let (gate_tx, gate_rx) = crossbeam_channel::unbounded();
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    srv.add_dispatcher_head(Arc::new(Slow { gate: gate_rx, done: done_tx })).expect("dispatcher");
+    (srv, gate_tx, done_rx)
+}
+
 /// A slow dispatcher: the receiver stops reading once `ms_dispatch_throttle_bytes` are
 /// waiting. Measured from the outside: the bytes the receiver has taken off its socket
 /// (every one of them still held — the dispatcher has not returned from the first
@@ -356,14 +373,7 @@ fn slow_dispatcher_holds_memory_to_the_throttle_bound() {
     const PAYLOAD: u64 = 64 << 10;
     const N: u64 = 64; // 4 MiB per batch: four times the bound
     let cfg = messenger::MessengerConfig { dispatch_throttle_bytes: BOUND, ..test_config(2) };
-    let srv =
-        Messenger::new(EntityName::new(EntityType::OSD, 0), 1, cfg.clone()).expect("messenger");
-    srv.set_default_policy(Policy::stateless_server());
-    let _addr = srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
-    srv.start().expect("start");
-    let (gate_tx, gate_rx) = crossbeam_channel::unbounded();
-    let (done_tx, done_rx) = crossbeam_channel::unbounded();
-    srv.add_dispatcher_head(Arc::new(Slow { gate: gate_rx, done: done_tx })).expect("dispatcher");
+    let (srv, gate_tx, done_rx) = slow_server(cfg.clone(), |_| {});
     let (cli, _rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
     let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
     let payload = Bytes::from(vec![7u8; PAYLOAD as usize]);
@@ -404,6 +414,66 @@ fn slow_dispatcher_holds_memory_to_the_throttle_bound() {
         assert_eq!(done_rx.recv_timeout(WAIT).expect("second batch dispatched"), tid);
     }
     assert!(read() >= 2 * N * PAYLOAD);
+    cli.shutdown();
+    srv.shutdown();
+}
+
+/// Bursts of small messages are read on budget granted ahead (receive credit, one
+/// throttle request for many messages) and still stay inside every throttle: with a
+/// slow dispatcher, the dispatch throttle and the policy's byte and message throttles
+/// never pass their maximum, everything is dispatched once and in order, and once it is,
+/// all three hold nothing (the credit was given back exactly). A second burst, with the
+/// dispatcher open, takes far fewer dispatch-throttle requests than messages.
+#[test]
+fn small_messages_on_receive_credit_stay_inside_every_throttle() {
+    const N: u64 = 400;
+    const PAYLOAD: usize = 100;
+    let cfg = messenger::MessengerConfig { dispatch_throttle_bytes: 64 << 10, ..test_config(2) };
+    let policy_bytes = messenger::Throttle::new("client bytes", 32 << 10);
+    let policy_messages = messenger::Throttle::new("client messages", 40);
+    let (srv, gate_tx, done_rx) = slow_server(cfg, |srv| {
+        srv.set_policy_throttlers(
+            EntityType::CLIENT,
+            Some(policy_bytes.clone()),
+            Some(policy_messages.clone()),
+        )
+    });
+    let (cli, _rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let payload = Bytes::from(vec![9u8; PAYLOAD]);
+    let throttles = [srv.dispatch_throttle().clone(), policy_bytes, policy_messages];
+    let over = |throttles: &[Arc<messenger::Throttle>]| {
+        throttles.iter().find(|t| t.current() > t.max()).map(|t| (t.name().to_owned(), t.current()))
+    };
+    for tid in 1..=N {
+        conn.send_message(test_message(MSG_TEST, tid, payload.clone())).expect("send");
+    }
+    // Dispatch one at a time, checking the throttles between each.
+    for tid in 1..=N {
+        assert_eq!(over(&throttles), None, "a throttle passed its maximum");
+        gate_tx.send(()).expect("gate");
+        assert_eq!(done_rx.recv_timeout(WAIT).expect("dispatched"), tid, "once, in order");
+    }
+    let deadline = Instant::now() + WAIT;
+    while throttles.iter().any(|t| t.current() > 0) {
+        let held: Vec<_> = throttles.iter().map(|t| (t.name().to_owned(), t.current())).collect();
+        assert!(Instant::now() < deadline, "budget still held with nothing left: {held:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    let gets_before = srv.dispatch_throttle().counters().get;
+    for _ in 0..N {
+        gate_tx.send(()).expect("gate");
+    }
+    for tid in N + 1..=2 * N {
+        conn.send_message(test_message(MSG_TEST, tid, payload.clone())).expect("send");
+    }
+    for tid in N + 1..=2 * N {
+        assert_eq!(done_rx.recv_timeout(WAIT).expect("dispatched"), tid, "once, in order");
+    }
+    let gets = srv.dispatch_throttle().counters().get - gets_before;
+    eprintln!("{N} messages took {gets} dispatch-throttle requests");
+    assert!(gets < N / 2, "{gets} dispatch-throttle requests for {N} messages: no credit used");
     cli.shutdown();
     srv.shutdown();
 }

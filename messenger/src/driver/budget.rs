@@ -21,6 +21,16 @@ const STEP_POLICY_BYTES: usize = 1;
 const STEP_DISPATCH: usize = 2;
 const STEPS: usize = 3;
 
+/// Receive credit taken at most at once: messages, and bytes (payloads plus
+/// `MESSAGE_OVERHEAD` each)...
+const CREDIT_MESSAGES: u64 = 64;
+const CREDIT_BYTES: u64 = 256 << 10;
+/// ...and never more than this share of a throttle with a maximum, so that a few
+/// connections holding credit cannot starve the rest.
+const CREDIT_SHARE: u64 = 8;
+/// Only a message costing at most this much starts a credit: at least 8 like it fit.
+const CREDIT_MAX_COST: u64 = CREDIT_BYTES / 8;
+
 /// A window of budget the machine asked for (`Event::NeedBudget`).
 #[derive(Clone, Copy, Debug)]
 struct Want {
@@ -72,7 +82,109 @@ impl RecvBudget {
     }
 }
 
+/// Receive budget granted ahead to the machine (`Machine::add_receive_credit`), so that
+/// a burst of small messages costs one budget request, not one per message: the permits
+/// held for it, by step. They hold exactly the machine's unused credit plus what the
+/// messages it funded still hold until they are handed over (those take their share at
+/// `Event::Message`, see [`Credit::charge`]), and what is unused is given back at the
+/// end of every pump, so an idle connection holds none.
+#[derive(Default)]
+pub(super) struct Credit {
+    permits: [Option<Permit>; STEPS],
+}
+
+impl Credit {
+    /// A message funded by the credit was received: its message count and policy bytes
+    /// are released (it is handed over), and its dispatch permit, charged `cost`, is
+    /// split off to travel with it.
+    pub(super) fn charge(&mut self, cost: u64) -> Option<Permit> {
+        let [messages, policy_bytes, dispatch] = &mut self.permits;
+        if let Some(p) = messages {
+            drop(p.split(1));
+        }
+        if let Some(p) = policy_bytes {
+            drop(p.split(cost));
+        }
+        dispatch.as_mut().map(|p| p.split(cost))
+    }
+
+    /// Releases `messages` and `bytes` of what is held (the machine's unused credit).
+    fn release(&mut self, messages: u64, bytes: u64) {
+        let [m, pb, d] = &mut self.permits;
+        if let Some(p) = m {
+            drop(p.split(messages));
+        }
+        for p in [pb, d].into_iter().flatten() {
+            drop(p.split(bytes));
+        }
+    }
+}
+
 impl Driver {
+    /// Gives the machine receive credit for a burst of small messages, after the
+    /// message whose first window was just granted showed the peer sends them: taken
+    /// only if it is there now (never waited for), and at most a share of each throttle.
+    fn refill_credit(&mut self, size: u64) {
+        self.return_credit(false);
+        // The message just granted is the first of those up to the next batch.
+        let until_batch = self.messages_to_batch(usize::try_from(size).unwrap_or(usize::MAX));
+        let wanted = CREDIT_MESSAGES.min(until_batch.saturating_sub(1) as u64);
+        if wanted == 0 {
+            return;
+        }
+        let (tb, tm) = self.throttlers();
+        let take = |t: &Option<std::sync::Arc<dispatch::Throttle>>, n: u64| match t {
+            Some(t) => t.try_acquire_share(n, CREDIT_SHARE).map(Some),
+            None => Some(None),
+        };
+        let Some(messages) = take(&tm, wanted) else { return };
+        // As many messages as large as this one.
+        let want_bytes =
+            wanted.saturating_mul(size.saturating_add(MESSAGE_OVERHEAD)).min(CREDIT_BYTES);
+        let Some(policy_bytes) = take(&tb, want_bytes) else { return };
+        let Some(dispatch) = take(&Some(self.env.dispatch_throttle().clone()), want_bytes) else {
+            return;
+        };
+        let count = messages.as_ref().map_or(wanted, Permit::amount);
+        let bytes = [&policy_bytes, &dispatch]
+            .into_iter()
+            .flatten()
+            .map(Permit::amount)
+            .min()
+            .unwrap_or(want_bytes);
+        if count == 0 || bytes < MESSAGE_OVERHEAD {
+            return;
+        }
+        for (step, mut permit) in [
+            (STEP_MESSAGES, messages),
+            (STEP_POLICY_BYTES, policy_bytes),
+            (STEP_DISPATCH, dispatch),
+        ] {
+            let Some(mut p) = permit.take() else { continue };
+            let keep = if step == STEP_MESSAGES { count } else { bytes };
+            // The larger of the byte throttles' grants gives back its surplus now.
+            drop(p.split(p.amount().saturating_sub(keep)));
+            match &mut self.credit.permits[step] {
+                Some(held) => {
+                    let _ = held.merge(p);
+                }
+                slot => *slot = Some(p),
+            }
+        }
+        self.machine.add_receive_credit(u32::try_from(count).unwrap_or(u32::MAX), bytes);
+    }
+
+    /// Takes the machine's unused credit back and releases it; with `all`, once nothing
+    /// it funded is still on its way (no message in progress, no event unhandled),
+    /// releases everything the credit still holds.
+    pub(super) fn return_credit(&mut self, all: bool) {
+        let (messages, bytes) = self.machine.take_receive_credit();
+        self.credit.release(u64::from(messages), bytes);
+        if all {
+            self.credit = Credit::default();
+        }
+    }
+
     /// `Event::NeedBudget`: the message being received needs `bytes` more payload
     /// bytes of budget.
     pub(super) fn need_budget(&mut self, cx: &mut Context<'_>, bytes: u64) {
@@ -166,6 +278,11 @@ impl Driver {
             self.recv.step += 1;
         }
         self.recv.want = None;
+        // From the second message of a read's burst on: a lone message (depth 1) would
+        // pay for credit it never uses.
+        if want.first && self.burst > 0 && bytes <= CREDIT_MAX_COST {
+            self.refill_credit(want.bytes);
+        }
         self.machine.handle_budget_granted(cx.now());
     }
 

@@ -43,6 +43,7 @@ impl Driver {
         self.conn.close();
         self.conn.0.published.lock().replacing = false;
         self.recv = Default::default();
+        self.credit = Default::default();
         self.seams.discard();
         self.env.sessions.unregister(&self.conn);
         self.counters.active_connections.fetch_sub(1, Relaxed);

@@ -106,6 +106,10 @@ impl Driver {
                 // policy throttlers' permits (and the in-progress registrations) are
                 // released when the message is handed over.
                 let mut permit = self.recv.finish_message();
+                if permit.is_none() {
+                    // Not asked for: it was taken from the credit granted ahead.
+                    permit = self.credit.charge(msg.queued_cost());
+                }
                 if let Some(p) = permit.as_mut() {
                     p.settle(msg.queued_cost());
                 }
@@ -213,6 +217,22 @@ impl Driver {
         if moved > 0 {
             self.flush(cx);
         }
+    }
+
+    /// How many more messages of `size` payload bytes are delivered before
+    /// `hand_on_batch` hands a batch on (counting the next one): receive credit stops
+    /// there, so a burst parsed without budget requests is still answered batch by batch.
+    pub(super) fn messages_to_batch(&self, size: usize) -> usize {
+        let done = self.delivered_since_batch;
+        let to_full = self.env.config.dispatch_batch.saturating_sub(done).max(1);
+        let early = (self.last_burst / 4).max(MIN_DISPATCH_BATCH).saturating_sub(done);
+        let bytes_left = EARLY_BATCH_BYTES.saturating_sub(self.bytes_since_batch);
+        let to_early = match size {
+            0 if bytes_left > 0 => usize::MAX,
+            0 => early,
+            size => early.max(bytes_left.div_ceil(size)),
+        };
+        to_full.min(to_early).max(1)
     }
 
     /// Hands a received message to the dispatch layer (fast dispatch here, or the

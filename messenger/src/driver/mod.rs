@@ -33,7 +33,7 @@ use mio::net::TcpStream;
 use protocol::types::{EntityAddr, EntityName, EntityType};
 use protocol::Message;
 
-use self::budget::RecvBudget;
+use self::budget::{Credit, RecvBudget};
 use self::io::Io;
 use self::seams::Seams;
 use crate::connection::Connection;
@@ -63,6 +63,8 @@ pub(crate) struct Driver {
     io: Io,
     /// What the message being received holds of the throttles, and its pending request.
     recv: RecvBudget,
+    /// Receive budget granted ahead to the machine (see `budget.rs`).
+    credit: Credit,
     /// The peer type's policy throttlers, looked up on the first message.
     throttlers: Option<ThrottlerPair>,
     /// What `recv_held_bytes` last counted for this connection.
@@ -175,6 +177,7 @@ impl Driver {
             server_side: false,
             io,
             recv: RecvBudget::default(),
+            credit: Credit::default(),
             throttlers: None,
             recv_held: 0,
             send_held: 0,
@@ -259,6 +262,9 @@ impl Driver {
                 break;
             }
         }
+        // Credit is for the burst this pump read: what it did not use goes back.
+        let settled = !self.machine.message_in_progress() && !self.machine.has_events();
+        self.return_credit(settled);
         // Readable bytes the machine wants now but the read phase did not take: budget
         // granted during the rounds (after the read phase) resumes a paused read, and
         // edge-triggered readiness will not report those bytes again.
