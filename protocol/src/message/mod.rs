@@ -116,7 +116,25 @@ fn boxed_segment(seg: Bytes) -> Option<Box<Bytes>> {
 impl Message {
     /// A message of `msg_type` whose front (payload) is `front`.
     pub fn new(msg_type: u16, front: Bytes) -> Self {
-        Message { msg_type, front, ..Default::default() }
+        // Every field written out: `..Default::default()` builds a whole default
+        // message and drops what it replaces, per message (seen in profiles).
+        Message {
+            msg_type,
+            version: 0,
+            compat_version: 0,
+            priority: 0,
+            data_off: 0,
+            src_type: None,
+            src_num: 0,
+            tid: 0,
+            seq: 0,
+            front,
+            middle: None,
+            data: Bytes::new(),
+            footer: MsgFooter::default(),
+            recv_stamp: None,
+            dispatch_stamp: None,
+        }
     }
 
     /// A received message from its decoded parts.
@@ -141,7 +159,8 @@ impl Message {
             middle: boxed_segment(middle),
             data,
             footer,
-            ..Default::default()
+            recv_stamp: None,
+            dispatch_stamp: None,
         }
     }
 

@@ -41,7 +41,7 @@ use super::issues::PeerIssues;
 use super::policy::Policy;
 use super::race::Decision;
 use super::rx::RxBuf;
-use super::seq::{GlobalSeq, Seq};
+use super::seq::GlobalSeq;
 use super::state::State;
 use super::Session;
 
@@ -252,7 +252,7 @@ impl<P: Protocol> Machine<P> {
 
     /// The next message to frame, numbered with the next out_seq (a requeued message
     /// keeps its number: Ceph's `requeue_sent` rolled out_seq back).
-    pub(crate) fn next_outgoing(&mut self) -> Option<(Message, Seq)> {
+    pub(crate) fn next_outgoing(&mut self) -> Option<Message> {
         let mut msg = self.session.queue.pop()?;
         self.session.out_seq = self.session.out_seq.next();
         let seq = self.session.out_seq;
@@ -261,7 +261,7 @@ impl<P: Protocol> Machine<P> {
             log::warn!(target: P::LOG, "{self}: requeued message seq {} framed as {seq}", msg.seq());
         }
         msg.set_seq(seq.0);
-        Some((msg, seq))
+        Some(msg)
     }
 
     /// `msg` went into the write list: a lossless session keeps it until acked.

@@ -213,7 +213,8 @@ pub(crate) fn transmit(m: &mut Machine<V1>, head: &mut BytesMut, out: &mut Vec<B
     head.reserve(batch * GATHERED_PER_FRAME);
     let mut framed = head.len();
     while framed < TRANSMIT_BATCH_BYTES {
-        let Some((msg, seq)) = m.next_outgoing() else { break };
+        let Some(msg) = m.next_outgoing() else { break };
+        let seq = Seq(msg.seq());
         let signer = m.state.open().and_then(|o| o.signer.as_deref());
         let frame = msg.encode_frame_with(seq.0, src, &opts, |header, footer| {
             if let Some(s) = signer {

@@ -122,7 +122,8 @@ pub(crate) fn transmit(m: &mut Machine<V2>, head: &mut BytesMut, out: &mut Vec<B
     }
     let mut framed = 0;
     while framed < TRANSMIT_BATCH_BYTES && m.deferred_fault.is_none() {
-        let Some((msg, seq)) = m.next_outgoing() else { break };
+        let Some(msg) = m.next_outgoing() else { break };
+        let seq = Seq(msg.seq());
         let header = MsgHeader2 {
             seq: seq.0,
             tid: msg.tid(),
