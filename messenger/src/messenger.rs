@@ -180,7 +180,8 @@ impl Messenger {
     }
 
     /// Throttlers charged for every message received from peers of `peer_type`: bytes
-    /// and message count, held until the message is dispatched.
+    /// and message count, held from its header until the message is handed to the
+    /// dispatch layer (the dispatch throttle holds it until its dispatcher returns).
     pub fn set_policy_throttlers(
         &self,
         peer_type: EntityType,
