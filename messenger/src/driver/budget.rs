@@ -94,6 +94,13 @@ pub(super) struct Credit {
 }
 
 impl Credit {
+    /// Whether any credit is held (granted to the machine, or charged to a message it
+    /// funded that is not handed over yet). The dispatch step is always taken, so it
+    /// says for all three.
+    pub(super) fn is_held(&self) -> bool {
+        self.permits[STEP_DISPATCH].is_some()
+    }
+
     /// A message funded by the credit was received: its message count and policy bytes
     /// are released (it is handed over), and its dispatch permit, charged `cost`, is
     /// split off to travel with it.
@@ -142,25 +149,22 @@ impl Driver {
         let want_bytes =
             wanted.saturating_mul(size.saturating_add(MESSAGE_OVERHEAD)).min(CREDIT_BYTES);
         let Some(policy_bytes) = take(&tb, want_bytes) else { return };
-        let Some(dispatch) = take(&Some(self.env.dispatch_throttle().clone()), want_bytes) else {
+        let Some(dispatch) =
+            self.env.dispatch_throttle().try_acquire_share(want_bytes, CREDIT_SHARE)
+        else {
             return;
         };
         let count = messages.as_ref().map_or(wanted, Permit::amount);
-        let bytes = [&policy_bytes, &dispatch]
-            .into_iter()
-            .flatten()
-            .map(Permit::amount)
-            .min()
-            .unwrap_or(want_bytes);
+        let bytes = policy_bytes.as_ref().map_or(u64::MAX, Permit::amount).min(dispatch.amount());
         if count == 0 || bytes < MESSAGE_OVERHEAD {
             return;
         }
-        for (step, mut permit) in [
+        for (step, permit) in [
             (STEP_MESSAGES, messages),
             (STEP_POLICY_BYTES, policy_bytes),
-            (STEP_DISPATCH, dispatch),
+            (STEP_DISPATCH, Some(dispatch)),
         ] {
-            let Some(mut p) = permit.take() else { continue };
+            let Some(mut p) = permit else { continue };
             let keep = if step == STEP_MESSAGES { count } else { bytes };
             // The larger of the byte throttles' grants gives back its surplus now.
             drop(p.split(p.amount().saturating_sub(keep)));

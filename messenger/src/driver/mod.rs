@@ -263,8 +263,10 @@ impl Driver {
             }
         }
         // Credit is for the burst this pump read: what it did not use goes back.
-        let settled = !self.machine.message_in_progress() && !self.machine.has_events();
-        self.return_credit(settled);
+        if self.credit.is_held() {
+            let settled = !self.machine.message_in_progress() && !self.machine.has_events();
+            self.return_credit(settled);
+        }
         // Readable bytes the machine wants now but the read phase did not take: budget
         // granted during the rounds (after the read phase) resumes a paused read, and
         // edge-triggered readiness will not report those bytes again.
