@@ -422,11 +422,13 @@ fn slow_dispatcher_holds_memory_to_the_throttle_bound() {
 /// throttle request for many messages) and still stay inside every throttle: with a
 /// slow dispatcher, the dispatch throttle and the policy's byte and message throttles
 /// never pass their maximum, everything is dispatched once and in order, and once it is,
-/// all three hold nothing (the credit was given back exactly). A second burst, with the
+/// all three hold nothing (credit a burst of varied sizes left unused was given back). A second burst, with the
 /// dispatcher open, takes far fewer dispatch-throttle requests than messages.
 #[test]
 fn small_messages_on_receive_credit_stay_inside_every_throttle() {
-    const N: u64 = 400;
+    // Not a multiple of the dispatch batch (16), which credit is sized to: the last
+    // burst ends with credit unused.
+    const N: u64 = 407;
     const PAYLOAD: usize = 100;
     let cfg = messenger::MessengerConfig { dispatch_throttle_bytes: 64 << 10, ..test_config(2) };
     let policy_bytes = messenger::Throttle::new("client bytes", 32 << 10);
@@ -441,12 +443,15 @@ fn small_messages_on_receive_credit_stay_inside_every_throttle() {
     let (cli, _rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
     let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
     let payload = Bytes::from(vec![9u8; PAYLOAD]);
+    // Sizes vary, so a credit sized by one message is not used up exactly by the next
+    // ones: what is left must be given back, not kept.
+    let sized = |tid: u64| payload.slice(..PAYLOAD - (tid % 3) as usize * 40);
     let throttles = [srv.dispatch_throttle().clone(), policy_bytes, policy_messages];
     let over = |throttles: &[Arc<messenger::Throttle>]| {
         throttles.iter().find(|t| t.current() > t.max()).map(|t| (t.name().to_owned(), t.current()))
     };
     for tid in 1..=N {
-        conn.send_message(test_message(MSG_TEST, tid, payload.clone())).expect("send");
+        conn.send_message(test_message(MSG_TEST, tid, sized(tid))).expect("send");
     }
     // Dispatch one at a time, checking the throttles between each.
     for tid in 1..=N {
@@ -454,23 +459,29 @@ fn small_messages_on_receive_credit_stay_inside_every_throttle() {
         gate_tx.send(()).expect("gate");
         assert_eq!(done_rx.recv_timeout(WAIT).expect("dispatched"), tid, "once, in order");
     }
-    let deadline = Instant::now() + WAIT;
-    while throttles.iter().any(|t| t.current() > 0) {
-        let held: Vec<_> = throttles.iter().map(|t| (t.name().to_owned(), t.current())).collect();
-        assert!(Instant::now() < deadline, "budget still held with nothing left: {held:?}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    // A permit is released just after its dispatcher returns, so this polls.
+    let all_given_back = |phase: &str| {
+        let deadline = Instant::now() + WAIT;
+        while throttles.iter().any(|t| t.current() > 0) {
+            let held: Vec<_> =
+                throttles.iter().map(|t| (t.name().to_owned(), t.current())).collect();
+            assert!(Instant::now() < deadline, "{phase}: budget still held: {held:?}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    all_given_back("slow dispatcher");
 
     let gets_before = srv.dispatch_throttle().counters().get;
     for _ in 0..N {
         gate_tx.send(()).expect("gate");
     }
     for tid in N + 1..=2 * N {
-        conn.send_message(test_message(MSG_TEST, tid, payload.clone())).expect("send");
+        conn.send_message(test_message(MSG_TEST, tid, sized(tid))).expect("send");
     }
     for tid in N + 1..=2 * N {
         assert_eq!(done_rx.recv_timeout(WAIT).expect("dispatched"), tid, "once, in order");
     }
+    all_given_back("open dispatcher");
     let gets = srv.dispatch_throttle().counters().get - gets_before;
     eprintln!("{N} messages took {gets} dispatch-throttle requests");
     assert!(gets < N / 2, "{gets} dispatch-throttle requests for {N} messages: no credit used");
