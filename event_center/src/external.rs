@@ -132,6 +132,23 @@ impl<J> Shared<J> {
     /// Queues a `Notify` for `id` unless one is queued and undelivered already.
     #[inline]
     pub(crate) fn notify(&self, id: HandlerId) -> Result<(), CenterError> {
+        self.notify_with(id, |event| self.post(event))
+    }
+
+    /// [`notify`](Self::notify) from code running on the loop's own thread: queued
+    /// without writing the waker. The loop looks at its queue before every `poll` and
+    /// does not sleep while it is non-empty, so the eventfd write (a syscall here and a
+    /// spurious return of the next `poll`) would buy nothing.
+    #[inline]
+    pub(crate) fn notify_from_loop(&self, id: HandlerId) -> Result<(), CenterError> {
+        self.notify_with(id, |event| self.tx.send(event).map_err(|_| CenterError::Stopped))
+    }
+
+    fn notify_with(
+        &self,
+        id: HandlerId,
+        post: impl FnOnce(External<J>) -> Result<(), CenterError>,
+    ) -> Result<(), CenterError> {
         if self.is_stopping() {
             return Err(CenterError::Stopped);
         }
@@ -139,7 +156,7 @@ impl<J> Shared<J> {
         if !newly {
             return Ok(());
         }
-        let posted = self.post(External::Notify(id));
+        let posted = post(External::Notify(id));
         if posted.is_err() {
             self.notify_pending.lock().remove(&id);
         }
@@ -297,6 +314,20 @@ mod tests {
         assert!(matches!(inbox.pop(), Some(External::Notify(h)) if h == id(2)));
         assert!(matches!(inbox.pop(), Some(External::Notify(h)) if h == id(1)));
         assert!(inbox.pop().is_none());
+    }
+
+    #[test]
+    fn a_notify_from_the_loop_is_queued_and_coalesced_without_waking() {
+        let (_poll, shared, inbox) = queue();
+        shared.notify_from_loop(id(1)).expect("notify");
+        shared.notify_from_loop(id(1)).expect("coalesced");
+        shared.notify(id(1)).expect("coalesced with a foreign notify too");
+        assert_eq!(shared.wakeups(), 0, "the loop's own notify writes no waker");
+        assert!(matches!(inbox.pop(), Some(External::Notify(h)) if h == id(1)));
+        assert!(inbox.pop().is_none());
+        // A foreign notify after it still wakes the loop.
+        shared.notify(id(2)).expect("notify");
+        assert_eq!(shared.wakeups(), 1);
     }
 
     #[test]

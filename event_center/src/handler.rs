@@ -308,6 +308,15 @@ impl Context<'_> {
             .flatten()
     }
 
+    /// Delivers [`Handler::notify`] to `id` on this worker after the work now running
+    /// (coalesced like [`CenterHandle::notify`](crate::CenterHandle::notify)), e.g. a
+    /// handler that stopped reading early scheduling itself again. Unlike a notify through
+    /// a handle it writes no waker: the loop does not sleep while its queue holds work.
+    pub fn notify(&mut self, id: HandlerId) {
+        // Err only when the center is stopping: then nothing will run again anyway.
+        let _ = self.core.shared.notify_from_loop(id);
+    }
+
     /// Tells this center to stop after the current iteration (see
     /// [`CenterHandle::stop`](crate::CenterHandle::stop)).
     pub fn stop(&mut self) {

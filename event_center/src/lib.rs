@@ -18,7 +18,8 @@
 //!   the next millisecond, so a sub-millisecond deadline never spins.
 //! - **External events**: [`CenterHandle::dispatch_event_external`],
 //!   [`CenterHandle::notify`] and [`CenterHandle::submit_to`] from any thread; only the
-//!   first post after the loop drained its queue writes the waker.
+//!   first post after the loop drained its queue writes the waker. Code on the worker
+//!   reschedules a handler with [`Context::notify`], which writes none.
 //!
 //! # Example: a handler that owns its socket
 //! ```

@@ -182,3 +182,46 @@ fn only_the_first_post_after_a_drain_wakes_the_poll() {
     center.run_once(Some(Duration::ZERO)).expect("poll");
     assert_eq!(handle.wakeups(), 2, "draining does not wake");
 }
+
+/// Notifies itself from its own `notify` until it has run `rounds` times.
+struct SelfRescheduler {
+    tx: Sender<u32>,
+    count: u32,
+    rounds: u32,
+}
+
+impl Handler for SelfRescheduler {
+    fn ready(&mut self, _cx: &mut Context<'_>, _ready: Ready) {}
+    fn notify(&mut self, cx: &mut Context<'_>) {
+        self.count += 1;
+        let _ = self.tx.send(self.count);
+        if self.count < self.rounds {
+            let me = cx.id().expect("running a handler");
+            cx.notify(me);
+        }
+    }
+}
+
+// A handler that stopped early (a read budget used up) schedules itself again from the
+// worker: that must run without the loop sleeping in between, and without an eventfd
+// write, which only a thread outside the loop needs. More rounds than one iteration
+// drains, so later rounds are queued when the loop decides whether to sleep.
+#[test]
+fn a_handler_notifying_itself_runs_again_without_a_waker_write() {
+    let rounds = 3 * asyncmsgr_event_center::EXTERNAL_BATCH as u32 + 1;
+    let pool = pool(1);
+    let center = pool.handle(0).clone();
+    let (tx, rx) = unbounded();
+    let id = center
+        .submit_to(move |cx| cx.insert_handler(Box::new(SelfRescheduler { tx, count: 0, rounds })))
+        .expect("insert");
+    let before = center.wakeups();
+    center.notify(id).expect("notify");
+    for round in 1..=rounds {
+        // The pool's loop polls with no timeout when idle: a notify it did not see
+        // before sleeping would never be delivered.
+        assert_eq!(rx.recv_timeout(WAIT), Ok(round), "round {round} ran");
+    }
+    assert_eq!(center.wakeups() - before, 1, "only the notify from outside wrote the waker");
+    pool.shutdown();
+}

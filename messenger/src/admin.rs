@@ -90,7 +90,7 @@ impl Handler for AdminListener {
         }
         // More may be pending: come back after the worker's other work.
         if let Some(id) = cx.id() {
-            let _ = cx.handle().notify(id);
+            cx.notify(id);
         }
     }
 

@@ -151,7 +151,7 @@ impl AcceptHandler {
         }
         // Batch used up with connections possibly still pending: come back after other work.
         if let Some(id) = cx.id() {
-            let _ = self.center.notify(id);
+            cx.notify(id);
         }
     }
 

@@ -312,7 +312,7 @@ impl Driver {
         if budget == 0 && self.io.read_ready {
             // Stopped before WouldBlock: edge-triggered readiness will not fire again for
             // the bytes still buffered, so come back after other work on this worker.
-            self.notify_self();
+            self.notify_self(cx);
         }
     }
 

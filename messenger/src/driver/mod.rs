@@ -209,10 +209,11 @@ impl Driver {
         cx.with_handler(id, |h, cx| h.notify(cx));
     }
 
-    /// Runs this driver again after the worker's other work.
-    fn notify_self(&self) {
+    /// Runs this driver again after the worker's other work (with no waker write: this
+    /// runs on the worker).
+    fn notify_self(&self, cx: &mut Context<'_>) {
         if let Some(id) = self.id {
-            let _ = self.center.notify(id);
+            cx.notify(id);
         }
     }
 
@@ -278,7 +279,7 @@ impl Driver {
             | self.retry_congested_write();
         if more {
             // Work left after the bounded rounds: run again after the worker's other work.
-            self.notify_self();
+            self.notify_self(cx);
         }
         self.count_peer_issues();
         self.update_gauges();
