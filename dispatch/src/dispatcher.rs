@@ -8,6 +8,8 @@
 //! | `ms_deliver_handle_connect` etc. | [`Dispatchers::handle_connect`] etc. |
 //! | `ms_get_authorizer` / `ms_verify_authorizer` | same names |
 
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -154,6 +156,9 @@ pub struct Dispatchers<C: ConnectionRef> {
     all: RwLock<Chain<C>>,
     /// Those whose `ms_can_fast_dispatch_any` was true when added (Ceph's `fast_dispatchers`).
     fast: RwLock<Chain<C>>,
+    /// Bumped after each add, once both chains are replaced: a [`ChainCache`] holding an
+    /// older value takes the chains again.
+    generation: AtomicU64,
 }
 
 impl<C: ConnectionRef> Default for Dispatchers<C> {
@@ -161,7 +166,64 @@ impl<C: ConnectionRef> Default for Dispatchers<C> {
         Dispatchers {
             all: RwLock::new(Arc::new(Vec::new())),
             fast: RwLock::new(Arc::new(Vec::new())),
+            generation: AtomicU64::new(0),
         }
+    }
+}
+
+/// Offers `msg` to `chain` head → tail until one takes it; returns it if nobody did.
+fn dispatch_on<C: ConnectionRef>(chain: &Chain<C>, conn: &C, msg: Message) -> Option<Message> {
+    let mut msg = msg;
+    for d in chain.iter() {
+        match d.ms_dispatch(conn, msg) {
+            Dispatched::Taken => return None,
+            Dispatched::NotTaken(m) => msg = m,
+        }
+    }
+    Some(msg)
+}
+
+/// `ms_fast_preprocess` on all of `fast`, then `ms_fast_dispatch` on the first that wants
+/// `msg`; one snapshot for both walks, so a dispatcher added meanwhile sees neither.
+fn fast_on<C: ConnectionRef>(fast: &Chain<C>, conn: &C, msg: Message) -> Option<Message> {
+    for d in fast.iter() {
+        d.ms_fast_preprocess(conn, &msg);
+    }
+    match fast.iter().find(|d| d.ms_can_fast_dispatch(&msg)) {
+        Some(d) => {
+            d.ms_fast_dispatch(conn, msg);
+            None
+        }
+        None => Some(msg),
+    }
+}
+
+/// A thread's copy of the chains, for paths that run per message (a worker's receive
+/// path, the dispatch thread). Taking a snapshot costs a read lock and a reference count
+/// round trip — four atomic read-modify-writes on a line every worker shares; a cache
+/// costs one plain load of the generation per message and takes the chains again only
+/// after a dispatcher was added.
+pub struct ChainCache<C: ConnectionRef> {
+    generation: u64,
+    all: Chain<C>,
+    fast: Chain<C>,
+}
+
+impl<C: ConnectionRef> Default for ChainCache<C> {
+    fn default() -> Self {
+        // Generation 0 with empty chains is what a new `Dispatchers` holds, so a cache
+        // made before any add is accurate until the first add bumps the generation.
+        ChainCache { generation: 0, all: Arc::new(Vec::new()), fast: Arc::new(Vec::new()) }
+    }
+}
+
+impl<C: ConnectionRef> fmt::Debug for ChainCache<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChainCache")
+            .field("generation", &self.generation)
+            .field("all", &self.all.len())
+            .field("fast", &self.fast.len())
+            .finish()
     }
 }
 
@@ -199,6 +261,19 @@ impl<C: ConnectionRef> Dispatchers<C> {
             push(&self.fast, Arc::clone(&d));
         }
         push(&self.all, d);
+        // After both chains: a cache that sees the new generation finds both replaced.
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Brings `cache` up to date (a plain load when no dispatcher was added since) and
+    /// returns it.
+    #[inline]
+    pub(crate) fn refresh<'a>(&self, cache: &'a mut ChainCache<C>) -> &'a ChainCache<C> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if cache.generation != generation {
+            *cache = ChainCache { generation, all: self.all(), fast: self.fast() };
+        }
+        cache
     }
 
     /// Number of dispatchers.
@@ -223,14 +298,35 @@ impl<C: ConnectionRef> Dispatchers<C> {
     /// Offers `msg` head → tail until one takes it; returns it if nobody did.
     #[doc(alias = "ms_deliver_dispatch")]
     pub fn dispatch(&self, conn: &C, msg: Message) -> Option<Message> {
-        let mut msg = msg;
-        for d in self.all().iter() {
-            match d.ms_dispatch(conn, msg) {
-                Dispatched::Taken => return None,
-                Dispatched::NotTaken(m) => msg = m,
-            }
-        }
-        Some(msg)
+        dispatch_on(&self.all(), conn, msg)
+    }
+
+    /// [`dispatch`](Self::dispatch) through the caller's [`ChainCache`].
+    pub(crate) fn dispatch_cached(
+        &self,
+        cache: &mut ChainCache<C>,
+        conn: &C,
+        msg: Message,
+    ) -> Option<Message> {
+        dispatch_on(&self.refresh(cache).all, conn, msg)
+    }
+
+    /// `ms_fast_preprocess` on every fast dispatcher, then `ms_fast_dispatch` on the first
+    /// that wants `msg` (`None`), through the caller's [`ChainCache`]; hands the message
+    /// back when no fast dispatcher wants it.
+    pub(crate) fn preprocess_and_fast_dispatch(
+        &self,
+        cache: &mut ChainCache<C>,
+        conn: &C,
+        msg: Message,
+    ) -> Option<Message> {
+        fast_on(&self.refresh(cache).fast, conn, msg)
+    }
+
+    /// [`preprocess_and_fast_dispatch`](Self::preprocess_and_fast_dispatch) on a snapshot
+    /// taken now, for callers without a cache.
+    pub(crate) fn fast_or_return(&self, conn: &C, msg: Message) -> Option<Message> {
+        fast_on(&self.fast(), conn, msg)
     }
 
     /// Whether some fast dispatcher wants `msg` on the fast path.

@@ -15,9 +15,10 @@
 //!    waker resumes it when a release grants the request;
 //! 2. it hands the message and the [`Permit`] to [`DispatchQueue::deliver_into`], which
 //!    runs `ms_fast_preprocess`, then either `ms_fast_dispatch` on the worker or adds it
-//!    to the worker's batch, which [`DispatchQueue::enqueue_batch`] queues once the read
-//!    is handled (one lock, at most one wakeup; [`DispatchQueue::deliver`] does both for
-//!    one message);
+//!    to the worker's [`ReadBatch`], which [`DispatchQueue::enqueue_batch`] queues once
+//!    the read is handled (one lock, at most one wakeup; [`DispatchQueue::deliver`] does
+//!    both for one message). The batch keeps the worker's copy of the dispatcher chains
+//!    ([`ChainCache`]), so a message costs no lock on the shared chain;
 //! 3. the `ms_dispatch` thread offers queued messages to the dispatchers head → tail and
 //!    releases the permit when the dispatcher returns.
 //!
@@ -42,9 +43,11 @@ mod prio;
 pub mod queue;
 pub mod throttle;
 
-pub use dispatcher::{AuthVerdict, Authorizer, ConnectionRef, Dispatched, Dispatcher, Dispatchers};
+pub use dispatcher::{
+    AuthVerdict, Authorizer, ChainCache, ConnectionRef, Dispatched, Dispatcher, Dispatchers,
+};
 pub use queue::{
-    Delivery, DispatchQueue, QueueCounters, QueueEvent, ShutdownMode, DEFAULT_IDLE_SPIN,
+    Delivery, DispatchQueue, QueueCounters, QueueEvent, ReadBatch, ShutdownMode, DEFAULT_IDLE_SPIN,
 };
 pub use throttle::{InFlight, Permit, Throttle, ThrottleCounters, Ticket, Waiting, Waker};
 

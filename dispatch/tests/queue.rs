@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use asyncmsgr_dispatch::{
     AuthVerdict, Delivery, DispatchQueue, Dispatched, Dispatcher, Dispatchers, QueueEvent,
-    ShutdownMode, Throttle,
+    ReadBatch, ShutdownMode, Throttle,
 };
 use common::*;
 use crossbeam_channel::{unbounded, Receiver};
@@ -712,12 +712,13 @@ fn deliver_into_collects_a_batch_that_enqueue_batch_queues_with_one_wakeup() {
     let asleep = q.counters().sleeps;
     let budget = Throttle::new("budget", 1000);
     let conn = TestConn(3);
-    let mut batch = Vec::new();
+    let mut batch = ReadBatch::new();
     for tid in 0..20u64 {
         let ty = every_third_queued(tid);
         let permit = budget.try_acquire(10).expect("room");
         q.deliver_into(&conn, msg(ty, PRIO_DEFAULT, tid, 10), Some(permit), &mut batch);
     }
+    assert_eq!(q.counters().fast_dispatched, 0, "counted when the batch is handed over");
     let queued_tids: Vec<u64> = (0..20).filter(|t| t % 3 == 0).collect();
     let before: Vec<Seen> = rx.try_iter().collect();
     assert!(before.iter().all(|s| dispatched(s).is_none()), "nothing queued before the hand-over");
@@ -727,6 +728,7 @@ fn deliver_into_collects_a_batch_that_enqueue_batch_queues_with_one_wakeup() {
 
     q.enqueue_batch(&conn, &mut batch);
     assert!(batch.is_empty());
+    assert_eq!(q.counters().fast_dispatched, 20 - 7);
     let got: Vec<u64> =
         recv_n(&rx, queued_tids.len()).iter().filter_map(|s| dispatched(s).map(|x| x.3)).collect();
     assert_eq!(got, queued_tids, "dispatched in arrival order");
@@ -741,4 +743,46 @@ fn deliver_into_collects_a_batch_that_enqueue_batch_queues_with_one_wakeup() {
     assert!(batch.is_empty());
     assert_eq!(q.counters().discarded, 1);
     assert_eq!(budget.current(), 0, "a refused batch releases its budget");
+}
+
+/// A worker keeps its copy of the dispatcher chains in its `ReadBatch`: a dispatcher
+/// added after the copy was made still sees the next message (fast or queued), and a
+/// budget given through `deliver_into_with` is taken only for a message that is queued.
+#[test]
+fn a_read_batch_sees_dispatchers_added_after_its_first_message() {
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    d.add_tail(arc(Recorder::new("slow", tx.clone())));
+    let q = queue(&d);
+    q.start().expect("start");
+    let conn = TestConn(5);
+    let budget = Throttle::new("budget", 1000);
+    let mut batch = ReadBatch::new();
+    let mut asked = 0;
+    let mut charge = || {
+        asked += 1;
+        budget.try_acquire(10)
+    };
+    assert_eq!(
+        q.deliver_into_with(&conn, msg(10, PRIO_DEFAULT, 1, 10), &mut charge, &mut batch),
+        Delivery::Queued
+    );
+    // Added after the batch copied the chains: the next message must still reach it.
+    let mut fast = Recorder::new("fast", tx);
+    fast.fast = vec![10];
+    fast.takes = Some(Vec::new());
+    d.add_head(arc(fast));
+    assert_eq!(
+        q.deliver_into_with(&conn, msg(10, PRIO_DEFAULT, 2, 10), &mut charge, &mut batch),
+        Delivery::Fast
+    );
+    assert_eq!(asked, 1, "no budget taken for the fast-dispatched message");
+    assert_eq!(budget.current(), 10);
+    q.enqueue_batch(&conn, &mut batch);
+    // The fast dispatcher's preprocess and fast dispatch of tid 2, the queued tid 1.
+    let seen = recv_n(&rx, 3);
+    assert!(seen.iter().any(|s| matches!(s, Seen::Fast { conn: 5, tid: 2, .. })), "{seen:?}");
+    assert!(seen.iter().any(|s| dispatched(s) == Some(("slow", 5, 10, 1))), "{seen:?}");
+    wait_until(|| budget.current() == 0);
+    q.shutdown(ShutdownMode::Drain);
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use parking_lot::MutexGuard;
 
 use super::shared::{Phase, QueueEvent, Queued, Shared, ShutdownMode, Work};
-use crate::dispatcher::ConnectionRef;
+use crate::dispatcher::{ChainCache, ConnectionRef};
 
 /// Looks at the arrivals counter between clock reads while spinning.
 const SPIN_CHECKS: u32 = 64;
@@ -14,6 +14,7 @@ const SPIN_CHECKS: u32 = 64;
 /// The `ms_dispatch` thread.
 pub(super) fn run<C: ConnectionRef>(s: &Shared<C>) {
     let mut spin = SpinPolicy::default();
+    let mut chains = ChainCache::default();
     loop {
         match next_work(s, &mut spin) {
             Work::Exit => break,
@@ -23,8 +24,7 @@ pub(super) fn run<C: ConnectionRef>(s: &Shared<C>) {
             }
             Work::Local(q) => {
                 let Queued { conn, msg, budget, since } = q;
-                s.dispatchers.fast_preprocess(&conn, &msg);
-                match s.dispatchers.fast_dispatch(&conn, msg) {
+                match s.dispatchers.preprocess_and_fast_dispatch(&mut chains, &conn, msg) {
                     None => {
                         s.fast_dispatched.fetch_add(1, Ordering::Relaxed);
                         drop(budget);
@@ -39,7 +39,7 @@ pub(super) fn run<C: ConnectionRef>(s: &Shared<C>) {
                     s.discarded.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                match s.dispatchers.dispatch(&conn, msg) {
+                match s.dispatchers.dispatch_cached(&mut chains, &conn, msg) {
                     None => {
                         s.dispatched.fetch_add(1, Ordering::Relaxed);
                     }

@@ -13,7 +13,7 @@ use protocol::Message;
 
 use super::dispatch_thread::run;
 use super::shared::{Phase, QueueCounters, QueueEvent, Queued, Shared, ShutdownMode, State};
-use crate::dispatcher::{ConnectionRef, Dispatchers};
+use crate::dispatcher::{ChainCache, ConnectionRef, Dispatchers};
 use crate::prio::PrioQueue;
 use crate::throttle::{Permit, Throttle};
 
@@ -29,6 +29,49 @@ pub enum Delivery {
     Fast,
     /// Queued for the dispatch thread.
     Queued,
+}
+
+/// A worker's batch of received messages for the queue ([`DispatchQueue::deliver_into`],
+/// [`DispatchQueue::enqueue_batch`]), with what delivering them needs that other workers
+/// must not share per message: the worker's copy of the dispatcher chains and its count
+/// of fast dispatches not yet added to [`QueueCounters::fast_dispatched`] (added at each
+/// `enqueue_batch`).
+pub struct ReadBatch<C: ConnectionRef> {
+    messages: Vec<(Message, Option<Permit>)>,
+    chains: ChainCache<C>,
+    fast_dispatched: u64,
+}
+
+impl<C: ConnectionRef> Default for ReadBatch<C> {
+    fn default() -> Self {
+        ReadBatch { messages: Vec::new(), chains: ChainCache::default(), fast_dispatched: 0 }
+    }
+}
+
+impl<C: ConnectionRef> ReadBatch<C> {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Messages waiting for [`DispatchQueue::enqueue_batch`].
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Whether no message waits.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+}
+
+impl<C: ConnectionRef> std::fmt::Debug for ReadBatch<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadBatch")
+            .field("messages", &self.messages.len())
+            .field("fast_dispatched", &self.fast_dispatched)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Received messages and connection events, delivered to the [`Dispatchers`] by one
@@ -201,9 +244,13 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     /// preprocess, fast dispatch on this thread if wanted (releasing `budget` when the
     /// dispatcher returns), else [`enqueue`](Self::enqueue) it with its budget.
     pub fn deliver(&self, conn: &C, msg: Message, budget: Option<Permit>) -> Delivery {
-        match self.fast_or_return(conn, msg, budget) {
-            None => Delivery::Fast,
-            Some((msg, budget)) => {
+        match self.shared.dispatchers.fast_or_return(conn, msg) {
+            None => {
+                drop(budget);
+                self.shared.fast_dispatched.fetch_add(1, Ordering::Relaxed);
+                Delivery::Fast
+            }
+            Some(msg) => {
                 self.enqueue(conn, msg, budget);
                 Delivery::Queued
             }
@@ -223,46 +270,46 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         conn: &C,
         msg: Message,
         budget: Option<Permit>,
-        batch: &mut Vec<(Message, Option<Permit>)>,
+        batch: &mut ReadBatch<C>,
     ) -> Delivery {
-        match self.fast_or_return(conn, msg, budget) {
-            None => Delivery::Fast,
-            Some(queued) => {
-                batch.push(queued);
-                Delivery::Queued
-            }
-        }
+        self.deliver_into_with(conn, msg, move || budget, batch)
     }
 
-    /// Runs `ms_fast_preprocess`, then `ms_fast_dispatch` if a fast dispatcher wants
-    /// `msg` (returning `None`); hands the message back for the queue otherwise.
-    fn fast_or_return(
+    /// [`deliver_into`](Self::deliver_into) for a caller whose budget for `msg` is
+    /// cheaper not to split off when it is fast-dispatched (a worker's budget taken ahead
+    /// for a burst, released in one piece later): `budget` is called only when the
+    /// message goes to the queue, and the permit it returns travels with it.
+    pub fn deliver_into_with(
         &self,
         conn: &C,
         msg: Message,
-        budget: Option<Permit>,
-    ) -> Option<(Message, Option<Permit>)> {
-        // One snapshot for both walks: a dispatcher added meanwhile sees neither.
-        let fast = self.shared.dispatchers.fast();
-        for d in fast.iter() {
-            d.ms_fast_preprocess(conn, &msg);
-        }
-        match fast.iter().find(|d| d.ms_can_fast_dispatch(&msg)) {
-            Some(d) => {
-                d.ms_fast_dispatch(conn, msg);
-                drop(budget);
-                self.shared.fast_dispatched.fetch_add(1, Ordering::Relaxed);
-                None
+        budget: impl FnOnce() -> Option<Permit>,
+        batch: &mut ReadBatch<C>,
+    ) -> Delivery {
+        let dispatchers = &self.shared.dispatchers;
+        match dispatchers.preprocess_and_fast_dispatch(&mut batch.chains, conn, msg) {
+            None => {
+                batch.fast_dispatched += 1;
+                Delivery::Fast
             }
-            None => Some((msg, budget)),
+            Some(msg) => {
+                batch.messages.push((msg, budget()));
+                Delivery::Queued
+            }
         }
     }
 
     /// Queues every message of `batch` (all read from `conn`, in arrival order), leaving
     /// it empty: what [`enqueue`](Self::enqueue) does for each, under one lock and with at
     /// most one wakeup of the dispatch thread. After shutdown began, or once `conn` is
-    /// marked down, the messages are dropped and counted as discarded instead.
-    pub fn enqueue_batch(&self, conn: &C, batch: &mut Vec<(Message, Option<Permit>)>) {
+    /// marked down, the messages are dropped and counted as discarded instead. Adds the
+    /// batch's fast dispatches to the counters.
+    pub fn enqueue_batch(&self, conn: &C, batch: &mut ReadBatch<C>) {
+        if batch.fast_dispatched > 0 {
+            self.shared.fast_dispatched.fetch_add(batch.fast_dispatched, Ordering::Relaxed);
+            batch.fast_dispatched = 0;
+        }
+        let batch = &mut batch.messages;
         if batch.is_empty() {
             return;
         }

@@ -84,5 +84,5 @@ mod dispatch_thread;
 mod handle;
 mod shared;
 
-pub use handle::{Delivery, DispatchQueue, DEFAULT_IDLE_SPIN};
+pub use handle::{Delivery, DispatchQueue, ReadBatch, DEFAULT_IDLE_SPIN};
 pub use shared::{QueueCounters, QueueEvent, ShutdownMode};

@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dispatch::Permit;
+use dispatch::ReadBatch;
 use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, TimerTarget};
 use mio::net::TcpStream;
 use protocol::types::{EntityAddr, EntityName, EntityType};
@@ -89,8 +89,9 @@ pub(crate) struct Driver {
     burst: usize,
     last_burst: usize,
     /// Received messages for the dispatch queue, handed over together
-    /// (`deliver_pending`); empty between pumps.
-    pending: Vec<(Message, Option<Permit>)>,
+    /// (`deliver_pending`; empty between pumps), with this driver's copy of the
+    /// dispatcher chains.
+    pending: ReadBatch<Connection>,
     started: bool,
     /// Closed (or handed over): no more input is handled.
     finished: bool,
@@ -189,7 +190,7 @@ impl Driver {
             bytes_since_batch: 0,
             burst: 0,
             last_burst: 0,
-            pending: Vec::new(),
+            pending: ReadBatch::new(),
             started: false,
             finished: false,
             cleaned: false,
