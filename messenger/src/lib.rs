@@ -145,10 +145,14 @@
 //! a read's burst, the driver grants the machine receive credit — whole messages up to
 //! the next dispatch batch, taken from every throttle at once and only if it is there
 //! (never waited for), at most an eighth of each throttle's maximum — and each message
-//! it funds takes exactly the charge it would have asked for (message count and policy
-//! bytes until it is handed over, its queued cost of the dispatch throttle until it is
-//! dispatched). What the burst did not use goes back at the end of the pump, so credit
-//! is held only while a burst is being parsed and an idle connection holds none.
+//! it funds is charged exactly what it would have asked for (one message, its queued
+//! cost in policy bytes and of the dispatch throttle). A funded message that goes to the
+//! dispatch queue takes its dispatch charge along as its own permit, released when its
+//! dispatcher returns; the rest of what funded messages were charged (all of it for a
+//! fast-dispatched message, whose dispatcher returned during the pump) is released with
+//! what the burst did not use at the end of the pump, in one release per throttle
+//! rather than one per message. So credit is held only while a burst is being parsed
+//! and an idle connection holds none.
 //!
 //! **Sending.** What a connection holds for sending — messages in its mailbox, in the
 //! protocol's queue, framed and unwritten (lossy), or written and not yet acknowledged

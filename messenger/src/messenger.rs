@@ -181,7 +181,9 @@ impl Messenger {
 
     /// Throttlers charged for every message received from peers of `peer_type`: bytes
     /// and message count, held from its header until the message is handed to the
-    /// dispatch layer (the dispatch throttle holds it until its dispatcher returns).
+    /// dispatch layer (the dispatch throttle holds it until its dispatcher returns). A
+    /// message read on receive credit releases both at the end of the worker's pass
+    /// that handed it over, with the rest of the burst's (see the crate docs).
     pub fn set_policy_throttlers(
         &self,
         peer_type: EntityType,

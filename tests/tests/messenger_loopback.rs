@@ -12,6 +12,7 @@ use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use event_center::{WorkerPool, WorkerPoolConfig};
 use messenger::{Connection, Dispatched, Dispatcher, Messenger, Policy, ProtocolVersion};
+use protocol::message::MESSAGE_OVERHEAD;
 use protocol::types::{EntityName, EntityType};
 use protocol::Message;
 use tests::loopback::*;
@@ -453,12 +454,27 @@ fn small_messages_on_receive_credit_stay_inside_every_throttle() {
     for tid in 1..=N {
         conn.send_message(test_message(MSG_TEST, tid, sized(tid))).expect("send");
     }
-    // Dispatch one at a time, checking the throttles between each.
+    // Dispatch one at a time, checking the throttles between each. Every message
+    // received and not dispatched yet (waiting in the queue, or the one whose dispatcher
+    // waits for the gate) holds its cost of the dispatch throttle: one funded by credit
+    // took its share along.
+    let dispatch = srv.dispatch_throttle().clone();
+    let least_cost = (PAYLOAD - 80) as u64 + MESSAGE_OVERHEAD;
+    let mut max_waiting = 0;
     for tid in 1..=N {
         assert_eq!(over(&throttles), None, "a throttle passed its maximum");
+        // Charged before counted as received, so reading the count first is safe.
+        let waiting = srv.totals().recv_messages - (tid - 1);
+        max_waiting = max_waiting.max(waiting);
+        let held = dispatch.current();
+        assert!(
+            held >= waiting * least_cost,
+            "{waiting} messages waiting for dispatch hold only {held} dispatch-throttle bytes"
+        );
         gate_tx.send(()).expect("gate");
         assert_eq!(done_rx.recv_timeout(WAIT).expect("dispatched"), tid, "once, in order");
     }
+    assert!(max_waiting > 16, "at most {max_waiting} messages waited: the check checked little");
     // A permit is released just after its dispatcher returns, so this polls.
     let all_given_back = |phase: &str| {
         let deadline = Instant::now() + WAIT;

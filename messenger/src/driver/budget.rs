@@ -84,13 +84,20 @@ impl RecvBudget {
 
 /// Receive budget granted ahead to the machine (`Machine::add_receive_credit`), so that
 /// a burst of small messages costs one budget request, not one per message: the permits
-/// held for it, by step. They hold exactly the machine's unused credit plus what the
-/// messages it funded still hold until they are handed over (those take their share at
-/// `Event::Message`, see [`Credit::charge`]), and what is unused is given back at the
-/// end of every pump, so an idle connection holds none.
+/// held for it, by step. They hold the machine's unused credit plus what the messages
+/// it funded were charged ([`Credit::spend`]): a funded message handed over to the
+/// queue takes its dispatch charge along as a permit of its own
+/// ([`Credit::take_dispatch`]); everything else a funded message was charged (its
+/// message count and policy bytes, and the dispatch charge of one fast-dispatched, whose
+/// dispatcher has returned by then) is released together with the unused credit at the
+/// end of the pump ([`Credit::release_spent`]) — per message, each release was a lock
+/// and a reference count round trip on every throttle. So an idle connection holds none.
 #[derive(Default)]
 pub(super) struct Credit {
     permits: [Option<Permit>; STEPS],
+    /// Charged by funded messages and not released yet, by step (the dispatch step
+    /// without what [`Credit::take_dispatch`] split off).
+    spent: [u64; STEPS],
 }
 
 impl Credit {
@@ -101,18 +108,31 @@ impl Credit {
         self.permits[STEP_DISPATCH].is_some()
     }
 
-    /// A message funded by the credit was received: its message count and policy bytes
-    /// are released (it is handed over), and its dispatch permit, charged `cost`, is
-    /// split off to travel with it.
-    pub(super) fn charge(&mut self, cost: u64) -> Option<Permit> {
-        let [messages, policy_bytes, dispatch] = &mut self.permits;
-        if let Some(p) = messages {
-            drop(p.split(1));
+    /// A message funded by the credit was received, costing `cost`: one message and
+    /// `cost` policy bytes, and `cost` of dispatch budget until its dispatcher returns.
+    pub(super) fn spend(&mut self, cost: u64) {
+        self.spent[STEP_MESSAGES] += 1;
+        self.spent[STEP_POLICY_BYTES] += cost;
+        self.spent[STEP_DISPATCH] += cost;
+    }
+
+    /// The dispatch charge `cost` of a funded message that goes to the dispatch queue,
+    /// split off to travel with it (released when its `ms_dispatch` returns).
+    pub(super) fn take_dispatch(&mut self, cost: u64) -> Option<Permit> {
+        let permit = self.permits[STEP_DISPATCH].as_mut()?;
+        self.spent[STEP_DISPATCH] = self.spent[STEP_DISPATCH].saturating_sub(cost);
+        Some(permit.split(cost))
+    }
+
+    /// Releases what funded messages were charged and hold no more: they have been
+    /// handed over (and, fast-dispatched, dispatched).
+    fn release_spent(&mut self) {
+        let spent = std::mem::take(&mut self.spent);
+        for (permit, n) in self.permits.iter_mut().zip(spent) {
+            if let (Some(p), true) = (permit, n > 0) {
+                drop(p.split(n));
+            }
         }
-        if let Some(p) = policy_bytes {
-            drop(p.split(cost));
-        }
-        dispatch.as_mut().map(|p| p.split(cost))
     }
 
     /// Releases `messages` and `bytes` of what is held (the machine's unused credit).
@@ -178,12 +198,14 @@ impl Driver {
         self.machine.add_receive_credit(u32::try_from(count).unwrap_or(u32::MAX), bytes);
     }
 
-    /// Takes the machine's unused credit back and releases it; with `all`, once nothing
-    /// it funded is still on its way (no message in progress, no event unhandled),
-    /// releases everything the credit still holds.
+    /// Takes the machine's unused credit back and releases it, with what the messages it
+    /// funded spent ([`Credit::release_spent`]: they are handed over by now); with
+    /// `all`, once nothing it funded is still on its way (no message in progress, no
+    /// event unhandled), releases everything the credit still holds.
     pub(super) fn return_credit(&mut self, all: bool) {
         let (messages, bytes) = self.machine.take_receive_credit();
         self.credit.release(u64::from(messages), bytes);
+        self.credit.release_spent();
         if all {
             self.credit = Credit::default();
         }

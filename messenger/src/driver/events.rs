@@ -105,27 +105,25 @@ impl Driver {
                 // dispatcher returns, charged exactly what the queued message costs; the
                 // policy throttlers' permits (and the in-progress registrations) are
                 // released when the message is handed over.
+                let cost = msg.queued_cost();
                 let mut permit = self.recv.finish_message();
-                if permit.is_none() {
-                    // Not asked for: it was taken from the credit granted ahead.
-                    permit = self.credit.charge(msg.queued_cost());
+                // Not asked for: it was taken from the credit granted ahead, which is
+                // charged now and gives a permit only to a message that needs one.
+                let funded = permit.is_none() && self.credit.is_held();
+                if funded {
+                    self.credit.spend(cost);
+                } else if let Some(p) = permit.as_mut() {
+                    p.settle(cost);
                 }
-                if let Some(p) = permit.as_mut() {
-                    p.settle(msg.queued_cost());
-                }
-                #[cfg(feature = "fault-injection")]
-                {
-                    let conn = &self.conn;
-                    if let Some((msg, permit)) =
-                        self.seams.hold_message(now, || conn.peer_type(), (msg, permit))
-                    {
-                        self.deliver(msg, permit);
+                let conn = &self.conn;
+                if let Some(at) = self.seams.hold_until(now, || conn.peer_type()) {
+                    if funded {
+                        permit = self.credit.take_dispatch(cost);
                     }
+                    self.seams.push_held(at, (msg, permit));
+                } else {
+                    self.deliver_funded(msg, permit, funded.then_some(cost));
                 }
-                // Without the seams nothing is held: no detour through a tuple, which
-                // cost two copies of the message.
-                #[cfg(not(feature = "fault-injection"))]
-                self.deliver(msg, permit);
                 self.hand_on_batch(cx, size);
             }
             Event::Acked { .. } => {}
@@ -239,12 +237,25 @@ impl Driver {
     /// driver's batch for the dispatch queue), unless the connection was marked down
     /// meanwhile.
     fn deliver(&mut self, msg: Message, permit: Option<Permit>) {
+        self.deliver_funded(msg, permit, None);
+    }
+
+    /// [`deliver`](Self::deliver) for a message that may be funded by the credit
+    /// (`funded`: its cost): then it gets its dispatch permit only if it goes to the
+    /// queue; fast-dispatched, its charge is released with the credit's at the end of
+    /// the pump.
+    fn deliver_funded(&mut self, msg: Message, permit: Option<Permit>, funded: Option<u64>) {
         if self.conn.is_marked_down() {
             // Read after mark_down: never delivered (the MarkDown command that closes
             // this driver is on its way).
             return;
         }
-        let _ = self.env.queue.deliver_into(&self.conn, msg, permit, &mut self.pending);
+        let credit = &mut self.credit;
+        let budget = move || match funded {
+            Some(cost) => credit.take_dispatch(cost),
+            None => permit,
+        };
+        let _ = self.env.queue.deliver_into_with(&self.conn, msg, budget, &mut self.pending);
     }
 
     /// Queues the batch of received messages for the dispatch thread: one lock and at

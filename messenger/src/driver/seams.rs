@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use dispatch::Permit;
+use protocol::types::EntityType;
 use protocol::Message;
 
 use crate::machine::AcceptRequest;
@@ -24,8 +25,6 @@ pub(super) type Received = (Message, Option<Permit>);
 #[cfg(feature = "fault-injection")]
 mod imp {
     use std::sync::Arc;
-
-    use protocol::types::EntityType;
 
     use super::*;
     use crate::config::MessengerConfig;
@@ -158,27 +157,31 @@ mod imp {
             }
         }
 
-        /// `ms_inject_delay_*`: `msg` back to deliver now, or `None` if it was queued
-        /// (behind whatever is queued already, so the connection's order holds).
-        pub(in crate::driver) fn hold_message(
+        /// `ms_inject_delay_*`: when a message received now is to be delivered, or
+        /// `None` to deliver it now. A held message goes to [`Self::push_held`], behind
+        /// whatever is held already, so the connection's order holds.
+        pub(in crate::driver) fn hold_until(
             &mut self,
             now: Instant,
             peer_type: impl FnOnce() -> Option<EntityType>,
-            msg: Received,
-        ) -> Option<Received> {
+        ) -> Option<Instant> {
             let injector = &self.injector;
             let delays = *self
                 .delays_peer
                 .get_or_insert_with(|| peer_type().is_some_and(|t| injector.delays_peer(t)));
             if !delays {
-                return Some(msg);
+                return None;
             }
             let delay = self.injector.message_delay();
             if delay.is_zero() && self.delayed.is_empty() {
-                return Some(msg);
+                return None;
             }
-            self.delayed.push(now + delay, msg);
-            None
+            Some(now + delay)
+        }
+
+        /// Holds `msg` until `at` (from [`Self::hold_until`]).
+        pub(in crate::driver) fn push_held(&mut self, at: Instant, msg: Received) {
+            self.delayed.push(at, msg);
         }
 
         /// Drops the held messages (their session was reset by the peer: they belong to
@@ -285,6 +288,19 @@ mod imp {
         #[inline(always)]
         pub(in crate::driver) fn due_take_over(&mut self, _now: Instant) -> Option<Box<Incoming>> {
             None
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn hold_until(
+            &mut self,
+            _now: Instant,
+            _peer_type: impl FnOnce() -> Option<EntityType>,
+        ) -> Option<Instant> {
+            None
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn push_held(&mut self, _at: Instant, msg: Received) {
+            // Never called: nothing is held without the feature.
+            drop(msg);
         }
         #[inline(always)]
         pub(in crate::driver) fn due_message(&mut self, _now: Instant) -> Option<Received> {
