@@ -1,6 +1,7 @@
 //! The loop: [`EventCenter`] runs one worker's `mio::Poll`, then its file handlers, due
 //! timers and external events, each batch bounded.
 
+use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
@@ -15,6 +16,37 @@ use crate::registry::{drop_quietly, HandlerId, HandlerRegistry, WAKER_TOKEN};
 use crate::timer::{poll_timeout, TimerQueue};
 
 const LOG: &str = "msgr::center";
+
+thread_local! {
+    /// The center whose loop iteration this thread is running (the address of its shared
+    /// state) and that iteration's clock; `None` outside an iteration. Lets code on a
+    /// worker use the loop's clock instead of reading it again
+    /// ([`CenterHandle::loop_now`]).
+    static RUNNING: Cell<Option<(usize, Instant)>> = const { Cell::new(None) };
+}
+
+/// The clock of the iteration the calling thread is running of the center whose shared
+/// state is at `center`, if it is running one.
+#[inline]
+pub(crate) fn loop_now(center: usize) -> Option<Instant> {
+    RUNNING.with(Cell::get).filter(|&(c, _)| c == center).map(|(_, now)| now)
+}
+
+/// Marks the calling thread as running an iteration until dropped (unwinding included).
+struct Running;
+
+impl Running {
+    fn enter(center: usize, now: Instant) -> Running {
+        RUNNING.with(|r| r.set(Some((center, now))));
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.with(|r| r.set(None));
+    }
+}
 
 /// How many readiness events one `poll` returns at most, and so how many file handlers one
 /// iteration runs. 256 keeps the buffer at a few KiB; sources beyond it are reported by the
@@ -139,6 +171,7 @@ impl EventCenter {
         }
         self.core.now = Instant::now();
         self.iterations += 1;
+        let _running = Running::enter(self.core.shared.address(), self.core.now);
 
         for event in self.events.iter() {
             if event.token() == WAKER_TOKEN {

@@ -91,6 +91,16 @@ impl CenterHandle {
         rx.recv().unwrap_or(Err(CenterError::Stopped))
     }
 
+    /// The clock of the loop iteration the calling thread is running of this center
+    /// (what [`Context::now`] returns there), or `None` when the caller is not inside an
+    /// iteration of this center. Code that may run on the worker (a send from
+    /// `ms_fast_dispatch`) can stamp with it instead of reading the clock again; the
+    /// stamp is as old as the iteration.
+    #[inline]
+    pub fn loop_now(&self) -> Option<std::time::Instant> {
+        crate::center::loop_now(self.shared.address())
+    }
+
     /// Whether the calling thread is the one running this center.
     #[inline]
     pub fn is_current_thread(&self) -> bool {

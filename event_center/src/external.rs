@@ -110,6 +110,13 @@ impl<J> Shared<J> {
         self.id
     }
 
+    /// This center's identity for the running-iteration mark: its address, unique while
+    /// it lives (ids repeat across pools).
+    #[inline]
+    pub(crate) fn address(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
     /// Queues `event` and writes the waker if this is the first post since the loop last
     /// drained. The queue is unbounded on purpose: a bounded one would block a worker
     /// posting to another worker that posts back (a deadlock cycle); the memory bound

@@ -225,3 +225,30 @@ fn a_handler_notifying_itself_runs_again_without_a_waker_write() {
     assert_eq!(center.wakeups() - before, 1, "only the notify from outside wrote the waker");
     pool.shutdown();
 }
+
+// `loop_now` is the running iteration's clock on that center's own worker only: another
+// thread, or another center's worker, reads its own clock instead.
+#[test]
+fn loop_now_is_the_iteration_clock_on_the_centers_own_worker_only() {
+    let pool = pool(2);
+    let (a, b) = (pool.handle(0).clone(), pool.handle(1).clone());
+    assert_eq!(a.loop_now(), None, "not on a worker");
+    let a2 = a.clone();
+    let (same, now) = a.submit_to(move |cx| (a2.loop_now(), cx.now())).expect("on a");
+    assert_eq!(same, Some(now), "on its own worker: the iteration's clock");
+    let a3 = a.clone();
+    assert_eq!(b.submit_to(move |_| a3.loop_now()).expect("on b"), None, "on another worker");
+    pool.shutdown();
+    // A center run by hand on this thread: the mark holds during its iteration only.
+    let mut center = EventCenter::new(7).expect("center");
+    let handle = center.handle();
+    let (tx, rx) = unbounded();
+    let h = handle.clone();
+    handle
+        .dispatch_event_external(move |cx| tx.send((h.loop_now(), cx.now())).expect("send"))
+        .expect("post");
+    center.run_once(Some(Duration::ZERO)).expect("poll");
+    let (inside, now) = rx.try_recv().expect("ran");
+    assert_eq!(inside, Some(now));
+    assert_eq!(handle.loop_now(), None, "cleared when the iteration ends");
+}

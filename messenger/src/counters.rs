@@ -30,7 +30,10 @@ pub struct WorkerCounters {
     /// dispatch (which runs inside the read path, so Ceph's separate
     /// `msgr_running_fast_dispatch_time` is part of this one).
     pub running_recv_time_ns: AtomicU64,
-    /// `msgr_send_messages_queue_lat`: summed nanoseconds from `send_message` to the socket.
+    /// `msgr_send_messages_queue_lat`: summed nanoseconds from `send_message` until the
+    /// driver takes the message from the connection's mailbox. A send made on the
+    /// driver's own worker is stamped with the loop iteration's clock (no clock read per
+    /// message), so it counts from the start of that iteration.
     pub send_messages_queue_lat_ns: AtomicU64,
     /// Number of samples in `send_messages_queue_lat_ns`.
     pub send_messages_queue_lat_count: AtomicU64,
