@@ -185,6 +185,7 @@ fn dispatch_on<C: ConnectionRef>(chain: &Chain<C>, conn: &C, msg: Message) -> Op
 
 /// `ms_fast_preprocess` on all of `fast`, then `ms_fast_dispatch` on the first that wants
 /// `msg`; one snapshot for both walks, so a dispatcher added meanwhile sees neither.
+#[inline]
 fn fast_on<C: ConnectionRef>(fast: &Chain<C>, conn: &C, msg: Message) -> Option<Message> {
     for d in fast.iter() {
         d.ms_fast_preprocess(conn, &msg);
@@ -314,6 +315,7 @@ impl<C: ConnectionRef> Dispatchers<C> {
     /// `ms_fast_preprocess` on every fast dispatcher, then `ms_fast_dispatch` on the first
     /// that wants `msg` (`None`), through the caller's [`ChainCache`]; hands the message
     /// back when no fast dispatcher wants it.
+    #[inline]
     pub(crate) fn preprocess_and_fast_dispatch(
         &self,
         cache: &mut ChainCache<C>,

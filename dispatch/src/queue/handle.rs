@@ -279,6 +279,7 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     /// cheaper not to split off when it is fast-dispatched (a worker's budget taken ahead
     /// for a burst, released in one piece later): `budget` is called only when the
     /// message goes to the queue, and the permit it returns travels with it.
+    #[inline]
     pub fn deliver_into_with(
         &self,
         conn: &C,

@@ -244,6 +244,7 @@ impl Driver {
     /// (`funded`: its cost): then it gets its dispatch permit only if it goes to the
     /// queue; fast-dispatched, its charge is released with the credit's at the end of
     /// the pump.
+    #[inline]
     fn deliver_funded(&mut self, msg: Message, permit: Option<Permit>, funded: Option<u64>) {
         if self.conn.is_marked_down() {
             // Read after mark_down: never delivered (the MarkDown command that closes
