@@ -380,6 +380,7 @@ impl MessageDecoder {
     /// Takes exactly `n` bytes: a zero-copy slice when they are all in `input` and
     /// nothing is pending, else accumulates into `partial` (copying only then). In the
     /// payload, takes no more than the allowance.
+    #[inline]
     fn take(&mut self, input: &mut Bytes, n: usize) -> Option<Bytes> {
         if n == 0 {
             // An empty segment (most messages' middle, many fronts or datas).
@@ -398,6 +399,20 @@ impl MessageDecoder {
             }
             return Some(input.split_to(n));
         }
+        self.take_partial(input, n, payload, allowed)
+    }
+
+    /// [`Self::take`] when the segment is not all in `input` (or bytes of it are
+    /// pending): accumulate. Out of line, so the common case stays small enough to
+    /// inline into `step`, where the returned `Bytes` was otherwise passed through memory.
+    #[inline(never)]
+    fn take_partial(
+        &mut self,
+        input: &mut Bytes,
+        n: usize,
+        payload: bool,
+        allowed: usize,
+    ) -> Option<Bytes> {
         let want = (n - self.partial.len()).min(allowed);
         if payload
             && n >= DIRECT_ASSEMBLY_MIN
