@@ -203,27 +203,31 @@ fn fast_on<C: ConnectionRef>(fast: &Chain<C>, conn: &C, msg: Message) -> Option<
 /// path, the dispatch thread). Taking a snapshot costs a read lock and a reference count
 /// round trip — four atomic read-modify-writes on a line every worker shares; a cache
 /// costs one plain load of the generation per message and takes the chains again only
-/// after a dispatcher was added.
+/// after a dispatcher was added. Empty until first used, so an idle connection's copy
+/// costs no allocation.
 pub struct ChainCache<C: ConnectionRef> {
     generation: u64,
-    all: Chain<C>,
-    fast: Chain<C>,
+    chains: Option<Chains<C>>,
+}
+
+/// The two chains as one snapshot.
+pub(crate) struct Chains<C: ConnectionRef> {
+    pub(crate) all: Chain<C>,
+    pub(crate) fast: Chain<C>,
 }
 
 impl<C: ConnectionRef> Default for ChainCache<C> {
     fn default() -> Self {
-        // Generation 0 with empty chains is what a new `Dispatchers` holds, so a cache
-        // made before any add is accurate until the first add bumps the generation.
-        ChainCache { generation: 0, all: Arc::new(Vec::new()), fast: Arc::new(Vec::new()) }
+        ChainCache { generation: 0, chains: None }
     }
 }
 
 impl<C: ConnectionRef> fmt::Debug for ChainCache<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lens = self.chains.as_ref().map(|c| (c.all.len(), c.fast.len()));
         f.debug_struct("ChainCache")
             .field("generation", &self.generation)
-            .field("all", &self.all.len())
-            .field("fast", &self.fast.len())
+            .field("all, fast", &lens)
             .finish()
     }
 }
@@ -269,12 +273,14 @@ impl<C: ConnectionRef> Dispatchers<C> {
     /// Brings `cache` up to date (a plain load when no dispatcher was added since) and
     /// returns it.
     #[inline]
-    pub(crate) fn refresh<'a>(&self, cache: &'a mut ChainCache<C>) -> &'a ChainCache<C> {
+    pub(crate) fn refresh<'a>(&self, cache: &'a mut ChainCache<C>) -> &'a Chains<C> {
         let generation = self.generation.load(Ordering::Acquire);
         if cache.generation != generation {
-            *cache = ChainCache { generation, all: self.all(), fast: self.fast() };
+            cache.generation = generation;
+            cache.chains = None;
         }
-        cache
+        // Taken after the generation was read: at least as new as it says.
+        cache.chains.get_or_insert_with(|| Chains { all: self.all(), fast: self.fast() })
     }
 
     /// Number of dispatchers.
