@@ -55,6 +55,8 @@ pub(crate) fn protocol_config(
     pc.keepalive_interval = config.keepalive_interval;
     pc.initial_backoff = config.initial_backoff;
     pc.max_backoff = config.max_backoff;
+    // The driver ignores `Event::Acked`: the machine trims its sent queue by itself.
+    pc.report_acks = false;
     pc.limits.max_front = config.max_front;
     pc.limits.max_middle = config.max_middle;
     pc.limits.max_data = config.max_data;

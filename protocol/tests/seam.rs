@@ -98,6 +98,40 @@ fn receive_credit_reads_whole_messages_without_budget_requests() {
 
 // One listener for both protocols: the acceptor reads the peer's banner, becomes the
 // machine of that protocol, and the session works as with a listener bound to it.
+// ACKs trim the sender's sent queue whether or not they are reported; with
+// `report_acks` off (as the messenger runs, ignoring the event) an ACK produces no event.
+#[test]
+fn acks_trim_the_sent_queue_with_or_without_their_events() {
+    for version in [ProtocolVersion::V1, ProtocolVersion::V2] {
+        for report in [true, false] {
+            let mut c0 = node_config(version, 0, 6789, 1);
+            let mut c1 = node_config(version, 1, 6790, 2);
+            c0.report_acks = report;
+            c1.report_acks = report;
+            let mut p = Pair::with_configs(
+                Instant::now(),
+                version,
+                c0,
+                Policy::lossless_peer(),
+                c1,
+                Policy::lossless_peer(),
+            );
+            for id in 0..20 {
+                p.send(0, msg(id));
+            }
+            p.drive();
+            assert_eq!(ids(&p.nodes[1].received), (0..20).collect::<Vec<_>>(), "{version:?}");
+            let ep = p.session_ep(0).unwrap();
+            assert_eq!(p.conn(ep).pending_messages(), 0, "{version:?}: all acked and dropped");
+            if report {
+                assert!(p.nodes[0].acked > 0, "{version:?}: ACKs reported");
+            } else {
+                assert_eq!(p.nodes[0].acked, 0, "{version:?}: no Acked events");
+            }
+        }
+    }
+}
+
 #[test]
 fn sniffing_acceptor_serves_both_protocols() {
     for version in [ProtocolVersion::V1, ProtocolVersion::V2] {

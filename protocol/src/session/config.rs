@@ -87,6 +87,10 @@ pub struct Config {
     /// the driver to verify an empty authorizer too (a monitor rejects mon peers without
     /// one); when false an empty authorizer is accepted without an event.
     pub verify_empty_authorizer: bool,
+    /// Whether an ACK from the peer produces [`super::Event::Acked`]. The ACK trims the
+    /// sent queue either way; a driver that does nothing with the event turns it off
+    /// rather than pop and drop one per ACK.
+    pub report_acks: bool,
     /// msgr2: the cookie generator.
     pub cookies: Arc<CookieSource>,
     /// msgr2: handshake rounds allowed per TCP connection (auth requests and replies,
@@ -194,6 +198,7 @@ impl Config {
             global_seq: Arc::new(GlobalSeqCounter::new()),
             auth: Arc::new(AuthNoneProvider::new(auth_name)),
             verify_empty_authorizer: false,
+            report_acks: true,
             cookies: Arc::new(CookieSource::from_entropy()),
             max_auth_rounds: 16,
             counters: Arc::new(Counters::default()),

@@ -51,6 +51,8 @@ pub struct Node {
     pub refused: usize,
     /// `Event::Opened` count.
     pub opened: usize,
+    /// `Event::Acked` count.
+    pub acked: usize,
     /// Reject every authorizer the driver is asked about ([`Event::VerifyAuthorizer`]).
     pub reject_authorizers: bool,
     /// Dials to this node fail (it is down).
@@ -73,6 +75,7 @@ impl Node {
             remote_resets: 0,
             refused: 0,
             opened: 0,
+            acked: 0,
             reject_authorizers: false,
             unreachable: false,
             hold_budget: false,
@@ -445,7 +448,8 @@ impl Pair {
                 self.transmit(ep);
                 self.detach(ep);
             }
-            Event::Acked { .. } | Event::KeepaliveReceived | Event::KeepaliveAck(_) => {}
+            Event::Acked { .. } => self.nodes[node].acked += 1,
+            Event::KeepaliveReceived | Event::KeepaliveAck(_) => {}
         }
     }
 

@@ -88,7 +88,9 @@ pub(crate) fn read(m: &mut Machine<V1>, now: Instant) -> bool {
             if !m.lossy {
                 m.session.ack(seq);
             }
-            m.events.push_back(Event::Acked { up_to: seq });
+            if m.config.report_acks {
+                m.events.push_back(Event::Acked { up_to: seq });
+            }
             true
         }
         next @ (Next::Keepalive2 | Next::Keepalive2Ack) => {

@@ -54,7 +54,9 @@ pub(crate) fn on_frame(m: &mut Machine<V2>, now: Instant, f: Frame) -> Result<bo
             if !m.lossy {
                 m.session.ack(Seq(a.seq));
             }
-            m.events.push_back(Event::Acked { up_to: Seq(a.seq) });
+            if m.config.report_acks {
+                m.events.push_back(Event::Acked { up_to: Seq(a.seq) });
+            }
             Ok(true)
         }
         other => Err(unexpected(other)),
