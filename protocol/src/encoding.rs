@@ -44,16 +44,19 @@ pub struct Decoder<'a> {
 
 impl<'a> Decoder<'a> {
     /// A decoder positioned at the start of `buf`.
+    #[inline]
     pub fn new(buf: &'a [u8]) -> Self {
         Decoder { buf, pos: 0 }
     }
 
     /// Bytes consumed so far.
+    #[inline]
     pub fn position(&self) -> usize {
         self.pos
     }
 
     /// Bytes not yet consumed.
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
@@ -77,6 +80,7 @@ impl<'a> Decoder<'a> {
     }
 
     /// Consumes exactly `n` bytes and returns them (borrowed, no copy).
+    #[inline]
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8]> {
         let have = self.remaining();
         if n > have {
@@ -93,6 +97,7 @@ impl<'a> Decoder<'a> {
     }
 
     /// Consumes a fixed-size array.
+    #[inline]
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.bytes(N)?);
@@ -100,34 +105,42 @@ impl<'a> Decoder<'a> {
     }
 
     /// A `u8`.
+    #[inline]
     pub fn u8(&mut self) -> Result<u8> {
         Ok(self.array::<1>()?[0])
     }
     /// A little-endian `u16`.
+    #[inline]
     pub fn u16(&mut self) -> Result<u16> {
         self.array().map(u16::from_le_bytes)
     }
     /// A little-endian `u32`.
+    #[inline]
     pub fn u32(&mut self) -> Result<u32> {
         self.array().map(u32::from_le_bytes)
     }
     /// A little-endian `u64`.
+    #[inline]
     pub fn u64(&mut self) -> Result<u64> {
         self.array().map(u64::from_le_bytes)
     }
     /// An `i8`.
+    #[inline]
     pub fn i8(&mut self) -> Result<i8> {
         self.array().map(i8::from_le_bytes)
     }
     /// A little-endian `i16`.
+    #[inline]
     pub fn i16(&mut self) -> Result<i16> {
         self.array().map(i16::from_le_bytes)
     }
     /// A little-endian `i32`.
+    #[inline]
     pub fn i32(&mut self) -> Result<i32> {
         self.array().map(i32::from_le_bytes)
     }
     /// A little-endian `i64`.
+    #[inline]
     pub fn i64(&mut self) -> Result<i64> {
         self.array().map(i64::from_le_bytes)
     }
@@ -269,6 +282,7 @@ pub struct Encoder {
 
 impl Encoder {
     /// An empty encoder.
+    #[inline]
     pub fn new() -> Self {
         Encoder::default()
     }
@@ -304,40 +318,49 @@ impl Encoder {
     }
 
     /// Raw bytes, no length prefix.
+    #[inline]
     pub fn bytes(&mut self, b: &[u8]) -> &mut Self {
         self.buf.extend_from_slice(b);
         self
     }
     /// A `u8`.
+    #[inline]
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
         self
     }
     /// A little-endian `u16`.
+    #[inline]
     pub fn u16(&mut self, v: u16) -> &mut Self {
         self.bytes(&v.to_le_bytes())
     }
     /// A little-endian `u32`.
+    #[inline]
     pub fn u32(&mut self, v: u32) -> &mut Self {
         self.bytes(&v.to_le_bytes())
     }
     /// A little-endian `u64`.
+    #[inline]
     pub fn u64(&mut self, v: u64) -> &mut Self {
         self.bytes(&v.to_le_bytes())
     }
     /// An `i8`.
+    #[inline]
     pub fn i8(&mut self, v: i8) -> &mut Self {
         self.bytes(&v.to_le_bytes())
     }
     /// A little-endian `i16`.
+    #[inline]
     pub fn i16(&mut self, v: i16) -> &mut Self {
         self.bytes(&v.to_le_bytes())
     }
     /// A little-endian `i32`.
+    #[inline]
     pub fn i32(&mut self, v: i32) -> &mut Self {
         self.bytes(&v.to_le_bytes())
     }
     /// A little-endian `i64`.
+    #[inline]
     pub fn i64(&mut self, v: i64) -> &mut Self {
         self.bytes(&v.to_le_bytes())
     }

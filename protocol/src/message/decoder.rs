@@ -263,6 +263,9 @@ impl MessageDecoder {
                     return Ok(Progress::HeaderReady(header));
                 }
                 Stage::AwaitFront => {
+                    if let Some(msg) = self.take_whole(input)? {
+                        return Ok(Progress::Message(msg));
+                    }
                     let Some(b) = self.take(input, self.header.front_len as usize) else {
                         return Ok(Progress::NeedMore);
                     };
@@ -291,7 +294,7 @@ impl MessageDecoder {
                     else {
                         return Ok(Progress::NeedMore);
                     };
-                    self.check_footer(&footer)?;
+                    self.check_footer(&footer, [&self.front, &self.middle, &self.data])?;
                     let msg = Message::from_parts(
                         &self.header,
                         std::mem::take(&mut self.front),
@@ -305,6 +308,45 @@ impl MessageDecoder {
                 }
             }
         }
+    }
+
+    /// The rest of the message in one go when all of it is in `input` (payload and
+    /// footer), nothing is pending and the allowance covers the payload: the segments
+    /// are split straight into the message instead of being stored in the decoder one
+    /// stage at a time and taken out again (each store dropped the empty segment it
+    /// replaced). `None` (nothing consumed) otherwise.
+    #[inline]
+    fn take_whole(&mut self, input: &mut Bytes) -> Result<Option<Message>> {
+        let payload = self.header.payload_len();
+        let format = self.opts.crc.footer;
+        let footer_len = format.encoded_len();
+        if !self.partial.is_empty() || payload > self.allowance {
+            return Ok(None);
+        }
+        let Ok(at) = usize::try_from(payload) else { return Ok(None) };
+        let Some(raw) = at.checked_add(footer_len).and_then(|end| input.get(at..end)) else {
+            return Ok(None);
+        };
+        let footer = MsgFooter::decode(raw, format).map(|(f, _)| f)?;
+        // In bounds: the three lengths sum to `payload`, and `input` holds that much
+        // and the footer after it.
+        let mut segment = |n: u32| match n {
+            // Most messages' middle, many fronts or datas: no split of the shared buffer.
+            0 => Bytes::new(),
+            n => input.split_to(n as usize),
+        };
+        let (front, middle, data) = (
+            segment(self.header.front_len),
+            segment(self.header.middle_len),
+            segment(self.header.data_len),
+        );
+        input.advance(footer_len);
+        self.allowance -= payload;
+        self.payload_left = self.payload_left.saturating_sub(payload);
+        self.check_footer(&footer, [&front, &middle, &data])?;
+        self.stage = Stage::AwaitHeader;
+        self.allowance = 0;
+        Ok(Some(Message::from_parts(&self.header, front, middle, data, footer)))
     }
 
     fn in_payload(&self) -> bool {
@@ -457,11 +499,11 @@ impl MessageDecoder {
         Ok(())
     }
 
-    fn check_footer(&self, f: &MsgFooter) -> Result<()> {
+    fn check_footer(&self, f: &MsgFooter, [front, middle, data]: [&[u8]; 3]) -> Result<()> {
         if !f.flags.contains(FooterFlags::COMPLETE) {
             return Err(Error::Aborted);
         }
-        let check = |what, expected, seg: &Bytes| {
+        let check = |what, expected, seg: &[u8]| {
             let got = ceph_crc32c(0, seg);
             if got == expected {
                 Ok(())
@@ -470,11 +512,11 @@ impl MessageDecoder {
             }
         };
         if self.opts.crc.crc_header {
-            check("front", f.front_crc, &self.front)?;
-            check("middle", f.middle_crc, &self.middle)?;
+            check("front", f.front_crc, front)?;
+            check("middle", f.middle_crc, middle)?;
         }
         if self.opts.crc.crc_data && !f.flags.contains(FooterFlags::NOCRC) {
-            check("data", f.data_crc, &self.data)?;
+            check("data", f.data_crc, data)?;
         }
         Ok(())
     }

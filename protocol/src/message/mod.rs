@@ -537,6 +537,42 @@ mod tests {
         assert!(matches!(dec.feed(&mut next).unwrap(), Progress::HeaderReady(_)));
     }
 
+    /// A whole message already in the input is still taken in only up to the allowance
+    /// (the one-go path needs the allowance to cover the payload); granted the rest, it
+    /// is the message sent, as it is when the allowance covers it from the start.
+    #[test]
+    fn a_whole_message_in_the_input_waits_for_its_allowance() {
+        let mut m = Message::new(17, Bytes::from(vec![3u8; 100]));
+        m.set_data(Bytes::from(vec![4u8; 900]));
+        let wire = wire_of(&m);
+        let footer_len = DecodeOptions::default().crc.footer.encoded_len();
+        for allowance in [0u64, 99, 100, 999, 1000] {
+            let mut dec = MessageDecoder::new(DecodeOptions::default());
+            let mut input = wire.clone();
+            assert!(matches!(dec.feed(&mut input).unwrap(), Progress::HeaderReady(_)));
+            dec.proceed_with(allowance).unwrap();
+            let got = match dec.feed(&mut input).unwrap() {
+                Progress::Message(got) => {
+                    assert_eq!(allowance, 1000, "complete only when covered");
+                    got
+                }
+                Progress::NeedMore => {
+                    assert!(allowance < 1000);
+                    assert_eq!(input.len() as u64, 1000 - allowance + footer_len as u64);
+                    assert_eq!(dec.budget_needed(), Some(1000 - allowance));
+                    dec.grant(1000 - allowance);
+                    match dec.feed(&mut input).unwrap() {
+                        Progress::Message(got) => got,
+                        other => panic!("after the grant: {other:?}"),
+                    }
+                }
+                Progress::HeaderReady(_) => panic!("second header"),
+            };
+            assert!(input.is_empty());
+            assert_eq!((got.front(), got.data()), (m.front(), m.data()), "allowance {allowance}");
+        }
+    }
+
     #[test]
     fn the_allowance_bounds_what_a_message_takes_in() {
         let mut m = Message::new(17, Bytes::from(vec![3u8; 100]));
