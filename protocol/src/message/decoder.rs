@@ -476,7 +476,18 @@ impl MessageDecoder {
         }
         if self.partial.len() == n {
             self.partial_counted = 0;
-            Some(self.partial.split().freeze())
+            // A large segment takes its whole buffer along and the next one starts a fresh
+            // one, as msgr2's decoder does: keeping the spare tail (shared with this
+            // segment until its message is dropped) made the next large segment grow that
+            // shared allocation, and growing it copied the allocation — ~1.5 MiB of
+            // memcpy per 1 MiB message — where a fresh buffer mostly grows in place.
+            // Small segments keep the tail for the next one.
+            let segment = if n >= DIRECT_ASSEMBLY_MIN {
+                std::mem::take(&mut self.partial)
+            } else {
+                self.partial.split()
+            };
+            Some(segment.freeze())
         } else {
             None
         }
