@@ -105,10 +105,12 @@ pub struct MessengerConfig {
     /// The most messages of one read a connection hands on together: every batch, those
     /// for `ms_dispatch` go to the dispatch thread and what fast dispatch sent meanwhile
     /// (replies) is written, so the dispatch thread and the peer start on them while the
-    /// rest of a burst is parsed. A batch is this many messages, or fewer once they
-    /// carried 32 KiB: a quarter of the previous read's burst, at least 8. Acks alone
-    /// wait for the end of the read. (Ours; Ceph hands on and writes after every
-    /// message.)
+    /// rest of a burst is parsed. A batch is this many messages, or fewer once it
+    /// carried 32 KiB: received (after a quarter of the previous read's burst, at least
+    /// 8), or sent from fast dispatch (looked at every quarter of this many). Small
+    /// messages answered with small ones go this many at a time: each write costs a
+    /// syscall and the peer's wake-up. Acks alone wait for the end of the read. (Ours;
+    /// Ceph hands on and writes after every message.)
     pub dispatch_batch: usize,
     /// Bound on the sender side, per connection: what messages queued on one
     /// connection cost until they leave it (written, or acknowledged on a lossless
@@ -219,7 +221,7 @@ impl Default for MessengerConfig {
             max_data: 128 << 20,
             read_budget: 1 << 20,
             read_buffer: 64 << 10,
-            dispatch_batch: 16,
+            dispatch_batch: 64,
             max_queued_bytes: 256 << 20,
             max_total_queued_bytes: 1 << 30,
             auth: None,

@@ -40,10 +40,12 @@ fn send_burst(peer: &mut RawPeer, front: &[u8]) {
     std::io::Write::write_all(&mut peer.sock, &burst).expect("burst");
 }
 
-/// Answers every request on its connection from fast dispatch; the request with tid
-/// `hold` first waits (at most [`WAIT`]) for the test's go-ahead.
+/// Answers every request on its connection from fast dispatch, with `reply` as the
+/// reply's front; the request with tid `hold` first waits (at most [`WAIT`]) for the
+/// test's go-ahead.
 struct HoldOne {
     hold: u64,
+    reply: Bytes,
     go: Receiver<()>,
     held: Sender<bool>,
 }
@@ -63,21 +65,27 @@ impl Dispatcher<Connection> for HoldOne {
             let released = self.go.recv_timeout(WAIT).is_ok();
             let _ = self.held.send(released);
         }
-        let mut reply = Message::new(MSG_REPLY, Bytes::new());
+        let mut reply = Message::new(MSG_REPLY, self.reply.clone());
         reply.set_tid(msg.tid());
         let _ = conn.send_message(reply);
     }
 }
 
-/// A server with `dispatch_batch` answers a burst of requests carrying `front` in
-/// batches of [`BATCH`].
-fn burst_is_answered_in_batches(proto: ProtocolVersion, dispatch_batch: usize, front: &[u8]) {
+/// A server with `dispatch_batch` answers a burst of requests carrying `front` with
+/// replies carrying `reply` in batches of [`BATCH`].
+fn burst_is_answered_in_batches(
+    proto: ProtocolVersion,
+    dispatch_batch: usize,
+    front: &[u8],
+    reply: &[u8],
+) {
     let (srv, _, _rx) = batch_server(dispatch_batch);
     let (go_tx, go) = bounded(1);
     let (held, held_rx) = bounded(1);
     // The first request of the second batch waits until the first batch is answered.
     let hold = BATCH as u64 + 1;
-    srv.add_dispatcher_head(Arc::new(HoldOne { hold, go, held })).expect("dispatcher");
+    let reply = Bytes::copy_from_slice(reply);
+    srv.add_dispatcher_head(Arc::new(HoldOne { hold, reply, go, held })).expect("dispatcher");
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
     send_burst(&mut peer, front);
 
@@ -98,27 +106,42 @@ fn burst_is_answered_in_batches(proto: ProtocolVersion, dispatch_batch: usize, f
 
 #[test]
 fn a_burst_read_at_once_is_answered_in_batches() {
-    burst_is_answered_in_batches(ProtocolVersion::V1, BATCH, b"ping");
+    burst_is_answered_in_batches(ProtocolVersion::V1, BATCH, b"ping", b"");
 }
 
 #[test]
 fn a_burst_read_at_once_is_answered_in_batches_over_msgr2() {
-    burst_is_answered_in_batches(ProtocolVersion::V2, BATCH, b"ping");
+    burst_is_answered_in_batches(ProtocolVersion::V2, BATCH, b"ping", b"");
 }
 
-/// With the default `dispatch_batch` (16), a burst of 4 KiB requests is answered after
+/// With the default `dispatch_batch` (64), a burst of 4 KiB requests is answered after
 /// the first 8: a batch of 8 that carried 32 KiB goes early (a peer with a small window
-/// of large messages would sit idle for the other 8).
+/// of large messages would sit idle for the other 56).
 #[test]
 fn a_burst_of_large_messages_is_answered_in_early_batches() {
     let default = MessengerConfig::default().dispatch_batch;
-    assert_eq!(default, 2 * BATCH, "the early batch is half the default");
-    burst_is_answered_in_batches(ProtocolVersion::V1, default, &[7; 4096]);
+    assert!(default > BURST as usize, "the burst fits in one default batch");
+    burst_is_answered_in_batches(ProtocolVersion::V1, default, &[7; 4096], b"");
 }
 
 #[test]
 fn a_burst_of_large_messages_is_answered_in_early_batches_over_msgr2() {
-    burst_is_answered_in_batches(ProtocolVersion::V2, 2 * BATCH, &[7; 4096]);
+    let default = MessengerConfig::default().dispatch_batch;
+    burst_is_answered_in_batches(ProtocolVersion::V2, default, &[7; 4096], b"");
+}
+
+/// Small requests whose replies carry 4 KiB each: the replies of the first quarter of a
+/// `dispatch_batch` (8 of 32) carried 32 KiB and are written at that check point, not
+/// at the end of the read (as a client whose small replies each make it send a large
+/// request).
+#[test]
+fn small_requests_with_large_replies_are_answered_at_a_check_point() {
+    burst_is_answered_in_batches(ProtocolVersion::V1, 4 * BATCH, b"ping", &[9; 4096]);
+}
+
+#[test]
+fn small_requests_with_large_replies_are_answered_at_a_check_point_over_msgr2() {
+    burst_is_answered_in_batches(ProtocolVersion::V2, 4 * BATCH, b"ping", &[9; 4096]);
 }
 
 /// Takes every message but one (tid `hold`) in `ms_dispatch`, reporting its tid; holds

@@ -20,9 +20,21 @@ use crate::state::ConnState;
 /// earlier start gains.
 const MIN_DISPATCH_BATCH: usize = 8;
 
-/// The payload a batch smaller than `dispatch_batch` must carry: at 64 B a batch of 8
-/// cost ~10 % more CPU per round trip than one of 16, for no more round trips.
+/// What a batch smaller than `dispatch_batch` must carry, received or sent, to be handed
+/// on early: on loopback a write costs the writer the peer's receive path too, and a
+/// write of a few small replies did ~10 % more CPU per 64 B round trip for no more
+/// round trips.
 const EARLY_BATCH_BYTES: usize = 32 << 10;
+
+/// How many check points `hand_on_batch` makes per `dispatch_batch`: at each, what fast
+/// dispatch sent is taken into the protocol and written if it reaches
+/// [`EARLY_BATCH_BYTES`].
+const CHECKS_PER_BATCH: usize = 4;
+
+/// The messages between `hand_on_batch`'s check points for a `dispatch_batch` of `most`.
+fn check_every(most: usize) -> usize {
+    (most / CHECKS_PER_BATCH).max(1)
+}
 
 /// Our wall clock as a keepalive stamp (KEEPALIVE2 carries one; the peer echoes it).
 pub(super) fn wall_stamp() -> KeepaliveStamp {
@@ -187,42 +199,58 @@ impl Driver {
     /// this end reads on, instead of the ends trading whole bursts. Nothing is written
     /// when nothing was sent (acks alone wait for the end of the read).
     ///
-    /// A batch is `dispatch_batch` messages, or fewer — a quarter of the previous read
-    /// phase's burst, at least [`MIN_DISPATCH_BATCH`] — once they carried
-    /// [`EARLY_BATCH_BYTES`]: a peer with little in flight (its whole window a burst of
-    /// 8–31 messages of 4 KiB) gets its first replies after 8, or it would sit idle while
-    /// we parse; a peer far ahead of us (bursts of 64 and more) gets them in batches of
-    /// `dispatch_batch`, fewer and larger writes; and small messages are too little work
-    /// to pay for an earlier write and the peer's wake-up.
+    /// A batch is `dispatch_batch` messages, or fewer once it carried
+    /// [`EARLY_BATCH_BYTES`]: received — a quarter of the previous read phase's burst,
+    /// at least [`MIN_DISPATCH_BATCH`], so a peer with little in flight (its whole window
+    /// a burst of 8–31 messages of 4 KiB) gets its first replies after 8 instead of
+    /// sitting idle while we parse — or sent: every quarter of `dispatch_batch` what
+    /// fast dispatch sent moves into the protocol, and is written once it reaches that
+    /// much (a client whose small replies each make it send a 4 KiB request). Small
+    /// messages answered with small ones go in batches of `dispatch_batch`: a write is a
+    /// syscall and a wake-up of the peer, and those are what such a batch costs.
     fn hand_on_batch(&mut self, cx: &mut Context<'_>, size: usize) {
         self.delivered_since_batch += 1;
         self.bytes_since_batch = self.bytes_since_batch.saturating_add(size);
         self.burst += 1;
+        let done = self.delivered_since_batch;
         let most = self.env.config.dispatch_batch;
         let early = (self.last_burst / 4).max(MIN_DISPATCH_BATCH);
-        let full = self.delivered_since_batch >= most;
-        if !full
-            && (self.delivered_since_batch < early || self.bytes_since_batch < EARLY_BATCH_BYTES)
-        {
-            return;
+        let received = done >= early && self.bytes_since_batch >= EARLY_BATCH_BYTES;
+        if !received && done < most {
+            if !done.is_multiple_of(check_every(most)) {
+                return;
+            }
+            // A check point: take what was sent, and write it only if it is worth a write.
+            let before = self.send_held;
+            let (moved, _) = self.take_mailbox(cx, false);
+            self.sent_since_batch =
+                self.sent_since_batch.saturating_add(self.send_held.saturating_sub(before));
+            self.unwritten |= moved > 0;
+            if self.sent_since_batch < EARLY_BATCH_BYTES as u64 {
+                return;
+            }
         }
         self.delivered_since_batch = 0;
         self.bytes_since_batch = 0;
+        self.sent_since_batch = 0;
         self.deliver_pending();
         // Commands (a mark_down, a replacing socket) wait for the end of the read: they
         // change the session, which this is in the middle of parsing.
         let (moved, _) = self.take_mailbox(cx, false);
-        if moved > 0 {
+        if moved > 0 || std::mem::take(&mut self.unwritten) {
             self.flush(cx);
         }
     }
 
     /// How many more messages of `size` payload bytes are delivered before
-    /// `hand_on_batch` hands a batch on (counting the next one): receive credit stops
-    /// there, so a burst parsed without budget requests is still answered batch by batch.
+    /// `hand_on_batch` hands a batch on or makes a check point (counting the next one):
+    /// receive credit stops there, so a burst parsed without budget requests is still
+    /// answered batch by batch.
     pub(super) fn messages_to_batch(&self, size: usize) -> usize {
         let done = self.delivered_since_batch;
-        let to_full = self.env.config.dispatch_batch.saturating_sub(done).max(1);
+        let most = self.env.config.dispatch_batch;
+        let every = check_every(most);
+        let to_check = (every - done % every).min(most.saturating_sub(done)).max(1);
         let early = (self.last_burst / 4).max(MIN_DISPATCH_BATCH).saturating_sub(done);
         let bytes_left = EARLY_BATCH_BYTES.saturating_sub(self.bytes_since_batch);
         let to_early = match size {
@@ -230,7 +258,7 @@ impl Driver {
             0 => early,
             size => early.max(bytes_left.div_ceil(size)),
         };
-        to_full.min(to_early).max(1)
+        to_check.min(to_early).max(1)
     }
 
     /// Hands a received message to the dispatch layer (fast dispatch here, or the

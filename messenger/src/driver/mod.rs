@@ -84,6 +84,11 @@ pub(crate) struct Driver {
     delivered_since_batch: usize,
     /// Their payload bytes.
     bytes_since_batch: usize,
+    /// What fast dispatch sent since then (`Message::send_cost`), taken into the
+    /// protocol at `hand_on_batch`'s check points.
+    sent_since_batch: u64,
+    /// Messages taken at a check point that were not written yet.
+    unwritten: bool,
     /// Messages delivered since the current read phase began, and in the one before:
     /// the size of the peer's bursts, which sets how many make a batch.
     burst: usize,
@@ -188,6 +193,8 @@ impl Driver {
             inbox: VecDeque::new(),
             delivered_since_batch: 0,
             bytes_since_batch: 0,
+            sent_since_batch: 0,
+            unwritten: false,
             burst: 0,
             last_burst: 0,
             pending: ReadBatch::new(),
