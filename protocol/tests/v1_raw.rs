@@ -330,7 +330,7 @@ fn connect_bytes(
 
 fn accept_request(a: &mut Connection) -> protocol::AcceptRequest {
     match events(a).pop() {
-        Some(Event::AcceptRequest(r)) => r,
+        Some(Event::AcceptRequest(r)) => *r,
         other => panic!("expected AcceptRequest, got {other:?}"),
     }
 }

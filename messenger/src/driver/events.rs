@@ -70,7 +70,7 @@ impl Driver {
         }
         match ev {
             Event::AcceptRequest(req) => {
-                if let Some(req) = self.seams.hold_accept(now, req) {
+                if let Some(req) = self.seams.hold_accept(now, *req) {
                     self.decide_accept(cx, req);
                 }
             }

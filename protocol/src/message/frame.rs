@@ -25,16 +25,16 @@ impl Message {
     ) -> (MsgHeader, MsgFooter) {
         let fields = MsgHeader {
             seq,
-            tid: self.tid,
-            msg_type: self.msg_type,
-            priority: self.priority,
-            version: self.version,
-            data_off: self.data_off,
+            tid: self.0.tid,
+            msg_type: self.0.msg_type,
+            priority: self.0.priority,
+            version: self.0.version,
+            data_off: self.0.data_off,
             src: self.src().unwrap_or(src),
-            compat_version: self.compat_version,
+            compat_version: self.0.compat_version,
             ..MsgHeader::default()
         };
-        let segments = [&self.front[..], &self.middle()[..], &self.data[..]];
+        let segments = [&self.0.front[..], &self.middle()[..], &self.0.data[..]];
         seal_header(fields, segments, crc_header, crc_data)
     }
 
@@ -140,9 +140,9 @@ impl Frame {
         let (footer, footer_len) = footer.to_bytes(format);
         Frame {
             head,
-            front: msg.front.clone(),
+            front: msg.0.front.clone(),
             middle: msg.middle().clone(),
-            data: msg.data.clone(),
+            data: msg.0.data.clone(),
             footer,
             footer_len,
         }

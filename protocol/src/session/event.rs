@@ -97,7 +97,7 @@ pub enum Event {
     /// passed the checks that need no global knowledge; decide with the session table
     /// ([`crate::decide`]) and answer with [`super::Machine::handle_accept_decision`].
     /// Reading stops until then.
-    AcceptRequest(AcceptRequest),
+    AcceptRequest(Box<AcceptRequest>),
     /// Accept side (v1), when the config's auth provider has no inline verifier: verify
     /// this authorizer and answer with [`super::Machine::handle_authorizer_verdict`].
     VerifyAuthorizer {

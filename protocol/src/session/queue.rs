@@ -81,8 +81,8 @@ impl OutQueue {
         if self.len == 0 {
             return None;
         }
-        // The lane first, then one pop: `find_map` over the pops moved the 168-byte
-        // message through two more `Option`s (seen as memcpy calls in profiles).
+        // The lane first, then one pop: `find_map` over the pops moved the message
+        // through two more `Option`s.
         let lane = self.lanes.iter_mut().find(|l| !l.msgs.is_empty())?;
         let msg = lane.msgs.pop_front()?;
         self.len -= 1;

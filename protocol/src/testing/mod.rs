@@ -416,7 +416,7 @@ impl Pair {
         }
         let now = self.now;
         match ev {
-            Event::AcceptRequest(req) => self.decide(ep, req),
+            Event::AcceptRequest(req) => self.decide(ep, *req),
             Event::VerifyAuthorizer { .. } => {
                 let verdict = if self.nodes[node].reject_authorizers {
                     AuthVerdict::Reject

@@ -220,7 +220,7 @@ fn request_decision(
             lossy: msg.is_lossy(),
         },
     };
-    m.events.push_back(Event::AcceptRequest(req));
+    m.events.push_back(Event::AcceptRequest(Box::new(req)));
     m.set_state(State::Handshake { deadline, step: Handshake::AwaitAcceptDecision(link, pending) });
 }
 

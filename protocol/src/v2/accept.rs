@@ -215,7 +215,7 @@ pub(crate) fn on_ident(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<
     m.proto.peer_addrs = peer_addrs;
     let req = AcceptRequest { peer_addr: key, peer_type, socket_peer, kind };
     log::debug!(target: LOG, "{m}: {:?}", req.kind);
-    m.events.push_back(Event::AcceptRequest(req.clone()));
+    m.events.push_back(Event::AcceptRequest(Box::new(req.clone())));
     m.set_step(Handshake::AwaitAcceptDecision(req));
     Ok(false)
 }
