@@ -222,22 +222,22 @@ impl Driver {
             }
             // A check point: take what was sent, and write it only if it is worth a write.
             let before = self.send_held;
-            let (moved, _) = self.take_mailbox(cx, false);
+            self.take_mailbox(cx, false);
             self.sent_since_batch =
                 self.sent_since_batch.saturating_add(self.send_held.saturating_sub(before));
-            self.unwritten |= moved > 0;
             if self.sent_since_batch < EARLY_BATCH_BYTES as u64 {
                 return;
             }
         }
         self.delivered_since_batch = 0;
         self.bytes_since_batch = 0;
-        self.sent_since_batch = 0;
+        // What check points took is not written yet (or was, by a pump's end since).
+        let taken = std::mem::take(&mut self.sent_since_batch) > 0;
         self.deliver_pending();
         // Commands (a mark_down, a replacing socket) wait for the end of the read: they
         // change the session, which this is in the middle of parsing.
         let (moved, _) = self.take_mailbox(cx, false);
-        if moved > 0 || std::mem::take(&mut self.unwritten) {
+        if moved > 0 || taken {
             self.flush(cx);
         }
     }

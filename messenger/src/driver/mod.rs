@@ -85,10 +85,8 @@ pub(crate) struct Driver {
     /// Their payload bytes.
     bytes_since_batch: usize,
     /// What fast dispatch sent since then (`Message::send_cost`), taken into the
-    /// protocol at `hand_on_batch`'s check points.
+    /// protocol at `hand_on_batch`'s check points (non-zero: something was taken).
     sent_since_batch: u64,
-    /// Messages taken at a check point that were not written yet.
-    unwritten: bool,
     /// Messages delivered since the current read phase began, and in the one before:
     /// the size of the peer's bursts, which sets how many make a batch.
     burst: usize,
@@ -194,7 +192,6 @@ impl Driver {
             delivered_since_batch: 0,
             bytes_since_batch: 0,
             sent_since_batch: 0,
-            unwritten: false,
             burst: 0,
             last_burst: 0,
             pending: ReadBatch::new(),
