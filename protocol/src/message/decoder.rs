@@ -97,6 +97,21 @@ pub struct MessageDecoder {
     allowance: u64,
     /// Payload bytes of the current message not yet taken in.
     payload_left: u64,
+    /// While a large segment whose crc is checked is assembled in `partial`: the crc of
+    /// its first `crc_through` bytes. The crc is taken piece by piece as the segment
+    /// arrives, on bytes still in cache and while the sender is still sending, instead
+    /// of over the whole segment once its footer is in: at 1 MiB that pass sat between
+    /// the last byte and the reply.
+    running_crc: u32,
+    /// How many bytes of `partial` `running_crc` covers (0 when nothing is tracked).
+    crc_through: usize,
+    /// The crcs of this message's front, middle and data when they were taken as they
+    /// arrived; `check_footer` uses them instead of a second pass.
+    taken_crcs: [Option<u32>; 3],
+    /// Whether the peer's last message carried a data crc: a peer that sends `NOCRC`
+    /// (`ms_crc_data` off) gets no crc taken of its data as it arrives, since the footer
+    /// that says so comes after it.
+    peer_data_crc: bool,
     /// Valid from `HeaderReady` on.
     header: MsgHeader,
     front: Bytes,
@@ -114,6 +129,10 @@ impl MessageDecoder {
             partial_counted: 0,
             allowance: 0,
             payload_left: 0,
+            running_crc: 0,
+            crc_through: 0,
+            taken_crcs: [None; 3],
+            peer_data_crc: true,
             header: MsgHeader::default(),
             front: Bytes::new(),
             middle: Bytes::new(),
@@ -162,6 +181,8 @@ impl MessageDecoder {
         self.stage = Stage::AwaitHeader;
         self.partial = BytesMut::new();
         self.partial_counted = 0;
+        self.crc_through = 0;
+        self.taken_crcs = [None; 3];
         self.allowance = 0;
         self.payload_left = 0;
         self.front = Bytes::new();
@@ -235,6 +256,7 @@ impl MessageDecoder {
             self.stage = Stage::Failed;
             self.partial = BytesMut::new();
             self.partial_counted = 0;
+            self.crc_through = 0;
         }
         r
     }
@@ -294,7 +316,9 @@ impl MessageDecoder {
                     else {
                         return Ok(Progress::NeedMore);
                     };
-                    self.check_footer(&footer, [&self.front, &self.middle, &self.data])?;
+                    let taken = std::mem::take(&mut self.taken_crcs);
+                    self.peer_data_crc = !footer.flags.contains(FooterFlags::NOCRC);
+                    self.check_footer(&footer, [&self.front, &self.middle, &self.data], taken)?;
                     let msg = Message::from_parts(
                         &self.header,
                         std::mem::take(&mut self.front),
@@ -343,7 +367,7 @@ impl MessageDecoder {
         input.advance(footer_len);
         self.allowance -= payload;
         self.payload_left = self.payload_left.saturating_sub(payload);
-        self.check_footer(&footer, [&front, &middle, &data])?;
+        self.check_footer(&footer, [&front, &middle, &data], [None; 3])?;
         self.stage = Stage::AwaitHeader;
         self.allowance = 0;
         Ok(Some(Message::from_parts(&self.header, front, middle, data, footer)))
@@ -474,6 +498,9 @@ impl MessageDecoder {
             self.allowance -= now as u64;
             self.payload_left = self.payload_left.saturating_sub(now as u64);
         }
+        if payload && n >= DIRECT_ASSEMBLY_MIN {
+            self.crc_arrived();
+        }
         if self.partial.len() == n {
             self.partial_counted = 0;
             // A large segment takes its whole buffer along and the next one starts a fresh
@@ -490,6 +517,32 @@ impl MessageDecoder {
             Some(segment.freeze())
         } else {
             None
+        }
+    }
+
+    /// Takes the bytes of a large segment that arrived since the last call into its
+    /// running crc; once the segment is complete, keeps the crc for `check_footer`.
+    fn crc_arrived(&mut self) {
+        let (at, checked) = match self.stage {
+            Stage::AwaitFront => (0, self.opts.crc.crc_header),
+            Stage::AwaitMiddle => (1, self.opts.crc.crc_header),
+            Stage::AwaitData => (2, self.opts.crc.crc_data && self.peer_data_crc),
+            _ => return,
+        };
+        if !checked {
+            return;
+        }
+        if self.crc_through == 0 {
+            self.running_crc = 0;
+        }
+        let new = self.partial.get(self.crc_through..).unwrap_or_default();
+        self.running_crc = ceph_crc32c(self.running_crc, new);
+        self.crc_through = self.partial.len();
+        if self.crc_through == self.segment_len() {
+            if let Some(slot) = self.taken_crcs.get_mut(at) {
+                *slot = Some(self.running_crc);
+            }
+            self.crc_through = 0;
         }
     }
 
@@ -510,12 +563,19 @@ impl MessageDecoder {
         Ok(())
     }
 
-    fn check_footer(&self, f: &MsgFooter, [front, middle, data]: [&[u8]; 3]) -> Result<()> {
+    /// Checks the footer's flags and crcs against the segments; `taken` holds the crcs
+    /// already taken of segments as they arrived ([`Self::crc_arrived`]).
+    fn check_footer(
+        &self,
+        f: &MsgFooter,
+        [front, middle, data]: [&[u8]; 3],
+        [front_crc, middle_crc, data_crc]: [Option<u32>; 3],
+    ) -> Result<()> {
         if !f.flags.contains(FooterFlags::COMPLETE) {
             return Err(Error::Aborted);
         }
-        let check = |what, expected, seg: &[u8]| {
-            let got = ceph_crc32c(0, seg);
+        let check = |what, expected, seg: &[u8], taken: Option<u32>| {
+            let got = taken.unwrap_or_else(|| ceph_crc32c(0, seg));
             if got == expected {
                 Ok(())
             } else {
@@ -523,12 +583,123 @@ impl MessageDecoder {
             }
         };
         if self.opts.crc.crc_header {
-            check("front", f.front_crc, front)?;
-            check("middle", f.middle_crc, middle)?;
+            check("front", f.front_crc, front, front_crc)?;
+            check("middle", f.middle_crc, middle, middle_crc)?;
         }
         if self.opts.crc.crc_data && !f.flags.contains(FooterFlags::NOCRC) {
-            check("data", f.data_crc, data)?;
+            check("data", f.data_crc, data, data_crc)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::types::{EntityName, EntityType};
+
+    /// The bytes after the MSG tag of a message with a 5-byte front and `len` data bytes.
+    fn wire(len: usize, crc_data: bool) -> (Vec<u8>, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let mut msg = Message::new(0x7f00, Bytes::from_static(b"front"));
+        msg.set_data(Bytes::from(data.clone()));
+        let opts = EncodeOptions { crc_data, ..EncodeOptions::default() };
+        let mut out = Vec::new();
+        msg.encode_frame(1, EntityName::new(EntityType::OSD, 0), &opts).write_to(&mut out);
+        (out.split_off(1), data)
+    }
+
+    /// Feeds `wire` up to its footer: the header, front and first data bytes in one
+    /// ordinary read, the rest of the data half by direct reads into the assembly buffer
+    /// and half as ordinary reads of 10,000 bytes. Returns where the footer starts.
+    fn feed_to_footer(dec: &mut MessageDecoder, wire: &[u8], len: usize) -> usize {
+        let first = MsgHeader::LEN + 5 + 1000;
+        let mut input = Bytes::copy_from_slice(&wire[..first]);
+        assert!(matches!(dec.feed(&mut input), Ok(Progress::HeaderReady(_))));
+        dec.proceed().unwrap();
+        assert!(matches!(dec.feed(&mut input), Ok(Progress::NeedMore)));
+        let (mut at, end) = (first, MsgHeader::LEN + 5 + len);
+        while at < end {
+            let direct = at < end - len / 2;
+            let n = if direct {
+                let (buf, need) = dec.assembly_buffer().unwrap();
+                let n = need.min(70_000);
+                buf.extend_from_slice(&wire[at..at + n]);
+                assert!(matches!(dec.feed(&mut Bytes::new()), Ok(Progress::NeedMore)));
+                n
+            } else {
+                let n = (end - at).min(10_000);
+                let mut piece = Bytes::copy_from_slice(&wire[at..at + n]);
+                assert!(matches!(dec.feed(&mut piece), Ok(Progress::NeedMore)));
+                n
+            };
+            at += n;
+        }
+        at
+    }
+
+    // A large data segment's crc is taken as its pieces arrive (direct reads and ordinary
+    // ones alike), so it is ready before the footer is: no pass over the whole segment
+    // between the footer and the message.
+    #[test]
+    fn a_large_segment_s_crc_is_taken_as_it_arrives() {
+        let len = 4 * DIRECT_ASSEMBLY_MIN + 17;
+        let (wire, data) = wire(len, true);
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        let at = feed_to_footer(&mut dec, &wire, len);
+        assert_eq!(dec.taken_crcs, [None, None, Some(ceph_crc32c(0, &data))]);
+        let Ok(Progress::Message(got)) = dec.feed(&mut Bytes::copy_from_slice(&wire[at..])) else {
+            panic!("no message");
+        };
+        assert_eq!(got.data().as_ref(), &data[..]);
+        assert_eq!(dec.taken_crcs, [None; 3], "used up by the message");
+    }
+
+    // A flipped bit anywhere in the segment (the first ordinary read, a direct read, an
+    // ordinary read near the end) fails the running crc.
+    #[test]
+    fn a_corrupt_piece_fails_the_running_crc() {
+        let len = 4 * DIRECT_ASSEMBLY_MIN + 17;
+        let (clean, _) = wire(len, true);
+        for off in [10, 100_000, len - 3] {
+            let mut wire = clean.clone();
+            wire[MsgHeader::LEN + 5 + off] ^= 0x10;
+            let mut dec = MessageDecoder::new(DecodeOptions::default());
+            let at = feed_to_footer(&mut dec, &wire, len);
+            let got = dec.feed(&mut Bytes::copy_from_slice(&wire[at..]));
+            assert!(matches!(got, Err(Error::BadCrc { what: "data", .. })), "{off}: {got:?}");
+        }
+    }
+
+    // A peer that sends no data crc (`NOCRC`) gets none taken as its data arrives; its
+    // next message with a crc is still checked, and the one after is crc'd as it arrives
+    // again.
+    #[test]
+    fn no_running_crc_for_a_peer_that_sends_none() {
+        let len = 2 * DIRECT_ASSEMBLY_MIN;
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        let (nocrc, data) = wire(len, false);
+        let at = feed_to_footer(&mut dec, &nocrc, len);
+        assert_eq!(dec.taken_crcs, [None, None, Some(ceph_crc32c(0, &data))], "first: guessed");
+        assert!(matches!(
+            dec.feed(&mut Bytes::copy_from_slice(&nocrc[at..])),
+            Ok(Progress::Message(_))
+        ));
+        let (with_crc, _) = wire(len, true);
+        let mut corrupt = with_crc.clone();
+        corrupt[MsgHeader::LEN + 5 + 500] ^= 1;
+        let at = feed_to_footer(&mut dec, &corrupt, len);
+        assert_eq!(dec.taken_crcs, [None; 3], "not taken after a NOCRC footer");
+        let got = dec.feed(&mut Bytes::copy_from_slice(&corrupt[at..]));
+        assert!(matches!(got, Err(Error::BadCrc { what: "data", .. })), "{got:?}");
+        dec.reset();
+        let at = feed_to_footer(&mut dec, &with_crc, len);
+        assert!(matches!(
+            dec.feed(&mut Bytes::copy_from_slice(&with_crc[at..])),
+            Ok(Progress::Message(_))
+        ));
+        feed_to_footer(&mut dec, &with_crc, len);
+        assert!(dec.taken_crcs[2].is_some(), "taken again after a footer with a crc");
     }
 }

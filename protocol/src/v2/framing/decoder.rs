@@ -122,6 +122,15 @@ pub struct FrameDecoder {
     /// segments 1..3 ([`SKIP_CRCS_LEN`] bytes, nothing of the segments themselves);
     /// empty otherwise.
     partial: BytesMut,
+    /// crc mode, while a large segment is assembled in `partial`: the running crc of its
+    /// first `crc_through` bytes, taken as the pieces arrive (on bytes still in cache,
+    /// while the sender is still sending) rather than over the whole segment once the
+    /// epilogue is in.
+    running_crc: u32,
+    /// How many bytes of `partial` `running_crc` covers.
+    crc_through: usize,
+    /// The crcs of this frame's segments taken as they arrived, for the epilogue.
+    taken_crcs: [Option<u32>; MAX_SEGMENTS],
 }
 
 /// The most a skipped segment passes in one piece: what a duplicate holds at a time.
@@ -141,6 +150,9 @@ impl FrameDecoder {
             segments: Default::default(),
             aborted: false,
             partial: BytesMut::new(),
+            running_crc: SEGMENT_CRC_SEED,
+            crc_through: 0,
+            taken_crcs: [None; MAX_SEGMENTS],
         }
     }
 
@@ -281,9 +293,21 @@ impl FrameDecoder {
         if want == 0 {
             return None;
         }
+        self.crc_arrived();
         // No-op when the spare capacity already suffices.
         self.partial.reserve(want);
         Some((&mut self.partial, want))
+    }
+
+    /// Takes the bytes of the segment being assembled that arrived since the last call
+    /// into its running crc.
+    fn crc_arrived(&mut self) {
+        if self.crc_through == 0 {
+            self.running_crc = SEGMENT_CRC_SEED;
+        }
+        let new = self.partial.get(self.crc_through..).unwrap_or_default();
+        self.running_crc = ceph_crc32c(self.running_crc, new);
+        self.crc_through = self.partial.len();
     }
 
     /// Bytes of memory held for the frame in progress: the segments taken so far and
@@ -347,6 +371,8 @@ impl FrameDecoder {
         self.inline = Bytes::new();
         self.segments = Default::default();
         self.partial = BytesMut::new();
+        self.crc_through = 0;
+        self.taken_crcs = [None; MAX_SEGMENTS];
     }
 
     /// Feeds exactly [`FrameDecoder::need`] bytes. Any error leaves the decoder failed.
@@ -515,6 +541,11 @@ impl FrameDecoder {
                     piece
                 } else {
                     self.partial.extend_from_slice(&piece);
+                    self.crc_arrived();
+                    if let Some(slot) = self.taken_crcs.get_mut(next) {
+                        *slot = Some(self.running_crc);
+                    }
+                    self.crc_through = 0;
                     std::mem::take(&mut self.partial).freeze()
                 };
                 if let Some(slot) = self.segments.get_mut(next) {
@@ -589,12 +620,16 @@ impl FrameDecoder {
         let num = usize::from(self.preamble.num_segments);
         let (late, crcs) = piece.split_at(1);
         let running = if skipped { std::mem::take(&mut self.partial) } else { BytesMut::new() };
+        let taken = std::mem::take(&mut self.taken_crcs);
         let used = self.segments.iter().zip(SEGMENT_NAMES).enumerate().take(num).skip(1);
         for ((i, (seg, what)), wire) in used.zip(crcs.chunks_exact(CRC_LEN)) {
             let wire = u32::from_le_bytes([wire[0], wire[1], wire[2], wire[3]]);
             let got = match running.get(CRC_LEN * (i - 1)..CRC_LEN * i) {
                 Some(c) if skipped => u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-                _ => ceph_crc32c(SEGMENT_CRC_SEED, seg),
+                _ => match taken.get(i) {
+                    Some(Some(crc)) => *crc,
+                    _ => ceph_crc32c(SEGMENT_CRC_SEED, seg),
+                },
             };
             if wire != got {
                 return Err(Error::BadCrc { what, expected: wire, got });
@@ -730,5 +765,60 @@ mod skip_tests {
         assert!(frames[0].segments[3].is_empty(), "the skipped payload was kept");
         let expect: Vec<u8> = (0..1000).map(|i| i as u8).collect();
         assert_eq!(&frames[1].segments[3][..], &expect[..]);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod running_crc_tests {
+    use super::super::FrameEncoder;
+    use super::*;
+
+    // A large segment's crc is taken as its pieces arrive (what was absorbed, then each
+    // direct read), so it is ready when the segment is; a flipped bit in the absorbed
+    // start or in a direct read fails it.
+    #[test]
+    fn a_large_segment_s_crc_is_taken_as_it_arrives() {
+        let head = Bytes::from(vec![1u8; 41]);
+        let data = Bytes::from((0..300_000u32).map(|i| (i % 253) as u8).collect::<Vec<_>>());
+        let empty = Bytes::new();
+        let (mut buf, mut out) = (BytesMut::new(), Vec::new());
+        FrameEncoder::crc()
+            .encode(Tag::MESSAGE, &[&head, &empty, &empty, &data], &mut buf, &mut out)
+            .unwrap();
+        out.push(buf.freeze());
+        let clean = out.concat();
+        for corrupt in [None, Some(500), Some(200_000)] {
+            let mut wire = clean.clone();
+            let seg_at = PREAMBLE_LEN + 41 + CRC_LEN;
+            if let Some(off) = corrupt {
+                wire[seg_at + off] ^= 4;
+            }
+            let mut dec = FrameDecoder::new(FrameLimits::default());
+            let mut at = 0;
+            for _ in 0..2 {
+                let n = dec.need();
+                dec.advance(Bytes::copy_from_slice(&wire[at..at + n])).unwrap();
+                at += n;
+            }
+            dec.proceed().unwrap();
+            assert_eq!(at, seg_at);
+            at += dec.absorb(&wire[at..at + 1000]);
+            while let Some((buf, max)) = dec.assembly_buffer(64 << 10) {
+                let k = max.min(40_000);
+                buf.extend_from_slice(&wire[at..at + k]);
+                at += k;
+            }
+            assert!(matches!(dec.advance(Bytes::new()).unwrap(), FrameProgress::NeedMore));
+            let taken = dec.taken_crcs[3];
+            assert_eq!(taken, Some(ceph_crc32c(SEGMENT_CRC_SEED, &wire[seg_at..at])));
+            let got = dec.advance_slice(&wire[at..]);
+            match corrupt {
+                None => assert!(matches!(got, Ok(FrameProgress::Frame(_))), "{got:?}"),
+                Some(_) => {
+                    assert!(matches!(got, Err(Error::BadCrc { what: "segment 3", .. })), "{got:?}")
+                }
+            }
+        }
     }
 }
