@@ -5,7 +5,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::{Error, Result};
-use crate::wire::{ceph_crc32c, FooterFlags, MsgFooter, MsgHeader};
+use crate::wire::{ceph_crc32c, FooterFlags, MsgFooter, MsgHeader, RunningCrc};
 
 use super::frame::EncodeOptions;
 use super::{Message, DIRECT_ASSEMBLY_MIN};
@@ -97,14 +97,11 @@ pub struct MessageDecoder {
     allowance: u64,
     /// Payload bytes of the current message not yet taken in.
     payload_left: u64,
-    /// While a large segment whose crc is checked is assembled in `partial`: the crc of
-    /// its first `crc_through` bytes. The crc is taken piece by piece as the segment
-    /// arrives, on bytes still in cache and while the sender is still sending, instead
-    /// of over the whole segment once its footer is in: at 1 MiB that pass sat between
-    /// the last byte and the reply.
-    running_crc: u32,
-    /// How many bytes of `partial` `running_crc` covers (0 when nothing is tracked).
-    crc_through: usize,
+    /// While a large segment whose crc is checked is assembled in `partial`: its crc so
+    /// far, taken piece by piece as the segment arrives, on bytes still in cache and
+    /// while the sender is still sending, instead of over the whole segment once its
+    /// footer is in: at 1 MiB that pass sat between the last byte and the reply.
+    running_crc: RunningCrc,
     /// The crcs of this message's front, middle and data when they were taken as they
     /// arrived; `check_footer` uses them instead of a second pass.
     taken_crcs: [Option<u32>; 3],
@@ -129,8 +126,7 @@ impl MessageDecoder {
             partial_counted: 0,
             allowance: 0,
             payload_left: 0,
-            running_crc: 0,
-            crc_through: 0,
+            running_crc: RunningCrc::default(),
             taken_crcs: [None; 3],
             peer_data_crc: true,
             header: MsgHeader::default(),
@@ -181,7 +177,7 @@ impl MessageDecoder {
         self.stage = Stage::AwaitHeader;
         self.partial = BytesMut::new();
         self.partial_counted = 0;
-        self.crc_through = 0;
+        self.running_crc = RunningCrc::default();
         self.taken_crcs = [None; 3];
         self.allowance = 0;
         self.payload_left = 0;
@@ -256,7 +252,7 @@ impl MessageDecoder {
             self.stage = Stage::Failed;
             self.partial = BytesMut::new();
             self.partial_counted = 0;
-            self.crc_through = 0;
+            self.running_crc = RunningCrc::default();
         }
         r
     }
@@ -532,17 +528,12 @@ impl MessageDecoder {
         if !checked {
             return;
         }
-        if self.crc_through == 0 {
-            self.running_crc = 0;
-        }
-        let new = self.partial.get(self.crc_through..).unwrap_or_default();
-        self.running_crc = ceph_crc32c(self.running_crc, new);
-        self.crc_through = self.partial.len();
-        if self.crc_through == self.segment_len() {
+        let crc = self.running_crc.update(0, &self.partial);
+        if self.partial.len() == self.segment_len() {
             if let Some(slot) = self.taken_crcs.get_mut(at) {
-                *slot = Some(self.running_crc);
+                *slot = Some(crc);
             }
-            self.crc_through = 0;
+            self.running_crc = RunningCrc::default();
         }
     }
 

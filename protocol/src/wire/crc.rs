@@ -31,6 +31,28 @@ pub fn ceph_crc32c(seed: u32, data: &[u8]) -> u32 {
     }
 }
 
+/// The crc of a buffer that grows in place (a large segment assembled from reads), taken
+/// over each new tail as it lands, so no pass over the whole is left once it is complete.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RunningCrc {
+    crc: u32,
+    /// How many bytes of the buffer `crc` covers; 0 starts over from the seed.
+    through: usize,
+}
+
+impl RunningCrc {
+    /// Adds the bytes `buf` gained since the last call to the crc begun from `seed`;
+    /// returns the crc of all of `buf`.
+    pub(crate) fn update(&mut self, seed: u32, buf: &[u8]) -> u32 {
+        if self.through == 0 {
+            self.crc = seed;
+        }
+        self.crc = ceph_crc32c(self.crc, buf.get(self.through..).unwrap_or_default());
+        self.through = buf.len();
+        self.crc
+    }
+}
+
 /// The `crc32c` crate (SSE4.2 `crc32` instruction on three streams, software fallback):
 /// the reference and the kernel for short inputs.
 fn reference(seed: u32, data: &[u8]) -> u32 {

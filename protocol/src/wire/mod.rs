@@ -43,6 +43,7 @@ pub use banner::{check_banner, AcceptorBanner, ACCEPTOR_BLOCK_LEN, BANNER, BANNE
 pub use connect::{ConnectMsg, CONNECT_LOSSY, MAX_AUTHORIZER_LEN};
 pub use connect_reply::ConnectReply;
 pub use crc::ceph_crc32c;
+pub(crate) use crc::RunningCrc;
 pub use footer::{FooterFlags, FooterFormat, MsgFooter};
 pub use header::MsgHeader;
 pub use tag::Tag;

@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::{Error, Result};
 use crate::message::DIRECT_ASSEMBLY_MIN;
-use crate::wire::ceph_crc32c;
+use crate::wire::{ceph_crc32c, RunningCrc};
 
 use super::super::tag::Tag;
 use super::{
@@ -122,13 +122,10 @@ pub struct FrameDecoder {
     /// segments 1..3 ([`SKIP_CRCS_LEN`] bytes, nothing of the segments themselves);
     /// empty otherwise.
     partial: BytesMut,
-    /// crc mode, while a large segment is assembled in `partial`: the running crc of its
-    /// first `crc_through` bytes, taken as the pieces arrive (on bytes still in cache,
-    /// while the sender is still sending) rather than over the whole segment once the
-    /// epilogue is in.
-    running_crc: u32,
-    /// How many bytes of `partial` `running_crc` covers.
-    crc_through: usize,
+    /// crc mode, while a large segment is assembled in `partial`: its crc so far, taken
+    /// as the pieces arrive (on bytes still in cache, while the sender is still sending)
+    /// rather than over the whole segment once the epilogue is in.
+    running_crc: RunningCrc,
     /// The crcs of this frame's segments taken as they arrived, for the epilogue.
     taken_crcs: [Option<u32>; MAX_SEGMENTS],
 }
@@ -150,8 +147,7 @@ impl FrameDecoder {
             segments: Default::default(),
             aborted: false,
             partial: BytesMut::new(),
-            running_crc: SEGMENT_CRC_SEED,
-            crc_through: 0,
+            running_crc: RunningCrc::default(),
             taken_crcs: [None; MAX_SEGMENTS],
         }
     }
@@ -293,21 +289,10 @@ impl FrameDecoder {
         if want == 0 {
             return None;
         }
-        self.crc_arrived();
+        self.running_crc.update(SEGMENT_CRC_SEED, &self.partial);
         // No-op when the spare capacity already suffices.
         self.partial.reserve(want);
         Some((&mut self.partial, want))
-    }
-
-    /// Takes the bytes of the segment being assembled that arrived since the last call
-    /// into its running crc.
-    fn crc_arrived(&mut self) {
-        if self.crc_through == 0 {
-            self.running_crc = SEGMENT_CRC_SEED;
-        }
-        let new = self.partial.get(self.crc_through..).unwrap_or_default();
-        self.running_crc = ceph_crc32c(self.running_crc, new);
-        self.crc_through = self.partial.len();
     }
 
     /// Bytes of memory held for the frame in progress: the segments taken so far and
@@ -371,7 +356,7 @@ impl FrameDecoder {
         self.inline = Bytes::new();
         self.segments = Default::default();
         self.partial = BytesMut::new();
-        self.crc_through = 0;
+        self.running_crc = RunningCrc::default();
         self.taken_crcs = [None; MAX_SEGMENTS];
     }
 
@@ -541,11 +526,11 @@ impl FrameDecoder {
                     piece
                 } else {
                     self.partial.extend_from_slice(&piece);
-                    self.crc_arrived();
+                    let crc = self.running_crc.update(SEGMENT_CRC_SEED, &self.partial);
                     if let Some(slot) = self.taken_crcs.get_mut(next) {
-                        *slot = Some(self.running_crc);
+                        *slot = Some(crc);
                     }
-                    self.crc_through = 0;
+                    self.running_crc = RunningCrc::default();
                     std::mem::take(&mut self.partial).freeze()
                 };
                 if let Some(slot) = self.segments.get_mut(next) {
