@@ -114,6 +114,13 @@ impl Default for EncodeOptions {
 /// footer): a sender framing a batch reserves this much per frame up front.
 pub(crate) const GATHERED_PER_FRAME: usize = 1 + MsgHeader::LEN + MsgFooter::MAX_LEN;
 
+/// Payload segments at least this long go onto a write list by reference; shorter ones
+/// are copied into the gather buffer beside their header, since an iovec of its own (and
+/// the reference it holds) costs more than copying a few hundred bytes, and a batch of
+/// small messages would otherwise need several `writev` calls (one per 64 iovecs) where
+/// one will do. Shared by msgr v1's frames and msgr2's crc-mode frames.
+pub(crate) const ZERO_COPY_MIN: usize = 4096;
+
 /// A message in wire form: five slices for vectored writes; payloads are shared, not copied.
 #[derive(Clone, Debug)]
 pub struct Frame {
@@ -175,19 +182,26 @@ impl Frame {
         false
     }
 
-    /// Appends the frame to a write list: the tag and header, and the footer, into
-    /// `head` (which gathers small pieces); each non-empty payload segment pushed onto
-    /// `out` by reference, after flushing `head` there. The wire order is `out`, then
-    /// what is left in `head`. Returns the frame's length.
+    /// Appends the frame to a write list: the tag and header, the footer and payload
+    /// segments shorter than [`ZERO_COPY_MIN`] into `head` (which gathers small pieces);
+    /// each longer payload segment pushed onto `out` by reference, after flushing `head`
+    /// there. The wire order is `out`, then what is left in `head`. Returns the frame's
+    /// length.
     pub fn push_to(self, head: &mut BytesMut, out: &mut Vec<Bytes>) -> usize {
         let len = self.len();
         // The caller reserves room for a batch ([`GATHERED_PER_FRAME`] each): reserving
         // only what this frame needs cost an allocation (and a shared-buffer header)
         // per message.
-        head.reserve(self.head.len() + self.footer_len);
+        let gathered: usize = [&self.front, &self.middle, &self.data]
+            .iter()
+            .map(|s| s.len())
+            .filter(|&l| l < ZERO_COPY_MIN)
+            .sum();
+        head.reserve(self.head.len() + gathered + self.footer_len);
         head.extend_from_slice(&self.head);
         for seg in [self.front, self.middle, self.data] {
-            if seg.is_empty() {
+            if seg.len() < ZERO_COPY_MIN {
+                head.extend_from_slice(&seg);
                 continue;
             }
             if !head.is_empty() {

@@ -348,8 +348,8 @@ impl fmt::Debug for Message {
 pub const UNNAMED_CLIENT: EntityName = EntityName { ty: EntityType::CLIENT, num: EntityName::NEW };
 
 pub use decoder::{DecodeLimits, DecodeOptions, MessageDecoder, Progress};
-pub(crate) use frame::GATHERED_PER_FRAME;
 pub use frame::{seal_header, EncodeOptions, Frame};
+pub(crate) use frame::{GATHERED_PER_FRAME, ZERO_COPY_MIN};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -402,23 +402,42 @@ mod tests {
         assert!(got.footer().flags.contains(FooterFlags::COMPLETE));
     }
 
-    // The write-list form: tag+header gathered, each payload segment by reference (the
-    // same allocation), the footer gathered after them; the bytes are write_to's.
+    // The write-list form: tag+header gathered, a payload segment of ZERO_COPY_MIN or
+    // more by reference (the same allocation), the footer gathered after it; the bytes
+    // are write_to's.
     #[test]
-    fn push_to_shares_payload_and_matches_write_to() {
-        let m = sample();
+    fn push_to_shares_large_payload_and_matches_write_to() {
+        let mut m = sample();
+        m.set_data(Bytes::from(vec![7u8; ZERO_COPY_MIN]));
         let mut head = BytesMut::new();
         let mut out = Vec::new();
         let n = m
             .encode_frame(3, UNNAMED_CLIENT, &EncodeOptions::default())
             .push_to(&mut head, &mut out);
-        assert_eq!(out.len(), 4, "header, front, middle, data; the footer stays in head");
-        assert_eq!(out[1].as_ptr(), m.front().as_ptr());
-        assert_eq!(out[3].as_ptr(), m.data().as_ptr());
+        assert_eq!(out.len(), 2, "header with front and middle gathered, data; footer in head");
+        assert_eq!(out[1].as_ptr(), m.data().as_ptr());
         out.push(head.freeze());
         let mut want = Vec::new();
         m.encode_frame(3, UNNAMED_CLIENT, &EncodeOptions::default()).write_to(&mut want);
         assert_eq!((out.concat(), n), (want.clone(), want.len()));
+    }
+
+    // Small segments are copied beside their header, so a batch of small messages is one
+    // piece to write, not two or more per message (a writev takes 64 at a time).
+    #[test]
+    fn push_to_gathers_small_segments() {
+        let m = sample();
+        let mut head = BytesMut::new();
+        let mut out = Vec::new();
+        let mut want = Vec::new();
+        let mut n = 0;
+        for seq in 1..=100 {
+            let frame = m.encode_frame(seq, UNNAMED_CLIENT, &EncodeOptions::default());
+            frame.write_to(&mut want);
+            n += frame.push_to(&mut head, &mut out);
+        }
+        assert!(out.is_empty(), "{} pieces handed out by reference", out.len());
+        assert_eq!((&head[..], n), (&want[..], want.len()));
     }
 
     #[test]

@@ -9,8 +9,9 @@ use super::super::tag::Tag;
 use super::{
     pad16, GcmStream, Preamble, SegmentDesc, ALIGN_DEFAULT, ALIGN_PAGE, CRC_EPILOGUE_LEN, CRC_LEN,
     INLINE_LEN, LATE_STATUS_COMPLETE, MAX_SEGMENTS, PREAMBLE_LEN, SECURE_EPILOGUE_LEN,
-    SECURE_HEAD_LEN, SEGMENT_CRC_SEED, TAG_LEN, ZERO_COPY_MIN,
+    SECURE_HEAD_LEN, SEGMENT_CRC_SEED, TAG_LEN,
 };
+use crate::message::ZERO_COPY_MIN;
 
 /// Builds frames in crc mode or, once keys exist, secure mode.
 #[derive(Debug, Default)]

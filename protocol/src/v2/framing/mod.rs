@@ -57,10 +57,6 @@ pub const ALIGN_DEFAULT: u16 = 8;
 /// Alignment hint of a message's data segment (`CEPH_PAGE_SIZE`).
 pub const ALIGN_PAGE: u16 = 4096;
 
-/// Segments at least this long are handed out by reference in crc mode (no copy into
-/// the gather buffer); shorter ones are copied, which is cheaper than another iovec.
-const ZERO_COPY_MIN: usize = 4096;
-
 /// `pad16(n)`.
 fn pad16(n: usize) -> usize {
     n.div_ceil(PAD) * PAD
