@@ -267,8 +267,9 @@ impl MessageDecoder {
                 }
                 Stage::HeaderReady => return Ok(Progress::HeaderReady(self.header)),
                 Stage::AwaitHeader => {
+                    let crc = self.opts.crc.crc_header;
                     let Some(header) = self.take_small(input, MsgHeader::LEN, |raw| {
-                        MsgHeader::decode(raw).map(|(h, _)| h)
+                        MsgHeader::decode_checked(raw, crc).map(|(h, _)| h)
                     })?
                     else {
                         return Ok(Progress::NeedMore);
@@ -537,10 +538,8 @@ impl MessageDecoder {
         }
     }
 
+    /// The segment lengths against the limits (the crc was checked as it was decoded).
     fn check_header(&self, h: &MsgHeader) -> Result<()> {
-        if self.opts.crc.crc_header {
-            h.verify_crc()?;
-        }
         let l = &self.opts.limits;
         for (what, len, limit) in [
             ("front", h.front_len, l.max_front),

@@ -102,6 +102,21 @@ impl MsgHeader {
         }
     }
 
+    /// [`MsgHeader::decode`], and when `check_crc` fails with [`Error::BadCrc`] unless
+    /// the crc matches the bytes the header was read from, as Ceph checks it (taken on
+    /// those bytes, not on the header encoded again).
+    pub fn decode_checked(input: &[u8], check_crc: bool) -> Result<(Self, usize)> {
+        let (h, n) = Self::decode(input)?;
+        if check_crc {
+            let covered = input.get(..Self::CRC_COVERED).unwrap_or_default();
+            let got = ceph_crc32c(0, covered);
+            if got != h.crc {
+                return Err(Error::BadCrc { what: "header", expected: h.crc, got });
+            }
+        }
+        Ok((h, n))
+    }
+
     /// Total payload bytes announced (front + middle + data), without overflow.
     pub fn payload_len(&self) -> u64 {
         u64::from(self.front_len) + u64::from(self.middle_len) + u64::from(self.data_len)
