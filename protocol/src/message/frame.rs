@@ -56,6 +56,28 @@ impl Message {
         sign(&header, &mut footer);
         Frame::new(&header, &footer, opts.footer, self)
     }
+
+    /// [`Message::encode_frame_with`] straight onto a write list, laid out as
+    /// [`Frame::push_to`] lays a frame out, without the [`Frame`] in between: a payload
+    /// segment copied into `head` is not first shared with it. Returns the frame's length.
+    pub fn push_frame_to(
+        &self,
+        seq: u64,
+        src: EntityName,
+        opts: &EncodeOptions,
+        sign: impl FnOnce(&MsgHeader, &mut MsgFooter),
+        head: &mut BytesMut,
+        out: &mut Vec<Bytes>,
+    ) -> usize {
+        let (header, mut footer) = self.encode_header(seq, src, opts.crc_header, opts.crc_data);
+        sign(&header, &mut footer);
+        let mut tag_header = [0u8; 1 + MsgHeader::LEN];
+        tag_header[0] = Tag::MSG.0;
+        tag_header[1..].copy_from_slice(&header.to_bytes());
+        let (footer, footer_len) = footer.to_bytes(opts.footer);
+        let segments = [&self.0.front, self.middle(), &self.0.data];
+        gather(&tag_header, segments, &footer[..footer_len], head, out)
+    }
 }
 
 /// The header and footer of a message sent with `fields` (seq, tid, type, priority,
@@ -188,29 +210,8 @@ impl Frame {
     /// there. The wire order is `out`, then what is left in `head`. Returns the frame's
     /// length.
     pub fn push_to(self, head: &mut BytesMut, out: &mut Vec<Bytes>) -> usize {
-        let len = self.len();
-        // The caller reserves room for a batch ([`GATHERED_PER_FRAME`] each): reserving
-        // only what this frame needs cost an allocation (and a shared-buffer header)
-        // per message.
-        let gathered: usize = [&self.front, &self.middle, &self.data]
-            .iter()
-            .map(|s| s.len())
-            .filter(|&l| l < ZERO_COPY_MIN)
-            .sum();
-        head.reserve(self.head.len() + gathered + self.footer_len);
-        head.extend_from_slice(&self.head);
-        for seg in [self.front, self.middle, self.data] {
-            if seg.len() < ZERO_COPY_MIN {
-                head.extend_from_slice(&seg);
-                continue;
-            }
-            if !head.is_empty() {
-                out.push(head.split().freeze());
-            }
-            out.push(seg);
-        }
-        head.extend_from_slice(&self.footer[..self.footer_len]);
-        len
+        let segments = [&self.front, &self.middle, &self.data];
+        gather(&self.head, segments, &self.footer[..self.footer_len], head, out)
     }
 
     /// Appends the whole frame to `out` (copies; for tests and small control paths),
@@ -223,4 +224,35 @@ impl Frame {
             out.extend_from_slice(s);
         }
     }
+}
+
+/// [`Frame::push_to`]'s layout from the frame's parts: `tag_header`, the segments under
+/// [`ZERO_COPY_MIN`] and `footer` copied into `head`, each longer segment pushed onto
+/// `out` by reference after what `head` gathered so far. Returns the frame's length.
+fn gather(
+    tag_header: &[u8],
+    segments: [&Bytes; 3],
+    footer: &[u8],
+    head: &mut BytesMut,
+    out: &mut Vec<Bytes>,
+) -> usize {
+    let payload: usize = segments.iter().map(|s| s.len()).sum();
+    // The caller reserves room for a batch ([`GATHERED_PER_FRAME`] each): reserving
+    // only what this frame needs cost an allocation (and a shared-buffer header) per
+    // message.
+    let gathered: usize = segments.iter().map(|s| s.len()).filter(|&l| l < ZERO_COPY_MIN).sum();
+    head.reserve(tag_header.len() + gathered + footer.len());
+    head.extend_from_slice(tag_header);
+    for seg in segments {
+        if seg.len() < ZERO_COPY_MIN {
+            head.extend_from_slice(seg);
+            continue;
+        }
+        if !head.is_empty() {
+            out.push(head.split().freeze());
+        }
+        out.push(seg.clone());
+    }
+    head.extend_from_slice(footer);
+    tag_header.len() + payload + footer.len()
 }

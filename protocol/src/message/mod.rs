@@ -440,6 +440,35 @@ mod tests {
         assert_eq!((&head[..], n), (&want[..], want.len()));
     }
 
+    // The sender's path, without a Frame: the same bytes as the frame's, each seal seen
+    // by the signer, a large data segment shared.
+    #[test]
+    fn push_frame_to_matches_the_frame() {
+        for data_len in [0, 100, ZERO_COPY_MIN - 1, ZERO_COPY_MIN, 3 * ZERO_COPY_MIN] {
+            let mut m = sample();
+            m.set_data(Bytes::from(vec![5u8; data_len]));
+            let opts = EncodeOptions::default();
+            let (mut head, mut out) = (BytesMut::new(), Vec::new());
+            let mut signed = 0;
+            let sign = |h: &MsgHeader, f: &mut MsgFooter| {
+                signed += 1;
+                f.sig = h.seq + 1;
+            };
+            let n = m.push_frame_to(7, UNNAMED_CLIENT, &opts, sign, &mut head, &mut out);
+            let shared = out.iter().any(|b| b.as_ptr() == m.data().as_ptr());
+            assert_eq!(shared, data_len >= ZERO_COPY_MIN, "data of {data_len}");
+            out.push(head.freeze());
+            let frame = m.encode_frame_with(7, UNNAMED_CLIENT, &opts, |_, f| f.sig = 8);
+            let mut want = Vec::new();
+            frame.write_to(&mut want);
+            assert_eq!(
+                (out.concat(), n, signed),
+                (want.clone(), want.len(), 1),
+                "data of {data_len}"
+            );
+        }
+    }
+
     #[test]
     fn whole_segments_are_sliced_not_copied() {
         let frame = sample().encode_frame(1, UNNAMED_CLIENT, &EncodeOptions::default());

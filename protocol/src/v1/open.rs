@@ -218,12 +218,12 @@ pub(crate) fn transmit(m: &mut Machine<V1>, head: &mut BytesMut, out: &mut Vec<B
         let Some(msg) = m.next_outgoing() else { break };
         let seq = Seq(msg.seq());
         let signer = m.state.open().and_then(|o| o.signer.as_deref());
-        let frame = msg.encode_frame_with(seq.0, src, &opts, |header, footer| {
+        let sign = |header: &_, footer: &mut _| {
             if let Some(s) = signer {
                 s.sign(header, footer);
             }
-        });
-        framed += frame.push_to(head, out);
+        };
+        framed += msg.push_frame_to(seq.0, src, &opts, sign, head, out);
         m.framed(msg);
     }
 }
