@@ -205,10 +205,9 @@ impl Frame {
     }
 
     /// Appends the frame to a write list: the tag and header, the footer and payload
-    /// segments shorter than [`ZERO_COPY_MIN`] into `head` (which gathers small pieces);
-    /// each longer payload segment pushed onto `out` by reference, after flushing `head`
-    /// there. The wire order is `out`, then what is left in `head`. Returns the frame's
-    /// length.
+    /// segments shorter than 4 KiB into `head` (which gathers small pieces); each longer
+    /// payload segment pushed onto `out` by reference, after flushing `head` there. The
+    /// wire order is `out`, then what is left in `head`. Returns the frame's length.
     pub fn push_to(self, head: &mut BytesMut, out: &mut Vec<Bytes>) -> usize {
         let segments = [&self.front, &self.middle, &self.data];
         gather(&self.head, segments, &self.footer[..self.footer_len], head, out)
