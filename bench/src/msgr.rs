@@ -284,11 +284,14 @@ impl Pipeline {
     }
 
     fn reply(&self, conn: &Connection, msg: &Message) {
+        // One clock read for the latency and the deadline: the other peers read the clock
+        // twice per round trip (a request's stamp, its reply's latency), and so do we.
+        let now = Instant::now();
         let left = {
             let mut w = self.window.lock();
             match w.inflight.complete(msg.tid()) {
                 Ok(sent) => {
-                    let _ = w.hist.record(sent.elapsed().as_nanos() as u64);
+                    let _ = w.hist.record(now.saturating_duration_since(sent).as_nanos() as u64);
                     w.inflight.len()
                 }
                 Err(e) => {
@@ -301,7 +304,7 @@ impl Pipeline {
         if self.failed.load(Ordering::Relaxed) {
             return;
         }
-        if Instant::now() < self.deadline {
+        if now < self.deadline {
             self.send(conn);
         } else if left == 0 {
             let _ = self.signals.send(Signal::Drained);
