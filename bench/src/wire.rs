@@ -174,11 +174,9 @@ impl Deframer {
         if head[0] != Tag::MSG.0 {
             return Err(WireError::BadTag(head[0]));
         }
-        let (header, _) =
-            MsgHeader::decode(&head[1..]).map_err(|e| WireError::Header(e.to_string()))?;
-        if self.crc {
-            header.verify_crc().map_err(|e| WireError::Header(e.to_string()))?;
-        }
+        // The crc on the bytes received, as asyncmsgr's decoder takes it.
+        let (header, _) = MsgHeader::decode_checked(&head[1..], self.crc)
+            .map_err(|e| WireError::Header(e.to_string()))?;
         let l = &self.limits;
         if header.front_len > l.max_front
             || header.middle_len > l.max_middle
