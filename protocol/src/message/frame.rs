@@ -71,12 +71,9 @@ impl Message {
     ) -> usize {
         let (header, mut footer) = self.encode_header(seq, src, opts.crc_header, opts.crc_data);
         sign(&header, &mut footer);
-        let mut tag_header = [0u8; 1 + MsgHeader::LEN];
-        tag_header[0] = Tag::MSG.0;
-        tag_header[1..].copy_from_slice(&header.to_bytes());
         let (footer, footer_len) = footer.to_bytes(opts.footer);
         let segments = [&self.0.front, self.middle(), &self.0.data];
-        gather(&tag_header, segments, &footer[..footer_len], head, out)
+        gather(&tag_and_header(&header), segments, &footer[..footer_len], head, out)
     }
 }
 
@@ -163,12 +160,9 @@ impl Frame {
         format: FooterFormat,
         msg: &Message,
     ) -> Self {
-        let mut head = [0u8; 1 + MsgHeader::LEN];
-        head[0] = Tag::MSG.0;
-        head[1..].copy_from_slice(&header.to_bytes());
         let (footer, footer_len) = footer.to_bytes(format);
         Frame {
-            head,
+            head: tag_and_header(header),
             front: msg.0.front.clone(),
             middle: msg.middle().clone(),
             data: msg.0.data.clone(),
@@ -223,6 +217,14 @@ impl Frame {
             out.extend_from_slice(s);
         }
     }
+}
+
+/// `Tag::MSG` and the encoded header: how every msgr v1 message frame begins.
+fn tag_and_header(header: &MsgHeader) -> [u8; 1 + MsgHeader::LEN] {
+    let mut out = [0u8; 1 + MsgHeader::LEN];
+    out[0] = Tag::MSG.0;
+    out[1..].copy_from_slice(&header.to_bytes());
+    out
 }
 
 /// [`Frame::push_to`]'s layout from the frame's parts: `tag_header`, the segments under
