@@ -41,16 +41,19 @@ fn send_burst(peer: &mut RawPeer, front: &[u8]) {
 }
 
 /// Answers every request on its connection from fast dispatch, with `reply` as the
-/// reply's front; the request with tid `hold` first waits (at most [`WAIT`]) for the
-/// test's go-ahead.
-struct HoldOne {
-    hold: u64,
+/// reply's front; each request with a tid in `hold` first reports that it is being
+/// dispatched (`entered`: the worker is inside fast dispatch, so whatever it wrote
+/// before is in the peer's socket), waits (at most [`WAIT`]) for the test's go-ahead
+/// and reports whether it came (`held`).
+struct Hold {
+    hold: Vec<u64>,
     reply: Bytes,
+    entered: Sender<u64>,
     go: Receiver<()>,
     held: Sender<bool>,
 }
 
-impl Dispatcher<Connection> for HoldOne {
+impl Dispatcher<Connection> for Hold {
     fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
         Dispatched::NotTaken(msg)
     }
@@ -61,7 +64,8 @@ impl Dispatcher<Connection> for HoldOne {
         msg.msg_type() == MSG_HOSTILE
     }
     fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
-        if msg.tid() == self.hold {
+        if self.hold.contains(&msg.tid()) {
+            let _ = self.entered.send(msg.tid());
             let released = self.go.recv_timeout(WAIT).is_ok();
             let _ = self.held.send(released);
         }
@@ -85,7 +89,9 @@ fn burst_is_answered_in_batches(
     // The first request of the second batch waits until the first batch is answered.
     let hold = BATCH as u64 + 1;
     let reply = Bytes::copy_from_slice(reply);
-    srv.add_dispatcher_head(Arc::new(HoldOne { hold, reply, go, held })).expect("dispatcher");
+    let (entered, _) = crossbeam_channel::unbounded();
+    let d = Hold { hold: vec![hold], reply, entered, go, held };
+    srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
     send_burst(&mut peer, front);
 
@@ -207,4 +213,70 @@ fn queued_messages_of_a_burst_reach_ms_dispatch_in_batches() {
 #[test]
 fn queued_messages_of_a_burst_reach_ms_dispatch_in_batches_over_msgr2() {
     queued_burst_reaches_ms_dispatch_in_batches(ProtocolVersion::V2);
+}
+
+/// After a read phase of 32 messages, the next burst's replies wait at the check points
+/// until half as many were delivered (16, not 8 as in the first): a client whose whole
+/// window comes back in one read sends its requests in writes of half of it.
+fn half_the_last_burst_first(proto: ProtocolVersion) {
+    let window = 4 * BATCH as u64;
+    let (srv, _, _rx) = batch_server(window as usize);
+    let (entered, entered_rx) = bounded(1);
+    let (go_tx, go) = bounded(1);
+    let (held, _) = crossbeam_channel::unbounded();
+    // The first request of the second burst's second and third eighths.
+    let (ninth, seventeenth) = (window + BATCH as u64 + 1, window + 2 * BATCH as u64 + 1);
+    let reply = Bytes::from_static(&[9; 4096]);
+    let d = Hold { hold: vec![ninth, seventeenth], reply, entered, go, held };
+    srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let burst = |peer: &mut RawPeer, tids: std::ops::RangeInclusive<u64>| {
+        let bytes: Vec<u8> = tids.flat_map(|tid| peer.message(tid, b"ping")).collect();
+        std::io::Write::write_all(&mut peer.sock, &bytes).expect("burst");
+    };
+
+    // The first burst, one read phase of 32 messages, answered in full.
+    burst(&mut peer, 1..=window);
+    let first = peer.receive(window as usize).expect("the first burst's replies");
+    assert_eq!(
+        first.iter().map(Message::tid).collect::<Vec<_>>(),
+        (1..=window).collect::<Vec<_>>()
+    );
+
+    burst(&mut peer, window + 1..=2 * window);
+    // At the check point after 8 messages the replies carried 32 KiB, but 8 is less
+    // than half the last burst: nothing was written before the ninth was dispatched.
+    assert_eq!(entered_rx.recv_timeout(WAIT), Ok(ninth), "the ninth request was dispatched");
+    peer.sock.set_nonblocking(true).expect("nonblocking");
+    let early = peer.sock.peek(&mut [0u8; 1]);
+    peer.sock.set_nonblocking(false).expect("blocking");
+    go_tx.send(()).expect("release the ninth");
+    match early {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("replies were written after 8 messages of the second burst: {other:?}"),
+    }
+    // After 16 they were: the first 16 replies arrive while the seventeenth is held.
+    assert_eq!(entered_rx.recv_timeout(WAIT), Ok(seventeenth), "the 17th was dispatched");
+    let half = peer.receive(2 * BATCH);
+    go_tx.send(()).expect("release the seventeenth");
+    let half =
+        half.unwrap_or_else(|e| panic!("16 replies were not written at the check point: {e}"));
+    let want: Vec<u64> = (window + 1..=window + 2 * BATCH as u64).collect();
+    assert_eq!(half.iter().map(Message::tid).collect::<Vec<_>>(), want);
+    let rest = peer.receive(2 * BATCH).expect("the rest of the replies");
+    let want: Vec<u64> = (window + 2 * BATCH as u64 + 1..=2 * window).collect();
+    assert_eq!(rest.iter().map(Message::tid).collect::<Vec<_>>(), want);
+    srv.shutdown();
+    srv.wait();
+}
+
+#[test]
+fn sent_check_point_waits_for_half_the_last_burst() {
+    half_the_last_burst_first(ProtocolVersion::V1);
+}
+
+#[test]
+fn sent_check_point_waits_for_half_the_last_burst_over_msgr2() {
+    half_the_last_burst_first(ProtocolVersion::V2);
 }

@@ -205,7 +205,8 @@ impl Driver {
     /// a burst of 8–31 messages of 4 KiB) gets its first replies after 8 instead of
     /// sitting idle while we parse — or sent: every quarter of `dispatch_batch` what
     /// fast dispatch sent moves into the protocol, and is written once it reaches that
-    /// much (a client whose small replies each make it send a 4 KiB request). Small
+    /// much and half the previous burst was delivered (a client whose small replies
+    /// each make it send a 4 KiB request). Small
     /// messages answered with small ones go in batches of `dispatch_batch`: a write is a
     /// syscall and a wake-up of the peer, and those are what such a batch costs.
     fn hand_on_batch(&mut self, cx: &mut Context<'_>, size: usize) {
@@ -225,7 +226,11 @@ impl Driver {
             self.take_mailbox(cx, false);
             self.sent_since_batch =
                 self.sent_since_batch.saturating_add(self.send_held.saturating_sub(before));
-            if self.sent_since_batch < EARLY_BATCH_BYTES as u64 {
+            // Half the previous burst first: a client whose whole window came back in
+            // one read (4 KiB at depth 128: ~90 replies) sends its requests in two large
+            // writes instead of five or six of 16, the cost that bounds it there; one
+            // whose window is small (depth 32) still sends its first 16 early.
+            if self.sent_since_batch < EARLY_BATCH_BYTES as u64 || done < self.last_burst / 2 {
                 return;
             }
         }
