@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
@@ -17,7 +17,7 @@ use messenger::counters::WorkerCounters;
 use messenger::{Messenger, MessengerConfig, Policy};
 use protocol::types::{EntityName, EntityType};
 use tests::loopback::{
-    client_with, next_message, server_on, test_config, test_message, Recorder, Seen,
+    client_with, next_message, server_on, test_config, test_message, Recorder, Seen, WAIT,
 };
 
 const MSG: u16 = 0x7f30;
@@ -236,8 +236,22 @@ fn internal_delays_around_a_replace_lose_nothing() {
         let (_, msg) = next_message(&srx);
         assert_eq!(msg.tid(), want, "message {want} arrived out of order or was lost");
     }
-    // The first accept, the reconnect's accept and its hand-off (counted when they
-    // were held, so before the messages behind them could arrive).
+    // The first accept, the reconnect's accept and its hand-off. The cut may land after
+    // the driver wrote the second half on the old socket (it is applied at the start of
+    // the driver's next pass), so the replace can still be under way here: wait for it.
+    let deadline = Instant::now() + WAIT;
+    while total(&server, |c| c.inject_internal_delays.load(Relaxed)) < 3 {
+        assert!(Instant::now() < deadline, "the reconnect's accept and hand-off were not held");
+        std::thread::yield_now();
+    }
+    // Messages sent once the replace is done travel on the adopted socket.
+    for tid in MESSAGES + 1..=MESSAGES + 20 {
+        conn.send_message(test_message(MSG, tid, Bytes::new())).expect("queued");
+    }
+    for want in MESSAGES + 1..=MESSAGES + 20 {
+        let (_, msg) = next_message(&srx);
+        assert_eq!(msg.tid(), want, "message {want} after the replace arrived out of order");
+    }
     let delays = total(&server, |c| c.inject_internal_delays.load(Relaxed));
     assert_eq!(delays, 3, "internal delays: expected accept, accept, hand-off");
     assert_eq!(client.v1_counters().connects, 2, "one cut, one reconnect");
