@@ -244,7 +244,8 @@ fn internal_delays_around_a_replace_lose_nothing() {
         assert!(Instant::now() < deadline, "the reconnect's accept and hand-off were not held");
         std::thread::yield_now();
     }
-    // Messages sent once the replace is done travel on the adopted socket.
+    // The old socket is cut and the session is being replaced: messages sent now can only
+    // travel on the adopted socket.
     for tid in MESSAGES + 1..=MESSAGES + 20 {
         conn.send_message(test_message(MSG, tid, Bytes::new())).expect("queued");
     }

@@ -206,9 +206,9 @@ impl Driver {
     /// sitting idle while we parse — or sent: every quarter of `dispatch_batch` what
     /// fast dispatch sent moves into the protocol, and is written once it reaches that
     /// much and half the previous burst was delivered (a client whose small replies
-    /// each make it send a 4 KiB request). Small
-    /// messages answered with small ones go in batches of `dispatch_batch`: a write is a
-    /// syscall and a wake-up of the peer, and those are what such a batch costs.
+    /// each make it send a 4 KiB request). Small messages answered with small ones go in
+    /// batches of `dispatch_batch`: a write is a syscall and a wake-up of the peer, and
+    /// those are what such a batch costs.
     fn hand_on_batch(&mut self, cx: &mut Context<'_>, size: usize) {
         self.delivered_since_batch += 1;
         self.bytes_since_batch = self.bytes_since_batch.saturating_add(size);

@@ -136,8 +136,8 @@ pub(crate) const GATHERED_PER_FRAME: usize = 1 + MsgHeader::LEN + MsgFooter::MAX
 /// Payload segments at least this long go onto a write list by reference; shorter ones
 /// are copied into the gather buffer beside their header, since an iovec of its own (and
 /// the reference it holds) costs more than copying a few hundred bytes, and a batch of
-/// small messages would otherwise need several `writev` calls (one per 64 iovecs) where
-/// one will do. Shared by msgr v1's frames and msgr2's crc-mode frames.
+/// small messages would otherwise be two or more iovecs per message where one piece will
+/// do. Shared by msgr v1's frames and msgr2's crc-mode frames.
 pub(crate) const ZERO_COPY_MIN: usize = 4096;
 
 /// A message in wire form: five slices for vectored writes; payloads are shared, not copied.

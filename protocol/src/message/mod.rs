@@ -423,7 +423,7 @@ mod tests {
     }
 
     // Small segments are copied beside their header, so a batch of small messages is one
-    // piece to write, not two or more per message (a writev takes 64 at a time).
+    // piece to write, not two or more per message.
     #[test]
     fn push_to_gathers_small_segments() {
         let m = sample();
