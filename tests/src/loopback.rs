@@ -185,14 +185,22 @@ pub fn stream_both_ways_on_own_handles(
     }
 }
 
-/// Waits until `m` has exactly `n` live connections (e.g. the losing attempt of a race
-/// has closed); panics with its connection dump after [`WAIT`].
-pub fn wait_for_connection_count(m: &Messenger, n: usize, who: &str) {
+/// Waits until `done` holds, for state no callback or channel reports (a counter, a
+/// connection's state); panics with `why()` after [`WAIT`]. Yields between looks.
+#[track_caller]
+pub fn wait_until(mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
     let deadline = Instant::now() + WAIT;
-    while m.connection_count() != n {
-        assert!(Instant::now() < deadline, "{who}: {}", m.dump_connections());
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", why());
         std::thread::yield_now();
     }
+}
+
+/// Waits until `m` has exactly `n` live connections (e.g. the losing attempt of a race
+/// has closed); panics with its connection dump after [`WAIT`].
+#[track_caller]
+pub fn wait_for_connection_count(m: &Messenger, n: usize, who: &str) {
+    wait_until(|| m.connection_count() == n, || format!("{who}: {}", m.dump_connections()));
 }
 
 /// `addr` (an announced address) as the address to dial it over `proto`: for msgr2 the

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
@@ -17,7 +17,7 @@ use messenger::counters::WorkerCounters;
 use messenger::{Messenger, MessengerConfig, Policy};
 use protocol::types::{EntityName, EntityType};
 use tests::loopback::{
-    client_with, next_message, server_on, test_config, test_message, Recorder, Seen, WAIT,
+    client_with, next_message, server_on, test_config, test_message, wait_until, Recorder, Seen,
 };
 
 const MSG: u16 = 0x7f30;
@@ -239,11 +239,10 @@ fn internal_delays_around_a_replace_lose_nothing() {
     // The first accept, the reconnect's accept and its hand-off. The cut may land after
     // the driver wrote the second half on the old socket (it is applied at the start of
     // the driver's next pass), so the replace can still be under way here: wait for it.
-    let deadline = Instant::now() + WAIT;
-    while total(&server, |c| c.inject_internal_delays.load(Relaxed)) < 3 {
-        assert!(Instant::now() < deadline, "the reconnect's accept and hand-off were not held");
-        std::thread::yield_now();
-    }
+    wait_until(
+        || total(&server, |c| c.inject_internal_delays.load(Relaxed)) >= 3,
+        || "the reconnect's accept and hand-off were not held".into(),
+    );
     // The old socket is cut and the session is being replaced: messages sent now can only
     // travel on the adopted socket.
     for tid in MESSAGES + 1..=MESSAGES + 20 {

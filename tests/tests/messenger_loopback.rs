@@ -214,11 +214,7 @@ fn mark_down_racing_a_stream_of_sends_over(proto: ProtocolVersion) {
             }
         });
         // Answers flowing back, then mark down mid-stream.
-        let deadline = Instant::now() + WAIT;
-        while seen.before.load(Ordering::Relaxed) < 1000 {
-            assert!(Instant::now() < deadline, "no answers");
-            std::thread::yield_now();
-        }
+        wait_until(|| seen.before.load(Ordering::Relaxed) >= 1000, || "no answers".into());
         conn.mark_down();
         seen.marked.store(true, Ordering::Release);
     });
@@ -383,11 +379,7 @@ fn slow_dispatcher_holds_memory_to_the_throttle_bound() {
     }
     // The receiver reads until the budget is taken, then stops.
     let read = || srv.totals().recv_bytes;
-    let deadline = Instant::now() + WAIT;
-    while read() < BOUND - PAYLOAD {
-        assert!(Instant::now() < deadline, "the receiver read only {} bytes", read());
-        std::thread::yield_now();
-    }
+    wait_until(|| read() >= BOUND - PAYLOAD, || format!("the receiver read only {} bytes", read()));
     // One message over the bound is charged when its header is read, one read chunk of
     // the next may sit in the buffer, plus framing (75 bytes a message) and handshake.
     let ceiling = BOUND + PAYLOAD + cfg.read_buffer as u64 + N * 75 + 4096;
@@ -521,11 +513,10 @@ fn shutdown_under_traffic_returns_promptly() {
             }
         }
     });
-    let deadline = Instant::now() + WAIT;
-    while srv.totals().recv_messages < 1000 || cli.totals().recv_messages < 1000 {
-        assert!(Instant::now() < deadline, "no traffic");
-        std::thread::yield_now();
-    }
+    wait_until(
+        || srv.totals().recv_messages >= 1000 && cli.totals().recv_messages >= 1000,
+        || "no traffic".into(),
+    );
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     let (s, c) = (srv.clone(), cli.clone());
     std::thread::spawn(move || {
@@ -804,11 +795,10 @@ fn keepalive2_is_echoed_and_visible_on_both_handles_over(proto: ProtocolVersion)
     assert!(conn.last_keepalive_ack().is_none());
     conn.send_keepalive();
     // No callback reports a keepalive ack: watch the handle, bounded.
-    let deadline = Instant::now() + WAIT;
-    while conn.last_keepalive_ack().is_none() || server_side.last_keepalive().is_none() {
-        assert!(Instant::now() < deadline, "keepalive not echoed");
-        std::thread::yield_now();
-    }
+    wait_until(
+        || conn.last_keepalive_ack().is_some() && server_side.last_keepalive().is_some(),
+        || "keepalive not echoed".into(),
+    );
     cli.shutdown();
     srv.shutdown();
 }

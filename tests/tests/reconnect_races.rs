@@ -95,16 +95,10 @@ fn later_opens_both(a: &Receiver<Seen>, b: &Receiver<Seen>) -> (usize, usize) {
 }
 
 fn wait_for_one_connection(who: &str, m: &Messenger) {
-    let deadline = Instant::now() + WAIT;
-    while m.connection_count() != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "{who}: {} connections: {}",
-            m.connection_count(),
-            m.dump_connections()
-        );
-        std::thread::yield_now();
-    }
+    wait_until(
+        || m.connection_count() == 1,
+        || format!("{who}: {} connections: {}", m.connection_count(), m.dump_connections()),
+    );
 }
 
 /// Ceph's ReconnectTest: a lossless client of a stateful server loses its socket once
@@ -381,11 +375,10 @@ fn a_race_at_the_lower_address_answers_wait_even_if_it_had_accepted_the_session(
     // wakes it: A dials B's address, where nobody answers. A is now Connecting, cs 1.
     b.socket = None;
     b.machine.handle_transport_closed(Instant::now());
-    let deadline = Instant::now() + WAIT;
-    while a_conn.state() != messenger::ConnState::Standby {
-        assert!(Instant::now() < deadline, "A never parked: {:?}", a_conn.state());
-        std::thread::yield_now();
-    }
+    wait_until(
+        || a_conn.state() == messenger::ConnState::Standby,
+        || format!("A never parked: {:?}", a_conn.state()),
+    );
     a_conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
     let (_held, _) = b_listener.accept().expect("A reconnects to B's address");
     // B wakes too and connects again with the same connect_seq: a connection race.
