@@ -492,7 +492,9 @@ fn small_messages_on_receive_credit_stay_inside_every_throttle() {
     all_given_back("open dispatcher");
     let gets = srv.dispatch_throttle().counters().get - gets_before;
     eprintln!("{N} messages took {gets} dispatch-throttle requests");
-    assert!(gets < N / 2, "{gets} dispatch-throttle requests for {N} messages: no credit used");
+    // Without credit every message asks once (N); with it, 163-189 here, depending on
+    // how the sends happen to batch into reads, which a loaded machine changes.
+    assert!(gets < N * 3 / 4, "{gets} dispatch-throttle requests for {N} messages: no credit used");
     cli.shutdown();
     srv.shutdown();
 }
