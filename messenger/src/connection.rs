@@ -256,7 +256,8 @@ impl Connection {
     }
 
     /// Test seam (feature `fault-injection`): cuts this connection's socket as a network
-    /// failure would. A lossless session must survive it without loss or duplicates.
+    /// failure would (what the kernel received and the driver had not read yet is lost
+    /// with it). A lossless session must survive it without loss or duplicates.
     ///
     /// Every call is one cut: a call made while no session is open, or while the last cut
     /// is still being recovered from, waits until the session is open again on a new

@@ -48,6 +48,9 @@ pub(super) struct Io {
     pub(super) read_ready: bool,
     /// The socket reported the peer's close (or an error): read until EOF or error.
     peer_closed: bool,
+    /// The socket was cut by an injected failure: the next read sees the link dead at
+    /// once, whatever the kernel still buffered.
+    cut: bool,
     write_ready: bool,
     interest: Option<Interest>,
 }
@@ -63,6 +66,7 @@ impl Io {
             scratch: Vec::new(),
             read_ready: true,
             peer_closed: false,
+            cut: false,
             write_ready: true,
             interest: None,
         }
@@ -136,6 +140,7 @@ impl Driver {
         self.io.interest = Some(interest);
         self.io.read_ready = true;
         self.io.peer_closed = false;
+        self.io.cut = false;
         self.io.write_ready = true;
         self.seams.new_socket();
         Ok(())
@@ -216,12 +221,16 @@ impl Driver {
     }
 
     /// Shuts the socket down both ways, as a network failure would: the next read sees
-    /// EOF and the next write an error, which fault the session the ordinary way.
+    /// the link dead and the next write an error, which fault the session the ordinary
+    /// way. What the kernel had received and we had not read is lost with the link (as
+    /// a reset loses it): read after `shutdown`, acks already buffered would be taken
+    /// first, and a cut meant to leave messages unacknowledged could find none.
     fn cut_socket(&mut self) {
         if let Some(s) = &self.io.socket {
             let _ = s.shutdown(Shutdown::Both);
             self.io.read_ready = true;
             self.io.peer_closed = true;
+            self.io.cut = true;
         }
     }
 
@@ -253,6 +262,11 @@ impl Driver {
             if self.seams.fail_socket() {
                 log::info!(target: "msgr::conn", "{}: injected socket failure (read)", self.machine);
                 self.cut_socket();
+            }
+            if self.io.cut {
+                self.io.read_ready = false;
+                self.machine.handle_transport_closed(cx.now());
+                break;
             }
             let Some(sock) = self.io.socket.as_ref() else { break };
             // A large segment arriving in pieces is read straight into the buffer it is
