@@ -67,6 +67,9 @@ fn silent_announcers_do_not_stall_others(proto: ProtocolVersion) {
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
     let good = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     round_trips(&good, &cli_rx, 0, 10, 4096);
+    // The last request's permit goes back after its dispatcher returns, which can be
+    // after its reply arrived: the attackers' share below is measured from nothing.
+    wait_for("the good requests' budget back", || srv.dispatch_throttle().current() == 0);
 
     // One peer announces 100 MiB, two more 50 MiB each; each sends 100 bytes of it.
     let mut attackers = Vec::new();

@@ -78,6 +78,11 @@ fn a_duplicate_announcing_128_mib_is_not_stored_over_msgr2() {
     let first = peer.message(1, b"first");
     peer.sock.write_all(&first).expect("first message");
     assert_eq!(next_message(&srv_rx).1.tid(), 1);
+    // Its permit goes back once its dispatcher returned (just after it was recorded).
+    wait_until(
+        || srv.dispatch_throttle().current() == 0,
+        || format!("message 1 still holds {}", srv.dispatch_throttle().current()),
+    );
 
     // seq 1 again: a duplicate. Its data is calloc'd zeros (the pages stay untouched but
     // for the crc and the socket's reads), so the test itself holds almost nothing.
