@@ -68,11 +68,10 @@ fn a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects_over(
     wait_for("the panic", || {
         srv.pool().handles().iter().map(|h| h.panics()).sum::<u64>() > panics_before
     });
-    // The dead connection is forgotten and the worker's load is back. Waited for as a
-    // pair: the cleanup unregisters before it gives the load back, and the client's
-    // reconnect is charged to a worker before its session registers; a leak never settles.
+    // The dead connection is forgotten and the worker's load given back: checked once
+    // the peer is back (below), where a zombie session or a leaked load shows as 2. Read
+    // now, both could still be 1 before the cleanup ran.
     let load = || srv.pool().handles().iter().map(|h| h.load()).sum::<usize>();
-    wait_for("the load to match the connections", || load() == srv.connection_count());
 
     // The same peer reconnects (its lossless session was lost with the driver, so the
     // server resets it; what was queued meanwhile is dropped with the session, as Ceph's
@@ -96,6 +95,8 @@ fn a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects_over(
     for tid in 100..120u64 {
         assert_eq!(next_message(&cli_rx).1.tid(), tid);
     }
+    // Waited for: the cleanup unregisters before it gives the load back, and the
+    // reconnect is charged to a worker before its session registers.
     wait_for("one connection, load 1", || srv.connection_count() == 1 && load() == 1);
     cli.shutdown();
     srv.shutdown();
