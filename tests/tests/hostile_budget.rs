@@ -24,15 +24,6 @@ use tests::loopback::*;
 const MSG_TEST: u16 = 0x7f00;
 const MIB: u32 = 1 << 20;
 
-/// Waits (bounded by `WAIT`) until `f` holds.
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn echo_server(config: MessengerConfig) -> (Messenger, SocketAddr, Receiver<Seen>) {
     server_on(
         EntityType::OSD,
@@ -69,7 +60,10 @@ fn silent_announcers_do_not_stall_others(proto: ProtocolVersion) {
     round_trips(&good, &cli_rx, 0, 10, 4096);
     // The last request's permit goes back after its dispatcher returns, which can be
     // after its reply arrived: the attackers' share below is measured from nothing.
-    wait_for("the good requests' budget back", || srv.dispatch_throttle().current() == 0);
+    wait_until(
+        || srv.dispatch_throttle().current() == 0,
+        || "timed out waiting for the good requests' budget back".into(),
+    );
 
     // One peer announces 100 MiB, two more 50 MiB each; each sends 100 bytes of it.
     let mut attackers = Vec::new();
@@ -82,9 +76,10 @@ fn silent_announcers_do_not_stall_others(proto: ProtocolVersion) {
     }
     // Each holds its first window: a page (more only for payload already received).
     let held_most = 3 * (u64::from(DEFAULT_FIRST_WINDOW) + MESSAGE_OVERHEAD);
-    wait_for("the attackers' first windows", || {
-        srv.dispatch_throttle().current() >= 3 * MESSAGE_OVERHEAD
-    });
+    wait_until(
+        || srv.dispatch_throttle().current() >= 3 * MESSAGE_OVERHEAD,
+        || "timed out waiting for the attackers' first windows".into(),
+    );
     let held = srv.dispatch_throttle().current();
     assert!(held <= held_most, "silent peers hold {held} bytes of dispatch budget");
 
@@ -127,7 +122,10 @@ fn trickled_message_is_faulted(proto: ProtocolVersion) {
         }
     }
     assert!(closed, "a trickled message kept its connection for {:?}", started.elapsed());
-    wait_for("the budget to be released", || srv.dispatch_throttle().current() == 0);
+    wait_until(
+        || srv.dispatch_throttle().current() == 0,
+        || "timed out waiting for the budget to be released".into(),
+    );
     srv.shutdown();
 }
 
@@ -200,7 +198,10 @@ fn large_messages_never_deadlock(proto: ProtocolVersion) {
         .collect();
     // Let the budget fill up with queued and partly received messages, then dispatch.
     let opener = OpenOnDrop(gate.clone());
-    wait_for("the budget to fill", || srv.dispatch_throttle().waiting() > 0);
+    wait_until(
+        || srv.dispatch_throttle().waiting() > 0,
+        || "timed out waiting for the budget to fill".into(),
+    );
     drop(opener);
     let deadline = Instant::now() + WAIT;
     let mut got = 0;

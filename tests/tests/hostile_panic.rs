@@ -36,14 +36,6 @@ impl Dispatcher<Connection> for PanickyEcho {
     }
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 // Ceph's AsyncConnection has no such case (a throwing dispatcher aborts the daemon);
 // our event center survives a panicking handler, so the driver must clean up after it.
 fn a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects_over(
@@ -65,9 +57,10 @@ fn a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects_over(
     let panics_before: u64 = srv.pool().handles().iter().map(|h| h.panics()).sum();
 
     conn.send_message(test_message(MSG_TEST, POISON, Bytes::new())).expect("send");
-    wait_for("the panic", || {
-        srv.pool().handles().iter().map(|h| h.panics()).sum::<u64>() > panics_before
-    });
+    wait_until(
+        || srv.pool().handles().iter().map(|h| h.panics()).sum::<u64>() > panics_before,
+        || "timed out waiting for the panic".into(),
+    );
     // The dead connection is forgotten and the worker's load given back: checked once
     // the peer is back (below), where a zombie session or a leaked load shows as 2. Read
     // now, both could still be 1 before the cleanup ran.
@@ -97,7 +90,10 @@ fn a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects_over(
     }
     // Waited for: the cleanup unregisters before it gives the load back, and the
     // reconnect is charged to a worker before its session registers.
-    wait_for("one connection, load 1", || srv.connection_count() == 1 && load() == 1);
+    wait_until(
+        || srv.connection_count() == 1 && load() == 1,
+        || "timed out waiting for one connection, load 1".into(),
+    );
     cli.shutdown();
     srv.shutdown();
 }
