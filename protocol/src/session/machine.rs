@@ -269,6 +269,8 @@ impl<P: Protocol> Machine<P> {
         self.messages_sent += 1;
         if !self.lossy {
             self.session.push_sent(msg);
+        } else {
+            msg.recycle();
         }
     }
 
