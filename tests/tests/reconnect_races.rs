@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
-use messenger::{Connection, Messenger, MessengerConfig, Policy, ProtocolVersion};
+use messenger::{Connection, MessengerConfig, Policy, ProtocolVersion};
 use protocol::session::CounterValues;
 use protocol::types::EntityType;
 use tests::loopback::*;
@@ -94,13 +94,6 @@ fn later_opens_both(a: &Receiver<Seen>, b: &Receiver<Seen>) -> (usize, usize) {
     }
 }
 
-fn wait_for_one_connection(who: &str, m: &Messenger) {
-    wait_until(
-        || m.connection_count() == 1,
-        || format!("{who}: {} connections: {}", m.connection_count(), m.dump_connections()),
-    );
-}
-
 /// Ceph's ReconnectTest: a lossless client of a stateful server loses its socket once
 /// in the middle of a stream. Exactly one reconnect: one more connect attempt (no WAIT,
 /// no RETRY, no RESETSESSION, no duplicate to drop), one more `ms_handle_connect` on the
@@ -145,8 +138,8 @@ fn single_cut(proto: ProtocolVersion) {
     let (c, s) = (delta(cli.v1_counters(), c0), delta(srv.v1_counters(), s0));
     assert_eq!(c, CounterValues { connects: 1, ..CounterValues::default() }, "client");
     assert_eq!(s, CounterValues::default(), "a stateful server never dials");
-    wait_for_one_connection("client", &cli);
-    wait_for_one_connection("server", &srv);
+    wait_for_connection_count(&cli, 1, "client");
+    wait_for_connection_count(&srv, 1, "server");
     assert_eq!(conn.protocol(), Some(proto));
     cli.shutdown();
     srv.shutdown();
@@ -250,8 +243,8 @@ fn race_rounds(a_nonce: u32, b_nonce: u32, proto: ProtocolVersion) {
         }
         assert!(da.connects + db.connects >= 1, "round {round}: nobody reconnected");
         races += usize::from(da.connects > 0 && db.connects > 0);
-        wait_for_one_connection("a", &a);
-        wait_for_one_connection("b", &b);
+        wait_for_connection_count(&a, 1, "a");
+        wait_for_connection_count(&b, 1, "b");
         assert!(a_to_b.is_connected() && b_to_a.is_connected(), "round {round}");
         for (t, d) in [(&mut total_a, da), (&mut total_b, db)] {
             t.connects += d.connects;
