@@ -112,6 +112,14 @@ pub struct MessengerConfig {
     /// syscall and the peer's wake-up. Acks alone wait for the end of the read. (Ours;
     /// Ceph hands on and writes after every message.)
     pub dispatch_batch: usize,
+    /// Whether a connection whose peer runs on this host, on the very CPU the
+    /// connection's worker runs on (two read phases in a row, by `SO_INCOMING_CPU`),
+    /// skips the early batches of `dispatch_batch`: such a peer cannot run before the
+    /// worker sleeps, so a write in the middle of a read is a syscall for nothing, and
+    /// the read's replies go at its end (or every 256 KiB sent). Queued messages still
+    /// go to the dispatch thread batch by batch. On by default; off, every connection
+    /// batches as described above. (Ours.)
+    pub colocated_peer_batching: bool,
     /// Bound on the sender side, per connection: what messages queued on one
     /// connection cost until they leave it (written, or acknowledged on a lossless
     /// session), counted in framed bytes plus a per-message overhead
@@ -222,6 +230,7 @@ impl Default for MessengerConfig {
             read_budget: 1 << 20,
             read_buffer: 64 << 10,
             dispatch_batch: 64,
+            colocated_peer_batching: true,
             max_queued_bytes: 256 << 20,
             max_total_queued_bytes: 1 << 30,
             auth: None,

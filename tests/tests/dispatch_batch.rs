@@ -3,7 +3,9 @@
 //! thread the first queued messages, while the rest are still being parsed, as from
 //! Ceph, which hands on and writes after every message. Checked by holding the fast
 //! dispatch of one message until the batch before it has arrived where it goes: handed
-//! on only at the end of the read, it never does.
+//! on only at the end of the read, it never does. These servers batch whatever CPU the
+//! peer sends from (`colocated_peer_batching` off); the last tests pin a server's worker
+//! and its peer to one CPU, where the burst is answered at the end of the read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +29,8 @@ const BURST: u64 = 3 * BATCH as u64;
 fn batch_server(
     dispatch_batch: usize,
 ) -> (messenger::Messenger, std::net::SocketAddr, Receiver<tests::loopback::Seen>) {
-    let config = MessengerConfig { dispatch_batch, ..test_config(1) };
+    let config =
+        MessengerConfig { dispatch_batch, colocated_peer_batching: false, ..test_config(1) };
     let addr = "127.0.0.1:0".parse().expect("addr");
     server_on(EntityType::OSD, 1, Policy::stateless_server(), false, addr, config)
 }
@@ -279,4 +282,90 @@ fn sent_check_point_waits_for_half_the_last_burst() {
 #[test]
 fn sent_check_point_waits_for_half_the_last_burst_over_msgr2() {
     half_the_last_burst_first(ProtocolVersion::V2);
+}
+
+/// Pins the calling thread to CPU 0.
+fn pin_to_cpu0() {
+    // SAFETY: cpu_set_t is plain data (all-zero is the empty set); CPU_SET writes inside
+    // it (CPU 0); sched_setaffinity only reads it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(rc, 0, "pin to CPU 0: {}", std::io::Error::last_os_error());
+}
+
+/// A peer sending from the CPU the server's worker runs on (both pinned to CPU 0) cannot
+/// run before the worker sleeps: once two looks saw it there, nothing is written at the
+/// early batch or the check points, and a burst's replies all come at the end of the
+/// read.
+fn colocated_peer_gets_no_early_batch(proto: ProtocolVersion) {
+    pin_to_cpu0();
+    tests::loopback::init_logging();
+    let pool = event_center::WorkerPool::new(event_center::WorkerPoolConfig {
+        workers: 1,
+        name_prefix: "colocated".to_owned(),
+        pin_cpus: true,
+        ..Default::default()
+    })
+    .expect("pool");
+    let config = MessengerConfig { dispatch_batch: 4 * BATCH, ..test_config(1) };
+    assert!(config.colocated_peer_batching, "on by default");
+    let name = protocol::types::EntityName::new(EntityType::OSD, 0);
+    let srv = messenger::Messenger::with_pool(name, 1, config, Arc::new(pool)).expect("server");
+    srv.set_default_policy(Policy::stateless_server());
+    srv.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    srv.start().expect("start");
+    let (entered, entered_rx) = bounded(1);
+    let (go_tx, go) = bounded(1);
+    let (held, held_rx) = bounded(1);
+    // In the second burst, past the early batch (8 requests that carried 32 KiB) and the
+    // first check point (8 replies that did): either would have written before it.
+    let hold = 9 * BURST + 2 * BATCH as u64 + 1;
+    let reply = Bytes::from_static(&[9; 4096]);
+    let d = Hold { hold: vec![hold], reply, entered, go, held };
+    srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let burst = |peer: &mut RawPeer, tids: std::ops::RangeInclusive<u64>| {
+        let bytes: Vec<u8> = tids.flat_map(|tid| peer.message(tid, &[7; 4096])).collect();
+        std::io::Write::write_all(&mut peer.sock, &bytes).expect("burst");
+    };
+    // The worker looks at the peer's CPU in every 8th read phase, and counts it from
+    // the second look: 9 bursts (their read phases) before the one checked.
+    let primed = 9 * BURST;
+    for first in (1..=primed).step_by(BURST as usize) {
+        burst(&mut peer, first..=first + BURST - 1);
+        let replies = peer.receive(BURST as usize).expect("a priming burst's replies");
+        let want: Vec<u64> = (first..first + BURST).collect();
+        assert_eq!(replies.iter().map(Message::tid).collect::<Vec<_>>(), want);
+    }
+
+    burst(&mut peer, primed + 1..=primed + BURST);
+    assert_eq!(entered_rx.recv_timeout(WAIT), Ok(hold), "the held request was dispatched");
+    peer.sock.set_nonblocking(true).expect("nonblocking");
+    let early = peer.sock.peek(&mut [0u8; 1]);
+    peer.sock.set_nonblocking(false).expect("blocking");
+    go_tx.send(()).expect("release the held request");
+    match early {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("replies were written before the read's end: {other:?}"),
+    }
+    assert_eq!(held_rx.recv_timeout(WAIT), Ok(true), "the held request was released");
+    let last = peer.receive(BURST as usize).expect("the checked burst's replies");
+    let want: Vec<u64> = (primed + 1..=primed + BURST).collect();
+    assert_eq!(last.iter().map(Message::tid).collect::<Vec<_>>(), want);
+    srv.shutdown();
+    srv.wait();
+}
+
+#[test]
+fn a_peer_on_the_workers_cpu_gets_its_burst_answered_at_the_reads_end() {
+    colocated_peer_gets_no_early_batch(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_peer_on_the_workers_cpu_gets_its_burst_answered_at_the_reads_end_over_msgr2() {
+    colocated_peer_gets_no_early_batch(ProtocolVersion::V2);
 }

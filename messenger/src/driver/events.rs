@@ -26,6 +26,11 @@ const MIN_DISPATCH_BATCH: usize = 8;
 /// round trips.
 const EARLY_BATCH_BYTES: usize = 32 << 10;
 
+/// What fast dispatch must have sent before a driver whose peer shares its CPU writes
+/// in the middle of a read: that peer reads only once we sleep, but a window of 4 KiB
+/// requests (128: 512 KiB) written at once ran ~20 % slower than in two writes.
+const COLOCATED_WRITE_BYTES: u64 = 256 << 10;
+
 /// How many check points `hand_on_batch` makes per `dispatch_batch`: at each, what fast
 /// dispatch sent is taken into the protocol and written if it reaches
 /// [`EARLY_BATCH_BYTES`].
@@ -217,10 +222,31 @@ impl Driver {
         let most = self.env.config.dispatch_batch;
         let early = (self.last_burst / 4).max(MIN_DISPATCH_BATCH);
         let received = done >= early && self.bytes_since_batch >= EARLY_BATCH_BYTES;
-        if !received && done < most {
-            if !done.is_multiple_of(check_every(most)) {
-                return;
+        if !received && done < most && !done.is_multiple_of(check_every(most)) {
+            return;
+        }
+        // A peer on our own CPU runs only once this thread sleeps: early batches and
+        // check points buy it nothing and cost a write each (the window then goes in one
+        // write, or in writes of COLOCATED_WRITE_BYTES, as a single-threaded codec's
+        // does). Queued messages still go to the dispatch thread batch by batch: it may
+        // run on another CPU.
+        if self.env.config.colocated_peer_batching && self.io.peer_on_our_cpu() {
+            if done >= most {
+                self.delivered_since_batch = 0;
+                self.bytes_since_batch = 0;
+                self.deliver_pending();
+                let before = self.send_held;
+                self.take_mailbox(cx, false);
+                self.sent_since_batch =
+                    self.sent_since_batch.saturating_add(self.send_held.saturating_sub(before));
+                if self.sent_since_batch >= COLOCATED_WRITE_BYTES {
+                    self.sent_since_batch = 0;
+                    self.flush(cx);
+                }
             }
+            return;
+        }
+        if !received && done < most {
             // A check point: take what was sent, and write it only if it is worth a write.
             let before = self.send_held;
             self.take_mailbox(cx, false);
