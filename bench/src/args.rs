@@ -218,6 +218,8 @@ pub struct Args {
     /// asyncmsgr's workers (both messengers) poll without sleeping this long before
     /// they sleep (`WorkerPoolConfig::busy_poll`); zero: off.
     pub busy_poll: Duration,
+    /// Pin the server's and the client's threads (`None`: the scheduler places them).
+    pub pin: Option<crate::pin::Pin>,
 }
 
 impl Default for Args {
@@ -241,6 +243,7 @@ impl Default for Args {
             plot: None,
             flamegraph: None,
             busy_poll: Duration::ZERO,
+            pin: None,
         }
     }
 }
@@ -299,6 +302,9 @@ options:
   --busy-poll US      asyncmsgr's workers poll without sleeping this long before they
                       sleep (default 0: off); lower depth-1 latency for CPU, which the
                       cpu column shows
+  --pin same|apart    pin every peer's server and client threads: both to CPU 0 (same)
+                      or the server to CPU 0 and the client to CPU 1 (apart); unpinned
+                      (default), the scheduler puts them on one CPU or two, run by run
   --quiet             no progress line";
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -392,6 +398,7 @@ impl Args {
                     let us = number(value("--busy-poll")?)?;
                     a.busy_poll = Duration::from_micros(us as u64);
                 }
+                "--pin" => a.pin = Some(crate::pin::Pin::parse(&value("--pin")?)?),
                 "--quiet" => a.progress = false,
                 "-h" | "--help" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -539,5 +546,14 @@ mod tests {
         assert!(v1.contains("needs --proto v2"), "{v1}");
         assert!(parse("server --proto v2 --mode secure").is_err());
         assert!(parse("--mode plain").is_err());
+    }
+
+    #[test]
+    fn pin() {
+        assert_eq!(parse("").unwrap().pin, None);
+        assert_eq!(parse("--pin same").unwrap().pin, Some(crate::pin::Pin::Same));
+        assert_eq!(parse("matrix --pin apart").unwrap().pin, Some(crate::pin::Pin::Apart));
+        assert!(parse("--pin both").is_err());
+        assert!(parse("--pin").is_err());
     }
 }

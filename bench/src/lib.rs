@@ -16,6 +16,7 @@ pub mod idle;
 pub mod matrix;
 pub mod msgr;
 pub mod naive;
+pub mod pin;
 pub mod plot;
 #[cfg(feature = "rados")]
 pub mod rados_peer;

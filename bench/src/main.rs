@@ -13,14 +13,15 @@ use bench::{compare, idle, msgr, plot, run_peer};
 
 fn heading(args: &Args) -> String {
     format!(
-        "size {} B, reply {} B, depth {}, conns {}, workers {}, crc {}, {:.1} s",
+        "size {} B, reply {} B, depth {}, conns {}, workers {}, crc {}, {:.1} s{}",
         args.size,
         args.reply_size,
         args.depth,
         args.conns,
         args.workers,
         if args.crc { "on" } else { "off" },
-        args.duration().as_secs_f64()
+        args.duration().as_secs_f64(),
+        args.pin.map_or(String::new(), |p| format!(", {}", p.label()))
     )
 }
 
@@ -42,6 +43,9 @@ fn finish(args: &Args, reports: &[Report]) -> Result<(), String> {
 
 fn run_matrix(args: &Args, cells: &[Cell]) -> Result<(), String> {
     let results = matrix::run(args, cells, run_peer)?;
+    if let Some(pin) = args.pin {
+        println!("\n{}", pin.label());
+    }
     println!("\n{}", matrix::table(args, &results));
     if args.mode == Mode::Conns {
         println!("{}", matrix::scaling(args, &results));

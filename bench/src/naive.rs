@@ -37,7 +37,7 @@ fn serve(listener: TcpListener, reply_size: usize, stop: Arc<AtomicBool>) {
         let Ok(mut s) = stream else { continue };
         let _ = s.set_nodelay(true);
         let Ok(r) = s.try_clone() else { continue };
-        handlers.push(std::thread::spawn(move || {
+        handlers.push(crate::pin::spawn_named("naive-server-c", move || {
             let reply = frame(reply_size, 0x5a);
             let mut r = BufReader::with_capacity(64 << 10, r);
             let mut buf = Vec::new();
@@ -61,7 +61,7 @@ pub fn run(args: &Args) -> io::Result<Report> {
     let server = {
         let stop = stop_server.clone();
         let reply_size = args.reply_size;
-        std::thread::spawn(move || serve(listener, reply_size, stop))
+        crate::pin::spawn_named("naive-server", move || serve(listener, reply_size, stop))
     };
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -84,7 +84,7 @@ pub fn run(args: &Args) -> io::Result<Report> {
         }
         let (tx, rx) = crossbeam_channel::bounded::<Instant>(args.depth);
         let (stop_w, size) = (stop.clone(), args.size);
-        let writer = std::thread::spawn(move || {
+        let writer = crate::pin::spawn_named("naive-client-w", move || {
             let request = frame(size, 0xa5);
             while !stop_w.load(Ordering::Relaxed) {
                 if slot_rx.recv().is_err() {
@@ -98,7 +98,7 @@ pub fn run(args: &Args) -> io::Result<Report> {
             w
         });
         let done_r = done.clone();
-        let reader = std::thread::spawn(move || {
+        let reader = crate::pin::spawn_named("naive-client-r", move || {
             let mut hist = new_histogram();
             let mut buf = Vec::new();
             while read_frame(&mut r, &mut buf).is_ok() {

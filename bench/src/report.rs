@@ -170,6 +170,11 @@ pub fn measure(
     let t0 = Instant::now();
     let deadline = t0 + args.duration();
     let join = start(deadline, done.clone(), signals)?;
+    if let Some(pin) = args.pin {
+        if crate::pin::apply(pin)? == 0 {
+            return Err(io::Error::other(format!("--pin: {name} has no thread to pin")));
+        }
+    }
     let outcome = verify::watch(&signals_rx, args.conns, &done, args.stall, deadline + GRACE);
     let elapsed = t0.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);

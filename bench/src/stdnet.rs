@@ -96,7 +96,7 @@ fn serve(listener: TcpListener, conns: usize, reply: Bytes, crc: bool, signals: 
                 return;
             }
         };
-        handlers.push(std::thread::spawn(move || {
+        handlers.push(crate::pin::spawn_named("std-server-conn", move || {
             if let Err(e) = serve_conn(stream, &reply, crc) {
                 let _ = signals.send(Signal::Failed(format!("std server: {e}")));
             }
@@ -182,14 +182,14 @@ fn client_conn(
     }
     let writer = {
         let (args, window, signals) = (args.clone(), window.clone(), signals.clone());
-        std::thread::spawn(move || {
+        crate::pin::spawn_named("std-client-w", move || {
             if let Err(e) = write_requests(stream, i, &args, &window, &slot_rx, deadline) {
                 let _ = signals.send(Signal::Failed(format!("std client write: {e}")));
             }
         })
     };
     let (crc, done, signals) = (args.crc, done.clone(), signals.clone());
-    Ok(std::thread::spawn(move || {
+    Ok(crate::pin::spawn_named("std-client-r", move || {
         let result = read_replies(reader_stream, crc, &window, &slot_tx, &done);
         let _ = writer.join();
         verify::conn_ended(&signals, result)
@@ -204,7 +204,9 @@ pub fn run(args: &Args) -> io::Result<Report> {
         let server = {
             let (signals, conns, crc) = (signals.clone(), args.conns, args.crc);
             let reply = Bytes::from(vec![0x5a; args.reply_size]);
-            std::thread::spawn(move || serve(listener, conns, reply, crc, signals))
+            crate::pin::spawn_named("std-server", move || {
+                serve(listener, conns, reply, crc, signals)
+            })
         };
         let readers = (0..args.conns)
             .map(|i| client_conn(addr, i, args, deadline, &done, &signals))
