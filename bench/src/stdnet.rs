@@ -126,9 +126,13 @@ fn write_requests(
             break;
         }
         loop {
-            let tid = window.lock().push(Instant::now());
+            // The request's stamp is also the deadline check: a reader freeing slots as
+            // fast as this writes (both on one CPU) would otherwise keep it here past
+            // the deadline.
+            let now = Instant::now();
+            let tid = window.lock().push(now);
             write_frame(&mut w, &mut framer, tid, &payload)?;
-            if slots.try_recv().is_err() {
+            if now >= deadline || slots.try_recv().is_err() {
                 break;
             }
         }
