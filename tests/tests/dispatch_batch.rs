@@ -300,7 +300,8 @@ fn pin_to_cpu0() {
 /// run before the worker sleeps: once two looks saw it there, nothing is written at the
 /// early batch or the check points, and a burst's replies all come at the end of the
 /// read.
-fn colocated_peer_gets_no_early_batch(proto: ProtocolVersion) {
+/// With `colocated_peer_batching` off the same peer gets its early batch as any other.
+fn colocated_peer_gets_no_early_batch(proto: ProtocolVersion, colocated_peer_batching: bool) {
     pin_to_cpu0();
     tests::loopback::init_logging();
     let pool = event_center::WorkerPool::new(event_center::WorkerPoolConfig {
@@ -310,8 +311,9 @@ fn colocated_peer_gets_no_early_batch(proto: ProtocolVersion) {
         ..Default::default()
     })
     .expect("pool");
-    let config = MessengerConfig { dispatch_batch: 4 * BATCH, ..test_config(1) };
-    assert!(config.colocated_peer_batching, "on by default");
+    assert!(test_config(1).colocated_peer_batching, "on by default");
+    let config =
+        MessengerConfig { dispatch_batch: 4 * BATCH, colocated_peer_batching, ..test_config(1) };
     let name = protocol::types::EntityName::new(EntityType::OSD, 0);
     let srv = messenger::Messenger::with_pool(name, 1, config, Arc::new(pool)).expect("server");
     srv.set_default_policy(Policy::stateless_server());
@@ -348,9 +350,10 @@ fn colocated_peer_gets_no_early_batch(proto: ProtocolVersion) {
     let early = peer.sock.peek(&mut [0u8; 1]);
     peer.sock.set_nonblocking(false).expect("blocking");
     go_tx.send(()).expect("release the held request");
-    match early {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        other => panic!("replies were written before the read's end: {other:?}"),
+    match (early, colocated_peer_batching) {
+        (Err(e), true) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        (Ok(1), false) => {}
+        (other, _) => panic!("colocated_peer_batching {colocated_peer_batching}: {other:?}"),
     }
     assert_eq!(held_rx.recv_timeout(WAIT), Ok(true), "the held request was released");
     let last = peer.receive(BURST as usize).expect("the checked burst's replies");
@@ -362,10 +365,15 @@ fn colocated_peer_gets_no_early_batch(proto: ProtocolVersion) {
 
 #[test]
 fn a_peer_on_the_workers_cpu_gets_its_burst_answered_at_the_reads_end() {
-    colocated_peer_gets_no_early_batch(ProtocolVersion::V1);
+    colocated_peer_gets_no_early_batch(ProtocolVersion::V1, true);
+}
+
+#[test]
+fn without_colocated_peer_batching_a_peer_on_the_workers_cpu_gets_early_batches() {
+    colocated_peer_gets_no_early_batch(ProtocolVersion::V1, false);
 }
 
 #[test]
 fn a_peer_on_the_workers_cpu_gets_its_burst_answered_at_the_reads_end_over_msgr2() {
-    colocated_peer_gets_no_early_batch(ProtocolVersion::V2);
+    colocated_peer_gets_no_early_batch(ProtocolVersion::V2, true);
 }
