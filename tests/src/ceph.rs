@@ -123,9 +123,23 @@ pub fn ceph_available(test: &str) -> bool {
 
 /// A free loopback TCP port: bind port 0 and release it. Another process could take it
 /// before we reuse it; the monitor's start then fails loudly rather than silently.
+///
+/// Never the same port twice in one process: the kernel may give a port released a
+/// moment ago to the next `bind` to port 0, so two fixtures starting at once (the test
+/// binaries run their tests in parallel) could both get it, and a monitor that lost the
+/// race to bind it retries (`ms_bind_retry_count`, `ms_bind_retry_delay`) and would take
+/// it once the other's is gone — one way a dropped monitor's address can still answer,
+/// as `monitor_starts_answers_cli_and_stops` once saw beside the OSD fixture.
 pub fn free_loopback_port() -> io::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    static GIVEN: parking_lot::Mutex<std::collections::BTreeSet<u16>> =
+        parking_lot::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..64 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if GIVEN.lock().insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::other("64 ports from bind(0) in a row were handed out before"))
 }
 
 fn unique_dir(prefix: &str) -> io::Result<PathBuf> {
