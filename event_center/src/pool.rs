@@ -68,7 +68,7 @@ impl WorkerPool {
                 .name(format!("{}-{index}", config.name_prefix))
                 .spawn(move || {
                     if let Some(cpu) = pin {
-                        match pin_to_cpu(cpu) {
+                        match pin_current_thread(cpu) {
                             Ok(()) => info!(target: LOG, "worker {index} pinned to cpu {cpu}"),
                             Err(e) => warn!(target: LOG, "worker {index}: pin to cpu {cpu}: {e}"),
                         }
@@ -145,7 +145,9 @@ impl Drop for WorkerPool {
     }
 }
 
-fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+/// Pins the calling thread to `cpu` (what [`WorkerPoolConfig::pin_cpus`] does for each
+/// worker; also for a test that must place a thread beside one).
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu beyond CPU_SETSIZE"));
     }

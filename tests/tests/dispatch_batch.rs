@@ -38,9 +38,14 @@ fn batch_server(
 /// Writes [`BURST`] requests (tids 1, 2, …) with `front` in one write, and makes the
 /// peer's reads give up after 5 s.
 fn send_burst(peer: &mut RawPeer, front: &[u8]) {
-    let burst: Vec<u8> = (1..=BURST).flat_map(|tid| peer.message(tid, front)).collect();
     peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    std::io::Write::write_all(&mut peer.sock, &burst).expect("burst");
+    write_requests(peer, 1..=BURST, front);
+}
+
+/// Writes requests with tids `tids` and `front` in one write.
+fn write_requests(peer: &mut RawPeer, tids: std::ops::RangeInclusive<u64>, front: &[u8]) {
+    let bytes: Vec<u8> = tids.flat_map(|tid| peer.message(tid, front)).collect();
+    std::io::Write::write_all(&mut peer.sock, &bytes).expect("burst");
 }
 
 /// Answers every request on its connection from fast dispatch, with `reply` as the
@@ -234,20 +239,16 @@ fn half_the_last_burst_first(proto: ProtocolVersion) {
     srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
     peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    let burst = |peer: &mut RawPeer, tids: std::ops::RangeInclusive<u64>| {
-        let bytes: Vec<u8> = tids.flat_map(|tid| peer.message(tid, b"ping")).collect();
-        std::io::Write::write_all(&mut peer.sock, &bytes).expect("burst");
-    };
 
     // The first burst, one read phase of 32 messages, answered in full.
-    burst(&mut peer, 1..=window);
+    write_requests(&mut peer, 1..=window, b"ping");
     let first = peer.receive(window as usize).expect("the first burst's replies");
     assert_eq!(
         first.iter().map(Message::tid).collect::<Vec<_>>(),
         (1..=window).collect::<Vec<_>>()
     );
 
-    burst(&mut peer, window + 1..=2 * window);
+    write_requests(&mut peer, window + 1..=2 * window, b"ping");
     // At the check point after 8 messages the replies carried 32 KiB, but 8 is less
     // than half the last burst: nothing was written before the ninth was dispatched.
     assert_eq!(entered_rx.recv_timeout(WAIT), Ok(ninth), "the ninth request was dispatched");
@@ -284,25 +285,13 @@ fn sent_check_point_waits_for_half_the_last_burst_over_msgr2() {
     half_the_last_burst_first(ProtocolVersion::V2);
 }
 
-/// Pins the calling thread to CPU 0.
-fn pin_to_cpu0() {
-    // SAFETY: cpu_set_t is plain data (all-zero is the empty set); CPU_SET writes inside
-    // it (CPU 0); sched_setaffinity only reads it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    assert_eq!(rc, 0, "pin to CPU 0: {}", std::io::Error::last_os_error());
-}
-
 /// A peer sending from the CPU the server's worker runs on (both pinned to CPU 0) cannot
 /// run before the worker sleeps: once two looks saw it there, nothing is written at the
 /// early batch or the check points, and a burst's replies all come at the end of the
 /// read.
 /// With `colocated_peer_batching` off the same peer gets its early batch as any other.
 fn colocated_peer_gets_no_early_batch(proto: ProtocolVersion, colocated_peer_batching: bool) {
-    pin_to_cpu0();
+    event_center::pin_current_thread(0).expect("pin the peer to CPU 0");
     tests::loopback::init_logging();
     let pool = event_center::WorkerPool::new(event_center::WorkerPoolConfig {
         workers: 1,
@@ -322,29 +311,25 @@ fn colocated_peer_gets_no_early_batch(proto: ProtocolVersion, colocated_peer_bat
     let (entered, entered_rx) = bounded(1);
     let (go_tx, go) = bounded(1);
     let (held, held_rx) = bounded(1);
-    // In the second burst, past the early batch (8 requests that carried 32 KiB) and the
-    // first check point (8 replies that did): either would have written before it.
+    // In the checked burst, past the early batch (8 requests that carried 32 KiB) and
+    // the first check point (8 replies that did): either would have written before it.
     let hold = 9 * BURST + 2 * BATCH as u64 + 1;
     let reply = Bytes::from_static(&[9; 4096]);
     let d = Hold { hold: vec![hold], reply, entered, go, held };
     srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
     peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    let burst = |peer: &mut RawPeer, tids: std::ops::RangeInclusive<u64>| {
-        let bytes: Vec<u8> = tids.flat_map(|tid| peer.message(tid, &[7; 4096])).collect();
-        std::io::Write::write_all(&mut peer.sock, &bytes).expect("burst");
-    };
     // The worker looks at the peer's CPU in every 8th read phase, and counts it from
     // the second look: 9 bursts (their read phases) before the one checked.
     let primed = 9 * BURST;
     for first in (1..=primed).step_by(BURST as usize) {
-        burst(&mut peer, first..=first + BURST - 1);
+        write_requests(&mut peer, first..=first + BURST - 1, &[7; 4096]);
         let replies = peer.receive(BURST as usize).expect("a priming burst's replies");
         let want: Vec<u64> = (first..first + BURST).collect();
         assert_eq!(replies.iter().map(Message::tid).collect::<Vec<_>>(), want);
     }
 
-    burst(&mut peer, primed + 1..=primed + BURST);
+    write_requests(&mut peer, primed + 1..=primed + BURST, &[7; 4096]);
     assert_eq!(entered_rx.recv_timeout(WAIT), Ok(hold), "the held request was dispatched");
     peer.sock.set_nonblocking(true).expect("nonblocking");
     let early = peer.sock.peek(&mut [0u8; 1]);

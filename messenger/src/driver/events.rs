@@ -235,10 +235,7 @@ impl Driver {
                 self.delivered_since_batch = 0;
                 self.bytes_since_batch = 0;
                 self.deliver_pending();
-                let before = self.send_held;
-                self.take_mailbox(cx, false);
-                self.sent_since_batch =
-                    self.sent_since_batch.saturating_add(self.send_held.saturating_sub(before));
+                self.take_sent(cx);
                 if self.sent_since_batch >= COLOCATED_WRITE_BYTES {
                     self.sent_since_batch = 0;
                     self.flush(cx);
@@ -248,10 +245,7 @@ impl Driver {
         }
         if !received && done < most {
             // A check point: take what was sent, and write it only if it is worth a write.
-            let before = self.send_held;
-            self.take_mailbox(cx, false);
-            self.sent_since_batch =
-                self.sent_since_batch.saturating_add(self.send_held.saturating_sub(before));
+            self.take_sent(cx);
             // Half the previous burst first: a client whose whole window came back in
             // one read (4 KiB at depth 128: ~90 replies) sends its requests in two large
             // writes instead of five or six of 16, the cost that bounds it there; one
@@ -271,6 +265,15 @@ impl Driver {
         if moved > 0 || taken {
             self.flush(cx);
         }
+    }
+
+    /// Takes what fast dispatch sent meanwhile into the protocol, counting it in
+    /// `sent_since_batch` (written later, by the caller's rule or the pump's end).
+    fn take_sent(&mut self, cx: &mut Context<'_>) {
+        let before = self.send_held;
+        self.take_mailbox(cx, false);
+        self.sent_since_batch =
+            self.sent_since_batch.saturating_add(self.send_held.saturating_sub(before));
     }
 
     /// How many more messages of `size` payload bytes are delivered before

@@ -549,20 +549,6 @@ mod tests {
 
     use super::{Io, CPU_LOOK_EVERY};
 
-    /// Pins the calling thread to `cpu`; false where the machine does not allow it.
-    fn pin(cpu: usize) -> bool {
-        // SAFETY: cpu_set_t is plain data (all-zero is the empty set); CPU_SET writes
-        // inside it for cpu < CPU_SETSIZE; sched_setaffinity only reads it.
-        unsafe {
-            if cpu >= libc::CPU_SETSIZE as usize {
-                return false;
-            }
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-        }
-    }
-
     /// A loopback pair: our end as the driver holds it, and the peer's.
     fn pair() -> (mio::net::TcpStream, StdStream) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -593,7 +579,7 @@ mod tests {
     fn send_from(cpu: usize, peer: &mut StdStream) {
         std::thread::scope(|s| {
             s.spawn(|| {
-                assert!(pin(cpu), "cannot pin the sender to CPU {cpu}");
+                event_center::pin_current_thread(cpu).expect("pin the sender");
                 peer.write_all(b"ping").expect("write");
             });
         });
@@ -616,7 +602,7 @@ mod tests {
 
     #[test]
     fn a_loopback_peer_sending_from_our_cpu_counts_from_the_second_look() {
-        assert!(pin(0), "cannot pin the test thread to CPU 0");
+        event_center::pin_current_thread(0).expect("pin the test thread to CPU 0");
         let (ours, mut peer) = pair();
         let mut io = Io::new(Some(ours), None);
         let all = |v: bool| vec![v; CPU_LOOK_EVERY as usize];
@@ -635,7 +621,7 @@ mod tests {
     fn a_loopback_peer_sending_from_another_cpu_does_not_count() {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert!(cpus >= 2, "this test needs two CPUs");
-        assert!(pin(0), "cannot pin the test thread to CPU 0");
+        event_center::pin_current_thread(0).expect("pin the test thread to CPU 0");
         let (ours, mut peer) = pair();
         let mut io = Io::new(Some(ours), None);
         let all = |v: bool| vec![v; CPU_LOOK_EVERY as usize];
