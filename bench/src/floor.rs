@@ -14,7 +14,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::args::Args;
-use crate::report::{cpu_time, new_histogram, Report};
+use crate::report::{new_histogram, Report, Window};
 
 /// Reads until `buf` holds a whole frame of `want` bytes or the socket would block.
 fn fill(s: &mut TcpStream, buf: &mut Vec<u8>, tmp: &mut [u8]) -> io::Result<()> {
@@ -107,7 +107,7 @@ pub fn run(args: &Args) -> io::Result<Report> {
     let request = frame(args.size);
     let (mut buf, mut tmp) = (Vec::new(), vec![0u8; 64 << 10]);
     let mut rtt = new_histogram();
-    let cpu0 = cpu_time();
+    let window = Window::open();
     let t0 = Instant::now();
     let mut n = 0u64;
     while t0.elapsed() < args.duration() {
@@ -120,10 +120,10 @@ pub fn run(args: &Args) -> io::Result<Report> {
         let _ = rtt.record(sent.elapsed().as_nanos() as u64);
         n += 1;
     }
-    let elapsed = t0.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu0);
+    let (elapsed, cpu, machine) = window.close();
     stop.store(true, Ordering::Relaxed);
     drop(conn);
     let _ = server.join();
-    Ok(Report::new("mio-floor (no crc, u32)", n, args.rt_bytes(), elapsed, cpu, rtt))
+    let report = Report::new("mio-floor (no crc, u32)", n, args.rt_bytes(), elapsed, cpu, rtt);
+    Ok(Report { machine, ..report })
 }

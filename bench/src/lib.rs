@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod flame;
 pub mod floor;
 pub mod idle;
+pub mod machine;
 pub mod matrix;
 pub mod msgr;
 pub mod naive;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::args::{Args, Peer};
-use crate::report::{cpu_time, new_histogram, Progress, Report};
+use crate::report::{new_histogram, Progress, Report, Window};
 
 /// A frame prebuilt once: u32 length + payload, sent with one `write` per request.
 fn frame(payload_len: usize, fill: u8) -> Vec<u8> {
@@ -67,8 +67,7 @@ pub fn run(args: &Args) -> io::Result<Report> {
     let stop = Arc::new(AtomicBool::new(false));
     let name = Peer::StdNaive.to_string();
     let progress = Progress::start(name.clone(), done.clone(), args.progress);
-    let cpu0 = cpu_time();
-    let t0 = Instant::now();
+    let window = Window::open();
     let mut clients = Vec::new();
     for _ in 0..args.conns {
         let mut w = TcpStream::connect(addr)?;
@@ -122,12 +121,11 @@ pub fn run(args: &Args) -> io::Result<Report> {
         let h = reader.join().map_err(|_| io::Error::other("reader panicked"))?;
         let _ = rtt.add(&h);
     }
-    let elapsed = t0.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu0);
+    let (elapsed, cpu, machine) = window.close();
     progress.stop();
     stop_server.store(true, Ordering::Relaxed);
     let _ = TcpStream::connect(addr);
     let _ = server.join();
     let n = done.load(Ordering::Relaxed);
-    Ok(Report::new(name, n, args.rt_bytes(), elapsed, cpu, rtt))
+    Ok(Report { machine, ..Report::new(name, n, args.rt_bytes(), elapsed, cpu, rtt) })
 }

@@ -11,8 +11,37 @@ use crossbeam_channel::Sender;
 use hdrhistogram::Histogram;
 
 use crate::args::Args;
+use crate::machine::{Load, Sample};
 pub use crate::verify::new_histogram;
 use crate::verify::{self, Signal};
+
+/// A measured window: wall time, this process's CPU time and the rest of the machine's
+/// load from [`open`](Window::open) to [`close`](Window::close).
+pub struct Window {
+    t0: Instant,
+    cpu0: Duration,
+    machine: Option<Sample>,
+}
+
+impl Window {
+    /// Starts the window now.
+    pub fn open() -> Window {
+        // Looked at first: its /proc walk is outside the measured time and CPU.
+        let machine = Sample::take().ok();
+        Window { t0: Instant::now(), cpu0: cpu_time(), machine }
+    }
+
+    /// Ends the window: (elapsed, CPU time, the rest of the machine's load).
+    pub fn close(self) -> (Duration, Duration, Option<Load>) {
+        let elapsed = self.t0.elapsed();
+        let cpu = cpu_time().saturating_sub(self.cpu0);
+        let load = match (self.machine, Sample::take()) {
+            (Some(before), Ok(after)) => Some(after.load_since(&before)),
+            _ => None,
+        };
+        (elapsed, cpu, load)
+    }
+}
 
 /// Process CPU time (user + system) so far.
 pub fn cpu_time() -> Duration {
@@ -42,6 +71,8 @@ pub struct Report {
     pub rtt: Histogram<u64>,
     /// Connection resets seen by the client (`ms_handle_reset` + `ms_handle_remote_reset`).
     pub resets: u64,
+    /// What the rest of the machine did meanwhile (`None`: not measured).
+    pub machine: Option<Load>,
     /// Why the run is void (reset with requests in flight, bad frame, reply out of order,
     /// traffic stopped), if it is.
     pub failure: Option<String>,
@@ -65,6 +96,7 @@ impl Report {
             cpu,
             rtt,
             resets: 0,
+            machine: None,
             failure: None,
         }
     }
@@ -144,6 +176,9 @@ pub fn table(reports: &[Report]) -> String {
             out += &format!("  {} FAILED: {why}\n", r.name);
         }
     }
+    let loads: Vec<Load> = reports.iter().filter_map(|r| r.machine).collect();
+    out += &crate::machine::summary(&loads);
+    out.push('\n');
     out
 }
 
@@ -166,9 +201,8 @@ pub fn measure(
     let (signals, signals_rx) = crossbeam_channel::unbounded();
     let done = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(name.to_string(), done.clone(), args.progress);
-    let cpu0 = cpu_time();
-    let t0 = Instant::now();
-    let deadline = t0 + args.duration();
+    let window = Window::open();
+    let deadline = Instant::now() + args.duration();
     let join = start(deadline, done.clone(), signals)?;
     if let Some(pin) = args.pin {
         if crate::pin::apply(pin)? == 0 {
@@ -176,8 +210,7 @@ pub fn measure(
         }
     }
     let outcome = verify::watch(&signals_rx, args.conns, &done, args.stall, deadline + GRACE);
-    let elapsed = t0.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu0);
+    let (elapsed, cpu, machine) = window.close();
     progress.stop();
     let (rtt, outcome) = match outcome {
         Ok(()) => (join()?, verify::late_failure(&signals_rx)),
@@ -185,6 +218,7 @@ pub fn measure(
     };
     let n = done.load(Ordering::Relaxed);
     let mut report = Report::new(name, n, args.rt_bytes(), elapsed, cpu, rtt);
+    report.machine = machine;
     report.failure = outcome.err();
     Ok(report)
 }

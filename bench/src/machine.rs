@@ -1,0 +1,178 @@
+//! What else the machine did while a run was measured: CPU time of other processes and
+//! time the hypervisor stole. On a 2-CPU machine a single busy process elsewhere changes
+//! where a pair's threads run and so which peer wins (README, "two regimes"); every
+//! table carries these figures so a reader can tell a quiet run from a busy one.
+//!
+//! Read from `/proc`: each process's `utime + stime` (`/proc/PID/stat`), this process
+//! and kernel threads left out (softirq work done for our sockets by `ksoftirqd` is ours,
+//! not another load), and the machine's `steal` (`/proc/stat`). Processes that start
+//! during the window count in full; one that starts and exits inside it is missed.
+//! Resolution is the kernel's clock tick (10 ms at `USER_HZ` 100).
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Instant;
+
+/// `PF_KTHREAD` in `/proc/PID/stat`'s flags.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Other load at or above this many CPUs makes a table say it ran beside other work.
+pub const BUSY_CPUS: f64 = 0.25;
+
+/// One look at the machine.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    at: Instant,
+    /// utime + stime in ticks of every other user-space process, by pid.
+    others: HashMap<u32, u64>,
+    /// The machine's steal ticks (all CPUs).
+    steal: u64,
+}
+
+/// What the rest of the machine did over a window, averaged over it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Load {
+    /// CPUs' worth of other processes' time (1.0: one CPU busy the whole window).
+    pub other_cpus: f64,
+    /// CPUs' worth of time the hypervisor ran something else on our CPUs.
+    pub steal_cpus: f64,
+}
+
+impl Load {
+    /// Whether the window ran beside other work ([`BUSY_CPUS`]).
+    pub fn is_busy(&self) -> bool {
+        self.other_cpus + self.steal_cpus >= BUSY_CPUS
+    }
+}
+
+/// The fields after the command of one `/proc/PID/stat` line (the command may hold
+/// spaces and parentheses; it ends at the last `)`): (flags, utime + stime).
+pub fn parse_pid_stat(line: &str) -> Option<(u64, u64)> {
+    let rest = &line[line.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    // After the command: state, ppid, pgrp, session, tty_nr, tpgid, flags (field 9), …,
+    // utime (14), stime (15).
+    let flags = fields.nth(6)?.parse().ok()?;
+    let utime: u64 = fields.nth(4)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((flags, utime + stime))
+}
+
+/// The steal ticks of `/proc/stat`'s first (`cpu `) line.
+pub fn parse_steal(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // cpu user nice system idle iowait irq softirq steal …
+    line.split_ascii_whitespace().nth(8)?.parse().ok()
+}
+
+/// Clock ticks per second of `/proc`'s times.
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf reads a constant and takes no pointers.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
+impl Sample {
+    /// Looks at every process now.
+    pub fn take() -> io::Result<Sample> {
+        let me = std::process::id();
+        let mut others = HashMap::new();
+        for entry in std::fs::read_dir("/proc")? {
+            let Ok(entry) = entry else { continue };
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            // A process may exit between the listing and the read.
+            let Ok(line) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            if let Some((flags, ticks)) = parse_pid_stat(&line) {
+                if flags & PF_KTHREAD == 0 {
+                    others.insert(pid, ticks);
+                }
+            }
+        }
+        let steal = parse_steal(&std::fs::read_to_string("/proc/stat")?).unwrap_or(0);
+        Ok(Sample { at: Instant::now(), others, steal })
+    }
+
+    /// What the rest of the machine did between `earlier` and this sample.
+    pub fn load_since(&self, earlier: &Sample) -> Load {
+        let ticks: u64 = self
+            .others
+            .iter()
+            .map(|(pid, &now)| now.saturating_sub(earlier.others.get(pid).copied().unwrap_or(0)))
+            .sum();
+        let secs = self.at.saturating_duration_since(earlier.at).as_secs_f64().max(1e-9);
+        let hz = ticks_per_sec();
+        Load {
+            other_cpus: ticks as f64 / hz / secs,
+            steal_cpus: self.steal.saturating_sub(earlier.steal) as f64 / hz / secs,
+        }
+    }
+}
+
+/// One line on the machine's state over a set of runs: the median and the largest
+/// other load and steal, and a warning when a run ran beside other work.
+pub fn summary(loads: &[Load]) -> String {
+    if loads.is_empty() {
+        return "machine during the runs: not measured".into();
+    }
+    let median = |f: fn(&Load) -> f64| {
+        let mut v: Vec<f64> = loads.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (other, other_max) = median(|l| l.other_cpus);
+    let (steal, steal_max) = median(|l| l.steal_cpus);
+    let busy = loads.iter().filter(|l| l.is_busy()).count();
+    let mut out = format!(
+        "machine during the runs: other processes {other:.2} CPU (largest {other_max:.2}), \
+         steal {steal:.2} CPU (largest {steal_max:.2})"
+    );
+    if busy > 0 {
+        out += &format!(
+            "\nWARNING: {busy} of {} runs ran beside other work (≥ {BUSY_CPUS} CPU): \
+             the busy regime, not comparable with quiet figures",
+            loads.len()
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_stat_line_whose_command_has_spaces_and_parens() {
+        // Fields from a real /proc/PID/stat, the command made awkward.
+        let line = "4242 (a b) (c)) S 1 4242 4242 0 -1 4194560 120 0 0 0 37 5 0 0 20 0 3 0 \
+                    100 1000 50 18446744073709551615";
+        assert_eq!(parse_pid_stat(line), Some((4_194_560, 42)));
+        assert_eq!(parse_pid_stat("4242 (x) S 1"), None, "truncated");
+        assert_eq!(parse_pid_stat("no parens"), None);
+    }
+
+    #[test]
+    fn parses_steal_from_the_machine_line() {
+        let stat = "cpu  100 2 30 4000 5 0 6 77 0 0\ncpu0 50 1 15 2000 2 0 3 40 0 0\n";
+        assert_eq!(parse_steal(stat), Some(77));
+        assert_eq!(parse_steal("cpu0 1 2 3\n"), None);
+    }
+
+    #[test]
+    fn summary_warns_only_about_busy_runs() {
+        let quiet = Load { other_cpus: 0.01, steal_cpus: 0.0 };
+        let busy = Load { other_cpus: 0.9, steal_cpus: 0.0 };
+        assert!(!summary(&[quiet, quiet]).contains("WARNING"));
+        let s = summary(&[quiet, busy, quiet]);
+        assert!(s.contains("1 of 3 runs"), "{s}");
+        assert!(s.contains("largest 0.90"), "{s}");
+    }
+}
