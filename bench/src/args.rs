@@ -211,6 +211,9 @@ pub struct Args {
     pub stall: Duration,
     /// Runs per cell in `matrix` mode (medians are reported).
     pub runs: usize,
+    /// How many times a run that ran beside other work ([`crate::machine::Load::is_busy`])
+    /// is run again before it is kept anyway.
+    pub busy_retries: usize,
     /// Write the latency distribution of every peer here (SVG).
     pub plot: Option<PathBuf>,
     /// Profile the asyncmsgr runs in-process and write a flamegraph here (SVG).
@@ -240,6 +243,7 @@ impl Default for Args {
             progress: true,
             stall: Duration::from_secs(5),
             runs: 3,
+            busy_retries: 2,
             plot: None,
             flamegraph: None,
             busy_poll: Duration::ZERO,
@@ -297,6 +301,9 @@ options:
   --addr IP:PORT      server address (server: bind; client: connect)
   --stall SECS        fail when no reply arrives for this long (default 5)
   --runs N            runs per cell in matrix mode (default 3)
+  --busy-retries N    run again, up to N times, a run during which other processes or the
+                      hypervisor's steal took 0.25 CPU or more (default 2); every table
+                      ends with what the rest of the machine did and warns of busy runs kept
   --plot FILE.svg     latency distribution of every peer on one chart
   --flamegraph FILE.svg   profile the asyncmsgr run in-process
   --busy-poll US      asyncmsgr's workers poll without sleeping this long before they
@@ -380,6 +387,7 @@ impl Args {
                 }
                 "--workers" => a.workers = number(value("--workers")?)?,
                 "--runs" => a.runs = number(value("--runs")?)?,
+                "--busy-retries" => a.busy_retries = number(value("--busy-retries")?)?,
                 "--duration" => a.duration = Some(parse_secs(&value("--duration")?)?),
                 "--stall" => a.stall = parse_secs(&value("--stall")?)?,
                 "--crc" => {

@@ -118,7 +118,8 @@ pub fn run(
             for i in order {
                 let peer = args.peers[i];
                 eprintln!("{} run {}/{}: {peer}", cell.label(), run + 1, args.runs);
-                let report = run_one(&a, peer).map_err(|e| format!("{peer}: {e}"))?;
+                let report =
+                    crate::run_quiet(&a, peer, &mut run_one).map_err(|e| format!("{peer}: {e}"))?;
                 if let Some(why) = &report.failure {
                     return Err(format!("{} {peer}: {why}", cell.label()));
                 }

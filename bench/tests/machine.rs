@@ -1,12 +1,14 @@
 //! The machine-load figures every table carries: another process's CPU time is seen, this
-//! process's own is not.
+//! process's own is not; a run that ran beside other work is run again.
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use bench::machine::{parse_pid_stat, Sample};
-use bench::report::cpu_time;
+use bench::args::{Args, Peer};
+use bench::machine::{parse_pid_stat, Load, Sample};
+use bench::report::{cpu_time, Report};
+use bench::run_quiet;
 
 /// A busy-looping shell, killed when dropped (a failed assertion included).
 struct Spinner(Child);
@@ -61,4 +63,63 @@ fn another_process_counts_and_this_one_does_not() {
     let after = Sample::take().unwrap();
     let other = after.load_since(&before).other_cpus * t0.elapsed().as_secs_f64();
     assert!(other < 0.2, "our own 0.3 s of CPU counted as another load ({other:.3} s)");
+}
+
+/// A report whose window had `load`.
+fn report_with(load: Option<Load>, failure: Option<&str>) -> Report {
+    let mut h = bench::report::new_histogram();
+    h.record(1000).unwrap();
+    let mut r = Report::new("fake", 10, 64, Duration::from_secs(1), Duration::ZERO, h);
+    r.machine = load;
+    r.failure = failure.map(str::to_string);
+    r
+}
+
+#[test]
+fn a_busy_run_is_run_again_up_to_the_limit() {
+    let busy = Load { other_cpus: 0.0, steal_cpus: 0.6 };
+    let quiet = Load { other_cpus: 0.02, steal_cpus: 0.01 };
+    let args = Args::default();
+    assert_eq!(args.busy_retries, 2);
+    let peer = Peer::Tokio;
+
+    // Busy, busy, quiet: the third run is kept.
+    let mut script = vec![Some(busy), Some(busy), Some(quiet)].into_iter();
+    let mut calls = 0;
+    let r = run_quiet(&args, peer, |_, _| {
+        calls += 1;
+        Ok(report_with(script.next().unwrap(), None))
+    })
+    .unwrap();
+    assert_eq!((calls, r.machine), (3, Some(quiet)));
+
+    // Always busy: two more runs, then the busy one is kept (the table warns of it).
+    let mut calls = 0;
+    let r = run_quiet(&args, peer, |_, _| {
+        calls += 1;
+        Ok(report_with(Some(busy), None))
+    })
+    .unwrap();
+    assert_eq!((calls, r.machine), (3, Some(busy)));
+
+    // A failed run, an unmeasured one and a quiet one are never run again.
+    for (load, failure) in [(Some(busy), Some("reset")), (None, None), (Some(quiet), None)] {
+        let mut calls = 0;
+        let _ = run_quiet(&args, peer, |_, _| {
+            calls += 1;
+            Ok(report_with(load, failure))
+        })
+        .unwrap();
+        assert_eq!(calls, 1, "{load:?} {failure:?}");
+    }
+
+    // --busy-retries 0 keeps the first run.
+    let args = Args::parse(["--busy-retries", "0"].map(String::from)).unwrap();
+    let mut calls = 0;
+    let _ = run_quiet(&args, peer, |_, _| {
+        calls += 1;
+        Ok(report_with(Some(busy), None))
+    })
+    .unwrap();
+    assert_eq!(calls, 1);
 }
