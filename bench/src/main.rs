@@ -83,7 +83,10 @@ fn run(args: &Args) -> Result<(), String> {
         }
         Mode::Client => {
             let name = Peer::Asyncmsgr(args.variant).to_string();
-            let report = msgr::client(args, args.addr, args.variant, None, &name).map_err(io)?;
+            let mut report =
+                msgr::client(args, args.addr, args.variant, None, &name).map_err(io)?;
+            // The server's process is the other load here by design: no machine line.
+            report.machine = None;
             finish(args, &[report])
         }
         Mode::Idle => idle::run(args).map_err(io),
