@@ -8,7 +8,8 @@ use std::time::Duration;
 /// Counters of one worker for one messenger.
 #[derive(Default, Debug)]
 pub struct WorkerCounters {
-    /// `msgr_recv_messages`.
+    /// `msgr_recv_messages`. Written only by drivers on this worker
+    /// ([`add_own`](Self::add_own)), as are the next three.
     pub recv_messages: AtomicU64,
     /// `msgr_send_messages`.
     pub send_messages: AtomicU64,
@@ -83,6 +84,16 @@ impl WorkerCounters {
             gauge.fetch_sub(*last - now, Relaxed);
         }
         *last = now;
+    }
+
+    /// Adds `n` to a counter that only one thread writes (a driver's, on its worker:
+    /// `recv_messages`, `recv_bytes`, `send_bytes`, `send_messages`): a plain load and
+    /// store. `fetch_add` is a locked read-modify-write, a full barrier on x86 that
+    /// waits for the store buffer; per received message it was the hottest instruction
+    /// of the driver's event handling. Readers see the store like any relaxed one, and a
+    /// later release (a channel send, a lock) publishes it with everything before it.
+    pub(crate) fn add_own(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
     /// Adds `d` to a nanosecond counter.

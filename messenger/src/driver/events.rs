@@ -3,7 +3,6 @@
 //! the dispatchers, reconnects dialled, the accept decision and budget requests passed
 //! on to their own files.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dispatch::{ConnectionRef, Permit, QueueEvent};
@@ -12,6 +11,7 @@ use protocol::wire::KeepaliveStamp;
 use protocol::Message;
 
 use super::Driver;
+use crate::counters::WorkerCounters;
 use crate::machine::Event;
 use crate::state::ConnState;
 
@@ -108,7 +108,7 @@ impl Driver {
             }
             Event::NeedBudget { bytes } => self.need_budget(cx, bytes),
             Event::Message(mut msg) => {
-                self.counters.recv_messages.fetch_add(1, Relaxed);
+                WorkerCounters::add_own(&self.counters.recv_messages, 1);
                 let size = msg.payload_len();
                 msg.set_dispatch_stamp(now);
                 if let Some(src) = msg.src() {

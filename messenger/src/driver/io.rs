@@ -5,7 +5,6 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::{Bytes, BytesMut};
 use event_center::{Context, Ready};
@@ -13,6 +12,7 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use super::Driver;
+use crate::counters::WorkerCounters;
 use crate::state::ConnState;
 
 /// Most iovecs handed to one `writev` (Linux's IOV_MAX is 1024): a client sending 64
@@ -376,7 +376,7 @@ impl Driver {
                     }
                     log::trace!(target: "msgr::conn", "{}: read {n}", self.machine);
                     budget = budget.saturating_sub(n);
-                    self.counters.recv_bytes.fetch_add(n as u64, Relaxed);
+                    WorkerCounters::add_own(&self.counters.recv_bytes, n as u64);
                     match chunk {
                         Some(data) => self.machine.handle_bytes(cx.now(), data),
                         None => self.machine.handle_direct_read(cx.now(), n),
@@ -462,7 +462,7 @@ impl Driver {
                     log::trace!(target: "msgr::conn", "{}: wrote {n}", self.machine);
                     wrote_any = true;
                     self.io.wsegs_bytes = self.io.wsegs_bytes.saturating_sub(n);
-                    self.counters.send_bytes.fetch_add(n as u64, Relaxed);
+                    WorkerCounters::add_own(&self.counters.send_bytes, n as u64);
                     while n > 0 {
                         let Some(front) = self.io.wsegs.front_mut() else { break };
                         if n >= front.len() {
@@ -494,7 +494,7 @@ impl Driver {
             self.machine.handle_write_blocked(cx.now());
         }
         let framed = self.machine.messages_sent().saturating_sub(sent_before);
-        self.counters.send_messages.fetch_add(framed, Relaxed);
+        WorkerCounters::add_own(&self.counters.send_messages, framed);
         wrote_any
     }
 
