@@ -101,6 +101,11 @@ impl Sample {
         Ok(Sample { at: Instant::now(), others, steal })
     }
 
+    /// Whether process `pid` is among those this sample counts.
+    pub fn counts(&self, pid: u32) -> bool {
+        self.others.contains_key(&pid)
+    }
+
     /// What the rest of the machine did between `earlier` and this sample.
     pub fn load_since(&self, earlier: &Sample) -> Load {
         let ticks: u64 = self
