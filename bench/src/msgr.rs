@@ -268,8 +268,14 @@ struct Pipeline {
 
 impl Pipeline {
     fn send(&self, conn: &Connection) {
+        let tid = self.window.lock().inflight.push(Instant::now());
+        self.send_tid(conn, tid);
+    }
+
+    /// Sends the request whose stamp is in the window as `tid`.
+    fn send_tid(&self, conn: &Connection, tid: u64) {
         let mut msg = Message::new(MSG_PING, Bytes::new());
-        msg.set_tid(self.window.lock().inflight.push(Instant::now()));
+        msg.set_tid(tid);
         msg.set_data(self.payload.clone());
         if let Err(e) = conn.send_message(msg) {
             self.window.lock().inflight.unpush();
@@ -287,12 +293,17 @@ impl Pipeline {
         // One clock read for the latency and the deadline: the other peers read the clock
         // twice per round trip (a request's stamp, its reply's latency), and so do we.
         let now = Instant::now();
-        let left = {
+        let more = now < self.deadline && !self.failed.load(Ordering::Relaxed);
+        // The next request's stamp, read apart from `now` as the other peers do; its slot
+        // is taken under the same lock that completes this reply.
+        let stamp = more.then(Instant::now);
+        let (left, next) = {
             let mut w = self.window.lock();
             match w.inflight.complete(msg.tid()) {
                 Ok(sent) => {
                     let _ = w.hist.record(now.saturating_duration_since(sent).as_nanos() as u64);
-                    w.inflight.len()
+                    let next = stamp.map(|s| w.inflight.push(s));
+                    (w.inflight.len(), next)
                 }
                 Err(e) => {
                     drop(w);
@@ -301,13 +312,12 @@ impl Pipeline {
             }
         };
         self.done.fetch_add(1, Ordering::Relaxed);
-        if self.failed.load(Ordering::Relaxed) {
-            return;
-        }
-        if now < self.deadline {
-            self.send(conn);
-        } else if left == 0 {
-            let _ = self.signals.send(Signal::Drained);
+        match next {
+            Some(tid) => self.send_tid(conn, tid),
+            None if left == 0 && !self.failed.load(Ordering::Relaxed) => {
+                let _ = self.signals.send(Signal::Drained);
+            }
+            None => {}
         }
     }
 
