@@ -251,12 +251,14 @@ struct Window {
 }
 
 /// The client side of one connection: every reply completes a round trip and, until the
-/// deadline, sends the next request from the thread that delivered the reply, so the
-/// window stays `depth` deep with no user thread in the loop — how an event-driven Ceph
-/// client keeps its ops in flight.
+/// deadline, sends the next request from the thread that delivered the reply (the first
+/// reply fills the window), so the window stays `depth` deep with no user thread in the
+/// loop — how an event-driven Ceph client keeps its ops in flight.
 struct Pipeline {
     payload: Bytes,
     deadline: Instant,
+    /// Requests kept in flight.
+    depth: usize,
     queued: bool,
     window: Mutex<Window>,
     done: Arc<AtomicU64>,
@@ -267,19 +269,31 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn send(&self, conn: &Connection) {
+    /// Sends the first request. The replies fill the window to `depth` and keep it
+    /// there, so every later request is sent by the one thread that handles this
+    /// connection's replies: requests sent from two threads could reach the connection
+    /// out of tid order (a thread descheduled between taking its tid and sending it; the
+    /// hypervisor's steal made that happen), and the server answers in arrival order.
+    fn start(&self, conn: &Connection) {
         let tid = self.window.lock().inflight.push(Instant::now());
-        self.send_tid(conn, tid);
+        self.send_tids(conn, tid..tid + 1);
     }
 
-    /// Sends the request whose stamp is in the window as `tid`.
-    fn send_tid(&self, conn: &Connection, tid: u64) {
-        let mut msg = Message::new(MSG_PING, Bytes::new());
-        msg.set_tid(tid);
-        msg.set_data(self.payload.clone());
-        if let Err(e) = conn.send_message(msg) {
-            self.window.lock().inflight.unpush();
-            self.fail(format!("send_message failed: {e}"));
+    /// Sends the requests whose stamps are in the window as `tids`, in order. After a
+    /// failed send the rest are not sent and leave the window with it.
+    fn send_tids(&self, conn: &Connection, tids: std::ops::Range<u64>) {
+        for tid in tids.clone() {
+            let mut msg = Message::new(MSG_PING, Bytes::new());
+            msg.set_tid(tid);
+            msg.set_data(self.payload.clone());
+            if let Err(e) = conn.send_message(msg) {
+                let mut w = self.window.lock();
+                for _ in tid..tids.end {
+                    w.inflight.unpush();
+                }
+                drop(w);
+                return self.fail(format!("send_message failed: {e}"));
+            }
         }
     }
 
@@ -302,7 +316,15 @@ impl Pipeline {
             match w.inflight.complete(msg.tid()) {
                 Ok(sent) => {
                     let _ = w.hist.record(now.saturating_duration_since(sent).as_nanos() as u64);
-                    let next = stamp.map(|s| w.inflight.push(s));
+                    // One request per reply; the first reply also fills the window.
+                    let next = stamp.map(|s| {
+                        let before = w.inflight.len();
+                        let first = w.inflight.push(s);
+                        while w.inflight.len() < self.depth {
+                            w.inflight.push(s);
+                        }
+                        first..first + (w.inflight.len() - before) as u64
+                    });
                     (w.inflight.len(), next)
                 }
                 Err(e) => {
@@ -313,7 +335,7 @@ impl Pipeline {
         };
         self.done.fetch_add(1, Ordering::Relaxed);
         match next {
-            Some(tid) => self.send_tid(conn, tid),
+            Some(tids) => self.send_tids(conn, tids),
             None if left == 0 && !self.failed.load(Ordering::Relaxed) => {
                 let _ = self.signals.send(Signal::Drained);
             }
@@ -395,6 +417,7 @@ pub fn client(
             let pipeline = Arc::new(Pipeline {
                 payload: payload.clone(),
                 deadline,
+                depth: args.depth,
                 queued: variant.queued,
                 window: Mutex::new(Window {
                     inflight: InFlight::new(args.depth),
@@ -410,9 +433,7 @@ pub fn client(
             clients.push((m, conn, pipeline));
         }
         for (_, conn, pipeline) in &clients {
-            for _ in 0..args.depth {
-                pipeline.send(conn);
-            }
+            pipeline.start(conn);
         }
         Ok(Box::new(move || {
             let mut rtt = new_histogram();
