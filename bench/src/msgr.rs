@@ -248,12 +248,17 @@ pub fn server_with(
 struct Window {
     inflight: InFlight,
     hist: Histogram<u64>,
+    /// The setup thread is sending the first window: the reply thread leaves the
+    /// requests its replies call for to it (`owed`) instead of sending them.
+    starting: bool,
+    /// Requests owed by replies that came while `starting`.
+    owed: usize,
 }
 
 /// The client side of one connection: every reply completes a round trip and, until the
-/// deadline, sends the next request from the thread that delivered the reply (the first
-/// reply fills the window), so the window stays `depth` deep with no user thread in the
-/// loop — how an event-driven Ceph client keeps its ops in flight.
+/// deadline, sends the next request from the thread that delivered the reply, so the
+/// window stays `depth` deep with no user thread in the loop — how an event-driven Ceph
+/// client keeps its ops in flight.
 struct Pipeline {
     payload: Bytes,
     deadline: Instant,
@@ -269,14 +274,38 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    /// Sends the first request. The replies fill the window to `depth` and keep it
-    /// there, so every later request is sent by the one thread that handles this
-    /// connection's replies: requests sent from two threads could reach the connection
-    /// out of tid order (a thread descheduled between taking its tid and sending it; the
-    /// hypervisor's steal made that happen), and the server answers in arrival order.
+    /// Sends the first window, `depth` requests, from the setup thread. Requests sent
+    /// from two threads could reach the connection out of tid order (a thread
+    /// descheduled between taking its tid and sending it: the hypervisor's steal made
+    /// that happen, and the server answers in arrival order). So while this sends, the
+    /// reply thread only counts the requests its replies call for (`owed`); then, under
+    /// the window's lock and with every send of this thread done, the reply thread takes
+    /// over and sends what is owed with its next request. Only if nothing is in flight
+    /// by then (no reply left to come) does this thread send what is owed itself first.
     fn start(&self, conn: &Connection) {
-        let tid = self.window.lock().inflight.push(Instant::now());
-        self.send_tids(conn, tid..tid + 1);
+        let mut n = self.depth;
+        loop {
+            let tids = {
+                let mut w = self.window.lock();
+                w.starting = true;
+                if n == 0 {
+                    if w.owed == 0 || !w.inflight.is_empty() || self.failed.load(Ordering::Relaxed)
+                    {
+                        w.starting = false;
+                        return;
+                    }
+                    n = std::mem::take(&mut w.owed);
+                }
+                let stamp = Instant::now();
+                let first = w.inflight.push(stamp);
+                for _ in 1..n {
+                    w.inflight.push(stamp);
+                }
+                first..first + n as u64
+            };
+            n = 0;
+            self.send_tids(conn, tids);
+        }
     }
 
     /// Sends the requests whose stamps are in the window as `tids`, in order. After a
@@ -316,15 +345,22 @@ impl Pipeline {
             match w.inflight.complete(msg.tid()) {
                 Ok(sent) => {
                     let _ = w.hist.record(now.saturating_duration_since(sent).as_nanos() as u64);
-                    // One request per reply; the first reply also fills the window.
-                    let next = stamp.map(|s| {
-                        let before = w.inflight.len();
-                        let first = w.inflight.push(s);
-                        while w.inflight.len() < self.depth {
-                            w.inflight.push(s);
+                    let next = match stamp {
+                        Some(_) if w.starting => {
+                            w.owed += 1;
+                            None
                         }
-                        first..first + (w.inflight.len() - before) as u64
-                    });
+                        Some(s) => {
+                            // And what replies owed while the setup thread sent.
+                            let n = 1 + std::mem::take(&mut w.owed);
+                            let first = w.inflight.push(s);
+                            for _ in 1..n {
+                                w.inflight.push(s);
+                            }
+                            Some(first..first + n as u64)
+                        }
+                        None => None,
+                    };
                     (w.inflight.len(), next)
                 }
                 Err(e) => {
@@ -336,6 +372,7 @@ impl Pipeline {
         self.done.fetch_add(1, Ordering::Relaxed);
         match next {
             Some(tids) => self.send_tids(conn, tids),
+            None if stamp.is_some() => {}
             None if left == 0 && !self.failed.load(Ordering::Relaxed) => {
                 let _ = self.signals.send(Signal::Drained);
             }
@@ -422,6 +459,8 @@ pub fn client(
                 window: Mutex::new(Window {
                     inflight: InFlight::new(args.depth),
                     hist: new_histogram(),
+                    starting: false,
+                    owed: 0,
                 }),
                 done: done.clone(),
                 resets: resets.clone(),
