@@ -9,7 +9,7 @@ use std::time::Duration;
 #[derive(Default, Debug)]
 pub struct WorkerCounters {
     /// `msgr_recv_messages`. Written only by drivers on this worker
-    /// ([`add_own`](Self::add_own)), as are the next three.
+    /// (with a plain load and store, not a locked add), as are the next three.
     pub recv_messages: AtomicU64,
     /// `msgr_send_messages`.
     pub send_messages: AtomicU64,
