@@ -253,6 +253,8 @@ struct Window {
     starting: bool,
     /// Requests owed by replies that came while `starting`.
     owed: usize,
+    /// The drain was reported (once per connection: the run counts them).
+    drained: bool,
 }
 
 /// The client side of one connection: every reply completes a round trip and, until the
@@ -289,9 +291,18 @@ impl Pipeline {
                 let mut w = self.window.lock();
                 w.starting = true;
                 if n == 0 {
-                    if w.owed == 0 || !w.inflight.is_empty() || self.failed.load(Ordering::Relaxed)
-                    {
+                    let over =
+                        Instant::now() >= self.deadline || self.failed.load(Ordering::Relaxed);
+                    if w.owed == 0 || !w.inflight.is_empty() || over {
                         w.starting = false;
+                        // Every reply came while this thread sent and the run is over:
+                        // no reply is left to report the drain.
+                        let drained =
+                            w.inflight.is_empty() && !std::mem::replace(&mut w.drained, true);
+                        drop(w);
+                        if drained && !self.failed.load(Ordering::Relaxed) {
+                            let _ = self.signals.send(Signal::Drained);
+                        }
                         return;
                     }
                     n = std::mem::take(&mut w.owed);
@@ -340,7 +351,7 @@ impl Pipeline {
         // The next request's stamp, read apart from `now` as the other peers do; its slot
         // is taken under the same lock that completes this reply.
         let stamp = more.then(Instant::now);
-        let (left, next) = {
+        let (drained, next) = {
             let mut w = self.window.lock();
             match w.inflight.complete(msg.tid()) {
                 Ok(sent) => {
@@ -361,7 +372,10 @@ impl Pipeline {
                         }
                         None => None,
                     };
-                    (w.inflight.len(), next)
+                    let left = w.inflight.len();
+                    let drained =
+                        stamp.is_none() && left == 0 && !std::mem::replace(&mut w.drained, true);
+                    (drained, next)
                 }
                 Err(e) => {
                     drop(w);
@@ -370,13 +384,10 @@ impl Pipeline {
             }
         };
         self.done.fetch_add(1, Ordering::Relaxed);
-        match next {
-            Some(tids) => self.send_tids(conn, tids),
-            None if stamp.is_some() => {}
-            None if left == 0 && !self.failed.load(Ordering::Relaxed) => {
-                let _ = self.signals.send(Signal::Drained);
-            }
-            None => {}
+        if let Some(tids) = next {
+            self.send_tids(conn, tids);
+        } else if drained && !self.failed.load(Ordering::Relaxed) {
+            let _ = self.signals.send(Signal::Drained);
         }
     }
 
@@ -461,6 +472,7 @@ pub fn client(
                     hist: new_histogram(),
                     starting: false,
                     owed: 0,
+                    drained: false,
                 }),
                 done: done.clone(),
                 resets: resets.clone(),
