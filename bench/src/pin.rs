@@ -85,21 +85,10 @@ fn pin_named(server: usize, client: usize) -> io::Result<usize> {
 }
 
 fn set_affinity(tid: libc::pid_t, cpu: usize) -> io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::other(format!("CPU {cpu} is beyond CPU_SETSIZE")));
-    }
-    // SAFETY: cpu_set_t is plain data (all-zero is the empty set); CPU_SET writes inside
-    // it (cpu < CPU_SETSIZE, checked); sched_setaffinity only reads it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    match rc {
-        0 => Ok(()),
+    match event_center::pin_thread(tid, cpu) {
         // The thread ended between the listing and now.
-        _ if io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) => Ok(()),
-        _ => Err(io::Error::last_os_error()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        r => r,
     }
 }
 

@@ -116,6 +116,6 @@ pub use center::{EventCenter, EVENTS_CAPACITY, EXTERNAL_BATCH, TIMER_BATCH};
 pub use center_handle::CenterHandle;
 pub use external::CenterError;
 pub use handler::{AsAny, Context, Handler, Ready, TimerTarget};
-pub use pool::{pin_current_thread, WorkerPool, WorkerPoolConfig};
+pub use pool::{pin_current_thread, pin_thread, WorkerPool, WorkerPoolConfig};
 pub use registry::HandlerId;
 pub use timer::TimerId;

@@ -148,6 +148,11 @@ impl Drop for WorkerPool {
 /// Pins the calling thread to `cpu` (what [`WorkerPoolConfig::pin_cpus`] does for each
 /// worker; also for a test that must place a thread beside one).
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    pin_thread(0, cpu)
+}
+
+/// Pins thread `tid` of this process (0: the calling thread) to `cpu`.
+pub fn pin_thread(tid: libc::pid_t, cpu: usize) -> io::Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu beyond CPU_SETSIZE"));
     }
@@ -156,7 +161,7 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
     if rc == 0 {
         Ok(())
