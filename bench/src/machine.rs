@@ -66,7 +66,7 @@ pub fn parse_steal(stat: &str) -> Option<u64> {
 }
 
 /// Clock ticks per second of `/proc`'s times.
-fn ticks_per_sec() -> f64 {
+pub fn ticks_per_sec() -> f64 {
     // SAFETY: sysconf reads a constant and takes no pointers.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz > 0 {
@@ -128,13 +128,13 @@ pub fn summary(loads: &[Load]) -> String {
     if loads.is_empty() {
         return "machine during the runs: not measured".into();
     }
-    let median = |f: fn(&Load) -> f64| {
+    let median_and_max = |f: fn(&Load) -> f64| {
         let mut v: Vec<f64> = loads.iter().map(f).collect();
         v.sort_by(|a, b| a.total_cmp(b));
         (v[v.len() / 2], v[v.len() - 1])
     };
-    let (other, other_max) = median(|l| l.other_cpus);
-    let (steal, steal_max) = median(|l| l.steal_cpus);
+    let (other, other_max) = median_and_max(|l| l.other_cpus);
+    let (steal, steal_max) = median_and_max(|l| l.steal_cpus);
     let busy = loads.iter().filter(|l| l.is_busy()).count();
     let mut out = format!(
         "machine during the runs: other processes {other:.2} CPU (largest {other_max:.2}), \

@@ -257,6 +257,14 @@ struct Window {
     drained: bool,
 }
 
+impl Window {
+    /// Whether the drain is to be reported now: nothing in flight and not reported
+    /// before (the run counts one per connection).
+    fn take_drain(&mut self) -> bool {
+        self.inflight.is_empty() && !std::mem::replace(&mut self.drained, true)
+    }
+}
+
 /// The client side of one connection: every reply completes a round trip and, until the
 /// deadline, sends the next request from the thread that delivered the reply, so the
 /// window stays `depth` deep with no user thread in the loop — how an event-driven Ceph
@@ -297,22 +305,14 @@ impl Pipeline {
                         w.starting = false;
                         // Every reply came while this thread sent and the run is over:
                         // no reply is left to report the drain.
-                        let drained =
-                            w.inflight.is_empty() && !std::mem::replace(&mut w.drained, true);
+                        let drained = w.take_drain();
                         drop(w);
-                        if drained && !self.failed.load(Ordering::Relaxed) {
-                            let _ = self.signals.send(Signal::Drained);
-                        }
+                        self.report_drain(drained);
                         return;
                     }
                     n = std::mem::take(&mut w.owed);
                 }
-                let stamp = Instant::now();
-                let first = w.inflight.push(stamp);
-                for _ in 1..n {
-                    w.inflight.push(stamp);
-                }
-                first..first + n as u64
+                w.inflight.push_n(Instant::now(), n)
             };
             n = 0;
             self.send_tids(conn, tids);
@@ -334,6 +334,14 @@ impl Pipeline {
                 drop(w);
                 return self.fail(format!("send_message failed: {e}"));
             }
+        }
+    }
+
+    /// Reports the connection drained if `drained` (from [`Window::take_drain`]) and the
+    /// run did not fail.
+    fn report_drain(&self, drained: bool) {
+        if drained && !self.failed.load(Ordering::Relaxed) {
+            let _ = self.signals.send(Signal::Drained);
         }
     }
 
@@ -363,19 +371,12 @@ impl Pipeline {
                         }
                         Some(s) => {
                             // And what replies owed while the setup thread sent.
-                            let n = 1 + std::mem::take(&mut w.owed);
-                            let first = w.inflight.push(s);
-                            for _ in 1..n {
-                                w.inflight.push(s);
-                            }
-                            Some(first..first + n as u64)
+                            let owed = std::mem::take(&mut w.owed);
+                            Some(w.inflight.push_n(s, 1 + owed))
                         }
                         None => None,
                     };
-                    let left = w.inflight.len();
-                    let drained =
-                        stamp.is_none() && left == 0 && !std::mem::replace(&mut w.drained, true);
-                    (drained, next)
+                    (stamp.is_none() && w.take_drain(), next)
                 }
                 Err(e) => {
                     drop(w);
@@ -384,10 +385,9 @@ impl Pipeline {
             }
         };
         self.done.fetch_add(1, Ordering::Relaxed);
-        if let Some(tids) = next {
-            self.send_tids(conn, tids);
-        } else if drained && !self.failed.load(Ordering::Relaxed) {
-            let _ = self.signals.send(Signal::Drained);
+        match next {
+            Some(tids) => self.send_tids(conn, tids),
+            None => self.report_drain(drained),
         }
     }
 

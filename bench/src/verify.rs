@@ -64,6 +64,15 @@ impl InFlight {
         tid
     }
 
+    /// Records `n` requests (at least one) sent now; their tids, in order.
+    pub fn push_n(&mut self, at: Instant, n: usize) -> std::ops::Range<u64> {
+        let first = self.next_tid;
+        for _ in 0..n.max(1) {
+            self.push(at);
+        }
+        first..self.next_tid
+    }
+
     /// Forgets the newest request (its send failed) and gives its tid back.
     pub fn unpush(&mut self) {
         if self.q.pop_back().is_some() {
@@ -229,6 +238,9 @@ mod tests {
         assert_eq!(f.complete(3), Err(OrderError::Unexpected { got: 3 }));
         // The unpushed tid is reused.
         assert_eq!(f.push(t), 3);
+        assert_eq!(f.push_n(t, 3), 4..7);
+        assert_eq!(f.len(), 4);
+        assert_eq!(f.push_n(t, 0), 7..8, "at least one");
         let mut r = RequestOrder::default();
         assert!(r.check(1).is_ok());
         assert_eq!(r.check(1), Err(OrderError::OutOfOrder { expected: 2, got: 1 }));

@@ -6,7 +6,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bench::args::{Args, Peer};
-use bench::machine::{parse_pid_stat, Load, Sample};
+use bench::machine::{parse_pid_stat, ticks_per_sec, Load, Sample};
 use bench::report::Report;
 use bench::run_quiet;
 
@@ -24,11 +24,6 @@ impl Drop for Spinner {
 fn ticks_of(pid: u32) -> u64 {
     let line = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     parse_pid_stat(&line).unwrap().1
-}
-
-fn ticks_per_sec() -> f64 {
-    // SAFETY: sysconf reads a constant and takes no pointers.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
 #[test]
