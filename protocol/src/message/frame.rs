@@ -245,6 +245,10 @@ fn gather(
     head.reserve(tag_header.len() + gathered + footer.len());
     head.extend_from_slice(tag_header);
     for seg in segments {
+        // Most messages leave a segment or two empty: no copy call for nothing.
+        if seg.is_empty() {
+            continue;
+        }
         if seg.len() < ZERO_COPY_MIN {
             head.extend_from_slice(seg);
             continue;

@@ -1,9 +1,8 @@
 //! `struct ceph_msg_header` (53 bytes; crc over the first 49).
 
-use crate::encoding::Decoder;
 use crate::error::{Error, Result};
 use crate::types::EntityName;
-use crate::wire::{ceph_crc32c, exact, need};
+use crate::wire::{ceph_crc32c, exact};
 
 /// `ceph_msg_header`, the fixed part of every message after [`crate::wire::Tag::MSG`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,24 +123,38 @@ impl MsgHeader {
 
     /// Decodes the 53 bytes at the start of `input` (the crc is not checked here).
     pub fn decode(input: &[u8]) -> Result<(Self, usize)> {
-        need(input, Self::LEN)?;
-        let mut d = Decoder::new(&input[..Self::LEN]);
-        let h = MsgHeader {
-            seq: d.u64()?,
-            tid: d.u64()?,
-            msg_type: d.u16()?,
-            priority: d.u16()?,
-            version: d.u16()?,
-            front_len: d.u32()?,
-            middle_len: d.u32()?,
-            data_len: d.u32()?,
-            data_off: d.u16()?,
-            src: EntityName::decode(&mut d)?,
-            compat_version: d.u16()?,
-            reserved: d.u16()?,
-            crc: d.u32()?,
+        match input.first_chunk::<{ Self::LEN }>() {
+            Some(raw) => Ok((Self::from_bytes(raw), Self::LEN)),
+            None => Err(Error::Truncated { need: Self::LEN, have: input.len() }),
+        }
+    }
+
+    /// The header in its 53 bytes (the crc is not checked here): every field at a fixed
+    /// offset of an array of known length, so nothing is checked field by field as a
+    /// [`Decoder`](crate::encoding::Decoder) would (a header is decoded per message).
+    pub fn from_bytes(b: &[u8; Self::LEN]) -> Self {
+        let le2 = |at: usize| [b[at], b[at + 1]];
+        let le4 = |at: usize| [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        let le8 = |at: usize| {
+            [b[at], b[at + 1], b[at + 2], b[at + 3], b[at + 4], b[at + 5], b[at + 6], b[at + 7]]
         };
-        Ok((h, Self::LEN))
+        let mut src = [0u8; 9];
+        src.copy_from_slice(&b[36..45]);
+        MsgHeader {
+            seq: u64::from_le_bytes(le8(0)),
+            tid: u64::from_le_bytes(le8(8)),
+            msg_type: u16::from_le_bytes(le2(16)),
+            priority: u16::from_le_bytes(le2(18)),
+            version: u16::from_le_bytes(le2(20)),
+            front_len: u32::from_le_bytes(le4(22)),
+            middle_len: u32::from_le_bytes(le4(26)),
+            data_len: u32::from_le_bytes(le4(30)),
+            data_off: u16::from_le_bytes(le2(34)),
+            src: EntityName::from_bytes(&src),
+            compat_version: u16::from_le_bytes(le2(45)),
+            reserved: u16::from_le_bytes(le2(47)),
+            crc: u32::from_le_bytes(le4(49)),
+        }
     }
 
     /// Like [`MsgHeader::decode`] but `input` must be exactly 53 bytes.
