@@ -2,7 +2,7 @@
 //! protocol's receive state, the budget of the message being received, the ACK due,
 //! the keepalive timer, the message signing).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::auth::SessionHandler;
 use crate::message::MESSAGE_OVERHEAD;
@@ -80,9 +80,11 @@ pub(crate) struct Budget {
     /// The request waiting for [`super::Machine::grant_budget`]: its bytes, and whether it is
     /// the message's first (the one that also admits its header).
     asked: Option<(u64, bool)>,
-    /// While the payload arrives: when it must have progressed by a window
-    /// (`Config::payload_timeout`), and the bytes it progressed since the last reset.
-    deadline: Option<(Instant, u64)>,
+    /// While the payload arrives: when its clock last (re)started, and the bytes it
+    /// progressed since. It must progress by a window within `Config::payload_timeout`
+    /// of that start; the deadline is worked out only when asked for (a timer poll),
+    /// not per message as the clock restarts.
+    clock: Option<(Instant, u64)>,
 }
 
 impl Budget {
@@ -96,9 +98,9 @@ impl Budget {
         self.granted
     }
 
-    /// When the payload must have progressed.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.deadline.map(|(at, _)| at)
+    /// When the payload must have progressed, `timeout` after its clock started.
+    pub(crate) fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.clock.map(|(since, _)| later(since, timeout))
     }
 
     /// The next window for a message whose payload still needs `uncovered` bytes:
@@ -124,30 +126,30 @@ impl Budget {
             *self = Budget::default();
         }
         self.asked = Some((bytes, first));
-        self.deadline = None;
+        self.clock = None;
     }
 
     /// The request was granted: returns `(bytes, first)` (`None` when nothing was
-    /// asked) and, when `progress_due` is given, puts the peer on the clock again: it
-    /// must fill the window by then.
-    pub(crate) fn grant(&mut self, progress_due: Option<Instant>) -> Option<(u64, bool)> {
+    /// asked) and, when `clock_from` is given, puts the peer on the clock again from
+    /// then: it must fill the window within the payload timeout.
+    pub(crate) fn grant(&mut self, clock_from: Option<Instant>) -> Option<(u64, bool)> {
         let (bytes, first) = self.asked.take()?;
         self.granted = self.granted.saturating_add(bytes);
-        if let Some(due) = progress_due {
-            self.deadline = Some((due, 0));
+        if let Some(now) = clock_from {
+            self.clock = Some((now, 0));
         }
         Some((bytes, first))
     }
 
-    /// `n` more payload bytes arrived: a whole `window` of progress restarts the clock
-    /// at `next_due`.
-    pub(crate) fn progress(&mut self, n: u64, window: u32, next_due: Instant) {
-        let Some((at, progressed)) = self.deadline else { return };
+    /// `n` more payload bytes arrived at `now`: a whole `window` of progress restarts
+    /// the clock from `now`.
+    pub(crate) fn progress(&mut self, n: u64, window: u32, now: Instant) {
+        let Some((since, progressed)) = self.clock else { return };
         let progressed = progressed.saturating_add(n);
-        self.deadline = if progressed >= u64::from(window.max(1)) {
-            Some((next_due, 0))
+        self.clock = if progressed >= u64::from(window.max(1)) {
+            Some((now, 0))
         } else {
-            Some((at, progressed))
+            Some((since, progressed))
         };
     }
 }

@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use super::clock::later;
 use super::config::Counters;
 use super::event::Event;
 use super::machine::{Machine, Protocol};
@@ -77,16 +76,14 @@ impl<P: Protocol> Machine<P> {
     /// The driver granted the outstanding request: returns `(bytes, first)`, and (when
     /// `timed`) starts the payload's progress clock. `None` when nothing was asked.
     pub(crate) fn take_grant(&mut self, now: Instant, timed: bool) -> Option<(u64, bool)> {
-        let due = timed.then(|| later(now, self.config.payload_timeout));
-        self.state.open_mut()?.budget.grant(due)
+        self.state.open_mut()?.budget.grant(timed.then_some(now))
     }
 
     /// Counts `n` bytes of the message being received towards its progress deadline.
     pub(crate) fn note_payload_progress(&mut self, now: Instant, n: u64) {
-        let (window, next_due) =
-            (self.config.progress_window, later(now, self.config.payload_timeout));
+        let window = self.config.progress_window;
         if let Some(open) = self.state.open_mut() {
-            open.budget.progress(n, window, next_due);
+            open.budget.progress(n, window, now);
         }
     }
 }

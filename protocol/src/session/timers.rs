@@ -26,7 +26,7 @@ impl<P: Protocol> Machine<P> {
             }
             State::Open(open) => {
                 let keepalive_due = open.keepalive_due;
-                let payload_due = open.budget.deadline();
+                let payload_due = open.budget.deadline(self.config.payload_timeout);
                 if now >= later(self.last_rx, self.config.idle_timeout) {
                     self.fault(now, Fault::IdleTimeout);
                     return;
@@ -62,12 +62,16 @@ impl<P: Protocol> Machine<P> {
             }
             State::Open(open) => {
                 let idle = later(self.last_rx, self.config.idle_timeout);
-                [open.keepalive_due, open.budget.deadline(), self.write_deadline()]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .map(|at| at.min(idle))
-                    .or(Some(idle))
+                [
+                    open.keepalive_due,
+                    open.budget.deadline(self.config.payload_timeout),
+                    self.write_deadline(),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|at| at.min(idle))
+                .or(Some(idle))
             }
             State::Standby | State::Closed | State::Transition => None,
         }
