@@ -104,6 +104,7 @@ impl MsgHeader {
     /// [`MsgHeader::decode`], and when `check_crc` fails with [`Error::BadCrc`] unless
     /// the crc matches the bytes the header was read from, as Ceph checks it (taken on
     /// those bytes, not on the header encoded again).
+    #[inline]
     pub fn decode_checked(input: &[u8], check_crc: bool) -> Result<(Self, usize)> {
         let (h, n) = Self::decode(input)?;
         if check_crc {
@@ -122,6 +123,7 @@ impl MsgHeader {
     }
 
     /// Decodes the 53 bytes at the start of `input` (the crc is not checked here).
+    #[inline]
     pub fn decode(input: &[u8]) -> Result<(Self, usize)> {
         match input.first_chunk::<{ Self::LEN }>() {
             Some(raw) => Ok((Self::from_bytes(raw), Self::LEN)),
@@ -132,6 +134,7 @@ impl MsgHeader {
     /// The header in its 53 bytes (the crc is not checked here): every field at a fixed
     /// offset of an array of known length, so nothing is checked field by field as a
     /// [`Decoder`](crate::encoding::Decoder) would (a header is decoded per message).
+    #[inline]
     pub fn from_bytes(b: &[u8; Self::LEN]) -> Self {
         let le2 = |at: usize| [b[at], b[at + 1]];
         let le4 = |at: usize| [b[at], b[at + 1], b[at + 2], b[at + 3]];
