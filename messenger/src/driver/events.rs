@@ -97,6 +97,15 @@ impl Driver {
                     p.protocol = self.machine.protocol();
                     p.con_mode = self.machine.con_mode();
                 }
+                // The session's seqs and cookies are published before the state says
+                // Open: another connection's accept decision reads both, and an open
+                // state beside the snapshot from before the handshake (no peer
+                // global_seq, no server cookie) let a stale msgr2 CLIENT_IDENT — sent on
+                // a connection its peer had itself replaced meanwhile — take this open
+                // session over as a new one (in_seq back to 0), and the peer's resends
+                // were delivered twice. With the snapshot first, the ident's older
+                // global_seq marks it stale.
+                self.publish_snapshot(false);
                 self.conn.set_state(ConnState::Open);
                 log::info!(target: "msgr::conn", "{}: open", self.machine);
                 let ev = if self.server_side {
