@@ -67,6 +67,12 @@ impl RecvBudget {
     /// Cleared in place: the whole struct moved out and back per message showed up as
     /// a memcpy in profiles.
     pub(super) fn finish_message(&mut self) -> Option<Permit> {
+        // A message the receive credit paid for asked for nothing: there is nothing to
+        // clear (the reset below is ~45 instructions, per message at 64 B).
+        if !self.is_active() && self.waiting.is_none() {
+            self.step = 0;
+            return None;
+        }
         let dispatch = self.permits[STEP_DISPATCH].take();
         self.permits = Default::default();
         self.inflight = Default::default();

@@ -2,12 +2,12 @@
 //! it has room for) and run commands; leave the awake state so the next send wakes us.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use event_center::Context;
 
 use super::events::wall_stamp;
 use super::Driver;
-use crate::counters::WorkerCounters;
 use crate::mailbox::Command;
 
 /// Messages handed to the protocol's out queue (queued + sent-but-unacked) at most; the
@@ -84,8 +84,11 @@ impl Driver {
         let moved = inbox.len();
         let me = (!inbox.is_empty()).then(|| self.env.identity.name());
         // Summed here and added once per drain: an atomic add per message and counter
-        // showed in profiles.
-        let mut waited = std::time::Duration::ZERO;
+        // showed in profiles. Replies sent from fast dispatch share their stamp (the
+        // loop's clock), so a run of equal stamps costs one clock subtraction, not one
+        // per message (~55 instructions each at 64 B).
+        let mut waited_ns: u64 = 0;
+        let mut last: Option<(Instant, u64)> = None;
         for (mut msg, queued_at) in inbox.drain(..) {
             if let (None, Some(me)) = (msg.src(), me) {
                 msg.set_src(me);
@@ -93,11 +96,20 @@ impl Driver {
             if msg.priority() == 0 {
                 msg.set_priority(protocol::message::PRIO_DEFAULT);
             }
-            waited = waited.saturating_add(now.saturating_duration_since(queued_at));
+            let ns = match last {
+                Some((at, ns)) if at == queued_at => ns,
+                _ => {
+                    let ns = now.saturating_duration_since(queued_at).as_nanos();
+                    let ns = u64::try_from(ns).unwrap_or(u64::MAX);
+                    last = Some((queued_at, ns));
+                    ns
+                }
+            };
+            waited_ns = waited_ns.saturating_add(ns);
             self.machine.send_message(msg);
         }
         if moved > 0 {
-            WorkerCounters::add_time(&self.counters.send_messages_queue_lat_ns, waited);
+            self.counters.send_messages_queue_lat_ns.fetch_add(waited_ns, Relaxed);
             self.counters.send_messages_queue_lat_count.fetch_add(moved as u64, Relaxed);
         }
         self.inbox = inbox;
