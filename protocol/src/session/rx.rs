@@ -34,6 +34,19 @@ impl RxBuf {
         self.avail = 0;
     }
 
+    /// Takes the first byte (a v1 tag): one per message, where a one-byte
+    /// [`Self::contiguous`] and [`Self::consume`] cost three times the instructions.
+    pub(crate) fn take_byte(&mut self) -> Option<u8> {
+        let c = self.chunks.front_mut()?;
+        let b = *c.first()?;
+        c.advance(1);
+        self.avail -= 1;
+        if c.is_empty() {
+            self.chunks.pop_front();
+        }
+        Some(b)
+    }
+
     /// The first `n` bytes as one slice, gathering (copying exactly `n` bytes) only if
     /// they span chunks. None if fewer than `n` bytes are buffered.
     pub(crate) fn contiguous(&mut self, n: usize) -> Option<&[u8]> {
@@ -146,5 +159,22 @@ mod tests {
         assert!(rx.take(4).is_none());
         rx.consume(1);
         assert_eq!(rx.contiguous(2), Some(&b"ld"[..]));
+    }
+
+    #[test]
+    fn take_byte_walks_across_chunks_and_keeps_the_count() {
+        let mut rx = RxBuf::default();
+        rx.push(Bytes::from_static(b"a"));
+        rx.push(Bytes::from_static(b"bcd"));
+        assert_eq!(rx.take_byte(), Some(b'a'));
+        assert_eq!(rx.len(), 3);
+        assert_eq!(rx.take_byte(), Some(b'b'));
+        // What is left is still there for the other readers.
+        assert_eq!(rx.contiguous(2), Some(&b"cd"[..]));
+        assert_eq!(rx.take_byte(), Some(b'c'));
+        assert_eq!(rx.take_byte(), Some(b'd'));
+        assert_eq!((rx.take_byte(), rx.len()), (None, 0));
+        rx.push(Bytes::from_static(b"e"));
+        assert_eq!((rx.take_byte(), rx.len()), (Some(b'e'), 0));
     }
 }

@@ -51,11 +51,14 @@ pub(crate) fn read(m: &mut Machine<V1>, now: Instant) -> bool {
     }
     match open.rx.next {
         Next::Tag => {
-            let Some(b) = m.rx.contiguous(1) else { return false };
-            let tag = Tag(b[0]);
-            m.rx.consume(1);
+            let Some(tag) = m.rx.take_byte().map(Tag) else { return false };
             let next = match tag {
-                Tag::MSG => Next::Msg { discard: false },
+                Tag::MSG => {
+                    // Straight on to the message: a round of the input loop per tag
+                    // showed per message.
+                    set_next(m, Next::Msg { discard: false });
+                    return read_message(m, now, false);
+                }
                 Tag::ACK => Next::Ack,
                 Tag::KEEPALIVE => {
                     m.keepalive.last_received = Some(now);
