@@ -12,8 +12,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use protocol::message::PRIO_DEFAULT;
-use protocol::testing::Pair;
-use protocol::{Connection, Event, Message, Policy, ProtocolVersion};
+use protocol::testing::{carry, Pair};
+use protocol::{Connection, Message, Policy, ProtocolVersion};
 
 const BATCH: u64 = 1000;
 
@@ -29,22 +29,7 @@ fn one_way(
         a.send_message(msg.clone());
     }
     let mut got = 0;
-    loop {
-        segs.clear();
-        if a.poll_transmit(segs) == 0 {
-            break;
-        }
-        for s in segs.drain(..) {
-            b.handle_bytes(now, s);
-            while let Some(ev) = b.poll_event() {
-                match ev {
-                    Event::NeedBudget { .. } => b.grant_budget(now),
-                    Event::Message(_) => got += 1,
-                    _ => {}
-                }
-            }
-        }
-    }
+    carry(a, b, now, segs, |_| got += 1);
     // The batched ACK back, so the sender's unacked queue stays bounded.
     segs.clear();
     b.poll_transmit(segs);

@@ -13,35 +13,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use protocol::message::PRIO_DEFAULT;
-use protocol::testing::Pair;
-use protocol::{Connection, Event, Message, Policy};
-
-/// Moves everything `from` has to send into `to`; returns the messages `to` delivered.
-fn carry(
-    from: &mut Connection,
-    to: &mut Connection,
-    now: Instant,
-    segs: &mut Vec<Bytes>,
-) -> Vec<Message> {
-    let mut got = Vec::new();
-    loop {
-        segs.clear();
-        if from.poll_transmit(segs) == 0 {
-            break;
-        }
-        for s in segs.drain(..) {
-            to.handle_bytes(now, s);
-            while let Some(ev) = to.poll_event() {
-                match ev {
-                    Event::NeedBudget { .. } => to.grant_budget(now),
-                    Event::Message(m) => got.push(m),
-                    _ => {}
-                }
-            }
-        }
-    }
-    got
-}
+use protocol::testing::{carry, Pair};
+use protocol::{Message, Policy};
 
 #[allow(clippy::disallowed_methods)]
 fn main() {
@@ -69,16 +42,18 @@ fn main() {
             m.set_data(payload.clone());
             ca.send_message(m);
         }
-        let requests = carry(ca, cb, now, &mut segs);
+        let mut requests = Vec::new();
+        carry(ca, cb, now, &mut segs, |m| requests.push(m));
         assert_eq!(requests.len(), depth);
         for r in requests {
             let mut m = Message::new(3, Bytes::new());
             m.set_tid(r.tid());
             cb.send_message(m);
         }
-        let replies = carry(cb, ca, now, &mut segs);
-        assert_eq!(replies.len(), depth);
-        trips += replies.len() as u64;
+        let mut replies = 0;
+        carry(cb, ca, now, &mut segs, |_| replies += 1);
+        assert_eq!(replies, depth);
+        trips += replies as u64;
     }
     println!("{trips} round trips of {size} B, depth {depth}");
 }

@@ -157,6 +157,35 @@ pub struct Pair {
     next_port: u16,
 }
 
+/// Moves everything `from` has to send into `to`, one write list at a time, granting
+/// `to` the receive budget it asks for; each message `to` delivers goes to `on_message`.
+/// The benchmarks' and examples' exchange between two open machines (no [`Pair`] in
+/// between, so only the machines' own work is measured).
+pub fn carry(
+    from: &mut Connection,
+    to: &mut Connection,
+    now: Instant,
+    segs: &mut Vec<Bytes>,
+    mut on_message: impl FnMut(Message),
+) {
+    loop {
+        segs.clear();
+        if from.poll_transmit(segs) == 0 {
+            break;
+        }
+        for s in segs.drain(..) {
+            to.handle_bytes(now, s);
+            while let Some(ev) = to.poll_event() {
+                match ev {
+                    Event::NeedBudget { .. } => to.grant_budget(now),
+                    Event::Message(m) => on_message(m),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
 /// A v2 address on loopback.
 pub fn v2_addr(port: u16, nonce: u32) -> EntityAddr {
     EntityAddr {
