@@ -92,6 +92,71 @@ fn send_queue_latency_counts_every_message_sent() {
     srv.shutdown();
 }
 
+/// Answers from a helper thread, waiting until the answer is in the connection's mailbox:
+/// the send happens while the worker is inside its pump, after its loop iteration read
+/// the clock, so the driver takes it with a clock older than the message's stamp.
+struct AnswerFromAnotherThread {
+    requests: crossbeam_channel::Sender<(Connection, u64)>,
+    sent: Receiver<()>,
+}
+
+impl Dispatcher<Connection> for AnswerFromAnotherThread {
+    fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
+        Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
+        true
+    }
+    fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
+        if self.requests.send((conn.clone(), msg.tid())).is_ok() {
+            let _ = self.sent.recv_timeout(WAIT);
+        }
+    }
+}
+
+/// A message another thread sends while the worker is in the middle of a loop iteration
+/// waits in the mailbox for a positive time: the driver does not measure it with the
+/// clock the iteration read before the message existed (which would count no wait).
+#[test]
+fn send_queue_latency_counts_a_wait_begun_after_the_loops_clock() {
+    let srv = Messenger::new(EntityName::new(EntityType::OSD, 1), 1, test_config(1))
+        .expect("messenger");
+    srv.set_default_policy(Policy::stateless_server());
+    srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    srv.start().expect("start");
+    let (req_tx, req_rx) = crossbeam_channel::unbounded::<(Connection, u64)>();
+    let (sent_tx, sent_rx) = crossbeam_channel::unbounded();
+    srv.add_dispatcher_head(Arc::new(AnswerFromAnotherThread { requests: req_tx, sent: sent_rx }))
+        .expect("dispatcher");
+    let helper = std::thread::spawn(move || {
+        while let Ok((conn, tid)) = req_rx.recv() {
+            let _ = conn.send_message(test_message(MSG_TEST, tid, Bytes::new()));
+            if sent_tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    const N: u64 = 20;
+    for tid in 1..=N {
+        conn.send_message(test_message(MSG_TEST, tid, Bytes::new())).expect("send");
+        let (_, reply) = next_message(&cli_rx);
+        assert_eq!(reply.tid(), tid);
+    }
+    let (sent, waited) = send_queue_lat(&srv);
+    assert_eq!(sent, N, "{}", srv.counters_json());
+    assert!(waited > 0.0, "{}", srv.counters_json());
+    cli.shutdown();
+    srv.shutdown();
+    // The dispatcher holds the helper's request channel.
+    drop(srv);
+    helper.join().expect("helper");
+}
+
 /// Ceph's `C_processor_accept` + `get_worker`: accepted connections go to the worker with
 /// the fewest, so 1000 connections spread evenly.
 #[test]

@@ -80,7 +80,8 @@ impl Driver {
                 Vec::new()
             }
         };
-        let now = cx.now();
+        let mut now = cx.now();
+        let mut clock_read = false;
         let moved = inbox.len();
         let me = (!inbox.is_empty()).then(|| self.env.identity.name());
         // Summed here and added once per drain: an atomic add per message and counter
@@ -99,6 +100,12 @@ impl Driver {
             let ns = match last {
                 Some((at, ns)) if at == queued_at => ns,
                 _ => {
+                    if queued_at > now && !clock_read {
+                        // Sent by another thread after this loop iteration read its
+                        // clock: the cached clock would count no wait at all.
+                        now = Instant::now();
+                        clock_read = true;
+                    }
                     let ns = now.saturating_duration_since(queued_at).as_nanos();
                     let ns = u64::try_from(ns).unwrap_or(u64::MAX);
                     last = Some((queued_at, ns));
