@@ -270,6 +270,13 @@ impl Machine {
         self.0.wants_read()
     }
 
+    /// Whether `poll_transmit` has something to frame (queued messages, an ack, a
+    /// keepalive, handshake bytes).
+    #[inline]
+    pub(crate) fn wants_write(&self) -> bool {
+        self.0.wants_write()
+    }
+
     #[inline]
     pub(crate) fn is_open(&self) -> bool {
         self.0.is_open()

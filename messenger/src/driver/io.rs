@@ -498,6 +498,12 @@ impl Driver {
         wrote_any
     }
 
+    /// Whether another flush would write now: the socket takes more and the machine has
+    /// something to frame (one flush frames a bounded batch).
+    pub(super) fn more_to_write(&self) -> bool {
+        self.io.write_ready && self.machine.wants_write()
+    }
+
     /// A write refused by injected congestion is retried after the worker's other work
     /// (the edge a real full socket would raise once drained). Returns whether one was.
     pub(super) fn retry_congested_write(&mut self) -> bool {

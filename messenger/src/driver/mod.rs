@@ -262,9 +262,14 @@ impl Driver {
                 return;
             }
             let wrote = self.flush(cx);
-            // A write error queues a fault's events (e.g. Reconnect): never leave them
-            // for a timer to find.
-            if !progressed && !wrote && !self.machine.has_events() {
+            // Another round only for what this one left: replies fast dispatch sent while
+            // events were handled (in the mailbox), what one flush did not frame (it frames
+            // a bounded batch) while the socket takes more, and events a write raised (a
+            // write error queues a fault's, e.g. Reconnect: never leave them for a timer
+            // to find). Whatever other threads send meanwhile is found by
+            // `settle_mailbox`, which runs the pump again.
+            let more_to_write = wrote && self.more_to_write();
+            if !progressed && !more_to_write && !self.machine.has_events() {
                 break;
             }
         }
