@@ -8,6 +8,7 @@ use event_center::Context;
 
 use super::events::wall_stamp;
 use super::Driver;
+use crate::counters::WorkerCounters;
 use crate::mailbox::Command;
 
 /// Messages handed to the protocol's out queue (queued + sent-but-unacked) at most; the
@@ -123,8 +124,8 @@ impl Driver {
             self.machine.send_message(msg);
         }
         if moved > 0 {
-            self.counters.send_messages_queue_lat_ns.fetch_add(waited_ns, Relaxed);
-            self.counters.send_messages_queue_lat_count.fetch_add(moved as u64, Relaxed);
+            WorkerCounters::add_own(&self.counters.send_messages_queue_lat_ns, waited_ns);
+            WorkerCounters::add_own(&self.counters.send_messages_queue_lat_count, moved as u64);
         }
         self.inbox = inbox;
         (moved, commands)

@@ -228,7 +228,7 @@ impl Driver {
             return;
         }
         // The loop iteration's cached clock is the start; two clock reads per pump
-        // (after reading, at the end) give the recv and total run times.
+        // (after reading, at the end) give the recv and send run times; total is both.
         let started_at = cx.now();
         if !self.started {
             self.started = true;
@@ -248,10 +248,8 @@ impl Driver {
         self.apply_injected_cut();
         self.read(cx);
         let read_done = Instant::now();
-        WorkerCounters::add_time(
-            &self.counters.running_recv_time_ns,
-            read_done.saturating_duration_since(started_at),
-        );
+        let recv_time = read_done.saturating_duration_since(started_at);
+        WorkerCounters::add_own_time(&self.counters.running_recv_time_ns, recv_time);
         for _ in 0..MAX_ROUNDS {
             self.drain_mailbox(cx);
             if self.finished {
@@ -296,15 +294,9 @@ impl Driver {
         self.publish();
         self.update_interest(cx);
         self.update_timer(cx);
-        let done = Instant::now();
-        WorkerCounters::add_time(
-            &self.counters.running_send_time_ns,
-            done.saturating_duration_since(read_done),
-        );
-        WorkerCounters::add_time(
-            &self.counters.running_total_time_ns,
-            done.saturating_duration_since(started_at),
-        );
+        let send_time = Instant::now().saturating_duration_since(read_done);
+        WorkerCounters::add_own_time(&self.counters.running_send_time_ns, send_time);
+        WorkerCounters::add_own_time(&self.counters.running_total_time_ns, recv_time + send_time);
     }
 
     fn start(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
