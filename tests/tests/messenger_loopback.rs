@@ -122,8 +122,8 @@ impl Dispatcher<Connection> for AnswerFromAnotherThread {
 /// clock the iteration read before the message existed (which would count no wait).
 #[test]
 fn send_queue_latency_counts_a_wait_begun_after_the_loops_clock() {
-    let srv = Messenger::new(EntityName::new(EntityType::OSD, 1), 1, test_config(1))
-        .expect("messenger");
+    let srv =
+        Messenger::new(EntityName::new(EntityType::OSD, 1), 1, test_config(1)).expect("messenger");
     srv.set_default_policy(Policy::stateless_server());
     srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
     srv.start().expect("start");
