@@ -88,11 +88,11 @@ impl WorkerCounters {
 
     /// Adds `n` to a counter that only one thread writes (a driver's, on its worker:
     /// `recv_messages`, `recv_bytes`, `send_bytes`, `send_messages`, the running times and
-    /// the send queue's latency): a plain load and
-    /// store. `fetch_add` is a locked read-modify-write, a full barrier on x86 that
-    /// waits for the store buffer; per received message it was the hottest instruction
-    /// of the driver's event handling. Readers see the store like any relaxed one, and a
-    /// later release (a channel send, a lock) publishes it with everything before it.
+    /// the send queue's latency): a plain load and store. `fetch_add` is a locked
+    /// read-modify-write, a full barrier on x86 that waits for the store buffer; per
+    /// received message it was the hottest instruction of the driver's event handling.
+    /// Readers see the store like any relaxed one, and a later release (a channel send,
+    /// a lock) publishes it with everything before it.
     pub(crate) fn add_own(counter: &AtomicU64, n: u64) {
         counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
     }
