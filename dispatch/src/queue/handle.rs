@@ -63,6 +63,13 @@ impl<C: ConnectionRef> ReadBatch<C> {
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
     }
+
+    /// Whether [`DispatchQueue::enqueue_batch`] has nothing to do: no message waits and
+    /// no fast dispatch is left to count.
+    #[inline]
+    pub fn is_drained(&self) -> bool {
+        self.messages.is_empty() && self.fast_dispatched == 0
+    }
 }
 
 impl<C: ConnectionRef> std::fmt::Debug for ReadBatch<C> {

@@ -49,7 +49,18 @@ pub(super) fn wall_stamp() -> KeepaliveStamp {
 
 impl Driver {
     /// Handles every pending machine event. Returns whether any was handled.
+    #[inline]
     pub(super) fn handle_events(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.machine.has_events() && self.pending.is_drained() {
+            // Most calls after the read phase find nothing: no call to the loop below.
+            self.drop_budget_of_dropped_message();
+            return false;
+        }
+        self.handle_pending_events(cx)
+    }
+
+    #[inline(never)]
+    fn handle_pending_events(&mut self, cx: &mut Context<'_>) -> bool {
         let mut any = false;
         while let Some(ev) = self.machine.poll_event() {
             any = true;
@@ -59,11 +70,16 @@ impl Driver {
             }
         }
         self.deliver_pending();
-        // A fault dropped the message being received: so does its budget.
+        self.drop_budget_of_dropped_message();
+        any
+    }
+
+    /// A fault dropped the message being received: so does its budget.
+    #[inline]
+    fn drop_budget_of_dropped_message(&mut self) {
         if self.recv.is_active() && !self.machine.message_in_progress() {
             self.recv = Default::default();
         }
-        any
     }
 
     fn handle_event(&mut self, cx: &mut Context<'_>, ev: Event) {
