@@ -223,6 +223,55 @@ fn queued_messages_of_a_burst_reach_ms_dispatch_in_batches_over_msgr2() {
     queued_burst_reaches_ms_dispatch_in_batches(ProtocolVersion::V2);
 }
 
+/// The early batch counts the messages of the read it is in: a read of fewer than 8
+/// (the smallest early batch) is answered in one write at its end, though the batch count carried
+/// over from the reads before it reaches 8 inside it (6 requests of 4 KiB, then 4: the
+/// 8th message would have written the replies of the 7th and 8th, and those of the
+/// 9th and 10th gone in a second write, as with 4 requests in flight on each of 1,000
+/// connections).
+fn short_read_in_one_write(proto: ProtocolVersion) {
+    let (srv, _, _rx) = batch_server(MessengerConfig::default().dispatch_batch);
+    let (entered, entered_rx) = bounded(1);
+    let (go_tx, go) = bounded(1);
+    let (held, held_rx) = bounded(1);
+    let d = Hold { hold: vec![9], reply: Bytes::new(), entered, go, held };
+    srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let request = [7u8; 4096];
+
+    write_requests(&mut peer, 1..=6, &request);
+    let first = peer.receive(6).expect("the first read's replies");
+    assert_eq!(first.iter().map(Message::tid).collect::<Vec<_>>(), (1..=6).collect::<Vec<_>>());
+
+    write_requests(&mut peer, 7..=10, &request);
+    // The worker is inside the 9th request's dispatch: whatever it wrote before is here.
+    assert_eq!(entered_rx.recv_timeout(WAIT), Ok(9), "the 9th request was dispatched");
+    peer.sock.set_nonblocking(true).expect("nonblocking");
+    let early = peer.sock.peek(&mut [0u8; 1]);
+    peer.sock.set_nonblocking(false).expect("blocking");
+    go_tx.send(()).expect("release the 9th");
+    match early {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("replies were written inside a read of 4 messages: {other:?}"),
+    }
+    assert_eq!(held_rx.recv_timeout(WAIT), Ok(true), "the 9th request was released");
+    let rest = peer.receive(4).expect("the second read's replies");
+    assert_eq!(rest.iter().map(Message::tid).collect::<Vec<_>>(), (7..=10).collect::<Vec<_>>());
+    srv.shutdown();
+    srv.wait();
+}
+
+#[test]
+fn a_read_shorter_than_an_early_batch_is_answered_in_one_write() {
+    short_read_in_one_write(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_read_shorter_than_an_early_batch_is_answered_in_one_write_over_msgr2() {
+    short_read_in_one_write(ProtocolVersion::V2);
+}
+
 /// After a read phase of 32 messages, the next burst's replies wait at the check points
 /// until half as many were delivered (16, not 8 as in the first): a client whose whole
 /// window comes back in one read sends its requests in writes of half of it.

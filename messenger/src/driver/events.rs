@@ -231,7 +231,7 @@ impl Driver {
     ///
     /// A batch is `dispatch_batch` messages, or fewer once it carried
     /// [`EARLY_BATCH_BYTES`]: received — a quarter of the previous read phase's burst,
-    /// at least [`MIN_DISPATCH_BATCH`], so a peer with little in flight (its whole window
+    /// at least [`MIN_DISPATCH_BATCH`], and at least that many of this read phase's, so a peer with little in flight (its whole window
     /// a burst of 8–31 messages of 4 KiB) gets its first replies after 8 instead of
     /// sitting idle while we parse — or sent: every quarter of `dispatch_batch` what
     /// fast dispatch sent moves into the protocol, and is written once it reaches that
@@ -246,7 +246,11 @@ impl Driver {
         let done = self.delivered_since_batch;
         let most = self.env.config.dispatch_batch;
         let early = (self.last_burst / 4).max(MIN_DISPATCH_BATCH);
-        let received = done >= early && self.bytes_since_batch >= EARLY_BATCH_BYTES;
+        // Counted in this read phase too: the batch counters carry over from earlier
+        // reads, and a count carried in would cut a read of fewer than `early` messages
+        // (4 requests of 4 KiB per connection among 1,000) into two writes.
+        let received =
+            done >= early && self.burst >= early && self.bytes_since_batch >= EARLY_BATCH_BYTES;
         if !received && done < most && !done.is_multiple_of(check_every(most)) {
             return;
         }
@@ -310,7 +314,8 @@ impl Driver {
         let most = self.env.config.dispatch_batch;
         let every = check_every(most);
         let to_check = (every - done % every).min(most.saturating_sub(done)).max(1);
-        let early = (self.last_burst / 4).max(MIN_DISPATCH_BATCH).saturating_sub(done);
+        let early =
+            (self.last_burst / 4).max(MIN_DISPATCH_BATCH).saturating_sub(done.min(self.burst));
         let bytes_left = EARLY_BATCH_BYTES.saturating_sub(self.bytes_since_batch);
         let to_early = match size {
             0 if bytes_left > 0 => usize::MAX,
