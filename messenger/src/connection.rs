@@ -269,6 +269,16 @@ impl Connection {
         let _ = self.post(Command::InjectFault);
     }
 
+    /// Test seam (feature `fault-injection`): runs `f` once on the connection's worker, in
+    /// the driver's next pump, after the pump's last look at the mailbox and before it
+    /// decides whether to run again. What `f` sends there (a reply another thread sends
+    /// just then, with no wake-up: the driver is running) must still leave without any
+    /// further input. Dropped unrun if the connection closes first.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_before_settle(&self, f: impl FnOnce() + Send + 'static) {
+        let _ = self.post(Command::InjectBeforeSettle(Box::new(f)));
+    }
+
     /// Marks the connection disposable (Ceph's `mark_disposable`): its session becomes
     /// lossy, so the next fault ends it with `ms_handle_reset` instead of a reconnect and
     /// unacked messages are not resent.

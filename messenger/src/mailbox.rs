@@ -26,6 +26,9 @@ pub(crate) enum Command {
     /// Test seam: cut the socket as a network failure would (both directions shut down).
     #[cfg(feature = "fault-injection")]
     InjectFault,
+    /// Test seam: run this in the driver's pump after its last look at the mailbox.
+    #[cfg(feature = "fault-injection")]
+    InjectBeforeSettle(Box<dyn FnOnce() + Send>),
 }
 
 /// A freshly accepted socket whose connect was decided "replace", with its half-open

@@ -4,7 +4,9 @@
 //! and `ms_inject_internal_delays`. Each test checks that the seam fires at its configured
 //! rate (from the messenger's own counters, with a fixed seed) and that a lossless
 //! session delivers everything once and in order through it. The scenarios that lean on
-//! these seams (Synthetic, reconnect races) live in their own files.
+//! these seams (Synthetic, reconnect races) live in their own files. Last, ours:
+//! `Connection::inject_before_settle`, a send that lands between a pump's last look at
+//! its mailbox and its settle.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -258,4 +260,51 @@ fn internal_delays_around_a_replace_lose_nothing() {
     assert_eq!(client.v1_counters().connects, 2, "one cut, one reconnect");
     // The incoming driver posts the hand-off and then unregisters: waited for.
     wait_for_connection_count(&server, 1, "the replace left one session");
+}
+
+/// `Connection::inject_before_settle`: a message queued after a pump's last look at its
+/// mailbox (as a reply another thread sends just then, with no wake-up since the driver
+/// is running) still leaves, with no further input from anywhere: the pump's settle
+/// finds it and runs the pump again. The peer is a raw socket that sends nothing more
+/// and the session is lossy, so no ack, keepalive or read comes to do it instead.
+fn late_send_leaves(proto: protocol::ProtocolVersion) {
+    let config = test_config(1);
+    let (srv, _, rx) =
+        server_on(EntityType::OSD, 1, Policy::stateless_server(), false, loopback(), config);
+    let mut peer = tests::hostile::RawPeer::handshake(
+        tests::loopback::addr_for(proto, srv.my_addr()),
+        Policy::lossy_client(),
+    );
+    peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let request = peer.message(1, b"ping");
+    std::io::Write::write_all(&mut peer.sock, &request).expect("request");
+    let (conn, msg) = next_message(&rx);
+    assert_eq!(msg.tid(), 1);
+
+    let (ran_tx, ran) = crossbeam_channel::bounded(1);
+    let late = test_message(MSG, 2, Bytes::from_static(b"late"));
+    let sender = conn.clone();
+    conn.inject_before_settle(move || {
+        let _ = ran_tx.send(sender.send_message(late).is_ok());
+    });
+    assert_eq!(ran.recv_timeout(tests::loopback::WAIT), Ok(true), "the hook ran and sent");
+    let got = peer
+        .receive(1)
+        .unwrap_or_else(|e| panic!("the message sent at the pump's settle never left: {e}"));
+    assert_eq!(
+        got.iter().map(|m| (m.tid(), m.data().clone())).collect::<Vec<_>>(),
+        [(2, Bytes::from_static(b"late"))]
+    );
+    srv.shutdown();
+    srv.wait();
+}
+
+#[test]
+fn a_message_sent_after_the_pumps_last_look_at_its_mailbox_still_leaves() {
+    late_send_leaves(protocol::ProtocolVersion::V1);
+}
+
+#[test]
+fn a_message_sent_after_the_pumps_last_look_at_its_mailbox_still_leaves_over_msgr2() {
+    late_send_leaves(protocol::ProtocolVersion::V2);
 }

@@ -43,6 +43,8 @@ impl Driver {
                 }
                 #[cfg(feature = "fault-injection")]
                 Command::InjectFault => self.seams.add_cut(),
+                #[cfg(feature = "fault-injection")]
+                Command::InjectBeforeSettle(f) => self.seams.add_before_settle(f),
             }
         }
     }

@@ -280,6 +280,7 @@ impl Driver {
         // granted during the rounds (after the read phase) resumes a paused read, and
         // edge-triggered readiness will not report those bytes again.
         let unread = self.io.unread() && self.machine.wants_read();
+        self.seams.run_before_settle();
         let more = self.settle_mailbox()
             | self.machine.has_events()
             | unread

@@ -50,6 +50,8 @@ mod imp {
         /// known).
         delays_peer: Option<bool>,
         delayed: DelayQueue<Received>,
+        /// `Connection::inject_before_settle`: run at the pump's settle, then dropped.
+        before_settle: Vec<Box<dyn FnOnce() + Send>>,
     }
 
     impl Seams {
@@ -68,6 +70,7 @@ mod imp {
                 take_over: None,
                 delays_peer: None,
                 delayed: DelayQueue::default(),
+                before_settle: Vec::new(),
             }
         }
 
@@ -96,6 +99,18 @@ mod imp {
         /// Whether a requested cut waits for a socket not cut yet.
         pub(in crate::driver) fn cut_wanted(&self) -> bool {
             self.cuts_pending > 0 && !self.socket_cut
+        }
+
+        /// One more `Connection::inject_before_settle`.
+        pub(in crate::driver) fn add_before_settle(&mut self, f: Box<dyn FnOnce() + Send>) {
+            self.before_settle.push(f);
+        }
+
+        /// Runs what `Connection::inject_before_settle` asked for, once.
+        pub(in crate::driver) fn run_before_settle(&mut self) {
+            for f in std::mem::take(&mut self.before_settle) {
+                f();
+            }
         }
 
         /// A requested cut was applied to the current socket.
@@ -261,6 +276,8 @@ mod imp {
         pub(in crate::driver) fn cut_wanted(&self) -> bool {
             false
         }
+        #[inline(always)]
+        pub(in crate::driver) fn run_before_settle(&mut self) {}
         #[inline(always)]
         pub(in crate::driver) fn cut_applied(&mut self) {}
         #[inline(always)]
