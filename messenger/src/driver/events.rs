@@ -231,14 +231,15 @@ impl Driver {
     ///
     /// A batch is `dispatch_batch` messages, or fewer once it carried
     /// [`EARLY_BATCH_BYTES`]: received — a quarter of the previous read phase's burst,
-    /// at least [`MIN_DISPATCH_BATCH`], and at least that many of this read phase's, so a peer with little in flight (its whole window
-    /// a burst of 8–31 messages of 4 KiB) gets its first replies after 8 instead of
-    /// sitting idle while we parse — or sent: every quarter of `dispatch_batch` what
-    /// fast dispatch sent moves into the protocol, and is written once it reaches that
-    /// much and half the previous burst was delivered (a client whose small replies
-    /// each make it send a 4 KiB request). Small messages answered with small ones go in
-    /// batches of `dispatch_batch`: a write is a syscall and a wake-up of the peer, and
-    /// those are what such a batch costs.
+    /// at least [`MIN_DISPATCH_BATCH`], and at least that many of this read phase's, so
+    /// a peer with little in flight (its whole window a burst of 8–31 messages of 4 KiB)
+    /// gets its first replies after 8 instead of sitting idle while we parse, and a read
+    /// of fewer is answered in one write at its end — or sent: every quarter of
+    /// `dispatch_batch` what fast dispatch sent moves into the protocol, and is written
+    /// once it reaches that much and half the previous burst was delivered (a client
+    /// whose small replies each make it send a 4 KiB request). Small messages answered
+    /// with small ones go in batches of `dispatch_batch`: a write is a syscall and a
+    /// wake-up of the peer, and those are what such a batch costs.
     fn hand_on_batch(&mut self, cx: &mut Context<'_>, size: usize) {
         self.delivered_since_batch += 1;
         self.bytes_since_batch = self.bytes_since_batch.saturating_add(size);
