@@ -48,6 +48,16 @@ fn write_requests(peer: &mut RawPeer, tids: std::ops::RangeInclusive<u64>, front
     std::io::Write::write_all(&mut peer.sock, &bytes).expect("burst");
 }
 
+/// Whether the server has written anything to `peer` yet, without waiting: a
+/// non-blocking peek of one byte (`WouldBlock`: nothing). Called while the worker is held
+/// inside a dispatch, so whatever it wrote before is in the socket.
+fn peek_written(peer: &RawPeer) -> std::io::Result<usize> {
+    peer.sock.set_nonblocking(true).expect("nonblocking");
+    let written = peer.sock.peek(&mut [0u8; 1]);
+    peer.sock.set_nonblocking(false).expect("blocking");
+    written
+}
+
 /// Answers every request on its connection from fast dispatch, with `reply` as the
 /// reply's front; each request with a tid in `hold` first reports that it is being
 /// dispatched (`entered`: the worker is inside fast dispatch, so whatever it wrote
@@ -254,9 +264,7 @@ fn short_read_in_one_write(proto: ProtocolVersion) {
     write_requests(&mut peer, 7..=10, &request);
     // The worker is inside the 9th request's dispatch: whatever it wrote before is here.
     assert_eq!(entered_rx.recv_timeout(WAIT), Ok(9), "the 9th request was dispatched");
-    peer.sock.set_nonblocking(true).expect("nonblocking");
-    let early = peer.sock.peek(&mut [0u8; 1]);
-    peer.sock.set_nonblocking(false).expect("blocking");
+    let early = peek_written(&peer);
     go_tx.send(()).expect("release the 9th");
     match early {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -308,9 +316,7 @@ fn half_the_last_burst_first(proto: ProtocolVersion) {
     // At the check point after 8 messages the replies carried 32 KiB, but 8 is less
     // than half the last burst: nothing was written before the ninth was dispatched.
     assert_eq!(entered_rx.recv_timeout(WAIT), Ok(ninth), "the ninth request was dispatched");
-    peer.sock.set_nonblocking(true).expect("nonblocking");
-    let early = peer.sock.peek(&mut [0u8; 1]);
-    peer.sock.set_nonblocking(false).expect("blocking");
+    let early = peek_written(&peer);
     go_tx.send(()).expect("release the ninth");
     match early {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -387,9 +393,7 @@ fn colocated_peer_gets_no_early_batch(proto: ProtocolVersion, colocated_peer_bat
 
     write_requests(&mut peer, primed + 1..=primed + BURST, &[7; 4096]);
     assert_eq!(entered_rx.recv_timeout(WAIT), Ok(hold), "the held request was dispatched");
-    peer.sock.set_nonblocking(true).expect("nonblocking");
-    let early = peer.sock.peek(&mut [0u8; 1]);
-    peer.sock.set_nonblocking(false).expect("blocking");
+    let early = peek_written(&peer);
     go_tx.send(()).expect("release the held request");
     match (early, colocated_peer_batching) {
         (Err(e), true) if e.kind() == std::io::ErrorKind::WouldBlock => {}
