@@ -142,6 +142,9 @@ pub fn run(args: &Args) -> io::Result<()> {
             per,
             per / 1024.0
         );
+        if let Some(goal) = crate::goals::idle(conns, per / 1024.0) {
+            println!("\n{}", crate::goals::table(&[goal]));
+        }
     }
     drop(child.stdin.take());
     let _ = child.wait();

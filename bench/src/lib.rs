@@ -12,6 +12,7 @@ pub mod crc;
 pub mod crypto;
 pub mod flame;
 pub mod floor;
+pub mod goals;
 pub mod idle;
 pub mod machine;
 pub mod matrix;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use bench::args::{Args, Mode, Peer};
 use bench::matrix::{self, Cell};
 use bench::report::{self, Report};
-use bench::{compare, idle, msgr, plot, run_peer};
+use bench::{compare, goals, idle, msgr, plot, run_peer};
 
 fn heading(args: &Args) -> String {
     format!(
@@ -49,6 +49,10 @@ fn run_matrix(args: &Args, cells: &[Cell]) -> Result<(), String> {
     println!("\n{}", matrix::table(args, &results));
     if args.mode == Mode::Conns {
         println!("{}", matrix::scaling(args, &results));
+    }
+    let goals = goals::check(&args.peers, &results);
+    if !goals.is_empty() {
+        println!("{}", goals::table(&goals));
     }
     Ok(())
 }

@@ -47,7 +47,8 @@ fn human_size(n: usize) -> String {
 }
 
 impl Cell {
-    fn label(&self) -> String {
+    /// `4 KiB / 32`, with ` × N conns` past one connection.
+    pub fn label(&self) -> String {
         let conns =
             if self.conns == 1 { String::new() } else { format!(" × {} conns", self.conns) };
         format!("{} / {}{conns}", human_size(self.size), self.depth)
@@ -139,24 +140,30 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// `reference ÷ other` as the median of the runs' ratios (run k of one against run k of
-/// the other: they ran side by side), with their range when there are several.
+/// `reference ÷ other` run by run: run k of one against run k of the other (they ran side
+/// by side), skipping runs where `other` did nothing.
+fn run_ratios(reference: &Medians, other: &Medians) -> Vec<f64> {
+    reference.rates.iter().zip(&other.rates).filter(|(_, &b)| b > 0.0).map(|(a, b)| a / b).collect()
+}
+
+/// The median of [`run_ratios`] and their range; `None` without a usable pair.
+pub fn paired(reference: &Medians, other: &Medians) -> Option<(f64, f64, f64)> {
+    let ratios = run_ratios(reference, other);
+    if ratios.is_empty() {
+        return None;
+    }
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Some((median(ratios), lo, hi))
+}
+
+/// [`paired`] as the table shows it: the median, with the range when there are several.
 fn paired_ratio(reference: &Medians, other: &Medians) -> String {
-    let ratios: Vec<f64> = reference
-        .rates
-        .iter()
-        .zip(&other.rates)
-        .filter(|(_, &b)| b > 0.0)
-        .map(|(a, b)| a / b)
-        .collect();
-    match ratios.len() {
-        0 => "-".into(),
-        1 => format!("{:.2}", ratios[0]),
-        _ => {
-            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            format!("{:.2} ({lo:.2}–{hi:.2})", median(ratios))
-        }
+    let several = run_ratios(reference, other).len() > 1;
+    match paired(reference, other) {
+        None => "-".into(),
+        Some((m, lo, hi)) if several => format!("{m:.2} ({lo:.2}–{hi:.2})"),
+        Some((m, _, _)) => format!("{m:.2}"),
     }
 }
 
