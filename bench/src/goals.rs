@@ -6,7 +6,7 @@
 //! reported, never turned into a failure: the exit code says whether the traffic was
 //! right, and README says why a goal can be missed on a two-CPU machine.
 
-use crate::args::{MsgrVariant, Peer};
+use crate::args::{Args, MsgrVariant, Peer};
 use crate::matrix::{paired, Cell, Medians, CONNS_REFERENCE};
 
 /// How a measured figure must compare with its bound.
@@ -147,6 +147,40 @@ pub fn check(peers: &[Peer], results: &[(Cell, Vec<Medians>)]) -> Vec<Verdict> {
         });
     }
     out
+}
+
+/// The settings this run departs from (its goals are stated for crc on, empty
+/// replies, two workers per messenger, no busy-poll, threads where the scheduler puts
+/// them, and nothing else profiling the run).
+pub fn departures(args: &Args) -> Vec<&'static str> {
+    let d = Args::default();
+    [
+        (args.crc != d.crc, "crc off"),
+        (args.reply_size != d.reply_size, "replies with data"),
+        (args.workers != d.workers, "workers other than 2"),
+        (args.busy_poll != d.busy_poll, "busy-poll"),
+        (args.pin.is_some(), "pinned threads"),
+        (args.flamegraph.is_some(), "the flamegraph's profiler"),
+    ]
+    .into_iter()
+    .filter_map(|(departs, what)| departs.then_some(what))
+    .collect()
+}
+
+/// What a `matrix`, `modes` or `conns` run says of the goals: their table, or why they
+/// are not judged; empty when the run measured none of them.
+pub fn report(args: &Args, results: &[(Cell, Vec<Medians>)]) -> String {
+    let verdicts = check(&args.peers, results);
+    if verdicts.is_empty() {
+        return String::new();
+    }
+    match departures(args).as_slice() {
+        [] => table(&verdicts),
+        off => format!(
+            "Goals not judged: this run's settings are not the issue's ({}).\n",
+            off.join(", ")
+        ),
+    }
 }
 
 /// The memory goal for `conns` idle connections costing `kib` each, if the goal is
@@ -304,6 +338,24 @@ mod tests {
             vec![(cell(4096, 32, 1), vec![m(&[1.0; 3], 1.0, 1.0), m(&[1.0; 3], 1.0, 1.0)])];
         assert!(check(&[Peer::Tokio, Peer::StdBatched], &results).is_empty());
         assert_eq!(table(&[]), "");
+    }
+
+    /// A run with other settings than the says so instead of judging.
+    #[test]
+    fn other_settings_are_not_judged() {
+        let results =
+            vec![(cell(4096, 32, 1), vec![m(&[130.0; 3], 1.0, 1.0), m(&[100.0; 3], 1.0, 1.0)])];
+        let parse = |extra: &[&str]| {
+            let mut a = vec!["matrix", "--peers", "asyncmsgr,tokio"];
+            a.extend_from_slice(extra);
+            Args::parse(a.iter().map(|s| s.to_string())).unwrap()
+        };
+        assert!(report(&parse(&[]), &results)
+            .contains("| 4 KiB / 32: rt/s, asyncmsgr ÷ tokio-ct64 | 1.30 | ≥ 1.30 | met |"));
+        assert_eq!(
+            report(&parse(&["--crc", "off", "--workers", "1"]), &results),
+            "Goals not judged: this run's settings are not the issue's (crc off, workers other than 2).\n"
+        );
     }
 
     #[test]

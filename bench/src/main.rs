@@ -50,9 +50,9 @@ fn run_matrix(args: &Args, cells: &[Cell]) -> Result<(), String> {
     if args.mode == Mode::Conns {
         println!("{}", matrix::scaling(args, &results));
     }
-    let goals = goals::check(&args.peers, &results);
+    let goals = goals::report(args, &results);
     if !goals.is_empty() {
-        println!("{}", goals::table(&goals));
+        println!("{goals}");
     }
     Ok(())
 }

@@ -146,7 +146,8 @@ fn run_ratios(reference: &Medians, other: &Medians) -> Vec<f64> {
     reference.rates.iter().zip(&other.rates).filter(|(_, &b)| b > 0.0).map(|(a, b)| a / b).collect()
 }
 
-/// The median of [`run_ratios`] and their range; `None` without a usable pair.
+/// `reference ÷ other` run by run (see `run_ratios`): their median and range; `None`
+/// without a usable pair.
 pub fn paired(reference: &Medians, other: &Medians) -> Option<(f64, f64, f64)> {
     let ratios = run_ratios(reference, other);
     if ratios.is_empty() {
