@@ -202,7 +202,8 @@ pub fn table(verdicts: &[Verdict]) -> String {
         String::from("Goals (the performance issue's), on this run's medians:\n\n| goal | measured | bound | |\n|---|---|---|---|\n");
     for v in verdicts {
         let met = if v.met() { "met" } else { "**not met**" };
-        out += &format!("| {} | {:.2} | {} | {met} |\n", v.goal, v.measured, v.bound);
+        // Three places: a ratio of 0.998 shown as 1.00 would read as meeting a bound of 1.00.
+        out += &format!("| {} | {:.3} | {} | {met} |\n", v.goal, v.measured, v.bound);
     }
     let met = verdicts.iter().filter(|v| v.met()).count();
     out += &format!("\n{met} of {} goals met\n", verdicts.len());
@@ -285,7 +286,7 @@ mod tests {
         let t = table(&v);
         assert!(
             t.contains(
-                "| 4 KiB / 128: rt/s, asyncmsgr ÷ tokio-ct64 | 1.29 | ≥ 1.30 | **not met** |"
+                "| 4 KiB / 128: rt/s, asyncmsgr ÷ tokio-ct64 | 1.290 | ≥ 1.30 | **not met** |"
             ),
             "{t}"
         );
@@ -351,7 +352,7 @@ mod tests {
             Args::parse(a.iter().map(|s| s.to_string())).unwrap()
         };
         assert!(report(&parse(&[]), &results)
-            .contains("| 4 KiB / 32: rt/s, asyncmsgr ÷ tokio-ct64 | 1.30 | ≥ 1.30 | met |"));
+            .contains("| 4 KiB / 32: rt/s, asyncmsgr ÷ tokio-ct64 | 1.300 | ≥ 1.30 | met |"));
         assert_eq!(
             report(&parse(&["--crc", "off", "--workers", "1"]), &results),
             "Goals not judged: this run's settings are not the issue's (crc off, workers other than 2).\n"
