@@ -29,6 +29,7 @@ use protocol::{Message, ProtocolVersion};
 
 use crate::machine::SessionSnapshot;
 use crate::mailbox::{Command, Mailbox, SendBudget};
+use crate::own_sends;
 use crate::state::ConnState;
 
 /// Why `send_message` did not queue a message.
@@ -100,11 +101,14 @@ pub(crate) struct ConnShared {
     priv_data: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
     pub(crate) send_budget: Arc<SendBudget>,
     /// `mark_down` was called: no message of this connection is dispatched from then on.
-    marked_down: AtomicBool,
+    pub(crate) marked_down: AtomicBool,
     /// What the driver holds of this connection's messages (in the protocol's queues
-    /// and its write list), as it last published it; with the mailbox's `queued_cost`,
+    /// and its write list), as it last published it; with `mailbox_cost`,
     /// what the per-connection send bound counts.
     pub(crate) driver_cost: AtomicU64,
+    /// What the mailbox's messages cost: changed only with the mailbox locked, read
+    /// without the lock by the driver's own sends (see `own_sends`).
+    pub(crate) mailbox_cost: AtomicU64,
 }
 
 /// A handle to one connection (Ceph's `ConnectionRef`). Clone it freely and use it from
@@ -131,6 +135,7 @@ impl Connection {
             send_budget,
             marked_down: AtomicBool::new(false),
             driver_cost: AtomicU64::new(0),
+            mailbox_cost: AtomicU64::new(0),
         }))
     }
 
@@ -153,6 +158,11 @@ impl Connection {
             home.deliver_local(self, msg);
             return Ok(());
         }
+        // A reply from fast dispatch, on the thread running this connection's driver.
+        let msg = match own_sends::try_send(self, msg) {
+            Ok(sent) => return sent,
+            Err(msg) => msg,
+        };
         let cost = msg.send_cost();
         // Read before the lock: every sender of this connection contends for it. On the
         // driver's own worker (a reply from fast dispatch) the loop's clock serves: the
@@ -167,11 +177,12 @@ impl Connection {
             if mb.closed {
                 return Err(SendError::Closed);
             }
-            let held = mb.queued_cost + self.0.driver_cost.load(Ordering::Relaxed);
+            let queued = self.0.mailbox_cost.load(Ordering::Relaxed);
+            let held = queued + self.0.driver_cost.load(Ordering::Relaxed);
             if !self.0.send_budget.try_charge(held, cost) {
                 return Err(SendError::QueueFull);
             }
-            mb.queued_cost += cost;
+            self.0.mailbox_cost.store(queued + cost, Ordering::Relaxed);
             mb.messages.push_back((msg, queued_at));
             !std::mem::replace(&mut mb.notified, true)
         };
@@ -199,7 +210,7 @@ impl Connection {
         true
     }
 
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         // Before the driver started, its first pump drains whatever is queued.
         if let Some((center, id)) = self.0.place.get() {
             // The driver drains the mailbox and clears `notified` when it runs; if the
@@ -247,7 +258,7 @@ impl Connection {
                 return;
             }
             mb.closed = true;
-            mb.drop_messages(&self.0.send_budget);
+            mb.drop_messages(&self.0.mailbox_cost, &self.0.send_budget);
             mb.commands.push(Command::MarkDown);
             mb.notified = true;
         }
@@ -297,7 +308,7 @@ impl Connection {
     /// yet acknowledged. Zero once the peer has acknowledged everything (Ceph's out
     /// queue plus sent list, as `messenger dump` would show them).
     pub fn queued_send_bytes(&self) -> u64 {
-        let mailbox = self.0.mailbox.lock().queued_cost;
+        let mailbox = self.0.mailbox_cost.load(Ordering::Relaxed);
         mailbox + self.0.driver_cost.load(Ordering::Relaxed)
     }
 
@@ -380,7 +391,7 @@ impl Connection {
     /// and whatever waited is dropped.
     pub(crate) fn close(&self) {
         self.set_state(ConnState::Closed);
-        self.0.mailbox.lock().close(&self.0.send_budget);
+        self.0.mailbox.lock().close(&self.0.mailbox_cost, &self.0.send_budget);
     }
 
     /// The connection as `messenger dump` shows it.

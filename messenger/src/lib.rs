@@ -167,7 +167,12 @@
 //! back-pressure would let two lossless peers streaming at each other both stop
 //! reading and wedge for good, while the write deadline cannot deadlock. A server
 //! whose dispatcher answers every request sees `QueueFull` for the replies of a peer
-//! that does not read them until the deadline closes that connection.
+//! that does not read them until the deadline closes that connection. A reply sent from
+//! `ms_fast_dispatch` on the connection being dispatched waits in a queue on the worker's
+//! thread instead of the mailbox (no lock: the driver that takes it is running there),
+//! counted the same: the driver holds a chunk of the messenger's total (64 KiB, a
+//! sixteenth of the bound at most) charged ahead for such replies while it runs, so the
+//! total never passes its bound either.
 //!
 //! **Memory of queued messages.** A received message's segments are slices of a
 //! per-worker read buffer shared with other messages. When a message below half a read
@@ -217,6 +222,7 @@ mod inject;
 mod machine;
 mod mailbox;
 mod messenger;
+mod own_sends;
 mod policies;
 mod processor;
 mod session_table;

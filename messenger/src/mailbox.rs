@@ -42,8 +42,6 @@ pub(crate) struct Incoming {
 #[derive(Default)]
 pub(crate) struct Mailbox {
     pub(crate) messages: VecDeque<(Message, Instant)>,
-    /// What the messages in `messages` cost (`Message::send_cost`).
-    pub(crate) queued_cost: u64,
     pub(crate) commands: Vec<Command>,
     /// A notify is in flight (or the driver is about to drain): don't post another.
     pub(crate) notified: bool,
@@ -52,20 +50,25 @@ pub(crate) struct Mailbox {
 }
 
 impl Mailbox {
-    /// Drops the messages waiting here and their share of the send bounds.
-    pub(crate) fn drop_messages(&mut self, budget: &SendBudget) {
+    /// Drops the messages waiting here and their share of the send bounds (`cost`: the
+    /// connection's `mailbox_cost`, which the caller's lock on this mailbox guards).
+    pub(crate) fn drop_messages(&mut self, cost: &AtomicU64, budget: &SendBudget) {
         self.messages.clear();
-        budget.adjust(self.queued_cost, 0);
-        self.queued_cost = 0;
+        budget.adjust(cost.swap(0, Ordering::Relaxed), 0);
     }
 
     /// Closes the mailbox for good, dropping what waits in it (commands included).
-    pub(crate) fn close(&mut self, budget: &SendBudget) {
+    pub(crate) fn close(&mut self, cost: &AtomicU64, budget: &SendBudget) {
         self.closed = true;
-        self.drop_messages(budget);
+        self.drop_messages(cost, budget);
         self.commands.clear();
     }
 }
+
+/// What a running driver charges the total bound ahead of its own sends
+/// ([`SendBudget::reserve`]): one atomic update per 64 KiB of replies instead of one per
+/// reply.
+const RESERVE_CHUNK: u64 = 64 << 10;
 
 /// The send-side bounds of one messenger: what messages waiting to leave its
 /// connections cost (`Message::send_cost`), per connection and in total.
@@ -94,11 +97,50 @@ impl SendBudget {
     /// bound. A single message larger than a bound is admitted when nothing at all is
     /// held against it, so that it can be sent at all.
     pub(crate) fn try_charge(&self, held: u64, cost: u64) -> bool {
-        if (held > 0 && held.saturating_add(cost) > self.max_per_conn) || !self.charge_total(cost) {
+        if !self.within_conn(held, cost) {
+            return false;
+        }
+        if !self.charge_total(cost) {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         true
+    }
+
+    /// Whether a connection holding `held` may queue a message of `cost` (false is
+    /// counted as a refusal).
+    #[inline]
+    pub(crate) fn within_conn(&self, held: u64, cost: u64) -> bool {
+        if held > 0 && held.saturating_add(cost) > self.max_per_conn {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Charges the total bound ahead for a driver's own sends: at least `cost`, and up
+    /// to [`RESERVE_CHUNK`] (a sixteenth of the bound at most) where there is room.
+    /// Returns what was charged, or `None` (counted as a refusal) where the bound has no
+    /// room for `cost`. The caller gives back what it does not use ([`Self::adjust`]).
+    pub(crate) fn reserve(&self, cost: u64) -> Option<u64> {
+        let mut cur = self.held.load(Ordering::Relaxed);
+        loop {
+            if cur > 0 && cur.saturating_add(cost) > self.max_total {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            let room = self.max_total.saturating_sub(cur);
+            let take = cost.max(RESERVE_CHUNK.min(self.max_total / 16).min(room));
+            match self.held.compare_exchange_weak(
+                cur,
+                cur.saturating_add(take),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(take),
+                Err(now) => cur = now,
+            }
+        }
     }
 
     fn charge_total(&self, cost: u64) -> bool {

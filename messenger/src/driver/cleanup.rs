@@ -7,6 +7,7 @@ use dispatch::QueueEvent;
 use event_center::Context;
 
 use super::Driver;
+use crate::own_sends;
 use crate::state::ConnState;
 
 impl Driver {
@@ -39,6 +40,7 @@ impl Driver {
         self.cleaned = true;
         self.finished = true;
         self.count_peer_issues();
+        own_sends::discard(&self.conn, true);
         self.update_gauges();
         self.conn.close();
         self.conn.0.published.lock().replacing = false;

@@ -13,6 +13,7 @@ use protocol::Message;
 use super::Driver;
 use crate::counters::WorkerCounters;
 use crate::machine::Event;
+use crate::own_sends;
 use crate::state::ConnState;
 
 /// The smallest batch `hand_on_batch` makes before `dispatch_batch` (when that is
@@ -200,6 +201,7 @@ impl Driver {
                 self.env.sessions.forget(&self.conn);
                 self.conn.set_state(ConnState::Closed);
                 self.conn.0.mailbox.lock().closed = true;
+                own_sends::discard(&self.conn, true);
                 self.enqueue_event(QueueEvent::Reset(self.conn.clone()));
             }
             Event::RemoteReset => {
@@ -209,7 +211,9 @@ impl Driver {
                 // taken yet; delivered or sent later, it would land in the new session.
                 self.seams.discard_messages();
                 self.env.queue.discard(self.conn.id());
-                self.conn.0.mailbox.lock().drop_messages(&self.conn.0.send_budget);
+                let shared = &self.conn.0;
+                shared.mailbox.lock().drop_messages(&shared.mailbox_cost, &shared.send_budget);
+                own_sends::discard(&self.conn, false);
                 self.enqueue_event(QueueEvent::RemoteReset(self.conn.clone()));
             }
             Event::Refused => {

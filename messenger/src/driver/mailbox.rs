@@ -10,6 +10,7 @@ use super::events::wall_stamp;
 use super::Driver;
 use crate::counters::WorkerCounters;
 use crate::mailbox::Command;
+use crate::own_sends;
 
 /// Messages handed to the protocol's out queue (queued + sent-but-unacked) at most; the
 /// rest wait in the handle's mailbox, bounded by `max_queued_bytes`.
@@ -64,32 +65,44 @@ impl Driver {
         // The messages move through a scratch queue the driver keeps, so a drain costs
         // no allocation.
         let mut inbox = std::mem::take(&mut self.inbox);
-        let commands = {
+        let (closed, all_taken, commands) = {
             let mut mb = self.conn.0.mailbox.lock();
             if mb.messages.is_empty() && (!with_commands || mb.commands.is_empty()) {
-                // Most drains find nothing (a pump drains at its start and every round):
-                // none of the accounting below, nor a clock read, for them.
-                drop(mb);
-                self.inbox = inbox;
-                return (0, Vec::new());
-            }
-            let n = room.min(mb.messages.len());
-            if n == mb.messages.len() {
-                std::mem::swap(&mut mb.messages, &mut inbox);
+                (mb.closed, true, Vec::new())
             } else {
-                inbox.extend(mb.messages.drain(..n));
-            }
-            // The messages stay counted against the send bounds: as the driver's now.
-            let moved: u64 = inbox.iter().map(|(m, _)| m.send_cost()).sum();
-            mb.queued_cost = mb.queued_cost.saturating_sub(moved);
-            self.conn.0.driver_cost.fetch_add(moved, Relaxed);
-            self.send_held += moved;
-            if with_commands {
-                std::mem::take(&mut mb.commands)
-            } else {
-                Vec::new()
+                let n = room.min(mb.messages.len());
+                let all_taken = n == mb.messages.len();
+                if all_taken {
+                    std::mem::swap(&mut mb.messages, &mut inbox);
+                } else {
+                    inbox.extend(mb.messages.drain(..n));
+                }
+                // The messages stay counted against the send bounds: as the driver's now.
+                let moved: u64 = inbox.iter().map(|(m, _)| m.send_cost()).sum();
+                let queued = &self.conn.0.mailbox_cost;
+                queued.store(queued.load(Relaxed).saturating_sub(moved), Relaxed);
+                self.conn.0.driver_cost.fetch_add(moved, Relaxed);
+                self.send_held += moved;
+                let commands =
+                    if with_commands { std::mem::take(&mut mb.commands) } else { Vec::new() };
+                (mb.closed, all_taken, commands)
             }
         };
+        // Then what this thread's fast dispatch sent (after the mailbox: a send from this
+        // thread before the driver ran went there).
+        if closed {
+            own_sends::discard(&self.conn, true);
+        } else if all_taken {
+            let room = room.saturating_sub(inbox.len());
+            let (_, cost) = own_sends::take(&self.conn, room, &mut inbox, cx.now());
+            self.send_held += cost;
+        }
+        if inbox.is_empty() && commands.is_empty() {
+            // Most drains find nothing (a pump drains at its start and every round):
+            // none of the accounting below, nor a clock read, for them.
+            self.inbox = inbox;
+            return (0, commands);
+        }
         let mut now = cx.now();
         let mut clock_read = false;
         let moved = inbox.len();

@@ -40,6 +40,7 @@ use crate::connection::Connection;
 use crate::counters::WorkerCounters;
 use crate::env::Env;
 use crate::machine::{Machine, Policy, SessionSnapshot};
+use crate::own_sends;
 use crate::policies::ThrottlerPair;
 use crate::state::ConnState;
 
@@ -281,6 +282,8 @@ impl Driver {
         // edge-triggered readiness will not report those bytes again.
         let unread = self.io.unread() && self.machine.wants_read();
         self.seams.run_before_settle();
+        // What fast dispatch sent that the protocol had no room for waits in the mailbox.
+        own_sends::spill(&self.conn);
         let more = self.settle_mailbox()
             | self.machine.has_events()
             | unread
@@ -348,6 +351,7 @@ impl Driver {
 impl Handler for Driver {
     fn ready(&mut self, cx: &mut Context<'_>, ready: Ready) {
         log::trace!(target: "msgr::conn", "{}: ready {ready:?}", self.machine);
+        let _own = own_sends::Scope::enter(&self.conn);
         self.on_ready(cx, ready);
         self.pump(cx);
     }
@@ -356,12 +360,14 @@ impl Handler for Driver {
         if self.timer.is_some_and(|t| t.0 == id) {
             self.timer = None;
         }
+        let _own = own_sends::Scope::enter(&self.conn);
         self.machine.handle_timeout(cx.now());
         self.release_held(cx);
         self.pump(cx);
     }
 
     fn notify(&mut self, cx: &mut Context<'_>) {
+        let _own = own_sends::Scope::enter(&self.conn);
         if self.recv.is_waiting() {
             self.try_budget(cx);
         }

@@ -1,0 +1,239 @@
+//! Replies sent from `ms_fast_dispatch` on the connection being dispatched take a path of
+//! their own (a queue on the worker's thread, no mailbox lock): they are bounded as any
+//! other send, per connection and in total, leave in the order they were sent however
+//! many one dispatch sends, are dropped by a `mark_down` made in the same dispatch, and
+//! give back everything they were charged once written.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use messenger::{
+    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion,
+    SendError,
+};
+use protocol::types::{EntityName, EntityType};
+use protocol::Message;
+use tests::hostile::RawPeer;
+use tests::loopback::{addr_for, test_config, wait_until, WAIT};
+
+const MSG_REPLY: u16 = 0x7f03;
+
+/// What one fast dispatch did: how many replies `send_message` accepted, the first
+/// error, and (after a `mark_down`) what one more send returned.
+#[derive(Debug)]
+struct Report {
+    accepted: u64,
+    first_error: Option<SendError>,
+    after_mark_down: Option<Result<(), SendError>>,
+    conn: Connection,
+}
+
+/// Answers a request whose front is `[count: u32 LE, size: u32 LE, mark_down: u8]` with
+/// `count` replies of `size` bytes of front (tids 1, 2, …), all from one fast dispatch,
+/// then marks the connection down if asked.
+struct Burst {
+    reports: Sender<Report>,
+}
+
+fn reply(tid: u64, size: usize) -> Message {
+    let mut m = Message::new(MSG_REPLY, Bytes::from(vec![tid as u8; size]));
+    m.set_tid(tid);
+    m
+}
+
+impl Dispatcher<Connection> for Burst {
+    fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
+        Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
+        true
+    }
+    fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
+        let f = msg.front();
+        let word = |at: usize| {
+            f.get(at..at + 4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes)
+        };
+        let (count, size, mark_down) = (word(0), word(4) as usize, f.get(8) == Some(&1));
+        let (mut accepted, mut first_error) = (0, None);
+        for tid in 1..=u64::from(count) {
+            match conn.send_message(reply(tid, size)) {
+                Ok(()) => accepted += 1,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let after_mark_down = mark_down.then(|| {
+            conn.mark_down();
+            conn.send_message(reply(0, size))
+        });
+        let _ = self.reports.send(Report {
+            accepted,
+            first_error,
+            after_mark_down,
+            conn: conn.clone(),
+        });
+    }
+}
+
+/// A server on one worker answering with [`Burst`].
+fn burst_server(config: MessengerConfig) -> (Messenger, Receiver<Report>) {
+    let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config).expect("messenger");
+    srv.set_default_policy(Policy::stateless_server());
+    srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    srv.start().expect("start");
+    let (tx, rx) = unbounded();
+    srv.add_dispatcher_head(Arc::new(Burst { reports: tx })).expect("dispatcher");
+    (srv, rx)
+}
+
+/// Asks `srv` (over `proto`) for `count` replies of `size` bytes from one fast dispatch.
+fn ask(srv: &Messenger, proto: ProtocolVersion, count: u32, size: u32, mark_down: bool) -> RawPeer {
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    let mut front = Vec::new();
+    front.extend_from_slice(&count.to_le_bytes());
+    front.extend_from_slice(&size.to_le_bytes());
+    front.push(u8::from(mark_down));
+    let frame = peer.message(1, &front);
+    std::io::Write::write_all(&mut peer.sock, &frame).expect("request");
+    peer
+}
+
+fn send_queues(srv: &Messenger, field: &str) -> u64 {
+    srv.counters_json()["msgr_send_queues"][field].as_u64().unwrap_or(0)
+}
+
+/// Reads `n` replies and checks they are tids 1..=n, each with its own front.
+fn receive_in_order(peer: &mut RawPeer, n: u64, size: usize) {
+    let got = peer.receive(n as usize).expect("replies");
+    for (i, m) in got.iter().enumerate() {
+        let tid = i as u64 + 1;
+        assert_eq!(m.tid(), tid, "reply {i} out of order");
+        assert_eq!(m.front().len(), size);
+        assert!(m.front().iter().all(|&b| b == tid as u8), "reply {tid}: wrong front");
+    }
+}
+
+/// Everything charged for the replies is given back once they are written.
+fn assert_released(srv: &Messenger, report: &Report) {
+    wait_until(
+        || send_queues(srv, "val") == 0 && report.conn.queued_send_bytes() == 0,
+        || {
+            format!(
+                "still held: {} in total, {} on the connection",
+                send_queues(srv, "val"),
+                report.conn.queued_send_bytes()
+            )
+        },
+    );
+}
+
+// One dispatch sending far past the per-connection bound: the bound refuses exactly the
+// replies that would pass it (nothing is written while the dispatch runs).
+fn bounded_per_connection_over(proto: ProtocolVersion) {
+    const SIZE: u32 = 1000;
+    let cost = reply(1, SIZE as usize).send_cost();
+    let bound = 40 * cost + cost / 2;
+    let (srv, reports) =
+        burst_server(MessengerConfig { max_queued_bytes: bound, ..test_config(1) });
+    let mut peer = ask(&srv, proto, 1000, SIZE, false);
+    let report = reports.recv_timeout(WAIT).expect("dispatched");
+    assert_eq!(report.accepted, 40, "refused at the bound, not before or after");
+    assert_eq!(report.first_error, Some(SendError::QueueFull));
+    assert_eq!(send_queues(&srv, "refused"), 960);
+    receive_in_order(&mut peer, 40, SIZE as usize);
+    assert_released(&srv, &report);
+    srv.shutdown();
+}
+
+#[test]
+fn fast_dispatch_replies_are_bounded_per_connection() {
+    bounded_per_connection_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn fast_dispatch_replies_are_bounded_per_connection_over_msgr2() {
+    bounded_per_connection_over(ProtocolVersion::V2);
+}
+
+// The same against the messenger's total bound (charged ahead in chunks: still exact),
+// with part of it held by another connection's messages.
+#[test]
+fn fast_dispatch_replies_are_bounded_in_total() {
+    const SIZE: u32 = 100;
+    let cost = reply(1, SIZE as usize).send_cost();
+    let total = 64 << 10;
+    let (srv, reports) = burst_server(MessengerConfig {
+        max_queued_bytes: total,
+        max_total_queued_bytes: total,
+        ..test_config(1)
+    });
+    // Nobody listens there: these wait, charged to the total.
+    srv.set_policy(EntityType::MON, Policy::lossless_client());
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = nowhere.local_addr().expect("addr");
+    drop(nowhere);
+    let waiting = srv.get_connection(EntityType::MON, addr);
+    let mut held = 0;
+    for tid in 1..=20 {
+        let m = reply(tid, 1000);
+        held += m.send_cost();
+        waiting.send_message(m).expect("queued");
+    }
+    let mut peer = ask(&srv, ProtocolVersion::V1, 5000, SIZE, false);
+    let report = reports.recv_timeout(WAIT).expect("dispatched");
+    assert_eq!(report.accepted, (total - held) / cost, "refused at the bound, not before or after");
+    assert_eq!(report.first_error, Some(SendError::QueueFull));
+    receive_in_order(&mut peer, report.accepted, SIZE as usize);
+    waiting.mark_down();
+    assert_released(&srv, &report);
+    srv.shutdown();
+}
+
+// More replies from one dispatch than the session takes into its queue at once (1,024):
+// the rest wait in the mailbox and follow, in order.
+fn more_than_the_session_takes_over(proto: ProtocolVersion) {
+    let (srv, reports) = burst_server(test_config(1));
+    let mut peer = ask(&srv, proto, 3000, 8, false);
+    let report = reports.recv_timeout(WAIT).expect("dispatched");
+    assert_eq!((report.accepted, &report.first_error), (3000, &None));
+    receive_in_order(&mut peer, 3000, 8);
+    assert_released(&srv, &report);
+    srv.shutdown();
+}
+
+#[test]
+fn more_replies_than_the_session_takes_at_once_follow_in_order() {
+    more_than_the_session_takes_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn more_replies_than_the_session_takes_at_once_follow_in_order_over_msgr2() {
+    more_than_the_session_takes_over(ProtocolVersion::V2);
+}
+
+// Ceph's mark_down discards what is queued: replies the same dispatch sent before it
+// never leave, and a send after it fails.
+#[test]
+fn mark_down_in_fast_dispatch_drops_the_replies_it_sent() {
+    let (srv, reports) = burst_server(test_config(1));
+    let mut peer = ask(&srv, ProtocolVersion::V1, 5, 16, true);
+    let report = reports.recv_timeout(WAIT).expect("dispatched");
+    assert_eq!((report.accepted, &report.first_error), (5, &None));
+    assert_eq!(report.after_mark_down, Some(Err(SendError::Closed)));
+    // The socket closes; nothing was written to it before.
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    peer.sock.read_to_end(&mut rest).expect("closed, not timed out");
+    assert!(started.elapsed() < WAIT);
+    assert!(rest.is_empty(), "{} bytes written after the handshake", rest.len());
+    assert_released(&srv, &report);
+    srv.shutdown();
+}
