@@ -3,11 +3,18 @@
 //!
 //! Such a send needs none of the mailbox's locking: the driver that will take the
 //! message is running on this very thread. It goes into a thread-local queue the driver
-//! takes from at the same points it takes from the mailbox (after the mailbox's
-//! messages, which any send from this thread before the driver ran went to). Why: at 64 B
-//! a send's three atomic read-modify-writes (the mailbox lock, the messenger's send
-//! budget, the unlock) were ~3 % of all CPU, each stalling on the stores the reply's
-//! construction had just made.
+//! takes from at the same points it takes from the mailbox. Why: at 64 B a send's three
+//! atomic read-modify-writes (the mailbox lock, the messenger's send budget, the unlock)
+//! were ~3 % of all CPU, each stalling on the stores the reply's construction had just
+//! made.
+//!
+//! Messages leave in the order their sends happened, whichever thread made them: a send
+//! takes this path only while the mailbox is empty (read without its lock, from
+//! `mailbox_cost`), so every message in this queue was sent before every message in the
+//! mailbox, and the driver takes this queue first. A message another thread queued before
+//! the reply (say, one whose send the dispatcher waited for) is in the mailbox, and the
+//! reply then goes there behind it; one queued after the reply (a thread the dispatcher
+//! told about it) follows it out of the mailbox.
 //!
 //! The bounds stay what they are. The message's cost goes into the connection's
 //! `driver_cost` at once (the driver's own counter: only this thread writes it), so the
@@ -75,8 +82,9 @@ impl Own {
         self.messages.clear();
     }
 
-    /// Hands what the driver did not take to the mailbox (or drops it if the mailbox is
-    /// closed), waking the driver if no wake-up is pending.
+    /// Hands what the driver did not take to the front of the mailbox (sent before
+    /// anything there), or drops it if the mailbox is closed, waking the driver if no
+    /// wake-up is pending.
     fn spill(&mut self, conn: &Connection) {
         if self.messages.is_empty() {
             return;
@@ -90,7 +98,9 @@ impl Own {
             if mb.closed {
                 None
             } else {
-                mb.messages.extend(messages.into_iter().map(|m| (m, now)));
+                for m in messages.into_iter().rev() {
+                    mb.messages.push_front((m, now));
+                }
                 conn.0.mailbox_cost.store(conn.0.mailbox_cost.load(Relaxed) + cost, Relaxed);
                 Some(!std::mem::replace(&mut mb.notified, true))
             }
@@ -171,42 +181,49 @@ pub(crate) fn try_send(conn: &Connection, msg: Message) -> Result<Result<(), Sen
         Some(own.send(conn, msg))
     });
     match (sent, slot) {
-        (Ok(Some(result)), _) => Ok(result),
+        (Ok(Some(result)), _) => result,
         (_, Some(msg)) => Err(msg),
-        // Taken but not sent: cannot happen (`send` always answers).
+        // Taken but not answered: cannot happen (`send` answers or gives it back).
         (_, None) => Ok(Err(SendError::Closed)),
     }
 }
 
 impl Own {
+    /// Queues `msg`, or refuses it as `send_message` would; gives it back when it must
+    /// go through the mailbox.
     #[inline]
-    fn send(&mut self, conn: &Connection, msg: Message) -> Result<(), SendError> {
+    fn send(&mut self, conn: &Connection, msg: Message) -> Result<Result<(), SendError>, Message> {
         let shared = &conn.0;
         if self.closed || shared.marked_down.load(Relaxed) {
-            return Err(SendError::Closed);
+            return Ok(Err(SendError::Closed));
+        }
+        let queued = shared.mailbox_cost.load(Relaxed);
+        if queued > 0 {
+            // Behind what waits there (see the module's docs).
+            return Err(msg);
         }
         let cost = msg.send_cost();
         let budget: &SendBudget = &shared.send_budget;
-        let held = shared.mailbox_cost.load(Relaxed) + shared.driver_cost.load(Relaxed);
+        let held = shared.driver_cost.load(Relaxed);
         if !budget.within_conn(held, cost) {
-            return Err(SendError::QueueFull);
+            return Ok(Err(SendError::QueueFull));
         }
         if self.reserve < cost {
             match budget.reserve(cost) {
                 Some(got) => self.reserve += got,
-                None => return Err(SendError::QueueFull),
+                None => return Ok(Err(SendError::QueueFull)),
             }
         }
         self.reserve -= cost;
-        shared.driver_cost.store(shared.driver_cost.load(Relaxed) + cost, Relaxed);
+        shared.driver_cost.store(held + cost, Relaxed);
         self.cost += cost;
         self.messages.push(msg);
-        Ok(())
+        Ok(Ok(()))
     }
 }
 
 /// Moves up to `room` of the messages this thread queued for `conn` into `out`, in the
-/// order they were sent, stamped `now`. Returns how many moved and what they cost
+/// order they were sent, stamped `now` (before the mailbox's: see the module's docs). Returns how many moved and what they cost
 /// (already counted in `driver_cost`).
 pub(crate) fn take(
     conn: &Connection,

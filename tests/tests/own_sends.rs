@@ -1,8 +1,9 @@
 //! Replies sent from `ms_fast_dispatch` on the connection being dispatched take a path of
 //! their own (a queue on the worker's thread, no mailbox lock): they are bounded as any
 //! other send, per connection and in total, leave in the order they were sent however
-//! many one dispatch sends, are dropped by a `mark_down` made in the same dispatch, and
-//! give back everything they were charged once written.
+//! many one dispatch sends and whichever other thread sends on the connection before or
+//! after them, are dropped by a `mark_down` made in the same dispatch, and give back
+//! everything they were charged once written.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -236,4 +237,80 @@ fn mark_down_in_fast_dispatch_drops_the_replies_it_sent() {
     assert!(rest.is_empty(), "{} bytes written after the handshake", rest.len());
     assert_released(&srv, &report);
     srv.shutdown();
+}
+
+/// Sends on a connection from a thread of its own, when asked, and says when it has.
+fn sender_thread() -> Sender<(Connection, u64, Sender<()>)> {
+    let (tx, rx) = unbounded::<(Connection, u64, Sender<()>)>();
+    std::thread::spawn(move || {
+        for (conn, tid, done) in rx {
+            conn.send_message(reply(tid, 8)).expect("queued");
+            let _ = done.send(());
+        }
+    });
+    tx
+}
+
+/// On a request whose front is `[1]`, replies (tid 1) and then has another thread send
+/// tid 2 before returning; on `[2]`, has the other thread send tid 1 first, then
+/// replies (tid 2). Either way the other thread's send happens-after or happens-before
+/// the reply, so tid 1 must leave first.
+struct Handoff {
+    other: Sender<(Connection, u64, Sender<()>)>,
+}
+
+impl Handoff {
+    fn by_other_thread(&self, conn: &Connection, tid: u64) {
+        let (done, sent) = unbounded();
+        self.other.send((conn.clone(), tid, done)).expect("sender thread");
+        sent.recv_timeout(WAIT).expect("the other thread sent");
+    }
+}
+
+impl Dispatcher<Connection> for Handoff {
+    fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
+        Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
+        true
+    }
+    fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
+        if msg.front().first() == Some(&1) {
+            conn.send_message(reply(1, 8)).expect("reply");
+            self.by_other_thread(conn, 2);
+        } else {
+            self.by_other_thread(conn, 1);
+            conn.send_message(reply(2, 8)).expect("reply");
+        }
+    }
+}
+
+fn ordered_with_another_thread(first: u8) {
+    let srv =
+        Messenger::new(EntityName::new(EntityType::OSD, 0), 1, test_config(1)).expect("messenger");
+    srv.set_default_policy(Policy::stateless_server());
+    srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    srv.start().expect("start");
+    srv.add_dispatcher_head(Arc::new(Handoff { other: sender_thread() })).expect("dispatcher");
+    let mut peer = RawPeer::handshake(srv.my_addr(), Policy::lossy_client());
+    let frame = peer.message(1, &[first]);
+    std::io::Write::write_all(&mut peer.sock, &frame).expect("request");
+    receive_in_order(&mut peer, 2, 8);
+    srv.shutdown();
+}
+
+// A thread the dispatcher tells about its reply sends after it: the reply leaves first.
+#[test]
+fn a_reply_leaves_before_what_another_thread_sends_after_it() {
+    ordered_with_another_thread(1);
+}
+
+// A thread whose send the dispatcher waited for sent before the reply: its message
+// leaves first.
+#[test]
+fn a_reply_leaves_after_what_another_thread_sent_before_it() {
+    ordered_with_another_thread(2);
 }

@@ -65,37 +65,40 @@ impl Driver {
         // The messages move through a scratch queue the driver keeps, so a drain costs
         // no allocation.
         let mut inbox = std::mem::take(&mut self.inbox);
-        let (closed, all_taken, commands) = {
+        let (closed, commands) = {
             let mut mb = self.conn.0.mailbox.lock();
-            if mb.messages.is_empty() && (!with_commands || mb.commands.is_empty()) {
-                (mb.closed, true, Vec::new())
+            // First what this thread's fast dispatch sent: all of it was sent before
+            // anything now in the mailbox (see `own_sends`). None once the mailbox is
+            // closed: those go with it (below).
+            if !mb.closed {
+                let (_, cost) = own_sends::take(&self.conn, room, &mut inbox, cx.now());
+                self.send_held += cost;
+            }
+            let room = room.saturating_sub(inbox.len());
+            if (mb.messages.is_empty() || room == 0) && (!with_commands || mb.commands.is_empty()) {
+                (mb.closed, Vec::new())
             } else {
                 let n = room.min(mb.messages.len());
-                let all_taken = n == mb.messages.len();
-                if all_taken {
+                let before = inbox.len();
+                if n == mb.messages.len() && before == 0 {
                     std::mem::swap(&mut mb.messages, &mut inbox);
                 } else {
                     inbox.extend(mb.messages.drain(..n));
                 }
                 // The messages stay counted against the send bounds: as the driver's now.
-                let moved: u64 = inbox.iter().map(|(m, _)| m.send_cost()).sum();
+                let moved: u64 = inbox.iter().skip(before).map(|(m, _)| m.send_cost()).sum();
                 let queued = &self.conn.0.mailbox_cost;
                 queued.store(queued.load(Relaxed).saturating_sub(moved), Relaxed);
                 self.conn.0.driver_cost.fetch_add(moved, Relaxed);
                 self.send_held += moved;
                 let commands =
                     if with_commands { std::mem::take(&mut mb.commands) } else { Vec::new() };
-                (mb.closed, all_taken, commands)
+                (mb.closed, commands)
             }
         };
-        // Then what this thread's fast dispatch sent (after the mailbox: a send from this
-        // thread before the driver ran went there).
         if closed {
+            // A mark_down (or a reset) closed it after they were sent: they go with it.
             own_sends::discard(&self.conn, true);
-        } else if all_taken {
-            let room = room.saturating_sub(inbox.len());
-            let (_, cost) = own_sends::take(&self.conn, room, &mut inbox, cx.now());
-            self.send_held += cost;
         }
         if inbox.is_empty() && commands.is_empty() {
             // Most drains find nothing (a pump drains at its start and every round):
