@@ -100,7 +100,7 @@ impl SendBudget {
         if !self.within_conn(held, cost) {
             return false;
         }
-        if !self.charge_total(cost) {
+        if self.charge_total(cost, 0).is_none() {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return false;
         }
@@ -123,14 +123,22 @@ impl SendBudget {
     /// Returns what was charged, or `None` (counted as a refusal) where the bound has no
     /// room for `cost`. The caller gives back what it does not use ([`Self::adjust`]).
     pub(crate) fn reserve(&self, cost: u64) -> Option<u64> {
+        let charged = self.charge_total(cost, RESERVE_CHUNK.min(self.max_total / 16));
+        if charged.is_none() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        charged
+    }
+
+    /// Charges `cost` to the total, or up to `ahead` where there is room for more;
+    /// `None` if `cost` would pass the bound while anything is held.
+    fn charge_total(&self, cost: u64, ahead: u64) -> Option<u64> {
         let mut cur = self.held.load(Ordering::Relaxed);
         loop {
             if cur > 0 && cur.saturating_add(cost) > self.max_total {
-                self.refused.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
-            let room = self.max_total.saturating_sub(cur);
-            let take = cost.max(RESERVE_CHUNK.min(self.max_total / 16).min(room));
+            let take = cost.max(ahead.min(self.max_total.saturating_sub(cur)));
             match self.held.compare_exchange_weak(
                 cur,
                 cur.saturating_add(take),
@@ -138,24 +146,6 @@ impl SendBudget {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return Some(take),
-                Err(now) => cur = now,
-            }
-        }
-    }
-
-    fn charge_total(&self, cost: u64) -> bool {
-        let mut cur = self.held.load(Ordering::Relaxed);
-        loop {
-            if cur > 0 && cur.saturating_add(cost) > self.max_total {
-                return false;
-            }
-            match self.held.compare_exchange_weak(
-                cur,
-                cur.saturating_add(cost),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
                 Err(now) => cur = now,
             }
         }

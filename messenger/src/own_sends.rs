@@ -223,32 +223,30 @@ impl Own {
 }
 
 /// Moves up to `room` of the messages this thread queued for `conn` into `out`, in the
-/// order they were sent, stamped `now` (before the mailbox's: see the module's docs). Returns how many moved and what they cost
-/// (already counted in `driver_cost`).
+/// order they were sent, stamped `now` (before the mailbox's: see the module's docs).
+/// Returns what they cost (already counted in `driver_cost`).
 pub(crate) fn take(
     conn: &Connection,
     room: usize,
     out: &mut std::collections::VecDeque<(Message, Instant)>,
     now: Instant,
-) -> (usize, u64) {
+) -> u64 {
     OWN.try_with(|own| {
-        let Ok(mut own) = own.try_borrow_mut() else { return (0, 0) };
+        let Ok(mut own) = own.try_borrow_mut() else { return 0 };
         if !own.is(conn) || own.messages.is_empty() || room == 0 {
-            return (0, 0);
+            return 0;
         }
         let n = room.min(own.messages.len());
-        let cost = if n == own.messages.len() {
+        if n == own.messages.len() {
             out.extend(own.messages.drain(..).map(|m| (m, now)));
-            std::mem::take(&mut own.cost)
-        } else {
-            let cost: u64 = own.messages[..n].iter().map(Message::send_cost).sum();
-            out.extend(own.messages.drain(..n).map(|m| (m, now)));
-            own.cost -= cost;
-            cost
-        };
-        (n, cost)
+            return std::mem::take(&mut own.cost);
+        }
+        let cost: u64 = own.messages[..n].iter().map(Message::send_cost).sum();
+        out.extend(own.messages.drain(..n).map(|m| (m, now)));
+        own.cost -= cost;
+        cost
     })
-    .unwrap_or((0, 0))
+    .unwrap_or(0)
 }
 
 /// The driver is about to leave its mailbox for others (the end of its pump): what it

@@ -84,15 +84,20 @@ impl Dispatcher<Connection> for Burst {
     }
 }
 
-/// A server on one worker answering with [`Burst`].
-fn burst_server(config: MessengerConfig) -> (Messenger, Receiver<Report>) {
+/// A started server on one worker with `dispatcher`.
+fn server_with(config: MessengerConfig, dispatcher: Arc<dyn Dispatcher<Connection>>) -> Messenger {
     let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config).expect("messenger");
     srv.set_default_policy(Policy::stateless_server());
     srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
     srv.start().expect("start");
+    srv.add_dispatcher_head(dispatcher).expect("dispatcher");
+    srv
+}
+
+/// A server on one worker answering with [`Burst`].
+fn burst_server(config: MessengerConfig) -> (Messenger, Receiver<Report>) {
     let (tx, rx) = unbounded();
-    srv.add_dispatcher_head(Arc::new(Burst { reports: tx })).expect("dispatcher");
-    (srv, rx)
+    (server_with(config, Arc::new(Burst { reports: tx })), rx)
 }
 
 /// Asks `srv` (over `proto`) for `count` replies of `size` bytes from one fast dispatch.
@@ -289,12 +294,7 @@ impl Dispatcher<Connection> for Handoff {
 }
 
 fn ordered_with_another_thread(first: u8) {
-    let srv =
-        Messenger::new(EntityName::new(EntityType::OSD, 0), 1, test_config(1)).expect("messenger");
-    srv.set_default_policy(Policy::stateless_server());
-    srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
-    srv.start().expect("start");
-    srv.add_dispatcher_head(Arc::new(Handoff { other: sender_thread() })).expect("dispatcher");
+    let srv = server_with(test_config(1), Arc::new(Handoff { other: sender_thread() }));
     let mut peer = RawPeer::handshake(srv.my_addr(), Policy::lossy_client());
     let frame = peer.message(1, &[first]);
     std::io::Write::write_all(&mut peer.sock, &frame).expect("request");

@@ -71,8 +71,7 @@ impl Driver {
             // anything now in the mailbox (see `own_sends`). None once the mailbox is
             // closed: those go with it (below).
             if !mb.closed {
-                let (_, cost) = own_sends::take(&self.conn, room, &mut inbox, cx.now());
-                self.send_held += cost;
+                self.send_held += own_sends::take(&self.conn, room, &mut inbox, cx.now());
             }
             let room = room.saturating_sub(inbox.len());
             if (mb.messages.is_empty() || room == 0) && (!with_commands || mb.commands.is_empty()) {
