@@ -3,7 +3,7 @@
 //! other send, per connection and in total, leave in the order they were sent however
 //! many one dispatch sends and whichever other thread sends on the connection before or
 //! after them, are dropped by a `mark_down` made in the same dispatch, and give back
-//! everything they were charged once written.
+//! everything they were charged once written, or once the dispatch that sent them panics.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -33,9 +33,17 @@ struct Report {
     conn: Connection,
 }
 
-/// Answers a request whose front is `[count: u32 LE, size: u32 LE, mark_down: u8]` with
+/// What [`Burst`] does after its replies: nothing, `mark_down`, or panic.
+#[derive(Clone, Copy)]
+enum Then {
+    Return = 0,
+    MarkDown = 1,
+    Panic = 2,
+}
+
+/// Answers a request whose front is `[count: u32 LE, size: u32 LE, then: u8]` with
 /// `count` replies of `size` bytes of front (tids 1, 2, …), all from one fast dispatch,
-/// then marks the connection down if asked.
+/// then marks the connection down or panics if asked (see [`Then`]).
 struct Burst {
     reports: Sender<Report>,
 }
@@ -61,7 +69,9 @@ impl Dispatcher<Connection> for Burst {
         let word = |at: usize| {
             f.get(at..at + 4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes)
         };
-        let (count, size, mark_down) = (word(0), word(4) as usize, f.get(8) == Some(&1));
+        let then = f.get(8).copied().unwrap_or(0);
+        let (count, size) = (word(0), word(4) as usize);
+        let (mark_down, panic) = (then == Then::MarkDown as u8, then == Then::Panic as u8);
         let (mut accepted, mut first_error) = (0, None);
         for tid in 1..=u64::from(count) {
             match conn.send_message(reply(tid, size)) {
@@ -81,6 +91,7 @@ impl Dispatcher<Connection> for Burst {
             after_mark_down,
             conn: conn.clone(),
         });
+        assert!(!panic, "the dispatcher panics after its replies, as asked");
     }
 }
 
@@ -101,12 +112,12 @@ fn burst_server(config: MessengerConfig) -> (Messenger, Receiver<Report>) {
 }
 
 /// Asks `srv` (over `proto`) for `count` replies of `size` bytes from one fast dispatch.
-fn ask(srv: &Messenger, proto: ProtocolVersion, count: u32, size: u32, mark_down: bool) -> RawPeer {
+fn ask(srv: &Messenger, proto: ProtocolVersion, count: u32, size: u32, then: Then) -> RawPeer {
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
     let mut front = Vec::new();
     front.extend_from_slice(&count.to_le_bytes());
     front.extend_from_slice(&size.to_le_bytes());
-    front.push(u8::from(mark_down));
+    front.push(then as u8);
     let frame = peer.message(1, &front);
     std::io::Write::write_all(&mut peer.sock, &frame).expect("request");
     peer
@@ -149,7 +160,7 @@ fn bounded_per_connection_over(proto: ProtocolVersion) {
     let bound = 40 * cost + cost / 2;
     let (srv, reports) =
         burst_server(MessengerConfig { max_queued_bytes: bound, ..test_config(1) });
-    let mut peer = ask(&srv, proto, 1000, SIZE, false);
+    let mut peer = ask(&srv, proto, 1000, SIZE, Then::Return);
     let report = reports.recv_timeout(WAIT).expect("dispatched");
     assert_eq!(report.accepted, 40, "refused at the bound, not before or after");
     assert_eq!(report.first_error, Some(SendError::QueueFull));
@@ -193,7 +204,7 @@ fn fast_dispatch_replies_are_bounded_in_total() {
         held += m.send_cost();
         waiting.send_message(m).expect("queued");
     }
-    let mut peer = ask(&srv, ProtocolVersion::V1, 5000, SIZE, false);
+    let mut peer = ask(&srv, ProtocolVersion::V1, 5000, SIZE, Then::Return);
     let report = reports.recv_timeout(WAIT).expect("dispatched");
     assert_eq!(report.accepted, (total - held) / cost, "refused at the bound, not before or after");
     assert_eq!(report.first_error, Some(SendError::QueueFull));
@@ -207,7 +218,7 @@ fn fast_dispatch_replies_are_bounded_in_total() {
 // the rest wait in the mailbox and follow, in order.
 fn more_than_the_session_takes_over(proto: ProtocolVersion) {
     let (srv, reports) = burst_server(test_config(1));
-    let mut peer = ask(&srv, proto, 3000, 8, false);
+    let mut peer = ask(&srv, proto, 3000, 8, Then::Return);
     let report = reports.recv_timeout(WAIT).expect("dispatched");
     assert_eq!((report.accepted, &report.first_error), (3000, &None));
     receive_in_order(&mut peer, 3000, 8);
@@ -230,7 +241,7 @@ fn more_replies_than_the_session_takes_at_once_follow_in_order_over_msgr2() {
 #[test]
 fn mark_down_in_fast_dispatch_drops_the_replies_it_sent() {
     let (srv, reports) = burst_server(test_config(1));
-    let mut peer = ask(&srv, ProtocolVersion::V1, 5, 16, true);
+    let mut peer = ask(&srv, ProtocolVersion::V1, 5, 16, Then::MarkDown);
     let report = reports.recv_timeout(WAIT).expect("dispatched");
     assert_eq!((report.accepted, &report.first_error), (5, &None));
     assert_eq!(report.after_mark_down, Some(Err(SendError::Closed)));
@@ -242,6 +253,45 @@ fn mark_down_in_fast_dispatch_drops_the_replies_it_sent() {
     assert!(rest.is_empty(), "{} bytes written after the handshake", rest.len());
     assert_released(&srv, &report);
     srv.shutdown();
+}
+
+// A fast dispatcher that panics after its replies: the event center survives it and the
+// connection goes, and what the replies were charged goes back with the chunk of the
+// total bound the driver had reserved ahead. Either one kept would refuse later sends
+// before the bound, which the second request measures exactly.
+fn a_panic_after_replies_gives_everything_back_over(proto: ProtocolVersion) {
+    const SIZE: u32 = 100;
+    let cost = reply(1, SIZE as usize).send_cost();
+    let total = 256 << 10;
+    let (srv, reports) = burst_server(MessengerConfig {
+        max_queued_bytes: total,
+        max_total_queued_bytes: total,
+        ..test_config(1)
+    });
+    let panics = || srv.pool().handles().iter().map(|h| h.panics()).sum::<u64>();
+    let _gone = ask(&srv, proto, 200, SIZE, Then::Panic);
+    let report = reports.recv_timeout(WAIT).expect("dispatched");
+    assert_eq!((report.accepted, &report.first_error), (200, &None));
+    wait_until(|| panics() == 1, || format!("{} panics counted", panics()));
+    assert_released(&srv, &report);
+
+    let mut peer = ask(&srv, proto, 5000, SIZE, Then::Return);
+    let report = reports.recv_timeout(WAIT).expect("dispatched");
+    assert_eq!(report.accepted, total / cost, "refused at the bound, not before");
+    assert_eq!(report.first_error, Some(SendError::QueueFull));
+    receive_in_order(&mut peer, report.accepted, SIZE as usize);
+    assert_released(&srv, &report);
+    srv.shutdown();
+}
+
+#[test]
+fn a_panic_after_fast_dispatch_replies_gives_everything_back() {
+    a_panic_after_replies_gives_everything_back_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_panic_after_fast_dispatch_replies_gives_everything_back_over_msgr2() {
+    a_panic_after_replies_gives_everything_back_over(ProtocolVersion::V2);
 }
 
 /// Sends on a connection from a thread of its own, when asked, and says when it has.
