@@ -127,6 +127,15 @@ pub struct MessengerConfig {
     pub max_queued_bytes: u64,
     /// The same bound over all connections of the messenger together.
     pub max_total_queued_bytes: u64,
+    /// What sessions waiting in standby may hold together: a server's lossless sessions
+    /// (`Policy::stateful_server`, `lossless_peer`) whose peer went away keep what was
+    /// queued for it until it reconnects, as Ceph's do. Beyond this, the ones holding the
+    /// most are marked down (the peer, if it comes back, finds its session reset), so
+    /// that peers which flood without reading and leave cannot fill the total bound and
+    /// have every other connection's sends refused. At most a quarter of
+    /// `max_total_queued_bytes` is used, whatever this says. (Ours: Ceph's queues are
+    /// unbounded.)
+    pub max_standby_queued_bytes: u64,
     /// Authentication of every connection (msgr v1 authorizers and message signing,
     /// msgr2's AUTH frames). `None`: auth none as our entity name. Set it before the
     /// messenger starts; [`MessengerConfig::with_auth_provider`] wraps an `Arc`.
@@ -233,6 +242,7 @@ impl Default for MessengerConfig {
             colocated_peer_batching: true,
             max_queued_bytes: 256 << 20,
             max_total_queued_bytes: 1 << 30,
+            max_standby_queued_bytes: 256 << 20,
             auth: None,
             mon_client_mode: None,
             mon_cluster_mode: None,

@@ -109,6 +109,10 @@ pub(crate) struct ConnShared {
     /// What the mailbox's messages cost: changed only with the mailbox locked, read
     /// without the lock by the driver's own sends (see `own_sends`).
     pub(crate) mailbox_cost: AtomicU64,
+    /// An accepted session waiting in standby for its peer to come back: one that
+    /// `Env::bound_standby` may mark down. Set by the driver as it goes to standby,
+    /// cleared by any other state.
+    pub(crate) server_standby: AtomicBool,
 }
 
 /// A handle to one connection (Ceph's `ConnectionRef`). Clone it freely and use it from
@@ -136,6 +140,7 @@ impl Connection {
             marked_down: AtomicBool::new(false),
             driver_cost: AtomicU64::new(0),
             mailbox_cost: AtomicU64::new(0),
+            server_standby: AtomicBool::new(false),
         }))
     }
 
@@ -385,6 +390,14 @@ impl Connection {
         let _ = self.0.state.fetch_update(Ordering::Release, Ordering::Acquire, |now| {
             (now != closed).then_some(state as u8)
         });
+        if state != ConnState::Standby {
+            self.0.server_standby.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// An accepted session waiting in standby for its peer (see `server_standby`).
+    pub(crate) fn is_server_standby(&self) -> bool {
+        self.0.server_standby.load(Ordering::Relaxed) && self.state() == ConnState::Standby
     }
 
     /// Closes a handle whose driver never ran (or has ended): sends fail from now on

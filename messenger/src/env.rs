@@ -95,7 +95,11 @@ impl Env {
         // Messages under half a read buffer are copied out of it when they are queued, so
         // a queued message pins at most about twice its size of read buffers.
         queue.set_compact_below(config.read_buffer / 2);
-        let send_budget = SendBudget::new(config.max_queued_bytes, config.max_total_queued_bytes);
+        let send_budget = SendBudget::new(
+            config.max_queued_bytes,
+            config.max_total_queued_bytes,
+            config.max_standby_queued_bytes,
+        );
         Arc::new(Env {
             identity: Identity::new(name, nonce),
             policies: Policies::new(),
@@ -106,6 +110,54 @@ impl Env {
             next_id: AtomicU64::new(1),
             config,
         })
+    }
+
+    /// Keeps what accepted sessions in standby hold within the send budget's
+    /// `max_standby`: marks down the ones holding the most until the rest fit. Run by a
+    /// driver whose session just went to standby, once it published what it holds.
+    ///
+    /// Why: a stateful server keeps a lossless session's queue for a peer that went away
+    /// (so that it can resume), and each such session may hold up to `max_queued_bytes`.
+    /// Peers that flood without reading and leave, under new names each time, would
+    /// otherwise fill the total bound with sessions nobody resumes, and every other
+    /// connection's sends would be refused.
+    pub(crate) fn bound_standby(&self) {
+        let budget = &self.send_budget;
+        let cap = budget.max_standby();
+        // Cheap and nearly always true: everything held together is within the cap.
+        if budget.held() <= cap {
+            return;
+        }
+        // Handles cloned out of the table: `mark_down` wakes drivers (a syscall), which
+        // must not run under the table's lock.
+        let mut standby: Vec<(u64, Connection)> = self
+            .sessions
+            .live()
+            .into_iter()
+            .filter(|c| c.is_server_standby())
+            .map(|c| (c.queued_send_bytes(), c))
+            .filter(|&(held, _)| held > 0)
+            .collect();
+        let mut held: u64 = standby.iter().map(|&(h, _)| h).sum();
+        if held <= cap {
+            return;
+        }
+        standby.sort_unstable_by_key(|&(held, _)| std::cmp::Reverse(held));
+        for (bytes, conn) in standby {
+            if held <= cap {
+                break;
+            }
+            log::info!(
+                target: "msgr::conn",
+                "conn {} to {:?}: session in standby marked down: it holds {bytes} bytes, \
+                 sessions in standby {held} (at most {cap})",
+                conn.id(),
+                conn.peer_addr(),
+            );
+            conn.mark_down();
+            budget.count_standby_eviction();
+            held = held.saturating_sub(bytes);
+        }
     }
 
     /// The protocol configuration (built from who we are on first use).

@@ -172,7 +172,13 @@
 //! thread instead of the mailbox (no lock: the driver that takes it is running there),
 //! counted the same: the driver holds a chunk of the messenger's total (64 KiB, a
 //! sixteenth of the bound at most) charged ahead for such replies while it runs, so the
-//! total never passes its bound either.
+//! total never passes its bound either. A server's lossless session whose peer went
+//! away waits in standby with what was queued for it, as Ceph's does; such sessions
+//! hold at most [`MessengerConfig::max_standby_queued_bytes`] together (a quarter of
+//! the total at most), the ones holding the most marked down first. Without that, peers
+//! that flood a stateful server without reading and leave, under a new name each time,
+//! would fill the total with sessions nobody resumes, and every other connection's sends
+//! would be refused.
 //!
 //! **Memory of queued messages.** A received message's segments are slices of a
 //! per-worker read buffer shared with other messages. When a message below half a read

@@ -78,18 +78,40 @@ pub(crate) struct SendBudget {
     held: AtomicU64,
     max_total: u64,
     max_per_conn: u64,
+    /// What sessions in standby may hold together (see
+    /// `MessengerConfig::max_standby_queued_bytes`).
+    max_standby: u64,
     /// `send_message` calls refused with `QueueFull`.
     refused: AtomicU64,
+    /// Sessions in standby marked down to keep within `max_standby`.
+    standby_evicted: AtomicU64,
 }
 
 impl SendBudget {
-    pub(crate) fn new(max_per_conn: u64, max_total: u64) -> Arc<SendBudget> {
+    pub(crate) fn new(max_per_conn: u64, max_total: u64, max_standby: u64) -> Arc<SendBudget> {
         Arc::new(SendBudget {
             held: AtomicU64::new(0),
             max_total,
             max_per_conn,
+            max_standby: max_standby.min(max_total / 4),
             refused: AtomicU64::new(0),
+            standby_evicted: AtomicU64::new(0),
         })
+    }
+
+    /// What sessions in standby may hold together.
+    pub(crate) fn max_standby(&self) -> u64 {
+        self.max_standby
+    }
+
+    /// What every connection holds together.
+    pub(crate) fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Counts a session in standby marked down to keep within [`Self::max_standby`].
+    pub(crate) fn count_standby_eviction(&self) {
+        self.standby_evicted.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Charges `cost` for a message a connection already holding `held` wants to queue:
@@ -166,6 +188,8 @@ impl SendBudget {
             "val": self.held.load(Ordering::Relaxed), "max": self.max_total,
             "max_per_connection": self.max_per_conn,
             "refused": self.refused.load(Ordering::Relaxed),
+            "max_standby": self.max_standby,
+            "standby_evicted": self.standby_evicted.load(Ordering::Relaxed),
         })
     }
 }

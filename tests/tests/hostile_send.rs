@@ -137,6 +137,74 @@ fn a_peer_that_never_reads_is_bounded_then_faulted_over_msgr2() {
     a_peer_that_never_reads_is_bounded_then_faulted_over(ProtocolVersion::V2);
 }
 
+// A stateful server keeps what it queued for a lossless peer that went away, for the
+// peer to resume, as Ceph's does. Peers that flood it without reading and leave must
+// not fill its total bound that way (found by the msgr2 soak, run for 90 s: after ~1 GiB
+// of such sessions every reply to the good client was refused): sessions in standby hold
+// at most a quarter of the total together, those holding the most marked down first,
+// and a good client's replies are still accepted after more floods than the total holds.
+fn floods_that_leave_cannot_fill_a_stateful_servers_total_bound_over(proto: ProtocolVersion) {
+    const PER_CONN: u64 = 4 << 20;
+    const TOTAL: u64 = 18 << 20;
+    let config = MessengerConfig {
+        max_queued_bytes: PER_CONN,
+        max_total_queued_bytes: TOTAL,
+        tcp_sndbuf: 64 << 10,
+        ..test_config(2)
+    };
+    let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config).expect("messenger");
+    srv.set_default_policy(Policy::stateful_server());
+    srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    srv.start().expect("start");
+    srv.add_dispatcher_head(Arc::new(CountingEcho { accepted: AtomicU64::new(0) }))
+        .expect("dispatcher");
+    let cap = srv.counters_json()["msgr_send_queues"]["max_standby"].as_u64().unwrap_or(0);
+    assert_eq!(cap, TOTAL / 4, "the default (256 MiB) is capped at a quarter of the total");
+
+    // Six floods, each filling its session to the per-connection bound, then leaving:
+    // 24 MiB kept for absent peers would be more than the whole total.
+    for round in 0..6 {
+        let refused = send_queues(&srv, "refused");
+        let sock = flood_without_reading(&srv, proto, 40_000, 4096);
+        wait_until(
+            || send_queues(&srv, "refused") > refused,
+            || format!("round {round}: the flood never reached the per-connection bound"),
+        );
+        let _ = sock.shutdown(std::net::Shutdown::Both);
+        wait_until(
+            || send_queues(&srv, "val") <= cap,
+            || {
+                format!(
+                    "round {round}: {} bytes held, sessions in standby may hold {cap}",
+                    send_queues(&srv, "val")
+                )
+            },
+        );
+    }
+    assert!(send_queues(&srv, "standby_evicted") >= 4, "the largest standby sessions go");
+
+    // A good lossless client is answered in full: 64 replies of 128 KiB (8 MiB).
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossless_client());
+    let good = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
+    let payload = Bytes::from(vec![7u8; 128 << 10]);
+    for tid in 0..64 {
+        good.send_message(test_message(MSG_TEST, tid, payload.clone())).expect("send");
+        assert_eq!(next_message(&cli_rx).1.tid(), tid, "reply {tid} refused or lost");
+    }
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn floods_that_leave_cannot_fill_a_stateful_servers_total_bound() {
+    floods_that_leave_cannot_fill_a_stateful_servers_total_bound_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn floods_that_leave_cannot_fill_a_stateful_servers_total_bound_over_msgr2() {
+    floods_that_leave_cannot_fill_a_stateful_servers_total_bound_over(ProtocolVersion::V2);
+}
+
 // The bound holds for user code as well: sends beyond it fail with QueueFull instead
 // of queueing without end, whatever the socket does.
 #[test]

@@ -3,6 +3,7 @@
 //! the dispatchers, reconnects dialled, the accept decision and budget requests passed
 //! on to their own files.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dispatch::{ConnectionRef, Permit, QueueEvent};
@@ -193,6 +194,11 @@ impl Driver {
             Event::Standby => {
                 self.close_socket(cx);
                 self.conn.set_state(ConnState::Standby);
+                if self.server_side {
+                    self.conn.0.server_standby.store(true, Relaxed);
+                    // Checked once this pump has published what the session holds.
+                    self.standby_check = true;
+                }
             }
             Event::Reset => {
                 // Dead before anyone hears of it: a dispatcher reacting to the reset

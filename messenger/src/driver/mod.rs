@@ -61,6 +61,8 @@ pub(crate) struct Driver {
     /// The session was accepted (or adopted from an accepted socket): its opening is
     /// `ms_handle_accept`, not `ms_handle_connect`.
     server_side: bool,
+    /// This pump put an accepted session in standby: `Env::bound_standby` runs at its end.
+    standby_check: bool,
     io: Io,
     /// What the message being received holds of the throttles, and its pending request.
     recv: RecvBudget,
@@ -180,6 +182,7 @@ impl Driver {
             machine,
             policy,
             server_side: false,
+            standby_check: false,
             io,
             recv: RecvBudget::default(),
             credit: Credit::default(),
@@ -295,6 +298,9 @@ impl Driver {
         }
         self.count_peer_issues();
         self.update_gauges();
+        if std::mem::take(&mut self.standby_check) {
+            self.env.bound_standby();
+        }
         self.publish();
         self.update_interest(cx);
         self.update_timer(cx);
