@@ -224,6 +224,9 @@ fn soak(name: &str, proto: ProtocolVersion, run: Duration) {
         payload_timeout: Duration::from_secs(2),
         write_timeout: Duration::from_secs(2),
         max_queued_bytes: 8 << 20,
+        // Small enough that sessions the never-reads peers leave behind would fill it
+        // within the run if standby sessions were not bounded (each holds up to 8 MiB).
+        max_total_queued_bytes: 96 << 20,
         ..test_config(2)
     };
     let (srv, addr, srv_rx) = server_on(
