@@ -136,6 +136,11 @@ pub struct MessengerConfig {
     /// `max_total_queued_bytes` is used, whatever this says. (Ours: Ceph's queues are
     /// unbounded.)
     pub max_standby_queued_bytes: u64,
+    /// How many such sessions may wait in standby: beyond it, the oldest are marked down
+    /// (the same as above). A standby session keeps no socket, so nothing else bounds how
+    /// many a peer leaves behind by handshaking under new names and going away; each
+    /// costs its driver's memory (about what an idle connection does). (Ours.)
+    pub max_standby_sessions: usize,
     /// Authentication of every connection (msgr v1 authorizers and message signing,
     /// msgr2's AUTH frames). `None`: auth none as our entity name. Set it before the
     /// messenger starts; [`MessengerConfig::with_auth_provider`] wraps an `Arc`.
@@ -243,6 +248,7 @@ impl Default for MessengerConfig {
             max_queued_bytes: 256 << 20,
             max_total_queued_bytes: 1 << 30,
             max_standby_queued_bytes: 256 << 20,
+            max_standby_sessions: 16 << 10,
             auth: None,
             mon_client_mode: None,
             mon_cluster_mode: None,

@@ -390,8 +390,15 @@ impl Connection {
         let _ = self.0.state.fetch_update(Ordering::Release, Ordering::Acquire, |now| {
             (now != closed).then_some(state as u8)
         });
-        if state != ConnState::Standby {
-            self.0.server_standby.store(false, Ordering::Relaxed);
+        if state != ConnState::Standby && self.0.server_standby.swap(false, Ordering::Relaxed) {
+            self.0.send_budget.count_standby(false);
+        }
+    }
+
+    /// The driver put this accepted session in standby (see `server_standby`).
+    pub(crate) fn set_server_standby(&self) {
+        if !self.0.server_standby.swap(true, Ordering::Relaxed) {
+            self.0.send_budget.count_standby(true);
         }
     }
 

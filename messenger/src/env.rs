@@ -99,6 +99,7 @@ impl Env {
             config.max_queued_bytes,
             config.max_total_queued_bytes,
             config.max_standby_queued_bytes,
+            config.max_standby_sessions,
         );
         Arc::new(Env {
             identity: Identity::new(name, nonce),
@@ -112,20 +113,23 @@ impl Env {
         })
     }
 
-    /// Keeps what accepted sessions in standby hold within the send budget's
-    /// `max_standby`: marks down the ones holding the most until the rest fit. Run by a
-    /// driver whose session just went to standby, once it published what it holds.
+    /// Keeps accepted sessions in standby within the send budget's bounds for them: what
+    /// they hold together (`max_standby`: the ones holding the most are marked down
+    /// first) and how many they are (`max_standby_sessions`: the oldest connections
+    /// first). Run by a driver whose session just went to standby, once it published
+    /// what it holds.
     ///
-    /// Why: a stateful server keeps a lossless session's queue for a peer that went away
-    /// (so that it can resume), and each such session may hold up to `max_queued_bytes`.
-    /// Peers that flood without reading and leave, under new names each time, would
-    /// otherwise fill the total bound with sessions nobody resumes, and every other
-    /// connection's sends would be refused.
+    /// Why: a stateful server keeps a lossless session for a peer that went away (so
+    /// that it can resume), with up to `max_queued_bytes` queued for it and no socket.
+    /// Peers that flood without reading and leave, or only handshake and leave, under new
+    /// names each time, would otherwise fill the total send bound (every other
+    /// connection's sends refused) or memory with sessions nobody resumes.
     pub(crate) fn bound_standby(&self) {
         let budget = &self.send_budget;
-        let cap = budget.max_standby();
-        // Cheap and nearly always true: everything held together is within the cap.
-        if budget.held() <= cap {
+        let (cap, max_sessions) = (budget.max_standby(), budget.max_standby_sessions());
+        // Cheap and nearly always true: everything held together is within the cap, and
+        // few sessions wait.
+        if budget.held() <= cap && budget.standby_sessions() <= max_sessions {
             return;
         }
         // Handles cloned out of the table: `mark_down` wakes drivers (a syscall), which
@@ -136,28 +140,47 @@ impl Env {
             .into_iter()
             .filter(|c| c.is_server_standby())
             .map(|c| (c.queued_send_bytes(), c))
-            .filter(|&(held, _)| held > 0)
             .collect();
         let mut held: u64 = standby.iter().map(|&(h, _)| h).sum();
-        if held <= cap {
+        let mut count = u64::try_from(standby.len()).unwrap_or(u64::MAX);
+        if held <= cap && count <= max_sessions {
             return;
         }
-        standby.sort_unstable_by_key(|&(held, _)| std::cmp::Reverse(held));
-        for (bytes, conn) in standby {
-            if held <= cap {
+        // Largest first while over the byte cap; then oldest first (connection ids grow).
+        standby.sort_unstable_by_key(|(bytes, c)| (std::cmp::Reverse(*bytes), c.id()));
+        let mut by_bytes = standby.into_iter().peekable();
+        let mut rest = Vec::new();
+        while let Some((bytes, conn)) = by_bytes.next_if(|&(b, _)| b > 0 && held > cap) {
+            self.evict_standby(&conn, bytes, held, count);
+            held = held.saturating_sub(bytes);
+            count = count.saturating_sub(1);
+        }
+        rest.extend(by_bytes);
+        rest.sort_unstable_by_key(|(_, c)| c.id());
+        for (bytes, conn) in rest {
+            if count <= max_sessions {
                 break;
             }
-            log::info!(
-                target: "msgr::conn",
-                "conn {} to {:?}: session in standby marked down: it holds {bytes} bytes, \
-                 sessions in standby {held} (at most {cap})",
-                conn.id(),
-                conn.peer_addr(),
-            );
-            conn.mark_down();
-            budget.count_standby_eviction();
+            self.evict_standby(&conn, bytes, held, count);
             held = held.saturating_sub(bytes);
+            count = count.saturating_sub(1);
         }
+    }
+
+    /// Marks down `conn`, a session in standby, for [`Self::bound_standby`].
+    fn evict_standby(&self, conn: &Connection, bytes: u64, held: u64, count: u64) {
+        let budget = &self.send_budget;
+        log::info!(
+            target: "msgr::conn",
+            "conn {} to {:?}: session in standby marked down: it holds {bytes} bytes; sessions \
+             in standby hold {held} (at most {}) and are {count} (at most {})",
+            conn.id(),
+            conn.peer_addr(),
+            budget.max_standby(),
+            budget.max_standby_sessions(),
+        );
+        conn.mark_down();
+        budget.count_standby_eviction();
     }
 
     /// The protocol configuration (built from who we are on first use).

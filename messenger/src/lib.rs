@@ -175,10 +175,12 @@
 //! total never passes its bound either. A server's lossless session whose peer went
 //! away waits in standby with what was queued for it, as Ceph's does; such sessions
 //! hold at most [`MessengerConfig::max_standby_queued_bytes`] together (a quarter of
-//! the total at most), the ones holding the most marked down first. Without that, peers
-//! that flood a stateful server without reading and leave, under a new name each time,
-//! would fill the total with sessions nobody resumes, and every other connection's sends
-//! would be refused.
+//! the total at most), the ones holding the most marked down first, and at most
+//! [`MessengerConfig::max_standby_sessions`] of them wait, the oldest marked down first.
+//! Without that, peers that flood a stateful server without reading and leave, under a
+//! new name each time, would fill the total with sessions nobody resumes, and every
+//! other connection's sends would be refused; and peers that only handshake and leave
+//! would fill memory (a standby session keeps no socket, so no file limit stops them).
 //!
 //! **Memory of queued messages.** A received message's segments are slices of a
 //! per-worker read buffer shared with other messages. When a message below half a read

@@ -81,6 +81,10 @@ pub(crate) struct SendBudget {
     /// What sessions in standby may hold together (see
     /// `MessengerConfig::max_standby_queued_bytes`).
     max_standby: u64,
+    /// How many sessions may wait in standby (`MessengerConfig::max_standby_sessions`).
+    max_standby_sessions: u64,
+    /// Accepted sessions waiting in standby now.
+    standby_sessions: AtomicU64,
     /// `send_message` calls refused with `QueueFull`.
     refused: AtomicU64,
     /// Sessions in standby marked down to keep within `max_standby`.
@@ -88,12 +92,19 @@ pub(crate) struct SendBudget {
 }
 
 impl SendBudget {
-    pub(crate) fn new(max_per_conn: u64, max_total: u64, max_standby: u64) -> Arc<SendBudget> {
+    pub(crate) fn new(
+        max_per_conn: u64,
+        max_total: u64,
+        max_standby: u64,
+        max_standby_sessions: usize,
+    ) -> Arc<SendBudget> {
         Arc::new(SendBudget {
             held: AtomicU64::new(0),
             max_total,
             max_per_conn,
             max_standby: max_standby.min(max_total / 4),
+            max_standby_sessions: u64::try_from(max_standby_sessions).unwrap_or(u64::MAX),
+            standby_sessions: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             standby_evicted: AtomicU64::new(0),
         })
@@ -102,6 +113,25 @@ impl SendBudget {
     /// What sessions in standby may hold together.
     pub(crate) fn max_standby(&self) -> u64 {
         self.max_standby
+    }
+
+    /// How many sessions may wait in standby.
+    pub(crate) fn max_standby_sessions(&self) -> u64 {
+        self.max_standby_sessions
+    }
+
+    /// Accepted sessions waiting in standby now.
+    pub(crate) fn standby_sessions(&self) -> u64 {
+        self.standby_sessions.load(Ordering::Relaxed)
+    }
+
+    /// A session entered standby (`up`) or left it.
+    pub(crate) fn count_standby(&self, up: bool) {
+        if up {
+            self.standby_sessions.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.standby_sessions.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// What every connection holds together.
@@ -189,6 +219,8 @@ impl SendBudget {
             "max_per_connection": self.max_per_conn,
             "refused": self.refused.load(Ordering::Relaxed),
             "max_standby": self.max_standby,
+            "standby_sessions": self.standby_sessions.load(Ordering::Relaxed),
+            "max_standby_sessions": self.max_standby_sessions,
             "standby_evicted": self.standby_evicted.load(Ordering::Relaxed),
         })
     }

@@ -3,7 +3,6 @@
 //! the dispatchers, reconnects dialled, the accept decision and budget requests passed
 //! on to their own files.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dispatch::{ConnectionRef, Permit, QueueEvent};
@@ -195,7 +194,7 @@ impl Driver {
                 self.close_socket(cx);
                 self.conn.set_state(ConnState::Standby);
                 if self.server_side {
-                    self.conn.0.server_standby.store(true, Relaxed);
+                    self.conn.set_server_standby();
                     // Checked once this pump has published what the session holds.
                     self.standby_check = true;
                 }
