@@ -127,8 +127,8 @@ impl Env {
     pub(crate) fn bound_standby(&self) {
         let budget = &self.send_budget;
         let (cap, max_sessions) = (budget.max_standby(), budget.max_standby_sessions());
-        // Cheap and nearly always true: everything held together is within the cap, and
-        // few sessions wait.
+        // Two loads: only a messenger holding more than the cap in all, or with too many
+        // sessions waiting, goes on to look at each connection.
         if budget.held() <= cap && budget.standby_sessions() <= max_sessions {
             return;
         }
@@ -149,13 +149,12 @@ impl Env {
         // Largest first while over the byte cap; then oldest first (connection ids grow).
         standby.sort_unstable_by_key(|(bytes, c)| (std::cmp::Reverse(*bytes), c.id()));
         let mut by_bytes = standby.into_iter().peekable();
-        let mut rest = Vec::new();
         while let Some((bytes, conn)) = by_bytes.next_if(|&(b, _)| b > 0 && held > cap) {
             self.evict_standby(&conn, bytes, held, count);
             held = held.saturating_sub(bytes);
             count = count.saturating_sub(1);
         }
-        rest.extend(by_bytes);
+        let mut rest: Vec<_> = by_bytes.collect();
         rest.sort_unstable_by_key(|(_, c)| c.id());
         for (bytes, conn) in rest {
             if count <= max_sessions {

@@ -22,6 +22,9 @@ use tests::hostile::*;
 use tests::loopback::*;
 
 const MSG_TEST: u16 = 0x7f00;
+/// Loopback, port 0: a server binds wherever is free.
+const ANY: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0));
 
 fn send_queues(srv: &Messenger, field: &str) -> u64 {
     srv.counters_json()["msgr_send_queues"][field].as_u64().unwrap_or(0)
@@ -152,12 +155,8 @@ fn floods_that_leave_cannot_fill_a_stateful_servers_total_bound_over(proto: Prot
         tcp_sndbuf: 64 << 10,
         ..test_config(2)
     };
-    let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config).expect("messenger");
-    srv.set_default_policy(Policy::stateful_server());
-    srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
-    srv.start().expect("start");
-    srv.add_dispatcher_head(Arc::new(CountingEcho { accepted: AtomicU64::new(0) }))
-        .expect("dispatcher");
+    // An echoing server whose record of what it received nobody reads (dropped).
+    let (srv, _, _) = server_on(EntityType::OSD, 1, Policy::stateful_server(), true, ANY, config);
     let cap = srv.counters_json()["msgr_send_queues"]["max_standby"].as_u64().unwrap_or(0);
     assert_eq!(cap, TOTAL / 4, "the default (256 MiB) is capped at a quarter of the total");
 
@@ -210,17 +209,11 @@ fn floods_that_leave_cannot_fill_a_stateful_servers_total_bound_over_msgr2() {
 fn peers_that_handshake_and_leave_are_bounded_in_number_over(proto: ProtocolVersion) {
     const MAX: u64 = 4;
     let config = MessengerConfig { max_standby_sessions: MAX as usize, ..test_config(2) };
-    let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config).expect("messenger");
-    srv.set_default_policy(Policy::stateful_server());
-    srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
-    srv.start().expect("start");
-    let (rec, _rx) = Recorder::new(false);
-    srv.add_dispatcher_head(rec).expect("dispatcher");
+    let (srv, _, _) = server_on(EntityType::OSD, 1, Policy::stateful_server(), false, ANY, config);
     let standby = || send_queues(&srv, "standby_sessions");
+    let evicted = || send_queues(&srv, "standby_evicted");
     for round in 0..12u64 {
-        let peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
-        drop(peer);
-        let evicted = || send_queues(&srv, "standby_evicted");
+        drop(RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client()));
         // Each session that left is either waiting or marked down, and at most MAX wait
         // (the one that just went to standby may pass it until its driver's check).
         wait_until(
@@ -228,7 +221,7 @@ fn peers_that_handshake_and_leave_are_bounded_in_number_over(proto: ProtocolVers
             || format!("round {round}: {} in standby, {} marked down", standby(), evicted()),
         );
     }
-    assert_eq!(send_queues(&srv, "standby_evicted"), 12 - MAX);
+    assert_eq!(evicted(), 12 - MAX);
     wait_until(
         || srv.connection_count() as u64 == MAX,
         || format!("{} connections kept", srv.connection_count()),

@@ -111,6 +111,34 @@ fn burst_server(config: MessengerConfig) -> (Messenger, Receiver<Report>) {
     (server_with(config, Arc::new(Burst { reports: tx })), rx)
 }
 
+/// A server on one worker answering with [`Burst`], whose connections may queue `total`
+/// each and together.
+fn total_bound_server(total: u64) -> (Messenger, Receiver<Report>) {
+    burst_server(MessengerConfig {
+        max_queued_bytes: total,
+        max_total_queued_bytes: total,
+        ..test_config(1)
+    })
+}
+
+/// Asks `srv` for `count` replies of `size` bytes, more than a bound admits, and checks it
+/// refused exactly those after the first `admitted`, which arrive in order. Returns the
+/// peer (kept open) and the dispatch's report.
+fn bounded_at(
+    srv: &Messenger,
+    reports: &Receiver<Report>,
+    proto: ProtocolVersion,
+    (count, size): (u32, u32),
+    admitted: u64,
+) -> (RawPeer, Report) {
+    let mut peer = ask(srv, proto, count, size, Then::Return);
+    let report = reports.recv_timeout(WAIT).expect("dispatched");
+    assert_eq!(report.accepted, admitted, "refused at the bound, not before or after");
+    assert_eq!(report.first_error, Some(SendError::QueueFull));
+    receive_in_order(&mut peer, admitted, size as usize);
+    (peer, report)
+}
+
 /// Asks `srv` (over `proto`) for `count` replies of `size` bytes from one fast dispatch.
 fn ask(srv: &Messenger, proto: ProtocolVersion, count: u32, size: u32, then: Then) -> RawPeer {
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
@@ -160,12 +188,8 @@ fn bounded_per_connection_over(proto: ProtocolVersion) {
     let bound = 40 * cost + cost / 2;
     let (srv, reports) =
         burst_server(MessengerConfig { max_queued_bytes: bound, ..test_config(1) });
-    let mut peer = ask(&srv, proto, 1000, SIZE, Then::Return);
-    let report = reports.recv_timeout(WAIT).expect("dispatched");
-    assert_eq!(report.accepted, 40, "refused at the bound, not before or after");
-    assert_eq!(report.first_error, Some(SendError::QueueFull));
+    let (_peer, report) = bounded_at(&srv, &reports, proto, (1000, SIZE), 40);
     assert_eq!(send_queues(&srv, "refused"), 960);
-    receive_in_order(&mut peer, 40, SIZE as usize);
     assert_released(&srv, &report);
     srv.shutdown();
 }
@@ -187,11 +211,7 @@ fn fast_dispatch_replies_are_bounded_in_total() {
     const SIZE: u32 = 100;
     let cost = reply(1, SIZE as usize).send_cost();
     let total = 64 << 10;
-    let (srv, reports) = burst_server(MessengerConfig {
-        max_queued_bytes: total,
-        max_total_queued_bytes: total,
-        ..test_config(1)
-    });
+    let (srv, reports) = total_bound_server(total);
     // Nobody listens there: these wait, charged to the total.
     srv.set_policy(EntityType::MON, Policy::lossless_client());
     let nowhere = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -204,11 +224,8 @@ fn fast_dispatch_replies_are_bounded_in_total() {
         held += m.send_cost();
         waiting.send_message(m).expect("queued");
     }
-    let mut peer = ask(&srv, ProtocolVersion::V1, 5000, SIZE, Then::Return);
-    let report = reports.recv_timeout(WAIT).expect("dispatched");
-    assert_eq!(report.accepted, (total - held) / cost, "refused at the bound, not before or after");
-    assert_eq!(report.first_error, Some(SendError::QueueFull));
-    receive_in_order(&mut peer, report.accepted, SIZE as usize);
+    let admitted = (total - held) / cost;
+    let (_peer, report) = bounded_at(&srv, &reports, ProtocolVersion::V1, (5000, SIZE), admitted);
     waiting.mark_down();
     assert_released(&srv, &report);
     srv.shutdown();
@@ -263,11 +280,7 @@ fn a_panic_after_replies_gives_everything_back_over(proto: ProtocolVersion) {
     const SIZE: u32 = 100;
     let cost = reply(1, SIZE as usize).send_cost();
     let total = 256 << 10;
-    let (srv, reports) = burst_server(MessengerConfig {
-        max_queued_bytes: total,
-        max_total_queued_bytes: total,
-        ..test_config(1)
-    });
+    let (srv, reports) = total_bound_server(total);
     let panics = || srv.pool().handles().iter().map(|h| h.panics()).sum::<u64>();
     let _gone = ask(&srv, proto, 200, SIZE, Then::Panic);
     let report = reports.recv_timeout(WAIT).expect("dispatched");
@@ -275,11 +288,7 @@ fn a_panic_after_replies_gives_everything_back_over(proto: ProtocolVersion) {
     wait_until(|| panics() == 1, || format!("{} panics counted", panics()));
     assert_released(&srv, &report);
 
-    let mut peer = ask(&srv, proto, 5000, SIZE, Then::Return);
-    let report = reports.recv_timeout(WAIT).expect("dispatched");
-    assert_eq!(report.accepted, total / cost, "refused at the bound, not before");
-    assert_eq!(report.first_error, Some(SendError::QueueFull));
-    receive_in_order(&mut peer, report.accepted, SIZE as usize);
+    let (_peer, report) = bounded_at(&srv, &reports, proto, (5000, SIZE), total / cost);
     assert_released(&srv, &report);
     srv.shutdown();
 }
