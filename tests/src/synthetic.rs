@@ -18,8 +18,8 @@
 //!   of the session that opens after it may come first: a message they overtake is held
 //!   until the reset explains it (it was queued before that session opened, as the
 //!   `ms_handle_fast_*` hooks tell), and fails as lost if none does. Echoes arriving on
-//!   a connection after the workload marked it down are counted, not failed (Ceph's
-//!   `mark_down` is synchronous; ours is not yet: issue 10, item 7).
+//!   a connection after the workload marked it down are counted, not failed: a fast dispatch
+//!   the worker had begun when `mark_down` was called may still run (in Ceph too).
 //!
 //! Unlike Ceph's checker, a connection's sent list is not forgiven when it reconnects
 //! (`ms_handle_fast_connect`): a lossless reconnect must deliver everything.
@@ -219,6 +219,9 @@ pub struct Report {
     pub client_remote_resets: u64,
     /// `ms_handle_remote_reset` on servers.
     pub server_remote_resets: u64,
+    /// Of `client_remote_resets`, those on a connection already marked down when the
+    /// dispatcher heard of it.
+    pub client_remote_resets_marked_down: u64,
     /// Pending messages dropped by a lossy reset.
     pub lost: u64,
     /// Pending messages discarded by a remote reset of their session.
@@ -275,7 +278,7 @@ impl Report {
         format!(
             "{} checked messages ({} MiB) + {} noise, {} echoed; {} connections, {} mark_downs, \
              {} injected cuts, {} proxy cuts, {} of {} socket operations failed by injection; connects c/s {}/{}, accepts s/c {}/{}; resets c/s \
-             {}/{}, remote resets c/s {}/{}; lost {}, discarded by remote reset {}, abandoned \
+             {}/{}, remote resets c/s {}/{} (c after mark_down {}); lost {}, discarded by remote reset {}, abandoned \
              {}, late after gone {}, late forgiven {}, overtaken before their remote reset \
              {}; v1 {:?}; delayed messages s/c {:?}, \
              internal delays {}, congested writes {:?}, refused sends {}, max queued {} B, \
@@ -298,6 +301,7 @@ impl Report {
             self.server_resets,
             self.client_remote_resets,
             self.server_remote_resets,
+            self.client_remote_resets_marked_down,
             self.lost,
             self.discarded_by_remote_reset,
             self.abandoned,
@@ -563,6 +567,9 @@ impl Dispatcher<Connection> for ClientSide {
         let mut st = self.shared.state.lock();
         let st = &mut *st;
         st.report.client_remote_resets += 1;
+        if dispatch::ConnectionRef::is_marked_down(conn) {
+            st.report.client_remote_resets_marked_down += 1;
+        }
         // The session's queue is gone (Ceph's session_reset): so are its echoes.
         let n = st.remote_reset((self.client, conn.id()));
         st.report.discarded_by_remote_reset += n;
