@@ -23,8 +23,8 @@ pub trait ConnectionRef: Clone + Send + Sync + 'static {
     fn conn_id(&self) -> u64;
 
     /// Whether the connection was marked down (Ceph's `mark_down`): from then on the
-    /// queue accepts none of its messages and starts the dispatch of none it holds.
-    /// The flag must be set before [`crate::DispatchQueue::discard`] is called.
+    /// queue accepts none of its messages or events and starts the dispatch of none of
+    /// the messages it holds. The flag must be set before [`crate::DispatchQueue::discard`] is called.
     fn is_marked_down(&self) -> bool {
         false
     }

@@ -244,6 +244,9 @@ impl Connection {
     /// delivers none it reads afterwards, and the dispatch thread drops one it had just
     /// taken off the queue. (A fast dispatch the worker had already begun may still be
     /// running, as in Ceph, which also calls fast dispatch without the connection lock.)
+    /// No event of the connection (connect, accept, reset, remote reset, refused) is
+    /// queued after it either, even one its worker raises in the same pump; one queued
+    /// before it is still delivered, as Ceph's `discard_queue` leaves events alone.
     pub fn mark_down(&self) {
         if self.0.loopback {
             return;

@@ -86,6 +86,149 @@ fn no_message_is_dispatched_after_mark_down_returns_over_msgr2() {
     no_message_is_dispatched_after_mark_down_returns_over(ProtocolVersion::V2);
 }
 
+/// What [`MarkDownInFastDispatch`] saw.
+#[derive(Debug, PartialEq)]
+enum Heard {
+    MarkedDown(u64),
+    Connect(u64),
+    Reset(u64),
+    RemoteReset(u64),
+    Barrier,
+}
+
+/// Marks the connection down from fast dispatch of the first [`MSG_TEST`] message, or
+/// with `at_connect` from `ms_handle_fast_connect`; takes [`MSG_BARRIER`] in
+/// `ms_dispatch`; reports both and every event.
+struct MarkDownInFastDispatch {
+    tx: crossbeam_channel::Sender<Heard>,
+    at_connect: bool,
+}
+
+const MSG_BARRIER: u16 = 0x7f01;
+
+impl Dispatcher<Connection> for MarkDownInFastDispatch {
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_can_fast_dispatch(&self, msg: &Message) -> bool {
+        msg.msg_type() == MSG_TEST
+    }
+    fn ms_fast_dispatch(&self, conn: &Connection, _msg: Message) {
+        conn.mark_down();
+        let _ = self.tx.send(Heard::MarkedDown(conn.id()));
+    }
+    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
+        if msg.msg_type() == MSG_BARRIER {
+            let _ = self.tx.send(Heard::Barrier);
+        }
+        Dispatched::Taken
+    }
+    fn ms_handle_fast_connect(&self, conn: &Connection) {
+        if self.at_connect {
+            conn.mark_down();
+            let _ = self.tx.send(Heard::MarkedDown(conn.id()));
+        }
+    }
+    fn ms_handle_connect(&self, conn: &Connection) {
+        let _ = self.tx.send(Heard::Connect(conn.id()));
+    }
+    fn ms_handle_reset(&self, conn: &Connection) -> bool {
+        let _ = self.tx.send(Heard::Reset(conn.id()));
+        true
+    }
+    fn ms_handle_remote_reset(&self, conn: &Connection) {
+        let _ = self.tx.send(Heard::RemoteReset(conn.id()));
+    }
+}
+
+/// A started lossy client on one worker with a [`MarkDownInFastDispatch`], holding back
+/// every message from an OSD by an injected delay of up to 600 s (seeded: minutes).
+fn marking_client(at_connect: bool) -> (Messenger, crossbeam_channel::Receiver<Heard>) {
+    let config = MessengerConfig {
+        inject_delay_type: vec![EntityType::OSD],
+        inject_delay_max: Duration::from_secs(600),
+        inject_delay_probability: 1.0,
+        inject_seed: 7,
+        ..test_config(1)
+    };
+    let cli = Messenger::new(EntityName::new(EntityType::CLIENT, 2), 2, config).expect("messenger");
+    cli.set_default_policy(Policy::lossy_client());
+    cli.start().expect("start");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    cli.add_dispatcher_head(Arc::new(MarkDownInFastDispatch { tx, at_connect }))
+        .expect("dispatcher");
+    (cli, rx)
+}
+
+/// Everything `cli`'s dispatcher hears from now until a loopback barrier, once its
+/// connections are gone: a driver that is gone queues nothing more, and the dispatch
+/// thread takes queued events before a loopback message.
+fn heard_until_barrier(cli: &Messenger, rx: &crossbeam_channel::Receiver<Heard>) -> Vec<Heard> {
+    wait_for_connection_count(cli, 0, "client");
+    cli.get_loopback_connection()
+        .send_message(test_message(MSG_BARRIER, 2, Bytes::new()))
+        .expect("loopback send");
+    let mut heard = Vec::new();
+    loop {
+        match rx.recv_timeout(WAIT).expect("the barrier never came") {
+            Heard::Barrier => return heard,
+            h => heard.push(h),
+        }
+    }
+}
+
+// Ceph's mark_down stops the connection before it returns: no ms_handle_reset (or any
+// other event) follows it. Here the reset is raised in the same pump as the mark_down:
+// an injected delay holds the server's echo until the client's socket is cut; the lossy
+// session's reset first delivers what was held, whose fast dispatch marks the
+// connection down, and only then would the reset be queued.
+fn no_event_is_queued_after_mark_down_returns_over(proto: ProtocolVersion) {
+    let (srv, _srv_addr, _srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
+    let (cli, rx) = marking_client(false);
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::from_static(b"echo me"))).expect("send");
+    let held = || {
+        cli.worker_counters()
+            .iter()
+            .map(|c| c.inject_delayed_messages.load(Ordering::SeqCst))
+            .sum::<u64>()
+    };
+    wait_until(|| held() == 1, || format!("the echo was not held back ({} held)", held()));
+    assert_eq!(rx.recv_timeout(WAIT).expect("connected"), Heard::Connect(conn.id()));
+    conn.inject_socket_failure();
+    assert_eq!(
+        rx.recv_timeout(WAIT).expect("the held echo is delivered at the reset"),
+        Heard::MarkedDown(conn.id())
+    );
+    assert_eq!(heard_until_barrier(&cli, &rx), [], "heard after mark_down returned");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn no_event_is_queued_after_mark_down_returns() {
+    no_event_is_queued_after_mark_down_returns_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn no_event_is_queued_after_mark_down_returns_over_msgr2() {
+    no_event_is_queued_after_mark_down_returns_over(ProtocolVersion::V2);
+}
+
+/// `ms_handle_fast_connect` runs before the connect event is queued; a mark_down made
+/// there is the last the dispatchers hear of the connection: no `ms_handle_connect`.
+#[test]
+fn mark_down_from_fast_connect_drops_the_connect_event() {
+    let (srv, _srv_addr, _srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
+    let (cli, rx) = marking_client(true);
+    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::from_static(b"echo me"))).expect("send");
+    assert_eq!(rx.recv_timeout(WAIT).expect("fast connect"), Heard::MarkedDown(conn.id()));
+    assert_eq!(heard_until_barrier(&cli, &rx), [], "heard after mark_down returned");
+    cli.shutdown();
+    srv.shutdown();
+}
+
 fn refused(config: MessengerConfig) -> String {
     match Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config) {
         Ok(_) => panic!("accepted"),

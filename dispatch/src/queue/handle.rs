@@ -340,9 +340,12 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     }
 
     /// Queues a connection event; for `Connect`/`Accept`, first calls the fast hooks on
-    /// this thread. Ignored after shutdown began.
+    /// this thread. Ignored after shutdown began, and for a connection marked down: as
+    /// Ceph's `mark_down`, which stops the connection before it returns, is followed by
+    /// no callback of it. (One queued before the mark_down is still delivered, as in
+    /// Ceph, whose `discard_queue` leaves events alone.)
     pub fn enqueue_event(&self, item: QueueEvent<C>) {
-        if !self.shared.state.lock().accepting() {
+        if !self.shared.state.lock().accepting() || self.dropped_as_marked_down(&item) {
             return;
         }
         match &item {
@@ -351,7 +354,9 @@ impl<C: ConnectionRef> DispatchQueue<C> {
             QueueEvent::Reset(_) | QueueEvent::RemoteReset(_) | QueueEvent::Refused(_) => {}
         }
         let mut st = self.shared.state.lock();
-        if st.accepting() {
+        // Again under the lock that `discard` takes after the flag is set: a mark_down
+        // made while the fast hooks ran is seen here, or its discard comes after the push.
+        if st.accepting() && !self.dropped_as_marked_down(&item) {
             let was_idle = st.is_idle();
             st.events.push_back(item);
             if was_idle {
@@ -362,6 +367,15 @@ impl<C: ConnectionRef> DispatchQueue<C> {
                 self.shared.work.notify_one();
             }
         }
+    }
+
+    fn dropped_as_marked_down(&self, item: &QueueEvent<C>) -> bool {
+        let conn = item.conn();
+        if !conn.is_marked_down() {
+            return false;
+        }
+        log::debug!(target: "msgr::dispatch", "{}: dropped an event of conn {}: marked down", self.shared.name, conn.conn_id());
+        true
     }
 
     /// Delivers a message sent on the loopback connection `conn` to our own dispatchers

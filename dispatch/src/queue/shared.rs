@@ -30,6 +30,19 @@ pub enum QueueEvent<C> {
     Refused(C),
 }
 
+impl<C> QueueEvent<C> {
+    /// The connection the event is about.
+    pub fn conn(&self) -> &C {
+        match self {
+            QueueEvent::Connect(c)
+            | QueueEvent::Accept(c)
+            | QueueEvent::Reset(c)
+            | QueueEvent::RemoteReset(c)
+            | QueueEvent::Refused(c) => c,
+        }
+    }
+}
+
 /// How [`DispatchQueue::shutdown`](super::DispatchQueue::shutdown) treats what is still queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShutdownMode {
