@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use messenger::{
-    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion,
+    ConnState, Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy,
+    ProtocolVersion,
 };
 use protocol::types::{EntityName, EntityType};
 use protocol::Message;
@@ -141,9 +142,12 @@ impl Dispatcher<Connection> for MarkDownInFastDispatch {
     }
 }
 
-/// A started lossy client on one worker with a [`MarkDownInFastDispatch`], holding back
+/// A started client with `policy` on one worker with a [`MarkDownInFastDispatch`], holding back
 /// every message from an OSD by an injected delay of up to 600 s (seeded: minutes).
-fn marking_client(at_connect: bool) -> (Messenger, crossbeam_channel::Receiver<Heard>) {
+fn marking_client(
+    at_connect: bool,
+    policy: Policy,
+) -> (Messenger, crossbeam_channel::Receiver<Heard>) {
     let config = MessengerConfig {
         inject_delay_type: vec![EntityType::OSD],
         inject_delay_max: Duration::from_secs(600),
@@ -152,7 +156,7 @@ fn marking_client(at_connect: bool) -> (Messenger, crossbeam_channel::Receiver<H
         ..test_config(1)
     };
     let cli = Messenger::new(EntityName::new(EntityType::CLIENT, 2), 2, config).expect("messenger");
-    cli.set_default_policy(Policy::lossy_client());
+    cli.set_default_policy(policy);
     cli.start().expect("start");
     let (tx, rx) = crossbeam_channel::unbounded();
     cli.add_dispatcher_head(Arc::new(MarkDownInFastDispatch { tx, at_connect }))
@@ -184,7 +188,7 @@ fn heard_until_barrier(cli: &Messenger, rx: &crossbeam_channel::Receiver<Heard>)
 // connection down, and only then would the reset be queued.
 fn no_event_is_queued_after_mark_down_returns_over(proto: ProtocolVersion) {
     let (srv, _srv_addr, _srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
-    let (cli, rx) = marking_client(false);
+    let (cli, rx) = marking_client(false, Policy::lossy_client());
     let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     conn.send_message(test_message(MSG_TEST, 1, Bytes::from_static(b"echo me"))).expect("send");
     let held = || {
@@ -220,13 +224,74 @@ fn no_event_is_queued_after_mark_down_returns_over_msgr2() {
 #[test]
 fn mark_down_from_fast_connect_drops_the_connect_event() {
     let (srv, _srv_addr, _srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
-    let (cli, rx) = marking_client(true);
+    let (cli, rx) = marking_client(true, Policy::lossy_client());
     let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
     conn.send_message(test_message(MSG_TEST, 1, Bytes::from_static(b"echo me"))).expect("send");
     assert_eq!(rx.recv_timeout(WAIT).expect("fast connect"), Heard::MarkedDown(conn.id()));
     assert_eq!(heard_until_barrier(&cli, &rx), [], "heard after mark_down returned");
     cli.shutdown();
     srv.shutdown();
+}
+
+// Ceph's mark_down stops the connection before it returns: nothing more of it goes out.
+// Here the mark_down comes in the pump that reopens a lossless session after a cut, with
+// messages sent meanwhile waiting to be written: the echo held back by an injected delay
+// is delivered as the session opens (ahead of the connect event), and its fast dispatch
+// marks the connection down. The driver must take the mark_down before it writes them,
+// or the server receives messages of a connection the client had already marked down.
+fn nothing_is_written_after_mark_down_returns_over(proto: ProtocolVersion) {
+    let (srv, _srv_addr, srx) = server(EntityType::OSD, 1, Policy::stateful_server(), true);
+    let (cli, rx) = marking_client(false, Policy::lossless_client());
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::from_static(b"echo me"))).expect("send");
+    let (session, first) = next_message(&srx);
+    assert_eq!(first.tid(), 1);
+    let held = || {
+        cli.worker_counters()
+            .iter()
+            .map(|c| c.inject_delayed_messages.load(Ordering::SeqCst))
+            .sum::<u64>()
+    };
+    wait_until(|| held() == 1, || format!("the echo was not held back ({} held)", held()));
+    assert_eq!(rx.recv_timeout(WAIT).expect("connected"), Heard::Connect(conn.id()));
+    // The cut and the sends after it reach the driver together (posted from its own
+    // pump, where it takes them in its next): the sends are written once the session
+    // has reopened, in the pump that marks it down.
+    let (sent_tx, sent_rx) = crossbeam_channel::bounded(1);
+    let c = conn.clone();
+    conn.inject_before_settle(move || {
+        c.inject_socket_failure();
+        let sent: Result<Vec<()>, _> =
+            (2..=5).map(|tid| c.send_message(test_message(MSG_TEST, tid, Bytes::new()))).collect();
+        let _ = sent_tx.send(sent);
+    });
+    sent_rx.recv_timeout(WAIT).expect("the seam ran").expect("sends queued");
+    assert_eq!(
+        rx.recv_timeout(WAIT).expect("the held echo is delivered as the session opens"),
+        Heard::MarkedDown(conn.id())
+    );
+    assert_eq!(heard_until_barrier(&cli, &rx), [], "heard after mark_down returned");
+    // The client's socket is closed; the server has read all it will once its session
+    // is in standby.
+    wait_until(
+        || session.state() == ConnState::Standby,
+        || format!("server session {:?}", session.state()),
+    );
+    let received: u64 =
+        srv.worker_counters().iter().map(|c| c.recv_messages.load(Ordering::SeqCst)).sum();
+    assert_eq!(received, 1, "the server received messages written after mark_down returned");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn nothing_is_written_after_mark_down_returns() {
+    nothing_is_written_after_mark_down_returns_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn nothing_is_written_after_mark_down_returns_over_msgr2() {
+    nothing_is_written_after_mark_down_returns_over(ProtocolVersion::V2);
 }
 
 fn refused(config: MessengerConfig) -> String {
