@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 
 use messenger::Policy;
 use protocol::types::{EntityAddr, EntityAddrVec, EntityType, Features};
-use protocol::v2::frames::{ControlFrame, ServerIdent, SessionReconnect};
+use protocol::v2::frames::{ClientIdent, ControlFrame, ServerIdent, SessionReconnect};
 use protocol::v2::Tag as V2Tag;
 use protocol::wire::{ConnectReply, Tag};
 use tests::hostile::*;
@@ -137,5 +137,65 @@ fn two_session_reconnects_racing_to_replace_a_session_do_not_both_win_over_msgr2
         drop(first);
     }
     eprintln!("replies over {ROUNDS} rounds: {tally:?}");
+    srv.shutdown();
+}
+
+/// A CLIENT_IDENT from `me` opening a lossless session with `client_cookie`, sent at
+/// `global_seq`.
+fn ident_at(server: EntityAddr, me: EntityAddr, client_cookie: u64, global_seq: u64) -> Vec<u8> {
+    control(&ClientIdent {
+        addrs: EntityAddrVec { addrs: vec![me] },
+        target_addr: server,
+        gid: -1,
+        global_seq,
+        supported_features: Features::PACIFIC_ADVERTISED,
+        required_features: Features::MSG_ADDR2,
+        flags: 0,
+        client_cookie,
+    })
+}
+
+// A client marks a connection down in the middle of its handshake and opens a new
+// session; the old connection's CLIENT_IDENT, late (a proxy, a slow path), reaches the
+// stateful server after the new session's. Its lower global_seq marks it stale (Ceph's
+// handle_existing_connection: "this is a stale connection"): it must not replace the
+// newer session as a peer restart would, or the client's next reconnect of that session
+// is answered SESSION_RESET and a lossless client sees its session reset.
+#[test]
+fn a_late_ident_of_an_older_connection_does_not_replace_a_newer_session_over_msgr2() {
+    let (srv, _addr, _rx) = server_on(
+        EntityType::OSD,
+        1,
+        Policy::stateful_server(),
+        false,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        test_config(2),
+    );
+    let server = addr_for(messenger::ProtocolVersion::V2, srv.my_addr());
+    let me = v2_peer_addr(4242);
+    let mut old = v2_socket_at_ident(server, me, Policy::lossless_client());
+    let mut new = v2_socket_at_ident(server, me, Policy::lossless_client());
+    new.write_all(&ident_at(server, me, 0xB, 20)).expect("new ident");
+    let (tag, seg) = read_frame(&mut new).expect("new ident reply");
+    assert_eq!(tag, V2Tag::SERVER_IDENT);
+    let server_cookie = ServerIdent::from_segment(&seg).expect("server ident").server_cookie;
+    old.write_all(&ident_at(server, me, 0xA, 10)).expect("old ident");
+    let answer = read_frame(&mut old).map(|(t, _)| t);
+    assert_ne!(answer, Some(V2Tag::SERVER_IDENT), "the stale ident opened a session");
+    // The newer session survives: its reconnect after a cut is taken, not reset.
+    drop(new);
+    let mut again = v2_socket_at_ident(server, me, Policy::lossless_client());
+    again
+        .write_all(&control(&SessionReconnect {
+            addrs: EntityAddrVec { addrs: vec![me] },
+            client_cookie: 0xB,
+            server_cookie,
+            global_seq: 30,
+            connect_seq: 1,
+            msg_seq: 0,
+        }))
+        .expect("reconnect");
+    let tag = read_frame(&mut again).map(|(t, _)| t);
+    assert_eq!(tag, Some(V2Tag::SESSION_RECONNECT_OK), "the newer session was replaced");
     srv.shutdown();
 }
