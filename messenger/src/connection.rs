@@ -246,7 +246,9 @@ impl Connection {
     /// running, as in Ceph, which also calls fast dispatch without the connection lock.)
     /// No event of the connection (connect, accept, reset, remote reset, refused) is
     /// queued after it either, even one its worker raises in the same pump; one queued
-    /// before it is still delivered, as Ceph's `discard_queue` leaves events alone.
+    /// before it is still delivered, as Ceph's `discard_queue` leaves events alone. And
+    /// nothing more of it is written: a driver about to write checks first, so only a
+    /// `writev` already under way when it returns still goes out.
     pub fn mark_down(&self) {
         if self.0.loopback {
             return;
@@ -296,6 +298,15 @@ impl Connection {
     #[cfg(feature = "fault-injection")]
     pub fn inject_before_settle(&self, f: impl FnOnce() + Send + 'static) {
         let _ = self.post(Command::InjectBeforeSettle(Box::new(f)));
+    }
+
+    /// Test seam (feature `fault-injection`): runs `f` once on the connection's worker,
+    /// right before the driver's next `writev` (after the pump last looked at the
+    /// mailbox): what another thread does while a driver is about to write, e.g. a
+    /// `mark_down`. Dropped unrun if the connection closes first.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_before_write(&self, f: impl FnOnce() + Send + 'static) {
+        let _ = self.post(Command::InjectBeforeWrite(Box::new(f)));
     }
 
     /// Marks the connection disposable (Ceph's `mark_disposable`): its session becomes

@@ -29,6 +29,9 @@ pub(crate) enum Command {
     /// Test seam: run this in the driver's pump after its last look at the mailbox.
     #[cfg(feature = "fault-injection")]
     InjectBeforeSettle(Box<dyn FnOnce() + Send>),
+    /// Test seam: run this right before the driver's next write.
+    #[cfg(feature = "fault-injection")]
+    InjectBeforeWrite(Box<dyn FnOnce() + Send>),
 }
 
 /// A freshly accepted socket whose connect was decided "replace", with its half-open

@@ -294,6 +294,41 @@ fn nothing_is_written_after_mark_down_returns_over_msgr2() {
     nothing_is_written_after_mark_down_returns_over(ProtocolVersion::V2);
 }
 
+// The same from another thread: a mark_down that returns while the driver is about to
+// write (after its last look at the mailbox; the seam stands in for the other thread)
+// stops that write.
+fn a_mark_down_landing_before_a_write_stops_it_over(proto: ProtocolVersion) {
+    let (srv, _srv_addr, srx) = server(EntityType::OSD, 1, Policy::stateful_server(), false);
+    let (cli, _crx) = client_with(EntityType::CLIENT, 2, Policy::lossless_client(), test_config(1));
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    let (session, first) = next_message(&srx);
+    assert_eq!(first.tid(), 1);
+    let c = conn.clone();
+    conn.inject_before_write(move || c.mark_down());
+    conn.send_message(test_message(MSG_TEST, 2, Bytes::new())).expect("send");
+    wait_for_connection_count(&cli, 0, "client");
+    wait_until(
+        || session.state() == ConnState::Standby,
+        || format!("server session {:?}", session.state()),
+    );
+    let received: u64 =
+        srv.worker_counters().iter().map(|c| c.recv_messages.load(Ordering::SeqCst)).sum();
+    assert_eq!(received, 1, "the server received a message written after mark_down returned");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn a_mark_down_landing_before_a_write_stops_it() {
+    a_mark_down_landing_before_a_write_stops_it_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_mark_down_landing_before_a_write_stops_it_over_msgr2() {
+    a_mark_down_landing_before_a_write_stops_it_over(ProtocolVersion::V2);
+}
+
 fn refused(config: MessengerConfig) -> String {
     match Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config) {
         Ok(_) => panic!("accepted"),

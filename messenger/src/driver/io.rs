@@ -7,6 +7,7 @@ use std::io::{self, IoSlice, Write};
 use std::net::{Shutdown, SocketAddr};
 
 use bytes::{Bytes, BytesMut};
+use dispatch::ConnectionRef;
 use event_center::{Context, Ready};
 use mio::net::TcpStream;
 use mio::Interest;
@@ -445,6 +446,14 @@ impl Driver {
                 // As if the socket were full; it is not, so no edge will come: the pump
                 // comes back by itself (see `take_write_retry`).
                 self.io.write_ready = false;
+                break;
+            }
+            self.seams.run_before_write();
+            if self.conn.is_marked_down() {
+                // mark_down returned on another thread during this pump: Ceph's stops the
+                // connection before it returns, so nothing more of it goes out (a late
+                // handshake frame could replace the peer's next session). Its MarkDown
+                // command, in the mailbox, closes this driver next.
                 break;
             }
             let Some(sock) = self.io.socket.as_mut() else { break };

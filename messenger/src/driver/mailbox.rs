@@ -46,6 +46,8 @@ impl Driver {
                 Command::InjectFault => self.seams.add_cut(),
                 #[cfg(feature = "fault-injection")]
                 Command::InjectBeforeSettle(f) => self.seams.add_before_settle(f),
+                #[cfg(feature = "fault-injection")]
+                Command::InjectBeforeWrite(f) => self.seams.add_before_write(f),
             }
         }
     }

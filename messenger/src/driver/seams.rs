@@ -52,6 +52,8 @@ mod imp {
         delayed: DelayQueue<Received>,
         /// `Connection::inject_before_settle`: run at the pump's settle, then dropped.
         before_settle: Vec<Box<dyn FnOnce() + Send>>,
+        /// `Connection::inject_before_write`: run before the next write, then dropped.
+        before_write: Vec<Box<dyn FnOnce() + Send>>,
     }
 
     impl Seams {
@@ -71,6 +73,7 @@ mod imp {
                 delays_peer: None,
                 delayed: DelayQueue::default(),
                 before_settle: Vec::new(),
+                before_write: Vec::new(),
             }
         }
 
@@ -109,6 +112,18 @@ mod imp {
         /// Runs what `Connection::inject_before_settle` asked for, once.
         pub(in crate::driver) fn run_before_settle(&mut self) {
             for f in std::mem::take(&mut self.before_settle) {
+                f();
+            }
+        }
+
+        /// One more `Connection::inject_before_write`.
+        pub(in crate::driver) fn add_before_write(&mut self, f: Box<dyn FnOnce() + Send>) {
+            self.before_write.push(f);
+        }
+
+        /// Runs what `Connection::inject_before_write` asked for, once.
+        pub(in crate::driver) fn run_before_write(&mut self) {
+            for f in std::mem::take(&mut self.before_write) {
                 f();
             }
         }
@@ -278,6 +293,8 @@ mod imp {
         }
         #[inline(always)]
         pub(in crate::driver) fn run_before_settle(&mut self) {}
+        #[inline(always)]
+        pub(in crate::driver) fn run_before_write(&mut self) {}
         #[inline(always)]
         pub(in crate::driver) fn cut_applied(&mut self) {}
         #[inline(always)]
