@@ -233,6 +233,16 @@ fn mark_down_from_fast_connect_drops_the_connect_event() {
     srv.shutdown();
 }
 
+/// The messages `srv` received, once its stateful `session` went to standby: the client
+/// closed the socket, and the server has read all it ever will of it.
+fn received_by_standby(srv: &Messenger, session: &Connection) -> u64 {
+    wait_until(
+        || session.state() == ConnState::Standby,
+        || format!("server session {:?}", session.state()),
+    );
+    srv.worker_counters().iter().map(|c| c.recv_messages.load(Ordering::SeqCst)).sum()
+}
+
 // Ceph's mark_down stops the connection before it returns: nothing more of it goes out.
 // Here the mark_down comes in the pump that reopens a lossless session after a cut, with
 // messages sent meanwhile waiting to be written: the echo held back by an injected delay
@@ -271,15 +281,7 @@ fn nothing_is_written_after_mark_down_returns_over(proto: ProtocolVersion) {
         Heard::MarkedDown(conn.id())
     );
     assert_eq!(heard_until_barrier(&cli, &rx), [], "heard after mark_down returned");
-    // The client's socket is closed; the server has read all it will once its session
-    // is in standby.
-    wait_until(
-        || session.state() == ConnState::Standby,
-        || format!("server session {:?}", session.state()),
-    );
-    let received: u64 =
-        srv.worker_counters().iter().map(|c| c.recv_messages.load(Ordering::SeqCst)).sum();
-    assert_eq!(received, 1, "the server received messages written after mark_down returned");
+    assert_eq!(received_by_standby(&srv, &session), 1, "written after mark_down returned");
     cli.shutdown();
     srv.shutdown();
 }
@@ -308,13 +310,7 @@ fn a_mark_down_landing_before_a_write_stops_it_over(proto: ProtocolVersion) {
     conn.inject_before_write(move || c.mark_down());
     conn.send_message(test_message(MSG_TEST, 2, Bytes::new())).expect("send");
     wait_for_connection_count(&cli, 0, "client");
-    wait_until(
-        || session.state() == ConnState::Standby,
-        || format!("server session {:?}", session.state()),
-    );
-    let received: u64 =
-        srv.worker_counters().iter().map(|c| c.recv_messages.load(Ordering::SeqCst)).sum();
-    assert_eq!(received, 1, "the server received a message written after mark_down returned");
+    assert_eq!(received_by_standby(&srv, &session), 1, "written after mark_down returned");
     cli.shutdown();
     srv.shutdown();
 }
