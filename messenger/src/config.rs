@@ -141,6 +141,14 @@ pub struct MessengerConfig {
     /// many a peer leaves behind by handshaking under new names and going away; each
     /// costs its driver's memory (about what an idle connection does). (Ours.)
     pub max_standby_sessions: usize,
+    /// Connection events (`ms_handle_accept`, `ms_handle_reset`…) waiting for the dispatch
+    /// thread at most, as far as the listener is concerned: at this many it stops
+    /// accepting until they drain below it, so that a peer connecting and leaving over
+    /// and over while the dispatch thread is held up cannot queue events (each keeping
+    /// its connection's handle alive) without bound. Our own connections' events are
+    /// not refused: those are bounded by how many connections we make. (Ours: Ceph's
+    /// event queue is unbounded.)
+    pub max_queued_events: usize,
     /// Authentication of every connection (msgr v1 authorizers and message signing,
     /// msgr2's AUTH frames). `None`: auth none as our entity name. Set it before the
     /// messenger starts; [`MessengerConfig::with_auth_provider`] wraps an `Arc`.
@@ -249,6 +257,7 @@ impl Default for MessengerConfig {
             max_total_queued_bytes: 1 << 30,
             max_standby_queued_bytes: 256 << 20,
             max_standby_sessions: 16 << 10,
+            max_queued_events: 16 << 10,
             auth: None,
             mon_client_mode: None,
             mon_cluster_mode: None,
@@ -363,6 +372,9 @@ impl MessengerConfig {
         }
         if self.max_queued_bytes == 0 {
             return bad("max_queued_bytes", "0 would refuse every message");
+        }
+        if self.max_queued_events == 0 {
+            return bad("max_queued_events", "0 would never accept a connection");
         }
         if self.max_total_queued_bytes < self.max_queued_bytes {
             return bad("max_total_queued_bytes", "is below max_queued_bytes");

@@ -47,6 +47,9 @@ pub struct WorkerCounters {
     /// `msgr_peer_issues_unlogged` (ours): the part of `peer_issues` that was not logged
     /// at WARN because the same connection already reported that kind.
     pub peer_issues_unlogged: AtomicU64,
+    /// `msgr_accept_paused_for_events` (ours): times the listener on this worker stopped
+    /// accepting because `max_queued_events` connection events waited for dispatch.
+    pub accept_paused_for_events: AtomicU64,
     /// `msgr_inject_socket_ops` (test seam, feature `fault-injection`): socket
     /// operations that drew for an injected failure (`ms_inject_socket_failures`).
     #[cfg(feature = "fault-injection")]
@@ -133,6 +136,7 @@ impl WorkerCounters {
             "msgr_recv_held_bytes": self.recv_held_bytes.load(Relaxed),
             "msgr_peer_issues": self.peer_issues.load(Relaxed),
             "msgr_peer_issues_unlogged": self.peer_issues_unlogged.load(Relaxed),
+            "msgr_accept_paused_for_events": self.accept_paused_for_events.load(Relaxed),
         });
         #[cfg(feature = "fault-injection")]
         if let Some(obj) = section.as_object_mut() {

@@ -244,8 +244,8 @@ impl Env {
         obj.insert(
             "dispatch_queue".into(),
             serde_json::json!({
-                "len": q.len, "dispatched": q.dispatched, "discarded": q.discarded,
-                "untaken": q.untaken,
+                "len": q.len, "events": q.events, "dispatched": q.dispatched,
+                "discarded": q.discarded, "untaken": q.untaken,
             }),
         );
         // Read without building the protocol config: that fixes who we are (start does).

@@ -182,6 +182,15 @@
 //! other connection's sends would be refused; and peers that only handshake and leave
 //! would fill memory (a standby session keeps no socket, so no file limit stops them).
 //!
+//! **Connection events.** `ms_handle_accept`, `ms_handle_reset` and the other
+//! connection events are not messages and no throttle is charged for them; each keeps
+//! its connection's handle alive until delivered. While the dispatch thread is held up,
+//! a peer that connects and leaves over and over would add two per connection, so the
+//! listener stops accepting while [`MessengerConfig::max_queued_events`] of them wait,
+//! and takes up again once they drain (counted as `msgr_accept_paused_for_events`).
+//! The connections this messenger dials are not refused: their events are bounded by how
+//! many it makes.
+//!
 //! **Memory of queued messages.** A received message's segments are slices of a
 //! per-worker read buffer shared with other messages. When a message below half a read
 //! buffer is queued for dispatch it is copied out, so a queued message never pins a

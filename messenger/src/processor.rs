@@ -2,10 +2,13 @@
 //!
 //! Accepts until WouldBlock and places each new connection on the least-loaded worker.
 //! Accept errors that mean "out of resources" (EMFILE, ENFILE, ENOBUFS, ENOMEM) pause
-//! accepting for a moment instead of spinning on a listener that stays readable.
+//! accepting for a moment instead of spinning on a listener that stays readable; so do
+//! `max_queued_events` connection events waiting for the dispatch thread (each accepted
+//! connection adds some, and nothing else bounds them).
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ use mio::net::TcpListener;
 use mio::Interest;
 
 use crate::config::MessengerConfig;
+use crate::counters::WorkerCounters;
 use crate::driver;
 use crate::env::Env;
 #[cfg(feature = "fault-injection")]
@@ -21,6 +25,9 @@ use crate::inject::{Injector, LISTENER_STREAM};
 
 /// How long accepting pauses after running out of file descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How often accepting looks again while the dispatch thread has too many events queued.
+const EVENTS_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Connections accepted per readiness event before yielding to the worker's other work.
 const ACCEPT_BATCH: usize = 256;
@@ -72,8 +79,11 @@ impl Processor {
                     LISTENER_STREAM,
                     env.worker_counters(center.id()),
                 );
+                let counters = env.worker_counters(center.id());
                 let handler = AcceptHandler {
                     listener,
+                    counters,
+                    events_full: false,
                     env,
                     workers,
                     paused: None,
@@ -106,6 +116,9 @@ impl Processor {
 
 struct AcceptHandler {
     listener: TcpListener,
+    counters: Arc<WorkerCounters>,
+    /// Paused because `max_queued_events` were queued (logged once per pause).
+    events_full: bool,
     env: Arc<Env>,
     /// The workers accepted connections are placed on.
     workers: Vec<CenterHandle>,
@@ -120,6 +133,10 @@ struct AcceptHandler {
 impl AcceptHandler {
     fn accept_some(&mut self, cx: &mut Context<'_>) {
         for _ in 0..ACCEPT_BATCH {
+            if self.events_backlogged() {
+                self.pause(cx, EVENTS_BACKOFF);
+                return;
+            }
             match self.listener.accept() {
                 Ok((socket, peer)) => {
                     log::debug!(target: "msgr::accept", "accepted {peer}");
@@ -136,11 +153,7 @@ impl AcceptHandler {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_resource_exhaustion(&e) => {
                     log::warn!(target: "msgr::accept", "accept: {e}; pausing {ACCEPT_BACKOFF:?}");
-                    if let Some(id) = cx.id() {
-                        let _ = cx.set_interest(id, None);
-                        self.paused =
-                            Some(cx.create_time_event(ACCEPT_BACKOFF, TimerTarget::Handler(id)));
-                    }
+                    self.pause(cx, ACCEPT_BACKOFF);
                     return;
                 }
                 Err(e) => {
@@ -152,6 +165,29 @@ impl AcceptHandler {
         // Batch used up with connections possibly still pending: come back after other work.
         if let Some(id) = cx.id() {
             cx.notify(id);
+        }
+    }
+
+    /// Whether `max_queued_events` wait for the dispatch thread; logs when that starts and
+    /// ends.
+    fn events_backlogged(&mut self) -> bool {
+        let (queued, max) = (self.env.queue.queued_events(), self.env.config.max_queued_events);
+        let full = queued >= max;
+        if full && !self.events_full {
+            self.counters.accept_paused_for_events.fetch_add(1, Relaxed);
+            log::warn!(target: "msgr::accept", "{queued} connection events wait for dispatch (max_queued_events {max}): not accepting until they drain");
+        } else if !full && self.events_full {
+            log::info!(target: "msgr::accept", "connection events drained ({queued} queued): accepting again");
+        }
+        self.events_full = full;
+        full
+    }
+
+    /// Stops watching the listener for `backoff`.
+    fn pause(&mut self, cx: &mut Context<'_>, backoff: Duration) {
+        if let Some(id) = cx.id() {
+            let _ = cx.set_interest(id, None);
+            self.paused = Some(cx.create_time_event(backoff, TimerTarget::Handler(id)));
         }
     }
 

@@ -361,6 +361,8 @@ fn configurations_that_would_spin_or_panic_are_refused() {
     assert!(e.contains("read_buffer"), "{e}");
     let e = refused(MessengerConfig { dispatch_batch: 0, ..ok.clone() });
     assert!(e.contains("dispatch_batch"), "{e}");
+    let e = refused(MessengerConfig { max_queued_events: 0, ..ok.clone() });
+    assert!(e.contains("max_queued_events"), "{e}");
     let e = refused(MessengerConfig { max_queued_bytes: 0, ..ok.clone() });
     assert!(e.contains("max_queued_bytes"), "{e}");
     let e = refused(MessengerConfig {
@@ -443,4 +445,91 @@ fn a_waiting_connection_queues_one_throttle_request_however_often_it_is_woken_ov
     a_waiting_connection_queues_one_throttle_request_however_often_it_is_woken_over(
         ProtocolVersion::V2,
     );
+}
+
+/// Blocks in the first `ms_handle_accept` until released, after saying so.
+struct BlockingAccept {
+    blocked: crossbeam_channel::Sender<()>,
+    release: crossbeam_channel::Receiver<()>,
+    first: AtomicBool,
+}
+
+impl Dispatcher<Connection> for BlockingAccept {
+    fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
+        Dispatched::Taken
+    }
+    fn ms_handle_accept(&self, _conn: &Connection) {
+        if !self.first.swap(true, Ordering::SeqCst) {
+            let _ = self.blocked.send(());
+            let _ = self.release.recv_timeout(WAIT);
+        }
+    }
+}
+
+/// The server's queued connection events.
+fn queued_events(m: &Messenger) -> u64 {
+    m.counters_json()["dispatch_queue"]["events"].as_u64().expect("events")
+}
+
+// Connection events (accept, reset…) are not messages: no throttle is charged for them,
+// and Ceph queues them without bound. While the dispatch thread is held up, a peer that
+// connects and leaves over and over adds two for each connection: the listener stops
+// accepting once `max_queued_events` are queued, and takes up again once they drain.
+fn connection_floods_stop_at_the_event_bound_over(proto: ProtocolVersion) {
+    const MAX_EVENTS: usize = 64;
+    const CYCLES: usize = 400;
+    let config = MessengerConfig { max_queued_events: MAX_EVENTS, ..test_config(2) };
+    let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config).expect("messenger");
+    srv.set_default_policy(Policy::stateless_server());
+    srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    srv.start().expect("start");
+    let (blocked_tx, blocked_rx) = crossbeam_channel::unbounded();
+    let (release_tx, release_rx) = crossbeam_channel::unbounded();
+    srv.add_dispatcher_head(Arc::new(BlockingAccept {
+        blocked: blocked_tx,
+        release: release_rx,
+        first: AtomicBool::new(false),
+    }))
+    .expect("dispatcher");
+    let (cli, crx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let target = addr_for(proto, srv.my_addr());
+    let mut stalled = None;
+    for cycle in 0..CYCLES {
+        let conn = cli.connect_to(EntityType::OSD, target);
+        // A connect the listener does not take shows as one that does not complete.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let connected = std::iter::from_fn(|| crx.recv_deadline(deadline).ok())
+            .any(|s| matches!(s, Seen::Connect(c) if c == conn));
+        if !connected {
+            stalled = Some((cycle, conn));
+            break;
+        }
+        if cycle == 0 {
+            blocked_rx.recv_timeout(WAIT).expect("the dispatch thread is held up");
+        }
+        conn.mark_down();
+    }
+    let held = queued_events(&srv);
+    let Some((cycle, conn)) = stalled else {
+        panic!("{CYCLES} connections accepted, {held} events queued");
+    };
+    assert!(held <= MAX_EVENTS as u64 + 2, "{held} events queued, bound {MAX_EVENTS}");
+    assert!(cycle >= MAX_EVENTS / 2 - 2, "stalled at connection {cycle}");
+    release_tx.send(()).expect("release");
+    assert!(
+        wait_for_event(&crx, |s| matches!(s, Seen::Connect(c) if *c == conn)),
+        "accepting did not resume once the events drained"
+    );
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn connection_floods_stop_at_the_event_bound() {
+    connection_floods_stop_at_the_event_bound_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn connection_floods_stop_at_the_event_bound_over_msgr2() {
+    connection_floods_stop_at_the_event_bound_over(ProtocolVersion::V2);
 }

@@ -458,6 +458,11 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         }
     }
 
+    /// Connection events waiting for the dispatch thread.
+    pub fn queued_events(&self) -> usize {
+        self.shared.state.lock().events.len()
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> QueueCounters {
         let s = &self.shared;
