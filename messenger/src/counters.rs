@@ -41,11 +41,13 @@ pub struct WorkerCounters {
     /// `msgr_recv_held_bytes` (ours, a gauge): memory held by messages still being
     /// received on this worker's connections (their assembly buffers and segments).
     pub recv_held_bytes: AtomicU64,
-    /// `msgr_peer_issues` (ours): protocol violations by peers (bad connects, bad
-    /// messages, unknown tags, ...). Each kind is logged at WARN once per connection.
+    /// `msgr_peer_issues` (ours): protocol violations by peers (bad banners, bad connects,
+    /// bad messages, unknown tags, ...). Each kind is logged at WARN once per connection,
+    /// and at most `protocol::session::WARN_LINES_PER_SECOND` lines a second in all.
     pub peer_issues: AtomicU64,
     /// `msgr_peer_issues_unlogged` (ours): the part of `peer_issues` that was not logged
-    /// at WARN because the same connection already reported that kind.
+    /// at WARN: the same connection already reported that kind, or the second's lines
+    /// were used up.
     pub peer_issues_unlogged: AtomicU64,
     /// `msgr_accept_paused_for_events` (ours): times the listener on this worker stopped
     /// accepting because `max_queued_events` connection events waited for dispatch.

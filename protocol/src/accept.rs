@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use crate::message::Message;
 use crate::session::{
     later, AcceptRequest, CloseReason, Config, Decision, Event, ExistingSession, Fault, Initiator,
-    Policy, RequestKind,
+    PeerIssue, PeerIssues, Policy, RequestKind, WARN_LINES_PER_SECOND,
 };
 use crate::types::EntityAddrVec;
 use crate::wire::KeepaliveStamp;
@@ -84,6 +84,8 @@ pub struct Sniffer {
     closed: Option<Event>,
     /// `closed` was reported.
     reported: bool,
+    /// A peer that sent no Ceph banner, counted as a peer issue.
+    issues: PeerIssues,
 }
 
 /// What the sniffer found.
@@ -114,6 +116,7 @@ impl Sniffer {
             lossy: false,
             closed: None,
             reported: false,
+            issues: PeerIssues::default(),
         }
     }
 
@@ -137,7 +140,19 @@ impl Sniffer {
         let is_v1 = self.seen[..n] == V1_PREFIX[..n];
         let is_v2 = self.seen[..n] == V2_PREFIX[..n];
         if !is_v1 && !is_v2 {
-            log::warn!(target: "msgr::accept", "{}: not a Ceph banner", self.socket_peer);
+            match self.issues.note(PeerIssue::BadBanner, &self.config.warn_limit, now) {
+                Some(0) => {
+                    log::warn!(target: "msgr::accept", "{}: not a Ceph banner", self.socket_peer)
+                }
+                Some(n) => log::warn!(
+                    target: "msgr::accept",
+                    "{}: not a Ceph banner ({n} more peer issues were not logged: at most {WARN_LINES_PER_SECOND} lines a second)",
+                    self.socket_peer
+                ),
+                None => {
+                    log::debug!(target: "msgr::accept", "{}: not a Ceph banner", self.socket_peer)
+                }
+            }
             self.close(Initiator::Library, CloseReason::Fault(Fault::BadBanner));
             return Sniffed::Pending;
         }
@@ -207,6 +222,11 @@ impl Sniffer {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.is_some()
+    }
+
+    /// See [`crate::Machine::poll_peer_issues`].
+    pub(crate) fn poll_peer_issues(&mut self) -> (u64, u64) {
+        self.issues.take_counts()
     }
 
     pub(crate) fn poll_event(&mut self) -> Option<Event> {

@@ -450,7 +450,7 @@ impl Connection {
     /// See [`crate::Machine::poll_peer_issues`].
     #[inline]
     pub fn poll_peer_issues(&mut self) -> (u64, u64) {
-        each!(self, c => c.poll_peer_issues(), _s => (0, 0))
+        each!(self, c => c.poll_peer_issues(), s => s.poll_peer_issues())
     }
 }
 

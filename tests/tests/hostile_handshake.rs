@@ -262,3 +262,50 @@ fn a_trickled_handshake_is_closed_at_the_handshake_timeout_over_msgr2() {
     assert_trickle_is_closed(sock, &bytes, "a trickled msgr2 handshake was kept open");
     srv.shutdown();
 }
+
+/// The server's `msgr_peer_issues_unlogged`, summed over its workers.
+fn unlogged_peer_issues(srv: &messenger::Messenger) -> u64 {
+    srv.worker_counters()
+        .iter()
+        .map(|c| c.peer_issues_unlogged.load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
+}
+
+// Each connection logs its peer's misbehaviour at WARN once per kind; a flood of
+// misbehaving connections must not flood the log as well: the messenger logs a few lines
+// a second in all and counts the rest. `misbehave` opens one connection, misbehaves and
+// waits until the server closes it.
+fn a_flood_logs_a_few_lines_a_second(misbehave: impl Fn(std::net::SocketAddr)) {
+    const CONNS: u64 = 200;
+    let (srv, addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let started = Instant::now();
+    for _ in 0..CONNS {
+        misbehave(addr);
+    }
+    wait_until(|| peer_issues(&srv) >= CONNS, || format!("{} issues counted", peer_issues(&srv)));
+    let seconds = started.elapsed().as_secs() + 1;
+    let logged = peer_issues(&srv) - unlogged_peer_issues(&srv);
+    let allowed = protocol::session::WARN_LINES_PER_SECOND * seconds;
+    assert!(logged <= allowed, "{logged} lines logged at WARN in {seconds} s, at most {allowed}");
+    assert!(logged > 0, "nothing logged at all");
+    srv.shutdown();
+}
+
+#[test]
+fn a_flood_of_bad_banners_logs_a_few_lines_a_second() {
+    a_flood_logs_a_few_lines_a_second(|addr| {
+        let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(WAIT)).expect("timeout");
+        sock.write_all(b"not a ceph banner, not at all\n").expect("write");
+        assert!(closed_within(&mut sock, WAIT), "a bad banner was not refused");
+    });
+}
+
+#[test]
+fn a_flood_of_bad_frames_logs_a_few_lines_a_second_over_msgr2() {
+    a_flood_logs_a_few_lines_a_second(|addr| {
+        let mut sock = v2_banner_socket(addr);
+        sock.write_all(&[0xa5; 64]).expect("write");
+        assert!(closed_within(&mut sock, WAIT), "a bad frame was not refused");
+    });
+}

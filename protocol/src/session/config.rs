@@ -10,6 +10,7 @@ use crate::message::DecodeLimits;
 use crate::types::{AuthEntityName, EntityAddr, EntityAddrVec, EntityName, Features};
 
 use super::cookies::CookieSource;
+use super::issues::WarnLimit;
 use super::seq::GlobalSeqCounter;
 
 /// Default [`Config::first_window`]: a page. Small enough that a thousand peers which
@@ -99,6 +100,8 @@ pub struct Config {
     pub max_auth_rounds: u32,
     /// Handshake and duplicate counters of every connection sharing this config.
     pub counters: Arc<Counters>,
+    /// How many peer issues a second the connections sharing this config log at WARN.
+    pub warn_limit: Arc<WarnLimit>,
 }
 
 /// Read-only counters of the connections sharing one [`Config`] (one messenger): how
@@ -202,6 +205,7 @@ impl Config {
             cookies: Arc::new(CookieSource::from_entropy()),
             max_auth_rounds: 16,
             counters: Arc::new(Counters::default()),
+            warn_limit: Arc::new(WarnLimit::default()),
         }
     }
 

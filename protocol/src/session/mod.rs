@@ -13,7 +13,7 @@
 //! | `cookies.rs` | msgr2's [`Cookies`] and their [`CookieSource`] |
 //! | `policy.rs` | [`Policy`] (Ceph's `Messenger::Policy`) |
 //! | `clock.rs` | deadlines that cannot overflow; keepalive wall-clock stamps |
-//! | `issues.rs` | peer misbehaviour: counted, logged at WARN once per kind |
+//! | `issues.rs` | peer misbehaviour: counted, logged at WARN once per kind and a few lines a second |
 //! | `config.rs` | [`Config`] of a messenger's machines, its [`Counters`] |
 //! | `fault.rs` | [`Fault`] and the pure [`fault_action`] policy |
 //! | `event.rs` | [`Event`], what a machine reports to its driver |
@@ -65,6 +65,7 @@ pub use config::{CounterValues, Counters, DEFAULT_FIRST_WINDOW, DEFAULT_PROGRESS
 pub use cookies::{CookieSource, Cookies};
 pub use event::{AuthVerdict, CloseReason, Event, Initiator, Opened};
 pub use fault::{fault_action, next_backoff, Fault, FaultAction, FaultContext, Side};
+pub use issues::{WarnLimit, WARN_LINES_PER_SECOND};
 pub(crate) use machine::machine_newtype;
 pub use machine::Machine;
 pub(crate) use machine::Protocol;
@@ -74,7 +75,7 @@ pub use seq::{ConnectSeq, GlobalSeq, GlobalSeqCounter, Seq};
 pub use state::SessionState;
 
 pub(crate) use clock::later;
-pub(crate) use issues::PeerIssue;
+pub(crate) use issues::{PeerIssue, PeerIssues};
 pub(crate) use lifecycle::OpenNote;
 pub(crate) use queue::OutQueue;
 pub(crate) use state::State;

@@ -166,7 +166,10 @@ pub(crate) fn on_ident(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<
                 return Err(Fault::Misbehaved("CLIENT_IDENT without addresses"));
             }
             if !is_my_addr(m, &ci.target_addr) {
-                log::warn!(target: LOG, "{m}: peer is trying to reach {} which is not us", ci.target_addr);
+                m.peer_issue(
+                    PeerIssue::BadConnect,
+                    format_args!("peer is trying to reach {} which is not us", ci.target_addr),
+                );
                 return Err(Fault::AddrMismatch);
             }
             let missing =

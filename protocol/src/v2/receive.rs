@@ -281,7 +281,11 @@ fn conclude(m: &mut Machine<V2>, now: Instant, tag: Tag, result: Result<bool, Fa
     match result {
         Ok(more) => more && !m.state.is_closed(),
         Err(fault) => {
-            log::warn!(target: LOG, "{m}: {tag}: {fault}");
+            let issue = match m.side {
+                Side::Accept => PeerIssue::BadConnect,
+                Side::Connect => PeerIssue::BadConnectReply,
+            };
+            m.peer_issue(issue, format_args!("{tag}: {fault}"));
             m.fault(now, fault);
             false
         }
@@ -324,7 +328,7 @@ fn on_auth_signature(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<bo
 /// The peer's banner is incompatible: a connector gives up for good (a retry would
 /// meet the same banner); an acceptor just drops the connection.
 fn incompatible(m: &mut Machine<V2>, now: Instant, e: Error) {
-    log::warn!(target: LOG, "{m}: {e}");
+    m.peer_issue(PeerIssue::BadBanner, format_args!("{e}"));
     if m.side == Side::Connect {
         m.refuse("incompatible msgr2 peer");
     } else {
