@@ -24,7 +24,8 @@ pub trait ConnectionRef: Clone + Send + Sync + 'static {
 
     /// Whether the connection was marked down (Ceph's `mark_down`): from then on the
     /// queue accepts none of its messages or events and starts the dispatch of none of
-    /// the messages it holds. The flag must be set before [`crate::DispatchQueue::discard`] is called.
+    /// the messages it holds. The flag must be set before
+    /// [`crate::DispatchQueue::discard`] is called.
     fn is_marked_down(&self) -> bool {
         false
     }
