@@ -345,7 +345,7 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     /// no callback of it. (One queued before the mark_down is still delivered, as in
     /// Ceph, whose `discard_queue` leaves events alone.)
     pub fn enqueue_event(&self, item: QueueEvent<C>) {
-        if !self.shared.state.lock().accepting() || self.dropped_as_marked_down(&item) {
+        if self.dropped_as_marked_down(&item) || !self.shared.state.lock().accepting() {
             return;
         }
         match &item {
@@ -353,10 +353,14 @@ impl<C: ConnectionRef> DispatchQueue<C> {
             QueueEvent::Accept(c) => self.shared.dispatchers.handle_fast_accept(c),
             QueueEvent::Reset(_) | QueueEvent::RemoteReset(_) | QueueEvent::Refused(_) => {}
         }
+        // Again: a fast hook may have marked the connection down. (A mark_down racing
+        // the push below is one made while the event was being queued: like an event
+        // queued before it, that one is delivered.)
+        if self.dropped_as_marked_down(&item) {
+            return;
+        }
         let mut st = self.shared.state.lock();
-        // Again under the lock that `discard` takes after the flag is set: a mark_down
-        // made while the fast hooks ran is seen here, or its discard comes after the push.
-        if st.accepting() && !self.dropped_as_marked_down(&item) {
+        if st.accepting() {
             let was_idle = st.is_idle();
             st.events.push_back(item);
             if was_idle {
@@ -369,6 +373,7 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         }
     }
 
+    /// Whether `item`'s connection was marked down (logged, outside any lock).
     fn dropped_as_marked_down(&self, item: &QueueEvent<C>) -> bool {
         let conn = item.conn();
         if !conn.is_marked_down() {
