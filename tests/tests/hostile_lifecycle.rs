@@ -164,6 +164,19 @@ fn marking_client(
     (cli, rx)
 }
 
+/// Waits until `cli` holds back the server's echo (the injected delay) and asserts that
+/// the dispatcher heard the connect of `conn` and nothing else.
+fn echo_held(cli: &Messenger, rx: &crossbeam_channel::Receiver<Heard>, conn: &Connection) {
+    let held = || {
+        cli.worker_counters()
+            .iter()
+            .map(|c| c.inject_delayed_messages.load(Ordering::SeqCst))
+            .sum::<u64>()
+    };
+    wait_until(|| held() == 1, || format!("the echo was not held back ({} held)", held()));
+    assert_eq!(rx.recv_timeout(WAIT).expect("connected"), Heard::Connect(conn.id()));
+}
+
 /// Everything `cli`'s dispatcher hears from now until a loopback barrier, once its
 /// connections are gone: a driver that is gone queues nothing more, and the dispatch
 /// thread takes queued events before a loopback message.
@@ -191,14 +204,7 @@ fn no_event_is_queued_after_mark_down_returns_over(proto: ProtocolVersion) {
     let (cli, rx) = marking_client(false, Policy::lossy_client());
     let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     conn.send_message(test_message(MSG_TEST, 1, Bytes::from_static(b"echo me"))).expect("send");
-    let held = || {
-        cli.worker_counters()
-            .iter()
-            .map(|c| c.inject_delayed_messages.load(Ordering::SeqCst))
-            .sum::<u64>()
-    };
-    wait_until(|| held() == 1, || format!("the echo was not held back ({} held)", held()));
-    assert_eq!(rx.recv_timeout(WAIT).expect("connected"), Heard::Connect(conn.id()));
+    echo_held(&cli, &rx, &conn);
     conn.inject_socket_failure();
     assert_eq!(
         rx.recv_timeout(WAIT).expect("the held echo is delivered at the reset"),
@@ -256,14 +262,7 @@ fn nothing_is_written_after_mark_down_returns_over(proto: ProtocolVersion) {
     conn.send_message(test_message(MSG_TEST, 1, Bytes::from_static(b"echo me"))).expect("send");
     let (session, first) = next_message(&srx);
     assert_eq!(first.tid(), 1);
-    let held = || {
-        cli.worker_counters()
-            .iter()
-            .map(|c| c.inject_delayed_messages.load(Ordering::SeqCst))
-            .sum::<u64>()
-    };
-    wait_until(|| held() == 1, || format!("the echo was not held back ({} held)", held()));
-    assert_eq!(rx.recv_timeout(WAIT).expect("connected"), Heard::Connect(conn.id()));
+    echo_held(&cli, &rx, &conn);
     // The cut and the sends after it reach the driver together (posted from its own
     // pump, where it takes them in its next): the sends are written once the session
     // has reopened, in the pump that marks it down.
