@@ -129,24 +129,53 @@ fn set_next(m: &mut Machine<V1>, next: Next) {
 
 /// Feeds message bytes to the decoder (or lets a duplicate stream by).
 fn read_message(m: &mut Machine<V1>, now: Instant, discard: bool) -> bool {
+    if discard {
+        return skip_message(m, now);
+    }
+    // A header whose payload the receive credit covers goes straight on to the payload
+    // in this call: a return to the input loop in between showed per message. (Twice at
+    // most: a granted header moves the decoder on to the payload.)
+    for _ in 0..2 {
+        match feed_message(m, now) {
+            Fed::HeaderGranted => continue,
+            Fed::Done(more) => return more,
+        }
+    }
+    true
+}
+
+/// What one [`feed_message`] call did.
+enum Fed {
+    /// A header was read and its payload allowed at once: feed again.
+    HeaderGranted,
+    /// Whether the input loop should go on.
+    Done(bool),
+}
+
+/// Lets a duplicate message's bytes stream by.
+fn skip_message(m: &mut Machine<V1>, now: Instant) -> bool {
     let Some(open) = m.state.open_mut() else { return false };
+    let mut chunk = m.rx.pop_chunk().unwrap_or_default();
+    let done = open.rx.decoder.skip_input(&mut chunk);
+    m.rx.unpop_chunk(chunk);
+    match done {
+        Err(e) => {
+            m.fault(now, Fault::Decode(e));
+            false
+        }
+        Ok(true) => {
+            set_next(m, Next::Tag);
+            true
+        }
+        Ok(false) => m.rx.len() > 0,
+    }
+}
+
+/// Feeds message bytes to the decoder once.
+fn feed_message(m: &mut Machine<V1>, now: Instant) -> Fed {
+    let Some(open) = m.state.open_mut() else { return Fed::Done(false) };
     // No buffered input is fine: a direct read may have completed the segment.
     let mut chunk = m.rx.pop_chunk().unwrap_or_default();
-    if discard {
-        let done = open.rx.decoder.skip_input(&mut chunk);
-        m.rx.unpop_chunk(chunk);
-        return match done {
-            Err(e) => {
-                m.fault(now, Fault::Decode(e));
-                false
-            }
-            Ok(true) => {
-                set_next(m, Next::Tag);
-                true
-            }
-            Ok(false) => m.rx.len() > 0,
-        };
-    }
     let before = chunk.len();
     let progress = open.rx.decoder.feed(&mut chunk);
     let used = before - chunk.len();
@@ -156,15 +185,15 @@ fn read_message(m: &mut Machine<V1>, now: Instant, discard: bool) -> bool {
         Err(e) => {
             m.peer_issue(PeerIssue::BadMessage, format_args!("bad message: {e}"));
             m.fault(now, Fault::Decode(e));
-            false
+            Fed::Done(false)
         }
         Ok(Progress::NeedMore) => {
             let uncovered = m.state.open().and_then(|o| o.rx.decoder.budget_needed());
             if let Some(uncovered) = uncovered {
                 m.request_window(uncovered, false);
-                return false;
+                return Fed::Done(false);
             }
-            m.rx.len() > 0
+            Fed::Done(m.rx.len() > 0)
         }
         Ok(Progress::HeaderReady(h)) => {
             if m.is_duplicate(Seq(h.seq)) {
@@ -173,15 +202,19 @@ fn read_message(m: &mut Machine<V1>, now: Instant, discard: bool) -> bool {
                 let skipped = m.state.open_mut().map(|o| o.rx.decoder.skip());
                 if let Some(Err(e)) = skipped {
                     m.fault(now, Fault::Decode(e));
-                    return false;
+                    return Fed::Done(false);
                 }
                 set_next(m, Next::Msg { discard: true });
-                return true;
+                return Fed::Done(true);
             }
-            m.request_first_window(now, h.payload_len())
+            if m.request_first_window(now, h.payload_len()) {
+                Fed::HeaderGranted
+            } else {
+                Fed::Done(false)
+            }
         }
         Ok(Progress::Message(mut msg)) => {
-            let Some(open) = m.state.open_mut() else { return false };
+            let Some(open) = m.state.open_mut() else { return Fed::Done(false) };
             open.rx.next = Next::Tag;
             open.budget.finish();
             let header = open.rx.decoder.last_header();
@@ -189,12 +222,12 @@ fn read_message(m: &mut Machine<V1>, now: Instant, discard: bool) -> bool {
                 Counters::bump(&m.config.counters.bad_signatures);
                 m.peer_issue(PeerIssue::BadMessage, format_args!("{e}"));
                 m.fault(now, Fault::Auth(e));
-                return false;
+                return Fed::Done(false);
             }
             m.note_received(Seq(msg.seq()));
             msg.set_recv_stamp(now);
             m.events.push_back(Event::Message(msg));
-            true
+            Fed::Done(true)
         }
     }
 }
