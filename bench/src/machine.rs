@@ -11,7 +11,10 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
 
 /// `PF_KTHREAD` in `/proc/PID/stat`'s flags.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -122,8 +125,67 @@ impl Sample {
     }
 }
 
+/// Round trips of the wake-up probe.
+const WAKE_ROUND_TRIPS: usize = 2_000;
+
+/// What waking a sleeping thread costs on this machine: the median round trip of two
+/// threads that each sleep (`park`, a futex wait with no spin) until the other wakes
+/// them, in microseconds (two wake-ups each). It tells the two regimes apart better than
+/// any setting we can read: where an idle CPU halts and a wake-up goes through the
+/// hypervisor it is tens of µs, and early batches, which keep both ends of a
+/// connection busy, pay off; where the host keeps waking cheap it is a few µs, and
+/// the peer that sleeps and is woken loses little by it. Measured once per process.
+pub fn wake_round_trip_us() -> Option<f64> {
+    static MEASURED: OnceLock<Option<f64>> = OnceLock::new();
+    *MEASURED.get_or_init(|| measure_wake_round_trip(WAKE_ROUND_TRIPS))
+}
+
+/// See [`wake_round_trip_us`]; `None` if the probe's thread could not be started.
+fn measure_wake_round_trip(round_trips: usize) -> Option<f64> {
+    // Odd: the partner's turn; even: ours. `stop` ends the partner.
+    let turn = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let me = thread::current();
+    let partner = {
+        let (turn, stop) = (Arc::clone(&turn), Arc::clone(&stop));
+        thread::Builder::new()
+            .name("wake-probe".into())
+            .spawn(move || loop {
+                let t = turn.load(Ordering::Acquire);
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                if t % 2 == 1 {
+                    turn.store(t + 1, Ordering::Release);
+                    me.unpark();
+                } else {
+                    thread::park();
+                }
+            })
+            .ok()?
+    };
+    let mut times = Vec::with_capacity(round_trips);
+    for i in 0..round_trips as u32 {
+        let start = Instant::now();
+        turn.store(2 * i + 1, Ordering::Release);
+        partner.thread().unpark();
+        // Bounded, so a lost wake-up cannot hang the benchmark (park may also return
+        // spuriously): the loop looks again.
+        while turn.load(Ordering::Acquire) != 2 * i + 2 {
+            thread::park_timeout(Duration::from_millis(100));
+        }
+        times.push(start.elapsed());
+    }
+    stop.store(true, Ordering::Release);
+    partner.thread().unpark();
+    let _ = partner.join();
+    times.sort();
+    times.get(times.len() / 2).map(|d| d.as_secs_f64() * 1e6)
+}
+
 /// One line on the machine's state over a set of runs: the median and the largest
-/// other load and steal, and a warning when a run ran beside other work.
+/// other load and steal, what a wake-up costs ([`wake_round_trip_us`]), and a warning
+/// when a run ran beside other work.
 pub fn summary(loads: &[Load]) -> String {
     if loads.is_empty() {
         return "machine during the runs: not measured".into();
@@ -140,6 +202,9 @@ pub fn summary(loads: &[Load]) -> String {
         "machine during the runs: other processes {other:.2} CPU (largest {other_max:.2}), \
          steal {steal:.2} CPU (largest {steal_max:.2})"
     );
+    if let Some(us) = wake_round_trip_us() {
+        out += &format!("; wake-up ping-pong (two threads that sleep) {us:.1} µs per round trip");
+    }
     if busy > 0 {
         out += &format!(
             "\nWARNING: {busy} of {} runs ran beside other work (≥ {BUSY_CPUS} CPU): \
@@ -153,6 +218,16 @@ pub fn summary(loads: &[Load]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The probe finishes (its partner answers every turn, then exits) and measures
+    /// something; what it measures depends on the machine, so no bound is asserted.
+    #[test]
+    fn the_wake_probe_completes_its_round_trips() {
+        let us = measure_wake_round_trip(50).expect("probe thread");
+        assert!(us > 0.0 && us.is_finite(), "{us}");
+        let line = summary(&[Load::default()]);
+        assert!(line.contains("wake-up ping-pong"), "{line}");
+    }
 
     #[test]
     fn parses_a_stat_line_whose_command_has_spaces_and_parens() {
