@@ -328,9 +328,10 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         }
         let id = conn.conn_id();
         let admitted = self.admit(conn, |st| {
-            for (msg, budget) in batch.drain(..) {
-                st.messages.push(msg.priority(), id, Queued::new(conn.clone(), msg, budget));
-            }
+            let queued = batch
+                .drain(..)
+                .map(|(msg, budget)| (msg.priority(), Queued::new(conn.clone(), msg, budget)));
+            st.messages.push_all(id, queued);
         });
         if !admitted {
             self.refused(batch.len());
