@@ -77,16 +77,6 @@ impl<T> Lane<T> {
         }
     }
 
-    fn push(&mut self, conn: u64, item: T) {
-        let spare = &mut self.spare;
-        let q = self.by_conn.entry(conn).or_insert_with(|| spare.pop().unwrap_or_default());
-        if q.is_empty() {
-            self.rotation.push_back(conn);
-        }
-        q.push_back(item);
-        self.len += 1;
-    }
-
     /// Queues `first` and then what `more` yields, all for `conn`, in that order; returns
     /// how many. The connection's FIFO is looked up once for the run.
     fn push_run(&mut self, conn: u64, first: T, mut more: impl FnMut() -> Option<T>) -> usize {
@@ -204,6 +194,12 @@ impl<T> PrioQueue<T> {
 
     pub(crate) fn push(&mut self, priority: u16, conn: u64, item: T) {
         let priority = Self::effective_priority(priority);
+        self.len += self.lane_to_fill(priority).push_run(conn, item, || None);
+    }
+
+    /// The lane of `priority` (an effective one), created if missing and counted busy if
+    /// it was empty: the caller queues at least one item in it.
+    fn lane_to_fill(&mut self, priority: u16) -> &mut Lane<T> {
         let (map, busy) = if priority > PRIO_HIGH {
             (&mut self.strict, &mut self.strict_busy)
         } else {
@@ -213,8 +209,7 @@ impl<T> PrioQueue<T> {
         if lane.len == 0 {
             *busy += 1;
         }
-        lane.push(conn, item);
-        self.len += 1;
+        lane
     }
 
     /// Queues the `(priority, item)`s of `items`, all of connection `conn`, in their
@@ -225,21 +220,12 @@ impl<T> PrioQueue<T> {
         let mut items = items.into_iter().peekable();
         while let Some((priority, first)) = items.next() {
             let priority = Self::effective_priority(priority);
-            let (map, busy) = if priority > PRIO_HIGH {
-                (&mut self.strict, &mut self.strict_busy)
-            } else {
-                (&mut self.wrr, &mut self.wrr_busy)
-            };
-            let lane = map.entry(priority).or_insert_with(Lane::new);
-            if lane.len == 0 {
-                *busy += 1;
-            }
             let more = || {
                 items
                     .next_if(|(p, _)| Self::effective_priority(*p) == priority)
                     .map(|(_, item)| item)
             };
-            self.len += lane.push_run(conn, first, more);
+            self.len += self.lane_to_fill(priority).push_run(conn, first, more);
         }
     }
 
