@@ -7,13 +7,15 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use log::{debug, error};
-use mio::{Events, Poll};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll};
 
 use crate::center_handle::CenterHandle;
 use crate::external::{self, External, Inbox};
 use crate::handler::{run_closure, run_handler, Context, Core, ExternalFn, Ready, TimerTarget};
-use crate::registry::{drop_quietly, HandlerId, HandlerRegistry, WAKER_TOKEN};
+use crate::registry::{drop_quietly, HandlerId, HandlerRegistry, TIMER_TOKEN, WAKER_TOKEN};
 use crate::timer::{poll_timeout, TimerQueue};
+use crate::timerfd::TimerFd;
 
 const LOG: &str = "msgr::center";
 
@@ -62,9 +64,13 @@ pub const EXTERNAL_BATCH: usize = 1024;
 /// delay must not keep one iteration going forever).
 pub const TIMER_BATCH: usize = 1024;
 
+/// The furthest ahead the timerfd is armed (see [`EventCenter::run_once`]).
+const LONGEST_ARMING: Duration = Duration::from_secs(24 * 3600);
+
 /// One worker's event loop over its own `mio::Poll`.
 ///
-/// Each [`run_once`](Self::run_once): timeout from the nearest timer → `poll` → file
+/// Each [`run_once`](Self::run_once): the center's timerfd armed for the nearest timer
+/// (only when that moves earlier) → `poll` → file
 /// handlers for each ready token (at most [`EVENTS_CAPACITY`]) → due timers (at most
 /// [`TIMER_BATCH`]) → external events (at most [`EXTERNAL_BATCH`]). Idle, it sleeps in
 /// `poll`. The thread that first runs it is its owner (see
@@ -79,6 +85,11 @@ pub struct EventCenter {
     /// How long `run_once` polls without sleeping before it sleeps in `poll` (zero: it
     /// sleeps at once). See [`set_busy_poll`](Self::set_busy_poll).
     busy_poll: Duration,
+    /// Wakes `poll` for the nearest time event (see the `timerfd` module); `None` if it
+    /// could not be made, and then `poll` times out instead.
+    timerfd: Option<TimerFd>,
+    /// The deadline `timerfd` is armed for, until it fires.
+    timer_armed: Option<Instant>,
 }
 
 impl fmt::Debug for EventCenter {
@@ -99,6 +110,17 @@ impl EventCenter {
         let poll = Poll::new()?;
         let (shared, inbox) = external::channel(id, poll.registry())?;
         let registry = poll.registry().try_clone()?;
+        let timerfd = match TimerFd::new().and_then(|t| {
+            let fd = t.raw_fd();
+            poll.registry().register(&mut SourceFd(&fd), TIMER_TOKEN, Interest::READABLE)?;
+            Ok(t)
+        }) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                debug!(target: LOG, "center {id}: no timerfd ({e}): poll times out for timers");
+                None
+            }
+        };
         Ok(EventCenter {
             poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
@@ -112,6 +134,8 @@ impl EventCenter {
             iterations: 0,
             shut_down: false,
             busy_poll: Duration::ZERO,
+            timerfd,
+            timer_armed: None,
         })
     }
 
@@ -158,8 +182,11 @@ impl EventCenter {
 
         let mut timeout = max_wait;
         if let Some(deadline) = self.core.timers.next_deadline() {
-            let until = poll_timeout(Instant::now(), deadline);
-            timeout = Some(timeout.map_or(until, |t| t.min(until)));
+            let now = Instant::now();
+            let until = poll_timeout(now, deadline);
+            if until.is_zero() || !self.arm_timer(now, deadline) {
+                timeout = Some(timeout.map_or(until, |t| t.min(until)));
+            }
         }
         if !self.inbox.is_empty() || self.core.shared.is_stopping() {
             timeout = Some(Duration::ZERO);
@@ -175,6 +202,13 @@ impl EventCenter {
 
         for event in self.events.iter() {
             if event.token() == WAKER_TOKEN {
+                continue;
+            }
+            if event.token() == TIMER_TOKEN {
+                if let Some(t) = &self.timerfd {
+                    t.clear();
+                }
+                self.timer_armed = None;
                 continue;
             }
             let id = HandlerId::from_token(event.token());
@@ -208,6 +242,30 @@ impl EventCenter {
             }
         }
         Ok(())
+    }
+
+    /// Makes sure the timerfd fires by `deadline` (it is in the future): arms it unless
+    /// it is armed for then or earlier already (waking early costs one empty iteration;
+    /// arming costs a syscall, so a later timer never re-arms it). Returns false when
+    /// there is no timerfd or arming failed: then `poll` must time out instead.
+    fn arm_timer(&mut self, now: Instant, deadline: Instant) -> bool {
+        let Some(t) = &self.timerfd else { return false };
+        if self.timer_armed.is_some_and(|armed| armed <= deadline) {
+            return true;
+        }
+        // A day at most: the kernel refuses the far future (an idle center re-arms daily).
+        let after = deadline.saturating_duration_since(now).min(LONGEST_ARMING);
+        match t.arm(after) {
+            Ok(()) => {
+                self.timer_armed = Some(now + after);
+                true
+            }
+            Err(e) => {
+                debug!(target: LOG, "center {}: arming the timerfd failed: {e}", self.core.shared.id());
+                self.timer_armed = None;
+                false
+            }
+        }
     }
 
     /// One `poll` into `self.events`; EINTR leaves them empty.

@@ -111,6 +111,7 @@ mod handler;
 mod pool;
 mod registry;
 mod timer;
+mod timerfd;
 
 pub use center::{EventCenter, EVENTS_CAPACITY, EXTERNAL_BATCH, TIMER_BATCH};
 pub use center_handle::CenterHandle;

@@ -37,6 +37,10 @@ compile_error!("event_center packs (generation, index) into a 64-bit mio::Token"
 /// indices stay below `u32::MAX`.
 pub(crate) const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
 
+/// The token of the center's timerfd: generation 0 with index `u32::MAX`, which no
+/// [`HandlerId`] has (indices saturate one below it).
+pub(crate) const TIMER_TOKEN: mio::Token = mio::Token(u32::MAX as usize);
+
 impl HandlerId {
     /// The slab slot this id names (shared with earlier and later ids of other
     /// generations); for logs and tests.

@@ -150,6 +150,54 @@ fn an_enormous_delay_does_not_overflow_and_stays_pending() {
     assert!(center.with_context(|cx| cx.delete_time_event(id)));
 }
 
+/// Runs `arm` on a center on its own thread, then [`EventCenter::run`] (which sleeps in
+/// `poll` without a timeout: only the center's kernel timer can end a sleep). Returns the
+/// first tag a timer sent within `within`, if any.
+fn fired_in_sleeps(
+    arm: impl FnOnce(&mut EventCenter, &Sender<u32>) + Send + 'static,
+    within: Duration,
+) -> Option<u32> {
+    let (tx, rx) = unbounded();
+    let (handle_tx, handle_rx) = unbounded();
+    let thread = std::thread::spawn(move || {
+        let mut center = EventCenter::new(0).expect("center");
+        arm(&mut center, &tx);
+        handle_tx.send(center.handle()).expect("handle");
+        center.run()
+    });
+    let handle = handle_rx.recv_timeout(within).expect("the center started");
+    let fired = rx.recv_timeout(within).ok();
+    handle.stop();
+    thread.join().expect("center thread").expect("run");
+    fired
+}
+
+#[test]
+fn a_timer_ends_a_sleep_without_timeout() {
+    let fired = fired_in_sleeps(
+        |center, tx| {
+            center.with_context(|cx| arm(cx, 30, 7, tx));
+        },
+        Duration::from_secs(10),
+    );
+    assert_eq!(fired, Some(7), "the center slept through its timer");
+}
+
+// The kernel timer is armed for the nearest deadline only when that moves earlier.
+#[test]
+fn an_earlier_timer_rearms_the_kernel_timer() {
+    let fired = fired_in_sleeps(
+        |center, tx| {
+            center.with_context(|cx| arm(cx, 60_000, 1, tx));
+            // Arms the kernel timer a minute out.
+            center.run_once(Some(Duration::ZERO)).expect("poll");
+            center.with_context(|cx| arm(cx, 20, 2, tx));
+        },
+        Duration::from_secs(10),
+    );
+    assert_eq!(fired, Some(2), "the earlier timer did not end the sleep");
+}
+
 fn arm_after(cx: &mut Context<'_>, after: Duration, tx: &Sender<u32>) -> TimerId {
     let tx = tx.clone();
     cx.create_time_event(
