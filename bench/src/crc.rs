@@ -1,6 +1,7 @@
 //! `bench crc`: the crc32c kernels side by side — the `crc32c` crate (SSE4.2 `crc32`
 //! instruction on three streams), `crc-fast` (carry-less multiply folding), `short_crc`
-//! (one chain of `crc32`) and `protocol`'s `ceph_crc32c` (which picks by length) — at
+//! (one chain of `crc32`) and `protocol`'s `ceph_crc32c` (which picks by length and, for
+//! long inputs, by CPU: `protocol::wire::long_kernel`) — at
 //! field, header, small, page and bulk sizes. Each call's seed is the last one's
 //! result, so this is the latency of one crc, as a message's header crc is. Each trial
 //! times a few milliseconds of calls on this thread's CPU clock, so time the scheduler
@@ -11,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use crc_fast::{CrcAlgorithm, Digest};
-use protocol::wire::ceph_crc32c;
+use protocol::wire::{ceph_crc32c, long_kernel};
 
 /// Sizes measured: short fields, a message header's covered bytes, small messages, pages,
 /// bulk.
@@ -100,5 +101,10 @@ pub fn run() -> String {
             size as f64 / m[1]
         );
     }
-    out + &format!("\nmedian of {TRIALS} alternating trials, thread CPU time\n")
+    out + &format!(
+        "\nmedian of {TRIALS} alternating trials, thread CPU time; ceph_crc32c's long inputs \
+         (256 bytes and more) go to the {} here (crc-fast's tier: {})\n",
+        long_kernel().name(),
+        crc_fast::get_calculator_target(CrcAlgorithm::Crc32Iscsi)
+    )
 }

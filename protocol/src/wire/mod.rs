@@ -42,8 +42,8 @@ pub use ack::{ack_frame, decode_ack, decode_keepalive_stamp, keepalive2_frame, K
 pub use banner::{check_banner, AcceptorBanner, ACCEPTOR_BLOCK_LEN, BANNER, BANNER_LEN};
 pub use connect::{ConnectMsg, CONNECT_LOSSY, MAX_AUTHORIZER_LEN};
 pub use connect_reply::ConnectReply;
-pub use crc::ceph_crc32c;
 pub(crate) use crc::RunningCrc;
+pub use crc::{ceph_crc32c, long_kernel, LongKernel};
 pub use footer::{FooterFlags, FooterFormat, MsgFooter};
 pub use header::MsgHeader;
 pub use tag::Tag;
