@@ -14,8 +14,10 @@
 //!   keeps the registration ([`Context::register`], [`Context::set_interest`]).
 //!   Readiness is edge-like: read/write until `WouldBlock` (see [`Ready`]).
 //! - **Time events**: [`Context::create_time_event`] / [`Context::delete_time_event`],
-//!   O(log n), monotonic clock; `poll` sleeps until the nearest deadline rounded up to
-//!   the next millisecond, so a sub-millisecond deadline never spins.
+//!   O(log n), monotonic clock. The nearest deadline is kept on one timerfd in the
+//!   center's epoll set, re-armed only when it moves earlier, so `poll` sleeps without a
+//!   timeout (where no timerfd can be made, `poll` times out at the deadline rounded up
+//!   to the next millisecond, so a sub-millisecond deadline never spins).
 //! - **External events**: [`CenterHandle::dispatch_event_external`],
 //!   [`CenterHandle::notify`] and [`CenterHandle::submit_to`] from any thread; only the
 //!   first post after the loop drained its queue writes the waker. Code on the worker
