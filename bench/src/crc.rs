@@ -1,8 +1,8 @@
 //! `bench crc`: the crc32c kernels side by side — the `crc32c` crate (SSE4.2 `crc32`
 //! instruction on three streams), `crc-fast` (carry-less multiply folding), `short_crc`
-//! (one chain of `crc32`), `short_crc`'s 256-bit folding and `protocol`'s `ceph_crc32c` (which picks by length and, for
-//! long inputs, by CPU: `protocol::wire::long_kernel`) — at
-//! field, header, small, page and bulk sizes. Each call's seed is the last one's
+//! (one chain of `crc32`), `short_crc`'s 256-bit folding and `protocol`'s `ceph_crc32c`
+//! (which picks by length and, for long inputs, by CPU: `protocol::wire::long_kernel`) —
+//! at field, header, small, page and bulk sizes. Each call's seed is the last one's
 //! result, so this is the latency of one crc, as a message's header crc is. Each trial
 //! times a few milliseconds of calls on this thread's CPU clock, so time the scheduler
 //! gives to other processes is not counted; the kernels alternate trial by trial and the

@@ -261,7 +261,8 @@ impl EventCenter {
                 true
             }
             Err(e) => {
-                debug!(target: LOG, "center {}: arming the timerfd failed: {e}", self.core.shared.id());
+                let id = self.core.shared.id();
+                debug!(target: LOG, "center {id}: arming the timerfd failed: {e}");
                 self.timer_armed = None;
                 false
             }

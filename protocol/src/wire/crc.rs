@@ -99,8 +99,8 @@ pub fn ceph_crc32c(seed: u32, data: &[u8]) -> u32 {
     }
 }
 
-/// [`ceph_crc32c`] of a long input, on this CPU's [`long_kernel`]. Out of line: both
-/// kernels set up large frames that the short path should not pay for.
+/// [`ceph_crc32c`] of a long input, on this CPU's [`long_kernel`]. Out of line: the
+/// long kernels set up large frames that the short path should not pay for.
 #[inline(never)]
 fn long(seed: u32, data: &[u8]) -> u32 {
     match long_kernel() {
