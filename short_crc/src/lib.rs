@@ -242,8 +242,11 @@ mod x86 {
         data.as_chunks::<32>().0.as_chunks::<4>().0
     }
 
-    /// The whole steps of a `crc32` stream at the start of `data`, as words.
-    fn words(data: &[u8]) -> &[[[u8; 8]; STREAM_STEP]] {
+    /// One step of a `crc32` stream of [`hybrid`], as words.
+    type Words = [[u8; 8]; STREAM_STEP];
+
+    /// The whole steps of a `crc32` stream at the start of `data`.
+    fn words(data: &[u8]) -> &[Words] {
         data.as_chunks::<8>().0.as_chunks::<STREAM_STEP>().0
     }
 
@@ -318,31 +321,37 @@ mod x86 {
         let k3 = mul_reflected(k2, k);
         let mut streams = words(b).iter().zip(words(c)).zip(words(d));
         let mut x = start(register, first);
-        let (mut rb, mut rc, mut rd) = (0u64, 0u64, 0u64);
+        let mut r = [0u64; 3];
         // The streams' first step goes with the fold's first, `start`.
-        if let Some(((wb, wc), wd)) = streams.next() {
-            for j in 0..STREAM_STEP {
-                rb = _mm_crc32_u64(rb, u64::from_le_bytes(wb[j]));
-                rc = _mm_crc32_u64(rc, u64::from_le_bytes(wc[j]));
-                rd = _mm_crc32_u64(rd, u64::from_le_bytes(wd[j]));
-            }
+        if let Some(words) = streams.next() {
+            r = stream_step(r, words);
         }
-        for (block, ((wb, wc), wd)) in a.iter().zip(streams) {
+        for (block, words) in a.iter().zip(streams) {
             x = step(x, block);
-            for j in 0..STREAM_STEP {
-                rb = _mm_crc32_u64(rb, u64::from_le_bytes(wb[j]));
-                rc = _mm_crc32_u64(rc, u64::from_le_bytes(wc[j]));
-                rd = _mm_crc32_u64(rd, u64::from_le_bytes(wd[j]));
-            }
+            r = stream_step(r, words);
         }
         // Each register moved over the stretches after it, side by side rather than one
         // after another (the constants' products, taken before the loop, move three and
         // two stretches on).
-        let crc = mul_reflected(finish(x), k3)
-            ^ mul_reflected(rb as u32, k2)
-            ^ mul_reflected(rc as u32, k)
-            ^ rd as u32;
+        let [rb, rc, rd] = r.map(|r| r as u32);
+        let crc = mul_reflected(finish(x), k3) ^ mul_reflected(rb, k2) ^ mul_reflected(rc, k) ^ rd;
         update(crc, tail)
+    }
+
+    /// One step of [`hybrid`]'s three `crc32` streams: `STREAM_STEP` words into each
+    /// register, the three chains interleaved.
+    #[inline]
+    #[target_feature(enable = "sse4.2")]
+    fn stream_step(
+        [mut rb, mut rc, mut rd]: [u64; 3],
+        ((wb, wc), wd): ((&Words, &Words), &Words),
+    ) -> [u64; 3] {
+        for j in 0..STREAM_STEP {
+            rb = _mm_crc32_u64(rb, u64::from_le_bytes(wb[j]));
+            rc = _mm_crc32_u64(rc, u64::from_le_bytes(wc[j]));
+            rd = _mm_crc32_u64(rd, u64::from_le_bytes(wd[j]));
+        }
+        [rb, rc, rd]
     }
 
     /// One dependent chain of `crc32`: eight bytes a step, then four, then one.
