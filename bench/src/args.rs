@@ -57,6 +57,9 @@ pub struct MsgrVariant {
     /// Both messengers' workers busy-poll [`BUSY_POLL`] (or `--busy-poll`, if longer)
     /// before they sleep: the opt-in low-latency mode beside the default in one table.
     pub busy: bool,
+    /// Both messengers make early batches (`MessengerConfig::early_batches`): replies
+    /// written in the middle of a read, for hosts where a wake-up is dear.
+    pub early: bool,
 }
 
 /// The busy-poll of the `busy` peer (`asyncmsgr+busy-poll`).
@@ -72,6 +75,7 @@ impl MsgrVariant {
         secure: false,
         cephx: false,
         busy: false,
+        early: false,
     };
     /// The same over msgr2 in crc mode.
     pub const V2: MsgrVariant = MsgrVariant { v2: true, ..MsgrVariant::V1 };
@@ -137,6 +141,9 @@ impl Peer {
             "busy" | "asyncmsgr+busy-poll" => {
                 Peer::Asyncmsgr(MsgrVariant { busy: true, ..MsgrVariant::V1 })
             }
+            "early" | "asyncmsgr+early-batches" => {
+                Peer::Asyncmsgr(MsgrVariant { early: true, ..MsgrVariant::V1 })
+            }
             "tokio" | "tokio-ct64" => Peer::Tokio,
             "std" | "std-batched" => Peer::StdBatched,
             "naive" | "std-naive" => Peer::StdNaive,
@@ -167,6 +174,9 @@ impl fmt::Display for Peer {
                 }
                 if v.busy {
                     f.write_str("+busy-poll")?;
+                }
+                if v.early {
+                    f.write_str("+early-batches")?;
                 }
                 Ok(())
             }
@@ -271,10 +281,13 @@ modes:
 options:
   --peers LIST        comma-separated, first is the reference
                       (default asyncmsgr,v2,v2s,tokio,std); also lossless, queued,
-                      lossless+queued, queued-server, busy (asyncmsgr variants; queued-server:
-                      the server answers from ms_dispatch, the client fast-dispatches
-                      the replies, as Ceph's Objecter; busy: both ends' workers
-                      busy-poll 20 us before they sleep, or --busy-poll if longer), naive;
+                      lossless+queued, queued-server, busy, early (asyncmsgr variants;
+                      queued-server: the server answers from ms_dispatch, the client
+                      fast-dispatches the replies, as Ceph's Objecter; busy: both ends'
+                      workers busy-poll 20 us before they sleep, or --busy-poll if
+                      longer; early: both ends write replies in the middle of a read,
+                      MessengerConfig::early_batches, for hosts where waking is dear),
+                      naive;
                       v2 = asyncmsgr over msgr2 (crc mode) beside asyncmsgr over v1;
                       v2s = asyncmsgr over msgr2 in secure mode (cephx keys from an
                       in-process key server; the run fails unless secure was negotiated);
@@ -522,6 +535,9 @@ mod tests {
         let busy = parse("--peers busy,asyncmsgr+busy-poll").unwrap();
         let names: Vec<String> = busy.peers.iter().map(|p| p.to_string()).collect();
         assert_eq!(names, ["asyncmsgr+busy-poll", "asyncmsgr+busy-poll"]);
+        let early = parse("--peers early,asyncmsgr+early-batches").unwrap();
+        let names: Vec<String> = early.peers.iter().map(|p| p.to_string()).collect();
+        assert_eq!(names, ["asyncmsgr+early-batches", "asyncmsgr+early-batches"]);
         assert!(parse("--peers quic").is_err());
         assert_eq!(parse("conns").unwrap().conns, 1000);
         assert_eq!(parse("conns --conns 50").unwrap().conns, 50);

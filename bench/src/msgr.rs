@@ -38,6 +38,7 @@ fn config(args: &Args, variant: MsgrVariant, auth: Option<Arc<CephxProvider>>) -
         workers: args.workers,
         crc_header: args.crc,
         crc_data: args.crc,
+        early_batches: variant.early,
         ..MessengerConfig::default()
     };
     match (auth, expected_mode(variant)) {

@@ -103,22 +103,32 @@ pub struct MessengerConfig {
     /// Size of the reusable read buffer of a connection while it is active.
     pub read_buffer: usize,
     /// The most messages of one read a connection hands on together: every batch, those
-    /// for `ms_dispatch` go to the dispatch thread and what fast dispatch sent meanwhile
-    /// (replies) is written, so the dispatch thread and the peer start on them while the
-    /// rest of a burst is parsed. A batch is this many messages, or fewer once it
-    /// carried 32 KiB: received (after a quarter of the previous read's burst, at least
-    /// 8), or sent from fast dispatch (looked at every quarter of this many). Small
-    /// messages answered with small ones go this many at a time: each write costs a
-    /// syscall and the peer's wake-up. Acks alone wait for the end of the read. (Ours;
-    /// Ceph hands on and writes after every message.)
+    /// for `ms_dispatch` go to the dispatch thread, so it starts on them while the rest
+    /// of a burst is parsed. What fast dispatch sent (replies) is written at the end of
+    /// the read, or once 256 KiB of it waits; with [`early_batches`](Self::early_batches)
+    /// also batch by batch. Acks alone wait for the end of the read. (Ours; Ceph hands on
+    /// and writes after every message.)
     pub dispatch_batch: usize,
-    /// Whether a connection whose peer runs on this host, on the very CPU the
-    /// connection's worker runs on (two read phases in a row, by `SO_INCOMING_CPU`),
-    /// skips the early batches of `dispatch_batch`: such a peer cannot run before the
-    /// worker sleeps, so a write in the middle of a read is a syscall for nothing, and
-    /// the read's replies go at its end (or every 256 KiB sent). Queued messages still
-    /// go to the dispatch thread batch by batch. On by default; off, every connection
-    /// batches as described above. (Ours.)
+    /// Whether what fast dispatch sent is also written in the middle of a read, so a
+    /// peer on another CPU starts on the first replies while the rest of a burst is
+    /// parsed: at every batch of `dispatch_batch` messages, or fewer once it carried 32
+    /// KiB, received (after a quarter of the previous read's burst, at least 8), or sent
+    /// from fast dispatch (looked at every quarter of `dispatch_batch`, written once half
+    /// the previous burst was delivered).
+    ///
+    /// It pays where waking a sleeping thread is dear — tens of µs, idle CPUs that halt
+    /// under a hypervisor — by keeping both ends busy. Where a wake-up costs a few µs,
+    /// each extra write (a syscall, the peer's receive path, its wake-up) costs more CPU
+    /// than the overlap gains: on such a host, 4 KiB requests at 32 and 128 in flight
+    /// ran as fast or faster for ~19 % less CPU per round trip without. The benchmark's
+    /// tables end with the host's wake-up cost. Off by default. (Ours.)
+    pub early_batches: bool,
+    /// With [`early_batches`](Self::early_batches): whether a connection whose peer runs
+    /// on this host, on the very CPU the connection's worker runs on (two read phases in
+    /// a row, by `SO_INCOMING_CPU`), skips them: such a peer cannot run before the worker
+    /// sleeps, so a write in the middle of a read is a syscall for nothing, and the
+    /// read's replies go at its end (or every 256 KiB sent). On by default; off, every
+    /// connection makes early batches. (Ours.)
     pub colocated_peer_batching: bool,
     /// Bound on the sender side, per connection: what messages queued on one
     /// connection cost until they leave it (written, or acknowledged on a lossless
@@ -252,6 +262,7 @@ impl Default for MessengerConfig {
             read_budget: 1 << 20,
             read_buffer: 64 << 10,
             dispatch_batch: 64,
+            early_batches: false,
             colocated_peer_batching: true,
             max_queued_bytes: 256 << 20,
             max_total_queued_bytes: 1 << 30,

@@ -1,11 +1,12 @@
-//! A burst read at once is handed on in batches (`MessengerConfig::dispatch_batch`): a
-//! peer that sends many requests in one write gets the first replies, and the dispatch
-//! thread the first queued messages, while the rest are still being parsed, as from
-//! Ceph, which hands on and writes after every message. Checked by holding the fast
-//! dispatch of a later message until the first batch has arrived where it goes: handed
-//! on only at the end of the read, it never does. These servers batch whatever CPU the
-//! peer sends from (`colocated_peer_batching` off); the last tests pin a server's worker
-//! and its peer to one CPU, where the burst is answered at the end of the read.
+//! A burst read at once is handed on in batches (`MessengerConfig::dispatch_batch`): the
+//! dispatch thread gets the first queued messages, and with `early_batches` a peer that
+//! sends many requests in one write gets the first replies, while the rest are still
+//! being parsed, as from Ceph, which hands on and writes after every message. Checked by
+//! holding the fast dispatch of a later message until the first batch has arrived where
+//! it goes: handed on only at the end of the read, it never does. These servers batch
+//! whatever CPU the peer sends from (`colocated_peer_batching` off); the last tests pin
+//! a server's worker and its peer to one CPU, where the burst is answered at the end of
+//! the read. Without `early_batches` (the default) every burst is.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,12 +26,24 @@ const MSG_REPLY: u16 = 0x7f02;
 const BATCH: usize = 8;
 const BURST: u64 = 3 * BATCH as u64;
 
-/// A server handing on every `dispatch_batch` messages at most, on one worker.
+/// A server handing on every `dispatch_batch` messages at most, on one worker, making
+/// early batches.
 fn batch_server(
     dispatch_batch: usize,
 ) -> (messenger::Messenger, std::net::SocketAddr, Receiver<tests::loopback::Seen>) {
-    let config =
-        MessengerConfig { dispatch_batch, colocated_peer_batching: false, ..test_config(1) };
+    let config = MessengerConfig {
+        dispatch_batch,
+        early_batches: true,
+        colocated_peer_batching: false,
+        ..test_config(1)
+    };
+    server_with(config)
+}
+
+/// A server with `config` on one worker.
+fn server_with(
+    config: MessengerConfig,
+) -> (messenger::Messenger, std::net::SocketAddr, Receiver<tests::loopback::Seen>) {
     let addr = "127.0.0.1:0".parse().expect("addr");
     server_on(EntityType::OSD, 1, Policy::stateless_server(), false, addr, config)
 }
@@ -201,8 +214,11 @@ impl Dispatcher<Connection> for QueueAllButOne {
     }
 }
 
-fn queued_burst_reaches_ms_dispatch_in_batches(proto: ProtocolVersion) {
-    let (srv, _, _rx) = batch_server(BATCH);
+/// Queued messages go to the dispatch thread batch by batch with early batches or
+/// without (`early_batches`).
+fn queued_burst_reaches_ms_dispatch_in_batches(proto: ProtocolVersion, early_batches: bool) {
+    let config = MessengerConfig { early_batches, dispatch_batch: BATCH, ..test_config(1) };
+    let (srv, _, _rx) = server_with(config);
     let (seen, seen_rx) = crossbeam_channel::unbounded();
     let (go_tx, go) = bounded(1);
     let (held, held_rx) = bounded(1);
@@ -232,12 +248,17 @@ fn queued_burst_reaches_ms_dispatch_in_batches(proto: ProtocolVersion) {
 
 #[test]
 fn queued_messages_of_a_burst_reach_ms_dispatch_in_batches() {
-    queued_burst_reaches_ms_dispatch_in_batches(ProtocolVersion::V1);
+    queued_burst_reaches_ms_dispatch_in_batches(ProtocolVersion::V1, true);
+}
+
+#[test]
+fn without_early_batches_queued_messages_of_a_burst_still_reach_ms_dispatch_in_batches() {
+    queued_burst_reaches_ms_dispatch_in_batches(ProtocolVersion::V1, false);
 }
 
 #[test]
 fn queued_messages_of_a_burst_reach_ms_dispatch_in_batches_over_msgr2() {
-    queued_burst_reaches_ms_dispatch_in_batches(ProtocolVersion::V2);
+    queued_burst_reaches_ms_dispatch_in_batches(ProtocolVersion::V2, true);
 }
 
 /// The early batch counts the messages of the read it is in: a read of fewer than 8
@@ -363,8 +384,12 @@ fn colocated_peer_gets_no_early_batch(proto: ProtocolVersion, colocated_peer_bat
     })
     .expect("pool");
     assert!(test_config(1).colocated_peer_batching, "on by default");
-    let config =
-        MessengerConfig { dispatch_batch: 4 * BATCH, colocated_peer_batching, ..test_config(1) };
+    let config = MessengerConfig {
+        dispatch_batch: 4 * BATCH,
+        early_batches: true,
+        colocated_peer_batching,
+        ..test_config(1)
+    };
     let name = protocol::types::EntityName::new(EntityType::OSD, 0);
     let srv = messenger::Messenger::with_pool(name, 1, config, Arc::new(pool)).expect("server");
     srv.set_default_policy(Policy::stateless_server());
@@ -421,4 +446,49 @@ fn without_colocated_peer_batching_a_peer_on_the_workers_cpu_gets_early_batches(
 #[test]
 fn a_peer_on_the_workers_cpu_gets_its_burst_answered_at_the_reads_end_over_msgr2() {
     colocated_peer_gets_no_early_batch(ProtocolVersion::V2, true);
+}
+
+/// With the default configuration (no early batches) a burst's replies all go at the end
+/// of the read: nothing is written while its 17th request is dispatched, past the point
+/// where replies of 4 KiB to the first 8 small requests (32 KiB) make an early batch
+/// write (`small_requests_with_large_replies_are_answered_at_a_check_point`). Then all
+/// replies come, in order. The requests are small, so the burst is one read.
+fn burst_answered_at_the_reads_end(proto: ProtocolVersion) {
+    let config = test_config(1);
+    assert!(!config.early_batches, "off by default");
+    assert!(config.dispatch_batch > BURST as usize, "the burst fits in one batch");
+    let (srv, _, _rx) = server_with(config);
+    let (entered, entered_rx) = bounded(1);
+    let (go_tx, go) = bounded(1);
+    let (held, held_rx) = bounded(1);
+    let hold = 2 * BATCH as u64 + 1;
+    let reply = Bytes::from_static(&[9; 4096]);
+    let d = Hold { hold: vec![hold], reply, entered, go, held };
+    srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    send_burst(&mut peer, b"ping");
+
+    assert_eq!(entered_rx.recv_timeout(WAIT), Ok(hold), "the held request was dispatched");
+    let early = peek_written(&peer);
+    go_tx.send(()).expect("release the held request");
+    match early {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("replies were written in the middle of the read: {other:?}"),
+    }
+    assert_eq!(held_rx.recv_timeout(WAIT), Ok(true), "the held request was released");
+    let replies = peer.receive(BURST as usize).expect("the burst's replies");
+    let tids: Vec<u64> = replies.iter().map(Message::tid).collect();
+    assert_eq!(tids, (1..=BURST).collect::<Vec<_>>());
+    srv.shutdown();
+    srv.wait();
+}
+
+#[test]
+fn by_default_a_burst_is_answered_at_the_reads_end() {
+    burst_answered_at_the_reads_end(ProtocolVersion::V1);
+}
+
+#[test]
+fn by_default_a_burst_is_answered_at_the_reads_end_over_msgr2() {
+    burst_answered_at_the_reads_end(ProtocolVersion::V2);
 }

@@ -27,9 +27,10 @@ const MIN_DISPATCH_BATCH: usize = 8;
 /// round trips.
 const EARLY_BATCH_BYTES: usize = 32 << 10;
 
-/// What fast dispatch must have sent before a driver whose peer shares its CPU writes
-/// in the middle of a read: that peer reads only once we sleep, but a window of 4 KiB
-/// requests (128: 512 KiB) written at once ran ~20 % slower than in two writes.
+/// What fast dispatch must have sent before a driver writes in the middle of a read when
+/// it makes no early batches (`early_batches` off, or a peer that shares its CPU and
+/// reads only once we sleep): a window of 4 KiB requests (128: 512 KiB) written at once
+/// ran ~20 % slower than in two writes.
 const COLOCATED_WRITE_BYTES: u64 = 256 << 10;
 
 /// How many check points `hand_on_batch` makes per `dispatch_batch`: at each, what fast
@@ -233,12 +234,14 @@ impl Driver {
     }
 
     /// Every batch of messages delivered, hands those queued for `ms_dispatch` to the
-    /// dispatch thread and writes what fast dispatch sent meanwhile (the rest of a read's
-    /// burst is still to be parsed): the dispatch thread and the peer work on them while
-    /// this end reads on, instead of the ends trading whole bursts. Nothing is written
-    /// when nothing was sent (acks alone wait for the end of the read).
+    /// dispatch thread, and with `early_batches` writes what fast dispatch sent meanwhile
+    /// (the rest of a read's burst is still to be parsed): the dispatch thread and the
+    /// peer work on them while this end reads on, instead of the ends trading whole
+    /// bursts. Nothing is written when nothing was sent (acks alone wait for the end of
+    /// the read). Without `early_batches` (the default) a batch of `dispatch_batch`
+    /// messages writes only once [`COLOCATED_WRITE_BYTES`] were sent.
     ///
-    /// A batch is `dispatch_batch` messages, or fewer once it carried
+    /// With `early_batches`, a batch is `dispatch_batch` messages, or fewer once it carried
     /// [`EARLY_BATCH_BYTES`]: received — a quarter of the previous read phase's burst,
     /// at least [`MIN_DISPATCH_BATCH`], and at least that many of this read phase's, so
     /// a peer with little in flight (its whole window a burst of 8–31 messages of 4 KiB)
@@ -264,12 +267,13 @@ impl Driver {
         if !received && done < most && !done.is_multiple_of(check_every(most)) {
             return;
         }
-        // A peer on our own CPU runs only once this thread sleeps: early batches and
-        // check points buy it nothing and cost a write each (the window then goes in one
-        // write, or in writes of COLOCATED_WRITE_BYTES, as a single-threaded codec's
-        // does). Queued messages still go to the dispatch thread batch by batch: it may
-        // run on another CPU.
-        if self.env.config.colocated_peer_batching && self.io.peer_on_our_cpu() {
+        // Without early batches (the default), and for a peer on our own CPU (which runs
+        // only once this thread sleeps), early batches and check points write nothing:
+        // the window goes in one write, or in writes of COLOCATED_WRITE_BYTES, as a
+        // single-threaded codec's does. Queued messages still go to the dispatch thread
+        // batch by batch: it may run on another CPU.
+        let config = &self.env.config;
+        if !config.early_batches || (config.colocated_peer_batching && self.io.peer_on_our_cpu()) {
             if done >= most {
                 self.delivered_since_batch = 0;
                 self.bytes_since_batch = 0;
