@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use crc_fast::{CrcAlgorithm, Digest};
-use protocol::wire::{ceph_crc32c, long_kernel};
+use protocol::wire::{ceph_crc32c, long_kernel, LongKernel};
 
 /// Sizes measured: short fields, a message header's covered bytes, small messages, pages,
 /// bulk.
@@ -101,9 +101,10 @@ pub fn run() -> String {
             size as f64 / m[3]
         );
     }
+    let from = if long_kernel() == LongKernel::Fold256 { 128 } else { 256 };
     out + &format!(
         "\nmedian of {TRIALS} alternating trials, thread CPU time; ceph_crc32c's long inputs \
-         (256 bytes and more) go to {} here (crc-fast's tier: {})\n",
+         ({from} bytes and more) go to {} here (crc-fast's tier: {})\n",
         long_kernel().name(),
         crc_fast::get_calculator_target(CrcAlgorithm::Crc32Iscsi)
     )
