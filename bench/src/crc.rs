@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use crc_fast::{CrcAlgorithm, Digest};
-use protocol::wire::{ceph_crc32c, long_kernel, LongKernel};
+use protocol::wire::{ceph_crc32c, long_kernel, long_kernel_from};
 
 /// Sizes measured: short fields, a message header's covered bytes, small messages, pages,
 /// bulk.
@@ -101,7 +101,7 @@ pub fn run() -> String {
             size as f64 / m[3]
         );
     }
-    let from = if long_kernel() == LongKernel::Fold256 { 128 } else { 256 };
+    let from = long_kernel_from();
     out + &format!(
         "\nmedian of {TRIALS} alternating trials, thread CPU time; ceph_crc32c's long inputs \
          ({from} bytes and more) go to {} here (crc-fast's tier: {})\n",

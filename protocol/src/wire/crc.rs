@@ -58,6 +58,16 @@ impl LongKernel {
     }
 }
 
+/// How long an input [`ceph_crc32c`] gives to [`long_kernel`] on this CPU is at least:
+/// [`FOLD256_MIN`] for `short_crc`'s fold, else [`LONG_MIN`].
+pub fn long_kernel_from() -> usize {
+    if long_kernel() == LongKernel::Fold256 {
+        FOLD256_MIN
+    } else {
+        LONG_MIN
+    }
+}
+
 /// Which kernel [`ceph_crc32c`] uses for long inputs on this CPU (decided once).
 pub fn long_kernel() -> LongKernel {
     static KERNEL: OnceLock<LongKernel> = OnceLock::new();

@@ -43,7 +43,7 @@ pub use banner::{check_banner, AcceptorBanner, ACCEPTOR_BLOCK_LEN, BANNER, BANNE
 pub use connect::{ConnectMsg, CONNECT_LOSSY, MAX_AUTHORIZER_LEN};
 pub use connect_reply::ConnectReply;
 pub(crate) use crc::RunningCrc;
-pub use crc::{ceph_crc32c, long_kernel, LongKernel};
+pub use crc::{ceph_crc32c, long_kernel, long_kernel_from, LongKernel};
 pub use footer::{FooterFlags, FooterFormat, MsgFooter};
 pub use header::MsgHeader;
 pub use tag::Tag;
