@@ -59,7 +59,7 @@ impl LongKernel {
 }
 
 /// How long an input [`ceph_crc32c`] gives to [`long_kernel`] on this CPU is at least:
-/// [`FOLD256_MIN`] for `short_crc`'s fold, else [`LONG_MIN`].
+/// 128 bytes for `short_crc`'s fold, else 256.
 pub fn long_kernel_from() -> usize {
     if long_kernel() == LongKernel::Fold256 {
         FOLD256_MIN
