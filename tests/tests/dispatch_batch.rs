@@ -71,6 +71,25 @@ fn peek_written(peer: &RawPeer) -> std::io::Result<usize> {
     written
 }
 
+/// Waits until request `tid` is held inside its dispatch (reported on `entered`), looks
+/// whether the server wrote anything to `peer` before it, releases it (`go`), and fails
+/// saying `what` if something was written.
+fn nothing_written_before(
+    peer: &RawPeer,
+    entered: &Receiver<u64>,
+    go: &Sender<()>,
+    tid: u64,
+    what: &str,
+) {
+    assert_eq!(entered.recv_timeout(WAIT), Ok(tid), "request {tid} was dispatched");
+    let early = peek_written(peer);
+    go.send(()).expect("release the held request");
+    match early {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("{what}: {other:?}"),
+    }
+}
+
 /// Answers every request on its connection from fast dispatch, with `reply` as the
 /// reply's front; each request with a tid in `hold` first reports that it is being
 /// dispatched (`entered`: the worker is inside fast dispatch, so whatever it wrote
@@ -284,13 +303,13 @@ fn short_read_in_one_write(proto: ProtocolVersion) {
 
     write_requests(&mut peer, 7..=10, &request);
     // The worker is inside the 9th request's dispatch: whatever it wrote before is here.
-    assert_eq!(entered_rx.recv_timeout(WAIT), Ok(9), "the 9th request was dispatched");
-    let early = peek_written(&peer);
-    go_tx.send(()).expect("release the 9th");
-    match early {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        other => panic!("replies were written inside a read of 4 messages: {other:?}"),
-    }
+    nothing_written_before(
+        &peer,
+        &entered_rx,
+        &go_tx,
+        9,
+        "replies were written inside a read of 4 messages",
+    );
     assert_eq!(held_rx.recv_timeout(WAIT), Ok(true), "the 9th request was released");
     let rest = peer.receive(4).expect("the second read's replies");
     assert_eq!(rest.iter().map(Message::tid).collect::<Vec<_>>(), (7..=10).collect::<Vec<_>>());
@@ -336,13 +355,13 @@ fn half_the_last_burst_first(proto: ProtocolVersion) {
     write_requests(&mut peer, window + 1..=2 * window, b"ping");
     // At the check point after 8 messages the replies carried 32 KiB, but 8 is less
     // than half the last burst: nothing was written before the ninth was dispatched.
-    assert_eq!(entered_rx.recv_timeout(WAIT), Ok(ninth), "the ninth request was dispatched");
-    let early = peek_written(&peer);
-    go_tx.send(()).expect("release the ninth");
-    match early {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        other => panic!("replies were written after 8 messages of the second burst: {other:?}"),
-    }
+    nothing_written_before(
+        &peer,
+        &entered_rx,
+        &go_tx,
+        ninth,
+        "replies were written after 8 messages of the second burst",
+    );
     // After 16 they were: the first 16 replies arrive while the seventeenth is held.
     assert_eq!(entered_rx.recv_timeout(WAIT), Ok(seventeenth), "the 17th was dispatched");
     let half = peer.receive(2 * BATCH);
@@ -468,13 +487,13 @@ fn burst_answered_at_the_reads_end(proto: ProtocolVersion) {
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
     send_burst(&mut peer, b"ping");
 
-    assert_eq!(entered_rx.recv_timeout(WAIT), Ok(hold), "the held request was dispatched");
-    let early = peek_written(&peer);
-    go_tx.send(()).expect("release the held request");
-    match early {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-        other => panic!("replies were written in the middle of the read: {other:?}"),
-    }
+    nothing_written_before(
+        &peer,
+        &entered_rx,
+        &go_tx,
+        hold,
+        "replies were written in the middle of the read",
+    );
     assert_eq!(held_rx.recv_timeout(WAIT), Ok(true), "the held request was released");
     let replies = peer.receive(BURST as usize).expect("the burst's replies");
     let tids: Vec<u64> = replies.iter().map(Message::tid).collect();
