@@ -41,12 +41,13 @@
 
 mod decoder;
 mod frame;
+mod lent;
 
 use std::cell::RefCell;
 use std::fmt;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::types::{EntityName, EntityType};
 use crate::wire::{MsgFooter, MsgHeader};
@@ -306,38 +307,29 @@ impl Message {
     pub fn send_cost(&self) -> u64 {
         self.queued_cost().saturating_add(FRAME_OVERHEAD)
     }
-    /// Copies the payload into one allocation of its own when it is smaller than
-    /// `below` bytes. A received message's segments are usually slices of a large read
-    /// buffer shared with other messages; a small message kept for long (queued for
-    /// dispatch) would keep all of that buffer alive. Costs one copy of the payload and
-    /// one allocation (two when more than one segment is set).
+    /// Copies the payload into one buffer of its own when it is smaller than `below`
+    /// bytes. A received message's segments are usually slices of a large read buffer
+    /// shared with other messages; a small message kept for long (queued for dispatch)
+    /// would keep all of that buffer alive. Costs one copy of the payload. The buffer is
+    /// one this thread lent to an earlier message when that one is gone, else a new
+    /// allocation (see `lent.rs`).
     pub fn compact(&mut self, below: usize) {
         let len = self.payload_len();
         if len == 0 || len >= below {
             return;
         }
-        // Nearly every message has one segment: a copy of its own is one exact-size
-        // allocation, never shared, so it needs no separate reference count (slicing
-        // one allocation into three segments does).
-        if self.0.middle.is_empty() {
-            if self.0.data.is_empty() {
-                self.0.front = Bytes::copy_from_slice(&self.0.front);
-                return;
-            }
-            if self.0.front.is_empty() {
-                self.0.data = Bytes::copy_from_slice(&self.0.data);
-                return;
-            }
-        }
-        let mut own = BytesMut::with_capacity(len);
-        for seg in [&self.0.front, self.middle(), &self.0.data] {
-            own.extend_from_slice(seg);
-        }
-        let own = own.freeze();
+        let own = lent::copy_of(&[&self.0.front, self.middle(), &self.0.data], len);
         let (f, m) = (self.0.front.len(), self.0.front.len() + self.middle().len());
-        self.0.front = own.slice(..f);
-        self.0.middle = own.slice(f..m);
-        self.0.data = own.slice(m..);
+        // Empty segments become empty handles (an empty slice may still hold the read
+        // buffer), and a segment that is the whole payload takes the buffer itself.
+        let part =
+            |r: std::ops::Range<usize>| if r.is_empty() { Bytes::new() } else { own.slice(r) };
+        let (front, middle, data) = match (f, m) {
+            (0, 0) => (Bytes::new(), Bytes::new(), own),
+            (f, m) if f == len && m == len => (own, Bytes::new(), Bytes::new()),
+            (f, m) => (part(0..f), part(f..m), part(m..len)),
+        };
+        (self.0.front, self.0.middle, self.0.data) = (front, middle, data);
     }
     /// The footer as received (default for a locally built message).
     pub fn footer(&self) -> &MsgFooter {
@@ -402,6 +394,7 @@ mod tests {
     use super::*;
     use crate::error::{Error, Result};
     use crate::wire::{FooterFlags, FooterFormat, Tag};
+    use bytes::BytesMut;
 
     fn sample() -> Message {
         let mut m = Message::new(17, Bytes::from_static(b"front bytes"));

@@ -1,0 +1,213 @@
+//! Buffers of compacted payloads ([`super::Message::compact`]), taken back for the next
+//! copy once the messages holding them are gone.
+//!
+//! Why: a message queued for dispatch is compacted on the worker that read it and
+//! dropped on the dispatch thread. Freed there, each buffer went back to the worker's
+//! malloc arena under that arena's lock, while the worker took the same lock for the
+//! next copy. At 4 KiB depth 32 with the server answering from `ms_dispatch` the two
+//! threads met on that lock about once per ten messages (a futex wait and wake each
+//! time, ~40 % of all futex calls of the run). Now the thread that copies keeps a handle
+//! to each buffer it lends out; once the handle is the only one left (the message was
+//! dropped, wherever), the buffer is reused on this thread, and a buffer that is freed
+//! is freed here.
+//!
+//! What is kept is bounded per thread: [`LENT_KEEP`] buffers and [`LENT_BYTES`] bytes,
+//! lent out or back. Past either bound the oldest handle is let go: a buffer still in
+//! use is then freed by whoever drops it last, as any other `Bytes`.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+thread_local! {
+    static LENT: RefCell<Lent> = const { RefCell::new(Lent::new()) };
+}
+
+/// Buffers a thread keeps handles to at most: two batches of queued messages.
+const LENT_KEEP: usize = 128;
+
+/// Bytes of buffers a thread keeps handles to at most.
+const LENT_BYTES: usize = 1 << 20;
+
+/// The buffers this thread lent out, oldest first, with their capacities.
+struct Lent {
+    ring: VecDeque<(Bytes, usize)>,
+    bytes: usize,
+}
+
+impl Lent {
+    const fn new() -> Lent {
+        Lent { ring: VecDeque::new(), bytes: 0 }
+    }
+
+    /// `parts` copied into one buffer of `len` bytes (their sum), lent out.
+    fn copy(&mut self, parts: &[&[u8]], len: usize) -> Bytes {
+        let mut buf = self.reclaim(len).unwrap_or_else(|| BytesMut::with_capacity(len));
+        for part in parts {
+            buf.extend_from_slice(part);
+        }
+        let cap = buf.capacity();
+        let out = buf.freeze();
+        while self.ring.len() >= LENT_KEEP || self.bytes.saturating_add(cap) > LENT_BYTES {
+            if !self.let_go_oldest() {
+                break;
+            }
+        }
+        if cap <= LENT_BYTES {
+            self.ring.push_back((out.clone(), cap));
+            self.bytes += cap;
+        }
+        out
+    }
+
+    /// The oldest buffer, emptied, if nothing else holds it and it suits `len` bytes: at
+    /// least that large and at most twice as large, so a small message never holds a
+    /// large buffer. Messages are dispatched in the order they were queued, so the
+    /// oldest is the first to come back; only it is looked at. One that is back but does
+    /// not suit is freed.
+    fn reclaim(&mut self, len: usize) -> Option<BytesMut> {
+        if !self.ring.front()?.0.is_unique() {
+            return None;
+        }
+        let (buf, cap) = self.ring.pop_front()?;
+        self.bytes -= cap;
+        let mut buf = buf.try_into_mut().ok()?;
+        if buf.capacity() < len || buf.capacity() / 2 > len {
+            return None;
+        }
+        buf.clear();
+        Some(buf)
+    }
+
+    fn let_go_oldest(&mut self) -> bool {
+        match self.ring.pop_front() {
+            Some((_, cap)) => {
+                self.bytes -= cap;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// `parts` (of `len` bytes in all) copied into one buffer of their own, reusing one this
+/// thread lent out before when it is back (see the module docs).
+pub(super) fn copy_of(parts: &[&[u8]], len: usize) -> Bytes {
+    let lent = LENT.try_with(|l| l.try_borrow_mut().ok().map(|mut l| l.copy(parts, len)));
+    match lent {
+        Ok(Some(b)) => b,
+        // A thread being torn down, or a copy made while one is under way (not
+        // expected): a plain buffer.
+        _ => {
+            let mut buf = BytesMut::with_capacity(len);
+            for part in parts {
+                buf.extend_from_slice(part);
+            }
+            buf.freeze()
+        }
+    }
+}
+
+/// How many buffers and bytes this thread keeps handles to (for tests).
+#[cfg(test)]
+pub(super) fn held() -> (usize, usize) {
+    LENT.with(|l| {
+        let l = l.borrow();
+        (l.ring.len(), l.bytes)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    /// A message whose data is `len` bytes of a shared 64 KiB read buffer.
+    fn received(shared: &Bytes, len: usize) -> Message {
+        let mut m = Message::new(17, Bytes::new());
+        m.set_data(shared.slice(..len));
+        m
+    }
+
+    fn shared() -> Bytes {
+        Bytes::from((0..64u32 << 10).map(|i| i as u8).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn a_compacted_buffer_is_reused_once_its_message_is_gone() {
+        let shared = shared();
+        let mut first = received(&shared, 4096);
+        first.compact(32 << 10);
+        let at = first.data().as_ptr();
+        // Still held: the next copy gets a buffer of its own.
+        let mut second = received(&shared, 4096);
+        second.compact(32 << 10);
+        assert_ne!(second.data().as_ptr(), at);
+        assert_eq!(second.data(), &shared.slice(..4096));
+        drop(first);
+        let mut third = received(&shared, 4000);
+        third.compact(32 << 10);
+        assert_eq!(third.data().as_ptr(), at, "the first message's buffer was not reused");
+        // Reused, not freed and allocated again at the same address: a new buffer would
+        // have been 4,000 bytes.
+        assert_eq!(held(), (2, 2 * 4096));
+        assert_eq!(third.data(), &shared.slice(..4000));
+        // The reused buffer holds only the new payload, and the message held meanwhile
+        // still reads what it was given.
+        assert_eq!(second.data(), &shared.slice(..4096));
+    }
+
+    #[test]
+    fn a_buffer_is_reused_only_when_every_segment_is_gone_and_its_size_suits() {
+        let shared = shared();
+        let mut m = Message::new(17, shared.slice(..100));
+        m.set_middle(shared.slice(100..110));
+        m.set_data(shared.slice(200..1200));
+        m.compact(32 << 10);
+        let at = m.front().as_ptr();
+        let data = m.data().clone();
+        drop(m);
+        // The data segment still holds the buffer.
+        let mut next = received(&shared, 1110);
+        next.compact(32 << 10);
+        assert_ne!(next.data().as_ptr(), at);
+        drop((data, next));
+        // Back now, but over twice the size of a 500-byte payload: freed, not reused
+        // (the allocator may hand out the same address again, so the kept capacities
+        // tell: `next`'s buffer and a new one of 500 bytes).
+        assert_eq!(held(), (2, 2 * 1110));
+        let mut small = received(&shared, 500);
+        small.compact(32 << 10);
+        assert_eq!(held(), (2, 1110 + 500));
+        assert_eq!(small.data(), &shared.slice(..500));
+    }
+
+    #[test]
+    fn the_handles_a_thread_keeps_are_bounded() {
+        let shared = shared();
+        let held_messages: Vec<Message> = (0..3 * LENT_KEEP)
+            .map(|i| {
+                let mut m = received(&shared, 64 + i % 3);
+                m.compact(32 << 10);
+                m
+            })
+            .collect();
+        assert_eq!(held().0, LENT_KEEP);
+        let big: Vec<Message> = (0..40)
+            .map(|_| {
+                let mut m = received(&shared, 30 << 10);
+                m.compact(32 << 10);
+                m
+            })
+            .collect();
+        let (n, bytes) = held();
+        assert!(n <= LENT_KEEP && bytes <= LENT_BYTES, "{n} buffers, {bytes} bytes");
+        assert!(bytes > LENT_BYTES / 2, "{bytes} bytes: the ring let go of too much");
+        // Every message still reads its own payload.
+        for (i, m) in held_messages.iter().enumerate() {
+            assert_eq!(m.data(), &shared.slice(..64 + i % 3));
+        }
+        assert!(big.iter().all(|m| m.data() == &shared.slice(..30 << 10)));
+    }
+}
