@@ -43,18 +43,17 @@ impl Lent {
 
     /// `parts` copied into one buffer of `len` bytes (their sum), lent out.
     fn copy(&mut self, parts: &[&[u8]], len: usize) -> Bytes {
-        let mut buf = self.reclaim(len).unwrap_or_else(|| BytesMut::with_capacity(len));
-        for part in parts {
-            buf.extend_from_slice(part);
-        }
+        let buf = self.reclaim(len).unwrap_or_else(|| BytesMut::with_capacity(len));
+        let buf = fill(buf, parts);
         let cap = buf.capacity();
         let out = buf.freeze();
-        while self.ring.len() >= LENT_KEEP || self.bytes.saturating_add(cap) > LENT_BYTES {
-            if !self.let_go_oldest() {
-                break;
-            }
-        }
+        // A buffer larger than the whole bound is not kept, and makes no room.
         if cap <= LENT_BYTES {
+            while self.ring.len() >= LENT_KEEP || self.bytes + cap > LENT_BYTES {
+                if !self.let_go_oldest() {
+                    break;
+                }
+            }
             self.ring.push_back((out.clone(), cap));
             self.bytes += cap;
         }
@@ -99,14 +98,16 @@ pub(super) fn copy_of(parts: &[&[u8]], len: usize) -> Bytes {
         Ok(Some(b)) => b,
         // A thread being torn down, or a copy made while one is under way (not
         // expected): a plain buffer.
-        _ => {
-            let mut buf = BytesMut::with_capacity(len);
-            for part in parts {
-                buf.extend_from_slice(part);
-            }
-            buf.freeze()
-        }
+        _ => fill(BytesMut::with_capacity(len), parts).freeze(),
     }
+}
+
+/// `parts` appended to `buf`.
+fn fill(mut buf: BytesMut, parts: &[&[u8]]) -> BytesMut {
+    for part in parts {
+        buf.extend_from_slice(part);
+    }
+    buf
 }
 
 /// How many buffers and bytes this thread keeps handles to (for tests).
@@ -204,6 +205,13 @@ mod tests {
         let (n, bytes) = held();
         assert!(n <= LENT_KEEP && bytes <= LENT_BYTES, "{n} buffers, {bytes} bytes");
         assert!(bytes > LENT_BYTES / 2, "{bytes} bytes: the ring let go of too much");
+        // A payload larger than the whole bound is copied, not kept, and makes no room.
+        let huge = Bytes::from(vec![7u8; LENT_BYTES + 1]);
+        let mut m = Message::new(17, Bytes::new());
+        m.set_data(huge.clone());
+        m.compact(usize::MAX);
+        assert_eq!(m.data(), &huge);
+        assert_eq!(held(), (n, bytes));
         // Every message still reads its own payload.
         for (i, m) in held_messages.iter().enumerate() {
             assert_eq!(m.data(), &shared.slice(..64 + i % 3));

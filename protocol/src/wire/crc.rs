@@ -29,7 +29,7 @@ const LONG_MIN: usize = 256;
 /// the chain until 256 (the fronts of many of Ceph's messages are this long).
 const FOLD256_MIN: usize = 128;
 
-/// The kernel [`ceph_crc32c`] runs on inputs of 256 bytes and more.
+/// The kernel [`ceph_crc32c`] runs on long inputs: from [`long_kernel_from`] bytes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LongKernel {
     /// `crc-fast`'s folding, where it runs on 512-bit VPCLMULQDQ (its
