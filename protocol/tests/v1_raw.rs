@@ -520,10 +520,16 @@ fn duplicate_seq_is_dropped_and_reading_continues() {
     bytes.extend(frame(1, b"dup"));
     bytes.extend(frame(2, b"two"));
     bytes.extend([Tag::KEEPALIVE2.0, 1, 0, 0, 0, 2, 0, 0, 0]);
+    // With receive credit (as the messenger runs), a whole message is decided on in
+    // the call that reads its header: the duplicate must still be dropped there, and
+    // take no credit.
+    a.add_receive_credit(10, 10_000);
     let got = feed(&mut a, now, &bytes);
     let fronts: Vec<&[u8]> = got.iter().map(|m| &m.front()[..]).collect();
     assert_eq!(fronts, [&b"one"[..], b"two"]);
     assert_eq!(config.counters.values().old_seq_dropped, 1, "the duplicate is counted");
+    let cost = 3 + protocol::message::MESSAGE_OVERHEAD;
+    assert_eq!(a.take_receive_credit(), (8, 10_000 - 2 * cost), "credit for the two kept");
     // ACK 2 (lossless) and the KEEPALIVE2_ACK echo.
     let out = drain(&mut a);
     assert!(out.windows(9).any(|w| w == [Tag::ACK.0, 2, 0, 0, 0, 0, 0, 0, 0]), "{out:?}");

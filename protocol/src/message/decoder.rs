@@ -247,7 +247,26 @@ impl MessageDecoder {
 
     /// Consumes bytes from the front of `input` (advancing it) and reports progress.
     pub fn feed(&mut self, input: &mut Bytes) -> Result<Progress> {
-        let r = self.step(input);
+        self.feed_admitting(input, |_| false)
+    }
+
+    /// [`MessageDecoder::feed`], deciding about a message's payload in the same call
+    /// when the whole message is already there: at a message's start, with nothing
+    /// pending and its header, payload and footer all in `input`, `admit` is asked with
+    /// the checked header. If it says yes, the message is taken at once, as if
+    /// [`MessageDecoder::proceed_with`] had allowed exactly its payload, and
+    /// [`Progress::Message`] comes back. Otherwise this is `feed` (`HeaderReady`), and
+    /// at any other point `admit` is not asked.
+    ///
+    /// Why: a small message arrives whole, and its caller's checks (a duplicate, its
+    /// budget) need only the header. Returning to the caller between header and payload
+    /// cost a second call, a copy of the header and the budget round per message.
+    pub fn feed_admitting(
+        &mut self,
+        input: &mut Bytes,
+        admit: impl FnOnce(&MsgHeader) -> bool,
+    ) -> Result<Progress> {
+        let r = self.step(input, admit);
         if r.is_err() {
             self.stage = Stage::Failed;
             self.partial = BytesMut::new();
@@ -257,8 +276,13 @@ impl MessageDecoder {
         r
     }
 
-    fn step(&mut self, input: &mut Bytes) -> Result<Progress> {
+    fn step(
+        &mut self,
+        input: &mut Bytes,
+        admit: impl FnOnce(&MsgHeader) -> bool,
+    ) -> Result<Progress> {
         self.count_direct_reads();
+        let mut admit = Some(admit);
         loop {
             match self.stage {
                 Stage::Failed => return Err(Error::Misuse("MessageDecoder used after an error")),
@@ -279,6 +303,13 @@ impl MessageDecoder {
                         header.seq, header.msg_type, header.front_len, header.middle_len, header.data_len);
                     self.header = header;
                     self.stage = Stage::HeaderReady;
+                    if self.whole_in(input) && admit.take().is_some_and(|admit| admit(&header)) {
+                        self.proceed_with(header.payload_len())?;
+                        return match self.take_whole(input)? {
+                            Some(msg) => Ok(Progress::Message(msg)),
+                            None => Err(Error::Misuse("MessageDecoder: a whole message not taken")),
+                        };
+                    }
                     return Ok(Progress::HeaderReady(header));
                 }
                 Stage::AwaitFront => {
@@ -341,13 +372,10 @@ impl MessageDecoder {
         let payload = self.header.payload_len();
         let format = self.opts.crc.footer;
         let footer_len = format.encoded_len();
-        if !self.partial.is_empty() || payload > self.allowance {
+        if payload > self.allowance {
             return Ok(None);
         }
-        let Ok(at) = usize::try_from(payload) else { return Ok(None) };
-        let Some(raw) = at.checked_add(footer_len).and_then(|end| input.get(at..end)) else {
-            return Ok(None);
-        };
+        let Some(raw) = self.footer_in(input) else { return Ok(None) };
         let footer = MsgFooter::decode(raw, format).map(|(f, _)| f)?;
         // In bounds: the three lengths sum to `payload`, and `input` holds that much
         // and the footer after it.
@@ -368,6 +396,25 @@ impl MessageDecoder {
         self.stage = Stage::AwaitHeader;
         self.allowance = 0;
         Ok(Some(Message::from_parts(&self.header, front, middle, data, footer)))
+    }
+
+    /// Where the current message's footer lies in `input` when nothing is pending and
+    /// `input` holds the rest of the message (after its header).
+    #[inline]
+    fn footer_in<'a>(&self, input: &'a [u8]) -> Option<&'a [u8]> {
+        if !self.partial.is_empty() {
+            return None;
+        }
+        let at = usize::try_from(self.header.payload_len()).ok()?;
+        let end = at.checked_add(self.opts.crc.footer.encoded_len())?;
+        input.get(at..end)
+    }
+
+    /// Whether [`Self::take_whole`] could take the current message from `input` once its
+    /// payload is allowed.
+    #[inline]
+    fn whole_in(&self, input: &[u8]) -> bool {
+        self.footer_in(input).is_some()
     }
 
     fn in_payload(&self) -> bool {
@@ -627,6 +674,49 @@ mod tests {
             at += n;
         }
         at
+    }
+
+    // `feed_admitting`: a whole message is taken in one call when admitted, with the
+    // input after it left; one not admitted, or not all there, stops at its header as
+    // `feed` does (asked only in the first case); and a bad header fails before any
+    // question is asked.
+    #[test]
+    fn a_whole_message_is_taken_in_one_call_only_when_admitted() {
+        let (one, data) = wire(64, true);
+        let mut two = one.clone();
+        two.extend_from_slice(&[0xee; 3]);
+
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        let mut asked = Vec::new();
+        let mut input = Bytes::from(two.clone());
+        let got = dec.feed_admitting(&mut input, |h| {
+            asked.push((h.seq, h.payload_len()));
+            true
+        });
+        let Ok(Progress::Message(got)) = got else { panic!("no message: {got:?}") };
+        assert_eq!((got.front().as_ref(), got.data().as_ref()), (&b"front"[..], &data[..]));
+        assert_eq!(asked, [(1, 5 + 64)]);
+        assert_eq!(input.as_ref(), [0xee; 3], "the bytes after it are left");
+        assert!(dec.is_idle(), "awaits the next header");
+
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        let mut input = Bytes::from(two.clone());
+        let got = dec.feed_admitting(&mut input, |_| false);
+        assert!(matches!(got, Ok(Progress::HeaderReady(_))), "{got:?}");
+        assert_eq!(input.len(), two.len() - MsgHeader::LEN, "only the header taken");
+        dec.proceed().unwrap();
+        assert!(matches!(dec.feed(&mut input), Ok(Progress::Message(_))));
+
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        let mut input = Bytes::copy_from_slice(&one[..one.len() - 1]);
+        let got = dec.feed_admitting(&mut input, |_| panic!("asked about a partial message"));
+        assert!(matches!(got, Ok(Progress::HeaderReady(_))), "{got:?}");
+
+        let mut bad = one.clone();
+        bad[3] ^= 1;
+        let mut dec = MessageDecoder::new(DecodeOptions::default());
+        let got = dec.feed_admitting(&mut Bytes::from(bad), |_| panic!("asked about a bad header"));
+        assert!(matches!(got, Err(Error::BadCrc { what: "header", .. })), "{got:?}");
     }
 
     // A large data segment's crc is taken as its pieces arrive (direct reads and ordinary

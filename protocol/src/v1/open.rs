@@ -173,11 +173,20 @@ fn skip_message(m: &mut Machine<V1>, now: Instant) -> bool {
 
 /// Feeds message bytes to the decoder once.
 fn feed_message(m: &mut Machine<V1>, now: Instant) -> Fed {
+    let in_seq = m.session.in_seq;
     let Some(open) = m.state.open_mut() else { return Fed::Done(false) };
     // No buffered input is fine: a direct read may have completed the segment.
     let mut chunk = m.rx.pop_chunk().unwrap_or_default();
     let before = chunk.len();
-    let progress = open.rx.decoder.feed(&mut chunk);
+    // A message that arrived whole is taken in this call when it is no duplicate and the
+    // credit covers it: what `HeaderReady` below decides, the same way (its first
+    // window covers the payload, which is all in memory; the budget has nothing to
+    // clock). Anything else comes back as `HeaderReady`.
+    let credit = &mut open.credit;
+    let progress = open
+        .rx
+        .decoder
+        .feed_admitting(&mut chunk, |h| Seq(h.seq) > in_seq && credit.take(h.payload_len()));
     let used = before - chunk.len();
     m.rx.unpop_chunk(chunk);
     m.note_payload_progress(now, used as u64);
