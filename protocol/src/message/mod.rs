@@ -179,7 +179,47 @@ impl Message {
         data: Bytes,
         footer: MsgFooter,
     ) -> Self {
-        let fields = Fields {
+        let spare = SPARE.try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()));
+        if let Some(mut b) = spare.ok().flatten() {
+            // Field by field into the spare box: building the fields apart and moving
+            // them in cost a copy of the whole (a `memcpy` call) per message. What the
+            // payload fields replace holds no payload (cleared by `recycle`).
+            // Every field named, so a field added to `Fields` must be set here too.
+            let Fields {
+                msg_type,
+                version,
+                compat_version,
+                priority,
+                data_off,
+                src_type,
+                src_num,
+                tid,
+                seq,
+                front: old_front,
+                middle: old_middle,
+                data: old_data,
+                footer: old_footer,
+                recv_stamp,
+                dispatch_stamp,
+            } = &mut *b;
+            *msg_type = header.msg_type;
+            *version = header.version;
+            *compat_version = header.compat_version;
+            *priority = header.priority;
+            *data_off = header.data_off;
+            *src_type = Some(header.src.ty);
+            *src_num = header.src.num;
+            *tid = header.tid;
+            *seq = header.seq;
+            *old_front = front;
+            *old_middle = middle;
+            *old_data = data;
+            *old_footer = footer;
+            *recv_stamp = None;
+            *dispatch_stamp = None;
+            return Message(b);
+        }
+        Message(Box::new(Fields {
             msg_type: header.msg_type,
             version: header.version,
             compat_version: header.compat_version,
@@ -195,16 +235,7 @@ impl Message {
             footer,
             recv_stamp: None,
             dispatch_stamp: None,
-        };
-        let spare = SPARE.try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()));
-        match spare.ok().flatten() {
-            // What it replaces holds no payload (cleared by `recycle`).
-            Some(mut b) => {
-                *b = fields;
-                Message(b)
-            }
-            None => Message(Box::new(fields)),
-        }
+        }))
     }
 
     /// The message type number (`CEPH_MSG_*`).
@@ -547,6 +578,14 @@ mod tests {
         old.set_seq(77);
         old.set_tid(1234);
         old.set_src(EntityName { ty: EntityType::OSD, num: 3 });
+        old.set_priority(PRIO_HIGH);
+        old.set_version(9);
+        old.set_compat_version(8);
+        // Any instant will do: stamps are only carried here.
+        #[allow(clippy::disallowed_methods)]
+        let at = Instant::now();
+        old.set_recv_stamp(at);
+        old.set_dispatch_stamp(at);
         let old_box = &*old.0 as *const Fields;
         old.recycle();
         assert!(payload.is_unique(), "a spare box still holds its message's payload");
