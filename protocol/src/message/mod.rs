@@ -36,6 +36,13 @@
 //! 3. On `Message` the decoder is back at `AwaitHeader`; bytes left in the input belong to
 //!    the next tag, which the caller reads.
 //!
+//! A caller that can decide from the header alone may feed with
+//! [`MessageDecoder::feed_admitting`] instead: when a message's header, payload and footer
+//! are all in the input, its `admit` is asked with the checked header, and on yes the
+//! whole message comes back from that one call, as if `proceed_with` had allowed exactly
+//! its payload; otherwise it stops at `HeaderReady` as above. The v1 session admits a
+//! message that is no duplicate and that its receive credit covers.
+//!
 //! Any error leaves the decoder failed (the connection must fault); [`MessageDecoder::reset`]
 //! makes it usable again.
 
