@@ -507,12 +507,20 @@ fn connection_floods_stop_at_the_event_bound_over(proto: ProtocolVersion) {
             blocked_rx.recv_timeout(WAIT).expect("the dispatch thread is held up");
         }
         conn.mark_down();
+        // This connection gone from the server before the next connect: when the
+        // listener decides on a connection, the events of all earlier ones are queued
+        // but for those of one (the pump that forgot it may not have queued them yet,
+        // on a loaded machine). Without this wait, events of several connections could
+        // be on their way when the listener looked.
+        wait_for_connection_count(&srv, 0, "server");
     }
     let held = queued_events(&srv);
     let Some((cycle, conn)) = stalled else {
         panic!("{CYCLES} connections accepted, {held} events queued");
     };
-    assert!(held <= MAX_EVENTS as u64 + 2, "{held} events queued, bound {MAX_EVENTS}");
+    // The last connection accepted saw fewer than the bound, and added its two events
+    // to what was queued then and what one more connection still had on its way (two).
+    assert!(held <= MAX_EVENTS as u64 + 3, "{held} events queued, bound {MAX_EVENTS}");
     assert!(cycle >= MAX_EVENTS / 2 - 2, "stalled at connection {cycle}");
     release_tx.send(()).expect("release");
     assert!(
