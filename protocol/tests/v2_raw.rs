@@ -380,43 +380,63 @@ fn reconnect_without_a_session_is_reset() {
 
 // E14-E17 in the ready state: an aborted MESSAGE is dropped silently and the next one
 // delivered (the monitor logged a seq gap); a duplicate seq is dropped (Pacific stops
-// reading; we go on); KEEPALIVE2 is echoed; a bad late_status faults.
+// reading; we go on); KEEPALIVE2 is echoed; a bad late_status faults. All of it also
+// with receive credit (as the messenger runs), where a MESSAGE that arrived whole is
+// read in one call: the duplicate must still be dropped there and take no credit.
 #[test]
 fn ready_state_edges() {
-    let mut a = Acceptor::new();
-    a.ready();
-    let delivered = |a: &mut Acceptor, b: Vec<u8>| -> Vec<u64> {
-        let mut seqs = Vec::new();
-        a.conn.handle_bytes(a.now, Bytes::from(b));
-        for _ in 0..10 {
-            for e in events(&mut a.conn) {
-                match e {
-                    Event::NeedBudget { .. } => a.conn.grant_budget(a.now),
-                    Event::Message(m) => seqs.push(m.seq()),
-                    Event::Closed { .. } => panic!("closed: {e:?}"),
-                    _ => {}
+    for credit in [false, true] {
+        let mut a = Acceptor::new();
+        a.ready();
+        if credit {
+            a.conn.add_receive_credit(100, 100_000);
+        }
+        let delivered = |a: &mut Acceptor, b: Vec<u8>| -> Vec<u64> {
+            let mut seqs = Vec::new();
+            a.conn.handle_bytes(a.now, Bytes::from(b));
+            for _ in 0..10 {
+                for e in events(&mut a.conn) {
+                    match e {
+                        Event::NeedBudget { .. } if credit => panic!("asked with credit"),
+                        Event::NeedBudget { .. } => a.conn.grant_budget(a.now),
+                        Event::Message(m) => seqs.push(m.seq()),
+                        Event::Closed { .. } => panic!("closed: {e:?}"),
+                        _ => {}
+                    }
                 }
             }
+            a.flush();
+            seqs
+        };
+        assert_eq!(delivered(&mut a, message(1, Some(0x01))), Vec::<u64>::new(), "aborted");
+        assert_eq!(delivered(&mut a, message(2, None)), [2], "gap accepted");
+        assert_eq!(delivered(&mut a, message(2, None)), Vec::<u64>::new(), "duplicate");
+        assert_eq!(a.conn.duplicates_dropped(), 1);
+        assert_eq!(delivered(&mut a, message(3, Some(0xE))), [3], "only the low nibble counts");
+        let stamp = protocol::wire::KeepaliveStamp { sec: 5, nsec: 6 };
+        delivered(&mut a, frame(&Keepalive2 { stamp }));
+        let last = a.sent().pop().unwrap();
+        assert_eq!(last.tag(), Tag::KEEPALIVE2_ACK);
+        assert_eq!(Keepalive2Ack::from_segment(&last.segments[0]).unwrap().stamp, stamp);
+        if credit {
+            // Three messages took credit (the aborted one too, as its head was admitted),
+            // the duplicate none.
+            let cost = 5 + protocol::message::MESSAGE_OVERHEAD;
+            assert_eq!(a.conn.take_receive_credit(), (97, 100_000 - 3 * cost));
+            a.conn.add_receive_credit(1, 100_000);
         }
-        a.flush();
-        seqs
-    };
-    assert_eq!(delivered(&mut a, message(1, Some(0x01))), Vec::<u64>::new(), "aborted");
-    assert_eq!(delivered(&mut a, message(2, None)), [2], "gap accepted");
-    assert_eq!(delivered(&mut a, message(2, None)), Vec::<u64>::new(), "duplicate");
-    assert_eq!(a.conn.duplicates_dropped(), 1);
-    assert_eq!(delivered(&mut a, message(3, Some(0xE))), [3], "only the low nibble counts");
-    let stamp = protocol::wire::KeepaliveStamp { sec: 5, nsec: 6 };
-    delivered(&mut a, frame(&Keepalive2 { stamp }));
-    let last = a.sent().pop().unwrap();
-    assert_eq!(last.tag(), Tag::KEEPALIVE2_ACK);
-    assert_eq!(Keepalive2Ack::from_segment(&last.segments[0]).unwrap().stamp, stamp);
-    a.conn.handle_bytes(a.now, Bytes::from(message(4, Some(0x00))));
-    let evs = events(&mut a.conn);
-    assert!(evs.iter().any(|e| matches!(e, Event::NeedBudget { .. })));
-    a.conn.grant_budget(a.now);
-    let evs = events(&mut a.conn);
-    assert!(matches!(closed_by_fault(&evs), Some(Fault::Decode(_))), "bad late_status: {evs:?}");
+        a.conn.handle_bytes(a.now, Bytes::from(message(4, Some(0x00))));
+        let evs = events(&mut a.conn);
+        if !credit {
+            assert!(evs.iter().any(|e| matches!(e, Event::NeedBudget { .. })));
+            a.conn.grant_budget(a.now);
+        }
+        let evs = if credit { evs } else { events(&mut a.conn) };
+        assert!(
+            matches!(closed_by_fault(&evs), Some(Fault::Decode(_))),
+            "bad late_status (credit {credit}): {evs:?}"
+        );
+    }
 }
 
 /// A connector (client.? dialling mon at v2 127.0.0.1:6789/0) and a raw acceptor.

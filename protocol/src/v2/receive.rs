@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::error::Error;
-use crate::session::{Fault, Machine, PeerIssue, Side, State};
+use crate::session::{Fault, Machine, PeerIssue, Seq, Side, State};
 use crate::types::{AddrType, EntityAddr};
 
 use super::banner::{Banner, Msgr2Features, BANNER_HEAD_LEN, BANNER_PREFIX, V1_BANNER_PREFIX};
@@ -103,6 +103,9 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
     if m.proto.decoder.is_paused() {
         return false;
     }
+    if let Some(more) = read_whole_message(m, now) {
+        return more;
+    }
     let n = m.proto.decoder.need();
     let step = if m.state.is_open() && m.proto.decoder.reads_in_place() {
         // A preamble or epilogue is only read: no `Bytes` for it, so no reference is
@@ -146,6 +149,45 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
         Ok(Step::Frame) => {
             let f = m.proto.decoder.take_frame();
             handle_frame(m, now, f)
+        }
+    }
+}
+
+/// crc mode, open, between frames: a MESSAGE frame that is all in the first buffered
+/// chunk, no duplicate and covered by the receive credit, is read in one call: what
+/// [`handle_head`], its first window (which covers the payload, all in memory) and the
+/// frame's pieces would each do in a round of the input loop. `None` when it is not so:
+/// the frame is then read piece by piece, and anything wrong with it found there.
+fn read_whole_message(m: &mut Machine<V2>, now: Instant) -> Option<bool> {
+    if !m.proto.decoder.is_idle() || m.proto.decoder.is_secure() {
+        return None;
+    }
+    let in_seq = m.session.in_seq;
+    let open = m.state.open_mut()?;
+    if !matches!(open.rx, OpenRx::Idle) || open.budget.is_waiting() {
+        return None;
+    }
+    let mut chunk = m.rx.pop_chunk()?;
+    let credit = &mut open.credit;
+    let taken = m.proto.decoder.take_whole_message(&mut chunk, |segment0, payload| {
+        let header = MsgHeader2::decode(segment0).ok()?;
+        (Seq(header.seq) > in_seq && credit.take(payload)).then_some(header)
+    });
+    m.rx.unpop_chunk(chunk);
+    match taken {
+        Ok(None) => None,
+        Err(e) => {
+            m.peer_issue(PeerIssue::BadMessage, format_args!("bad frame: {e}"));
+            m.fault(now, Fault::Decode(e));
+            Some(false)
+        }
+        Ok(Some((header, segments, aborted))) => {
+            log::trace!(target: LOG, "{m}: got {}", Tag::MESSAGE);
+            if let Some(open) = m.state.open_mut() {
+                open.rx = OpenRx::Reading { header, discard: false };
+            }
+            let result = open::on_message(m, now, segments, aborted).map(|()| true);
+            Some(conclude(m, now, Tag::MESSAGE, result))
         }
     }
 }

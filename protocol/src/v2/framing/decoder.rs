@@ -1,7 +1,7 @@
 //! [`FrameDecoder`]: wire bytes into frames, incrementally, every length checked
 //! against the [`FrameLimits`] from the preamble before a segment is buffered.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::{Error, Result};
 use crate::message::DIRECT_ASSEMBLY_MIN;
@@ -450,6 +450,96 @@ impl FrameDecoder {
         }
     }
 
+    /// crc mode, between frames: a MESSAGE frame that is all at the start of `input`,
+    /// taken in one call instead of one piece at a time. `admit` is asked with segment 0
+    /// (its crc checked) and the payload length (segments 1..); on `Some(t)` the frame is
+    /// consumed from `input` and `t`, the segments (segment 0 left empty: `admit` has
+    /// seen it) and whether the sender aborted the frame come back. `Ok(None)`, with
+    /// nothing consumed and the decoder as it was: the decoder is elsewhere (or in secure
+    /// mode), the frame is no MESSAGE or not all there, or `admit` said no; the frame is
+    /// then read piece by piece ([`FrameDecoder::step`]). An error is the one the piece
+    /// by piece path returns on the same bytes, and leaves the decoder failed.
+    ///
+    /// Why: a small message arrives whole, and reading it in four pieces (preamble,
+    /// segment 0, the payload, the epilogue) cost a round of the caller's input loop
+    /// and of this decoder's bookkeeping each.
+    pub fn take_whole_message<T>(
+        &mut self,
+        input: &mut Bytes,
+        admit: impl FnOnce(&[u8], u64) -> Option<T>,
+    ) -> Result<Option<(T, [Bytes; MAX_SEGMENTS], bool)>> {
+        if self.stage != Stage::Preamble || self.secure.is_some() {
+            return Ok(None);
+        }
+        let r = self.whole_message(input, admit);
+        if r.is_err() {
+            self.stage = Stage::Failed;
+        }
+        r
+    }
+
+    fn whole_message<T>(
+        &mut self,
+        input: &mut Bytes,
+        admit: impl FnOnce(&[u8], u64) -> Option<T>,
+    ) -> Result<Option<(T, [Bytes; MAX_SEGMENTS], bool)>> {
+        let Some(raw) = input.first_chunk::<PREAMBLE_LEN>() else { return Ok(None) };
+        let preamble = Preamble::decode(raw)?;
+        self.limits.check(&preamble)?;
+        let lens = preamble.lens();
+        let num = usize::from(preamble.num_segments);
+        let l0 = lens[0] as usize;
+        if preamble.tag != Tag::MESSAGE || l0 == 0 {
+            return Ok(None);
+        }
+        let rest = lens.get(1..num).unwrap_or_default();
+        let payload: u64 = rest.iter().map(|&l| u64::from(l)).sum();
+        let seg0_end = PREAMBLE_LEN + l0 + CRC_LEN;
+        // Within the limits just checked: no overflow.
+        let end = if num > 1 { seg0_end + payload as usize + CRC_EPILOGUE_LEN } else { seg0_end };
+        let (Some(seg0), Some(seg0_crc), Some(epilogue)) = (
+            input.get(PREAMBLE_LEN..PREAMBLE_LEN + l0),
+            input.get(PREAMBLE_LEN + l0..seg0_end).and_then(|c| c.first_chunk::<CRC_LEN>()),
+            input.get(end - if num > 1 { CRC_EPILOGUE_LEN } else { 0 }..end),
+        ) else {
+            return Ok(None);
+        };
+        let wire = u32::from_le_bytes(*seg0_crc);
+        let got = ceph_crc32c(SEGMENT_CRC_SEED, seg0);
+        if wire != got {
+            return Err(Error::BadCrc { what: "segment 0", expected: wire, got });
+        }
+        let Some(admitted) = admit(seg0, payload) else { return Ok(None) };
+        let mut segments: [Bytes; MAX_SEGMENTS] = Default::default();
+        let mut aborted = false;
+        if num > 1 {
+            let (late, crcs) = epilogue.split_at(1);
+            let mut at = seg0_end;
+            let slots = segments.iter_mut().zip(lens).zip(SEGMENT_NAMES).take(num).skip(1);
+            for (((slot, len), what), crc) in slots.zip(crcs.chunks_exact(CRC_LEN)) {
+                let len = len as usize;
+                // In bounds: the segments end where the epilogue starts, within `input`.
+                let segment = if len == 0 { Bytes::new() } else { input.slice(at..at + len) };
+                at += len;
+                let wire = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+                let got = ceph_crc32c(SEGMENT_CRC_SEED, &segment);
+                if wire != got {
+                    return Err(Error::BadCrc { what, expected: wire, got });
+                }
+                *slot = segment;
+            }
+            aborted = match late.first().map(|l| l & LATE_STATUS_MASK) {
+                Some(LATE_STATUS_COMPLETE) => false,
+                Some(LATE_STATUS_ABORTED) => true,
+                _ => return Err(Error::Malformed("bad late_status in the epilogue")),
+            };
+        }
+        input.advance(end);
+        self.preamble = preamble;
+        self.aborted = aborted;
+        Ok(Some((admitted, segments, aborted)))
+    }
+
     fn read_preamble(&mut self, piece: &[u8]) -> Result<Step> {
         let mut raw = [0u8; PREAMBLE_LEN];
         match self.secure.as_mut() {
@@ -805,5 +895,129 @@ mod running_crc_tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod whole_message_tests {
+    use super::super::FrameEncoder;
+    use super::*;
+
+    /// A crc-mode MESSAGE: a 41-byte head, a 5-byte front, no middle, `data_len` data
+    /// bytes.
+    fn message(data_len: usize) -> Vec<u8> {
+        let head = Bytes::from(vec![1u8; 41]);
+        let front = Bytes::from_static(b"front");
+        let data = Bytes::from((0..data_len).map(|i| (i * 7) as u8).collect::<Vec<_>>());
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        FrameEncoder::crc()
+            .encode(Tag::MESSAGE, &[&head, &front, &Bytes::new(), &data], &mut buf, &mut out)
+            .unwrap();
+        out.push(buf.freeze());
+        out.concat()
+    }
+
+    /// The frame read piece by piece, as without `take_whole_message`.
+    fn by_pieces(wire: &[u8]) -> Frame {
+        let mut dec = FrameDecoder::new(FrameLimits::default());
+        let all = Bytes::copy_from_slice(wire);
+        let mut at = 0;
+        loop {
+            let n = dec.need();
+            let piece = all.slice(at..at + n);
+            at += n;
+            match dec.advance(piece).unwrap() {
+                FrameProgress::Head(_) => dec.proceed().unwrap(),
+                FrameProgress::Frame(f) => return f,
+                FrameProgress::NeedMore => {}
+            }
+        }
+    }
+
+    // A whole MESSAGE at the start of the input is taken in one call, with the segments
+    // the piece-by-piece path yields, and the input after it is left; one not all
+    // there, one `admit` refuses and a frame of another kind are left untouched (and
+    // `admit` is asked only when the frame is a whole MESSAGE).
+    #[test]
+    fn a_whole_message_is_taken_in_one_call_with_the_segments_of_the_piecewise_path() {
+        let one = message(64);
+        let mut two = one.clone();
+        two.extend_from_slice(&one);
+        two.push(0xee);
+        let mut dec = FrameDecoder::new(FrameLimits::default());
+        let mut input = Bytes::from(two.clone());
+        let mut asked = Vec::new();
+        for left in [one.len() + 1, 1] {
+            let got = dec.take_whole_message(&mut input, |seg0, payload| {
+                asked.push((seg0.to_vec(), payload));
+                Some(7)
+            });
+            let (t, segments, aborted) = got.unwrap().unwrap();
+            assert_eq!((t, aborted), (7, false));
+            let want = by_pieces(&one).segments;
+            assert_eq!(segments[1..], want[1..], "the payload segments");
+            assert!(segments[0].is_empty(), "segment 0 went to admit only");
+            assert_eq!(input.len(), left);
+            assert!(dec.is_idle());
+        }
+        assert_eq!(asked, vec![(vec![1u8; 41], 5 + 64); 2]);
+
+        let untouched = |wire: Vec<u8>, admit: Option<u32>| {
+            let mut dec = FrameDecoder::new(FrameLimits::default());
+            let mut input = Bytes::from(wire.clone());
+            let got = dec.take_whole_message(&mut input, |_, _| admit);
+            assert!(matches!(got, Ok(None)), "{got:?}");
+            assert_eq!(input.as_ref(), &wire[..], "nothing consumed");
+            assert!(dec.is_idle());
+        };
+        untouched(one[..one.len() - 1].to_vec(), Some(1));
+        untouched(one.clone(), None);
+        let mut dec = FrameDecoder::new(FrameLimits::default());
+        let mut other = Vec::new();
+        let mut buf = BytesMut::new();
+        FrameEncoder::crc()
+            .encode(Tag::KEEPALIVE2, &[&Bytes::from(vec![0u8; 12])], &mut buf, &mut other)
+            .unwrap();
+        other.push(buf.freeze());
+        let other = other.concat();
+        let got = dec.take_whole_message(&mut Bytes::from(other), |_, _| -> Option<()> {
+            panic!("asked about a frame of another kind")
+        });
+        assert!(matches!(got, Ok(None)));
+    }
+
+    // What the piece-by-piece path refuses, this refuses too, and the decoder is then
+    // failed: a flipped bit in the data, a flipped bit in segment 0 (before `admit` is
+    // asked), a bad late_status. An aborted frame comes back as aborted.
+    #[test]
+    fn a_whole_message_is_checked_as_the_piecewise_path_checks_it() {
+        let good = message(64);
+        let epilogue = good.len() - CRC_EPILOGUE_LEN;
+        let mut bad_data = good.clone();
+        bad_data[epilogue - 3] ^= 1;
+        let mut bad_head = good.clone();
+        bad_head[PREAMBLE_LEN + 2] ^= 1;
+        let mut bad_late = good.clone();
+        bad_late[epilogue] = 0x0;
+        for (wire, what) in [(bad_data, "segment 3"), (bad_head, "segment 0")] {
+            let mut dec = FrameDecoder::new(FrameLimits::default());
+            let got = dec.take_whole_message(&mut Bytes::from(wire), |_, _| {
+                assert_ne!(what, "segment 0", "asked about a corrupt segment 0");
+                Some(())
+            });
+            assert!(matches!(got, Err(Error::BadCrc { what: w, .. }) if w == what), "{got:?}");
+            assert!(!dec.is_idle(), "failed");
+        }
+        let mut dec = FrameDecoder::new(FrameLimits::default());
+        let got = dec.take_whole_message(&mut Bytes::from(bad_late), |_, _| Some(()));
+        assert!(matches!(got, Err(Error::Malformed(_))), "{got:?}");
+
+        let mut aborted = good.clone();
+        aborted[epilogue] = LATE_STATUS_ABORTED;
+        let mut dec = FrameDecoder::new(FrameLimits::default());
+        let got = dec.take_whole_message(&mut Bytes::from(aborted), |_, _| Some(()));
+        assert!(matches!(got, Ok(Some((_, _, true)))), "{got:?}");
     }
 }
