@@ -14,6 +14,11 @@
 //! the preamble (32 bytes in crc mode, 96 in secure mode), segment 0 with its crc (or
 //! its second GCM block), then the rest. It stops after segment 0 so that the session
 //! can reserve receive budget for a MESSAGE before its payload is read.
+//!
+//! In crc mode a session that can decide from segment 0 alone may instead take a
+//! MESSAGE frame that is all in its input in one call
+//! ([`FrameDecoder::take_whole_message`]): the same checks, no pieces; a frame it does
+//! not take is left for the pieces above.
 
 mod decoder;
 mod encoder;
