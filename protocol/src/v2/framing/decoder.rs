@@ -511,7 +511,6 @@ impl FrameDecoder {
         }
         let Some(admitted) = admit(seg0, payload) else { return Ok(None) };
         let mut segments: [Bytes; MAX_SEGMENTS] = Default::default();
-        let mut aborted = false;
         if num > 1 {
             let (late, crcs) = epilogue.split_at(1);
             let mut at = seg0_end;
@@ -528,16 +527,13 @@ impl FrameDecoder {
                 }
                 *slot = segment;
             }
-            aborted = match late.first().map(|l| l & LATE_STATUS_MASK) {
-                Some(LATE_STATUS_COMPLETE) => false,
-                Some(LATE_STATUS_ABORTED) => true,
-                _ => return Err(Error::Malformed("bad late_status in the epilogue")),
-            };
+            self.finish_with(late[0])?;
+        } else {
+            self.finish_frame(false);
         }
         input.advance(end);
         self.preamble = preamble;
-        self.aborted = aborted;
-        Ok(Some((admitted, segments, aborted)))
+        Ok(Some((admitted, segments, self.aborted)))
     }
 
     fn read_preamble(&mut self, piece: &[u8]) -> Result<Step> {
