@@ -1,5 +1,7 @@
 //! Messages per second through a pair of open v1 state machines, in memory (no sockets):
-//! the protocol's own CPU cost of framing, crc, parsing, seq/ack bookkeeping.
+//! the protocol's own CPU cost of framing, crc, parsing, seq/ack bookkeeping. The
+//! receiver is driven as the messenger's driver drives it (`credit`: receive credit
+//! granted ahead for a burst), and, for comparison, with one budget request per message.
 //!
 //! `cargo bench -p asyncmsgr-protocol --bench v1 -- --warm-up-time 1 --measurement-time 5`
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -12,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use protocol::message::PRIO_DEFAULT;
-use protocol::testing::{carry, Pair};
+use protocol::testing::{carry, carry_with_credit, Pair};
 use protocol::{Connection, Message, Policy, ProtocolVersion};
 
 const BATCH: u64 = 1000;
@@ -22,6 +24,7 @@ fn one_way(
     a: &mut Connection,
     b: &mut Connection,
     msg: &Message,
+    credit: bool,
     now: Instant,
     segs: &mut Vec<Bytes>,
 ) -> u64 {
@@ -29,7 +32,11 @@ fn one_way(
         a.send_message(msg.clone());
     }
     let mut got = 0;
-    carry(a, b, now, segs, |_| got += 1);
+    if credit {
+        let _ = carry_with_credit(a, b, now, segs, |_| got += 1);
+    } else {
+        let _ = carry(a, b, now, segs, |_| got += 1);
+    }
     // The batched ACK back, so the sender's unacked queue stays bounded.
     segs.clear();
     b.poll_transmit(segs);
@@ -44,10 +51,12 @@ fn one_way(
 #[allow(clippy::disallowed_methods)]
 fn bench_pair(c: &mut Criterion) {
     let mut group = c.benchmark_group("v1_pair_one_way");
-    for (name, policy, crc) in [
-        ("crc/lossless", Policy::lossless_peer(), true),
-        ("crc/lossy", Policy::lossy_client(), true),
-        ("nocrc/lossless", Policy::lossless_peer(), false),
+    for (name, policy, crc, credit) in [
+        ("crc/lossless/credit", Policy::lossless_peer(), true, true),
+        ("crc/lossy/credit", Policy::lossy_client(), true, true),
+        ("crc/lossless/budget-per-message", Policy::lossless_peer(), true, false),
+        ("crc/lossy/budget-per-message", Policy::lossy_client(), true, false),
+        ("nocrc/lossless/credit", Policy::lossless_peer(), false, true),
     ] {
         let base = Pair::v1(Instant::now(), policy, Policy::lossless_peer());
         let mut c0 = (*base.nodes[0].config).clone();
@@ -70,7 +79,7 @@ fn bench_pair(c: &mut Criterion) {
         let mut segs = Vec::new();
         group.throughput(Throughput::Elements(BATCH));
         group.bench_function(BenchmarkId::new("4KiB", name), |bench| {
-            bench.iter(|| assert_eq!(one_way(ca, cb, &msg, now, &mut segs), BATCH));
+            bench.iter(|| assert_eq!(one_way(ca, cb, &msg, credit, now, &mut segs), BATCH));
         });
     }
     group.finish();

@@ -669,3 +669,42 @@ fn drive_loop_is_bounded() {
     p.send(0, msg(1));
     p.drive();
 }
+
+/// Driven as the messenger drives it (`carry_with_credit`), a burst of 4 KiB messages
+/// costs one budget request per [`BENCH_CREDIT`]'s worth of messages, where the plain
+/// exchange asks once per message; every message arrives once, in order, either way.
+#[test]
+fn receive_credit_turns_a_burst_into_few_budget_requests() {
+    use protocol::testing::{carry, carry_with_credit, BENCH_CREDIT};
+    let mut p = client_server();
+    let a = p.connect(0);
+    p.drive();
+    let b = p.session_ep(1).unwrap();
+    let now = p.now;
+    let (lo, hi) = p.eps.split_at_mut(b);
+    let (ca, cb) = (&mut lo[a].conn, &mut hi[0].conn);
+    let mut segs = Vec::new();
+    let burst = 200u32;
+    let (messages, max_bytes, _) = BENCH_CREDIT;
+    let cost = 4096 + protocol::message::MESSAGE_OVERHEAD;
+    // One request for the first message of each grant, which funds the next ones.
+    let per_grant = u64::from(messages).min(max_bytes / cost) + 1;
+    for credit in [true, false] {
+        for id in 0..burst {
+            let mut m = msg(id);
+            // 4 KiB of payload in all: one first window covers it.
+            m.set_data(Bytes::from(vec![0x5a; 4092]));
+            ca.send_message(m);
+        }
+        let mut got = Vec::new();
+        let requests = if credit {
+            carry_with_credit(ca, cb, now, &mut segs, |m| got.push(m))
+        } else {
+            carry(ca, cb, now, &mut segs, |m| got.push(m))
+        };
+        assert_eq!(ids(&got), (0..burst).collect::<Vec<_>>(), "credit {credit}");
+        let most = if credit { u64::from(burst).div_ceil(per_grant) } else { u64::from(burst) };
+        assert_eq!(requests, most, "credit {credit}");
+        assert_eq!(cb.take_receive_credit(), (0, 0), "the unused credit was taken back");
+    }
+}

@@ -61,6 +61,9 @@ pub struct Node {
     pub hold_budget: bool,
     /// Endpoints with a budget request outstanding.
     pub budget_waiting: Vec<usize>,
+    /// Grant receive credit with each budget request, as the messenger's driver does
+    /// ([`BENCH_CREDIT`]): then the messages after it are read without asking.
+    pub credit_ahead: bool,
 }
 
 impl Node {
@@ -80,6 +83,7 @@ impl Node {
             unreachable: false,
             hold_budget: false,
             budget_waiting: Vec::new(),
+            credit_ahead: false,
         }
     }
 
@@ -160,14 +164,60 @@ pub struct Pair {
 /// Moves everything `from` has to send into `to`, one write list at a time, granting
 /// `to` the receive budget it asks for; each message `to` delivers goes to `on_message`.
 /// The benchmarks' and examples' exchange between two open machines (no [`Pair`] in
-/// between, so only the machines' own work is measured).
+/// between, so only the machines' own work is measured). Returns how many budget
+/// requests `to` made.
 pub fn carry(
     from: &mut Connection,
     to: &mut Connection,
     now: Instant,
     segs: &mut Vec<Bytes>,
+    on_message: impl FnMut(Message),
+) -> u64 {
+    exchange(from, to, now, segs, false, on_message)
+}
+
+/// Receive credit [`carry_with_credit`] grants at a time, as the messenger's driver
+/// does: at most 64 messages and 256 KiB, and none for a message costing more than
+/// 32 KiB.
+pub const BENCH_CREDIT: (u32, u64, u64) = (64, 256 << 10, 32 << 10);
+
+/// Receive credit for the messages after one whose budget request asked for `bytes`:
+/// [`BENCH_CREDIT`]'s worth of messages as large as it, none when it costs more.
+fn add_bench_credit(conn: &mut Connection, bytes: u64) {
+    let (messages, max_bytes, max_cost) = BENCH_CREDIT;
+    let cost = bytes.saturating_add(crate::message::MESSAGE_OVERHEAD);
+    if cost <= max_cost {
+        conn.add_receive_credit(messages, cost.saturating_mul(messages.into()).min(max_bytes));
+    }
+}
+
+/// [`carry`] the way the messenger's driver drives a machine: when `to` asks for budget
+/// for a message, it is given receive credit for the messages that follow (at most
+/// [`BENCH_CREDIT`], as many as large as this one) and then the budget, so a burst of
+/// small messages costs one request instead of one per message; the unused credit is
+/// taken back at the end. Returns how many budget requests `to` made.
+pub fn carry_with_credit(
+    from: &mut Connection,
+    to: &mut Connection,
+    now: Instant,
+    segs: &mut Vec<Bytes>,
+    on_message: impl FnMut(Message),
+) -> u64 {
+    let requests = exchange(from, to, now, segs, true, on_message);
+    let _ = to.take_receive_credit();
+    requests
+}
+
+/// [`carry`], with receive credit granted at each budget request when `credit`.
+fn exchange(
+    from: &mut Connection,
+    to: &mut Connection,
+    now: Instant,
+    segs: &mut Vec<Bytes>,
+    credit: bool,
     mut on_message: impl FnMut(Message),
-) {
+) -> u64 {
+    let mut requests = 0;
     loop {
         segs.clear();
         if from.poll_transmit(segs) == 0 {
@@ -177,13 +227,20 @@ pub fn carry(
             to.handle_bytes(now, s);
             while let Some(ev) = to.poll_event() {
                 match ev {
-                    Event::NeedBudget { .. } => to.grant_budget(now),
+                    Event::NeedBudget { bytes } => {
+                        requests += 1;
+                        if credit {
+                            add_bench_credit(to, bytes);
+                        }
+                        to.grant_budget(now);
+                    }
                     Event::Message(m) => on_message(m),
                     _ => {}
                 }
             }
         }
     }
+    requests
 }
 
 /// A v2 address on loopback.
@@ -455,10 +512,13 @@ impl Pair {
                 self.eps[ep].conn.handle_authorizer_verdict(now, verdict);
             }
             Event::Opened(_) => self.nodes[node].opened += 1,
-            Event::NeedBudget { .. } => {
+            Event::NeedBudget { bytes } => {
                 if self.nodes[node].hold_budget {
                     self.nodes[node].budget_waiting.push(ep);
                 } else {
+                    if self.nodes[node].credit_ahead {
+                        add_bench_credit(&mut self.eps[ep].conn, bytes);
+                    }
                     self.eps[ep].conn.grant_budget(now);
                 }
             }
