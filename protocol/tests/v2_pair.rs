@@ -306,6 +306,9 @@ fn delivery_in_random_splits() {
         let mut rng = SmallRng::seed_from_u64(seed);
         let modes = if seed % 2 == 0 { [ConMode::SECURE] } else { [ConMode::CRC] };
         let mut p = test_auth_pair(&modes);
+        // Half the runs read as the messenger does, with receive credit granted ahead:
+        // then whole messages are taken in one call and the rest piece by piece.
+        p.nodes[1].credit_ahead = (seed / 2) % 2 == 0;
         let mut r2 = SmallRng::seed_from_u64(seed ^ 0xdead);
         p.splitter = Some(Box::new(move |n| r2.gen_range(1..=n)));
         let n = rng.gen_range(1..20);

@@ -13,7 +13,7 @@ use crate::types::{AddrType, EntityAddr};
 
 use super::banner::{Banner, Msgr2Features, BANNER_HEAD_LEN, BANNER_PREFIX, V1_BANNER_PREFIX};
 use super::frames::{AuthSignature, ControlFrame, Hello, MsgHeader2};
-use super::framing::{Frame, Step};
+use super::framing::{Frame, Step, Whole};
 use super::link::{LOG, V2};
 use super::send::{send_control, unexpected};
 use super::state::{Handshake, OpenRx};
@@ -129,6 +129,11 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
         }
         m.proto.decoder.step(piece)
     };
+    after_step(m, now, step)
+}
+
+/// What the decoder's step on a piece of a frame leads to.
+fn after_step(m: &mut Machine<V2>, now: Instant, step: Result<Step, Error>) -> bool {
     match step {
         Err(e) => {
             m.peer_issue(PeerIssue::BadMessage, format_args!("bad frame: {e}"));
@@ -153,13 +158,15 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
     }
 }
 
-/// crc mode, open, between frames: a MESSAGE frame that is all in the first buffered
-/// chunk, no duplicate and covered by the receive credit, is read in one call: what
+/// Open, between frames: a MESSAGE frame that is all in the first buffered chunk, no
+/// duplicate and covered by the receive credit, is read in one call: what
 /// [`handle_head`], its first window (which covers the payload, all in memory) and the
-/// frame's pieces would each do in a round of the input loop. `None` when it is not so:
-/// the frame is then read piece by piece, and anything wrong with it found there.
+/// frame's pieces would each do in a round of the input loop. `None` when it is not so
+/// and nothing was read: the frame is then read piece by piece, and anything wrong with
+/// it found there. In secure mode a frame not taken whole may have had its first block
+/// read (it must be opened to tell): the piece-by-piece path goes on from there.
 fn read_whole_message(m: &mut Machine<V2>, now: Instant) -> Option<bool> {
-    if !m.proto.decoder.is_idle() || m.proto.decoder.is_secure() {
+    if !m.proto.decoder.is_idle() {
         return None;
     }
     let in_seq = m.session.in_seq;
@@ -175,13 +182,14 @@ fn read_whole_message(m: &mut Machine<V2>, now: Instant) -> Option<bool> {
     });
     m.rx.unpop_chunk(chunk);
     match taken {
-        Ok(None) => None,
+        Ok(Whole::Untaken) => None,
+        Ok(Whole::Opened(step)) => Some(after_step(m, now, Ok(step))),
         Err(e) => {
             m.peer_issue(PeerIssue::BadMessage, format_args!("bad frame: {e}"));
             m.fault(now, Fault::Decode(e));
             Some(false)
         }
-        Ok(Some((header, segments, aborted))) => {
+        Ok(Whole::Taken(header, segments, aborted)) => {
             log::trace!(target: LOG, "{m}: got {}", Tag::MESSAGE);
             if let Some(open) = m.state.open_mut() {
                 open.rx = OpenRx::Reading { header, discard: false };

@@ -78,6 +78,21 @@ pub enum Step {
     Frame,
 }
 
+/// What [`FrameDecoder::take_whole_message`] did with the frame at the start of its input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Whole<T> {
+    /// Nothing: no byte consumed, the decoder as it was; the frame is read piece by piece.
+    Untaken,
+    /// The MESSAGE frame, whole: what `admit` returned, the segments (segment 0 left
+    /// empty: `admit` has seen it), and whether its sender aborted it.
+    Taken(T, [Bytes; MAX_SEGMENTS], bool),
+    /// Secure mode: the frame's first block was opened (its nonce used) and consumed, but
+    /// the frame was not taken whole (no MESSAGE, not all there, or refused). The decoder
+    /// is where [`FrameDecoder::step`] on that block leaves it, and this is what that step
+    /// returned; the rest is read piece by piece.
+    Opened(Step),
+}
+
 /// Where the decoder is within a frame. The frame's parts live in the decoder's fields,
 /// so moving between stages moves no buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -450,28 +465,32 @@ impl FrameDecoder {
         }
     }
 
-    /// crc mode, between frames: a MESSAGE frame that is all at the start of `input`,
-    /// taken in one call instead of one piece at a time. `admit` is asked with segment 0
-    /// (its crc checked) and the payload length (segments 1..); on `Some(t)` the frame is
-    /// consumed from `input` and `t`, the segments (segment 0 left empty: `admit` has
-    /// seen it) and whether the sender aborted the frame come back. `Ok(None)`, with
-    /// nothing consumed and the decoder as it was: the decoder is elsewhere (or in secure
-    /// mode), the frame is no MESSAGE or not all there, or `admit` said no; the frame is
-    /// then read piece by piece ([`FrameDecoder::step`]). An error is the one the piece
-    /// by piece path returns on the same bytes, and leaves the decoder failed.
+    /// Between frames: a MESSAGE frame that is all at the start of `input`, taken in one
+    /// call instead of one piece at a time. `admit` is asked with segment 0 (its crc or
+    /// GCM tag checked) and the payload length (segments 1..); on `Some(t)` the frame is
+    /// consumed from `input` and comes back as [`Whole::Taken`]. Otherwise the frame is
+    /// read piece by piece ([`FrameDecoder::step`]): in crc mode nothing is consumed
+    /// ([`Whole::Untaken`]); in secure mode the first block must be opened to learn what
+    /// the frame is, and that uses its nonce, so once it is opened it is consumed and the
+    /// decoder goes on from it ([`Whole::Opened`]). An error is the one the piece-by-piece
+    /// path returns on the same bytes, and leaves the decoder failed.
     ///
-    /// Why: a small message arrives whole, and reading it in four pieces (preamble,
-    /// segment 0, the payload, the epilogue) cost a round of the caller's input loop
-    /// and of this decoder's bookkeeping each.
+    /// Why: a small message arrives whole, and reading it in pieces (preamble, segment
+    /// 0, the payload, the epilogue; in secure mode the first block and block C) cost a
+    /// round of the caller's input loop and of this decoder's bookkeeping each.
     pub fn take_whole_message<T>(
         &mut self,
         input: &mut Bytes,
         admit: impl FnOnce(&[u8], u64) -> Option<T>,
-    ) -> Result<Option<(T, [Bytes; MAX_SEGMENTS], bool)>> {
-        if self.stage != Stage::Preamble || self.secure.is_some() {
-            return Ok(None);
+    ) -> Result<Whole<T>> {
+        if self.stage != Stage::Preamble {
+            return Ok(Whole::Untaken);
         }
-        let r = self.whole_message(input, admit);
+        let r = if self.secure.is_some() {
+            self.whole_sealed_message(input, admit)
+        } else {
+            self.whole_message(input, admit)
+        };
         if r.is_err() {
             self.stage = Stage::Failed;
         }
@@ -482,15 +501,15 @@ impl FrameDecoder {
         &mut self,
         input: &mut Bytes,
         admit: impl FnOnce(&[u8], u64) -> Option<T>,
-    ) -> Result<Option<(T, [Bytes; MAX_SEGMENTS], bool)>> {
-        let Some(raw) = input.first_chunk::<PREAMBLE_LEN>() else { return Ok(None) };
+    ) -> Result<Whole<T>> {
+        let Some(raw) = input.first_chunk::<PREAMBLE_LEN>() else { return Ok(Whole::Untaken) };
         let preamble = Preamble::decode(raw)?;
         self.limits.check(&preamble)?;
         let lens = preamble.lens();
         let num = usize::from(preamble.num_segments);
         let l0 = lens[0] as usize;
         if preamble.tag != Tag::MESSAGE || l0 == 0 {
-            return Ok(None);
+            return Ok(Whole::Untaken);
         }
         let rest = lens.get(1..num).unwrap_or_default();
         let payload: u64 = rest.iter().map(|&l| u64::from(l)).sum();
@@ -502,14 +521,14 @@ impl FrameDecoder {
             input.get(PREAMBLE_LEN + l0..seg0_end).and_then(|c| c.first_chunk::<CRC_LEN>()),
             input.get(end - if num > 1 { CRC_EPILOGUE_LEN } else { 0 }..end),
         ) else {
-            return Ok(None);
+            return Ok(Whole::Untaken);
         };
         let wire = u32::from_le_bytes(*seg0_crc);
         let got = ceph_crc32c(SEGMENT_CRC_SEED, seg0);
         if wire != got {
             return Err(Error::BadCrc { what: "segment 0", expected: wire, got });
         }
-        let Some(admitted) = admit(seg0, payload) else { return Ok(None) };
+        let Some(admitted) = admit(seg0, payload) else { return Ok(Whole::Untaken) };
         let mut segments: [Bytes; MAX_SEGMENTS] = Default::default();
         if num > 1 {
             let (late, crcs) = epilogue.split_at(1);
@@ -533,30 +552,89 @@ impl FrameDecoder {
         }
         input.advance(end);
         self.preamble = preamble;
-        Ok(Some((admitted, segments, self.aborted)))
+        Ok(Whole::Taken(admitted, segments, self.aborted))
+    }
+
+    /// Secure mode's [`FrameDecoder::take_whole_message`]: the first block is opened
+    /// (into a stack buffer: a message's header is inline in it and read in place), then
+    /// block C, when it is all there, only if `admit` says yes.
+    fn whole_sealed_message<T>(
+        &mut self,
+        input: &mut Bytes,
+        admit: impl FnOnce(&[u8], u64) -> Option<T>,
+    ) -> Result<Whole<T>> {
+        let Some(gcm) = self.secure.as_mut() else { return Ok(Whole::Untaken) };
+        let Some(head) = input.first_chunk::<SECURE_HEAD_LEN>() else {
+            return Ok(Whole::Untaken);
+        };
+        let block = open_head(gcm, head)?;
+        input.advance(SECURE_HEAD_LEN);
+        let (raw, inline) = split_head(&block)?;
+        let preamble = Preamble::decode(raw)?;
+        self.limits.check(&preamble)?;
+        let lens = preamble.lens();
+        let num = usize::from(preamble.num_segments);
+        let l0 = lens[0] as usize;
+        let rest = lens.get(1..num).unwrap_or_default();
+        let payload: u64 = rest.iter().map(|&l| u64::from(l)).sum();
+        // Within the limits just checked: no overflow.
+        let block_c = if num > 1 {
+            rest.iter().map(|&l| pad16(l as usize)).sum::<usize>() + SECURE_EPILOGUE_LEN + TAG_LEN
+        } else {
+            0
+        };
+        let segment0 = inline.get(..l0).filter(|_| l0 > 0 && pad16(l0) <= INLINE_LEN);
+        if let (Tag::MESSAGE, Some(segment0), true) =
+            (preamble.tag, segment0, input.len() >= block_c)
+        {
+            if let Some(admitted) = admit(segment0, payload) {
+                self.segments = Default::default();
+                self.preamble = preamble;
+                let late_status = if num > 1 {
+                    self.open_rest(input.split_to(block_c))?
+                } else {
+                    LATE_STATUS_COMPLETE
+                };
+                self.finish_with(late_status)?;
+                return Ok(Whole::Taken(admitted, self.take_segments(), self.aborted));
+            }
+        }
+        let inline = Bytes::copy_from_slice(inline);
+        self.enter_frame(preamble, inline).map(Whole::Opened)
     }
 
     fn read_preamble(&mut self, piece: &[u8]) -> Result<Step> {
-        let mut raw = [0u8; PREAMBLE_LEN];
         match self.secure.as_mut() {
             None => {
-                raw.copy_from_slice(&piece[..PREAMBLE_LEN]);
-                self.inline = Bytes::new();
+                let Some(raw) = piece.first_chunk::<PREAMBLE_LEN>() else {
+                    return Err(Error::Misuse("short preamble"));
+                };
+                let preamble = Preamble::decode(raw)?;
+                self.limits.check(&preamble)?;
+                self.enter_frame(preamble, Bytes::new())
             }
             Some(gcm) => {
-                let mut block = BytesMut::from(&piece[..PREAMBLE_LEN + INLINE_LEN]);
-                gcm.open(&mut block, &piece[PREAMBLE_LEN + INLINE_LEN..])?;
-                raw.copy_from_slice(&block[..PREAMBLE_LEN]);
-                let mut block = block.freeze();
-                self.inline = block.split_off(PREAMBLE_LEN);
+                let Some(head) = piece.first_chunk::<SECURE_HEAD_LEN>() else {
+                    return Err(Error::Misuse("short secure head"));
+                };
+                let block = open_head(gcm, head)?;
+                let (raw, inline) = split_head(&block)?;
+                let preamble = Preamble::decode(raw)?;
+                self.limits.check(&preamble)?;
+                let inline = Bytes::copy_from_slice(inline);
+                self.enter_frame(preamble, inline)
             }
         }
-        let preamble = Preamble::decode(&raw)?;
-        self.limits.check(&preamble)?;
+    }
+
+    /// A frame's preamble (checked) and, in secure mode, the inline bytes of its first
+    /// block are in: on to segment 0.
+    fn enter_frame(&mut self, preamble: Preamble, inline: Bytes) -> Result<Step> {
         if self.segments.iter().any(|seg| !seg.is_empty()) {
             // Parts of the last frame nobody took: never mistaken for this one's.
             self.segments = Default::default();
         }
+        self.inline = inline;
         self.preamble = preamble;
         self.aborted = false;
         self.stage = Stage::Segment0;
@@ -601,49 +679,60 @@ impl FrameDecoder {
 
     fn read_rest(&mut self, next: usize, piece: Bytes) -> Result<Step> {
         let num = usize::from(self.preamble.num_segments);
-        let lens = self.preamble.lens();
         if num <= 1 {
             return Ok(self.finish_frame(false));
         }
-        let late_status = match self.secure.as_mut() {
-            None if next < num => {
-                // One segment; its crc is checked with the epilogue.
-                let segment = if self.partial.is_empty() {
-                    piece
-                } else {
-                    self.partial.extend_from_slice(&piece);
-                    let crc = self.running_crc.update(SEGMENT_CRC_SEED, &self.partial);
-                    if let Some(slot) = self.taken_crcs.get_mut(next) {
-                        *slot = Some(crc);
-                    }
-                    self.running_crc = RunningCrc::default();
-                    std::mem::take(&mut self.partial).freeze()
-                };
-                if let Some(slot) = self.segments.get_mut(next) {
-                    *slot = segment;
+        if self.secure.is_some() {
+            let late_status = self.open_rest(piece)?;
+            return self.finish_with(late_status);
+        }
+        if next < num {
+            // One segment; its crc is checked with the epilogue.
+            let segment = if self.partial.is_empty() {
+                piece
+            } else {
+                self.partial.extend_from_slice(&piece);
+                let crc = self.running_crc.update(SEGMENT_CRC_SEED, &self.partial);
+                if let Some(slot) = self.taken_crcs.get_mut(next) {
+                    *slot = Some(crc);
                 }
-                self.stage = Stage::Rest { next: self.nonempty_from(next + 1) };
-                return Ok(Step::NeedMore);
+                self.running_crc = RunningCrc::default();
+                std::mem::take(&mut self.partial).freeze()
+            };
+            if let Some(slot) = self.segments.get_mut(next) {
+                *slot = segment;
             }
-            None => return self.read_crc_epilogue(&piece, false),
-            Some(gcm) => {
-                // Decrypt in place: the piece is usually the only owner of its bytes
-                // (gathered for us), so no copy; otherwise one.
-                let mut plain = piece.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
-                let body = plain.len() - TAG_LEN;
-                let tag = plain.split_off(body);
-                gcm.open(&mut plain, &tag)?;
-                let plain = plain.freeze();
-                let mut at = 0;
-                for (slot, &len) in self.segments.iter_mut().zip(&lens).take(num).skip(1) {
-                    let len = len as usize;
-                    *slot = plain.slice(at..at + len);
-                    at += pad16(len);
-                }
-                plain.get(at).copied().unwrap_or(0)
-            }
+            self.stage = Stage::Rest { next: self.nonempty_from(next + 1) };
+            return Ok(Step::NeedMore);
+        }
+        self.read_crc_epilogue(&piece, false)
+    }
+
+    /// Secure mode's block C, whole: opened, segments 1.. of the frame in progress put
+    /// in their slots; returns the epilogue's late_status.
+    fn open_rest(&mut self, piece: Bytes) -> Result<u8> {
+        let num = usize::from(self.preamble.num_segments);
+        let lens = self.preamble.lens();
+        let Some(gcm) = self.secure.as_mut() else {
+            return Err(Error::Misuse("block C outside secure mode"));
         };
-        self.finish_with(late_status)
+        let Some(body) = piece.len().checked_sub(TAG_LEN) else {
+            return Err(Error::Misuse("block C shorter than its tag"));
+        };
+        // Decrypt in place: the piece is usually the only owner of its bytes (gathered
+        // for us), so no copy; otherwise one.
+        let mut plain = piece.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
+        let tag = plain.split_off(body);
+        gcm.open(&mut plain, &tag)?;
+        let plain = plain.freeze();
+        let mut at = 0;
+        for (slot, &len) in self.segments.iter_mut().zip(&lens).take(num).skip(1) {
+            let len = len as usize;
+            // In bounds: block C holds every segment padded, then the epilogue.
+            *slot = plain.slice(at..at + len);
+            at += pad16(len);
+        }
+        Ok(plain.get(at).copied().unwrap_or(0))
     }
 
     /// One piece of segment `next` of a skipped frame (or its epilogue): into the
@@ -724,6 +813,24 @@ impl FrameDecoder {
         self.aborted = aborted;
         Step::Frame
     }
+}
+
+/// Secure mode's first block, opened: the preamble and the inline bytes of segment 0.
+/// On the stack: its bytes are read (the preamble, a message's header), rarely kept.
+fn open_head(
+    gcm: &mut GcmStream,
+    head: &[u8; SECURE_HEAD_LEN],
+) -> Result<[u8; PREAMBLE_LEN + INLINE_LEN]> {
+    let (sealed, tag) = head.split_at(PREAMBLE_LEN + INLINE_LEN);
+    let mut block = [0u8; PREAMBLE_LEN + INLINE_LEN];
+    block.copy_from_slice(sealed);
+    gcm.open(&mut block, tag)?;
+    Ok(block)
+}
+
+/// An opened first block's preamble and inline bytes.
+fn split_head(block: &[u8; PREAMBLE_LEN + INLINE_LEN]) -> Result<(&[u8; PREAMBLE_LEN], &[u8])> {
+    block.split_first_chunk::<PREAMBLE_LEN>().ok_or(Error::Misuse("secure head too short"))
 }
 
 /// Names of the segment crcs in errors.
@@ -950,7 +1057,7 @@ mod whole_message_tests {
                 asked.push((seg0.to_vec(), payload));
                 Some(7)
             });
-            let (t, segments, aborted) = got.unwrap().unwrap();
+            let Whole::Taken(t, segments, aborted) = got.unwrap() else { panic!("not taken") };
             assert_eq!((t, aborted), (7, false));
             let want = by_pieces(&one).segments;
             assert_eq!(segments[1..], want[1..], "the payload segments");
@@ -964,7 +1071,7 @@ mod whole_message_tests {
             let mut dec = FrameDecoder::new(FrameLimits::default());
             let mut input = Bytes::from(wire.clone());
             let got = dec.take_whole_message(&mut input, |_, _| admit);
-            assert!(matches!(got, Ok(None)), "{got:?}");
+            assert!(matches!(got, Ok(Whole::Untaken)), "{got:?}");
             assert_eq!(input.as_ref(), &wire[..], "nothing consumed");
             assert!(dec.is_idle());
         };
@@ -981,7 +1088,7 @@ mod whole_message_tests {
         let got = dec.take_whole_message(&mut Bytes::from(other), |_, _| -> Option<()> {
             panic!("asked about a frame of another kind")
         });
-        assert!(matches!(got, Ok(None)));
+        assert!(matches!(got, Ok(Whole::Untaken)));
     }
 
     // What the piece-by-piece path refuses, this refuses too, and the decoder is then
@@ -1014,6 +1121,210 @@ mod whole_message_tests {
         aborted[epilogue] = LATE_STATUS_ABORTED;
         let mut dec = FrameDecoder::new(FrameLimits::default());
         let got = dec.take_whole_message(&mut Bytes::from(aborted), |_, _| Some(()));
-        assert!(matches!(got, Ok(Some((_, _, true)))), "{got:?}");
+        assert!(matches!(got, Ok(Whole::Taken(_, _, true))), "{got:?}");
+    }
+
+    /// The secure-mode stream both ends of these tests start from.
+    fn stream() -> GcmStream {
+        GcmStream::new(&[7u8; 16], &[9u8; 12])
+    }
+
+    /// Frames sealed one after the other by one secure encoder: MESSAGEs of a 41-byte
+    /// head, a 5-byte front and `data_len` data bytes (`Some`), or a KEEPALIVE2 (`None`).
+    fn sealed(frames: &[Option<usize>]) -> Vec<Vec<u8>> {
+        let mut enc = FrameEncoder::secure(stream());
+        let head = Bytes::from(vec![1u8; 41]);
+        let front = Bytes::from_static(b"front");
+        frames
+            .iter()
+            .map(|f| {
+                let mut buf = BytesMut::new();
+                let mut out = Vec::new();
+                match f {
+                    Some(n) => {
+                        let data = Bytes::from((0..*n).map(|i| (i * 7) as u8).collect::<Vec<_>>());
+                        let segs = [&head, &front, &Bytes::new(), &data];
+                        enc.encode(Tag::MESSAGE, &segs, &mut buf, &mut out).unwrap();
+                    }
+                    None => {
+                        let stamp = Bytes::from(vec![3u8; 12]);
+                        enc.encode(Tag::KEEPALIVE2, &[&stamp], &mut buf, &mut out).unwrap();
+                    }
+                }
+                out.push(buf.freeze());
+                out.concat()
+            })
+            .collect()
+    }
+
+    /// A secure decoder past the frames before the one at `at` of `all` (read piece by
+    /// piece), and the input from there.
+    fn sealed_decoder_at(all: &[Vec<u8>], at: usize) -> (FrameDecoder, Bytes) {
+        let mut dec = FrameDecoder::new(FrameLimits::default());
+        dec.set_secure(stream()).unwrap();
+        let wire = Bytes::from(all.concat());
+        let mut off = 0;
+        for _ in 0..at {
+            loop {
+                if dec.is_paused() {
+                    dec.proceed().unwrap();
+                }
+                let n = dec.need();
+                let piece = wire.slice(off..off + n);
+                off += n;
+                if let Step::Frame = dec.step(piece).unwrap() {
+                    dec.take_frame();
+                    break;
+                }
+            }
+        }
+        (dec, wire.slice(off..))
+    }
+
+    // Secure mode: a whole MESSAGE is taken in one call with the segments the piecewise
+    // path yields. A frame it does not take (another kind, one refused, one not all
+    // there) has had its first block opened and consumed, and the decoder goes on from
+    // there piece by piece to the same frame, its nonces in step with the sender's (a
+    // nonce out of step fails GCM authentication). Less than a first block is left
+    // alone.
+    #[test]
+    fn a_whole_sealed_message_is_taken_in_one_call_and_the_others_go_on_piece_by_piece() {
+        let frames = sealed(&[Some(64), None, Some(64), Some(0), Some(64)]);
+        let want = |i: usize| {
+            let (mut dec, input) = sealed_decoder_at(&frames, i);
+            let mut off = 0;
+            loop {
+                if dec.is_paused() {
+                    dec.proceed().unwrap();
+                }
+                let n = dec.need();
+                let piece = input.slice(off..off + n);
+                off += n;
+                if let FrameProgress::Frame(f) = dec.advance(piece).unwrap() {
+                    return f;
+                }
+            }
+        };
+        let mut dec = FrameDecoder::new(FrameLimits::default());
+        dec.set_secure(stream()).unwrap();
+        let mut all = frames.concat();
+        // The last frame is not all there.
+        all.pop();
+        let mut input = Bytes::from(all);
+        let mut asked = Vec::new();
+        // The rest of a frame that was opened but not taken, piece by piece.
+        let rest = |dec: &mut FrameDecoder, input: &mut Bytes, step: Step| {
+            assert_eq!(step, Step::Head);
+            dec.proceed().unwrap();
+            let n = dec.need();
+            let Step::Frame = dec.step(input.split_to(n)).unwrap() else { panic!("frame") };
+            dec.take_frame()
+        };
+        for (i, admit) in [(0, true), (1, true), (2, false), (3, true)] {
+            let before = input.len();
+            let got = dec
+                .take_whole_message(&mut input, |seg0, payload| {
+                    asked.push((i, seg0.to_vec(), payload));
+                    admit.then_some(i)
+                })
+                .unwrap();
+            let (segments, aborted) = match got {
+                Whole::Taken(t, segments, aborted) => {
+                    assert_eq!(t, i);
+                    (segments, aborted)
+                }
+                Whole::Opened(step) => {
+                    assert!(!admit || i == 1, "frame {i} not taken");
+                    assert_eq!(before - input.len(), SECURE_HEAD_LEN, "the first block read");
+                    let f = rest(&mut dec, &mut input, step);
+                    (f.segments, f.aborted)
+                }
+                Whole::Untaken => panic!("frame {i} untouched"),
+            };
+            let f = want(i);
+            assert!(!aborted);
+            if i == 1 {
+                assert_eq!(segments, f.segments, "the keepalive");
+            } else {
+                assert_eq!(segments[1..], f.segments[1..], "frame {i}'s payload");
+            }
+            assert!(dec.is_idle());
+        }
+        let heads: Vec<(usize, Vec<u8>, u64)> = [0, 2, 3]
+            .iter()
+            .map(|&i| (i, vec![1u8; 41], 5 + if i == 3 { 0 } else { 64 }))
+            .collect();
+        assert_eq!(asked, heads, "asked about whole MESSAGEs only");
+
+        // The last frame, one byte short: opened, not asked about.
+        let got = dec.take_whole_message(&mut input, |_, _| -> Option<()> {
+            panic!("asked about a partial frame")
+        });
+        assert!(matches!(got, Ok(Whole::Opened(Step::Head))), "{got:?}");
+        dec.proceed().unwrap();
+        assert_eq!(dec.need(), input.len() + 1);
+
+        // Less than a first block: nothing read, the nonce unused.
+        let (mut dec, input) = sealed_decoder_at(&frames, 4);
+        let mut short = input.slice(..SECURE_HEAD_LEN - 1);
+        let got = dec.take_whole_message(&mut short, |_, _| Some(()));
+        assert!(matches!(got, Ok(Whole::Untaken)), "{got:?}");
+        assert_eq!(short.len(), SECURE_HEAD_LEN - 1);
+        let mut whole = input;
+        let got = dec.take_whole_message(&mut whole, |_, _| Some(()));
+        assert!(matches!(got, Ok(Whole::Taken(..))), "{got:?}");
+    }
+
+    /// `wire`, one sealed MESSAGE, with `edit` applied to its block C's plaintext (the
+    /// padded segments 1.., then the epilogue), sealed again with the same nonces.
+    fn resealed(wire: &[u8], edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let (mut open, mut seal) = (stream(), stream());
+        let mut head = wire[..PREAMBLE_LEN + INLINE_LEN].to_vec();
+        open.open(&mut head, &wire[PREAMBLE_LEN + INLINE_LEN..SECURE_HEAD_LEN]).unwrap();
+        let (c, tag) = wire[SECURE_HEAD_LEN..].split_at(wire.len() - SECURE_HEAD_LEN - TAG_LEN);
+        let mut c = c.to_vec();
+        open.open(&mut c, tag).unwrap();
+        edit(&mut c);
+        let mut out = head.clone();
+        let tag = seal.seal(&mut out).unwrap();
+        out.extend_from_slice(&tag);
+        let tag = seal.seal(&mut c).unwrap();
+        out.extend_from_slice(&c);
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    // Secure mode: what the piece-by-piece path refuses, this refuses too, and the
+    // decoder is then failed: a flipped bit in block C or in the first block (before
+    // `admit` is asked), a bad late_status. An aborted frame comes back as aborted.
+    #[test]
+    fn a_whole_sealed_message_is_checked_as_the_piecewise_path_checks_it() {
+        let good = sealed(&[Some(64)]).concat();
+        let late_at = pad16(5) + pad16(64);
+        assert_eq!(resealed(&good, |_| {}), good, "resealing with no edit is the identity");
+        let mut bad_c = good.clone();
+        bad_c[SECURE_HEAD_LEN + 3] ^= 1;
+        let mut bad_head = good.clone();
+        bad_head[PREAMBLE_LEN + 2] ^= 1;
+        for (wire, first_block) in [(bad_c, false), (bad_head, true)] {
+            let mut dec = FrameDecoder::new(FrameLimits::default());
+            dec.set_secure(stream()).unwrap();
+            let got = dec.take_whole_message(&mut Bytes::from(wire), |_, _| {
+                assert!(!first_block, "asked about a corrupt first block");
+                Some(())
+            });
+            assert!(matches!(got, Err(Error::Malformed(_))), "{got:?}");
+            assert!(!dec.is_idle(), "failed");
+        }
+        let bad_late = resealed(&good, |c| c[late_at] = 0);
+        let aborted = resealed(&good, |c| c[late_at] = LATE_STATUS_ABORTED);
+        let mut dec = FrameDecoder::new(FrameLimits::default());
+        dec.set_secure(stream()).unwrap();
+        let got = dec.take_whole_message(&mut Bytes::from(bad_late), |_, _| Some(()));
+        assert!(matches!(got, Err(Error::Malformed(_))), "{got:?}");
+        let mut dec = FrameDecoder::new(FrameLimits::default());
+        dec.set_secure(stream()).unwrap();
+        let got = dec.take_whole_message(&mut Bytes::from(aborted), |_, _| Some(()));
+        assert!(matches!(got, Ok(Whole::Taken(_, _, true))), "{got:?}");
     }
 }

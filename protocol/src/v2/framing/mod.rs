@@ -15,10 +15,12 @@
 //! its second GCM block), then the rest. It stops after segment 0 so that the session
 //! can reserve receive budget for a MESSAGE before its payload is read.
 //!
-//! In crc mode a session that can decide from segment 0 alone may instead take a
-//! MESSAGE frame that is all in its input in one call
-//! ([`FrameDecoder::take_whole_message`]): the same checks, no pieces; a frame it does
-//! not take is left for the pieces above.
+//! A session that can decide from segment 0 alone may instead take a MESSAGE frame that
+//! is all in its input in one call ([`FrameDecoder::take_whole_message`]): the same
+//! checks, no pieces. In crc mode a frame it does not take is left for the pieces above;
+//! in secure mode the first block (preamble and inline segment 0) must be opened to tell
+//! what the frame is, and opening it uses its nonce, so a frame not taken goes on in
+//! pieces from the point that block's step leaves it ([`Whole::Opened`]).
 
 mod decoder;
 mod encoder;
@@ -30,7 +32,7 @@ use crate::message::DecodeLimits;
 
 use super::tag::Tag;
 
-pub use decoder::{Frame, FrameDecoder, FrameHead, FrameProgress, Step};
+pub use decoder::{Frame, FrameDecoder, FrameHead, FrameProgress, Step, Whole};
 pub use encoder::FrameEncoder;
 pub use preamble::{Preamble, SegmentDesc, MAX_SEGMENTS, PREAMBLE_LEN};
 pub use secure::{GcmStream, KEY_LEN, NONCE_LEN, SECRET_USED_LEN, TAG_LEN};
