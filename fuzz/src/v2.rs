@@ -18,7 +18,7 @@ use protocol::testing::{v2_addr, TestAuthProvider};
 use protocol::types::EntityType;
 use protocol::v2::frames::*;
 use protocol::v2::framing::{
-    Frame, FrameDecoder, FrameEncoder, FrameLimits, FrameProgress, GcmStream,
+    Frame, FrameDecoder, FrameEncoder, FrameLimits, FrameProgress, GcmStream, Step, Whole,
 };
 use protocol::v2::{Connection, Tag};
 use protocol::{
@@ -103,6 +103,9 @@ fn check_frame(f: &Frame) {
 }
 
 /// Decodes frames from `stream` in chunk sizes derived from `seed` (0: whole pieces).
+/// Between frames it mostly first offers the rest of the stream to
+/// [`FrameDecoder::take_whole_message`] (admitting or refusing by `seed`'s sequence), as
+/// an open session does, and reads on piece by piece from wherever that leaves it.
 fn decode_all(dec: &mut FrameDecoder, stream: &[u8], seed: u8) -> Vec<Frame> {
     let all = Bytes::copy_from_slice(stream);
     let mut at = 0;
@@ -120,6 +123,30 @@ fn decode_all(dec: &mut FrameDecoder, stream: &[u8], seed: u8) -> Vec<Frame> {
         state ^= state << 13;
         state ^= state >> 17;
         state ^= state << 5;
+        if dec.is_idle() && state & 3 != 0 {
+            let mut input = all.slice(at..);
+            let before = input.len();
+            let mut seg0 = Bytes::new();
+            let got = dec.take_whole_message(&mut input, |s0, _| {
+                seg0 = Bytes::copy_from_slice(s0);
+                (state & 2 != 0).then_some(())
+            });
+            at += before - input.len();
+            match got {
+                Err(_) => break,
+                Ok(Whole::Taken((), mut segments, aborted)) => {
+                    segments[0] = seg0;
+                    frames.push(Frame { preamble: *dec.preamble(), segments, aborted });
+                    continue;
+                }
+                Ok(Whole::Opened(Step::Frame)) => {
+                    frames.push(dec.take_frame());
+                    continue;
+                }
+                Ok(Whole::Opened(_)) => continue,
+                Ok(Whole::Untaken) => {}
+            }
+        }
         // The decoder needs its whole piece; chunking is the machine's business, but a
         // zero-length piece must be accepted whenever it is asked for.
         let piece = all.slice(at..at + n);
