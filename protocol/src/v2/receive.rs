@@ -184,11 +184,7 @@ fn read_whole_message(m: &mut Machine<V2>, now: Instant) -> Option<bool> {
     match taken {
         Ok(Whole::Untaken) => None,
         Ok(Whole::Opened(step)) => Some(after_step(m, now, Ok(step))),
-        Err(e) => {
-            m.peer_issue(PeerIssue::BadMessage, format_args!("bad frame: {e}"));
-            m.fault(now, Fault::Decode(e));
-            Some(false)
-        }
+        Err(e) => Some(after_step(m, now, Err(e))),
         Ok(Whole::Taken(header, segments, aborted)) => {
             log::trace!(target: LOG, "{m}: got {}", Tag::MESSAGE);
             if let Some(open) = m.state.open_mut() {
