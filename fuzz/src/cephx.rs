@@ -259,7 +259,7 @@ pub fn cephx_requests(data: &[u8]) {
 }
 
 /// The cephx targets by name (corpus directory = name).
-pub const CEPHX_TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const CEPHX_TARGETS: &[crate::Target] = &[
     ("cephx_tickets", cephx_tickets),
     ("cephx_replies", cephx_replies),
     ("cephx_authorizers", cephx_authorizers),

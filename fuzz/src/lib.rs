@@ -163,8 +163,11 @@ fn check_message(m: &protocol::Message, opts: DecodeOptions) {
     }
 }
 
+/// A fuzz target: its name (its corpus directory) and its body.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every target by name, for the corpus replay and the random run.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("banner", banner),
     ("connect", connect),
     ("connect_reply", connect_reply),
