@@ -86,6 +86,26 @@ pub(crate) fn on_message(
     Ok(())
 }
 
+/// A MESSAGE taken whole ([`super::receive`]'s one-call read): its header came from
+/// the admission, not from [`OpenRx::Reading`], which it never passed through.
+pub(crate) fn on_whole_message(
+    m: &mut Machine<V2>,
+    now: Instant,
+    header: MsgHeader2,
+    segments: [Bytes; MAX_SEGMENTS],
+    aborted: bool,
+) {
+    // As `on_message` leaves it, whatever the budget held before.
+    if let Some(open) = m.state.open_mut() {
+        open.budget.finish();
+    }
+    if aborted {
+        log::debug!(target: LOG, "{m}: dropped message seq {} (aborted)", header.seq);
+        return;
+    }
+    deliver(m, now, header, segments);
+}
+
 /// A complete MESSAGE: in_seq moves, the piggy-backed ack trims our sent list, and the
 /// message goes up.
 fn deliver(m: &mut Machine<V2>, now: Instant, h: MsgHeader2, segments: [Bytes; MAX_SEGMENTS]) {

@@ -187,11 +187,8 @@ fn read_whole_message(m: &mut Machine<V2>, now: Instant) -> Option<bool> {
         Err(e) => Some(after_step(m, now, Err(e))),
         Ok(Whole::Taken(header, segments, aborted)) => {
             log::trace!(target: LOG, "{m}: got {}", Tag::MESSAGE);
-            if let Some(open) = m.state.open_mut() {
-                open.rx = OpenRx::Reading { header, discard: false };
-            }
-            let result = open::on_message(m, now, segments, aborted).map(|()| true);
-            Some(conclude(m, now, Tag::MESSAGE, result))
+            open::on_whole_message(m, now, header, segments, aborted);
+            Some(!m.state.is_closed())
         }
     }
 }
