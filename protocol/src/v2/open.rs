@@ -75,32 +75,26 @@ pub(crate) fn on_message(
     let Some(OpenRx::Reading { header, discard }) = rx else {
         return Err(Fault::Misbehaved("MESSAGE without a header"));
     };
-    if let Some(open) = m.state.open_mut() {
-        open.budget.finish();
-    }
-    if aborted || discard {
-        log::debug!(target: LOG, "{m}: dropped message seq {} (aborted {aborted})", header.seq);
-        return Ok(());
-    }
-    deliver(m, now, header, segments);
+    on_whole_message(m, now, header, segments, aborted || discard);
     Ok(())
 }
 
-/// A MESSAGE taken whole ([`super::receive`]'s one-call read): its header came from
-/// the admission, not from [`OpenRx::Reading`], which it never passed through.
+/// A complete MESSAGE with its `header`: the budget of its reading ends, and it is
+/// delivered unless `dropped` (aborted by its sender, or a duplicate). A MESSAGE taken
+/// whole ([`super::receive`]'s one-call read) comes here straight, its header from the
+/// admission, never stored in [`OpenRx::Reading`].
 pub(crate) fn on_whole_message(
     m: &mut Machine<V2>,
     now: Instant,
     header: MsgHeader2,
     segments: [Bytes; MAX_SEGMENTS],
-    aborted: bool,
+    dropped: bool,
 ) {
-    // As `on_message` leaves it, whatever the budget held before.
     if let Some(open) = m.state.open_mut() {
         open.budget.finish();
     }
-    if aborted {
-        log::debug!(target: LOG, "{m}: dropped message seq {} (aborted)", header.seq);
+    if dropped {
+        log::debug!(target: LOG, "{m}: dropped message seq {} (aborted or duplicate)", header.seq);
         return;
     }
     deliver(m, now, header, segments);

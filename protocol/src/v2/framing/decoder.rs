@@ -503,8 +503,7 @@ impl FrameDecoder {
         admit: impl FnOnce(&[u8], u64) -> Option<T>,
     ) -> Result<Whole<T>> {
         let Some(raw) = input.first_chunk::<PREAMBLE_LEN>() else { return Ok(Whole::Untaken) };
-        let preamble = Preamble::decode(raw)?;
-        self.limits.check(&preamble)?;
+        let preamble = self.checked_preamble(raw)?;
         let lens = preamble.lens();
         let num = usize::from(preamble.num_segments);
         let l0 = lens[0] as usize;
@@ -563,15 +562,12 @@ impl FrameDecoder {
         input: &mut Bytes,
         admit: impl FnOnce(&[u8], u64) -> Option<T>,
     ) -> Result<Whole<T>> {
-        let Some(gcm) = self.secure.as_mut() else { return Ok(Whole::Untaken) };
         let Some(head) = input.first_chunk::<SECURE_HEAD_LEN>() else {
             return Ok(Whole::Untaken);
         };
-        let block = open_head(gcm, head)?;
+        let (preamble, block) = self.open_first_block(head)?;
         input.advance(SECURE_HEAD_LEN);
-        let (raw, inline) = split_head(&block)?;
-        let preamble = Preamble::decode(raw)?;
-        self.limits.check(&preamble)?;
+        let inline = &block[PREAMBLE_LEN..];
         let lens = preamble.lens();
         let num = usize::from(preamble.num_segments);
         let l0 = lens[0] as usize;
@@ -604,27 +600,47 @@ impl FrameDecoder {
     }
 
     fn read_preamble(&mut self, piece: &[u8]) -> Result<Step> {
-        match self.secure.as_mut() {
-            None => {
-                let Some(raw) = piece.first_chunk::<PREAMBLE_LEN>() else {
-                    return Err(Error::Misuse("short preamble"));
-                };
-                let preamble = Preamble::decode(raw)?;
-                self.limits.check(&preamble)?;
-                self.enter_frame(preamble, Bytes::new())
-            }
-            Some(gcm) => {
-                let Some(head) = piece.first_chunk::<SECURE_HEAD_LEN>() else {
-                    return Err(Error::Misuse("short secure head"));
-                };
-                let block = open_head(gcm, head)?;
-                let (raw, inline) = split_head(&block)?;
-                let preamble = Preamble::decode(raw)?;
-                self.limits.check(&preamble)?;
-                let inline = Bytes::copy_from_slice(inline);
-                self.enter_frame(preamble, inline)
-            }
+        if self.secure.is_none() {
+            let Some(raw) = piece.first_chunk::<PREAMBLE_LEN>() else {
+                return Err(Error::Misuse("short preamble"));
+            };
+            let preamble = self.checked_preamble(raw)?;
+            return self.enter_frame(preamble, Bytes::new());
         }
+        let Some(head) = piece.first_chunk::<SECURE_HEAD_LEN>() else {
+            return Err(Error::Misuse("short secure head"));
+        };
+        let (preamble, block) = self.open_first_block(head)?;
+        let inline = Bytes::copy_from_slice(&block[PREAMBLE_LEN..]);
+        self.enter_frame(preamble, inline)
+    }
+
+    /// A preamble, decoded and checked against the limits.
+    fn checked_preamble(&self, raw: &[u8; PREAMBLE_LEN]) -> Result<Preamble> {
+        let preamble = Preamble::decode(raw)?;
+        self.limits.check(&preamble)?;
+        Ok(preamble)
+    }
+
+    /// Secure mode's first block, opened (its nonce used) into a stack buffer, and its
+    /// preamble checked: the block's bytes are read (the preamble, a message's header,
+    /// inline after it), rarely kept.
+    fn open_first_block(
+        &mut self,
+        head: &[u8; SECURE_HEAD_LEN],
+    ) -> Result<(Preamble, [u8; PREAMBLE_LEN + INLINE_LEN])> {
+        let Some(gcm) = self.secure.as_mut() else {
+            return Err(Error::Misuse("a sealed block outside secure mode"));
+        };
+        let (sealed, tag) = head.split_at(PREAMBLE_LEN + INLINE_LEN);
+        let mut block = [0u8; PREAMBLE_LEN + INLINE_LEN];
+        block.copy_from_slice(sealed);
+        gcm.open(&mut block, tag)?;
+        let Some(raw) = block.first_chunk::<PREAMBLE_LEN>() else {
+            return Err(Error::Misuse("secure head too short"));
+        };
+        let preamble = self.checked_preamble(raw)?;
+        Ok((preamble, block))
     }
 
     /// A frame's preamble (checked) and, in secure mode, the inline bytes of its first
@@ -813,24 +829,6 @@ impl FrameDecoder {
         self.aborted = aborted;
         Step::Frame
     }
-}
-
-/// Secure mode's first block, opened: the preamble and the inline bytes of segment 0.
-/// On the stack: its bytes are read (the preamble, a message's header), rarely kept.
-fn open_head(
-    gcm: &mut GcmStream,
-    head: &[u8; SECURE_HEAD_LEN],
-) -> Result<[u8; PREAMBLE_LEN + INLINE_LEN]> {
-    let (sealed, tag) = head.split_at(PREAMBLE_LEN + INLINE_LEN);
-    let mut block = [0u8; PREAMBLE_LEN + INLINE_LEN];
-    block.copy_from_slice(sealed);
-    gcm.open(&mut block, tag)?;
-    Ok(block)
-}
-
-/// An opened first block's preamble and inline bytes.
-fn split_head(block: &[u8; PREAMBLE_LEN + INLINE_LEN]) -> Result<(&[u8; PREAMBLE_LEN], &[u8])> {
-    block.split_first_chunk::<PREAMBLE_LEN>().ok_or(Error::Misuse("secure head too short"))
 }
 
 /// Names of the segment crcs in errors.
