@@ -57,9 +57,10 @@ pub struct MsgrVariant {
     /// Both messengers' workers busy-poll [`BUSY_POLL`] (or `--busy-poll`, if longer)
     /// before they sleep: the opt-in low-latency mode beside the default in one table.
     pub busy: bool,
-    /// Both messengers make early batches (`MessengerConfig::early_batches`): replies
-    /// written in the middle of a read, for hosts where a wake-up is dear.
-    pub early: bool,
+    /// Both messengers make no early batches (`MessengerConfig::early_batches` off):
+    /// replies written at the end of a read, or every 256 KiB, as a single-threaded
+    /// codec's are; the option for hosts where an extra write costs more than it gains.
+    pub late: bool,
 }
 
 /// The busy-poll of the `busy` peer (`asyncmsgr+busy-poll`).
@@ -75,7 +76,7 @@ impl MsgrVariant {
         secure: false,
         cephx: false,
         busy: false,
-        early: false,
+        late: false,
     };
     /// The same over msgr2 in crc mode.
     pub const V2: MsgrVariant = MsgrVariant { v2: true, ..MsgrVariant::V1 };
@@ -141,8 +142,8 @@ impl Peer {
             "busy" | "asyncmsgr+busy-poll" => {
                 Peer::Asyncmsgr(MsgrVariant { busy: true, ..MsgrVariant::V1 })
             }
-            "early" | "asyncmsgr+early-batches" => {
-                Peer::Asyncmsgr(MsgrVariant { early: true, ..MsgrVariant::V1 })
+            "late" | "asyncmsgr+late-batches" => {
+                Peer::Asyncmsgr(MsgrVariant { late: true, ..MsgrVariant::V1 })
             }
             "tokio" | "tokio-ct64" => Peer::Tokio,
             "std" | "std-batched" => Peer::StdBatched,
@@ -175,8 +176,8 @@ impl fmt::Display for Peer {
                 if v.busy {
                     f.write_str("+busy-poll")?;
                 }
-                if v.early {
-                    f.write_str("+early-batches")?;
+                if v.late {
+                    f.write_str("+late-batches")?;
                 }
                 Ok(())
             }
@@ -281,12 +282,12 @@ modes:
 options:
   --peers LIST        comma-separated, first is the reference
                       (default asyncmsgr,v2,v2s,tokio,std); also lossless, queued,
-                      lossless+queued, queued-server, busy, early (asyncmsgr variants;
+                      lossless+queued, queued-server, busy, late (asyncmsgr variants;
                       queued-server: the server answers from ms_dispatch, the client
                       fast-dispatches the replies, as Ceph's Objecter; busy: both ends'
                       workers busy-poll 20 us before they sleep, or --busy-poll if
-                      longer; early: both ends write replies in the middle of a read,
-                      MessengerConfig::early_batches, for hosts where waking is dear),
+                      longer; late: both ends write replies only at the end of a read,
+                      MessengerConfig::early_batches off),
                       naive;
                       v2 = asyncmsgr over msgr2 (crc mode) beside asyncmsgr over v1;
                       v2s = asyncmsgr over msgr2 in secure mode (cephx keys from an
@@ -535,9 +536,10 @@ mod tests {
         let busy = parse("--peers busy,asyncmsgr+busy-poll").unwrap();
         let names: Vec<String> = busy.peers.iter().map(|p| p.to_string()).collect();
         assert_eq!(names, ["asyncmsgr+busy-poll", "asyncmsgr+busy-poll"]);
-        let early = parse("--peers early,asyncmsgr+early-batches").unwrap();
-        let names: Vec<String> = early.peers.iter().map(|p| p.to_string()).collect();
-        assert_eq!(names, ["asyncmsgr+early-batches", "asyncmsgr+early-batches"]);
+        let late = parse("--peers late,asyncmsgr+late-batches").unwrap();
+        let names: Vec<String> = late.peers.iter().map(|p| p.to_string()).collect();
+        assert_eq!(names, ["asyncmsgr+late-batches", "asyncmsgr+late-batches"]);
+        assert!(parse("--peers early").is_err(), "early batches are the default now");
         assert!(parse("--peers quic").is_err());
         assert_eq!(parse("conns").unwrap().conns, 1000);
         assert_eq!(parse("conns --conns 50").unwrap().conns, 50);

@@ -38,7 +38,7 @@ fn config(args: &Args, variant: MsgrVariant, auth: Option<Arc<CephxProvider>>) -
         workers: args.workers,
         crc_header: args.crc,
         crc_data: args.crc,
-        early_batches: variant.early,
+        early_batches: !variant.late,
         ..MessengerConfig::default()
     };
     match (auth, expected_mode(variant)) {

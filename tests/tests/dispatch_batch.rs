@@ -6,7 +6,7 @@
 //! it goes: handed on only at the end of the read, it never does. These servers batch
 //! whatever CPU the peer sends from (`colocated_peer_batching` off); the last tests pin
 //! a server's worker and its peer to one CPU, where the burst is answered at the end of
-//! the read. Without `early_batches` (the default) every burst is.
+//! the read. Without `early_batches` (on by default) every burst is.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,16 +27,13 @@ const BATCH: usize = 8;
 const BURST: u64 = 3 * BATCH as u64;
 
 /// A server handing on every `dispatch_batch` messages at most, on one worker, making
-/// early batches.
+/// early batches (the default).
 fn batch_server(
     dispatch_batch: usize,
 ) -> (messenger::Messenger, std::net::SocketAddr, Receiver<tests::loopback::Seen>) {
-    let config = MessengerConfig {
-        dispatch_batch,
-        early_batches: true,
-        colocated_peer_batching: false,
-        ..test_config(1)
-    };
+    let config =
+        MessengerConfig { dispatch_batch, colocated_peer_batching: false, ..test_config(1) };
+    assert!(config.early_batches, "on by default");
     server_with(config)
 }
 
@@ -467,14 +464,13 @@ fn a_peer_on_the_workers_cpu_gets_its_burst_answered_at_the_reads_end_over_msgr2
     colocated_peer_gets_no_early_batch(ProtocolVersion::V2, true);
 }
 
-/// With the default configuration (no early batches) a burst's replies all go at the end
-/// of the read: nothing is written while its 17th request is dispatched, past the point
-/// where replies of 4 KiB to the first 8 small requests (32 KiB) make an early batch
-/// write (`small_requests_with_large_replies_are_answered_at_a_check_point`). Then all
+/// Without early batches a burst's replies all go at the end of the read: nothing is
+/// written while its 17th request is dispatched, past the point where replies of 4 KiB
+/// to the first 8 small requests (32 KiB) make an early batch write
+/// (`small_requests_with_large_replies_are_answered_at_a_check_point`). Then all
 /// replies come, in order. The requests are small, so the burst is one read.
 fn burst_answered_at_the_reads_end(proto: ProtocolVersion) {
-    let config = test_config(1);
-    assert!(!config.early_batches, "off by default");
+    let config = MessengerConfig { early_batches: false, ..test_config(1) };
     assert!(config.dispatch_batch > BURST as usize, "the burst fits in one batch");
     let (srv, _, _rx) = server_with(config);
     let (entered, entered_rx) = bounded(1);
@@ -503,11 +499,11 @@ fn burst_answered_at_the_reads_end(proto: ProtocolVersion) {
 }
 
 #[test]
-fn by_default_a_burst_is_answered_at_the_reads_end() {
+fn without_early_batches_a_burst_is_answered_at_the_reads_end() {
     burst_answered_at_the_reads_end(ProtocolVersion::V1);
 }
 
 #[test]
-fn by_default_a_burst_is_answered_at_the_reads_end_over_msgr2() {
+fn without_early_batches_a_burst_is_answered_at_the_reads_end_over_msgr2() {
     burst_answered_at_the_reads_end(ProtocolVersion::V2);
 }

@@ -238,8 +238,8 @@ impl Driver {
     /// (the rest of a read's burst is still to be parsed): the dispatch thread and the
     /// peer work on them while this end reads on, instead of the ends trading whole
     /// bursts. Nothing is written when nothing was sent (acks alone wait for the end of
-    /// the read). Without `early_batches` (the default) a batch of `dispatch_batch`
-    /// messages writes only once [`COLOCATED_WRITE_BYTES`] were sent.
+    /// the read). Without `early_batches` a batch of `dispatch_batch` messages writes
+    /// only once [`COLOCATED_WRITE_BYTES`] were sent.
     ///
     /// With `early_batches`, a batch is `dispatch_batch` messages, or fewer once it carried
     /// [`EARLY_BATCH_BYTES`]: received — a quarter of the previous read phase's burst,
@@ -267,8 +267,8 @@ impl Driver {
         if !received && done < most && !done.is_multiple_of(check_every(most)) {
             return;
         }
-        // Without early batches (the default), and for a peer on our own CPU (which runs
-        // only once this thread sleeps), early batches and check points write nothing:
+        // Without early batches, and for a peer on our own CPU (which runs only once
+        // this thread sleeps), early batches and check points write nothing:
         // the window goes in one write, or in writes of COLOCATED_WRITE_BYTES, as a
         // single-threaded codec's does. Queued messages still go to the dispatch thread
         // batch by batch: it may run on another CPU.
