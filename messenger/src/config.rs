@@ -111,11 +111,12 @@ pub struct MessengerConfig {
     pub dispatch_batch: usize,
     /// Whether what fast dispatch sent is also written in the middle of a read, so a
     /// peer on another CPU starts on the first replies while the rest of a burst is
-    /// parsed: at every batch of `dispatch_batch` messages, or fewer once it carried 32
-    /// KiB, received (after a quarter of the previous read's burst, at least 8), or sent
-    /// from fast dispatch (looked at every quarter of `dispatch_batch`, written once half
-    /// the previous burst was delivered). Off, the replies go at the end of the read, or
-    /// every 256 KiB sent, as a single-threaded codec's do.
+    /// parsed: at every batch of `dispatch_batch` messages, or fewer once it received 32
+    /// KiB (after a quarter of the previous read's burst, at least 8), or once fast
+    /// dispatch sent 16 KiB as the send bounds count it (~26 small replies; 32 KiB sent
+    /// by other threads; looked at every quarter of `dispatch_batch`, written once half
+    /// the previous burst was delivered). Off, the replies go at the end of the read, or every 256 KiB sent, as
+    /// a single-threaded codec's do.
     ///
     /// It keeps both ends of a connection busy, and a peer on another host (which runs
     /// beside us whatever we do) gets its replies sooner, as from Ceph, which writes

@@ -324,54 +324,66 @@ fn a_read_shorter_than_an_early_batch_is_answered_in_one_write_over_msgr2() {
     short_read_in_one_write(ProtocolVersion::V2);
 }
 
-/// After a read phase of 32 messages, the next burst's replies wait at the check points
-/// until half as many were delivered (16, not 8 as in the first): a client whose whole
-/// window comes back in one read sends its requests in writes of half of it.
-fn half_the_last_burst_first(proto: ProtocolVersion) {
-    let window = 4 * BATCH as u64;
+/// A server with `dispatch_batch` `window` answers a first burst of `window` requests
+/// (one read phase) with replies carrying `reply`, then a second: nothing is written
+/// before the first request past its first check point is dispatched, and the replies
+/// to the first half of the burst are, before the first request past the second.
+fn half_a_burst_at_a_check_point(
+    proto: ProtocolVersion,
+    window: u64,
+    request: &[u8],
+    reply: &'static [u8],
+    early: &str,
+) {
     let (srv, _, _rx) = batch_server(window as usize);
+    let every = window / 4;
     let (entered, entered_rx) = bounded(1);
     let (go_tx, go) = bounded(1);
     let (held, _) = crossbeam_channel::unbounded();
-    // The first request of the second burst's second and third eighths.
-    let (ninth, seventeenth) = (window + BATCH as u64 + 1, window + 2 * BATCH as u64 + 1);
-    let reply = Bytes::from_static(&[9; 4096]);
-    let d = Hold { hold: vec![ninth, seventeenth], reply, entered, go, held };
+    // The first request of the second burst past its first check point, and past its
+    // second.
+    let (past_first, past_second) = (window + every + 1, window + 2 * every + 1);
+    let reply = Bytes::from_static(reply);
+    let d = Hold { hold: vec![past_first, past_second], reply, entered, go, held };
     srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
     peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
 
-    // The first burst, one read phase of 32 messages, answered in full.
-    write_requests(&mut peer, 1..=window, b"ping");
+    // The first burst, one read phase, answered in full.
+    write_requests(&mut peer, 1..=window, request);
     let first = peer.receive(window as usize).expect("the first burst's replies");
     assert_eq!(
         first.iter().map(Message::tid).collect::<Vec<_>>(),
         (1..=window).collect::<Vec<_>>()
     );
 
-    write_requests(&mut peer, window + 1..=2 * window, b"ping");
-    // At the check point after 8 messages the replies carried 32 KiB, but 8 is less
-    // than half the last burst: nothing was written before the ninth was dispatched.
-    nothing_written_before(
-        &peer,
-        &entered_rx,
-        &go_tx,
-        ninth,
-        "replies were written after 8 messages of the second burst",
-    );
-    // After 16 they were: the first 16 replies arrive while the seventeenth is held.
-    assert_eq!(entered_rx.recv_timeout(WAIT), Ok(seventeenth), "the 17th was dispatched");
-    let half = peer.receive(2 * BATCH);
-    go_tx.send(()).expect("release the seventeenth");
-    let half =
-        half.unwrap_or_else(|e| panic!("16 replies were not written at the check point: {e}"));
-    let want: Vec<u64> = (window + 1..=window + 2 * BATCH as u64).collect();
+    write_requests(&mut peer, window + 1..=2 * window, request);
+    nothing_written_before(&peer, &entered_rx, &go_tx, past_first, early);
+    // After the second check point they were: the first half's replies arrive while
+    // the next request is held.
+    let second = entered_rx.recv_timeout(WAIT);
+    assert_eq!(second, Ok(past_second), "the request past the second check point");
+    let half = peer.receive(2 * every as usize);
+    go_tx.send(()).expect("release it");
+    let half = half.unwrap_or_else(|e| {
+        panic!("{} replies were not written at the second check point: {e}", 2 * every)
+    });
+    let want: Vec<u64> = (window + 1..=window + 2 * every).collect();
     assert_eq!(half.iter().map(Message::tid).collect::<Vec<_>>(), want);
-    let rest = peer.receive(2 * BATCH).expect("the rest of the replies");
-    let want: Vec<u64> = (window + 2 * BATCH as u64 + 1..=2 * window).collect();
+    let rest = peer.receive(2 * every as usize).expect("the rest of the replies");
+    let want: Vec<u64> = (window + 2 * every + 1..=2 * window).collect();
     assert_eq!(rest.iter().map(Message::tid).collect::<Vec<_>>(), want);
     srv.shutdown();
     srv.wait();
+}
+
+/// After a read phase of 32 messages, the next burst's replies (4 KiB each) wait at the
+/// check points until half as many were delivered (16, not 8 as in the first), though
+/// the 8 at the first carried 32 KiB: a client whose whole window comes back in one read
+/// sends its requests in writes of half of it.
+fn half_the_last_burst_first(proto: ProtocolVersion) {
+    let early = "replies were written after 8 messages of the second burst";
+    half_a_burst_at_a_check_point(proto, 4 * BATCH as u64, b"ping", &[9; 4096], early);
 }
 
 #[test]
@@ -382,6 +394,27 @@ fn sent_check_point_waits_for_half_the_last_burst() {
 #[test]
 fn sent_check_point_waits_for_half_the_last_burst_over_msgr2() {
     half_the_last_burst_first(ProtocolVersion::V2);
+}
+
+/// Small requests answered with small replies (64 B, ~650 bytes each as the send bounds
+/// count them) at the default `dispatch_batch` (64: a check point every 16): the 16
+/// replies at the first check point wait (~10 KiB), the 32 at the second are written
+/// (16 KiB and more, and half the last burst) while the rest of the burst is parsed —
+/// not all 64 at its end, where the two ends would trade whole half-windows.
+fn small_replies_at_a_check_point(proto: ProtocolVersion) {
+    let window = MessengerConfig::default().dispatch_batch as u64;
+    let early = "16 small replies were written at the first check point";
+    half_a_burst_at_a_check_point(proto, window, &[7; 64], &[9; 64], early);
+}
+
+#[test]
+fn small_replies_to_small_requests_go_at_a_check_point() {
+    small_replies_at_a_check_point(ProtocolVersion::V1);
+}
+
+#[test]
+fn small_replies_to_small_requests_go_at_a_check_point_over_msgr2() {
+    small_replies_at_a_check_point(ProtocolVersion::V2);
 }
 
 /// A peer sending from the CPU the server's worker runs on (both pinned to CPU 0) cannot

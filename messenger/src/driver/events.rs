@@ -21,11 +21,23 @@ use crate::state::ConnState;
 /// earlier start gains.
 const MIN_DISPATCH_BATCH: usize = 8;
 
-/// What a batch smaller than `dispatch_batch` must carry, received or sent, to be handed
-/// on early: on loopback a write costs the writer the peer's receive path too, and a
-/// write of a few small replies did ~10 % more CPU per 64 B round trip for no more
-/// round trips.
+/// What a batch smaller than `dispatch_batch` must have received (payload bytes), or
+/// have had sent through the mailbox by other threads (send cost), to be handed on
+/// early: on loopback a write costs the writer the peer's receive path too, and a write
+/// of a few small replies did ~10 % more CPU per 64 B round trip for no more round
+/// trips.
 const EARLY_BATCH_BYTES: usize = 32 << 10;
+
+/// What this thread's fast dispatch must have sent (as the send bounds count it: a
+/// small message ~650 bytes) before a check point writes it: 16 KiB is 26 small
+/// replies, so at 64 B both ends of a full window write every 32 messages instead of
+/// every `dispatch_batch` (64) and work at once; with 32 KiB they traded half-windows,
+/// and 64 B at depth 128 ran 1.8× fewer round trips for ~15 % more CPU each (messages of
+/// 256 B and up reached either bound at 32). Replies from `ms_dispatch` keep coming
+/// through the mailbox while the worker reads: written at this bound they went in more,
+/// smaller writes, and a server answering 64 B from `ms_dispatch` ran ~23 % fewer round
+/// trips for ~25 % more CPU each, so they keep [`EARLY_BATCH_BYTES`].
+const EARLY_SENT_BYTES: u64 = 16 << 10;
 
 /// What fast dispatch must have sent before a driver writes in the middle of a read when
 /// it makes no early batches (`early_batches` off, or a peer that shares its CPU and
@@ -35,7 +47,7 @@ const COLOCATED_WRITE_BYTES: u64 = 256 << 10;
 
 /// How many check points `hand_on_batch` makes per `dispatch_batch`: at each, what fast
 /// dispatch sent is taken into the protocol and written if it reaches
-/// [`EARLY_BATCH_BYTES`].
+/// [`EARLY_SENT_BYTES`] (or the mailbox's, [`EARLY_BATCH_BYTES`]).
 const CHECKS_PER_BATCH: usize = 4;
 
 /// The messages between `hand_on_batch`'s check points for a `dispatch_batch` of `most`.
@@ -248,10 +260,12 @@ impl Driver {
     /// gets its first replies after 8 instead of sitting idle while we parse, and a read
     /// of fewer is answered in one write at its end — or sent: every quarter of
     /// `dispatch_batch` what fast dispatch sent moves into the protocol, and is written
-    /// once it reaches that much and half the previous burst was delivered (a client
-    /// whose small replies each make it send a 4 KiB request). Small messages answered
-    /// with small ones go in batches of `dispatch_batch`: a write is a syscall and a
-    /// wake-up of the peer, and those are what such a batch costs.
+    /// once it reaches [`EARLY_SENT_BYTES`] (what other threads sent through the
+    /// mailbox: [`EARLY_BATCH_BYTES`]) and half the previous burst was delivered (a
+    /// client whose small replies each make it send a 4 KiB request; small replies to
+    /// small requests, at the default 64, every 32). Fewer small replies than that wait:
+    /// a write is a syscall and a wake-up of the peer, and those are what such a batch
+    /// costs.
     fn hand_on_batch(&mut self, cx: &mut Context<'_>, size: usize) {
         self.delivered_since_batch += 1;
         self.bytes_since_batch = self.bytes_since_batch.saturating_add(size);
@@ -281,6 +295,7 @@ impl Driver {
                 self.take_sent(cx);
                 if self.sent_since_batch >= COLOCATED_WRITE_BYTES {
                     self.sent_since_batch = 0;
+                    self.own_sent_since_batch = 0;
                     self.flush(cx);
                 }
             }
@@ -293,7 +308,9 @@ impl Driver {
             // one read (4 KiB at depth 128: ~90 replies) sends its requests in two large
             // writes instead of five or six of 16, the cost that bounds it there; one
             // whose window is small (depth 32) still sends its first 16 early.
-            if self.sent_since_batch < EARLY_BATCH_BYTES as u64 || done < self.last_burst / 2 {
+            let worth = self.own_sent_since_batch >= EARLY_SENT_BYTES
+                || self.sent_since_batch >= EARLY_BATCH_BYTES as u64;
+            if !worth || done < self.last_burst / 2 {
                 return;
             }
         }
@@ -301,6 +318,7 @@ impl Driver {
         self.bytes_since_batch = 0;
         // What check points took is not written yet (or was, by a pump's end since).
         let taken = std::mem::take(&mut self.sent_since_batch) > 0;
+        self.own_sent_since_batch = 0;
         self.deliver_pending();
         // Commands (a mark_down, a replacing socket) wait for the end of the read: they
         // change the session, which this is in the middle of parsing.
@@ -310,13 +328,16 @@ impl Driver {
         }
     }
 
-    /// Takes what fast dispatch sent meanwhile into the protocol, counting it in
-    /// `sent_since_batch` (written later, by the caller's rule or the pump's end).
+    /// Takes what was sent meanwhile (fast dispatch on this thread, the mailbox) into
+    /// the protocol, counting it in `sent_since_batch` and this thread's part in
+    /// `own_sent_since_batch` (written later, by the caller's rule or the pump's end).
     fn take_sent(&mut self, cx: &mut Context<'_>) {
-        let before = self.send_held;
+        let (before, own_before) = (self.send_held, self.own_sent_total);
         self.take_mailbox(cx, false);
         self.sent_since_batch =
             self.sent_since_batch.saturating_add(self.send_held.saturating_sub(before));
+        let own = self.own_sent_total.wrapping_sub(own_before);
+        self.own_sent_since_batch = self.own_sent_since_batch.saturating_add(own);
     }
 
     /// How many more messages of `size` payload bytes are delivered before

@@ -73,7 +73,9 @@ impl Driver {
             // anything now in the mailbox (see `own_sends`). None once the mailbox is
             // closed: those go with it (below).
             if !mb.closed {
-                self.send_held += own_sends::take(&self.conn, room, &mut inbox, cx.now());
+                let own = own_sends::take(&self.conn, room, &mut inbox, cx.now());
+                self.own_sent_total = self.own_sent_total.wrapping_add(own);
+                self.send_held += own;
             }
             let room = room.saturating_sub(inbox.len());
             if (mb.messages.is_empty() || room == 0) && (!with_commands || mb.commands.is_empty()) {

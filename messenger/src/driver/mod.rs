@@ -87,9 +87,15 @@ pub(crate) struct Driver {
     delivered_since_batch: usize,
     /// Their payload bytes.
     bytes_since_batch: usize,
-    /// What fast dispatch sent since then (`Message::send_cost`), taken into the
-    /// protocol at `hand_on_batch`'s check points (non-zero: something was taken).
+    /// What was sent since then (`Message::send_cost`) by fast dispatch on this thread
+    /// or through the mailbox, taken into the protocol at `hand_on_batch`'s check points
+    /// (non-zero: something was taken).
     sent_since_batch: u64,
+    /// The part of it this thread's fast dispatch sent.
+    own_sent_since_batch: u64,
+    /// What this thread's fast dispatch ever moved into the protocol (send cost,
+    /// wrapping): the check points tell its share from the mailbox's by the difference.
+    own_sent_total: u64,
     /// Messages delivered since the current read phase began, and in the one before:
     /// the size of the peer's bursts, which sets how many make a batch.
     burst: usize,
@@ -196,6 +202,8 @@ impl Driver {
             delivered_since_batch: 0,
             bytes_since_batch: 0,
             sent_since_batch: 0,
+            own_sent_since_batch: 0,
+            own_sent_total: 0,
             burst: 0,
             last_burst: 0,
             pending: ReadBatch::new(),
