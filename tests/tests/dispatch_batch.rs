@@ -130,16 +130,28 @@ fn burst_is_answered_in_batches(
     front: &[u8],
     reply: &[u8],
 ) {
-    let (srv, _, _rx) = batch_server(dispatch_batch);
-    let (go_tx, go) = bounded(1);
-    let (held, held_rx) = bounded(1);
     // The first request of the third batch waits until the first batch is answered. Not
     // the second's: the burst (3 × 8 × 4 KiB in the large tests) may reach the server in
     // two reads, and an early batch counts the messages of its own read, so a first
     // read of fewer than 8 is answered at its end and the rest of the first 8 with the
     // next read's first batch — before its 8th message (at most the 15th), never after
     // the 17th.
-    let hold = 2 * BATCH as u64 + 1;
+    first_replies_before(proto, dispatch_batch, front, reply, BATCH, 2 * BATCH as u64 + 1);
+}
+
+/// A server with `dispatch_batch` answers the first `first` of a burst of requests
+/// carrying `front` (replies carrying `reply`) before it dispatches request `hold`.
+fn first_replies_before(
+    proto: ProtocolVersion,
+    dispatch_batch: usize,
+    front: &[u8],
+    reply: &[u8],
+    first: usize,
+    hold: u64,
+) {
+    let (srv, _, _rx) = batch_server(dispatch_batch);
+    let (go_tx, go) = bounded(1);
+    let (held, held_rx) = bounded(1);
     let reply = Bytes::copy_from_slice(reply);
     let (entered, _) = crossbeam_channel::unbounded();
     let d = Hold { hold: vec![hold], reply, entered, go, held };
@@ -148,7 +160,7 @@ fn burst_is_answered_in_batches(
     send_burst(&mut peer, front);
 
     // One read may bring more than a batch's replies (all those before the held one).
-    let first = peer.receive(BATCH);
+    let first = peer.receive(first);
     go_tx.send(()).expect("release the held request");
     let first = first.unwrap_or_else(|e| panic!("the first batch was not answered early: {e}"));
     let tids: Vec<u64> = first.iter().map(Message::tid).collect();
@@ -174,9 +186,9 @@ fn a_burst_read_at_once_is_answered_in_batches_over_msgr2() {
     burst_is_answered_in_batches(ProtocolVersion::V2, BATCH, b"ping", b"");
 }
 
-/// With the default `dispatch_batch` (64), a burst of 4 KiB requests is answered after
-/// the first 8: a batch of 8 that carried 32 KiB goes early (a peer with a small window
-/// of large messages would sit idle for the other 56).
+/// With the default `dispatch_batch` (64), a burst of 4 KiB requests is answered in
+/// early batches: a batch that carried 16 KiB goes early (a peer with a small window of
+/// large messages would sit idle for the other 60).
 #[test]
 fn a_burst_of_large_messages_is_answered_in_early_batches() {
     let default = MessengerConfig::default().dispatch_batch;
@@ -188,6 +200,26 @@ fn a_burst_of_large_messages_is_answered_in_early_batches() {
 fn a_burst_of_large_messages_is_answered_in_early_batches_over_msgr2() {
     let default = MessengerConfig::default().dispatch_batch;
     burst_is_answered_in_batches(ProtocolVersion::V2, default, &[7; 4096], b"");
+}
+
+/// And the first early batch is 4 requests of 4 KiB (16 KiB), so a window of 4 KiB
+/// requests gets its first replies before the server parses the 8th: at depth 32 a
+/// client sends again sooner (with 8 and 32 KiB, 4 KiB at depth 32 ran ~11 % fewer round
+/// trips). Should the burst reach the server in two reads, a first read of fewer than 4
+/// is answered at its end, and the next read's first 4 with the 7th at the latest.
+fn the_first_4_of_large_messages_go_early(proto: ProtocolVersion) {
+    let default = MessengerConfig::default().dispatch_batch;
+    first_replies_before(proto, default, &[7; 4096], b"", 4, 8);
+}
+
+#[test]
+fn the_first_4_of_a_burst_of_large_messages_are_answered_before_the_8th() {
+    the_first_4_of_large_messages_go_early(ProtocolVersion::V1);
+}
+
+#[test]
+fn the_first_4_of_a_burst_of_large_messages_are_answered_before_the_8th_over_msgr2() {
+    the_first_4_of_large_messages_go_early(ProtocolVersion::V2);
 }
 
 /// Small requests whose replies carry 4 KiB each: the replies of the first quarter of a
@@ -447,8 +479,8 @@ fn colocated_peer_gets_no_early_batch(proto: ProtocolVersion, colocated_peer_bat
     let (entered, entered_rx) = bounded(1);
     let (go_tx, go) = bounded(1);
     let (held, held_rx) = bounded(1);
-    // In the checked burst, past the early batch (8 requests that carried 32 KiB) and
-    // the first check point (8 replies that did): either would have written before it.
+    // In the checked burst, past the early batch (4 requests that carried 16 KiB) and
+    // the first check point (8 replies of 32 KiB): either would have written before it.
     let hold = 9 * BURST + 2 * BATCH as u64 + 1;
     let reply = Bytes::from_static(&[9; 4096]);
     let d = Hold { hold: vec![hold], reply, entered, go, held };
