@@ -67,6 +67,42 @@ pub const TIMER_BATCH: usize = 1024;
 /// The furthest ahead the timerfd is armed (see [`EventCenter::run_once`]).
 const LONGEST_ARMING: Duration = Duration::from_secs(24 * 3600);
 
+/// How much of a center's time (running and in `poll`) one judgement of its load covers:
+/// long enough for many loop iterations, short enough to follow a change of traffic.
+const LOAD_WINDOW_NS: u64 = 2_000_000;
+
+/// The share of a window a center must have spent running, not in `poll`, to count as
+/// mostly busy ([`Context::mostly_busy`]).
+const BUSY_PERCENT: u64 = 80;
+
+/// A center's running time against its time in `poll`, judged every
+/// [`LOAD_WINDOW_NS`]: the time from one `poll`'s return to the next `poll` is running.
+#[derive(Debug, Default)]
+struct LoadMeter {
+    running_ns: u64,
+    polling_ns: u64,
+}
+
+impl LoadMeter {
+    /// Adds one iteration: the previous `poll` returned at `ran_from`, this one was
+    /// entered at `polled_from` and returned at `now`. Returns whether the center was
+    /// mostly busy once a window is complete.
+    fn record(&mut self, ran_from: Instant, polled_from: Instant, now: Instant) -> Option<bool> {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.running_ns =
+            self.running_ns.saturating_add(ns(polled_from.saturating_duration_since(ran_from)));
+        self.polling_ns =
+            self.polling_ns.saturating_add(ns(now.saturating_duration_since(polled_from)));
+        let total = self.running_ns.saturating_add(self.polling_ns);
+        if total < LOAD_WINDOW_NS {
+            return None;
+        }
+        let busy = self.running_ns.saturating_mul(100) >= total.saturating_mul(BUSY_PERCENT);
+        *self = LoadMeter::default();
+        Some(busy)
+    }
+}
+
 /// One worker's event loop over its own `mio::Poll`.
 ///
 /// Each [`run_once`](Self::run_once): the center's timerfd armed for the nearest timer
@@ -90,6 +126,8 @@ pub struct EventCenter {
     timerfd: Option<TimerFd>,
     /// The deadline `timerfd` is armed for, until it fires.
     timer_armed: Option<Instant>,
+    /// Running against polling, for [`Context::mostly_busy`].
+    load: LoadMeter,
 }
 
 impl fmt::Debug for EventCenter {
@@ -130,12 +168,14 @@ impl EventCenter {
                 timers: TimerQueue::default(),
                 shared,
                 now: Instant::now(),
+                mostly_busy: false,
             },
             iterations: 0,
             shut_down: false,
             busy_poll: Duration::ZERO,
             timerfd,
             timer_armed: None,
+            load: LoadMeter::default(),
         })
     }
 
@@ -191,12 +231,19 @@ impl EventCenter {
         if !self.inbox.is_empty() || self.core.shared.is_stopping() {
             timeout = Some(Duration::ZERO);
         }
+        // One clock read more per iteration: what the center ran since the last `poll`
+        // against what it waited (or spun) in this one.
+        let polled_from = Instant::now();
         let spinning = timeout != Some(Duration::ZERO) && !self.busy_poll.is_zero();
         let timeout = if spinning { self.spin(timeout)? } else { Some(timeout) };
         if let Some(timeout) = timeout {
             self.poll_events(timeout)?;
         }
+        let ran_from = self.core.now;
         self.core.now = Instant::now();
+        if let Some(busy) = self.load.record(ran_from, polled_from, self.core.now) {
+            self.core.mostly_busy = busy;
+        }
         self.iterations += 1;
         let _running = Running::enter(self.core.shared.address(), self.core.now);
 

@@ -118,6 +118,8 @@ pub(crate) struct Core {
     pub(crate) shared: Arc<Shared<ExternalFn>>,
     /// Read once per loop iteration, after `poll` returns.
     pub(crate) now: Instant,
+    /// Whether the last judged window was mostly running (see `center::LoadMeter`).
+    pub(crate) mostly_busy: bool,
 }
 
 impl Core {
@@ -172,6 +174,14 @@ impl Context<'_> {
     /// Monotonic time, read once per loop iteration (after `poll` returns).
     pub fn now(&self) -> Instant {
         self.core.now
+    }
+
+    /// Whether this center spent at least 80 % of its last ~2 ms running handlers
+    /// rather than waiting in `poll` (false until a first window is complete): a
+    /// handler can then spend less on work that only shortens a peer's wait, such as an
+    /// extra write, since the thread has little time to spare.
+    pub fn mostly_busy(&self) -> bool {
+        self.core.mostly_busy
     }
 
     /// The handler being run, if this code runs on behalf of one.

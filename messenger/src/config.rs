@@ -112,7 +112,8 @@ pub struct MessengerConfig {
     /// Whether what fast dispatch sent is also written in the middle of a read, so a
     /// peer on another CPU starts on the first replies while the rest of a burst is
     /// parsed: at every batch of `dispatch_batch` messages, or fewer once it received 16
-    /// KiB (after a quarter of the previous read's burst, at least 4), or once fast
+    /// KiB (after a quarter of the previous read's burst, at least 4, or 8 while the
+    /// worker spent most of its last ~2 ms running), or once fast
     /// dispatch sent 16 KiB as the send bounds count it (~26 small replies; 32 KiB sent
     /// by other threads; looked at every quarter of `dispatch_batch`, written once half
     /// the previous burst was delivered). Off, the replies go at the end of the read, or every 256 KiB sent, as

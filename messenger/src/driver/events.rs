@@ -20,13 +20,18 @@ use crate::state::ConnState;
 /// larger), with [`EARLY_RECV_BYTES`]: 4 requests of 4 KiB. A client with 32 of them in
 /// flight sends again after the first 4 replies instead of 8, and ran ~13 % more round
 /// trips for ~4 % less CPU each (the server's writes overlap its parsing and the
-/// client's; msgr2 in crc mode +20 %). It costs where the ends are bound by their CPU
-/// rather than by waiting: at depth 128, whose read phases are often as short, ~30 %
-/// more writes, ~7–14 % more CPU per round trip and 5–15 % fewer round trips; msgr2 in
-/// secure mode at depth 32 (its cipher) 12 % fewer round trips. Only the
-/// first batch of a read phase at 4 (the rest at 8) kept depth 128's writes but gave
-/// depth 32 only +5 %. 1 MiB and 1,000 connections ran as before.
-const MIN_DISPATCH_BATCH: usize = 4;
+/// client's; msgr2 in crc mode +20 %). Only while the worker has time to spare: see
+/// [`MIN_BUSY_DISPATCH_BATCH`].
+pub(super) const MIN_DISPATCH_BATCH: usize = 4;
+
+/// The smallest early batch while the worker is mostly busy (`Context::mostly_busy`):
+/// there the extra writes of batches of 4 cost more than the peer's shorter wait gains.
+/// With 4 always, 4 KiB at depth 128 (whose read phases are often short) made ~30 %
+/// more writes for 7–14 % more CPU per round trip and 5–15 % fewer round trips, and
+/// msgr2's secure mode at depth 32 (bound by its cipher) 12 % fewer round trips. Only a
+/// read phase's first batch at 4 (the rest at 8) kept depth 128's writes but gave depth
+/// 32 only +5 %.
+pub(super) const MIN_BUSY_DISPATCH_BATCH: usize = 8;
 
 /// What a batch smaller than `dispatch_batch` must have had sent through the mailbox
 /// by other threads (send cost) to be written early: on loopback a write costs the
@@ -266,7 +271,8 @@ impl Driver {
     ///
     /// With `early_batches`, a batch is `dispatch_batch` messages, or fewer once it
     /// received [`EARLY_RECV_BYTES`] in a quarter of the previous read phase's burst, at
-    /// least [`MIN_DISPATCH_BATCH`], and at least that many of this read phase's, so a
+    /// least [`MIN_DISPATCH_BATCH`] ([`MIN_BUSY_DISPATCH_BATCH`] while the worker is
+    /// mostly busy), and at least that many of this read phase's, so a
     /// peer with little in flight (its whole window a burst of 4–31 messages of 4 KiB)
     /// gets its first replies after 4 instead of sitting idle while we parse, and a read
     /// of fewer is answered in one write at its end — or sent: every quarter of
@@ -283,7 +289,7 @@ impl Driver {
         self.burst += 1;
         let done = self.delivered_since_batch;
         let most = self.env.config.dispatch_batch;
-        let early = (self.last_burst / 4).max(MIN_DISPATCH_BATCH);
+        let early = (self.last_burst / 4).max(self.min_batch);
         // Counted in this read phase too: the batch counters carry over from earlier
         // reads, and a count carried in would cut a read of fewer than `early` messages
         // (4 requests of 4 KiB per connection among 1,000) into two writes.
@@ -360,8 +366,7 @@ impl Driver {
         let most = self.env.config.dispatch_batch;
         let every = check_every(most);
         let to_check = (every - done % every).min(most.saturating_sub(done)).max(1);
-        let early =
-            (self.last_burst / 4).max(MIN_DISPATCH_BATCH).saturating_sub(done.min(self.burst));
+        let early = (self.last_burst / 4).max(self.min_batch).saturating_sub(done.min(self.burst));
         let bytes_left = EARLY_RECV_BYTES.saturating_sub(self.bytes_since_batch);
         let to_early = match size {
             0 if bytes_left > 0 => usize::MAX,

@@ -93,6 +93,9 @@ pub(crate) struct Driver {
     sent_since_batch: u64,
     /// The part of it this thread's fast dispatch sent.
     own_sent_since_batch: u64,
+    /// The smallest early batch for this pump: smaller while the worker has time to
+    /// spare (`Context::mostly_busy`).
+    min_batch: usize,
     /// What this thread's fast dispatch ever moved into the protocol (send cost,
     /// wrapping): the check points tell its share from the mailbox's by the difference.
     own_sent_total: u64,
@@ -203,6 +206,7 @@ impl Driver {
             bytes_since_batch: 0,
             sent_since_batch: 0,
             own_sent_since_batch: 0,
+            min_batch: events::MIN_DISPATCH_BATCH,
             own_sent_total: 0,
             burst: 0,
             last_burst: 0,
@@ -242,6 +246,11 @@ impl Driver {
         // The loop iteration's cached clock is the start; two clock reads per pump
         // (after reading, at the end) give the recv and send run times; total is both.
         let started_at = cx.now();
+        self.min_batch = if cx.mostly_busy() {
+            events::MIN_BUSY_DISPATCH_BATCH
+        } else {
+            events::MIN_DISPATCH_BATCH
+        };
         if !self.started {
             self.started = true;
             self.id = cx.id();
