@@ -234,6 +234,8 @@ pub struct Args {
     pub busy_poll: Duration,
     /// Pin the server's and the client's threads (`None`: the scheduler places them).
     pub pin: Option<crate::pin::Pin>,
+    /// The TCP congestion control of every peer's sockets (`None`: the host's default).
+    pub tcp_congestion: Option<String>,
 }
 
 impl Default for Args {
@@ -259,6 +261,7 @@ impl Default for Args {
             flamegraph: None,
             busy_poll: Duration::ZERO,
             pin: None,
+            tcp_congestion: None,
         }
     }
 }
@@ -326,6 +329,9 @@ options:
   --pin same|apart    pin every peer's server and client threads: both to CPU 0 (same)
                       or the server to CPU 0 and the client to CPU 1 (apart); unpinned
                       (default), the scheduler puts them on one CPU or two, run by run
+  --tcp-congestion NAME   every peer's sockets use this TCP congestion control (e.g.
+                      cubic; default: the host's, which every table names); the rados
+                      peer's client socket is the crate's own and keeps the default
   --quiet             no progress line";
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -421,6 +427,7 @@ impl Args {
                     a.busy_poll = Duration::from_micros(us as u64);
                 }
                 "--pin" => a.pin = Some(crate::pin::Pin::parse(&value("--pin")?)?),
+                "--tcp-congestion" => a.tcp_congestion = Some(value("--tcp-congestion")?),
                 "--quiet" => a.progress = false,
                 "-h" | "--help" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -572,6 +579,14 @@ mod tests {
         assert!(v1.contains("needs --proto v2"), "{v1}");
         assert!(parse("server --proto v2 --mode secure").is_err());
         assert!(parse("--mode plain").is_err());
+    }
+
+    #[test]
+    fn tcp_congestion() {
+        assert_eq!(parse("").unwrap().tcp_congestion, None);
+        let a = parse("matrix --tcp-congestion cubic").unwrap();
+        assert_eq!(a.tcp_congestion.as_deref(), Some("cubic"));
+        assert!(parse("--tcp-congestion").is_err());
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub fn run(args: &Args) -> io::Result<Report> {
             }
         };
         conn.set_nodelay(true)?;
+        crate::net::tune(&conn)?;
         poll.registry().register(&mut conn, Token(1), Interest::READABLE)?;
         let reply = frame(reply_size);
         let (mut buf, mut tmp) = (Vec::new(), vec![0u8; 64 << 10]);
@@ -104,6 +105,7 @@ pub fn run(args: &Args) -> io::Result<Report> {
     poll.registry().register(&mut conn, Token(1), Interest::READABLE | Interest::WRITABLE)?;
     poll.poll(&mut events, Some(Duration::from_secs(5)))?;
     conn.set_nodelay(true)?;
+    crate::net::tune(&conn)?;
     let request = frame(args.size);
     let (mut buf, mut tmp) = (Vec::new(), vec![0u8; 64 << 10]);
     let mut rtt = new_histogram();

@@ -18,6 +18,7 @@ pub mod machine;
 pub mod matrix;
 pub mod msgr;
 pub mod naive;
+pub mod net;
 pub mod pin;
 pub mod plot;
 #[cfg(feature = "rados")]

@@ -204,6 +204,7 @@ pub fn summary(loads: &[Load]) -> String {
     if let Some(us) = wake_round_trip_us() {
         out += &format!("; wake-up ping-pong (two threads that sleep) {us:.1} µs per round trip");
     }
+    out += &format!("; {}", crate::net::describe());
     if busy > 0 {
         out += &format!(
             "\nWARNING: {busy} of {} runs ran beside other work (≥ {BUSY_CPUS} CPU): \

@@ -119,6 +119,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    bench::net::choose(args.tcp_congestion.clone());
     match args.mode {
         Mode::Floor => args.depth = 1,
         Mode::Modes if !args.peers_given => args.peers = Peer::MODES.to_vec(),

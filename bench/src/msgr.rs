@@ -39,6 +39,7 @@ fn config(args: &Args, variant: MsgrVariant, auth: Option<Arc<CephxProvider>>) -
         crc_header: args.crc,
         crc_data: args.crc,
         early_batches: !variant.late,
+        tcp_congestion: args.tcp_congestion.clone(),
         ..MessengerConfig::default()
     };
     match (auth, expected_mode(variant)) {

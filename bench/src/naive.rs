@@ -36,6 +36,9 @@ fn serve(listener: TcpListener, reply_size: usize, stop: Arc<AtomicBool>) {
         }
         let Ok(mut s) = stream else { continue };
         let _ = s.set_nodelay(true);
+        if crate::net::tune(&s).is_err() {
+            continue;
+        }
         let Ok(r) = s.try_clone() else { continue };
         handlers.push(crate::pin::spawn_named("naive-server-c", move || {
             let reply = frame(reply_size, 0x5a);
@@ -72,6 +75,7 @@ pub fn run(args: &Args) -> io::Result<Report> {
     for _ in 0..args.conns {
         let mut w = TcpStream::connect(addr)?;
         w.set_nodelay(true)?;
+        crate::net::tune(&w)?;
         let mut r = BufReader::with_capacity(64 << 10, w.try_clone()?);
         // The in-flight window: `depth` slot tokens. The writer takes a token, then
         // stamps and writes a request; the reader returns the token after reading the

@@ -72,6 +72,7 @@ async fn serve_conn(
     reply: Bytes,
 ) -> Result<(), String> {
     stream.set_nodelay(true).map_err(|e| format!("rados server nodelay: {e}"))?;
+    crate::net::tune(&stream).map_err(|e| format!("rados server congestion control: {e}"))?;
     let mut conn = Connection::accept(stream, config(), None)
         .await
         .map_err(|e| format!("rados server accept: {e}"))?;

@@ -70,6 +70,7 @@ fn write_frame(w: &mut impl Write, framer: &mut Framer, tid: u64, data: &[u8]) -
 
 fn serve_conn(stream: TcpStream, reply: &[u8], crc: bool) -> io::Result<()> {
     stream.set_nodelay(true)?;
+    crate::net::tune(&stream)?;
     let mut r = BufReader::with_capacity(BUFFER, stream.try_clone()?);
     let mut w = BufWriter::with_capacity(BUFFER, stream);
     let (mut deframer, mut framer) = (Deframer::new(crc), Framer::new(SERVER_NAME, crc));
@@ -177,6 +178,7 @@ fn client_conn(
 ) -> io::Result<JoinHandle<Histogram<u64>>> {
     let stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
+    crate::net::tune(&stream)?;
     let reader_stream = stream.try_clone()?;
     let window = Arc::new(Mutex::new(InFlight::new(args.depth)));
     // `depth` slot tokens: the writer takes one per request, the reader returns it.

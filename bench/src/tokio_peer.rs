@@ -136,6 +136,10 @@ async fn serve(
         match listener.accept().await {
             Ok((s, _)) => {
                 let _ = s.set_nodelay(true);
+                if let Err(e) = crate::net::tune(&s) {
+                    let _ = signals.send(Signal::Failed(format!("tokio server: {e}")));
+                    return;
+                }
                 tasks.push(tokio::spawn(serve_conn(s, reply.clone(), crc)));
             }
             Err(e) => {
@@ -219,6 +223,7 @@ async fn client_conn(
     let result = async {
         let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        crate::net::tune(&stream).map_err(|e| e.to_string())?;
         let (rd, wr) = stream.split();
         let mut replies =
             FramedRead::with_capacity(rd, V1Codec::new(client_name(i), args.crc), BUFFER);

@@ -67,6 +67,15 @@ pub struct MessengerConfig {
     pub tcp_rcvbuf: usize,
     /// Send buffer size (0 = kernel default).
     pub tcp_sndbuf: usize,
+    /// TCP congestion control of every socket (`TCP_CONGESTION`, Linux), e.g. `"cubic"`;
+    /// `None` keeps the host's default (`net.ipv4.tcp_congestion_control`). Ours, not
+    /// Ceph's. BBR, the default of some hosts, paces every segment by its estimate of the
+    /// path's bandwidth: between daemons on one host (loopback, or the host's own
+    /// address) there is no path to estimate, and on this project's machine kind the
+    /// pacing halved the rate of 1 MiB messages and made 4 KiB streams run in two
+    /// states (README, "Performance"). [`MessengerConfig::validate`] refuses a name the
+    /// kernel does not let this process use.
+    pub tcp_congestion: Option<String>,
     /// `ms_initial_backoff`: first reconnect delay of a lossless connection.
     pub initial_backoff: Duration,
     /// `ms_max_backoff`: reconnect delay cap (also the WAIT backoff).
@@ -252,6 +261,7 @@ impl Default for MessengerConfig {
             tcp_nodelay: true,
             tcp_rcvbuf: 0,
             tcp_sndbuf: 0,
+            tcp_congestion: None,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
             connection_ready_timeout: Duration::from_secs(10),
@@ -334,8 +344,9 @@ impl MessengerConfig {
 
     /// Checks every option: zero where zero would spin (a zero keepalive interval,
     /// read budget or backoff), values so large that deadline arithmetic would overflow
-    /// (`Duration::MAX`), and contradictions (a maximum below its minimum). Called by
-    /// [`crate::Messenger::new`].
+    /// (`Duration::MAX`), contradictions (a maximum below its minimum), and a
+    /// `tcp_congestion` the kernel refuses (tried on a socket that is never connected).
+    /// Called by [`crate::Messenger::new`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(option: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
             Err(ConfigError { option, reason: reason.into() })
@@ -387,6 +398,10 @@ impl MessengerConfig {
                 return bad(option, format!("{size} does not fit a socket option"));
             }
         }
+        if let Some(name) = &self.tcp_congestion {
+            check_tcp_congestion(name)
+                .map_err(|reason| ConfigError { option: "tcp_congestion", reason })?;
+        }
         if self.max_queued_bytes == 0 {
             return bad("max_queued_bytes", "0 would refuse every message");
         }
@@ -416,4 +431,39 @@ impl MessengerConfig {
         }
         Ok(())
     }
+}
+
+/// Longest congestion control name the kernel takes (`TCP_CA_NAME_MAX` less its NUL).
+const MAX_TCP_CONGESTION_NAME: usize = 15;
+
+/// Whether `name` is a congestion control this process may set: its shape here, then
+/// the kernel's word on a fresh socket, so a typo fails at startup rather than in every
+/// connection.
+fn check_tcp_congestion(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_TCP_CONGESTION_NAME {
+        return Err(format!("{name:?} is not 1..={MAX_TCP_CONGESTION_NAME} bytes long"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(format!("{name:?} is not a congestion control's name"));
+    }
+    let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .map_err(|e| format!("no socket to try {name:?} on: {e}"))?;
+    set_tcp_congestion(socket2::SockRef::from(&probe), name).map_err(|e| {
+        format!(
+            "the kernel refuses {name:?}: {e} (net.ipv4.tcp_allowed_congestion_control \
+             lists what this process may use)"
+        )
+    })
+}
+
+/// Sets `TCP_CONGESTION` on `sock`.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_tcp_congestion(sock: socket2::SockRef<'_>, name: &str) -> std::io::Result<()> {
+    sock.set_tcp_congestion(name.as_bytes())
+}
+
+/// Sets `TCP_CONGESTION` on `sock` (not offered here).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_tcp_congestion(_sock: socket2::SockRef<'_>, _name: &str) -> std::io::Result<()> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "TCP_CONGESTION is Linux only"))
 }

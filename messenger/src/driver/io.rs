@@ -203,6 +203,9 @@ impl Driver {
             if config.tcp_sndbuf > 0 {
                 sock.set_send_buffer_size(config.tcp_sndbuf)?;
             }
+            if let Some(name) = &config.tcp_congestion {
+                crate::config::set_tcp_congestion(sock, name)?;
+            }
         }
         Ok(())
     }
