@@ -151,7 +151,7 @@ pub fn check(peers: &[Peer], results: &[(Cell, Vec<Medians>)]) -> Vec<Verdict> {
 
 /// The settings this run departs from (its goals are stated for crc on, empty
 /// replies, two workers per messenger, no busy-poll, threads where the scheduler puts
-/// them, and nothing else profiling the run).
+/// them, the host's TCP congestion control, and nothing else profiling the run).
 pub fn departures(args: &Args) -> Vec<&'static str> {
     let d = Args::default();
     [
@@ -160,6 +160,7 @@ pub fn departures(args: &Args) -> Vec<&'static str> {
         (args.workers != d.workers, "workers other than 2"),
         (args.busy_poll != d.busy_poll, "busy-poll"),
         (args.pin.is_some(), "pinned threads"),
+        (args.tcp_congestion.is_some(), "a TCP congestion control other than the host's"),
         (args.flamegraph.is_some(), "the flamegraph's profiler"),
     ]
     .into_iter()
@@ -357,6 +358,8 @@ mod tests {
             report(&parse(&["--crc", "off", "--workers", "1"]), &results),
             "Goals not judged: this run's settings are not the issue's (crc off, workers other than 2).\n"
         );
+        assert!(report(&parse(&["--tcp-congestion", "cubic"]), &results)
+            .contains("a TCP congestion control other than the host's"));
     }
 
     #[test]
