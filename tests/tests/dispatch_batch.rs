@@ -8,11 +8,13 @@
 //! a server's worker and its peer to one CPU, where the burst is answered at the end of
 //! the read. Without `early_batches` (on by default) every burst is.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
+use event_center::{Context, TimerTarget};
 use messenger::{Connection, Dispatched, Dispatcher, Message, MessengerConfig, Policy};
 use protocol::types::EntityType;
 use protocol::ProtocolVersion;
@@ -87,30 +89,26 @@ fn nothing_written_before(
     }
 }
 
-/// Whether the server's only worker was last judged mostly busy, asked on the worker.
-fn worker_mostly_busy(srv: &messenger::Messenger) -> bool {
-    let (tx, rx) = bounded(1);
-    srv.pool()
-        .handle(0)
-        .dispatch_event_external(move |cx| {
-            let _ = tx.send(cx.mostly_busy());
-        })
-        .expect("post");
-    rx.recv_timeout(WAIT).expect("the worker answers")
-}
-
 /// Returns once the server's only worker is judged not mostly busy. On a loaded machine
 /// its handshake work may be preempted long enough to read as busy, and a busy worker
-/// makes early batches of 8 (`a_busy_worker_batches_at_least_8`). Between looks the
-/// worker waits in `poll` for longer than a load window, which the next look judges.
+/// makes early batches of 8 (`a_busy_worker_batches_at_least_8`).
 fn until_worker_not_busy(srv: &messenger::Messenger) {
-    for _ in 0..100 {
-        if !worker_mostly_busy(srv) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(3));
+    let (tx, rx) = bounded(1);
+    srv.pool().handle(0).dispatch_event_external(move |cx| look(cx, tx, 100)).expect("post");
+    assert_eq!(rx.recv_timeout(WAIT), Ok(true), "the server's worker stayed mostly busy");
+}
+
+/// On the worker: answers on `tx` whether it is judged not busy, once it is or after
+/// `left` more looks. Each further look is a timer 3 ms out, so the worker waits in
+/// `poll` for longer than a load window, which the loop iteration running the timer
+/// judges before it runs it.
+fn look(cx: &mut Context<'_>, tx: Sender<bool>, left: u32) {
+    if !cx.mostly_busy() || left == 0 {
+        let _ = tx.send(!cx.mostly_busy());
+        return;
     }
-    panic!("the server's worker stayed mostly busy for 300 ms");
+    let again = move |cx: &mut Context<'_>| look(cx, tx, left - 1);
+    cx.create_time_event(Duration::from_millis(3), TimerTarget::Fn(Box::new(again)));
 }
 
 /// Once the held request was let go: it says so, every reply of the burst arrives in
@@ -260,17 +258,9 @@ fn the_first_4_of_a_burst_of_large_messages_are_answered_before_the_8th_over_msg
     the_first_4_of_large_messages_go_early(ProtocolVersion::V2);
 }
 
-/// Burns `d` of the calling thread's time without sleeping.
-fn spin_for(d: Duration) {
-    let start = std::time::Instant::now();
-    while start.elapsed() < d {
-        std::hint::spin_loop();
-    }
-}
-
 /// But a worker that was mostly busy (`Context::mostly_busy`) makes early batches of 8
 /// at least, where the smaller batches would cost it writes it has no time for: a burst
-/// of 4 KiB requests that lands while the server's worker runs 5 ms of other work gets
+/// of 4 KiB requests that lands while the server's worker runs ≥ 5 ms of other work gets
 /// no reply before its 8th request is dispatched (the 4th would be answered before it on
 /// an idle worker, above).
 fn a_busy_worker_batches_at_least_8(proto: ProtocolVersion) {
@@ -281,19 +271,28 @@ fn a_busy_worker_batches_at_least_8(proto: ProtocolVersion) {
     let d = Hold { hold: vec![8], reply: Bytes::new(), entered, go, held };
     srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
-    // The server's only worker runs 5 ms without a break: the loop iteration that reads
-    // the burst closes a load window of nothing but running, so its pump starts busy. The
-    // burst is written while the worker spins, so the whole of it waits in the socket.
+    // The server's only worker spins for 5 ms and until the whole burst is in the socket
+    // (a writer preempted on a loaded machine must not leave part of it for a later
+    // read): the loop iteration that reads the burst closes a load window of nothing but
+    // running, so its pump starts busy, and reads all of it.
     let (spinning_tx, spinning) = bounded(1);
+    let written = Arc::new(AtomicBool::new(false));
+    let burst_in = written.clone();
     srv.pool()
         .handle(0)
         .dispatch_event_external(move |_cx| {
             let _ = spinning_tx.send(());
-            spin_for(Duration::from_millis(5));
+            let start = Instant::now();
+            while (start.elapsed() < Duration::from_millis(5) || !burst_in.load(Ordering::Acquire))
+                && start.elapsed() < WAIT
+            {
+                std::hint::spin_loop();
+            }
         })
         .expect("post");
     spinning.recv_timeout(WAIT).expect("the worker runs the spin");
     send_burst(&mut peer, &[7; 4096]);
+    written.store(true, Ordering::Release);
     nothing_written_before(&peer, &entered_rx, &go_tx, 8, "a busy worker answered early");
     all_replies_in_order(srv, &mut peer, &held_rx);
 }
