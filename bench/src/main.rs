@@ -119,7 +119,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    bench::net::choose(args.tcp_congestion.clone());
+    if let Err(e) = bench::net::choose(args.tcp_congestion.clone()) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
     match args.mode {
         Mode::Floor => args.depth = 1,
         Mode::Modes if !args.peers_given => args.peers = Peer::MODES.to_vec(),

@@ -9,9 +9,17 @@ use std::sync::OnceLock;
 static CHOSEN: OnceLock<Option<String>> = OnceLock::new();
 
 /// Sets the congestion control of every peer's sockets for this process (once; `None`:
-/// the host's default).
-pub fn choose(name: Option<String>) {
+/// the host's default), after trying it on a fresh socket: a name the kernel refuses
+/// fails here, once, not as a dropped connection in some peer.
+pub fn choose(name: Option<String>) -> io::Result<()> {
+    if let Some(name) = &name {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        socket2::SockRef::from(&probe).set_tcp_congestion(name.as_bytes()).map_err(|e| {
+            io::Error::new(e.kind(), format!("--tcp-congestion {name}: the kernel refuses it: {e}"))
+        })?;
+    }
     let _ = CHOSEN.set(name);
+    Ok(())
 }
 
 /// The congestion control chosen with `--tcp-congestion`, if any.
@@ -47,6 +55,14 @@ pub fn describe() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A name the kernel refuses is refused when chosen, and chooses nothing.
+    #[test]
+    fn a_refused_name_fails_when_chosen() {
+        let err = choose(Some("no-such-cc".into())).expect_err("refused");
+        assert!(err.to_string().contains("--tcp-congestion no-such-cc"), "{err}");
+        assert_eq!(chosen(), None);
+    }
 
     /// With nothing chosen a socket keeps the host's default, and the line names it.
     #[test]
