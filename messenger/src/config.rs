@@ -122,7 +122,8 @@ pub struct MessengerConfig {
     /// peer on another CPU starts on the first replies while the rest of a burst is
     /// parsed: at every batch of `dispatch_batch` messages, or fewer once it received 16
     /// KiB (after a quarter of the previous read's burst, at least 4, or 8 while the
-    /// worker spent most of its last ~2 ms running), or once fast
+    /// worker spent most of its last ~2 ms running, 16 if its messages are
+    /// [quick](Self::quick_message)), or once fast
     /// dispatch sent 16 KiB as the send bounds count it (~26 small replies; 32 KiB sent
     /// by other threads; looked at every quarter of `dispatch_batch`, written once half
     /// the previous burst was delivered). Off, the replies go at the end of the read, or every 256 KiB sent, as
@@ -138,6 +139,16 @@ pub struct MessengerConfig {
     /// it took tens of µs they were what kept both ends busy. The benchmark's `late`
     /// peer runs with it off beside the default. On by default. (Ours.)
     pub early_batches: bool,
+    /// With [`early_batches`](Self::early_batches), on a worker that spent most of its
+    /// last ~2 ms running: how long a message may take to handle (parsed, dispatched,
+    /// its reply built) for that connection's early batches to take at least 16
+    /// messages instead of 8. Quick messages make batches whose writes cost more than
+    /// they shorten the peer's wait; slow ones (msgr2's secure mode, large messages)
+    /// keep batches of 8, since the peer would wait twice as long for the first reply.
+    /// Measured on each batch after a read's first (from the write ending the one
+    /// before). 1 µs by default: on the benchmark's host 4 KiB requests took 0.2–0.9 µs
+    /// each, 1.7–2.6 µs in secure mode. Zero: always 8. (Ours.)
+    pub quick_message: Duration,
     /// With [`early_batches`](Self::early_batches): whether a connection whose peer runs
     /// on this host, on the very CPU the connection's worker runs on (two read phases in
     /// a row, by `SO_INCOMING_CPU`), skips them: such a peer cannot run before the worker
@@ -279,6 +290,7 @@ impl Default for MessengerConfig {
             read_buffer: 64 << 10,
             dispatch_batch: 64,
             early_batches: true,
+            quick_message: Duration::from_micros(1),
             colocated_peer_batching: true,
             max_queued_bytes: 256 << 20,
             max_total_queued_bytes: 1 << 30,

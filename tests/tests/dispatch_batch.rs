@@ -258,23 +258,16 @@ fn the_first_4_of_a_burst_of_large_messages_are_answered_before_the_8th_over_msg
     the_first_4_of_large_messages_go_early(ProtocolVersion::V2);
 }
 
-/// But a worker that was mostly busy (`Context::mostly_busy`) makes early batches of 8
-/// at least, where the smaller batches would cost it writes it has no time for: a burst
-/// of 4 KiB requests that lands while the server's worker runs ≥ 5 ms of other work gets
-/// no reply before its 8th request is dispatched (the 4th would be answered before it on
-/// an idle worker, above).
-fn a_busy_worker_batches_at_least_8(proto: ProtocolVersion) {
-    let (srv, _, _rx) = batch_server(MessengerConfig::default().dispatch_batch);
-    let (go_tx, go) = bounded(1);
-    let (held, held_rx) = bounded(1);
-    let (entered, entered_rx) = crossbeam_channel::unbounded();
-    let d = Hold { hold: vec![8], reply: Bytes::new(), entered, go, held };
-    srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
-    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
-    // The server's only worker spins for 5 ms and until the whole burst is in the socket
-    // (a writer preempted on a loaded machine must not leave part of it for a later
-    // read): the loop iteration that reads the burst closes a load window of nothing but
-    // running, so its pump starts busy, and reads all of it.
+/// Writes requests `tids` of 4 KiB while the server's only worker spins for 5 ms and
+/// until the whole burst is in the socket (a writer preempted on a loaded machine must
+/// not leave part of it for a later read): the loop iteration that reads the burst
+/// closes a load window of nothing but running, so its pump starts busy, and reads all
+/// of it.
+fn burst_on_busy_worker(
+    srv: &messenger::Messenger,
+    peer: &mut RawPeer,
+    tids: std::ops::RangeInclusive<u64>,
+) {
     let (spinning_tx, spinning) = bounded(1);
     let written = Arc::new(AtomicBool::new(false));
     let burst_in = written.clone();
@@ -291,8 +284,25 @@ fn a_busy_worker_batches_at_least_8(proto: ProtocolVersion) {
         })
         .expect("post");
     spinning.recv_timeout(WAIT).expect("the worker runs the spin");
-    send_burst(&mut peer, &[7; 4096]);
+    peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    write_requests(peer, tids, &[7; 4096]);
     written.store(true, Ordering::Release);
+}
+
+/// But a worker that was mostly busy (`Context::mostly_busy`) makes early batches of 8
+/// at least, where the smaller batches would cost it writes it has no time for: a burst
+/// of 4 KiB requests that lands while the server's worker runs ≥ 5 ms of other work gets
+/// no reply before its 8th request is dispatched (the 4th would be answered before it on
+/// an idle worker, above).
+fn a_busy_worker_batches_at_least_8(proto: ProtocolVersion) {
+    let (srv, _, _rx) = batch_server(MessengerConfig::default().dispatch_batch);
+    let (go_tx, go) = bounded(1);
+    let (held, held_rx) = bounded(1);
+    let (entered, entered_rx) = crossbeam_channel::unbounded();
+    let d = Hold { hold: vec![8], reply: Bytes::new(), entered, go, held };
+    srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    burst_on_busy_worker(&srv, &mut peer, 1..=BURST);
     nothing_written_before(&peer, &entered_rx, &go_tx, 8, "a busy worker answered early");
     all_replies_in_order(srv, &mut peer, &held_rx);
 }
@@ -305,6 +315,62 @@ fn a_busy_worker_answers_nothing_before_the_8th_of_a_burst_of_large_messages() {
 #[test]
 fn a_busy_worker_answers_nothing_before_the_8th_of_a_burst_of_large_messages_over_msgr2() {
     a_busy_worker_batches_at_least_8(ProtocolVersion::V2);
+}
+
+/// A busy worker whose messages are quick (`MessengerConfig::quick_message`) makes
+/// early batches of 16 once a batch of them was timed, and one whose messages are not
+/// keeps 8: two bursts land on the busy worker, the first times its second batch, and
+/// the second burst's 16th request (tid `BURST + 16`) is held in its dispatch. With every
+/// message quick (a bound of 1 s, which even a debug build's 4 KiB meet) nothing was
+/// written before it; with none quick (zero) the first 8 replies were.
+fn busy_worker_second_burst(proto: ProtocolVersion, quick_message: Duration) {
+    let config =
+        MessengerConfig { quick_message, colocated_peer_batching: false, ..test_config(1) };
+    let (srv, _, _rx) = server_with(config);
+    let hold = BURST + 16;
+    let (go_tx, go) = bounded(1);
+    let (held, held_rx) = bounded(1);
+    let (entered, entered_rx) = crossbeam_channel::unbounded();
+    let d = Hold { hold: vec![hold], reply: Bytes::new(), entered, go, held };
+    srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    burst_on_busy_worker(&srv, &mut peer, 1..=BURST);
+    let first = peer.receive(BURST as usize).expect("the first burst's replies");
+    assert_eq!(first.iter().map(Message::tid).collect::<Vec<_>>(), (1..=BURST).collect::<Vec<_>>());
+
+    burst_on_busy_worker(&srv, &mut peer, BURST + 1..=2 * BURST);
+    if quick_message > Duration::ZERO {
+        nothing_written_before(&peer, &entered_rx, &go_tx, hold, "quick messages went in 8s");
+    } else {
+        assert_eq!(entered_rx.recv_timeout(WAIT), Ok(hold), "request {hold} was dispatched");
+        let early = peer.receive(8);
+        go_tx.send(()).expect("release the held request");
+        let early = early.unwrap_or_else(|e| panic!("slow messages waited for 16: {e}"));
+        let tids: Vec<u64> = early.iter().map(Message::tid).collect();
+        assert_eq!(tids, (BURST + 1..=BURST + tids.len() as u64).collect::<Vec<_>>());
+    }
+    assert_eq!(held_rx.recv_timeout(WAIT), Ok(true), "the held request was released");
+    let written: usize = if quick_message > Duration::ZERO { 0 } else { 8 };
+    let rest = peer.receive(BURST as usize - written).expect("the rest of the replies");
+    let last = rest.last().map(Message::tid);
+    assert_eq!(last, Some(2 * BURST), "every reply of the second burst, in order");
+    srv.shutdown();
+    srv.wait();
+}
+
+#[test]
+fn a_busy_worker_with_quick_messages_answers_nothing_before_the_16th() {
+    busy_worker_second_burst(ProtocolVersion::V1, Duration::from_secs(1));
+}
+
+#[test]
+fn a_busy_worker_with_quick_messages_answers_nothing_before_the_16th_over_msgr2() {
+    busy_worker_second_burst(ProtocolVersion::V2, Duration::from_secs(1));
+}
+
+#[test]
+fn a_busy_worker_with_slow_messages_answers_the_first_8_before_the_16th() {
+    busy_worker_second_burst(ProtocolVersion::V1, Duration::ZERO);
 }
 
 /// Small requests whose replies carry 4 KiB each: the replies of the first quarter of a

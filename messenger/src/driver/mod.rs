@@ -96,6 +96,12 @@ pub(crate) struct Driver {
     /// The smallest early batch for this pump: smaller while the worker has time to
     /// spare (`Context::mostly_busy`).
     min_batch: usize,
+    /// When the batch being delivered began (after the last batch's write; none for a
+    /// pump's first batch, whose time includes reads and what ran before).
+    batch_clock: Option<Instant>,
+    /// The last batch measured handled its messages in under
+    /// `MessengerConfig::quick_message` each.
+    quick_messages: bool,
     /// What this thread's fast dispatch ever moved into the protocol (send cost,
     /// wrapping): the check points tell its share from the mailbox's by the difference.
     own_sent_total: u64,
@@ -207,6 +213,8 @@ impl Driver {
             sent_since_batch: 0,
             own_sent_since_batch: 0,
             min_batch: events::MIN_DISPATCH_BATCH,
+            batch_clock: None,
+            quick_messages: false,
             own_sent_total: 0,
             burst: 0,
             last_burst: 0,
@@ -246,8 +254,13 @@ impl Driver {
         // The loop iteration's cached clock is the start; two clock reads per pump
         // (after reading, at the end) give the recv and send run times; total is both.
         let started_at = cx.now();
+        self.batch_clock = None;
         self.min_batch = if cx.mostly_busy() {
-            events::MIN_BUSY_DISPATCH_BATCH
+            if self.quick_messages {
+                events::QUICK_BUSY_DISPATCH_BATCH
+            } else {
+                events::MIN_BUSY_DISPATCH_BATCH
+            }
         } else {
             events::MIN_DISPATCH_BATCH
         };
