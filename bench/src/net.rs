@@ -13,9 +13,8 @@ static CHOSEN: OnceLock<Option<String>> = OnceLock::new();
 /// fails here, once, not as a dropped connection in some peer.
 pub fn choose(name: Option<String>) -> io::Result<()> {
     if let Some(name) = &name {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        socket2::SockRef::from(&probe).set_tcp_congestion(name.as_bytes()).map_err(|e| {
-            io::Error::new(e.kind(), format!("--tcp-congestion {name}: the kernel refuses it: {e}"))
+        messenger::config::check_tcp_congestion(name).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("--tcp-congestion {name}: {e}"))
         })?;
     }
     let _ = CHOSEN.set(name);

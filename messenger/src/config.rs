@@ -450,8 +450,8 @@ const MAX_TCP_CONGESTION_NAME: usize = 15;
 
 /// Whether `name` is a congestion control this process may set: its shape here, then
 /// the kernel's word on a fresh socket, so a typo fails at startup rather than in every
-/// connection.
-fn check_tcp_congestion(name: &str) -> Result<(), String> {
+/// connection. [`MessengerConfig::validate`] checks `tcp_congestion` with it.
+pub fn check_tcp_congestion(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_TCP_CONGESTION_NAME {
         return Err(format!("{name:?} is not 1..={MAX_TCP_CONGESTION_NAME} bytes long"));
     }
