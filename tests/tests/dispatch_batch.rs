@@ -339,8 +339,9 @@ fn busy_worker_second_burst(proto: ProtocolVersion, quick_message: Duration) {
     assert_eq!(first.iter().map(Message::tid).collect::<Vec<_>>(), (1..=BURST).collect::<Vec<_>>());
 
     burst_on_busy_worker(&srv, &mut peer, BURST + 1..=2 * BURST);
-    if quick_message > Duration::ZERO {
+    let written = if quick_message > Duration::ZERO {
         nothing_written_before(&peer, &entered_rx, &go_tx, hold, "quick messages went in 8s");
+        0
     } else {
         assert_eq!(entered_rx.recv_timeout(WAIT), Ok(hold), "request {hold} was dispatched");
         let early = peer.receive(8);
@@ -348,9 +349,9 @@ fn busy_worker_second_burst(proto: ProtocolVersion, quick_message: Duration) {
         let early = early.unwrap_or_else(|e| panic!("slow messages waited for 16: {e}"));
         let tids: Vec<u64> = early.iter().map(Message::tid).collect();
         assert_eq!(tids, (BURST + 1..=BURST + tids.len() as u64).collect::<Vec<_>>());
-    }
+        tids.len()
+    };
     assert_eq!(held_rx.recv_timeout(WAIT), Ok(true), "the held request was released");
-    let written: usize = if quick_message > Duration::ZERO { 0 } else { 8 };
     let rest = peer.receive(BURST as usize - written).expect("the rest of the replies");
     let last = rest.last().map(Message::tid);
     assert_eq!(last, Some(2 * BURST), "every reply of the second burst, in order");

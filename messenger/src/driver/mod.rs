@@ -255,14 +255,10 @@ impl Driver {
         // (after reading, at the end) give the recv and send run times; total is both.
         let started_at = cx.now();
         self.batch_clock = None;
-        self.min_batch = if cx.mostly_busy() {
-            if self.quick_messages {
-                events::QUICK_BUSY_DISPATCH_BATCH
-            } else {
-                events::MIN_BUSY_DISPATCH_BATCH
-            }
-        } else {
-            events::MIN_DISPATCH_BATCH
+        self.min_batch = match (cx.mostly_busy(), self.quick_messages) {
+            (false, _) => events::MIN_DISPATCH_BATCH,
+            (true, false) => events::MIN_BUSY_DISPATCH_BATCH,
+            (true, true) => events::QUICK_BUSY_DISPATCH_BATCH,
         };
         if !self.started {
             self.started = true;
