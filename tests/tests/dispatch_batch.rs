@@ -268,6 +268,16 @@ fn burst_on_busy_worker(
     peer: &mut RawPeer,
     tids: std::ops::RangeInclusive<u64>,
 ) {
+    front_burst_on_busy_worker(srv, peer, tids, &[7; 4096]);
+}
+
+/// [`burst_on_busy_worker`] with requests carrying `front`.
+fn front_burst_on_busy_worker(
+    srv: &messenger::Messenger,
+    peer: &mut RawPeer,
+    tids: std::ops::RangeInclusive<u64>,
+    front: &[u8],
+) {
     let (spinning_tx, spinning) = bounded(1);
     let written = Arc::new(AtomicBool::new(false));
     let burst_in = written.clone();
@@ -285,7 +295,7 @@ fn burst_on_busy_worker(
         .expect("post");
     spinning.recv_timeout(WAIT).expect("the worker runs the spin");
     peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    write_requests(peer, tids, &[7; 4096]);
+    write_requests(peer, tids, front);
     written.store(true, Ordering::Release);
 }
 
@@ -317,17 +327,38 @@ fn a_busy_worker_answers_nothing_before_the_8th_of_a_burst_of_large_messages_ove
     a_busy_worker_batches_at_least_8(ProtocolVersion::V2);
 }
 
+/// The second burst of [`busy_worker_second_burst`]: `len` requests carrying `front`,
+/// the `held`th held in its dispatch; with slow messages at least `early` replies are
+/// written before it.
+struct SecondBurst {
+    len: u64,
+    front: &'static [u8],
+    held: u64,
+    early: usize,
+}
+
+/// 4 KiB requests: early batches of 16 with quick messages, 8 with slow ones.
+const LARGE_SECOND: SecondBurst = SecondBurst { len: BURST, front: &[7; 4096], held: 16, early: 8 };
+
+/// Small requests with empty replies: check points come every 16 messages, so one at
+/// the 41st at the latest has 16 KiB of replies (~26) to write; with quick messages
+/// (`QUICK_BUSY_EARLY_SENT_BYTES`) they wait for `dispatch_batch` (64).
+const SMALL_SECOND: SecondBurst = SecondBurst { len: 56, front: b"ping", held: 48, early: 16 };
+
 /// A busy worker whose messages are quick (`MessengerConfig::quick_message`) makes
-/// early batches of 16 once a batch of them was timed, and one whose messages are not
-/// keeps 8: two bursts land on the busy worker, the first times its second batch, and
-/// the second burst's 16th request (tid `BURST + 16`) is held in its dispatch. With every
-/// message quick (a bound of 1 s, which even a debug build's 4 KiB meet) nothing was
-/// written before it; with none quick (zero) the first 8 replies were.
-fn busy_worker_second_burst(proto: ProtocolVersion, quick_message: Duration) {
+/// early batches of 16 once a batch of them was timed, and writes small replies sent
+/// from fast dispatch only by the `dispatch_batch`; one whose messages are not keeps
+/// batches of 8 and writes small replies at a check point once they cost 16 KiB. Two
+/// bursts land on the busy worker: the first (4 KiB requests) times its second batch,
+/// and the second's request `second.held` is held in its dispatch. With every message
+/// quick (a bound of 1 s, which even a debug build's 4 KiB meet) nothing was written
+/// before it; with none quick (zero) the first `second.early` replies were.
+fn busy_worker_second_burst(proto: ProtocolVersion, quick_message: Duration, second: SecondBurst) {
     let config =
         MessengerConfig { quick_message, colocated_peer_batching: false, ..test_config(1) };
+    assert_eq!(config.dispatch_batch, 64, "the default");
     let (srv, _, _rx) = server_with(config);
-    let hold = BURST + 16;
+    let hold = BURST + second.held;
     let (go_tx, go) = bounded(1);
     let (held, held_rx) = bounded(1);
     let (entered, entered_rx) = crossbeam_channel::unbounded();
@@ -338,40 +369,56 @@ fn busy_worker_second_burst(proto: ProtocolVersion, quick_message: Duration) {
     let first = peer.receive(BURST as usize).expect("the first burst's replies");
     assert_eq!(first.iter().map(Message::tid).collect::<Vec<_>>(), (1..=BURST).collect::<Vec<_>>());
 
-    burst_on_busy_worker(&srv, &mut peer, BURST + 1..=2 * BURST);
+    let last = BURST + second.len;
+    front_burst_on_busy_worker(&srv, &mut peer, BURST + 1..=last, second.front);
     let written = if quick_message > Duration::ZERO {
-        nothing_written_before(&peer, &entered_rx, &go_tx, hold, "quick messages went in 8s");
+        nothing_written_before(&peer, &entered_rx, &go_tx, hold, "quick messages went early");
         0
     } else {
         assert_eq!(entered_rx.recv_timeout(WAIT), Ok(hold), "request {hold} was dispatched");
-        let early = peer.receive(8);
+        let early = peer.receive(second.early);
         go_tx.send(()).expect("release the held request");
-        let early = early.unwrap_or_else(|e| panic!("slow messages waited for 16: {e}"));
+        let early = early.unwrap_or_else(|e| panic!("slow messages were not answered early: {e}"));
         let tids: Vec<u64> = early.iter().map(Message::tid).collect();
         assert_eq!(tids, (BURST + 1..=BURST + tids.len() as u64).collect::<Vec<_>>());
         tids.len()
     };
     assert_eq!(held_rx.recv_timeout(WAIT), Ok(true), "the held request was released");
-    let rest = peer.receive(BURST as usize - written).expect("the rest of the replies");
-    let last = rest.last().map(Message::tid);
-    assert_eq!(last, Some(2 * BURST), "every reply of the second burst, in order");
+    let rest = peer.receive(second.len as usize - written).expect("the rest of the replies");
+    let tids: Vec<u64> = rest.iter().map(Message::tid).collect();
+    assert_eq!(tids, (BURST + 1 + written as u64..=last).collect::<Vec<_>>());
     srv.shutdown();
     srv.wait();
 }
 
 #[test]
 fn a_busy_worker_with_quick_messages_answers_nothing_before_the_16th() {
-    busy_worker_second_burst(ProtocolVersion::V1, Duration::from_secs(1));
+    busy_worker_second_burst(ProtocolVersion::V1, Duration::from_secs(1), LARGE_SECOND);
 }
 
 #[test]
 fn a_busy_worker_with_quick_messages_answers_nothing_before_the_16th_over_msgr2() {
-    busy_worker_second_burst(ProtocolVersion::V2, Duration::from_secs(1));
+    busy_worker_second_burst(ProtocolVersion::V2, Duration::from_secs(1), LARGE_SECOND);
 }
 
 #[test]
 fn a_busy_worker_with_slow_messages_answers_the_first_8_before_the_16th() {
-    busy_worker_second_burst(ProtocolVersion::V1, Duration::ZERO);
+    busy_worker_second_burst(ProtocolVersion::V1, Duration::ZERO, LARGE_SECOND);
+}
+
+#[test]
+fn a_busy_worker_with_quick_messages_writes_small_replies_by_the_batch() {
+    busy_worker_second_burst(ProtocolVersion::V1, Duration::from_secs(1), SMALL_SECOND);
+}
+
+#[test]
+fn a_busy_worker_with_quick_messages_writes_small_replies_by_the_batch_over_msgr2() {
+    busy_worker_second_burst(ProtocolVersion::V2, Duration::from_secs(1), SMALL_SECOND);
+}
+
+#[test]
+fn a_busy_worker_with_slow_messages_writes_small_replies_at_a_check_point() {
+    busy_worker_second_burst(ProtocolVersion::V1, Duration::ZERO, SMALL_SECOND);
 }
 
 /// Small requests whose replies carry 4 KiB each: the replies of the first quarter of a

@@ -96,6 +96,9 @@ pub(crate) struct Driver {
     /// The smallest early batch for this pump: smaller while the worker has time to
     /// spare (`Context::mostly_busy`).
     min_batch: usize,
+    /// What fast dispatch must have sent before a check point writes it, for this pump:
+    /// larger while the worker is mostly busy with quick messages.
+    early_sent: u64,
     /// When the batch being delivered began (after the last batch's write; none for a
     /// pump's first batch, whose time includes reads and what ran before).
     batch_clock: Option<Instant>,
@@ -213,6 +216,7 @@ impl Driver {
             sent_since_batch: 0,
             own_sent_since_batch: 0,
             min_batch: events::MIN_DISPATCH_BATCH,
+            early_sent: events::EARLY_SENT_BYTES,
             batch_clock: None,
             quick_messages: false,
             own_sent_total: 0,
@@ -255,10 +259,12 @@ impl Driver {
         // (after reading, at the end) give the recv and send run times; total is both.
         let started_at = cx.now();
         self.batch_clock = None;
-        self.min_batch = match (cx.mostly_busy(), self.quick_messages) {
-            (false, _) => events::MIN_DISPATCH_BATCH,
-            (true, false) => events::MIN_BUSY_DISPATCH_BATCH,
-            (true, true) => events::QUICK_BUSY_DISPATCH_BATCH,
+        (self.min_batch, self.early_sent) = match (cx.mostly_busy(), self.quick_messages) {
+            (false, _) => (events::MIN_DISPATCH_BATCH, events::EARLY_SENT_BYTES),
+            (true, false) => (events::MIN_BUSY_DISPATCH_BATCH, events::EARLY_SENT_BYTES),
+            (true, true) => {
+                (events::QUICK_BUSY_DISPATCH_BATCH, events::QUICK_BUSY_EARLY_SENT_BYTES)
+            }
         };
         if !self.started {
             self.started = true;
