@@ -124,8 +124,9 @@ pub struct MessengerConfig {
     /// KiB (after a quarter of the previous read's burst, at least 4, or 8 while the
     /// worker spent most of its last ~2 ms running, 16 if its messages are
     /// [quick](Self::quick_message)), or once fast
-    /// dispatch sent 16 KiB as the send bounds count it (~26 small replies; 32 KiB sent
-    /// by other threads; looked at every quarter of `dispatch_batch`, written once half
+    /// dispatch sent 16 KiB as the send bounds count it (~26 small replies; 64 KiB on a
+    /// busy worker with quick messages; 32 KiB sent by other threads; looked at every
+    /// quarter of `dispatch_batch`, written once half
     /// the previous burst was delivered). Off, the replies go at the end of the read, or every 256 KiB sent, as
     /// a single-threaded codec's do.
     ///
