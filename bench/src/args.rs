@@ -236,6 +236,8 @@ pub struct Args {
     pub pin: Option<crate::pin::Pin>,
     /// The TCP congestion control of every peer's sockets (`None`: the host's default).
     pub tcp_congestion: Option<String>,
+    /// Print what each thread did under each peer's row ([`crate::threads`]).
+    pub threads: bool,
 }
 
 impl Default for Args {
@@ -262,6 +264,7 @@ impl Default for Args {
             busy_poll: Duration::ZERO,
             pin: None,
             tcp_congestion: None,
+            threads: false,
         }
     }
 }
@@ -332,6 +335,9 @@ options:
   --tcp-congestion NAME   every peer's sockets use this TCP congestion control (e.g.
                       cubic; default: the host's, which every table names); the rados
                       peer's client socket is the crate's own and keeps the default
+  --threads           under each peer's row, what each of its threads did: user and
+                      kernel CPUs, sleeps, preemptions, reads and writes per round trip
+                      (read/write calls only: recv*/send* are not counted), CPU moves
   --quiet             no progress line";
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -429,6 +435,7 @@ impl Args {
                 "--pin" => a.pin = Some(crate::pin::Pin::parse(&value("--pin")?)?),
                 "--tcp-congestion" => a.tcp_congestion = Some(value("--tcp-congestion")?),
                 "--quiet" => a.progress = false,
+                "--threads" => a.threads = true,
                 "-h" | "--help" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
@@ -587,6 +594,12 @@ mod tests {
         let a = parse("matrix --tcp-congestion cubic").unwrap();
         assert_eq!(a.tcp_congestion.as_deref(), Some("cubic"));
         assert!(parse("--tcp-congestion").is_err());
+    }
+
+    #[test]
+    fn threads() {
+        assert!(!parse("").unwrap().threads);
+        assert!(parse("--size 64 --threads").unwrap().threads);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod plot;
 pub mod rados_peer;
 pub mod report;
 pub mod stdnet;
+pub mod threads;
 pub mod tokio_peer;
 pub mod verify;
 pub mod wire;

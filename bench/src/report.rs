@@ -76,6 +76,8 @@ pub struct Report {
     /// Why the run is void (reset with requests in flight, bad frame, reply out of order,
     /// traffic stopped), if it is.
     pub failure: Option<String>,
+    /// What each busy thread did (`--threads`; `None` otherwise).
+    pub threads: Option<crate::threads::PerThread>,
 }
 
 impl Report {
@@ -98,6 +100,7 @@ impl Report {
             resets: 0,
             machine: None,
             failure: None,
+            threads: None,
         }
     }
 
@@ -175,6 +178,9 @@ pub fn table(reports: &[Report]) -> String {
         if let Some(why) = &r.failure {
             out += &format!("  {} FAILED: {why}\n", r.name);
         }
+        if let Some(per_thread) = &r.threads {
+            out += &crate::threads::lines(&r.name, per_thread);
+        }
     }
     let loads: Vec<Load> = reports.iter().filter_map(|r| r.machine).collect();
     out += &crate::machine::summary(&loads);
@@ -198,12 +204,30 @@ pub fn measure(
 ) -> io::Result<Report> {
     /// Generous: the stall check, not this, is what notices a dead run.
     const GRACE: Duration = Duration::from_secs(60);
+    /// How long before the deadline `--threads` takes its second look.
+    const LOOK_AHEAD: Duration = Duration::from_millis(50);
     let (signals, signals_rx) = crossbeam_channel::unbounded();
     let done = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(name.to_string(), done.clone(), args.progress);
+    // Before the window: its /proc walk is outside the measured time and CPU.
+    let threads_before = if args.threads { Some(crate::threads::take()?) } else { None };
     let window = Window::open();
     let deadline = Instant::now() + args.duration();
     let join = start(deadline, done.clone(), signals)?;
+    // The second look is taken just before the deadline, while the peer's threads still
+    // run: some end within a millisecond of it, as soon as their last reply is in.
+    let threads_after = threads_before.map(|before| {
+        let done = done.clone();
+        let at = deadline.checked_sub(LOOK_AHEAD).unwrap_or(deadline);
+        std::thread::spawn(move || {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            let after = crate::threads::take()?;
+            Ok::<_, io::Error>(crate::threads::PerThread {
+                round_trips: done.load(Ordering::Relaxed),
+                loads: crate::threads::since(&before, &after),
+            })
+        })
+    });
     if let Some(pin) = args.pin {
         if crate::pin::apply(pin)? == 0 {
             return Err(io::Error::other(format!("--pin: {name} has no thread to pin")));
@@ -211,6 +235,12 @@ pub fn measure(
     }
     let outcome = verify::watch(&signals_rx, args.conns, &done, args.stall, deadline + GRACE);
     let (elapsed, cpu, machine) = window.close();
+    let threads = match threads_after {
+        Some(look) => {
+            Some(look.join().map_err(|_| io::Error::other("--threads: the look panicked"))??)
+        }
+        None => None,
+    };
     progress.stop();
     let (rtt, outcome) = match outcome {
         Ok(()) => (join()?, verify::late_failure(&signals_rx)),
@@ -220,6 +250,7 @@ pub fn measure(
     let mut report = Report::new(name, n, args.rt_bytes(), elapsed, cpu, rtt);
     report.machine = machine;
     report.failure = outcome.err();
+    report.threads = threads;
     Ok(report)
 }
 
