@@ -335,9 +335,10 @@ options:
   --tcp-congestion NAME   every peer's sockets use this TCP congestion control (e.g.
                       cubic; default: the host's, which every table names); the rados
                       peer's client socket is the crate's own and keeps the default
-  --threads           under each peer's row, what each of its threads did: user and
-                      kernel CPUs, sleeps, preemptions, reads and writes per round trip
-                      (read/write calls only: recv*/send* are not counted), CPU moves
+  --threads           compare mode: under each peer's row, what each of its threads did:
+                      user and kernel CPUs, sleeps, preemptions, reads and writes per
+                      round trip (read/write calls only: recv*/send* are not counted),
+                      CPU moves
   --quiet             no progress line";
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -494,6 +495,10 @@ impl Args {
         if a.stall.is_zero() {
             return Err("--stall must be above 0".into());
         }
+        if a.threads && a.mode != Mode::Compare {
+            // The other modes print medians or one process's side, not a row per run.
+            return Err("--threads prints under each run's row: compare mode only".into());
+        }
         Ok(a)
     }
 
@@ -600,6 +605,7 @@ mod tests {
     fn threads() {
         assert!(!parse("").unwrap().threads);
         assert!(parse("--size 64 --threads").unwrap().threads);
+        assert!(parse("matrix --threads").is_err());
     }
 
     #[test]
