@@ -51,14 +51,20 @@ impl Load {
 /// The fields after the command of one `/proc/PID/stat` line (the command may hold
 /// spaces and parentheses; it ends at the last `)`): (flags, utime + stime).
 pub fn parse_pid_stat(line: &str) -> Option<(u64, u64)> {
+    parse_stat_times(line).map(|(flags, utime, stime)| (flags, utime + stime))
+}
+
+/// [`parse_pid_stat`]'s fields apart: (flags, utime, stime). A thread's
+/// `/proc/PID/task/TID/stat` has the same layout.
+pub fn parse_stat_times(line: &str) -> Option<(u64, u64, u64)> {
     let rest = &line[line.rfind(')')? + 1..];
     let mut fields = rest.split_ascii_whitespace();
     // After the command: state, ppid, pgrp, session, tty_nr, tpgid, flags (field 9), …,
     // utime (14), stime (15).
     let flags = fields.nth(6)?.parse().ok()?;
-    let utime: u64 = fields.nth(4)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some((flags, utime + stime))
+    let utime = fields.nth(4)?.parse().ok()?;
+    let stime = fields.next()?.parse().ok()?;
+    Some((flags, utime, stime))
 }
 
 /// The steal ticks of `/proc/stat`'s first (`cpu `) line.
@@ -235,6 +241,7 @@ mod tests {
         let line = "4242 (a b) (c)) S 1 4242 4242 0 -1 4194560 120 0 0 0 37 5 0 0 20 0 3 0 \
                     100 1000 50 18446744073709551615";
         assert_eq!(parse_pid_stat(line), Some((4_194_560, 42)));
+        assert_eq!(parse_stat_times(line), Some((4_194_560, 37, 5)), "utime and stime apart");
         assert_eq!(parse_pid_stat("4242 (x) S 1"), None, "truncated");
         assert_eq!(parse_pid_stat("no parens"), None);
     }

@@ -100,40 +100,30 @@ pub fn take() -> io::Result<Sample> {
 fn read_counts(dir: &std::path::Path) -> Option<Counts> {
     let read = |file: &str| std::fs::read_to_string(dir.join(file)).ok();
     let name = read("comm")?.trim_end().to_string();
-    let (user, sys) = parse_stat_times(&read("stat")?)?;
+    let (_, user, sys) = crate::machine::parse_stat_times(&read("stat")?)?;
     let status = read("status")?;
     let io = read("io").unwrap_or_default();
-    let migrations = read("sched").and_then(|s| field(&s, "se.nr_migrations", ':'));
+    let migrations = read("sched").and_then(|s| field(&s, "se.nr_migrations"));
     Some(Counts {
         name,
         user,
         sys,
-        voluntary: field(&status, "voluntary_ctxt_switches", ':').unwrap_or(0),
-        involuntary: field(&status, "nonvoluntary_ctxt_switches", ':').unwrap_or(0),
-        reads: field(&io, "syscr", ':').unwrap_or(0),
-        writes: field(&io, "syscw", ':').unwrap_or(0),
-        read_bytes: field(&io, "rchar", ':').unwrap_or(0),
-        write_bytes: field(&io, "wchar", ':').unwrap_or(0),
+        voluntary: field(&status, "voluntary_ctxt_switches").unwrap_or(0),
+        involuntary: field(&status, "nonvoluntary_ctxt_switches").unwrap_or(0),
+        reads: field(&io, "syscr").unwrap_or(0),
+        writes: field(&io, "syscw").unwrap_or(0),
+        read_bytes: field(&io, "rchar").unwrap_or(0),
+        write_bytes: field(&io, "wchar").unwrap_or(0),
         migrations,
     })
 }
 
-/// utime and stime (fields 14 and 15) of a `stat` line, whose command may hold spaces
-/// and parentheses (it ends at the last `)`).
-fn parse_stat_times(line: &str) -> Option<(u64, u64)> {
-    let rest = &line[line.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    // After the command: state (3), …, utime (14), stime (15).
-    let user = fields.nth(11)?.parse().ok()?;
-    let sys = fields.next()?.parse().ok()?;
-    Some((user, sys))
-}
-
-/// The number after `key` and `sep` on the line that starts with `key`.
-fn field(text: &str, key: &str, sep: char) -> Option<u64> {
+/// The number after `key` and a `:` on the line that starts with `key` (the layout of
+/// `status`, `io` and `sched`).
+fn field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(key)?;
-        let value = rest.trim_start().strip_prefix(sep)?;
+        let value = rest.trim_start().strip_prefix(':')?;
         value.trim().parse().ok()
     })
 }
@@ -218,20 +208,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stat_line_s_times_are_found_past_a_command_with_spaces_and_parentheses() {
-        let line = "4242 (a (b) c) S 1 2 3 4 5 6 7 8 9 10 111 222 0 0 20 0 1 0";
-        assert_eq!(parse_stat_times(line), Some((111, 222)));
-        assert_eq!(parse_stat_times("4242 (x) S 1 2"), None);
-    }
-
-    #[test]
     fn a_field_is_read_from_its_own_line_only() {
         let status = "voluntary_ctxt_switches:\t17\nnonvoluntary_ctxt_switches:\t4\n";
-        assert_eq!(field(status, "voluntary_ctxt_switches", ':'), Some(17));
-        assert_eq!(field(status, "nonvoluntary_ctxt_switches", ':'), Some(4));
+        assert_eq!(field(status, "voluntary_ctxt_switches"), Some(17));
+        assert_eq!(field(status, "nonvoluntary_ctxt_switches"), Some(4));
         let sched = "se.nr_migrations                             :                   12\n";
-        assert_eq!(field(sched, "se.nr_migrations", ':'), Some(12));
-        assert_eq!(field("syscr: 9\n", "syscw", ':'), None);
+        assert_eq!(field(sched, "se.nr_migrations"), Some(12));
+        assert_eq!(field("syscr: 9\n", "syscw"), None);
     }
 
     #[test]
