@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::message::{DecodeOptions, EncodeOptions, MessageDecoder, Progress, GATHERED_PER_FRAME};
 use crate::session::CloseReason;
@@ -171,73 +171,94 @@ fn skip_message(m: &mut Machine<V1>, now: Instant) -> bool {
     }
 }
 
-/// Feeds message bytes to the decoder once.
+/// Feeds message bytes to the decoder once, and goes on with the next message while
+/// each one arrived whole behind the last.
 fn feed_message(m: &mut Machine<V1>, now: Instant) -> Fed {
-    let in_seq = m.session.in_seq;
-    let Some(open) = m.state.open_mut() else { return Fed::Done(false) };
     // No buffered input is fine: a direct read may have completed the segment.
     let mut chunk = m.rx.pop_chunk().unwrap_or_default();
-    let before = chunk.len();
-    // A message that arrived whole is taken in this call when it is no duplicate and the
-    // credit covers it: what `HeaderReady` below decides, the same way (its first
-    // window covers the payload, which is all in memory; the budget has nothing to
-    // clock). Anything else comes back as `HeaderReady`.
-    let credit = &mut open.credit;
-    let progress = open
-        .rx
-        .decoder
-        .feed_admitting(&mut chunk, |h| Seq(h.seq) > in_seq && credit.take(h.payload_len()));
-    let used = before - chunk.len();
+    let fed = feed_chunk(m, now, &mut chunk);
     m.rx.unpop_chunk(chunk);
-    m.note_payload_progress(now, used as u64);
-    match progress {
-        Err(e) => {
-            m.peer_issue(PeerIssue::BadMessage, format_args!("bad message: {e}"));
-            m.fault(now, Fault::Decode(e));
-            Fed::Done(false)
-        }
-        Ok(Progress::NeedMore) => {
-            let uncovered = m.state.open().and_then(|o| o.rx.decoder.budget_needed());
-            if let Some(uncovered) = uncovered {
-                m.request_window(uncovered, false);
+    fed
+}
+
+/// [`feed_message`] on the first buffered chunk, taken out of the receive buffer
+/// while the messages in it are decoded.
+///
+/// Why a loop here: a batch of small messages arrives in one read, and a return to the
+/// input loop per message (the chunk taken out and put back, the state looked up, the
+/// tag read through the buffer) showed in profiles. A message's tag is read here only
+/// when the message follows another in the same chunk; every other case goes back
+/// through the input loop as before. The loop ends with the chunk, which each round
+/// consumes at least a tag of.
+fn feed_chunk(m: &mut Machine<V1>, now: Instant, chunk: &mut Bytes) -> Fed {
+    loop {
+        let in_seq = m.session.in_seq;
+        let Some(open) = m.state.open_mut() else { return Fed::Done(false) };
+        let before = chunk.len();
+        // A message that arrived whole is taken in this call when it is no duplicate
+        // and the credit covers it: what `HeaderReady` below decides, the same way (its
+        // first window covers the payload, which is all in memory; the budget has
+        // nothing to clock). Anything else comes back as `HeaderReady`.
+        let credit = &mut open.credit;
+        let progress = open
+            .rx
+            .decoder
+            .feed_admitting(chunk, |h| Seq(h.seq) > in_seq && credit.take(h.payload_len()));
+        let used = before - chunk.len();
+        m.note_payload_progress(now, used as u64);
+        let mut msg = match progress {
+            Ok(Progress::Message(msg)) => msg,
+            Err(e) => {
+                m.peer_issue(PeerIssue::BadMessage, format_args!("bad message: {e}"));
+                m.fault(now, Fault::Decode(e));
                 return Fed::Done(false);
             }
-            Fed::Done(m.rx.len() > 0)
-        }
-        Ok(Progress::HeaderReady(h)) => {
-            if m.is_duplicate(Seq(h.seq)) {
-                // Already delivered: let it stream by without budget and without
-                // storing it, then read on.
-                let skipped = m.state.open_mut().map(|o| o.rx.decoder.skip());
-                if let Some(Err(e)) = skipped {
-                    m.fault(now, Fault::Decode(e));
+            Ok(Progress::NeedMore) => {
+                let uncovered = m.state.open().and_then(|o| o.rx.decoder.budget_needed());
+                if let Some(uncovered) = uncovered {
+                    m.request_window(uncovered, false);
                     return Fed::Done(false);
                 }
-                set_next(m, Next::Msg { discard: true });
-                return Fed::Done(true);
+                return Fed::Done(!chunk.is_empty() || m.rx.len() > 0);
             }
-            if m.request_first_window(now, h.payload_len()) {
-                Fed::HeaderGranted
-            } else {
-                Fed::Done(false)
+            Ok(Progress::HeaderReady(h)) => {
+                if m.is_duplicate(Seq(h.seq)) {
+                    // Already delivered: let it stream by without budget and without
+                    // storing it, then read on.
+                    let skipped = m.state.open_mut().map(|o| o.rx.decoder.skip());
+                    if let Some(Err(e)) = skipped {
+                        m.fault(now, Fault::Decode(e));
+                        return Fed::Done(false);
+                    }
+                    set_next(m, Next::Msg { discard: true });
+                    return Fed::Done(true);
+                }
+                return if m.request_first_window(now, h.payload_len()) {
+                    Fed::HeaderGranted
+                } else {
+                    Fed::Done(false)
+                };
             }
+        };
+        let Some(open) = m.state.open_mut() else { return Fed::Done(false) };
+        open.rx.next = Next::Tag;
+        open.budget.finish();
+        let header = open.rx.decoder.last_header();
+        if let Some(Err(e)) = open.signer.as_ref().map(|s| s.check(header, msg.footer())) {
+            Counters::bump(&m.config.counters.bad_signatures);
+            m.peer_issue(PeerIssue::BadMessage, format_args!("{e}"));
+            m.fault(now, Fault::Auth(e));
+            return Fed::Done(false);
         }
-        Ok(Progress::Message(mut msg)) => {
-            let Some(open) = m.state.open_mut() else { return Fed::Done(false) };
-            open.rx.next = Next::Tag;
-            open.budget.finish();
-            let header = open.rx.decoder.last_header();
-            if let Some(Err(e)) = open.signer.as_ref().map(|s| s.check(header, msg.footer())) {
-                Counters::bump(&m.config.counters.bad_signatures);
-                m.peer_issue(PeerIssue::BadMessage, format_args!("{e}"));
-                m.fault(now, Fault::Auth(e));
-                return Fed::Done(false);
-            }
-            m.note_received(Seq(msg.seq()));
-            msg.set_recv_stamp(now);
-            m.events.push_back(Event::Message(msg));
-            Fed::Done(true)
+        m.note_received(Seq(msg.seq()));
+        msg.set_recv_stamp(now);
+        m.events.push_back(Event::Message(msg));
+        // The next message's tag, when it is in this chunk: on to its header here.
+        if chunk.first() != Some(&Tag::MSG.0) {
+            return Fed::Done(true);
         }
+        chunk.advance(1);
+        set_next(m, Next::Msg { discard: false });
     }
 }
 
