@@ -214,7 +214,7 @@ impl Sniffer {
     pub(crate) fn close(&mut self, by: Initiator, reason: CloseReason) {
         if self.closed.is_none() {
             log::debug!(target: "msgr::accept", "{}: closed by {by:?}: {reason}", self.socket_peer);
-            self.closed = Some(Event::Closed { by, reason });
+            self.closed = Some(Event::Closed { by, reason: Box::new(reason) });
             self.queued.clear();
             self.seen.clear();
         }

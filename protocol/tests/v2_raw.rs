@@ -81,7 +81,10 @@ fn events(conn: &mut Connection) -> Vec<Event> {
 
 fn closed_by_fault(evs: &[Event]) -> Option<Fault> {
     evs.iter().find_map(|e| match e {
-        Event::Closed { reason: CloseReason::Fault(f), .. } => Some(f.clone()),
+        Event::Closed { reason, .. } => match &**reason {
+            CloseReason::Fault(f) => Some(f.clone()),
+            _ => None,
+        },
         _ => None,
     })
 }

@@ -154,7 +154,7 @@ fn open_to_monitor(
     conn.handle_transport_connected(Instant::now());
     let ev = pump(&mut conn, &mut stream, deadline, &my_addrs, |e| matches!(e, Event::Opened(_)));
     let Event::Opened(o) = ev else { unreachable!() };
-    (conn, stream, my_addrs, o)
+    (conn, stream, my_addrs, *o)
 }
 
 // msgr-v2.md 1.1 and 9: a client's first conversation with a msgr2-only monitor, driven by

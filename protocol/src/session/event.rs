@@ -91,6 +91,10 @@ pub struct Opened {
 
 /// One report of a session machine, v1 or v2. After [`Event::Closed`] no more events
 /// come.
+// The rare large payloads (the open session's facts, a close's reason) are boxed: every
+// received message is an event, moved into the queue and out of it, and an event the
+// size of the largest variant (96 bytes, now 40) cost ~57 instructions per 64 B round
+// trip.
 #[derive(Clone, Debug)]
 pub enum Event {
     /// Accept side: the peer's connect (v1) or CLIENT_IDENT / SESSION_RECONNECT (msgr2)
@@ -109,7 +113,7 @@ pub enum Event {
         authorizer: Bytes,
     },
     /// The session is open.
-    Opened(Opened),
+    Opened(Box<Opened>),
     /// A message being received needs budget for this many more payload bytes: its
     /// first window when its header was decoded (that request also stands for the
     /// message itself: count it as one message), then (v1) one window each time the
@@ -155,7 +159,7 @@ pub enum Event {
         /// Who ended it.
         by: Initiator,
         /// Why.
-        reason: CloseReason,
+        reason: Box<CloseReason>,
     },
 }
 

@@ -42,7 +42,7 @@ impl<P: Protocol> Machine<P> {
         self.once_ready = true;
         self.last_rx = now;
         log::info!(target: P::LOG, "{self}: open, features {:#x}, lossy {}", self.session.features.bits(), self.lossy);
-        self.events.push_back(Event::Opened(Opened {
+        self.events.push_back(Event::Opened(Box::new(Opened {
             peer_addr: note.peer_addr,
             peer_type: self.peer_type.unwrap_or(EntityType::ANY),
             features: self.session.features,
@@ -50,7 +50,7 @@ impl<P: Protocol> Machine<P> {
             lossy: self.lossy,
             resumed: note.resumed,
             remote_reset: note.remote_reset,
-        }));
+        })));
     }
 
     /// The current TCP connection failed (Ceph's `fault`): the fault policy decides
@@ -164,7 +164,7 @@ impl<P: Protocol> Machine<P> {
         log::debug!(target: P::LOG, "{self}: closed by {by:?}: {reason}");
         self.set_state(State::Closed);
         self.rx.clear();
-        self.events.push_back(Event::Closed { by, reason });
+        self.events.push_back(Event::Closed { by, reason: Box::new(reason) });
     }
 
     /// Reports peer misbehaviour: WARN the first time `issue` happens on this
