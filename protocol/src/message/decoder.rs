@@ -303,12 +303,13 @@ impl MessageDecoder {
                         header.seq, header.msg_type, header.front_len, header.middle_len, header.data_len);
                     self.header = header;
                     self.stage = Stage::HeaderReady;
-                    if self.whole_in(input) && admit.take().is_some_and(|admit| admit(&header)) {
-                        self.proceed_with(header.payload_len())?;
-                        return match self.take_whole(input)? {
-                            Some(msg) => Ok(Progress::Message(msg)),
-                            None => Err(Error::Misuse("MessageDecoder: a whole message not taken")),
-                        };
+                    if let Some(at) = self.footer_at(input) {
+                        if admit.take().is_some_and(|admit| admit(&header)) {
+                            // As `proceed_with` its payload, then `take_whole`, without
+                            // looking for the footer again or counting the allowance
+                            // down to the nothing it ends at.
+                            return self.split_whole(input, at).map(Progress::Message);
+                        }
                     }
                     return Ok(Progress::HeaderReady(header));
                 }
@@ -369,16 +370,35 @@ impl MessageDecoder {
     /// replaced). `None` (nothing consumed) otherwise.
     #[inline]
     fn take_whole(&mut self, input: &mut Bytes) -> Result<Option<Message>> {
-        let payload = self.header.payload_len();
-        let format = self.opts.crc.footer;
-        let footer_len = format.encoded_len();
-        if payload > self.allowance {
+        if self.header.payload_len() > self.allowance {
             return Ok(None);
         }
-        let Some(raw) = self.footer_in(input) else { return Ok(None) };
+        let Some(at) = self.footer_at(input) else { return Ok(None) };
+        self.split_whole(input, at).map(Some)
+    }
+
+    /// Where the current message's footer starts in `input` (its payload's length) when
+    /// nothing is pending and `input` holds the rest of the message (after its header).
+    #[inline]
+    fn footer_at(&self, input: &[u8]) -> Option<usize> {
+        if !self.partial.is_empty() {
+            return None;
+        }
+        let at = usize::try_from(self.header.payload_len()).ok()?;
+        let end = at.checked_add(self.opts.crc.footer.encoded_len())?;
+        (end <= input.len()).then_some(at)
+    }
+
+    /// The current message from `input`, which holds its payload and then its footer
+    /// from `at` on ([`Self::footer_at`]): the segments split straight into the message,
+    /// the footer checked, the decoder awaiting the next header.
+    #[inline]
+    fn split_whole(&mut self, input: &mut Bytes, at: usize) -> Result<Message> {
+        let format = self.opts.crc.footer;
+        let raw = input.get(at..).unwrap_or_default();
         let footer = MsgFooter::decode(raw, format).map(|(f, _)| f)?;
-        // In bounds: the three lengths sum to `payload`, and `input` holds that much
-        // and the footer after it.
+        // In bounds: the three lengths sum to `at`, and `input` holds that much and the
+        // footer after it.
         let mut segment = |n: u32| match n {
             // Most messages' middle, many fronts or datas: no split of the shared buffer.
             0 => Bytes::new(),
@@ -389,32 +409,12 @@ impl MessageDecoder {
             segment(self.header.middle_len),
             segment(self.header.data_len),
         );
-        input.advance(footer_len);
-        self.allowance -= payload;
-        self.payload_left = self.payload_left.saturating_sub(payload);
+        input.advance(format.encoded_len());
         self.check_footer(&footer, [&front, &middle, &data], [None; 3])?;
         self.stage = Stage::AwaitHeader;
         self.allowance = 0;
-        Ok(Some(Message::from_parts(&self.header, front, middle, data, footer)))
-    }
-
-    /// Where the current message's footer lies in `input` when nothing is pending and
-    /// `input` holds the rest of the message (after its header).
-    #[inline]
-    fn footer_in<'a>(&self, input: &'a [u8]) -> Option<&'a [u8]> {
-        if !self.partial.is_empty() {
-            return None;
-        }
-        let at = usize::try_from(self.header.payload_len()).ok()?;
-        let end = at.checked_add(self.opts.crc.footer.encoded_len())?;
-        input.get(at..end)
-    }
-
-    /// Whether [`Self::take_whole`] could take the current message from `input` once its
-    /// payload is allowed.
-    #[inline]
-    fn whole_in(&self, input: &[u8]) -> bool {
-        self.footer_in(input).is_some()
+        self.payload_left = 0;
+        Ok(Message::from_parts(&self.header, front, middle, data, footer))
     }
 
     fn in_payload(&self) -> bool {
@@ -438,6 +438,11 @@ impl MessageDecoder {
 
     /// Counts bytes a driver read straight into the assembly buffer.
     fn count_direct_reads(&mut self) {
+        if self.partial.is_empty() {
+            // The common case between whole messages: nothing was read into it.
+            self.partial_counted = 0;
+            return;
+        }
         let n = self.uncounted() as u64;
         if n > 0 && self.in_payload() {
             self.allowance = self.allowance.saturating_sub(n);
@@ -588,16 +593,19 @@ impl MessageDecoder {
     /// The segment lengths against the limits (the crc was checked as it was decoded).
     fn check_header(&self, h: &MsgHeader) -> Result<()> {
         let l = &self.opts.limits;
-        for (what, len, limit) in [
-            ("front", h.front_len, l.max_front),
-            ("middle", h.middle_len, l.max_middle),
-            ("data", h.data_len, l.max_data),
-        ] {
-            if len > limit {
-                return Err(Error::TooLarge { what, len: len.into(), limit: limit.into() });
-            }
+        // Compared first, named only for the error: the loop over (name, length, limit)
+        // triples built the triples per message.
+        if h.front_len <= l.max_front && h.middle_len <= l.max_middle && h.data_len <= l.max_data {
+            return Ok(());
         }
-        Ok(())
+        let (what, len, limit) = if h.front_len > l.max_front {
+            ("front", h.front_len, l.max_front)
+        } else if h.middle_len > l.max_middle {
+            ("middle", h.middle_len, l.max_middle)
+        } else {
+            ("data", h.data_len, l.max_data)
+        };
+        Err(Error::TooLarge { what, len: len.into(), limit: limit.into() })
     }
 
     /// Checks the footer's flags and crcs against the segments; `taken` holds the crcs

@@ -653,6 +653,19 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(decode_all(body, tight), Err(Error::TooLarge { what: "front", .. })));
+        // Each segment against its own limit, named with its length and the limit (the
+        // sample's front is 11 bytes, its middle 3, its data 100).
+        for (limits, what, len, limit) in [
+            (DecodeLimits { max_front: 10, ..Default::default() }, "front", 11, 10),
+            (DecodeLimits { max_middle: 2, ..Default::default() }, "middle", 3, 2),
+            (DecodeLimits { max_data: 99, ..Default::default() }, "data", 100, 99),
+            (DecodeLimits { max_front: 0, max_middle: 0, max_data: 0 }, "front", 11, 0),
+        ] {
+            let tight = DecodeOptions { limits, ..Default::default() };
+            assert_eq!(decode_all(body, tight), Err(Error::TooLarge { what, len, limit }));
+        }
+        let exact = DecodeLimits { max_front: 11, max_middle: 3, max_data: 100 };
+        assert!(decode_all(body, DecodeOptions { limits: exact, ..Default::default() }).is_ok());
 
         let mut dec = MessageDecoder::new(opts);
         assert!(matches!(dec.proceed(), Err(Error::Misuse(_))));
