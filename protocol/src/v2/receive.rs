@@ -166,11 +166,7 @@ fn after_step(m: &mut Machine<V2>, now: Instant, step: Result<Step, Error>) -> b
 /// it found there. In secure mode a frame not taken whole may have had its first block
 /// read (it must be opened to tell): the piece-by-piece path goes on from there.
 fn read_whole_message(m: &mut Machine<V2>, now: Instant) -> Option<bool> {
-    if !m.proto.decoder.is_idle() {
-        return None;
-    }
-    let open = m.state.open_mut()?;
-    if !matches!(open.rx, OpenRx::Idle) || open.budget.is_waiting() {
+    if !between_messages(m) {
         return None;
     }
     let mut chunk = m.rx.pop_chunk()?;
@@ -212,16 +208,18 @@ fn read_whole_messages(m: &mut Machine<V2>, now: Instant, chunk: &mut Bytes) -> 
             return Some(false);
         }
         // The next frame is taken here only as `read_whole_message` would take it.
-        let next_whole = !chunk.is_empty()
-            && m.proto.decoder.is_idle()
-            && !m.proto.decoder.is_paused()
-            && m.state
-                .open()
-                .is_some_and(|o| matches!(o.rx, OpenRx::Idle) && !o.budget.is_waiting());
-        if !next_whole {
+        if chunk.is_empty() || !between_messages(m) {
             return Some(true);
         }
     }
+}
+
+/// Open, between frames, reading (not paused) and awaiting no budget: when a MESSAGE
+/// may be taken whole.
+fn between_messages(m: &Machine<V2>) -> bool {
+    m.proto.decoder.is_idle()
+        && !m.proto.decoder.is_paused()
+        && m.state.open().is_some_and(|o| matches!(o.rx, OpenRx::Idle) && !o.budget.is_waiting())
 }
 
 /// While a stored message's payload is read and no budget is awaited: what of it was
