@@ -49,6 +49,11 @@ pub struct WorkerCounters {
     /// at WARN: the same connection already reported that kind, or the second's lines
     /// were used up.
     pub peer_issues_unlogged: AtomicU64,
+    /// `msgr_recv_budget_requests` (ours): messages whose first window the driver asked
+    /// the throttles for; the others were taken on receive credit (granted for a read
+    /// before it is parsed, or ahead for the rest of a burst). Written only by drivers on
+    /// this worker.
+    pub recv_budget_requests: AtomicU64,
     /// `msgr_accept_paused_for_events` (ours): times the listener on this worker stopped
     /// accepting because `max_queued_events` connection events waited for dispatch.
     pub accept_paused_for_events: AtomicU64,
@@ -138,6 +143,7 @@ impl WorkerCounters {
             "msgr_recv_held_bytes": self.recv_held_bytes.load(Relaxed),
             "msgr_peer_issues": self.peer_issues.load(Relaxed),
             "msgr_peer_issues_unlogged": self.peer_issues_unlogged.load(Relaxed),
+            "msgr_recv_budget_requests": self.recv_budget_requests.load(Relaxed),
             "msgr_accept_paused_for_events": self.accept_paused_for_events.load(Relaxed),
         });
         #[cfg(feature = "fault-injection")]

@@ -1,0 +1,66 @@
+//! A message that arrives whole in one read is taken on receive credit granted for that
+//! read, before its bytes are parsed: at depth 1 no message asks the throttles for its
+//! budget in a round through the driver. `msgr_recv_budget_requests` counts the ones
+//! that do ask: here, one too large for a read's credit. The credit goes back once the
+//! server is idle.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use messenger::Policy;
+use protocol::types::EntityType;
+use protocol::ProtocolVersion;
+use tests::hostile::RawPeer;
+use tests::loopback::{addr_for, next_message, server_on, test_config, wait_until};
+
+/// Messages written one at a time, each after the last was dispatched.
+const LONE: u64 = 20;
+
+/// What `m`'s workers counted in `msgr_recv_budget_requests`.
+fn budget_requests(m: &messenger::Messenger) -> u64 {
+    m.worker_counters().iter().map(|c| c.recv_budget_requests.load(Relaxed)).sum()
+}
+
+fn lone_messages_take_no_budget_round(proto: ProtocolVersion) {
+    let addr = "127.0.0.1:0".parse().expect("addr");
+    let (srv, _, seen) =
+        server_on(EntityType::OSD, 1, Policy::stateless_server(), false, addr, test_config(1));
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    let front = vec![7u8; 4096];
+    for tid in 1..=LONE {
+        let bytes = peer.message(tid, &front);
+        std::io::Write::write_all(&mut peer.sock, &bytes).expect("write");
+        let (_, msg) = next_message(&seen);
+        assert_eq!(msg.tid(), tid, "{proto:?}: dispatched in order");
+        assert_eq!(msg.front().len(), front.len(), "{proto:?}: whole front");
+    }
+    assert_eq!(
+        budget_requests(&srv),
+        0,
+        "{proto:?}: {LONE} messages of 4 KiB, each whole in one read, asked for budget"
+    );
+
+    // Too large for a read's credit (its front alone is more than 32 KiB): it asks.
+    let large = vec![9u8; 100 << 10];
+    let bytes = peer.message(LONE + 1, &large);
+    std::io::Write::write_all(&mut peer.sock, &bytes).expect("write");
+    let (_, msg) = next_message(&seen);
+    assert_eq!((msg.tid(), msg.front().len()), (LONE + 1, large.len()), "{proto:?}");
+    assert!(budget_requests(&srv) >= 1, "{proto:?}: the large message took no budget round");
+
+    // Nothing stays charged once the server is idle: the credit went back.
+    wait_until(
+        || srv.dispatch_throttle().current() == 0,
+        || format!("{proto:?}: dispatch throttle holds {}", srv.dispatch_throttle().current()),
+    );
+    srv.shutdown();
+}
+
+#[test]
+fn lone_messages_take_no_budget_round_v1() {
+    lone_messages_take_no_budget_round(ProtocolVersion::V1);
+}
+
+#[test]
+fn lone_messages_take_no_budget_round_v2() {
+    lone_messages_take_no_budget_round(ProtocolVersion::V2);
+}
