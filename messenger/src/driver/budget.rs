@@ -256,11 +256,14 @@ impl Driver {
     /// event unhandled), releases everything the credit still holds.
     pub(super) fn return_credit(&mut self, all: bool) {
         let (messages, bytes) = self.machine.take_receive_credit();
+        if all {
+            // Unused and spent alike: each permit goes whole, one release per throttle
+            // instead of a split and a release for each part.
+            self.credit = Credit::default();
+            return;
+        }
         self.credit.release(u64::from(messages), bytes);
         self.credit.release_spent();
-        if all {
-            self.credit = Credit::default();
-        }
     }
 
     /// `Event::NeedBudget`: the message being received needs `bytes` more payload
