@@ -249,7 +249,11 @@ pub(crate) fn take(
         }
         let n = room.min(own.messages.len());
         if n == own.messages.len() {
-            out.extend(own.messages.drain(..).map(|m| (m, now)));
+            // One push per message: `extend` over the drain cost ~100 instructions for
+            // the single reply of a depth-1 turn.
+            for m in own.messages.drain(..) {
+                out.push_back((m, now));
+            }
             return std::mem::take(&mut own.cost);
         }
         let cost: u64 = own.messages[..n].iter().map(Message::send_cost).sum();

@@ -448,7 +448,15 @@ impl Driver {
             if framed > 0 {
                 self.io.wsegs_bytes += framed;
                 let Io { wsegs, scratch, .. } = &mut self.io;
-                wsegs.extend(scratch.drain(..));
+                if wsegs.is_empty() {
+                    // The usual case: the buffers trade places (a `Vec` becomes a
+                    // `VecDeque` and back without moving its elements), where
+                    // `extend` cost ~130 instructions per flush of two or three segments.
+                    let taken = VecDeque::from(std::mem::take(scratch));
+                    *scratch = Vec::from(std::mem::replace(wsegs, taken));
+                } else {
+                    wsegs.extend(scratch.drain(..));
+                }
             }
         }
         let mut wrote_any = false;
