@@ -2,7 +2,7 @@
 //! read, before its bytes are parsed: at depth 1 no message asks the throttles for its
 //! budget in a round through the driver. `msgr_recv_budget_requests` counts the ones
 //! that do ask: here, one too large for a read's credit. The credit goes back once the
-//! server is idle.
+//! server is idle, and reads too short to hold a message take none.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -53,6 +53,48 @@ fn lone_messages_take_no_budget_round(proto: ProtocolVersion) {
         || format!("{proto:?}: dispatch throttle holds {}", srv.dispatch_throttle().current()),
     );
     srv.shutdown();
+}
+
+/// A message trickled one byte per read: reads too short to hold a message take no
+/// credit, so the throttles see nothing until the rest arrives in one write.
+fn trickled_bytes_take_no_credit(proto: ProtocolVersion) {
+    let addr = "127.0.0.1:0".parse().expect("addr");
+    let (srv, _, seen) =
+        server_on(EntityType::OSD, 1, Policy::stateless_server(), false, addr, test_config(1));
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    let bytes = peer.message(1, &[5u8; 4096]);
+    let read = |m: &messenger::Messenger| -> u64 {
+        m.worker_counters().iter().map(|c| c.recv_bytes.load(Relaxed)).sum()
+    };
+    let gets = || srv.dispatch_throttle().counters().get_or_fail_success;
+    let before = gets();
+    // Fewer than either protocol's message head: nothing asks for budget yet.
+    const TRICKLED: usize = 40;
+    for (i, byte) in bytes.iter().take(TRICKLED).enumerate() {
+        let start = read(&srv);
+        std::io::Write::write_all(&mut peer.sock, std::slice::from_ref(byte)).expect("write");
+        // Each byte its own read: the next is written once this one was read.
+        wait_until(|| read(&srv) > start, || format!("{proto:?}: byte {i} never read"));
+    }
+    assert_eq!(gets() - before, 0, "{proto:?}: one-byte reads took throttle budget");
+    std::io::Write::write_all(&mut peer.sock, &bytes[TRICKLED..]).expect("write");
+    let (_, msg) = next_message(&seen);
+    assert_eq!((msg.tid(), msg.front().len()), (1, 4096), "{proto:?}");
+    wait_until(
+        || srv.dispatch_throttle().current() == 0,
+        || format!("{proto:?}: dispatch throttle holds {}", srv.dispatch_throttle().current()),
+    );
+    srv.shutdown();
+}
+
+#[test]
+fn trickled_bytes_take_no_credit_v1() {
+    trickled_bytes_take_no_credit(ProtocolVersion::V1);
+}
+
+#[test]
+fn trickled_bytes_take_no_credit_v2() {
+    trickled_bytes_take_no_credit(ProtocolVersion::V2);
 }
 
 #[test]

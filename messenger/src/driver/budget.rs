@@ -31,6 +31,12 @@ const CREDIT_SHARE: u64 = 8;
 /// Only a message costing at most this much starts a credit: at least 8 like it fit.
 const CREDIT_MAX_COST: u64 = CREDIT_BYTES / 8;
 
+/// The smallest read given credit before it is parsed (`Driver::credit_for_read`): no
+/// whole message is shorter (v1's tag, header and footer alone are 67 bytes, msgr2's
+/// preamble 32 and its message header more), so a peer trickling a message a few bytes
+/// per read costs no throttle round per read.
+const MIN_CREDITED_READ: usize = 64;
+
 /// A window of budget the machine asked for (`Event::NeedBudget`).
 #[derive(Clone, Copy, Debug)]
 struct Want {
@@ -221,7 +227,11 @@ impl Driver {
     /// (never waited for); returned at the end of the pump with whatever else the credit
     /// holds.
     pub(super) fn credit_for_read(&mut self, n: usize) {
-        if self.credit.is_held() || self.machine.message_in_progress() || !self.machine.is_open() {
+        if n < MIN_CREDITED_READ
+            || self.credit.is_held()
+            || self.machine.message_in_progress()
+            || !self.machine.is_open()
+        {
             return;
         }
         // The read holds the message's payload and more: its length and the overhead
