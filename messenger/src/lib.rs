@@ -143,19 +143,19 @@
 //!
 //! Small messages do not ask once per message. Before a read's bytes are parsed the
 //! driver grants the machine receive credit for one message of at most that many bytes
-//! (reads of up to 32 KiB, between messages), so a message that arrived whole in one
-//! read is taken without a request; from the second message of a read's burst it
+//! (reads of 64 bytes to 32 KiB, between messages), so a message that arrived whole in
+//! one read is taken without a request; from the second message of a read's burst it
 //! grants credit for whole messages up to the next dispatch batch. Credit is taken from
 //! every throttle at once and only if it is there (never waited for), at most an eighth
 //! of each throttle's maximum, and each message it funds is charged exactly what it
 //! would have asked for (one message, its queued cost in policy bytes and of the
-//! dispatch throttle); `msgr_recv_budget_requests` counts the messages that asked. A funded message that goes to the
-//! dispatch queue takes its dispatch charge along as its own permit, released when its
-//! dispatcher returns; the rest of what funded messages were charged (all of it for a
-//! fast-dispatched message, whose dispatcher returned during the pump) is released with
-//! what the burst did not use at the end of the pump, in one release per throttle
-//! rather than one per message. So credit is held only while a burst is being parsed
-//! and an idle connection holds none.
+//! dispatch throttle); `msgr_recv_budget_requests` counts the messages that asked. A
+//! funded message that goes to the dispatch queue takes its dispatch charge along as
+//! its own permit, released when its dispatcher returns; the rest of what funded
+//! messages were charged (all of it for a fast-dispatched message, whose dispatcher
+//! returned during the pump) is released with what the burst did not use at the end of
+//! the pump, in one release per throttle rather than one per message. So credit is held
+//! only while a burst is being parsed and an idle connection holds none.
 //!
 //! **Sending.** What a connection holds for sending — messages in its mailbox, in the
 //! protocol's queue, framed and unwritten (lossy), or written and not yet acknowledged
