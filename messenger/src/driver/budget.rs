@@ -251,8 +251,8 @@ impl Driver {
         else {
             return;
         };
-        // A share smaller than asked would fund no message this read can hold: the
-        // permits go back as they drop.
+        // A share smaller than asked may not cover the message: no credit then, and
+        // the permits go back as they drop (the message asks, as before).
         if policy_bytes.as_ref().is_some_and(|p| p.amount() < bytes) || dispatch.amount() < bytes {
             return;
         }
