@@ -2,11 +2,12 @@
 //! read, before its bytes are parsed: at depth 1 no message asks the throttles for its
 //! budget in a round through the driver. `msgr_recv_budget_requests` counts the ones
 //! that do ask: here, one too large for a read's credit. The credit goes back once the
-//! server is idle, and reads too short to hold a message take none.
+//! server is idle; reads too short to hold a message take none, nor do reads larger
+//! than a throttle's share.
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use messenger::Policy;
+use messenger::{MessengerConfig, Policy};
 use protocol::types::EntityType;
 use protocol::ProtocolVersion;
 use tests::hostile::RawPeer;
@@ -95,6 +96,39 @@ fn trickled_bytes_take_no_credit_v1() {
 #[test]
 fn trickled_bytes_take_no_credit_v2() {
     trickled_bytes_take_no_credit(ProtocolVersion::V2);
+}
+
+/// A dispatch throttle whose share (an eighth of it) is less than a read: no read
+/// credit, so each lone message asks as it did before, and all of it is released.
+fn a_small_throttle_gives_no_read_credit(proto: ProtocolVersion) {
+    let addr = "127.0.0.1:0".parse().expect("addr");
+    let config = MessengerConfig { dispatch_throttle_bytes: 16 << 10, ..test_config(1) };
+    let (srv, _, seen) =
+        server_on(EntityType::OSD, 1, Policy::stateless_server(), false, addr, config);
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    let front = vec![3u8; 4096];
+    for tid in 1..=LONE {
+        let bytes = peer.message(tid, &front);
+        std::io::Write::write_all(&mut peer.sock, &bytes).expect("write");
+        let (_, msg) = next_message(&seen);
+        assert_eq!(msg.tid(), tid, "{proto:?}: dispatched in order");
+    }
+    assert_eq!(budget_requests(&srv), LONE, "{proto:?}: each message asked for its budget");
+    wait_until(
+        || srv.dispatch_throttle().current() == 0,
+        || format!("{proto:?}: dispatch throttle holds {}", srv.dispatch_throttle().current()),
+    );
+    srv.shutdown();
+}
+
+#[test]
+fn a_small_throttle_gives_no_read_credit_v1() {
+    a_small_throttle_gives_no_read_credit(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_small_throttle_gives_no_read_credit_v2() {
+    a_small_throttle_gives_no_read_credit(ProtocolVersion::V2);
 }
 
 #[test]
