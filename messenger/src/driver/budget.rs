@@ -3,14 +3,17 @@
 //! share of the send bounds and of the worker's gauges.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
-use dispatch::{InFlight, Permit, Ticket, Waiting};
+use dispatch::{InFlight, Permit, Throttle, Ticket, Waiting};
 use event_center::Context;
 use protocol::message::MESSAGE_OVERHEAD;
 use protocol::types::EntityType;
 
 use super::Driver;
+use crate::connection::Connection;
 use crate::counters::WorkerCounters;
+use crate::env::Env;
 use crate::policies::ThrottlerPair;
 
 /// The steps of a budget request, in the order they are taken: the policy's message
@@ -167,6 +170,16 @@ impl Credit {
     }
 }
 
+/// The peer type's policy throttlers held in `slot`, looked up the first time.
+#[inline]
+fn loaded<'a>(
+    slot: &'a mut Option<ThrottlerPair>,
+    env: &Env,
+    conn: &Connection,
+) -> &'a ThrottlerPair {
+    slot.get_or_insert_with(|| env.policies.throttlers(conn.peer_type().unwrap_or(EntityType::ANY)))
+}
+
 impl Driver {
     /// Gives the machine receive credit for a burst of small messages, after the
     /// message whose first window was just granted showed the peer sends them: taken
@@ -179,19 +192,10 @@ impl Driver {
         if wanted == 0 {
             return;
         }
-        let (tb, tm) = self.throttlers();
-        let take = |t: &Option<std::sync::Arc<dispatch::Throttle>>, n: u64| match t {
-            Some(t) => t.try_acquire_share(n, CREDIT_SHARE).map(Some),
-            None => Some(None),
-        };
-        let Some(messages) = take(&tm, wanted) else { return };
         // As many messages as large as this one.
         let want_bytes =
             wanted.saturating_mul(size.saturating_add(MESSAGE_OVERHEAD)).min(CREDIT_BYTES);
-        let Some(policy_bytes) = take(&tb, want_bytes) else { return };
-        let Some(dispatch) =
-            self.env.dispatch_throttle().try_acquire_share(want_bytes, CREDIT_SHARE)
-        else {
+        let Some((messages, policy_bytes, dispatch)) = self.take_shares(wanted, want_bytes) else {
             return;
         };
         let count = messages.as_ref().map_or(wanted, Permit::amount);
@@ -240,15 +244,7 @@ impl Driver {
         if bytes > CREDIT_MAX_COST {
             return;
         }
-        let (tb, tm) = self.throttlers();
-        let take = |t: &Option<std::sync::Arc<dispatch::Throttle>>, n: u64| match t {
-            Some(t) => t.try_acquire_share(n, CREDIT_SHARE).map(Some),
-            None => Some(None),
-        };
-        let Some(messages) = take(&tm, 1) else { return };
-        let Some(policy_bytes) = take(&tb, bytes) else { return };
-        let Some(dispatch) = self.env.dispatch_throttle().try_acquire_share(bytes, CREDIT_SHARE)
-        else {
+        let Some((messages, policy_bytes, dispatch)) = self.take_shares(1, bytes) else {
             return;
         };
         // A share smaller than asked may not cover the message: no credit then, and
@@ -258,6 +254,28 @@ impl Driver {
         }
         self.credit.permits = [messages, policy_bytes, Some(dispatch)];
         self.machine.add_receive_credit(1, bytes);
+    }
+
+    /// Receive credit's permits: up to `messages` of the policy's message throttle and
+    /// `bytes` of its byte throttle and of the dispatch throttle, in the steps' order,
+    /// each at most a share of its throttle and only if it is there now; `None` for a
+    /// throttle the policy lacks. The throttlers are borrowed, not cloned: this runs
+    /// for a read at depth 1.
+    #[inline]
+    fn take_shares(
+        &mut self,
+        messages: u64,
+        bytes: u64,
+    ) -> Option<(Option<Permit>, Option<Permit>, Permit)> {
+        let take = |t: &Option<Arc<Throttle>>, n: u64| match t {
+            Some(t) => t.try_acquire_share(n, CREDIT_SHARE).map(Some),
+            None => Some(None),
+        };
+        let (tb, tm) = loaded(&mut self.throttlers, &self.env, &self.conn);
+        let messages = take(tm, messages)?;
+        let policy_bytes = take(tb, bytes)?;
+        let dispatch = self.env.dispatch_throttle().try_acquire_share(bytes, CREDIT_SHARE)?;
+        Some((messages, policy_bytes, dispatch))
     }
 
     /// Takes the machine's unused credit back and releases it, with what the messages it
@@ -301,11 +319,7 @@ impl Driver {
     /// The peer type's (bytes, messages) policy throttlers; the type is fixed once
     /// known, so they are looked up once.
     fn throttlers(&mut self) -> ThrottlerPair {
-        if self.throttlers.is_none() {
-            let peer_type = self.conn.peer_type().unwrap_or(EntityType::ANY);
-            self.throttlers = Some(self.env.policies.throttlers(peer_type));
-        }
-        self.throttlers.clone().unwrap_or((None, None))
+        loaded(&mut self.throttlers, &self.env, &self.conn).clone()
     }
 
     /// Serves the pending request for the message being received, throttle by throttle

@@ -390,11 +390,11 @@ impl Driver {
                     log::trace!(target: "msgr::conn", "{}: read {n}", self.machine);
                     budget = budget.saturating_sub(n);
                     WorkerCounters::add_own(&self.counters.recv_bytes, n as u64);
-                    if chunk.is_some() {
-                        self.credit_for_read(n);
-                    }
                     match chunk {
-                        Some(data) => self.machine.handle_bytes(cx.now(), data),
+                        Some(data) => {
+                            self.credit_for_read(n);
+                            self.machine.handle_bytes(cx.now(), data);
+                        }
                         None => self.machine.handle_direct_read(cx.now(), n),
                     }
                     // Budget requests and decisions must be answered before reading on.
