@@ -7,11 +7,12 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use crossbeam_channel::Receiver;
 use messenger::{MessengerConfig, Policy};
 use protocol::types::EntityType;
 use protocol::ProtocolVersion;
 use tests::hostile::RawPeer;
-use tests::loopback::{addr_for, next_message, server_on, test_config, wait_until};
+use tests::loopback::{addr_for, next_message, server_on, test_config, wait_until, Seen};
 
 /// Messages written one at a time, each after the last was dispatched.
 const LONE: u64 = 20;
@@ -21,19 +22,42 @@ fn budget_requests(m: &messenger::Messenger) -> u64 {
     m.worker_counters().iter().map(|c| c.recv_budget_requests.load(Relaxed)).sum()
 }
 
-fn lone_messages_take_no_budget_round(proto: ProtocolVersion) {
+/// A server on one worker with `config`, and a raw peer with an open `proto` session.
+fn serve(
+    proto: ProtocolVersion,
+    config: MessengerConfig,
+) -> (messenger::Messenger, Receiver<Seen>, RawPeer) {
     let addr = "127.0.0.1:0".parse().expect("addr");
     let (srv, _, seen) =
-        server_on(EntityType::OSD, 1, Policy::stateless_server(), false, addr, test_config(1));
-    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+        server_on(EntityType::OSD, 1, Policy::stateless_server(), false, addr, config);
+    let peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    (srv, seen, peer)
+}
+
+/// Writes [`LONE`] messages with a front of 4 KiB, each once the last was dispatched,
+/// checking they arrive in order and whole.
+fn send_lone(proto: ProtocolVersion, peer: &mut RawPeer, seen: &Receiver<Seen>) {
     let front = vec![7u8; 4096];
     for tid in 1..=LONE {
         let bytes = peer.message(tid, &front);
         std::io::Write::write_all(&mut peer.sock, &bytes).expect("write");
-        let (_, msg) = next_message(&seen);
+        let (_, msg) = next_message(seen);
         assert_eq!(msg.tid(), tid, "{proto:?}: dispatched in order");
         assert_eq!(msg.front().len(), front.len(), "{proto:?}: whole front");
     }
+}
+
+/// Waits until `srv`'s dispatch throttle holds nothing: the credit went back.
+fn wait_until_released(proto: ProtocolVersion, srv: &messenger::Messenger) {
+    wait_until(
+        || srv.dispatch_throttle().current() == 0,
+        || format!("{proto:?}: dispatch throttle holds {}", srv.dispatch_throttle().current()),
+    );
+}
+
+fn lone_messages_take_no_budget_round(proto: ProtocolVersion) {
+    let (srv, seen, mut peer) = serve(proto, test_config(1));
+    send_lone(proto, &mut peer, &seen);
     assert_eq!(
         budget_requests(&srv),
         0,
@@ -48,21 +72,15 @@ fn lone_messages_take_no_budget_round(proto: ProtocolVersion) {
     assert_eq!((msg.tid(), msg.front().len()), (LONE + 1, large.len()), "{proto:?}");
     assert!(budget_requests(&srv) >= 1, "{proto:?}: the large message took no budget round");
 
-    // Nothing stays charged once the server is idle: the credit went back.
-    wait_until(
-        || srv.dispatch_throttle().current() == 0,
-        || format!("{proto:?}: dispatch throttle holds {}", srv.dispatch_throttle().current()),
-    );
+    // Nothing stays charged once the server is idle.
+    wait_until_released(proto, &srv);
     srv.shutdown();
 }
 
 /// A message trickled one byte per read: reads too short to hold a message take no
 /// credit, so the throttles see nothing until the rest arrives in one write.
 fn trickled_bytes_take_no_credit(proto: ProtocolVersion) {
-    let addr = "127.0.0.1:0".parse().expect("addr");
-    let (srv, _, seen) =
-        server_on(EntityType::OSD, 1, Policy::stateless_server(), false, addr, test_config(1));
-    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    let (srv, seen, mut peer) = serve(proto, test_config(1));
     let bytes = peer.message(1, &[5u8; 4096]);
     let read = |m: &messenger::Messenger| -> u64 {
         m.worker_counters().iter().map(|c| c.recv_bytes.load(Relaxed)).sum()
@@ -81,10 +99,7 @@ fn trickled_bytes_take_no_credit(proto: ProtocolVersion) {
     std::io::Write::write_all(&mut peer.sock, &bytes[TRICKLED..]).expect("write");
     let (_, msg) = next_message(&seen);
     assert_eq!((msg.tid(), msg.front().len()), (1, 4096), "{proto:?}");
-    wait_until(
-        || srv.dispatch_throttle().current() == 0,
-        || format!("{proto:?}: dispatch throttle holds {}", srv.dispatch_throttle().current()),
-    );
+    wait_until_released(proto, &srv);
     srv.shutdown();
 }
 
@@ -101,23 +116,11 @@ fn trickled_bytes_take_no_credit_v2() {
 /// A dispatch throttle whose share (an eighth of it) is less than a read: no read
 /// credit, so each lone message asks as it did before, and all of it is released.
 fn a_small_throttle_gives_no_read_credit(proto: ProtocolVersion) {
-    let addr = "127.0.0.1:0".parse().expect("addr");
     let config = MessengerConfig { dispatch_throttle_bytes: 16 << 10, ..test_config(1) };
-    let (srv, _, seen) =
-        server_on(EntityType::OSD, 1, Policy::stateless_server(), false, addr, config);
-    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
-    let front = vec![3u8; 4096];
-    for tid in 1..=LONE {
-        let bytes = peer.message(tid, &front);
-        std::io::Write::write_all(&mut peer.sock, &bytes).expect("write");
-        let (_, msg) = next_message(&seen);
-        assert_eq!(msg.tid(), tid, "{proto:?}: dispatched in order");
-    }
+    let (srv, seen, mut peer) = serve(proto, config);
+    send_lone(proto, &mut peer, &seen);
     assert_eq!(budget_requests(&srv), LONE, "{proto:?}: each message asked for its budget");
-    wait_until(
-        || srv.dispatch_throttle().current() == 0,
-        || format!("{proto:?}: dispatch throttle holds {}", srv.dispatch_throttle().current()),
-    );
+    wait_until_released(proto, &srv);
     srv.shutdown();
 }
 
