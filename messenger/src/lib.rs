@@ -143,7 +143,7 @@
 //!
 //! Small messages do not ask once per message. Before a read's bytes are parsed the
 //! driver grants the machine receive credit for one message of at most that many bytes
-//! (reads of 64 bytes to 32 KiB, between messages), so a message that arrived whole in
+//! (reads of 64 bytes to 32 KiB, between frames), so a message that arrived whole in
 //! one read is taken without a request; from the second message of a read's burst it
 //! grants credit for whole messages up to the next dispatch batch. Credit is taken from
 //! every throttle at once and only if it is there (never waited for), at most an eighth

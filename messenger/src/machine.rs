@@ -311,6 +311,12 @@ impl Machine {
         self.0.messages_sent()
     }
 
+    /// Open and between frames: nothing of the next one read yet, no budget awaited.
+    #[inline]
+    pub(crate) fn between_messages(&self) -> bool {
+        self.0.between_messages()
+    }
+
     /// A message is being received (its budget is held meanwhile).
     #[inline]
     pub(crate) fn message_in_progress(&self) -> bool {

@@ -441,6 +441,12 @@ impl Connection {
         each!(self, c => c.message_in_progress(), _s => false)
     }
 
+    /// See [`crate::Machine::between_messages`].
+    #[inline]
+    pub fn between_messages(&self) -> bool {
+        each!(self, c => c.between_messages(), _s => false)
+    }
+
     /// See [`crate::Machine::receive_held_bytes`].
     #[inline]
     pub fn receive_held_bytes(&self) -> usize {

@@ -3,15 +3,20 @@
 //! budget in a round through the driver. `msgr_recv_budget_requests` counts the ones
 //! that do ask: here, one too large for a read's credit. The credit goes back once the
 //! server is idle; reads too short to hold a message take none, nor do reads larger
-//! than a throttle's share.
+//! than a throttle's share, nor the reads of a duplicate streaming by.
 
+use std::io::Write;
+use std::net::TcpStream;
 use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
 
 use crossbeam_channel::Receiver;
 use messenger::{MessengerConfig, Policy};
 use protocol::types::EntityType;
 use protocol::ProtocolVersion;
-use tests::hostile::RawPeer;
+use tests::hostile::{handshaken_socket, msg_frame, RawPeer};
+use tests::hostile_v2::message_pieces;
 use tests::loopback::{addr_for, next_message, server_on, test_config, wait_until, Seen};
 
 /// Messages written one at a time, each after the last was dispatched.
@@ -22,16 +27,47 @@ fn budget_requests(m: &messenger::Messenger) -> u64 {
     m.worker_counters().iter().map(|c| c.recv_budget_requests.load(Relaxed)).sum()
 }
 
-/// A server on one worker with `config`, and a raw peer with an open `proto` session.
+/// A server on one worker with `config`.
+fn server(config: MessengerConfig) -> (messenger::Messenger, Receiver<Seen>) {
+    let addr = "127.0.0.1:0".parse().expect("addr");
+    let (srv, _, seen) =
+        server_on(EntityType::OSD, 1, Policy::stateless_server(), false, addr, config);
+    (srv, seen)
+}
+
+/// [`server`], and a raw peer with an open `proto` session.
 fn serve(
     proto: ProtocolVersion,
     config: MessengerConfig,
 ) -> (messenger::Messenger, Receiver<Seen>, RawPeer) {
-    let addr = "127.0.0.1:0".parse().expect("addr");
-    let (srv, _, seen) =
-        server_on(EntityType::OSD, 1, Policy::stateless_server(), false, addr, config);
+    let (srv, seen) = server(config);
     let peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
     (srv, seen, peer)
+}
+
+/// What `m`'s workers read from sockets (`msgr_recv_bytes`).
+fn read_bytes(m: &messenger::Messenger) -> u64 {
+    m.worker_counters().iter().map(|c| c.recv_bytes.load(Relaxed)).sum()
+}
+
+/// The dispatch throttle's successful non-blocking gets: every credit takes one.
+fn credit_gets(m: &messenger::Messenger) -> u64 {
+    m.dispatch_throttle().counters().get_or_fail_success
+}
+
+/// Writes `bytes` in pieces of `piece` bytes, each once the server has read the last: a
+/// read per piece.
+fn write_read_by_read(
+    srv: &messenger::Messenger,
+    sock: &mut TcpStream,
+    bytes: &[u8],
+    piece: usize,
+) {
+    for (i, p) in bytes.chunks(piece).enumerate() {
+        let until = read_bytes(srv) + p.len() as u64;
+        sock.write_all(p).expect("write");
+        wait_until(|| read_bytes(srv) >= until, || format!("piece {i} never read"));
+    }
 }
 
 /// Writes [`LONE`] messages with a front of 4 KiB, each once the last was dispatched,
@@ -40,7 +76,7 @@ fn send_lone(proto: ProtocolVersion, peer: &mut RawPeer, seen: &Receiver<Seen>) 
     let front = vec![7u8; 4096];
     for tid in 1..=LONE {
         let bytes = peer.message(tid, &front);
-        std::io::Write::write_all(&mut peer.sock, &bytes).expect("write");
+        peer.sock.write_all(&bytes).expect("write");
         let (_, msg) = next_message(seen);
         assert_eq!(msg.tid(), tid, "{proto:?}: dispatched in order");
         assert_eq!(msg.front().len(), front.len(), "{proto:?}: whole front");
@@ -67,7 +103,7 @@ fn lone_messages_take_no_budget_round(proto: ProtocolVersion) {
     // Too large for a read's credit (its front alone is more than 32 KiB): it asks.
     let large = vec![9u8; 100 << 10];
     let bytes = peer.message(LONE + 1, &large);
-    std::io::Write::write_all(&mut peer.sock, &bytes).expect("write");
+    peer.sock.write_all(&bytes).expect("write");
     let (_, msg) = next_message(&seen);
     assert_eq!((msg.tid(), msg.front().len()), (LONE + 1, large.len()), "{proto:?}");
     assert!(budget_requests(&srv) >= 1, "{proto:?}: the large message took no budget round");
@@ -82,24 +118,63 @@ fn lone_messages_take_no_budget_round(proto: ProtocolVersion) {
 fn trickled_bytes_take_no_credit(proto: ProtocolVersion) {
     let (srv, seen, mut peer) = serve(proto, test_config(1));
     let bytes = peer.message(1, &[5u8; 4096]);
-    let read = |m: &messenger::Messenger| -> u64 {
-        m.worker_counters().iter().map(|c| c.recv_bytes.load(Relaxed)).sum()
-    };
-    let gets = || srv.dispatch_throttle().counters().get_or_fail_success;
-    let before = gets();
+    let before = credit_gets(&srv);
     // Fewer than either protocol's message head: nothing asks for budget yet.
     const TRICKLED: usize = 40;
-    for (i, byte) in bytes.iter().take(TRICKLED).enumerate() {
-        let start = read(&srv);
-        std::io::Write::write_all(&mut peer.sock, std::slice::from_ref(byte)).expect("write");
-        // Each byte its own read: the next is written once this one was read.
-        wait_until(|| read(&srv) > start, || format!("{proto:?}: byte {i} never read"));
-    }
-    assert_eq!(gets() - before, 0, "{proto:?}: one-byte reads took throttle budget");
-    std::io::Write::write_all(&mut peer.sock, &bytes[TRICKLED..]).expect("write");
+    write_read_by_read(&srv, &mut peer.sock, &bytes[..TRICKLED], 1);
+    assert_eq!(credit_gets(&srv) - before, 0, "{proto:?}: one-byte reads took throttle budget");
+    peer.sock.write_all(&bytes[TRICKLED..]).expect("write");
     let (_, msg) = next_message(&seen);
     assert_eq!((msg.tid(), msg.front().len()), (1, 4096), "{proto:?}");
     wait_until_released(proto, &srv);
+    srv.shutdown();
+}
+
+/// A duplicate (`dup`, 32 KiB of front) streams by unstored and uncharged: its reads
+/// after the first, 1 KiB each, go on with a frame already begun and take no credit;
+/// `after` then arrives as tid 3.
+fn a_duplicate_takes_no_credit(
+    proto: ProtocolVersion,
+    srv: &messenger::Messenger,
+    seen: &Receiver<Seen>,
+    sock: &mut TcpStream,
+    dup: &[u8],
+    after: &[u8],
+) {
+    let before = credit_gets(srv);
+    write_read_by_read(srv, sock, dup, 1 << 10);
+    // Its first read, taken between frames, is given credit before it is parsed (and
+    // gives it back at the end of that pass); the 31 reads after it take none.
+    let gets = credit_gets(srv) - before;
+    assert!(gets <= 1, "{proto:?}: a duplicate's 32 reads took throttle budget {gets} times");
+    sock.write_all(after).expect("write");
+    let (_, msg) = next_message(seen);
+    assert_eq!(msg.tid(), 3, "{proto:?}: the message after the duplicate");
+    wait_until_released(proto, srv);
+}
+
+#[test]
+fn a_duplicate_takes_no_credit_v1() {
+    let (srv, seen) = server(test_config(1));
+    let (mut sock, footer) = handshaken_socket(srv.my_addr(), Policy::lossy_client());
+    // On a fresh session in_seq is 0: seq 0 is a duplicate.
+    let dup = msg_frame(0, 2, &[0u8; 32 << 10], footer);
+    let after = msg_frame(1, 3, b"after the duplicate", footer);
+    a_duplicate_takes_no_credit(ProtocolVersion::V1, &srv, &seen, &mut sock, &dup, &after);
+    srv.shutdown();
+}
+
+#[test]
+fn a_duplicate_takes_no_credit_v2() {
+    let (srv, seen, mut peer) = serve(ProtocolVersion::V2, test_config(1));
+    let first = peer.message(1, b"first");
+    peer.sock.write_all(&first).expect("write");
+    assert_eq!(next_message(&seen).1.tid(), 1);
+    wait_until_released(ProtocolVersion::V2, &srv);
+    // seq 1 again.
+    let dup = message_pieces(1, 2, Bytes::from(vec![0u8; 32 << 10]), Bytes::new()).concat();
+    let after = peer.message(3, b"after the duplicate");
+    a_duplicate_takes_no_credit(ProtocolVersion::V2, &srv, &seen, &mut peer.sock, &dup, &after);
     srv.shutdown();
 }
 

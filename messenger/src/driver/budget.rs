@@ -226,16 +226,14 @@ impl Driver {
     /// before they are parsed, so a message that arrived whole in one read (depth 1,
     /// the first of a burst) is taken without a budget request: that round through the
     /// driver, the header parsed twice, cost ~310 instructions per message over v1 and
-    /// ~1,590 over msgr2 (4 KiB at depth 1). Only between messages with no credit held,
+    /// ~1,590 over msgr2 (4 KiB at depth 1). Only between frames with no credit held,
     /// for reads small enough to start a credit, and only if every throttle has it now
     /// (never waited for); returned at the end of the pump with whatever else the credit
     /// holds.
     pub(super) fn credit_for_read(&mut self, n: usize) {
-        if n < MIN_CREDITED_READ
-            || self.credit.is_held()
-            || self.machine.message_in_progress()
-            || !self.machine.is_open()
-        {
+        // Between frames only: a read that goes on with one (a message, or a duplicate
+        // streaming by unstored and uncharged) holds no whole message of its own.
+        if n < MIN_CREDITED_READ || self.credit.is_held() || !self.machine.between_messages() {
             return;
         }
         // The read holds the message's payload and more: its length and the overhead

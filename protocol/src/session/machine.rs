@@ -100,6 +100,9 @@ pub trait Protocol: Sized + Send + 'static {
     fn direct_read_buffer(m: &mut Machine<Self>) -> Option<(&mut BytesMut, usize)>;
     /// Whether a message's header was read and it has not completed.
     fn message_in_progress(rx: &Self::OpenRx) -> bool;
+    /// Open and between frames: nothing of the next one read yet (no message stored
+    /// or let stream by as a duplicate, no other frame begun), no budget awaited.
+    fn between_messages(m: &Machine<Self>) -> bool;
     /// Bytes of memory held for the message being received (the session is open),
     /// wherever the protocol assembles it.
     fn receive_held_bytes(m: &Machine<Self>) -> usize;

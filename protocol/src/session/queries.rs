@@ -150,6 +150,13 @@ impl<P: Protocol> Machine<P> {
             .is_some_and(|open| open.budget.is_waiting() || P::message_in_progress(&open.rx))
     }
 
+    /// Whether the open session is between frames: nothing of the next one read yet
+    /// (neither a message, stored or streaming by as a duplicate, nor any other frame)
+    /// and no budget awaited. False while not open.
+    pub fn between_messages(&self) -> bool {
+        P::between_messages(self)
+    }
+
     /// Bytes of memory held for the message being received.
     pub fn receive_held_bytes(&self) -> usize {
         if self.state.is_open() {

@@ -140,6 +140,14 @@ impl Protocol for V1 {
         rx.next == (super::state::Next::Msg { discard: false }) && rx.decoder.header().is_some()
     }
 
+    fn between_messages(m: &Machine<V1>) -> bool {
+        m.state.open().is_some_and(|open| {
+            open.rx.next == super::state::Next::Tag
+                && open.rx.decoder.is_idle()
+                && !open.budget.is_waiting()
+        })
+    }
+
     fn receive_held_bytes(m: &Machine<V1>) -> usize {
         m.state.open().map_or(0, |open| open.rx.decoder.held_bytes())
     }

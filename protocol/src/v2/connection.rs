@@ -140,6 +140,10 @@ impl Protocol for V2 {
         matches!(rx, OpenRx::Reading { discard: false, .. })
     }
 
+    fn between_messages(m: &Machine<V2>) -> bool {
+        super::receive::between_messages(m)
+    }
+
     fn receive_held_bytes(m: &Machine<V2>) -> usize {
         // The frame decoder assembles the message (its segments and a large segment's
         // buffer), not the session's receive state; secure mode takes the payload's

@@ -216,7 +216,7 @@ fn read_whole_messages(m: &mut Machine<V2>, now: Instant, chunk: &mut Bytes) -> 
 
 /// Open, between frames, reading (not paused) and awaiting no budget: when a MESSAGE
 /// may be taken whole.
-fn between_messages(m: &Machine<V2>) -> bool {
+pub(crate) fn between_messages(m: &Machine<V2>) -> bool {
     m.proto.decoder.is_idle()
         && !m.proto.decoder.is_paused()
         && m.state.open().is_some_and(|o| matches!(o.rx, OpenRx::Idle) && !o.budget.is_waiting())
