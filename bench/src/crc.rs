@@ -14,10 +14,13 @@ use std::time::Duration;
 use crc_fast::{CrcAlgorithm, Digest};
 use protocol::wire::{ceph_crc32c, long_kernel, long_kernel_from};
 
-/// Sizes measured: short fields, a message header's covered bytes, small messages, pages,
-/// bulk.
-const SIZES: [usize; 14] =
-    [13, 21, 49, 64, 96, 128, 192, 256, 512, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 1 << 20];
+/// Sizes measured: short fields, a message header's covered bytes, small messages (the
+/// kernels' crossovers between 128 bytes and 4 KiB), pages, bulk.
+#[rustfmt::skip]
+const SIZES: [usize; 19] = [
+    13, 21, 49, 64, 96, 128, 192, 256, 384, 512, 768, 1 << 10, 1536, 2 << 10, 3 << 10, 4 << 10,
+    16 << 10, 64 << 10, 1 << 20,
+];
 
 /// Trials per kernel and size.
 const TRIALS: usize = 15;
