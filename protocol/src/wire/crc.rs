@@ -1,13 +1,13 @@
 //! Ceph's crc32c: the one function every crc of msgr v1 and msgr2's crc mode goes
 //! through. The `crc32c` crate (the design's choice) stays the reference; short inputs go
 //! to `short_crc` (one chain of the `crc32` instruction, the workspace's own small
-//! crate), long ones (from 128 bytes where the kernel is `short_crc`'s fold, else from
-//! 256) to the kernel measured fastest on this CPU's kind: `crc-fast`'s
-//! folding where it has 512-bit VPCLMULQDQ, `short_crc`'s own 256-bit folding where the
-//! CPU has AVX2 and VPCLMULQDQ but not that, else the `crc32c` crate, which runs the
-//! `crc32` instruction on three streams. Each detects the CPU at run time and falls back
-//! to portable code, and keeps its `unsafe` to itself, so this crate stays
-//! `forbid(unsafe_code)`.
+//! crate), long ones (from 128 bytes where `short_crc`'s fold runs, else from 256) to the
+//! kernels measured fastest on this CPU's kind: `crc-fast`'s folding from 2 KiB where it
+//! has 512-bit VPCLMULQDQ, with `short_crc`'s own 256-bit folding below that; the 256-bit
+//! folding alone where the CPU has AVX2 and VPCLMULQDQ but not the 512-bit tier; else the
+//! `crc32c` crate, which runs the `crc32` instruction on three streams. Each detects the
+//! CPU at run time and falls back to portable code, and keeps its `unsafe` to itself, so
+//! this crate stays `forbid(unsafe_code)`.
 
 use std::sync::OnceLock;
 
@@ -22,19 +22,29 @@ use crc_fast::{CrcAlgorithm, Digest};
 /// of the other two.
 const LONG_MIN: usize = 256;
 
-/// Where the long kernel is `short_crc`'s 256-bit folding ([`LongKernel::Fold256`]), it
-/// takes inputs from this long: it folds 128 bytes a step, and with its lanes joined as a
-/// tree it beat one chain from here (`bench crc`, 3 December: 12.3 against 16.2 ns at
-/// 128 bytes, 19.6 against 24.0 at 192), where the other two long kernels are level with
-/// the chain until 256 (the fronts of many of Ceph's messages are this long).
+/// Where `short_crc`'s 256-bit folding runs ([`LongKernel::Fold256`], and below
+/// [`FOLDING_MIN`] under [`LongKernel::Folding`]), it takes inputs from this long: it
+/// folds 128 bytes a step, and with its lanes joined as a tree it beat one chain from
+/// here (`bench crc`, 3 December: 12.3 against 16.2 ns at 128 bytes, 19.6 against 24.0
+/// at 192), where the other two long kernels are level with the chain until 256 (the
+/// fronts of many of Ceph's messages are this long).
 const FOLD256_MIN: usize = 128;
+
+/// Under [`LongKernel::Folding`], inputs at least this long go to `crc-fast`, shorter
+/// ones (from [`FOLD256_MIN`]) to `short_crc`'s 256-bit folding. `crc-fast` folds 512
+/// bytes a step and takes what is left over more slowly, so below 2 KiB the narrower
+/// fold beat it at every size measured (`bench crc` on an AVX-512 EPYC, 5 December: 12.5
+/// against 26.9 ns at 256 bytes, 16.6 against 39.9 at 384, 20.7 against 28.4 at 512, 29.8
+/// against 53.7 at 768, 38.1 against 44.8 at 1 KiB, 55.3 against 62.1 at 1.5 KiB), and
+/// from 2 KiB on `crc-fast` wins (44.6 against 73.7 ns at 2 KiB, 93 against 121 at 4 KiB).
+const FOLDING_MIN: usize = 2 << 10;
 
 /// The kernel [`ceph_crc32c`] runs on long inputs: from [`long_kernel_from`] bytes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LongKernel {
-    /// `crc-fast`'s folding, where it runs on 512-bit VPCLMULQDQ (its
-    /// `x86_64-avx512-vpclmulqdq` tier): 53 GB/s at 1 MiB on an AVX-512 EPYC, 2.2× the
-    /// `crc32c` crate there.
+    /// `crc-fast`'s folding from 2 KiB, where it runs on 512-bit VPCLMULQDQ (its
+    /// `x86_64-avx512-vpclmulqdq` tier): 58 GB/s at 1 MiB on an AVX-512 EPYC, 2.1× the
+    /// `crc32c` crate there. Shorter inputs go to `short_crc`'s 256-bit folding.
     Folding,
     /// `short_crc`'s 256-bit folding, where the CPU has AVX2 and VPCLMULQDQ but not
     /// `crc-fast`'s 512-bit tier: on an EPYC with VPCLMULQDQ and no AVX-512, `crc-fast`
@@ -51,20 +61,19 @@ impl LongKernel {
     /// The crate behind it, for reports.
     pub fn name(self) -> &'static str {
         match self {
-            LongKernel::Folding => "crc-fast's 512-bit folding",
+            LongKernel::Folding => "crc-fast's 512-bit folding (short_crc's 256-bit below 2 KiB)",
             LongKernel::Fold256 => "short_crc's 256-bit folding",
             LongKernel::ThreeStreams => "the crc32c crate's three crc32 streams",
         }
     }
 }
 
-/// How long an input [`ceph_crc32c`] gives to [`long_kernel`] on this CPU is at least:
-/// 128 bytes for `short_crc`'s fold, else 256.
+/// How long an input [`ceph_crc32c`] gives to a folding kernel on this CPU is at least:
+/// 128 bytes where `short_crc`'s fold takes the shorter ones, else 256.
 pub fn long_kernel_from() -> usize {
-    if long_kernel() == LongKernel::Fold256 {
-        FOLD256_MIN
-    } else {
-        LONG_MIN
+    match long_kernel() {
+        LongKernel::Fold256 | LongKernel::Folding => FOLD256_MIN,
+        LongKernel::ThreeStreams => LONG_MIN,
     }
 }
 
@@ -121,12 +130,13 @@ pub fn ceph_crc32c(seed: u32, data: &[u8]) -> u32 {
 }
 
 /// [`ceph_crc32c`] of an input from [`FOLD256_MIN`] to [`LONG_MIN`] bytes: the 256-bit
-/// fold where it is this CPU's long kernel, else one chain. Out of line, as [`long`].
+/// fold where this CPU's long kernels include it, else one chain. Out of line, as
+/// [`long`].
 #[inline(never)]
 fn medium(seed: u32, data: &[u8]) -> u32 {
     match long_kernel() {
-        LongKernel::Fold256 => short_crc::fold_update(seed, data),
-        LongKernel::Folding | LongKernel::ThreeStreams => short_crc::update(seed, data),
+        LongKernel::Fold256 | LongKernel::Folding => short_crc::fold_update(seed, data),
+        LongKernel::ThreeStreams => short_crc::update(seed, data),
     }
 }
 
@@ -135,8 +145,8 @@ fn medium(seed: u32, data: &[u8]) -> u32 {
 #[inline(never)]
 fn long(seed: u32, data: &[u8]) -> u32 {
     match long_kernel() {
-        LongKernel::Folding => folded(seed, data),
-        LongKernel::Fold256 => short_crc::fold_update(seed, data),
+        LongKernel::Folding if data.len() >= FOLDING_MIN => folded(seed, data),
+        LongKernel::Folding | LongKernel::Fold256 => short_crc::fold_update(seed, data),
         LongKernel::ThreeStreams => short_crc::three_streams(seed, data),
     }
 }
