@@ -68,8 +68,8 @@ impl LongKernel {
     }
 }
 
-/// How long an input [`ceph_crc32c`] gives to a folding kernel on this CPU is at least:
-/// 128 bytes where `short_crc`'s fold takes the shorter ones, else 256.
+/// How long an input [`ceph_crc32c`] takes past the one `crc32` chain on this CPU is at
+/// least: 128 bytes where `short_crc`'s fold runs, else 256.
 pub fn long_kernel_from() -> usize {
     match long_kernel() {
         LongKernel::Fold256 | LongKernel::Folding => FOLD256_MIN,
