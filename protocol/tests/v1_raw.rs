@@ -670,6 +670,32 @@ fn silent_handshakes_time_out() {
     assert_eq!(c.poll_timeout(), Some(t + Duration::from_millis(200)), "backoff after the timeout");
 }
 
+// A peer that sends KEEPALIVE2 after KEEPALIVE2 and never reads makes us hold one
+// KEEPALIVE2_ACK, for its newest stamp, however many it sent; keepalives we are asked
+// for before the last went out are one too, the newest.
+#[test]
+fn keepalives_not_yet_sent_are_one_frame_the_newest() {
+    let (mut a, now) = open_acceptor(Policy::lossless_peer());
+    for round in 0..10u32 {
+        let mut bytes = Vec::new();
+        for i in 0..1000u32 {
+            bytes.push(Tag::KEEPALIVE2.0);
+            bytes.extend((round * 1000 + i).to_le_bytes());
+            bytes.extend(7u32.to_le_bytes());
+        }
+        a.handle_bytes(now, Bytes::from(bytes));
+        assert!(a.wants_read(), "keepalives take no budget");
+    }
+    a.send_keepalive(KeepaliveStamp { sec: 1, nsec: 2 });
+    a.send_keepalive(KeepaliveStamp { sec: 3, nsec: 4 });
+    let mut want = vec![Tag::KEEPALIVE2_ACK.0];
+    want.extend(9_999u32.to_le_bytes());
+    want.extend(7u32.to_le_bytes());
+    want.extend([Tag::KEEPALIVE2.0, 3, 0, 0, 0, 4, 0, 0, 0]);
+    assert_eq!(drain(&mut a), want);
+    assert!(drain(&mut a).is_empty(), "nothing owed once sent");
+}
+
 // KEEPALIVE (old peers): noted, never answered; keepalives before open are held.
 #[test]
 fn keepalive_v1_is_not_answered() {

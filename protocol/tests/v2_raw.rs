@@ -381,6 +381,30 @@ fn reconnect_without_a_session_is_reset() {
     assert!(evs.iter().any(|e| matches!(e, Event::Opened(_))));
 }
 
+// A peer that sends KEEPALIVE2 frames and never reads makes us hold one
+// KEEPALIVE2_ACK, for its newest stamp, however many it sent.
+#[test]
+fn keepalives_owe_one_ack_the_newest() {
+    let mut a = Acceptor::new();
+    a.ready();
+    let before = a.sent().len();
+    let mut bytes = Vec::new();
+    for sec in 0..5000u32 {
+        bytes.extend(frame(&Keepalive2 { stamp: protocol::wire::KeepaliveStamp { sec, nsec: 9 } }));
+    }
+    a.conn.handle_bytes(a.now, Bytes::from(bytes));
+    assert!(a.conn.wants_read(), "keepalives take no budget");
+    assert!(!events(&mut a.conn).iter().any(|e| matches!(e, Event::Closed { .. })));
+    a.flush();
+    let sent = a.sent();
+    let acks: Vec<_> = sent[before..]
+        .iter()
+        .map(|f| (f.tag(), Keepalive2Ack::from_segment(&f.segments[0]).map(|k| k.stamp).ok()))
+        .collect();
+    let newest = protocol::wire::KeepaliveStamp { sec: 4999, nsec: 9 };
+    assert_eq!(acks, [(Tag::KEEPALIVE2_ACK, Some(newest))]);
+}
+
 // E14-E17 in the ready state: an aborted MESSAGE is dropped silently and the next one
 // delivered (the monitor logged a seq gap); a duplicate seq is dropped (Pacific stops
 // reading; we go on); KEEPALIVE2 is echoed; a bad late_status faults. All of it also

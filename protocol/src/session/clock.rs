@@ -15,8 +15,15 @@ pub(crate) fn later(at: Instant, d: Duration) -> Instant {
 /// Keepalive bookkeeping of a machine.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Keepalive {
-    /// A keepalive asked for while not open, sent once open.
+    /// The keepalive to send at the next transmit (sent once open if asked for before):
+    /// the newest stamp only. A user, a timer or a peer's request asking again before it
+    /// went out replaces it, so what waits to be written stays one frame.
     pub(crate) pending: Option<KeepaliveStamp>,
+    /// The stamp of the peer's newest KEEPALIVE2 not yet acknowledged: one
+    /// KEEPALIVE2_ACK, for the newest, goes out at the next transmit. Appending an ack
+    /// per KEEPALIVE2 let a peer that sends them and never reads grow our memory as fast
+    /// as it could send.
+    pub(crate) ack_owed: Option<KeepaliveStamp>,
     /// Maps `Instant`s to wall-clock stamps for timer-driven keepalives: the instant and
     /// stamp of the last `send_keepalive` (or creation and zero).
     pub(crate) anchor: (Instant, KeepaliveStamp),
@@ -30,6 +37,7 @@ impl Keepalive {
     pub(crate) fn new(now: Instant) -> Self {
         Keepalive {
             pending: None,
+            ack_owed: None,
             anchor: (now, KeepaliveStamp::default()),
             last_received: None,
             last_ack: None,

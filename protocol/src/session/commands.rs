@@ -23,12 +23,13 @@ impl<P: Protocol> Machine<P> {
     }
 
     /// Queues a keepalive carrying `wall_clock` (v1 without KEEPALIVE2: a bare
-    /// KEEPALIVE). Sent once open if not open yet.
+    /// KEEPALIVE). Sent once open if not open yet. One not sent yet is replaced: the
+    /// peer answers the newest stamp.
     pub fn send_keepalive(&mut self, wall_clock: KeepaliveStamp) {
         self.keepalive.anchor = (self.now, wall_clock);
         match self.state {
             State::Closed => {}
-            State::Open(_) => P::queue_keepalive(self, wall_clock),
+            State::Open(_) => self.keepalive.pending = Some(wall_clock),
             _ => {
                 self.keepalive.pending = Some(wall_clock);
                 self.wake_from_standby();

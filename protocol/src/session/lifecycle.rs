@@ -147,6 +147,8 @@ impl<P: Protocol> Machine<P> {
     pub(crate) fn reset_transport(&mut self) {
         self.rx.clear();
         self.ctrl.clear();
+        // An ack answers a keepalive of this TCP connection only.
+        self.keepalive.ack_owed = None;
         self.write_blocked_since = None;
         self.deferred_fault = None;
         P::reset_transport(self);

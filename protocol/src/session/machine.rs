@@ -31,7 +31,6 @@ use bytes::{Bytes, BytesMut};
 
 use crate::message::Message;
 use crate::types::{EntityAddr, EntityType};
-use crate::wire::KeepaliveStamp;
 
 use super::clock::{later, Keepalive};
 use super::config::Config;
@@ -111,8 +110,6 @@ pub trait Protocol: Sized + Send + 'static {
     /// control bytes in `head` (small pieces into `head`, payload segments pushed onto
     /// `out` by reference, flushing `head` before them).
     fn transmit(m: &mut Machine<Self>, head: &mut BytesMut, out: &mut Vec<Bytes>);
-    /// Queues a keepalive on the open session.
-    fn queue_keepalive(m: &mut Machine<Self>, stamp: KeepaliveStamp);
     /// The user closes the connection: what goes out before the socket does (v1's
     /// CLOSE on an open session).
     fn queue_close(m: &mut Machine<Self>, was_open: bool);

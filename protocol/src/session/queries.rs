@@ -32,6 +32,7 @@ impl<P: Protocol> Machine<P> {
                 !self.session.queue.is_empty()
                     || (open.ack_pending && !self.lossy)
                     || self.keepalive.pending.is_some()
+                    || self.keepalive.ack_owed.is_some()
             })
     }
 

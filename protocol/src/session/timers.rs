@@ -41,8 +41,7 @@ impl<P: Protocol> Machine<P> {
                 }
                 if let (Some(due), Some(every)) = (keepalive_due, self.config.keepalive_interval) {
                     if now >= due {
-                        let stamp = self.keepalive.stamp_at(now);
-                        P::queue_keepalive(self, stamp);
+                        self.keepalive.pending = Some(self.keepalive.stamp_at(now));
                         if let Some(open) = self.state.open_mut() {
                             open.keepalive_due = Some(later(now, every));
                         }

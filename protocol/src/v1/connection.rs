@@ -10,7 +10,7 @@ use crate::session::{
     AuthVerdict, Config, Decision, Fault, Machine, Policy, Protocol, Session, Side, State,
 };
 use crate::types::{EntityAddr, EntityType};
-use crate::wire::{AcceptorBanner, KeepaliveStamp, Tag};
+use crate::wire::{AcceptorBanner, Tag};
 
 use super::state::{Handshake, OpenRx, LOG, V1};
 use super::{accept, connect, open};
@@ -154,10 +154,6 @@ impl Protocol for V1 {
 
     fn transmit(m: &mut Machine<V1>, head: &mut BytesMut, out: &mut Vec<Bytes>) {
         open::transmit(m, head, out);
-    }
-
-    fn queue_keepalive(m: &mut Machine<V1>, stamp: KeepaliveStamp) {
-        open::queue_keepalive(&mut m.ctrl, m.session.features, stamp);
     }
 
     fn queue_close(m: &mut Machine<V1>, was_open: bool) {

@@ -107,7 +107,7 @@ pub(crate) fn read(m: &mut Machine<V1>, now: Instant) -> bool {
             };
             m.rx.consume(8);
             if next == Next::Keepalive2 {
-                m.ctrl.extend_from_slice(&keepalive2_frame(Tag::KEEPALIVE2_ACK, stamp));
+                m.keepalive.ack_owed = Some(stamp);
                 m.keepalive.last_received = Some(now);
                 m.events.push_back(Event::KeepaliveReceived);
             } else {
@@ -271,6 +271,9 @@ pub(crate) fn transmit(m: &mut Machine<V1>, head: &mut BytesMut, out: &mut Vec<B
         head.extend_from_slice(&ack_frame(in_seq.0));
     }
     open.ack_pending = false;
+    if let Some(stamp) = m.keepalive.ack_owed.take() {
+        head.extend_from_slice(&keepalive2_frame(Tag::KEEPALIVE2_ACK, stamp));
+    }
     if let Some(stamp) = m.keepalive.pending.take() {
         queue_keepalive(head, m.session.features, stamp);
     }

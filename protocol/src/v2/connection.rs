@@ -11,10 +11,8 @@ use crate::session::{
     later, AuthVerdict, Config, Decision, Fault, Machine, Policy, Protocol, Session, Side, State,
 };
 use crate::types::{EntityAddr, EntityType};
-use crate::wire::KeepaliveStamp;
 
 use super::banner::Banner;
-use super::frames::Keepalive2;
 use super::framing::{FrameDecoder, FrameEncoder};
 use super::link::{frame_limits, LOG, V2};
 use super::state::{Handshake, OpenRx, Transcript};
@@ -155,10 +153,6 @@ impl Protocol for V2 {
 
     fn transmit(m: &mut Machine<V2>, head: &mut BytesMut, out: &mut Vec<Bytes>) {
         open::transmit(m, head, out);
-    }
-
-    fn queue_keepalive(m: &mut Machine<V2>, stamp: KeepaliveStamp) {
-        send::send_control(m, None, &Keepalive2 { stamp });
     }
 
     fn queue_close(_m: &mut Machine<V2>, _was_open: bool) {

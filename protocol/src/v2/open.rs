@@ -15,7 +15,7 @@ use crate::wire::{FooterFlags, MsgFooter, MsgHeader};
 use super::frames::{Ack, ControlFrame, Keepalive2, Keepalive2Ack, MsgHeader2, HEADER2_FLAGS};
 use super::framing::{Frame, MAX_SEGMENTS};
 use super::link::{LOG, V2};
-use super::send::{send_control, unexpected};
+use super::send::unexpected;
 use super::state::OpenRx;
 use super::tag::Tag;
 
@@ -38,7 +38,7 @@ pub(crate) fn on_frame(m: &mut Machine<V2>, now: Instant, f: Frame) -> Result<bo
         Tag::MESSAGE => on_message(m, now, f.segments, f.aborted).map(|()| true),
         Tag::KEEPALIVE2 => {
             let k = Keepalive2::from_segment(&f.segments[0]).map_err(Fault::Decode)?;
-            send_control(m, None, &Keepalive2Ack { stamp: k.stamp });
+            m.keepalive.ack_owed = Some(k.stamp);
             m.keepalive.last_received = Some(now);
             m.events.push_back(Event::KeepaliveReceived);
             Ok(true)
@@ -133,6 +133,9 @@ fn deliver(m: &mut Machine<V2>, now: Instant, h: MsgHeader2, segments: [Bytes; M
 /// While open: a pending keepalive, messages up to the batch (each carries our in_seq,
 /// so no separate ACK is owed after one), then the ACK still owed.
 pub(crate) fn transmit(m: &mut Machine<V2>, head: &mut BytesMut, out: &mut Vec<Bytes>) {
+    if let Some(stamp) = m.keepalive.ack_owed.take() {
+        encode(m, Tag::KEEPALIVE2_ACK, &Keepalive2Ack { stamp }.to_segment(), head, out);
+    }
     if let Some(stamp) = m.keepalive.pending.take() {
         encode(m, Tag::KEEPALIVE2, &Keepalive2 { stamp }.to_segment(), head, out);
     }
