@@ -340,14 +340,14 @@ impl MonMap {
         if v == 1 {
             // entity_inst_t: 9-byte name + at least a 1-byte address marker.
             let n = d.count(EntityName::LEN + 1)?;
-            legacy.reserve(n);
+            legacy.reserve(d.capacity_for::<(String, EntityAddr)>(n));
             for rank in 0..n {
                 let _name = EntityName::decode(d)?;
                 legacy.push((rank.to_string(), EntityAddr::decode(d)?));
             }
         } else if v < 6 {
             let n = d.count(4 + 1)?;
-            legacy.reserve(n);
+            legacy.reserve(d.capacity_for::<(String, EntityAddr)>(n));
             for _ in 0..n {
                 let name = d.string()?;
                 legacy.push((name, EntityAddr::decode(d)?));
