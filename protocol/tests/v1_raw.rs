@@ -219,6 +219,36 @@ fn connector_resetsession_discards_session() {
     assert_eq!((n.connects, n.retry_session, n.reset_session), (3, 1, 1));
 }
 
+// An acceptor that answers every connect with a retry is cut off after
+// MAX_CONNECT_ATTEMPTS connects on one connection: each of its 26-byte replies made us
+// build a new connect (and authorizer). The connector backs off as after any fault.
+#[test]
+fn connector_stops_answering_endless_retries() {
+    let max = protocol::v1::MAX_CONNECT_ATTEMPTS;
+    for tag in [Tag::RETRY_SESSION, Tag::RETRY_GLOBAL, Tag::RESETSESSION] {
+        let config = Arc::new(me());
+        let (mut c, now, _) = connector_shared(config.clone(), Policy::lossless_peer());
+        c.send_message(Message::new(2, Bytes::new()));
+        for sent in 1..max {
+            c.handle_bytes(now, reply(tag, sent, sent, 0));
+            assert_eq!(drain(&mut c).len(), 33, "{tag}: connect {} answers retry {sent}", sent + 1);
+        }
+        assert_eq!(config.counters.values().connects, u64::from(max));
+        assert_eq!(c.poll_peer_issues(), (0, 0), "{tag}: {max} connects are within bounds");
+        c.handle_bytes(now, reply(tag, max, max, 0));
+        assert!(drain(&mut c).is_empty(), "{tag}: no connect past the bound");
+        assert_eq!(config.counters.values().connects, u64::from(max));
+        if tag == Tag::RESETSESSION {
+            // The reset dropped the queued message: nothing to send, so no reconnect.
+            assert_eq!(c.state(), SessionState::Standby);
+        } else {
+            assert_eq!(c.state(), SessionState::Connecting);
+            assert_eq!(c.poll_timeout(), Some(now + Duration::from_millis(200)), "{tag}: backoff");
+        }
+        assert_ne!(c.poll_peer_issues(), (0, 0), "{tag}: the peer's misbehaviour is counted");
+    }
+}
+
 // WAIT: back off for ms_max_backoff.
 #[test]
 fn connector_wait_backs_off_max() {

@@ -18,6 +18,7 @@ use crate::wire::{
     BANNER_LEN, CONNECT_LOSSY, MAX_AUTHORIZER_LEN,
 };
 
+use super::accept::MAX_CONNECT_ATTEMPTS;
 use super::open::open_rx;
 use super::state::{Handshake, LOG, V1};
 
@@ -75,7 +76,7 @@ pub(crate) fn read_acceptor_banner(m: &mut Machine<V1>, now: Instant) -> bool {
     }
     m.ctrl.extend_from_slice(&me.encode_legacy());
     let authorizer = send_connect(m, None);
-    m.set_step(Handshake::AwaitConnectReply { authorizer });
+    m.set_step(Handshake::AwaitConnectReply { authorizer, connects: 1 });
     true
 }
 
@@ -133,10 +134,29 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
         }
     };
     log::debug!(target: LOG, "{m}: reply {} gs={} cs={}", reply.tag, reply.global_seq, reply.connect_seq);
-    let authorizer = match m.state.step_mut() {
-        Some(Handshake::AwaitConnectReply { authorizer }) => authorizer.take(),
-        _ => None,
+    let (authorizer, connects) = match m.state.step_mut() {
+        Some(Handshake::AwaitConnectReply { authorizer, connects }) => {
+            (authorizer.take(), *connects)
+        }
+        _ => (None, 0),
     };
+    // Every one of these replies asks for another connect, each with a fresh authorizer
+    // (cephx: a seal and random bytes) for the ~26 bytes of the reply. Ceph's acceptor
+    // needs a few in a row at most (a race, a reset, a challenge); a peer that asks on
+    // and on is cut off, and the reconnect waits out its backoff.
+    let again = matches!(
+        reply.tag,
+        Tag::CHALLENGE_AUTHORIZER | Tag::RESETSESSION | Tag::RETRY_GLOBAL | Tag::RETRY_SESSION
+    );
+    if again && connects >= MAX_CONNECT_ATTEMPTS {
+        m.peer_issue(
+            PeerIssue::BadConnectReply,
+            format_args!("{} after {connects} connects on one connection", reply.tag),
+        );
+        m.fault(now, Fault::Misbehaved("too many connect retries asked for on one connection"));
+        return false;
+    }
+    let connects = connects + 1;
     let supported = m.config.features_supported;
     match reply.tag {
         Tag::FEATURES => {
@@ -168,7 +188,7 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
             match a.handle_challenge(&auth_reply) {
                 Ok(bytes) => {
                     let authorizer = send_connect(m, Some((a, bytes)));
-                    m.set_step(Handshake::AwaitConnectReply { authorizer });
+                    m.set_step(Handshake::AwaitConnectReply { authorizer, connects });
                     true
                 }
                 Err(e) => {
@@ -183,19 +203,19 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
             m.session.reset();
             m.keepalive.pending = None;
             m.events.push_back(crate::session::Event::RemoteReset);
-            resend_connect(m);
+            resend_connect(m, connects);
             true
         }
         Tag::RETRY_GLOBAL => {
             Counters::bump(&m.config.counters.retry_global);
             m.global_seq = m.config.global_seq.above(GlobalSeq::from_v1(reply.global_seq));
-            resend_connect(m);
+            resend_connect(m, connects);
             true
         }
         Tag::RETRY_SESSION => {
             Counters::bump(&m.config.counters.retry_session);
             m.session.connect_seq = ConnectSeq::from_v1(reply.connect_seq);
-            resend_connect(m);
+            resend_connect(m, connects);
             true
         }
         Tag::WAIT => {
@@ -252,9 +272,9 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
 }
 
 /// A retry reply: the next connect, with a fresh authorizer.
-fn resend_connect(m: &mut Machine<V1>) {
+fn resend_connect(m: &mut Machine<V1>, connects: u32) {
     let authorizer = send_connect(m, None);
     if matches!(m.state, State::Handshake { .. }) {
-        m.set_step(Handshake::AwaitConnectReply { authorizer });
+        m.set_step(Handshake::AwaitConnectReply { authorizer, connects });
     }
 }

@@ -32,6 +32,9 @@ pub enum Handshake {
     AwaitConnectReply {
         /// The authorizer the connect carried (answers a challenge, checks the reply).
         authorizer: Option<Box<dyn AuthorizerClient>>,
+        /// Connects sent on this TCP connection: a peer asking for more than
+        /// [`super::accept::MAX_CONNECT_ATTEMPTS`] is faulted.
+        connects: u32,
     },
     /// Accept side: our block sent, waiting for the peer's banner and address.
     AwaitPeerBanner,
