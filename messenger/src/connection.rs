@@ -262,16 +262,16 @@ impl Connection {
         }
         // Closed from this moment: later sends fail at once, queued ones are dropped, and
         // `is_connected` is false (Ceph's mark_down is synchronous).
-        {
+        let _dropped = {
             let mut mb = self.0.mailbox.lock();
             if mb.closed {
                 return;
             }
             mb.closed = true;
-            mb.drop_messages(&self.0.mailbox_cost, &self.0.send_budget);
             mb.commands.push(Command::MarkDown);
             mb.notified = true;
-        }
+            mb.take_messages(&self.0.mailbox_cost, &self.0.send_budget)
+        };
         self.set_state(ConnState::Closed);
         self.wake();
     }
@@ -379,7 +379,10 @@ impl Connection {
     /// Attaches private data for the dispatcher (Ceph's `set_priv`; an MDS keeps its
     /// session here).
     pub fn set_priv(&self, data: Option<Arc<dyn Any + Send + Sync>>) {
-        *self.0.priv_data.lock() = data;
+        // The old data is dropped after the lock: its drop is the user's code, which may
+        // call back into this connection.
+        let old = std::mem::replace(&mut *self.0.priv_data.lock(), data);
+        drop(old);
     }
 
     /// The private data attached with [`Connection::set_priv`].
@@ -425,7 +428,8 @@ impl Connection {
     /// and whatever waited is dropped.
     pub(crate) fn close(&self) {
         self.set_state(ConnState::Closed);
-        self.0.mailbox.lock().close(&self.0.mailbox_cost, &self.0.send_budget);
+        let closed = self.0.mailbox.lock().close(&self.0.mailbox_cost, &self.0.send_budget);
+        drop(closed);
     }
 
     /// The connection as `messenger dump` shows it.

@@ -52,19 +52,37 @@ pub(crate) struct Mailbox {
     pub(crate) closed: bool,
 }
 
+/// What a closed mailbox held, dropped by whoever holds this (after the lock).
+pub(crate) struct Closed {
+    _messages: VecDeque<(Message, Instant)>,
+    _commands: Vec<Command>,
+}
+
 impl Mailbox {
-    /// Drops the messages waiting here and their share of the send bounds (`cost`: the
-    /// connection's `mailbox_cost`, which the caller's lock on this mailbox guards).
-    pub(crate) fn drop_messages(&mut self, cost: &AtomicU64, budget: &SendBudget) {
-        self.messages.clear();
+    /// Takes the messages waiting here out of the send bounds (`cost`: the connection's
+    /// `mailbox_cost`, which the caller's lock on this mailbox guards) and returns them,
+    /// for the caller to drop once the lock is released: a payload's owner may run
+    /// arbitrary code when dropped.
+    #[must_use = "dropped after the mailbox's lock is released"]
+    pub(crate) fn take_messages(
+        &mut self,
+        cost: &AtomicU64,
+        budget: &SendBudget,
+    ) -> VecDeque<(Message, Instant)> {
         budget.adjust(cost.swap(0, Ordering::Relaxed), 0);
+        std::mem::take(&mut self.messages)
     }
 
-    /// Closes the mailbox for good, dropping what waits in it (commands included).
-    pub(crate) fn close(&mut self, cost: &AtomicU64, budget: &SendBudget) {
+    /// Closes the mailbox for good and returns what waited in it (commands included) for
+    /// the caller to drop once the lock is released: a command may hold a socket, whose
+    /// drop is a `close` system call.
+    #[must_use = "dropped after the mailbox's lock is released"]
+    pub(crate) fn close(&mut self, cost: &AtomicU64, budget: &SendBudget) -> Closed {
         self.closed = true;
-        self.drop_messages(cost, budget);
-        self.commands.clear();
+        Closed {
+            _messages: self.take_messages(cost, budget),
+            _commands: std::mem::take(&mut self.commands),
+        }
     }
 }
 

@@ -748,6 +748,29 @@ fn loopback_connection_delivers_locally() {
     srv.shutdown();
 }
 
+/// Private data whose drop looks at its connection's private data, as an MDS session
+/// that unregisters itself might: replacing it must not run that drop under the
+/// connection's lock (it deadlocked there).
+#[test]
+fn replaced_private_data_is_dropped_outside_the_connections_lock() {
+    struct LooksBack(Connection, crossbeam_channel::Sender<bool>);
+    impl Drop for LooksBack {
+        fn drop(&mut self) {
+            let _ = self.1.send(self.0.priv_data().is_none());
+        }
+    }
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let lo = srv.get_loopback_connection();
+    let (tx, dropped) = crossbeam_channel::bounded(1);
+    lo.set_priv(Some(Arc::new(LooksBack(lo.clone(), tx))));
+    let conn = lo.clone();
+    // On a thread of its own: a deadlock fails the test at the timeout below.
+    std::thread::spawn(move || conn.set_priv(None));
+    let saw_none = dropped.recv_timeout(Duration::from_secs(10)).expect("the drop finished");
+    assert!(saw_none, "the drop sees the data that replaced it");
+    srv.shutdown();
+}
+
 /// The network cuts a lossless session again and again while the client streams: each
 /// of the 10 cuts costs exactly one reconnect (10 more `ms_handle_connect` on the client,
 /// 10 more `ms_handle_accept` on the server, whose session is replaced each time), and

@@ -266,7 +266,9 @@ impl Driver {
                 self.seams.discard_messages();
                 self.env.queue.discard(self.conn.id());
                 let shared = &self.conn.0;
-                shared.mailbox.lock().drop_messages(&shared.mailbox_cost, &shared.send_budget);
+                let dropped =
+                    shared.mailbox.lock().take_messages(&shared.mailbox_cost, &shared.send_budget);
+                drop(dropped);
                 own_sends::discard(&self.conn, false);
                 self.enqueue_event(QueueEvent::RemoteReset(self.conn.clone()));
             }
