@@ -257,8 +257,10 @@ impl<P: Protocol> Machine<P> {
         self.session.out_seq = self.session.out_seq.next();
         let seq = self.session.out_seq;
         if msg.seq() != 0 && msg.seq() != seq.0 {
-            // A mismatch means the requeue invariant broke.
-            log::warn!(target: P::LOG, "{self}: requeued message seq {} framed as {seq}", msg.seq());
+            // Renumbered: a new session on a replace keeps its messages and numbers from
+            // 1, and a message of a priority above PRIO_HIGHEST goes before requeued ones
+            // (as in Ceph). A peer can cause either, so no WARN per message.
+            log::debug!(target: P::LOG, "{self}: requeued message seq {} framed as {seq}", msg.seq());
         }
         msg.set_seq(seq.0);
         Some(msg)

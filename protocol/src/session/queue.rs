@@ -108,10 +108,10 @@ impl OutQueue {
         }
     }
 
-    /// Drops requeued messages (at the front of the highest lane) the peer says it has
-    /// (seq ≤ `acked`); returns how many.
+    /// Drops requeued messages (at the front of the [`PRIO_HIGHEST`] lane) the peer says
+    /// it has (seq ≤ `acked`); returns how many.
     pub(crate) fn discard_requeued_up_to(&mut self, acked: Seq) -> u64 {
-        let Some(q) = self.highest_mut() else { return 0 };
+        let Some(q) = self.requeue_lane_mut() else { return 0 };
         let mut n = 0u64;
         let mut cost = 0;
         while q.front().is_some_and(|m| m.seq() != 0 && m.seq() <= acked.0) {
@@ -128,17 +128,22 @@ impl OutQueue {
         n
     }
 
-    /// Whether a requeued (already sequenced) message waits at the front.
+    /// Whether a requeued (already sequenced) message waits at the front of its lane.
     pub(crate) fn has_requeued(&self) -> bool {
         self.lanes
-            .first()
-            .filter(|l| l.prio == PRIO_HIGHEST)
+            .iter()
+            .find(|l| l.prio == PRIO_HIGHEST)
             .and_then(|l| l.msgs.front())
             .is_some_and(|m| m.seq() != 0)
     }
 
-    fn highest_mut(&mut self) -> Option<&mut VecDeque<Message>> {
-        self.lanes.first_mut().filter(|l| l.prio == PRIO_HIGHEST).map(|l| &mut l.msgs)
+    /// The lane requeued messages wait in. Found by its priority, not its place: a
+    /// priority above [`PRIO_HIGHEST`] (a `u16`, as on the wire) sorts before it, and
+    /// looking only at the first lane then discarded nothing the peer had, so the next
+    /// message took a seq the peer drops as a duplicate and a requeued one was
+    /// delivered twice. As in Ceph, such a message still goes out first.
+    fn requeue_lane_mut(&mut self) -> Option<&mut VecDeque<Message>> {
+        self.lanes.iter_mut().find(|l| l.prio == PRIO_HIGHEST).map(|l| &mut l.msgs)
     }
 
     pub(crate) fn len(&self) -> usize {
