@@ -381,6 +381,41 @@ fn reconnect_without_a_session_is_reset() {
     assert!(evs.iter().any(|e| matches!(e, Event::Opened(_))));
 }
 
+// A peer guessing at a session's client cookie (or retrying for ever) on one
+// connection: every SESSION_RECONNECT answered with SESSION_RESET counts as a handshake
+// round, and past `max_auth_rounds` the connection is cut.
+#[test]
+fn reconnect_guesses_on_one_connection_are_bounded() {
+    let mut a = Acceptor::new();
+    a.authenticated();
+    let max = protocol::session::Config::new(
+        protocol::types::EntityName::new(EntityType::MON, 0),
+        v2_addr(6789, 0),
+    )
+    .max_auth_rounds;
+    let mut resets = 0;
+    for guess in 1..=u64::from(max) + 1 {
+        let r = SessionReconnect {
+            addrs: client_ident().addrs,
+            client_cookie: guess,
+            server_cookie: 2,
+            global_seq: 3,
+            connect_seq: 1,
+            msg_seq: 0,
+        };
+        let evs = a.feed(&frame(&r));
+        if let Some(fault) = closed_by_fault(&evs) {
+            assert!(matches!(fault, Fault::Misbehaved(_)), "{fault:?}");
+            // The auth round counted too.
+            assert_eq!(resets + 1, max, "cut after {resets} resets");
+            return;
+        }
+        assert_eq!(a.sent().pop().unwrap().tag(), Tag::SESSION_RESET);
+        resets += 1;
+    }
+    panic!("{resets} reconnects answered on one connection");
+}
+
 // A peer that sends KEEPALIVE2 frames and never reads makes us hold one
 // KEEPALIVE2_ACK, for its newest stamp, however many it sent.
 #[test]

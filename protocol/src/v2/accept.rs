@@ -157,6 +157,9 @@ fn is_my_addr(m: &Machine<V2>, target: &EntityAddr) -> bool {
 #[doc(alias = "handle_client_ident")]
 #[doc(alias = "handle_reconnect")]
 pub(crate) fn on_ident(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<bool, Fault> {
+    // Each answer but an open invites another try on this connection: a peer guessing
+    // at a session's cookie, or retrying for ever, is cut off with the auth rounds.
+    count_round(m)?;
     let socket_peer = m.socket_peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let peer_type = m.peer_type.unwrap_or(EntityType::ANY);
     let (peer_addrs, kind) = match f.tag() {
@@ -175,8 +178,7 @@ pub(crate) fn on_ident(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<
             let missing =
                 (m.config.features_required | MSGR2_REQUIRED).0 & !ci.supported_features.0;
             if missing != 0 {
-                // The peer may try again on this connection, but not forever.
-                count_round(m)?;
+                // The peer may try again on this connection (counted above).
                 m.peer_issue(
                     PeerIssue::BadConnect,
                     format_args!("peer lacks required features {missing:#x}"),
