@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use event_center::{CenterHandle, HandlerId};
 use parking_lot::Mutex;
-use protocol::auth::ConMode;
+use protocol::auth::{AuthPeer, ConMode};
 use protocol::types::{EntityAddr, EntityName, EntityType, Features};
 use protocol::wire::KeepaliveStamp;
 use protocol::{Message, ProtocolVersion};
@@ -87,6 +87,8 @@ pub(crate) struct Published {
     pub(crate) replacing: bool,
     pub(crate) last_keepalive: Option<Instant>,
     pub(crate) last_keepalive_ack: Option<KeepaliveStamp>,
+    /// Accept side: who the peer authenticated as, set when the session opens.
+    pub(crate) peer_auth: Option<AuthPeer>,
 }
 
 pub(crate) struct ConnShared {
@@ -369,6 +371,16 @@ impl Connection {
     /// The protocol the session speaks (msgr v1 or msgr2), once open.
     pub fn protocol(&self) -> Option<ProtocolVersion> {
         self.0.published.lock().protocol
+    }
+
+    /// Accept side, once open: who the peer authenticated as (Ceph's `peer_name`,
+    /// `peer_global_id` and `peer_caps_info`): a cephx ticket's entity, global id and
+    /// caps for this service, or auth none's claimed name with every cap. What a daemon
+    /// authorizes requests by; [`Connection::peer_type`] and the message source are what
+    /// the peer claims. `None` on the connect side, and over msgr v1 with auth none or a
+    /// dispatcher's own authorizer check.
+    pub fn peer_auth(&self) -> Option<AuthPeer> {
+        self.0.published.lock().peer_auth.clone()
     }
 
     /// msgr2's connection mode (crc or secure), once open; `None` for msgr v1.

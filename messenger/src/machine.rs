@@ -260,6 +260,12 @@ impl Machine {
         self.0.con_mode()
     }
 
+    /// Accept side: who the peer authenticated as.
+    #[inline]
+    pub(crate) fn peer_auth(&self) -> Option<&protocol::auth::AuthPeer> {
+        self.0.peer_auth()
+    }
+
     #[inline]
     pub(crate) fn has_events(&self) -> bool {
         self.0.has_events()

@@ -20,7 +20,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use crate::accept::{Sniffed, Sniffer};
-use crate::auth::ConMode;
+use crate::auth::{AuthPeer, ConMode};
 use crate::message::Message;
 use crate::session::{
     AuthVerdict, CloseReason, Config, Cookies, Decision, Event, ExistingSession, Initiator, Policy,
@@ -397,6 +397,12 @@ impl Connection {
     #[inline]
     pub fn last_keepalive(&self) -> Option<Instant> {
         each!(self, c => c.last_keepalive(), _s => None)
+    }
+
+    /// See [`crate::Machine::peer_auth`].
+    #[inline]
+    pub fn peer_auth(&self) -> Option<&AuthPeer> {
+        each!(self, c => c.peer_auth(), _s => None)
     }
 
     /// See [`crate::Machine::last_keepalive_ack`].

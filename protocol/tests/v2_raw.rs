@@ -381,6 +381,19 @@ fn reconnect_without_a_session_is_reset() {
     assert!(evs.iter().any(|e| matches!(e, Event::Opened(_))));
 }
 
+// auth none authenticates nobody: the accepted peer is whom its AUTH_REQUEST names,
+// with the global id the acceptor handed out and every cap.
+#[test]
+fn auth_none_names_the_peer_it_was_given() {
+    let mut a = Acceptor::new();
+    assert_eq!(a.conn.peer_auth(), None);
+    a.authenticated();
+    let who = a.conn.peer_auth().expect("authenticated").clone();
+    assert_eq!(who.name, protocol::types::AuthEntityName::new(EntityType::CLIENT, "admin"));
+    assert_eq!(who.global_id, protocol::auth::FIRST_GLOBAL_ID);
+    assert!(who.caps.allow_all);
+}
+
 // A peer guessing at a session's client cookie (or retrying for ever) on one
 // connection: every SESSION_RECONNECT answered with SESSION_RESET counts as a handshake
 // round, and past `max_auth_rounds` the connection is cut.

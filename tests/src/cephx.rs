@@ -205,8 +205,8 @@ struct TapServer {
 impl AuthorizerServer for TapServer {
     fn verify(&mut self, request: &AuthorizerRequest<'_>) -> AuthorizerStep {
         match self.inner.verify(request) {
-            AuthorizerStep::Accept { reply, signer } => {
-                AuthorizerStep::Accept { reply, signer: tap(signer, &self.counts) }
+            AuthorizerStep::Accept { reply, signer, peer } => {
+                AuthorizerStep::Accept { reply, signer: tap(signer, &self.counts), peer }
             }
             other => other,
         }

@@ -162,6 +162,7 @@ impl Driver {
                     p.features = opened.features;
                     p.protocol = self.machine.protocol();
                     p.con_mode = self.machine.con_mode();
+                    p.peer_auth = self.machine.peer_auth().cloned();
                 }
                 // The session's seqs and cookies are published before the state says
                 // Open: another connection's accept decision reads both, and an open

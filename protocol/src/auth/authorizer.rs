@@ -18,6 +18,7 @@ use crate::types::{EntityType, Features};
 use crate::wire::{MsgFooter, MsgHeader};
 
 use super::error::AuthError;
+use super::provider::AuthPeer;
 
 /// The authorizer a v1 connector presents on one connection (Ceph's `AuthAuthorizer`).
 #[doc(alias = "AuthAuthorizer")]
@@ -69,6 +70,8 @@ pub enum AuthorizerStep {
         reply: Bytes,
         /// The session's message signing.
         signer: Option<Box<dyn SessionHandler>>,
+        /// Who the peer authenticated as (`None`: the verifier names nobody).
+        peer: Option<AuthPeer>,
     },
     /// Send CHALLENGE_AUTHORIZER with these bytes; the peer repeats its connect with an
     /// authorizer answering it.
@@ -80,10 +83,11 @@ pub enum AuthorizerStep {
 impl std::fmt::Debug for AuthorizerStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AuthorizerStep::Accept { reply, signer } => f
+            AuthorizerStep::Accept { reply, signer, peer } => f
                 .debug_struct("Accept")
                 .field("reply_len", &reply.len())
                 .field("signed", &signer.is_some())
+                .field("peer", peer)
                 .finish(),
             AuthorizerStep::Challenge(c) => f.debug_tuple("Challenge").field(&c.len()).finish(),
             AuthorizerStep::Reject => f.write_str("Reject"),

@@ -113,6 +113,7 @@ pub use keyring::{parse_entity_name, KeyEntry, KeyRing};
 pub use mode::ConMode;
 pub use none::{AuthNoneClient, AuthNoneProvider, AuthNoneServer, FIRST_GLOBAL_ID};
 pub use provider::{
-    filter_modes, pick_mode, AuthClient, AuthOutcome, AuthProvider, AuthRole, AuthServer, AuthStep,
-    WithConModes, AUTH_MODE_AUTHORIZER, AUTH_MODE_MON, AUTH_MODE_MON_MAX, EACCES, EOPNOTSUPP,
+    filter_modes, pick_mode, AuthClient, AuthOutcome, AuthPeer, AuthProvider, AuthRole, AuthServer,
+    AuthStep, WithConModes, AUTH_MODE_AUTHORIZER, AUTH_MODE_MON, AUTH_MODE_MON_MAX, EACCES,
+    EOPNOTSUPP,
 };

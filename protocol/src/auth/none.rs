@@ -11,10 +11,11 @@ use crate::encoding::{Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::types::{AuthEntityName, EntityType, AUTH_NONE};
 
+use super::cephx::ticket::AuthCapsInfo;
 use super::mode::ConMode;
 use super::provider::{
-    AuthClient, AuthOutcome, AuthProvider, AuthRole, AuthServer, AuthStep, AUTH_MODE_AUTHORIZER,
-    AUTH_MODE_MON, AUTH_MODE_MON_MAX, EACCES, EOPNOTSUPP,
+    AuthClient, AuthOutcome, AuthPeer, AuthProvider, AuthRole, AuthServer, AuthStep,
+    AUTH_MODE_AUTHORIZER, AUTH_MODE_MON, AUTH_MODE_MON_MAX, EACCES, EOPNOTSUPP,
 };
 
 /// auth none, connector side: the AUTH_REQUEST payload is `u8 auth_mode` (10 to a
@@ -79,18 +80,29 @@ impl AuthServer for AuthNoneServer {
             return AuthStep::Reject { result: EOPNOTSUPP };
         }
         let mut d = Decoder::new(payload);
-        let parsed = (|| -> Result<(u8, u64)> {
+        let parsed = (|| -> Result<(u8, AuthEntityName, u64)> {
             let mode = d.u8()?;
-            AuthEntityName::decode(&mut d)?;
-            Ok((mode, d.u64()?))
+            let name = AuthEntityName::decode(&mut d)?;
+            Ok((mode, name, d.u64()?))
         })();
+        // auth none authenticates nobody: the peer is whom it names, with every cap (as
+        // Ceph's AuthNone handlers grant).
+        let done = |name, global_id| AuthStep::Done {
+            global_id,
+            payload: Bytes::new(),
+            outcome: AuthOutcome {
+                peer: Some(AuthPeer { name, global_id, caps: AuthCapsInfo::allow_all() }),
+                ..AuthOutcome::default()
+            },
+        };
         match parsed {
-            Ok((mode, 0)) if (AUTH_MODE_MON..=AUTH_MODE_MON_MAX).contains(&mode) => {
-                let global_id = self.next_global_id.fetch_add(1, Ordering::Relaxed);
-                AuthStep::Done { global_id, payload: Bytes::new(), outcome: AuthOutcome::default() }
+            Ok((mode, name, 0)) if (AUTH_MODE_MON..=AUTH_MODE_MON_MAX).contains(&mode) => {
+                done(name, self.next_global_id.fetch_add(1, Ordering::Relaxed))
             }
-            Ok((mode, global_id)) if (AUTH_MODE_AUTHORIZER..=AUTH_MODE_MON_MAX).contains(&mode) => {
-                AuthStep::Done { global_id, payload: Bytes::new(), outcome: AuthOutcome::default() }
+            Ok((mode, name, global_id))
+                if (AUTH_MODE_AUTHORIZER..=AUTH_MODE_MON_MAX).contains(&mode) =>
+            {
+                done(name, global_id)
             }
             _ => AuthStep::Reject { result: EACCES },
         }

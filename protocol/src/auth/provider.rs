@@ -21,9 +21,10 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::error::Result;
-use crate::types::{EntityType, AUTH_NONE};
+use crate::types::{AuthEntityName, EntityType, AUTH_NONE};
 
 use super::authorizer::{AuthorizerClient, AuthorizerServer};
+use super::cephx::ticket::AuthCapsInfo;
 use super::config::{ConModes, ConnKind};
 use super::mode::ConMode;
 
@@ -39,6 +40,21 @@ pub const EOPNOTSUPP: i32 = -95;
 /// `-EACCES`: the result in AUTH_BAD_METHOD for bad credentials.
 pub const EACCES: i32 = -13;
 
+/// Who an accepted peer authenticated as, from what the auth method verified (a cephx
+/// ticket, or the name auth none was given): Ceph's `peer_name`, `peer_global_id` and
+/// `peer_caps_info` of a connection, what a daemon authorizes the peer's requests by.
+/// The entity type the peer claims in its handshake (HELLO, the v1 connect's host
+/// type) is a claim; this is what its credentials say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthPeer {
+    /// The authenticated entity (`client.admin`, `osd.3`).
+    pub name: AuthEntityName,
+    /// Its global id.
+    pub global_id: u64,
+    /// Its caps for this service, as the ticket carries them (auth none: everything).
+    pub caps: AuthCapsInfo,
+}
+
 /// What a finished msgr2 authentication yields for the connection.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct AuthOutcome {
@@ -48,6 +64,8 @@ pub struct AuthOutcome {
     /// The connection secret: secure mode's key and nonces come from its first 40
     /// bytes. Empty in crc mode.
     pub connection_secret: Vec<u8>,
+    /// Acceptor side: who the peer authenticated as (`None` on the connector side).
+    pub peer: Option<AuthPeer>,
 }
 
 impl std::fmt::Debug for AuthOutcome {
@@ -56,6 +74,7 @@ impl std::fmt::Debug for AuthOutcome {
         f.debug_struct("AuthOutcome")
             .field("session_key", &self.session_key.as_ref().map(Vec::len))
             .field("connection_secret", &self.connection_secret.len())
+            .field("peer", &self.peer)
             .finish()
     }
 }

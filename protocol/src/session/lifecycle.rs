@@ -147,8 +147,10 @@ impl<P: Protocol> Machine<P> {
     pub(crate) fn reset_transport(&mut self) {
         self.rx.clear();
         self.ctrl.clear();
-        // An ack answers a keepalive of this TCP connection only.
+        // An ack answers a keepalive of this TCP connection only; who authenticated
+        // did so on it.
         self.keepalive.ack_owed = None;
+        self.peer_auth = None;
         self.write_blocked_since = None;
         self.deferred_fault = None;
         P::reset_transport(self);

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::auth::AuthPeer;
 use crate::message::Message;
 use crate::types::{EntityAddr, EntityType};
 
@@ -170,6 +171,8 @@ pub struct Machine<P: Protocol> {
     /// Since when bytes have waited that the socket would not take.
     pub(crate) write_blocked_since: Option<Instant>,
     pub(crate) keepalive: Keepalive,
+    /// Accept side: who the peer authenticated as on this connection.
+    pub(crate) peer_auth: Option<AuthPeer>,
     /// Messages framed so far (resends included).
     pub(crate) messages_sent: u64,
     /// Messages dropped as duplicates (`seq <= in_seq`).
@@ -235,6 +238,7 @@ impl<P: Protocol> Machine<P> {
             last_rx: now,
             write_blocked_since: None,
             keepalive: Keepalive::new(now),
+            peer_auth: None,
             messages_sent: 0,
             duplicates_dropped: 0,
             deferred_fault: None,

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use crate::auth::AuthPeer;
 use crate::types::{EntityAddr, EntityType, Features};
 use crate::wire::KeepaliveStamp;
 
@@ -111,6 +112,13 @@ impl<P: Protocol> Machine<P> {
     /// When the peer's last KEEPALIVE / KEEPALIVE2 arrived.
     pub fn last_keepalive(&self) -> Option<Instant> {
         self.keepalive.last_received
+    }
+
+    /// Accept side: who the peer authenticated as on this connection (the auth method's
+    /// verdict: a cephx ticket's entity, global id and caps, or auth none's claimed
+    /// name); `None` on the connect side and before authentication.
+    pub fn peer_auth(&self) -> Option<&AuthPeer> {
+        self.peer_auth.as_ref()
     }
 
     /// The stamp of the peer's last KEEPALIVE2_ACK.

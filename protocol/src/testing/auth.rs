@@ -98,7 +98,11 @@ impl AuthClient for TestClient {
         if mode == ConMode::SECURE && secret.len() < 40 {
             return Err(Error::Malformed("test auth secret too short"));
         }
-        Ok(AuthOutcome { session_key: Some(self.key.to_vec()), connection_secret: secret })
+        Ok(AuthOutcome {
+            session_key: Some(self.key.to_vec()),
+            connection_secret: secret,
+            peer: None,
+        })
     }
 }
 
@@ -134,6 +138,7 @@ impl AuthServer for TestServer {
             outcome: AuthOutcome {
                 session_key: Some(self.key.to_vec()),
                 connection_secret: secret,
+                peer: None,
             },
         }
     }
@@ -266,6 +271,7 @@ impl AuthorizerServer for TestAuthorizerServer {
         AuthorizerStep::Accept {
             reply: Bytes::from(mask(&self.key, &nonce.wrapping_add(1).to_le_bytes())),
             signer: TestSigner::for_session(self.key, req.features),
+            peer: None,
         }
     }
 }

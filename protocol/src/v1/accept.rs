@@ -159,7 +159,7 @@ pub(crate) fn read_connect(m: &mut Machine<V1>, now: Instant) -> bool {
 /// The driver's verdict on the authorizer ([`Event::VerifyAuthorizer`]).
 pub(crate) fn handle_verdict(m: &mut Machine<V1>, now: Instant, verdict: AuthVerdict) {
     let step = match verdict {
-        AuthVerdict::Accept { reply } => AuthorizerStep::Accept { reply, signer: None },
+        AuthVerdict::Accept { reply } => AuthorizerStep::Accept { reply, signer: None, peer: None },
         AuthVerdict::Challenge(challenge) => AuthorizerStep::Challenge(challenge),
         AuthVerdict::Reject => AuthorizerStep::Reject,
     };
@@ -179,9 +179,10 @@ fn judged(m: &mut Machine<V1>, _now: Instant, step: AuthorizerStep) {
         return;
     };
     match step {
-        AuthorizerStep::Accept { reply, signer } => {
+        AuthorizerStep::Accept { reply, signer, peer } => {
             pending.authorizer_reply = reply;
             pending.signer = signer;
+            m.peer_auth = peer;
             request_decision(m, deadline, link, pending);
         }
         AuthorizerStep::Challenge(challenge) => {

@@ -115,6 +115,7 @@ pub(crate) fn on_auth_request(m: &mut Machine<V2>, now: Instant, f: &Frame) -> R
         }
         AuthStep::Done { global_id, payload, outcome } => {
             m.proto.global_id = global_id;
+            m.peer_auth = outcome.peer.clone();
             m.proto.con_mode = auth.mode;
             send_control(m, Some(&mut t), &AuthDone { global_id, con_mode: auth.mode, payload });
             // The acceptor's transcripts end with the AUTH_DONE it wrote.

@@ -473,7 +473,7 @@ impl CephxAuthorizerServer {
             if !methods.allows(AUTH_NONE) {
                 return Err(AuthError::NoAcceptableMethod { offered: vec![req.method] });
             }
-            return Ok(AuthorizerStep::Accept { reply: Bytes::new(), signer: None });
+            return Ok(AuthorizerStep::Accept { reply: Bytes::new(), signer: None, peer: None });
         }
         if req.method != AUTH_CEPHX || !methods.allows(AUTH_CEPHX) {
             return Err(AuthError::UnexpectedMethod { method: req.method });
@@ -494,6 +494,7 @@ impl CephxAuthorizerServer {
             AuthorizerVerdict::Accepted(a) => AuthorizerStep::Accept {
                 reply: a.reply,
                 signer: s.signer(a.session_key, req.features),
+                peer: Some(a.ticket.peer()),
             },
         })
     }
@@ -578,7 +579,11 @@ mod tests {
         };
         let answer = client.handle_challenge(&c).unwrap();
         match verifier.verify(&req(&answer)) {
-            AuthorizerStep::Accept { reply, signer } => {
+            AuthorizerStep::Accept { reply, signer, peer } => {
+                // The acceptor learns who dialled from the ticket: osd.0, its caps.
+                let peer = peer.unwrap();
+                assert_eq!(peer.name, AuthEntityName::new(EntityType::OSD, "0"));
+                assert_eq!(peer.caps.cap_string().as_deref(), Some("allow *"));
                 let mine = client.handle_reply(&reply, features).unwrap().unwrap();
                 Ok((mine, signer.unwrap()))
             }

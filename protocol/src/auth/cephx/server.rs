@@ -147,6 +147,15 @@ impl KeyServer {
         }
     }
 
+    /// `name`'s caps for `service` from the keyring (none for an unknown entity).
+    pub fn caps_for(&self, name: &AuthEntityName, service: EntityType) -> AuthCapsInfo {
+        self.keyring
+            .get(name)
+            .and_then(|e| e.caps.get(service.name()))
+            .map(|c| AuthCapsInfo::from_cap_string(c))
+            .unwrap_or_default()
+    }
+
     /// Mints a ticket for `service` as if `name` (with `global_id`) had asked for it:
     /// sealed with the service's current rotating secret, valid for
     /// `auth_service_ticket_ttl`, with `name`'s caps for that service. For embedded

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::auth::crypto::CryptoKey;
 use crate::auth::error::AuthError;
+use crate::auth::provider::AuthPeer;
 use crate::encoding::{Decoder, Encoder, UTime};
 use crate::types::{AuthEntityName, EntityType};
 
@@ -77,6 +78,11 @@ pub struct AuthCapsInfo {
 }
 
 impl AuthCapsInfo {
+    /// Everything allowed, no cap string (what auth none grants).
+    pub fn allow_all() -> Self {
+        AuthCapsInfo { allow_all: true, caps: Vec::new() }
+    }
+
     /// Caps holding `cap` as an encoded string (what a service ticket carries).
     pub fn from_cap_string(cap: &str) -> Self {
         let mut e = Encoder::new();
@@ -117,6 +123,11 @@ pub struct AuthTicket {
 }
 
 impl AuthTicket {
+    /// Who holds the ticket, as a connection's authenticated peer.
+    pub fn peer(&self) -> AuthPeer {
+        AuthPeer { name: self.name.clone(), global_id: self.global_id, caps: self.caps.clone() }
+    }
+
     /// The version we write.
     const STRUCT_V: u8 = 2;
 

@@ -34,7 +34,7 @@ use rand_core::CryptoRngCore;
 use crate::auth::error::AuthError;
 use crate::auth::mode::ConMode;
 use crate::auth::provider::{
-    AuthClient, AuthOutcome, AuthServer, AuthStep, AUTH_MODE_AUTHORIZER, AUTH_MODE_MON,
+    AuthClient, AuthOutcome, AuthPeer, AuthServer, AuthStep, AUTH_MODE_AUTHORIZER, AUTH_MODE_MON,
     AUTH_MODE_MON_MAX,
 };
 use crate::encoding::{Decoder, Encoder};
@@ -157,7 +157,7 @@ impl AuthClient for CephxMonClient {
             }
         }
         log::debug!(target: LOG, "{}: authenticated to a monitor over msgr2 as global_id {global_id}, {mode} mode; {:?}", self.client.name(), self.store);
-        Ok(AuthOutcome { session_key: Some(session_key), connection_secret: secret })
+        Ok(AuthOutcome { session_key: Some(session_key), connection_secret: secret, peer: None })
     }
 }
 
@@ -196,6 +196,7 @@ impl AuthClient for CephxAuthorizerV2Client {
         Ok(AuthOutcome {
             session_key: Some(self.authorizer.session_key().secret().to_vec()),
             connection_secret: secret,
+            peer: None,
         })
     }
 }
@@ -268,12 +269,20 @@ impl CephxV2Server {
         };
         let global_id = *global_id;
         let (body, key) = server.handle_v2_more(session, payload, wall, &mut *self.rng, &secret)?;
+        // The entity proved its key: the monitor's own caps for it (its tickets carry
+        // none for the monitor).
+        let peer = session.authenticated().map(|(name, global_id)| AuthPeer {
+            name: name.clone(),
+            global_id,
+            caps: server.caps_for(name, self.shared.my_type),
+        });
         Ok(AuthStep::Done {
             global_id,
             payload: body,
             outcome: AuthOutcome {
                 session_key: Some(key.secret().to_vec()),
                 connection_secret: secret,
+                peer,
             },
         })
     }
@@ -309,6 +318,7 @@ impl CephxV2Server {
                 outcome: AuthOutcome {
                     session_key: Some(a.session_key.secret().to_vec()),
                     connection_secret: secret,
+                    peer: Some(a.ticket.peer()),
                 },
             },
         })
