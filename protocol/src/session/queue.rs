@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use crate::message::{Message, PRIO_HIGHEST};
+use crate::message::Message;
 
 use super::seq::Seq;
 
@@ -33,6 +33,12 @@ struct Lane {
 /// a short vector, highest first, scanned.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct OutQueue {
+    /// Sent messages put back after a fault, in seq order: framed before any lane, so
+    /// they keep their numbers and their order. (Ceph puts them at the front of the
+    /// PRIO_HIGHEST lane; a message of a higher priority, u16 as on the wire, then went
+    /// before them: reordered within its own priority, and, against a peer that had
+    /// some of them, numbered with a seq the peer dropped as a duplicate.)
+    requeued: VecDeque<Message>,
     /// Sorted by priority, highest first; at most one lane per priority.
     lanes: Vec<Lane>,
     len: usize,
@@ -69,7 +75,7 @@ impl OutQueue {
     pub(crate) fn requeue_front(&mut self, msgs: impl DoubleEndedIterator<Item = Message>) {
         let mut cost = 0;
         let mut n = 0;
-        let q = self.lane(PRIO_HIGHEST);
+        let q = &mut self.requeued;
         for m in msgs.rev() {
             cost += m.send_cost();
             n += 1;
@@ -85,8 +91,10 @@ impl OutQueue {
         }
         // The lane first, then one pop: `find_map` over the pops moved the message
         // through two more `Option`s.
-        let lane = self.lanes.iter_mut().find(|l| !l.msgs.is_empty())?;
-        let msg = lane.msgs.pop_front()?;
+        let msg = match self.requeued.pop_front() {
+            Some(m) => m,
+            None => self.lanes.iter_mut().find(|l| !l.msgs.is_empty())?.msgs.pop_front()?,
+        };
         self.len -= 1;
         self.cost -= msg.send_cost();
         if self.len == 0 {
@@ -101,17 +109,16 @@ impl OutQueue {
         if self.lanes.len() > MAX_LANES {
             self.lanes.clear();
         }
-        for l in &mut self.lanes {
-            if l.msgs.capacity() > LANE_KEEP {
-                l.msgs.shrink_to(LANE_KEEP);
+        for q in self.lanes.iter_mut().map(|l| &mut l.msgs).chain([&mut self.requeued]) {
+            if q.capacity() > LANE_KEEP {
+                q.shrink_to(LANE_KEEP);
             }
         }
     }
 
-    /// Drops requeued messages (at the front of the [`PRIO_HIGHEST`] lane) the peer says
-    /// it has (seq ≤ `acked`); returns how many.
+    /// Drops requeued messages the peer says it has (seq ≤ `acked`); returns how many.
     pub(crate) fn discard_requeued_up_to(&mut self, acked: Seq) -> u64 {
-        let Some(q) = self.requeue_lane_mut() else { return 0 };
+        let q = &mut self.requeued;
         let mut n = 0u64;
         let mut cost = 0;
         while q.front().is_some_and(|m| m.seq() != 0 && m.seq() <= acked.0) {
@@ -128,22 +135,11 @@ impl OutQueue {
         n
     }
 
-    /// Whether a requeued (already sequenced) message waits at the front of its lane.
+    /// Whether a requeued (already sequenced) message waits to be sent again. Only the
+    /// requeued queue counts: a message a user forwards keeps the seq it was received
+    /// with, and in a lane it must not pass for one of ours (nor be discarded as one).
     pub(crate) fn has_requeued(&self) -> bool {
-        self.lanes
-            .iter()
-            .find(|l| l.prio == PRIO_HIGHEST)
-            .and_then(|l| l.msgs.front())
-            .is_some_and(|m| m.seq() != 0)
-    }
-
-    /// The lane requeued messages wait in. Found by its priority, not its place: a
-    /// priority above [`PRIO_HIGHEST`] (a `u16`, as on the wire) sorts before it, and
-    /// looking only at the first lane then discarded nothing the peer had, so the next
-    /// message took a seq the peer drops as a duplicate and a requeued one was
-    /// delivered twice. As in Ceph, such a message still goes out first.
-    fn requeue_lane_mut(&mut self) -> Option<&mut VecDeque<Message>> {
-        self.lanes.iter_mut().find(|l| l.prio == PRIO_HIGHEST).map(|l| &mut l.msgs)
+        self.requeued.front().is_some_and(|m| m.seq() != 0)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -162,7 +158,7 @@ impl OutQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::PRIO_DEFAULT;
+    use crate::message::{PRIO_DEFAULT, PRIO_HIGHEST};
     use bytes::Bytes;
 
     fn msg(prio: u16, tag: u8) -> Message {
@@ -246,5 +242,25 @@ mod tests {
         assert_eq!(order, [13, 1]);
         assert!(!q.has_requeued());
         assert_eq!(q.cost(), 0);
+    }
+
+    /// A message a user forwards keeps the seq it was received with: in its lane it is
+    /// no requeued message of ours, so a reconnect's discard leaves it, and it goes out
+    /// after the requeued ones.
+    #[test]
+    fn a_forwarded_message_with_a_seq_is_not_a_requeued_one() {
+        let mut q = OutQueue::default();
+        let mut forwarded = msg(PRIO_HIGHEST, 1);
+        forwarded.set_seq(5);
+        q.push_back(forwarded);
+        assert!(!q.has_requeued());
+        assert_eq!(q.discard_requeued_up_to(Seq(10)), 0);
+        let mut ours = msg(PRIO_DEFAULT, 2);
+        ours.set_seq(3);
+        q.requeue_front(std::iter::once(ours));
+        assert!(q.has_requeued());
+        assert_eq!(q.discard_requeued_up_to(Seq(10)), 1, "ours only");
+        assert_eq!(q.pop().map(|m| m.front()[0]), Some(1));
+        assert!(q.is_empty());
     }
 }
