@@ -228,6 +228,26 @@ fn messages_from_empty_to_64_mib_arrive_intact_over(proto: ProtocolVersion) {
     srv.shutdown();
 }
 
+/// A lossy session's burst larger than one pump writes (four rounds of ~1 MiB framed
+/// each) goes out whole although the peer sends nothing back: no ACK, no reply. The
+/// pump came back only for input, so the rest waited for the next send.
+#[test]
+fn a_lossy_burst_of_many_large_messages_leaves_without_replies() {
+    let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let (cli, _cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::OSD, addr_for(ProtocolVersion::V1, srv.my_addr()));
+    let data = Bytes::from(vec![0x5a; 1 << 20]);
+    for tid in 0..24u64 {
+        conn.send_message(test_message(MSG_TEST, tid, data.clone())).expect("send");
+    }
+    for tid in 0..24u64 {
+        let (_, got) = next_message(&srv_rx);
+        assert_eq!((got.tid(), got.data().len()), (tid, 1 << 20));
+    }
+    cli.shutdown();
+    srv.shutdown();
+}
+
 #[test]
 fn messages_from_empty_to_64_mib_arrive_intact() {
     messages_from_empty_to_64_mib_arrive_intact_over(ProtocolVersion::V1);

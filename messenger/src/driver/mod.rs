@@ -319,11 +319,15 @@ impl Driver {
         self.seams.run_before_settle();
         // What fast dispatch sent that the protocol had no room for waits in the mailbox.
         own_sends::spill(&self.conn);
+        // What the bounded rounds did not frame while the socket still takes bytes: no
+        // writable edge will come for it, and a lossy peer sends nothing back (no ACK)
+        // that would bring the driver back.
         let more = self.settle_mailbox()
             | self.machine.has_events()
             | unread
             | self.cut_ready()
-            | self.retry_congested_write();
+            | self.retry_congested_write()
+            | self.more_to_write();
         if more {
             // Work left after the bounded rounds: run again after the worker's other work.
             self.notify_self(cx);
