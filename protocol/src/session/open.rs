@@ -69,6 +69,16 @@ impl Credit {
         self.bytes -= cost;
         true
     }
+
+    /// Gives back what [`Credit::take`] took for a message of `payload` bytes that was
+    /// then dropped unseen (msgr2's ABORTED): nothing delivered holds it, so it is
+    /// unused credit again, returned with the rest. (Kept as taken, it was released
+    /// only when a pump ended with no message in progress, which a peer can avoid: a
+    /// stream of aborted frames then held the throttles without limit.)
+    pub(crate) fn refund(&mut self, payload: u64) {
+        self.messages = self.messages.saturating_add(1);
+        self.bytes = self.bytes.saturating_add(payload.saturating_add(MESSAGE_OVERHEAD));
+    }
 }
 
 /// The receive budget of the message being received (see
