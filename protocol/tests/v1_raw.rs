@@ -726,6 +726,38 @@ fn keepalives_not_yet_sent_are_one_frame_the_newest() {
     assert!(drain(&mut a).is_empty(), "nothing owed once sent");
 }
 
+// A connection waiting for receive budget does not read, so the peer's silence then is
+// ours: the idle timeout does not fault it (the throttle may be full of others'
+// messages for longer than ms_connection_idle_timeout), and once granted it reads on.
+// Without a wait, the idle timeout still applies.
+#[test]
+fn waiting_for_receive_budget_is_not_idleness() {
+    let (mut a, now) = open_acceptor(Policy::lossless_peer());
+    let idle = me().idle_timeout;
+    a.handle_bytes(now, Bytes::from(frame(1, b"one")));
+    assert!(
+        events(&mut a).iter().any(|e| matches!(e, Event::NeedBudget { .. })),
+        "the message waits for budget"
+    );
+    assert!(!a.wants_read());
+    let later = now + idle + Duration::from_secs(1);
+    assert!(a.poll_timeout().is_none_or(|t| t > now + idle), "no idle deadline while waiting");
+    a.handle_timeout(later);
+    assert!(a.is_open(), "faulted while waiting for budget");
+    a.grant_budget(later);
+    let got: Vec<Message> = events(&mut a)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(a.poll_timeout(), Some(later + idle), "idle again from the grant");
+    a.handle_timeout(later + idle);
+    assert!(!a.is_open(), "idle once reading again");
+}
+
 // KEEPALIVE (old peers): noted, never answered; keepalives before open are held.
 #[test]
 fn keepalive_v1_is_not_answered() {

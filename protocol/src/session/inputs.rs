@@ -134,6 +134,9 @@ impl<P: Protocol> Machine<P> {
     pub fn grant_budget(&mut self, now: Instant) {
         self.now = now;
         let Some((bytes, first)) = self.take_grant(now, P::TIMED_PAYLOAD) else { return };
+        // Reading resumes: the idle clock runs again from here, not from the last read
+        // before the wait.
+        self.last_rx = now;
         if let Err(fault) = P::grant(self, bytes, first) {
             self.fault(now, fault);
             return;

@@ -27,7 +27,10 @@ impl<P: Protocol> Machine<P> {
             State::Open(open) => {
                 let keepalive_due = open.keepalive_due;
                 let payload_due = open.budget.deadline(self.config.payload_timeout);
-                if now >= later(self.last_rx, self.config.idle_timeout) {
+                // Not while we wait for receive budget: we stopped reading, so the peer's
+                // silence is ours (Ceph's throttle waits refresh the connection too).
+                let waiting = open.budget.is_waiting();
+                if !waiting && now >= later(self.last_rx, self.config.idle_timeout) {
                     self.fault(now, Fault::IdleTimeout);
                     return;
                 }
@@ -60,17 +63,17 @@ impl<P: Protocol> Machine<P> {
                 Some(*deadline)
             }
             State::Open(open) => {
-                let idle = later(self.last_rx, self.config.idle_timeout);
+                let idle = (!open.budget.is_waiting())
+                    .then(|| later(self.last_rx, self.config.idle_timeout));
                 [
                     open.keepalive_due,
                     open.budget.deadline(self.config.payload_timeout),
                     self.write_deadline(),
+                    idle,
                 ]
                 .into_iter()
                 .flatten()
                 .min()
-                .map(|at| at.min(idle))
-                .or(Some(idle))
             }
             State::Standby | State::Closed | State::Transition => None,
         }
