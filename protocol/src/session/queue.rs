@@ -89,8 +89,8 @@ impl OutQueue {
         if self.len == 0 {
             return None;
         }
-        // The lane first, then one pop: `find_map` over the pops moved the message
-        // through two more `Option`s.
+        // Requeued messages first. Then the lane, then one pop: `find_map` over the pops
+        // moved the message through two more `Option`s.
         let msg = match self.requeued.pop_front() {
             Some(m) => m,
             None => self.lanes.iter_mut().find(|l| !l.msgs.is_empty())?.msgs.pop_front()?,
