@@ -394,6 +394,29 @@ fn auth_none_names_the_peer_it_was_given() {
     assert!(who.caps.allow_all);
 }
 
+// An aborted MESSAGE funded by the receive credit gives that credit back, whether it
+// was taken in one call (all in one read) or piece by piece (split across reads).
+#[test]
+fn an_aborted_message_gives_back_its_credit() {
+    for split in [None, Some(40)] {
+        let mut a = Acceptor::new();
+        a.ready();
+        a.conn.add_receive_credit(10, 100_000);
+        let aborted = message(1, Some(0x01));
+        match split {
+            None => a.conn.handle_bytes(a.now, Bytes::from(aborted)),
+            Some(at) => {
+                a.conn.handle_bytes(a.now, Bytes::copy_from_slice(&aborted[..at]));
+                a.conn.handle_bytes(a.now, Bytes::copy_from_slice(&aborted[at..]));
+            }
+        }
+        let evs = events(&mut a.conn);
+        assert!(!evs.iter().any(|e| matches!(e, Event::Message(_))), "{split:?}: delivered");
+        assert!(!evs.iter().any(|e| matches!(e, Event::NeedBudget { .. })), "{split:?}: asked");
+        assert_eq!(a.conn.take_receive_credit(), (10, 100_000), "{split:?}");
+    }
+}
+
 // A peer guessing at a session's client cookie (or retrying for ever) on one
 // connection: every SESSION_RECONNECT answered with SESSION_RESET counts as a handshake
 // round, and past `max_auth_rounds` the connection is cut.

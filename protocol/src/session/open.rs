@@ -95,6 +95,9 @@ pub(crate) struct Budget {
     /// of that start; the deadline is worked out only when asked for (a timer poll),
     /// not per message as the clock restarts.
     clock: Option<(Instant, u64)>,
+    /// The payload bytes whose charge the message's first window took from the receive
+    /// credit (not asked for): given back if the message is then dropped unseen.
+    credited: Option<u64>,
 }
 
 impl Budget {
@@ -124,8 +127,15 @@ impl Budget {
     }
 
     /// The message is complete (or dropped): the next one starts afresh.
-    pub(crate) fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) -> Option<u64> {
+        let credited = self.credited;
         *self = Budget::default();
+        credited
+    }
+
+    /// The first window came from the receive credit, for a payload of `len` bytes.
+    pub(crate) fn credited(&mut self, len: u64) {
+        self.credited = Some(len);
     }
 
     /// Asks for `bytes` (`first`: for a message whose header just arrived: it starts

@@ -91,7 +91,12 @@ pub(crate) fn on_whole_message(
     dropped: bool,
 ) {
     if let Some(open) = m.state.open_mut() {
-        open.budget.finish();
+        let credited = open.budget.finish();
+        // Aborted after its first window came from the credit (read piece by piece; the
+        // one-call read refunds its own): nothing delivered holds that charge.
+        if let (true, Some(len)) = (dropped, credited) {
+            open.credit.refund(len);
+        }
     }
     if dropped {
         log::debug!(target: LOG, "{m}: dropped message seq {} (aborted or duplicate)", header.seq);
