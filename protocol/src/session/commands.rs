@@ -27,13 +27,12 @@ impl<P: Protocol> Machine<P> {
     /// peer answers the newest stamp.
     pub fn send_keepalive(&mut self, wall_clock: KeepaliveStamp) {
         self.keepalive.anchor = (self.now, wall_clock);
-        match self.state {
-            State::Closed => {}
-            State::Open(_) => self.keepalive.pending = Some(wall_clock),
-            _ => {
-                self.keepalive.pending = Some(wall_clock);
-                self.wake_from_standby();
-            }
+        if self.state.is_closed() {
+            return;
+        }
+        self.keepalive.pending = Some(wall_clock);
+        if !self.state.is_open() {
+            self.wake_from_standby();
         }
     }
 

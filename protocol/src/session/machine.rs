@@ -262,8 +262,8 @@ impl<P: Protocol> Machine<P> {
         let seq = self.session.out_seq;
         if msg.seq() != 0 && msg.seq() != seq.0 {
             // Renumbered: a new session on a replace keeps its messages and numbers from
-            // 1, and a message of a priority above PRIO_HIGHEST goes before requeued ones
-            // (as in Ceph). A peer can cause either, so no WARN per message.
+            // 1 (a peer can cause that, so no WARN per message), and a forwarded message
+            // still carries the seq it was received with.
             log::debug!(target: P::LOG, "{self}: requeued message seq {} framed as {seq}", msg.seq());
         }
         msg.set_seq(seq.0);

@@ -133,8 +133,9 @@ impl Budget {
         credited
     }
 
-    /// The first window came from the receive credit, for a payload of `len` bytes.
-    pub(crate) fn credited(&mut self, len: u64) {
+    /// The message's payload of `len` bytes was paid for from the receive credit (its
+    /// first window, or the whole message taken in one call).
+    pub(crate) fn funded_by_credit(&mut self, len: u64) {
         self.credited = Some(len);
     }
 

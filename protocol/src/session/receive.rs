@@ -65,7 +65,7 @@ impl<P: Protocol> Machine<P> {
             return false;
         }
         open.budget.ask(len, true);
-        open.budget.credited(len);
+        open.budget.funded_by_credit(len);
         let Some((bytes, first)) = self.take_grant(now, P::TIMED_PAYLOAD) else { return false };
         if let Err(fault) = P::grant(self, bytes, first) {
             self.fault(now, fault);

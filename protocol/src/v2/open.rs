@@ -92,8 +92,8 @@ pub(crate) fn on_whole_message(
 ) {
     if let Some(open) = m.state.open_mut() {
         let credited = open.budget.finish();
-        // Aborted after its first window came from the credit (read piece by piece; the
-        // one-call read refunds its own): nothing delivered holds that charge.
+        // Aborted after the credit paid for it (taken in one call, or its first window
+        // read piece by piece): nothing delivered holds that charge.
         if let (true, Some(len)) = (dropped, credited) {
             open.credit.refund(len);
         }

@@ -187,12 +187,13 @@ fn read_whole_messages(m: &mut Machine<V2>, now: Instant, chunk: &mut Bytes) -> 
     loop {
         let in_seq = m.session.in_seq;
         let Some(open) = m.state.open_mut() else { return taken_one.then_some(false) };
-        let credit = &mut open.credit;
-        let mut charged = 0;
+        let (credit, budget) = (&mut open.credit, &mut open.budget);
         let taken = m.proto.decoder.take_whole_message(chunk, |segment0, payload| {
             let header = MsgHeader2::decode(segment0).ok()?;
             let funded = Seq(header.seq) > in_seq && credit.take(payload);
-            charged = payload;
+            if funded {
+                budget.funded_by_credit(payload);
+            }
             funded.then_some(header)
         });
         match taken {
@@ -203,11 +204,6 @@ fn read_whole_messages(m: &mut Machine<V2>, now: Instant, chunk: &mut Bytes) -> 
             Err(e) => return Some(after_step(m, now, Err(e))),
             Ok(Whole::Taken(header, segments, aborted)) => {
                 log::trace!(target: LOG, "{m}: got {}", Tag::MESSAGE);
-                if aborted {
-                    if let Some(open) = m.state.open_mut() {
-                        open.credit.refund(charged);
-                    }
-                }
                 open::on_whole_message(m, now, header, segments, aborted);
                 taken_one = true;
             }
