@@ -108,7 +108,7 @@ fn drain_events(conn: &mut Connection, now: Instant, choice: u8, closed: &mut bo
                 };
                 conn.handle_authorizer_verdict(now, verdict);
             }
-            Event::NeedBudget { bytes } => {
+            Event::NeedBudget { bytes, .. } => {
                 assert!(bytes <= 4096 + 1024 + 8192, "budget above the limits: {bytes}");
                 conn.grant_budget(now);
             }

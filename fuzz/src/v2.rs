@@ -306,7 +306,7 @@ fn drain_events(
                     .flatten();
                 conn.handle_accept_decision(now, policy, d, transferred);
             }
-            Event::NeedBudget { bytes } => {
+            Event::NeedBudget { bytes, .. } => {
                 assert!(bytes <= 4096 + 1024 + 8192, "budget above the limits: {bytes}");
                 conn.grant_budget(now);
             }

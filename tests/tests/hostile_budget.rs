@@ -167,11 +167,10 @@ impl Drop for OpenOnDrop {
     }
 }
 
-// Eight peers send 768 KiB messages at once into a 1 MiB dispatch budget: the messages
-// in progress hold all of it while waiting for more. The oldest one in progress always
-// gets its next window, so everything arrives.
-fn large_messages_never_deadlock(proto: ProtocolVersion) {
-    let config = MessengerConfig { dispatch_throttle_bytes: 1 << 20, ..test_config(2) };
+/// A started server whose dispatcher is a closed [`Gate`], and what the gate lets by.
+fn gated_server(
+    config: MessengerConfig,
+) -> (Messenger, Arc<Gate>, crossbeam_channel::Receiver<(u64, u64)>) {
     let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config).expect("messenger");
     srv.set_default_policy(Policy::stateless_server());
     srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
@@ -183,6 +182,15 @@ fn large_messages_never_deadlock(proto: ProtocolVersion) {
         tx,
     });
     srv.add_dispatcher_head(gate.clone()).expect("dispatcher");
+    (srv, gate, rx)
+}
+
+// Eight peers send 768 KiB messages at once into a 1 MiB dispatch budget: the messages
+// in progress hold all of it while waiting for more. The oldest one in progress always
+// gets its next window, so everything arrives.
+fn large_messages_never_deadlock(proto: ProtocolVersion) {
+    let config = MessengerConfig { dispatch_throttle_bytes: 1 << 20, ..test_config(2) };
+    let (srv, gate, rx) = gated_server(config);
     const PEERS: usize = 8;
     const EACH: u64 = 6;
     let clients: Vec<_> = (0..PEERS)
@@ -231,4 +239,54 @@ fn large_messages_arriving_together_never_deadlock_on_the_budget() {
 #[test]
 fn large_messages_arriving_together_never_deadlock_on_the_budget_over_msgr2() {
     large_messages_never_deadlock(ProtocolVersion::V2);
+}
+
+// A msgr2 peer aborts a message it was granted budget for (its late status says
+// ABORTED) and sends the next one in the same write: the next one asks for budget as a
+// message of its own and waits while the dispatch throttle is full. It used to take
+// over the dropped message's permits and pass for a later window of it, and so as the
+// oldest message in progress, which goes on past the throttle's maximum.
+#[test]
+fn a_message_after_an_aborted_one_asks_for_budget_as_its_own() {
+    const MAX: u64 = 200_000;
+    let config =
+        MessengerConfig { dispatch_throttle_bytes: MAX, read_buffer: 256 << 10, ..test_config(1) };
+    let (srv, gate, rx) = gated_server(config);
+    let _open = OpenOnDrop(gate);
+    let addr = addr_for(ProtocolVersion::V2, srv.my_addr());
+
+    // Another peer's message, held by the gate, leaves 2,000 bytes of the throttle.
+    let held = MAX - 2_000;
+    let mut other = RawPeer::handshake(addr, Policy::lossy_client());
+    let frame = other.message(7, &vec![7u8; (held - MESSAGE_OVERHEAD) as usize]);
+    other.sock.write_all(&frame).expect("write");
+    wait_until(
+        || srv.dispatch_throttle().current() == held,
+        || format!("the held message charged {}", srv.dispatch_throttle().current()),
+    );
+
+    // A small message fits in what is left; the next one's first window does not.
+    let mut peer = RawPeer::handshake(addr, Policy::lossy_client());
+    let mut bytes = peer.message(1, &[1u8; 100]);
+    // crc mode's epilogue: the late status byte, then three crcs.
+    let at = bytes.len() - 13;
+    bytes[at] = 0x01;
+    bytes.extend(peer.message(2, &vec![2u8; 50_000]));
+    peer.sock.write_all(&bytes).expect("write");
+    wait_until(
+        || srv.dispatch_throttle().waiting() == 1,
+        || format!("not waiting; {} bytes charged", srv.dispatch_throttle().current()),
+    );
+    assert!(srv.dispatch_throttle().current() <= MAX);
+
+    drop(_open);
+    let mut seen: Vec<u64> = (0..2).map(|_| rx.recv_timeout(WAIT).expect("dispatched").1).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, [2, 7], "the aborted message was dropped, the others delivered");
+    wait_until(
+        || srv.dispatch_throttle().current() == 0,
+        || "timed out waiting for the budget to be released".into(),
+    );
+    drop((peer, other));
+    srv.shutdown();
 }

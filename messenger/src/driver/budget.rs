@@ -293,9 +293,15 @@ impl Driver {
     }
 
     /// `Event::NeedBudget`: the message being received needs `bytes` more payload
-    /// bytes of budget.
-    pub(super) fn need_budget(&mut self, cx: &mut Context<'_>, bytes: u64) {
-        let first = self.recv.permits.iter().all(Option::is_none);
+    /// bytes of budget; `first`: its first window (it pays for the message too).
+    pub(super) fn need_budget(&mut self, cx: &mut Context<'_>, bytes: u64, first: bool) {
+        if first && self.recv.is_active() {
+            // An earlier message was dropped in this same pass (an aborted msgr2 frame
+            // read on from its grant): `handle_events` clears its budget only after the
+            // events, and until then this message would take its permits as its own
+            // first window, skipping its count and queueing as the oldest in progress.
+            self.recv = Default::default();
+        }
         if !first && self.recv.inflight.iter().all(Option::is_none) {
             // A second window: from now on this message holds budget while it waits for
             // more, so it registers as in progress (the oldest one always goes on; see

@@ -182,7 +182,7 @@ impl Driver {
                 };
                 self.enqueue_event(ev);
             }
-            Event::NeedBudget { bytes } => self.need_budget(cx, bytes),
+            Event::NeedBudget { bytes, first } => self.need_budget(cx, bytes, first),
             Event::Message(mut msg) => {
                 WorkerCounters::add_own(&self.counters.recv_messages, 1);
                 let size = msg.payload_len();

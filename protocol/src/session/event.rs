@@ -122,6 +122,10 @@ pub enum Event {
     NeedBudget {
         /// front + middle + data bytes.
         bytes: u64,
+        /// The message's first window (its header just arrived): whatever the driver
+        /// still holds for an earlier message is stale, that message was dropped (an
+        /// aborted msgr2 frame, a fault) before its event could say so.
+        first: bool,
     },
     /// A message arrived (seq filled in; duplicates already dropped).
     Message(Message),

@@ -41,7 +41,7 @@ impl<P: Protocol> Machine<P> {
     pub(crate) fn request_budget(&mut self, bytes: u64, first: bool) {
         let Some(open) = self.state.open_mut() else { return };
         open.budget.ask(bytes, first);
-        self.events.push_back(Event::NeedBudget { bytes });
+        self.events.push_back(Event::NeedBudget { bytes, first });
     }
 
     /// Asks for the next window of a message whose payload still needs `uncovered`

@@ -227,7 +227,7 @@ fn exchange(
             to.handle_bytes(now, s);
             while let Some(ev) = to.poll_event() {
                 match ev {
-                    Event::NeedBudget { bytes } => {
+                    Event::NeedBudget { bytes, .. } => {
                         requests += 1;
                         if credit {
                             add_bench_credit(to, bytes);
@@ -512,7 +512,7 @@ impl Pair {
                 self.eps[ep].conn.handle_authorizer_verdict(now, verdict);
             }
             Event::Opened(_) => self.nodes[node].opened += 1,
-            Event::NeedBudget { bytes } => {
+            Event::NeedBudget { bytes, .. } => {
                 if self.nodes[node].hold_budget {
                     self.nodes[node].budget_waiting.push(ep);
                 } else {
