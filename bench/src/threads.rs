@@ -217,6 +217,15 @@ mod tests {
         assert_eq!(field("syscr: 9\n", "syscw"), None);
     }
 
+    /// The calling thread's CPU time.
+    fn thread_cpu() -> std::time::Duration {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid timespec the call writes.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime");
+        std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
     #[test]
     fn a_busy_thread_s_run_is_counted_and_idle_threads_are_left_out() {
         let before = take().expect("read /proc/self/task");
@@ -224,9 +233,13 @@ mod tests {
         let busy = std::thread::Builder::new()
             .name("thr-test-busy".into())
             .spawn(|| {
+                // Spins for 200 ms of its own CPU time, not of the clock: on a loaded
+                // machine a wall-clock spin may get too little CPU to show.
                 let t0 = Instant::now();
                 let mut x = 0u64;
-                while t0.elapsed() < std::time::Duration::from_millis(200) {
+                while thread_cpu() < std::time::Duration::from_millis(200)
+                    && t0.elapsed() < std::time::Duration::from_secs(20)
+                {
                     x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
                 }
                 let after = take().expect("read /proc/self/task");

@@ -170,12 +170,17 @@ pub fn closed_within(sock: &mut TcpStream, within: Duration) -> bool {
 /// The server's `msgr_peer_issues` (protocol violations by peers), summed over its
 /// workers.
 pub fn peer_issues(srv: &messenger::Messenger) -> u64 {
+    worker_counter(srv, "msgr_peer_issues")
+}
+
+/// A worker counter of `srv`'s `perf dump` (`msgr_…`), summed over its workers.
+pub fn worker_counter(srv: &messenger::Messenger, name: &str) -> u64 {
     let counters = srv.counters_json();
     let Some(sections) = counters.as_object() else { return 0 };
     sections
         .iter()
         .filter(|(k, _)| k.starts_with("AsyncMessenger::Worker"))
-        .map(|(_, v)| v["msgr_peer_issues"].as_u64().unwrap_or(0))
+        .map(|(_, v)| v[name].as_u64().unwrap_or(0))
         .sum()
 }
 

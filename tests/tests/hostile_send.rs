@@ -216,8 +216,14 @@ fn peers_that_handshake_and_leave_are_bounded_in_number_over(proto: ProtocolVers
         drop(RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client()));
         // Each session that left is either waiting or marked down, and at most MAX wait
         // (the one that just went to standby may pass it until its driver's check).
+        // An eviction lowers the standby count before it raises the evicted one: read in
+        // that order, each once, the two can only disagree by falling short.
         wait_until(
-            || standby() + evicted() == round + 1 && standby() <= MAX,
+            || {
+                let evicted = evicted();
+                let standby = standby();
+                standby + evicted == round + 1 && standby <= MAX
+            },
             || format!("round {round}: {} in standby, {} marked down", standby(), evicted()),
         );
     }
