@@ -264,6 +264,12 @@ impl Connection {
         }
         // Closed from this moment: later sends fail at once, queued ones are dropped, and
         // `is_connected` is false (Ceph's mark_down is synchronous).
+        self.close_and_stop_driver();
+    }
+
+    /// Closes the handle now (sends fail from here on, queued ones are dropped) and tells
+    /// its driver to finish. Without the user's mark, so a reset is still reported.
+    pub(crate) fn close_and_stop_driver(&self) {
         let _dropped = {
             let mut mb = self.0.mailbox.lock();
             if mb.closed {

@@ -211,7 +211,12 @@ impl RawPeer {
     /// nonce, so the acceptor keeps one session per peer.
     pub fn handshake(server: EntityAddr, policy: Policy) -> RawPeer {
         static NONCE: AtomicU32 = AtomicU32::new(2_000_000);
-        let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
+        RawPeer::handshake_as(server, policy, NONCE.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// [`RawPeer::handshake`] announcing `nonce`: a second peer with the same one is, for
+    /// the acceptor, the same peer connecting again.
+    pub fn handshake_as(server: EntityAddr, policy: Policy, nonce: u32) -> RawPeer {
         let me = EntityAddr {
             ty: server.ty,
             ..EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), nonce)

@@ -362,3 +362,61 @@ fn lossless_peers_mark_down_on_either_side() {
         }
     }
 }
+
+/// Sends on every connection it is told was reset, and reports what the send returned.
+/// Its second accept waits (on the worker, in the fast hook) for that report: the
+/// accepting worker then cannot run anything else before the reset is dispatched.
+struct SendOnReset {
+    sent: crossbeam_channel::Sender<Result<(), messenger::SendError>>,
+    reported: Receiver<()>,
+    reported_tx: crossbeam_channel::Sender<()>,
+    accepts: std::sync::atomic::AtomicUsize,
+}
+
+impl messenger::Dispatcher<Connection> for SendOnReset {
+    fn ms_dispatch(&self, _conn: &Connection, _msg: protocol::Message) -> messenger::Dispatched {
+        messenger::Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_handle_fast_accept(&self, _conn: &Connection) {
+        if self.accepts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            let _ = self.reported.recv_timeout(WAIT);
+        }
+    }
+    fn ms_handle_reset(&self, conn: &Connection) -> bool {
+        let _ = self.sent.send(conn.send_message(test_message(MSG_TEST, 1, Bytes::new())));
+        let _ = self.reported_tx.send(());
+        true
+    }
+}
+
+/// A lossy peer connecting again from the same address while its old connection is still
+/// open: the acceptor resets the old session (`ms_handle_reset`), and the handle is closed
+/// by then, as after any other reset: a send on it from the callback fails instead of
+/// being taken and dropped by its driver later.
+#[test]
+fn a_lossy_session_replaced_by_a_new_connection_is_closed_when_reset() {
+    for proto in [messenger::ProtocolVersion::V1, messenger::ProtocolVersion::V2] {
+        let srv =
+            Messenger::new(protocol::types::EntityName::new(EntityType::OSD, 0), 1, test_config(1))
+                .expect("messenger");
+        // Lossy, and not a stateless server (which keeps no table of its sessions): two
+        // OSDs' heartbeat connections, say.
+        srv.set_default_policy(Policy::lossy_client());
+        srv.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        srv.start().expect("start");
+        let (sent, rx) = crossbeam_channel::unbounded();
+        let (reported_tx, reported) = crossbeam_channel::unbounded();
+        let dispatcher = SendOnReset { sent, reported, reported_tx, accepts: Default::default() };
+        srv.add_dispatcher_head(std::sync::Arc::new(dispatcher)).expect("dispatcher");
+        let addr = addr_for(proto, srv.my_addr());
+        let old = tests::hostile::RawPeer::handshake_as(addr, Policy::lossy_client(), 77);
+        let new = tests::hostile::RawPeer::handshake_as(addr, Policy::lossy_client(), 77);
+        let sent = rx.recv_timeout(WAIT).expect("the old session was reset");
+        assert_eq!(sent, Err(messenger::SendError::Closed), "{proto:?}");
+        drop((old, new));
+        srv.shutdown();
+    }
+}

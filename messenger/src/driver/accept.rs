@@ -73,9 +73,12 @@ impl Driver {
                 cx.remove(id);
             }
             (AcceptAction::ResetExisting, Some(existing)) => {
-                // Lossy existing session: it is reset, this one becomes the session.
+                // Lossy existing session: it is reset, this one becomes the session. Closed
+                // before the reset is queued, as its own reset is: a dispatcher sending on
+                // it from `ms_handle_reset` must be told it is gone, not have the message
+                // dropped later by its driver.
                 self.env.queue.discard(existing.id());
-                let _ = existing.post(Command::MarkDown);
+                existing.close_and_stop_driver();
                 self.env.queue.enqueue_event(QueueEvent::Reset(existing));
                 self.policy = Some(policy);
                 self.machine.handle_verdict(now, policy, verdict);
