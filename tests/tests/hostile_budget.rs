@@ -290,3 +290,72 @@ fn a_message_after_an_aborted_one_asks_for_budget_as_its_own() {
     drop((peer, other));
     srv.shutdown();
 }
+
+// The oldest message in progress goes on past the dispatch throttle's maximum, so that
+// messages in progress never deadlock. A peer trickling a huge message just fast enough
+// for the payload timeout kept that privilege until the message ended (here: minutes),
+// and a message larger than the maximum (or any, once those in progress held it all)
+// waited all that time. A message keeps its seniority for a payload timeout; at its next
+// window after that it queues behind the others.
+fn a_trickler_keeps_seniority_for_a_payload_timeout(proto: ProtocolVersion) {
+    const MAX: u64 = 1 << 20;
+    const CHUNK: usize = 64 << 10;
+    let config = MessengerConfig {
+        dispatch_throttle_bytes: MAX,
+        payload_timeout: Duration::from_secs(1),
+        read_buffer: CHUNK,
+        ..test_config(2)
+    };
+    let (srv, _addr, srv_rx) = echo_server(config);
+    let addr = addr_for(proto, srv.my_addr());
+
+    // The trickler: 64 MiB announced, 64 KiB every 200 ms (a payload timeout's progress
+    // twice over), so it would take ~3 minutes.
+    let mut trickler = RawPeer::handshake(addr, Policy::lossy_client());
+    let head = trickler.announce(1, 64 << 20, head_len(proto) + 8192);
+    trickler.sock.write_all(&head).expect("head");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickling = {
+        let (stop, mut sock) = (stop.clone(), trickler.sock.try_clone().expect("clone"));
+        std::thread::spawn(move || {
+            let zeros = vec![0u8; CHUNK];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && sock.write_all(&zeros).is_ok()
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    // Past its first window: it is the oldest message in progress.
+    wait_until(
+        || srv.dispatch_throttle().current() > CHUNK as u64,
+        || "timed out waiting for the trickler's second window".into(),
+    );
+
+    // A message larger than the maximum completes only as the oldest in progress.
+    let mut big = RawPeer::handshake(addr, Policy::lossy_client());
+    let mut msg = Message::new(MSG_HOSTILE, Bytes::new());
+    msg.set_tid(2);
+    msg.set_data(Bytes::from(vec![2u8; 2 << 20]));
+    let frame = big.frame(msg);
+    let mut sock = big.sock.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || sock.write_all(&frame).is_ok());
+    let started = Instant::now();
+    let (_, got) = next_message(&srv_rx);
+    assert_eq!((got.tid(), got.data().len()), (2, 2 << 20));
+    eprintln!("the large message arrived after {:?}", started.elapsed());
+    assert!(writer.join().expect("writer"), "the large message was not taken whole");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickling.join().expect("trickler");
+    drop((trickler, big));
+    srv.shutdown();
+}
+
+#[test]
+fn a_trickled_message_keeps_seniority_for_a_payload_timeout_only() {
+    a_trickler_keeps_seniority_for_a_payload_timeout(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_trickled_message_keeps_seniority_for_a_payload_timeout_only_over_msgr2() {
+    a_trickler_keeps_seniority_for_a_payload_timeout(ProtocolVersion::V2);
+}
