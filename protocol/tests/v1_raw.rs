@@ -61,7 +61,21 @@ fn connector_shared(config: Arc<Config>, policy: Policy) -> (Connection, Instant
     let now = Instant::now();
     let counter_before = config.global_seq.current().to_v1();
     let connects_before = config.counters.values().connects;
-    let mut c = Connection::connect(config.clone(), policy, peer_addr(), EntityType::MON, now);
+    let (c, out) = past_banners(config.clone(), policy, now);
+    assert_eq!(out.len(), 136 + 33);
+    let connect = ConnectMsg::decode_exact(&out[136..]).unwrap();
+    // Ceph's connect takes `++global_seq` of the messenger: the attempt carries the
+    // counter's next value, and the shared counter moved to it.
+    assert_eq!(connect.global_seq, counter_before + 1);
+    assert_eq!(config.global_seq.current().to_v1(), connect.global_seq);
+    assert_eq!(config.counters.values().connects, connects_before + 1);
+    (c, now, out)
+}
+
+/// A connector through the banner exchange, with what it sent after it (its address
+/// and first connect).
+fn past_banners(config: Arc<Config>, policy: Policy, now: Instant) -> (Connection, Vec<u8>) {
+    let mut c = Connection::connect(config, policy, peer_addr(), EntityType::MON, now);
     assert!(!c.wants_read(), "nothing to read before the socket is connected");
     c.handle_transport_connected(now);
     assert_eq!(drain(&mut c), BANNER);
@@ -71,14 +85,7 @@ fn connector_shared(config: Arc<Config>, policy: Policy) -> (Connection, Instant
     };
     c.handle_bytes(now, Bytes::copy_from_slice(&block.to_bytes()));
     let out = drain(&mut c);
-    assert_eq!(out.len(), 136 + 33);
-    let connect = ConnectMsg::decode_exact(&out[136..]).unwrap();
-    // Ceph's connect takes `++global_seq` of the messenger: the attempt carries the
-    // counter's next value, and the shared counter moved to it.
-    assert_eq!(connect.global_seq, counter_before + 1);
-    assert_eq!(config.global_seq.current().to_v1(), connect.global_seq);
-    assert_eq!(config.counters.values().connects, connects_before + 1);
-    (c, now, out)
+    (c, out)
 }
 
 fn reply(tag: Tag, global_seq: u32, connect_seq: u32, in_seq: u64) -> Bytes {
@@ -247,6 +254,45 @@ fn connector_stops_answering_endless_retries() {
         }
         assert_ne!(c.poll_peer_issues(), (0, 0), "{tag}: the peer's misbehaviour is counted");
     }
+}
+
+// The same for an acceptor that challenges every authorizer: each 34-byte challenge
+// made us answer with a fresh authorizer.
+#[test]
+fn connector_stops_answering_endless_challenges() {
+    let max = protocol::v1::MAX_CONNECT_ATTEMPTS;
+    let mut config = me();
+    config.auth = Arc::new(protocol::testing::TestAuthProvider::new(&[]).with_v1_authorizers());
+    let config = Arc::new(config);
+    let now = Instant::now();
+    let (mut c, first) = past_banners(config.clone(), Policy::lossless_peer(), now);
+    let connect = ConnectMsg::decode_exact(&first[136..136 + 33]).unwrap();
+    assert_ne!(connect.authorizer_len, 0, "the connect carries an authorizer");
+    c.send_message(Message::new(2, Bytes::new()));
+    let challenge = || {
+        let mut v = Vec::new();
+        ConnectReply { tag: Tag::CHALLENGE_AUTHORIZER, ..reply_of(&reply(Tag::READY, 0, 0, 0)) }
+            .encode_full(&7u64.to_le_bytes(), 0, &mut v);
+        Bytes::from(v)
+    };
+    for sent in 1..max {
+        c.handle_bytes(now, challenge());
+        let out = drain(&mut c);
+        let answer = ConnectMsg::decode_exact(&out[..33]).unwrap();
+        assert!(
+            out.len() > 33 && answer.authorizer_len > 0,
+            "connect {} answers challenge {sent}",
+            sent + 1
+        );
+    }
+    assert_eq!(config.counters.values().connects, u64::from(max));
+    assert_eq!(c.poll_peer_issues(), (0, 0), "{max} connects are within bounds");
+    c.handle_bytes(now, challenge());
+    assert!(drain(&mut c).is_empty(), "no connect past the bound");
+    assert_eq!(config.counters.values().connects, u64::from(max));
+    assert_eq!(c.state(), SessionState::Connecting);
+    assert_eq!(c.poll_timeout(), Some(now + Duration::from_millis(200)), "backoff");
+    assert_ne!(c.poll_peer_issues(), (0, 0), "the peer's misbehaviour is counted");
 }
 
 // WAIT: back off for ms_max_backoff.
