@@ -268,6 +268,13 @@ impl Messenger {
         self.env.sessions.len()
     }
 
+    /// Number of peer addresses with a session registered (Ceph's `conns`: what
+    /// `connect_to` and an accept decision look up). Never more than
+    /// [`connection_count`](Self::connection_count).
+    pub fn session_count(&self) -> usize {
+        self.env.sessions.sessions()
+    }
+
     /// The worker pool this messenger runs on.
     pub fn pool(&self) -> &Arc<WorkerPool> {
         &self.pool

@@ -52,10 +52,41 @@ pub(crate) enum Lookup {
 struct Tables {
     /// Peer's announced address → its session.
     sessions: HashMap<EntityAddr, Connection>,
+    /// Connection id → the address it was registered under in `sessions`: what the
+    /// driver later publishes as the peer's address need not be that one (a msgr2 peer
+    /// listing a legacy address before its port-0 msgr2 one), and removal must find the
+    /// entry all the same. Only live connections have one.
+    keys: HashMap<u64, EntityAddr>,
     /// Every live connection by id (registered until its driver is done).
     live: HashMap<u64, Connection>,
     /// Shutdown began: nothing more registers.
     stopping: bool,
+}
+
+impl Tables {
+    /// `conn` becomes the session registered under `addr` (the one there before, if
+    /// any, no longer is; nor is `conn` under an earlier address).
+    fn register_session(&mut self, addr: EntityAddr, conn: &Connection) {
+        if let Some(old) = self.keys.insert(conn.id(), addr) {
+            if old != addr && self.sessions.get(&old) == Some(conn) {
+                self.sessions.remove(&old);
+            }
+        }
+        if let Some(before) = self.sessions.insert(addr, conn.clone()) {
+            if before != *conn && self.keys.get(&before.id()) == Some(&addr) {
+                self.keys.remove(&before.id());
+            }
+        }
+    }
+
+    /// Removes `conn` from the sessions if it is registered there.
+    fn forget_session(&mut self, conn: &Connection) {
+        if let Some(addr) = self.keys.remove(&conn.id()) {
+            if self.sessions.get(&addr) == Some(conn) {
+                self.sessions.remove(&addr);
+            }
+        }
+    }
 }
 
 /// The messenger's connections; see the module docs for what it keeps true.
@@ -84,7 +115,7 @@ impl SessionTable {
         if t.stopping {
             return Lookup::Stopping(conn);
         }
-        t.sessions.insert(addr, conn.clone());
+        t.register_session(addr, &conn);
         t.live.insert(conn.id(), conn.clone());
         Lookup::Created(conn)
     }
@@ -123,9 +154,7 @@ impl SessionTable {
         let (verdict, claim) = decide(view.as_ref());
         match (claim, published.as_deref_mut()) {
             (Claim::BeginReplace, Some(p)) => p.replacing = true,
-            (Claim::Register, _) => {
-                t.sessions.insert(addr, me.clone());
-            }
+            (Claim::Register, _) => t.register_session(addr, me),
             _ => {}
         }
         drop(published);
@@ -147,23 +176,13 @@ impl SessionTable {
     /// Removes `conn` from the sessions if it is the one registered for its peer (it
     /// stays live until [`SessionTable::unregister`]).
     pub(crate) fn forget(&self, conn: &Connection) {
-        if let Some(addr) = conn.peer_addr() {
-            let mut t = self.tables.lock();
-            if t.sessions.get(&addr) == Some(conn) {
-                t.sessions.remove(&addr);
-            }
-        }
+        self.tables.lock().forget_session(conn);
     }
 
     /// `conn`'s driver is done: it leaves the sessions and the live connections.
     pub(crate) fn unregister(&self, conn: &Connection) {
-        let addr = conn.peer_addr();
         let mut t = self.tables.lock();
-        if let Some(addr) = addr {
-            if t.sessions.get(&addr) == Some(conn) {
-                t.sessions.remove(&addr);
-            }
-        }
+        t.forget_session(conn);
         t.live.remove(&conn.id());
         if t.live.is_empty() {
             self.emptied.notify_all();
@@ -178,6 +197,11 @@ impl SessionTable {
     /// Number of live connections.
     pub(crate) fn len(&self) -> usize {
         self.tables.lock().live.len()
+    }
+
+    /// Number of peers with a registered session.
+    pub(crate) fn sessions(&self) -> usize {
+        self.tables.lock().sessions.len()
     }
 
     /// Begins shutdown: nothing registers from now on. Returns the live connections to

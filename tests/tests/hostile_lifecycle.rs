@@ -552,3 +552,38 @@ fn connection_floods_stop_at_the_event_bound() {
 fn connection_floods_stop_at_the_event_bound_over_msgr2() {
     connection_floods_stop_at_the_event_bound_over(ProtocolVersion::V2);
 }
+
+// A msgr2 peer whose CLIENT_IDENT lists a legacy address before its msgr2 one (port 0,
+// as a client's): the acceptor registers the session under the msgr2 address, while the
+// open session published the first. Removal looked the session up by the published one,
+// so every such connect left an entry in the session table (and its handle) behind.
+#[test]
+fn sessions_of_peers_listing_a_legacy_address_first_are_removed() {
+    use protocol::types::{EntityAddr, EntityAddrVec, Features};
+    use protocol::v2::frames::ClientIdent;
+    use tests::hostile_v2::{control, read_frame, v2_peer_addr, v2_socket_at_ident};
+    const PEERS: u32 = 20;
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let target = addr_for(ProtocolVersion::V2, srv.my_addr());
+    for nonce in 5_000..5_000 + PEERS {
+        let me = v2_peer_addr(nonce);
+        let legacy = EntityAddr::legacy(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), nonce);
+        let mut sock = v2_socket_at_ident(target, me, Policy::lossy_client());
+        let ident = control(&ClientIdent {
+            addrs: EntityAddrVec { addrs: vec![legacy, me] },
+            target_addr: target,
+            gid: -1,
+            global_seq: 10,
+            supported_features: Features::PACIFIC_ADVERTISED,
+            required_features: Features::MSG_ADDR2,
+            flags: 0,
+            client_cookie: u64::from(nonce),
+        });
+        std::io::Write::write_all(&mut sock, &ident).expect("ident");
+        let (tag, _) = read_frame(&mut sock).expect("an answer");
+        assert_eq!(tag, protocol::v2::Tag::SERVER_IDENT);
+    }
+    wait_for_connection_count(&srv, 0, "server");
+    assert_eq!(srv.session_count(), 0, "sessions left behind");
+    srv.shutdown();
+}
