@@ -1073,3 +1073,68 @@ fn wait_on_a_shared_pool_returns_once_every_connection_is_gone() {
     }
     pool.shutdown();
 }
+
+// A connection whose start never runs: its worker shut down with the start still queued
+// (more external events ahead of it than one loop iteration runs), or the shared pool
+// it was placed on had stopped already. Its handle is closed, sends to it fail, and
+// `wait` does not wait for it. Before, it stayed registered as live for good: `wait`
+// hung and the handle kept taking messages for no one.
+#[test]
+fn a_connection_whose_start_never_runs_is_closed_and_not_waited_for() {
+    let dead = SocketAddr::from(([127, 0, 0, 1], 1));
+    // Own pool: the worker is held while the start is queued behind a full batch.
+    let m = Messenger::new(EntityName::new(EntityType::CLIENT, 1), 1, test_config(1))
+        .expect("messenger");
+    m.set_default_policy(Policy::lossless_client());
+    m.start().expect("start");
+    let worker = m.pool().handle(0).clone();
+    let (go, held) = crossbeam_channel::bounded::<()>(0);
+    worker
+        .dispatch_event_external(move |_| {
+            let _ = held.recv_timeout(WAIT);
+        })
+        .expect("post");
+    for _ in 0..event_center::EXTERNAL_BATCH + 10 {
+        worker.dispatch_event_external(|_| ()).expect("post");
+    }
+    let conn = m.get_connection(EntityType::OSD, dead);
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let waiter = std::thread::spawn(move || {
+        m.wait();
+        let _ = done_tx.send(());
+    });
+    wait_until(
+        || conn.state() == messenger::ConnState::Closed,
+        || "shutdown did not close the connection".into(),
+    );
+    drop(go);
+    done.recv_timeout(WAIT).expect("wait() returned");
+    waiter.join().expect("waiter");
+
+    // A shared pool its owner has shut down.
+    let pool = Arc::new(WorkerPool::new(WorkerPoolConfig::default()).expect("pool"));
+    let m = Messenger::with_pool(
+        EntityName::new(EntityType::CLIENT, 2),
+        2,
+        test_config(1),
+        pool.clone(),
+    )
+    .expect("messenger");
+    m.set_default_policy(Policy::lossless_client());
+    m.start().expect("start");
+    pool.shutdown();
+    let conn = m.get_connection(EntityType::OSD, dead);
+    assert_eq!(conn.state(), messenger::ConnState::Closed);
+    assert_eq!(
+        conn.send_message(test_message(MSG_TEST, 1, Bytes::new())),
+        Err(messenger::SendError::Closed)
+    );
+    assert_eq!(m.connection_count(), 0);
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let waiter = std::thread::spawn(move || {
+        m.wait();
+        let _ = done_tx.send(());
+    });
+    done.recv_timeout(WAIT).expect("wait() returned");
+    waiter.join().expect("waiter");
+}

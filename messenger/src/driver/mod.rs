@@ -133,20 +133,43 @@ pub(crate) fn spawn_outgoing(
     peer_type: EntityType,
     addr: EntityAddr,
 ) {
-    let env = env.clone();
-    let handle = center.clone();
     // Charged at selection, as Ceph's get_worker does, so a burst of new connections
     // spreads out before any of them has run; released in `Driver::cleanup`.
     center.add_load(1);
+    let unstarted = Unstarted { env: env.clone(), center: center.clone(), conn: Some(conn) };
     let posted = center.dispatch_event_external(move |cx: &mut Context<'_>| {
+        let mut unstarted = unstarted;
+        let Some(conn) = unstarted.conn.take() else { return };
+        let env = unstarted.env.clone();
         let policy = env.policies.policy(peer_type);
         let machine = Machine::connect(env.protocol_config(), policy, addr, peer_type, cx.now());
-        let d = Driver::new(conn, env, handle, machine, Some(policy), Io::new(None, addr.addr));
+        let io = Io::new(None, addr.addr);
+        let d = Driver::new(conn, env, unstarted.center.clone(), machine, Some(policy), io);
         d.install(cx);
     });
     if posted.is_err() {
-        center.add_load(-1);
         log::warn!(target: "msgr::conn", "worker gone; connection to {addr} not started");
+    }
+}
+
+/// A new outgoing connection until its driver exists. Dropped with the connection still
+/// in it — the start was refused (the worker stopped) or dropped unrun (the worker shut
+/// down with it queued) — it undoes what `connect_to` did: the handle is closed (sends
+/// fail instead of queueing for no one), the session table lets it go (so `wait` and
+/// the next `connect_to` do not find it), and the worker's load goes back.
+struct Unstarted {
+    env: Arc<Env>,
+    center: CenterHandle,
+    conn: Option<Connection>,
+}
+
+impl Drop for Unstarted {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.close();
+            self.env.sessions.unregister(&conn);
+            self.center.add_load(-1);
+        }
     }
 }
 
