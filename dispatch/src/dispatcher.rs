@@ -74,6 +74,10 @@ pub enum AuthVerdict {
 ///   (a worker, or the dispatch thread for the loopback connection). They must not block.
 /// - the authorizer hooks: the worker doing the handshake.
 ///
+/// A hook that panics on the `ms_dispatch` thread loses the message or event it was
+/// handling (its budget is released) and is counted (`QueueCounters::panics`); the thread
+/// goes on. On a worker, the event center catches it and the connection is dropped.
+///
 /// No lock of this crate is held while any hook runs, so a hook may call back into the
 /// queue or the throttles (but never [`Throttle::acquire`](crate::Throttle::acquire)
 /// on the dispatch throttle from the dispatch thread: it is the one that releases it).

@@ -786,3 +786,46 @@ fn a_read_batch_sees_dispatchers_added_after_its_first_message() {
     wait_until(|| budget.current() == 0);
     q.shutdown(ShutdownMode::Drain);
 }
+
+/// Panics on messages with tid 0 and on the first reset; reports the rest.
+struct PanicsOnce(crossbeam_channel::Sender<u64>);
+
+impl Dispatcher<TestConn> for PanicsOnce {
+    fn ms_dispatch(&self, _conn: &TestConn, m: Message) -> Dispatched {
+        assert_ne!(m.tid(), 0, "a dispatcher bug");
+        let _ = self.0.send(m.tid());
+        Dispatched::Taken
+    }
+    fn ms_handle_reset(&self, _conn: &TestConn) -> bool {
+        panic!("a reset handler bug");
+    }
+}
+
+/// A dispatcher that panics costs the message (or event) it was handling, not the
+/// `ms_dispatch` thread: what is queued behind it is dispatched, every budget comes back,
+/// and the panics are counted. Before, the thread died, and the queue kept every later
+/// message and its budget for good.
+#[test]
+fn a_panicking_dispatcher_costs_its_message_not_the_thread() {
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    d.add_tail(Arc::new(PanicsOnce(tx)));
+    let budget = Throttle::new("dispatch", 100);
+    let q = DispatchQueue::new("panics", Arc::clone(&d), Arc::clone(&budget));
+    q.start().expect("start");
+    let conn = TestConn(1);
+    q.enqueue_event(QueueEvent::Reset(conn.clone()));
+    for tid in 0..4u64 {
+        let p = budget.try_acquire(10).expect("room");
+        q.enqueue(&conn, msg(1, PRIO_DEFAULT, tid, 10), Some(p));
+    }
+    let got: Vec<u64> = (0..3).map(|_| rx.recv_timeout(WAIT).expect("dispatched")).collect();
+    assert_eq!(got, [1, 2, 3]);
+    let deadline = Instant::now() + WAIT;
+    while budget.current() > 0 {
+        assert!(Instant::now() < deadline, "{} bytes of budget held", budget.current());
+        std::thread::yield_now();
+    }
+    assert_eq!(q.counters().panics, 2);
+    q.shutdown(ShutdownMode::Drain);
+}

@@ -245,7 +245,7 @@ impl Env {
             "dispatch_queue".into(),
             serde_json::json!({
                 "len": q.len, "events": q.events, "dispatched": q.dispatched,
-                "discarded": q.discarded, "untaken": q.untaken,
+                "discarded": q.discarded, "untaken": q.untaken, "panics": q.panics,
             }),
         );
         // Read without building the protocol config: that fixes who we are (start does).

@@ -1,9 +1,11 @@
 //! The `ms_dispatch` thread: its loop, what it takes next, and its idle spin.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use parking_lot::MutexGuard;
+use protocol::session::WarnLimit;
 
 use super::shared::{Phase, QueueEvent, Queued, Shared, ShutdownMode, Work};
 use crate::dispatcher::{ChainCache, ConnectionRef};
@@ -15,51 +17,80 @@ const SPIN_CHECKS: u32 = 64;
 pub(super) fn run<C: ConnectionRef>(s: &Shared<C>) {
     let mut spin = SpinPolicy::default();
     let mut chains = ChainCache::default();
+    let limit = WarnLimit::default();
     loop {
-        match next_work(s, &mut spin) {
-            Work::Exit => break,
-            Work::Event(ev) => {
-                deliver_event(s, ev);
-                s.events_delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            Work::Local(q) => {
-                let Queued { conn, msg, budget, since } = q;
-                match s.dispatchers.preprocess_and_fast_dispatch(&mut chains, &conn, msg) {
-                    None => {
-                        s.fast_dispatched.fetch_add(1, Ordering::Relaxed);
-                        drop(budget);
-                    }
-                    Some(msg) => requeue_local(s, Queued { conn, msg, budget, since }),
-                }
-            }
-            Work::Message(q) => {
-                let Queued { conn, msg, budget, .. } = q;
-                if conn.is_marked_down() {
-                    // Taken off the queue just before a mark_down's discard.
-                    s.discarded.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                match s.dispatchers.dispatch_cached(&mut chains, &conn, msg) {
-                    None => {
-                        s.dispatched.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(m) => {
-                        s.untaken.fetch_add(1, Ordering::Relaxed);
-                        log::debug!(
-                            target: "msgr::dispatch",
-                            "{}: no dispatcher took message type {} from conn {}",
-                            s.name,
-                            m.msg_type(),
-                            conn.conn_id()
-                        );
-                    }
-                }
-                // Ceph releases the dispatch throttle when ms_dispatch returns.
-                drop(budget);
+        let work = next_work(s, &mut spin);
+        if matches!(work, Work::Exit) {
+            break;
+        }
+        // A dispatcher that panics costs its message (or event), not the thread: with the
+        // thread gone nothing would be dispatched again, every queued message would keep
+        // its budget and the workers would stop reading once the throttle filled. The
+        // budget of the message being dispatched is released as the panic unwinds.
+        let handled = catch_unwind(AssertUnwindSafe(|| handle(s, &mut chains, work)));
+        if let Err(payload) = handled {
+            s.panics.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = limit.take(Instant::now()) {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("<non-string panic>");
+                log::error!(
+                    target: "msgr::dispatch",
+                    "{}: a dispatcher panicked: {what} ({suppressed} more not logged)",
+                    s.name
+                );
             }
         }
     }
     log::debug!(target: "msgr::dispatch", "{}: dispatch thread exits", s.name);
+}
+
+/// Delivers one item of work (never `Exit`).
+fn handle<C: ConnectionRef>(s: &Shared<C>, chains: &mut ChainCache<C>, work: Work<C>) {
+    match work {
+        Work::Exit => {}
+        Work::Event(ev) => {
+            deliver_event(s, ev);
+            s.events_delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        Work::Local(q) => {
+            let Queued { conn, msg, budget, since } = q;
+            match s.dispatchers.preprocess_and_fast_dispatch(chains, &conn, msg) {
+                None => {
+                    s.fast_dispatched.fetch_add(1, Ordering::Relaxed);
+                    drop(budget);
+                }
+                Some(msg) => requeue_local(s, Queued { conn, msg, budget, since }),
+            }
+        }
+        Work::Message(q) => {
+            let Queued { conn, msg, budget, .. } = q;
+            if conn.is_marked_down() {
+                // Taken off the queue just before a mark_down's discard.
+                s.discarded.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            match s.dispatchers.dispatch_cached(chains, &conn, msg) {
+                None => {
+                    s.dispatched.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(m) => {
+                    s.untaken.fetch_add(1, Ordering::Relaxed);
+                    log::debug!(
+                        target: "msgr::dispatch",
+                        "{}: no dispatcher took message type {} from conn {}",
+                        s.name,
+                        m.msg_type(),
+                        conn.conn_id()
+                    );
+                }
+            }
+            // Ceph releases the dispatch throttle when ms_dispatch returns.
+            drop(budget);
+        }
+    }
 }
 
 fn next_work<C: ConnectionRef>(s: &Shared<C>, policy: &mut SpinPolicy) -> Work<C> {

@@ -109,6 +109,7 @@ impl<C: ConnectionRef> DispatchQueue<C> {
                 fast_dispatched: AtomicU64::new(0),
                 discarded: AtomicU64::new(0),
                 untaken: AtomicU64::new(0),
+                panics: AtomicU64::new(0),
                 events_delivered: AtomicU64::new(0),
                 sleeps: AtomicU64::new(0),
                 compact_below: AtomicUsize::new(0),
@@ -486,6 +487,7 @@ impl<C: ConnectionRef> DispatchQueue<C> {
             fast_dispatched: s.fast_dispatched.load(Ordering::Relaxed),
             discarded: s.discarded.load(Ordering::Relaxed),
             untaken: s.untaken.load(Ordering::Relaxed),
+            panics: s.panics.load(Ordering::Relaxed),
             events_delivered: s.events_delivered.load(Ordering::Relaxed),
             sleeps: s.sleeps.load(Ordering::Relaxed),
         }

@@ -71,6 +71,9 @@ pub struct QueueCounters {
     pub discarded: u64,
     /// Messages that every dispatcher declined.
     pub untaken: u64,
+    /// Panics of dispatchers on the dispatch thread, each caught: the message or event
+    /// it was handling is lost, the thread goes on.
+    pub panics: u64,
     /// Events delivered to the dispatchers.
     pub events_delivered: u64,
     /// Times the dispatch thread found nothing to do, even after its idle spin, and
@@ -144,6 +147,8 @@ pub(super) struct Shared<C: ConnectionRef> {
     pub(super) fast_dispatched: AtomicU64,
     pub(super) discarded: AtomicU64,
     pub(super) untaken: AtomicU64,
+    /// Dispatcher panics the dispatch thread caught (each cost one message or event).
+    pub(super) panics: AtomicU64,
     pub(super) events_delivered: AtomicU64,
     pub(super) sleeps: AtomicU64,
     /// See [`DispatchQueue::set_compact_below`](super::DispatchQueue::set_compact_below).
