@@ -297,7 +297,10 @@ impl Throttle {
             return Ok(self.permit(n));
         }
         let id = st.queue(n, WaiterKind::Wake(waker), ticket);
-        log::trace!(target: "msgr::throttle", "{}: worker waits for {n} (current {})", self.name, st.current);
+        let current = st.current;
+        // Logged after the lock: a logger's write is a syscall.
+        drop(st);
+        log::trace!(target: "msgr::throttle", "{}: worker waits for {n} (current {current})", self.name);
         Err(Waiting { throttle: Arc::clone(self), id: Some(id) })
     }
 
@@ -312,10 +315,19 @@ impl Throttle {
             st.charge(n);
             return self.permit(n);
         }
+        // Logged before the lock is taken again to queue (a logger's write is a
+        // syscall); `current` is as of this check.
+        let current = st.current;
+        drop(st);
+        log::debug!(target: "msgr::throttle", "{}: blocking for {n} (current {current})", self.name);
+        let mut st = self.state.lock();
+        if !st.should_wait(n) && st.waiters.is_empty() {
+            st.charge(n);
+            return self.permit(n);
+        }
         let flag = Arc::new(AtomicBool::new(false));
         st.queue(n, WaiterKind::Blocking(Arc::clone(&flag)), None);
         let started = Instant::now();
-        log::debug!(target: "msgr::throttle", "{}: blocking for {n} (current {})", self.name, st.current);
         while !flag.load(Ordering::Acquire) {
             self.granted.wait(&mut st);
         }
