@@ -226,6 +226,9 @@ impl AuthProvider for Tap {
     fn server(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>> {
         self.inner.server(peer_type, method)
     }
+    fn allows_authenticated(&self, method: u32, named: EntityType) -> bool {
+        self.inner.allows_authenticated(method, named)
+    }
     fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
         let inner = self.inner.authorizer_client(peer_type)?;
         Some(Box::new(TapClient { inner, counts: self.counts.clone() }))

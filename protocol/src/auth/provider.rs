@@ -159,6 +159,15 @@ pub trait AuthProvider: Send + Sync {
     /// msgr2: an acceptor-side handler for `method`, or `None` if we do not allow it.
     fn server(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>>;
 
+    /// msgr2: whether a peer that authenticated with `method` as an entity of type
+    /// `named` may have done so. [`AuthProvider::server`] was picked by the type the
+    /// peer's HELLO claimed; this checks the entity it turned out to be (Ceph's monitor
+    /// checks the named entity's type), so a peer cannot claim a type whose methods are
+    /// weaker than its own's.
+    fn allows_authenticated(&self, method: u32, named: EntityType) -> bool {
+        self.methods(AuthRole::Acceptor, named).contains(&method)
+    }
+
     /// msgr v1: the authorizer a connector presents to a peer of `peer_type` (Ceph's
     /// `ms_get_authorizer`), asked for each connect message; `None` sends none.
     #[doc(alias = "ms_get_authorizer")]
@@ -215,6 +224,10 @@ impl AuthProvider for WithConModes {
 
     fn server(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>> {
         self.inner.server(peer_type, method)
+    }
+
+    fn allows_authenticated(&self, method: u32, named: EntityType) -> bool {
+        self.inner.allows_authenticated(method, named)
     }
 
     fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {

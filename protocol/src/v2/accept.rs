@@ -114,6 +114,25 @@ pub(crate) fn on_auth_request(m: &mut Machine<V2>, now: Instant, f: &Frame) -> R
             return Ok(false);
         }
         AuthStep::Done { global_id, payload, outcome } => {
+            // The method was chosen by the type the peer's HELLO claimed; the one it
+            // authenticated as must allow it too (Ceph's monitor checks the named
+            // entity's type): else a peer claiming to be a client could pass as osd.0
+            // with a method only clients may use (auth none where the cluster requires
+            // cephx).
+            let named = outcome.peer.as_ref().map(|p| EntityType::from_u32(p.name.ty));
+            if let Some(named) = named {
+                let allowed =
+                    named.is_some_and(|ty| provider.allows_authenticated(auth.method, ty));
+                if !allowed {
+                    Counters::bump(&m.config.counters.authorizers_rejected);
+                    send_bad_method(m, &mut t, auth.method, EOPNOTSUPP);
+                    m.set_state(State::Handshake {
+                        deadline,
+                        step: Handshake::AwaitAuthRequest(t),
+                    });
+                    return Ok(true);
+                }
+            }
             m.proto.global_id = global_id;
             m.peer_auth = outcome.peer.clone();
             m.proto.con_mode = auth.mode;

@@ -401,6 +401,17 @@ impl AuthProvider for CephxProvider {
         Some(Box::new(CephxV2Server::new(self.shared.clone(), peer_type)))
     }
 
+    fn allows_authenticated(&self, method: u32, named: EntityType) -> bool {
+        let s = &self.shared;
+        if s.key_server.is_some() {
+            // A monitor authenticating an entity (monitor mode): cluster methods for
+            // daemons, service methods for clients, whatever the connection's kind.
+            return s.config.accepted_from(named).allows(method)
+                && (method == AUTH_NONE || s.can_cephx(AuthRole::Acceptor, named));
+        }
+        self.methods(AuthRole::Acceptor, named).contains(&method)
+    }
+
     fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
         let s = &self.shared;
         if !s.methods(AuthRole::Connector, peer_type).allows(AUTH_CEPHX) {

@@ -479,3 +479,40 @@ fn a_new_monitor_connection_reclaims_the_global_id_with_the_old_ticket() {
     let again = connect(&store, 300);
     assert_eq!(again, first, "the global id was reclaimed");
 }
+
+// The acceptor picks the allowed methods by the type the peer's HELLO claims; the entity
+// it then authenticates as must be allowed the method too, as Ceph's monitor checks the
+// named entity's type. A peer saying "client" in its HELLO and naming osd.0 with auth
+// none, where clients may use none but the cluster requires cephx, is refused (it
+// passed as osd.0 with every cap); a real client with none still gets in.
+#[test]
+fn the_authenticated_entity_must_be_allowed_the_method() {
+    let start = Instant::now();
+    let c = cluster(9, start);
+    let mut mon_config = AuthConfig::ceph_defaults();
+    mon_config.set("auth_service_required", "cephx none").unwrap();
+    mon_config.set("auth_cluster_required", "cephx").unwrap();
+    let mon = CephxProvider::new(
+        AuthEntityName::new(EntityType::MON, "0"),
+        mon_config,
+        c.clock,
+        rng_source(7),
+    )
+    .with_key_server(c.server.clone());
+    let mon = Arc::new(mon);
+    for (name, opens) in [(EntityType::OSD, false), (EntityType::CLIENT, true)] {
+        let peer = crate::auth::AuthNoneProvider::new(AuthEntityName::new(name, "0"));
+        let mut p = Pair::with_configs(
+            c.clock.anchor(),
+            ProtocolVersion::V2,
+            config(EntityType::CLIENT, 0, Arc::new(peer)),
+            Policy::lossless_client(),
+            config(EntityType::MON, 1, mon.clone()),
+            Policy::stateful_server(),
+        );
+        p.send(0, msg(1, 10));
+        p.run_for(Duration::from_secs(30));
+        assert_eq!(p.nodes[1].received.len(), usize::from(opens), "{name}: {:?}", p.nodes[0].log);
+        assert_eq!(p.nodes[0].refused, usize::from(!opens), "{name}");
+    }
+}
