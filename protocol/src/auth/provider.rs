@@ -91,6 +91,11 @@ pub trait AuthClient: Send {
     /// AUTH_DONE arrived with `global_id`, the chosen mode and the final payload.
     fn handle_done(&mut self, global_id: u64, mode: ConMode, payload: &[u8])
         -> Result<AuthOutcome>;
+
+    /// The acceptor's AUTH_SIGNATURE matched: the AUTH_DONE was its answer on this
+    /// connection, not one replayed from another. What it taught (tickets, a global id)
+    /// may be kept from now on, not before.
+    fn confirmed(&mut self) {}
 }
 
 /// The msgr2 acceptor's verdict on one AUTH_REQUEST or AUTH_REQUEST_MORE.

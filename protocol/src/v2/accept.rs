@@ -138,7 +138,7 @@ pub(crate) fn on_auth_request(m: &mut Machine<V2>, now: Instant, f: &Frame) -> R
             m.proto.con_mode = auth.mode;
             send_control(m, Some(&mut t), &AuthDone { global_id, con_mode: auth.mode, payload });
             // The acceptor's transcripts end with the AUTH_DONE it wrote.
-            finish_auth(m, deadline, t, outcome)?;
+            finish_auth(m, deadline, t, outcome, None)?;
         }
     }
     Ok(true)

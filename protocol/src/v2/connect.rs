@@ -157,7 +157,7 @@ pub(crate) fn on_auth_reply(m: &mut Machine<V2>, now: Instant, f: &Frame) -> Res
             m.proto.global_id = done.global_id;
             m.proto.con_mode = done.con_mode;
             // The connector's transcripts end with the AUTH_DONE it read.
-            finish_auth(m, deadline, t, outcome)?;
+            finish_auth(m, deadline, t, outcome, Some(auth.client))?;
             Ok(true)
         }
         other => {

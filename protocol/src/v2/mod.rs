@@ -32,8 +32,8 @@
 //! connect side:
 //!  AwaitTransport ─► AwaitBanner ─► AwaitHello ─► AwaitAuthReply ─► AwaitAuthSignature
 //!    ▲  (banner out)   (HELLO out)  (AUTH_REQUEST) │ ▲ AUTH_REPLY_MORE /   │ (AUTH_DONE in:
-//!    │                                             │ └ AUTH_BAD_METHOD ───┘  mode switch,
-//!    │                                             │                         signature out)
+//!    │                                             │ └ AUTH_BAD_METHOD ───┘  mode switch;
+//!    │                                             │             ours out after theirs)
 //!    │            SESSION_RETRY(_GLOBAL), SESSION_RESET ─┐                   ▼
 //!    │                                   AwaitIdentReply ◄┘◄─ CLIENT_IDENT / SESSION_RECONNECT
 //!    │                                     │ SERVER_IDENT / SESSION_RECONNECT_OK
@@ -62,6 +62,13 @@
 //! * **No compression.** We do not advertise `COMPRESSION` in the banner, so a
 //!   conforming peer never sends COMPRESSION_REQUEST; tags 21/22 are unknown tags and
 //!   fault, exactly as on Pacific.
+//! * **The connector signs second.** It sends its AUTH_SIGNATURE (its first frame in
+//!   the new mode) only once the acceptor's matched, and keeps what AUTH_DONE taught
+//!   (tickets, global id) only then; Ceph's sends its own at once. An AUTH_DONE
+//!   replayed from another connection decrypts under our key, so Ceph's connector
+//!   seals a frame with that connection's key and first nonce again (a GCM nonce
+//!   reuse) and keeps its stale tickets. Ceph's acceptor sends its signature without
+//!   waiting, so nothing changes on the wire.
 //! * A duplicate MESSAGE (`seq <= in_seq`) is dropped and reading continues; Pacific
 //!   stops reading the connection (msgr-v2.md 6.2 quirk).
 //! * Frame lengths are limited ([`framing::FrameLimits`]: control frames 64 KiB, message

@@ -388,12 +388,18 @@ fn on_auth_signature(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<bo
         return Err(unexpected(f.tag()));
     }
     let got = AuthSignature::from_segment(&f.segments[0]).map_err(Fault::Decode)?;
-    let Some(Handshake::AwaitAuthSignature(check)) = m.state.step() else { return Ok(false) };
+    let Some(Handshake::AwaitAuthSignature(check)) = m.state.step_mut() else { return Ok(false) };
     let want = AuthSignature::compute(check.session_key.as_deref(), &check.sent);
     if got != want {
         return Err(Fault::Misbehaved("pre-auth signature mismatch"));
     }
+    let held = check.held.take();
     if m.side == Side::Connect {
+        // Ours only now (see `send::finish_auth`).
+        if let Some((ours, mut client)) = held {
+            client.confirmed();
+            send_control(m, None, &ours);
+        }
         connect::send_ident_or_reconnect(m);
     } else {
         m.set_step(Handshake::AwaitIdent);

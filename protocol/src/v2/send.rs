@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use crate::auth::{AuthOutcome, ConMode};
+use crate::auth::{AuthClient, AuthOutcome, ConMode};
 use crate::session::{Fault, Machine, Side, State};
 
 use super::frames::{AuthSignature, ControlFrame};
@@ -35,19 +35,34 @@ pub(crate) fn count_round(m: &mut Machine<V2>) -> Result<(), Fault> {
 }
 
 /// After AUTH_DONE (read by a connector, written by an acceptor): stop recording the
-/// transcript, switch to the negotiated mode and send our AUTH_SIGNATURE over what we
-/// received (Ceph's `finish_auth` / the tail of `handle_auth_done`). The next step
-/// checks the peer's.
+/// transcript, switch to the negotiated mode and sign what we received (Ceph's
+/// `finish_auth` / the tail of `handle_auth_done`). The next step checks the peer's
+/// signature.
+///
+/// An acceptor sends its signature at once (as Ceph's does). A connector (`client`
+/// given) holds its own until the acceptor's matched, where Ceph's sends it at once: an
+/// AUTH_DONE replayed from another connection (its payload sealed under our long-term
+/// key, so it decrypts) would otherwise make us seal our first secure frame with that
+/// connection's key and first nonce again, and keep its stale tickets. A replayed
+/// AUTH_DONE comes with no signature over this connection's bytes, so nothing is sealed
+/// or kept. A Ceph acceptor sends its signature without waiting for ours.
 pub(crate) fn finish_auth(
     m: &mut Machine<V2>,
     deadline: Instant,
     transcript: Transcript,
     outcome: AuthOutcome,
+    client: Option<Box<dyn AuthClient>>,
 ) -> Result<(), Fault> {
     let sig = AuthSignature::compute(outcome.session_key.as_deref(), &transcript.rx);
     install_mode(m, &outcome.connection_secret)?;
-    send_control(m, None, &sig);
-    let check = PeerSignature { session_key: outcome.session_key, sent: transcript.tx };
+    let held = match client {
+        Some(client) => Some((sig, client)),
+        None => {
+            send_control(m, None, &sig);
+            None
+        }
+    };
+    let check = PeerSignature { session_key: outcome.session_key, sent: transcript.tx, held };
     m.set_state(State::Handshake { deadline, step: Handshake::AwaitAuthSignature(check) });
     Ok(())
 }

@@ -5,7 +5,7 @@
 use crate::auth::{AuthClient, AuthServer, ConMode};
 use crate::session::AcceptRequest;
 
-use super::frames::MsgHeader2;
+use super::frames::{AuthSignature, MsgHeader2};
 
 /// The pre-auth phase's transcript would grow past this: Ceph's are a few hundred bytes
 /// to ~2 KiB (cephx with every ticket); a peer that keeps the auth phase going longer
@@ -122,6 +122,9 @@ pub struct PeerSignature {
     pub(crate) session_key: Option<Vec<u8>>,
     /// The bytes we sent, banner through AUTH_DONE.
     pub(crate) sent: Vec<u8>,
+    /// A connector's own signature, sent once the acceptor's matched, and the method's
+    /// handler to confirm then ([`crate::auth::AuthClient::confirmed`]).
+    pub(crate) held: Option<(AuthSignature, Box<dyn AuthClient>)>,
 }
 
 /// Where the MESSAGE being received stands (its budget is the session's

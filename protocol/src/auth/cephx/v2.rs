@@ -77,6 +77,10 @@ pub struct CephxMonClient {
     /// handshake deadline bounds the exchange, so the client's own timers are unused;
     /// the tickets' validity is kept by the monitor and the daemons that check them.
     at: Instant,
+    /// What AUTH_DONE taught (the global id, the auth and service tickets), kept in the
+    /// store only once the monitor's AUTH_SIGNATURE matched ([`AuthClient::confirmed`]):
+    /// a replayed AUTH_DONE must not replace the store's tickets and global id.
+    learned: Option<(u64, Vec<crate::auth::cephx::ReceivedTicket>)>,
 }
 
 impl CephxMonClient {
@@ -90,6 +94,7 @@ impl CephxMonClient {
             client: CephxClient::new(config, (shared.rng)()),
             store,
             at: shared.clock.anchor(),
+            learned: None,
         }
     }
 
@@ -148,16 +153,25 @@ impl AuthClient for CephxMonClient {
             self.client.auth_ticket().ok_or(Error::Misuse("no auth ticket after AUTH_DONE"))?;
         let session_key = ticket.session_key.secret().to_vec();
         let secret = self.client.connection_secret().to_vec();
-        self.store.set_global_id(global_id);
         // The auth ticket too: the next connection reclaims the global id with it.
-        self.store.insert(global_id, ticket.clone());
+        let mut tickets = vec![ticket.clone()];
         for service in TICKET_SERVICES {
             if let Some(t) = self.client.service_ticket(service, self.at) {
-                self.store.insert(global_id, t.clone());
+                tickets.push(t.clone());
             }
         }
-        log::debug!(target: LOG, "{}: authenticated to a monitor over msgr2 as global_id {global_id}, {mode} mode; {:?}", self.client.name(), self.store);
+        self.learned = Some((global_id, tickets));
+        log::debug!(target: LOG, "{}: authenticated to a monitor over msgr2 as global_id {global_id}, {mode} mode", self.client.name());
         Ok(AuthOutcome { session_key: Some(session_key), connection_secret: secret, peer: None })
+    }
+
+    fn confirmed(&mut self) {
+        let Some((global_id, tickets)) = self.learned.take() else { return };
+        self.store.set_global_id(global_id);
+        for t in tickets {
+            self.store.insert(global_id, t);
+        }
+        log::debug!(target: LOG, "{}: tickets kept: {:?}", self.client.name(), self.store);
     }
 }
 

@@ -516,3 +516,87 @@ fn the_authenticated_entity_must_be_allowed_the_method() {
         assert_eq!(p.nodes[0].refused, usize::from(!opens), "{name}");
     }
 }
+
+/// The wire length of the crc-mode frame at the start of `stream`, once its preamble is
+/// there.
+fn crc_frame_len(stream: &[u8]) -> Option<(crate::v2::Tag, usize)> {
+    use crate::v2::framing::{FrameEncoder, Preamble, PREAMBLE_LEN};
+    let pre: &[u8; PREAMBLE_LEN] = stream.get(..PREAMBLE_LEN)?.try_into().ok()?;
+    let pre = Preamble::decode(pre).ok()?;
+    let lens = pre.lens().map(|l| l as usize);
+    let num = usize::from(pre.num_segments);
+    Some((pre.tag, FrameEncoder::crc().wire_len(&lens[..num])))
+}
+
+// A connector holds its AUTH_SIGNATURE, and keeps nothing AUTH_DONE taught, until the
+// acceptor's signature matched. Ceph's connector sends its own at once: an AUTH_DONE
+// replayed from another connection (it decrypts under our key) then made it seal its
+// first secure frame with that connection's key and first nonce again, and put the
+// replayed tickets and global id in its store.
+#[test]
+fn a_connector_seals_and_keeps_nothing_before_the_acceptors_signature() {
+    use crate::v2::banner::BANNER_LEN;
+    use crate::v2::Tag;
+    let start = Instant::now();
+    let c = cluster(12, start);
+    let (p, store) = client_and_monitor(&c, &[ConMode::SECURE], c.admin.clone());
+    let (client_cfg, mon_cfg) = (p.nodes[0].config.clone(), p.nodes[1].config.clone());
+    let mon_addr = p.nodes[1].addr(ProtocolVersion::V2);
+    let mut cl = crate::Connection::connect(
+        client_cfg,
+        ProtocolVersion::V2,
+        Policy::lossless_client(),
+        mon_addr,
+        EntityType::MON,
+        start,
+    );
+    let sa = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut mon = crate::Connection::accept(mon_cfg, sa(40000), sa(6790), start);
+    cl.handle_transport_connected(start);
+    let out = |conn: &mut crate::Connection| {
+        let mut segs = Vec::new();
+        conn.poll_transmit(&mut segs);
+        segs.concat()
+    };
+    // What the monitor sent the client and the client has not read yet.
+    let mut toward_client: Vec<u8> = Vec::new();
+    let mut banner_read = false;
+    let mut done_read = false;
+    for _ in 0..32 {
+        let up = out(&mut cl);
+        if !up.is_empty() {
+            mon.handle_bytes(start, Bytes::from(up));
+        }
+        toward_client.extend(out(&mut mon));
+        // Frame by frame, up to and including AUTH_DONE; the rest is held.
+        loop {
+            if !banner_read {
+                if toward_client.len() < BANNER_LEN {
+                    break;
+                }
+                let b: Vec<u8> = toward_client.drain(..BANNER_LEN).collect();
+                cl.handle_bytes(start, Bytes::from(b));
+                banner_read = true;
+                continue;
+            }
+            let Some((tag, len)) = crc_frame_len(&toward_client) else { break };
+            if done_read || toward_client.len() < len {
+                break;
+            }
+            let f: Vec<u8> = toward_client.drain(..len).collect();
+            cl.handle_bytes(start, Bytes::from(f));
+            done_read |= tag == Tag::AUTH_DONE;
+        }
+        if done_read {
+            break;
+        }
+    }
+    assert!(done_read, "the monitor answered with AUTH_DONE");
+    assert!(!toward_client.is_empty(), "its AUTH_SIGNATURE is held back");
+    assert!(out(&mut cl).is_empty(), "nothing sealed before the monitor's signature");
+    assert!(store.ticket(EntityType::AUTH).is_none(), "nothing kept before it");
+    // The signature: ours follows, then the ident, and the tickets are kept.
+    cl.handle_bytes(start, Bytes::from(std::mem::take(&mut toward_client)));
+    assert!(!out(&mut cl).is_empty(), "signature and ident sent");
+    assert!(store.ticket(EntityType::AUTH).is_some());
+}
