@@ -1,8 +1,12 @@
 //! The message ordering of the dispatch queue, as a pure data structure (no threads).
 //!
-//! Mirrors Ceph's `PrioritizedQueue` as used by `DispatchQueue`:
+//! Ceph's `PrioritizedQueue` with the split DESIGN.md asks for:
 //! - priorities above [`PRIO_HIGH`] (so [`PRIO_HIGHEST`](protocol::message::PRIO_HIGHEST))
-//!   are *strict*: the highest non-empty one is always served first;
+//!   are *strict*: the highest non-empty one is always served first. Ceph's
+//!   `DispatchQueue::enqueue` makes everything from `CEPH_MSG_PRIO_LOW` (64) up strict
+//!   (checked in 16.2 and 20.2), so there a backlog of `PRIO_HIGH` messages (an OSD's
+//!   heartbeats) always goes before `PRIO_DEFAULT` ones; here they share turns 196 : 127.
+//!   The cut at `PRIO_HIGH` is the OSD op queue's (`osd_op_queue_cut_off = high`);
 //! - the others share turns by smooth weighted round robin with the priority value as
 //!   the weight: over any stretch where priorities `a` and `b` both stay non-empty, they
 //!   get turns in the ratio `a : b`, each within one turn of its exact share, so no

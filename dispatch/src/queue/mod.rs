@@ -18,7 +18,8 @@
 //!   `ms_handle_connect` (as in Ceph).
 //! - **Messages.** Priorities above `PRIO_HIGH` (so `PRIO_HIGHEST`) strictly first,
 //!   highest first; the others by weighted round robin, the priority value being the
-//!   weight (see the `prio` module docs: proportional turns, nothing starves); within a
+//!   weight (see the `prio` module docs: proportional turns, nothing starves; Ceph's
+//!   `DispatchQueue` is strict from `PRIO_LOW` up); within a
 //!   priority, connections take turns; within one connection and one priority, FIFO.
 //!   Priority 0 counts as `PRIO_DEFAULT`. Messages of one connection at different
 //!   priorities may be reordered (that is what priorities are for).
