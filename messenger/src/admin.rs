@@ -9,9 +9,11 @@
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use event_center::{CenterHandle, Context, Handler, HandlerId, Ready};
+use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, TimerTarget};
 use mio::net::{UnixListener, UnixStream};
 use mio::Interest;
 use serde_json::{json, Value};
@@ -24,6 +26,16 @@ const MAX_COMMAND: usize = 64 << 10;
 
 /// Connections accepted per readiness event before yielding to the worker's other work.
 const ACCEPT_BATCH: usize = 64;
+
+/// How long one admin client may take to send its command and read the answer: a local
+/// client that connects and stalls (or never reads) holds a descriptor and up to
+/// [`CommandReader::MAX`] bytes (or an answer) of the worker's memory until then.
+pub const ADMIN_CLIENT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Admin clients served at once; more are closed as they connect. Ceph's admin socket
+/// serves one at a time; this bounds what stalled clients hold (descriptors, which the
+/// messenger's sockets need too) to a handful.
+pub const ADMIN_MAX_CLIENTS: usize = 16;
 
 /// A running admin socket; `stop` closes it and removes the socket file.
 pub(crate) struct AdminSocket {
@@ -40,7 +52,7 @@ impl AdminSocket {
         let id = center
             .submit_to(move |cx: &mut Context<'_>| {
                 cx.register(listener, Interest::READABLE, |_, listener| {
-                    Box::new(AdminListener { listener, env })
+                    Box::new(AdminListener { listener, env, clients: Arc::default() })
                 })
             })
             .map_err(|e| io::Error::other(format!("admin socket: {e}")))??;
@@ -60,6 +72,8 @@ impl AdminSocket {
 struct AdminListener {
     listener: UnixListener,
     env: Arc<Env>,
+    /// Admin clients being served (each `AdminConn` counts itself out when dropped).
+    clients: Arc<AtomicUsize>,
 }
 
 impl Handler for AdminListener {
@@ -67,6 +81,13 @@ impl Handler for AdminListener {
         for _ in 0..ACCEPT_BATCH {
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    if self.clients.load(Ordering::Relaxed) >= ADMIN_MAX_CLIENTS {
+                        log::debug!(target: "msgr::admin", "{ADMIN_MAX_CLIENTS} admin clients already: one more closed");
+                        drop(stream);
+                        continue;
+                    }
+                    self.clients.fetch_add(1, Ordering::Relaxed);
+                    let served = Served(self.clients.clone());
                     let env = self.env.clone();
                     let registered = cx.register(stream, Interest::READABLE, |_, stream| {
                         Box::new(AdminConn {
@@ -74,10 +95,17 @@ impl Handler for AdminListener {
                             env,
                             reader: CommandReader::default(),
                             output: None,
+                            deadline: None,
+                            _served: served,
                         })
                     });
-                    if let Err(e) = registered {
-                        log::warn!(target: "msgr::admin", "admin connection: {e}");
+                    match registered {
+                        Ok(id) => {
+                            let timer = cx
+                                .create_time_event(ADMIN_CLIENT_DEADLINE, TimerTarget::Handler(id));
+                            cx.with_handler_as::<AdminConn, _>(id, |c, _| c.deadline = Some(timer));
+                        }
+                        Err(e) => log::warn!(target: "msgr::admin", "admin connection: {e}"),
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -162,9 +190,29 @@ struct AdminConn {
     reader: CommandReader,
     /// The framed answer and how much of it is written.
     output: Option<(Vec<u8>, usize)>,
+    /// Its [`ADMIN_CLIENT_DEADLINE`] timer.
+    deadline: Option<TimerId>,
+    _served: Served,
+}
+
+/// Counts one admin client as served until dropped.
+struct Served(Arc<AtomicUsize>);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl AdminConn {
+    /// Done with this client (answered, failed or out of time).
+    fn close(&mut self, cx: &mut Context<'_>, id: HandlerId) {
+        if let Some(timer) = self.deadline.take() {
+            cx.delete_time_event(timer);
+        }
+        cx.remove(id);
+    }
+
     /// Reads until the NUL terminator (or EOF); returns the command once complete.
     fn read_command(&mut self) -> io::Result<Option<Vec<u8>>> {
         let mut chunk = [0u8; 4096];
@@ -216,23 +264,28 @@ impl Handler for AdminConn {
                 Ok(None) => return,
                 Err(e) => {
                     log::info!(target: "msgr::admin", "admin client dropped: {e}");
-                    cx.remove(id);
+                    self.close(cx, id);
                     return;
                 }
             }
         }
         match self.write_answer() {
-            Ok(true) => {
-                cx.remove(id);
-            }
+            Ok(true) => self.close(cx, id),
             Ok(false) => {
                 let _ = cx.set_interest(id, Some(Interest::WRITABLE));
             }
             Err(e) => {
                 log::info!(target: "msgr::admin", "admin answer not sent: {e}");
-                cx.remove(id);
+                self.close(cx, id);
             }
         }
+    }
+
+    fn timer(&mut self, cx: &mut Context<'_>, _timer: TimerId) {
+        let Some(id) = cx.id() else { return };
+        log::info!(target: "msgr::admin", "admin client took over {ADMIN_CLIENT_DEADLINE:?}: closed");
+        self.deadline = None;
+        self.close(cx, id);
     }
 }
 

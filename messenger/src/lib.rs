@@ -252,7 +252,9 @@ mod processor;
 mod session_table;
 mod state;
 
-pub use admin::{parse_command, CommandReader, CommandTooLong};
+pub use admin::{
+    parse_command, CommandReader, CommandTooLong, ADMIN_CLIENT_DEADLINE, ADMIN_MAX_CLIENTS,
+};
 pub use config::{AuthProviderHandle, ConfigError, MessengerConfig};
 pub use connection::{Connection, SendError};
 pub use dispatch::{AuthVerdict, Authorizer, Dispatched, Dispatcher, Throttle};

@@ -129,3 +129,42 @@ fn the_real_ceph_cli_reads_our_admin_socket() {
     cli.shutdown();
     srv.shutdown();
 }
+
+/// Whether the admin socket closed `s` (EOF or reset) within `within`.
+fn closed_by_server(s: &mut UnixStream, within: std::time::Duration) -> bool {
+    s.set_read_timeout(Some(within)).expect("timeout");
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => {
+            !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        }
+    }
+}
+
+// Local clients that connect and never send their command: at most
+// ADMIN_MAX_CLIENTS are served at once (more are closed as they connect), each is closed
+// after ADMIN_CLIENT_DEADLINE, and the socket answers again afterwards. Before, each
+// stayed for good, holding a descriptor the messenger's sockets share.
+#[test]
+fn stalled_admin_clients_are_bounded_and_closed_at_their_deadline() {
+    use messenger::{ADMIN_CLIENT_DEADLINE, ADMIN_MAX_CLIENTS};
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let path = socket_path("stalled");
+    srv.start_admin_socket(&path).expect("admin socket");
+    let started = std::time::Instant::now();
+    let mut stalled: Vec<UnixStream> =
+        (0..ADMIN_MAX_CLIENTS).map(|_| UnixStream::connect(&path).expect("connect")).collect();
+    let mut extra = UnixStream::connect(&path).expect("connect");
+    assert!(closed_by_server(&mut extra, WAIT), "a client past the bound is closed at once");
+    assert!(started.elapsed() < ADMIN_CLIENT_DEADLINE, "…before any deadline");
+    for s in &mut stalled {
+        assert!(closed_by_server(s, WAIT + ADMIN_CLIENT_DEADLINE), "a stalled client is closed");
+    }
+    assert!(started.elapsed() >= ADMIN_CLIENT_DEADLINE, "not before its deadline");
+    let version: serde_json::Value =
+        serde_json::from_slice(&ask(&path, br#"{"prefix": "version"}"#)).expect("json");
+    assert_eq!(version["release"], "asyncmsgr");
+    srv.shutdown();
+}
