@@ -81,6 +81,9 @@ pub struct CephxMonClient {
     /// store only once the monitor's AUTH_SIGNATURE matched ([`AuthClient::confirmed`]):
     /// a replayed AUTH_DONE must not replace the store's tickets and global id.
     learned: Option<(u64, Vec<crate::auth::cephx::ReceivedTicket>)>,
+    /// The server challenge arrived and the session key was asked for: only then may
+    /// AUTH_DONE come (cephx always challenges first).
+    asked_for_key: bool,
 }
 
 impl CephxMonClient {
@@ -95,6 +98,7 @@ impl CephxMonClient {
             store,
             at: shared.clock.anchor(),
             learned: None,
+            asked_for_key: false,
         }
     }
 
@@ -137,6 +141,7 @@ impl AuthClient for CephxMonClient {
             .client
             .poll_request(self.at)
             .ok_or(Error::Misuse("cephx has no session key request to send"))?;
+        self.asked_for_key = true;
         Ok(req.auth_payload)
     }
 
@@ -146,6 +151,11 @@ impl AuthClient for CephxMonClient {
         mode: ConMode,
         payload: &[u8],
     ) -> Result<AuthOutcome> {
+        if !self.asked_for_key {
+            // Taken as the challenge's answer, its payload would decode as a challenge
+            // (trailing bytes ignored) and the old ticket's session key come back.
+            return Err(Error::Malformed("cephx AUTH_DONE before the server challenge"));
+        }
         self.client
             .handle_reply(self.at, &Self::reply(global_id, payload))
             .map_err(|e| failed("auth ticket", &e))?;

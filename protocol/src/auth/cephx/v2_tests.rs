@@ -600,3 +600,20 @@ fn a_connector_seals_and_keeps_nothing_before_the_acceptors_signature() {
     assert!(!out(&mut cl).is_empty(), "signature and ident sent");
     assert!(store.ticket(EntityType::AUTH).is_some());
 }
+
+// cephx always challenges first: an AUTH_DONE in answer to the first AUTH_REQUEST is
+// refused. It used to be taken as the challenge's answer (its payload decodes as one,
+// trailing bytes ignored), and a client resuming with a stored ticket came back with
+// that ticket's session key as if authenticated.
+#[test]
+fn cephx_auth_done_before_the_challenge_is_refused() {
+    let c = cluster(13, Instant::now());
+    let (mut p, store) = client_and_monitor(&c, &[ConMode::CRC], c.admin.clone());
+    let (_, global_id) = exchange(&mut p);
+    assert!(store.ticket(EntityType::AUTH).is_some(), "a ticket to resume with");
+    let provider = p.nodes[0].config.auth.clone();
+    let mut client = provider.client(EntityType::MON, AUTH_CEPHX).unwrap();
+    client.build_request().unwrap();
+    let challenge_like = [1u8, 7, 7, 7, 7, 7, 7, 7, 7, 0, 0, 0, 0];
+    assert!(client.handle_done(global_id, ConMode::CRC, &challenge_like).is_err());
+}
