@@ -161,6 +161,10 @@ impl Connection {
     /// (see the crate docs, "Bounds a peer cannot escape").
     pub fn send_message(&self, msg: Message) -> Result<(), SendError> {
         if self.0.loopback {
+            // Closed when its messenger shut down: the dispatch queue takes nothing more.
+            if self.state() == ConnState::Closed {
+                return Err(SendError::Closed);
+            }
             let home = self.0.home.upgrade().ok_or(SendError::Closed)?;
             home.deliver_local(self, msg);
             return Ok(());
@@ -326,7 +330,7 @@ impl Connection {
 
     /// Whether the session is open (handshake done, not faulted or closed).
     pub fn is_connected(&self) -> bool {
-        self.0.loopback || self.state() == ConnState::Open
+        self.state() == ConnState::Open
     }
 
     /// What this connection holds for its peer, as its per-connection send bound counts

@@ -342,6 +342,11 @@ impl Messenger {
         for conn in live {
             conn.mark_down();
         }
+        // The loopback handle too: sends to ourselves fail from now on (the dispatch queue
+        // would drop them), and its private data goes (as Ceph's shutdown clears it), so
+        // data holding the handle is no cycle.
+        self.loopback.set_state(ConnState::Closed);
+        self.loopback.set_priv(None);
         self.env.queue.shutdown(ShutdownMode::Discard);
         if self.owns_pool {
             self.pool.shutdown();

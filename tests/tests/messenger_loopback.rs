@@ -1138,3 +1138,21 @@ fn a_connection_whose_start_never_runs_is_closed_and_not_waited_for() {
     done.recv_timeout(WAIT).expect("wait() returned");
     waiter.join().expect("waiter");
 }
+
+// After shutdown the loopback connection is closed like every other: a send to ourselves
+// fails (the dispatch queue has stopped and would drop it) and it is not connected; its
+// private data is let go. Before, it said connected and took the message.
+#[test]
+fn the_loopback_connection_is_closed_by_shutdown() {
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let me = srv.get_loopback_connection();
+    assert!(me.is_connected());
+    me.set_priv(Some(Arc::new(me.clone())));
+    srv.shutdown();
+    assert!(!me.is_connected());
+    assert_eq!(
+        me.send_message(test_message(MSG_TEST, 1, Bytes::new())),
+        Err(messenger::SendError::Closed)
+    );
+    assert!(me.priv_data().is_none(), "the handle's own data is let go");
+}
