@@ -163,7 +163,17 @@ impl Messenger {
         let processor = self.processor.lock().take();
         if let Some(mut p) = processor {
             let started = p.start(self.env.clone(), self.pool.handles().to_vec());
-            *self.processor.lock() = Some(p);
+            // Put back under the lock `shutdown` takes it from, unless shutdown began
+            // meanwhile: it found nothing to stop then (shutdown begins before it looks),
+            // and the listener would outlive the messenger.
+            let mut slot = self.processor.lock();
+            if self.env.sessions.is_stopping() {
+                drop(slot);
+                p.stop();
+                return Err(io::Error::other("messenger shut down while starting"));
+            }
+            *slot = Some(p);
+            drop(slot);
             started?;
         }
         Ok(())
@@ -297,9 +307,27 @@ impl Messenger {
     /// and `get_command_descriptions`, so `ceph --admin-daemon PATH perf dump` works.
     /// The socket file is removed when the messenger shuts down.
     pub fn start_admin_socket(&self, path: &std::path::Path) -> io::Result<()> {
+        // A second admin socket replaces the first (stopped first: it removes its file,
+        // which may be this one's path).
+        let old = self.admin.lock().take();
+        if let Some(old) = old {
+            old.stop();
+        }
         let worker = self.pool.least_loaded().clone();
         let admin = AdminSocket::start(path, self.env.clone(), &worker)?;
-        *self.admin.lock() = Some(admin);
+        // As `ready` puts the listener back: a shutdown that began meanwhile found no
+        // admin socket to stop.
+        let mut slot = self.admin.lock();
+        if self.env.sessions.is_stopping() {
+            drop(slot);
+            admin.stop();
+            return Err(io::Error::other("messenger shut down"));
+        }
+        let raced = slot.replace(admin);
+        drop(slot);
+        if let Some(raced) = raced {
+            raced.stop();
+        }
         Ok(())
     }
 

@@ -214,6 +214,11 @@ impl SessionTable {
         Some(t.live.values().cloned().collect())
     }
 
+    /// Whether shutdown began.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.tables.lock().stopping
+    }
+
     /// Blocks until no connection is live.
     pub(crate) fn wait_until_empty(&self) {
         let mut t = self.tables.lock();

@@ -168,3 +168,26 @@ fn stalled_admin_clients_are_bounded_and_closed_at_their_deadline() {
     assert_eq!(version["release"], "asyncmsgr");
     srv.shutdown();
 }
+
+// On a shared pool (whose workers outlive the messenger), an admin socket asked for after
+// shutdown is refused, and none is left behind. Before, it started, kept its file and
+// answered for as long as the pool ran.
+#[test]
+fn no_admin_socket_after_shutdown() {
+    let pool = std::sync::Arc::new(
+        event_center::WorkerPool::new(event_center::WorkerPoolConfig::default()).expect("pool"),
+    );
+    let m = messenger::Messenger::with_pool(
+        protocol::types::EntityName::new(EntityType::OSD, 0),
+        1,
+        test_config(1),
+        pool.clone(),
+    )
+    .expect("messenger");
+    m.start().expect("start");
+    m.shutdown();
+    let path = socket_path("after-shutdown");
+    assert!(m.start_admin_socket(&path).is_err());
+    assert!(UnixStream::connect(&path).is_err(), "nothing listens at {}", path.display());
+    pool.shutdown();
+}
