@@ -295,6 +295,27 @@ fn connector_stops_answering_endless_challenges() {
     assert_ne!(c.poll_peer_issues(), (0, 0), "the peer's misbehaviour is counted");
 }
 
+// A RETRY_GLOBAL past half of u32's range is refused (as msgr2's, see v2_raw): raised
+// above it, the process-wide counter went on the wire as 0 for every connection.
+#[test]
+fn connector_refuses_an_implausible_retry_global() {
+    for (gs, followed) in [(u32::MAX, false), (1000, true)] {
+        let config = Arc::new(me());
+        let (mut c, now, _) = connector_shared(config.clone(), Policy::lossless_peer());
+        let before = config.global_seq.current();
+        c.handle_bytes(now, reply(Tag::RETRY_GLOBAL, gs, 0, 0));
+        let out = drain(&mut c);
+        if followed {
+            assert_eq!(last_connect(&out).global_seq, gs + 1);
+            assert_eq!(c.poll_peer_issues(), (0, 0));
+        } else {
+            assert!(out.is_empty(), "answered");
+            assert_eq!(config.global_seq.current(), before, "the counter kept");
+            assert_ne!(c.poll_peer_issues(), (0, 0), "counted");
+        }
+    }
+}
+
 // WAIT: back off for ms_max_backoff.
 #[test]
 fn connector_wait_backs_off_max() {

@@ -738,3 +738,48 @@ fn assembly_buffer_counts_as_held_receive_memory() {
     assert!(most_held >= 256 << 10, "the whole segment was held at the end: {most_held}");
     assert_eq!(a.conn.receive_held_bytes(), 0, "released with the delivery");
 }
+
+// A SESSION_RETRY_GLOBAL past half of u64's range is refused: raised above it, the
+// process-wide global_seq counter wrapped to 0, and every other connection paid retries
+// until it caught up. A plausible one is followed.
+#[test]
+#[allow(clippy::disallowed_methods)]
+fn an_implausible_retry_global_is_refused() {
+    for (gs, followed) in [(u64::MAX, false), (1000, true)] {
+        let config = Arc::new(node_config(1, 6800, 9));
+        let now = Instant::now();
+        let mut c = Connection::connect(
+            config.clone(),
+            Policy::lossless_client(),
+            v2_addr(6789, 0),
+            EntityType::MON,
+            now,
+        );
+        c.handle_transport_connected(now);
+        let mut b = acceptor_prefix(EntityType::MON);
+        b.extend(frame(&server_ident(v2_addr(6789, 0))));
+        c.handle_bytes(now, Bytes::from(b));
+        assert!(c.is_open());
+        let _ = output(&mut c);
+        // The session faults; the reconnect resumes it with SESSION_RECONNECT.
+        c.send_message(protocol::Message::new(2, Bytes::new()));
+        c.handle_transport_closed(now);
+        assert!(events(&mut c).iter().any(|e| matches!(e, Event::Reconnect { .. })));
+        c.handle_transport_connected(now);
+        let _ = output(&mut c);
+        c.handle_bytes(now, Bytes::from(acceptor_prefix(EntityType::MON)));
+        let sent = frames(&output(&mut c), 0);
+        assert_eq!(sent.last().map(Frame::tag), Some(Tag::SESSION_RECONNECT));
+        let before = config.global_seq.current();
+        c.handle_bytes(now, Bytes::from(frame(&SessionRetryGlobal { global_seq: gs })));
+        let sent = frames(&output(&mut c), 0);
+        if followed {
+            assert_eq!(sent.last().map(Frame::tag), Some(Tag::SESSION_RECONNECT));
+            assert_eq!(config.global_seq.current().0, gs + 1);
+        } else {
+            assert!(sent.is_empty(), "{gs}: answered");
+            assert_eq!(config.global_seq.current(), before, "the counter kept");
+            assert!(closed_by_fault(&events(&mut c)).is_some() || !c.wants_read(), "{gs}: faulted");
+        }
+    }
+}

@@ -208,6 +208,17 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
         }
         Tag::RETRY_GLOBAL => {
             Counters::bump(&m.config.counters.retry_global);
+            if reply.global_seq > u32::MAX / 2 {
+                // Past half the wire's range no messenger gets (a connect attempt each),
+                // and the process-wide counter raised above it would wrap to 0 on the
+                // wire for every connection.
+                m.peer_issue(
+                    PeerIssue::BadConnectReply,
+                    format_args!("RETRY_GLOBAL to {}", reply.global_seq),
+                );
+                m.fault(now, Fault::Misbehaved("implausible global_seq in RETRY_GLOBAL"));
+                return false;
+            }
             m.global_seq = m.config.global_seq.above(GlobalSeq::from_v1(reply.global_seq));
             resend_connect(m, connects);
             true

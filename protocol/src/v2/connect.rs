@@ -279,6 +279,11 @@ pub(crate) fn on_ident_reply(m: &mut Machine<V2>, now: Instant, f: &Frame) -> Re
             let r = SessionRetryGlobal::from_segment(s0).map_err(Fault::Decode)?;
             count_round(m)?;
             Counters::bump(&counters.retry_global);
+            if r.global_seq > u64::MAX / 2 {
+                // No messenger gets there (a connect attempt each); raised above it, the
+                // process-wide counter would wrap to 0 for every connection.
+                return Err(Fault::Misbehaved("implausible global_seq in SESSION_RETRY_GLOBAL"));
+            }
             m.global_seq = m.config.global_seq.above(GlobalSeq(r.global_seq));
             send_ident_or_reconnect(m);
             Ok(true)
