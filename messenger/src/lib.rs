@@ -131,12 +131,8 @@
 //! alive (the idle timer alone would let it). While waiting for a window the driver
 //! stops reading that socket; when messages in progress hold all of the budget, the
 //! oldest of them is always granted its next window (it then completes, is dispatched
-//! and releases), so honest large messages never deadlock. A message keeps that
-//! seniority for one `payload_timeout` (counted from its last wait for budget): at its
-//! next window after that it queues behind the others and the next oldest goes on, so a peer trickling a huge message just fast
-//! enough for the deadline cannot make everyone wait for its end (one larger than the
-//! budget waited for hours). The overshoot is what messages receive while they are the
-//! oldest: one message at a time. Duplicates (`seq <= in_seq`) stream by without being stored. Why windows
+//! and releases), so honest large messages never deadlock; that overshoot is bounded by
+//! one message. Duplicates (`seq <= in_seq`) stream by without being stored. Why windows
 //! and not a reservation at the header (Ceph) or a fixed per-connection share: a
 //! reservation lets one silent peer hold the whole budget, and a fixed share is either
 //! too small for large messages or lets a few hundred peers hold it all; windows that

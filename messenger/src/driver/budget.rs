@@ -4,7 +4,6 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
 
 use dispatch::{InFlight, Permit, Throttle, Ticket, Waiting};
 use event_center::Context;
@@ -58,9 +57,6 @@ pub(super) struct RecvBudget {
     pub(super) permits: [Option<Permit>; STEPS],
     /// In-progress registrations on the byte throttles, from the second window on.
     inflight: [Option<InFlight>; STEPS],
-    /// Since when the registrations' seniority counts: when they were made, or when a
-    /// request of this message last had to wait (see `Driver::need_budget`).
-    senior_since: Option<Instant>,
     /// The window being served, and the step it is at.
     want: Option<Want>,
     step: usize,
@@ -97,7 +93,6 @@ impl RecvBudget {
         let dispatch = self.permits[STEP_DISPATCH].take();
         self.permits = Default::default();
         self.inflight = Default::default();
-        self.senior_since = None;
         self.want = None;
         self.step = 0;
         self.waiting = None;
@@ -307,35 +302,15 @@ impl Driver {
             // first window, skipping its count and queueing as the oldest in progress.
             self.recv = Default::default();
         }
-        if !first {
-            let now = cx.now();
+        if !first && self.recv.inflight.iter().all(Option::is_none) {
             // A second window: from now on this message holds budget while it waits for
             // more, so it registers as in progress (the oldest one always goes on; see
-            // `dispatch::throttle`). It keeps that seniority for a payload timeout: a
-            // peer trickling a huge message just fast enough for the payload deadline
-            // would otherwise keep it for hours, and every message that needs to go past
-            // a full throttle (one larger than it, or any once those in progress hold it
-            // all) would wait that long. Registered again it queues behind the others,
-            // and the next oldest goes on. A wait restarts the count (`try_budget`): a
-            // message that waited behind the oldest gets a whole turn once it is.
-            let senior_for = self.env.config.payload_timeout;
-            let expired = self
-                .recv
-                .senior_since
-                .is_some_and(|at| now.saturating_duration_since(at) >= senior_for);
-            if expired || self.recv.inflight.iter().all(Option::is_none) {
-                if expired {
-                    log::debug!(target: "msgr::budget", "{}: message in progress for over {senior_for:?}: queues behind the others", self.machine);
-                }
-                let ticket = Ticket::next();
-                let (tb, _) = self.throttlers();
-                // Assigned after the new registration is made: dropping the old one
-                // serves the next oldest, and this message is behind it by then.
-                self.recv.inflight[STEP_POLICY_BYTES] = tb.map(|t| t.begin_inflight(ticket));
-                self.recv.inflight[STEP_DISPATCH] =
-                    Some(self.env.dispatch_throttle().begin_inflight(ticket));
-                self.recv.senior_since = Some(now);
-            }
+            // `dispatch::throttle`).
+            let ticket = Ticket::next();
+            let (tb, _) = self.throttlers();
+            self.recv.inflight[STEP_POLICY_BYTES] = tb.map(|t| t.begin_inflight(ticket));
+            self.recv.inflight[STEP_DISPATCH] =
+                Some(self.env.dispatch_throttle().begin_inflight(ticket));
         }
         if first {
             WorkerCounters::add_own(&self.counters.recv_budget_requests, 1);
@@ -375,12 +350,7 @@ impl Driver {
             };
             let permit = match self.recv.waiting.take() {
                 Some(waiting) => match waiting.try_take() {
-                    Ok(p) => {
-                        if self.recv.senior_since.is_some() {
-                            self.recv.senior_since = Some(cx.now());
-                        }
-                        p
-                    }
+                    Ok(p) => p,
                     Err(waiting) => {
                         self.recv.waiting = Some(waiting);
                         return;
