@@ -166,11 +166,13 @@ pub trait AuthProvider: Send + Sync {
 
     /// msgr2: whether a peer that authenticated with `method` as an entity of type
     /// `named` may have done so. [`AuthProvider::server`] was picked by the type the
-    /// peer's HELLO claimed; this checks the entity it turned out to be (Ceph's monitor
-    /// checks the named entity's type), so a peer cannot claim a type whose methods are
-    /// weaker than its own's.
+    /// peer's HELLO claimed; this checks the entity it turned out to be, so a peer cannot
+    /// claim a type whose methods are weaker than its own's. By default only auth none
+    /// is checked, whose name is the peer's word: a method that proved the name (cephx)
+    /// stands, as on Ceph's daemons (an mgr's librados says "client" in its HELLO and
+    /// authenticates as mgr.x). A monitor checks every method (Ceph's does).
     fn allows_authenticated(&self, method: u32, named: EntityType) -> bool {
-        self.methods(AuthRole::Acceptor, named).contains(&method)
+        method != AUTH_NONE || self.methods(AuthRole::Acceptor, named).contains(&method)
     }
 
     /// msgr v1: the authorizer a connector presents to a peer of `peer_type` (Ceph's

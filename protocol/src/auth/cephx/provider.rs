@@ -409,7 +409,7 @@ impl AuthProvider for CephxProvider {
             return s.config.accepted_from(named).allows(method)
                 && (method == AUTH_NONE || s.can_cephx(AuthRole::Acceptor, named));
         }
-        self.methods(AuthRole::Acceptor, named).contains(&method)
+        method != AUTH_NONE || self.methods(AuthRole::Acceptor, named).contains(&method)
     }
 
     fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {

@@ -122,6 +122,18 @@ fn client_and_monitor(
 /// osd.0 (node 0, tickets from `tickets`) dialling osd.1 (node 1, the cluster's osd
 /// secrets) in `modes`.
 fn osd_pair(c: &Cluster, modes: &[ConMode], tickets: Arc<dyn TicketSource>) -> Pair {
+    osd_pair_with(c, modes, tickets, EntityType::OSD, auth_config(modes))
+}
+
+/// [`osd_pair`] with the dialler's HELLO saying `hello` and the acceptor configured by
+/// `acceptor_config`.
+fn osd_pair_with(
+    c: &Cluster,
+    modes: &[ConMode],
+    tickets: Arc<dyn TicketSource>,
+    hello: EntityType,
+    acceptor_config: AuthConfig,
+) -> Pair {
     let dialler = CephxProvider::new(
         AuthEntityName::new(EntityType::OSD, "0"),
         auth_config(modes),
@@ -135,7 +147,7 @@ fn osd_pair(c: &Cluster, modes: &[ConMode], tickets: Arc<dyn TicketSource>) -> P
     );
     let acceptor = CephxProvider::new(
         AuthEntityName::new(EntityType::OSD, "1"),
-        auth_config(modes),
+        acceptor_config,
         c.clock,
         rng_source(400),
     )
@@ -143,7 +155,7 @@ fn osd_pair(c: &Cluster, modes: &[ConMode], tickets: Arc<dyn TicketSource>) -> P
     Pair::with_configs(
         c.clock.anchor(),
         ProtocolVersion::V2,
-        config(EntityType::OSD, 0, Arc::new(dialler)),
+        config(hello, 0, Arc::new(dialler)),
         Policy::lossless_client(),
         config(EntityType::OSD, 1, Arc::new(acceptor)),
         Policy::stateful_server(),
@@ -616,4 +628,23 @@ fn cephx_auth_done_before_the_challenge_is_refused() {
     client.build_request().unwrap();
     let challenge_like = [1u8, 7, 7, 7, 7, 7, 7, 7, 7, 0, 0, 0, 0];
     assert!(client.handle_done(global_id, ConMode::CRC, &challenge_like).is_err());
+}
+
+// A daemon (not a monitor) does not second-guess a name cephx proved: a peer whose HELLO
+// says "client" and whose ticket is osd.0's (as an mgr's librados, HELLO client, name
+// mgr.x) gets in even where the cluster methods (for osd names) lack cephx; only an auth
+// none name, the peer's word, is checked against its type's methods (see above).
+#[test]
+fn a_daemon_takes_the_name_cephx_proved() {
+    let c = cluster(14, Instant::now());
+    let name = AuthEntityName::new(EntityType::OSD, "0");
+    let mut rng = TestRng::new(10);
+    let t = c.server.service_ticket(&name, 4300, EntityType::OSD, WALL0, &mut rng).unwrap();
+    let tickets = Arc::new(TicketStore::new(4300));
+    tickets.insert(4300, t);
+    let mut acceptor_config = auth_config(&[ConMode::CRC]);
+    acceptor_config.set("auth_cluster_required", "none").unwrap();
+    acceptor_config.set("auth_service_required", "cephx").unwrap();
+    let mut p = osd_pair_with(&c, &[ConMode::CRC], tickets, EntityType::CLIENT, acceptor_config);
+    exchange(&mut p);
 }
