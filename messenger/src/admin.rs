@@ -61,11 +61,23 @@ impl AdminSocket {
     }
 
     pub(crate) fn stop(self) {
+        let path = self.path.clone();
+        self.stop_keeping_file();
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// Stops serving but leaves the socket file: another admin socket was bound at the
+    /// same path since (binding replaced the file).
+    pub(crate) fn stop_keeping_file(self) {
         let id = self.id;
         let _ = self.center.dispatch_event_external(move |cx: &mut Context<'_>| {
             cx.remove(id);
         });
-        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Where the socket file is.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 }
 

@@ -307,12 +307,6 @@ impl Messenger {
     /// and `get_command_descriptions`, so `ceph --admin-daemon PATH perf dump` works.
     /// The socket file is removed when the messenger shuts down.
     pub fn start_admin_socket(&self, path: &std::path::Path) -> io::Result<()> {
-        // A second admin socket replaces the first (stopped first: it removes its file,
-        // which may be this one's path).
-        let old = self.admin.lock().take();
-        if let Some(old) = old {
-            old.stop();
-        }
         let worker = self.pool.least_loaded().clone();
         let admin = AdminSocket::start(path, self.env.clone(), &worker)?;
         // As `ready` puts the listener back: a shutdown that began meanwhile found no
@@ -323,10 +317,16 @@ impl Messenger {
             admin.stop();
             return Err(io::Error::other("messenger shut down"));
         }
-        let raced = slot.replace(admin);
+        // A second admin socket replaces the first, which keeps its file if the new one
+        // was bound at the same path (binding replaced it).
+        let old = slot.replace(admin);
         drop(slot);
-        if let Some(raced) = raced {
-            raced.stop();
+        if let Some(old) = old {
+            if old.path() == path {
+                old.stop_keeping_file();
+            } else {
+                old.stop();
+            }
         }
         Ok(())
     }

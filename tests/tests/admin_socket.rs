@@ -191,3 +191,26 @@ fn no_admin_socket_after_shutdown() {
     assert!(UnixStream::connect(&path).is_err(), "nothing listens at {}", path.display());
     pool.shutdown();
 }
+
+// A second admin socket replaces the first: at the same path it answers there; at another
+// path the first one's file goes; one that fails to start leaves the running one alone.
+#[test]
+fn a_second_admin_socket_replaces_the_first() {
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let version = |path: &Path| -> serde_json::Value {
+        serde_json::from_slice(&ask(path, br#"{"prefix": "version"}"#)).expect("json")
+    };
+    let first = socket_path("replace-a");
+    srv.start_admin_socket(&first).expect("admin socket");
+    srv.start_admin_socket(&first).expect("again, same path");
+    assert_eq!(version(&first)["release"], "asyncmsgr");
+    let second = socket_path("replace-b");
+    srv.start_admin_socket(&second).expect("another path");
+    assert_eq!(version(&second)["release"], "asyncmsgr");
+    assert!(!first.exists(), "the first socket's file is gone");
+    let nowhere = std::env::temp_dir().join("asyncmsgr-no-such-dir").join("x.asok");
+    assert!(srv.start_admin_socket(&nowhere).is_err());
+    assert_eq!(version(&second)["release"], "asyncmsgr", "the running one stays");
+    srv.shutdown();
+    assert!(!second.exists(), "shutdown removes the file");
+}
