@@ -11,27 +11,16 @@ extern crate asyncmsgr_protocol as protocol;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use protocol::message::PRIO_DEFAULT;
-use protocol::testing::Pair;
+use protocol::testing::{numbered, numbers, Pair};
 use protocol::{Message, Policy, ProtocolVersion};
-
-fn msg(id: u32) -> Message {
-    let mut m = Message::new(2, Bytes::copy_from_slice(&id.to_le_bytes()));
-    m.set_priority(PRIO_DEFAULT);
-    m
-}
-
-fn ids(received: &[Message]) -> Vec<u32> {
-    received.iter().map(|m| u32::from_le_bytes(m.front()[..4].try_into().unwrap())).collect()
-}
 
 fn client_server(version: ProtocolVersion) -> Pair {
     Pair::new(Instant::now(), version, Policy::lossless_client(), Policy::stateful_server())
 }
 
 fn msg_at(id: u32, priority: u16) -> Message {
-    let mut m = msg(id);
+    let mut m = numbered(id);
     m.set_priority(priority);
     m
 }
@@ -50,20 +39,21 @@ fn cut_and_queue(version: ProtocolVersion, off: u64, first: u16, later: u16) -> 
     while p.cut_after.is_some() && p.step() {}
     p.step();
     let a = p.session_ep(0).unwrap();
-    let both_unacked = ids(&p.nodes[1].received) == [0, 1] && p.eps[a].conn.pending_messages() == 2;
+    let both_unacked =
+        numbers(&p.nodes[1].received) == [0, 1] && p.eps[a].conn.pending_messages() == 2;
     p.send(0, msg_at(2, later));
     p.send(0, msg_at(3, later));
     p.run_for(Duration::from_secs(60));
     let open = p.eps.iter().filter(|e| e.alive && e.conn.is_open()).count();
     assert_eq!(open, 2, "cut at {off}: one session per side");
-    (ids(&p.nodes[1].received), both_unacked)
+    (numbers(&p.nodes[1].received), both_unacked)
 }
 
 /// The bytes of the whole exchange without a cut.
 fn total_bytes(version: ProtocolVersion) -> u64 {
     let mut p = client_server(version);
-    p.send(0, msg(0));
-    p.send(0, msg(1));
+    p.send(0, numbered(0));
+    p.send(0, numbered(1));
     p.drive();
     p.delivered
 }

@@ -15,25 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::message::PRIO_DEFAULT;
 use protocol::session::Fault;
-use protocol::testing::{node_config, v1_addr, v2_addr, Pair, TestAuthProvider};
+use protocol::testing::{node_config, numbered, numbers, v1_addr, v2_addr, Pair, TestAuthProvider};
 use protocol::types::{EntityAddrVec, EntityType, Features};
 use protocol::wire::{ConnectMsg, ConnectReply, Tag, BANNER};
 use protocol::{
     decide, AuthVerdict, CloseReason, Connection, Decision, Event, ExistingSession, ExistingState,
-    GlobalSeq, Initiator, Message, Policy, ProtocolVersion,
+    GlobalSeq, Initiator, Policy, ProtocolVersion,
 };
-
-fn msg(id: u32) -> Message {
-    let mut m = Message::new(2, Bytes::copy_from_slice(&id.to_le_bytes()));
-    m.set_priority(PRIO_DEFAULT);
-    m
-}
-
-fn ids(received: &[Message]) -> Vec<u32> {
-    received.iter().map(|m| u32::from_le_bytes(m.front()[..4].try_into().unwrap())).collect()
-}
 
 fn sa(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -57,37 +46,37 @@ fn receive_credit_reads_whole_messages_without_budget_requests() {
             Policy::stateful_server(),
         );
         p.nodes[1].hold_budget = true;
-        p.send(0, msg(1));
+        p.send(0, numbered(1));
         p.drive();
         assert_eq!(p.nodes[1].budget_waiting.len(), 1, "{version:?}: the first message asks");
         p.release_budget();
         p.drive();
-        assert_eq!(ids(&p.nodes[1].received), [1]);
+        assert_eq!(numbers(&p.nodes[1].received), [1]);
         let b = p.session_ep(1).expect("server session");
 
         // Two messages' worth (in messages): the third asks again.
         p.eps[b].conn.add_receive_credit(2, 10 * COST);
         for id in 2..=4 {
-            p.send(0, msg(id));
+            p.send(0, numbered(id));
         }
         p.drive();
-        assert_eq!(ids(&p.nodes[1].received), [1, 2, 3], "{version:?}: two read on credit");
+        assert_eq!(numbers(&p.nodes[1].received), [1, 2, 3], "{version:?}: two read on credit");
         assert_eq!(p.nodes[1].budget_waiting.len(), 1, "{version:?}: the third asks");
         assert_eq!(p.eps[b].conn.take_receive_credit(), (0, 8 * COST), "bytes left over");
         p.release_budget();
         p.drive();
-        assert_eq!(ids(&p.nodes[1].received), [1, 2, 3, 4]);
+        assert_eq!(numbers(&p.nodes[1].received), [1, 2, 3, 4]);
 
         // Short of the next message by a byte: it asks, and the credit is left whole.
         p.eps[b].conn.add_receive_credit(5, COST - 1);
-        p.send(0, msg(5));
+        p.send(0, numbered(5));
         p.drive();
         assert_eq!(p.nodes[1].budget_waiting.len(), 1, "{version:?}: not covered, it asks");
         assert_eq!(p.eps[b].conn.take_receive_credit(), (5, COST - 1), "untouched");
         assert_eq!(p.eps[b].conn.take_receive_credit(), (0, 0), "taken back once");
         p.release_budget();
         p.drive();
-        assert_eq!(ids(&p.nodes[1].received), [1, 2, 3, 4, 5]);
+        assert_eq!(numbers(&p.nodes[1].received), [1, 2, 3, 4, 5]);
 
         // The session's end takes the credit with it.
         p.eps[b].conn.add_receive_credit(3, 3 * COST);
@@ -117,10 +106,10 @@ fn acks_trim_the_sent_queue_with_or_without_their_events() {
                 Policy::lossless_peer(),
             );
             for id in 0..20 {
-                p.send(0, msg(id));
+                p.send(0, numbered(id));
             }
             p.drive();
-            assert_eq!(ids(&p.nodes[1].received), (0..20).collect::<Vec<_>>(), "{version:?}");
+            assert_eq!(numbers(&p.nodes[1].received), (0..20).collect::<Vec<_>>(), "{version:?}");
             let ep = p.session_ep(0).unwrap();
             assert_eq!(p.conn(ep).pending_messages(), 0, "{version:?}: all acked and dropped");
             if report {
@@ -139,15 +128,15 @@ fn sniffing_acceptor_serves_both_protocols() {
             Pair::new(Instant::now(), version, Policy::lossless_peer(), Policy::lossless_peer());
         p.sniff = true;
         for i in 0..5 {
-            p.send(0, msg(i));
+            p.send(0, numbered(i));
         }
         p.drive();
         for i in 10..13 {
-            p.send(1, msg(i));
+            p.send(1, numbered(i));
         }
         p.drive();
-        assert_eq!(ids(&p.nodes[1].received), [0, 1, 2, 3, 4], "{version:?}");
-        assert_eq!(ids(&p.nodes[0].received), [10, 11, 12], "{version:?}");
+        assert_eq!(numbers(&p.nodes[1].received), [0, 1, 2, 3, 4], "{version:?}");
+        assert_eq!(numbers(&p.nodes[0].received), [10, 11, 12], "{version:?}");
         let b = p.session_ep(1).unwrap();
         assert_eq!(p.eps[b].conn.protocol(), Some(version));
         assert!(p.eps[b].conn.is_open());
@@ -168,11 +157,11 @@ fn sniffing_acceptor_survives_cuts_at_any_offset() {
             );
             p.sniff = true;
             p.cut_after = Some(cut);
-            p.send(0, msg(1));
+            p.send(0, numbered(1));
             p.run_for(Duration::from_secs(60));
-            p.send(0, msg(2));
+            p.send(0, numbered(2));
             p.run_for(Duration::from_secs(60));
-            assert_eq!(ids(&p.nodes[1].received), [1, 2], "{version:?} cut at {cut}");
+            assert_eq!(numbers(&p.nodes[1].received), [1, 2], "{version:?} cut at {cut}");
         }
     }
 }
@@ -291,15 +280,15 @@ fn authorized_v1_pair() -> Pair {
 fn v1_authorizer_challenge_round_and_signed_messages() {
     let mut p = authorized_v1_pair();
     for i in 0..5 {
-        p.send(0, msg(i));
+        p.send(0, numbered(i));
     }
     p.drive();
     for i in 10..12 {
-        p.send(1, msg(i));
+        p.send(1, numbered(i));
     }
     p.drive();
-    assert_eq!(ids(&p.nodes[1].received), [0, 1, 2, 3, 4]);
-    assert_eq!(ids(&p.nodes[0].received), [10, 11]);
+    assert_eq!(numbers(&p.nodes[1].received), [0, 1, 2, 3, 4]);
+    assert_eq!(numbers(&p.nodes[0].received), [10, 11]);
     assert!(!p.nodes[1].log.iter().any(|l| l.starts_with("VerifyAuthorizer")));
     // Two connect messages: the first was challenged.
     assert_eq!(p.nodes[0].config.counters.values().connects, 2);
@@ -318,9 +307,9 @@ fn v1_bad_signature_faults_and_the_resend_is_delivered_once() {
     // The signature of the first message: tag, header, the 4-byte front, then the
     // footer's three crcs.
     p.tamper = Some((1, handshake + 1 + 53 + 4 + 12, 0x40));
-    p.send(0, msg(7));
+    p.send(0, numbered(7));
     p.run_for(Duration::from_secs(5));
-    assert_eq!(ids(&p.nodes[1].received), [7], "{:?}", p.nodes[1].log);
+    assert_eq!(numbers(&p.nodes[1].received), [7], "{:?}", p.nodes[1].log);
     assert!(
         p.nodes[1].log.iter().any(|l| l.starts_with("Standby#")),
         "the acceptor faulted: {:?}",
@@ -345,7 +334,7 @@ fn v1_wrong_authorizer_key_is_refused() {
         c1,
         Policy::stateful_server(),
     );
-    p.send(0, msg(1));
+    p.send(0, numbered(1));
     p.run_for(Duration::from_secs(30));
     assert_eq!(p.nodes[0].refused, 1);
     assert!(p.nodes[1].received.is_empty());

@@ -13,24 +13,13 @@ extern crate asyncmsgr_protocol as protocol;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::message::PRIO_DEFAULT;
-use protocol::testing::Pair;
+use protocol::testing::{numbered, numbers, Pair};
 use protocol::types::Features;
 use protocol::wire::KeepaliveStamp;
 use protocol::Message;
 use protocol::{ConnectSeq, GlobalSeq, Policy, Seq, SessionState};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-
-fn msg(id: u32) -> Message {
-    let mut m = Message::new(2, Bytes::copy_from_slice(&id.to_le_bytes()));
-    m.set_priority(PRIO_DEFAULT);
-    m
-}
-
-fn ids(received: &[Message]) -> Vec<u32> {
-    received.iter().map(|m| u32::from_le_bytes(m.front()[..4].try_into().unwrap())).collect()
-}
 
 fn client_server() -> Pair {
     Pair::v1(Instant::now(), Policy::lossless_client(), Policy::stateful_server())
@@ -78,15 +67,15 @@ fn handshake_opens_both_sides_with_exact_byte_counts() {
 fn messages_flow_both_ways_in_order_and_acks_trim_unacked() {
     let mut p = client_server();
     for i in 0..10 {
-        p.send(0, msg(i));
+        p.send(0, numbered(i));
     }
     p.drive();
     for i in 100..110 {
-        p.send(1, msg(i));
+        p.send(1, numbered(i));
     }
     p.drive();
-    assert_eq!(ids(&p.nodes[1].received), (0..10).collect::<Vec<_>>());
-    assert_eq!(ids(&p.nodes[0].received), (100..110).collect::<Vec<_>>());
+    assert_eq!(numbers(&p.nodes[1].received), (0..10).collect::<Vec<_>>());
+    assert_eq!(numbers(&p.nodes[0].received), (100..110).collect::<Vec<_>>());
     let seqs: Vec<u64> = p.nodes[1].received.iter().map(Message::seq).collect();
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
     let a = p.session_ep(0).unwrap();
@@ -102,15 +91,15 @@ fn messages_flow_both_ways_in_order_and_acks_trim_unacked() {
 fn out_queue_sends_higher_priority_first() {
     let mut p = client_server();
     let a = p.connect(0);
-    let mut low = msg(1);
+    let mut low = numbered(1);
     low.set_priority(64);
-    let mut high = msg(2);
+    let mut high = numbered(2);
     high.set_priority(255);
     p.conn(a).send_message(low);
     p.conn(a).send_message(high);
-    p.conn(a).send_message(msg(3));
+    p.conn(a).send_message(numbered(3));
     p.drive();
-    assert_eq!(ids(&p.nodes[1].received), [2, 3, 1]);
+    assert_eq!(numbers(&p.nodes[1].received), [2, 3, 1]);
 }
 
 // A stateless server (how a monitor treats clients) makes the session lossy and never
@@ -118,11 +107,11 @@ fn out_queue_sends_higher_priority_first() {
 #[test]
 fn stateless_server_makes_session_lossy_without_acks() {
     let mut p = Pair::v1(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
-    p.send(0, msg(1));
+    p.send(0, numbered(1));
     p.drive();
     let a = p.session_ep(0).unwrap();
     assert!(p.eps[a].conn.is_lossy());
-    assert_eq!(ids(&p.nodes[1].received), [1]);
+    assert_eq!(numbers(&p.nodes[1].received), [1]);
     // 315 + MSG from the server? No: nothing but the handshake came back (no ACK).
     assert_eq!(p.links[0].sent[0], 315);
     assert_eq!(p.eps[a].conn.pending_messages(), 0, "lossy keeps no unacked copies");
@@ -133,16 +122,16 @@ fn delivery_byte_by_byte() {
     let mut p = client_server();
     p.splitter = Some(Box::new(|_| 1));
     for i in 0..5 {
-        p.send(0, msg(i));
+        p.send(0, numbered(i));
     }
     p.drive();
     for i in 0..5 {
-        p.send(1, msg(50 + i));
+        p.send(1, numbered(50 + i));
     }
     p.drive();
     assert_one_session(&p);
-    assert_eq!(ids(&p.nodes[1].received), (0..5).collect::<Vec<_>>());
-    assert_eq!(ids(&p.nodes[0].received), (50..55).collect::<Vec<_>>());
+    assert_eq!(numbers(&p.nodes[1].received), (0..5).collect::<Vec<_>>());
+    assert_eq!(numbers(&p.nodes[0].received), (50..55).collect::<Vec<_>>());
 }
 
 #[test]
@@ -154,12 +143,12 @@ fn delivery_in_random_splits() {
         p.splitter = Some(Box::new(move |n| r2.gen_range(1..=n)));
         let n = rng.gen_range(1..20);
         for i in 0..n {
-            let mut m = msg(i);
+            let mut m = numbered(i);
             m.set_data(Bytes::from(vec![i as u8; rng.gen_range(0..3000)]));
             p.send(0, m);
         }
         p.drive();
-        assert_eq!(ids(&p.nodes[1].received), (0..n).collect::<Vec<_>>(), "seed {seed}");
+        assert_eq!(numbers(&p.nodes[1].received), (0..n).collect::<Vec<_>>(), "seed {seed}");
     }
 }
 
@@ -169,7 +158,7 @@ fn delivery_in_random_splits() {
 fn cut_at_every_byte_offset_loses_nothing() {
     let mut p = client_server();
     for i in 0..3 {
-        p.send(0, msg(i));
+        p.send(0, numbered(i));
     }
     p.drive();
     let total = p.delivered;
@@ -177,10 +166,10 @@ fn cut_at_every_byte_offset_loses_nothing() {
         let mut p = client_server();
         p.cut_after = Some(off);
         for i in 0..3 {
-            p.send(0, msg(i));
+            p.send(0, numbered(i));
         }
         p.run_for(Duration::from_secs(60));
-        assert_eq!(ids(&p.nodes[1].received), [0, 1, 2], "cut at {off}");
+        assert_eq!(numbers(&p.nodes[1].received), [0, 1, 2], "cut at {off}");
         assert_one_session(&p);
     }
 }
@@ -191,9 +180,9 @@ fn cut_at_every_byte_offset_loses_nothing() {
 fn tampered_header_is_a_crc_fault_and_lossless_resend_recovers() {
     let mut p = client_server();
     p.tamper = Some((1, 186 + 1 + 10, 0x40)); // inside the first MSG header (tid)
-    p.send(0, msg(7));
+    p.send(0, numbered(7));
     p.run_for(Duration::from_secs(5));
-    assert_eq!(ids(&p.nodes[1].received), [7]);
+    assert_eq!(numbers(&p.nodes[1].received), [7]);
     assert!(p.nodes[1].log.contains(&"Standby".to_string()), "{:?}", p.nodes[1].log);
     assert!(p.nodes[0].log.contains(&"Reconnect".to_string()), "{:?}", p.nodes[0].log);
     assert_one_session(&p);
@@ -205,7 +194,7 @@ fn tampered_header_is_a_crc_fault_and_lossless_resend_recovers() {
 fn tampered_front_on_lossy_session_resets_both_sides() {
     let mut p = Pair::v1(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
     p.tamper = Some((1, 186 + 1 + 53, 0x01)); // first front byte
-    p.send(0, msg(7));
+    p.send(0, numbered(7));
     p.drive();
     assert!(p.nodes[1].received.is_empty());
     assert_eq!(p.nodes[1].resets, 1);
@@ -219,12 +208,12 @@ fn tampered_front_on_lossy_session_resets_both_sides() {
 #[test]
 fn simultaneous_connect_resolves_to_one_session() {
     let mut p = Pair::v1(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
-    p.send(0, msg(1));
-    p.send(1, msg(2));
+    p.send(0, numbered(1));
+    p.send(1, numbered(2));
     p.run_for(Duration::from_secs(60));
     assert_one_session(&p);
-    assert_eq!(ids(&p.nodes[1].received), [1]);
-    assert_eq!(ids(&p.nodes[0].received), [2]);
+    assert_eq!(numbers(&p.nodes[1].received), [1]);
+    assert_eq!(numbers(&p.nodes[0].received), [2]);
     let a = p.session_ep(0).unwrap();
     assert!(!p.eps[a].accepted, "node 0 (lower address) keeps its outgoing connection");
 }
@@ -237,15 +226,15 @@ fn simultaneous_connect_random_orders() {
         let mut r2 = SmallRng::seed_from_u64(seed ^ 7);
         p.splitter = Some(Box::new(move |n| r2.gen_range(1..=n)));
         let first = rng.gen_range(0..2);
-        p.send(first, msg(1));
+        p.send(first, numbered(1));
         for _ in 0..rng.gen_range(0..4) {
             p.step();
         }
-        p.send(1 - first, msg(2));
+        p.send(1 - first, numbered(2));
         p.run_for(Duration::from_secs(120));
         assert_one_session(&p);
-        assert_eq!(ids(&p.nodes[1 - first].received), [1], "seed {seed}");
-        assert_eq!(ids(&p.nodes[first].received), [2], "seed {seed}");
+        assert_eq!(numbers(&p.nodes[1 - first].received), [1], "seed {seed}");
+        assert_eq!(numbers(&p.nodes[first].received), [2], "seed {seed}");
     }
 }
 
@@ -369,12 +358,12 @@ fn lossless_run(seed: u64, p0: Policy, p1: Policy) -> usize {
     let server1 = p1.server;
     for _round in 0..400 {
         if sent0 < n0 && rng.gen_bool(0.4) {
-            p.send(0, msg(sent0));
+            p.send(0, numbered(sent0));
             sent0 += 1;
         }
         let may1 = !server1 || (p.nodes[0].opened > 0 && p.session_ep(1).is_some());
         if sent1 < n1 && rng.gen_bool(0.4) && may1 {
-            p.send(1, msg(1000 + sent1));
+            p.send(1, numbered(1000 + sent1));
             sent1 += 1;
         }
         p.step();
@@ -396,14 +385,14 @@ fn lossless_run(seed: u64, p0: Policy, p1: Policy) -> usize {
         }
     }
     while sent0 < n0 {
-        p.send(0, msg(sent0));
+        p.send(0, numbered(sent0));
         sent0 += 1;
     }
     p.run_for(Duration::from_secs(120));
     note_resets(&p, [sent0, sent1], &mut seen, &mut marks);
     // A stateful server may still hold messages in standby until the client comes back.
     if p.nodes[0].received.len() < sent1 as usize {
-        p.send(0, msg(sent0));
+        p.send(0, numbered(sent0));
         sent0 += 1;
         p.run_for(Duration::from_secs(120));
         note_resets(&p, [sent0, sent1], &mut seen, &mut marks);
@@ -418,8 +407,8 @@ fn lossless_run(seed: u64, p0: Policy, p1: Policy) -> usize {
         assert_eq!(p.nodes[node].resets, 0, "seed {seed}: ms_handle_reset on a lossless session");
         explain_remote_resets(seed, &p, node);
     }
-    check_stream(seed, 0, 0, sent0, &ids(&p.nodes[1].received), &marks[0]);
-    check_stream(seed, 1, 1000, sent1, &ids(&p.nodes[0].received), &marks[1]);
+    check_stream(seed, 0, 0, sent0, &numbers(&p.nodes[1].received), &marks[0]);
+    check_stream(seed, 1, 1000, sent1, &numbers(&p.nodes[0].received), &marks[1]);
     assert!(!server1 || marks[0].is_empty(), "seed {seed}: a lossless client was reset");
     // Standby policies may end parked; never two live sessions on one node.
     for node in 0..2 {
@@ -474,7 +463,7 @@ fn lossless_peers_replay_randomised() {
 #[test]
 fn lossy_session_resets_on_cut() {
     let mut p = Pair::v1(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
-    p.send(0, msg(1));
+    p.send(0, numbered(1));
     p.drive();
     p.cut(0);
     p.drive();
@@ -491,7 +480,7 @@ fn peer_restart_with_resetcheck_resets_session() {
     let mut p =
         Pair::v1(Instant::now(), Policy::lossless_peer_reuse(), Policy::lossless_peer_reuse());
     for i in 0..3 {
-        p.send(0, msg(i));
+        p.send(0, numbered(i));
     }
     p.drive();
     let b_old = p.session_ep(1).unwrap();
@@ -506,12 +495,12 @@ fn peer_restart_with_resetcheck_resets_session() {
     p.cut_all();
     p.drive();
     p.nodes[0].received.clear();
-    p.send(0, msg(10));
+    p.send(0, numbered(10));
     p.run_for(Duration::from_secs(10));
     assert_eq!(p.nodes[1].remote_resets, 1, "{:?}", p.nodes[1].log);
     let b = p.session_ep(1).unwrap();
     assert_eq!(p.eps[b].conn.seqs().in_seq, Seq(1), "in_seq restarted: the new message is seq 1");
-    assert_eq!(ids(&p.nodes[1].received), [0, 1, 2, 10]);
+    assert_eq!(numbers(&p.nodes[1].received), [0, 1, 2, 10]);
     assert_one_session(&p);
 }
 
@@ -521,7 +510,7 @@ fn peer_restart_with_resetcheck_resets_session() {
 #[test]
 fn server_restart_answers_resetsession() {
     let mut p = client_server();
-    p.send(0, msg(1));
+    p.send(0, numbered(1));
     p.drive();
     for e in 0..p.eps.len() {
         if p.eps[e].node == 1 {
@@ -535,9 +524,9 @@ fn server_restart_answers_resetsession() {
     assert_one_session(&p);
     let a = p.session_ep(0).unwrap();
     assert_eq!(p.eps[a].conn.seqs().connect_seq, ConnectSeq(1), "fresh session after reset");
-    p.send(0, msg(2));
+    p.send(0, numbered(2));
     p.drive();
-    assert_eq!(ids(&p.nodes[1].received), [1, 2]);
+    assert_eq!(numbers(&p.nodes[1].received), [1, 2]);
 }
 
 // Standby and wake: a lossless peer with nothing queued parks on a cut; a new message
@@ -545,7 +534,7 @@ fn server_restart_answers_resetsession() {
 #[test]
 fn standby_then_wake_on_send_via_retry_session() {
     let mut p = Pair::v1(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
-    p.send(0, msg(1));
+    p.send(0, numbered(1));
     p.drive();
     p.cut_all();
     p.drive();
@@ -553,10 +542,10 @@ fn standby_then_wake_on_send_via_retry_session() {
     assert_eq!(p.eps[a].conn.state(), SessionState::Standby);
     assert!(p.nodes[0].log.contains(&"Standby".to_string()));
     assert!(p.eps[a].conn.poll_timeout().is_none(), "standby arms no timer");
-    p.send(0, msg(2));
+    p.send(0, numbered(2));
     p.run_for(Duration::from_secs(5));
     assert_one_session(&p);
-    assert_eq!(ids(&p.nodes[1].received), [1, 2]);
+    assert_eq!(numbers(&p.nodes[1].received), [1, 2]);
     // cs 1 → standby reconnect with 1 → RETRY_SESSION(2) → replace → 3.
     assert_eq!(p.eps[a].conn.seqs().connect_seq, ConnectSeq(3));
 }
@@ -565,7 +554,7 @@ fn standby_then_wake_on_send_via_retry_session() {
 #[test]
 fn stale_global_seq_gets_retry_global() {
     let mut p = client_server();
-    p.send(0, msg(1));
+    p.send(0, numbered(1));
     p.drive();
     p.cut_all();
     p.run_for(Duration::from_secs(1)); // reconnect: gs 2, replace
@@ -577,9 +566,9 @@ fn stale_global_seq_gets_retry_global() {
     p.run_for(Duration::from_secs(1)); // gs 1 < 2 → RETRY_GLOBAL(2) → gs 3
     assert_eq!(p.nodes[0].config.global_seq.current(), GlobalSeq(3));
     assert_one_session(&p);
-    p.send(0, msg(2));
+    p.send(0, numbered(2));
     p.drive();
-    assert_eq!(ids(&p.nodes[1].received), [1, 2]);
+    assert_eq!(numbers(&p.nodes[1].received), [1, 2]);
 }
 
 // KEEPALIVE2 → KEEPALIVE2_ACK echoing the stamp; periodic keepalives from the timer.
@@ -643,8 +632,8 @@ fn idle_timeout_faults_silent_session() {
 fn receive_budget_pauses_reading_until_granted() {
     let mut p = client_server();
     p.nodes[1].hold_budget = true;
-    p.send(0, msg(1));
-    p.send(0, msg(2));
+    p.send(0, numbered(1));
+    p.send(0, numbered(2));
     p.drive();
     assert!(p.nodes[1].received.is_empty());
     assert_eq!(p.nodes[1].budget_waiting.len(), 1);
@@ -654,10 +643,10 @@ fn receive_budget_pauses_reading_until_granted() {
     assert_eq!(p.eps[b].conn.poll_timeout(), None);
     p.release_budget();
     p.drive();
-    assert_eq!(ids(&p.nodes[1].received), [1]);
+    assert_eq!(numbers(&p.nodes[1].received), [1]);
     p.release_budget();
     p.drive();
-    assert_eq!(ids(&p.nodes[1].received), [1, 2]);
+    assert_eq!(numbers(&p.nodes[1].received), [1, 2]);
 }
 
 // The drive loop is bounded: a conversation that does not settle within max_steps
@@ -667,7 +656,7 @@ fn receive_budget_pauses_reading_until_granted() {
 fn drive_loop_is_bounded() {
     let mut p = client_server();
     p.max_steps = 2;
-    p.send(0, msg(1));
+    p.send(0, numbered(1));
     p.drive();
 }
 
@@ -692,7 +681,7 @@ fn receive_credit_turns_a_burst_into_few_budget_requests() {
     let per_grant = u64::from(messages).min(max_bytes / cost) + 1;
     for credit in [true, false] {
         for id in 0..burst {
-            let mut m = msg(id);
+            let mut m = numbered(id);
             // 4 KiB of payload in all: one first window covers it.
             m.set_data(Bytes::from(vec![0x5a; 4092]));
             ca.send_message(m);
@@ -703,7 +692,7 @@ fn receive_credit_turns_a_burst_into_few_budget_requests() {
         } else {
             carry(ca, cb, now, &mut segs, |m| got.push(m))
         };
-        assert_eq!(ids(&got), (0..burst).collect::<Vec<_>>(), "credit {credit}");
+        assert_eq!(numbers(&got), (0..burst).collect::<Vec<_>>(), "credit {credit}");
         let most = if credit { u64::from(burst).div_ceil(per_grant) } else { u64::from(burst) };
         assert_eq!(requests, most, "credit {credit}");
         assert_eq!(cb.take_receive_credit(), (0, 0), "the unused credit was taken back");

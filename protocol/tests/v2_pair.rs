@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::auth::ConMode;
-use protocol::message::PRIO_DEFAULT;
 use protocol::testing::node_config as nc;
-use protocol::testing::{Pair, TestAuthProvider, TEST_AUTH};
+use protocol::testing::{numbered, numbers, Pair, TestAuthProvider, TEST_AUTH};
 use protocol::types::Features;
 use protocol::wire::KeepaliveStamp;
 use protocol::Message;
@@ -30,25 +29,15 @@ fn node_config(num: i64, port: u16, nonce: u32) -> protocol::Config {
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-fn msg(id: u32) -> Message {
-    let mut m = Message::new(2, Bytes::copy_from_slice(&id.to_le_bytes()));
-    m.set_priority(PRIO_DEFAULT);
-    m
-}
-
 /// A message with all three segments, sized from `id`.
 fn big_msg(id: u32) -> Message {
-    let mut m = msg(id);
+    let mut m = numbered(id);
     m.set_tid(u64::from(id) * 3);
     m.set_version(7);
     m.set_compat_version(2);
     m.set_middle(Bytes::from(vec![id as u8; (id as usize * 13) % 200]));
     m.set_data(Bytes::from((0..(id as usize * 997) % 9000).map(|i| i as u8).collect::<Vec<_>>()));
     m
-}
-
-fn ids(received: &[Message]) -> Vec<u32> {
-    received.iter().map(|m| u32::from_le_bytes(m.front()[..4].try_into().unwrap())).collect()
 }
 
 /// A lossless client and a stateful server authenticating with the two-round test
@@ -134,8 +123,8 @@ fn messages_flow_both_ways_byte_exact_and_acks_trim_unacked() {
             (want.msg_type(), want.tid(), want.version(), want.compat_version(), want.priority())
         );
     }
-    assert_eq!(ids(&p.nodes[1].received), (1..=20).collect::<Vec<_>>());
-    assert_eq!(ids(&p.nodes[0].received), (101..=110).collect::<Vec<_>>());
+    assert_eq!(numbers(&p.nodes[1].received), (1..=20).collect::<Vec<_>>());
+    assert_eq!(numbers(&p.nodes[0].received), (101..=110).collect::<Vec<_>>());
     assert_eq!(p.nodes[1].received[0].seq(), 1);
     assert_eq!(p.nodes[1].received[19].seq(), 20);
     let src = p.nodes[1].received[0].src().unwrap();
@@ -161,8 +150,8 @@ fn exchange_is_byte_exact(mut p: Pair) -> Pair {
     }
     p.drive();
     assert_one_session(&p);
-    assert_eq!(ids(&p.nodes[1].received), (1..=12).collect::<Vec<_>>());
-    assert_eq!(ids(&p.nodes[0].received), (101..=106).collect::<Vec<_>>());
+    assert_eq!(numbers(&p.nodes[1].received), (1..=12).collect::<Vec<_>>());
+    assert_eq!(numbers(&p.nodes[0].received), (101..=106).collect::<Vec<_>>());
     for (got, want) in p.nodes[1].received.iter().zip(&sent0) {
         assert_eq!(
             (got.front(), got.middle(), got.data()),
@@ -225,7 +214,7 @@ fn mode_is_the_connectors_first_allowed_preference() {
         c1,
         Policy::stateful_server(),
     );
-    p.send(0, msg(1));
+    p.send(0, numbered(1));
     p.drive();
     let a = p.session_ep(0).unwrap();
     assert_eq!(p.eps[a].conn.con_mode(), Some(ConMode::CRC));
@@ -250,12 +239,12 @@ fn bad_method_falls_back_to_the_next_allowed_method() {
         c1,
         Policy::stateful_server(),
     );
-    p.send(0, msg(1));
+    p.send(0, numbered(1));
     p.drive();
     assert_one_session(&p);
     let a = p.session_ep(0).unwrap();
     assert_eq!(p.eps[a].conn.con_mode(), Some(ConMode::CRC), "auth none forces crc");
-    assert_eq!(ids(&p.nodes[1].received), [1]);
+    assert_eq!(numbers(&p.nodes[1].received), [1]);
 }
 
 // Bad credentials: AUTH_BAD_METHOD(-EACCES) in answer to AUTH_REQUEST_MORE; with no
@@ -279,7 +268,7 @@ fn wrong_key_is_refused() {
         c1,
         Policy::stateful_server(),
     );
-    p.send(0, msg(1));
+    p.send(0, numbered(1));
     p.run_for(Duration::from_secs(30));
     assert_eq!(p.nodes[0].refused, 1, "{:?}", p.nodes[0].log);
     assert!(p.nodes[1].received.is_empty());
@@ -313,12 +302,12 @@ fn delivery_in_random_splits() {
         p.splitter = Some(Box::new(move |n| r2.gen_range(1..=n)));
         let n = rng.gen_range(1..20);
         for i in 0..n {
-            let mut m = msg(i);
+            let mut m = numbered(i);
             m.set_data(Bytes::from(vec![i as u8; rng.gen_range(0..6000)]));
             p.send(0, m);
         }
         p.drive();
-        assert_eq!(ids(&p.nodes[1].received), (0..n).collect::<Vec<_>>(), "seed {seed}");
+        assert_eq!(numbers(&p.nodes[1].received), (0..n).collect::<Vec<_>>(), "seed {seed}");
     }
 }
 
@@ -327,25 +316,25 @@ fn cut_everywhere(modes: &[ConMode]) {
     let make = || test_auth_pair(modes);
     let mut p = make();
     for i in 0..3 {
-        p.send(0, msg(i));
+        p.send(0, numbered(i));
     }
     p.drive();
-    p.send(1, msg(9));
+    p.send(1, numbered(9));
     p.drive();
     let total = p.delivered;
     for off in 0..=total {
         let mut p = make();
         p.cut_after = Some(off);
         for i in 0..3 {
-            p.send(0, msg(i));
+            p.send(0, numbered(i));
         }
         p.drive();
         if p.session_ep(1).is_some() {
-            p.send(1, msg(9));
+            p.send(1, numbered(9));
         }
         p.run_for(Duration::from_secs(60));
-        assert_eq!(ids(&p.nodes[1].received), [0, 1, 2], "cut at {off} of {total}");
-        assert!(ids(&p.nodes[0].received).len() <= 1, "cut at {off}: no duplicate");
+        assert_eq!(numbers(&p.nodes[1].received), [0, 1, 2], "cut at {off} of {total}");
+        assert!(numbers(&p.nodes[0].received).len() <= 1, "cut at {off}: no duplicate");
         assert_one_session(&p);
     }
 }
@@ -376,9 +365,9 @@ fn tampered_bytes_fault_and_lossless_resend_recovers() {
         let mut p = test_auth_pair(&modes);
         // Inside the first MESSAGE: its front (crc) / its first GCM block (secure).
         p.tamper = Some((1, handshake + 60, 0x40));
-        p.send(0, msg(7));
+        p.send(0, numbered(7));
         p.run_for(Duration::from_secs(5));
-        assert_eq!(ids(&p.nodes[1].received), [7], "{modes:?}");
+        assert_eq!(numbers(&p.nodes[1].received), [7], "{modes:?}");
         assert!(p.nodes[1].log.contains(&"Standby".to_string()), "{modes:?} {:?}", p.nodes[1].log);
         assert!(p.nodes[0].log.contains(&"Reconnect".to_string()), "{:?}", p.nodes[0].log);
         assert_one_session(&p);
@@ -398,7 +387,7 @@ fn tampered_handshake_byte_anywhere_is_detected() {
             for off in (0..len).step_by(3) {
                 let mut p = test_auth_pair(&modes);
                 p.tamper = Some((to, off, 0x10));
-                p.send(0, msg(1));
+                p.send(0, numbered(1));
                 p.run_for(Duration::from_secs(30));
                 if to == 0 && (18..26).contains(&off) {
                     // The acceptor's banner now requires unknown msgr2 features: the
@@ -406,7 +395,7 @@ fn tampered_handshake_byte_anywhere_is_detected() {
                     assert_eq!(p.nodes[0].refused, 1, "{modes:?} at {off}");
                     continue;
                 }
-                assert_eq!(ids(&p.nodes[1].received), [1], "{modes:?} toward {to} at {off}");
+                assert_eq!(numbers(&p.nodes[1].received), [1], "{modes:?} toward {to} at {off}");
                 assert!(
                     p.links.len() >= 2 || p.tamper.is_some(),
                     "{modes:?} toward {to} at {off}: tamper unnoticed"
@@ -424,7 +413,7 @@ fn tampered_frame_on_lossy_session_resets_both_sides() {
     p.drive();
     let handshake = p.links[0].sent[1];
     p.tamper = Some((1, handshake + 40, 0x01));
-    p.send(0, msg(7));
+    p.send(0, numbered(7));
     p.drive();
     assert!(p.nodes[1].received.is_empty());
     assert_eq!(p.nodes[1].resets, 1);
@@ -436,12 +425,12 @@ fn tampered_frame_on_lossy_session_resets_both_sides() {
 #[test]
 fn simultaneous_connect_resolves_to_one_session() {
     let mut p = Pair::v2(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
-    p.send(0, msg(1));
-    p.send(1, msg(2));
+    p.send(0, numbered(1));
+    p.send(1, numbered(2));
     p.run_for(Duration::from_secs(60));
     assert_one_session(&p);
-    assert_eq!(ids(&p.nodes[1].received), [1]);
-    assert_eq!(ids(&p.nodes[0].received), [2]);
+    assert_eq!(numbers(&p.nodes[1].received), [1]);
+    assert_eq!(numbers(&p.nodes[0].received), [2]);
 }
 
 #[test]
@@ -455,15 +444,15 @@ fn simultaneous_connect_random_orders() {
         let mut r2 = SmallRng::seed_from_u64(seed ^ 7);
         p.splitter = Some(Box::new(move |n| r2.gen_range(1..=n)));
         let first = rng.gen_range(0..2);
-        p.send(first, msg(1));
+        p.send(first, numbered(1));
         for _ in 0..rng.gen_range(0..6) {
             p.step();
         }
-        p.send(1 - first, msg(2));
+        p.send(1 - first, numbered(2));
         p.run_for(Duration::from_secs(120));
         assert_one_session(&p);
-        assert_eq!(ids(&p.nodes[1 - first].received), [1], "seed {seed}");
-        assert_eq!(ids(&p.nodes[first].received), [2], "seed {seed}");
+        assert_eq!(numbers(&p.nodes[1 - first].received), [1], "seed {seed}");
+        assert_eq!(numbers(&p.nodes[first].received), [2], "seed {seed}");
     }
 }
 
@@ -481,12 +470,12 @@ fn lossless_run(seed: u64, p0: Policy, p1: Policy, modes: &[ConMode]) -> bool {
     let server1 = p1.server;
     for _round in 0..400 {
         if sent0 < n0 && rng.gen_bool(0.4) {
-            p.send(0, msg(sent0));
+            p.send(0, numbered(sent0));
             sent0 += 1;
         }
         let may1 = !server1 || (p.nodes[0].opened > 0 && p.session_ep(1).is_some());
         if sent1 < n1 && rng.gen_bool(0.4) && may1 {
-            p.send(1, msg(1000 + sent1));
+            p.send(1, numbered(1000 + sent1));
             sent1 += 1;
         }
         p.step();
@@ -505,12 +494,12 @@ fn lossless_run(seed: u64, p0: Policy, p1: Policy, modes: &[ConMode]) -> bool {
         }
     }
     while sent0 < n0 {
-        p.send(0, msg(sent0));
+        p.send(0, numbered(sent0));
         sent0 += 1;
     }
     p.run_for(Duration::from_secs(120));
     if p.nodes[0].received.len() < sent1 as usize {
-        p.send(0, msg(sent0));
+        p.send(0, numbered(sent0));
         sent0 += 1;
         p.run_for(Duration::from_secs(120));
     }
@@ -520,8 +509,8 @@ fn lossless_run(seed: u64, p0: Policy, p1: Policy, modes: &[ConMode]) -> bool {
             eprintln!("ep node {} alive {} accepted {} {}", e.node, e.alive, e.accepted, e.conn);
         }
     }
-    let got1 = ids(&p.nodes[1].received);
-    let got0 = ids(&p.nodes[0].received);
+    let got1 = numbers(&p.nodes[1].received);
+    let got0 = numbers(&p.nodes[0].received);
     // A Pacific receiver stops reading on a resent seq it already has: we must never
     // send one (requeued messages up to the peer's in_seq are discarded on resume).
     let dups: u64 = p.eps.iter().map(|e| e.conn.duplicates_dropped()).sum();
@@ -587,7 +576,7 @@ fn lossless_peers_replay_randomised() {
 #[test]
 fn lossy_session_resets_on_cut() {
     let mut p = Pair::v2(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
-    p.send(0, msg(1));
+    p.send(0, numbered(1));
     p.drive();
     let a = p.session_ep(0).unwrap();
     assert!(p.eps[a].conn.is_lossy());
@@ -607,7 +596,7 @@ fn lossy_session_resets_on_cut() {
 #[test]
 fn server_restart_answers_session_reset() {
     let mut p = client_server();
-    p.send(0, msg(1));
+    p.send(0, numbered(1));
     p.drive();
     for e in 0..p.eps.len() {
         if p.eps[e].node == 1 {
@@ -620,9 +609,9 @@ fn server_restart_answers_session_reset() {
     assert_eq!(p.nodes[0].remote_resets, 1, "{:?}", p.nodes[0].log);
     assert_one_session(&p);
     assert_eq!(p.links.len(), 2, "CLIENT_IDENT went on the reconnect's own connection");
-    p.send(0, msg(2));
+    p.send(0, numbered(2));
     p.drive();
-    assert_eq!(ids(&p.nodes[1].received), [1, 2]);
+    assert_eq!(numbers(&p.nodes[1].received), [1, 2]);
     let b = p.session_ep(1).unwrap();
     assert_eq!(p.eps[b].conn.seqs().in_seq, Seq(1), "a new session numbers from 1");
 }
@@ -634,7 +623,7 @@ fn peer_restart_with_resetcheck_resets_session() {
     let mut p =
         Pair::v2(Instant::now(), Policy::lossless_peer_reuse(), Policy::lossless_peer_reuse());
     for i in 0..3 {
-        p.send(0, msg(i));
+        p.send(0, numbered(i));
     }
     p.drive();
     // Node 0 restarts: its state is gone, its socket dies, node 1 cannot dial it back.
@@ -648,12 +637,12 @@ fn peer_restart_with_resetcheck_resets_session() {
     p.cut_all();
     p.drive();
     p.nodes[0].unreachable = false;
-    p.send(0, msg(10));
+    p.send(0, numbered(10));
     p.run_for(Duration::from_secs(10));
     assert_eq!(p.nodes[1].remote_resets, 1, "{:?}", p.nodes[1].log);
     let b = p.session_ep(1).unwrap();
     assert_eq!(p.eps[b].conn.seqs().in_seq, Seq(1), "in_seq restarted: the new message is seq 1");
-    assert_eq!(ids(&p.nodes[1].received), [0, 1, 2, 10]);
+    assert_eq!(numbers(&p.nodes[1].received), [0, 1, 2, 10]);
     assert_one_session(&p);
 }
 
@@ -662,7 +651,7 @@ fn peer_restart_with_resetcheck_resets_session() {
 #[test]
 fn standby_then_wake_on_send_resumes_session() {
     let mut p = Pair::v2(Instant::now(), Policy::lossless_peer(), Policy::stateful_server());
-    p.send(0, msg(1));
+    p.send(0, numbered(1));
     p.drive();
     let a = p.session_ep(0).unwrap();
     let cookies = p.eps[a].conn.cookies();
@@ -670,10 +659,10 @@ fn standby_then_wake_on_send_resumes_session() {
     p.drive();
     assert_eq!(p.eps[a].conn.state(), SessionState::Standby);
     assert!(p.eps[a].conn.poll_timeout().is_none(), "standby arms no timer");
-    p.send(0, msg(2));
+    p.send(0, numbered(2));
     p.run_for(Duration::from_secs(5));
     assert_one_session(&p);
-    assert_eq!(ids(&p.nodes[1].received), [1, 2]);
+    assert_eq!(numbers(&p.nodes[1].received), [1, 2]);
     assert_eq!(p.eps[a].conn.cookies(), cookies, "same session");
     assert_eq!(p.eps[a].conn.seqs().connect_seq, ConnectSeq(1), "connect_seq counts the reconnect");
     let b = p.session_ep(1).unwrap();
@@ -728,7 +717,7 @@ fn receive_budget_pauses_reading_until_granted() {
     let mut p = client_server();
     p.nodes[1].hold_budget = true;
     for i in 0..3 {
-        p.send(0, msg(i));
+        p.send(0, numbered(i));
     }
     p.drive();
     assert!(p.nodes[1].received.is_empty());
@@ -738,7 +727,7 @@ fn receive_budget_pauses_reading_until_granted() {
         p.release_budget();
         p.drive();
     }
-    assert_eq!(ids(&p.nodes[1].received), [0, 1, 2]);
+    assert_eq!(numbers(&p.nodes[1].received), [0, 1, 2]);
 }
 
 // The handshake timeout bounds a silent peer on both sides.
@@ -759,21 +748,21 @@ fn handshake_timeout_on_a_silent_peer() {
 fn reconnect_race_resolves_by_wait() {
     let mut p = Pair::v2(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
     p.verbose = true;
-    p.send(0, msg(1));
+    p.send(0, numbered(1));
     p.drive();
-    p.send(1, msg(2));
+    p.send(1, numbered(2));
     p.drive();
     let a = p.session_ep(0).unwrap();
     let b = p.session_ep(1).unwrap();
     let cs = p.eps[a].conn.seqs().connect_seq;
     // Both have something to send when the link dies: both redial at once.
-    p.eps[a].conn.send_message(msg(3));
-    p.eps[b].conn.send_message(msg(4));
+    p.eps[a].conn.send_message(numbered(3));
+    p.eps[b].conn.send_message(numbered(4));
     p.cut_all();
     p.run_for(Duration::from_secs(60));
     assert_one_session(&p);
-    assert_eq!(ids(&p.nodes[1].received), [1, 3]);
-    assert_eq!(ids(&p.nodes[0].received), [2, 4]);
+    assert_eq!(numbers(&p.nodes[1].received), [1, 3]);
+    assert_eq!(numbers(&p.nodes[0].received), [2, 4]);
     let waits = p.nodes.iter().flat_map(|n| &n.log).filter(|l| l.contains("= Wait")).count();
     assert!(waits >= 1, "a WAIT resolved the race: {:?} {:?}", p.nodes[0].log, p.nodes[1].log);
     let a = p.session_ep(0).unwrap();

@@ -243,6 +243,25 @@ fn exchange(
     requests
 }
 
+/// A test message numbered `id` (its front is `id`, little-endian) at `PRIO_DEFAULT`:
+/// what the pair scenarios send, so that [`numbers`] can tell what arrived.
+pub fn numbered(id: u32) -> Message {
+    let mut m = Message::new(2, Bytes::copy_from_slice(&id.to_le_bytes()));
+    m.set_priority(crate::message::PRIO_DEFAULT);
+    m
+}
+
+/// The numbers of [`numbered`] messages, in order (`u32::MAX` for a front too short to
+/// carry one).
+pub fn numbers(received: &[Message]) -> Vec<u32> {
+    received
+        .iter()
+        .map(|m| {
+            m.front().get(..4).and_then(|b| b.try_into().ok()).map_or(u32::MAX, u32::from_le_bytes)
+        })
+        .collect()
+}
+
 /// A v2 address on loopback.
 pub fn v2_addr(port: u16, nonce: u32) -> EntityAddr {
     EntityAddr {
