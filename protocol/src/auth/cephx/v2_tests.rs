@@ -108,15 +108,20 @@ fn client_and_monitor(
         rng_source(200),
     )
     .with_key_server(c.server.clone());
-    let p = Pair::with_configs(
+    (to_monitor(c, Arc::new(client), Arc::new(mon)), store)
+}
+
+/// A client (node 0, saying "client" in its HELLO) with `client` dialling mon.0 (node 1)
+/// with `mon`.
+fn to_monitor(c: &Cluster, client: Arc<dyn AuthProvider>, mon: Arc<dyn AuthProvider>) -> Pair {
+    Pair::with_configs(
         c.clock.anchor(),
         ProtocolVersion::V2,
-        config(EntityType::CLIENT, 0, Arc::new(client)),
+        config(EntityType::CLIENT, 0, client),
         Policy::lossless_client(),
-        config(EntityType::MON, 1, Arc::new(mon)),
+        config(EntityType::MON, 1, mon),
         Policy::stateful_server(),
-    );
-    (p, store)
+    )
 }
 
 /// osd.0 (node 0, tickets from `tickets`) dialling osd.1 (node 1, the cluster's osd
@@ -472,15 +477,7 @@ fn a_new_monitor_connection_reclaims_the_global_id_with_the_old_ticket() {
             rng_source(seed),
         )
         .with_monitor_key(c.admin.clone(), store.clone());
-        let mut p = Pair::with_configs(
-            c.clock.anchor(),
-            ProtocolVersion::V2,
-            config(EntityType::CLIENT, 0, Arc::new(client)),
-            Policy::lossless_client(),
-            config(EntityType::MON, 1, mon.clone()),
-            Policy::stateful_server(),
-        );
-        exchange(&mut p).1
+        exchange(&mut to_monitor(&c, Arc::new(client), mon.clone())).1
     };
     let store = Arc::new(TicketStore::default());
     let first = connect(&store, 100);
@@ -514,14 +511,7 @@ fn the_authenticated_entity_must_be_allowed_the_method() {
     let mon = Arc::new(mon);
     for (name, opens) in [(EntityType::OSD, false), (EntityType::CLIENT, true)] {
         let peer = crate::auth::AuthNoneProvider::new(AuthEntityName::new(name, "0"));
-        let mut p = Pair::with_configs(
-            c.clock.anchor(),
-            ProtocolVersion::V2,
-            config(EntityType::CLIENT, 0, Arc::new(peer)),
-            Policy::lossless_client(),
-            config(EntityType::MON, 1, mon.clone()),
-            Policy::stateful_server(),
-        );
+        let mut p = to_monitor(&c, Arc::new(peer), mon.clone());
         p.send(0, msg(1, 10));
         p.run_for(Duration::from_secs(30));
         assert_eq!(p.nodes[1].received.len(), usize::from(opens), "{name}: {:?}", p.nodes[0].log);
