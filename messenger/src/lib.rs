@@ -132,7 +132,13 @@
 //! stops reading that socket; when messages in progress hold all of the budget, the
 //! oldest of them is always granted its next window (it then completes, is dispatched
 //! and releases), so honest large messages never deadlock; that overshoot is bounded by
-//! one message. Duplicates (`seq <= in_seq`) stream by without being stored. Why windows
+//! one message. Because that oldest message may keep everyone else waiting, a message
+//! must also progress by a sixteenth of the budget it holds per `payload_timeout`
+//! ([`protocol::session::PROGRESS_SHARE`]): each window (as large as what the message
+//! already holds) must then arrive within eight timeouts, so a message of the largest
+//! size allowed that fills the default 100 MiB throttle completes or faults within
+//! about three minutes; at one `read_buffer` per timeout it could take hours. An honest
+//! 100 MiB message needs about 640 KB/s near its end. Duplicates (`seq <= in_seq`) stream by without being stored. Why windows
 //! and not a reservation at the header (Ceph) or a fixed per-connection share: a
 //! reservation lets one silent peer hold the whole budget, and a fixed share is either
 //! too small for large messages or lets a few hundred peers hold it all; windows that

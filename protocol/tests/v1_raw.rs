@@ -836,3 +836,69 @@ fn keepalive_v1_is_not_answered() {
     a.send_keepalive(stamp);
     assert_eq!(drain(&mut a), [14, 1, 0, 0, 0, 2, 0, 0, 0]);
 }
+
+/// Feeds `bytes` at `now`, granting every budget request; returns the bytes granted.
+fn feed_granting(a: &mut Connection, now: Instant, bytes: &[u8]) -> u64 {
+    a.handle_bytes(now, Bytes::copy_from_slice(bytes));
+    let mut granted = 0;
+    for _ in 0..1000 {
+        let Some(ev) = a.poll_event() else { break };
+        if let Event::NeedBudget { bytes, .. } = ev {
+            granted += bytes;
+            a.grant_budget(now);
+        }
+    }
+    granted
+}
+
+fn stalled(a: &mut Connection) -> bool {
+    events(a).iter().any(|e| {
+        matches!(e, Event::Closed { reason, .. }
+            if matches!(**reason, CloseReason::Fault(Fault::PayloadTimeout)))
+    })
+}
+
+// A message's payload must progress by a window per payload timeout, and by a
+// sixteenth of the budget it holds when that is more: a peer holding megabytes of the
+// throttle (and, as the oldest message in progress, the right to go past its maximum)
+// cannot keep them for hours by sending just a window per timeout.
+#[test]
+fn a_message_holding_much_budget_must_progress_in_proportion() {
+    let timeout = me().payload_timeout;
+    let window = protocol::session::DEFAULT_PROGRESS_WINDOW as usize;
+    let share = protocol::session::PROGRESS_SHARE;
+    let wire = frame(1, &vec![0x5a; 8 << 20]);
+    // Up to the message's first 1 MiB at once, then one byte: the second window makes
+    // the message hold about 2 MiB, whose sixteenth (128 KiB) is twice the window.
+    let start = |a: &mut Connection, t0: Instant| {
+        let at = wire.len() - (7 << 20);
+        let mut held = feed_granting(a, t0, &wire[..at]);
+        held += feed_granting(a, t0, &wire[at..=at]);
+        let need = held / share;
+        assert!(need > 3 * window as u64 / 2, "holds only {held}");
+        (at + 1, need as usize)
+    };
+
+    // A window and a half per timeout (what used to be enough) faults it.
+    let (mut a, t0) = open_acceptor(Policy::stateless_server());
+    let (at, _) = start(&mut a, t0);
+    let t1 = t0 + timeout - Duration::from_secs(1);
+    feed_granting(&mut a, t1, &wire[at..at + window * 3 / 2]);
+    assert!(a.is_open());
+    a.handle_timeout(t0 + timeout);
+    assert!(stalled(&mut a), "a window and a half per timeout kept 2 MiB held");
+
+    // Its sixteenth per timeout keeps it going, for as long as it comes.
+    let (mut a, t0) = open_acceptor(Policy::stateless_server());
+    let (mut at, need) = start(&mut a, t0);
+    let mut t = t0;
+    for _ in 0..3 {
+        t += timeout - Duration::from_secs(1);
+        feed_granting(&mut a, t, &wire[at..at + need]);
+        at += need;
+    }
+    a.handle_timeout(t + Duration::from_secs(1));
+    assert!(a.is_open() && !stalled(&mut a), "faulted at a sixteenth per timeout");
+    a.handle_timeout(t + timeout);
+    assert!(stalled(&mut a), "a silent message outlived its timeout");
+}

@@ -139,6 +139,78 @@ fn a_trickled_message_is_faulted_at_the_payload_timeout_over_msgr2() {
     trickled_message_is_faulted(ProtocolVersion::V2);
 }
 
+// A peer that sends a large message quickly, holding more than the whole dispatch
+// throttle as the oldest message in progress, then trickles it: a window per payload
+// timeout no longer keeps it, it must also bring a sixteenth of what it holds. So it is
+// faulted and everyone it made wait goes on. (At a window per timeout the rest of this
+// 16 MiB message would have held the throttle for ~100 s; a 256 MiB one, for hours.)
+fn budget_holding_trickler_is_faulted(proto: ProtocolVersion) {
+    const MAX: u64 = 4 << 20;
+    let timeout = Duration::from_secs(1);
+    let config = MessengerConfig {
+        dispatch_throttle_bytes: MAX,
+        payload_timeout: timeout,
+        ..test_config(2)
+    };
+    let (srv, _addr, _srv_rx) = echo_server(config);
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let good = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
+    round_trips(&good, &cli_rx, 0, 1, 4096);
+    wait_until(
+        || srv.dispatch_throttle().current() == 0,
+        || "timed out waiting for the good request's budget back".into(),
+    );
+
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    let len = 16 << 20;
+    let wire = peer.announce(1, len, head_len(proto) + len - 1);
+    let fast = head_len(proto) + MAX as usize + 1;
+    peer.sock.write_all(&wire[..fast]).expect("the fast part");
+    wait_until(
+        || srv.dispatch_throttle().current() > MAX,
+        || format!("the fast part holds {}", srv.dispatch_throttle().current()),
+    );
+
+    // 128 KiB/s: twice the progress window per timeout, half of a sixteenth of 4 MiB.
+    let piece = 16 << 10;
+    let mut sock = peer.sock.try_clone().expect("clone");
+    let total = wire.len();
+    let trickler = std::thread::spawn(move || {
+        let mut sent = fast;
+        let started = Instant::now();
+        while sent + piece < wire.len() && started.elapsed() < 2 * WAIT {
+            if sock.write_all(&wire[sent..sent + piece]).is_err() {
+                break;
+            }
+            sent += piece;
+            std::thread::sleep(Duration::from_millis(125));
+        }
+        sent
+    });
+
+    // The good client's next request waits behind the trickler's hold, then goes on.
+    round_trips(&good, &cli_rx, 1, 20, 4096);
+    assert!(closed_within(&mut peer.sock, WAIT), "the trickler kept its connection");
+    let sent = trickler.join().expect("trickler");
+    assert!(sent < total / 2, "the trickler sent {sent} of {total} bytes");
+    wait_until(
+        || srv.dispatch_throttle().current() == 0,
+        || "timed out waiting for the budget to be released".into(),
+    );
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn a_trickler_holding_the_budget_must_progress_in_proportion() {
+    budget_holding_trickler_is_faulted(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_trickler_holding_the_budget_must_progress_in_proportion_over_msgr2() {
+    budget_holding_trickler_is_faulted(ProtocolVersion::V2);
+}
+
 /// Holds every message until `open` is called, then takes them all.
 struct Gate {
     open: parking_lot::Mutex<bool>,

@@ -21,6 +21,15 @@ pub const DEFAULT_FIRST_WINDOW: u32 = 4 << 10;
 /// Default [`Config::progress_window`]: one socket read of the messenger's default size.
 pub const DEFAULT_PROGRESS_WINDOW: u32 = 64 << 10;
 
+/// A message's payload must also progress by this share of the budget it holds per
+/// [`Config::payload_timeout`] (a sixteenth), when that is more than
+/// [`Config::progress_window`]. Holding budget then costs a peer bandwidth in
+/// proportion: with windows doubling, each window must arrive within eight payload
+/// timeouts, so a message holding half of a large throttle cannot keep the oldest
+/// message's privilege (and everyone else waiting) for hours by arriving just fast
+/// enough for a fixed window. An honest 100 MiB message needs ~640 KB/s near its end.
+pub const PROGRESS_SHARE: u64 = 16;
+
 /// Default [`Config::max_control_frame`]: Ceph's control frames are < 1 KiB; AUTH_DONE
 /// with every cephx ticket, the largest, is ~1 KiB.
 pub const DEFAULT_MAX_CONTROL_FRAME: u32 = 64 << 10;
@@ -57,7 +66,8 @@ pub struct Config {
     /// `ms_connection_idle_timeout`, 900 s.
     pub idle_timeout: Duration,
     /// While a message arrives, its payload must progress by at least
-    /// [`Config::progress_window`] bytes (or to its end) within this time of the last
+    /// [`Config::progress_window`] bytes, and by [`PROGRESS_SHARE`] of the budget the
+    /// message holds if that is more (or to its end), within this time of the last
     /// such progress or grant of budget; otherwise the connection faults and releases
     /// what the message held. A peer cannot hold budget by announcing a large message
     /// and then trickling it.

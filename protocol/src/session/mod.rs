@@ -61,7 +61,9 @@ use crate::message::Message;
 use crate::types::Features;
 
 pub use config::Config;
-pub use config::{CounterValues, Counters, DEFAULT_FIRST_WINDOW, DEFAULT_PROGRESS_WINDOW};
+pub use config::{
+    CounterValues, Counters, DEFAULT_FIRST_WINDOW, DEFAULT_PROGRESS_WINDOW, PROGRESS_SHARE,
+};
 pub use cookies::{CookieSource, Cookies};
 pub use event::{AuthVerdict, CloseReason, Event, Initiator, Opened};
 pub use fault::{fault_action, next_backoff, Fault, FaultAction, FaultContext, Side};

@@ -8,7 +8,7 @@ use crate::auth::SessionHandler;
 use crate::message::MESSAGE_OVERHEAD;
 
 use super::clock::later;
-use super::config::Config;
+use super::config::{Config, PROGRESS_SHARE};
 
 /// The open session: what only exists while it is open, around the protocol's receive
 /// state `R` (what it is in the middle of reading).
@@ -162,15 +162,14 @@ impl Budget {
         Some((bytes, first))
     }
 
-    /// `n` more payload bytes arrived at `now`: a whole `window` of progress restarts
-    /// the clock from `now`.
+    /// `n` more payload bytes arrived at `now`: a whole `window` of progress, or
+    /// [`PROGRESS_SHARE`] of what the message holds if more, restarts the clock from
+    /// `now`.
     pub(crate) fn progress(&mut self, n: u64, window: u32, now: Instant) {
         let Some((since, progressed)) = self.clock else { return };
         let progressed = progressed.saturating_add(n);
-        self.clock = if progressed >= u64::from(window.max(1)) {
-            Some((now, 0))
-        } else {
-            Some((since, progressed))
-        };
+        let required = u64::from(window.max(1)).max(self.granted / PROGRESS_SHARE);
+        self.clock =
+            if progressed >= required { Some((now, 0)) } else { Some((since, progressed)) };
     }
 }

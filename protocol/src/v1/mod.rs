@@ -42,10 +42,11 @@
 //!   and reading continues; Pacific stops reading the socket (msgr-v1.md 3.9 quirk).
 //! * A message's budget is asked for in windows as its payload arrives
 //!   ([`crate::Event::NeedBudget`]), not for its whole length at the header, and its
-//!   payload must progress by a window per `Config::payload_timeout`: a peer cannot
-//!   hold budget by announcing a large message and going silent. Whole small messages
-//!   can also be read on budget granted ahead ([`crate::Machine::add_receive_credit`]),
-//!   one request for a burst.
+//!   payload must progress by a window (and by [`crate::session::PROGRESS_SHARE`] of
+//!   what it holds, if more) per `Config::payload_timeout`: a peer cannot hold budget
+//!   by announcing a large message and going silent, or by trickling it. Whole small
+//!   messages can also be read on budget granted ahead
+//!   ([`crate::Machine::add_receive_credit`]), one request for a burst.
 //! * An accepted socket may send at most [`MAX_CONNECT_ATTEMPTS`] connect messages; the
 //!   next one faults it (retry replies are answered in a loop, never recursively).
 //! * A session whose socket takes none of the bytes waiting for it for
