@@ -92,6 +92,12 @@
 //!   driver, which adopts them and moves its session (seqs, queues, unacked messages)
 //!   into the new machine. Ceph does the same hand-over under two connection locks; here
 //!   no two connections are ever locked together, and user handles stay valid.
+//! * **Who may take a session.** Sessions are found by the peer's announced address, as
+//!   in Ceph; but a peer that authenticated as another entity than the accepted session
+//!   under that address (cephx tickets name it; see [`Connection::peer_auth`]) is refused
+//!   and closed, instead of resuming, replacing or resetting that session. Ceph decides
+//!   by the address alone, so any authenticated peer could cut another off, or resume its
+//!   lossless session (and receive its messages) with the cookie it saw on the wire.
 //! * [`Messenger::get_connection`] takes a socket address and dials it with nonce 0, which
 //!   is what monitors announce. A peer announcing another nonce is refused by the address
 //!   check (as in Ceph); use [`Messenger::connect_to`] with the peer's full address, as

@@ -391,6 +391,10 @@ pub(crate) struct Existing {
     pub(crate) state: ConnState,
     pub(crate) session: SessionSnapshot,
     pub(crate) replacing: bool,
+    /// The existing session's peer authenticated as another entity than the deciding
+    /// connection's peer (both known: an accepted session, and a name the newcomer's
+    /// authentication gave).
+    pub(crate) foreign: bool,
 }
 
 /// What the accepting driver does once the decision is taken (the session table's side
@@ -434,6 +438,15 @@ pub(crate) fn decide(
     policy: &Policy,
     my_addrs: &EntityAddrVec,
 ) -> Verdict {
+    if existing.is_some_and(|e| e.foreign) {
+        // Whatever the protocol's rules would say: resuming, replacing or resetting the
+        // session of an entity the peer did not authenticate as would hand that
+        // entity's messages to it, or cut that entity off.
+        return Verdict {
+            decision: Decision::Refuse,
+            action: AcceptAction::Proceed { register: false },
+        };
+    }
     let view = existing.map(|e| ExistingSession {
         state: match e.state {
             ConnState::Open => ExistingState::Open,

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 
 use parking_lot::{Condvar, Mutex};
-use protocol::types::EntityAddr;
+use protocol::types::{AuthEntityName, EntityAddr};
 
 use crate::connection::Connection;
 use crate::machine::Existing;
@@ -140,6 +140,7 @@ impl SessionTable {
         &self,
         me: &Connection,
         addr: EntityAddr,
+        authenticated: Option<&AuthEntityName>,
         decide: impl FnOnce(Option<&Existing>) -> (V, Claim),
     ) -> (V, Option<Connection>) {
         let mut t = self.tables.lock();
@@ -150,6 +151,7 @@ impl SessionTable {
             state: c.state(),
             session: p.session,
             replacing: p.replacing,
+            foreign: p.peer_auth.as_ref().is_some_and(|a| Some(&a.name) != authenticated),
         });
         let (verdict, claim) = decide(view.as_ref());
         match (claim, published.as_deref_mut()) {

@@ -33,8 +33,12 @@ impl Driver {
             self.machine.handle_transport_closed(now);
             return;
         };
-        let (verdict, existing) =
-            self.env.sessions.decide_accept(&self.conn, req.peer_addr, |existing| {
+        let authenticated = self.machine.peer_auth().map(|a| a.name.clone());
+        let (verdict, existing) = self.env.sessions.decide_accept(
+            &self.conn,
+            req.peer_addr,
+            authenticated.as_ref(),
+            |existing| {
                 let verdict = machine::decide(&req, existing, &policy, &my_addrs);
                 let claim = match verdict.action {
                     AcceptAction::HandOver => Claim::BeginReplace,
@@ -46,7 +50,8 @@ impl Driver {
                     }
                 };
                 (verdict, claim)
-            });
+            },
+        );
         log::debug!(target: "msgr::conn", "{}: accept decision {verdict:?}", self.machine);
         match (verdict.action, existing) {
             (AcceptAction::HandOver, Some(existing)) => {

@@ -80,6 +80,7 @@ pub(crate) use clock::later;
 pub(crate) use issues::{PeerIssue, PeerIssues};
 pub(crate) use lifecycle::OpenNote;
 pub(crate) use queue::OutQueue;
+pub(crate) use race::REFUSED_FOREIGN;
 pub(crate) use state::State;
 
 /// A session's sequence numbers and queues: what moves between state machines.

@@ -170,7 +170,16 @@ pub enum Decision {
     /// msgr2: a stale connection (its global_seq is older than the existing one's):
     /// close it without a reply.
     Drop,
+    /// The peer authenticated as another entity than the one the existing session
+    /// under its address authenticated as: it may not resume, replace or reset that
+    /// session, so it is refused and closed without a reply. (Ceph decides by the
+    /// claimed address alone.) The messenger decides this before the protocol's rules.
+    Refuse,
 }
+
+/// Why [`Decision::Refuse`] closed a connection (its log line and close reason).
+pub(crate) const REFUSED_FOREIGN: &str =
+    "authenticated as another entity than the session under its address";
 
 /// The session table's side of a [`Decision`] (applied in the same critical section
 /// that read the existing session).
@@ -224,6 +233,7 @@ mod tests {
         assert_eq!(Decision::Wait.table_effect(Some(&open)), TableEffect::NudgeExisting);
         assert_eq!(Decision::Wait.table_effect(None), TableEffect::Nothing);
         assert_eq!(Decision::Drop.table_effect(Some(&open)), TableEffect::Nothing);
+        assert_eq!(Decision::Refuse.table_effect(Some(&open)), TableEffect::Nothing);
         let closed = ExistingSession::default();
         assert_eq!(keep.table_effect(Some(&closed)), TableEffect::Register);
     }

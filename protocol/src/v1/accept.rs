@@ -9,9 +9,10 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::auth::{AuthorizerRequest, AuthorizerStep};
+use crate::session::REFUSED_FOREIGN;
 use crate::session::{
-    AcceptRequest, AuthVerdict, ConnectSeq, Counters, Decision, Event, Fault, GlobalSeq, Machine,
-    OpenNote, PeerIssue, RequestKind, Seq, Session, State,
+    AcceptRequest, AuthVerdict, CloseReason, ConnectSeq, Counters, Decision, Event, Fault,
+    GlobalSeq, Initiator, Machine, OpenNote, PeerIssue, RequestKind, Seq, Session, State,
 };
 use crate::types::{proto_version, EntityAddr, Features, LEGACY_ADDR_LEN};
 use crate::wire::{
@@ -273,6 +274,11 @@ pub(crate) fn handle_decision(
         Decision::Drop => {
             m.set_state(State::Handshake { deadline, step: Handshake::AwaitConnect(link) });
             m.fault(now, Fault::Misbehaved("accept decision Drop is not a v1 answer"));
+            return;
+        }
+        Decision::Refuse => {
+            m.peer_issue(PeerIssue::BadConnect, format_args!("{REFUSED_FOREIGN}"));
+            m.finish(Initiator::Library, CloseReason::Refused(REFUSED_FOREIGN));
             return;
         }
     }

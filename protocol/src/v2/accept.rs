@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::auth::{filter_modes, pick_mode, AuthRole, AuthStep, EOPNOTSUPP};
+use crate::session::REFUSED_FOREIGN;
 use crate::session::{
     AcceptRequest, CloseReason, ConnectSeq, Counters, Decision, Event, Fault, GlobalSeq, Initiator,
     Machine, PeerIssue, RequestKind, Seq, Session, State,
@@ -273,6 +274,10 @@ pub(crate) fn handle_decision(
         Decision::Drop => {
             log::info!(target: LOG, "{m}: stale connection (older global_seq), closing");
             m.finish(Initiator::Library, CloseReason::Replaced);
+        }
+        Decision::Refuse => {
+            m.peer_issue(PeerIssue::BadConnect, format_args!("{REFUSED_FOREIGN}"));
+            m.finish(Initiator::Library, CloseReason::Refused(REFUSED_FOREIGN));
         }
         Decision::Wait => reply_and_wait(m, now, &Wait),
         Decision::ResetSession { full } => reply_and_wait(m, now, &SessionReset { full }),
