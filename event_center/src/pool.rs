@@ -1,11 +1,11 @@
 //! A fixed set of named worker threads, one [`EventCenter`] each.
 
 use std::io;
-use std::thread::{self, JoinHandle};
+use std::thread::{self, JoinHandle, ThreadId};
 use std::time::Duration;
 
-use log::{error, info, warn};
-use parking_lot::Mutex;
+use log::{debug, error, info, warn};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::center::EventCenter;
 use crate::center_handle::CenterHandle;
@@ -45,8 +45,53 @@ impl Default for WorkerPoolConfig {
 pub struct WorkerPool {
     /// Invariant: not empty (checked in `new`).
     handles: Vec<CenterHandle>,
-    /// Taken out (not joined under the lock) by the first `shutdown`.
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Where the worker threads are in their life; changed only under this lock, joined
+    /// only without it.
+    workers: Mutex<Workers>,
+    /// Notified when a shutdown finished joining (it left [`Workers::Joining`]).
+    joined: Condvar,
+}
+
+/// The worker threads as the shutdowns hand them on.
+#[derive(Debug)]
+enum Workers {
+    /// Not joined yet: every worker until a shutdown takes them, or (after a shutdown on
+    /// a worker thread, which cannot join itself) that worker alone.
+    Unjoined(Vec<JoinHandle<()>>),
+    /// One shutdown took the handles and joins these threads without the lock; the others
+    /// wait for it, except these threads themselves, which its join waits for.
+    Joining(Vec<ThreadId>),
+    /// Every worker was joined.
+    Joined,
+}
+
+/// What a shutdown on thread `me` does about the workers ([`Workers::claim`]).
+enum Claim {
+    /// Join these: the handles are this caller's alone.
+    Join(Vec<JoinHandle<()>>),
+    /// Wait for [`WorkerPool::joined`] and claim again.
+    Wait,
+    /// Nothing to join: all were joined, or the caller is a worker another shutdown joins.
+    Nothing,
+}
+
+impl Workers {
+    /// Takes the handles for a shutdown on thread `me` (leaving `Joining`), or says why not.
+    fn claim(&mut self, me: ThreadId) -> Claim {
+        let (workers, claim) = match std::mem::replace(self, Workers::Joined) {
+            Workers::Unjoined(threads) => {
+                let ids = threads.iter().map(|t| t.thread().id()).collect();
+                (Workers::Joining(ids), Claim::Join(threads))
+            }
+            Workers::Joining(ids) => {
+                let claim = if ids.contains(&me) { Claim::Nothing } else { Claim::Wait };
+                (Workers::Joining(ids), claim)
+            }
+            Workers::Joined => (Workers::Joined, Claim::Nothing),
+        };
+        *self = workers;
+        claim
+    }
 }
 
 impl WorkerPool {
@@ -57,29 +102,34 @@ impl WorkerPool {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "a pool needs a worker"));
         }
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
-        let pool = WorkerPool { handles: Vec::new(), threads: Mutex::new(Vec::new()) };
-        let mut pool = pool;
+        let mut handles = Vec::with_capacity(config.workers);
+        let mut threads = Vec::with_capacity(config.workers);
+        let mut failed = None;
         for index in 0..config.workers {
-            let mut center = EventCenter::new(index)?;
-            center.set_busy_poll(config.busy_poll);
-            pool.handles.push(center.handle());
-            let pin = config.pin_cpus.then_some(index % cpus);
-            let thread = thread::Builder::new()
-                .name(format!("{}-{index}", config.name_prefix))
-                .spawn(move || {
-                    if let Some(cpu) = pin {
-                        match pin_current_thread(cpu) {
-                            Ok(()) => info!(target: LOG, "worker {index} pinned to cpu {cpu}"),
-                            Err(e) => warn!(target: LOG, "worker {index}: pin to cpu {cpu}: {e}"),
-                        }
-                    }
-                    if let Err(e) = center.run() {
-                        error!(target: LOG, "worker {index} stopped on error: {e}");
-                    }
-                })?;
-            pool.threads.lock().push(thread);
+            match spawn_worker(&config, index, cpus) {
+                Ok((handle, thread)) => {
+                    handles.push(handle);
+                    threads.push(thread);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
-        Ok(pool)
+        let pool = WorkerPool {
+            handles,
+            workers: Mutex::new(Workers::Unjoined(threads)),
+            joined: Condvar::new(),
+        };
+        match failed {
+            Some(e) => {
+                // Its drop stops and joins the workers already started.
+                drop(pool);
+                Err(e)
+            }
+            None => Ok(pool),
+        }
     }
 
     /// Number of workers.
@@ -119,16 +169,40 @@ impl WorkerPool {
     /// Stops every center (handlers get [`Handler::shutdown`](crate::Handler::shutdown)),
     /// wakes them and joins every thread, holding no lock while joining. Idempotent; after
     /// it, posts to any worker return [`CenterError::Stopped`](crate::CenterError::Stopped).
-    /// Called from a worker thread itself, that thread is not joined (it exits when its
-    /// current callback returns).
+    ///
+    /// Every call returns only once every worker is joined: while one call joins, the
+    /// others wait for it (as Ceph's `NetworkStack::stop`, which holds its lock across the
+    /// join). Except on a worker thread, which cannot join itself: there the call joins
+    /// the other workers (unless another call already joins them all: then it returns at
+    /// once) and leaves its own thread, which exits when its current callback returns, to
+    /// the next shutdown from another thread (or the drop).
     pub fn shutdown(&self) {
         for handle in &self.handles {
             handle.stop();
         }
-        let threads = std::mem::take(&mut *self.threads.lock());
         let me = thread::current().id();
+        let mut announced = false;
+        let mut workers = self.workers.lock();
+        let threads = loop {
+            match workers.claim(me) {
+                Claim::Join(threads) => break threads,
+                Claim::Nothing => return,
+                Claim::Wait if !announced => {
+                    announced = true;
+                    // Logged without the lock (a logger is code we do not know); the claim
+                    // is made again before waiting, so no notification is missed.
+                    MutexGuard::unlocked(&mut workers, || {
+                        debug!(target: LOG, "shutdown waits for the one joining the workers");
+                    });
+                }
+                Claim::Wait => self.joined.wait(&mut workers),
+            }
+        };
+        drop(workers);
+        let mut own = None;
         for thread in threads {
             if thread.thread().id() == me {
+                own = Some(thread);
                 continue;
             }
             let name = thread.thread().name().unwrap_or("worker").to_owned();
@@ -136,7 +210,38 @@ impl WorkerPool {
                 error!(target: LOG, "{name} panicked outside a handler");
             }
         }
+        *self.workers.lock() = match own {
+            Some(thread) => Workers::Unjoined(vec![thread]),
+            None => Workers::Joined,
+        };
+        self.joined.notify_all();
     }
+}
+
+/// Creates center `index` and spawns the worker thread that runs it.
+fn spawn_worker(
+    config: &WorkerPoolConfig,
+    index: usize,
+    cpus: usize,
+) -> io::Result<(CenterHandle, JoinHandle<()>)> {
+    let mut center = EventCenter::new(index)?;
+    center.set_busy_poll(config.busy_poll);
+    let handle = center.handle();
+    let pin = config.pin_cpus.then_some(index % cpus);
+    let thread = thread::Builder::new().name(format!("{}-{index}", config.name_prefix)).spawn(
+        move || {
+            if let Some(cpu) = pin {
+                match pin_current_thread(cpu) {
+                    Ok(()) => info!(target: LOG, "worker {index} pinned to cpu {cpu}"),
+                    Err(e) => warn!(target: LOG, "worker {index}: pin to cpu {cpu}: {e}"),
+                }
+            }
+            if let Err(e) = center.run() {
+                error!(target: LOG, "worker {index} stopped on error: {e}");
+            }
+        },
+    )?;
+    Ok((handle, thread))
 }
 
 impl Drop for WorkerPool {

@@ -1,14 +1,16 @@
 //! WorkerPool: threads, placement, shutdown, panics, idle CPU.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::thread;
 use std::time::Duration;
 
 use asyncmsgr_event_center::{
     CenterError, CenterHandle, Context, Handler, Ready, TimerTarget, WorkerPool, WorkerPoolConfig,
 };
-use crossbeam_channel::{unbounded, Sender};
+use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use parking_lot::Mutex;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -124,6 +126,110 @@ fn shutdown_while_events_are_in_flight_returns_promptly() {
     assert_eq!(stopped, [0, 1], "every handler got shutdown");
     assert_eq!(pool.handle(0).dispatch_event_external(|_| ()), Err(CenterError::Stopped));
     running.store(false, Ordering::Relaxed);
+}
+
+/// Tells the tests watching a thread name about each `msgr::center` debug record logged
+/// on a thread of that name: a shutdown that waits for another one's join shows it
+/// nowhere but in its log.
+struct Capture {
+    watchers: Mutex<Vec<(String, Sender<()>)>>,
+}
+
+static CAPTURE: Capture = Capture { watchers: parking_lot::const_mutex(Vec::new()) };
+
+impl Log for Capture {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.target() == "msgr::center" && metadata.level() == Level::Debug
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        let current = thread::current();
+        let Some(name) = current.name() else { return };
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        for (watched, tx) in self.watchers.lock().iter() {
+            if watched == name {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Reports every `msgr::center` debug record logged from now on by a thread named one
+/// of `names`.
+fn watch_log_of(names: &[&str]) -> Receiver<()> {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        log::set_logger(&CAPTURE).expect("the only logger of this test binary");
+        log::set_max_level(LevelFilter::Debug);
+    });
+    let (tx, rx) = unbounded();
+    CAPTURE.watchers.lock().extend(names.iter().map(|n| ((*n).to_owned(), tx.clone())));
+    rx
+}
+
+// Ceph's NetworkStack::stop holds pool_spin across join_worker, so a second stop returns
+// only after the first joined the workers; we keep that without a lock across the join.
+#[test]
+fn a_second_concurrent_shutdown_returns_only_once_the_workers_are_joined() {
+    let pool = Arc::new(pool(1));
+    let (entered_tx, entered_rx) = bounded(1);
+    let (open_tx, open_rx) = bounded::<()>(1);
+    let finished = Arc::new(AtomicBool::new(false));
+    {
+        let finished = Arc::clone(&finished);
+        pool.handle(0)
+            .dispatch_event_external(move |_| {
+                let _ = entered_tx.send(());
+                // Until the test opens the gate (or fails and drops it): the worker cannot
+                // exit, so whichever shutdown joins it is held up joining.
+                let _ = open_rx.recv_timeout(WAIT);
+                finished.store(true, Ordering::SeqCst);
+            })
+            .expect("post");
+    }
+    entered_rx.recv_timeout(WAIT).expect("the worker runs the callback");
+    let names = ["shutdown-a", "shutdown-b"];
+    let waits = watch_log_of(&names);
+    let (returned_tx, returned_rx) = unbounded();
+    let stoppers: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let (pool, finished, returned) =
+                (Arc::clone(&pool), Arc::clone(&finished), returned_tx.clone());
+            thread::Builder::new()
+                .name((*name).to_owned())
+                .spawn(move || {
+                    pool.shutdown();
+                    // Whether the worker had finished when this shutdown returned.
+                    let _ = returned.send(finished.load(Ordering::SeqCst));
+                })
+                .expect("spawn")
+        })
+        .collect();
+    // One shutdown takes the worker and is held up joining it; the other must wait for
+    // that join (and log it), not return.
+    let mut returned = 0;
+    select! {
+        recv(waits) -> _ => {}
+        recv(returned_rx) -> done => {
+            assert!(done.expect("sent"), "a shutdown returned while the worker still ran");
+            returned += 1;
+        }
+        default(WAIT) => panic!("neither shutdown returned nor waited"),
+    }
+    open_tx.send(()).expect("open the gate");
+    while returned < 2 {
+        let done = returned_rx.recv_timeout(WAIT).expect("shutdown returned");
+        assert!(done, "a shutdown returned while the worker still ran");
+        returned += 1;
+    }
+    for stopper in stoppers {
+        stopper.join().expect("stopper");
+    }
 }
 
 struct Panicker;

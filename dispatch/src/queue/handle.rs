@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use protocol::Message;
 
 use super::dispatch_thread::run;
-use super::shared::{Phase, QueueCounters, QueueEvent, Queued, Shared, ShutdownMode, State};
+use super::shared::{
+    Claim, Phase, QueueCounters, QueueEvent, Queued, Shared, ShutdownMode, State, ThreadSlot,
+};
 use crate::dispatcher::{ChainCache, ConnectionRef, Dispatchers};
 use crate::prio::PrioQueue;
 use crate::throttle::{Permit, Throttle};
@@ -85,8 +87,6 @@ impl<C: ConnectionRef> std::fmt::Debug for ReadBatch<C> {
 /// thread named `ms_dispatch`. See the module docs for the ordering promises.
 pub struct DispatchQueue<C: ConnectionRef> {
     shared: Arc<Shared<C>>,
-    /// Taken out (never held locked) while joining.
-    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl<C: ConnectionRef> DispatchQueue<C> {
@@ -100,11 +100,13 @@ impl<C: ConnectionRef> DispatchQueue<C> {
                 throttle,
                 state: Mutex::new(State {
                     phase: Phase::Created,
+                    thread: ThreadSlot::Empty,
                     events: VecDeque::new(),
                     local: VecDeque::new(),
                     messages: PrioQueue::new(),
                 }),
                 work: Condvar::new(),
+                lifecycle: Condvar::new(),
                 dispatched: AtomicU64::new(0),
                 fast_dispatched: AtomicU64::new(0),
                 discarded: AtomicU64::new(0),
@@ -116,7 +118,6 @@ impl<C: ConnectionRef> DispatchQueue<C> {
                 idle_spin: AtomicU64::new(DEFAULT_IDLE_SPIN.as_nanos() as u64),
                 arrivals: AtomicU64::new(0),
             }),
-            thread: Mutex::new(None),
         })
     }
 
@@ -151,11 +152,24 @@ impl<C: ConnectionRef> DispatchQueue<C> {
 
     /// Spawns the `ms_dispatch` thread. Items queued before this are kept.
     ///
-    /// Errors: already started or shut down, or the thread could not be spawned.
+    /// Errors: already started or shut down (then no thread is spawned), or the thread
+    /// could not be spawned. Against a concurrent [`shutdown`](Self::shutdown) one of the
+    /// two comes first: the shutdown, and this fails; or this, and the shutdown waits for
+    /// the spawn and joins the thread (or, if the spawn failed, discards the queue).
     pub fn start(self: &Arc<Self>) -> io::Result<()> {
+        self.start_with(|run| std::thread::Builder::new().name("ms_dispatch".into()).spawn(run))
+    }
+
+    /// [`start`](Self::start) with `spawn` standing in for the thread spawn: the seam
+    /// through which a test runs a shutdown between the phase change and the stored handle.
+    fn start_with(
+        &self,
+        spawn: impl FnOnce(Box<dyn FnOnce() + Send>) -> io::Result<JoinHandle<()>>,
+    ) -> io::Result<()> {
         {
-            // The phase (not the thread slot) guards against a second start, so no lock
-            // is held across the spawn.
+            // The phase (not the thread slot) guards against a second start; `Spawning`
+            // makes a shutdown wait for the handle instead of missing it, so no lock is
+            // held across the spawn.
             let mut st = self.shared.state.lock();
             if st.phase != Phase::Created {
                 return Err(io::Error::other(format!(
@@ -164,25 +178,55 @@ impl<C: ConnectionRef> DispatchQueue<C> {
                 )));
             }
             st.phase = Phase::Running;
+            st.thread = ThreadSlot::Spawning;
         }
         let shared = Arc::clone(&self.shared);
-        let spawned = std::thread::Builder::new().name("ms_dispatch".into()).spawn(move || {
-            run(&shared);
-        });
+        let spawned = spawn(Box::new(move || run(&shared)));
         match spawned {
             Ok(h) => {
-                *self.thread.lock() = Some(h);
+                self.shared.state.lock().thread = ThreadSlot::Spawned(h);
+                self.shared.lifecycle.notify_all();
                 log::debug!(target: "msgr::dispatch", "{}: dispatch thread started", self.shared.name);
                 Ok(())
             }
             Err(e) => {
-                let mut st = self.shared.state.lock();
-                if st.phase == Phase::Running {
-                    st.phase = Phase::Created;
-                }
+                self.spawn_failed(&e);
                 Err(e)
             }
         }
+    }
+
+    /// After a failed spawn: back to `Created`; or, if a shutdown came during the spawn
+    /// (it waits for it), with no thread to deliver them the items go as if that shutdown
+    /// had come before the start, and it returns once their budgets are released.
+    fn spawn_failed(&self, e: &io::Error) {
+        let dropped = {
+            let mut st = self.shared.state.lock();
+            if st.phase == Phase::Running {
+                st.phase = Phase::Created;
+                st.thread = ThreadSlot::Empty;
+                None
+            } else {
+                // Stopped, so no start can come in while the slot still says `Spawning`.
+                st.phase = Phase::Stopped;
+                Some(st.take_all())
+            }
+        };
+        log::debug!(target: "msgr::dispatch", "{}: dispatch thread not spawned: {e}", self.shared.name);
+        if let Some((dropped, events)) = dropped {
+            self.shared.discarded.fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            log::debug!(
+                target: "msgr::dispatch",
+                "{}: shut down during the spawn, dropped {} messages and {} events",
+                self.shared.name,
+                dropped.len(),
+                events.len()
+            );
+            // Releasing budgets may call wakers: outside the lock.
+            drop((dropped, events));
+            self.shared.state.lock().thread = ThreadSlot::Empty;
+        }
+        self.shared.lifecycle.notify_all();
     }
 
     /// Queues a message read from `conn`, with the dispatch-throttle `budget` charged
@@ -418,8 +462,13 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         n
     }
 
-    /// Stops the queue (see the module docs) and joins the dispatch thread. Idempotent;
-    /// a concurrent second call may return before the first finished joining.
+    /// Stops the queue (see the module docs) and joins the dispatch thread. Idempotent.
+    ///
+    /// Every call returns only once no dispatch thread is left running or unjoined: one
+    /// racing [`start`](Self::start) waits for its spawn, one racing another shutdown waits
+    /// for that one's join. Except on the dispatch thread itself (from a dispatcher), which
+    /// cannot join itself: there it only asks the thread to stop, and a later shutdown (or
+    /// the drop) from another thread joins it.
     pub fn shutdown(&self, mode: ShutdownMode) {
         let (dropped, events) = {
             let mut st = self.shared.state.lock();
@@ -450,19 +499,41 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         );
         drop((dropped, events));
 
-        let handle = self.thread.lock().take();
-        if let Some(h) = handle {
-            if h.thread().id() == std::thread::current().id() {
-                // Called by a dispatcher: the thread exits when this hook returns; a later
-                // shutdown or the drop joins it.
-                *self.thread.lock() = Some(h);
-                return;
+        self.join_thread();
+    }
+
+    /// Joins the dispatch thread for [`shutdown`](Self::shutdown), unless the caller is that
+    /// thread: takes its handle, waiting while a racing start spawns it or another shutdown
+    /// joins it. No lock is held across the join.
+    fn join_thread(&self) {
+        let me = std::thread::current().id();
+        let mut announced = false;
+        let mut st = self.shared.state.lock();
+        let handle = loop {
+            match st.thread.claim(me) {
+                Claim::Join(h) => break h,
+                Claim::Nothing => return,
+                Claim::Wait(why) if !announced => {
+                    announced = true;
+                    // Logged without the lock (a logger is code we do not know); the claim
+                    // is made again before waiting, so no notification is missed.
+                    MutexGuard::unlocked(&mut st, || {
+                        log::debug!(target: "msgr::dispatch", "{}: shutdown waits: {why}", self.shared.name);
+                    });
+                }
+                Claim::Wait(_) => self.shared.lifecycle.wait(&mut st),
             }
-            if h.join().is_err() {
-                log::error!(target: "msgr::dispatch", "{}: dispatch thread panicked", self.shared.name);
-            }
-            self.shared.state.lock().phase = Phase::Stopped;
+        };
+        drop(st);
+        if handle.join().is_err() {
+            log::error!(target: "msgr::dispatch", "{}: dispatch thread panicked", self.shared.name);
         }
+        {
+            let mut st = self.shared.state.lock();
+            st.thread = ThreadSlot::Empty;
+            st.phase = Phase::Stopped;
+        }
+        self.shared.lifecycle.notify_all();
     }
 
     /// Connection events waiting for the dispatch thread.
@@ -506,5 +577,180 @@ impl<C: ConnectionRef> std::fmt::Debug for DispatchQueue<C> {
             .field("name", &self.shared.name)
             .field("counters", &self.counters())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `start` racing `shutdown`, forced through [`DispatchQueue::start_with`]: the spawn
+    //! it stands in for runs the shutdown inside the window between the phase change and the
+    //! stored handle.
+
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Once;
+    use std::thread;
+
+    use bytes::Bytes;
+    use crossbeam_channel::{select, unbounded, Receiver, Sender};
+    use log::{LevelFilter, Log, Metadata, Record};
+
+    use super::*;
+    use crate::dispatcher::{Dispatched, Dispatcher};
+
+    /// How long a test waits for something that should happen at once.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[derive(Clone, Debug)]
+    struct Conn(u64);
+
+    impl ConnectionRef for Conn {
+        fn conn_id(&self) -> u64 {
+            self.0
+        }
+    }
+
+    /// Takes every message.
+    struct Taker;
+
+    impl Dispatcher<Conn> for Taker {
+        fn ms_dispatch(&self, _conn: &Conn, _msg: Message) -> Dispatched {
+            Dispatched::Taken
+        }
+    }
+
+    /// Tells the tests watching for a needle about each `msgr::dispatch` record holding it:
+    /// a shutdown that waits for a racing start shows it nowhere but in its log.
+    struct Capture {
+        watchers: Mutex<Vec<(String, Sender<()>)>>,
+    }
+
+    static CAPTURE: Capture = Capture { watchers: parking_lot::const_mutex(Vec::new()) };
+
+    impl Log for Capture {
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            metadata.target() == "msgr::dispatch"
+        }
+
+        fn log(&self, record: &Record<'_>) {
+            if !self.enabled(record.metadata()) {
+                return;
+            }
+            let text = record.args().to_string();
+            for (needle, tx) in self.watchers.lock().iter() {
+                if text.contains(needle.as_str()) {
+                    let _ = tx.send(());
+                }
+            }
+        }
+
+        fn flush(&self) {}
+    }
+
+    /// Reports every `msgr::dispatch` record holding `needle` from now on.
+    fn watch_log(needle: String) -> Receiver<()> {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            log::set_logger(&CAPTURE).expect("the only logger of this test binary");
+            log::set_max_level(LevelFilter::Debug);
+        });
+        let (tx, rx) = unbounded();
+        CAPTURE.watchers.lock().push((needle, tx));
+        rx
+    }
+
+    /// How the shutdown started inside the spawn window went on before the spawn.
+    enum Before<T> {
+        /// It logged that it waits for the spawn.
+        Waited,
+        /// It returned, and `observe` saw this then.
+        Returned(T),
+        /// Neither within [`WAIT`].
+        TimedOut,
+    }
+
+    /// Starts `q` through a spawn that first runs `shutdown(mode)` on another thread until
+    /// that shutdown either returned or logged that it waits for the spawn, and only then
+    /// calls `spawn`. Returns what `start` returned and what `observe` saw the moment the
+    /// shutdown returned.
+    fn start_racing_shutdown<T: Send + 'static>(
+        q: &Arc<DispatchQueue<Conn>>,
+        mode: ShutdownMode,
+        observe: impl FnOnce() -> T + Send + 'static,
+        spawn: impl FnOnce(Box<dyn FnOnce() + Send>) -> io::Result<JoinHandle<()>>,
+    ) -> (io::Result<()>, T) {
+        let waits = watch_log(format!("{}: shutdown waits", q.shared.name));
+        let (returned_tx, returned_rx) = unbounded();
+        let mut stopper = None;
+        let mut before = Before::TimedOut;
+        let started = q.start_with(|run| {
+            let stopping = Arc::clone(q);
+            stopper = Some(thread::spawn(move || {
+                stopping.shutdown(mode);
+                let _ = returned_tx.send(observe());
+            }));
+            // No panic in here: it would leave a half-done start behind for the drop.
+            select! {
+                recv(waits) -> _ => before = Before::Waited,
+                recv(returned_rx) -> seen => if let Ok(seen) = seen {
+                    before = Before::Returned(seen);
+                },
+                default(WAIT) => {}
+            }
+            spawn(run)
+        });
+        let seen = match before {
+            Before::Returned(seen) => seen,
+            Before::Waited => returned_rx.recv_timeout(WAIT).expect("shutdown returned"),
+            Before::TimedOut => panic!("the shutdown neither returned nor waited for the spawn"),
+        };
+        stopper.expect("start called the spawn").join().expect("shutdown did not panic");
+        (started, seen)
+    }
+
+    /// A shutdown that runs while `start` spawns the dispatch thread (the phase says
+    /// Running, no handle is stored yet) returns only once that thread delivered what was
+    /// queued and was joined: no dispatch after shutdown returned, no thread left unjoined.
+    #[test]
+    fn shutdown_racing_start_waits_for_the_spawn_and_joins_the_thread() {
+        let dispatchers = Dispatchers::new();
+        dispatchers.add_tail(Arc::new(Taker));
+        let q = DispatchQueue::new("race-start", dispatchers, Throttle::new("dispatch", 0));
+        q.enqueue(&Conn(1), Message::new(1, Bytes::new()), None);
+        let exited = Arc::new(AtomicBool::new(false));
+        let observe = {
+            let (q, exited) = (Arc::clone(&q), Arc::clone(&exited));
+            move || (exited.load(Ordering::SeqCst), q.counters().dispatched)
+        };
+        let (started, (exited_then, dispatched_then)) =
+            start_racing_shutdown(&q, ShutdownMode::Drain, observe, |run| {
+                let exited = Arc::clone(&exited);
+                thread::Builder::new().name("ms_dispatch".into()).spawn(move || {
+                    run();
+                    exited.store(true, Ordering::SeqCst);
+                })
+            });
+        started.expect("start came first: it spawns the thread");
+        assert!(exited_then, "shutdown returned with the dispatch thread running, unjoined");
+        assert_eq!(dispatched_then, 1, "shutdown(Drain) returned before the queue was drained");
+    }
+
+    /// A shutdown waiting for a racing start whose spawn fails finds no thread: what was
+    /// queued is discarded (as by a shutdown before any start), its budget released before
+    /// the shutdown returns, and the queue is stopped.
+    #[test]
+    fn shutdown_racing_a_failed_spawn_discards_the_queue() {
+        let budget = Throttle::new("dispatch", 0);
+        let q = DispatchQueue::new("race-failed-spawn", Dispatchers::new(), Arc::clone(&budget));
+        q.enqueue(&Conn(1), Message::new(1, Bytes::new()), Some(budget.take(1)));
+        let observe = {
+            let (q, budget) = (Arc::clone(&q), Arc::clone(&budget));
+            move || (q.counters().len, q.counters().discarded, budget.current())
+        };
+        let (started, left_then) = start_racing_shutdown(&q, ShutdownMode::Drain, observe, |_| {
+            Err(io::Error::other("no thread for this test"))
+        });
+        assert!(started.is_err());
+        assert_eq!(left_then, (0, 1, 0), "(queued, discarded, budget held) when shutdown returned");
+        assert!(q.start().is_err(), "a shut down queue does not start");
     }
 }

@@ -69,7 +69,10 @@
 //! [`ShutdownMode::Drain`] delivers what is queued, then stops; `Discard` drops it
 //! (releasing budgets) after the dispatch in progress. Both refuse new items and
 //! join the thread (unless called from the dispatch thread itself, where they only
-//! ask it to stop). If the thread was never started, both discard.
+//! ask it to stop). If the thread was never started, both discard. Every call returns
+//! only once the thread is joined, also one racing [`DispatchQueue::start`] (it waits
+//! for the spawn) or another shutdown (it waits for that one's join); a start after a
+//! shutdown fails and spawns nothing.
 //!
 //! # Files
 //! Each imports only the ones below it: the shared state and the public data types

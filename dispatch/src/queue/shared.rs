@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -98,16 +99,77 @@ impl<C> Queued<C> {
     }
 }
 
+/// Where the queue is in its life: what producers may queue and when the dispatch thread
+/// exits. Moves only forward, except that a failed spawn takes `Running` back to `Created`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
+    /// Not started: items are queued and wait for the thread.
     Created,
+    /// Started (the thread may still be being spawned): items are queued and delivered.
     Running,
+    /// Shutdown began: nothing new is accepted; the thread exits once drained (or at once).
     Stopping(ShutdownMode),
+    /// No thread will run again and none is left to join by a shutdown.
     Stopped,
+}
+
+/// The dispatch thread as `start` and `shutdown` hand it on. It changes only under the
+/// state lock, and leaving `Spawning` or `Joining` is followed by a notification of
+/// [`Shared::lifecycle`]. The spawn and the join happen without the lock, in those two
+/// states, so a shutdown that finds either waits instead of returning with the thread
+/// unjoined.
+#[derive(Debug)]
+pub(super) enum ThreadSlot {
+    /// No thread to join: never started, its spawn failed, or it was joined.
+    Empty,
+    /// `start` is spawning the thread; it stores the handle, or goes back to `Empty` if the
+    /// spawn failed.
+    Spawning,
+    /// The thread runs (or has exited) and nobody joins it yet.
+    Spawned(JoinHandle<()>),
+    /// A shutdown took the handle and joins the thread with this id; it then sets `Empty`.
+    Joining(ThreadId),
+}
+
+/// What a shutdown on thread `me` does about the dispatch thread ([`ThreadSlot::claim`]).
+pub(super) enum Claim {
+    /// Join it: the handle is this caller's alone.
+    Join(JoinHandle<()>),
+    /// Wait for [`Shared::lifecycle`] and claim again (the reason, for the log).
+    Wait(&'static str),
+    /// Nothing to join: no thread, or the caller is the dispatch thread, which cannot join
+    /// itself.
+    Nothing,
+}
+
+impl ThreadSlot {
+    /// Takes the handle for a shutdown on thread `me` if it may join it (leaving
+    /// `Joining`), else says why not.
+    pub(super) fn claim(&mut self, me: ThreadId) -> Claim {
+        let (slot, claim) = match std::mem::replace(self, ThreadSlot::Empty) {
+            ThreadSlot::Spawned(h) if h.thread().id() != me => {
+                (ThreadSlot::Joining(h.thread().id()), Claim::Join(h))
+            }
+            ThreadSlot::Spawning => (
+                ThreadSlot::Spawning,
+                Claim::Wait("a racing start is spawning the dispatch thread"),
+            ),
+            ThreadSlot::Joining(id) if id != me => {
+                (ThreadSlot::Joining(id), Claim::Wait("another shutdown joins the dispatch thread"))
+            }
+            // Empty; or the caller is the dispatch thread itself (in a dispatcher), whose
+            // join waits for it to return: it must not wait for that join.
+            slot => (slot, Claim::Nothing),
+        };
+        *self = slot;
+        claim
+    }
 }
 
 pub(super) struct State<C> {
     pub(super) phase: Phase,
+    /// Invariant: `Empty` while the phase is `Created`.
+    pub(super) thread: ThreadSlot,
     pub(super) events: VecDeque<QueueEvent<C>>,
     /// Loopback messages not yet preprocessed, in arrival order.
     pub(super) local: VecDeque<Queued<C>>,
@@ -143,6 +205,10 @@ pub(super) struct Shared<C: ConnectionRef> {
     pub(super) state: Mutex<State<C>>,
     /// The dispatch thread sleeps here when everything is empty.
     pub(super) work: Condvar,
+    /// Shutdowns wait here while the dispatch thread is being spawned or joined by another
+    /// caller (see [`ThreadSlot`]). Apart from `work` so that a producer's `notify_one`
+    /// always reaches the dispatch thread.
+    pub(super) lifecycle: Condvar,
     pub(super) dispatched: AtomicU64,
     pub(super) fast_dispatched: AtomicU64,
     pub(super) discarded: AtomicU64,
