@@ -13,8 +13,13 @@
 //! # Waiting
 //! Waiters are served strictly in arrival order (FIFO), blocked threads and event-loop
 //! workers alike, and while anyone waits [`Throttle::try_acquire`] fails (Ceph's
-//! `get_or_fail` does the same), so a large request is never starved by small ones. A
-//! release grants waiters from the head of the queue while they fit: the amount is
+//! `get_or_fail` does the same), so a large request is never starved by small ones.
+//! The next windows of messages in progress ([`InFlight`]) queue apart, in their own
+//! arrival order, and the two queues do not hold each other up: a message in progress
+//! that waits for a window too large for what is left does not stop new messages that
+//! fit (it goes on at the latest as the oldest in progress, below), and new messages
+//! waiting do not stop those in progress from completing and releasing. A release
+//! grants waiters from the head of each queue while they fit: the amount is
 //! charged at once and handed to the waiter, a blocked thread wakes with it, a worker's
 //! waker is called and the worker picks it up with [`Waiting::try_take`]. A worker
 //! holds one [`Waiting`] per request, however often it is woken for other reasons, and
@@ -28,7 +33,12 @@
 //! window registers as in progress ([`Throttle::begin_inflight`], with one [`Ticket`]
 //! across all the throttles it uses), and the oldest one in progress is always granted
 //! its next window, even beyond the maximum: it completes, is dispatched, and releases.
-//! The overshoot is bounded by the remainder of one message.
+//! The overshoot is bounded by the remainder of one message. The throttle also keeps
+//! what each message in progress holds (from registration, and every window taken
+//! through its [`InFlight`]), and tells the oldest, while requests are queued, what all
+//! of them hold ([`InFlight::held_while_others_wait`]): the messenger makes that
+//! message progress in proportion, so that the privilege is not a way to keep everyone
+//! waiting.
 //!
 //! Differences from Ceph, on purpose:
 //! - a request larger than the maximum is admitted only when nothing at all is held
@@ -58,6 +68,10 @@ pub type Waker = Box<dyn FnOnce() + Send>;
 pub struct Throttle {
     name: String,
     state: Mutex<State>,
+    /// Whether requests are queued, as of the last change under the lock: read without
+    /// it by [`InFlight::held_while_others_wait`], which runs before every read of a
+    /// message arriving in several windows.
+    queued: AtomicBool,
     /// Blocked [`acquire`](Self::acquire) callers sleep here; each checks its own grant flag.
     granted: Condvar,
 }
@@ -70,14 +84,27 @@ struct State {
     /// Queued requests by id; ids grow, so this is arrival (FIFO) order. Bounded by the
     /// number of threads and connections waiting (each holds one request at a time).
     waiters: BTreeMap<u64, Waiter>,
+    /// Queued next windows of messages in progress, by id (their own FIFO).
+    windows: BTreeMap<u64, Waiter>,
     next_id: u64,
     /// Amounts granted to workers' [`Waiting`]s and not picked up yet, by request id
     /// (included in `current`).
     grants: HashMap<u64, u64>,
-    /// Messages in progress ([`Throttle::begin_inflight`]) by ticket, oldest first, with
-    /// the id of their queued request if they wait.
-    inflight: BTreeMap<u64, Option<u64>>,
+    /// Messages in progress ([`Throttle::begin_inflight`]) by ticket, oldest first.
+    inflight: BTreeMap<u64, Progress>,
+    /// What the messages in progress hold, together (the sum of their `held`).
+    inflight_held: u64,
     counters: ThrottleCounters,
+}
+
+/// A message in progress on one throttle.
+#[derive(Default)]
+struct Progress {
+    /// The id of its queued request, if it waits.
+    waiting: Option<u64>,
+    /// What it holds of this throttle: what it held when it registered, plus what it
+    /// was granted since.
+    held: u64,
 }
 
 struct Waiter {
@@ -159,19 +186,32 @@ impl State {
     fn queue(&mut self, need: u64, kind: WaiterKind, ticket: Option<u64>) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.waiters.insert(id, Waiter { need, kind, ticket });
+        let waiter = Waiter { need, kind, ticket };
         if let Some(t) = ticket.and_then(|t| self.inflight.get_mut(&t)) {
-            *t = Some(id);
+            t.waiting = Some(id);
+            self.windows.insert(id, waiter);
+        } else {
+            self.waiters.insert(id, waiter);
         }
         self.counters.wait += 1;
         id
     }
 
-    /// Grants the queued request `id` (already removed from `waiters`).
+    /// Whether requests are queued (in either queue).
+    fn anyone_waits(&self) -> bool {
+        !self.waiters.is_empty() || !self.windows.is_empty()
+    }
+
+    /// Takes the queued request `id` out of its queue.
+    fn unqueue(&mut self, id: u64) -> Option<Waiter> {
+        self.waiters.remove(&id).or_else(|| self.windows.remove(&id))
+    }
+
+    /// Grants the queued request `id` (already removed from its queue).
     fn grant(&mut self, id: u64, w: Waiter, out: &mut Served) {
         self.charge(w.need);
-        if let Some(t) = w.ticket.and_then(|t| self.inflight.get_mut(&t)) {
-            *t = None;
+        if let Some(t) = w.ticket {
+            self.hold(t, w.need);
         }
         match w.kind {
             WaiterKind::Blocking(flag) => {
@@ -185,21 +225,41 @@ impl State {
         }
     }
 
+    /// The message in progress `ticket` was granted `n` (and waits no more).
+    fn hold(&mut self, ticket: u64, n: u64) {
+        if let Some(t) = self.inflight.get_mut(&ticket) {
+            t.waiting = None;
+            t.held = t.held.saturating_add(n);
+            self.inflight_held = self.inflight_held.saturating_add(n);
+        }
+    }
+
     /// After a release, a raised maximum or a cancelled request: grants queued requests
-    /// from the head while they fit, then the oldest message in progress if it waits.
+    /// from the head of each queue while they fit, then the oldest message in progress
+    /// if it waits.
     fn serve(&mut self) -> Served {
         let mut out = Served::default();
-        while let Some((&id, w)) = self.waiters.first_key_value() {
-            if self.should_wait(w.need) {
+        loop {
+            let mut granted = false;
+            for windows in [false, true] {
+                let queue = if windows { &self.windows } else { &self.waiters };
+                let Some((id, need)) = queue.first_key_value().map(|(&id, w)| (id, w.need)) else {
+                    continue;
+                };
+                if self.should_wait(need) {
+                    continue;
+                }
+                if let Some(w) = self.unqueue(id) {
+                    self.grant(id, w, &mut out);
+                    granted = true;
+                }
+            }
+            if !granted {
                 break;
             }
-            if let Some(w) = self.waiters.remove(&id) {
-                self.grant(id, w, &mut out);
-            }
         }
-        if let Some((_, Some(id))) = self.inflight.first_key_value() {
-            let id = *id;
-            if let Some(w) = self.waiters.remove(&id) {
+        if let Some(id) = self.inflight.first_key_value().and_then(|(_, p)| p.waiting) {
+            if let Some(w) = self.unqueue(id) {
                 if self.should_wait(w.need) {
                     self.counters.inflight_overshoot += 1;
                 }
@@ -226,12 +286,15 @@ impl Throttle {
                 current: 0,
                 max,
                 waiters: BTreeMap::new(),
+                windows: BTreeMap::new(),
                 next_id: 0,
                 grants: HashMap::new(),
                 inflight: BTreeMap::new(),
+                inflight_held: 0,
                 counters: ThrottleCounters::default(),
             }),
             granted: Condvar::new(),
+            queued: AtomicBool::new(false),
         })
     }
 
@@ -288,15 +351,21 @@ impl Throttle {
     ) -> Result<Permit, Waiting> {
         let mut st = self.state.lock();
         let oldest = ticket.is_some() && st.inflight.first_key_value().map(|(t, _)| *t) == ticket;
-        let fits = !st.should_wait(n) && st.waiters.is_empty();
+        // A window waits only behind windows; a new request only behind new requests.
+        let queue = if ticket.is_some() { &st.windows } else { &st.waiters };
+        let fits = !st.should_wait(n) && queue.is_empty();
         if fits || oldest {
             if !fits && st.should_wait(n) {
                 st.counters.inflight_overshoot += 1;
             }
             st.charge(n);
+            if let Some(t) = ticket {
+                st.hold(t, n);
+            }
             return Ok(self.permit(n));
         }
         let id = st.queue(n, WaiterKind::Wake(waker), ticket);
+        self.queued.store(true, Ordering::Relaxed);
         let current = st.current;
         // Logged after the lock: a logger's write is a syscall.
         drop(st);
@@ -327,6 +396,7 @@ impl Throttle {
         }
         let flag = Arc::new(AtomicBool::new(false));
         st.queue(n, WaiterKind::Blocking(Arc::clone(&flag)), None);
+        self.queued.store(true, Ordering::Relaxed);
         let started = Instant::now();
         while !flag.load(Ordering::Acquire) {
             self.granted.wait(&mut st);
@@ -346,11 +416,16 @@ impl Throttle {
     }
 
     /// Registers a message in progress with `ticket` (the same ticket on every throttle
-    /// the message uses): while it is the oldest registered, its requests through
-    /// [`InFlight::acquire_or_wait`] are always granted. Drop the [`InFlight`] when the
-    /// message completes or is abandoned.
-    pub fn begin_inflight(self: &Arc<Self>, ticket: Ticket) -> InFlight {
-        self.state.lock().inflight.insert(ticket.0, None);
+    /// the message uses), holding `held` of this throttle already: while it is the
+    /// oldest registered, its requests through [`InFlight::acquire_or_wait`] are always
+    /// granted. Drop the [`InFlight`] when the message completes or is abandoned.
+    pub fn begin_inflight(self: &Arc<Self>, ticket: Ticket, held: u64) -> InFlight {
+        let mut st = self.state.lock();
+        if let Some(old) = st.inflight.insert(ticket.0, Progress { waiting: None, held }) {
+            st.inflight_held = st.inflight_held.saturating_sub(old.held);
+        }
+        st.inflight_held = st.inflight_held.saturating_add(held);
+        drop(st);
         InFlight { throttle: Arc::clone(self), ticket: ticket.0 }
     }
 
@@ -359,7 +434,7 @@ impl Throttle {
         let served = {
             let mut st = self.state.lock();
             st.max = max;
-            st.serve()
+            self.serve(&mut st)
         };
         self.finish_serving(served);
     }
@@ -378,7 +453,8 @@ impl Throttle {
 
     /// Number of queued requests (blocked threads and waiting workers) not yet granted.
     pub fn waiting(&self) -> usize {
-        self.state.lock().waiters.len()
+        let st = self.state.lock();
+        st.waiters.len() + st.windows.len()
     }
 
     /// A snapshot of the counters.
@@ -389,6 +465,13 @@ impl Throttle {
 
     fn permit(self: &Arc<Self>, amount: u64) -> Permit {
         Permit { throttle: Arc::clone(self), amount }
+    }
+
+    /// [`State::serve`], keeping [`Throttle::queued`] up to date.
+    fn serve(&self, st: &mut State) -> Served {
+        let served = st.serve();
+        self.queued.store(st.anyone_waits(), Ordering::Relaxed);
+        served
     }
 
     /// Wakes what `serve` granted; called without the lock.
@@ -408,10 +491,10 @@ impl Throttle {
             st.current = st.current.saturating_sub(n);
             st.counters.put += 1;
             st.counters.put_sum = st.counters.put_sum.saturating_add(n);
-            if st.waiters.is_empty() {
+            if !st.anyone_waits() {
                 return;
             }
-            st.serve()
+            self.serve(&mut st)
         };
         self.finish_serving(served);
     }
@@ -421,9 +504,9 @@ impl Throttle {
         let (served, waker) = {
             let mut st = self.state.lock();
             let mut waker = None;
-            if let Some(w) = st.waiters.remove(&id) {
+            if let Some(w) = st.unqueue(id) {
                 if let Some(t) = w.ticket.and_then(|t| st.inflight.get_mut(&t)) {
-                    *t = None;
+                    t.waiting = None;
                 }
                 // Dropped below, outside the lock: a waker may own anything.
                 if let WaiterKind::Wake(k) = w.kind {
@@ -434,7 +517,7 @@ impl Throttle {
                 st.counters.put += 1;
                 st.counters.put_sum = st.counters.put_sum.saturating_add(amount);
             }
-            (st.serve(), waker)
+            (self.serve(&mut st), waker)
         };
         drop(waker);
         self.finish_serving(served);
@@ -448,7 +531,7 @@ impl fmt::Debug for Throttle {
             .field("name", &self.name)
             .field("current", &st.current)
             .field("max", &st.max)
-            .field("waiting", &st.waiters.len())
+            .field("waiting", &(st.waiters.len() + st.windows.len()))
             .field("inflight", &st.inflight.len())
             .finish()
     }
@@ -504,6 +587,20 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// [`Throttle::try_acquire`] for this message: what it takes counts as held by it
+    /// ([`InFlight::held_while_others_wait`]); only other windows queued before stop it.
+    pub fn try_acquire(&self, n: u64) -> Option<Permit> {
+        let mut st = self.throttle.state.lock();
+        if st.should_wait(n) || !st.windows.is_empty() {
+            st.counters.get_or_fail_fail += 1;
+            return None;
+        }
+        st.charge(n);
+        st.hold(self.ticket, n);
+        st.counters.get_or_fail_success += 1;
+        Some(self.throttle.permit(n))
+    }
+
     /// Like [`Throttle::acquire_or_wait`], except that the request is granted at once,
     /// even beyond the maximum, while this is the oldest message in progress on the
     /// throttle, and that a queued request is granted as soon as it becomes the oldest.
@@ -515,18 +612,37 @@ impl InFlight {
     pub fn throttle(&self) -> &Arc<Throttle> {
         &self.throttle
     }
+
+    /// What all messages in progress hold of the throttle, if this one is the oldest
+    /// and requests are queued (the queue waits for it to complete); else 0. The
+    /// messenger makes such a message progress in proportion, so that holding budget
+    /// others wait for costs its peer bandwidth.
+    pub fn held_while_others_wait(&self) -> u64 {
+        if !self.throttle.queued.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let st = self.throttle.state.lock();
+        let oldest = st.inflight.first_key_value().is_some_and(|(t, _)| *t == self.ticket);
+        if oldest && st.anyone_waits() {
+            st.inflight_held
+        } else {
+            0
+        }
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let served = {
             let mut st = self.throttle.state.lock();
-            st.inflight.remove(&self.ticket);
-            if st.waiters.is_empty() {
+            if let Some(p) = st.inflight.remove(&self.ticket) {
+                st.inflight_held = st.inflight_held.saturating_sub(p.held);
+            }
+            if !st.anyone_waits() {
                 return;
             }
             // The next oldest may be waiting: it goes on now.
-            st.serve()
+            self.throttle.serve(&mut st)
         };
         self.throttle.finish_serving(served);
     }
@@ -730,14 +846,78 @@ mod tests {
         assert_eq!(big.amount(), 8);
     }
 
+    // The next windows of messages in progress queue apart from new requests: a window
+    // too large for what is left does not hold up a new request that fits, a new
+    // request waiting does not hold up a window that fits, and windows keep their own
+    // order.
+    #[test]
+    fn windows_and_new_requests_queue_apart() {
+        let t = Throttle::new("t", 10);
+        let (a, b, c) = (Ticket::next(), Ticket::next(), Ticket::next());
+        let (ia, ib, ic) = (t.begin_inflight(a, 0), t.begin_inflight(b, 0), t.begin_inflight(c, 0));
+        let pa = ia.try_acquire(1).expect("fits");
+        let pb = ib.try_acquire(5).expect("fits");
+        // b (not the oldest) wants 6 more: 12 > 10, it waits.
+        let wb = ib.acquire_or_wait(6, Box::new(|| {})).expect_err("b waits");
+        let new = t.try_acquire(3).expect("a new request passes a waiting window");
+        assert!(ic.try_acquire(1).is_none(), "c's window queues behind b's");
+        // A new request that does not fit (13 > 10) waits; b gives up its window.
+        let (tx, rx) = unbounded();
+        let big = t
+            .acquire_or_wait(4, Box::new(move || tx.send(()).expect("rx")))
+            .expect_err("does not fit");
+        drop(wb);
+        assert!(t.try_acquire(1).is_none(), "a new request queues behind the new one");
+        let more_b = ib.try_acquire(1).expect("a window passes a waiting new request");
+        assert_eq!(t.current(), 10);
+        drop((pb, more_b));
+        rx.recv_timeout(Duration::from_secs(5)).expect("the new one granted");
+        assert_eq!(big.try_take().expect("granted").amount(), 4);
+        drop((pa, new, ia, ib, ic));
+    }
+
+    // What the messages in progress hold (from registration, and every window granted
+    // since: taken, at once or after a wait) is reported to the oldest of them only, and only
+    // while requests wait; a message that ends takes its share along.
+    #[test]
+    fn the_oldest_message_in_progress_learns_what_all_hold_while_others_wait() {
+        let t = Throttle::new("t", 10);
+        let (a, b) = (Ticket::next(), Ticket::next());
+        let first_a = t.try_acquire(2).expect("a's first window");
+        let ia = t.begin_inflight(a, 2);
+        let ib = t.begin_inflight(b, 1);
+        let pb = ib.try_acquire(3).expect("fits");
+        assert_eq!((ia.held_while_others_wait(), ib.held_while_others_wait()), (0, 0));
+        // Full (2 + 3 + a's 5): a newcomer waits, and so does b's next window.
+        let pa = ia.acquire_or_wait(5, Box::new(|| {})).expect("fits");
+        let newcomer = t.acquire_or_wait(8, Box::new(|| {})).expect_err("full");
+        assert_eq!(ia.held_while_others_wait(), 2 + 5 + 1 + 3);
+        assert_eq!(ib.held_while_others_wait(), 0, "not the oldest");
+        let (tx, rx) = unbounded();
+        let wb =
+            ib.acquire_or_wait(4, Box::new(move || tx.send(()).expect("rx"))).expect_err("b waits");
+        assert_eq!(ia.held_while_others_wait(), 11, "a queued request is not held yet");
+        // a ends: b is the oldest, is granted its window beyond the maximum, and holds
+        // what it registered with and both windows.
+        drop((ia, first_a, pa));
+        rx.recv_timeout(Duration::from_secs(5)).expect("b granted as the oldest");
+        let more_b = wb.try_take().expect("granted");
+        assert_eq!(ib.held_while_others_wait(), 1 + 3 + 4, "the newcomer still waits");
+        drop((pb, more_b));
+        let newcomer = newcomer.try_take().expect("granted once b released");
+        assert_eq!(ib.held_while_others_wait(), 0, "nobody waits");
+        drop((newcomer, ib));
+        assert_eq!(t.state.lock().inflight_held, 0);
+    }
+
     // The oldest message in progress always gets its next window, so messages that hold
     // all of the budget while waiting for more cannot deadlock.
     #[test]
     fn the_oldest_message_in_progress_always_goes_on() {
         let t = Throttle::new("t", 10);
         let (a, b) = (Ticket::next(), Ticket::next());
-        let ia = t.begin_inflight(a);
-        let ib = t.begin_inflight(b);
+        let ia = t.begin_inflight(a, 0);
+        let ib = t.begin_inflight(b, 0);
         let pa = ia.acquire_or_wait(5, Box::new(|| {})).expect("fits");
         let pb = ib.acquire_or_wait(5, Box::new(|| {})).expect("fits");
         // Full, and both want more: b waits, a (the oldest) overshoots.

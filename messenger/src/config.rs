@@ -85,9 +85,10 @@ pub struct MessengerConfig {
     /// so a peer trickling its handshake byte by byte is cut off too.
     pub connection_ready_timeout: Duration,
     /// While a message arrives, its payload must progress by at least `read_buffer`
-    /// bytes, and by a sixteenth of the budget it holds if that is more (or to its
-    /// end), within this time, or the connection faults and releases what the message
-    /// held (ours; see the crate docs, "Bounds").
+    /// bytes (or to its end) within this time, or the connection faults and releases
+    /// what the message held; while others wait on the budget, the oldest message in
+    /// progress must also bring a sixteenth of what the messages in progress hold (ours;
+    /// see the crate docs, "Bounds").
     pub payload_timeout: Duration,
     /// Bytes waiting to be sent that the socket takes none of for this long fault the
     /// connection: the peer stopped reading (ours; see the crate docs, "Bounds").

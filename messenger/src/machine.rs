@@ -188,6 +188,11 @@ impl Machine {
         self.0.handle_accept_decision(now, policy, verdict.decision, None);
     }
 
+    /// See `protocol::Machine::set_progress_floor`.
+    pub(crate) fn set_progress_floor(&mut self, now: Instant, bytes: u64) {
+        self.0.set_progress_floor(now, bytes);
+    }
+
     /// The budget asked for by `Event::NeedBudget` is granted.
     #[inline]
     pub(crate) fn handle_budget_granted(&mut self, now: Instant) {

@@ -236,6 +236,11 @@ impl Connection {
         each!(self, c => c.handle_authorizer_verdict(now, verdict), _s => {})
     }
 
+    /// See [`crate::Machine::set_progress_floor`].
+    pub fn set_progress_floor(&mut self, now: Instant, bytes: u64) {
+        each!(self, c => c.set_progress_floor(now, bytes), _s => {})
+    }
+
     /// See [`crate::Machine::grant_budget`].
     #[inline]
     pub fn grant_budget(&mut self, now: Instant) {

@@ -858,47 +858,126 @@ fn stalled(a: &mut Connection) -> bool {
     })
 }
 
-// A message's payload must progress by a window per payload timeout, and by a
-// sixteenth of the budget it holds when that is more: a peer holding megabytes of the
-// throttle (and, as the oldest message in progress, the right to go past its maximum)
-// cannot keep them for hours by sending just a window per timeout.
+// A message's payload must progress by a window per payload timeout, and by the floor
+// the messenger sets if that is more (it does for the message a throttle's queue waits
+// for): a peer holding megabytes others wait on cannot keep them for hours by sending
+// a window per timeout. The floor holds for the message it was set for only, and
+// without one a window per timeout still does (an honest large message on a slow link).
 #[test]
-fn a_message_holding_much_budget_must_progress_in_proportion() {
+fn a_message_must_progress_by_the_floor_set_for_it() {
     let timeout = me().payload_timeout;
     let window = protocol::session::DEFAULT_PROGRESS_WINDOW as usize;
-    let share = protocol::session::PROGRESS_SHARE;
+    let floor = 2 * window;
     let wire = frame(1, &vec![0x5a; 8 << 20]);
-    // Up to the message's first 1 MiB at once, then one byte: the second window makes
-    // the message hold about 2 MiB, whose sixteenth (128 KiB) is twice the window.
+    // The header and the message's first 1 MiB at once, then one byte: a second window
+    // is granted, and the clock runs from then on, inside it.
     let start = |a: &mut Connection, t0: Instant| {
         let at = wire.len() - (7 << 20);
-        let mut held = feed_granting(a, t0, &wire[..at]);
-        held += feed_granting(a, t0, &wire[at..=at]);
-        let need = held / share;
-        assert!(need > 3 * window as u64 / 2, "holds only {held}");
-        (at + 1, need as usize)
+        let granted = feed_granting(a, t0, &wire[..at]) + feed_granting(a, t0, &wire[at..=at]);
+        assert!(granted > 1 << 20, "a second window");
+        at + 1
     };
+    let almost = timeout - Duration::from_secs(1);
 
-    // A window and a half per timeout (what used to be enough) faults it.
+    // A window and a half per timeout is enough without a floor...
     let (mut a, t0) = open_acceptor(Policy::stateless_server());
-    let (at, _) = start(&mut a, t0);
-    let t1 = t0 + timeout - Duration::from_secs(1);
-    feed_granting(&mut a, t1, &wire[at..at + window * 3 / 2]);
-    assert!(a.is_open());
-    a.handle_timeout(t0 + timeout);
-    assert!(stalled(&mut a), "a window and a half per timeout kept 2 MiB held");
+    let mut at = start(&mut a, t0);
+    for k in 1..=3 {
+        feed_granting(&mut a, t0 + almost * k, &wire[at..at + window * 3 / 2]);
+        at += window * 3 / 2;
+    }
+    a.handle_timeout(t0 + almost * 3 + Duration::from_millis(500));
+    assert!(a.is_open() && !stalled(&mut a), "faulted at a window and a half per timeout");
 
-    // Its sixteenth per timeout keeps it going, for as long as it comes.
+    // ...and not with a floor of two windows; nor with seven eighths of the floor.
+    for under in [window * 3 / 2, floor * 7 / 8] {
+        let (mut a, t0) = open_acceptor(Policy::stateless_server());
+        let at = start(&mut a, t0);
+        a.set_progress_floor(t0, floor as u64);
+        feed_granting(&mut a, t0 + almost, &wire[at..at + under]);
+        assert!(a.is_open());
+        a.handle_timeout(t0 + timeout);
+        assert!(stalled(&mut a), "{under} bytes per timeout kept a floor of {floor}");
+    }
+
+    // The floor per timeout keeps it going, for as long as it comes.
     let (mut a, t0) = open_acceptor(Policy::stateless_server());
-    let (mut at, need) = start(&mut a, t0);
+    let mut at = start(&mut a, t0);
+    a.set_progress_floor(t0, floor as u64);
     let mut t = t0;
     for _ in 0..3 {
-        t += timeout - Duration::from_secs(1);
-        feed_granting(&mut a, t, &wire[at..at + need]);
-        at += need;
+        t += almost;
+        feed_granting(&mut a, t, &wire[at..at + floor]);
+        at += floor;
     }
     a.handle_timeout(t + Duration::from_secs(1));
-    assert!(a.is_open() && !stalled(&mut a), "faulted at a sixteenth per timeout");
+    assert!(a.is_open() && !stalled(&mut a), "faulted at the floor per timeout");
     a.handle_timeout(t + timeout);
     assert!(stalled(&mut a), "a silent message outlived its timeout");
+
+    // A floor lifted when the progress since the clock started meets the window: the
+    // clock starts again then, as if a byte had come.
+    let (mut a, t0) = open_acceptor(Policy::stateless_server());
+    let at = start(&mut a, t0);
+    a.set_progress_floor(t0, floor as u64);
+    feed_granting(&mut a, t0 + almost, &wire[at..at + window * 3 / 2]);
+    a.set_progress_floor(t0 + almost, 0);
+    a.handle_timeout(t0 + timeout);
+    assert!(a.is_open() && !stalled(&mut a), "faulted after the floor was lifted");
+
+    // The next message starts without the floor set during this one.
+    let (mut a, t0) = open_acceptor(Policy::stateless_server());
+    let mut two = frame(1, &vec![7u8; 200 << 10]);
+    let first_len = two.len();
+    two.extend(frame(2, &vec![0x5a; 8 << 20]));
+    feed_granting(&mut a, t0, &two[..100 << 10]);
+    a.set_progress_floor(t0, floor as u64);
+    let at = two.len() - (7 << 20);
+    assert!(at > first_len);
+    feed_granting(&mut a, t0, &two[100 << 10..at]);
+    feed_granting(&mut a, t0, &two[at..=at]);
+    feed_granting(&mut a, t0 + almost, &two[at + 1..at + 1 + window * 3 / 2]);
+    a.handle_timeout(t0 + timeout);
+    assert!(a.is_open() && !stalled(&mut a), "the floor outlived its message");
+}
+
+// Using up a window does not restart the payload's clock: the next one, granted at
+// once, continues it (else a peer trickling into small windows, each granted at once
+// to the oldest message in progress, would owe a window's fill per timeout, not its
+// progress). A window that had to wait for budget pauses the clock, and the time it
+// waited is not held against the peer.
+#[test]
+fn a_window_granted_at_once_continues_the_clock_and_a_wait_pauses_it() {
+    let timeout = me().payload_timeout;
+    let window = protocol::session::DEFAULT_PROGRESS_WINDOW as usize;
+    let almost = timeout - Duration::from_secs(1);
+    let wire = frame(1, &vec![0x5a; 8 << 20]);
+    // The header and 16 KiB: the first window holds them (the clock starts at its
+    // grant); the peer then owes a window per timeout.
+    let head = wire.len() - (8 << 20) + (16 << 10);
+
+    // A little at once, then more than the first window holds but less than the
+    // progress owed: the second window is granted at once, and the clock goes on.
+    let (mut a, t0) = open_acceptor(Policy::stateless_server());
+    feed_granting(&mut a, t0, &wire[..head]);
+    let second = feed_granting(&mut a, t0 + almost, &wire[head..head + window / 2]);
+    assert!(second > 0, "a second window was asked for and granted");
+    a.handle_timeout(t0 + timeout);
+    assert!(stalled(&mut a), "a window granted at once restarted the clock");
+
+    // The same, but the second window waits 100 s for budget: the clock pauses at the
+    // request, and resumes with the second it had left.
+    let (mut a, t0) = open_acceptor(Policy::stateless_server());
+    feed_granting(&mut a, t0, &wire[..head]);
+    let t1 = t0 + almost;
+    a.handle_bytes(t1, Bytes::copy_from_slice(&wire[head..head + window / 2]));
+    assert!(events(&mut a).iter().any(|e| matches!(e, Event::NeedBudget { .. })));
+    a.handle_timeout(t0 + timeout + Duration::from_secs(50));
+    assert!(a.is_open() && !stalled(&mut a), "faulted while we made it wait");
+    let t2 = t1 + Duration::from_secs(100);
+    a.grant_budget(t2);
+    events(&mut a);
+    assert_eq!(a.poll_timeout(), Some(t2 + Duration::from_secs(1)), "the second left");
+    a.handle_timeout(t2 + Duration::from_secs(1));
+    assert!(stalled(&mut a), "a paused clock started again from scratch");
 }

@@ -139,17 +139,45 @@ fn a_trickled_message_is_faulted_at_the_payload_timeout_over_msgr2() {
     trickled_message_is_faulted(ProtocolVersion::V2);
 }
 
-// A peer that sends a large message quickly, holding more than the whole dispatch
-// throttle as the oldest message in progress, then trickles it: a window per payload
-// timeout no longer keeps it, it must also bring a sixteenth of what it holds. So it is
-// faulted and everyone it made wait goes on. (At a window per timeout the rest of this
-// 16 MiB message would have held the throttle for ~100 s; a 256 MiB one, for hours.)
-fn budget_holding_trickler_is_faulted(proto: ProtocolVersion) {
-    const MAX: u64 = 4 << 20;
-    let timeout = Duration::from_secs(1);
+/// Writes `wire[..fast]` at once, then the rest at `rate` bytes per second in pieces of
+/// 8 KiB (on a schedule: a late piece is caught up on, so a busy machine does not slow
+/// the rate), until the socket fails, the message is whole, or twice `WAIT` passed;
+/// returns what it wrote. The traffic of a peer, not a wait for anything.
+fn trickle(
+    mut sock: std::net::TcpStream,
+    wire: Vec<u8>,
+    fast: usize,
+    rate: usize,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        if sock.write_all(&wire[..fast]).is_err() {
+            return 0;
+        }
+        let piece = 8 << 10;
+        let every = Duration::from_secs_f64(piece as f64 / rate as f64);
+        let (mut sent, started) = (fast, Instant::now());
+        let mut due = started;
+        while sent + piece < wire.len() && started.elapsed() < 2 * WAIT {
+            due += every;
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if sock.write_all(&wire[sent..sent + piece]).is_err() {
+                break;
+            }
+            sent += piece;
+        }
+        sent
+    })
+}
+
+/// A server with a dispatch throttle of `max` and a 2 s payload timeout, a good client
+/// connected to it over `proto`, and what the server saw.
+fn small_budget_server(
+    proto: ProtocolVersion,
+    max: u64,
+) -> (Messenger, Messenger, Connection, Receiver<Seen>) {
     let config = MessengerConfig {
-        dispatch_throttle_bytes: MAX,
-        payload_timeout: timeout,
+        dispatch_throttle_bytes: max,
+        payload_timeout: Duration::from_secs(2),
         ..test_config(2)
     };
     let (srv, _addr, _srv_rx) = echo_server(config);
@@ -160,33 +188,30 @@ fn budget_holding_trickler_is_faulted(proto: ProtocolVersion) {
         || srv.dispatch_throttle().current() == 0,
         || "timed out waiting for the good request's budget back".into(),
     );
+    (srv, cli, good, cli_rx)
+}
 
+// A peer sends a large message quickly, holding more than the whole dispatch throttle
+// as the oldest message in progress, then trickles it at two windows per payload
+// timeout. While the good client waits on it, that is not enough: the message everyone
+// waits for must bring a sixteenth of what the messages in progress hold per timeout.
+// So it is faulted and the good client goes on. (At a window per timeout the rest of
+// this 16 MiB message would have kept the good client waiting for minutes; a 256 MiB
+// one, for hours.)
+fn budget_holding_trickler_is_faulted(proto: ProtocolVersion) {
+    let (srv, cli, good, cli_rx) = small_budget_server(proto, 4 << 20);
+    let max = srv.dispatch_throttle().max() as usize;
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
     let len = 16 << 20;
     let wire = peer.announce(1, len, head_len(proto) + len - 1);
-    let fast = head_len(proto) + MAX as usize + 1;
-    peer.sock.write_all(&wire[..fast]).expect("the fast part");
+    let total = wire.len();
+    // 64 KiB/s: two windows per 2 s timeout, half of a sixteenth of 4 MiB per timeout.
+    let sock = peer.sock.try_clone().expect("clone");
+    let trickler = trickle(sock, wire, head_len(proto) + max + 1, 64 << 10);
     wait_until(
-        || srv.dispatch_throttle().current() > MAX,
+        || srv.dispatch_throttle().current() > max as u64,
         || format!("the fast part holds {}", srv.dispatch_throttle().current()),
     );
-
-    // 128 KiB/s: twice the progress window per timeout, half of a sixteenth of 4 MiB.
-    let piece = 16 << 10;
-    let mut sock = peer.sock.try_clone().expect("clone");
-    let total = wire.len();
-    let trickler = std::thread::spawn(move || {
-        let mut sent = fast;
-        let started = Instant::now();
-        while sent + piece < wire.len() && started.elapsed() < 2 * WAIT {
-            if sock.write_all(&wire[sent..sent + piece]).is_err() {
-                break;
-            }
-            sent += piece;
-            std::thread::sleep(Duration::from_millis(125));
-        }
-        sent
-    });
 
     // The good client's next request waits behind the trickler's hold, then goes on.
     round_trips(&good, &cli_rx, 1, 20, 4096);
@@ -202,13 +227,107 @@ fn budget_holding_trickler_is_faulted(proto: ProtocolVersion) {
 }
 
 #[test]
-fn a_trickler_holding_the_budget_must_progress_in_proportion() {
+fn a_trickler_holding_the_budget_others_wait_on_must_progress_in_proportion() {
     budget_holding_trickler_is_faulted(ProtocolVersion::V1);
 }
 
 #[test]
-fn a_trickler_holding_the_budget_must_progress_in_proportion_over_msgr2() {
+fn a_trickler_holding_the_budget_others_wait_on_must_progress_in_proportion_over_msgr2() {
     budget_holding_trickler_is_faulted(ProtocolVersion::V2);
+}
+
+// Two peers together: the first starts a message and trickles it at two windows per
+// timeout, holding little, and so is the oldest message in progress; the second sends
+// 9 MiB of its own quickly and then waits for its next window, which does not fit while
+// it holds what it has (4 MiB or more of 8), at the head of the throttle's queue, where
+// it holds its budget at no cost (its clock pauses while we make it wait). The good
+// client queues behind it. The trickler must now bring a sixteenth of what both hold
+// per timeout (256 KiB or more, twice what it sends), is faulted, and the second, then
+// the oldest and silent, is faulted in turn: the good client goes on within a few
+// timeouts, not when the trickler is done (minutes).
+fn trickler_and_holder_are_faulted(proto: ProtocolVersion) {
+    let (srv, cli, good, cli_rx) = small_budget_server(proto, 8 << 20);
+    let addr = addr_for(proto, srv.my_addr());
+    let len = 16 << 20;
+    let mut trickler = RawPeer::handshake(addr, Policy::lossy_client());
+    let wire = trickler.announce(1, len, head_len(proto) + len - 1);
+    let total = wire.len();
+    // 100 KiB at once: past the first window (one read at most), so it registered as
+    // in progress; then 64 KiB/s, two windows per timeout.
+    let sock = trickler.sock.try_clone().expect("clone");
+    let trickled = trickle(sock, wire, head_len(proto) + (100 << 10), 64 << 10);
+    wait_until(
+        || srv.dispatch_throttle().current() >= 100 << 10,
+        || format!("the trickler holds {}", srv.dispatch_throttle().current()),
+    );
+
+    // More than fits beside the trickler's: however the windows fell, the holder ends
+    // up waiting for one that does not fit. Written from a thread: the server stops
+    // reading it, and what the socket buffers take is the kernel's business.
+    let mut holder = RawPeer::handshake(addr, Policy::lossy_client());
+    let head = holder.announce(1, len, head_len(proto) + (9 << 20));
+    let mut sock = holder.sock.try_clone().expect("clone");
+    let held = std::thread::spawn(move || {
+        let _ = sock.write_all(&head);
+    });
+    wait_until(
+        || srv.dispatch_throttle().waiting() > 0,
+        || format!("nothing waits; {} held", srv.dispatch_throttle().current()),
+    );
+
+    round_trips(&good, &cli_rx, 1, 20, 4096);
+    assert!(closed_within(&mut trickler.sock, WAIT), "the trickler kept its connection");
+    assert!(closed_within(&mut holder.sock, WAIT), "the holder kept its connection");
+    let sent = trickled.join().expect("trickler");
+    assert!(sent < total / 2, "the trickler sent {sent} of {total} bytes");
+    held.join().expect("holder");
+    wait_until(
+        || srv.dispatch_throttle().current() == 0,
+        || "timed out waiting for the budget to be released".into(),
+    );
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn a_trickler_and_a_holder_waiting_behind_it_are_faulted_in_turn() {
+    trickler_and_holder_are_faulted(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_trickler_and_a_holder_waiting_behind_it_are_faulted_in_turn_over_msgr2() {
+    trickler_and_holder_are_faulted(ProtocolVersion::V2);
+}
+
+// Nobody waits: a large message arriving slowly (a slow link) needs only a window per
+// timeout, however much of the budget it holds, and arrives whole.
+fn slow_large_message_arrives(proto: ProtocolVersion) {
+    let config = MessengerConfig { payload_timeout: Duration::from_secs(2), ..test_config(1) };
+    let (srv, _addr, srv_rx) = echo_server(config);
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    let len = 8 << 20;
+    let wire = peer.announce(7, len, head_len(proto) + len + 4096);
+    // 4 MiB at once, so the message holds 4 MiB or more (a sixteenth: 256 KiB or more
+    // per 2 s timeout), then 64 KiB/s (two windows per timeout) for four seconds.
+    let fast = head_len(proto) + (4 << 20);
+    let slow = fast + 4 * (64 << 10);
+    let sock = peer.sock.try_clone().expect("clone");
+    let sent = trickle(sock, wire[..slow].to_vec(), fast, 64 << 10).join().expect("trickle");
+    assert!(sent + (8 << 10) >= slow, "the slow part stopped at {sent}");
+    peer.sock.write_all(&wire[sent..]).expect("the rest");
+    let (_, msg) = next_message(&srv_rx);
+    assert_eq!((msg.tid(), msg.data().len()), (7, len));
+    srv.shutdown();
+}
+
+#[test]
+fn a_large_message_on_a_slow_link_arrives_while_nobody_waits() {
+    slow_large_message_arrives(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_large_message_on_a_slow_link_arrives_while_nobody_waits_over_msgr2() {
+    slow_large_message_arrives(ProtocolVersion::V2);
 }
 
 /// Holds every message until `open` is called, then takes them all.

@@ -4,10 +4,12 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use dispatch::{InFlight, Permit, Throttle, Ticket, Waiting};
 use event_center::Context;
 use protocol::message::MESSAGE_OVERHEAD;
+use protocol::session::PROGRESS_SHARE;
 use protocol::types::EntityType;
 
 use super::Driver;
@@ -308,9 +310,12 @@ impl Driver {
             // `dispatch::throttle`).
             let ticket = Ticket::next();
             let (tb, _) = self.throttlers();
-            self.recv.inflight[STEP_POLICY_BYTES] = tb.map(|t| t.begin_inflight(ticket));
+            let held = |step: usize| self.recv.permits[step].as_ref().map_or(0, Permit::amount);
+            let (policy_held, dispatch_held) = (held(STEP_POLICY_BYTES), held(STEP_DISPATCH));
+            self.recv.inflight[STEP_POLICY_BYTES] =
+                tb.map(|t| t.begin_inflight(ticket, policy_held));
             self.recv.inflight[STEP_DISPATCH] =
-                Some(self.env.dispatch_throttle().begin_inflight(ticket));
+                Some(self.env.dispatch_throttle().begin_inflight(ticket, dispatch_held));
         }
         if first {
             WorkerCounters::add_own(&self.counters.recv_budget_requests, 1);
@@ -318,6 +323,20 @@ impl Driver {
         self.recv.want = Some(Want { bytes, first });
         self.recv.step = 0;
         self.try_budget(cx);
+    }
+
+    /// The message in progress, if it is the one a throttle's queue waits for (the
+    /// oldest in progress, which goes on past the maximum while the others wait), must
+    /// bring a share of what the messages in progress hold per payload timeout
+    /// ([`PROGRESS_SHARE`]); any other, a window. Asked before each read and timeout,
+    /// at `now`.
+    #[inline]
+    pub(super) fn set_progress_floor(&mut self, now: Instant) {
+        if self.recv.inflight.iter().all(Option::is_none) {
+            return;
+        }
+        let held = self.recv.inflight.iter().flatten().map(InFlight::held_while_others_wait).max();
+        self.machine.set_progress_floor(now, held.unwrap_or(0) / PROGRESS_SHARE);
     }
 
     /// The peer type's (bytes, messages) policy throttlers; the type is fixed once
@@ -357,7 +376,10 @@ impl Driver {
                     }
                 },
                 // Room now is the common case: no waker to build.
-                None => match throttle.try_acquire(n) {
+                None => match self.recv.inflight[step]
+                    .as_ref()
+                    .map_or_else(|| throttle.try_acquire(n), |inflight| inflight.try_acquire(n))
+                {
                     Some(p) => p,
                     None => {
                         // The received messages not handed over yet hold dispatch

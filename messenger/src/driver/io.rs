@@ -346,6 +346,7 @@ impl Driver {
         }
         self.last_burst = std::mem::take(&mut self.burst);
         self.io.new_read_phase();
+        self.set_progress_floor(cx.now());
         let mut budget = self.env.config.read_budget;
         let chunk = self.env.config.read_buffer.max(MIN_READ_CHUNK);
         while budget > 0 && self.io.read_ready && self.machine.wants_read() {

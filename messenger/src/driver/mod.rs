@@ -426,6 +426,7 @@ impl Handler for Driver {
             self.timer = None;
         }
         let _own = own_sends::Scope::enter(&self.conn);
+        self.set_progress_floor(cx.now());
         self.machine.handle_timeout(cx.now());
         self.release_held(cx);
         self.pump(cx);

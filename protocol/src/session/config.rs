@@ -21,13 +21,17 @@ pub const DEFAULT_FIRST_WINDOW: u32 = 4 << 10;
 /// Default [`Config::progress_window`]: one socket read of the messenger's default size.
 pub const DEFAULT_PROGRESS_WINDOW: u32 = 64 << 10;
 
-/// A message's payload must also progress by this share of the budget it holds per
-/// [`Config::payload_timeout`] (a sixteenth), when that is more than
-/// [`Config::progress_window`]. Holding budget then costs a peer bandwidth in
-/// proportion: with windows doubling, each window must arrive within eight payload
-/// timeouts, so a message holding half of a large throttle cannot keep the oldest
-/// message's privilege (and everyone else waiting) for hours by arriving just fast
-/// enough for a fixed window. An honest 100 MiB message needs ~640 KB/s near its end.
+/// The share of the budget that waits on it which the message everyone waits for must
+/// bring per [`Config::payload_timeout`] (a sixteenth): the messenger's floor for the
+/// oldest message in progress while its throttle queues requests
+/// ([`super::Machine::set_progress_floor`]). The oldest message may go past the
+/// throttle's maximum, and messages waiting for their next window hold what they have
+/// meanwhile; without a floor in proportion, a peer trickling the oldest message at one
+/// window per timeout kept everyone waiting for hours. With it, keeping budget held costs
+/// the peer bandwidth: a sixteenth of it per timeout (at the defaults, 640 KB/s to hold
+/// the whole 100 MiB dispatch throttle), else its connection faults within a timeout.
+/// Without contention no floor applies, so an honest large message on a slow link is
+/// not cut off.
 pub const PROGRESS_SHARE: u64 = 16;
 
 /// Default [`Config::max_control_frame`]: Ceph's control frames are < 1 KiB; AUTH_DONE
@@ -66,11 +70,11 @@ pub struct Config {
     /// `ms_connection_idle_timeout`, 900 s.
     pub idle_timeout: Duration,
     /// While a message arrives, its payload must progress by at least
-    /// [`Config::progress_window`] bytes, and by [`PROGRESS_SHARE`] of the budget the
-    /// message holds if that is more (or to its end), within this time of the last
-    /// such progress or grant of budget; otherwise the connection faults and releases
-    /// what the message held. A peer cannot hold budget by announcing a large message
-    /// and then trickling it.
+    /// [`Config::progress_window`] bytes, and by the floor the messenger set if that is
+    /// more ([`super::Machine::set_progress_floor`]), or to its end, within this time of
+    /// the last such progress or grant of budget; otherwise the connection faults and
+    /// releases what the message held. A peer cannot hold budget by announcing a large
+    /// message and then trickling it.
     pub payload_timeout: Duration,
     /// Bytes waiting to be sent that the socket does not take for this long fault the
     /// connection: the peer stopped reading ([`super::Machine::handle_write_blocked`]).

@@ -130,6 +130,20 @@ impl<P: Protocol> Machine<P> {
         P::authorizer_verdict(self, now, verdict);
     }
 
+    /// From `now` on, the message being received must progress by at least `bytes` per
+    /// `Config::payload_timeout` (besides `Config::progress_window`), for as long as it
+    /// lasts or until set again. The messenger sets this for the message others wait for
+    /// (the oldest message in progress while its throttle queues requests): in proportion
+    /// to the budget they wait on ([`super::PROGRESS_SHARE`]), so that keeping them waiting
+    /// costs its peer bandwidth.
+    pub fn set_progress_floor(&mut self, now: Instant, bytes: u64) {
+        self.now = now;
+        let window = self.config.progress_window;
+        if let Some(open) = self.state.open_mut() {
+            open.budget.set_floor(bytes, window, now);
+        }
+    }
+
     /// Budget for the message announced by [`super::Event::NeedBudget`] was reserved: read on.
     pub fn grant_budget(&mut self, now: Instant) {
         self.now = now;

@@ -8,7 +8,7 @@ use crate::auth::SessionHandler;
 use crate::message::MESSAGE_OVERHEAD;
 
 use super::clock::later;
-use super::config::{Config, PROGRESS_SHARE};
+use super::config::Config;
 
 /// The open session: what only exists while it is open, around the protocol's receive
 /// state `R` (what it is in the middle of reading).
@@ -90,14 +90,20 @@ pub(crate) struct Budget {
     /// The request waiting for [`super::Machine::grant_budget`]: its bytes, and whether it is
     /// the message's first (the one that also admits its header).
     asked: Option<(u64, bool)>,
-    /// While the payload arrives: when its clock last (re)started, and the bytes it
-    /// progressed since. It must progress by a window within `Config::payload_timeout`
-    /// of that start; the deadline is worked out only when asked for (a timer poll),
-    /// not per message as the clock restarts.
+    /// While the payload arrives: when its clock last (re)started (moved on by the time
+    /// it was paused), and the bytes it progressed since. It must progress by a window
+    /// (or the floor) within `Config::payload_timeout` of that start; the deadline is
+    /// worked out only when asked for (a timer poll), not per message as the clock
+    /// restarts.
     clock: Option<(Instant, u64)>,
+    /// When a request for the next window paused the clock ([`Budget::ask`]).
+    paused_at: Option<Instant>,
     /// The payload bytes whose charge the message's first window took from the receive
     /// credit (not asked for): given back if the message is then dropped unseen.
     credited: Option<u64>,
+    /// The least progress per payload timeout the driver asks of this message beyond
+    /// the window ([`super::Machine::set_progress_floor`]).
+    floor: u64,
 }
 
 impl Budget {
@@ -111,8 +117,12 @@ impl Budget {
         self.granted
     }
 
-    /// When the payload must have progressed, `timeout` after its clock started.
+    /// When the payload must have progressed, `timeout` after its clock started; none
+    /// while the clock is paused.
     pub(crate) fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        if self.asked.is_some() {
+            return None;
+        }
         self.clock.map(|(since, _)| later(since, timeout))
     }
 
@@ -139,36 +149,56 @@ impl Budget {
         self.credited = Some(len);
     }
 
-    /// Asks for `bytes` (`first`: for a message whose header just arrived: it starts
-    /// afresh). The payload's clock stops meanwhile: waiting for our own budget is not
-    /// the peer's stall.
-    pub(crate) fn ask(&mut self, bytes: u64, first: bool) {
+    /// Asks for `bytes` at `now` (`first`: for a message whose header just arrived: it
+    /// starts afresh). The payload's clock pauses meanwhile: waiting for our own budget
+    /// is not the peer's stall.
+    pub(crate) fn ask(&mut self, bytes: u64, first: bool, now: Instant) {
         if first {
             *self = Budget::default();
         }
         self.asked = Some((bytes, first));
-        self.clock = None;
+        if self.clock.is_some() {
+            self.paused_at = Some(now);
+        }
     }
 
     /// The request was granted: returns `(bytes, first)` (`None` when nothing was
-    /// asked) and, when `clock_from` is given, puts the peer on the clock again from
-    /// then: it must fill the window within the payload timeout.
+    /// asked) and, when `clock_from` is given (the time of the grant), runs the clock
+    /// again: from there for a first window, else where it paused. A grant does not
+    /// restart it: a peer that used up a small window (the oldest message in progress
+    /// is granted the next at once) still owes its progress per timeout.
     pub(crate) fn grant(&mut self, clock_from: Option<Instant>) -> Option<(u64, bool)> {
         let (bytes, first) = self.asked.take()?;
         self.granted = self.granted.saturating_add(bytes);
         if let Some(now) = clock_from {
-            self.clock = Some((now, 0));
+            self.clock = match (self.clock, self.paused_at.take()) {
+                (Some((since, progressed)), Some(at)) => {
+                    Some((later(since, now.saturating_duration_since(at)), progressed))
+                }
+                _ => Some((now, 0)),
+            };
         }
         Some((bytes, first))
     }
 
-    /// `n` more payload bytes arrived at `now`: a whole `window` of progress, or
-    /// [`PROGRESS_SHARE`] of what the message holds if more, restarts the clock from
-    /// `now`.
+    /// The least progress per payload timeout asked of this message from `now` on, if
+    /// more than `window` (0: the window alone). Progress already enough for the new
+    /// rule restarts the clock, as a byte arriving would.
+    pub(crate) fn set_floor(&mut self, bytes: u64, window: u32, now: Instant) {
+        self.floor = bytes;
+        if let (Some((_, progressed)), None) = (self.clock, self.asked) {
+            if progressed >= u64::from(window.max(1)).max(bytes) {
+                self.clock = Some((now, 0));
+            }
+        }
+    }
+
+    /// `n` more payload bytes arrived at `now`: a whole `window` of progress, or the
+    /// floor if more, restarts the clock from `now`.
     pub(crate) fn progress(&mut self, n: u64, window: u32, now: Instant) {
         let Some((since, progressed)) = self.clock else { return };
         let progressed = progressed.saturating_add(n);
-        let required = u64::from(window.max(1)).max(self.granted / PROGRESS_SHARE);
+        let required = u64::from(window.max(1)).max(self.floor);
         self.clock =
             if progressed >= required { Some((now, 0)) } else { Some((since, progressed)) };
     }

@@ -39,8 +39,9 @@ impl<P: Protocol> Machine<P> {
     /// Asks the driver for budget for `bytes` of the message's payload and stops reading
     /// until [`Machine::grant_budget`]. `first`: the message's header just arrived.
     pub(crate) fn request_budget(&mut self, bytes: u64, first: bool) {
+        let now = self.now;
         let Some(open) = self.state.open_mut() else { return };
-        open.budget.ask(bytes, first);
+        open.budget.ask(bytes, first, now);
         self.events.push_back(Event::NeedBudget { bytes, first });
     }
 
@@ -64,7 +65,7 @@ impl<P: Protocol> Machine<P> {
             self.request_budget(window, true);
             return false;
         }
-        open.budget.ask(len, true);
+        open.budget.ask(len, true, now);
         open.budget.funded_by_credit(len);
         let Some((bytes, first)) = self.take_grant(now, P::TIMED_PAYLOAD) else { return false };
         if let Err(fault) = P::grant(self, bytes, first) {

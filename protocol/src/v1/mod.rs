@@ -42,9 +42,10 @@
 //!   and reading continues; Pacific stops reading the socket (msgr-v1.md 3.9 quirk).
 //! * A message's budget is asked for in windows as its payload arrives
 //!   ([`crate::Event::NeedBudget`]), not for its whole length at the header, and its
-//!   payload must progress by a window (and by [`crate::session::PROGRESS_SHARE`] of
-//!   what it holds, if more) per `Config::payload_timeout`: a peer cannot hold budget
-//!   by announcing a large message and going silent, or by trickling it. Whole small
+//!   payload must progress by a window (and by the floor the messenger sets, if more:
+//!   [`crate::Machine::set_progress_floor`]) per `Config::payload_timeout`: a peer
+//!   cannot hold budget by announcing a large message and going silent, or by
+//!   trickling it while others wait. Whole small
 //!   messages can also be read on budget granted ahead
 //!   ([`crate::Machine::add_receive_credit`]), one request for a burst.
 //! * An accepted socket may send at most [`MAX_CONNECT_ATTEMPTS`] connect messages; the

@@ -96,7 +96,7 @@
 //! * The accept side enforces the handshake timeout (`ms_connection_ready_timeout`).
 //! * A MESSAGE's payload is budgeted in windows as v1's (the first at its header, the
 //!   next once what arrived covers what was granted; reading stops in between) and must
-//!   progress by a window (or a sixteenth of what it holds, if more) per payload
+//!   progress by a window (or the messenger's floor, if more) per payload
 //!   timeout, so a peer that announces a large message and stalls holds what it sent
 //!   plus one window, then loses its connection. A large
 //!   segment (crc mode) is read straight into the buffer it is assembled in, as v1's;
