@@ -12,19 +12,21 @@
 //!
 //! # Waiting
 //! Waiters are served strictly in arrival order (FIFO), blocked threads and event-loop
-//! workers alike, and while anyone waits [`Throttle::try_acquire`] fails (Ceph's
+//! workers alike, and while any of them waits [`Throttle::try_acquire`] fails (Ceph's
 //! `get_or_fail` does the same), so a large request is never starved by small ones.
 //! The next windows of messages in progress ([`InFlight`]) queue apart, in their own
 //! arrival order, and the two queues do not hold each other up: a message in progress
 //! that waits for a window too large for what is left does not stop new messages that
 //! fit (it goes on at the latest as the oldest in progress, below), and new messages
-//! waiting do not stop those in progress from completing and releasing. A release
-//! grants waiters from the head of each queue while they fit: the amount is
+//! waiting do not stop those in progress from completing and releasing ([`Throttle::try_acquire`]
+//! fails only while new requests wait, [`InFlight::try_acquire`] only while windows
+//! do). A release grants waiters from the head of each queue while they fit: the amount is
 //! charged at once and handed to the waiter, a blocked thread wakes with it, a worker's
 //! waker is called and the worker picks it up with [`Waiting::try_take`]. A worker
 //! holds one [`Waiting`] per request, however often it is woken for other reasons, and
 //! dropping it (its connection closed) cancels the wait and passes a grant it did not
-//! pick up on to the next waiter. Every operation is O(log waiters).
+//! pick up on to the next waiter. Every operation is O(log waiters), a release O(log
+//! waiters) per request it grants.
 //!
 //! # Messages in progress
 //! A message that arrives in several windows of budget holds what it received while it

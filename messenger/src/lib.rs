@@ -136,26 +136,34 @@
 //! everything the message held: trickling one byte at a time does not keep a message
 //! alive (the idle timer alone would let it). While waiting for a window the driver
 //! stops reading that socket and the message's clock pauses (a window granted at once
-//! does not restart it: the progress is owed per timeout, not per window); when messages in progress hold all of the budget, the
-//! oldest of them is always granted its next window (it then completes, is dispatched
-//! and releases), so honest large messages never deadlock; that overshoot is bounded by
-//! one message. That oldest message is the one the others wait for, and messages
-//! waiting for their next window keep what they hold meanwhile. So while a throttle
-//! queues requests, its oldest message in progress must progress by a sixteenth of what
-//! all messages in progress hold of it per `payload_timeout`
-//! ([`protocol::session::PROGRESS_SHARE`]; the driver sets this floor before each read
-//! and timeout): keeping budget that others wait on costs the peer bandwidth in
-//! proportion (640 KB/s to hold the whole default 100 MiB), or its connection faults
-//! within a timeout and the next oldest takes its turn under the same rule. A trickler
-//! holding the privilege at one `read_buffer` per timeout, with another connection
-//! holding most of the budget behind it, used to keep everyone waiting until the
-//! trickled message ended (hours for a large one). What remains is a chain: k
-//! connections whose messages were in progress before the budget filled can each hold
-//! the privilege for up to one timeout without paying, so about k timeouts in all, each
-//! connection costing its peer a handshake and two windows of real bytes. Without
-//! contention no floor applies, so an honest large message on a slow link is not cut
-//! off; under contention an honest oldest message must keep up too (and a slow one
-//! faults, and on a lossless session is sent again, behind the others). Duplicates (`seq <= in_seq`) stream by without being stored. Why windows
+//! does not restart it: the progress is owed per timeout, not per window); when
+//! messages in progress hold all of the budget, the oldest of them is always granted
+//! its next window (it then completes, is dispatched and releases), so honest large
+//! messages never deadlock; that overshoot is bounded by one message. That oldest
+//! message is the one the others wait for, and messages waiting for their next window
+//! keep what they hold meanwhile. So while a byte throttle queues requests, its oldest
+//! message in progress must progress by a sixteenth of what all messages in progress
+//! hold of it per `payload_timeout` ([`protocol::session::PROGRESS_SHARE`]; the driver
+//! sets this floor before each read and timeout): keeping budget that others wait on
+//! costs the peer bandwidth in proportion (640 KB/s to hold the whole default 100 MiB),
+//! or its connection faults within a timeout and the next oldest takes its turn under
+//! the same rule. A trickler holding the privilege at one `read_buffer` per timeout,
+//! with another connection holding most of the budget behind it, used to keep everyone
+//! waiting until the trickled message ended (hours for a large one). What remains:
+//! * a chain: k connections whose messages were in progress before the budget filled
+//!   can each hold the privilege for up to one timeout without paying, so about k
+//!   timeouts in all, each costing its peer a handshake and two windows of real bytes;
+//! * the floor sums what every message in progress holds, including younger ones
+//!   parked waiting for a window: under contention an honest oldest message must keep
+//!   up with that (640 KB/s at most, at the defaults), and one on a slower link faults
+//!   and, on a lossless session, is sent again, which can repeat while the contention
+//!   lasts. Without contention no floor applies, so an honest large message on a slow
+//!   link is not cut off;
+//! * a policy's message-count throttle (none by default; Ceph's
+//!   `osd_client_message_cap`) has no floor: messages in progress hold their count, and
+//!   new messages waiting for a count do not make the oldest hurry.
+//!
+//! Duplicates (`seq <= in_seq`) stream by without being stored. Why windows
 //! and not a reservation at the header (Ceph) or a fixed per-connection share: a
 //! reservation lets one silent peer hold the whole budget, and a fixed share is either
 //! too small for large messages or lets a few hundred peers hold it all; windows that

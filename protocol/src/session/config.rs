@@ -72,8 +72,10 @@ pub struct Config {
     /// While a message arrives, its payload must progress by at least
     /// [`Config::progress_window`] bytes, and by the floor the messenger set if that is
     /// more ([`super::Machine::set_progress_floor`]), or to its end, within this time of
-    /// the last such progress or grant of budget; otherwise the connection faults and
-    /// releases what the message held. A peer cannot hold budget by announcing a large
+    /// the last such progress or of the message's first grant of budget (the clock
+    /// pauses while the message waits for a later window, and goes on where it was when
+    /// that is granted); otherwise the connection faults and releases what the message
+    /// held. A peer cannot hold budget by announcing a large
     /// message and then trickling it.
     pub payload_timeout: Duration,
     /// Bytes waiting to be sent that the socket does not take for this long fault the

@@ -130,9 +130,10 @@ impl<P: Protocol> Machine<P> {
         P::authorizer_verdict(self, now, verdict);
     }
 
-    /// From `now` on, the message being received must progress by at least `bytes` per
-    /// `Config::payload_timeout` (besides `Config::progress_window`), for as long as it
-    /// lasts or until set again. The messenger sets this for the message others wait for
+    /// The message being received must progress by at least `bytes` per
+    /// `Config::payload_timeout` (besides `Config::progress_window`), counted from when
+    /// its clock last started, for as long as it lasts or until set again (set at `now`:
+    /// progress already enough for the new floor restarts the clock). The messenger sets this for the message others wait for
     /// (the oldest message in progress while its throttle queues requests): in proportion
     /// to the budget they wait on ([`super::PROGRESS_SHARE`]), so that keeping them waiting
     /// costs its peer bandwidth.

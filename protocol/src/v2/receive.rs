@@ -266,7 +266,7 @@ fn absorb_buffered(m: &mut Machine<V2>) {
 /// A message's payload is budgeted in windows, as v1's: once what arrived of it (taken
 /// by the decoder or buffered) covers what was granted, the next window is asked for
 /// and reading stops until it is granted. A peer announcing a large message holds only
-/// what it sent plus one window, and the payload timeout runs per window.
+/// what it sent plus one window, and must progress per payload timeout.
 fn ask_next_window(m: &mut Machine<V2>) {
     let Some((granted, arrived, total)) = payload_progress(m) else { return };
     if arrived >= granted && granted < total {
