@@ -90,8 +90,9 @@ struct State {
     windows: BTreeMap<u64, Waiter>,
     next_id: u64,
     /// Amounts granted to workers' [`Waiting`]s and not picked up yet, by request id
-    /// (included in `current`).
-    grants: HashMap<u64, u64>,
+    /// (included in `current`), with the ticket of the message in progress they are for
+    /// (included in its `held`).
+    grants: HashMap<u64, (u64, Option<u64>)>,
     /// Messages in progress ([`Throttle::begin_inflight`]) by ticket, oldest first.
     inflight: BTreeMap<u64, Progress>,
     /// What the messages in progress hold, together (the sum of their `held`).
@@ -221,7 +222,7 @@ impl State {
                 out.blocking = true;
             }
             WaiterKind::Wake(waker) => {
-                self.grants.insert(id, w.need);
+                self.grants.insert(id, (w.need, w.ticket));
                 out.wakers.push(waker);
             }
         }
@@ -514,7 +515,12 @@ impl Throttle {
                 if let WaiterKind::Wake(k) = w.kind {
                     waker = Some(k);
                 }
-            } else if let Some(amount) = st.grants.remove(&id) {
+            } else if let Some((amount, ticket)) = st.grants.remove(&id) {
+                // Its message keeps its registration: what it holds goes down again.
+                if let Some(t) = ticket.and_then(|t| st.inflight.get_mut(&t)) {
+                    t.held = t.held.saturating_sub(amount);
+                    st.inflight_held = st.inflight_held.saturating_sub(amount);
+                }
                 st.current = st.current.saturating_sub(amount);
                 st.counters.put += 1;
                 st.counters.put_sum = st.counters.put_sum.saturating_add(amount);
@@ -555,7 +561,7 @@ impl Waiting {
         let Some(id) = self.id else { return Err(self) };
         let amount = self.throttle.state.lock().grants.remove(&id);
         match amount {
-            Some(amount) => {
+            Some((amount, _)) => {
                 self.id = None;
                 Ok(self.throttle.permit(amount))
             }
@@ -846,6 +852,24 @@ mod tests {
         drop(held);
         let big = big.try_take().expect("granted first");
         assert_eq!(big.amount(), 8);
+    }
+
+    // A window granted to a waiting message in progress and given up before it was
+    // picked up (its connection closed) goes back, and no longer counts as held.
+    #[test]
+    fn a_window_given_up_after_its_grant_is_not_held() {
+        let t = Throttle::new("t", 10);
+        let (a, b) = (Ticket::next(), Ticket::next());
+        let (ia, ib) = (t.begin_inflight(a, 0), t.begin_inflight(b, 0));
+        let pa = ia.try_acquire(8).expect("fits");
+        let wb = ib.acquire_or_wait(4, Box::new(|| {})).expect_err("b waits");
+        drop(pa);
+        assert_eq!(t.state.lock().inflight_held, 8 + 4, "a's 8 (a still registered), b's 4");
+        drop(wb);
+        assert_eq!(t.current(), 0);
+        assert_eq!(t.state.lock().inflight_held, 8, "b's grant went back");
+        drop((ia, ib));
+        assert_eq!(t.state.lock().inflight_held, 0);
     }
 
     // The next windows of messages in progress queue apart from new requests: a window
