@@ -454,6 +454,11 @@ impl Throttle {
         self.state.lock().max
     }
 
+    /// Whether requests are queued, without taking the lock (as of the last change).
+    pub fn has_waiters(&self) -> bool {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// Number of queued requests (blocked threads and waiting workers) not yet granted.
     pub fn waiting(&self) -> usize {
         let st = self.state.lock();

@@ -149,7 +149,13 @@
 //! or its connection faults within a timeout and the next oldest takes its turn under
 //! the same rule. A trickler holding the privilege at one `read_buffer` per timeout,
 //! with another connection holding most of the budget behind it, used to keep everyone
-//! waiting until the trickled message ended (hours for a large one). What remains:
+//! waiting until the trickled message ended (hours for a large one). A policy's
+//! message-count throttle (none by default; Ceph's `osd_client_message_cap`) is held
+//! one count per message in progress, and new messages waiting for a count wait for
+//! messages to complete, not for bytes: so while they wait, every message in progress
+//! must progress by a sixteenth of its own length per `payload_timeout`, arriving whole
+//! within sixteen timeouts (a trickler holds few bytes but a whole count). What
+//! remains:
 //! * a chain: k connections whose messages were in progress before the budget filled
 //!   can each hold the privilege for up to one timeout without paying, so about k
 //!   timeouts in all, each costing its peer a handshake and two windows of real bytes;
@@ -157,11 +163,11 @@
 //!   parked waiting for a window: under contention an honest oldest message must keep
 //!   up with that (640 KB/s at most, at the defaults), and one on a slower link faults
 //!   and, on a lossless session, is sent again, which can repeat while the contention
-//!   lasts. Without contention no floor applies, so an honest large message on a slow
-//!   link is not cut off;
-//! * a policy's message-count throttle (none by default; Ceph's
-//!   `osd_client_message_cap`) has no floor: messages in progress hold their count, and
-//!   new messages waiting for a count do not make the oldest hurry.
+//!   lasts (likewise a large honest message while new ones wait for a count). Without
+//!   contention no floor applies, so an honest large message on a slow link is not cut
+//!   off;
+//! * the floor is sampled before each read and timer: a trickler may dodge it for one
+//!   timeout if nobody waits at a read it triggers.
 //!
 //! Duplicates (`seq <= in_seq`) stream by without being stored. Why windows
 //! and not a reservation at the header (Ceph) or a fixed per-connection share: a

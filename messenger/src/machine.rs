@@ -334,6 +334,11 @@ impl Machine {
         self.0.message_in_progress()
     }
 
+    /// The payload length of the message being received (0 between messages).
+    pub(crate) fn receiving_len(&self) -> u64 {
+        self.0.receiving_len()
+    }
+
     /// Bytes held for the message being received.
     #[inline]
     pub(crate) fn receive_held_bytes(&self) -> usize {

@@ -458,6 +458,11 @@ impl Connection {
         each!(self, c => c.between_messages(), _s => false)
     }
 
+    /// See [`crate::Machine::receiving_len`].
+    pub fn receiving_len(&self) -> u64 {
+        each!(self, c => c.receiving_len(), _s => 0)
+    }
+
     /// See [`crate::Machine::receive_held_bytes`].
     #[inline]
     pub fn receive_held_bytes(&self) -> usize {

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use messenger::{
     Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion,
+    Throttle,
 };
 use protocol::message::MESSAGE_OVERHEAD;
 use protocol::session::DEFAULT_FIRST_WINDOW;
@@ -175,12 +176,23 @@ fn small_budget_server(
     proto: ProtocolVersion,
     max: u64,
 ) -> (Messenger, Messenger, Connection, Receiver<Seen>) {
+    small_budget_server_counting(proto, max, None)
+}
+
+/// [`small_budget_server`] whose clients' messages are also counted by `counts` (the
+/// policy's message throttle; a connection looks its throttlers up once).
+fn small_budget_server_counting(
+    proto: ProtocolVersion,
+    max: u64,
+    counts: Option<Arc<Throttle>>,
+) -> (Messenger, Messenger, Connection, Receiver<Seen>) {
     let config = MessengerConfig {
         dispatch_throttle_bytes: max,
         payload_timeout: Duration::from_secs(2),
         ..test_config(2)
     };
     let (srv, _addr, _srv_rx) = echo_server(config);
+    srv.set_policy_throttlers(EntityType::CLIENT, None, counts);
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
     let good = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     round_trips(&good, &cli_rx, 0, 1, 4096);
@@ -297,6 +309,42 @@ fn a_trickler_and_a_holder_waiting_behind_it_are_faulted_in_turn() {
 #[test]
 fn a_trickler_and_a_holder_waiting_behind_it_are_faulted_in_turn_over_msgr2() {
     trickler_and_holder_are_faulted(ProtocolVersion::V2);
+}
+
+// A policy's message-count throttle (Ceph's osd_client_message_cap) of 1, and a peer
+// that starts a 16 MiB message and trickles it at two windows per timeout: it holds the
+// count and few bytes. While the good client's message waits for the count, a message
+// in progress must arrive whole within sixteen timeouts (1 MiB per timeout, eight times
+// what it sends), so it is faulted and the good client goes on, rather than after the
+// trickler's four minutes.
+fn count_holding_trickler_is_faulted(proto: ProtocolVersion) {
+    let counts = Throttle::new("client messages", 1);
+    let (srv, cli, good, cli_rx) =
+        small_budget_server_counting(proto, 100 << 20, Some(counts.clone()));
+    let len = 16 << 20;
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    let wire = peer.announce(1, len, head_len(proto) + len - 1);
+    let total = wire.len();
+    let sock = peer.sock.try_clone().expect("clone");
+    let trickler = trickle(sock, wire, head_len(proto) + (100 << 10), 64 << 10);
+    wait_until(|| counts.current() == 1, || "the trickler holds no count".into());
+
+    round_trips(&good, &cli_rx, 1, 20, 4096);
+    assert!(closed_within(&mut peer.sock, WAIT), "the trickler kept its connection");
+    let sent = trickler.join().expect("trickler");
+    assert!(sent < total / 2, "the trickler sent {sent} of {total} bytes");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn a_trickler_holding_the_message_count_is_faulted_while_others_wait() {
+    count_holding_trickler_is_faulted(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_trickler_holding_the_message_count_is_faulted_while_others_wait_over_msgr2() {
+    count_holding_trickler_is_faulted(ProtocolVersion::V2);
 }
 
 // Nobody waits: a large message arriving slowly (a slow link) needs only a window per

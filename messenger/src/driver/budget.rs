@@ -336,7 +336,16 @@ impl Driver {
             return;
         }
         let held = self.recv.inflight.iter().flatten().map(InFlight::held_while_others_wait).max();
-        self.machine.set_progress_floor(now, held.unwrap_or(0) / PROGRESS_SHARE);
+        let mut floor = held.unwrap_or(0) / PROGRESS_SHARE;
+        // A message in progress holds its count of the policy's message throttle, and
+        // new messages waiting for one wait for messages to complete, not for bytes: so
+        // while they wait, every message in progress must arrive whole within
+        // PROGRESS_SHARE timeouts (a trickler holds few bytes but a whole count).
+        let (_, messages) = loaded(&mut self.throttlers, &self.env, &self.conn);
+        if messages.as_ref().is_some_and(|t| t.has_waiters()) {
+            floor = floor.max(self.machine.receiving_len() / PROGRESS_SHARE);
+        }
+        self.machine.set_progress_floor(now, floor);
     }
 
     /// The peer type's (bytes, messages) policy throttlers; the type is fixed once

@@ -104,6 +104,8 @@ pub(crate) struct Budget {
     /// The least progress per payload timeout the driver asks of this message beyond
     /// the window ([`super::Machine::set_progress_floor`]).
     floor: u64,
+    /// The message's payload length, once its header was read.
+    len: u64,
 }
 
 impl Budget {
@@ -115,6 +117,16 @@ impl Budget {
     /// Payload bytes granted so far.
     pub(crate) fn granted(&self) -> u64 {
         self.granted
+    }
+
+    /// The payload length of the message being received (0 between messages).
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The message whose header was just read has a payload of `len` bytes.
+    pub(crate) fn set_len(&mut self, len: u64) {
+        self.len = len;
     }
 
     /// When the payload must have progressed, `timeout` after its clock started; none

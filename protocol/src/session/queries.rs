@@ -166,6 +166,11 @@ impl<P: Protocol> Machine<P> {
         P::between_messages(self)
     }
 
+    /// The payload length of the message being received (0 between messages).
+    pub fn receiving_len(&self) -> u64 {
+        self.state.open().map_or(0, |open| open.budget.len())
+    }
+
     /// Bytes of memory held for the message being received.
     pub fn receive_held_bytes(&self) -> usize {
         if self.state.is_open() {

@@ -63,9 +63,13 @@ impl<P: Protocol> Machine<P> {
         let window = Budget::default().window(len, &self.config, self.rx.len());
         if window < len || !open.credit.take(len) {
             self.request_budget(window, true);
+            if let Some(open) = self.state.open_mut() {
+                open.budget.set_len(len);
+            }
             return false;
         }
         open.budget.ask(len, true, now);
+        open.budget.set_len(len);
         open.budget.funded_by_credit(len);
         let Some((bytes, first)) = self.take_grant(now, P::TIMED_PAYLOAD) else { return false };
         if let Err(fault) = P::grant(self, bytes, first) {
