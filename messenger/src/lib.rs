@@ -153,9 +153,9 @@
 //! message-count throttle (none by default; Ceph's `osd_client_message_cap`) is held
 //! one count per message in progress, and new messages waiting for a count wait for
 //! messages to complete, not for bytes: so while they wait, every message in progress
-//! must progress by a sixteenth of its own length per `payload_timeout`, arriving whole
-//! within sixteen timeouts (a trickler holds few bytes but a whole count). What
-//! remains:
+//! (from its second window on) must progress by a sixteenth of its own length per
+//! `payload_timeout`, arriving whole within sixteen timeouts of its reading time (a
+//! trickler holds few bytes but a whole count). What remains:
 //! * a chain: k connections whose messages were in progress before the budget filled
 //!   can each hold the privilege for up to one timeout without paying, so about k
 //!   timeouts in all, each costing its peer a handshake and two windows of real bytes;
@@ -163,9 +163,14 @@
 //!   parked waiting for a window: under contention an honest oldest message must keep
 //!   up with that (640 KB/s at most, at the defaults), and one on a slower link faults
 //!   and, on a lossless session, is sent again, which can repeat while the contention
-//!   lasts (likewise a large honest message while new ones wait for a count). Without
-//!   contention no floor applies, so an honest large message on a slow link is not cut
-//!   off;
+//!   lasts; likewise, while new messages wait for a count, any honest message slower
+//!   than its length per sixteen timeouts (590 KB/s for 90 MiB at the defaults).
+//!   Without contention no floor applies, so an honest large message on a slow link is
+//!   not cut off;
+//! * a count held cheaply: for a message under sixteen `read_buffer`s (1 MiB at the
+//!   defaults) the window per timeout is the stricter rule, so a peer can hold a count
+//!   for up to sixteen timeouts at one window per timeout; each count it frees goes to
+//!   a waiting message first;
 //! * the floor is sampled before each read and timer: a trickler may dodge it for one
 //!   timeout if nobody waits at a read it triggers.
 //!
