@@ -337,6 +337,41 @@ fn count_holding_trickler_is_faulted(proto: ProtocolVersion) {
     srv.shutdown();
 }
 
+// The same cap of 1, held by an honest peer sending a 2 MiB message at 256 KiB/s: four
+// times the sixteenth of its length it owes per 2 s timeout while the good client waits
+// for the count. It arrives whole (the server echoes it), then the good client's goes.
+fn count_holding_honest_message_arrives(proto: ProtocolVersion) {
+    let counts = Throttle::new("client messages", 1);
+    let (srv, cli, good, cli_rx) =
+        small_budget_server_counting(proto, 100 << 20, Some(counts.clone()));
+    let len = 2 << 20;
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    let wire = peer.announce(9, len, head_len(proto) + len + 4096);
+    let sock = peer.sock.try_clone().expect("clone");
+    let sender = trickle(sock, wire.clone(), head_len(proto) + (100 << 10), 256 << 10);
+    wait_until(|| counts.current() == 1, || "the peer holds no count".into());
+
+    // The good client's request waits for the count while the message arrives.
+    good.send_message(test_message(MSG_TEST, 1, Bytes::from(vec![7u8; 4096]))).expect("send");
+    let sent = sender.join().expect("sender");
+    peer.sock.write_all(&wire[sent..]).expect("the rest");
+    let echo = peer.receive(1).expect("the echo of the whole message");
+    assert_eq!((echo[0].tid(), echo[0].data().len()), (9, len));
+    assert_eq!(next_message(&cli_rx).1.tid(), 1);
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn an_honest_message_holding_the_message_count_arrives_while_others_wait() {
+    count_holding_honest_message_arrives(ProtocolVersion::V1);
+}
+
+#[test]
+fn an_honest_message_holding_the_message_count_arrives_while_others_wait_over_msgr2() {
+    count_holding_honest_message_arrives(ProtocolVersion::V2);
+}
+
 #[test]
 fn a_trickler_holding_the_message_count_is_faulted_while_others_wait() {
     count_holding_trickler_is_faulted(ProtocolVersion::V1);
