@@ -93,11 +93,19 @@
 //!   into the new machine. Ceph does the same hand-over under two connection locks; here
 //!   no two connections are ever locked together, and user handles stay valid.
 //! * **Who may take a session.** Sessions are found by the peer's announced address, as
-//!   in Ceph; but a peer that authenticated as another entity than the accepted session
-//!   under that address (cephx tickets name it; see [`Connection::peer_auth`]) is refused
-//!   and closed, instead of resuming, replacing or resetting that session. Ceph decides
-//!   by the address alone, so any authenticated peer could cut another off, or resume its
-//!   lossless session (and receive its messages) with the cookie it saw on the wire.
+//!   in Ceph; but a peer that authenticated as another entity than the session under
+//!   that address is refused and closed (no reply; counted as a peer issue), instead of
+//!   resuming, replacing or resetting that session. Another entity: another name than
+//!   the one the session's peer proved (cephx tickets name it; see
+//!   [`Connection::peer_auth`]), or none where it proved one; for a session whose peer
+//!   proved no name (one we dialled), another entity type than the one we know it by.
+//!   A stateless server instead opens the connection without registering it under the
+//!   address, as its sessions share nothing. Ceph decides by the address alone, so any
+//!   authenticated peer could cut another off, or resume its lossless session (and
+//!   receive its messages) with the cookie it saw on the wire. Auth none names are the
+//!   peer's word, so they protect nothing; a refused honest peer (say, one that lost its
+//!   tickets and falls back to auth none) reconnects with backoff until it proves its
+//!   name again.
 //! * [`Messenger::get_connection`] takes a socket address and dials it with nonce 0, which
 //!   is what monitors announce. A peer announcing another nonce is refused by the address
 //!   check (as in Ceph); use [`Messenger::connect_to`] with the peer's full address, as

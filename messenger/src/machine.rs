@@ -401,9 +401,10 @@ pub(crate) struct Existing {
     pub(crate) state: ConnState,
     pub(crate) session: SessionSnapshot,
     pub(crate) replacing: bool,
-    /// The existing session's peer authenticated as another entity than the deciding
-    /// connection's peer (both known: an accepted session, and a name the newcomer's
-    /// authentication gave).
+    /// The deciding connection's peer is another entity than the existing session's:
+    /// it authenticated as another name, or as none where the session's peer proved
+    /// one, or (a session with no name, e.g. one we dialled) as another type than the
+    /// session's peer (`session_table::foreign`).
     pub(crate) foreign: bool,
 }
 
@@ -420,6 +421,9 @@ pub(crate) enum AcceptAction {
     /// The peer must wait for our own connection to it: nudge that one with a
     /// keepalive so its handshake completes.
     NudgeExisting,
+    /// This connection opens without being registered under the peer's address (a
+    /// stateless server's connect from another entity than the session there).
+    OpenUnregistered,
     /// This connection opens (`register`: the table registered it) or answers with a
     /// retry or reset reply.
     Proceed {
@@ -449,6 +453,12 @@ pub(crate) fn decide(
     my_addrs: &EntityAddrVec,
 ) -> Verdict {
     if existing.is_some_and(|e| e.foreign) {
+        if policy.lossy && policy.server {
+            // A stateless server opens a session per connect and never touches the
+            // existing one (Ceph's does not even look): this one opens, but the address
+            // stays the existing session's.
+            return Verdict { decision: Decision::Open, action: AcceptAction::OpenUnregistered };
+        }
         // Whatever the protocol's rules would say: resuming, replacing or resetting the
         // session of an entity the peer did not authenticate as would hand that
         // entity's messages to it, or cut that entity off.

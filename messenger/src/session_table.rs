@@ -18,7 +18,8 @@
 use std::collections::HashMap;
 
 use parking_lot::{Condvar, Mutex};
-use protocol::types::{AuthEntityName, EntityAddr};
+use protocol::auth::AuthPeer;
+use protocol::types::{EntityAddr, EntityType};
 
 use crate::connection::Connection;
 use crate::machine::Existing;
@@ -35,6 +36,22 @@ pub(crate) enum Claim {
     /// The existing session is being replaced: later connects for the peer are told to
     /// retry until its driver adopted the new socket (or closed).
     BeginReplace,
+}
+
+/// Whether a newcomer that authenticated as `newcomer` is another entity than the
+/// existing session's peer: the one it authenticated as, if it did (a newcomer with no
+/// name is then another); else, if the newcomer has a name, the type we know the peer by
+/// (a session we dialled: an OSD's session cannot be taken by a client's ticket).
+fn foreign(
+    existing: Option<&AuthPeer>,
+    existing_type: Option<EntityType>,
+    newcomer: Option<&AuthPeer>,
+) -> bool {
+    match (existing, newcomer) {
+        (Some(e), n) => n.is_none_or(|n| n.name != e.name),
+        (None, Some(n)) => existing_type.is_some_and(|t| u32::from(t.0) != n.name.ty),
+        (None, None) => false,
+    }
 }
 
 /// What `connect_to` found or made.
@@ -140,7 +157,7 @@ impl SessionTable {
         &self,
         me: &Connection,
         addr: EntityAddr,
-        authenticated: Option<&AuthEntityName>,
+        authenticated: Option<&AuthPeer>,
         decide: impl FnOnce(Option<&Existing>) -> (V, Claim),
     ) -> (V, Option<Connection>) {
         let mut t = self.tables.lock();
@@ -151,7 +168,7 @@ impl SessionTable {
             state: c.state(),
             session: p.session,
             replacing: p.replacing,
-            foreign: p.peer_auth.as_ref().is_some_and(|a| Some(&a.name) != authenticated),
+            foreign: foreign(p.peer_auth.as_ref(), p.entity_type, authenticated),
         });
         let (verdict, claim) = decide(view.as_ref());
         match (claim, published.as_deref_mut()) {
@@ -160,6 +177,14 @@ impl SessionTable {
             _ => {}
         }
         drop(published);
+        if claim == Claim::Register {
+            // Who the newcomer is counts from its registration on, not from its open: a
+            // second connect meanwhile must meet the same check. (Another handle's state
+            // is locked only after the existing one's was let go.)
+            if let Some(a) = authenticated {
+                me.0.published.lock().peer_auth = Some(a.clone());
+            }
+        }
         (verdict, existing)
     }
 

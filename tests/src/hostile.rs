@@ -222,6 +222,17 @@ impl RawPeer {
             ..EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), nonce)
         };
         let cfg = Arc::new(protocol::Config::new(EntityName::new(EntityType::CLIENT, -1), me));
+        RawPeer::try_handshake_with(server, policy, cfg).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Connects to `server` as `cfg` says (its name, the addresses it announces, its
+    /// authentication) and runs the handshake to an open session; the error says how it
+    /// ended otherwise (the server closed, or the handshake did not finish).
+    pub fn try_handshake_with(
+        server: EntityAddr,
+        policy: Policy,
+        cfg: Arc<protocol::Config>,
+    ) -> Result<RawPeer, String> {
         let version = if server.ty == protocol::types::AddrType::MSGR2 {
             protocol::ProtocolVersion::V2
         } else {
@@ -238,18 +249,22 @@ impl RawPeer {
             out.clear();
             machine.poll_transmit(&mut out);
             for seg in &out {
-                sock.write_all(seg).expect("write");
+                if let Err(e) = sock.write_all(seg) {
+                    return Err(format!("the server closed during the handshake: {e}"));
+                }
             }
             while let Some(ev) = machine.poll_event() {
                 if let Event::Opened(_) = ev {
-                    return RawPeer { sock, machine };
+                    return Ok(RawPeer { sock, machine });
                 }
             }
-            let n = sock.read(&mut buf).expect("read");
-            assert!(n > 0, "server closed during the handshake");
-            machine.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
+            match sock.read(&mut buf) {
+                Ok(0) => return Err("the server closed during the handshake".into()),
+                Ok(n) => machine.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
+                Err(e) => return Err(format!("the handshake's read failed: {e}")),
+            }
         }
-        panic!("handshake did not finish");
+        Err("handshake did not finish".into())
     }
 
     /// The protocol the session speaks.

@@ -6,11 +6,12 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use messenger::{Messenger, Policy, ProtocolVersion};
+use crossbeam_channel::Receiver;
+use messenger::{Connection, Messenger, Policy, ProtocolVersion};
 use protocol::auth::cephx::ticket::AuthCapsInfo;
 use protocol::types::{AuthEntityName, EntityName, EntityType};
 use tests::cephx::TestCluster;
-use tests::hostile::peer_issues;
+use tests::hostile::{peer_issues, RawPeer};
 use tests::loopback::{
     addr_for, client_with, next_message, server_on, test_config, test_message, wait_until,
     Recorder, Seen, WAIT,
@@ -62,11 +63,20 @@ fn an_accepted_cephx_peer_is_known_by_its_ticket_over_msgr2() {
     peer_auth_over(ProtocolVersion::V2);
 }
 
-// A peer that authenticated as client.8 but announces the address of client.7's session
-// (same IP, port and nonce) is refused: by the address alone it would reset that
-// session (it looks like client.7 restarted) and take its place, or, lossless and with
-// its cookie, resume it and receive its messages. Ceph decides by the address only.
-fn foreign_claim_refused(proto: ProtocolVersion) {
+/// client.7 with a session to a cephx OSD server (`server_policy`), one round trip done,
+/// and client.8's messenger under client.7's nonce (so, unbound, its address too).
+struct Claim {
+    srv: Messenger,
+    srv_rx: Receiver<Seen>,
+    cli: Messenger,
+    cli_rx: Receiver<Seen>,
+    /// client.7's connection, and the server's side of it.
+    conn: Connection,
+    served: Connection,
+    other: Messenger,
+}
+
+fn claim_scene(proto: ProtocolVersion, server_policy: Policy, client_policy: Policy) -> Claim {
     let osd = EntityName::new(EntityType::OSD, 0);
     let alice = EntityName::new(EntityType::CLIENT, 7);
     let eve = EntityName::new(EntityType::CLIENT, 8);
@@ -75,17 +85,13 @@ fn foreign_claim_refused(proto: ProtocolVersion) {
     let (srv, _, srv_rx) = server_on(
         EntityType::OSD,
         1,
-        Policy::stateful_server(),
+        server_policy,
         true,
         SocketAddr::from(([127, 0, 0, 1], 0)),
         config(cluster.provider(osd, None)),
     );
-    let (cli, cli_rx) = client_with(
-        EntityType::CLIENT,
-        7,
-        Policy::lossless_client(),
-        config(cluster.provider(alice, None)),
-    );
+    let (cli, cli_rx) =
+        client_with(EntityType::CLIENT, 7, client_policy, config(cluster.provider(alice, None)));
     let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
     let (served, _) = next_message(&srv_rx);
@@ -94,37 +100,51 @@ fn foreign_claim_refused(proto: ProtocolVersion) {
         served.peer_auth().expect("authenticated").name,
         AuthEntityName::new(EntityType::CLIENT, "7")
     );
+    let other = Messenger::new(eve, 7, config(cluster.provider(eve, None))).expect("messenger");
+    other.set_default_policy(client_policy);
+    other.start().expect("start");
+    let (rec, _rx) = Recorder::new(false);
+    other.add_dispatcher_head(rec).expect("dispatcher");
+    Claim { srv, srv_rx, cli, cli_rx, conn, served, other }
+}
 
+impl Claim {
+    fn shutdown(self) {
+        self.other.shutdown();
+        self.cli.shutdown();
+        self.srv.shutdown();
+    }
+}
+
+// A peer that authenticated as client.8 but announces the address of client.7's session
+// (same IP, port and nonce) is refused: by the address alone it would reset that
+// session (it looks like client.7 restarted) and take its place, or, lossless and with
+// its cookie, resume it and receive its messages. Ceph decides by the address only.
+fn foreign_claim_refused(proto: ProtocolVersion) {
+    let c = claim_scene(proto, Policy::stateful_server(), Policy::lossless_client());
     // Nonce 7 as well, and no listener: the server sees client.7's address.
-    let issues = peer_issues(&srv);
-    let attacker = Messenger::new(eve, 7, config(cluster.provider(eve, None))).expect("messenger");
-    attacker.set_default_policy(Policy::lossless_client());
-    attacker.start().expect("start");
-    let (rec, _attacker_rx) = Recorder::new(false);
-    attacker.add_dispatcher_head(rec).expect("dispatcher");
-    let hijack = attacker.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
+    let issues = peer_issues(&c.srv);
+    let hijack = c.other.connect_to(EntityType::OSD, addr_for(proto, c.srv.my_addr()));
     hijack.send_message(test_message(MSG_TEST, 100, Bytes::new())).expect("send");
-    wait_until(|| peer_issues(&srv) > issues, || "the claim was not refused".into());
+    wait_until(|| peer_issues(&c.srv) > issues, || "the claim was not refused".into());
 
     // Client.7's session goes on where it was, and nothing of the attacker's arrived.
-    conn.send_message(test_message(MSG_TEST, 2, Bytes::new())).expect("send");
+    c.conn.send_message(test_message(MSG_TEST, 2, Bytes::new())).expect("send");
     loop {
-        match srv_rx.recv_timeout(WAIT).expect("the server saw nothing more") {
-            Seen::Message(c, m) if m.tid() == 2 => {
-                assert_eq!(c, served, "client.7's message came on another connection");
+        match c.srv_rx.recv_timeout(WAIT).expect("the server saw nothing more") {
+            Seen::Message(conn, m) if m.tid() == 2 => {
+                assert_eq!(conn, c.served, "client.7's message came on another connection");
                 break;
             }
             Seen::Message(_, m) => panic!("the attacker's message {} was taken", m.tid()),
-            Seen::Reset(c) | Seen::RemoteReset(c) if c == served => {
+            Seen::Reset(conn) | Seen::RemoteReset(conn) if conn == c.served => {
                 panic!("client.7's session was reset")
             }
             _ => {}
         }
     }
-    assert_eq!(next_message(&cli_rx).1.tid(), 2);
-    attacker.shutdown();
-    cli.shutdown();
-    srv.shutdown();
+    assert_eq!(next_message(&c.cli_rx).1.tid(), 2);
+    c.shutdown();
 }
 
 #[test]
@@ -135,4 +155,107 @@ fn a_peer_claiming_another_entitys_session_is_refused_over_msgr1() {
 #[test]
 fn a_peer_claiming_another_entitys_session_is_refused_over_msgr2() {
     foreign_claim_refused(ProtocolVersion::V2);
+}
+
+// A stateless server's sessions share nothing: a peer authenticated as client.8 that
+// announces client.7's address opens a session of its own (its message is delivered),
+// but the address stays client.7's session, which goes on untouched.
+fn stateless_foreign_claim_opens_unregistered(proto: ProtocolVersion) {
+    let c = claim_scene(proto, Policy::stateless_server(), Policy::lossy_client());
+    let second = c.other.connect_to(EntityType::OSD, addr_for(proto, c.srv.my_addr()));
+    second.send_message(test_message(MSG_TEST, 100, Bytes::new())).expect("send");
+    loop {
+        match c.srv_rx.recv_timeout(WAIT).expect("the second peer's message") {
+            Seen::Message(conn, m) if m.tid() == 100 => {
+                assert_ne!(conn, c.served, "client.8's message came on client.7's session");
+                break;
+            }
+            Seen::Reset(conn) | Seen::RemoteReset(conn) if conn == c.served => {
+                panic!("client.7's session was reset")
+            }
+            _ => {}
+        }
+    }
+    let key = c.served.peer_addr().expect("client.7's address");
+    assert_eq!(c.srv.connect_to(EntityType::CLIENT, key), c.served, "the address changed hands");
+    c.conn.send_message(test_message(MSG_TEST, 2, Bytes::new())).expect("send");
+    let (conn, m) = next_message(&c.srv_rx);
+    assert_eq!((conn, m.tid()), (c.served.clone(), 2));
+    c.shutdown();
+}
+
+#[test]
+fn a_stateless_server_opens_another_entitys_claim_without_giving_it_the_address() {
+    stateless_foreign_claim_opens_unregistered(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_stateless_server_opens_another_entitys_claim_without_giving_it_the_address_over_msgr2() {
+    stateless_foreign_claim_opens_unregistered(ProtocolVersion::V2);
+}
+
+// osd.0 dialled osd.1, so its session there has no proven name. A peer with client.8's
+// ticket that announces osd.1's address and claims to be an OSD is refused: a session
+// we know as an OSD's is not taken by a client's ticket (by the address alone it reset
+// the session, as if osd.1 had restarted, and took its place).
+fn dialled_session_kept_from_another_type(proto: ProtocolVersion) {
+    let osd0 = EntityName::new(EntityType::OSD, 0);
+    let osd1 = EntityName::new(EntityType::OSD, 1);
+    let eve = EntityName::new(EntityType::CLIENT, 8);
+    let mut cluster = TestCluster::new(&[osd0, osd1, eve], 45);
+    let config = |p| test_config(1).with_auth_provider(p);
+    let (a, _, a_rx) = server_on(
+        EntityType::OSD,
+        1,
+        Policy::lossless_peer(),
+        false,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        config(cluster.provider(osd0, None)),
+    );
+    let b = Messenger::new(osd1, 2, config(cluster.provider(osd1, None))).expect("messenger");
+    b.set_default_policy(Policy::lossless_peer());
+    b.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    b.start().expect("start");
+    let (rec, b_rx) = Recorder::new(true);
+    b.add_dispatcher_head(rec).expect("dispatcher");
+    let b_addr = addr_for(proto, b.my_addr());
+    let dialled = a.connect_to(EntityType::OSD, b_addr);
+    dialled.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    assert_eq!(next_message(&b_rx).1.tid(), 1);
+    assert_eq!(next_message(&a_rx).1.tid(), 1, "the echo");
+
+    let cfg = protocol::Config::new(osd1, b_addr).with_auth(cluster.provider(eve, None));
+    let claim = RawPeer::try_handshake_with(
+        addr_for(proto, a.my_addr()),
+        Policy::lossless_peer(),
+        std::sync::Arc::new(cfg),
+    );
+    assert!(claim.is_err(), "a client's ticket opened a session under osd.1's address");
+
+    dialled.send_message(test_message(MSG_TEST, 2, Bytes::new())).expect("send");
+    assert_eq!(next_message(&b_rx).1.tid(), 2);
+    loop {
+        match a_rx.recv_timeout(WAIT).expect("the echo of 2") {
+            Seen::Message(c, m) if m.tid() == 2 => {
+                assert_eq!(c, dialled);
+                break;
+            }
+            Seen::Reset(c) | Seen::RemoteReset(c) if c == dialled => {
+                panic!("the session to osd.1 was reset")
+            }
+            _ => {}
+        }
+    }
+    b.shutdown();
+    a.shutdown();
+}
+
+#[test]
+fn a_dialled_osd_session_is_not_taken_by_a_clients_ticket_over_msgr1() {
+    dialled_session_kept_from_another_type(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_dialled_osd_session_is_not_taken_by_a_clients_ticket_over_msgr2() {
+    dialled_session_kept_from_another_type(ProtocolVersion::V2);
 }

@@ -33,7 +33,7 @@ impl Driver {
             self.machine.handle_transport_closed(now);
             return;
         };
-        let authenticated = self.machine.peer_auth().map(|a| a.name.clone());
+        let authenticated = self.machine.peer_auth().cloned();
         let (verdict, existing) = self.env.sessions.decide_accept(
             &self.conn,
             req.peer_addr,
@@ -45,9 +45,9 @@ impl Driver {
                     AcceptAction::ResetExisting | AcceptAction::Proceed { register: true } => {
                         Claim::Register
                     }
-                    AcceptAction::NudgeExisting | AcceptAction::Proceed { register: false } => {
-                        Claim::Nothing
-                    }
+                    AcceptAction::NudgeExisting
+                    | AcceptAction::OpenUnregistered
+                    | AcceptAction::Proceed { register: false } => Claim::Nothing,
                 };
                 (verdict, claim)
             },
@@ -92,7 +92,7 @@ impl Driver {
                 existing.send_keepalive();
                 self.machine.handle_verdict(now, policy, verdict);
             }
-            (AcceptAction::Proceed { register: true }, _) => {
+            (AcceptAction::Proceed { register: true } | AcceptAction::OpenUnregistered, _) => {
                 self.policy = Some(policy);
                 self.machine.handle_verdict(now, policy, verdict);
             }

@@ -162,7 +162,12 @@ impl Driver {
                     p.features = opened.features;
                     p.protocol = self.machine.protocol();
                     p.con_mode = self.machine.con_mode();
-                    p.peer_auth = self.machine.peer_auth().cloned();
+                    // A session we dialled learns no name: one its peer proved before
+                    // (accepted, then redialled by us) still says who the peer is, and
+                    // keeps it from being taken by another entity's connect.
+                    if let Some(a) = self.machine.peer_auth() {
+                        p.peer_auth = Some(a.clone());
+                    }
                 }
                 // The session's seqs and cookies are published before the state says
                 // Open: another connection's accept decision reads both, and an open
