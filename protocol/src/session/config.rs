@@ -145,6 +145,9 @@ pub struct Counters {
     /// Credentials refused: v1 authorizers (the peer got BADAUTHORIZER) and msgr2 AUTH
     /// requests the method refused (the peer got AUTH_BAD_METHOD with its errno).
     pub authorizers_rejected: AtomicU64,
+    /// Connects refused because the peer authenticated as another entity than the
+    /// session under the address it announced ([`super::Decision::Refuse`]).
+    pub identity_refused: AtomicU64,
 }
 
 /// The values of [`Counters`] at one moment.
@@ -166,6 +169,8 @@ pub struct CounterValues {
     pub bad_signatures: u64,
     /// [`Counters::authorizers_rejected`].
     pub authorizers_rejected: u64,
+    /// [`Counters::identity_refused`].
+    pub identity_refused: u64,
 }
 
 impl Counters {
@@ -181,6 +186,7 @@ impl Counters {
             old_seq_dropped: get(&self.old_seq_dropped),
             bad_signatures: get(&self.bad_signatures),
             authorizers_rejected: get(&self.authorizers_rejected),
+            identity_refused: get(&self.identity_refused),
         }
     }
 

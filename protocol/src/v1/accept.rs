@@ -277,6 +277,7 @@ pub(crate) fn handle_decision(
             return;
         }
         Decision::Refuse => {
+            Counters::bump(&m.config.counters.identity_refused);
             m.peer_issue(PeerIssue::BadConnect, format_args!("{REFUSED_FOREIGN}"));
             m.finish(Initiator::Library, CloseReason::Refused(REFUSED_FOREIGN));
             return;
