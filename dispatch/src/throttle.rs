@@ -180,6 +180,18 @@ impl State {
         }
     }
 
+    /// A get that never waits (Ceph's `get_or_fail`): charges `n` unless `queued` (a
+    /// request it must not pass waits) or it does not fit; counted either way.
+    fn try_charge(&mut self, n: u64, queued: bool) -> bool {
+        if queued || self.should_wait(n) {
+            self.counters.get_or_fail_fail += 1;
+            return false;
+        }
+        self.charge(n);
+        self.counters.get_or_fail_success += 1;
+        true
+    }
+
     fn charge(&mut self, n: u64) {
         self.current = self.current.saturating_add(n);
         self.counters.get += 1;
@@ -310,13 +322,8 @@ impl Throttle {
     #[doc(alias = "get_or_fail")]
     pub fn try_acquire(self: &Arc<Self>, n: u64) -> Option<Permit> {
         let mut st = self.state.lock();
-        if st.should_wait(n) || !st.waiters.is_empty() {
-            st.counters.get_or_fail_fail += 1;
-            return None;
-        }
-        st.charge(n);
-        st.counters.get_or_fail_success += 1;
-        Some(self.permit(n))
+        let queued = !st.waiters.is_empty();
+        st.try_charge(n, queued).then(|| self.permit(n))
     }
 
     /// Takes up to `n`, and no more than a `share`th of the maximum (all `n` when
@@ -325,13 +332,8 @@ impl Throttle {
     pub fn try_acquire_share(self: &Arc<Self>, n: u64, share: u64) -> Option<Permit> {
         let mut st = self.state.lock();
         let n = if st.max == 0 { n } else { n.min(st.max / share.max(1)) };
-        if n == 0 || st.should_wait(n) || !st.waiters.is_empty() {
-            st.counters.get_or_fail_fail += 1;
-            return None;
-        }
-        st.charge(n);
-        st.counters.get_or_fail_success += 1;
-        Some(self.permit(n))
+        let queued = n == 0 || !st.waiters.is_empty();
+        st.try_charge(n, queued).then(|| self.permit(n))
     }
 
     /// Takes `n` now if it fits and nobody is queued; otherwise queues the request and
@@ -604,13 +606,11 @@ impl InFlight {
     /// ([`InFlight::held_while_others_wait`]); only other windows queued before stop it.
     pub fn try_acquire(&self, n: u64) -> Option<Permit> {
         let mut st = self.throttle.state.lock();
-        if st.should_wait(n) || !st.windows.is_empty() {
-            st.counters.get_or_fail_fail += 1;
+        let queued = !st.windows.is_empty();
+        if !st.try_charge(n, queued) {
             return None;
         }
-        st.charge(n);
         st.hold(self.ticket, n);
-        st.counters.get_or_fail_success += 1;
         Some(self.throttle.permit(n))
     }
 
