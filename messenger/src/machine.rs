@@ -517,6 +517,9 @@ impl Replacement {
     /// the machine that carries the session from now on.
     pub(crate) fn adopt(self, old: &mut Machine, now: Instant) -> Machine {
         let Replacement { mut machine, policy, decision } = self;
+        // Whatever the old socket's machine raised was handled first: a message it
+        // completed is counted in the session's in_seq and would be lost with it.
+        debug_assert!(!old.has_events(), "{old}: events left at a hand-off");
         let session = old.0.take_session();
         machine.0.handle_accept_decision(now, policy, decision, session);
         machine

@@ -395,3 +395,97 @@ fn a_race_at_the_lower_address_answers_wait_even_if_it_had_accepted_the_session(
     assert_eq!(config.counters.values().connects, 2);
     a.shutdown();
 }
+
+/// Sums one counter over a messenger's workers.
+fn total(
+    m: &messenger::Messenger,
+    counter: impl Fn(&messenger::counters::WorkerCounters) -> u64,
+) -> u64 {
+    m.worker_counters().iter().map(|c| counter(c)).sum()
+}
+
+/// A message whose dispatch budget is granted in the same wake-up that hands its
+/// session over to the peer's new socket: the grant completes the message (the session's
+/// in_seq counts it) and the hand-off tells the peer that in_seq, so the peer never
+/// sends it again. It must reach the dispatcher, once, before anything that follows.
+///
+/// To make the two meet in one wake-up, the session's worker is held inside the
+/// session's own pump (`inject_before_settle`) while the peer reconnects on the other
+/// worker and the test gives the throttle back.
+fn take_over_meeting_a_budget_grant(proto: ProtocolVersion) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let config = MessengerConfig {
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(50),
+        ..test_config(2)
+    };
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (server, _, srx) =
+        server_on(EntityType::OSD, 1, Policy::stateful_server(), false, any, config.clone());
+    let target = addr_for(proto, server.my_addr());
+    // A first session takes the listener's worker (the least loaded one at bind): the
+    // session under test then runs on the other, and holding it leaves accepting free.
+    let (other, _orx) =
+        client_with(EntityType::CLIENT, 3, Policy::lossless_client(), config.clone());
+    let other_conn = other.connect_to(EntityType::OSD, target);
+    other_conn.send_message(test_message(MSG_TEST, 1, Bytes::from_static(b"x"))).expect("queued");
+    let (other_server_side, _) = next_message(&srx);
+    let (client, _crx) = client_with(EntityType::CLIENT, 2, Policy::lossless_client(), config);
+    let conn = client.connect_to(EntityType::OSD, target);
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::from_static(b"one"))).expect("queued");
+    let (session, first) = next_message(&srx);
+    assert_eq!(first.tid(), 1);
+
+    let (name_tx, name_rx) = crossbeam_channel::bounded(2);
+    let tx = name_tx.clone();
+    other_server_side.inject_before_settle(move || {
+        let _ = tx.send(std::thread::current().id());
+    });
+    let other_worker = name_rx.recv_timeout(WAIT).expect("the first session's pump ran");
+
+    // The whole dispatch throttle held: the next message waits for budget, whole in the
+    // session's receive buffer.
+    let throttle = server.dispatch_throttle().clone();
+    let held = throttle.acquire(throttle.max());
+    conn.send_message(test_message(MSG_TEST, 2, Bytes::from_static(b"two"))).expect("queued");
+    wait_until(|| throttle.has_waiters(), || "message 2 never waited for budget".into());
+
+    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+    session.inject_before_settle(move || {
+        let _ = name_tx.send(std::thread::current().id());
+        let _ = go_rx.recv_timeout(WAIT);
+    });
+    let session_worker = name_rx.recv_timeout(WAIT).expect("the session's pump ran");
+    assert_ne!(session_worker, other_worker, "both sessions on one worker: nothing could accept");
+
+    // The client's socket cut: it reconnects, and the other worker accepts and hands the
+    // socket to the held session (its accepting driver vanishes once it has).
+    let created = total(&server, |c| c.created_connections.load(Relaxed));
+    conn.inject_socket_failure();
+    wait_until(
+        || {
+            total(&server, |c| c.created_connections.load(Relaxed)) == created + 1
+                && total(&server, |c| c.active_connections.load(Relaxed)) == 2
+        },
+        || format!("no hand-off: {}", server.dump_connections()),
+    );
+    drop(held);
+    go_tx.send(()).expect("the session's pump waits");
+
+    conn.send_message(test_message(MSG_TEST, 3, Bytes::from_static(b"three"))).expect("queued");
+    for want in [2, 3] {
+        let (_, msg) = next_message(&srx);
+        assert_eq!(msg.tid(), want, "message {want} lost or out of order");
+    }
+    assert_no_more_messages(&srx, "each message once");
+}
+
+#[test]
+fn a_message_granted_budget_as_its_session_is_taken_over_is_delivered() {
+    take_over_meeting_a_budget_grant(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_message_granted_budget_as_its_session_is_taken_over_is_delivered_over_msgr2() {
+    take_over_meeting_a_budget_grant(ProtocolVersion::V2);
+}

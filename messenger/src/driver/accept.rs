@@ -106,6 +106,13 @@ impl Driver {
         let Incoming { socket, replacement } = *incoming;
         let now = cx.now();
         let policy = replacement.policy();
+        self.handle_events_before_take_over(cx);
+        if self.finished {
+            // The session ended meanwhile: as if the hand-off had found it closed, the
+            // socket is dropped and the peer connects again (to no session).
+            self.env.sessions.abort_replace(&self.conn);
+            return;
+        }
         self.machine = replacement.adopt(&mut self.machine, now);
         self.policy = Some(policy);
         self.server_side = true;

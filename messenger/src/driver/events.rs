@@ -124,6 +124,33 @@ impl Driver {
         any
     }
 
+    /// The old socket's events at a hand-off, before its session moves to the new socket.
+    ///
+    /// Why: a wake-up that grants a waiting message its budget completes the message
+    /// before the pump drains the mailbox, where the hand-off waits. The session's in_seq
+    /// counts that message, and the new machine tells the peer that in_seq, so the peer
+    /// never sends it again: it is delivered now or never. Remote resets, opens and
+    /// keepalives are handled as any pump would. A fault's reconnect or standby, a wait for
+    /// budget and a handshake's requests were about the socket being replaced and go
+    /// with it; a reset and close end the session here (the caller then drops the
+    /// hand-off).
+    pub(super) fn handle_events_before_take_over(&mut self, cx: &mut Context<'_>) {
+        while let Some(ev) = self.machine.poll_event() {
+            match ev {
+                Event::Reconnect { .. }
+                | Event::Standby
+                | Event::NeedBudget { .. }
+                | Event::AcceptRequest(_)
+                | Event::VerifyAuthorizer { .. } => {}
+                ev => self.handle_event(cx, ev),
+            }
+            if self.finished {
+                return;
+            }
+        }
+        self.deliver_pending();
+    }
+
     /// A fault dropped the message being received: so does its budget.
     #[inline]
     fn drop_budget_of_dropped_message(&mut self) {
