@@ -739,13 +739,21 @@ fn assembly_buffer_counts_as_held_receive_memory() {
     assert_eq!(a.conn.receive_held_bytes(), 0, "released with the delivery");
 }
 
-// A SESSION_RETRY_GLOBAL past half of u64's range is refused: raised above it, the
-// process-wide global_seq counter wrapped to 0, and every other connection paid retries
-// until it caught up. A plausible one is followed.
+// A SESSION_RETRY_GLOBAL past half of u32's range is refused, as v1's RETRY_GLOBAL:
+// raised above it, the process-wide global_seq counter (v1's too, which carries its low
+// 32 bits) wrapped, and every other connection paid retries until it caught up. A
+// plausible one is followed.
 #[test]
 #[allow(clippy::disallowed_methods)]
 fn an_implausible_retry_global_is_refused() {
-    for (gs, followed) in [(u64::MAX, false), (1000, true)] {
+    let plausible = u64::from(protocol::session::GLOBAL_SEQ_PLAUSIBLE);
+    for (gs, followed) in [
+        (u64::MAX, false),
+        (1 << 32, false),
+        (plausible + 1, false),
+        (plausible, true),
+        (1000, true),
+    ] {
         let config = Arc::new(node_config(1, 6800, 9));
         let now = Instant::now();
         let mut c = Connection::connect(

@@ -73,7 +73,7 @@ pub use machine::Machine;
 pub(crate) use machine::Protocol;
 pub use policy::Policy;
 pub use race::{AcceptRequest, Decision, ExistingSession, ExistingState, RequestKind, TableEffect};
-pub use seq::{ConnectSeq, GlobalSeq, GlobalSeqCounter, Seq};
+pub use seq::{ConnectSeq, GlobalSeq, GlobalSeqCounter, Seq, GLOBAL_SEQ_PLAUSIBLE};
 pub use state::SessionState;
 
 pub(crate) use clock::later;

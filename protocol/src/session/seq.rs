@@ -77,6 +77,11 @@ impl fmt::Display for GlobalSeq {
     }
 }
 
+/// The highest global_seq a peer's retry may raise the counter to (half of v1's 32-bit
+/// field; Ceph's counter is 32 bits): no messenger makes that many connect attempts, and
+/// the counter, shared by both protocols, must stay where v1's low 32 bits carry it.
+pub const GLOBAL_SEQ_PLAUSIBLE: u32 = u32::MAX / 2;
+
 /// The messenger's connection-attempt counter (Ceph's `AsyncMessenger::global_seq`),
 /// shared by all its connections of both protocols.
 #[derive(Debug, Default)]

@@ -11,6 +11,7 @@ use crate::auth::AuthorizerClient;
 use crate::error::Error;
 use crate::session::{
     ConnectSeq, Counters, Fault, GlobalSeq, Machine, OpenNote, PeerIssue, Seq, State,
+    GLOBAL_SEQ_PLAUSIBLE,
 };
 use crate::types::{proto_version, EntityType};
 use crate::wire::{
@@ -208,7 +209,7 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
         }
         Tag::RETRY_GLOBAL => {
             Counters::bump(&m.config.counters.retry_global);
-            if reply.global_seq > u32::MAX / 2 {
+            if reply.global_seq > GLOBAL_SEQ_PLAUSIBLE {
                 // Past half the wire's range no messenger gets (a connect attempt each),
                 // and the process-wide counter raised above it would wrap to 0 on the
                 // wire for every connection.

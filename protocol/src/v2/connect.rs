@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::auth::{filter_modes, AuthRole};
 use crate::session::{
     ConnectSeq, Counters, Event, Fault, GlobalSeq, Machine, PeerIssue, Seq, State,
+    GLOBAL_SEQ_PLAUSIBLE,
 };
 use crate::types::EntityType;
 
@@ -279,9 +280,11 @@ pub(crate) fn on_ident_reply(m: &mut Machine<V2>, now: Instant, f: &Frame) -> Re
             let r = SessionRetryGlobal::from_segment(s0).map_err(Fault::Decode)?;
             count_round(m)?;
             Counters::bump(&counters.retry_global);
-            if r.global_seq > u64::MAX / 2 {
-                // No messenger gets there (a connect attempt each); raised above it, the
-                // process-wide counter would wrap to 0 for every connection.
+            if r.global_seq > u64::from(GLOBAL_SEQ_PLAUSIBLE) {
+                // No messenger gets there (a connect attempt each; Ceph's counter is 32
+                // bits). The counter is the process's, v1's too: raised past 2^32, every
+                // v1 connect would carry its low bits, wrapped back near 0, and v1 peers
+                // with a session of ours would answer RETRY_GLOBAL for hours.
                 return Err(Fault::Misbehaved("implausible global_seq in SESSION_RETRY_GLOBAL"));
             }
             m.global_seq = m.config.global_seq.above(GlobalSeq(r.global_seq));
