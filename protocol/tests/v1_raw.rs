@@ -295,6 +295,57 @@ fn connector_stops_answering_endless_challenges() {
     assert_ne!(c.poll_peer_issues(), (0, 0), "the peer's misbehaviour is counted");
 }
 
+// After the acceptor's challenge, every later connect on the same TCP connection carries
+// the authorizer that answered it (Ceph's `authorizer_more`): the acceptor keeps its
+// challenge for the connection and refuses a fresh authorizer as one that does not answer
+// it (a redial to a peer whose session waits in standby meets RETRY_SESSION there). A
+// new TCP connection starts with a fresh authorizer.
+#[test]
+fn connector_answers_a_challenge_on_every_later_connect_of_the_connection() {
+    let mut config = me();
+    config.auth = Arc::new(protocol::testing::TestAuthProvider::new(&[]).with_v1_authorizers());
+    let config = Arc::new(config);
+    let now = Instant::now();
+    let (mut c, first) = past_banners(config.clone(), Policy::lossless_peer(), now);
+    let fresh = first[136 + 33..].to_vec();
+    assert!(!fresh.is_empty(), "the first connect carries an authorizer");
+    c.send_message(Message::new(2, Bytes::new()));
+    let mut challenge = Vec::new();
+    ConnectReply { tag: Tag::CHALLENGE_AUTHORIZER, ..reply_of(&reply(Tag::READY, 0, 0, 0)) }
+        .encode_full(&7u64.to_le_bytes(), 0, &mut challenge);
+    c.handle_bytes(now, Bytes::from(challenge));
+    let out = drain(&mut c);
+    let answered = out[33..].to_vec();
+    assert_ne!(answered, fresh, "the answer differs from the unanswered authorizer");
+    for (tag, gs, cs) in
+        [(Tag::RETRY_SESSION, 0, 3), (Tag::RETRY_GLOBAL, 50, 0), (Tag::RESETSESSION, 0, 0)]
+    {
+        c.handle_bytes(now, reply(tag, gs, cs, 0));
+        let out = drain(&mut c);
+        let m = ConnectMsg::decode_exact(&out[..33]).unwrap();
+        assert_eq!(m.authorizer_len as usize, answered.len(), "{tag}");
+        assert_eq!(out[33..], answered[..], "{tag}: the connect carries the answer again");
+    }
+    // A new TCP connection: its first connect carries a fresh authorizer again. (The
+    // reset dropped the queued message: one more, so the session reconnects.)
+    c.send_message(Message::new(2, Bytes::new()));
+    c.handle_transport_closed(now);
+    let _ = events(&mut c);
+    let later = now + Duration::from_secs(1);
+    c.handle_timeout(later);
+    c.handle_transport_connected(later);
+    let _ = drain(&mut c);
+    let block = AcceptorBanner {
+        my_addr: peer_addr(),
+        peer_addr: EntityAddr::legacy(sa("127.0.0.1:40000"), 0),
+    };
+    c.handle_bytes(later, Bytes::copy_from_slice(&block.to_bytes()));
+    let out = drain(&mut c);
+    let connect = ConnectMsg::decode_exact(&out[136..136 + 33]).unwrap();
+    assert_eq!(connect.authorizer_len as usize, fresh.len(), "a new connection's is unanswered");
+    assert_ne!(out[136 + 33..], answered[..]);
+}
+
 // A RETRY_GLOBAL past half of u32's range is refused (as msgr2's, see v2_raw): raised
 // above it, the process-wide counter went on the wire as 0 for every connection.
 #[test]

@@ -77,7 +77,7 @@ pub(crate) fn read_acceptor_banner(m: &mut Machine<V1>, now: Instant) -> bool {
     }
     m.ctrl.extend_from_slice(&me.encode_legacy());
     let authorizer = send_connect(m, None);
-    m.set_step(Handshake::AwaitConnectReply { authorizer, connects: 1 });
+    m.set_step(Handshake::AwaitConnectReply { authorizer, connects: 1, answered: None });
     true
 }
 
@@ -135,13 +135,13 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
         }
     };
     log::debug!(target: LOG, "{m}: reply {} gs={} cs={}", reply.tag, reply.global_seq, reply.connect_seq);
-    let (authorizer, connects) = match m.state.step_mut() {
-        Some(Handshake::AwaitConnectReply { authorizer, connects }) => {
-            (authorizer.take(), *connects)
+    let (authorizer, connects, answered) = match m.state.step_mut() {
+        Some(Handshake::AwaitConnectReply { authorizer, connects, answered }) => {
+            (authorizer.take(), *connects, answered.take())
         }
-        _ => (None, 0),
+        _ => (None, 0, None),
     };
-    // Every one of these replies asks for another connect, each with a fresh authorizer
+    // Every one of these replies asks for another connect, each with an authorizer
     // (cephx: a seal and random bytes) for the ~26 bytes of the reply. Ceph's acceptor
     // needs a few in a row at most (a race, a reset, a challenge); a peer that asks on
     // and on is cut off, and the reconnect waits out its backoff.
@@ -188,8 +188,12 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
             };
             match a.handle_challenge(&auth_reply) {
                 Ok(bytes) => {
-                    let authorizer = send_connect(m, Some((a, bytes)));
-                    m.set_step(Handshake::AwaitConnectReply { authorizer, connects });
+                    let authorizer = send_connect(m, Some((a, bytes.clone())));
+                    m.set_step(Handshake::AwaitConnectReply {
+                        authorizer,
+                        connects,
+                        answered: Some(bytes),
+                    });
                     true
                 }
                 Err(e) => {
@@ -204,7 +208,7 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
             m.session.reset();
             m.keepalive.pending = None;
             m.events.push_back(crate::session::Event::RemoteReset);
-            resend_connect(m, connects);
+            resend_connect(m, connects, authorizer, answered);
             true
         }
         Tag::RETRY_GLOBAL => {
@@ -221,13 +225,13 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
                 return false;
             }
             m.global_seq = m.config.global_seq.above(GlobalSeq::from_v1(reply.global_seq));
-            resend_connect(m, connects);
+            resend_connect(m, connects, authorizer, answered);
             true
         }
         Tag::RETRY_SESSION => {
             Counters::bump(&m.config.counters.retry_session);
             m.session.connect_seq = ConnectSeq::from_v1(reply.connect_seq);
-            resend_connect(m, connects);
+            resend_connect(m, connects, authorizer, answered);
             true
         }
         Tag::WAIT => {
@@ -283,10 +287,20 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
     }
 }
 
-/// A retry reply: the next connect, with a fresh authorizer.
-fn resend_connect(m: &mut Machine<V1>, connects: u32) {
-    let authorizer = send_connect(m, None);
+/// A retry reply: the next connect on this TCP connection, with the authorizer that
+/// answered the acceptor's challenge if one did (as Ceph's connector does: the acceptor
+/// keeps its challenge for the connection), else a fresh one.
+fn resend_connect(
+    m: &mut Machine<V1>,
+    connects: u32,
+    authorizer: Option<Box<dyn AuthorizerClient>>,
+    answered: Option<Bytes>,
+) {
+    let (authorizer, answered) = match (authorizer, answered) {
+        (Some(a), Some(bytes)) => (send_connect(m, Some((a, bytes.clone()))), Some(bytes)),
+        _ => (send_connect(m, None), None),
+    };
     if matches!(m.state, State::Handshake { .. }) {
-        m.set_step(Handshake::AwaitConnectReply { authorizer, connects });
+        m.set_step(Handshake::AwaitConnectReply { authorizer, connects, answered });
     }
 }

@@ -32,6 +32,11 @@ pub enum Handshake {
     AwaitConnectReply {
         /// The authorizer the connect carried (answers a challenge, checks the reply).
         authorizer: Option<Box<dyn AuthorizerClient>>,
+        /// The authorizer's bytes once they answered the acceptor's challenge (Ceph's
+        /// `authorizer_more`): every later connect on this TCP connection carries them
+        /// again. The acceptor keeps its challenge for the connection, so a fresh
+        /// authorizer after a retry reply would not answer it and be refused.
+        answered: Option<Bytes>,
         /// Connects sent on this TCP connection: a peer asking for more than
         /// [`super::accept::MAX_CONNECT_ATTEMPTS`] is faulted.
         connects: u32,
