@@ -87,7 +87,9 @@ pub(crate) struct Published {
     pub(crate) replacing: bool,
     pub(crate) last_keepalive: Option<Instant>,
     pub(crate) last_keepalive_ack: Option<KeepaliveStamp>,
-    /// Accept side: who the peer authenticated as, set when the session opens.
+    /// Who the peer authenticated as: set when a connection that proved it is
+    /// registered for the session (the accept side), and kept when we redial the
+    /// session (a session we dialled learns no name).
     pub(crate) peer_auth: Option<AuthPeer>,
 }
 
@@ -383,12 +385,14 @@ impl Connection {
         self.0.published.lock().protocol
     }
 
-    /// Accept side, once open: who the peer authenticated as (Ceph's `peer_name`,
-    /// `peer_global_id` and `peer_caps_info`): a cephx ticket's entity, global id and
-    /// caps for this service, or auth none's claimed name with every cap. What a daemon
-    /// authorizes requests by; [`Connection::peer_type`] and the message source are what
-    /// the peer claims. `None` on the connect side, and over msgr v1 with auth none or a
-    /// dispatcher's own authorizer check.
+    /// Who the peer authenticated as (Ceph's `peer_name`, `peer_global_id` and
+    /// `peer_caps_info`), learnt on the accept side: a cephx ticket's entity, global id
+    /// and caps for this service, or auth none's claimed name with every cap. What a
+    /// daemon authorizes requests by; [`Connection::peer_type`] and the message source
+    /// are what the peer claims. Set once the accepting connection is registered for
+    /// the session (before it opens), and kept when we redial the session. `None` for a
+    /// session only ever dialled (the connect side learns no name), and over msgr v1
+    /// with auth none or a dispatcher's own authorizer check.
     pub fn peer_auth(&self) -> Option<AuthPeer> {
         self.0.published.lock().peer_auth.clone()
     }

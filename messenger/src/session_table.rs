@@ -259,3 +259,107 @@ impl SessionTable {
         serde_json::Value::Array(self.live().iter().map(Connection::dump).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Weak;
+
+    use protocol::auth::cephx::ticket::AuthCapsInfo;
+    use protocol::types::AuthEntityName;
+    use protocol::Message;
+
+    use super::*;
+    use crate::connection::Home;
+    use crate::mailbox::SendBudget;
+
+    /// A handle with no messenger behind it: the table only reads and writes what a
+    /// driver would publish on it.
+    struct NoHome;
+
+    impl Home for NoHome {
+        fn forget(&self, _: &Connection) {}
+        fn discard_queued(&self, _: &Connection) {}
+        fn deliver_local(&self, _: &Connection, _: Message) {}
+    }
+
+    /// A connection that has not started, as an accepted one is when its connect is
+    /// decided; `claims` is the type its peer's connect claims (the driver publishes it
+    /// before it asks the table).
+    fn accepted(id: u64, claims: EntityType) -> Connection {
+        let budget = SendBudget::new(u64::MAX, u64::MAX, u64::MAX, usize::MAX);
+        let conn = Connection::new(id, Weak::<NoHome>::new(), false, budget);
+        conn.0.published.lock().entity_type = Some(claims);
+        conn
+    }
+
+    fn peer(ty: EntityType, id: &str) -> AuthPeer {
+        AuthPeer {
+            name: AuthEntityName::new(ty, id),
+            global_id: 5000,
+            caps: AuthCapsInfo::allow_all(),
+        }
+    }
+
+    /// Decides `conn`'s connect from `addr` as `who`: the existing session's `foreign`
+    /// (`None` if there was none), with `claim` applied.
+    fn decide(
+        table: &SessionTable,
+        conn: &Connection,
+        addr: EntityAddr,
+        who: &AuthPeer,
+        claim: Claim,
+    ) -> Option<bool> {
+        let (foreign, _) =
+            table.decide_accept(conn, addr, Some(who), |e| (e.map(|e| e.foreign), claim));
+        foreign
+    }
+
+    #[test]
+    fn a_newcomer_is_another_entity_than_a_named_session_unless_it_proved_that_name() {
+        let seven = peer(EntityType::CLIENT, "7");
+        let renewed = AuthPeer { global_id: 5001, ..seven.clone() };
+        assert!(!foreign(Some(&seven), Some(EntityType::CLIENT), Some(&renewed)), "same name");
+        let eight = peer(EntityType::CLIENT, "8");
+        assert!(foreign(Some(&seven), Some(EntityType::CLIENT), Some(&eight)), "another name");
+        assert!(foreign(Some(&seven), Some(EntityType::CLIENT), None), "no name at all");
+        let osd = peer(EntityType::OSD, "7");
+        assert!(
+            foreign(Some(&seven), Some(EntityType::CLIENT), Some(&osd)),
+            "same id, another type"
+        );
+    }
+
+    #[test]
+    fn a_session_with_no_proven_name_is_taken_only_by_a_name_of_the_type_we_know_it_by() {
+        let client = peer(EntityType::CLIENT, "8");
+        let osd = peer(EntityType::OSD, "1");
+        assert!(foreign(None, Some(EntityType::OSD), Some(&client)), "a client's ticket");
+        assert!(!foreign(None, Some(EntityType::OSD), Some(&osd)), "an OSD's ticket");
+        assert!(!foreign(None, None, Some(&client)), "no type to compare with");
+        assert!(!foreign(None, Some(EntityType::OSD), None), "neither proved a name");
+    }
+
+    /// client.7's newcomer registered under the address, but has not opened yet (it is
+    /// still answering its connect); a second connect, client.8's, must meet client.7's
+    /// name there, not a session with no name whose claimed type client.8 shares.
+    #[test]
+    fn a_registered_newcomer_is_known_by_its_name_before_it_opens() {
+        let table = SessionTable::default();
+        let addr = EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 6800)), 7);
+        let first = accepted(1, EntityType::CLIENT);
+        let seven = peer(EntityType::CLIENT, "7");
+        assert_eq!(decide(&table, &first, addr, &seven, Claim::Register), None, "nothing there");
+        assert_eq!(table.lookup(&addr), Some(first.clone()));
+
+        let second = accepted(2, EntityType::CLIENT);
+        let eight = peer(EntityType::CLIENT, "8");
+        assert_eq!(
+            decide(&table, &second, addr, &eight, Claim::Nothing),
+            Some(true),
+            "client.8 could take client.7's session before it opened"
+        );
+        let third = accepted(3, EntityType::CLIENT);
+        assert_eq!(decide(&table, &third, addr, &seven, Claim::Nothing), Some(false));
+    }
+}

@@ -1,13 +1,14 @@
 //! Who a peer authenticated as, on the accepting side (Ceph's `peer_name`,
 //! `peer_global_id` and `peer_caps_info`): a cephx client's ticket names it, its global
 //! id and its caps for the service, over msgr v1 (the connect's authorizer) and msgr2
-//! (the AUTH frames); the dialling side has none. Loopback, port 0.
+//! (the AUTH frames); a session only ever dialled has none, and a session we redial keeps
+//! the name its peer proved when it connected to us. Loopback, port 0.
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
-use messenger::{Connection, Messenger, Policy, ProtocolVersion};
+use messenger::{ConnState, Connection, Messenger, Policy, ProtocolVersion};
 use protocol::auth::cephx::ticket::AuthCapsInfo;
 use protocol::types::{AuthEntityName, EntityName, EntityType};
 use tests::cephx::TestCluster;
@@ -263,4 +264,99 @@ fn a_dialled_osd_session_is_not_taken_by_a_clients_ticket_over_msgr1() {
 #[test]
 fn a_dialled_osd_session_is_not_taken_by_a_clients_ticket_over_msgr2() {
     dialled_session_kept_from_another_type(ProtocolVersion::V2);
+}
+
+// osd.1 dialled osd.0 and proved its name there; then the socket broke and osd.0,
+// having something to send, dialled osd.1 back, so the session's last open learnt no
+// name. It still says osd.1: a peer with osd.2's ticket that announces osd.1's address
+// is refused, as it was before the redial. (Were the name forgotten, only the type
+// would be checked, and osd.2 is an OSD: by the address it took osd.1's session over,
+// as if osd.1 had restarted, and the session then carried osd.2's name.)
+fn redialled_session_keeps_proven_name(proto: ProtocolVersion) {
+    let osd0 = EntityName::new(EntityType::OSD, 0);
+    let osd1 = EntityName::new(EntityType::OSD, 1);
+    let osd2 = EntityName::new(EntityType::OSD, 2);
+    let mut cluster = TestCluster::new(&[osd0, osd1, osd2], 46);
+    let config = |p| test_config(1).with_auth_provider(p);
+    let (a, _, a_rx) = server_on(
+        EntityType::OSD,
+        1,
+        Policy::lossless_peer(),
+        false,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        config(cluster.provider(osd0, None)),
+    );
+    let b = Messenger::new(osd1, 2, config(cluster.provider(osd1, None))).expect("messenger");
+    b.set_default_policy(Policy::lossless_peer());
+    b.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    b.start().expect("start");
+    let (rec, b_rx) = Recorder::new(false);
+    b.add_dispatcher_head(rec).expect("dispatcher");
+    let b_addr = addr_for(proto, b.my_addr());
+    let dialling = b.connect_to(EntityType::OSD, addr_for(proto, a.my_addr()));
+    dialling.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    let (accepted, m) = next_message(&a_rx);
+    assert_eq!(m.tid(), 1);
+    let proven = AuthEntityName::new(EntityType::OSD, "1");
+    assert_eq!(accepted.peer_auth().expect("osd.1 authenticated").name, proven);
+
+    // Nothing left unacknowledged on osd.1's side: after the cut it parks in standby,
+    // and only osd.0 dials.
+    wait_until(
+        || dialling.queued_send_bytes() == 0,
+        || "osd.0 never acknowledged message 1".into(),
+    );
+    accepted.inject_socket_failure();
+    wait_until(
+        || accepted.state() == ConnState::Standby && dialling.state() == ConnState::Standby,
+        || format!("not both in standby: {:?}, {:?}", accepted.state(), dialling.state()),
+    );
+    let dials = (a.v1_counters().connects, b.v1_counters().connects);
+    accepted.send_message(test_message(MSG_TEST, 2, Bytes::new())).expect("send");
+    // Open again (its state says so once what the open learnt is published).
+    wait_until(
+        || accepted.is_connected(),
+        || format!("osd.0's session to osd.1 did not open again: {:?}", accepted.state()),
+    );
+    assert!(a.v1_counters().connects > dials.0, "osd.0 did not dial");
+    assert_eq!(b.v1_counters().connects, dials.1, "osd.1 dialled too");
+    let (on, m) = next_message(&b_rx);
+    assert_eq!((on, m.tid()), (dialling.clone(), 2), "osd.1's session did not go on");
+
+    let before = refused(&a);
+    let cfg = protocol::Config::new(osd1, b_addr).with_auth(cluster.provider(osd2, None));
+    let claim = RawPeer::try_handshake_with(
+        addr_for(proto, a.my_addr()),
+        Policy::lossless_peer(),
+        std::sync::Arc::new(cfg),
+    );
+    assert!(claim.is_err(), "osd.2's ticket opened a session under osd.1's address");
+    assert_eq!(refused(&a), before + 1, "closed, but not as a refusal: {}", a.counters_json());
+    assert_eq!(accepted.peer_auth().map(|p| p.name), Some(proven), "the name was forgotten");
+
+    accepted.send_message(test_message(MSG_TEST, 3, Bytes::new())).expect("send");
+    loop {
+        match b_rx.recv_timeout(WAIT).expect("message 3") {
+            Seen::Message(c, m) if m.tid() == 3 => {
+                assert_eq!(c, dialling, "message 3 came on another connection");
+                break;
+            }
+            Seen::Reset(c) | Seen::RemoteReset(c) if c == dialling => {
+                panic!("osd.1's session was reset")
+            }
+            _ => {}
+        }
+    }
+    b.shutdown();
+    a.shutdown();
+}
+
+#[test]
+fn a_session_we_redialled_keeps_the_name_its_peer_proved_over_msgr1() {
+    redialled_session_keeps_proven_name(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_session_we_redialled_keeps_the_name_its_peer_proved_over_msgr2() {
+    redialled_session_keeps_proven_name(ProtocolVersion::V2);
 }
