@@ -34,6 +34,8 @@ pub struct Messenger {
     pool: Arc<WorkerPool>,
     owns_pool: bool,
     processor: Mutex<Option<Processor>>,
+    /// A listener was bound (or a `bind` is binding one): a messenger has one.
+    bound: AtomicBool,
     ready: AtomicBool,
     started: AtomicBool,
     /// The connection to ourselves (held here, not in the environment it points back to).
@@ -83,6 +85,7 @@ impl Messenger {
             pool,
             owns_pool,
             processor: Mutex::new(None),
+            bound: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             started: AtomicBool::new(false),
             loopback,
@@ -92,9 +95,28 @@ impl Messenger {
 
     /// Binds a listening socket (socket, non-blocking, bind, getsockname, listen) and
     /// returns the bound address (port 0 picks a free port).
+    ///
+    /// Once, before the first dispatcher is added (as Ceph's `bind` before `start`):
+    /// a second call, or one after accepting began, fails with `AlreadyExists` and binds
+    /// nothing. Why: a listener replaced after it started would stay registered on its
+    /// worker, accepting on the old address past this messenger's shutdown, and the new
+    /// one would never start.
     #[doc(alias = "Processor::bind")]
     pub fn bind(&self, addr: SocketAddr) -> io::Result<SocketAddr> {
-        let (listener, bound) = processor::bind(addr, &self.env.config)?;
+        if self.ready.load(Ordering::Acquire) || self.bound.swap(true, Ordering::AcqRel) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "bind: the messenger is already bound or accepting",
+            ));
+        }
+        let (listener, bound) = match processor::bind(addr, &self.env.config) {
+            Ok(b) => b,
+            Err(e) => {
+                // Nothing was bound: a later call may try again.
+                self.bound.store(false, Ordering::Release);
+                return Err(e);
+            }
+        };
         self.env.identity.set_bound(bound);
         let worker = self.pool.least_loaded().clone();
         *self.processor.lock() = Some(Processor::new(listener, worker));

@@ -1156,3 +1156,31 @@ fn the_loopback_connection_is_closed_by_shutdown() {
     );
     assert!(me.priv_data().is_none(), "the handle's own data is let go");
 }
+
+/// A messenger binds one listener, before it accepts (Ceph's `bind` before `start`): a
+/// second `bind`, or one after the first dispatcher, fails and binds nothing, and the
+/// first listener goes on serving. (A second listener used to replace the first: the
+/// first, started, stayed registered and accepting on its worker past shutdown, and the
+/// second never started.)
+#[test]
+fn a_messenger_binds_one_listener_before_it_accepts() {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let m = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, test_config(2)).expect("new");
+    m.set_default_policy(Policy::stateless_server());
+    let first = m.bind(any).expect("first bind");
+    let again = m.bind(any).expect_err("a second bind before start");
+    assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+    m.start().expect("start");
+    let (rec, rx) = Recorder::new(true);
+    m.add_dispatcher_head(rec).expect("dispatcher");
+    let late = m.bind(any).expect_err("a bind while accepting");
+    assert_eq!(late.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(m.my_addr().addr, Some(first), "the address is the first listener's");
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::OSD, m.my_addr());
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    assert_eq!(next_message(&rx).1.tid(), 1);
+    assert_eq!(next_message(&cli_rx).1.tid(), 1, "the reply");
+    cli.shutdown();
+    m.shutdown();
+}
