@@ -67,6 +67,8 @@ impl Driver {
         // The messages move through a scratch queue the driver keeps, so a drain costs
         // no allocation.
         let mut inbox = std::mem::take(&mut self.inbox);
+        // A burst's emptied mailbox queue, let go after the lock (a large free may unmap).
+        let mut shed = None;
         let (closed, commands) = {
             let mut mb = self.conn.0.mailbox.lock();
             // First what this thread's fast dispatch sent: all of it was sent before
@@ -87,6 +89,11 @@ impl Driver {
                     std::mem::swap(&mut mb.messages, &mut inbox);
                 } else {
                     inbox.extend(mb.messages.drain(..n));
+                    if mb.messages.is_empty() && mb.messages.capacity() > MAX_IN_PROTOCOL {
+                        // Drained in pieces after a burst: its capacity is not kept for
+                        // the connection's life.
+                        shed = Some(std::mem::take(&mut mb.messages));
+                    }
                 }
                 // The messages stay counted against the send bounds: as the driver's now.
                 let moved: u64 = inbox.iter().skip(before).map(|(m, _)| m.send_cost()).sum();
@@ -99,6 +106,7 @@ impl Driver {
                 (mb.closed, commands)
             }
         };
+        drop(shed);
         if closed {
             // A mark_down (or a reset) closed it after they were sent: they go with it.
             own_sends::discard(&self.conn, true);
@@ -148,7 +156,11 @@ impl Driver {
             WorkerCounters::add_own(&self.counters.send_messages_queue_lat_ns, waited_ns);
             WorkerCounters::add_own(&self.counters.send_messages_queue_lat_count, moved as u64);
         }
-        self.inbox = inbox;
+        // The scratch queue is kept, but not at a burst's size: a mailbox handed over
+        // whole (the swap above) can be far larger than what one drain takes.
+        if inbox.capacity() <= MAX_IN_PROTOCOL {
+            self.inbox = inbox;
+        }
         (moved, commands)
     }
 
