@@ -29,6 +29,16 @@ pub trait ConnectionRef: Clone + Send + Sync + 'static {
     fn is_marked_down(&self) -> bool {
         false
     }
+
+    /// Whether the connection takes no more messages: it was marked down, or its session
+    /// ended and was reported reset (Ceph's `_stop`, which discards the connection's
+    /// queued messages before the reset is queued). From then on the queue accepts none
+    /// of its messages and starts the dispatch of none it holds; unlike a mark_down, its
+    /// events (the reset) are still taken. The flag must be set before
+    /// [`crate::DispatchQueue::discard`] is called.
+    fn takes_no_messages(&self) -> bool {
+        self.is_marked_down()
+    }
 }
 
 /// Whether a dispatcher took a message.

@@ -106,6 +106,9 @@ pub(crate) struct ConnShared {
     pub(crate) send_budget: Arc<SendBudget>,
     /// `mark_down` was called: no message of this connection is dispatched from then on.
     pub(crate) marked_down: AtomicBool,
+    /// The session ended and its reset is reported (or was): no message of it is
+    /// dispatched from then on, and nobody reports the reset again.
+    stopped: AtomicBool,
     /// What the driver holds of this connection's messages (in the protocol's queues
     /// and its write list), as it last published it; with `mailbox_cost`,
     /// what the per-connection send bound counts.
@@ -142,6 +145,7 @@ impl Connection {
             priv_data: Mutex::new(None),
             send_budget,
             marked_down: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             driver_cost: AtomicU64::new(0),
             mailbox_cost: AtomicU64::new(0),
             server_standby: AtomicBool::new(false),
@@ -251,7 +255,9 @@ impl Connection {
     /// messages starts — those waiting in the dispatch queue are discarded, the worker
     /// delivers none it reads afterwards, and the dispatch thread drops one it had just
     /// taken off the queue. (A fast dispatch the worker had already begun may still be
-    /// running, as in Ceph, which also calls fast dispatch without the connection lock.)
+    /// running, as in Ceph, which also calls fast dispatch without the connection lock;
+    /// so may an `ms_dispatch` the dispatch thread was starting just as the flag was set,
+    /// as in Ceph, whose `discard_queue` does not wait for its dispatch thread.)
     /// No event of the connection (connect, accept, reset, remote reset, refused) is
     /// queued after it either, even one its worker raises in the same pump; one queued
     /// before it is still delivered, as Ceph's `discard_queue` leaves events alone. And
@@ -275,6 +281,15 @@ impl Connection {
 
     /// Closes the handle now (sends fail from here on, queued ones are dropped) and tells
     /// its driver to finish. Without the user's mark, so a reset is still reported.
+    /// Ends the session's dispatch (Ceph's `_stop`): from here on none of its messages
+    /// is delivered or queued, and the dispatch thread starts none it holds. Returns
+    /// whether this call ended it, i.e. whether the caller is the one to discard what is
+    /// queued and report the reset: a session's own fault and a newcomer resetting it
+    /// from the accept path can both find it ending, and only one may report it.
+    pub(crate) fn stop_messages(&self) -> bool {
+        !self.0.stopped.swap(true, Ordering::SeqCst)
+    }
+
     pub(crate) fn close_and_stop_driver(&self) {
         let _dropped = {
             let mut mb = self.0.mailbox.lock();
@@ -484,6 +499,10 @@ impl dispatch::ConnectionRef for Connection {
 
     fn is_marked_down(&self) -> bool {
         self.0.marked_down.load(Ordering::SeqCst)
+    }
+
+    fn takes_no_messages(&self) -> bool {
+        self.0.marked_down.load(Ordering::SeqCst) || self.0.stopped.load(Ordering::SeqCst)
     }
 }
 

@@ -137,12 +137,16 @@ fn wrongly_signed_message_faults_the_connection_and_is_counted() {
     let (cli, cli_rx) = messenger(client, 2, cc, Policy::lossy_client(), false);
     let target = srv.my_addr();
     let conn = cli.connect_to(EntityType::OSD, target);
-    for tid in 1..=3 {
+    // The correctly signed ones are dispatched before the third is sent: those still
+    // waiting for ms_dispatch when the fault resets the lossy session are discarded with
+    // it, as Ceph's are.
+    for tid in 1..=2 {
         conn.send_message(test_message(MSG_TEST, tid, Bytes::new())).expect("send");
     }
     for tid in 1..=2 {
         assert_eq!(next_message(&srv_rx).1.tid(), tid, "the correctly signed ones arrive");
     }
+    conn.send_message(test_message(MSG_TEST, 3, Bytes::new())).expect("send");
     // The acceptor faults the connection; our lossy client sees the reset.
     let deadline = std::time::Instant::now() + WAIT;
     loop {

@@ -420,3 +420,139 @@ fn a_lossy_session_replaced_by_a_new_connection_is_closed_when_reset() {
         srv.shutdown();
     }
 }
+
+/// What a server's dispatcher saw, in order: messages by tid (with their connection) and
+/// resets. Its `ms_dispatch` (or `ms_fast_dispatch`, with `fast`) holds message 1 until
+/// the test says go.
+struct HoldFirst {
+    fast: bool,
+    seen: crossbeam_channel::Sender<(Connection, Option<u64>)>,
+    held: crossbeam_channel::Sender<()>,
+    go: Receiver<()>,
+}
+
+impl HoldFirst {
+    fn message(&self, conn: &Connection, msg: &protocol::Message) {
+        let _ = self.seen.send((conn.clone(), Some(msg.tid())));
+        if msg.tid() == 1 {
+            let _ = self.held.send(());
+            let _ = self.go.recv_timeout(WAIT);
+        }
+    }
+}
+
+impl messenger::Dispatcher<Connection> for HoldFirst {
+    fn ms_dispatch(&self, conn: &Connection, msg: protocol::Message) -> messenger::Dispatched {
+        self.message(conn, &msg);
+        messenger::Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        self.fast
+    }
+    fn ms_can_fast_dispatch(&self, _msg: &protocol::Message) -> bool {
+        self.fast
+    }
+    fn ms_fast_dispatch(&self, conn: &Connection, msg: protocol::Message) {
+        self.message(conn, &msg);
+    }
+    fn ms_handle_reset(&self, conn: &Connection) -> bool {
+        let _ = self.seen.send((conn.clone(), None));
+        true
+    }
+}
+
+/// A server (2 workers, lossy policy `policy`) whose dispatcher is a [`HoldFirst`]: the
+/// messenger, its address over `proto`, what the dispatcher saw, and the hold's
+/// `held` / `go` ends.
+#[allow(clippy::type_complexity)]
+fn holding_server(
+    policy: Policy,
+    fast: bool,
+    proto: messenger::ProtocolVersion,
+) -> (
+    Messenger,
+    protocol::types::EntityAddr,
+    Receiver<(Connection, Option<u64>)>,
+    Receiver<()>,
+    crossbeam_channel::Sender<()>,
+) {
+    let srv =
+        Messenger::new(protocol::types::EntityName::new(EntityType::OSD, 0), 1, test_config(2))
+            .expect("messenger");
+    srv.set_default_policy(policy);
+    srv.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    srv.start().expect("start");
+    let (seen_tx, seen) = crossbeam_channel::unbounded();
+    let (held_tx, held) = crossbeam_channel::unbounded();
+    let (go_tx, go) = crossbeam_channel::unbounded();
+    let d = HoldFirst { fast, seen: seen_tx, held: held_tx, go };
+    srv.add_dispatcher_head(std::sync::Arc::new(d)).expect("dispatcher");
+    let addr = addr_for(proto, srv.my_addr());
+    (srv, addr, seen, held, go_tx)
+}
+
+/// Asserts that nothing more of `conn` is seen for a short grace period.
+fn assert_nothing_more_of(seen: &Receiver<(Connection, Option<u64>)>, conn: &Connection) {
+    let grace = Instant::now() + Duration::from_millis(300);
+    while let Ok((c, what)) = seen.recv_deadline(grace) {
+        assert!(&c != conn, "after its reset: {what:?} (None: a second reset)");
+    }
+}
+
+/// A lossy session that faults while its messages wait for `ms_dispatch`: as Ceph's
+/// `_stop` before `queue_reset`, they are discarded, and its `ms_handle_reset` is the
+/// last callback of it (the one being dispatched, message 1, comes first). Before, the
+/// reset overtook them (events go first) and they were dispatched on a closed session.
+#[test]
+fn a_lossy_reset_drops_what_waits_for_ms_dispatch_and_is_the_last_callback() {
+    for proto in [messenger::ProtocolVersion::V1, messenger::ProtocolVersion::V2] {
+        let (srv, addr, seen, held, go) = holding_server(Policy::stateless_server(), false, proto);
+        let mut peer = tests::hostile::RawPeer::handshake(addr, Policy::lossy_client());
+        let mut wire = Vec::new();
+        for tid in 1..=5 {
+            wire.extend(peer.message(tid, b"m"));
+        }
+        std::io::Write::write_all(&mut peer.sock, &wire).expect("write");
+        let (conn, first) = seen.recv_timeout(WAIT).expect("message 1");
+        assert_eq!(first, Some(1), "{proto:?}");
+        held.recv_timeout(WAIT).expect("held in ms_dispatch");
+        // Messages 2-5 are read before the end of the stream: they wait in the queue when
+        // the session's fault resets it.
+        drop(peer);
+        wait_until(|| conn.state() == ConnState::Closed, || format!("{proto:?}: not reset"));
+        go.send(()).expect("go");
+        let (c, what) = seen.recv_timeout(WAIT).expect("the reset");
+        assert_eq!((&c, what), (&conn, None), "{proto:?}: the reset is next");
+        assert_nothing_more_of(&seen, &conn);
+        srv.shutdown();
+    }
+}
+
+/// A lossy peer connecting again while its old session's worker is inside a fast
+/// dispatch of the old session's message 1, with message 2 and the end of the old stream
+/// still to read: the newcomer resets the old session from the accept path, and the old
+/// session's driver, when it goes on, delivers nothing more of it and reports no second
+/// reset when it finds its stream ended.
+#[test]
+fn a_lossy_session_reset_by_a_newcomer_is_reset_once_and_delivers_nothing_after() {
+    for proto in [messenger::ProtocolVersion::V1, messenger::ProtocolVersion::V2] {
+        let (srv, addr, seen, held, go) = holding_server(Policy::lossy_client(), true, proto);
+        // A first peer takes the listener's worker, so the session under test is held on
+        // the other and the newcomer can still be accepted.
+        let _other = tests::hostile::RawPeer::handshake(addr, Policy::lossy_client());
+        let mut old = tests::hostile::RawPeer::handshake_as(addr, Policy::lossy_client(), 78);
+        let mut wire = old.message(1, b"m");
+        wire.extend(old.message(2, b"m"));
+        std::io::Write::write_all(&mut old.sock, &wire).expect("write");
+        let (conn, first) = seen.recv_timeout(WAIT).expect("message 1");
+        assert_eq!(first, Some(1), "{proto:?}");
+        held.recv_timeout(WAIT).expect("held in ms_fast_dispatch");
+        drop(old);
+        let _new = tests::hostile::RawPeer::handshake_as(addr, Policy::lossy_client(), 78);
+        let (c, what) = seen.recv_timeout(WAIT).expect("the reset");
+        assert_eq!((&c, what), (&conn, None), "{proto:?}: the old session is reset");
+        go.send(()).expect("go");
+        assert_nothing_more_of(&seen, &conn);
+        srv.shutdown();
+    }
+}

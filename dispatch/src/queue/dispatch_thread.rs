@@ -67,8 +67,8 @@ fn handle<C: ConnectionRef>(s: &Shared<C>, chains: &mut ChainCache<C>, work: Wor
         }
         Work::Message(q) => {
             let Queued { conn, msg, budget, .. } = q;
-            if conn.is_marked_down() {
-                // Taken off the queue just before a mark_down's discard.
+            if conn.takes_no_messages() {
+                // Taken off the queue just before a mark_down's (or a reset's) discard.
                 s.discarded.fetch_add(1, Ordering::Relaxed);
                 return;
             }

@@ -270,7 +270,7 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     /// is queued before the discard (and discarded by it) or is refused here.
     fn admit(&self, conn: &C, place: impl FnOnce(&mut State<C>)) -> bool {
         let mut st = self.shared.state.lock();
-        if !st.accepting() || conn.is_marked_down() {
+        if !st.accepting() || conn.takes_no_messages() {
             return false;
         }
         let was_idle = st.is_idle();
@@ -406,7 +406,10 @@ impl<C: ConnectionRef> DispatchQueue<C> {
             return;
         }
         let mut st = self.shared.state.lock();
-        if st.accepting() {
+        // Once more under the lock a mark_down's discard takes after setting its flag:
+        // checked only before, a mark_down could return between the check and the push,
+        // and its connection's event be delivered after it.
+        if st.accepting() && !item.conn().is_marked_down() {
             let was_idle = st.is_idle();
             st.events.push_back(item);
             if was_idle {

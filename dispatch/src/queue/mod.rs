@@ -5,9 +5,12 @@
 //! - **Events first.** Queued connection events ([`QueueEvent`]) are delivered before
 //!   any queued message, in the order they were enqueued (one FIFO for all
 //!   connections). So an event enqueued before a message of the same connection is
-//!   delivered first — and an event enqueued later (a reset) may overtake that
-//!   connection's earlier queued messages, as in Ceph. [`DispatchQueue::discard`] does
-//!   not remove events.
+//!   delivered first — and an event enqueued later may overtake that connection's
+//!   earlier queued messages, as in Ceph. A reset does not: the messenger discards the
+//!   connection's queued messages before it queues the reset, as Ceph's `_stop` does,
+//!   and from then on the queue takes none of them
+//!   ([`crate::ConnectionRef::takes_no_messages`]). [`DispatchQueue::discard`] does not remove
+//!   events.
 //! - **Connect / accept before messages.** [`DispatchQueue::enqueue_event`] with
 //!   `Connect`/`Accept` calls `ms_handle_fast_connect`/`ms_handle_fast_accept` on the
 //!   calling thread before it returns, and queues `ms_handle_connect`/`ms_handle_accept`.

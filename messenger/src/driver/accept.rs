@@ -82,9 +82,15 @@ impl Driver {
                 // before the reset is queued, as its own reset is: a dispatcher sending on
                 // it from `ms_handle_reset` must be told it is gone, not have the message
                 // dropped later by its driver.
+                // Its messages stop first, so its own driver, still reading on another
+                // worker, delivers none after the reset; and the reset is reported once,
+                // here or by that driver's own fault, whichever ends the session first.
+                let first = existing.stop_messages();
                 self.env.queue.discard(existing.id());
                 existing.close_and_stop_driver();
-                self.env.queue.enqueue_event(QueueEvent::Reset(existing));
+                if first {
+                    self.env.queue.enqueue_event(QueueEvent::Reset(existing));
+                }
                 self.policy = Some(policy);
                 self.machine.handle_verdict(now, policy, verdict);
             }

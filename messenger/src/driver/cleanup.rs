@@ -65,9 +65,11 @@ impl Drop for Driver {
         let was_open = matches!(self.conn.state(), ConnState::Open | ConnState::Standby);
         log::warn!(target: "msgr::conn", "{}: driver dropped without closing; cleaning up", self.machine);
         self.cleanup();
-        if was_open {
+        if was_open && self.conn.stop_messages() {
             // The session's state is gone with the driver: for the dispatchers this is
-            // a reset.
+            // a reset, with what it received and no dispatcher saw gone too (as any
+            // reset's), and reported once.
+            self.env.queue.discard(self.conn.id());
             self.env.queue.enqueue_event(QueueEvent::Reset(self.conn.clone()));
         }
     }

@@ -282,6 +282,12 @@ impl Driver {
                 }
             }
             Event::Reset => {
+                // Ceph's `_stop`, then `queue_reset`: what the session received and no
+                // dispatcher has seen goes with it (queued for ms_dispatch, or held by an
+                // injected delay), so no ms_dispatch of it follows its ms_handle_reset.
+                // Reported once: a newcomer may have reset the session from the accept
+                // path already.
+                let first = self.conn.stop_messages();
                 // Dead before anyone hears of it: a dispatcher reacting to the reset
                 // (MonClient dialling again) must get a new session from
                 // get_connection, and sends on this handle must fail.
@@ -289,7 +295,11 @@ impl Driver {
                 self.conn.set_state(ConnState::Closed);
                 self.conn.0.mailbox.lock().closed = true;
                 own_sends::discard(&self.conn, true);
-                self.enqueue_event(QueueEvent::Reset(self.conn.clone()));
+                self.seams.discard_messages();
+                self.env.queue.discard(self.conn.id());
+                if first {
+                    self.enqueue_event(QueueEvent::Reset(self.conn.clone()));
+                }
             }
             Event::RemoteReset => {
                 // Ceph's was_session_reset: the old incarnation is gone with what it
@@ -454,9 +464,9 @@ impl Driver {
     /// the pump.
     #[inline]
     fn deliver_funded(&mut self, msg: Message, permit: Option<Permit>, funded: Option<u64>) {
-        if self.conn.is_marked_down() {
-            // Read after mark_down: never delivered (the MarkDown command that closes
-            // this driver is on its way).
+        if self.conn.takes_no_messages() {
+            // Read after mark_down, or after a newcomer reset the session: never
+            // delivered (the MarkDown command that closes this driver is on its way).
             return;
         }
         let credit = &mut self.credit;
