@@ -282,11 +282,12 @@ impl Driver {
                 }
             }
             Event::Reset => {
-                // Ceph's `_stop`, then `queue_reset`: what the session received and no
-                // dispatcher has seen goes with it (queued for ms_dispatch, or held by an
-                // injected delay), so no ms_dispatch of it follows its ms_handle_reset.
-                // Reported once: a newcomer may have reset the session from the accept
-                // path already.
+                // Ceph's `stop`, then `queue_reset`: what an injected delay held is
+                // delivered first (its `delay_state->flush`), then what waits for
+                // ms_dispatch goes with the session (`_stop`'s `discard_queue`), so no
+                // ms_dispatch of it follows its ms_handle_reset. Reported once: a
+                // newcomer may have reset the session from the accept path already.
+                self.flush_held_messages();
                 let first = self.conn.stop_messages();
                 // Dead before anyone hears of it: a dispatcher reacting to the reset
                 // (MonClient dialling again) must get a new session from
@@ -295,10 +296,9 @@ impl Driver {
                 self.conn.set_state(ConnState::Closed);
                 self.conn.0.mailbox.lock().closed = true;
                 own_sends::discard(&self.conn, true);
-                self.seams.discard_messages();
                 self.env.queue.discard(self.conn.id());
                 if first {
-                    self.enqueue_event(QueueEvent::Reset(self.conn.clone()));
+                    self.env.queue.enqueue_event(QueueEvent::Reset(self.conn.clone()));
                 }
             }
             Event::RemoteReset => {
