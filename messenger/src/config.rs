@@ -185,8 +185,8 @@ pub struct MessengerConfig {
     /// accepting until they drain below it, so that a peer connecting and leaving over
     /// and over while the dispatch thread is held up cannot queue events (each keeping
     /// its connection's handle alive) without bound. Our own connections' events are
-    /// not refused: those are bounded by how many connections we make. (Ours: Ceph's
-    /// event queue is unbounded.)
+    /// not refused (see the crate docs, "Connection events", for what a server we dial
+    /// can make them cost). (Ours: Ceph's event queue is unbounded.)
     pub max_queued_events: usize,
     /// Authentication of every connection (msgr v1 authorizers and message signing,
     /// msgr2's AUTH frames). `None`: auth none as our entity name. Set it before the

@@ -241,8 +241,12 @@
 //! a peer that connects and leaves over and over would add two per connection, so the
 //! listener stops accepting while [`MessengerConfig::max_queued_events`] of them wait,
 //! and takes up again once they drain (counted as `msgr_accept_paused_for_events`).
-//! The connections this messenger dials are not refused: their events are bounded by how
-//! many it makes.
+//! The connections this messenger dials are not refused, and their events are not
+//! bounded by how many it makes: a server we dial that completes each handshake and
+//! closes at once is dialled again at once (as Ceph reconnects a session that was open),
+//! so while the dispatch thread is held up each such connection queues an event per
+//! round trip (two with a reset), about 16 bytes each, as Ceph's unbounded event queue
+//! does.
 //!
 //! **Memory of queued messages.** A received message's segments are slices of a
 //! per-worker read buffer shared with other messages. When a message below half a read
