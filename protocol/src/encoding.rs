@@ -5,13 +5,19 @@
 //! anything is allocated, so a hostile length costs nothing. [`Encoder`] is the mirror
 //! image over a growable `Vec<u8>`.
 //!
+//! Checking a count against the input is not enough for collections of owned values: a
+//! one-byte string takes 5 bytes on the wire and ~56 in memory. A [`DecodeBudget`] bounds
+//! what the collections of one decoded input may take to a constant factor of its size;
+//! the `*_within` methods of [`Decoder`] charge it before they allocate.
+//!
 //! Layouts (msgr-v1.md section 1): integers are fixed-width little-endian; `string` and
 //! `bufferlist` fields are a `u32` length + bytes; `vector`/`set`/`list` are a `u32`
 //! count + elements; `map` is a `u32` count + (key, value) pairs; `utime_t` is `u32` sec +
 //! `u32` nsec; a uuid is 16 raw bytes; a versioned struct (`ENCODE_START(v, compat)`) is
 //! `u8 v`, `u8 compat`, `u32 len`, then `len` bytes of body.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::mem::size_of;
 
 use bytes::Bytes;
 
@@ -32,6 +38,122 @@ impl UTime {
     /// A timestamp from seconds and nanoseconds.
     pub const fn new(sec: u32, nsec: u32) -> Self {
         UTime { sec, nsec }
+    }
+}
+
+/// The memory the collections decoded from one input may take: at most
+/// [`DecodeBudget::FACTOR`] times the input's size plus [`DecodeBudget::SLACK`].
+///
+/// Counting elements against the input ([`Decoder::count`]) stops a count from sizing an
+/// allocation by itself, but not the decoded value from being many times its wire size:
+/// a `vector<string>` of one-byte strings is 5 bytes an element on the wire and a 24-byte
+/// `String` plus a 32-byte malloc chunk in memory, so a 64 MiB front (the default
+/// `max_front`) became ~1 GiB while the dispatch throttle charged 64 MiB. Decoders charge
+/// every slot, heap block and tree entry here *before* allocating it and fail with
+/// [`Error::TooLarge`] once the total would pass the limit. One budget serves a whole
+/// input (a message front, a monmap blob), so nested collections (each monitor's CRUSH
+/// location inside the monmap) share one slack instead of getting one each.
+///
+/// The charges are estimates of what glibc's malloc and std's B-tree really take; they
+/// err high, so what is charged bounds what is held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeBudget {
+    used: usize,
+    limit: usize,
+}
+
+impl DecodeBudget {
+    /// The most memory, per input byte, the collections of one input may take.
+    ///
+    /// What Ceph sends is within 4x or small enough for the slack: a command's JSON or
+    /// any long string is ~1x; a central config map with keys of 20-40 characters and
+    /// short values ~5x (`osd_some_option_name_NNNN` = `3`: 38 bytes on the wire, 192
+    /// charged), so the slack admits ~25,000 such options, where Pacific has ~2,000. What
+    /// bloats is well above (measured before this bound, peak heap / front): one-byte
+    /// strings 17x (11x, plus the vector's doubling), empty strings 12x (6x), a map or
+    /// set of 4-character keys 10x, a subscription map of them 6.6x. 4 refuses every one
+    /// of these; 8 would let empty strings through at 6x.
+    pub const FACTOR: usize = 4;
+
+    /// Memory every input may take whatever its size.
+    ///
+    /// It pays the fixed costs short entries cannot amortise (a B-tree slot, a 32-byte
+    /// malloc chunk per short string): `debug_ms` = `0/0` is 19 bytes on the wire and 176
+    /// charged (9x), so maps of such entries pass on the slack alone: ~11,000 of them fit
+    /// (Ceph has a few dozen `debug_*` options). 1 MiB per message in decoding is small
+    /// next to the 100 MiB default dispatch throttle.
+    pub const SLACK: usize = 1 << 20;
+
+    /// A budget for decoding `input_len` bytes: `FACTOR × input_len + SLACK`.
+    pub fn for_input(input_len: usize) -> Self {
+        DecodeBudget {
+            used: 0,
+            limit: input_len.saturating_mul(Self::FACTOR).saturating_add(Self::SLACK),
+        }
+    }
+
+    /// Bytes charged so far.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// The most that may be charged.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Charges `bytes`, or fails with [`Error::TooLarge`] (charging nothing) if the total
+    /// would pass the limit; the error's `len` is that total.
+    pub fn charge(&mut self, bytes: usize) -> Result<()> {
+        let total = self.used.saturating_add(bytes);
+        if total > self.limit {
+            return Err(Error::TooLarge {
+                what: "memory for decoded collections",
+                len: total as u64,
+                limit: self.limit as u64,
+            });
+        }
+        self.used = total;
+        Ok(())
+    }
+
+    /// Charges a heap block of `len` bytes as malloc takes it ([`DecodeBudget::heap_block`]).
+    pub fn charge_heap(&mut self, len: usize) -> Result<()> {
+        self.charge(Self::heap_block(len))
+    }
+
+    /// Charges one entry of a `BTreeMap<K, V>` (or, with `V = ()`, of a `BTreeSet<K>`):
+    /// its slot in a tree node ([`DecodeBudget::tree_entry`]). The heap blocks the key and
+    /// value own are charged separately.
+    pub fn charge_tree_entry<K, V>(&mut self) -> Result<()> {
+        self.charge(Self::tree_entry::<K, V>())
+    }
+
+    /// What a heap block of `len` bytes takes from glibc's malloc on a 64-bit host: none
+    /// for an empty one (std does not allocate), else `len` plus its 8-byte header,
+    /// rounded up to 16, at least 32.
+    pub fn heap_block(len: usize) -> usize {
+        if len == 0 {
+            return 0;
+        }
+        (len.saturating_add(8 + 15) & !15).max(32)
+    }
+
+    /// What one entry of a `BTreeMap<K, V>` takes in its tree: twice its inline size, as
+    /// a node stores 11 entries inline and the splits of sorted inserts (how Ceph encodes
+    /// a `std::map`) leave it about half full, plus 16 bytes for its share of the node
+    /// header and of the child pointers of internal nodes.
+    pub fn tree_entry<K, V>() -> usize {
+        size_of::<(K, V)>().saturating_mul(2).saturating_add(16)
+    }
+
+    /// Charges a vector's growth from `old` to `new` bytes of buffer: both are live while
+    /// the old one is copied, so the new one is charged in full before the old one is
+    /// given back.
+    fn charge_growth(&mut self, old: usize, new: usize) -> Result<()> {
+        self.charge(Self::heap_block(new))?;
+        self.used = self.used.saturating_sub(Self::heap_block(old));
+        Ok(())
     }
 }
 
@@ -245,6 +367,88 @@ impl<'a> Decoder<'a> {
             let k = key(self)?;
             let v = value(self)?;
             out.insert(k, v);
+        }
+        Ok(out)
+    }
+
+    /// A string, like [`Decoder::string`], whose heap block is charged to `budget`
+    /// before it is allocated.
+    pub fn string_within(&mut self, budget: &mut DecodeBudget) -> Result<String> {
+        let raw = self.blob()?;
+        budget.charge_heap(raw.len())?;
+        std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| Error::Malformed("string is not valid UTF-8"))
+    }
+
+    /// Like [`Decoder::vec_of`], with the vector's buffer charged to `budget` before each
+    /// growth. `elem` charges what each element owns (e.g. [`Decoder::string_within`]).
+    ///
+    /// The vector starts at [`Decoder::capacity_for`] and doubles, never past the count,
+    /// so an honest vector ends exactly full and a hostile count reserves nothing beyond
+    /// what the input and the budget allow.
+    pub fn vec_within<T>(
+        &mut self,
+        budget: &mut DecodeBudget,
+        min_elem_size: usize,
+        mut elem: impl FnMut(&mut Self, &mut DecodeBudget) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let count = self.count(min_elem_size)?;
+        let slot = size_of::<T>();
+        let first = self.capacity_for::<T>(count);
+        budget.charge_heap(first.saturating_mul(slot))?;
+        let mut out = Vec::with_capacity(first);
+        for _ in 0..count {
+            let item = elem(self, budget)?;
+            if out.len() == out.capacity() {
+                let cap = out.capacity();
+                let new_cap = cap.saturating_mul(2).max(out.len() + 1).min(count);
+                budget.charge_growth(cap.saturating_mul(slot), new_cap.saturating_mul(slot))?;
+                out.reserve_exact(new_cap - out.len());
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
+
+    /// Like [`Decoder::map`], with each entry's tree slot charged to `budget` before it is
+    /// inserted; `key` and `value` charge what they own. Every entry needs at least
+    /// `min_entry_size` bytes, checked against the count first.
+    pub fn map_within<K: Ord, V>(
+        &mut self,
+        budget: &mut DecodeBudget,
+        min_entry_size: usize,
+        mut key: impl FnMut(&mut Self, &mut DecodeBudget) -> Result<K>,
+        mut value: impl FnMut(&mut Self, &mut DecodeBudget) -> Result<V>,
+    ) -> Result<BTreeMap<K, V>> {
+        let count = self.count(min_entry_size)?;
+        let mut out = BTreeMap::new();
+        for _ in 0..count {
+            let k = key(self, budget)?;
+            let v = value(self, budget)?;
+            // A repeated key is charged too: Ceph never sends one, and charging it only
+            // refuses sooner.
+            budget.charge_tree_entry::<K, V>()?;
+            out.insert(k, v);
+        }
+        Ok(out)
+    }
+
+    /// A `set`: `u32` count then elements, each tree slot charged to `budget` before it is
+    /// inserted (see [`Decoder::map_within`]). Repeated elements collapse, as in
+    /// `std::set`.
+    pub fn set_within<T: Ord>(
+        &mut self,
+        budget: &mut DecodeBudget,
+        min_elem_size: usize,
+        mut elem: impl FnMut(&mut Self, &mut DecodeBudget) -> Result<T>,
+    ) -> Result<BTreeSet<T>> {
+        let count = self.count(min_elem_size)?;
+        let mut out = BTreeSet::new();
+        for _ in 0..count {
+            let item = elem(self, budget)?;
+            budget.charge_tree_entry::<T, ()>()?;
+            out.insert(item);
         }
         Ok(out)
     }
@@ -531,6 +735,78 @@ mod tests {
         let other = Bytes::from(b"\x03\x00\x00\x00abcz".to_vec());
         let mut d = Decoder::new(&whole);
         assert!(matches!(d.blob_bytes(&other), Err(Error::Misuse(_))));
+    }
+
+    #[test]
+    fn a_budget_charges_up_to_its_limit_and_no_further() {
+        let mut b = DecodeBudget::for_input(10);
+        assert_eq!(b.limit(), 40 + DecodeBudget::SLACK);
+        b.charge(b.limit() - 1).unwrap();
+        let err = b.charge(2).unwrap_err();
+        assert_eq!(
+            err,
+            Error::TooLarge {
+                what: "memory for decoded collections",
+                len: b.limit() as u64 + 1,
+                limit: b.limit() as u64
+            }
+        );
+        // A refused charge leaves the total as it was.
+        assert_eq!(b.used(), b.limit() - 1);
+        b.charge(1).unwrap();
+        assert_eq!(DecodeBudget::for_input(usize::MAX).limit(), usize::MAX);
+    }
+
+    #[test]
+    fn heap_blocks_and_tree_entries_are_estimated_as_malloc_and_btree_take_them() {
+        let sizes: Vec<usize> =
+            [0, 1, 24, 25, 40, 41, 1000].into_iter().map(DecodeBudget::heap_block).collect();
+        assert_eq!(sizes, [0, 32, 32, 48, 48, 64, 1008]);
+        assert_eq!(DecodeBudget::tree_entry::<String, String>(), 2 * 48 + 16);
+        assert_eq!(DecodeBudget::tree_entry::<i32, ()>(), 2 * 4 + 16);
+    }
+
+    #[test]
+    fn budgeted_containers_charge_before_they_allocate() {
+        // Ten u64s in 84 bytes: the vector ends exactly full, its one block charged.
+        let mut e = Encoder::new();
+        e.vec(&[7u64; 10], |e, v| {
+            e.u64(*v);
+        });
+        let mut b = DecodeBudget::for_input(0);
+        let v = Decoder::new(e.as_slice()).vec_within(&mut b, 8, |d, _| d.u64()).unwrap();
+        assert_eq!((v.len(), v.capacity()), (10, 10));
+        assert_eq!(b.used(), DecodeBudget::heap_block(80));
+
+        // A vector of empty strings grows by doubling until its buffer passes the budget;
+        // the growth that would is refused before it allocates.
+        let n = DecodeBudget::SLACK / 24 * 2;
+        let mut e = Encoder::new();
+        e.u32(n as u32);
+        for _ in 0..n {
+            e.string("");
+        }
+        let mut b = DecodeBudget::for_input(0);
+        let err = Decoder::new(e.as_slice()).vec_within(&mut b, 4, |d, b| d.string_within(b));
+        assert!(matches!(err, Err(Error::TooLarge { .. })));
+        assert!(b.used() <= b.limit());
+
+        // Maps and sets charge a slot per entry, repeated keys included.
+        let mut e = Encoder::new();
+        e.u32(3).string("a").u32(1).string("a").u32(2).string("bb").u32(3);
+        let mut b = DecodeBudget::for_input(0);
+        let m = Decoder::new(e.as_slice())
+            .map_within(&mut b, 8, Decoder::string_within, |d, _| d.u32())
+            .unwrap();
+        assert_eq!(m.into_iter().collect::<Vec<_>>(), [("a".into(), 2), ("bb".into(), 3)]);
+        let entry = DecodeBudget::tree_entry::<String, u32>();
+        assert_eq!(b.used(), 3 * (entry + 32));
+        let mut e = Encoder::new();
+        e.u32(2).i32(5).i32(-1);
+        let mut b = DecodeBudget::for_input(0);
+        let s = Decoder::new(e.as_slice()).set_within(&mut b, 4, |d, _| d.i32()).unwrap();
+        assert_eq!(s.into_iter().collect::<Vec<_>>(), [-1, 5]);
+        assert_eq!(b.used(), 2 * DecodeBudget::tree_entry::<i32, ()>());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::{decode_string_vec, encode_string_vec, note_trailing, MsgType, Payload, TypedMessage};
-use crate::encoding::{Decoder, Encoder};
+use crate::encoding::{DecodeBudget, Decoder, Encoder};
 use crate::error::Result;
 use crate::types::Features;
 use crate::Message;
@@ -41,7 +41,7 @@ impl TypedMessage for MCommand {
     fn decode_payload(_version: u16, msg: &Message) -> Result<Self> {
         let mut d = Decoder::new(msg.front());
         let fsid = d.uuid()?;
-        let cmd = decode_string_vec(&mut d)?;
+        let cmd = decode_string_vec(&mut d, &mut DecodeBudget::for_input(msg.front().len()))?;
         note_trailing(&d, Self::TYPE);
         Ok(MCommand { fsid, cmd, data: msg.data().clone() })
     }

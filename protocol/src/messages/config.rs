@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::{decode_string_map, encode_string_map, note_trailing, MsgType, Payload, TypedMessage};
-use crate::encoding::{Decoder, Encoder};
+use crate::encoding::{DecodeBudget, Decoder, Encoder};
 use crate::error::Result;
 use crate::types::Features;
 use crate::Message;
@@ -33,7 +33,7 @@ impl TypedMessage for MConfig {
 
     fn decode_payload(_version: u16, msg: &Message) -> Result<Self> {
         let mut d = Decoder::new(msg.front());
-        let config = decode_string_map(&mut d)?;
+        let config = decode_string_map(&mut d, &mut DecodeBudget::for_input(msg.front().len()))?;
         note_trailing(&d, Self::TYPE);
         Ok(MConfig { config })
     }

@@ -10,6 +10,10 @@
 //! - Peer bytes never panic and never allocate more than the input can justify: every
 //!   length and count is checked against the bytes that remain before anything is
 //!   allocated ([`crate::encoding::Decoder`]).
+//! - The collections of one message (`vector<string>`, `map<string,string>`, the monmap's
+//!   maps and sets…) take at most a constant factor of the front in memory, plus a fixed
+//!   slack ([`crate::encoding::DecodeBudget`]); a message that would take more is refused
+//!   with [`Error::TooLarge`]: the dispatch throttle charges only its wire bytes.
 //! - A message whose header `compat_version` is newer than the `HEAD_VERSION` we
 //!   implement is refused with [`Error::Incompatible`], as Ceph's `decode_message` does.
 //! - Versioned blocks (`ENCODE_START`) skip unknown trailing bytes inside the block.
@@ -37,7 +41,7 @@
 
 use bytes::Bytes;
 
-use crate::encoding::{Decoder, Encoder};
+use crate::encoding::{DecodeBudget, Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::types::Features;
 use crate::Message;
@@ -200,9 +204,10 @@ impl PaxosHeader {
 }
 
 /// `vector<string>`: each element needs at least its 4-byte length, so the count is
-/// checked against that before anything is allocated.
-fn decode_string_vec(d: &mut Decoder<'_>) -> Result<Vec<String>> {
-    d.vec_of(4, Decoder::string)
+/// checked against that before anything is allocated; slots and strings are charged to
+/// `budget`.
+fn decode_string_vec(d: &mut Decoder<'_>, budget: &mut DecodeBudget) -> Result<Vec<String>> {
+    d.vec_within(budget, 4, Decoder::string_within)
 }
 
 fn encode_string_vec(e: &mut Encoder, v: &[String]) {
@@ -211,14 +216,12 @@ fn encode_string_vec(e: &mut Encoder, v: &[String]) {
     });
 }
 
-/// `set<string>` (sorted, duplicates collapse as in `std::set`).
-fn decode_string_set(d: &mut Decoder<'_>) -> Result<std::collections::BTreeSet<String>> {
-    let n = d.count(4)?;
-    let mut out = std::collections::BTreeSet::new();
-    for _ in 0..n {
-        out.insert(d.string()?);
-    }
-    Ok(out)
+/// `set<string>` (sorted, duplicates collapse as in `std::set`), charged to `budget`.
+fn decode_string_set(
+    d: &mut Decoder<'_>,
+    budget: &mut DecodeBudget,
+) -> Result<std::collections::BTreeSet<String>> {
+    d.set_within(budget, 4, Decoder::string_within)
 }
 
 fn encode_string_set(e: &mut Encoder, s: &std::collections::BTreeSet<String>) {
@@ -228,16 +231,13 @@ fn encode_string_set(e: &mut Encoder, s: &std::collections::BTreeSet<String>) {
     }
 }
 
-/// `map<string,string>`: each entry needs at least 8 bytes.
-fn decode_string_map(d: &mut Decoder<'_>) -> Result<std::collections::BTreeMap<String, String>> {
-    let n = d.count(8)?;
-    let mut out = std::collections::BTreeMap::new();
-    for _ in 0..n {
-        let k = d.string()?;
-        let v = d.string()?;
-        out.insert(k, v);
-    }
-    Ok(out)
+/// `map<string,string>`: each entry needs at least 8 bytes; entries and strings are
+/// charged to `budget`.
+fn decode_string_map(
+    d: &mut Decoder<'_>,
+    budget: &mut DecodeBudget,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    d.map_within(budget, 8, Decoder::string_within, Decoder::string_within)
 }
 
 fn encode_string_map(e: &mut Encoder, m: &std::collections::BTreeMap<String, String>) {
@@ -366,18 +366,59 @@ mod tests {
     #[test]
     fn string_containers_check_counts_before_allocating() {
         let huge = [0xff, 0xff, 0xff, 0x0f, 1, 2, 3];
+        let b = &mut DecodeBudget::for_input(huge.len());
         assert!(matches!(
-            decode_string_vec(&mut Decoder::new(&huge)),
+            decode_string_vec(&mut Decoder::new(&huge), b),
             Err(Error::Truncated { .. })
         ));
         assert!(matches!(
-            decode_string_map(&mut Decoder::new(&huge)),
+            decode_string_map(&mut Decoder::new(&huge), b),
             Err(Error::Truncated { .. })
         ));
         assert!(matches!(
-            decode_string_set(&mut Decoder::new(&huge)),
+            decode_string_set(&mut Decoder::new(&huge), b),
             Err(Error::Truncated { .. })
         ));
+    }
+
+    /// `n` one-byte strings (`01 00 00 00 'x'`), 5 bytes each on the wire.
+    fn tiny_strings(n: u32) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.u32(n);
+        for _ in 0..n {
+            e.string("x");
+        }
+        e.into_vec()
+    }
+
+    #[test]
+    fn string_containers_stop_at_their_budget() {
+        // 200,000 one-byte strings (1 MB on the wire) would take ~11 MB.
+        let b = tiny_strings(200_000);
+        let mut budget = DecodeBudget::for_input(b.len());
+        let err = decode_string_vec(&mut Decoder::new(&b), &mut budget).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { what: "memory for decoded collections", .. }));
+        assert_eq!(err.kind(), crate::error::ErrorKind::PeerMisbehaved);
+        assert!(budget.used() <= budget.limit());
+
+        // A few thousand fit the slack; what was decoded is what was charged.
+        let b = tiny_strings(5_000);
+        let mut budget = DecodeBudget::for_input(b.len());
+        let v = decode_string_vec(&mut Decoder::new(&b), &mut budget).unwrap();
+        assert_eq!((v.len(), v.capacity()), (5_000, 5_000));
+        assert_eq!(budget.used(), DecodeBudget::heap_block(5_000 * 24) + 5_000 * 32);
+
+        // Nested collections share one budget: a second map is charged on top.
+        let mut e = Encoder::new();
+        let m: std::collections::BTreeMap<String, String> =
+            (0..5_000).map(|i| (format!("k{i:05}"), String::new())).collect();
+        encode_string_map(&mut e, &m);
+        let mut budget = DecodeBudget::for_input(0);
+        let one = decode_string_map(&mut Decoder::new(e.as_slice()), &mut budget).unwrap();
+        assert_eq!(one, m);
+        let used = budget.used();
+        assert!(decode_string_map(&mut Decoder::new(e.as_slice()), &mut budget).is_err());
+        assert!(used > DecodeBudget::SLACK / 2);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::{
     decode_string_vec, encode_string_vec, note_trailing, MsgType, PaxosHeader, Payload,
     TypedMessage,
 };
-use crate::encoding::{Decoder, Encoder};
+use crate::encoding::{DecodeBudget, Decoder, Encoder};
 use crate::error::Result;
 use crate::types::Features;
 use crate::Message;
@@ -46,7 +46,7 @@ impl TypedMessage for MMonCommand {
         let mut d = Decoder::new(msg.front());
         let paxos = PaxosHeader::decode(&mut d)?;
         let fsid = d.uuid()?;
-        let cmd = decode_string_vec(&mut d)?;
+        let cmd = decode_string_vec(&mut d, &mut DecodeBudget::for_input(msg.front().len()))?;
         note_trailing(&d, Self::TYPE);
         Ok(MMonCommand { paxos, fsid, cmd, data: msg.data().clone() })
     }
@@ -91,7 +91,7 @@ impl TypedMessage for MMonCommandAck {
         let paxos = PaxosHeader::decode(&mut d)?;
         let r = d.i32()?;
         let rs = d.string()?;
-        let cmd = decode_string_vec(&mut d)?;
+        let cmd = decode_string_vec(&mut d, &mut DecodeBudget::for_input(msg.front().len()))?;
         note_trailing(&d, Self::TYPE);
         Ok(MMonCommandAck { paxos, r, rs, cmd, data: msg.data().clone() })
     }

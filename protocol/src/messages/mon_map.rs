@@ -1,14 +1,15 @@
 //! `MMonMap` (type 4) and the `MonMap` it carries.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::mem::size_of;
 
 use super::{
     decode_string_map, decode_string_set, decode_string_vec, encode_string_map, encode_string_set,
     encode_string_vec, len32, note_trailing, MsgType, Payload, TypedMessage,
 };
-use crate::encoding::{Decoder, Encoder, UTime};
+use crate::encoding::{DecodeBudget, Decoder, Encoder, UTime};
 use crate::error::{Error, Result};
-use crate::types::{EntityAddr, EntityAddrVec, EntityName, EntityType, Features};
+use crate::types::{EntityAddr, EntityAddrVec, EntityName, EntityType, Features, RACE_KEY_LEN};
 use crate::Message;
 
 /// `MMonMap`: the monitor map, sent by a monitor after authentication (when the client's
@@ -88,13 +89,18 @@ impl MonInfo {
         });
     }
 
-    fn decode(d: &mut Decoder<'_>) -> Result<Self> {
+    /// Decodes one `mon_info_t`, charging what it owns to `budget` (its slot in the
+    /// monmap's tree is the caller's).
+    fn decode(d: &mut Decoder<'_>, budget: &mut DecodeBudget) -> Result<Self> {
         d.versioned("mon_info_t", Self::HEAD, |d, v| {
-            let mut m = MonInfo {
-                name: d.string()?,
-                public_addrs: EntityAddrVec::decode(d)?,
-                ..MonInfo::default()
-            };
+            let name = d.string_within(budget)?;
+            let public_addrs = EntityAddrVec::decode(d)?;
+            // Charged once decoded: its count was checked against this block and each
+            // address takes 19+ wire bytes for its 40 in memory, so it cannot run far
+            // past the budget before this charge catches it.
+            let addrs = public_addrs.addrs.capacity().saturating_mul(size_of::<EntityAddr>());
+            budget.charge_heap(addrs)?;
+            let mut m = MonInfo { name, public_addrs, ..MonInfo::default() };
             if v >= 2 {
                 m.priority = d.u16()?;
             }
@@ -102,7 +108,7 @@ impl MonInfo {
                 m.weight = d.u16()?;
             }
             if v >= 5 {
-                m.crush_loc = decode_string_map(d)?;
+                m.crush_loc = decode_string_map(d, budget)?;
             }
             Ok(m)
         })
@@ -311,7 +317,11 @@ impl MonMap {
     }
 
     /// Decodes a map in any of the forms listed in the type's doc.
+    ///
+    /// Its collections may take at most [`DecodeBudget::for_input`]`(blob.len())` in
+    /// memory; a map that would take more is refused with [`Error::TooLarge`].
     pub fn decode(blob: &[u8]) -> Result<Self> {
+        let budget = &mut DecodeBudget::for_input(blob.len());
         let mut d = Decoder::new(blob);
         let struct_v = d.u8()?;
         if struct_v < 3 {
@@ -321,7 +331,7 @@ impl MonMap {
             if struct_v == 0 {
                 return Err(Error::Malformed("monmap version 0"));
             }
-            return Self::decode_body(&mut d, struct_v);
+            return Self::decode_body(&mut d, struct_v, budget);
         }
         let compat = d.u8()?;
         if compat > Self::HEAD {
@@ -329,29 +339,28 @@ impl MonMap {
         }
         let len = d.u32()? as usize;
         let mut body = Decoder::new(d.bytes(len)?);
-        Self::decode_body(&mut body, struct_v)
+        Self::decode_body(&mut body, struct_v, budget)
     }
 
-    fn decode_body(d: &mut Decoder<'_>, v: u8) -> Result<Self> {
+    fn decode_body(d: &mut Decoder<'_>, v: u8, budget: &mut DecodeBudget) -> Result<Self> {
         let mut m =
             MonMap { fsid: d.uuid()?, epoch: d.u32()?, min_mon_release: 0, ..MonMap::default() };
         // Legacy address map of versions below 6, with the rank order for v1.
         let mut legacy: Vec<(String, EntityAddr)> = Vec::new();
         if v == 1 {
             // entity_inst_t: 9-byte name + at least a 1-byte address marker.
-            let n = d.count(EntityName::LEN + 1)?;
-            legacy.reserve(d.capacity_for::<(String, EntityAddr)>(n));
-            for rank in 0..n {
+            let mut rank = 0usize;
+            legacy = d.vec_within(budget, EntityName::LEN + 1, |d, budget| {
                 let _name = EntityName::decode(d)?;
-                legacy.push((rank.to_string(), EntityAddr::decode(d)?));
-            }
+                let name = rank.to_string();
+                rank += 1;
+                budget.charge_heap(name.len())?;
+                Ok((name, EntityAddr::decode(d)?))
+            })?;
         } else if v < 6 {
-            let n = d.count(4 + 1)?;
-            legacy.reserve(d.capacity_for::<(String, EntityAddr)>(n));
-            for _ in 0..n {
-                let name = d.string()?;
-                legacy.push((name, EntityAddr::decode(d)?));
-            }
+            legacy = d.vec_within(budget, 4 + 1, |d, budget| {
+                Ok((d.string_within(budget)?, EntityAddr::decode(d)?))
+            })?;
         }
         m.last_changed = d.utime()?;
         m.created = d.utime()?;
@@ -361,6 +370,11 @@ impl MonMap {
         }
         if v < 5 {
             for (name, addr) in &legacy {
+                // A tree slot, the name twice (key and field) and a one-address vector.
+                budget.charge_tree_entry::<String, MonInfo>()?;
+                budget.charge_heap(name.len())?;
+                budget.charge_heap(name.len())?;
+                budget.charge_heap(size_of::<EntityAddr>())?;
                 let info = MonInfo {
                     name: name.clone(),
                     public_addrs: EntityAddrVec::single(*addr),
@@ -369,33 +383,25 @@ impl MonMap {
                 m.mon_info.insert(name.clone(), info);
             }
         } else {
-            let n = d.count(4 + 6)?;
-            for _ in 0..n {
-                let key = d.string()?;
-                let info = MonInfo::decode(d)?;
-                m.mon_info.insert(key, info);
-            }
+            m.mon_info = d.map_within(budget, 4 + 6, Decoder::string_within, MonInfo::decode)?;
         }
         if v < 6 {
-            m.ranks = legacy_ranks(&m.mon_info);
+            m.ranks = legacy_ranks(&m.mon_info, budget)?;
         } else {
-            m.ranks = decode_string_vec(d)?;
+            m.ranks = decode_string_vec(d, budget)?;
         }
         if v >= 7 {
             m.min_mon_release = d.u8()?;
         }
         if v >= 8 {
-            let n = d.count(4)?;
-            for _ in 0..n {
-                m.removed_ranks.insert(d.i32()?);
-            }
+            m.removed_ranks = d.set_within(budget, 4, |d, _| d.i32())?;
             m.election_strategy = d.u8()?;
-            m.disallowed_leaders = decode_string_set(d)?;
+            m.disallowed_leaders = decode_string_set(d, budget)?;
         }
         if v >= 9 {
             m.stretch_mode_enabled = d.bool()?;
             m.tiebreaker_mon = d.string()?;
-            m.stretch_marked_down_mons = decode_string_set(d)?;
+            m.stretch_marked_down_mons = decode_string_set(d, budget)?;
         }
         Ok(m)
     }
@@ -403,8 +409,19 @@ impl MonMap {
 
 /// Ceph's `calc_legacy_ranks`: monitors ordered by their (legacy or first) address, as
 /// the in-memory `entity_addr_t` compares, then by name.
-fn legacy_ranks(mon_info: &BTreeMap<String, MonInfo>) -> Vec<String> {
-    let mut v: Vec<(_, &String)> = mon_info
+///
+/// The sort vector and the ranks (a copy of every name) are charged to `budget` first.
+fn legacy_ranks(
+    mon_info: &BTreeMap<String, MonInfo>,
+    budget: &mut DecodeBudget,
+) -> Result<Vec<String>> {
+    let n = mon_info.len();
+    budget.charge_heap(n.saturating_mul(size_of::<([u8; RACE_KEY_LEN], &String)>()))?;
+    budget.charge_heap(n.saturating_mul(size_of::<String>()))?;
+    for info in mon_info.values() {
+        budget.charge_heap(info.name.len())?;
+    }
+    let mut v: Vec<([u8; RACE_KEY_LEN], &String)> = mon_info
         .values()
         .map(|m| {
             let addr = m
@@ -416,7 +433,7 @@ fn legacy_ranks(mon_info: &BTreeMap<String, MonInfo>) -> Vec<String> {
         })
         .collect();
     v.sort();
-    v.into_iter().map(|(_, n)| n.clone()).collect()
+    Ok(v.into_iter().map(|(_, n)| n.clone()).collect())
 }
 
 /// `mon_feature_t`: versioned 1/1 { u64 }.
@@ -449,7 +466,8 @@ mod tests {
         for (n, a) in [("a", "10.0.0.3:6789"), ("b", "10.0.0.1:6789"), ("c", "10.0.0.2:6789")] {
             mons.insert(n.to_string(), info(n, a));
         }
-        assert_eq!(legacy_ranks(&mons), ["b", "c", "a"]);
+        let ranks = legacy_ranks(&mons, &mut DecodeBudget::for_input(0)).unwrap();
+        assert_eq!(ranks, ["b", "c", "a"]);
     }
 
     #[test]
@@ -462,7 +480,8 @@ mod tests {
         let mut e = Encoder::new();
         m.encode(&mut e, Features::PACIFIC_ADVERTISED);
         assert_eq!(&e.as_slice()[..2], &[5, 5]);
-        assert_eq!(MonInfo::decode(&mut Decoder::new(e.as_slice())).unwrap(), m);
+        let budget = &mut DecodeBudget::for_input(e.len());
+        assert_eq!(MonInfo::decode(&mut Decoder::new(e.as_slice()), budget).unwrap(), m);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::{note_trailing, MsgType, Payload, TypedMessage};
-use crate::encoding::{Decoder, Encoder};
+use crate::encoding::{DecodeBudget, Decoder, Encoder};
 use crate::error::Result;
 use crate::types::Features;
 use crate::Message;
@@ -71,25 +71,21 @@ impl TypedMessage for MMonSubscribe {
     fn decode_payload(version: u16, msg: &Message) -> Result<Self> {
         let mut d = Decoder::new(msg.front());
         let mut m = MMonSubscribe::default();
+        let budget = &mut DecodeBudget::for_input(msg.front().len());
         if version < 2 {
             // string (>= 4) + unused + have + onetime = at least 21 bytes per entry.
-            let n = d.count(21)?;
-            for _ in 0..n {
-                let name = d.string()?;
+            m.what = d.map_within(budget, 21, Decoder::string_within, |d, _| {
                 let _unused = d.u64()?;
                 let have = d.u64()?;
                 let onetime = d.u8()? != 0;
                 let start = if have == 0 { 0 } else { have.saturating_add(1) };
                 let flags = if onetime { SUBSCRIBE_ONETIME } else { 0 };
-                m.what.insert(name, SubscribeItem { start, flags });
-            }
+                Ok(SubscribeItem { start, flags })
+            })?;
         } else {
-            let n = d.count(13)?;
-            for _ in 0..n {
-                let name = d.string()?;
-                let item = SubscribeItem { start: d.u64()?, flags: d.u8()? };
-                m.what.insert(name, item);
-            }
+            m.what = d.map_within(budget, 13, Decoder::string_within, |d, _| {
+                Ok(SubscribeItem { start: d.u64()?, flags: d.u8()? })
+            })?;
             if version >= 3 {
                 m.hostname = d.string()?;
             }
