@@ -34,8 +34,9 @@ pub trait ConnectionRef: Clone + Send + Sync + 'static {
     /// ended and was reported reset (Ceph's `_stop`, which discards the connection's
     /// queued messages before the reset is queued). From then on the queue accepts none
     /// of its messages and starts the dispatch of none it holds; unlike a mark_down, its
-    /// events (the reset) are still taken. The flag must be set before
-    /// [`crate::DispatchQueue::discard`] is called.
+    /// reset is still taken, and only that: the reset is the session's last callback.
+    /// The flag must be set before [`crate::DispatchQueue::discard`] is called and the
+    /// reset queued.
     fn takes_no_messages(&self) -> bool {
         self.is_marked_down()
     }

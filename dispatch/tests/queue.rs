@@ -373,6 +373,32 @@ fn reset_events_walk_the_chain() {
     assert_eq!(q.counters().events_delivered, 3);
 }
 
+/// A session's reset is its last callback: once its connection takes no messages (the
+/// reset is being reported), an event another thread raises for it (a driver finishing
+/// the handshake of a session a newcomer just reset) is dropped, fast hooks included,
+/// while the reset itself is taken.
+#[test]
+fn after_a_sessions_end_only_its_reset_is_taken() {
+    let (q, rx) = fast_tens_queue();
+    q.start().expect("start");
+    let ended = TestConn(ENDED | 4);
+    q.enqueue_event(QueueEvent::Reset(ended.clone()));
+    q.enqueue_event(QueueEvent::Connect(ended.clone()));
+    q.enqueue_event(QueueEvent::Accept(ended.clone()));
+    q.enqueue_event(QueueEvent::RemoteReset(ended.clone()));
+    q.enqueue_event(QueueEvent::Refused(ended));
+    // A live connection's events are still taken.
+    q.enqueue_event(QueueEvent::Connect(TestConn(5)));
+    q.shutdown(ShutdownMode::Drain);
+    // The fast hook runs on this thread, the reset on the dispatch thread: their order
+    // is the scheduler's.
+    let (of_ended, of_live): (Vec<Seen>, Vec<Seen>) =
+        rx.try_iter().partition(|s| !matches!(s, Seen::FastConnect(5) | Seen::Connect(5)));
+    assert_eq!(of_ended, [Seen::Reset { who: "r", conn: ENDED | 4 }]);
+    assert_eq!(of_live, [Seen::FastConnect(5), Seen::Connect(5)]);
+    assert_eq!(q.counters().events_delivered, 2);
+}
+
 /// The loopback path: preprocess in order, fast dispatch on the dispatch thread (never
 /// the sender's), the rest queued; budget charged and returned.
 #[test]

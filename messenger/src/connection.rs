@@ -279,8 +279,6 @@ impl Connection {
         self.close_and_stop_driver();
     }
 
-    /// Closes the handle now (sends fail from here on, queued ones are dropped) and tells
-    /// its driver to finish. Without the user's mark, so a reset is still reported.
     /// Ends the session's dispatch (Ceph's `_stop`): from here on none of its messages
     /// is delivered or queued, and the dispatch thread starts none it holds. Returns
     /// whether this call ended it, i.e. whether the caller is the one to discard what is
@@ -290,6 +288,8 @@ impl Connection {
         !self.0.stopped.swap(true, Ordering::SeqCst)
     }
 
+    /// Closes the handle now (sends fail from here on, queued ones are dropped) and tells
+    /// its driver to finish. Without the user's mark, so a reset is still reported.
     pub(crate) fn close_and_stop_driver(&self) {
         let _dropped = {
             let mut mb = self.0.mailbox.lock();

@@ -389,9 +389,13 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     /// this thread. Ignored after shutdown began, and for a connection marked down: as
     /// Ceph's `mark_down`, which stops the connection before it returns, is followed by
     /// no callback of it. (One queued before the mark_down is still delivered, as in
-    /// Ceph, whose `discard_queue` leaves events alone.)
+    /// Ceph, whose `discard_queue` leaves events alone.) Once the connection takes no
+    /// messages ([`crate::ConnectionRef::takes_no_messages`]) only its `Reset` is taken:
+    /// the reset is the session's last callback, and another thread still finishing
+    /// the session's handshake (a newcomer reset it from the accept path while its own
+    /// driver read the peer's reply) must not report it connected after that.
     pub fn enqueue_event(&self, item: QueueEvent<C>) {
-        if self.dropped_as_marked_down(&item) || !self.shared.state.lock().accepting() {
+        if self.dropped_as_ended(&item) || !self.shared.state.lock().accepting() {
             return;
         }
         match &item {
@@ -402,14 +406,16 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         // Again: a fast hook may have marked the connection down. (A mark_down racing
         // the push below is one made while the event was being queued: like an event
         // queued before it, that one is delivered.)
-        if self.dropped_as_marked_down(&item) {
+        if self.dropped_as_ended(&item) {
             return;
         }
         let mut st = self.shared.state.lock();
-        // Once more under the lock a mark_down's discard takes after setting its flag:
-        // checked only before, a mark_down could return between the check and the push,
-        // and its connection's event be delivered after it.
-        if st.accepting() && !item.conn().is_marked_down() {
+        // Once more under the lock a mark_down's discard (and a reset's) takes after
+        // setting its flag: checked only before, a mark_down could return between the
+        // check and the push, and its connection's event be delivered after it; a
+        // session's Reset, queued after its flag is set, is then behind this event, or
+        // this event sees the flag.
+        if st.accepting() && !ended_before(&item) {
             let was_idle = st.is_idle();
             st.events.push_back(item);
             if was_idle {
@@ -422,13 +428,13 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         }
     }
 
-    /// Whether `item`'s connection was marked down (logged, outside any lock).
-    fn dropped_as_marked_down(&self, item: &QueueEvent<C>) -> bool {
-        let conn = item.conn();
-        if !conn.is_marked_down() {
+    /// Whether `item` comes after its connection's end ([`ended_before`]; logged, outside
+    /// any lock).
+    fn dropped_as_ended(&self, item: &QueueEvent<C>) -> bool {
+        if !ended_before(item) {
             return false;
         }
-        log::debug!(target: "msgr::dispatch", "{}: dropped an event of conn {}: marked down", self.shared.name, conn.conn_id());
+        log::debug!(target: "msgr::dispatch", "{}: dropped an event of conn {}: marked down or reset", self.shared.name, item.conn().conn_id());
         true
     }
 
@@ -566,6 +572,13 @@ impl<C: ConnectionRef> DispatchQueue<C> {
             sleeps: s.sleeps.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Whether `item` comes after its connection's end: the connection was marked down, or
+/// its session ended and `item` is not the `Reset` that reports it.
+fn ended_before<C: ConnectionRef>(item: &QueueEvent<C>) -> bool {
+    let conn = item.conn();
+    conn.is_marked_down() || (!matches!(item, QueueEvent::Reset(_)) && conn.takes_no_messages())
 }
 
 impl<C: ConnectionRef> Drop for DispatchQueue<C> {

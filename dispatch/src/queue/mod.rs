@@ -8,9 +8,9 @@
 //!   delivered first — and an event enqueued later may overtake that connection's
 //!   earlier queued messages, as in Ceph. A reset does not: the messenger discards the
 //!   connection's queued messages before it queues the reset, as Ceph's `_stop` does,
-//!   and from then on the queue takes none of them
-//!   ([`crate::ConnectionRef::takes_no_messages`]). [`DispatchQueue::discard`] does not remove
-//!   events.
+//!   and from then on the queue takes none of them and no other event of the connection
+//!   ([`crate::ConnectionRef::takes_no_messages`]): the reset is its last callback.
+//!   [`DispatchQueue::discard`] does not remove events.
 //! - **Connect / accept before messages.** [`DispatchQueue::enqueue_event`] with
 //!   `Connect`/`Accept` calls `ms_handle_fast_connect`/`ms_handle_fast_accept` on the
 //!   calling thread before it returns, and queues `ms_handle_connect`/`ms_handle_accept`.

@@ -17,9 +17,16 @@ pub const WAIT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TestConn(pub u64);
 
+/// A [`TestConn`] id with this bit stands for a connection whose session ended: it takes
+/// no messages ([`ConnectionRef::takes_no_messages`]) and is not marked down.
+pub const ENDED: u64 = 1 << 63;
+
 impl ConnectionRef for TestConn {
     fn conn_id(&self) -> u64 {
         self.0
+    }
+    fn takes_no_messages(&self) -> bool {
+        self.0 & ENDED != 0
     }
 }
 
