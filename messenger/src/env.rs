@@ -60,9 +60,22 @@ impl Identity {
         *self.addr.read()
     }
 
-    /// The address we listen on (with our nonce).
-    pub(crate) fn set_bound(&self, bound: SocketAddr) {
-        *self.addr.write() = EntityAddr::legacy(bound, self.nonce);
+    /// The protocol configuration, if it was built.
+    pub(crate) fn protocol(&self) -> Option<&ProtocolConfig> {
+        self.protocol.get().map(|p| &**p)
+    }
+
+    /// The address we listen on (with our nonce), unless the protocol configuration was
+    /// already built from the unbound one (returns `false` then): machines would
+    /// announce the blank address, and every msgr2 peer's CLIENT_IDENT would be refused
+    /// for naming an address we do not announce.
+    pub(crate) fn set_bound(&self, bound: SocketAddr) -> bool {
+        let mut addr = self.addr.write();
+        if self.protocol.get().is_some() {
+            return false;
+        }
+        *addr = EntityAddr::legacy(bound, self.nonce);
+        true
     }
 }
 
@@ -185,12 +198,19 @@ impl Env {
     /// The protocol configuration (built from who we are on first use).
     pub(crate) fn protocol_config(&self) -> Arc<ProtocolConfig> {
         let id = &self.identity;
+        if let Some(p) = id.protocol.get() {
+            return p.clone();
+        }
+        // Built under the address's read lock, which `set_bound` writes under: a bind
+        // racing the first use either lands before the build reads the address, or sees
+        // the configuration built and fails.
+        let addr = id.addr.read();
         id.protocol
             .get_or_init(|| {
                 Arc::new(machine::protocol_config(
                     &self.config,
                     id.name(),
-                    id.addr(),
+                    *addr,
                     id.global_seq.clone(),
                 ))
             })
@@ -249,7 +269,7 @@ impl Env {
             }),
         );
         // Read without building the protocol config: that fixes who we are (start does).
-        let p = self.identity.protocol.get().map(|c| c.counters.values()).unwrap_or_default();
+        let p = self.identity.protocol().map(|c| c.counters.values()).unwrap_or_default();
         obj.insert(
             "msgr_protocol".into(),
             serde_json::json!({

@@ -96,18 +96,23 @@ impl Messenger {
     /// Binds a listening socket (socket, non-blocking, bind, getsockname, listen) and
     /// returns the bound address (port 0 picks a free port).
     ///
-    /// Once, before the first dispatcher is added (as Ceph's `bind` before `start`):
-    /// a second call, or one after accepting began, fails with `AlreadyExists` and binds
-    /// nothing. Why: a listener replaced after it started would stay registered on its
-    /// worker, accepting on the old address past this messenger's shutdown, and the new
-    /// one would never start.
+    /// Once, before `start` (as Ceph's `bind`), the first dispatcher or the first
+    /// connection: a second call, or one after any of those, fails with `AlreadyExists`
+    /// and binds nothing. Why: what we announce is fixed at start (a later address
+    /// would not be announced, and msgr2 peers naming it would be refused), and a
+    /// listener replaced after it started would stay registered on its worker,
+    /// accepting on the old address past this messenger's shutdown, while the new one
+    /// never started.
     #[doc(alias = "Processor::bind")]
     pub fn bind(&self, addr: SocketAddr) -> io::Result<SocketAddr> {
-        if self.ready.load(Ordering::Acquire) || self.bound.swap(true, Ordering::AcqRel) {
-            return Err(io::Error::new(
+        let too_late = || {
+            io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                "bind: the messenger is already bound or accepting",
-            ));
+                "bind: the messenger is already bound, started or shut down",
+            )
+        };
+        if self.started.load(Ordering::Acquire) || self.bound.swap(true, Ordering::AcqRel) {
+            return Err(too_late());
         }
         let (listener, bound) = match processor::bind(addr, &self.env.config) {
             Ok(b) => b,
@@ -117,9 +122,20 @@ impl Messenger {
                 return Err(e);
             }
         };
-        self.env.identity.set_bound(bound);
         let worker = self.pool.least_loaded().clone();
-        *self.processor.lock() = Some(Processor::new(listener, worker));
+        // Decided under the lock `ready` takes the listener under after it sets `ready`:
+        // either the listener is in place before `ready` looks for it, or this sees
+        // `ready` (or a start that fixed our address, or a shutdown) and gives it up.
+        let mut slot = self.processor.lock();
+        if self.ready.load(Ordering::Acquire)
+            || self.env.sessions.is_stopping()
+            || !self.env.identity.set_bound(bound)
+        {
+            drop(slot);
+            drop(listener);
+            return Err(too_late());
+        }
+        *slot = Some(Processor::new(listener, worker));
         Ok(bound)
     }
 
@@ -234,6 +250,9 @@ impl Messenger {
     /// Like [`Messenger::get_connection`] for a peer whose announced address (with nonce)
     /// is known, e.g. from a monmap or an OSD map.
     pub fn connect_to(&self, peer_type: EntityType, addr: EntityAddr) -> Connection {
+        // Who we are is fixed by the first connection, here rather than on its worker,
+        // so a later `bind` fails whatever the worker did meanwhile.
+        let _ = self.env.protocol_config();
         if self.my_addrs().addrs.contains(&addr) {
             return self.get_loopback_connection();
         }
@@ -369,7 +388,8 @@ impl Messenger {
     /// RETRY_GLOBAL, RETRY_SESSION and RESETSESSION replies met, and received messages
     /// dropped as already delivered. Read-only; for tests and diagnostics.
     pub fn v1_counters(&self) -> CounterValues {
-        machine::counter_values(&self.env.protocol_config())
+        // Read without building the protocol config: that fixes who we are (start does).
+        self.env.identity.protocol().map(machine::counter_values).unwrap_or_default()
     }
 
     /// Per-worker counters (index = worker index).

@@ -1184,3 +1184,35 @@ fn a_messenger_binds_one_listener_before_it_accepts() {
     cli.shutdown();
     m.shutdown();
 }
+
+/// What we announce is fixed when we start or first dial (Ceph binds before it starts):
+/// a bind after either is refused, announces nothing and leaves nothing listening; the
+/// perf dump and the protocol counters read before the bind do not fix it.
+#[test]
+fn a_messenger_binds_before_it_starts_or_dials() {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let name = EntityName::new(EntityType::OSD, 0);
+    let started = Messenger::new(name, 1, test_config(2)).expect("new");
+    started.start().expect("start");
+    let err = started.bind(any).expect_err("a bind after start");
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(started.my_addr().port(), 0, "nothing bound is announced");
+    started.shutdown();
+
+    let (srv, _, _srv_rx) = server(EntityType::OSD, 3, Policy::stateless_server(), false);
+    let dialled = Messenger::new(name, 2, test_config(2)).expect("new");
+    let _conn = dialled.connect_to(EntityType::OSD, srv.my_addr());
+    let err = dialled.bind(any).expect_err("a bind after the first dial");
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(dialled.my_addr().port(), 0);
+    dialled.shutdown();
+
+    let late = Messenger::new(name, 4, test_config(2)).expect("new");
+    let _ = late.counters_json();
+    let _ = late.v1_counters();
+    let bound = late.bind(any).expect("a bind after reading counters");
+    late.start().expect("start");
+    assert_eq!(late.my_addr().addr, Some(bound));
+    late.shutdown();
+    srv.shutdown();
+}
