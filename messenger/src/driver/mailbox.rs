@@ -157,10 +157,11 @@ impl Driver {
             WorkerCounters::add_own(&self.counters.send_messages_queue_lat_count, moved as u64);
         }
         // The scratch queue is kept, but not at a burst's size: a mailbox handed over
-        // whole (the swap above) can be far larger than what one drain takes.
-        if inbox.capacity() <= MAX_IN_PROTOCOL {
-            self.inbox = inbox;
-        }
+        // whole (the swap above) can be far larger than what one drain takes. Cut down
+        // rather than let go: under a sustained backlog the next swap hands it to the
+        // mailbox, which then regrows only past MAX_IN_PROTOCOL, not from nothing.
+        inbox.shrink_to(MAX_IN_PROTOCOL);
+        self.inbox = inbox;
         (moved, commands)
     }
 
