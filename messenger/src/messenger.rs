@@ -398,7 +398,13 @@ impl Messenger {
     }
 
     /// Stops accepting, closes every connection, stops the dispatch thread (discarding
-    /// what is still queued) and, if the pool is ours, the workers. Returns promptly.
+    /// what is still queued) and, if the pool is ours, the workers; returns once they
+    /// stopped, so no dispatcher of ours runs after it (unless called from the dispatch
+    /// thread or a worker, which it cannot wait for: [`Messenger::wait`] can).
+    ///
+    /// Unlike Ceph's, which only signals and leaves the joins to `wait`, it waits for an
+    /// `ms_dispatch` under way to return: do not call it holding a lock a dispatcher
+    /// takes.
     pub fn shutdown(&self) {
         let Some(live) = self.env.sessions.begin_shutdown() else { return };
         let processor = self.processor.lock().take();
@@ -423,13 +429,26 @@ impl Messenger {
         }
     }
 
-    /// Waits until the messenger has shut down (Ceph's `wait`): calls `shutdown`, then,
-    /// on a shared pool whose workers keep running, waits until every connection of this
-    /// messenger is gone from them, so none of its dispatchers is called afterwards.
-    /// Called from a worker of the pool itself it cannot wait for that worker, and only
-    /// shuts down.
+    /// Blocks until the messenger has shut down (Ceph's `wait`): until some thread calls
+    /// [`Messenger::shutdown`] (at once if one did), then until the dispatch thread has
+    /// stopped, our workers too if the pool is ours, and, on a shared pool whose
+    /// workers keep running, every connection of this messenger is gone from them. None
+    /// of its dispatchers runs after it returns, even when the shutdown was called from
+    /// the dispatch thread (which cannot join itself) or is still under way on another
+    /// thread. A daemon's main thread waits here while a signal handler or a command
+    /// shuts it down.
+    ///
+    /// Not to be called from the dispatch thread or a worker of the pool before the
+    /// shutdown (it would wait for itself, as in Ceph); called from one after, it waits
+    /// for neither that thread nor, on a worker, the connections.
     pub fn wait(&self) {
-        self.shutdown();
+        self.env.sessions.wait_for_shutdown();
+        // Idempotent: joins the dispatch thread if the shutdown could not (it ran on that
+        // thread), or waits for the shutdown joining it.
+        self.env.queue.shutdown(ShutdownMode::Discard);
+        if self.owns_pool {
+            self.pool.shutdown();
+        }
         if self.pool.handles().iter().any(|w| w.is_current_thread()) {
             return;
         }

@@ -110,7 +110,7 @@ impl Tables {
 #[derive(Default)]
 pub(crate) struct SessionTable {
     tables: Mutex<Tables>,
-    /// Signalled when `live` becomes empty.
+    /// Signalled when `live` becomes empty, and when shutdown begins.
     emptied: Condvar,
 }
 
@@ -238,7 +238,16 @@ impl SessionTable {
         if std::mem::replace(&mut t.stopping, true) {
             return None;
         }
+        self.emptied.notify_all();
         Some(t.live.values().cloned().collect())
+    }
+
+    /// Blocks until shutdown began.
+    pub(crate) fn wait_for_shutdown(&self) {
+        let mut t = self.tables.lock();
+        while !t.stopping {
+            self.emptied.wait(&mut t);
+        }
     }
 
     /// Whether shutdown began.

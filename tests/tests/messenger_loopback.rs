@@ -1100,6 +1100,7 @@ fn a_connection_whose_start_never_runs_is_closed_and_not_waited_for() {
     let conn = m.get_connection(EntityType::OSD, dead);
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let waiter = std::thread::spawn(move || {
+        m.shutdown();
         m.wait();
         let _ = done_tx.send(());
     });
@@ -1132,10 +1133,75 @@ fn a_connection_whose_start_never_runs_is_closed_and_not_waited_for() {
     assert_eq!(m.connection_count(), 0);
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let waiter = std::thread::spawn(move || {
+        m.shutdown();
         m.wait();
         let _ = done_tx.send(());
     });
     done.recv_timeout(WAIT).expect("wait() returned");
+    waiter.join().expect("waiter");
+}
+
+/// Ceph's `wait`: it blocks until some thread shuts the messenger down, then until the
+/// dispatch thread has stopped, also when the shutdown ran on that thread (a daemon's
+/// command shutting it down from `ms_dispatch`), which cannot join itself. Before, `wait`
+/// shut the messenger down itself at once, and returned while that `ms_dispatch` ran on.
+#[test]
+fn wait_blocks_until_a_shutdown_and_the_dispatch_thread_stopped() {
+    struct Stopper {
+        m: std::sync::OnceLock<std::sync::Weak<Messenger>>,
+        entered: crossbeam_channel::Sender<()>,
+        release: Receiver<()>,
+        returned: std::sync::atomic::AtomicBool,
+    }
+    impl Dispatcher<Connection> for Stopper {
+        fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
+            if let Some(m) = self.m.get().and_then(std::sync::Weak::upgrade) {
+                m.shutdown();
+            }
+            let _ = self.entered.send(());
+            // Until the test lets go (it drops the sender).
+            let _ = self.release.recv_timeout(WAIT);
+            self.returned.store(true, Ordering::SeqCst);
+            Dispatched::Taken
+        }
+    }
+    let m = Arc::new(
+        Messenger::new(EntityName::new(EntityType::MDS, 0), 1, test_config(2)).expect("new"),
+    );
+    m.start().expect("start");
+    let (entered_tx, entered) = crossbeam_channel::bounded(1);
+    let (release_tx, release) = crossbeam_channel::bounded::<()>(0);
+    let stopper = Arc::new(Stopper {
+        m: std::sync::OnceLock::new(),
+        entered: entered_tx,
+        release,
+        returned: std::sync::atomic::AtomicBool::new(false),
+    });
+    m.add_dispatcher_head(stopper.clone()).expect("dispatcher");
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let waiter = {
+        let m = Arc::clone(&m);
+        std::thread::spawn(move || {
+            m.wait();
+            let _ = done_tx.send(());
+        })
+    };
+    assert!(
+        done.recv_timeout(Duration::from_millis(300)).is_err(),
+        "wait returned before anyone shut the messenger down"
+    );
+    assert!(stopper.m.set(Arc::downgrade(&m)).is_ok());
+    m.get_loopback_connection()
+        .send_message(test_message(MSG_TEST, 1, Bytes::new()))
+        .expect("send to ourselves");
+    entered.recv_timeout(WAIT).expect("ms_dispatch shut the messenger down");
+    assert!(
+        done.recv_timeout(Duration::from_millis(300)).is_err(),
+        "wait returned while ms_dispatch was still running"
+    );
+    drop(release_tx);
+    done.recv_timeout(WAIT).expect("wait returned once ms_dispatch did");
+    assert!(stopper.returned.load(Ordering::SeqCst));
     waiter.join().expect("waiter");
 }
 
