@@ -318,26 +318,37 @@ fn v1_bad_signature_faults_and_the_resend_is_delivered_once() {
     assert!(p.nodes[0].log.iter().any(|l| l.starts_with("Reconnect#")));
 }
 
-// Wrong key: the acceptor rejects the challenge's answer (BADAUTHORIZER) and the
-// connector gives up for good.
+// Wrong key: the acceptor rejects the challenge's answer (BADAUTHORIZER); a lossy
+// connector gives up for good, a lossless one keeps its session and dials again after
+// its backoff (Ceph's fault), delivering nothing while the key stays wrong.
 #[test]
 fn v1_wrong_authorizer_key_is_refused() {
-    let mut c0 = node_config(ProtocolVersion::V1, 0, 6789, 1);
-    let mut c1 = node_config(ProtocolVersion::V1, 1, 6790, 2);
-    c0.auth = Arc::new(TestAuthProvider::new(&[]).with_v1_authorizers().with_wrong_key());
-    c1.auth = Arc::new(TestAuthProvider::new(&[]).with_v1_authorizers());
-    let mut p = Pair::with_configs(
-        Instant::now(),
-        ProtocolVersion::V1,
-        c0,
-        Policy::lossless_client(),
-        c1,
-        Policy::stateful_server(),
-    );
-    p.send(0, numbered(1));
-    p.run_for(Duration::from_secs(30));
-    assert_eq!(p.nodes[0].refused, 1);
-    assert!(p.nodes[1].received.is_empty());
+    for (policy, lossless) in [(Policy::lossy_client(), false), (Policy::lossless_client(), true)] {
+        let mut c0 = node_config(ProtocolVersion::V1, 0, 6789, 1);
+        let mut c1 = node_config(ProtocolVersion::V1, 1, 6790, 2);
+        c0.auth = Arc::new(TestAuthProvider::new(&[]).with_v1_authorizers().with_wrong_key());
+        c1.auth = Arc::new(TestAuthProvider::new(&[]).with_v1_authorizers());
+        let mut p = Pair::with_configs(
+            Instant::now(),
+            ProtocolVersion::V1,
+            c0,
+            policy,
+            c1,
+            Policy::stateful_server(),
+        );
+        p.send(0, numbered(1));
+        p.run_for(Duration::from_secs(30));
+        assert!(p.nodes[1].received.is_empty());
+        let connects = p.nodes[0].config.counters.values().connects;
+        if lossless {
+            assert_eq!(p.nodes[0].refused, 0, "{:?}", p.nodes[0].log);
+            // 30 s of backoff from 200 ms, doubling to 15 s: 0.2 + 0.4 + … + 12.8 + 15.
+            assert!(connects >= 5, "{connects} connects: {:?}", p.nodes[0].log);
+        } else {
+            assert_eq!(p.nodes[0].refused, 1);
+            assert_eq!(connects, 2, "the first connect and the challenge's answer");
+        }
+    }
 }
 
 // The driver's verdict can challenge too (Event::VerifyAuthorizer answered with

@@ -164,11 +164,18 @@ fn connector_faults_on_wrong_connect_seq_in_reply() {
     assert_eq!(c.poll_timeout(), Some(now + Duration::from_millis(200)), "initial backoff");
 }
 
-// FEATURES, BADPROTOVER, BADAUTHORIZER, CHALLENGE_AUTHORIZER: final, Refused.
+// FEATURES, BADPROTOVER, CHALLENGE_AUTHORIZER (without an authorizer): final, Refused;
+// BADAUTHORIZER too on a lossy session.
 #[test]
 fn connector_final_refusals() {
-    for tag in [Tag::FEATURES, Tag::BADPROTOVER, Tag::BADAUTHORIZER, Tag::CHALLENGE_AUTHORIZER] {
-        let (mut c, now, _) = connector(me(), Policy::lossless_peer());
+    let cases = [
+        (Tag::FEATURES, Policy::lossless_peer()),
+        (Tag::BADPROTOVER, Policy::lossless_peer()),
+        (Tag::CHALLENGE_AUTHORIZER, Policy::lossless_peer()),
+        (Tag::BADAUTHORIZER, Policy::lossy_client()),
+    ];
+    for (tag, policy) in cases {
+        let (mut c, now, _) = connector(me(), policy);
         c.handle_bytes(now, reply(tag, 0, 0, 0));
         let ev = events(&mut c);
         assert!(matches!(ev[0], Event::Refused), "{tag}: {ev:?}");
@@ -181,6 +188,21 @@ fn connector_final_refusals() {
         );
         assert!(c.is_closed());
     }
+}
+
+// BADAUTHORIZER on a lossless session: a fault, as in Ceph; the session keeps what it
+// queued and dials again after its backoff (the acceptor's rotating secrets may lag the
+// ticket's). Before, it was refused and closed, and its messages lost.
+#[test]
+fn connector_retries_a_rejected_authorizer_on_a_lossless_session() {
+    let (mut c, now, _) = connector(me(), Policy::lossless_peer());
+    c.send_message(Message::new(2, Bytes::new()));
+    c.handle_bytes(now, reply(Tag::BADAUTHORIZER, 0, 0, 0));
+    let ev = events(&mut c);
+    assert!(!ev.iter().any(|e| matches!(e, Event::Refused | Event::Closed { .. })), "{ev:?}");
+    assert!(!c.is_closed());
+    assert_eq!(c.state(), SessionState::Connecting);
+    assert_eq!(c.poll_timeout(), Some(now + Duration::from_millis(200)), "initial backoff");
 }
 
 // RETRY_GLOBAL: global_seq = max(counter, reply) + 1, connect again on the same socket.

@@ -248,31 +248,35 @@ fn bad_method_falls_back_to_the_next_allowed_method() {
 }
 
 // Bad credentials: AUTH_BAD_METHOD(-EACCES) in answer to AUTH_REQUEST_MORE; with no
-// other method allowed the connector is refused for good (Ceph would retry forever).
+// other method allowed a lossy connector is refused for good, a lossless one faults and
+// dials again after its backoff, as Ceph's does, and delivers nothing meanwhile.
 #[test]
 fn wrong_key_is_refused() {
-    let now = Instant::now();
-    let mut c0 = node_config(0, 6789, 1);
-    let mut c1 = node_config(1, 6790, 2);
-    let mut client = TestAuthProvider::new(&[ConMode::CRC]).with_wrong_key();
-    client.client_methods = vec![TEST_AUTH];
-    c0.auth = std::sync::Arc::new(client);
-    let mut server = TestAuthProvider::new(&[ConMode::CRC]);
-    server.server_methods = vec![TEST_AUTH];
-    c1.auth = std::sync::Arc::new(server);
-    let mut p = Pair::with_configs(
-        now,
-        ProtocolVersion::V2,
-        c0,
-        Policy::lossless_client(),
-        c1,
-        Policy::stateful_server(),
-    );
-    p.send(0, numbered(1));
-    p.run_for(Duration::from_secs(30));
-    assert_eq!(p.nodes[0].refused, 1, "{:?}", p.nodes[0].log);
-    assert!(p.nodes[1].received.is_empty());
-    assert!(p.eps.iter().all(|e| !e.alive || !e.conn.is_open()));
+    for (policy, lossless) in [(Policy::lossy_client(), false), (Policy::lossless_client(), true)] {
+        let now = Instant::now();
+        let mut c0 = node_config(0, 6789, 1);
+        let mut c1 = node_config(1, 6790, 2);
+        let mut client = TestAuthProvider::new(&[ConMode::CRC]).with_wrong_key();
+        client.client_methods = vec![TEST_AUTH];
+        c0.auth = std::sync::Arc::new(client);
+        let mut server = TestAuthProvider::new(&[ConMode::CRC]);
+        server.server_methods = vec![TEST_AUTH];
+        c1.auth = std::sync::Arc::new(server);
+        let mut p =
+            Pair::with_configs(now, ProtocolVersion::V2, c0, policy, c1, Policy::stateful_server());
+        p.send(0, numbered(1));
+        p.run_for(Duration::from_secs(30));
+        assert!(p.nodes[1].received.is_empty());
+        assert!(p.eps.iter().all(|e| !e.alive || !e.conn.is_open()));
+        let redials = p.nodes[0].log.iter().filter(|l| l.starts_with("Reconnect")).count();
+        if lossless {
+            assert_eq!(p.nodes[0].refused, 0, "{:?}", p.nodes[0].log);
+            // 30 s of backoff from 200 ms, doubling to 15 s: 0.2 + 0.4 + … + 12.8 + 15.
+            assert!(redials >= 5, "{redials} redials: {:?}", p.nodes[0].log);
+        } else {
+            assert_eq!(p.nodes[0].refused, 1, "{:?}", p.nodes[0].log);
+        }
+    }
 }
 
 #[test]

@@ -103,6 +103,18 @@ impl TestCluster {
         config: Option<AuthConfig>,
         keys: Option<RotatingKeyStore>,
     ) -> Arc<CephxProvider> {
+        self.provider_with_store(name, config, keys.map(|k| Arc::new(SharedKeyStore::new(k))))
+    }
+
+    /// Like [`TestCluster::provider`], verifying with `store`, which the caller may
+    /// refresh while connections verify against it (a daemon fetching new rotating
+    /// secrets).
+    pub fn provider_with_store(
+        &mut self,
+        name: EntityName,
+        config: Option<AuthConfig>,
+        store: Option<Arc<SharedKeyStore>>,
+    ) -> Arc<CephxProvider> {
         let global_id = self.next_global_id;
         self.next_global_id += 1;
         let who = auth_name(name);
@@ -117,8 +129,8 @@ impl TestCluster {
         let rng = seeded_rng_source(self.seed.wrapping_add(global_id << 16));
         let config = config.unwrap_or_else(AuthConfig::ceph_defaults);
         let mut p = CephxProvider::new(who, config, self.clock, rng).with_tickets(tickets);
-        if let Some(keys) = keys {
-            p = p.with_keys(Arc::new(SharedKeyStore::new(keys)));
+        if let Some(store) = store {
+            p = p.with_keys(store);
         }
         Arc::new(p)
     }

@@ -13,13 +13,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use messenger::{Messenger, MessengerConfig, Policy};
+use messenger::{Messenger, MessengerConfig, Policy, ProtocolVersion};
+use protocol::auth::cephx::SharedKeyStore;
 use protocol::auth::AuthProvider;
 use protocol::types::{EntityName, EntityType};
 use tests::cephx::{Tap, TapCounts, TestCluster};
 use tests::loopback::{
-    assert_no_more_messages, next_message, stream_both_ways_on_own_handles, test_config,
-    test_message, Recorder, Seen, WAIT,
+    addr_for, assert_no_more_messages, next_message, stream_both_ways_on_own_handles, test_config,
+    test_message, wait_until, Recorder, Seen, WAIT,
 };
 
 const MSG_TEST: u16 = 0x7f00;
@@ -123,6 +124,49 @@ fn peer_with_the_wrong_service_secret_is_refused_at_the_handshake() {
     assert!(protocol_counter(&srv, "authorizers_rejected") >= 1, "{}", srv.counters_json());
     cli.shutdown();
     srv.shutdown();
+}
+
+/// A lossless session whose authorizer the acceptor cannot verify yet (its rotating
+/// secrets lag the ticket's, as a daemon's do until it fetches the new ones) is not
+/// lost: the connector faults and dials again after its backoff, as Ceph's does, and
+/// once the acceptor has the secrets the queued message is delivered. Before, the
+/// rejection (BADAUTHORIZER; over msgr2 AUTH_BAD_METHOD with no method left) closed the
+/// session as refused, and its messages with it.
+fn a_lossless_session_outlasts_lagging_rotating_secrets(proto: ProtocolVersion) {
+    let osd0 = EntityName::new(EntityType::OSD, 0);
+    let osd1 = EntityName::new(EntityType::OSD, 1);
+    let seed = seed();
+    let mut cluster = TestCluster::new(&[osd0, osd1], seed);
+    let stale = TestCluster::new(&[osd1], seed.wrapping_add(1));
+    let store = Arc::new(SharedKeyStore::new(stale.keys(EntityType::OSD)));
+    let (sc, _) = tapped(cluster.provider_with_store(osd1, None, Some(store.clone())));
+    let (srv, srv_rx) = messenger(osd1, 1, sc, Policy::lossless_peer(), true);
+    let (cc, _) = tapped(cluster.provider(osd0, None));
+    let (cli, cli_rx) = messenger(osd0, 2, cc, Policy::lossless_peer(), true);
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    wait_until(
+        || protocol_counter(&srv, "authorizers_rejected") >= 1,
+        || format!("the stale acceptor rejected nothing: {}", srv.counters_json()),
+    );
+    store.set_rotating(cluster.keys(EntityType::OSD).rotating);
+    let (_, msg) = next_message(&srv_rx);
+    assert_eq!(msg.tid(), 1);
+    assert!(conn.is_connected());
+    let ended = cli_rx.try_iter().find(|s| matches!(s, Seen::Refused(_) | Seen::Reset(_)));
+    assert!(ended.is_none(), "the session ended: {ended:?}");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn a_lossless_session_outlasts_lagging_rotating_secrets_over_msgr1() {
+    a_lossless_session_outlasts_lagging_rotating_secrets(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_lossless_session_outlasts_lagging_rotating_secrets_over_msgr2() {
+    a_lossless_session_outlasts_lagging_rotating_secrets(ProtocolVersion::V2);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::auth::AuthorizerClient;
+use crate::auth::{AuthError, AuthorizerClient};
 use crate::error::Error;
 use crate::session::{
     ConnectSeq, Counters, Fault, GlobalSeq, Machine, OpenNote, PeerIssue, Seq, State,
@@ -178,7 +178,15 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
             false
         }
         Tag::BADAUTHORIZER => {
-            m.refuse("authorizer rejected");
+            if m.lossy {
+                m.refuse("authorizer rejected");
+            } else {
+                // Ceph faults: a lossless session dials again after its backoff, with a
+                // fresh authorizer. The acceptor's rotating secrets may lag the ticket's
+                // (or our tickets be renewed meanwhile); closed here, the session's
+                // queued messages would be lost.
+                m.fault(now, Fault::Auth(AuthError::BadAuthorizer("the peer rejected ours")));
+            }
             false
         }
         Tag::CHALLENGE_AUTHORIZER => {

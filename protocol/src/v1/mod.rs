@@ -52,10 +52,13 @@
 //!   next one faults it (retry replies are answered in a loop, never recursively).
 //! * A session whose socket takes none of the bytes waiting for it for
 //!   `Config::write_timeout` faults ([`crate::Machine::handle_write_blocked`]).
-//! * BADPROTOVER, FEATURES and BADAUTHORIZER end the connection with
-//!   [`crate::Event::Refused`] instead of retrying forever: nothing changes between
-//!   attempts that would make a retry succeed. So does a CHALLENGE_AUTHORIZER to a
-//!   connect that carried no authorizer.
+//! * BADPROTOVER and FEATURES end the connection with [`crate::Event::Refused`] instead
+//!   of retrying forever: nothing changes between attempts that would make a retry
+//!   succeed. So does a CHALLENGE_AUTHORIZER to a connect that carried no authorizer,
+//!   and BADAUTHORIZER on a lossy session; on a lossless one BADAUTHORIZER faults, as in
+//!   Ceph, and the session dials again after its backoff with a fresh authorizer (the
+//!   acceptor's rotating secrets may lag our ticket's; closing would lose the session's
+//!   queued messages).
 //! * The acceptor enforces a handshake timeout (a real monitor keeps a silent
 //!   handshake open forever, msgr-v1.md 10).
 //! * With auth none a connector sends no authorizer (a Ceph client sends an auth-none

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::auth::{filter_modes, AuthRole};
+use crate::auth::{filter_modes, AuthError, AuthRole};
 use crate::session::{
     ConnectSeq, Counters, Event, Fault, GlobalSeq, Machine, PeerIssue, Seq, State,
     GLOBAL_SEQ_PLAUSIBLE,
@@ -46,17 +46,21 @@ pub(crate) fn on_hello(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<
         }
     }
     let Some((deadline, Handshake::AwaitHello(t))) = m.take_step() else { return Ok(false) };
-    start_auth(m, deadline, t, Vec::new())
+    start_auth(m, deadline, t, Vec::new(), false)
 }
 
-/// Sends AUTH_REQUEST with our next untried method; with none left we give up for
-/// good (Ceph's `get_auth_request` failing: stop + reset). Returns whether to go on
-/// reading.
+/// Sends AUTH_REQUEST with our next untried method. With none left we give up for good
+/// if we have none to offer (Ceph's `get_auth_request` failing: stop + reset), or if the
+/// peer refused them (`refused`) on a lossy session; a lossless one faults and dials
+/// again after its backoff, as Ceph's `handle_auth_bad_method` does: the acceptor's
+/// rotating secrets may lag our ticket's, and closing the session would lose its queued
+/// messages. Returns whether to go on reading.
 fn start_auth(
     m: &mut Machine<V2>,
     deadline: Instant,
     mut t: Transcript,
     mut tried: Vec<u32>,
+    refused: bool,
 ) -> Result<bool, Fault> {
     let peer_type = m.peer_type.unwrap_or(EntityType::ANY);
     let provider = m.config.auth.clone();
@@ -82,6 +86,10 @@ fn start_auth(
         let auth = ClientAuth { client, method, tried, offered: modes };
         m.set_state(State::Handshake { deadline, step: Handshake::AwaitAuthReply(t, auth) });
         return Ok(true);
+    }
+    if refused && !m.lossy {
+        m.set_state(State::Handshake { deadline, step: Handshake::AwaitHello(t) });
+        return Err(Fault::Auth(AuthError::BadAuthorizer("the peer refused every method")));
     }
     m.refuse("no auth method left that both sides allow");
     Ok(false)
@@ -116,7 +124,7 @@ pub(crate) fn on_auth_reply(m: &mut Machine<V2>, now: Instant, f: &Frame) -> Res
                 }
             }
             let _ = now;
-            start_auth(m, deadline, t, tried)
+            start_auth(m, deadline, t, tried, true)
         }
         Tag::AUTH_REPLY_MORE => {
             let more = AuthReplyMore::from_segment(&f.segments[0]).map_err(Fault::Decode);
