@@ -148,7 +148,8 @@ impl AuthError {
     /// The client-side error for a monitor's negative `result` while authenticating
     /// `entity` with methods `offered`.
     pub fn from_result(result: i32, message: &str, entity: &str, offered: &[u32]) -> AuthError {
-        match -result {
+        // Saturating: a peer's i32::MIN has no negation.
+        match result.saturating_neg() {
             EACCES | EPERM => AuthError::PermissionDenied {
                 entity: entity.to_owned(),
                 code: result,
@@ -270,6 +271,14 @@ impl std::error::Error for KeyringError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_monitors_most_negative_result_is_an_error_not_an_overflow() {
+        // A peer's i32::MIN: negated unchecked, it panicked in debug builds.
+        let e = AuthError::from_result(i32::MIN, "", "client.admin", &[2]);
+        assert!(matches!(e, AuthError::Refused { code: i32::MIN, .. }), "{e:?}");
+        assert_eq!(e.errno(), i32::MAX);
+    }
 
     #[test]
     fn monitor_results_map_to_clear_errors() {

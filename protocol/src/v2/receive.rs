@@ -390,7 +390,9 @@ fn on_auth_signature(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<bo
     let got = AuthSignature::from_segment(&f.segments[0]).map_err(Fault::Decode)?;
     let Some(Handshake::AwaitAuthSignature(check)) = m.state.step_mut() else { return Ok(false) };
     let want = AuthSignature::compute(check.session_key.as_deref(), &check.sent);
-    if got != want {
+    // In constant time, as every other proof of a key is checked: an early exit would
+    // tell a peer replaying a captured exchange how much of its guess was right.
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(&got.hmac[..], &want.hmac[..])) {
         return Err(Fault::Misbehaved("pre-auth signature mismatch"));
     }
     let held = check.held.take();
