@@ -45,8 +45,23 @@ pub(crate) struct AdminSocket {
 }
 
 impl AdminSocket {
-    pub(crate) fn start(path: &Path, env: Arc<Env>, center: &CenterHandle) -> io::Result<Self> {
-        // A stale file from a previous run would make bind fail (Ceph unlinks it too).
+    /// Serves at `path`. `replacing_ours`: the file there is this messenger's own admin
+    /// socket, which the new one replaces.
+    pub(crate) fn start(
+        path: &Path,
+        env: Arc<Env>,
+        center: &CenterHandle,
+        replacing_ours: bool,
+    ) -> io::Result<Self> {
+        // A socket that answers is another daemon's (or messenger's): unlinked, it would
+        // be unreachable, and its file removed when we stop. Ceph refuses it too, and
+        // unlinks only a stale file from a previous run, which would make bind fail.
+        if !replacing_ours && std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("admin socket: {} is served by another process", path.display()),
+            ));
+        }
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
         let id = center

@@ -346,10 +346,13 @@ impl Messenger {
     /// Serves Ceph's admin-socket protocol on a Unix socket at `path` from one of the
     /// workers (no thread of its own): `perf dump`, `messenger dump`, `version`, `help`
     /// and `get_command_descriptions`, so `ceph --admin-daemon PATH perf dump` works.
-    /// The socket file is removed when the messenger shuts down.
+    /// The socket file is removed when the messenger shuts down. A socket at `path` that
+    /// answers (another daemon's) is left alone: `AlreadyExists`; a stale file is
+    /// replaced.
     pub fn start_admin_socket(&self, path: &std::path::Path) -> io::Result<()> {
         let worker = self.pool.least_loaded().clone();
-        let admin = AdminSocket::start(path, self.env.clone(), &worker)?;
+        let ours = self.admin.lock().as_ref().is_some_and(|a| a.path() == path);
+        let admin = AdminSocket::start(path, self.env.clone(), &worker, ours)?;
         // As `ready` puts the listener back: a shutdown that began meanwhile found no
         // admin socket to stop.
         let mut slot = self.admin.lock();

@@ -194,6 +194,29 @@ fn no_admin_socket_after_shutdown() {
 
 // A second admin socket replaces the first: at the same path it answers there; at another
 // path the first one's file goes; one that fails to start leaves the running one alone.
+/// Another process's live admin socket at our path is left alone (Ceph pings it and
+/// refuses): before, we unlinked it, so it became unreachable, and removed the file when
+/// we stopped. A stale file, with nothing serving it, is replaced.
+#[test]
+fn a_live_admin_socket_of_another_process_is_not_taken_over() {
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let path = socket_path("taken");
+    let _ = std::fs::remove_file(&path);
+    let other = std::os::unix::net::UnixListener::bind(&path).expect("the other daemon's");
+    let err = srv.start_admin_socket(&path).expect_err("a live socket at the path");
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+    let _client = std::os::unix::net::UnixStream::connect(&path).expect("still reachable");
+    other.accept().expect("the other daemon's socket took the connection");
+    drop(other);
+    // Now a stale file: nothing answers there.
+    srv.start_admin_socket(&path).expect("a stale file is replaced");
+    let v: serde_json::Value =
+        serde_json::from_slice(&ask(&path, br#"{"prefix": "version"}"#)).expect("json");
+    assert!(v.get("version").is_some(), "{v}");
+    srv.shutdown();
+    assert!(!path.exists(), "our socket file is removed at shutdown");
+}
+
 #[test]
 fn a_second_admin_socket_replaces_the_first() {
     let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
