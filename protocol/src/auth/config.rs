@@ -296,8 +296,9 @@ impl AuthConfig {
         }
     }
 
-    /// Whether a daemon must run the authorizer challenge round with a peer of type
-    /// `peer` (CEPHX_V2; `cephx_*require_version >= 2`).
+    /// Whether a daemon must run the authorizer challenge round even with a peer of type
+    /// `peer` that cannot answer it (`cephx_*require_version >= 2`); one that can (a v1
+    /// peer with CEPHX_V2, every msgr2 peer) is always challenged.
     pub fn requires_challenge(&self, peer: EntityType) -> bool {
         let v = if peer == EntityType::CLIENT {
             self.cephx_service_require_version

@@ -77,7 +77,8 @@
 //!   [`cephx::MessageSigner`] (`cephx_sign_messages`, `MSG_AUTH` negotiated);
 //! - [`cephx::CephxAuthorizerServer`]: one per accepted connection, a
 //!   [`cephx::AuthorizerVerifier`] over the daemon's [`cephx::KeyStore`], the challenge
-//!   round when `cephx_*require_version >= 2`, ticket expiry checked at the wall-clock
+//!   round with every peer that can answer it (CEPHX_V2) and, when
+//!   `cephx_*require_version >= 2`, every peer, ticket expiry checked at the wall-clock
 //!   time of the machine's `now`; any failure answers BADAUTHORIZER;
 //! - both refuse a session without `MSG_AUTH` when `cephx_*require_signatures`;
 //! - which method a peer must use follows `auth_cluster_required` (daemon ↔ daemon),

@@ -259,7 +259,8 @@ impl AuthorizerVerifier {
     /// Steps (cephx.md 7.3): decode part A; find the secret that sealed the ticket; open
     /// the ticket; global ids must match; open part B with the ticket's session key;
     /// the ticket must not have expired at `now` (wall clock); then the challenge round
-    /// when `require_challenge` (`cephx_service_require_version >= 2`): the first
+    /// when `require_challenge` (the peer can answer it, or `cephx_*_require_version >=
+    /// 2` makes every peer answer it): the first
     /// authorizer gets [`AuthorizerVerdict::Challenge`], the repeated one must carry
     /// `challenge + 1`. `connection_secret` is put in the reply (msgr v2; `None` over v1).
     #[allow(clippy::too_many_arguments)]

@@ -495,7 +495,9 @@ impl CephxAuthorizerServer {
             keys.as_ref(),
             s.my_type,
             req.authorizer,
-            s.config.requires_challenge(req.peer_type),
+            // Ceph challenges every v1 peer that can answer (CEPHX_V2), whatever its
+            // require_version; that only decides whether one that cannot is refused.
+            s.config.requires_challenge(req.peer_type) || req.features.contains(Features::CEPHX_V2),
             s.clock.wall(req.now),
             None,
             &mut *self.rng,
@@ -701,8 +703,18 @@ mod tests {
         let step = osd.authorizer_server().unwrap().verify(&req);
         assert!(matches!(step, AuthorizerStep::Reject), "{step:?}");
         keys.set_rotating(server.rotating(EntityType::OSD).unwrap().clone());
-        let step = osd.authorizer_server().unwrap().verify(&req);
+        // A peer without CEPHX_V2 cannot answer a challenge: at require_version 1 it is
+        // let in without one.
+        let old = AuthorizerRequest {
+            features: Features::PACIFIC_ADVERTISED & !Features::CEPHX_V2,
+            ..req
+        };
+        let step = osd.authorizer_server().unwrap().verify(&old);
         assert!(matches!(step, AuthorizerStep::Accept { signer: Some(_), .. }), "{step:?}");
+        // One that can answer is challenged whatever require_version says (Ceph's
+        // need_challenge): accepted at once, a captured authorizer would replay.
+        let step = osd.authorizer_server().unwrap().verify(&req);
+        assert!(matches!(step, AuthorizerStep::Challenge(_)), "{step:?}");
     }
 
     #[test]

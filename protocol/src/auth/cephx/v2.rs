@@ -16,7 +16,8 @@
 //!   (cephx.md 6), as Ceph's MonClient does.
 //! - [`CephxAuthorizerV2Client`]: an authorizer to any other daemon.
 //! - [`CephxV2Server`]: the acceptor. Authorizers are verified against the daemon's
-//!   [`super::KeyStore`] (with the challenge round when `cephx_*require_version >= 2`);
+//!   [`super::KeyStore`], always with the challenge round (every msgr2 peer can answer
+//!   it, and Ceph always asks);
 //!   with a [`super::KeyServer`] it also plays a monitor for AUTH_MODE_MON requests.
 //!
 //! The connection secret is Ceph's length for the mode (`AuthConnectionMeta::
@@ -329,7 +330,9 @@ impl CephxV2Server {
             keys.as_ref(),
             shared.my_type,
             payload,
-            shared.config.requires_challenge(self.peer_type),
+            // Every msgr2 peer can answer the challenge, and Ceph always asks it, whatever
+            // cephx_*_require_version says: without it a captured authorizer replays.
+            true,
             shared.clock.wall(now),
             (!secret.is_empty()).then(|| secret.clone()),
             &mut *self.rng,

@@ -324,6 +324,17 @@ fn bad_or_expired_authorizer_is_refused() {
         sv.handle_request(start, ConMode::CRC, false, authorizer.bytes()),
         AuthStep::More(_)
     ));
+    // Also where cephx v2 is not required: every msgr2 peer can answer, and Ceph always
+    // asks (accepted at once, a captured authorizer would replay).
+    let mut lax = AuthConfig::ceph_defaults();
+    lax.cephx_cluster_require_version = 1;
+    lax.cephx_service_require_version = 1;
+    let osd1 =
+        CephxProvider::new(AuthEntityName::new(EntityType::OSD, "1"), lax, c.clock, rng_source(9))
+            .with_key_server(c.server.clone());
+    let mut sv = osd1.server(EntityType::OSD, AUTH_CEPHX).unwrap();
+    let step = sv.handle_request(start, ConMode::CRC, false, authorizer.bytes());
+    assert!(matches!(step, AuthStep::More(_)), "{step:?}");
 }
 
 // A flipped bit inside the first MESSAGE in secure mode fails its GCM tag: the acceptor
