@@ -214,6 +214,11 @@ impl Machine {
     // ----- commands -----
 
     #[inline]
+    pub(crate) fn set_clock(&mut self, now: Instant) {
+        self.0.set_clock(now);
+    }
+
+    #[inline]
     pub(crate) fn send_message(&mut self, msg: Message) {
         self.0.send_message(msg);
     }

@@ -261,6 +261,12 @@ impl Connection {
 
     // ----- commands -----
 
+    /// See [`crate::Machine::set_clock`].
+    #[inline]
+    pub fn set_clock(&mut self, now: Instant) {
+        each!(self, c => c.set_clock(now), _s => {})
+    }
+
     /// See [`crate::Machine::send_message`].
     #[inline]
     pub fn send_message(&mut self, msg: Message) {

@@ -218,6 +218,30 @@ fn connector_retry_global_raises_global_seq() {
 }
 
 // RETRY_SESSION: connect_seq = reply.connect_seq.
+// A session parked in standby and woken by a message an hour later starts its handshake
+// deadline from the wake (the driver's clock, set_clock), not from the fault that parked
+// it: before, the deadline had passed an hour ago, the dial was faulted as timed out at
+// once and the session waited its backoff.
+#[test]
+fn a_session_woken_from_standby_gets_a_whole_handshake() {
+    let config = me();
+    let handshake = config.handshake_timeout;
+    let (mut c, t0, _) = connector(config, Policy::lossless_peer());
+    c.handle_bytes(t0, reply(Tag::READY, 9, 1, 0));
+    assert!(c.is_open());
+    c.handle_transport_closed(t0);
+    assert_eq!(c.state(), SessionState::Standby);
+    let later = t0 + Duration::from_secs(3600);
+    c.set_clock(later);
+    c.send_message(Message::new(2, Bytes::new()));
+    assert_eq!(c.state(), SessionState::Connecting);
+    assert_eq!(c.poll_timeout(), Some(later + handshake), "the handshake starts at the wake");
+    let _ = events(&mut c);
+    c.handle_timeout(later + Duration::from_millis(1));
+    assert_eq!(c.state(), SessionState::Connecting);
+    assert_eq!(c.poll_timeout(), Some(later + handshake), "no fault, no backoff");
+}
+
 #[test]
 fn connector_retry_session_adopts_connect_seq() {
     let config = Arc::new(me());

@@ -21,6 +21,9 @@ impl Driver {
     pub(super) fn drain_mailbox(&mut self, cx: &mut Context<'_>) {
         let (_, commands) = self.take_mailbox(cx, true);
         let now = cx.now();
+        if !commands.is_empty() {
+            self.machine.set_clock(now);
+        }
         for cmd in commands {
             match cmd {
                 Command::Keepalive => self.machine.send_keepalive(wall_stamp()),
@@ -118,6 +121,8 @@ impl Driver {
             return (0, commands);
         }
         let mut now = cx.now();
+        // What the messages wake (a session in standby) starts from the loop's clock.
+        self.machine.set_clock(now);
         let mut clock_read = false;
         let moved = inbox.len();
         let me = (!inbox.is_empty()).then(|| self.env.identity.name());

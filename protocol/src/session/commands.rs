@@ -11,6 +11,16 @@ use super::state::State;
 use super::Session;
 
 impl<P: Protocol> Machine<P> {
+    /// The time the commands that follow act at ([`Machine::send_message`] and
+    /// [`Machine::send_keepalive`] take none): a session they wake from standby starts its
+    /// handshake deadline from it, and a keepalive is anchored at it. Without it they
+    /// used the time of the machine's last input, for a session in standby the fault
+    /// that parked it, so a wake after an idle spell found its handshake already timed
+    /// out.
+    pub fn set_clock(&mut self, now: Instant) {
+        self.now = now;
+    }
+
     /// Queues `msg` (priority order, HIGHEST first; FIFO within a priority). Its seq is
     /// assigned when it is framed. Wakes a connect-side standby session.
     pub fn send_message(&mut self, msg: Message) {
