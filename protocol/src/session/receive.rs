@@ -46,21 +46,26 @@ impl<P: Protocol> Machine<P> {
     }
 
     /// Asks for the next window of a message whose payload still needs `uncovered`
-    /// bytes beyond what was granted ([`Budget::window`]).
-    pub(crate) fn request_window(&mut self, uncovered: u64, first: bool) {
+    /// bytes beyond what was granted ([`Budget::window`]). `in_hand`: bytes of input
+    /// taken out of the receive buffer while they are decoded (in memory as much as
+    /// what is buffered).
+    pub(crate) fn request_window(&mut self, uncovered: u64, first: bool, in_hand: usize) {
         let Some(open) = self.state.open() else { return };
         let budget = if first { Budget::default() } else { open.budget };
-        let bytes = budget.window(uncovered, &self.config, self.rx.len());
+        let buffered = self.rx.len().saturating_add(in_hand);
+        let bytes = budget.window(uncovered, &self.config, buffered);
         self.request_budget(bytes, first);
     }
 
-    /// The first window of a message whose payload is `len` bytes: taken from the
+    /// The first window of a message whose payload is `len` bytes (`in_hand`: as for
+    /// [`Machine::request_window`]): taken from the
     /// credit granted ahead when the window covers the whole payload and the credit
     /// covers the window (then the message is read on at once: returns true), else asked
     /// for with [`super::Event::NeedBudget`] (returns false: reading stops).
-    pub(crate) fn request_first_window(&mut self, now: Instant, len: u64) -> bool {
+    pub(crate) fn request_first_window(&mut self, now: Instant, len: u64, in_hand: usize) -> bool {
+        let buffered = self.rx.len().saturating_add(in_hand);
         let Some(open) = self.state.open_mut() else { return false };
-        let window = Budget::default().window(len, &self.config, self.rx.len());
+        let window = Budget::default().window(len, &self.config, buffered);
         if window < len || !open.credit.take(len) {
             self.request_budget(window, true);
             if let Some(open) = self.state.open_mut() {

@@ -216,7 +216,9 @@ fn feed_chunk(m: &mut Machine<V1>, now: Instant, chunk: &mut Bytes) -> Fed {
             Ok(Progress::NeedMore) => {
                 let uncovered = m.state.open().and_then(|o| o.rx.decoder.budget_needed());
                 if let Some(uncovered) = uncovered {
-                    m.request_window(uncovered, false);
+                    // The rest of the chunk is in memory too: a message that arrived
+                    // whole is taken in one window, not in doubling ones and copies.
+                    m.request_window(uncovered, false, chunk.len());
                     return Fed::Done(false);
                 }
                 return Fed::Done(!chunk.is_empty() || m.rx.len() > 0);
@@ -233,7 +235,7 @@ fn feed_chunk(m: &mut Machine<V1>, now: Instant, chunk: &mut Bytes) -> Fed {
                     set_next(m, Next::Msg { discard: true });
                     return Fed::Done(true);
                 }
-                return if m.request_first_window(now, h.payload_len()) {
+                return if m.request_first_window(now, h.payload_len(), chunk.len()) {
                     Fed::HeaderGranted
                 } else {
                     Fed::Done(false)

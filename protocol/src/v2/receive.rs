@@ -270,7 +270,7 @@ fn absorb_buffered(m: &mut Machine<V2>) {
 fn ask_next_window(m: &mut Machine<V2>) {
     let Some((granted, arrived, total)) = payload_progress(m) else { return };
     if arrived >= granted && granted < total {
-        m.request_window(total - granted, false);
+        m.request_window(total - granted, false, 0);
     }
 }
 
@@ -309,7 +309,7 @@ fn handle_head(m: &mut Machine<V2>, now: Instant) -> bool {
         }
         return true;
     }
-    m.request_first_window(now, m.proto.decoder.payload_len())
+    m.request_first_window(now, m.proto.decoder.payload_len(), 0)
 }
 
 /// A whole frame: dispatched by the step (or the open session) it arrives in.
