@@ -136,7 +136,10 @@ pub fn fault_action(ctx: &FaultContext) -> FaultAction {
     if ctx.standby && !ctx.has_pending && !ctx.wait {
         return FaultAction::Standby;
     }
-    if ctx.was_open {
+    // Past connecting: open, or accepted (Ceph's states other than START_CONNECT,
+    // CONNECTING and WAIT), including an accepted session whose handshake had not
+    // finished (its last reply sent, or a session handed over by a replace).
+    if ctx.was_open || ctx.side == Side::Accept {
         // A server never dials its clients: it waits for them to come back.
         if ctx.server {
             return FaultAction::Standby;
@@ -204,9 +207,14 @@ mod tests {
             ..ctx()
         };
         assert_eq!(fault_action(&c), FaultAction::Close);
-        // A session already handed over (reply sent / transferred) is not half-accepted.
+        // A session already handed over (reply sent / transferred) is not half-accepted:
+        // past connecting, as an open one (Ceph's fault for states beyond CONNECTING).
         let c = FaultContext { side: Side::Accept, was_open: false, has_pending: false, ..ctx() };
-        assert_ne!(fault_action(&c), FaultAction::Close);
+        assert_eq!(fault_action(&c), FaultAction::Reconnect { after: Duration::ZERO });
+        let c = FaultContext { server: true, ..c };
+        assert_eq!(fault_action(&c), FaultAction::Standby, "a server never dials");
+        let c = FaultContext { once_ready: false, has_pending: true, ..c };
+        assert_eq!(fault_action(&c), FaultAction::Standby, "nor for a replace's messages");
         let c = FaultContext { lossy: true, side: Side::Accept, was_open: false, ..ctx() };
         assert_eq!(fault_action(&c), FaultAction::Close);
     }

@@ -60,6 +60,9 @@ impl<P: Protocol> Machine<P> {
             return;
         }
         let was_open = self.state.is_open();
+        // Open, or accepted: what Ceph's fault treats as past connecting (a reconnect
+        // then starts the session's next connect_seq, at once).
+        let past_connecting = was_open || self.side == Side::Accept;
         log::info!(target: P::LOG, "{self}: fault: {fault}");
         if !self.lossy {
             self.session.requeue_sent();
@@ -98,7 +101,7 @@ impl<P: Protocol> Machine<P> {
                 self.events.push_back(Event::Standby);
             }
             FaultAction::Reconnect { after } => {
-                if P::bumps_connect_seq(self, was_open) {
+                if P::bumps_connect_seq(self, past_connecting) {
                     self.session.connect_seq = self.session.connect_seq.next();
                 }
                 self.backoff = after;

@@ -116,8 +116,9 @@ pub trait Protocol: Sized + Send + 'static {
     fn queue_close(m: &mut Machine<Self>, was_open: bool);
     /// Forgets the protocol's per-TCP-connection state.
     fn reset_transport(m: &mut Machine<Self>);
-    /// Whether a reconnect after a fault starts the session's next connect_seq.
-    fn bumps_connect_seq(m: &Machine<Self>, was_open: bool) -> bool;
+    /// Whether a reconnect after a fault starts the session's next connect_seq
+    /// (`past_connecting`: the session was open or accepted on the failed connection).
+    fn bumps_connect_seq(m: &Machine<Self>, past_connecting: bool) -> bool;
     /// Whether waking from standby starts the session's next connect_seq.
     fn wake_bumps_connect_seq(m: &Machine<Self>) -> bool;
     /// Extra words for the `Display` prefix after the state (msgr2's mode).

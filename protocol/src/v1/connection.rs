@@ -165,10 +165,10 @@ impl Protocol for V1 {
 
     fn reset_transport(_m: &mut Machine<V1>) {}
 
-    fn bumps_connect_seq(_m: &Machine<V1>, was_open: bool) -> bool {
-        // Ceph bumps connect_seq when reconnecting an open session, so the acceptor
-        // sees a normal reconnect (connect_seq > existing).
-        was_open
+    fn bumps_connect_seq(_m: &Machine<V1>, past_connecting: bool) -> bool {
+        // Ceph bumps connect_seq when reconnecting a session past connecting (open or
+        // accepted), so the acceptor sees a normal reconnect (connect_seq > existing).
+        past_connecting
     }
 
     fn wake_bumps_connect_seq(_m: &Machine<V1>) -> bool {

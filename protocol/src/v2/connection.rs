@@ -166,7 +166,7 @@ impl Protocol for V2 {
         m.proto.rounds = 0;
     }
 
-    fn bumps_connect_seq(m: &Machine<V2>, _was_open: bool) -> bool {
+    fn bumps_connect_seq(m: &Machine<V2>, _past_connecting: bool) -> bool {
         // Ceph's ProtocolV2::_fault: connect_seq counts attempts within a session.
         m.session.cookies.server != 0
     }
