@@ -90,7 +90,8 @@ pub struct Config {
     pub first_window: u32,
     /// The progress a message must make per [`Config::payload_timeout`].
     pub progress_window: u32,
-    /// Send a keepalive when nothing was sent for this long (None: only on request).
+    /// Send a keepalive every this long while open, whatever else was sent (None: only
+    /// on request).
     pub keepalive_interval: Option<Duration>,
     /// First reconnect backoff (`ms_initial_backoff`, 0.2 s).
     pub initial_backoff: Duration,
