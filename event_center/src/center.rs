@@ -279,7 +279,15 @@ impl EventCenter {
 
         // Cleared before draining: a post that lands after it wakes the next poll.
         self.inbox.begin_drain();
-        for _ in 0..EXTERNAL_BATCH {
+        // What was queued when the drain began, no more: a handler that notifies itself
+        // to come back "after other work" (a driver whose read budget ran out on a
+        // readable socket, the listener after a batch of accepts) is run again in the
+        // next iteration, after its worker's file events and timers, as Ceph swaps its
+        // external events once per iteration. Popped in this drain, it ran up to
+        // EXTERNAL_BATCH times in a row while every other connection of the worker
+        // waited.
+        let queued = self.inbox.len().min(EXTERNAL_BATCH);
+        for _ in 0..queued {
             match self.inbox.pop() {
                 Some(External::Run(f)) => run_closure(&mut self.core, "external event", f),
                 Some(External::Notify(id)) => {

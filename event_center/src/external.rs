@@ -254,6 +254,12 @@ impl<J> Inbox<J> {
         self.rx.is_empty()
     }
 
+    /// How many events are queued now.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.rx.len()
+    }
+
     /// Called before a drain: a post that lands after this writes the waker again, so the
     /// next `poll` does not sleep on an event this drain leaves behind.
     #[inline]

@@ -204,3 +204,34 @@ fn with_handler_as_downcasts_to_the_concrete_type() {
         assert!(cx.is_live(other), "a type mismatch leaves the handler in place");
     });
 }
+
+/// Notifies itself every time it runs: it asks to come back after other work.
+struct Rescheduler {
+    runs: usize,
+    tx: Sender<usize>,
+}
+
+impl Handler for Rescheduler {
+    fn ready(&mut self, _cx: &mut Context<'_>, _ready: Ready) {}
+    fn notify(&mut self, cx: &mut Context<'_>) {
+        self.runs += 1;
+        let _ = self.tx.send(self.runs);
+        let me = cx.id().expect("running a handler");
+        cx.notify(me);
+    }
+}
+
+/// A handler that notifies itself runs once per iteration: its next run waits for the
+/// worker's file events and timers (before, the drain popped its notify again at once,
+/// up to EXTERNAL_BATCH times in a row, while every other handler waited).
+#[test]
+fn a_handler_notifying_itself_runs_once_per_iteration() {
+    let mut center = EventCenter::new(0).expect("center");
+    let (tx, rx) = unbounded();
+    let id = center.with_context(|cx| cx.insert_handler(Box::new(Rescheduler { runs: 0, tx })));
+    center.handle().notify(id).expect("notify");
+    for iteration in 1..=3 {
+        center.run_once(Some(Duration::ZERO)).expect("poll");
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [iteration], "iteration {iteration}");
+    }
+}
