@@ -55,9 +55,9 @@ impl Drop for Running {
 /// next poll (epoll keeps them ready), so nothing is lost, only deferred one iteration.
 pub const EVENTS_CAPACITY: usize = 256;
 
-/// How many external events one iteration runs at most. A flood from other threads is then
-/// interleaved with file and timer events instead of starving them; when more are queued the
-/// next poll does not sleep.
+/// How many external events one iteration runs at most (of those queued when its drain
+/// began). A flood from other threads is then interleaved with file and timer events
+/// instead of starving them; when more are queued the next poll does not sleep.
 pub const EXTERNAL_BATCH: usize = 1024;
 
 /// How many due timers one iteration fires at most (a timer re-arming itself with a zero
