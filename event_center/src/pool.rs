@@ -230,6 +230,9 @@ fn spawn_worker(
     let pin = config.pin_cpus.then_some(index % cpus);
     let thread = thread::Builder::new().name(format!("{}-{index}", config.name_prefix)).spawn(
         move || {
+            if let Err(e) = block_sigpipe() {
+                warn!(target: LOG, "worker {index}: blocking SIGPIPE: {e}");
+            }
             if let Some(cpu) = pin {
                 match pin_current_thread(cpu) {
                     Ok(()) => info!(target: LOG, "worker {index} pinned to cpu {cpu}"),
@@ -247,6 +250,29 @@ fn spawn_worker(
 impl Drop for WorkerPool {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Blocks SIGPIPE on the calling thread (every worker does it first).
+///
+/// Why: the workers write to sockets with `writev`, which has no `MSG_NOSIGNAL`; after a
+/// peer's reset it raises SIGPIPE at the writing thread, and that kills a process that
+/// has not ignored the signal (a non-Rust host, a binary restoring the default
+/// disposition). Blocked on the thread it was raised at, the signal stays pending there
+/// unseen and the write fails with EPIPE: a fault of that connection only.
+fn block_sigpipe() -> io::Result<()> {
+    // SAFETY: sigset_t is plain data the sigemptyset/sigaddset calls initialise before
+    // pthread_sigmask reads it; the old mask is not asked for (null).
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
     }
 }
 

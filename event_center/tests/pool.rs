@@ -283,3 +283,39 @@ fn an_idle_center_uses_near_zero_cpu() {
     let used = after - before;
     assert!(used < Duration::from_millis(20), "idle worker used {used:?} of CPU in 300 ms");
 }
+
+/// A worker's write to a connection its peer reset fails with EPIPE and nothing else:
+/// with SIGPIPE at its default disposition (a host that does not ignore it), a `writev`
+/// on a worker after the reset ended this test process.
+#[test]
+fn a_workers_write_to_a_reset_connection_raises_no_sigpipe() {
+    use std::io::{IoSlice, Write};
+    let pool = pool(1);
+    // SAFETY: `signal` with a valid signal number and a disposition constant; the old
+    // disposition is put back below.
+    let old = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let errors = pool.handle(0).submit_to(|_| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut ours =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (peer, _) = listener.accept().expect("accept");
+        socket2::SockRef::from(&peer).set_linger(Some(Duration::ZERO)).expect("linger");
+        drop(peer);
+        // The first write after the reset reports it (ECONNRESET); the next one writes to
+        // a closed connection: EPIPE, and SIGPIPE unless the thread blocks it.
+        let mut errors = Vec::new();
+        for _ in 0..100 {
+            if let Err(e) = ours.write_vectored(&[IoSlice::new(&[1; 64])]) {
+                errors.push(e.kind());
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    break;
+                }
+            }
+        }
+        errors
+    });
+    // SAFETY: as above, restoring what was there.
+    unsafe { libc::signal(libc::SIGPIPE, old) };
+    let errors = errors.expect("the worker ran it");
+    assert_eq!(errors.last(), Some(&std::io::ErrorKind::BrokenPipe), "{errors:?}");
+}
