@@ -263,10 +263,13 @@ impl Driver {
     }
 
     pub(super) fn close_socket(&mut self, cx: &mut Context<'_>) {
-        if self.io.socket.take().is_some() {
+        if let Some(socket) = self.io.socket.take() {
+            // Out of the poll set before the fd is closed: closed first, the deregistration
+            // named a closed (or already reused) fd.
             if let Some(id) = self.id {
                 let _ = cx.deregister(id);
             }
+            drop(socket);
         }
         self.io.interest = None;
         self.io.wsegs.clear();
