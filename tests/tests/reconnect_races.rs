@@ -489,3 +489,71 @@ fn a_message_granted_budget_as_its_session_is_taken_over_is_delivered() {
 fn a_message_granted_budget_as_its_session_is_taken_over_is_delivered_over_msgr2() {
     take_over_meeting_a_budget_grant(ProtocolVersion::V2);
 }
+
+/// The standby sessions a messenger counts (what `max_standby_sessions` bounds).
+fn standby_sessions(m: &messenger::Messenger) -> u64 {
+    m.counters_json()["msgr_send_queues"]["standby_sessions"].as_u64().unwrap_or(u64::MAX)
+}
+
+/// A session accepted from a peer, then redialled by us after its socket was cut, opens
+/// as ours: `ms_handle_connect` (Ceph's client_ready), not `ms_handle_accept`; and parked
+/// in standby again it is not counted as a server's session waiting for its peer (it
+/// waits for our next message), so the standby bound cannot evict it. Before, the driver
+/// kept the accept side it had once: Accept was reported and the session counted.
+fn a_session_we_redial_opens_as_ours(proto: ProtocolVersion) {
+    let (a, _, a_rx) = server(EntityType::OSD, 1, Policy::lossless_peer(), false);
+    let (b, _, b_rx) = server(EntityType::OSD, 2, Policy::lossless_peer(), false);
+    let a_to_b = a.connect_to(EntityType::OSD, addr_for(proto, b.my_addr()));
+    a_to_b.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    let (b_to_a, msg) = next_message(&b_rx);
+    assert_eq!(msg.tid(), 1);
+    let _ = b_rx.try_iter().count();
+
+    // B's socket cut with nothing to send: B's accepted session parks in standby, and
+    // counts as one (its peer dialled it).
+    b_to_a.inject_socket_failure();
+    wait_until(
+        || b_to_a.state() == messenger::ConnState::Standby,
+        || format!("B's session never parked: {:?}", b_to_a.state()),
+    );
+    assert_eq!(standby_sessions(&b), 1, "an accepted session waiting for its peer");
+
+    // B sends: it dials A, and the session opens as B's.
+    b_to_a.send_message(test_message(MSG_TEST, 2, Bytes::new())).expect("send");
+    let (_, msg) = next_message(&a_rx);
+    assert_eq!(msg.tid(), 2);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match b_rx.recv_deadline(deadline) {
+            Ok(Seen::Connect(c)) => {
+                assert_eq!(c, b_to_a);
+                break;
+            }
+            Ok(Seen::Accept(_)) => panic!("B dialled, yet heard ms_handle_accept"),
+            Ok(Seen::Reset(_) | Seen::RemoteReset(_)) => panic!("the session was reset"),
+            Ok(_) => {}
+            Err(e) => panic!("no ms_handle_connect on B: {e}"),
+        }
+    }
+    assert_eq!(standby_sessions(&b), 0);
+
+    // Cut again: B's session, now dialled by B, parks uncounted.
+    b_to_a.inject_socket_failure();
+    wait_until(
+        || b_to_a.state() == messenger::ConnState::Standby,
+        || format!("B's session never parked again: {:?}", b_to_a.state()),
+    );
+    assert_eq!(standby_sessions(&b), 0, "a session we dial waits for our next message");
+    a.shutdown();
+    b.shutdown();
+}
+
+#[test]
+fn a_session_we_redial_opens_as_ours_over_msgr1() {
+    a_session_we_redial_opens_as_ours(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_session_we_redial_opens_as_ours_over_msgr2() {
+    a_session_we_redial_opens_as_ours(ProtocolVersion::V2);
+}

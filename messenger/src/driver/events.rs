@@ -259,6 +259,10 @@ impl Driver {
                 self.conn.0.published.lock().last_keepalive_ack = Some(stamp);
             }
             Event::Reconnect { .. } => {
+                // We dial from here on, whoever accepted the session before: it opens as
+                // ours (ms_handle_connect, as Ceph's client_ready) and a standby of it
+                // waits for our next message, not for its peer.
+                self.server_side = false;
                 self.conn.set_state(ConnState::Connecting);
                 match self.io.dial.or_else(|| self.conn.peer_addr().and_then(|a| a.addr)) {
                     Some(addr) => {
