@@ -169,14 +169,15 @@ pub struct MessengerConfig {
     /// What sessions waiting in standby may hold together: a server's lossless sessions
     /// (`Policy::stateful_server`, `lossless_peer`) whose peer went away keep what was
     /// queued for it until it reconnects, as Ceph's do. Beyond this, the ones holding the
-    /// most are marked down (the peer, if it comes back, finds its session reset), so
+    /// most are reset (`ms_handle_reset`; the peer, if it comes back, finds its session
+    /// reset), so
     /// that peers which flood without reading and leave cannot fill the total bound and
     /// have every other connection's sends refused. At most a quarter of
     /// `max_total_queued_bytes` is used, whatever this says. (Ours: Ceph's queues are
     /// unbounded.)
     pub max_standby_queued_bytes: u64,
-    /// How many such sessions may wait in standby: beyond it, the oldest are marked down
-    /// (the same as above). A standby session keeps no socket, so nothing else bounds how
+    /// How many such sessions may wait in standby: beyond it, those holding nothing are
+    /// reset first, then the oldest (the same as above). A standby session keeps no socket, so nothing else bounds how
     /// many a peer leaves behind by handshaking under new names and going away; each
     /// costs its driver's memory (about what an idle connection does). (Ours.)
     pub max_standby_sessions: usize,

@@ -460,9 +460,12 @@ impl Connection {
         }
     }
 
-    /// An accepted session waiting in standby for its peer (see `server_standby`).
+    /// An accepted session waiting in standby for its peer (see `server_standby`), and
+    /// not being resumed: one a peer's reconnect is being handed to is no longer waiting.
     pub(crate) fn is_server_standby(&self) -> bool {
-        self.0.server_standby.load(Ordering::Relaxed) && self.state() == ConnState::Standby
+        self.0.server_standby.load(Ordering::Relaxed)
+            && self.state() == ConnState::Standby
+            && !self.0.published.lock().replacing
     }
 
     /// Closes a handle whose driver never ran (or has ended): sends fail from now on

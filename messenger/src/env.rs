@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
-use dispatch::{DispatchQueue, Dispatchers, Throttle};
+use dispatch::{DispatchQueue, Dispatchers, QueueEvent, Throttle};
 use parking_lot::RwLock;
 use protocol::types::{EntityAddr, EntityAddrVec, EntityName};
 use protocol::{GlobalSeqCounter, Message};
@@ -167,8 +167,10 @@ impl Env {
             held = held.saturating_sub(bytes);
             count = count.saturating_sub(1);
         }
+        // Those holding nothing first (what handshake-and-leave peers leave), then the
+        // oldest: a session with replies queued for a peer that may come back goes last.
         let mut rest: Vec<_> = by_bytes.collect();
-        rest.sort_unstable_by_key(|(_, c)| c.id());
+        rest.sort_unstable_by_key(|(bytes, c)| (*bytes > 0, c.id()));
         for (bytes, conn) in rest {
             if count <= max_sessions {
                 break;
@@ -179,19 +181,30 @@ impl Env {
         }
     }
 
-    /// Marks down `conn`, a session in standby, for [`Self::bound_standby`].
+    /// Ends `conn`, a session in standby, for [`Self::bound_standby`]: reset, as a fault
+    /// ends a session (its dispatchers hear `ms_handle_reset` and can drop what they
+    /// keep for it), not marked down, which would end it without a word.
     fn evict_standby(&self, conn: &Connection, bytes: u64, held: u64, count: u64) {
         let budget = &self.send_budget;
         log::info!(
             target: "msgr::conn",
-            "conn {} to {:?}: session in standby marked down: it holds {bytes} bytes; sessions \
+            "conn {} to {:?}: session in standby reset: it holds {bytes} bytes; sessions \
              in standby hold {held} (at most {}) and are {count} (at most {})",
             conn.id(),
             conn.peer_addr(),
             budget.max_standby(),
             budget.max_standby_sessions(),
         );
-        conn.mark_down();
+        // As a newcomer resets a session from the accept path: messages stop first, the
+        // session leaves the table (a later connect gets a new one), and the reset is
+        // reported once, here or by the session's own driver.
+        let first = conn.stop_messages();
+        self.sessions.forget(conn);
+        self.queue.discard(conn.id());
+        conn.close_and_stop_driver();
+        if first {
+            self.queue.enqueue_event(QueueEvent::Reset(conn.clone()));
+        }
         budget.count_standby_eviction();
     }
 

@@ -228,8 +228,10 @@
 //! total never passes its bound either. A server's lossless session whose peer went
 //! away waits in standby with what was queued for it, as Ceph's does; such sessions
 //! hold at most [`MessengerConfig::max_standby_queued_bytes`] together (a quarter of
-//! the total at most), the ones holding the most marked down first, and at most
-//! [`MessengerConfig::max_standby_sessions`] of them wait, the oldest marked down first.
+//! the total at most), the ones holding the most reset first, and at most
+//! [`MessengerConfig::max_standby_sessions`] of them wait, those holding nothing reset
+//! first, then the oldest (a reset ends the session as a fault does: `ms_handle_reset`).
+//! One being resumed by its peer's reconnect is no longer waiting, and never reset so.
 //! Without that, peers that flood a stateful server without reading and leave, under a
 //! new name each time, would fill the total with sessions nobody resumes, and every
 //! other connection's sends would be refused; and peers that only handshake and leave

@@ -209,7 +209,8 @@ fn floods_that_leave_cannot_fill_a_stateful_servers_total_bound_over_msgr2() {
 fn peers_that_handshake_and_leave_are_bounded_in_number_over(proto: ProtocolVersion) {
     const MAX: u64 = 4;
     let config = MessengerConfig { max_standby_sessions: MAX as usize, ..test_config(2) };
-    let (srv, _, _) = server_on(EntityType::OSD, 1, Policy::stateful_server(), false, ANY, config);
+    let (srv, _, srv_rx) =
+        server_on(EntityType::OSD, 1, Policy::stateful_server(), false, ANY, config);
     let standby = || send_queues(&srv, "standby_sessions");
     let evicted = || send_queues(&srv, "standby_evicted");
     for round in 0..12u64 {
@@ -232,6 +233,47 @@ fn peers_that_handshake_and_leave_are_bounded_in_number_over(proto: ProtocolVers
         || srv.connection_count() as u64 == MAX,
         || format!("{} connections kept", srv.connection_count()),
     );
+    // Each eviction ends its session as a fault does: its dispatchers hear of it once
+    // (before, it was marked down, without a callback).
+    let resets = count_events(&srv_rx, (12 - MAX) as usize, |s| matches!(s, Seen::Reset(_)));
+    assert_eq!(resets as u64, 12 - MAX, "one ms_handle_reset per evicted session");
+    srv.shutdown();
+}
+
+/// Over the number bound, sessions holding nothing go before one holding replies for a
+/// peer that may come back, the oldest of them first: what handshake-and-leave peers
+/// leave is what the bound is for. Before, the oldest went first whatever it held.
+#[test]
+fn over_the_number_bound_empty_standby_sessions_go_first() {
+    let config = MessengerConfig { max_standby_sessions: 2, ..test_config(2) };
+    let (srv, _, srv_rx) =
+        server_on(EntityType::OSD, 1, Policy::stateful_server(), false, ANY, config);
+    let standby = || send_queues(&srv, "standby_sessions");
+    let accepted = |rx: &crossbeam_channel::Receiver<Seen>| loop {
+        match rx.recv_timeout(WAIT) {
+            Ok(Seen::Accept(c)) => break c,
+            Ok(_) => {}
+            Err(e) => panic!("no ms_handle_accept: {e}"),
+        }
+    };
+    // The oldest session waits in standby with a reply queued for its peer.
+    drop(RawPeer::handshake(srv.my_addr(), Policy::lossy_client()));
+    let kept = accepted(&srv_rx);
+    wait_until(|| standby() == 1, || format!("{} in standby", standby()));
+    kept.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("queued for the peer");
+    // Two newer ones hold nothing: one of them goes, the older.
+    drop(RawPeer::handshake(srv.my_addr(), Policy::lossy_client()));
+    let empty_old = accepted(&srv_rx);
+    wait_until(|| standby() == 2, || format!("{} in standby", standby()));
+    drop(RawPeer::handshake(srv.my_addr(), Policy::lossy_client()));
+    let empty_new = accepted(&srv_rx);
+    wait_until(
+        || send_queues(&srv, "standby_evicted") == 1,
+        || format!("{} in standby, none evicted", standby()),
+    );
+    assert_eq!(empty_old.state(), messenger::ConnState::Closed, "the older empty one went");
+    assert_ne!(kept.state(), messenger::ConnState::Closed, "the one holding a reply stays");
+    assert_ne!(empty_new.state(), messenger::ConnState::Closed);
     srv.shutdown();
 }
 

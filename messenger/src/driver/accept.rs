@@ -15,6 +15,7 @@ use super::Driver;
 use crate::machine::{self, AcceptAction, AcceptRequest, Machine, Replacement};
 use crate::mailbox::{Command, Incoming};
 use crate::session_table::Claim;
+use crate::state::ConnState;
 
 impl Driver {
     /// The accept decision: the machine parsed and pre-checked the peer's connect; the
@@ -122,6 +123,9 @@ impl Driver {
         self.machine = replacement.adopt(&mut self.machine, now);
         self.policy = Some(policy);
         self.server_side = true;
+        // Resuming, no longer waiting in standby: not to be evicted as one while the
+        // handshake on the new socket finishes (its peer would find the session gone).
+        self.conn.set_state(ConnState::Connecting);
         self.recv = Default::default();
         // The session's new numbers and the end of the replace become visible together:
         // a connect racing this one must see either `replacing` or the new connect_seq,
