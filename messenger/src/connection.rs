@@ -463,9 +463,11 @@ impl Connection {
     /// An accepted session waiting in standby for its peer (see `server_standby`), and
     /// not being resumed: one a peer's reconnect is being handed to is no longer waiting.
     pub(crate) fn is_server_standby(&self) -> bool {
+        // The mark first: a resumed session leaves Standby before its driver clears it, so
+        // one read after the other cannot miss both.
         self.0.server_standby.load(Ordering::Relaxed)
-            && self.state() == ConnState::Standby
             && !self.0.published.lock().replacing
+            && self.state() == ConnState::Standby
     }
 
     /// Closes a handle whose driver never ran (or has ended): sends fail from now on

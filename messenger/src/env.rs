@@ -163,9 +163,10 @@ impl Env {
         standby.sort_unstable_by_key(|(bytes, c)| (std::cmp::Reverse(*bytes), c.id()));
         let mut by_bytes = standby.into_iter().peekable();
         while let Some((bytes, conn)) = by_bytes.next_if(|&(b, _)| b > 0 && held > cap) {
-            self.evict_standby(&conn, bytes, held, count);
-            held = held.saturating_sub(bytes);
-            count = count.saturating_sub(1);
+            if self.evict_standby(&conn, bytes, held, count) {
+                held = held.saturating_sub(bytes);
+                count = count.saturating_sub(1);
+            }
         }
         // Those holding nothing first (what handshake-and-leave peers leave), then the
         // oldest: a session with replies queued for a peer that may come back goes last.
@@ -175,16 +176,23 @@ impl Env {
             if count <= max_sessions {
                 break;
             }
-            self.evict_standby(&conn, bytes, held, count);
-            held = held.saturating_sub(bytes);
-            count = count.saturating_sub(1);
+            if self.evict_standby(&conn, bytes, held, count) {
+                held = held.saturating_sub(bytes);
+                count = count.saturating_sub(1);
+            }
         }
     }
 
     /// Ends `conn`, a session in standby, for [`Self::bound_standby`]: reset, as a fault
     /// ends a session (its dispatchers hear `ms_handle_reset` and can drop what they
-    /// keep for it), not marked down, which would end it without a word.
-    fn evict_standby(&self, conn: &Connection, bytes: u64, held: u64, count: u64) {
+    /// keep for it), not marked down, which would end it without a word. Returns false,
+    /// doing nothing, if it is no longer waiting (its peer's reconnect is resuming it).
+    fn evict_standby(&self, conn: &Connection, bytes: u64, held: u64, count: u64) -> bool {
+        // Checked again as it leaves the table, under the table's lock: seen in standby
+        // when the list was made, it may be being resumed by now.
+        if !self.sessions.forget_if(conn, Connection::is_server_standby) {
+            return false;
+        }
         let budget = &self.send_budget;
         log::info!(
             target: "msgr::conn",
@@ -195,17 +203,17 @@ impl Env {
             budget.max_standby(),
             budget.max_standby_sessions(),
         );
-        // As a newcomer resets a session from the accept path: messages stop first, the
-        // session leaves the table (a later connect gets a new one), and the reset is
-        // reported once, here or by the session's own driver.
+        // As a newcomer resets a session from the accept path: the session left the
+        // table above (a later connect gets a new one), its messages stop, and the reset
+        // is reported once, here or by the session's own driver.
         let first = conn.stop_messages();
-        self.sessions.forget(conn);
         self.queue.discard(conn.id());
         conn.close_and_stop_driver();
         if first {
             self.queue.enqueue_event(QueueEvent::Reset(conn.clone()));
         }
         budget.count_standby_eviction();
+        true
     }
 
     /// The protocol configuration (built from who we are on first use).

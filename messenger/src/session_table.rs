@@ -188,6 +188,23 @@ impl SessionTable {
         (verdict, existing)
     }
 
+    /// Forgets `conn` if `still(conn)` holds, both under the table's lock: an accept
+    /// decision, which marks the session it hands a reconnect to as being replaced under
+    /// the same lock, is then either before (and `still` sees the mark) or after (and
+    /// finds no session). Returns whether it forgot it.
+    pub(crate) fn forget_if(
+        &self,
+        conn: &Connection,
+        still: impl FnOnce(&Connection) -> bool,
+    ) -> bool {
+        let mut t = self.tables.lock();
+        if !still(conn) {
+            return false;
+        }
+        t.forget_session(conn);
+        true
+    }
+
     /// Ends a replace that will not happen (the replaced session closed before the
     /// socket reached it): the peer's next connect is decided afresh.
     pub(crate) fn abort_replace(&self, existing: &Connection) {

@@ -125,7 +125,11 @@ impl Driver {
         self.server_side = true;
         // Resuming, no longer waiting in standby: not to be evicted as one while the
         // handshake on the new socket finishes (its peer would find the session gone).
-        self.conn.set_state(ConnState::Connecting);
+        // Before the snapshot below ends the replace: the standby bound reads the mark,
+        // then the state. (An open session stays Open, as before.)
+        if self.conn.state() == ConnState::Standby {
+            self.conn.set_state(ConnState::Connecting);
+        }
         self.recv = Default::default();
         // The session's new numbers and the end of the replace become visible together:
         // a connect racing this one must see either `replacing` or the new connect_seq,
