@@ -277,6 +277,47 @@ fn over_the_number_bound_empty_standby_sessions_go_first() {
     srv.shutdown();
 }
 
+/// Replies sent to a session already waiting in standby (what `ms_dispatch` answers
+/// after its peer left) count against the standby bound as they arrive: past it, the
+/// session is reset. Before, the bound was checked only as a session went to standby, so
+/// one could grow to its own bound and fill the messenger's total.
+#[test]
+fn replies_to_a_session_in_standby_are_bounded_as_they_arrive() {
+    let config = MessengerConfig {
+        max_queued_bytes: 8 << 20,
+        max_total_queued_bytes: 8 << 20,
+        max_standby_queued_bytes: 2 << 20,
+        ..test_config(2)
+    };
+    let (srv, _, srv_rx) =
+        server_on(EntityType::OSD, 1, Policy::stateful_server(), false, ANY, config);
+    drop(RawPeer::handshake(srv.my_addr(), Policy::lossy_client()));
+    let conn = loop {
+        match srv_rx.recv_timeout(WAIT) {
+            Ok(Seen::Accept(c)) => break c,
+            Ok(_) => {}
+            Err(e) => panic!("no ms_handle_accept: {e}"),
+        }
+    };
+    wait_until(
+        || conn.state() == messenger::ConnState::Standby,
+        || format!("the session never parked: {:?}", conn.state()),
+    );
+    for tid in 0..3 {
+        let reply = test_message(MSG_TEST, tid, Bytes::from(vec![0x5a; 1 << 20]));
+        if conn.send_message(reply).is_err() {
+            break;
+        }
+    }
+    wait_until(
+        || send_queues(&srv, "standby_evicted") == 1,
+        || format!("not reset: {}", srv.counters_json()["msgr_send_queues"]),
+    );
+    assert!(wait_for_event(&srv_rx, |s| matches!(s, Seen::Reset(c) if *c == conn)));
+    wait_until(|| send_queues(&srv, "val") == 0, || "its bytes were not let go".into());
+    srv.shutdown();
+}
+
 #[test]
 fn peers_that_handshake_and_leave_are_bounded_in_number() {
     peers_that_handshake_and_leave_are_bounded_in_number_over(ProtocolVersion::V1);

@@ -110,6 +110,13 @@ impl Driver {
             }
         };
         drop(shed);
+        // What a server's session in standby holds is bounded with the others' at the
+        // end of this pump: checked only as it went to standby, replies sent to it
+        // afterwards (ms_dispatch answering what its peer asked before leaving) grew it
+        // past the bound, and every other connection met QueueFull.
+        if !inbox.is_empty() && self.conn.0.server_standby.load(Relaxed) {
+            self.standby_check = true;
+        }
         if closed {
             // A mark_down (or a reset) closed it after they were sent: they go with it.
             own_sends::discard(&self.conn, true);
