@@ -108,7 +108,7 @@ pub(crate) struct ConnShared {
     pub(crate) marked_down: AtomicBool,
     /// The session ended and its reset is reported (or was): no message of it is
     /// dispatched from then on, and nobody reports the reset again.
-    stopped: AtomicBool,
+    pub(crate) stopped: AtomicBool,
     /// What the driver holds of this connection's messages (in the protocol's queues
     /// and its write list), as it last published it; with `mailbox_cost`,
     /// what the per-connection send bound counts.

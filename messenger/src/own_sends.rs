@@ -205,7 +205,10 @@ impl Own {
     #[inline]
     fn send(&mut self, conn: &Connection, msg: Message) -> Result<Result<(), SendError>, Message> {
         let shared = &conn.0;
-        if self.closed || shared.marked_down.load(Relaxed) {
+        // Ended by another thread (a newcomer's reset, the standby bound) counts as
+        // closed too: the mailbox refuses then, and a reply taken here would only be
+        // dropped with the session.
+        if self.closed || shared.marked_down.load(Relaxed) || shared.stopped.load(Relaxed) {
             return Ok(Err(SendError::Closed));
         }
         let queued = shared.mailbox_cost.load(Relaxed);
