@@ -162,11 +162,13 @@ impl Env {
         // Largest first while over the byte cap; then oldest first (connection ids grow).
         standby.sort_unstable_by_key(|(bytes, c)| (std::cmp::Reverse(*bytes), c.id()));
         let mut by_bytes = standby.into_iter().peekable();
+        // A session not reset after all (another worker reset it, or its peer is
+        // resuming it) is no longer waiting either: what it holds stops counting too, or
+        // another would be reset in its place.
         while let Some((bytes, conn)) = by_bytes.next_if(|&(b, _)| b > 0 && held > cap) {
-            if self.evict_standby(&conn, bytes, held, count) {
-                held = held.saturating_sub(bytes);
-                count = count.saturating_sub(1);
-            }
+            self.evict_standby(&conn, bytes, held, count);
+            held = held.saturating_sub(bytes);
+            count = count.saturating_sub(1);
         }
         // Those holding nothing first (what handshake-and-leave peers leave), then the
         // oldest: a session with replies queued for a peer that may come back goes last.
@@ -176,22 +178,21 @@ impl Env {
             if count <= max_sessions {
                 break;
             }
-            if self.evict_standby(&conn, bytes, held, count) {
-                held = held.saturating_sub(bytes);
-                count = count.saturating_sub(1);
-            }
+            self.evict_standby(&conn, bytes, held, count);
+            held = held.saturating_sub(bytes);
+            count = count.saturating_sub(1);
         }
     }
 
     /// Ends `conn`, a session in standby, for [`Self::bound_standby`]: reset, as a fault
     /// ends a session (its dispatchers hear `ms_handle_reset` and can drop what they
-    /// keep for it), not marked down, which would end it without a word. Returns false,
-    /// doing nothing, if it is no longer waiting (its peer's reconnect is resuming it).
-    fn evict_standby(&self, conn: &Connection, bytes: u64, held: u64, count: u64) -> bool {
+    /// keep for it), not marked down, which would end it without a word. Does nothing if
+    /// it is no longer waiting (reset by another worker, or resumed by its peer).
+    fn evict_standby(&self, conn: &Connection, bytes: u64, held: u64, count: u64) {
         // Checked again as it leaves the table, under the table's lock: seen in standby
         // when the list was made, it may be being resumed by now.
         if !self.sessions.forget_if(conn, Connection::is_server_standby) {
-            return false;
+            return;
         }
         let budget = &self.send_budget;
         log::info!(
@@ -213,7 +214,6 @@ impl Env {
             self.queue.enqueue_event(QueueEvent::Reset(conn.clone()));
         }
         budget.count_standby_eviction();
-        true
     }
 
     /// The protocol configuration (built from who we are on first use).
