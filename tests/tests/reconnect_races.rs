@@ -508,6 +508,9 @@ fn a_session_we_redial_opens_as_ours(proto: ProtocolVersion) {
     let (b_to_a, msg) = next_message(&b_rx);
     assert_eq!(msg.tid(), 1);
     let _ = b_rx.try_iter().count();
+    // Acknowledged first: unacknowledged, message 1 would make A dial again at once.
+    let acked = |c: &Connection| c.queued_send_bytes() == 0;
+    wait_until(|| acked(&a_to_b), || "A's message 1 was never acknowledged".into());
 
     // B's socket cut with nothing to send: B's accepted session parks in standby, and
     // counts as one (its peer dialled it).
@@ -538,6 +541,7 @@ fn a_session_we_redial_opens_as_ours(proto: ProtocolVersion) {
     assert_eq!(standby_sessions(&b), 0);
 
     // Cut again: B's session, now dialled by B, parks uncounted.
+    wait_until(|| acked(&b_to_a), || "B's message 2 was never acknowledged".into());
     b_to_a.inject_socket_failure();
     wait_until(
         || b_to_a.state() == messenger::ConnState::Standby,
