@@ -45,10 +45,8 @@ fn read_frame(
         buf.resize(HEAD_LEN, 0);
     }
     r.read_exact(&mut buf[..HEAD_LEN])?;
-    let len = match deframer.parse(&buf[..HEAD_LEN])? {
-        Parsed::NeedMore(len) => len,
-        Parsed::Frame { .. } => return Err(io::Error::other("frame shorter than its header")),
-    };
+    // The length only: the header's crc is checked once, with the rest of the frame.
+    let len = deframer.checked_len(&buf[..HEAD_LEN])?;
     if buf.len() < len {
         buf.resize(len, 0);
     }

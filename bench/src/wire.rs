@@ -165,6 +165,30 @@ impl Deframer {
         usize::try_from(h.payload_len()).ok().map(|p| HEAD_LEN + p + FOOTER_LEN)
     }
 
+    /// The length of the frame whose first [`HEAD_LEN`] bytes are `head`, its tag and
+    /// segment lengths checked as [`Deframer::parse`] checks them, not its header crc:
+    /// for a reader that must know how much to read before the frame is in. `parse` then
+    /// checks the whole frame, the header crc once.
+    pub fn checked_len(&self, head: &[u8]) -> Result<usize, WireError> {
+        let Some(head) = head.get(..HEAD_LEN) else {
+            return Err(WireError::Header("short header".into()));
+        };
+        if head[0] != Tag::MSG.0 {
+            return Err(WireError::BadTag(head[0]));
+        }
+        let (header, _) =
+            MsgHeader::decode(&head[1..]).map_err(|e| WireError::Header(e.to_string()))?;
+        let l = &self.limits;
+        if header.front_len > l.max_front
+            || header.middle_len > l.max_middle
+            || header.data_len > l.max_data
+        {
+            return Err(WireError::TooLarge(header.payload_len()));
+        }
+        let payload = header.front_len as usize + header.middle_len as usize;
+        Ok(HEAD_LEN + payload + header.data_len as usize + FOOTER_LEN)
+    }
+
     /// Checks the frame at the start of `buf`. On [`Parsed::Frame`] the caller consumes
     /// `len` bytes; nothing here allocates from a peer-supplied length.
     pub fn parse(&mut self, buf: &[u8]) -> Result<Parsed, WireError> {
@@ -239,6 +263,7 @@ mod tests {
             let bytes = frame(&mut f, tid, &vec![0xa5; len]);
             assert_eq!(bytes.len(), HEAD_LEN + len + FOOTER_LEN);
             assert_eq!(Deframer::frame_len(&bytes), Some(bytes.len()));
+            assert_eq!(d.checked_len(&bytes[..HEAD_LEN]).unwrap(), bytes.len());
             assert_eq!(d.parse(&bytes[..bytes.len() - 1]).unwrap(), Parsed::NeedMore(bytes.len()));
             let Parsed::Frame { header, len: n } = d.parse(&bytes).unwrap() else { panic!() };
             assert_eq!((header.tid, header.seq, n), (tid, tid, bytes.len()));
@@ -261,6 +286,19 @@ mod tests {
             let err = Deframer::new(true).parse(&bad).unwrap_err();
             assert!(err.to_string().contains(want), "{at}: {err}");
         }
+        // The length alone checks the tag and the limits, not the header crc (parse
+        // does, once the frame is in).
+        let mut bad_tag = good.clone();
+        bad_tag[0] ^= 1;
+        assert!(matches!(Deframer::new(true).checked_len(&bad_tag), Err(WireError::BadTag(_))));
+        let mut bad_crc = good.clone();
+        bad_crc[10] ^= 1;
+        assert!(Deframer::new(true).checked_len(&bad_crc).is_ok());
+        let huge = frame(&mut f, 2, &[]);
+        let mut huge = huge[..HEAD_LEN].to_vec();
+        // data_len (header offset 30, after the tag) past the limit.
+        huge[1 + 30..1 + 34].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(Deframer::new(true).checked_len(&huge), Err(WireError::TooLarge(_))));
         // A replayed frame (seq 1 twice) is refused.
         let mut d = Deframer::new(true);
         assert!(matches!(d.parse(&good).unwrap(), Parsed::Frame { .. }));
