@@ -8,7 +8,6 @@ use event_center::Context;
 
 use super::Driver;
 use crate::own_sends;
-use crate::state::ConnState;
 
 impl Driver {
     /// Closes for good: unregisters, drops queued messages, releases the handler.
@@ -37,6 +36,12 @@ impl Driver {
         if self.cleaned {
             return;
         }
+        self.release();
+        self.leave();
+    }
+
+    /// The first half of [`Driver::cleanup`]: the handle closed, what it held let go.
+    fn release(&mut self) {
         self.cleaned = true;
         self.finished = true;
         self.count_peer_issues();
@@ -47,6 +52,11 @@ impl Driver {
         self.recv = Default::default();
         self.credit = Default::default();
         self.seams.discard();
+    }
+
+    /// The second half: the connection leaves the table and the counts (after which
+    /// `wait` may return).
+    fn leave(&mut self) {
         self.env.sessions.unregister(&self.conn);
         self.counters.active_connections.fetch_sub(1, Relaxed);
         self.center.add_load(-1);
@@ -62,15 +72,19 @@ impl Drop for Driver {
         // and the event center discarded the driver, or the center stopped. Without
         // this the session table would keep a dead session that swallows the peer's
         // reconnects.
-        let was_open = matches!(self.conn.state(), ConnState::Open | ConnState::Standby);
+        // Opened once, whatever it is now: a session reconnecting (Connecting) was heard
+        // of by its dispatchers as much as an open one.
+        let report = self.opened && self.conn.stop_messages();
         log::warn!(target: "msgr::conn", "{}: driver dropped without closing; cleaning up", self.machine);
-        self.cleanup();
-        if was_open && self.conn.stop_messages() {
+        self.release();
+        if report {
             // The session's state is gone with the driver: for the dispatchers this is
             // a reset, with what it received and no dispatcher saw gone too (as any
-            // reset's), and reported once.
+            // reset's), and reported once. Queued before the connection leaves the
+            // table, as a reset is on every other path: `wait` may return once it has.
             self.env.queue.discard(self.conn.id());
             self.env.queue.enqueue_event(QueueEvent::Reset(self.conn.clone()));
         }
+        self.leave();
     }
 }

@@ -205,6 +205,7 @@ impl Driver {
                 // were delivered twice. With the snapshot first, the ident's older
                 // global_seq marks it stale.
                 self.publish_snapshot(false);
+                self.opened = true;
                 self.conn.set_state(ConnState::Open);
                 log::info!(target: "msgr::conn", "{}: open", self.machine);
                 let ev = if self.server_side {

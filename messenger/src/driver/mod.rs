@@ -121,6 +121,10 @@ pub(crate) struct Driver {
     finished: bool,
     /// `cleanup` ran.
     cleaned: bool,
+    /// The session opened on this driver at some point (its dispatchers heard connect
+    /// or accept): whatever its state when the driver is dropped, ending it then is a
+    /// reset they must hear of.
+    opened: bool,
     /// Fault injection (an empty type without the feature).
     seams: Seams,
 }
@@ -249,6 +253,7 @@ impl Driver {
             started: false,
             finished: false,
             cleaned: false,
+            opened: false,
             seams,
         }
     }
