@@ -14,6 +14,10 @@ use protocol::types::EntityType;
 /// sensible value, and far below what overflows `Instant` arithmetic.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// The shortest duration an option takes: a backoff, keepalive interval or timeout below
+/// it makes a worker spin (re-armed every loop iteration) or fault every connection.
+pub const MIN_DURATION: Duration = Duration::from_millis(1);
+
 /// The most worker threads a messenger may create.
 pub const MAX_WORKERS: usize = 1024;
 
@@ -358,8 +362,8 @@ impl MessengerConfig {
         Arc::new(WithConModes::new(provider, me, modes))
     }
 
-    /// Checks every option: zero where zero would spin (a zero keepalive interval,
-    /// read budget or backoff), values so large that deadline arithmetic would overflow
+    /// Checks every option: zero (or, for a duration, under a millisecond) where it would
+    /// spin (a keepalive interval, read budget or backoff), values so large that deadline arithmetic would overflow
     /// (`Duration::MAX`), contradictions (a maximum below its minimum), and a
     /// `tcp_congestion` the kernel refuses (tried on a socket that is never connected).
     /// Called by [`crate::Messenger::new`].
@@ -368,8 +372,11 @@ impl MessengerConfig {
             Err(ConfigError { option, reason: reason.into() })
         }
         fn duration(option: &'static str, d: Duration) -> Result<(), ConfigError> {
-            if d.is_zero() {
-                return bad(option, "must be above zero");
+            // Not just above zero: a nanosecond re-arms a keepalive or a redial on every
+            // loop iteration as surely as zero does, and faults every connection as a
+            // timeout.
+            if d < MIN_DURATION {
+                return bad(option, format!("{d:?} is below the minimum {MIN_DURATION:?}"));
             }
             if d > MAX_DURATION {
                 return bad(option, format!("{d:?} is above the maximum {MAX_DURATION:?}"));

@@ -307,7 +307,7 @@ mod state;
 pub use admin::{
     parse_command, CommandReader, CommandTooLong, ADMIN_CLIENT_DEADLINE, ADMIN_MAX_CLIENTS,
 };
-pub use config::{AuthProviderHandle, ConfigError, MessengerConfig};
+pub use config::{AuthProviderHandle, ConfigError, MessengerConfig, MIN_DURATION};
 pub use connection::{Connection, SendError};
 pub use dispatch::{AuthVerdict, Authorizer, Dispatched, Dispatcher, Throttle};
 pub use messenger::{Messenger, Totals};

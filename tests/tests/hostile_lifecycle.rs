@@ -340,6 +340,14 @@ fn configurations_that_would_spin_or_panic_are_refused() {
     assert!(ok.validate().is_ok());
     let e = refused(MessengerConfig { keepalive_interval: Some(Duration::ZERO), ..ok.clone() });
     assert!(e.contains("keepalive_interval"), "{e}");
+    // A nanosecond spins as zero does (re-armed every loop iteration).
+    let tiny = Duration::from_nanos(1);
+    let e = refused(MessengerConfig { keepalive_interval: Some(tiny), ..ok.clone() });
+    assert!(e.contains("keepalive_interval"), "{e}");
+    let e = refused(MessengerConfig { initial_backoff: tiny, max_backoff: tiny, ..ok.clone() });
+    assert!(e.contains("backoff"), "{e}");
+    let e = refused(MessengerConfig { payload_timeout: tiny, ..ok.clone() });
+    assert!(e.contains("payload_timeout"), "{e}");
     let e = refused(MessengerConfig { read_budget: 0, ..ok.clone() });
     assert!(e.contains("read_budget"), "{e}");
     let e = refused(MessengerConfig { initial_backoff: Duration::ZERO, ..ok.clone() });
