@@ -199,15 +199,14 @@ fn a_stateless_server_opens_another_entitys_claim_without_giving_it_the_address_
     stateless_foreign_claim_opens_unregistered(ProtocolVersion::V2);
 }
 
-// osd.0 dialled osd.1, so its session there has no proven name. A peer with client.8's
-// ticket that announces osd.1's address and claims to be an OSD is refused: a session
-// we know as an OSD's is not taken by a client's ticket (by the address alone it reset
-// the session, as if osd.1 had restarted, and took its place).
-fn dialled_session_kept_from_another_type(proto: ProtocolVersion) {
-    let osd0 = EntityName::new(EntityType::OSD, 0);
-    let osd1 = EntityName::new(EntityType::OSD, 1);
-    let eve = EntityName::new(EntityType::CLIENT, 8);
-    let mut cluster = TestCluster::new(&[osd0, osd1, eve], 45);
+/// osd.0 (`a`, a recorder that does not echo) and osd.1 (`b`, a recorder echoing if
+/// `b_echoes`), both lossless peers bound on loopback with their cephx providers.
+fn two_osds(
+    cluster: &mut TestCluster,
+    osd0: EntityName,
+    osd1: EntityName,
+    b_echoes: bool,
+) -> (Messenger, Receiver<Seen>, Messenger, Receiver<Seen>) {
     let config = |p| test_config(1).with_auth_provider(p);
     let (a, _, a_rx) = server_on(
         EntityType::OSD,
@@ -221,8 +220,21 @@ fn dialled_session_kept_from_another_type(proto: ProtocolVersion) {
     b.set_default_policy(Policy::lossless_peer());
     b.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
     b.start().expect("start");
-    let (rec, b_rx) = Recorder::new(true);
+    let (rec, b_rx) = Recorder::new(b_echoes);
     b.add_dispatcher_head(rec).expect("dispatcher");
+    (a, a_rx, b, b_rx)
+}
+
+// osd.0 dialled osd.1, so its session there has no proven name. A peer with client.8's
+// ticket that announces osd.1's address and claims to be an OSD is refused: a session
+// we know as an OSD's is not taken by a client's ticket (by the address alone it reset
+// the session, as if osd.1 had restarted, and took its place).
+fn dialled_session_kept_from_another_type(proto: ProtocolVersion) {
+    let osd0 = EntityName::new(EntityType::OSD, 0);
+    let osd1 = EntityName::new(EntityType::OSD, 1);
+    let eve = EntityName::new(EntityType::CLIENT, 8);
+    let mut cluster = TestCluster::new(&[osd0, osd1, eve], 45);
+    let (a, a_rx, b, b_rx) = two_osds(&mut cluster, osd0, osd1, true);
     let b_addr = addr_for(proto, b.my_addr());
     let dialled = a.connect_to(EntityType::OSD, b_addr);
     dialled.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
@@ -277,21 +289,7 @@ fn redialled_session_keeps_proven_name(proto: ProtocolVersion) {
     let osd1 = EntityName::new(EntityType::OSD, 1);
     let osd2 = EntityName::new(EntityType::OSD, 2);
     let mut cluster = TestCluster::new(&[osd0, osd1, osd2], 46);
-    let config = |p| test_config(1).with_auth_provider(p);
-    let (a, _, a_rx) = server_on(
-        EntityType::OSD,
-        1,
-        Policy::lossless_peer(),
-        false,
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        config(cluster.provider(osd0, None)),
-    );
-    let b = Messenger::new(osd1, 2, config(cluster.provider(osd1, None))).expect("messenger");
-    b.set_default_policy(Policy::lossless_peer());
-    b.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
-    b.start().expect("start");
-    let (rec, b_rx) = Recorder::new(false);
-    b.add_dispatcher_head(rec).expect("dispatcher");
+    let (a, a_rx, b, b_rx) = two_osds(&mut cluster, osd0, osd1, false);
     let b_addr = addr_for(proto, b.my_addr());
     let dialling = b.connect_to(EntityType::OSD, addr_for(proto, a.my_addr()));
     dialling.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
