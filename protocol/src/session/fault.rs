@@ -105,6 +105,15 @@ pub struct FaultContext {
     pub max_backoff: Duration,
 }
 
+impl FaultContext {
+    /// Past connecting: open, or accepted (Ceph's states other than START_CONNECT,
+    /// CONNECTING and WAIT), including an accepted session whose handshake had not
+    /// finished (its last reply sent, or a session handed over by a replace).
+    pub fn past_connecting(&self) -> bool {
+        self.was_open || self.side == Side::Accept
+    }
+}
+
 /// What to do after a fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultAction {
@@ -126,7 +135,7 @@ pub enum FaultAction {
 pub fn fault_action(ctx: &FaultContext) -> FaultAction {
     // A lossy session dies with its connection; a lossy connector still retries while
     // it has never been open (Ceph keeps lossy connects in START_CONNECT).
-    if ctx.lossy && (ctx.was_open || ctx.side == Side::Accept) {
+    if ctx.lossy && ctx.past_connecting() {
         return if ctx.was_open { FaultAction::Reset } else { FaultAction::Close };
     }
     // Half-accepted and nothing of ours to deliver: nobody depends on this connection.
@@ -136,10 +145,7 @@ pub fn fault_action(ctx: &FaultContext) -> FaultAction {
     if ctx.standby && !ctx.has_pending && !ctx.wait {
         return FaultAction::Standby;
     }
-    // Past connecting: open, or accepted (Ceph's states other than START_CONNECT,
-    // CONNECTING and WAIT), including an accepted session whose handshake had not
-    // finished (its last reply sent, or a session handed over by a replace).
-    if ctx.was_open || ctx.side == Side::Accept {
+    if ctx.past_connecting() {
         // A server never dials its clients: it waits for them to come back.
         if ctx.server {
             return FaultAction::Standby;

@@ -60,9 +60,6 @@ impl<P: Protocol> Machine<P> {
             return;
         }
         let was_open = self.state.is_open();
-        // Open, or accepted: what Ceph's fault treats as past connecting (a reconnect
-        // then starts the session's next connect_seq, at once).
-        let past_connecting = was_open || self.side == Side::Accept;
         log::info!(target: P::LOG, "{self}: fault: {fault}");
         if !self.lossy {
             self.session.requeue_sent();
@@ -81,6 +78,8 @@ impl<P: Protocol> Machine<P> {
             max_backoff: self.config.max_backoff,
         };
         let mut action = fault_action(&ctx);
+        // A reconnect past connecting starts the session's next connect_seq (Ceph's).
+        let past_connecting = ctx.past_connecting();
         // A peer without a dialable address (a pure client) cannot be dialled back.
         if matches!(action, FaultAction::Reconnect { .. }) && !self.peer_dialable() {
             action = FaultAction::Standby;
