@@ -181,9 +181,10 @@ pub struct MessengerConfig {
     /// unbounded.)
     pub max_standby_queued_bytes: u64,
     /// How many such sessions may wait in standby: beyond it, those holding nothing are
-    /// reset first, then the oldest (the same as above). A standby session keeps no socket, so nothing else bounds how
-    /// many a peer leaves behind by handshaking under new names and going away; each
-    /// costs its driver's memory (about what an idle connection does). (Ours.)
+    /// reset first, then the oldest (the same as above). A standby session keeps no
+    /// socket, so nothing else bounds how many a peer leaves behind by handshaking under
+    /// new names and going away; each costs its driver's memory (about what an idle
+    /// connection does). (Ours.)
     pub max_standby_sessions: usize,
     /// Connection events (`ms_handle_accept`, `ms_handle_reset`…) waiting for the dispatch
     /// thread at most, as far as the listener is concerned: at this many it stops
@@ -363,8 +364,8 @@ impl MessengerConfig {
     }
 
     /// Checks every option: zero (or, for a duration, under a millisecond) where it would
-    /// spin (a keepalive interval, read budget or backoff), values so large that deadline arithmetic would overflow
-    /// (`Duration::MAX`), contradictions (a maximum below its minimum), and a
+    /// spin (a keepalive interval, read budget or backoff), values so large that deadline
+    /// arithmetic would overflow (`Duration::MAX`), contradictions (a maximum below its minimum), and a
     /// `tcp_congestion` the kernel refuses (tried on a socket that is never connected).
     /// Called by [`crate::Messenger::new`].
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -507,7 +507,7 @@ impl dispatch::ConnectionRef for Connection {
     }
 
     fn takes_no_messages(&self) -> bool {
-        self.0.marked_down.load(Ordering::SeqCst) || self.0.stopped.load(Ordering::SeqCst)
+        self.is_marked_down() || self.0.stopped.load(Ordering::SeqCst)
     }
 }
 

@@ -204,16 +204,25 @@ impl Env {
             budget.max_standby(),
             budget.max_standby_sessions(),
         );
-        // As a newcomer resets a session from the accept path: the session left the
-        // table above (a later connect gets a new one), its messages stop, and the reset
-        // is reported once, here or by the session's own driver.
+        // It left the table above: a later connect gets a new session.
+        self.reset_session(conn);
+        budget.count_standby_eviction();
+    }
+
+    /// Ends `conn`'s session from another thread than its driver's (a newcomer's reset
+    /// from the accept path, the standby bound): its messages stop first, so its driver,
+    /// perhaps still reading on another worker, delivers none after the reset; what
+    /// waits for `ms_dispatch` is discarded; the handle is closed before the reset is
+    /// queued, so a dispatcher sending on it from `ms_handle_reset` is told it is gone;
+    /// and the reset is reported once, here or by the driver's own end, whichever comes
+    /// first.
+    pub(crate) fn reset_session(&self, conn: &Connection) {
         let first = conn.stop_messages();
         self.queue.discard(conn.id());
         conn.close_and_stop_driver();
         if first {
             self.queue.enqueue_event(QueueEvent::Reset(conn.clone()));
         }
-        budget.count_standby_eviction();
     }
 
     /// The protocol configuration (built from who we are on first use).

@@ -8,7 +8,6 @@
 //! session into the new machine; no two connections are ever locked together, and the
 //! user's handle to the session stays valid.
 
-use dispatch::QueueEvent;
 use event_center::Context;
 
 use super::Driver;
@@ -79,19 +78,8 @@ impl Driver {
                 cx.remove(id);
             }
             (AcceptAction::ResetExisting, Some(existing)) => {
-                // Lossy existing session: it is reset, this one becomes the session. Closed
-                // before the reset is queued, as its own reset is: a dispatcher sending on
-                // it from `ms_handle_reset` must be told it is gone, not have the message
-                // dropped later by its driver.
-                // Its messages stop first, so its own driver, still reading on another
-                // worker, delivers none after the reset; and the reset is reported once,
-                // here or by that driver's own fault, whichever ends the session first.
-                let first = existing.stop_messages();
-                self.env.queue.discard(existing.id());
-                existing.close_and_stop_driver();
-                if first {
-                    self.env.queue.enqueue_event(QueueEvent::Reset(existing));
-                }
+                // Lossy existing session: it is reset, this one becomes the session.
+                self.env.reset_session(&existing);
                 self.policy = Some(policy);
                 self.machine.handle_verdict(now, policy, verdict);
             }
