@@ -922,6 +922,41 @@ fn waiting_for_receive_budget_is_not_idleness() {
     assert!(!a.is_open(), "idle once reading again");
 }
 
+// A peer can send KEEPALIVE, KEEPALIVE2_ACK and ACK as fast as it writes: each kind
+// is one event until the driver takes it, carrying the newest. One per arrival queued
+// 65,536 events for one 64 KiB read of KEEPALIVE tags, and the queue kept their room.
+#[test]
+fn a_flood_of_keepalives_and_acks_is_one_event_of_each_kind() {
+    let (mut a, now) = open_acceptor(Policy::lossless_peer());
+    a.handle_bytes(now, Bytes::from(vec![Tag::KEEPALIVE.0; 65_536]));
+    let mut bytes = Vec::new();
+    for i in 0..5_000u32 {
+        bytes.push(Tag::KEEPALIVE.0);
+        bytes.push(Tag::KEEPALIVE2_ACK.0);
+        bytes.extend(i.to_le_bytes());
+        bytes.extend(7u32.to_le_bytes());
+        bytes.push(Tag::ACK.0);
+        bytes.extend(u64::from(i).to_le_bytes());
+    }
+    a.handle_bytes(now, Bytes::from(bytes));
+    assert!(a.is_open());
+    let seen = |a: &mut Connection| -> Vec<String> {
+        events(a).iter().map(|e| format!("{e:?}")).collect()
+    };
+    let want = [
+        Event::KeepaliveReceived,
+        Event::KeepaliveAck(KeepaliveStamp { sec: 4_999, nsec: 7 }),
+        Event::Acked { up_to: protocol::Seq(4_999) },
+    ];
+    let got = seen(&mut a);
+    assert_eq!(got.len(), 3, "events for 80,536 keepalives and acks");
+    assert_eq!(got, want.map(|e| format!("{e:?}")));
+    // Taken, each kind is reported again at its next arrival.
+    a.handle_bytes(now, Bytes::from_static(&[9, 8, 1, 0, 0, 0, 0, 0, 0, 0, 9]));
+    let want = [Event::KeepaliveReceived, Event::Acked { up_to: protocol::Seq(1) }];
+    assert_eq!(seen(&mut a), want.map(|e| format!("{e:?}")));
+}
+
 // KEEPALIVE (old peers): noted, never answered; keepalives before open are held.
 #[test]
 fn keepalive_v1_is_not_answered() {

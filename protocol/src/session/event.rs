@@ -129,15 +129,18 @@ pub enum Event {
     },
     /// A message arrived (seq filled in; duplicates already dropped).
     Message(Message),
-    /// The peer acknowledged our messages up to this seq.
+    /// The peer acknowledged our messages up to this seq (the newest ack: one event
+    /// stands for every ack since the last one was taken).
     Acked {
         /// Highest acknowledged seq.
         up_to: Seq,
     },
     /// A KEEPALIVE or KEEPALIVE2 arrived (its time is
-    /// [`super::Machine::last_keepalive`]).
+    /// [`super::Machine::last_keepalive`]); one event for every one that arrived since
+    /// the last was taken.
     KeepaliveReceived,
-    /// A KEEPALIVE2_ACK arrived, echoing our stamp.
+    /// A KEEPALIVE2_ACK arrived, echoing our stamp (the newest: one event for every one
+    /// that arrived since the last was taken).
     KeepaliveAck(KeepaliveStamp),
     /// Lossless fault: dial the peer again ([`super::Machine::peer_addr`]), then call
     /// [`super::Machine::handle_transport_connected`].

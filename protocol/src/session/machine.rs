@@ -38,6 +38,7 @@ use super::config::Config;
 use super::event::{AuthVerdict, Event};
 use super::fault::{Fault, Side};
 use super::issues::PeerIssues;
+use super::outputs::QueuedNotes;
 use super::policy::Policy;
 use super::race::Decision;
 use super::rx::RxBuf;
@@ -165,6 +166,8 @@ pub struct Machine<P: Protocol> {
     /// Control bytes to send, in order (handshake, ACKs, keepalives, CLOSE).
     pub(crate) ctrl: BytesMut,
     pub(crate) events: VecDeque<Event>,
+    /// Which of the events a peer can provoke as fast as it sends are in `events`.
+    pub(crate) notes: QueuedNotes,
     /// The latest `now` seen (commands without a `now` use it).
     pub(crate) now: Instant,
     /// Last time bytes arrived (idle timeout).
@@ -235,6 +238,7 @@ impl<P: Protocol> Machine<P> {
             rx: RxBuf::default(),
             ctrl: BytesMut::new(),
             events: VecDeque::new(),
+            notes: QueuedNotes::default(),
             now,
             last_rx: now,
             write_blocked_since: None,

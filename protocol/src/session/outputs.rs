@@ -3,8 +3,23 @@
 
 use bytes::Bytes;
 
+use crate::wire::KeepaliveStamp;
+
 use super::event::Event;
 use super::machine::{Machine, Protocol};
+use super::seq::Seq;
+
+/// Which of the events a peer can provoke as fast as it sends (a keepalive, the ack of
+/// ours, an ack of messages) wait in the machine's queue: at most one of each, which
+/// carries the newest when taken. One per arrival let one read of 64 KiB of KEEPALIVE
+/// tags queue 65,536 events (and the queue keeps its capacity).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct QueuedNotes {
+    keepalive: bool,
+    keepalive_ack: bool,
+    /// The newest ack while an [`Event::Acked`] waits.
+    acked: Option<Seq>,
+}
 
 impl<P: Protocol> Machine<P> {
     /// Appends the bytes to write, as segments (payloads are shared, not copied);
@@ -34,7 +49,45 @@ impl<P: Protocol> Machine<P> {
 
     /// The next event, if any. Drain after every input or command.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let ev = self.events.pop_front()?;
+        Some(match ev {
+            Event::KeepaliveReceived => {
+                self.notes.keepalive = false;
+                ev
+            }
+            Event::KeepaliveAck(stamp) => {
+                self.notes.keepalive_ack = false;
+                Event::KeepaliveAck(self.keepalive.last_ack.unwrap_or(stamp))
+            }
+            Event::Acked { up_to } => {
+                Event::Acked { up_to: self.notes.acked.take().unwrap_or(up_to) }
+            }
+            ev => ev,
+        })
+    }
+
+    /// A KEEPALIVE or KEEPALIVE2 arrived (its time already in `keepalive`): queued
+    /// unless one waits.
+    pub(crate) fn note_keepalive(&mut self) {
+        if !std::mem::replace(&mut self.notes.keepalive, true) {
+            self.events.push_back(Event::KeepaliveReceived);
+        }
+    }
+
+    /// A KEEPALIVE2_ACK arrived (its stamp already in `keepalive`): queued unless one
+    /// waits, which will carry this stamp.
+    pub(crate) fn note_keepalive_ack(&mut self, stamp: KeepaliveStamp) {
+        if !std::mem::replace(&mut self.notes.keepalive_ack, true) {
+            self.events.push_back(Event::KeepaliveAck(stamp));
+        }
+    }
+
+    /// The peer acknowledged up to `up_to`: reported (with `report_acks`) unless a
+    /// report waits, which will carry this one.
+    pub(crate) fn note_acked(&mut self, up_to: Seq) {
+        if self.notes.acked.replace(up_to).is_none() {
+            self.events.push_back(Event::Acked { up_to });
+        }
     }
 
     /// Whether events are waiting.

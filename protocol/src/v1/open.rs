@@ -62,7 +62,7 @@ pub(crate) fn read(m: &mut Machine<V1>, now: Instant) -> bool {
                 Tag::ACK => Next::Ack,
                 Tag::KEEPALIVE => {
                     m.keepalive.last_received = Some(now);
-                    m.events.push_back(Event::KeepaliveReceived);
+                    m.note_keepalive();
                     Next::Tag
                 }
                 Tag::KEEPALIVE2 => Next::Keepalive2,
@@ -92,7 +92,7 @@ pub(crate) fn read(m: &mut Machine<V1>, now: Instant) -> bool {
                 m.session.ack(seq);
             }
             if m.config.report_acks {
-                m.events.push_back(Event::Acked { up_to: seq });
+                m.note_acked(seq);
             }
             true
         }
@@ -109,10 +109,10 @@ pub(crate) fn read(m: &mut Machine<V1>, now: Instant) -> bool {
             if next == Next::Keepalive2 {
                 m.keepalive.ack_owed = Some(stamp);
                 m.keepalive.last_received = Some(now);
-                m.events.push_back(Event::KeepaliveReceived);
+                m.note_keepalive();
             } else {
                 m.keepalive.last_ack = Some(stamp);
-                m.events.push_back(Event::KeepaliveAck(stamp));
+                m.note_keepalive_ack(stamp);
             }
             set_next(m, Next::Tag);
             true

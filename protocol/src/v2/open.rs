@@ -40,13 +40,13 @@ pub(crate) fn on_frame(m: &mut Machine<V2>, now: Instant, f: Frame) -> Result<bo
             let k = Keepalive2::from_segment(&f.segments[0]).map_err(Fault::Decode)?;
             m.keepalive.ack_owed = Some(k.stamp);
             m.keepalive.last_received = Some(now);
-            m.events.push_back(Event::KeepaliveReceived);
+            m.note_keepalive();
             Ok(true)
         }
         Tag::KEEPALIVE2_ACK => {
             let k = Keepalive2Ack::from_segment(&f.segments[0]).map_err(Fault::Decode)?;
             m.keepalive.last_ack = Some(k.stamp);
-            m.events.push_back(Event::KeepaliveAck(k.stamp));
+            m.note_keepalive_ack(k.stamp);
             Ok(true)
         }
         Tag::ACK => {
@@ -55,7 +55,7 @@ pub(crate) fn on_frame(m: &mut Machine<V2>, now: Instant, f: Frame) -> Result<bo
                 m.session.ack(Seq(a.seq));
             }
             if m.config.report_acks {
-                m.events.push_back(Event::Acked { up_to: Seq(a.seq) });
+                m.note_acked(Seq(a.seq));
             }
             Ok(true)
         }
