@@ -705,6 +705,21 @@ fn feed(a: &mut Connection, now: Instant, bytes: &[u8]) -> Vec<Message> {
     got
 }
 
+// A peer that skips seqs: every message is taken (Ceph logs "missed message?" and takes
+// it), and each gap is a peer issue, counted and logged at WARN once per connection:
+// logged at INFO per message, such a peer wrote a line per message.
+#[test]
+fn seq_gaps_are_taken_and_logged_as_peer_issues() {
+    let (mut a, now) = open_acceptor(Policy::lossless_peer());
+    let mut bytes = Vec::new();
+    for i in 1..=200u64 {
+        bytes.extend(frame(i * 2, b"x"));
+    }
+    let seqs: Vec<u64> = feed(&mut a, now, &bytes).iter().map(Message::seq).collect();
+    assert_eq!(seqs, (1..=200).map(|i| i * 2).collect::<Vec<_>>());
+    assert_eq!(a.poll_peer_issues(), (200, 199), "(seen, not logged at WARN)");
+}
+
 // Unlike Pacific, a duplicate (seq <= in_seq) is dropped and reading goes on.
 #[test]
 fn duplicate_seq_is_dropped_and_reading_continues() {

@@ -63,6 +63,8 @@ pub(crate) enum PeerIssue {
     BadMessage,
     /// An unknown tag in the open session.
     UnknownTag,
+    /// A message whose seq skips some (Ceph logs "missed message?" and takes it).
+    SeqGap,
 }
 
 impl PeerIssue {

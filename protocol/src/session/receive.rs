@@ -14,8 +14,14 @@ impl<P: Protocol> Machine<P> {
     /// A message with `seq` was taken (not a duplicate): in_seq moves to it, and a
     /// lossless session owes the peer an ACK.
     pub(crate) fn note_received(&mut self, seq: Seq) {
-        if seq > self.session.in_seq.next() {
-            log::info!(target: P::LOG, "{self}: seq gap: got {seq}, expected {}", self.session.in_seq.next());
+        let expected = self.session.in_seq.next();
+        if seq > expected {
+            // Through the peer-issue limit: a peer numbering every message with a gap
+            // wrote a line per message.
+            self.peer_issue(
+                super::issues::PeerIssue::SeqGap,
+                format_args!("seq gap: got {seq}, expected {expected}"),
+            );
         }
         self.session.in_seq = seq;
         let lossless = !self.lossy;
