@@ -564,3 +564,74 @@ fn a_message_after_an_aborted_one_asks_for_budget_as_its_own() {
     drop((peer, other));
     srv.shutdown();
 }
+
+// A peer that does not read is owed one KEEPALIVE2_ACK, the newest, for any number of
+// KEEPALIVE2s it sent while our socket was full: framed at every read into the write
+// list behind what the socket would not take, an ack per read waited there (up to 1
+// MiB of them, charged to nothing), where it now stays one owed frame.
+#[test]
+fn a_peer_that_does_not_read_is_owed_one_keepalive_ack() {
+    use protocol::wire::Tag;
+    use std::io::Read;
+    let config = MessengerConfig {
+        tcp_sndbuf: 16 << 10,
+        write_timeout: Duration::from_secs(120),
+        ..test_config(1)
+    };
+    let (srv, _, _rx) = echo_server(config);
+    let mut peer = RawPeer::handshake(srv.my_addr(), Policy::lossy_client());
+    assert_eq!(peer.protocol(), ProtocolVersion::V1);
+    socket2::SockRef::from(&peer.sock).set_recv_buffer_size(16 << 10).expect("rcvbuf");
+    peer.sock.set_nodelay(true).expect("nodelay");
+    let sent0 = srv.totals().send_bytes;
+    let front = vec![7u8; 256 << 10];
+    let big = peer.message(1, &front);
+    peer.sock.write_all(&big).expect("write");
+    // The reply is framed (bytes of it went out) and cannot all go: the peer reads
+    // nothing, and the sockets hold less than it.
+    wait_until(
+        || srv.totals().send_bytes - sent0 >= 8 << 10,
+        || format!("{} bytes of the reply written", srv.totals().send_bytes - sent0),
+    );
+    // One at a time, so the server reads each on its own.
+    for sec in 0..300u32 {
+        let mut ka = vec![Tag::KEEPALIVE2.0];
+        ka.extend(sec.to_le_bytes());
+        ka.extend(9u32.to_le_bytes());
+        peer.sock.write_all(&ka).expect("keepalive");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A last request: its reply follows the acks owed before it was read.
+    let last = peer.message(2, b"last");
+    peer.sock.write_all(&last).expect("write");
+    // The raw stream from here on (no ACKs: the session is lossy).
+    let (mut replies, mut acks) = (Vec::new(), 0);
+    let mut head = [0u8; protocol::wire::MsgHeader::LEN];
+    while replies.len() < 2 {
+        let mut tag = [0u8; 1];
+        peer.sock.read_exact(&mut tag).expect("read");
+        match Tag(tag[0]) {
+            Tag::MSG => {
+                peer.sock.read_exact(&mut head).expect("header");
+                let h = protocol::wire::MsgHeader::from_bytes(&head);
+                // Payload and the (new) footer.
+                let mut body = vec![0u8; h.payload_len() as usize + 21];
+                peer.sock.read_exact(&mut body).expect("payload");
+                replies.push(h.tid);
+            }
+            Tag::KEEPALIVE2_ACK => {
+                peer.sock.read_exact(&mut [0u8; 8]).expect("stamp");
+                acks += 1;
+            }
+            other => panic!("tag {} in the stream", other.0),
+        }
+    }
+    assert_eq!(replies, [1, 2], "the replies' tids");
+    // An ack goes out whenever the socket takes bytes again: a few times while the
+    // peer's kernel still took some of the reply, and once it reads. One per keepalive
+    // (300) before.
+    assert!(
+        acks <= 10,
+        "{acks} KEEPALIVE2_ACKs for 300 KEEPALIVE2s sent while the socket was full"
+    );
+}

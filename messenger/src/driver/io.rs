@@ -444,9 +444,12 @@ impl Driver {
         // published (it would be told to reset its session).
         self.publish_snapshot(false);
         let sent_before = self.machine.messages_sent();
-        // Frame more only while little waits for the socket: messages stay in the
-        // protocol's queue (where they can still be requeued) rather than pile up here.
-        if self.io.wsegs_bytes < FRAME_AHEAD {
+        // Frame more only while little waits for the socket, and only while it takes
+        // bytes: messages stay in the protocol's queue (where they can still be
+        // requeued) rather than pile up here, and what the peer's frames ask us to send
+        // back stays one owed frame (framed per pump into a full socket's list, a peer
+        // sending KEEPALIVE2s and never reading queued an ack per read, up to 1 MiB).
+        if self.io.wsegs_bytes < FRAME_AHEAD && (self.io.write_ready || self.io.wsegs.is_empty()) {
             self.io.scratch.clear();
             let framed = self.machine.poll_transmit(&mut self.io.scratch);
             if framed > 0 {
