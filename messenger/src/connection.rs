@@ -493,6 +493,13 @@ impl Connection {
                 ProtocolVersion::V2 => "v2",
             }),
             "mode": p.con_mode.map(ConMode::name),
+            // What the send bound counts (`queued_send_bytes`), by where it waits: sent
+            // and not yet taken by the driver, and the driver's (queued in the session,
+            // being written, unacknowledged).
+            "send_queued": {
+                "mailbox": self.0.mailbox_cost.load(Ordering::Relaxed),
+                "session": self.0.driver_cost.load(Ordering::Relaxed),
+            },
         })
     }
 }

@@ -318,6 +318,65 @@ fn replies_to_a_session_in_standby_are_bounded_as_they_arrive() {
     srv.shutdown();
 }
 
+/// Replies to a session in standby whose session queue is full (1,024 messages) wait in
+/// its mailbox, and count against the standby bound there too. Before, once the queue
+/// was full later sends neither woke the driver nor ran the bound: the session grew to
+/// its own bound while the standby bound was a quarter of it.
+#[test]
+fn replies_waiting_behind_a_full_queue_in_standby_are_bounded() {
+    let config = MessengerConfig {
+        max_queued_bytes: 8 << 20,
+        max_total_queued_bytes: 8 << 20,
+        max_standby_queued_bytes: 2 << 20,
+        ..test_config(2)
+    };
+    let (srv, _, srv_rx) =
+        server_on(EntityType::OSD, 1, Policy::stateful_server(), false, ANY, config);
+    drop(RawPeer::handshake(srv.my_addr(), Policy::lossy_client()));
+    let conn = loop {
+        match srv_rx.recv_timeout(WAIT) {
+            Ok(Seen::Accept(c)) => break c,
+            Ok(_) => {}
+            Err(e) => panic!("no ms_handle_accept: {e}"),
+        }
+    };
+    wait_until(
+        || conn.state() == messenger::ConnState::Standby,
+        || format!("the session never parked: {:?}", conn.state()),
+    );
+    let reply = |tid| test_message(MSG_TEST, tid, Bytes::from(vec![0x5a; 1024]));
+    let cost = reply(0).send_cost();
+    // 1,100 replies, under the standby bound: the session's queue takes 1,024.
+    for tid in 0..1_100 {
+        conn.send_message(reply(tid)).expect("within every bound");
+    }
+    let session_queued = || {
+        let dump = srv.dump_connections();
+        let me = dump.as_array().and_then(|all| all.iter().find(|c| c["id"] == conn.id()));
+        me.map_or(0, |c| c["send_queued"]["session"].as_u64().unwrap_or(0))
+    };
+    wait_until(
+        || session_queued() == 1_024 * cost,
+        || format!("the session queue holds {} bytes, not 1,024 replies", session_queued()),
+    );
+    assert_eq!(send_queues(&srv, "standby_evicted"), 0, "reset under the bound");
+    // 400 more take the session past 2 MiB: it is reset on the way (the sends after
+    // that fail with Closed), far from its own bound.
+    for tid in 1_100..1_500 {
+        match conn.send_message(reply(tid)) {
+            Ok(()) => {}
+            Err(SendError::Closed) => break,
+            Err(e) => panic!("reply {tid}: {e:?}"),
+        }
+    }
+    wait_until(
+        || send_queues(&srv, "standby_evicted") == 1,
+        || format!("not reset: {}", srv.counters_json()["msgr_send_queues"]),
+    );
+    assert!(wait_for_event(&srv_rx, |s| matches!(s, Seen::Reset(c) if *c == conn)));
+    srv.shutdown();
+}
+
 #[test]
 fn peers_that_handshake_and_leave_are_bounded_in_number() {
     peers_that_handshake_and_leave_are_bounded_in_number_over(ProtocolVersion::V1);

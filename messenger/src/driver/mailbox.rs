@@ -180,15 +180,22 @@ impl Driver {
     /// Leaves the awake state: returns whether the mailbox still has work this driver can
     /// take now (then it stays marked notified and the caller schedules another pump).
     /// Messages left only because the protocol queue is full need no wakeup from senders:
-    /// socket progress (writable, ACKs) brings the driver back.
+    /// socket progress (writable, ACKs) brings the driver back. Not for a server's
+    /// session in standby, which has no socket: each send wakes it, and the standby bound
+    /// counts what waits (it saw the mailbox only as messages moved, and none move into a
+    /// full queue: such a session grew to its own bound).
     pub(super) fn settle_mailbox(&mut self) -> bool {
         let room = MAX_IN_PROTOCOL > self.machine.pending_messages();
+        let standby = self.conn.0.server_standby.load(Relaxed);
         let mut mb = self.conn.0.mailbox.lock();
         if mb.closed {
             return false;
         }
-        let more = !mb.commands.is_empty() || (room && !mb.messages.is_empty());
-        mb.notified = more || !mb.messages.is_empty();
+        let waiting = !mb.messages.is_empty();
+        let more = !mb.commands.is_empty() || (room && waiting);
+        mb.notified = more || (waiting && !standby);
+        drop(mb);
+        self.standby_check |= waiting && standby;
         more
     }
 }
