@@ -194,18 +194,21 @@ impl Env {
         if !self.sessions.forget_if(conn, Connection::is_server_standby) {
             return;
         }
+        // It left the table above: a later connect gets a new session. Counted only by
+        // the bound that ended it: two workers' bounds can both find it still waiting.
+        if !self.reset_session(conn) {
+            return;
+        }
         let budget = &self.send_budget;
         log::info!(
             target: "msgr::conn",
-            "conn {} to {:?}: session in standby reset: it holds {bytes} bytes; sessions \
-             in standby hold {held} (at most {}) and are {count} (at most {})",
+            "conn {} to {:?}: session in standby reset: it held {bytes} bytes; sessions \
+             in standby held {held} (at most {}) and were {count} (at most {})",
             conn.id(),
             conn.peer_addr(),
             budget.max_standby(),
             budget.max_standby_sessions(),
         );
-        // It left the table above: a later connect gets a new session.
-        self.reset_session(conn);
         budget.count_standby_eviction();
     }
 
@@ -215,14 +218,15 @@ impl Env {
     /// waits for `ms_dispatch` is discarded; the handle is closed before the reset is
     /// queued, so a dispatcher sending on it from `ms_handle_reset` is told it is gone;
     /// and the reset is reported once, here or by the driver's own end, whichever comes
-    /// first.
-    pub(crate) fn reset_session(&self, conn: &Connection) {
+    /// first. Returns whether this call was the one that ended it.
+    pub(crate) fn reset_session(&self, conn: &Connection) -> bool {
         let first = conn.stop_messages();
         self.queue.discard(conn.id());
         conn.close_and_stop_driver();
         if first {
             self.queue.enqueue_event(QueueEvent::Reset(conn.clone()));
         }
+        first
     }
 
     /// The protocol configuration (built from who we are on first use).
