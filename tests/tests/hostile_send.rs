@@ -277,12 +277,9 @@ fn over_the_number_bound_empty_standby_sessions_go_first() {
     srv.shutdown();
 }
 
-/// Replies sent to a session already waiting in standby (what `ms_dispatch` answers
-/// after its peer left) count against the standby bound as they arrive: past it, the
-/// session is reset. Before, the bound was checked only as a session went to standby, so
-/// one could grow to its own bound and fill the messenger's total.
-#[test]
-fn replies_to_a_session_in_standby_are_bounded_as_they_arrive() {
+/// A server (8 MiB per connection and in all, 2 MiB for sessions in standby) holding a
+/// session in standby whose peer handshook and left.
+fn parked_session() -> (Messenger, crossbeam_channel::Receiver<Seen>, Connection) {
     let config = MessengerConfig {
         max_queued_bytes: 8 << 20,
         max_total_queued_bytes: 8 << 20,
@@ -303,6 +300,16 @@ fn replies_to_a_session_in_standby_are_bounded_as_they_arrive() {
         || conn.state() == messenger::ConnState::Standby,
         || format!("the session never parked: {:?}", conn.state()),
     );
+    (srv, srv_rx, conn)
+}
+
+/// Replies sent to a session already waiting in standby (what `ms_dispatch` answers
+/// after its peer left) count against the standby bound as they arrive: past it, the
+/// session is reset. Before, the bound was checked only as a session went to standby, so
+/// one could grow to its own bound and fill the messenger's total.
+#[test]
+fn replies_to_a_session_in_standby_are_bounded_as_they_arrive() {
+    let (srv, srv_rx, conn) = parked_session();
     for tid in 0..3 {
         let reply = test_message(MSG_TEST, tid, Bytes::from(vec![0x5a; 1 << 20]));
         if conn.send_message(reply).is_err() {
@@ -324,26 +331,7 @@ fn replies_to_a_session_in_standby_are_bounded_as_they_arrive() {
 /// its own bound while the standby bound was a quarter of it.
 #[test]
 fn replies_waiting_behind_a_full_queue_in_standby_are_bounded() {
-    let config = MessengerConfig {
-        max_queued_bytes: 8 << 20,
-        max_total_queued_bytes: 8 << 20,
-        max_standby_queued_bytes: 2 << 20,
-        ..test_config(2)
-    };
-    let (srv, _, srv_rx) =
-        server_on(EntityType::OSD, 1, Policy::stateful_server(), false, ANY, config);
-    drop(RawPeer::handshake(srv.my_addr(), Policy::lossy_client()));
-    let conn = loop {
-        match srv_rx.recv_timeout(WAIT) {
-            Ok(Seen::Accept(c)) => break c,
-            Ok(_) => {}
-            Err(e) => panic!("no ms_handle_accept: {e}"),
-        }
-    };
-    wait_until(
-        || conn.state() == messenger::ConnState::Standby,
-        || format!("the session never parked: {:?}", conn.state()),
-    );
+    let (srv, srv_rx, conn) = parked_session();
     let reply = |tid| test_message(MSG_TEST, tid, Bytes::from(vec![0x5a; 1024]));
     let cost = reply(0).send_cost();
     // 1,100 replies, under the standby bound: the session's queue takes 1,024.
