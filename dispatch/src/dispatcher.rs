@@ -6,7 +6,7 @@
 //! | `ms_deliver_dispatch` (head → tail until taken) | [`Dispatchers::dispatch`] |
 //! | `ms_fast_preprocess` / `ms_can_fast_dispatch` / `ms_fast_dispatch` | same names |
 //! | `ms_deliver_handle_connect` etc. | [`Dispatchers::handle_connect`] etc. |
-//! | `ms_get_authorizer` / `ms_verify_authorizer` | same names |
+//! | `ms_get_authorizer` / `ms_verify_authorizer` | same names; the messenger calls only the second, and rarely (see each) |
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +54,8 @@ pub enum Dispatched {
     NotTaken(Message),
 }
 
-/// Credentials a dispatcher supplies for an outgoing connection (`AuthAuthorizer`).
+/// Credentials a dispatcher supplies for an outgoing connection (`AuthAuthorizer`), from
+/// [`Dispatcher::ms_get_authorizer`], which the messenger never calls.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Authorizer {
     /// The auth protocol (`CEPH_AUTH_*`).
@@ -83,7 +84,8 @@ pub enum AuthVerdict {
 ///   `ms_handle_remote_reset`, `ms_handle_refused`: the queue's `ms_dispatch` thread.
 /// - `ms_fast_*` and `ms_handle_fast_*`: the thread that delivered the message or event
 ///   (a worker, or the dispatch thread for the loopback connection). They must not block.
-/// - the authorizer hooks: the worker doing the handshake.
+/// - `ms_verify_authorizer`, in the one case it is called: the worker doing the handshake.
+///   `ms_get_authorizer` is never called by the messenger.
 ///
 /// A hook that panics on the `ms_dispatch` thread loses the message or event it was
 /// handling (its budget is released) and is counted (`QueueCounters::panics`); the thread
@@ -144,11 +146,27 @@ pub trait Dispatcher<C: ConnectionRef>: Send + Sync + 'static {
     }
 
     /// Credentials for an outgoing connection to a peer of `peer_type` (`CEPH_ENTITY_TYPE_*`).
+    ///
+    /// Not called by the messenger: a connection's credentials come from its auth
+    /// provider (`MessengerConfig::auth`; cephx, set up from an `AuthConfig`), and the
+    /// msgr v1 connector takes its authorizer from there too. Only
+    /// [`Dispatchers::get_authorizer`] calls it, for whoever wants to ask the chain.
+    /// (Ceph 16's v1 connector likewise asks its `AuthClient`, not the dispatchers.)
     fn ms_get_authorizer(&self, _peer_type: u8) -> Option<Authorizer> {
         None
     }
 
     /// Judges an incoming connection's authorizer.
+    ///
+    /// Called only on a msgr v1 accept whose auth provider has no v1 authorizer
+    /// verifier (`AuthProvider::authorizer_server` gives `None`: auth none, the
+    /// default; cephx verifies inline and never asks), and there only when the peer
+    /// sent a non-empty authorizer (or the protocol config's `verify_empty_authorizer`
+    /// is set, which the messenger never does). msgr2 never calls it: its AUTH frames
+    /// are the provider's alone. So it is no way to refuse peers in general: with
+    /// cephx the provider (set up from an `AuthConfig`) decides who is let in; with
+    /// auth none, msgr2 peers and v1 peers sending no authorizer are let in unasked.
+    /// (Ceph 16's acceptor asks its `AuthServer`, not the dispatchers.)
     fn ms_verify_authorizer(
         &self,
         _conn: &C,
@@ -414,7 +432,8 @@ impl<C: ConnectionRef> Dispatchers<C> {
         self.all().iter().any(|d| d.ms_handle_refused(conn))
     }
 
-    /// The first authorizer a dispatcher (head → tail) supplies for `peer_type`.
+    /// The first authorizer a dispatcher (head → tail) supplies for `peer_type`. The
+    /// messenger never calls it (see [`Dispatcher::ms_get_authorizer`]).
     #[doc(alias = "ms_get_authorizer")]
     pub fn get_authorizer(&self, peer_type: u8) -> Option<Authorizer> {
         self.all().iter().find_map(|d| d.ms_get_authorizer(peer_type))
@@ -422,7 +441,8 @@ impl<C: ConnectionRef> Dispatchers<C> {
 
     /// Asks every dispatcher head → tail: any `Reject` rejects (stopping the walk);
     /// otherwise the peer is accepted with the first non-empty reply (or an empty one).
-    /// With no dispatchers the peer is accepted.
+    /// With no dispatchers the peer is accepted. The messenger calls it only in the
+    /// case [`Dispatcher::ms_verify_authorizer`] names (msgr v1, auth none).
     #[doc(alias = "ms_verify_authorizer")]
     pub fn verify_authorizer(
         &self,

@@ -33,7 +33,10 @@
 //!   ([`queue`] docs); priority 0 counts as `PRIO_DEFAULT`;
 //! - loopback delivery runs on the dispatch thread, not on a thread of its own;
 //! - `ms_verify_authorizer` asks every dispatcher: any rejection wins, else the first
-//!   non-empty reply ([`Dispatchers::verify_authorizer`]);
+//!   non-empty reply ([`Dispatchers::verify_authorizer`]); the messenger asks only on
+//!   a msgr v1 accept under auth none, and never calls `ms_get_authorizer`: credentials
+//!   and their verification come from the auth provider (cephx: `AuthConfig`), as
+//!   Ceph 16's `AuthClient`/`AuthServer` took them over from its dispatchers;
 //! - messages are `Message` values moved through the chain (a declining dispatcher
 //!   hands it back in [`Dispatched::NotTaken`]) instead of reference-counted pointers.
 #![forbid(unsafe_code)]
