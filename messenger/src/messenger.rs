@@ -217,7 +217,9 @@ impl Messenger {
         Ok(())
     }
 
-    /// The policy for peers without a specific one.
+    /// The policy for peers without a specific one; until set, [`Policy::lossless_peer`]
+    /// (lossless, standby, no resetcheck). That is not Ceph's default, a default-constructed
+    /// `Policy()`: lossless, no standby, resetcheck.
     pub fn set_default_policy(&self, policy: Policy) {
         self.env.policies.set_default(policy);
     }

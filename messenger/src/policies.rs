@@ -25,7 +25,9 @@ struct PolicySet {
 }
 
 impl Policies {
-    /// Every peer is a lossless peer until told otherwise (Ceph's default policy).
+    /// Every peer gets [`Policy::lossless_peer`] (lossless, standby, no resetcheck) until
+    /// told otherwise. Not Ceph's default: its default-constructed `Policy()` is lossless
+    /// with no standby and resetcheck (nor is it `Policy::default()`, which has neither).
     pub(crate) fn new() -> Policies {
         Policies(RwLock::new(PolicySet {
             default: Policy::lossless_peer(),
