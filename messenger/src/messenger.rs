@@ -404,8 +404,12 @@ impl Messenger {
 
     /// Stops accepting, closes every connection, stops the dispatch thread (discarding
     /// what is still queued) and, if the pool is ours, the workers; returns once they
-    /// stopped, so no dispatcher of ours runs after it (unless called from the dispatch
-    /// thread or a worker, which it cannot wait for: [`Messenger::wait`] can).
+    /// stopped. So no dispatcher of ours runs after it, with two exceptions: on a shared
+    /// pool ([`Messenger::with_pool`]), whose workers it leaves running, a hook a worker
+    /// had already begun (`ms_fast_dispatch`, `ms_fast_preprocess`, `ms_handle_fast_*`)
+    /// may still be running, as after [`Connection::mark_down`]; and called from the
+    /// dispatch thread or a worker, it cannot wait for that thread. [`Messenger::wait`]
+    /// waits for both.
     ///
     /// Unlike Ceph's, which only signals and leaves the joins to `wait`, it waits for an
     /// `ms_dispatch` under way to return: do not call it holding a lock a dispatcher
