@@ -166,9 +166,13 @@ pub struct MessengerConfig {
     /// Bound on the sender side, per connection: what messages queued on one
     /// connection cost until they leave it (written, or acknowledged on a lossless
     /// session), counted in framed bytes plus a per-message overhead
-    /// (`Message::send_cost`). `send_message` beyond it fails with `QueueFull`.
+    /// (`Message::send_cost`). `send_message` beyond it fails with `QueueFull`, except
+    /// for a message larger than the bound sent while the connection holds nothing,
+    /// which is admitted so that it can be sent at all.
     pub max_queued_bytes: u64,
-    /// The same bound over all connections of the messenger together.
+    /// The same bound over all connections of the messenger together (with the same
+    /// exception: a message larger than it is admitted while the messenger holds
+    /// nothing).
     pub max_total_queued_bytes: u64,
     /// What sessions waiting in standby may hold together: a server's lossless sessions
     /// (`Policy::stateful_server`, `lossless_peer`) whose peer went away keep what was

@@ -37,8 +37,9 @@ use crate::state::ConnState;
 pub enum SendError {
     /// The connection was marked down or closed: the message is dropped.
     Closed,
-    /// The connection's send queue is over `max_queued_bytes`, or the messenger's
-    /// send queues together are over `max_total_queued_bytes`.
+    /// The message would take the connection's send queue over `max_queued_bytes`, or
+    /// the messenger's send queues together over `max_total_queued_bytes` (never while
+    /// the bound's queues hold nothing: see [`Connection::send_message`]).
     QueueFull,
 }
 
@@ -164,7 +165,10 @@ impl Connection {
     /// (messages not yet written, or on a lossless session not yet acknowledged; each
     /// counted as its framed length plus a per-message overhead) would pass
     /// `max_queued_bytes`, or the messenger's total would pass `max_total_queued_bytes`
-    /// (see the crate docs, "Bounds a peer cannot escape").
+    /// (see the crate docs, "Bounds a peer cannot escape"). A bound refuses only while
+    /// something is held against it: a single message larger than a bound is admitted
+    /// when the connection (for `max_queued_bytes`) or the messenger (for the total)
+    /// holds nothing, so that it can be sent at all.
     pub fn send_message(&self, msg: Message) -> Result<(), SendError> {
         if self.0.loopback {
             // Closed when its messenger shut down: the dispatch queue takes nothing more.

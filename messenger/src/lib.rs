@@ -213,10 +213,12 @@
 //! per-message overhead), wherever it is and whether or not the socket is writable.
 //! `send_message` fails with [`SendError::QueueFull`] when that would pass
 //! [`MessengerConfig::max_queued_bytes`] for the connection or
-//! [`MessengerConfig::max_total_queued_bytes`] for the messenger. When bytes wait and
-//! the socket takes none of them for [`MessengerConfig::write_timeout`] (60 s), the
-//! connection faults (a lossless session keeps its messages for the reconnect, still
-//! counted). A connection never stops *reading* because its peer does not read: that
+//! [`MessengerConfig::max_total_queued_bytes`] for the messenger. A bound refuses only
+//! while something is held against it: a single message larger than a bound is
+//! admitted when the connection (for the total, the messenger) holds nothing, so that
+//! it can be sent at all. When bytes wait and the socket takes none of them for
+//! [`MessengerConfig::write_timeout`] (60 s), the connection faults (a lossless session
+//! keeps its messages for the reconnect, still counted). A connection never stops *reading* because its peer does not read: that
 //! back-pressure would let two lossless peers streaming at each other both stop
 //! reading and wedge for good, while the write deadline cannot deadlock. A server
 //! whose dispatcher answers every request sees `QueueFull` for the replies of a peer
