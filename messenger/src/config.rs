@@ -157,11 +157,12 @@ pub struct MessengerConfig {
     /// each, 1.7–2.6 µs in secure mode. Zero: always 8. (Ours.)
     pub quick_message: Duration,
     /// With [`early_batches`](Self::early_batches): whether a connection whose peer runs
-    /// on this host, on the very CPU the connection's worker runs on (two read phases in
-    /// a row, by `SO_INCOMING_CPU`), skips them: such a peer cannot run before the worker
-    /// sleeps, so a write in the middle of a read is a syscall for nothing, and the
-    /// read's replies go at its end (or every 256 KiB sent). On by default; off, every
-    /// connection makes early batches. (Ours.)
+    /// on this host, on the very CPU the connection's worker runs on, skips them. Seen by
+    /// `SO_INCOMING_CPU`, looked at in one read phase of every 8 (a syscall each); two
+    /// looks in a row must see it, since a packet our own sending provoked shows our CPU
+    /// too. Such a peer cannot run before the worker sleeps, so a write in the middle of
+    /// a read is a syscall for nothing, and the read's replies go at its end (or every
+    /// 256 KiB sent). On by default; off, every connection makes early batches. (Ours.)
     pub colocated_peer_batching: bool,
     /// Bound on the sender side, per connection: what messages queued on one
     /// connection cost until they leave it (written, or acknowledged on a lossless
