@@ -97,7 +97,10 @@ pub struct MessengerConfig {
     /// Bytes waiting to be sent that the socket takes none of for this long fault the
     /// connection: the peer stopped reading (ours; see the crate docs, "Bounds").
     pub write_timeout: Duration,
-    /// `ms_connection_idle_timeout`: an open connection with no traffic for this long is closed.
+    /// `ms_connection_idle_timeout`: an open connection that receives nothing for this
+    /// long (not counted while it waits for receive budget) faults, as Ceph's does: a
+    /// lossy session is reset (`ms_handle_reset`), a lossless one reconnects or waits in
+    /// standby, as its policy says.
     pub connection_idle_timeout: Duration,
     /// Interval of keepalives sent on open connections (`None` = only on request).
     pub keepalive_interval: Option<Duration>,
