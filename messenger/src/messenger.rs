@@ -389,9 +389,12 @@ impl Messenger {
         t
     }
 
-    /// The v1 handshake counters of all our connections: connect attempts, WAIT,
-    /// RETRY_GLOBAL, RETRY_SESSION and RESETSESSION replies met, and received messages
-    /// dropped as already delivered. Read-only; for tests and diagnostics.
+    /// The handshake counters of all our connections, msgr v1 and msgr2 alike (the name
+    /// is older than msgr2): connect attempts (v1 connect messages, msgr2 idents and
+    /// reconnects), the WAIT, retry-global, retry-session and reset-session replies met
+    /// (v1's tags, msgr2's frames), received messages dropped as already delivered, bad
+    /// signatures, refused credentials and identities ([`CounterValues`]). Read-only;
+    /// for tests and diagnostics.
     pub fn v1_counters(&self) -> CounterValues {
         // Read without building the protocol config: that fixes who we are (start does).
         self.env.identity.protocol().map(machine::counter_values).unwrap_or_default()
