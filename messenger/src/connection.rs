@@ -118,7 +118,7 @@ pub(crate) struct ConnShared {
     /// without the lock by the driver's own sends (see `own_sends`).
     pub(crate) mailbox_cost: AtomicU64,
     /// An accepted session waiting in standby for its peer to come back: one that
-    /// `Env::bound_standby` may mark down. Set by the driver as it goes to standby,
+    /// `Env::bound_standby` may reset. Set by the driver as it goes to standby,
     /// cleared by any other state.
     pub(crate) server_standby: AtomicBool,
 }

@@ -126,11 +126,12 @@ impl Env {
         })
     }
 
-    /// Keeps accepted sessions in standby within the send budget's bounds for them: what
-    /// they hold together (`max_standby`: the ones holding the most are marked down
-    /// first) and how many they are (`max_standby_sessions`: the oldest connections
-    /// first). Run by a driver whose session just went to standby, once it published
-    /// what it holds.
+    /// Keeps accepted sessions in standby within the send budget's bounds for them by
+    /// resetting some ([`Self::reset_session`]: their dispatchers hear `ms_handle_reset`):
+    /// what they hold together (`max_standby`: those holding the most first) and how
+    /// many they are (`max_standby_sessions`: those holding nothing first, then the
+    /// others; the oldest connection first within each). Run by a driver whose session
+    /// just went to standby, once it published what it holds.
     ///
     /// Why: a stateful server keeps a lossless session for a peer that went away (so
     /// that it can resume), with up to `max_queued_bytes` queued for it and no socket.
@@ -145,8 +146,8 @@ impl Env {
         if budget.held() <= cap && budget.standby_sessions() <= max_sessions {
             return;
         }
-        // Handles cloned out of the table: `mark_down` wakes drivers (a syscall), which
-        // must not run under the table's lock.
+        // Handles cloned out of the table: a reset wakes drivers (a syscall), which must
+        // not run under the table's lock.
         let mut standby: Vec<(u64, Connection)> = self
             .sessions
             .live()

@@ -108,7 +108,8 @@ pub(crate) struct SendBudget {
     standby_sessions: AtomicU64,
     /// `send_message` calls refused with `QueueFull`.
     refused: AtomicU64,
-    /// Sessions in standby marked down to keep within `max_standby`.
+    /// Sessions in standby reset to keep within `max_standby` or
+    /// `max_standby_sessions` (`Env::bound_standby`).
     standby_evicted: AtomicU64,
 }
 
@@ -160,7 +161,8 @@ impl SendBudget {
         self.held.load(Ordering::Relaxed)
     }
 
-    /// Counts a session in standby marked down to keep within [`Self::max_standby`].
+    /// Counts a session in standby reset to keep within [`Self::max_standby`] or
+    /// [`Self::max_standby_sessions`].
     pub(crate) fn count_standby_eviction(&self) {
         self.standby_evicted.fetch_add(1, Ordering::Relaxed);
     }
