@@ -59,17 +59,24 @@ impl fmt::Debug for AuthProviderHandle {
     }
 }
 
-/// Options of one messenger. Field names are Ceph's `ms_*` options without the prefix;
-/// defaults are Ceph's (Pacific).
+/// Options of one messenger. A field that is one of Ceph's `ms_*` options carries the
+/// option's name as a doc alias (its field name is the option's without the prefix, but
+/// for `workers`, `ms_async_op_threads`) and defaults to Ceph's (Pacific) value, but for
+/// the `ms_*_mode` fields, whose `None` leaves the modes to the auth provider. The other
+/// fields are ours.
 #[derive(Clone, Debug)]
 pub struct MessengerConfig {
-    /// Worker threads to create when the messenger is not given a shared pool.
+    /// `ms_async_op_threads`: worker threads to create when the messenger is not given a
+    /// shared pool.
+    #[doc(alias = "ms_async_op_threads")]
     pub workers: usize,
     /// `ms_tcp_nodelay`: disable Nagle on every socket (messages are small and latency-bound).
+    #[doc(alias = "ms_tcp_nodelay")]
     pub tcp_nodelay: bool,
     /// `ms_tcp_rcvbuf` (0 = kernel default).
+    #[doc(alias = "ms_tcp_rcvbuf")]
     pub tcp_rcvbuf: usize,
-    /// Send buffer size (0 = kernel default).
+    /// Send buffer size (0 = kernel default). (Ours: Ceph sets only the receive buffer.)
     pub tcp_sndbuf: usize,
     /// TCP congestion control of every socket (`TCP_CONGESTION`, Linux), e.g. `"cubic"`;
     /// `None` keeps the host's default (`net.ipv4.tcp_congestion_control`). Ours, not
@@ -81,12 +88,15 @@ pub struct MessengerConfig {
     /// kernel does not let this process use.
     pub tcp_congestion: Option<String>,
     /// `ms_initial_backoff`: first reconnect delay of a lossless connection.
+    #[doc(alias = "ms_initial_backoff")]
     pub initial_backoff: Duration,
     /// `ms_max_backoff`: reconnect delay cap (also the WAIT backoff).
+    #[doc(alias = "ms_max_backoff")]
     pub max_backoff: Duration,
     /// `ms_connection_ready_timeout`: the whole handshake must complete within this time,
     /// counted from accept (or from the start of the dial); progress does not extend it,
     /// so a peer trickling its handshake byte by byte is cut off too.
+    #[doc(alias = "ms_connection_ready_timeout")]
     pub connection_ready_timeout: Duration,
     /// While a message arrives, its payload must progress by at least `read_buffer`
     /// bytes (or to its end) within this time, or the connection faults and releases
@@ -101,14 +111,18 @@ pub struct MessengerConfig {
     /// long (not counted while it waits for receive budget) faults, as Ceph's does: a
     /// lossy session is reset (`ms_handle_reset`), a lossless one reconnects or waits in
     /// standby, as its policy says.
+    #[doc(alias = "ms_connection_idle_timeout")]
     pub connection_idle_timeout: Duration,
     /// Interval of keepalives sent on open connections (`None` = only on request).
     pub keepalive_interval: Option<Duration>,
     /// `ms_dispatch_throttle_bytes`: bytes of received messages waiting for or inside dispatch.
+    #[doc(alias = "ms_dispatch_throttle_bytes")]
     pub dispatch_throttle_bytes: u64,
     /// `ms_crc_header`: compute and check header, front and middle crcs.
+    #[doc(alias = "ms_crc_header")]
     pub crc_header: bool,
     /// `ms_crc_data`: compute and check the data crc.
+    #[doc(alias = "ms_crc_data")]
     pub crc_data: bool,
     /// Largest front a peer may send (checked before allocating).
     pub max_front: u32,
