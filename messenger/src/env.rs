@@ -236,18 +236,19 @@ impl Env {
         if let Some(p) = id.protocol.get() {
             return p.clone();
         }
-        // Built under the address's read lock, which `set_bound` writes under: a bind
-        // racing the first use either lands before the build reads the address, or sees
-        // the configuration built and fails.
+        // All but the address is built before the lock: that part reads the OS's entropy
+        // (a syscall that may block), and no lock is held across it. (Threads racing the
+        // first use each build it; one is kept.)
+        let mut pc =
+            machine::protocol_config_unaddressed(&self.config, id.name(), id.global_seq.clone());
+        // The address is set and the configuration published under the address's read
+        // lock, which `set_bound` writes under: a bind racing the first use either lands
+        // before the address is read, or sees the configuration built and fails.
         let addr = id.addr.read();
         id.protocol
             .get_or_init(|| {
-                Arc::new(machine::protocol_config(
-                    &self.config,
-                    id.name(),
-                    *addr,
-                    id.global_seq.clone(),
-                ))
+                pc.my_addrs = machine::announced_addrs(*addr, &self.config);
+                Arc::new(pc)
             })
             .clone()
     }
@@ -334,5 +335,31 @@ impl Home for Env {
             msg.set_priority(protocol::message::PRIO_DEFAULT);
         }
         self.queue.local_delivery(conn, msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::types::EntityType;
+
+    use super::*;
+
+    // The configuration is built from the bound address once and fixed from then on, the
+    // same whether or not its address-free part was built outside the lock.
+    #[test]
+    fn protocol_config_announces_the_bound_address_and_fixes_it() {
+        let name = EntityName::new(EntityType::OSD, 3);
+        let env = Env::new(name, 77, MessengerConfig::default(), 1);
+        let bound = SocketAddr::from(([127, 0, 0, 1], 6800));
+        assert!(env.identity.set_bound(bound));
+        let pc = env.protocol_config();
+        let want = machine::announced_addrs(EntityAddr::legacy(bound, 77), &env.config);
+        assert_eq!(pc.my_addrs, want);
+        assert_eq!(pc.my_name, name);
+        assert!(Arc::ptr_eq(&pc, &env.protocol_config()), "built once");
+        assert!(Arc::ptr_eq(&pc.global_seq, &env.identity.global_seq));
+        // Too late: machines already announce the first address.
+        assert!(!env.identity.set_bound(SocketAddr::from(([127, 0, 0, 1], 6801))));
+        assert_eq!(env.protocol_config().my_addrs, want);
     }
 }

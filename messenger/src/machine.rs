@@ -36,14 +36,16 @@ pub(crate) use protocol::{AcceptRequest, Event, Policy};
 /// The protocol's configuration, shared by every machine of one messenger.
 pub(crate) type ProtocolConfig = protocol::Config;
 
-/// The protocol's configuration for a messenger named `name` at `addr`.
-pub(crate) fn protocol_config(
+/// The protocol's configuration for a messenger named `name`, but for the addresses it
+/// announces: none yet (the caller sets them, [`announced_addrs`]). Nothing here needs
+/// the address, so it can be built before the address is locked: it reads the OS's
+/// entropy (the cookie source's key, a `getrandom` that may block).
+pub(crate) fn protocol_config_unaddressed(
     config: &MessengerConfig,
     name: EntityName,
-    addr: EntityAddr,
     global_seq: Arc<GlobalSeqCounter>,
 ) -> ProtocolConfig {
-    let mut pc = protocol::Config::new(name, announced_addrs(addr, config));
+    let mut pc = protocol::Config::new(name, EntityAddrVec::default());
     pc.crc_header = config.crc_header;
     pc.crc_data = config.crc_data;
     pc.handshake_timeout = config.connection_ready_timeout;
