@@ -540,14 +540,19 @@ impl Throttle {
 }
 
 impl fmt::Debug for Throttle {
+    /// Copies what it shows out of the state first: the formatter writes to the caller's
+    /// sink (any code), never with the lock held.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = self.state.lock();
+        let (current, max, waiting, inflight) = {
+            let st = self.state.lock();
+            (st.current, st.max, st.waiters.len() + st.windows.len(), st.inflight.len())
+        };
         f.debug_struct("Throttle")
             .field("name", &self.name)
-            .field("current", &st.current)
-            .field("max", &st.max)
-            .field("waiting", &(st.waiters.len() + st.windows.len()))
-            .field("inflight", &st.inflight.len())
+            .field("current", &current)
+            .field("max", &max)
+            .field("waiting", &waiting)
+            .field("inflight", &inflight)
             .finish()
     }
 }
@@ -739,6 +744,28 @@ impl fmt::Debug for Permit {
 mod tests {
     use super::*;
     use crossbeam_channel::unbounded;
+
+    // `Debug` writes to the caller's sink with the state unlocked: a sink that takes the
+    // throttle's lock (any code may) would otherwise deadlock.
+    #[test]
+    fn debug_writes_with_the_lock_free() {
+        struct Sink<'a>(&'a Throttle, String);
+        impl fmt::Write for Sink<'_> {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                assert!(self.0.state.try_lock().is_some(), "state locked while writing");
+                self.1.push_str(s);
+                Ok(())
+            }
+        }
+        let t = Throttle::new("t", 10);
+        let _p = t.try_acquire(4).expect("fits");
+        let mut sink = Sink(&t, String::new());
+        fmt::write(&mut sink, format_args!("{t:?}")).expect("formats");
+        assert_eq!(
+            sink.1,
+            r#"Throttle { name: "t", current: 4, max: 10, waiting: 0, inflight: 0 }"#
+        );
+    }
 
     #[test]
     fn accounting_follows_permits() {
