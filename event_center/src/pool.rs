@@ -1,5 +1,6 @@
 //! A fixed set of named worker threads, one [`EventCenter`] each.
 
+use std::fmt;
 use std::io;
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::Duration;
@@ -41,7 +42,6 @@ impl Default for WorkerPoolConfig {
 }
 
 /// The worker threads, each running one center until [`shutdown`](Self::shutdown).
-#[derive(Debug)]
 pub struct WorkerPool {
     /// Invariant: not empty (checked in `new`).
     handles: Vec<CenterHandle>,
@@ -53,7 +53,6 @@ pub struct WorkerPool {
 }
 
 /// The worker threads as the shutdowns hand them on.
-#[derive(Debug)]
 enum Workers {
     /// Not joined yet: every worker until a shutdown takes them, or (after a shutdown on
     /// a worker thread, which cannot join itself) that worker alone.
@@ -63,6 +62,27 @@ enum Workers {
     Joining(Vec<ThreadId>),
     /// Every worker was joined.
     Joined,
+}
+
+impl fmt::Debug for WorkerPool {
+    /// Copies the workers' state out of the lock first (without waiting for it, as
+    /// `parking_lot`'s own `Debug` shows a held lock as `<locked>`): the formatter writes
+    /// to the caller's sink (any code), never with the lock held.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (workers, threads): (&str, Vec<ThreadId>) = match self.workers.try_lock().as_deref() {
+            Some(Workers::Unjoined(threads)) => {
+                ("unjoined", threads.iter().map(|t| t.thread().id()).collect())
+            }
+            Some(Workers::Joining(ids)) => ("joining", ids.clone()),
+            Some(Workers::Joined) => ("joined", Vec::new()),
+            None => ("<locked>", Vec::new()),
+        };
+        f.debug_struct("WorkerPool")
+            .field("handles", &self.handles)
+            .field("workers", &workers)
+            .field("threads", &threads)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a shutdown on thread `me` does about the workers ([`Workers::claim`]).
@@ -298,5 +318,39 @@ pub fn pin_thread(tid: libc::pid_t, cpu: usize) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt::{self, Write as _};
+
+    use super::*;
+
+    // `Debug` writes to the caller's sink with the workers' lock free (a sink that took
+    // it would otherwise deadlock), and does not wait for a lock held elsewhere.
+    #[test]
+    fn debug_writes_with_the_lock_free() {
+        struct Sink<'a>(&'a WorkerPool, String);
+        impl fmt::Write for Sink<'_> {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                assert!(self.0.workers.try_lock().is_some(), "workers locked while writing");
+                self.1.push_str(s);
+                Ok(())
+            }
+        }
+        let config = WorkerPoolConfig { workers: 1, ..WorkerPoolConfig::default() };
+        let pool = WorkerPool::new(config).expect("pool");
+        let mut sink = Sink(&pool, String::new());
+        write!(sink, "{pool:?}").expect("formats");
+        assert!(sink.1.contains(r#"workers: "unjoined""#), "{}", sink.1);
+        {
+            let _held = pool.workers.lock();
+            assert!(format!("{pool:?}").contains(r#"workers: "<locked>""#));
+        }
+        pool.shutdown();
+        let mut sink = Sink(&pool, String::new());
+        write!(sink, "{pool:?}").expect("formats");
+        assert!(sink.1.contains(r#"workers: "joined", threads: []"#), "{}", sink.1);
     }
 }
