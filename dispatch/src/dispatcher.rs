@@ -6,7 +6,7 @@
 //! | `ms_deliver_dispatch` (head → tail until taken) | [`Dispatchers::dispatch`] |
 //! | `ms_fast_preprocess` / `ms_can_fast_dispatch` / `ms_fast_dispatch` | same names |
 //! | `ms_deliver_handle_connect` etc. | [`Dispatchers::handle_connect`] etc. |
-//! | `ms_get_authorizer` / `ms_verify_authorizer` | same names; the messenger calls only the second, and rarely (see each) |
+//! | `ms_get_authorizer` / `ms_verify_authorizer` | same names, seldom called (see each) |
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -218,11 +218,12 @@
 //! admitted when the connection (for the total, the messenger) holds nothing, so that
 //! it can be sent at all. When bytes wait and the socket takes none of them for
 //! [`MessengerConfig::write_timeout`] (60 s), the connection faults (a lossless session
-//! keeps its messages for the reconnect, still counted). A connection never stops *reading* because its peer does not read: that
-//! back-pressure would let two lossless peers streaming at each other both stop
-//! reading and wedge for good, while the write deadline cannot deadlock. A server
-//! whose dispatcher answers every request sees `QueueFull` for the replies of a peer
-//! that does not read them until the deadline closes that connection. A reply sent from
+//! keeps its messages for the reconnect, still counted). A connection never stops
+//! *reading* because its peer does not read: that back-pressure would let two lossless
+//! peers streaming at each other both stop reading and wedge for good, while the write
+//! deadline cannot deadlock. A server whose dispatcher answers every request sees
+//! `QueueFull` for the replies of a peer that does not read them until the deadline
+//! closes that connection. A reply sent from
 //! `ms_fast_dispatch` on the connection being dispatched waits in a queue on the worker's
 //! thread instead of the mailbox (no lock: the driver that takes it is running there),
 //! counted the same: the driver holds a chunk of the messenger's total (64 KiB, a
