@@ -48,7 +48,9 @@ impl Policy {
 }
 
 impl Default for Policy {
-    /// Ceph's default-constructed policy: lossless, not a server, no standby, no resetcheck.
+    /// Lossless, not a server, no standby, no resetcheck: what an accepted machine holds
+    /// until its peer's type decides its policy (the accept decision). Not Ceph's
+    /// default-constructed `Policy()`, which has resetcheck.
     fn default() -> Self {
         Policy { lossy: false, server: false, standby: false, resetcheck: false }
     }
