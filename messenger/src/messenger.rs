@@ -412,13 +412,22 @@ impl Messenger {
     /// had already begun (`ms_fast_dispatch`, `ms_fast_preprocess`, `ms_handle_fast_*`)
     /// may still be running, as after [`Connection::mark_down`]; and called from the
     /// dispatch thread or a worker, it cannot wait for that thread. [`Messenger::wait`]
-    /// waits for both.
+    /// waits for both. A call made while another is under way (or after one) waits as
+    /// the first does.
     ///
     /// Unlike Ceph's, which only signals and leaves the joins to `wait`, it waits for an
     /// `ms_dispatch` under way to return: do not call it holding a lock a dispatcher
     /// takes.
     pub fn shutdown(&self) {
-        let Some(live) = self.env.sessions.begin_shutdown() else { return };
+        let Some(live) = self.env.sessions.begin_shutdown() else {
+            // Another call began it (perhaps on the dispatch thread, which cannot join
+            // itself, or still under way): this one too returns once the threads stopped.
+            self.env.queue.shutdown(ShutdownMode::Discard);
+            if self.owns_pool {
+                self.pool.shutdown();
+            }
+            return;
+        };
         let processor = self.processor.lock().take();
         if let Some(p) = processor {
             p.stop();

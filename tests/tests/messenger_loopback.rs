@@ -1145,26 +1145,32 @@ fn a_connection_whose_start_never_runs_is_closed_and_not_waited_for() {
 /// dispatch thread has stopped, also when the shutdown ran on that thread (a daemon's
 /// command shutting it down from `ms_dispatch`), which cannot join itself. Before, `wait`
 /// shut the messenger down itself at once, and returned while that `ms_dispatch` ran on.
-#[test]
-fn wait_blocks_until_a_shutdown_and_the_dispatch_thread_stopped() {
-    struct Stopper {
-        m: std::sync::OnceLock<std::sync::Weak<Messenger>>,
-        entered: crossbeam_channel::Sender<()>,
-        release: Receiver<()>,
-        returned: std::sync::atomic::AtomicBool,
-    }
-    impl Dispatcher<Connection> for Stopper {
-        fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
-            if let Some(m) = self.m.get().and_then(std::sync::Weak::upgrade) {
-                m.shutdown();
-            }
-            let _ = self.entered.send(());
-            // Until the test lets go (it drops the sender).
-            let _ = self.release.recv_timeout(WAIT);
-            self.returned.store(true, Ordering::SeqCst);
-            Dispatched::Taken
+/// A dispatcher whose `ms_dispatch` shuts its messenger down (once `m` is set), says so
+/// and runs on until the test drops the release channel's sender.
+struct Stopper {
+    m: std::sync::OnceLock<std::sync::Weak<Messenger>>,
+    entered: crossbeam_channel::Sender<()>,
+    release: Receiver<()>,
+    returned: std::sync::atomic::AtomicBool,
+}
+
+impl Dispatcher<Connection> for Stopper {
+    fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
+        if let Some(m) = self.m.get().and_then(std::sync::Weak::upgrade) {
+            m.shutdown();
         }
+        let _ = self.entered.send(());
+        // Until the test lets go (it drops the sender).
+        let _ = self.release.recv_timeout(WAIT);
+        self.returned.store(true, Ordering::SeqCst);
+        Dispatched::Taken
     }
+}
+
+/// A started messenger with a [`Stopper`] (not armed), the channel it says it entered
+/// on, and the sender whose drop releases it.
+fn stopping_messenger(
+) -> (Arc<Messenger>, Arc<Stopper>, Receiver<()>, crossbeam_channel::Sender<()>) {
     let m = Arc::new(
         Messenger::new(EntityName::new(EntityType::MDS, 0), 1, test_config(2)).expect("new"),
     );
@@ -1178,6 +1184,12 @@ fn wait_blocks_until_a_shutdown_and_the_dispatch_thread_stopped() {
         returned: std::sync::atomic::AtomicBool::new(false),
     });
     m.add_dispatcher_head(stopper.clone()).expect("dispatcher");
+    (m, stopper, entered, release_tx)
+}
+
+#[test]
+fn wait_blocks_until_a_shutdown_and_the_dispatch_thread_stopped() {
+    let (m, stopper, entered, release_tx) = stopping_messenger();
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let waiter = {
         let m = Arc::clone(&m);
@@ -1203,6 +1215,35 @@ fn wait_blocks_until_a_shutdown_and_the_dispatch_thread_stopped() {
     done.recv_timeout(WAIT).expect("wait returned once ms_dispatch did");
     assert!(stopper.returned.load(Ordering::SeqCst));
     waiter.join().expect("waiter");
+}
+
+// A shutdown called while another is under way returns, as the first does, once the
+// dispatch thread has stopped: here the first ran in ms_dispatch (which cannot wait for
+// its own thread), and the second returned at once while ms_dispatch still ran.
+#[test]
+fn a_second_shutdown_returns_once_the_dispatch_thread_stopped() {
+    let (m, stopper, entered, release_tx) = stopping_messenger();
+    assert!(stopper.m.set(Arc::downgrade(&m)).is_ok());
+    m.get_loopback_connection()
+        .send_message(test_message(MSG_TEST, 1, Bytes::new()))
+        .expect("send to ourselves");
+    entered.recv_timeout(WAIT).expect("ms_dispatch shut the messenger down");
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let second = {
+        let m = Arc::clone(&m);
+        std::thread::spawn(move || {
+            m.shutdown();
+            let _ = done_tx.send(());
+        })
+    };
+    assert!(
+        done.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the second shutdown returned while ms_dispatch was still running"
+    );
+    drop(release_tx);
+    done.recv_timeout(WAIT).expect("the second shutdown returned once ms_dispatch did");
+    assert!(stopper.returned.load(Ordering::SeqCst));
+    second.join().expect("second shutdown");
 }
 
 // After shutdown the loopback connection is closed like every other: a send to ourselves
