@@ -145,9 +145,24 @@ pub fn msg_frame(seq: u64, tid: u64, front: &[u8], format: FooterFormat) -> Vec<
     frame
 }
 
-/// Reads (and discards) until the peer closes `sock`; returns whether that happened
-/// within `within`.
+/// Reads (and discards) until the peer closes `sock` (EOF or reset); returns whether that
+/// happened within `within`.
 pub fn closed_within(sock: &mut TcpStream, within: Duration) -> bool {
+    read_to_close(sock, within, |_| {})
+}
+
+/// Reads until the peer closes `sock` (EOF or reset); returns what it sent before, or
+/// `None` if it kept the socket open past `within`. For a test that claims the peer
+/// closed without a reply (or which reply it sent), where [`closed_within`] would discard
+/// one.
+pub fn read_until_closed(sock: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    read_to_close(sock, within, |b| got.extend_from_slice(b)).then_some(got)
+}
+
+/// Reads until the peer closes `sock` (EOF or reset), handing what arrives to `seen`;
+/// whether the close came within `within` (a read timeout is not a close).
+fn read_to_close(sock: &mut TcpStream, within: Duration, mut seen: impl FnMut(&[u8])) -> bool {
     let deadline = Instant::now() + within;
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -158,10 +173,11 @@ pub fn closed_within(sock: &mut TcpStream, within: Duration) -> bool {
         sock.set_read_timeout(Some(left.min(Duration::from_millis(200)))).expect("timeout");
         match sock.read(&mut buf) {
             Ok(0) => return true,
-            Ok(_) => {}
+            Ok(n) => seen(&buf[..n]),
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    || e.kind() == std::io::ErrorKind::TimedOut
+                    || e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return true,
         }
     }

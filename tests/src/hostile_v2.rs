@@ -137,15 +137,44 @@ fn next_frame(stream: &[u8]) -> Option<(Tag, usize)> {
 }
 
 /// Reads one crc-mode frame from `sock`: its tag and segment 0. `None` if the peer
-/// closed (or reset) the socket first.
+/// closed (or reset) the socket first. Panics if the socket's read timeout passes
+/// first: a peer that neither answers nor closes is not one that closed.
 pub fn read_frame(sock: &mut TcpStream) -> Option<(Tag, Bytes)> {
     let mut pre = [0u8; PREAMBLE_LEN];
-    sock.read_exact(&mut pre).ok()?;
+    read_or_closed(sock, &mut pre)?;
     let (tag, len) = next_frame(&pre)?;
     let mut rest = vec![0u8; len - PREAMBLE_LEN];
-    sock.read_exact(&mut rest).ok()?;
+    read_or_closed(sock, &mut rest)?;
     let l0 = Preamble::decode(&pre).ok()?.lens()[0] as usize;
     Some((tag, Bytes::copy_from_slice(rest.get(..l0)?)))
+}
+
+/// Fills `buf` from `sock`; `None` if the peer closed (EOF) or reset it first. Panics on
+/// the socket's read timeout.
+fn read_or_closed(sock: &mut TcpStream, buf: &mut [u8]) -> Option<()> {
+    match sock.read_exact(buf) {
+        Ok(()) => Some(()),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            panic!("no frame and no close within the socket's read timeout: {e}")
+        }
+        Err(_) => None,
+    }
+}
+
+/// The tags of the crc-mode frames `stream` is made of, in order; panics if it ends
+/// with part of a frame.
+pub fn frame_tags(mut stream: &[u8]) -> Vec<Tag> {
+    let mut tags = Vec::new();
+    while let Some((tag, len)) = next_frame(stream) {
+        let Some(rest) = stream.get(len..) else { break };
+        tags.push(tag);
+        stream = rest;
+    }
+    assert!(stream.is_empty(), "{} bytes of a frame after {tags:?}", stream.len());
+    tags
 }
 
 /// The first bytes of a crc-mode MESSAGE frame of type [`MSG_HOSTILE`] with sequence

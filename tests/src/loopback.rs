@@ -226,6 +226,20 @@ pub fn test_config(workers: usize) -> MessengerConfig {
     MessengerConfig { workers, ..MessengerConfig::default() }
 }
 
+/// Far beyond [`WAIT`]: the handshake and payload timeouts of a [`patient_config`].
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A test config ([`test_config`]) whose handshake and payload timeouts are
+/// [`PATIENCE`], far beyond [`WAIT`]: a socket a server with it closes within `WAIT` was
+/// closed for what its peer sent, not because one of those timeouts ran out.
+pub fn patient_config(workers: usize) -> MessengerConfig {
+    MessengerConfig {
+        connection_ready_timeout: PATIENCE,
+        payload_timeout: PATIENCE,
+        ..test_config(workers)
+    }
+}
+
 /// A started server messenger on 127.0.0.1 port 0 with `policy` and a recorder.
 pub fn server(
     ty: EntityType,

@@ -18,17 +18,33 @@ use tests::loopback::*;
 
 const MSG_TEST: u16 = 0x7f00;
 
+/// A server (an OSD, stateless) whose handshake timeout is far beyond [`WAIT`]: a
+/// socket of a misbehaving connector it closes within `WAIT` was closed for what that
+/// connector sent, not because its handshake ran out of time.
+fn patient_server(
+    echo: bool,
+) -> (messenger::Messenger, std::net::SocketAddr, crossbeam_channel::Receiver<Seen>) {
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    server_on(EntityType::OSD, 1, Policy::stateless_server(), echo, any, patient_config(2))
+}
+
 /// Sends `n` copies of `connect` in one write from a helper thread (the server stops
-/// reading once it faults us, so the write may fail) and waits until the server closes.
-fn flood_connects(server: std::net::SocketAddr, connect: [u8; 33], n: usize) {
+/// reading once it faults us, so the write may fail), waits until the server closes and
+/// checks that what it answered before was at most `max` replies, each `tag`.
+fn flood_connects(server: std::net::SocketAddr, connect: [u8; 33], n: usize, tag: Tag, max: usize) {
     let mut sock = banner_socket(server);
     let mut writer = sock.try_clone().expect("clone");
     let blob: Vec<u8> = connect.iter().copied().cycle().take(connect.len() * n).collect();
     let w = std::thread::spawn(move || {
         let _ = writer.write_all(&blob);
     });
-    assert!(closed_within(&mut sock, WAIT), "the server kept a looping connector open");
+    let sent =
+        read_until_closed(&mut sock, WAIT).expect("the server kept a looping connector open");
     w.join().expect("writer");
+    let replies: Vec<Tag> = sent.chunks(ConnectReply::LEN).map(|r| Tag(r[0])).collect();
+    assert_eq!(sent.len() % ConnectReply::LEN, 0, "a reply was cut short");
+    assert!(replies.len() <= max, "{} connects answered, at most {max}", replies.len());
+    assert!(replies.iter().all(|t| *t == tag), "{replies:?}");
 }
 
 /// Sends `n` copies of `connect` one after the other and returns the reply tags.
@@ -52,7 +68,7 @@ fn answered_connects(
 // again on the same socket; a connector that keeps trying is closed after a few.
 #[test]
 fn pipelined_bad_connects_are_answered_a_few_times_then_faulted() {
-    let (srv, addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
+    let (srv, addr, srv_rx) = patient_server(true);
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
     let good = cli.connect_to(EntityType::OSD, srv.my_addr());
     let max = MAX_CONNECT_ATTEMPTS as usize;
@@ -64,14 +80,15 @@ fn pipelined_bad_connects_are_answered_a_few_times_then_faulted() {
         let (mut sock, tags) = answered_connects(addr, connect, max);
         assert!(tags.iter().all(|t| *t == tag), "{tags:?}");
         sock.write_all(&connect).expect("one more");
-        assert!(closed_within(&mut sock, WAIT), "connect number {} was answered", max + 1);
+        let sent = read_until_closed(&mut sock, WAIT).expect("the socket is closed");
+        assert!(sent.is_empty(), "connect number {} was answered: {sent:?}", max + 1);
     }
 
     // 100,000 connects in one write: answered without recursion (this used to overflow
     // the worker's stack and abort the process), and only up to the bound.
-    for connect in [bad_version, bad_features] {
+    for (connect, tag) in [(bad_version, Tag::BADPROTOVER), (bad_features, Tag::FEATURES)] {
         let before = peer_issues(&srv);
-        flood_connects(addr, connect, 100_000);
+        flood_connects(addr, connect, 100_000, tag, max);
         let issues = peer_issues(&srv) - before;
         assert!((1..=max as u64 + 1).contains(&issues), "{issues} connects handled");
     }
@@ -156,12 +173,13 @@ fn max_rounds() -> usize {
 // unbounded work), and a good msgr2 client of the same server goes on.
 #[test]
 fn pipelined_bad_client_idents_are_answered_a_few_times_then_faulted_over_msgr2() {
-    let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
+    let (srv, _addr, srv_rx) = patient_server(true);
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
     let good = cli.connect_to(EntityType::OSD, addr_for(ProtocolVersion::V2, srv.my_addr()));
     let bound = max_rounds();
 
-    // One at a time: answered with IDENT_MISSING_FEATURES until the bound, then closed.
+    // One at a time: answered with IDENT_MISSING_FEATURES until the bound, then closed
+    // (`read_frame` fails the test if the server neither answers nor closes).
     let (server, me) = v2_addrs(&srv, 3_000_001);
     let mut sock = v2_socket_at_ident(server, me, Policy::lossy_client());
     let ident = featureless_ident(server, me);
@@ -196,10 +214,14 @@ fn pipelined_bad_client_idents_are_answered_a_few_times_then_faulted_over_msgr2(
     let w = std::thread::spawn(move || {
         let _ = writer.write_all(&blob);
     });
-    assert!(closed_within(&mut sock, WAIT), "the server kept a looping connector open");
+    let sent =
+        read_until_closed(&mut sock, WAIT).expect("the server kept a looping connector open");
     w.join().expect("writer");
     let issues = peer_issues(&srv) - before;
     assert!((1..=bound as u64 + 1).contains(&issues), "{issues} idents handled");
+    let answers = frame_tags(&sent);
+    assert!(answers.len() <= bound, "{} idents answered, at most {bound}", answers.len());
+    assert!(answers.iter().all(|t| *t == V2Tag::IDENT_MISSING_FEATURES), "{answers:?}");
 
     for tid in 0..50u64 {
         good.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[1; 64]))).expect("send");
@@ -218,7 +240,7 @@ fn pipelined_bad_client_idents_are_answered_a_few_times_then_faulted_over_msgr2(
 // connection, the rest are never handled, nothing is delivered.
 #[test]
 fn frames_pipelined_before_the_handshake_finished_fault_only_that_connection_over_msgr2() {
-    let (srv, addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
+    let (srv, addr, srv_rx) = patient_server(true);
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
     let good = cli.connect_to(EntityType::OSD, addr_for(ProtocolVersion::V2, srv.my_addr()));
     let (server, me) = v2_addrs(&srv, 3_000_003);
@@ -232,8 +254,11 @@ fn frames_pipelined_before_the_handshake_finished_fault_only_that_connection_ove
         let w = std::thread::spawn(move || {
             let _ = writer.write_all(&blob);
         });
-        assert!(closed_within(&mut sock, WAIT), "the server kept an early framer open");
+        let sent =
+            read_until_closed(&mut sock, WAIT).expect("the server kept an early framer open");
         w.join().expect("writer");
+        // Its HELLO (unread so far), then nothing: none of the early frames was answered.
+        assert_eq!(frame_tags(&sent), [V2Tag::HELLO], "{} bytes", sent.len());
     }
     for tid in 0..50u64 {
         good.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[2; 64]))).expect("send");
@@ -277,7 +302,7 @@ fn unlogged_peer_issues(srv: &messenger::Messenger) -> u64 {
 // waits until the server closes it.
 fn a_flood_logs_a_few_lines_a_second(misbehave: impl Fn(std::net::SocketAddr)) {
     const CONNS: u64 = 200;
-    let (srv, addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let (srv, addr, _rx) = patient_server(false);
     let started = Instant::now();
     for _ in 0..CONNS {
         misbehave(addr);
