@@ -20,7 +20,8 @@ use tests::loopback::*;
 
 const MSG_TEST: u16 = 0x7f00;
 
-/// Waits until the server closes `sock` (EOF or reset), bounded by `WAIT`.
+/// Waits until the server closes `sock` (EOF or reset), bounded by `WAIT`: the servers
+/// here run with a [`patient_config`], so only a fault closes a socket that soon.
 fn wait_closed_by_server(mut sock: TcpStream) {
     sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
     let deadline = Instant::now() + WAIT;
@@ -43,7 +44,9 @@ fn hostile_peers_lose_only_their_own_connection() {
     let seed: u64 = rand::thread_rng().gen();
     eprintln!("seed {seed}");
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
-    let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let (srv, _addr, srv_rx) =
+        server_on(EntityType::OSD, 1, Policy::stateless_server(), true, any, patient_config(2));
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
     let good = cli.connect_to(EntityType::OSD, srv.my_addr());
     good.send_message(test_message(MSG_TEST, 0, Bytes::new())).expect("send");
@@ -112,8 +115,10 @@ fn msgr2_hostile_frames_lose_only_their_own_connection() {
     let seed: u64 = rand::thread_rng().gen();
     eprintln!("seed {seed}");
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    // The stalled peer is cut off by the payload timeout; the others must be by the
+    // checks they break (each waited for below), not by that timeout.
     let config =
-        messenger::MessengerConfig { payload_timeout: Duration::from_secs(1), ..test_config(2) };
+        messenger::MessengerConfig { payload_timeout: Duration::from_secs(1), ..patient_config(2) };
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let (srv, addr, srv_rx) =
         server_on(EntityType::OSD, 1, Policy::stateless_server(), true, any, config);
@@ -124,12 +129,21 @@ fn msgr2_hostile_frames_lose_only_their_own_connection() {
     assert_eq!(next_message(&cli_rx).1.tid(), 0);
     assert_eq!(good.protocol(), Some(ProtocolVersion::V2));
     let issues_before = peer_issues(&srv);
+    // The first three break a check the server counts as it faults them: waited for one
+    // at a time, so each is caught for what it sent (a broken length check would leave
+    // the huge segment to the payload timeout, which counts nothing).
+    let mut counted = issues_before;
+    let mut caught = |what: &str| {
+        wait_until(|| peer_issues(&srv) > counted, || format!("{what} was not caught"));
+        counted = peer_issues(&srv);
+    };
 
     // 1. A good banner, then random bytes where HELLO's preamble should be.
     let mut garbage = TcpStream::connect(addr).expect("connect");
     garbage.write_all(&Banner::OURS.to_bytes()).expect("banner");
     let noise: Vec<u8> = (0..4096).map(|_| rng.gen()).collect();
     garbage.write_all(&noise).expect("write");
+    caught("garbage for a HELLO");
 
     // 2. An open session, then a MESSAGE preamble announcing a 4 GiB data segment (its
     //    crc is right, so only the length check can stop it, before any allocation).
@@ -137,12 +151,14 @@ fn msgr2_hostile_frames_lose_only_their_own_connection() {
     huge.sock
         .write_all(&preamble(Tag2::MESSAGE, &[HEADER2_LEN as u32, 0, 0, u32::MAX]))
         .expect("write");
+    caught("a 4 GiB segment");
 
     // 3. An open session, then a KEEPALIVE2 preamble whose crc is wrong.
     let mut bad_crc = RawPeer::handshake(srv_v2, Policy::lossy_client());
     let mut p = preamble(Tag2::KEEPALIVE2, &[12]);
     p[PREAMBLE_LEN - 1] ^= 0x5a;
     bad_crc.sock.write_all(&p).expect("write");
+    caught("a preamble with a bad crc");
 
     // 4. An open session, then a message's head and the start of its 1 MiB data, and
     //    silence: faulted at the payload timeout, its budget released.
