@@ -166,31 +166,36 @@ fn read_until_closed(sock: &mut std::net::TcpStream) -> Option<Vec<u8>> {
 }
 
 /// What the banner sniffer does with a peer that is neither protocol: a bad banner is
-/// closed at once and a silent peer at the handshake timeout, both without a byte
-/// from us (we write our banner only after reading the peer's), and neither leaves a
-/// connection behind; a v1 client of the same messenger is served meanwhile.
+/// closed at once (well before the handshake timeout, which would close it too) and a
+/// silent peer at the handshake timeout, both without a byte from us (we write our
+/// banner only after reading the peer's), and neither leaves a connection behind; a v1
+/// client of the same messenger is served meanwhile.
 #[test]
 fn a_bad_or_missing_banner_is_closed_unanswered() {
     use std::io::Write;
-    let config = messenger::MessengerConfig {
-        connection_ready_timeout: std::time::Duration::from_secs(2),
-        ..test_config(1)
-    };
+    use std::time::{Duration, Instant};
+    let timeout = Duration::from_secs(2);
+    let config = messenger::MessengerConfig { connection_ready_timeout: timeout, ..test_config(1) };
     let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let (srv, addr, srv_rx) =
         server_on(EntityType::OSD, 1, Policy::stateless_server(), true, any, config);
+    let silent_since = Instant::now();
+    let mut silent = std::net::TcpStream::connect(addr).expect("connect");
     let mut garbage = std::net::TcpStream::connect(addr).expect("connect");
+    let written = Instant::now();
     garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
-    let silent = std::net::TcpStream::connect(addr).expect("connect");
+    let sent = read_until_closed(&mut garbage).expect("a bad banner is closed");
+    let took = written.elapsed();
+    assert!(took < timeout / 2, "a bad banner was closed after {took:?}: at the timeout?");
+    assert!(sent.is_empty(), "nothing is written to a bad banner: {sent:?}");
 
     let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
     let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
     ping_pong(&conn, &cli_rx, &srv_rx, 5);
 
-    let sent = read_until_closed(&mut garbage).expect("a bad banner is closed");
-    assert!(sent.is_empty(), "nothing is written to a bad banner: {sent:?}");
-    let mut silent = silent;
     let sent = read_until_closed(&mut silent).expect("a silent peer is closed at the timeout");
+    let took = silent_since.elapsed();
+    assert!(took >= timeout / 2, "a silent peer was closed after {took:?}, before its timeout");
     assert!(sent.is_empty(), "nothing is written before the peer's banner: {sent:?}");
     cli.shutdown();
     wait_for_connection_count(&srv, 0, "server");
