@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
@@ -148,11 +148,11 @@ fn delayed_delivery_keeps_order_and_delays_only_the_chosen_peer_types() {
 
 /// `ms_inject_internal_delays` holds an accept decision on a timer of the worker, not
 /// in a sleep: with one worker thread for everything, a session on that worker keeps
-/// exchanging messages while a newcomer's accept decision waits, and the newcomer opens
-/// once the delay is over.
+/// exchanging messages while a newcomer's accept decision waits (30 s: the test ends
+/// long before it is taken).
 #[test]
 fn internal_delay_holds_the_accept_decision_without_stalling_the_worker() {
-    let delay = Duration::from_secs(2);
+    let delay = Duration::from_secs(30);
     let pool = Arc::new(
         event_center::WorkerPool::new(event_center::WorkerPoolConfig {
             workers: 1,
@@ -191,21 +191,29 @@ fn internal_delay_holds_the_accept_decision_without_stalling_the_worker() {
     let to_echo = server.connect_to(EntityType::OSD, echo.my_addr());
     to_echo.send_message(test_message(MSG, 1, Bytes::new())).expect("queued");
     assert_eq!(next_message(&srx).1.tid(), 1);
+    let delays = || total(&server, |c| c.inject_internal_delays.load(Relaxed));
+    assert_eq!(delays(), 0, "a delay before any accept decision");
 
-    // A newcomer dials the server: its accept decision is held for `delay`.
+    // A newcomer dials the server: its accept decision is held from here on.
     let held = newcomer.connect_to(EntityType::OSD, server.my_addr());
     held.send_message(test_message(MSG, 100, Bytes::new())).expect("queued");
-    // Meanwhile the one worker serves the open session: its echo comes back first.
+    wait_until(|| delays() >= 1, || "the newcomer's accept decision was never held".into());
+    // Meanwhile the one worker serves the open session: its echo comes back at once, not
+    // when the delay is over (a worker asleep in it would not even read it).
     to_echo.send_message(test_message(MSG, 2, Bytes::new())).expect("queued");
-    let (conn, msg) = next_message(&srx);
-    assert_eq!(msg.tid(), 2, "the held accept decision stalled the worker");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (conn, msg) = loop {
+        match srx.recv_deadline(deadline) {
+            Ok(Seen::Message(c, m)) => break (c, m),
+            Ok(_) => {}
+            Err(e) => panic!("no echo within 5 s of a 30 s hold: the worker stalled ({e})"),
+        }
+    };
+    assert_eq!(msg.tid(), 2, "the newcomer's message came first: its decision was not held");
     assert_eq!(conn, to_echo);
+    assert_eq!(delays(), 1, "one accept decision held, and still the only one");
     assert!(!held.is_connected(), "the accept decision was not held");
-    // Then the newcomer's decision is taken and its message delivered.
-    let (_, msg) = next_message(&srx);
-    assert_eq!(msg.tid(), 100);
-    let delays = total(&server, |c| c.inject_internal_delays.load(Relaxed));
-    assert!(delays >= 1, "no internal delay counted");
+    // Shut down with the decision still held: nothing waits for it.
     for m in [&newcomer, &echo, &server] {
         m.shutdown();
         m.wait();
