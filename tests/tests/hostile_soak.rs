@@ -41,13 +41,13 @@ const KINDS: [&str; 8] = [
 ];
 
 /// One round of `kind` against `srv` (`server` is its socket address); returns when the
-/// server threw us out or the round's time is up.
+/// server threw us out or the round's time is up: true, or false if it could not connect.
 fn attack_once(
     kind: &str,
     srv: protocol::types::EntityAddr,
     server: SocketAddr,
     rng: &mut SmallRng,
-) {
+) -> bool {
     let round = Duration::from_millis(rng.gen_range(200..3000));
     let started = Instant::now();
     let give_up = |sock: &mut TcpStream| {
@@ -56,7 +56,7 @@ fn attack_once(
     };
     match kind {
         "garbage" => {
-            let Ok(mut sock) = TcpStream::connect(server) else { return };
+            let Ok(mut sock) = TcpStream::connect(server) else { return false };
             let noise: Vec<u8> = (0..rng.gen_range(1..8192)).map(|_| rng.gen()).collect();
             let _ = sock.write_all(&noise);
             give_up(&mut sock);
@@ -72,7 +72,7 @@ fn attack_once(
             let mut sock = banner_socket(server);
             for b in session_connect(0, 1).iter().take(32) {
                 if sock.write_all(&[*b]).is_err() || started.elapsed() > round {
-                    return;
+                    return true;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -89,7 +89,7 @@ fn attack_once(
             let _ = sock.write_all(&msg_head(1, 1, 4 << 20, 0));
             while started.elapsed() < round {
                 if sock.write_all(&[0u8; 16]).is_err() {
-                    return;
+                    return true;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -101,7 +101,7 @@ fn attack_once(
                 if sock.write_all(&msg_frame(seq, seq, &front, footer)).is_err()
                     || started.elapsed() > round
                 {
-                    return;
+                    return true;
                 }
             }
         }
@@ -111,7 +111,7 @@ fn attack_once(
             let chunk = vec![0u8; 64 << 10];
             while started.elapsed() < round {
                 if sock.write_all(&chunk).is_err() {
-                    return;
+                    return true;
                 }
             }
         }
@@ -121,11 +121,12 @@ fn attack_once(
             give_up(&mut sock);
         }
     }
+    true
 }
 
 /// One round of the msgr2 counterpart of `kind` against `srv` (its `v2:` address;
-/// `server` is its socket address).
-fn attack_once_v2(kind: &str, srv: EntityAddr, server: SocketAddr, rng: &mut SmallRng) {
+/// `server` is its socket address); as [`attack_once`].
+fn attack_once_v2(kind: &str, srv: EntityAddr, server: SocketAddr, rng: &mut SmallRng) -> bool {
     let round = Duration::from_millis(rng.gen_range(200..3000));
     let started = Instant::now();
     let give_up = |sock: &mut TcpStream| {
@@ -148,10 +149,10 @@ fn attack_once_v2(kind: &str, srv: EntityAddr, server: SocketAddr, rng: &mut Sma
         "trickled-handshake" => {
             let mut bytes = Banner::OURS.to_bytes().to_vec();
             bytes.extend(client_hello(srv));
-            let Ok(mut sock) = TcpStream::connect(server) else { return };
+            let Ok(mut sock) = TcpStream::connect(server) else { return false };
             for b in bytes.iter().take(bytes.len() - 1) {
                 if sock.write_all(&[*b]).is_err() || started.elapsed() > round {
-                    return;
+                    return true;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -169,7 +170,7 @@ fn attack_once_v2(kind: &str, srv: EntityAddr, server: SocketAddr, rng: &mut Sma
             let _ = peer.sock.write_all(&message_head(1, 1, 4 << 20));
             while started.elapsed() < round {
                 if peer.sock.write_all(&[0u8; 16]).is_err() {
-                    return;
+                    return true;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -180,7 +181,7 @@ fn attack_once_v2(kind: &str, srv: EntityAddr, server: SocketAddr, rng: &mut Sma
             for tid in 1..=20_000u64 {
                 let frame = peer.message(tid, &front);
                 if peer.sock.write_all(&frame).is_err() || started.elapsed() > round {
-                    return;
+                    return true;
                 }
             }
         }
@@ -191,7 +192,7 @@ fn attack_once_v2(kind: &str, srv: EntityAddr, server: SocketAddr, rng: &mut Sma
             let chunk = vec![0u8; 64 << 10];
             while started.elapsed() < round {
                 if peer.sock.write_all(&chunk).is_err() {
-                    return;
+                    return true;
                 }
             }
         }
@@ -201,6 +202,7 @@ fn attack_once_v2(kind: &str, srv: EntityAddr, server: SocketAddr, rng: &mut Sma
             give_up(&mut peer.sock);
         }
     }
+    true
 }
 
 #[test]
@@ -251,23 +253,26 @@ fn soak(name: &str, proto: ProtocolVersion, run: Duration) {
         }
     });
     let stop = Arc::new(AtomicBool::new(false));
+    // Rounds begun, and per kind and protocol (0 v1, 1 msgr2) the rounds that reached
+    // the server and ran to their end (no helper panicked on a refused handshake).
     let rounds = Arc::new(AtomicU64::new(0));
-    // msgr2 rounds that ran to their end (no helper gave up on a refused handshake).
-    let v2_rounds = Arc::new(AtomicU64::new(0));
+    let done: Arc<[[AtomicU64; 2]; KINDS.len()]> =
+        Arc::new(std::array::from_fn(|_| [AtomicU64::new(0), AtomicU64::new(0)]));
     let attackers: Vec<_> = (0..HOSTILE)
         .map(|i| {
             let (stop, rounds, srv_addr) = (stop.clone(), rounds.clone(), srv.my_addr());
-            let v2_rounds = v2_rounds.clone();
+            let done = done.clone();
             // Over msgr2, every other peer attacks in msgr2.
             let v2 = proto == ProtocolVersion::V2 && i % 2 == 1;
             std::thread::spawn(move || {
                 let mut rng = SmallRng::seed_from_u64(seed ^ i as u64);
                 // Over msgr2 each kind has as many msgr2 peers as v1 ones.
                 let per_kind = if proto == ProtocolVersion::V2 { i / 2 } else { i };
-                let kind = KINDS[per_kind % KINDS.len()];
+                let k = per_kind % KINDS.len();
+                let kind = KINDS[k];
                 while !stop.load(Ordering::Relaxed) {
                     // A panic in a helper (the server refusing a handshake) only ends
-                    // this round.
+                    // this round, uncounted in `done`.
                     let mut r = SmallRng::seed_from_u64(rng.gen());
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         if v2 {
@@ -282,8 +287,8 @@ fn soak(name: &str, proto: ProtocolVersion, run: Duration) {
                         }
                     }));
                     rounds.fetch_add(1, Ordering::Relaxed);
-                    if v2 && ran.is_ok() {
-                        v2_rounds.fetch_add(1, Ordering::Relaxed);
+                    if matches!(ran, Ok(true)) {
+                        done[k][usize::from(v2)].fetch_add(1, Ordering::Relaxed);
                     }
                 }
             })
@@ -334,11 +339,25 @@ fn soak(name: &str, proto: ProtocolVersion, run: Duration) {
     assert!(good.is_connected());
     assert_eq!(good.protocol(), Some(proto), "the good client speaks {proto:?}");
     let rounds = rounds.load(Ordering::Relaxed);
-    let v2_rounds = v2_rounds.load(Ordering::Relaxed);
-    eprintln!("{sent} good messages, {rounds} hostile rounds ({v2_rounds} full msgr2 ones)");
-    assert!(rounds >= HOSTILE as u64, "the attackers hardly ran");
+    let done: Vec<[u64; 2]> =
+        done.iter().map(|d| [d[0].load(Ordering::Relaxed), d[1].load(Ordering::Relaxed)]).collect();
+    let full: u64 = done.iter().flatten().sum();
+    let v2_full: u64 = done.iter().map(|d| d[1]).sum();
+    eprintln!("{sent} good messages, {rounds} hostile rounds, {full} run to their end:");
+    for (kind, [v1, v2]) in KINDS.iter().zip(&done) {
+        eprintln!("  {kind}: {v1} over msgr v1, {v2} over msgr2");
+    }
+    // Every kind attacked, in every protocol its peers speak: a kind whose every round
+    // failed (a helper panicking, say) tested nothing.
+    for (kind, [v1, v2]) in KINDS.iter().zip(&done) {
+        assert!(*v1 >= 1, "no {kind} round over msgr v1 ran to its end");
+        if proto == ProtocolVersion::V2 {
+            assert!(*v2 >= 1, "no {kind} round over msgr2 ran to its end");
+        }
+    }
+    assert!(full >= HOSTILE as u64, "the attackers hardly ran");
     if proto == ProtocolVersion::V2 {
-        assert!(v2_rounds >= HOSTILE as u64 / 2, "the msgr2 attackers hardly ran");
+        assert!(v2_full >= HOSTILE as u64 / 2, "the msgr2 attackers hardly ran");
     }
     cli.shutdown();
     srv.shutdown();
