@@ -495,6 +495,17 @@ fn standby_sessions(m: &messenger::Messenger) -> u64 {
     m.counters_json()["msgr_send_queues"]["standby_sessions"].as_u64().unwrap_or(u64::MAX)
 }
 
+/// Returns once `conn`'s driver has run a pump after this call: whatever step it was
+/// in the middle of when called (e.g. parking in standby, which publishes the state
+/// before it counts the session) is done.
+fn driver_passed(conn: &Connection) {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    conn.inject_before_settle(move || {
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(WAIT).expect("the connection's driver ran");
+}
+
 /// A session accepted from a peer, then redialled by us after its socket was cut, opens
 /// as ours: `ms_handle_connect` (Ceph's client_ready), not `ms_handle_accept`; and parked
 /// in standby again it is not counted as a server's session waiting for its peer (it
@@ -516,10 +527,10 @@ fn a_session_we_redial_opens_as_ours(proto: ProtocolVersion) {
     // counts as one (its peer dialled it).
     b_to_a.inject_socket_failure();
     wait_until(
-        || b_to_a.state() == messenger::ConnState::Standby,
-        || format!("B's session never parked: {:?}", b_to_a.state()),
+        || standby_sessions(&b) == 1,
+        || format!("B's accepted session never counted in standby: {:?}", b_to_a.state()),
     );
-    assert_eq!(standby_sessions(&b), 1, "an accepted session waiting for its peer");
+    assert_eq!(b_to_a.state(), messenger::ConnState::Standby);
 
     // B sends: it dials A, and the session opens as B's.
     b_to_a.send_message(test_message(MSG_TEST, 2, Bytes::new())).expect("send");
@@ -547,6 +558,10 @@ fn a_session_we_redial_opens_as_ours(proto: ProtocolVersion) {
         || b_to_a.state() == messenger::ConnState::Standby,
         || format!("B's session never parked again: {:?}", b_to_a.state()),
     );
+    // Parking publishes the state first and counts the session after: read the count
+    // once the driver has finished that step.
+    driver_passed(&b_to_a);
+    assert_eq!(b_to_a.state(), messenger::ConnState::Standby, "the probe woke the session");
     assert_eq!(standby_sessions(&b), 0, "a session we dial waits for our next message");
     a.shutdown();
     b.shutdown();
