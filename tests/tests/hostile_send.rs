@@ -389,10 +389,11 @@ fn send_message_fails_with_queue_full_beyond_the_bound() {
     cli.start().expect("start");
     let (rec, _rx) = Recorder::new(false);
     cli.add_dispatcher_head(rec).expect("dispatcher");
-    // Nobody listens there: every message waits.
+    // A listener that never accepts: the dial completes into its backlog and no banner
+    // ever comes, so every message waits. (Bound for the whole test: a port released
+    // here could be taken by another test's listener.)
     let nowhere = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = nowhere.local_addr().expect("addr");
-    drop(nowhere);
     let conn = cli.get_connection(EntityType::OSD, addr);
     let mut queued = 0u64;
     let err = loop {
@@ -406,6 +407,7 @@ fn send_message_fails_with_queue_full_beyond_the_bound() {
     let cost = test_message(MSG_TEST, 0, Bytes::new()).send_cost();
     assert_eq!(queued, (1 << 20) / cost, "refused at the bound, not before");
     cli.shutdown();
+    drop(nowhere);
 }
 
 // Two lossless peers streaming at each other with small send bounds: neither stops

@@ -212,11 +212,12 @@ fn fast_dispatch_replies_are_bounded_in_total() {
     let cost = reply(1, SIZE as usize).send_cost();
     let total = 64 << 10;
     let (srv, reports) = total_bound_server(total);
-    // Nobody listens there: these wait, charged to the total.
+    // A listener that never accepts: the dial completes into its backlog and no banner
+    // ever comes, so these wait, charged to the total. (Bound for the whole test: a port
+    // released here could be taken by another test's listener.)
     srv.set_policy(EntityType::MON, Policy::lossless_client());
     let nowhere = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = nowhere.local_addr().expect("addr");
-    drop(nowhere);
     let waiting = srv.get_connection(EntityType::MON, addr);
     let mut held = 0;
     for tid in 1..=20 {
@@ -229,6 +230,7 @@ fn fast_dispatch_replies_are_bounded_in_total() {
     waiting.mark_down();
     assert_released(&srv, &report);
     srv.shutdown();
+    drop(nowhere);
 }
 
 // More replies from one dispatch than the session takes into its queue at once (1,024):
