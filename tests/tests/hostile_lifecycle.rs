@@ -424,10 +424,16 @@ fn a_waiting_connection_queues_one_throttle_request_however_often_it_is_woken_ov
         assert!(Instant::now() < deadline, "the server never waited for budget");
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Each keepalive command wakes the waiting driver.
+    // Each keepalive command wakes the waiting driver. A probe posted after them runs
+    // once the driver has taken them all: the wake-ups reached it before the window.
     for _ in 0..1000 {
         server_side.send_keepalive();
     }
+    let (probe_tx, probe_rx) = crossbeam_channel::bounded(1);
+    server_side.inject_before_settle(move || {
+        let _ = probe_tx.send(());
+    });
+    probe_rx.recv_timeout(WAIT).expect("the driver took the keepalives");
     let deadline = Instant::now() + Duration::from_millis(500);
     while Instant::now() < deadline {
         assert_eq!(srv.dispatch_throttle().waiting(), 1, "requests pile up");
