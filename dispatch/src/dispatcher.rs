@@ -161,11 +161,13 @@ pub trait Dispatcher<C: ConnectionRef>: Send + Sync + 'static {
     /// Called only on a msgr v1 accept whose auth provider has no v1 authorizer
     /// verifier (`AuthProvider::authorizer_server` gives `None`: auth none, the
     /// default; cephx verifies inline and never asks), and there only when the peer
-    /// sent a non-empty authorizer (or the protocol config's `verify_empty_authorizer`
-    /// is set, which the messenger never does). msgr2 never calls it: its AUTH frames
-    /// are the provider's alone. So it is no way to refuse peers in general: with
-    /// cephx the provider (set up from an `AuthConfig`) decides who is let in; with
-    /// auth none, msgr2 peers and v1 peers sending no authorizer are let in unasked.
+    /// sent a non-empty authorizer (auth none's, which every v1 connector but a
+    /// client dialling a monitor sends, ours as Ceph's; or the protocol config's
+    /// `verify_empty_authorizer` is set, which the messenger never does). msgr2 never
+    /// calls it: its AUTH frames are the provider's alone. So it is no way to refuse
+    /// peers in general: with cephx the provider (set up from an `AuthConfig`) decides
+    /// who is let in; with auth none, msgr2 peers and v1 peers sending no authorizer
+    /// are let in unasked.
     /// (Ceph 16's acceptor asks its `AuthServer`, not the dispatchers.)
     fn ms_verify_authorizer(
         &self,

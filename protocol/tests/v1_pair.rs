@@ -42,15 +42,16 @@ fn assert_one_session(p: &Pair) {
     assert_eq!(open.len(), 2, "exactly one session per side");
 }
 
-// ProtocolV1 handshake: 186 bytes from the connector (banner, addr, connect, in_seq) and
-// 315 from the acceptor (banner block, SEQ reply, in_seq), msgr-v1.md 2.1.
+// ProtocolV1 handshake: 204 bytes from the connector (banner, addr, connect with mon.0's
+// 18-byte auth-none authorizer, as a monitor sends one to a monitor (msgr-v1.md 3.6),
+// in_seq) and 315 from the acceptor (banner block, SEQ reply, in_seq), msgr-v1.md 2.1.
 #[test]
 fn handshake_opens_both_sides_with_exact_byte_counts() {
     let mut p = client_server();
     p.connect(0);
     p.drive();
     assert_one_session(&p);
-    assert_eq!(p.links[0].sent, [315, 186]);
+    assert_eq!(p.links[0].sent, [315, 204]);
     assert_eq!((p.nodes[0].opened, p.nodes[1].opened), (1, 1));
     let a = p.session_ep(0).unwrap();
     let b = p.session_ep(1).unwrap();
@@ -179,7 +180,7 @@ fn cut_at_every_byte_offset_loses_nothing() {
 #[test]
 fn tampered_header_is_a_crc_fault_and_lossless_resend_recovers() {
     let mut p = client_server();
-    p.tamper = Some((1, 186 + 1 + 10, 0x40)); // inside the first MSG header (tid)
+    p.tamper = Some((1, 204 + 1 + 10, 0x40)); // inside the first MSG header (tid)
     p.send(0, numbered(7));
     p.run_for(Duration::from_secs(5));
     assert_eq!(numbers(&p.nodes[1].received), [7]);
@@ -193,7 +194,7 @@ fn tampered_header_is_a_crc_fault_and_lossless_resend_recovers() {
 #[test]
 fn tampered_front_on_lossy_session_resets_both_sides() {
     let mut p = Pair::v1(Instant::now(), Policy::lossy_client(), Policy::stateless_server());
-    p.tamper = Some((1, 186 + 1 + 53, 0x01)); // first front byte
+    p.tamper = Some((1, 204 + 1 + 53, 0x01)); // first front byte
     p.send(0, numbered(7));
     p.drive();
     assert!(p.nodes[1].received.is_empty());

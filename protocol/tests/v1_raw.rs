@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use protocol::auth::AuthNoneProvider;
 use protocol::message::EncodeOptions;
 use protocol::session::Fault;
-use protocol::types::{EntityAddr, EntityName, EntityType, Features};
+use protocol::types::{AuthEntityName, EntityAddr, EntityName, EntityType, Features};
 use protocol::v1::Connection;
 use protocol::wire::{
     AcceptorBanner, ConnectMsg, ConnectReply, FooterFormat, KeepaliveStamp, Tag, BANNER,
@@ -32,6 +33,13 @@ use protocol::{
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
+
+/// The auth-none authorizer a monitor sends to a monitor (msgr-v1.md 3.6: `u8 1`, the
+/// entity name, the global id); `mon.0`'s, after [`me`]'s connect.
+const MON0_AUTHORIZER: &[u8] = b"\x01\x01\x00\x00\x00\x01\x00\x00\x000\0\0\0\0\0\0\0\0";
+
+/// A connect as [`me`] sends it to a monitor: with its authorizer.
+const MY_CONNECT: usize = ConnectMsg::LEN + MON0_AUTHORIZER.len();
 
 fn me() -> Config {
     Config::new(EntityName::new(EntityType::MON, 0), EntityAddr::legacy(sa("127.0.0.1:6789"), 1))
@@ -62,8 +70,12 @@ fn connector_shared(config: Arc<Config>, policy: Policy) -> (Connection, Instant
     let counter_before = config.global_seq.current().to_v1();
     let connects_before = config.counters.values().connects;
     let (c, out) = past_banners(config.clone(), policy, now);
-    assert_eq!(out.len(), 136 + 33);
-    let connect = ConnectMsg::decode_exact(&out[136..]).unwrap();
+    let (connect, authorizer, used) =
+        ConnectMsg::decode_with_authorizer(&out[136..], 1 << 10).unwrap();
+    assert_eq!(136 + used, out.len());
+    // A monitor presents auth none's authorizer to a monitor; a client presents none.
+    let want: &[u8] = if config.my_name.ty == EntityType::MON { MON0_AUTHORIZER } else { &[] };
+    assert_eq!((connect.authorizer_protocol, authorizer), (u32::from(!want.is_empty()), want));
     // Ceph's connect takes `++global_seq` of the messenger: the attempt carries the
     // counter's next value, and the shared counter moved to it.
     assert_eq!(connect.global_seq, counter_before + 1);
@@ -103,12 +115,18 @@ fn reply(tag: Tag, global_seq: u32, connect_seq: u32, in_seq: u64) -> Bytes {
     Bytes::from(v)
 }
 
+/// The connect that ends `out` (after our address, if it is there), with its
+/// authorizer if any.
 fn last_connect(out: &[u8]) -> ConnectMsg {
-    ConnectMsg::decode_exact(&out[out.len() - 33..]).unwrap()
+    let at = if out.len() >= 136 + ConnectMsg::LEN { 136 } else { 0 };
+    let (m, _, used) = ConnectMsg::decode_with_authorizer(&out[at..], 1 << 10).unwrap();
+    assert_eq!(at + used, out.len(), "the connect ends the output");
+    m
 }
 
 // msgr-v1.md 2.1: our address goes out only after the 281 bytes; the connect carries
-// our features, type, protocol 13 (mon ↔ mon), connect_seq 0, no LOSSY flag.
+// our features, type, protocol 13 (mon ↔ mon), connect_seq 0, no LOSSY flag, and the
+// auth-none authorizer a monitor presents to a monitor (3.6).
 #[test]
 fn connector_sends_address_and_connect_after_banner_block() {
     let (_c, _now, out) = connector(me(), Policy::lossless_peer());
@@ -116,7 +134,40 @@ fn connector_sends_address_and_connect_after_banner_block() {
     let m = last_connect(&out);
     assert_eq!(m.features, Features::PACIFIC_ADVERTISED);
     assert_eq!(m.host_type, EntityType::MON);
-    assert_eq!((m.connect_seq, m.protocol_version, m.authorizer_len, m.flags), (0, 13, 0, 0));
+    assert_eq!((m.connect_seq, m.protocol_version, m.authorizer_len, m.flags), (0, 13, 18, 0));
+}
+
+// Under auth none a client presents auth none's authorizer to a daemon (an OSD answers a
+// connect without one BADAUTHORIZER: Ceph's require_authorizer), and none to a monitor
+// (it authenticates with MAuth afterwards), msgr-v1.md 3.6.
+#[test]
+fn a_client_presents_auth_none_s_authorizer_to_a_daemon_only() {
+    let now = Instant::now();
+    // The authorizer names who we authenticate as (client.admin), not the messenger.
+    let auth = AuthNoneProvider::new(AuthEntityName::new(EntityType::CLIENT, "admin"));
+    let client =
+        Config { my_name: EntityName::new(EntityType::CLIENT, 4115), auth: Arc::new(auth), ..me() };
+    let client = Arc::new(client);
+    let admin = b"\x01\x08\x00\x00\x00\x05\x00\x00\x00admin\0\0\0\0\0\0\0\0";
+    for (peer, want) in
+        [(EntityType::OSD, &admin[..]), (EntityType::MDS, &admin[..]), (EntityType::MON, &b""[..])]
+    {
+        let mut c =
+            Connection::connect(client.clone(), Policy::lossy_client(), peer_addr(), peer, now);
+        c.handle_transport_connected(now);
+        drain(&mut c);
+        let block = AcceptorBanner {
+            my_addr: peer_addr(),
+            peer_addr: EntityAddr::legacy(sa("127.0.0.1:40000"), 0),
+        };
+        c.handle_bytes(now, Bytes::copy_from_slice(&block.to_bytes()));
+        let out = drain(&mut c);
+        let (m, authorizer, used) =
+            ConnectMsg::decode_with_authorizer(&out[136..], 1 << 10).unwrap();
+        assert_eq!(136 + used, out.len());
+        assert_eq!(authorizer, want, "to {}", peer.name());
+        assert_eq!(m.authorizer_protocol, u32::from(!want.is_empty()), "to {}", peer.name());
+    }
 }
 
 // A pure client learns its IP from the acceptor's view of it (ms_learn_addr_from_peer).
@@ -164,18 +215,19 @@ fn connector_faults_on_wrong_connect_seq_in_reply() {
     assert_eq!(c.poll_timeout(), Some(now + Duration::from_millis(200)), "initial backoff");
 }
 
-// FEATURES, BADPROTOVER, CHALLENGE_AUTHORIZER (without an authorizer): final, Refused;
-// BADAUTHORIZER too on a lossy session.
+// FEATURES, BADPROTOVER, CHALLENGE_AUTHORIZER (without an authorizer: a client dialling
+// a monitor sends none): final, Refused; BADAUTHORIZER too on a lossy session.
 #[test]
 fn connector_final_refusals() {
+    let client = || Config { my_name: EntityName::new(EntityType::CLIENT, 4), ..me() };
     let cases = [
-        (Tag::FEATURES, Policy::lossless_peer()),
-        (Tag::BADPROTOVER, Policy::lossless_peer()),
-        (Tag::CHALLENGE_AUTHORIZER, Policy::lossless_peer()),
-        (Tag::BADAUTHORIZER, Policy::lossy_client()),
+        (Tag::FEATURES, Policy::lossless_peer(), me()),
+        (Tag::BADPROTOVER, Policy::lossless_peer(), me()),
+        (Tag::CHALLENGE_AUTHORIZER, Policy::lossless_peer(), client()),
+        (Tag::BADAUTHORIZER, Policy::lossy_client(), me()),
     ];
-    for (tag, policy) in cases {
-        let (mut c, now, _) = connector(me(), policy);
+    for (tag, policy, config) in cases {
+        let (mut c, now, _) = connector(config, policy);
         c.handle_bytes(now, reply(tag, 0, 0, 0));
         let ev = events(&mut c);
         assert!(matches!(ev[0], Event::Refused), "{tag}: {ev:?}");
@@ -211,7 +263,7 @@ fn connector_retry_global_raises_global_seq() {
     let config = Arc::new(me());
     let (mut c, now, _) = connector_shared(config.clone(), Policy::lossless_peer());
     c.handle_bytes(now, reply(Tag::RETRY_GLOBAL, 100, 0, 0));
-    let m = ConnectMsg::decode_exact(&drain(&mut c)).unwrap();
+    let m = last_connect(&drain(&mut c));
     assert_eq!(m.global_seq, 101);
     let n = config.counters.values();
     assert_eq!((n.connects, n.retry_global, n.retry_session, n.wait), (2, 1, 0, 0));
@@ -247,7 +299,7 @@ fn connector_retry_session_adopts_connect_seq() {
     let config = Arc::new(me());
     let (mut c, now, _) = connector_shared(config.clone(), Policy::lossless_peer());
     c.handle_bytes(now, reply(Tag::RETRY_SESSION, 0, 7, 0));
-    let m = ConnectMsg::decode_exact(&drain(&mut c)).unwrap();
+    let m = last_connect(&drain(&mut c));
     assert_eq!(m.connect_seq, 7);
     c.handle_bytes(now, reply(Tag::SEQ, 3, 8, 0));
     assert!(c.is_open());
@@ -265,7 +317,7 @@ fn connector_resetsession_discards_session() {
     drain(&mut c);
     c.handle_bytes(now, reply(Tag::RESETSESSION, 0, 0, 0));
     assert!(events(&mut c).iter().any(|e| matches!(e, Event::RemoteReset)));
-    let m = ConnectMsg::decode_exact(&drain(&mut c)).unwrap();
+    let m = last_connect(&drain(&mut c));
     assert_eq!(m.connect_seq, 0);
     assert_eq!(c.pending_messages(), 0);
     let n = config.counters.values();
@@ -284,7 +336,8 @@ fn connector_stops_answering_endless_retries() {
         c.send_message(Message::new(2, Bytes::new()));
         for sent in 1..max {
             c.handle_bytes(now, reply(tag, sent, sent, 0));
-            assert_eq!(drain(&mut c).len(), 33, "{tag}: connect {} answers retry {sent}", sent + 1);
+            let connect = drain(&mut c).len();
+            assert_eq!(connect, MY_CONNECT, "{tag}: connect {} answers retry {sent}", sent + 1);
         }
         assert_eq!(config.counters.values().connects, u64::from(max));
         assert_eq!(c.poll_peer_issues(), (0, 0), "{tag}: {max} connects are within bounds");
@@ -458,7 +511,7 @@ fn connector_checks_announced_address() {
         };
         c.handle_bytes(now, Bytes::copy_from_slice(&block.to_bytes()));
         assert_eq!(
-            c.state() == SessionState::Connecting && drain(&mut c).len() == 169,
+            c.state() == SessionState::Connecting && drain(&mut c).len() == 136 + MY_CONNECT,
             ok,
             "{announced:?}"
         );

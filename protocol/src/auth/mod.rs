@@ -112,7 +112,9 @@ pub use crypto::CryptoKey;
 pub use error::{AuthError, KeyringError};
 pub use keyring::{parse_entity_name, KeyEntry, KeyRing};
 pub use mode::ConMode;
-pub use none::{AuthNoneClient, AuthNoneProvider, AuthNoneServer, FIRST_GLOBAL_ID};
+pub use none::{
+    AuthNoneAuthorizer, AuthNoneClient, AuthNoneProvider, AuthNoneServer, FIRST_GLOBAL_ID,
+};
 pub use provider::{
     filter_modes, pick_mode, AuthClient, AuthOutcome, AuthPeer, AuthProvider, AuthRole, AuthServer,
     AuthStep, WithConModes, AUTH_MODE_AUTHORIZER, AUTH_MODE_MON, AUTH_MODE_MON_MAX, EACCES,

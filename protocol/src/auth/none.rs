@@ -1,6 +1,6 @@
-//! `auth none` behind the seam: msgr2's AUTH_REQUEST payload (msgr-v2.md 5.2) and no
-//! v1 authorizer (a v1 connector sends none; an acceptor leaves authorizers to its
-//! driver, [`crate::Event::VerifyAuthorizer`]).
+//! `auth none` behind the seam: msgr2's AUTH_REQUEST payload (msgr-v2.md 5.2) and the
+//! v1 authorizer a connector presents to a daemon (msgr-v1.md 3.6; an acceptor leaves
+//! authorizers to its driver, [`crate::Event::VerifyAuthorizer`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,9 +9,11 @@ use bytes::Bytes;
 
 use crate::encoding::{Decoder, Encoder};
 use crate::error::{Error, Result};
-use crate::types::{AuthEntityName, EntityType, AUTH_NONE};
+use crate::types::{AuthEntityName, EntityType, Features, AUTH_NONE};
 
+use super::authorizer::{AuthorizerClient, SessionHandler};
 use super::cephx::ticket::AuthCapsInfo;
+use super::error::AuthError;
 use super::mode::ConMode;
 use super::provider::{
     AuthClient, AuthOutcome, AuthPeer, AuthProvider, AuthRole, AuthServer, AuthStep,
@@ -58,6 +60,49 @@ impl AuthClient for AuthNoneClient {
     ) -> Result<AuthOutcome> {
         self.global_id = global_id;
         Ok(AuthOutcome::default())
+    }
+}
+
+/// auth none's msgr v1 authorizer (Ceph's `AuthNoneAuthorizer`): `u8 1`, the entity
+/// name and the global id (msgr-v1.md 3.6). A Pacific daemon or monitor answers a
+/// connect without one BADAUTHORIZER even under auth none (its `require_authorizer`);
+/// only a client dialling a monitor sends none.
+#[derive(Clone, Debug)]
+pub struct AuthNoneAuthorizer {
+    bytes: Bytes,
+}
+
+impl AuthNoneAuthorizer {
+    /// The authorizer of `name` with `global_id` (0 when it has none yet).
+    pub fn new(name: &AuthEntityName, global_id: u64) -> Self {
+        let mut e = Encoder::new();
+        e.u8(1);
+        name.encode(&mut e);
+        e.u64(global_id);
+        AuthNoneAuthorizer { bytes: e.into_bytes() }
+    }
+}
+
+impl AuthorizerClient for AuthNoneAuthorizer {
+    fn method(&self) -> u32 {
+        AUTH_NONE
+    }
+
+    fn bytes(&self) -> Bytes {
+        self.bytes.clone()
+    }
+
+    fn handle_challenge(&mut self, _challenge: &[u8]) -> std::result::Result<Bytes, AuthError> {
+        Err(AuthError::Malformed("auth none answers no authorizer challenge"))
+    }
+
+    fn handle_reply(
+        &mut self,
+        _reply: &[u8],
+        _features: Features,
+    ) -> std::result::Result<Option<Box<dyn SessionHandler>>, AuthError> {
+        // The acceptor's auth-none reply is empty, and nothing is signed.
+        Ok(None)
     }
 }
 
@@ -157,6 +202,10 @@ impl AuthProvider for AuthNoneProvider {
         (method == AUTH_NONE)
             .then(|| Box::new(AuthNoneServer { next_global_id: self.next_global_id.clone() }) as _)
     }
+
+    fn authorizer_client(&self, _peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
+        Some(Box::new(AuthNoneAuthorizer::new(&self.name, 0)))
+    }
 }
 
 #[cfg(test)]
@@ -181,6 +230,21 @@ mod tests {
             b"\x01\x01\x00\x00\x00\x01\x00\x00\x00a\0\0\0\0\0\0\0\0"
         );
         assert!(c.handle_reply_more(b"x").is_err());
+    }
+
+    // msgr-v1.md 3.6: the v1 authorizer mon.b presented (a 16.2.15 monitor dialling
+    // another entity); a challenge to it cannot be answered, and its reply is empty.
+    #[test]
+    fn none_authorizer_matches_ceph() {
+        let mut a = AuthNoneAuthorizer::new(&AuthEntityName::new(EntityType::MON, "b"), 0);
+        assert_eq!(a.method(), AUTH_NONE);
+        assert_eq!(&a.bytes()[..], b"\x01\x01\x00\x00\x00\x01\x00\x00\x00b\0\0\0\0\0\0\0\0");
+        assert!(a.handle_challenge(b"nonce").is_err());
+        assert!(a.handle_reply(&[], Features::PACIFIC_ADVERTISED).unwrap().is_none());
+        let p = AuthNoneProvider::new(AuthEntityName::new(EntityType::CLIENT, "admin"));
+        let from_provider = p.authorizer_client(EntityType::OSD).unwrap();
+        let want = AuthNoneAuthorizer::new(&AuthEntityName::new(EntityType::CLIENT, "admin"), 0);
+        assert_eq!(from_provider.bytes(), want.bytes());
     }
 
     #[test]

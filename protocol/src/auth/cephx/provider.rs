@@ -52,7 +52,7 @@ use crate::auth::config::{AuthConfig, AuthMethods};
 use crate::auth::crypto::CryptoKey;
 use crate::auth::error::AuthError;
 use crate::auth::mode::ConMode;
-use crate::auth::none::{AuthNoneProvider, FIRST_GLOBAL_ID};
+use crate::auth::none::{AuthNoneAuthorizer, AuthNoneProvider, FIRST_GLOBAL_ID};
 use crate::auth::provider::{AuthClient, AuthProvider, AuthRole, AuthServer};
 use crate::encoding::UTime;
 use crate::types::{AuthEntityName, EntityType, Features, AUTH_CEPHX, AUTH_NONE, AUTH_UNKNOWN};
@@ -414,8 +414,13 @@ impl AuthProvider for CephxProvider {
 
     fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
         let s = &self.shared;
-        if !s.methods(AuthRole::Connector, peer_type).allows(AUTH_CEPHX) {
-            return None;
+        let methods = s.methods(AuthRole::Connector, peer_type);
+        if !methods.allows(AUTH_CEPHX) {
+            // What a Ceph connector falls back to (a daemon refuses a connect without an
+            // authorizer even under auth none).
+            return methods
+                .allows(AUTH_NONE)
+                .then(|| Box::new(AuthNoneAuthorizer::new(&s.name, 0)) as _);
         }
         let Some((global_id, ticket)) = s.tickets.as_ref().and_then(|t| t.ticket(peer_type)) else {
             log::warn!(target: LOG, "no cephx ticket for {}: connecting without an authorizer", peer_type.name());
@@ -673,6 +678,48 @@ mod tests {
             features: Features::PACIFIC_ADVERTISED,
             now,
         }))
+    }
+
+    // Where only auth none is allowed with a peer (auth_cluster_required = none), a v1
+    // connector presents auth none's authorizer, as Ceph's does, and the acceptor
+    // allowing none takes it; where cephx is required it refuses it.
+    #[test]
+    fn a_peer_allowed_only_auth_none_gets_auth_none_s_authorizer() {
+        let at = start();
+        let clock = WallClock::anchored(at, WALL0);
+        let config = AuthConfig {
+            auth_cluster_required: AuthMethods::none(),
+            ..AuthConfig::ceph_defaults()
+        };
+        let name = AuthEntityName::new(EntityType::OSD, "0");
+        let osd0 = CephxProvider::new(name.clone(), config.clone(), clock, rng_source(1));
+        let a = osd0.authorizer_client(EntityType::OSD).unwrap();
+        assert_eq!((a.method(), a.bytes()), (AUTH_NONE, AuthNoneAuthorizer::new(&name, 0).bytes()));
+        fn req(bytes: &[u8], now: Instant) -> AuthorizerRequest<'_> {
+            AuthorizerRequest {
+                peer_type: EntityType::OSD,
+                method: AUTH_NONE,
+                authorizer: bytes,
+                features: Features::PACIFIC_ADVERTISED,
+                now,
+            }
+        }
+        let osd1 = CephxProvider::new(
+            AuthEntityName::new(EntityType::OSD, "1"),
+            config,
+            clock,
+            rng_source(2),
+        );
+        let step = osd1.authorizer_server().unwrap().verify(&req(&a.bytes(), at));
+        assert!(matches!(step, AuthorizerStep::Accept { .. }));
+        let strict = CephxProvider::new(
+            AuthEntityName::new(EntityType::OSD, "1"),
+            AuthConfig::ceph_defaults(),
+            clock,
+            rng_source(3),
+        );
+        let step = strict.authorizer_server().unwrap().verify(&req(&a.bytes(), at));
+        assert!(!matches!(step, AuthorizerStep::Accept { .. }));
     }
 
     // A daemon whose rotating secrets were stale verifies once they are refreshed, on
