@@ -200,6 +200,11 @@ fn monmap_older_forms_round_trip_their_fields() {
     assert_eq!(back.persistent_features, 0xff);
     assert_eq!(back.ranks, vec!["a".to_string()]);
     assert_eq!(back.mon_info["a"].public_addrs, map.mon_info["a"].public_addrs);
+    // Nor for a Jewel or Kraken peer, whose bit 2 is MONCLOCKCHECK: Ceph's
+    // HAVE_FEATURE(SERVER_NAUTILUS) also wants bits 28 and 57 (its incarnation).
+    let jewel = Features(Features::PACIFIC_ADVERTISED.0 & !Features::SERVER_MIMIC.0);
+    assert!(jewel.contains(Features::SERVER_NAUTILUS));
+    assert_eq!(&map.to_bytes(jewel)[..2], &[5, 3]);
 }
 
 // §8.4: MMonGetVersion handle 1 "osdmap" (18 bytes) and the v2/compat 2 reply (24 bytes).

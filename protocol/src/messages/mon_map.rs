@@ -68,7 +68,7 @@ impl MonInfo {
     const HEAD: u8 = 5;
 
     fn encode(&self, e: &mut Encoder, features: Features) {
-        if !features.contains(Features::SERVER_NAUTILUS) {
+        if !features.contains(Features::SERVER_NAUTILUS_MASK) {
             // Pre-Nautilus peers get v2 with the single legacy address (\[S?\]: Nautilus
             // source; not exercised).
             e.versioned(2, 1, |e| {
@@ -272,7 +272,7 @@ impl MonMap {
             e.utime(self.last_changed).utime(self.created);
             return;
         }
-        if !features.contains(Features::SERVER_NAUTILUS) {
+        if !features.contains(Features::SERVER_NAUTILUS_MASK) {
             e.versioned(5, 3, |e| {
                 e.uuid(&self.fsid).u32(self.epoch);
                 encode_legacy_map(e);

@@ -179,7 +179,7 @@ impl EntityAddr {
             e.bytes(&self.encode_legacy());
             return;
         }
-        let ty = if self.ty == AddrType::ANY && !features.contains(Features::SERVER_NAUTILUS) {
+        let ty = if self.ty == AddrType::ANY && !features.contains(Features::SERVER_NAUTILUS_MASK) {
             AddrType::LEGACY
         } else {
             self.ty
@@ -372,6 +372,15 @@ mod tests {
         a.encode(&mut e, Features::MSG_ADDR2);
         let got = EntityAddr::decode(&mut Decoder::new(e.as_slice())).unwrap();
         assert_eq!(got.ty, AddrType::LEGACY);
+        // A Jewel peer's bit 2 (MONCLOCKCHECK) without its incarnation is not Nautilus.
+        let jewel = Features::MSG_ADDR2 | Features::SERVER_NAUTILUS | Features::SERVER_JEWEL;
+        let nautilus = jewel | Features::SERVER_MIMIC;
+        for (features, want) in [(jewel, AddrType::LEGACY), (nautilus, AddrType::ANY)] {
+            let mut e = Encoder::new();
+            a.encode(&mut e, features);
+            let got = EntityAddr::decode(&mut Decoder::new(e.as_slice())).unwrap();
+            assert_eq!(got.ty, want, "{features:?}");
+        }
     }
 
     #[test]

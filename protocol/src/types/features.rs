@@ -126,6 +126,11 @@ features! {
 impl Features {
     /// Alias of bit 57 under the name the subscription code uses.
     pub const MON_STATEFUL_SUB: Features = Features::SERVER_JEWEL;
+    /// What Ceph's `HAVE_FEATURE(f, SERVER_NAUTILUS)` asks for (its
+    /// `CEPH_FEATUREMASK_SERVER_NAUTILUS`): bit 2 with its incarnation, bits 28 and 57.
+    /// Bit 2 alone was MONCLOCKCHECK, which Jewel and Kraken peers still set.
+    pub const SERVER_NAUTILUS_MASK: Features =
+        Features(Features::SERVER_NAUTILUS.0 | Features::SERVER_MIMIC.0 | Features::SERVER_JEWEL.0);
     /// The empty set.
     pub const NONE: Features = Features(0);
     /// What a Ceph 16.2.15 client and monitor advertise (verified live); we advertise it too.

@@ -61,7 +61,7 @@ pub const IDENT_FLAG_LOSSY: u64 = 1;
 /// Features assumed of every msgr2 peer when encoding frame payloads (Ceph's
 /// `msgr2_frame_assumed`): addresses always use the new form, with type ANY intact.
 pub const FRAME_ADDR_FEATURES: Features =
-    Features(Features::MSG_ADDR2.0 | Features::SERVER_NAUTILUS.0);
+    Features(Features::MSG_ADDR2.0 | Features::SERVER_NAUTILUS_MASK.0);
 
 /// A single-segment control frame's payload.
 pub trait ControlFrame: Sized {
