@@ -413,21 +413,28 @@ impl Messenger {
     /// may still be running, as after [`Connection::mark_down`]; and called from the
     /// dispatch thread or a worker, it cannot wait for that thread. [`Messenger::wait`]
     /// waits for both. A call made while another is under way (or after one) waits as
-    /// the first does.
+    /// `wait` does, but on the dispatch thread or a worker, where it returns at once.
     ///
     /// Unlike Ceph's, which only signals and leaves the joins to `wait`, it waits for an
     /// `ms_dispatch` under way to return: do not call it holding a lock a dispatcher
     /// takes.
     pub fn shutdown(&self) {
-        let Some(live) = self.env.sessions.begin_shutdown() else {
+        if !self.stop() {
             // Another call began it (perhaps on the dispatch thread, which cannot join
-            // itself, or still under way): this one too returns once the threads stopped.
-            self.env.queue.shutdown(ShutdownMode::Discard);
-            if self.owns_pool {
-                self.pool.shutdown();
+            // itself, or still under way): from any other thread this one waits as
+            // `wait` does. Not on the dispatch thread or a worker, which the first call
+            // may be joining: one joining the other deadlocked.
+            let ours = self.env.queue.is_dispatch_thread()
+                || self.pool.handles().iter().any(|w| w.is_current_thread());
+            if !ours {
+                self.wait();
             }
-            return;
-        };
+        }
+    }
+
+    /// The shutdown itself; false if another call began it.
+    fn stop(&self) -> bool {
+        let Some(live) = self.env.sessions.begin_shutdown() else { return false };
         let processor = self.processor.lock().take();
         if let Some(p) = processor {
             p.stop();
@@ -448,6 +455,7 @@ impl Messenger {
         if self.owns_pool {
             self.pool.shutdown();
         }
+        true
     }
 
     /// Blocks until the messenger has shut down (Ceph's `wait`): until some thread calls
@@ -479,7 +487,9 @@ impl Messenger {
 
 impl Drop for Messenger {
     fn drop(&mut self) {
-        self.shutdown();
+        // No wait when an earlier shutdown did the work: the last handle going is no
+        // reason to block on connections leaving a shared pool.
+        self.stop();
     }
 }
 

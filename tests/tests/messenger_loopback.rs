@@ -1246,6 +1246,85 @@ fn a_second_shutdown_returns_once_the_dispatch_thread_stopped() {
     second.join().expect("second shutdown");
 }
 
+// Shutdowns called together from ms_dispatch (on the dispatch thread) and from
+// ms_fast_dispatch (on a worker) of a messenger with its own pool both return, the later
+// at once: had the later waited for the threads, the worker would join the dispatch
+// thread while the dispatch thread joined the workers.
+#[test]
+fn shutdowns_from_the_dispatch_thread_and_a_worker_together_both_return() {
+    const FAST_STOP: u16 = 0x7f01;
+    struct TwoStoppers {
+        m: std::sync::OnceLock<std::sync::Weak<Messenger>>,
+        /// The dispatch thread is in ms_dispatch; the worker is in ms_fast_dispatch.
+        dispatching: crossbeam_channel::Sender<()>,
+        fast: (crossbeam_channel::Sender<()>, Receiver<()>),
+        /// The dispatch thread called shutdown.
+        stopping: (crossbeam_channel::Sender<()>, Receiver<()>),
+        done: crossbeam_channel::Sender<&'static str>,
+    }
+    impl TwoStoppers {
+        fn stop(&self) {
+            if let Some(m) = self.m.get().and_then(std::sync::Weak::upgrade) {
+                m.shutdown();
+            }
+        }
+    }
+    impl Dispatcher<Connection> for TwoStoppers {
+        fn ms_can_fast_dispatch_any(&self) -> bool {
+            true
+        }
+        fn ms_can_fast_dispatch(&self, msg: &Message) -> bool {
+            msg.msg_type() == FAST_STOP
+        }
+        fn ms_fast_dispatch(&self, _conn: &Connection, _msg: Message) {
+            let _ = self.fast.0.send(());
+            let _ = self.stopping.1.recv_timeout(WAIT);
+            // Gives the dispatch thread's shutdown time to reach its join of the workers
+            // (the order that deadlocked); the test passes in any order.
+            std::thread::sleep(Duration::from_millis(20));
+            self.stop();
+            let _ = self.done.send("worker");
+        }
+        fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
+            let _ = self.dispatching.send(());
+            let _ = self.fast.1.recv_timeout(WAIT);
+            let _ = self.stopping.0.send(());
+            self.stop();
+            let _ = self.done.send("dispatch thread");
+            Dispatched::Taken
+        }
+    }
+    let srv = Arc::new(
+        Messenger::new(EntityName::new(EntityType::OSD, 0), 1, test_config(1)).expect("new"),
+    );
+    srv.set_default_policy(Policy::stateless_server());
+    srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    srv.start().expect("start");
+    let (dispatching_tx, dispatching) = crossbeam_channel::bounded(1);
+    let (done_tx, done) = crossbeam_channel::bounded(2);
+    let stoppers = Arc::new(TwoStoppers {
+        m: std::sync::OnceLock::new(),
+        dispatching: dispatching_tx,
+        fast: crossbeam_channel::bounded(1),
+        stopping: crossbeam_channel::bounded(1),
+        done: done_tx,
+    });
+    assert!(stoppers.m.set(Arc::downgrade(&srv)).is_ok());
+    srv.add_dispatcher_head(stoppers).expect("dispatcher");
+    let (cli, _cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    // The queued message first, and only once the dispatch thread holds it the fast one.
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    dispatching.recv_timeout(WAIT).expect("ms_dispatch runs");
+    conn.send_message(test_message(FAST_STOP, 2, Bytes::new())).expect("send");
+    let mut returned: Vec<_> =
+        (0..2).map(|_| done.recv_timeout(WAIT).expect("both shutdowns return")).collect();
+    returned.sort_unstable();
+    assert_eq!(returned, ["dispatch thread", "worker"]);
+    srv.wait();
+    cli.shutdown();
+}
+
 // After shutdown the loopback connection is closed like every other: a send to ourselves
 // fails (the dispatch queue has stopped and would drop it) and it is not connected; its
 // private data is let go. Before, it said connected and took the message.

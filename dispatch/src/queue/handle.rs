@@ -471,6 +471,17 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         n
     }
 
+    /// Whether the calling thread is this queue's dispatch thread (running, or being
+    /// joined by a shutdown: it may still be in a dispatcher).
+    pub fn is_dispatch_thread(&self) -> bool {
+        let me = std::thread::current().id();
+        match &self.shared.state.lock().thread {
+            ThreadSlot::Spawned(h) => h.thread().id() == me,
+            ThreadSlot::Joining(id) => *id == me,
+            _ => false,
+        }
+    }
+
     /// Stops the queue (see the module docs) and joins the dispatch thread. Idempotent.
     ///
     /// Every call returns only once no dispatch thread is left running or unjoined: one
