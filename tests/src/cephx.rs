@@ -241,9 +241,12 @@ impl AuthProvider for Tap {
     fn allows_authenticated(&self, method: u32, named: EntityType) -> bool {
         self.inner.allows_authenticated(method, named)
     }
-    fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
-        let inner = self.inner.authorizer_client(peer_type)?;
-        Some(Box::new(TapClient { inner, counts: self.counts.clone() }))
+    fn authorizer_client(
+        &self,
+        peer_type: EntityType,
+    ) -> Result<Option<Box<dyn AuthorizerClient>>, AuthError> {
+        let Some(inner) = self.inner.authorizer_client(peer_type)? else { return Ok(None) };
+        Ok(Some(Box::new(TapClient { inner, counts: self.counts.clone() })))
     }
     fn authorizer_server(&self) -> Option<Box<dyn AuthorizerServer>> {
         let inner = self.inner.authorizer_server()?;

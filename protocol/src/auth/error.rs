@@ -99,6 +99,12 @@ pub enum AuthError {
         /// The message's sequence number.
         seq: u64,
     },
+    /// No ticket for the service of the peer we dial (msgr v1: the authorizer cannot be
+    /// built; the connect faults and is retried, as Ceph's does).
+    NoTicket {
+        /// The service (`osd`, `mds`, ...).
+        service: &'static str,
+    },
     /// A keyring could not be used.
     Keyring(KeyringError),
     /// The local caller misused the API.
@@ -114,7 +120,9 @@ impl AuthError {
             AuthError::UnsupportedKey { .. }
             | AuthError::NoAcceptableMethod { .. }
             | AuthError::UnexpectedMethod { .. } => ErrorKind::Incompatible,
-            AuthError::Misuse(_) | AuthError::Keyring(_) => ErrorKind::Misuse,
+            AuthError::Misuse(_) | AuthError::Keyring(_) | AuthError::NoTicket { .. } => {
+                ErrorKind::Misuse
+            }
             AuthError::BadMagic
             | AuthError::PermissionDenied { .. }
             | AuthError::Refused { .. }
@@ -220,6 +228,9 @@ impl fmt::Display for AuthError {
             }
             AuthError::MissingSignature { seq } => {
                 write!(f, "cephx: message {seq}: not signed but signatures are required")
+            }
+            AuthError::NoTicket { service } => {
+                write!(f, "cephx: no ticket for {service}: cannot build an authorizer")
             }
             AuthError::Keyring(e) => e.fmt(f),
             AuthError::Misuse(what) => write!(f, "cephx API misuse: {what}"),

@@ -203,8 +203,11 @@ impl AuthProvider for AuthNoneProvider {
             .then(|| Box::new(AuthNoneServer { next_global_id: self.next_global_id.clone() }) as _)
     }
 
-    fn authorizer_client(&self, _peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
-        Some(Box::new(AuthNoneAuthorizer::new(&self.name, 0)))
+    fn authorizer_client(
+        &self,
+        _peer_type: EntityType,
+    ) -> std::result::Result<Option<Box<dyn AuthorizerClient>>, AuthError> {
+        Ok(Some(Box::new(AuthNoneAuthorizer::new(&self.name, 0))))
     }
 }
 
@@ -242,7 +245,7 @@ mod tests {
         assert!(a.handle_challenge(b"nonce").is_err());
         assert!(a.handle_reply(&[], Features::PACIFIC_ADVERTISED).unwrap().is_none());
         let p = AuthNoneProvider::new(AuthEntityName::new(EntityType::CLIENT, "admin"));
-        let from_provider = p.authorizer_client(EntityType::OSD).unwrap();
+        let from_provider = p.authorizer_client(EntityType::OSD).unwrap().unwrap();
         let want = AuthNoneAuthorizer::new(&AuthEntityName::new(EntityType::CLIENT, "admin"), 0);
         assert_eq!(from_provider.bytes(), want.bytes());
     }

@@ -26,6 +26,7 @@ use crate::types::{AuthEntityName, EntityType, AUTH_NONE};
 use super::authorizer::{AuthorizerClient, AuthorizerServer};
 use super::cephx::ticket::AuthCapsInfo;
 use super::config::{ConModes, ConnKind};
+use super::error::AuthError;
 use super::mode::ConMode;
 
 /// `AUTH_MODE_AUTHORIZER`: the payload is an authorizer (any peer but a monitor).
@@ -176,11 +177,18 @@ pub trait AuthProvider: Send + Sync {
     }
 
     /// msgr v1: the authorizer a connector presents to a peer of `peer_type` (Ceph's
-    /// `ms_get_authorizer`), asked for each connect message; `None` sends none.
+    /// `ms_get_authorizer`), asked for each connect message; `Ok(None)` sends none (a
+    /// method without v1 authorizers). An error (cephx required and no ticket for the
+    /// peer's service) faults the connect, which is retried after the backoff, as
+    /// Ceph's connector does: a session opened without the authorizer would be neither
+    /// authenticated nor signed.
     #[doc(alias = "ms_get_authorizer")]
-    fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
+    fn authorizer_client(
+        &self,
+        peer_type: EntityType,
+    ) -> std::result::Result<Option<Box<dyn AuthorizerClient>>, AuthError> {
         let _ = peer_type;
-        None
+        Ok(None)
     }
 
     /// msgr v1: the verifier of the authorizers one accepted connection receives (it
@@ -237,7 +245,10 @@ impl AuthProvider for WithConModes {
         self.inner.allows_authenticated(method, named)
     }
 
-    fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
+    fn authorizer_client(
+        &self,
+        peer_type: EntityType,
+    ) -> std::result::Result<Option<Box<dyn AuthorizerClient>>, AuthError> {
         self.inner.authorizer_client(peer_type)
     }
 

@@ -177,10 +177,14 @@ impl AuthProvider for TestAuthProvider {
         }
     }
 
-    fn authorizer_client(&self, _peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
+    fn authorizer_client(
+        &self,
+        _peer_type: EntityType,
+    ) -> std::result::Result<Option<Box<dyn AuthorizerClient>>, AuthError> {
         let nonce = self.counter.fetch_add(1, Ordering::Relaxed);
-        self.v1_authorizers
-            .then(|| Box::new(TestAuthorizer { key: self.key, nonce, answer: None }) as _)
+        Ok(self
+            .v1_authorizers
+            .then(|| Box::new(TestAuthorizer { key: self.key, nonce, answer: None }) as _))
     }
 
     fn authorizer_server(&self) -> Option<Box<dyn AuthorizerServer>> {

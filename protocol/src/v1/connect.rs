@@ -76,7 +76,7 @@ pub(crate) fn read_acceptor_banner(m: &mut Machine<V1>, now: Instant) -> bool {
         }
     }
     m.ctrl.extend_from_slice(&me.encode_legacy());
-    let authorizer = send_connect(m, None);
+    let Ok(authorizer) = send_connect(m, None) else { return false };
     m.set_step(Handshake::AwaitConnectReply { authorizer, connects: 1, answered: None });
     true
 }
@@ -85,22 +85,31 @@ pub(crate) fn read_acceptor_banner(m: &mut Machine<V1>, now: Instant) -> bool {
 /// bytes that answer a challenge), else a fresh one from the auth provider (Ceph asks
 /// `ms_get_authorizer` for every connect, unless a non-monitor talks to a monitor:
 /// clients authenticate to monitors with MAuth afterwards). Returns the authorizer,
-/// for the reply.
+/// for the reply; `Err` once the machine faulted because none could be built (cephx
+/// without a ticket for the peer: Ceph's connector faults too, and a connect without
+/// it would open a session neither authenticated nor signed).
 fn send_connect(
     m: &mut Machine<V1>,
     answer: Option<(Box<dyn AuthorizerClient>, Bytes)>,
-) -> Option<Box<dyn AuthorizerClient>> {
+) -> Result<Option<Box<dyn AuthorizerClient>>, ()> {
     let peer_type = m.peer_type.unwrap_or(EntityType::ANY);
     let my_type = m.config.my_name.ty;
     let (authorizer, bytes) = match answer {
         Some((a, bytes)) => (Some(a), bytes),
-        None => {
-            let a = (peer_type != EntityType::MON || my_type == EntityType::MON)
-                .then(|| m.config.auth.authorizer_client(peer_type))
-                .flatten();
-            let bytes = a.as_ref().map(|a| a.bytes()).unwrap_or_default();
-            (a, bytes)
+        None if peer_type != EntityType::MON || my_type == EntityType::MON => {
+            match m.config.auth.authorizer_client(peer_type) {
+                Ok(a) => {
+                    let bytes = a.as_ref().map(|a| a.bytes()).unwrap_or_default();
+                    (a, bytes)
+                }
+                Err(e) => {
+                    let now = m.now;
+                    m.fault(now, Fault::Auth(e));
+                    return Err(());
+                }
+            }
         }
+        None => (None, Bytes::new()),
     };
     let msg = ConnectMsg {
         features: m.config.features_supported,
@@ -117,7 +126,7 @@ fn send_connect(
     m.ctrl.extend_from_slice(&out);
     Counters::bump(&m.config.counters.connects);
     log::debug!(target: LOG, "{m}: connect gs={} cs={}", msg.global_seq, msg.connect_seq);
-    authorizer
+    Ok(authorizer)
 }
 
 /// The acceptor's reply to our connect (msgr-v1.md 3.5).
@@ -196,7 +205,9 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
             };
             match a.handle_challenge(&auth_reply) {
                 Ok(bytes) => {
-                    let authorizer = send_connect(m, Some((a, bytes.clone())));
+                    let Ok(authorizer) = send_connect(m, Some((a, bytes.clone()))) else {
+                        return false;
+                    };
                     m.set_step(Handshake::AwaitConnectReply {
                         authorizer,
                         connects,
@@ -304,10 +315,11 @@ fn resend_connect(
     authorizer: Option<Box<dyn AuthorizerClient>>,
     answered: Option<Bytes>,
 ) {
-    let (authorizer, answered) = match (authorizer, answered) {
+    let (sent, answered) = match (authorizer, answered) {
         (Some(a), Some(bytes)) => (send_connect(m, Some((a, bytes.clone()))), Some(bytes)),
         _ => (send_connect(m, None), None),
     };
+    let Ok(authorizer) = sent else { return };
     if matches!(m.state, State::Handshake { .. }) {
         m.set_step(Handshake::AwaitConnectReply { authorizer, connects, answered });
     }

@@ -412,23 +412,37 @@ impl AuthProvider for CephxProvider {
         method != AUTH_NONE || self.methods(AuthRole::Acceptor, named).contains(&method)
     }
 
-    fn authorizer_client(&self, peer_type: EntityType) -> Option<Box<dyn AuthorizerClient>> {
+    fn authorizer_client(
+        &self,
+        peer_type: EntityType,
+    ) -> Result<Option<Box<dyn AuthorizerClient>>, AuthError> {
         let s = &self.shared;
         let methods = s.methods(AuthRole::Connector, peer_type);
-        if !methods.allows(AUTH_CEPHX) {
-            // What a Ceph connector falls back to (a daemon refuses a connect without an
-            // authorizer even under auth none).
-            return methods
-                .allows(AUTH_NONE)
-                .then(|| Box::new(AuthNoneAuthorizer::new(&s.name, 0)) as _);
+        let ticket = s.tickets.as_ref().and_then(|t| t.ticket(peer_type));
+        match ticket {
+            Some((global_id, ticket)) if methods.allows(AUTH_CEPHX) => {
+                let mut rng = (s.rng)();
+                let authorizer = Authorizer::new(global_id, &ticket, &mut *rng);
+                Ok(Some(Box::new(CephxAuthorizerClient {
+                    shared: s.clone(),
+                    peer_type,
+                    authorizer,
+                })))
+            }
+            // What a Ceph connector falls back to where none is allowed and cephx is not
+            // in use (a daemon refuses a connect without an authorizer even under auth
+            // none). With cephx in use, a missing ticket is an error, as there.
+            _ if methods.allows(AUTH_NONE)
+                && !(methods.allows(AUTH_CEPHX) && s.tickets.is_some()) =>
+            {
+                Ok(Some(Box::new(AuthNoneAuthorizer::new(&s.name, 0))))
+            }
+            // Not without: the session would be neither authenticated nor signed.
+            _ => {
+                log::warn!(target: LOG, "no cephx ticket for {}: cannot connect yet", peer_type.name());
+                Err(AuthError::NoTicket { service: peer_type.name() })
+            }
         }
-        let Some((global_id, ticket)) = s.tickets.as_ref().and_then(|t| t.ticket(peer_type)) else {
-            log::warn!(target: LOG, "no cephx ticket for {}: connecting without an authorizer", peer_type.name());
-            return None;
-        };
-        let mut rng = (s.rng)();
-        let authorizer = Authorizer::new(global_id, &ticket, &mut *rng);
-        Some(Box::new(CephxAuthorizerClient { shared: s.clone(), peer_type, authorizer }))
     }
 
     fn authorizer_server(&self) -> Option<Box<dyn AuthorizerServer>> {
@@ -579,7 +593,7 @@ mod tests {
         )
         .with_keys(Arc::new(SharedKeyStore::new(acceptor_keys)));
         let features = Features::PACIFIC_ADVERTISED;
-        let mut client = connector.authorizer_client(EntityType::OSD).unwrap();
+        let mut client = connector.authorizer_client(EntityType::OSD).unwrap().unwrap();
         let mut verifier = acceptor.authorizer_server().unwrap();
         let bytes = client.bytes();
         fn request(a: &[u8], features: Features, at: Instant) -> AuthorizerRequest<'_> {
@@ -680,6 +694,49 @@ mod tests {
         }))
     }
 
+    // A v1 connector with cephx required and no ticket for its peer's service sends no
+    // connect: it faults, and retries after its backoff, as Ceph's does. It sent one
+    // without an authorizer, and a peer answering READY opened a session neither
+    // authenticated nor signed.
+    #[test]
+    fn a_v1_connector_without_a_ticket_sends_no_connect() {
+        use crate::wire::{AcceptorBanner, ConnectMsg};
+        let at = start();
+        let name = AuthEntityName::new(EntityType::OSD, "0");
+        let clock = WallClock::anchored(at, WALL0);
+        let osd = CephxProvider::new(name, AuthConfig::ceph_defaults(), clock, rng_source(1))
+            .with_tickets(Arc::new(TicketStore::new(4100)));
+        let me = crate::types::EntityAddr::legacy(([127, 0, 0, 1], 6800).into(), 1);
+        let mut config = crate::Config::new(crate::types::EntityName::new(EntityType::OSD, 0), me);
+        config.auth = Arc::new(osd);
+        let peer = crate::types::EntityAddr::legacy(([127, 0, 0, 1], 6801).into(), 7);
+        let policy = crate::Policy::lossless_peer();
+        let mut c =
+            crate::v1::Connection::connect(Arc::new(config), policy, peer, EntityType::OSD, at);
+        c.handle_transport_connected(at);
+        let mut out = Vec::new();
+        c.poll_transmit(&mut out);
+        let block = AcceptorBanner {
+            my_addr: peer,
+            peer_addr: crate::types::EntityAddr::legacy(([127, 0, 0, 1], 40000).into(), 0),
+        };
+        c.handle_bytes(at, Bytes::copy_from_slice(&block.to_bytes()));
+        out.clear();
+        c.poll_transmit(&mut out);
+        let sent: usize = out.iter().map(Bytes::len).sum();
+        assert!(sent < 136 + ConnectMsg::LEN, "a connect went out ({sent} bytes)");
+        assert!(!c.is_open());
+        let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+        // Faulted: with nothing to send, a lossless peer waits in standby (to redial
+        // when it has); before, the connect went out and nothing was raised.
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, crate::Event::Standby | crate::Event::Reconnect { .. })),
+            "not faulted: {events:?}"
+        );
+    }
+
     // Where only auth none is allowed with a peer (auth_cluster_required = none), a v1
     // connector presents auth none's authorizer, as Ceph's does, and the acceptor
     // allowing none takes it; where cephx is required it refuses it.
@@ -693,7 +750,7 @@ mod tests {
         };
         let name = AuthEntityName::new(EntityType::OSD, "0");
         let osd0 = CephxProvider::new(name.clone(), config.clone(), clock, rng_source(1));
-        let a = osd0.authorizer_client(EntityType::OSD).unwrap();
+        let a = osd0.authorizer_client(EntityType::OSD).unwrap().unwrap();
         assert_eq!((a.method(), a.bytes()), (AUTH_NONE, AuthNoneAuthorizer::new(&name, 0).bytes()));
         fn req(bytes: &[u8], now: Instant) -> AuthorizerRequest<'_> {
             AuthorizerRequest {
@@ -786,8 +843,9 @@ mod tests {
         // A client may come without one (service allows none); a daemon may not.
         assert!(matches!(v.verify(&empty(EntityType::CLIENT)), AuthorizerStep::Accept { .. }));
         assert!(matches!(v.verify(&empty(EntityType::OSD)), AuthorizerStep::Reject));
-        // No ticket: no authorizer.
-        assert!(osd.authorizer_client(EntityType::OSD).is_none());
+        // No ticket: no authorizer, and no connect without one.
+        let no_ticket = osd.authorizer_client(EntityType::OSD).err();
+        assert!(matches!(no_ticket, Some(AuthError::NoTicket { service: "osd" })));
         assert!(osd.methods(AuthRole::Acceptor, EntityType::OSD).is_empty());
         assert_eq!(osd.methods(AuthRole::Acceptor, EntityType::CLIENT), [AUTH_NONE]);
     }
