@@ -297,18 +297,33 @@ impl Messenger {
         self.get_connection(peer_type, addr).send_message(msg)
     }
 
-    /// Closes the session with the peer at `addr`, discarding what is queued for it.
+    /// Closes the session with the peer at `addr`, discarding what is queued for it, and
+    /// reports its end with `ms_handle_reset`, as Ceph's messenger-level mark_down does
+    /// (`mark_down_addrs`: `stop(true)`). [`Connection::mark_down`] is the silent one.
     pub fn mark_down(&self, addr: &EntityAddr) {
         if let Some(conn) = self.env.sessions.lookup(addr) {
-            conn.mark_down();
+            self.end_reporting(&conn);
         }
     }
 
-    /// Closes every connection.
+    /// Closes every connection, each reported with `ms_handle_reset` (Ceph's
+    /// `mark_down_all`).
     pub fn mark_down_all(&self) {
         for conn in self.env.sessions.live() {
-            conn.mark_down();
+            self.end_reporting(&conn);
         }
+    }
+
+    /// Ends `conn`'s session as Ceph's `AsyncConnection::stop(true)` does: its messages
+    /// stop and what is queued goes, then `ms_handle_reset` is queued (once, whoever
+    /// ends it first).
+    fn end_reporting(&self, conn: &Connection) {
+        if conn.is_loopback() {
+            return;
+        }
+        // Out of the table first: a connect from here on gets a new session.
+        self.env.sessions.forget(conn);
+        self.env.reset_session(conn);
     }
 
     /// The dispatch throttle (`ms_dispatch_throttle_bytes`).

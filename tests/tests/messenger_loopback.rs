@@ -1325,6 +1325,45 @@ fn shutdowns_from_the_dispatch_thread_and_a_worker_together_both_return() {
     cli.shutdown();
 }
 
+// Messenger::mark_down and mark_down_all end each session with ms_handle_reset, as
+// Ceph's messenger-level calls do (AsyncConnection::stop(true)); Connection::mark_down
+// stays silent. They reported nothing, so state a daemon frees in ms_handle_reset stayed.
+#[test]
+fn messenger_mark_downs_report_each_session_s_reset() {
+    let servers: Vec<_> =
+        (1..=3).map(|i| server(EntityType::OSD, i, Policy::stateless_server(), true)).collect();
+    let (cli, cli_rx) = client(EntityType::CLIENT, 9, Policy::lossy_client());
+    let conns: Vec<Connection> =
+        servers.iter().map(|(s, _, _)| cli.connect_to(EntityType::OSD, s.my_addr())).collect();
+    for (i, c) in conns.iter().enumerate() {
+        c.send_message(test_message(MSG_TEST, i as u64, Bytes::new())).expect("send");
+    }
+    for _ in 0..3 {
+        next_message(&cli_rx);
+    }
+    cli.mark_down(&servers[0].0.my_addr());
+    assert!(wait_for_event(&cli_rx, |s| matches!(s, Seen::Reset(c) if *c == conns[0])));
+    assert!(!conns[0].is_connected());
+    cli.mark_down_all();
+    let mut reset = HashSet::new();
+    while reset.len() < 2 {
+        match cli_rx.recv_timeout(WAIT) {
+            Ok(Seen::Reset(c)) => {
+                assert!(c != conns[0], "reset twice");
+                assert!(reset.insert(c.id()), "reset twice");
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{} of 2 resets after mark_down_all: {e}", reset.len()),
+        }
+    }
+    assert_eq!(reset, conns[1..].iter().map(Connection::id).collect::<HashSet<_>>());
+    assert!(conns.iter().all(|c| !c.is_connected()));
+    cli.shutdown();
+    for (s, _, _) in servers {
+        s.shutdown();
+    }
+}
+
 // After shutdown the loopback connection is closed like every other: a send to ourselves
 // fails (the dispatch queue has stopped and would drop it) and it is not connected; its
 // private data is let go. Before, it said connected and took the message.
