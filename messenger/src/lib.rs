@@ -107,9 +107,10 @@
 //!   tickets and falls back to auth none) reconnects with backoff until it proves its
 //!   name again.
 //! * [`Messenger::get_connection`] takes a socket address and dials it with nonce 0, which
-//!   is what monitors announce. A peer announcing another nonce is refused by the address
-//!   check (as in Ceph); use [`Messenger::connect_to`] with the peer's full address, as
-//!   Ceph daemons do from their maps.
+//!   is what monitors announce. A peer announcing another nonce fails the address check
+//!   (as in Ceph): over msgr v1 a lossy session is then reset (`ms_handle_reset`) and a
+//!   lossless one keeps redialling with backoff; use [`Messenger::connect_to`] with the
+//!   peer's full address, as Ceph daemons do from their maps.
 //! * Policy throttlers (per peer type) are released when a message is handed to the
 //!   dispatch layer; the dispatch throttle (`ms_dispatch_throttle_bytes`) is held until
 //!   the dispatcher returns and bounds the memory of queued messages. Ceph holds both until

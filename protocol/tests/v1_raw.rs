@@ -479,12 +479,22 @@ fn connector_wait_backs_off_max() {
     assert!(events(&mut c).iter().any(|e| matches!(e, Event::Reconnect { attempt: 1 })));
 }
 
+// A fault in the handshake: a lossless connector backs off and dials again; a lossy one
+// is reset and closed, as Ceph's ProtocolV1 resets a lossy connection whose socket
+// connected (it retried forever, and its user never heard of it).
 #[test]
 fn connector_unknown_reply_tag_faults() {
-    let (mut c, now, _) = connector(me(), Policy::lossy_client());
+    let (mut c, now, _) = connector(me(), Policy::lossless_peer());
+    c.send_message(Message::new(2, Bytes::new()));
     c.handle_bytes(now, reply(Tag(0x42), 0, 0, 0));
     assert_eq!(c.state(), SessionState::Connecting);
     assert!(c.poll_timeout().is_some());
+    let (mut c, now, _) = connector(me(), Policy::lossy_client());
+    c.handle_bytes(now, reply(Tag(0x42), 0, 0, 0));
+    let evs = events(&mut c);
+    assert!(matches!(evs.first(), Some(Event::Reset)), "{evs:?}");
+    assert!(matches!(evs.get(1), Some(Event::Closed { .. })), "{evs:?}");
+    assert!(c.is_closed());
 }
 
 // The connector checks the acceptor's address against the one it dialled.
@@ -530,7 +540,9 @@ fn bad_banner_faults_both_sides() {
     );
     c.handle_transport_connected(now);
     c.handle_bytes(now, Bytes::from_static(b"ceph v2\n\0"));
-    assert!(c.poll_timeout() > Some(now), "backing off after the fault");
+    // Lossy: reset (Ceph's ProtocolV1); a lossless connector would back off.
+    assert!(matches!(events(&mut c).first(), Some(Event::Reset)));
+    assert!(c.is_closed());
     let mut a = Connection::accept(Arc::new(me()), sa("127.0.0.1:5000"), sa("127.0.0.1:6789"), now);
     a.handle_bytes(now, Bytes::from_static(b"GET / HTTP/1.1\r\n"));
     assert!(a.is_closed());

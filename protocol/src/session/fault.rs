@@ -97,6 +97,9 @@ pub struct FaultContext {
     pub has_pending: bool,
     /// The fault is a WAIT reply (race lost).
     pub wait: bool,
+    /// A connector's fault in its handshake that ends a lossy session (msgr v1 once
+    /// the socket connected: Ceph's ProtocolV1 resets there, its ProtocolV2 retries).
+    pub lossy_handshake_ends: bool,
     /// The backoff used for the previous attempt (zero if none yet).
     pub prev_backoff: Duration,
     /// `Config::initial_backoff`.
@@ -134,7 +137,11 @@ pub enum FaultAction {
 /// The fault policy, mirroring Ceph's `ProtocolV1::fault` (msgr-v1.md 3.8, 3.9).
 pub fn fault_action(ctx: &FaultContext) -> FaultAction {
     // A lossy session dies with its connection; a lossy connector still retries while
-    // it has never been open (Ceph keeps lossy connects in START_CONNECT).
+    // it has never been open (Ceph keeps lossy connects in START_CONNECT), in msgr v1
+    // only until its socket connected (ProtocolV1's CONNECTING).
+    if ctx.lossy && ctx.lossy_handshake_ends {
+        return FaultAction::Reset;
+    }
     if ctx.lossy && ctx.past_connecting() {
         return if ctx.was_open { FaultAction::Reset } else { FaultAction::Close };
     }
@@ -182,6 +189,7 @@ mod tests {
             once_ready: true,
             has_pending: true,
             wait: false,
+            lossy_handshake_ends: false,
             prev_backoff: Duration::ZERO,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
@@ -195,11 +203,17 @@ mod tests {
         assert_eq!(fault_action(&c), FaultAction::Reset);
     }
 
-    // A lossy connector that never got a session keeps retrying with backoff.
+    // A lossy connector that never got a session keeps retrying with backoff, but in
+    // msgr v1 only until its socket connected: ProtocolV1's fault resets a lossy
+    // connection in any state past START_CONNECT and CONNECTING (a lossless one retries).
     #[test]
     fn lossy_connect_attempt_retries_with_initial_backoff() {
         let c = FaultContext { lossy: true, was_open: false, ..ctx() };
         assert_eq!(fault_action(&c), FaultAction::Reconnect { after: Duration::from_millis(200) });
+        let v1_handshake = FaultContext { lossy_handshake_ends: true, ..c };
+        assert_eq!(fault_action(&v1_handshake), FaultAction::Reset);
+        let lossless = FaultContext { lossy: false, ..v1_handshake };
+        assert!(matches!(fault_action(&lossless), FaultAction::Reconnect { .. }));
     }
 
     // "with nothing to send and in the half accept state just closed".

@@ -73,6 +73,9 @@ impl<P: Protocol> Machine<P> {
             once_ready: self.once_ready,
             has_pending: !self.session.queue.is_empty() || self.keepalive.pending.is_some(),
             wait: fault == Fault::Wait,
+            lossy_handshake_ends: P::LOSSY_HANDSHAKE_RESETS
+                && self.side == Side::Connect
+                && matches!(self.state, State::Handshake { .. }),
             prev_backoff: self.backoff,
             initial_backoff: self.config.initial_backoff,
             max_backoff: self.config.max_backoff,

@@ -78,6 +78,11 @@ pub trait Protocol: Sized + Send + 'static {
     /// counts what it consumed; msgr2's frame decoder takes a segment whole once it is
     /// buffered, so what arrives meanwhile is the progress.
     const PROGRESS_ON_ARRIVAL: bool;
+    /// Whether a lossy connector's fault in its handshake (the socket connected, our
+    /// banner sent) ends the session with a reset rather than a retry: Ceph's
+    /// ProtocolV1 retries a lossy connect only in START_CONNECT and CONNECTING, its
+    /// ProtocolV2 through SESSION_RECONNECTING.
+    const LOSSY_HANDSHAKE_RESETS: bool;
 
     /// The dialled socket connected: queue the banner; the first handshake step.
     fn start_handshake(m: &mut Machine<Self>) -> Self::Handshake;

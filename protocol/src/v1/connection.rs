@@ -71,6 +71,7 @@ impl Protocol for V1 {
     const LOG: &'static str = LOG;
     const NAME: &'static str = "v1";
     const TIMED_PAYLOAD: bool = true;
+    const LOSSY_HANDSHAKE_RESETS: bool = true;
     const PROGRESS_ON_ARRIVAL: bool = false;
 
     fn step_name(step: &Handshake) -> &'static str {

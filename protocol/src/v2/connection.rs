@@ -72,6 +72,7 @@ impl Protocol for V2 {
     const LOG: &'static str = LOG;
     const NAME: &'static str = "v2";
     const TIMED_PAYLOAD: bool = true;
+    const LOSSY_HANDSHAKE_RESETS: bool = false;
     const PROGRESS_ON_ARRIVAL: bool = true;
 
     fn step_name(step: &Handshake) -> &'static str {
