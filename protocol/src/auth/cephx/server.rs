@@ -93,6 +93,19 @@ pub struct KeyServer {
     config: AuthConfig,
 }
 
+/// How long a rotating secret of `service` lives: auth tickets' lifetime for AUTH (they
+/// are sealed with its secrets and renewed against them for that long), service
+/// tickets' for the rest (Ceph's `KeyServer::_rotate_secret`). At the service period
+/// (1 h) AUTH's secrets were gone while the auth tickets they sealed (72 h) had days to
+/// run, and renewing with one failed.
+fn rotation_period(config: &AuthConfig, service: EntityType) -> Duration {
+    if service == EntityType::AUTH {
+        config.auth_mon_ticket_ttl
+    } else {
+        config.auth_service_ticket_ttl
+    }
+}
+
 impl KeyServer {
     /// A key server for the entities of `keyring`, with fresh rotating secrets for
     /// auth, mon, osd, mds and mgr made at `now`. Uses `config`'s methods, ticket ttls
@@ -103,10 +116,9 @@ impl KeyServer {
         now: UTime,
         rng: &mut dyn CryptoRngCore,
     ) -> Self {
-        let period = config.auth_service_ticket_ttl;
         let rotating = ROTATING_SERVICES
             .into_iter()
-            .map(|s| (s, RotatingSecrets::generate(now, period, 1, rng)))
+            .map(|s| (s, RotatingSecrets::generate(now, rotation_period(&config, s), 1, rng)))
             .collect();
         KeyServer { keyring, rotating, config }
     }
@@ -119,11 +131,11 @@ impl KeyServer {
     /// Rotates any service whose current secret expired at `now`: the oldest secret
     /// goes, a new "next" one comes (Ceph's `KeyServer::_rotate_secret`).
     pub fn rotate(&mut self, now: UTime, rng: &mut dyn CryptoRngCore) {
-        let period = self.config.auth_service_ticket_ttl;
-        if period.is_zero() {
-            return;
-        }
-        for r in self.rotating.values_mut() {
+        for (&service, r) in self.rotating.iter_mut() {
+            let period = rotation_period(&self.config, service);
+            if period.is_zero() {
+                continue;
+            }
             // After a long pause a few rotations replace the whole window; more would
             // only churn (bounded whatever `now` says).
             for _ in 0..ROTATING_WINDOW {

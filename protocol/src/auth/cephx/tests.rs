@@ -421,6 +421,28 @@ fn key_server_rotates_expired_secrets_and_old_tickets_still_open_within_the_wind
     assert_eq!(p.server.rotating(EntityType::OSD).unwrap().secrets.len(), 3);
 }
 
+// The key server rotates AUTH's secrets at the auth tickets' lifetime, the others at
+// the service tickets' (Ceph's _rotate_secret). With AUTH's at the service period, the
+// secret that sealed a client's auth ticket was gone after two rotations, and the
+// client's third renewal of its service tickets (at 135 minutes) was refused, -EACCES.
+#[test]
+fn auth_tickets_still_open_after_hours_of_rotations() {
+    let mut p = Pair::new(25, "client.admin", ceph_config());
+    p.new_session();
+    p.drive().unwrap();
+    let auth_id = p.server.rotating(EntityType::AUTH).unwrap().current().unwrap().0;
+    for round in 0..4u64 {
+        p.advance_to_timeout().unwrap();
+        let wall = p.wall();
+        p.server.rotate(wall, &mut TestRng::new(100 + round));
+        p.drive().unwrap_or_else(|e| panic!("renewal {round} at {:?}: {e}", p.now - p.start));
+    }
+    assert!(p.now - p.start >= Duration::from_secs(2 * 3600), "{:?}", p.now - p.start);
+    let osd = p.server.rotating(EntityType::OSD).unwrap().current().unwrap().0;
+    assert!(osd > 2, "the service secrets rotated (current {osd})");
+    assert_eq!(p.server.rotating(EntityType::AUTH).unwrap().current().unwrap().0, auth_id);
+}
+
 #[test]
 fn service_tickets_need_the_sessions_own_auth_ticket() {
     // client.admin authenticates; osd.0 on another session presents admin's auth ticket
