@@ -34,6 +34,13 @@ pub(crate) fn loop_now(center: usize) -> Option<Instant> {
     RUNNING.with(Cell::get).filter(|&(c, _)| c == center).map(|(_, now)| now)
 }
 
+/// Whether the calling thread is running an iteration of some center (code in a handler,
+/// a timer or an external event): such code must not wait for another center, since
+/// two workers waiting on each other deadlock.
+pub fn on_a_worker() -> bool {
+    RUNNING.with(Cell::get).is_some()
+}
+
 /// Marks the calling thread as running an iteration until dropped (unwinding included).
 struct Running;
 

@@ -115,7 +115,7 @@ mod registry;
 mod timer;
 mod timerfd;
 
-pub use center::{EventCenter, EVENTS_CAPACITY, EXTERNAL_BATCH, TIMER_BATCH};
+pub use center::{on_a_worker, EventCenter, EVENTS_CAPACITY, EXTERNAL_BATCH, TIMER_BATCH};
 pub use center_handle::CenterHandle;
 pub use external::CenterError;
 pub use handler::{AsAny, Context, Handler, Ready, TimerTarget};

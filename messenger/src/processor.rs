@@ -104,12 +104,20 @@ impl Processor {
         Ok(())
     }
 
-    /// Stops accepting: the listener is closed on its worker.
+    /// Stops accepting: the listener is closed on its worker, before this returns (as
+    /// Ceph's `Processor::stop`), so the port is free once a shutdown returns, even on a
+    /// shared pool whose worker is busy. Called on a worker, it cannot wait (for itself,
+    /// or for another worker that may wait on this one): the close is posted.
     pub(crate) fn stop(self) {
-        if let Some(id) = self.id {
-            let _ = self.center.dispatch_event_external(move |cx: &mut Context<'_>| {
-                cx.remove(id);
-            });
+        let Some(id) = self.id else { return };
+        let remove = move |cx: &mut Context<'_>| {
+            cx.remove(id);
+        };
+        if event_center::on_a_worker() {
+            let _ = self.center.dispatch_event_external(remove);
+        } else if let Err(e) = self.center.submit_to(remove) {
+            // Stopped: its handlers, the listener among them, went with it.
+            log::debug!(target: "msgr::accept", "listener close: {e}");
         }
     }
 }

@@ -1364,6 +1364,51 @@ fn messenger_mark_downs_report_each_session_s_reset() {
     }
 }
 
+// Once shutdown returns, the listener is closed and its port free (Ceph's
+// Processor::stop waits for it), even with the worker holding it busy. The close was
+// only posted: on a shared pool a busy worker kept the port, and accepted on it, after
+// shutdown and wait had returned.
+#[test]
+fn shutdown_frees_the_port_before_it_returns_on_a_busy_shared_pool() {
+    let pool = Arc::new(
+        WorkerPool::new(WorkerPoolConfig { workers: 1, ..Default::default() }).expect("pool"),
+    );
+    let m = Arc::new(
+        Messenger::with_pool(EntityName::new(EntityType::OSD, 0), 1, test_config(1), pool.clone())
+            .expect("messenger"),
+    );
+    let addr = m.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    m.start().expect("start");
+    let (rec, _rx) = Recorder::new(false);
+    m.add_dispatcher_head(rec).expect("dispatcher");
+    // The worker is busy until `go` is dropped.
+    let (go, busy) = crossbeam_channel::bounded::<()>(0);
+    pool.handle(0)
+        .dispatch_event_external(move |_| {
+            let _ = busy.recv_timeout(WAIT);
+        })
+        .expect("post");
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let stopper = {
+        let m = Arc::clone(&m);
+        std::thread::spawn(move || {
+            m.shutdown();
+            m.wait();
+            let _ = done_tx.send(std::net::TcpListener::bind(addr).map(drop));
+        })
+    };
+    let rebound = match done.recv_timeout(Duration::from_millis(500)) {
+        // Returned with the worker still busy: its listener must be closed all the same.
+        Ok(rebound) => rebound,
+        Err(_) => {
+            drop(go);
+            done.recv_timeout(WAIT).expect("shutdown returned once the worker was free")
+        }
+    };
+    assert!(rebound.is_ok(), "the port is still taken after shutdown: {rebound:?}");
+    stopper.join().expect("stopper");
+}
+
 // After shutdown the loopback connection is closed like every other: a send to ourselves
 // fails (the dispatch queue has stopped and would drop it) and it is not connected; its
 // private data is let go. Before, it said connected and took the message.
