@@ -22,8 +22,9 @@
 //!
 //! The connection secret is Ceph's length for the mode (`AuthConnectionMeta::
 //! get_connection_secret_length`): 64 random bytes in secure mode, none in crc mode.
-//! Every refusal is AUTH_BAD_METHOD with `-EACCES` (a malformed request `-EINVAL`), as a
-//! 16.2.15 daemon answers; the connector may then try another method.
+//! Every refusal is AUTH_BAD_METHOD with `-EACCES`, an authorizer's whatever failed, as a
+//! 16.2.15 daemon answers (a malformed monitor-mode request `-EINVAL`); the connector
+//! may then try another method.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use crate::auth::error::AuthError;
 use crate::auth::mode::ConMode;
 use crate::auth::provider::{
     AuthClient, AuthOutcome, AuthPeer, AuthServer, AuthStep, AUTH_MODE_AUTHORIZER, AUTH_MODE_MON,
-    AUTH_MODE_MON_MAX,
+    AUTH_MODE_MON_MAX, EACCES,
 };
 use crate::encoding::{Decoder, Encoder};
 use crate::error::{Error, Result};
@@ -388,9 +389,13 @@ impl AuthServer for CephxV2Server {
     ) -> AuthStep {
         self.step(now, mode, more, payload).unwrap_or_else(|e| {
             log::info!(target: LOG, "cephx over msgr2 from a {} refused: {e}", self.peer_type.name());
+            // An authorizer is refused with EACCES whatever failed, as a Ceph daemon's
+            // (MonClient::handle_auth_request): a ticket that decrypted and did not parse
+            // answered EINVAL, telling a forger which of its ciphertexts decrypted.
+            // Monitor mode: every credential problem is EACCES (AuthError::errno).
+            let authorizer = matches!(self.exchange, Exchange::Authorizer(_));
             self.exchange = Exchange::Fresh;
-            // Every credential problem is EACCES (AuthError::errno), as in Ceph.
-            AuthStep::Reject { result: -e.errno() }
+            AuthStep::Reject { result: if authorizer { EACCES } else { -e.errno() } }
         })
     }
 }

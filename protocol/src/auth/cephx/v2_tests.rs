@@ -319,6 +319,12 @@ fn bad_or_expired_authorizer_is_refused() {
         sv.handle_request(late, ConMode::CRC, false, authorizer.bytes()),
         AuthStep::Reject { result: EACCES }
     );
+    // A malformed one too: any other answer tells a forger how far its bytes got.
+    let bytes = authorizer.bytes();
+    assert_eq!(
+        sv.handle_request(start, ConMode::CRC, false, &bytes[..bytes.len() - 5]),
+        AuthStep::Reject { result: EACCES }
+    );
     // In time it is challenged (cephx v2 required by default).
     assert!(matches!(
         sv.handle_request(start, ConMode::CRC, false, authorizer.bytes()),
