@@ -500,7 +500,13 @@ impl CephxAuthorizerServer {
         let methods = s.methods(AuthRole::Acceptor, req.peer_type);
         let none = req.authorizer.is_empty() || matches!(req.method, AUTH_NONE | AUTH_UNKNOWN);
         if none {
-            if !methods.allows(AUTH_NONE) {
+            // A monitor takes a v1 connect without an authorizer from anyone but a
+            // monitor: they authenticate afterwards with MAuth (cephx.md 4, as every
+            // client and daemon dialling a monitor does). Only what it allows otherwise.
+            let mauth_later = s.my_type == EntityType::MON
+                && req.peer_type != EntityType::MON
+                && req.authorizer.is_empty();
+            if !mauth_later && !methods.allows(AUTH_NONE) {
                 return Err(AuthError::NoAcceptableMethod { offered: vec![req.method] });
             }
             return Ok(AuthorizerStep::Accept { reply: Bytes::new(), signer: None, peer: None });
@@ -735,6 +741,37 @@ mod tests {
                 .any(|e| matches!(e, crate::Event::Standby | crate::Event::Reconnect { .. })),
             "not faulted: {events:?}"
         );
+    }
+
+    // A monitor takes a v1 connect without an authorizer from a client or a daemon
+    // (they authenticate with MAuth afterwards: the real monitor does, cephx.md 4), not
+    // from a monitor. It answered BADAUTHORIZER to every one.
+    #[test]
+    fn a_monitor_takes_v1_connects_without_an_authorizer_but_from_monitors() {
+        let at = start();
+        let mon = CephxProvider::new(
+            AuthEntityName::new(EntityType::MON, "a"),
+            AuthConfig::ceph_defaults(),
+            WallClock::anchored(at, WALL0),
+            rng_source(1),
+        );
+        let empty = |peer_type| AuthorizerRequest {
+            peer_type,
+            method: 0,
+            authorizer: &[],
+            features: Features::PACIFIC_ADVERTISED,
+            now: at,
+        };
+        let mut v = mon.authorizer_server().unwrap();
+        for peer in [EntityType::CLIENT, EntityType::OSD, EntityType::MGR] {
+            let step = v.verify(&empty(peer));
+            assert!(
+                matches!(step, AuthorizerStep::Accept { signer: None, peer: None, .. }),
+                "{}",
+                peer.name()
+            );
+        }
+        assert!(matches!(v.verify(&empty(EntityType::MON)), AuthorizerStep::Reject));
     }
 
     // Where only auth none is allowed with a peer (auth_cluster_required = none), a v1
