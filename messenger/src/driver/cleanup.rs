@@ -47,6 +47,10 @@ impl Driver {
         self.count_peer_issues();
         own_sends::discard(&self.conn, true);
         self.update_gauges();
+        // Its dispatch is over whichever way it ended (a refusal, a hand-over, a close
+        // after its reset): a mark_down_all that listed it just before reports no reset
+        // for it, as Ceph's stop(true) reports none for a closed connection.
+        let _ = self.conn.stop_messages();
         self.conn.close();
         self.conn.0.published.lock().replacing = false;
         self.recv = Default::default();
