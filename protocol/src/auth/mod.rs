@@ -23,9 +23,10 @@
 //!   (Ceph relies on the rotation of service secrets alone).
 //! - Decoders refuse counts above small fixed bounds (16 tickets per reply, 16 rotating
 //!   secrets) before allocating.
-//! - A v1 connector checks the acceptor's authorizer reply only when it sent an
-//!   authorizer; auth none sends none (a Ceph v1 client sends an auth-none authorizer,
-//!   which a Ceph acceptor does not require).
+//! - A v1 connector checks the acceptor's authorizer reply only when it sent a cephx
+//!   authorizer; auth none's (which it sends to every peer but a monitor it dials as a
+//!   client, as Ceph's does: a daemon refuses a connect without one) gets an empty reply
+//!   that is not checked.
 //!
 //! # The seam: what the machines call, and when
 //!

@@ -61,8 +61,8 @@
 //!   queued messages).
 //! * The acceptor enforces a handshake timeout (a real monitor keeps a silent
 //!   handshake open forever, msgr-v1.md 10).
-//! * With auth none a connector sends no authorizer (a Ceph client sends an auth-none
-//!   authorizer; no Ceph acceptor requires it).
+//! * A challenge to auth none's authorizer faults the connection (a Ceph connector would
+//!   send the same bytes again; no acceptor challenges auth none).
 //! * out_seq is not randomised after RESETSESSION with MSG_AUTH (only meaningful with
 //!   cephx signatures).
 
