@@ -204,6 +204,29 @@ fn connector_seq_answers_with_its_in_seq_and_adopts_lossy() {
     assert_eq!(drain(&mut c), 0u64.to_le_bytes());
 }
 
+// The acceptor decides whether the session is lossy, as Ceph's client_ready takes the
+// reply's flag: a lossy client whose server replies lossless acks what it receives (the
+// server's unacked list grew for the connection's life) and keeps what it sends.
+#[test]
+fn connector_takes_the_acceptor_s_lossless_session() {
+    let (mut c, now, _) = connector(me(), Policy::lossy_client());
+    c.handle_bytes(now, reply(Tag::READY, 9, 1, 0));
+    assert!(c.is_open());
+    assert!(!c.is_lossy(), "the acceptor's reply said lossless");
+    let ev = events(&mut c);
+    assert!(matches!(&ev[..], [Event::Opened(o)] if !o.lossy), "{ev:?}");
+    c.handle_bytes(now, Bytes::from(frame(1, b"one")));
+    for _ in 0..10 {
+        let Some(ev) = c.poll_event() else { break };
+        if let Event::NeedBudget { .. } = ev {
+            c.grant_budget(now);
+        }
+    }
+    let mut ack = vec![Tag::ACK.0];
+    ack.extend(1u64.to_le_bytes());
+    assert_eq!(drain(&mut c), ack, "the message is acknowledged");
+}
+
 // Ceph asserts connect_seq + 1 == reply.connect_seq; we fault instead.
 #[test]
 fn connector_faults_on_wrong_connect_seq_in_reply() {

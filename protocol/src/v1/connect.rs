@@ -288,7 +288,12 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
             }
             m.session.connect_seq = cs;
             m.session.peer_global_seq = GlobalSeq::from_v1(reply.global_seq);
-            m.lossy = m.policy.lossy || reply.is_lossy();
+            // The acceptor decides, as Ceph's client_ready takes the reply's flag ("this
+            // is fyi, actually, server decides!"): a lossy client of a stateful server
+            // acks and resends, or the server's unacked list grew for the connection's
+            // life. msgr2 does the same with its server ident.
+            m.lossy = reply.is_lossy();
+            m.policy.lossy = m.lossy;
             m.session.features = features;
             let note = OpenNote {
                 peer_addr: m.peer_addr.unwrap_or_default(),
