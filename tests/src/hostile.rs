@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::types::{proto_version, EntityAddr, EntityName, EntityType, Features};
+use protocol::types::{
+    proto_version, EntityAddr, EntityName, EntityType, Features, CEPH_OSDC_PROTOCOL,
+};
 use protocol::v1;
 use protocol::wire::{
-    ceph_crc32c, ConnectMsg, FooterFlags, FooterFormat, MsgFooter, MsgHeader, Tag,
-    ACCEPTOR_BLOCK_LEN, BANNER,
+    ceph_crc32c, ConnectMsg, ConnectReply, FooterFlags, FooterFormat, MsgFooter, MsgHeader, Tag,
+    ACCEPTOR_BLOCK_LEN, BANNER, CONNECT_LOSSY, MAX_AUTHORIZER_LEN,
 };
 use protocol::{Event, Policy};
 
@@ -37,6 +39,45 @@ pub fn banner_socket_as(server: SocketAddr, me: EntityAddr) -> TcpStream {
     sock.read_exact(&mut block).expect("acceptor banner");
     sock.write_all(&me.encode_legacy()).expect("address");
     sock
+}
+
+/// [`banner_socket_as`] from a fresh address (a random nonce): each call is a new peer
+/// to the acceptor.
+pub fn fresh_banner_socket(server: SocketAddr) -> TcpStream {
+    let me = EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), rand::random::<u32>() | 1);
+    banner_socket_as(server, me)
+}
+
+/// One connect as Ceph's Objecter sends it to an OSD (client, `CEPH_OSDC_PROTOCOL`,
+/// lossy) carrying `authorizer` under `auth_protocol`, on a socket past the banners;
+/// returns the reply and its authorizer bytes.
+pub fn objecter_connect(
+    stream: &mut TcpStream,
+    features: Features,
+    auth_protocol: u32,
+    authorizer: &[u8],
+) -> (ConnectReply, Vec<u8>) {
+    let msg = ConnectMsg {
+        features,
+        host_type: EntityType::CLIENT,
+        global_seq: 1,
+        connect_seq: 0,
+        protocol_version: CEPH_OSDC_PROTOCOL,
+        authorizer_protocol: auth_protocol,
+        authorizer_len: u32::try_from(authorizer.len()).expect("small"),
+        flags: CONNECT_LOSSY,
+    };
+    let mut out = Vec::new();
+    msg.encode_with_authorizer(authorizer, &mut out);
+    stream.write_all(&out).expect("send connect");
+    let mut head = [0u8; ConnectReply::LEN];
+    stream.read_exact(&mut head).expect("connect reply");
+    let (reply, _) = ConnectReply::decode(&head).expect("reply decodes");
+    let len = reply.authorizer_len as usize;
+    assert!(len <= MAX_AUTHORIZER_LEN, "authorizer reply of {len} bytes");
+    let mut auth = vec![0u8; len];
+    stream.read_exact(&mut auth).expect("authorizer reply");
+    (reply, auth)
 }
 
 /// A connect message as a client of ours would send it to an OSD, with the given

@@ -15,7 +15,7 @@
 //! CI).
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,17 +28,15 @@ use protocol::auth::{parse_entity_name, AuthError, CryptoKey, KeyRing};
 use protocol::encoding::UTime;
 use protocol::message::{DecodeLimits, DecodeOptions, EncodeOptions, MessageDecoder, Progress};
 use protocol::messages::{MCommand, MCommandReply, TypedMessage};
-use protocol::types::{
-    EntityAddr, EntityName, EntityType, Features, AUTH_CEPHX, AUTH_NONE, CEPH_OSDC_PROTOCOL,
-};
+use protocol::types::{EntityName, EntityType, Features, AUTH_CEPHX, AUTH_NONE};
 use protocol::wire::{
-    decode_keepalive_stamp, keepalive2_frame, ConnectMsg, ConnectReply, FooterFlags, FooterFormat,
-    MsgHeader, Tag, CONNECT_LOSSY, MAX_AUTHORIZER_LEN,
+    decode_keepalive_stamp, keepalive2_frame, ConnectReply, FooterFlags, FooterFormat, MsgHeader,
+    Tag,
 };
 use protocol::Message;
 use tests::ceph::CephOsd;
 use tests::cephx::assert_version_json;
-use tests::hostile::banner_socket_as;
+use tests::hostile::{fresh_banner_socket, objecter_connect};
 use tests::loopback::init_logging;
 use tests::mon::MonClient;
 
@@ -133,50 +131,11 @@ struct Session {
 }
 
 /// Dials `addr` and exchanges banners and addresses (as a fresh client: any nonce).
-fn dial(addr: SocketAddr) -> TcpStream {
-    let me = EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), rand::random::<u32>() | 1);
-    let stream = banner_socket_as(addr, me);
-    stream.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
-    stream
-}
-
-/// One connect as Ceph's Objecter sends it to an OSD (client, `CEPH_OSDC_PROTOCOL`,
-/// lossy) carrying `authorizer` under `auth_protocol`; returns the reply and its
-/// authorizer bytes.
-fn send_connect(
-    stream: &mut TcpStream,
-    features: Features,
-    auth_protocol: u32,
-    authorizer: &[u8],
-) -> (ConnectReply, Vec<u8>) {
-    let msg = ConnectMsg {
-        features,
-        host_type: EntityType::CLIENT,
-        global_seq: 1,
-        connect_seq: 0,
-        protocol_version: CEPH_OSDC_PROTOCOL,
-        authorizer_protocol: auth_protocol,
-        authorizer_len: u32::try_from(authorizer.len()).expect("small"),
-        flags: CONNECT_LOSSY,
-    };
-    let mut out = Vec::new();
-    msg.encode_with_authorizer(authorizer, &mut out);
-    stream.write_all(&out).expect("send connect");
-    let mut head = [0u8; ConnectReply::LEN];
-    stream.read_exact(&mut head).expect("connect reply");
-    let (reply, _) = ConnectReply::decode(&head).expect("reply decodes");
-    let len = reply.authorizer_len as usize;
-    assert!(len <= MAX_AUTHORIZER_LEN, "authorizer reply of {len} bytes");
-    let mut auth = vec![0u8; len];
-    stream.read_exact(&mut auth).expect("authorizer reply");
-    (reply, auth)
-}
-
 /// The first connect with `authorizer`: the reply the OSD gives an authorizer it will
 /// not accept (no challenge round).
 fn refused(osd: &CephOsd, auth_protocol: u32, authorizer: &[u8]) -> (ConnectReply, Vec<u8>) {
-    let mut stream = dial(osd.v1_addr());
-    send_connect(&mut stream, Features::PACIFIC_ADVERTISED, auth_protocol, authorizer)
+    let mut stream = fresh_banner_socket(osd.v1_addr());
+    objecter_connect(&mut stream, Features::PACIFIC_ADVERTISED, auth_protocol, authorizer)
 }
 
 impl Session {
@@ -186,12 +145,13 @@ impl Session {
     /// in_seq exchange.
     fn open(osd: &CephOsd, mut authorizer: Authorizer) -> Session {
         let ours = Features::PACIFIC_ADVERTISED;
-        let mut stream = dial(osd.v1_addr());
-        let (reply, challenge) = send_connect(&mut stream, ours, AUTH_CEPHX, authorizer.bytes());
+        let mut stream = fresh_banner_socket(osd.v1_addr());
+        let (reply, challenge) =
+            objecter_connect(&mut stream, ours, AUTH_CEPHX, authorizer.bytes());
         assert_eq!(reply.tag, Tag::CHALLENGE_AUTHORIZER, "{reply:?}");
         assert_eq!(challenge.len(), 32, "raw ciphertext, no length prefix");
         let answer = authorizer.handle_challenge(&challenge).expect("challenge opens");
-        let (reply, auth_reply) = send_connect(&mut stream, ours, AUTH_CEPHX, &answer);
+        let (reply, auth_reply) = objecter_connect(&mut stream, ours, AUTH_CEPHX, &answer);
         assert!(matches!(reply.tag, Tag::SEQ | Tag::READY), "{reply:?}");
         assert!(reply.is_lossy(), "the OSD keeps our lossy policy: {reply:?}");
         assert_eq!(auth_reply.len(), 36);

@@ -12,7 +12,6 @@
 //! Skipped with a printed reason when Ceph is not installed (a failure in CI, where
 //! `ASYNCMSGR_REQUIRE_CEPH=1`).
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -20,13 +19,11 @@ use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use messenger::{Connection, Messenger, MessengerConfig, Policy};
 use protocol::messages::{MCommand, MCommandReply, TypedMessage};
-use protocol::types::{
-    AddrType, EntityAddr, EntityName, EntityType, Features, AUTH_NONE, CEPH_OSDC_PROTOCOL,
-};
-use protocol::wire::{ConnectMsg, ConnectReply, Tag, CONNECT_LOSSY, MAX_AUTHORIZER_LEN};
+use protocol::types::{AddrType, EntityName, EntityType, Features, AUTH_NONE};
+use protocol::wire::{ConnectReply, Tag};
 use tests::ceph::CephOsd;
 use tests::cephx::assert_version_json;
-use tests::hostile::banner_socket_as;
+use tests::hostile::{fresh_banner_socket, objecter_connect};
 use tests::loopback::{init_logging, Recorder, Seen, WAIT};
 
 /// What `ceph tell osd.N version` sends (cephx.md 14.5).
@@ -36,29 +33,9 @@ const VERSION: &str = r#"{"prefix": "version"}"#;
 /// `CEPH_OSDC_PROTOCOL`, lossy), carrying `authorizer` under `auth_protocol`, on a fresh
 /// connection from a fresh address.
 fn first_connect_reply(osd: SocketAddr, auth_protocol: u32, authorizer: &[u8]) -> ConnectReply {
-    let me = EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), rand::random::<u32>() | 1);
-    // Read timeout: banner_socket_as's 20 s.
-    let mut stream = banner_socket_as(osd, me);
-    let msg = ConnectMsg {
-        features: Features::PACIFIC_ADVERTISED,
-        host_type: EntityType::CLIENT,
-        global_seq: 1,
-        connect_seq: 0,
-        protocol_version: CEPH_OSDC_PROTOCOL,
-        authorizer_protocol: auth_protocol,
-        authorizer_len: u32::try_from(authorizer.len()).expect("small"),
-        flags: CONNECT_LOSSY,
-    };
-    let mut out = Vec::new();
-    msg.encode_with_authorizer(authorizer, &mut out);
-    stream.write_all(&out).expect("send connect");
-    let mut head = [0u8; ConnectReply::LEN];
-    stream.read_exact(&mut head).expect("connect reply");
-    let (reply, _) = ConnectReply::decode(&head).expect("reply decodes");
-    let len = reply.authorizer_len as usize;
-    assert!(len <= MAX_AUTHORIZER_LEN, "authorizer reply of {len} bytes");
-    let mut auth_reply = vec![0u8; len];
-    stream.read_exact(&mut auth_reply).expect("authorizer reply");
+    let mut stream = fresh_banner_socket(osd);
+    let (reply, auth_reply) =
+        objecter_connect(&mut stream, Features::PACIFIC_ADVERTISED, auth_protocol, authorizer);
     assert!(auth_reply.is_empty(), "auth none replies no authorizer bytes: {reply:?}");
     reply
 }
