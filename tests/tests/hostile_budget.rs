@@ -593,13 +593,18 @@ fn a_peer_that_does_not_read_is_owed_one_keepalive_ack() {
         || srv.totals().send_bytes - sent0 >= 8 << 10,
         || format!("{} bytes of the reply written", srv.totals().send_bytes - sent0),
     );
-    // One at a time, so the server reads each on its own.
+    // One at a time, each once the server read the one before, so it reads each on its
+    // own.
     for sec in 0..300u32 {
         let mut ka = vec![Tag::KEEPALIVE2.0];
         ka.extend(sec.to_le_bytes());
         ka.extend(9u32.to_le_bytes());
+        let read = srv.totals().recv_bytes;
         peer.sock.write_all(&ka).expect("keepalive");
-        std::thread::sleep(Duration::from_millis(1));
+        wait_until(
+            || srv.totals().recv_bytes >= read + ka.len() as u64,
+            || format!("keepalive {sec} not read"),
+        );
     }
     // A last request: its reply follows the acks owed before it was read.
     let last = peer.message(2, b"last");

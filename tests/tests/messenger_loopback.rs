@@ -1278,10 +1278,8 @@ fn shutdowns_from_the_dispatch_thread_and_a_worker_together_both_return() {
         }
         fn ms_fast_dispatch(&self, _conn: &Connection, _msg: Message) {
             let _ = self.fast.0.send(());
+            // Either of the two calls may begin the shutdown: both orders deadlocked.
             let _ = self.stopping.1.recv_timeout(WAIT);
-            // Gives the dispatch thread's shutdown time to reach its join of the workers
-            // (the order that deadlocked); the test passes in any order.
-            std::thread::sleep(Duration::from_millis(20));
             self.stop();
             let _ = self.done.send("worker");
         }
