@@ -256,8 +256,13 @@ impl Driver {
         let s = TcpStream::connect(addr)?;
         self.io.socket = Some(s);
         self.io.dialling = true;
-        self.configure_socket()?;
-        self.register_socket(cx)?;
+        // A dial that fails leaves no socket: the caller reports the failure to the
+        // machine, which backs off, and a socket kept here would go on connecting
+        // through the backoff and report its connect to a machine not waiting for one.
+        if let Err(e) = self.configure_socket().and_then(|()| self.register_socket(cx)) {
+            self.close_socket(cx);
+            return Err(e);
+        }
         self.conn.set_state(ConnState::Connecting);
         Ok(())
     }
