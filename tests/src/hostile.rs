@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use protocol::types::{
     proto_version, EntityAddr, EntityName, EntityType, Features, CEPH_OSDC_PROTOCOL,
+    LEGACY_ADDR_LEN,
 };
 use protocol::v1;
 use protocol::wire::{
-    ceph_crc32c, ConnectMsg, ConnectReply, FooterFlags, FooterFormat, MsgFooter, MsgHeader, Tag,
-    ACCEPTOR_BLOCK_LEN, BANNER, CONNECT_LOSSY, MAX_AUTHORIZER_LEN,
+    ceph_crc32c, AcceptorBanner, ConnectMsg, ConnectReply, FooterFlags, FooterFormat, MsgFooter,
+    MsgHeader, Tag, ACCEPTOR_BLOCK_LEN, BANNER, BANNER_LEN, CONNECT_LOSSY, MAX_AUTHORIZER_LEN,
 };
 use protocol::{Event, Policy};
 
@@ -46,6 +47,28 @@ pub fn banner_socket_as(server: SocketAddr, me: EntityAddr) -> TcpStream {
 pub fn fresh_banner_socket(server: SocketAddr) -> TcpStream {
     let me = EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), rand::random::<u32>() | 1);
     banner_socket_as(server, me)
+}
+
+/// The acceptor's half of a v1 handshake up to the reply, by hand, on a socket a
+/// listener of the test accepted from one of our connectors: writes the acceptor's
+/// banner announcing `me` (the address the connector dialled: it checks the nonce),
+/// reads the connector's banner, address and connect message with its authorizer.
+/// The next bytes the connector reads are the connect reply the caller writes.
+pub fn accept_v1_connect(sock: &mut TcpStream, me: EntityAddr) -> ConnectMsg {
+    sock.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let peer = sock.peer_addr().expect("peer address");
+    let block = AcceptorBanner { my_addr: me, peer_addr: EntityAddr::legacy(peer, 0) };
+    sock.write_all(&block.to_bytes()).expect("acceptor banner");
+    let mut head = [0u8; BANNER_LEN + LEGACY_ADDR_LEN + ConnectMsg::LEN];
+    sock.read_exact(&mut head).expect("banner, address and connect");
+    assert_eq!(&head[..BANNER_LEN], BANNER, "not a v1 connector");
+    let (connect, _) =
+        ConnectMsg::decode(&head[BANNER_LEN + LEGACY_ADDR_LEN..]).expect("connect decodes");
+    let len = connect.authorizer_len as usize;
+    assert!(len <= MAX_AUTHORIZER_LEN, "authorizer of {len} bytes");
+    let mut authorizer = vec![0u8; len];
+    sock.read_exact(&mut authorizer).expect("authorizer");
+    connect
 }
 
 /// One connect as Ceph's Objecter sends it to an OSD (client, `CEPH_OSDC_PROTOCOL`,

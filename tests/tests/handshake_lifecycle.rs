@@ -1,7 +1,8 @@
 //! Races around the handshake's lifecycle on real sockets (issue 11 item 4; Ceph PRs
 //! 17288, 25823, 46732, 26668 and 27337 and the bugs behind them): a socket cut while
 //! its replace is being decided, `mark_down` of the session being replaced, `shutdown`
-//! with handshakes paused, a listener that accepts and never answers, and a connection
+//! with handshakes paused, a listener that accepts and never answers, a connector whose
+//! handshake faults (its socket closed at once, not at the redial), and a connection
 //! race whose winner's socket is black-holed.
 //!
 //! The accept decision and the replace hand-off are held open with
@@ -28,8 +29,9 @@ use messenger::{
 };
 use protocol::session::CounterValues;
 use protocol::types::{EntityAddr, EntityName, EntityType, Features};
+use protocol::wire::{ConnectReply, Tag};
 use tests::chaos::{ChaosConfig, ChaosProxy, CutKind};
-use tests::hostile::{banner_socket_as, closed_within, session_connect};
+use tests::hostile::{accept_v1_connect, banner_socket_as, closed_within, session_connect};
 use tests::hostile_v2::{client_ident, v2_peer_addr, v2_socket_at_ident};
 use tests::loopback::*;
 use tests::nat::NatProxy;
@@ -364,6 +366,72 @@ fn a_listener_that_never_answers_is_retried_with_backoff() {
     stop.store(true, Relaxed);
     let _ = TcpStream::connect(addr);
     silent.join().expect("listener thread");
+}
+
+/// What the connector under test backs off after its handshake fault: far longer than a
+/// close takes on loopback, so a socket that closes within half of it was closed by the
+/// fault, not by the redial that ends the backoff.
+const FAULT_BACKOFF: Duration = Duration::from_secs(4);
+
+/// Ceph's ProtocolV1 `fault` (through `AsyncConnection::fault`, whose `shutdown_socket`
+/// comes before the backoff is scheduled): a lossless connector told WAIT by a fake v1
+/// acceptor closes its socket at once, so the acceptor reads EOF well inside the
+/// backoff (WAIT waits `max_backoff`), and dials again once the backoff is over.
+#[test]
+fn a_connector_told_to_wait_closes_its_socket_at_once_and_redials_after_the_backoff() {
+    a_connector_fault_closes_its_socket_at_once(ProtocolVersion::V1);
+}
+
+/// [`a_connector_told_to_wait_closes_its_socket_at_once_and_redials_after_the_backoff`]
+/// over msgr2 (ProtocolV2's `fault`, the same `shutdown_socket`): the fake acceptor
+/// answers the connector's banner with one that is not msgr2's.
+#[test]
+fn a_connector_given_a_bad_banner_closes_its_socket_at_once_over_msgr2() {
+    a_connector_fault_closes_its_socket_at_once(ProtocolVersion::V2);
+}
+
+fn a_connector_fault_closes_its_socket_at_once(proto: ProtocolVersion) {
+    let listener = TcpListener::bind(loopback()).expect("bind");
+    let peer = EntityAddr::legacy(listener.local_addr().expect("addr"), 7);
+    let (accepted_tx, accepted) = crossbeam_channel::unbounded();
+    // The first attempt's socket and the redial's, each with when it was accepted.
+    let acceptor = std::thread::spawn(move || {
+        for sock in listener.incoming().take(2) {
+            let _ = accepted_tx.send((sock.expect("accept"), Instant::now()));
+        }
+    });
+    let config = MessengerConfig {
+        initial_backoff: FAULT_BACKOFF,
+        max_backoff: FAULT_BACKOFF,
+        ..test_config(2)
+    };
+    let (client, _crx) = client_with(EntityType::CLIENT, 2, Policy::lossless_client(), config);
+    let conn = client.connect_to(EntityType::OSD, addr_for(proto, peer));
+    conn.send_message(test_message(MSG, 1, Bytes::new())).expect("queued");
+    let (mut sock, _) = accepted.recv_timeout(WAIT).expect("no connect attempt");
+    // Taken before the reply is written: the fault, and its backoff, come after it.
+    let replied_at = match proto {
+        ProtocolVersion::V1 => {
+            accept_v1_connect(&mut sock, peer);
+            let at = Instant::now();
+            sock.write_all(&ConnectReply::new(Tag::WAIT).to_bytes()).expect("WAIT");
+            at
+        }
+        ProtocolVersion::V2 => {
+            let at = Instant::now();
+            sock.write_all(b"ceph v3\n\0\0").expect("banner");
+            at
+        }
+    };
+    assert!(
+        closed_within(&mut sock, FAULT_BACKOFF / 2),
+        "the connector kept its socket open into a backoff of {FAULT_BACKOFF:?}"
+    );
+    let (_redial, redialled_at) = accepted.recv_timeout(WAIT).expect("no redial after the fault");
+    let waited = redialled_at.duration_since(replied_at);
+    assert!(waited >= FAULT_BACKOFF, "redialled after {waited:?}, inside the backoff");
+    acceptor.join().expect("acceptor thread");
+    client.shutdown();
 }
 
 /// Ceph PR 27337 (tracker 39241: a connection race whose winner faults leaves the loser

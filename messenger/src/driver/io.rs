@@ -267,6 +267,19 @@ impl Driver {
         Ok(())
     }
 
+    /// Closes the socket a fault left behind, as Ceph's `AsyncConnection::fault` does
+    /// (`shutdown_socket`) before the protocol decides what comes next: the machine
+    /// waits out its reconnect backoff and is done with this socket. Kept until the
+    /// redial, it told the peer nothing for as long as the backoff (`max_backoff`, 15 s
+    /// by default, after a WAIT) while holding a descriptor on both ends. The session
+    /// is untouched: the redial after the backoff replays it as before.
+    pub(super) fn close_socket_left_by_fault(&mut self, cx: &mut Context<'_>) {
+        if self.io.socket.is_some() && !self.io.dialling && self.machine.holds_no_socket() {
+            log::debug!(target: "msgr::conn", "{}: socket closed until the redial", self.machine);
+            self.close_socket(cx);
+        }
+    }
+
     pub(super) fn close_socket(&mut self, cx: &mut Context<'_>) {
         if let Some(socket) = self.io.socket.take() {
             // Out of the poll set before the fd is closed: closed first, the deregistration

@@ -335,6 +335,9 @@ impl Driver {
                 break;
             }
         }
+        // A fault this pump (a reply, a read, a write, the handshake's timer) that left
+        // the machine backing off: its socket goes now, not at the redial.
+        self.close_socket_left_by_fault(cx);
         // Credit is for the burst this pump read: what it did not use goes back.
         if self.credit.is_held() {
             let settled = !self.machine.message_in_progress() && !self.machine.has_events();
