@@ -6,6 +6,11 @@
 //! terminated by a NUL byte; the server answers with a `u32` big-endian length and that
 //! many bytes, then closes. The CLI first asks for `get_command_descriptions` and checks
 //! its command against the returned signatures.
+//!
+//! An accept that fails for want of descriptors or memory (EMFILE, ENFILE, …) leaves the
+//! client queued, and the listener's edge-triggered readiness will not report it again:
+//! the listener retries after a pause (the processor's rule, `after_accept_error`), as
+//! Ceph's admin socket thread, looping on its poll, would.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -19,6 +24,7 @@ use mio::Interest;
 use serde_json::{json, Value};
 
 use crate::env::Env;
+use crate::processor::{after_accept_error, AcceptFailed, Pause, PauseLog, ACCEPT_BACKOFF};
 
 /// Longest command accepted: commands are short JSON objects; anything longer is refused
 /// (the connection is closed) rather than buffered without bound.
@@ -67,7 +73,13 @@ impl AdminSocket {
         let id = center
             .submit_to(move |cx: &mut Context<'_>| {
                 cx.register(listener, Interest::READABLE, |_, listener| {
-                    Box::new(AdminListener { listener, env, clients: Arc::default() })
+                    Box::new(AdminListener {
+                        listener,
+                        env,
+                        clients: Arc::default(),
+                        paused: Pause::default(),
+                        pauses: PauseLog::default(),
+                    })
                 })
             })
             .map_err(|e| io::Error::other(format!("admin socket: {e}")))??;
@@ -101,10 +113,15 @@ struct AdminListener {
     env: Arc<Env>,
     /// Admin clients being served (each `AdminConn` counts itself out when dropped).
     clients: Arc<AtomicUsize>,
+    /// Accepting paused for want of descriptors or memory, until a retry.
+    paused: Pause,
+    /// Which of those pauses are logged.
+    pauses: PauseLog,
 }
 
-impl Handler for AdminListener {
-    fn ready(&mut self, cx: &mut Context<'_>, _ready: Ready) {
+impl AdminListener {
+    /// Accepts what is pending, up to [`ACCEPT_BATCH`].
+    fn accept_some(&mut self, cx: &mut Context<'_>) {
         for _ in 0..ACCEPT_BATCH {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -135,12 +152,19 @@ impl Handler for AdminListener {
                         Err(e) => log::warn!(target: "msgr::admin", "admin connection: {e}"),
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::warn!(target: "msgr::admin", "admin accept: {e}");
-                    return;
-                }
+                Err(e) => match after_accept_error(&e) {
+                    AcceptFailed::Drained => return,
+                    AcceptFailed::Next => {
+                        log::debug!(target: "msgr::admin", "admin accept: {e}");
+                    }
+                    AcceptFailed::Pause => {
+                        // The client stays queued, and edge-triggered readiness will not
+                        // report it again: without the retry it waited for the next
+                        // client to connect.
+                        self.pause(cx, &e);
+                        return;
+                    }
+                },
             }
         }
         // More may be pending: come back after the worker's other work.
@@ -149,8 +173,29 @@ impl Handler for AdminListener {
         }
     }
 
+    /// Stops watching the listener and accepts again after [`ACCEPT_BACKOFF`].
+    fn pause(&mut self, cx: &mut Context<'_>, e: &io::Error) {
+        self.pauses.note(cx.now(), "msgr::admin", "admin accept", e);
+        self.paused.start(cx, ACCEPT_BACKOFF);
+    }
+}
+
+impl Handler for AdminListener {
+    fn ready(&mut self, cx: &mut Context<'_>, _ready: Ready) {
+        if !self.paused.is_on() {
+            self.accept_some(cx);
+        }
+    }
+
+    fn timer(&mut self, cx: &mut Context<'_>, _timer: TimerId) {
+        self.paused.end(cx);
+        self.accept_some(cx);
+    }
+
     fn notify(&mut self, cx: &mut Context<'_>) {
-        self.ready(cx, Ready { readable: true, writable: false, closed: false });
+        if !self.paused.is_on() {
+            self.accept_some(cx);
+        }
     }
 }
 

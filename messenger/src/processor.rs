@@ -2,7 +2,8 @@
 //!
 //! Accepts until WouldBlock and places each new connection on the least-loaded worker.
 //! Accept errors that mean "out of resources" (EMFILE, ENFILE, ENOBUFS, ENOMEM) pause
-//! accepting for a moment instead of spinning on a listener that stays readable; so do
+//! accepting for a moment instead of spinning on a listener that stays readable, then
+//! retry (`after_accept_error`, which the admin socket's listener follows too); so do
 //! `max_queued_events` connection events waiting for the dispatch thread (each accepted
 //! connection adds some, and nothing else bounds them).
 
@@ -10,7 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, TimerTarget};
 use mio::net::TcpListener;
@@ -23,8 +24,16 @@ use crate::env::Env;
 #[cfg(feature = "fault-injection")]
 use crate::inject::{Injector, LISTENER_STREAM};
 
-/// How long accepting pauses after running out of file descriptors or memory.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long accepting pauses after running out of file descriptors or memory (the
+/// admin socket's listener too): long enough that a listener the kernel keeps readable
+/// costs ten tries a second, short enough that a client queued meanwhile is not kept
+/// waiting noticeably once a descriptor is free.
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// At most one WARN line per this long about accepts failing for want of descriptors or
+/// memory ([`PauseLog`]): a listener retrying every [`ACCEPT_BACKOFF`] would otherwise
+/// log ten lines a second for as long as the shortage lasts.
+const PAUSE_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// How often accepting looks again while the dispatch thread has too many events queued.
 const EVENTS_BACKOFF: Duration = Duration::from_millis(10);
@@ -86,7 +95,7 @@ impl Processor {
                     events_full: false,
                     env,
                     workers,
-                    paused: None,
+                    paused: Pause::default(),
                     center,
                     registered: false,
                     #[cfg(feature = "fault-injection")]
@@ -130,7 +139,7 @@ struct AcceptHandler {
     env: Arc<Env>,
     /// The workers accepted connections are placed on.
     workers: Vec<CenterHandle>,
-    paused: Option<TimerId>,
+    paused: Pause,
     center: CenterHandle,
     registered: bool,
     /// `ms_inject_socket_failures` on accept.
@@ -142,7 +151,7 @@ impl AcceptHandler {
     fn accept_some(&mut self, cx: &mut Context<'_>) {
         for _ in 0..ACCEPT_BATCH {
             if self.events_backlogged() {
-                self.pause(cx, EVENTS_BACKOFF);
+                self.paused.start(cx, EVENTS_BACKOFF);
                 return;
             }
             match self.listener.accept() {
@@ -157,17 +166,19 @@ impl AcceptHandler {
                     let worker = self.least_loaded();
                     driver::spawn_accepted(&self.env, &worker, socket, peer);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_resource_exhaustion(&e) => {
-                    log::warn!(target: "msgr::accept", "accept: {e}; pausing {ACCEPT_BACKOFF:?}");
-                    self.pause(cx, ACCEPT_BACKOFF);
-                    return;
-                }
-                Err(e) => {
-                    // ECONNABORTED and friends: that one connection is gone; go on.
-                    log::info!(target: "msgr::accept", "accept: {e}");
-                }
+                Err(e) => match after_accept_error(&e) {
+                    AcceptFailed::Drained => return,
+                    AcceptFailed::Next => {
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            log::info!(target: "msgr::accept", "accept: {e}");
+                        }
+                    }
+                    AcceptFailed::Pause => {
+                        log::warn!(target: "msgr::accept", "accept: {e}; pausing {ACCEPT_BACKOFF:?}");
+                        self.paused.start(cx, ACCEPT_BACKOFF);
+                        return;
+                    }
+                },
             }
         }
         // Batch used up with connections possibly still pending: come back after other work.
@@ -191,39 +202,122 @@ impl AcceptHandler {
         full
     }
 
-    /// Stops watching the listener for `backoff`.
-    fn pause(&mut self, cx: &mut Context<'_>, backoff: Duration) {
-        if let Some(id) = cx.id() {
-            let _ = cx.set_interest(id, None);
-            self.paused = Some(cx.create_time_event(backoff, TimerTarget::Handler(id)));
-        }
-    }
-
     /// Ceph's `get_worker`: the worker holding the fewest connections, ties to the lowest.
     fn least_loaded(&self) -> CenterHandle {
         self.workers.iter().min_by_key(|w| w.load()).cloned().unwrap_or_else(|| self.center.clone())
     }
 }
 
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
-    )
+/// What a listener does after `accept` failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AcceptFailed {
+    /// Nothing is pending (`WouldBlock`): the next connection raises a new edge.
+    Drained,
+    /// That one connection is gone, or the call was interrupted (ECONNABORTED, EINTR,
+    /// …): accept the next at once.
+    Next,
+    /// Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): the connection
+    /// stays in the backlog, but edge-triggered readiness will not report it again and
+    /// retrying at once would spin on it. Stop watching the listener and accept again
+    /// after [`ACCEPT_BACKOFF`] (Ceph's accept loops retry too, on their own timer or
+    /// poll).
+    Pause,
+}
+
+/// The one rule for an accept error, shared by the messenger's listener and the admin
+/// socket's.
+pub(crate) fn after_accept_error(e: &io::Error) -> AcceptFailed {
+    match (e.kind(), e.raw_os_error()) {
+        (io::ErrorKind::WouldBlock, _) => AcceptFailed::Drained,
+        (_, Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+            AcceptFailed::Pause
+        }
+        _ => AcceptFailed::Next,
+    }
+}
+
+/// A listener's pause: while it lasts the listener is not watched (it may stay readable),
+/// and a timer brings its handler back, whose `timer` calls [`Pause::end`]. For the
+/// messenger's listener and the admin socket's.
+#[derive(Debug, Default)]
+pub(crate) struct Pause {
+    /// The timer that ends it; `None` while not paused.
+    timer: Option<TimerId>,
+}
+
+impl Pause {
+    /// Whether the listener is paused.
+    pub(crate) fn is_on(&self) -> bool {
+        self.timer.is_some()
+    }
+
+    /// Stops watching the running handler's listener for `backoff`.
+    pub(crate) fn start(&mut self, cx: &mut Context<'_>, backoff: Duration) {
+        if let Some(id) = cx.id() {
+            let _ = cx.set_interest(id, None);
+            self.timer = Some(cx.create_time_event(backoff, TimerTarget::Handler(id)));
+        }
+    }
+
+    /// The pause's timer fired: the listener is watched again.
+    pub(crate) fn end(&mut self, cx: &mut Context<'_>) {
+        self.timer = None;
+        if let Some(id) = cx.id() {
+            let _ = cx.set_interest(id, Some(Interest::READABLE));
+        }
+    }
+}
+
+/// Which accept pauses ([`AcceptFailed::Pause`]) are logged at WARN: the first, then at
+/// most one per [`PAUSE_WARN_EVERY`], each saying how many went unlogged before it.
+#[derive(Debug, Default)]
+pub(crate) struct PauseLog {
+    /// When the last line was logged.
+    last: Option<Instant>,
+    /// Pauses not logged since then.
+    unlogged: u64,
+}
+
+impl PauseLog {
+    /// Whether the pause at `now` is logged: `Some` with the pauses not logged since
+    /// the last line, `None` (counted) if one was logged less than
+    /// [`PAUSE_WARN_EVERY`] ago.
+    pub(crate) fn take(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(at) if now.saturating_duration_since(at) < PAUSE_WARN_EVERY => {
+                self.unlogged += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.unlogged))
+            }
+        }
+    }
+
+    /// Logs the pause at `now` that `e` caused to `what` (a listener) under `target`:
+    /// at WARN as [`PauseLog::take`] allows, else at DEBUG.
+    pub(crate) fn note(&mut self, now: Instant, target: &str, what: &str, e: &io::Error) {
+        match self.take(now) {
+            Some(0) => log::warn!(target: target, "{what}: {e}; retrying every {ACCEPT_BACKOFF:?}"),
+            Some(n) => log::warn!(
+                target: target,
+                "{what}: {e}; retrying every {ACCEPT_BACKOFF:?} ({n} more failures not logged)"
+            ),
+            None => log::debug!(target: target, "{what}: {e}"),
+        }
+    }
 }
 
 impl Handler for AcceptHandler {
     fn ready(&mut self, cx: &mut Context<'_>, _ready: Ready) {
-        if self.paused.is_none() {
+        if !self.paused.is_on() {
             self.accept_some(cx);
         }
     }
 
     fn timer(&mut self, cx: &mut Context<'_>, _id: TimerId) {
-        self.paused = None;
-        if let Some(id) = cx.id() {
-            let _ = cx.set_interest(id, Some(Interest::READABLE));
-        }
+        self.paused.end(cx);
         self.accept_some(cx);
     }
 
@@ -244,5 +338,50 @@ impl Handler for AcceptHandler {
         if let Some(id) = cx.id() {
             let _ = cx.deregister(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(code: i32) -> io::Error {
+        io::Error::from_raw_os_error(code)
+    }
+
+    // Ceph's accept loops retry after a shortage (the Processor on a timer, the admin
+    // socket thread on its poll): a listener must not stop at one.
+    #[test]
+    fn running_out_of_descriptors_or_memory_pauses_and_retries() {
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert_eq!(after_accept_error(&os(code)), AcceptFailed::Pause, "errno {code}");
+        }
+    }
+
+    #[test]
+    fn a_failed_connection_or_an_interrupted_call_goes_on_to_the_next() {
+        for code in [libc::ECONNABORTED, libc::EPROTO, libc::EPERM, libc::EINTR] {
+            assert_eq!(after_accept_error(&os(code)), AcceptFailed::Next, "errno {code}");
+        }
+    }
+
+    #[test]
+    fn would_block_means_drained() {
+        assert_eq!(after_accept_error(&os(libc::EAGAIN)), AcceptFailed::Drained);
+        let e = io::Error::from(io::ErrorKind::WouldBlock);
+        assert_eq!(after_accept_error(&e), AcceptFailed::Drained);
+    }
+
+    #[test]
+    fn pauses_are_logged_once_per_period_with_the_count_of_the_rest() {
+        let mut log = PauseLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.take(t0), Some(0), "the first pause is logged");
+        let within = PAUSE_WARN_EVERY - Duration::from_millis(1);
+        for i in 1..=3 {
+            assert_eq!(log.take(t0 + within * i / 3), None, "pause {i} inside the period");
+        }
+        assert_eq!(log.take(t0 + PAUSE_WARN_EVERY), Some(3), "the next period's first line");
+        assert_eq!(log.take(t0 + PAUSE_WARN_EVERY), None);
     }
 }
