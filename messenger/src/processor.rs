@@ -96,6 +96,7 @@ impl Processor {
                     env,
                     workers,
                     paused: Pause::default(),
+                    pauses: PauseLog::default(),
                     center,
                     registered: false,
                     #[cfg(feature = "fault-injection")]
@@ -140,6 +141,8 @@ struct AcceptHandler {
     /// The workers accepted connections are placed on.
     workers: Vec<CenterHandle>,
     paused: Pause,
+    /// Which pauses for want of descriptors or memory are logged.
+    pauses: PauseLog,
     center: CenterHandle,
     registered: bool,
     /// `ms_inject_socket_failures` on accept.
@@ -174,7 +177,7 @@ impl AcceptHandler {
                         }
                     }
                     AcceptFailed::Pause => {
-                        log::warn!(target: "msgr::accept", "accept: {e}; pausing {ACCEPT_BACKOFF:?}");
+                        self.pauses.note(cx.now(), "msgr::accept", "accept", &e);
                         self.paused.start(cx, ACCEPT_BACKOFF);
                         return;
                     }
