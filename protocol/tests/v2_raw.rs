@@ -794,3 +794,42 @@ fn an_implausible_retry_global_is_refused() {
         }
     }
 }
+
+// IDENT_MISSING_FEATURES answers a CLIENT_IDENT only (Ceph's connector faults on it in
+// any other state): in answer to our SESSION_RECONNECT it is a protocol error that
+// faults and redials, keeping the session and its queued message, not a refusal that
+// drops them.
+#[test]
+fn ident_missing_features_in_answer_to_a_reconnect_faults() {
+    let (mut c, now) = connector(Policy::lossless_client());
+    let mut b = acceptor_prefix(EntityType::MON);
+    b.extend(frame(&server_ident(v2_addr(6789, 0))));
+    c.handle_bytes(now, Bytes::from(b));
+    assert!(c.is_open());
+    let _ = output(&mut c);
+    c.send_message(protocol::Message::new(2, Bytes::new()));
+    c.handle_transport_closed(now);
+    assert!(events(&mut c).iter().any(|e| matches!(e, Event::Reconnect { .. })));
+    c.handle_transport_connected(now);
+    let _ = output(&mut c);
+    c.handle_bytes(now, Bytes::from(acceptor_prefix(EntityType::MON)));
+    let sent = frames(&output(&mut c), 0);
+    assert_eq!(sent.last().map(Frame::tag), Some(Tag::SESSION_RECONNECT));
+
+    c.handle_bytes(now, Bytes::from(frame(&IdentMissingFeatures { missing_features: 1 << 40 })));
+    let evs = events(&mut c);
+    assert!(!evs.iter().any(|e| matches!(e, Event::Refused)), "{evs:?}");
+    assert!(closed_by_fault(&evs).is_some() || !c.wants_read(), "faulted: {evs:?}");
+    // The session survives: the next connect resumes it and the message goes out.
+    let at = now + Duration::from_secs(1);
+    c.handle_timeout(at);
+    c.handle_transport_connected(at);
+    let _ = output(&mut c);
+    c.handle_bytes(at, Bytes::from(acceptor_prefix(EntityType::MON)));
+    let sent = frames(&output(&mut c), 0);
+    assert_eq!(sent.last().map(Frame::tag), Some(Tag::SESSION_RECONNECT), "{c}");
+    c.handle_bytes(at, Bytes::from(frame(&SessionReconnectOk { msg_seq: 0 })));
+    assert!(c.is_open(), "{c}");
+    let sent = frames(&output(&mut c), 0);
+    assert!(sent.iter().any(|f| f.tag() == Tag::MESSAGE), "the queued message resent: {sent:?}");
+}

@@ -259,6 +259,12 @@ pub(crate) fn on_ident_reply(m: &mut Machine<V2>, now: Instant, f: &Frame) -> Re
             Ok(true)
         }
         Tag::IDENT_MISSING_FEATURES => {
+            // Only an answer to our CLIENT_IDENT: an acceptor checks features against a
+            // new session, never a resumed one (Ceph's connector faults on it elsewhere,
+            // keeping the session; a refusal here would drop its queued messages).
+            if reconnecting {
+                return Err(Fault::Misbehaved("IDENT_MISSING_FEATURES in answer to a reconnect"));
+            }
             let missing = IdentMissingFeatures::from_segment(s0).map_err(Fault::Decode)?;
             m.peer_issue(
                 PeerIssue::BadConnectReply,

@@ -80,7 +80,8 @@
 //!   session retries and resets) and 256 KiB of pre-auth transcript per direction; Ceph
 //!   loops as long as the peer does and only asserts on a 1 MB transcript with
 //!   `ms_die_on_bug`.
-//! * IDENT_MISSING_FEATURES, an incompatible banner and an auth method refused with no
+//! * IDENT_MISSING_FEATURES (in answer to a CLIENT_IDENT; after a SESSION_RECONNECT it
+//!   faults, as in Ceph), an incompatible banner and an auth method refused with no
 //!   alternative end a connector with [`crate::Event::Refused`] instead of Ceph's endless
 //!   fault-and-retry: nothing changes between attempts that would make a retry pass.
 //! * The connector checks the acceptor's HELLO entity type against the type dialled
