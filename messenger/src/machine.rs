@@ -24,7 +24,7 @@ use protocol::types::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityTyp
 use protocol::wire::KeepaliveStamp;
 use protocol::{
     ConnectSeq, Connection, Decision, ExistingSession, ExistingState, GlobalSeq, GlobalSeqCounter,
-    Message, ProtocolVersion, SessionState, TableEffect,
+    Message, ProtocolVersion, TableEffect,
 };
 
 use crate::config::MessengerConfig;
@@ -306,18 +306,11 @@ impl Machine {
         self.0.is_closed()
     }
 
-    /// The session goes on without a socket of the machine's: it is waiting out its
-    /// reconnect backoff after a fault, or waiting for a dial to connect. (A standby or
-    /// a close comes as an event of its own.) The driver tells the two apart by whether
-    /// it is dialling: a socket it is not dialling is one a fault left behind.
-    ///
-    /// The protocol has no query naming the backoff, so this reads it off the coarse
-    /// state: connecting and not reading is dialling or backing off, because every
-    /// connect-side handshake step reads (only an acceptor stops reading for a decision
-    /// or a verdict, and an acceptor's handshake is `Accepting`).
+    /// The session is waiting out its reconnect backoff after a fault: any socket the
+    /// driver still holds is one the fault left behind.
     #[inline]
-    pub(crate) fn holds_no_socket(&self) -> bool {
-        !self.0.wants_read() && self.0.state() == SessionState::Connecting
+    pub(crate) fn is_backing_off(&self) -> bool {
+        self.0.is_backing_off()
     }
 
     #[inline]

@@ -349,6 +349,12 @@ impl Connection {
         each!(self, c => c.is_closed(), s => s.is_closed())
     }
 
+    /// See [`crate::Machine::is_backing_off`].
+    #[inline]
+    pub fn is_backing_off(&self) -> bool {
+        each!(self, c => c.is_backing_off(), _s => false)
+    }
+
     /// See [`crate::Machine::state`].
     #[inline]
     pub fn state(&self) -> SessionState {

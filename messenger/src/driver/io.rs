@@ -274,7 +274,7 @@ impl Driver {
     /// by default, after a WAIT) while holding a descriptor on both ends. The session
     /// is untouched: the redial after the backoff replays it as before.
     pub(super) fn close_socket_left_by_fault(&mut self, cx: &mut Context<'_>) {
-        if self.io.socket.is_some() && !self.io.dialling && self.machine.holds_no_socket() {
+        if self.io.socket.is_some() && self.machine.is_backing_off() {
             log::debug!(target: "msgr::conn", "{}: socket closed until the redial", self.machine);
             self.close_socket(cx);
         }

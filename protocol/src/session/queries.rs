@@ -47,6 +47,14 @@ impl<P: Protocol> Machine<P> {
         self.state.is_closed()
     }
 
+    /// Whether the session is waiting out its reconnect backoff after a fault: it holds
+    /// no transport until [`Machine::poll_timeout`]'s deadline starts the redial, so a
+    /// driver still holding the faulted socket closes it now (Ceph's fault shuts the
+    /// socket down before the backoff).
+    pub fn is_backing_off(&self) -> bool {
+        matches!(self.state, State::AwaitBackoff { .. })
+    }
+
     /// The coarse state.
     pub fn state(&self) -> SessionState {
         match self.state {
