@@ -322,9 +322,10 @@ options:
   --stall SECS        fail when no reply arrives for this long (default 5)
   --runs N            runs per cell in matrix, modes and conns (default 3; their goals
                       are judged only on 3 runs of 5 s, the defaults)
-  --busy-retries N    run again, up to N times, a run during which other processes or the
-                      hypervisor's steal took 0.25 CPU or more (default 2); every table
-                      ends with what the rest of the machine did and warns of busy runs kept
+  --busy-retries N    run again, up to N times, a run during which other processes and the
+                      hypervisor's steal together took 0.25 CPU or more (default 2); every
+                      table ends with what the rest of the machine did and warns of busy
+                      runs kept
   --plot FILE.svg     latency distribution of every peer on one chart
   --flamegraph FILE.svg   profile the asyncmsgr run in-process
   --busy-poll US      asyncmsgr's workers poll without sleeping this long before they
