@@ -220,7 +220,7 @@ pub struct Args {
     pub progress: bool,
     /// A run fails when no reply arrives for this long.
     pub stall: Duration,
-    /// Runs per cell in `matrix` mode (medians are reported).
+    /// Runs per cell in `matrix`, `modes` and `conns` (medians are reported).
     pub runs: usize,
     /// How many times a run that ran beside other work ([`crate::machine::Load::is_busy`])
     /// is run again before it is kept anyway.
@@ -320,10 +320,12 @@ options:
   --reply-size BYTES  server's reply data size (default 0)
   --addr IP:PORT      server address (server: bind; client: connect)
   --stall SECS        fail when no reply arrives for this long (default 5)
-  --runs N            runs per cell in matrix mode (default 3)
-  --busy-retries N    run again, up to N times, a run during which other processes or the
-                      hypervisor's steal took 0.25 CPU or more (default 2); every table
-                      ends with what the rest of the machine did and warns of busy runs kept
+  --runs N            runs per cell in matrix, modes and conns (default 3; their goals
+                      are judged only on 3 runs of 5 s, the defaults)
+  --busy-retries N    run again, up to N times, a run during which other processes and the
+                      hypervisor's steal together took 0.25 CPU or more (default 2); every
+                      table ends with what the rest of the machine did and warns of busy
+                      runs kept
   --plot FILE.svg     latency distribution of every peer on one chart
   --flamegraph FILE.svg   profile the asyncmsgr run in-process
   --busy-poll US      asyncmsgr's workers poll without sleeping this long before they

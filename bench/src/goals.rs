@@ -6,7 +6,9 @@
 //! reported, never turned into a failure: the exit code says whether the traffic was
 //! right, and README says why a goal can be missed on a two-CPU machine.
 
-use crate::args::{Args, MsgrVariant, Peer};
+use std::time::Duration;
+
+use crate::args::{Args, Mode, MsgrVariant, Peer};
 use crate::matrix::{paired, Cell, Medians, CONNS_REFERENCE};
 
 /// How a measured figure must compare with its bound.
@@ -149,39 +151,57 @@ pub fn check(peers: &[Peer], results: &[(Cell, Vec<Medians>)]) -> Vec<Verdict> {
     out
 }
 
-/// The issue's settings this run departs from (its goals are stated for crc on, empty
-/// replies, two workers per messenger, no busy-poll, threads where the scheduler puts
-/// them, the host's TCP congestion control, and nothing else profiling the run).
+/// Runs per cell in the issue's protocol for the traffic goals (the default `--runs`).
+pub const RUNS: usize = 3;
+/// The measured time of each of those runs (the default `--duration` of `matrix`, `modes`
+/// and `conns`).
+pub const RUN_TIME: Duration = Duration::from_secs(5);
+
+/// The issue's settings this run departs from, among those its goals depend on. The
+/// traffic goals are stated for crc on, empty replies, two workers per messenger, no
+/// busy-poll, threads where the scheduler puts them, the host's TCP congestion control,
+/// nothing else profiling the run, and [`RUNS`] runs of [`RUN_TIME`] per cell. The idle
+/// goal (`idle`) measures a server messenger's memory with no traffic: only its
+/// messengers' settings, crc and workers, bear on it.
 pub fn departures(args: &Args) -> Vec<&'static str> {
     let d = Args::default();
+    let idle = args.mode == Mode::Idle;
+    // (departs, what, bears on the idle goal)
     [
-        (args.crc != d.crc, "crc off"),
-        (args.reply_size != d.reply_size, "replies with data"),
-        (args.workers != d.workers, "workers other than 2"),
-        (args.busy_poll != d.busy_poll, "busy-poll"),
-        (args.pin.is_some(), "pinned threads"),
-        (args.tcp_congestion.is_some(), "a TCP congestion control other than the host's"),
-        (args.flamegraph.is_some(), "the flamegraph's profiler"),
+        (args.crc != d.crc, "crc off", true),
+        (args.reply_size != d.reply_size, "replies with data", false),
+        (args.workers != d.workers, "workers other than 2", true),
+        (args.busy_poll != d.busy_poll, "busy-poll", false),
+        (args.pin.is_some(), "pinned threads", false),
+        (args.tcp_congestion.is_some(), "a TCP congestion control other than the host's", false),
+        (args.flamegraph.is_some(), "the flamegraph's profiler", false),
+        (args.duration() != RUN_TIME, "runs of other than 5 s", false),
+        (args.runs != RUNS, "other than 3 runs per cell", false),
     ]
     .into_iter()
-    .filter_map(|(departs, what)| departs.then_some(what))
+    .filter(|&(departs, _, bears_on_idle)| departs && (bears_on_idle || !idle))
+    .map(|(_, what, _)| what)
     .collect()
 }
 
-/// What a `matrix`, `modes` or `conns` run says of the goals: their table, or why they
-/// are not judged; empty when the run measured none of them.
-pub fn report(args: &Args, results: &[(Cell, Vec<Medians>)]) -> String {
-    let verdicts = check(&args.peers, results);
+/// The verdicts' table, or why they are not judged; empty when there are none.
+fn judged(args: &Args, verdicts: &[Verdict]) -> String {
     if verdicts.is_empty() {
         return String::new();
     }
     match departures(args).as_slice() {
-        [] => table(&verdicts),
+        [] => table(verdicts),
         off => format!(
             "Goals not judged: this run's settings are not the issue's ({}).\n",
             off.join(", ")
         ),
     }
+}
+
+/// What a `matrix`, `modes` or `conns` run says of the goals: their table, or why they
+/// are not judged; empty when the run measured none of them.
+pub fn report(args: &Args, results: &[(Cell, Vec<Medians>)]) -> String {
+    judged(args, &check(&args.peers, results))
 }
 
 /// The memory goal for `conns` idle connections costing `kib` each, if the goal is
@@ -192,6 +212,12 @@ pub fn idle(conns: usize, kib: f64) -> Option<Verdict> {
         measured: kib,
         bound: Bound::AtMost(IDLE_KIB),
     })
+}
+
+/// What an `idle` run with `conns` connections open at `kib` each says of the memory
+/// goal: its table, or why it is not judged; empty below [`IDLE_CONNS`].
+pub fn idle_report(args: &Args, conns: usize, kib: f64) -> String {
+    judged(args, idle(conns, kib).as_slice())
 }
 
 /// The verdicts as a markdown table with a count; empty when there are none.
@@ -360,6 +386,46 @@ mod tests {
         );
         assert!(report(&parse(&["--tcp-congestion", "cubic"]), &results)
             .contains("a TCP congestion control other than the host's"));
+        // The issue's protocol is 3 runs of 5 s per cell: shorter, longer or fewer runs
+        // are not judged, the protocol's own values given explicitly are.
+        assert!(report(&parse(&["--duration", "0.5"]), &results).starts_with("Goals not judged"));
+        assert_eq!(
+            report(&parse(&["--duration", "10", "--runs", "1"]), &results),
+            "Goals not judged: this run's settings are not the issue's (runs of other than 5 s, \
+             other than 3 runs per cell).\n"
+        );
+        assert!(report(&parse(&["--runs", "5"]), &results).contains("other than 3 runs per cell"));
+        assert!(report(&parse(&["--duration", "5", "--runs", "3"]), &results)
+            .starts_with("Goals (the performance issue's)"));
+    }
+
+    /// README's commands for the goals judge them with their defaults.
+    #[test]
+    fn the_documented_commands_judge_the_goals() {
+        for cmd in
+            ["matrix", "matrix --peers asyncmsgr,tokio,std", "modes", "conns", "idle --conns 10000"]
+        {
+            let args = Args::parse(cmd.split_whitespace().map(String::from)).unwrap();
+            assert_eq!(departures(&args), Vec::<&str>::new(), "{cmd}");
+        }
+    }
+
+    /// `idle` is judged on its server messenger's settings (crc, workers); what only
+    /// traffic or the runs' timing would change leaves it judged.
+    #[test]
+    fn the_idle_goal_departs_only_with_the_messenger_s_settings() {
+        let parse = |cmd: &str| Args::parse(cmd.split_whitespace().map(String::from)).unwrap();
+        let judged = idle_report(&parse("idle --conns 10000"), 10_000, 3.4);
+        assert!(judged.contains("| 3.400 | ≤ 4.00 | met |"), "{judged}");
+        let traffic = "idle --conns 10000 --reply-size 64 --duration 0.5 --runs 1 --busy-poll 20 \
+                       --tcp-congestion cubic --pin same";
+        assert!(idle_report(&parse(traffic), 10_000, 3.4).starts_with("Goals (the"));
+        assert_eq!(
+            idle_report(&parse("idle --conns 10000 --workers 1 --crc off"), 10_000, 3.4),
+            "Goals not judged: this run's settings are not the issue's (crc off, workers other \
+             than 2).\n"
+        );
+        assert_eq!(idle_report(&parse("idle --conns 1000 --workers 1"), 1000, 3.4), "");
     }
 
     #[test]

@@ -142,8 +142,9 @@ pub fn run(args: &Args) -> io::Result<()> {
             per,
             per / 1024.0
         );
-        if let Some(goal) = crate::goals::idle(conns, per / 1024.0) {
-            println!("\n{}", crate::goals::table(&[goal]));
+        let goals = crate::goals::idle_report(args, conns, per / 1024.0);
+        if !goals.is_empty() {
+            println!("\n{goals}");
         }
     }
     drop(child.stdin.take());

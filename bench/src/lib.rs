@@ -36,7 +36,7 @@ use args::{Args, Peer};
 use report::Report;
 
 /// Runs `peer` with `run_one` and, while the run ran beside other work
-/// ([`machine::Load::is_busy`]: other processes' CPU or the hypervisor's steal) and
+/// ([`machine::Load::is_busy`]: other processes' CPU plus the hypervisor's steal) and
 /// `args.busy_retries` allows, runs it again; returns the last run (a failed run at once).
 /// A busy run is the other regime README describes, not a noisier sample of this one.
 pub fn run_quiet(

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 /// `PF_KTHREAD` in `/proc/PID/stat`'s flags.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
-/// Other load at or above this many CPUs makes a table say it ran beside other work.
+/// Other processes' CPU and steal together at or above this many CPUs make a run one
+/// that ran beside other work: both take CPU from the run's threads, so 0.15 of each
+/// weighs as 0.3 of one.
 pub const BUSY_CPUS: f64 = 0.25;
 
 /// One look at the machine.
@@ -42,7 +44,8 @@ pub struct Load {
 }
 
 impl Load {
-    /// Whether the window ran beside other work ([`BUSY_CPUS`]).
+    /// Whether the window ran beside other work: other processes' CPU plus steal reached
+    /// [`BUSY_CPUS`].
     pub fn is_busy(&self) -> bool {
         self.other_cpus + self.steal_cpus >= BUSY_CPUS
     }
@@ -213,8 +216,8 @@ pub fn summary(loads: &[Load]) -> String {
     out += &format!("; {}", crate::net::describe());
     if busy > 0 {
         out += &format!(
-            "\nWARNING: {busy} of {} runs ran beside other work (≥ {BUSY_CPUS} CPU): \
-             the busy regime, not comparable with quiet figures",
+            "\nWARNING: {busy} of {} runs ran beside other work (other processes and steal \
+             together ≥ {BUSY_CPUS} CPU): the busy regime, not comparable with quiet figures",
             loads.len()
         );
     }
@@ -251,6 +254,18 @@ mod tests {
         let stat = "cpu  100 2 30 4000 5 0 6 77 0 0\ncpu0 50 1 15 2000 2 0 3 40 0 0\n";
         assert_eq!(parse_steal(stat), Some(77));
         assert_eq!(parse_steal("cpu0 1 2 3\n"), None);
+    }
+
+    /// Other processes and steal count together: each takes CPU from the run.
+    #[test]
+    fn a_run_is_busy_when_other_work_and_steal_together_reach_a_quarter_cpu() {
+        let load = |other_cpus, steal_cpus| Load { other_cpus, steal_cpus };
+        assert!(!load(0.2, 0.0).is_busy());
+        assert!(!load(0.0, 0.2).is_busy());
+        assert!(load(0.25, 0.0).is_busy());
+        assert!(load(0.0, 0.25).is_busy());
+        assert!(load(0.15, 0.15).is_busy(), "neither alone reaches 0.25, the two do");
+        assert!(!load(0.12, 0.12).is_busy());
     }
 
     #[test]
