@@ -20,7 +20,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use event_center::{Context, TimerTarget};
 use messenger::{
-    AuthVerdict, Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy,
+    AuthVerdict, ConnState, Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy,
     ProtocolVersion,
 };
 use parking_lot::Mutex;
@@ -592,10 +592,23 @@ fn next_reply(rx: &Receiver<ClientSaw>, connects: &mut u64) -> (u64, i32, String
     }
 }
 
+/// Sends a command and returns the text of its reply, which must be a success for it.
+fn ask(conn: &Connection, rx: &Receiver<ClientSaw>, tid: u64, words: &[&str]) -> String {
+    send_command(conn, tid, words);
+    let (got, r, rs) = next_reply(rx, &mut 0);
+    assert_eq!((got, r), (tid, 0), "the reply to command {tid} ({rs})");
+    rs
+}
+
 /// The id in the reply to `session open`.
 fn opened_session(rs: &str) -> u64 {
     let id = rs.strip_prefix("session ").and_then(|r| r.strip_suffix(" open"));
     id.and_then(|id| id.parse().ok()).unwrap_or_else(|| panic!("not a session open: {rs}"))
+}
+
+/// Opens the client's session; returns its id.
+fn open_session(conn: &Connection, rx: &Receiver<ClientSaw>, tid: u64) -> u64 {
+    opened_session(&ask(conn, rx, tid, &["session", "open"]))
 }
 
 /// Asserts that the client sees nothing more for a short grace period.
@@ -625,6 +638,13 @@ fn accept_making(saw: &Receiver<MdsSaw>, id: u64) -> Connection {
         MdsSaw::Accept { conn, session, found: false } if session == id => conn,
         other => panic!("mds: {other:?}, not the accept making session {id}"),
     }
+}
+
+/// Waits until the MDS noticed that `conn`'s socket died, and asserts that it keeps the
+/// session in standby: a stateful server never dials its client, and reports no reset.
+fn assert_standby_after_fault(conn: &Connection) {
+    wait_until(|| conn.state() != ConnState::Open, || "the MDS missed the fault".into());
+    assert_eq!(conn.state(), ConnState::Standby, "the session waits for its client");
 }
 
 /// Ahead of the MDS: when a command whose tid is in `at` comes up for dispatch, has the
@@ -722,4 +742,94 @@ fn mds_session_survives_connection_cuts_under_a_command_stream() {
 #[test]
 fn mds_session_survives_connection_cuts_under_a_command_stream_over_msgr2() {
     mds_session_survives_connection_cuts_under_a_command_stream_over(ProtocolVersion::V2);
+}
+
+/// A client restarting: a new messenger under the same name with a new nonce, the old
+/// one shut down without closing its session. What Ceph's MDS sees, step by step:
+/// 1. The old incarnation's connection faults; a stateful server never dials a client,
+///    so it waits in standby with its session (ProtocolV1/V2 `fault`: "server, going to
+///    standby"): no `ms_handle_reset`, no `ms_handle_remote_reset`.
+/// 2. The new incarnation announces another address (the nonce), so nothing of the old
+///    is replaced or reset: `ms_handle_accept` on a new connection. There
+///    `MDSDaemon::ms_handle_accept` finds the open session by the client's name and
+///    attaches it: the new incarnation's requests run in it, counted on. (A Ceph client
+///    restarting gets a new global id from the monitor, hence a new name, hence a new
+///    session; the same name is the same client to Ceph, and this is what it does.)
+/// 3. The client closes the session (`Server::_session_logged` marks the connection
+///    disposable) and goes away: the connection, lossy now, faults into
+///    `ms_handle_reset`, which marks it down and takes the closed session off it.
+/// 4. Another incarnation under the same name: no open session to find, so a new one —
+///    the closed one is not brought back.
+fn mds_sees_a_client_restart_as_ceph_does_over(proto: ProtocolVersion) {
+    let (daemon, _, mds, saw) = start_ceph_mds();
+    let addr = addr_for(proto, daemon.my_addr());
+
+    let (old, old_rx, old_conn) = start_fs_client(101, addr);
+    let s1 = open_session(&old_conn, &old_rx, 1);
+    for tid in 2..=4 {
+        assert_eq!(
+            ask(&old_conn, &old_rx, tid, &["status"]),
+            format!("session {s1} command {}: status", tid - 1)
+        );
+    }
+    let on_old = accept_making(&saw, s1);
+    assert_eq!(on_old.peer_addr().map(|a| a.nonce), Some(101));
+
+    // 1. The old incarnation dies with its session open.
+    old.shutdown();
+    assert_standby_after_fault(&on_old);
+
+    // 2. The new incarnation: the same name, another nonce.
+    let (new, new_rx, new_conn) = start_fs_client(102, addr);
+    assert_eq!(
+        ask(&new_conn, &new_rx, 1, &["status"]),
+        format!("session {s1} command 4: status"),
+        "the open session found by name and attached to the new connection"
+    );
+    let on_new = match next_mds_saw(&saw) {
+        MdsSaw::Accept { conn, session, found: true } if session == s1 => conn,
+        other => panic!("mds: {other:?}, not an accept finding session {s1}"),
+    };
+    assert_ne!(on_new, on_old, "the new incarnation has a connection of its own");
+    assert_eq!(on_new.peer_addr().map(|a| a.nonce), Some(102));
+    let session = mds.open_session("client.1").expect("open");
+    assert_eq!(session.conn.lock().as_ref(), Some(&on_new), "Session::set_connection");
+    assert_eq!(on_old.state(), ConnState::Standby, "the old connection still waits");
+    assert!(CephMds::session_of(&on_old).is_some_and(|s| s.id == s1), "and holds the session");
+
+    // 3. The session closed, its client gone: a reset, and the session taken off.
+    assert_eq!(ask(&new_conn, &new_rx, 2, &["session", "close"]), format!("session {s1} closed"));
+    new.shutdown();
+    match next_mds_saw(&saw) {
+        MdsSaw::Reset { conn, session: Some(id) } if conn == on_new && id == s1 => {}
+        other => panic!("mds: {other:?}, not the disposable connection's reset"),
+    }
+    assert!(CephMds::session_of(&on_new).is_none(), "the closed session taken off");
+    assert_eq!(on_new.state(), ConnState::Closed, "marked down");
+    assert!(mds.sessionmap.lock().is_empty());
+
+    // 4. Another incarnation: a new session.
+    let (last, last_rx, last_conn) = start_fs_client(103, addr);
+    let s2 = open_session(&last_conn, &last_rx, 1);
+    assert_ne!(s2, s1, "the closed session is not brought back");
+    assert_eq!(
+        ask(&last_conn, &last_rx, 2, &["status"]),
+        format!("session {s2} command 1: status")
+    );
+    let on_last = accept_making(&saw, s2);
+    assert!(on_last != on_old && on_last != on_new, "a connection of its own");
+    assert_mds_quiet(&saw, "no other accept or reset");
+    assert_client_quiet(&last_rx, "no reset");
+    last.shutdown();
+    daemon.shutdown();
+}
+
+#[test]
+fn mds_sees_a_client_restart_as_ceph_does() {
+    mds_sees_a_client_restart_as_ceph_does_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn mds_sees_a_client_restart_as_ceph_does_over_msgr2() {
+    mds_sees_a_client_restart_as_ceph_does_over(ProtocolVersion::V2);
 }
