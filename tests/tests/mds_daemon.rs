@@ -833,3 +833,49 @@ fn mds_sees_a_client_restart_as_ceph_does() {
 fn mds_sees_a_client_restart_as_ceph_does_over_msgr2() {
     mds_sees_a_client_restart_as_ceph_does_over(ProtocolVersion::V2);
 }
+
+/// A client that marks its connection to the MDS down and dials it again from the same
+/// messenger (connect_seq 0 over v1, a new client cookie over msgr2): to the MDS, whose
+/// stateful-server policy has resetcheck, the peer reset its side of the connection, so
+/// `ms_handle_remote_reset` comes (ProtocolV1's "accept peer reset", ProtocolV2's
+/// `reset_session`), then `ms_handle_accept`, both on the connection that held the
+/// session. `MDSDaemon::ms_handle_remote_reset` leaves an open session alone, and
+/// `ms_handle_accept` finds it again: the client's requests go on in it.
+fn mds_keeps_an_open_session_through_a_remote_reset_over(proto: ProtocolVersion) {
+    let (daemon, _, mds, saw) = start_ceph_mds();
+    let addr = addr_for(proto, daemon.my_addr());
+    let (client, rx, first) = start_fs_client(101, addr);
+    let s1 = open_session(&first, &rx, 1);
+    assert_eq!(ask(&first, &rx, 2, &["status"]), format!("session {s1} command 1: status"));
+    let on_mds = accept_making(&saw, s1);
+
+    first.mark_down();
+    assert_standby_after_fault(&on_mds);
+    let second = client.connect_to(EntityType::MDS, addr);
+    assert_ne!(second, first);
+    assert_eq!(ask(&second, &rx, 3, &["status"]), format!("session {s1} command 2: status"));
+    match next_mds_saw(&saw) {
+        MdsSaw::RemoteReset { conn, session: Some(id) } if conn == on_mds && id == s1 => {}
+        other => panic!("mds: {other:?}, not the remote reset of the session's connection"),
+    }
+    match next_mds_saw(&saw) {
+        MdsSaw::Accept { conn, session, found: true } if conn == on_mds && session == s1 => {}
+        other => panic!("mds: {other:?}, not the accept finding session {s1} again"),
+    }
+    assert!(CephMds::session_of(&on_mds).is_some_and(|s| s.id == s1), "kept on the connection");
+    assert!(mds.open_session("client.1").is_some_and(|s| s.id == s1), "and in the map");
+    assert_mds_quiet(&saw, "nothing else");
+    assert_client_quiet(&rx, "no reset on the client's side");
+    client.shutdown();
+    daemon.shutdown();
+}
+
+#[test]
+fn mds_keeps_an_open_session_through_a_remote_reset() {
+    mds_keeps_an_open_session_through_a_remote_reset_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn mds_keeps_an_open_session_through_a_remote_reset_over_msgr2() {
+    mds_keeps_an_open_session_through_a_remote_reset_over(ProtocolVersion::V2);
+}
