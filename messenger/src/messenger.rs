@@ -80,6 +80,7 @@ impl Messenger {
         let env = Env::new(name, nonce, config, pool.workers());
         let loopback = env.new_connection(true);
         loopback.set_state(ConnState::Open);
+        env.init_local_connection(&loopback);
         Messenger {
             env,
             pool,
@@ -136,6 +137,9 @@ impl Messenger {
             return Err(too_late());
         }
         *slot = Some(Processor::new(listener, worker));
+        drop(slot);
+        // As Ceph's `_finish_bind`: the loopback connection's peer (us) is at this address.
+        self.env.init_local_connection(&self.loopback);
         Ok(bound)
     }
 
@@ -144,8 +148,7 @@ impl Messenger {
     /// when only msgr2 is bound (`bind_msgr1 = false`), so dialling it always works.
     #[doc(alias = "get_myaddr_legacy")]
     pub fn my_addr(&self) -> EntityAddr {
-        let addrs = self.my_addrs();
-        addrs.legacy_addr().or_else(|| addrs.addrs.first().copied()).unwrap_or_default()
+        self.env.my_addr()
     }
 
     /// Our address vector (Ceph's `get_myaddrs`): the bound address as msgr2 (first)
@@ -163,9 +166,11 @@ impl Messenger {
     }
 
     /// Changes our entity name (a client learns `client.<global_id>` after MAuth).
-    /// Takes effect for messages framed afterwards.
+    /// Takes effect for messages framed afterwards, and for the loopback connection,
+    /// whose peer is us.
     pub fn set_myname(&self, name: EntityName) {
         self.env.identity.set_name(name);
+        self.env.init_local_connection(&self.loopback);
     }
 
     /// Starts the messenger. Accepting begins once the first dispatcher is added.
@@ -283,6 +288,10 @@ impl Messenger {
     }
 
     /// The connection to ourselves: delivers to our own dispatchers without a socket.
+    /// Its peer is us, as Ceph's local connection's: [`Connection::peer_addr`] is
+    /// [`Messenger::my_addr`], its peer type and name are ours (kept current through
+    /// `bind` and [`Messenger::set_myname`]), its features every feature we speak; and
+    /// a message sent on it comes from our name, whatever source it named.
     pub fn get_loopback_connection(&self) -> Connection {
         self.loopback.clone()
     }

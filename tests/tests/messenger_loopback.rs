@@ -13,7 +13,7 @@ use crossbeam_channel::Receiver;
 use event_center::{WorkerPool, WorkerPoolConfig};
 use messenger::{Connection, Dispatched, Dispatcher, Messenger, Policy, ProtocolVersion};
 use protocol::message::MESSAGE_OVERHEAD;
-use protocol::types::{EntityName, EntityType};
+use protocol::types::{EntityAddr, EntityName, EntityType, Features};
 use protocol::Message;
 use tests::loopback::*;
 
@@ -785,6 +785,130 @@ fn loopback_connection_delivers_locally() {
     }
     assert_eq!(srv.totals().send_bytes, 0, "no socket involved");
     srv.shutdown();
+}
+
+const MSG_FAST: u16 = 0x7f01;
+
+/// What a dispatcher saw of a message and of the connection it came on.
+#[derive(Debug, PartialEq)]
+struct SeenAs {
+    tid: u64,
+    loopback: bool,
+    src: Option<EntityName>,
+    peer_type: Option<EntityType>,
+    peer_name: Option<EntityName>,
+    peer_addr: Option<EntityAddr>,
+    features: Features,
+}
+
+/// Records what it sees of each message ([`SeenAs`]; `MSG_FAST` on the fast path, the
+/// rest through `ms_dispatch`).
+struct Identities {
+    messages: crossbeam_channel::Sender<SeenAs>,
+}
+
+impl Identities {
+    fn record(&self, conn: &Connection, msg: &Message) {
+        let _ = self.messages.send(SeenAs {
+            tid: msg.tid(),
+            loopback: conn.is_loopback(),
+            src: msg.src(),
+            peer_type: conn.peer_type(),
+            peer_name: conn.peer_name(),
+            peer_addr: conn.peer_addr(),
+            features: conn.features(),
+        });
+    }
+}
+
+impl Dispatcher<Connection> for Identities {
+    fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
+        self.record(conn, &msg);
+        Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_can_fast_dispatch(&self, msg: &Message) -> bool {
+        msg.msg_type() == MSG_FAST
+    }
+    fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
+        self.record(conn, &msg);
+    }
+}
+
+/// The loopback connection is a connection to ourselves, as Ceph's: a message sent on
+/// it comes from our name (`AsyncConnection::send_message` stamps `header.src` with it
+/// on every message, one that named another sender included), and the connection's peer
+/// is us (`_init_local_connection`: our address, our entity type, every feature we
+/// speak, kept current when the address is bound and when our name changes). Before,
+/// each message came with no source and a connection naming no peer type, no address
+/// and no features.
+#[test]
+fn the_loopback_connection_is_a_connection_to_ourselves() {
+    let me = EntityName::new(EntityType::OSD, 3);
+    let m = Messenger::new(me, 7, test_config(2)).expect("messenger");
+    m.set_default_policy(Policy::stateless_server());
+    let lo = m.get_loopback_connection();
+    let bound = m.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    assert_eq!(lo.peer_addr(), Some(m.my_addr()), "bound, not yet started: the view follows");
+    let (messages_tx, messages) = crossbeam_channel::unbounded();
+    m.add_dispatcher_head(Arc::new(Identities { messages: messages_tx })).expect("dispatcher");
+
+    assert_eq!(m.connect_to(EntityType::OSD, m.my_addr()), lo, "our own address is loopback");
+    let sent = |conn: &Connection, msg_type, tid, src: Option<EntityName>| {
+        let mut msg = test_message(msg_type, tid, Bytes::new());
+        if let Some(src) = src {
+            msg.set_src(src);
+        }
+        conn.send_message(msg).expect("send to ourselves");
+        messages.recv_timeout(WAIT).expect("delivered to ourselves")
+    };
+    let ours = |tid, name: EntityName| SeenAs {
+        tid,
+        loopback: true,
+        src: Some(name),
+        peer_type: Some(name.ty),
+        peer_name: Some(name),
+        peer_addr: Some(m.my_addr()),
+        features: Features::PACIFIC_ADVERTISED,
+    };
+    assert_eq!(m.my_addr().addr, Some(bound), "the address we bound, with our nonce");
+    assert_eq!(m.my_addr().nonce, 7);
+    assert_eq!(sent(&lo, MSG_TEST, 1, None), ours(1, me), "queued");
+    assert_eq!(sent(&lo, MSG_FAST, 2, None), ours(2, me), "fast dispatched");
+    let stranger = EntityName::new(EntityType::CLIENT, 9);
+    assert_eq!(sent(&lo, MSG_TEST, 3, Some(stranger)), ours(3, me), "src is overwritten");
+    m.set_myname(EntityName::new(EntityType::OSD, 4));
+    let renamed = EntityName::new(EntityType::OSD, 4);
+    assert_eq!(sent(&lo, MSG_FAST, 4, None), ours(4, renamed), "a new name is ours at once");
+
+    // Every feature we speak: what two messengers of ours agree on over a socket.
+    let (cli, cli_rx) = client(EntityType::CLIENT, 8, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::OSD, m.my_addr());
+    assert!(wait_for_event(&cli_rx, |s| matches!(s, Seen::Connect(c) if *c == conn)));
+    assert_eq!(lo.features(), conn.features());
+    cli.shutdown();
+    m.shutdown();
+}
+
+/// A pure client (never bound) is itself on its loopback connection too: its blank
+/// address with its nonce, as Ceph's `start` initialises the local connection unbound.
+#[test]
+fn an_unbound_messengers_loopback_connection_names_it() {
+    let me = EntityName::new(EntityType::CLIENT, 12);
+    let m = Messenger::new(me, 5, test_config(1)).expect("messenger");
+    m.start().expect("start");
+    let (messages_tx, messages) = crossbeam_channel::unbounded();
+    m.add_dispatcher_head(Arc::new(Identities { messages: messages_tx })).expect("dispatcher");
+    let lo = m.get_loopback_connection();
+    lo.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    let seen = messages.recv_timeout(WAIT).expect("delivered");
+    assert_eq!((seen.src, seen.peer_type), (Some(me), Some(EntityType::CLIENT)));
+    assert_eq!(seen.peer_addr, Some(m.my_addr()));
+    assert_eq!(seen.peer_addr.map(|a| a.nonce), Some(5));
+    assert_eq!(seen.features, Features::PACIFIC_ADVERTISED);
+    m.shutdown();
 }
 
 /// Private data whose drop looks at its connection's private data, as an MDS session
