@@ -40,6 +40,10 @@ pub struct Messenger {
     started: AtomicBool,
     /// The connection to ourselves (held here, not in the environment it points back to).
     loopback: Connection,
+    /// The fast dispatchers added before the messenger started, which hear
+    /// `ms_handle_fast_connect` for `loopback` when it starts; `None` from then on, when
+    /// a dispatcher added hears it as it is added (see `add_dispatcher`).
+    loopback_unannounced: Mutex<Option<Vec<Arc<dyn Dispatcher<Connection>>>>>,
     admin: Mutex<Option<AdminSocket>>,
 }
 
@@ -90,6 +94,7 @@ impl Messenger {
             ready: AtomicBool::new(false),
             started: AtomicBool::new(false),
             loopback,
+            loopback_unannounced: Mutex::new(Some(Vec::new())),
             admin: Mutex::new(None),
         }
     }
@@ -180,20 +185,66 @@ impl Messenger {
         }
         // Who we are is fixed from here on for the machines.
         let _ = self.env.protocol_config();
+        // Ceph's `start` (and `_finish_bind`) initialise the local connection, and the
+        // fast dispatchers present hear its `ms_handle_fast_connect`; a dispatcher added
+        // later hears it as it is added, not never (Ceph calls it again only when its
+        // address changes, which ours no longer does from here on).
+        let unannounced = self.loopback_unannounced.lock().take();
+        for d in unannounced.into_iter().flatten() {
+            self.announce_loopback_to(&*d);
+        }
         Ok(())
     }
 
     /// Adds a dispatcher in front of the others. The first dispatcher makes the
     /// messenger ready: the dispatch thread starts and the listener accepts.
+    ///
+    /// A fast dispatcher hears `ms_handle_fast_connect` for the loopback connection once,
+    /// on the thread that starts the messenger if it was added before, else on this one
+    /// before it joins the chain (so before it sees any message).
     pub fn add_dispatcher_head(&self, d: Arc<dyn Dispatcher<Connection>>) -> io::Result<()> {
-        self.env.dispatchers().add_head(d);
+        self.add_dispatcher(d, true)
+    }
+
+    /// Adds a dispatcher behind the others (`ms_handle_fast_connect` for the loopback
+    /// connection as in [`Messenger::add_dispatcher_head`]).
+    pub fn add_dispatcher_tail(&self, d: Arc<dyn Dispatcher<Connection>>) -> io::Result<()> {
+        self.add_dispatcher(d, false)
+    }
+
+    fn add_dispatcher(&self, d: Arc<dyn Dispatcher<Connection>>, head: bool) -> io::Result<()> {
+        // Asked here as well as by the chain, which asks it when it adds `d`: before,
+        // because `d` is told about the loopback connection before it joins.
+        if d.ms_can_fast_dispatch_any() {
+            // Either `start` has taken the list (then `d` is told here), or it will
+            // find `d` on it: never both, never neither. No lock while the hook runs.
+            let told_by_start = match self.loopback_unannounced.lock().as_mut() {
+                Some(waiting) => {
+                    waiting.push(Arc::clone(&d));
+                    true
+                }
+                None => false,
+            };
+            if !told_by_start {
+                self.announce_loopback_to(&*d);
+            }
+        }
+        let chain = self.env.dispatchers();
+        if head {
+            chain.add_head(d);
+        } else {
+            chain.add_tail(d);
+        }
         self.ready()
     }
 
-    /// Adds a dispatcher behind the others.
-    pub fn add_dispatcher_tail(&self, d: Arc<dyn Dispatcher<Connection>>) -> io::Result<()> {
-        self.env.dispatchers().add_tail(d);
-        self.ready()
+    /// `ms_handle_fast_connect` for the loopback connection on fast dispatcher `d`
+    /// (Ceph's `ms_deliver_handle_fast_connect(local_connection)`), unless it is closed
+    /// (shut down).
+    fn announce_loopback_to(&self, d: &dyn Dispatcher<Connection>) {
+        if self.loopback.is_connected() {
+            d.ms_handle_fast_connect(&self.loopback);
+        }
     }
 
     fn ready(&self) -> io::Result<()> {
