@@ -998,6 +998,30 @@ fn the_loopback_connections_fast_connect_may_call_back_into_the_messenger() {
     m.shutdown();
 }
 
+/// A message leaves with our name whatever source it named, as Ceph's
+/// `AsyncConnection::send_message` stamps `header.src` on every message: a message
+/// received and sent on, or built with another sender's name, does not speak for that
+/// sender. Over msgr v1, whose header carries the source (msgr2's receiver names the
+/// sender from the session). Before, a source already set went out as it was.
+#[test]
+fn a_message_leaves_with_our_name_whatever_source_it_named() {
+    let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let (cli, _cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let monitor = EntityName::new(EntityType::MON, 5);
+    for (tid, named) in [(1, None), (2, Some(monitor)), (3, Some(cli.my_name()))] {
+        let mut msg = test_message(MSG_TEST, tid, Bytes::new());
+        if let Some(src) = named {
+            msg.set_src(src);
+        }
+        conn.send_message(msg).expect("send");
+        let (_, got) = next_message(&srv_rx);
+        assert_eq!((got.tid(), got.src()), (tid, Some(cli.my_name())), "named {named:?}");
+    }
+    cli.shutdown();
+    srv.shutdown();
+}
+
 /// Private data whose drop looks at its connection's private data, as an MDS session
 /// that unregisters itself might: replacing it must not run that drop under the
 /// connection's lock (it deadlocked there).
