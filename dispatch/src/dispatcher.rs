@@ -83,7 +83,9 @@ pub enum AuthVerdict {
 /// - `ms_dispatch`, `ms_handle_connect`, `ms_handle_accept`, `ms_handle_reset`,
 ///   `ms_handle_remote_reset`, `ms_handle_refused`: the queue's `ms_dispatch` thread.
 /// - `ms_fast_*` and `ms_handle_fast_*`: the thread that delivered the message or event
-///   (a worker, or the dispatch thread for the loopback connection). They must not block.
+///   (a worker, or the dispatch thread for the loopback connection's messages; its
+///   `ms_handle_fast_connect`, the thread starting the messenger or adding the
+///   dispatcher). They must not block.
 /// - `ms_verify_authorizer`, in the one case it is called: the worker doing the handshake.
 ///   `ms_get_authorizer` is never called by the messenger.
 ///

@@ -159,7 +159,9 @@ impl Connection {
     }
 
     /// Queues `msg` for sending; never blocks on the socket. On a lossless connection the
-    /// message survives socket faults and is delivered exactly once, in order.
+    /// message survives socket faults and is delivered exactly once, in order. It goes
+    /// out from our name, whatever source it named (as Ceph's, which stamps `src` on
+    /// every message it sends).
     ///
     /// Fails with [`SendError::QueueFull`] when what this connection holds for sending
     /// (messages not yet written, or on a lossless session not yet acknowledged; each

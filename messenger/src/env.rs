@@ -258,6 +258,27 @@ impl Env {
         machine::announced_addrs(self.identity.addr(), &self.config)
     }
 
+    /// The address a peer dials to reach us: our v1 one, or the first we announce.
+    pub(crate) fn my_addr(&self) -> EntityAddr {
+        let addrs = self.my_addrs();
+        addrs.legacy_addr().or_else(|| addrs.addrs.first().copied()).unwrap_or_default()
+    }
+
+    /// Fills in what the loopback connection `lo` shows of its peer, which is us (Ceph's
+    /// `_init_local_connection`): our address, entity type and name, and every feature
+    /// we speak as negotiated. Called when it is made and again whenever who we are
+    /// changes (bind, a new name), so it stays current.
+    pub(crate) fn init_local_connection(&self, lo: &Connection) {
+        // Who we are is read under the lock: every change of it is followed by a call,
+        // so whichever call takes the lock last publishes the newest.
+        let mut p = lo.0.published.lock();
+        let name = self.identity.name();
+        p.addr = Some(self.my_addr());
+        p.entity_type = Some(name.ty);
+        p.name = Some(name);
+        p.features = machine::FEATURES_SUPPORTED;
+    }
+
     pub(crate) fn dispatchers(&self) -> &Arc<Dispatchers<Connection>> {
         self.queue.dispatchers()
     }
@@ -330,7 +351,10 @@ impl Home for Env {
     }
 
     /// Loopback delivery: no socket; the message keeps the dispatch queue's guarantees.
+    /// It comes from us: stamped with our name whatever source it named, as Ceph's
+    /// `AsyncConnection::send_message` stamps every message before its loopback branch.
     fn deliver_local(&self, conn: &Connection, mut msg: Message) {
+        msg.set_src(self.identity.name());
         if msg.priority() == 0 {
             msg.set_priority(protocol::message::PRIO_DEFAULT);
         }

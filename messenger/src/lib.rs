@@ -117,6 +117,14 @@
 //!   dispatch.
 //! * Messages on the loopback connection are delivered by the dispatch thread (fast
 //!   dispatchers included), never on the sender's thread, which may hold its own locks.
+//! * The loopback connection's `ms_handle_fast_connect` reaches every fast dispatcher
+//!   once: those added before the messenger starts when it starts, a later one as it is
+//!   added (before it sees a message). Ceph calls it whenever it initialises its local
+//!   connection (construction, bind, an unbound start, a learned or set address), for
+//!   the fast dispatchers of that moment only: one added after the last such call never
+//!   hears it. Our address is fixed at start and never learned later, so start would be
+//!   the last call, before most dispatchers are added (the first one added starts a
+//!   messenger not yet started).
 //! * The send side is bounded and a peer that stops reading is faulted; receive budget
 //!   is taken window by window; a message in progress must keep progressing (see
 //!   "Bounds a peer cannot escape"). Ceph's out queue is unbounded and it reserves a

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use protocol::types::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType};
+use protocol::types::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityType, Features};
 use protocol::wire::KeepaliveStamp;
 use protocol::{
     ConnectSeq, Connection, Decision, ExistingSession, ExistingState, GlobalSeq, GlobalSeqCounter,
@@ -36,6 +36,12 @@ pub(crate) use protocol::{AcceptRequest, Event, Policy};
 /// The protocol's configuration, shared by every machine of one messenger.
 pub(crate) type ProtocolConfig = protocol::Config;
 
+/// Every feature we speak, and advertise to every peer (the protocol's
+/// `features_supported`: Pacific's, as a Ceph 16.2 daemon's `CEPH_FEATURES_ALL`). The
+/// loopback connection reports it as negotiated, as Ceph's local connection reports
+/// `CEPH_FEATURES_ALL`.
+pub(crate) const FEATURES_SUPPORTED: Features = Features::PACIFIC_ADVERTISED;
+
 /// The protocol's configuration for a messenger named `name`, but for the addresses it
 /// announces: none yet (the caller sets them, [`announced_addrs`]). Nothing here needs
 /// the address, so it can be built before the address is locked: it reads the OS's
@@ -46,6 +52,7 @@ pub(crate) fn protocol_config_unaddressed(
     global_seq: Arc<GlobalSeqCounter>,
 ) -> ProtocolConfig {
     let mut pc = protocol::Config::new(name, EntityAddrVec::default());
+    pc.features_supported = FEATURES_SUPPORTED;
     pc.crc_header = config.crc_header;
     pc.crc_data = config.crc_data;
     pc.handshake_timeout = config.connection_ready_timeout;

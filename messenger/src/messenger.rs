@@ -40,6 +40,10 @@ pub struct Messenger {
     started: AtomicBool,
     /// The connection to ourselves (held here, not in the environment it points back to).
     loopback: Connection,
+    /// The fast dispatchers added before the messenger started, which hear
+    /// `ms_handle_fast_connect` for `loopback` when it starts; `None` from then on, when
+    /// a dispatcher added hears it as it is added (see `add_dispatcher`).
+    loopback_unannounced: Mutex<Option<Vec<Arc<dyn Dispatcher<Connection>>>>>,
     admin: Mutex<Option<AdminSocket>>,
 }
 
@@ -80,6 +84,7 @@ impl Messenger {
         let env = Env::new(name, nonce, config, pool.workers());
         let loopback = env.new_connection(true);
         loopback.set_state(ConnState::Open);
+        env.init_local_connection(&loopback);
         Messenger {
             env,
             pool,
@@ -89,6 +94,7 @@ impl Messenger {
             ready: AtomicBool::new(false),
             started: AtomicBool::new(false),
             loopback,
+            loopback_unannounced: Mutex::new(Some(Vec::new())),
             admin: Mutex::new(None),
         }
     }
@@ -136,6 +142,9 @@ impl Messenger {
             return Err(too_late());
         }
         *slot = Some(Processor::new(listener, worker));
+        drop(slot);
+        // As Ceph's `_finish_bind`: the loopback connection's peer (us) is at this address.
+        self.env.init_local_connection(&self.loopback);
         Ok(bound)
     }
 
@@ -144,8 +153,7 @@ impl Messenger {
     /// when only msgr2 is bound (`bind_msgr1 = false`), so dialling it always works.
     #[doc(alias = "get_myaddr_legacy")]
     pub fn my_addr(&self) -> EntityAddr {
-        let addrs = self.my_addrs();
-        addrs.legacy_addr().or_else(|| addrs.addrs.first().copied()).unwrap_or_default()
+        self.env.my_addr()
     }
 
     /// Our address vector (Ceph's `get_myaddrs`): the bound address as msgr2 (first)
@@ -163,9 +171,11 @@ impl Messenger {
     }
 
     /// Changes our entity name (a client learns `client.<global_id>` after MAuth).
-    /// Takes effect for messages framed afterwards.
+    /// Takes effect for messages framed afterwards, and for the loopback connection,
+    /// whose peer is us.
     pub fn set_myname(&self, name: EntityName) {
         self.env.identity.set_name(name);
+        self.env.init_local_connection(&self.loopback);
     }
 
     /// Starts the messenger. Accepting begins once the first dispatcher is added.
@@ -175,20 +185,66 @@ impl Messenger {
         }
         // Who we are is fixed from here on for the machines.
         let _ = self.env.protocol_config();
+        // Ceph's `start` (and `_finish_bind`) initialise the local connection, and the
+        // fast dispatchers present hear its `ms_handle_fast_connect`; a dispatcher added
+        // later hears it as it is added, not never (Ceph calls it again only when its
+        // address changes, which ours no longer does from here on).
+        let unannounced = self.loopback_unannounced.lock().take();
+        for d in unannounced.into_iter().flatten() {
+            self.announce_loopback_to(&*d);
+        }
         Ok(())
     }
 
     /// Adds a dispatcher in front of the others. The first dispatcher makes the
     /// messenger ready: the dispatch thread starts and the listener accepts.
+    ///
+    /// A fast dispatcher hears `ms_handle_fast_connect` for the loopback connection once,
+    /// on the thread that starts the messenger if it was added before, else on this one
+    /// before it joins the chain (so before it sees any message).
     pub fn add_dispatcher_head(&self, d: Arc<dyn Dispatcher<Connection>>) -> io::Result<()> {
-        self.env.dispatchers().add_head(d);
+        self.add_dispatcher(d, true)
+    }
+
+    /// Adds a dispatcher behind the others (`ms_handle_fast_connect` for the loopback
+    /// connection as in [`Messenger::add_dispatcher_head`]).
+    pub fn add_dispatcher_tail(&self, d: Arc<dyn Dispatcher<Connection>>) -> io::Result<()> {
+        self.add_dispatcher(d, false)
+    }
+
+    fn add_dispatcher(&self, d: Arc<dyn Dispatcher<Connection>>, head: bool) -> io::Result<()> {
+        // Asked here as well as by the chain, which asks it when it adds `d`: before,
+        // because `d` is told about the loopback connection before it joins.
+        if d.ms_can_fast_dispatch_any() {
+            // Either `start` has taken the list (then `d` is told here), or it will
+            // find `d` on it: never both, never neither. No lock while the hook runs.
+            let told_by_start = match self.loopback_unannounced.lock().as_mut() {
+                Some(waiting) => {
+                    waiting.push(Arc::clone(&d));
+                    true
+                }
+                None => false,
+            };
+            if !told_by_start {
+                self.announce_loopback_to(&*d);
+            }
+        }
+        let chain = self.env.dispatchers();
+        if head {
+            chain.add_head(d);
+        } else {
+            chain.add_tail(d);
+        }
         self.ready()
     }
 
-    /// Adds a dispatcher behind the others.
-    pub fn add_dispatcher_tail(&self, d: Arc<dyn Dispatcher<Connection>>) -> io::Result<()> {
-        self.env.dispatchers().add_tail(d);
-        self.ready()
+    /// `ms_handle_fast_connect` for the loopback connection on fast dispatcher `d`
+    /// (Ceph's `ms_deliver_handle_fast_connect(local_connection)`), unless it is closed
+    /// (shut down).
+    fn announce_loopback_to(&self, d: &dyn Dispatcher<Connection>) {
+        if self.loopback.is_connected() {
+            d.ms_handle_fast_connect(&self.loopback);
+        }
     }
 
     fn ready(&self) -> io::Result<()> {
@@ -283,6 +339,10 @@ impl Messenger {
     }
 
     /// The connection to ourselves: delivers to our own dispatchers without a socket.
+    /// Its peer is us, as Ceph's local connection's: [`Connection::peer_addr`] is
+    /// [`Messenger::my_addr`], its peer type and name are ours (kept current through
+    /// `bind` and [`Messenger::set_myname`]), its features every feature we speak; and
+    /// a message sent on it comes from our name, whatever source it named.
     pub fn get_loopback_connection(&self) -> Connection {
         self.loopback.clone()
     }

@@ -125,7 +125,9 @@ impl Dispatcher<Connection> for MarkDownInFastDispatch {
         Dispatched::Taken
     }
     fn ms_handle_fast_connect(&self, conn: &Connection) {
-        if self.at_connect {
+        // Not the loopback connection's, which it hears as it is added (and which no
+        // mark_down closes).
+        if self.at_connect && !conn.is_loopback() {
             conn.mark_down();
             let _ = self.tx.send(Heard::MarkedDown(conn.id()));
         }

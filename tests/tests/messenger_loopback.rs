@@ -13,7 +13,7 @@ use crossbeam_channel::Receiver;
 use event_center::{WorkerPool, WorkerPoolConfig};
 use messenger::{Connection, Dispatched, Dispatcher, Messenger, Policy, ProtocolVersion};
 use protocol::message::MESSAGE_OVERHEAD;
-use protocol::types::{EntityName, EntityType};
+use protocol::types::{EntityAddr, EntityName, EntityType, Features};
 use protocol::Message;
 use tests::loopback::*;
 
@@ -784,6 +784,241 @@ fn loopback_connection_delivers_locally() {
         assert!(c.is_loopback());
     }
     assert_eq!(srv.totals().send_bytes, 0, "no socket involved");
+    srv.shutdown();
+}
+
+const MSG_FAST: u16 = 0x7f01;
+
+/// What a dispatcher saw of a message and of the connection it came on.
+#[derive(Debug, PartialEq)]
+struct SeenAs {
+    tid: u64,
+    loopback: bool,
+    src: Option<EntityName>,
+    peer_type: Option<EntityType>,
+    peer_name: Option<EntityName>,
+    peer_addr: Option<EntityAddr>,
+    features: Features,
+}
+
+/// Records what it sees of each message ([`SeenAs`]; `MSG_FAST` on the fast path, the
+/// rest through `ms_dispatch`) and every `ms_handle_fast_connect`, by its own name.
+struct Identities {
+    name: &'static str,
+    messages: crossbeam_channel::Sender<SeenAs>,
+    connects: crossbeam_channel::Sender<(&'static str, Connection)>,
+}
+
+impl Identities {
+    fn record(&self, conn: &Connection, msg: &Message) {
+        let _ = self.messages.send(SeenAs {
+            tid: msg.tid(),
+            loopback: conn.is_loopback(),
+            src: msg.src(),
+            peer_type: conn.peer_type(),
+            peer_name: conn.peer_name(),
+            peer_addr: conn.peer_addr(),
+            features: conn.features(),
+        });
+    }
+}
+
+impl Dispatcher<Connection> for Identities {
+    fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
+        self.record(conn, &msg);
+        Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_can_fast_dispatch(&self, msg: &Message) -> bool {
+        msg.msg_type() == MSG_FAST
+    }
+    fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
+        self.record(conn, &msg);
+    }
+    fn ms_handle_fast_connect(&self, conn: &Connection) {
+        let _ = self.connects.send((self.name, conn.clone()));
+    }
+}
+
+/// The loopback connection is a connection to ourselves, as Ceph's: a message sent on
+/// it comes from our name (`AsyncConnection::send_message` stamps `header.src` with it
+/// on every message, one that named another sender included), and the connection's peer
+/// is us (`_init_local_connection`: our address, our entity type, every feature we
+/// speak, kept current when the address is bound and when our name changes). Every fast
+/// dispatcher hears `ms_handle_fast_connect` for it once: the first, which starts the
+/// messenger, when it starts; a later one as it is added. Before, each message came with
+/// no source and a connection naming no peer type, no address and no features, and no
+/// dispatcher heard of the connection.
+#[test]
+fn the_loopback_connection_is_a_connection_to_ourselves() {
+    let me = EntityName::new(EntityType::OSD, 3);
+    let m = Messenger::new(me, 7, test_config(2)).expect("messenger");
+    m.set_default_policy(Policy::stateless_server());
+    let lo = m.get_loopback_connection();
+    let bound = m.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    assert_eq!(lo.peer_addr(), Some(m.my_addr()), "bound, not yet started: the view follows");
+    let (messages_tx, messages) = crossbeam_channel::unbounded();
+    let (connects_tx, connects) = crossbeam_channel::unbounded();
+    let dispatcher = |name| {
+        Arc::new(Identities { name, messages: messages_tx.clone(), connects: connects_tx.clone() })
+    };
+    // What the hooks saw: whose each was, whether for the loopback connection, and the
+    // peer address it named by then. Both run on the thread adding the dispatcher
+    // (starting the messenger, for the first): there is nothing to wait for.
+    let heard = || {
+        let seen = connects.try_iter().map(|(name, c)| (name, c == lo, c.peer_addr()));
+        seen.collect::<Vec<_>>()
+    };
+    m.add_dispatcher_head(dispatcher("first")).expect("first dispatcher starts it");
+    let us = Some(m.my_addr());
+    assert_eq!(heard(), [("first", true, us)], "the dispatcher present at start hears it");
+    m.add_dispatcher_tail(dispatcher("later")).expect("a later dispatcher");
+    assert_eq!(heard(), [("later", true, us)], "a dispatcher added after start, once");
+
+    assert_eq!(m.connect_to(EntityType::OSD, m.my_addr()), lo, "our own address is loopback");
+    let sent = |conn: &Connection, msg_type, tid, src: Option<EntityName>| {
+        let mut msg = test_message(msg_type, tid, Bytes::new());
+        if let Some(src) = src {
+            msg.set_src(src);
+        }
+        conn.send_message(msg).expect("send to ourselves");
+        messages.recv_timeout(WAIT).expect("delivered to ourselves")
+    };
+    let ours = |tid, name: EntityName| SeenAs {
+        tid,
+        loopback: true,
+        src: Some(name),
+        peer_type: Some(name.ty),
+        peer_name: Some(name),
+        peer_addr: Some(m.my_addr()),
+        features: Features::PACIFIC_ADVERTISED,
+    };
+    assert_eq!(m.my_addr().addr, Some(bound), "the address we bound, with our nonce");
+    assert_eq!(m.my_addr().nonce, 7);
+    assert_eq!(sent(&lo, MSG_TEST, 1, None), ours(1, me), "queued");
+    assert_eq!(sent(&lo, MSG_FAST, 2, None), ours(2, me), "fast dispatched");
+    let stranger = EntityName::new(EntityType::CLIENT, 9);
+    assert_eq!(sent(&lo, MSG_TEST, 3, Some(stranger)), ours(3, me), "src is overwritten");
+    m.set_myname(EntityName::new(EntityType::OSD, 4));
+    let renamed = EntityName::new(EntityType::OSD, 4);
+    assert_eq!(sent(&lo, MSG_FAST, 4, None), ours(4, renamed), "a new name is ours at once");
+
+    // Every feature we speak: what two messengers of ours agree on over a socket.
+    let (cli, cli_rx) = client(EntityType::CLIENT, 8, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::OSD, m.my_addr());
+    assert!(wait_for_event(&cli_rx, |s| matches!(s, Seen::Connect(c) if *c == conn)));
+    assert_eq!(lo.features(), conn.features());
+    assert!(heard().is_empty(), "once each: the accepted peer's is a fast accept");
+    cli.shutdown();
+    m.shutdown();
+}
+
+/// A pure client (never bound) is itself on its loopback connection too: its blank
+/// address with its nonce, as Ceph's `start` initialises the local connection unbound.
+#[test]
+fn an_unbound_messengers_loopback_connection_names_it() {
+    let me = EntityName::new(EntityType::CLIENT, 12);
+    let m = Messenger::new(me, 5, test_config(1)).expect("messenger");
+    m.start().expect("start");
+    let (messages_tx, messages) = crossbeam_channel::unbounded();
+    let (connects_tx, connects) = crossbeam_channel::unbounded();
+    let d = Arc::new(Identities { name: "only", messages: messages_tx, connects: connects_tx });
+    m.add_dispatcher_head(d).expect("dispatcher");
+    let lo = m.get_loopback_connection();
+    assert_eq!(
+        connects.try_iter().map(|(n, c)| (n, c == lo)).collect::<Vec<_>>(),
+        [("only", true)]
+    );
+    lo.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    let seen = messages.recv_timeout(WAIT).expect("delivered");
+    assert_eq!((seen.src, seen.peer_type), (Some(me), Some(EntityType::CLIENT)));
+    assert_eq!(seen.peer_addr, Some(m.my_addr()));
+    assert_eq!(seen.peer_addr.map(|a| a.nonce), Some(5));
+    assert_eq!(seen.features, Features::PACIFIC_ADVERTISED);
+    m.shutdown();
+}
+
+/// On the loopback connection's `ms_handle_fast_connect`, as it starts the messenger:
+/// attaches a session to the connection and sends on it (an OSD attaches its session
+/// there), and adds another fast dispatcher.
+struct CallsBack {
+    m: std::sync::OnceLock<std::sync::Weak<Messenger>>,
+    later: Arc<Identities>,
+    messages: crossbeam_channel::Sender<(Option<EntityName>, bool)>,
+}
+
+impl Dispatcher<Connection> for CallsBack {
+    fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
+        let _ = self.messages.send((msg.src(), conn.priv_data().is_some()));
+        Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_handle_fast_connect(&self, conn: &Connection) {
+        conn.set_priv(Some(Arc::new("session")));
+        conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send to ourselves");
+        let m = self.m.get().and_then(std::sync::Weak::upgrade).expect("the messenger");
+        m.add_dispatcher_tail(self.later.clone()).expect("a dispatcher added from the hook");
+    }
+}
+
+// No lock of the messenger is held while the loopback connection's hook runs: the hook
+// may call back into the messenger (here: add a dispatcher, which hears the hook in
+// turn) and send on the connection before the dispatch thread runs; the message is
+// dispatched once it does, with the hook's session on its connection.
+#[test]
+fn the_loopback_connections_fast_connect_may_call_back_into_the_messenger() {
+    let me = EntityName::new(EntityType::MDS, 2);
+    let m = Arc::new(Messenger::new(me, 4, test_config(1)).expect("messenger"));
+    let (connects_tx, connects) = crossbeam_channel::unbounded();
+    let (later_tx, _later_messages) = crossbeam_channel::unbounded();
+    let later = Arc::new(Identities { name: "later", messages: later_tx, connects: connects_tx });
+    let (messages_tx, messages) = crossbeam_channel::unbounded();
+    let first = Arc::new(CallsBack { m: std::sync::OnceLock::new(), later, messages: messages_tx });
+    assert!(first.m.set(Arc::downgrade(&m)).is_ok());
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    // On a thread of its own: a deadlock fails the test at the timeout below.
+    let adder = {
+        let m = Arc::clone(&m);
+        std::thread::spawn(move || {
+            m.add_dispatcher_head(first).expect("the first dispatcher starts it");
+            let _ = done_tx.send(());
+        })
+    };
+    done.recv_timeout(WAIT).expect("adding the first dispatcher returned");
+    adder.join().expect("adder");
+    let lo = m.get_loopback_connection();
+    let heard: Vec<_> = connects.try_iter().map(|(name, c)| (name, c == lo)).collect();
+    assert_eq!(heard, [("later", true)], "the dispatcher the hook added heard it once");
+    let got = messages.recv_timeout(WAIT).expect("the hook's message was dispatched");
+    assert_eq!(got, (Some(me), true), "from us, on the connection holding the hook's session");
+    m.shutdown();
+}
+
+/// A message leaves with our name whatever source it named, as Ceph's
+/// `AsyncConnection::send_message` stamps `header.src` on every message: a message
+/// received and sent on, or built with another sender's name, does not speak for that
+/// sender. Over msgr v1, whose header carries the source (msgr2's receiver names the
+/// sender from the session). Before, a source already set went out as it was.
+#[test]
+fn a_message_leaves_with_our_name_whatever_source_it_named() {
+    let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let (cli, _cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    let monitor = EntityName::new(EntityType::MON, 5);
+    for (tid, named) in [(1, None), (2, Some(monitor)), (3, Some(cli.my_name()))] {
+        let mut msg = test_message(MSG_TEST, tid, Bytes::new());
+        if let Some(src) = named {
+            msg.set_src(src);
+        }
+        conn.send_message(msg).expect("send");
+        let (_, got) = next_message(&srv_rx);
+        assert_eq!((got.tid(), got.src()), (tid, Some(cli.my_name())), "named {named:?}");
+    }
+    cli.shutdown();
     srv.shutdown();
 }
 

@@ -140,7 +140,10 @@ impl Driver {
         let mut waited_ns: u64 = 0;
         let mut last: Option<(Instant, u64)> = None;
         for (mut msg, queued_at) in inbox.drain(..) {
-            if let (None, Some(me)) = (msg.src(), me) {
+            // Every message leaves with our name, whatever source it named (Ceph's
+            // `send_message` stamps `header.src` on every one): one received and sent on
+            // does not speak for its sender.
+            if let Some(me) = me {
                 msg.set_src(me);
             }
             if msg.priority() == 0 {
