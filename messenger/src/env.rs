@@ -4,7 +4,8 @@
 //! environment once and hands it out in an `Arc`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use dispatch::{DispatchQueue, Dispatchers, QueueEvent, Throttle};
@@ -91,10 +92,24 @@ pub(crate) struct Env {
     pub(crate) send_budget: Arc<SendBudget>,
     /// One set per worker of the pool (index = worker index).
     pub(crate) counters: Vec<Arc<WorkerCounters>>,
+    /// The priority a message sent with none (0) goes out with (Ceph's
+    /// `default_send_priority`, `CEPH_MSG_PRIO_DEFAULT` unless the daemon sets another).
+    default_send_priority: AtomicU16,
     next_id: AtomicU64,
 }
 
 impl Env {
+    /// The priority a message sent with none goes out with.
+    #[inline]
+    pub(crate) fn default_send_priority(&self) -> u16 {
+        self.default_send_priority.load(Relaxed)
+    }
+
+    /// Sets [`Env::default_send_priority`].
+    pub(crate) fn set_default_send_priority(&self, prio: u16) {
+        self.default_send_priority.store(prio, Relaxed);
+    }
+
     /// The environment of a messenger named `name` with `workers` workers.
     pub(crate) fn new(
         name: EntityName,
@@ -121,6 +136,7 @@ impl Env {
             queue,
             send_budget,
             counters: (0..workers).map(|_| Arc::new(WorkerCounters::default())).collect(),
+            default_send_priority: AtomicU16::new(protocol::message::PRIO_DEFAULT),
             next_id: AtomicU64::new(1),
             config,
         })
@@ -356,7 +372,7 @@ impl Home for Env {
     fn deliver_local(&self, conn: &Connection, mut msg: Message) {
         msg.set_src(self.identity.name());
         if msg.priority() == 0 {
-            msg.set_priority(protocol::message::PRIO_DEFAULT);
+            msg.set_priority(self.default_send_priority());
         }
         self.queue.local_delivery(conn, msg);
     }

@@ -273,6 +273,20 @@ impl Messenger {
         Ok(())
     }
 
+    /// The priority every message sent without one (priority 0) goes out with, on every
+    /// connection, the loopback one included: Ceph's `set_default_send_priority` (a
+    /// monitor sends at `PRIO_HIGH`). Until set, [`protocol::message::PRIO_DEFAULT`].
+    /// Ceph allows it only before start; here it applies to messages sent afterwards.
+    pub fn set_default_send_priority(&self, prio: u16) {
+        self.env.set_default_send_priority(prio);
+    }
+
+    /// The priority messages sent without one go out with
+    /// ([`Messenger::set_default_send_priority`]).
+    pub fn default_send_priority(&self) -> u16 {
+        self.env.default_send_priority()
+    }
+
     /// The policy for peers without a specific one; until set, [`Policy::lossless_peer`]
     /// (lossless, standby, no resetcheck). That is not Ceph's default, a default-constructed
     /// `Policy()`: lossless, no standby, resetcheck.

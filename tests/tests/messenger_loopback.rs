@@ -1719,3 +1719,52 @@ fn a_messenger_binds_before_it_starts_or_dials() {
     late.shutdown();
     srv.shutdown();
 }
+
+/// A messenger's default send priority (Ceph's `set_default_send_priority`; a monitor
+/// sends at `PRIO_HIGH`) is what every message sent with none goes out with, over a
+/// socket and on the loopback connection; a message that names its own keeps it, and
+/// the peer's own default is its own.
+fn the_default_send_priority_is_what_unprioritised_messages_go_out_with_over(
+    proto: ProtocolVersion,
+) {
+    use protocol::message::{PRIO_DEFAULT, PRIO_HIGH, PRIO_LOW};
+    let (srv, _addr, srv_rx) = server(EntityType::MON, 1, Policy::stateless_server(), true);
+    assert_eq!(srv.default_send_priority(), PRIO_DEFAULT);
+    srv.set_default_send_priority(PRIO_HIGH);
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::MON, addr_for(proto, srv.my_addr()));
+
+    // The client's request has no priority: the client's default; the server's echo has
+    // none either: the server's.
+    conn.send_message(Message::new(MSG_TEST, Bytes::new())).expect("send");
+    let (_, request) = next_message(&srv_rx);
+    assert_eq!(request.priority(), PRIO_DEFAULT, "the client's default");
+    let (_, reply) = next_message(&cli_rx);
+    assert_eq!(reply.priority(), PRIO_HIGH, "the server's default");
+
+    // One that names its priority keeps it.
+    let mut low = Message::new(MSG_TEST, Bytes::new());
+    low.set_priority(PRIO_LOW);
+    conn.send_message(low).expect("send");
+    let (_, request) = next_message(&srv_rx);
+    assert_eq!(request.priority(), PRIO_LOW);
+    let (_, reply) = next_message(&cli_rx);
+    assert_eq!(reply.priority(), PRIO_HIGH);
+
+    // The loopback connection too.
+    srv.get_loopback_connection().send_message(Message::new(MSG_TEST, Bytes::new())).expect("send");
+    let (_, local) = next_message(&srv_rx);
+    assert_eq!(local.priority(), PRIO_HIGH, "loopback");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn the_default_send_priority_is_what_unprioritised_messages_go_out_with() {
+    the_default_send_priority_is_what_unprioritised_messages_go_out_with_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn the_default_send_priority_is_what_unprioritised_messages_go_out_with_over_msgr2() {
+    the_default_send_priority_is_what_unprioritised_messages_go_out_with_over(ProtocolVersion::V2);
+}

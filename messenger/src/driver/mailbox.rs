@@ -133,6 +133,7 @@ impl Driver {
         let mut clock_read = false;
         let moved = inbox.len();
         let me = (!inbox.is_empty()).then(|| self.env.identity.name());
+        let default_prio = self.env.default_send_priority();
         // Summed here and added once per drain: an atomic add per message and counter
         // showed in profiles. Replies sent from fast dispatch share their stamp (the
         // loop's clock), so a run of equal stamps costs one clock subtraction, not one
@@ -147,7 +148,7 @@ impl Driver {
                 msg.set_src(me);
             }
             if msg.priority() == 0 {
-                msg.set_priority(protocol::message::PRIO_DEFAULT);
+                msg.set_priority(default_prio);
             }
             let ns = match last {
                 Some((at, ns)) if at == queued_at => ns,
