@@ -358,3 +358,81 @@ fn a_session_we_redialled_keeps_the_name_its_peer_proved_over_msgr1() {
 fn a_session_we_redialled_keeps_the_name_its_peer_proved_over_msgr2() {
     redialled_session_keeps_proven_name(ProtocolVersion::V2);
 }
+
+/// Under auth none the accepted peer is whom its authorizer names, every cap granted (as
+/// Ceph's auth-none handlers record `peer_name` and `peer_global_id`): over msgr v1 the
+/// connect's authorizer, over msgr2 the AUTH_REQUEST.
+fn auth_none_peer_over(proto: ProtocolVersion) {
+    let (srv, _, srv_rx) = server_on(
+        EntityType::OSD,
+        1,
+        Policy::stateless_server(),
+        false,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        test_config(1),
+    );
+    let (cli, _cli_rx) = client_with(EntityType::CLIENT, 7, Policy::lossy_client(), test_config(1));
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    let (served, _) = next_message(&srv_rx);
+    assert_eq!(served.protocol(), Some(proto));
+    let who = served.peer_auth().expect("the authorizer named the peer");
+    assert_eq!(who.name, AuthEntityName::new(EntityType::CLIENT, "7"), "{who:?}");
+    assert_eq!(who.caps, AuthCapsInfo::allow_all());
+    assert_eq!(conn.peer_auth(), None, "the dialling side authenticates nobody");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn an_accepted_auth_none_peer_is_whom_its_authorizer_names_over_msgr1() {
+    auth_none_peer_over(ProtocolVersion::V1);
+}
+
+#[test]
+fn an_accepted_auth_none_peer_is_whom_its_authorizer_names_over_msgr2() {
+    auth_none_peer_over(ProtocolVersion::V2);
+}
+
+/// An auth-none v1 authorizer that does not decode is refused with BADAUTHORIZER, as a
+/// Ceph 16.2 OSD refuses it (`interop_osd_auth_none`); a whole one opens a session that
+/// names its peer.
+#[test]
+fn a_v1_auth_none_authorizer_that_does_not_decode_is_refused() {
+    use protocol::types::AUTH_NONE;
+    use protocol::wire::Tag;
+    use tests::hostile::{fresh_banner_socket, objecter_connect};
+    let (srv, bound, srv_rx) = server_on(
+        EntityType::OSD,
+        1,
+        Policy::stateless_server(),
+        false,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        test_config(1),
+    );
+    let whole = protocol::auth::AuthNoneAuthorizer::new(
+        &AuthEntityName::new(EntityType::CLIENT, "admin"),
+        4107,
+    );
+    let whole = protocol::auth::AuthorizerClient::bytes(&whole);
+    let mut cut = fresh_banner_socket(bound);
+    let (reply, _) = objecter_connect(
+        &mut cut,
+        protocol::types::Features::PACIFIC_ADVERTISED,
+        AUTH_NONE,
+        &whole[..7],
+    );
+    assert_eq!(reply.tag, Tag::BADAUTHORIZER, "{reply:?}");
+    let mut sock = fresh_banner_socket(bound);
+    let (reply, _) = objecter_connect(
+        &mut sock,
+        protocol::types::Features::PACIFIC_ADVERTISED,
+        AUTH_NONE,
+        &whole,
+    );
+    assert!(matches!(reply.tag, Tag::SEQ | Tag::READY), "{reply:?}");
+    let rejected = srv.counters_json()["msgr_protocol"]["authorizers_rejected"].as_u64();
+    assert_eq!(rejected, Some(1), "{}", srv.counters_json()["msgr_protocol"]);
+    drop((sock, cut, srv_rx));
+    srv.shutdown();
+}

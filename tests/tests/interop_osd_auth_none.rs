@@ -93,6 +93,10 @@ fn default_messenger_talks_to_an_auth_none_osd_over_v1() {
     authorizer.extend_from_slice(&0u64.to_le_bytes());
     let reply = first_connect_reply(osd.v1_addr(), AUTH_NONE, &authorizer);
     assert!(matches!(reply.tag, Tag::SEQ | Tag::READY), "auth none's authorizer: {reply:?}");
+    // ...and auth-none bytes that do not decode (the name cut short), BADAUTHORIZER: the
+    // fact our acceptor's refusal of them rests on.
+    let reply = first_connect_reply(osd.v1_addr(), AUTH_NONE, &authorizer[..7]);
+    assert_eq!(reply.tag, Tag::BADAUTHORIZER, "a cut auth-none authorizer: {reply:?}");
 
     let config = MessengerConfig::default();
     assert!(config.auth.is_none(), "the default config authenticates with auth none");

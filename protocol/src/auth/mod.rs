@@ -114,7 +114,8 @@ pub use error::{AuthError, KeyringError};
 pub use keyring::{parse_entity_name, KeyEntry, KeyRing};
 pub use mode::ConMode;
 pub use none::{
-    AuthNoneAuthorizer, AuthNoneClient, AuthNoneProvider, AuthNoneServer, FIRST_GLOBAL_ID,
+    authorizer_peer as auth_none_authorizer_peer, AuthNoneAuthorizer, AuthNoneClient,
+    AuthNoneProvider, AuthNoneServer, FIRST_GLOBAL_ID,
 };
 pub use provider::{
     filter_modes, pick_mode, AuthClient, AuthOutcome, AuthPeer, AuthProvider, AuthRole, AuthServer,

@@ -83,6 +83,17 @@ impl AuthNoneAuthorizer {
     }
 }
 
+/// The peer an auth-none v1 authorizer names, as Ceph's `AuthNoneAuthorizeHandler`
+/// reads it (`u8` version, entity name, global id; bytes after them ignored) and grants
+/// it every cap. `None` for bytes that do not decode: Ceph refuses those.
+pub fn authorizer_peer(bytes: &[u8]) -> Option<AuthPeer> {
+    let mut d = Decoder::new(bytes);
+    let _version = d.u8().ok()?;
+    let name = AuthEntityName::decode(&mut d).ok()?;
+    let global_id = d.u64().ok()?;
+    Some(AuthPeer { name, global_id, caps: AuthCapsInfo::allow_all() })
+}
+
 impl AuthorizerClient for AuthNoneAuthorizer {
     fn method(&self) -> u32 {
         AUTH_NONE
@@ -215,6 +226,23 @@ impl AuthProvider for AuthNoneProvider {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    // What an auth-none v1 authorizer names is read back as Ceph's handler reads it;
+    // bytes that do not decode name nobody.
+    #[test]
+    fn an_auth_none_authorizer_names_its_peer() {
+        let name = AuthEntityName::new(EntityType::OSD, "3");
+        let a = AuthNoneAuthorizer::new(&name, 4107);
+        let peer = authorizer_peer(&a.bytes()).unwrap();
+        assert_eq!((peer.name, peer.global_id), (name, 4107));
+        assert_eq!(peer.caps, AuthCapsInfo::allow_all());
+        let mut longer = a.bytes().to_vec();
+        longer.extend_from_slice(b"later fields");
+        assert!(authorizer_peer(&longer).is_some());
+        for cut in 0..a.bytes().len() {
+            assert!(authorizer_peer(&a.bytes()[..cut]).is_none(), "{cut} bytes");
+        }
+    }
 
     // msgr-v2.md 5.2: client.admin to a monitor, and mon.a's authorizer to a mon peer.
     #[test]

@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::auth::{AuthorizerRequest, AuthorizerStep};
+use crate::auth::{auth_none_authorizer_peer, AuthorizerRequest, AuthorizerStep};
 use crate::session::REFUSED_FOREIGN;
 use crate::session::{
     AcceptRequest, AuthVerdict, CloseReason, ConnectSeq, Counters, Decision, Event, Fault,
     GlobalSeq, Initiator, Machine, OpenNote, PeerIssue, RequestKind, Seq, Session, State,
 };
-use crate::types::{proto_version, EntityAddr, Features, LEGACY_ADDR_LEN};
+use crate::types::{proto_version, EntityAddr, Features, AUTH_NONE, LEGACY_ADDR_LEN};
 use crate::wire::{
     check_banner, ConnectMsg, ConnectReply, Tag, BANNER_LEN, CONNECT_LOSSY, MAX_AUTHORIZER_LEN,
 };
@@ -120,7 +120,8 @@ pub(crate) fn read_connect(m: &mut Machine<V1>, now: Instant) -> bool {
             None => Verifier::Driver,
         };
     }
-    let pending = PendingConnect { msg, authorizer_reply: Bytes::new(), signer: None };
+    let mut pending =
+        PendingConnect { msg, authorizer_reply: Bytes::new(), signer: None, named_peer: None };
     match &mut link.verifier {
         Verifier::Inline(verifier) => {
             let request = AuthorizerRequest {
@@ -139,6 +140,19 @@ pub(crate) fn read_connect(m: &mut Machine<V1>, now: Instant) -> bool {
             true
         }
         Verifier::Driver if !authorizer.is_empty() || m.config.verify_empty_authorizer => {
+            if msg.authorizer_protocol == AUTH_NONE && !authorizer.is_empty() {
+                // Ceph's auth-none handler reads whom the authorizer names (the
+                // connection's peer name and global id) and refuses what does not decode.
+                pending.named_peer = auth_none_authorizer_peer(&authorizer);
+                if pending.named_peer.is_none() {
+                    m.set_state(State::Handshake {
+                        deadline,
+                        step: Handshake::AwaitAuthorizerVerdict(link, pending),
+                    });
+                    judged(m, now, AuthorizerStep::Reject);
+                    return true;
+                }
+            }
             m.events.push_back(Event::VerifyAuthorizer {
                 peer_type,
                 protocol: msg.authorizer_protocol,
@@ -183,7 +197,7 @@ fn judged(m: &mut Machine<V1>, _now: Instant, step: AuthorizerStep) {
         AuthorizerStep::Accept { reply, signer, peer } => {
             pending.authorizer_reply = reply;
             pending.signer = signer;
-            m.peer_auth = peer;
+            m.peer_auth = peer.or(pending.named_peer.take());
             request_decision(m, deadline, link, pending);
         }
         AuthorizerStep::Challenge(challenge) => {

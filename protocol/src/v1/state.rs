@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::auth::{AuthorizerClient, AuthorizerServer, SessionHandler};
+use crate::auth::{AuthPeer, AuthorizerClient, AuthorizerServer, SessionHandler};
 use crate::message::MessageDecoder;
 use crate::wire::ConnectMsg;
 
@@ -100,6 +100,9 @@ pub struct PendingConnect {
     pub(crate) authorizer_reply: Bytes,
     /// The session's message signing, from the accepted authorizer.
     pub(crate) signer: Option<Box<dyn SessionHandler>>,
+    /// Whom an auth-none authorizer named, for the connection once the driver's
+    /// verdict accepts it (a verifier inline names the peer in its own step).
+    pub(crate) named_peer: Option<AuthPeer>,
 }
 
 /// An accepted session about to open (after the peer's in_seq).

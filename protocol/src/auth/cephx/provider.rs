@@ -509,7 +509,16 @@ impl CephxAuthorizerServer {
             if !mauth_later && !methods.allows(AUTH_NONE) {
                 return Err(AuthError::NoAcceptableMethod { offered: vec![req.method] });
             }
-            return Ok(AuthorizerStep::Accept { reply: Bytes::new(), signer: None, peer: None });
+            // An auth-none authorizer names its peer (Ceph's handler records it, and
+            // refuses one that does not decode).
+            let peer = match req.method {
+                AUTH_NONE if !req.authorizer.is_empty() => Some(
+                    crate::auth::auth_none_authorizer_peer(req.authorizer)
+                        .ok_or(AuthError::Malformed("auth none authorizer"))?,
+                ),
+                _ => None,
+            };
+            return Ok(AuthorizerStep::Accept { reply: Bytes::new(), signer: None, peer });
         }
         if req.method != AUTH_CEPHX || !methods.allows(AUTH_CEPHX) {
             return Err(AuthError::UnexpectedMethod { method: req.method });
@@ -805,7 +814,15 @@ mod tests {
             rng_source(2),
         );
         let step = osd1.authorizer_server().unwrap().verify(&req(&a.bytes(), at));
-        assert!(matches!(step, AuthorizerStep::Accept { .. }));
+        // It names the peer, every cap granted (Ceph's auth-none handler); cut short it
+        // names nobody and is refused.
+        let AuthorizerStep::Accept { peer: Some(peer), .. } = step else {
+            panic!("auth none's authorizer not taken, or naming nobody");
+        };
+        assert_eq!((peer.name, peer.global_id), (name, 0));
+        assert_eq!(peer.caps, super::super::ticket::AuthCapsInfo::allow_all());
+        let step = osd1.authorizer_server().unwrap().verify(&req(&a.bytes()[..7], at));
+        assert!(matches!(step, AuthorizerStep::Reject));
         let strict = CephxProvider::new(
             AuthEntityName::new(EntityType::OSD, "1"),
             AuthConfig::ceph_defaults(),
