@@ -6,8 +6,8 @@
 //! (so a short input can make a command far over the 64 KiB limit); the rest is what the
 //! client writes.
 //!
-//! Properties: no panic; the command is exactly the bytes before the first NUL (or all of
-//! them when the client closes without one); it is refused if and only if that is longer
+//! Properties: no panic; the command is exactly the bytes before the first NUL or newline
+//! (or all of them when the client closes without either); it is refused if and only if that is longer
 //! than the limit, and nothing beyond the limit is ever buffered; the parse is an object
 //! with a string `prefix`.
 
@@ -26,7 +26,7 @@ pub fn admin_command(data: &[u8]) {
         }
         stream.extend_from_slice(bytes);
     }
-    let expected = match stream.iter().position(|&b| b == 0) {
+    let expected = match stream.iter().position(|&b| b == 0 || b == b'\n') {
         Some(end) => &stream[..end],
         None => &stream[..],
     };

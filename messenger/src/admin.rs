@@ -3,9 +3,11 @@
 //!
 //! Protocol (what `ceph --admin-daemon PATH …` speaks): the client connects, sends a
 //! command — JSON such as `{"prefix": "perf dump"}`, or plain text from old clients —
-//! terminated by a NUL byte; the server answers with a `u32` big-endian length and that
-//! many bytes, then closes. The CLI first asks for `get_command_descriptions` and checks
-//! its command against the returned signatures.
+//! terminated by a NUL byte (what the CLI sends) or a newline (what a person typing into
+//! `nc -U` sends), as Ceph's `AdminSocket::do_accept` ends it at either; bytes after the
+//! terminator are never looked at. The server answers with a `u32` big-endian length and
+//! that many bytes, then closes. The CLI first asks for `get_command_descriptions` and
+//! checks its command against the returned signatures.
 //!
 //! An accept that fails for want of descriptors or memory (EMFILE, ENFILE, …) leaves the
 //! client queued, and the listener's edge-triggered readiness will not report it again:
@@ -200,8 +202,9 @@ impl Handler for AdminListener {
 }
 
 /// The admin socket's command framing, without the socket: a command is the bytes up to
-/// a NUL terminator, or up to the end of the stream (old clients send none), at most
-/// 64 KiB of them. Public so that it can be fuzzed; a daemon has no use for it.
+/// the first NUL or newline (Ceph's "null or \n terminated string"), or up to the end of
+/// the stream (old clients send no terminator), at most 64 KiB of them. Public so that it
+/// can be fuzzed; a daemon has no use for it.
 #[derive(Debug, Default)]
 pub struct CommandReader {
     input: Vec<u8>,
@@ -223,10 +226,11 @@ impl CommandReader {
     /// The longest command accepted, in bytes.
     pub const MAX: usize = MAX_COMMAND;
 
-    /// Bytes read from the client: the command once its NUL arrived (bytes after it are
-    /// ignored), `None` while incomplete.
+    /// Bytes read from the client: the command once its terminator (a NUL or a newline)
+    /// arrived, without it, and with the bytes after it ignored (Ceph reads none of
+    /// them); `None` while incomplete.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>, CommandTooLong> {
-        let (part, complete) = match bytes.iter().position(|&b| b == 0) {
+        let (part, complete) = match bytes.iter().position(|&b| b == 0 || b == b'\n') {
             Some(end) => (bytes.get(..end).unwrap_or_default(), true),
             None => (bytes, false),
         };
@@ -255,7 +259,7 @@ pub fn parse_command(command: &[u8]) -> Value {
     }
 }
 
-/// One admin client: read a command up to its NUL, answer, close.
+/// One admin client: read a command up to its terminator, answer, close.
 struct AdminConn {
     stream: UnixStream,
     env: Arc<Env>,
@@ -285,7 +289,7 @@ impl AdminConn {
         cx.remove(id);
     }
 
-    /// Reads until the NUL terminator (or EOF); returns the command once complete.
+    /// Reads until the terminator (or EOF); returns the command once complete.
     fn read_command(&mut self) -> io::Result<Option<Vec<u8>>> {
         let mut chunk = [0u8; 4096];
         loop {
@@ -427,5 +431,31 @@ fn answer(env: &Env, command: &[u8]) -> Vec<u8> {
         other => {
             format!("ERROR: (22) Invalid argument\nunknown command prefix {other}\n").into_bytes()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Ceph's do_accept: "new protocol: null or \n terminated string".
+    #[test]
+    fn a_command_ends_at_a_newline_as_at_a_nul() {
+        for terminated in [&b"{\"prefix\": \"version\"}\n"[..], b"{\"prefix\": \"version\"}\0"] {
+            let mut r = CommandReader::default();
+            assert_eq!(r.feed(&terminated[..5]), Ok(None));
+            let command = r.feed(&terminated[5..]).expect("short").expect("complete");
+            assert_eq!(command, b"{\"prefix\": \"version\"}");
+        }
+        // What follows the first terminator is not part of the command (Ceph reads none
+        // of it), whichever terminator comes first.
+        let mut r = CommandReader::default();
+        assert_eq!(r.feed(b"version\nperf dump\0"), Ok(Some(b"version".to_vec())));
+        let mut r = CommandReader::default();
+        assert_eq!(r.feed(b"version\0perf dump\n"), Ok(Some(b"version".to_vec())));
+        // A client that closes without a terminator: what arrived is the command.
+        let mut r = CommandReader::default();
+        assert_eq!(r.feed(b"version"), Ok(None));
+        assert_eq!(r.finish(), b"version");
     }
 }

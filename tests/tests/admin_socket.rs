@@ -25,11 +25,38 @@ fn ask(path: &Path, command: &[u8]) -> Vec<u8> {
     s.set_read_timeout(Some(WAIT)).expect("timeout");
     s.write_all(command).expect("write");
     s.write_all(&[0]).expect("write NUL");
+    read_answer(&mut s).expect("answer")
+}
+
+/// The answer on `s`: a u32 big-endian length and that many bytes.
+fn read_answer(s: &mut UnixStream) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
-    s.read_exact(&mut len).expect("length");
+    s.read_exact(&mut len)?;
     let mut out = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut out).expect("answer");
-    out
+    s.read_exact(&mut out)?;
+    Ok(out)
+}
+
+// Ceph's AdminSocket::do_accept ends a command at a newline as at a NUL ("null or \n
+// terminated string"), and reads nothing after it: a client that writes
+// `{"prefix": "version"}\n` and keeps its write side open (`nc -U`, a script) is answered
+// at once. Before, only a NUL or the client's EOF ended a command: it waited out
+// ADMIN_CLIENT_DEADLINE and was closed unanswered.
+#[test]
+fn a_newline_terminated_command_is_answered_while_the_client_keeps_writing_side_open() {
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let path = socket_path("newline");
+    srv.start_admin_socket(&path).expect("admin socket");
+    let mut s = UnixStream::connect(&path).expect("connect");
+    // Well below the deadline at which an unanswered client is closed.
+    s.set_read_timeout(Some(messenger::ADMIN_CLIENT_DEADLINE / 5)).expect("timeout");
+    // A second command after the newline is not read: the first is answered.
+    s.write_all(b"{\"prefix\": \"version\"}\n{\"prefix\": \"messenger dump\"}\n").expect("write");
+    let answer = read_answer(&mut s).expect("an answer well before the deadline");
+    let version: serde_json::Value = serde_json::from_slice(&answer).expect("json");
+    assert_eq!(version["release"], "asyncmsgr", "{version}");
+    drop(s);
+    srv.shutdown();
 }
 
 #[test]
