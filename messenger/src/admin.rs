@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_channel::Receiver;
 use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, TimerTarget};
 use mio::net::{UnixListener, UnixStream};
 use mio::Interest;
@@ -48,19 +49,51 @@ pub const ADMIN_MAX_CLIENTS: usize = 16;
 /// A running admin socket; `stop` closes it and removes the socket file.
 pub(crate) struct AdminSocket {
     center: CenterHandle,
-    id: HandlerId,
+    listening: Listening,
     path: PathBuf,
+}
+
+/// Where the listener's registration on its worker stands.
+enum Listening {
+    /// Registered: the listener's handler.
+    On(HandlerId),
+    /// Posted by a worker thread, which must not wait for it: the registration's outcome,
+    /// in by the time anything posted to the same center after it runs there (the
+    /// center's queue is one FIFO).
+    Posted(Receiver<io::Result<HandlerId>>),
+}
+
+impl Listening {
+    /// The listener's handler, on its worker; `None` if the registration failed or never
+    /// ran (the center stopped).
+    fn id(self) -> Option<HandlerId> {
+        match self {
+            Listening::On(id) => Some(id),
+            Listening::Posted(outcome) => outcome.try_recv().ok().and_then(Result::ok),
+        }
+    }
 }
 
 impl AdminSocket {
     /// Serves at `path`. `replacing_ours`: the file there is this messenger's own admin
     /// socket, which the new one replaces.
+    ///
+    /// From any thread. Off the workers it waits for the listener's registration on
+    /// `center` and returns its error. On a worker (a dispatcher's `ms_fast_dispatch`, a
+    /// timer) it must not wait: not for its own center, which runs the registration only
+    /// once the caller returns, nor for another, which may be waiting for this one. The
+    /// registration is posted, and a failure of it (the poll's: out of memory) is
+    /// logged, not returned.
     pub(crate) fn start(
         path: &Path,
         env: Arc<Env>,
         center: &CenterHandle,
         replacing_ours: bool,
     ) -> io::Result<Self> {
+        // Before the file is touched: a center that stopped would take no listener.
+        if center.is_stopping() {
+            return Err(io::Error::other("admin socket: the worker stopped"));
+        }
         // A socket that answers is another daemon's (or messenger's): unlinked, it would
         // be unreachable, and its file removed when we stop. Ceph refuses it too, and
         // unlinks only a stale file from a previous run, which would make bind fail.
@@ -72,21 +105,49 @@ impl AdminSocket {
         }
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
-        let id = center
-            .submit_to(move |cx: &mut Context<'_>| {
-                cx.register(listener, Interest::READABLE, |_, listener| {
-                    Box::new(AdminListener {
-                        listener,
-                        env,
-                        clients: Arc::default(),
-                        paused: Pause::default(),
-                        pauses: PauseLog::default(),
-                    })
+        let wait = !event_center::on_a_worker();
+        let (tx, outcome) = crossbeam_channel::bounded(1);
+        let shown = path.to_path_buf();
+        let posted = center.dispatch_event_external(move |cx: &mut Context<'_>| {
+            let registered = cx.register(listener, Interest::READABLE, |_, listener| {
+                Box::new(AdminListener {
+                    listener,
+                    env,
+                    clients: Arc::default(),
+                    paused: Pause::default(),
+                    pauses: PauseLog::default(),
                 })
-            })
-            .map_err(|e| io::Error::other(format!("admin socket: {e}")))??;
+            });
+            match &registered {
+                Err(e) if !wait => {
+                    log::warn!(target: "msgr::admin", "admin socket on {}: not served: {e}", shown.display());
+                }
+                _ => {}
+            }
+            let _ = tx.send(registered);
+        });
+        if let Err(e) = posted {
+            return Err(Self::unserved(path, io::Error::other(e)));
+        }
+        let listening = if wait {
+            match outcome.recv() {
+                Ok(Ok(id)) => Listening::On(id),
+                Ok(Err(e)) => return Err(Self::unserved(path, e)),
+                // Dropped unrun: the center stopped meanwhile.
+                Err(_) => return Err(Self::unserved(path, io::Error::other("the worker stopped"))),
+            }
+        } else {
+            Listening::Posted(outcome)
+        };
         log::info!(target: "msgr::admin", "admin socket on {}", path.display());
-        Ok(AdminSocket { center: center.clone(), id, path: path.to_path_buf() })
+        Ok(AdminSocket { center: center.clone(), listening, path: path.to_path_buf() })
+    }
+
+    /// The listener bound at `path` will not be served: its file goes (as Ceph's
+    /// `bind_and_listen` unlinks it when `listen` fails).
+    fn unserved(path: &Path, e: io::Error) -> io::Error {
+        let _ = std::fs::remove_file(path);
+        io::Error::new(e.kind(), format!("admin socket: {e}"))
     }
 
     pub(crate) fn stop(self) {
@@ -96,11 +157,15 @@ impl AdminSocket {
     }
 
     /// Stops serving but leaves the socket file: another admin socket was bound at the
-    /// same path since (binding replaced the file).
+    /// same path since (binding replaced the file). Posted, never waited for, so it may
+    /// be called on a worker; it runs after the registration, posted to the same center
+    /// before it.
     pub(crate) fn stop_keeping_file(self) {
-        let id = self.id;
+        let listening = self.listening;
         let _ = self.center.dispatch_event_external(move |cx: &mut Context<'_>| {
-            cx.remove(id);
+            if let Some(id) = listening.id() {
+                cx.remove(id);
+            }
         });
     }
 
