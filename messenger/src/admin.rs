@@ -7,7 +7,10 @@
 //! `nc -U` sends), as Ceph's `AdminSocket::do_accept` ends it at either; bytes after the
 //! terminator are never looked at. The server answers with a `u32` big-endian length and
 //! that many bytes, then closes. The CLI first asks for `get_command_descriptions` and
-//! checks its command against the returned signatures.
+//! checks its command against the returned signatures. A first byte NUL is Ceph's first
+//! protocol, still read by its `do_accept`: a big-endian `u32` request code (0: the
+//! protocol version, which Ceph's `AdminSocketClient::ping` also asks for as `"0"`;
+//! 1: `perfcounters_dump`; 2: `perfcounters_schema`), answered in the same framing.
 //!
 //! An accept that fails for want of descriptors or memory (EMFILE, ENFILE, …) leaves the
 //! client queued, and the listener's edge-triggered readiness will not report it again:
@@ -268,12 +271,18 @@ impl Handler for AdminListener {
 
 /// The admin socket's command framing, without the socket: a command is the bytes up to
 /// the first NUL or newline (Ceph's "null or \n terminated string"), or up to the end of
-/// the stream (old clients send no terminator), at most 64 KiB of them. Public so that it
-/// can be fuzzed; a daemon has no use for it.
+/// the stream (old clients send no terminator), at most 64 KiB of them; or, when the first
+/// byte is a NUL, a request of the binary protocol, four bytes. Public so that it can be
+/// fuzzed; a daemon has no use for it.
 #[derive(Debug, Default)]
 pub struct CommandReader {
+    /// What arrived of the command so far. Starts with a NUL only for a binary request
+    /// (a command ends at its first NUL), and then holds at most its four bytes.
     input: Vec<u8>,
 }
+
+/// The length of a binary request: a big-endian `u32` (whose first byte, 0, marks it).
+const BINARY_REQUEST: usize = 4;
 
 /// A command longer than the admin socket accepts: the connection is dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,8 +302,13 @@ impl CommandReader {
 
     /// Bytes read from the client: the command once its terminator (a NUL or a newline)
     /// arrived, without it, and with the bytes after it ignored (Ceph reads none of
-    /// them); `None` while incomplete.
+    /// them); `None` while incomplete. A binary request, once its four bytes arrived,
+    /// becomes the JSON command Ceph turns it into (`{"prefix": "0"}` for code 0, …).
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>, CommandTooLong> {
+        let first = self.input.first().or(bytes.first());
+        if first == Some(&0) {
+            return Ok(self.feed_binary(bytes));
+        }
         let (part, complete) = match bytes.iter().position(|&b| b == 0 || b == b'\n') {
             Some(end) => (bytes.get(..end).unwrap_or_default(), true),
             None => (bytes, false),
@@ -306,9 +320,27 @@ impl CommandReader {
         Ok(complete.then(|| std::mem::take(&mut self.input)))
     }
 
-    /// The client closed its side: what arrived is the command.
-    pub fn finish(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.input)
+    /// The client closed its side: what arrived is the command; `None` for a binary
+    /// request cut short, which Ceph closes unanswered.
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        let input = std::mem::take(&mut self.input);
+        (input.first() != Some(&0)).then_some(input)
+    }
+
+    /// Ceph's `do_accept` for a first byte NUL: four bytes, of which the last picks the
+    /// command (the two between are not looked at).
+    fn feed_binary(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let wanted = BINARY_REQUEST.saturating_sub(self.input.len()).min(bytes.len());
+        self.input.extend_from_slice(bytes.get(..wanted).unwrap_or_default());
+        let code = *self.input.get(BINARY_REQUEST - 1)?;
+        self.input.clear();
+        let prefix = match code {
+            0 => "0",
+            1 => "perfcounters_dump",
+            2 => "perfcounters_schema",
+            _ => "foo",
+        };
+        Some(json!({ "prefix": prefix }).to_string().into_bytes())
     }
 }
 
@@ -359,7 +391,15 @@ impl AdminConn {
         let mut chunk = [0u8; 4096];
         loop {
             match self.stream.read(&mut chunk) {
-                Ok(0) => return Ok(Some(self.reader.finish())),
+                Ok(0) => {
+                    return match self.reader.finish() {
+                        Some(command) => Ok(Some(command)),
+                        None => Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "binary request cut short",
+                        )),
+                    };
+                }
                 Ok(n) => match self.reader.feed(chunk.get(..n).unwrap_or_default()) {
                     Ok(Some(command)) => return Ok(Some(command)),
                     Ok(None) => {}
@@ -430,7 +470,9 @@ impl Handler for AdminConn {
     }
 }
 
-/// The commands we serve, in the shape of Ceph's `get_command_descriptions` table.
+/// The commands we serve, in the shape of Ceph's `get_command_descriptions` table. Not
+/// listed: `0` and `perfcounters_dump` (an alias of `perf dump`), which Ceph registers
+/// without help, so that its `help` omits them; `perfcounters_schema` is not served.
 fn command_table() -> Value {
     json!({
         "cmd000": {"sig": ["get_command_descriptions"], "help": "list available commands"},
@@ -472,7 +514,11 @@ fn answer(env: &Env, command: &[u8]) -> Vec<u8> {
             }
             pretty(&Value::Object(help))
         }
-        "perf dump" => {
+        // The admin socket's protocol version (Ceph's CEPH_ADMIN_SOCK_VERSION): a Ceph
+        // daemon about to bind our path pings with it, and takes any answer longer than
+        // one byte for a stale socket to unlink.
+        "0" => b"2".to_vec(),
+        "perf dump" | "perfcounters_dump" => {
             let all = env.perf_dump();
             match parsed.get("logger").and_then(Value::as_str) {
                 Some(logger) => match all.get(logger) {
@@ -521,6 +567,29 @@ mod tests {
         // A client that closes without a terminator: what arrived is the command.
         let mut r = CommandReader::default();
         assert_eq!(r.feed(b"version"), Ok(None));
-        assert_eq!(r.finish(), b"version");
+        assert_eq!(r.finish(), Some(b"version".to_vec()));
+    }
+
+    // Ceph's do_accept, "old protocol: __be32": a first byte NUL, then three more, the
+    // last of which picks the command; what follows is not read.
+    #[test]
+    fn a_first_byte_nul_is_a_binary_request() {
+        for (code, prefix) in [(0, "0"), (1, "perfcounters_dump"), (2, "perfcounters_schema")] {
+            let mut r = CommandReader::default();
+            assert_eq!(r.feed(&[0]), Ok(None));
+            assert_eq!(r.feed(&[0, 0]), Ok(None));
+            let command = r.feed(&[code, b'x', 0]).expect("short").expect("complete");
+            assert_eq!(parse_command(&command)["prefix"], prefix);
+        }
+        let mut r = CommandReader::default();
+        let command = r.feed(&[0, 7, 7, 9]).expect("short").expect("complete");
+        assert_eq!(parse_command(&command)["prefix"], "foo");
+        // Cut short: Ceph closes without an answer.
+        let mut r = CommandReader::default();
+        assert_eq!(r.feed(&[0, 0]), Ok(None));
+        assert_eq!(r.finish(), None);
+        // A NUL later on ends a command as before.
+        let mut r = CommandReader::default();
+        assert_eq!(r.feed(b"v\0\0\0\0"), Ok(Some(b"v".to_vec())));
     }
 }

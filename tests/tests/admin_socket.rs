@@ -268,6 +268,29 @@ fn a_second_admin_socket_replaces_the_first() {
     assert!(!second.exists(), "shutdown removes the file");
 }
 
+// Ceph's AdminSocketClient::ping asks for `{"prefix":"0"}` and takes a one-byte answer
+// (CEPH_ADMIN_SOCK_VERSION) for a live socket: a Ceph daemon about to bind our path
+// unlinks it otherwise. Ceph's do_accept still reads its binary protocol (a first byte
+// NUL, a big-endian u32 code): 0 asks the same, 1 is perf dump. Before, both were
+// "unknown command prefix" (the binary request read as an empty command).
+#[test]
+fn ceph_pings_and_binary_requests_are_answered() {
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let path = socket_path("binary");
+    srv.start_admin_socket(&path).expect("admin socket");
+    assert_eq!(ask(&path, br#"{"prefix":"0"}"#), b"2");
+    let binary = |code: u8| {
+        let mut s = UnixStream::connect(&path).expect("connect");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        s.write_all(&[0, 0, 0, code]).expect("write");
+        read_answer(&mut s).expect("answer")
+    };
+    assert_eq!(binary(0), b"2");
+    let perf: serde_json::Value = serde_json::from_slice(&binary(1)).expect("json");
+    assert!(perf.get("AsyncMessenger::Worker-0").is_some(), "{perf}");
+    srv.shutdown();
+}
+
 /// A started messenger on `workers` workers of its own, shareable with them.
 fn started_messenger(workers: usize) -> std::sync::Arc<messenger::Messenger> {
     let name = protocol::types::EntityName::new(EntityType::OSD, 0);
