@@ -3,9 +3,14 @@
 //!
 //! Protocol (what `ceph --admin-daemon PATH …` speaks): the client connects, sends a
 //! command — JSON such as `{"prefix": "perf dump"}`, or plain text from old clients —
-//! terminated by a NUL byte; the server answers with a `u32` big-endian length and that
-//! many bytes, then closes. The CLI first asks for `get_command_descriptions` and checks
-//! its command against the returned signatures.
+//! terminated by a NUL byte (what the CLI sends) or a newline (what a person typing into
+//! `nc -U` sends), as Ceph's `AdminSocket::do_accept` ends it at either; bytes after the
+//! terminator are never looked at. The server answers with a `u32` big-endian length and
+//! that many bytes, then closes. The CLI first asks for `get_command_descriptions` and
+//! checks its command against the returned signatures. A first byte NUL is Ceph's first
+//! protocol, still read by its `do_accept`: a big-endian `u32` request code (0: the
+//! protocol version, which Ceph's `AdminSocketClient::ping` also asks for as `"0"`;
+//! 1: `perfcounters_dump`; 2: `perfcounters_schema`), answered in the same framing.
 //!
 //! An accept that fails for want of descriptors or memory (EMFILE, ENFILE, …) leaves the
 //! client queued, and the listener's edge-triggered readiness will not report it again:
@@ -18,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_channel::Receiver;
 use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, TimerTarget};
 use mio::net::{UnixListener, UnixStream};
 use mio::Interest;
@@ -46,19 +52,51 @@ pub const ADMIN_MAX_CLIENTS: usize = 16;
 /// A running admin socket; `stop` closes it and removes the socket file.
 pub(crate) struct AdminSocket {
     center: CenterHandle,
-    id: HandlerId,
+    listening: Listening,
     path: PathBuf,
+}
+
+/// Where the listener's registration on its worker stands.
+enum Listening {
+    /// Registered: the listener's handler.
+    On(HandlerId),
+    /// Posted by a worker thread, which must not wait for it: the registration's outcome,
+    /// in by the time anything posted to the same center after it runs there (the
+    /// center's queue is one FIFO).
+    Posted(Receiver<io::Result<HandlerId>>),
+}
+
+impl Listening {
+    /// The listener's handler, on its worker; `None` if the registration failed or never
+    /// ran (the center stopped).
+    fn id(self) -> Option<HandlerId> {
+        match self {
+            Listening::On(id) => Some(id),
+            Listening::Posted(outcome) => outcome.try_recv().ok().and_then(Result::ok),
+        }
+    }
 }
 
 impl AdminSocket {
     /// Serves at `path`. `replacing_ours`: the file there is this messenger's own admin
     /// socket, which the new one replaces.
+    ///
+    /// From any thread. Off the workers it waits for the listener's registration on
+    /// `center` and returns its error. On a worker (a dispatcher's `ms_fast_dispatch`, a
+    /// timer) it must not wait: not for its own center, which runs the registration only
+    /// once the caller returns, nor for another, which may be waiting for this one. The
+    /// registration is posted, and a failure of it (the poll's: out of memory) is
+    /// logged, not returned.
     pub(crate) fn start(
         path: &Path,
         env: Arc<Env>,
         center: &CenterHandle,
         replacing_ours: bool,
     ) -> io::Result<Self> {
+        // Before the file is touched: a center that stopped would take no listener.
+        if center.is_stopping() {
+            return Err(io::Error::other("admin socket: the worker stopped"));
+        }
         // A socket that answers is another daemon's (or messenger's): unlinked, it would
         // be unreachable, and its file removed when we stop. Ceph refuses it too, and
         // unlinks only a stale file from a previous run, which would make bind fail.
@@ -70,21 +108,49 @@ impl AdminSocket {
         }
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
-        let id = center
-            .submit_to(move |cx: &mut Context<'_>| {
-                cx.register(listener, Interest::READABLE, |_, listener| {
-                    Box::new(AdminListener {
-                        listener,
-                        env,
-                        clients: Arc::default(),
-                        paused: Pause::default(),
-                        pauses: PauseLog::default(),
-                    })
+        let wait = !event_center::on_a_worker();
+        let (tx, outcome) = crossbeam_channel::bounded(1);
+        let shown = path.to_path_buf();
+        let posted = center.dispatch_event_external(move |cx: &mut Context<'_>| {
+            let registered = cx.register(listener, Interest::READABLE, |_, listener| {
+                Box::new(AdminListener {
+                    listener,
+                    env,
+                    clients: Arc::default(),
+                    paused: Pause::default(),
+                    pauses: PauseLog::default(),
                 })
-            })
-            .map_err(|e| io::Error::other(format!("admin socket: {e}")))??;
+            });
+            match &registered {
+                Err(e) if !wait => {
+                    log::warn!(target: "msgr::admin", "admin socket on {}: not served: {e}", shown.display());
+                }
+                _ => {}
+            }
+            let _ = tx.send(registered);
+        });
+        if let Err(e) = posted {
+            return Err(Self::unserved(path, io::Error::other(e)));
+        }
+        let listening = if wait {
+            match outcome.recv() {
+                Ok(Ok(id)) => Listening::On(id),
+                Ok(Err(e)) => return Err(Self::unserved(path, e)),
+                // Dropped unrun: the center stopped meanwhile.
+                Err(_) => return Err(Self::unserved(path, io::Error::other("the worker stopped"))),
+            }
+        } else {
+            Listening::Posted(outcome)
+        };
         log::info!(target: "msgr::admin", "admin socket on {}", path.display());
-        Ok(AdminSocket { center: center.clone(), id, path: path.to_path_buf() })
+        Ok(AdminSocket { center: center.clone(), listening, path: path.to_path_buf() })
+    }
+
+    /// The listener bound at `path` will not be served: its file goes (as Ceph's
+    /// `bind_and_listen` unlinks it when `listen` fails).
+    fn unserved(path: &Path, e: io::Error) -> io::Error {
+        let _ = std::fs::remove_file(path);
+        io::Error::new(e.kind(), format!("admin socket: {e}"))
     }
 
     pub(crate) fn stop(self) {
@@ -94,11 +160,15 @@ impl AdminSocket {
     }
 
     /// Stops serving but leaves the socket file: another admin socket was bound at the
-    /// same path since (binding replaced the file).
+    /// same path since (binding replaced the file). Posted, never waited for, so it may
+    /// be called on a worker; it runs after the registration, posted to the same center
+    /// before it.
     pub(crate) fn stop_keeping_file(self) {
-        let id = self.id;
+        let listening = self.listening;
         let _ = self.center.dispatch_event_external(move |cx: &mut Context<'_>| {
-            cx.remove(id);
+            if let Some(id) = listening.id() {
+                cx.remove(id);
+            }
         });
     }
 
@@ -200,12 +270,19 @@ impl Handler for AdminListener {
 }
 
 /// The admin socket's command framing, without the socket: a command is the bytes up to
-/// a NUL terminator, or up to the end of the stream (old clients send none), at most
-/// 64 KiB of them. Public so that it can be fuzzed; a daemon has no use for it.
+/// the first NUL or newline (Ceph's "null or \n terminated string"), or up to the end of
+/// the stream (old clients send no terminator), at most 64 KiB of them; or, when the first
+/// byte is a NUL, a request of the binary protocol, four bytes. Public so that it can be
+/// fuzzed; a daemon has no use for it.
 #[derive(Debug, Default)]
 pub struct CommandReader {
+    /// What arrived of the command so far. Starts with a NUL only for a binary request
+    /// (a command ends at its first NUL), and then holds at most its four bytes.
     input: Vec<u8>,
 }
+
+/// The length of a binary request: a big-endian `u32` (whose first byte, 0, marks it).
+const BINARY_REQUEST: usize = 4;
 
 /// A command longer than the admin socket accepts: the connection is dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,10 +300,16 @@ impl CommandReader {
     /// The longest command accepted, in bytes.
     pub const MAX: usize = MAX_COMMAND;
 
-    /// Bytes read from the client: the command once its NUL arrived (bytes after it are
-    /// ignored), `None` while incomplete.
+    /// Bytes read from the client: the command once its terminator (a NUL or a newline)
+    /// arrived, without it, and with the bytes after it ignored (Ceph reads none of
+    /// them); `None` while incomplete. A binary request, once its four bytes arrived,
+    /// becomes the JSON command Ceph turns it into (`{"prefix": "0"}` for code 0, …).
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>, CommandTooLong> {
-        let (part, complete) = match bytes.iter().position(|&b| b == 0) {
+        let first = self.input.first().or(bytes.first());
+        if first == Some(&0) {
+            return Ok(self.feed_binary(bytes));
+        }
+        let (part, complete) = match bytes.iter().position(|&b| b == 0 || b == b'\n') {
             Some(end) => (bytes.get(..end).unwrap_or_default(), true),
             None => (bytes, false),
         };
@@ -237,9 +320,27 @@ impl CommandReader {
         Ok(complete.then(|| std::mem::take(&mut self.input)))
     }
 
-    /// The client closed its side: what arrived is the command.
-    pub fn finish(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.input)
+    /// The client closed its side: what arrived is the command; `None` for a binary
+    /// request cut short, which Ceph closes unanswered.
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        let input = std::mem::take(&mut self.input);
+        (input.first() != Some(&0)).then_some(input)
+    }
+
+    /// Ceph's `do_accept` for a first byte NUL: four bytes, of which the last picks the
+    /// command (the two between are not looked at).
+    fn feed_binary(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let wanted = BINARY_REQUEST.saturating_sub(self.input.len()).min(bytes.len());
+        self.input.extend_from_slice(bytes.get(..wanted).unwrap_or_default());
+        let code = *self.input.get(BINARY_REQUEST - 1)?;
+        self.input.clear();
+        let prefix = match code {
+            0 => "0",
+            1 => "perfcounters_dump",
+            2 => "perfcounters_schema",
+            _ => "foo",
+        };
+        Some(json!({ "prefix": prefix }).to_string().into_bytes())
     }
 }
 
@@ -255,7 +356,7 @@ pub fn parse_command(command: &[u8]) -> Value {
     }
 }
 
-/// One admin client: read a command up to its NUL, answer, close.
+/// One admin client: read a command up to its terminator, answer, close.
 struct AdminConn {
     stream: UnixStream,
     env: Arc<Env>,
@@ -285,12 +386,20 @@ impl AdminConn {
         cx.remove(id);
     }
 
-    /// Reads until the NUL terminator (or EOF); returns the command once complete.
+    /// Reads until the terminator (or EOF); returns the command once complete.
     fn read_command(&mut self) -> io::Result<Option<Vec<u8>>> {
         let mut chunk = [0u8; 4096];
         loop {
             match self.stream.read(&mut chunk) {
-                Ok(0) => return Ok(Some(self.reader.finish())),
+                Ok(0) => {
+                    return match self.reader.finish() {
+                        Some(command) => Ok(Some(command)),
+                        None => Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "binary request cut short",
+                        )),
+                    };
+                }
                 Ok(n) => match self.reader.feed(chunk.get(..n).unwrap_or_default()) {
                     Ok(Some(command)) => return Ok(Some(command)),
                     Ok(None) => {}
@@ -361,7 +470,9 @@ impl Handler for AdminConn {
     }
 }
 
-/// The commands we serve, in the shape of Ceph's `get_command_descriptions` table.
+/// The commands we serve, in the shape of Ceph's `get_command_descriptions` table. Not
+/// listed: `0` and `perfcounters_dump` (an alias of `perf dump`), which Ceph registers
+/// without help, so that its `help` omits them; `perfcounters_schema` is not served.
 fn command_table() -> Value {
     json!({
         "cmd000": {"sig": ["get_command_descriptions"], "help": "list available commands"},
@@ -403,7 +514,11 @@ fn answer(env: &Env, command: &[u8]) -> Vec<u8> {
             }
             pretty(&Value::Object(help))
         }
-        "perf dump" => {
+        // The admin socket's protocol version (Ceph's CEPH_ADMIN_SOCK_VERSION): a Ceph
+        // daemon about to bind our path pings with it, and takes any answer longer than
+        // one byte for a stale socket to unlink.
+        "0" => b"2".to_vec(),
+        "perf dump" | "perfcounters_dump" => {
             let all = env.perf_dump();
             match parsed.get("logger").and_then(Value::as_str) {
                 Some(logger) => match all.get(logger) {
@@ -427,5 +542,54 @@ fn answer(env: &Env, command: &[u8]) -> Vec<u8> {
         other => {
             format!("ERROR: (22) Invalid argument\nunknown command prefix {other}\n").into_bytes()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Ceph's do_accept: "new protocol: null or \n terminated string".
+    #[test]
+    fn a_command_ends_at_a_newline_as_at_a_nul() {
+        for terminated in [&b"{\"prefix\": \"version\"}\n"[..], b"{\"prefix\": \"version\"}\0"] {
+            let mut r = CommandReader::default();
+            assert_eq!(r.feed(&terminated[..5]), Ok(None));
+            let command = r.feed(&terminated[5..]).expect("short").expect("complete");
+            assert_eq!(command, b"{\"prefix\": \"version\"}");
+        }
+        // What follows the first terminator is not part of the command (Ceph reads none
+        // of it), whichever terminator comes first.
+        let mut r = CommandReader::default();
+        assert_eq!(r.feed(b"version\nperf dump\0"), Ok(Some(b"version".to_vec())));
+        let mut r = CommandReader::default();
+        assert_eq!(r.feed(b"version\0perf dump\n"), Ok(Some(b"version".to_vec())));
+        // A client that closes without a terminator: what arrived is the command.
+        let mut r = CommandReader::default();
+        assert_eq!(r.feed(b"version"), Ok(None));
+        assert_eq!(r.finish(), Some(b"version".to_vec()));
+    }
+
+    // Ceph's do_accept, "old protocol: __be32": a first byte NUL, then three more, the
+    // last of which picks the command; what follows is not read.
+    #[test]
+    fn a_first_byte_nul_is_a_binary_request() {
+        for (code, prefix) in [(0, "0"), (1, "perfcounters_dump"), (2, "perfcounters_schema")] {
+            let mut r = CommandReader::default();
+            assert_eq!(r.feed(&[0]), Ok(None));
+            assert_eq!(r.feed(&[0, 0]), Ok(None));
+            let command = r.feed(&[code, b'x', 0]).expect("short").expect("complete");
+            assert_eq!(parse_command(&command)["prefix"], prefix);
+        }
+        let mut r = CommandReader::default();
+        let command = r.feed(&[0, 7, 7, 9]).expect("short").expect("complete");
+        assert_eq!(parse_command(&command)["prefix"], "foo");
+        // Cut short: Ceph closes without an answer.
+        let mut r = CommandReader::default();
+        assert_eq!(r.feed(&[0, 0]), Ok(None));
+        assert_eq!(r.finish(), None);
+        // A NUL later on ends a command as before.
+        let mut r = CommandReader::default();
+        assert_eq!(r.feed(b"v\0\0\0\0"), Ok(Some(b"v".to_vec())));
     }
 }

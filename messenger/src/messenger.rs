@@ -440,7 +440,16 @@ impl Messenger {
     /// The socket file is removed when the messenger shuts down. A socket at `path` that
     /// answers (another daemon's) is left alone: `AlreadyExists`; a stale file is
     /// replaced.
+    ///
+    /// From any thread, a worker's included (`ms_fast_dispatch`, a timer): there it does
+    /// not wait for the listener's registration on its worker (which may be the caller's
+    /// own, or one waiting for it) but posts it, so a failure of that registration (the
+    /// poll's, out of memory) is logged instead of returned.
     pub fn start_admin_socket(&self, path: &std::path::Path) -> io::Result<()> {
+        // Before the file at `path` is touched.
+        if self.env.sessions.is_stopping() {
+            return Err(io::Error::other("messenger shut down"));
+        }
         let worker = self.pool.least_loaded().clone();
         let ours = self.admin.lock().as_ref().is_some_and(|a| a.path() == path);
         let admin = AdminSocket::start(path, self.env.clone(), &worker, ours)?;

@@ -25,11 +25,38 @@ fn ask(path: &Path, command: &[u8]) -> Vec<u8> {
     s.set_read_timeout(Some(WAIT)).expect("timeout");
     s.write_all(command).expect("write");
     s.write_all(&[0]).expect("write NUL");
+    read_answer(&mut s).expect("answer")
+}
+
+/// The answer on `s`: a u32 big-endian length and that many bytes.
+fn read_answer(s: &mut UnixStream) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
-    s.read_exact(&mut len).expect("length");
+    s.read_exact(&mut len)?;
     let mut out = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut out).expect("answer");
-    out
+    s.read_exact(&mut out)?;
+    Ok(out)
+}
+
+// Ceph's AdminSocket::do_accept ends a command at a newline as at a NUL ("null or \n
+// terminated string"), and reads nothing after it: a client that writes
+// `{"prefix": "version"}\n` and keeps its write side open (`nc -U`, a script) is answered
+// at once. Before, only a NUL or the client's EOF ended a command: it waited out
+// ADMIN_CLIENT_DEADLINE and was closed unanswered.
+#[test]
+fn a_newline_terminated_command_is_answered_while_the_client_keeps_writing_side_open() {
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let path = socket_path("newline");
+    srv.start_admin_socket(&path).expect("admin socket");
+    let mut s = UnixStream::connect(&path).expect("connect");
+    // Well below the deadline at which an unanswered client is closed.
+    s.set_read_timeout(Some(messenger::ADMIN_CLIENT_DEADLINE / 5)).expect("timeout");
+    // A second command after the newline is not read: the first is answered.
+    s.write_all(b"{\"prefix\": \"version\"}\n{\"prefix\": \"messenger dump\"}\n").expect("write");
+    let answer = read_answer(&mut s).expect("an answer well before the deadline");
+    let version: serde_json::Value = serde_json::from_slice(&answer).expect("json");
+    assert_eq!(version["release"], "asyncmsgr", "{version}");
+    drop(s);
+    srv.shutdown();
 }
 
 #[test]
@@ -239,4 +266,122 @@ fn a_second_admin_socket_replaces_the_first() {
     assert_eq!(version(&second)["release"], "asyncmsgr", "the running one stays");
     srv.shutdown();
     assert!(!second.exists(), "shutdown removes the file");
+}
+
+// Ceph's AdminSocketClient::ping asks for `{"prefix":"0"}` and takes a one-byte answer
+// (CEPH_ADMIN_SOCK_VERSION) for a live socket: a Ceph daemon about to bind our path
+// unlinks it otherwise. Ceph's do_accept still reads its binary protocol (a first byte
+// NUL, a big-endian u32 code): 0 asks the same, 1 is perf dump. Before, both were
+// "unknown command prefix" (the binary request read as an empty command).
+#[test]
+fn ceph_pings_and_binary_requests_are_answered() {
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let path = socket_path("binary");
+    srv.start_admin_socket(&path).expect("admin socket");
+    assert_eq!(ask(&path, br#"{"prefix":"0"}"#), b"2");
+    let binary = |code: u8| {
+        let mut s = UnixStream::connect(&path).expect("connect");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        s.write_all(&[0, 0, 0, code]).expect("write");
+        read_answer(&mut s).expect("answer")
+    };
+    assert_eq!(binary(0), b"2");
+    let perf: serde_json::Value = serde_json::from_slice(&binary(1)).expect("json");
+    assert!(perf.get("AsyncMessenger::Worker-0").is_some(), "{perf}");
+    srv.shutdown();
+}
+
+/// A started messenger on `workers` workers of its own, shareable with them.
+fn started_messenger(workers: usize) -> std::sync::Arc<messenger::Messenger> {
+    let name = protocol::types::EntityName::new(EntityType::OSD, 0);
+    let m = messenger::Messenger::new(name, 1, test_config(workers)).expect("messenger");
+    m.start().expect("start");
+    std::sync::Arc::new(m)
+}
+
+/// Runs `call` on worker `worker` of `m`'s pool, from a timer's closure (`via_timer`) or
+/// an external event, and returns what it returned.
+fn on_worker<R: Send + 'static>(
+    m: &std::sync::Arc<messenger::Messenger>,
+    worker: usize,
+    via_timer: bool,
+    call: impl FnOnce(&messenger::Messenger) -> R + Send + 'static,
+) -> R {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let m2 = m.clone();
+    let run = move |_: &mut event_center::Context<'_>| {
+        let _ = tx.send(call(&m2));
+    };
+    let center = m.pool().handle(worker);
+    let posted = if via_timer {
+        center.dispatch_event_external(move |cx| {
+            cx.create_time_event(Duration::ZERO, event_center::TimerTarget::Fn(Box::new(run)));
+        })
+    } else {
+        center.dispatch_event_external(run)
+    };
+    posted.expect("worker running");
+    rx.recv_timeout(WAIT).expect("the call on the worker returned")
+}
+
+// start_admin_socket from a worker (a timer, an ms_fast_dispatch) works as from any
+// thread, as Ceph users expect, here on a one-worker messenger whose admin socket goes on
+// that very worker. Before, it waited for the registration on that worker (submit_to:
+// OnOwnThread) and failed after binding: the path held a dead socket, and when it was
+// the running admin socket's path, that one was unreachable.
+#[test]
+fn start_admin_socket_from_the_messengers_own_worker() {
+    let m = started_messenger(1);
+    let version = |path: &Path| -> serde_json::Value {
+        serde_json::from_slice(&ask(path, br#"{"prefix": "version"}"#)).expect("json")
+    };
+    let first = socket_path("own-worker-a");
+    let served = first.clone();
+    on_worker(&m, 0, true, move |m| m.start_admin_socket(&served)).expect("a new path");
+    assert_eq!(version(&first)["release"], "asyncmsgr");
+    let again = first.clone();
+    on_worker(&m, 0, false, move |m| m.start_admin_socket(&again)).expect("the served path");
+    assert_eq!(version(&first)["release"], "asyncmsgr", "the served path answers still");
+    let second = socket_path("own-worker-b");
+    let other = second.clone();
+    on_worker(&m, 0, false, move |m| m.start_admin_socket(&other)).expect("another new path");
+    assert_eq!(version(&second)["release"], "asyncmsgr");
+    assert!(!first.exists(), "the first socket's file is gone");
+    m.shutdown();
+    assert!(!second.exists(), "shutdown removes the file");
+}
+
+// start_admin_socket on one worker while the worker the socket goes on is busy waiting
+// for that call: it returns without waiting for that worker. Before, it blocked in
+// submit_to until the other worker ran the registration; two workers doing so at once
+// deadlocked.
+#[test]
+fn start_admin_socket_on_a_worker_does_not_wait_for_another() {
+    let m = started_messenger(2);
+    let target = m.pool().least_loaded().id();
+    let caller = 1 - target;
+    let (release, released) = crossbeam_channel::bounded::<()>(1);
+    let (blocked, is_blocked) = crossbeam_channel::bounded(1);
+    m.pool()
+        .handle(target)
+        .dispatch_event_external(move |_| {
+            let _ = blocked.send(());
+            let _ = released.recv_timeout(WAIT);
+        })
+        .expect("worker running");
+    is_blocked.recv_timeout(WAIT).expect("the target worker is blocked");
+    let path = socket_path("other-worker");
+    let served = path.clone();
+    let (started, while_blocked) = on_worker(&m, caller, false, move |m| {
+        let started = m.start_admin_socket(&served);
+        // Fails once the target worker gave up waiting: the call waited for it.
+        (started, release.send(()).is_ok())
+    });
+    started.expect("admin socket");
+    assert!(while_blocked, "start_admin_socket waited for the busy worker");
+    let v: serde_json::Value =
+        serde_json::from_slice(&ask(&path, br#"{"prefix": "version"}"#)).expect("json");
+    assert_eq!(v["release"], "asyncmsgr");
+    m.shutdown();
+    assert!(!path.exists(), "shutdown removes the file");
 }
