@@ -657,20 +657,29 @@ fn acceptor_features_reply_reveals_required_set() {
     assert_eq!((r.tag, r.features), (Tag::FEATURES, Features::REQUIRED_DEFAULT));
 }
 
-// An authorizer goes to the messenger; a rejection answers BADAUTHORIZER.
+// An authorizer goes to the messenger; a rejection answers BADAUTHORIZER. An auth-none
+// one names the peer once accepted; auth-none bytes that do not decode are refused
+// without asking (Ceph's auth-none handler refuses them).
 #[test]
 fn acceptor_authorizer_verdict() {
+    let name = AuthEntityName::new(EntityType::MON, "b");
+    let auth = protocol::auth::AuthorizerClient::bytes(&protocol::auth::AuthNoneAuthorizer::new(
+        &name, 4107,
+    ));
     let (mut a, now, _) = acceptor();
-    a.handle_bytes(now, connect_bytes(Features::PACIFIC_ADVERTISED, 13, 0, b"auth"));
+    a.handle_bytes(now, connect_bytes(Features::PACIFIC_ADVERTISED, 13, 0, &auth[..7]));
+    assert!(events(&mut a).is_empty(), "nothing to ask about");
+    assert_eq!(reply_of(&drain(&mut a)).tag, Tag::BADAUTHORIZER);
+    a.handle_bytes(now, connect_bytes(Features::PACIFIC_ADVERTISED, 13, 0, &auth));
     match events(&mut a).pop() {
         Some(Event::VerifyAuthorizer { peer_type, protocol, authorizer }) => {
-            assert_eq!((peer_type, protocol, &authorizer[..]), (EntityType::MON, 1, &b"auth"[..]));
+            assert_eq!((peer_type, protocol, &authorizer[..]), (EntityType::MON, 1, &auth[..]));
         }
         other => panic!("{other:?}"),
     }
     a.handle_authorizer_verdict(now, AuthVerdict::Reject);
     assert_eq!(reply_of(&drain(&mut a)).tag, Tag::BADAUTHORIZER);
-    a.handle_bytes(now, connect_bytes(Features::PACIFIC_ADVERTISED, 13, 0, b"auth"));
+    a.handle_bytes(now, connect_bytes(Features::PACIFIC_ADVERTISED, 13, 0, &auth));
     events(&mut a);
     a.handle_authorizer_verdict(now, AuthVerdict::Accept { reply: Bytes::from_static(b"ok") });
     accept_request(&mut a);
@@ -679,6 +688,8 @@ fn acceptor_authorizer_verdict() {
     let r = reply_of(&out);
     assert_eq!((r.tag, r.authorizer_len), (Tag::SEQ, 2));
     assert_eq!(&out[26..28], b"ok");
+    let peer = a.peer_auth().expect("the authorizer named the peer");
+    assert_eq!((&peer.name, peer.global_id), (&name, 4107));
 }
 
 // Every non-final decision becomes its reply tag, and the socket stays for a retry.
