@@ -22,8 +22,10 @@
 //!
 //! The connection secret is Ceph's length for the mode (`AuthConnectionMeta::
 //! get_connection_secret_length`): 64 random bytes in secure mode, none in crc mode.
-//! Every refusal is AUTH_BAD_METHOD with `-EACCES`, an authorizer's whatever failed, as a
-//! 16.2.15 daemon answers (a malformed monitor-mode request `-EINVAL`); the connector
+//! Every refusal is AUTH_BAD_METHOD with `-EACCES`, as a 16.2.15 daemon or monitor
+//! answers: an authorizer's whatever failed, an empty payload, an auth mode we do not
+//! serve (a monitor-mode request to a daemon among them) or a monitor-mode request that
+//! does not decode (a later monitor-mode round answers its error's errno); the connector
 //! may then try another method.
 
 use std::sync::atomic::Ordering;
@@ -47,7 +49,7 @@ use crate::types::{AuthEntityName, EntityType, AUTH_CEPHX};
 use super::authorizer::{Authorizer, AuthorizerVerdict, AuthorizerVerifier};
 use super::client::{CephxClient, ClientConfig};
 use super::provider::{Shared, TicketSource, TicketStore, TICKET_SERVICES};
-use super::server::ServerSession;
+use super::server::{KeyServer, ServerSession};
 
 const LOG: &str = "msgr::auth";
 
@@ -259,17 +261,19 @@ impl CephxV2Server {
         secret
     }
 
-    /// AUTH_REQUEST in AUTH_MODE_MON: `{mode, name, global_id}` → the server challenge.
-    fn start_mon(&mut self, payload: &[u8]) -> std::result::Result<AuthStep, AuthError> {
-        let server = self
-            .shared
-            .key_server
-            .clone()
-            .ok_or(AuthError::Misuse("monitor-mode auth but we are no key server"))?;
+    /// AUTH_REQUEST in AUTH_MODE_MON to a key server: `{mode, name, global_id}` → the
+    /// server challenge. A request that does not decode is refused with `-EACCES`, as
+    /// Ceph's `Monitor::handle_auth_request` refuses it.
+    fn start_mon(
+        &mut self,
+        server: Arc<KeyServer>,
+        payload: &[u8],
+    ) -> std::result::Result<AuthStep, AuthError> {
         let mut d = Decoder::new(payload);
-        let _mode = d.u8()?;
-        let name = AuthEntityName::decode(&mut d)?;
-        let global_id = d.u64()?;
+        let decoded = (|| Ok::<_, Error>((d.u8()?, AuthEntityName::decode(&mut d)?, d.u64()?)))();
+        let Ok((_mode, name, global_id)) = decoded else {
+            return Ok(self.refuse("monitor-mode request does not decode"));
+        };
         let counter = self.shared.next_global_id.clone();
         let mut session = ServerSession::New;
         let (challenge, global_id) =
@@ -368,14 +372,29 @@ impl CephxV2Server {
         }
         // A new AUTH_REQUEST starts over (the connector may retry after a refusal).
         self.exchange = Exchange::Fresh;
-        match payload.first().copied() {
-            Some(m) if (AUTH_MODE_MON..=AUTH_MODE_MON_MAX).contains(&m) => self.start_mon(payload),
-            Some(m) if (AUTH_MODE_AUTHORIZER..AUTH_MODE_MON).contains(&m) => {
-                self.exchange = Exchange::Authorizer(AuthorizerVerifier::new());
-                self.authorize(now, mode, payload)
-            }
-            _ => Err(AuthError::Malformed("unknown msgr2 auth mode")),
+        let auth_mode = payload.first().copied().unwrap_or_default();
+        if (AUTH_MODE_AUTHORIZER..AUTH_MODE_MON).contains(&auth_mode) {
+            self.exchange = Exchange::Authorizer(AuthorizerVerifier::new());
+            return self.authorize(now, mode, payload);
         }
+        match self.shared.key_server.clone() {
+            Some(server) if (AUTH_MODE_MON..=AUTH_MODE_MON_MAX).contains(&auth_mode) => {
+                self.start_mon(server, payload)
+            }
+            // An empty payload, a mode no one serves, or a monitor-mode request to a
+            // daemon: Ceph's MonClient::handle_auth_request (a daemon's) and
+            // Monitor::handle_auth_request refuse each with -EACCES before looking
+            // further (it answered -EINVAL).
+            Some(_) => Ok(self.refuse("no monitor or authorizer auth mode")),
+            None => Ok(self.refuse("no authorizer auth mode (we are no monitor)")),
+        }
+    }
+
+    /// A request refused before any cephx work: `-EACCES`, whatever was wrong with it.
+    fn refuse(&mut self, why: &str) -> AuthStep {
+        log::info!(target: LOG, "cephx over msgr2 from a {} refused: {why}", self.peer_type.name());
+        self.exchange = Exchange::Fresh;
+        AuthStep::Reject { result: EACCES }
     }
 }
 

@@ -53,6 +53,25 @@ fn cluster(seed: u64, start: Instant) -> Cluster {
     Cluster { server: Arc::new(server), admin, clock: WallClock::anchored(start, WALL0) }
 }
 
+/// `ty.id`'s cephx provider with Ceph's defaults on `c`'s clock.
+fn provider(c: &Cluster, ty: EntityType, id: &str, seed: u64) -> CephxProvider {
+    CephxProvider::new(
+        AuthEntityName::new(ty, id),
+        AuthConfig::ceph_defaults(),
+        c.clock,
+        rng_source(seed),
+    )
+}
+
+/// The cluster's OSD rotating secrets, as an OSD holds them.
+fn osd_keys(c: &Cluster) -> Arc<SharedKeyStore> {
+    let keys = RotatingKeyStore::new(
+        EntityType::OSD,
+        c.server.rotating(EntityType::OSD).cloned().unwrap_or_default(),
+    );
+    Arc::new(SharedKeyStore::new(keys))
+}
+
 /// Node `num`'s configuration as `ty.num` with `auth`.
 fn config(ty: EntityType, num: i64, auth: Arc<dyn AuthProvider>) -> Config {
     let mut c = node_config(ProtocolVersion::V2, num, 6789 + num as u16, num as u32 + 1);
@@ -101,13 +120,7 @@ fn client_and_monitor(
         rng_source(100),
     )
     .with_monitor_key(admin, store.clone());
-    let mon = CephxProvider::new(
-        AuthEntityName::new(EntityType::MON, "0"),
-        AuthConfig::ceph_defaults(),
-        c.clock,
-        rng_source(200),
-    )
-    .with_key_server(c.server.clone());
+    let mon = provider(c, EntityType::MON, "0", 200).with_key_server(c.server.clone());
     (to_monitor(c, Arc::new(client), Arc::new(mon)), store)
 }
 
@@ -146,17 +159,13 @@ fn osd_pair_with(
         rng_source(300),
     )
     .with_tickets(tickets);
-    let keys = RotatingKeyStore::new(
-        EntityType::OSD,
-        c.server.rotating(EntityType::OSD).cloned().unwrap_or_default(),
-    );
     let acceptor = CephxProvider::new(
         AuthEntityName::new(EntityType::OSD, "1"),
         acceptor_config,
         c.clock,
         rng_source(400),
     )
-    .with_keys(Arc::new(SharedKeyStore::new(keys)));
+    .with_keys(osd_keys(c));
     Pair::with_configs(
         c.clock.anchor(),
         ProtocolVersion::V2,
@@ -256,20 +265,9 @@ fn wrong_key_is_refused_with_eacces() {
     assert!(store.ticket(EntityType::OSD).is_none());
 
     // The same exchange through the handlers: the answer is -EACCES.
-    let client = CephxProvider::new(
-        AuthEntityName::new(EntityType::CLIENT, "admin"),
-        AuthConfig::ceph_defaults(),
-        c.clock,
-        rng_source(5),
-    )
-    .with_monitor_key(wrong, Arc::new(TicketStore::default()));
-    let mon = CephxProvider::new(
-        AuthEntityName::new(EntityType::MON, "0"),
-        AuthConfig::ceph_defaults(),
-        c.clock,
-        rng_source(6),
-    )
-    .with_key_server(c.server.clone());
+    let client = provider(&c, EntityType::CLIENT, "admin", 5)
+        .with_monitor_key(wrong, Arc::new(TicketStore::default()));
+    let mon = provider(&c, EntityType::MON, "0", 6).with_key_server(c.server.clone());
     let mut cl = client.client(EntityType::MON, AUTH_CEPHX).unwrap();
     let mut sv = mon.server(EntityType::CLIENT, AUTH_CEPHX).unwrap();
     let req = cl.build_request().unwrap();
@@ -305,13 +303,7 @@ fn bad_or_expired_authorizer_is_refused() {
     assert!(p.nodes[1].received.is_empty());
 
     let good = c.server.service_ticket(&name, 4300, EntityType::OSD, WALL0, &mut rng).unwrap();
-    let osd1 = CephxProvider::new(
-        AuthEntityName::new(EntityType::OSD, "1"),
-        AuthConfig::ceph_defaults(),
-        c.clock,
-        rng_source(8),
-    )
-    .with_key_server(c.server.clone());
+    let osd1 = provider(&c, EntityType::OSD, "1", 8).with_key_server(c.server.clone());
     let authorizer = Authorizer::new(4300, &good, &mut rng);
     let mut sv = osd1.server(EntityType::OSD, AUTH_CEPHX).unwrap();
     let late = start + AuthConfig::ceph_defaults().auth_service_ticket_ttl + Duration::from_secs(1);
@@ -341,6 +333,33 @@ fn bad_or_expired_authorizer_is_refused() {
     let mut sv = osd1.server(EntityType::OSD, AUTH_CEPHX).unwrap();
     let step = sv.handle_request(start, ConMode::CRC, false, authorizer.bytes());
     assert!(matches!(step, AuthStep::More(_)), "{step:?}");
+}
+
+// An AUTH_REQUEST no auth server serves is refused with -EACCES, as Ceph's daemons
+// (MonClient::handle_auth_request) and monitors (Monitor::handle_auth_request) answer:
+// an empty payload, an unknown auth mode, a monitor-mode request to a daemon, and (to a
+// monitor) a monitor-mode request that does not decode.
+#[test]
+fn auth_requests_in_no_served_mode_are_refused_with_eacces() {
+    let start = Instant::now();
+    let c = cluster(10, start);
+    let osd = provider(&c, EntityType::OSD, "1", 11).with_keys(osd_keys(&c));
+    let mon = provider(&c, EntityType::MON, "0", 12).with_key_server(c.server.clone());
+    let client = provider(&c, EntityType::CLIENT, "admin", 13)
+        .with_monitor_key(c.admin.clone(), Arc::new(TicketStore::default()));
+    let mon_request = client.client(EntityType::MON, AUTH_CEPHX).unwrap().build_request().unwrap();
+    let refused = AuthStep::Reject { result: EACCES };
+    let ask = |p: &CephxProvider, payload: &[u8]| {
+        let mut sv = p.server(EntityType::CLIENT, AUTH_CEPHX).unwrap();
+        sv.handle_request(start, ConMode::CRC, false, payload)
+    };
+    for payload in [&[][..], &[42, 0, 0, 0], &[0]] {
+        assert_eq!(ask(&osd, payload), refused, "to a daemon: {payload:?}");
+        assert_eq!(ask(&mon, payload), refused, "to a monitor: {payload:?}");
+    }
+    assert_eq!(ask(&osd, &mon_request), refused, "monitor mode to a daemon");
+    assert_eq!(ask(&mon, &mon_request[..5]), refused, "a truncated monitor-mode request");
+    assert!(matches!(ask(&mon, &mon_request), AuthStep::More(_)), "the whole one is challenged");
 }
 
 // A flipped bit inside the first MESSAGE in secure mode fails its GCM tag: the acceptor
@@ -396,12 +415,7 @@ fn provider_methods_and_modes_follow_the_registry() {
     assert_eq!(keyed.modes(role, EntityType::OSD), [ConMode::CRC, ConMode::SECURE]);
     cfg.set("ms_mon_client_mode", "crc").unwrap();
     assert_eq!(client(cfg).modes(role, EntityType::MON), [ConMode::CRC]);
-    let mon = CephxProvider::new(
-        AuthEntityName::new(EntityType::MON, "a"),
-        AuthConfig::ceph_defaults(),
-        c.clock,
-        rng_source(2),
-    );
+    let mon = provider(&c, EntityType::MON, "a", 2);
     let acc = crate::auth::AuthRole::Acceptor;
     assert!(mon.methods(acc, EntityType::CLIENT).is_empty(), "no keys: nothing to accept");
     let mon = mon.with_key_server(c.server.clone());
@@ -419,20 +433,9 @@ fn hostile_auth_payloads_are_refused_not_panics() {
     use rand::{Rng, SeedableRng};
     let start = Instant::now();
     let c = cluster(8, start);
-    let osd1 = CephxProvider::new(
-        AuthEntityName::new(EntityType::OSD, "1"),
-        AuthConfig::ceph_defaults(),
-        c.clock,
-        rng_source(9),
-    )
-    .with_key_server(c.server.clone());
-    let admin = CephxProvider::new(
-        AuthEntityName::new(EntityType::CLIENT, "admin"),
-        AuthConfig::ceph_defaults(),
-        c.clock,
-        rng_source(10),
-    )
-    .with_monitor_key(c.admin.clone(), Arc::new(TicketStore::default()));
+    let osd1 = provider(&c, EntityType::OSD, "1", 9).with_key_server(c.server.clone());
+    let admin = provider(&c, EntityType::CLIENT, "admin", 10)
+        .with_monitor_key(c.admin.clone(), Arc::new(TicketStore::default()));
     let name = AuthEntityName::new(EntityType::OSD, "0");
     let ticket = c.server.service_ticket(&name, 4500, EntityType::OSD, WALL0, &mut TestRng::new(1));
     let authorizer = Authorizer::new(4500, &ticket.unwrap(), &mut TestRng::new(2));
@@ -480,15 +483,8 @@ fn hostile_auth_payloads_are_refused_not_panics() {
 fn a_new_monitor_connection_reclaims_the_global_id_with_the_old_ticket() {
     let c = cluster(11, Instant::now());
     // One monitor for every connection: its global id counter moves on.
-    let mon: Arc<dyn AuthProvider> = Arc::new(
-        CephxProvider::new(
-            AuthEntityName::new(EntityType::MON, "0"),
-            AuthConfig::ceph_defaults(),
-            c.clock,
-            rng_source(600),
-        )
-        .with_key_server(c.server.clone()),
-    );
+    let mon: Arc<dyn AuthProvider> =
+        Arc::new(provider(&c, EntityType::MON, "0", 600).with_key_server(c.server.clone()));
     let connect = |store: &Arc<TicketStore>, seed: u64| {
         let client = CephxProvider::new(
             AuthEntityName::new(EntityType::CLIENT, "admin"),
