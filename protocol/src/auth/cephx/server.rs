@@ -416,7 +416,11 @@ impl KeyServer {
             }
             opened
         };
-        if reclaim && old.is_none() {
+        // Every request but a new global id's first proves the id with the old ticket:
+        // a reclaim, and a renewal on an authenticated session too (Ceph's
+        // verify_old_ticket asks for it in every state past NEW_PENDING, with the same
+        // allowance for a legacy client where insecure reclaim is allowed).
+        if (reclaim || renewal) && old.is_none() {
             let insecure_ok = req.struct_v < 3 && self.config.auth_allow_insecure_global_id_reclaim;
             if !insecure_ok {
                 return Err(AuthError::BadAuthorizer("global id reclaim without the old ticket"));

@@ -280,40 +280,62 @@ fn reconnect_reclaims_the_global_id_with_the_old_ticket() {
     assert_eq!(p.next_gid, 4101, "no new id was handed out");
 }
 
+// Without the old ticket, a reclaim of a global id and a renewal on an authenticated
+// session are refused -EACCES, but from a legacy client (struct_v < 3) where insecure
+// reclaim is allowed: Ceph's verify_old_ticket asks for the ticket in every state past
+// NEW_PENDING.
 #[test]
-fn reclaim_without_the_old_ticket_is_refused_when_insecure_reclaim_is_off() {
-    for (allow, v, ok) in [(false, 3, false), (true, 3, false), (true, 2, true), (false, 2, false)]
-    {
-        let mut cfg = ceph_config();
-        cfg.auth_allow_insecure_global_id_reclaim = allow;
-        let mut p = Pair::new(18, "client.admin", cfg);
-        let key = p.server_key("client.admin");
-        // Round 1 with a global id to reclaim.
-        let n = crate::messages::AuthNegotiation {
-            methods: vec![2],
-            name: parse_entity_name("client.admin").unwrap(),
-            global_id: 777,
-        };
-        let r1 = p.request(&MAuth::negotiate(&n, 0));
-        assert_eq!((r1.result, r1.global_id), (0, 777));
-        let sc = u64::from_le_bytes(r1.result_bl[1..9].try_into().unwrap());
-        let auth = request::Authenticate {
-            struct_v: v,
-            client_challenge: 5,
-            key: challenge_proof(&key, sc, 5),
-            old_ticket: TicketBlob::default(),
-            other_keys: ServiceMask::AUTH,
-        };
-        let mut e = crate::encoding::Encoder::new();
-        RequestType::GET_AUTH_SESSION_KEY.encode(&mut e);
-        auth.encode(&mut e);
-        let r2 =
-            p.request(&MAuth { protocol: 2, auth_payload: e.into_bytes(), ..MAuth::default() });
-        assert_eq!(r2.result == 0, ok, "allow_insecure {allow}, struct_v {v}: {}", r2.result);
-        if !ok {
-            assert_eq!(r2.result, -13);
+fn reclaim_or_renewal_without_the_old_ticket_is_refused_when_insecure_reclaim_is_off() {
+    for renewal in [false, true] {
+        for (allow, v, ok) in
+            [(false, 3, false), (true, 3, false), (true, 2, true), (false, 2, false)]
+        {
+            let mut cfg = ceph_config();
+            cfg.auth_allow_insecure_global_id_reclaim = allow;
+            let mut p = Pair::new(18, "client.admin", cfg);
+            let key = p.server_key("client.admin");
+            let sc = if renewal {
+                p.new_session();
+                p.drive().unwrap();
+                let ServerSession::Authenticated { server_challenge, .. } = p.session else {
+                    panic!("not authenticated: {:?}", p.session)
+                };
+                server_challenge
+            } else {
+                // Round 1 with a global id to reclaim.
+                let n = crate::messages::AuthNegotiation {
+                    methods: vec![2],
+                    name: parse_entity_name("client.admin").unwrap(),
+                    global_id: 777,
+                };
+                let r1 = p.request(&MAuth::negotiate(&n, 0));
+                assert_eq!((r1.result, r1.global_id), (0, 777));
+                u64::from_le_bytes(r1.result_bl[1..9].try_into().unwrap())
+            };
+            let r2 = p.request(&session_key_request(&key, sc, v, ServiceMask::AUTH));
+            let case = format!("renewal {renewal}, allow_insecure {allow}, struct_v {v}");
+            assert_eq!(r2.result == 0, ok, "{case}: {}", r2.result);
+            if !ok {
+                assert_eq!(r2.result, -13, "{case}");
+            }
         }
     }
+}
+
+/// GET_AUTH_SESSION_KEY (CephXAuthenticate `struct_v`) proving `key` against server
+/// challenge `sc`, without an old ticket, asking for `other_keys`.
+fn session_key_request(key: &CryptoKey, sc: u64, struct_v: u8, other_keys: ServiceMask) -> MAuth {
+    let auth = request::Authenticate {
+        struct_v,
+        client_challenge: 5,
+        key: challenge_proof(key, sc, 5),
+        old_ticket: TicketBlob::default(),
+        other_keys,
+    };
+    let mut e = crate::encoding::Encoder::new();
+    RequestType::GET_AUTH_SESSION_KEY.encode(&mut e);
+    auth.encode(&mut e);
+    MAuth { protocol: 2, auth_payload: e.into_bytes(), ..MAuth::default() }
 }
 
 impl Pair {
@@ -462,17 +484,7 @@ fn service_tickets_need_the_sessions_own_auth_ticket() {
     };
     let r1 = p.request(&MAuth::negotiate(&n, 0));
     let sc = u64::from_le_bytes(r1.result_bl[1..9].try_into().unwrap());
-    let auth = request::Authenticate {
-        struct_v: 3,
-        client_challenge: 9,
-        key: challenge_proof(&key, sc, 9),
-        old_ticket: TicketBlob::default(),
-        other_keys: ServiceMask::NONE,
-    };
-    let mut e = crate::encoding::Encoder::new();
-    RequestType::GET_AUTH_SESSION_KEY.encode(&mut e);
-    auth.encode(&mut e);
-    let r2 = p.request(&MAuth { protocol: 2, auth_payload: e.into_bytes(), ..MAuth::default() });
+    let r2 = p.request(&session_key_request(&key, sc, 3, ServiceMask::NONE));
     assert_eq!(r2.result, 0, "osd.0 authenticates");
     let authorizer = Authorizer::new(gid, &stolen, &mut p.rng);
     let mut e = crate::encoding::Encoder::new();
