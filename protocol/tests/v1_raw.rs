@@ -270,9 +270,13 @@ fn connector_final_refusals() {
 // ticket's). Before, it was refused and closed, and its messages lost.
 #[test]
 fn connector_retries_a_rejected_authorizer_on_a_lossless_session() {
-    let (mut c, now, _) = connector(me(), Policy::lossless_peer());
+    let config = Arc::new(me());
+    let (mut c, now, _) = connector_shared(config.clone(), Policy::lossless_peer());
     c.send_message(Message::new(2, Bytes::new()));
     c.handle_bytes(now, reply(Tag::BADAUTHORIZER, 0, 0, 0));
+    // Counted as refused by the peer, not as an authorizer we rejected.
+    let n = config.counters.values();
+    assert_eq!((n.authorizers_refused_by_peer, n.authorizers_rejected), (1, 0));
     let ev = events(&mut c);
     assert!(!ev.iter().any(|e| matches!(e, Event::Refused | Event::Closed { .. })), "{ev:?}");
     assert!(!c.is_closed());

@@ -592,14 +592,14 @@ fn messages_in_one_read_come_out_as_they_do_byte_by_byte() {
 // Starts the virtual clock from the real one (`Instant` has no other constructor).
 #[allow(clippy::disallowed_methods)]
 fn connector(policy: Policy) -> (Connection, Instant) {
+    connector_with(Arc::new(node_config(1, 6800, 9)), policy)
+}
+
+/// [`connector`] on a config the test keeps (to read its counters).
+#[allow(clippy::disallowed_methods)]
+fn connector_with(config: Arc<protocol::Config>, policy: Policy) -> (Connection, Instant) {
     let now = Instant::now();
-    let mut c = Connection::connect(
-        Arc::new(node_config(1, 6800, 9)),
-        policy,
-        v2_addr(6789, 0),
-        EntityType::MON,
-        now,
-    );
+    let mut c = Connection::connect(config, policy, v2_addr(6789, 0), EntityType::MON, now);
     c.handle_transport_connected(now);
     (c, now)
 }
@@ -679,6 +679,30 @@ fn connector_edges() {
     let ci = ClientIdent::from_segment(&sent[3].segments[0]).unwrap();
     assert!(!ci.is_lossy() && ci.client_cookie != 0);
     assert_eq!(ci.target_addr, v2_addr(6789, 0));
+}
+
+// AUTH_BAD_METHOD refusing our credentials (any result but -EOPNOTSUPP, which says the
+// method or mode is not allowed: negotiation) counts in authorizers_refused_by_peer, not
+// in authorizers_rejected (what we refused of peers). Ceph has no counter for either.
+#[test]
+fn a_connector_counts_the_credentials_its_peer_refused() {
+    for (result, counted) in [(-13, 1), (-1, 1), (-95, 0)] {
+        let config = Arc::new(node_config(1, 6800, 9));
+        let (mut c, now) = connector_with(config.clone(), Policy::lossless_client());
+        let mut b = Banner::OURS.to_bytes().to_vec();
+        b.extend(frame(&Hello { entity_type: EntityType::MON, peer_addr: v2_addr(40000, 0) }));
+        b.extend(frame(&AuthBadMethod {
+            method: protocol::types::AUTH_NONE,
+            result,
+            allowed_methods: vec![protocol::types::AUTH_NONE],
+            allowed_modes: vec![ConMode::CRC],
+        }));
+        c.handle_bytes(now, Bytes::from(b));
+        assert!(!c.is_open());
+        let n = config.counters.values();
+        let got = (n.authorizers_refused_by_peer, n.authorizers_rejected);
+        assert_eq!(got, (counted, 0), "result {result}");
+    }
 }
 
 // The memory a message being received holds is reported (the messenger's

@@ -40,6 +40,8 @@ fn delta(after: CounterValues, before: CounterValues) -> CounterValues {
         old_seq_dropped: after.old_seq_dropped - before.old_seq_dropped,
         bad_signatures: after.bad_signatures - before.bad_signatures,
         authorizers_rejected: after.authorizers_rejected - before.authorizers_rejected,
+        authorizers_refused_by_peer: after.authorizers_refused_by_peer
+            - before.authorizers_refused_by_peer,
         identity_refused: after.identity_refused - before.identity_refused,
     }
 }

@@ -144,8 +144,16 @@ pub struct Counters {
     /// Received messages whose signature did not check (each faulted its connection).
     pub bad_signatures: AtomicU64,
     /// Credentials refused: v1 authorizers (the peer got BADAUTHORIZER) and msgr2 AUTH
-    /// requests the method refused (the peer got AUTH_BAD_METHOD with its errno).
+    /// requests the method refused (the peer got AUTH_BAD_METHOD with its errno). What
+    /// peers refused of ours is [`Counters::authorizers_refused_by_peer`].
     pub authorizers_rejected: AtomicU64,
+    /// Our credentials refused by the peer we dialled: a v1 BADAUTHORIZER reply, a msgr2
+    /// AUTH_BAD_METHOD with any result but `-EOPNOTSUPP` (which says the method or mode
+    /// is not allowed, a step of the method negotiation). Kept apart from
+    /// [`Counters::authorizers_rejected`]: that one counts peers with bad credentials,
+    /// this one ours refused (a wrong key, a stale ticket, the peer's stale rotating
+    /// secrets).
+    pub authorizers_refused_by_peer: AtomicU64,
     /// Connects refused because the peer authenticated as another entity than the
     /// session under the address it announced ([`super::Decision::Refuse`]).
     pub identity_refused: AtomicU64,
@@ -170,6 +178,8 @@ pub struct CounterValues {
     pub bad_signatures: u64,
     /// [`Counters::authorizers_rejected`].
     pub authorizers_rejected: u64,
+    /// [`Counters::authorizers_refused_by_peer`].
+    pub authorizers_refused_by_peer: u64,
     /// [`Counters::identity_refused`].
     pub identity_refused: u64,
 }
@@ -187,6 +197,7 @@ impl Counters {
             old_seq_dropped: get(&self.old_seq_dropped),
             bad_signatures: get(&self.bad_signatures),
             authorizers_rejected: get(&self.authorizers_rejected),
+            authorizers_refused_by_peer: get(&self.authorizers_refused_by_peer),
             identity_refused: get(&self.identity_refused),
         }
     }

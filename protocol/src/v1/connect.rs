@@ -187,6 +187,7 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
             false
         }
         Tag::BADAUTHORIZER => {
+            Counters::bump(&m.config.counters.authorizers_refused_by_peer);
             if m.lossy {
                 m.refuse("authorizer rejected");
             } else {

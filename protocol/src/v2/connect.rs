@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::auth::{filter_modes, AuthError, AuthRole};
+use crate::auth::{filter_modes, AuthError, AuthRole, EOPNOTSUPP};
 use crate::session::{
     ConnectSeq, Counters, Event, Fault, GlobalSeq, Machine, PeerIssue, Seq, State,
     GLOBAL_SEQ_PLAUSIBLE,
@@ -114,6 +114,11 @@ pub(crate) fn on_auth_reply(m: &mut Machine<V2>, now: Instant, f: &Frame) -> Res
                 }
             };
             log::info!(target: LOG, "{m}: auth method {} refused ({}), allowed {:?} modes {:?}", bad.method, bad.result, bad.allowed_methods, bad.allowed_modes);
+            // -EOPNOTSUPP: the method or mode is not allowed (negotiation); anything
+            // else is the method's verdict on our credentials.
+            if bad.result != EOPNOTSUPP {
+                Counters::bump(&m.config.counters.authorizers_refused_by_peer);
+            }
             let mut tried = auth.tried;
             tried.push(auth.method);
             // Only methods the peer allows are worth another request.
