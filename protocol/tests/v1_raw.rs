@@ -524,6 +524,19 @@ fn connector_unknown_reply_tag_faults() {
     assert!(c.is_closed());
 }
 
+/// A lossy connector to [`peer_addr`] whose socket just connected (its banner queued).
+fn lossy_dialled(now: Instant) -> Connection {
+    let mut c = Connection::connect(
+        Arc::new(me()),
+        Policy::lossy_client(),
+        peer_addr(),
+        EntityType::MON,
+        now,
+    );
+    c.handle_transport_connected(now);
+    c
+}
+
 // The connector checks the acceptor's address against the one it dialled.
 #[test]
 fn connector_checks_announced_address() {
@@ -533,14 +546,7 @@ fn connector_checks_announced_address() {
         (EntityAddr::legacy(sa("0.0.0.0:6790"), 2), true),
         (EntityAddr::legacy(sa("0.0.0.0:6791"), 2), false),
     ] {
-        let mut c = Connection::connect(
-            Arc::new(me()),
-            Policy::lossy_client(),
-            peer_addr(),
-            EntityType::MON,
-            now,
-        );
-        c.handle_transport_connected(now);
+        let mut c = lossy_dialled(now);
         drain(&mut c);
         let block = AcceptorBanner {
             my_addr: announced,
@@ -558,14 +564,7 @@ fn connector_checks_announced_address() {
 #[test]
 fn bad_banner_faults_both_sides() {
     let now = Instant::now();
-    let mut c = Connection::connect(
-        Arc::new(me()),
-        Policy::lossy_client(),
-        peer_addr(),
-        EntityType::MON,
-        now,
-    );
-    c.handle_transport_connected(now);
+    let mut c = lossy_dialled(now);
     c.handle_bytes(now, Bytes::from_static(b"ceph v2\n\0"));
     // Lossy: reset (Ceph's ProtocolV1); a lossless connector would back off.
     assert!(matches!(events(&mut c).first(), Some(Event::Reset)));
@@ -573,6 +572,57 @@ fn bad_banner_faults_both_sides() {
     let mut a = Connection::accept(Arc::new(me()), sa("127.0.0.1:5000"), sa("127.0.0.1:6789"), now);
     a.handle_bytes(now, Bytes::from_static(b"GET / HTTP/1.1\r\n"));
     assert!(a.is_closed());
+}
+
+// A lossy connector's banner write fails (or its handshake times out) before the write
+// completed: Ceph's ProtocolV1 is in CONNECTING there and retries; once the write
+// completed (the driver reported progress and no block) the same fault resets the
+// lossy session. A write that left bytes waiting (progress, then a block) has not
+// completed.
+#[test]
+fn a_lossy_connector_retries_until_its_banner_is_written() {
+    let now = Instant::now();
+    let late = now + Duration::from_secs(60);
+    // The driver's reports after the banner went out: `true` progress, `false` a block.
+    let (none, partial, whole): (&[bool], &[bool], &[bool]) = (&[], &[true, false], &[true]);
+    let partial_then_rest: &[bool] = &[true, false, true];
+    let cases = [
+        (none, Fault::TransportClosed, false),
+        (partial, Fault::TransportClosed, false),
+        (whole, Fault::TransportClosed, true),
+        (partial_then_rest, Fault::TransportClosed, true),
+        (none, Fault::HandshakeTimeout, false),
+        (partial, Fault::HandshakeTimeout, false),
+        (whole, Fault::HandshakeTimeout, true),
+        (partial_then_rest, Fault::HandshakeTimeout, true),
+    ];
+    for (i, (write, fault, resets)) in cases.into_iter().enumerate() {
+        let mut c = lossy_dialled(now);
+        assert_eq!(drain(&mut c), BANNER);
+        for &took in write {
+            if took {
+                c.handle_write_progress(now);
+            } else {
+                c.handle_write_blocked(now);
+            }
+        }
+        match fault {
+            Fault::TransportClosed => c.handle_transport_closed(now),
+            _ => c.handle_timeout(late),
+        }
+        let evs = events(&mut c);
+        if resets {
+            assert!(matches!(evs.first(), Some(Event::Reset)), "case {i}: {evs:?}");
+            assert!(c.is_closed(), "case {i}");
+        } else {
+            assert!(
+                evs.iter().all(|e| !matches!(e, Event::Reset | Event::Closed { .. })),
+                "case {i}: {evs:?}"
+            );
+            assert_eq!(c.state(), SessionState::Connecting, "case {i}: backing off to redial");
+            assert!(c.poll_timeout().is_some_and(|t| t > now), "case {i}");
+        }
+    }
 }
 
 // ---- accept side ----

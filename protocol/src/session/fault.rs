@@ -97,8 +97,9 @@ pub struct FaultContext {
     pub has_pending: bool,
     /// The fault is a WAIT reply (race lost).
     pub wait: bool,
-    /// A connector's fault in its handshake that ends a lossy session (msgr v1 once
-    /// the socket connected: Ceph's ProtocolV1 resets there, its ProtocolV2 retries).
+    /// A connector's fault in its handshake that ends a lossy session (msgr v1 once its
+    /// banner was written, [`v1_still_connecting`]: Ceph's ProtocolV1 resets there, its
+    /// ProtocolV2 retries).
     pub lossy_handshake_ends: bool,
     /// The backoff used for the previous attempt (zero if none yet).
     pub prev_backoff: Duration,
@@ -163,6 +164,19 @@ pub fn fault_action(ctx: &FaultContext) -> FaultAction {
     FaultAction::Reconnect { after: next_backoff(ctx) }
 }
 
+/// Whether a msgr v1 connector's fault in its handshake leaves it in Ceph's CONNECTING,
+/// where ProtocolV1 retries even a lossy session (its fault resets a lossy one in any
+/// state but START_CONNECT and CONNECTING). CONNECTING lasts from the banner's write to
+/// its completion (`send_client_banner` → `handle_client_banner_write`) and reads
+/// nothing, so only the transport or the clock fault it there: a fault the peer's bytes
+/// raised, or any once the acceptor's banner was read (`awaiting_banner` false: Ceph
+/// reads it only after writing its own), is past it.
+pub fn v1_still_connecting(awaiting_banner: bool, banner_written: bool, fault: &Fault) -> bool {
+    awaiting_banner
+        && !banner_written
+        && matches!(fault, Fault::TransportClosed | Fault::HandshakeTimeout)
+}
+
 /// The backoff before the next connect attempt: `initial`, doubling to `max`; WAIT
 /// waits `max` straight away.
 pub fn next_backoff(ctx: &FaultContext) -> Duration {
@@ -204,7 +218,7 @@ mod tests {
     }
 
     // A lossy connector that never got a session keeps retrying with backoff, but in
-    // msgr v1 only until its socket connected: ProtocolV1's fault resets a lossy
+    // msgr v1 only until its banner was written: ProtocolV1's fault resets a lossy
     // connection in any state past START_CONNECT and CONNECTING (a lossless one retries).
     #[test]
     fn lossy_connect_attempt_retries_with_initial_backoff() {
@@ -214,6 +228,23 @@ mod tests {
         assert_eq!(fault_action(&v1_handshake), FaultAction::Reset);
         let lossless = FaultContext { lossy: false, ..v1_handshake };
         assert!(matches!(fault_action(&lossless), FaultAction::Reconnect { .. }));
+    }
+
+    // ProtocolV1's CONNECTING runs from the banner's write to its completion and reads
+    // nothing: a write error or a timeout there retries a lossy connect; once the banner
+    // is written (or the acceptor's was read: Ceph reads it only after), or for a fault
+    // the peer's bytes raised, it is past CONNECTING.
+    #[test]
+    fn v1_connecting_ends_once_the_banner_is_written() {
+        let decode = Fault::Decode(Error::Malformed("x"));
+        for fault in [Fault::TransportClosed, Fault::HandshakeTimeout] {
+            assert!(v1_still_connecting(true, false, &fault), "{fault}: banner unwritten");
+            assert!(!v1_still_connecting(true, true, &fault), "{fault}: banner written");
+            assert!(!v1_still_connecting(false, false, &fault), "{fault}: peer banner read");
+        }
+        for fault in [Fault::BadBanner, Fault::AddrMismatch, decode, Fault::UnknownTag(9)] {
+            assert!(!v1_still_connecting(true, false, &fault), "{fault}: the peer's bytes");
+        }
     }
 
     // "with nothing to send and in the half accept state just closed".

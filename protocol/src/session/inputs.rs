@@ -94,12 +94,18 @@ impl<P: Protocol> Machine<P> {
         if self.write_blocked_since.is_none() {
             self.write_blocked_since = Some(now);
         }
+        self.written = self.written.blocked();
     }
 
-    /// The socket took bytes, or nothing waits to be written any more.
+    /// The socket took bytes, or nothing waits to be written any more. A write that
+    /// took bytes but left some waiting is reported with this, then
+    /// [`Machine::handle_write_blocked`] before anything more is polled: progress without
+    /// a block before the next [`Machine::poll_transmit`] means all of its output was
+    /// written (how a v1 connector knows its banner left, Ceph's end of CONNECTING).
     pub fn handle_write_progress(&mut self, now: Instant) {
         self.now = now;
         self.write_blocked_since = None;
+        self.written = self.written.progressed();
     }
 
     /// The messenger's answer to [`super::Event::AcceptRequest`]: its policy for the peer's

@@ -14,6 +14,7 @@ use super::fault::{fault_action, Fault, FaultAction, FaultContext, Side};
 use super::issues::{PeerIssue, WARN_LINES_PER_SECOND};
 use super::machine::{Machine, Protocol};
 use super::open::Open;
+use super::outputs::Written;
 use super::state::State;
 
 /// How a session opened, as the protocol saw it.
@@ -73,9 +74,9 @@ impl<P: Protocol> Machine<P> {
             once_ready: self.once_ready,
             has_pending: !self.session.queue.is_empty() || self.keepalive.pending.is_some(),
             wait: fault == Fault::Wait,
-            lossy_handshake_ends: P::LOSSY_HANDSHAKE_RESETS
-                && self.side == Side::Connect
-                && matches!(self.state, State::Handshake { .. }),
+            lossy_handshake_ends: self.side == Side::Connect
+                && matches!(self.state, State::Handshake { .. })
+                && P::lossy_handshake_ends(self, &fault),
             prev_backoff: self.backoff,
             initial_backoff: self.config.initial_backoff,
             max_backoff: self.config.max_backoff,
@@ -157,6 +158,7 @@ impl<P: Protocol> Machine<P> {
         self.keepalive.ack_owed = None;
         self.peer_auth = None;
         self.write_blocked_since = None;
+        self.written = Written::Nothing;
         self.deferred_fault = None;
         P::reset_transport(self);
     }

@@ -38,7 +38,7 @@ use super::config::Config;
 use super::event::{AuthVerdict, Event};
 use super::fault::{Fault, Side};
 use super::issues::PeerIssues;
-use super::outputs::QueuedNotes;
+use super::outputs::{QueuedNotes, Written};
 use super::policy::Policy;
 use super::race::Decision;
 use super::rx::RxBuf;
@@ -78,11 +78,6 @@ pub trait Protocol: Sized + Send + 'static {
     /// counts what it consumed; msgr2's frame decoder takes a segment whole once it is
     /// buffered, so what arrives meanwhile is the progress.
     const PROGRESS_ON_ARRIVAL: bool;
-    /// Whether a lossy connector's fault in its handshake (the socket connected, our
-    /// banner sent) ends the session with a reset rather than a retry: Ceph's
-    /// ProtocolV1 retries a lossy connect only in START_CONNECT and CONNECTING, its
-    /// ProtocolV2 through SESSION_RECONNECTING.
-    const LOSSY_HANDSHAKE_RESETS: bool;
 
     /// The dialled socket connected: queue the banner; the first handshake step.
     fn start_handshake(m: &mut Machine<Self>) -> Self::Handshake;
@@ -129,6 +124,11 @@ pub trait Protocol: Sized + Send + 'static {
     fn wake_bumps_connect_seq(m: &Machine<Self>) -> bool;
     /// Extra words for the `Display` prefix after the state (msgr2's mode).
     fn describe(m: &Machine<Self>) -> Option<&'static str>;
+    /// Whether `fault`, in a connector's handshake, ends a lossy session with a reset
+    /// rather than a retry: Ceph's ProtocolV1 retries a lossy connect only in
+    /// START_CONNECT and CONNECTING (until its banner was written), its ProtocolV2
+    /// through SESSION_RECONNECTING.
+    fn lossy_handshake_ends(m: &Machine<Self>, fault: &Fault) -> bool;
 }
 
 /// One connection attempt / session of a protocol `P` (connect or accept side), as a
@@ -179,6 +179,8 @@ pub struct Machine<P: Protocol> {
     pub(crate) last_rx: Instant,
     /// Since when bytes have waited that the socket would not take.
     pub(crate) write_blocked_since: Option<Instant>,
+    /// How far this TCP connection's output is known written.
+    pub(crate) written: Written,
     pub(crate) keepalive: Keepalive,
     /// Accept side: who the peer authenticated as on this connection.
     pub(crate) peer_auth: Option<AuthPeer>,
@@ -247,6 +249,7 @@ impl<P: Protocol> Machine<P> {
             now,
             last_rx: now,
             write_blocked_since: None,
+            written: Written::Nothing,
             keepalive: Keepalive::new(now),
             peer_auth: None,
             messages_sent: 0,

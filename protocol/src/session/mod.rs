@@ -66,7 +66,9 @@ pub use config::{
 };
 pub use cookies::{CookieSource, Cookies};
 pub use event::{AuthVerdict, CloseReason, Event, Initiator, Opened};
-pub use fault::{fault_action, next_backoff, Fault, FaultAction, FaultContext, Side};
+pub use fault::{
+    fault_action, next_backoff, v1_still_connecting, Fault, FaultAction, FaultContext, Side,
+};
 pub use issues::{WarnLimit, WARN_LINES_PER_SECOND};
 pub(crate) use machine::machine_newtype;
 pub use machine::Machine;

@@ -21,6 +21,59 @@ pub(crate) struct QueuedNotes {
     acked: Option<Seq>,
 }
 
+/// How far a TCP connection's output is known written, from what
+/// [`Machine::poll_transmit`] handed out and what the driver reported since
+/// ([`Machine::handle_write_progress`], [`Machine::handle_write_blocked`]): enough to
+/// tell whether its first bytes (a v1 connector's banner) left, as Ceph's ProtocolV1
+/// leaves CONNECTING only once its banner's write completed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Nothing handed out on this connection yet.
+    #[default]
+    Nothing,
+    /// Bytes were handed out that may still wait unwritten.
+    Waiting,
+    /// The driver reported progress since and no block: unless a block follows (it
+    /// does right after the progress of a write that left bytes waiting), all of it
+    /// is written.
+    Progressed,
+    /// Everything handed out before a later handout was written: the first bytes are.
+    FirstOut,
+}
+
+impl Written {
+    /// `poll_transmit` handed bytes out.
+    fn handed_out(self) -> Self {
+        match self {
+            Written::Nothing | Written::Waiting => Written::Waiting,
+            Written::Progressed | Written::FirstOut => Written::FirstOut,
+        }
+    }
+
+    /// The driver reported that the socket took bytes, or that none wait.
+    pub(crate) fn progressed(self) -> Self {
+        if self == Written::Waiting {
+            Written::Progressed
+        } else {
+            self
+        }
+    }
+
+    /// The driver reported bytes waiting that the socket does not take.
+    pub(crate) fn blocked(self) -> Self {
+        if self == Written::Progressed {
+            Written::Waiting
+        } else {
+            self
+        }
+    }
+
+    /// Whether the connection's first bytes are known written.
+    pub(crate) fn first_out(self) -> bool {
+        matches!(self, Written::Progressed | Written::FirstOut)
+    }
+}
+
 impl<P: Protocol> Machine<P> {
     /// Appends the bytes to write, as segments (payloads are shared, not copied);
     /// returns how many bytes were appended. Call until it returns 0 or the socket is
@@ -38,6 +91,7 @@ impl<P: Protocol> Machine<P> {
         self.ctrl = head;
         let total = out[first..].iter().map(Bytes::len).sum();
         if total > 0 {
+            self.written = self.written.handed_out();
             log::trace!(target: P::LOG, "{self}: {total} bytes out");
         }
         if let Some(fault) = self.deferred_fault.take() {

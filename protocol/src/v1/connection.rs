@@ -7,7 +7,8 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::session::{
-    AuthVerdict, Config, Decision, Fault, Machine, Policy, Protocol, Session, Side, State,
+    v1_still_connecting, AuthVerdict, Config, Decision, Fault, Machine, Policy, Protocol, Session,
+    Side, State,
 };
 use crate::types::{EntityAddr, EntityType};
 use crate::wire::{AcceptorBanner, Tag};
@@ -71,7 +72,6 @@ impl Protocol for V1 {
     const LOG: &'static str = LOG;
     const NAME: &'static str = "v1";
     const TIMED_PAYLOAD: bool = true;
-    const LOSSY_HANDSHAKE_RESETS: bool = true;
     const PROGRESS_ON_ARRIVAL: bool = false;
 
     fn step_name(step: &Handshake) -> &'static str {
@@ -178,5 +178,10 @@ impl Protocol for V1 {
 
     fn describe(_m: &Machine<V1>) -> Option<&'static str> {
         None
+    }
+
+    fn lossy_handshake_ends(m: &Machine<V1>, fault: &Fault) -> bool {
+        let awaiting_banner = matches!(m.state.step(), Some(Handshake::AwaitBanner));
+        !v1_still_connecting(awaiting_banner, m.written.first_out(), fault)
     }
 }

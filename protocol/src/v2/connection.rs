@@ -72,7 +72,6 @@ impl Protocol for V2 {
     const LOG: &'static str = LOG;
     const NAME: &'static str = "v2";
     const TIMED_PAYLOAD: bool = true;
-    const LOSSY_HANDSHAKE_RESETS: bool = false;
     const PROGRESS_ON_ARRIVAL: bool = true;
 
     fn step_name(step: &Handshake) -> &'static str {
@@ -178,5 +177,9 @@ impl Protocol for V2 {
 
     fn describe(m: &Machine<V2>) -> Option<&'static str> {
         Some(m.proto.con_mode.name())
+    }
+
+    fn lossy_handshake_ends(_m: &Machine<V2>, _fault: &Fault) -> bool {
+        false
     }
 }
