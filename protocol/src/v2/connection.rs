@@ -135,7 +135,7 @@ impl Protocol for V2 {
     }
 
     fn message_in_progress(rx: &OpenRx) -> bool {
-        matches!(rx, OpenRx::Reading { discard: false, .. })
+        matches!(rx, OpenRx::Reading { skipped: false, .. })
     }
 
     fn between_messages(m: &Machine<V2>) -> bool {

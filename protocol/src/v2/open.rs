@@ -72,10 +72,10 @@ pub(crate) fn on_message(
     aborted: bool,
 ) -> Result<(), Fault> {
     let rx = m.state.open_mut().map(|o| std::mem::replace(&mut o.rx, OpenRx::Idle));
-    let Some(OpenRx::Reading { header, discard }) = rx else {
+    let Some(OpenRx::Reading { header, duplicate, .. }) = rx else {
         return Err(Fault::Misbehaved("MESSAGE without a header"));
     };
-    on_whole_message(m, now, header, segments, aborted || discard);
+    on_whole_message(m, now, header, segments, aborted || duplicate);
     Ok(())
 }
 

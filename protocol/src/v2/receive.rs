@@ -231,7 +231,7 @@ pub(crate) fn between_messages(m: &Machine<V2>) -> bool {
 /// otherwise.
 fn payload_progress(m: &Machine<V2>) -> Option<(u64, u64, u64)> {
     let open = m.state.open()?;
-    let reading = matches!(open.rx, OpenRx::Reading { discard: false, .. });
+    let reading = matches!(open.rx, OpenRx::Reading { skipped: false, .. });
     if !reading || open.budget.is_waiting() || m.proto.decoder.is_paused() {
         return None;
     }
@@ -296,13 +296,16 @@ fn handle_head(m: &mut Machine<V2>, now: Instant) -> bool {
             return false;
         }
     };
-    let discard = m.is_duplicate(crate::session::Seq(header.seq));
+    let duplicate = m.is_duplicate(crate::session::Seq(header.seq));
+    // Already delivered: in crc mode read without budget and dropped as it passes, its
+    // crcs checked; in secure mode read as any message (its tag covers the whole rest)
+    // and dropped once its tag checked, as Ceph checks every frame's before it looks at
+    // the seq (Pacific then stops reading the connection, msgr-v2.md 6.2).
+    let skipped = duplicate && !m.proto.decoder.is_secure();
     if let Some(open) = m.state.open_mut() {
-        open.rx = OpenRx::Reading { header, discard };
+        open.rx = OpenRx::Reading { header, duplicate, skipped };
     }
-    if discard {
-        // Already delivered: read it without budget and drop it as it passes (Pacific
-        // stops reading the connection instead, msgr-v2.md 6.2).
+    if skipped {
         if let Err(e) = m.proto.decoder.skip_rest() {
             m.fault(now, Fault::Decode(e));
             return false;

@@ -133,12 +133,15 @@ pub struct PeerSignature {
 pub enum OpenRx {
     /// Not inside a MESSAGE.
     Idle,
-    /// Header read; the segments follow (once budget was granted); `discard` for a
-    /// duplicate seq.
+    /// Header read; the segments follow (once budget was granted, unless skipped).
     Reading {
         /// The message's header2.
         header: MsgHeader2,
-        /// Let the message go by unstored.
-        discard: bool,
+        /// A duplicate seq: dropped once complete, never delivered.
+        duplicate: bool,
+        /// Its rest goes by unstored and unbudgeted (a duplicate in crc mode, its crcs
+        /// checked as it passes); a duplicate in secure mode is read, budgeted, as any
+        /// message, so that its tag is checked before it is dropped.
+        skipped: bool,
     },
 }

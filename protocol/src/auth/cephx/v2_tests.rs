@@ -391,6 +391,43 @@ fn tampered_secure_frame_faults_and_a_new_authentication_recovers() {
     assert_eq!(p.eps[a].conn.con_mode(), Some(ConMode::SECURE));
 }
 
+// A duplicate MESSAGE in secure mode is read whole and its tag checked before it is
+// dropped, as Ceph checks every frame's tag before it looks at the seq: a byte flipped
+// in its late segment faults the connection (it went by unopened and was dropped).
+#[test]
+fn a_tampered_duplicate_in_secure_mode_faults() {
+    let c = cluster(11, Instant::now());
+    let name = AuthEntityName::new(EntityType::OSD, "0");
+    let t = c.server.service_ticket(&name, 4600, EntityType::OSD, WALL0, &mut TestRng::new(4));
+    let tickets = Arc::new(TicketStore::new(4600));
+    tickets.insert(4600, t.unwrap());
+    let mut p = osd_pair(&c, &[ConMode::SECURE], tickets);
+    p.send(0, msg(1, 3000));
+    p.drive();
+    assert_eq!(ids(&p.nodes[1].received), [1]);
+    // The sender numbers its next message 1 again: a duplicate, correctly sealed. As
+    // sent, it is read and dropped on the same connection.
+    let a = p.session_ep(0).unwrap();
+    let link = p.eps[a].link.unwrap();
+    let renumber = |p: &mut Pair| {
+        let crate::Connection::V2(sender) = p.conn(a) else { panic!("not msgr2") };
+        sender.session.out_seq = crate::session::Seq(0);
+    };
+    renumber(&mut p);
+    p.send(0, msg(2, 3000));
+    p.drive();
+    assert_eq!((ids(&p.nodes[1].received), p.links.len()), (vec![1], 1), "dropped, no fault");
+    // Tampered past its first block (preamble, segment 0 and their tag), in the data.
+    renumber(&mut p);
+    let late = p.links[link].sent[1] + 96 + 1000;
+    p.tamper = Some((1, late, 0x01));
+    p.send(0, msg(3, 3000));
+    p.run_for(Duration::from_secs(5));
+    assert_eq!(ids(&p.nodes[1].received), [1], "the duplicates are never delivered");
+    assert!(p.nodes[1].log.contains(&"Standby".to_string()), "{:?}", p.nodes[1].log);
+    assert!(p.links.len() >= 2, "the connection faulted and the client dialled again");
+}
+
 // Ceph's AuthRegistry through the provider: a client without a key offers none (or
 // nothing), a monitor with a key server accepts cephx, modes follow ms_*_mode.
 #[test]

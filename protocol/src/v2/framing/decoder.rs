@@ -109,9 +109,6 @@ enum Stage {
     /// crc mode, after [`FrameDecoder::skip_rest`]: segments 1.. pass in pieces and are
     /// dropped (`next` is the index, `passed` what of it went by), then the epilogue.
     Skip { next: usize, passed: u32 },
-    /// Secure mode, after [`FrameDecoder::skip_rest`]: block C passes in pieces and is
-    /// dropped unopened (`left` of it still to come), then its nonce is used up.
-    SkipSealed { left: usize },
     /// An error was returned; nothing more is decoded.
     Failed,
 }
@@ -232,7 +229,6 @@ impl FrameDecoder {
                 .saturating_sub(passed as usize)
                 .min(SKIP_PIECE),
             Stage::Skip { .. } => CRC_EPILOGUE_LEN,
-            Stage::SkipSealed { left } => left.min(SKIP_PIECE),
             Stage::Paused | Stage::Failed => 0,
         }
     }
@@ -255,8 +251,6 @@ impl FrameDecoder {
             Stage::Rest { next } if self.secure.is_none() => (next, self.partial.len()),
             Stage::Rest { .. } => (1, self.partial.len()),
             Stage::Skip { next, passed } => (next, passed as usize),
-            // Block C's padding, epilogue and tag are counted too: an upper bound.
-            Stage::SkipSealed { left } => return left as u64,
             Stage::Preamble | Stage::Failed => return 0,
         };
         let left: u64 = lens.get(from..num).map_or(0, |l| l.iter().map(|&x| u64::from(x)).sum());
@@ -326,21 +320,17 @@ impl FrameDecoder {
     }
 
     /// Resumes after [`FrameProgress::Head`] without keeping the rest of the frame (a
-    /// duplicate message): in crc mode its segments pass in pieces of at most 64 KiB,
-    /// their crcs checked as they go, and are dropped, so the frame holds nothing
-    /// whatever it announced. In secure mode the rest is one GCM block that can only be
-    /// opened whole: it passes in pieces unopened (its tag unchecked; segment 0, which
-    /// named the duplicate's seq, was authenticated) and its nonce is used up, so the
-    /// next frame opens with the nonce the peer sealed it with.
+    /// duplicate message), in crc mode only: its segments pass in pieces of at most 64
+    /// KiB, their crcs checked as they go, and are dropped, so the frame holds nothing
+    /// whatever it announced. In secure mode the rest is one GCM block whose tag can only
+    /// be checked over the whole of it, and every frame's tag is checked before anything
+    /// of it is trusted (Ceph verifies a duplicate's before it looks at its seq): a
+    /// duplicate is read whole with [`FrameDecoder::proceed`], and this is refused.
     pub fn skip_rest(&mut self) -> Result<()> {
-        self.proceed()?;
         if self.secure.is_some() {
-            let left = self.need();
-            if left > 0 {
-                self.stage = Stage::SkipSealed { left };
-            }
-            return Ok(());
+            return Err(Error::Misuse("secure mode reads a frame whole to check its tag"));
         }
+        self.proceed()?;
         // A one-segment frame has no more bytes (crc mode has no epilogue for it).
         if self.preamble.num_segments > 1 {
             self.stage = Stage::Skip { next: 1, passed: 0 };
@@ -391,7 +381,6 @@ impl FrameDecoder {
             Stage::Segment0 => self.read_segment0(piece),
             Stage::Rest { next } => self.read_rest(next, piece),
             Stage::Skip { next, passed } => self.skip_piece(next, passed, &piece),
-            Stage::SkipSealed { left } => self.skip_sealed(left, piece.len()),
             Stage::Paused | Stage::Failed => Err(Error::Misuse("advance on a failed decoder")),
         }
     }
@@ -775,20 +764,6 @@ impl FrameDecoder {
         Ok(Step::NeedMore)
     }
 
-    /// `n` bytes of a skipped frame's block C (secure mode) went by; after the last its
-    /// nonce is used up and the frame is complete, with nothing kept.
-    fn skip_sealed(&mut self, left: usize, n: usize) -> Result<Step> {
-        let left = left.saturating_sub(n);
-        if left > 0 {
-            self.stage = Stage::SkipSealed { left };
-            return Ok(Step::NeedMore);
-        }
-        if let Some(gcm) = self.secure.as_mut() {
-            gcm.skip()?;
-        }
-        self.finish_with(LATE_STATUS_COMPLETE)
-    }
-
     /// crc mode's epilogue: late_status, then the crcs of segments 1..3 (0 past
     /// num_segments), checked against the segments read (`skipped`: against the running
     /// crcs of a skipped frame's segments).
@@ -896,51 +871,34 @@ mod skip_tests {
         }
     }
 
-    // Secure mode: a skipped message's block C passes in bounded pieces, unopened, and
-    // uses up its nonce, so the frame after it opens (with the wrong nonce it would fail
-    // GCM authentication).
+    // Secure mode skips nothing: a frame's tag covers all of block C, and no part of a
+    // frame is trusted before its tag checked (a duplicate is read whole, then dropped).
     #[test]
-    fn a_skipped_sealed_payload_passes_in_bounded_pieces_and_keeps_the_nonces_in_step() {
+    fn secure_mode_refuses_to_skip_a_frame() {
         let stream = || GcmStream::new(&[7u8; 16], &[9u8; 12]);
         let mut enc = FrameEncoder::secure(stream());
-        let mut wire = Vec::new();
-        for data_len in [1 << 20, 1000] {
-            let head = Bytes::from(vec![1u8; 41]);
-            let data = Bytes::from((0..data_len).map(|i| i as u8).collect::<Vec<_>>());
-            let empty = Bytes::new();
-            let mut buf = BytesMut::new();
-            let mut out = Vec::new();
-            enc.encode(Tag::MESSAGE, &[&head, &empty, &empty, &data], &mut buf, &mut out).unwrap();
-            out.push(buf.freeze());
-            wire.push(out.concat());
-        }
+        let (head, data, empty) =
+            (Bytes::from(vec![1u8; 41]), Bytes::from(vec![2u8; 1000]), Bytes::new());
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        enc.encode(Tag::MESSAGE, &[&head, &empty, &empty, &data], &mut buf, &mut out).unwrap();
+        out.push(buf.freeze());
+        let all = Bytes::from(out.concat());
         let mut dec = FrameDecoder::new(FrameLimits::default());
         dec.set_secure(stream()).unwrap();
-        let all = Bytes::from(wire.concat());
-        let (mut at, mut largest, mut frames) = (0, 0, Vec::new());
-        while frames.len() < 2 {
-            if dec.is_paused() {
-                if frames.is_empty() {
-                    dec.skip_rest().unwrap();
-                } else {
-                    dec.proceed().unwrap();
-                }
-            }
+        let mut at = 0;
+        while !dec.is_paused() {
             let n = dec.need();
-            if frames.is_empty() {
-                largest = largest.max(n);
-            }
-            let piece = all.slice(at..at + n);
+            dec.advance(all.slice(at..at + n)).unwrap();
             at += n;
-            if let FrameProgress::Frame(f) = dec.advance(piece).unwrap() {
-                frames.push(f);
-            }
         }
-        assert_eq!(at, all.len());
-        assert!(largest <= SKIP_PIECE, "a piece of {largest} bytes was gathered");
-        assert!(frames[0].segments[3].is_empty(), "the skipped payload was kept");
-        let expect: Vec<u8> = (0..1000).map(|i| i as u8).collect();
-        assert_eq!(&frames[1].segments[3][..], &expect[..]);
+        assert!(matches!(dec.skip_rest(), Err(Error::Misuse(_))));
+        dec.proceed().unwrap();
+        let n = dec.need();
+        let Ok(FrameProgress::Frame(f)) = dec.advance(all.slice(at..at + n)) else {
+            panic!("no frame")
+        };
+        assert_eq!(f.segments[3], data);
     }
 }
 

@@ -73,12 +73,6 @@ impl GcmStream {
         Ok(n)
     }
 
-    /// Uses up one nonce without a GCM operation: a block that is dropped unopened (a
-    /// duplicate message's rest) still took one nonce on the sender's side.
-    pub fn skip(&mut self) -> Result<()> {
-        self.next_nonce().map(drop)
-    }
-
     /// Encrypts `buf` in place (one GCM operation) and returns its tag.
     pub fn seal(&mut self, buf: &mut [u8]) -> Result<[u8; TAG_LEN]> {
         let n = self.next_nonce()?;
