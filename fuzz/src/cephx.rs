@@ -19,7 +19,7 @@ use protocol::auth::cephx::{
 use protocol::auth::{AuthConfig, CryptoKey, KeyEntry, KeyRing};
 use protocol::encoding::{Decoder, Encoder, UTime};
 use protocol::messages::{MAuth, MAuthReply};
-use protocol::types::{AuthEntityName, EntityType};
+use protocol::types::{AuthEntityName, EntityType, Features};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -144,10 +144,17 @@ pub fn cephx_replies(data: &[u8]) {
     client.request_rotating_secrets();
     for _ in 0..(mode % 4) {
         let Some(req) = client.poll_request(now) else { break };
-        let reply = server.handle_request(&mut session, &req, NOW, &mut server_rng, &mut || {
-            gid += 1;
-            gid
-        });
+        let reply = server.handle_request(
+            &mut session,
+            &req,
+            Features::PACIFIC_ADVERTISED,
+            NOW,
+            &mut server_rng,
+            &mut || {
+                gid += 1;
+                gid
+            },
+        );
         if client.handle_reply(now, &reply).is_err() {
             return;
         }
@@ -244,13 +251,26 @@ pub fn cephx_requests(data: &[u8]) {
     if mode & 1 == 1 {
         let n =
             protocol::messages::AuthNegotiation { methods: vec![2], name: admin(), global_id: 0 };
-        let reply =
-            server.handle_request(&mut session, &MAuth::negotiate(&n, 0), NOW, &mut r, &mut next);
+        let reply = server.handle_request(
+            &mut session,
+            &MAuth::negotiate(&n, 0),
+            Features::PACIFIC_ADVERTISED,
+            NOW,
+            &mut r,
+            &mut next,
+        );
         assert_eq!(reply.result, 0);
     }
     let protocol = [0u32, 2, 1][usize::from(mode >> 1) % 3];
     let auth = MAuth { protocol, auth_payload: Bytes::copy_from_slice(rest), ..MAuth::default() };
-    let reply = server.handle_request(&mut session, &auth, NOW, &mut r, &mut next);
+    let reply = server.handle_request(
+        &mut session,
+        &auth,
+        Features::PACIFIC_ADVERTISED,
+        NOW,
+        &mut r,
+        &mut next,
+    );
     assert!(reply.result <= 0);
     if reply.result < 0 {
         assert!(reply.result_bl.is_empty(), "errors carry no payload");
@@ -421,10 +441,17 @@ mod tests {
         let mut replies = Vec::new();
         let mut requests = Vec::new();
         while let Some(req) = client.poll_request(now) {
-            let reply = server.handle_request(&mut session, &req, NOW, &mut r, &mut || {
-                gid += 1;
-                gid
-            });
+            let reply = server.handle_request(
+                &mut session,
+                &req,
+                Features::PACIFIC_ADVERTISED,
+                NOW,
+                &mut r,
+                &mut || {
+                    gid += 1;
+                    gid
+                },
+            );
             requests.push(req.clone());
             replies.push(reply.clone());
             if client.handle_reply(now, &reply).is_err() {

@@ -536,7 +536,7 @@ impl MiniMon {
         server.rotate(now, rng);
         let session = sessions.entry(conn.id()).or_default();
         let was_authenticated = session.authenticated().is_some();
-        let reply = server.handle_request(session, auth, now, rng, &mut || {
+        let reply = server.handle_request(session, auth, conn.features(), now, rng, &mut || {
             self.next_global_id.fetch_add(1, Ordering::Relaxed)
         });
         let completed = !was_authenticated && session.authenticated().is_some();

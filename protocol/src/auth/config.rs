@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::error::AuthError;
 use super::mode::ConMode;
-use crate::types::{EntityType, AUTH_CEPHX, AUTH_NONE};
+use crate::types::{EntityType, Features, AUTH_CEPHX, AUTH_NONE};
 
 /// A list of `CEPH_AUTH_*` methods in preference order (`"cephx, none"`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -306,6 +306,36 @@ impl AuthConfig {
             self.cephx_cluster_require_version
         };
         v >= 2
+    }
+
+    /// Whether a monitor takes cephx off the methods an MAuth offers, for an entity named
+    /// as a `named` on a connection with `features` (Ceph's `AuthMonitor::prep_auth`, the
+    /// msgr v1 path: msgr2 authenticates in its AUTH frames and needs neither feature):
+    /// without MSG_AUTH where signatures are required, else without CEPHX_V2 where cephx
+    /// v2 is. Mon, OSD, MDS and MGR names are held to the cluster options, any other to
+    /// the service ones.
+    pub fn mon_disallows_cephx(&self, named: EntityType, features: Features) -> bool {
+        let cluster =
+            matches!(named, EntityType::MON | EntityType::OSD | EntityType::MDS | EntityType::MGR);
+        if !features.contains(Features::MSG_AUTH) {
+            self.cephx_require_signatures
+                || if cluster {
+                    self.cephx_cluster_require_signatures
+                } else {
+                    self.cephx_service_require_signatures
+                }
+        } else if !features.contains(Features::CEPHX_V2) {
+            // Ceph's `else if`: a peer without MSG_AUTH where no signatures are required
+            // is let through whatever its cephx version.
+            let v = if cluster {
+                self.cephx_cluster_require_version
+            } else {
+                self.cephx_service_require_version
+            };
+            self.cephx_require_version >= 2 || v >= 2
+        } else {
+            false
+        }
     }
 
     /// Whether messages from a peer of type `peer` must be signed.

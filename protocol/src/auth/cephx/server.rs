@@ -5,7 +5,9 @@
 //! Enough to authenticate the real `ceph` CLI and our own [`super::CephxClient`]:
 //! challenge, proof check, auth ticket, extra and principal service tickets, renewal
 //! and global_id reclaim with the old ticket (cephx.md 6), rotating secrets for
-//! daemons. Every credential failure answers `-EACCES`, as a 16.2.15 monitor does.
+//! daemons; on the MAuth path, cephx is not offered to a connection without the
+//! MSG_AUTH or CEPHX_V2 feature the config requires (Ceph's `AuthMonitor::prep_auth`).
+//! Every credential failure answers `-EACCES`, as a 16.2.15 monitor does.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,7 +22,7 @@ use crate::auth::error::{AuthError, EACCES, EINVAL};
 use crate::auth::keyring::KeyRing;
 use crate::encoding::{Decoder, Encoder, UTime};
 use crate::messages::{AuthNegotiation, MAuth, MAuthReply};
-use crate::types::{AuthEntityName, EntityType, AUTH_CEPHX, AUTH_NONE, AUTH_UNKNOWN};
+use crate::types::{AuthEntityName, EntityType, Features, AUTH_CEPHX, AUTH_NONE, AUTH_UNKNOWN};
 
 use super::authorizer::{AuthorizerA, AuthorizerVerdict, AuthorizerVerifier};
 use super::request::{
@@ -197,18 +199,21 @@ impl KeyServer {
         })
     }
 
-    /// Answers one `MAuth` of `session`. `new_global_id` hands out a fresh global id
-    /// when the client has none to reclaim.
+    /// Answers one `MAuth` of `session`, which arrived on a connection with
+    /// `peer_features`: without MSG_AUTH or CEPHX_V2 where the config requires them,
+    /// cephx is not offered to it ([`AuthConfig::mon_disallows_cephx`]). `new_global_id`
+    /// hands out a fresh global id when the client has none to reclaim.
     pub fn handle_request(
         &self,
         session: &mut ServerSession,
         auth: &MAuth,
+        peer_features: Features,
         now: UTime,
         rng: &mut dyn CryptoRngCore,
         new_global_id: &mut dyn FnMut() -> u64,
     ) -> MAuthReply {
         let result = if auth.protocol == AUTH_UNKNOWN {
-            self.negotiate(session, &auth.auth_payload, rng, new_global_id)
+            self.negotiate(session, &auth.auth_payload, Some(peer_features), rng, new_global_id)
         } else if auth.protocol == AUTH_CEPHX {
             self.cephx_request(session, &auth.auth_payload, now, rng, None).map(|(p, b, _)| (p, b))
         } else {
@@ -250,8 +255,9 @@ impl KeyServer {
         new_global_id: &mut dyn FnMut() -> u64,
     ) -> Result<(Bytes, u64), AuthError> {
         let n = AuthNegotiation { methods: vec![AUTH_CEPHX], name, global_id };
+        // No feature check: msgr2 needs neither (Ceph's Monitor::handle_auth_request).
         let (method, challenge) =
-            self.negotiate(session, &n.encode(), rng, new_global_id).map_err(|(_, e)| e)?;
+            self.negotiate(session, &n.encode(), None, rng, new_global_id).map_err(|(_, e)| e)?;
         match (method, &*session) {
             (AUTH_CEPHX, ServerSession::Challenged { global_id, .. }) => {
                 Ok((challenge, *global_id))
@@ -279,23 +285,34 @@ impl KeyServer {
         Ok((body, key))
     }
 
+    /// Round 1: the method, the global id and (cephx) the server challenge.
+    /// `peer_features`: the MAuth path's connection features (`None` over msgr2).
     fn negotiate(
         &self,
         session: &mut ServerSession,
         payload: &[u8],
+        peer_features: Option<Features>,
         rng: &mut dyn CryptoRngCore,
         new_global_id: &mut dyn FnMut() -> u64,
     ) -> Result<(u32, Bytes), (u32, AuthError)> {
         let n =
             AuthNegotiation::decode(payload).map_err(|e| (AUTH_UNKNOWN, AuthError::Decode(e)))?;
-        let peer = EntityType::from_u32(n.name.ty).unwrap_or(EntityType::CLIENT);
+        let named = EntityType::from_u32(n.name.ty);
+        let peer = named.unwrap_or(EntityType::CLIENT);
         let allowed = self.config.accepted_from(peer);
+        let no_cephx = peer_features
+            .is_some_and(|f| self.config.mon_disallows_cephx(named.unwrap_or(EntityType::ANY), f));
+        if no_cephx {
+            log::info!(target: LOG, "{} supports cephx but lacks MSG_AUTH or CEPHX_V2 that the config requires: disallowing cephx", n.name);
+        }
         // The first of our methods the client offered (Ceph: `AuthRegistry::pick`).
-        let method =
-            allowed.0.iter().copied().find(|m| n.methods.contains(m)).ok_or((
-                AUTH_UNKNOWN,
-                AuthError::NoAcceptableMethod { offered: n.methods.clone() },
-            ))?;
+        let method = allowed
+            .0
+            .iter()
+            .copied()
+            .filter(|&m| !(no_cephx && m == AUTH_CEPHX))
+            .find(|m| n.methods.contains(m))
+            .ok_or((AUTH_UNKNOWN, AuthError::NoAcceptableMethod { offered: n.methods.clone() }))?;
         let reclaim = n.global_id != 0;
         let global_id = if reclaim { n.global_id } else { new_global_id() };
         if method == AUTH_NONE {

@@ -15,7 +15,7 @@ use crate::auth::keyring::{parse_entity_name, KeyEntry, KeyRing};
 use crate::auth::CryptoKey;
 use crate::encoding::UTime;
 use crate::messages::MAuth;
-use crate::types::EntityType;
+use crate::types::{EntityType, Features};
 
 const WALL0: UTime = UTime::new(1_700_000_000, 0);
 /// Most request/reply round trips one `drive` may take.
@@ -35,6 +35,8 @@ struct Pair {
     events: Vec<ClientEvent>,
     /// The key server's keyring.
     ring: KeyRing,
+    /// The features of the client's connection, as the key server sees them.
+    features: Features,
 }
 
 fn keyring(rng: &mut TestRng) -> KeyRing {
@@ -83,6 +85,7 @@ impl Pair {
             sent: Vec::new(),
             events: Vec::new(),
             ring,
+            features: Features::PACIFIC_ADVERTISED,
         }
     }
 
@@ -106,6 +109,7 @@ impl Pair {
             let reply = self.server.handle_request(
                 &mut self.session,
                 &req,
+                self.features,
                 wall,
                 &mut self.rng,
                 &mut || {
@@ -322,6 +326,57 @@ fn reclaim_or_renewal_without_the_old_ticket_is_refused_when_insecure_reclaim_is
     }
 }
 
+// Ceph's AuthMonitor::prep_auth on the MAuth path: cephx comes off what an entity
+// offers when its connection lacks MSG_AUTH and signatures are required (mon, osd, mds
+// and mgr names by the cluster option, others by the service one), else when it lacks
+// CEPHX_V2 and cephx v2 is required (the default); the monitor then picks among the
+// rest (auth none where allowed) or refuses -EOPNOTSUPP. Without MSG_AUTH and with no
+// signatures required the version goes unchecked (Ceph's `else if`).
+#[test]
+fn a_monitor_takes_cephx_off_for_a_connection_without_the_features_it_requires() {
+    let full = Features::PACIFIC_ADVERTISED;
+    let no_v2 = full & !Features::CEPHX_V2;
+    let no_auth = no_v2 & !Features::MSG_AUTH;
+    let set = |options: &[(&str, &str)]| {
+        let mut cfg = ceph_config();
+        cfg.auth_service_required = crate::auth::AuthMethods(vec![2, 1]);
+        for (name, value) in options {
+            cfg.set(name, value).unwrap();
+        }
+        cfg
+    };
+    let v1 = [
+        ("cephx_require_version", "1"),
+        ("cephx_service_require_version", "1"),
+        ("cephx_cluster_require_version", "1"),
+    ];
+    // Who, its connection's features, the options set, the methods it offers, and the
+    // reply's protocol and result.
+    type Case<'a> = (&'a str, Features, &'a [(&'a str, &'a str)], &'a [u32], u32, i32);
+    let cases: [Case<'_>; 9] = [
+        ("client.admin", full, &[], &[2], 2, 0),
+        ("client.admin", no_v2, &[], &[2], 0, -95),
+        ("client.admin", no_v2, &[], &[2, 1], 1, 0),
+        ("client.admin", no_v2, &v1, &[2], 2, 0),
+        ("client.admin", no_auth, &[], &[2], 2, 0),
+        ("client.admin", no_auth, &[("cephx_service_require_signatures", "true")], &[2], 0, -95),
+        ("osd.0", no_auth, &[("cephx_service_require_signatures", "true")], &[2], 2, 0),
+        ("osd.0", no_auth, &[("cephx_cluster_require_signatures", "true")], &[2], 0, -95),
+        ("osd.0", no_auth, &[("cephx_require_signatures", "true")], &[2], 0, -95),
+    ];
+    for (i, (name, features, options, offered, protocol, result)) in cases.into_iter().enumerate() {
+        let mut p = Pair::new(26, name, set(options));
+        p.features = features;
+        let n = crate::messages::AuthNegotiation {
+            methods: offered.to_vec(),
+            name: parse_entity_name(name).unwrap(),
+            global_id: 0,
+        };
+        let r = p.request(&MAuth::negotiate(&n, 0));
+        assert_eq!((r.protocol, r.result), (protocol, result), "case {i}");
+    }
+}
+
 /// GET_AUTH_SESSION_KEY (CephXAuthenticate `struct_v`) proving `key` against server
 /// challenge `sc`, without an old ticket, asking for `other_keys`.
 fn session_key_request(key: &CryptoKey, sc: u64, struct_v: u8, other_keys: ServiceMask) -> MAuth {
@@ -345,10 +400,17 @@ impl Pair {
     fn request(&mut self, m: &MAuth) -> crate::messages::MAuthReply {
         let wall = self.wall();
         let gid = &mut self.next_gid;
-        self.server.handle_request(&mut self.session, m, wall, &mut self.rng, &mut || {
-            *gid += 1;
-            *gid
-        })
+        self.server.handle_request(
+            &mut self.session,
+            m,
+            self.features,
+            wall,
+            &mut self.rng,
+            &mut || {
+                *gid += 1;
+                *gid
+            },
+        )
     }
 }
 
