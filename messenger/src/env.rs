@@ -350,6 +350,7 @@ impl Env {
                 "retry_session": p.retry_session, "reset_session": p.reset_session,
                 "old_seq_dropped": p.old_seq_dropped, "bad_signatures": p.bad_signatures,
                 "authorizers_rejected": p.authorizers_rejected,
+                "authorizers_refused_by_peer": p.authorizers_refused_by_peer,
                 "identity_refused": p.identity_refused,
             }),
         );

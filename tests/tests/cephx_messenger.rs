@@ -122,6 +122,9 @@ fn peer_with_the_wrong_service_secret_is_refused_at_the_handshake() {
     }
     assert_no_more_messages(&srv_rx, "the refused peer's message was dispatched");
     assert!(protocol_counter(&srv, "authorizers_rejected") >= 1, "{}", srv.counters_json());
+    // The dialling side counts its credentials refused, in the dump an operator reads.
+    assert!(protocol_counter(&cli, "authorizers_refused_by_peer") >= 1, "{}", cli.counters_json());
+    assert_eq!(protocol_counter(&srv, "authorizers_refused_by_peer"), 0);
     cli.shutdown();
     srv.shutdown();
 }
