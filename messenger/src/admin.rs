@@ -77,6 +77,17 @@ impl Listening {
     }
 }
 
+/// Whether a listener answers at `path`: a connect that succeeds, or that would wait
+/// because the listener's backlog is full (`EAGAIN`: live, only busy). Non-blocking,
+/// since it may run on a worker: a blocking connect to a full backlog sleeps until that
+/// listener accepts, stalling every connection the worker drives. A stale file refuses.
+fn is_served(path: &Path) -> bool {
+    match UnixStream::connect(path) {
+        Ok(_) => true,
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    }
+}
+
 impl AdminSocket {
     /// Serves at `path`. `replacing_ours`: the file there is this messenger's own admin
     /// socket, which the new one replaces.
@@ -100,7 +111,7 @@ impl AdminSocket {
         // A socket that answers is another daemon's (or messenger's): unlinked, it would
         // be unreachable, and its file removed when we stop. Ceph refuses it too, and
         // unlinks only a stale file from a previous run, which would make bind fail.
-        if !replacing_ours && std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if !replacing_ours && is_served(path) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!("admin socket: {} is served by another process", path.display()),

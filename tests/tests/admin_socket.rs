@@ -385,3 +385,32 @@ fn start_admin_socket_on_a_worker_does_not_wait_for_another() {
     m.shutdown();
     assert!(!path.exists(), "shutdown removes the file");
 }
+
+// A path another process serves with its backlog full (its admin thread stuck, clients
+// queued) is refused at once from a worker: the probe for a live socket does not wait.
+// Before, it was a blocking connect, which sleeps until that listener accepts: the
+// worker, and every connection it drives, stopped.
+#[test]
+fn start_admin_socket_on_a_worker_refuses_a_busy_foreign_socket_without_waiting() {
+    let m = started_messenger(1);
+    let path = socket_path("busy-foreign");
+    let foreign = std::os::unix::net::UnixListener::bind(&path).expect("foreign listener");
+    // Its backlog filled with connects it never accepts, until one would wait.
+    let mut queued = Vec::new();
+    loop {
+        match mio::net::UnixStream::connect(&path) {
+            Ok(s) => queued.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("connect: {e}"),
+        }
+        assert!(queued.len() < 100_000, "the backlog never filled");
+    }
+    let served = path.clone();
+    let refused = on_worker(&m, 0, false, move |m| m.start_admin_socket(&served));
+    let err = refused.expect_err("another process serves the path");
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
+    assert!(path.exists(), "the foreign socket's file is left alone");
+    drop((queued, foreign));
+    m.shutdown();
+    let _ = std::fs::remove_file(&path);
+}
