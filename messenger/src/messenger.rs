@@ -276,9 +276,18 @@ impl Messenger {
     /// The priority every message sent without one (priority 0) goes out with, on every
     /// connection, the loopback one included: Ceph's `set_default_send_priority` (a
     /// monitor sends at `PRIO_HIGH`). Until set, [`protocol::message::PRIO_DEFAULT`].
-    /// Ceph allows it only before start; here it applies to messages sent afterwards.
-    pub fn set_default_send_priority(&self, prio: u16) {
+    ///
+    /// Before [`Messenger::start`] only, as in Ceph (which asserts it): changed later, a
+    /// message sent after the change would go out in a higher lane than one still queued
+    /// from before it, and overtake it on a lossless connection.
+    pub fn set_default_send_priority(&self, prio: u16) -> io::Result<()> {
+        if self.started.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "set_default_send_priority: the messenger is already started",
+            ));
+        }
         self.env.set_default_send_priority(prio);
+        Ok(())
     }
 
     /// The priority messages sent without one go out with
