@@ -1310,3 +1310,37 @@ fn a_window_granted_at_once_continues_the_clock_and_a_wait_pauses_it() {
     a.handle_timeout(t2 + Duration::from_secs(1));
     assert!(stalled(&mut a), "a paused clock started again from scratch");
 }
+
+// A monitor takes any authorizer from a non-monitor unread (Ceph's "the monitor doesn't
+// do authenticators for msgr1"; the peer authenticates with MAuth afterwards): auth-none
+// bytes that do not decode go to the messenger's verdict like any, not refused.
+#[test]
+fn a_monitor_does_not_read_a_clients_auth_none_authorizer() {
+    let (mut a, now, _) = acceptor();
+    let m = ConnectMsg {
+        features: Features::PACIFIC_ADVERTISED,
+        host_type: EntityType::CLIENT,
+        global_seq: 5,
+        connect_seq: 0,
+        protocol_version: protocol::types::proto_version(
+            EntityType::MON,
+            EntityType::CLIENT,
+            false,
+        ),
+        authorizer_protocol: 1,
+        authorizer_len: 4,
+        flags: 0,
+    };
+    let mut v = Vec::new();
+    m.encode_with_authorizer(b"auth", &mut v);
+    a.handle_bytes(now, Bytes::from(v));
+    match events(&mut a).pop() {
+        Some(Event::VerifyAuthorizer { peer_type, protocol, .. }) => {
+            assert_eq!((peer_type, protocol), (EntityType::CLIENT, 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    a.handle_authorizer_verdict(now, AuthVerdict::Accept { reply: Bytes::new() });
+    accept_request(&mut a);
+    assert_eq!(a.peer_auth(), None, "named by nobody");
+}

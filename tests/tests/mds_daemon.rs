@@ -20,13 +20,12 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use event_center::{Context, TimerTarget};
 use messenger::{
-    AuthVerdict, ConnState, Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy,
+    ConnState, Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy,
     ProtocolVersion,
 };
 use parking_lot::Mutex;
-use protocol::encoding::Decoder;
 use protocol::messages::{MCommand, MCommandReply, TypedMessage};
-use protocol::types::{AuthEntityName, EntityAddr, EntityName, EntityType, Features, AUTH_NONE};
+use protocol::types::{EntityAddr, EntityName, EntityType, Features};
 use protocol::Message;
 use tests::chaos::{ChaosConfig, ChaosProxy, CutKind};
 use tests::loopback::{addr_for, test_config, wait_until, WAIT};
@@ -338,26 +337,13 @@ impl std::fmt::Debug for MdsSaw {
 /// its clients also go by (`client.<global id>`: they name their messenger after the id
 /// the monitor gave them). Without a monitor every global id here is 0, so the name the
 /// client authenticated as (auth none: the one it claims, `client.<num>`) stands in for
-/// it. msgr2 shows it as `Connection::peer_auth`; over msgr v1 under auth none the
-/// messenger leaves `peer_auth` empty (Ceph fills `peer_global_id` from the auth-none
-/// authorizer there too), so `ms_verify_authorizer` reads it from the authorizer, as a
-/// Jewel MDS did.
+/// it: `Connection::peer_auth`, from the AUTH frames over msgr2 and from the connect's
+/// auth-none authorizer over msgr v1 (as Ceph fills `peer_name` and `peer_global_id`).
 struct CephMds {
     /// Open sessions by client name (Ceph's `SessionMap`).
     sessionmap: Mutex<HashMap<String, Arc<MdsSession>>>,
-    /// The names in v1 peers' auth-none authorizers, by connection id.
-    v1_names: Mutex<HashMap<u64, String>>,
     next_session: AtomicU64,
     saw: Sender<MdsSaw>,
-}
-
-/// The entity name in an auth-none authorizer (`u8 1`, the name, the global id).
-fn auth_none_name(authorizer: &[u8]) -> Option<String> {
-    let mut d = Decoder::new(authorizer);
-    d.u8().ok()?;
-    let name = AuthEntityName::decode(&mut d).ok()?;
-    d.u64().ok()?;
-    Some(name.to_string())
 }
 
 impl CephMds {
@@ -367,9 +353,7 @@ impl CephMds {
 
     /// Whom the peer authenticated as (see [`CephMds`] for why a name).
     fn client_name(&self, conn: &Connection) -> Option<String> {
-        conn.peer_auth()
-            .map(|a| a.name.to_string())
-            .or_else(|| self.v1_names.lock().get(&conn.id()).cloned())
+        conn.peer_auth().map(|a| a.name.to_string())
     }
 
     fn open_session(&self, name: &str) -> Option<Arc<MdsSession>> {
@@ -432,21 +416,6 @@ impl CephMds {
 }
 
 impl Dispatcher<Connection> for CephMds {
-    fn ms_verify_authorizer(
-        &self,
-        conn: &Connection,
-        _peer_type: u8,
-        protocol: u32,
-        authorizer: &[u8],
-    ) -> AuthVerdict {
-        if protocol == AUTH_NONE {
-            if let Some(name) = auth_none_name(authorizer) {
-                self.v1_names.lock().insert(conn.id(), name);
-            }
-        }
-        AuthVerdict::Accept { reply: Vec::new() }
-    }
-
     fn ms_handle_accept(&self, conn: &Connection) {
         let client = self.client_name(conn);
         let (session, found) = match client.as_deref().and_then(|c| self.open_session(c)) {
@@ -508,7 +477,6 @@ fn start_ceph_mds() -> (Messenger, SocketAddr, Arc<CephMds>, Receiver<MdsSaw>) {
     let (saw_tx, saw) = crossbeam_channel::unbounded();
     let mds = Arc::new(CephMds {
         sessionmap: Mutex::new(HashMap::new()),
-        v1_names: Mutex::new(HashMap::new()),
         next_session: AtomicU64::new(1),
         saw: saw_tx,
     });

@@ -14,7 +14,7 @@ use crate::session::{
     AcceptRequest, AuthVerdict, CloseReason, ConnectSeq, Counters, Decision, Event, Fault,
     GlobalSeq, Initiator, Machine, OpenNote, PeerIssue, RequestKind, Seq, Session, State,
 };
-use crate::types::{proto_version, EntityAddr, Features, AUTH_NONE, LEGACY_ADDR_LEN};
+use crate::types::{proto_version, EntityAddr, EntityType, Features, AUTH_NONE, LEGACY_ADDR_LEN};
 use crate::wire::{
     check_banner, ConnectMsg, ConnectReply, Tag, BANNER_LEN, CONNECT_LOSSY, MAX_AUTHORIZER_LEN,
 };
@@ -140,7 +140,11 @@ pub(crate) fn read_connect(m: &mut Machine<V1>, now: Instant) -> bool {
             true
         }
         Verifier::Driver if !authorizer.is_empty() || m.config.verify_empty_authorizer => {
-            if msg.authorizer_protocol == AUTH_NONE && !authorizer.is_empty() {
+            // (A monitor takes any authorizer from a non-monitor unread, as Ceph's: they
+            // authenticate afterwards with MAuth.)
+            let monitor_skips =
+                m.config.my_name.ty == EntityType::MON && peer_type != EntityType::MON;
+            if msg.authorizer_protocol == AUTH_NONE && !authorizer.is_empty() && !monitor_skips {
                 // Ceph's auth-none handler reads whom the authorizer names (the
                 // connection's peer name and global id) and refuses what does not decode.
                 pending.named_peer = auth_none_authorizer_peer(&authorizer);

@@ -500,13 +500,19 @@ impl CephxAuthorizerServer {
         let methods = s.methods(AuthRole::Acceptor, req.peer_type);
         let none = req.authorizer.is_empty() || matches!(req.method, AUTH_NONE | AUTH_UNKNOWN);
         if none {
-            // A monitor takes a v1 connect without an authorizer from anyone but a
-            // monitor: they authenticate afterwards with MAuth (cephx.md 4, as every
-            // client and daemon dialling a monitor does). Only what it allows otherwise.
-            let mauth_later = s.my_type == EntityType::MON
-                && req.peer_type != EntityType::MON
-                && req.authorizer.is_empty();
-            if !mauth_later && !methods.allows(AUTH_NONE) {
+            // A monitor takes a v1 connect without an authorizer, or with auth none's,
+            // from anyone but a monitor, unread and naming nobody: they authenticate
+            // afterwards with MAuth (cephx.md 4, as every client and daemon dialling a
+            // monitor does; Ceph: "the monitor doesn't do authenticators for msgr1").
+            // Only what it allows otherwise.
+            if s.my_type == EntityType::MON && req.peer_type != EntityType::MON {
+                return Ok(AuthorizerStep::Accept {
+                    reply: Bytes::new(),
+                    signer: None,
+                    peer: None,
+                });
+            }
+            if !methods.allows(AUTH_NONE) {
                 return Err(AuthError::NoAcceptableMethod { offered: vec![req.method] });
             }
             // An auth-none authorizer names its peer (Ceph's handler records it, and
@@ -781,6 +787,18 @@ mod tests {
             );
         }
         assert!(matches!(v.verify(&empty(EntityType::MON)), AuthorizerStep::Reject));
+        // Auth none's bytes, whole or not, are not read either (Ceph's monitor skips the
+        // handler for a non-monitor); from a monitor they would be, and refused here.
+        let garbage = |peer_type| AuthorizerRequest {
+            peer_type,
+            method: AUTH_NONE,
+            authorizer: b"auth",
+            features: Features::PACIFIC_ADVERTISED,
+            now: at,
+        };
+        let step = v.verify(&garbage(EntityType::CLIENT));
+        assert!(matches!(step, AuthorizerStep::Accept { peer: None, .. }));
+        assert!(matches!(v.verify(&garbage(EntityType::MON)), AuthorizerStep::Reject));
     }
 
     // Where only auth none is allowed with a peer (auth_cluster_required = none), a v1
