@@ -1344,3 +1344,16 @@ fn a_monitor_does_not_read_a_clients_auth_none_authorizer() {
     accept_request(&mut a);
     assert_eq!(a.peer_auth(), None, "named by nobody");
 }
+
+// The peer's close read before our banner was handed out (the driver reads before its
+// first flush): Ceph writes first, which succeeds after a FIN, and reads the close past
+// CONNECTING, so a lossy session resets; a lossless one backs off and redials.
+#[test]
+fn a_lossy_connector_reads_a_close_before_writing_its_banner_and_resets() {
+    let now = Instant::now();
+    let mut c = lossy_dialled(now);
+    c.handle_transport_closed(now);
+    let evs = events(&mut c);
+    assert!(matches!(evs.first(), Some(Event::Reset)), "{evs:?}");
+    assert!(c.is_closed());
+}

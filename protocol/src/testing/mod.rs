@@ -601,6 +601,12 @@ impl Pair {
                 self.links[link].toward[side].push_back(seg);
             }
         }
+        if any {
+            // The link takes everything at once: report it as a driver whose writes
+            // completed does (a v1 connector learns its banner left from this).
+            let now = self.now;
+            self.eps[ep].conn.handle_write_progress(now);
+        }
         any
     }
 

@@ -182,6 +182,12 @@ impl Protocol for V1 {
 
     fn lossy_handshake_ends(m: &Machine<V1>, fault: &Fault) -> bool {
         let awaiting_banner = matches!(m.state.step(), Some(Handshake::AwaitBanner));
-        !v1_still_connecting(awaiting_banner, m.written.first_out(), fault)
+        // The peer's close, read before our banner was even handed out (the driver reads
+        // a socket before its first flush): Ceph writes its banner first, which succeeds
+        // on a socket that got only a FIN, and then reads that close past CONNECTING.
+        let closed_before_writing =
+            matches!(fault, Fault::TransportClosed) && m.written.is_nothing();
+        let written = m.written.first_out() || closed_before_writing;
+        !v1_still_connecting(awaiting_banner, written, fault)
     }
 }
