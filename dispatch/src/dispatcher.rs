@@ -169,7 +169,10 @@ pub trait Dispatcher<C: ConnectionRef>: Send + Sync + 'static {
     /// calls it: its AUTH frames are the provider's alone. So it is no way to refuse
     /// peers in general: with cephx the provider (set up from an `AuthConfig`) decides
     /// who is let in; with auth none, msgr2 peers and v1 peers sending no authorizer
-    /// are let in unasked.
+    /// are let in unasked. An auth-none authorizer that does not decode is refused
+    /// (BADAUTHORIZER) before the dispatchers are asked, as Ceph's auth-none handler
+    /// refuses it; one that decodes names the peer (`peer_auth`), whatever is answered
+    /// here besides accepting.
     /// (Ceph 16's acceptor asks its `AuthServer`, not the dispatchers.)
     fn ms_verify_authorizer(
         &self,

@@ -10,7 +10,8 @@
 //! checks its command against the returned signatures. A first byte NUL is Ceph's first
 //! protocol, still read by its `do_accept`: a big-endian `u32` request code (0: the
 //! protocol version, which Ceph's `AdminSocketClient::ping` also asks for as `"0"`;
-//! 1: `perfcounters_dump`; 2: `perfcounters_schema`), answered in the same framing.
+//! 1: `perfcounters_dump`; 2: `perfcounters_schema`, which we answer with Ceph's
+//! unknown-command error), answered in the same framing.
 //!
 //! An accept that fails for want of descriptors or memory (EMFILE, ENFILE, …) leaves the
 //! client queued, and the listener's edge-triggered readiness will not report it again:

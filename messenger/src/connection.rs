@@ -391,7 +391,8 @@ impl Connection {
         self.0.published.lock().entity_type
     }
 
-    /// The peer's entity name, from the last message received on this connection.
+    /// The peer's entity name, from the last message received on this connection (the
+    /// loopback connection: our own name, kept current).
     pub fn peer_name(&self) -> Option<EntityName> {
         self.0.published.lock().name
     }
@@ -412,8 +413,10 @@ impl Connection {
     /// daemon authorizes requests by; [`Connection::peer_type`] and the message source
     /// are what the peer claims. Set once the accepting connection is registered for
     /// the session (before it opens), and kept when we redial the session. `None` for a
-    /// session only ever dialled (the connect side learns no name), and over msgr v1
-    /// with auth none or a dispatcher's own authorizer check.
+    /// session only ever dialled (the connect side learns no name); over msgr v1 also when
+    /// the peer sent no authorizer, when a dispatcher judged an authorizer of a method
+    /// other than auth none, and on a monitor for a non-monitor peer (which
+    /// authenticates afterwards with MAuth).
     pub fn peer_auth(&self) -> Option<AuthPeer> {
         self.0.published.lock().peer_auth.clone()
     }

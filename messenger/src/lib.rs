@@ -191,7 +191,9 @@
 //! * the floor is sampled before each read and timer: a trickler may dodge it for one
 //!   timeout if nobody waits at a read it triggers.
 //!
-//! Duplicates (`seq <= in_seq`) stream by without being stored. Why windows
+//! Duplicates (`seq <= in_seq`) stream by without being stored (msgr v1, msgr2 crc
+//! mode); in msgr2 secure mode a duplicate is read and charged as any message, then
+//! dropped once its GCM tag is checked. Why windows
 //! and not a reservation at the header (Ceph) or a fixed per-connection share: a
 //! reservation lets one silent peer hold the whole budget, and a fixed share is either
 //! too small for large messages or lets a few hundred peers hold it all; windows that

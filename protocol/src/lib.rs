@@ -25,7 +25,8 @@
 //! | `testing` | (feature `testing`) the two-node in-memory `Pair` harness, toy auth |
 //!
 //! Where to look: a message is framed in `v1/open.rs` (through
-//! [`Message::encode_frame_with`]) or `v2/open.rs`; the race is decided in
+//! [`Message::push_frame_to`], laid out as the [`Frame`](message::Frame) that
+//! [`Message::encode_frame_with`] builds for the golden tests) or `v2/open.rs`; the race is decided in
 //! `v1/race.rs` / `v2/race.rs`; a replace happens in [`Machine::take_session`] and
 //! `v1/accept.rs` / `v2/accept.rs` (`handle_decision`); auth plugs in through
 //! [`auth::AuthProvider`] (`auth/provider.rs`, `auth/authorizer.rs`).

@@ -3,12 +3,13 @@
 //! [`MessageDecoder`]: the incremental v1 decoder (`decoder.rs`).
 //!
 //! # Sending
-//! The session assigns `seq` and calls [`Message::encode_frame_with`] (signing the footer
-//! when its session signs), which yields a [`Frame`]: `[Tag::MSG + 53-byte header]`,
-//! front, middle, data, footer. [`Frame::push_to`] appends it to a write list, the
-//! payload segments shared with the message, never copied. This is the one v1 message
-//! encoder: what [`crate::Machine::poll_transmit`] writes, and what the golden vectors
-//! test ([`Message::encode_frame`] and [`Frame::write_to`] go through the same code).
+//! The session assigns `seq` and calls [`Message::push_frame_to`] (signing the footer
+//! when its session signs), which appends to a write list what a [`Frame`] holds:
+//! `[Tag::MSG + 53-byte header]`, front, middle, data, footer; a payload segment of 4 KiB
+//! or more shared with the message, a shorter one copied beside its header. This is the
+//! one v1 message encoder: what [`crate::Machine::poll_transmit`] writes, and what the
+//! golden vectors test ([`Message::encode_frame_with`], [`Message::encode_frame`] and
+//! [`Frame::write_to`] lay frames out through the same code).
 //!
 //! # Receiving
 //! The session reads the one-byte tag itself; after [`crate::wire::Tag::MSG`] it hands the

@@ -121,7 +121,8 @@ impl FaultContext {
 /// What to do after a fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultAction {
-    /// Lossy session that was open: drop it (`ms_handle_reset`) and stop.
+    /// Lossy session that was open, or a lossy msgr v1 connector faulting past
+    /// CONNECTING: drop it (`ms_handle_reset`) and stop.
     Reset,
     /// A connection that never carried a session (half-accepted): close quietly.
     Close,
@@ -139,7 +140,7 @@ pub enum FaultAction {
 pub fn fault_action(ctx: &FaultContext) -> FaultAction {
     // A lossy session dies with its connection; a lossy connector still retries while
     // it has never been open (Ceph keeps lossy connects in START_CONNECT), in msgr v1
-    // only until its socket connected (ProtocolV1's CONNECTING).
+    // only until its banner was written (ProtocolV1's CONNECTING: v1_still_connecting).
     if ctx.lossy && ctx.lossy_handshake_ends {
         return FaultAction::Reset;
     }

@@ -68,12 +68,12 @@ impl Written {
         }
     }
 
-    /// Whether the connection's first bytes are known written.
     /// Nothing was handed out on this connection yet.
     pub(crate) fn is_nothing(self) -> bool {
         self == Written::Nothing
     }
 
+    /// Whether the connection's first bytes are known written.
     pub(crate) fn first_out(self) -> bool {
         matches!(self, Written::Progressed | Written::FirstOut)
     }

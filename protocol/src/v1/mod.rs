@@ -22,7 +22,8 @@
 //! connect side:  AwaitTransport ─► AwaitBanner ─► AwaitConnectReply ─► Open
 //!                      ▲                 (retries and CHALLENGE_AUTHORIZER loop on
 //!                      │                  AwaitConnectReply)
-//!                      └── AwaitBackoff ◄── fault (lossless) ──┘  Standby ◄┘
+//!                      └── AwaitBackoff ◄── fault (lossless*) ─┘  Standby ◄┘
+//!                (*: and a lossy connector's before its banner is written)
 //! accept side:   AwaitPeerBanner ─► AwaitConnect ─► AwaitAuthorizerVerdict
 //!                   ─► AwaitAcceptDecision ─► [AwaitPeerInSeq] ─► Open
 //!                      (non-final replies loop back to AwaitConnect)
