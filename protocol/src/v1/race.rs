@@ -28,9 +28,19 @@ pub fn decide(
     let RequestKind::Connect { global_seq, connect_seq, .. } = req.kind else {
         return Decision::Drop;
     };
-    // Step 6: a stateless server opens a fresh session for every connect, no lookup.
+    // Step 6: a stateless server opens a fresh session for every connect. Ours registers
+    // its clients (Ceph's `stateless_registered_server`, an OSD's public messenger), so a
+    // client connecting again replaces its old lossy session and resets it, whose queued
+    // messages go with it (Ceph's fix for ops dispatched out of order, tracker 42328),
+    // after the same global_seq checks as any existing session.
     if policy.lossy && policy.server {
-        return Decision::Open;
+        return match existing.filter(|e| e.state != ExistingState::Closed && e.lossy) {
+            Some(ex) if ex.replacing || global_seq < ex.peer_global_seq => {
+                Decision::RetryGlobal(ex.peer_global_seq)
+            }
+            Some(_) => Decision::Replace { reset_existing: true, peer_restarted: false },
+            None => Decision::Open,
+        };
     }
     let Some(ex) = existing.filter(|e| e.state != ExistingState::Closed) else {
         // No session: a peer that thinks it has one (connect_seq > 0) must reset.
@@ -126,12 +136,25 @@ mod tests {
     const PEER: Policy = Policy::lossless_peer();
     const REUSE: Policy = Policy::lossless_peer_reuse();
 
-    // Step 6: "incoming lossy client, no need to register this connection".
+    // Step 6: our stateless server registers its lossy clients (Ceph's
+    // stateless_registered_server): a client's new connect resets its old lossy session
+    // ("accept replacing existing (lossy) channel"), after the global_seq checks; with
+    // none, a fresh session.
     #[test]
-    fn stateless_server_always_opens_without_lookup() {
-        let ex = existing(ExistingState::Open, 9, 100);
-        let d = decide(&req(5, 1), Some(&ex), &Policy::stateless_server(), &me_high());
-        assert_eq!(d, Decision::Open);
+    fn stateless_server_resets_a_clients_old_session() {
+        let server = Policy::stateless_server();
+        assert_eq!(decide(&req(5, 1), None, &server, &me_high()), Decision::Open);
+        let closed = ExistingSession { lossy: true, ..existing(ExistingState::Closed, 0, 100) };
+        assert_eq!(decide(&req(0, 1), Some(&closed), &server, &me_high()), Decision::Open);
+        let old = ExistingSession { lossy: true, ..existing(ExistingState::Open, 0, 40) };
+        assert_eq!(
+            decide(&req(0, 41), Some(&old), &server, &me_high()),
+            Decision::Replace { reset_existing: true, peer_restarted: false }
+        );
+        assert_eq!(
+            decide(&req(0, 39), Some(&old), &server, &me_high()),
+            Decision::RetryGlobal(GlobalSeq(40))
+        );
     }
 
     // "existing already closed" → open.

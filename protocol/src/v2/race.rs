@@ -63,9 +63,18 @@ fn decide_ident(
     policy: &Policy,
     my_addrs: &EntityAddrVec,
 ) -> Decision {
-    // "incoming lossy client, no need to register this connection".
+    // Ceph skips the lookup for a lossy client of a server that does not register them
+    // ("incoming lossy client, no need to register this connection"). Ours registers
+    // them (Ceph's `stateless_registered_server`, an OSD's public messenger): a client
+    // connecting again replaces its old lossy session, reset with its queued messages
+    // (`handle_existing_connection`), after the same checks as any existing session.
     if policy.server && policy.lossy {
-        return Decision::Open;
+        return match existing.filter(|e| e.state != ExistingState::Closed && e.lossy) {
+            Some(ex) if ex.replacing => Decision::Wait,
+            Some(ex) if ex.peer_global_seq > global_seq => Decision::Drop,
+            Some(_) => Decision::Replace { reset_existing: true, peer_restarted: false },
+            None => Decision::Open,
+        };
     }
     let Some(ex) = existing.filter(|e| e.state != ExistingState::Closed) else {
         return Decision::Open;
@@ -218,12 +227,28 @@ mod tests {
         use ExistingState::*;
         let rows: Vec<Row> = vec![
             (
-                "stateless server: no lookup",
+                "stateless server, no lossy session",
                 Some(ex(Open)),
                 ident(1, 5),
                 Policy::stateless_server(),
                 me_high(),
                 Decision::Open,
+            ),
+            (
+                "stateless server: the client's old lossy session is reset",
+                Some(ExistingSession { lossy: true, ..ex(Open) }),
+                ident(50, 5),
+                Policy::stateless_server(),
+                me_high(),
+                Decision::Replace { reset_existing: true, peer_restarted: false },
+            ),
+            (
+                "stateless server: a stale connect of the client's",
+                Some(ExistingSession { lossy: true, ..ex(Open) }),
+                ident(39, 5),
+                Policy::stateless_server(),
+                me_high(),
+                Decision::Drop,
             ),
             ("no existing", None, ident(1, 5), PEER, me_high(), Decision::Open),
             ("existing closed", Some(ex(Closed)), ident(1, 5), PEER, me_high(), Decision::Open),
