@@ -143,6 +143,12 @@ pub trait Dispatcher<C: ConnectionRef>: Send + Sync + 'static {
     fn ms_handle_remote_reset(&self, _conn: &C) {}
 
     /// The peer refused the connection; return `true` if handled (stops the walk).
+    ///
+    /// Twice over, as in Ceph: a handshake the peer refused for good (features, protocol
+    /// version, an auth method it will not take), which ends the connection; and a dial
+    /// nothing listened to (`ECONNREFUSED`), on every such attempt, after which the
+    /// session's fault policy goes on as for any failed dial (an OSD fails a heartbeat
+    /// peer at once on it).
     fn ms_handle_refused(&self, _conn: &C) -> bool {
         false
     }

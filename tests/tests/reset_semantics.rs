@@ -583,3 +583,34 @@ fn a_lossy_session_reset_by_a_newcomer_is_reset_once_and_delivers_nothing_after(
         srv.shutdown();
     }
 }
+
+/// A dial that nothing listens to (`ECONNREFUSED`) is told to the dispatchers
+/// (`ms_handle_refused`), as Ceph's `AsyncConnection` tells them before its fault (an OSD
+/// fails a heartbeat peer at once on it): a notification only, on every refused attempt,
+/// while the fault policy goes on retrying (lossless and lossy connector alike), and a
+/// message sent meanwhile is still taken.
+#[test]
+fn a_refused_dial_is_reported_on_every_attempt_while_the_session_retries() {
+    for policy in [Policy::lossless_peer(), Policy::lossy_client()] {
+        // Bound, not listening: every connect to it is refused, and the port stays ours.
+        let closed = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        closed.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+        let port = closed.local_addr().expect("addr").as_socket().expect("inet").port();
+        let target = protocol::types::EntityAddr::legacy(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            9,
+        );
+        let (cli, rx) = client(EntityType::OSD, 2, policy);
+        let conn = cli.connect_to(EntityType::OSD, target);
+        conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+        for attempt in 1..=2 {
+            let refused = wait_for_event(&rx, |s| matches!(s, Seen::Refused(c) if c == &conn));
+            assert!(refused, "{policy:?}: attempt {attempt} not reported refused");
+        }
+        assert_ne!(conn.state(), ConnState::Closed, "{policy:?}: the session goes on");
+        conn.send_message(test_message(MSG_TEST, 2, Bytes::new())).expect("still taken");
+        cli.shutdown();
+        drop(closed);
+    }
+}

@@ -270,6 +270,7 @@ impl Driver {
                         self.io.dial = Some(addr);
                         if let Err(e) = self.dial_now(cx, addr) {
                             log::info!(target: "msgr::conn", "{}: dial {addr} failed: {e}", self.machine);
+                            self.report_refused_dial(&e);
                             self.machine.handle_transport_closed(now);
                         }
                         // Else the machine restarts its handshake once the TCP connect is done.
@@ -490,6 +491,17 @@ impl Driver {
     }
 
     /// Queues a session event for the dispatchers, after the messages received before it.
+    /// A dial the peer's host refused (`ECONNREFUSED`: nothing listens there) is told to
+    /// the dispatchers (`ms_handle_refused`), as Ceph's `AsyncConnection` does before its
+    /// fault (an OSD fails a heartbeat peer at once on it,
+    /// `osd_fast_fail_on_connection_refused`). Only a notification: the session's fault
+    /// policy runs as for any other failed dial (backoff, standby, or a lossy reset).
+    pub(super) fn report_refused_dial(&mut self, e: &std::io::Error) {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            self.enqueue_event(QueueEvent::Refused(self.conn.clone()));
+        }
+    }
+
     fn enqueue_event(&mut self, ev: QueueEvent<crate::connection::Connection>) {
         self.flush_held_messages();
         self.env.queue.enqueue_event(ev);

@@ -310,20 +310,21 @@ impl Driver {
             let now = cx.now();
             let connected = match self.io.socket.as_ref() {
                 Some(s) => match s.take_error() {
-                    Ok(None) => s.peer_addr().ok(),
-                    _ => None,
+                    Ok(None) => s.peer_addr(),
+                    Ok(Some(e)) | Err(e) => Err(e),
                 },
-                None => None,
+                None => Err(io::ErrorKind::NotConnected.into()),
             };
             match connected {
-                Some(peer) => {
+                Ok(peer) => {
                     self.io.dialling = false;
                     self.conn.0.published.lock().socket_addr = Some(peer);
                     self.machine.handle_transport_connected(now);
                 }
-                None => {
+                Err(e) => {
                     self.io.dialling = false;
                     self.close_socket(cx);
+                    self.report_refused_dial(&e);
                     self.machine.handle_transport_closed(now);
                 }
             }

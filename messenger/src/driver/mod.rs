@@ -299,6 +299,7 @@ impl Driver {
             self.id = cx.id();
             if let Err(e) = self.start(cx) {
                 log::info!(target: "msgr::conn", "{}: start failed: {e}", self.machine);
+                self.report_refused_dial(&e);
                 self.machine.handle_transport_closed(cx.now());
             }
         }
