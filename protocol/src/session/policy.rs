@@ -25,7 +25,10 @@ impl Policy {
         Policy { lossy: false, server: true, standby: true, resetcheck: true }
     }
     /// `stateless_server` (and `stateless_registered_server`): lossy server; how a
-    /// monitor or an OSD treats clients.
+    /// monitor or an OSD treats clients. Its clients' sessions are registered, as
+    /// `stateless_registered_server`'s (an OSD's public messenger): a client connecting
+    /// again from the same address resets its old session. (Ceph's monitor does not
+    /// register them, and leaves the old connection to fail on its own.)
     pub const fn stateless_server() -> Self {
         Policy { lossy: true, server: true, standby: false, resetcheck: false }
     }
