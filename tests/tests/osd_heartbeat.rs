@@ -71,9 +71,10 @@ impl Dispatcher<Connection> for HeartbeatClient {
     }
     fn ms_fast_dispatch(&self, _conn: &Connection, msg: Message) {
         if let Ok(reply) = MOSDPing::from_message(&msg) {
-            if reply.op == OsdPingOp::PING_REPLY {
-                let peer = i64::from(reply.up_from);
-                self.last_reply.lock().insert((peer, self.iface), Instant::now());
+            // The replier is whom the message's source names, as Ceph's
+            // `handle_osd_ping` takes `m->get_source().num()`.
+            if let (OsdPingOp::PING_REPLY, Some(from)) = (reply.op, msg.src()) {
+                self.last_reply.lock().insert((from.num, self.iface), Instant::now());
             }
         }
     }
