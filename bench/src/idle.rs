@@ -82,15 +82,19 @@ pub fn handshake(addr: SocketAddr, cfg: &Arc<Config>) -> io::Result<(v1::Connect
 /// The child: opens `n` connections, prints "ready", holds them until stdin closes.
 pub fn clients(addr: SocketAddr, n: usize) -> io::Result<()> {
     raise_fd_limit();
-    let mut cfg = Config::new(
-        EntityName::new(EntityType::CLIENT, -1),
-        EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), std::process::id()),
-    );
-    cfg.crc_data = true;
-    let cfg = Arc::new(cfg);
     let mut socks = Vec::with_capacity(n);
-    for _ in 0..n {
-        socks.push(handshake(addr, &cfg)?.1);
+    // One client per connection, each with a nonce of its own, as Ceph's clients are
+    // (a client messenger keeps one connection per server): from one address they would
+    // be one client connecting again, whose older connection the server resets.
+    let base = std::process::id().wrapping_mul(100_003);
+    for i in 0..n {
+        let nonce = base.wrapping_add(u32::try_from(i).unwrap_or(u32::MAX)).wrapping_add(1);
+        let mut cfg = Config::new(
+            EntityName::new(EntityType::CLIENT, -1),
+            EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), nonce),
+        );
+        cfg.crc_data = true;
+        socks.push(handshake(addr, &Arc::new(cfg))?.1);
     }
     let mut stdout = io::stdout();
     writeln!(stdout, "ready {}", socks.len())?;
