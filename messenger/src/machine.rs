@@ -475,9 +475,10 @@ pub(crate) fn decide(
 ) -> Verdict {
     if existing.is_some_and(|e| e.foreign) {
         if policy.lossy && policy.server {
-            // A stateless server opens a session per connect and never touches the
-            // existing one (Ceph's does not even look): this one opens, but the address
-            // stays the existing session's.
+            // A stateless server resets a client's older session when the client
+            // connects again (Ceph's registered one), but this peer authenticated as
+            // another entity: it must not end that entity's session. This one opens,
+            // and the address stays the existing session's.
             return Verdict { decision: Decision::Open, action: AcceptAction::OpenUnregistered };
         }
         // Whatever the protocol's rules would say: resuming, replacing or resetting the
