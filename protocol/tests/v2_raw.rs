@@ -766,6 +766,25 @@ fn assembly_buffer_counts_as_held_receive_memory() {
     assert_eq!(a.conn.receive_held_bytes(), 0, "released with the delivery");
 }
 
+/// Opens the session of connector `c` (its transport connected), queues a message, and
+/// faults it: the reconnect resumes it with SESSION_RECONNECT, whose answer is the
+/// caller's.
+fn reconnecting_with_a_message_queued(c: &mut Connection, now: Instant) {
+    let mut b = acceptor_prefix(EntityType::MON);
+    b.extend(frame(&server_ident(v2_addr(6789, 0))));
+    c.handle_bytes(now, Bytes::from(b));
+    assert!(c.is_open());
+    let _ = output(c);
+    c.send_message(protocol::Message::new(2, Bytes::new()));
+    c.handle_transport_closed(now);
+    assert!(events(c).iter().any(|e| matches!(e, Event::Reconnect { .. })));
+    c.handle_transport_connected(now);
+    let _ = output(c);
+    c.handle_bytes(now, Bytes::from(acceptor_prefix(EntityType::MON)));
+    let sent = frames(&output(c), 0);
+    assert_eq!(sent.last().map(Frame::tag), Some(Tag::SESSION_RECONNECT));
+}
+
 // A SESSION_RETRY_GLOBAL past half of u32's range is refused, as v1's RETRY_GLOBAL:
 // raised above it, the process-wide global_seq counter (v1's too, which carries its low
 // 32 bits) wrapped, and every other connection paid retries until it caught up. A
@@ -791,20 +810,7 @@ fn an_implausible_retry_global_is_refused() {
             now,
         );
         c.handle_transport_connected(now);
-        let mut b = acceptor_prefix(EntityType::MON);
-        b.extend(frame(&server_ident(v2_addr(6789, 0))));
-        c.handle_bytes(now, Bytes::from(b));
-        assert!(c.is_open());
-        let _ = output(&mut c);
-        // The session faults; the reconnect resumes it with SESSION_RECONNECT.
-        c.send_message(protocol::Message::new(2, Bytes::new()));
-        c.handle_transport_closed(now);
-        assert!(events(&mut c).iter().any(|e| matches!(e, Event::Reconnect { .. })));
-        c.handle_transport_connected(now);
-        let _ = output(&mut c);
-        c.handle_bytes(now, Bytes::from(acceptor_prefix(EntityType::MON)));
-        let sent = frames(&output(&mut c), 0);
-        assert_eq!(sent.last().map(Frame::tag), Some(Tag::SESSION_RECONNECT));
+        reconnecting_with_a_message_queued(&mut c, now);
         let before = config.global_seq.current();
         c.handle_bytes(now, Bytes::from(frame(&SessionRetryGlobal { global_seq: gs })));
         let sent = frames(&output(&mut c), 0);
@@ -826,19 +832,7 @@ fn an_implausible_retry_global_is_refused() {
 #[test]
 fn ident_missing_features_in_answer_to_a_reconnect_faults() {
     let (mut c, now) = connector(Policy::lossless_client());
-    let mut b = acceptor_prefix(EntityType::MON);
-    b.extend(frame(&server_ident(v2_addr(6789, 0))));
-    c.handle_bytes(now, Bytes::from(b));
-    assert!(c.is_open());
-    let _ = output(&mut c);
-    c.send_message(protocol::Message::new(2, Bytes::new()));
-    c.handle_transport_closed(now);
-    assert!(events(&mut c).iter().any(|e| matches!(e, Event::Reconnect { .. })));
-    c.handle_transport_connected(now);
-    let _ = output(&mut c);
-    c.handle_bytes(now, Bytes::from(acceptor_prefix(EntityType::MON)));
-    let sent = frames(&output(&mut c), 0);
-    assert_eq!(sent.last().map(Frame::tag), Some(Tag::SESSION_RECONNECT));
+    reconnecting_with_a_message_queued(&mut c, now);
 
     c.handle_bytes(now, Bytes::from(frame(&IdentMissingFeatures { missing_features: 1 << 40 })));
     let evs = events(&mut c);

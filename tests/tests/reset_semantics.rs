@@ -393,18 +393,15 @@ impl messenger::Dispatcher<Connection> for SendOnReset {
 }
 
 /// A lossy peer connecting again from the same address while its old connection is still
-/// open: the acceptor resets the old session (`ms_handle_reset`), and the handle is closed
-/// by then, as after any other reset: a send on it from the callback fails instead of
-/// being taken and dropped by its driver later.
-#[test]
-fn a_lossy_session_replaced_by_a_new_connection_is_closed_when_reset() {
+/// open, to a server with `policy`: the acceptor resets the old session
+/// (`ms_handle_reset`), and the handle is closed by then, as after any other reset: a send
+/// on it from the callback fails instead of being taken and dropped by its driver later.
+fn old_lossy_session_is_closed_when_the_peer_connects_again(policy: Policy) {
     for proto in [messenger::ProtocolVersion::V1, messenger::ProtocolVersion::V2] {
         let srv =
             Messenger::new(protocol::types::EntityName::new(EntityType::OSD, 0), 1, test_config(1))
                 .expect("messenger");
-        // Lossy, and not a stateless server (which keeps no table of its sessions): two
-        // OSDs' heartbeat connections, say.
-        srv.set_default_policy(Policy::lossy_client());
+        srv.set_default_policy(policy);
         srv.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
         srv.start().expect("start");
         let (sent, rx) = crossbeam_channel::unbounded();
@@ -415,37 +412,24 @@ fn a_lossy_session_replaced_by_a_new_connection_is_closed_when_reset() {
         let old = tests::hostile::RawPeer::handshake_as(addr, Policy::lossy_client(), 77);
         let new = tests::hostile::RawPeer::handshake_as(addr, Policy::lossy_client(), 77);
         let sent = rx.recv_timeout(WAIT).expect("the old session was reset");
-        assert_eq!(sent, Err(messenger::SendError::Closed), "{proto:?}");
+        assert_eq!(sent, Err(messenger::SendError::Closed), "{policy:?} {proto:?}");
         drop((old, new));
         srv.shutdown();
     }
 }
 
-/// The same at a stateless server (an OSD's public messenger: Ceph's
-/// `stateless_registered_server`): a client connecting again from the same address
-/// resets its old lossy session, whose handle is closed by then, instead of leaving it
-/// open beside the new one with its queued messages still to be dispatched.
+/// Between lossy peers: two OSDs' heartbeat connections, say.
+#[test]
+fn a_lossy_session_replaced_by_a_new_connection_is_closed_when_reset() {
+    old_lossy_session_is_closed_when_the_peer_connects_again(Policy::lossy_client());
+}
+
+/// At a stateless server (an OSD's public messenger: Ceph's `stateless_registered_server`):
+/// the client's old session is reset instead of left open beside the new one with its
+/// queued messages still to be dispatched.
 #[test]
 fn a_stateless_server_resets_a_clients_old_session_when_it_connects_again() {
-    for proto in [messenger::ProtocolVersion::V1, messenger::ProtocolVersion::V2] {
-        let srv =
-            Messenger::new(protocol::types::EntityName::new(EntityType::OSD, 0), 1, test_config(1))
-                .expect("messenger");
-        srv.set_default_policy(Policy::stateless_server());
-        srv.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
-        srv.start().expect("start");
-        let (sent, rx) = crossbeam_channel::unbounded();
-        let (reported_tx, reported) = crossbeam_channel::unbounded();
-        let dispatcher = SendOnReset { sent, reported, reported_tx, accepts: Default::default() };
-        srv.add_dispatcher_head(std::sync::Arc::new(dispatcher)).expect("dispatcher");
-        let addr = addr_for(proto, srv.my_addr());
-        let old = tests::hostile::RawPeer::handshake_as(addr, Policy::lossy_client(), 77);
-        let new = tests::hostile::RawPeer::handshake_as(addr, Policy::lossy_client(), 77);
-        let sent = rx.recv_timeout(WAIT).expect("the old session was reset");
-        assert_eq!(sent, Err(messenger::SendError::Closed), "{proto:?}");
-        drop((old, new));
-        srv.shutdown();
-    }
+    old_lossy_session_is_closed_when_the_peer_connects_again(Policy::stateless_server());
 }
 
 /// What a server's dispatcher saw, in order: messages by tid (with their connection) and
