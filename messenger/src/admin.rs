@@ -15,8 +15,9 @@
 //!
 //! An accept that fails for want of descriptors or memory (EMFILE, ENFILE, …) leaves the
 //! client queued, and the listener's edge-triggered readiness will not report it again:
-//! the listener retries after a pause (the processor's rule, `after_accept_error`), as
-//! Ceph's admin socket thread, looping on its poll, would.
+//! the listener retries after a pause (the processor's rule, `AcceptErrors`), as
+//! Ceph's admin socket thread, looping on its poll, would. So does one after the same
+//! error came back several times in a row.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -24,14 +25,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
 use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, TimerTarget};
 use mio::net::{UnixListener, UnixStream};
 use mio::Interest;
 use serde_json::{json, Value};
 
 use crate::env::Env;
-use crate::processor::{after_accept_error, AcceptFailed, Pause, PauseLog, ACCEPT_BACKOFF};
+use crate::processor::{AcceptErrors, AcceptFailed, Listening, Pause, PauseLog, ACCEPT_BACKOFF};
 
 /// Longest command accepted: commands are short JSON objects; anything longer is refused
 /// (the connection is closed) rather than buffered without bound.
@@ -55,27 +55,6 @@ pub(crate) struct AdminSocket {
     center: CenterHandle,
     listening: Listening,
     path: PathBuf,
-}
-
-/// Where the listener's registration on its worker stands.
-enum Listening {
-    /// Registered: the listener's handler.
-    On(HandlerId),
-    /// Posted by a worker thread, which must not wait for it: the registration's outcome,
-    /// in by the time anything posted to the same center after it runs there (the
-    /// center's queue is one FIFO).
-    Posted(Receiver<io::Result<HandlerId>>),
-}
-
-impl Listening {
-    /// The listener's handler, on its worker; `None` if the registration failed or never
-    /// ran (the center stopped).
-    fn id(self) -> Option<HandlerId> {
-        match self {
-            Listening::On(id) => Some(id),
-            Listening::Posted(outcome) => outcome.try_recv().ok().and_then(Result::ok),
-        }
-    }
 }
 
 /// Whether a listener answers at `path`: a connect that succeeds, or that would wait
@@ -131,6 +110,7 @@ impl AdminSocket {
                     clients: Arc::default(),
                     paused: Pause::default(),
                     pauses: PauseLog::default(),
+                    failures: AcceptErrors::default(),
                 })
             });
             match &registered {
@@ -199,6 +179,8 @@ struct AdminListener {
     paused: Pause,
     /// Which of those pauses are logged.
     pauses: PauseLog,
+    /// Accept errors in a row that a retry at once may meet again.
+    failures: AcceptErrors,
 }
 
 impl AdminListener {
@@ -207,6 +189,7 @@ impl AdminListener {
         for _ in 0..ACCEPT_BATCH {
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    self.failures.accepted();
                     if self.clients.load(Ordering::Relaxed) >= ADMIN_MAX_CLIENTS {
                         log::debug!(target: "msgr::admin", "{ADMIN_MAX_CLIENTS} admin clients already: one more closed");
                         drop(stream);
@@ -234,7 +217,7 @@ impl AdminListener {
                         Err(e) => log::warn!(target: "msgr::admin", "admin connection: {e}"),
                     }
                 }
-                Err(e) => match after_accept_error(&e) {
+                Err(e) => match self.failures.after(&e) {
                     AcceptFailed::Drained => return,
                     AcceptFailed::Next => {
                         log::debug!(target: "msgr::admin", "admin accept: {e}");

@@ -3,7 +3,9 @@
 //! Accepts until WouldBlock and places each new connection on the least-loaded worker.
 //! Accept errors that mean "out of resources" (EMFILE, ENFILE, ENOBUFS, ENOMEM) pause
 //! accepting for a moment instead of spinning on a listener that stays readable, then
-//! retry (`after_accept_error`, which the admin socket's listener follows too); so do
+//! retry (`after_accept_error`, which the admin socket's listener follows too), and so
+//! does a listener whose accepts failed more than Ceph's `ms_max_accept_failures` times
+//! in a row (`AcceptErrors`: an error that leaves the connection queued would spin); so do
 //! `max_queued_events` connection events waiting for the dispatch thread (each accepted
 //! connection adds some, and nothing else bounds them).
 
@@ -13,6 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, TimerTarget};
 use mio::net::TcpListener;
 use mio::Interest;
@@ -60,57 +63,79 @@ pub(crate) fn bind(
     Ok((listener, bound))
 }
 
+/// Where a listener's registration on its worker stands (the messenger's and the admin
+/// socket's).
+pub(crate) enum Listening {
+    /// Registered: the listener's handler.
+    On(HandlerId),
+    /// Posted by a worker thread, which must not wait for it: the registration's outcome,
+    /// in by the time anything posted to the same center after it runs there (the
+    /// center's queue is one FIFO).
+    Posted(Receiver<io::Result<HandlerId>>),
+}
+
+impl Listening {
+    /// The listener's handler, on its worker; `None` if the registration failed or never
+    /// ran (the center stopped).
+    pub(crate) fn id(self) -> Option<HandlerId> {
+        match self {
+            Listening::On(id) => Some(id),
+            Listening::Posted(outcome) => outcome.try_recv().ok().and_then(Result::ok),
+        }
+    }
+}
+
 /// The messenger's listener, living on one worker once started.
 pub(crate) struct Processor {
     listener: Option<std::net::TcpListener>,
     center: CenterHandle,
-    id: Option<HandlerId>,
+    listening: Option<Listening>,
 }
 
 impl Processor {
     pub(crate) fn new(listener: std::net::TcpListener, center: CenterHandle) -> Processor {
-        Processor { listener: Some(listener), center, id: None }
+        Processor { listener: Some(listener), center, listening: None }
     }
 
     /// Registers the listener on its worker; accepting starts, each accepted socket
     /// going to the least loaded of `workers`.
+    ///
+    /// From any thread, as Ceph's `Processor::start` (whose `submit_to` runs inline on
+    /// the listener's own worker). Off the workers it waits for the registration and
+    /// returns its error. On a worker (a dispatcher added from `ms_fast_dispatch` or a
+    /// timer) it must not wait: not for its own center, which runs the registration only
+    /// once the caller returns, nor for another, which may be waiting for this one. The
+    /// registration is posted, and a failure of it (the poll's: out of memory) is logged,
+    /// not returned.
     pub(crate) fn start(&mut self, env: Arc<Env>, workers: Vec<CenterHandle>) -> io::Result<()> {
         let Some(listener) = self.listener.take() else { return Ok(()) };
         let listener = TcpListener::from_std(listener);
         let center = self.center.clone();
-        let id = self
-            .center
-            .submit_to(move |cx: &mut Context<'_>| -> io::Result<HandlerId> {
-                #[cfg(feature = "fault-injection")]
-                let injector = Injector::new(
-                    &env.config,
-                    env.identity.nonce(),
-                    LISTENER_STREAM,
-                    env.worker_counters(center.id()),
-                );
-                let counters = env.worker_counters(center.id());
-                let handler = AcceptHandler {
-                    listener,
-                    counters,
-                    events_full: false,
-                    env,
-                    workers,
-                    paused: Pause::default(),
-                    pauses: PauseLog::default(),
-                    center,
-                    registered: false,
-                    #[cfg(feature = "fault-injection")]
-                    injector,
-                };
-                let id = cx.insert_handler(Box::new(handler));
-                let registered = cx.with_handler(id, |h, cx| h.notify(cx));
-                if registered.is_none() {
-                    return Err(io::Error::other("accept handler vanished"));
-                }
-                Ok(id)
-            })
-            .map_err(|e| io::Error::other(format!("{e}")))??;
-        self.id = Some(id);
+        let wait = !event_center::on_a_worker();
+        let (tx, outcome) = crossbeam_channel::bounded(1);
+        let register = move |cx: &mut Context<'_>| {
+            let handler = AcceptHandler::new(listener, env, workers, center);
+            let id = cx.insert_handler(Box::new(handler));
+            let registered = cx
+                .with_handler(id, |h, cx| h.notify(cx))
+                .map(|_| id)
+                .ok_or_else(|| io::Error::other("accept handler vanished"));
+            if let (Err(e), false) = (&registered, wait) {
+                log::warn!(target: "msgr::accept", "listener not served: {e}");
+            }
+            let _ = tx.send(registered);
+        };
+        self.center.dispatch_event_external(register).map_err(io::Error::other)?;
+        let listening = if wait {
+            match outcome.recv() {
+                Ok(registered) => Listening::On(registered?),
+                // Dropped unrun: the center stopped meanwhile.
+                Err(_) => return Err(io::Error::other("the listener's worker stopped")),
+            }
+        } else {
+            Listening::Posted(outcome)
+        };
+        self.listening = Some(listening);
         Ok(())
     }
 
@@ -119,9 +144,12 @@ impl Processor {
     /// shared pool whose worker is busy. Called on a worker, it cannot wait (for itself,
     /// or for another worker that may wait on this one): the close is posted.
     pub(crate) fn stop(self) {
-        let Some(id) = self.id else { return };
+        let Some(listening) = self.listening else { return };
+        // Posted after the registration, to the same center: it runs after it.
         let remove = move |cx: &mut Context<'_>| {
-            cx.remove(id);
+            if let Some(id) = listening.id() {
+                cx.remove(id);
+            }
         };
         if event_center::on_a_worker() {
             let _ = self.center.dispatch_event_external(remove);
@@ -143,6 +171,8 @@ struct AcceptHandler {
     paused: Pause,
     /// Which pauses for want of descriptors or memory are logged.
     pauses: PauseLog,
+    /// Accept errors in a row that a retry at once may meet again.
+    failures: AcceptErrors,
     center: CenterHandle,
     registered: bool,
     /// `ms_inject_socket_failures` on accept.
@@ -151,6 +181,33 @@ struct AcceptHandler {
 }
 
 impl AcceptHandler {
+    fn new(
+        listener: TcpListener,
+        env: Arc<Env>,
+        workers: Vec<CenterHandle>,
+        center: CenterHandle,
+    ) -> AcceptHandler {
+        AcceptHandler {
+            #[cfg(feature = "fault-injection")]
+            injector: Injector::new(
+                &env.config,
+                env.identity.nonce(),
+                LISTENER_STREAM,
+                env.worker_counters(center.id()),
+            ),
+            listener,
+            counters: env.worker_counters(center.id()),
+            events_full: false,
+            env,
+            workers,
+            paused: Pause::default(),
+            pauses: PauseLog::default(),
+            failures: AcceptErrors::default(),
+            center,
+            registered: false,
+        }
+    }
+
     fn accept_some(&mut self, cx: &mut Context<'_>) {
         for _ in 0..ACCEPT_BATCH {
             if self.events_backlogged() {
@@ -159,6 +216,7 @@ impl AcceptHandler {
             }
             match self.listener.accept() {
                 Ok((socket, peer)) => {
+                    self.failures.accepted();
                     log::debug!(target: "msgr::accept", "accepted {peer}");
                     #[cfg(feature = "fault-injection")]
                     if self.injector.fail_socket() {
@@ -169,7 +227,7 @@ impl AcceptHandler {
                     let worker = self.least_loaded();
                     driver::spawn_accepted(&self.env, &worker, socket, peer);
                 }
-                Err(e) => match after_accept_error(&e) {
+                Err(e) => match self.failures.after(&e) {
                     AcceptFailed::Drained => return,
                     AcceptFailed::Next => {
                         if e.kind() != io::ErrorKind::Interrupted {
@@ -236,6 +294,53 @@ pub(crate) fn after_accept_error(e: &io::Error) -> AcceptFailed {
             AcceptFailed::Pause
         }
         _ => AcceptFailed::Next,
+    }
+}
+
+/// Consecutive accept errors a retry at once may meet again, after which a listener
+/// pauses as for a shortage ([`AcceptFailed::Pause`]).
+///
+/// Why: an error that takes no connection off the backlog (a security module refusing
+/// the accept: `EACCES`, `EPERM`) comes back on every call, and the listener would spin
+/// on its worker. Ceph counts the same errors in a row (`ms_max_accept_failures`, 4) and
+/// aborts the daemon past them; pausing keeps every other connection on the worker
+/// running.
+#[derive(Debug, Default)]
+pub(crate) struct AcceptErrors {
+    in_a_row: u32,
+}
+
+/// Errors in a row after which accepting pauses: Ceph's `ms_max_accept_failures`.
+const MAX_ACCEPT_FAILURES: u32 = 4;
+
+impl AcceptErrors {
+    /// A connection was accepted.
+    pub(crate) fn accepted(&mut self) {
+        self.in_a_row = 0;
+    }
+
+    /// What to do after `e` ([`after_accept_error`]), pausing once more than
+    /// [`MAX_ACCEPT_FAILURES`] errors came in a row. An aborted connection or an
+    /// interrupted call is not counted (as in Ceph): the next call may well succeed.
+    pub(crate) fn after(&mut self, e: &io::Error) -> AcceptFailed {
+        let failed = after_accept_error(e);
+        let transient =
+            e.kind() == io::ErrorKind::Interrupted || e.raw_os_error() == Some(libc::ECONNABORTED);
+        match failed {
+            AcceptFailed::Next if !transient => {
+                self.in_a_row += 1;
+                if self.in_a_row > MAX_ACCEPT_FAILURES {
+                    self.in_a_row = 0;
+                    return AcceptFailed::Pause;
+                }
+                failed
+            }
+            AcceptFailed::Pause => {
+                self.in_a_row = 0;
+                failed
+            }
+            _ => failed,
+        }
     }
 }
 
@@ -366,6 +471,38 @@ mod tests {
         for code in [libc::ECONNABORTED, libc::EPROTO, libc::EPERM, libc::EINTR] {
             assert_eq!(after_accept_error(&os(code)), AcceptFailed::Next, "errno {code}");
         }
+    }
+
+    // An error that leaves the connection queued (a security module's EACCES) would come
+    // back on every call: past Ceph's ms_max_accept_failures in a row the listener
+    // pauses instead of spinning. Before, every such error was "next" forever.
+    #[test]
+    fn the_same_error_in_a_row_pauses_after_cephs_limit() {
+        for code in [libc::EACCES, libc::EPERM, libc::EPROTO] {
+            let mut errors = AcceptErrors::default();
+            for _ in 0..MAX_ACCEPT_FAILURES {
+                assert_eq!(errors.after(&os(code)), AcceptFailed::Next, "errno {code}");
+            }
+            assert_eq!(errors.after(&os(code)), AcceptFailed::Pause, "errno {code}");
+            // The pause starts a new count.
+            assert_eq!(errors.after(&os(code)), AcceptFailed::Next, "errno {code}");
+        }
+    }
+
+    #[test]
+    fn an_accepted_connection_or_a_transient_error_resets_or_skips_the_count() {
+        let mut errors = AcceptErrors::default();
+        for _ in 0..3 {
+            for _ in 0..MAX_ACCEPT_FAILURES {
+                assert_eq!(errors.after(&os(libc::EACCES)), AcceptFailed::Next);
+            }
+            errors.accepted();
+        }
+        for _ in 0..100 {
+            assert_eq!(errors.after(&os(libc::ECONNABORTED)), AcceptFailed::Next);
+            assert_eq!(errors.after(&os(libc::EINTR)), AcceptFailed::Next);
+        }
+        assert_eq!(errors.after(&os(libc::EMFILE)), AcceptFailed::Pause);
     }
 
     #[test]

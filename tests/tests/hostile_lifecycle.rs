@@ -603,3 +603,87 @@ fn sessions_of_peers_listing_a_legacy_address_first_are_removed() {
     assert_eq!(srv.session_count(), 0, "sessions left behind");
     srv.shutdown();
 }
+
+/// Runs `call` with `m` on worker `worker` of its pool and returns what it returned.
+fn on_worker<R: Send + 'static>(
+    m: &Arc<Messenger>,
+    worker: usize,
+    call: impl FnOnce(&Messenger) -> R + Send + 'static,
+) -> R {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let m2 = m.clone();
+    m.pool()
+        .handle(worker)
+        .dispatch_event_external(move |_| {
+            let _ = tx.send(call(&m2));
+        })
+        .expect("worker running");
+    rx.recv_timeout(WAIT).expect("the call on the worker returned")
+}
+
+/// A bound, started server on `workers` workers with no dispatcher yet (the first
+/// `add_dispatcher_*` starts its listener), and the worker its listener went on.
+fn unready_server(workers: usize) -> (Arc<Messenger>, usize) {
+    let m = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, test_config(workers))
+        .expect("messenger");
+    m.set_default_policy(Policy::stateless_server());
+    // bind places the listener on the least loaded worker; nothing runs meanwhile.
+    let listener_worker = m.pool().least_loaded().id();
+    m.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    m.start().expect("start");
+    (Arc::new(m), listener_worker)
+}
+
+/// One echoed message from a new client: the server's listener accepts and answers.
+fn answers(srv: &Messenger) {
+    let (cli, cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    conn.send_message(test_message(MSG_TEST, 7, Bytes::from_static(b"ping"))).expect("send");
+    let (_, reply) = next_message(&cli_rx);
+    assert_eq!(reply.tid(), 7);
+    cli.shutdown();
+}
+
+// The first dispatcher added from the listener's own worker (a fast dispatch of another
+// messenger on a shared pool, a timer) starts the listener, as Ceph's Processor::start
+// does there (its submit_to runs inline on its own worker). Before, the registration
+// waited for that worker (submit_to: OnOwnThread), failed, and dropped the listener:
+// the messenger announced an address nothing listened on, and every later
+// add_dispatcher_* said Ok.
+#[test]
+fn the_first_dispatcher_added_on_the_listeners_worker_starts_the_listener() {
+    let (srv, _) = unready_server(1);
+    let (rec, _rx) = Recorder::new(true);
+    on_worker(&srv, 0, move |m| m.add_dispatcher_head(rec)).expect("dispatcher added");
+    answers(&srv);
+    srv.shutdown();
+}
+
+// From another worker while the listener's is busy: the call does not wait for it (two
+// workers doing so to each other would deadlock), and the listener serves once the busy
+// worker is free. Before, add_dispatcher_head blocked in submit_to until it was.
+#[test]
+fn a_dispatcher_added_on_another_worker_does_not_wait_for_the_listeners() {
+    let (srv, listener_worker) = unready_server(2);
+    let caller = 1 - listener_worker;
+    let (release, released) = crossbeam_channel::bounded::<()>(1);
+    let (blocked, is_blocked) = crossbeam_channel::bounded(1);
+    srv.pool()
+        .handle(listener_worker)
+        .dispatch_event_external(move |_| {
+            let _ = blocked.send(());
+            let _ = released.recv_timeout(WAIT);
+        })
+        .expect("worker running");
+    is_blocked.recv_timeout(WAIT).expect("the listener's worker is blocked");
+    let (rec, _rx) = Recorder::new(true);
+    let (added, while_blocked) = on_worker(&srv, caller, move |m| {
+        let added = m.add_dispatcher_head(rec);
+        // Fails once the blocked worker gave up waiting: the call waited for it.
+        (added, release.send(()).is_ok())
+    });
+    added.expect("dispatcher added");
+    assert!(while_blocked, "add_dispatcher_head waited for the listener's busy worker");
+    answers(&srv);
+    srv.shutdown();
+}
