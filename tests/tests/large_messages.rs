@@ -1,7 +1,10 @@
 //! Large fronts and large data on a lossless connection (Ceph's MessageTest): an
 //! MCommand whose front is ~900 KB of command words and an MPing carrying ~800 KB of
 //! data, echoed back byte for byte — then the same sizes streamed while the socket is
-//! cut in the middle of them, so half-written large messages are replayed.
+//! cut in the middle of them, so half-written large messages are replayed; and a large
+//! v1 segment arriving in pieces whose last is a few bytes.
+
+use std::io::Write;
 
 use bytes::Bytes;
 use messenger::Policy;
@@ -11,6 +14,9 @@ use protocol::Message;
 use tests::loopback::*;
 
 const CEPH_MSG_PING: u16 = 2;
+
+/// A message type of our own for raw-peer messages.
+const MSG_LARGE: u16 = 0x7f10;
 
 /// Ceph's MessageTest payload: the alphabet 30 × 1024 times.
 fn alphabet_words() -> Vec<String> {
@@ -107,4 +113,41 @@ fn large_messages_survive_cuts_in_the_middle() {
     assert_eq!(srv.v1_counters().old_seq_dropped, 0, "replays were trimmed by the SEQ exchange");
     cli.shutdown();
     srv.shutdown();
+}
+
+// A large v1 segment arriving in two writes is read straight into its assembly buffer in
+// growing windows; with a data length of 64 KiB plus 1–3 bytes the last window is those
+// few bytes. A read asking for 0 bytes there (a buffer exactly full, no room made) would
+// return 0 at once, taken for the peer's EOF: the connection would fault and the lossy
+// session's message be lost. A review predicted that; the buffer's growth leaves room,
+// and `read_into_spare` now makes room whatever it is asked for.
+#[test]
+fn a_large_v1_segment_whose_last_piece_is_a_few_bytes_arrives() {
+    use tests::hostile::{head_len, worker_counter, RawPeer};
+    for data_len in [65_537usize, 65_538, 65_539, 65_540, 131_074] {
+        let (srv, _, rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+        let server_addr = addr_for(protocol::ProtocolVersion::V1, srv.my_addr());
+        let mut peer = RawPeer::handshake(server_addr, Policy::lossy_client());
+        let mut msg = Message::new(MSG_LARGE, Bytes::new());
+        msg.set_tid(9);
+        msg.set_data(Bytes::from((0..data_len).map(|i| i as u8).collect::<Vec<u8>>()));
+        let wire = peer.frame(msg);
+        let first = head_len(protocol::ProtocolVersion::V1) + 4096;
+        let before = worker_counter(&srv, "msgr_recv_bytes");
+        peer.sock.write_all(&wire[..first]).expect("write the head");
+        // The rest only once the first piece was read on its own.
+        wait_until(
+            || worker_counter(&srv, "msgr_recv_bytes") >= before + first as u64,
+            || format!("the first {first} bytes were not read"),
+        );
+        peer.sock.write_all(&wire[first..]).expect("write the rest");
+        let (_, got) = next_message(&rx);
+        assert_eq!(got.tid(), 9, "data_len {data_len}");
+        assert_eq!(got.data().len(), data_len, "data_len {data_len}");
+        assert!(
+            got.data().iter().enumerate().all(|(i, b)| *b == i as u8),
+            "data_len {data_len}: the data arrived changed"
+        );
+        srv.shutdown();
+    }
 }

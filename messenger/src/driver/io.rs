@@ -181,8 +181,10 @@ fn read_into_spare(
     max: usize,
 ) -> io::Result<(usize, usize)> {
     use std::os::fd::AsRawFd;
-    if buf.capacity() - buf.len() < chunk / 4 {
-        buf.reserve(chunk);
+    // Never no room at all: a read of 0 bytes returns 0 at once, which would be taken
+    // for the peer's EOF.
+    if buf.capacity() - buf.len() < (chunk / 4).max(1) {
+        buf.reserve(chunk.max(1));
     }
     let spare = buf.spare_capacity_mut();
     let len = spare.len().min(max);
