@@ -19,7 +19,7 @@ use protocol::auth::{
 };
 use protocol::encoding::UTime;
 use protocol::messages::MCommandReply;
-use protocol::types::{AuthEntityName, EntityName, EntityType, Features};
+use protocol::types::{AuthEntityName, EntityAddr, EntityName, EntityType, Features};
 use protocol::wire::{MsgFooter, MsgHeader};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -232,8 +232,13 @@ impl AuthProvider for Tap {
     fn modes(&self, role: AuthRole, peer_type: EntityType) -> Vec<ConMode> {
         self.inner.modes(role, peer_type)
     }
-    fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
-        self.inner.client(peer_type, method)
+    fn client(
+        &self,
+        peer_type: EntityType,
+        peer_addr: &EntityAddr,
+        method: u32,
+    ) -> Option<Box<dyn AuthClient>> {
+        self.inner.client(peer_type, peer_addr, method)
     }
     fn server(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>> {
         self.inner.server(peer_type, method)

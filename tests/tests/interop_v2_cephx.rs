@@ -3,21 +3,26 @@
 //! frames through the messenger's cephx provider (no MAuth message), in the mode
 //! `--mode` asks for, and prints the status JSON; stderr names the negotiated mode.
 //! The same messenger path against a real OSD: the monitor-issued osd ticket as an
-//! authorizer over msgr2, secure and crc mode.
+//! authorizer over msgr2, secure and crc mode. Ticket renewal on a live msgr2 monitor
+//! session, with MAuth messages as Ceph's MonClient does.
 //! Skipped, with a printed reason, when Ceph is not installed (a failure in CI,
 //! ASYNCMSGR_REQUIRE_CEPH=1).
 
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use messenger::{Connection, Messenger, MessengerConfig, Policy};
-use protocol::auth::cephx::{CephxProvider, RngSource, TicketSource, TicketStore, WallClock};
-use protocol::auth::{parse_entity_name, AuthConfig, ConMode, ConModes, KeyRing};
-use protocol::messages::{MCommand, MCommandReply, MsgType, TypedMessage};
-use protocol::types::{AddrType, EntityAddr, EntityName, EntityType, Features};
+use protocol::auth::cephx::{
+    CephxClient, CephxProvider, ClientEvent, RngSource, ServiceMask, TicketSource, TicketStore,
+    WallClock,
+};
+use protocol::auth::{parse_entity_name, AuthConfig, ConMode, ConModes, CryptoKey, KeyRing};
+use protocol::messages::{MAuthReply, MCommand, MCommandReply, MsgType, TypedMessage};
+use protocol::types::{AddrType, AuthEntityName, EntityAddr, EntityName, EntityType, Features};
 use protocol::Message;
 use tests::ceph::{CephMon, CephOsd};
 use tests::cephx::{assert_version_json, wall_now};
@@ -161,4 +166,172 @@ fn reply_on(rx: &crossbeam_channel::Receiver<Seen>, conn: &Connection) -> (Conne
             Err(e) => panic!("no reply within {WAIT:?}: {e}"),
         }
     }
+}
+
+/// A client messenger whose cephx provider authenticates to monitors over msgr2 as
+/// `name` with `key`, keeping tickets and monitor sessions in `store`.
+fn monitor_client(
+    name: &AuthEntityName,
+    key: &CryptoKey,
+    store: &Arc<TicketStore>,
+) -> (Messenger, Receiver<Seen>) {
+    let clock = WallClock::anchored(Instant::now(), wall_now());
+    let rng: RngSource = Arc::new(|| Box::new(rand::rngs::OsRng) as _);
+    let provider = CephxProvider::new(name.clone(), AuthConfig::ceph_defaults(), clock, rng)
+        .with_monitor_key(key.clone(), store.clone());
+    let config = test_config(1).with_auth_provider(Arc::new(provider));
+    let msgr = Messenger::new(EntityName::new(EntityType::CLIENT, EntityName::NEW), 1, config)
+        .expect("messenger");
+    msgr.set_default_policy(Policy::lossy_client());
+    msgr.start().expect("start");
+    let (rec, rx) = Recorder::new(false);
+    msgr.add_dispatcher_head(rec).expect("dispatcher");
+    (msgr, rx)
+}
+
+/// Dials the monitor at `addr` over msgr2 and asks for its map, as a Pacific
+/// MonClient's first message: the connection once the MMonMap came, or `None` when the
+/// connection was refused or reset (the monitor refused our credentials).
+fn monitor_session(msgr: &Messenger, rx: &Receiver<Seen>, addr: EntityAddr) -> Option<Connection> {
+    let conn = msgr.connect_to(EntityType::MON, addr);
+    let mut get_map = Message::new(MsgType::MON_GET_MAP.0, Bytes::new());
+    get_map.set_version(1);
+    get_map.set_compat_version(1);
+    conn.send_message(get_map).expect("send");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match rx.recv_deadline(deadline) {
+            Ok(Seen::Message(c, m)) if c == conn && m.msg_type() == MsgType::MON_MAP.0 => {
+                return Some(conn)
+            }
+            Ok(Seen::Reset(c) | Seen::Refused(c)) if c == conn => return None,
+            Ok(_) => {}
+            Err(e) => panic!("no monmap and no refusal within {WAIT:?}: {e}"),
+        }
+    }
+}
+
+/// Sends what `auth` asks for on `conn`; returns the events its last input raised,
+/// after handing renewed tickets to the provider (`store`).
+fn pump(auth: &mut CephxClient, conn: &Connection, store: &TicketStore) -> Vec<ClientEvent> {
+    let events: Vec<ClientEvent> = std::iter::from_fn(|| auth.poll_event()).collect();
+    if !events.is_empty() {
+        store.update_from(auth, Instant::now());
+    }
+    if let Some(req) = auth.poll_request(Instant::now()) {
+        conn.send_message(req.to_message(conn.features())).expect("send MAuth");
+    }
+    events
+}
+
+/// Feeds `auth` the monitor's MAuthReplys on `conn` and its timer until `done` holds
+/// for the events seen so far, within `limit`; a reset of `conn` or a refused request
+/// fails the test.
+fn renew_until(
+    auth: &mut CephxClient,
+    conn: &Connection,
+    rx: &Receiver<Seen>,
+    store: &TicketStore,
+    limit: Duration,
+    mut done: impl FnMut(&CephxClient, &[ClientEvent]) -> bool,
+) -> Vec<ClientEvent> {
+    let deadline = Instant::now() + limit;
+    let mut seen = pump(auth, conn, store);
+    while !done(auth, &seen) {
+        let now = Instant::now();
+        assert!(now < deadline, "not done within {limit:?}: {seen:?}");
+        let timer = auth.poll_timeout().unwrap_or(deadline).min(deadline);
+        match rx.recv_timeout(timer.saturating_duration_since(now)) {
+            Ok(Seen::Message(c, m)) if &c == conn && m.msg_type() == MsgType::AUTH_REPLY.0 => {
+                let reply = MAuthReply::from_message(&m).expect("MAuthReply");
+                auth.handle_reply(Instant::now(), &reply).expect("the monitor's reply taken");
+            }
+            Ok(Seen::Reset(c) | Seen::Refused(c)) if &c == conn => panic!("{c:?} dropped"),
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                auth.handle_timeout(Instant::now()).expect("no request timed out");
+            }
+            Err(RecvTimeoutError::Disconnected) => panic!("messenger gone"),
+        }
+        seen.extend(pump(auth, conn, store));
+    }
+    seen
+}
+
+/// Ceph's MonClient on msgr2 renews its tickets with MAuth messages on the monitor
+/// session the handshake established (`_check_auth_tickets`, with the handler it took
+/// from the connection in `handle_auth_done` / `_finish_hunting`). Against a real
+/// monitor with 3 s tickets whose rotating secrets turn every second: the session taken
+/// from the provider's store renews its auth ticket (GET_AUTH_SESSION_KEY with the
+/// handshake's server challenge and the old ticket: a new session key, a blob sealed
+/// with newer secrets) until the secret that sealed the handshake's ticket has left the
+/// monitor's window, and an osd ticket is issued on the renewed ticket's authorizer
+/// (GET_PRINCIPAL_SESSION_KEY). The monitor then refuses a new connection reclaiming our
+/// global id with the handshake's ticket, and takes one from our own provider, which
+/// `update_from` gave the renewed ticket.
+#[test]
+fn a_msgr2_monitor_session_renews_its_tickets_over_mauth() {
+    init_logging();
+    let options = [
+        ("auth_mon_ticket_ttl", "3"),
+        ("auth_service_ticket_ttl", "3"),
+        ("mon_tick_interval", "1"),
+    ];
+    let Some(mon) = CephMon::start_cephx_msgr2_only("msgr2_renewal", &options).expect("start")
+    else {
+        return;
+    };
+    let addr = EntityAddr { ty: AddrType::MSGR2, nonce: 0, addr: Some(mon.addr()) };
+    let ring = KeyRing::load(mon.keyring()).expect("keyring");
+    let name = parse_entity_name("client.admin").expect("name");
+    let key = ring.key(&name).expect("client.admin key").clone();
+    let store = Arc::new(TicketStore::default());
+    let (msgr, rx) = monitor_client(&name, &key, &store);
+    let conn = monitor_session(&msgr, &rx, addr).expect("authenticated over msgr2");
+    let mut auth = store.take_monitor_session(&addr).expect("the handshake's cephx session");
+    assert!(auth.is_authenticated());
+    let global_id = auth.global_id();
+    assert_eq!(store.ticket(EntityType::AUTH).map(|(g, _)| g), Some(global_id));
+    let first = auth.auth_ticket().cloned().expect("an auth ticket");
+    // auth_mon_ticket_ttl, capped by the newest secret's expiry (KeyServer's
+    // get_service_secret).
+    assert!(first.validity <= Duration::from_secs(3), "{:?}", first.validity);
+
+    // Renewals until the monitor can no longer open the first ticket. It holds three
+    // secrets (previous, current, next) and seals with the current one, or the next
+    // once the current expired before its rotation: a ticket sealed with id n leaves
+    // nothing older than n - 2. Bounded by the rotation, a tick a second, 3 s a secret.
+    let events = renew_until(&mut auth, &conn, &rx, &store, Duration::from_secs(45), |a, _| {
+        a.auth_ticket().is_some_and(|t| t.blob.secret_id >= first.blob.secret_id + 3)
+    });
+    let renewals = events.iter().filter(|e| **e == ClientEvent::AuthTicketRenewed).count();
+    assert!(renewals >= 2, "{events:?}");
+    let renewed = auth.auth_ticket().cloned().expect("an auth ticket");
+    assert_ne!(renewed.session_key, first.session_key);
+    // An osd ticket on an authorizer from the renewed ticket.
+    let before = auth.service_ticket(EntityType::OSD, Instant::now()).cloned();
+    auth.request_service_tickets(ServiceMask::of(EntityType::OSD));
+    let osd = ClientEvent::ServiceTickets(ServiceMask::of(EntityType::OSD));
+    renew_until(&mut auth, &conn, &rx, &store, WAIT, |_, seen| seen.contains(&osd));
+    let ticket = auth.service_ticket(EntityType::OSD, Instant::now()).cloned().expect("osd");
+    assert_ne!(Some(ticket.session_key.clone()), before.map(|t| t.session_key));
+    // The provider holds what the session renewed.
+    let (gid, osd_kept) = store.ticket(EntityType::OSD).expect("the store's osd ticket");
+    assert_eq!((gid, osd_kept.session_key), (global_id, ticket.session_key));
+    let current = auth.auth_ticket().cloned().expect("an auth ticket");
+    assert_eq!(store.ticket(EntityType::AUTH).map(|(_, t)| t.blob), Some(current.blob));
+
+    // A provider still holding the handshake's auth ticket is refused its reclaim.
+    let stale = Arc::new(TicketStore::new(global_id));
+    stale.insert(global_id, first);
+    let (old, old_rx) = monitor_client(&name, &key, &stale);
+    assert!(monitor_session(&old, &old_rx, addr).is_none(), "reclaimed with a rotated-out ticket");
+    old.shutdown();
+    // Ours reclaims the global id with the renewed one on a new connection.
+    conn.mark_down();
+    let again = monitor_session(&msgr, &rx, addr).expect("a new session reclaiming our id");
+    let auth = store.take_monitor_session(&addr).expect("the new session");
+    assert_eq!(auth.global_id(), global_id, "global id kept");
+    again.mark_down();
+    msgr.shutdown();
 }

@@ -34,10 +34,11 @@
 //!
 //! **msgr2** (in the handshake, `crate::v2`):
 //! - connector: for each method of `methods(Connector, peer_type)` not yet refused,
-//!   `client(peer_type, method)` → [`AuthClient`]: `build_request()` is AUTH_REQUEST's
-//!   payload; each AUTH_REPLY_MORE goes to `handle_reply_more()`; AUTH_DONE to
-//!   `handle_done(global_id, mode, payload)` → [`AuthOutcome`] (session key for
-//!   AUTH_SIGNATURE, connection secret for secure mode);
+//!   `client(peer_type, peer_addr, method)` → [`AuthClient`]: `build_request()` is
+//!   AUTH_REQUEST's payload; each AUTH_REPLY_MORE goes to `handle_reply_more()`;
+//!   AUTH_DONE to `handle_done(now, global_id, mode, payload)` → [`AuthOutcome`]
+//!   (session key for AUTH_SIGNATURE, connection secret for secure mode); the peer's
+//!   AUTH_SIGNATURE matching it, to `confirmed()`;
 //! - acceptor: `server(peer_type, method)` → [`AuthServer`]:
 //!   `handle_request(now, mode, more, payload)` → [`AuthStep`] (More, Done, Reject,
 //!   Busy);
@@ -67,7 +68,8 @@
 //! [`cephx::CephxProvider`] implements the traits with the rest of [`cephx`] (a daemon
 //! names it in the messenger's config). Over msgr2 ([`cephx::v2`]): to a monitor its
 //! own cephx session per connection (AUTH_MODE_MON, [`cephx::CephxProvider::
-//! with_monitor_key`]; the tickets AUTH_DONE brings fill its [`cephx::TicketStore`]),
+//! with_monitor_key`]; the tickets AUTH_DONE brings fill its [`cephx::TicketStore`],
+//! which keeps the session for the application to renew on),
 //! to other daemons an authorizer with the challenge round; as an acceptor authorizers
 //! verified with its [`cephx::KeyStore`] and, with a [`cephx::KeyServer`]
 //! ([`cephx::CephxProvider::with_key_server`]), monitor-mode requests; secure mode's
@@ -93,7 +95,11 @@
 //!
 //! The monitor session ([`cephx::CephxClient`]) stays above the messenger, as in Ceph's
 //! MonClient: it supplies the service tickets the connector's authorizers are built from
-//! and the rotating secrets a daemon's [`cephx::KeyStore`] holds.
+//! and the rotating secrets a daemon's [`cephx::KeyStore`] holds, and renews them with
+//! MAuth messages on its monitor connection. Over msgr v1 the application runs it from
+//! the start; over msgr2 the handshake runs it and the application takes it over
+//! ([`cephx::TicketStore::take_monitor_session`]), as Ceph's MonClient takes the
+//! handshake's `AuthClientHandler` into itself.
 
 mod authorizer;
 pub mod cephx;

@@ -4,12 +4,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::encoding::{Decoder, Encoder};
 use crate::error::{Error, Result};
-use crate::types::{AuthEntityName, EntityType, Features, AUTH_NONE};
+use crate::types::{AuthEntityName, EntityAddr, EntityType, Features, AUTH_NONE};
 
 use super::authorizer::{AuthorizerClient, SessionHandler};
 use super::cephx::ticket::AuthCapsInfo;
@@ -54,6 +55,7 @@ impl AuthClient for AuthNoneClient {
 
     fn handle_done(
         &mut self,
+        _now: Instant,
         global_id: u64,
         _mode: ConMode,
         _payload: &[u8],
@@ -204,7 +206,12 @@ impl AuthProvider for AuthNoneProvider {
         self.modes.clone()
     }
 
-    fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
+    fn client(
+        &self,
+        peer_type: EntityType,
+        _peer_addr: &EntityAddr,
+        method: u32,
+    ) -> Option<Box<dyn AuthClient>> {
         (method == AUTH_NONE)
             .then(|| Box::new(AuthNoneClient::new(self.name.clone(), 0, peer_type)) as _)
     }

@@ -21,7 +21,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::error::Result;
-use crate::types::{AuthEntityName, EntityType, AUTH_NONE};
+use crate::types::{AuthEntityName, EntityAddr, EntityType, AUTH_NONE};
 
 use super::authorizer::{AuthorizerClient, AuthorizerServer};
 use super::cephx::ticket::AuthCapsInfo;
@@ -89,9 +89,16 @@ pub trait AuthClient: Send {
     /// An AUTH_REPLY_MORE payload arrived; returns the AUTH_REQUEST_MORE payload.
     fn handle_reply_more(&mut self, payload: &[u8]) -> Result<Bytes>;
 
-    /// AUTH_DONE arrived with `global_id`, the chosen mode and the final payload.
-    fn handle_done(&mut self, global_id: u64, mode: ConMode, payload: &[u8])
-        -> Result<AuthOutcome>;
+    /// AUTH_DONE arrived at `now` with `global_id`, the chosen mode and the final
+    /// payload (cephx stamps the tickets it brings with `now`, from which their renewal
+    /// is timed).
+    fn handle_done(
+        &mut self,
+        now: Instant,
+        global_id: u64,
+        mode: ConMode,
+        payload: &[u8],
+    ) -> Result<AuthOutcome>;
 
     /// The acceptor's AUTH_SIGNATURE matched: the AUTH_DONE was its answer on this
     /// connection, not one replayed from another. What it taught (tickets, a global id)
@@ -159,8 +166,17 @@ pub trait AuthProvider: Send + Sync {
     /// the per-method filter (auth none allows crc only; the machine applies that).
     fn modes(&self, role: AuthRole, peer_type: EntityType) -> Vec<ConMode>;
 
-    /// msgr2: a connector-side handler for `method`, or `None` if we cannot speak it.
-    fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>>;
+    /// msgr2: a connector-side handler for `method` on a connection dialled to
+    /// `peer_addr` (the address given to the messenger's `connect_to`), or `None` if we
+    /// cannot speak it. cephx keeps a monitor session's state under that address for
+    /// the application ([`super::cephx::TicketStore::take_monitor_session`]), as Ceph's
+    /// MonClient finds a connection's `MonConnection` among its `pending_cons`.
+    fn client(
+        &self,
+        peer_type: EntityType,
+        peer_addr: &EntityAddr,
+        method: u32,
+    ) -> Option<Box<dyn AuthClient>>;
 
     /// msgr2: an acceptor-side handler for `method`, or `None` if we do not allow it.
     fn server(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>>;
@@ -233,8 +249,13 @@ impl AuthProvider for WithConModes {
         }
     }
 
-    fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
-        self.inner.client(peer_type, method)
+    fn client(
+        &self,
+        peer_type: EntityType,
+        peer_addr: &EntityAddr,
+        method: u32,
+    ) -> Option<Box<dyn AuthClient>> {
+        self.inner.client(peer_type, peer_addr, method)
     }
 
     fn server(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthServer>> {

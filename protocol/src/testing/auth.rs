@@ -14,7 +14,7 @@ use crate::auth::{
     SessionHandler, EACCES,
 };
 use crate::error::{Error, Result};
-use crate::types::{AuthEntityName, EntityType, Features, AUTH_NONE};
+use crate::types::{AuthEntityName, EntityAddr, EntityType, Features, AUTH_NONE};
 use crate::wire::{FooterFlags, MsgFooter, MsgHeader};
 
 /// The toy method's number: outside Ceph's `CEPH_AUTH_*` values.
@@ -90,6 +90,7 @@ impl AuthClient for TestClient {
 
     fn handle_done(
         &mut self,
+        _now: Instant,
         _global_id: u64,
         mode: ConMode,
         payload: &[u8],
@@ -156,10 +157,15 @@ impl AuthProvider for TestAuthProvider {
         self.modes.clone()
     }
 
-    fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
+    fn client(
+        &self,
+        peer_type: EntityType,
+        peer_addr: &EntityAddr,
+        method: u32,
+    ) -> Option<Box<dyn AuthClient>> {
         match method {
             TEST_AUTH => Some(Box::new(TestClient { key: self.key })),
-            _ => self.none.client(peer_type, method),
+            _ => self.none.client(peer_type, peer_addr, method),
         }
     }
 

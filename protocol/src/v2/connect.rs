@@ -63,12 +63,14 @@ fn start_auth(
     refused: bool,
 ) -> Result<bool, Fault> {
     let peer_type = m.peer_type.unwrap_or(EntityType::ANY);
+    // A connector always knows the address it dialled.
+    let peer_addr = m.peer_addr.unwrap_or_default();
     let provider = m.config.auth.clone();
     for method in provider.methods(AuthRole::Connector, peer_type) {
         if tried.contains(&method) {
             continue;
         }
-        let Some(mut client) = provider.client(peer_type, method) else { continue };
+        let Some(mut client) = provider.client(peer_type, &peer_addr, method) else { continue };
         let modes = filter_modes(method, &provider.modes(AuthRole::Connector, peer_type));
         if modes.is_empty() {
             tried.push(method);
@@ -161,7 +163,7 @@ pub(crate) fn on_auth_reply(m: &mut Machine<V2>, now: Instant, f: &Frame) -> Res
                 }
             };
             let outcome =
-                match auth.client.handle_done(done.global_id, done.con_mode, &done.payload) {
+                match auth.client.handle_done(now, done.global_id, done.con_mode, &done.payload) {
                     Ok(o) => o,
                     Err(e) => {
                         back(m, t, auth);

@@ -221,6 +221,13 @@ impl CephxClient {
         self.auth = Some(Held::new(auth_ticket, now));
     }
 
+    /// The global id the monitor gave in msgr2's AUTH_DONE (over msgr v1 every
+    /// `MAuthReply` names it): the authorizers of later requests carry it (Ceph's
+    /// `set_global_id` in `MonConnection::handle_auth_done`).
+    pub(super) fn set_global_id(&mut self, global_id: u64) {
+        self.global_id = global_id;
+    }
+
     /// Asks for (fresh) service tickets for `services` once authenticated.
     pub fn request_service_tickets(&mut self, services: ServiceMask) {
         self.want_services = self.want_services.with(services.without(ServiceMask::AUTH));

@@ -11,8 +11,10 @@
 //!   v1 acceptor:  authorizer_server()     -> CephxAuthorizerServer (one per connection)
 //!                   secrets from a KeyStore (SharedKeyStore: the rotating secrets)
 //!   v1 both:      MessageSigner for the session (cephx_sign_messages, MSG_AUTH)
-//!   v2 connector: client(peer, cephx) -> CephxMonClient (a monitor: with_monitor_key,
-//!                   fills the TicketStore) | CephxAuthorizerV2Client (a ticket's authorizer)
+//!   v2 connector: client(peer, addr, cephx) -> CephxMonClient (a monitor:
+//!                   with_monitor_key; fills the TicketStore and leaves it the session,
+//!                   which the application takes to renew over MAuth)
+//!                   | CephxAuthorizerV2Client (a ticket's authorizer)
 //!   v2 acceptor:  server(peer, cephx) -> CephxV2Server (authorizers: KeyStore;
 //!                   monitor mode: with_key_server)
 //! ```
@@ -30,7 +32,9 @@
 //!
 //! msgr2 (AUTH frames): cephx through the handlers of [`super::v2`] — to a monitor the
 //! provider's own cephx session ([`CephxProvider::with_monitor_key`], whose tickets fill
-//! its [`TicketStore`]), to other daemons authorizers from the [`TicketSource`]; as an
+//! its [`TicketStore`], and which the application takes over from there to renew them:
+//! [`TicketStore::take_monitor_session`]), to other daemons authorizers from the
+//! [`TicketSource`]; as an
 //! acceptor authorizers verified with the [`KeyStore`], and monitor-mode requests
 //! answered by a [`KeyServer`] ([`CephxProvider::with_key_server`]). Auth none where
 //! the lists allow it. Methods and modes follow Ceph's `AuthRegistry`
@@ -42,7 +46,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rand_core::CryptoRngCore;
 
 use crate::auth::authorizer::{
@@ -55,7 +59,9 @@ use crate::auth::mode::ConMode;
 use crate::auth::none::{AuthNoneAuthorizer, AuthNoneProvider, FIRST_GLOBAL_ID};
 use crate::auth::provider::{AuthClient, AuthProvider, AuthRole, AuthServer};
 use crate::encoding::UTime;
-use crate::types::{AuthEntityName, EntityType, Features, AUTH_CEPHX, AUTH_NONE, AUTH_UNKNOWN};
+use crate::types::{
+    AuthEntityName, EntityAddr, EntityType, Features, AUTH_CEPHX, AUTH_NONE, AUTH_UNKNOWN,
+};
 
 use super::authorizer::{Authorizer, AuthorizerVerdict, AuthorizerVerifier};
 use super::client::CephxClient;
@@ -119,22 +125,42 @@ struct Tickets {
     by_service: BTreeMap<EntityType, ReceivedTicket>,
 }
 
+/// How many msgr2 monitor sessions a [`TicketStore`] keeps for the application to take:
+/// more than a client hunts at once (Ceph's `mon_client_hunt_parallel`, 3) or a monmap
+/// lists in practice. Beyond it the oldest goes: an application that never takes its
+/// sessions (it does not renew) holds no more than these.
+const KEPT_MONITOR_SESSIONS: usize = 16;
+
 /// A [`TicketSource`] the user fills: service tickets and the global id they name.
-/// Renewal is the filler's job (refill after [`CephxClient`] renewed its tickets); a
-/// stale ticket is refused by the daemon, whose refusal the connection reports.
+/// Renewal is the filler's job (refill with [`TicketStore::update_from`] after a
+/// [`CephxClient`] renewed its tickets); a stale ticket is refused by the daemon, whose
+/// refusal the connection reports.
+///
+/// As a provider's monitor store ([`CephxProvider::with_monitor_key`]) it is also where
+/// each msgr2 monitor session's [`CephxClient`] waits, from its handshake until the
+/// application takes it ([`TicketStore::take_monitor_session`]) to renew the tickets
+/// over MAuth on that connection.
 #[derive(Default)]
 pub struct TicketStore {
     inner: RwLock<Tickets>,
+    /// msgr2 monitor sessions by the address they were dialled at, oldest first; at
+    /// most [`KEPT_MONITOR_SESSIONS`], one per address.
+    monitor_sessions: Mutex<Vec<(EntityAddr, CephxClient)>>,
 }
 
 impl std::fmt::Debug for TicketStore {
     /// Names the services held, never key material.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let t = self.inner.read();
-        let services: Vec<&str> = t.by_service.keys().map(|s| s.name()).collect();
+        let (global_id, services) = {
+            let t = self.inner.read();
+            let services: Vec<&str> = t.by_service.keys().map(|s| s.name()).collect();
+            (t.global_id, services)
+        };
+        let sessions = self.monitor_sessions.lock().len();
         f.debug_struct("TicketStore")
-            .field("global_id", &t.global_id)
+            .field("global_id", &global_id)
             .field("services", &services)
+            .field("monitor_sessions", &sessions)
             .finish()
     }
 }
@@ -163,18 +189,53 @@ impl TicketStore {
         t.by_service.insert(ticket.service, ticket);
     }
 
-    /// Copies the monitor session's service tickets valid at `now` (mon, osd, mds,
-    /// mgr) and its global id: call after it authenticated and after each renewal.
+    /// Copies the monitor session's auth ticket, its service tickets valid at `now`
+    /// (mon, osd, mds, mgr) and its global id: call after it authenticated and after
+    /// each renewal. Later authorizers are built from these, and the next msgr2 monitor
+    /// session reclaims the global id with this auth ticket (Ceph's MonClient builds
+    /// both from the one handler it renews).
     pub fn update_from(&self, client: &CephxClient, now: Instant) {
         let fresh: Vec<ReceivedTicket> = TICKET_SERVICES
             .into_iter()
             .filter_map(|s| client.service_ticket(s, now).cloned())
+            .chain(client.auth_ticket().cloned())
             .collect();
         let mut t = self.write();
         t.global_id = client.global_id();
         for ticket in fresh {
             t.by_service.insert(ticket.service, ticket);
         }
+    }
+
+    /// Takes the cephx session of the msgr2 monitor connection dialled at `addr` (the
+    /// address given to the messenger's `connect_to`), once its handshake completed:
+    /// authenticated, holding the session's server challenge, global id, auth ticket and
+    /// service tickets, its renewal timed from when AUTH_DONE arrived. Drive it as on
+    /// msgr v1 ([`CephxClient`]'s module docs) without `start`: its `MAuth` requests go
+    /// on that connection, the `MAuthReply`s come back to it, and after each renewal
+    /// [`TicketStore::update_from`] hands the tickets to the provider. Ceph's MonClient
+    /// does the same: it moves the handshake's `AuthClientHandler` into itself
+    /// (`_finish_hunting`) and renews over MAuth (`_check_auth_tickets`).
+    ///
+    /// `None` until that handshake completes, or once taken. A later handshake to the
+    /// same address (the connection was reset and dialled again) leaves its own
+    /// session, whose server challenge is the one the monitor now holds: take it again.
+    #[doc(alias = "_finish_hunting")]
+    pub fn take_monitor_session(&self, addr: &EntityAddr) -> Option<CephxClient> {
+        let mut sessions = self.monitor_sessions.lock();
+        let at = sessions.iter().position(|(a, _)| a == addr)?;
+        Some(sessions.remove(at).1)
+    }
+
+    /// Keeps the session of the monitor connection dialled at `addr`, replacing an
+    /// older one of that address.
+    pub(super) fn keep_monitor_session(&self, addr: EntityAddr, client: CephxClient) {
+        let mut sessions = self.monitor_sessions.lock();
+        sessions.retain(|(a, _)| *a != addr);
+        if sessions.len() >= KEPT_MONITOR_SESSIONS {
+            sessions.remove(0);
+        }
+        sessions.push((addr, client));
     }
 }
 
@@ -321,7 +382,9 @@ impl CephxProvider {
 
     /// msgr2 connector to monitors: authenticate with `key` (our keyring entry) in
     /// AUTH_MODE_MON; every monitor session's global id and service tickets go into
-    /// `store`, which also becomes the [`TicketSource`] of our authorizers.
+    /// `store`, which also becomes the [`TicketSource`] of our authorizers, and the
+    /// session itself waits there for the application to renew its tickets on
+    /// ([`TicketStore::take_monitor_session`]).
     pub fn with_monitor_key(mut self, key: CryptoKey, store: Arc<TicketStore>) -> Self {
         let shared = Arc::make_mut(&mut self.shared);
         shared.tickets = Some(store.clone());
@@ -370,17 +433,23 @@ impl AuthProvider for CephxProvider {
         self.shared.config.modes_for(self.shared.my_type, peer_type).0.clone()
     }
 
-    fn client(&self, peer_type: EntityType, method: u32) -> Option<Box<dyn AuthClient>> {
+    fn client(
+        &self,
+        peer_type: EntityType,
+        peer_addr: &EntityAddr,
+        method: u32,
+    ) -> Option<Box<dyn AuthClient>> {
         let s = &self.shared;
         if !self.methods(AuthRole::Connector, peer_type).contains(&method) {
             return None;
         }
         if method != AUTH_CEPHX {
-            return self.none.client(peer_type, method);
+            return self.none.client(peer_type, peer_addr, method);
         }
         if s.to_monitor(peer_type) {
             let mon = s.mon.as_ref()?;
-            return Some(Box::new(CephxMonClient::new(s, mon.key.clone(), mon.store.clone())));
+            let (key, store) = (mon.key.clone(), mon.store.clone());
+            return Some(Box::new(CephxMonClient::new(s, key, store, *peer_addr)));
         }
         let Some((global_id, ticket)) = s.tickets.as_ref().and_then(|t| t.ticket(peer_type)) else {
             log::warn!(target: LOG, "no cephx ticket for {}: cannot offer cephx", peer_type.name());

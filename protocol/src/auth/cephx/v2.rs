@@ -13,7 +13,9 @@
 //!   connection; the auth ticket and the service tickets AUTH_DONE carries go into the
 //!   provider's [`TicketStore`]: later authorizers to OSDs, MDSs and MGRs are built from
 //!   them, and the next monitor connection reclaims the global id with the auth ticket
-//!   (cephx.md 6), as Ceph's MonClient does.
+//!   (cephx.md 6), as Ceph's MonClient does. The session itself stays in the store
+//!   under the address dialled, for the application to renew the tickets on over MAuth
+//!   ([`TicketStore::take_monitor_session`]).
 //! - [`CephxAuthorizerV2Client`]: an authorizer to any other daemon.
 //! - [`CephxV2Server`]: the acceptor. Authorizers are verified against the daemon's
 //!   [`super::KeyStore`], always with the challenge round (every msgr2 peer can answer
@@ -44,7 +46,7 @@ use crate::auth::provider::{
 use crate::encoding::{Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::messages::MAuthReply;
-use crate::types::{AuthEntityName, EntityType, AUTH_CEPHX};
+use crate::types::{AuthEntityName, EntityAddr, EntityType, AUTH_CEPHX};
 
 use super::authorizer::{Authorizer, AuthorizerVerdict, AuthorizerVerifier};
 use super::client::{CephxClient, ClientConfig};
@@ -75,11 +77,14 @@ fn failed(what: &str, e: &AuthError) -> Error {
 /// A connector's cephx session with a monitor over msgr2 (Ceph's `MonConnection` with
 /// its `CephxClientHandler`), one per connection attempt.
 pub struct CephxMonClient {
-    client: CephxClient,
+    /// The session; `None` once handed to the store ([`AuthClient::confirmed`]).
+    client: Option<CephxClient>,
     store: Arc<TicketStore>,
-    /// The instant the per-connection client stamps its tickets with. The machine's
-    /// handshake deadline bounds the exchange, so the client's own timers are unused;
-    /// the tickets' validity is kept by the monitor and the daemons that check them.
+    /// The address dialled: the store keeps the session under it.
+    peer: EntityAddr,
+    /// The instant the client's requests are stamped with before AUTH_DONE. The
+    /// machine's handshake deadline bounds the exchange, so the client's own request
+    /// deadlines are unused; its tickets are stamped when AUTH_DONE arrives.
     at: Instant,
     /// What AUTH_DONE taught (the global id, the auth and service tickets), kept in the
     /// store only once the monitor's AUTH_SIGNATURE matched ([`AuthClient::confirmed`]):
@@ -95,15 +100,21 @@ impl CephxMonClient {
         shared: &Shared,
         key: crate::auth::CryptoKey,
         store: Arc<TicketStore>,
+        peer: EntityAddr,
     ) -> Self {
         let config = ClientConfig::new(shared.name.clone(), key);
         CephxMonClient {
-            client: CephxClient::new(config, (shared.rng)()),
+            client: Some(CephxClient::new(config, (shared.rng)())),
             store,
+            peer,
             at: shared.clock.anchor(),
             learned: None,
             asked_for_key: false,
         }
+    }
+
+    fn client(&mut self) -> Result<&mut CephxClient> {
+        self.client.as_mut().ok_or(Error::Misuse("the cephx session was handed over"))
     }
 
     fn reply(global_id: u64, payload: &[u8]) -> MAuthReply {
@@ -118,32 +129,35 @@ impl CephxMonClient {
 
 impl AuthClient for CephxMonClient {
     fn build_request(&mut self) -> Result<Bytes> {
+        let (at, resumed) = (self.at, self.store.ticket(EntityType::AUTH));
+        let client = self.client()?;
         // The provider's last monitor session: reclaim its global id with its auth
         // ticket, as Ceph's MonClient does on every new monitor connection.
-        if let Some((global_id, auth)) = self.store.ticket(EntityType::AUTH) {
-            self.client.resume(global_id, auth, self.at);
+        if let Some((global_id, auth)) = resumed {
+            client.resume(global_id, auth, at);
         }
-        self.client.start(self.at);
+        client.start(at);
         // Round 1 of the MAuth path becomes this payload; the client now waits for the
         // server challenge.
-        let _ = self.client.poll_request(self.at);
+        let _ = client.poll_request(at);
         let mut e = Encoder::with_capacity(32);
         e.u8(AUTH_MODE_MON);
-        self.client.name().encode(&mut e);
-        e.u64(self.client.global_id());
+        client.name().encode(&mut e);
+        e.u64(client.global_id());
         Ok(e.into_bytes())
     }
 
     fn handle_reply_more(&mut self, payload: &[u8]) -> Result<Bytes> {
+        let at = self.at;
+        let client = self.client()?;
         // msgr2 tells the global id only in AUTH_DONE; until then the one we asked to
         // keep stands (0 for a new one), so a reclaim sends the old ticket.
-        let asked = self.client.global_id();
-        self.client
-            .handle_reply(self.at, &Self::reply(asked, payload))
+        let asked = client.global_id();
+        client
+            .handle_reply(at, &Self::reply(asked, payload))
             .map_err(|e| failed("server challenge", &e))?;
-        let req = self
-            .client
-            .poll_request(self.at)
+        let req = client
+            .poll_request(at)
             .ok_or(Error::Misuse("cephx has no session key request to send"))?;
         self.asked_for_key = true;
         Ok(req.auth_payload)
@@ -151,6 +165,7 @@ impl AuthClient for CephxMonClient {
 
     fn handle_done(
         &mut self,
+        now: Instant,
         global_id: u64,
         mode: ConMode,
         payload: &[u8],
@@ -160,22 +175,25 @@ impl AuthClient for CephxMonClient {
             // (trailing bytes ignored) and the old ticket's session key come back.
             return Err(Error::Malformed("cephx AUTH_DONE before the server challenge"));
         }
-        self.client
-            .handle_reply(self.at, &Self::reply(global_id, payload))
+        let client = self.client()?;
+        // The session's global id from here on (the one asked to keep may have been
+        // refused): its renewals' authorizers carry it.
+        client.set_global_id(global_id);
+        client
+            .handle_reply(now, &Self::reply(global_id, payload))
             .map_err(|e| failed("auth ticket", &e))?;
-        let ticket =
-            self.client.auth_ticket().ok_or(Error::Misuse("no auth ticket after AUTH_DONE"))?;
+        let ticket = client.auth_ticket().ok_or(Error::Misuse("no auth ticket after AUTH_DONE"))?;
         let session_key = ticket.session_key.secret().to_vec();
-        let secret = self.client.connection_secret().to_vec();
+        let secret = client.connection_secret().to_vec();
         // The auth ticket too: the next connection reclaims the global id with it.
         let mut tickets = vec![ticket.clone()];
         for service in TICKET_SERVICES {
-            if let Some(t) = self.client.service_ticket(service, self.at) {
+            if let Some(t) = client.service_ticket(service, now) {
                 tickets.push(t.clone());
             }
         }
+        log::debug!(target: LOG, "{}: authenticated to a monitor over msgr2 as global_id {global_id}, {mode} mode", client.name());
         self.learned = Some((global_id, tickets));
-        log::debug!(target: LOG, "{}: authenticated to a monitor over msgr2 as global_id {global_id}, {mode} mode", self.client.name());
         Ok(AuthOutcome { session_key: Some(session_key), connection_secret: secret, peer: None })
     }
 
@@ -185,7 +203,13 @@ impl AuthClient for CephxMonClient {
         for t in tickets {
             self.store.insert(global_id, t);
         }
-        log::debug!(target: LOG, "{}: tickets kept: {:?}", self.client.name(), self.store);
+        // The session goes to the application (Ceph's MonClient takes the handshake's
+        // handler into itself), which renews the tickets on this connection.
+        if let Some(client) = self.client.take() {
+            let name = client.name().clone();
+            self.store.keep_monitor_session(self.peer, client);
+            log::debug!(target: LOG, "{name}: tickets and session kept for {}: {:?}", self.peer, self.store);
+        }
     }
 }
 
@@ -212,6 +236,7 @@ impl AuthClient for CephxAuthorizerV2Client {
 
     fn handle_done(
         &mut self,
+        _now: Instant,
         _global_id: u64,
         _mode: ConMode,
         payload: &[u8],

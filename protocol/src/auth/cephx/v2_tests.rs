@@ -268,7 +268,7 @@ fn wrong_key_is_refused_with_eacces() {
     let client = provider(&c, EntityType::CLIENT, "admin", 5)
         .with_monitor_key(wrong, Arc::new(TicketStore::default()));
     let mon = provider(&c, EntityType::MON, "0", 6).with_key_server(c.server.clone());
-    let mut cl = client.client(EntityType::MON, AUTH_CEPHX).unwrap();
+    let mut cl = client.client(EntityType::MON, &mon_addr(), AUTH_CEPHX).unwrap();
     let mut sv = mon.server(EntityType::CLIENT, AUTH_CEPHX).unwrap();
     let req = cl.build_request().unwrap();
     let AuthStep::More(challenge) = sv.handle_request(start, ConMode::SECURE, false, &req) else {
@@ -347,7 +347,8 @@ fn auth_requests_in_no_served_mode_are_refused_with_eacces() {
     let mon = provider(&c, EntityType::MON, "0", 12).with_key_server(c.server.clone());
     let client = provider(&c, EntityType::CLIENT, "admin", 13)
         .with_monitor_key(c.admin.clone(), Arc::new(TicketStore::default()));
-    let mon_request = client.client(EntityType::MON, AUTH_CEPHX).unwrap().build_request().unwrap();
+    let mon_request =
+        client.client(EntityType::MON, &mon_addr(), AUTH_CEPHX).unwrap().build_request().unwrap();
     let refused = AuthStep::Reject { result: EACCES };
     let ask = |p: &CephxProvider, payload: &[u8]| {
         let mut sv = p.server(EntityType::CLIENT, AUTH_CEPHX).unwrap();
@@ -476,7 +477,8 @@ fn hostile_auth_payloads_are_refused_not_panics() {
     let name = AuthEntityName::new(EntityType::OSD, "0");
     let ticket = c.server.service_ticket(&name, 4500, EntityType::OSD, WALL0, &mut TestRng::new(1));
     let authorizer = Authorizer::new(4500, &ticket.unwrap(), &mut TestRng::new(2));
-    let mon_request = admin.client(EntityType::MON, AUTH_CEPHX).unwrap().build_request().unwrap();
+    let mon_request =
+        admin.client(EntityType::MON, &mon_addr(), AUTH_CEPHX).unwrap().build_request().unwrap();
     let valid = [authorizer.bytes().clone(), mon_request];
     let seed = rand::random::<u64>();
     eprintln!("seed {seed}");
@@ -667,10 +669,10 @@ fn cephx_auth_done_before_the_challenge_is_refused() {
     let (_, global_id) = exchange(&mut p);
     assert!(store.ticket(EntityType::AUTH).is_some(), "a ticket to resume with");
     let provider = p.nodes[0].config.auth.clone();
-    let mut client = provider.client(EntityType::MON, AUTH_CEPHX).unwrap();
+    let mut client = provider.client(EntityType::MON, &mon_addr(), AUTH_CEPHX).unwrap();
     client.build_request().unwrap();
     let challenge_like = [1u8, 7, 7, 7, 7, 7, 7, 7, 7, 0, 0, 0, 0];
-    assert!(client.handle_done(global_id, ConMode::CRC, &challenge_like).is_err());
+    assert!(client.handle_done(Instant::now(), global_id, ConMode::CRC, &challenge_like).is_err());
 }
 
 // A daemon (not a monitor) does not second-guess a name cephx proved: a peer whose HELLO
@@ -690,4 +692,121 @@ fn a_daemon_takes_the_name_cephx_proved() {
     acceptor_config.set("auth_service_required", "cephx").unwrap();
     let mut p = osd_pair_with(&c, &[ConMode::CRC], tickets, EntityType::CLIENT, acceptor_config);
     exchange(&mut p);
+}
+
+/// The address the handler tests dial the monitor at (node 1 of the pairs above).
+fn mon_addr() -> crate::types::EntityAddr {
+    crate::testing::v2_addr(6790, 2)
+}
+
+// Ceph's MonClient takes the cephx handler the msgr2 handshake built into itself
+// (`_finish_hunting`) and renews its tickets over MAuth on that connection. The store
+// keeps the session under the address dialled, once the monitor's signature matched:
+// authenticated as the global id AUTH_DONE named (it said 0 before: the principal
+// requests' authorizers would carry 0), its tickets timed from when AUTH_DONE arrived
+// (they were timed from the clock's anchor), and taken once.
+#[test]
+fn the_handshakes_session_waits_in_the_store_under_the_address_dialled() {
+    let c = cluster(15, Instant::now());
+    let (mut p, store) = client_and_monitor(&c, &[ConMode::SECURE], c.admin.clone());
+    // An hour passes before the client dials.
+    p.run_for(Duration::from_secs(3600));
+    let dialled = p.now;
+    let (_, global_id) = exchange(&mut p);
+    let other = crate::testing::v2_addr(6791, 2);
+    assert!(store.take_monitor_session(&other).is_none(), "no session dialled there");
+    let auth = store.take_monitor_session(&mon_addr()).expect("the handshake's session");
+    assert!(auth.is_authenticated());
+    assert_eq!(auth.global_id(), global_id);
+    let (_, kept) = store.ticket(EntityType::AUTH).unwrap();
+    assert_eq!(auth.auth_ticket().map(|t| &t.blob), Some(&kept.blob));
+    // The service tickets (an hour) are renewed first, at 75 % of theirs.
+    let due = auth.poll_timeout().expect("a renewal ahead");
+    let service = AuthConfig::ceph_defaults().auth_service_ticket_ttl;
+    let ahead = due.checked_duration_since(dialled);
+    assert!(due >= dialled + service * 3 / 4, "not timed from AUTH_DONE: {ahead:?} after the dial");
+    assert!(due <= p.now + service * 3 / 4);
+    assert!(store.take_monitor_session(&mon_addr()).is_none(), "taken once");
+}
+
+// The taken session renews over MAuth against the monitor's session of that
+// connection: the auth ticket with the handshake's server challenge and the old ticket
+// (GET_AUTH_SESSION_KEY), service tickets with an authorizer from the renewed auth
+// ticket (GET_PRINCIPAL_SESSION_KEY, which names the global id). update_from then
+// hands the renewed tickets to the provider: its authorizers and the next monitor
+// session's reclaim use them.
+#[test]
+fn the_handshakes_session_renews_over_mauth_and_refills_the_provider() {
+    let start = Instant::now();
+    let c = cluster(16, start);
+    let store = Arc::new(TicketStore::default());
+    let admin = AuthEntityName::new(EntityType::CLIENT, "admin");
+    let client = provider(&c, EntityType::CLIENT, "admin", 7)
+        .with_monitor_key(c.admin.clone(), store.clone());
+    let mut cl = client.client(EntityType::MON, &mon_addr(), AUTH_CEPHX).unwrap();
+    let mut rng = TestRng::new(8);
+    let mut session = ServerSession::New;
+    let mut next_id = || 4100;
+    cl.build_request().unwrap();
+    let (challenge, global_id) =
+        c.server.start_v2(&mut session, admin, 0, &mut rng, &mut next_id).unwrap();
+    let more = cl.handle_reply_more(&challenge).unwrap();
+    let done_at = start + Duration::from_secs(60);
+    let (body, _) =
+        c.server.handle_v2_more(&mut session, &more, c.clock.wall(done_at), &mut rng, &[]).unwrap();
+    cl.handle_done(done_at, global_id, ConMode::CRC, &body).unwrap();
+    assert!(store.take_monitor_session(&mon_addr()).is_none(), "not before the signature");
+    cl.confirmed();
+    let mut auth = store.take_monitor_session(&mon_addr()).expect("the session");
+    let first = auth.auth_ticket().cloned().unwrap();
+
+    // One request and its reply through the monitor's session of this connection.
+    let mut round = |auth: &mut CephxClient, now: Instant| -> Vec<ClientEvent> {
+        let req = auth.poll_request(now).expect("a request due");
+        let reply = c.server.handle_request(
+            &mut session,
+            &req,
+            crate::types::Features::PACIFIC_ADVERTISED,
+            c.clock.wall(now),
+            &mut rng,
+            &mut next_id,
+        );
+        auth.handle_reply(now, &reply).unwrap_or_else(|e| panic!("{e}: {reply:?}"));
+        std::iter::from_fn(|| auth.poll_event()).collect()
+    };
+    // The auth ticket at 75 % of its 72 h.
+    let mon_ttl = AuthConfig::ceph_defaults().auth_mon_ticket_ttl;
+    let now = done_at + mon_ttl * 3 / 4;
+    auth.handle_timeout(now).unwrap();
+    let events = round(&mut auth, now);
+    assert!(events.contains(&ClientEvent::AuthTicketRenewed), "{events:?}");
+    let renewed = auth.auth_ticket().cloned().unwrap();
+    assert_ne!(renewed.session_key, first.session_key);
+    assert_ne!(renewed.blob, first.blob);
+    // An osd ticket on the renewed auth ticket's authorizer.
+    let before = auth.service_ticket(EntityType::OSD, now).cloned().unwrap();
+    auth.request_service_tickets(ServiceMask::of(EntityType::OSD));
+    let events = round(&mut auth, now);
+    assert!(events.contains(&ClientEvent::ServiceTickets(ServiceMask::of(EntityType::OSD))));
+    let osd = auth.service_ticket(EntityType::OSD, now).cloned().unwrap();
+    assert_ne!(osd.session_key, before.session_key);
+
+    // Until update_from, the provider still holds the handshake's tickets.
+    assert_eq!(store.ticket(EntityType::AUTH).unwrap().1.blob, first.blob);
+    store.update_from(&auth, now);
+    let (gid, kept) = store.ticket(EntityType::AUTH).unwrap();
+    assert_eq!((gid, &kept.blob), (global_id, &renewed.blob));
+    assert_eq!(store.ticket(EntityType::OSD).unwrap().1.session_key, osd.session_key);
+    // The next monitor connection reclaims the global id with the renewed auth ticket.
+    let mut next = client.client(EntityType::MON, &mon_addr(), AUTH_CEPHX).unwrap();
+    let request = next.build_request().unwrap();
+    assert_eq!(request.get(request.len() - 8..), Some(&global_id.to_le_bytes()[..]));
+    let mut session = ServerSession::New;
+    let admin = AuthEntityName::new(EntityType::CLIENT, "admin");
+    let (challenge, kept_id) =
+        c.server.start_v2(&mut session, admin, global_id, &mut rng, &mut next_id).unwrap();
+    assert_eq!(kept_id, global_id);
+    let more = next.handle_reply_more(&challenge).unwrap();
+    let wall = c.clock.wall(now);
+    assert!(c.server.handle_v2_more(&mut session, &more, wall, &mut rng, &[]).is_ok());
 }
