@@ -27,7 +27,12 @@
 //!
 //! At a `v2:` address it speaks msgr2 and authenticates as Ceph's MonClient does there:
 //! in the handshake's AUTH frames (no MAuth message), through the messenger's cephx
-//! provider (`CephxProvider::with_monitor_key`), each connection anew. `--mode secure`,
+//! provider (`CephxProvider::with_monitor_key`), each connection anew. While watching it
+//! then renews the tickets as at a `v1:` address, with MAuth messages on that session:
+//! it takes the cephx session the handshake established from the provider's store
+//! (`TicketStore::take_monitor_session`; Ceph's MonClient takes the handshake's handler
+//! into itself) and hands each renewal back to it (`TicketStore::update_from`), so the
+//! provider's later connections present the renewed tickets. `--mode secure`,
 //! `--mode crc` or `--mode "secure crc"` is the messenger's `ms_mon_client_mode`
 //! (default Ceph's "secure crc"); the mode the monitor picked is printed on stderr. Auth
 //! none allows crc mode only. The first message is MMonGetMap, as a Pacific client's.
@@ -88,9 +93,14 @@ struct Client {
     /// msgr2 (a `v2:` address): authentication happens in the handshake.
     v2: bool,
     rx: Receiver<Event>,
-    /// cephx state over msgr v1 (kept across reconnects: its ticket reclaims our global
-    /// id), or `None` for auth none and for msgr2.
+    /// cephx state: over msgr v1 ours from the start (kept across reconnects: its
+    /// ticket reclaims our global id); over msgr2 the current session's, taken from
+    /// `monitor_store` after its handshake. `None` for auth none.
     cephx: Option<CephxClient>,
+    /// msgr2 with cephx: the provider's store, where each monitor session's cephx state
+    /// waits after its handshake and where renewed tickets go for its later
+    /// connections.
+    monitor_store: Option<Arc<TicketStore>>,
 }
 
 /// `--keyring FILE --name TYPE.ID`: that entity's name and key.
@@ -113,8 +123,12 @@ fn cephx_client(keyring: &str, name: &str) -> Result<CephxClient, String> {
     Ok(CephxClient::new(config, Box::new(rand::rngs::OsRng)))
 }
 
-/// The messenger's cephx provider for msgr2 (authentication in the AUTH frames).
-fn cephx_provider(keyring: &str, name: &str) -> Result<Arc<CephxProvider>, String> {
+/// The messenger's cephx provider for msgr2 (authentication in the AUTH frames) and its
+/// store of tickets and monitor sessions.
+fn cephx_provider(
+    keyring: &str,
+    name: &str,
+) -> Result<(Arc<CephxProvider>, Arc<TicketStore>), String> {
     let (entity, key) = load_key(keyring, name)?;
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -125,9 +139,10 @@ fn cephx_provider(keyring: &str, name: &str) -> Result<Arc<CephxProvider>, Strin
     );
     let clock = WallClock::anchored(Instant::now(), wall);
     let rng: RngSource = Arc::new(|| Box::new(rand::rngs::OsRng) as _);
+    let store = Arc::new(TicketStore::default());
     let provider = CephxProvider::new(entity, AuthConfig::ceph_defaults(), clock, rng)
-        .with_monitor_key(key, Arc::new(TicketStore::default()));
-    Ok(Arc::new(provider))
+        .with_monitor_key(key, store.clone());
+    Ok((Arc::new(provider), store))
 }
 
 impl Client {
@@ -135,6 +150,7 @@ impl Client {
         mon: SocketAddr,
         v2: bool,
         cephx: Option<CephxClient>,
+        monitor_store: Option<Arc<TicketStore>>,
         config: MessengerConfig,
     ) -> Result<Client, String> {
         let nonce = rand::random::<u32>() | 1;
@@ -145,7 +161,7 @@ impl Client {
         msgr.start().map_err(|e| format!("start: {e}"))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         msgr.add_dispatcher_head(Arc::new(Forward(tx))).map_err(|e| format!("dispatcher: {e}"))?;
-        Ok(Client { msgr, mon, v2, rx, cephx })
+        Ok(Client { msgr, mon, v2, rx, cephx, monitor_store })
     }
 
     /// Waits for the first message `pick` accepts; a reset is an error.
@@ -203,6 +219,7 @@ impl Client {
 
     /// msgr2: the handshake authenticates (the messenger's provider); the first message
     /// is MMonGetMap, answered with the monmap. Prints the negotiated mode on stderr.
+    /// With cephx, takes the session's cephx state to renew its tickets on.
     fn session_v2(&mut self) -> Result<(Connection, MonMap), String> {
         let addr = EntityAddr { ty: AddrType::MSGR2, nonce: 0, addr: Some(self.mon) };
         let conn = self.msgr.connect_to(EntityType::MON, addr);
@@ -217,6 +234,13 @@ impl Client {
         })?;
         let mode = conn.con_mode().map_or("unknown", |m| m.name());
         eprintln!("mon_client: msgr2 to {}, {mode} mode", self.mon);
+        if let Some(store) = &self.monitor_store {
+            // A message came, so the handshake completed and left its session there.
+            let auth = store
+                .take_monitor_session(&addr)
+                .ok_or_else(|| format!("no cephx session from the handshake with {}", self.mon))?;
+            self.cephx = Some(auth);
+        }
         Ok((conn, monmap))
     }
 
@@ -363,16 +387,23 @@ impl Client {
 
 impl Client {
     /// Sends the request `cephx` wants now (renewals while watching); its reply comes
-    /// back through the watch loop.
+    /// back through the watch loop. Over msgr2, renewed tickets go to the provider.
     fn send_cephx_requests(&mut self, conn: &Connection) -> Result<(), String> {
         let Some(auth) = self.cephx.as_mut() else { return Ok(()) };
         if let Some(req) = auth.poll_request(Instant::now()) {
             conn.send_message(req.to_message(conn.features())).map_err(|e| e.to_string())?;
         }
+        let mut renewed = false;
         for ev in std::iter::from_fn(|| auth.poll_event()) {
-            if ev == ClientEvent::AuthTicketRenewed {
-                eprintln!("mon_client: auth ticket renewed");
+            match ev {
+                ClientEvent::AuthTicketRenewed => eprintln!("mon_client: auth ticket renewed"),
+                ClientEvent::ServiceTickets(s) => eprintln!("mon_client: service tickets ({s})"),
+                _ => continue,
             }
+            renewed = true;
+        }
+        if let (true, Some(store)) = (renewed, &self.monitor_store) {
+            store.update_from(auth, Instant::now());
         }
         Ok(())
     }
@@ -442,15 +473,16 @@ fn main() -> ExitCode {
             }
             config.mon_client_mode = Some(ConModes::parse(m).map_err(|e| format!("--mode: {e}"))?);
         }
-        let cephx = match (&keyring, v2) {
-            (Some(k), false) => Some(cephx_client(k, &name)?),
+        let (cephx, monitor_store) = match (&keyring, v2) {
+            (Some(k), false) => (Some(cephx_client(k, &name)?), None),
             (Some(k), true) => {
-                config = config.with_auth_provider(cephx_provider(k, &name)?);
-                None
+                let (provider, store) = cephx_provider(k, &name)?;
+                config = config.with_auth_provider(provider);
+                (None, Some(store))
             }
-            (None, _) => None,
+            (None, _) => (None, None),
         };
-        let mut client = Client::new(mon, v2, cephx, config)?;
+        let mut client = Client::new(mon, v2, cephx, monitor_store, config)?;
         let result = match rest {
             [w] if w == "--watch" => client.watch(),
             [] => client.command(r#"{"prefix": "status", "format": "json"}"#),

@@ -4,7 +4,8 @@
 //! `--mode` asks for, and prints the status JSON; stderr names the negotiated mode.
 //! The same messenger path against a real OSD: the monitor-issued osd ticket as an
 //! authorizer over msgr2, secure and crc mode. Ticket renewal on a live msgr2 monitor
-//! session, with MAuth messages as Ceph's MonClient does.
+//! session, with MAuth messages as Ceph's MonClient does: by our messenger and by the
+//! example's `--watch`.
 //! Skipped, with a printed reason, when Ceph is not installed (a failure in CI,
 //! ASYNCMSGR_REQUIRE_CEPH=1).
 
@@ -334,4 +335,51 @@ fn a_msgr2_monitor_session_renews_its_tickets_over_mauth() {
     assert_eq!(auth.global_id(), global_id, "global id kept");
     again.mark_down();
     msgr.shutdown();
+}
+
+/// `mon_client --keyring … --watch` at a `v2:` address renews its tickets with MAuth on
+/// the msgr2 session its handshake authenticated, as at a `v1:` one (1 s tickets): it
+/// prints the monmap, then renews its auth ticket again and again.
+#[test]
+fn mon_client_example_watch_over_msgr2_renews_its_tickets() {
+    use std::io::BufRead;
+    init_logging();
+    let ttl = [("auth_mon_ticket_ttl", "1"), ("auth_service_ticket_ttl", "1")];
+    let Some(mon) = CephMon::start_cephx_msgr2_only("mon_client_watch_v2", &ttl).expect("start")
+    else {
+        return;
+    };
+    let bin = tests::ceph::mon_client_example().expect("mon_client example");
+    let keyring = mon.keyring().display().to_string();
+    let mut child = Command::new(bin)
+        .args(["--keyring", &keyring, &format!("v2:{}", mon.addr()), "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mon_client");
+    let (tx, lines) = crossbeam_channel::unbounded();
+    let stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut renewals = 0;
+    let mut seen = Vec::new();
+    while renewals < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = lines.recv_timeout(left) else { break };
+        renewals += usize::from(line.contains("auth ticket renewed"));
+        seen.push(line);
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("wait");
+    let _ = reader.join();
+    assert_eq!(renewals, 3, "stderr: {seen:?}");
+    assert!(seen.iter().any(|l| l.contains("msgr2 to")), "over msgr2: {seen:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first: serde_json::Value =
+        serde_json::from_str(stdout.lines().next().unwrap_or("")).expect("monmap JSON");
+    assert_eq!(first["fsid"], mon.fsid());
 }
