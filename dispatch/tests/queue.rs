@@ -513,6 +513,56 @@ fn shutdown_discard_with_a_full_queue_drops_it_and_returns() {
     assert_eq!(budget.current(), 0);
 }
 
+/// A discarding shutdown drops at once every message that waits (queued and local,
+/// releasing their budget), but the events queued before it are still delivered, after
+/// the dispatch under way and before the shutdown returns; one queued after it is
+/// refused. Ceph's dispatch thread delivers its queued codes once `stop` is set and
+/// discards only messages, so the reset a messenger's shutdown queues for each
+/// connection reaches the dispatchers. They were dropped with the messages.
+#[test]
+fn shutdown_discard_delivers_the_events_queued_before_it_and_no_message() {
+    let (entered_tx, entered_rx) = unbounded();
+    let (open_tx, open_rx) = unbounded();
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    d.add_tail(arc(Gate { entered: entered_tx, open: open_rx }));
+    let mut r = Recorder::new("r", tx);
+    r.handles_reset = true;
+    d.add_tail(arc(r));
+    let budget = Throttle::new("dispatch", 1_000);
+    let q = DispatchQueue::new("discard-events", Arc::clone(&d), Arc::clone(&budget));
+    q.start().expect("start");
+    q.enqueue(&TestConn(1), msg(1, PRIO_DEFAULT, 0, 1), Some(budget.take(1)));
+    entered_rx.recv_timeout(WAIT).expect("ms_dispatch holds message 0");
+    for tid in 1..=10u64 {
+        q.enqueue(&TestConn(1 + tid % 2), msg(1, PRIO_DEFAULT, tid, 1), Some(budget.take(1)));
+    }
+    q.local_delivery(&TestConn(3), msg(1, PRIO_DEFAULT, 11, 1));
+    q.enqueue_event(QueueEvent::Reset(TestConn(1)));
+    q.enqueue_event(QueueEvent::Reset(TestConn(2)));
+    let stopper = {
+        let q = Arc::clone(&q);
+        std::thread::spawn(move || q.shutdown(ShutdownMode::Discard))
+    };
+    // The messages go at once; only message 0, inside ms_dispatch, holds budget.
+    wait_until(|| q.counters().messages == 0 && budget.current() == 1);
+    assert_eq!(q.counters().events, 2, "the events wait for the dispatch thread");
+    q.enqueue_event(QueueEvent::Reset(TestConn(4)));
+    assert_eq!(q.counters().events, 2, "an event after the shutdown is refused");
+    assert!(rx.try_recv().is_err(), "nothing delivered while ms_dispatch runs");
+    open_tx.send(()).expect("gate");
+    stopper.join().expect("shutdown returned");
+    let seen: Vec<Seen> = rx.try_iter().collect();
+    assert_eq!(
+        seen,
+        [Seen::Reset { who: "r", conn: 1 }, Seen::Reset { who: "r", conn: 2 }],
+        "the queued events, in order, before shutdown returned; no message"
+    );
+    let k = q.counters();
+    assert_eq!((k.dispatched, k.discarded, k.events_delivered, k.len), (1, 11, 2, 0));
+    assert_eq!(budget.current(), 0);
+}
+
 /// A dispatcher may shut its own queue down without deadlocking on the join.
 #[test]
 fn shutdown_from_the_dispatch_thread_does_not_hang() {

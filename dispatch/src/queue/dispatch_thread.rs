@@ -97,11 +97,14 @@ fn next_work<C: ConnectionRef>(s: &Shared<C>, policy: &mut SpinPolicy) -> Work<C
     let mut st = s.state.lock();
     let mut spun = false;
     loop {
-        if st.phase == Phase::Stopping(ShutdownMode::Discard) {
-            return Work::Exit;
-        }
         if let Some(ev) = st.events.pop_front() {
             return Work::Event(ev);
+        }
+        // A discarding shutdown took every message and the queue takes nothing since:
+        // once the events queued before it are delivered (as Ceph's thread delivers its
+        // queued codes after `stop` and discards only messages) nothing is left to do.
+        if st.phase == Phase::Stopping(ShutdownMode::Discard) {
+            return Work::Exit;
         }
         if let Some(q) = st.local.pop_front() {
             return Work::Local(q);

@@ -501,7 +501,8 @@ impl<C: ConnectionRef> DispatchQueue<C> {
                     st.phase = Phase::Stopping(mode);
                     match mode {
                         ShutdownMode::Drain => (Vec::new(), Vec::new()),
-                        ShutdownMode::Discard => st.take_all(),
+                        // The events stay for the thread (see `ShutdownMode::Discard`).
+                        ShutdownMode::Discard => (st.take_messages(), Vec::new()),
                     }
                 }
                 Phase::Stopping(ShutdownMode::Discard) | Phase::Stopped => (Vec::new(), Vec::new()),

@@ -69,13 +69,17 @@
 //! queue reads the clock only for messages without one.
 //!
 //! # Shutdown
-//! [`ShutdownMode::Drain`] delivers what is queued, then stops; `Discard` drops it
-//! (releasing budgets) after the dispatch in progress. Both refuse new items and
-//! join the thread (unless called from the dispatch thread itself, where they only
-//! ask it to stop). If the thread was never started, both discard. Every call returns
-//! only once the thread is joined, also one racing [`DispatchQueue::start`] (it waits
-//! for the spawn) or another shutdown (it waits for that one's join); a start after a
-//! shutdown fails and spawns nothing.
+//! [`ShutdownMode::Drain`] delivers what is queued, then stops; `Discard` drops every
+//! queued message at once (releasing budgets) and, after the dispatch in progress,
+//! delivers the events queued before the shutdown, then stops, as Ceph's dispatch
+//! thread delivers its queued codes after `stop` and discards its messages (a
+//! messenger's shutdown queues each closed connection's `ms_handle_reset` first). Both
+//! refuse new items and join the thread (unless called from the dispatch thread
+//! itself, where they only ask it to stop: it delivers those events once its dispatcher
+//! returns). If the thread was never started, both discard, events included. Every call
+//! returns only once the thread is joined, also one racing [`DispatchQueue::start`] (it
+//! waits for the spawn) or another shutdown (it waits for that one's join); a start
+//! after a shutdown fails and spawns nothing.
 //!
 //! # Files
 //! Each imports only the ones below it: the shared state and the public data types

@@ -49,7 +49,10 @@ impl<C> QueueEvent<C> {
 pub enum ShutdownMode {
     /// Deliver everything already queued, then stop.
     Drain,
-    /// Drop everything queued (releasing budgets), then stop.
+    /// Drop every queued message (releasing budgets) but deliver the connection events
+    /// already queued, then stop: Ceph's `DispatchQueue` after `shutdown`, whose thread
+    /// still delivers its queued codes (a messenger's shutdown queues a reset for each
+    /// connection it closes) and discards the messages.
     Discard,
 }
 
@@ -107,7 +110,8 @@ pub(super) enum Phase {
     Created,
     /// Started (the thread may still be being spawned): items are queued and delivered.
     Running,
-    /// Shutdown began: nothing new is accepted; the thread exits once drained (or at once).
+    /// Shutdown began: nothing new is accepted; the thread exits once drained (`Drain`),
+    /// or once the events queued before it are delivered (`Discard`).
     Stopping(ShutdownMode),
     /// No thread will run again and none is left to join by a shutdown.
     Stopped,
@@ -191,10 +195,15 @@ impl<C> State<C> {
         self.local.front().into_iter().chain(self.messages.heads()).map(|q| q.since).min()
     }
 
-    pub(super) fn take_all(&mut self) -> (Vec<Queued<C>>, Vec<QueueEvent<C>>) {
+    /// Every waiting message, the local lane's first.
+    pub(super) fn take_messages(&mut self) -> Vec<Queued<C>> {
         let mut msgs: Vec<_> = self.local.drain(..).collect();
         msgs.extend(self.messages.drain());
-        (msgs, self.events.drain(..).collect())
+        msgs
+    }
+
+    pub(super) fn take_all(&mut self) -> (Vec<Queued<C>>, Vec<QueueEvent<C>>) {
+        (self.take_messages(), self.events.drain(..).collect())
     }
 }
 
