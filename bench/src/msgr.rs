@@ -283,6 +283,9 @@ struct Pipeline {
     signals: Sender<Signal>,
     /// Set once the connection failed: no more sends, one report.
     failed: AtomicBool,
+    /// Set as the run's teardown shuts the messenger down: the reset its shutdown
+    /// reports for the session (as Ceph's does) is not the run's.
+    closing: AtomicBool,
 }
 
 impl Pipeline {
@@ -394,6 +397,9 @@ impl Pipeline {
     }
 
     fn reset(&self, conn: &Connection, hook: &str) {
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
         self.resets.fetch_add(1, Ordering::Relaxed);
         let lost = self.window.lock().inflight.len();
         if lost > 0 {
@@ -480,6 +486,7 @@ pub fn client(
                 resets: resets.clone(),
                 signals: signals.clone(),
                 failed: AtomicBool::new(false),
+                closing: AtomicBool::new(false),
             });
             m.add_dispatcher_head(pipeline.clone())?;
             let conn = m.connect_to(EntityType::OSD, target);
@@ -496,6 +503,7 @@ pub fn client(
                 if spoke.is_ok() {
                     spoke = check_spoke("client", variant, (conn.protocol(), conn.con_mode()));
                 }
+                pipeline.closing.store(true, Ordering::Release);
                 m.shutdown();
             }
             pool.shutdown();

@@ -134,7 +134,9 @@ pub trait Dispatcher<C: ConnectionRef>: Send + Sync + 'static {
     /// fast dispatchers only.
     fn ms_handle_fast_accept(&self, _conn: &C) {}
 
-    /// The connection failed and was reset locally; return `true` if handled (stops the walk).
+    /// The connection's session ended here: it failed and was reset locally, or the
+    /// messenger ended it (a messenger-level mark_down, mark_down_all or shutdown, each
+    /// session once); return `true` if handled (stops the walk).
     fn ms_handle_reset(&self, _conn: &C) -> bool {
         false
     }

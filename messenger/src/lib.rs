@@ -85,6 +85,23 @@
 //! listener and the admin socket → [`Messenger`]. The handle has three locks (mailbox,
 //! what the driver publishes, private data); where its driver runs is set once.
 //!
+//! # Shutdown
+//!
+//! [`Messenger::shutdown`] ends every connection's session as [`Messenger::mark_down_all`]
+//! does, as Ceph's shutdown does (its `mark_down_all`): each connection whose session had
+//! not ended yet, dialled or accepted, open, in standby, reconnecting or still in its
+//! handshake, is reported with one `ms_handle_reset`, so a daemon frees what it keeps
+//! per session; the loopback connection, one the user marked down
+//! ([`Connection::mark_down`]) and one already reported are not. The dispatch thread
+//! delivers those resets after the `ms_dispatch` under way and with the connection
+//! events queued before them, and drops every message still waiting for `ms_dispatch`.
+//! Unlike Ceph's `shutdown`, which only signals and leaves the joins to `wait`, the call
+//! returns once all that is done, and no dispatcher of the messenger runs afterwards;
+//! but it cannot wait for its own thread when called from the dispatch thread (the
+//! resets then come once that dispatcher returns) or a worker, and on a shared pool a
+//! fast hook a worker had begun may still be finishing: [`Messenger::wait`] waits for
+//! those too.
+//!
 //! # Deliberate differences from Ceph's AsyncMessenger
 //!
 //! * **Replace** (an incoming connect takes over a lossless session): the accepting

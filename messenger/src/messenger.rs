@@ -514,19 +514,37 @@ impl Messenger {
         &self.env.counters
     }
 
-    /// Stops accepting, closes every connection, stops the dispatch thread (discarding
-    /// what is still queued) and, if the pool is ours, the workers; returns once they
-    /// stopped. So no dispatcher of ours runs after it, with two exceptions: on a shared
+    /// Stops accepting, ends every connection's session as [`Messenger::mark_down_all`]
+    /// does, stops the dispatch thread and, if the pool is ours, the workers; returns
+    /// once they stopped.
+    ///
+    /// What the dispatchers hear, as from Ceph's `shutdown` and `wait`: one
+    /// `ms_handle_reset` for each connection whose session had not ended yet (open, in
+    /// standby, reconnecting, or still in its handshake; dialled or accepted), so a
+    /// daemon frees what it keeps per session; none for the loopback connection, for one
+    /// the user marked down ([`Connection::mark_down`]) or for one whose reset was
+    /// already reported. The dispatch thread delivers them while this call waits for it:
+    /// first the `ms_dispatch` under way returns, then come the connection events queued
+    /// until the thread is told to stop, these resets among them, in the order they were
+    /// queued; the messages still waiting for `ms_dispatch` (the loopback connection's
+    /// included) are dropped, never delivered, and nothing queued after that is taken.
+    /// (A session that its own worker ends at that moment, on a fault, is reported by its
+    /// driver if the reset is queued before the dispatch thread is told to stop: Ceph's
+    /// is lost the same way after its `stop`.)
+    ///
+    /// So no dispatcher of ours runs after it returns, with two exceptions: on a shared
     /// pool ([`Messenger::with_pool`]), whose workers it leaves running, a hook a worker
     /// had already begun (`ms_fast_dispatch`, `ms_fast_preprocess`, `ms_handle_fast_*`)
     /// may still be running, as after [`Connection::mark_down`]; and called from the
-    /// dispatch thread or a worker, it cannot wait for that thread. [`Messenger::wait`]
-    /// waits for both. A call made while another is under way (or after one) waits as
-    /// `wait` does, but on the dispatch thread or a worker, where it returns at once.
+    /// dispatch thread or a worker, it cannot wait for that thread: called from a
+    /// dispatcher, the resets are delivered once that dispatcher returns.
+    /// [`Messenger::wait`] waits for both. A call made while another is under way (or
+    /// after one) waits as `wait` does, but on the dispatch thread or a worker, where it
+    /// returns at once (so an `ms_handle_reset` that calls it again goes on at once).
     ///
     /// Unlike Ceph's, which only signals and leaves the joins to `wait`, it waits for an
-    /// `ms_dispatch` under way to return: do not call it holding a lock a dispatcher
-    /// takes.
+    /// `ms_dispatch` under way to return and for the resets to be delivered: do not call
+    /// it holding a lock a dispatcher takes.
     pub fn shutdown(&self) {
         if !self.stop() {
             // Another call began it (perhaps on the dispatch thread, which cannot join
@@ -544,6 +562,20 @@ impl Messenger {
     /// The shutdown itself; false if another call began it.
     fn stop(&self) -> bool {
         let Some(live) = self.env.sessions.begin_shutdown() else { return false };
+        // Ceph's shutdown is mark_down_all (shutdown_connections(true)): every connection
+        // not already closed is stopped and its reset queued, and the dispatch thread,
+        // told to stop only later (in wait), delivers it. A daemon frees what it keeps
+        // per session there (an MDS its session, a MonClient its hunting state). One the
+        // user marked down hears nothing (the queue takes no event of it); one whose
+        // session already ended was reported then, not again. Nothing accepted from now
+        // on starts (the table refuses it), so the listener may close after this.
+        for conn in live {
+            self.end_reporting(&conn);
+        }
+        // Only now may `wait`, on any thread, stop the dispatch queue, which would refuse
+        // these resets. Before the listener's and the admin socket's closes, which wait
+        // for a worker: a `wait` on that worker (a fast dispatcher's) waits for this.
+        self.env.sessions.sessions_ended();
         let processor = self.processor.lock().take();
         if let Some(p) = processor {
             p.stop();
@@ -551,9 +583,6 @@ impl Messenger {
         let admin = self.admin.lock().take();
         if let Some(a) = admin {
             a.stop();
-        }
-        for conn in live {
-            conn.mark_down();
         }
         // The loopback handle too: sends to ourselves fail from now on (the dispatch queue
         // would drop them), and its private data goes (as Ceph's shutdown clears it), so
@@ -570,9 +599,10 @@ impl Messenger {
     /// Blocks until the messenger has shut down (Ceph's `wait`): until some thread calls
     /// [`Messenger::shutdown`] (at once if one did), then until the dispatch thread has
     /// stopped, our workers too if the pool is ours, and, on a shared pool whose
-    /// workers keep running, every connection of this messenger is gone from them. None
-    /// of its dispatchers runs after it returns, even when the shutdown was called from
-    /// the dispatch thread (which cannot join itself) or is still under way on another
+    /// workers keep running, every connection of this messenger is gone from them. The
+    /// `ms_handle_reset`s the shutdown queued have been delivered by then, and none of
+    /// its dispatchers runs after it returns, even when the shutdown was called from the
+    /// dispatch thread (which cannot join itself) or is still under way on another
     /// thread. A daemon's main thread waits here while a signal handler or a command
     /// shuts it down.
     ///
@@ -580,6 +610,8 @@ impl Messenger {
     /// shutdown (it would wait for itself, as in Ceph); called from one after, it waits
     /// for neither that thread nor, on a worker, the connections.
     pub fn wait(&self) {
+        // Not before the shutdown has queued its resets: the queue stopped here would
+        // refuse them.
         self.env.sessions.wait_for_shutdown();
         // Idempotent: joins the dispatch thread if the shutdown could not (it ran on that
         // thread), or waits for the shutdown joining it.

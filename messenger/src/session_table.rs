@@ -78,6 +78,9 @@ struct Tables {
     live: HashMap<u64, Connection>,
     /// Shutdown began: nothing more registers.
     stopping: bool,
+    /// The shutdown has ended the sessions of the connections live when it began
+    /// ([`SessionTable::sessions_ended`]).
+    ended: bool,
 }
 
 impl Tables {
@@ -110,7 +113,7 @@ impl Tables {
 #[derive(Default)]
 pub(crate) struct SessionTable {
     tables: Mutex<Tables>,
-    /// Signalled when `live` becomes empty, and when shutdown begins.
+    /// Signalled when `live` becomes empty, and when the shutdown has ended the sessions.
     emptied: Condvar,
 }
 
@@ -249,20 +252,28 @@ impl SessionTable {
     }
 
     /// Begins shutdown: nothing registers from now on. Returns the live connections to
-    /// close, or `None` if shutdown had already begun.
+    /// close, or `None` if shutdown had already begun. The caller calls
+    /// [`SessionTable::sessions_ended`] once it has ended their sessions.
     pub(crate) fn begin_shutdown(&self) -> Option<Vec<Connection>> {
         let mut t = self.tables.lock();
         if std::mem::replace(&mut t.stopping, true) {
             return None;
         }
-        self.emptied.notify_all();
         Some(t.live.values().cloned().collect())
     }
 
-    /// Blocks until shutdown began.
+    /// The shutdown has ended the sessions [`SessionTable::begin_shutdown`] listed (their
+    /// resets are queued): [`SessionTable::wait_for_shutdown`] returns from now on.
+    pub(crate) fn sessions_ended(&self) {
+        self.tables.lock().ended = true;
+        self.emptied.notify_all();
+    }
+
+    /// Blocks until a shutdown began and ended the sessions it found: a `wait` that
+    /// stopped the dispatch queue before would make it refuse their resets.
     pub(crate) fn wait_for_shutdown(&self) {
         let mut t = self.tables.lock();
-        while !t.stopping {
+        while !t.ended {
             self.emptied.wait(&mut t);
         }
     }

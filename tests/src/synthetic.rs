@@ -366,6 +366,9 @@ struct State {
     in_flight: usize,
     /// Server-side connections seen (for cuts from the server side).
     server_conns: HashMap<Key, Connection>,
+    /// The workload is over and the messengers shut down: the `ms_handle_reset` each
+    /// session still going hears then (as from Ceph's shutdown) is not the workload's.
+    shutting_down: bool,
     report: Report,
 }
 
@@ -549,6 +552,9 @@ impl Dispatcher<Connection> for ClientSide {
     fn ms_handle_reset(&self, conn: &Connection) -> bool {
         let mut st = self.shared.state.lock();
         let st = &mut *st;
+        if st.shutting_down {
+            return true;
+        }
         st.report.client_resets += 1;
         let key = (self.client, conn.id());
         if let Some(t) = st.live.remove(&key) {
@@ -617,6 +623,9 @@ impl Dispatcher<Connection> for ServerSide {
     }
     fn ms_handle_reset(&self, conn: &Connection) -> bool {
         let mut st = self.shared.state.lock();
+        if st.shutting_down {
+            return true;
+        }
         st.report.server_resets += 1;
         st.server_conns.remove(&(self.server, conn.id()));
         if !self.shared.lossy {
@@ -1095,6 +1104,7 @@ pub fn run(opts: &Options) -> Report {
     let internal_delays = both(|c| &c.inject_internal_delays);
     let congested_writes = (both(|c| &c.inject_congested_writes), both(|c| &c.inject_writes));
     let mut late = still_queued;
+    shared.state.lock().shutting_down = true;
     for m in cluster.all() {
         m.shutdown();
     }

@@ -336,21 +336,20 @@ fn reset_handler_calls(name: &'static str, shutdown: bool) {
     assert_eq!(first, conns[0]);
     wd.beat();
     // The handler's mark_down_all / shutdown closed the other connections, and
-    // returned. mark_down_all reports each with ms_handle_reset, as Ceph's does (whose
-    // handler's own mark_down_all then finds nothing); shutdown discards what is queued.
+    // returned. Both report each with ms_handle_reset, as Ceph's do (its shutdown is a
+    // mark_down_all), after the handler returned; the handler's own mark_down_all then
+    // finds nothing, and its shutdown, already under way, returns at once.
     let deadline = Instant::now() + BACKSTOP;
     while conns.iter().any(|c| c.is_connected()) {
         assert!(Instant::now() < deadline, "{:?} still open", conns);
         std::thread::yield_now();
     }
-    if !shutdown {
-        let mut others: Vec<u64> = (0..2)
-            .map(|_| resets.recv_timeout(BACKSTOP).expect("a reset per connection marked down"))
-            .map(|c| c.id())
-            .collect();
-        others.sort_unstable();
-        assert_eq!(others, [conns[1].id(), conns[2].id()]);
-    }
+    let mut others: Vec<u64> = (0..2)
+        .map(|_| resets.recv_timeout(BACKSTOP).expect("a reset per connection closed"))
+        .map(|c| c.id())
+        .collect();
+    others.sort_unstable();
+    assert_eq!(others, [conns[1].id(), conns[2].id()]);
     assert!(resets.recv_timeout(Duration::from_millis(300)).is_err(), "a reset more");
     for c in &conns[1..] {
         assert!(c.send_message(test_message(MSG_PING, 99, Bytes::new())).is_err(), "{c:?} open");
@@ -376,14 +375,17 @@ fn reset_handler_calls(name: &'static str, shutdown: bool) {
 }
 
 /// `mark_down_all` from inside `ms_handle_reset` (Ceph's MonClient does this on a lost
-/// monitor): no deadlock, the other connections close silently, the messenger goes on.
+/// monitor): no deadlock, the other connections close, each with its reset, and the
+/// messenger goes on.
 #[test]
 fn mark_down_all_from_a_reset_handler() {
     reset_handler_calls("mark_down_all_from_a_reset_handler", false);
 }
 
 /// `shutdown` of its own messenger from inside `ms_handle_reset`, on the dispatch thread
-/// it stops: returns, and the messenger winds down (`wait` from the test returns).
+/// it stops: returns, the other connections' resets come once the handler returned
+/// (its shutdown from them returns at once), and the messenger winds down (`wait` from
+/// the test returns).
 #[test]
 fn shutdown_from_a_reset_handler() {
     reset_handler_calls("shutdown_from_a_reset_handler", true);
