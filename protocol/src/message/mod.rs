@@ -136,7 +136,45 @@ struct Fields {
     footer: MsgFooter,
     recv_stamp: Option<Instant>,
     dispatch_stamp: Option<Instant>,
+    /// What a received message holds of its connection's policy throttlers, if any.
+    charge: Charge,
 }
+
+/// What a received message holds of its connection's policy throttlers (Ceph's
+/// `byte_throttler` and `msg_throttler` on a `Message`): its message count and its
+/// bytes, charged while it was read and released when the message is dropped, or
+/// earlier, part by part, through [`Message::release_message_throttle`],
+/// [`Message::clear_payload`] and [`Message::clear_data`].
+///
+/// The messenger attaches it (the throttles live in a crate above this one, so the
+/// message sees them only through this trait); a dispatcher never needs to implement
+/// it. Dropping the charge releases whatever it still holds.
+pub trait ThrottleCharge: Send + Sync {
+    /// Releases the message count, if still held (Ceph's `msg_throttler->put()`).
+    fn release_count(&mut self);
+    /// Releases up to `bytes` of the byte charge (no more than it still holds).
+    fn release_bytes(&mut self, bytes: u64);
+}
+
+/// A message's [`ThrottleCharge`] slot. Not part of the message's value: a clone has
+/// none (the charge stays with the message that was received, counted once), and
+/// equality ignores it.
+#[derive(Default)]
+struct Charge(Option<Box<dyn ThrottleCharge>>);
+
+impl Clone for Charge {
+    fn clone(&self) -> Self {
+        Charge(None)
+    }
+}
+
+impl PartialEq for Charge {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Charge {}
 
 impl Message {
     /// A message of `msg_type` whose front (payload) is `front`.
@@ -159,6 +197,7 @@ impl Message {
             footer: MsgFooter::default(),
             recv_stamp: None,
             dispatch_stamp: None,
+            charge: Charge(None),
         }))
     }
 
@@ -169,6 +208,8 @@ impl Message {
         b.front = Bytes::new();
         b.middle = Bytes::new();
         b.data = Bytes::new();
+        // A received message sent on (forwarded) gives its charge back here, as a drop would.
+        b.charge = Charge(None);
         // A thread being torn down (no cache any more) frees the box as a drop would.
         let _ = SPARE.try_with(move |s| {
             if let Ok(mut s) = s.try_borrow_mut() {
@@ -209,6 +250,7 @@ impl Message {
                 footer: old_footer,
                 recv_stamp,
                 dispatch_stamp,
+                charge,
             } = &mut *b;
             *msg_type = header.msg_type;
             *version = header.version;
@@ -225,6 +267,8 @@ impl Message {
             *old_footer = footer;
             *recv_stamp = None;
             *dispatch_stamp = None;
+            // Empty already (`recycle` cleared it); written so the box holds nothing old.
+            *charge = Charge(None);
             return Message(b);
         }
         Message(Box::new(Fields {
@@ -243,6 +287,7 @@ impl Message {
             footer,
             recv_stamp: None,
             dispatch_stamp: None,
+            charge: Charge(None),
         }))
     }
 
@@ -390,6 +435,53 @@ impl Message {
     /// Records when the message was handed to a dispatcher.
     pub fn set_dispatch_stamp(&mut self, at: Instant) {
         self.0.dispatch_stamp = Some(at);
+    }
+
+    /// Attaches what this received message holds of its connection's policy
+    /// throttlers (the messenger does, as it hands the message over); one attached
+    /// before is released.
+    #[doc(alias = "set_byte_throttler")]
+    #[doc(alias = "set_message_throttler")]
+    pub fn set_throttle_charge(&mut self, charge: Box<dyn ThrottleCharge>) {
+        self.0.charge = Charge(Some(charge));
+    }
+    /// Whether this message holds a policy-throttle charge ([`ThrottleCharge`]): only a
+    /// received message, from a peer type with policy throttlers, and not its clones.
+    pub fn has_throttle_charge(&self) -> bool {
+        self.0.charge.0.is_some()
+    }
+    /// Releases the message count this received message holds of its policy's message
+    /// throttle (Ceph's `osd_client_message_cap`), keeping the message and its byte
+    /// charge, as Ceph's `Message::release_message_throttle`: a daemon that keeps a
+    /// message past its handling (an OSD's finished op, still referenced) lets the next
+    /// one in. Nothing without a charge, or once released.
+    pub fn release_message_throttle(&mut self) {
+        if let Some(c) = self.0.charge.0.as_mut() {
+            c.release_count();
+        }
+    }
+    /// Empties the front and middle segments and releases their bytes from the byte
+    /// charge, as Ceph's `Message::clear_payload` (an OSD clears a finished op's
+    /// buffers so that its byte throttle, `osd_client_message_size_cap`, lets more in).
+    /// The rest of the charge (the data segment's bytes, and the per-message overhead
+    /// it was charged, [`MESSAGE_OVERHEAD`]) goes when the message is dropped or
+    /// [`Self::clear_data`] runs. The other setters leave the charge as received.
+    pub fn clear_payload(&mut self) {
+        let len = self.0.front.len() + self.0.middle.len();
+        self.0.front = Bytes::new();
+        self.0.middle = Bytes::new();
+        if let Some(c) = self.0.charge.0.as_mut() {
+            c.release_bytes(len as u64);
+        }
+    }
+    /// Empties the data segment and releases its bytes from the byte charge, as Ceph's
+    /// `Message::clear_data` (see [`Self::clear_payload`]).
+    pub fn clear_data(&mut self) {
+        let len = self.0.data.len();
+        self.0.data = Bytes::new();
+        if let Some(c) = self.0.charge.0.as_mut() {
+            c.release_bytes(len as u64);
+        }
     }
 }
 
@@ -832,6 +924,82 @@ mod tests {
         assert_eq!(granted, m.payload_len() as u64);
         let got = got.unwrap();
         assert_eq!((got.front(), got.data()), (m.front(), m.data()));
+    }
+
+    /// What a test charge was asked to release, and whether it was dropped.
+    #[derive(Default)]
+    struct Released {
+        count: std::sync::atomic::AtomicU64,
+        bytes: std::sync::atomic::AtomicU64,
+        dropped: std::sync::atomic::AtomicBool,
+    }
+
+    struct TestCharge(std::sync::Arc<Released>);
+
+    impl ThrottleCharge for TestCharge {
+        fn release_count(&mut self) {
+            self.0.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn release_bytes(&mut self, bytes: u64) {
+            self.0.bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl Drop for TestCharge {
+        fn drop(&mut self) {
+            self.0.dropped.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn charged() -> (Message, std::sync::Arc<Released>) {
+        let released = std::sync::Arc::new(Released::default());
+        let mut m = sample();
+        m.set_throttle_charge(Box::new(TestCharge(released.clone())));
+        (m, released)
+    }
+
+    /// A received message's throttle charge is counted once: its clone has none (and
+    /// compares equal all the same), and it goes when the message is dropped, or when a
+    /// message sent on has its box recycled.
+    #[test]
+    fn a_throttle_charge_stays_with_its_message() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (m, released) = charged();
+        let copy = m.clone();
+        assert!(m.has_throttle_charge() && !copy.has_throttle_charge());
+        assert!(m == copy, "equality ignores the charge");
+        drop(copy);
+        assert!(!released.dropped.load(Relaxed), "the clone's drop released the charge");
+        drop(m);
+        assert!(released.dropped.load(Relaxed));
+
+        let (m, released) = charged();
+        m.recycle();
+        assert!(released.dropped.load(Relaxed), "a recycled box kept its charge");
+        SPARE.with(|s| s.borrow_mut().clear());
+    }
+
+    /// Ceph's release_message_throttle gives the count back; clear_payload and
+    /// clear_data the bytes of what they empty (front and middle, data).
+    #[test]
+    fn releasing_a_charge_part_by_part() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (mut m, released) = charged();
+        m.release_message_throttle();
+        assert_eq!(released.count.load(Relaxed), 1);
+        m.clear_payload();
+        assert_eq!(released.bytes.load(Relaxed), 11 + 3, "front and middle");
+        assert!(m.front().is_empty() && m.middle().is_empty());
+        m.clear_data();
+        assert_eq!(released.bytes.load(Relaxed), 11 + 3 + 100, "and data");
+        assert!(m.data().is_empty());
+        assert!(!released.dropped.load(Relaxed), "the rest stays until the drop");
+        // Without a charge these only empty the segments.
+        let mut plain = sample();
+        plain.release_message_throttle();
+        plain.clear_payload();
+        plain.clear_data();
+        assert_eq!(plain.payload_len(), 0);
     }
 
     /// A message is moved about twenty times on its way through the messenger: what
