@@ -128,10 +128,6 @@
 //!   (as in Ceph): over msgr v1 a lossy session is then reset (`ms_handle_reset`) and a
 //!   lossless one keeps redialling with backoff; use [`Messenger::connect_to`] with the
 //!   peer's full address, as Ceph daemons do from their maps.
-//! * Policy throttlers (per peer type) are released when a message is handed to the
-//!   dispatch layer; the dispatch throttle (`ms_dispatch_throttle_bytes`) is held until
-//!   the dispatcher returns and bounds the memory of queued messages. Ceph holds both until
-//!   dispatch.
 //! * Messages on the loopback connection are delivered by the dispatch thread (fast
 //!   dispatchers included), never on the sender's thread, which may hold its own locks.
 //! * The loopback connection's `ms_handle_fast_connect` reaches every fast dispatcher
@@ -146,8 +142,10 @@
 //!   is taken window by window; a message in progress must keep progressing (see
 //!   "Bounds a peer cannot escape"). Ceph's out queue is unbounded and it reserves a
 //!   message's whole length at its header.
-//! * Queued messages are charged what they cost ([`protocol::Message::queued_cost`]:
-//!   payload plus a per-message overhead); Ceph charges the payload only.
+//! * Received messages are charged what they cost ([`protocol::Message::queued_cost`]:
+//!   payload plus a per-message overhead), to the dispatch throttle and to the policy's
+//!   byte throttle; Ceph charges the payload only. So the overhead of a kept message
+//!   goes back when it is dropped, not with `clear_payload`/`clear_data`.
 //! * Counters: `msgr_running_fast_dispatch_time` is part of `msgr_running_recv_time`
 //!   (fast dispatch runs inside the read path); `msgr_handle_ack_lat` is not measured.
 
@@ -172,8 +170,9 @@
 //! stops reading that socket and the message's clock pauses (a window granted at once
 //! does not restart it: the progress is owed per timeout, not per window); when
 //! messages in progress hold all of the budget, the oldest of them is always granted
-//! its next window (it then completes, is dispatched and releases), so honest large
-//! messages never deadlock; that overshoot is bounded by one message. That oldest
+//! its next window (it then completes and is dispatched, and releases what it holds:
+//! the dispatch throttle when its dispatcher returns, a policy's when it is dropped),
+//! so honest large messages never deadlock; that overshoot is bounded by one message. That oldest
 //! message is the one the others wait for, and messages waiting for their next window
 //! keep what they hold meanwhile. So while a byte throttle queues requests, its oldest
 //! message in progress must progress by a sixteenth of what all messages in progress
@@ -185,8 +184,9 @@
 //! with another connection holding most of the budget behind it, used to keep everyone
 //! waiting until the trickled message ended (hours for a large one). A policy's
 //! message-count throttle (none by default; Ceph's `osd_client_message_cap`) is held
-//! one count per message in progress, and new messages waiting for a count wait for
-//! messages to complete, not for bytes: so while they wait, every message in progress
+//! one count per message in progress (and per message received and not dropped yet),
+//! and new messages waiting for a count wait for messages to complete and be dropped,
+//! not for bytes: so while they wait, every message in progress
 //! (from its second window on) must progress by a sixteenth of its own length per
 //! `payload_timeout`, arriving whole within sixteen timeouts of its reading time (a
 //! trickler holds few bytes but a whole count). What remains:
@@ -219,6 +219,21 @@
 //! the number of connections (each holding its first window): that is the operating
 //! system's file descriptor limit.
 //!
+//! What a message is charged is released in two parts, as in Ceph. Its dispatch
+//! charge (`ms_dispatch_throttle_bytes`) when its dispatcher returns: it bounds the
+//! messages waiting for `ms_dispatch`. Its policy charge (the peer type's throttlers,
+//! [`Messenger::set_policy_throttlers`]: Ceph's `osd_client_message_cap` and
+//! `osd_client_message_size_cap`) goes into the message itself and is released when the
+//! message is dropped, as Ceph's `Message` puts its `msg_throttler` and
+//! `byte_throttler` when it is destroyed: a dispatcher that keeps messages past its
+//! return (an OSD queues its ops) holds their count and bytes, and once the policy is
+//! full its peers' connections stop reading. It gives them back earlier, part by part,
+//! with [`protocol::Message::release_message_throttle`] (the count) and
+//! [`protocol::Message::clear_payload`] and [`protocol::Message::clear_data`] (the
+//! bytes of the segments they empty), as the OSD does for an op that finished while
+//! still referenced (`OpRequest::_unregistered`). A clone of a message carries no
+//! charge.
+//!
 //! Small messages do not ask once per message. Before a read's bytes are parsed the
 //! driver grants the machine receive credit for one message of at most that many bytes
 //! (reads of 64 bytes to 32 KiB, between frames), so a message that arrived whole in
@@ -228,12 +243,13 @@
 //! of each throttle's maximum, and each message it funds is charged exactly what it
 //! would have asked for (one message, its queued cost in policy bytes and of the
 //! dispatch throttle); `msgr_recv_budget_requests` counts the messages that asked. A
-//! funded message that goes to the dispatch queue takes its dispatch charge along as
-//! its own permit, released when its dispatcher returns; the rest of what funded
-//! messages were charged (all of it for a fast-dispatched message, whose dispatcher
-//! returned during the pump) is released with what the burst did not use at the end of
-//! the pump, in one release per throttle rather than one per message. So credit is held
-//! only while a burst is being parsed and an idle connection holds none.
+//! funded message takes its policy charge along, split off the credit, as any message
+//! does; one that goes to the dispatch queue takes its dispatch charge along too, as its
+//! own permit, released when its dispatcher returns; the dispatch charge of a
+//! fast-dispatched one (whose dispatcher returned during the pump) is released with
+//! what the burst did not use at the end of the pump, in one release per throttle
+//! rather than one per message. So credit is held only while a burst is being parsed
+//! and an idle connection holds none.
 //!
 //! **Sending.** What a connection holds for sending — messages in its mailbox, in the
 //! protocol's queue, framed and unwritten (lossy), or written and not yet acknowledged

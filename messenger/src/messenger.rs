@@ -308,11 +308,17 @@ impl Messenger {
         self.env.policies.set(peer_type, policy);
     }
 
-    /// Throttlers charged for every message received from peers of `peer_type`: bytes
-    /// and message count, held from its header until the message is handed to the
-    /// dispatch layer (the dispatch throttle holds it until its dispatcher returns). A
-    /// message read on receive credit releases both at the end of the worker's pass
-    /// that handed it over, with the rest of the burst's (see the crate docs).
+    /// Throttlers charged for every message received from peers of `peer_type`: its
+    /// bytes (payload plus [`protocol::message::MESSAGE_OVERHEAD`]) and one count,
+    /// taken from its header on and held by the message itself until it is dropped,
+    /// as Ceph's `Message` holds its `byte_throttler` and `msg_throttler` (Ceph's
+    /// `osd_client_message_size_cap` and `osd_client_message_cap`): a dispatcher that
+    /// keeps messages past its return holds them, and while they are full the
+    /// connections of such peers stop reading. [`Message::release_message_throttle`]
+    /// gives the count back early, [`Message::clear_payload`] and
+    /// [`Message::clear_data`] the bytes of what they empty (only the dispatch
+    /// throttle is released when the dispatcher returns; see the crate docs). Looked
+    /// up once per connection, when its first message arrives.
     pub fn set_policy_throttlers(
         &self,
         peer_type: EntityType,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use dispatch::{InFlight, Permit, Throttle, Ticket, Waiting};
 use event_center::Context;
-use protocol::message::MESSAGE_OVERHEAD;
+use protocol::message::{ThrottleCharge, MESSAGE_OVERHEAD};
 use protocol::session::PROGRESS_SHARE;
 use protocol::types::EntityType;
 
@@ -74,31 +74,39 @@ impl RecvBudget {
             || self.inflight.iter().any(Option::is_some)
     }
 
-    /// The message is complete: returns its dispatch-throttle permit (it travels with
-    /// the message) and releases everything else, leaving this empty for the next one.
+    /// The message is complete, costing `cost` (its `queued_cost`): returns its
+    /// dispatch-throttle permit (it travels with the message until its dispatcher
+    /// returns) and its policy-throttle charge, settled to `cost` (the message carries it
+    /// until it is dropped), and ends its in-progress registrations, leaving this empty
+    /// for the next one.
     #[inline]
-    pub(super) fn finish_message(&mut self) -> Option<Permit> {
+    pub(super) fn finish_message(&mut self, cost: u64) -> (Option<Permit>, Option<PolicyCharge>) {
         // A message the receive credit paid for asked for nothing: there is nothing to
         // clear. Inlined, this check is all such a message costs here; the reset (a
         // call, ~45 instructions) was per message at 64 B.
         if !self.is_active() && self.waiting.is_none() {
             self.step = 0;
-            return None;
+            return (None, None);
         }
-        self.release_all()
+        self.release_all(cost)
     }
 
     /// [`Self::finish_message`] for a message that held budget. Cleared in place: the
     /// whole struct moved out and back per message showed up as a memcpy in profiles.
     #[inline(never)]
-    fn release_all(&mut self) -> Option<Permit> {
+    fn release_all(&mut self, cost: u64) -> (Option<Permit>, Option<PolicyCharge>) {
         let dispatch = self.permits[STEP_DISPATCH].take();
+        let messages = self.permits[STEP_MESSAGES].take();
+        let mut bytes = self.permits[STEP_POLICY_BYTES].take();
+        if let Some(b) = bytes.as_mut() {
+            b.settle(cost);
+        }
         self.permits = Default::default();
         self.inflight = Default::default();
         self.want = None;
         self.step = 0;
         self.waiting = None;
-        dispatch
+        (dispatch, PolicyCharge::of(messages, bytes))
     }
 
     /// A window is asked for and not granted yet.
@@ -107,22 +115,61 @@ impl RecvBudget {
     }
 }
 
+/// What a received message holds of its peer type's policy throttlers (Ceph's
+/// `byte_throttler` and `msg_throttler` on a `Message`): attached to the message as it
+/// is handed over, released when the message is dropped, as Ceph's `~Message` puts
+/// both (or part by part: `Message::release_message_throttle`, `clear_payload`,
+/// `clear_data`). So a dispatcher that keeps messages (an OSD's queued ops) holds the
+/// policy's count and bytes, and once they are full the connection stops reading.
+pub(super) struct PolicyCharge {
+    /// One count of the policy's message throttle.
+    messages: Option<Permit>,
+    /// The message's cost (payload plus `MESSAGE_OVERHEAD`) of its byte throttle.
+    bytes: Option<Permit>,
+}
+
+impl PolicyCharge {
+    /// The charge of these permits; `None` when the policy has neither throttler.
+    #[inline]
+    fn of(messages: Option<Permit>, bytes: Option<Permit>) -> Option<PolicyCharge> {
+        (messages.is_some() || bytes.is_some()).then_some(PolicyCharge { messages, bytes })
+    }
+
+    /// Attaches this charge to `msg` (one allocation, only for a peer type with policy
+    /// throttlers).
+    pub(super) fn attach(self, msg: &mut protocol::Message) {
+        msg.set_throttle_charge(Box::new(self));
+    }
+}
+
+impl ThrottleCharge for PolicyCharge {
+    fn release_count(&mut self) {
+        self.messages = None;
+    }
+
+    fn release_bytes(&mut self, bytes: u64) {
+        if let Some(p) = self.bytes.as_mut() {
+            drop(p.split(bytes));
+        }
+    }
+}
+
 /// Receive budget granted ahead to the machine (`Machine::add_receive_credit`), so that
 /// a burst of small messages costs one budget request, not one per message: the permits
-/// held for it, by step. They hold the machine's unused credit plus what the messages
-/// it funded were charged ([`Credit::spend`]): a funded message handed over to the
-/// queue takes its dispatch charge along as a permit of its own
-/// ([`Credit::take_dispatch`]); everything else a funded message was charged (its
-/// message count and policy bytes, and the dispatch charge of one fast-dispatched, whose
-/// dispatcher has returned by then) is released together with the unused credit at the
+/// held for it, by step. They hold the machine's unused credit plus the dispatch charge
+/// of the messages it funded ([`Credit::spend`]): a funded message takes its policy
+/// charge along as it is handed over (the message holds it until it is dropped), and,
+/// bound for the queue, its dispatch charge too as a permit of its own
+/// ([`Credit::take_dispatch`]); the dispatch charge of one fast-dispatched, whose
+/// dispatcher has returned by then, is released together with the unused credit at the
 /// end of the pump ([`Credit::release_spent`]) — per message, each release was a lock
-/// and a reference count round trip on every throttle. So an idle connection holds none.
+/// and a reference count round trip. So an idle connection holds none.
 #[derive(Default)]
 pub(super) struct Credit {
     permits: [Option<Permit>; STEPS],
-    /// Charged by funded messages and not released yet, by step (the dispatch step
-    /// without what [`Credit::take_dispatch`] split off).
-    spent: [u64; STEPS],
+    /// The dispatch charge of funded messages not released yet (without what
+    /// [`Credit::take_dispatch`] split off).
+    spent_dispatch: u64,
 }
 
 impl Credit {
@@ -133,30 +180,44 @@ impl Credit {
         self.permits[STEP_DISPATCH].is_some()
     }
 
-    /// A message funded by the credit was received, costing `cost`: one message and
-    /// `cost` policy bytes, and `cost` of dispatch budget until its dispatcher returns.
-    pub(super) fn spend(&mut self, cost: u64) {
-        self.spent[STEP_MESSAGES] += 1;
-        self.spent[STEP_POLICY_BYTES] += cost;
-        self.spent[STEP_DISPATCH] += cost;
+    /// A message funded by the credit was received, costing `cost`: `cost` of dispatch
+    /// budget until its dispatcher returns, and one message and `cost` policy bytes,
+    /// split off here as the charge the message carries until it is dropped (`None`
+    /// when the policy has no throttlers: then this is all a funded message costs).
+    #[inline]
+    pub(super) fn spend(&mut self, cost: u64) -> Option<PolicyCharge> {
+        self.spent_dispatch += cost;
+        let [messages, bytes, _] = &mut self.permits;
+        if messages.is_none() && bytes.is_none() {
+            return None;
+        }
+        self.split_policy(cost)
+    }
+
+    /// [`Credit::spend`]'s policy charge, for a peer type with policy throttlers.
+    #[inline(never)]
+    fn split_policy(&mut self, cost: u64) -> Option<PolicyCharge> {
+        let [messages, bytes, _] = &mut self.permits;
+        PolicyCharge::of(
+            messages.as_mut().map(|p| p.split(1)),
+            bytes.as_mut().map(|p| p.split(cost)),
+        )
     }
 
     /// The dispatch charge `cost` of a funded message that goes to the dispatch queue,
     /// split off to travel with it (released when its `ms_dispatch` returns).
     pub(super) fn take_dispatch(&mut self, cost: u64) -> Option<Permit> {
         let permit = self.permits[STEP_DISPATCH].as_mut()?;
-        self.spent[STEP_DISPATCH] = self.spent[STEP_DISPATCH].saturating_sub(cost);
+        self.spent_dispatch = self.spent_dispatch.saturating_sub(cost);
         Some(permit.split(cost))
     }
 
-    /// Releases what funded messages were charged and hold no more: they have been
-    /// handed over (and, fast-dispatched, dispatched).
+    /// Releases the dispatch charge of funded messages that hold it no more: they have
+    /// been handed over and fast-dispatched.
     fn release_spent(&mut self) {
-        let spent = std::mem::take(&mut self.spent);
-        for (permit, n) in self.permits.iter_mut().zip(spent) {
-            if let (Some(p), true) = (permit, n > 0) {
-                drop(p.split(n));
-            }
+        let spent = std::mem::take(&mut self.spent_dispatch);
+        if let (Some(p), true) = (self.permits[STEP_DISPATCH].as_mut(), spent > 0) {
+            drop(p.split(spent));
         }
     }
 
@@ -278,8 +339,9 @@ impl Driver {
         Some((messages, policy_bytes, dispatch))
     }
 
-    /// Takes the machine's unused credit back and releases it, with what the messages it
-    /// funded spent ([`Credit::release_spent`]: they are handed over by now); with
+    /// Takes the machine's unused credit back and releases it, with the dispatch charge
+    /// the messages it funded spent ([`Credit::release_spent`]: they are handed over by
+    /// now; their policy charges went with them); with
     /// `all`, once nothing it funded is still on its way (no message in progress, no
     /// event unhandled), releases everything the credit still holds.
     pub(super) fn return_credit(&mut self, all: bool) {

@@ -229,17 +229,21 @@ impl Driver {
                 }
                 // The dispatch-throttle permit travels with the message until its
                 // dispatcher returns, charged exactly what the queued message costs; the
-                // policy throttlers' permits (and the in-progress registrations) are
-                // released when the message is handed over.
+                // policy throttlers' charge goes into the message, which holds it until
+                // it is dropped (Ceph's Message holds its byte_throttler and
+                // msg_throttler until destroyed); the in-progress registrations end.
                 let cost = msg.queued_cost();
-                let mut permit = self.recv.finish_message();
+                let (mut permit, mut charge) = self.recv.finish_message(cost);
                 // Not asked for: it was taken from the credit granted ahead, which is
                 // charged now and gives a permit only to a message that needs one.
                 let funded = permit.is_none() && self.credit.is_held();
                 if funded {
-                    self.credit.spend(cost);
+                    charge = self.credit.spend(cost);
                 } else if let Some(p) = permit.as_mut() {
                     p.settle(cost);
+                }
+                if let Some(c) = charge {
+                    c.attach(&mut msg);
                 }
                 let conn = &self.conn;
                 if let Some(at) = self.seams.hold_until(now, || conn.peer_type()) {
@@ -466,8 +470,8 @@ impl Driver {
 
     /// [`deliver`](Self::deliver) for a message that may be funded by the credit
     /// (`funded`: its cost): then it gets its dispatch permit only if it goes to the
-    /// queue; fast-dispatched, its charge is released with the credit's at the end of
-    /// the pump.
+    /// queue; fast-dispatched, its dispatch charge is released with the credit's at the
+    /// end of the pump (its policy charge is in the message already).
     #[inline]
     fn deliver_funded(&mut self, msg: Message, permit: Option<Permit>, funded: Option<u64>) {
         if self.conn.takes_no_messages() {

@@ -1,0 +1,363 @@
+//! A peer type's policy throttlers (`Messenger::set_policy_throttlers`: Ceph's
+//! `osd_client_message_cap` and `osd_client_message_size_cap` on an OSD's client
+//! messenger) are held by each received message until it is dropped, as Ceph's
+//! `Message` holds its `msg_throttler` and `byte_throttler` until it is destroyed: a
+//! dispatcher that keeps the messages it was handed (an OSD queues its ops) makes the
+//! connection stop reading once the policy is full, and each message it drops, or
+//! releases early (`Message::release_message_throttle`, `clear_payload`, `clear_data`,
+//! as the OSD's `OpRequest::_unregistered` does), lets the next one in. Only the
+//! dispatch throttle is released when the dispatcher returns.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, Throttle};
+use protocol::message::MESSAGE_OVERHEAD;
+use protocol::types::{EntityName, EntityType};
+use protocol::{Message, ProtocolVersion};
+use tests::loopback::{addr_for, client, client_with, test_config, test_message, wait_until, WAIT};
+
+const MSG_TEST: u16 = 0x7f00;
+
+/// A dispatcher that keeps every message it is handed (sends it to the test, which
+/// holds it), from fast dispatch on the worker or from `ms_dispatch`.
+struct Keeper {
+    kept: Sender<Message>,
+    fast: bool,
+}
+
+impl Dispatcher<Connection> for Keeper {
+    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
+        let _ = self.kept.send(msg);
+        Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        self.fast
+    }
+    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
+        self.fast
+    }
+    fn ms_fast_dispatch(&self, _conn: &Connection, msg: Message) {
+        let _ = self.kept.send(msg);
+    }
+}
+
+/// A started OSD server whose clients' messages are charged to `bytes` and `messages`,
+/// with a [`Keeper`] (fast or not), and what it keeps.
+fn keeping_server(
+    config: MessengerConfig,
+    policy: Policy,
+    bytes: Option<Arc<Throttle>>,
+    messages: Option<Arc<Throttle>>,
+    fast: bool,
+) -> (Messenger, Receiver<Message>) {
+    let srv = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config).expect("messenger");
+    srv.set_default_policy(policy);
+    srv.set_policy_throttlers(EntityType::CLIENT, bytes, messages);
+    srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    srv.start().expect("start");
+    let (kept, rx) = crossbeam_channel::unbounded();
+    srv.add_dispatcher_head(Arc::new(Keeper { kept, fast })).expect("dispatcher");
+    (srv, rx)
+}
+
+/// The next message the server kept; panics after [`WAIT`].
+fn next_kept(rx: &Receiver<Message>) -> Message {
+    rx.recv_timeout(WAIT).expect("a message within the wait")
+}
+
+/// Waits until the server's connection asks `throttle` and is made to wait (the next
+/// message arrived and the throttle has no room for it), or the server delivered
+/// another message: then asserts it did not, and that `throttle` holds `held`.
+#[track_caller]
+fn assert_next_waits(rx: &Receiver<Message>, throttle: &Throttle, held: u64) {
+    wait_until(
+        || throttle.waiting() > 0 || !rx.is_empty(),
+        || format!("the next message never asked {}: {throttle:?}", throttle.name()),
+    );
+    assert!(rx.is_empty(), "another message came in while {} was full", throttle.name());
+    assert_eq!(throttle.current(), held, "what the kept messages hold of {}", throttle.name());
+}
+
+/// A client of `proto` connected to `srv`, having sent messages `tids` with `data`.
+fn send(
+    srv: &Messenger,
+    proto: ProtocolVersion,
+    tids: std::ops::RangeInclusive<u64>,
+    data: &Bytes,
+) -> (Messenger, Connection) {
+    let (cli, _rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
+    for tid in tids {
+        conn.send_message(test_message(MSG_TEST, tid, data.clone())).expect("send");
+    }
+    (cli, conn)
+}
+
+// The message cap of 1: while the dispatcher keeps the first message, the second waits
+// for its count; dropping the first lets it in, and so on.
+fn a_kept_message_holds_its_count(proto: ProtocolVersion, fast: bool) {
+    let msgs = Throttle::new("client messages", 1);
+    let (srv, rx) =
+        keeping_server(test_config(2), Policy::stateless_server(), None, Some(msgs.clone()), fast);
+    let (cli, _conn) = send(&srv, proto, 1..=3, &Bytes::from_static(&[5; 100]));
+    for tid in 1..=3 {
+        let kept = next_kept(&rx);
+        assert_eq!(kept.tid(), tid, "in order");
+        if tid < 3 {
+            assert_next_waits(&rx, &msgs, 1);
+        }
+        drop(kept);
+    }
+    assert_eq!(msgs.current(), 0, "every count given back with its message");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn a_fast_dispatched_message_holds_its_count_until_dropped_v1() {
+    a_kept_message_holds_its_count(ProtocolVersion::V1, true);
+}
+
+#[test]
+fn a_fast_dispatched_message_holds_its_count_until_dropped_v2() {
+    a_kept_message_holds_its_count(ProtocolVersion::V2, true);
+}
+
+#[test]
+fn a_queued_message_holds_its_count_until_dropped_v1() {
+    a_kept_message_holds_its_count(ProtocolVersion::V1, false);
+}
+
+#[test]
+fn a_queued_message_holds_its_count_until_dropped_v2() {
+    a_kept_message_holds_its_count(ProtocolVersion::V2, false);
+}
+
+/// 4 KiB of data: one message's cost fits the byte throttle of [`BYTES_CAP`], two do not.
+const DATA: usize = 4000;
+/// The policy's byte cap: one message of [`DATA`] (its cost is ~4.5 KiB), not two,
+/// but one and another's [`MESSAGE_OVERHEAD`].
+const BYTES_CAP: u64 = 6000;
+
+// The byte cap: while the dispatcher keeps the first message, which holds its cost, the
+// second waits for its first window; dropping the first lets it in.
+fn a_kept_message_holds_its_bytes(proto: ProtocolVersion, fast: bool) {
+    let bytes = Throttle::new("client bytes", BYTES_CAP);
+    let (srv, rx) =
+        keeping_server(test_config(2), Policy::stateless_server(), Some(bytes.clone()), None, fast);
+    let (cli, _conn) = send(&srv, proto, 1..=3, &Bytes::from(vec![6; DATA]));
+    for tid in 1..=3 {
+        let kept = next_kept(&rx);
+        assert_eq!(kept.tid(), tid, "in order");
+        if tid < 3 {
+            assert_next_waits(&rx, &bytes, kept.queued_cost());
+        }
+        drop(kept);
+    }
+    assert_eq!(bytes.current(), 0, "every byte given back with its message");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn a_fast_dispatched_message_holds_its_bytes_until_dropped_v1() {
+    a_kept_message_holds_its_bytes(ProtocolVersion::V1, true);
+}
+
+#[test]
+fn a_fast_dispatched_message_holds_its_bytes_until_dropped_v2() {
+    a_kept_message_holds_its_bytes(ProtocolVersion::V2, true);
+}
+
+#[test]
+fn a_queued_message_holds_its_bytes_until_dropped_v1() {
+    a_kept_message_holds_its_bytes(ProtocolVersion::V1, false);
+}
+
+// Ceph's Message::release_message_throttle gives the count back and keeps the message
+// (an OSD's op, finished and still referenced): the next message comes in while the
+// first is still kept. Only the count: the message keeps no byte charge here.
+#[test]
+fn releasing_the_message_throttle_lets_the_next_in_while_the_message_is_kept() {
+    let msgs = Throttle::new("client messages", 1);
+    let (srv, rx) =
+        keeping_server(test_config(2), Policy::stateless_server(), None, Some(msgs.clone()), true);
+    let (cli, _conn) = send(&srv, ProtocolVersion::V2, 1..=3, &Bytes::from_static(&[5; 100]));
+    let mut first = next_kept(&rx);
+    assert_next_waits(&rx, &msgs, 1);
+    first.release_message_throttle();
+    let second = next_kept(&rx);
+    assert_eq!(second.tid(), 2);
+    assert_next_waits(&rx, &msgs, 1);
+    // Once released, the first holds nothing: released again or dropped, it gives back
+    // no count it does not hold.
+    first.release_message_throttle();
+    drop(first);
+    assert_eq!(msgs.current(), 1, "the second's count");
+    assert!(rx.is_empty(), "the third came in on the first's count");
+    drop(second);
+    assert_eq!(next_kept(&rx).tid(), 3);
+    cli.shutdown();
+    srv.shutdown();
+}
+
+// Ceph's Message::clear_data and clear_payload give back the bytes of the segments they
+// empty (the OSD clears a finished op's buffers): with the first message's payload
+// cleared, it holds only its overhead, and the second fits beside it.
+#[test]
+fn clearing_a_kept_message_s_payload_gives_its_bytes_back() {
+    let bytes = Throttle::new("client bytes", BYTES_CAP);
+    let (srv, rx) =
+        keeping_server(test_config(2), Policy::stateless_server(), Some(bytes.clone()), None, true);
+    let (cli, _conn) = send(&srv, ProtocolVersion::V1, 1..=3, &Bytes::from(vec![6; DATA]));
+    let mut first = next_kept(&rx);
+    let cost = first.queued_cost();
+    assert_next_waits(&rx, &bytes, cost);
+    // The front (8 bytes) is not enough for the second...
+    first.clear_payload();
+    assert!(first.front().is_empty(), "front emptied");
+    assert_eq!(bytes.current(), cost - 8, "the front's bytes given back");
+    assert!(rx.is_empty(), "the second came in on 8 bytes");
+    // ...the data is: the second's request is granted as the data's bytes go back.
+    first.clear_data();
+    assert!(first.data().is_empty(), "data emptied");
+    let second = next_kept(&rx);
+    assert_eq!(second.tid(), 2);
+    assert_next_waits(&rx, &bytes, MESSAGE_OVERHEAD + second.queued_cost());
+    drop(first);
+    assert_eq!(bytes.current(), second.queued_cost(), "the first's overhead given back");
+    drop(second);
+    assert_eq!(next_kept(&rx).tid(), 3);
+    cli.shutdown();
+    srv.shutdown();
+}
+
+/// Messages of a burst read on receive credit (one throttle request for many) are each
+/// charged their own count and cost, split off the credit, and hold them while kept:
+/// the throttles hold exactly what the kept messages cost once the credit left unused
+/// went back, and each message dropped gives back its own part.
+fn burst_on_credit_holds_each_message_s_charge(proto: ProtocolVersion) {
+    const N: usize = 300;
+    let msgs = Throttle::new("client messages", 4096);
+    let bytes = Throttle::new("client bytes", 16 << 20);
+    let (srv, rx) = keeping_server(
+        test_config(1),
+        Policy::stateless_server(),
+        Some(bytes.clone()),
+        Some(msgs.clone()),
+        true,
+    );
+    let (cli, conn) = send(&srv, proto, 1..=1, &Bytes::new());
+    let first = next_kept(&rx);
+    // The burst is written while the server's worker waits, so it reads it in large
+    // reads, many messages each, on credit.
+    let (go, wait) = crossbeam_channel::bounded::<()>(0);
+    for worker in srv.pool().handles() {
+        let wait = wait.clone();
+        worker
+            .dispatch_event_external(move |_| {
+                let _ = wait.recv_timeout(WAIT);
+            })
+            .expect("post");
+    }
+    let gets_before = msgs.counters().get;
+    let sent_before = cli.totals().send_messages;
+    for tid in 2..=N as u64 {
+        // Sizes vary, so the credit is not used up exactly.
+        let data = Bytes::from(vec![7; (tid % 5) as usize * 30]);
+        conn.send_message(test_message(MSG_TEST, tid, data)).expect("send");
+    }
+    wait_until(
+        || cli.totals().send_messages == sent_before + N as u64 - 1,
+        || "the burst was not written".into(),
+    );
+    drop(go);
+    let mut kept = vec![first];
+    for tid in 2..=N as u64 {
+        let m = next_kept(&rx);
+        assert_eq!(m.tid(), tid, "in order");
+        kept.push(m);
+    }
+    let gets = msgs.counters().get - gets_before;
+    eprintln!("{N} messages took {gets} count requests");
+    assert!(gets < N as u64 / 3, "{gets} count requests for {N} messages: no credit used");
+    let cost = |kept: &[Message]| kept.iter().map(Message::queued_cost).sum::<u64>();
+    wait_until(
+        || msgs.current() == kept.len() as u64 && bytes.current() == cost(&kept),
+        || format!("{N} kept messages of {} bytes hold {msgs:?}, {bytes:?}", cost(&kept)),
+    );
+    let rest = kept.split_off(N / 2);
+    drop(kept);
+    assert_eq!((msgs.current(), bytes.current()), (rest.len() as u64, cost(&rest)));
+    drop(rest);
+    assert_eq!((msgs.current(), bytes.current()), (0, 0), "all given back");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn messages_of_a_burst_on_receive_credit_each_hold_their_charge_v1() {
+    burst_on_credit_holds_each_message_s_charge(ProtocolVersion::V1);
+}
+
+#[test]
+fn messages_of_a_burst_on_receive_credit_each_hold_their_charge_v2() {
+    burst_on_credit_holds_each_message_s_charge(ProtocolVersion::V2);
+}
+
+// A lossless session whose client's sockets fail now and then (so unacked messages are
+// sent again on a new socket, while the server holds what it received): kept four at a
+// time under a cap of 4, every message arrives once and in order once the holds are
+// released, and the cap is never passed.
+fn lossless_session_under_a_kept_cap(proto: ProtocolVersion) {
+    const N: u64 = 100;
+    const CAP: u64 = 4;
+    let msgs = Throttle::new("client messages", CAP);
+    let (srv, rx) =
+        keeping_server(test_config(2), Policy::stateful_server(), None, Some(msgs.clone()), true);
+    let config = MessengerConfig { inject_socket_failures: 8, ..test_config(2) };
+    let (cli, _cli_rx) = client_with(EntityType::CLIENT, 2, Policy::lossless_client(), config);
+    let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
+    for tid in 1..=N {
+        conn.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[3; 200])))
+            .expect("send");
+    }
+    let mut next = 1;
+    while next <= N {
+        let mut kept = Vec::new();
+        while kept.len() < CAP as usize && next <= N {
+            let m = next_kept(&rx);
+            assert_eq!(m.tid(), next, "once and in order");
+            assert!(msgs.current() <= CAP, "the cap passed: {msgs:?}");
+            kept.push(m);
+            next += 1;
+        }
+        if next <= N {
+            assert_next_waits(&rx, &msgs, CAP);
+        }
+        drop(kept);
+    }
+    let failures: u64 =
+        cli.worker_counters().iter().map(|c| c.inject_socket_failures.load(Relaxed)).sum();
+    eprintln!("{failures} socket failures injected");
+    assert!(failures > 0, "no socket failed: nothing was sent again");
+    let extra = rx.recv_timeout(std::time::Duration::from_millis(300));
+    assert!(extra.is_err(), "a message delivered twice: {extra:?}");
+    assert_eq!(msgs.current(), 0, "every count given back");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn a_lossless_session_under_a_kept_cap_delivers_everything_in_order_v1() {
+    lossless_session_under_a_kept_cap(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_lossless_session_under_a_kept_cap_delivers_everything_in_order_v2() {
+    lossless_session_under_a_kept_cap(ProtocolVersion::V2);
+}
