@@ -235,11 +235,15 @@ impl Client {
         let mode = conn.con_mode().map_or("unknown", |m| m.name());
         eprintln!("mon_client: msgr2 to {}, {mode} mode", self.mon);
         if let Some(store) = &self.monitor_store {
-            // A message came, so the handshake completed and left its session there.
-            let auth = store
-                .take_monitor_session(&addr)
-                .ok_or_else(|| format!("no cephx session from the handshake with {}", self.mon))?;
-            self.cephx = Some(auth);
+            // A message came, so the handshake completed; a cephx one left its session
+            // there. A monitor that allows only auth none settles on it (as Ceph's
+            // MonClient falls back to it): then there is nothing to renew.
+            match store.take_monitor_session(&addr) {
+                Some(auth) => self.cephx = Some(auth),
+                None => {
+                    eprintln!("mon_client: no cephx session with {}: nothing to renew", self.mon)
+                }
+            }
         }
         Ok((conn, monmap))
     }

@@ -383,3 +383,28 @@ fn mon_client_example_watch_over_msgr2_renews_its_tickets() {
         serde_json::from_str(stdout.lines().next().unwrap_or("")).expect("monmap JSON");
     assert_eq!(first["fsid"], mon.fsid());
 }
+
+// A keyring offered to an msgr2 monitor that allows only auth none: the handshake falls
+// back to none (the monitor answers AUTH_BAD_METHOD), as Ceph's MonClient does, and the
+// example answers with nothing to renew. Before, it required a cephx session from the
+// handshake and exited with "no cephx session from the handshake".
+#[test]
+fn mon_client_example_with_a_keyring_at_an_auth_none_msgr2_monitor() {
+    init_logging();
+    let Some(mon) =
+        CephMon::start_msgr2_only("mon_client_v2_keyring_none").expect("start ceph-mon")
+    else {
+        return;
+    };
+    // Beside the monitor's files, which go with it.
+    let keyring = mon.conf().with_file_name("client-keyring");
+    std::fs::write(&keyring, tests::ceph::cephx_keyring().to_text()).expect("write keyring");
+    let keyring = keyring.display().to_string();
+    let out = mon_client(&["--keyring", &keyring, &format!("v2:{}", mon.addr()), "status"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}; stderr: {stderr}", out.status);
+    let status: serde_json::Value = serde_json::from_str(&stdout).expect("status JSON");
+    assert_eq!(status["fsid"], mon.fsid(), "stdout: {stdout}");
+    assert!(stderr.contains("nothing to renew"), "stderr: {stderr}");
+}
