@@ -110,6 +110,10 @@ pub(crate) struct ConnShared {
     /// The session ended and its reset is reported (or was): no message of it is
     /// dispatched from then on, and nobody reports the reset again.
     pub(crate) stopped: AtomicBool,
+    /// `mark_disposable` was called: the session is lossy from that moment, for its
+    /// driver's next decision (read before every input and event it handles) and for
+    /// another connection's accept decision against it (read by the session table).
+    pub(crate) disposable: AtomicBool,
     /// What the driver holds of this connection's messages (in the protocol's queues
     /// and its write list), as it last published it; with `mailbox_cost`,
     /// what the per-connection send bound counts.
@@ -147,6 +151,7 @@ impl Connection {
             send_budget,
             marked_down: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            disposable: AtomicBool::new(false),
             driver_cost: AtomicU64::new(0),
             mailbox_cost: AtomicU64::new(0),
             server_standby: AtomicBool::new(false),
@@ -347,8 +352,23 @@ impl Connection {
     /// Marks the connection disposable (Ceph's `mark_disposable`): its session becomes
     /// lossy, so the next fault ends it with `ms_handle_reset` instead of a reconnect and
     /// unacked messages are not resent.
+    ///
+    /// At once, as Ceph's sets `policy.lossy` under the connection's lock: a fault its
+    /// driver handles after this returns resets the session, and so does one it had
+    /// not acted on yet (say, bytes behind the message whose fast dispatch calls this,
+    /// parsed with it). A session already waiting in standby or redialling stays so
+    /// until its next fault.
     pub fn mark_disposable(&self) {
+        self.0.disposable.store(true, Ordering::SeqCst);
+        // Wakes the driver: it drops what it keeps for resending and shows the session
+        // lossy to accept decisions without waiting for other work.
         let _ = self.post(Command::MarkDisposable);
+    }
+
+    /// Whether [`Connection::mark_disposable`] was called.
+    #[inline]
+    pub(crate) fn is_disposable(&self) -> bool {
+        self.0.disposable.load(Ordering::Relaxed)
     }
 
     /// Whether the session is open (handshake done, not faulted or closed).

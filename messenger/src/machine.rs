@@ -414,6 +414,14 @@ pub(crate) struct SessionSnapshot {
     server_policy: bool,
 }
 
+impl SessionSnapshot {
+    /// The snapshot of a session whose handle was marked disposable (`disposable`): lossy
+    /// from the mark on, whatever its driver last published.
+    pub(crate) fn marked(self, disposable: bool) -> SessionSnapshot {
+        SessionSnapshot { lossy: self.lossy || disposable, ..self }
+    }
+}
+
 /// The existing session an accept decision is taken against, as the session table
 /// shows it: its state, what its driver last published, and whether another connect is
 /// already replacing it.

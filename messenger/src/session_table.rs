@@ -169,7 +169,8 @@ impl SessionTable {
         let mut published = existing.as_ref().map(|c| c.0.published.lock());
         let view = existing.as_ref().zip(published.as_deref()).map(|(c, p)| Existing {
             state: c.state(),
-            session: p.session,
+            // Lossy from `mark_disposable` on, as Ceph's accept reads `existing->policy`.
+            session: p.session.marked(c.is_disposable()),
             replacing: p.replacing,
             foreign: foreign(p.peer_auth.as_ref(), p.entity_type, authenticated),
         });

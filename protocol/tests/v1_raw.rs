@@ -1357,3 +1357,56 @@ fn a_lossy_connector_reads_a_close_before_writing_its_banner_and_resets() {
     assert!(matches!(evs.first(), Some(Event::Reset)), "{evs:?}");
     assert!(c.is_closed());
 }
+
+/// Feeds `bytes` (a message, then bytes that fault the session) and takes events, granting
+/// budget, up to and including the message.
+fn take_message_before_fault(c: &mut Connection, now: Instant, bytes: Vec<u8>) {
+    c.handle_bytes(now, Bytes::from(bytes));
+    loop {
+        match c.poll_event() {
+            Some(Event::NeedBudget { .. }) => c.grant_budget(now),
+            Some(Event::Message(m)) => {
+                assert_eq!(m.seq(), 1);
+                return;
+            }
+            other => panic!("the message first, got {other:?}"),
+        }
+    }
+}
+
+// Ceph's mark_disposable sets policy.lossy at once, and ProtocolV1 reads and dispatches
+// a message before it reads the bytes behind it: a dispatcher that marks the connection
+// disposable on that message turns the fault those bytes raise into a reset. Here the
+// machine parsed both before the message was taken, and had decided what a lossless
+// session does (an accepted one waits in standby, a dialled one redials at once):
+// mark_lossy while that outcome is untaken decides the fault again as a lossy one.
+#[test]
+fn marked_lossy_before_its_fault_is_taken_a_session_resets() {
+    let mut garbage = frame(1, b"x");
+    garbage.push(0xee);
+    let (mut a, now) = open_acceptor(Policy::stateful_server());
+    take_message_before_fault(&mut a, now, garbage.clone());
+    assert_eq!(a.state(), SessionState::Standby, "decided as lossless");
+    a.mark_lossy();
+    let evs = events(&mut a);
+    assert!(matches!(&evs[..], [Event::Reset, Event::Closed { .. }]), "{evs:?}");
+    assert!(a.is_closed());
+
+    let (mut c, now, _) = connector(me(), Policy::lossless_client());
+    c.handle_bytes(now, reply(Tag::READY, 9, 1, 0));
+    assert!(matches!(&events(&mut c)[..], [Event::Opened(_)]));
+    take_message_before_fault(&mut c, now, garbage.clone());
+    c.mark_lossy();
+    let evs = events(&mut c);
+    assert!(matches!(&evs[..], [Event::Reset, Event::Closed { .. }]), "{evs:?}");
+
+    // Once the standby was taken it has happened: marked lossy then, the session stays
+    // in standby (Ceph's mark_disposable on a connection in STANDBY sets the flag only).
+    let (mut a, now) = open_acceptor(Policy::stateful_server());
+    take_message_before_fault(&mut a, now, garbage);
+    assert!(matches!(&events(&mut a)[..], [Event::Standby]));
+    a.mark_lossy();
+    assert!(events(&mut a).is_empty());
+    assert_eq!(a.state(), SessionState::Standby);
+    assert!(a.is_lossy());
+}

@@ -598,3 +598,69 @@ fn a_refused_dial_is_reported_on_every_attempt_while_the_session_retries() {
         drop(closed);
     }
 }
+
+/// A fast dispatcher that marks the connection of every message disposable and answers
+/// it at once, from the worker (a reply that can be taken before the mark was posted);
+/// it reports messages and resets.
+struct DisposeAndReply {
+    seen: crossbeam_channel::Sender<Seen>,
+}
+
+impl messenger::Dispatcher<Connection> for DisposeAndReply {
+    fn ms_dispatch(&self, conn: &Connection, msg: protocol::Message) -> messenger::Dispatched {
+        self.ms_fast_dispatch(conn, msg);
+        messenger::Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_can_fast_dispatch(&self, _msg: &protocol::Message) -> bool {
+        true
+    }
+    fn ms_fast_dispatch(&self, conn: &Connection, msg: protocol::Message) {
+        conn.mark_disposable();
+        let _ = conn.send_message(test_message(MSG_TEST, msg.tid(), Bytes::new()));
+        let _ = self.seen.send(Seen::Message(conn.clone(), msg));
+    }
+    fn ms_handle_reset(&self, conn: &Connection) -> bool {
+        let _ = self.seen.send(Seen::Reset(conn.clone()));
+        true
+    }
+}
+
+/// Ceph's `mark_disposable` sets `policy.lossy` under the connection's lock at once, and
+/// its ProtocolV1/V2 dispatch a message before they read the bytes behind it: when a
+/// stateful server's dispatcher marks a client's lossless session disposable on a
+/// message (and replies), the fault the next bytes raise resets the session
+/// (`ms_handle_reset`) instead of parking it in standby for a peer that will not come
+/// back. The bytes that fault come in the same write as the message.
+#[test]
+fn a_fault_after_mark_disposable_resets_a_lossless_session() {
+    use std::io::Write;
+    for proto in [messenger::ProtocolVersion::V1, messenger::ProtocolVersion::V2] {
+        let srv =
+            Messenger::new(protocol::types::EntityName::new(EntityType::OSD, 0), 1, test_config(1))
+                .expect("messenger");
+        srv.set_default_policy(Policy::stateful_server());
+        srv.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        srv.start().expect("start");
+        let (tx, seen) = crossbeam_channel::unbounded();
+        srv.add_dispatcher_head(std::sync::Arc::new(DisposeAndReply { seen: tx }))
+            .expect("dispatcher");
+        let addr = addr_for(proto, srv.my_addr());
+        let mut peer = tests::hostile::RawPeer::handshake(addr, Policy::lossless_client());
+        let mut bytes = peer.message(1, b"last words");
+        bytes.extend_from_slice(&[0xee; 64]);
+        peer.sock.write_all(&bytes).expect("write");
+        let conn = match seen.recv_timeout(WAIT) {
+            Ok(Seen::Message(c, m)) if m.tid() == 1 => c,
+            other => panic!("{proto:?}: the message first, got {other:?}"),
+        };
+        match seen.recv_timeout(WAIT) {
+            Ok(Seen::Reset(c)) => assert_eq!(c, conn, "{proto:?}"),
+            other => panic!("{proto:?}: no reset ({other:?}); the session is {:?}", conn.state()),
+        }
+        assert_eq!(conn.state(), ConnState::Closed, "{proto:?}");
+        srv.shutdown();
+    }
+}

@@ -112,7 +112,9 @@ impl Driver {
     #[inline(never)]
     fn handle_pending_events(&mut self, cx: &mut Context<'_>) -> bool {
         let mut any = false;
-        while let Some(ev) = self.machine.poll_event() {
+        // Before each event: the last one's fast dispatch may have marked the
+        // connection disposable, and a fault queued behind it is then a reset.
+        while let Some(ev) = self.poll_event() {
             any = true;
             self.handle_event(cx, ev);
             if self.finished {
@@ -135,7 +137,7 @@ impl Driver {
     /// with it; a reset and close end the session here (the caller then drops the
     /// hand-off).
     pub(super) fn handle_events_before_take_over(&mut self, cx: &mut Context<'_>) {
-        while let Some(ev) = self.machine.poll_event() {
+        while let Some(ev) = self.poll_event() {
             match ev {
                 Event::Reconnect { .. }
                 | Event::Standby
@@ -149,6 +151,14 @@ impl Driver {
             }
         }
         self.deliver_pending();
+    }
+
+    /// The machine's next event, once a `mark_disposable` made since the last one
+    /// applies (see `apply_disposable`).
+    #[inline]
+    fn poll_event(&mut self) -> Option<Event> {
+        self.apply_disposable();
+        self.machine.poll_event()
     }
 
     /// A fault dropped the message being received: so does its budget.

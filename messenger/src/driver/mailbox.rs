@@ -27,12 +27,7 @@ impl Driver {
         for cmd in commands {
             match cmd {
                 Command::Keepalive => self.machine.send_keepalive(wall_stamp()),
-                Command::MarkDisposable => {
-                    self.machine.mark_lossy();
-                    if let Some(p) = self.policy.as_mut() {
-                        p.lossy = true;
-                    }
-                }
+                Command::MarkDisposable => self.apply_disposable(),
                 Command::MarkDown => {
                     self.finish(cx);
                     return;

@@ -389,6 +389,27 @@ impl Driver {
         Ok(())
     }
 
+    /// Makes the session lossy once its handle was marked disposable (Ceph's
+    /// `mark_disposable` sets `policy.lossy` at once, under the connection's lock): run
+    /// before the driver hands the machine an input and before it takes each event, so a
+    /// fault after the mark, or one the machine decided and the driver has not acted on
+    /// (`protocol::Machine::mark_lossy`), resets the session. A mark in fast dispatch is
+    /// seen before the next event (the machine may have parsed bytes behind the message)
+    /// and before any write of the reply it sent. One load while the handle is unmarked.
+    #[inline]
+    fn apply_disposable(&mut self) {
+        if !self.conn.is_disposable() {
+            return;
+        }
+        // Again after an accept decision or a replace brought a lossless policy.
+        if !self.machine.is_lossy() {
+            self.machine.mark_lossy();
+        }
+        if let Some(p) = self.policy.as_mut() {
+            p.lossy = true;
+        }
+    }
+
     fn publish(&mut self) {
         self.publish_snapshot(false);
         if self.machine.is_open() && self.conn.state() != ConnState::Open {
@@ -426,6 +447,7 @@ impl Handler for Driver {
     fn ready(&mut self, cx: &mut Context<'_>, ready: Ready) {
         log::trace!(target: "msgr::conn", "{}: ready {ready:?}", self.machine);
         let _own = own_sends::Scope::enter(&self.conn);
+        self.apply_disposable();
         self.on_ready(cx, ready);
         self.pump(cx);
     }
@@ -435,6 +457,7 @@ impl Handler for Driver {
             self.timer = None;
         }
         let _own = own_sends::Scope::enter(&self.conn);
+        self.apply_disposable();
         self.set_progress_floor(cx.now());
         self.machine.handle_timeout(cx.now());
         self.release_held(cx);
@@ -443,6 +466,7 @@ impl Handler for Driver {
 
     fn notify(&mut self, cx: &mut Context<'_>) {
         let _own = own_sends::Scope::enter(&self.conn);
+        self.apply_disposable();
         if self.recv.is_waiting() {
             self.try_budget(cx);
         }

@@ -77,11 +77,21 @@ impl<P: Protocol> Machine<P> {
 
     /// Makes the session lossy from now on (Ceph's `mark_disposable`): the next fault
     /// resets it ([`super::Event::Reset`]) instead of reconnecting, and nothing more is acked.
+    ///
+    /// A fault whose outcome was not taken yet counts as a next one: while its
+    /// [`super::Event::Standby`] or [`super::Event::Reconnect`] waits in the event queue,
+    /// it is decided again as a lossy session's fault (a reset, for a session that was
+    /// open), those events withdrawn. Events are taken in order, so for the caller that
+    /// fault comes after what it took before this call: Ceph reads a message and
+    /// dispatches it (whose dispatcher may mark the connection disposable) before it
+    /// reads the bytes that fault the connection, where this machine parses both before
+    /// the first event is taken.
     pub fn mark_lossy(&mut self) {
         self.policy.lossy = true;
         self.lossy = true;
         // Never resent now, and no longer acknowledged: keeping them would hold them
         // (and their share of the send bounds) until the session ends.
         self.session.drop_sent();
+        self.redecide_unreported_fault();
     }
 }

@@ -102,6 +102,7 @@ impl<P: Protocol> Machine<P> {
             FaultAction::Standby => {
                 self.set_state(State::Standby);
                 self.events.push_back(Event::Standby);
+                self.unreported_fault = Some((ctx, fault));
             }
             FaultAction::Reconnect { after } => {
                 if P::bumps_connect_seq(self, past_connecting) {
@@ -110,10 +111,44 @@ impl<P: Protocol> Machine<P> {
                 self.backoff = after;
                 if after.is_zero() {
                     self.start_reconnect(now);
+                    self.unreported_fault = Some((ctx, fault));
                 } else {
+                    // No event to take back: a failed connect attempt, which parsed no
+                    // message a dispatcher could have marked the session lossy on.
                     self.set_state(State::AwaitBackoff { until: later(now, after) });
                 }
             }
+        }
+    }
+
+    /// [`Machine::mark_lossy`] on a machine whose last fault's outcome was not taken yet:
+    /// the fault is decided again as a lossy session's, and if that ends the session
+    /// (a reset, or a close for one that never opened) the standby or reconnect it had
+    /// decided is withdrawn. The session was requeued and, for a reconnect, its
+    /// connect_seq moved on: both go with it. Nothing was dialled yet (the driver dials on
+    /// the Reconnect it has not taken).
+    pub(crate) fn redecide_unreported_fault(&mut self) {
+        let Some((ctx, fault)) = self.unreported_fault.take() else { return };
+        let pending = |e: &Event| matches!(e, Event::Standby | Event::Reconnect { .. });
+        if self.state.is_closed() || !self.events.iter().any(pending) {
+            return;
+        }
+        let action = fault_action(&FaultContext { lossy: true, ..ctx });
+        let by = if fault == Fault::TransportClosed { Initiator::Peer } else { Initiator::Library };
+        log::info!(target: P::LOG, "{self}: marked lossy before its fault was taken ({fault}): {action:?} instead");
+        match action {
+            FaultAction::Reset => {
+                self.events.retain(|e| !pending(e));
+                self.session.reset();
+                self.events.push_back(Event::Reset);
+                self.finish(by, CloseReason::Fault(fault));
+            }
+            FaultAction::Close => {
+                self.events.retain(|e| !pending(e));
+                self.finish(by, CloseReason::Fault(fault));
+            }
+            // A lossy connector that never opened retries as a lossless one does.
+            FaultAction::Standby | FaultAction::Reconnect { .. } => {}
         }
     }
 

@@ -36,7 +36,7 @@ use crate::types::{EntityAddr, EntityType};
 use super::clock::{later, Keepalive};
 use super::config::Config;
 use super::event::{AuthVerdict, Event};
-use super::fault::{Fault, Side};
+use super::fault::{Fault, FaultContext, Side};
 use super::issues::PeerIssues;
 use super::outputs::{QueuedNotes, Written};
 use super::policy::Policy;
@@ -191,6 +191,10 @@ pub struct Machine<P: Protocol> {
     /// A frame could not be encoded (msgr2 secure mode out of nonces): the connection
     /// faults before it reads or writes anything more.
     pub(crate) deferred_fault: Option<Fault>,
+    /// The last fault, while what it decided (standby, or a reconnect at once) waits
+    /// untaken in `events`: [`Machine::mark_lossy`] decides it again as a lossy
+    /// session's. Cleared when that event is taken.
+    pub(crate) unreported_fault: Option<(FaultContext, Fault)>,
     pub(crate) issues: PeerIssues,
     /// The protocol's per-connection data.
     pub(crate) proto: P,
@@ -255,6 +259,7 @@ impl<P: Protocol> Machine<P> {
             messages_sent: 0,
             duplicates_dropped: 0,
             deferred_fault: None,
+            unreported_fault: None,
             issues: PeerIssues::default(),
             proto,
         }

@@ -121,6 +121,12 @@ impl<P: Protocol> Machine<P> {
             Event::Acked { up_to } => {
                 Event::Acked { up_to: self.notes.acked.take().unwrap_or(up_to) }
             }
+            // What the last fault decided is taken: from here on it has happened, and
+            // `mark_lossy` no longer changes it.
+            Event::Standby | Event::Reconnect { .. } => {
+                self.unreported_fault = None;
+                ev
+            }
             ev => ev,
         })
     }
