@@ -141,7 +141,10 @@ pub trait Dispatcher<C: ConnectionRef>: Send + Sync + 'static {
         false
     }
 
-    /// The peer reset the session (it lost our state); every dispatcher hears it.
+    /// The peer reset the session (it lost our state); every dispatcher hears it. Over
+    /// msgr v1 also when the peer of a lossy session connects again from the same
+    /// address, right before the old session's `ms_handle_reset` (Ceph's ProtocolV1
+    /// resets the old session's state, then replaces it).
     fn ms_handle_remote_reset(&self, _conn: &C) {}
 
     /// The peer refused the connection; return `true` if handled (stops the walk).

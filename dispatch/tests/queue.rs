@@ -399,6 +399,24 @@ fn after_a_sessions_end_only_its_reset_is_taken() {
     assert_eq!(q.counters().events_delivered, 2);
 }
 
+/// A lossy session a v1 peer's new connection replaced ends with a remote reset and a
+/// reset (Ceph's ProtocolV1: `session_reset`, then `replace`): both taken, though the
+/// session ended (it takes no messages) before they were queued, one right behind the
+/// other, and nothing of it after them.
+#[test]
+fn a_replaced_sessions_remote_reset_and_reset_are_its_last_callbacks() {
+    let (q, rx) = fast_tens_queue();
+    q.start().expect("start");
+    let ended = TestConn(ENDED | 6);
+    q.enqueue_remote_reset_and_reset(ended.clone());
+    q.enqueue_event(QueueEvent::RemoteReset(ended));
+    q.shutdown(ShutdownMode::Drain);
+    let seen: Vec<Seen> = rx.try_iter().collect();
+    let conn = ENDED | 6;
+    assert_eq!(seen, [Seen::RemoteReset { who: "r", conn }, Seen::Reset { who: "r", conn }]);
+    assert_eq!(q.counters().events_delivered, 2);
+}
+
 /// The loopback path: preprocess in order, fast dispatch on the dispatch thread (never
 /// the sender's), the rest queued; budget charged and returned.
 #[test]

@@ -213,7 +213,7 @@ impl Env {
         }
         // It left the table above: a later connect gets a new session. Counted only by
         // the bound that ended it: two workers' bounds can both find it still waiting.
-        if !self.reset_session(conn) {
+        if !self.reset_session(conn, false) {
             return;
         }
         let budget = &self.send_budget;
@@ -236,12 +236,22 @@ impl Env {
     /// queued, so a dispatcher sending on it from `ms_handle_reset` is told it is gone;
     /// and the reset is reported once, here or by the driver's own end, whichever comes
     /// first. Returns whether this call was the one that ended it.
-    pub(crate) fn reset_session(&self, conn: &Connection) -> bool {
+    ///
+    /// With `remote_reset` (a lossy session a v1 peer's new connection replaces) the
+    /// dispatchers hear `ms_handle_remote_reset` right before `ms_handle_reset`, as
+    /// Ceph's ProtocolV1 tells them: its accept calls the existing session's
+    /// `session_reset`, which queues the remote reset, then `replace`, which stops the
+    /// session and queues the reset. Its ProtocolV2 only stops it and queues the reset.
+    pub(crate) fn reset_session(&self, conn: &Connection, remote_reset: bool) -> bool {
         let first = conn.stop_messages();
         self.queue.discard(conn.id());
         conn.close_and_stop_driver();
         if first {
-            self.queue.enqueue_event(QueueEvent::Reset(conn.clone()));
+            if remote_reset {
+                self.queue.enqueue_remote_reset_and_reset(conn.clone());
+            } else {
+                self.queue.enqueue_event(QueueEvent::Reset(conn.clone()));
+            }
         }
         first
     }

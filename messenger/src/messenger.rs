@@ -412,7 +412,7 @@ impl Messenger {
         }
         // Out of the table first: a connect from here on gets a new session.
         self.env.sessions.forget(conn);
-        self.env.reset_session(conn);
+        self.env.reset_session(conn, false);
     }
 
     /// The dispatch throttle (`ms_dispatch_throttle_bytes`).

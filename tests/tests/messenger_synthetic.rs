@@ -110,7 +110,15 @@ fn stateless_server_lossy_client(proto: ProtocolVersion) {
     opts.cut_one_in = 600;
     assert!(opts.lossy && !opts.mark_down_both_ends);
     let r = run(opts, proto);
-    assert_eq!(r.client_remote_resets + r.server_remote_resets, 0, "lossy sessions never resume");
+    assert_eq!(r.client_remote_resets, 0, "lossy sessions never resume");
+    // A client that connects again while the server still holds its old session resets
+    // that session: over msgr v1 the server hears ms_handle_remote_reset for it, then
+    // its ms_handle_reset (Ceph's ProtocolV1: session_reset, then replace); over msgr2
+    // only the reset.
+    match proto {
+        V1 => assert!(r.server_remote_resets <= r.server_resets, "each with its reset"),
+        V2 => assert_eq!(r.server_remote_resets, 0, "msgr2 reports only the reset"),
+    }
 }
 
 #[test]

@@ -432,6 +432,35 @@ fn a_stateless_server_resets_a_clients_old_session_when_it_connects_again() {
     old_lossy_session_is_closed_when_the_peer_connects_again(Policy::stateless_server());
 }
 
+/// What the acceptor's dispatchers hear when a lossy session's peer connects again from
+/// the same address, between lossy peers and at a stateless server: over msgr v1,
+/// `ms_handle_remote_reset` and then `ms_handle_reset` for the old session (Ceph's
+/// ProtocolV1 accept calls its `session_reset`, which queues the remote reset, then
+/// `replace`, which stops it and queues the reset); over msgr2 only `ms_handle_reset`
+/// (its ProtocolV2 stops the old session and queues the reset). Then the new one is
+/// accepted.
+#[test]
+fn a_replaced_lossy_session_is_reset_remotely_over_v1_only() {
+    for policy in [Policy::lossy_client(), Policy::stateless_server()] {
+        for proto in [messenger::ProtocolVersion::V1, messenger::ProtocolVersion::V2] {
+            let (srv, _, rx) = tests::loopback::server(EntityType::OSD, 1, policy, false);
+            let mut s = Journal::new(rx, 's');
+            let addr = addr_for(proto, srv.my_addr());
+            let old = tests::hostile::RawPeer::handshake_as(addr, Policy::lossy_client(), 77);
+            assert_eq!(s.until("accept s1"), ["accept s1"], "{policy:?} {proto:?}");
+            let new = tests::hostile::RawPeer::handshake_as(addr, Policy::lossy_client(), 77);
+            let want: &[&str] = match proto {
+                messenger::ProtocolVersion::V1 => &["remote_reset s1", "reset s1", "accept s2"],
+                messenger::ProtocolVersion::V2 => &["reset s1", "accept s2"],
+            };
+            assert_eq!(s.until("accept s2"), want, "{policy:?} {proto:?}");
+            assert_eq!(s.quiet(), Vec::<String>::new(), "{policy:?} {proto:?}");
+            drop((old, new));
+            srv.shutdown();
+        }
+    }
+}
+
 /// What a server's dispatcher saw, in order: messages by tid (with their connection) and
 /// resets. Its `ms_dispatch` (or `ms_fast_dispatch`, with `fast`) holds message 1 until
 /// the test says go.

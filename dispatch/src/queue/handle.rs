@@ -409,15 +409,38 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         if self.dropped_as_ended(&item) {
             return;
         }
+        self.push_events(item, None);
+    }
+
+    /// Queues the end of a session its peer replaced: `ms_handle_remote_reset`, then
+    /// `ms_handle_reset`, one right behind the other (Ceph's ProtocolV1 accepting a
+    /// connect over a lossy session: `session_reset` queues the first, `replace` stops
+    /// the session and queues the second). For a connection whose session the caller
+    /// has just ended ([`crate::ConnectionRef::takes_no_messages`]), and reports: the
+    /// remote reset is taken as its `Reset` is, and nothing of the connection comes
+    /// between or after the two. Ignored after shutdown began, and for a connection
+    /// marked down, as [`DispatchQueue::enqueue_event`].
+    pub fn enqueue_remote_reset_and_reset(&self, conn: C) {
+        let reset = QueueEvent::Reset(conn.clone());
+        if self.dropped_as_ended(&reset) {
+            return;
+        }
+        self.push_events(QueueEvent::RemoteReset(conn), Some(reset));
+    }
+
+    /// Pushes `first` (and `then` right behind it) onto the event queue, checked as
+    /// `then`, else `first`, is (see [`DispatchQueue::enqueue_event`]).
+    fn push_events(&self, first: QueueEvent<C>, then: Option<QueueEvent<C>>) {
         let mut st = self.shared.state.lock();
         // Once more under the lock a mark_down's discard (and a reset's) takes after
         // setting its flag: checked only before, a mark_down could return between the
         // check and the push, and its connection's event be delivered after it; a
         // session's Reset, queued after its flag is set, is then behind this event, or
         // this event sees the flag.
-        if st.accepting() && !ended_before(&item) {
+        if st.accepting() && !ended_before(then.as_ref().unwrap_or(&first)) {
             let was_idle = st.is_idle();
-            st.events.push_back(item);
+            st.events.push_back(first);
+            st.events.extend(then);
             if was_idle {
                 self.shared.arrivals.fetch_add(1, Ordering::Release);
             }

@@ -9,6 +9,7 @@
 //! user's handle to the session stays valid.
 
 use event_center::Context;
+use protocol::RequestKind;
 
 use super::Driver;
 use crate::machine::{self, AcceptAction, AcceptRequest, Machine, Replacement};
@@ -78,8 +79,12 @@ impl Driver {
                 cx.remove(id);
             }
             (AcceptAction::ResetExisting, Some(existing)) => {
-                // Lossy existing session: it is reset, this one becomes the session.
-                self.env.reset_session(&existing);
+                // Lossy existing session: it is reset, this one becomes the session. A
+                // v1 connect tells our dispatchers of a remote reset first (Ceph's
+                // ProtocolV1 calls the existing session's `session_reset` before its
+                // `replace`); msgr2's only of the reset.
+                let v1 = matches!(req.kind, RequestKind::Connect { .. });
+                self.env.reset_session(&existing, v1);
                 self.policy = Some(policy);
                 self.machine.handle_verdict(now, policy, verdict);
             }
