@@ -303,7 +303,17 @@ impl<C: ConnectionRef> Dispatchers<C> {
     }
 
     fn insert(&self, d: Arc<dyn Dispatcher<C>>, head: bool) {
-        let is_fast = d.ms_can_fast_dispatch_any();
+        let fast = d.ms_can_fast_dispatch_any();
+        self.add_asked(d, head, fast);
+    }
+
+    /// Puts `d` first (`head`) or last, and on the fast chain too when `fast`: what
+    /// [`Self::add_head`] and [`Self::add_tail`] do with `d`'s answer to
+    /// `ms_can_fast_dispatch_any`, for a caller that asked it already and acts on the
+    /// answer itself (the messenger tells a fast dispatcher of its loopback connection
+    /// before it joins). Each dispatcher is asked once, when it is added, as Ceph's
+    /// `add_dispatcher_head` does.
+    pub fn add_asked(&self, d: Arc<dyn Dispatcher<C>>, head: bool, fast: bool) {
         let push = |chain: &RwLock<Chain<C>>, d: Arc<dyn Dispatcher<C>>| {
             let mut w = chain.write();
             let mut v: Vec<_> = w.as_ref().clone();
@@ -314,7 +324,7 @@ impl<C: ConnectionRef> Dispatchers<C> {
             }
             *w = Arc::new(v);
         };
-        if is_fast {
+        if fast {
             push(&self.fast, Arc::clone(&d));
         }
         push(&self.all, d);

@@ -213,9 +213,10 @@ impl Messenger {
     }
 
     fn add_dispatcher(&self, d: Arc<dyn Dispatcher<Connection>>, head: bool) -> io::Result<()> {
-        // Asked here as well as by the chain, which asks it when it adds `d`: before,
-        // because `d` is told about the loopback connection before it joins.
-        if d.ms_can_fast_dispatch_any() {
+        // Asked once (as Ceph's add_dispatcher_head), here rather than by the chain:
+        // `d` is told about the loopback connection before it joins.
+        let fast = d.ms_can_fast_dispatch_any();
+        if fast {
             // Either `start` has taken the list (then `d` is told here), or it will
             // find `d` on it: never both, never neither. No lock while the hook runs.
             let told_by_start = match self.loopback_unannounced.lock().as_mut() {
@@ -229,12 +230,7 @@ impl Messenger {
                 self.announce_loopback_to(&*d);
             }
         }
-        let chain = self.env.dispatchers();
-        if head {
-            chain.add_head(d);
-        } else {
-            chain.add_tail(d);
-        }
+        self.env.dispatchers().add_asked(d, head, fast);
         self.ready()
     }
 

@@ -917,6 +917,37 @@ fn the_loopback_connection_is_a_connection_to_ourselves() {
     m.shutdown();
 }
 
+/// Counts the times it is asked whether it fast-dispatches (it does).
+#[derive(Default)]
+struct AskedFast(std::sync::atomic::AtomicUsize);
+
+impl Dispatcher<Connection> for AskedFast {
+    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
+        Dispatched::NotTaken(msg)
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+}
+
+/// Ceph's `add_dispatcher_head` asks a dispatcher `ms_can_fast_dispatch_any` once, as it
+/// adds it (the answer decides whether it is a fast dispatcher for good): the one that
+/// starts the messenger and one added after start, each once. Before, the messenger
+/// asked (to tell a fast one of the loopback connection) and the chain asked again.
+#[test]
+fn a_dispatcher_is_asked_once_whether_it_fast_dispatches() {
+    let m =
+        Messenger::new(EntityName::new(EntityType::OSD, 1), 3, test_config(1)).expect("messenger");
+    m.start().expect("start");
+    let (first, later) = (Arc::new(AskedFast::default()), Arc::new(AskedFast::default()));
+    m.add_dispatcher_head(first.clone()).expect("the first dispatcher makes it ready");
+    m.add_dispatcher_tail(later.clone()).expect("a dispatcher added after start");
+    assert_eq!(first.0.load(Ordering::SeqCst), 1, "the first");
+    assert_eq!(later.0.load(Ordering::SeqCst), 1, "the later one");
+    m.shutdown();
+}
+
 /// A pure client (never bound) is itself on its loopback connection too: its blank
 /// address with its nonce, as Ceph's `start` initialises the local connection unbound.
 #[test]
