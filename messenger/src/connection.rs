@@ -28,7 +28,7 @@ use protocol::wire::KeepaliveStamp;
 use protocol::{Message, ProtocolVersion};
 
 use crate::machine::SessionSnapshot;
-use crate::mailbox::{Command, Mailbox, SendBudget};
+use crate::mailbox::{Command, Mailbox, SendBudget, NOT_IN_STANDBY};
 use crate::own_sends;
 use crate::state::ConnState;
 
@@ -121,10 +121,11 @@ pub(crate) struct ConnShared {
     /// What the mailbox's messages cost: changed only with the mailbox locked, read
     /// without the lock by the driver's own sends (see `own_sends`).
     pub(crate) mailbox_cost: AtomicU64,
-    /// An accepted session waiting in standby for its peer to come back: one that
-    /// `Env::bound_standby` may reset. Set by the driver as it goes to standby,
-    /// cleared by any other state.
-    pub(crate) server_standby: AtomicBool,
+    /// An accepted session waiting in standby for its peer to come back, one that
+    /// `Env::bound_standby` may reset: what the send budget counts it holding (its
+    /// `standby_held`), or `NOT_IN_STANDBY`. Set by the driver as it goes to standby,
+    /// recounted at the end of each of its pumps, cleared by any other state.
+    pub(crate) standby_counted: AtomicU64,
 }
 
 /// A handle to one connection (Ceph's `ConnectionRef`). Clone it freely and use it from
@@ -154,7 +155,7 @@ impl Connection {
             disposable: AtomicBool::new(false),
             driver_cost: AtomicU64::new(0),
             mailbox_cost: AtomicU64::new(0),
-            server_standby: AtomicBool::new(false),
+            standby_counted: AtomicU64::new(NOT_IN_STANDBY),
         }))
     }
 
@@ -477,24 +478,38 @@ impl Connection {
         let _ = self.0.state.fetch_update(Ordering::Release, Ordering::Acquire, |now| {
             (now != closed).then_some(state as u8)
         });
-        if state != ConnState::Standby && self.0.server_standby.swap(false, Ordering::Relaxed) {
-            self.0.send_budget.count_standby(false);
+        if state != ConnState::Standby {
+            self.0.send_budget.leave_standby(&self.0.standby_counted);
         }
     }
 
-    /// The driver put this accepted session in standby (see `server_standby`).
+    /// The driver put this accepted session in standby (see `standby_counted`).
     pub(crate) fn set_server_standby(&self) {
-        if !self.0.server_standby.swap(true, Ordering::Relaxed) {
-            self.0.send_budget.count_standby(true);
+        self.0.send_budget.enter_standby(&self.0.standby_counted, self.queued_send_bytes());
+    }
+
+    /// Counts what this session holds again if it waits in standby (its driver, at the
+    /// end of each pump: sends to it, and what the driver dropped, move it).
+    #[inline]
+    pub(crate) fn recount_server_standby(&self) {
+        if self.marked_server_standby() {
+            self.0.send_budget.recount_standby(&self.0.standby_counted, self.queued_send_bytes());
         }
     }
 
-    /// An accepted session waiting in standby for its peer (see `server_standby`), and
+    /// Whether the driver marked this accepted session waiting in standby (see
+    /// `standby_counted`).
+    #[inline]
+    pub(crate) fn marked_server_standby(&self) -> bool {
+        self.0.standby_counted.load(Ordering::Relaxed) != NOT_IN_STANDBY
+    }
+
+    /// An accepted session waiting in standby for its peer (see `standby_counted`), and
     /// not being resumed: one a peer's reconnect is being handed to is no longer waiting.
     pub(crate) fn is_server_standby(&self) -> bool {
         // The mark first: a resumed session leaves Standby before its driver clears it, so
         // one read after the other cannot miss both.
-        self.0.server_standby.load(Ordering::Relaxed)
+        self.marked_server_standby()
             && !self.0.published.lock().replacing
             && self.state() == ConnState::Standby
     }

@@ -157,9 +157,13 @@ impl Env {
     pub(crate) fn bound_standby(&self) {
         let budget = &self.send_budget;
         let (cap, max_sessions) = (budget.max_standby(), budget.max_standby_sessions());
-        // Two loads: only a messenger holding more than the cap in all, or with too many
-        // sessions waiting, goes on to look at each connection.
-        if budget.held() <= cap && budget.standby_sessions() <= max_sessions {
+        // Two loads: only while the sessions in standby hold more than the cap (as they
+        // were last counted: each one's driver recounts it before it runs this), or are
+        // too many, are the connections looked at one by one. The messenger's whole
+        // total was checked here, so a messenger whose open connections held more than
+        // the cap scanned every connection each time a session went to standby or was
+        // sent more there.
+        if budget.standby_held() <= cap && budget.standby_sessions() <= max_sessions {
             return;
         }
         // Handles cloned out of the table: a reset wakes drivers (a syscall), which must

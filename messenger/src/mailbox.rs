@@ -86,6 +86,10 @@ impl Mailbox {
     }
 }
 
+/// A connection's `standby_counted` while its session is not an accepted one waiting
+/// in standby (what [`SendBudget::enter_standby`] counts from).
+pub(crate) const NOT_IN_STANDBY: u64 = u64::MAX;
+
 /// What a running driver charges the total bound ahead of its own sends
 /// ([`SendBudget::reserve`]): one atomic update per 64 KiB of replies instead of one per
 /// reply.
@@ -106,6 +110,12 @@ pub(crate) struct SendBudget {
     max_standby_sessions: u64,
     /// Accepted sessions waiting in standby now.
     standby_sessions: AtomicU64,
+    /// What those sessions hold, as each was last counted (its `standby_counted`): a
+    /// running total, so that [`Env::bound_standby`](crate::env::Env::bound_standby)
+    /// looks at the connections only when they may be over a bound. Moved with wrapping
+    /// additions: a recount and a departure of one session on two threads may apply
+    /// their differences in either order, and only the sum of both is right.
+    standby_held: AtomicU64,
     /// `send_message` calls refused with `QueueFull`.
     refused: AtomicU64,
     /// Sessions in standby reset to keep within `max_standby` or
@@ -127,6 +137,7 @@ impl SendBudget {
             max_standby: max_standby.min(max_total / 4),
             max_standby_sessions: u64::try_from(max_standby_sessions).unwrap_or(u64::MAX),
             standby_sessions: AtomicU64::new(0),
+            standby_held: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             standby_evicted: AtomicU64::new(0),
         })
@@ -147,18 +158,51 @@ impl SendBudget {
         self.standby_sessions.load(Ordering::Relaxed)
     }
 
-    /// A session entered standby (`up`) or left it.
-    pub(crate) fn count_standby(&self, up: bool) {
-        if up {
-            self.standby_sessions.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.standby_sessions.fetch_sub(1, Ordering::Relaxed);
+    /// What accepted sessions waiting in standby hold together, as each was last
+    /// counted ([`Self::enter_standby`], [`Self::recount_standby`]).
+    pub(crate) fn standby_held(&self) -> u64 {
+        self.standby_held.load(Ordering::Relaxed)
+    }
+
+    /// A session whose count is `slot` (a connection's `standby_counted`) entered
+    /// standby holding `holds`: counted, as a session and with what it holds. One
+    /// already counted is counted again ([`Self::recount_standby`]).
+    pub(crate) fn enter_standby(&self, slot: &AtomicU64, holds: u64) {
+        match slot.compare_exchange(NOT_IN_STANDBY, holds, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => {
+                self.standby_sessions.fetch_add(1, Ordering::Relaxed);
+                self.standby_held.fetch_add(holds, Ordering::Relaxed);
+            }
+            Err(_) => self.recount_standby(slot, holds),
         }
     }
 
-    /// What every connection holds together.
-    pub(crate) fn held(&self) -> u64 {
-        self.held.load(Ordering::Relaxed)
+    /// The session of `slot` holds `holds` now: if it is counted in standby, the total
+    /// moves by the difference. Nothing for a session not in standby (one another
+    /// thread took out meanwhile stays out).
+    pub(crate) fn recount_standby(&self, slot: &AtomicU64, holds: u64) {
+        let mut was = slot.load(Ordering::Relaxed);
+        while was != NOT_IN_STANDBY {
+            match slot.compare_exchange_weak(was, holds, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => {
+                    self.standby_held.fetch_add(holds.wrapping_sub(was), Ordering::Relaxed);
+                    return;
+                }
+                Err(now) => was = now,
+            }
+        }
+    }
+
+    /// The session of `slot` left standby (any other state): no longer counted. Returns
+    /// whether it was.
+    pub(crate) fn leave_standby(&self, slot: &AtomicU64) -> bool {
+        let was = slot.swap(NOT_IN_STANDBY, Ordering::Relaxed);
+        if was == NOT_IN_STANDBY {
+            return false;
+        }
+        self.standby_sessions.fetch_sub(1, Ordering::Relaxed);
+        self.standby_held.fetch_sub(was, Ordering::Relaxed);
+        true
     }
 
     /// Counts a session in standby reset to keep within [`Self::max_standby`] or
@@ -243,8 +287,64 @@ impl SendBudget {
             "refused": self.refused.load(Ordering::Relaxed),
             "max_standby": self.max_standby,
             "standby_sessions": self.standby_sessions.load(Ordering::Relaxed),
+            "standby_held": self.standby_held.load(Ordering::Relaxed),
             "max_standby_sessions": self.max_standby_sessions,
             "standby_evicted": self.standby_evicted.load(Ordering::Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget() -> Arc<SendBudget> {
+        SendBudget::new(1 << 20, 1 << 30, 1 << 20, 16)
+    }
+
+    fn slot() -> AtomicU64 {
+        AtomicU64::new(NOT_IN_STANDBY)
+    }
+
+    /// The running total of what sessions in standby hold follows each session in,
+    /// through its recounts, and out, whichever order they come in.
+    #[test]
+    fn sessions_in_standby_are_counted_with_what_they_hold() {
+        let b = budget();
+        let (one, two) = (slot(), slot());
+        b.recount_standby(&one, 70);
+        assert_eq!((b.standby_sessions(), b.standby_held()), (0, 0), "not in standby");
+        b.enter_standby(&one, 100);
+        b.enter_standby(&two, 0);
+        assert_eq!((b.standby_sessions(), b.standby_held()), (2, 100));
+        b.recount_standby(&two, 300);
+        b.recount_standby(&one, 40);
+        assert_eq!((b.standby_sessions(), b.standby_held()), (2, 340), "recounted");
+        b.enter_standby(&one, 60);
+        assert_eq!((b.standby_sessions(), b.standby_held()), (2, 360), "counted once");
+        assert!(b.leave_standby(&two));
+        assert!(!b.leave_standby(&two), "left once");
+        assert_eq!((b.standby_sessions(), b.standby_held()), (1, 60));
+        b.recount_standby(&two, 500);
+        assert_eq!(b.standby_held(), 60, "a session gone from standby is not recounted");
+        assert!(b.leave_standby(&one));
+        assert_eq!((b.standby_sessions(), b.standby_held()), (0, 0));
+    }
+
+    /// A recount that grows a session and its departure, each applied to the total by
+    /// another thread, the departure's first: the total wraps below zero in between and
+    /// ends exact.
+    #[test]
+    fn a_recount_and_a_departure_end_exact_in_either_order() {
+        let b = budget();
+        let (one, two) = (slot(), slot());
+        b.enter_standby(&one, 10);
+        b.enter_standby(&two, 5);
+        // The recount's exchange (10 to 20) is done, its difference not added yet.
+        one.store(20, Ordering::Relaxed);
+        assert!(b.leave_standby(&one));
+        assert_eq!(b.standby_held(), 15u64.wrapping_sub(20), "below zero, wrapped");
+        b.standby_held.fetch_add(20u64.wrapping_sub(10), Ordering::Relaxed);
+        assert_eq!((b.standby_sessions(), b.standby_held()), (1, 5));
     }
 }

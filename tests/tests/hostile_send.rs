@@ -322,6 +322,8 @@ fn replies_to_a_session_in_standby_are_bounded_as_they_arrive() {
     );
     assert!(wait_for_event(&srv_rx, |s| matches!(s, Seen::Reset(c) if *c == conn)));
     wait_until(|| send_queues(&srv, "val") == 0, || "its bytes were not let go".into());
+    // Out of the running total of what sessions in standby hold, too.
+    assert_eq!(send_queues(&srv, "standby_held"), 0);
     srv.shutdown();
 }
 
@@ -348,6 +350,17 @@ fn replies_waiting_behind_a_full_queue_in_standby_are_bounded() {
         || format!("the session queue holds {} bytes, not 1,024 replies", session_queued()),
     );
     assert_eq!(send_queues(&srv, "standby_evicted"), 0, "reset under the bound");
+    // The running total the bound looks at first counts all of it, mailbox included.
+    wait_until(
+        || send_queues(&srv, "standby_held") == conn.queued_send_bytes(),
+        || {
+            format!(
+                "standby_held {} for {}",
+                send_queues(&srv, "standby_held"),
+                conn.queued_send_bytes()
+            )
+        },
+    );
     // 400 more take the session past 2 MiB: it is reset on the way (the sends after
     // that fail with Closed), far from its own bound.
     for tid in 1_100..1_500 {

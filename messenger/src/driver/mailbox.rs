@@ -109,7 +109,7 @@ impl Driver {
         // end of this pump: checked only as it went to standby, replies sent to it
         // afterwards (ms_dispatch answering what its peer asked before leaving) grew it
         // past the bound, and every other connection met QueueFull.
-        if !inbox.is_empty() && self.conn.0.server_standby.load(Relaxed) {
+        if !inbox.is_empty() && self.conn.marked_server_standby() {
             self.standby_check = true;
         }
         if closed {
@@ -185,7 +185,7 @@ impl Driver {
     /// full queue: such a session grew to its own bound).
     pub(super) fn settle_mailbox(&mut self) -> bool {
         let room = MAX_IN_PROTOCOL > self.machine.pending_messages();
-        let standby = self.conn.0.server_standby.load(Relaxed);
+        let standby = self.conn.marked_server_standby();
         let mut mb = self.conn.0.mailbox.lock();
         if mb.closed {
             return false;

@@ -366,6 +366,9 @@ impl Driver {
         }
         self.count_peer_issues();
         self.update_gauges();
+        // What a session in standby holds, counted in the bound's running total once
+        // this pump published it.
+        self.conn.recount_server_standby();
         if std::mem::take(&mut self.standby_check) {
             self.env.bound_standby();
         }
