@@ -185,9 +185,14 @@ pub(crate) fn spawn_accepted(
     peer: SocketAddr,
 ) {
     let env = env.clone();
-    let handle = center.clone();
+    // Charged at selection, as for a dial; released in `Driver::cleanup`, or by
+    // `UnstartedAccept` if the driver never starts.
     center.add_load(1);
+    let unstarted = UnstartedAccept { center: center.clone(), socket: Some(socket) };
     let posted = center.dispatch_event_external(move |cx: &mut Context<'_>| {
+        let mut unstarted = unstarted;
+        let Some(socket) = unstarted.socket.take() else { return };
+        let handle = unstarted.center.clone();
         let local = socket.local_addr().unwrap_or(peer);
         let machine = Machine::accept(env.protocol_config(), peer, local, cx.now());
         let conn = env.new_connection(false);
@@ -202,8 +207,26 @@ pub(crate) fn spawn_accepted(
         d.install(cx);
     });
     if posted.is_err() {
-        center.add_load(-1);
         log::warn!(target: "msgr::conn", "worker gone; accepted socket from {peer} dropped");
+    }
+}
+
+/// An accepted socket until its driver exists. Dropped with the socket still in it — the
+/// start was refused (the worker stopped) or dropped unrun (the worker shut down with it
+/// queued) — it gives back the worker's load charged for it, and the socket closes. Ceph
+/// makes the connection as it accepts, and a connection gives its worker back when it is
+/// destroyed.
+struct UnstartedAccept {
+    center: CenterHandle,
+    socket: Option<TcpStream>,
+}
+
+impl Drop for UnstartedAccept {
+    fn drop(&mut self) {
+        if let Some(socket) = self.socket.take() {
+            drop(socket);
+            self.center.add_load(-1);
+        }
     }
 }
 
@@ -484,5 +507,48 @@ impl Handler for Driver {
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.machine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::Duration;
+
+    use event_center::EventCenter;
+    use protocol::types::EntityName;
+
+    use super::*;
+    use crate::config::MessengerConfig;
+
+    /// An accepted socket whose start is still queued when its worker shuts down gives
+    /// the worker's load back (and is closed): the load counts connections, and a
+    /// leaked unit would steer new connections away from that worker for good.
+    #[test]
+    fn an_accepted_socket_that_never_starts_gives_its_worker_load_back() {
+        let name = EntityName::new(EntityType::OSD, 0);
+        let env = Env::new(name, 1, MessengerConfig::default(), 1);
+        let mut center = EventCenter::new(0).expect("center");
+        let handle = center.handle();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("dial");
+        let (accepted, peer) = listener.accept().expect("accept");
+        accepted.set_nonblocking(true).expect("nonblocking");
+        spawn_accepted(&env, &handle, TcpStream::from_std(accepted), peer);
+        assert_eq!(handle.load(), 1, "charged as it is placed");
+        // The worker stops with the start queued: it is dropped unrun.
+        center.shutdown();
+        assert_eq!(handle.load(), 0, "given back");
+        client.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        assert_eq!(client.read(&mut [0u8; 1]).expect("EOF"), 0, "the socket was closed");
+        // Refused outright by a stopped worker: given back too.
+        let client2 =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("dial");
+        let (accepted, peer) = listener.accept().expect("accept");
+        accepted.set_nonblocking(true).expect("nonblocking");
+        spawn_accepted(&env, &handle, TcpStream::from_std(accepted), peer);
+        assert_eq!(handle.load(), 0, "refused, given back");
+        drop(client2);
     }
 }
