@@ -130,32 +130,43 @@ impl KeyServer {
         self.rotating.get(&service)
     }
 
-    /// Rotates any service whose current secret expired at `now`: the oldest secret
-    /// goes, a new "next" one comes (Ceph's `KeyServer::_rotate_secret`).
+    /// Rotates any service whose current secret expired at `now` (or whose window is
+    /// short of three): a new "next" secret comes, expiring a period after the later of
+    /// `now + period` and the newest one's expiration, and the oldest goes, until the
+    /// current secret is valid past `now` (Ceph's `KeyServer::_rotate_secret`).
     pub fn rotate(&mut self, now: UTime, rng: &mut dyn CryptoRngCore) {
         for (&service, r) in self.rotating.iter_mut() {
             let period = rotation_period(&self.config, service);
             if period.is_zero() {
                 continue;
             }
-            // After a long pause a few rotations replace the whole window; more would
-            // only churn (bounded whatever `now` says).
+            // Each new secret expires at least two periods past `now`: once one is
+            // current the loop ends, after two passes from a full window and three
+            // from an empty one, whatever `now` says. Chained from the newest secret
+            // alone, the new ones stayed in the past after a long pause, and every
+            // later call replaced the whole window again.
             for _ in 0..ROTATING_WINDOW {
-                if r.current().is_none_or(|(_, k)| k.expiration >= now) {
+                let due = r.secrets.len() < ROTATING_WINDOW
+                    || r.current().is_none_or(|(_, k)| k.expiration <= now);
+                if !due {
                     break;
                 }
-                let last = r.secrets.values().next_back().map(|k| k.expiration).unwrap_or(now);
+                let soonest = utime_add(now, period);
+                let from = match r.secrets.values().next_back() {
+                    Some(newest) => newest.expiration.max(soonest),
+                    None => now,
+                };
                 let id = r.max_ver + 1;
                 r.secrets.insert(
                     id,
                     super::rotating::ExpiringCryptoKey {
                         key: CryptoKey::generate(now, rng),
-                        expiration: utime_add(last, period),
+                        expiration: utime_add(from, period),
                     },
                 );
                 r.max_ver = id;
-                if let Some(oldest) = r.secrets.keys().next().copied() {
-                    r.secrets.remove(&oldest);
+                while r.secrets.len() > ROTATING_WINDOW {
+                    r.secrets.pop_first();
                 }
             }
         }

@@ -505,6 +505,45 @@ fn key_server_rotates_expired_secrets_and_old_tickets_still_open_within_the_wind
     assert_eq!(p.server.rotating(EntityType::OSD).unwrap().secrets.len(), 3);
 }
 
+// After a pause of many periods, one rotation leaves a current secret valid past now,
+// expiring two periods after it, and a rotation a second later keeps it: Ceph's
+// _rotate_secret dates each new secret from the later of now + ttl and the newest
+// one's expiration. Chained from the newest secret alone, the bounded passes left the
+// current secret expired, and every later call replaced the whole window again: the
+// secret that had sealed a ticket a second before was gone.
+#[test]
+fn a_rotation_after_a_long_pause_keeps_its_current_secret_a_second_later() {
+    let mut cfg = ceph_config();
+    cfg.auth_service_ticket_ttl = Duration::from_secs(60);
+    let mut rng = TestRng::new(31);
+    let mut server = KeyServer::new(keyring(&mut rng), cfg.clone(), WALL0, &mut rng);
+    let later = utime_add(WALL0, Duration::from_secs(1_000_000));
+    server.rotate(later, &mut rng);
+    let a_second_later = utime_add(later, Duration::from_secs(1));
+    let services = [EntityType::AUTH, EntityType::MON, EntityType::OSD, EntityType::MGR];
+    let current: Vec<u64> = services
+        .iter()
+        .map(|&s| {
+            let (id, k) = server.rotating(s).unwrap().current().unwrap();
+            let period = if s == EntityType::AUTH {
+                cfg.auth_mon_ticket_ttl
+            } else {
+                cfg.auth_service_ticket_ttl
+            };
+            assert_eq!(k.expiration, utime_add(later, period * 2), "{}", s.name());
+            id
+        })
+        .collect();
+    server.rotate(a_second_later, &mut rng);
+    for (&s, &id) in services.iter().zip(&current) {
+        let r = server.rotating(s).unwrap();
+        assert!(r.get(id).is_some(), "{}: secret {id} is gone: {:?}", s.name(), r.secrets.keys());
+        let (now_current, k) = r.current().unwrap();
+        assert_eq!(now_current, id, "{}", s.name());
+        assert!(k.expiration >= a_second_later, "{}", s.name());
+    }
+}
+
 // The key server rotates AUTH's secrets at the auth tickets' lifetime, the others at
 // the service tickets' (Ceph's _rotate_secret). With AUTH's at the service period, the
 // secret that sealed a client's auth ticket was gone after two rotations, and the
