@@ -195,6 +195,14 @@ impl AuthNoneProvider {
         self.next_global_id.store(first, Ordering::Relaxed);
         self
     }
+
+    /// The same, handing out global ids from `counter`, which another method's
+    /// acceptor of the same monitor shares: a monitor has one counter (Ceph's
+    /// `AuthMonitor::_assign_global_id`), whichever method a peer authenticates with.
+    pub(crate) fn with_global_id_counter(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.next_global_id = counter;
+        self
+    }
 }
 
 impl AuthProvider for AuthNoneProvider {

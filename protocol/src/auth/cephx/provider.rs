@@ -363,6 +363,8 @@ impl CephxProvider {
     /// [`CephxProvider::with_keys`] it refuses every cephx authorizer.
     pub fn new(name: AuthEntityName, config: AuthConfig, clock: WallClock, rng: RngSource) -> Self {
         let my_type = EntityType(u8::try_from(name.ty).unwrap_or(EntityType::ANY.0));
+        // One counter for auth none's monitor-mode ids and cephx's, as a monitor has.
+        let next_global_id = Arc::new(AtomicU64::new(FIRST_GLOBAL_ID));
         CephxProvider {
             shared: Arc::new(Shared {
                 name: name.clone(),
@@ -372,11 +374,11 @@ impl CephxProvider {
                 keys: None,
                 mon: None,
                 key_server: None,
-                next_global_id: Arc::new(AtomicU64::new(FIRST_GLOBAL_ID)),
+                next_global_id: next_global_id.clone(),
                 clock,
                 rng,
             }),
-            none: AuthNoneProvider::new(name),
+            none: AuthNoneProvider::new(name).with_global_id_counter(next_global_id),
         }
     }
 
@@ -394,7 +396,7 @@ impl CephxProvider {
 
     /// msgr2 acceptor playing a monitor: AUTH_MODE_MON requests are answered by
     /// `server` (challenge, proof, tickets, a connection secret), global ids handed out
-    /// from [`FIRST_GLOBAL_ID`]. Without [`CephxProvider::with_keys`] authorizers are
+    /// from [`FIRST_GLOBAL_ID`] (one counter with auth none's, where allowed). Without [`CephxProvider::with_keys`] authorizers are
     /// verified with its secrets too.
     pub fn with_key_server(mut self, server: Arc<KeyServer>) -> Self {
         let shared = Arc::make_mut(&mut self.shared);

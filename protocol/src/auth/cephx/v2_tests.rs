@@ -17,7 +17,7 @@ use super::*;
 use crate::auth::config::{AuthConfig, ConModes};
 use crate::auth::crypto::CryptoKey;
 use crate::auth::keyring::{KeyEntry, KeyRing};
-use crate::auth::provider::{AuthProvider, AuthStep, EACCES};
+use crate::auth::provider::{AuthClient, AuthProvider, AuthStep, EACCES};
 use crate::auth::ConMode;
 use crate::encoding::UTime;
 use crate::message::PRIO_DEFAULT;
@@ -572,6 +572,53 @@ fn the_authenticated_entity_must_be_allowed_the_method() {
         assert_eq!(p.nodes[1].received.len(), usize::from(opens), "{name}: {:?}", p.nodes[0].log);
         assert_eq!(p.nodes[0].refused, usize::from(!opens), "{name}");
     }
+}
+
+// A monitor allowing cephx and none hands out global ids from one counter, whichever
+// method a peer authenticates with, as Ceph's (AuthMonitor::_assign_global_id for
+// every monitor-mode session). The cephx acceptor and its auth-none one each had a
+// counter from 4096: an auth-none client and a cephx client were both 4096.
+#[test]
+fn a_monitor_allowing_cephx_and_none_gives_each_session_its_own_global_id() {
+    let start = Instant::now();
+    let c = cluster(13, start);
+    let mut mon_config = AuthConfig::ceph_defaults();
+    mon_config.set("auth_service_required", "cephx, none").unwrap();
+    let mon = CephxProvider::new(
+        AuthEntityName::new(EntityType::MON, "0"),
+        mon_config,
+        c.clock,
+        rng_source(14),
+    )
+    .with_key_server(c.server.clone());
+    let by_none = || {
+        let name = AuthEntityName::new(EntityType::CLIENT, "guest");
+        let req =
+            crate::auth::AuthNoneClient::new(name, 0, EntityType::MON).build_request().unwrap();
+        let mut sv = mon.server(EntityType::CLIENT, crate::types::AUTH_NONE).unwrap();
+        match sv.handle_request(start, ConMode::CRC, false, &req) {
+            AuthStep::Done { global_id, .. } => global_id,
+            other => panic!("auth none refused: {other:?}"),
+        }
+    };
+    let by_cephx = || {
+        let client = provider(&c, EntityType::CLIENT, "admin", 15)
+            .with_monitor_key(c.admin.clone(), Arc::new(TicketStore::default()));
+        let mut cl = client.client(EntityType::MON, AUTH_CEPHX).unwrap();
+        let mut sv = mon.server(EntityType::CLIENT, AUTH_CEPHX).unwrap();
+        let req = cl.build_request().unwrap();
+        let AuthStep::More(challenge) = sv.handle_request(start, ConMode::CRC, false, &req) else {
+            panic!("no challenge")
+        };
+        let more = cl.handle_reply_more(&challenge).unwrap();
+        match sv.handle_request(start, ConMode::CRC, true, &more) {
+            AuthStep::Done { global_id, .. } => global_id,
+            other => panic!("cephx refused: {other:?}"),
+        }
+    };
+    let ids = [by_none(), by_cephx(), by_none(), by_cephx()];
+    let distinct: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "global ids handed out twice: {ids:?}");
 }
 
 /// The wire length of the crc-mode frame at the start of `stream`, once its preamble is
