@@ -63,7 +63,6 @@ impl Keys {
         tickets.insert(CLIENT_GLOBAL_ID, ticket);
         let rotating = key_server
             .rotating(EntityType::OSD)
-            .cloned()
             .ok_or("cephx: the key server has no OSD rotating secrets")?;
         let keys = SharedKeyStore::new(RotatingKeyStore::new(EntityType::OSD, rotating));
         let server = CephxProvider::new(server_name, config.clone(), clock, os_rng())

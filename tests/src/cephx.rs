@@ -84,7 +84,7 @@ impl TestCluster {
 
     /// The rotating secrets a daemon of type `service` holds.
     pub fn keys(&self, service: EntityType) -> RotatingKeyStore {
-        let rotating = self.server.rotating(service).cloned().unwrap_or_default();
+        let rotating = self.server.rotating(service).unwrap_or_default();
         RotatingKeyStore::new(service, rotating)
     }
 

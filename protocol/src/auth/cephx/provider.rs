@@ -396,8 +396,12 @@ impl CephxProvider {
 
     /// msgr2 acceptor playing a monitor: AUTH_MODE_MON requests are answered by
     /// `server` (challenge, proof, tickets, a connection secret), global ids handed out
-    /// from [`FIRST_GLOBAL_ID`] (one counter with auth none's, where allowed). Without [`CephxProvider::with_keys`] authorizers are
-    /// verified with its secrets too.
+    /// from [`FIRST_GLOBAL_ID`] (one counter with auth none's, where allowed). Without
+    /// [`CephxProvider::with_keys`] authorizers are verified with its secrets too. Its
+    /// rotating secrets rotate when due, before they seal a session's tickets
+    /// ([`KeyServer::rotate`]; a Ceph monitor does it on its tick): an application
+    /// minting tickets or answering MAuth with the same key server rotates it likewise
+    /// before it does.
     pub fn with_key_server(mut self, server: Arc<KeyServer>) -> Self {
         let shared = Arc::make_mut(&mut self.shared);
         if shared.keys.is_none() {
@@ -719,10 +723,8 @@ mod tests {
     fn authorizer_round_trip_and_signers_agree() {
         let mut rng = TestRng::new(1);
         let server = cluster(&mut rng);
-        let keys = RotatingKeyStore::new(
-            EntityType::OSD,
-            server.rotating(EntityType::OSD).unwrap().clone(),
-        );
+        let keys =
+            RotatingKeyStore::new(EntityType::OSD, server.rotating(EntityType::OSD).unwrap());
         let (mine, theirs) = exchange(&server, keys, start()).unwrap();
         let header = MsgHeader { seq: 7, front_len: 3, crc: 0xabcd, ..MsgHeader::default() };
         let mut footer =
@@ -738,10 +740,7 @@ mod tests {
         let mut rng = TestRng::new(1);
         let server = cluster(&mut rng);
         let other = cluster(&mut TestRng::new(2));
-        let keys = RotatingKeyStore::new(
-            EntityType::OSD,
-            other.rotating(EntityType::OSD).unwrap().clone(),
-        );
+        let keys = RotatingKeyStore::new(EntityType::OSD, other.rotating(EntityType::OSD).unwrap());
         let step = exchange(&server, keys, start()).map(|_| ()).unwrap_err();
         assert!(matches!(step, AuthorizerStep::Reject), "{step:?}");
     }
@@ -750,10 +749,8 @@ mod tests {
     fn expired_ticket_is_rejected_through_the_wall_clock() {
         let mut rng = TestRng::new(1);
         let server = cluster(&mut rng);
-        let keys = RotatingKeyStore::new(
-            EntityType::OSD,
-            server.rotating(EntityType::OSD).unwrap().clone(),
-        );
+        let keys =
+            RotatingKeyStore::new(EntityType::OSD, server.rotating(EntityType::OSD).unwrap());
         let ttl = AuthConfig::ceph_defaults().auth_service_ticket_ttl;
         // The verifier's now is an hour and a second past the anchor (and the ticket).
         let anchor = start();
@@ -931,7 +928,7 @@ mod tests {
         let stale = cluster(&mut TestRng::new(2));
         let keys = Arc::new(SharedKeyStore::new(RotatingKeyStore::new(
             EntityType::OSD,
-            stale.rotating(EntityType::OSD).unwrap().clone(),
+            stale.rotating(EntityType::OSD).unwrap(),
         )));
         let name = AuthEntityName::new(EntityType::OSD, "0");
         let t = server.service_ticket(&name, 4100, EntityType::OSD, WALL0, &mut rng).unwrap();
@@ -949,7 +946,7 @@ mod tests {
         };
         let step = osd.authorizer_server().unwrap().verify(&req);
         assert!(matches!(step, AuthorizerStep::Reject), "{step:?}");
-        keys.set_rotating(server.rotating(EntityType::OSD).unwrap().clone());
+        keys.set_rotating(server.rotating(EntityType::OSD).unwrap());
         // A peer without CEPHX_V2 cannot answer a challenge: at require_version 1 it is
         // let in without one.
         let old = AuthorizerRequest {

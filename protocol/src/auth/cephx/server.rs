@@ -1,6 +1,7 @@
-//! The monitor side of cephx (Ceph's `CephxServiceHandler` + `KeyServer`), pure: fed
+//! The monitor side of cephx (Ceph's `CephxServiceHandler` + `KeyServer`), sans-IO: fed
 //! one `MAuth` at a time with the session it arrived on, the wall-clock time and a
-//! random source; answers the `MAuthReply`.
+//! random source; answers the `MAuthReply`. The key server is shared between sessions;
+//! only its rotating secrets change, swapped whole by [`KeyServer::rotate`].
 //!
 //! Enough to authenticate the real `ceph` CLI and our own [`super::CephxClient`]:
 //! challenge, proof check, auth ticket, extra and principal service tickets, renewal
@@ -10,9 +11,11 @@
 //! Every credential failure answers `-EACCES`, as a 16.2.15 monitor does.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::RwLock;
 use rand_core::CryptoRngCore;
 use subtle::ConstantTimeEq;
 
@@ -39,6 +42,10 @@ const LOG: &str = "msgr::auth";
 
 /// Rotating secrets kept per service: previous, current, next.
 const ROTATING_WINDOW: usize = 3;
+/// Most times one [`KeyServer::rotate`] builds new secrets: a build that lost the race
+/// to a concurrent rotation looks again at the winner's secrets, which are current as a
+/// rule; the bound keeps a caller from spinning whatever the others do.
+const ROTATE_ATTEMPTS: usize = 3;
 /// The services a key server keeps rotating secrets for.
 const ROTATING_SERVICES: [EntityType; 5] =
     [EntityType::AUTH, EntityType::MON, EntityType::OSD, EntityType::MDS, EntityType::MGR];
@@ -86,13 +93,81 @@ impl ServerSession {
     }
 }
 
+/// Every service's rotating secrets.
+type RotatingMap = BTreeMap<EntityType, RotatingSecrets>;
+
 /// A monitor's key server: every entity's secret and caps, and the rotating service
 /// secrets that seal tickets.
-#[derive(Clone, Debug)]
+///
+/// Shared (`Arc`) between whatever answers a monitor's clients, as Ceph's is between
+/// its monitor's sessions: its rotating secrets rotate through `&self`
+/// ([`KeyServer::rotate`]).
+#[derive(Debug)]
 pub struct KeyServer {
     keyring: KeyRing,
-    rotating: BTreeMap<EntityType, RotatingSecrets>,
+    /// Swapped whole by a rotation, built outside the lock: a reader clones the `Arc`
+    /// and lets go, so the lock is held across neither key generation nor sealing,
+    /// and a ticket is sealed with one set or the next, never a mix.
+    rotating: RwLock<Arc<RotatingMap>>,
     config: AuthConfig,
+}
+
+impl Clone for KeyServer {
+    fn clone(&self) -> Self {
+        KeyServer {
+            keyring: self.keyring.clone(),
+            rotating: RwLock::new(self.secrets()),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// Whether `r`, whose secrets rotate every `period`, wants a new one at `now`: its
+/// window is short of three, or its current secret expired (Ceph's
+/// `RotatingSecrets::need_new_secrets`). Never with a zero period, which would expire
+/// every new secret at once.
+fn rotation_due(r: &RotatingSecrets, period: Duration, now: UTime) -> bool {
+    !period.is_zero()
+        && (r.secrets.len() < ROTATING_WINDOW
+            || r.current().is_none_or(|(_, k)| k.expiration <= now))
+}
+
+/// Rotates `r` until its current secret is valid past `now`: a new "next" secret comes,
+/// expiring a period after the later of `now + period` and the newest one's expiration,
+/// and the oldest goes (Ceph's `KeyServer::_rotate_secret`).
+fn rotate_secrets(
+    r: &mut RotatingSecrets,
+    period: Duration,
+    now: UTime,
+    rng: &mut dyn CryptoRngCore,
+) {
+    // Each new secret expires at least two periods past `now`: once one is current the
+    // loop ends, after two passes from a full window and three from an empty one,
+    // whatever `now` says. Chained from the newest secret alone, the new ones stayed
+    // in the past after a long pause, and every later call replaced the whole window
+    // again.
+    for _ in 0..ROTATING_WINDOW {
+        if !rotation_due(r, period, now) {
+            break;
+        }
+        let soonest = utime_add(now, period);
+        let from = match r.secrets.values().next_back() {
+            Some(newest) => newest.expiration.max(soonest),
+            None => now,
+        };
+        let id = r.max_ver + 1;
+        r.secrets.insert(
+            id,
+            super::rotating::ExpiringCryptoKey {
+                key: CryptoKey::generate(now, rng),
+                expiration: utime_add(from, period),
+            },
+        );
+        r.max_ver = id;
+        while r.secrets.len() > ROTATING_WINDOW {
+            r.secrets.pop_first();
+        }
+    }
 }
 
 /// How long a rotating secret of `service` lives: auth tickets' lifetime for AUTH (they
@@ -122,54 +197,52 @@ impl KeyServer {
             .into_iter()
             .map(|s| (s, RotatingSecrets::generate(now, rotation_period(&config, s), 1, rng)))
             .collect();
-        KeyServer { keyring, rotating, config }
+        KeyServer { keyring, rotating: RwLock::new(Arc::new(rotating)), config }
     }
 
-    /// The rotating secrets of `service`.
-    pub fn rotating(&self, service: EntityType) -> Option<&RotatingSecrets> {
-        self.rotating.get(&service)
+    /// The rotating secrets of `service`, as they are now.
+    pub fn rotating(&self, service: EntityType) -> Option<RotatingSecrets> {
+        self.secrets().get(&service).cloned()
+    }
+
+    /// Every service's rotating secrets, as they are now.
+    fn secrets(&self) -> Arc<RotatingMap> {
+        Arc::clone(&self.rotating.read())
     }
 
     /// Rotates any service whose current secret expired at `now` (or whose window is
     /// short of three): a new "next" secret comes, expiring a period after the later of
     /// `now + period` and the newest one's expiration, and the oldest goes, until the
-    /// current secret is valid past `now` (Ceph's `KeyServer::_rotate_secret`).
-    pub fn rotate(&mut self, now: UTime, rng: &mut dyn CryptoRngCore) {
-        for (&service, r) in self.rotating.iter_mut() {
-            let period = rotation_period(&self.config, service);
-            if period.is_zero() {
-                continue;
+    /// current secret is valid past `now` (Ceph's `KeyServer::_rotate_secret`). True
+    /// when it rotated something.
+    ///
+    /// A monitor calls it before it issues tickets (a [`super::CephxProvider`] with
+    /// this key server does), or on a timer as Ceph's does on its tick; calls that find
+    /// nothing due cost a look. Concurrent calls are safe: one of them rotates.
+    pub fn rotate(&self, now: UTime, rng: &mut dyn CryptoRngCore) -> bool {
+        for _ in 0..ROTATE_ATTEMPTS {
+            let before = self.secrets();
+            let due = |(&s, r): (&EntityType, &RotatingSecrets)| {
+                rotation_due(r, rotation_period(&self.config, s), now)
+            };
+            if !before.iter().any(due) {
+                return false;
             }
-            // Each new secret expires at least two periods past `now`: once one is
-            // current the loop ends, after two passes from a full window and three
-            // from an empty one, whatever `now` says. Chained from the newest secret
-            // alone, the new ones stayed in the past after a long pause, and every
-            // later call replaced the whole window again.
-            for _ in 0..ROTATING_WINDOW {
-                let due = r.secrets.len() < ROTATING_WINDOW
-                    || r.current().is_none_or(|(_, k)| k.expiration <= now);
-                if !due {
-                    break;
-                }
-                let soonest = utime_add(now, period);
-                let from = match r.secrets.values().next_back() {
-                    Some(newest) => newest.expiration.max(soonest),
-                    None => now,
-                };
-                let id = r.max_ver + 1;
-                r.secrets.insert(
-                    id,
-                    super::rotating::ExpiringCryptoKey {
-                        key: CryptoKey::generate(now, rng),
-                        expiration: utime_add(from, period),
-                    },
-                );
-                r.max_ver = id;
-                while r.secrets.len() > ROTATING_WINDOW {
-                    r.secrets.pop_first();
-                }
+            let mut next = RotatingMap::clone(&before);
+            for (&service, r) in next.iter_mut() {
+                rotate_secrets(r, rotation_period(&self.config, service), now, rng);
+            }
+            let mut current = self.rotating.write();
+            // Another rotation from the same secrets came first: ours would give the
+            // ids it handed out to other keys.
+            if Arc::ptr_eq(&current, &before) {
+                *current = Arc::new(next);
+                drop(current);
+                log::debug!(target: LOG, "rotating secrets rotated at {}", now.sec);
+                return true;
             }
         }
+        false
     }
 
     /// `name`'s caps for `service` from the keyring (none for an unknown entity).
@@ -373,8 +446,8 @@ impl KeyServer {
                     .authenticated()
                     .ok_or(cephx(AuthError::Misuse("rotating keys before authentication")))?;
                 let ty = EntityType::from_u32(name.ty).unwrap_or(EntityType::CLIENT);
-                let secrets = self
-                    .rotating
+                let all = self.secrets();
+                let secrets = all
                     .get(&ty)
                     .filter(|_| ty != EntityType::CLIENT && ty != EntityType::AUTH)
                     .ok_or(cephx(AuthError::Refused { code: -EINVAL, message: String::new() }))?;
@@ -580,8 +653,8 @@ impl KeyServer {
         now: UTime,
         rng: &mut dyn CryptoRngCore,
     ) -> Result<IssuedTicket, AuthError> {
-        let (secret_id, secret) = self
-            .rotating
+        let all = self.secrets();
+        let (secret_id, secret) = all
             .get(&service)
             .and_then(|r| r.current())
             .ok_or(AuthError::MissingServiceSecret { service: service.name(), secret_id: 0 })?;
@@ -612,6 +685,6 @@ impl KeyStore for KeyServer {
         if secret_id == SECRET_ID_OWN_KEY {
             return self.keyring.get(&AuthEntityName::new(service, "")).map(|e| e.key.clone());
         }
-        self.rotating.get(&service)?.get(secret_id).cloned()
+        self.secrets().get(&service)?.get(secret_id).cloned()
     }
 }

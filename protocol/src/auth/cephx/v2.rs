@@ -20,7 +20,8 @@
 //! - [`CephxV2Server`]: the acceptor. Authorizers are verified against the daemon's
 //!   [`super::KeyStore`], always with the challenge round (every msgr2 peer can answer
 //!   it, and Ceph always asks);
-//!   with a [`super::KeyServer`] it also plays a monitor for AUTH_MODE_MON requests.
+//!   with a [`super::KeyServer`] it also plays a monitor for AUTH_MODE_MON requests,
+//!   rotating the key server's due secrets before it issues tickets.
 //!
 //! The connection secret is Ceph's length for the mode (`AuthConnectionMeta::
 //! get_connection_secret_length`): 64 random bytes in secure mode, none in crc mode.
@@ -319,6 +320,9 @@ impl CephxV2Server {
         let server = self.shared.key_server.clone().ok_or(AuthError::Misuse("no key server"))?;
         let secret = self.secret(mode);
         let wall = self.shared.clock.wall(now);
+        // Secrets due rotate before they seal this session's tickets: a Ceph monitor
+        // keeps them current on its tick, and this one has no other occasion.
+        server.rotate(wall, &mut *self.rng);
         let Exchange::Mon { session, global_id } = &mut self.exchange else {
             return Err(AuthError::Misuse("AUTH_REQUEST_MORE outside a monitor exchange"));
         };

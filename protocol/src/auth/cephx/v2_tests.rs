@@ -67,7 +67,7 @@ fn provider(c: &Cluster, ty: EntityType, id: &str, seed: u64) -> CephxProvider {
 fn osd_keys(c: &Cluster) -> Arc<SharedKeyStore> {
     let keys = RotatingKeyStore::new(
         EntityType::OSD,
-        c.server.rotating(EntityType::OSD).cloned().unwrap_or_default(),
+        c.server.rotating(EntityType::OSD).unwrap_or_default(),
     );
     Arc::new(SharedKeyStore::new(keys))
 }
@@ -619,6 +619,73 @@ fn a_monitor_allowing_cephx_and_none_gives_each_session_its_own_global_id() {
     let ids = [by_none(), by_cephx(), by_none(), by_cephx()];
     let distinct: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
     assert_eq!(distinct.len(), ids.len(), "global ids handed out twice: {ids:?}");
+}
+
+/// client.admin authenticating to `mon` through the handlers (AUTH_MODE_MON, crc
+/// mode), the monitor's now being `at`; its tickets go into `store`.
+fn authenticate_at(c: &Cluster, mon: &CephxProvider, store: &Arc<TicketStore>, at: Instant) {
+    let client = provider(c, EntityType::CLIENT, "admin", 16)
+        .with_monitor_key(c.admin.clone(), store.clone());
+    let mut cl = client.client(EntityType::MON, AUTH_CEPHX).unwrap();
+    let mut sv = mon.server(EntityType::CLIENT, AUTH_CEPHX).unwrap();
+    let req = cl.build_request().unwrap();
+    let AuthStep::More(challenge) = sv.handle_request(at, ConMode::CRC, false, &req) else {
+        panic!("no challenge")
+    };
+    let more = cl.handle_reply_more(&challenge).unwrap();
+    let AuthStep::Done { global_id, payload, .. } =
+        sv.handle_request(at, ConMode::CRC, true, &more)
+    else {
+        panic!("refused")
+    };
+    cl.handle_done(global_id, ConMode::CRC, &payload).unwrap();
+    cl.confirmed();
+}
+
+// A monitor-role provider rotates its key server's secrets once due, before it seals
+// tickets with them, as a Ceph monitor keeps them current on its tick: a ticket issued
+// after the current secret expired is sealed with the next one, and a ticket sealed
+// with the previous secret a moment before still opens at an OSD holding the rotated
+// secrets. Behind a bare Arc the provider's key server never rotated: every ticket was
+// sealed with a secret past its expiration.
+#[test]
+fn a_monitor_provider_rotates_due_secrets_before_it_issues_tickets() {
+    let start = Instant::now();
+    let c = cluster(17, start);
+    let mon = provider(&c, EntityType::MON, "0", 18).with_key_server(c.server.clone());
+    let period = AuthConfig::ceph_defaults().auth_service_ticket_ttl;
+    let first = c.server.rotating(EntityType::OSD).unwrap().current().unwrap().0;
+    let before = start + period - Duration::from_secs(1);
+    let old = Arc::new(TicketStore::default());
+    authenticate_at(&c, &mon, &old, before);
+    let (old_gid, old_ticket) = old.ticket(EntityType::OSD).unwrap();
+    assert_eq!(old_ticket.blob.secret_id, first);
+
+    let after = start + period + Duration::from_secs(1);
+    let new = Arc::new(TicketStore::default());
+    authenticate_at(&c, &mon, &new, after);
+    let rotated = c.server.rotating(EntityType::OSD).unwrap();
+    let current = rotated.current().unwrap().0;
+    assert_eq!(current, first + 1, "rotated once");
+    let (new_gid, new_ticket) = new.ticket(EntityType::OSD).unwrap();
+    assert_eq!(new_ticket.blob.secret_id, current, "sealed with the new current secret");
+
+    let keys = RotatingKeyStore::new(EntityType::OSD, rotated);
+    for (gid, ticket) in [(old_gid, old_ticket), (new_gid, new_ticket)] {
+        let mut rng = TestRng::new(19);
+        let authorizer = Authorizer::new(gid, &ticket, &mut rng);
+        let verdict = AuthorizerVerifier::new().verify(
+            &keys,
+            EntityType::OSD,
+            authorizer.bytes(),
+            false,
+            c.clock.wall(after),
+            None,
+            &mut rng,
+        );
+        let secret = ticket.blob.secret_id;
+        assert!(matches!(verdict, Ok(AuthorizerVerdict::Accepted(_))), "{secret}: {verdict:?}");
+    }
 }
 
 /// The wire length of the crc-mode frame at the start of `stream`, once its preamble is
