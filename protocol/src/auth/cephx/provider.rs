@@ -65,6 +65,7 @@ use crate::types::{
 
 use super::authorizer::{Authorizer, AuthorizerVerdict, AuthorizerVerifier};
 use super::client::CephxClient;
+use super::request::ServiceMask;
 use super::rotating::{KeyStore, RotatingKeyStore, RotatingSecrets};
 use super::server::KeyServer;
 use super::signature::MessageSigner;
@@ -291,6 +292,8 @@ pub(super) struct Shared {
     tickets: Option<Arc<dyn TicketSource>>,
     pub(super) keys: Option<Arc<dyn KeyStore + Send + Sync>>,
     mon: Option<MonCredentials>,
+    /// The service tickets asked of monitors over msgr2.
+    pub(super) want_services: ServiceMask,
     pub(super) key_server: Option<Arc<KeyServer>>,
     /// Global ids handed out when playing a monitor.
     pub(super) next_global_id: Arc<AtomicU64>,
@@ -373,6 +376,7 @@ impl CephxProvider {
                 tickets: None,
                 keys: None,
                 mon: None,
+                want_services: ServiceMask::CLIENT_SERVICES,
                 key_server: None,
                 next_global_id: next_global_id.clone(),
                 clock,
@@ -383,14 +387,25 @@ impl CephxProvider {
     }
 
     /// msgr2 connector to monitors: authenticate with `key` (our keyring entry) in
-    /// AUTH_MODE_MON; every monitor session's global id and service tickets go into
-    /// `store`, which also becomes the [`TicketSource`] of our authorizers, and the
-    /// session itself waits there for the application to renew its tickets on
-    /// ([`TicketStore::take_monitor_session`]).
+    /// AUTH_MODE_MON; every monitor session's global id and service tickets (those of
+    /// [`CephxProvider::with_wanted_services`]) go into `store`, which also becomes the
+    /// [`TicketSource`] of our authorizers, and the session itself waits there for the
+    /// application to renew its tickets on ([`TicketStore::take_monitor_session`]).
     pub fn with_monitor_key(mut self, key: CryptoKey, store: Arc<TicketStore>) -> Self {
         let shared = Arc::make_mut(&mut self.shared);
         shared.tickets = Some(store.clone());
         shared.mon = Some(MonCredentials { key, store });
+        self
+    }
+
+    /// The service tickets [`CephxProvider::with_monitor_key`]'s monitor sessions ask
+    /// for (Ceph's `MonClient::set_want_keys`; the auth ticket always comes): mon, osd
+    /// and mgr unless told, as librados and an OSD want. An MDS daemon or a CephFS
+    /// client adds MDS (`ServiceMask::CLIENT_SERVICES.with(ServiceMask::of(EntityType::MDS))`),
+    /// and its authorizers to MDSs are then built from the MDS ticket.
+    #[doc(alias = "set_want_keys")]
+    pub fn with_wanted_services(mut self, services: ServiceMask) -> Self {
+        Arc::make_mut(&mut self.shared).want_services = services;
         self
     }
 

@@ -103,7 +103,8 @@ impl CephxMonClient {
         store: Arc<TicketStore>,
         peer: EntityAddr,
     ) -> Self {
-        let config = ClientConfig::new(shared.name.clone(), key);
+        let mut config = ClientConfig::new(shared.name.clone(), key);
+        config.want_services = shared.want_services;
         CephxMonClient {
             client: Some(CephxClient::new(config, (shared.rng)())),
             store,

@@ -621,11 +621,14 @@ fn a_monitor_allowing_cephx_and_none_gives_each_session_its_own_global_id() {
     assert_eq!(distinct.len(), ids.len(), "global ids handed out twice: {ids:?}");
 }
 
-/// client.admin authenticating to `mon` through the handlers (AUTH_MODE_MON, crc
-/// mode), the monitor's now being `at`; its tickets go into `store`.
-fn authenticate_at(c: &Cluster, mon: &CephxProvider, store: &Arc<TicketStore>, at: Instant) {
-    let client = provider(c, EntityType::CLIENT, "admin", 16)
-        .with_monitor_key(c.admin.clone(), store.clone());
+/// client.admin with its monitor key and `store`.
+fn admin_with(c: &Cluster, store: &Arc<TicketStore>) -> CephxProvider {
+    provider(c, EntityType::CLIENT, "admin", 16).with_monitor_key(c.admin.clone(), store.clone())
+}
+
+/// `client` authenticating to `mon` through the handlers (AUTH_MODE_MON, crc mode), the
+/// monitor's now being `at`; its tickets go into its store.
+fn authenticate_at(client: &CephxProvider, mon: &CephxProvider, at: Instant) {
     let mut cl = client.client(EntityType::MON, AUTH_CEPHX).unwrap();
     let mut sv = mon.server(EntityType::CLIENT, AUTH_CEPHX).unwrap();
     let req = cl.build_request().unwrap();
@@ -657,13 +660,13 @@ fn a_monitor_provider_rotates_due_secrets_before_it_issues_tickets() {
     let first = c.server.rotating(EntityType::OSD).unwrap().current().unwrap().0;
     let before = start + period - Duration::from_secs(1);
     let old = Arc::new(TicketStore::default());
-    authenticate_at(&c, &mon, &old, before);
+    authenticate_at(&admin_with(&c, &old), &mon, before);
     let (old_gid, old_ticket) = old.ticket(EntityType::OSD).unwrap();
     assert_eq!(old_ticket.blob.secret_id, first);
 
     let after = start + period + Duration::from_secs(1);
     let new = Arc::new(TicketStore::default());
-    authenticate_at(&c, &mon, &new, after);
+    authenticate_at(&admin_with(&c, &new), &mon, after);
     let rotated = c.server.rotating(EntityType::OSD).unwrap();
     let current = rotated.current().unwrap().0;
     assert_eq!(current, first + 1, "rotated once");
@@ -686,6 +689,46 @@ fn a_monitor_provider_rotates_due_secrets_before_it_issues_tickets() {
         let secret = ticket.blob.secret_id;
         assert!(matches!(verdict, Ok(AuthorizerVerdict::Accepted(_))), "{secret}: {verdict:?}");
     }
+}
+
+// A client wanting MDS tickets (Ceph's MonClient::set_want_keys, as an MDS daemon or a
+// CephFS client calls it) gets one from a monitor over msgr2, and builds its
+// authorizers to MDSs from it; by default it wants mon, osd and mgr only, as librados.
+// The msgr2 monitor client asked for mon, osd and mgr whatever the user wanted: no
+// authorizer to an MDS could be built.
+#[test]
+fn a_client_wanting_mds_tickets_gets_one_and_an_authorizer_to_mdss() {
+    let start = Instant::now();
+    let c = cluster(20, start);
+    let mon = provider(&c, EntityType::MON, "0", 21).with_key_server(c.server.clone());
+    let store = Arc::new(TicketStore::default());
+    let wanted = ServiceMask::CLIENT_SERVICES.with(ServiceMask::of(EntityType::MDS));
+    let client = admin_with(&c, &store).with_wanted_services(wanted);
+    authenticate_at(&client, &mon, start);
+    let (_, mds_ticket) = store.ticket(EntityType::MDS).expect("an MDS ticket from AUTH_DONE");
+    assert!(store.ticket(EntityType::OSD).is_some() && store.ticket(EntityType::MGR).is_some());
+    let mut authorizer =
+        client.client(EntityType::MDS, AUTH_CEPHX).expect("an authorizer to an MDS");
+    let mds_keys =
+        RotatingKeyStore::new(EntityType::MDS, c.server.rotating(EntityType::MDS).unwrap());
+    let verdict = AuthorizerVerifier::new().verify(
+        &mds_keys,
+        EntityType::MDS,
+        &authorizer.build_request().unwrap(),
+        false,
+        WALL0,
+        None,
+        &mut TestRng::new(22),
+    );
+    assert!(matches!(verdict, Ok(AuthorizerVerdict::Accepted(_))), "{verdict:?}");
+    assert_eq!(mds_ticket.service, EntityType::MDS);
+
+    let store = Arc::new(TicketStore::default());
+    let librados_like = admin_with(&c, &store);
+    authenticate_at(&librados_like, &mon, start);
+    assert!(store.ticket(EntityType::OSD).is_some());
+    assert!(store.ticket(EntityType::MDS).is_none());
+    assert!(librados_like.client(EntityType::MDS, AUTH_CEPHX).is_none());
 }
 
 /// The wire length of the crc-mode frame at the start of `stream`, once its preamble is
