@@ -604,7 +604,7 @@ fn a_monitor_allowing_cephx_and_none_gives_each_session_its_own_global_id() {
     let by_cephx = || {
         let client = provider(&c, EntityType::CLIENT, "admin", 15)
             .with_monitor_key(c.admin.clone(), Arc::new(TicketStore::default()));
-        let mut cl = client.client(EntityType::MON, AUTH_CEPHX).unwrap();
+        let mut cl = client.client(EntityType::MON, &mon_addr(), AUTH_CEPHX).unwrap();
         let mut sv = mon.server(EntityType::CLIENT, AUTH_CEPHX).unwrap();
         let req = cl.build_request().unwrap();
         let AuthStep::More(challenge) = sv.handle_request(start, ConMode::CRC, false, &req) else {
@@ -629,7 +629,7 @@ fn admin_with(c: &Cluster, store: &Arc<TicketStore>) -> CephxProvider {
 /// `client` authenticating to `mon` through the handlers (AUTH_MODE_MON, crc mode), the
 /// monitor's now being `at`; its tickets go into its store.
 fn authenticate_at(client: &CephxProvider, mon: &CephxProvider, at: Instant) {
-    let mut cl = client.client(EntityType::MON, AUTH_CEPHX).unwrap();
+    let mut cl = client.client(EntityType::MON, &mon_addr(), AUTH_CEPHX).unwrap();
     let mut sv = mon.server(EntityType::CLIENT, AUTH_CEPHX).unwrap();
     let req = cl.build_request().unwrap();
     let AuthStep::More(challenge) = sv.handle_request(at, ConMode::CRC, false, &req) else {
@@ -641,7 +641,7 @@ fn authenticate_at(client: &CephxProvider, mon: &CephxProvider, at: Instant) {
     else {
         panic!("refused")
     };
-    cl.handle_done(global_id, ConMode::CRC, &payload).unwrap();
+    cl.handle_done(at, global_id, ConMode::CRC, &payload).unwrap();
     cl.confirmed();
 }
 
@@ -708,7 +708,7 @@ fn a_client_wanting_mds_tickets_gets_one_and_an_authorizer_to_mdss() {
     let (_, mds_ticket) = store.ticket(EntityType::MDS).expect("an MDS ticket from AUTH_DONE");
     assert!(store.ticket(EntityType::OSD).is_some() && store.ticket(EntityType::MGR).is_some());
     let mut authorizer =
-        client.client(EntityType::MDS, AUTH_CEPHX).expect("an authorizer to an MDS");
+        client.client(EntityType::MDS, &mon_addr(), AUTH_CEPHX).expect("an authorizer to an MDS");
     let mds_keys =
         RotatingKeyStore::new(EntityType::MDS, c.server.rotating(EntityType::MDS).unwrap());
     let verdict = AuthorizerVerifier::new().verify(
@@ -728,7 +728,7 @@ fn a_client_wanting_mds_tickets_gets_one_and_an_authorizer_to_mdss() {
     authenticate_at(&librados_like, &mon, start);
     assert!(store.ticket(EntityType::OSD).is_some());
     assert!(store.ticket(EntityType::MDS).is_none());
-    assert!(librados_like.client(EntityType::MDS, AUTH_CEPHX).is_none());
+    assert!(librados_like.client(EntityType::MDS, &mon_addr(), AUTH_CEPHX).is_none());
 }
 
 /// The wire length of the crc-mode frame at the start of `stream`, once its preamble is
