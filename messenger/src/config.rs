@@ -263,9 +263,10 @@ pub struct MessengerConfig {
     #[cfg(feature = "fault-injection")]
     #[doc(alias = "ms_inject_socket_failures")]
     pub inject_socket_failures: u32,
-    /// `ms_inject_internal_delays` (test seam): the accept decision and the adoption of
-    /// a replaced session's new socket wait this long (on a timer of the worker, never
-    /// a sleep), to widen the races around them; zero = no delay.
+    /// `ms_inject_internal_delays` (test seam): the accept decision, the reply of a new
+    /// session once the decision registered it, and the adoption of a replaced session's
+    /// new socket wait this long (on a timer of the worker, never a sleep), to widen the
+    /// races around them; zero = no delay.
     #[cfg(feature = "fault-injection")]
     #[doc(alias = "ms_inject_internal_delays")]
     pub inject_internal_delays: Duration,

@@ -71,8 +71,8 @@ pub struct WorkerCounters {
     /// `msgr_inject_congested_writes` (test seam): writes refused as if the socket were full.
     #[cfg(feature = "fault-injection")]
     pub inject_congested_writes: AtomicU64,
-    /// `msgr_inject_internal_delays` (test seam): accept decisions and replace
-    /// hand-offs delayed (`ms_inject_internal_delays`).
+    /// `msgr_inject_internal_delays` (test seam): accept decisions, new sessions'
+    /// replies and replace hand-offs delayed (`ms_inject_internal_delays`).
     #[cfg(feature = "fault-injection")]
     pub inject_internal_delays: AtomicU64,
     /// `msgr_inject_delayed_messages` (test seam): received messages whose delivery

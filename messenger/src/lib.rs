@@ -318,10 +318,11 @@
 //!   both ways first (the operation then sees EOF or an error and the session faults the
 //!   ordinary way); a dial fails before connecting; an accepted socket is shut down and
 //!   dropped.
-//! * `inject_internal_delays` (`ms_inject_internal_delays`): the accept decision and the
-//!   adoption of a replaced session's new socket wait this long. Ceph sleeps on the
-//!   connection's thread; here the work is held on the driver's timer, so the worker goes
-//!   on serving its other connections meanwhile.
+//! * `inject_internal_delays` (`ms_inject_internal_delays`): the accept decision, a new
+//!   session's reply once the decision registered it (where Ceph delays after
+//!   `accept_conn`), and the adoption of a replaced session's new socket wait this long.
+//!   Ceph sleeps on the connection's thread; here the work is held on the driver's
+//!   timer, so the worker goes on serving its other connections meanwhile.
 //! * `inject_delay_type`, `inject_delay_max`, `inject_delay_probability`
 //!   (`ms_inject_delay_*`, Ceph's `DelayedDelivery`): received messages from peers of the
 //!   chosen types are delayed with the given probability, by up to the maximum. Order per

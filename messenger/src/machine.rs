@@ -24,7 +24,7 @@ use protocol::types::{AddrType, EntityAddr, EntityAddrVec, EntityName, EntityTyp
 use protocol::wire::KeepaliveStamp;
 use protocol::{
     ConnectSeq, Connection, Decision, ExistingSession, ExistingState, GlobalSeq, GlobalSeqCounter,
-    Message, ProtocolVersion, TableEffect,
+    Message, ProtocolVersion, RequestKind, TableEffect,
 };
 
 use crate::config::MessengerConfig;
@@ -380,6 +380,27 @@ impl Machine {
             lossy: policy.is_some_and(|p| p.lossy),
             server_policy: policy.is_some_and(|p| p.server),
         }
+    }
+
+    /// What this accepting connection's session will publish once `req` opens it under
+    /// `policy` (a new session: no existing one is moved in): the peer's global_seq, the
+    /// cookies (the client's, and the server cookie SERVER_IDENT will carry), and v1's
+    /// next connect_seq. Ceph's newcomer holds these before `accept_conn` registers it;
+    /// the session table publishes them with the registration, so a stale connect from
+    /// the peer decided before this connection's reply is framed is found stale.
+    pub(crate) fn snapshot_on_open(&self, req: &AcceptRequest, policy: &Policy) -> SessionSnapshot {
+        let mut snap = self.snapshot(Some(policy));
+        snap.peer_global_seq = req.global_seq();
+        match req.kind {
+            RequestKind::Connect { connect_seq, .. } => snap.connect_seq = connect_seq.next(),
+            RequestKind::Ident { client_cookie, .. } => {
+                snap.client_cookie = client_cookie;
+                snap.server_cookie = if policy.lossy { 0 } else { self.0.offered_server_cookie() };
+            }
+            // A reconnect resumes an existing session and registers nothing.
+            RequestKind::Reconnect { .. } => {}
+        }
+        snap
     }
 }
 

@@ -10,10 +10,11 @@
 //!   takes its list of connections to close under the same lock that registration
 //!   checks `stopping` under, so each connection is either closed by it or never starts;
 //! * an accept decision reads the existing session, decides and applies its outcome
-//!   (register the newcomer, or mark the existing session `replacing`) in one critical
-//!   section, so two connects racing for one peer on two workers see each other's
-//!   outcome. The lock order is table → a handle's published state; nothing else is
-//!   locked, and no callback or syscall runs, inside.
+//!   (register the newcomer with the numbers its session opens with, or mark the
+//!   existing session `replacing`) in one critical section, so two connects racing for
+//!   one peer on two workers see each other's outcome. The lock order is table → a
+//!   handle's published state; nothing else is locked, and no callback or syscall runs,
+//!   inside.
 
 use std::collections::HashMap;
 
@@ -22,7 +23,7 @@ use protocol::auth::AuthPeer;
 use protocol::types::{EntityAddr, EntityType};
 
 use crate::connection::Connection;
-use crate::machine::Existing;
+use crate::machine::{Existing, SessionSnapshot};
 use crate::state::ConnState;
 
 /// What an accept decision does to the table, applied inside the decision's critical
@@ -154,13 +155,15 @@ impl SessionTable {
     /// The accept decision's check-and-set, for `me`'s connect from the peer at `addr`:
     /// looks up the live session registered there (other than `me`), shows it to
     /// `decide` — its state, what its driver published, whether it is being replaced —
-    /// and applies the [`Claim`] `decide` returns, all in one critical section. Returns
-    /// `decide`'s verdict and the existing session it saw.
+    /// and applies the [`Claim`] `decide` returns, all in one critical section; a
+    /// [`Claim::Register`] publishes `opening`, the numbers `me`'s session opens with,
+    /// in it too. Returns `decide`'s verdict and the existing session it saw.
     pub(crate) fn decide_accept<V>(
         &self,
         me: &Connection,
         addr: EntityAddr,
         authenticated: Option<&AuthPeer>,
+        opening: SessionSnapshot,
         decide: impl FnOnce(Option<&Existing>) -> (V, Claim),
     ) -> (V, Option<Connection>) {
         let mut t = self.tables.lock();
@@ -182,11 +185,16 @@ impl SessionTable {
         }
         drop(published);
         if claim == Claim::Register {
-            // Who the newcomer is counts from its registration on, not from its open: a
-            // second connect meanwhile must meet the same check. (Another handle's state
-            // is locked only after the existing one's was let go.)
+            // Who the newcomer is and its session's numbers count from its registration
+            // on, not from its open: a second connect decided meanwhile on another
+            // worker must meet the same checks. With the defaults there (no peer
+            // global_seq, no cookies) a stale connect from the peer was not found stale
+            // and could take the new session over. (Another handle's state is locked
+            // only after the existing one's was let go.)
+            let mut p = me.0.published.lock();
+            p.session = opening;
             if let Some(a) = authenticated {
-                me.0.published.lock().peer_auth = Some(a.clone());
+                p.peer_auth = Some(a.clone());
             }
         }
         (verdict, existing)
@@ -348,8 +356,9 @@ mod tests {
         who: &AuthPeer,
         claim: Claim,
     ) -> Option<bool> {
+        let opening = SessionSnapshot::default();
         let (foreign, _) =
-            table.decide_accept(conn, addr, Some(who), |e| (e.map(|e| e.foreign), claim));
+            table.decide_accept(conn, addr, Some(who), opening, |e| (e.map(|e| e.foreign), claim));
         foreign
     }
 

@@ -143,6 +143,17 @@ impl Connection {
         }
     }
 
+    /// Accept side: the server cookie a lossless msgr2 session opened by the pending
+    /// CLIENT_IDENT gets, known before the accept decision (0 for v1, or before an
+    /// ident). The messenger publishes it when the decision registers the connection,
+    /// before the session opens.
+    pub fn offered_server_cookie(&self) -> u64 {
+        match self {
+            Connection::V2(c) => c.offered_server_cookie(),
+            _ => 0,
+        }
+    }
+
     /// The msgr v1 machine, if this is one.
     pub fn as_v1(&self) -> Option<&v1::Connection> {
         match self {

@@ -257,7 +257,8 @@ pub struct Report {
     /// Received messages held back by `ms_inject_delay_*`, on the servers and on the
     /// clients.
     pub delayed_messages: (u64, u64),
-    /// Accept decisions and replace hand-offs held back by `ms_inject_internal_delays`.
+    /// Accept decisions, new sessions' replies and replace hand-offs held back by
+    /// `ms_inject_internal_delays`.
     pub internal_delays: u64,
     /// Writes refused as congested by `ms_inject_network_congestion`, of the writes
     /// that drew for it.

@@ -1,13 +1,16 @@
 //! Two connects racing to replace one lossless session: the accept decision reads the
 //! session and marks it "being replaced" in one critical section, so at most one wins;
 //! the other is told to retry (Ceph's RETRY_GLOBAL while `replacing`). Over msgr v1 and
-//! msgr2.
+//! msgr2. And a stale connect decided between a new session's registration and its
+//! reply, which must meet the new session's numbers.
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
-use messenger::Policy;
+use messenger::{Messenger, MessengerConfig, Policy, ProtocolVersion};
 use protocol::types::{EntityAddr, EntityAddrVec, EntityType, Features};
 use protocol::v2::frames::{ClientIdent, ControlFrame, ServerIdent, SessionReconnect};
 use protocol::v2::Tag as V2Tag;
@@ -197,5 +200,124 @@ fn a_late_ident_of_an_older_connection_does_not_replace_a_newer_session_over_msg
         .expect("reconnect");
     let tag = read_frame(&mut again).map(|(t, _)| t);
     assert_eq!(tag, Some(V2Tag::SESSION_RECONNECT_OK), "the newer session was replaced");
+    srv.shutdown();
+}
+
+/// How long the server of the window tests holds each accept decision and each new
+/// session's reply: far longer than the test needs to strike inside the window.
+const HOLD: Duration = Duration::from_millis(400);
+
+/// Accept decisions, replies and hand-offs `m` held back so far.
+fn held(m: &Messenger) -> u64 {
+    m.worker_counters().iter().map(|c| c.inject_internal_delays.load(Relaxed)).sum()
+}
+
+/// A stateful server whose accept decisions, and new sessions' replies once a decision
+/// registered them (Ceph's `inject_delay` after `accept_conn`), wait [`HOLD`]
+/// (`ms_inject_internal_delays`). One worker: held steps run in the order they were
+/// held. Its nonce (2) sorts above the peer's (1), so without the new session's numbers
+/// the race rule would hand that session to the peer's stale connect.
+fn holding_server() -> (Messenger, SocketAddr) {
+    let config = MessengerConfig { inject_internal_delays: HOLD, ..test_config(1) };
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (srv, bound, _rx) =
+        server_on(EntityType::OSD, 2, Policy::stateful_server(), false, loopback, config);
+    (srv, bound)
+}
+
+/// Writes `newer`'s connect, then, once its decision is held, `stale`'s: the server
+/// decides `newer`'s first and holds its reply, then decides `stale`'s.
+fn strike_inside_the_window(
+    srv: &Messenger,
+    newer: (&mut TcpStream, &[u8]),
+    stale: (&mut TcpStream, &[u8]),
+) {
+    let before = held(srv);
+    newer.0.write_all(newer.1).expect("newer connect");
+    wait_until(|| held(srv) > before, || "the newer connect's decision was never held".into());
+    stale.0.write_all(stale.1).expect("stale connect");
+    wait_until(|| held(srv) >= before + 2, || "the stale connect's decision was never held".into());
+    assert_eq!(
+        held(srv),
+        before + 2,
+        "the newer connect was decided before the stale one reached its decision (a stall \
+         of about {HOLD:?}): the stale one would be decided after the window"
+    );
+}
+
+/// Whether `sock` has nothing to read yet (and was not closed).
+fn nothing_yet(sock: &TcpStream) -> bool {
+    sock.set_nonblocking(true).expect("nonblocking");
+    let got = sock.peek(&mut [0u8; 1]);
+    sock.set_nonblocking(false).expect("blocking");
+    matches!(got, Err(e) if e.kind() == ErrorKind::WouldBlock)
+}
+
+// Ceph's newcomer holds the peer's global_seq and cookies (handle_client_ident) and its
+// server cookie (send_server_ident) before `accept_conn` registers it, so a stale ident
+// of the same peer decided meanwhile meets them: "this is a stale connection", closed
+// unanswered. Here the newer ident (global_seq 50) is decided first and registered, its
+// reply held; the stale one (global_seq 40, the same cookie: a connection its peer gave
+// up on) is decided inside that window. Registered with no numbers, the new session
+// looked like a racing connect of ours that the peer wins: the stale connection took it
+// over (a fresh server cookie, seqs back to 0, the peer's good socket closed).
+#[test]
+fn a_stale_ident_decided_before_a_new_sessions_reply_is_dropped_over_msgr2() {
+    let (srv, _) = holding_server();
+    let server = addr_for(ProtocolVersion::V2, srv.my_addr());
+    let me = v2_peer_addr(1);
+    let mut newer = v2_socket_at_ident(server, me, Policy::lossless_client());
+    let mut stale = v2_socket_at_ident(server, me, Policy::lossless_client());
+    let (newer_ident, stale_ident) = (ident_at(server, me, 0xC, 50), ident_at(server, me, 0xC, 40));
+    strike_inside_the_window(&srv, (&mut newer, &newer_ident), (&mut stale, &stale_ident));
+
+    let answer = read_frame(&mut stale).map(|(t, _)| t);
+    assert_eq!(answer, None, "the stale ident was answered: it took the new session over");
+    assert!(nothing_yet(&newer), "the stale ident was decided after the new session's reply");
+    let (tag, seg) = read_frame(&mut newer).expect("the newer ident's reply");
+    assert_eq!(tag, V2Tag::SERVER_IDENT);
+    let server_cookie = ServerIdent::from_segment(&seg).expect("server ident").server_cookie;
+    // The session is the newer connection's: its reconnect after a cut resumes it.
+    drop(newer);
+    let mut again = v2_socket_at_ident(server, me, Policy::lossless_client());
+    again
+        .write_all(&control(&SessionReconnect {
+            addrs: EntityAddrVec { addrs: vec![me] },
+            client_cookie: 0xC,
+            server_cookie,
+            global_seq: 60,
+            connect_seq: 1,
+            msg_seq: 0,
+        }))
+        .expect("reconnect");
+    let tag = read_frame(&mut again).map(|(t, _)| t);
+    assert_eq!(tag, Some(V2Tag::SESSION_RECONNECT_OK), "the new session was not resumed");
+    srv.shutdown();
+}
+
+// msgr v1: Ceph's `open` sets connect_seq and peer_global_seq before `accept_conn`
+// registers the newcomer, so a stale connect (global_seq 40) decided before the newer
+// one's reply (global_seq 50) is told RETRY_GLOBAL with 50. Registered with no numbers,
+// the new session looked like a racing connect of ours (connect_seq 0 both) that the
+// peer wins: the stale connection took it over.
+#[test]
+fn a_stale_connect_decided_before_a_new_sessions_reply_is_retried_over_msgr1() {
+    let (srv, bound) = holding_server();
+    let me = EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), 1);
+    let mut newer = banner_socket_as(bound, me);
+    let mut stale = banner_socket_as(bound, me);
+    let (newer_connect, stale_connect) = (session_connect(0, 50), session_connect(0, 40));
+    strike_inside_the_window(&srv, (&mut newer, &newer_connect), (&mut stale, &stale_connect));
+
+    let mut reply = [0u8; ConnectReply::LEN];
+    stale.read_exact(&mut reply).expect("the stale connect's reply");
+    let (reply, _) = ConnectReply::decode(&reply).expect("reply decodes");
+    assert_eq!(
+        (reply.tag, reply.global_seq),
+        (Tag::RETRY_GLOBAL, 50),
+        "the stale connect was not told to retry above the new session's global_seq"
+    );
+    assert!(nothing_yet(&newer), "the stale connect was decided after the new session's reply");
+    assert!(matches!(reply_tag(&mut newer), Tag::READY | Tag::SEQ), "the newer connect lost");
     srv.shutdown();
 }

@@ -222,8 +222,9 @@ fn internal_delay_holds_the_accept_decision_without_stalling_the_worker() {
 }
 
 /// `ms_inject_internal_delays` around a replace: the accept decision of the reconnect
-/// and the hand-off of its socket to the existing session both wait; the lossless
-/// session still delivers everything once and in order.
+/// and the hand-off of its socket to the existing session both wait (as do the first
+/// connect's decision and its new session's reply); the lossless session still delivers
+/// everything once and in order.
 #[test]
 fn internal_delays_around_a_replace_lose_nothing() {
     const MESSAGES: u64 = 400;
@@ -247,11 +248,12 @@ fn internal_delays_around_a_replace_lose_nothing() {
         let (_, msg) = next_message(&srx);
         assert_eq!(msg.tid(), want, "message {want} arrived out of order or was lost");
     }
-    // The first accept, the reconnect's accept and its hand-off. The cut may land after
-    // the driver wrote the second half on the old socket (it is applied at the start of
-    // the driver's next pass), so the replace can still be under way here: wait for it.
+    // The first accept and its reply, the reconnect's accept and its hand-off. The cut
+    // may land after the driver wrote the second half on the old socket (it is applied
+    // at the start of the driver's next pass), so the replace can still be under way
+    // here: wait for it.
     wait_until(
-        || total(&server, |c| c.inject_internal_delays.load(Relaxed)) >= 3,
+        || total(&server, |c| c.inject_internal_delays.load(Relaxed)) >= 4,
         || "the reconnect's accept and hand-off were not held".into(),
     );
     // The old socket is cut and the session is being replaced: messages sent now can only
@@ -264,7 +266,7 @@ fn internal_delays_around_a_replace_lose_nothing() {
         assert_eq!(msg.tid(), want, "message {want} after the replace arrived out of order");
     }
     let delays = total(&server, |c| c.inject_internal_delays.load(Relaxed));
-    assert_eq!(delays, 3, "internal delays: expected accept, accept, hand-off");
+    assert_eq!(delays, 4, "internal delays: expected accept, reply, accept, hand-off");
     assert_eq!(client.v1_counters().connects, 2, "one cut, one reconnect");
     // The incoming driver posts the hand-off and then unregisters: waited for.
     wait_for_connection_count(&server, 1, "the replace left one session");

@@ -65,7 +65,7 @@ fn delayed_delivery(test: &str, delayed: EntityType, proto: ProtocolVersion) {
     };
     assert!(held > 0, "no message from a peer of type {delayed:?} was held back");
     assert_eq!(not_held, 0, "messages from the other peer type were held back");
-    assert!(r.internal_delays > 0, "no accept decision or hand-off was held back");
+    assert!(r.internal_delays > 0, "no accept decision, reply or hand-off was held back");
     // A held message is delivered no earlier than its delay: with hundreds held by up
     // to 40 ms each, some echo took at least half of that (a lower bound, so a loaded
     // machine cannot make it fail).

@@ -8,11 +8,13 @@
 //! session into the new machine; no two connections are ever locked together, and the
 //! user's handle to the session stays valid.
 
+use std::time::Instant;
+
 use event_center::Context;
 use protocol::RequestKind;
 
 use super::Driver;
-use crate::machine::{self, AcceptAction, AcceptRequest, Machine, Replacement};
+use crate::machine::{self, AcceptAction, AcceptRequest, Machine, Policy, Replacement, Verdict};
 use crate::mailbox::{Command, Incoming};
 use crate::session_table::Claim;
 use crate::state::ConnState;
@@ -35,10 +37,12 @@ impl Driver {
             return;
         };
         let authenticated = self.machine.peer_auth().cloned();
+        let opening = self.machine.snapshot_on_open(&req, &policy);
         let (verdict, existing) = self.env.sessions.decide_accept(
             &self.conn,
             req.peer_addr,
             authenticated.as_ref(),
+            opening,
             |existing| {
                 let verdict = machine::decide(&req, existing, &policy, &my_addrs);
                 let claim = match verdict.action {
@@ -84,19 +88,42 @@ impl Driver {
                 // ProtocolV1 calls the existing session's `session_reset` before its
                 // `replace`); msgr2's only of the reset.
                 let v1 = matches!(req.kind, RequestKind::Connect { .. });
+                self.published = Some(opening);
                 self.env.reset_session(&existing, v1);
                 self.policy = Some(policy);
-                self.machine.handle_verdict(now, policy, verdict);
+                self.answer_registered(now, policy, verdict);
             }
             (AcceptAction::NudgeExisting, Some(existing)) => {
                 existing.send_keepalive();
                 self.machine.handle_verdict(now, policy, verdict);
             }
-            (AcceptAction::Proceed { register: true } | AcceptAction::OpenUnregistered, _) => {
+            (AcceptAction::Proceed { register: true }, _) => {
+                self.published = Some(opening);
+                self.policy = Some(policy);
+                self.answer_registered(now, policy, verdict);
+            }
+            (AcceptAction::OpenUnregistered, _) => {
                 self.policy = Some(policy);
                 self.machine.handle_verdict(now, policy, verdict);
             }
             _ => self.machine.handle_verdict(now, policy, verdict),
+        }
+    }
+
+    /// Gives the machine the decision that registered this connection as the peer's
+    /// session (it frames the reply), unless an injected internal delay holds it.
+    fn answer_registered(&mut self, now: Instant, policy: Policy, verdict: Verdict) {
+        if let Some((policy, verdict)) = self.seams.hold_verdict(now, policy, verdict) {
+            self.machine.handle_verdict(now, policy, verdict);
+        }
+    }
+
+    /// Gives the machine the decision an injected internal delay `held` (see
+    /// [`Self::answer_registered`]).
+    pub(super) fn answer_held(&mut self, now: Instant, held: Option<(Policy, Verdict)>) {
+        // A handshake that timed out meanwhile has nothing left to answer.
+        if let (Some((policy, verdict)), false) = (held, self.machine.is_closed()) {
+            self.machine.handle_verdict(now, policy, verdict);
         }
     }
 
@@ -106,6 +133,10 @@ impl Driver {
         let Incoming { socket, replacement } = *incoming;
         let now = cx.now();
         let policy = replacement.policy();
+        // A decision held since it registered this connection came first: its session
+        // opens, as it would have without the delay, before it moves on.
+        let held = self.seams.take_verdict();
+        self.answer_held(now, held);
         self.handle_events_before_take_over(cx);
         if self.finished {
             // The session ended meanwhile: as if the hand-off had found it closed, the
@@ -141,6 +172,11 @@ impl Driver {
     /// Writes what another connection's accept decision needs to the handle (and ends a
     /// replace when `replace_done`).
     pub(super) fn publish_snapshot(&mut self, replace_done: bool) {
+        if self.seams.holds_verdict() {
+            // The machine has not got the decision that registered it: until it has,
+            // the numbers published with the registration stand for its session.
+            return;
+        }
         let now = self.machine.snapshot(self.policy.as_ref());
         // These change only on (re)connects: skip the lock on every other pump.
         if self.published != Some(now) || replace_done {

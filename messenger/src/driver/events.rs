@@ -531,7 +531,8 @@ impl Driver {
     }
 
     /// Runs what an injected delay held back once its time has come (none without the
-    /// `fault-injection` feature): an accept decision, a replace hand-off, messages.
+    /// `fault-injection` feature): an accept decision, the reply of a session it
+    /// registered, a replace hand-off, messages.
     pub(super) fn release_held(&mut self, cx: &mut Context<'_>) {
         let now = cx.now();
         if let Some(req) = self.seams.due_accept(now) {
@@ -540,6 +541,8 @@ impl Driver {
                 self.decide_accept(cx, req);
             }
         }
+        let held = self.seams.due_verdict(now);
+        self.answer_held(now, held);
         if let Some(incoming) = self.seams.due_take_over(now) {
             self.take_over(cx, incoming);
             if self.finished {

@@ -1,7 +1,8 @@
 //! The driver's side of the fault-injection seams (feature `fault-injection`): what it
-//! holds back on purpose — an accept decision or a replace hand-off for
-//! `ms_inject_internal_delays`, received messages for `ms_inject_delay_*` — and the
-//! cuts asked for with `Connection::inject_socket_failure`.
+//! holds back on purpose — an accept decision, the reply of a session the decision
+//! registered, or a replace hand-off for `ms_inject_internal_delays`, received messages
+//! for `ms_inject_delay_*` — and the cuts asked for with
+//! `Connection::inject_socket_failure`.
 //!
 //! Held work waits for the driver's one timer (its deadline joins the machine's), never
 //! in a sleep on the event loop thread. Without the feature, [`Seams`] is an empty type
@@ -14,7 +15,7 @@ use dispatch::Permit;
 use protocol::types::EntityType;
 use protocol::Message;
 
-use crate::machine::AcceptRequest;
+use crate::machine::{AcceptRequest, Policy, Verdict};
 use crate::mailbox::Incoming;
 
 pub(super) use imp::Seams;
@@ -44,6 +45,9 @@ mod imp {
         write_retry: bool,
         /// An accept decision held back by an internal delay, and when it runs.
         accept: Option<(Instant, AcceptRequest)>,
+        /// The decision of a connection it registered as the peer's session, held back
+        /// from the machine (whose reply it is) by an internal delay, and when it runs.
+        verdict: Option<(Instant, Policy, Verdict)>,
         /// A replace hand-off held back by an internal delay, and when it runs.
         take_over: Option<(Instant, Box<Incoming>)>,
         /// Whether this peer's messages go through `delayed` (decided once its type is
@@ -69,6 +73,7 @@ mod imp {
                 socket_cut: false,
                 write_retry: false,
                 accept: None,
+                verdict: None,
                 take_over: None,
                 delays_peer: None,
                 delayed: DelayQueue::default(),
@@ -163,6 +168,44 @@ mod imp {
             }
         }
 
+        /// `ms_inject_internal_delays` after a decision registered this connection as the
+        /// peer's session, before the machine gets it and frames its reply (Ceph's
+        /// `inject_delay` after `accept_conn`, in `send_server_ident` and v1's `open`):
+        /// the decision back to apply now, or `None` if it was held until the delay is
+        /// over.
+        pub(in crate::driver) fn hold_verdict(
+            &mut self,
+            now: Instant,
+            policy: Policy,
+            verdict: Verdict,
+        ) -> Option<(Policy, Verdict)> {
+            match self.injector.internal_delay() {
+                Some(delay) => {
+                    self.verdict = Some((now + delay, policy, verdict));
+                    None
+                }
+                None => Some((policy, verdict)),
+            }
+        }
+
+        /// The held decision, once its delay is over.
+        pub(in crate::driver) fn due_verdict(&mut self, now: Instant) -> Option<(Policy, Verdict)> {
+            match &self.verdict {
+                Some((at, ..)) if *at <= now => self.take_verdict(),
+                _ => None,
+            }
+        }
+
+        /// The held decision, due or not.
+        pub(in crate::driver) fn take_verdict(&mut self) -> Option<(Policy, Verdict)> {
+            self.verdict.take().map(|(_, policy, verdict)| (policy, verdict))
+        }
+
+        /// Whether a decision is held (see [`Self::hold_verdict`]).
+        pub(in crate::driver) fn holds_verdict(&self) -> bool {
+            self.verdict.is_some()
+        }
+
         /// `ms_inject_internal_delays` at the replace hand-off: `incoming` back to adopt
         /// now, or `None` if it was held until the delay is over.
         pub(in crate::driver) fn hold_take_over(
@@ -233,11 +276,15 @@ mod imp {
 
         /// The earliest time held work is due.
         pub(in crate::driver) fn next_deadline(&self) -> Option<Instant> {
-            [self.accept.as_ref().map(|a| a.0), self.take_over.as_ref().map(|t| t.0)]
-                .into_iter()
-                .chain(std::iter::once(self.delayed.next_release()))
-                .flatten()
-                .min()
+            [
+                self.accept.as_ref().map(|a| a.0),
+                self.verdict.as_ref().map(|v| v.0),
+                self.take_over.as_ref().map(|t| t.0),
+            ]
+            .into_iter()
+            .chain(std::iter::once(self.delayed.next_release()))
+            .flatten()
+            .min()
         }
 
         /// Drops everything held (the driver closes): a held hand-off's socket closes
@@ -245,6 +292,7 @@ mod imp {
         /// `DelayedDelivery::discard`).
         pub(in crate::driver) fn discard(&mut self) {
             self.accept = None;
+            self.verdict = None;
             self.take_over = None;
             self.delayed.clear();
         }
@@ -310,6 +358,30 @@ mod imp {
         #[inline(always)]
         pub(in crate::driver) fn due_accept(&mut self, _now: Instant) -> Option<AcceptRequest> {
             None
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn hold_verdict(
+            &mut self,
+            _now: Instant,
+            policy: Policy,
+            verdict: Verdict,
+        ) -> Option<(Policy, Verdict)> {
+            Some((policy, verdict))
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn due_verdict(
+            &mut self,
+            _now: Instant,
+        ) -> Option<(Policy, Verdict)> {
+            None
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn take_verdict(&mut self) -> Option<(Policy, Verdict)> {
+            None
+        }
+        #[inline(always)]
+        pub(in crate::driver) fn holds_verdict(&self) -> bool {
+            false
         }
         #[inline(always)]
         pub(in crate::driver) fn hold_take_over(

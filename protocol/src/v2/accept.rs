@@ -207,6 +207,9 @@ pub(crate) fn on_ident(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<
                 send_control(m, None, &IdentMissingFeatures { missing_features: missing });
                 return Ok(true);
             }
+            if m.proto.offered_cookie == 0 {
+                m.proto.offered_cookie = m.config.cookies.next();
+            }
             let kind = RequestKind::Ident {
                 peer_addrs: ci.addrs.clone(),
                 global_seq: GlobalSeq(ci.global_seq),
@@ -322,7 +325,7 @@ fn accept_new_session(
     m.session.features = features & m.config.features_supported;
     m.session.peer_gid = gid;
     m.session.cookies.client = client_cookie;
-    m.session.cookies.server = if m.lossy { 0 } else { m.config.cookies.next() };
+    m.session.cookies.server = if m.lossy { 0 } else { m.proto.offered_cookie };
     m.session.peer_global_seq = global_seq;
     // A new session numbers from 1 both ways; kept messages are renumbered.
     m.session.in_seq = Seq(0);

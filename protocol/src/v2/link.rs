@@ -37,6 +37,11 @@ pub struct V2 {
     /// Handshake rounds on this TCP connection (auth requests and replies, refused
     /// idents, session retries and resets), bounded by `Config::max_auth_rounds`.
     pub(crate) rounds: u32,
+    /// Accept side: the server cookie a lossless session opened on this connection
+    /// gets (0 until the first CLIENT_IDENT). Drawn before the accept decision, as
+    /// Ceph's `send_server_ident` draws it before `accept_conn` registers the
+    /// connection: the messenger publishes it with the registration.
+    pub(crate) offered_cookie: u64,
 }
 
 impl V2 {
@@ -50,6 +55,7 @@ impl V2 {
             peer_addrs: EntityAddrVec::default(),
             socket_local: None,
             rounds: 0,
+            offered_cookie: 0,
         }
     }
 }
@@ -73,6 +79,12 @@ impl Machine<V2> {
     /// The connection mode negotiated by the last AUTH_DONE (UNKNOWN before).
     pub fn con_mode(&self) -> ConMode {
         self.proto.con_mode
+    }
+
+    /// Accept side: the server cookie a lossless session opened by the pending
+    /// CLIENT_IDENT gets (0 before the first ident).
+    pub fn offered_server_cookie(&self) -> u64 {
+        self.proto.offered_cookie
     }
 
     /// The global id from AUTH_DONE (0 before).
