@@ -658,6 +658,18 @@ fn connector_edges() {
     c.handle_bytes(now, Bytes::from(b));
     assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(15)));
 
+    // WAIT to a lossy connector: its session ends (ms_handle_reset), as Ceph's handle_wait
+    // faults from WAIT, a state past those in which ProtocolV2 retries a lossy connect.
+    let (mut c, now) = connector(Policy::lossy_client());
+    let mut b = acceptor_prefix(EntityType::MON);
+    b.extend(frame(&Wait));
+    c.handle_bytes(now, Bytes::from(b));
+    let evs = events(&mut c);
+    assert!(matches!(evs.first(), Some(Event::Reset)), "{evs:?}");
+    assert!(matches!(evs.get(1), Some(Event::Closed { .. })), "{evs:?}");
+    assert_eq!(closed_by_fault(&evs), Some(Fault::Wait));
+    assert!(c.is_closed() && c.poll_timeout().is_none(), "{c}");
+
     // SESSION_RESET in answer to a CLIENT_IDENT (not a reconnect): a protocol error.
     let (mut c, now) = connector(Policy::lossless_client());
     let mut b = acceptor_prefix(EntityType::MON);

@@ -97,9 +97,10 @@ pub struct FaultContext {
     pub has_pending: bool,
     /// The fault is a WAIT reply (race lost).
     pub wait: bool,
-    /// A connector's fault in its handshake that ends a lossy session (msgr v1 once its
-    /// banner was written, [`v1_still_connecting`]: Ceph's ProtocolV1 resets there, its
-    /// ProtocolV2 retries).
+    /// A connector's fault in its handshake that ends a lossy session: msgr v1 once its
+    /// banner was written ([`v1_still_connecting`]: Ceph's ProtocolV1 resets there),
+    /// msgr2 on a WAIT reply (Ceph's ProtocolV2 faults from its WAIT state, past the
+    /// states in which it retries a lossy connect).
     pub lossy_handshake_ends: bool,
     /// The backoff used for the previous attempt (zero if none yet).
     pub prev_backoff: Duration,
@@ -121,8 +122,8 @@ impl FaultContext {
 /// What to do after a fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultAction {
-    /// Lossy session that was open, or a lossy msgr v1 connector faulting past
-    /// CONNECTING: drop it (`ms_handle_reset`) and stop.
+    /// Lossy session that was open, a lossy msgr v1 connector faulting past CONNECTING,
+    /// or a lossy msgr2 connector answered WAIT: drop it (`ms_handle_reset`) and stop.
     Reset,
     /// A connection that never carried a session (half-accepted): close quietly.
     Close,
@@ -140,7 +141,8 @@ pub enum FaultAction {
 pub fn fault_action(ctx: &FaultContext) -> FaultAction {
     // A lossy session dies with its connection; a lossy connector still retries while
     // it has never been open (Ceph keeps lossy connects in START_CONNECT), in msgr v1
-    // only until its banner was written (ProtocolV1's CONNECTING: v1_still_connecting).
+    // only until its banner was written (ProtocolV1's CONNECTING: v1_still_connecting),
+    // in msgr2 unless it was answered WAIT (ProtocolV2's WAIT state).
     if ctx.lossy && ctx.lossy_handshake_ends {
         return FaultAction::Reset;
     }

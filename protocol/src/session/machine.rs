@@ -127,7 +127,7 @@ pub trait Protocol: Sized + Send + 'static {
     /// Whether `fault`, in a connector's handshake, ends a lossy session with a reset
     /// rather than a retry: Ceph's ProtocolV1 retries a lossy connect only in
     /// START_CONNECT and CONNECTING (until its banner was written), its ProtocolV2
-    /// through SESSION_RECONNECTING.
+    /// from START_CONNECT through SESSION_RECONNECTING, which a WAIT reply leaves.
     fn lossy_handshake_ends(m: &Machine<Self>, fault: &Fault) -> bool;
 }
 

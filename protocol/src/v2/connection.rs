@@ -179,7 +179,10 @@ impl Protocol for V2 {
         Some(m.proto.con_mode.name())
     }
 
-    fn lossy_handshake_ends(_m: &Machine<V2>, _fault: &Fault) -> bool {
-        false
+    fn lossy_handshake_ends(_m: &Machine<V2>, fault: &Fault) -> bool {
+        // Ceph's handle_wait enters WAIT before it faults, and WAIT lies outside the
+        // connector's states in which a lossy connect is retried; every other fault of
+        // the connector's handshake happens inside them.
+        matches!(fault, Fault::Wait)
     }
 }
