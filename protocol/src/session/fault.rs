@@ -146,8 +146,12 @@ pub fn fault_action(ctx: &FaultContext) -> FaultAction {
     if ctx.lossy && ctx.lossy_handshake_ends {
         return FaultAction::Reset;
     }
+    // Past connecting, a lossy session that ever carried one (open, or resumed and
+    // waiting for the peer's in_seq) is reported reset, as Ceph's fault does in every
+    // state past CONNECTING; only a half-accepted one closes quietly (never announced).
     if ctx.lossy && ctx.past_connecting() {
-        return if ctx.was_open { FaultAction::Reset } else { FaultAction::Close };
+        let carried = ctx.was_open || ctx.once_ready;
+        return if carried { FaultAction::Reset } else { FaultAction::Close };
     }
     // Half-accepted and nothing of ours to deliver: nobody depends on this connection.
     if ctx.side == Side::Accept && !ctx.once_ready && !ctx.has_pending {
@@ -269,8 +273,25 @@ mod tests {
         assert_eq!(fault_action(&c), FaultAction::Standby, "a server never dials");
         let c = FaultContext { once_ready: false, has_pending: true, ..c };
         assert_eq!(fault_action(&c), FaultAction::Standby, "nor for a replace's messages");
-        let c = FaultContext { lossy: true, side: Side::Accept, was_open: false, ..ctx() };
+        let c = FaultContext {
+            lossy: true,
+            side: Side::Accept,
+            was_open: false,
+            once_ready: false,
+            ..ctx()
+        };
         assert_eq!(fault_action(&c), FaultAction::Close);
+    }
+
+    // A session a v1 replace resumed (its SEQ sent, the peer's in_seq not read yet) and
+    // then marked disposable: Ceph's fault resets it (lossy, past CONNECTING), and our
+    // dispatchers, which heard it accepted, must hear it reset. Before, it closed quietly
+    // (it was not open), and no ms_handle_reset came.
+    #[test]
+    fn a_lossy_resumed_session_not_yet_open_resets() {
+        let c = FaultContext { lossy: true, side: Side::Accept, was_open: false, ..ctx() };
+        assert!(c.once_ready);
+        assert_eq!(fault_action(&c), FaultAction::Reset);
     }
 
     // "with nothing to send, going to standby".
