@@ -112,7 +112,9 @@ fn a_kept_message_holds_its_count(proto: ProtocolVersion, fast: bool) {
         }
         drop(kept);
     }
-    assert_eq!(msgs.current(), 0, "every count given back with its message");
+    // The worker gives back what it took ahead for reading at the end of its pass,
+    // which may come just after the last message was dropped.
+    wait_until(|| msgs.current() == 0, || format!("{} counts never given back", msgs.current()));
     cli.shutdown();
     srv.shutdown();
 }
@@ -158,7 +160,9 @@ fn a_kept_message_holds_its_bytes(proto: ProtocolVersion, fast: bool) {
         }
         drop(kept);
     }
-    assert_eq!(bytes.current(), 0, "every byte given back with its message");
+    // The worker gives back what it took ahead for reading at the end of its pass,
+    // which may come just after the last message was dropped.
+    wait_until(|| bytes.current() == 0, || format!("{} bytes never given back", bytes.current()));
     cli.shutdown();
     srv.shutdown();
 }
