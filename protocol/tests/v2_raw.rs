@@ -98,11 +98,15 @@ struct Acceptor {
 }
 
 impl Acceptor {
+    fn new() -> Self {
+        Acceptor::with_config(node_config(0, 6789, 0))
+    }
+
     // Starts the virtual clock from the real one (`Instant` has no other constructor).
     #[allow(clippy::disallowed_methods)]
-    fn new() -> Self {
+    fn with_config(config: protocol::Config) -> Self {
         let now = Instant::now();
-        let conn = Connection::accept(Arc::new(node_config(0, 6789, 0)), sa(40000), sa(6789), now);
+        let conn = Connection::accept(Arc::new(config), sa(40000), sa(6789), now);
         let mut a = Acceptor { conn, now, wire: Vec::new() };
         a.flush();
         a
@@ -392,6 +396,63 @@ fn auth_none_names_the_peer_it_was_given() {
     assert_eq!(who.name, protocol::types::AuthEntityName::new(EntityType::CLIENT, "admin"));
     assert_eq!(who.global_id, protocol::auth::FIRST_GLOBAL_ID);
     assert!(who.caps.allow_all);
+}
+
+// A cephx monitor refuses an empty auth payload with -EACCES before its method reads
+// it, at the start of the exchange and in AUTH_REQUEST_MORE alike, as Ceph's
+// Monitor::handle_auth_request does over msgr2 (its check comes before `more` is looked
+// at); the empty AUTH_REQUEST_MORE answered -EINVAL. The connector may start over.
+#[test]
+fn an_empty_auth_payload_is_refused_with_eacces() {
+    use protocol::auth::cephx::{CephxProvider, KeyServer, RngSource, WallClock};
+    use protocol::auth::{AuthConfig, CryptoKey, KeyEntry, KeyRing};
+    use protocol::encoding::UTime;
+    use protocol::types::{AuthEntityName, AUTH_CEPHX};
+    use rand::{rngs::StdRng, SeedableRng};
+
+    let wall = UTime::new(1_700_000_000, 0);
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut ring = KeyRing::new();
+    let admin = AuthEntityName::new(EntityType::CLIENT, "admin");
+    ring.insert(admin, KeyEntry::new(CryptoKey::generate(wall, &mut rng)));
+    let keys = KeyServer::new(ring, AuthConfig::ceph_defaults(), wall, &mut rng);
+    let rngs: RngSource = Arc::new(|| Box::new(StdRng::seed_from_u64(8)) as _);
+    let mut config = node_config(0, 6789, 0);
+    // The clock's anchor only dates tickets, which no step here issues.
+    #[allow(clippy::disallowed_methods)]
+    let clock = WallClock::anchored(Instant::now(), wall);
+    let mon = CephxProvider::new(
+        AuthEntityName::new(EntityType::MON, "0"),
+        AuthConfig::ceph_defaults(),
+        clock,
+        rngs,
+    )
+    .with_key_server(Arc::new(keys));
+    config.auth = Arc::new(mon);
+    let request = |payload: &'static [u8]| AuthRequest {
+        method: AUTH_CEPHX,
+        preferred_modes: vec![ConMode::CRC],
+        payload: Bytes::from_static(payload),
+    };
+    let refused = |a: &Acceptor| {
+        let last = a.sent().pop().unwrap();
+        assert_eq!(last.tag(), Tag::AUTH_BAD_METHOD);
+        let bad = AuthBadMethod::from_segment(&last.segments[0]).unwrap();
+        (bad.method, bad.result)
+    };
+    let mut a = Acceptor::with_config(config);
+    a.hello();
+    a.feed(&frame(&request(b"")));
+    assert_eq!(refused(&a), (AUTH_CEPHX, -13), "an empty AUTH_REQUEST");
+    // Monitor mode, client.admin, no global id: challenged.
+    a.feed(&frame(&request(b"\x0a\x08\x00\x00\x00\x05\x00\x00\x00admin\0\0\0\0\0\0\0\0")));
+    assert_eq!(a.sent().last().unwrap().tag(), Tag::AUTH_REPLY_MORE);
+    assert!(a.feed(&frame(&AuthRequestMore { payload: Bytes::new() })).is_empty());
+    assert_eq!(refused(&a), (AUTH_CEPHX, -13), "an empty AUTH_REQUEST_MORE");
+    let before = a.sent().len();
+    a.feed(&frame(&request(b"\x0a\x08\x00\x00\x00\x05\x00\x00\x00admin\0\0\0\0\0\0\0\0")));
+    let sent = a.sent();
+    assert_eq!((sent.len(), sent.last().unwrap().tag()), (before + 1, Tag::AUTH_REPLY_MORE));
 }
 
 // An aborted MESSAGE funded by the receive credit gives that credit back, whether it

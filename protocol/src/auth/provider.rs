@@ -136,7 +136,8 @@ pub enum AuthStep {
 pub trait AuthServer: Send {
     /// Handles the payload of AUTH_REQUEST (`more` false) or AUTH_REQUEST_MORE (true)
     /// for a connection in `mode`, at `now` (cephx checks ticket expiry and stamps the
-    /// tickets it issues with the wall-clock time of `now`).
+    /// tickets it issues with the wall-clock time of `now`). The machine never passes an
+    /// empty payload: it refuses one itself with [`EACCES`], as Ceph's auth servers do.
     fn handle_request(
         &mut self,
         now: Instant,

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::auth::{filter_modes, pick_mode, AuthRole, AuthStep, EOPNOTSUPP};
+use crate::auth::{filter_modes, pick_mode, AuthRole, AuthStep, EACCES, EOPNOTSUPP};
 use crate::session::REFUSED_FOREIGN;
 use crate::session::{
     AcceptRequest, CloseReason, ConnectSeq, Counters, Decision, Event, Fault, GlobalSeq, Initiator,
@@ -93,7 +93,17 @@ pub(crate) fn on_auth_request(m: &mut Machine<V2>, now: Instant, f: &Frame) -> R
             return Err(unexpected(other));
         }
     };
-    match auth.server.handle_request(now, auth.mode, more, &payload) {
+    // Ceph's auth servers refuse an empty payload with -EACCES before the method reads
+    // it, whether it starts the exchange or continues it (Monitor::handle_auth_request
+    // over msgr2; a daemon's MonClient::handle_auth_request, its messenger requiring an
+    // authorizer). A cephx monitor's AUTH_REQUEST_MORE answered -EINVAL, its request
+    // decoder having met no bytes.
+    let step = if payload.is_empty() {
+        AuthStep::Reject { result: EACCES }
+    } else {
+        auth.server.handle_request(now, auth.mode, more, &payload)
+    };
+    match step {
         AuthStep::More(payload) => {
             send_control(m, Some(&mut t), &AuthReplyMore { payload });
             m.set_state(State::Handshake {
