@@ -85,7 +85,7 @@ pub fn entity_addr(data: &[u8]) {
     }
     if let Ok(v) = EntityAddrVec::decode(&mut Decoder::new(data)) {
         let mut e = Encoder::new();
-        v.encode(&mut e, Features::MSG_ADDR2 | Features::SERVER_NAUTILUS);
+        v.encode(&mut e, Features::MSG_ADDR2 | Features::SERVER_NAUTILUS_MASK);
         assert_eq!(EntityAddrVec::decode(&mut Decoder::new(e.as_slice())), Ok(v));
     }
 }

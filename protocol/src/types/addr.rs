@@ -18,7 +18,6 @@ pub const LEGACY_ADDR_LEN: usize = 136;
 /// flowinfo 4, address 16, scope id 4), so no longer key is needed for IPv6.
 pub const RACE_KEY_LEN: usize = 36;
 
-const AF_UNSPEC: u16 = 0;
 const AF_INET: u16 = 2;
 /// Linux's `AF_INET6` (Ceph writes the host's value; every Ceph peer we meet is Linux).
 const AF_INET6: u16 = 10;
@@ -59,7 +58,8 @@ pub struct EntityAddr {
     pub ty: AddrType,
     /// Distinguishes processes on the same ip:port (random for clients, 0 for monitors).
     pub nonce: u32,
-    /// The socket address; `None` for `AF_UNSPEC` (a blank address).
+    /// The socket address; `None` for `AF_UNSPEC` (a blank address), and for a family
+    /// other than inet and inet6, which Ceph decodes and treats as a blank IP with port 0.
     pub addr: Option<SocketAddr>,
 }
 
@@ -102,33 +102,27 @@ impl EntityAddr {
         }
     }
 
-    /// Parses sockaddr bytes whose family is in the given byte order.
-    fn read_sockaddr(b: &[u8], family_be: bool) -> Result<Option<SocketAddr>> {
-        if b.len() < 2 {
-            return if b.is_empty() {
-                Ok(None)
-            } else {
-                Err(Error::Malformed("sockaddr shorter than its family"))
-            };
-        }
+    /// Parses sockaddr bytes whose family is in the given byte order: `b` is zero-filled
+    /// past what the peer sent, as Ceph's freshly zeroed address is.
+    ///
+    /// A family other than inet and inet6 is no address: Ceph keeps its bytes, which it
+    /// treats as a blank IP with port 0 (`is_blank_ip`, `get_port`), and its legacy
+    /// decoder drops them (`set_sockaddr` refuses the family).
+    fn read_sockaddr(b: &[u8; SOCKADDR_IN6_LEN], family_be: bool) -> Option<SocketAddr> {
         let fam = [b[0], b[1]];
         let family = if family_be { u16::from_be_bytes(fam) } else { u16::from_le_bytes(fam) };
-        let mut d = Decoder::new(&b[2..]);
+        let port = u16::from_be_bytes([b[2], b[3]]);
+        let word = |at: usize| [b[at], b[at + 1], b[at + 2], b[at + 3]];
         match family {
-            AF_UNSPEC => Ok(None),
-            AF_INET => {
-                let port = u16::from_be_bytes(d.array()?);
-                let ip = Ipv4Addr::from(d.array::<4>()?);
-                Ok(Some(SocketAddr::V4(SocketAddrV4::new(ip, port))))
-            }
+            AF_INET => Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(word(4)), port))),
             AF_INET6 => {
-                let port = u16::from_be_bytes(d.array()?);
-                let flowinfo = u32::from_le_bytes(d.array()?);
-                let ip = Ipv6Addr::from(d.array::<16>()?);
-                let scope = u32::from_le_bytes(d.array()?);
-                Ok(Some(SocketAddr::V6(SocketAddrV6::new(ip, port, flowinfo, scope))))
+                let mut ip = [0u8; 16];
+                ip.copy_from_slice(&b[8..24]);
+                let flowinfo = u32::from_le_bytes(word(4));
+                let scope = u32::from_le_bytes(word(24));
+                Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, flowinfo, scope)))
             }
-            _ => Err(Error::Unsupported("address family other than inet/inet6")),
+            _ => None,
         }
     }
 
@@ -164,8 +158,10 @@ impl EntityAddr {
 
     fn decode_legacy_after_marker(d: &mut Decoder<'_>) -> Result<Self> {
         let nonce = d.u32()?;
-        let storage = d.bytes(SOCKADDR_STORAGE_LEN)?;
-        let addr = Self::read_sockaddr(storage, true)?;
+        let storage: [u8; SOCKADDR_STORAGE_LEN] = d.array()?;
+        let mut sa = [0u8; SOCKADDR_IN6_LEN];
+        sa.copy_from_slice(&storage[..SOCKADDR_IN6_LEN]);
+        let addr = Self::read_sockaddr(&sa, true);
         Ok(EntityAddr { ty: AddrType::LEGACY, nonce, addr })
     }
 
@@ -204,19 +200,44 @@ impl EntityAddr {
         }
     }
 
+    /// The new form's sockaddr, as Ceph's `entity_addr_t::decode` takes it: length 0 is
+    /// no address; else a family (LE) and at most as many bytes as that family's
+    /// sockaddr holds (16 for inet; 28, the union's size, for inet6 and any other
+    /// family), shorter ones zero-filled.
     fn decode_new_after_marker(d: &mut Decoder<'_>) -> Result<Self> {
         d.versioned("entity_addr_t", 1, |d, _v| {
             let ty = AddrType(d.u32()?);
             let nonce = d.u32()?;
-            let len = d.u32()? as usize;
-            if len > SOCKADDR_IN6_LEN {
-                return Err(Error::TooLarge {
-                    what: "entity_addr_t sockaddr",
-                    len: len as u64,
-                    limit: SOCKADDR_IN6_LEN as u64,
-                });
+            let len = d.u32()?;
+            if len == 0 {
+                return Ok(EntityAddr { ty, nonce, addr: None });
             }
-            let addr = Self::read_sockaddr(d.bytes(len)?, false)?;
+            if len < 2 {
+                return Err(Error::Malformed("sockaddr shorter than its family"));
+            }
+            // No family's sockaddr is longer: refused before the family is read.
+            let too_large = |limit: usize| Error::TooLarge {
+                what: "entity_addr_t sockaddr",
+                len: u64::from(len),
+                limit: limit as u64,
+            };
+            if len as usize > SOCKADDR_IN6_LEN {
+                return Err(too_large(SOCKADDR_IN6_LEN));
+            }
+            let family = u16::from_le_bytes(d.array()?);
+            let limit = if family == AF_INET { SOCKADDR_IN_LEN } else { SOCKADDR_IN6_LEN };
+            if len as usize > limit {
+                return Err(too_large(limit));
+            }
+            let mut sa = [0u8; SOCKADDR_IN6_LEN];
+            let [lo, hi] = family.to_le_bytes();
+            sa[0] = lo;
+            sa[1] = hi;
+            // At most 26 bytes (the limit above): the zip never runs past `sa`.
+            for (to, from) in sa[2..].iter_mut().zip(d.bytes(len as usize - 2)?) {
+                *to = *from;
+            }
+            let addr = Self::read_sockaddr(&sa, false);
             Ok(EntityAddr { ty, nonce, addr })
         })
     }
@@ -402,14 +423,100 @@ mod tests {
         assert_eq!(mon().to_string(), "v1:127.0.0.1:6789/0");
     }
 
+    /// A new-form v2 `entity_addr_t`, nonce 0, whose sockaddr length field says `len`
+    /// and whose sockaddr bytes are `family` (LE) then `rest`.
+    fn new_form(len: u32, family: Option<u16>, rest: &[u8]) -> Vec<u8> {
+        let mut sa = family.map_or(Vec::new(), |f| f.to_le_bytes().to_vec());
+        sa.extend_from_slice(rest);
+        let mut e = Encoder::new();
+        e.u8(1);
+        e.versioned(1, 1, |e| {
+            e.u32(AddrType::MSGR2.0).u32(0).u32(len).bytes(&sa);
+        });
+        e.as_slice().to_vec()
+    }
+
+    fn decode_new(b: &[u8]) -> Result<Option<SocketAddr>> {
+        let mut d = Decoder::new(b);
+        let a = EntityAddr::decode(&mut d)?;
+        d.finish()?;
+        Ok(a.addr)
+    }
+
+    // Ceph's entity_addr_t::decode (Linux): a sockaddr length of 0 is no address, 1 is
+    // shorter than the family ("elen smaller than family len"); past the family, at
+    // most the family's sockaddr (16 for inet, 28 for inet6 and for any other family,
+    // the union's size: "elen exceeds sockaddr len"); shorter ones are zero-filled. An
+    // inet length of 17..=28 was accepted.
+    #[test]
+    fn new_form_sockaddr_lengths_follow_ceph_per_family() {
+        let port_ip = [0x1a, 0x85, 127, 0, 0, 1];
+        let v4 = |a: &str| Ok(Some(a.parse::<SocketAddr>().unwrap()));
+        assert_eq!(decode_new(&new_form(0, None, &[])), Ok(None));
+        assert!(matches!(decode_new(&new_form(1, None, &[2])), Err(Error::Malformed(_))));
+        let inet = Some(AF_INET);
+        assert_eq!(decode_new(&new_form(2, inet, &[])), v4("0.0.0.0:0"));
+        assert_eq!(decode_new(&new_form(4, inet, &port_ip[..2])), v4("0.0.0.0:6789"));
+        assert_eq!(decode_new(&new_form(8, inet, &port_ip)), v4("127.0.0.1:6789"));
+        // sin_zero is read and ignored.
+        let mut full = port_ip.to_vec();
+        full.extend_from_slice(&[9; 8]);
+        assert_eq!(decode_new(&new_form(16, inet, &full)), v4("127.0.0.1:6789"));
+        full.push(0);
+        let too_long = decode_new(&new_form(17, inet, &full));
+        assert!(
+            matches!(too_long, Err(Error::TooLarge { len: 17, limit: 16, .. })),
+            "{too_long:?}"
+        );
+        // inet6: 28 bytes, and a shorter one zero-filled.
+        let inet6 = Some(AF_INET6);
+        let mut six = vec![0x0c, 0xe4, 1, 0, 0, 0];
+        six.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        six.extend_from_slice(&3u32.to_le_bytes());
+        let want = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 3300, 1, 3));
+        assert_eq!(decode_new(&new_form(28, inet6, &six)), Ok(Some(want)));
+        let short = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 3300, 0, 0));
+        assert_eq!(decode_new(&new_form(4, inet6, &six[..2])), Ok(Some(short)));
+        six.push(0);
+        assert!(matches!(
+            decode_new(&new_form(29, inet6, &six)),
+            Err(Error::TooLarge { len: 29, limit: 28, .. })
+        ));
+        // AF_UNSPEC and families Ceph does not know (AF_UNIX, 9, 0xffff): up to the
+        // union's 28 bytes, no address (Ceph: a blank IP, port 0).
+        for family in [0, 1, 9, 0xffff] {
+            for len in [2, 16, 17, 28] {
+                let rest = vec![7; len - 2];
+                let got = decode_new(&new_form(len as u32, Some(family), &rest));
+                assert_eq!(got, Ok(None), "family {family}, length {len}");
+            }
+            let rest = [7; 27];
+            let got = decode_new(&new_form(29, Some(family), &rest));
+            assert!(matches!(got, Err(Error::TooLarge { limit: 28, .. })), "family {family}");
+        }
+        // A length past the bytes there are is truncated input, not a panic.
+        assert!(decode_new(&new_form(16, inet, &port_ip)).is_err());
+    }
+
+    // Ceph's legacy decoder takes any family: set_sockaddr copies inet and inet6 and
+    // leaves the zeroed address for any other (it was refused).
+    #[test]
+    fn legacy_form_takes_any_family_as_ceph_does() {
+        for family in [1u16, 9, 0xffff] {
+            let mut b = mon().encode_legacy();
+            b[8..10].copy_from_slice(&family.to_be_bytes());
+            let got = EntityAddr::decode_legacy(&b).unwrap();
+            assert_eq!(got, EntityAddr { ty: AddrType::LEGACY, nonce: 0, addr: None });
+            let mut d = Decoder::new(&b);
+            assert_eq!(EntityAddr::decode(&mut d).unwrap(), got);
+        }
+    }
+
     #[test]
     fn hostile_new_form_is_rejected() {
         // sockaddr_len 200 > 28.
         let b = [1, 1, 1, 12, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 200, 0, 0, 0];
         assert!(matches!(EntityAddr::decode(&mut Decoder::new(&b)), Err(Error::TooLarge { .. })));
-        // Unknown family.
-        let b = [1, 1, 1, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 9, 0];
-        assert!(matches!(EntityAddr::decode(&mut Decoder::new(&b)), Err(Error::Unsupported(_))));
         assert!(EntityAddrVec::decode(&mut Decoder::new(&[3])).is_err());
         assert!(EntityAddrVec::decode(&mut Decoder::new(&[2, 0xff, 0xff, 0xff, 0xff])).is_err());
     }
