@@ -124,11 +124,13 @@ pub struct MessengerConfig {
     /// `ms_crc_data`: compute and check the data crc.
     #[doc(alias = "ms_crc_data")]
     pub crc_data: bool,
-    /// Largest front a peer may send (checked before allocating).
+    /// Largest front a peer may send (checked before allocating; at least 1).
     pub max_front: u32,
-    /// Largest middle a peer may send.
+    /// Largest middle a peer may send (at least 1: Ceph has no such limit to mirror, and
+    /// 0 is refused rather than read as "none").
     pub max_middle: u32,
-    /// Largest data segment a peer may send (Ceph's `osd_max_write_size`-like bound).
+    /// Largest data segment a peer may send (Ceph's `osd_max_write_size`-like bound; at
+    /// least 1, as `max_middle`).
     pub max_data: u32,
     /// Bytes read per socket readiness event before yielding to other connections.
     pub read_budget: usize,
@@ -427,6 +429,15 @@ impl MessengerConfig {
         }
         if self.max_front == 0 {
             return bad("max_front", "0 would refuse every message");
+        }
+        // Ceph has no such limit (its receive bounds are the throttles), so no value
+        // means "none" here: 0 would fault every connection that carries such a message,
+        // a lossless one again after each reconnect, as it is replayed.
+        if self.max_middle == 0 {
+            return bad("max_middle", "0 would refuse every message with a middle segment");
+        }
+        if self.max_data == 0 {
+            return bad("max_data", "0 would refuse every message with a data segment");
         }
         if self.dispatch_batch == 0 {
             return bad("dispatch_batch", "0 messages per batch would never hand one on");

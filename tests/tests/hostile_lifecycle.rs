@@ -380,6 +380,15 @@ fn configurations_that_would_spin_or_panic_are_refused() {
         ..ok.clone()
     });
     assert!(e.contains("max_total_queued_bytes"), "{e}");
+    // A zero segment limit would refuse every message carrying that segment.
+    for (option, config) in [
+        ("max_front", MessengerConfig { max_front: 0, ..ok.clone() }),
+        ("max_middle", MessengerConfig { max_middle: 0, ..ok.clone() }),
+        ("max_data", MessengerConfig { max_data: 0, ..ok.clone() }),
+    ] {
+        let e = refused(config);
+        assert!(e.contains(option), "{e}");
+    }
     let e = refused(MessengerConfig { payload_timeout: Duration::ZERO, ..ok.clone() });
     assert!(e.contains("payload_timeout"), "{e}");
     let e = refused(MessengerConfig { write_timeout: Duration::MAX, ..ok });
