@@ -10,8 +10,7 @@
 //! checks its command against the returned signatures. A first byte NUL is Ceph's first
 //! protocol, still read by its `do_accept`: a big-endian `u32` request code (0: the
 //! protocol version, which Ceph's `AdminSocketClient::ping` also asks for as `"0"`;
-//! 1: `perfcounters_dump`; 2: `perfcounters_schema`, which we answer with Ceph's
-//! unknown-command error), answered in the same framing.
+//! 1: `perfcounters_dump`; 2: `perfcounters_schema`), answered in the same framing.
 //!
 //! An accept that fails for want of descriptors or memory (EMFILE, ENFILE, …) leaves the
 //! client queued, and the listener's edge-triggered readiness will not report it again:
@@ -465,20 +464,27 @@ impl Handler for AdminConn {
     }
 }
 
-/// The commands we serve, in the shape of Ceph's `get_command_descriptions` table. Not
-/// listed: `0` and `perfcounters_dump` (an alias of `perf dump`), which Ceph registers
-/// without help, so that its `help` omits them; `perfcounters_schema` is not served.
+/// The commands we serve, in the shape of Ceph's `get_command_descriptions` table. As in
+/// a 16.2.15 daemon's, the aliases are listed without help (`0`, the protocol version;
+/// `1` and `perfcounters_dump`, `perf dump`; `2` and `perfcounters_schema`, `perf
+/// schema`): the CLI accepts only listed commands, and `help` leaves them out.
 fn command_table() -> Value {
     json!({
-        "cmd000": {"sig": ["get_command_descriptions"], "help": "list available commands"},
-        "cmd001": {"sig": ["help"], "help": "list available commands"},
-        "cmd002": {"sig": ["messenger", "dump"],
+        "cmd000": {"sig": ["0"], "help": ""},
+        "cmd001": {"sig": ["1"], "help": ""},
+        "cmd002": {"sig": ["2"], "help": ""},
+        "cmd003": {"sig": ["get_command_descriptions"], "help": "list available commands"},
+        "cmd004": {"sig": ["help"], "help": "list available commands"},
+        "cmd005": {"sig": ["messenger", "dump"],
                    "help": "dump the messenger's connections (peer, state, features)"},
-        "cmd003": {"sig": ["perf", "dump",
+        "cmd006": {"sig": ["perf", "dump",
                            {"name": "logger", "req": "false", "type": "CephString"},
                            {"name": "counter", "req": "false", "type": "CephString"}],
                    "help": "dump perfcounters value"},
-        "cmd004": {"sig": ["version"], "help": "get asyncmsgr version"},
+        "cmd007": {"sig": ["perf", "schema"], "help": "dump perfcounters schema"},
+        "cmd008": {"sig": ["perfcounters_dump"], "help": ""},
+        "cmd009": {"sig": ["perfcounters_schema"], "help": ""},
+        "cmd010": {"sig": ["version"], "help": "get asyncmsgr version"},
     })
 }
 
@@ -499,7 +505,10 @@ fn answer(env: &Env, command: &[u8]) -> Vec<u8> {
             let table = command_table();
             let mut help = serde_json::Map::new();
             if let Some(cmds) = table.as_object() {
-                for cmd in cmds.values() {
+                // Ceph's HelpHook lists only commands with help.
+                for cmd in
+                    cmds.values().filter(|c| c["help"].as_str().is_some_and(|h| !h.is_empty()))
+                {
                     let sig: Vec<&str> = cmd["sig"]
                         .as_array()
                         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -513,7 +522,7 @@ fn answer(env: &Env, command: &[u8]) -> Vec<u8> {
         // daemon about to bind our path pings with it, and takes any answer longer than
         // one byte for a stale socket to unlink.
         "0" => b"2".to_vec(),
-        "perf dump" | "perfcounters_dump" => {
+        "perf dump" | "perfcounters_dump" | "1" => {
             let all = env.perf_dump();
             match parsed.get("logger").and_then(Value::as_str) {
                 Some(logger) => match all.get(logger) {
@@ -528,6 +537,8 @@ fn answer(env: &Env, command: &[u8]) -> Vec<u8> {
                 None => pretty(&all),
             }
         }
+        // Ceph's takes no arguments: always every section.
+        "perf schema" | "perfcounters_schema" | "2" => pretty(&env.perf_schema()),
         "messenger dump" => pretty(&env.sessions.dump()),
         "version" => pretty(&json!({
             "version": env!("CARGO_PKG_VERSION"),

@@ -81,6 +81,69 @@ pub struct WorkerCounters {
     pub inject_delayed_messages: AtomicU64,
 }
 
+/// What a counter's value in `perf dump` is, as Ceph's `perf schema` describes it: its
+/// `type` (the `PERFCOUNTER_*` bits), `metric_type` and `value_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PerfType {
+    /// A count that only grows: an integer (`PERFCOUNTER_U64 | PERFCOUNTER_COUNTER`).
+    Counter,
+    /// A level that goes up and down, or a configured bound: an integer
+    /// (`PERFCOUNTER_U64`).
+    Gauge,
+    /// Seconds: a real (`PERFCOUNTER_TIME`).
+    Time,
+    /// An average of times: `avgcount`, `sum` and `avgtime`
+    /// (`PERFCOUNTER_TIME | PERFCOUNTER_LONGRUNAVG`).
+    TimeAverage,
+}
+
+/// Whether a counter counts bytes (Ceph's `units`: `bytes` or `none`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PerfUnit {
+    /// A number of things, or seconds.
+    None,
+    /// Bytes.
+    Bytes,
+}
+
+/// One counter's entry in `perf schema`, in the shape of Ceph's
+/// (`PerfCounters::dump_formatted_generic` with `schema`): we give no counter a nick or
+/// a priority.
+pub(crate) fn perf_schema_entry(
+    ty: PerfType,
+    unit: PerfUnit,
+    description: &str,
+) -> serde_json::Value {
+    // Ceph's bits: TIME 1, U64 2, LONGRUNAVG 4, COUNTER 8.
+    let (bits, metric, value) = match ty {
+        PerfType::Counter => (10, "counter", "integer"),
+        PerfType::Gauge => (2, "gauge", "integer"),
+        PerfType::Time => (1, "gauge", "real"),
+        PerfType::TimeAverage => (5, "gauge", "real-integer-pair"),
+    };
+    serde_json::json!({
+        "type": bits,
+        "metric_type": metric,
+        "value_type": value,
+        "description": description,
+        "nick": "",
+        "priority": 0,
+        "units": match unit {
+            PerfUnit::None => "none",
+            PerfUnit::Bytes => "bytes",
+        },
+    })
+}
+
+/// A `perf schema` section from `(name, type, unit, description)` rows.
+pub(crate) fn perf_schema_section(rows: &[(&str, PerfType, PerfUnit, &str)]) -> serde_json::Value {
+    let mut section = serde_json::Map::new();
+    for &(name, ty, unit, description) in rows {
+        section.insert(name.into(), perf_schema_entry(ty, unit, description));
+    }
+    serde_json::Value::Object(section)
+}
+
 fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -160,5 +223,56 @@ impl WorkerCounters {
             }
         }
         section
+    }
+
+    /// What [`to_json`](Self::to_json)'s counters are, in the shape of Ceph's `perf
+    /// schema` section (Ceph's descriptions for Ceph's counters).
+    pub(crate) fn schema() -> serde_json::Value {
+        use PerfType::{Counter, Gauge, Time, TimeAverage};
+        use PerfUnit::{Bytes, None};
+        #[allow(unused_mut)]
+        let mut rows = vec![
+            ("msgr_recv_messages", Counter, None, "Network received messages"),
+            ("msgr_send_messages", Counter, None, "Network sent messages"),
+            ("msgr_recv_bytes", Counter, Bytes, "Network received bytes"),
+            ("msgr_send_bytes", Counter, Bytes, "Network sent bytes"),
+            ("msgr_created_connections", Counter, None, "Created connection number"),
+            // A counter in Ceph's schema too, though it falls as connections close.
+            ("msgr_active_connections", Counter, None, "Active connection number"),
+            ("msgr_running_total_time", Time, None, "The total time of thread running"),
+            ("msgr_running_send_time", Time, None, "The total time of message sending"),
+            ("msgr_running_recv_time", Time, None, "The total time of message receiving"),
+            ("msgr_send_messages_queue_lat", TimeAverage, None, "Network sent messages lat"),
+            ("msgr_recv_held_bytes", Gauge, Bytes, "Memory held by messages being received"),
+            ("msgr_peer_issues", Counter, None, "Protocol violations by peers"),
+            ("msgr_peer_issues_unlogged", Counter, None, "Protocol violations by peers not logged"),
+            (
+                "msgr_recv_budget_requests",
+                Counter,
+                None,
+                "Received messages whose budget was asked of the throttles",
+            ),
+            (
+                "msgr_accept_paused_for_events",
+                Counter,
+                None,
+                "Times accepting paused for queued connection events",
+            ),
+        ];
+        #[cfg(feature = "fault-injection")]
+        rows.extend([
+            (
+                "msgr_inject_socket_ops",
+                Counter,
+                None,
+                "Socket operations drawn for injected failures",
+            ),
+            ("msgr_inject_socket_failures", Counter, None, "Socket operations failed on purpose"),
+            ("msgr_inject_writes", Counter, None, "Writes drawn for injected congestion"),
+            ("msgr_inject_congested_writes", Counter, None, "Writes refused as if congested"),
+            ("msgr_inject_internal_delays", Counter, None, "Injected internal delays"),
+            ("msgr_inject_delayed_messages", Counter, None, "Received messages delayed on purpose"),
+        ]);
+        perf_schema_section(&rows)
     }
 }

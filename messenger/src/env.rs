@@ -370,6 +370,59 @@ impl Env {
         );
         serde_json::Value::Object(obj)
     }
+
+    /// What [`perf_dump`](Self::perf_dump) holds, section by section, in the shape of
+    /// Ceph's `perf schema`.
+    pub(crate) fn perf_schema(&self) -> serde_json::Value {
+        use crate::counters::{perf_schema_section, PerfType::*, PerfUnit::None};
+        let mut obj = serde_json::Map::new();
+        for i in 0..self.counters.len() {
+            obj.insert(format!("AsyncMessenger::Worker-{i}"), WorkerCounters::schema());
+        }
+        // Ceph's descriptions, but `wait` counts waits here (Ceph's is their latency).
+        obj.insert(
+            "throttle-msgr_dispatch_throttler".into(),
+            perf_schema_section(&[
+                ("val", Gauge, None, "Currently available throttle"),
+                ("max", Gauge, None, "Max value for throttle"),
+                ("get", Counter, None, "Gets"),
+                ("get_sum", Counter, None, "Got data"),
+                ("get_or_fail_fail", Counter, None, "Get blocked during get_or_fail"),
+                ("get_or_fail_success", Counter, None, "Successful get during get_or_fail"),
+                ("take", Counter, None, "Takes"),
+                ("put", Counter, None, "Puts"),
+                ("wait", Counter, None, "Waits"),
+            ]),
+        );
+        obj.insert("msgr_send_queues".into(), SendBudget::schema());
+        obj.insert(
+            "dispatch_queue".into(),
+            perf_schema_section(&[
+                ("len", Gauge, None, "Messages and events waiting for dispatch"),
+                ("events", Gauge, None, "Events waiting for dispatch"),
+                ("dispatched", Counter, None, "Messages taken by ms_dispatch"),
+                ("discarded", Counter, None, "Messages dropped before dispatch"),
+                ("untaken", Counter, None, "Messages every dispatcher declined"),
+                ("panics", Counter, None, "Dispatcher panics caught"),
+            ]),
+        );
+        obj.insert(
+            "msgr_protocol".into(),
+            perf_schema_section(&[
+                ("connects", Counter, None, "Connect attempts"),
+                ("wait", Counter, None, "WAIT replies met"),
+                ("retry_global", Counter, None, "RETRY_GLOBAL replies met"),
+                ("retry_session", Counter, None, "RETRY_SESSION replies met"),
+                ("reset_session", Counter, None, "RESET_SESSION replies met"),
+                ("old_seq_dropped", Counter, None, "Received messages dropped as duplicates"),
+                ("bad_signatures", Counter, None, "Messages with bad signatures"),
+                ("authorizers_rejected", Counter, None, "Peer credentials refused"),
+                ("authorizers_refused_by_peer", Counter, None, "Our credentials refused by peers"),
+                ("identity_refused", Counter, None, "Peer identities refused"),
+            ]),
+        );
+        serde_json::Value::Object(obj)
+    }
 }
 
 impl Home for Env {
@@ -394,10 +447,40 @@ impl Home for Env {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use protocol::types::EntityType;
 
     use super::*;
+
+    // `perf schema` describes exactly what `perf dump` holds, section by section, and
+    // each value is of the type the schema gives it (an average is an object, a time a
+    // real, any other an integer), as Ceph's two dumps agree.
+    #[test]
+    fn perf_schema_describes_every_counter_of_perf_dump() {
+        let env = Env::new(EntityName::new(EntityType::OSD, 3), 77, MessengerConfig::default(), 2);
+        let (dump, schema) = (env.perf_dump(), env.perf_schema());
+        let (dump, schema) = (dump.as_object().unwrap(), schema.as_object().unwrap());
+        let names =
+            |o: &serde_json::Map<String, serde_json::Value>| o.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(dump), names(schema));
+        for (logger, section) in dump {
+            let (section, described) =
+                (section.as_object().unwrap(), schema[logger].as_object().unwrap());
+            assert_eq!(names(section), names(described), "{logger}");
+            for (counter, value) in section {
+                let entry = &described[counter];
+                let fits = match entry["type"].as_u64().unwrap() {
+                    5 => ["avgcount", "sum", "avgtime"].iter().all(|k| value.get(k).is_some()),
+                    1 => value.is_f64(),
+                    2 | 10 => value.is_u64(),
+                    other => panic!("{logger}.{counter}: type {other}"),
+                };
+                assert!(fits, "{logger}.{counter} = {value} against {entry}");
+                assert!(!entry["description"].as_str().unwrap().is_empty(), "{logger}.{counter}");
+            }
+        }
+    }
 
     // The configuration is built from the bound address once and fixed from then on, the
     // same whether or not its address-free part was built outside the lock.

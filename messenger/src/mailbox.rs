@@ -279,6 +279,22 @@ impl SendBudget {
         }
     }
 
+    /// What [`to_json`](Self::to_json) holds, for `perf schema`.
+    pub(crate) fn schema() -> serde_json::Value {
+        use crate::counters::{perf_schema_section, PerfType::*, PerfUnit::*};
+        perf_schema_section(&[
+            ("val", Gauge, Bytes, "Bytes of messages waiting to be sent"),
+            ("max", Gauge, Bytes, "Most bytes of messages waiting to be sent"),
+            ("max_per_connection", Gauge, Bytes, "Most bytes waiting on one connection"),
+            ("refused", Counter, None, "Messages refused for want of room"),
+            ("max_standby", Gauge, Bytes, "Most bytes waiting in standby sessions"),
+            ("standby_sessions", Gauge, None, "Sessions in standby"),
+            ("standby_held", Gauge, Bytes, "Bytes of messages waiting in standby sessions"),
+            ("max_standby_sessions", Gauge, None, "Most sessions in standby"),
+            ("standby_evicted", Counter, None, "Standby sessions reset to keep within bounds"),
+        ])
+    }
+
     /// The bounds and their use, for `perf dump`.
     pub(crate) fn to_json(&self) -> serde_json::Value {
         serde_json::json!({

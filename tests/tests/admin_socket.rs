@@ -156,6 +156,11 @@ fn the_real_ceph_cli_reads_our_admin_socket() {
     assert_eq!(received, 1, "{perf}");
     let dump = run(&["messenger", "dump"]);
     assert!(dump.as_array().is_some_and(|a| !a.is_empty()), "{dump}");
+    let schema = run(&["perf", "schema"]);
+    assert_ceph_schema_shape(&schema);
+    assert_eq!(run(&["perfcounters_schema"]), schema);
+    let perf = run(&["perfcounters_dump"]);
+    assert!(perf.get("AsyncMessenger::Worker-0").is_some(), "{perf}");
     cli.shutdown();
     srv.shutdown();
 }
@@ -288,6 +293,63 @@ fn ceph_pings_and_binary_requests_are_answered() {
     assert_eq!(binary(0), b"2");
     let perf: serde_json::Value = serde_json::from_slice(&binary(1)).expect("json");
     assert!(perf.get("AsyncMessenger::Worker-0").is_some(), "{perf}");
+    let schema: serde_json::Value = serde_json::from_slice(&binary(2)).expect("json");
+    assert!(schema.get("AsyncMessenger::Worker-0").is_some(), "{schema}");
+    srv.shutdown();
+}
+
+/// One counter's `perf schema` entry as a 16.2.15 daemon answers it for
+/// `AsyncMessenger::Worker-0`'s `msgr_recv_bytes`.
+fn assert_ceph_schema_shape(schema: &serde_json::Value) {
+    let entry = &schema["AsyncMessenger::Worker-0"]["msgr_recv_bytes"];
+    let want = serde_json::json!({
+        "type": 10, "metric_type": "counter", "value_type": "integer",
+        "description": "Network received bytes", "nick": "", "priority": 0, "units": "bytes",
+    });
+    assert_eq!(entry, &want, "{schema}");
+    let lat = &schema["AsyncMessenger::Worker-0"]["msgr_send_messages_queue_lat"];
+    assert_eq!((&lat["type"], &lat["value_type"]), (&5.into(), &"real-integer-pair".into()));
+}
+
+// Ceph registers `perf schema` for every daemon (CephContext), with `perfcounters_schema`
+// and `2` as aliases and the binary request 2: what each counter of `perf dump` is. It
+// answered "unknown command prefix"; the CLI refused `perfcounters_schema` (and
+// `perfcounters_dump`), which get_command_descriptions did not list. `help` lists only
+// the commands with help, as Ceph's.
+#[test]
+fn perf_schema_is_answered_in_cephs_shape() {
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let path = socket_path("schema");
+    srv.start_admin_socket(&path).expect("admin socket");
+    let json = |command: &[u8]| -> serde_json::Value {
+        serde_json::from_slice(&ask(&path, command)).expect("json")
+    };
+    let schema = json(br#"{"prefix": "perf schema"}"#);
+    assert_ceph_schema_shape(&schema);
+    let perf = json(br#"{"prefix": "perf dump"}"#);
+    let names =
+        |v: &serde_json::Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(names(&schema), names(&perf), "a schema section for each dump section");
+    for alias in [&br#"{"prefix": "perfcounters_schema"}"#[..], br#"{"prefix": "2"}"#] {
+        assert_eq!(json(alias), schema);
+    }
+    assert_eq!(names(&json(br#"{"prefix": "1"}"#)), names(&perf));
+    let descriptions = json(br#"{"prefix": "get_command_descriptions"}"#);
+    let listed: Vec<String> = descriptions
+        .as_object()
+        .expect("object")
+        .values()
+        .map(|c| {
+            let sig = c["sig"].as_array().expect("sig");
+            sig.iter().filter_map(|w| w.as_str()).collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    for command in ["perf schema", "perfcounters_schema", "perfcounters_dump", "0", "1", "2"] {
+        assert!(listed.iter().any(|c| c == command), "{command} not in {listed:?}");
+    }
+    let help = json(br#"{"prefix": "help"}"#);
+    assert_eq!(help["perf schema"], "dump perfcounters schema", "{help}");
+    assert!(help.get("perfcounters_schema").is_none() && help.get("0").is_none(), "{help}");
     srv.shutdown();
 }
 
