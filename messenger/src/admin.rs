@@ -5,7 +5,8 @@
 //! command — JSON such as `{"prefix": "perf dump"}`, or plain text from old clients —
 //! terminated by a NUL byte (what the CLI sends) or a newline (what a person typing into
 //! `nc -U` sends), as Ceph's `AdminSocket::do_accept` ends it at either; bytes after the
-//! terminator are never looked at. The server answers with a `u32` big-endian length and
+//! terminator are never looked at, and a client that closes before one is closed
+//! unanswered, as Ceph's is. The server answers with a `u32` big-endian length and
 //! that many bytes, then closes. The CLI first asks for `get_command_descriptions` and
 //! checks its command against the returned signatures. A first byte NUL is Ceph's first
 //! protocol, still read by its `do_accept`: a big-endian `u32` request code (0: the
@@ -264,10 +265,10 @@ impl Handler for AdminListener {
 }
 
 /// The admin socket's command framing, without the socket: a command is the bytes up to
-/// the first NUL or newline (Ceph's "null or \n terminated string"), or up to the end of
-/// the stream (old clients send no terminator), at most 64 KiB of them; or, when the first
-/// byte is a NUL, a request of the binary protocol, four bytes. Public so that it can be
-/// fuzzed; a daemon has no use for it.
+/// the first NUL or newline (Ceph's "null or \n terminated string"), at most 64 KiB of
+/// them; or, when the first byte is a NUL, a request of the binary protocol, four bytes.
+/// A stream that ends first holds no command (Ceph's `do_accept` closes it unanswered).
+/// Public so that it can be fuzzed; a daemon has no use for it.
 #[derive(Debug, Default)]
 pub struct CommandReader {
     /// What arrived of the command so far. Starts with a NUL only for a binary request
@@ -312,13 +313,6 @@ impl CommandReader {
         }
         self.input.extend_from_slice(part);
         Ok(complete.then(|| std::mem::take(&mut self.input)))
-    }
-
-    /// The client closed its side: what arrived is the command; `None` for a binary
-    /// request cut short, which Ceph closes unanswered.
-    pub fn finish(&mut self) -> Option<Vec<u8>> {
-        let input = std::mem::take(&mut self.input);
-        (input.first() != Some(&0)).then_some(input)
     }
 
     /// Ceph's `do_accept` for a first byte NUL: four bytes, of which the last picks the
@@ -380,19 +374,18 @@ impl AdminConn {
         cx.remove(id);
     }
 
-    /// Reads until the terminator (or EOF); returns the command once complete.
+    /// Reads until the terminator; returns the command once complete.
     fn read_command(&mut self) -> io::Result<Option<Vec<u8>>> {
         let mut chunk = [0u8; 4096];
         loop {
             match self.stream.read(&mut chunk) {
+                // Before the terminator (or a binary request's fourth byte): nothing to
+                // answer, as Ceph's do_accept answers nothing when its read meets EOF.
                 Ok(0) => {
-                    return match self.reader.finish() {
-                        Some(command) => Ok(Some(command)),
-                        None => Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "binary request cut short",
-                        )),
-                    };
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed before its command ended",
+                    ))
                 }
                 Ok(n) => match self.reader.feed(chunk.get(..n).unwrap_or_default()) {
                     Ok(Some(command)) => return Ok(Some(command)),
@@ -437,6 +430,12 @@ impl Handler for AdminConn {
                     self.output = Some((framed, 0));
                 }
                 Ok(None) => return,
+                // A client that connects and closes (a liveness probe) is no news.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    log::debug!(target: "msgr::admin", "admin client dropped: {e}");
+                    self.close(cx, id);
+                    return;
+                }
                 Err(e) => {
                     log::info!(target: "msgr::admin", "admin client dropped: {e}");
                     self.close(cx, id);
@@ -570,10 +569,9 @@ mod tests {
         assert_eq!(r.feed(b"version\nperf dump\0"), Ok(Some(b"version".to_vec())));
         let mut r = CommandReader::default();
         assert_eq!(r.feed(b"version\0perf dump\n"), Ok(Some(b"version".to_vec())));
-        // A client that closes without a terminator: what arrived is the command.
+        // Without a terminator, no command (its end is the socket's EOF: unanswered).
         let mut r = CommandReader::default();
         assert_eq!(r.feed(b"version"), Ok(None));
-        assert_eq!(r.finish(), Some(b"version".to_vec()));
     }
 
     // Ceph's do_accept, "old protocol: __be32": a first byte NUL, then three more, the
@@ -590,10 +588,9 @@ mod tests {
         let mut r = CommandReader::default();
         let command = r.feed(&[0, 7, 7, 9]).expect("short").expect("complete");
         assert_eq!(parse_command(&command)["prefix"], "foo");
-        // Cut short: Ceph closes without an answer.
+        // Cut short: no command yet (Ceph closes it without an answer).
         let mut r = CommandReader::default();
         assert_eq!(r.feed(&[0, 0]), Ok(None));
-        assert_eq!(r.finish(), None);
         // A NUL later on ends a command as before.
         let mut r = CommandReader::default();
         assert_eq!(r.feed(b"v\0\0\0\0"), Ok(Some(b"v".to_vec())));

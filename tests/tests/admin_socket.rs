@@ -59,6 +59,30 @@ fn a_newline_terminated_command_is_answered_while_the_client_keeps_writing_side_
     srv.shutdown();
 }
 
+// A command cut short by the client's EOF, before its NUL or newline, is not answered:
+// Ceph's AdminSocket::do_accept closes the connection when its read meets EOF (a 16.2.15
+// monitor answers `{"prefix": "version"}` sent so with nothing). It was answered.
+#[test]
+fn a_command_ended_by_eof_without_a_terminator_is_not_answered() {
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let path = socket_path("eof");
+    srv.start_admin_socket(&path).expect("admin socket");
+    for command in [&br#"{"prefix": "version"}"#[..], b"version", b"", &[0, 0, 0]] {
+        let mut s = UnixStream::connect(&path).expect("connect");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        s.write_all(command).expect("write");
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).expect("closed by the server within WAIT");
+        assert!(answer.is_empty(), "{command:?} answered {answer:?}");
+    }
+    // Terminated, it is answered as ever.
+    let v: serde_json::Value =
+        serde_json::from_slice(&ask(&path, br#"{"prefix": "version"}"#)).expect("json");
+    assert_eq!(v["release"], "asyncmsgr");
+    srv.shutdown();
+}
+
 #[test]
 fn admin_socket_answers_perf_dump_messenger_dump_and_refuses_unknown_commands() {
     let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), true);
