@@ -21,7 +21,7 @@
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +55,64 @@ pub(crate) struct AdminSocket {
     center: CenterHandle,
     listening: Listening,
     path: PathBuf,
+    file: FileClaim,
+}
+
+/// Whether an admin socket's file at its path is still its own to remove. Given up, by
+/// whoever swaps it first, when its listener turns out not to be served (the file is
+/// removed then), when it stops (likewise), or when a new admin socket of the messenger
+/// takes over the path: after that the file may be another socket's, which a late
+/// removal would make unreachable.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FileClaim(Arc<AtomicBool>);
+
+impl FileClaim {
+    fn held() -> Self {
+        FileClaim(Arc::new(AtomicBool::new(true)))
+    }
+
+    /// Whether the file is still ours.
+    pub(crate) fn holds(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Gives the file up; true if it was ours until now (the caller may remove it).
+    fn release(&self) -> bool {
+        self.0.swap(false, Ordering::AcqRel)
+    }
+
+    /// Gives the file up and removes it, if it was ours.
+    fn remove(&self, path: &Path) {
+        if self.release() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Removes the socket file of a listener that will not be served: its registration
+/// failed, or never ran (the worker stopped with it queued: dropped unrun). As Ceph's
+/// `bind_and_listen` unlinks its file when `listen` fails. Left alone once served.
+struct UnservedGuard {
+    path: PathBuf,
+    file: FileClaim,
+    served: bool,
+    /// Why the registration failed, if it ran.
+    failure: Option<String>,
+    /// Whether to log it: the caller did not wait for the outcome, so it is not returned.
+    report: bool,
+}
+
+impl Drop for UnservedGuard {
+    fn drop(&mut self) {
+        if self.served {
+            return;
+        }
+        if self.report {
+            let why = self.failure.as_deref().unwrap_or("its worker stopped first");
+            log::warn!(target: "msgr::admin", "admin socket on {}: not served ({why}): its file is removed", self.path.display());
+        }
+        self.file.remove(&self.path);
+    }
 }
 
 /// Whether a listener answers at `path`: a connect that succeeds, or that would wait
@@ -69,29 +127,34 @@ fn is_served(path: &Path) -> bool {
 }
 
 impl AdminSocket {
-    /// Serves at `path`. `replacing_ours`: the file there is this messenger's own admin
-    /// socket, which the new one replaces.
+    /// Serves at `path`. `replacing`: the claim on the file there of this messenger's
+    /// own admin socket, which the new one replaces (and which keeps no claim on it).
     ///
     /// From any thread. Off the workers it waits for the listener's registration on
     /// `center` and returns its error. On a worker (a dispatcher's `ms_fast_dispatch`, a
     /// timer) it must not wait: not for its own center, which runs the registration only
     /// once the caller returns, nor for another, which may be waiting for this one. The
-    /// registration is posted, and a failure of it (the poll's: out of memory) is
-    /// logged, not returned.
+    /// registration is posted; if it fails (the poll's: out of memory) or never runs
+    /// (the worker stopped), a warning is logged, the socket file removed and the claim
+    /// given up ([`AdminSocket::is_served`] turns false).
     pub(crate) fn start(
         path: &Path,
         env: Arc<Env>,
         center: &CenterHandle,
-        replacing_ours: bool,
+        replacing: Option<FileClaim>,
     ) -> io::Result<Self> {
         // Before the file is touched: a center that stopped would take no listener.
         if center.is_stopping() {
             return Err(io::Error::other("admin socket: the worker stopped"));
         }
+        // The path is the new socket's from here: the old one's failing registration, or
+        // its stop, must not remove the file bound below. If it gave the file up first,
+        // the path is no longer known to be ours.
+        let ours = replacing.is_some_and(|old| old.release());
         // A socket that answers is another daemon's (or messenger's): unlinked, it would
         // be unreachable, and its file removed when we stop. Ceph refuses it too, and
         // unlinks only a stale file from a previous run, which would make bind fail.
-        if !replacing_ours && is_served(path) {
+        if !ours && is_served(path) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!("admin socket: {} is served by another process", path.display()),
@@ -99,9 +162,16 @@ impl AdminSocket {
         }
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
+        let file = FileClaim::held();
         let wait = !event_center::on_a_worker();
+        let mut guard = UnservedGuard {
+            path: path.to_path_buf(),
+            file: file.clone(),
+            served: false,
+            failure: None,
+            report: !wait,
+        };
         let (tx, outcome) = crossbeam_channel::bounded(1);
-        let shown = path.to_path_buf();
         let posted = center.dispatch_event_external(move |cx: &mut Context<'_>| {
             let registered = cx.register(listener, Interest::READABLE, |_, listener| {
                 Box::new(AdminListener {
@@ -114,41 +184,42 @@ impl AdminSocket {
                 })
             });
             match &registered {
-                Err(e) if !wait => {
-                    log::warn!(target: "msgr::admin", "admin socket on {}: not served: {e}", shown.display());
-                }
-                _ => {}
+                Ok(_) => guard.served = true,
+                Err(e) => guard.failure = Some(e.to_string()),
             }
+            // Before the outcome is sent: a waiting caller finds the file gone.
+            drop(guard);
             let _ = tx.send(registered);
         });
+        // In each error below the guard removed the file: the closure ran and failed,
+        // or was dropped unrun.
         if let Err(e) = posted {
-            return Err(Self::unserved(path, io::Error::other(e)));
+            return Err(Self::unserved(io::Error::other(e)));
         }
         let listening = if wait {
             match outcome.recv() {
                 Ok(Ok(id)) => Listening::On(id),
-                Ok(Err(e)) => return Err(Self::unserved(path, e)),
+                Ok(Err(e)) => return Err(Self::unserved(e)),
                 // Dropped unrun: the center stopped meanwhile.
-                Err(_) => return Err(Self::unserved(path, io::Error::other("the worker stopped"))),
+                Err(_) => return Err(Self::unserved(io::Error::other("the worker stopped"))),
             }
         } else {
             Listening::Posted(outcome)
         };
         log::info!(target: "msgr::admin", "admin socket on {}", path.display());
-        Ok(AdminSocket { center: center.clone(), listening, path: path.to_path_buf() })
+        Ok(AdminSocket { center: center.clone(), listening, path: path.to_path_buf(), file })
     }
 
-    /// The listener bound at `path` will not be served: its file goes (as Ceph's
-    /// `bind_and_listen` unlinks it when `listen` fails).
-    fn unserved(path: &Path, e: io::Error) -> io::Error {
-        let _ = std::fs::remove_file(path);
+    /// The listener will not be served (its file is gone: [`UnservedGuard`]).
+    fn unserved(e: io::Error) -> io::Error {
         io::Error::new(e.kind(), format!("admin socket: {e}"))
     }
 
+    /// Closes the listener and removes the socket file, if it is still ours.
     pub(crate) fn stop(self) {
-        let path = self.path.clone();
+        let (file, path) = (self.file.clone(), self.path.clone());
         self.stop_keeping_file();
-        let _ = std::fs::remove_file(path);
+        file.remove(&path);
     }
 
     /// Stops serving but leaves the socket file: another admin socket was bound at the
@@ -167,6 +238,18 @@ impl AdminSocket {
     /// Where the socket file is.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The claim on the socket file, while it is ours: the listener is served, or its
+    /// registration, posted from a worker, has not failed (yet). `None` once the
+    /// registration failed or never ran, or a new admin socket took over the path.
+    pub(crate) fn file_claim(&self) -> Option<FileClaim> {
+        self.file.holds().then(|| self.file.clone())
+    }
+
+    /// Whether the listener is served, or its posted registration has not failed (yet).
+    pub(crate) fn is_served(&self) -> bool {
+        self.file.holds()
     }
 }
 

@@ -458,14 +458,19 @@ impl Messenger {
     /// From any thread, a worker's included (`ms_fast_dispatch`, a timer): there it does
     /// not wait for the listener's registration on its worker (which may be the caller's
     /// own, or one waiting for it) but posts it, so a failure of that registration (the
-    /// poll's, out of memory) is logged instead of returned.
+    /// poll's, out of memory; or the worker stopped first) is not returned: it is logged,
+    /// the socket file removed, and [`Messenger::admin_socket_path`] says `None` from
+    /// then on.
     pub fn start_admin_socket(&self, path: &std::path::Path) -> io::Result<()> {
         // Before the file at `path` is touched.
         if self.env.sessions.is_stopping() {
             return Err(io::Error::other("messenger shut down"));
         }
         let worker = self.pool.least_loaded().clone();
-        let ours = self.admin.lock().as_ref().is_some_and(|a| a.path() == path);
+        // Ours only while it still holds the file: one whose registration failed gave it
+        // up, and the path may be another process's since.
+        let ours =
+            self.admin.lock().as_ref().filter(|a| a.path() == path).and_then(|a| a.file_claim());
         let admin = AdminSocket::start(path, self.env.clone(), &worker, ours)?;
         // As `ready` puts the listener back: a shutdown that began meanwhile found no
         // admin socket to stop.
@@ -487,6 +492,15 @@ impl Messenger {
             }
         }
         Ok(())
+    }
+
+    /// Where the admin socket serves: the path of the last successful
+    /// [`start_admin_socket`](Self::start_admin_socket), `None` before one, after the
+    /// shutdown, or once the listener of one called on a worker failed to register (or
+    /// its worker stopped first). Such a registration still pending counts as served.
+    pub fn admin_socket_path(&self) -> Option<std::path::PathBuf> {
+        let admin = self.admin.lock();
+        admin.as_ref().filter(|a| a.is_served()).map(|a| a.path().to_path_buf())
     }
 
     /// Summed counters over all workers (message and byte totals).

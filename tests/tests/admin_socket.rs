@@ -286,6 +286,7 @@ fn a_second_admin_socket_replaces_the_first() {
     srv.start_admin_socket(&first).expect("admin socket");
     srv.start_admin_socket(&first).expect("again, same path");
     assert_eq!(version(&first)["release"], "asyncmsgr");
+    assert_eq!(srv.admin_socket_path(), Some(first.clone()));
     let second = socket_path("replace-b");
     srv.start_admin_socket(&second).expect("another path");
     assert_eq!(version(&second)["release"], "asyncmsgr");
@@ -293,8 +294,10 @@ fn a_second_admin_socket_replaces_the_first() {
     let nowhere = std::env::temp_dir().join("asyncmsgr-no-such-dir").join("x.asok");
     assert!(srv.start_admin_socket(&nowhere).is_err());
     assert_eq!(version(&second)["release"], "asyncmsgr", "the running one stays");
+    assert_eq!(srv.admin_socket_path(), Some(second.clone()));
     srv.shutdown();
     assert!(!second.exists(), "shutdown removes the file");
+    assert_eq!(srv.admin_socket_path(), None);
 }
 
 // Ceph's AdminSocketClient::ping asks for `{"prefix":"0"}` and takes a one-byte answer
@@ -499,4 +502,72 @@ fn start_admin_socket_on_a_worker_refuses_a_busy_foreign_socket_without_waiting(
     drop((queued, foreign));
     m.shutdown();
     let _ = std::fs::remove_file(&path);
+}
+
+/// Sends on its channel when dropped: posted to a worker behind other work, it tells when
+/// that work was run or dropped unrun.
+struct DropSignal(crossbeam_channel::Sender<()>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+// start_admin_socket on a worker returns before its listener is registered on the
+// worker it goes to; when that registration never succeeds (here the worker stops with it
+// still queued, and drops it unrun), the socket file is removed, admin_socket_path says
+// so, and the shutdown leaves alone the path, which may be another socket's by then. As
+// Ceph's bind_and_listen unlinks its file when listen fails. Before, the failure was
+// only logged: the file stayed (connections to it refused) and the shutdown removed
+// whatever socket was at the path then.
+#[test]
+fn an_admin_socket_never_served_removes_its_file_and_says_so() {
+    let pool = std::sync::Arc::new(
+        event_center::WorkerPool::new(event_center::WorkerPoolConfig {
+            workers: 2,
+            ..Default::default()
+        })
+        .expect("pool"),
+    );
+    let name = protocol::types::EntityName::new(EntityType::OSD, 0);
+    let m =
+        messenger::Messenger::with_pool(name, 1, test_config(2), pool.clone()).expect("messenger");
+    m.start().expect("start");
+    let m = std::sync::Arc::new(m);
+    let target = m.pool().least_loaded().id();
+    let caller = 1 - target;
+    let (release, released) = crossbeam_channel::bounded::<()>(1);
+    let (blocked, is_blocked) = crossbeam_channel::bounded(1);
+    pool.handle(target)
+        .dispatch_event_external(move |_| {
+            let _ = blocked.send(());
+            let _ = released.recv_timeout(WAIT);
+        })
+        .expect("worker running");
+    is_blocked.recv_timeout(WAIT).expect("the target worker is blocked");
+    let path = socket_path("never-served");
+    let served = path.clone();
+    let (started, at) = on_worker(&m, caller, false, move |m| {
+        (m.start_admin_socket(&served), m.admin_socket_path())
+    });
+    started.expect("posted");
+    assert_eq!(at.as_deref(), Some(path.as_path()), "pending counts as served");
+    assert!(path.exists(), "bound");
+    // Queued behind the registration, dropped after it.
+    let (dropped_tx, dropped) = crossbeam_channel::bounded(1);
+    let signal = DropSignal(dropped_tx);
+    pool.handle(target).dispatch_event_external(move |_| drop(signal)).expect("worker running");
+    pool.handle(target).stop();
+    release.send(()).expect("release");
+    dropped.recv_timeout(WAIT).expect("the stopped worker dropped what was queued");
+    assert!(!path.exists(), "the file of a listener never served is removed");
+    assert_eq!(m.admin_socket_path(), None);
+    // Another process's socket at the path since: the shutdown leaves it.
+    let other = std::os::unix::net::UnixListener::bind(&path).expect("another socket");
+    m.shutdown();
+    assert!(path.exists(), "the other socket's file is left alone");
+    drop(other);
+    let _ = std::fs::remove_file(&path);
+    pool.shutdown();
 }
