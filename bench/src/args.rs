@@ -281,7 +281,9 @@ modes:
   conns              aggregate rt/s of 16 connections against --conns (default 1000), depth 4
   server, client     ceph_perf_msgr_server / ceph_perf_msgr_client in two processes
                      (the client's table counts its own CPU only)
-  idle               RSS per idle connection (use with --conns 10000)
+  idle               RSS per idle connection (use with --conns 10000): msgr v1, lossy,
+                     auth none, fast dispatch (refuses --proto, --lossless, --queued,
+                     --mode and --auth)
   floor              depth 1: a bare mio loop (no crc, u32 frames) beside the peers
   crc                the crc32c kernels (crc32c crate, crc-fast, protocol's pick) by size
   crypto             AES-128-GCM (the aes-gcm crate secure mode uses) seal/open rate by size
@@ -363,6 +365,8 @@ impl Args {
         let mut a = Args::default();
         let mut conns_given = false;
         let mut auth: Option<bool> = None;
+        let mut proto_given = false;
+        let mut mode_given = false;
         let mut it = argv.into_iter();
         while let Some(arg) = it.next() {
             let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -386,6 +390,7 @@ impl Args {
                 }
                 "--lossless" => a.variant.lossless = true,
                 "--proto" => {
+                    proto_given = true;
                     a.variant.v2 = match value("--proto")?.as_str() {
                         "v1" => false,
                         "v2" => true,
@@ -393,6 +398,7 @@ impl Args {
                     }
                 }
                 "--mode" => {
+                    mode_given = true;
                     a.variant.secure = match value("--mode")?.as_str() {
                         "crc" => false,
                         "secure" => true,
@@ -445,6 +451,26 @@ impl Args {
         }
         if a.mode == Mode::Conns && !conns_given {
             a.conns = 1000;
+        }
+        if a.mode == Mode::Idle {
+            // Its connections come from a child process's v1 state machines, lossy, to a
+            // server answering by fast dispatch with auth none: these would change
+            // nothing, so a run with them would report the default's figure as theirs.
+            let given = [
+                (proto_given, "--proto"),
+                (a.variant.lossless, "--lossless"),
+                (a.variant.queued, "--queued"),
+                (mode_given, "--mode"),
+                (auth.is_some(), "--auth"),
+            ];
+            let given: Vec<&str> = given.iter().filter(|(on, _)| *on).map(|(_, f)| *f).collect();
+            if !given.is_empty() {
+                return Err(format!(
+                    "idle does not take {}: its connections are msgr v1, lossy, auth none, \
+                     answered by fast dispatch",
+                    given.join(", ")
+                ));
+            }
         }
         // Secure mode's keys come from cephx: it implies it, and refuses auth none.
         a.variant.cephx = match auth {
@@ -593,6 +619,28 @@ mod tests {
         assert!(v1.contains("needs --proto v2"), "{v1}");
         assert!(parse("server --proto v2 --mode secure").is_err());
         assert!(parse("--mode plain").is_err());
+    }
+
+    // idle's connections are msgr v1, lossy, auth none and answered by fast dispatch
+    // whatever the options: the options that would change that are refused, not ignored.
+    #[test]
+    fn idle_refuses_the_variant_options() {
+        assert!(parse("idle --conns 100").is_ok());
+        assert!(parse("idle --crc off --workers 1").is_ok());
+        for (options, named) in [
+            ("--proto v2", "--proto"),
+            ("--proto v1", "--proto"),
+            ("--lossless", "--lossless"),
+            ("--queued", "--queued"),
+            ("--mode crc", "--mode"),
+            ("--auth none", "--auth"),
+            ("--proto v2 --mode secure", "--proto, --mode"),
+        ] {
+            let e = parse(&format!("idle --conns 100 {options}")).unwrap_err();
+            assert!(e.contains(named) && e.contains("idle"), "{options}: {e}");
+        }
+        // The same options stay fine elsewhere.
+        assert!(parse("conns --proto v2 --lossless --queued").is_ok());
     }
 
     #[test]
