@@ -309,7 +309,9 @@ impl SessionTable {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
-    use std::sync::Weak;
+    use std::sync::mpsc::{self, RecvTimeoutError};
+    use std::sync::{Arc, Weak};
+    use std::time::Duration;
 
     use protocol::auth::cephx::ticket::AuthCapsInfo;
     use protocol::types::AuthEntityName;
@@ -408,5 +410,43 @@ mod tests {
         );
         let third = accepted(3, EntityType::CLIENT);
         assert_eq!(decide(&table, &third, addr, &seven, Claim::Nothing), Some(false));
+    }
+
+    /// How long a thread that must stay blocked is watched: it could only return sooner,
+    /// never later, so a slow machine cannot make these tests pass wrongly.
+    const STAYS_BLOCKED: Duration = Duration::from_millis(200);
+    /// How long a thread that must return is given: generous, for a loaded machine.
+    const RETURNS: Duration = Duration::from_secs(10);
+
+    /// Runs `f` on a thread of its own; the receiver hears when it returned.
+    fn spawn_and_watch(f: impl FnOnce() + Send + 'static) -> mpsc::Receiver<()> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+        rx
+    }
+
+    /// A `wait` parked before the shutdown began must not go on when it begins, only once
+    /// the shutdown has ended the sessions it found: it would stop the dispatch queue,
+    /// which would then refuse their resets (Ceph's `wait` stops its dispatch queue
+    /// only after `shutdown` ran `mark_down_all`).
+    #[test]
+    fn wait_for_shutdown_returns_once_the_sessions_are_ended_not_when_shutdown_begins() {
+        let table = Arc::new(SessionTable::default());
+        let waiter = {
+            let table = Arc::clone(&table);
+            spawn_and_watch(move || table.wait_for_shutdown())
+        };
+        assert!(table.begin_shutdown().is_some(), "the first shutdown");
+        assert_eq!(
+            waiter.recv_timeout(STAYS_BLOCKED),
+            Err(RecvTimeoutError::Timeout),
+            "returned when the shutdown began, before it ended the sessions"
+        );
+        table.sessions_ended();
+        waiter.recv_timeout(RETURNS).expect("returned once the sessions were ended");
+        table.wait_for_shutdown();
     }
 }
