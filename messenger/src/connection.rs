@@ -10,7 +10,7 @@
 //! of them is taken: the mailbox (every send and drain), what the driver publishes about
 //! its peer and session (read by users, and by other connections' accept decisions with
 //! the session table's lock held: table first, never the other way), and the user's
-//! private data. Where the driver runs (`place`) is set once when it starts, and read
+//! private data (with `fault-injection`, a fourth holds a test hook). Where the driver runs (`place`) is set once when it starts, and read
 //! without a lock on every wake.
 
 use std::any::Any;
@@ -126,7 +126,14 @@ pub(crate) struct ConnShared {
     /// `standby_held`), or `NOT_IN_STANDBY`. Set by the driver as it goes to standby,
     /// recounted at the end of each of its pumps, cleared by any other state.
     pub(crate) standby_counted: AtomicU64,
+    /// [`Connection::inject_in_reset`]'s hook.
+    #[cfg(feature = "fault-injection")]
+    in_reset: Mutex<Option<ResetHook>>,
 }
+
+/// What [`Connection::inject_in_reset`] runs.
+#[cfg(feature = "fault-injection")]
+type ResetHook = Arc<dyn Fn() + Send + Sync>;
 
 /// A handle to one connection (Ceph's `ConnectionRef`). Clone it freely and use it from
 /// any thread; all of its methods only queue work for the connection's worker.
@@ -156,6 +163,8 @@ impl Connection {
             driver_cost: AtomicU64::new(0),
             mailbox_cost: AtomicU64::new(0),
             standby_counted: AtomicU64::new(NOT_IN_STANDBY),
+            #[cfg(feature = "fault-injection")]
+            in_reset: Mutex::new(None),
         }))
     }
 
@@ -353,6 +362,28 @@ impl Connection {
     #[cfg(feature = "fault-injection")]
     pub fn inject_before_write(&self, f: impl FnOnce() + Send + 'static) {
         let _ = self.post(Command::InjectBeforeWrite(Box::new(f)));
+    }
+
+    /// Test seam (feature `fault-injection`): runs `f` each time a thread other than the
+    /// connection's worker ends its session to report it with `ms_handle_reset` (a
+    /// messenger's `mark_down` or `mark_down_all`, its shutdown, a newcomer replacing a
+    /// lossy session, the standby bound), on that thread, between the moment the
+    /// session's messages stop and the moment its reset is queued, whether or not that
+    /// call is the one that reports it (another may have ended it first). What races
+    /// such a reset, e.g. a shutdown, can be made to run inside that window.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_in_reset(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self.0.in_reset.lock() = Some(Arc::new(f));
+    }
+
+    /// Runs [`Connection::inject_in_reset`]'s hook, if any (outside the lock: it may
+    /// block).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn run_in_reset(&self) {
+        let hook = self.0.in_reset.lock().clone();
+        if let Some(f) = hook {
+            f();
+        }
     }
 
     /// Marks the connection disposable (Ceph's `mark_disposable`): its session becomes

@@ -239,7 +239,9 @@ impl Env {
     /// waits for `ms_dispatch` is discarded; the handle is closed before the reset is
     /// queued, so a dispatcher sending on it from `ms_handle_reset` is told it is gone;
     /// and the reset is reported once, here or by the driver's own end, whichever comes
-    /// first. Returns whether this call was the one that ended it.
+    /// first. Returns whether this call was the one that ended it. A shutdown waits for
+    /// the reset to be queued ([`SessionTable::end_session`]), even one that found the
+    /// session already ended by this call.
     ///
     /// With `remote_reset` (a lossy session a v1 peer's new connection replaces) the
     /// dispatchers hear `ms_handle_remote_reset` right before `ms_handle_reset`, as
@@ -247,17 +249,19 @@ impl Env {
     /// `session_reset`, which queues the remote reset, then `replace`, which stops the
     /// session and queues the reset. Its ProtocolV2 only stops it and queues the reset.
     pub(crate) fn reset_session(&self, conn: &Connection, remote_reset: bool) -> bool {
-        let first = conn.stop_messages();
+        let pending = self.sessions.end_session(conn);
+        #[cfg(feature = "fault-injection")]
+        conn.run_in_reset();
         self.queue.discard(conn.id());
         conn.close_and_stop_driver();
-        if first {
-            if remote_reset {
-                self.queue.enqueue_remote_reset_and_reset(conn.clone());
-            } else {
-                self.queue.enqueue_event(QueueEvent::Reset(conn.clone()));
-            }
+        let Some(pending) = pending else { return false };
+        if remote_reset {
+            self.queue.enqueue_remote_reset_and_reset(conn.clone());
+        } else {
+            self.queue.enqueue_event(QueueEvent::Reset(conn.clone()));
         }
-        first
+        drop(pending);
+        true
     }
 
     /// The protocol configuration (built from who we are on first use).

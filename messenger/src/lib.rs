@@ -335,6 +335,10 @@
 //!   full raises no new readiness edge, the driver retries after the worker's other work.
 //! * `Connection::inject_socket_failure`: cuts one connection's socket on request
 //!   (each call one cut, see its docs).
+//! * `Connection::inject_in_reset`, `inject_before_settle`, `inject_before_write`: run a
+//!   test's hook at one point of the messenger's own work (while a thread other than the
+//!   connection's worker ends its session and has not queued the reset yet; at the
+//!   driver's settle; before its write), to run a race inside that window.
 mod admin;
 pub mod config;
 mod connection;

@@ -545,9 +545,13 @@ impl Messenger {
     /// until the thread is told to stop, these resets among them, in the order they were
     /// queued; the messages still waiting for `ms_dispatch` (the loopback connection's
     /// included) are dropped, never delivered, and nothing queued after that is taken.
-    /// (A session that its own worker ends at that moment, on a fault, is reported by its
-    /// driver if the reset is queued before the dispatch thread is told to stop: Ceph's
-    /// is lost the same way after its `stop`.)
+    /// A session that another thread is ending at that moment (its own worker on a fault,
+    /// a newcomer replacing it, a `mark_down` or `mark_down_all` elsewhere) is reported
+    /// once, by that thread, and still before this returns: the dispatch thread is not
+    /// told to stop before that reset is queued. So in Ceph: a fault or a newcomer ends a
+    /// session and queues its reset under the connection's lock, which `stop` takes to
+    /// end it, and `mark_down_all` or `mark_down` stops one and queues its reset under the
+    /// messenger's lock, which the shutdown's `mark_down_all` holds.
     ///
     /// So no dispatcher of ours runs after it returns, with two exceptions: on a shared
     /// pool ([`Messenger::with_pool`]), whose workers it leaves running, a hook a worker
@@ -590,8 +594,11 @@ impl Messenger {
             self.end_reporting(&conn);
         }
         // Only now may `wait`, on any thread, stop the dispatch queue, which would refuse
-        // these resets. Before the listener's and the admin socket's closes, which wait
-        // for a worker: a `wait` on that worker (a fast dispatcher's) waits for this.
+        // these resets, and only once those of the sessions another thread ended first
+        // are queued too (sessions_ended waits for them: that thread only has to queue
+        // it, and holds nothing we hold, for we hold nothing). Before the listener's and
+        // the admin socket's closes, which wait for a worker: a `wait` on that worker (a
+        // fast dispatcher's) waits for this.
         self.env.sessions.sessions_ended();
         let processor = self.processor.lock().take();
         if let Some(p) = processor {

@@ -12,7 +12,10 @@
 //! * an accept decision reads the existing session, decides and applies its outcome
 //!   (register the newcomer with the numbers its session opens with, or mark the
 //!   existing session `replacing`) in one critical section, so two connects racing for
-//!   one peer on two workers see each other's outcome. The lock order is table → a
+//!   one peer on two workers see each other's outcome;
+//! * a shutdown lets `wait` stop the dispatch queue only once every session ended with
+//!   a reset to report has that reset queued: `end_session` counts them under the lock
+//!   that `sessions_ended` waits under. The lock order is table → a
 //!   handle's published state; nothing else is locked, and no callback or syscall runs,
 //!   inside.
 
@@ -82,6 +85,9 @@ struct Tables {
     /// The shutdown has ended the sessions of the connections live when it began
     /// ([`SessionTable::sessions_ended`]).
     ended: bool,
+    /// Sessions ended through [`SessionTable::end_session`] whose reset has not been
+    /// queued yet: one per live [`ResetPending`].
+    resets_pending: usize,
 }
 
 impl Tables {
@@ -110,11 +116,27 @@ impl Tables {
     }
 }
 
+/// The duty to report a session's end that [`SessionTable::end_session`] gave: drop it
+/// once the reset is queued.
+#[must_use = "the shutdown waits until the reset is queued and this is dropped"]
+pub(crate) struct ResetPending<'a>(&'a SessionTable);
+
+impl Drop for ResetPending<'_> {
+    fn drop(&mut self) {
+        let mut t = self.0.tables.lock();
+        t.resets_pending = t.resets_pending.saturating_sub(1);
+        if t.resets_pending == 0 {
+            self.0.emptied.notify_all();
+        }
+    }
+}
+
 /// The messenger's connections; see the module docs for what it keeps true.
 #[derive(Default)]
 pub(crate) struct SessionTable {
     tables: Mutex<Tables>,
-    /// Signalled when `live` becomes empty, and when the shutdown has ended the sessions.
+    /// Signalled when `live` becomes empty, when the shutdown has ended the sessions, and
+    /// when no reset is pending.
     emptied: Condvar,
 }
 
@@ -271,10 +293,42 @@ impl SessionTable {
         Some(t.live.values().cloned().collect())
     }
 
-    /// The shutdown has ended the sessions [`SessionTable::begin_shutdown`] listed (their
-    /// resets are queued): [`SessionTable::wait_for_shutdown`] returns from now on.
+    /// Ends `conn`'s session ([`Connection::stop_messages`]) for a caller that reports
+    /// the end with a reset. If this call ended it, returns the duty to report it, which
+    /// the caller drops once the reset is queued; until then the shutdown does not let
+    /// the dispatch queue stop ([`SessionTable::sessions_ended`]). `None` if the session
+    /// had already ended: whoever ended it reports it.
+    ///
+    /// Ceph's shutdown never passes a session whose reset is not queued yet: a fault or
+    /// a newcomer ends it and queues the reset under the connection's lock, which the
+    /// shutdown's `stop` takes, and `mark_down_all` or `mark_down` under the messenger's,
+    /// which the shutdown holds. Here an ender may be between the two on another thread
+    /// when the shutdown finds the session already ended; without this count the
+    /// dispatch queue could stop before that reset was queued, and it would be lost.
+    pub(crate) fn end_session(&self, conn: &Connection) -> Option<ResetPending<'_>> {
+        // Under the lock, so a shutdown that finds the session ended after this also
+        // finds it counted.
+        let mut t = self.tables.lock();
+        if !conn.stop_messages() {
+            return None;
+        }
+        t.resets_pending = t.resets_pending.saturating_add(1);
+        Some(ResetPending(self))
+    }
+
+    /// The shutdown has ended the sessions [`SessionTable::begin_shutdown`] listed:
+    /// returns once every reset pending is queued (those of the sessions the shutdown
+    /// found already ended by another thread included), after which
+    /// [`SessionTable::wait_for_shutdown`] returns. Bounded: every listed session has
+    /// ended by now and no other starts, so no new reset becomes pending; each pending
+    /// one's ender only has to queue it (no callback, lock or wait on the way). Not
+    /// called with a lock held.
     pub(crate) fn sessions_ended(&self) {
-        self.tables.lock().ended = true;
+        let mut t = self.tables.lock();
+        while t.resets_pending > 0 {
+            self.emptied.wait(&mut t);
+        }
+        t.ended = true;
         self.emptied.notify_all();
     }
 
@@ -448,5 +502,35 @@ mod tests {
         table.sessions_ended();
         waiter.recv_timeout(RETURNS).expect("returned once the sessions were ended");
         table.wait_for_shutdown();
+    }
+
+    /// A session another thread ended to report it, its reset not queued yet: a shutdown
+    /// that finds it ended does not end its own part (after which the dispatch queue may
+    /// stop and refuse that reset) until the reset is queued, as Ceph's shutdown cannot
+    /// stop a connection whose fault holds its lock until the reset is queued.
+    #[test]
+    fn the_shutdown_waits_for_a_reset_another_thread_is_queuing() {
+        let table = Arc::new(SessionTable::default());
+        let conn = accepted(1, EntityType::CLIENT);
+        let pending = table.end_session(&conn).expect("this call ended the session");
+        assert!(table.end_session(&conn).is_none(), "and no other call ends it again");
+        assert!(table.begin_shutdown().is_some());
+        let stopper = {
+            let table = Arc::clone(&table);
+            spawn_and_watch(move || table.sessions_ended())
+        };
+        let waiter = {
+            let table = Arc::clone(&table);
+            spawn_and_watch(move || table.wait_for_shutdown())
+        };
+        assert_eq!(
+            stopper.recv_timeout(STAYS_BLOCKED),
+            Err(RecvTimeoutError::Timeout),
+            "the shutdown went on with a reset still to queue"
+        );
+        assert_eq!(waiter.try_recv(), Err(mpsc::TryRecvError::Empty), "wait went on");
+        drop(pending);
+        stopper.recv_timeout(RETURNS).expect("the shutdown went on once it was queued");
+        waiter.recv_timeout(RETURNS).expect("and wait too");
     }
 }

@@ -9,6 +9,7 @@
 //! per session (an MDS's session map, a client's per-connection bookkeeping).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -46,6 +47,8 @@ struct Journal {
     tx: Sender<Heard>,
     hold: Mutex<Option<(Sender<()>, Receiver<()>)>>,
     stop: OnceLock<Weak<Messenger>>,
+    /// The connection of the last message `ms_dispatch` was given.
+    last: Mutex<Option<Connection>>,
 }
 
 impl Journal {
@@ -56,6 +59,7 @@ impl Journal {
             tx,
             hold: Mutex::new(None),
             stop: OnceLock::new(),
+            last: Mutex::new(None),
         };
         (Arc::new(j), rx)
     }
@@ -90,6 +94,7 @@ impl Dispatcher<Connection> for Journal {
         self.shut_down();
     }
     fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
+        *self.last.lock() = Some(conn.clone());
         self.note(Heard::Message(conn.id(), msg.tid()));
         // Taken out first: the lock is not held while the dispatcher waits.
         let hold = self.hold.lock().take();
@@ -293,4 +298,75 @@ fn shutdown_from_a_dispatcher_still_reports_the_resets() {
         assert_eq!(j.heard(), expected, "fast: {fast}");
         cli.shutdown();
     }
+}
+
+/// Runs `f` with `m` on a thread of its own; the receiver gets what `j` had heard the
+/// moment it returned.
+fn on_a_thread_of_its_own(
+    m: &Arc<Messenger>,
+    j: &Arc<Journal>,
+    f: fn(&Messenger),
+) -> Receiver<Vec<Heard>> {
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let (m, j) = (Arc::clone(m), Arc::clone(j));
+    std::thread::spawn(move || {
+        f(&m);
+        let _ = done_tx.send(j.heard());
+    });
+    done
+}
+
+/// A session that another thread is ending to report it (a `mark_down_all` here; a
+/// newcomer replacing a lossy session, the standby bound and the session's own fault end
+/// one the same way) when the messenger shuts down: the shutdown finds it already ended
+/// and leaves its reset to that thread, but neither the shutdown nor a `wait` parked on a
+/// third thread returns before that reset is delivered. Ceph's `mark_down_all` stops a
+/// connection and queues its reset under the messenger's lock, which its shutdown's own
+/// `mark_down_all` takes (a fault does both under the connection's lock, which `stop`
+/// takes), so a shutdown cannot pass a connection whose reset is not queued yet, and the
+/// dispatch thread stops only after. Here the shutdown went on and stopped
+/// the dispatch queue, which then refused that reset: the daemon never heard the
+/// session end.
+#[test]
+fn shutdown_waits_for_a_reset_another_thread_is_queuing() {
+    let (m, j, rx) = journalled();
+    let (cli, _cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let to_m = cli.connect_to(EntityType::OSD, m.my_addr());
+    to_m.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    let accepted = next_message_on(&rx, 1);
+    let conn = j.last.lock().clone().expect("the accepted connection");
+    assert_eq!(conn.id(), accepted);
+
+    // The first thread to end the session (the mark_down_all's) stops inside the window,
+    // its messages stopped and its reset not queued, until released; the next (the
+    // shutdown's) only says it got there.
+    let (parked_tx, parked) = crossbeam_channel::bounded(1);
+    let (release_tx, release) = crossbeam_channel::bounded::<()>(1);
+    let (found_tx, found) = crossbeam_channel::bounded(1);
+    let calls = AtomicUsize::new(0);
+    conn.inject_in_reset(move || {
+        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            let _ = parked_tx.send(());
+            let _ = release.recv_timeout(WAIT);
+        } else {
+            let _ = found_tx.send(());
+        }
+    });
+    let marked = on_a_thread_of_its_own(&m, &j, Messenger::mark_down_all);
+    parked.recv_timeout(WAIT).expect("mark_down_all ended the session");
+    let waited = on_a_thread_of_its_own(&m, &j, Messenger::wait);
+    let stopped = on_a_thread_of_its_own(&m, &j, Messenger::shutdown);
+    found.recv_timeout(WAIT).expect("the shutdown found the session ended");
+    // A shutdown that does not wait for the reset returns about now (it has nothing else
+    // to wait for); the release after this then comes too late. One that waits cannot
+    // return before the release, however slow the machine.
+    let early = stopped.recv_timeout(Duration::from_millis(200)).ok();
+    release_tx.send(()).expect("release");
+    let heard = early.or_else(|| stopped.recv_timeout(WAIT).ok()).expect("shutdown returned");
+    assert_eq!(resets(&heard), [accepted], "the session's reset, before shutdown returned");
+    let waited = waited.recv_timeout(WAIT).expect("wait returned");
+    assert_eq!(resets(&waited), [accepted], "and before wait returned");
+    marked.recv_timeout(WAIT).expect("mark_down_all returned");
+    assert_eq!(resets(&j.heard()), [accepted], "once, and nothing after");
+    cli.shutdown();
 }

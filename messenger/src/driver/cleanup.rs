@@ -2,6 +2,7 @@
 //! session, or dropped by the event center after a panic.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use dispatch::QueueEvent;
 use event_center::Context;
@@ -78,16 +79,18 @@ impl Drop for Driver {
         // reconnects.
         // Opened once, whatever it is now: a session reconnecting (Connecting) was heard
         // of by its dispatchers as much as an open one.
-        let report = self.opened && self.conn.stop_messages();
+        let env = Arc::clone(&self.env);
+        let pending = if self.opened { env.sessions.end_session(&self.conn) } else { None };
         log::warn!(target: "msgr::conn", "{}: driver dropped without closing; cleaning up", self.machine);
         self.release();
-        if report {
+        if let Some(pending) = pending {
             // The session's state is gone with the driver: for the dispatchers this is
             // a reset, with what it received and no dispatcher saw gone too (as any
             // reset's), and reported once. Queued before the connection leaves the
             // table, as a reset is on every other path: `wait` may return once it has.
             self.env.queue.discard(self.conn.id());
             self.env.queue.enqueue_event(QueueEvent::Reset(self.conn.clone()));
+            drop(pending);
         }
         self.leave();
     }

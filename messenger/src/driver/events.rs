@@ -307,8 +307,9 @@ impl Driver {
                 // ms_dispatch goes with the session (`_stop`'s `discard_queue`), so no
                 // ms_dispatch of it follows its ms_handle_reset. Reported once: a
                 // newcomer may have reset the session from the accept path already.
+                // Until it is queued, a shutdown that finds the session ended waits.
                 self.flush_held_messages();
-                let first = self.conn.stop_messages();
+                let pending = self.env.sessions.end_session(&self.conn);
                 // Dead before anyone hears of it: a dispatcher reacting to the reset
                 // (MonClient dialling again) must get a new session from
                 // get_connection, and sends on this handle must fail.
@@ -317,8 +318,9 @@ impl Driver {
                 self.conn.0.mailbox.lock().closed = true;
                 own_sends::discard(&self.conn, true);
                 self.env.queue.discard(self.conn.id());
-                if first {
+                if let Some(pending) = pending {
                     self.env.queue.enqueue_event(QueueEvent::Reset(self.conn.clone()));
+                    drop(pending);
                 }
             }
             Event::RemoteReset => {
