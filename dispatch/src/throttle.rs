@@ -647,6 +647,20 @@ impl InFlight {
             0
         }
     }
+
+    /// Whether requests are queued while the messages in progress together hold all of
+    /// the throttle (its maximum or more): only then do the queued requests wait for
+    /// messages in progress, which free what they hold by completing or being
+    /// abandoned. While anything else holds part of it (what was handed on and is kept),
+    /// they wait for that too, and making the messages in progress hurry would not let
+    /// them in. Never for an unlimited throttle.
+    pub fn progress_holds_all_while_others_wait(&self) -> bool {
+        if !self.throttle.queued.load(Ordering::Relaxed) {
+            return false;
+        }
+        let st = self.throttle.state.lock();
+        st.max > 0 && st.anyone_waits() && st.inflight_held >= st.max
+    }
 }
 
 impl Drop for InFlight {
@@ -966,6 +980,38 @@ mod tests {
         assert_eq!(ib.held_while_others_wait(), 0, "nobody waits");
         drop((newcomer, ib));
         assert_eq!(t.state.lock().inflight_held, 0);
+    }
+
+    // A message-count throttle whose messages in progress register with their one
+    // count: queued requests wait on them only while they hold the whole maximum, not
+    // while something handed on (a kept message) holds part of it.
+    #[test]
+    fn queued_requests_wait_on_progress_only_while_it_holds_the_maximum() {
+        let t = Throttle::new("t", 2);
+        let kept = t.try_acquire(1).expect("a kept message's count");
+        let count_a = t.try_acquire(1).expect("a's count");
+        let ia = t.begin_inflight(Ticket::next(), 1);
+        assert!(!ia.progress_holds_all_while_others_wait(), "nobody waits");
+        let newcomer = t.acquire_or_wait(1, Box::new(|| {})).expect_err("full");
+        assert!(!ia.progress_holds_all_while_others_wait(), "the kept message holds one");
+        // The kept one goes, and b takes its count while the newcomer waits (taken as
+        // a grant the newcomer has not picked up: still full, nobody queued).
+        drop(kept);
+        let newcomer = newcomer.try_take().expect("granted");
+        let waits = t.acquire_or_wait(1, Box::new(|| {})).expect_err("full again");
+        assert!(!ia.progress_holds_all_while_others_wait(), "the newcomer holds one");
+        drop(newcomer);
+        let count_b = waits.try_take().expect("granted");
+        let ib = t.begin_inflight(Ticket::next(), 1);
+        let last = t.acquire_or_wait(1, Box::new(|| {})).expect_err("full");
+        assert!(ia.progress_holds_all_while_others_wait(), "both counts in progress");
+        assert!(ib.progress_holds_all_while_others_wait(), "asked by any of them");
+        drop((ib, count_b));
+        assert!(!ia.progress_holds_all_while_others_wait(), "b's count went to the last");
+        drop((last, ia, count_a));
+        assert!(!Throttle::new("u", 0)
+            .begin_inflight(Ticket::next(), 5)
+            .progress_holds_all_while_others_wait());
     }
 
     // The oldest message in progress always gets its next window, so messages that hold

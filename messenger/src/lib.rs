@@ -184,12 +184,17 @@
 //! with another connection holding most of the budget behind it, used to keep everyone
 //! waiting until the trickled message ended (hours for a large one). A policy's
 //! message-count throttle (none by default; Ceph's `osd_client_message_cap`) is held
-//! one count per message in progress (and per message received and not dropped yet),
-//! and new messages waiting for a count wait for messages to complete and be dropped,
-//! not for bytes: so while they wait, every message in progress
-//! (from its second window on) must progress by a sixteenth of its own length per
-//! `payload_timeout`, arriving whole within sixteen timeouts of its reading time (a
-//! trickler holds few bytes but a whole count). What remains:
+//! one count per message in progress and per message received and not dropped yet,
+//! and new messages waiting for a count wait for counts, not for bytes. While messages
+//! in progress (from their second window on) hold the whole cap, only their completing
+//! frees a count: then every one of them must progress by a sixteenth of its own length
+//! per `payload_timeout`, arriving whole within sixteen timeouts of its reading time (a
+//! trickler holds few bytes but a whole count). While a message handed on holds a
+//! count (kept by its dispatcher: an OSD's queued ops fill the cap under load), the
+//! waiters wait for the application as much, and a message in progress owes only its
+//! window, as any message does without contention: Ceph sets no floor at all, and an
+//! honest large message on a slow link would otherwise be cut off (and, lossless, sent
+//! again and cut off again) whenever the daemon is busy. What remains:
 //! * a chain: k connections whose messages were in progress before the budget filled
 //!   can each hold the privilege for up to one timeout without paying, so about k
 //!   timeouts in all, each costing its peer a handshake and two windows of real bytes;
@@ -197,14 +202,18 @@
 //!   parked waiting for a window: under contention an honest oldest message must keep
 //!   up with that (640 KB/s at most, at the defaults), and one on a slower link faults
 //!   and, on a lossless session, is sent again, which can repeat while the contention
-//!   lasts; likewise, while new messages wait for a count, any honest message slower
-//!   than its length per sixteen timeouts (590 KB/s for 90 MiB at the defaults).
+//!   lasts; likewise, while new messages wait for a count that messages in progress
+//!   hold all of, any honest message slower than its length per sixteen timeouts
+//!   (590 KB/s for 90 MiB at the defaults).
 //!   Without contention no floor applies, so an honest large message on a slow link is
 //!   not cut off;
 //! * a count held cheaply: for a message under sixteen `read_buffer`s (1 MiB at the
 //!   defaults) the window per timeout is the stricter rule, so a peer can hold a count
 //!   for up to sixteen timeouts at one window per timeout; each count it frees goes to
 //!   a waiting message first;
+//! * a count held beside kept ones: while the dispatcher keeps any message of the
+//!   policy, a peer's messages in progress owe only a window per timeout however many
+//!   counts they hold (up to the cap less one), as in Ceph, where they owe nothing;
 //! * the floor is sampled before each read and timer: a trickler may dodge it for one
 //!   timeout if nobody waits at a read it triggers.
 //!

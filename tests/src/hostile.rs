@@ -414,6 +414,37 @@ impl RawPeer {
     }
 }
 
+/// Writes `wire[..fast]` at once, then the rest at `rate` bytes per second in pieces of
+/// 8 KiB (on a schedule: a late piece is caught up on, so a busy machine does not slow
+/// the rate), until the socket fails, no more than a piece is left (the caller writes
+/// it, or not), or twice [`crate::loopback::WAIT`] passed; returns what it wrote. The
+/// traffic of a peer, not a wait for anything.
+pub fn trickle(
+    mut sock: std::net::TcpStream,
+    wire: Vec<u8>,
+    fast: usize,
+    rate: usize,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        if sock.write_all(&wire[..fast]).is_err() {
+            return 0;
+        }
+        let piece = 8 << 10;
+        let every = Duration::from_secs_f64(piece as f64 / rate as f64);
+        let (mut sent, started) = (fast, Instant::now());
+        let mut due = started;
+        while sent + piece < wire.len() && started.elapsed() < 2 * crate::loopback::WAIT {
+            due += every;
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if sock.write_all(&wire[sent..sent + piece]).is_err() {
+                break;
+            }
+            sent += piece;
+        }
+        sent
+    })
+}
+
 /// How many bytes of a framed message with an empty front come before its data: v1's tag
 /// and header, msgr2's preamble, header2 segment and its crc (crc mode).
 pub fn head_len(proto: protocol::ProtocolVersion) -> usize {

@@ -140,36 +140,6 @@ fn a_trickled_message_is_faulted_at_the_payload_timeout_over_msgr2() {
     trickled_message_is_faulted(ProtocolVersion::V2);
 }
 
-/// Writes `wire[..fast]` at once, then the rest at `rate` bytes per second in pieces of
-/// 8 KiB (on a schedule: a late piece is caught up on, so a busy machine does not slow
-/// the rate), until the socket fails, the message is whole, or twice `WAIT` passed;
-/// returns what it wrote. The traffic of a peer, not a wait for anything.
-fn trickle(
-    mut sock: std::net::TcpStream,
-    wire: Vec<u8>,
-    fast: usize,
-    rate: usize,
-) -> std::thread::JoinHandle<usize> {
-    std::thread::spawn(move || {
-        if sock.write_all(&wire[..fast]).is_err() {
-            return 0;
-        }
-        let piece = 8 << 10;
-        let every = Duration::from_secs_f64(piece as f64 / rate as f64);
-        let (mut sent, started) = (fast, Instant::now());
-        let mut due = started;
-        while sent + piece < wire.len() && started.elapsed() < 2 * WAIT {
-            due += every;
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            if sock.write_all(&wire[sent..sent + piece]).is_err() {
-                break;
-            }
-            sent += piece;
-        }
-        sent
-    })
-}
-
 /// A server with a dispatch throttle of `max` and a 2 s payload timeout, a good client
 /// connected to it over `proto`, and what the server saw.
 fn small_budget_server(
@@ -313,8 +283,9 @@ fn a_trickler_and_a_holder_waiting_behind_it_are_faulted_in_turn_over_msgr2() {
 
 // A policy's message-count throttle (Ceph's osd_client_message_cap) of 1, and a peer
 // that starts a 16 MiB message and trickles it at two windows per timeout: it holds the
-// count and few bytes. While the good client's message waits for the count, a message
-// in progress must arrive whole within sixteen timeouts (1 MiB per timeout, eight times
+// count and few bytes. While the good client's message waits for the count, which
+// messages in progress hold all of (the server keeps no message), a message in progress
+// must arrive whole within sixteen timeouts (1 MiB per timeout, eight times
 // what it sends), so it is faulted and the good client goes on, rather than after the
 // trickler's four minutes.
 fn count_holding_trickler_is_faulted(proto: ProtocolVersion) {

@@ -8,9 +8,11 @@
 //! as the OSD's `OpRequest::_unregistered` does), lets the next one in. Only the
 //! dispatch throttle is released when the dispatcher returns.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
@@ -18,6 +20,7 @@ use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, 
 use protocol::message::MESSAGE_OVERHEAD;
 use protocol::types::{EntityName, EntityType};
 use protocol::{Message, ProtocolVersion};
+use tests::hostile::{head_len, trickle, RawPeer};
 use tests::loopback::{addr_for, client, client_with, test_config, test_message, wait_until, WAIT};
 
 const MSG_TEST: u16 = 0x7f00;
@@ -137,6 +140,61 @@ fn a_queued_message_holds_its_count_until_dropped_v1() {
 #[test]
 fn a_queued_message_holds_its_count_until_dropped_v2() {
     a_kept_message_holds_its_count(ProtocolVersion::V2, false);
+}
+
+// An OSD under load keeps its ops, so its count cap is full of messages handed on, not
+// of messages being read. A cap of 2: a client's message kept (one count); a raw peer
+// sends a 1 MiB message, its last 128 KiB slowly (32 KiB/s: twice the window it owes per
+// 1 s payload timeout, half the sixteenth of its length it would owe if the messages
+// waiting for a count waited on it alone); the client's next message waits for a count.
+// The slow message is not faulted for that, since the waiting message waits on the kept
+// one as much (Ceph sets no floor at all): it arrives whole, and dropping the kept
+// message lets the waiting one in. (While messages in progress hold the whole cap they
+// must hurry: hostile_budget's count-holding trickler.)
+fn slow_message_beside_a_kept_one_arrives(proto: ProtocolVersion) {
+    let msgs = Throttle::new("client messages", 2);
+    let config = MessengerConfig {
+        payload_timeout: Duration::from_secs(1),
+        read_buffer: 16 << 10,
+        ..test_config(2)
+    };
+    let (srv, rx) =
+        keeping_server(config, Policy::stateless_server(), None, Some(msgs.clone()), true);
+    let (cli, conn) = send(&srv, proto, 1..=1, &Bytes::from_static(&[5; 100]));
+    let first = next_kept(&rx);
+    assert_eq!(msgs.current(), 1, "the kept message's count");
+
+    let len = 1 << 20;
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    let wire = peer.announce(9, len, head_len(proto) + len + 4096);
+    let sock = peer.sock.try_clone().expect("clone");
+    let sender = trickle(sock, wire.clone(), wire.len() - (128 << 10), 32 << 10);
+    wait_until(|| msgs.current() == 2, || format!("the slow message holds no count: {msgs:?}"));
+    conn.send_message(test_message(MSG_TEST, 2, Bytes::from_static(&[5; 100]))).expect("send");
+    assert_next_waits(&rx, &msgs, 2);
+
+    let sent = sender.join().expect("sender");
+    assert!(sent + (8 << 10) >= wire.len(), "the slow message was cut off at {sent}");
+    peer.sock.write_all(&wire[sent..]).expect("the rest");
+    let slow = next_kept(&rx);
+    assert_eq!((slow.tid(), slow.data().len()), (9, len), "the slow message, whole");
+    assert_eq!(msgs.waiting(), 1, "the client's second message still waits");
+    drop(first);
+    assert_eq!(next_kept(&rx).tid(), 2, "in on the kept message's count");
+    drop(slow);
+    assert_eq!(msgs.current(), 0, "every count given back with its message");
+    cli.shutdown();
+    srv.shutdown();
+}
+
+#[test]
+fn a_slow_message_beside_a_kept_one_is_not_hurried_by_the_messages_waiting_v1() {
+    slow_message_beside_a_kept_one_arrives(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_slow_message_beside_a_kept_one_is_not_hurried_by_the_messages_waiting_v2() {
+    slow_message_beside_a_kept_one_arrives(ProtocolVersion::V2);
 }
 
 /// 4 KiB of data: one message's cost fits the byte throttle of [`BYTES_CAP`], two do not.

@@ -371,9 +371,15 @@ impl Driver {
             // more, so it registers as in progress (the oldest one always goes on; see
             // `dispatch::throttle`).
             let ticket = Ticket::next();
-            let (tb, _) = self.throttlers();
+            let (tb, tm) = self.throttlers();
             let held = |step: usize| self.recv.permits[step].as_ref().map_or(0, Permit::amount);
             let (policy_held, dispatch_held) = (held(STEP_POLICY_BYTES), held(STEP_DISPATCH));
+            // Its count too, so that the count throttle knows how much of it messages in
+            // progress hold (`set_progress_floor`). Taken with the first window, so a
+            // message without it (a policy without a count) registers none.
+            let counted = held(STEP_MESSAGES);
+            self.recv.inflight[STEP_MESSAGES] =
+                tm.filter(|_| counted > 0).map(|t| t.begin_inflight(ticket, counted));
             self.recv.inflight[STEP_POLICY_BYTES] =
                 tb.map(|t| t.begin_inflight(ticket, policy_held));
             self.recv.inflight[STEP_DISPATCH] =
@@ -387,24 +393,32 @@ impl Driver {
         self.try_budget(cx);
     }
 
-    /// The message in progress, if it is the one a throttle's queue waits for (the
+    /// The message in progress, if it is the one a byte throttle's queue waits for (the
     /// oldest in progress, which goes on past the maximum while the others wait), must
     /// bring a share of what the messages in progress hold per payload timeout
-    /// ([`PROGRESS_SHARE`]); any other, a window. Asked before each read and timeout,
-    /// at `now`.
+    /// ([`PROGRESS_SHARE`]); any other, a window. While new messages wait for a count
+    /// that only messages in progress hold, every message in progress must also bring a
+    /// share of its own length. Asked before each read and timeout, at `now`.
     #[inline]
     pub(super) fn set_progress_floor(&mut self, now: Instant) {
         if self.recv.inflight.iter().all(Option::is_none) {
             return;
         }
-        let held = self.recv.inflight.iter().flatten().map(InFlight::held_while_others_wait).max();
+        let bytes =
+            [STEP_POLICY_BYTES, STEP_DISPATCH].map(|step| self.recv.inflight[step].as_ref());
+        let held = bytes.into_iter().flatten().map(InFlight::held_while_others_wait).max();
         let mut floor = held.unwrap_or(0) / PROGRESS_SHARE;
-        // A message in progress holds its count of the policy's message throttle, and
-        // new messages waiting for one wait for messages to complete, not for bytes: so
-        // while they wait, every message in progress must arrive whole within
-        // PROGRESS_SHARE timeouts (a trickler holds few bytes but a whole count).
-        let (_, messages) = loaded(&mut self.throttlers, &self.env, &self.conn);
-        if messages.as_ref().is_some_and(|t| t.has_waiters()) {
+        // A message in progress holds a count of the policy's message throttle, and new
+        // messages waiting for one wait for counts to be given back, not for bytes. When
+        // messages in progress hold every count, only their completing (or faulting)
+        // frees one: then each must arrive whole within PROGRESS_SHARE timeouts (a
+        // trickler holds few bytes but a whole count). When a message handed on holds
+        // one (kept by its dispatcher until dropped, as Ceph's ops are, which fill the
+        // cap under load), the waiters wait for the application too, and a message in
+        // progress is one of the cap's messages like it, as in Ceph: it owes only its
+        // window, so an honest large message on a slow link is not cut off.
+        let count = self.recv.inflight[STEP_MESSAGES].as_ref();
+        if count.is_some_and(InFlight::progress_holds_all_while_others_wait) {
             floor = floor.max(self.machine.receiving_len() / PROGRESS_SHARE);
         }
         self.machine.set_progress_floor(now, floor);

@@ -31,8 +31,9 @@ pub const DEFAULT_PROGRESS_WINDOW: u32 = 64 << 10;
 /// the peer bandwidth: a sixteenth of it per timeout (at the defaults, 640 KB/s to hold
 /// the whole 100 MiB dispatch throttle), else its connection faults within a timeout.
 /// Without contention no floor applies, so an honest large message on a slow link is
-/// not cut off. Where a message-count throttle has new messages waiting, each message in
-/// progress must likewise bring a sixteenth of its own length per timeout.
+/// not cut off. Where a message-count throttle has new messages waiting and messages in
+/// progress hold all of its counts, each message in progress must likewise bring a
+/// sixteenth of its own length per timeout.
 pub const PROGRESS_SHARE: u64 = 16;
 
 /// Default [`Config::max_control_frame`]: Ceph's control frames are < 1 KiB; AUTH_DONE
