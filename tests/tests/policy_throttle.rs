@@ -259,10 +259,14 @@ fn releasing_the_message_throttle_lets_the_next_in_while_the_message_is_kept() {
     // no count it does not hold.
     first.release_message_throttle();
     drop(first);
+    // Synchronous: a count given back twice would have granted the third's request
+    // right there (the count would read 1 again, and the third not be handed over yet).
+    assert_eq!(msgs.waiting(), 1, "the third's request was granted on the first's count");
     assert_eq!(msgs.current(), 1, "the second's count");
     assert!(rx.is_empty(), "the third came in on the first's count");
     drop(second);
     assert_eq!(next_kept(&rx).tid(), 3);
+    assert_eq!(msgs.current(), 0, "every count given back once");
     cli.shutdown();
     srv.shutdown();
 }
