@@ -53,6 +53,7 @@ mod lent;
 
 use std::cell::RefCell;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -159,12 +160,23 @@ pub trait ThrottleCharge: Send + Sync {
 /// A message's [`ThrottleCharge`] slot. Not part of the message's value: a clone has
 /// none (the charge stays with the message that was received, counted once), and
 /// equality ignores it.
+///
+/// Asserted unwind safe, so that a `Message` stays `UnwindSafe` and `RefUnwindSafe`
+/// (`catch_unwind` around a decode is a common pattern; a `dyn ThrottleCharge` is
+/// neither). Sound: nothing reads the charge's state back through the message (only
+/// whether there is one), and a panic inside one of its releases can at worst leave
+/// it holding what it was releasing, which its drop gives back.
 #[derive(Default)]
-struct Charge(Option<Box<dyn ThrottleCharge>>);
+struct Charge(AssertUnwindSafe<Option<Box<dyn ThrottleCharge>>>);
+
+impl Charge {
+    /// No charge.
+    const NONE: Charge = Charge(AssertUnwindSafe(None));
+}
 
 impl Clone for Charge {
     fn clone(&self) -> Self {
-        Charge(None)
+        Charge::NONE
     }
 }
 
@@ -197,7 +209,7 @@ impl Message {
             footer: MsgFooter::default(),
             recv_stamp: None,
             dispatch_stamp: None,
-            charge: Charge(None),
+            charge: Charge::NONE,
         }))
     }
 
@@ -209,7 +221,7 @@ impl Message {
         b.middle = Bytes::new();
         b.data = Bytes::new();
         // A received message sent on (forwarded) gives its charge back here, as a drop would.
-        b.charge = Charge(None);
+        b.charge = Charge::NONE;
         // A thread being torn down (no cache any more) frees the box as a drop would.
         let _ = SPARE.try_with(move |s| {
             if let Ok(mut s) = s.try_borrow_mut() {
@@ -268,7 +280,7 @@ impl Message {
             *recv_stamp = None;
             *dispatch_stamp = None;
             // Empty already (`recycle` cleared it); written so the box holds nothing old.
-            *charge = Charge(None);
+            *charge = Charge::NONE;
             return Message(b);
         }
         Message(Box::new(Fields {
@@ -287,7 +299,7 @@ impl Message {
             footer,
             recv_stamp: None,
             dispatch_stamp: None,
-            charge: Charge(None),
+            charge: Charge::NONE,
         }))
     }
 
@@ -443,7 +455,7 @@ impl Message {
     #[doc(alias = "set_byte_throttler")]
     #[doc(alias = "set_message_throttler")]
     pub fn set_throttle_charge(&mut self, charge: Box<dyn ThrottleCharge>) {
-        self.0.charge = Charge(Some(charge));
+        self.0.charge = Charge(AssertUnwindSafe(Some(charge)));
     }
     /// Whether this message holds a policy-throttle charge ([`ThrottleCharge`]): only a
     /// received message, from a peer type with policy throttlers, and not its clones.
@@ -1000,6 +1012,17 @@ mod tests {
         plain.clear_payload();
         plain.clear_data();
         assert_eq!(plain.payload_len(), 0);
+    }
+
+    /// A message (charged or not) may be used inside `catch_unwind`, as around a
+    /// decode: it is `UnwindSafe` and `RefUnwindSafe` (checked when this compiles).
+    #[test]
+    fn a_message_is_unwind_safe() {
+        fn unwind_safe<T: std::panic::UnwindSafe + std::panic::RefUnwindSafe>() {}
+        unwind_safe::<Message>();
+        let (m, _) = charged();
+        let decoded = std::panic::catch_unwind(|| m.front().len());
+        assert_eq!(decoded.ok(), Some(m.front().len()));
     }
 
     /// A message is moved about twenty times on its way through the messenger: what
