@@ -241,7 +241,19 @@
 //! [`protocol::Message::clear_payload`] and [`protocol::Message::clear_data`] (the
 //! bytes of the segments they empty), as the OSD does for an op that finished while
 //! still referenced (`OpRequest::_unregistered`). A clone of a message carries no
-//! charge.
+//! charge. The charge follows the received `Message` object, so two uses need care:
+//! * sending that object itself back (an echo) on a lossless session keeps it, and its
+//!   charge, in the session's sent queue until the peer acknowledges it; when the peer
+//!   is of the throttled type, the acknowledgement may come behind the peer's next
+//!   message, which waits for that charge, and the session stalls until something
+//!   else frees a count (Ceph's sent list holds the message's reference the same way).
+//!   Build a new message for a reply, or take the charge out before sending;
+//! * a typed decode (`protocol::messages::decode_any`, `TypedMessage::from_message`)
+//!   reads a `&Message`, and what it returns carries no charge (`AnyMessage::Raw` holds
+//!   a clone): a dispatcher that keeps only the decoded form and drops the raw message
+//!   gives the back-pressure up. Keep the raw message too, or move its charge to what
+//!   is kept with [`protocol::Message::take_throttle_charge`] (dropping the charge
+//!   releases it).
 //!
 //! Small messages do not ask once per message. Before a read's bytes are parsed the
 //! driver grants the machine receive credit for one message of at most that many bytes

@@ -150,6 +150,21 @@ struct Fields {
 /// The messenger attaches it (the throttles live in a crate above this one, so the
 /// message sees them only through this trait); a dispatcher never needs to implement
 /// it. Dropping the charge releases whatever it still holds.
+///
+/// The charge follows the received `Message` object, wherever it goes:
+/// - sent on as it is (an echo, a forward) over a lossless session, the message waits
+///   in that session's sent queue until the peer acknowledges it, and holds its charge
+///   meanwhile, as Ceph's `Message` held by its connection's sent list does. When the
+///   peer is of the same throttled type (a reply to the sender), its acknowledgement
+///   can come behind the peer's next message, which waits for the charge: a stall.
+///   Build a new message for a reply, or take the charge out first
+///   ([`Message::take_throttle_charge`]);
+/// - a typed decode ([`crate::messages::decode_any`],
+///   [`crate::messages::TypedMessage::from_message`]) reads a `&Message` and carries
+///   no charge (nor does the clone in [`crate::messages::AnyMessage::Raw`]): a
+///   dispatcher that keeps only the decoded form gives the back-pressure up when it
+///   drops the raw message, unless it keeps the charge with what it keeps
+///   ([`Message::take_throttle_charge`]).
 pub trait ThrottleCharge: Send + Sync {
     /// Releases the message count, if still held (Ceph's `msg_throttler->put()`).
     fn release_count(&mut self);
@@ -456,6 +471,15 @@ impl Message {
     #[doc(alias = "set_message_throttler")]
     pub fn set_throttle_charge(&mut self, charge: Box<dyn ThrottleCharge>) {
         self.0.charge = Charge(AssertUnwindSafe(Some(charge)));
+    }
+    /// Takes this message's policy-throttle charge out, leaving it without one: for a
+    /// dispatcher that keeps something else in its place (the typed message decoded
+    /// from it, an op built from it), which should hold the back-pressure the received
+    /// message held, or that sends the message on (see [`ThrottleCharge`]). Dropping
+    /// the charge releases what it holds; [`Self::set_throttle_charge`] puts it on
+    /// another message.
+    pub fn take_throttle_charge(&mut self) -> Option<Box<dyn ThrottleCharge>> {
+        self.0.charge.0.take()
     }
     /// Whether this message holds a policy-throttle charge ([`ThrottleCharge`]): only a
     /// received message, from a peer type with policy throttlers, and not its clones.
@@ -1012,6 +1036,25 @@ mod tests {
         plain.clear_payload();
         plain.clear_data();
         assert_eq!(plain.payload_len(), 0);
+    }
+
+    /// A charge taken out of a message goes on holding until it is dropped, wherever
+    /// it is kept; the message holds none any more, so its drop releases nothing, and
+    /// the charge can be put on another message.
+    #[test]
+    fn a_charge_taken_out_holds_until_dropped() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (mut m, released) = charged();
+        let charge = m.take_throttle_charge().expect("the charge");
+        assert!(!m.has_throttle_charge() && m.take_throttle_charge().is_none());
+        m.release_message_throttle();
+        drop(m);
+        assert_eq!(released.count.load(Relaxed), 0, "released through a message without it");
+        assert!(!released.dropped.load(Relaxed), "dropped with the message it left");
+        let mut other = sample();
+        other.set_throttle_charge(charge);
+        drop(other);
+        assert!(released.dropped.load(Relaxed), "the message it went on released it");
     }
 
     /// A message (charged or not) may be used inside `catch_unwind`, as around a

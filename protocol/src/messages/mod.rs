@@ -315,7 +315,9 @@ impl AnyMessage {
 ///
 /// A type implemented here that fails to decode is an error (malformed or incompatible
 /// peer bytes); a type not implemented here is returned as [`AnyMessage::Raw`], never an
-/// error.
+/// error. What it returns holds none of `msg`'s policy-throttle charge (`Raw` holds a
+/// clone): to keep the back-pressure with the decoded form, move the charge with
+/// [`Message::take_throttle_charge`] (see [`crate::message::ThrottleCharge`]).
 pub fn decode_any(msg: &Message) -> Result<AnyMessage> {
     Ok(match MsgType(msg.msg_type()) {
         MsgType::PING => AnyMessage::Ping(MPing::from_message(msg)?),
