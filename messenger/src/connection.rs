@@ -616,8 +616,10 @@ impl fmt::Debug for Connection {
     }
 }
 
+/// Handles with no messenger behind them, for unit tests of what reads and writes a
+/// handle's state.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
     struct NoHome;
@@ -628,12 +630,22 @@ mod tests {
         fn deliver_local(&self, _: &Connection, _: Message) {}
     }
 
-    fn connection(loopback: bool) -> Connection {
+    /// A handle that has not started (no driver), with no messenger behind it.
+    pub(crate) fn detached(id: u64, loopback: bool) -> Connection {
         let budget = SendBudget::new(u64::MAX, u64::MAX, u64::MAX, usize::MAX);
-        Connection::new(1, Weak::<NoHome>::new(), loopback, budget)
+        Connection::new(id, Weak::<NoHome>::new(), loopback, budget)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::detached;
+
+    fn connection(loopback: bool) -> super::Connection {
+        detached(1, loopback)
     }
 
-    fn commands(conn: &Connection) -> usize {
+    fn commands(conn: &super::Connection) -> usize {
         conn.0.mailbox.lock().commands.len()
     }
 

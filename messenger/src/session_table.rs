@@ -364,33 +364,21 @@ impl SessionTable {
 mod tests {
     use std::net::SocketAddr;
     use std::sync::mpsc::{self, RecvTimeoutError};
-    use std::sync::{Arc, Weak};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use protocol::auth::cephx::ticket::AuthCapsInfo;
     use protocol::types::AuthEntityName;
-    use protocol::Message;
 
     use super::*;
-    use crate::connection::Home;
-    use crate::mailbox::SendBudget;
-
-    /// A handle with no messenger behind it: the table only reads and writes what a
-    /// driver would publish on it.
-    struct NoHome;
-
-    impl Home for NoHome {
-        fn forget(&self, _: &Connection) {}
-        fn discard_queued(&self, _: &Connection) {}
-        fn deliver_local(&self, _: &Connection, _: Message) {}
-    }
 
     /// A connection that has not started, as an accepted one is when its connect is
     /// decided; `claims` is the type its peer's connect claims (the driver publishes it
     /// before it asks the table).
     fn accepted(id: u64, claims: EntityType) -> Connection {
-        let budget = SendBudget::new(u64::MAX, u64::MAX, u64::MAX, usize::MAX);
-        let conn = Connection::new(id, Weak::<NoHome>::new(), false, budget);
+        // A handle with no messenger behind it: the table only reads and writes what a
+        // driver would publish on it.
+        let conn = crate::connection::testing::detached(id, false);
         conn.0.published.lock().entity_type = Some(claims);
         conn
     }

@@ -919,6 +919,46 @@ pub fn mon_client_example() -> io::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Runs `mon_client --keyring KEYRING MON --watch` until its stderr reported `renewals`
+/// auth ticket renewals or `within` passed, then stops it. Returns the renewals seen,
+/// its stderr lines and its stdout (the monmap it printed first).
+pub fn watch_mon_client(
+    keyring: &Path,
+    mon: &str,
+    renewals: usize,
+    within: std::time::Duration,
+) -> (usize, Vec<String>, String) {
+    use std::io::BufRead;
+    let bin = mon_client_example().expect("mon_client example");
+    let mut child = Command::new(bin)
+        .arg("--keyring")
+        .arg(keyring)
+        .args([mon, "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mon_client");
+    let (tx, lines) = crossbeam_channel::unbounded();
+    let stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + within;
+    let (mut seen, mut renewed) = (Vec::new(), 0);
+    while renewed < renewals {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = lines.recv_timeout(left) else { break };
+        renewed += usize::from(line.contains("auth ticket renewed"));
+        seen.push(line);
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("wait");
+    let _ = reader.join();
+    (renewed, seen, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[cfg(test)]
 mod test {
     use super::*;

@@ -196,6 +196,22 @@ pub fn wait_until(mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
     }
 }
 
+/// Keeps every worker of `m` busy until the returned sender is dropped (or [`WAIT`]
+/// passes): what is written to it meanwhile waits in the socket, to be read in a few
+/// large reads however the machine's load would have batched it.
+pub fn hold_workers(m: &Messenger) -> crossbeam_channel::Sender<()> {
+    let (go, wait) = crossbeam_channel::bounded::<()>(0);
+    for worker in m.pool().handles() {
+        let wait = wait.clone();
+        worker
+            .dispatch_event_external(move |_| {
+                let _ = wait.recv_timeout(WAIT);
+            })
+            .expect("post");
+    }
+    go
+}
+
 /// Waits until `m` has exactly `n` live connections (e.g. the losing attempt of a race
 /// has closed); panics with its connection dump after [`WAIT`].
 #[track_caller]

@@ -321,41 +321,15 @@ fn mon_client_example_authenticates_with_a_keyring() {
 /// (1 s tickets): it prints the monmap, then renews its auth ticket again and again.
 #[test]
 fn mon_client_example_watch_renews_its_tickets() {
-    use std::io::BufRead;
     init_logging();
     let ttl = [("auth_mon_ticket_ttl", "1"), ("auth_service_ticket_ttl", "1")];
     let Some(mon) = CephMon::start_cephx("mon_client_watch_cephx", &ttl).expect("start") else {
         return;
     };
-    let bin = tests::ceph::mon_client_example().expect("mon_client example");
-    let keyring = mon.keyring().display().to_string();
-    let mut child = Command::new(bin)
-        .args(["--keyring", &keyring, &format!("v1:{}", mon.addr()), "--watch"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn mon_client");
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let stderr = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut renewals = 0;
-    let mut seen = Vec::new();
-    while renewals < 3 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(line) = rx.recv_timeout(left) else { break };
-        renewals += usize::from(line.contains("auth ticket renewed"));
-        seen.push(line);
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().expect("wait");
-    let _ = reader.join();
+    let mon_addr = format!("v1:{}", mon.addr());
+    let (renewals, seen, stdout) =
+        tests::ceph::watch_mon_client(&mon.keyring(), &mon_addr, 3, Duration::from_secs(15));
     assert_eq!(renewals, 3, "stderr: {seen:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let first: serde_json::Value =
         serde_json::from_str(stdout.lines().next().unwrap_or("")).expect("monmap JSON");
     assert_eq!(first["fsid"], mon.fsid());

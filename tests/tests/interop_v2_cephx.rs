@@ -342,43 +342,17 @@ fn a_msgr2_monitor_session_renews_its_tickets_over_mauth() {
 /// prints the monmap, then renews its auth ticket again and again.
 #[test]
 fn mon_client_example_watch_over_msgr2_renews_its_tickets() {
-    use std::io::BufRead;
     init_logging();
     let ttl = [("auth_mon_ticket_ttl", "1"), ("auth_service_ticket_ttl", "1")];
     let Some(mon) = CephMon::start_cephx_msgr2_only("mon_client_watch_v2", &ttl).expect("start")
     else {
         return;
     };
-    let bin = tests::ceph::mon_client_example().expect("mon_client example");
-    let keyring = mon.keyring().display().to_string();
-    let mut child = Command::new(bin)
-        .args(["--keyring", &keyring, &format!("v2:{}", mon.addr()), "--watch"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn mon_client");
-    let (tx, lines) = crossbeam_channel::unbounded();
-    let stderr = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut renewals = 0;
-    let mut seen = Vec::new();
-    while renewals < 3 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(line) = lines.recv_timeout(left) else { break };
-        renewals += usize::from(line.contains("auth ticket renewed"));
-        seen.push(line);
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().expect("wait");
-    let _ = reader.join();
+    let mon_addr = format!("v2:{}", mon.addr());
+    let (renewals, seen, stdout) =
+        tests::ceph::watch_mon_client(&mon.keyring(), &mon_addr, 3, Duration::from_secs(15));
     assert_eq!(renewals, 3, "stderr: {seen:?}");
     assert!(seen.iter().any(|l| l.contains("msgr2 to")), "over msgr2: {seen:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let first: serde_json::Value =
         serde_json::from_str(stdout.lines().next().unwrap_or("")).expect("monmap JSON");
     assert_eq!(first["fsid"], mon.fsid());

@@ -613,15 +613,7 @@ fn small_messages_on_receive_credit_stay_inside_every_throttle() {
     // so a server keeping up with every message alone would ask ~N times: its workers
     // wait while the burst is written, and read it in a few large reads however the
     // machine's load would have batched it.
-    let (go, wait) = crossbeam_channel::bounded::<()>(0);
-    for worker in srv.pool().handles() {
-        let wait = wait.clone();
-        worker
-            .dispatch_event_external(move |_| {
-                let _ = wait.recv_timeout(WAIT);
-            })
-            .expect("post");
-    }
+    let go = hold_workers(&srv);
     let sent_before = cli.totals().send_messages;
     for tid in N + 1..=2 * N {
         conn.send_message(test_message(MSG_TEST, tid, sized(tid))).expect("send");

@@ -21,7 +21,9 @@ use protocol::message::MESSAGE_OVERHEAD;
 use protocol::types::{EntityName, EntityType};
 use protocol::{Message, ProtocolVersion};
 use tests::hostile::{head_len, trickle, RawPeer};
-use tests::loopback::{addr_for, client, client_with, test_config, test_message, wait_until, WAIT};
+use tests::loopback::{
+    addr_for, client, client_with, hold_workers, test_config, test_message, wait_until, WAIT,
+};
 
 const MSG_TEST: u16 = 0x7f00;
 
@@ -321,15 +323,7 @@ fn burst_on_credit_holds_each_message_s_charge(proto: ProtocolVersion) {
     let first = next_kept(&rx);
     // The burst is written while the server's worker waits, so it reads it in large
     // reads, many messages each, on credit.
-    let (go, wait) = crossbeam_channel::bounded::<()>(0);
-    for worker in srv.pool().handles() {
-        let wait = wait.clone();
-        worker
-            .dispatch_event_external(move |_| {
-                let _ = wait.recv_timeout(WAIT);
-            })
-            .expect("post");
-    }
+    let go = hold_workers(&srv);
     let gets_before = msgs.counters().get;
     let sent_before = cli.totals().send_messages;
     for tid in 2..=N as u64 {
