@@ -321,3 +321,55 @@ fn a_stale_connect_decided_before_a_new_sessions_reply_is_retried_over_msgr1() {
     assert!(matches!(reply_tag(&mut newer), Tag::READY | Tag::SEQ), "the newer connect lost");
     srv.shutdown();
 }
+
+/// The callbacks `rx` delivers up to and including the first accept, named.
+fn callbacks_until_an_accept(rx: &crossbeam_channel::Receiver<Seen>) -> Vec<&'static str> {
+    let mut seen = Vec::new();
+    loop {
+        let ev = rx.recv_timeout(WAIT).unwrap_or_else(|_| panic!("no accept: {seen:?}"));
+        let name = match ev {
+            Seen::Accept(_) => "accept",
+            Seen::Reset(_) => "reset",
+            Seen::RemoteReset(_) => "remote_reset",
+            Seen::Connect(_) => "connect",
+            Seen::Refused(_) => "refused",
+            Seen::Message(..) => "message",
+        };
+        seen.push(name);
+        if name == "accept" {
+            return seen;
+        }
+    }
+}
+
+// A stateless server's fresh v1 session from a peer with RECONNECT_SEQ is answered SEQ
+// and opens (ms_handle_accept) only once the peer's in_seq is read. A peer that hangs up
+// in between leaves a connection no dispatcher was told of: it closes quietly. (Ceph
+// queues its accept before that wait and reports accept, then reset; a reset alone, for
+// a connection never accepted, is what neither does.) A second peer's session, accepted
+// after the first connection is gone, bounds the wait: a reset of the first would have
+// been queued before that accept.
+#[test]
+fn a_fresh_lossy_v1_session_closed_before_the_peers_in_seq_reports_no_lone_reset() {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (srv, bound, rx) =
+        server_on(EntityType::OSD, 2, Policy::stateless_server(), false, loopback, test_config(1));
+    let active = || -> u64 {
+        srv.worker_counters().iter().map(|c| c.active_connections.load(Relaxed)).sum()
+    };
+    let mut sock = fresh_banner_socket(bound);
+    sock.write_all(&session_connect(0, 1)).expect("connect");
+    assert_eq!(
+        reply_tag(&mut sock),
+        Tag::SEQ,
+        "a fresh session with RECONNECT_SEQ is answered SEQ"
+    );
+    wait_until(|| active() >= 1, || "the server never counted the connection".into());
+    drop(sock);
+    wait_until(|| active() == 0, || "the server kept the abandoned connection".into());
+    let _second =
+        RawPeer::handshake(addr_for(ProtocolVersion::V1, srv.my_addr()), Policy::lossy_client());
+    let seen = callbacks_until_an_accept(&rx);
+    srv.shutdown();
+    assert_eq!(seen, ["accept"], "a reset came for a connection never accepted");
+}

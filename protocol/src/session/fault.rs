@@ -93,6 +93,11 @@ pub struct FaultContext {
     /// accept side, set from the moment the final reply went out or a session was
     /// transferred in.
     pub once_ready: bool,
+    /// Our dispatchers were told of the session this connection carries: it opened on
+    /// this connection, or an announced session was moved into it (a replace that kept
+    /// it, a reconnect). A fresh acceptance whose final reply went out but which has not
+    /// opened yet (msgr v1's SEQ, awaiting the peer's in_seq) has `once_ready` without it.
+    pub announced: bool,
     /// Messages are queued or unacked (after requeueing), or a keepalive is pending.
     pub has_pending: bool,
     /// The fault is a WAIT reply (race lost).
@@ -146,11 +151,14 @@ pub fn fault_action(ctx: &FaultContext) -> FaultAction {
     if ctx.lossy && ctx.lossy_handshake_ends {
         return FaultAction::Reset;
     }
-    // Past connecting, a lossy session that ever carried one (open, or resumed and
-    // waiting for the peer's in_seq) is reported reset, as Ceph's fault does in every
-    // state past CONNECTING; only a half-accepted one closes quietly (never announced).
+    // Past connecting, a lossy session our dispatchers were told of (open, or resumed
+    // and waiting for the peer's in_seq) is reported reset, as Ceph's fault does in
+    // every state past CONNECTING. One never announced closes quietly: a half-accepted
+    // connection, or a fresh v1 acceptance that faults before the peer's in_seq (Ceph
+    // queues its accept before that wait and would report accept, then reset; we report
+    // neither, never a reset alone).
     if ctx.lossy && ctx.past_connecting() {
-        let carried = ctx.was_open || ctx.once_ready;
+        let carried = ctx.was_open || ctx.announced;
         return if carried { FaultAction::Reset } else { FaultAction::Close };
     }
     // Half-accepted and nothing of ours to deliver: nobody depends on this connection.
@@ -208,6 +216,7 @@ mod tests {
             side: Side::Connect,
             was_open: true,
             once_ready: true,
+            announced: true,
             has_pending: true,
             wait: false,
             lossy_handshake_ends: false,
@@ -278,6 +287,7 @@ mod tests {
             side: Side::Accept,
             was_open: false,
             once_ready: false,
+            announced: false,
             ..ctx()
         };
         assert_eq!(fault_action(&c), FaultAction::Close);
@@ -290,8 +300,24 @@ mod tests {
     #[test]
     fn a_lossy_resumed_session_not_yet_open_resets() {
         let c = FaultContext { lossy: true, side: Side::Accept, was_open: false, ..ctx() };
-        assert!(c.once_ready);
+        assert!(c.once_ready && c.announced);
         assert_eq!(fault_action(&c), FaultAction::Reset);
+    }
+
+    // A fresh lossy v1 acceptance whose SEQ reply went out (once_ready) faults before
+    // the peer's in_seq: no dispatcher was told of it (ms_handle_accept comes with the
+    // open), so it closes quietly; a reset would be the first any dispatcher heard of it.
+    #[test]
+    fn a_fresh_lossy_acceptance_not_yet_open_closes_quietly() {
+        let c = FaultContext {
+            lossy: true,
+            side: Side::Accept,
+            was_open: false,
+            announced: false,
+            ..ctx()
+        };
+        assert!(c.once_ready);
+        assert_eq!(fault_action(&c), FaultAction::Close);
     }
 
     // "with nothing to send, going to standby".

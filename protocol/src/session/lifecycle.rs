@@ -41,6 +41,7 @@ impl<P: Protocol> Machine<P> {
         self.backoff = Duration::ZERO;
         self.attempt = 0;
         self.once_ready = true;
+        self.announced = true;
         self.last_rx = now;
         log::info!(target: P::LOG, "{self}: open, features {:#x}, lossy {}", self.session.features.bits(), self.lossy);
         self.events.push_back(Event::Opened(Box::new(Opened {
@@ -72,6 +73,7 @@ impl<P: Protocol> Machine<P> {
             side: self.side,
             was_open,
             once_ready: self.once_ready,
+            announced: self.announced,
             has_pending: !self.session.queue.is_empty() || self.keepalive.pending.is_some(),
             wait: fault == Fault::Wait,
             lossy_handshake_ends: self.side == Side::Connect

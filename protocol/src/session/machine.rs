@@ -162,6 +162,10 @@ pub struct Machine<P: Protocol> {
     /// The session has been open on some connection of this machine (Ceph's
     /// `once_ready`).
     pub(crate) once_ready: bool,
+    /// Our dispatchers were told of this connection's session: it opened here
+    /// (`Event::Opened`), or a session already announced was moved into it (a replace
+    /// or reconnect that kept it). A fault of a lossy session reports a reset only then.
+    pub(crate) announced: bool,
     /// Backoff used for the last attempt (zero after a successful open).
     pub(crate) backoff: Duration,
     /// Reconnect attempts since the last open.
@@ -244,6 +248,7 @@ impl<P: Protocol> Machine<P> {
             session: Session::default(),
             global_seq: GlobalSeq::default(),
             once_ready: false,
+            announced: false,
             backoff: Duration::ZERO,
             attempt: 0,
             rx: RxBuf::default(),
