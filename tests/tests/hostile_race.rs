@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use messenger::{Messenger, MessengerConfig, Policy, ProtocolVersion};
+use messenger::{ConnState, Messenger, MessengerConfig, Policy, ProtocolVersion};
 use protocol::types::{EntityAddr, EntityAddrVec, EntityType, Features};
 use protocol::v2::frames::{ClientIdent, ControlFrame, ServerIdent, SessionReconnect};
 use protocol::v2::Tag as V2Tag;
@@ -372,4 +372,49 @@ fn a_fresh_lossy_v1_session_closed_before_the_peers_in_seq_reports_no_lone_reset
     let seen = callbacks_until_an_accept(&rx);
     srv.shutdown();
     assert_eq!(seen, ["accept"], "a reset came for a connection never accepted");
+}
+
+// msgr2: a SESSION_RECONNECT naming a lossless session our dispatcher marked disposable.
+// Ceph's handle_reconnect never looks at the existing connection's policy: cookies and
+// sequence numbers match, so it reuses the connection (SESSION_RECONNECT_OK) and the
+// session goes on (accepted again, as every SESSION_RECONNECT_OK is). A replace of a
+// lossy session resets it only for a new session (a v1 connect, an msgr2 ident); before,
+// this reconnect was answered SESSION_RESET and the session reset on both ends.
+#[test]
+fn a_reconnect_to_a_session_marked_disposable_resumes_it_over_msgr2() {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (srv, _bound, rx) =
+        server_on(EntityType::OSD, 2, Policy::stateful_server(), false, loopback, test_config(1));
+    let server = addr_for(ProtocolVersion::V2, srv.my_addr());
+    let me = v2_peer_addr(7);
+    let mut first = v2_socket_at_ident(server, me, Policy::lossless_client());
+    first.write_all(&ident_at(server, me, 0xC, 50)).expect("ident");
+    let (tag, seg) = read_frame(&mut first).expect("server ident");
+    assert_eq!(tag, V2Tag::SERVER_IDENT);
+    let server_cookie = ServerIdent::from_segment(&seg).expect("server ident").server_cookie;
+    let conn = match rx.recv_timeout(WAIT) {
+        Ok(Seen::Accept(c)) => c,
+        other => panic!("no accept: {other:?}"),
+    };
+    conn.mark_disposable();
+    let mut again = v2_socket_at_ident(server, me, Policy::lossless_client());
+    let reconnect = SessionReconnect {
+        addrs: EntityAddrVec { addrs: vec![me] },
+        client_cookie: 0xC,
+        server_cookie,
+        global_seq: 60,
+        connect_seq: 1,
+        msg_seq: 0,
+    };
+    again.write_all(&control(&reconnect)).expect("reconnect");
+    let tag = read_frame(&mut again).map(|(t, _)| t);
+    assert_eq!(tag, Some(V2Tag::SESSION_RECONNECT_OK), "Ceph resumes it");
+    // Ceph's send_reconnect_ok queues ms_handle_accept again, for the same connection.
+    match rx.recv_timeout(WAIT) {
+        Ok(Seen::Accept(c)) => assert_eq!(c, conn, "the resumed session is the same connection"),
+        other => panic!("the session resumes (accepted again), got {other:?}"),
+    }
+    assert_eq!(conn.state(), ConnState::Open);
+    srv.shutdown();
+    drop(first);
 }
