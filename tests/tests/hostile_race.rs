@@ -205,7 +205,7 @@ fn a_late_ident_of_an_older_connection_does_not_replace_a_newer_session_over_msg
 
 /// How long the server of the window tests holds each accept decision and each new
 /// session's reply: far longer than the test needs to strike inside the window.
-const HOLD: Duration = Duration::from_millis(400);
+const HOLD: Duration = Duration::from_millis(1000);
 
 /// Accept decisions, replies and hand-offs `m` held back so far.
 fn held(m: &Messenger) -> u64 {
