@@ -147,7 +147,12 @@ impl EntityAddr {
     /// Decodes a legacy address at the decoder's position.
     ///
     /// The first byte is a marker and must be 0; bytes 1-3 of the type are ignored, as
-    /// in Ceph. The result has type [`AddrType::LEGACY`].
+    /// in Ceph. The result has type [`AddrType::LEGACY`], whatever the family. Ceph's
+    /// `decode_legacy_addr_after_marker` gives `TYPE_NONE` to a sockaddr that is neither
+    /// inet nor inet6 (its `set_sockaddr` leaves such an address unspecified); ours has
+    /// no address (`addr: None`) there, which every user treats as blank, and keeps the
+    /// legacy type because a v1 peer's banner address is keyed and compared as a v1
+    /// address once its blank IP is filled in from the socket.
     pub fn decode_legacy_from(d: &mut Decoder<'_>) -> Result<Self> {
         if d.u8()? != 0 {
             return Err(Error::Malformed("legacy entity_addr marker is not 0"));
@@ -499,7 +504,8 @@ mod tests {
     }
 
     // Ceph's legacy decoder takes any family: set_sockaddr copies inet and inet6 and
-    // leaves the zeroed address for any other (it was refused).
+    // leaves the zeroed address for any other (it was refused). Ceph then types it
+    // TYPE_NONE; ours stays LEGACY with no address (decode_legacy_from says why).
     #[test]
     fn legacy_form_takes_any_family_as_ceph_does() {
         for family in [1u16, 9, 0xffff] {
