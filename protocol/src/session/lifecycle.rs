@@ -104,7 +104,7 @@ impl<P: Protocol> Machine<P> {
             FaultAction::Standby => {
                 self.set_state(State::Standby);
                 self.events.push_back(Event::Standby);
-                self.unreported_fault = Some((ctx, fault));
+                self.unreported_fault = Some(Box::new((ctx, fault)));
             }
             FaultAction::Reconnect { after } => {
                 if P::bumps_connect_seq(self, past_connecting) {
@@ -113,7 +113,7 @@ impl<P: Protocol> Machine<P> {
                 self.backoff = after;
                 if after.is_zero() {
                     self.start_reconnect(now);
-                    self.unreported_fault = Some((ctx, fault));
+                    self.unreported_fault = Some(Box::new((ctx, fault)));
                 } else {
                     // No event to take back: a failed connect attempt, which parsed no
                     // message a dispatcher could have marked the session lossy on.
@@ -130,7 +130,8 @@ impl<P: Protocol> Machine<P> {
     /// connect_seq moved on: both go with it. Nothing was dialled yet (the driver dials on
     /// the Reconnect it has not taken).
     pub(crate) fn redecide_unreported_fault(&mut self) {
-        let Some((ctx, fault)) = self.unreported_fault.take() else { return };
+        let Some(taken) = self.unreported_fault.take() else { return };
+        let (ctx, fault) = *taken;
         let pending = |e: &Event| matches!(e, Event::Standby | Event::Reconnect { .. });
         if self.state.is_closed() || !self.events.iter().any(pending) {
             return;

@@ -197,8 +197,9 @@ pub struct Machine<P: Protocol> {
     pub(crate) deferred_fault: Option<Fault>,
     /// The last fault, while what it decided (standby, or a reconnect at once) waits
     /// untaken in `events`: [`Machine::mark_lossy`] decides it again as a lossy
-    /// session's. Cleared when that event is taken.
-    pub(crate) unreported_fault: Option<(FaultContext, Fault)>,
+    /// session's. Cleared when that event is taken. Boxed: set only between a fault and
+    /// the driver's next look at the events, and every connection carries the slot.
+    pub(crate) unreported_fault: Option<Box<(FaultContext, Fault)>>,
     pub(crate) issues: PeerIssues,
     /// The protocol's per-connection data.
     pub(crate) proto: P,
