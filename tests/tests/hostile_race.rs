@@ -245,6 +245,22 @@ fn strike_inside_the_window(
     );
 }
 
+/// The tag of the server's reply to `me`'s SESSION_RECONNECT of the session with client
+/// cookie 0xC and `server_cookie` (global_seq 60, connect_seq 1), on a new socket.
+fn reconnect_reply(server: EntityAddr, me: EntityAddr, server_cookie: u64) -> Option<V2Tag> {
+    let mut again = v2_socket_at_ident(server, me, Policy::lossless_client());
+    let reconnect = SessionReconnect {
+        addrs: EntityAddrVec { addrs: vec![me] },
+        client_cookie: 0xC,
+        server_cookie,
+        global_seq: 60,
+        connect_seq: 1,
+        msg_seq: 0,
+    };
+    again.write_all(&control(&reconnect)).expect("reconnect");
+    read_frame(&mut again).map(|(t, _)| t)
+}
+
 /// Whether `sock` has nothing to read yet (and was not closed).
 fn nothing_yet(sock: &TcpStream) -> bool {
     sock.set_nonblocking(true).expect("nonblocking");
@@ -279,18 +295,7 @@ fn a_stale_ident_decided_before_a_new_sessions_reply_is_dropped_over_msgr2() {
     let server_cookie = ServerIdent::from_segment(&seg).expect("server ident").server_cookie;
     // The session is the newer connection's: its reconnect after a cut resumes it.
     drop(newer);
-    let mut again = v2_socket_at_ident(server, me, Policy::lossless_client());
-    again
-        .write_all(&control(&SessionReconnect {
-            addrs: EntityAddrVec { addrs: vec![me] },
-            client_cookie: 0xC,
-            server_cookie,
-            global_seq: 60,
-            connect_seq: 1,
-            msg_seq: 0,
-        }))
-        .expect("reconnect");
-    let tag = read_frame(&mut again).map(|(t, _)| t);
+    let tag = reconnect_reply(server, me, server_cookie);
     assert_eq!(tag, Some(V2Tag::SESSION_RECONNECT_OK), "the new session was not resumed");
     srv.shutdown();
 }
@@ -397,17 +402,7 @@ fn a_reconnect_to_a_session_marked_disposable_resumes_it_over_msgr2() {
         other => panic!("no accept: {other:?}"),
     };
     conn.mark_disposable();
-    let mut again = v2_socket_at_ident(server, me, Policy::lossless_client());
-    let reconnect = SessionReconnect {
-        addrs: EntityAddrVec { addrs: vec![me] },
-        client_cookie: 0xC,
-        server_cookie,
-        global_seq: 60,
-        connect_seq: 1,
-        msg_seq: 0,
-    };
-    again.write_all(&control(&reconnect)).expect("reconnect");
-    let tag = read_frame(&mut again).map(|(t, _)| t);
+    let tag = reconnect_reply(server, me, server_cookie);
     assert_eq!(tag, Some(V2Tag::SESSION_RECONNECT_OK), "Ceph resumes it");
     // Ceph's send_reconnect_ok queues ms_handle_accept again, for the same connection.
     match rx.recv_timeout(WAIT) {
