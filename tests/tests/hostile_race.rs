@@ -378,15 +378,14 @@ fn a_fresh_lossy_v1_session_closed_before_the_peers_in_seq_reports_no_lone_reset
     srv.shutdown();
     assert_eq!(seen, ["accept"], "a reset came for a connection never accepted");
 }
-
 // msgr2: a SESSION_RECONNECT naming a lossless session our dispatcher marked disposable.
-// Ceph's handle_reconnect never looks at the existing connection's policy: cookies and
-// sequence numbers match, so it reuses the connection (SESSION_RECONNECT_OK) and the
-// session goes on (accepted again, as every SESSION_RECONNECT_OK is). A replace of a
-// lossy session resets it only for a new session (a v1 connect, an msgr2 ident); before,
-// this reconnect was answered SESSION_RESET and the session reset on both ends.
+// Ceph's handle_reconnect never looks at the existing connection's policy and resumes it
+// (reuse_connection), sending again what it had sent unacknowledged. Ours drops those at
+// the mark (a lossy session keeps no sent queue), so resuming would leave a silent gap
+// in the peer's lossless stream. The session is reset instead, on both ends: the peer
+// is answered SESSION_RESET (its dispatchers hear it), ours hear ms_handle_reset.
 #[test]
-fn a_reconnect_to_a_session_marked_disposable_resumes_it_over_msgr2() {
+fn a_reconnect_to_a_session_marked_disposable_resets_it_over_msgr2() {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let (srv, _bound, rx) =
         server_on(EntityType::OSD, 2, Policy::stateful_server(), false, loopback, test_config(1));
@@ -403,13 +402,12 @@ fn a_reconnect_to_a_session_marked_disposable_resumes_it_over_msgr2() {
     };
     conn.mark_disposable();
     let tag = reconnect_reply(server, me, server_cookie);
-    assert_eq!(tag, Some(V2Tag::SESSION_RECONNECT_OK), "Ceph resumes it");
-    // Ceph's send_reconnect_ok queues ms_handle_accept again, for the same connection.
+    assert_eq!(tag, Some(V2Tag::SESSION_RESET), "not resumed: what it had sent is gone");
     match rx.recv_timeout(WAIT) {
-        Ok(Seen::Accept(c)) => assert_eq!(c, conn, "the resumed session is the same connection"),
-        other => panic!("the session resumes (accepted again), got {other:?}"),
+        Ok(Seen::Reset(c)) => assert_eq!(c, conn, "the disposable session is the one reset"),
+        other => panic!("the session is reset, got {other:?}"),
     }
-    assert_eq!(conn.state(), ConnState::Open);
+    assert_eq!(conn.state(), ConnState::Closed);
     srv.shutdown();
     drop(first);
 }
