@@ -93,10 +93,12 @@ pub struct FaultContext {
     /// accept side, set from the moment the final reply went out or a session was
     /// transferred in.
     pub once_ready: bool,
-    /// Our dispatchers were told of the session this connection carries: it opened on
-    /// this connection, or an announced session was moved into it (a replace that kept
-    /// it, a reconnect). A fresh acceptance whose final reply went out but which has not
-    /// opened yet (msgr v1's SEQ, awaiting the peer's in_seq) has `once_ready` without it.
+    /// The session this connection carries opened on it, or was moved into it by a
+    /// replace that kept it (usually a session our dispatchers were told of, though it
+    /// may be one of our own connects that never opened, or an acceptance that waited in
+    /// standby unannounced). A fresh acceptance whose final reply went out but which has
+    /// not opened yet (msgr v1's SEQ, awaiting the peer's in_seq) has `once_ready`
+    /// without it.
     pub announced: bool,
     /// Messages are queued or unacked (after requeueing), or a keepalive is pending.
     pub has_pending: bool,
@@ -155,8 +157,8 @@ pub fn fault_action(ctx: &FaultContext) -> FaultAction {
     // and waiting for the peer's in_seq) is reported reset, as Ceph's fault does in
     // every state past CONNECTING. One never announced closes quietly: a half-accepted
     // connection, or a fresh v1 acceptance that faults before the peer's in_seq (Ceph
-    // queues its accept before that wait and would report accept, then reset; we report
-    // neither, never a reset alone).
+    // queues its accept before that wait and would report accept, then reset; this
+    // fault reports neither rather than a reset alone).
     if ctx.lossy && ctx.past_connecting() {
         let carried = ctx.was_open || ctx.announced;
         return if carried { FaultAction::Reset } else { FaultAction::Close };

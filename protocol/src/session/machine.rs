@@ -162,9 +162,9 @@ pub struct Machine<P: Protocol> {
     /// The session has been open on some connection of this machine (Ceph's
     /// `once_ready`).
     pub(crate) once_ready: bool,
-    /// Our dispatchers were told of this connection's session: it opened here
-    /// (`Event::Opened`), or a session already announced was moved into it (a replace
-    /// or reconnect that kept it). A fault of a lossy session reports a reset only then.
+    /// This connection's session opened here (`Event::Opened`), or a session was moved
+    /// into it by a replace that kept it (see [`FaultContext::announced`]). A fault of a
+    /// lossy session reports a reset only then.
     pub(crate) announced: bool,
     /// Backoff used for the last attempt (zero after a successful open).
     pub(crate) backoff: Duration,

@@ -326,8 +326,9 @@ fn accept_open(
         m.session.reset();
         resumed = false;
     }
-    // A kept session was announced on the connection it came from: its fault before the
-    // peer's in_seq ends it with a reset (a fresh one closes quietly).
+    // A kept session came from another connection (usually one our dispatchers were
+    // told of): its fault before the peer's in_seq ends it with a reset (a fresh one
+    // closes quietly).
     m.announced |= resumed;
     // Ceph's session_reset queues ms_handle_remote_reset; a peer restart without
     // resetcheck keeps our session (READY, in_seq zeroed) and reports nothing.
