@@ -387,8 +387,11 @@ impl Connection {
     }
 
     /// Marks the connection disposable (Ceph's `mark_disposable`): its session becomes
-    /// lossy, so the next fault ends it with `ms_handle_reset` instead of a reconnect and
-    /// unacked messages are not resent.
+    /// lossy, so the next fault ends it with `ms_handle_reset` instead of a reconnect,
+    /// and what it sends from now on is not kept for resending. What it had sent
+    /// unacknowledged is kept until acknowledged: an msgr2 peer that reconnects before
+    /// our side faults resumes the session (as Ceph's `handle_reconnect` does) and gets
+    /// it again.
     ///
     /// At once, as Ceph's sets `policy.lossy` under the connection's lock: a fault its
     /// driver handles after this returns resets the session, and so does one it had

@@ -534,7 +534,7 @@ pub(crate) fn decide(
         replacing: e.replacing,
     });
     let decision = protocol::decide(req, view.as_ref(), policy, my_addrs);
-    let action = match decision.table_effect(view.as_ref()) {
+    let action = match decision.table_effect(&req.kind, view.as_ref()) {
         TableEffect::Replace => AcceptAction::HandOver,
         TableEffect::ResetExisting => AcceptAction::ResetExisting,
         TableEffect::NudgeExisting => AcceptAction::NudgeExisting,

@@ -10,7 +10,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use messenger::{ConnState, Messenger, MessengerConfig, Policy, ProtocolVersion};
+use bytes::Bytes;
+
+use messenger::{ConnState, Connection, Messenger, MessengerConfig, Policy, ProtocolVersion};
 use protocol::types::{EntityAddr, EntityAddrVec, EntityType, Features};
 use protocol::v2::frames::{ClientIdent, ControlFrame, ServerIdent, SessionReconnect};
 use protocol::v2::Tag as V2Tag;
@@ -245,9 +247,14 @@ fn strike_inside_the_window(
     );
 }
 
-/// The tag of the server's reply to `me`'s SESSION_RECONNECT of the session with client
-/// cookie 0xC and `server_cookie` (global_seq 60, connect_seq 1), on a new socket.
-fn reconnect_reply(server: EntityAddr, me: EntityAddr, server_cookie: u64) -> Option<V2Tag> {
+/// `me`'s SESSION_RECONNECT of the session with client cookie 0xC and `server_cookie`
+/// (global_seq 60, connect_seq 1, nothing received), on a new socket: the socket, kept
+/// open, and the tag of the server's reply.
+fn reconnect_reply(
+    server: EntityAddr,
+    me: EntityAddr,
+    server_cookie: u64,
+) -> (TcpStream, Option<V2Tag>) {
     let mut again = v2_socket_at_ident(server, me, Policy::lossless_client());
     let reconnect = SessionReconnect {
         addrs: EntityAddrVec { addrs: vec![me] },
@@ -258,7 +265,8 @@ fn reconnect_reply(server: EntityAddr, me: EntityAddr, server_cookie: u64) -> Op
         msg_seq: 0,
     };
     again.write_all(&control(&reconnect)).expect("reconnect");
-    read_frame(&mut again).map(|(t, _)| t)
+    let tag = read_frame(&mut again).map(|(t, _)| t);
+    (again, tag)
 }
 
 /// Whether `sock` has nothing to read yet (and was not closed).
@@ -295,7 +303,7 @@ fn a_stale_ident_decided_before_a_new_sessions_reply_is_dropped_over_msgr2() {
     let server_cookie = ServerIdent::from_segment(&seg).expect("server ident").server_cookie;
     // The session is the newer connection's: its reconnect after a cut resumes it.
     drop(newer);
-    let tag = reconnect_reply(server, me, server_cookie);
+    let (_again, tag) = reconnect_reply(server, me, server_cookie);
     assert_eq!(tag, Some(V2Tag::SESSION_RECONNECT_OK), "the new session was not resumed");
     srv.shutdown();
 }
@@ -378,19 +386,16 @@ fn a_fresh_lossy_v1_session_closed_before_the_peers_in_seq_reports_no_lone_reset
     srv.shutdown();
     assert_eq!(seen, ["accept"], "a reset came for a connection never accepted");
 }
-// msgr2: a SESSION_RECONNECT naming a lossless session our dispatcher marked disposable.
-// Ceph's handle_reconnect never looks at the existing connection's policy and resumes it
-// (reuse_connection), sending again what it had sent unacknowledged. Ours drops those at
-// the mark (a lossy session keeps no sent queue), so resuming would leave a silent gap
-// in the peer's lossless stream. The session is reset instead, on both ends: the peer
-// is answered SESSION_RESET (its dispatchers hear it), ours hear ms_handle_reset.
-#[test]
-fn a_reconnect_to_a_session_marked_disposable_resets_it_over_msgr2() {
+/// A stateful server's msgr2 session with the raw peer `me` (client cookie 0xC), opened:
+/// the server, its callbacks, the server's v2 address, the peer's socket, the server
+/// cookie and the accepted connection.
+fn open_v2_session(
+    me: EntityAddr,
+) -> (Messenger, crossbeam_channel::Receiver<Seen>, EntityAddr, TcpStream, u64, Connection) {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let (srv, _bound, rx) =
         server_on(EntityType::OSD, 2, Policy::stateful_server(), false, loopback, test_config(1));
     let server = addr_for(ProtocolVersion::V2, srv.my_addr());
-    let me = v2_peer_addr(7);
     let mut first = v2_socket_at_ident(server, me, Policy::lossless_client());
     first.write_all(&ident_at(server, me, 0xC, 50)).expect("ident");
     let (tag, seg) = read_frame(&mut first).expect("server ident");
@@ -400,14 +405,66 @@ fn a_reconnect_to_a_session_marked_disposable_resets_it_over_msgr2() {
         Ok(Seen::Accept(c)) => c,
         other => panic!("no accept: {other:?}"),
     };
-    conn.mark_disposable();
-    let tag = reconnect_reply(server, me, server_cookie);
-    assert_eq!(tag, Some(V2Tag::SESSION_RESET), "not resumed: what it had sent is gone");
-    match rx.recv_timeout(WAIT) {
-        Ok(Seen::Reset(c)) => assert_eq!(c, conn, "the disposable session is the one reset"),
-        other => panic!("the session is reset, got {other:?}"),
+    (srv, rx, server, first, server_cookie, conn)
+}
+
+/// The tag of the next frame on `sock` that is not a keepalive or an ack.
+fn next_payload_frame(sock: &mut TcpStream) -> Option<V2Tag> {
+    loop {
+        let (tag, _) = read_frame(sock)?;
+        if ![V2Tag::ACK, V2Tag::KEEPALIVE2, V2Tag::KEEPALIVE2_ACK].contains(&tag) {
+            return Some(tag);
+        }
     }
-    assert_eq!(conn.state(), ConnState::Closed);
+}
+
+// msgr2: a SESSION_RECONNECT naming a lossless session our dispatcher marked disposable.
+// Ceph's handle_reconnect never looks at the existing connection's policy: cookies and
+// sequence numbers match, so it reuses the connection (SESSION_RECONNECT_OK) and the
+// session goes on (accepted again, as every SESSION_RECONNECT_OK is), lossy from then on.
+// A replace of a lossy session resets it only for a new session (a v1 connect, an msgr2
+// ident).
+#[test]
+fn a_reconnect_to_a_session_marked_disposable_resumes_it_over_msgr2() {
+    let me = v2_peer_addr(7);
+    let (srv, rx, server, first, server_cookie, conn) = open_v2_session(me);
+    conn.mark_disposable();
+    let (again, tag) = reconnect_reply(server, me, server_cookie);
+    assert_eq!(tag, Some(V2Tag::SESSION_RECONNECT_OK), "Ceph resumes it");
+    // Ceph's send_reconnect_ok queues ms_handle_accept again, for the same connection.
+    match rx.recv_timeout(WAIT) {
+        Ok(Seen::Accept(c)) => assert_eq!(c, conn, "the resumed session is the same connection"),
+        other => panic!("the session resumes (accepted again), got {other:?}"),
+    }
+    assert_eq!(conn.state(), ConnState::Open);
+    // Still disposable: its next fault resets it.
+    drop(again);
+    match rx.recv_timeout(WAIT) {
+        Ok(Seen::Reset(c)) => assert_eq!(c, conn, "the resumed session stays lossy"),
+        other => panic!("a fault of the resumed disposable session resets it, got {other:?}"),
+    }
+    srv.shutdown();
+    drop(first);
+}
+
+// Ceph's mark_disposable only makes the policy lossy: what the session sent before and
+// the peer has not acknowledged stays in its sent list, and a reconnect that resumes the
+// session (handle_reconnect, reuse_connection) sends it again. Ours dropped it at the
+// mark, so the resumed session had a silent gap in the peer's lossless stream.
+#[test]
+fn a_resumed_disposable_session_sends_again_what_it_had_sent_unacknowledged_over_msgr2() {
+    let me = v2_peer_addr(8);
+    let (srv, _rx, server, mut first, server_cookie, conn) = open_v2_session(me);
+    conn.send_message(test_message(0x7f00, 1, Bytes::from_static(b"unacked"))).expect("send");
+    assert_eq!(next_payload_frame(&mut first), Some(V2Tag::MESSAGE), "sent on the first socket");
+    conn.mark_disposable();
+    let (mut again, tag) = reconnect_reply(server, me, server_cookie);
+    assert_eq!(tag, Some(V2Tag::SESSION_RECONNECT_OK));
+    assert_eq!(
+        next_payload_frame(&mut again),
+        Some(V2Tag::MESSAGE),
+        "the unacknowledged message is sent again on the resumed session"
+    );
     srv.shutdown();
     drop(first);
 }

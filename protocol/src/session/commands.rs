@@ -76,7 +76,12 @@ impl<P: Protocol> Machine<P> {
     }
 
     /// Makes the session lossy from now on (Ceph's `mark_disposable`): the next fault
-    /// resets it ([`super::Event::Reset`]) instead of reconnecting, and nothing more is acked.
+    /// resets it ([`super::Event::Reset`]) instead of reconnecting, nothing more is
+    /// acked, and what is sent from now on is not kept for resending. What was sent
+    /// before stays until the peer acknowledges it (acks are still read) or the session
+    /// ends: an msgr2 peer that reconnects first resumes the session (Ceph's
+    /// `handle_reconnect` does not look at the policy), and it is sent again then, as
+    /// Ceph's sent list is.
     ///
     /// A fault whose outcome was not taken yet counts as a next one: while its
     /// [`super::Event::Standby`] or [`super::Event::Reconnect`] waits in the event queue,
@@ -89,9 +94,6 @@ impl<P: Protocol> Machine<P> {
     pub fn mark_lossy(&mut self) {
         self.policy.lossy = true;
         self.lossy = true;
-        // Never resent now, and no longer acknowledged: keeping them would hold them
-        // (and their share of the send bounds) until the session ends.
-        self.session.drop_sent();
         self.redecide_unreported_fault();
     }
 }

@@ -181,13 +181,6 @@ impl Session {
         self.sent.push_back(msg);
     }
 
-    /// Forgets the framed-but-unacked messages (the session became lossy: they will
-    /// never be resent).
-    pub(crate) fn drop_sent(&mut self) {
-        self.sent.clear();
-        self.sent_cost = 0;
-    }
-
     /// Ceph's `requeue_sent`: unacked messages go back to the head of the queue with
     /// their seqs, and out_seq rolls back so they are framed with the same numbers.
     pub(crate) fn requeue_sent(&mut self) {

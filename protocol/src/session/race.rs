@@ -203,13 +203,26 @@ pub enum TableEffect {
 }
 
 impl Decision {
-    /// What the session table does for this decision, given the existing entry it was
-    /// made against (if any).
-    pub fn table_effect(&self, existing: Option<&ExistingSession>) -> TableEffect {
+    /// What the session table does for this decision, given the request it answers and
+    /// the existing entry it was made against (if any).
+    ///
+    /// A connect (v1) or ident (msgr2) replacing a lossy session resets it (Ceph's
+    /// `handle_connect_message_2` and `handle_existing_connection` stop a lossy existing
+    /// connection). An msgr2 reconnect resumes the session whatever its policy: Ceph's
+    /// `handle_reconnect` never looks at it, so a session marked disposable after it
+    /// opened is resumed (SESSION_RECONNECT_OK), not reset.
+    pub fn table_effect(
+        &self,
+        request: &RequestKind,
+        existing: Option<&ExistingSession>,
+    ) -> TableEffect {
         let live = existing.filter(|e| e.state != ExistingState::Closed);
+        let resumes = matches!(request, RequestKind::Reconnect { .. });
         match (self, live) {
             (Decision::Open, _) | (Decision::Replace { .. }, None) => TableEffect::Register,
-            (Decision::Replace { .. }, Some(e)) if e.lossy => TableEffect::ResetExisting,
+            (Decision::Replace { .. }, Some(e)) if e.lossy && !resumes => {
+                TableEffect::ResetExisting
+            }
             (Decision::Replace { .. }, Some(_)) => TableEffect::Replace,
             (Decision::Wait, Some(_)) => TableEffect::NudgeExisting,
             _ => TableEffect::Nothing,
@@ -226,15 +239,45 @@ mod tests {
         let open = ExistingSession { state: ExistingState::Open, ..Default::default() };
         let lossy = ExistingSession { lossy: true, ..open };
         let keep = Decision::Replace { reset_existing: false, peer_restarted: false };
-        assert_eq!(Decision::Open.table_effect(Some(&open)), TableEffect::Register);
-        assert_eq!(keep.table_effect(None), TableEffect::Register);
-        assert_eq!(keep.table_effect(Some(&open)), TableEffect::Replace);
-        assert_eq!(keep.table_effect(Some(&lossy)), TableEffect::ResetExisting);
-        assert_eq!(Decision::Wait.table_effect(Some(&open)), TableEffect::NudgeExisting);
-        assert_eq!(Decision::Wait.table_effect(None), TableEffect::Nothing);
-        assert_eq!(Decision::Drop.table_effect(Some(&open)), TableEffect::Nothing);
-        assert_eq!(Decision::Refuse.table_effect(Some(&open)), TableEffect::Nothing);
-        let closed = ExistingSession::default();
-        assert_eq!(keep.table_effect(Some(&closed)), TableEffect::Register);
+        let connect = RequestKind::Connect {
+            global_seq: GlobalSeq(2),
+            connect_seq: ConnectSeq(1),
+            features: Features(0),
+            lossy: false,
+        };
+        let ident = RequestKind::Ident {
+            peer_addrs: EntityAddrVec::default(),
+            global_seq: GlobalSeq(2),
+            client_cookie: 7,
+            features: Features(0),
+            gid: 1,
+            lossy: false,
+        };
+        let reconnect = RequestKind::Reconnect {
+            peer_addrs: EntityAddrVec::default(),
+            global_seq: GlobalSeq(2),
+            connect_seq: ConnectSeq(1),
+            client_cookie: 7,
+            server_cookie: 9,
+            msg_seq: Seq(0),
+        };
+        let effect =
+            |d: &Decision, r: &RequestKind, e: Option<&ExistingSession>| d.table_effect(r, e);
+        for r in [&connect, &ident, &reconnect] {
+            assert_eq!(effect(&Decision::Open, r, Some(&open)), TableEffect::Register);
+            assert_eq!(effect(&keep, r, None), TableEffect::Register);
+            assert_eq!(effect(&keep, r, Some(&open)), TableEffect::Replace);
+            assert_eq!(effect(&Decision::Wait, r, Some(&open)), TableEffect::NudgeExisting);
+            assert_eq!(effect(&Decision::Wait, r, None), TableEffect::Nothing);
+            assert_eq!(effect(&Decision::Drop, r, Some(&open)), TableEffect::Nothing);
+            assert_eq!(effect(&Decision::Refuse, r, Some(&open)), TableEffect::Nothing);
+            let closed = ExistingSession::default();
+            assert_eq!(effect(&keep, r, Some(&closed)), TableEffect::Register);
+        }
+        // A new session replacing a lossy one resets it; a reconnect resumes it (Ceph's
+        // handle_reconnect reuses the connection whatever its policy).
+        assert_eq!(effect(&keep, &connect, Some(&lossy)), TableEffect::ResetExisting);
+        assert_eq!(effect(&keep, &ident, Some(&lossy)), TableEffect::ResetExisting);
+        assert_eq!(effect(&keep, &reconnect, Some(&lossy)), TableEffect::Replace);
     }
 }

@@ -485,7 +485,7 @@ impl Pair {
         }
         let register = !(policy.lossy && policy.server);
         let mut transferred = None;
-        match (decision.table_effect(existing.as_ref()), existing_ep) {
+        match (decision.table_effect(&req.kind, existing.as_ref()), existing_ep) {
             (TableEffect::Replace, Some(old)) => {
                 transferred = self.eps[old].conn.take_session();
                 self.eps[old].alive = false;

@@ -88,9 +88,9 @@ pub(crate) fn read(m: &mut Machine<V1>, now: Instant) -> bool {
             let seq = Seq(decode_ack(b).map(|(s, _)| s).unwrap_or(0));
             m.rx.consume(8);
             set_next(m, Next::Tag);
-            if !m.lossy {
-                m.session.ack(seq);
-            }
+            // Read on a lossy session too: one marked disposable keeps what it sent before
+            // until it is acknowledged (`Machine::mark_lossy`).
+            m.session.ack(seq);
             if m.config.report_acks {
                 m.note_acked(seq);
             }

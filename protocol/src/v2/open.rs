@@ -51,9 +51,9 @@ pub(crate) fn on_frame(m: &mut Machine<V2>, now: Instant, f: Frame) -> Result<bo
         }
         Tag::ACK => {
             let a = Ack::from_segment(&f.segments[0]).map_err(Fault::Decode)?;
-            if !m.lossy {
-                m.session.ack(Seq(a.seq));
-            }
+            // Read on a lossy session too: one marked disposable keeps what it sent before
+            // until it is acknowledged (`Machine::mark_lossy`).
+            m.session.ack(Seq(a.seq));
             if m.config.report_acks {
                 m.note_acked(Seq(a.seq));
             }
@@ -110,9 +110,9 @@ pub(crate) fn on_whole_message(
 fn deliver(m: &mut Machine<V2>, now: Instant, h: MsgHeader2, segments: [Bytes; MAX_SEGMENTS]) {
     let [_, front, middle, data] = segments;
     m.note_received(Seq(h.seq));
-    if !m.lossy {
-        m.session.ack(Seq(h.ack_seq));
-    }
+    // Read on a lossy session too: one marked disposable keeps what it sent before
+    // until it is acknowledged (`Machine::mark_lossy`).
+    m.session.ack(Seq(h.ack_seq));
     let len32 = |b: &Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX);
     let header = MsgHeader {
         seq: h.seq,
