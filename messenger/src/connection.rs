@@ -388,10 +388,10 @@ impl Connection {
 
     /// Marks the connection disposable (Ceph's `mark_disposable`): its session becomes
     /// lossy, so the next fault ends it with `ms_handle_reset` instead of a reconnect,
-    /// and what it sends from now on is not kept for resending. What it had sent
-    /// unacknowledged is kept until acknowledged: an msgr2 peer that reconnects before
-    /// our side faults resumes the session (as Ceph's `handle_reconnect` does) and gets
-    /// it again.
+    /// and what its driver frames once it has taken the mark is not kept for resending.
+    /// What it had sent unacknowledged is kept until acknowledged: an msgr2 peer that
+    /// reconnects before our side faults resumes the session (as Ceph's
+    /// `handle_reconnect` does) and gets it again.
     ///
     /// At once, as Ceph's sets `policy.lossy` under the connection's lock: a fault its
     /// driver handles after this returns resets the session, and so does one it had
@@ -421,8 +421,8 @@ impl Connection {
 
     /// What this connection holds for its peer, as its per-connection send bound counts
     /// it (framed bytes plus a per-message overhead): messages waiting in the mailbox,
-    /// queued in the session, being written, and, on a lossless session, sent but not
-    /// yet acknowledged. Zero once the peer has acknowledged everything (Ceph's out
+    /// queued in the session, being written, and sent but not yet acknowledged (on a
+    /// lossless session, or sent before the session was marked disposable). Zero once the peer has acknowledged everything (Ceph's out
     /// queue plus sent list, as `messenger dump` would show them).
     pub fn queued_send_bytes(&self) -> u64 {
         let mailbox = self.0.mailbox_cost.load(Ordering::Relaxed);

@@ -331,6 +331,12 @@ impl Machine {
         self.0.send_held_cost()
     }
 
+    /// The part of it sent but not yet acknowledged.
+    #[inline]
+    pub(crate) fn sent_held_cost(&self) -> u64 {
+        self.0.sent_held_cost()
+    }
+
     /// Messages queued or sent-but-unacked.
     #[inline]
     pub(crate) fn pending_messages(&self) -> usize {

@@ -421,6 +421,12 @@ impl Connection {
         each!(self, c => c.send_held_cost(), s => s.send_cost())
     }
 
+    /// See [`crate::Machine::sent_held_cost`].
+    #[inline]
+    pub fn sent_held_cost(&self) -> u64 {
+        each!(self, c => c.sent_held_cost(), _s => 0)
+    }
+
     /// See [`crate::Machine::last_keepalive`].
     #[inline]
     pub fn last_keepalive(&self) -> Option<Instant> {

@@ -468,3 +468,37 @@ fn a_resumed_disposable_session_sends_again_what_it_had_sent_unacknowledged_over
     srv.shutdown();
     drop(first);
 }
+
+/// Returns once `conn`'s driver has run a whole pump that began after this call (its
+/// gauges are published at the end of every pump).
+fn after_a_whole_pump(conn: &Connection) {
+    for _ in 0..2 {
+        let (tx, ran) = crossbeam_channel::bounded(1);
+        conn.inject_before_settle(move || {
+            let _ = tx.send(());
+        });
+        ran.recv_timeout(WAIT).expect("the driver ran");
+    }
+}
+
+// A message sent before the mark stays in the sent list, counted at its send cost, and
+// its frame may still be waiting to be written: a lossy session also counts unwritten
+// frames (it keeps nothing it frames). Counted by both, the mark doubled what the
+// connection held against its send bounds (and the messenger's total), and could refuse
+// sends on every connection until the peer read (review).
+#[test]
+fn marking_disposable_counts_an_unwritten_unacknowledged_message_once_over_msgr2() {
+    let me = v2_peer_addr(9);
+    let (srv, _rx, _server, first, _cookie, conn) = open_v2_session(me);
+    // The peer reads nothing: most of the frame stays unwritten.
+    conn.send_message(test_message(0x7f00, 1, Bytes::from(vec![0x5a; 64 << 20]))).expect("send");
+    after_a_whole_pump(&conn);
+    let before = conn.queued_send_bytes();
+    assert!(before >= 64 << 20, "the message is counted: {before}");
+    conn.mark_disposable();
+    after_a_whole_pump(&conn);
+    let after = conn.queued_send_bytes();
+    assert!(after <= before, "held {before} before the mark, {after} after it");
+    srv.shutdown();
+    drop(first);
+}

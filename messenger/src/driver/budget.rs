@@ -514,8 +514,15 @@ impl Driver {
         } else {
             // A lossless session keeps framed messages until they are acknowledged
             // (counted by the machine); a lossy one forgets them once framed, so their
-            // bytes count while they wait here.
-            let framed = if self.machine.is_lossy() { self.io.wsegs_bytes as u64 } else { 0 };
+            // bytes count while they wait here. A session marked lossy still keeps what
+            // it had sent before (until acknowledged), and the unwritten frames may be
+            // theirs: the larger of the two counts, not their sum, so the mark never
+            // counts one message twice.
+            let framed = if self.machine.is_lossy() {
+                (self.io.wsegs_bytes as u64).saturating_sub(self.machine.sent_held_cost())
+            } else {
+                0
+            };
             self.machine.send_held_cost() + framed
         };
         if send != self.send_held {

@@ -100,11 +100,16 @@ pub struct Session {
     /// Seq of the last message accepted from the peer.
     pub(crate) in_seq: Seq,
     /// Seq of the last message framed. Invariant: `sent` holds seqs
-    /// `out_seq - sent.len() + 1 ..= out_seq` in order (lossless only).
+    /// `out_seq - sent.len() + 1 ..= out_seq` in order while the session is lossless.
+    /// A session marked lossy frames on without keeping what it frames, so its kept
+    /// messages fall below that range; `requeue_sent` (a resume) renumbers them from
+    /// `out_seq - sent.len() + 1`, above what the peer received, as Ceph's
+    /// `requeue_sent` does.
     pub(crate) out_seq: Seq,
     /// Messages waiting to be framed.
     pub(crate) queue: OutQueue,
-    /// Framed but not yet acked (lossless policies only), in seq order.
+    /// Framed but not yet acked, in seq order: a lossless session's, or what a session
+    /// marked lossy had framed before the mark.
     pub(crate) sent: VecDeque<Message>,
     /// Invariant: the sum of `Message::send_cost` over `sent`.
     pub(crate) sent_cost: u64,

@@ -110,11 +110,18 @@ impl<P: Protocol> Machine<P> {
         self.lossy
     }
 
-    /// What the messages this machine holds for sending cost: queued, and (lossless)
-    /// sent but not yet acknowledged (`Message::send_cost` each). The messenger's send
+    /// What the messages this machine holds for sending cost: queued, and sent but not
+    /// yet acknowledged (`Message::send_cost` each; a lossy session keeps none it sent
+    /// while lossy). The messenger's send
     /// bounds count this.
     pub fn send_held_cost(&self) -> u64 {
         self.session.send_cost()
+    }
+
+    /// The part of [`Self::send_held_cost`] sent but not yet acknowledged: a lossless
+    /// session's, or what a session marked lossy had sent before the mark.
+    pub fn sent_held_cost(&self) -> u64 {
+        self.session.sent_cost
     }
 
     /// When the peer's last KEEPALIVE / KEEPALIVE2 arrived.
