@@ -114,18 +114,8 @@ fn real_osd_over_msgr2_with_cephx_from_monitor_issued_tickets_both_modes() {
     let key = ring.key(&name).expect("client.admin key").clone();
     for mode in [ConMode::SECURE, ConMode::CRC] {
         let store = Arc::new(TicketStore::default());
-        let clock = WallClock::anchored(Instant::now(), wall_now());
-        let rng: RngSource = Arc::new(|| Box::new(rand::rngs::OsRng) as _);
-        let provider = CephxProvider::new(name.clone(), AuthConfig::ceph_defaults(), clock, rng)
-            .with_monitor_key(key.clone(), store.clone());
-        let config = MessengerConfig { client_mode: Some(ConModes(vec![mode])), ..test_config(1) }
-            .with_auth_provider(Arc::new(provider));
-        let msgr = Messenger::new(EntityName::new(EntityType::CLIENT, EntityName::NEW), 1, config)
-            .expect("messenger");
-        msgr.set_default_policy(Policy::lossy_client());
-        msgr.start().expect("start");
-        let (rec, rx) = Recorder::new(false);
-        msgr.add_dispatcher_head(rec).expect("dispatcher");
+        let config = MessengerConfig { client_mode: Some(ConModes(vec![mode])), ..test_config(1) };
+        let (msgr, rx) = monitor_client_with(&name, &key, &store, config);
 
         // The monitor: MMonGetMap → MMonMap, after cephx in the AUTH frames.
         let mon = msgr.connect_to(EntityType::MON, mon_v2);
@@ -176,11 +166,21 @@ fn monitor_client(
     key: &CryptoKey,
     store: &Arc<TicketStore>,
 ) -> (Messenger, Receiver<Seen>) {
+    monitor_client_with(name, key, store, test_config(1))
+}
+
+/// [`monitor_client`] on `config` (its auth provider replaced).
+fn monitor_client_with(
+    name: &AuthEntityName,
+    key: &CryptoKey,
+    store: &Arc<TicketStore>,
+    config: MessengerConfig,
+) -> (Messenger, Receiver<Seen>) {
     let clock = WallClock::anchored(Instant::now(), wall_now());
     let rng: RngSource = Arc::new(|| Box::new(rand::rngs::OsRng) as _);
     let provider = CephxProvider::new(name.clone(), AuthConfig::ceph_defaults(), clock, rng)
         .with_monitor_key(key.clone(), store.clone());
-    let config = test_config(1).with_auth_provider(Arc::new(provider));
+    let config = config.with_auth_provider(Arc::new(provider));
     let msgr = Messenger::new(EntityName::new(EntityType::CLIENT, EntityName::NEW), 1, config)
         .expect("messenger");
     msgr.set_default_policy(Policy::lossy_client());
