@@ -171,8 +171,7 @@ impl AdminSocket {
             failure: None,
             report: !wait,
         };
-        let (tx, outcome) = crossbeam_channel::bounded(1);
-        let posted = center.dispatch_event_external(move |cx: &mut Context<'_>| {
+        let listening = Listening::post(center, move |cx: &mut Context<'_>| {
             let registered = cx.register(listener, Interest::READABLE, |_, listener| {
                 Box::new(AdminListener {
                     listener,
@@ -189,23 +188,11 @@ impl AdminSocket {
             }
             // Before the outcome is sent: a waiting caller finds the file gone.
             drop(guard);
-            let _ = tx.send(registered);
-        });
-        // In each error below the guard removed the file: the closure ran and failed,
-        // or was dropped unrun.
-        if let Err(e) = posted {
-            return Err(Self::unserved(io::Error::other(e)));
-        }
-        let listening = if wait {
-            match outcome.recv() {
-                Ok(Ok(id)) => Listening::On(id),
-                Ok(Err(e)) => return Err(Self::unserved(e)),
-                // Dropped unrun: the center stopped meanwhile.
-                Err(_) => return Err(Self::unserved(io::Error::other("the worker stopped"))),
-            }
-        } else {
-            Listening::Posted(outcome)
-        };
+            registered
+        })
+        // In each error the guard removed the file: the registration ran and failed, or
+        // was dropped unrun (the center stopped), or could not be posted.
+        .map_err(Self::unserved)?;
         log::info!(target: "msgr::admin", "admin socket on {}", path.display());
         Ok(AdminSocket { center: center.clone(), listening, path: path.to_path_buf(), file })
     }

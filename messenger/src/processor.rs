@@ -75,6 +75,31 @@ pub(crate) enum Listening {
 }
 
 impl Listening {
+    /// Posts `register` (a listener's registration) to `center`, from any thread. Off
+    /// the workers it waits for the outcome and returns its error. On a worker it must
+    /// not wait: not for its own center, which runs the registration only once the caller
+    /// returns, nor for another, which may be waiting for this one; the outcome is kept
+    /// for [`Listening::id`], and `register` reports a failure itself.
+    pub(crate) fn post(
+        center: &CenterHandle,
+        register: impl FnOnce(&mut Context<'_>) -> io::Result<HandlerId> + Send + 'static,
+    ) -> io::Result<Listening> {
+        let (tx, outcome) = crossbeam_channel::bounded(1);
+        center
+            .dispatch_event_external(move |cx: &mut Context<'_>| {
+                let _ = tx.send(register(cx));
+            })
+            .map_err(io::Error::other)?;
+        if event_center::on_a_worker() {
+            return Ok(Listening::Posted(outcome));
+        }
+        match outcome.recv() {
+            Ok(registered) => registered.map(Listening::On),
+            // Dropped unrun: the center stopped meanwhile.
+            Err(_) => Err(io::Error::other("the listener's worker stopped")),
+        }
+    }
+
     /// The listener's handler, on its worker; `None` if the registration failed or never
     /// ran (the center stopped).
     pub(crate) fn id(self) -> Option<HandlerId> {
@@ -101,19 +126,15 @@ impl Processor {
     /// going to the least loaded of `workers`.
     ///
     /// From any thread, as Ceph's `Processor::start` (whose `submit_to` runs inline on
-    /// the listener's own worker). Off the workers it waits for the registration and
-    /// returns its error. On a worker (a dispatcher added from `ms_fast_dispatch` or a
-    /// timer) it must not wait: not for its own center, which runs the registration only
-    /// once the caller returns, nor for another, which may be waiting for this one. The
-    /// registration is posted, and a failure of it (the poll's: out of memory) is logged,
-    /// not returned.
+    /// the listener's own worker), by [`Listening::post`]: on a worker (a dispatcher
+    /// added from `ms_fast_dispatch` or a timer) a failure of the registration (the
+    /// poll's: out of memory) is logged, not returned.
     pub(crate) fn start(&mut self, env: Arc<Env>, workers: Vec<CenterHandle>) -> io::Result<()> {
         let Some(listener) = self.listener.take() else { return Ok(()) };
         let listener = TcpListener::from_std(listener);
         let center = self.center.clone();
         let wait = !event_center::on_a_worker();
-        let (tx, outcome) = crossbeam_channel::bounded(1);
-        let register = move |cx: &mut Context<'_>| {
+        let listening = Listening::post(&self.center, move |cx: &mut Context<'_>| {
             let handler = AcceptHandler::new(listener, env, workers, center);
             let id = cx.insert_handler(Box::new(handler));
             let registered = cx
@@ -123,18 +144,8 @@ impl Processor {
             if let (Err(e), false) = (&registered, wait) {
                 log::warn!(target: "msgr::accept", "listener not served: {e}");
             }
-            let _ = tx.send(registered);
-        };
-        self.center.dispatch_event_external(register).map_err(io::Error::other)?;
-        let listening = if wait {
-            match outcome.recv() {
-                Ok(registered) => Listening::On(registered?),
-                // Dropped unrun: the center stopped meanwhile.
-                Err(_) => return Err(io::Error::other("the listener's worker stopped")),
-            }
-        } else {
-            Listening::Posted(outcome)
-        };
+            registered
+        })?;
         self.listening = Some(listening);
         Ok(())
     }
