@@ -231,7 +231,8 @@ impl AuthConfig {
                 .parse::<f64>()
                 .ok()
                 .filter(|s| s.is_finite() && *s > 0.0)
-                .map(Duration::from_secs_f64)
+                // `from_secs_f64` panics past what a `Duration` holds.
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
                 .ok_or(AuthError::Malformed("expected a positive number of seconds"))
         };
         match name.as_str() {
@@ -390,6 +391,17 @@ mod tests {
         assert!(c.set("auth_client_required", "kerberos").is_err());
         assert!(c.set("cephx_sign_messages", "maybe").is_err());
         assert!(c.set("no_such_option", "1").is_err());
+    }
+
+    // A ttl is a user's text: one too large for a `Duration` is a clear error, not a
+    // panic in `Duration::from_secs_f64`.
+    #[test]
+    fn a_ttl_too_large_for_a_duration_is_an_error() {
+        let mut c = AuthConfig::default();
+        for huge in ["1e30", "1e300", "18446744073709551616"] {
+            assert!(c.set("auth_mon_ticket_ttl", huge).is_err(), "{huge}");
+            assert!(c.set("auth_service_ticket_ttl", huge).is_err(), "{huge}");
+        }
     }
 
     // Ceph 16.2's table (msgr-v2.md 5.2, checked live): which option applies per pair of

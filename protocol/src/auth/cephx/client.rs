@@ -102,7 +102,9 @@ struct Held {
 
 impl Held {
     fn new(ticket: ReceivedTicket, now: Instant) -> Self {
-        let v = ticket.validity;
+        // No longer than the wire can say (u32 seconds): a ticket minted locally with a
+        // user's ttl may say more, and `Instant + Duration` panics past its range.
+        let v = ticket.validity.min(Duration::from_secs(u64::from(u32::MAX)));
         Held { renew_at: now + v - v / 4, expires_at: now + v, ticket }
     }
 }

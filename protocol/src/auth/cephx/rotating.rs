@@ -46,7 +46,8 @@ impl RotatingSecrets {
     ) -> Self {
         let mut secrets = BTreeMap::new();
         for i in 0..3u32 {
-            let expiration = utime_add(now, period * i);
+            // Saturating: `period` is a user's ttl, and `utime_add` saturates too.
+            let expiration = utime_add(now, period.saturating_mul(i));
             secrets.insert(
                 first_id + u64::from(i),
                 ExpiringCryptoKey { key: CryptoKey::generate(now, rng), expiration },
@@ -175,6 +176,17 @@ mod tests {
         assert_eq!(store.service_secret(EntityType::OSD, 2), Some(cur.key.clone()));
         assert_eq!(store.service_secret(EntityType::MGR, 2), None);
         assert_eq!(store.service_secret(EntityType::OSD, SECRET_ID_OWN_KEY), None);
+    }
+
+    // A period set by a user (`auth_*_ticket_ttl`) as large as a `Duration` holds: the
+    // window's expirations saturate instead of `period * 2` overflowing.
+    #[test]
+    fn a_huge_period_saturates() {
+        let mut rng = TestRng::new(7);
+        let now = UTime::new(1_000_000, 0);
+        let r = RotatingSecrets::generate(now, Duration::from_secs(u64::MAX / 2 + 1), 1, &mut rng);
+        let expirations: Vec<u32> = r.secrets.values().map(|k| k.expiration.sec).collect();
+        assert_eq!(expirations, [1_000_000, u32::MAX, u32::MAX]);
     }
 
     #[test]

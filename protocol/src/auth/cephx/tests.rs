@@ -184,6 +184,29 @@ fn client_authenticates_gets_tickets_and_its_authorizer_verifies_at_a_daemon() {
     assert!(p.client.authorizer(EntityType::MDS, p.now).is_err());
 }
 
+// Ticket ttls are a user's text: the largest a `Duration` holds builds a key server
+// and authenticates (ticket lifetimes saturate at the wire's u32 seconds); it
+// panicked on `period * 2` in the rotating window and an overflowing `utime_add`.
+#[test]
+fn huge_ticket_ttls_from_the_config_saturate() {
+    let mut config = ceph_config();
+    config.set("auth_mon_ticket_ttl", "1e19").unwrap();
+    config.set("auth_service_ticket_ttl", "1e19").unwrap();
+    let mut p = Pair::new(41, "client.admin", config);
+    p.client.start(p.now);
+    p.drive().unwrap();
+    assert!(p.client.is_authenticated());
+    assert!(p.client.service_ticket(EntityType::OSD, p.now).is_some());
+    assert!(!p.server.rotate(p.wall(), &mut p.rng), "nothing due");
+    // A ticket minted with that ttl (its validity not cut to the wire's u32 seconds) is
+    // held and renewed from like any other.
+    let admin = parse_entity_name("client.admin").unwrap();
+    let gid = p.client.global_id();
+    let t = p.server.service_ticket(&admin, gid, EntityType::AUTH, p.wall(), &mut p.rng).unwrap();
+    p.client.resume(gid, t, p.now);
+    assert!(p.client.poll_timeout().is_some());
+}
+
 #[test]
 fn wrong_key_is_permission_denied_and_final() {
     let mut p = Pair::new(12, "client.admin", ceph_config());

@@ -63,7 +63,7 @@ pub fn duration_to_utime(d: Duration) -> UTime {
 /// `utime_t` plus a duration, saturating.
 pub fn utime_add(t: UTime, d: Duration) -> UTime {
     let nanos = u64::from(t.nsec) + u64::from(d.subsec_nanos());
-    let secs = u64::from(t.sec) + d.as_secs() + nanos / 1_000_000_000;
+    let secs = u64::from(t.sec).saturating_add(d.as_secs()).saturating_add(nanos / 1_000_000_000);
     UTime::new(u32::try_from(secs).unwrap_or(u32::MAX), (nanos % 1_000_000_000) as u32)
 }
 
@@ -413,6 +413,8 @@ mod tests {
             UTime::new(2, 100_000_000)
         );
         assert_eq!(utime_add(UTime::new(u32::MAX, 0), Duration::from_secs(5)).sec, u32::MAX);
+        // A user's ttl as large as a `Duration` holds saturates too (it overflowed u64).
+        assert_eq!(utime_add(UTime::new(1, 900_000_000), Duration::MAX).sec, u32::MAX);
         assert_eq!(duration_to_utime(Duration::from_secs(3600)), UTime::new(3600, 0));
     }
 }
