@@ -614,6 +614,15 @@ impl CephxAuthorizerServer {
                 ),
                 _ => None,
             };
+            // The methods were those of the type the connect claims; the entity named
+            // must be allowed none too, as msgr2 checks (`allows_authenticated`): else a
+            // peer claiming "client" could pass as osd.0 where the cluster needs cephx.
+            if let Some(p) = &peer {
+                let named = EntityType::from_u32(p.name.ty);
+                if !named.is_some_and(|ty| s.methods(AuthRole::Acceptor, ty).allows(AUTH_NONE)) {
+                    return Err(AuthError::NoAcceptableMethod { offered: vec![AUTH_NONE] });
+                }
+            }
             return Ok(AuthorizerStep::Accept { reply: Bytes::new(), signer: None, peer });
         }
         if req.method != AUTH_CEPHX || !methods.allows(AUTH_CEPHX) {
@@ -932,6 +941,38 @@ mod tests {
         );
         let step = strict.authorizer_server().unwrap().verify(&req(&a.bytes(), at));
         assert!(!matches!(step, AuthorizerStep::Accept { .. }));
+    }
+
+    // msgr v1 as msgr2 (`AuthProvider::allows_authenticated`): the methods were picked by
+    // the host type the connect claims; the entity an auth-none authorizer names must be
+    // allowed none too. A peer saying "client" in its connect and naming osd.0, where
+    // clients may use none but the cluster requires cephx, passed as osd.0 with every
+    // cap; a real client with none still gets in.
+    #[test]
+    fn a_v1_auth_none_authorizer_must_name_an_entity_allowed_none() {
+        let at = start();
+        let clock = WallClock::anchored(at, WALL0);
+        let mut config = AuthConfig::ceph_defaults();
+        config.set("auth_service_required", "cephx none").unwrap();
+        config.set("auth_cluster_required", "cephx").unwrap();
+        let osd1 = CephxProvider::new(
+            AuthEntityName::new(EntityType::OSD, "1"),
+            config,
+            clock,
+            rng_source(2),
+        );
+        for (named, accepted) in [(EntityType::OSD, false), (EntityType::CLIENT, true)] {
+            let bytes = AuthNoneAuthorizer::new(&AuthEntityName::new(named, "0"), 0).bytes();
+            let req = AuthorizerRequest {
+                peer_type: EntityType::CLIENT,
+                method: AUTH_NONE,
+                authorizer: &bytes,
+                features: Features::PACIFIC_ADVERTISED,
+                now: at,
+            };
+            let step = osd1.authorizer_server().unwrap().verify(&req);
+            assert_eq!(matches!(step, AuthorizerStep::Accept { .. }), accepted, "{named}");
+        }
     }
 
     // A daemon whose rotating secrets were stale verifies once they are refreshed, on
