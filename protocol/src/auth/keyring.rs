@@ -75,11 +75,21 @@ impl KeyRing {
             line: None,
             reason,
         };
-        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        use std::io::Read as _;
+        let file = std::fs::File::open(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let meta = file.metadata().map_err(|e| err(format!("cannot read: {e}")))?;
         if meta.len() > MAX_KEYRING_LEN {
             return Err(err(format!("{} bytes, more than a keyring holds", meta.len())));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        // The read is bounded too: a fifo or a device says 0 bytes in its metadata, and a
+        // file may grow after it was looked at.
+        let mut text = String::new();
+        file.take(MAX_KEYRING_LEN + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| err(format!("cannot read: {e}")))?;
+        if text.len() as u64 > MAX_KEYRING_LEN {
+            return Err(err(format!("over {MAX_KEYRING_LEN} bytes, more than a keyring holds")));
+        }
         KeyRing::parse(&text, Some(path))
     }
 
@@ -227,6 +237,45 @@ mod tests {
         assert!(ring.key(&mon).is_ok());
         // Round trip through the text form.
         assert_eq!(KeyRing::parse(&ring.to_text(), None).unwrap(), ring);
+    }
+
+    // MAX_KEYRING_LEN bounds what is read, not only what the file's metadata says: a
+    // fifo (or /dev/stdin, a file growing meanwhile) has length 0 there and was read to
+    // its end, however long.
+    // A thread feeds the fifo: `load` is the one place `protocol` does file IO.
+    #[allow(clippy::disallowed_methods)]
+    #[test]
+    fn a_keyring_longer_than_its_metadata_says_is_refused() {
+        let dir = std::env::temp_dir().join(format!("asyncmsgr-keyring-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+                let mut written = 0u64;
+                let _ = f.write_all(ADMIN.as_bytes());
+                let comment = format!("#{}\n", "x".repeat(1022));
+                // 4 MiB of comments; the reader may stop early (EPIPE).
+                for _ in 0..4096 {
+                    if f.write_all(comment.as_bytes()).is_err() {
+                        break;
+                    }
+                    written += comment.len() as u64;
+                }
+                written
+            })
+        };
+        let loaded = KeyRing::load(&fifo);
+        let written = writer.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let err = loaded.expect_err("a 4 MiB keyring was read whole");
+        assert!(err.to_string().contains("more than a keyring holds"), "{err}");
+        assert!(written <= 2 * MAX_KEYRING_LEN, "the reader stopped near the bound: {written}");
     }
 
     #[test]
