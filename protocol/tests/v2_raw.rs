@@ -924,3 +924,36 @@ fn ident_missing_features_in_answer_to_a_reconnect_faults() {
     let sent = frames(&output(&mut c), 0);
     assert!(sent.iter().any(|f| f.tag() == Tag::MESSAGE), "the queued message resent: {sent:?}");
 }
+
+// A peer trickling a frame a byte per read. The driver's reads are slices of its worker's
+// read buffer, a 64 KiB block shared by the worker's connections and renewed as they use
+// it up: while the rest of the frame is awaited, what arrived must not keep alive the
+// block each byte came in (a trickler pinned a block per byte, 64 KiB for each byte its
+// buffer counted, for as long as it kept the frame open: in the open session, a control
+// frame needs only a byte per idle timeout; the other connections' reads renew the block).
+#[test]
+fn a_trickled_frame_does_not_pin_a_read_block_per_byte() {
+    const BLOCK: usize = 64 << 10;
+    // A control frame within the limit, sent in the open session, and a MESSAGE's payload.
+    let control = raw_frame(Tag::KEEPALIVE2, &[&Bytes::from(vec![7u8; 60 << 10])]);
+    for (what, ready) in [("handshake", false), ("open", true)] {
+        let mut a = Acceptor::new();
+        if ready {
+            a.ready();
+        } else {
+            a.hello();
+        }
+        let mut blocks = Vec::new();
+        for &b in &control[..3000] {
+            let mut block = vec![0u8; BLOCK];
+            block[0] = b;
+            let block = Bytes::from(block);
+            a.conn.handle_bytes(a.now, block.slice(..1));
+            blocks.push(block);
+        }
+        assert!(a.conn.wants_read(), "{what}: the frame is still awaited");
+        assert!(!events(&mut a.conn).iter().any(|e| matches!(e, Event::Closed { .. })));
+        let pinned = blocks.iter().filter(|b| !b.is_unique()).count();
+        assert!(pinned <= 1, "{what}: 3000 bytes kept {pinned} blocks of 64 KiB alive");
+    }
+}

@@ -51,6 +51,7 @@ impl<P: Protocol> Machine<P> {
         }
         self.rx.push(data);
         self.process(now);
+        self.rx.settle();
     }
 
     /// While a large message segment arrives in pieces, the buffer it is assembled in

@@ -7,21 +7,61 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::Error;
 
+/// A read shorter than this that continues bytes still waiting is copied into the
+/// buffer's own memory ([`RxBuf::push`], [`RxBuf::settle`]) instead of kept as a slice of
+/// the driver's read buffer: a quarter of the messenger's default read buffer, the
+/// point below which the driver renews it, so that what waits never keeps alive much
+/// more than its own size of read buffers.
+const COPY_BELOW: usize = 16 << 10;
+
 /// Unconsumed input. Bounded by the driver: it reads only while the machine
 /// `wants_read()`, and every state consumes what it needs or pauses reading.
+///
+/// Input comes as slices of the driver's read buffer, shared by the worker's
+/// connections: a slice kept keeps its whole block alive. What waits for more (a frame
+/// arriving in pieces) is kept as it came only in reads of at least [`COPY_BELOW`];
+/// shorter ones are copied into `tail`, so a peer trickling a frame a byte per read holds
+/// its bytes, not a block per byte.
 #[derive(Debug, Default)]
 pub(crate) struct RxBuf {
     /// Invariant: no empty chunks.
     chunks: VecDeque<Bytes>,
-    /// Invariant: the sum of the chunk lengths.
+    /// Bytes after `chunks`, copied in (see the type's docs); moved into `chunks`
+    /// without a copy when they are read.
+    tail: BytesMut,
+    /// Invariant: the sum of the chunk lengths and `tail`'s.
     avail: usize,
 }
 
 impl RxBuf {
     pub(crate) fn push(&mut self, data: Bytes) {
-        if !data.is_empty() {
-            self.avail += data.len();
+        if data.is_empty() {
+            return;
+        }
+        let waiting = self.avail > 0;
+        self.avail += data.len();
+        if waiting && data.len() < COPY_BELOW {
+            self.tail.extend_from_slice(&data);
+        } else {
+            self.seal_tail();
             self.chunks.push_back(data);
+        }
+    }
+
+    /// After the input was processed: a short read left waiting on its own (the start of
+    /// a frame) is copied too, so it keeps no read buffer alive either.
+    pub(crate) fn settle(&mut self) {
+        if self.tail.is_empty() && self.chunks.len() == 1 && self.avail < COPY_BELOW {
+            if let Some(c) = self.chunks.pop_front() {
+                self.tail.extend_from_slice(&c);
+            }
+        }
+    }
+
+    /// `tail` becomes the last chunk (no copy): what reads the buffer reads chunks.
+    fn seal_tail(&mut self) {
+        if !self.tail.is_empty() {
+            self.chunks.push_back(self.tail.split().freeze());
         }
     }
 
@@ -31,12 +71,16 @@ impl RxBuf {
 
     pub(crate) fn clear(&mut self) {
         self.chunks.clear();
+        self.tail = BytesMut::new();
         self.avail = 0;
     }
 
     /// Takes the first byte (a v1 tag): one per message, where a one-byte
     /// [`Self::contiguous`] and [`Self::consume`] cost three times the instructions.
     pub(crate) fn take_byte(&mut self) -> Option<u8> {
+        if self.chunks.is_empty() {
+            self.seal_tail();
+        }
         let c = self.chunks.front_mut()?;
         let b = *c.first()?;
         c.advance(1);
@@ -57,6 +101,9 @@ impl RxBuf {
             return Some(&[]);
         }
         if self.chunks.front().map_or(0, Bytes::len) < n {
+            self.seal_tail();
+        }
+        if self.chunks.front().map_or(0, Bytes::len) < n {
             let mut buf = BytesMut::with_capacity(n);
             while buf.len() < n {
                 let Some(c) = self.chunks.front_mut() else { break };
@@ -75,6 +122,9 @@ impl RxBuf {
     /// Drops `n` bytes from the front (at most what is buffered).
     pub(crate) fn consume(&mut self, mut n: usize) {
         n = n.min(self.avail);
+        if n > self.avail - self.tail.len() {
+            self.seal_tail();
+        }
         self.avail -= n;
         while n > 0 {
             let Some(c) = self.chunks.front_mut() else { break };
@@ -90,6 +140,9 @@ impl RxBuf {
 
     /// Removes and returns the first chunk (for a consumer that advances it itself).
     pub(crate) fn pop_chunk(&mut self) -> Option<Bytes> {
+        if self.chunks.is_empty() {
+            self.seal_tail();
+        }
         let c = self.chunks.pop_front()?;
         self.avail -= c.len();
         Some(c)
@@ -159,6 +212,33 @@ mod tests {
         assert!(rx.take(4).is_none());
         rx.consume(1);
         assert_eq!(rx.contiguous(2), Some(&b"ld"[..]));
+    }
+
+    // Short reads continuing waiting bytes are copied in behind the chunks, a long read
+    // after them is kept as it came, and every reader sees the bytes in their order.
+    #[test]
+    fn short_reads_are_copied_in_order_and_long_ones_kept() {
+        let long = Bytes::from(vec![b'L'; COPY_BELOW]);
+        let mut rx = RxBuf::default();
+        rx.push(Bytes::from_static(b"ab"));
+        rx.settle();
+        assert!(rx.chunks.is_empty(), "a short read left waiting alone is copied");
+        rx.push(Bytes::from_static(b"c"));
+        rx.push(long.clone());
+        rx.push(Bytes::from_static(b"d"));
+        assert_eq!(rx.len(), COPY_BELOW + 4);
+        assert_eq!(rx.take_byte(), Some(b'a'));
+        assert_eq!(rx.take(2).as_deref(), Some(&b"bc"[..]));
+        let kept = rx.take(COPY_BELOW);
+        assert_eq!(kept.as_ref().map(|k| k.as_ptr()), Some(long.as_ptr()), "no copy of it");
+        assert_eq!(rx.pop_chunk().as_deref(), Some(&b"d"[..]));
+        assert_eq!(rx.len(), 0);
+        rx.push(Bytes::from_static(b"ef"));
+        rx.push(Bytes::from_static(b"gh"));
+        rx.consume(3);
+        assert_eq!(rx.contiguous(1), Some(&b"h"[..]));
+        rx.clear();
+        assert_eq!((rx.len(), rx.contiguous(1)), (0, None));
     }
 
     #[test]
