@@ -298,3 +298,22 @@ fn realistic_large_messages_decode() {
     let msg = cmd.to_message(Features::PACIFIC_ADVERTISED);
     assert_eq!(decode_peak::<MCommand>("MCommand of argv words", &msg), Outcome::Accepted);
 }
+
+// A monitor's address vector of empty addresses: 19 bytes an address on the wire, 40
+// decoded. Grown by pushing, it doubled past the count (to ~4x the input) and was only
+// charged to the budget once decoded, after the doubling's copy had held both buffers
+// (~6x): an 8 MiB monmap took ~50 MB at peak and was accepted holding ~34 MB.
+#[test]
+fn a_monitors_address_vector_does_not_bloat() {
+    use protocol::messages::MonInfo;
+    use protocol::types::{EntityAddr, EntityAddrVec};
+    let n = HOSTILE_FRONT / 19;
+    let addrs = EntityAddrVec { addrs: vec![EntityAddr::default(); n] };
+    let mut map = MonMap::default();
+    map.add(MonInfo { name: "a".into(), public_addrs: addrs, ..MonInfo::default() });
+    let blob = map.to_bytes(Features::PACIFIC_ADVERTISED);
+    drop(map);
+    let got =
+        decode_blob_peak("MonMap of a long address vector", &blob, |b| MonMap::decode(b).map(drop));
+    assert_ne!(got, Outcome::Bloated);
+}

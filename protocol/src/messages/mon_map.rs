@@ -94,12 +94,7 @@ impl MonInfo {
     fn decode(d: &mut Decoder<'_>, budget: &mut DecodeBudget) -> Result<Self> {
         d.versioned("mon_info_t", Self::HEAD, |d, v| {
             let name = d.string_within(budget)?;
-            let public_addrs = EntityAddrVec::decode(d)?;
-            // Charged once decoded: its count was checked against this block and each
-            // address takes 19+ wire bytes for its 40 in memory, so it cannot run far
-            // past the budget before this charge catches it.
-            let addrs = public_addrs.addrs.capacity().saturating_mul(size_of::<EntityAddr>());
-            budget.charge_heap(addrs)?;
+            let public_addrs = EntityAddrVec::decode_within(d, budget)?;
             let mut m = MonInfo { name, public_addrs, ..MonInfo::default() };
             if v >= 2 {
                 m.priority = d.u16()?;

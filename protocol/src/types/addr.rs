@@ -2,9 +2,10 @@
 //! `entity_addr_t` / `entity_addrvec_t` forms inside messages, and the race tie-break key.
 
 use std::fmt;
+use std::mem::size_of;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
-use crate::encoding::{Decoder, Encoder};
+use crate::encoding::{DecodeBudget, Decoder, Encoder};
 use crate::error::{Error, Result};
 use crate::types::Features;
 
@@ -306,14 +307,30 @@ impl EntityAddrVec {
     }
 
     /// Decodes marker 0 (one legacy address), 1 (one new-form address) or 2 (vector).
+    ///
+    /// The vector may take at most [`DecodeBudget::for_input`] of the remaining input in
+    /// memory (see [`EntityAddrVec::decode_within`]).
     pub fn decode(d: &mut Decoder<'_>) -> Result<Self> {
+        let budget = &mut DecodeBudget::for_input(d.remaining());
+        Self::decode_within(d, budget)
+    }
+
+    /// Like [`EntityAddrVec::decode`], with the vector's buffer charged to `budget` before
+    /// it is allocated or grown: an address takes 19 bytes on the wire and 40 decoded.
+    pub fn decode_within(d: &mut Decoder<'_>, budget: &mut DecodeBudget) -> Result<Self> {
+        let one = |budget: &mut DecodeBudget, addr: EntityAddr| {
+            budget.charge_heap(size_of::<EntityAddr>())?;
+            Ok(Self::single(addr))
+        };
         match d.u8()? {
             0 => {
                 d.skip(3)?;
-                Ok(Self::single(EntityAddr::decode_legacy_after_marker(d)?))
+                one(budget, EntityAddr::decode_legacy_after_marker(d)?)
             }
-            1 => Ok(Self::single(EntityAddr::decode_new_after_marker(d)?)),
-            2 => Ok(EntityAddrVec { addrs: d.vec_of(MIN_ADDR_LEN, EntityAddr::decode)? }),
+            1 => one(budget, EntityAddr::decode_new_after_marker(d)?),
+            2 => Ok(EntityAddrVec {
+                addrs: d.vec_within(budget, MIN_ADDR_LEN, |d, _| EntityAddr::decode(d))?,
+            }),
             _ => Err(Error::Malformed("entity_addrvec_t marker above 2")),
         }
     }
