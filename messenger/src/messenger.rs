@@ -557,8 +557,9 @@ impl Messenger {
     /// pool ([`Messenger::with_pool`]), whose workers it leaves running, a hook a worker
     /// had already begun (`ms_fast_dispatch`, `ms_fast_preprocess`, `ms_handle_fast_*`)
     /// may still be running, as after [`Connection::mark_down`]; and called from the
-    /// dispatch thread or a worker, it cannot wait for that thread: called from a
-    /// dispatcher, the resets are delivered once that dispatcher returns.
+    /// dispatch thread or a worker, it cannot wait for the dispatch thread (which may
+    /// be waiting for that worker): called from a dispatcher, the resets are delivered
+    /// once that dispatcher returns.
     /// [`Messenger::wait`] waits for both. A call made while another is under way (or
     /// after one) waits as `wait` does, but on the dispatch thread or a worker, where it
     /// returns at once (so an `ms_handle_reset` that calls it again goes on at once).
@@ -572,8 +573,7 @@ impl Messenger {
             // itself, or still under way): from any other thread this one waits as
             // `wait` does. Not on the dispatch thread or a worker, which the first call
             // may be joining: one joining the other deadlocked.
-            let ours = self.env.queue.is_dispatch_thread()
-                || self.pool.handles().iter().any(|w| w.is_current_thread());
+            let ours = self.env.queue.is_dispatch_thread() || self.on_our_worker();
             if !ours {
                 self.wait();
             }
@@ -613,7 +613,7 @@ impl Messenger {
         // data holding the handle is no cycle.
         self.loopback.set_state(ConnState::Closed);
         self.loopback.set_priv(None);
-        self.env.queue.shutdown(ShutdownMode::Discard);
+        self.stop_dispatch_thread();
         if self.owns_pool {
             self.pool.shutdown();
         }
@@ -632,21 +632,43 @@ impl Messenger {
     ///
     /// Not to be called from the dispatch thread or a worker of the pool before the
     /// shutdown (it would wait for itself, as in Ceph); called from one after, it waits
-    /// for neither that thread nor, on a worker, the connections.
+    /// for neither that thread nor, on a worker, the connections or the dispatch thread
+    /// (which may be waiting for that worker: a shutdown or `wait` under way there
+    /// joins a pool it owns, or waits for the listener's worker or the connections).
     pub fn wait(&self) {
         // Not before the shutdown has queued its resets: the queue stopped here would
         // refuse them.
         self.env.sessions.wait_for_shutdown();
         // Idempotent: joins the dispatch thread if the shutdown could not (it ran on that
-        // thread), or waits for the shutdown joining it.
-        self.env.queue.shutdown(ShutdownMode::Discard);
+        // thread), or waits for the shutdown joining it (not on a worker: see
+        // `stop_dispatch_thread`).
+        self.stop_dispatch_thread();
         if self.owns_pool {
             self.pool.shutdown();
         }
-        if self.pool.handles().iter().any(|w| w.is_current_thread()) {
+        if self.on_our_worker() {
             return;
         }
         self.env.sessions.wait_until_empty();
+    }
+
+    /// Whether the caller is a worker of our pool (in a fast dispatcher, a timer).
+    fn on_our_worker(&self) -> bool {
+        self.pool.handles().iter().any(|w| w.is_current_thread())
+    }
+
+    /// Stops the dispatch queue and joins its thread, except on a worker of our pool:
+    /// the dispatch thread may be waiting for that worker (a shutdown there joins the
+    /// pool it owns and waits for the listener's worker to close it; a `wait` there joins
+    /// the pool or waits for its connections to leave the workers), and the two joining
+    /// each other deadlocked. There it only asks the thread to stop (as a shutdown on the
+    /// dispatch thread itself does), and a `wait` from another thread joins it.
+    fn stop_dispatch_thread(&self) {
+        if self.on_our_worker() {
+            self.env.queue.stop(ShutdownMode::Discard);
+        } else {
+            self.env.queue.shutdown(ShutdownMode::Discard);
+        }
     }
 }
 

@@ -513,6 +513,16 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     /// cannot join itself: there it only asks the thread to stop, and a later shutdown (or
     /// the drop) from another thread joins it.
     pub fn shutdown(&self, mode: ShutdownMode) {
+        self.stop(mode);
+        self.join_thread();
+    }
+
+    /// [`shutdown`](Self::shutdown) without the join: stops the queue and asks the
+    /// dispatch thread to stop, but returns without waiting for it. For a caller the
+    /// dispatch thread may be waiting for (an event loop's worker, which a shutdown on
+    /// the dispatch thread joins or submits work to): a join there deadlocked. A later
+    /// [`shutdown`](Self::shutdown) (or the drop) from another thread joins the thread.
+    pub fn stop(&self, mode: ShutdownMode) {
         let (dropped, events) = {
             let mut st = self.shared.state.lock();
             match st.phase {
@@ -542,8 +552,6 @@ impl<C: ConnectionRef> DispatchQueue<C> {
             events.len()
         );
         drop((dropped, events));
-
-        self.join_thread();
     }
 
     /// Joins the dispatch thread for [`shutdown`](Self::shutdown), unless the caller is that
