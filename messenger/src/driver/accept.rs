@@ -78,8 +78,11 @@ impl Driver {
                     // Closed meanwhile: the socket is dropped and the peer connects again.
                     self.env.sessions.abort_replace(&existing);
                 }
-                // This driver's handle never opened; it vanishes without callbacks.
+                // This driver's handle never opened; it vanishes without callbacks, and
+                // its handshake timer with it (left armed, it stayed in the worker's timer
+                // set until its deadline: one more per reconnect of a looping peer).
                 self.cleanup();
+                self.cancel_timer(cx);
                 cx.remove(id);
             }
             (AcceptAction::ResetExisting, Some(existing)) => {

@@ -20,11 +20,17 @@ impl Driver {
         self.count_peer_issues();
         self.close_socket(cx);
         self.cleanup();
-        if let Some((tid, _)) = self.timer.take() {
-            cx.delete_time_event(tid);
-        }
+        self.cancel_timer(cx);
         if let Some(id) = self.id {
             cx.remove(id);
+        }
+    }
+
+    /// Cancels the driver's timer, if armed: a removed handler's timers are only skipped
+    /// when due, and until then stay in the worker's timer set.
+    pub(super) fn cancel_timer(&mut self, cx: &mut Context<'_>) {
+        if let Some((tid, _)) = self.timer.take() {
+            cx.delete_time_event(tid);
         }
     }
 

@@ -551,4 +551,136 @@ mod tests {
         assert_eq!(handle.load(), 0, "refused, given back");
         drop(client2);
     }
+
+    /// A center run on a thread of the test, publishing its timer and handler counts
+    /// after every iteration (a pool's centers are out of reach).
+    struct CountedCenter {
+        handle: CenterHandle,
+        timers: Arc<std::sync::atomic::AtomicUsize>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl CountedCenter {
+        fn start() -> CountedCenter {
+            use std::sync::atomic::{AtomicBool, AtomicUsize};
+            let timers = Arc::new(AtomicUsize::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let (t, s) = (Arc::clone(&timers), Arc::clone(&stop));
+            let thread = std::thread::spawn(move || {
+                let mut center = EventCenter::new(0).expect("center");
+                tx.send(center.handle()).expect("handle");
+                while !s.load(Relaxed) {
+                    center.run_once(Some(Duration::from_millis(5))).expect("poll");
+                    t.store(center.timer_count(), Relaxed);
+                }
+                center.shutdown();
+            });
+            let handle = rx.recv().expect("center started");
+            CountedCenter { handle, timers, stop, thread: Some(thread) }
+        }
+    }
+
+    impl Drop for CountedCenter {
+        fn drop(&mut self) {
+            self.stop.store(true, Relaxed);
+            self.handle.stop();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    struct Quiet;
+
+    impl dispatch::Dispatcher<Connection> for Quiet {
+        fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> dispatch::Dispatched {
+            dispatch::Dispatched::Taken
+        }
+    }
+
+    /// Waits (at most 20 s) for `done`.
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A lossless peer whose socket keeps failing reconnects, and each accepted socket is
+    /// handed to its session (a replace): the accepting driver vanishes, and with it the
+    /// handshake timer it had armed. Before, that timer stayed in the center's timer set
+    /// until its deadline (`connection_ready_timeout`), so a peer reconnecting in a loop
+    /// grew the worker's timers by one per reconnect.
+    #[test]
+    fn a_socket_handed_to_its_session_leaves_no_timer_behind() {
+        const ROUNDS: usize = 50;
+        let name = EntityName::new(EntityType::OSD, 0);
+        let config = MessengerConfig {
+            connection_ready_timeout: Duration::from_secs(600),
+            ..MessengerConfig::default()
+        };
+        let env = Env::new(name, 1, config, 1);
+        env.policies.set_default(Policy::stateful_server());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let bound = listener.local_addr().expect("addr");
+        assert!(env.identity.set_bound(bound));
+        let center = CountedCenter::start();
+
+        // Accepts on a thread of the test, keeping a clone of each socket to cut it.
+        let accepted = Arc::new(parking_lot::Mutex::new(Vec::<std::net::TcpStream>::new()));
+        let (env2, handle, acc) = (Arc::clone(&env), center.handle.clone(), Arc::clone(&accepted));
+        listener.set_nonblocking(false).expect("blocking");
+        let acceptor = std::thread::spawn(move || {
+            for _ in 0..=ROUNDS {
+                let Ok((sock, peer)) = listener.accept() else { return };
+                acc.lock().push(sock.try_clone().expect("clone"));
+                sock.set_nonblocking(true).expect("nonblocking");
+                spawn_accepted(&env2, &handle, TcpStream::from_std(sock), peer);
+            }
+        });
+
+        let client_config = MessengerConfig {
+            workers: 1,
+            initial_backoff: Duration::from_millis(1),
+            ..MessengerConfig::default()
+        };
+        let client =
+            crate::Messenger::new(EntityName::new(EntityType::CLIENT, 2), 2, client_config)
+                .expect("client");
+        client.set_default_policy(Policy::lossless_client());
+        client.add_dispatcher_head(Arc::new(Quiet)).expect("dispatcher");
+        let conn = client.connect_to(EntityType::OSD, env.my_addr());
+        let counters = env.worker_counters(0);
+        let created = || counters.created_connections.load(Relaxed);
+        let active = || counters.active_connections.load(Relaxed);
+        let send = |tid| {
+            let mut m = Message::new(0x7f00, bytes::Bytes::from_static(b"x"));
+            m.set_tid(tid);
+            conn.send_message(m).expect("send");
+        };
+        send(0);
+        wait_for("the session", || created() == 1 && env.sessions.live().len() == 1);
+        for round in 1..=ROUNDS {
+            let last = accepted.lock().last().expect("a socket").try_clone().expect("clone");
+            let _ = last.shutdown(std::net::Shutdown::Both);
+            send(round as u64);
+            let want = round as u64 + 1;
+            wait_for("the replace", || created() == want && active() == 1);
+        }
+        // The counts are published after each iteration: after these two, they are of
+        // an iteration that ran after the last replace.
+        center.handle.submit_to(|_| ()).expect("center");
+        center.handle.submit_to(|_| ()).expect("center");
+        let timers = center.timers.load(Relaxed);
+        client.shutdown();
+        drop(center);
+        let _ = acceptor.join();
+        assert!(
+            timers <= 1,
+            "{timers} timers armed for one live connection after {ROUNDS} replaces"
+        );
+    }
 }
