@@ -450,7 +450,12 @@ impl Handler for AcceptHandler {
                 }
             }
         }
-        self.accept_some(cx);
+        // A notify queued before a pause began (a used-up batch's) leaves the pause to
+        // its timer, as the admin socket's listener does: accepting now would pause
+        // again, arming a second timer beside the first.
+        if !self.paused.is_on() {
+            self.accept_some(cx);
+        }
     }
 
     fn shutdown(&mut self, cx: &mut Context<'_>) {
@@ -534,5 +539,53 @@ mod tests {
         }
         assert_eq!(log.take(t0 + PAUSE_WARN_EVERY), Some(3), "the next period's first line");
         assert_eq!(log.take(t0 + PAUSE_WARN_EVERY), None);
+    }
+
+    /// A listener paused (here: the dispatch thread's events backlogged) with a notify
+    /// of its own still queued, from a batch of accepts that was used up: that notify
+    /// must not pause it again. It did, arming a second pause timer while the first was
+    /// still armed, so two timers (and from then on two retries per pause period) ran
+    /// for one listener, one more each time it happened again.
+    #[test]
+    fn a_notify_while_paused_arms_no_second_pause() {
+        use event_center::EventCenter;
+        use protocol::types::{EntityName, EntityType};
+
+        let config = MessengerConfig { max_queued_events: 1, ..MessengerConfig::default() };
+        let env = Env::new(EntityName::new(EntityType::OSD, 0), 1, config, 1);
+        let mut center = EventCenter::new(0).expect("center");
+        // Accepted sockets go to a worker that never runs: they wait in its queue.
+        let elsewhere = EventCenter::new(1).expect("center");
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (listener, addr) = bind(any, &env.config).expect("bind");
+        // More than one batch waits in the backlog.
+        let clients: Vec<_> = (0..ACCEPT_BATCH + 8)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let handler = AcceptHandler::new(
+            TcpListener::from_std(listener),
+            Arc::clone(&env),
+            vec![elsewhere.handle()],
+            center.handle(),
+        );
+        // Registered and started as `Processor::start` does: one batch is accepted and
+        // the listener notifies itself to come back for the rest.
+        let id = center.with_context(|cx| {
+            let id = cx.insert_handler(Box::new(handler));
+            cx.with_handler(id, |h, cx| h.notify(cx));
+            id
+        });
+        assert_eq!(elsewhere.handle().load(), ACCEPT_BATCH, "one batch accepted");
+        // Meanwhile the dispatch thread fell behind: accepting must pause.
+        env.queue.enqueue_event(dispatch::QueueEvent::Reset(env.new_connection(false)));
+        assert_eq!(env.queue.queued_events(), 1);
+        // The next iteration: the listener's readiness pauses it, then its own notify
+        // runs.
+        center.run_once(Some(Duration::ZERO)).expect("poll");
+        center.run_once(Some(Duration::ZERO)).expect("poll");
+        assert!(center.with_context(|cx| cx.is_live(id)));
+        assert_eq!(elsewhere.handle().load(), ACCEPT_BATCH, "paused: nothing more accepted");
+        assert_eq!(center.timer_count(), 1, "one pause, one timer");
+        drop(clients);
     }
 }
