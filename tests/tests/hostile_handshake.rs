@@ -334,3 +334,36 @@ fn a_flood_of_bad_frames_logs_a_few_lines_a_second_over_msgr2() {
         assert!(closed_within(&mut sock, WAIT), "a bad frame was not refused");
     });
 }
+
+// The running-time counters (`msgr_running_total_time`, `_recv_time`, `_send_time`) sum
+// what a worker spent in its connections' handlers, so on a server of one worker they
+// stay within the time since it started, however many connections arrive at once. Each
+// driver counted from the start of its loop iteration, and a batch of accepted
+// connections starts in one iteration: 512 connects summed to seconds within
+// milliseconds.
+#[test]
+fn an_accept_storm_keeps_the_running_time_counters_within_the_wall_time() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const CONNECTS: usize = 512;
+    let started = Instant::now();
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let (srv, addr, _rx) =
+        server_on(EntityType::OSD, 1, Policy::stateless_server(), false, any, patient_config(1));
+    let socks: Vec<_> =
+        (0..CONNECTS).map(|_| std::net::TcpStream::connect(addr).expect("connect")).collect();
+    wait_for_connection_count(&srv, CONNECTS, "the storm's connections");
+    let [worker] = srv.worker_counters() else { panic!("one worker") };
+    let counted = [
+        ("msgr_running_total_time", &worker.running_total_time_ns),
+        ("msgr_running_recv_time", &worker.running_recv_time_ns),
+        ("msgr_running_send_time", &worker.running_send_time_ns),
+    ]
+    .map(|(name, ns)| (name, Duration::from_nanos(ns.load(Relaxed))));
+    // After the counters were read: every interval they summed lies before this.
+    let elapsed = started.elapsed();
+    for (name, time) in counted {
+        assert!(time <= elapsed, "{name} {time:?} in {elapsed:?} on one worker");
+    }
+    drop(socks);
+    srv.shutdown();
+}
