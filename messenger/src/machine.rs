@@ -61,6 +61,9 @@ pub(crate) fn protocol_config_unaddressed(
     pc.write_timeout = config.write_timeout;
     // A message must progress by one read per payload timeout.
     pc.progress_window = u32::try_from(config.read_buffer).unwrap_or(u32::MAX);
+    // The reads are slices of the worker's read buffer: what waits for the rest of a
+    // frame is copied out of short ones (`protocol::Config::read_size`).
+    pc.read_size = crate::driver::read_chunk(config.read_buffer);
     pc.keepalive_interval = config.keepalive_interval;
     pc.initial_backoff = config.initial_backoff;
     pc.max_backoff = config.max_backoff;

@@ -957,3 +957,40 @@ fn a_trickled_frame_does_not_pin_a_read_block_per_byte() {
         assert!(pinned <= 1, "{what}: 3000 bytes kept {pinned} blocks of 64 KiB alive");
     }
 }
+
+// The same with a messenger's larger read buffer (`Config::read_size`): reads shorter
+// than a quarter of it that continue a waiting frame are copied too. Kept as they came
+// when at least 16 KiB, whatever the read size, each piece of a trickled frame could keep
+// alive a whole read buffer of up to 64 MiB (the largest `read_buffer`).
+#[test]
+fn pieces_under_a_quarter_of_a_large_read_size_do_not_pin_their_reads() {
+    const BLOCK: usize = 1 << 20;
+    const PIECE: usize = 20 << 10;
+    let control = raw_frame(Tag::KEEPALIVE2, &[&Bytes::from(vec![7u8; 60 << 10])]);
+    for (what, ready) in [("handshake", false), ("open", true)] {
+        let mut config = node_config(0, 6789, 0);
+        config.read_size = BLOCK;
+        let mut a = Acceptor::with_config(config);
+        if ready {
+            a.ready();
+        } else {
+            a.hello();
+        }
+        let mut blocks = Vec::new();
+        for piece in control[..control.len() - 1].chunks(PIECE) {
+            let mut block = vec![0u8; BLOCK];
+            block[..piece.len()].copy_from_slice(piece);
+            let block = Bytes::from(block);
+            a.conn.handle_bytes(a.now, block.slice(..piece.len()));
+            blocks.push(block);
+        }
+        assert!(a.conn.wants_read(), "{what}: the frame is still awaited");
+        assert!(!events(&mut a.conn).iter().any(|e| matches!(e, Event::Closed { .. })));
+        let pinned = blocks.iter().filter(|b| !b.is_unique()).count();
+        assert!(
+            pinned <= 1,
+            "{what}: {} pieces of 20 KiB kept {pinned} reads of 1 MiB",
+            blocks.len()
+        );
+    }
+}

@@ -41,6 +41,12 @@ const FRAME_AHEAD: usize = 1 << 20;
 /// The smallest chunk a read asks the kernel for.
 const MIN_READ_CHUNK: usize = 4096;
 
+/// How much a read asks the kernel for (and the worker's read buffer is renewed by):
+/// `read_buffer`, at least [`MIN_READ_CHUNK`].
+pub(crate) fn read_chunk(read_buffer: usize) -> usize {
+    read_buffer.max(MIN_READ_CHUNK)
+}
+
 /// The driver's socket and what it knows of its readiness.
 pub(super) struct Io {
     pub(super) socket: Option<TcpStream>,
@@ -372,7 +378,7 @@ impl Driver {
         self.io.new_read_phase();
         self.set_progress_floor(cx.now());
         let mut budget = self.env.config.read_budget;
-        let chunk = self.env.config.read_buffer.max(MIN_READ_CHUNK);
+        let chunk = read_chunk(self.env.config.read_buffer);
         while budget > 0 && self.io.read_ready && self.machine.wants_read() {
             if self.seams.fail_socket() {
                 log::info!(target: "msgr::conn", "{}: injected socket failure (read)", self.machine);

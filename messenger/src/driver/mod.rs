@@ -34,6 +34,7 @@ use protocol::types::{EntityAddr, EntityName, EntityType};
 use protocol::Message;
 
 use self::budget::{Credit, RecvBudget};
+pub(crate) use self::io::read_chunk;
 use self::io::Io;
 use self::seams::Seams;
 use crate::connection::Connection;

@@ -91,6 +91,11 @@ pub struct Config {
     pub first_window: u32,
     /// The progress a message must make per [`Config::payload_timeout`].
     pub progress_window: u32,
+    /// The size of the socket reads the input comes in (the messenger's read buffer,
+    /// whose slices they are). Bytes waiting for the rest of a frame that came in reads
+    /// shorter than a quarter of it are copied out of those reads, so what waits keeps
+    /// alive at most about four times its size of read buffers, not one per read.
+    pub read_size: usize,
     /// Send a keepalive every this long while open, whatever else was sent (None: only
     /// on request).
     pub keepalive_interval: Option<Duration>,
@@ -231,6 +236,7 @@ impl Config {
             write_timeout: Duration::from_secs(60),
             first_window: DEFAULT_FIRST_WINDOW,
             progress_window: DEFAULT_PROGRESS_WINDOW,
+            read_size: DEFAULT_PROGRESS_WINDOW as usize,
             keepalive_interval: None,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
@@ -277,6 +283,7 @@ impl fmt::Debug for Config {
             .field("write_timeout", &self.write_timeout)
             .field("first_window", &self.first_window)
             .field("progress_window", &self.progress_window)
+            .field("read_size", &self.read_size)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("initial_backoff", &self.initial_backoff)
             .field("max_backoff", &self.max_backoff)

@@ -49,9 +49,12 @@ impl<P: Protocol> Machine<P> {
         if P::PROGRESS_ON_ARRIVAL {
             self.note_payload_progress(now, data.len() as u64);
         }
-        self.rx.push(data);
+        let copy_below = super::rx::copy_below(self.config.read_size);
+        self.rx.push(data, copy_below);
         self.process(now);
-        self.rx.settle();
+        // What is left waiting for the rest of its frame (in a short read) is copied out
+        // of the read buffer it came in: see `RxBuf`.
+        self.rx.settle(copy_below);
     }
 
     /// While a large message segment arrives in pieces, the buffer it is assembled in

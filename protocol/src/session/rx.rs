@@ -7,19 +7,21 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::Error;
 
-/// A read shorter than this that continues bytes still waiting is copied into the
-/// buffer's own memory ([`RxBuf::push`], [`RxBuf::settle`]) instead of kept as a slice of
-/// the driver's read buffer: a quarter of the messenger's default read buffer, the
-/// point below which the driver renews it, so that what waits never keeps alive much
-/// more than its own size of read buffers.
-const COPY_BELOW: usize = 16 << 10;
+/// Below how long a read that continues bytes still waiting is copied into the buffer's
+/// own memory ([`RxBuf::push`], [`RxBuf::settle`]) instead of kept as a slice of the
+/// driver's read buffer, for reads of `read_size` ([`super::Config::read_size`]): a
+/// quarter of it, the point below which the driver renews its read buffer, so that what
+/// waits never keeps alive much more than four times its own size of read buffers.
+pub(crate) fn copy_below(read_size: usize) -> usize {
+    (read_size / 4).max(1)
+}
 
 /// Unconsumed input. Bounded by the driver: it reads only while the machine
 /// `wants_read()`, and every state consumes what it needs or pauses reading.
 ///
 /// Input comes as slices of the driver's read buffer, shared by the worker's
 /// connections: a slice kept keeps its whole block alive. What waits for more (a frame
-/// arriving in pieces) is kept as it came only in reads of at least [`COPY_BELOW`];
+/// arriving in pieces) is kept as it came only in reads of at least [`copy_below`];
 /// shorter ones are copied into `tail`, so a peer trickling a frame a byte per read holds
 /// its bytes, not a block per byte.
 #[derive(Debug, Default)]
@@ -34,13 +36,15 @@ pub(crate) struct RxBuf {
 }
 
 impl RxBuf {
-    pub(crate) fn push(&mut self, data: Bytes) {
+    /// Appends a read; one shorter than `copy_below` ([`copy_below`]) that continues
+    /// bytes still waiting is copied.
+    pub(crate) fn push(&mut self, data: Bytes, copy_below: usize) {
         if data.is_empty() {
             return;
         }
         let waiting = self.avail > 0;
         self.avail += data.len();
-        if waiting && data.len() < COPY_BELOW {
+        if waiting && data.len() < copy_below {
             self.tail.extend_from_slice(&data);
         } else {
             self.seal_tail();
@@ -50,8 +54,8 @@ impl RxBuf {
 
     /// After the input was processed: a short read left waiting on its own (the start of
     /// a frame) is copied too, so it keeps no read buffer alive either.
-    pub(crate) fn settle(&mut self) {
-        if self.tail.is_empty() && self.chunks.len() == 1 && self.avail < COPY_BELOW {
+    pub(crate) fn settle(&mut self, copy_below: usize) {
+        if self.tail.is_empty() && self.chunks.len() == 1 && self.avail < copy_below {
             if let Some(c) = self.chunks.pop_front() {
                 self.tail.extend_from_slice(&c);
             }
@@ -198,12 +202,15 @@ impl RxBuf {
 mod tests {
     use super::*;
 
+    /// What a messenger with the default read buffer (64 KiB) copies below.
+    const COPY_BELOW: usize = 16 << 10;
+
     #[test]
     fn take_is_zero_copy_within_a_chunk_and_gathers_across() {
         let mut rx = RxBuf::default();
         let a = Bytes::from_static(b"hello ");
-        rx.push(a.clone());
-        rx.push(Bytes::from_static(b"world"));
+        rx.push(a.clone(), COPY_BELOW);
+        rx.push(Bytes::from_static(b"world"), COPY_BELOW);
         let h = rx.take(3);
         assert_eq!(h.as_deref(), Some(&b"hel"[..]));
         assert_eq!(h.map(|h| h.as_ptr()), Some(a.as_ptr()));
@@ -220,12 +227,12 @@ mod tests {
     fn short_reads_are_copied_in_order_and_long_ones_kept() {
         let long = Bytes::from(vec![b'L'; COPY_BELOW]);
         let mut rx = RxBuf::default();
-        rx.push(Bytes::from_static(b"ab"));
-        rx.settle();
+        rx.push(Bytes::from_static(b"ab"), COPY_BELOW);
+        rx.settle(COPY_BELOW);
         assert!(rx.chunks.is_empty(), "a short read left waiting alone is copied");
-        rx.push(Bytes::from_static(b"c"));
-        rx.push(long.clone());
-        rx.push(Bytes::from_static(b"d"));
+        rx.push(Bytes::from_static(b"c"), COPY_BELOW);
+        rx.push(long.clone(), COPY_BELOW);
+        rx.push(Bytes::from_static(b"d"), COPY_BELOW);
         assert_eq!(rx.len(), COPY_BELOW + 4);
         assert_eq!(rx.take_byte(), Some(b'a'));
         assert_eq!(rx.take(2).as_deref(), Some(&b"bc"[..]));
@@ -233,8 +240,8 @@ mod tests {
         assert_eq!(kept.as_ref().map(|k| k.as_ptr()), Some(long.as_ptr()), "no copy of it");
         assert_eq!(rx.pop_chunk().as_deref(), Some(&b"d"[..]));
         assert_eq!(rx.len(), 0);
-        rx.push(Bytes::from_static(b"ef"));
-        rx.push(Bytes::from_static(b"gh"));
+        rx.push(Bytes::from_static(b"ef"), COPY_BELOW);
+        rx.push(Bytes::from_static(b"gh"), COPY_BELOW);
         rx.consume(3);
         assert_eq!(rx.contiguous(1), Some(&b"h"[..]));
         rx.clear();
@@ -244,8 +251,8 @@ mod tests {
     #[test]
     fn take_byte_walks_across_chunks_and_keeps_the_count() {
         let mut rx = RxBuf::default();
-        rx.push(Bytes::from_static(b"a"));
-        rx.push(Bytes::from_static(b"bcd"));
+        rx.push(Bytes::from_static(b"a"), COPY_BELOW);
+        rx.push(Bytes::from_static(b"bcd"), COPY_BELOW);
         assert_eq!(rx.take_byte(), Some(b'a'));
         assert_eq!(rx.len(), 3);
         assert_eq!(rx.take_byte(), Some(b'b'));
@@ -254,7 +261,7 @@ mod tests {
         assert_eq!(rx.take_byte(), Some(b'c'));
         assert_eq!(rx.take_byte(), Some(b'd'));
         assert_eq!((rx.take_byte(), rx.len()), (None, 0));
-        rx.push(Bytes::from_static(b"e"));
+        rx.push(Bytes::from_static(b"e"), COPY_BELOW);
         assert_eq!((rx.take_byte(), rx.len()), (Some(b'e'), 0));
     }
 }
