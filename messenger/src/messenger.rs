@@ -179,9 +179,24 @@ impl Messenger {
     }
 
     /// Starts the messenger. Accepting begins once the first dispatcher is added.
+    ///
+    /// A fast dispatcher added before hears `ms_handle_fast_connect` for the loopback
+    /// connection here; if that hook panics, the others still hear it, the messenger is
+    /// started all the same, and the (first) panic then goes on unwinding in the caller.
     pub fn start(&self) -> io::Result<()> {
+        if let Some(panic) = self.start_announcing() {
+            std::panic::resume_unwind(panic);
+        }
+        Ok(())
+    }
+
+    /// [`Messenger::start`], returning the first panic of an `ms_handle_fast_connect`
+    /// instead of unwinding with it: the caller finishes starting first (`ready`, whose
+    /// flags are set by then, would otherwise leave the dispatch thread and the listener
+    /// never started, every later call returning Ok with nothing ever dispatched).
+    fn start_announcing(&self) -> Option<Box<dyn std::any::Any + Send>> {
         if self.started.swap(true, Ordering::AcqRel) {
-            return Ok(());
+            return None;
         }
         // Who we are is fixed from here on for the machines.
         let _ = self.env.protocol_config();
@@ -201,7 +216,10 @@ impl Messenger {
     ///
     /// A fast dispatcher hears `ms_handle_fast_connect` for the loopback connection once,
     /// on the thread that starts the messenger if it was added before, else on this one
-    /// before it joins the chain (so before it sees any message).
+    /// before it joins the chain (so before it sees any message). If that hook panics,
+    /// the panic reaches the caller: here before the dispatcher joins (it is not added),
+    /// in a start (this call's, when the messenger was not started yet) once the
+    /// messenger has started, with the dispatcher added.
     pub fn add_dispatcher_head(&self, d: Arc<dyn Dispatcher<Connection>>) -> io::Result<()> {
         self.add_dispatcher(d, true)
     }
@@ -247,7 +265,17 @@ impl Messenger {
         if self.ready.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.start()?;
+        // A fast dispatcher's panic unwinds only once the rest is started: `ready` is set.
+        let panicked = self.start_announcing();
+        let started = self.start_dispatching();
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
+        }
+        started
+    }
+
+    /// The dispatch thread and the listener, for `ready`.
+    fn start_dispatching(&self) -> io::Result<()> {
         self.env.queue.start()?;
         // Taken out so no lock is held while the listener's worker registers it.
         let processor = self.processor.lock().take();

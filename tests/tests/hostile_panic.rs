@@ -111,3 +111,53 @@ fn a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects() {
 fn a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects_over_msgr2() {
     a_panicking_fast_dispatcher_leaves_no_zombie_and_the_peer_reconnects_over(ProtocolVersion::V2);
 }
+
+/// A fast dispatcher whose `ms_handle_fast_connect` for the loopback connection panics.
+struct PanicsOnLoopbackConnect;
+
+impl Dispatcher<Connection> for PanicsOnLoopbackConnect {
+    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
+        Dispatched::NotTaken(msg)
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_handle_fast_connect(&self, conn: &Connection) {
+        assert!(!conn.is_loopback(), "the dispatcher panics on the loopback connection");
+    }
+}
+
+// The first dispatcher starts the messenger; its `ms_handle_fast_connect` for the
+// loopback connection runs in that start, on the caller's thread. Its panic unwound out
+// of the start after `ready` and `started` were set but before the dispatch thread and
+// the listener started: every later call (a second dispatcher added) returned Ok, and
+// nothing was ever accepted or dispatched.
+#[test]
+fn a_panicking_loopback_connect_hook_leaves_the_messenger_started() {
+    let srv =
+        Messenger::new(EntityName::new(EntityType::OSD, 0), 1, test_config(1)).expect("messenger");
+    srv.set_default_policy(Policy::stateless_server());
+    srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    let added = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        srv.add_dispatcher_head(Arc::new(PanicsOnLoopbackConnect))
+    }));
+    assert!(added.is_err(), "the hook's panic reaches the thread adding the dispatcher");
+    let (rec, rx) = Recorder::new(false);
+    srv.add_dispatcher_tail(rec).expect("a second dispatcher");
+    let (cli, _cli_rx) = client(EntityType::CLIENT, 2, Policy::lossy_client());
+    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match rx.recv_deadline(deadline) {
+            Ok(Seen::Message(_, m)) => {
+                assert_eq!(m.tid(), 1);
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => panic!("nothing dispatched: the messenger is half started"),
+        }
+    }
+    cli.shutdown();
+    srv.shutdown();
+}
