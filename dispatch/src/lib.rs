@@ -50,7 +50,8 @@ pub use dispatcher::{
     AuthVerdict, Authorizer, ChainCache, ConnectionRef, Dispatched, Dispatcher, Dispatchers,
 };
 pub use queue::{
-    Delivery, DispatchQueue, QueueCounters, QueueEvent, ReadBatch, ShutdownMode, DEFAULT_IDLE_SPIN,
+    on_a_dispatch_thread, Delivery, DispatchQueue, QueueCounters, QueueEvent, ReadBatch,
+    ShutdownMode, DEFAULT_IDLE_SPIN,
 };
 pub use throttle::{InFlight, Permit, Throttle, ThrottleCounters, Ticket, Waiting, Waker};
 

@@ -29,6 +29,12 @@ use crate::state::ConnState;
 /// [`Messenger::start`] → [`Messenger::add_dispatcher_head`] /
 /// [`Messenger::add_dispatcher_tail`] (the first one makes it ready) → traffic →
 /// [`Messenger::shutdown`] → [`Messenger::wait`].
+///
+/// Dropping it shuts it down (without the wait) and joins its dispatch thread and its
+/// pool's workers (if the pool is its own and these are the last handles), except when
+/// dropped on a worker or a dispatch thread (of any messenger: in a hook), where those
+/// joins are left to a thread spawned for them, since the threads joined may be joining
+/// the caller.
 pub struct Messenger {
     env: Arc<Env>,
     pool: Arc<WorkerPool>,
@@ -45,6 +51,9 @@ pub struct Messenger {
     /// a dispatcher added hears it as it is added (see `add_dispatcher`).
     loopback_unannounced: Mutex<Option<Vec<Arc<dyn Dispatcher<Connection>>>>>,
     admin: Mutex<Option<AdminSocket>>,
+    /// Dropped last (declared last): tells the thread a drop on a messenger's thread
+    /// hands the pool and the environment to that they are its to drop (see `Drop`).
+    released: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Messenger {
@@ -96,6 +105,7 @@ impl Messenger {
             loopback,
             loopback_unannounced: Mutex::new(Some(Vec::new())),
             admin: Mutex::new(None),
+            released: None,
         }
     }
 
@@ -205,10 +215,16 @@ impl Messenger {
         // later hears it as it is added, not never (Ceph calls it again only when its
         // address changes, which ours no longer does from here on).
         let unannounced = self.loopback_unannounced.lock().take();
+        let mut panicked = None;
         for d in unannounced.into_iter().flatten() {
-            self.announce_loopback_to(&*d);
+            let announced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.announce_loopback_to(&*d)
+            }));
+            if let Err(panic) = announced {
+                panicked.get_or_insert(panic);
+            }
         }
-        Ok(())
+        panicked
     }
 
     /// Adds a dispatcher in front of the others. The first dispatcher makes the
@@ -592,6 +608,15 @@ impl Messenger {
     /// after one) waits as `wait` does, but on the dispatch thread or a worker, where it
     /// returns at once (so an `ms_handle_reset` that calls it again goes on at once).
     ///
+    /// The same holds on the threads of another messenger of the process (its dispatch
+    /// thread, a worker of its pool): there it joins none of ours, our workers included
+    /// (they are told to stop, and a `wait` from a thread of no messenger joins them),
+    /// since that messenger's shutdown may be under way on one of ours, joining the
+    /// caller (two messengers shutting each other down from their dispatchers). So
+    /// called from a dispatcher, of this messenger or any other, it returns without
+    /// waiting for any messenger's threads; a daemon that must know them stopped calls
+    /// `wait` from a thread of its own (as Ceph's daemons do).
+    ///
     /// Unlike Ceph's, which only signals and leaves the joins to `wait`, it waits for an
     /// `ms_dispatch` under way to return and for the resets to be delivered: do not call
     /// it holding a lock a dispatcher takes.
@@ -599,10 +624,10 @@ impl Messenger {
         if !self.stop() {
             // Another call began it (perhaps on the dispatch thread, which cannot join
             // itself, or still under way): from any other thread this one waits as
-            // `wait` does. Not on the dispatch thread or a worker, which the first call
-            // may be joining: one joining the other deadlocked.
-            let ours = self.env.queue.is_dispatch_thread() || self.on_our_worker();
-            if !ours {
+            // `wait` does. Not on a dispatch thread or a worker (ours or another
+            // messenger's), which the first call may be joining: one joining the other
+            // deadlocked.
+            if !on_a_messenger_thread() {
                 self.wait();
             }
         }
@@ -642,9 +667,7 @@ impl Messenger {
         self.loopback.set_state(ConnState::Closed);
         self.loopback.set_priv(None);
         self.stop_dispatch_thread();
-        if self.owns_pool {
-            self.pool.shutdown();
-        }
+        self.stop_pool();
         true
     }
 
@@ -663,6 +686,11 @@ impl Messenger {
     /// for neither that thread nor, on a worker, the connections or the dispatch thread
     /// (which may be waiting for that worker: a shutdown or `wait` under way there
     /// joins a pool it owns, or waits for the listener's worker or the connections).
+    /// Called from a thread of another messenger (its dispatch thread, a worker of any
+    /// pool) after the shutdown, it waits for none of our threads nor the connections
+    /// either: that messenger's shutdown may be under way on one of them, joining the
+    /// caller ([`Messenger::shutdown`]). Only a `wait` from a thread of no messenger
+    /// waits for everything.
     pub fn wait(&self) {
         // Not before the shutdown has queued its resets: the queue stopped here would
         // refuse them.
@@ -671,10 +699,8 @@ impl Messenger {
         // thread), or waits for the shutdown joining it (not on a worker: see
         // `stop_dispatch_thread`).
         self.stop_dispatch_thread();
-        if self.owns_pool {
-            self.pool.shutdown();
-        }
-        if self.on_our_worker() {
+        self.stop_pool();
+        if event_center::on_a_worker() || self.on_another_messengers_thread() {
             return;
         }
         self.env.sessions.wait_until_empty();
@@ -685,19 +711,56 @@ impl Messenger {
         self.pool.handles().iter().any(|w| w.is_current_thread())
     }
 
-    /// Stops the dispatch queue and joins its thread, except on a worker of our pool:
-    /// the dispatch thread may be waiting for that worker (a shutdown there joins the
-    /// pool it owns and waits for the listener's worker to close it; a `wait` there joins
-    /// the pool or waits for its connections to leave the workers), and the two joining
-    /// each other deadlocked. There it only asks the thread to stop (as a shutdown on the
-    /// dispatch thread itself does), and a `wait` from another thread joins it.
+    /// Whether the caller is a thread of another messenger only: a worker not of our
+    /// pool, or a dispatch thread not ours (in one of its dispatchers, a timer). That
+    /// messenger's shutdown or `wait` may be under way on one of our threads, joining
+    /// the caller's: whatever this one joins or waits for there may be waiting for the
+    /// caller (our dispatch thread in that shutdown, our worker in a `wait` or a pool
+    /// join), and two messengers shutting each other down from their hooks deadlocked.
+    fn on_another_messengers_thread(&self) -> bool {
+        (event_center::on_a_worker() && !self.on_our_worker())
+            || (dispatch::on_a_dispatch_thread() && !self.env.queue.is_dispatch_thread())
+    }
+
+    /// Stops the dispatch queue and joins its thread, except on a worker (of our pool or
+    /// another's) or a dispatch thread (ours or another messenger's): the dispatch
+    /// thread may be waiting for that worker (a shutdown there joins the pool it owns
+    /// and waits for the listener's worker to close it; a `wait` there joins the pool or
+    /// waits for its connections to leave the workers) or for that thread (its
+    /// messenger's shutdown joining it), and the two joining each other deadlocked.
+    /// There it only asks the thread to stop (as a shutdown on the dispatch thread itself
+    /// does), and a `wait` from another thread joins it.
     fn stop_dispatch_thread(&self) {
-        if self.on_our_worker() {
+        if on_a_messenger_thread() {
             self.env.queue.stop(ShutdownMode::Discard);
         } else {
             self.env.queue.shutdown(ShutdownMode::Discard);
         }
     }
+
+    /// Stops the workers if the pool is ours, and joins them, except on a thread of
+    /// another messenger (see [`Messenger::on_another_messengers_thread`]): a worker of
+    /// ours may be in a hook shutting that messenger down, joining the caller. There
+    /// the workers are only told to stop (each exits once its callback under way
+    /// returns), and a `wait` from another thread (or the pool's drop) joins them.
+    fn stop_pool(&self) {
+        if !self.owns_pool {
+            return;
+        }
+        if self.on_another_messengers_thread() {
+            for worker in self.pool.handles() {
+                worker.stop();
+            }
+        } else {
+            self.pool.shutdown();
+        }
+    }
+}
+
+/// Whether the caller is a worker (of any pool) or a dispatch thread (of any messenger),
+/// where a shutdown or a `wait` joins no thread: one it would join may be joining it.
+fn on_a_messenger_thread() -> bool {
+    event_center::on_a_worker() || dispatch::on_a_dispatch_thread()
 }
 
 impl Drop for Messenger {
@@ -705,6 +768,24 @@ impl Drop for Messenger {
         // No wait when an earlier shutdown did the work: the last handle going is no
         // reason to block on connections leaving a shared pool.
         self.stop();
+        // Dropped on a worker or a dispatch thread (the last handle let go in a hook),
+        // the pool's drop (if it is ours) and the dispatch queue's (with the environment)
+        // would join threads that may be joining this one: another messenger's drop or
+        // shutdown under way on one of ours. Those joins go to a thread of their own,
+        // which drops its handles once ours are gone (`released`, dropped last).
+        if on_a_messenger_thread() {
+            let (pool, env) = (Arc::clone(&self.pool), Arc::clone(&self.env));
+            let (released, gone) = std::sync::mpsc::channel::<()>();
+            let reaper = std::thread::Builder::new().name("ms_reaper".into()).spawn(move || {
+                let _ = gone.recv();
+                drop(env);
+                drop(pool);
+            });
+            // Not spawned: the handles went with the closure, and the joins are made here.
+            if reaper.is_ok() {
+                self.released = Some(released);
+            }
+        }
     }
 }
 

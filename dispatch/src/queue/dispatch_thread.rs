@@ -1,5 +1,6 @@
 //! The `ms_dispatch` thread: its loop, what it takes next, and its idle spin.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,8 +14,23 @@ use crate::dispatcher::{ChainCache, ConnectionRef};
 /// Looks at the arrivals counter between clock reads while spinning.
 const SPIN_CHECKS: u32 = 64;
 
+thread_local! {
+    /// The calling thread is some queue's `ms_dispatch` thread.
+    static ON_DISPATCH_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the caller is the `ms_dispatch` thread of some [`DispatchQueue`] (any queue,
+/// not only one the caller knows): code there (a dispatcher) must not join another
+/// messenger's threads, which may be joining this one.
+///
+/// [`DispatchQueue`]: super::DispatchQueue
+pub fn on_a_dispatch_thread() -> bool {
+    ON_DISPATCH_THREAD.with(Cell::get)
+}
+
 /// The `ms_dispatch` thread.
 pub(super) fn run<C: ConnectionRef>(s: &Shared<C>) {
+    ON_DISPATCH_THREAD.with(|on| on.set(true));
     let mut spin = SpinPolicy::default();
     let mut chains = ChainCache::default();
     let limit = WarnLimit::default();

@@ -95,5 +95,6 @@ mod dispatch_thread;
 mod handle;
 mod shared;
 
+pub use dispatch_thread::on_a_dispatch_thread;
 pub use handle::{Delivery, DispatchQueue, ReadBatch, DEFAULT_IDLE_SPIN};
 pub use shared::{QueueCounters, QueueEvent, ShutdownMode};
