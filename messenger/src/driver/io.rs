@@ -170,10 +170,31 @@ fn same_host(s: &TcpStream) -> bool {
 }
 
 thread_local! {
-    /// The worker's read buffer, shared by all connections of that worker: reads land in
-    /// its spare capacity and are split off as `Bytes`, so an idle connection holds no
-    /// buffer at all and a busy worker reuses one block until messages release it.
-    static READ_BUF: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    /// The worker's read buffers, shared by all connections of that worker: reads land in
+    /// their spare capacity and are split off as `Bytes`, so an idle connection holds no
+    /// buffer at all and a busy worker reuses one block until messages release it. One
+    /// per read size ([`read_chunk`]), so a connection's reads come in blocks of its own
+    /// messenger's size, which its machine copies below a quarter of
+    /// (`protocol::Config::read_size`): messengers sharing a pool with different
+    /// `read_buffer`s (an OSD's) sharing one, a trickled piece of a small-buffer
+    /// messenger's frame kept the larger one's whole block alive.
+    static READ_BUF: std::cell::RefCell<Vec<(usize, BytesMut)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on the calling worker's read buffer for reads of `chunk` bytes.
+fn with_read_buf<R>(chunk: usize, f: impl FnOnce(&mut BytesMut) -> R) -> R {
+    READ_BUF.with(|bufs| {
+        let mut bufs = bufs.borrow_mut();
+        let i = match bufs.iter().position(|(c, _)| *c == chunk) {
+            Some(i) => i,
+            None => {
+                bufs.push((chunk, BytesMut::new()));
+                bufs.len() - 1
+            }
+        };
+        f(&mut bufs[i].1)
+    })
 }
 
 /// Reads into the unused capacity of `buf` (at least `chunk` bytes of it), without
@@ -397,9 +418,8 @@ impl Driver {
                 Some((buf, need)) => {
                     read_into_spare(sock, buf, need, need).map(|(n, asked)| (n, n < asked, None))
                 }
-                None => READ_BUF.with(|b| {
-                    let mut b = b.borrow_mut();
-                    read_into_spare(sock, &mut b, chunk, usize::MAX)
+                None => with_read_buf(chunk, |b| {
+                    read_into_spare(sock, b, chunk, usize::MAX)
                         .map(|(n, asked)| (n, n < asked, Some(b.split().freeze())))
                 }),
             };
