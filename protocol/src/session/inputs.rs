@@ -49,12 +49,8 @@ impl<P: Protocol> Machine<P> {
         if P::PROGRESS_ON_ARRIVAL {
             self.note_payload_progress(now, data.len() as u64);
         }
-        let copy_below = super::rx::copy_below(self.config.read_size);
-        self.rx.push(data, copy_below);
+        self.rx.push(data, super::rx::copy_below(self.config.read_size));
         self.process(now);
-        // What is left waiting for the rest of its frame (in a short read) is copied out
-        // of the read buffer it came in: see `RxBuf`.
-        self.rx.settle(copy_below);
     }
 
     /// While a large message segment arrives in pieces, the buffer it is assembled in
@@ -190,8 +186,16 @@ impl<P: Protocol> Machine<P> {
         (left.messages, left.bytes)
     }
 
-    /// Runs input steps until one needs more input or an answer.
+    /// Runs input steps until one needs more input or an answer. What is left waiting
+    /// for the rest of its frame, in a short read (or the short rest of a long one), is
+    /// then copied out of the read buffer it came in: see `RxBuf`. Here, not only after
+    /// new bytes: a budget grant or a decision resumes reading what waited.
     pub(crate) fn process(&mut self, now: Instant) {
+        self.process_steps(now);
+        self.rx.settle(super::rx::copy_below(self.config.read_size));
+    }
+
+    fn process_steps(&mut self, now: Instant) {
         for _ in 0..INPUT_STEPS_BOUND {
             if let Some(fault) = self.deferred_fault.take() {
                 // Something queued before could not be encoded.
