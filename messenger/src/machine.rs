@@ -401,7 +401,7 @@ impl Machine {
         let mut snap = self.snapshot(Some(policy));
         snap.peer_global_seq = req.global_seq();
         match req.kind {
-            RequestKind::Connect { connect_seq, .. } => snap.connect_seq = connect_seq.next(),
+            RequestKind::Connect { connect_seq, .. } => snap.connect_seq = connect_seq.next_v1(),
             RequestKind::Ident { client_cookie, .. } => {
                 snap.client_cookie = client_cookie;
                 snap.server_cookie = if policy.lossy { 0 } else { self.0.offered_server_cookie() };

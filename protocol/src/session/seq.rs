@@ -47,6 +47,13 @@ impl ConnectSeq {
     pub fn to_v1(self) -> u32 {
         self.0 as u32
     }
+
+    /// The next connect_seq of a v1 session: within v1's 32-bit field, wrapping to 0
+    /// as Ceph's `uint32_t` does. (A value above the field could never be met by a
+    /// connect again: every reconnect would be older than the session.)
+    pub fn next_v1(self) -> ConnectSeq {
+        ConnectSeq::from_v1(self.to_v1().wrapping_add(1))
+    }
 }
 
 impl fmt::Display for ConnectSeq {

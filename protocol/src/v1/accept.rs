@@ -335,7 +335,7 @@ fn accept_open(
     if reset_from_peer && reset_existing {
         m.events.push_back(Event::RemoteReset);
     }
-    m.session.connect_seq = ConnectSeq::from_v1(p.msg.connect_seq).next();
+    m.session.connect_seq = ConnectSeq::from_v1(p.msg.connect_seq).next_v1();
     m.session.peer_global_seq = GlobalSeq::from_v1(p.msg.global_seq);
     let seq_exchange = p.msg.features.contains(Features::RECONNECT_SEQ) && !reset_from_peer;
     if !seq_exchange {

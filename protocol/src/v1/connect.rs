@@ -269,7 +269,7 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
                 m.refuse("peer lacks required features");
                 return false;
             }
-            let cs = m.session.connect_seq.next();
+            let cs = m.session.connect_seq.next_v1();
             if reply.connect_seq != cs.to_v1() {
                 m.fault(now, Fault::Misbehaved("connect_seq in the reply is not ours + 1"));
                 return false;

@@ -8,7 +8,7 @@
 //! [`Decision`] back through [`crate::Machine::handle_accept_decision`].
 
 use crate::session::{
-    AcceptRequest, Decision, ExistingSession, ExistingState, Policy, RequestKind,
+    AcceptRequest, ConnectSeq, Decision, ExistingSession, ExistingState, Policy, RequestKind,
 };
 use crate::types::EntityAddr;
 
@@ -50,6 +50,10 @@ pub fn decide(
             Decision::Open
         };
     };
+    // The session's connect_seq as a v1 connect carries it (its low 32 bits, as Ceph's
+    // `uint32_t`): one counted past the field (a v1 session's fault bumps it generically)
+    // would otherwise be above every connect the peer can send.
+    let ex = &ExistingSession { connect_seq: ConnectSeq::from_v1(ex.connect_seq.to_v1()), ..*ex };
     if ex.replacing {
         return Decision::RetryGlobal(ex.peer_global_seq);
     }
@@ -318,6 +322,22 @@ mod tests {
         assert_eq!(
             decide(&req(1, 1), None, &PEER, &me_high()),
             Decision::ResetSession { full: true }
+        );
+    }
+
+    // A session whose connect_seq was counted past v1's 32-bit field (a fault's bump at
+    // u32::MAX) is compared as the wire carries it, as Ceph's `uint32_t`: the peer's
+    // reconnect that counts on from the wrapped value gets in, instead of RETRY_SESSION
+    // with the same wrapped value on every connect.
+    #[test]
+    fn connect_seq_past_the_v1_field_is_compared_as_the_wire_carries_it() {
+        let ex = ExistingSession {
+            connect_seq: ConnectSeq(1 << 32),
+            ..existing(ExistingState::Standby, 0, 1)
+        };
+        assert_eq!(
+            decide(&req(1, 2), Some(&ex), &PEER, &me_high()),
+            Decision::Replace { reset_existing: false, peer_restarted: false }
         );
     }
 
