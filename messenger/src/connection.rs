@@ -216,7 +216,8 @@ impl Connection {
                 return Err(SendError::Closed);
             }
             let queued = self.0.mailbox_cost.load(Ordering::Relaxed);
-            let held = queued + self.0.driver_cost.load(Ordering::Relaxed);
+            // Acquire: the driver lowers the total before this count (`update_gauges`).
+            let held = queued + self.0.driver_cost.load(Ordering::Acquire);
             if !self.0.send_budget.try_charge(held, cost) {
                 return Err(SendError::QueueFull);
             }
@@ -362,6 +363,17 @@ impl Connection {
     #[cfg(feature = "fault-injection")]
     pub fn inject_before_write(&self, f: impl FnOnce() + Send + 'static) {
         let _ = self.post(Command::InjectBeforeWrite(Box::new(f)));
+    }
+
+    /// Test seam (feature `fault-injection`): runs `f` once on the connection's worker,
+    /// halfway through the driver's next change of what it counts of this connection's
+    /// messages: after one of the two counts that change has moved (the messenger's
+    /// total, and the connection's own, which `send_message` checks the per-connection
+    /// bound against) and before the other, as if the worker were preempted there.
+    /// Dropped unrun if the connection closes first.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_in_send_count(&self, f: impl FnOnce() + Send + 'static) {
+        let _ = self.post(Command::InjectInSendCount(Box::new(f)));
     }
 
     /// Test seam (feature `fault-injection`): runs `f` each time a thread other than the

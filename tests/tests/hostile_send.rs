@@ -140,6 +140,53 @@ fn a_peer_that_never_reads_is_bounded_then_faulted_over_msgr2() {
     a_peer_that_never_reads_is_bounded_then_faulted_over(ProtocolVersion::V2);
 }
 
+// The flood above once counted 4,502,877 bytes against its 4 MiB bound in CI, under
+// load: 7,671 replies of 587 bytes, 526 past the 7,145 the bound admits. A driver whose
+// messages went out lowered the per-connection count `send_message` checks before the
+// messenger's total; a worker preempted in between let the dispatch thread fill the room
+// it saw while the total still counted the messages written. Here the worker stops there
+// (the seam) while this thread sends all the bound admits: the total stays within it.
+#[test]
+fn senders_never_see_room_the_total_still_counts() {
+    const PER_CONN: u64 = 1 << 20;
+    let (srv, _, srv_rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let config = MessengerConfig { max_queued_bytes: PER_CONN, ..test_config(1) };
+    let (cli, _cli_rx) = client_with(EntityType::CLIENT, 2, Policy::lossy_client(), config);
+    let conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::new())).expect("send");
+    assert_eq!(next_message(&srv_rx).1.tid(), 1, "the session is open");
+
+    // The connection's queue is filled to its bound while its worker waits.
+    let go = hold_workers(&cli);
+    let mut tid = 1;
+    let mut fill = |conn: &Connection| loop {
+        tid += 1;
+        match conn.send_message(test_message(MSG_TEST, tid, Bytes::new())) {
+            Ok(()) => {}
+            Err(SendError::QueueFull) => return,
+            Err(e) => panic!("send: {e:?}"),
+        }
+    };
+    fill(&conn);
+    assert!(send_queues(&cli, "val") <= PER_CONN);
+    // The driver takes and writes a batch, then lowers its count; stopped halfway, as
+    // a preempted worker would be, while this thread sends what the bound still admits.
+    let (halfway_tx, halfway) = crossbeam_channel::bounded::<()>(1);
+    let (resume, resume_rx) = crossbeam_channel::bounded::<()>(1);
+    conn.inject_in_send_count(move || {
+        let _ = halfway_tx.send(());
+        let _ = resume_rx.recv_timeout(WAIT);
+    });
+    drop(go);
+    halfway.recv_timeout(WAIT).expect("the driver never changed its send count");
+    fill(&conn);
+    let held = send_queues(&cli, "val");
+    drop(resume);
+    assert!(held <= PER_CONN, "{held} bytes counted against a bound of {PER_CONN}");
+    cli.shutdown();
+    srv.shutdown();
+}
+
 // A stateful server keeps what it queued for a lossless peer that went away, for the
 // peer to resume, as Ceph's does. Peers that flood it without reading and leave must
 // not fill its total bound that way (found by the msgr2 soak, run for 90 s: after ~1 GiB

@@ -2,7 +2,7 @@
 //! arrives (see the crate docs, "Bounds a peer cannot escape"), and this connection's
 //! share of the send bounds and of the worker's gauges.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -526,8 +526,23 @@ impl Driver {
             self.machine.send_held_cost() + framed
         };
         if send != self.send_held {
-            self.conn.0.driver_cost.store(send, Relaxed);
-            self.conn.0.send_budget.adjust(self.send_held, send);
+            // `send_message` admits against the connection's count and charges the
+            // total: the count may never show room the total still holds. So a lower
+            // count goes to the total first, a higher one to the connection first.
+            // Lowered the other way round, a worker preempted between the two let the
+            // dispatch thread fill the room it saw while the total still counted what
+            // had been written (CI: 4 MiB bound, 4,502,877 bytes counted).
+            let (count, budget) = (&self.conn.0.driver_cost, &self.conn.0.send_budget);
+            if send < self.send_held {
+                budget.adjust(self.send_held, send);
+                self.seams.run_in_send_count();
+                // Release: a sender that reads this count finds the total lowered.
+                count.store(send, Release);
+            } else {
+                count.store(send, Release);
+                self.seams.run_in_send_count();
+                budget.adjust(self.send_held, send);
+            }
             self.send_held = send;
         }
     }

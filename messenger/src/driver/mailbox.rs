@@ -46,6 +46,8 @@ impl Driver {
                 Command::InjectBeforeSettle(f) => self.seams.add_before_settle(f),
                 #[cfg(feature = "fault-injection")]
                 Command::InjectBeforeWrite(f) => self.seams.add_before_write(f),
+                #[cfg(feature = "fault-injection")]
+                Command::InjectInSendCount(f) => self.seams.add_in_send_count(f),
             }
         }
     }

@@ -58,6 +58,9 @@ mod imp {
         before_settle: Vec<Box<dyn FnOnce() + Send>>,
         /// `Connection::inject_before_write`: run before the next write, then dropped.
         before_write: Vec<Box<dyn FnOnce() + Send>>,
+        /// `Connection::inject_in_send_count`: run halfway through the next change of
+        /// the driver's send count, then dropped.
+        in_send_count: Vec<Box<dyn FnOnce() + Send>>,
     }
 
     impl Seams {
@@ -79,6 +82,7 @@ mod imp {
                 delayed: DelayQueue::default(),
                 before_settle: Vec::new(),
                 before_write: Vec::new(),
+                in_send_count: Vec::new(),
             }
         }
 
@@ -129,6 +133,18 @@ mod imp {
         /// Runs what `Connection::inject_before_write` asked for, once.
         pub(in crate::driver) fn run_before_write(&mut self) {
             for f in std::mem::take(&mut self.before_write) {
+                f();
+            }
+        }
+
+        /// One more `Connection::inject_in_send_count`.
+        pub(in crate::driver) fn add_in_send_count(&mut self, f: Box<dyn FnOnce() + Send>) {
+            self.in_send_count.push(f);
+        }
+
+        /// Runs what `Connection::inject_in_send_count` asked for, once.
+        pub(in crate::driver) fn run_in_send_count(&mut self) {
+            for f in std::mem::take(&mut self.in_send_count) {
                 f();
             }
         }
@@ -343,6 +359,8 @@ mod imp {
         pub(in crate::driver) fn run_before_settle(&mut self) {}
         #[inline(always)]
         pub(in crate::driver) fn run_before_write(&mut self) {}
+        #[inline(always)]
+        pub(in crate::driver) fn run_in_send_count(&mut self) {}
         #[inline(always)]
         pub(in crate::driver) fn cut_applied(&mut self) {}
         #[inline(always)]
