@@ -88,8 +88,10 @@ impl Own {
             return;
         }
         let cost = std::mem::take(&mut self.cost);
-        sub_driver_cost(conn, cost);
+        // The total first, then the connection's count, which senders admit against: the
+        // count never shows room the total still holds (see `Driver::update_gauges`).
         conn.0.send_budget.adjust(cost, 0);
+        sub_driver_cost(conn, cost);
         self.messages.clear();
     }
 
@@ -103,9 +105,12 @@ impl Own {
         let cost = std::mem::take(&mut self.cost);
         let messages = std::mem::take(&mut self.messages);
         let now = Instant::now();
-        sub_driver_cost(conn, cost);
         let wake = {
             let mut mb = conn.0.mailbox.lock();
+            // Moved from the driver's count to the mailbox's under the lock senders check
+            // both under: lowered before it, a sender in between saw the connection
+            // holding less than it did and could pass its bound by what was spilled.
+            sub_driver_cost(conn, cost);
             if mb.closed {
                 None
             } else {
