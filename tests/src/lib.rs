@@ -5,6 +5,7 @@
 pub mod ceph;
 pub mod cephx;
 pub mod chaos;
+pub mod counting;
 pub mod hostile;
 pub mod hostile_v2;
 pub mod loopback;

@@ -3,72 +3,20 @@
 //! `read_buffer` asks for. Its own binary: the counting allocator counts the whole
 //! process, so no other test may run beside it.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 
 use bytes::Bytes;
 use messenger::Policy;
 use protocol::types::{AddrType, EntityAddr, EntityType};
-use protocol::v2::framing::{Preamble, SegmentDesc, MAX_SEGMENTS};
-use protocol::v2::Tag;
+use tests::counting::{large_hello_preamble, live_bytes, Counting};
 use tests::hostile_v2::v2_banner_socket;
 use tests::loopback::*;
-
-/// Bytes allocated and not yet freed, in the whole process.
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-struct Counting;
-
-// SAFETY: every call is System's, with the caller's arguments; only the count is ours.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc`, passed on.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc_zeroed`, passed on.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract for `dealloc`, passed on.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: the caller's contract for `realloc`, passed on.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
-        }
-        p
-    }
-}
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
 const MSG_TEST: u16 = 0x7f00;
-
-/// The preamble of a HELLO announcing a segment of 60 KiB (within the 64 KiB of a
-/// control frame): the server waits for all of it before it looks at it.
-fn large_hello_preamble() -> [u8; 32] {
-    let mut segments = [SegmentDesc::default(); MAX_SEGMENTS];
-    segments[0] = SegmentDesc { len: 60 << 10, align: 8 };
-    Preamble { tag: Tag::HELLO, num_segments: 1, segments, flags: 0 }.to_bytes()
-}
 
 /// Two messengers on one pool (as an OSD runs them) share its workers' read buffer: the
 /// blocks are as large as the larger `read_buffer` asks for. A peer of the one with a
@@ -127,12 +75,12 @@ fn a_trickled_frame_on_a_shared_pool_holds_its_bytes_not_another_messengers_bloc
     for tid in 1..=50 {
         round(tid);
     }
-    let before = LIVE.load(Relaxed);
+    let before = live_bytes();
     for tid in 0..PIECES as u64 {
         trickler.write_all(&[0; PIECE]).expect("a piece");
         round(1000 + tid);
     }
-    let grown = LIVE.load(Relaxed) - before;
+    let grown = live_bytes() - before;
     let sent = (PIECES * PIECE) as isize;
     // Kept as a block per piece: ~3.2 MiB.
     assert!(
