@@ -189,10 +189,16 @@ impl<P: Protocol> Machine<P> {
     /// Runs input steps until one needs more input or an answer. What is left waiting
     /// for the rest of its frame, in a short read (or the short rest of a long one), is
     /// then copied out of the read buffer it came in: see `RxBuf`. Here, not only after
-    /// new bytes: a budget grant or a decision resumes reading what waited.
+    /// new bytes: a budget grant or a decision resumes reading what waited. Not while
+    /// an answer is awaited (events queued: a budget request, a decision), when what is
+    /// left is read on as soon as the driver answers: copied then, the rest of a read
+    /// was copied once per message that asked for budget (10 % of the instructions of a
+    /// 64 B round trip).
     pub(crate) fn process(&mut self, now: Instant) {
         self.process_steps(now);
-        self.rx.settle(super::rx::copy_below(self.config.read_size));
+        if self.events.is_empty() {
+            self.rx.settle(super::rx::copy_below(self.config.read_size));
+        }
     }
 
     fn process_steps(&mut self, now: Instant) {
