@@ -6,7 +6,8 @@
 //! session table, policies, counters and the connections dump.
 //!
 //! Never: spawns threads beyond the configured workers and one dispatch thread per
-//! messenger; holds a lock across a socket call or a dispatcher callback.
+//! messenger (but `ms_reaper`, for a messenger dropped on a worker or a dispatch thread:
+//! see [`Messenger`]); holds a lock across a socket call or a dispatcher callback.
 //!
 //! # Example
 //!
@@ -76,7 +77,9 @@
 //! their payload arrives; when one is full the driver stops reading until the throttle
 //! grants its request (see "Bounds a peer cannot escape" below).
 //!
-//! Inside, the crate is a line, each part using only those before it: the configuration
+//! Inside, the crate is a line, each part using only those before it (but for the handle
+//! and the driver's own sends, which use each other, and `machine`, which takes the read
+//! size from the driver): the configuration
 //! and counters → the protocol machine as the driver sees it (`machine`, the one module
 //! that calls the session machine) → policies, and the handle's mailbox and send bounds
 //! → the [`Connection`] handle → the session table (peer address → session, every live
@@ -356,10 +359,12 @@
 //!   full raises no new readiness edge, the driver retries after the worker's other work.
 //! * `Connection::inject_socket_failure`: cuts one connection's socket on request
 //!   (each call one cut, see its docs).
-//! * `Connection::inject_in_reset`, `inject_before_settle`, `inject_before_write`: run a
-//!   test's hook at one point of the messenger's own work (while a thread other than the
-//!   connection's worker ends its session and has not queued the reset yet; at the
-//!   driver's settle; before its write), to run a race inside that window.
+//! * `Connection::inject_in_reset`, `inject_before_settle`, `inject_before_write`,
+//!   `inject_in_send_count`: run a test's hook at one point of the messenger's own work
+//!   (while a thread other than the connection's worker ends its session and has not
+//!   queued the reset yet; at the driver's settle; before its write; halfway through a
+//!   change of what the driver counts of the connection's messages), to run a race
+//!   inside that window.
 mod admin;
 pub mod config;
 mod connection;

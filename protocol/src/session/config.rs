@@ -216,7 +216,8 @@ impl Counters {
 impl Config {
     /// Ceph's defaults for `my_name` bound to `my_addrs`: Pacific features, crcs on,
     /// 10 s handshake, 900 s idle, no periodic keepalive, backoff 0.2 s → 15 s, auth
-    /// none as `client.admin` (clients) or `<type>.<num>` ([`Config::with_auth`]
+    /// none as `<type>.<num>`, or `<type>.admin` for a name with no number yet
+    /// (`EntityName::NEW`, a new client's: `client.admin`) ([`Config::with_auth`]
     /// changes it).
     pub fn new(my_name: EntityName, my_addrs: impl Into<EntityAddrVec>) -> Self {
         let id = if my_name.num >= 0 { my_name.num.to_string() } else { "admin".to_string() };
