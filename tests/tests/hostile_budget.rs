@@ -611,3 +611,34 @@ fn a_peer_that_does_not_read_is_owed_one_keepalive_ack() {
         "{acks} KEEPALIVE2_ACKs for 300 KEEPALIVE2s sent while the socket was full"
     );
 }
+
+// A large data segment assembled in place (read straight into its buffer) grows its
+// buffer with the windows granted, doubling, but never past the segment's length: a
+// 65 MiB segment's buffer doubled to 128 MiB, twice what its message was charged, and
+// the message kept it.
+fn assembly_buffer_bounded_by_segment(proto: ProtocolVersion) {
+    let (srv, _addr, _rx) = echo_server(test_config(1));
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    let data_len = (64usize << 20) + (1 << 20);
+    let wire = peer.announce(1, data_len, head_len(peer.protocol()) + data_len - 1);
+    let before = srv.totals().recv_bytes;
+    // All of the data but its last byte: the message stays in progress.
+    peer.sock.write_all(&wire).expect("data");
+    wait_until(
+        || srv.totals().recv_bytes >= before + wire.len() as u64,
+        || "the server stopped reading".into(),
+    );
+    let held = worker_counter(&srv, "msgr_recv_held_bytes");
+    assert!(held <= data_len as u64 + u64::from(MIB), "held {held} for a {data_len}-byte segment");
+    srv.shutdown();
+}
+
+#[test]
+fn a_segment_assembled_in_place_holds_no_more_than_its_length() {
+    assembly_buffer_bounded_by_segment(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_segment_assembled_in_place_holds_no_more_than_its_length_over_msgr2() {
+    assembly_buffer_bounded_by_segment(ProtocolVersion::V2);
+}

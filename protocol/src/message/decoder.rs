@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::wire::{ceph_crc32c, FooterFlags, MsgFooter, MsgHeader, RunningCrc};
 
 use super::frame::EncodeOptions;
-use super::{Message, DIRECT_ASSEMBLY_MIN};
+use super::{grow_within, Message, DIRECT_ASSEMBLY_MIN};
 
 /// Upper bounds on the segment lengths a peer may announce, checked before allocating.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -467,6 +467,9 @@ impl MessageDecoder {
         if need == 0 {
             return None;
         }
+        // Room made here, not by the driver's read (whose `reserve` doubles past the
+        // segment's length).
+        grow_within(&mut self.partial, need, n);
         Some((&mut self.partial, need))
     }
 
@@ -536,8 +539,9 @@ impl MessageDecoder {
             // A large segment split across reads: its buffer grows with the allowance
             // (which the caller charged before granting), never to the announced
             // length up front, so the driver can read straight into it
-            // (`assembly_buffer`) and it is not copied together later.
-            self.partial.reserve(want);
+            // (`assembly_buffer`) and it is not copied together later; doubling, but
+            // never past the segment's length.
+            grow_within(&mut self.partial, want, n);
         }
         let now = want.min(input.len());
         self.partial.extend_from_slice(&input[..now]);

@@ -56,15 +56,36 @@ use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::types::{EntityName, EntityType};
 use crate::wire::{MsgFooter, MsgHeader};
 
 /// Payload segments at least this large that arrive split across reads are assembled in
-/// a buffer reserved at their full length and offered for direct reads
-/// ([`MessageDecoder::assembly_buffer`]); smaller ones are simply copied together.
+/// a buffer of their own, grown as the receive budget admits them (never past their length), and
+/// offered for direct reads ([`MessageDecoder::assembly_buffer`]); smaller ones are
+/// simply copied together.
 pub const DIRECT_ASSEMBLY_MIN: usize = 64 << 10;
+
+/// Makes room in `buf`, a large segment's assembly buffer, for `want` more bytes,
+/// doubling its capacity as `BytesMut::reserve` does (so a segment admitted window by
+/// window is reallocated once per doubling), but never past `limit` bytes in all (the
+/// segment's length): `reserve`'s doubling alone took a 65 MiB segment's buffer to
+/// 128 MiB, held by the message it became while only its length was charged. A no-op
+/// when the spare capacity already suffices.
+pub(crate) fn grow_within(buf: &mut BytesMut, want: usize, limit: usize) {
+    let need = buf.len().saturating_add(want);
+    if buf.capacity() >= need {
+        return;
+    }
+    let target = buf.capacity().saturating_mul(2).max(need).min(limit.max(need));
+    // A `BytesMut` that owns its whole buffer (an assembly buffer always does) becomes a
+    // `Vec` and back (through a unique `Bytes`) without a copy of its bytes, and
+    // `reserve_exact` reallocates to `target` exactly, where `reserve` would double.
+    let mut v = Vec::from(std::mem::take(buf));
+    v.reserve_exact(target - v.len());
+    *buf = BytesMut::from(Bytes::from(v));
+}
 
 /// What one message held in a queue costs beyond its payload: the `Message` and the
 /// allocation of its fields (~200 bytes), the queue entry around it (connection handle,

@@ -4,7 +4,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::{Error, Result};
-use crate::message::DIRECT_ASSEMBLY_MIN;
+use crate::message::{grow_within, DIRECT_ASSEMBLY_MIN};
 use crate::wire::{ceph_crc32c, RunningCrc};
 
 use super::super::tag::Tag;
@@ -289,7 +289,8 @@ impl FrameDecoder {
     /// While a large payload segment is being assembled (crc mode), the buffer it grows
     /// in and how many bytes may be read into its spare capacity now: what the segment
     /// still needs, at most `allowed` (the receive budget not yet covered). The buffer
-    /// grows by that much only, never to the announced length up front. The caller then
+    /// grows for that much only (doubling, but never past the segment's length), never
+    /// to the announced length up front. The caller then
     /// calls [`FrameDecoder::advance`] with what [`FrameDecoder::need`] says (an empty
     /// piece once the segment is complete). `None` otherwise.
     pub fn assembly_buffer(&mut self, allowed: u64) -> Option<(&mut BytesMut, usize)> {
@@ -299,8 +300,8 @@ impl FrameDecoder {
             return None;
         }
         self.running_crc.update(SEGMENT_CRC_SEED, &self.partial);
-        // No-op when the spare capacity already suffices.
-        self.partial.reserve(want);
+        let segment_len = self.partial.len() + missing;
+        grow_within(&mut self.partial, want, segment_len);
         Some((&mut self.partial, want))
     }
 

@@ -249,6 +249,43 @@ mod tests {
         }
     }
 
+    // The assembly buffer grows with the windows granted, doubling, but never past the
+    // segment's length: `BytesMut::reserve`'s doubling took a segment just over a power
+    // of two to twice its length, held by the message it became.
+    #[test]
+    fn assembly_buffer_never_grows_past_the_segment() {
+        let len = 300_000usize;
+        let data = Bytes::from((0..len).map(|i| (i % 253) as u8).collect::<Vec<_>>());
+        let segs = [Bytes::from(vec![7u8; HEADER2_LEN]), Bytes::new(), Bytes::new(), data];
+        let refs: Vec<&Bytes> = segs.iter().collect();
+        let wire = Bytes::from(encode(&mut FrameEncoder::crc(), Tag::MESSAGE, &refs));
+        let mut dec = FrameDecoder::new(FrameLimits::default());
+        let mut at = 0;
+        for _ in 0..2 {
+            let n = dec.need();
+            dec.advance(wire.slice(at..at + n)).unwrap();
+            at += n;
+        }
+        dec.proceed().unwrap();
+        // Windows as the session grants them: 4 KiB, then doubling, the last one what
+        // is left.
+        let (mut granted, mut window, mut arrived) = (0usize, 4096usize, 0usize);
+        while arrived < len {
+            granted = (granted + window).min(len);
+            window = granted;
+            while let Some((buf, max)) = dec.assembly_buffer((granted - arrived) as u64) {
+                assert!(buf.capacity() <= len, "capacity {} for {len} bytes", buf.capacity());
+                buf.extend_from_slice(&wire[at..at + max]);
+                at += max;
+                arrived += max;
+            }
+        }
+        assert!(dec.held_bytes() <= len + HEADER2_LEN, "held {}", dec.held_bytes());
+        assert!(matches!(dec.advance(Bytes::new()).unwrap(), FrameProgress::NeedMore));
+        let Ok(FrameProgress::Frame(f)) = dec.advance(wire.slice(at..)) else { panic!() };
+        assert_eq!(f.segments, segs);
+    }
+
     // The preamble and crc mode's epilogue can be fed as plain slices (nothing kept);
     // a kept piece cannot, and the crcs are checked the same way.
     #[test]
