@@ -33,9 +33,12 @@
 //! waits for the next window. If such messages held all of the budget, none could
 //! complete and nothing would be released. So a message that needs more than one
 //! window registers as in progress ([`Throttle::begin_inflight`], with one [`Ticket`]
-//! across all the throttles it uses), and the oldest one in progress is always granted
-//! its next window, even beyond the maximum: it completes, is dispatched, and releases.
-//! The overshoot is bounded by the remainder of one message. The throttle also keeps
+//! across all the throttles it uses), and the oldest one in progress is granted its
+//! next window even beyond the maximum: it completes, is dispatched, and releases. Only
+//! while what the messages in progress do not hold is within the maximum: a message
+//! that went on so and is then kept (a policy's messages live until dropped) holds its
+//! overshoot, and the next oldest waits for it to be given back rather than add its
+//! own. So the overshoot is bounded by the remainder of one message. The throttle also keeps
 //! what each message in progress holds (from registration, and every window taken
 //! through its [`InFlight`]), and tells the oldest, while requests are queued, what all
 //! of them hold ([`InFlight::held_while_others_wait`]): the messenger makes that
@@ -212,6 +215,17 @@ impl State {
         id
     }
 
+    /// Whether the oldest message in progress may be granted beyond the maximum: only
+    /// while what the messages in progress do not hold (messages handed on and kept,
+    /// queued ones, first windows) is within the maximum. Past it, an earlier
+    /// message's overshoot is still held (its dispatcher keeps it): the oldest waits for
+    /// that to be given back, as any request does, instead of adding its own. Without
+    /// this, a chain of messages in progress, each the oldest in turn, went through
+    /// while a dispatcher kept them all, and a policy's byte cap of 64 KiB held 6 MiB.
+    fn progress_may_overshoot(&self) -> bool {
+        self.current.saturating_sub(self.inflight_held) <= self.max
+    }
+
     /// Whether requests are queued (in either queue).
     fn anyone_waits(&self) -> bool {
         !self.waiters.is_empty() || !self.windows.is_empty()
@@ -274,11 +288,15 @@ impl State {
             }
         }
         if let Some(id) = self.inflight.first_key_value().and_then(|(_, p)| p.waiting) {
-            if let Some(w) = self.unqueue(id) {
-                if self.should_wait(w.need) {
-                    self.counters.inflight_overshoot += 1;
+            let need = self.windows.get(&id).map(|w| w.need);
+            let over = need.is_some_and(|need| self.should_wait(need));
+            if !over || self.progress_may_overshoot() {
+                if let Some(w) = self.unqueue(id) {
+                    if over {
+                        self.counters.inflight_overshoot += 1;
+                    }
+                    self.grant(id, w, &mut out);
                 }
-                self.grant(id, w, &mut out);
             }
         }
         out
@@ -359,7 +377,7 @@ impl Throttle {
         // A window waits only behind windows; a new request only behind new requests.
         let queue = if ticket.is_some() { &st.windows } else { &st.waiters };
         let fits = !st.should_wait(n) && queue.is_empty();
-        if fits || oldest {
+        if fits || (oldest && (!st.should_wait(n) || st.progress_may_overshoot())) {
             if !fits && st.should_wait(n) {
                 st.counters.inflight_overshoot += 1;
             }
@@ -1039,6 +1057,32 @@ mod tests {
         assert_eq!(t.current(), 20);
         drop((pa, more_a, pb, more_b, ib));
         assert_eq!((t.current(), t.waiting()), (0, 0));
+    }
+
+    // A message in progress granted beyond the maximum and then kept (handed on, its
+    // registration ended) holds that overshoot: the next oldest waits for it to be given
+    // back instead of adding its own, so what is held past the maximum is one message's.
+    #[test]
+    fn a_kept_overshoot_is_not_followed_by_another() {
+        let t = Throttle::new("t", 10);
+        let (a, b) = (Ticket::next(), Ticket::next());
+        let (ia, ib) = (t.begin_inflight(a, 0), t.begin_inflight(b, 0));
+        let pa = ia.try_acquire(4).expect("fits");
+        let pb = ib.try_acquire(4).expect("fits");
+        let more_a = ia.acquire_or_wait(20, Box::new(|| {})).expect("the oldest goes on");
+        drop(ia);
+        let (tx, rx) = unbounded();
+        let wb = ib
+            .acquire_or_wait(20, Box::new(move || tx.send(()).expect("rx")))
+            .expect_err("a's overshoot is still held");
+        drop(pa);
+        assert!(rx.try_recv().is_err(), "a still holds 20 of its own beyond the maximum");
+        drop(more_a);
+        rx.recv_timeout(Duration::from_secs(5)).expect("b goes on once a's is given back");
+        let more_b = wb.try_take().expect("granted");
+        assert_eq!(t.current(), 24);
+        drop((pb, more_b, ib));
+        assert_eq!(t.current(), 0);
     }
 
     #[test]

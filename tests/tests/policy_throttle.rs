@@ -430,3 +430,70 @@ fn a_lossless_session_under_a_kept_cap_delivers_everything_in_order_v1() {
 fn a_lossless_session_under_a_kept_cap_delivers_everything_in_order_v2() {
     lossless_session_under_a_kept_cap(ProtocolVersion::V2);
 }
+
+// Peers each start a 1 MiB message (its header and a first window) under a policy byte
+// cap of 64 KiB, then send the rest; the dispatcher keeps what it is handed. The oldest
+// message in progress goes on past the cap (messages in progress must not deadlock),
+// and is kept, holding that overshoot: the next one then waits for it to be dropped, as
+// any message waits for kept ones. It used to become the oldest and go on past the cap
+// in its turn, and the next: the cap of 64 KiB held all six (6,294,528 bytes), and with
+// more peers (up to one per first window in the cap) any number.
+#[test]
+fn kept_messages_hold_at_most_one_overshoot_of_the_byte_cap() {
+    const CAP: u64 = 64 << 10;
+    const LEN: usize = 1 << 20;
+    const PEERS: usize = 6;
+    let bytes = Throttle::new("client bytes", CAP);
+    let (srv, rx) = keeping_server(
+        test_config(1),
+        Policy::stateless_server(),
+        Some(bytes.clone()),
+        None,
+        false,
+    );
+    let addr = addr_for(ProtocolVersion::V1, srv.my_addr());
+    let mut rests = Vec::new();
+    for tid in 0..PEERS {
+        let mut peer = RawPeer::handshake(addr, Policy::lossy_client());
+        let mut m = Message::new(MSG_TEST, Bytes::new());
+        m.set_tid(tid as u64);
+        m.set_data(Bytes::from(vec![1u8; LEN]));
+        let wire = peer.frame(m);
+        // The header and more than a first window: the message asks for its second.
+        let (head, rest) = wire.split_at(head_len(ProtocolVersion::V1) + 5000);
+        peer.sock.write_all(head).expect("write");
+        let registered = format!("inflight: {}", tid + 1);
+        wait_until(
+            || format!("{bytes:?}").contains(&registered),
+            || format!("message {tid} not in progress: {bytes:?}"),
+        );
+        rests.push((peer, rest.to_vec()));
+    }
+    let writers: Vec<_> = rests
+        .iter()
+        .map(|(peer, rest)| {
+            let mut sock = peer.sock.try_clone().expect("clone");
+            let rest = rest.clone();
+            std::thread::spawn(move || sock.write_all(&rest).is_ok())
+        })
+        .collect();
+    let bound = CAP + LEN as u64 + MESSAGE_OVERHEAD;
+    for kept in 0..PEERS {
+        let m = next_kept(&rx);
+        let left = PEERS - 1 - kept;
+        // Every other message still in progress waits for a window.
+        wait_until(
+            || bytes.waiting() == left,
+            || format!("{left} messages should wait while one is kept: {bytes:?}"),
+        );
+        assert!(rx.is_empty(), "another message came in while one was kept");
+        assert!(bytes.current() <= bound, "{bytes:?} while one message is kept");
+        drop(m);
+    }
+    for w in writers {
+        assert!(w.join().expect("writer"), "a peer's write failed");
+    }
+    wait_until(|| bytes.current() == 0, || format!("{bytes:?} once all were dropped"));
+    drop(rests);
+    srv.shutdown();
+}
