@@ -478,6 +478,36 @@ fn an_aborted_message_gives_back_its_credit() {
     }
 }
 
+// A MESSAGE that asked for its budget and was then aborted leaves its grant with the
+// driver, which learns it is stale only from the next message's first request: so the
+// next message asks for its first window even though the credit covers it (taken on
+// credit, it reached the driver holding that grant, passed it for its own, and the
+// credit it used stayed charged to nothing). The one after it is taken on credit again.
+#[test]
+fn a_message_after_an_aborted_one_that_asked_is_not_taken_on_credit() {
+    let asked =
+        |evs: &[Event]| evs.iter().any(|e| matches!(e, Event::NeedBudget { first: true, .. }));
+    let delivered = |evs: &[Event]| evs.iter().filter(|e| matches!(e, Event::Message(_))).count();
+    let mut a = Acceptor::new();
+    a.ready();
+    a.conn.handle_bytes(a.now, Bytes::from(message(1, Some(0x01))));
+    assert!(asked(&events(&mut a.conn)), "no credit: the aborted one asks");
+    a.conn.grant_budget(a.now);
+    assert_eq!(delivered(&events(&mut a.conn)), 0, "aborted");
+    a.conn.add_receive_credit(10, 100_000);
+    a.conn.handle_bytes(a.now, Bytes::from(message(2, None)));
+    let evs = events(&mut a.conn);
+    assert!(asked(&evs) && delivered(&evs) == 0, "taken on credit: {evs:?}");
+    a.conn.grant_budget(a.now);
+    assert_eq!(delivered(&events(&mut a.conn)), 1);
+    assert_eq!(a.conn.take_receive_credit(), (10, 100_000), "the credit untouched");
+    a.conn.add_receive_credit(10, 100_000);
+    a.conn.handle_bytes(a.now, Bytes::from(message(3, None)));
+    let evs = events(&mut a.conn);
+    assert!(!asked(&evs) && delivered(&evs) == 1, "not taken on credit: {evs:?}");
+    assert_eq!(a.conn.take_receive_credit().0, 9);
+}
+
 // A peer guessing at a session's client cookie (or retrying for ever) on one
 // connection: every SESSION_RECONNECT answered with SESSION_RESET counts as a handshake
 // round, and past `max_auth_rounds` the connection is cut.

@@ -182,7 +182,11 @@ impl<P: Protocol> Machine<P> {
     /// is left or the session it was granted to has ended.
     pub fn take_receive_credit(&mut self) -> (u32, u64) {
         let Some(open) = self.state.open_mut() else { return (0, 0) };
-        let left = std::mem::take(&mut open.credit);
+        let held_back = open.credit.held_back;
+        let left = std::mem::replace(
+            &mut open.credit,
+            super::open::Credit { held_back, ..Default::default() },
+        );
         (left.messages, left.bytes)
     }
 

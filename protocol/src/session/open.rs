@@ -56,13 +56,22 @@ pub(crate) struct Credit {
     pub(crate) messages: u32,
     /// Bytes left (payloads plus [`MESSAGE_OVERHEAD`] each).
     pub(crate) bytes: u64,
+    /// A message that asked for its budget was dropped unseen (msgr2's ABORTED, or a
+    /// duplicate read in secure mode): the driver still holds that grant, and learns it
+    /// is stale only from the next message's first [`super::Event::NeedBudget`]. Until
+    /// then no message is taken on credit: one taken so reached the driver holding that
+    /// grant, passed it for its own, and the credit it used stayed charged to nothing
+    /// for as long as the peer kept a message in progress at each pass's end (a count
+    /// and a message's cost per aborted frame, without limit). Kept when the unused
+    /// credit is taken back.
+    pub(crate) held_back: bool,
 }
 
 impl Credit {
     /// Takes one message of `payload` bytes, if the credit covers it.
     pub(crate) fn take(&mut self, payload: u64) -> bool {
         let cost = payload.saturating_add(MESSAGE_OVERHEAD);
-        if self.messages == 0 || cost > self.bytes {
+        if self.held_back || self.messages == 0 || cost > self.bytes {
             return false;
         }
         self.messages -= 1;

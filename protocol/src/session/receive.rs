@@ -47,6 +47,10 @@ impl<P: Protocol> Machine<P> {
     pub(crate) fn request_budget(&mut self, bytes: u64, first: bool) {
         let now = self.now;
         let Some(open) = self.state.open_mut() else { return };
+        if first {
+            // This request tells the driver that what it holds is stale.
+            open.credit.held_back = false;
+        }
         open.budget.ask(bytes, first, now);
         self.events.push_back(Event::NeedBudget { bytes, first });
     }

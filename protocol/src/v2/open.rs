@@ -72,15 +72,17 @@ pub(crate) fn on_message(
     aborted: bool,
 ) -> Result<(), Fault> {
     let rx = m.state.open_mut().map(|o| std::mem::replace(&mut o.rx, OpenRx::Idle));
-    let Some(OpenRx::Reading { header, duplicate, .. }) = rx else {
+    let Some(OpenRx::Reading { header, duplicate, skipped }) = rx else {
         return Err(Fault::Misbehaved("MESSAGE without a header"));
     };
-    on_whole_message(m, now, header, segments, aborted || duplicate);
+    // A duplicate streaming by in crc mode was read without budget.
+    on_whole_message(m, now, header, segments, aborted || duplicate, !skipped);
     Ok(())
 }
 
 /// A complete MESSAGE with its `header`: the budget of its reading ends, and it is
-/// delivered unless `dropped` (aborted by its sender, or a duplicate). A MESSAGE taken
+/// delivered unless `dropped` (aborted by its sender, or a duplicate); `budgeted`: it
+/// was read with budget (not a duplicate streaming by in crc mode). A MESSAGE taken
 /// whole ([`super::receive`]'s one-call read) comes here straight, its header from the
 /// admission, never stored in [`OpenRx::Reading`].
 pub(crate) fn on_whole_message(
@@ -89,13 +91,18 @@ pub(crate) fn on_whole_message(
     header: MsgHeader2,
     segments: [Bytes; MAX_SEGMENTS],
     dropped: bool,
+    budgeted: bool,
 ) {
     if let Some(open) = m.state.open_mut() {
         let credited = open.budget.finish();
-        // Aborted after the credit paid for it (taken in one call, or its first window
-        // read piece by piece): nothing delivered holds that charge.
-        if let (true, Some(len)) = (dropped, credited) {
-            open.credit.refund(len);
+        match (dropped, credited) {
+            // Aborted after the credit paid for it (taken in one call, or its first
+            // window read piece by piece): nothing delivered holds that charge.
+            (true, Some(len)) => open.credit.refund(len),
+            // Dropped after asking for its budget: the driver holds that grant until
+            // the next message asks for its first window (`Credit::held_back`).
+            (true, None) => open.credit.held_back |= budgeted,
+            _ => {}
         }
     }
     if dropped {

@@ -204,7 +204,7 @@ fn read_whole_messages(m: &mut Machine<V2>, now: Instant, chunk: &mut Bytes) -> 
             Err(e) => return Some(after_step(m, now, Err(e))),
             Ok(Whole::Taken(header, segments, aborted)) => {
                 log::trace!(target: LOG, "{m}: got {}", Tag::MESSAGE);
-                open::on_whole_message(m, now, header, segments, aborted);
+                open::on_whole_message(m, now, header, segments, aborted, true);
                 taken_one = true;
             }
         }
