@@ -87,7 +87,10 @@ pub struct MessengerConfig {
     /// states (README, "Performance"). [`MessengerConfig::validate`] refuses a name the
     /// kernel does not let this process use.
     pub tcp_congestion: Option<String>,
-    /// `ms_initial_backoff`: first reconnect delay of a lossless connection.
+    /// `ms_initial_backoff`: first reconnect delay of a lossless connection. Also the
+    /// least time between a session's open and its redial: one cut sooner waits out the
+    /// rest (Ceph redials a lost session at once, so a peer that opens every session and
+    /// cuts it was redialled thousands of times a second); one open longer redials at once.
     #[doc(alias = "ms_initial_backoff")]
     pub initial_backoff: Duration,
     /// `ms_max_backoff`: reconnect delay cap (also the WAIT backoff).

@@ -879,7 +879,8 @@ fn reconnecting_with_a_message_queued(c: &mut Connection, now: Instant) {
     assert!(c.is_open());
     let _ = output(c);
     c.send_message(protocol::Message::new(2, Bytes::new()));
-    c.handle_transport_closed(now);
+    // Cut once open a while (one cut straight after its open backs off first).
+    c.handle_transport_closed(now + Duration::from_secs(1));
     assert!(events(c).iter().any(|e| matches!(e, Event::Reconnect { .. })));
     c.handle_transport_connected(now);
     let _ = output(c);
@@ -1022,5 +1023,103 @@ fn pieces_under_a_quarter_of_a_large_read_size_do_not_pin_their_reads() {
             "{what}: {} pieces of 20 KiB kept {pinned} reads of 1 MiB",
             blocks.len()
         );
+    }
+}
+
+/// Connects `c` again at `at` (its Reconnect taken) and resumes its session: the
+/// acceptor answers SESSION_RECONNECT_OK.
+fn resume_at(c: &mut Connection, at: Instant) {
+    c.handle_transport_connected(at);
+    let _ = output(c);
+    let mut b = acceptor_prefix(EntityType::MON);
+    b.extend(frame(&SessionReconnectOk { msg_seq: 0 }));
+    c.handle_bytes(at, Bytes::from(b));
+    assert!(c.is_open(), "{c}");
+    let _ = output(c);
+    let _ = events(c);
+}
+
+/// Cuts `c` at `at`: whether it redials at once (a Reconnect event now), else the
+/// backoff it waits (its timer from `at`).
+fn cut_at(c: &mut Connection, at: Instant) -> Option<Duration> {
+    c.handle_transport_closed(at);
+    if events(c).iter().any(|e| matches!(e, Event::Reconnect { .. })) {
+        assert!(!c.is_backing_off(), "{c}");
+        return None;
+    }
+    assert!(c.is_backing_off(), "{c}: neither redialling nor backing off");
+    let until = c.poll_timeout().expect("a backoff timer");
+    c.handle_timeout(until);
+    assert!(events(c).iter().any(|e| matches!(e, Event::Reconnect { .. })), "{c}");
+    Some(until - at)
+}
+
+// A session cut straight after it opened redials no sooner than the initial backoff
+// after the open, each time: a server that opens every session and cuts it at once
+// would otherwise be redialled as fast as the handshake goes (opening reset the backoff,
+// and an open session's fault redials at once). A session cut after it stayed open for
+// `initial_backoff` redials at once, as Ceph's does.
+#[test]
+fn a_session_cut_as_it_opens_backs_off_and_one_open_a_while_redials_at_once() {
+    let initial = Duration::from_millis(200);
+    let soon = Duration::from_millis(1);
+    let (mut c, now) = connector(Policy::lossless_client());
+    let mut b = acceptor_prefix(EntityType::MON);
+    b.extend(frame(&server_ident(v2_addr(6789, 0))));
+    c.handle_bytes(now, Bytes::from(b));
+    assert!(c.is_open());
+    let _ = output(&mut c);
+    let _ = events(&mut c);
+    c.send_message(protocol::Message::new(2, Bytes::new()));
+    let _ = output(&mut c);
+
+    // Cut 1 ms after the open, three times in a row: the redial 200 ms after each open
+    // (a steady rate, not a growing backoff: a network that cuts often gets its session
+    // back as soon).
+    let mut t = now;
+    for _ in 0..3 {
+        assert_eq!(cut_at(&mut c, t + soon), Some(initial - soon), "{c}");
+        t += initial;
+        resume_at(&mut c, t);
+    }
+    // Cut 150 ms after the open: what is left of the 200 ms.
+    let late = Duration::from_millis(150);
+    assert_eq!(cut_at(&mut c, t + late), Some(initial - late), "{c}");
+    t += initial;
+    resume_at(&mut c, t);
+    // Open for the initial backoff: at once.
+    t += initial;
+    assert_eq!(cut_at(&mut c, t), None, "a session open a while redials at once: {c}");
+    resume_at(&mut c, t);
+    // Its next cut straight after the open waits again; a connect attempt failing after
+    // that backs off as the first failed attempt does.
+    assert_eq!(cut_at(&mut c, t + soon), Some(initial - soon), "{c}");
+    t += initial;
+    c.handle_transport_connected(t);
+    c.handle_transport_closed(t);
+    assert_eq!(c.poll_timeout(), Some(t + initial), "{c}");
+    assert_eq!(c.pending_messages(), 1, "the message stays queued: {c}");
+}
+
+// A session marked lossy (`mark_disposable`) after a cut whose outcome was not taken yet
+// is reset, as a lossy session's cut is: whether the cut redials at once (open a while)
+// or backs off (cut as it opened, a backoff that is that cut's outcome until the redial).
+#[test]
+fn marked_lossy_after_a_cut_is_reset_whether_it_redials_at_once_or_backs_off() {
+    for open_for in [Duration::from_secs(1), Duration::from_millis(1)] {
+        let (mut c, now) = connector(Policy::lossless_client());
+        let mut b = acceptor_prefix(EntityType::MON);
+        b.extend(frame(&server_ident(v2_addr(6789, 0))));
+        c.handle_bytes(now, Bytes::from(b));
+        assert!(c.is_open());
+        let _ = output(&mut c);
+        let _ = events(&mut c);
+        c.handle_transport_closed(now + open_for);
+        let young = open_for < Duration::from_millis(200);
+        assert_eq!(c.is_backing_off(), young, "open {open_for:?}: {c}");
+        c.mark_lossy();
+        let evs = events(&mut c);
+        assert!(evs.iter().any(|e| matches!(e, Event::Reset)), "open {open_for:?}: {evs:?}");
+        assert!(c.is_closed(), "open {open_for:?}: {c}");
     }
 }

@@ -302,10 +302,20 @@ impl Driver {
     /// redial, it told the peer nothing for as long as the backoff (`max_backoff`, 15 s
     /// by default, after a WAIT) while holding a descriptor on both ends. The session
     /// is untouched: the redial after the backoff replays it as before.
+    ///
+    /// A session cut straight after it opened backs off too, without a reconnect event:
+    /// it is published as connecting, not open (`is_connected`, and the state the accept
+    /// decision of a racing connection from the peer reads).
     pub(super) fn close_socket_left_by_fault(&mut self, cx: &mut Context<'_>) {
-        if self.io.socket.is_some() && self.machine.is_backing_off() {
+        if !self.machine.is_backing_off() {
+            return;
+        }
+        if self.io.socket.is_some() {
             log::debug!(target: "msgr::conn", "{}: socket closed until the redial", self.machine);
             self.close_socket(cx);
+        }
+        if self.conn.state() == ConnState::Open {
+            self.conn.set_state(ConnState::Connecting);
         }
     }
 

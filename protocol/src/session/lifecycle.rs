@@ -39,6 +39,7 @@ impl<P: Protocol> Machine<P> {
     ) {
         self.set_state(State::Open(Open::new(rx, now, &self.config, signer)));
         self.backoff = Duration::ZERO;
+        self.opened_at = Some(now);
         self.attempt = 0;
         self.once_ready = true;
         self.announced = true;
@@ -62,6 +63,16 @@ impl<P: Protocol> Machine<P> {
             return;
         }
         let was_open = self.state.is_open();
+        // How much of the initial backoff since the session opened is left (none for one
+        // open longer, or a connect attempt that failed): see `opened_at`.
+        let young_wait = match self.opened_at {
+            Some(at) if was_open => {
+                let initial = self.config.initial_backoff.min(self.config.max_backoff);
+                initial.saturating_sub(now.saturating_duration_since(at))
+            }
+            _ => Duration::ZERO,
+        };
+        let young = !young_wait.is_zero();
         log::info!(target: P::LOG, "{self}: fault: {fault}");
         if !self.lossy {
             self.session.requeue_sent();
@@ -84,6 +95,15 @@ impl<P: Protocol> Machine<P> {
             max_backoff: self.config.max_backoff,
         };
         let mut action = fault_action(&ctx);
+        // Ceph redials a session it lost at once; here no sooner than the initial backoff
+        // after it opened. That bounds the redials of a peer that opens every session and
+        // cuts it, and costs a network that cuts often little: no growing backoff, and
+        // only what is left of the initial one.
+        if let FaultAction::Reconnect { after } = &mut action {
+            if young && after.is_zero() {
+                *after = young_wait;
+            }
+        }
         // A reconnect past connecting starts the session's next connect_seq (Ceph's).
         let past_connecting = ctx.past_connecting();
         // A peer without a dialable address (a pure client) cannot be dialled back.
@@ -110,13 +130,20 @@ impl<P: Protocol> Machine<P> {
                 if P::bumps_connect_seq(self, past_connecting) {
                     self.session.connect_seq = self.session.connect_seq.next();
                 }
-                self.backoff = after;
+                // (A young session's wait is not a step of the doubling backoff: a connect
+                // attempt failing after it waits the initial one.)
+                self.backoff = if young { Duration::ZERO } else { after };
                 if after.is_zero() {
                     self.start_reconnect(now);
                     self.unreported_fault = Some(Box::new((ctx, fault)));
                 } else {
-                    // No event to take back: a failed connect attempt, which parsed no
-                    // message a dispatcher could have marked the session lossy on.
+                    // Nothing to take back after a failed connect attempt, which parsed
+                    // no message a dispatcher could have marked the session lossy on; a
+                    // session cut young did, and this backoff is its fault's outcome
+                    // until the redial (`redecide_unreported_fault`).
+                    if was_open {
+                        self.unreported_fault = Some(Box::new((ctx, fault)));
+                    }
                     self.set_state(State::AwaitBackoff { until: later(now, after) });
                 }
             }
@@ -133,7 +160,9 @@ impl<P: Protocol> Machine<P> {
         let Some(taken) = self.unreported_fault.take() else { return };
         let (ctx, fault) = *taken;
         let pending = |e: &Event| matches!(e, Event::Standby | Event::Reconnect { .. });
-        if self.state.is_closed() || !self.events.iter().any(pending) {
+        // (A backoff still running is a reconnect not started yet.)
+        let backing_off = matches!(self.state, State::AwaitBackoff { .. });
+        if self.state.is_closed() || !(backing_off || self.events.iter().any(pending)) {
             return;
         }
         let action = fault_action(&FaultContext { lossy: true, ..ctx });

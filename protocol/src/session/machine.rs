@@ -168,6 +168,13 @@ pub struct Machine<P: Protocol> {
     pub(crate) announced: bool,
     /// Backoff used for the last attempt (zero after a successful open).
     pub(crate) backoff: Duration,
+    /// When the session last opened on this machine. A session that faults sooner than
+    /// `Config::initial_backoff` after it opened is redialled once that much time has
+    /// passed since the open, not at once: a peer that opens every session and cuts it
+    /// straight away would otherwise be redialled as fast as the handshake goes,
+    /// thousands of times a second (opening resets the backoff, and Ceph redials a lost
+    /// session at once).
+    pub(crate) opened_at: Option<Instant>,
     /// Reconnect attempts since the last open.
     pub(crate) attempt: u32,
     /// Received bytes not yet consumed.
@@ -251,6 +258,7 @@ impl<P: Protocol> Machine<P> {
             once_ready: false,
             announced: false,
             backoff: Duration::ZERO,
+            opened_at: None,
             attempt: 0,
             rx: RxBuf::default(),
             ctrl: BytesMut::new(),
