@@ -372,7 +372,23 @@ impl RawPeer {
     /// Reads until `n` messages arrived (granting their budget as the machine asks), or
     /// fails when the socket's read timeout passes first, saying how many came.
     pub fn receive(&mut self, n: usize) -> Result<Vec<protocol::Message>, String> {
+        self.receive_counting(n).map(|(got, _)| got)
+    }
+
+    /// The wire bytes of a keepalive carrying `stamp` as the session frames it
+    /// (KEEPALIVE2, or a bare KEEPALIVE on a v1 session without that feature), not
+    /// written.
+    pub fn keepalive(&mut self, stamp: protocol::wire::KeepaliveStamp) -> Vec<u8> {
+        self.machine.send_keepalive(stamp);
+        let mut out = Vec::new();
+        self.machine.poll_transmit(&mut out);
+        out.concat()
+    }
+
+    /// [`RawPeer::receive`], also returning how many bytes were read for them.
+    pub fn receive_counting(&mut self, n: usize) -> Result<(Vec<protocol::Message>, u64), String> {
         let mut got = Vec::with_capacity(n);
+        let mut read_total = 0u64;
         let mut buf = vec![0u8; 64 << 10];
         while got.len() < n {
             let read = self.sock.read(&mut buf).map_err(|e| {
@@ -381,6 +397,7 @@ impl RawPeer {
             if read == 0 {
                 return Err(format!("{} of {n} messages arrived, then EOF", got.len()));
             }
+            read_total += read as u64;
             self.machine.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..read]));
             while let Some(ev) = self.machine.poll_event() {
                 match ev {
@@ -390,7 +407,13 @@ impl RawPeer {
                 }
             }
         }
-        Ok(got)
+        Ok((got, read_total))
+    }
+
+    /// The stamp of the last KEEPALIVE2_ACK this peer read (see
+    /// [`RawPeer::receive_counting`]).
+    pub fn last_keepalive_ack(&self) -> Option<protocol::wire::KeepaliveStamp> {
+        self.machine.last_keepalive_ack()
     }
 
     /// The first `n` wire bytes of a message of type [`MSG_HOSTILE`] announcing
