@@ -55,10 +55,14 @@ struct Want {
 /// Dropping it releases everything.
 #[derive(Default)]
 pub(super) struct RecvBudget {
+    /// In-progress registrations on the byte throttles, from the second window on.
+    // Before `permits`, so dropped first (a reset drops the fields in order): a permit
+    // released while its registration still counted it as held by messages in progress
+    // let the throttle's serve take what it still held for free room, and pass the
+    // oldest message beyond the maximum (`progress_may_overshoot`).
+    inflight: [Option<InFlight>; STEPS],
     /// Held permits by step, windows merged.
     pub(super) permits: [Option<Permit>; STEPS],
-    /// In-progress registrations on the byte throttles, from the second window on.
-    inflight: [Option<InFlight>; STEPS],
     /// The window being served, and the step it is at.
     want: Option<Want>,
     step: usize,
@@ -95,6 +99,10 @@ impl RecvBudget {
     /// whole struct moved out and back per message showed up as a memcpy in profiles.
     #[inline(never)]
     fn release_all(&mut self, cost: u64) -> (Option<Permit>, Option<PolicyCharge>) {
+        // The registrations end first (see `inflight`): what the message goes on to hold
+        // is a complete message's, and what `settle` gives back is not still counted as
+        // held by one in progress.
+        self.inflight = Default::default();
         let dispatch = self.permits[STEP_DISPATCH].take();
         let messages = self.permits[STEP_MESSAGES].take();
         let mut bytes = self.permits[STEP_POLICY_BYTES].take();
@@ -102,7 +110,6 @@ impl RecvBudget {
             b.settle(cost);
         }
         self.permits = Default::default();
-        self.inflight = Default::default();
         self.want = None;
         self.step = 0;
         self.waiting = None;
