@@ -121,6 +121,24 @@ impl Messenger {
     /// never started.
     #[doc(alias = "Processor::bind")]
     pub fn bind(&self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        self.bind_announcing(addr, None)
+    }
+
+    /// [`Messenger::bind`], announcing `public` (with our nonce) instead of the bound
+    /// address: Ceph's `bindv(bind_addrs, public_addrs)` (`public_bind_addr` with
+    /// `public_addr`), for a daemon reached through a NAT or a proxy at another
+    /// address. Peers dial `public`; msgr2 peers must name it in CLIENT_IDENT, and find
+    /// it in our SERVER_IDENT. Returns the bound address.
+    #[doc(alias = "bindv")]
+    pub fn bind_public(&self, addr: SocketAddr, public: SocketAddr) -> io::Result<SocketAddr> {
+        self.bind_announcing(addr, Some(public))
+    }
+
+    fn bind_announcing(
+        &self,
+        addr: SocketAddr,
+        public: Option<SocketAddr>,
+    ) -> io::Result<SocketAddr> {
         let too_late = || {
             io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -145,7 +163,7 @@ impl Messenger {
         let mut slot = self.processor.lock();
         if self.ready.load(Ordering::Acquire)
             || self.env.sessions.is_stopping()
-            || !self.env.identity.set_bound(bound)
+            || !self.env.identity.set_bound(public.unwrap_or(bound))
         {
             drop(slot);
             drop(listener);

@@ -24,7 +24,8 @@
 //!   CLIENT_IDENT. Both frames come after AUTH_SIGNATURE, so the pre-auth transcript
 //!   stays intact. A secure-mode stream cannot be rewritten (the first encrypted preamble
 //!   fails its crc and the proxy stops following); its handshake then fails, as it would
-//!   through a real NAT.
+//!   through a real NAT. For secure mode the server announces the proxy's address as its
+//!   own instead (`Messenger::bind_public`) and [`ChaosConfig::rewrite`] is off.
 //!
 //! Everything else passes untouched. Because of the rewrite a session must only ever be
 //! dialled through the proxy: use it in front of a server policy (which never dials its
@@ -81,6 +82,11 @@ pub struct ChaosConfig {
     pub max_interval: Duration,
     /// Probability that a cut is an RST rather than a FIN.
     pub reset_ratio: f64,
+    /// Rewrite what names the server (see the module's notes). Off when the server
+    /// announces the proxy's address as its own (`Messenger::bind_public`), as a daemon
+    /// behind a NAT does: then every byte passes untouched, which a secure-mode stream
+    /// needs.
+    pub rewrite: bool,
 }
 
 impl ChaosConfig {
@@ -91,6 +97,7 @@ impl ChaosConfig {
             min_interval: Duration::from_millis(20),
             max_interval: Duration::from_millis(150),
             reset_ratio: 0.5,
+            rewrite: true,
         }
     }
 }
@@ -140,9 +147,21 @@ impl ChaosProxy {
     /// Starts a proxy on 127.0.0.1 (port 0) forwarding to `upstream`. It does not cut
     /// until [`ChaosProxy::arm`].
     pub fn start(upstream: SocketAddr, config: ChaosConfig) -> io::Result<ChaosProxy> {
+        let listener = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        ChaosProxy::start_on(listener, upstream, config)
+    }
+
+    /// Like [`ChaosProxy::start`], on `listener`: bound first, so that the upstream can
+    /// be told the proxy's address (its public one) before the proxy knows the upstream's.
+    pub fn start_on(
+        listener: std::net::TcpListener,
+        upstream: SocketAddr,
+        config: ChaosConfig,
+    ) -> io::Result<ChaosProxy> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let mut listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
         let addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let control = Arc::new(Mutex::new(Control::default()));
@@ -371,8 +390,8 @@ impl Loop {
                 up_connected: false,
                 to_up: Vec::new(),
                 to_down: Vec::new(),
-                scan_up: Scan::new(Direction::ToServer),
-                scan_down: Scan::new(Direction::ToClient),
+                scan_up: Scan::new(Direction::ToServer, self.config.rewrite),
+                scan_down: Scan::new(Direction::ToClient, self.config.rewrite),
             },
         );
         lock(&self.control).stats.links += 1;
@@ -526,8 +545,10 @@ struct Scan {
 }
 
 impl Scan {
-    fn new(direction: Direction) -> Scan {
-        Scan { direction, stage: Stage::Banner, ready: 0 }
+    /// `rewrite`: follow the stream to rewrite it; else let everything pass.
+    fn new(direction: Direction, rewrite: bool) -> Scan {
+        let stage = if rewrite { Stage::Banner } else { Stage::Pass };
+        Scan { direction, stage, ready: 0 }
     }
 
     /// Follows `stream` (the direction's buffer, whose first `self.ready` bytes are

@@ -1,4 +1,5 @@
-//! Knobs shared by the randomised and soak tests: the seed and the soak duration.
+//! Knobs shared by the randomised and soak tests: the seed and the soak duration, the
+//! payloads of numbered streams and the server-side check of one.
 
 use std::time::Duration;
 
@@ -50,4 +51,45 @@ pub fn payload(tag: u64, max_len: usize) -> bytes::Bytes {
     let len = (h as usize) % (max_len.min(POOL_LEN) + 1);
     let off = ((h >> 32) as usize) % (POOL_LEN - len + 1);
     pool().slice(off..off + len)
+}
+
+/// What the server of a numbered stream saw (the chaos tests'): the stream's messages
+/// (tids from 1, payloads [`payload`]`(tid, max_payload)`), each once and in order, all
+/// on one connection (one session carries every reconnect), and no reset of either
+/// kind. `last` brings the number of messages sent once the stream is over; returns
+/// how many arrived and the connection they came on.
+pub fn check_server_stream(
+    rx: &crossbeam_channel::Receiver<crate::loopback::Seen>,
+    last: &crossbeam_channel::Receiver<u64>,
+    max_payload: usize,
+) -> (u64, Option<messenger::Connection>) {
+    use crate::loopback::{Seen, WAIT};
+    let mut expect = 1u64;
+    let mut stop_at = None;
+    let mut served: Option<messenger::Connection> = None;
+    loop {
+        if stop_at.is_some_and(|n| expect > n) {
+            return (expect - 1, served);
+        }
+        let last = if stop_at.is_none() { last.clone() } else { crossbeam_channel::never() };
+        crossbeam_channel::select! {
+            recv(rx) -> seen => match seen {
+                Ok(Seen::Message(c, m)) => {
+                    assert_eq!(m.tid(), expect, "server: lost, duplicated or reordered");
+                    assert!(m.data() == &payload(m.tid(), max_payload), "server: payload");
+                    if let Some(s) = &served {
+                        assert_eq!(*s, c, "server: one session carries every reconnect");
+                    }
+                    served = Some(c);
+                    expect += 1;
+                }
+                Ok(Seen::Reset(_)) => panic!("server: ms_handle_reset on a lossless session"),
+                Ok(Seen::RemoteReset(_)) => panic!("server: ms_handle_remote_reset"),
+                Ok(_) => {}
+                Err(e) => panic!("server: recorder gone: {e}"),
+            },
+            recv(last) -> n => stop_at = Some(n.expect("the stream's end")),
+            default(WAIT) => panic!("server: stream stalled at {expect}"),
+        }
+    }
 }

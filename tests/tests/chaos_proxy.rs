@@ -10,7 +10,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use messenger::{Connection, MessengerConfig, Policy, ProtocolVersion};
 use protocol::types::{EntityAddr, EntityType};
 use tests::chaos::{ChaosConfig, ChaosProxy, CutKind};
@@ -32,34 +31,6 @@ fn chaos_config() -> MessengerConfig {
         initial_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(100),
         ..test_config(2)
-    }
-}
-
-/// What the server saw: the stream's messages, in order, and no reset of either kind.
-/// `last` brings the number of messages sent once the stream is over.
-fn check_server_stream(rx: &Receiver<Seen>, last: &Receiver<u64>) -> u64 {
-    let mut expect = 1u64;
-    let mut stop_at = None;
-    loop {
-        if stop_at.is_some_and(|n| expect > n) {
-            return expect - 1;
-        }
-        let last = if stop_at.is_none() { last.clone() } else { crossbeam_channel::never() };
-        crossbeam_channel::select! {
-            recv(rx) -> seen => match seen {
-                Ok(Seen::Message(_, m)) => {
-                    assert_eq!(m.tid(), expect, "server: lost, duplicated or reordered");
-                    assert!(m.data() == &soak::payload(m.tid(), MAX_PAYLOAD), "server: payload");
-                    expect += 1;
-                }
-                Ok(Seen::Reset(_)) => panic!("server: ms_handle_reset on a lossless session"),
-                Ok(Seen::RemoteReset(_)) => panic!("server: ms_handle_remote_reset"),
-                Ok(_) => {}
-                Err(e) => panic!("server: recorder gone: {e}"),
-            },
-            recv(last) -> n => stop_at = Some(n.expect("the stream's end")),
-            default(WAIT) => panic!("server: stream stalled at {expect}"),
-        }
     }
 }
 
@@ -144,7 +115,7 @@ fn stream_through_chaos(chaos: ChaosConfig, ci_run: Duration, proto: ProtocolVer
     let started = Instant::now();
     let (last_tx, last_rx) = crossbeam_channel::bounded(1);
     let (sent, connects) = std::thread::scope(|s| {
-        let server_check = s.spawn(|| check_server_stream(&srv_rx, &last_rx));
+        let server_check = s.spawn(|| soak::check_server_stream(&srv_rx, &last_rx, MAX_PAYLOAD).0);
         let mut sent = 0u64;
         let mut echoed = 0u64;
         let mut connects = 0usize;
