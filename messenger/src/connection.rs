@@ -174,7 +174,10 @@ impl Connection {
     }
 
     /// Queues `msg` for sending; never blocks on the socket. On a lossless connection the
-    /// message survives socket faults and is delivered exactly once, in order. It goes
+    /// message survives socket faults and is delivered exactly once, in order among the
+    /// messages of its priority that its peer's dispatchers take the same way (fast
+    /// dispatch goes ahead of the queue, and the queue serves higher priorities first,
+    /// as Ceph's does), unless a reset of the session is reported. It goes
     /// out from our name, whatever source it named (as Ceph's, which stamps `src` on
     /// every message it sends).
     ///
