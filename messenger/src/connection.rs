@@ -250,7 +250,15 @@ impl Connection {
             if mb.closed {
                 return false;
             }
-            mb.commands.push(cmd);
+            // A keepalive right behind another does nothing more (the driver stamps each
+            // as it takes it, and a machine sends one for all it was given): a peer
+            // losing connection races to a session whose worker is busy nudged it with
+            // one per connect, and they piled up without bound.
+            let repeated = matches!(cmd, Command::Keepalive)
+                && matches!(mb.commands.last(), Some(Command::Keepalive));
+            if !repeated {
+                mb.commands.push(cmd);
+            }
             mb.notified = true;
         }
         self.wake();
@@ -273,7 +281,8 @@ impl Connection {
         }
     }
 
-    /// Sends a keepalive (KEEPALIVE2 when negotiated) as soon as possible.
+    /// Sends a keepalive (KEEPALIVE2 when negotiated) as soon as possible. Calls before
+    /// the driver gets to the first are one keepalive, stamped when it does.
     pub fn send_keepalive(&self) {
         let _ = self.post(Command::Keepalive);
     }
@@ -582,6 +591,7 @@ impl Connection {
     /// The connection as `messenger dump` shows it.
     pub(crate) fn dump(&self) -> serde_json::Value {
         let p = self.0.published.lock().clone();
+        let commands = self.0.mailbox.lock().commands.len();
         serde_json::json!({
             "id": self.id(),
             "peer_addr": p.addr.map(|a| a.to_string()),
@@ -601,6 +611,8 @@ impl Connection {
                 "mailbox": self.0.mailbox_cost.load(Ordering::Relaxed),
                 "session": self.0.driver_cost.load(Ordering::Relaxed),
             },
+            // Commands other threads posted that its driver has not taken yet.
+            "mailbox_commands": commands,
         })
     }
 }
@@ -679,6 +691,21 @@ mod tests {
         }
         assert_eq!(commands(&conn), 0);
         assert!(conn.is_disposable());
+    }
+
+    // Keepalives posted while the driver has not run are one command: consecutive ones
+    // do what one does. One behind another command is kept, in its place.
+    #[test]
+    fn keepalives_in_a_row_queue_one_command() {
+        let conn = connection(false);
+        for _ in 0..1_000 {
+            conn.send_keepalive();
+        }
+        assert_eq!(commands(&conn), 1);
+        conn.mark_disposable();
+        conn.send_keepalive();
+        conn.send_keepalive();
+        assert_eq!(commands(&conn), 3);
     }
 
     // A connection marked again tells its driver once: the mark is a flag the driver
