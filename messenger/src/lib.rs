@@ -316,10 +316,10 @@
 //! and takes up again once they drain (counted as `msgr_accept_paused_for_events`).
 //! The connections this messenger dials are not refused, and their events are not
 //! bounded by how many it makes: a server we dial that completes each handshake and
-//! closes at once is dialled again at once (as Ceph reconnects a session that was open),
-//! so while the dispatch thread is held up each such connection queues an event per
-//! round trip (two with a reset), about 16 bytes each, as Ceph's unbounded event queue
-//! does.
+//! closes at once is dialled again once `initial_backoff` has passed since the session
+//! opened (Ceph reconnects a session that was open at once), so while the dispatch
+//! thread is held up each such connection queues an event per `initial_backoff` (two
+//! with a reset), about 16 bytes each, as Ceph's unbounded event queue does.
 //!
 //! **Memory of queued messages.** A received message's segments are slices of a
 //! per-worker read buffer shared with other messages. When a message below half a read
