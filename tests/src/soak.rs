@@ -93,3 +93,88 @@ pub fn check_server_stream(
         }
     }
 }
+
+/// What [`stream_through_chaos`] saw: messages sent (each echoed), the client's
+/// connects, and the server's connection that carried them.
+pub struct Streamed {
+    /// Messages sent, each echoed once and in order.
+    pub sent: u64,
+    /// `ms_handle_connect`s the client saw (the first open and every reconnect).
+    pub connects: usize,
+    /// The server's connection every message came on.
+    pub served: Option<messenger::Connection>,
+}
+
+/// A numbered stream of `msg_type` messages (payloads [`payload`]`(tid, max_payload)`,
+/// at most `window` unechoed) on `conn` for `run_for`, echoed by the server, through
+/// `proxy`, which is armed once the first echo shows the session open and disarmed when
+/// the stream is over, before the rest is waited for (a storm whose cuts come faster
+/// than a handshake and its replay would otherwise keep the session down for good).
+/// Checks every echo (`cli_rx`) and every message the server saw (`srv_rx`, with
+/// [`check_server_stream`]) once, in order, byte for byte, and no reset either side.
+#[allow(clippy::too_many_arguments)]
+pub fn stream_through_chaos(
+    proxy: &crate::chaos::ChaosProxy,
+    conn: &messenger::Connection,
+    cli_rx: &crossbeam_channel::Receiver<crate::loopback::Seen>,
+    srv_rx: &crossbeam_channel::Receiver<crate::loopback::Seen>,
+    msg_type: u16,
+    run_for: Duration,
+    window: u64,
+    max_payload: usize,
+) -> Streamed {
+    use crate::loopback::{test_message, Seen, WAIT};
+    use std::time::Instant;
+    let started = Instant::now();
+    let (last_tx, last_rx) = crossbeam_channel::bounded(1);
+    std::thread::scope(|s| {
+        let server_check = s.spawn(|| check_server_stream(srv_rx, &last_rx, max_payload));
+        let (mut sent, mut echoed, mut connects, mut armed) = (0u64, 0u64, 0usize, false);
+        loop {
+            let streaming = started.elapsed() < run_for;
+            while streaming && sent - echoed < window {
+                sent += 1;
+                let m = test_message(msg_type, sent, payload(sent, max_payload));
+                conn.send_message(m).expect("a lossless connection accepts the message");
+            }
+            if !streaming && echoed == sent {
+                break;
+            }
+            if !streaming && armed {
+                proxy.disarm();
+            }
+            // While the stream runs, wait no later than its end: a storm may keep the
+            // session down until the network heals.
+            let stall = Instant::now() + WAIT;
+            let until = if streaming { stall.min(started + run_for) } else { stall };
+            match cli_rx.recv_deadline(until) {
+                Ok(Seen::Message(c, m)) => {
+                    assert_eq!(&c, conn, "echo on another connection");
+                    assert_eq!(m.tid(), echoed + 1, "client: echo lost, duplicated or reordered");
+                    assert!(m.data() == &payload(m.tid(), max_payload), "client: payload");
+                    echoed += 1;
+                    // The first session opens before the first cut: a reply lost in the
+                    // very first handshake reads as a client restart (Ceph's rule), which
+                    // the server would rightly report as a remote reset.
+                    if !armed {
+                        proxy.arm();
+                        armed = true;
+                    }
+                }
+                Ok(Seen::Connect(_)) => connects += 1,
+                Ok(Seen::Reset(_)) => panic!("client: ms_handle_reset on a lossless session"),
+                Ok(Seen::RemoteReset(_)) => panic!("client: ms_handle_remote_reset"),
+                Ok(_) => {}
+                Err(_) if until < stall => {}
+                Err(e) => panic!(
+                    "client: stalled with {sent} sent, {echoed} echoed: {e}; proxy {:?}",
+                    proxy.stats()
+                ),
+            }
+        }
+        last_tx.send(sent).expect("server checker alive");
+        let (got, served) = server_check.join().expect("server checker");
+        assert_eq!(got, sent, "the server saw every message");
+        Streamed { sent, connects, served }
+    })
+}

@@ -113,54 +113,16 @@ fn stream_through_chaos(chaos: ChaosConfig, ci_run: Duration, proto: ProtocolVer
     let conn = connect_through(&cli, &srv, &proxy, proto);
 
     let started = Instant::now();
-    let (last_tx, last_rx) = crossbeam_channel::bounded(1);
-    let (sent, connects) = std::thread::scope(|s| {
-        let server_check = s.spawn(|| soak::check_server_stream(&srv_rx, &last_rx, MAX_PAYLOAD).0);
-        let mut sent = 0u64;
-        let mut echoed = 0u64;
-        let mut connects = 0usize;
-        let mut armed = false;
-        loop {
-            let streaming = started.elapsed() < run_for;
-            while streaming && sent - echoed < WINDOW {
-                sent += 1;
-                let m = test_message(MSG_TEST, sent, soak::payload(sent, MAX_PAYLOAD));
-                conn.send_message(m).expect("a lossless connection accepts the message");
-            }
-            if !streaming && echoed == sent {
-                break;
-            }
-            match cli_rx.recv_timeout(WAIT) {
-                Ok(Seen::Message(c, m)) => {
-                    assert_eq!(c, conn, "echo on another connection");
-                    assert_eq!(m.tid(), echoed + 1, "client: echo lost, duplicated or reordered");
-                    assert!(m.data() == &soak::payload(m.tid(), MAX_PAYLOAD), "client: payload");
-                    echoed += 1;
-                    // The first session opens before the first cut: a reply lost in the
-                    // very first handshake reads as a client restart (Ceph's rule), which
-                    // the server would rightly report as a remote reset.
-                    if !armed {
-                        proxy.arm();
-                        armed = true;
-                    }
-                }
-                Ok(Seen::Connect(_)) => connects += 1,
-                Ok(Seen::Reset(_)) => panic!("client: ms_handle_reset on a lossless session"),
-                Ok(Seen::RemoteReset(_)) => panic!("client: ms_handle_remote_reset"),
-                Ok(_) => {}
-                Err(e) => panic!(
-                    "client: stalled with {sent} sent, {echoed} echoed: {e}; proxy {:?}",
-                    proxy.stats()
-                ),
-            }
-            if !streaming && armed {
-                proxy.disarm();
-            }
-        }
-        last_tx.send(sent).expect("server checker alive");
-        assert_eq!(server_check.join().expect("server checker"), sent);
-        (sent, connects)
-    });
+    let soak::Streamed { sent, connects, .. } = soak::stream_through_chaos(
+        &proxy,
+        &conn,
+        &cli_rx,
+        &srv_rx,
+        MSG_TEST,
+        run_for,
+        WINDOW,
+        MAX_PAYLOAD,
+    );
     let wall = started.elapsed();
     let stats = proxy.stats();
     let reconnects = connects.saturating_sub(1);

@@ -145,63 +145,16 @@ fn stream_through_chaos(chaos: ChaosConfig, ci_run: Duration) {
     let rig = rig(chaos);
     let Rig { cli_rx, srv_rx, proxy, conn, .. } = &rig;
     let started = Instant::now();
-    let (last_tx, last_rx) = crossbeam_channel::bounded(1);
-    let (sent, connects, served) = std::thread::scope(|s| {
-        let server_check = s.spawn(|| soak::check_server_stream(srv_rx, &last_rx, MAX_PAYLOAD));
-        let mut sent = 0u64;
-        let mut echoed = 0u64;
-        let mut connects = 0usize;
-        let mut armed = false;
-        loop {
-            let streaming = started.elapsed() < run_for;
-            while streaming && sent - echoed < WINDOW {
-                sent += 1;
-                let m = test_message(MSG_TEST, sent, soak::payload(sent, MAX_PAYLOAD));
-                conn.send_message(m).expect("a lossless connection accepts the message");
-            }
-            if !streaming && echoed == sent {
-                break;
-            }
-            // The stream is over: the network heals before we wait for the rest (a
-            // storm whose cuts come faster than a handshake and its replay would
-            // otherwise keep the session down for good).
-            if !streaming && armed {
-                proxy.disarm();
-            }
-            // While the stream runs, wait no later than its end: a storm may keep the
-            // session down until the network heals.
-            let end = started + run_for;
-            let stall = Instant::now() + WAIT;
-            let until = if streaming { stall.min(end) } else { stall };
-            match cli_rx.recv_deadline(until) {
-                Ok(Seen::Message(c, m)) => {
-                    assert_eq!(c, *conn, "echo on another connection");
-                    assert_eq!(m.tid(), echoed + 1, "client: echo lost, duplicated or reordered");
-                    assert!(m.data() == &soak::payload(m.tid(), MAX_PAYLOAD), "client: payload");
-                    echoed += 1;
-                    // The first session opens before the first cut: a reply lost in the
-                    // very first handshake reads as a client restart (Ceph's rule).
-                    if !armed {
-                        proxy.arm();
-                        armed = true;
-                    }
-                }
-                Ok(Seen::Connect(_)) => connects += 1,
-                Ok(Seen::Reset(_)) => panic!("client: ms_handle_reset on a lossless session"),
-                Ok(Seen::RemoteReset(_)) => panic!("client: ms_handle_remote_reset"),
-                Ok(_) => {}
-                Err(_) if until < stall => {}
-                Err(e) => panic!(
-                    "client: stalled with {sent} sent, {echoed} echoed: {e}; proxy {:?}",
-                    proxy.stats()
-                ),
-            }
-        }
-        last_tx.send(sent).expect("server checker alive");
-        let (got, served) = server_check.join().expect("server checker");
-        assert_eq!(got, sent);
-        (sent, connects, served)
-    });
+    let soak::Streamed { sent, connects, served } = soak::stream_through_chaos(
+        proxy,
+        conn,
+        cli_rx,
+        srv_rx,
+        MSG_TEST,
+        run_for,
+        WINDOW,
+        MAX_PAYLOAD,
+    );
     let wall = started.elapsed();
     let stats = proxy.stats();
     let reconnects = connects.saturating_sub(1);
