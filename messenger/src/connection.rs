@@ -397,7 +397,10 @@ impl Connection {
     /// such a reset, e.g. a shutdown, can be made to run inside that window.
     #[cfg(feature = "fault-injection")]
     pub fn inject_in_reset(&self, f: impl Fn() + Send + Sync + 'static) {
-        *self.0.in_reset.lock() = Some(Arc::new(f));
+        // The hook replaced is dropped after the lock: it is the caller's closure, whose
+        // captures' drop may call back into this connection (set another hook).
+        let old = self.0.in_reset.lock().replace(Arc::new(f));
+        drop(old);
     }
 
     /// Runs [`Connection::inject_in_reset`]'s hook, if any (outside the lock: it may

@@ -318,3 +318,45 @@ fn a_message_sent_after_the_pumps_last_look_at_its_mailbox_still_leaves() {
 fn a_message_sent_after_the_pumps_last_look_at_its_mailbox_still_leaves_over_msgr2() {
     late_send_leaves(protocol::ProtocolVersion::V2);
 }
+
+/// What a replaced reset hook's captures do when they are dropped: call the connection
+/// back (set another hook), as a dispatcher that owns what it captured may.
+struct HookOwner {
+    conn: messenger::Connection,
+    dropped: crossbeam_channel::Sender<()>,
+}
+
+impl Drop for HookOwner {
+    fn drop(&mut self) {
+        self.conn.inject_in_reset(|| {});
+        let _ = self.dropped.send(());
+    }
+}
+
+/// `Connection::inject_in_reset` replaces the hook set before, which is the caller's
+/// closure: its drop is the caller's code, which may call back into the connection
+/// (`ms_fast_dispatch` in reentrant_lifecycle sets a new hook each time it runs). It
+/// must go after the hook's lock, as `set_priv`'s old data does: dropped under it, a
+/// hook that set another waited for itself, for ever.
+#[test]
+fn a_replaced_reset_hook_is_dropped_after_its_lock() {
+    let m = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, test_config(1)).expect("new");
+    let conn = m.get_loopback_connection();
+    let (dropped_tx, dropped) = crossbeam_channel::bounded(1);
+    let owner = HookOwner { conn: conn.clone(), dropped: dropped_tx };
+    let setter = conn.clone();
+    // On its own thread: on the current code it never returns.
+    std::thread::spawn(move || {
+        setter.inject_in_reset(move || {
+            let _held = &owner;
+        });
+        setter.inject_in_reset(|| {});
+    });
+    assert_eq!(
+        dropped.recv_timeout(tests::loopback::WAIT),
+        Ok(()),
+        "replacing the reset hook deadlocked: the old hook was dropped with the lock held"
+    );
+    m.shutdown();
+    m.wait();
+}
