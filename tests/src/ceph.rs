@@ -892,7 +892,11 @@ fn client_conf(mon_host: &str, fsid: &str, bind: &str) -> io::Result<PathBuf> {
 }
 
 /// The `mon_client` example's binary, built on first use (`cargo build --example
-/// mon_client`; `cargo test --workspace` has usually built it already).
+/// mon_client`; `cargo test --workspace` has usually built it already). Built with the
+/// workspace's features, as `cargo test --workspace` builds it: `-p asyncmsgr` alone
+/// leaves out the `fault-injection` the tests crate turns on, so in CI it compiled a
+/// second asyncmsgr and the example inside a test (about 50 s on 2 cores, beside that
+/// binary's other tests).
 pub fn mon_client_example() -> io::Result<PathBuf> {
     // This test binary lives in <target>/<profile>/deps; examples in ../examples.
     let exe = std::env::current_exe()?;
@@ -903,7 +907,7 @@ pub fn mon_client_example() -> io::Result<PathBuf> {
     let bin = profile_dir.join("examples").join("mon_client");
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "--quiet", "-p", "asyncmsgr", "--example", "mon_client"]);
+    cmd.args(["build", "--quiet", "--workspace", "--example", "mon_client"]);
     if release {
         cmd.arg("--release");
     }

@@ -1192,7 +1192,10 @@ mod tests {
         let m =
             Messenger::new(EntityName::new(EntityType::CLIENT, 1), 1, MessengerConfig::default())
                 .expect("messenger");
-        let peer = EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 9)), 1);
+        let free = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let peer = EntityAddr::legacy(free, 1);
         let conn = m.connect_to(EntityType::OSD, peer);
         let key = (0, conn.id());
         let mut st = State::default();

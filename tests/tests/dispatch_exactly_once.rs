@@ -386,7 +386,7 @@ fn remote_reset_while_dispatch_is_held(proto: ProtocolVersion) {
     let mut seen = Vec::new();
     let mut messages = 0;
     while messages < 51 {
-        match srv_rx.recv_timeout(Duration::from_secs(2)) {
+        match srv_rx.recv_timeout(WAIT) {
             Ok(Seen::Message(_, m)) => {
                 messages += 1;
                 seen.push(format!("msg {}", m.tid()));

@@ -1341,7 +1341,10 @@ fn wait_on_a_shared_pool_returns_once_every_connection_is_gone() {
 // hung and the handle kept taking messages for no one.
 #[test]
 fn a_connection_whose_start_never_runs_is_closed_and_not_waited_for() {
-    let dead = SocketAddr::from(([127, 0, 0, 1], 1));
+    // An address nothing listens on: one a bind to port 0 gave and let go.
+    let dead = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
     // Own pool: the worker is held while the start is queued behind a full batch.
     let m = Messenger::new(EntityName::new(EntityType::CLIENT, 1), 1, test_config(1))
         .expect("messenger");
