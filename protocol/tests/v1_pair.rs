@@ -699,3 +699,68 @@ fn receive_credit_turns_a_burst_into_few_budget_requests() {
         assert_eq!(cb.take_receive_credit(), (0, 0), "the unused credit was taken back");
     }
 }
+
+// A RETRY_SESSION whose connect_seq is not above ours (found by open_mutation.rs: a
+// corrupted reply on a reconnect) is refused, as Ceph's connector asserts it
+// (`reply.connect_seq > connect_seq`). Adopted, a connect_seq of 0 went out on our next
+// connect, which the acceptor takes for a peer that restarted and lost its session: it
+// zeroed its in_seq (READY, no SEQ exchange) while we kept our session and resent what
+// it already had, which it delivered a second time, and no reset was reported anywhere.
+// Here the reconnect's connect is made to carry node 1's connect_seq (so that node 1,
+// in standby, answers RETRY_SESSION) and that RETRY_SESSION arrives with connect_seq 0.
+#[test]
+fn a_retry_session_to_a_lower_connect_seq_is_refused_and_nothing_is_delivered_twice() {
+    use protocol::wire::{ConnectMsg, ConnectReply, Tag};
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let mut p = Pair::v1(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
+    // Once set: node 1's ACKs on the first link are lost, so node 0 keeps its messages.
+    let swallow = Rc::new(Cell::new(false));
+    // Node 1's connect_seq, which the reconnect's connect is made to carry.
+    let theirs = Rc::new(Cell::new(0u32));
+    let rewritten = Rc::new(Cell::new(0));
+    let (s, t, r) = (swallow.clone(), theirs.clone(), rewritten.clone());
+    // The connect follows the banner (9 bytes) and the connector's address (136).
+    let at = 9 + 136;
+    p.mutate = Some(Box::new(move |link, to, off, seg| match (link, to) {
+        (0, 0) if s.get() => Bytes::new(),
+        (1, 1) if off <= at && at < off + seg.len() as u64 => {
+            let i = (at - off) as usize;
+            let mut connect = ConnectMsg::decode(&seg[i..]).unwrap().0;
+            connect.connect_seq = t.get();
+            let mut v = seg[..i].to_vec();
+            v.extend_from_slice(&connect.to_bytes());
+            v.extend_from_slice(&seg[i + ConnectMsg::LEN..]);
+            Bytes::from(v)
+        }
+        (1, 0) if seg.first() == Some(&Tag::RETRY_SESSION.0) => {
+            let (mut reply, used) = ConnectReply::decode(&seg).unwrap();
+            reply.connect_seq = 0;
+            let mut v = reply.to_bytes().to_vec();
+            v.extend_from_slice(&seg[used..]);
+            r.set(r.get() + 1);
+            Bytes::from(v)
+        }
+        _ => seg,
+    }));
+    p.send(0, numbered(0));
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(numbers(&p.nodes[1].received), [0]);
+    swallow.set(true);
+    for i in 1..4 {
+        p.send(0, numbered(i));
+    }
+    p.drive();
+    assert_eq!(numbers(&p.nodes[1].received), [0, 1, 2, 3]);
+    let (a, b) = (p.session_ep(0).unwrap(), p.session_ep(1).unwrap());
+    assert_eq!(p.conn(a).pending_messages(), 3, "unacknowledged");
+    theirs.set(p.conn(b).existing_session().connect_seq.to_v1());
+    p.cut_all();
+    p.run_for(Duration::from_secs(60));
+    assert_eq!(rewritten.get(), 1, "{:?} / {:?}", p.nodes[0].log, p.nodes[1].log);
+    p.send(0, numbered(4));
+    p.run_for(Duration::from_secs(60));
+    assert_eq!(numbers(&p.nodes[1].received), [0, 1, 2, 3, 4], "{:?}", p.nodes[1].log);
+    assert_eq!(p.nodes[0].remote_resets + p.nodes[1].remote_resets, 0);
+    assert_one_session(&p);
+}

@@ -250,6 +250,19 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
         }
         Tag::RETRY_SESSION => {
             Counters::bump(&m.config.counters.retry_session);
+            let ours = m.session.connect_seq.to_v1();
+            if reply.connect_seq <= ours {
+                // An acceptor asks for a connect_seq above the one it saw (Ceph's
+                // connector asserts it). Adopted, a lower one (0: "I lost my session")
+                // made the acceptor zero its in_seq as for a restarted peer while we
+                // kept ours and resent what it had: delivered twice, no reset told.
+                m.peer_issue(
+                    PeerIssue::BadConnectReply,
+                    format_args!("RETRY_SESSION to {} from {ours}", reply.connect_seq),
+                );
+                m.fault(now, Fault::Misbehaved("RETRY_SESSION to a connect_seq not above ours"));
+                return false;
+            }
             m.session.connect_seq = ConnectSeq::from_v1(reply.connect_seq);
             resend_connect(m, connects, authorizer, answered);
             true
