@@ -282,6 +282,10 @@ impl FrameDecoder {
     pub fn absorb(&mut self, bytes: &[u8]) -> usize {
         let Some(missing) = self.assembling() else { return 0 };
         let n = bytes.len().min(missing);
+        // Room made within the segment's length: `extend_from_slice` alone doubles, and
+        // a segment fed in reads (`handle_bytes`) was held in twice its length.
+        let segment_len = self.partial.len() + missing;
+        grow_within(&mut self.partial, n, segment_len);
         self.partial.extend_from_slice(&bytes[..n]);
         n
     }
@@ -697,6 +701,8 @@ impl FrameDecoder {
             let segment = if self.partial.is_empty() {
                 piece
             } else {
+                let segment_len = self.partial.len() + piece.len();
+                grow_within(&mut self.partial, piece.len(), segment_len);
                 self.partial.extend_from_slice(&piece);
                 let crc = self.running_crc.update(SEGMENT_CRC_SEED, &self.partial);
                 if let Some(slot) = self.taken_crcs.get_mut(next) {

@@ -249,12 +249,10 @@ mod tests {
         }
     }
 
-    // The assembly buffer grows with the windows granted, doubling, but never past the
-    // segment's length: `BytesMut::reserve`'s doubling took a segment just over a power
-    // of two to twice its length, held by the message it became.
-    #[test]
-    fn assembly_buffer_never_grows_past_the_segment() {
-        let len = 300_000usize;
+    /// A crc-mode MESSAGE frame with a `len`-byte data segment, its segments and wire
+    /// bytes, and a decoder fed its preamble and header and told to proceed: the data
+    /// segment is next, from wire offset `at`.
+    fn segment_ready(len: usize) -> ([Bytes; 4], Bytes, FrameDecoder, usize) {
         let data = Bytes::from((0..len).map(|i| (i % 253) as u8).collect::<Vec<_>>());
         let segs = [Bytes::from(vec![7u8; HEADER2_LEN]), Bytes::new(), Bytes::new(), data];
         let refs: Vec<&Bytes> = segs.iter().collect();
@@ -267,6 +265,16 @@ mod tests {
             at += n;
         }
         dec.proceed().unwrap();
+        (segs, wire, dec, at)
+    }
+
+    // The assembly buffer grows with the windows granted, doubling, but never past the
+    // segment's length: `BytesMut::reserve`'s doubling took a segment just over a power
+    // of two to twice its length, held by the message it became.
+    #[test]
+    fn assembly_buffer_never_grows_past_the_segment() {
+        let len = 300_000usize;
+        let (segs, wire, mut dec, mut at) = segment_ready(len);
         // Windows as the session grants them: 4 KiB, then doubling, the last one what
         // is left.
         let (mut granted, mut window, mut arrived) = (0usize, 4096usize, 0usize);
@@ -284,6 +292,32 @@ mod tests {
         assert!(matches!(dec.advance(Bytes::new()).unwrap(), FrameProgress::NeedMore));
         let Ok(FrameProgress::Frame(f)) = dec.advance(wire.slice(at..)) else { panic!() };
         assert_eq!(f.segments, segs);
+    }
+
+    // The same when the segment comes in reads the driver did not make into the buffer
+    // (`absorb`, what `handle_bytes` takes while a segment is assembled): the buffer
+    // grew by `extend_from_slice`, `BytesMut::reserve`'s doubling, and a 280 KB segment
+    // fed in 64 KiB reads held 512 KiB (found by open_mutation.rs).
+    #[test]
+    fn absorbed_reads_never_grow_the_buffer_past_the_segment() {
+        for len in [280_661usize, 300_000, 1 << 20] {
+            let (segs, wire, mut dec, mut at) = segment_ready(len);
+            let mut most = 0;
+            loop {
+                let end = (at + (64 << 10)).min(wire.len());
+                let n = dec.absorb(&wire[at..end]);
+                if n == 0 {
+                    break;
+                }
+                at += n;
+                most = most.max(dec.held_bytes());
+            }
+            assert!(most >= len, "the segment was absorbed: {most} of {len}");
+            assert!(most <= len + HEADER2_LEN, "{len}-byte segment: held {most}");
+            assert!(matches!(dec.advance(Bytes::new()).unwrap(), FrameProgress::NeedMore));
+            let Ok(FrameProgress::Frame(f)) = dec.advance(wire.slice(at..)) else { panic!() };
+            assert_eq!(f.segments, segs);
+        }
     }
 
     // The preamble and crc mode's epilogue can be fed as plain slices (nothing kept);
