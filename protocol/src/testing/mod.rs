@@ -130,6 +130,11 @@ pub struct Link {
 /// Chooses the size of the next delivered chunk (argument: bytes available, >= 1).
 pub type Splitter = Box<dyn FnMut(usize) -> usize>;
 
+/// Rewrites a segment in flight (see [`Pair::mutate`]): called with the link, the node
+/// the bytes travel toward, the segment's offset in that direction's stream and the
+/// segment; returns what travels instead (empty: nothing).
+pub type Mutator = Box<dyn FnMut(usize, usize, u64, Bytes) -> Bytes>;
+
 /// The two-node network.
 pub struct Pair {
     /// The virtual clock.
@@ -150,6 +155,9 @@ pub struct Pair {
     /// Flip bits `xor` of the byte at stream offset `.1` of the bytes travelling toward
     /// node `.0` on the first link that carries that offset (applied once).
     pub tamper: Option<(usize, u64, u8)>,
+    /// Rewrites every segment written (after [`Pair::tamper`]): insert, drop, replay,
+    /// reorder bytes of the stream at will.
+    pub mutate: Option<Mutator>,
     /// Cut every link after this many bytes were delivered in total.
     pub cut_after: Option<u64>,
     /// Bytes delivered so far.
@@ -340,6 +348,7 @@ impl Pair {
             links: Vec::new(),
             splitter: None,
             tamper: None,
+            mutate: None,
             cut_after: None,
             delivered: 0,
             max_steps: 100_000,
@@ -598,7 +607,13 @@ impl Pair {
                     }
                     _ => seg,
                 };
-                self.links[link].toward[side].push_back(seg);
+                let seg = match self.mutate.as_mut() {
+                    Some(f) => f(link, to_node, start, seg),
+                    None => seg,
+                };
+                if !seg.is_empty() {
+                    self.links[link].toward[side].push_back(seg);
+                }
             }
         }
         if any {
