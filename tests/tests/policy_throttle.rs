@@ -412,8 +412,12 @@ fn lossless_session_under_a_kept_cap(proto: ProtocolVersion) {
         }
         drop(kept);
     }
-    let sent = cli.totals().send_messages;
-    assert!(sent > N, "{sent} messages written for {N}: nothing was sent again");
+    // How many cuts took is reported, not asserted: `inject_socket_failure` cuts at the
+    // client's next socket operation, and a client that wrote everything and waits for
+    // acks the capped server holds back may make none until the holds are released (on a
+    // loaded machine, 1 to 5 connects for 4 cuts; the messages-written total this checked
+    // before read 0 or 100 in 2 of 24 loaded runs).
+    eprintln!("{} connect attempts for 4 cuts", cli.v1_counters().connects);
     let extra = rx.recv_timeout(std::time::Duration::from_millis(300));
     assert!(extra.is_err(), "a message delivered twice: {extra:?}");
     assert_eq!(msgs.current(), 0, "every count given back");
