@@ -38,7 +38,8 @@ const MSG_FAST: u16 = 0x7f01;
 /// recording the message), until [`Gate::open`]; fast-dispatches [`MSG_FAST`] when
 /// `fast` is set.
 struct Gate {
-    tx: Sender<Seen>,
+    /// Records what the gate sees (and echoes nothing).
+    rec: Arc<Recorder>,
     hold: AtomicBool,
     entered: Sender<u64>,
     release: Receiver<()>,
@@ -74,11 +75,11 @@ impl GateHandle {
 
 impl Gate {
     fn pair(fast: bool) -> (GateHandle, Receiver<Seen>) {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (rec, rx) = Recorder::new(false);
         let (entered_tx, entered) = crossbeam_channel::unbounded();
         let (go, release) = crossbeam_channel::unbounded();
         let gate =
-            Arc::new(Gate { tx, hold: AtomicBool::new(true), entered: entered_tx, release, fast });
+            Arc::new(Gate { rec, hold: AtomicBool::new(true), entered: entered_tx, release, fast });
         (GateHandle { gate, entered, go }, rx)
     }
 }
@@ -86,7 +87,7 @@ impl Gate {
 impl Dispatcher<Connection> for Gate {
     fn ms_dispatch(&self, conn: &Connection, msg: Message) -> Dispatched {
         let tid = msg.tid();
-        let _ = self.tx.send(Seen::Message(conn.clone(), msg));
+        self.rec.ms_dispatch(conn, msg);
         if self.hold.load(Ordering::SeqCst) {
             let _ = self.entered.send(tid);
             let _ = self.release.recv_timeout(WAIT);
@@ -100,24 +101,22 @@ impl Dispatcher<Connection> for Gate {
         self.fast && msg.msg_type() == MSG_FAST
     }
     fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
-        let _ = self.tx.send(Seen::Message(conn.clone(), msg));
+        self.rec.ms_dispatch(conn, msg);
     }
     fn ms_handle_connect(&self, conn: &Connection) {
-        let _ = self.tx.send(Seen::Connect(conn.clone()));
+        self.rec.ms_handle_connect(conn);
     }
     fn ms_handle_accept(&self, conn: &Connection) {
-        let _ = self.tx.send(Seen::Accept(conn.clone()));
+        self.rec.ms_handle_accept(conn);
     }
     fn ms_handle_reset(&self, conn: &Connection) -> bool {
-        let _ = self.tx.send(Seen::Reset(conn.clone()));
-        true
+        self.rec.ms_handle_reset(conn)
     }
     fn ms_handle_remote_reset(&self, conn: &Connection) {
-        let _ = self.tx.send(Seen::RemoteReset(conn.clone()));
+        self.rec.ms_handle_remote_reset(conn);
     }
     fn ms_handle_refused(&self, conn: &Connection) -> bool {
-        let _ = self.tx.send(Seen::Refused(conn.clone()));
-        true
+        self.rec.ms_handle_refused(conn)
     }
 }
 
