@@ -346,7 +346,7 @@ impl Machine {
         self.0.pending_messages()
     }
 
-    /// Messages framed so far (resends included).
+    /// Messages framed so far, each once (a resend after a reconnect is not counted again).
     #[inline]
     pub(crate) fn messages_sent(&self) -> u64 {
         self.0.messages_sent()

@@ -693,8 +693,8 @@ fn mds_session_survives_connection_cuts_under_a_command_stream_over(proto: Proto
     assert_eq!(mds.sessionmap.lock().len(), 1);
     assert_eq!(conn.protocol(), Some(proto));
     eprintln!(
-        "mds stream over {proto:?}: {COMMANDS} commands, {cuts} cuts, {} replies framed for {} \
-         (the rest replayed after a cut)",
+        "mds stream over {proto:?}: {COMMANDS} commands, {cuts} cuts, {} replies sent for {} \
+         (one each: a reply sent again after a cut is not counted again)",
         daemon.totals().send_messages,
         1 + COMMANDS
     );

@@ -195,7 +195,9 @@ pub struct Machine<P: Protocol> {
     pub(crate) keepalive: Keepalive,
     /// Accept side: who the peer authenticated as on this connection.
     pub(crate) peer_auth: Option<AuthPeer>,
-    /// Messages framed so far (resends included).
+    /// Messages taken to be framed so far, each once: a requeued message framed again
+    /// after a reconnect or a replace is not counted again (Ceph counts a message once,
+    /// when it is sent).
     pub(crate) messages_sent: u64,
     /// Messages dropped as duplicates (`seq <= in_seq`).
     pub(crate) duplicates_dropped: u64,
@@ -289,7 +291,11 @@ impl<P: Protocol> Machine<P> {
     /// The next message to frame, numbered with the next out_seq (a requeued message
     /// keeps its number: Ceph's `requeue_sent` rolled out_seq back).
     pub(crate) fn next_outgoing(&mut self) -> Option<Message> {
+        let resend = self.session.queue.next_is_requeued();
         let mut msg = self.session.queue.pop()?;
+        if !resend {
+            self.messages_sent += 1;
+        }
         self.session.out_seq = self.session.out_seq.next();
         let seq = self.session.out_seq;
         if msg.seq() != 0 && msg.seq() != seq.0 {
@@ -304,7 +310,6 @@ impl<P: Protocol> Machine<P> {
 
     /// `msg` went into the write list: a lossless session keeps it until acked.
     pub(crate) fn framed(&mut self, msg: Message) {
-        self.messages_sent += 1;
         if !self.lossy {
             self.session.push_sent(msg);
         } else {

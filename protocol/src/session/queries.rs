@@ -156,7 +156,8 @@ impl<P: Protocol> Machine<P> {
         self.session.pending()
     }
 
-    /// Messages framed so far by [`Machine::poll_transmit`] (resends included).
+    /// Messages framed so far by [`Machine::poll_transmit`], each once: a message framed
+    /// again after a reconnect or a replace (a resend) is not counted again.
     pub fn messages_sent(&self) -> u64 {
         self.messages_sent
     }

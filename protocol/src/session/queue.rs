@@ -135,6 +135,11 @@ impl OutQueue {
         n
     }
 
+    /// Whether the next [`pop`](Self::pop) takes a requeued message (one framed before).
+    pub(crate) fn next_is_requeued(&self) -> bool {
+        !self.requeued.is_empty()
+    }
+
     /// Whether a requeued (already sequenced) message waits to be sent again. Only the
     /// requeued queue counts: a message a user forwards keeps the seq it was received
     /// with, and in a lane it must not pass for one of ours (nor be discarded as one).
