@@ -199,7 +199,15 @@ impl Session {
     }
 
     /// After the peer told us its in_seq: drop requeued messages it already has.
+    /// With nothing requeued we number on from the peer's in_seq, as Ceph's
+    /// `discard_requeued_up_to` does (`return seq`): a session of ours that never sent
+    /// (a fresh connection kept for the peer's reconnect, its connect_seq above ours)
+    /// would otherwise frame seqs the peer already has, which it drops as duplicates.
     pub(crate) fn discard_requeued_up_to(&mut self, peer_in_seq: Seq) {
+        if self.sent.is_empty() && !self.queue.has_requeued() {
+            self.out_seq = peer_in_seq;
+            return;
+        }
         self.out_seq.0 += self.queue.discard_requeued_up_to(peer_in_seq);
     }
 
@@ -254,6 +262,16 @@ mod tests {
         let first = s.queue.pop().map(|m| m.seq());
         assert_eq!(first, Some(3));
         assert_eq!(s.queue.pop().map(|m| m.front()[0]), Some(9));
+    }
+
+    // Ceph's discard_requeued_up_to with nothing requeued: `return seq`.
+    #[test]
+    fn with_nothing_requeued_out_seq_numbers_on_from_the_peers_in_seq() {
+        let mut s = Session::default();
+        s.queue.push_back(msg(PRIO_DEFAULT, 1));
+        s.discard_requeued_up_to(Seq(100));
+        assert_eq!(s.out_seq, Seq(100), "the next message is seq 101, above what the peer has");
+        assert_eq!(s.queue.len(), 1, "a queued message is not a requeued one");
     }
 
     #[test]
