@@ -158,6 +158,9 @@ pub struct Pair {
     /// Rewrites every segment written (after [`Pair::tamper`]): insert, drop, replay,
     /// reorder bytes of the stream at will.
     pub mutate: Option<Mutator>,
+    /// Apply [`Pair::mutate`] only to what is written on a link while one of its ends
+    /// is not open yet: the handshakes (and what is written with their last frames).
+    pub mutate_handshakes_only: bool,
     /// Cut every link after this many bytes were delivered in total.
     pub cut_after: Option<u64>,
     /// Bytes delivered so far.
@@ -349,6 +352,7 @@ impl Pair {
             splitter: None,
             tamper: None,
             mutate: None,
+            mutate_handshakes_only: false,
             cut_after: None,
             delivered: 0,
             max_steps: 100_000,
@@ -550,7 +554,13 @@ impl Pair {
                     self.eps[ep].conn.grant_budget(now);
                 }
             }
-            Event::Message(m) => self.nodes[node].received.push(m),
+            Event::Message(m) => {
+                if self.verbose {
+                    let id = numbers(std::slice::from_ref(&m))[0];
+                    self.nodes[node].log.push(format!("Message#{ep}({id} seq {})", m.seq()));
+                }
+                self.nodes[node].received.push(m)
+            }
             Event::Reconnect { .. } => {
                 self.detach(ep);
                 self.dial(ep);
@@ -592,6 +602,11 @@ impl Pair {
             any = true;
             let side = if self.links[link].ends[0] == ep { 1 } else { 0 };
             let to_node = self.eps[self.links[link].ends[side]].node;
+            let open = self.links[link]
+                .ends
+                .iter()
+                .all(|&e| self.eps[e].alive && self.eps[e].conn.is_open());
+            let mutate = !(self.mutate_handshakes_only && open);
             for seg in segs.drain(..) {
                 let start = self.links[link].sent[side];
                 self.links[link].sent[side] += seg.len() as u64;
@@ -607,7 +622,7 @@ impl Pair {
                     }
                     _ => seg,
                 };
-                let seg = match self.mutate.as_mut() {
+                let seg = match self.mutate.as_mut().filter(|_| mutate) {
                     Some(f) => f(link, to_node, start, seg),
                     None => seg,
                 };

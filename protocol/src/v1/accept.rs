@@ -13,6 +13,7 @@ use crate::session::REFUSED_FOREIGN;
 use crate::session::{
     AcceptRequest, AuthVerdict, CloseReason, ConnectSeq, Counters, Decision, Event, Fault,
     GlobalSeq, Initiator, Machine, OpenNote, PeerIssue, RequestKind, Seq, Session, State,
+    GLOBAL_SEQ_PLAUSIBLE,
 };
 use crate::types::{proto_version, EntityAddr, EntityType, Features, AUTH_NONE, LEGACY_ADDR_LEN};
 use crate::wire::{
@@ -95,6 +96,15 @@ pub(crate) fn read_connect(m: &mut Machine<V1>, now: Instant) -> bool {
             format_args!("more than {MAX_CONNECT_ATTEMPTS} connects on one connection"),
         );
         m.fault(now, Fault::Misbehaved("too many connect attempts on one connection"));
+        return false;
+    }
+    if msg.global_seq > GLOBAL_SEQ_PLAUSIBLE {
+        // Taken as the peer's global_seq, every later connect of the session would be
+        // told to RETRY_GLOBAL to it, which the connector refuses as implausible: the
+        // session would reconnect forever and never open again.
+        again(m, link);
+        m.peer_issue(PeerIssue::BadConnect, format_args!("global_seq {}", msg.global_seq));
+        m.fault(now, Fault::Misbehaved("implausible global_seq in connect"));
         return false;
     }
     let expected = proto_version(m.config.my_name.ty, peer_type, false);

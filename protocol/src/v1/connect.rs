@@ -287,6 +287,16 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
                 m.fault(now, Fault::Misbehaved("connect_seq in the reply is not ours + 1"));
                 return false;
             }
+            if reply.global_seq > GLOBAL_SEQ_PLAUSIBLE {
+                // Kept as the peer's global_seq, its every later connect of the session
+                // would be told to RETRY_GLOBAL to it, which it refuses: never open again.
+                m.peer_issue(
+                    PeerIssue::BadConnectReply,
+                    format_args!("global_seq {}", reply.global_seq),
+                );
+                m.fault(now, Fault::Misbehaved("implausible global_seq in the reply"));
+                return false;
+            }
             let features = reply.features & supported;
             let signer = match authorizer.map(|mut a| a.handle_reply(&auth_reply, features)) {
                 None => None,

@@ -10,7 +10,7 @@ use crate::auth::{filter_modes, pick_mode, AuthRole, AuthStep, EACCES, EOPNOTSUP
 use crate::session::REFUSED_FOREIGN;
 use crate::session::{
     AcceptRequest, CloseReason, ConnectSeq, Counters, Decision, Event, Fault, GlobalSeq, Initiator,
-    Machine, PeerIssue, RequestKind, Seq, Session, State,
+    Machine, PeerIssue, RequestKind, Seq, Session, State, GLOBAL_SEQ_PLAUSIBLE,
 };
 use crate::types::{EntityAddr, EntityType};
 
@@ -244,6 +244,16 @@ pub(crate) fn on_ident(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<
         }
         other => return Err(unexpected(other)),
     };
+    if let RequestKind::Ident { global_seq, .. } | RequestKind::Reconnect { global_seq, .. } = kind
+    {
+        if global_seq.0 > u64::from(GLOBAL_SEQ_PLAUSIBLE) {
+            // Taken as the peer's global_seq, every later reconnect of the session would
+            // be told to SESSION_RETRY_GLOBAL to it, which the connector refuses as
+            // implausible: the session would never open again.
+            m.peer_issue(PeerIssue::BadConnect, format_args!("global_seq {global_seq}"));
+            return Err(Fault::Misbehaved("implausible global_seq"));
+        }
+    }
     let v2 = msgr2_addr(&peer_addrs);
     m.peer_addr = (v2.port() != 0).then_some(v2);
     let key = if v2 != EntityAddr::default() {

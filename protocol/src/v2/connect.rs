@@ -255,6 +255,15 @@ pub(crate) fn on_ident_reply(m: &mut Machine<V2>, now: Instant, f: &Frame) -> Re
                 m.refuse("peer lacks required features");
                 return Ok(false);
             }
+            if si.global_seq > u64::from(GLOBAL_SEQ_PLAUSIBLE) {
+                // Kept as the peer's global_seq, its every later reconnect of the session
+                // would be told to SESSION_RETRY_GLOBAL to it, which it refuses.
+                m.peer_issue(
+                    PeerIssue::BadConnectReply,
+                    format_args!("global_seq {}", si.global_seq),
+                );
+                return Err(Fault::Misbehaved("implausible global_seq in SERVER_IDENT"));
+            }
             m.session.cookies.server = si.server_cookie;
             m.session.peer_global_seq = GlobalSeq(si.global_seq);
             m.session.peer_gid = si.gid;
