@@ -49,8 +49,8 @@ impl Ready {
 /// The center keeps each handler in a slab and takes it out while one of these methods
 /// runs, so a handler never sees itself through [`Context::with_handler`]. Each call runs
 /// under `catch_unwind`: a handler that panics is logged (target `msgr::center`), counted
-/// ([`CenterHandle::panics`](crate::CenterHandle::panics)) and dropped, since it may be
-/// left half-updated; the worker keeps running.
+/// ([`CenterHandle::panics`](crate::CenterHandle::panics)) and dropped with the timers
+/// armed for it, since it may be left half-updated; the worker keeps running.
 pub trait Handler: AsAny + Send + 'static {
     /// Readiness for the handler's registered source (see [`Ready`] for the edge contract).
     fn ready(&mut self, cx: &mut Context<'_>, ready: Ready);
@@ -149,6 +149,11 @@ pub(crate) fn run_handler(
         Err(payload) => {
             core.shared.note_panic(&format!("handler {id:?} {what}"), payload.as_ref());
             core.handlers.discard(id, handler);
+            // Its timers go with it: a handler that removes itself cancels its own, but
+            // one dropped here had no say, and its timers stayed armed until their
+            // deadlines (a connection's idle timeout, up to a year), one more for every
+            // connection a panicking dispatcher ended. A scan, but panics are rare.
+            core.timers.retain(|t| !matches!(t, TimerTarget::Handler(h) if *h == id));
         }
     }
     true
@@ -292,6 +297,19 @@ impl Context<'_> {
     #[inline]
     pub fn delete_time_event(&mut self, id: TimerId) -> bool {
         self.core.timers.cancel(id)
+    }
+
+    /// Armed timers on this center (what [`EventCenter::timer_count`](crate::EventCenter::timer_count)
+    /// reports), e.g. for a test reaching a pool's worker through
+    /// [`CenterHandle::submit_to`](crate::CenterHandle::submit_to).
+    pub fn timer_count(&self) -> usize {
+        self.core.timers.len()
+    }
+
+    /// Live handlers on this center (what
+    /// [`EventCenter::handler_count`](crate::EventCenter::handler_count) reports).
+    pub fn handler_count(&self) -> usize {
+        self.core.handlers.len()
     }
 
     /// Runs `f` against another live handler on this center (its callbacks' `cx.id()` is

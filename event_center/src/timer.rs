@@ -69,6 +69,11 @@ impl<T> TimerQueue<T> {
         self.armed.len()
     }
 
+    /// Drops every timer whose target `keep` refuses (a scan of all of them).
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.armed.retain(|_, target| keep(target));
+    }
+
     pub(crate) fn clear(&mut self) {
         self.armed.clear();
     }

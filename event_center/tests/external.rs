@@ -256,3 +256,44 @@ fn loop_now_is_the_iteration_clock_on_the_centers_own_worker_only() {
     assert_eq!(inside, Some(now));
     assert_eq!(handle.loop_now(), None, "cleared when the iteration ends");
 }
+
+/// Notifies and posts from other threads in a tight loop, each waited for with a timeout
+/// before the next: every one lands as the worker is about to sleep (it has nothing else
+/// to do), and a lost wake shows as one never delivered.
+#[test]
+fn no_wake_is_lost_racing_the_worker_to_sleep() {
+    let pool = pool(1);
+    let handle = pool.handle(0).clone();
+    const SENDERS: usize = 3;
+    const ROUNDS: u32 = 20_000;
+    let mut threads = Vec::new();
+    for n in 0..SENDERS {
+        let handle = handle.clone();
+        threads.push(thread::spawn(move || {
+            let (tx, rx) = unbounded();
+            let id = handle
+                .submit_to(move |cx| cx.insert_handler(Box::new(Notified { tx, count: 0 })))
+                .expect("worker");
+            let (ptx, prx) = unbounded();
+            for round in 1..=ROUNDS {
+                if n == 0 && round % 2 == 0 {
+                    let ptx = ptx.clone();
+                    handle
+                        .dispatch_event_external(move |_| ptx.send(round).expect("send"))
+                        .expect("post");
+                    assert_eq!(prx.recv_timeout(WAIT), Ok(round), "sender {n}: post {round} lost");
+                } else {
+                    handle.notify(id).expect("notify");
+                    match rx.recv_timeout(WAIT) {
+                        Ok(_) => {}
+                        Err(e) => panic!("sender {n}: notify {round} lost: {e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for t in threads {
+        t.join().expect("nothing lost");
+    }
+    pool.shutdown();
+}

@@ -235,3 +235,44 @@ fn a_handler_notifying_itself_runs_once_per_iteration() {
         assert_eq!(rx.try_iter().collect::<Vec<_>>(), [iteration], "iteration {iteration}");
     }
 }
+
+/// Arms a timer a year out for itself, then panics in `notify`.
+struct ArmsThenPanics;
+
+impl Handler for ArmsThenPanics {
+    fn ready(&mut self, _cx: &mut Context<'_>, _ready: Ready) {}
+    fn notify(&mut self, cx: &mut Context<'_>) {
+        if let Some(id) = cx.id() {
+            cx.create_time_event(
+                Duration::from_secs(365 * 24 * 3600),
+                asyncmsgr_event_center::TimerTarget::Handler(id),
+            );
+        }
+        panic!("notify bug (expected by the test)");
+    }
+}
+
+/// A handler the center drops after a panic takes its timers with it (a handler that
+/// removes itself cancels its own; this one had no say). Before, they stayed armed
+/// until their deadlines, one more for every handler a panic ended.
+#[test]
+fn a_handler_dropped_after_a_panic_leaves_no_timer() {
+    let mut center = EventCenter::new(0).expect("center");
+    let handle = center.handle();
+    // Another handler's timer stays.
+    let other = center.with_context(|cx| cx.insert_handler(Box::new(ArmsThenPanics)));
+    center.with_context(|cx| {
+        cx.create_time_event(
+            Duration::from_secs(3600),
+            asyncmsgr_event_center::TimerTarget::Handler(other),
+        )
+    });
+    for n in 1..=100u64 {
+        let id = center.with_context(|cx| cx.insert_handler(Box::new(ArmsThenPanics)));
+        center.with_context(|cx| cx.with_handler(id, |h, cx| h.notify(cx)));
+        assert_eq!(handle.panics(), n);
+        assert!(!center.with_context(|cx| cx.is_live(id)));
+    }
+    assert_eq!(center.timer_count(), 1, "only the live handler's timer is left");
+    assert_eq!(center.handler_count(), 1);
+}
