@@ -494,4 +494,50 @@ mod tests {
         let AuthorizerVerdict::Accepted(acc) = v else { panic!() };
         assert_eq!(client.verify_reply(&acc.reply).unwrap(), Some(vec![9; 64]));
     }
+
+    // cephx seals a ticket with AES-CBC and no MAC (Ceph's design): whoever holds a
+    // ticket flips bits of one 16-byte block of the plaintext by flipping the same bits
+    // of the ciphertext block before it, which then decrypts to garbage. The holder
+    // knows the layout (its own name fixes it), so client.admin could turn on
+    // allow_all, or push the ticket's expiry to 2092, garbling only the block holding
+    // auid and created, which were decoded and ignored: the daemon accepted both.
+    #[test]
+    fn a_ticket_its_holder_tampered_with_is_refused() {
+        let mut rng = TestRng::new(4);
+        let (store, ticket) = osd_and_ticket(&mut rng, 4242);
+        // The layout for client.admin (the test reads it; an attacker knows it): auid
+        // and created fill block 2, expires starts block 3, allow_all is its 10th byte.
+        let secret = store.service_secret(EntityType::OSD, ticket.blob.secret_id).unwrap();
+        let plain = secret.decrypt(&ticket.blob.blob).unwrap();
+        assert_eq!(plain[32..40], [0xff; 8], "auid");
+        assert_eq!(plain[48..52], (NOW.sec + 3600).to_le_bytes(), "expires");
+        assert_eq!(plain[57], 0, "allow_all");
+        let tampered = |at: usize, bits: u8| {
+            let mut t = ticket.clone();
+            t.blob.blob[at - 16] ^= bits;
+            t
+        };
+        let check = |t: &ReceivedTicket, now: UTime, rng: &mut TestRng| {
+            let a = Authorizer::new(4242, t, rng);
+            AuthorizerVerifier::new().verify(
+                &store,
+                EntityType::OSD,
+                a.bytes(),
+                false,
+                now,
+                None,
+                rng,
+            )
+        };
+        assert!(matches!(check(&ticket, NOW, &mut rng), Ok(AuthorizerVerdict::Accepted(_))));
+        // allow_all turned on.
+        let r = check(&tampered(57, 1), NOW, &mut rng);
+        if let Ok(AuthorizerVerdict::Accepted(acc)) = &r {
+            assert!(!acc.ticket.caps.allow_all, "the holder gave itself allow_all");
+        }
+        assert!(r.is_err(), "{r:?}");
+        // Expiry pushed from 2023 to 2092, and used a day after the real one.
+        let r = check(&tampered(51, 0x80), UTime::new(NOW.sec + 86_400, 0), &mut rng);
+        assert!(r.is_err(), "an expired ticket made valid for decades: {r:?}");
+    }
 }

@@ -141,15 +141,25 @@ impl AuthTicket {
     }
 
     /// Reads it (version 1 has no auid field).
+    ///
+    /// A ticket is sealed with AES-CBC and no MAC (Ceph's design), so its holder can
+    /// flip chosen bits of one plaintext block (allow_all, the expiry) by garbling the
+    /// block before. What a key server always writes is checked so that garbled blocks
+    /// are refused: the old auid (`CEPH_AUTH_UID_DEFAULT`), and a `created` no later
+    /// than `expires`, both with valid nanoseconds.
     pub fn decode(d: &mut Decoder<'_>) -> Result<Self, AuthError> {
         let v = d.u8()?;
         let name = AuthEntityName::decode(d)?;
         let global_id = d.u64()?;
-        if v >= 2 {
-            let _old_auid = d.u64()?;
+        if v >= 2 && d.u64()? != AUTH_UID_DEFAULT {
+            return Err(AuthError::Malformed("ticket with an old auid no key server writes"));
         }
         let created = d.utime()?;
         let expires = d.utime()?;
+        let valid = |t: UTime| t.nsec < 1_000_000_000;
+        if !valid(created) || !valid(expires) || created > expires {
+            return Err(AuthError::Malformed("ticket whose validity no key server writes"));
+        }
         let caps = AuthCapsInfo::decode(d)?;
         let flags = d.u32()?;
         Ok(AuthTicket { name, global_id, created, expires, caps, flags })
