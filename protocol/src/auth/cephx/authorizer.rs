@@ -22,7 +22,9 @@ use crate::encoding::{Decoder, Encoder, UTime};
 use crate::types::EntityType;
 
 use super::rotating::KeyStore;
-use super::ticket::{AuthTicket, ReceivedTicket, ServiceTicketInfo, TicketBlob};
+use super::ticket::{
+    utime_add, AuthTicket, ReceivedTicket, ServiceTicketInfo, TicketBlob, MAX_TICKET_CREATED_AHEAD,
+};
 
 /// The authorizer's first byte: its version, which Pacific servers also read as the
 /// auth mode (`AUTH_MODE_AUTHORIZER` = 1).
@@ -294,6 +296,10 @@ impl AuthorizerVerifier {
         if info.ticket.expires < now {
             return Err(AuthError::Expired);
         }
+        // Garbled by its holder rather than written by a key server (AuthTicket::decode).
+        if info.ticket.created > utime_add(now, MAX_TICKET_CREATED_AHEAD) {
+            return Err(AuthError::BadAuthorizer("ticket created in the future"));
+        }
         if require_challenge {
             match (self.server_challenge, b.have_challenge) {
                 (None, false) => {
@@ -539,5 +545,73 @@ mod tests {
         // Expiry pushed from 2023 to 2092, and used a day after the real one.
         let r = check(&tampered(51, 0x80), UTime::new(NOW.sec + 86_400, 0), &mut rng);
         assert!(r.is_err(), "an expired ticket made valid for decades: {r:?}");
+    }
+
+    // The holder of a ticket whose name puts `created` and `expires` alone in one block
+    // (an id of 13 bytes: `client.rgw.gateway01`) garbles just that block to flip
+    // allow_all in the next: auid is not in it, and 16 random bytes pass "valid
+    // nanoseconds, created <= expires, not expired" about once in 60 tries (each a
+    // connection). A ticket is refused unless its validity is one a key server could
+    // have written: no longer than MAX_TICKET_LIFETIME, created no later than a day
+    // after now.
+    #[test]
+    fn a_tampered_ticket_whose_garbled_block_holds_only_its_validity_is_refused() {
+        let mut rng = TestRng::new(5);
+        let rotating = RotatingSecrets::generate(NOW, Duration::from_secs(3600), 1, &mut rng);
+        let (id, cur) = rotating.current().unwrap();
+        let session_key = CryptoKey::generate(NOW, &mut rng);
+        let info = ServiceTicketInfo {
+            ticket: AuthTicket {
+                name: AuthEntityName::new(EntityType::CLIENT, "rgw.gateway01"),
+                global_id: 4242,
+                created: NOW,
+                expires: UTime::new(NOW.sec + 3600, 0),
+                caps: AuthCapsInfo::from_cap_string("allow r"),
+                flags: 0,
+            },
+            session_key: session_key.clone(),
+        };
+        let blob = info.seal(id, &cur.key);
+        let store = RotatingKeyStore::new(EntityType::OSD, rotating.clone());
+        let ticket = ReceivedTicket {
+            service: EntityType::OSD,
+            session_key,
+            validity: Duration::from_secs(3600),
+            blob,
+        };
+        // The layout (the holder knows it from its name): auid fills block 2, created
+        // and expires block 3, the caps' version and allow_all start block 4.
+        let plain = cur.key.decrypt(&ticket.blob.blob).unwrap();
+        assert_eq!(plain[40..48], [0xff; 8], "auid");
+        assert_eq!(plain[48..52], NOW.sec.to_le_bytes(), "created");
+        assert_eq!(plain[56..60], (NOW.sec + 3600).to_le_bytes(), "expires");
+        assert_eq!(plain[65], 0, "allow_all");
+        let mut accepted = Vec::new();
+        // Byte 48 of the ciphertext flips the caps' version (ignored), byte 49
+        // allow_all (any non-zero value is true); each pair garbles block 3 anew.
+        'tries: for version in 0..=255u8 {
+            for allow in 1..=255u8 {
+                let mut t = ticket.clone();
+                t.blob.blob[48] ^= version;
+                t.blob.blob[49] ^= allow;
+                let a = Authorizer::new(4242, &t, &mut rng);
+                let r = AuthorizerVerifier::new().verify(
+                    &store,
+                    EntityType::OSD,
+                    a.bytes(),
+                    false,
+                    NOW,
+                    None,
+                    &mut rng,
+                );
+                if let Ok(AuthorizerVerdict::Accepted(acc)) = r {
+                    accepted.push((version, allow, acc.ticket.caps.allow_all));
+                }
+                if u32::from(version) * 255 + u32::from(allow) >= 4000 {
+                    break 'tries;
+                }
+            }
+        }
+        assert!(accepted.is_empty(), "tampered tickets accepted (allow_all): {accepted:?}");
     }
 }

@@ -128,7 +128,11 @@ pub struct RotatingKeyStore {
     pub service: EntityType,
     /// The rotating secrets (from GET_ROTATING_KEY).
     pub rotating: RotatingSecrets,
-    /// The service's long-term key, for own-key tickets.
+    /// The service's long-term key, for own-key tickets: the type-wide `<type>.` entry
+    /// of the daemon's keyring (`mon.`), which Ceph's `cephx_verify_authorizer` looks up
+    /// for [`SECRET_ID_OWN_KEY`], never the daemon's own entity key (`osd.3`), which
+    /// would let that key's holder mint any ticket. `None` (Ceph's daemons other than
+    /// monitors: no `<type>.` entry) refuses own-key tickets.
     pub own_key: Option<CryptoKey>,
 }
 

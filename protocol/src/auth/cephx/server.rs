@@ -35,7 +35,7 @@ use super::request::{
 use super::rotating::{KeyStore, RotatingSecrets};
 use super::ticket::{
     encode_ticket_reply, utime_add, AuthCapsInfo, AuthTicket, IssuedTicket, ReceivedTicket,
-    ServiceTicketInfo, SECRET_ID_OWN_KEY,
+    ServiceTicketInfo, MAX_TICKET_LIFETIME, SECRET_ID_OWN_KEY,
 };
 
 const LOG: &str = "msgr::auth";
@@ -658,6 +658,8 @@ impl KeyServer {
             .get(&service)
             .and_then(|r| r.current())
             .ok_or(AuthError::MissingServiceSecret { service: service.name(), secret_id: 0 })?;
+        // Daemons refuse a ticket valid for longer (ticket.rs).
+        let ttl = ttl.min(MAX_TICKET_LIFETIME);
         let session_key = CryptoKey::generate(now, rng);
         let info = ServiceTicketInfo {
             ticket: AuthTicket {

@@ -17,6 +17,14 @@ const AUTH_UID_DEFAULT: u64 = u64::MAX;
 /// Most tickets one reply may carry: one per service type, with room to spare. A
 /// count above it is refused before anything is decoded.
 pub const MAX_TICKETS_PER_REPLY: usize = 16;
+/// Longest validity (`expires - created`) a ticket may claim: Ceph's ttls are 1 h
+/// (service tickets) and 72 h (auth tickets) by default, and a key server here issues
+/// none longer. Tickets are sealed without a MAC: this bound is part of what refuses a
+/// block its holder garbled (see [`AuthTicket::decode`]).
+pub const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How far in the future of the verifier's clock a ticket may have been created
+/// (clock skew between monitor and daemon).
+pub const MAX_TICKET_CREATED_AHEAD: Duration = Duration::from_secs(24 * 3600);
 /// Smallest encoding of one ticket reply entry (service id, version, empty sealed
 /// ticket, `ticket_enc`, empty blob).
 const MIN_TICKET_ENTRY: usize = 4 + 1 + 4 + 1 + 4;
@@ -146,7 +154,10 @@ impl AuthTicket {
     /// flip chosen bits of one plaintext block (allow_all, the expiry) by garbling the
     /// block before. What a key server always writes is checked so that garbled blocks
     /// are refused: the old auid (`CEPH_AUTH_UID_DEFAULT`), and a `created` no later
-    /// than `expires`, both with valid nanoseconds.
+    /// than `expires`, both with valid nanoseconds, at most [`MAX_TICKET_LIFETIME`]
+    /// apart (the verifier also refuses a `created` far ahead of its clock): a block
+    /// holding nothing but `created` and `expires` is garbled by a holder whose name
+    /// puts it there, and random bytes passed the other checks once in 60.
     pub fn decode(d: &mut Decoder<'_>) -> Result<Self, AuthError> {
         let v = d.u8()?;
         let name = AuthEntityName::decode(d)?;
@@ -157,7 +168,9 @@ impl AuthTicket {
         let created = d.utime()?;
         let expires = d.utime()?;
         let valid = |t: UTime| t.nsec < 1_000_000_000;
-        if !valid(created) || !valid(expires) || created > expires {
+        let too_long =
+            || u64::from(expires.sec) - u64::from(created.sec) > MAX_TICKET_LIFETIME.as_secs();
+        if !valid(created) || !valid(expires) || created > expires || too_long() {
             return Err(AuthError::Malformed("ticket whose validity no key server writes"));
         }
         let caps = AuthCapsInfo::decode(d)?;
