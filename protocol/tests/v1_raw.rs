@@ -1410,3 +1410,49 @@ fn marked_lossy_before_its_fault_is_taken_a_session_resets() {
     assert_eq!(a.state(), SessionState::Standby);
     assert!(a.is_lossy());
 }
+
+// IPv6: the acceptor's blank-IP fix-up takes the socket's whole sockaddr but the port,
+// as Ceph's (`set_sockaddr(target_addr)`, then `set_port`): a link-local peer keeps its
+// scope id (and flowinfo), without which its address names no interface and cannot be
+// dialled back.
+#[test]
+fn acceptor_fixes_up_blank_ipv6_peer_ip_keeping_the_scope() {
+    let now = Instant::now();
+    let cfg = Config::new(
+        EntityName::new(EntityType::MON, 0),
+        EntityAddr::legacy(sa("[fe80::2%7]:6789"), 1),
+    );
+    let peer = std::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 5000, 0x12345, 7);
+    let mut a = Connection::accept(Arc::new(cfg), peer.into(), sa("[fe80::2%7]:6789"), now);
+    let block = AcceptorBanner::decode_exact(&drain(&mut a)).unwrap();
+    assert_eq!(block.peer_addr, EntityAddr::legacy(peer.into(), 0));
+    let mut hello = BANNER.to_vec();
+    hello.extend_from_slice(&EntityAddr::legacy(sa("[::]:6790"), 2).encode_legacy());
+    a.handle_bytes(now, Bytes::from(hello));
+    a.handle_bytes(now, connect_bytes(Features::PACIFIC_ADVERTISED, 13, 0, &[]));
+    let req = accept_request(&mut a);
+    let want = std::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 6790, 0x12345, 7);
+    assert_eq!(req.peer_addr, EntityAddr::legacy(want.into(), 2));
+}
+
+// IPv6: a pure client learns its address from the acceptor's view of it, all of it but
+// the port (Ceph's `learned_addr` copies the sockaddr): a link-local one keeps its scope.
+#[test]
+fn connector_with_blank_address_learns_its_ipv6_scope_too() {
+    let now = Instant::now();
+    let mut cfg = me();
+    cfg.my_addrs = EntityAddr::legacy(sa("0.0.0.0:0"), 77).into();
+    cfg.my_name = EntityName::new(EntityType::CLIENT, -1);
+    let target = EntityAddr::legacy(sa("[fe80::2%7]:6789"), 0);
+    let mut c =
+        Connection::connect(Arc::new(cfg), Policy::lossy_client(), target, EntityType::MON, now);
+    c.handle_transport_connected(now);
+    assert_eq!(drain(&mut c), BANNER);
+    let seen = std::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 40000, 0, 7);
+    let block = AcceptorBanner { my_addr: target, peer_addr: EntityAddr::legacy(seen.into(), 0) };
+    c.handle_bytes(now, Bytes::copy_from_slice(&block.to_bytes()));
+    let out = drain(&mut c);
+    let mine = EntityAddr::decode_legacy(&out[..136]).unwrap();
+    let want = std::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 0, 0, 7);
+    assert_eq!((mine.addr, mine.nonce), (Some(want.into()), 77));
+}

@@ -26,6 +26,14 @@ const SOCKADDR_IN_LEN: usize = 16;
 const SOCKADDR_IN6_LEN: usize = 28;
 const SOCKADDR_STORAGE_LEN: usize = 128;
 
+/// `addr` with port `port`, the rest kept: an IPv6 scope id and flowinfo too, as Ceph's
+/// `set_port` on a copied sockaddr (`SocketAddr::new(ip, port)` would drop them, and a
+/// link-local address without its scope id names no interface).
+pub(crate) fn with_port(mut addr: SocketAddr, port: u16) -> SocketAddr {
+    addr.set_port(port);
+    addr
+}
+
 /// `entity_addr_t::type`: which messenger protocol an address speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AddrType(pub u32);

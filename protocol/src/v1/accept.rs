@@ -3,7 +3,6 @@
 //! banner and address, its connect messages, the authorizer, the accept decision and
 //! the replies.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -15,7 +14,9 @@ use crate::session::{
     GlobalSeq, Initiator, Machine, OpenNote, PeerIssue, RequestKind, Seq, Session, State,
     GLOBAL_SEQ_PLAUSIBLE,
 };
-use crate::types::{proto_version, EntityAddr, EntityType, Features, AUTH_NONE, LEGACY_ADDR_LEN};
+use crate::types::{
+    proto_version, with_port, EntityAddr, EntityType, Features, AUTH_NONE, LEGACY_ADDR_LEN,
+};
 use crate::wire::{
     check_banner, ConnectMsg, ConnectReply, Tag, BANNER_LEN, CONNECT_LOSSY, MAX_AUTHORIZER_LEN,
 };
@@ -57,7 +58,9 @@ pub(crate) fn read_peer_banner(m: &mut Machine<V1>, now: Instant) -> bool {
     m.rx.consume(need);
     if addr.is_blank_ip() {
         if let Some(sp) = m.socket_peer {
-            addr.addr = Some(SocketAddr::new(sp.ip(), addr.port()));
+            // As Ceph, the socket's whole sockaddr (an IPv6 scope id, flowinfo) but
+            // the port.
+            addr.addr = Some(with_port(sp, addr.port()));
         }
     }
     m.peer_addr = Some(addr);

@@ -2,7 +2,6 @@
 //! `ProtocolV1::send_connect_message` and `handle_connect_reply_2`): banner, our
 //! address, connect messages, and every reply the acceptor can give.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -13,7 +12,7 @@ use crate::session::{
     ConnectSeq, Counters, Fault, GlobalSeq, Machine, OpenNote, PeerIssue, Seq, State,
     GLOBAL_SEQ_PLAUSIBLE,
 };
-use crate::types::{proto_version, EntityType};
+use crate::types::{proto_version, with_port, EntityType};
 use crate::wire::{
     check_banner, AcceptorBanner, ConnectMsg, ConnectReply, Tag, ACCEPTOR_BLOCK_LEN, BANNER,
     BANNER_LEN, CONNECT_LOSSY, MAX_AUTHORIZER_LEN,
@@ -72,7 +71,7 @@ pub(crate) fn read_acceptor_banner(m: &mut Machine<V1>, now: Instant) -> bool {
     let mut me = m.config.v1_addr();
     if me.is_blank_ip() {
         if let Some(seen) = block.peer_addr.addr {
-            me.addr = Some(SocketAddr::new(seen.ip(), me.port()));
+            me.addr = Some(with_port(seen, me.port()));
         }
     }
     m.ctrl.extend_from_slice(&me.encode_legacy());

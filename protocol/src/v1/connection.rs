@@ -10,7 +10,7 @@ use crate::session::{
     v1_still_connecting, AuthVerdict, Config, Decision, Fault, Machine, Policy, Protocol, Session,
     Side, State,
 };
-use crate::types::{EntityAddr, EntityType};
+use crate::types::{with_port, EntityAddr, EntityType};
 use crate::wire::{AcceptorBanner, Tag};
 
 use super::state::{Handshake, OpenRx, LOG, V1};
@@ -57,7 +57,7 @@ impl Connection {
             // Announce the address the peer reached us on, keeping our port and nonce,
             // so its dialled-address check passes without the blank-IP exception.
             let port = if me.port() != 0 { me.port() } else { socket_local.port() };
-            me.addr = Some(SocketAddr::new(socket_local.ip(), port));
+            me.addr = Some(with_port(socket_local, port));
         }
         let block = AcceptorBanner { my_addr: me, peer_addr: EntityAddr::legacy(socket_peer, 0) };
         m.ctrl.extend_from_slice(&block.to_bytes());

@@ -3,7 +3,6 @@
 //! `send_client_ident`, `send_reconnect`, `handle_server_ident`, `handle_reconnect_ok`
 //! and the retry/reset/wait handlers).
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::auth::{filter_modes, AuthError, AuthRole, EOPNOTSUPP};
@@ -11,7 +10,7 @@ use crate::session::{
     ConnectSeq, Counters, Event, Fault, GlobalSeq, Machine, PeerIssue, Seq, State,
     GLOBAL_SEQ_PLAUSIBLE,
 };
-use crate::types::EntityType;
+use crate::types::{with_port, EntityType};
 
 use super::frames::{
     AuthBadMethod, AuthDone, AuthReplyMore, AuthRequest, AuthRequestMore, ClientIdent,
@@ -41,7 +40,7 @@ pub(crate) fn on_hello(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<
     if let Some(seen) = hello.peer_addr.addr {
         for a in &mut m.proto.my_addrs.addrs {
             if a.is_blank_ip() {
-                a.addr = Some(SocketAddr::new(seen.ip(), a.port()));
+                a.addr = Some(with_port(seen, a.port()));
             }
         }
     }
