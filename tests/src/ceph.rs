@@ -215,10 +215,28 @@ impl CephMon {
         CephMon::start_with_auth(test, Bind::Msgr2, Auth::Cephx, options)
     }
 
+    /// A monitor with auth none bound to msgr v1 and msgr2 on IPv6 loopback (`[::1]`,
+    /// `ms_bind_ipv6 = true`, `ms_bind_ipv4 = false`): [`CephMon::addr`] is its v1
+    /// address; its monmap has the msgr2 one.
+    pub fn start_ipv6(test: &str) -> io::Result<Option<CephMon>> {
+        CephMon::start_on(test, std::net::Ipv6Addr::LOCALHOST.into(), Bind::Both, Auth::None, &[])
+    }
+
     /// `bind`: msgr v1, msgr2 or both; `auth`: auth none or cephx; `options`: extra
     /// `[global]` options.
     fn start_with_auth(
         test: &str,
+        bind: Bind,
+        auth: Auth,
+        options: &[(&str, &str)],
+    ) -> io::Result<Option<CephMon>> {
+        CephMon::start_on(test, std::net::Ipv4Addr::LOCALHOST.into(), bind, auth, options)
+    }
+
+    /// [`CephMon::start_with_auth`] on loopback address `ip` (127.0.0.1 or `[::1]`).
+    fn start_on(
+        test: &str,
+        ip: std::net::IpAddr,
         bind: Bind,
         auth: Auth,
         options: &[(&str, &str)],
@@ -228,7 +246,7 @@ impl CephMon {
         }
         let dir = unique_dir("asyncmsgr-mon")?;
         let port = free_loopback_port()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::new(ip, port);
         let fsid = random_uuid()?;
         let d = dir.display();
         let cephx = auth == Auth::Cephx;
@@ -247,13 +265,16 @@ impl CephMon {
         for (k, v) in options {
             auth.push_str(&format!("{k} = {v}\n"));
         }
+        if ip.is_ipv6() {
+            auth.push_str("ms_bind_ipv6 = true\nms_bind_ipv4 = false\n");
+        }
         // `addrs`: the monitor's address vector; `mon_addr`: its `[mon.a]` section (a
         // vector there is refused by Ceph, which then uses the monmap's, so none).
         let (addrs, mon_addr, v1, v2) = match bind {
             Bind::Msgr1 => (format!("v1:{addr}"), format!("mon_addr = v1:{addr}\n"), true, false),
             Bind::Msgr2 => (format!("v2:{addr}"), format!("mon_addr = v2:{addr}\n"), false, true),
             Bind::Both => {
-                let v2_addr = SocketAddr::from(([127, 0, 0, 1], free_loopback_port()?));
+                let v2_addr = SocketAddr::new(ip, free_loopback_port()?);
                 (format!("[v2:{v2_addr},v1:{addr}]"), String::new(), true, true)
             }
         };
