@@ -10,7 +10,7 @@ use crate::session::{
     v1_still_connecting, AuthVerdict, Config, Decision, Fault, Machine, Policy, Protocol, Session,
     Side, State,
 };
-use crate::types::{with_port, EntityAddr, EntityType};
+use crate::types::{unmapped, with_port, EntityAddr, EntityType};
 use crate::wire::{AcceptorBanner, Tag};
 
 use super::state::{Handshake, OpenRx, LOG, V1};
@@ -55,7 +55,9 @@ impl Connection {
         let mut me = m.config.v1_addr();
         if me.is_blank_ip() {
             // Announce the address the peer reached us on, keeping our port and nonce,
-            // so its dialled-address check passes without the blank-IP exception.
+            // so its dialled-address check passes without the blank-IP exception (an IPv4
+            // peer of a dual-stack `[::]` listener reached `a.b.c.d`, not `[::ffff:a.b.c.d]`).
+            let socket_local = unmapped(socket_local);
             let port = if me.port() != 0 { me.port() } else { socket_local.port() };
             me.addr = Some(with_port(socket_local, port));
         }

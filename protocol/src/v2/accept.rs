@@ -12,7 +12,7 @@ use crate::session::{
     AcceptRequest, CloseReason, ConnectSeq, Counters, Decision, Event, Fault, GlobalSeq, Initiator,
     Machine, PeerIssue, RequestKind, Seq, Session, State, GLOBAL_SEQ_PLAUSIBLE,
 };
-use crate::types::{EntityAddr, EntityType};
+use crate::types::{with_port, EntityAddr, EntityAddrVec, EntityType};
 
 use super::frames::{
     AuthBadMethod, AuthDone, AuthReplyMore, AuthRequest, AuthRequestMore, ClientIdent,
@@ -184,6 +184,20 @@ fn is_my_addr(m: &Machine<V2>, target: &EntityAddr) -> bool {
     })
 }
 
+/// Our addresses for SERVER_IDENT: a blank IP of ours (a listener on `0.0.0.0` or
+/// `[::]`) is the IP the peer reached us on, keeping port and nonce, as `is_my_addr`
+/// accepts it; the connector looks for the address it dialled among them (Ceph's
+/// acceptor learns its IP from the connector's HELLO for the same end).
+fn announced_addrs(m: &Machine<V2>) -> EntityAddrVec {
+    let mut addrs = m.config.my_addrs.clone();
+    if let Some(local) = m.proto.socket_local {
+        for a in addrs.addrs.iter_mut().filter(|a| a.is_blank_ip() && a.addr.is_some()) {
+            a.addr = Some(with_port(local, a.port()));
+        }
+    }
+    addrs
+}
+
 /// CLIENT_IDENT or SESSION_RECONNECT: checked, then handed to the messenger.
 #[doc(alias = "handle_client_ident")]
 #[doc(alias = "handle_reconnect")]
@@ -351,7 +365,7 @@ fn accept_new_session(
     m.session.in_seq = Seq(0);
     m.session.out_seq = Seq(0);
     let si = ServerIdent {
-        addrs: m.config.my_addrs.clone(),
+        addrs: announced_addrs(m),
         gid: m.config.my_name.num,
         global_seq: m.config.global_seq.next().0,
         supported_features: m.config.features_supported,

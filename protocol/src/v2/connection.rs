@@ -10,7 +10,7 @@ use crate::auth::ConMode;
 use crate::session::{
     later, AuthVerdict, Config, Decision, Fault, Machine, Policy, Protocol, Session, Side, State,
 };
-use crate::types::{EntityAddr, EntityType};
+use crate::types::{unmapped, EntityAddr, EntityType};
 
 use super::banner::Banner;
 use super::framing::{FrameDecoder, FrameEncoder};
@@ -57,7 +57,9 @@ impl Connection {
         transcript.tx.extend_from_slice(&banner);
         let state = State::Handshake { deadline, step: Handshake::AwaitPeerBanner(transcript) };
         let mut proto = V2::new(&config);
-        proto.socket_local = Some(socket_local);
+        // An IPv4 peer of a dual-stack `[::]` listener reached `a.b.c.d` (its CLIENT_IDENT
+        // names that), not the socket's `[::ffff:a.b.c.d]`.
+        proto.socket_local = Some(unmapped(socket_local));
         let mut m = Machine::new(config, Side::Accept, Policy::default(), state, proto, now);
         m.socket_peer = Some(socket_peer);
         m.ctrl.extend_from_slice(&banner);
