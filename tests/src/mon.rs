@@ -476,7 +476,8 @@ impl MiniMon {
         )
         .with_key_server(Arc::new(server));
         let config = MessengerConfig::default().with_auth_provider(Arc::new(provider));
-        MiniMon::serve_config(fsid, commands, None, true, config)
+        let lo = SocketAddr::from(([127, 0, 0, 1], 0));
+        MiniMon::serve_config(fsid, commands, None, true, config, lo)
     }
 
     /// [`MiniMon::serve`] with cephx required (Ceph's defaults, `cephx_*` as in
@@ -496,7 +497,20 @@ impl MiniMon {
         keyring: Option<KeyRing>,
         msgr2: bool,
     ) -> io::Result<(Messenger, SocketAddr, Receiver<Received>)> {
-        MiniMon::serve_config(fsid, commands, keyring, msgr2, MessengerConfig::default())
+        let lo = SocketAddr::from(([127, 0, 0, 1], 0));
+        MiniMon::serve_config(fsid, commands, keyring, msgr2, MessengerConfig::default(), lo)
+    }
+
+    /// [`MiniMon::serve`] (`msgr2`: [`MiniMon::serve_msgr2`]) with the messenger bound to
+    /// `bind` (a wildcard, say); the monmap names `127.0.0.1` and the bound port when the
+    /// bound IP is blank. Returns the messenger, that address and what it receives.
+    pub fn serve_bound(
+        fsid: [u8; 16],
+        commands: CommandHandler,
+        msgr2: bool,
+        bind: SocketAddr,
+    ) -> io::Result<(Messenger, SocketAddr, Receiver<Received>)> {
+        MiniMon::serve_config(fsid, commands, None, msgr2, MessengerConfig::default(), bind)
     }
 
     fn serve_config(
@@ -505,10 +519,14 @@ impl MiniMon {
         keyring: Option<KeyRing>,
         msgr2: bool,
         config: MessengerConfig,
+        bind: SocketAddr,
     ) -> io::Result<(Messenger, SocketAddr, Receiver<Received>)> {
         let msgr = Messenger::new(EntityName::new(EntityType::MON, 0), 0, config)?;
         msgr.set_default_policy(Policy::stateless_server());
-        let addr = msgr.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let mut addr = msgr.bind(bind)?;
+        if addr.ip().is_unspecified() {
+            addr = SocketAddr::from(([127, 0, 0, 1], addr.port()));
+        }
         msgr.start()?;
         let v1 = EntityAddr::legacy(addr, 0);
         let addrs = if msgr2 {
