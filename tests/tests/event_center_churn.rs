@@ -39,15 +39,6 @@ fn handlers(m: &Messenger) -> Vec<usize> {
         .collect()
 }
 
-/// Waits (at most [`WAIT`]) until `m` has no connection left.
-fn wait_no_connections(m: &Messenger, what: &str) {
-    let deadline = Instant::now() + WAIT;
-    while m.connection_count() > 0 {
-        assert!(Instant::now() < deadline, "{what}: {} connections left", m.connection_count());
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// The timers and handlers on each of a messenger's workers, to come back to.
 struct Baseline {
     timers: Vec<usize>,
@@ -63,7 +54,7 @@ impl Baseline {
     /// what they held before `what`.
     #[track_caller]
     fn assert_back(&self, m: &Messenger, what: &str) {
-        wait_no_connections(m, what);
+        wait_for_connection_count(m, 0, what);
         let (t1, h1) = (timers(m), handlers(m));
         m.shutdown();
         assert_eq!(h1, self.handlers, "handlers after {what}");
@@ -206,15 +197,14 @@ fn redialling_connections_marked_down_leave_no_timer() {
             })
             .collect();
         // Every connection backing off: a timer each.
-        let deadline = Instant::now() + WAIT;
-        while timers(&cli).iter().sum::<usize>() < conns.len() {
-            assert!(Instant::now() < deadline, "round {round}: backoff timers not armed");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until(
+            || timers(&cli).iter().sum::<usize>() >= conns.len(),
+            || format!("round {round}: backoff timers not armed"),
+        );
         for c in &conns {
             c.mark_down();
         }
-        wait_no_connections(&cli, "marked down");
+        wait_for_connection_count(&cli, 0, "marked down");
         assert_eq!(timers(&cli), t0, "round {round}: timers after mark_down");
         assert_eq!(handlers(&cli), h0, "round {round}: handlers after mark_down");
     }
@@ -316,11 +306,7 @@ fn connections_ended_by_a_panic_leave_no_timer() {
         let before = panics();
         let frame = peer.message(round, b"poison");
         peer.sock.write_all(&frame).expect("send");
-        let deadline = Instant::now() + WAIT;
-        while panics() == before {
-            assert!(Instant::now() < deadline, "round {round}: no panic");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until(|| panics() != before, || format!("round {round}: no panic"));
         drop(peer);
     }
     before.assert_back(&srv, &format!("{ROUNDS} connections ended by a panic"));
