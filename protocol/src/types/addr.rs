@@ -104,10 +104,13 @@ impl EntityAddr {
 
     /// Writes the sockaddr bytes (family in the given byte order, then port BE, IP...)
     /// into `out`, which must be at least 28 bytes; returns the sockaddr length used.
+    ///
+    /// No address is the whole zeroed union, as Ceph's `get_sockaddr_len` gives it for
+    /// family 0: a blank new-form `entity_addr_t` carries 28 zero bytes, never length 0.
     fn write_sockaddr(&self, out: &mut [u8], family_be: bool) -> usize {
         let fam = |f: u16| if family_be { f.to_be_bytes() } else { f.to_le_bytes() };
         match self.addr {
-            None => 0,
+            None => SOCKADDR_IN6_LEN,
             Some(SocketAddr::V4(a)) => {
                 out[0..2].copy_from_slice(&fam(AF_INET));
                 out[2..4].copy_from_slice(&a.port().to_be_bytes());
@@ -457,6 +460,21 @@ mod tests {
         assert_eq!(&a.race_key()[..12], &[1, 0, 0, 0, 0, 1, 0, 0, 2, 0, 0x1a, 0x85]);
         let v6 = EntityAddr::legacy("[::1]:1".parse().unwrap(), 0);
         assert_eq!(v6.race_key()[8 + 23], 1, "the whole IPv6 address is inside the key");
+    }
+
+    // Ceph's entity_addr_t::encode writes `get_sockaddr_len()` bytes of the union, and
+    // that is the union's size (28) for family 0: a blank address is not length 0.
+    #[test]
+    fn a_blank_address_is_written_as_cephs_zeroed_union() {
+        let blank = EntityAddr { ty: AddrType::ANY, nonce: 7, addr: None };
+        let mut e = Encoder::new();
+        blank.encode(&mut e, Features::MSG_ADDR2 | Features::SERVER_NAUTILUS_MASK);
+        let mut want = vec![1, 1, 1, 40, 0, 0, 0, 3, 0, 0, 0, 7, 0, 0, 0, 28, 0, 0, 0];
+        want.extend_from_slice(&[0; 28]);
+        assert_eq!(e.as_slice(), &want[..]);
+        assert_eq!(EntityAddr::decode(&mut Decoder::new(&want)), Ok(blank));
+        // The legacy form and the race key already hold the zeroed union.
+        assert_eq!(EntityAddr::default().encode_legacy(), [0; LEGACY_ADDR_LEN]);
     }
 
     #[test]
