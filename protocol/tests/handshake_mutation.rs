@@ -41,8 +41,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::mutation::{
-    check_held, check_in_flight, dump, dumper, random_message, reports, start, Fuzzer, OrderCheck,
-    Outcome, Sizes, NODE1_IDS, OPS,
+    check_held, check_in_flight, check_not_stuck, dump, dumper, random_message, reports, start,
+    Fuzzer, OrderCheck, Outcome, Sizes, NODE1_IDS, OPS,
 };
 use protocol::testing::{numbers, Pair};
 use protocol::{GlobalSeq, Policy};
@@ -198,12 +198,7 @@ fn run(seed: u64, mode: Mode, p0: Policy, p1: Policy) -> Outcome {
     }
 
     // No stall: every endpoint still on a link got through its handshake.
-    for (i, e) in p.eps.iter().enumerate() {
-        if e.alive && e.link.is_some_and(|l| !p.links[l].dead) && !e.conn.is_open() {
-            dump(&p, &mutation.borrow());
-            panic!("{ctx}: endpoint {i} is stuck on a live link: {}", e.conn);
-        }
-    }
+    check_not_stuck(&ctx, &p, dumper(&p, &mutation));
 
     let m = mutation.borrow();
     let ctx = format!("{ctx} counts {:?}", m.counts);

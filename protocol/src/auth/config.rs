@@ -219,6 +219,22 @@ impl AuthConfig {
         }
     }
 
+    /// Sets all six `ms_*_mode` options to `modes`: one connection mode (or one order
+    /// of them) for every peer, monitors or not, as a test or a single-mode cluster
+    /// wants.
+    pub fn set_all_modes(&mut self, modes: &ConModes) {
+        for m in [
+            &mut self.ms_mon_client_mode,
+            &mut self.ms_mon_cluster_mode,
+            &mut self.ms_mon_service_mode,
+            &mut self.ms_client_mode,
+            &mut self.ms_cluster_mode,
+            &mut self.ms_service_mode,
+        ] {
+            m.clone_from(modes);
+        }
+    }
+
     /// Sets one option by its Ceph name (spaces, dashes and underscores alike), from
     /// its text value as in `ceph.conf`.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), AuthError> {

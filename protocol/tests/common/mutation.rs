@@ -72,8 +72,12 @@ fn debug() -> bool {
 /// on `setup` whose reads are cut at [`READ`] bytes and, on half the seeds, at random
 /// sizes, and whose nodes each give credit ahead of the message or not.
 pub fn start(seed: u64, setup: Setup, p0: Policy, p1: Policy) -> (SmallRng, Pair) {
+    prepare(seed, pair(setup, p0, p1))
+}
+
+/// [`start`] for a pair built elsewhere (another auth provider, say).
+pub fn prepare(seed: u64, mut p: Pair) -> (SmallRng, Pair) {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut p = pair(setup, p0, p1);
     p.verbose = debug();
     p.max_steps = 20_000;
     let mut r2 = SmallRng::seed_from_u64(seed.wrapping_mul(31));
@@ -425,6 +429,17 @@ pub fn dump(p: &Pair, m: &Mutation) {
 /// [`dump`] for the checks to call before they panic.
 pub fn dumper<'a>(p: &'a Pair, m: &'a RefCell<Mutation>) -> impl Fn() + 'a {
     move || dump(p, &m.borrow())
+}
+
+/// Checks that every endpoint still on a live link is open: once the mutation stopped,
+/// a handshake it left stuck must have ended on its own.
+pub fn check_not_stuck(ctx: &str, p: &Pair, dump: impl Fn()) {
+    for (i, e) in p.eps.iter().enumerate() {
+        if e.alive && e.link.is_some_and(|l| !p.links[l].dead) && !e.conn.is_open() {
+            dump();
+            panic!("{ctx}: endpoint {i} is stuck on a live link: {}", e.conn);
+        }
+    }
 }
 
 /// Checks that no endpoint holds more than `bound` bytes for what it receives: a mutated

@@ -83,12 +83,7 @@ fn config(ty: EntityType, num: i64, auth: Arc<dyn AuthProvider>) -> Config {
 /// Ceph's defaults with every `ms_*_mode` set to `modes`.
 fn auth_config(modes: &[ConMode]) -> AuthConfig {
     let mut c = AuthConfig::ceph_defaults();
-    let m = ConModes(modes.to_vec());
-    c.ms_mon_client_mode = m.clone();
-    c.ms_mon_service_mode = m.clone();
-    c.ms_cluster_mode = m.clone();
-    c.ms_client_mode = m.clone();
-    c.ms_service_mode = m;
+    c.set_all_modes(&ConModes(modes.to_vec()));
     c
 }
 
