@@ -693,3 +693,147 @@ fn a_fault_after_mark_disposable_resets_a_lossless_session() {
         srv.shutdown();
     }
 }
+
+/// Serves the acceptor's half of a handshake on `sock` (as the acceptor `me`: v1 if it is a
+/// legacy address, else msgr2) with our sans-IO machine, requiring `required` features
+/// (none if empty) and answering a msgr2 reconnect with SESSION_RESET, every other
+/// request by opening. Returns true once the session opened and the connector was told so
+/// (the socket stays open until the caller drops it), false if the connector closed it
+/// first.
+fn serve_acceptor(
+    sock: &mut std::net::TcpStream,
+    me: protocol::types::EntityAddr,
+    required: protocol::types::Features,
+) -> bool {
+    use std::io::{Read, Write};
+    let mut cfg = protocol::Config::new(
+        protocol::types::EntityName::new(EntityType::OSD, 0),
+        protocol::types::EntityAddrVec { addrs: vec![me] },
+    );
+    if !required.is_empty() {
+        cfg.features_required = required;
+    }
+    let (peer, local) = (sock.peer_addr().expect("peer"), sock.local_addr().expect("local"));
+    let cfg = std::sync::Arc::new(cfg);
+    let now = Instant::now();
+    let mut c = if me.ty == protocol::types::AddrType::LEGACY {
+        protocol::Connection::accept_v1(cfg, peer, local, now)
+    } else {
+        protocol::Connection::accept(cfg, peer, local, now)
+    };
+    sock.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut out = Vec::new();
+        while c.poll_transmit(&mut out) > 0 {}
+        for s in &out {
+            if sock.write_all(s).is_err() {
+                return false;
+            }
+        }
+        let now = Instant::now();
+        let mut opened = false;
+        while let Some(ev) = c.poll_event() {
+            match ev {
+                protocol::Event::NeedBudget { .. } => c.grant_budget(now),
+                protocol::Event::VerifyAuthorizer { .. } => c.handle_authorizer_verdict(
+                    now,
+                    protocol::AuthVerdict::Accept { reply: Bytes::new() },
+                ),
+                protocol::Event::AcceptRequest(req) => {
+                    let decision = match req.kind {
+                        protocol::RequestKind::Reconnect { .. } => {
+                            protocol::Decision::ResetSession { full: true }
+                        }
+                        _ => protocol::Decision::Open,
+                    };
+                    c.handle_accept_decision(now, Policy::stateful_server(), decision, None)
+                }
+                protocol::Event::Opened(_) => opened = true,
+                _ => {}
+            }
+        }
+        if opened {
+            let mut out = Vec::new();
+            while c.poll_transmit(&mut out) > 0 {}
+            for s in &out {
+                sock.write_all(s).expect("write");
+            }
+            return true;
+        }
+        if c.wants_write() {
+            continue;
+        }
+        match sock.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => c.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
+        }
+    }
+}
+
+/// How the test acceptor refuses a reconnect for good.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    /// msgr v1: a connect reply with this tag (BADPROTOVER, FEATURES).
+    V1(protocol::wire::Tag),
+    /// msgr2: an acceptor that knows no such session (SESSION_RESET), then requires a
+    /// feature we lack of the new session (IDENT_MISSING_FEATURES).
+    V2MissingFeatures,
+}
+
+/// A lossless session that was open (its dispatchers heard `ms_handle_connect`) and is
+/// refused for good when it reconnects (the peer, restarted, answers BADPROTOVER or
+/// FEATURES over v1, or takes no auth method we have over msgr2) ends there: its handle
+/// is closed, what it holds is gone. Its dispatchers hear `ms_handle_refused`, and then
+/// `ms_handle_reset`, once: the session they were told was open has ended. (Before, they
+/// heard of the refusal only: a daemon keeping state per session, or waiting for the
+/// reset to dial again as Ceph's MonClient does, waited for ever, and a shutdown
+/// reported nothing for it either.)
+#[test]
+fn a_lossless_session_refused_for_good_on_reconnect_is_reset_once() {
+    use protocol::wire::Tag;
+    for refusal in
+        [Refusal::V1(Tag::BADPROTOVER), Refusal::V1(Tag::FEATURES), Refusal::V2MissingFeatures]
+    {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let legacy = protocol::types::EntityAddr::legacy(listener.local_addr().expect("addr"), 7);
+        let me = match refusal {
+            Refusal::V1(_) => legacy,
+            Refusal::V2MissingFeatures => {
+                protocol::types::EntityAddr { ty: protocol::types::AddrType::MSGR2, ..legacy }
+            }
+        };
+        let (cli, rx) = client(EntityType::CLIENT, 2, Policy::lossless_client());
+        let mut c = Journal::new(rx, 'c');
+        let c1 = cli.connect_to(EntityType::OSD, me);
+        let (mut first, _) = listener.accept().expect("first connect");
+        let none = protocol::types::Features::NONE;
+        assert!(serve_acceptor(&mut first, me, none), "{refusal:?}: the first session opens");
+        assert_eq!(c.until("connect c1"), ["connect c1"], "{refusal:?}");
+        // Unacknowledged: the lossless session reconnects at once when its socket is cut.
+        send(&c1, 1);
+        drop(first);
+        let (mut second, _) = listener.accept().expect("the reconnect");
+        match refusal {
+            Refusal::V1(tag) => {
+                let _ = tests::hostile::accept_v1_connect(&mut second, me);
+                let mut reply = protocol::wire::ConnectReply::new(tag);
+                reply.protocol_version = 1;
+                reply.features = protocol::types::Features(u64::MAX);
+                std::io::Write::write_all(&mut second, &reply.to_bytes()).expect("refusal");
+            }
+            Refusal::V2MissingFeatures => {
+                let lacking = protocol::types::Features(1 << 63);
+                assert!(!serve_acceptor(&mut second, me, lacking), "refused, not opened");
+                assert_eq!(c.until("remote_reset c1"), ["remote_reset c1"]);
+            }
+        }
+        assert_eq!(c.until("refused c1"), ["refused c1"], "{refusal:?}");
+        wait_for_state(&c1, ConnState::Closed);
+        let reset = c.until("reset c1");
+        assert_eq!(reset, ["reset c1"], "{refusal:?}: the ended session's reset");
+        assert_eq!(c.quiet(), Vec::<String>::new(), "{refusal:?}: nothing more");
+        cli.shutdown();
+        assert_eq!(c.quiet(), Vec::<String>::new(), "{refusal:?}: no second reset at shutdown");
+    }
+}

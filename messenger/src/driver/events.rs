@@ -301,28 +301,7 @@ impl Driver {
                     self.standby_check = true;
                 }
             }
-            Event::Reset => {
-                // Ceph's `stop`, then `queue_reset`: what an injected delay held is
-                // delivered first (its `delay_state->flush`), then what waits for
-                // ms_dispatch goes with the session (`_stop`'s `discard_queue`), so no
-                // ms_dispatch of it follows its ms_handle_reset. Reported once: a
-                // newcomer may have reset the session from the accept path already.
-                // Until it is queued, a shutdown that finds the session ended waits.
-                self.flush_held_messages();
-                let pending = self.env.sessions.end_session(&self.conn);
-                // Dead before anyone hears of it: a dispatcher reacting to the reset
-                // (MonClient dialling again) must get a new session from
-                // get_connection, and sends on this handle must fail.
-                self.env.sessions.forget(&self.conn);
-                self.conn.set_state(ConnState::Closed);
-                self.conn.0.mailbox.lock().closed = true;
-                own_sends::discard(&self.conn, true);
-                self.env.queue.discard(self.conn.id());
-                if let Some(pending) = pending {
-                    self.env.queue.enqueue_event(QueueEvent::Reset(self.conn.clone()));
-                    drop(pending);
-                }
-            }
+            Event::Reset => self.report_reset(),
             Event::RemoteReset => {
                 // Ceph's was_session_reset: the old incarnation is gone with what it
                 // received that no dispatcher has seen (held back by an injected delay,
@@ -342,9 +321,38 @@ impl Driver {
             }
             Event::Closed { by, reason } => {
                 log::info!(target: "msgr::conn", "{}: closed by {by:?}: {reason}", self.machine);
+                if self.opened && matches!(*reason, protocol::CloseReason::Refused(_)) {
+                    // A session its dispatchers were told was open (a lossless one
+                    // redialling) ends with the refusal of its reconnect: they hear it
+                    // ended, as from any other end of it, after `ms_handle_refused`.
+                    self.report_reset();
+                }
                 self.flush_held_messages();
                 self.finish(cx);
             }
+        }
+    }
+
+    /// Ends the session and reports it (`ms_handle_reset`), as Ceph's `stop`, then
+    /// `queue_reset`: what an injected delay held is delivered first (its
+    /// `delay_state->flush`), then what waits for ms_dispatch goes with the session
+    /// (`_stop`'s `discard_queue`), so no ms_dispatch of it follows its ms_handle_reset.
+    /// Reported once: a newcomer may have reset the session from the accept path
+    /// already. Until it is queued, a shutdown that finds the session ended waits.
+    fn report_reset(&mut self) {
+        self.flush_held_messages();
+        let pending = self.env.sessions.end_session(&self.conn);
+        // Dead before anyone hears of it: a dispatcher reacting to the reset (MonClient
+        // dialling again) must get a new session from get_connection, and sends on this
+        // handle must fail.
+        self.env.sessions.forget(&self.conn);
+        self.conn.set_state(ConnState::Closed);
+        self.conn.0.mailbox.lock().closed = true;
+        own_sends::discard(&self.conn, true);
+        self.env.queue.discard(self.conn.id());
+        if let Some(pending) = pending {
+            self.env.queue.enqueue_event(QueueEvent::Reset(self.conn.clone()));
+            drop(pending);
         }
     }
 
