@@ -8,75 +8,26 @@
 // The workspace names this package's library `protocol` (see the root Cargo.toml).
 extern crate asyncmsgr_protocol as protocol;
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use common::v2_wire::*;
 use protocol::auth::ConMode;
 use protocol::session::Fault;
 use protocol::testing::v2_addr;
 use protocol::types::{AddrType, EntityAddr, EntityAddrVec, EntityType, Features};
 use protocol::v2::banner::{Banner, Msgr2Features, BANNER_LEN};
 use protocol::v2::frames::*;
-use protocol::v2::framing::{
-    Frame, FrameDecoder, FrameEncoder, FrameLimits, FrameProgress, Preamble, SegmentDesc,
-};
+use protocol::v2::framing::{Frame, Preamble, SegmentDesc};
 use protocol::v2::{Connection, Tag};
-use protocol::{decide, CloseReason, Event, Policy, ProtocolVersion};
-
-fn node_config(num: i64, port: u16, nonce: u32) -> protocol::Config {
-    protocol::testing::node_config(ProtocolVersion::V2, num, port, nonce)
-}
+use protocol::{decide, CloseReason, Event, Policy};
 
 fn sa(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// One control frame in crc mode.
-fn frame<F: ControlFrame>(f: &F) -> Vec<u8> {
-    raw_frame(F::TAG, &[&f.to_segment()])
-}
-
-fn raw_frame(tag: Tag, segs: &[&Bytes]) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    FrameEncoder::crc().encode(tag, segs, &mut buf, &mut out).unwrap();
-    out.push(buf.freeze());
-    out.concat()
-}
-
-/// The machine's output so far.
-fn output(conn: &mut Connection) -> Vec<u8> {
-    let mut segs = Vec::new();
-    while conn.poll_transmit(&mut segs) > 0 {}
-    segs.concat()
-}
-
-/// The frames in `wire` (crc mode), after `skip` bytes.
-fn frames(wire: &[u8], skip: usize) -> Vec<Frame> {
-    let all = Bytes::copy_from_slice(wire);
-    let mut dec = FrameDecoder::new(FrameLimits::default());
-    let mut at = skip;
-    let mut out = Vec::new();
-    loop {
-        if dec.is_paused() {
-            dec.proceed().unwrap();
-        }
-        let n = dec.need();
-        if at + n > all.len() {
-            return out;
-        }
-        let piece = all.slice(at..at + n);
-        at += n;
-        if let FrameProgress::Frame(f) = dec.advance(piece).unwrap() {
-            out.push(f);
-        }
-    }
-}
-
-fn events(conn: &mut Connection) -> Vec<Event> {
-    std::iter::from_fn(|| conn.poll_event()).collect()
 }
 
 fn closed_by_fault(evs: &[Event]) -> Option<Fault> {
@@ -186,18 +137,7 @@ fn client_ident() -> ClientIdent {
 }
 
 fn message(seq: u64, late: Option<u8>) -> Vec<u8> {
-    let h = MsgHeader2 {
-        seq,
-        msg_type: 2,
-        priority: 127,
-        version: 1,
-        flags: 3,
-        compat_version: 1,
-        ..MsgHeader2::default()
-    };
-    let h = Bytes::copy_from_slice(&h.to_bytes());
-    let front = Bytes::from(vec![seq as u8; 5]);
-    let mut w = raw_frame(Tag::MESSAGE, &[&h, &front]);
+    let mut w = message_frame(seq, 0);
     if let Some(l) = late {
         let at = w.len() - 13;
         w[at] = l;
@@ -676,42 +616,6 @@ fn messages_in_one_read_come_out_as_they_do_byte_by_byte() {
             a.flush();
             assert_eq!(a.sent().last().map(Frame::tag), Some(Tag::KEEPALIVE2_ACK));
         }
-    }
-}
-
-/// A connector (client.? dialling mon at v2 127.0.0.1:6789/0) and a raw acceptor.
-// Starts the virtual clock from the real one (`Instant` has no other constructor).
-#[allow(clippy::disallowed_methods)]
-fn connector(policy: Policy) -> (Connection, Instant) {
-    connector_with(Arc::new(node_config(1, 6800, 9)), policy)
-}
-
-/// [`connector`] on a config the test keeps (to read its counters).
-#[allow(clippy::disallowed_methods)]
-fn connector_with(config: Arc<protocol::Config>, policy: Policy) -> (Connection, Instant) {
-    let now = Instant::now();
-    let mut c = Connection::connect(config, policy, v2_addr(6789, 0), EntityType::MON, now);
-    c.handle_transport_connected(now);
-    (c, now)
-}
-
-fn acceptor_prefix(hello_type: EntityType) -> Vec<u8> {
-    let mut b = Banner::OURS.to_bytes().to_vec();
-    b.extend(frame(&Hello { entity_type: hello_type, peer_addr: v2_addr(40000, 0) }));
-    b.extend(frame(&AuthDone { global_id: 4100, con_mode: ConMode::CRC, payload: Bytes::new() }));
-    b.extend(frame(&AuthSignature::default()));
-    b
-}
-
-fn server_ident(addr: EntityAddr) -> ServerIdent {
-    ServerIdent {
-        addrs: EntityAddrVec::single(addr),
-        gid: 0,
-        global_seq: 5,
-        supported_features: Features::PACIFIC_ADVERTISED,
-        required_features: Features::MSG_ADDR2,
-        flags: 0,
-        server_cookie: 77,
     }
 }
 

@@ -106,6 +106,10 @@ pub struct Session {
     /// `out_seq - sent.len() + 1`, above what the peer received, as Ceph's
     /// `requeue_sent` does.
     pub(crate) out_seq: Seq,
+    /// The highest seq of ours the peer acknowledged in this numbering (an ACK, a
+    /// message's ack_seq, a reconnect's in_seq), never above `out_seq`: a reconnect
+    /// never numbers below it (see `discard_requeued_up_to`).
+    pub(crate) acked: Seq,
     /// Messages waiting to be framed.
     pub(crate) queue: OutQueue,
     /// Framed but not yet acked, in seq order: a lossless session's, or what a session
@@ -203,12 +207,28 @@ impl Session {
     /// `discard_requeued_up_to` does (`return seq`): a session of ours that never sent
     /// (a fresh connection kept for the peer's reconnect, its connect_seq above ours)
     /// would otherwise frame seqs the peer already has, which it drops as duplicates.
+    ///
+    /// Never below what the peer acknowledged before (`acked`): a peer whose reconnect
+    /// claims less than it acknowledged would otherwise be sent seqs it already has,
+    /// drop them as duplicates and acknowledge them with its next ACK, losing them with
+    /// no reset told (Ceph numbers from the claim; with messages requeued it keeps its
+    /// out_seq, as here).
     pub(crate) fn discard_requeued_up_to(&mut self, peer_in_seq: Seq) {
         if self.sent.is_empty() && !self.queue.has_requeued() {
-            self.out_seq = peer_in_seq;
+            self.out_seq = peer_in_seq.max(self.acked);
+            self.acked = self.out_seq;
             return;
         }
         self.out_seq.0 += self.queue.discard_requeued_up_to(peer_in_seq);
+        self.acked = self.acked.max(peer_in_seq.min(self.out_seq));
+    }
+
+    /// A new numbering of the session's messages starts (a new session keeping the
+    /// queues of a replaced one): both ways from 1.
+    pub(crate) fn renumber_from_start(&mut self) {
+        self.in_seq = Seq(0);
+        self.out_seq = Seq(0);
+        self.acked = Seq(0);
     }
 
     /// Ceph's `session_reset` (RESETSESSION, peer restart under resetcheck): a brand
@@ -219,6 +239,7 @@ impl Session {
 
     /// Trims `sent` up to `seq` (an ACK); returns whether anything was trimmed.
     pub(crate) fn ack(&mut self, seq: Seq) -> bool {
+        self.acked = self.acked.max(seq.min(self.out_seq));
         let mut any = false;
         while self.sent.front().is_some_and(|m| m.seq() <= seq.0) {
             if let Some(m) = self.sent.pop_front() {
@@ -272,6 +293,30 @@ mod tests {
         s.discard_requeued_up_to(Seq(100));
         assert_eq!(s.out_seq, Seq(100), "the next message is seq 101, above what the peer has");
         assert_eq!(s.queue.len(), 1, "a queued message is not a requeued one");
+    }
+
+    // A reconnect claiming less than the peer acknowledged numbers on above what it
+    // acknowledged (its seqs at or below would be dropped as duplicates and then
+    // acknowledged as delivered); a claim above it is followed.
+    #[test]
+    fn a_reconnect_never_numbers_below_what_the_peer_acknowledged() {
+        let mut s = Session::default();
+        for seq in 1..=5u64 {
+            let mut m = msg(PRIO_DEFAULT, seq as u8);
+            m.set_seq(seq);
+            s.push_sent(m);
+        }
+        s.out_seq = Seq(5);
+        assert!(s.ack(Seq(5)));
+        s.requeue_sent();
+        s.discard_requeued_up_to(Seq(2));
+        assert_eq!(s.out_seq, Seq(5), "the next message is seq 6");
+        s.discard_requeued_up_to(Seq(9));
+        assert_eq!(s.out_seq, Seq(9));
+        // An ACK beyond what was framed does not raise the floor above out_seq.
+        s.ack(Seq(100));
+        s.discard_requeued_up_to(Seq(9));
+        assert_eq!(s.out_seq, Seq(9));
     }
 
     #[test]

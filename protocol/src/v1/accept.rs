@@ -355,7 +355,7 @@ fn accept_open(
         // Without the exchange (or after a peer restart) numbering starts over.
         m.session.in_seq = Seq(0);
         if !m.session.queue.has_requeued() {
-            m.session.out_seq = Seq(0);
+            m.session.renumber_from_start();
         }
     }
     let reply = ConnectReply {

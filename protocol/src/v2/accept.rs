@@ -362,8 +362,7 @@ fn accept_new_session(
     m.session.cookies.server = if m.lossy { 0 } else { m.proto.offered_cookie };
     m.session.peer_global_seq = global_seq;
     // A new session numbers from 1 both ways; kept messages are renumbered.
-    m.session.in_seq = Seq(0);
-    m.session.out_seq = Seq(0);
+    m.session.renumber_from_start();
     let si = ServerIdent {
         addrs: announced_addrs(m),
         gid: m.config.my_name.num,
