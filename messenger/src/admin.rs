@@ -177,6 +177,7 @@ impl AdminSocket {
                     listener,
                     env,
                     clients: Arc::default(),
+                    conns: Vec::new(),
                     paused: Pause::default(),
                     pauses: PauseLog::default(),
                     failures: AcceptErrors::default(),
@@ -212,11 +213,19 @@ impl AdminSocket {
     /// Stops serving but leaves the socket file: another admin socket was bound at the
     /// same path since (binding replaced the file). Posted, never waited for, so it may
     /// be called on a worker; it runs after the registration, posted to the same center
-    /// before it.
+    /// before it. The clients being served are closed with the listener: each holds
+    /// the messenger's environment, and on a shared pool, whose worker outlives the
+    /// messenger, they stayed until their deadline.
     pub(crate) fn stop_keeping_file(self) {
         let listening = self.listening;
         let _ = self.center.dispatch_event_external(move |cx: &mut Context<'_>| {
             if let Some(id) = listening.id() {
+                let conns = cx
+                    .with_handler_as::<AdminListener, _>(id, |l, _| std::mem::take(&mut l.conns))
+                    .unwrap_or_default();
+                for conn in conns {
+                    cx.with_handler_as::<AdminConn, _>(conn, |c, cx| c.close(cx, conn));
+                }
                 cx.remove(id);
             }
         });
@@ -245,6 +254,9 @@ struct AdminListener {
     env: Arc<Env>,
     /// Admin clients being served (each `AdminConn` counts itself out when dropped).
     clients: Arc<AtomicUsize>,
+    /// Their handlers, closed when the listener stops (those already gone are pruned at
+    /// each accept, so it never holds more than [`ADMIN_MAX_CLIENTS`]).
+    conns: Vec<HandlerId>,
     /// Accepting paused for want of descriptors or memory, until a retry.
     paused: Pause,
     /// Which of those pauses are logged.
@@ -283,6 +295,8 @@ impl AdminListener {
                             let timer = cx
                                 .create_time_event(ADMIN_CLIENT_DEADLINE, TimerTarget::Handler(id));
                             cx.with_handler_as::<AdminConn, _>(id, |c, _| c.deadline = Some(timer));
+                            self.conns.retain(|&c| cx.is_live(c));
+                            self.conns.push(id);
                         }
                         Err(e) => log::warn!(target: "msgr::admin", "admin connection: {e}"),
                     }

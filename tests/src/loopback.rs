@@ -303,3 +303,16 @@ pub fn client_with(
     m.add_dispatcher_head(rec).expect("dispatcher");
     (m, rx)
 }
+
+/// Whether the admin socket closed `s` (EOF or reset) within `within`.
+pub fn closed_by_server(s: &mut std::os::unix::net::UnixStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).expect("timeout");
+    let mut b = [0u8; 1];
+    match std::io::Read::read(s, &mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => {
+            !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+        }
+    }
+}

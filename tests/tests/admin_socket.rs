@@ -189,19 +189,6 @@ fn the_real_ceph_cli_reads_our_admin_socket() {
     srv.shutdown();
 }
 
-/// Whether the admin socket closed `s` (EOF or reset) within `within`.
-fn closed_by_server(s: &mut UnixStream, within: std::time::Duration) -> bool {
-    s.set_read_timeout(Some(within)).expect("timeout");
-    let mut b = [0u8; 1];
-    match s.read(&mut b) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => {
-            !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
-        }
-    }
-}
-
 // Local clients that connect and never send their command: at most
 // ADMIN_MAX_CLIENTS are served at once (more are closed as they connect), each is closed
 // after ADMIN_CLIENT_DEADLINE, and the socket answers again afterwards. Before, each
