@@ -41,6 +41,9 @@ pub enum SendError {
     /// the messenger's send queues together over `max_total_queued_bytes` (never while
     /// the bound's queues hold nothing: see [`Connection::send_message`]).
     QueueFull,
+    /// A payload segment (front, middle or data) is longer than `u32::MAX` bytes, more
+    /// than either protocol's header can describe: the message could never be framed.
+    TooLarge,
 }
 
 impl fmt::Display for SendError {
@@ -48,11 +51,18 @@ impl fmt::Display for SendError {
         match self {
             SendError::Closed => f.write_str("connection closed"),
             SendError::QueueFull => f.write_str("connection send queue full"),
+            SendError::TooLarge => f.write_str("message segment longer than u32::MAX"),
         }
     }
 }
 
 impl std::error::Error for SendError {}
+
+/// Whether a segment of `msg` is longer than a wire header can say (`u32` lengths in
+/// msgr v1's header and msgr2's segment descriptors).
+fn too_large_to_frame(msg: &Message) -> bool {
+    [msg.front(), msg.middle(), msg.data()].iter().any(|s| u32::try_from(s.len()).is_err())
+}
 
 /// The messenger a handle belongs to, as far as the handle itself needs it: `mark_down`
 /// must leave the session table and the dispatch queue at once, and the loopback
@@ -189,6 +199,11 @@ impl Connection {
     /// something is held against it: a single message larger than a bound is admitted
     /// when the connection (for `max_queued_bytes`) or the messenger (for the total)
     /// holds nothing, so that it can be sent at all.
+    ///
+    /// Fails with [`SendError::TooLarge`] when a payload segment is longer than
+    /// `u32::MAX` bytes (but on the loopback connection, which frames nothing): no
+    /// header can carry its length, and queued it held the connection's whole send
+    /// bound while every attempt to frame it faulted the session.
     pub fn send_message(&self, msg: Message) -> Result<(), SendError> {
         if self.0.loopback {
             // Closed when its messenger shut down: the dispatch queue takes nothing more.
@@ -198,6 +213,9 @@ impl Connection {
             let home = self.0.home.upgrade().ok_or(SendError::Closed)?;
             home.deliver_local(self, msg);
             return Ok(());
+        }
+        if too_large_to_frame(&msg) {
+            return Err(SendError::TooLarge);
         }
         // A reply from fast dispatch, on the thread running this connection's driver.
         let msg = match own_sends::try_send(self, msg) {
