@@ -237,13 +237,28 @@ fn dispatch_on<C: ConnectionRef>(chain: &Chain<C>, conn: &C, msg: Message) -> Op
 
 /// `ms_fast_preprocess` on all of `fast`, then `ms_fast_dispatch` on the first that wants
 /// `msg`; one snapshot for both walks, so a dispatcher added meanwhile sees neither.
+///
+/// A message holding a policy-throttle charge is compacted below `compact_below` bytes
+/// ([`Message::compact`]) before a fast dispatcher gets it: that charge (its payload and
+/// overhead) is all that bounds what a dispatcher keeping messages holds, and a small
+/// message kept as a slice of the worker's shared read buffer pinned the whole buffer
+/// (64 KiB for a message charged some 500 bytes). Messages for the queue are compacted
+/// as they are queued.
 #[inline]
-fn fast_on<C: ConnectionRef>(fast: &Chain<C>, conn: &C, msg: Message) -> Option<Message> {
+fn fast_on<C: ConnectionRef>(
+    fast: &Chain<C>,
+    conn: &C,
+    mut msg: Message,
+    compact_below: usize,
+) -> Option<Message> {
     for d in fast.iter() {
         d.ms_fast_preprocess(conn, &msg);
     }
     match fast.iter().find(|d| d.ms_can_fast_dispatch(&msg)) {
         Some(d) => {
+            if msg.has_throttle_charge() {
+                msg.compact(compact_below);
+            }
             d.ms_fast_dispatch(conn, msg);
             None
         }
@@ -389,14 +404,20 @@ impl<C: ConnectionRef> Dispatchers<C> {
         cache: &mut ChainCache<C>,
         conn: &C,
         msg: Message,
+        compact_below: usize,
     ) -> Option<Message> {
-        fast_on(&self.refresh(cache).fast, conn, msg)
+        fast_on(&self.refresh(cache).fast, conn, msg, compact_below)
     }
 
     /// [`preprocess_and_fast_dispatch`](Self::preprocess_and_fast_dispatch) on a snapshot
     /// taken now, for callers without a cache.
-    pub(crate) fn fast_or_return(&self, conn: &C, msg: Message) -> Option<Message> {
-        fast_on(&self.fast(), conn, msg)
+    pub(crate) fn fast_or_return(
+        &self,
+        conn: &C,
+        msg: Message,
+        compact_below: usize,
+    ) -> Option<Message> {
+        fast_on(&self.fast(), conn, msg, compact_below)
     }
 
     /// Whether some fast dispatcher wants `msg` on the fast path.

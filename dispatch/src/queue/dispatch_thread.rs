@@ -73,7 +73,8 @@ fn handle<C: ConnectionRef>(s: &Shared<C>, chains: &mut ChainCache<C>, work: Wor
         }
         Work::Local(q) => {
             let Queued { conn, msg, budget, since } = q;
-            match s.dispatchers.preprocess_and_fast_dispatch(chains, &conn, msg) {
+            let compact_below = s.compact_below.load(Ordering::Relaxed);
+            match s.dispatchers.preprocess_and_fast_dispatch(chains, &conn, msg, compact_below) {
                 None => {
                     s.fast_dispatched.fetch_add(1, Ordering::Relaxed);
                     drop(budget);

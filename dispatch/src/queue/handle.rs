@@ -124,7 +124,9 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     /// Messages queued by [`enqueue`](Self::enqueue) with a payload below `n` bytes are
     /// copied into an allocation of their own ([`Message::compact`]): received messages
     /// are slices of large shared read buffers, which a small message waiting here
-    /// would otherwise keep alive. 0 (the default) never copies.
+    /// would otherwise keep alive. So are those holding a policy-throttle charge that go
+    /// to a fast dispatcher, which may keep them (the charge is then what bounds them).
+    /// 0 (the default) never copies.
     pub fn set_compact_below(&self, n: usize) {
         self.shared.compact_below.store(n, Ordering::Relaxed);
     }
@@ -296,7 +298,8 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     /// preprocess, fast dispatch on this thread if wanted (releasing `budget` when the
     /// dispatcher returns), else [`enqueue`](Self::enqueue) it with its budget.
     pub fn deliver(&self, conn: &C, msg: Message, budget: Option<Permit>) -> Delivery {
-        match self.shared.dispatchers.fast_or_return(conn, msg) {
+        let compact_below = self.shared.compact_below.load(Ordering::Relaxed);
+        match self.shared.dispatchers.fast_or_return(conn, msg, compact_below) {
             None => {
                 drop(budget);
                 self.shared.fast_dispatched.fetch_add(1, Ordering::Relaxed);
@@ -340,7 +343,9 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         batch: &mut ReadBatch<C>,
     ) -> Delivery {
         let dispatchers = &self.shared.dispatchers;
-        match dispatchers.preprocess_and_fast_dispatch(&mut batch.chains, conn, msg) {
+        let compact_below = self.shared.compact_below.load(Ordering::Relaxed);
+        match dispatchers.preprocess_and_fast_dispatch(&mut batch.chains, conn, msg, compact_below)
+        {
             None => {
                 batch.fast_dispatched += 1;
                 Delivery::Fast

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::wire::{ceph_crc32c, FooterFlags, MsgFooter, MsgHeader, RunningCrc};
 
 use super::frame::EncodeOptions;
-use super::{grow_within, Message, DIRECT_ASSEMBLY_MIN};
+use super::{grow_within, own_copy, Message, DIRECT_ASSEMBLY_MIN, OWN_COPY_BELOW};
 
 /// Upper bounds on the segment lengths a peer may announce, checked before allocating.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -515,9 +515,22 @@ impl MessageDecoder {
                 self.allowance -= n as u64;
                 self.payload_left = self.payload_left.saturating_sub(n as u64);
             }
-            return Some(input.split_to(n));
+            let segment = input.split_to(n);
+            if payload && n < OWN_COPY_BELOW && self.pauses_after(input) {
+                return Some(own_copy(&segment));
+            }
+            return Some(segment);
         }
         self.take_partial(input, n, payload, allowed)
+    }
+
+    /// Whether the message being decoded cannot end in `input`: the rest of its payload
+    /// and its footer are not all there, so its segments taken so far wait for later
+    /// reads.
+    #[inline]
+    fn pauses_after(&self, input: &[u8]) -> bool {
+        let footer = self.opts.crc.footer.encoded_len() as u64;
+        self.payload_left.saturating_add(footer) > input.len() as u64
     }
 
     /// [`Self::take`] when the segment is not all in `input` (or bytes of it are

@@ -67,6 +67,20 @@ use crate::wire::{MsgFooter, MsgHeader};
 /// simply copied together.
 pub const DIRECT_ASSEMBLY_MIN: usize = 64 << 10;
 
+/// A payload segment shorter than this, taken as a slice of its read while the rest of
+/// its message is still to come, is copied into a buffer of its own (msgr v1 and msgr2's
+/// crc mode): a message in progress is charged its payload's windows, and a slice it
+/// kept while waiting for more input pinned the whole shared read buffer the slice came
+/// in (64 KiB, for a message whose first window is 4.5 KiB, per connection). Longer
+/// segments hold about what they pin.
+pub(crate) const OWN_COPY_BELOW: usize = 16 << 10;
+
+/// `segment`'s bytes in an allocation of their own ([`OWN_COPY_BELOW`]).
+#[cold]
+pub(crate) fn own_copy(segment: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(segment)
+}
+
 /// Makes room in `buf`, a large segment's assembly buffer, for `want` more bytes,
 /// doubling its capacity as `BytesMut::reserve` does (so a segment admitted window by
 /// window is reallocated once per doubling), but never past `limit` bytes in all (the

@@ -111,6 +111,7 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
         // A preamble or epilogue is only read: no `Bytes` for it, so no reference is
         // taken on (and dropped from) the shared read buffer twice per message.
         let Some(piece) = m.rx.contiguous(n) else {
+            m.proto.decoder.unpin_segments();
             ask_next_window(m);
             return false;
         };
@@ -120,6 +121,7 @@ pub(crate) fn read_frame(m: &mut Machine<V2>, now: Instant) -> bool {
     } else {
         let Some(piece) = take(m, n) else {
             absorb_buffered(m);
+            m.proto.decoder.unpin_segments();
             ask_next_window(m);
             return false;
         };
@@ -141,7 +143,15 @@ fn after_step(m: &mut Machine<V2>, now: Instant, step: Result<Step, Error>) -> b
             false
         }
         Ok(Step::NeedMore) => true,
-        Ok(Step::Head) => handle_head(m, now),
+        Ok(Step::Head) => {
+            let more = handle_head(m, now);
+            if m.proto.decoder.is_paused() {
+                // Waiting for its budget, which may take long (a full throttle): its
+                // header goes to a buffer of its own, not kept as a slice of its read.
+                m.proto.decoder.unpin_segments();
+            }
+            more
+        }
         Ok(Step::Frame) if m.state.is_open() && m.proto.decoder.preamble().tag == Tag::MESSAGE => {
             // The common case, kept lean: the segments go from the decoder into the
             // message, nothing else is moved.

@@ -4,7 +4,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::{Error, Result};
-use crate::message::{grow_within, DIRECT_ASSEMBLY_MIN};
+use crate::message::{grow_within, own_copy, DIRECT_ASSEMBLY_MIN, OWN_COPY_BELOW};
 use crate::wire::{ceph_crc32c, RunningCrc};
 
 use super::super::tag::Tag;
@@ -140,6 +140,9 @@ pub struct FrameDecoder {
     running_crc: RunningCrc,
     /// The crcs of this frame's segments taken as they arrived, for the epilogue.
     taken_crcs: [Option<u32>; MAX_SEGMENTS],
+    /// The segments of the frame in progress [`FrameDecoder::unpin_segments`] gave
+    /// buffers of their own, by bit.
+    owned: u8,
 }
 
 /// The most a skipped segment passes in one piece: what a duplicate holds at a time.
@@ -161,6 +164,7 @@ impl FrameDecoder {
             partial: BytesMut::new(),
             running_crc: RunningCrc::default(),
             taken_crcs: [None; MAX_SEGMENTS],
+            owned: 0,
         }
     }
 
@@ -419,7 +423,24 @@ impl FrameDecoder {
 
     /// Takes the segments of the frame just completed ([`Step::Frame`]).
     pub fn take_segments(&mut self) -> [Bytes; MAX_SEGMENTS] {
+        self.owned = 0;
         std::mem::take(&mut self.segments)
+    }
+
+    /// The frame in progress waits for more input (or for its budget): its segments
+    /// received so far that are slices of the read they came in, and shorter than
+    /// [`OWN_COPY_BELOW`], are copied into buffers of their own, once each. Kept as
+    /// slices while the frame waited, they pinned the whole shared read buffer (64 KiB
+    /// per connection, for a message charged its first window).
+    pub fn unpin_segments(&mut self) {
+        for (i, segment) in self.segments.iter_mut().enumerate() {
+            let bit = 1u8 << i;
+            if segment.is_empty() || segment.len() >= OWN_COPY_BELOW || self.owned & bit != 0 {
+                continue;
+            }
+            *segment = own_copy(segment);
+            self.owned |= bit;
+        }
     }
 
     /// Takes the frame just completed ([`Step::Frame`]).
@@ -644,6 +665,7 @@ impl FrameDecoder {
             // Parts of the last frame nobody took: never mistaken for this one's.
             self.segments = Default::default();
         }
+        self.owned = 0;
         self.inline = inline;
         self.preamble = preamble;
         self.aborted = false;
