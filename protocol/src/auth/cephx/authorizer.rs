@@ -23,7 +23,8 @@ use crate::types::EntityType;
 
 use super::rotating::KeyStore;
 use super::ticket::{
-    utime_add, AuthTicket, ReceivedTicket, ServiceTicketInfo, TicketBlob, MAX_TICKET_CREATED_AHEAD,
+    utime_add, utime_to_duration, AuthTicket, ReceivedTicket, ServiceTicketInfo, TicketBlob,
+    MAX_TICKET_CREATED_AHEAD,
 };
 
 /// The authorizer's first byte: its version, which Pacific servers also read as the
@@ -260,7 +261,8 @@ impl AuthorizerVerifier {
     ///
     /// Steps (cephx.md 7.3): decode part A; find the secret that sealed the ticket; open
     /// the ticket; global ids must match; open part B with the ticket's session key;
-    /// the ticket must not have expired at `now` (wall clock); then the challenge round
+    /// the ticket must not have expired a whole lifetime before `now` (wall clock; Ceph
+    /// never checks it, see the check); then the challenge round
     /// when `require_challenge` (the peer can answer it, or `cephx_*_require_version >=
     /// 2` makes every peer answer it): the first
     /// authorizer gets [`AuthorizerVerdict::Challenge`], the repeated one must carry
@@ -293,7 +295,15 @@ impl AuthorizerVerifier {
         }
         let plain = info.session_key.open_blob(&mut d)?;
         let b = Authorize::decode(&mut Decoder::new(&plain))?;
-        if info.ticket.expires < now {
+        // Ceph's daemons never look at `expires` (cephx_verify_authorizer): a ticket is
+        // good while the secret that sealed it is held, which is up to about one lifetime
+        // past its expiry, and our clock may run ahead of the monitor's that wrote it.
+        // Refused once it expired a whole lifetime ago: at `expires` itself, a daemon
+        // whose clock is ahead by more than a quarter of the ttl refused every client
+        // in the last part of its tickets, before the client renews them at 75 %.
+        let lifetime = utime_to_duration(info.ticket.expires)
+            .saturating_sub(utime_to_duration(info.ticket.created));
+        if utime_add(info.ticket.expires, lifetime) < now {
             return Err(AuthError::Expired);
         }
         // Garbled by its holder rather than written by a key server (AuthTicket::decode).
@@ -436,8 +446,9 @@ mod tests {
             &mut rng,
         );
         assert!(matches!(r, Err(AuthError::BadAuthorizer(_))));
-        // Expired ticket.
-        let later = UTime::new(NOW.sec + 3601, 0);
+        // Expired ticket, a whole lifetime ago (until then it is taken: a daemon's
+        // clock may run ahead of the monitor's, and Ceph's never looks at it).
+        let later = UTime::new(NOW.sec + 2 * 3600 + 1, 0);
         let r = AuthorizerVerifier::new().verify(
             &store,
             EntityType::OSD,

@@ -776,11 +776,12 @@ mod tests {
         let keys =
             RotatingKeyStore::new(EntityType::OSD, server.rotating(EntityType::OSD).unwrap());
         let ttl = AuthConfig::ceph_defaults().auth_service_ticket_ttl;
-        // The verifier's now is an hour and a second past the anchor (and the ticket).
+        // The verifier's now is two hours and a second past the anchor (and the ticket):
+        // a whole lifetime past its expiry.
         let anchor = start();
         let clock = WallClock::anchored(anchor, WALL0);
         assert_eq!(clock.wall(anchor + ttl), UTime::new(WALL0.sec + 3600, 0));
-        let late = exchange_at(&server, keys, anchor, anchor + ttl + Duration::from_secs(1));
+        let late = exchange_at(&server, keys, anchor, anchor + 2 * ttl + Duration::from_secs(1));
         assert!(matches!(late, Some(AuthorizerStep::Reject)), "{late:?}");
     }
 

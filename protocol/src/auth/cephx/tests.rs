@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use super::testing::TestRng;
-use super::ticket::utime_add;
+use super::ticket::{duration_to_utime, utime_add, utime_to_duration};
 use super::*;
 use crate::auth::config::AuthConfig;
 use crate::auth::error::AuthError;
@@ -644,4 +644,121 @@ fn service_tickets_need_the_sessions_own_auth_ticket() {
     let r3 = p.request(&MAuth { protocol: 2, auth_payload: e.into_bytes(), ..MAuth::default() });
     assert_eq!(r3.result, -13);
     assert!(r3.result_bl.is_empty());
+}
+
+/// Runs `client` (a second one beside a [`Pair`]'s, on `session`) against the pair's
+/// key server until it has nothing to send; its events go to `events`.
+fn drive_second(
+    p: &mut Pair,
+    client: &mut CephxClient,
+    session: &mut ServerSession,
+    events: &mut Vec<ClientEvent>,
+) -> Result<(), AuthError> {
+    let wall = p.wall();
+    for _ in 0..MAX_ROUNDS {
+        let Some(req) = client.poll_request(p.now) else {
+            events.extend(std::iter::from_fn(|| client.poll_event()));
+            return Ok(());
+        };
+        let gid = &mut p.next_gid;
+        let reply =
+            p.server.handle_request(session, &req, p.features, wall, &mut p.rng, &mut || {
+                *gid += 1;
+                *gid
+            });
+        let r = client.handle_reply(p.now, &reply);
+        events.extend(std::iter::from_fn(|| client.poll_event()));
+        r?;
+    }
+    panic!("no quiescence after {MAX_ROUNDS} round trips: livelock");
+}
+
+// Days of uptime with the OSD's clock 20 minutes ahead of the monitor's: the monitor
+// rotates on its tick, client.admin renews its tickets when its timer says (75 % of
+// their validity, on its own clock), osd.0 refreshes its rotating secrets as Ceph's
+// MonClient::_check_auth_rotating does (once the current one expired before now -
+// min(30 s, ttl / 4), on its own clock). Every minute the client's osd authorizer must
+// be accepted, as a Ceph 16.2 OSD accepts it: cephx_verify_authorizer never looks at
+// the ticket's `expires` (a ticket is good while the OSD holds the secret that sealed
+// it). Ours refused every ticket past `expires` on the OSD's clock: from 40 minutes
+// into each ticket, before the client renews at 45, every authorizer was refused.
+#[test]
+fn an_osd_whose_clock_runs_ahead_accepts_tickets_over_days() {
+    const SKEW: Duration = Duration::from_secs(20 * 60);
+    let mut p = Pair::new(61, "client.admin", ceph_config());
+    p.new_session();
+    p.drive().unwrap();
+    let osd_name = parse_entity_name("osd.0").unwrap();
+    let osd_config = ClientConfig {
+        want_services: ServiceMask::NONE,
+        ..ClientConfig::new(osd_name, p.server_key("osd.0"))
+    };
+    let mut osd = CephxClient::new(osd_config, Box::new(TestRng::new(62)));
+    let mut osd_session = ServerSession::New;
+    let mut osd_events = Vec::new();
+    osd.start(p.now);
+    let mut keys = RotatingKeyStore::new(EntityType::OSD, RotatingSecrets::default());
+    let ttl = ceph_config().auth_service_ticket_ttl;
+    let cutoff_by = (ttl / 4).min(Duration::from_secs(30));
+    let end = p.now + Duration::from_secs(2 * 86_400);
+    let mut tick = 0u64;
+    while p.now < end {
+        tick += 1;
+        let wall = p.wall();
+        p.server.rotate(wall, &mut TestRng::new(1000 + tick));
+        // osd.0 on its own clock.
+        let osd_wall = utime_add(wall, SKEW);
+        let cutoff = duration_to_utime(utime_to_duration(osd_wall) - cutoff_by);
+        if keys.rotating.secrets.len() < 3
+            || keys.rotating.current().is_none_or(|(_, k)| k.expiration <= cutoff)
+        {
+            osd.request_rotating_secrets();
+        }
+        drive_second(&mut p, &mut osd, &mut osd_session, &mut osd_events).unwrap();
+        for e in osd_events.drain(..) {
+            if let ClientEvent::RotatingSecrets(r) = e {
+                keys.rotating = r;
+            }
+        }
+        // client.admin.
+        if p.client.poll_timeout().is_some_and(|t| t <= p.now) {
+            p.client.handle_timeout(p.now).unwrap();
+        }
+        p.drive().unwrap();
+        let mut authorizer = p.client.authorizer(EntityType::OSD, p.now).unwrap();
+        let mut verifier = AuthorizerVerifier::new();
+        let first = verifier.verify(
+            &keys,
+            EntityType::OSD,
+            authorizer.bytes(),
+            true,
+            osd_wall,
+            None,
+            &mut p.rng,
+        );
+        let verdict = match first {
+            Ok(AuthorizerVerdict::Challenge(ch)) => {
+                let again = authorizer.handle_challenge(&ch).unwrap();
+                verifier.verify(&keys, EntityType::OSD, &again, true, osd_wall, None, &mut p.rng)
+            }
+            other => other,
+        };
+        let at = p.now - p.start;
+        assert!(matches!(verdict, Ok(AuthorizerVerdict::Accepted(_))), "at {at:?}: {verdict:?}");
+        p.now += Duration::from_secs(60);
+    }
+    // A ticket a whole lifetime past its expiry is still refused, whatever the secrets.
+    let ticket = p.client.service_ticket(EntityType::OSD, p.now).unwrap().clone();
+    let stale = utime_add(p.wall(), ttl * 2 + Duration::from_secs(1));
+    let authorizer = Authorizer::new(p.client.global_id(), &ticket, &mut p.rng);
+    let r = AuthorizerVerifier::new().verify(
+        &keys,
+        EntityType::OSD,
+        authorizer.bytes(),
+        false,
+        stale,
+        None,
+        &mut p.rng,
+    );
+    assert_eq!(r, Err(AuthError::Expired));
 }

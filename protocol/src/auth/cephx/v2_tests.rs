@@ -276,9 +276,10 @@ fn wrong_key_is_refused_with_eacces() {
     );
 }
 
-// An authorizer sealed with another cluster's secrets, and one whose ticket expired at
-// the acceptor's now: AUTH_BAD_METHOD -EACCES. The connector's session is lossless: it
-// faults and dials again after its backoff, as Ceph's does, delivering nothing.
+// An authorizer sealed with another cluster's secrets, and one whose ticket expired a
+// whole lifetime before the acceptor's now: AUTH_BAD_METHOD -EACCES. The connector's
+// session is lossless: it faults and dials again after its backoff, as Ceph's does,
+// delivering nothing.
 #[test]
 fn bad_or_expired_authorizer_is_refused() {
     let start = Instant::now();
@@ -301,7 +302,9 @@ fn bad_or_expired_authorizer_is_refused() {
     let osd1 = provider(&c, EntityType::OSD, "1", 8).with_key_server(c.server.clone());
     let authorizer = Authorizer::new(4300, &good, &mut rng);
     let mut sv = osd1.server(EntityType::OSD, AUTH_CEPHX).unwrap();
-    let late = start + AuthConfig::ceph_defaults().auth_service_ticket_ttl + Duration::from_secs(1);
+    // Expired a whole lifetime ago (until then it is taken, as by Ceph's daemons).
+    let late =
+        start + 2 * AuthConfig::ceph_defaults().auth_service_ticket_ttl + Duration::from_secs(1);
     assert_eq!(
         sv.handle_request(late, ConMode::CRC, false, authorizer.bytes()),
         AuthStep::Reject { result: EACCES }
