@@ -45,6 +45,13 @@ use super::ticket::{decode_ticket_reply, ReceivedTicket};
 
 const LOG: &str = "msgr::auth";
 
+/// The soonest a ticket is asked for again after the monitor's last answer: Ceph's
+/// MonClient checks its tickets on its tick, once a second (the smaller of
+/// `mon_client_ping_interval` and `mon_client_log_interval`). A monitor handing out
+/// tickets of no validity, or leaving a service out, is otherwise asked again at once,
+/// at the speed of the round trip.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
 /// What a [`CephxClient`] needs to know.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -94,7 +101,7 @@ pub enum ClientEvent {
 #[derive(Clone, Debug)]
 struct Held {
     ticket: ReceivedTicket,
-    /// 75 % of the validity (Ceph's `renew_after`).
+    /// 75 % of the validity (Ceph's `renew_after`), but no sooner than [`RECHECK_AFTER`].
     renew_at: Instant,
     /// End of validity on our clock.
     expires_at: Instant,
@@ -105,7 +112,7 @@ impl Held {
         // No longer than the wire can say (u32 seconds): a ticket minted locally with a
         // user's ttl may say more, and `Instant + Duration` panics past its range.
         let v = ticket.validity.min(Duration::from_secs(u64::from(u32::MAX)));
-        Held { renew_at: now + v - v / 4, expires_at: now + v, ticket }
+        Held { renew_at: now + (v - v / 4).max(RECHECK_AFTER), expires_at: now + v, ticket }
     }
 }
 
@@ -577,8 +584,14 @@ impl CephxClient {
             .ok_or(AuthError::Misuse("service tickets without an auth ticket"))?;
         let tickets = decode_ticket_reply(&mut d, &session_key, |s| self.previous_key(s))?;
         let got = self.store_services(now, tickets);
-        // Services the monitor has no secrets for are not asked again and again.
+        // Services the monitor has no secrets for are not asked again and again: those
+        // renewed and left out wait for the next check.
         self.want_services = self.want_services.without(asked);
+        for (service, held) in &mut self.services {
+            if asked.without(got).contains(*service) {
+                held.renew_at = held.renew_at.max(now + RECHECK_AFTER);
+            }
+        }
         if !got.is_empty() {
             self.events.push_back(ClientEvent::ServiceTickets(got));
         }

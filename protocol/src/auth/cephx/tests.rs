@@ -762,3 +762,65 @@ fn an_osd_whose_clock_runs_ahead_accepts_tickets_over_days() {
     );
     assert_eq!(r, Err(AuthError::Expired));
 }
+
+// A monitor handing out tickets of no validity (or leaving out a service it was asked
+// to renew) must not be asked again at once, over and over: Ceph's MonClient checks its
+// tickets on its tick, once a second. Before, the renewal was due again the moment the
+// reply came, and the client asked at the speed of the round trip.
+#[test]
+fn tickets_without_validity_are_renewed_once_a_second_not_in_a_loop() {
+    for (mon_ttl, service_ttl) in [(3600, 0), (0, 3600)] {
+        let mut cfg = ceph_config();
+        cfg.auth_mon_ticket_ttl = Duration::from_secs(mon_ttl);
+        cfg.auth_service_ticket_ttl = Duration::from_secs(service_ttl);
+        let mut p = Pair::new(31, "client.admin", cfg);
+        p.new_session();
+        p.drive().unwrap();
+        let (t0, sent0) = (p.now, p.sent.len());
+        for _ in 0..20 {
+            p.advance_to_timeout().unwrap();
+            p.drive().unwrap();
+        }
+        let asked = p.sent.len() - sent0;
+        assert!(asked >= 10, "ttls {mon_ttl}/{service_ttl}: still renewed ({asked})");
+        assert!(
+            p.now - t0 >= Duration::from_secs(asked as u64 - 1),
+            "ttls {mon_ttl}/{service_ttl}: {asked} renewals in {:?}",
+            p.now - t0
+        );
+    }
+}
+
+// A service the monitor leaves out of its reply (it has no secrets for it) is asked
+// for again at the next check, not at once.
+#[test]
+fn a_service_left_out_of_a_renewal_is_asked_again_a_second_later() {
+    let mut cfg = ceph_config();
+    cfg.auth_service_ticket_ttl = Duration::from_secs(40);
+    let mut p = Pair::new(32, "client.admin", cfg);
+    p.new_session();
+    p.drive().unwrap();
+    assert!(p.client.service_ticket(EntityType::OSD, p.now).is_some());
+    // The renewal is due; the monitor answers without any ticket.
+    p.advance_to_timeout().unwrap();
+    let req = p.client.poll_request(p.now).expect("renewal");
+    let mut e = crate::encoding::Encoder::new();
+    super::request::ResponseHeader {
+        request_type: RequestType::GET_PRINCIPAL_SESSION_KEY,
+        status: 0,
+    }
+    .encode(&mut e);
+    let session_key = p.client.auth_ticket().unwrap().session_key.clone();
+    super::ticket::encode_ticket_reply(&mut e, &session_key, &[]);
+    let reply = crate::messages::MAuthReply {
+        protocol: req.protocol,
+        result: 0,
+        global_id: p.client.global_id(),
+        result_bl: bytes::Bytes::from(e.into_vec()),
+        result_msg: String::new(),
+    };
+    let at = p.now;
+    p.client.handle_reply(p.now, &reply).unwrap();
+    let next = p.client.poll_timeout().expect("a renewal is still wanted");
+    assert!(next >= at + Duration::from_secs(1), "asked again after {:?}", next - at);
+}
