@@ -77,8 +77,6 @@ pub struct Throttle {
     /// it by [`InFlight::held_while_others_wait`], which runs before every read of a
     /// message arriving in several windows.
     queued: AtomicBool,
-    /// Blocked [`acquire`](Self::acquire) callers sleep here; each checks its own grant flag.
-    granted: Condvar,
 }
 
 struct State {
@@ -121,10 +119,20 @@ struct Waiter {
 }
 
 enum WaiterKind {
-    /// A user thread in `acquire`; the grant sets the flag.
-    Blocking(Arc<AtomicBool>),
+    /// A user thread in `acquire`; the grant sets its flag and wakes it alone.
+    Blocking(Arc<Blocked>),
     /// A worker; the grant is kept for its [`Waiting`] and the waker called.
     Wake(Waker),
+}
+
+/// A user thread blocked in [`Throttle::acquire`]: it sleeps on its own condvar (with
+/// the state lock), as Ceph's `Throttle` keeps one per waiter, so that a grant wakes the
+/// threads it grants and no other.
+#[derive(Default)]
+struct Blocked {
+    /// Set, under the state lock, when the request was granted.
+    granted: AtomicBool,
+    wake: Condvar,
 }
 
 /// Snapshot of a throttle's counters, named as Ceph's throttle perf counters.
@@ -243,9 +251,9 @@ impl State {
             self.hold(t, w.need);
         }
         match w.kind {
-            WaiterKind::Blocking(flag) => {
-                flag.store(true, Ordering::Release);
-                out.blocking = true;
+            WaiterKind::Blocking(blocked) => {
+                blocked.granted.store(true, Ordering::Release);
+                out.blocking.push(blocked);
             }
             WaiterKind::Wake(waker) => {
                 self.grants.insert(id, (w.need, w.ticket));
@@ -303,11 +311,11 @@ impl State {
     }
 }
 
-/// What [`State::serve`] granted: wakers to call and whether blocked threads must look.
+/// What [`State::serve`] granted: wakers to call and blocked threads to wake.
 #[derive(Default)]
 struct Served {
     wakers: Vec<Waker>,
-    blocking: bool,
+    blocking: Vec<Arc<Blocked>>,
 }
 
 impl Throttle {
@@ -326,7 +334,6 @@ impl Throttle {
                 inflight_held: 0,
                 counters: ThrottleCounters::default(),
             }),
-            granted: Condvar::new(),
             queued: AtomicBool::new(false),
         })
     }
@@ -417,12 +424,12 @@ impl Throttle {
             st.charge(n);
             return self.permit(n);
         }
-        let flag = Arc::new(AtomicBool::new(false));
-        st.queue(n, WaiterKind::Blocking(Arc::clone(&flag)), None);
+        let blocked = Arc::new(Blocked::default());
+        st.queue(n, WaiterKind::Blocking(Arc::clone(&blocked)), None);
         self.queued.store(true, Ordering::Relaxed);
         let started = Instant::now();
-        while !flag.load(Ordering::Acquire) {
-            self.granted.wait(&mut st);
+        while !blocked.granted.load(Ordering::Acquire) {
+            blocked.wake.wait(&mut st);
         }
         st.counters.wait_time += started.elapsed();
         // The granting thread already charged `n` and counted the get.
@@ -443,12 +450,19 @@ impl Throttle {
     /// oldest registered, its requests through [`InFlight::acquire_or_wait`] are always
     /// granted. Drop the [`InFlight`] when the message completes or is abandoned.
     pub fn begin_inflight(self: &Arc<Self>, ticket: Ticket, held: u64) -> InFlight {
-        let mut st = self.state.lock();
-        if let Some(old) = st.inflight.insert(ticket.0, Progress { waiting: None, held }) {
-            st.inflight_held = st.inflight_held.saturating_sub(old.held);
+        let served = {
+            let mut st = self.state.lock();
+            if let Some(old) = st.inflight.insert(ticket.0, Progress { waiting: None, held }) {
+                st.inflight_held = st.inflight_held.saturating_sub(old.held);
+            }
+            st.inflight_held = st.inflight_held.saturating_add(held);
+            // What it holds now counts as in progress: that may bring what is not in
+            // progress back within the maximum, and the oldest waiting one goes on.
+            st.anyone_waits().then(|| self.serve(&mut st))
+        };
+        if let Some(served) = served {
+            self.finish_serving(served);
         }
-        st.inflight_held = st.inflight_held.saturating_add(held);
-        drop(st);
         InFlight { throttle: Arc::clone(self), ticket: ticket.0 }
     }
 
@@ -504,8 +518,8 @@ impl Throttle {
 
     /// Wakes what `serve` granted; called without the lock.
     fn finish_serving(&self, served: Served) {
-        if served.blocking {
-            self.granted.notify_all();
+        for b in served.blocking {
+            b.wake.notify_one();
         }
         for w in served.wakers {
             w();
@@ -1083,6 +1097,41 @@ mod tests {
         assert_eq!(t.current(), 24);
         drop((pb, more_b, ib));
         assert_eq!(t.current(), 0);
+    }
+
+    // A registration moves the first window a message holds from "not in progress" to
+    // "in progress": that may bring what the messages in progress do not hold back within
+    // the maximum, and then the oldest message in progress, waiting for its next window
+    // on that rule, goes on at once, as after a release. Before, it slept on until some
+    // later release, and the newly registered message's own next window queued behind
+    // it: both waited while nothing else held anything to release but a kept message.
+    #[test]
+    fn a_registration_that_lets_the_oldest_go_on_serves_it() {
+        let t = Throttle::new("t", 10);
+        let (a, b, c) = (Ticket::next(), Ticket::next(), Ticket::next());
+        let first_a = t.try_acquire(2).expect("a's first window");
+        let ia = t.begin_inflight(a, 2);
+        let first_c = t.try_acquire(3).expect("c's first window, c not registered yet");
+        let first_b = t.try_acquire(3).expect("b's first window");
+        let ib = t.begin_inflight(b, 3);
+        // a, the oldest, goes on past the maximum, completes and is kept (handed on).
+        let more_a = ia.acquire_or_wait(7, Box::new(|| {})).expect("the oldest goes on");
+        drop(ia);
+        // Its 9 are kept by its dispatcher.
+        let kept_a = (first_a, more_a);
+        // b, now the oldest, waits: 9 kept + c's 3 not in progress is past the maximum.
+        let (tx, rx) = unbounded();
+        let wb = ib
+            .acquire_or_wait(5, Box::new(move || tx.send(()).expect("rx")))
+            .expect_err("a's kept overshoot and c's first window are past the maximum");
+        // c registers its 3: what is not in progress (a's kept 9) is within the maximum.
+        let ic = t.begin_inflight(c, 3);
+        rx.try_recv()
+            .expect("b, the oldest, goes on once what is not in progress is within the maximum");
+        let more_b = wb.try_take().expect("granted");
+        assert_eq!(t.counters().inflight_overshoot, 2);
+        drop((more_b, first_b, ib, first_c, ic, kept_a));
+        assert_eq!((t.current(), t.waiting()), (0, 0));
     }
 
     #[test]

@@ -215,3 +215,52 @@ fn a_closed_connection_does_not_strand_others() {
     assert_eq!((t.waiting(), t.current()), (0, 60));
     drop(p);
 }
+
+/// The voluntary context switches of the calling thread so far (Linux): each time it
+/// slept, in a condvar or a contended lock.
+fn my_sleeps() -> u64 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").expect("procfs");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
+/// A release wakes exactly the blocked threads it grants, in FIFO order (Ceph's
+/// `Throttle` keeps a condvar per waiter and signals the front one): the others sleep
+/// on. Before, every grant woke every blocked thread, each to find its request still
+/// queued and sleep again: O(blocked threads) wakeups per release, O(n²) for n blocked
+/// threads let through one by one.
+#[test]
+fn a_release_wakes_only_the_blocked_threads_it_grants() {
+    const N: usize = 48;
+    let t = Throttle::new("t", 1);
+    let held = t.try_acquire(1).expect("fits");
+    let (tx, rx) = unbounded();
+    let threads: Vec<_> = (0..N)
+        .map(|i| {
+            let mine = Arc::clone(&t);
+            let tx = tx.clone();
+            let th = std::thread::spawn(move || {
+                let before = my_sleeps();
+                let p = mine.acquire(1);
+                let slept = my_sleeps() - before;
+                tx.send(i).expect("rx");
+                drop(p); // grants the next one
+                slept
+            });
+            // Queued in this order.
+            wait_until(|| t.waiting() == i + 1);
+            th
+        })
+        .collect();
+    drop(held);
+    let order: Vec<usize> = (0..N).map(|_| rx.recv_timeout(WAIT).expect("granted")).collect();
+    assert_eq!(order, (0..N).collect::<Vec<_>>(), "FIFO");
+    let slept: Vec<u64> = threads.into_iter().map(|h| h.join().expect("thread")).collect();
+    let total: u64 = slept.iter().sum();
+    // One sleep each for its grant, and now and then one on the lock.
+    assert!(total <= 3 * N as u64, "{total} sleeps for {N} grants: {slept:?}");
+    assert_eq!((t.current(), t.waiting()), (0, 0));
+}
