@@ -6,7 +6,8 @@
 //!   `DispatchQueue::enqueue` makes everything from `CEPH_MSG_PRIO_LOW` (64) up strict
 //!   (checked in 16.2 and 20.2), so there a backlog of `PRIO_HIGH` messages (an OSD's
 //!   heartbeats) always goes before `PRIO_DEFAULT` ones; here they share turns 196 : 127.
-//!   The cut at `PRIO_HIGH` is the OSD op queue's (`osd_op_queue_cut_off = high`);
+//!   The cut is DESIGN.md's, near the OSD op queue's (`osd_op_queue_cut_off = high`),
+//!   which makes `PRIO_HIGH` itself strict (`priority >= cutoff`) where we do not;
 //! - the others share turns by smooth weighted round robin with the priority value as
 //!   the weight: over any stretch where priorities `a` and `b` both stay non-empty, they
 //!   get turns in the ratio `a : b`, each within one turn of its exact share, so no
