@@ -429,7 +429,7 @@ impl FrameDecoder {
 
     /// The frame in progress waits for more input (or for its budget): its segments
     /// received so far that are slices of the read they came in, and shorter than
-    /// [`OWN_COPY_BELOW`], are copied into buffers of their own, once each. Kept as
+    /// `OWN_COPY_BELOW` (16 KiB), are copied into buffers of their own, once each. Kept as
     /// slices while the frame waited, they pinned the whole shared read buffer (64 KiB
     /// per connection, for a message charged its first window).
     pub fn unpin_segments(&mut self) {
