@@ -219,7 +219,8 @@ impl CephMon {
     /// `ms_bind_ipv6 = true`, `ms_bind_ipv4 = false`): [`CephMon::addr`] is its v1
     /// address; its monmap has the msgr2 one.
     pub fn start_ipv6(test: &str) -> io::Result<Option<CephMon>> {
-        CephMon::start_on(test, std::net::Ipv6Addr::LOCALHOST.into(), Bind::Both, Auth::None, &[])
+        let ip = std::net::Ipv6Addr::LOCALHOST.into();
+        CephMon::start_on(test, ip, None, Bind::Both, Auth::None, &[])
     }
 
     /// `bind`: msgr v1, msgr2 or both; `auth`: auth none or cephx; `options`: extra
@@ -230,13 +231,36 @@ impl CephMon {
         auth: Auth,
         options: &[(&str, &str)],
     ) -> io::Result<Option<CephMon>> {
-        CephMon::start_on(test, std::net::Ipv4Addr::LOCALHOST.into(), bind, auth, options)
+        CephMon::start_on(test, std::net::Ipv4Addr::LOCALHOST.into(), None, bind, auth, options)
+    }
+
+    /// As [`CephMon::start_cephx_msgr2_only`], but the monitor announces `public` (its
+    /// monmap address, `mon_host`) while it listens on `bind` (`public_bind_addr`), as a
+    /// monitor behind a NAT or a container's port mapping: whatever listens on `public`
+    /// (a proxy passing every byte, which secure mode needs) must forward to `bind`
+    /// before this is called, since the readiness check (`rados`) dials `public`.
+    /// [`CephMon::addr`] is `bind`.
+    pub fn start_cephx_msgr2_behind(
+        test: &str,
+        bind: SocketAddr,
+        public: SocketAddr,
+        options: &[(&str, &str)],
+    ) -> io::Result<Option<CephMon>> {
+        CephMon::start_on(
+            test,
+            bind.ip(),
+            Some((bind.port(), public)),
+            Bind::Msgr2,
+            Auth::Cephx,
+            options,
+        )
     }
 
     /// [`CephMon::start_with_auth`] on loopback address `ip` (127.0.0.1 or `[::1]`).
     fn start_on(
         test: &str,
         ip: std::net::IpAddr,
+        behind: Option<(u16, SocketAddr)>,
         bind: Bind,
         auth: Auth,
         options: &[(&str, &str)],
@@ -245,8 +269,13 @@ impl CephMon {
             return Ok(None);
         }
         let dir = unique_dir("asyncmsgr-mon")?;
-        let port = free_loopback_port()?;
+        let port = match behind {
+            Some((port, _)) => port,
+            None => free_loopback_port()?,
+        };
         let addr = SocketAddr::new(ip, port);
+        // What the monitor announces (its monmap address): `addr` unless behind a proxy.
+        let announced = behind.map_or(addr, |(_, public)| public);
         let fsid = random_uuid()?;
         let d = dir.display();
         let cephx = auth == Auth::Cephx;
@@ -272,7 +301,13 @@ impl CephMon {
         // vector there is refused by Ceph, which then uses the monmap's, so none).
         let (addrs, mon_addr, v1, v2) = match bind {
             Bind::Msgr1 => (format!("v1:{addr}"), format!("mon_addr = v1:{addr}\n"), true, false),
-            Bind::Msgr2 => (format!("v2:{addr}"), format!("mon_addr = v2:{addr}\n"), false, true),
+            Bind::Msgr2 => {
+                let mut section = format!("mon_addr = v2:{announced}\n");
+                if behind.is_some() {
+                    section.push_str(&format!("public_bind_addr = v2:{addr}\n"));
+                }
+                (format!("v2:{announced}"), section, false, true)
+            }
             Bind::Both => {
                 let v2_addr = SocketAddr::new(ip, free_loopback_port()?);
                 (format!("[v2:{v2_addr},v1:{addr}]"), String::new(), true, true)
@@ -584,6 +619,13 @@ impl CephOsd {
         self.v1_nonce = v1_nonce;
         self.v2_addr = v2;
         Ok(())
+    }
+
+    /// Kills the OSD and starts it again (a new incarnation: a new nonce, and the ports
+    /// it then finds free), waiting until it is active; its addresses are re-read.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.kill();
+        self.launch()
     }
 
     /// Kills the OSD (SIGKILL) and waits until it is gone; the monitor keeps running.

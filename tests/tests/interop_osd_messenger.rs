@@ -145,3 +145,52 @@ fn real_osd_answers_signed_commands_through_the_messenger() {
     assert!(osd.is_running());
     admin.msgr.shutdown();
 }
+
+/// The first of a reset or refusal of `conn` (`None`), or a message on it (`Some`),
+/// within `WAIT`; a stall fails the test.
+fn reply_or_drop(admin: &Admin, conn: &Connection) -> Option<MCommandReply> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match admin.rx.recv_deadline(deadline) {
+            Ok(Seen::Message(c, m)) if &c == conn => {
+                return Some(MCommandReply::from_message(&m).expect("MCommandReply decodes"))
+            }
+            Ok(Seen::Reset(c) | Seen::Refused(c)) if &c == conn => return None,
+            Ok(_) => {}
+            Err(e) => panic!("no reply and no reset within {WAIT:?}: {e}"),
+        }
+    }
+}
+
+/// The real OSD is killed and started again (a new incarnation, a new nonce): our
+/// lossy session to it is reported reset; a connection to its old address (old nonce)
+/// never talks to the new incarnation (Ceph's v1 connector faults on "connect claims to
+/// be ... not ..."); one to the address the osdmap now has is answered.
+#[test]
+fn real_osd_restarted_is_a_new_incarnation() {
+    init_logging();
+    let Some(mut osd) = CephOsd::start("real_osd_restarted").expect("start cluster") else {
+        return;
+    };
+    let admin = admin(&osd);
+    let old = osd_v1_addr(&osd);
+    let conn = admin.msgr.connect_to(EntityType::OSD, old);
+    send_version(&admin, &conn, 1);
+    assert_version_json(&reply_on(&admin, &conn));
+    osd.restart().expect("restart the OSD");
+    assert!(reply_or_drop(&admin, &conn).is_none(), "the old session is reset");
+    let new = osd_v1_addr(&osd);
+    eprintln!("old {old:?}, new {new:?}");
+    assert_ne!(old.nonce, new.nonce);
+
+    let stale = admin.msgr.connect_to(EntityType::OSD, old);
+    send_version(&admin, &stale, 2);
+    let r = reply_or_drop(&admin, &stale);
+    assert!(r.is_none(), "answered on the old incarnation's address: {r:?}");
+    admin.msgr.mark_down_all();
+
+    let fresh = admin.msgr.connect_to(EntityType::OSD, new);
+    send_version(&admin, &fresh, 3);
+    assert_version_json(&reply_on(&admin, &fresh));
+    admin.msgr.shutdown();
+}
