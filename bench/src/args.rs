@@ -482,14 +482,24 @@ impl Args {
             Some(cephx) => cephx || a.variant.secure,
             None => a.variant.secure,
         };
+        // `modes` and `conns` have peers of their own, chosen here so that the options
+        // below apply to them as to the default table's.
+        if !a.peers_given {
+            match a.mode {
+                Mode::Modes => a.peers = Peer::MODES.to_vec(),
+                Mode::Conns => a.peers = Peer::SCALING.to_vec(),
+                _ => {}
+            }
+        }
         // `--lossless` / `--queued` / `--proto` apply to the plain asyncmsgr peer; with
-        // `--proto v2` the default table's separate v2 row would repeat it.
+        // `--proto v2` the default table's separate v2 row would repeat it (and with
+        // `--lossless` or `--queued`, a row of `modes`).
         for p in &mut a.peers {
             if *p == Peer::Asyncmsgr(MsgrVariant::V1) {
                 *p = Peer::Asyncmsgr(a.variant);
             }
         }
-        if a.variant.v2 && !a.peers_given {
+        if !a.peers_given {
             let mut seen = Vec::with_capacity(a.peers.len());
             a.peers.retain(|p| {
                 let first = !seen.contains(p);
@@ -641,6 +651,27 @@ mod tests {
         }
         // The same options stay fine elsewhere.
         assert!(parse("conns --proto v2 --lossless --queued").is_ok());
+    }
+
+    /// `modes` and `conns` choose their own peers, and `--proto`, `--lossless`, `--queued`
+    /// (accepted for them) apply to those peers: the run is what its command line says,
+    /// not the plain asyncmsgr row under a command line that asked for another.
+    #[test]
+    fn the_modes_own_peers_take_the_variant_options() {
+        let names =
+            |s: &str| parse(s).unwrap().peers.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        assert_eq!(names("conns"), ["asyncmsgr", "tokio-ct64"]);
+        assert_eq!(names("conns --proto v2 --lossless"), ["asyncmsgr-v2+lossless", "tokio-ct64"]);
+        assert_eq!(
+            names("modes"),
+            ["asyncmsgr", "asyncmsgr+lossless", "asyncmsgr+queued", "asyncmsgr+queued-server"]
+        );
+        assert_eq!(names("modes --proto v2")[0], "asyncmsgr-v2");
+        assert_eq!(
+            names("modes --lossless"),
+            ["asyncmsgr+lossless", "asyncmsgr+queued", "asyncmsgr+queued-server"]
+        );
+        assert_eq!(names("conns --peers asyncmsgr,std"), ["asyncmsgr", "std-batched"]);
     }
 
     #[test]

@@ -123,11 +123,8 @@ fn main() -> ExitCode {
         eprintln!("{e}");
         return ExitCode::from(2);
     }
-    match args.mode {
-        Mode::Floor => args.depth = 1,
-        Mode::Modes if !args.peers_given => args.peers = Peer::MODES.to_vec(),
-        Mode::Conns if !args.peers_given => args.peers = Peer::SCALING.to_vec(),
-        _ => {}
+    if args.mode == Mode::Floor {
+        args.depth = 1;
     }
     if args.addr.port() == 0 && args.mode == Mode::Client {
         eprintln!("client mode needs --addr IP:PORT of a running `bench server`");

@@ -449,11 +449,25 @@ pub fn client(
     auth: Option<Arc<CephxProvider>>,
     name: &str,
 ) -> io::Result<Report> {
+    client_of(args, || Ok(server), variant, auth, name)
+}
+
+/// [`client`] of the server at the address `server` returns. `server` runs inside the
+/// measured window, so a server it starts is set up there, timed and its CPU counted, as
+/// every other peer's `start` sets up its server.
+fn client_of(
+    args: &Args,
+    server: impl FnOnce() -> io::Result<SocketAddr>,
+    variant: MsgrVariant,
+    auth: Option<Arc<CephxProvider>>,
+    name: &str,
+) -> io::Result<Report> {
     if wants_cephx(variant) && auth.is_none() {
         return Err(io::Error::other("cephx needs the clients' cephx provider"));
     }
     let resets = Arc::new(AtomicU64::new(0));
     let mut report = measure(args, name, |deadline, done, signals| {
+        let server = server()?;
         let pool = worker_pool(args, variant, "bench-client")?;
         let payload = Bytes::from(vec![0xa5; args.size]);
         // The server announces nonce 0 on one port for both protocols: msgr2 is its
@@ -524,11 +538,28 @@ pub fn run(args: &Args, variant: MsgrVariant, name: &str) -> io::Result<Report> 
         None => (None, None),
     };
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let server = server_with(args, loopback, variant, server_auth)?;
-    let report = client(args, server.addr, variant, client_auth, name);
-    server.shutdown();
+    // Started inside the measured window, as the tokio and std peers start theirs.
+    let mut started: Option<Server> = None;
+    let report = client_of(
+        args,
+        || {
+            let server = server_with(args, loopback, variant, server_auth)?;
+            let addr = server.addr;
+            started = Some(server);
+            Ok(addr)
+        },
+        variant,
+        client_auth,
+        name,
+    );
+    if let Some(server) = &started {
+        server.shutdown();
+    }
     let mut report = report?;
     if report.failure.is_none() {
+        let Some(server) = &started else {
+            return Err(io::Error::other("the asyncmsgr server was not started"));
+        };
         report.failure = server.accepted.check(variant, args.conns).err().map(|e| e.to_string());
     }
     Ok(report)

@@ -198,9 +198,8 @@ impl Deframer {
         if head[0] != Tag::MSG.0 {
             return Err(WireError::BadTag(head[0]));
         }
-        // The crc on the bytes received, as asyncmsgr's decoder takes it.
-        let (header, _) = MsgHeader::decode_checked(&head[1..], self.crc)
-            .map_err(|e| WireError::Header(e.to_string()))?;
+        let (header, _) =
+            MsgHeader::decode(&head[1..]).map_err(|e| WireError::Header(e.to_string()))?;
         let l = &self.limits;
         if header.front_len > l.max_front
             || header.middle_len > l.max_middle
@@ -214,6 +213,18 @@ impl Deframer {
         let Some(frame) = buf.get(..len) else {
             return Ok(Parsed::NeedMore(len));
         };
+        // The crc on the bytes received, as asyncmsgr's decoder takes it, once per frame:
+        // a caller that parses after every read (the tokio codec) does not take it again
+        // for each read a large frame needs.
+        if self.crc {
+            let got = ceph_crc32c(0, &head[1..1 + MsgHeader::CRC_COVERED]);
+            if got != header.crc {
+                return Err(WireError::Header(format!(
+                    "bad header crc: {got:#010x}, the header says {:#010x}",
+                    header.crc
+                )));
+            }
+        }
         let (footer, _) = MsgFooter::decode(&frame[len - FOOTER_LEN..], FOOTER)
             .map_err(|e| WireError::Header(e.to_string()))?;
         if !footer.flags.contains(FooterFlags::COMPLETE) {
@@ -268,6 +279,28 @@ mod tests {
             let Parsed::Frame { header, len: n } = d.parse(&bytes).unwrap() else { panic!() };
             assert_eq!((header.tid, header.seq, n), (tid, tid, bytes.len()));
         }
+    }
+
+    /// A frame that arrives over several reads has its header crc taken once, when the
+    /// frame is whole, as the std peer (`checked_len`, then `parse`) and asyncmsgr's
+    /// decoder take it: the tokio codec calls `parse` after every read, and a header crc
+    /// per call was crc work the other peers do not do. Observable: until the frame is
+    /// whole, a header whose crc is wrong is not looked at (its tag and lengths are).
+    #[test]
+    fn the_header_crc_is_taken_once_the_frame_is_whole() {
+        let mut f = Framer::new(client_name(0), true);
+        let mut bad = frame(&mut f, 1, &[7u8; 4096]);
+        bad[1 + 20] ^= 1; // the header's version field: its crc no longer matches
+        let mut d = Deframer::new(true);
+        for n in [HEAD_LEN, HEAD_LEN + 100, bad.len() - 1] {
+            assert_eq!(d.parse(&bad[..n]), Ok(Parsed::NeedMore(bad.len())), "{n} bytes in");
+        }
+        let err = d.parse(&bad).unwrap_err();
+        assert!(err.to_string().contains("bad header"), "{err}");
+        // A bad tag or length is still refused at once.
+        let mut huge = bad[..HEAD_LEN].to_vec();
+        huge[1 + 30..1 + 34].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(d.parse(&huge), Err(WireError::TooLarge(_))));
     }
 
     #[test]
