@@ -386,7 +386,10 @@ impl Machine {
             peer_global_seq: seqs.peer_global_seq,
             client_cookie: cookies.client,
             server_cookie: cookies.server,
-            lossy: policy.is_some_and(|p| p.lossy),
+            // As the machine has it: a connector takes it from the acceptor's reply, as
+            // Ceph's `client_ready` (and msgr2's `handle_server_ident`) sets the
+            // `policy.lossy` an accept decision reads as `existing->policy.lossy`.
+            lossy: policy.is_some() && self.0.is_lossy(),
             server_policy: policy.is_some_and(|p| p.server),
         }
     }
@@ -399,6 +402,8 @@ impl Machine {
     /// the peer decided before this connection's reply is framed is found stale.
     pub(crate) fn snapshot_on_open(&self, req: &AcceptRequest, policy: &Policy) -> SessionSnapshot {
         let mut snap = self.snapshot(Some(policy));
+        // (The machine takes the policy with the decision, after this.)
+        snap.lossy = policy.lossy;
         snap.peer_global_seq = req.global_seq();
         match req.kind {
             RequestKind::Connect { connect_seq, .. } => snap.connect_seq = connect_seq.next_v1(),

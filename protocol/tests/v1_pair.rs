@@ -764,3 +764,79 @@ fn a_retry_session_to_a_lower_connect_seq_is_refused_and_nothing_is_delivered_tw
     assert_eq!(p.nodes[0].remote_resets + p.nodes[1].remote_resets, 0);
     assert_one_session(&p);
 }
+
+/// A v1 pair whose connector (node 0, a lossless client) does not advertise
+/// RECONNECT_SEQ, against a stateful server (node 1).
+fn client_server_without_reconnect_seq() -> Pair {
+    use protocol::testing::node_config;
+    use protocol::ProtocolVersion;
+    let mut c0 = node_config(ProtocolVersion::V1, 0, 6789, 1);
+    c0.features_supported =
+        Features(Features::PACIFIC_ADVERTISED.bits() & !Features::RECONNECT_SEQ.bits());
+    let c1 = node_config(ProtocolVersion::V1, 1, 6790, 2);
+    Pair::with_configs(
+        Instant::now(),
+        ProtocolVersion::V1,
+        c0,
+        Policy::lossless_client(),
+        c1,
+        Policy::stateful_server(),
+    )
+}
+
+// Without RECONNECT_SEQ the acceptor answers a reconnect READY, not SEQ: no seq
+// exchange. The connector keeps its in_seq and out_seq (Ceph's client_ready leaves
+// them), so the acceptor must keep the session's too unless the peer restarted (its
+// connect_seq 0): renumbered from 1, its next messages carried seqs the connector
+// already had and were dropped as duplicates (lost, then acknowledged), and with its
+// in_seq zeroed, the connector's resends of what it had already delivered were
+// delivered twice.
+#[test]
+fn a_reconnect_without_reconnect_seq_keeps_the_session_numbers() {
+    let mut p = client_server_without_reconnect_seq();
+    for i in 0..4 {
+        p.send(0, numbered(i));
+    }
+    p.drive();
+    for i in 100..104 {
+        p.send(1, numbered(i));
+    }
+    p.drive();
+    assert_eq!(numbers(&p.nodes[1].received), [0, 1, 2, 3]);
+    assert_eq!(numbers(&p.nodes[0].received), [100, 101, 102, 103]);
+    // Everything was acknowledged both ways; the connection drops.
+    p.cut_all();
+    p.send(1, numbered(104));
+    p.send(0, numbered(4));
+    p.run_for(Duration::from_secs(60));
+    assert_eq!(numbers(&p.nodes[1].received), [0, 1, 2, 3, 4], "server received");
+    assert_eq!(numbers(&p.nodes[0].received), [100, 101, 102, 103, 104], "client received");
+}
+
+// As above, but the connection drops once the server has the client's last two
+// messages and before its ACK of them reaches the client: the client resends them with
+// their seqs, which the server already delivered.
+#[test]
+fn a_reconnect_without_reconnect_seq_delivers_no_resend_twice() {
+    let run = |cut_after: Option<u64>| {
+        let mut p = client_server_without_reconnect_seq();
+        for i in 0..2 {
+            p.send(0, numbered(i));
+        }
+        p.drive();
+        let before = p.delivered;
+        p.cut_after = cut_after.map(|n| before + n);
+        p.send(0, numbered(2));
+        p.send(0, numbered(3));
+        p.drive();
+        (p, before)
+    };
+    // The bytes of the two messages and the ACK's tag: all the exchange delivers but
+    // the ACK's seq.
+    let (p, before) = run(None);
+    let (mut p, _) = run(Some(p.delivered - before - 8));
+    assert_eq!(numbers(&p.nodes[1].received), [0, 1, 2, 3]);
+    p.send(0, numbered(4));
+    p.run_for(Duration::from_secs(60));
+    assert_eq!(numbers(&p.nodes[1].received), [0, 1, 2, 3, 4], "server received");
+}

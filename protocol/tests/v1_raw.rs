@@ -493,6 +493,31 @@ fn connector_refuses_an_implausible_retry_global() {
     }
 }
 
+// The global_seq counter is the messenger's, for all its connections, and our acceptors
+// refuse a connect whose global_seq is above GLOBAL_SEQ_PLAUSIBLE. A hostile acceptor's
+// RETRY_GLOBAL at that limit itself was followed: it raised the counter just past it,
+// and every later connect of the messenger, to any peer, was refused by our acceptors
+// as implausible (faulted, retried, refused again: no session with them opens again).
+#[test]
+fn a_retry_global_leaves_our_later_connects_plausible() {
+    use protocol::session::GLOBAL_SEQ_PLAUSIBLE;
+    let config = Arc::new(me());
+    let (mut c, now, _) = connector_shared(config.clone(), Policy::lossless_peer());
+    c.handle_bytes(now, reply(Tag::RETRY_GLOBAL, GLOBAL_SEQ_PLAUSIBLE, 0, 0));
+    drain(&mut c);
+    // The messenger's next connection, to an honest acceptor of ours.
+    let (_, out) = past_banners(config.clone(), Policy::lossless_peer(), now);
+    let connect = last_connect(&out);
+    let (mut a, now, _) = acceptor();
+    let mut bytes = Vec::new();
+    connect.encode_with_authorizer(MON0_AUTHORIZER, &mut bytes);
+    a.handle_bytes(now, Bytes::from(bytes));
+    assert!(!a.is_closed(), "connect with global_seq {} refused", connect.global_seq);
+    // On to its authorizer: the connect passed the acceptor's checks.
+    let ev = events(&mut a);
+    assert!(matches!(ev.last(), Some(Event::VerifyAuthorizer { .. })), "{ev:?}");
+}
+
 // WAIT: back off for ms_max_backoff.
 #[test]
 fn connector_wait_backs_off_max() {

@@ -801,11 +801,16 @@ fn reconnecting_with_a_message_queued(c: &mut Connection, now: Instant) {
 #[allow(clippy::disallowed_methods)]
 fn an_implausible_retry_global_is_refused() {
     let plausible = u64::from(protocol::session::GLOBAL_SEQ_PLAUSIBLE);
+    // A raise leaves headroom below what our acceptors take: raised to the limit, the
+    // messenger's next attempts on every connection passed it and were refused.
+    let raise_limit = u64::from(protocol::session::GLOBAL_SEQ_RAISE_LIMIT);
     for (gs, followed) in [
         (u64::MAX, false),
         (1 << 32, false),
         (plausible + 1, false),
-        (plausible, true),
+        (plausible, false),
+        (raise_limit + 1, false),
+        (raise_limit, true),
         (1000, true),
     ] {
         let config = Arc::new(node_config(1, 6800, 9));

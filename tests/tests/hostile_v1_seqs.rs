@@ -2,11 +2,12 @@
 //! (or merely long-lived) client against our acceptor.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 
+use bytes::Bytes;
 use messenger::Policy;
-use protocol::types::{EntityAddr, EntityType};
-use protocol::wire::{ConnectReply, Tag, MAX_AUTHORIZER_LEN};
+use protocol::types::{EntityAddr, EntityType, Features};
+use protocol::wire::{ConnectReply, Tag, CONNECT_LOSSY, MAX_AUTHORIZER_LEN};
 use tests::hostile::*;
 use tests::loopback::*;
 
@@ -81,5 +82,48 @@ fn a_v1_connect_seq_at_the_top_of_its_field_does_not_lock_the_peer_out() {
         matches!(tags.last(), Some(&(Tag::SEQ | Tag::READY))),
         "the peer's reconnect never got in: {tags:?}"
     );
+    srv.shutdown();
+}
+
+/// Ceph's connector takes the session's lossiness from the acceptor's reply
+/// (`client_ready`: "this is fyi, actually, server decides!" sets `policy.lossy`), and
+/// an accept decision reads that as `existing->policy.lossy`: when the peer that made
+/// our dialled session lossy dials us in turn, its connect resets that session ("accept
+/// replacing existing (lossy) channel": `session_reset`, then `replace`, which stops it
+/// and queues its reset) and opens a new one, answered SEQ with our in_seq 0. Our
+/// decision saw the policy we dialled with (lossless), took the connect_seq 0 for a
+/// peer restart and kept the lossy session on the new socket, answered READY, and no
+/// dispatcher heard of a reset.
+#[test]
+fn a_session_its_acceptor_made_lossy_is_reset_when_that_peer_dials_us() {
+    let (srv, addr, rx) = server(EntityType::OSD, 1, Policy::lossless_peer(), false);
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+    let peer = EntityAddr::legacy(listener.local_addr().expect("addr"), 7);
+
+    // We dial the peer; its acceptor opens the session lossy.
+    let conn = srv.connect_to(EntityType::CLIENT, peer);
+    conn.send_message(test_message(MSG_HOSTILE, 1, Bytes::new())).expect("queued");
+    let (mut sock, _) = listener.accept().expect("our dial");
+    let connect = accept_v1_connect(&mut sock, peer);
+    let reply = ConnectReply {
+        features: Features::PACIFIC_ADVERTISED,
+        global_seq: 5,
+        connect_seq: connect.connect_seq + 1,
+        flags: CONNECT_LOSSY,
+        ..ConnectReply::new(Tag::READY)
+    };
+    sock.write_all(&reply.to_bytes()).expect("READY");
+    assert!(wait_for_event(&rx, |s| matches!(s, Seen::Connect(c) if *c == conn)), "no connect");
+
+    // The peer dials us: a new session of its own (connect_seq 0), global_seq above 5.
+    let mut back = banner_socket_as(addr, peer);
+    back.write_all(&session_connect(0, 6)).expect("connect");
+    let reply = read_reply(&mut back);
+    assert_eq!(reply.tag, Tag::SEQ, "a new session, not a restarted peer's");
+    assert!(
+        wait_for_event(&rx, |s| matches!(s, Seen::Reset(c) if *c == conn)),
+        "the lossy session was not reset"
+    );
+    drop(sock);
     srv.shutdown();
 }

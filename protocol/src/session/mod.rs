@@ -75,7 +75,9 @@ pub use machine::Machine;
 pub(crate) use machine::Protocol;
 pub use policy::Policy;
 pub use race::{AcceptRequest, Decision, ExistingSession, ExistingState, RequestKind, TableEffect};
-pub use seq::{ConnectSeq, GlobalSeq, GlobalSeqCounter, Seq, GLOBAL_SEQ_PLAUSIBLE};
+pub use seq::{
+    ConnectSeq, GlobalSeq, GlobalSeqCounter, Seq, GLOBAL_SEQ_PLAUSIBLE, GLOBAL_SEQ_RAISE_LIMIT,
+};
 pub use state::SessionState;
 
 pub(crate) use clock::later;

@@ -84,10 +84,17 @@ impl fmt::Display for GlobalSeq {
     }
 }
 
-/// The highest global_seq a peer's retry may raise the counter to (half of v1's 32-bit
-/// field; Ceph's counter is 32 bits): no messenger makes that many connect attempts, and
-/// the counter, shared by both protocols, must stay where v1's low 32 bits carry it.
+/// The highest global_seq our acceptors take in a connect and our connectors in a reply
+/// (half of v1's 32-bit field; Ceph's counter is 32 bits): no messenger makes that many
+/// connect attempts, and the counter, shared by both protocols, must stay where v1's low
+/// 32 bits carry it.
 pub const GLOBAL_SEQ_PLAUSIBLE: u32 = u32::MAX / 2;
+
+/// The highest global_seq a peer's retry may raise the counter to, half of
+/// [`GLOBAL_SEQ_PLAUSIBLE`]: the counter goes on counting every attempt of every
+/// connection after a raise, and a raise to the limit itself left the very next attempts
+/// above what our acceptors take, so no connect of ours to them opened again.
+pub const GLOBAL_SEQ_RAISE_LIMIT: u32 = GLOBAL_SEQ_PLAUSIBLE / 2;
 
 /// The messenger's connection-attempt counter (Ceph's `AsyncMessenger::global_seq`),
 /// shared by all its connections of both protocols.
@@ -121,6 +128,14 @@ impl GlobalSeqCounter {
     #[cfg(any(test, feature = "testing"))]
     pub fn set(&self, to: GlobalSeq) {
         self.0.store(to.0, Ordering::Relaxed);
+    }
+
+    /// Whether a peer's retry naming `seen` may be followed with [`Self::above`]: it
+    /// raises the counter at most to [`GLOBAL_SEQ_RAISE_LIMIT`] + 1, or not at all (a
+    /// value this counter already passed, such as one of our own connects).
+    pub fn may_raise_to(&self, seen: GlobalSeq) -> bool {
+        seen.0 <= u64::from(GLOBAL_SEQ_PLAUSIBLE)
+            && (seen.0 <= u64::from(GLOBAL_SEQ_RAISE_LIMIT) || seen <= self.current())
     }
 
     /// Raises the counter above `seen` and takes the next value (Ceph's

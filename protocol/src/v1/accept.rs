@@ -351,8 +351,14 @@ fn accept_open(
     m.session.connect_seq = ConnectSeq::from_v1(p.msg.connect_seq).next_v1();
     m.session.peer_global_seq = GlobalSeq::from_v1(p.msg.global_seq);
     let seq_exchange = p.msg.features.contains(Features::RECONNECT_SEQ) && !reset_from_peer;
-    if !seq_exchange {
-        // Without the exchange (or after a peer restart) numbering starts over.
+    if reset_from_peer {
+        // After a peer restart numbering starts over. Without the exchange otherwise
+        // (a peer without RECONNECT_SEQ) the session keeps its numbers, as SimpleMessenger's
+        // Pipe::accept and crimson's replace_existing do ("we respect our original
+        // connection's value"): the connector keeps its own on READY (Ceph's
+        // client_ready), so zeroed here (Async's ProtocolV1::open) its resends of what
+        // we had delivered were delivered again, and our next messages, numbered from 1,
+        // carried seqs it had and were dropped as duplicates.
         m.session.in_seq = Seq(0);
         if !m.session.queue.has_requeued() {
             m.session.renumber_from_start();

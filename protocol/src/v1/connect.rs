@@ -232,10 +232,12 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
         }
         Tag::RETRY_GLOBAL => {
             Counters::bump(&m.config.counters.retry_global);
-            if reply.global_seq > GLOBAL_SEQ_PLAUSIBLE {
+            if !m.config.global_seq.may_raise_to(GlobalSeq::from_v1(reply.global_seq)) {
                 // Past half the wire's range no messenger gets (a connect attempt each),
                 // and the process-wide counter raised above it would wrap to 0 on the
-                // wire for every connection.
+                // wire for every connection. Raised near that limit, the messenger's
+                // next attempts, on every connection, passed it and were refused by our
+                // acceptors: a raise leaves headroom (`GLOBAL_SEQ_RAISE_LIMIT`).
                 m.peer_issue(
                     PeerIssue::BadConnectReply,
                     format_args!("RETRY_GLOBAL to {}", reply.global_seq),

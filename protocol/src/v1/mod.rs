@@ -39,6 +39,11 @@
 //! * A replaced lossless session opens directly on the new socket (SEQ/READY) instead
 //!   of Ceph's extra RETRY_GLOBAL round trip: the session moves as a value, so there is
 //!   no second lookup to protect against. A Ceph connector handles both.
+//! * A session resumed with READY (a peer without RECONNECT_SEQ that did not restart)
+//!   keeps its in_seq and out_seq, as SimpleMessenger's `Pipe::accept` and crimson do;
+//!   Async's `ProtocolV1::open` zeroes them while the connector keeps its own
+//!   (`client_ready`), which delivers the peer's resends twice and numbers our next
+//!   messages below what the peer has.
 //! * A duplicate message (`seq <= in_seq`) is dropped as it streams in (never stored)
 //!   and reading continues; Pacific stops reading the socket (msgr-v1.md 3.9 quirk).
 //! * A message's budget is asked for in windows as its payload arrives

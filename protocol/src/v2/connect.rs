@@ -309,11 +309,13 @@ pub(crate) fn on_ident_reply(m: &mut Machine<V2>, now: Instant, f: &Frame) -> Re
             let r = SessionRetryGlobal::from_segment(s0).map_err(Fault::Decode)?;
             count_round(m)?;
             Counters::bump(&counters.retry_global);
-            if r.global_seq > u64::from(GLOBAL_SEQ_PLAUSIBLE) {
+            if !m.config.global_seq.may_raise_to(GlobalSeq(r.global_seq)) {
                 // No messenger gets there (a connect attempt each; Ceph's counter is 32
                 // bits). The counter is the process's, v1's too: raised past 2^32, every
                 // v1 connect would carry its low bits, wrapped back near 0, and v1 peers
-                // with a session of ours would answer RETRY_GLOBAL for hours.
+                // with a session of ours would answer RETRY_GLOBAL for hours; raised near
+                // the limit our acceptors take, the next attempts of every connection
+                // passed it and were refused (`GLOBAL_SEQ_RAISE_LIMIT` leaves headroom).
                 return Err(Fault::Misbehaved("implausible global_seq in SESSION_RETRY_GLOBAL"));
             }
             m.global_seq = m.config.global_seq.above(GlobalSeq(r.global_seq));
