@@ -45,12 +45,17 @@ use super::ticket::{decode_ticket_reply, ReceivedTicket};
 
 const LOG: &str = "msgr::auth";
 
-/// The soonest a ticket is asked for again after the monitor's last answer: Ceph's
+/// The soonest a service the monitor left out of its answer is asked for again: Ceph's
 /// MonClient checks its tickets on its tick, once a second (the smaller of
-/// `mon_client_ping_interval` and `mon_client_log_interval`). A monitor handing out
-/// tickets of no validity, or leaving a service out, is otherwise asked again at once,
-/// at the speed of the round trip.
+/// `mon_client_ping_interval` and `mon_client_log_interval`). It was asked again at
+/// once, at the speed of the round trip.
 const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
+/// The soonest a ticket is renewed after it came, whatever its validity: a monitor
+/// handing out tickets of no validity was otherwise asked again at once, over and over.
+/// Short enough for the shortest ttl a monitor takes (a 16.2 monitor accepts 0.5 s,
+/// renewed at 375 ms).
+const MIN_RENEWAL_AFTER: Duration = Duration::from_millis(100);
 
 /// What a [`CephxClient`] needs to know.
 #[derive(Clone, Debug)]
@@ -101,7 +106,8 @@ pub enum ClientEvent {
 #[derive(Clone, Debug)]
 struct Held {
     ticket: ReceivedTicket,
-    /// 75 % of the validity (Ceph's `renew_after`), but no sooner than [`RECHECK_AFTER`].
+    /// 75 % of the validity (Ceph's `renew_after`), but no sooner than
+    /// [`MIN_RENEWAL_AFTER`].
     renew_at: Instant,
     /// End of validity on our clock.
     expires_at: Instant,
@@ -112,7 +118,7 @@ impl Held {
         // No longer than the wire can say (u32 seconds): a ticket minted locally with a
         // user's ttl may say more, and `Instant + Duration` panics past its range.
         let v = ticket.validity.min(Duration::from_secs(u64::from(u32::MAX)));
-        Held { renew_at: now + (v - v / 4).max(RECHECK_AFTER), expires_at: now + v, ticket }
+        Held { renew_at: now + (v - v / 4).max(MIN_RENEWAL_AFTER), expires_at: now + v, ticket }
     }
 }
 
