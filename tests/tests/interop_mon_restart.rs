@@ -407,7 +407,12 @@ fn msgr2_crc_cephx_monitor_handshakes_through_repeated_cuts() {
     let (msgr, rx) = v2_client(&mon, ConMode::CRC, config);
     let round = || -> bool {
         let conn = msgr.connect_to(EntityType::MON, addr);
-        conn.send_message(get_map()).expect("send");
+        if conn.send_message(get_map()).is_err() {
+            // Opened and already cut (a lossy session ends at its first fault)
+            // while this thread waited for a CPU.
+            msgr.mark_down_all();
+            return false;
+        }
         let got = reply_or_reset(&rx, &conn, MsgType::MON_MAP.0, WAIT).is_some();
         msgr.mark_down_all();
         got
@@ -447,7 +452,12 @@ fn msgr2_secure_cephx_monitor_handshakes_through_repeated_cuts() {
     let (msgr, rx) = v2_client(&mon, ConMode::SECURE, config);
     let round = || -> bool {
         let conn = msgr.connect_to(EntityType::MON, addr);
-        conn.send_message(get_map()).expect("send");
+        if conn.send_message(get_map()).is_err() {
+            // Opened and already cut (a lossy session ends at its first fault)
+            // while this thread waited for a CPU.
+            msgr.mark_down_all();
+            return false;
+        }
         let got = reply_or_reset(&rx, &conn, MsgType::MON_MAP.0, WAIT).is_some();
         if got {
             assert_eq!(conn.con_mode(), Some(ConMode::SECURE));
@@ -479,7 +489,12 @@ fn msgr2_client_against_a_monitor_injecting_socket_failures() {
         let (msgr, rx) = v2_client(&mon, mode, config);
         let round = || -> bool {
             let conn = msgr.connect_to(EntityType::MON, addr);
-            conn.send_message(get_map()).expect("send");
+            if conn.send_message(get_map()).is_err() {
+                // Opened and already cut (a lossy session ends at its first fault)
+                // while this thread waited for a CPU.
+                msgr.mark_down_all();
+                return false;
+            }
             let got = reply_or_reset(&rx, &conn, MsgType::MON_MAP.0, WAIT).is_some();
             msgr.mark_down_all();
             got
