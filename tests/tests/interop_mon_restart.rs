@@ -250,6 +250,24 @@ fn reply_or_reset(
     }
 }
 
+/// One round of `rounds` over msgr2: dials the monitor at `addr`, asks for its monmap
+/// and marks everything down; whether the monmap came (in `mode`) before a reset.
+fn monmap_round(msgr: &Messenger, rx: &Receiver<Seen>, addr: EntityAddr, mode: ConMode) -> bool {
+    let conn = msgr.connect_to(EntityType::MON, addr);
+    if conn.send_message(get_map()).is_err() {
+        // Opened and already cut (a lossy session ends at its first fault) while this
+        // thread waited for a CPU.
+        msgr.mark_down_all();
+        return false;
+    }
+    let got = reply_or_reset(rx, &conn, MsgType::MON_MAP.0, WAIT).is_some();
+    if got {
+        assert_eq!(conn.con_mode(), Some(mode));
+    }
+    msgr.mark_down_all();
+    got
+}
+
 /// Runs `round` (given the round's number) for `secs` seconds, each round leaving at
 /// most one connection: through `proxy` cutting, after a round with nothing in the way,
 /// and then one more once it stopped; or (no proxy) against a monitor failing its own
@@ -405,19 +423,7 @@ fn msgr2_crc_cephx_monitor_handshakes_through_repeated_cuts() {
     let addr = EntityAddr { ty: AddrType::MSGR2, nonce: 0, addr: Some(proxy.addr()) };
     let config = fast_backoff();
     let (msgr, rx) = v2_client(&mon, ConMode::CRC, config);
-    let round = || -> bool {
-        let conn = msgr.connect_to(EntityType::MON, addr);
-        if conn.send_message(get_map()).is_err() {
-            // Opened and already cut (a lossy session ends at its first fault)
-            // while this thread waited for a CPU.
-            msgr.mark_down_all();
-            return false;
-        }
-        let got = reply_or_reset(&rx, &conn, MsgType::MON_MAP.0, WAIT).is_some();
-        msgr.mark_down_all();
-        got
-    };
-    rounds(&msgr, &mon, Some(&proxy), 8, |_| round());
+    rounds(&msgr, &mon, Some(&proxy), 8, |_| monmap_round(&msgr, &rx, addr, ConMode::CRC));
     msgr.shutdown();
 }
 
@@ -450,22 +456,7 @@ fn msgr2_secure_cephx_monitor_handshakes_through_repeated_cuts() {
     let addr = EntityAddr { ty: AddrType::MSGR2, nonce: 0, addr: Some(public_addr) };
     let config = fast_backoff();
     let (msgr, rx) = v2_client(&mon, ConMode::SECURE, config);
-    let round = || -> bool {
-        let conn = msgr.connect_to(EntityType::MON, addr);
-        if conn.send_message(get_map()).is_err() {
-            // Opened and already cut (a lossy session ends at its first fault)
-            // while this thread waited for a CPU.
-            msgr.mark_down_all();
-            return false;
-        }
-        let got = reply_or_reset(&rx, &conn, MsgType::MON_MAP.0, WAIT).is_some();
-        if got {
-            assert_eq!(conn.con_mode(), Some(ConMode::SECURE));
-        }
-        msgr.mark_down_all();
-        got
-    };
-    rounds(&msgr, &mon, Some(&proxy), 8, |_| round());
+    rounds(&msgr, &mon, Some(&proxy), 8, |_| monmap_round(&msgr, &rx, addr, ConMode::SECURE));
     msgr.shutdown();
 }
 
@@ -487,20 +478,8 @@ fn msgr2_client_against_a_monitor_injecting_socket_failures() {
     for mode in [ConMode::SECURE, ConMode::CRC] {
         let config = fast_backoff();
         let (msgr, rx) = v2_client(&mon, mode, config);
-        let round = || -> bool {
-            let conn = msgr.connect_to(EntityType::MON, addr);
-            if conn.send_message(get_map()).is_err() {
-                // Opened and already cut (a lossy session ends at its first fault)
-                // while this thread waited for a CPU.
-                msgr.mark_down_all();
-                return false;
-            }
-            let got = reply_or_reset(&rx, &conn, MsgType::MON_MAP.0, WAIT).is_some();
-            msgr.mark_down_all();
-            got
-        };
         eprintln!("{mode:?}");
-        rounds(&msgr, &mon, None, 5, |_| round());
+        rounds(&msgr, &mon, None, 5, |_| monmap_round(&msgr, &rx, addr, mode));
         msgr.shutdown();
     }
 }
