@@ -209,6 +209,30 @@ pub fn msg_frame(seq: u64, tid: u64, front: &[u8], format: FooterFormat) -> Vec<
     frame
 }
 
+/// Keeps `sock` read (and discarded) on a thread of its own until `stop` or its EOF, so
+/// that what a server sends back to a flooding peer (acks) never blocks it.
+pub fn drain_in_background(
+    mut sock: TcpStream,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        while !stop.load(Ordering::Relaxed) {
+            match sock.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return,
+            }
+        }
+    })
+}
+
 /// Reads (and discards) until the peer closes `sock` (EOF or reset); returns whether that
 /// happened within `within`.
 pub fn closed_within(sock: &mut TcpStream, within: Duration) -> bool {

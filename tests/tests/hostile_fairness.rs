@@ -7,8 +7,7 @@
 //! stall). And a flood queued for `ms_dispatch` takes turns with another connection's
 //! message at the same priority, as Ceph's `DispatchQueue` does. Over msgr v1 and msgr2.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -105,27 +104,6 @@ enum Flood {
     Partial,
 }
 
-/// Keeps its peer's socket read (and discarded) so that what the server sends back
-/// (acks) never blocks it.
-fn drain(mut sock: TcpStream, stop: Arc<AtomicBool>) -> JoinHandle<()> {
-    sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 << 10];
-        while !stop.load(Ordering::Relaxed) {
-            match sock.read(&mut buf) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return,
-            }
-        }
-    })
-}
-
 /// A peer flooding `srv` with `kind` until `stop`; returns the bytes it wrote.
 fn flooder(
     srv: &Messenger,
@@ -135,7 +113,7 @@ fn flooder(
 ) -> JoinHandle<u64> {
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
     assert_eq!(peer.protocol(), proto);
-    let reader = drain(peer.sock.try_clone().expect("clone"), stop.clone());
+    let reader = drain_in_background(peer.sock.try_clone().expect("clone"), stop.clone());
     std::thread::spawn(move || {
         let mut sock = peer.sock.try_clone().expect("clone");
         let mut wrote = 0u64;
@@ -235,7 +213,7 @@ fn flood_does_not_stall_another_connection(proto: ProtocolVersion, kind: Flood, 
     // server's acks are read, so it never waits for the pinger's socket.
     pinger.sock.set_nodelay(true).expect("nodelay");
     let stop = Arc::new(AtomicBool::new(false));
-    let pinger_reader = drain(pinger.sock.try_clone().expect("clone"), stop.clone());
+    let pinger_reader = drain_in_background(pinger.sock.try_clone().expect("clone"), stop.clone());
 
     let flood = flooder(&srv, proto, kind, stop.clone());
     // The flood is under way before the pings are timed.
