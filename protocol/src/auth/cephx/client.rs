@@ -180,6 +180,10 @@ pub struct CephxClient {
     want_services: ServiceMask,
     /// Rotating secrets to ask for.
     want_rotating: bool,
+    /// When the wanted services we hold no ticket for (the monitor left them out of its
+    /// answer) are asked for again: Ceph's MonClient asks on every tick while its
+    /// handler `need_tickets`.
+    recheck_missing_at: Option<Instant>,
     /// Events not yet polled; at most a few per reply, drained by the owner.
     events: VecDeque<ClientEvent>,
 }
@@ -211,6 +215,7 @@ impl CephxClient {
             want_renewal: false,
             want_services,
             want_rotating: false,
+            recheck_missing_at: None,
             events: VecDeque::new(),
         }
     }
@@ -226,6 +231,7 @@ impl CephxClient {
         self.outstanding = None;
         self.want_renewal = false;
         self.want_services = self.want_services.with(self.config.want_services);
+        self.recheck_missing_at = None;
     }
 
     /// Takes up an earlier session's global id and auth ticket (e.g. of another
@@ -312,6 +318,9 @@ impl CephxClient {
             if let Some(a) = self.auth.as_ref().filter(|_| !self.want_renewal) {
                 consider(a.renew_at);
             }
+            if let Some(at) = self.recheck_missing_at {
+                consider(at);
+            }
             for (service, held) in &self.services {
                 if self.config.want_services.contains(*service)
                     && !self.want_services.contains(*service)
@@ -348,6 +357,11 @@ impl CephxClient {
                 if self.config.want_services.contains(*service) && now >= held.renew_at {
                     self.want_services = self.want_services.with(ServiceMask::of(*service));
                 }
+            }
+            if self.recheck_missing_at.is_some_and(|at| now >= at) {
+                self.recheck_missing_at = None;
+                let missing = self.missing_services();
+                self.want_services = self.want_services.with(missing);
             }
         }
         Ok(())
@@ -514,6 +528,15 @@ impl CephxClient {
         }
     }
 
+    /// The wanted services we hold no ticket for.
+    fn missing_services(&self) -> ServiceMask {
+        let wanted = self.config.want_services.without(ServiceMask::AUTH);
+        wanted
+            .iter()
+            .filter(|s| !self.services.contains_key(s))
+            .fold(ServiceMask::NONE, |m, s| m.with(ServiceMask::of(s)))
+    }
+
     fn store_services(&mut self, now: Instant, tickets: Vec<ReceivedTicket>) -> ServiceMask {
         let mut got = ServiceMask::NONE;
         for t in tickets {
@@ -597,6 +620,10 @@ impl CephxClient {
             if asked.without(got).contains(*service) {
                 held.renew_at = held.renew_at.max(now + RECHECK_AFTER);
             }
+        }
+        // Those never held are asked for again at the next check too.
+        if asked.without(got).iter().any(|s| self.missing_services().contains(s)) {
+            self.recheck_missing_at = Some(now + RECHECK_AFTER);
         }
         if !got.is_empty() {
             self.events.push_back(ClientEvent::ServiceTickets(got));

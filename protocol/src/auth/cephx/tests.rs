@@ -804,6 +804,16 @@ fn a_service_left_out_of_a_renewal_is_asked_again_a_second_later() {
     // The renewal is due; the monitor answers without any ticket.
     p.advance_to_timeout().unwrap();
     let req = p.client.poll_request(p.now).expect("renewal");
+    let reply = empty_ticket_reply(&p, &req);
+    let at = p.now;
+    p.client.handle_reply(p.now, &reply).unwrap();
+    let next = p.client.poll_timeout().expect("a renewal is still wanted");
+    assert!(next >= at + Duration::from_secs(1), "asked again after {:?}", next - at);
+}
+
+/// A monitor's answer to a ticket request `req` that carries no ticket at all (it has
+/// none to give).
+fn empty_ticket_reply(p: &Pair, req: &MAuth) -> crate::messages::MAuthReply {
     let mut e = crate::encoding::Encoder::new();
     super::request::ResponseHeader {
         request_type: RequestType::GET_PRINCIPAL_SESSION_KEY,
@@ -812,15 +822,62 @@ fn a_service_left_out_of_a_renewal_is_asked_again_a_second_later() {
     .encode(&mut e);
     let session_key = p.client.auth_ticket().unwrap().session_key.clone();
     super::ticket::encode_ticket_reply(&mut e, &session_key, &[]);
-    let reply = crate::messages::MAuthReply {
+    crate::messages::MAuthReply {
         protocol: req.protocol,
         result: 0,
         global_id: p.client.global_id(),
         result_bl: bytes::Bytes::from(e.into_vec()),
         result_msg: String::new(),
+    }
+}
+
+// A service the client wants and never held, left out of the monitor's answers (it had
+// no secrets for it yet), is asked for again at the next check, as Ceph's MonClient asks
+// on every tick while its handler `need_tickets`. It used to be dropped from the wanted
+// set for the rest of the session: no ticket, and no connection to that service, until
+// the client authenticated again.
+#[test]
+fn a_wanted_service_never_issued_is_asked_for_again() {
+    use crate::encoding::{Decoder, Encoder};
+    use request::Authenticate;
+    let mut p = Pair::new(33, "client.admin", ceph_config());
+    p.new_session();
+    let answer = |p: &mut Pair, req: &MAuth| {
+        let wall = p.wall();
+        let gid = &mut p.next_gid;
+        p.server.handle_request(&mut p.session, req, p.features, wall, &mut p.rng, &mut || {
+            *gid += 1;
+            *gid
+        })
     };
-    let at = p.now;
+    let req = p.client.poll_request(p.now).expect("negotiation");
+    let reply = answer(&mut p, &req);
     p.client.handle_reply(p.now, &reply).unwrap();
-    let next = p.client.poll_timeout().expect("a renewal is still wanted");
+    // GET_AUTH_SESSION_KEY: the monitor issues no OSD ticket with the auth ticket.
+    let mut req = p.client.poll_request(p.now).expect("session key request");
+    let mut d = Decoder::new(&req.auth_payload);
+    let ty = RequestType::decode(&mut d).unwrap();
+    let mut a = Authenticate::decode(&mut d).unwrap();
+    a.other_keys = a.other_keys.without(ServiceMask::of(EntityType::OSD));
+    let mut e = Encoder::new();
+    ty.encode(&mut e);
+    a.encode(&mut e);
+    req.auth_payload = e.into_bytes();
+    let reply = answer(&mut p, &req);
+    p.client.handle_reply(p.now, &reply).unwrap();
+    assert!(p.client.is_authenticated());
+    assert!(p.client.service_ticket(EntityType::OSD, p.now).is_none());
+    // The client asks for it; the monitor has none to give.
+    let req = p.client.poll_request(p.now).expect("the OSD ticket asked for");
+    let empty = empty_ticket_reply(&p, &req);
+    let at = p.now;
+    p.client.handle_reply(p.now, &empty).unwrap();
+    assert!(p.client.poll_request(p.now).is_none(), "not asked again at once");
+    // Asked again at the next check, and this time the monitor has it.
+    let next = p.client.poll_timeout().expect("a check ahead");
     assert!(next >= at + Duration::from_secs(1), "asked again after {:?}", next - at);
+    assert!(next <= at + Duration::from_secs(2), "not asked again for {:?}", next - at);
+    p.advance_to_timeout().unwrap();
+    p.drive().unwrap();
+    assert!(p.client.service_ticket(EntityType::OSD, p.now).is_some(), "the OSD ticket came");
 }
