@@ -536,8 +536,10 @@ impl Driver {
                 break;
             }
             self.seams.run_before_write();
-            if self.conn.is_marked_down() {
-                // mark_down returned on another thread during this pump: Ceph's stops the
+            if self.conn.takes_no_messages() {
+                // mark_down returned on another thread during this pump (the connection's
+                // silent one, or the messenger's `mark_down`, `mark_down_all` or
+                // shutdown, which end the session to report it): Ceph's stops the
                 // connection before it returns, so nothing more of it goes out (a late
                 // handshake frame could replace the peer's next session). Its MarkDown
                 // command, in the mailbox, closes this driver next.
