@@ -35,15 +35,17 @@ impl<P: Protocol> Machine<P> {
     /// Queues a keepalive carrying `wall_clock` (v1 without KEEPALIVE2: a bare
     /// KEEPALIVE). Sent once open if not open yet. One not sent yet is replaced: the
     /// peer answers the newest stamp.
+    ///
+    /// It does not wake a session in standby: as in Ceph, whose writer connects from
+    /// STANDBY only for what `is_queued()` counts (messages, outgoing bytes) and not for
+    /// its keepalive flag (`ProtocolV1`/`ProtocolV2::write_event`), a standby session
+    /// dials for a message, and the keepalive goes out once that reopens it.
     pub fn send_keepalive(&mut self, wall_clock: KeepaliveStamp) {
         self.keepalive.anchor = (self.now, wall_clock);
         if self.state.is_closed() {
             return;
         }
         self.keepalive.pending = Some(wall_clock);
-        if !self.state.is_open() {
-            self.wake_from_standby();
-        }
     }
 
     /// Closes the connection: an open v1 session sends CLOSE (flush
