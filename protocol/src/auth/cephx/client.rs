@@ -236,8 +236,12 @@ impl CephxClient {
 
     /// Takes up an earlier session's global id and auth ticket (e.g. of another
     /// connection to the monitors), so the next [`CephxClient::start`] reclaims that id
-    /// with the ticket as proof (cephx.md 6).
+    /// with the ticket as proof (cephx.md 6). Service tickets held for another global
+    /// id go: an authorizer names the global id, which must be its ticket's.
     pub fn resume(&mut self, global_id: u64, auth_ticket: ReceivedTicket, now: Instant) {
+        if global_id != self.global_id {
+            self.services.clear();
+        }
         self.global_id = global_id;
         self.auth = Some(Held::new(auth_ticket, now));
     }

@@ -178,16 +178,32 @@ impl TicketStore {
         self.inner.write()
     }
 
-    /// The global id the tickets are issued to (a new monitor session's).
+    /// The global id the tickets are issued to (a new monitor session's). The tickets
+    /// held for another global id go: a daemon refuses an authorizer naming a global id
+    /// its ticket was not issued to.
     pub fn set_global_id(&self, global_id: u64) {
-        self.write().global_id = global_id;
+        self.adopt(global_id, Vec::new());
     }
 
-    /// Holds `ticket` for its service (replacing an older one), issued to `global_id`.
+    /// Holds `ticket` for its service (replacing an older one), issued to `global_id`
+    /// (the tickets held for another global id go).
     pub fn insert(&self, global_id: u64, ticket: ReceivedTicket) {
+        self.adopt(global_id, vec![ticket]);
+    }
+
+    /// Holds `tickets`, issued to `global_id`, in one step (an authorizer is never
+    /// built from half of them). A new global id is a new session: what was held for
+    /// the old one goes, as Ceph's MonClient replaces its whole cephx handler with the
+    /// new session's; within one global id older tickets of services not renewed stay.
+    pub(super) fn adopt(&self, global_id: u64, tickets: Vec<ReceivedTicket>) {
         let mut t = self.write();
-        t.global_id = global_id;
-        t.by_service.insert(ticket.service, ticket);
+        if t.global_id != global_id {
+            t.by_service.clear();
+            t.global_id = global_id;
+        }
+        for ticket in tickets {
+            t.by_service.insert(ticket.service, ticket);
+        }
     }
 
     /// Copies the monitor session's auth ticket, its service tickets valid at `now`
@@ -201,11 +217,7 @@ impl TicketStore {
             .filter_map(|s| client.service_ticket(s, now).cloned())
             .chain(client.auth_ticket().cloned())
             .collect();
-        let mut t = self.write();
-        t.global_id = client.global_id();
-        for ticket in fresh {
-            t.by_service.insert(ticket.service, ticket);
-        }
+        self.adopt(client.global_id(), fresh);
     }
 
     /// Takes the cephx session of the msgr2 monitor connection dialled at `addr` (the

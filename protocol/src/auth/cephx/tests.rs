@@ -881,3 +881,93 @@ fn a_wanted_service_never_issued_is_asked_for_again() {
     p.drive().unwrap();
     assert!(p.client.service_ticket(EntityType::OSD, p.now).is_some(), "the OSD ticket came");
 }
+
+// TicketStore::update_from with a monitor session of another global id (a new
+// CephxClient: the application restarted its monitor client, or refills one store from
+// two) takes that session's tickets alone: those of the old global id go, as Ceph's
+// MonClient replaces its whole cephx handler with the new session's. The store kept
+// the old session's MDS ticket under the new global id: every authorizer to an MDS was
+// refused (the global id it names is not the ticket's), and the store went on offering
+// it.
+#[test]
+fn update_from_a_session_of_a_new_global_id_keeps_no_ticket_of_the_old_one() {
+    let mut p = Pair::new(41, "client.admin", ceph_config());
+    let name = parse_entity_name("client.admin").unwrap();
+    let key = p.ring.key(&name).cloned().unwrap();
+    let mut with_mds = ClientConfig::new(name.clone(), key.clone());
+    with_mds.want_services = ServiceMask::CLIENT_SERVICES.with(ServiceMask::of(EntityType::MDS));
+    p.client = CephxClient::new(with_mds, Box::new(TestRng::new(42)));
+    p.new_session();
+    p.drive().unwrap();
+    let store = TicketStore::default();
+    store.update_from(&p.client, p.now);
+    let first = p.client.global_id();
+    assert!(store.ticket(EntityType::MDS).is_some());
+
+    p.client = CephxClient::new(ClientConfig::new(name, key), Box::new(TestRng::new(43)));
+    p.new_session();
+    p.drive().unwrap();
+    let second = p.client.global_id();
+    assert_ne!(first, second, "a client without memory gets a new global id");
+    store.update_from(&p.client, p.now);
+    for service in [EntityType::MON, EntityType::OSD, EntityType::MGR, EntityType::MDS] {
+        let Some((gid, ticket)) = store.ticket(service) else {
+            assert_eq!(service, EntityType::MDS, "the second session brought a ticket");
+            continue;
+        };
+        let authorizer = Authorizer::new(gid, &ticket, &mut p.rng);
+        let v = verify_at_daemon(&mut p, service, authorizer.bytes());
+        assert!(
+            matches!(v, Ok(AuthorizerVerdict::Accepted(_))),
+            "{}: ticket handed out as {gid}'s refused: {v:?}",
+            service.name()
+        );
+    }
+}
+
+/// What a daemon of `service` holding the cluster's rotating secrets makes of
+/// `authorizer` (it checks the global id named against the ticket's).
+fn verify_at_daemon(
+    p: &mut Pair,
+    service: EntityType,
+    authorizer: &[u8],
+) -> Result<AuthorizerVerdict, AuthError> {
+    let wall = p.wall();
+    let keys = RotatingKeyStore::new(service, p.server.rotating(service).unwrap());
+    AuthorizerVerifier::new().verify(&keys, service, authorizer, false, wall, None, &mut p.rng)
+}
+
+// CephxClient::resume with another global id (an earlier session of another connection
+// to the monitors, as its docs offer) leaves none of the old id's service tickets: the
+// next session reclaims the resumed id, and an authorizer names the global id its
+// ticket was issued to. The MDS ticket the client had asked for under its own id stayed,
+// held and not due: its authorizers, naming the resumed id, were refused.
+#[test]
+fn resume_with_another_global_id_keeps_no_service_ticket_of_the_old_one() {
+    let mut p = Pair::new(51, "client.admin", ceph_config());
+    let name = parse_entity_name("client.admin").unwrap();
+    let key = p.ring.key(&name).cloned().unwrap();
+    p.new_session();
+    p.drive().unwrap();
+    p.client.request_service_tickets(ServiceMask::of(EntityType::MDS));
+    p.drive().unwrap();
+    let first = p.client.global_id();
+    assert!(p.client.service_ticket(EntityType::MDS, p.now).is_some());
+
+    let other = CephxClient::new(ClientConfig::new(name, key), Box::new(TestRng::new(52)));
+    let mut earlier = std::mem::replace(&mut p.client, other);
+    p.new_session();
+    p.drive().unwrap();
+    let (second, auth) = (p.client.global_id(), p.client.auth_ticket().cloned().unwrap());
+    assert_ne!(first, second);
+    earlier.resume(second, auth, p.now);
+    p.client = earlier;
+    p.new_session();
+    p.drive().unwrap();
+    assert_eq!(p.client.global_id(), second, "the resumed id reclaimed");
+    for service in [EntityType::OSD, EntityType::MDS] {
+        let Ok(authorizer) = p.client.authorizer(service, p.now) else { continue };
+        let v = verify_at_daemon(&mut p, service, authorizer.bytes());
+        assert!(matches!(v, Ok(AuthorizerVerdict::Accepted(_))), "{}: {v:?}", service.name());
+    }
+}

@@ -201,10 +201,7 @@ impl AuthClient for CephxMonClient {
 
     fn confirmed(&mut self) {
         let Some((global_id, tickets)) = self.learned.take() else { return };
-        self.store.set_global_id(global_id);
-        for t in tickets {
-            self.store.insert(global_id, t);
-        }
+        self.store.adopt(global_id, tickets);
         // The session goes to the application (Ceph's MonClient takes the handshake's
         // handler into itself), which renews the tickets on this connection.
         if let Some(client) = self.client.take() {

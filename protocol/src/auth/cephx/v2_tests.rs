@@ -628,19 +628,8 @@ fn admin_with(c: &Cluster, store: &Arc<TicketStore>) -> CephxProvider {
 /// monitor's now being `at`; its tickets go into its store.
 fn authenticate_at(client: &CephxProvider, mon: &CephxProvider, at: Instant) {
     let mut cl = client.client(EntityType::MON, &mon_addr(), AUTH_CEPHX).unwrap();
-    let mut sv = mon.server(EntityType::CLIENT, AUTH_CEPHX).unwrap();
     let req = cl.build_request().unwrap();
-    let AuthStep::More(challenge) = sv.handle_request(at, ConMode::CRC, false, &req) else {
-        panic!("no challenge")
-    };
-    let more = cl.handle_reply_more(&challenge).unwrap();
-    let AuthStep::Done { global_id, payload, .. } =
-        sv.handle_request(at, ConMode::CRC, true, &more)
-    else {
-        panic!("refused")
-    };
-    cl.handle_done(at, global_id, ConMode::CRC, &payload).unwrap();
-    cl.confirmed();
+    finish_at(&mut cl, &req, mon, at);
 }
 
 // A monitor-role provider rotates its key server's secrets once due, before it seals
@@ -964,4 +953,83 @@ fn the_handshakes_session_renews_over_mauth_and_refills_the_provider() {
     let more = next.handle_reply_more(&challenge).unwrap();
     let wall = c.clock.wall(now);
     assert!(c.server.handle_v2_more(&mut session, &more, wall, &mut rng, &[]).is_ok());
+}
+
+/// Completes `cl`'s monitor-mode handshake (its AUTH_REQUEST `req` already built) with
+/// `mon` at `at` and confirms it, as the machine does once the monitor's signature
+/// matched; returns the global id AUTH_DONE named.
+fn finish_at(cl: &mut Box<dyn AuthClient>, req: &[u8], mon: &CephxProvider, at: Instant) -> u64 {
+    let mut sv = mon.server(EntityType::CLIENT, AUTH_CEPHX).unwrap();
+    let AuthStep::More(challenge) = sv.handle_request(at, ConMode::CRC, false, req) else {
+        panic!("no challenge")
+    };
+    let more = cl.handle_reply_more(&challenge).unwrap();
+    let AuthStep::Done { global_id, payload, .. } =
+        sv.handle_request(at, ConMode::CRC, true, &more)
+    else {
+        panic!("refused")
+    };
+    cl.handle_done(at, global_id, ConMode::CRC, &payload).unwrap();
+    cl.confirmed();
+    global_id
+}
+
+/// Whether the authorizer `store` builds for `service` opens at a daemon of that
+/// service holding the cluster's secrets (it checks the global id the authorizer names
+/// against the ticket's).
+fn store_authorizer_opens(c: &Cluster, store: &TicketStore, service: EntityType) -> bool {
+    let Some((gid, ticket)) = store.ticket(service) else { return false };
+    let keys = RotatingKeyStore::new(service, c.server.rotating(service).unwrap());
+    let mut rng = TestRng::new(40);
+    let authorizer = Authorizer::new(gid, &ticket, &mut rng);
+    let verdict = AuthorizerVerifier::new().verify(
+        &keys,
+        service,
+        authorizer.bytes(),
+        false,
+        WALL0,
+        None,
+        &mut rng,
+    );
+    matches!(verdict, Ok(AuthorizerVerdict::Accepted(_)))
+}
+
+// Two monitor sessions sharing a store, dialled before either finished (Ceph's
+// MonClient hunts several monitors at once; two messengers of one application share
+// the store), both ask for a new global id and get different ones. The store follows
+// the session confirmed last, whole, as Ceph's MonClient replaces its whole cephx
+// handler with the new session's: no ticket issued to the other global id is handed
+// out under this one. The store kept the first session's MDS ticket (the second did
+// not ask for one) under the second's global id: every authorizer to an MDS named a
+// global id its ticket was not issued to and was refused, and the store went on
+// offering it.
+#[test]
+fn a_new_global_id_leaves_no_ticket_of_the_old_one_in_the_store() {
+    let start = Instant::now();
+    let c = cluster(30, start);
+    let mon = provider(&c, EntityType::MON, "0", 31).with_key_server(c.server.clone());
+    let store = Arc::new(TicketStore::default());
+    let cephfs = admin_with(&c, &store)
+        .with_wanted_services(ServiceMask::CLIENT_SERVICES.with(ServiceMask::of(EntityType::MDS)));
+    let rados = admin_with(&c, &store);
+    let mut a = cephfs.client(EntityType::MON, &mon_addr(), AUTH_CEPHX).unwrap();
+    let mut b =
+        rados.client(EntityType::MON, &crate::testing::v2_addr(6791, 3), AUTH_CEPHX).unwrap();
+    let (req_a, req_b) = (a.build_request().unwrap(), b.build_request().unwrap());
+    let first = finish_at(&mut a, &req_a, &mon, start);
+    assert!(store_authorizer_opens(&c, &store, EntityType::MDS), "the first session's MDS ticket");
+    let second = finish_at(&mut b, &req_b, &mon, start);
+    assert_ne!(first, second, "both asked for a new global id");
+    assert_eq!(store.ticket(EntityType::AUTH).map(|(gid, _)| gid), Some(second));
+    for service in [EntityType::MON, EntityType::OSD, EntityType::MGR] {
+        assert!(store_authorizer_opens(&c, &store, service), "{}", service.name());
+    }
+    // No MDS ticket of the second global id: none at all, rather than one of the first.
+    if let Some((gid, ticket)) = store.ticket(EntityType::MDS) {
+        assert!(
+            store_authorizer_opens(&c, &store, EntityType::MDS),
+            "an MDS ticket issued to {first} handed out as {gid}'s (secret {})",
+            ticket.blob.secret_id
+        );
+    }
 }
