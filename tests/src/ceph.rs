@@ -648,6 +648,33 @@ impl CephOsd {
     pub fn mon(&self) -> &CephMon {
         &self.mon
     }
+    /// `client.admin` logged in to this cluster's monitor (cephx): a provider holding
+    /// the tickets the real monitor issued, and the name (`client.<global id>`) its
+    /// messenger goes by.
+    pub fn client_admin_provider(
+        &self,
+    ) -> (protocol::auth::cephx::CephxProvider, protocol::types::EntityName) {
+        use protocol::auth::cephx::{CephxClient, CephxProvider, ClientConfig, TicketStore};
+        use std::sync::Arc;
+        let ring = KeyRing::load(self.mon.keyring()).expect("keyring");
+        let name = protocol::auth::parse_entity_name("client.admin").expect("name");
+        let key = ring.key(&name).expect("client.admin key").clone();
+        let mut auth =
+            CephxClient::new(ClientConfig::new(name.clone(), key), Box::new(rand::rngs::OsRng));
+        let mon = crate::mon::MonClient::new(self.mon.addr(), Default::default()).expect("msgr");
+        mon.authenticate_cephx(&mut auth).expect("client.admin authenticates");
+        mon.messenger().shutdown();
+        let tickets = Arc::new(TicketStore::default());
+        tickets.update_from(&auth, Instant::now());
+        let clock =
+            protocol::auth::cephx::WallClock::anchored(Instant::now(), crate::cephx::wall_now());
+        let rng: protocol::auth::cephx::RngSource = Arc::new(|| Box::new(rand::rngs::OsRng) as _);
+        let provider =
+            CephxProvider::new(name, protocol::auth::AuthConfig::ceph_defaults(), clock, rng)
+                .with_tickets(tickets);
+        let me = protocol::types::EntityName::new(EntityType::CLIENT, auth.global_id() as i64);
+        (provider, me)
+    }
     /// The OSD's id (`osd.N`).
     pub fn id(&self) -> u32 {
         self.id

@@ -16,15 +16,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
-use messenger::{Connection, Messenger, MessengerConfig, Policy};
-use protocol::auth::cephx::{CephxClient, CephxProvider, ClientConfig, TicketStore, WallClock};
-use protocol::auth::{parse_entity_name, AuthConfig, KeyRing};
+use messenger::{Connection, Messenger, Policy};
 use protocol::messages::{MCommand, MCommandReply, TypedMessage};
-use protocol::types::{EntityAddr, EntityName, EntityType, Features};
+use protocol::types::{EntityAddr, EntityType, Features};
 use tests::ceph::CephOsd;
-use tests::cephx::{assert_version_json, wall_now, Tap, TapCounts};
+use tests::cephx::{assert_version_json, Tap, TapCounts};
 use tests::loopback::{init_logging, test_config, Recorder, Seen, WAIT};
-use tests::mon::MonClient;
 
 /// What `ceph tell osd.N version` sends (cephx.md 14.5).
 const VERSION: &str = r#"{"prefix": "version"}"#;
@@ -38,22 +35,8 @@ struct Admin {
 }
 
 fn admin(osd: &CephOsd) -> Admin {
-    let ring = KeyRing::load(osd.mon().keyring()).expect("keyring");
-    let name = parse_entity_name("client.admin").expect("name");
-    let key = ring.key(&name).expect("client.admin key").clone();
-    let mut auth =
-        CephxClient::new(ClientConfig::new(name.clone(), key), Box::new(rand::rngs::OsRng));
-    let mon = MonClient::new(osd.mon().addr(), MessengerConfig::default()).expect("msgr");
-    mon.authenticate_cephx(&mut auth).expect("client.admin authenticates");
-    mon.messenger().shutdown();
-    let tickets = Arc::new(TicketStore::default());
-    tickets.update_from(&auth, Instant::now());
-    let clock = WallClock::anchored(Instant::now(), wall_now());
-    let rng: protocol::auth::cephx::RngSource = Arc::new(|| Box::new(rand::rngs::OsRng) as _);
-    let provider =
-        CephxProvider::new(name, AuthConfig::ceph_defaults(), clock, rng).with_tickets(tickets);
+    let (provider, me) = osd.client_admin_provider();
     let (tap, counts) = Tap::new(Arc::new(provider));
-    let me = EntityName::new(EntityType::CLIENT, auth.global_id() as i64);
     let msgr = Messenger::new(me, 1, test_config(1).with_auth_provider(tap)).expect("messenger");
     msgr.set_default_policy(Policy::lossy_client());
     msgr.start().expect("start");
