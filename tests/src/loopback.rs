@@ -242,6 +242,12 @@ pub fn test_config(workers: usize) -> MessengerConfig {
     MessengerConfig { workers, ..MessengerConfig::default() }
 }
 
+/// A 2-worker test config ([`test_config`]) whose reconnect backoff starts at `initial`
+/// and doubles up to `max` (also the wait after a msgr WAIT reply).
+pub fn backoff_config(initial: Duration, max: Duration) -> MessengerConfig {
+    MessengerConfig { initial_backoff: initial, max_backoff: max, ..test_config(2) }
+}
+
 /// Far beyond [`WAIT`]: the handshake and payload timeouts of a [`patient_config`].
 pub const PATIENCE: Duration = Duration::from_secs(60);
 

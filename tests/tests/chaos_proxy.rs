@@ -27,11 +27,7 @@ const MAX_PAYLOAD: usize = 4096;
 /// Reconnects must not wait long: the proxy cuts every few dozen milliseconds, and a
 /// handshake it cuts backs off (Ceph's test suite sets `ms_max_backoff` to 1 s too).
 fn chaos_config() -> MessengerConfig {
-    MessengerConfig {
-        initial_backoff: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(100),
-        ..test_config(2)
-    }
+    backoff_config(Duration::from_millis(5), Duration::from_millis(100))
 }
 
 /// Ceph's lossless promise through a network that keeps failing: a stateful server and

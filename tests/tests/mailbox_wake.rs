@@ -31,11 +31,7 @@ const MSG_GO: u16 = 0x7f01;
 const N: u64 = 3000;
 
 fn quick_config() -> MessengerConfig {
-    MessengerConfig {
-        initial_backoff: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(50),
-        ..test_config(2)
-    }
+    backoff_config(Duration::from_millis(5), Duration::from_millis(50))
 }
 
 /// What the send bound counts for `conn`, in its mailbox and in its driver's session.

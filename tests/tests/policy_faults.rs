@@ -17,11 +17,7 @@ const MSG_TEST: u16 = 0x7f00;
 
 /// Reconnects must not wait long (as the chaos tests').
 fn chaos_config() -> MessengerConfig {
-    MessengerConfig {
-        initial_backoff: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(100),
-        ..test_config(2)
-    }
+    backoff_config(Duration::from_millis(5), Duration::from_millis(100))
 }
 
 /// The proxy's address for `srv` over `proto`.

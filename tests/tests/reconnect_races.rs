@@ -23,11 +23,7 @@ const MSG_TEST: u16 = 0x7f00;
 /// The WAIT backoff is `max_backoff`: a minute here, so a race that only resolves by
 /// falling back to it shows as a stalled stream instead of passing slowly.
 fn race_config() -> MessengerConfig {
-    MessengerConfig {
-        initial_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_secs(60),
-        ..test_config(2)
-    }
+    backoff_config(Duration::from_millis(50), Duration::from_secs(60))
 }
 
 fn delta(after: CounterValues, before: CounterValues) -> CounterValues {
