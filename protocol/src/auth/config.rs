@@ -148,8 +148,8 @@ pub struct AuthConfig {
     pub cephx_cluster_require_signatures: bool,
     /// As above, from clients to daemons (`cephx_service_require_signatures`).
     pub cephx_service_require_signatures: bool,
-    /// Minimum cephx version of clients of a monitor (`cephx_require_version`; 2 means
-    /// CEPHX_V2 is required).
+    /// Minimum cephx version of every peer (`cephx_require_version`; 2 means CEPHX_V2
+    /// is required: by a monitor of MAuth clients, by a v1 acceptor of authorizers).
     pub cephx_require_version: u32,
     /// Minimum cephx version between daemons (`cephx_cluster_require_version`).
     pub cephx_cluster_require_version: u32,
@@ -316,13 +316,18 @@ impl AuthConfig {
     /// Whether a daemon must run the authorizer challenge round even with a peer of type
     /// `peer` that cannot answer it (`cephx_*require_version >= 2`); one that can (a v1
     /// peer with CEPHX_V2, every msgr2 peer) is always challenged.
+    ///
+    /// `cephx_require_version` counts for every peer, as in Ceph's
+    /// `ProtocolV1::handle_connect_message_2`, which then requires CEPHX_V2: with it at
+    /// 2 (the default) and only the service (or cluster) option lowered, a captured
+    /// authorizer replayed in a connect without CEPHX_V2 was let in unchallenged.
     pub fn requires_challenge(&self, peer: EntityType) -> bool {
         let v = if peer == EntityType::CLIENT {
             self.cephx_service_require_version
         } else {
             self.cephx_cluster_require_version
         };
-        v >= 2
+        self.cephx_require_version >= 2 || v >= 2
     }
 
     /// Whether a monitor takes cephx off the methods an MAuth offers, for an entity named
@@ -402,6 +407,9 @@ mod tests {
         c.set("auth_service_ticket_ttl", "30").unwrap();
         c.set("keyring", "/etc/ceph/ceph.client.admin.keyring").unwrap();
         assert!(c.requires_signatures(EntityType::CLIENT));
+        // cephx_require_version (2) still requires it, as in Ceph.
+        assert!(c.requires_challenge(EntityType::CLIENT));
+        c.set("cephx_require_version", "1").unwrap();
         assert!(!c.requires_challenge(EntityType::CLIENT));
         assert_eq!(c.auth_service_ticket_ttl, Duration::from_secs(30));
         assert!(c.set("auth_client_required", "kerberos").is_err());

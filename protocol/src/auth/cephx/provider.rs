@@ -1004,6 +1004,7 @@ mod tests {
         let authorizer = Authorizer::new(4100, &t, &mut rng);
         let mut config = AuthConfig::ceph_defaults();
         config.cephx_cluster_require_version = 1;
+        config.cephx_require_version = 1;
         let clock = WallClock::anchored(start(), WALL0);
         let osd = CephxProvider::new(name, config, clock, rng_source(5)).with_keys(keys.clone());
         let req = AuthorizerRequest {
@@ -1028,6 +1029,62 @@ mod tests {
         // need_challenge): accepted at once, a captured authorizer would replay.
         let step = osd.authorizer_server().unwrap().verify(&req);
         assert!(matches!(step, AuthorizerStep::Challenge(_)), "{step:?}");
+    }
+
+    // Replay of a captured v1 authorizer. Ceph requires CEPHX_V2 of a v1 peer (else it
+    // answers FEATURES) when `cephx_require_version >= 2` (the default) or the peer's
+    // own `cephx_{service,cluster}_require_version >= 2` (ProtocolV1::
+    // handle_connect_message_2), so every peer it lets in is challenged. An OSD with
+    // cephx_service_require_version = 1 but cephx_require_version left at 2 took a
+    // client.admin authorizer captured off the wire, replayed in a connect without
+    // CEPHX_V2, with no challenge: a session as client.admin, its caps.
+    #[test]
+    fn a_replayed_v1_authorizer_is_challenged_while_cephx_require_version_is_2() {
+        let mut rng = TestRng::new(1);
+        let mut ring = KeyRing::new();
+        let admin = AuthEntityName::new(EntityType::CLIENT, "admin");
+        let key = CryptoKey::generate(WALL0, &mut rng);
+        ring.insert(admin.clone(), KeyEntry::new(key).with_cap("osd", "allow *"));
+        let server = KeyServer::new(ring, AuthConfig::ceph_defaults(), WALL0, &mut rng);
+        let t = server.service_ticket(&admin, 4100, EntityType::OSD, WALL0, &mut rng).unwrap();
+        let tickets = Arc::new(TicketStore::new(4100));
+        tickets.insert(4100, t);
+        let at = start();
+        let clock = WallClock::anchored(at, WALL0);
+        let client = CephxProvider::new(admin, AuthConfig::ceph_defaults(), clock, rng_source(4))
+            .with_tickets(tickets);
+        let captured = client.authorizer_client(EntityType::OSD).unwrap().unwrap().bytes();
+        for (option, peer_type) in [
+            ("cephx_service_require_version", EntityType::CLIENT),
+            ("cephx_cluster_require_version", EntityType::OSD),
+        ] {
+            let mut config = AuthConfig::ceph_defaults();
+            config.set(option, "1").unwrap();
+            assert_eq!(config.cephx_require_version, 2);
+            let keys =
+                RotatingKeyStore::new(EntityType::OSD, server.rotating(EntityType::OSD).unwrap());
+            let osd = CephxProvider::new(
+                AuthEntityName::new(EntityType::OSD, "1"),
+                config,
+                clock,
+                rng_source(5),
+            )
+            .with_keys(Arc::new(SharedKeyStore::new(keys)));
+            let replay = AuthorizerRequest {
+                peer_type,
+                method: AUTH_CEPHX,
+                authorizer: &captured,
+                // Without MSG_AUTH too: no signatures are required by default, so
+                // the session it got was not even signed.
+                features: Features::PACIFIC_ADVERTISED & !Features::CEPHX_V2 & !Features::MSG_AUTH,
+                now: at,
+            };
+            let step = osd.authorizer_server().unwrap().verify(&replay);
+            assert!(
+                !matches!(step, AuthorizerStep::Accept { .. }),
+                "{option} = 1: replayed authorizer accepted without a challenge: {step:?}"
+            );
+        }
     }
 
     #[test]
