@@ -620,8 +620,11 @@ impl Messenger {
     /// had already begun (`ms_fast_dispatch`, `ms_fast_preprocess`, `ms_handle_fast_*`)
     /// may still be running, as after [`Connection::mark_down`]; and called from the
     /// dispatch thread or a worker, it cannot wait for the dispatch thread (which may
-    /// be waiting for that worker): called from a dispatcher, the resets are delivered
-    /// once that dispatcher returns.
+    /// be waiting for that worker): the dispatch thread delivers the resets once it
+    /// comes to them, which from `ms_dispatch` is after that dispatcher returns, and from
+    /// a worker's hook (`ms_fast_dispatch`) may be before or after this returns (as in
+    /// Ceph, whose shutdown never waits for its dispatch queue); either way before a
+    /// [`Messenger::wait`] from a thread of no messenger returns.
     /// [`Messenger::wait`] waits for both. A call made while another is under way (or
     /// after one) waits as `wait` does, but on the dispatch thread or a worker, where it
     /// returns at once (so an `ms_handle_reset` that calls it again goes on at once).

@@ -236,6 +236,20 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Calls `m.wait()` on a thread of its own (one of no messenger): the receiver hears
+/// when it returned; join the handle after.
+pub fn wait_on_a_thread(
+    m: &Arc<Messenger>,
+) -> (crossbeam_channel::Receiver<()>, std::thread::JoinHandle<()>) {
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let m = Arc::clone(m);
+    let waiter = std::thread::spawn(move || {
+        m.wait();
+        let _ = done_tx.send(());
+    });
+    (done, waiter)
+}
+
 /// A small config for tests: 2 workers unless said otherwise.
 pub fn test_config(workers: usize) -> MessengerConfig {
     init_logging();

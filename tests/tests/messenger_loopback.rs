@@ -1453,14 +1453,7 @@ fn stopping_messenger(
 #[test]
 fn wait_blocks_until_a_shutdown_and_the_dispatch_thread_stopped() {
     let (m, stopper, entered, release_tx) = stopping_messenger();
-    let (done_tx, done) = crossbeam_channel::bounded(1);
-    let waiter = {
-        let m = Arc::clone(&m);
-        std::thread::spawn(move || {
-            m.wait();
-            let _ = done_tx.send(());
-        })
-    };
+    let (done, waiter) = wait_on_a_thread(&m);
     assert!(
         done.recv_timeout(Duration::from_millis(300)).is_err(),
         "wait returned before anyone shut the messenger down"
