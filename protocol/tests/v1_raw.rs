@@ -1481,3 +1481,52 @@ fn connector_with_blank_address_learns_its_ipv6_scope_too() {
     let want = std::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 0, 0, 7);
     assert_eq!((mine.addr, mine.nonce), (Some(want.into()), 77));
 }
+
+/// `[::ffff:127.0.0.1]:port`: how a dual-stack `[::]` listener sees an IPv4 peer.
+fn v4_mapped(port: u16) -> SocketAddr {
+    SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().into(), port)
+}
+
+// A connector with a blank IP learns it from the acceptor's banner; an acceptor on a
+// dual-stack `[::]` listener (Ceph's, or a hostile one) says `[::ffff:127.0.0.1]` of an
+// IPv4 connector, which is reached at `127.0.0.1` and announces that (announced as an
+// IPv6 address, its peer keys the session there and dials it back there, where a
+// listener reached at 127.0.0.1 is not the one dialled).
+#[test]
+fn connector_learns_an_ipv4_mapped_address_as_the_ipv4_one() {
+    let mut cfg = me();
+    cfg.my_addrs = EntityAddr::legacy(sa("0.0.0.0:6800"), 77).into();
+    let now = Instant::now();
+    let mut c = Connection::connect(
+        Arc::new(cfg),
+        Policy::lossless_peer(),
+        peer_addr(),
+        EntityType::MON,
+        now,
+    );
+    c.handle_transport_connected(now);
+    assert_eq!(drain(&mut c), BANNER);
+    let block =
+        AcceptorBanner { my_addr: peer_addr(), peer_addr: EntityAddr::legacy(v4_mapped(40000), 0) };
+    c.handle_bytes(now, Bytes::copy_from_slice(&block.to_bytes()));
+    let out = drain(&mut c);
+    let mine = EntityAddr::decode_legacy(&out[..136]).unwrap();
+    assert_eq!((mine.addr, mine.nonce), (Some(sa("127.0.0.1:6800")), 77));
+}
+
+// The acceptor on such a listener tells an IPv4 peer its IPv4 address, and keys a peer
+// announcing a blank IP by it.
+#[test]
+fn acceptor_tells_an_ipv4_peer_of_a_dual_stack_listener_its_ipv4_address() {
+    let now = Instant::now();
+    let mut a = Connection::accept(Arc::new(me()), v4_mapped(5000), v4_mapped(6789), now);
+    let out = drain(&mut a);
+    let block = AcceptorBanner::decode_exact(&out).unwrap();
+    assert_eq!(block.peer_addr, EntityAddr::legacy(sa("127.0.0.1:5000"), 0));
+    let mut hello = BANNER.to_vec();
+    hello.extend_from_slice(&EntityAddr::legacy(sa("0.0.0.0:6790"), 2).encode_legacy());
+    a.handle_bytes(now, Bytes::from(hello));
+    a.handle_bytes(now, connect_bytes(Features::PACIFIC_ADVERTISED, 13, 0, &[]));
+    let req = accept_request(&mut a);
+    assert_eq!(req.peer_addr, EntityAddr::legacy(sa("127.0.0.1:6790"), 2));
+}

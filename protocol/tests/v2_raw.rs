@@ -1032,3 +1032,52 @@ fn marked_lossy_after_a_cut_is_reset_whether_it_redials_at_once_or_backs_off() {
         assert!(c.is_closed(), "open {open_for:?}: {c}");
     }
 }
+
+/// `[::ffff:127.0.0.1]:port`: how a dual-stack `[::]` listener sees an IPv4 peer.
+fn v4_mapped(port: u16) -> SocketAddr {
+    SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped().into(), port)
+}
+
+// A connector with a blank IP (a client, or a messenger bound to `0.0.0.0`) learns its
+// IP from the acceptor's HELLO (`ms_learn_addr_from_peer`). An acceptor on a dual-stack
+// `[::]` listener (Ceph's, or a hostile one) tells an IPv4 connector it is at
+// `[::ffff:127.0.0.1]`: the connector is reached at `127.0.0.1`, and announcing the
+// IPv6 form its peer would key its session there and dial it back there, to be refused
+// (our listener checks a CLIENT_IDENT's target against the IPv4 address it was reached
+// at).
+#[test]
+fn a_connector_learns_an_ipv4_mapped_address_as_the_ipv4_one() {
+    let mut config = node_config(1, 6800, 9);
+    config.my_addrs = EntityAddrVec::single(EntityAddr {
+        ty: AddrType::MSGR2,
+        nonce: 9,
+        addr: Some(SocketAddr::from(([0, 0, 0, 0], 6800))),
+    });
+    let (mut c, now) = connector_with(Arc::new(config), Policy::lossless_client());
+    let mut b = Banner::OURS.to_bytes().to_vec();
+    let seen = EntityAddr { ty: AddrType::MSGR2, nonce: 0, addr: Some(v4_mapped(40000)) };
+    b.extend(frame(&Hello { entity_type: EntityType::MON, peer_addr: seen }));
+    b.extend(frame(&AuthDone { global_id: 4100, con_mode: ConMode::CRC, payload: Bytes::new() }));
+    b.extend(frame(&AuthSignature::default()));
+    c.handle_bytes(now, Bytes::from(b));
+    let sent = frames(&output(&mut c), BANNER_LEN);
+    let ci = sent.iter().find(|f| f.tag() == Tag::CLIENT_IDENT).expect("a CLIENT_IDENT");
+    let ci = ClientIdent::from_segment(&ci.segments[0]).unwrap();
+    assert_eq!(ci.addrs.addrs, [v2_addr(6800, 9)], "we announce the address we are reached at");
+}
+
+// And the acceptor on such a listener tells an IPv4 peer its IPv4 address in HELLO.
+#[test]
+#[allow(clippy::disallowed_methods)]
+fn an_acceptor_tells_an_ipv4_peer_of_a_dual_stack_listener_its_ipv4_address() {
+    let now = Instant::now();
+    let config = Arc::new(node_config(0, 6789, 0));
+    let mut a = Connection::accept(config, v4_mapped(40000), v4_mapped(6789), now);
+    let mut wire = output(&mut a);
+    a.handle_bytes(now, Bytes::copy_from_slice(&Banner::OURS.to_bytes()));
+    wire.extend(output(&mut a));
+    let sent = frames(&wire, BANNER_LEN);
+    let hello = sent.iter().find(|f| f.tag() == Tag::HELLO).expect("a HELLO");
+    let hello = Hello::from_segment(&hello.segments[0]).unwrap();
+    assert_eq!(hello.peer_addr.addr, Some(sa(40000)));
+}

@@ -156,3 +156,51 @@ fn real_ceph_cli_reaches_a_wildcard_v6_listener_over_ipv4() {
         msgr.shutdown();
     }
 }
+
+/// A peer bound to the IPv4 wildcard `0.0.0.0:port` learns its IP from the acceptor it
+/// dials (`ms_learn_addr_from_peer`). An acceptor on a dual-stack `[::]` listener must
+/// tell an IPv4 peer the IPv4 address it sees (`127.0.0.1`), not the socket's
+/// `[::ffff:127.0.0.1]`: a peer that learned that announces itself at an IPv6 address,
+/// the acceptor keys its session there and, dialling it back at it, is refused (the
+/// peer's listener was reached at `127.0.0.1`: a msgr2 CLIENT_IDENT naming
+/// `[::ffff:127.0.0.1]` is not for it, nor is a v1 acceptor at `127.0.0.1` the one
+/// dialled). So a lossless peer that had to redial never reached it again.
+#[test]
+fn a_peer_of_a_dual_stack_listener_learns_its_ipv4_address_and_can_be_dialled_back() {
+    let Some(any6) = dual_stack_wildcard() else { return };
+    let any4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+    for (round, proto) in [ProtocolVersion::V1, ProtocolVersion::V2].into_iter().enumerate() {
+        let tid = round as u64 * 10;
+        let (b, b_bound, b_rx) =
+            server_on(EntityType::OSD, 11, Policy::lossless_peer(), false, any6, test_config(2));
+        let (a, a_bound, a_rx) =
+            server_on(EntityType::OSD, 22, Policy::lossless_peer(), false, any4, test_config(2));
+        let to_b = addr_for(
+            proto,
+            EntityAddr {
+                addr: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, b_bound.port()))),
+                ..b.my_addr()
+            },
+        );
+        let conn = a.connect_to(EntityType::OSD, to_b);
+        conn.send_message(test_message(MSG_TEST, tid + 1, Bytes::from_static(b"hi")))
+            .expect("send");
+        let (at_b, m) = next_message(&b_rx);
+        assert_eq!(m.tid(), tid + 1, "{proto:?}: B got A's message");
+        let announced = at_b.peer_addr().expect("A's announced address");
+        // B dials A back where A said it is, on a fresh session.
+        b.mark_down(&announced);
+        let back = b.connect_to(EntityType::OSD, announced);
+        back.send_message(test_message(MSG_TEST, tid + 2, Bytes::from_static(b"back")))
+            .expect("send");
+        let (_, m) = next_message(&a_rx);
+        assert_eq!(m.tid(), tid + 2, "{proto:?}: A got B's message on B's own dial");
+        assert_eq!(
+            announced.addr,
+            Some(SocketAddr::from((Ipv4Addr::LOCALHOST, a_bound.port()))),
+            "{proto:?}: A announced itself at {announced} (it learned its IP from B)"
+        );
+        a.shutdown();
+        b.shutdown();
+    }
+}

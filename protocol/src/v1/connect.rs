@@ -12,7 +12,7 @@ use crate::session::{
     ConnectSeq, Counters, Fault, GlobalSeq, Machine, OpenNote, PeerIssue, Seq, State,
     GLOBAL_SEQ_PLAUSIBLE,
 };
-use crate::types::{proto_version, with_port, EntityType};
+use crate::types::{proto_version, unmapped, with_port, EntityType};
 use crate::wire::{
     check_banner, AcceptorBanner, ConnectMsg, ConnectReply, Tag, ACCEPTOR_BLOCK_LEN, BANNER,
     BANNER_LEN, CONNECT_LOSSY, MAX_AUTHORIZER_LEN,
@@ -71,7 +71,9 @@ pub(crate) fn read_acceptor_banner(m: &mut Machine<V1>, now: Instant) -> bool {
     let mut me = m.config.v1_addr();
     if me.is_blank_ip() {
         if let Some(seen) = block.peer_addr.addr {
-            me.addr = Some(with_port(seen, me.port()));
+            // An acceptor on a dual-stack `[::]` listener may see us as
+            // `[::ffff:a.b.c.d]`: we are reached at `a.b.c.d`.
+            me.addr = Some(with_port(unmapped(seen), me.port()));
         }
     }
     m.ctrl.extend_from_slice(&me.encode_legacy());

@@ -51,6 +51,11 @@ impl Connection {
         let deadline = crate::session::later(now, config.handshake_timeout);
         let state = State::Handshake { deadline, step: Handshake::AwaitPeerBanner };
         let mut m = Machine::new(config, Side::Accept, Policy::default(), state, V1::new(), now);
+        // An IPv4 peer of a dual-stack `[::]` listener is `a.b.c.d`, not the socket's
+        // `[::ffff:a.b.c.d]`: told that address (our banner), a peer learning its IP from
+        // us (`ms_learn_addr_from_peer`) would announce itself at an IPv6 address it is
+        // not reached at, and be refused when dialled there.
+        let socket_peer = unmapped(socket_peer);
         m.socket_peer = Some(socket_peer);
         let mut me = m.config.v1_addr();
         if me.is_blank_ip() {

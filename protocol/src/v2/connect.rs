@@ -10,7 +10,7 @@ use crate::session::{
     ConnectSeq, Counters, Event, Fault, GlobalSeq, Machine, PeerIssue, Seq, State,
     GLOBAL_SEQ_PLAUSIBLE,
 };
-use crate::types::{with_port, EntityType};
+use crate::types::{unmapped, with_port, EntityType};
 
 use super::frames::{
     AuthBadMethod, AuthDone, AuthReplyMore, AuthRequest, AuthRequestMore, ClientIdent,
@@ -37,7 +37,9 @@ pub(crate) fn on_hello(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<
         }
     }
     // ms_learn_addr_from_peer: adopt the IP the acceptor saw, keep port and nonce.
-    if let Some(seen) = hello.peer_addr.addr {
+    // (An acceptor on a dual-stack `[::]` listener may see us as `[::ffff:a.b.c.d]`: we
+    // are reached at `a.b.c.d`.)
+    if let Some(seen) = hello.peer_addr.addr.map(unmapped) {
         for a in &mut m.proto.my_addrs.addrs {
             if a.is_blank_ip() {
                 a.addr = Some(with_port(seen, a.port()));

@@ -61,7 +61,9 @@ impl Connection {
         // names that), not the socket's `[::ffff:a.b.c.d]`.
         proto.socket_local = Some(unmapped(socket_local));
         let mut m = Machine::new(config, Side::Accept, Policy::default(), state, proto, now);
-        m.socket_peer = Some(socket_peer);
+        // Likewise its HELLO tells the peer `a.b.c.d`, the address the peer learns its
+        // IP from and announces in its idents (see the v1 acceptor).
+        m.socket_peer = Some(unmapped(socket_peer));
         m.ctrl.extend_from_slice(&banner);
         log::debug!(target: LOG, "{m}: accepted");
         Connection(m)
