@@ -111,9 +111,7 @@ impl Machine {
         peer_type: EntityType,
         now: Instant,
     ) -> Machine {
-        let version =
-            if addr.ty == AddrType::MSGR2 { ProtocolVersion::V2 } else { ProtocolVersion::V1 };
-        Machine(Connection::connect(config, version, policy, addr, peer_type, now))
+        Machine(Connection::connect(config, dialled_protocol(&addr), policy, addr, peer_type, now))
     }
 
     /// The accept side of a socket just accepted from `peer` on `local`. Serving both
@@ -391,6 +389,7 @@ impl Machine {
             // `policy.lossy` an accept decision reads as `existing->policy.lossy`.
             lossy: policy.is_some() && self.0.is_lossy(),
             server_policy: policy.is_some_and(|p| p.server),
+            protocol: self.0.protocol(),
         }
     }
 
@@ -431,6 +430,15 @@ pub(crate) fn counter_values(config: &ProtocolConfig) -> CounterValues {
     config.counters.values()
 }
 
+/// The protocol a connection dialling `addr` speaks: msgr2 for a `v2:` address, else v1.
+fn dialled_protocol(addr: &EntityAddr) -> ProtocolVersion {
+    if addr.ty == AddrType::MSGR2 {
+        ProtocolVersion::V2
+    } else {
+        ProtocolVersion::V1
+    }
+}
+
 /// What another connection's accept decision needs to know of a session (Ceph reads
 /// these from `existing` under its lock); published by the session's driver whenever
 /// they change.
@@ -447,9 +455,22 @@ pub(crate) struct SessionSnapshot {
     /// whether the connection was accepted, so a race between two lossless peers is
     /// decided by their addresses alone, the same way on both sides.
     server_policy: bool,
+    /// The protocol the session speaks: a connect of the other one never decides
+    /// against it (Ceph marks it down instead).
+    protocol: Option<ProtocolVersion>,
 }
 
 impl SessionSnapshot {
+    /// The snapshot of a session we dial at `addr`, before its driver publishes one.
+    pub(crate) fn dialling(addr: &EntityAddr) -> SessionSnapshot {
+        SessionSnapshot { protocol: Some(dialled_protocol(addr)), ..SessionSnapshot::default() }
+    }
+
+    /// The protocol the session speaks, if known.
+    pub(crate) fn protocol(&self) -> Option<ProtocolVersion> {
+        self.protocol
+    }
+
     /// The snapshot of a session whose handle was marked disposable (`disposable`): lossy
     /// from the mark on, whatever its driver last published.
     pub(crate) fn marked(self, disposable: bool) -> SessionSnapshot {

@@ -18,7 +18,7 @@ use crate::connection::{Connection, SendError};
 use crate::counters::WorkerCounters;
 use crate::driver;
 use crate::env::Env;
-use crate::machine::{self, CounterValues, Policy};
+use crate::machine::{self, CounterValues, Policy, SessionSnapshot};
 use crate::processor::{self, Processor};
 use crate::session_table::Lookup;
 use crate::state::ConnState;
@@ -407,6 +407,7 @@ impl Messenger {
                 let mut p = conn.0.published.lock();
                 p.addr = Some(addr);
                 p.entity_type = Some(peer_type);
+                p.session = SessionSnapshot::dialling(&addr);
             }
             conn
         });

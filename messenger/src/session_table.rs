@@ -179,7 +179,17 @@ impl SessionTable {
     /// `decide` — its state, what its driver published, whether it is being replaced —
     /// and applies the [`Claim`] `decide` returns, all in one critical section; a
     /// [`Claim::Register`] publishes `opening`, the numbers `me`'s session opens with,
-    /// in it too. Returns `decide`'s verdict and the existing session it saw.
+    /// in it too. Returns `decide`'s verdict, the existing session it saw, and a session
+    /// of the other protocol found there, which the caller marks down.
+    ///
+    /// A session of the other protocol than `opening`'s (an msgr2 ident listing only a
+    /// v1 address is looked up under that one) is not decided against: it leaves the
+    /// table here and `decide` sees none, as Ceph's `handle_client_ident`,
+    /// `handle_reconnect` and v1's `handle_connect_message_2` mark an existing
+    /// connection of the other protocol down and go on without it (the protocols' rules
+    /// would move a session into the other protocol's machine, its messages renumbered
+    /// for a peer that had them). Unless the newcomer is another entity than its peer:
+    /// that one is refused as for any session.
     pub(crate) fn decide_accept<V>(
         &self,
         me: &Connection,
@@ -187,10 +197,18 @@ impl SessionTable {
         authenticated: Option<&AuthPeer>,
         opening: SessionSnapshot,
         decide: impl FnOnce(Option<&Existing>) -> (V, Claim),
-    ) -> (V, Option<Connection>) {
+    ) -> (V, Option<Connection>, Option<Connection>) {
         let mut t = self.tables.lock();
-        let existing =
+        let mut existing =
             t.sessions.get(&addr).filter(|c| *c != me && c.state() != ConnState::Closed).cloned();
+        let other_protocol = existing.take_if(|c| {
+            let p = c.0.published.lock();
+            p.session.protocol().is_some_and(|v| Some(v) != opening.protocol())
+                && !foreign(p.peer_auth.as_ref(), p.entity_type, authenticated)
+        });
+        if let Some(c) = &other_protocol {
+            t.forget_session(c);
+        }
         let mut published = existing.as_ref().map(|c| c.0.published.lock());
         let view = existing.as_ref().zip(published.as_deref()).map(|(c, p)| Existing {
             state: c.state(),
@@ -219,7 +237,7 @@ impl SessionTable {
                 p.peer_auth = Some(a.clone());
             }
         }
-        (verdict, existing)
+        (verdict, existing, other_protocol)
     }
 
     /// Forgets `conn` if `still(conn)` holds, both under the table's lock: an accept
@@ -401,7 +419,7 @@ mod tests {
         claim: Claim,
     ) -> Option<bool> {
         let opening = SessionSnapshot::default();
-        let (foreign, _) =
+        let (foreign, _, _) =
             table.decide_accept(conn, addr, Some(who), opening, |e| (e.map(|e| e.foreign), claim));
         foreign
     }

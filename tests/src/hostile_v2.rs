@@ -226,6 +226,26 @@ pub fn client_ident(
     })
 }
 
+/// A CLIENT_IDENT for `server` listing `addrs` as ours, opening a lossless session
+/// with `client_cookie`, sent at `global_seq` (Pacific's features), as one frame.
+pub fn ident_listing(
+    server: EntityAddr,
+    addrs: Vec<EntityAddr>,
+    client_cookie: u64,
+    global_seq: u64,
+) -> Vec<u8> {
+    control(&ClientIdent {
+        addrs: EntityAddrVec { addrs },
+        target_addr: server,
+        gid: -1,
+        global_seq,
+        supported_features: Features::PACIFIC_ADVERTISED,
+        required_features: Features::MSG_ADDR2,
+        flags: 0,
+        client_cookie,
+    })
+}
+
 /// A CLIENT_IDENT that lacks every feature (an acceptor requires MSG_ADDR2 at least):
 /// Ceph answers IDENT_MISSING_FEATURES and lets the peer try again, a bounded number of
 /// times.

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use messenger::{ConnState, Connection, Messenger, MessengerConfig, Policy, ProtocolVersion};
 use protocol::types::{EntityAddr, EntityAddrVec, EntityType, Features};
-use protocol::v2::frames::{ClientIdent, ControlFrame, ServerIdent, SessionReconnect};
+use protocol::v2::frames::{ControlFrame, ServerIdent, SessionReconnect};
 use protocol::v2::Tag as V2Tag;
 use protocol::wire::{ConnectReply, Tag};
 use tests::hostile::*;
@@ -145,21 +145,6 @@ fn two_session_reconnects_racing_to_replace_a_session_do_not_both_win_over_msgr2
     srv.shutdown();
 }
 
-/// A CLIENT_IDENT from `me` opening a lossless session with `client_cookie`, sent at
-/// `global_seq`.
-fn ident_at(server: EntityAddr, me: EntityAddr, client_cookie: u64, global_seq: u64) -> Vec<u8> {
-    control(&ClientIdent {
-        addrs: EntityAddrVec { addrs: vec![me] },
-        target_addr: server,
-        gid: -1,
-        global_seq,
-        supported_features: Features::PACIFIC_ADVERTISED,
-        required_features: Features::MSG_ADDR2,
-        flags: 0,
-        client_cookie,
-    })
-}
-
 // A client marks a connection down in the middle of its handshake and opens a new
 // session; the old connection's CLIENT_IDENT, late (a proxy, a slow path), reaches the
 // stateful server after the new session's. Its lower global_seq marks it stale (Ceph's
@@ -180,11 +165,11 @@ fn a_late_ident_of_an_older_connection_does_not_replace_a_newer_session_over_msg
     let me = v2_peer_addr(4242);
     let mut old = v2_socket_at_ident(server, me, Policy::lossless_client());
     let mut new = v2_socket_at_ident(server, me, Policy::lossless_client());
-    new.write_all(&ident_at(server, me, 0xB, 20)).expect("new ident");
+    new.write_all(&ident_listing(server, vec![me], 0xB, 20)).expect("new ident");
     let (tag, seg) = read_frame(&mut new).expect("new ident reply");
     assert_eq!(tag, V2Tag::SERVER_IDENT);
     let server_cookie = ServerIdent::from_segment(&seg).expect("server ident").server_cookie;
-    old.write_all(&ident_at(server, me, 0xA, 10)).expect("old ident");
+    old.write_all(&ident_listing(server, vec![me], 0xA, 10)).expect("old ident");
     let answer = read_frame(&mut old).map(|(t, _)| t);
     assert_ne!(answer, Some(V2Tag::SERVER_IDENT), "the stale ident opened a session");
     // The newer session survives: its reconnect after a cut is taken, not reset.
@@ -292,7 +277,8 @@ fn a_stale_ident_decided_before_a_new_sessions_reply_is_dropped_over_msgr2() {
     let me = v2_peer_addr(1);
     let mut newer = v2_socket_at_ident(server, me, Policy::lossless_client());
     let mut stale = v2_socket_at_ident(server, me, Policy::lossless_client());
-    let (newer_ident, stale_ident) = (ident_at(server, me, 0xC, 50), ident_at(server, me, 0xC, 40));
+    let (newer_ident, stale_ident) =
+        (ident_listing(server, vec![me], 0xC, 50), ident_listing(server, vec![me], 0xC, 40));
     strike_inside_the_window(&srv, (&mut newer, &newer_ident), (&mut stale, &stale_ident));
 
     let answer = read_frame(&mut stale).map(|(t, _)| t);
@@ -397,7 +383,7 @@ fn open_v2_session(
         server_on(EntityType::OSD, 2, Policy::stateful_server(), false, loopback, test_config(1));
     let server = addr_for(ProtocolVersion::V2, srv.my_addr());
     let mut first = v2_socket_at_ident(server, me, Policy::lossless_client());
-    first.write_all(&ident_at(server, me, 0xC, 50)).expect("ident");
+    first.write_all(&ident_listing(server, vec![me], 0xC, 50)).expect("ident");
     let (tag, seg) = read_frame(&mut first).expect("server ident");
     assert_eq!(tag, V2Tag::SERVER_IDENT);
     let server_cookie = ServerIdent::from_segment(&seg).expect("server ident").server_cookie;

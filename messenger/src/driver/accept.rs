@@ -38,7 +38,7 @@ impl Driver {
         };
         let authenticated = self.machine.peer_auth().cloned();
         let opening = self.machine.snapshot_on_open(&req, &policy);
-        let (verdict, existing) = self.env.sessions.decide_accept(
+        let (verdict, existing, other_protocol) = self.env.sessions.decide_accept(
             &self.conn,
             req.peer_addr,
             authenticated.as_ref(),
@@ -58,6 +58,11 @@ impl Driver {
             },
         );
         log::debug!(target: "msgr::conn", "{}: accept decision {verdict:?}", self.machine);
+        if let Some(other) = other_protocol {
+            // Out of the table already: closed as Ceph's `existing->mark_down()`, silently.
+            log::info!(target: "msgr::conn", "{}: existing {other:?} speaks the other protocol, marking it down", self.machine);
+            other.mark_down();
+        }
         match (verdict.action, existing) {
             (AcceptAction::HandOver, Some(existing)) => {
                 // Lossless replace: the existing session adopts this socket. From here
