@@ -3,9 +3,10 @@
 //! the peer's session, or two fresh dials meeting), or one side's socket is cut (both
 //! reconnect at once); then both stream to each other. Each handle receives in order;
 //! every message arrives (unless its sender's session was reset, which Ceph does for a
-//! peer found without a session); a fresh race or a cut opens exactly one session, with
-//! one ms_handle_connect / ms_handle_accept per side and no reset; and nothing falls back
-//! to the WAIT backoff (a minute here). Also over msgr2 secure mode with cephx, and
+//! peer found without a session); a fresh race opens exactly one session, with one
+//! ms_handle_connect / ms_handle_accept per side, a cut at most one more per side (both
+//! ends redial), and neither resets; and nothing falls back to the WAIT backoff (a
+//! minute here). Also over msgr2 secure mode with cephx, and
 //! through cutting proxies that both peers announce as their addresses.
 
 use std::net::SocketAddr;
@@ -229,10 +230,14 @@ fn rounds(
                     default(left) => break,
                 }
             }
-            assert_eq!(
-                (sa.opens.len(), sb.opens.len()),
-                (1, 1),
-                "round {round} ({marks:?}): one open each: a {:?}, b {:?}",
+            // A fresh race opens one session. After a cut both ends redial: the
+            // second dial to land may replace the session the first opened (Ceph's
+            // reconnect of an open session replaces it too), an open more per side.
+            let most = if matches!(marks, Marks::CutA | Marks::CutB) { 2 } else { 1 };
+            let opens = (sa.opens.len(), sb.opens.len());
+            assert!(
+                (1..=most).contains(&opens.0) && (1..=most).contains(&opens.1),
+                "round {round} ({marks:?}): {most} open(s) each at most: a {:?}, b {:?}",
                 sa.opens,
                 sb.opens
             );
