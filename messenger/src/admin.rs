@@ -547,27 +547,29 @@ impl Handler for AdminConn {
     }
 }
 
-/// The commands we serve, in the shape of Ceph's `get_command_descriptions` table. As in
-/// a 16.2.15 daemon's, the aliases are listed without help (`0`, the protocol version;
-/// `1` and `perfcounters_dump`, `perf dump`; `2` and `perfcounters_schema`, `perf
-/// schema`): the CLI accepts only listed commands, and `help` leaves them out.
+/// The commands we serve, in the shape of Ceph's `get_command_descriptions` table and in
+/// its order (sorted by command). As in a 16.2.15 daemon's, the aliases are listed
+/// without help (`0`, the protocol version; `1` and `perfcounters_dump`, `perf dump`; `2`
+/// and `perfcounters_schema`, `perf schema`): the CLI accepts only listed commands, and
+/// `help` leaves them out.
 fn command_table() -> Value {
     json!({
         "cmd000": {"sig": ["0"], "help": ""},
         "cmd001": {"sig": ["1"], "help": ""},
         "cmd002": {"sig": ["2"], "help": ""},
         "cmd003": {"sig": ["get_command_descriptions"], "help": "list available commands"},
-        "cmd004": {"sig": ["help"], "help": "list available commands"},
-        "cmd005": {"sig": ["messenger", "dump"],
+        "cmd004": {"sig": ["git_version"], "help": "get git sha1"},
+        "cmd005": {"sig": ["help"], "help": "list available commands"},
+        "cmd006": {"sig": ["messenger", "dump"],
                    "help": "dump the messenger's connections (peer, state, features)"},
-        "cmd006": {"sig": ["perf", "dump",
+        "cmd007": {"sig": ["perf", "dump",
                            {"name": "logger", "req": "false", "type": "CephString"},
                            {"name": "counter", "req": "false", "type": "CephString"}],
                    "help": "dump perfcounters value"},
-        "cmd007": {"sig": ["perf", "schema"], "help": "dump perfcounters schema"},
-        "cmd008": {"sig": ["perfcounters_dump"], "help": ""},
-        "cmd009": {"sig": ["perfcounters_schema"], "help": ""},
-        "cmd010": {"sig": ["version"], "help": "get asyncmsgr version"},
+        "cmd008": {"sig": ["perf", "schema"], "help": "dump perfcounters schema"},
+        "cmd009": {"sig": ["perfcounters_dump"], "help": ""},
+        "cmd010": {"sig": ["perfcounters_schema"], "help": ""},
+        "cmd011": {"sig": ["version"], "help": "get asyncmsgr version"},
     })
 }
 
@@ -623,6 +625,9 @@ fn answer(env: &Env, command: &[u8]) -> Vec<u8> {
         // Ceph's takes no arguments: always every section.
         "perf schema" | "perfcounters_schema" | "2" => pretty(&env.perf_schema()),
         "messenger dump" => pretty(&env.sessions.dump()),
+        // Every Ceph daemon's admin socket serves it (AdminSocket's own VersionHook,
+        // beside `version`). The build records no commit: the crate's version.
+        "git_version" => pretty(&json!({ "git_version": env!("CARGO_PKG_VERSION") })),
         "version" => pretty(&json!({
             "version": env!("CARGO_PKG_VERSION"),
             "release": "asyncmsgr",

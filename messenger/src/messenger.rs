@@ -511,9 +511,9 @@ impl Messenger {
     /// Serves Ceph's admin-socket protocol on a Unix socket at `path` from one of the
     /// workers (no thread of its own): `perf dump` (also `perfcounters_dump` and `1`),
     /// `perf schema` (also `perfcounters_schema` and `2`), `messenger dump`, `version`,
-    /// `help`, `get_command_descriptions`, Ceph's ping (`0`, answered `2`) and its binary
-    /// requests (codes 0, 1 and 2), so `ceph --admin-daemon PATH perf dump` works and a
-    /// Ceph daemon starting at `path` sees a live socket.
+    /// `git_version`, `help`, `get_command_descriptions`, Ceph's ping (`0`, answered
+    /// `2`) and its binary requests (codes 0, 1 and 2), so `ceph --admin-daemon PATH perf
+    /// dump` works and a Ceph daemon starting at `path` sees a live socket.
     /// The socket file is removed when the messenger shuts down. A socket at `path` that
     /// answers (another daemon's) is left alone: `AlreadyExists`; a stale file is
     /// replaced.

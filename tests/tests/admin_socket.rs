@@ -558,3 +558,31 @@ fn an_admin_socket_never_served_removes_its_file_and_says_so() {
     let _ = std::fs::remove_file(&path);
     pool.shutdown();
 }
+
+// Every Ceph daemon's admin socket answers `git_version` (AdminSocket::init registers it
+// beside `version`, `0`, `help` and `get_command_descriptions`): `ceph --admin-daemon
+// PATH git_version` printed "no valid command found" and exited 22 against ours.
+#[test]
+fn the_real_ceph_cli_asks_git_version() {
+    if !ceph_available("the_real_ceph_cli_asks_git_version") {
+        return;
+    }
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let path = socket_path("git-version");
+    srv.start_admin_socket(&path).expect("admin socket");
+    let out = std::process::Command::new("timeout")
+        .args(["60", "ceph", "--admin-daemon"])
+        .arg(&path)
+        .arg("git_version")
+        .output()
+        .expect("run ceph");
+    srv.shutdown();
+    assert!(
+        out.status.success(),
+        "ceph --admin-daemon git_version: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON from the CLI");
+    assert!(v["git_version"].is_string(), "{v}");
+}
