@@ -555,8 +555,9 @@ fn a_v1_server_flooding_before_the_connect_reply_is_cut_off() {
 }
 
 // A server announcing another address than the one dialled (v1's banner, msgr2's
-// SERVER_IDENT), or another entity type (msgr2's HELLO): each attempt fails its
-// handshake and is redialled after the backoff.
+// SERVER_IDENT): each attempt fails its handshake and is redialled after the backoff.
+// Another entity type (msgr2's HELLO) ends the connection with a reset at the first
+// attempt (Ceph's handle_hello; tests/tests/v2_fault_parity.rs): no dial loop either.
 #[test]
 fn a_server_naming_another_address_or_entity_is_redialled_with_backoff() {
     for ty in [AddrType::LEGACY, AddrType::MSGR2] {

@@ -83,6 +83,12 @@ pub struct FaultContext {
     pub lossy: bool,
     /// The policy is a server one (never dials the peer).
     pub server: bool,
+    /// A server-policy connection parks in standby on any fault that neither resets nor
+    /// closes it, a fault of its own connect attempt included (msgr2: Ceph's
+    /// `ProtocolV2::_fault`, "server, going to standby, even though i have stuff
+    /// queued", checked before it looks at the state); without it (msgr v1's `fault`)
+    /// only past connecting, and a connect attempt backs off and dials again.
+    pub server_always_parks: bool,
     /// The policy allows standby.
     pub standby: bool,
     /// Which side this connection is.
@@ -170,6 +176,10 @@ pub fn fault_action(ctx: &FaultContext) -> FaultAction {
     if ctx.standby && !ctx.has_pending && !ctx.wait {
         return FaultAction::Standby;
     }
+    // A server never dials its peer again: msgr2 parks it whatever it was doing.
+    if ctx.server && ctx.server_always_parks {
+        return FaultAction::Standby;
+    }
     if ctx.past_connecting() {
         // A server never dials its clients: it waits for them to come back.
         if ctx.server {
@@ -214,6 +224,7 @@ mod tests {
         FaultContext {
             lossy: false,
             server: false,
+            server_always_parks: false,
             standby: false,
             side: Side::Connect,
             was_open: true,
@@ -337,6 +348,22 @@ mod tests {
     fn lossless_server_goes_standby() {
         let c = FaultContext { server: true, side: Side::Accept, ..ctx() };
         assert_eq!(fault_action(&c), FaultAction::Standby);
+    }
+
+    // msgr2 parks a server-policy connector that faults in its own connect attempt, a
+    // WAIT included ("server, going to standby, even though i have stuff queued");
+    // msgr v1 backs off and dials again. A lossy one answered WAIT still resets (Ceph's
+    // lossy check comes first).
+    #[test]
+    fn a_v2_server_connector_parks_when_its_connect_faults() {
+        let c = FaultContext { server: true, was_open: false, ..ctx() };
+        assert_eq!(fault_action(&c), FaultAction::Reconnect { after: Duration::from_millis(200) });
+        let v2 = FaultContext { server_always_parks: true, ..c };
+        assert_eq!(fault_action(&v2), FaultAction::Standby);
+        assert_eq!(fault_action(&FaultContext { wait: true, ..v2 }), FaultAction::Standby);
+        assert_eq!(fault_action(&FaultContext { lossy: true, ..v2 }), FaultAction::Standby);
+        let lossy_wait = FaultContext { lossy: true, wait: true, lossy_handshake_ends: true, ..v2 };
+        assert_eq!(fault_action(&lossy_wait), FaultAction::Reset);
     }
 
     // "initiating reconnect": first reconnect after an open session is immediate.

@@ -80,6 +80,7 @@ impl<P: Protocol> Machine<P> {
         let ctx = FaultContext {
             lossy: self.lossy,
             server: self.policy.server,
+            server_always_parks: P::SERVER_ALWAYS_PARKS,
             standby: self.policy.standby,
             side: self.side,
             was_open,
@@ -214,6 +215,18 @@ impl<P: Protocol> Machine<P> {
         self.reset_transport();
         self.events.push_back(Event::Refused);
         self.finish(Initiator::Peer, CloseReason::Refused(why));
+    }
+
+    /// Ends the session at once, whatever its policy, with everything it queued, and
+    /// reports it reset (Ceph's `stop()` then `queue_reset`, as ProtocolV2's
+    /// `handle_hello` does when the peer is not the entity type dialled): no retry would
+    /// reach another peer, and the user must hear of it to look elsewhere.
+    pub(crate) fn stop_and_reset(&mut self, why: &'static str) {
+        self.reset_transport();
+        self.session.reset();
+        self.keepalive.pending = None;
+        self.events.push_back(Event::Reset);
+        self.finish(Initiator::Library, CloseReason::Fault(Fault::Misbehaved(why)));
     }
 
     /// Forgets everything tied to the current TCP connection.

@@ -78,6 +78,9 @@ pub trait Protocol: Sized + Send + 'static {
     /// counts what it consumed; msgr2's frame decoder takes a segment whole once it is
     /// buffered, so what arrives meanwhile is the progress.
     const PROGRESS_ON_ARRIVAL: bool;
+    /// Whether a server-policy connection parks in standby on any fault it survives,
+    /// even one of its own connect attempt ([`FaultContext::server_always_parks`]).
+    const SERVER_ALWAYS_PARKS: bool;
 
     /// The dialled socket connected: queue the banner; the first handshake step.
     fn start_handshake(m: &mut Machine<Self>) -> Self::Handshake;

@@ -80,6 +80,8 @@ impl Protocol for V1 {
     const NAME: &'static str = "v1";
     const TIMED_PAYLOAD: bool = true;
     const PROGRESS_ON_ARRIVAL: bool = false;
+    // ProtocolV1::fault parks a server only past connecting; its connect attempts back off.
+    const SERVER_ALWAYS_PARKS: bool = false;
 
     fn step_name(step: &Handshake) -> &'static str {
         step.name()

@@ -33,7 +33,10 @@ pub(crate) fn on_hello(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<
     if let Some(expected) = m.peer_type {
         if hello.entity_type != expected {
             log::warn!(target: LOG, "{m}: peer is a {}, expected a {expected}", hello.entity_type);
-            return Err(Fault::Misbehaved("peer is not the entity type dialled"));
+            // Ceph's handle_hello: stop() and queue_reset, lossless or not; redialling
+            // would only reach the same daemon.
+            m.stop_and_reset("peer is not the entity type dialled");
+            return Ok(false);
         }
     }
     // ms_learn_addr_from_peer: adopt the IP the acceptor saw, keep port and nonce.

@@ -77,6 +77,8 @@ impl Protocol for V2 {
     const NAME: &'static str = "v2";
     const TIMED_PAYLOAD: bool = true;
     const PROGRESS_ON_ARRIVAL: bool = true;
+    // ProtocolV2::_fault: "server, going to standby, even though i have stuff queued".
+    const SERVER_ALWAYS_PARKS: bool = true;
 
     fn step_name(step: &Handshake) -> &'static str {
         step.name()
