@@ -1,13 +1,17 @@
 //! [`Machine`]'s outputs (`poll_*` but the timeout, which is in `timers.rs`): bytes to
 //! write and events.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::wire::KeepaliveStamp;
 
 use super::event::Event;
 use super::machine::{Machine, Protocol};
 use super::seq::Seq;
+
+/// The most a round of [`Machine::poll_transmit`] may hand out (or its control buffer
+/// hold) for that buffer's allocation to be kept for the next round.
+const CTRL_KEEP: usize = 64 << 10;
 
 /// Which of the events a peer can provoke as fast as it sends (a keepalive, the ack of
 /// ours, an ack of messages) wait in the machine's queue: at most one of each, which
@@ -89,12 +93,16 @@ impl<P: Protocol> Machine<P> {
         if self.state.is_open() {
             P::transmit(self, &mut head, out);
         }
+        let grown = head.capacity() > CTRL_KEEP;
         if !head.is_empty() {
             out.push(head.split().freeze());
         }
-        // Keep the allocation for the next round when it was not handed out.
-        self.ctrl = head;
         let total = out[first..].iter().map(Bytes::len).sum();
+        // Keep the allocation for the next round when it was not handed out, unless the
+        // round was large: what is left of `head` after a split shares its allocation,
+        // so kept, it pinned the largest round ever framed (a batch of small messages
+        // gathered, a secure frame sealed whole) for the connection's life, and reused it.
+        self.ctrl = if grown || total > CTRL_KEEP { BytesMut::new() } else { head };
         if total > 0 {
             self.written = self.written.handed_out();
             log::trace!(target: P::LOG, "{self}: {total} bytes out");
