@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use protocol::auth::{CryptoKey, KeyEntry, KeyRing};
 use protocol::encoding::UTime;
-use protocol::types::{AuthEntityName, EntityAddr, EntityType};
+use protocol::types::{AddrType, AuthEntityName, EntityAddr, EntityType};
 
 /// How long a freshly started monitor may take to accept connections (observed: < 1 s).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -500,7 +500,13 @@ impl CephOsd {
     /// `Ok(None)` when Ceph is not installed and not required (having printed that
     /// `test` is skipped and why).
     pub fn start(test: &str) -> io::Result<Option<CephOsd>> {
-        CephOsd::start_with_auth(test, Auth::Cephx)
+        CephOsd::start_with_auth(test, Auth::Cephx, &[])
+    }
+
+    /// As [`CephOsd::start`], with `options` in `[global]` (e.g. shortened ticket ttls,
+    /// which the OSD reads too).
+    pub fn start_cephx_with(test: &str, options: &[(&str, &str)]) -> io::Result<Option<CephOsd>> {
+        CephOsd::start_with_auth(test, Auth::Cephx, options)
     }
 
     /// As [`CephOsd::start`], but the whole cluster runs auth none
@@ -509,17 +515,22 @@ impl CephOsd {
     /// [`CephOsd::keyring`] names no file. A v1 connect without an authorizer is still
     /// refused by it (BADAUTHORIZER, msgr-v1.md 3.6), auth none's authorizer accepted.
     pub fn start_auth_none(test: &str) -> io::Result<Option<CephOsd>> {
-        CephOsd::start_with_auth(test, Auth::None)
+        CephOsd::start_with_auth(test, Auth::None, &[])
     }
 
-    fn start_with_auth(test: &str, auth: Auth) -> io::Result<Option<CephOsd>> {
+    fn start_with_auth(
+        test: &str,
+        auth: Auth,
+        options: &[(&str, &str)],
+    ) -> io::Result<Option<CephOsd>> {
         if !ceph_osd_available(test) {
             return Ok(None);
         }
         // The OSD's boot waits on two osdmap commits (its device class, then its
         // `up`), each held back by the monitor's `paxos_propose_interval` (1 s) to batch
         // updates: 2 s of its 2.1 s boot. At 0.1 s the OSD is up 0.25 s after launch.
-        let mon_options = [("paxos_propose_interval", "0.1")];
+        let mut mon_options = vec![("paxos_propose_interval", "0.1")];
+        mon_options.extend_from_slice(options);
         let Some(mon) = CephMon::start_with_auth(test, Bind::Both, auth, &mon_options)? else {
             return Ok(None);
         };
@@ -641,6 +652,23 @@ impl CephOsd {
     /// Whether the OSD process is still alive.
     pub fn is_running(&self) -> bool {
         self.pid.is_some_and(is_alive)
+    }
+
+    /// The address of `kind` ("v1" or "v2", with its nonce) in the `field` addrvec
+    /// (`public_addrs`, `cluster_addrs`, ...) of the first OSD in the monitor's `osd dump`
+    /// now; panics when there is none.
+    pub fn dumped_addr(&self, field: &str, kind: &str) -> EntityAddr {
+        let out = self.mon.ceph(&["osd", "dump", "--format", "json"]).expect("osd dump");
+        let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("osd dump JSON");
+        let a = dump["osds"][0][field]["addrvec"]
+            .as_array()
+            .and_then(|v| v.iter().find(|a| a["type"] == kind))
+            .cloned()
+            .unwrap_or_default();
+        let nonce = a["nonce"].as_u64().and_then(|n| u32::try_from(n).ok()).expect("nonce");
+        let addr: SocketAddr = a["addr"].as_str().expect("addr").parse().expect("addr");
+        let ty = if kind == "v2" { AddrType::MSGR2 } else { AddrType::LEGACY };
+        EntityAddr { ty, nonce, addr: Some(addr) }
     }
 
     /// The monitor of the cluster (cephx, its keyring holding `client.admin`, or auth

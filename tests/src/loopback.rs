@@ -9,6 +9,7 @@ use crossbeam_channel::{Receiver, Sender};
 use messenger::{
     Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion,
 };
+use protocol::auth::{ConMode, ConModes};
 use protocol::types::{AddrType, EntityAddr, EntityName, EntityType};
 use protocol::Message;
 
@@ -254,6 +255,17 @@ pub fn wait_on_a_thread(
 pub fn test_config(workers: usize) -> MessengerConfig {
     init_logging();
     MessengerConfig { workers, ..MessengerConfig::default() }
+}
+
+/// A one-worker test config whose every connection mode (client, cluster, service) is
+/// `mode` (Ceph's defaults if none).
+pub fn in_mode(mode: Option<ConMode>) -> MessengerConfig {
+    MessengerConfig {
+        client_mode: mode.map(|m| ConModes(vec![m])),
+        cluster_mode: mode.map(|m| ConModes(vec![m])),
+        service_mode: mode.map(|m| ConModes(vec![m])),
+        ..test_config(1)
+    }
 }
 
 /// A 2-worker test config ([`test_config`]) whose reconnect backoff starts at `initial`

@@ -25,7 +25,7 @@ use protocol::types::{AddrType, EntityAddr, EntityName, EntityType, Features};
 use tests::ceph::CephOsd;
 use tests::cephx::{assert_version_json, wall_now};
 use tests::chaos::{ChaosConfig, ChaosProxy, CutKind};
-use tests::loopback::{init_logging, test_config, Recorder, Seen, WAIT};
+use tests::loopback::{in_mode, init_logging, test_config, Recorder, Seen, WAIT};
 use tests::mon::MonClient;
 
 const VERSION: &str = r#"{"prefix": "version"}"#;
@@ -53,19 +53,7 @@ fn admin(osd: &CephOsd, config: MessengerConfig) -> Admin {
 
 /// The OSD's public address of `kind` ("v1"/"v2") with its nonce, from `osd dump`.
 fn osd_addr(osd: &CephOsd, kind: &str) -> EntityAddr {
-    let out = osd.mon().ceph(&["osd", "dump", "--format", "json"]).expect("osd dump");
-    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("osd dump JSON");
-    let a = dump["osds"][0]["public_addrs"]["addrvec"]
-        .as_array()
-        .and_then(|v| v.iter().find(|a| a["type"] == kind))
-        .cloned()
-        .unwrap_or_default();
-    let nonce = a["nonce"].as_u64().and_then(|n| u32::try_from(n).ok()).expect("nonce");
-    let addr: SocketAddr = a["addr"].as_str().expect("addr").parse().expect("addr");
-    match kind {
-        "v2" => EntityAddr { ty: AddrType::MSGR2, nonce, addr: Some(addr) },
-        _ => EntityAddr::legacy(addr, nonce),
-    }
+    osd.dumped_addr("public_addrs", kind)
 }
 
 fn send_version(admin: &Admin, conn: &Connection, tid: u64) {
@@ -354,21 +342,6 @@ fn real_osd_answers_our_heartbeat_pings() {
     assert!(osd.is_running());
 }
 
-/// `kind`'s address in `osd dump`'s `field` addrvec of osd.0.
-fn osd_addr_of(osd: &CephOsd, field: &str, kind: &str) -> EntityAddr {
-    let out = osd.mon().ceph(&["osd", "dump", "--format", "json"]).expect("osd dump");
-    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("osd dump JSON");
-    let a = dump["osds"][0][field]["addrvec"]
-        .as_array()
-        .and_then(|v| v.iter().find(|a| a["type"] == kind))
-        .cloned()
-        .unwrap_or_default();
-    let nonce = a["nonce"].as_u64().and_then(|n| u32::try_from(n).ok()).expect("nonce");
-    let addr: SocketAddr = a["addr"].as_str().expect("addr").parse().expect("addr");
-    let ty = if kind == "v2" { AddrType::MSGR2 } else { AddrType::LEGACY };
-    EntityAddr { ty, nonce, addr: Some(addr) }
-}
-
 /// A messenger of ours as `osd.1` (its key registered with the monitor, its tickets
 /// from it), bound on loopback, lossless to OSDs (Ceph's cluster policy).
 fn peer_osd(osd: &CephOsd, config: MessengerConfig) -> Admin {
@@ -413,16 +386,6 @@ fn peer_osd(osd: &CephOsd, config: MessengerConfig) -> Admin {
     Admin { msgr, rx, fsid: osd.mon().fsid_bytes(), dead: Default::default() }
 }
 
-/// A one-worker config whose every connection mode is `mode` (Ceph's defaults if none).
-fn in_mode(mode: Option<ConMode>) -> MessengerConfig {
-    MessengerConfig {
-        client_mode: mode.map(|m| ConModes(vec![m])),
-        cluster_mode: mode.map(|m| ConModes(vec![m])),
-        service_mode: mode.map(|m| ConModes(vec![m])),
-        ..test_config(1)
-    }
-}
-
 /// Waits until each of the commands 1..=`upto` on `peer`'s lossless session was answered
 /// (each at most once, each reply passed to `check`) within `within`; returns the
 /// resets heard meanwhile. Fails with what is missing on a stall.
@@ -465,7 +428,7 @@ fn lossless_through_faults(test: &str, kind: &str, mode: Option<ConMode>, inject
     };
     let config = MessengerConfig { inject_socket_failures: inject, ..in_mode(mode) };
     let peer = peer_osd(&osd, config);
-    let target = osd_addr_of(&osd, "cluster_addrs", kind);
+    let target = osd.dumped_addr("cluster_addrs", kind);
     let conn = peer.msgr.connect_to(EntityType::OSD, target);
     let mut answered: HashSet<u64> = HashSet::new();
     let mut resets = 0;
@@ -516,7 +479,7 @@ fn lossless_under_pressure(test: &str, kind: &str, mode: Option<ConMode>) {
         ..in_mode(mode)
     };
     let peer = peer_osd(&osd, config);
-    let conn = peer.msgr.connect_to(EntityType::OSD, osd_addr_of(&osd, "cluster_addrs", kind));
+    let conn = peer.msgr.connect_to(EntityType::OSD, osd.dumped_addr("cluster_addrs", kind));
     let mut got: HashSet<u64> = HashSet::new();
     let mut t = 0u64;
     let started = Instant::now();
@@ -566,7 +529,7 @@ fn frozen_osd(test: &str, kind: &str, mode: Option<ConMode>) {
         ..in_mode(mode)
     };
     let peer = peer_osd(&osd, config);
-    let conn = peer.msgr.connect_to(EntityType::OSD, osd_addr_of(&osd, "cluster_addrs", kind));
+    let conn = peer.msgr.connect_to(EntityType::OSD, osd.dumped_addr("cluster_addrs", kind));
     let data = Bytes::from(vec![7u8; 256 << 10]);
     let send = |t: u64| {
         let cmd = MCommand { fsid: peer.fsid, cmd: vec![VERSION.to_owned()], data: data.clone() };

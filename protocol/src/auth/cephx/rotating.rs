@@ -69,12 +69,15 @@ impl RotatingSecrets {
         self.secrets.get(&secret_id).map(|k| &k.key)
     }
 
-    /// Whether a daemon should fetch fresh secrets at wall time `now`: the current
-    /// secret expires within `margin` (Ceph's `_check_auth_rotating` uses the service
-    /// ticket ttl as margin), or none is held.
-    pub fn refresh_due(&self, now: UTime, margin: Duration) -> bool {
+    /// Whether a daemon should fetch fresh secrets at wall time `now` (Ceph's
+    /// `_check_auth_rotating`, `need_new_secrets(now - tolerance)`): the current secret
+    /// expired `tolerance` ago or more (Ceph: `min(30 s, auth_service_ticket_ttl / 4)`),
+    /// or none is held. A monitor rotates only once its current secret expired
+    /// (`KeyServer::_rotate_secret`), and seals with the next one meanwhile, which this
+    /// window holds: asked sooner, it answers with the window already held.
+    pub fn refresh_due(&self, now: UTime, tolerance: Duration) -> bool {
         match self.current() {
-            Some((_, k)) => utime_add(now, margin) >= k.expiration,
+            Some((_, k)) => utime_add(k.expiration, tolerance) <= now,
             None => true,
         }
     }
@@ -174,8 +177,13 @@ mod tests {
         let (id, cur) = r.current().unwrap();
         assert_eq!(id, 2);
         assert_eq!(cur.expiration, UTime::new(1_003_600, 0));
-        assert!(!r.refresh_due(now, Duration::from_secs(60)));
-        assert!(r.refresh_due(UTime::new(1_003_590, 0), Duration::from_secs(60)));
+        let tolerance = Duration::from_secs(60);
+        assert!(!r.refresh_due(now, tolerance));
+        // Not while the current secret is valid, nor within the tolerance after.
+        assert!(!r.refresh_due(UTime::new(1_003_590, 0), tolerance));
+        assert!(!r.refresh_due(UTime::new(1_003_650, 0), tolerance));
+        assert!(r.refresh_due(UTime::new(1_003_660, 0), tolerance));
+        assert!(RotatingSecrets::default().refresh_due(now, tolerance));
         let store = RotatingKeyStore::new(EntityType::OSD, r.clone());
         assert_eq!(store.service_secret(EntityType::OSD, 2), Some(cur.key.clone()));
         assert_eq!(store.service_secret(EntityType::MGR, 2), None);
