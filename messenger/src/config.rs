@@ -1,6 +1,7 @@
 //! Messenger configuration, with Ceph's option names and defaults, and its validation.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -262,6 +263,41 @@ pub struct MessengerConfig {
     /// other one fails the banner exchange and is closed.
     #[doc(alias = "ms_bind_msgr2")]
     pub bind_msgr2: bool,
+    /// `ms_bind_port_min` and `ms_bind_port_max`: the ports a bind to port 0 tries, in
+    /// turn from the lowest, binding the first free one ([`crate::Messenger::bind`]);
+    /// with none free the attempt fails with `AddrInUse` (and is retried, see
+    /// [`bind_retry_count`](Self::bind_retry_count)). A bind to any other port binds that
+    /// port. The one listener serves v1 and v2 (see [`bind_msgr1`](Self::bind_msgr1)),
+    /// so both announced addresses carry the one port taken from the range, where Ceph
+    /// takes two. Several messengers of a process (an OSD's public, cluster and
+    /// heartbeat ones) each get the next free port, since the earlier ones hold theirs.
+    /// There is no rebind, so Ceph's `avoid_ports` has no counterpart.
+    ///
+    /// `None` by default, unlike Ceph (`6800..=7300`): port 0 then binds an ephemeral
+    /// port of the kernel's choosing, as it always did here, so tests and clients
+    /// binding port 0 never take a port in 6800–7300 that a Ceph daemon on the host
+    /// (the interop tests') expects to get. A daemon set it as Ceph's daemons have it:
+    /// `Some(6800..=7300)`. [`MessengerConfig::validate`] refuses a range starting at 0
+    /// or ending below its start.
+    #[doc(alias = "ms_bind_port_min")]
+    #[doc(alias = "ms_bind_port_max")]
+    pub bind_port_range: Option<RangeInclusive<u16>>,
+    /// `ms_bind_retry_count`: how many times a bind is attempted in all (as Ceph counts
+    /// it, despite the name: 3, Ceph's default, is the first attempt and two retries;
+    /// 1, no retry; validation refuses 0), [`bind_retry_delay`](Self::bind_retry_delay)
+    /// apart. Every error is retried, as Ceph does: a daemon restarting while its old
+    /// socket lingers, or starting before its address is configured, binds once it is
+    /// free. Each attempt walks the whole [`bind_port_range`](Self::bind_port_range).
+    /// The waits sleep the thread calling bind with no lock held, never a worker's: on a
+    /// worker thread there is one attempt only.
+    #[doc(alias = "ms_bind_retry_count")]
+    pub bind_retry_count: u32,
+    /// `ms_bind_retry_delay`: how long a failed bind waits before the next attempt (Ceph's
+    /// 5 s by default; a test config wants a few milliseconds, so that a bind expected to
+    /// fail fails at once). A messenger started or shut down during the wait gives the
+    /// bind up when it ends.
+    #[doc(alias = "ms_bind_retry_delay")]
+    pub bind_retry_delay: Duration,
     /// `ms_inject_socket_failures` (test seam, feature `fault-injection`): each socket
     /// read, write, dial and accept fails — the socket is shut down, as a network
     /// failure would — with probability 1/N; 0 = never.
@@ -343,6 +379,9 @@ impl Default for MessengerConfig {
             service_mode: None,
             bind_msgr1: true,
             bind_msgr2: true,
+            bind_port_range: None,
+            bind_retry_count: 3,
+            bind_retry_delay: Duration::from_secs(5),
             #[cfg(feature = "fault-injection")]
             inject_socket_failures: 0,
             #[cfg(feature = "fault-injection")]
@@ -478,6 +517,21 @@ impl MessengerConfig {
                 "and bind_msgr1 are both off: the listener would serve nothing",
             );
         }
+        if let Some(range) = &self.bind_port_range {
+            if *range.start() == 0 {
+                return bad("bind_port_range", "starts at port 0, which is no port to bind");
+            }
+            if range.end() < range.start() {
+                return bad(
+                    "bind_port_range",
+                    format!("ends ({}) below its start ({})", range.end(), range.start()),
+                );
+            }
+        }
+        if self.bind_retry_count == 0 {
+            return bad("bind_retry_count", "0 attempts would never bind");
+        }
+        duration("bind_retry_delay", self.bind_retry_delay)?;
         #[cfg(feature = "fault-injection")]
         {
             if self.inject_internal_delays > MAX_DURATION {

@@ -110,7 +110,14 @@ impl Messenger {
     }
 
     /// Binds a listening socket (socket, non-blocking, bind, getsockname, listen) and
-    /// returns the bound address (port 0 picks a free port).
+    /// returns the bound address. Port 0 picks a free port: the first free one of
+    /// [`MessengerConfig::bind_port_range`] if set (Ceph's `ms_bind_port_min` to
+    /// `ms_bind_port_max`), else one the kernel chooses. A bind that fails is tried
+    /// again after [`MessengerConfig::bind_retry_delay`], up to
+    /// [`MessengerConfig::bind_retry_count`] attempts in all (a daemon restarting while
+    /// its old socket lingers), the caller's thread sleeping meanwhile with no lock held;
+    /// called on a worker thread, there is one attempt and no wait. Fails with the last
+    /// attempt's error (`AddrInUse` when no port of the range was free).
     ///
     /// Once, before `start` (as Ceph's `bind`), the first dispatcher or the first
     /// connection: a second call, or one after any of those, fails with `AlreadyExists`
@@ -148,7 +155,15 @@ impl Messenger {
         if self.started.load(Ordering::Acquire) || self.bound.swap(true, Ordering::AcqRel) {
             return Err(too_late());
         }
-        let (listener, bound) = match processor::bind(addr, &self.env.config) {
+        // A bind waiting to retry (`bind_retry_delay`) gives up once the messenger
+        // started or shut down meanwhile: what it would bind could not be announced.
+        let still_wanted = || {
+            if self.started.load(Ordering::Acquire) || self.env.sessions.is_stopping() {
+                return Err(too_late());
+            }
+            Ok(())
+        };
+        let (listener, bound) = match processor::bind(addr, &self.env.config, still_wanted) {
             Ok(b) => b,
             Err(e) => {
                 // Nothing was bound: a later call may try again.

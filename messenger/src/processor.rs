@@ -44,8 +44,96 @@ const EVENTS_BACKOFF: Duration = Duration::from_millis(10);
 /// Connections accepted per readiness event before yielding to the worker's other work.
 const ACCEPT_BATCH: usize = 256;
 
-/// Socket, non-blocking, bind, getsockname, listen.
+/// Binds a listener as Ceph's `Processor::bind` does: up to
+/// [`MessengerConfig::bind_retry_count`] attempts, [`MessengerConfig::bind_retry_delay`]
+/// apart; in each, port 0 with a [`MessengerConfig::bind_port_range`] tries the ports of
+/// the range in turn (without one, the kernel picks an ephemeral port), any other port
+/// is bound as asked. Returns the last attempt's error.
+///
+/// The waits are sleeps of the calling thread, which holds no lock: `Messenger::bind`
+/// runs on its caller's thread. On a worker thread (a messenger bound from fast dispatch
+/// or a handler) there is one attempt and no wait, as a sleep there would stall every
+/// connection of that worker. Before each retry, `still_wanted` may give up (the
+/// messenger started or shut down during the wait) with its error.
 pub(crate) fn bind(
+    addr: SocketAddr,
+    config: &MessengerConfig,
+    still_wanted: impl Fn() -> io::Result<()>,
+) -> io::Result<(std::net::TcpListener, SocketAddr)> {
+    let attempts = if event_center::on_a_worker() { 1 } else { config.bind_retry_count.max(1) };
+    let mut attempt = 1;
+    loop {
+        let err = match bind_attempt(addr, config) {
+            Ok(bound) => return Ok(bound),
+            Err(e) => e,
+        };
+        if attempt >= attempts {
+            if config.bind_retry_count > 1 {
+                log::warn!(
+                    target: "msgr::bind",
+                    "unable to bind {addr} after {attempt} attempt(s): {err}"
+                );
+            }
+            return Err(err);
+        }
+        let delay = config.bind_retry_delay;
+        log::warn!(
+            target: "msgr::bind",
+            "unable to bind {addr} (attempt {attempt} of {attempts}): {err}; trying again in {delay:?}"
+        );
+        std::thread::sleep(delay);
+        still_wanted()?;
+        attempt += 1;
+    }
+}
+
+/// One attempt of [`bind`]: the address as asked, or, for port 0 with a
+/// [`MessengerConfig::bind_port_range`], the first port of the range that binds (Ceph's
+/// loop from `ms_bind_port_min` to `ms_bind_port_max`). A port in use (or one this
+/// process may not bind: a privileged port, a security policy's label) moves on to the
+/// next; any other error is the address's, not the port's, and ends the attempt. A range
+/// without a free port fails with the last port's error, `AddrInUse` if it was in use.
+fn bind_attempt(
+    addr: SocketAddr,
+    config: &MessengerConfig,
+) -> io::Result<(std::net::TcpListener, SocketAddr)> {
+    let range = match &config.bind_port_range {
+        Some(range) if addr.port() == 0 => range.clone(),
+        _ => return bind_port(addr, config),
+    };
+    let mut last = None;
+    for port in range.clone() {
+        let mut at = addr;
+        at.set_port(port);
+        match bind_port(at, config) {
+            Ok(bound) => return Ok(bound),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                log::debug!(target: "msgr::bind", "{at}: {e}");
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let kind = last.as_ref().map_or(io::ErrorKind::AddrInUse, io::Error::kind);
+    let last = last.map_or_else(String::new, |e| format!(" (the last: {e})"));
+    Err(io::Error::new(
+        kind,
+        format!(
+            "no port of bind_port_range {}..={} binds on {}{last}",
+            range.start(),
+            range.end(),
+            addr.ip()
+        ),
+    ))
+}
+
+/// Socket, non-blocking, bind, getsockname, listen.
+fn bind_port(
     addr: SocketAddr,
     config: &MessengerConfig,
 ) -> io::Result<(std::net::TcpListener, SocketAddr)> {
@@ -557,7 +645,7 @@ mod tests {
         // Accepted sockets go to a worker that never runs: they wait in its queue.
         let elsewhere = EventCenter::new(1).expect("center");
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let (listener, addr) = bind(any, &env.config).expect("bind");
+        let (listener, addr) = bind(any, &env.config, || Ok(())).expect("bind");
         // More than one batch waits in the backlog.
         let clients: Vec<_> = (0..ACCEPT_BATCH + 8)
             .map(|_| std::net::TcpStream::connect(addr).expect("connect"))

@@ -251,10 +251,21 @@ pub fn wait_on_a_thread(
     (done, waiter)
 }
 
-/// A small config for tests: 2 workers unless said otherwise.
+/// How long a bind of a [`test_config`] waits before trying again
+/// ([`MessengerConfig::bind_retry_delay`]): a bind expected to fail (an address this host
+/// lacks) fails within milliseconds instead of Ceph's 2 × 5 s.
+pub const TEST_BIND_RETRY_DELAY: Duration = Duration::from_millis(5);
+
+/// A small config for tests: 2 workers unless said otherwise, and binds retried after
+/// [`TEST_BIND_RETRY_DELAY`] (no port range: port 0 stays the kernel's ephemeral port,
+/// never one of the 6800–7300 a real Ceph daemon of the interop tests binds).
 pub fn test_config(workers: usize) -> MessengerConfig {
     init_logging();
-    MessengerConfig { workers, ..MessengerConfig::default() }
+    MessengerConfig {
+        workers,
+        bind_retry_delay: TEST_BIND_RETRY_DELAY,
+        ..MessengerConfig::default()
+    }
 }
 
 /// A one-worker test config whose every connection mode (client, cluster, service) is
