@@ -84,7 +84,8 @@ impl Identity {
 pub(crate) struct Env {
     pub(crate) config: MessengerConfig,
     pub(crate) identity: Identity,
-    pub(crate) policies: Policies,
+    /// Shared with the protocol configuration ([`protocol::Config::policies`]).
+    pub(crate) policies: Arc<Policies>,
     pub(crate) sessions: SessionTable,
     /// The dispatch queue, with the dispatchers and the dispatch throttle it serves.
     pub(crate) queue: Arc<DispatchQueue<Connection>>,
@@ -131,7 +132,7 @@ impl Env {
         );
         Arc::new(Env {
             identity: Identity::new(name, nonce),
-            policies: Policies::new(),
+            policies: Arc::new(Policies::new()),
             sessions: SessionTable::default(),
             queue,
             send_budget,
@@ -275,6 +276,7 @@ impl Env {
         // first use each build it; one is kept.)
         let mut pc =
             machine::protocol_config_unaddressed(&self.config, id.name(), id.global_seq.clone());
+        pc.policies = self.policies.clone();
         // The address is set and the configuration published under the address's read
         // lock, which `set_bound` writes under: a bind racing the first use either lands
         // before the address is read, or sees the configuration built and fails.

@@ -36,10 +36,10 @@ pub(crate) use protocol::{AcceptRequest, Event, Policy};
 /// The protocol's configuration, shared by every machine of one messenger.
 pub(crate) type ProtocolConfig = protocol::Config;
 
-/// Every feature we speak, and advertise to every peer (the protocol's
-/// `features_supported`: Pacific's, as a Ceph 16.2 daemon's `CEPH_FEATURES_ALL`). The
-/// loopback connection reports it as negotiated, as Ceph's local connection reports
-/// `CEPH_FEATURES_ALL`.
+/// Every feature we speak (Pacific's, as a Ceph 16.2 daemon's `CEPH_FEATURES_ALL`):
+/// what every [`Policy`] constructor advertises (its `features_supported`; a policy may
+/// advertise less to a peer type). The loopback connection reports it as negotiated, as
+/// Ceph's local connection reports `CEPH_FEATURES_ALL`.
 pub(crate) const FEATURES_SUPPORTED: Features = Features::PACIFIC_ADVERTISED;
 
 /// The protocol's configuration for a messenger named `name`, but for the addresses it
@@ -51,8 +51,9 @@ pub(crate) fn protocol_config_unaddressed(
     name: EntityName,
     global_seq: Arc<GlobalSeqCounter>,
 ) -> ProtocolConfig {
+    // The feature bits are the policies' (per peer type): the caller shares the
+    // messenger's table as `pc.policies`.
     let mut pc = protocol::Config::new(name, EntityAddrVec::default());
-    pc.features_supported = FEATURES_SUPPORTED;
     pc.crc_header = config.crc_header;
     pc.crc_data = config.crc_data;
     pc.handshake_timeout = config.connection_ready_timeout;

@@ -376,7 +376,13 @@ impl Messenger {
         self.env.policies.set_default(policy);
     }
 
-    /// The policy for peers of `peer_type`.
+    /// The policy for peers of `peer_type`, with its feature bits
+    /// ([`Policy::features_supported`], [`Policy::features_required`]): what connections
+    /// we dial to that type advertise and require of the peer, and what connections
+    /// accepted from a peer naming that type (v1 CONNECT's `host_type`, msgr2 HELLO) are
+    /// checked against and offered. So an OSD can require `SERVER_*` bits of OSD peers
+    /// and not of clients: `set_policy(EntityType::OSD, Policy::lossless_peer()
+    /// .with_features(supported, required))`.
     pub fn set_policy(&self, peer_type: EntityType, policy: Policy) {
         self.env.policies.set(peer_type, policy);
     }

@@ -1,5 +1,7 @@
 //! The messenger's policies per peer type and their throttlers (Ceph's `Policy` table of
-//! a messenger: `set_default_policy`, `set_policy`, `set_policy_throttlers`).
+//! a messenger: `set_default_policy`, `set_policy`, `set_policy_throttlers`). The table
+//! is also the protocol configuration's [`protocol::PolicyTable`]: an accepted
+//! connection reads its policy's feature bits from it the moment the peer names its type.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use parking_lot::RwLock;
 use protocol::types::EntityType;
 
 use crate::machine::Policy;
+use protocol::PolicyTable;
 
 /// The (bytes, messages) policy throttlers of one peer type.
 pub(crate) type ThrottlerPair = (Option<Arc<Throttle>>, Option<Arc<Throttle>>);
@@ -57,5 +60,11 @@ impl Policies {
 
     pub(crate) fn set_throttlers(&self, peer: EntityType, throttlers: ThrottlerPair) {
         self.0.write().throttlers.insert(peer.0, throttlers);
+    }
+}
+
+impl PolicyTable for Policies {
+    fn policy(&self, peer_type: EntityType) -> Policy {
+        Policies::policy(self, peer_type)
     }
 }

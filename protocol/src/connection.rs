@@ -64,8 +64,14 @@ macro_rules! each {
 }
 
 /// The policy of a connection with no session yet.
-static NO_POLICY: Policy =
-    Policy { lossy: false, server: false, standby: false, resetcheck: false };
+static NO_POLICY: Policy = Policy {
+    lossy: false,
+    server: false,
+    standby: false,
+    resetcheck: false,
+    features_supported: Features::PACIFIC_ADVERTISED,
+    features_required: Features::REQUIRED_DEFAULT,
+};
 
 impl Connection {
     // ----- constructors -----

@@ -54,5 +54,5 @@ pub use message::Message;
 pub use session::{
     AcceptRequest, AuthVerdict, CloseReason, Config, ConnectSeq, Cookies, Decision, Event,
     ExistingSession, ExistingState, GlobalSeq, GlobalSeqCounter, Initiator, Machine, Opened,
-    Policy, RequestKind, Seq, Seqs, Session, SessionState, TableEffect,
+    Policy, PolicyTable, RequestKind, Seq, Seqs, Session, SessionState, TableEffect,
 };

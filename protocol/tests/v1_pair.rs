@@ -770,15 +770,14 @@ fn a_retry_session_to_a_lower_connect_seq_is_refused_and_nothing_is_delivered_tw
 fn client_server_without_reconnect_seq() -> Pair {
     use protocol::testing::node_config;
     use protocol::ProtocolVersion;
-    let mut c0 = node_config(ProtocolVersion::V1, 0, 6789, 1);
-    c0.features_supported =
-        Features(Features::PACIFIC_ADVERTISED.bits() & !Features::RECONNECT_SEQ.bits());
+    let c0 = node_config(ProtocolVersion::V1, 0, 6789, 1);
+    let supported = Features(Features::PACIFIC_ADVERTISED.bits() & !Features::RECONNECT_SEQ.bits());
     let c1 = node_config(ProtocolVersion::V1, 1, 6790, 2);
     Pair::with_configs(
         Instant::now(),
         ProtocolVersion::V1,
         c0,
-        Policy::lossless_client(),
+        Policy::lossless_client().with_features(supported, Features::REQUIRED_DEFAULT),
         c1,
         Policy::stateful_server(),
     )

@@ -304,15 +304,15 @@ fn connect_side_handshake_is_byte_exact_with_the_capture() {
         EntityName::new(EntityType::CLIENT, EntityName::NEW),
         EntityAddrVec::single(me),
     );
-    let mut config = config.with_auth(Arc::new(protocol::auth::AuthNoneProvider::new(
+    let config = config.with_auth(Arc::new(protocol::auth::AuthNoneProvider::new(
         AuthEntityName::new(EntityType::CLIENT, "admin"),
     )));
-    config.features_required = Features::NONE;
     let now = Instant::now();
     let mon = ident.target_addr;
     let mut conn = Connection::connect(
         Arc::new(config),
-        protocol::Policy::lossy_client(),
+        protocol::Policy::lossy_client()
+            .with_features(Features::PACIFIC_ADVERTISED, Features::NONE),
         mon,
         EntityType::MON,
         now,
@@ -360,7 +360,11 @@ fn accept_side_handshake_is_byte_exact_with_the_capture() {
     let done = AuthDone::from_segment(&seg(Tag::AUTH_DONE)).unwrap();
     let si = ServerIdent::from_segment(&seg(Tag::SERVER_IDENT)).unwrap();
     let mut config = Config::new(EntityName::new(EntityType::MON, si.gid), si.addrs.clone());
-    config.features_required = Features(si.required_features.0 & !Features::MSG_ADDR2.0);
+    // The monitor's policy for clients: its required features (less msgr2's own).
+    let required = Features(si.required_features.0 & !Features::MSG_ADDR2.0);
+    config.policies = Arc::new(
+        protocol::Policy::stateless_server().with_features(Features::PACIFIC_ADVERTISED, required),
+    );
     config.global_seq = Arc::new(GlobalSeqCounter::after(GlobalSeq(si.global_seq - 1)));
     config.auth = Arc::new(
         AuthNoneProvider::new(AuthEntityName::new(EntityType::MON, "a"))

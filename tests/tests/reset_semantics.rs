@@ -711,7 +711,10 @@ fn serve_acceptor(
         protocol::types::EntityAddrVec { addrs: vec![me] },
     );
     if !required.is_empty() {
-        cfg.features_required = required;
+        cfg.policies = std::sync::Arc::new(
+            protocol::Policy::default()
+                .with_features(protocol::types::Features::PACIFIC_ADVERTISED, required),
+        );
     }
     let (peer, local) = (sock.peer_addr().expect("peer"), sock.local_addr().expect("local"));
     let cfg = std::sync::Arc::new(cfg);

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use crate::auth::{AuthNoneProvider, AuthProvider};
 use crate::message::DecodeLimits;
-use crate::types::{AuthEntityName, EntityAddr, EntityAddrVec, EntityName, Features};
+use crate::types::{AuthEntityName, EntityAddr, EntityAddrVec, EntityName};
 
 use super::cookies::CookieSource;
 use super::issues::WarnLimit;
+use super::policy::{Policy, PolicyTable};
 use super::seq::GlobalSeqCounter;
 
 /// Default [`Config::first_window`]: a page. Small enough that a thousand peers which
@@ -51,10 +52,13 @@ pub struct Config {
     /// [`Config::v1_addr`]); msgr2 sends them all in its idents. A pure client has one
     /// address with a blank IP and port 0 (its IP is learned from the peer).
     pub my_addrs: EntityAddrVec,
-    /// Features we advertise (`ms` policy `features_supported`).
-    pub features_supported: Features,
-    /// Features a peer must have (`features_required`; msgr2 adds MSG_ADDR2).
-    pub features_required: Features,
+    /// Our policy for each peer type, where an acceptor looks up the feature bits it
+    /// checks the peer against and advertises (its [`Policy::features_required`] and
+    /// [`Policy::features_supported`]) as soon as it learns the peer's type: v1
+    /// CONNECT's `host_type`, msgr2 HELLO's entity type. A connector uses the policy it
+    /// was created with, a messenger's for the type it dials. Default: one
+    /// [`Policy::default()`] for every type (Pacific's features, NOSRCADDR required).
+    pub policies: Arc<dyn PolicyTable>,
     /// Limits on the message segment lengths a peer may announce (checked before
     /// allocating).
     pub limits: DecodeLimits,
@@ -214,7 +218,8 @@ impl Counters {
 }
 
 impl Config {
-    /// Ceph's defaults for `my_name` bound to `my_addrs`: Pacific features, crcs on,
+    /// Ceph's defaults for `my_name` bound to `my_addrs`: Pacific features (every peer
+    /// type's policy), crcs on,
     /// 10 s handshake, 900 s idle, no periodic keepalive, backoff 0.2 s → 15 s, auth
     /// none as `<type>.<num>`, or `<type>.admin` for a name with no number yet
     /// (`EntityName::NEW`, a new client's: `client.admin`) ([`Config::with_auth`]
@@ -225,8 +230,7 @@ impl Config {
         Config {
             my_name,
             my_addrs: my_addrs.into(),
-            features_supported: Features::PACIFIC_ADVERTISED,
-            features_required: Features::REQUIRED_DEFAULT,
+            policies: Arc::new(Policy::default()),
             limits: DecodeLimits::default(),
             max_control_frame: DEFAULT_MAX_CONTROL_FRAME,
             crc_header: true,
@@ -273,8 +277,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("my_name", &self.my_name)
             .field("my_addrs", &self.my_addrs)
-            .field("features_supported", &self.features_supported)
-            .field("features_required", &self.features_required)
+            .field("policies", &"<policy table>")
             .field("limits", &self.limits)
             .field("crc_header", &self.crc_header)
             .field("crc_data", &self.crc_data)

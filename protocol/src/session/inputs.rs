@@ -111,7 +111,10 @@ impl<P: Protocol> Machine<P> {
     /// The messenger's answer to [`super::Event::AcceptRequest`]: its policy for the peer's
     /// type, the [`Decision`] (from [`crate::decide`]) and, when the decision keeps an
     /// existing session ([`super::TableEffect::Replace`]), that session, taken from its
-    /// machine with [`Machine::take_session`].
+    /// machine with [`Machine::take_session`]. The feature bits stay those of
+    /// [`super::Config::policies`] for the peer's type, looked up when the peer named
+    /// its type: the peer was checked against them (the bits of `policy` are not used;
+    /// a messenger's are the same).
     pub fn handle_accept_decision(
         &mut self,
         now: Instant,
@@ -124,7 +127,11 @@ impl<P: Protocol> Machine<P> {
             log::warn!(target: P::LOG, "{self}: accept decision in state {}", self.state_name());
             return;
         }
-        self.policy = policy;
+        self.policy = Policy {
+            features_supported: self.policy.features_supported,
+            features_required: self.policy.features_required,
+            ..policy
+        };
         self.lossy = policy.lossy;
         log::debug!(target: P::LOG, "{self}: accept decision {decision:?}");
         P::accept_decision(self, now, decision, transferred);

@@ -148,8 +148,10 @@ pub struct Machine<P: Protocol> {
     /// The role of the current TCP connection (an accepted lossless session that
     /// reconnects becomes a connect side).
     pub(crate) side: Side,
-    /// The policy for the peer's type; on the accept side the default until the
-    /// messenger's decision brings the real one.
+    /// The policy for the peer's type. On the accept side: its feature bits from
+    /// [`Config::policies`] once the peer's type is known
+    /// ([`Machine::learn_peer_type`]), the rest the default until the messenger's
+    /// decision brings it.
     pub(crate) policy: Policy,
     /// The session turned out lossy (our policy, or the acceptor's LOSSY flag).
     pub(crate) lossy: bool,
@@ -282,6 +284,18 @@ impl<P: Protocol> Machine<P> {
             issues: PeerIssues::default(),
             proto,
         }
+    }
+
+    /// Accept side: the peer says it is of type `peer_type` (v1 CONNECT's `host_type`,
+    /// msgr2 HELLO's entity type). Our policy for that type's feature bits are what the
+    /// peer is checked against and offered from now on (Ceph's `connection->policy =
+    /// messenger->get_policy(peer_type)`); its other fields wait for the messenger's
+    /// decision, which knows the session table.
+    pub(crate) fn learn_peer_type(&mut self, peer_type: EntityType) {
+        self.peer_type = Some(peer_type);
+        let policy = self.config.policies.policy(peer_type);
+        self.policy.features_supported = policy.features_supported;
+        self.policy.features_required = policy.features_required;
     }
 
     /// The handshake deadline for an attempt starting at `now`.

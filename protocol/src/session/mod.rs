@@ -11,7 +11,7 @@
 //! | `mod.rs` | [`Session`]: the numbers and queues that move between machines on a replace |
 //! | `queue.rs` | the out queue (priority, FIFO within one; requeue, discard) |
 //! | `cookies.rs` | msgr2's [`Cookies`] and their [`CookieSource`] |
-//! | `policy.rs` | [`Policy`] (Ceph's `Messenger::Policy`) |
+//! | `policy.rs` | [`Policy`] (Ceph's `Messenger::Policy`, with its feature bits), [`PolicyTable`] |
 //! | `clock.rs` | deadlines that cannot overflow; keepalive wall-clock stamps |
 //! | `issues.rs` | peer misbehaviour: counted, logged at WARN once per kind and a few lines a second |
 //! | `config.rs` | [`Config`] of a messenger's machines, its [`Counters`] |
@@ -73,7 +73,7 @@ pub use issues::{WarnLimit, WARN_LINES_PER_SECOND};
 pub(crate) use machine::machine_newtype;
 pub use machine::Machine;
 pub(crate) use machine::Protocol;
-pub use policy::Policy;
+pub use policy::{Policy, PolicyTable};
 pub use race::{AcceptRequest, Decision, ExistingSession, ExistingState, RequestKind, TableEffect};
 pub use seq::{
     ConnectSeq, GlobalSeq, GlobalSeqCounter, Seq, GLOBAL_SEQ_PLAUSIBLE, GLOBAL_SEQ_RAISE_LIMIT,

@@ -333,15 +333,19 @@ impl Pair {
         Pair::with_configs(now, ProtocolVersion::V2, c0, policy0, c1, policy1)
     }
 
-    /// A pair from explicit configurations.
+    /// A pair from explicit configurations. Each node's policy is its policy for every
+    /// peer type: also its configuration's [`Config::policies`], where its acceptors find
+    /// their feature bits.
     pub fn with_configs(
         now: Instant,
         version: ProtocolVersion,
-        c0: Config,
+        mut c0: Config,
         p0: Policy,
-        c1: Config,
+        mut c1: Config,
         p1: Policy,
     ) -> Self {
+        c0.policies = Arc::new(p0);
+        c1.policies = Arc::new(p1);
         Pair {
             now,
             version,

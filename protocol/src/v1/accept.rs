@@ -86,7 +86,8 @@ pub(crate) fn read_connect(m: &mut Machine<V1>, now: Instant) -> bool {
         return false;
     };
     let peer_type = msg.host_type;
-    m.peer_type = Some(peer_type);
+    // Our policy for the type it names decides the features (handle_connect_message_2).
+    m.learn_peer_type(peer_type);
     log::debug!(target: LOG, "{m}: connect from {peer_type} gs={} cs={}", msg.global_seq, msg.connect_seq);
     link.connects = link.connects.saturating_add(1);
     let again = |m: &mut Machine<V1>, link| {
@@ -120,7 +121,7 @@ pub(crate) fn read_connect(m: &mut Machine<V1>, now: Instant) -> bool {
         retry_reply(m, &msg, Tag::BADPROTOVER, &[], 0, 0);
         return true;
     }
-    let missing = msg.features.missing_from(m.config.features_required);
+    let missing = msg.features.missing_from(m.policy.features_required);
     if !missing.is_empty() {
         again(m, link);
         m.peer_issue(PeerIssue::BadConnect, format_args!("peer lacks required features {missing}"));
@@ -141,7 +142,7 @@ pub(crate) fn read_connect(m: &mut Machine<V1>, now: Instant) -> bool {
                 peer_type,
                 method: msg.authorizer_protocol,
                 authorizer: &authorizer,
-                features: m.config.features_supported & msg.features,
+                features: m.policy.features_supported & msg.features,
                 now,
             };
             let step = verifier.verify(&request);
@@ -263,7 +264,7 @@ fn request_decision(
 fn retry_reply(m: &mut Machine<V1>, msg: &ConnectMsg, tag: Tag, auth: &[u8], gs: u32, cs: u32) {
     let reply = ConnectReply {
         tag,
-        features: (msg.features & m.config.features_supported) | m.config.features_required,
+        features: (msg.features & m.policy.features_supported) | m.policy.features_required,
         global_seq: gs,
         connect_seq: cs,
         protocol_version: proto_version(m.config.my_name.ty, msg.host_type, false),
@@ -366,7 +367,7 @@ fn accept_open(
     }
     let reply = ConnectReply {
         tag: if seq_exchange { Tag::SEQ } else { Tag::READY },
-        features: m.config.features_supported,
+        features: m.policy.features_supported,
         global_seq: m.config.global_seq.next().to_v1(),
         connect_seq: m.session.connect_seq.to_v1(),
         protocol_version: proto_version(m.config.my_name.ty, p.msg.host_type, false),
@@ -376,7 +377,7 @@ fn accept_open(
     let mut out = Vec::with_capacity(ConnectReply::LEN + p.authorizer_reply.len() + 8);
     reply.encode_full(&p.authorizer_reply, m.session.in_seq.0, &mut out);
     m.ctrl.extend_from_slice(&out);
-    m.session.features = m.config.features_supported & p.msg.features;
+    m.session.features = m.policy.features_supported & p.msg.features;
     log::debug!(target: LOG, "{m}: replied {}", reply.tag);
     let opening = Opening { resumed, remote_reset: reset_from_peer, signer: p.signer };
     if seq_exchange {

@@ -113,7 +113,7 @@ fn send_connect(
         None => (None, Bytes::new()),
     };
     let msg = ConnectMsg {
-        features: m.config.features_supported,
+        features: m.policy.features_supported,
         host_type: my_type,
         global_seq: m.global_seq.to_v1(),
         connect_seq: m.session.connect_seq.to_v1(),
@@ -168,7 +168,7 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
         return false;
     }
     let connects = connects + 1;
-    let supported = m.config.features_supported;
+    let supported = m.policy.features_supported;
     match reply.tag {
         Tag::FEATURES => {
             let missing = supported.missing_from(reply.features);
@@ -276,7 +276,7 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
             false
         }
         Tag::SEQ | Tag::READY => {
-            let missing = reply.features.missing_from(m.config.features_required);
+            let missing = reply.features.missing_from(m.policy.features_required);
             if !missing.is_empty() {
                 m.peer_issue(
                     PeerIssue::BadConnectReply,

@@ -33,7 +33,8 @@ pub(crate) fn on_peer_hello(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Re
         return Err(unexpected(f.tag()));
     }
     let hello = Hello::from_segment(&f.segments[0]).map_err(Fault::Decode)?;
-    m.peer_type = Some(hello.entity_type);
+    // Our policy for its type decides the features (Ceph's handle_hello).
+    m.learn_peer_type(hello.entity_type);
     let Some((deadline, Handshake::AwaitPeerHello(t))) = m.take_step() else { return Ok(false) };
     m.set_state(State::Handshake { deadline, step: Handshake::AwaitAuthRequest(t) });
     Ok(true)
@@ -221,7 +222,7 @@ pub(crate) fn on_ident(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<
                 return Err(Fault::AddrMismatch);
             }
             let missing =
-                (m.config.features_required | MSGR2_REQUIRED).0 & !ci.supported_features.0;
+                (m.policy.features_required | MSGR2_REQUIRED).0 & !ci.supported_features.0;
             if missing != 0 {
                 // The peer may try again on this connection (counted above).
                 m.peer_issue(
@@ -356,7 +357,7 @@ fn accept_new_session(
         m.events.push_back(Event::RemoteReset);
     }
     m.once_ready = true;
-    m.session.features = features & m.config.features_supported;
+    m.session.features = features & m.policy.features_supported;
     m.session.peer_gid = gid;
     m.session.cookies.client = client_cookie;
     m.session.cookies.server = if m.lossy { 0 } else { m.proto.offered_cookie };
@@ -367,8 +368,8 @@ fn accept_new_session(
         addrs: announced_addrs(m),
         gid: m.config.my_name.num,
         global_seq: m.config.global_seq.next().0,
-        supported_features: m.config.features_supported,
-        required_features: m.config.features_required | MSGR2_REQUIRED,
+        supported_features: m.policy.features_supported,
+        required_features: m.policy.features_required | MSGR2_REQUIRED,
         flags: if m.lossy { IDENT_FLAG_LOSSY } else { 0 },
         server_cookie: m.session.cookies.server,
     };

@@ -203,8 +203,8 @@ pub(crate) fn send_ident_or_reconnect(m: &mut Machine<V2>) {
             target_addr: m.peer_addr.unwrap_or_default(),
             gid: m.config.my_name.num,
             global_seq: m.global_seq.0,
-            supported_features: m.config.features_supported,
-            required_features: m.config.features_required | MSGR2_REQUIRED,
+            supported_features: m.policy.features_supported,
+            required_features: m.policy.features_required | MSGR2_REQUIRED,
             flags: if m.lossy { IDENT_FLAG_LOSSY } else { 0 },
             client_cookie: if m.lossy { 0 } else { m.session.cookies.client },
         };
@@ -250,7 +250,7 @@ pub(crate) fn on_ident_reply(m: &mut Machine<V2>, now: Instant, f: &Frame) -> Re
                 log::warn!(target: LOG, "{m}: peer identifies as {:?}, not {target}", si.addrs);
                 return Err(Fault::AddrMismatch);
             }
-            let missing = si.supported_features.missing_from(m.config.features_required);
+            let missing = si.supported_features.missing_from(m.policy.features_required);
             if !missing.is_empty() {
                 m.peer_issue(
                     PeerIssue::BadConnectReply,
@@ -271,7 +271,7 @@ pub(crate) fn on_ident_reply(m: &mut Machine<V2>, now: Instant, f: &Frame) -> Re
             m.session.cookies.server = si.server_cookie;
             m.session.peer_global_seq = GlobalSeq(si.global_seq);
             m.session.peer_gid = si.gid;
-            m.session.features = si.supported_features & m.config.features_supported;
+            m.session.features = si.supported_features & m.policy.features_supported;
             m.lossy = si.is_lossy();
             m.proto.peer_addrs = si.addrs;
             m.policy.lossy = m.lossy;
