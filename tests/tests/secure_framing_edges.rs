@@ -1,0 +1,90 @@
+//! msgr2 frames at the padding and inline boundaries against a real Ceph 16.2 monitor,
+//! in secure mode and in crc mode: MMonGetMap messages whose front, middle and data are
+//! 0, 1, 15, 16, 17, 47, 48, 49, 4095, 4096 and 4097 bytes long (the monitor ignores
+//! their contents), each answered with an MMonMap on the same connection: the monitor's
+//! frame assembler accepted every one of our layouts. Skipped when Ceph is not
+//! installed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use messenger::{Messenger, MessengerConfig, Policy};
+use protocol::auth::cephx::{CephxProvider, RngSource, TicketStore, WallClock};
+use protocol::auth::{parse_entity_name, AuthConfig, ConMode, ConModes, KeyRing};
+use protocol::messages::MsgType;
+use protocol::types::{AddrType, EntityAddr, EntityName, EntityType};
+use protocol::Message;
+use tests::ceph::CephMon;
+use tests::cephx::wall_now;
+use tests::loopback::{init_logging, test_config, Recorder, Seen, WAIT};
+
+const EDGES: [usize; 11] = [0, 1, 15, 16, 17, 47, 48, 49, 4095, 4096, 4097];
+
+fn frames_at_every_padding_edge(test: &str, mode: ConMode) {
+    init_logging();
+    let Some(mon) = CephMon::start_cephx_msgr2_only(test, &[]).expect("start") else {
+        return;
+    };
+    let addr = EntityAddr { ty: AddrType::MSGR2, nonce: 0, addr: Some(mon.addr()) };
+    let ring = KeyRing::load(mon.keyring()).expect("keyring");
+    let name = parse_entity_name("client.admin").expect("name");
+    let key = ring.key(&name).expect("client.admin key").clone();
+    let store = Arc::new(TicketStore::default());
+    let clock = WallClock::anchored(Instant::now(), wall_now());
+    let rng: RngSource = Arc::new(|| Box::new(rand::rngs::OsRng) as _);
+    let provider = CephxProvider::new(name.clone(), AuthConfig::ceph_defaults(), clock, rng)
+        .with_monitor_key(key, store.clone());
+    let config = MessengerConfig { mon_client_mode: Some(ConModes(vec![mode])), ..test_config(1) }
+        .with_auth_provider(Arc::new(provider));
+    let msgr = Messenger::new(EntityName::new(EntityType::CLIENT, EntityName::NEW), 1, config)
+        .expect("messenger");
+    msgr.set_default_policy(Policy::lossy_client());
+    msgr.start().expect("start");
+    let (rec, rx) = Recorder::new(false);
+    msgr.add_dispatcher_head(rec).expect("dispatcher");
+    let conn = msgr.connect_to(EntityType::MON, addr);
+    let pat =
+        |n: usize, k: usize| Bytes::from((0..n).map(|i| (i * 31 + k) as u8).collect::<Vec<_>>());
+    let mut k = 0;
+    for &front in &EDGES {
+        for &middle in &[0usize, 1, 16, 17] {
+            for &data in &EDGES {
+                k += 1;
+                let mut m = Message::new(MsgType::MON_GET_MAP.0, pat(front, k));
+                m.set_version(1);
+                m.set_compat_version(1);
+                m.set_middle(pat(middle, k));
+                m.set_data(pat(data, k));
+                conn.send_message(m).expect("send");
+                let deadline = Instant::now() + WAIT;
+                loop {
+                    match rx.recv_deadline(deadline) {
+                        Ok(Seen::Message(c, m)) if c == conn => {
+                            assert_eq!(m.msg_type(), MsgType::MON_MAP.0);
+                            break;
+                        }
+                        Ok(Seen::Reset(c) | Seen::Refused(c)) if c == conn => {
+                            panic!("front {front} middle {middle} data {data}: dropped")
+                        }
+                        Ok(_) => {}
+                        Err(e) => panic!("front {front} middle {middle} data {data}: {e}"),
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(k, EDGES.len() * 4 * EDGES.len());
+    assert_eq!(conn.con_mode(), Some(mode));
+    msgr.shutdown();
+}
+
+#[test]
+fn secure_frames_at_every_padding_edge_are_accepted_by_a_real_monitor() {
+    frames_at_every_padding_edge("secure_edges", ConMode::SECURE);
+}
+
+#[test]
+fn crc_frames_at_every_padding_edge_are_accepted_by_a_real_monitor() {
+    frames_at_every_padding_edge("crc_edges", ConMode::CRC);
+}
