@@ -20,9 +20,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use protocol::message::{PRIO_DEFAULT, PRIO_HIGH};
 
-/// Hashes a connection id with one multiply. Connection ids are handed out by the
-/// process (never chosen by a peer), so flooding one bucket is not a threat, and a
-/// SipHash per queued message is measurable on the dispatch path.
+/// Hashes a FIFO's key, a priority and a connection id, with one multiply each.
+/// Connection ids are handed out by the process (never chosen by a peer) and a peer's
+/// priorities are 16 bits, which the multiply spreads one to one over the low bits, so
+/// flooding one bucket is not a threat, and a SipHash per queued message is measurable
+/// on the dispatch path.
 #[derive(Default)]
 struct ConnIdHasher(u64);
 
@@ -37,6 +39,10 @@ impl Hasher for ConnIdHasher {
         }
     }
 
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
     fn write_u64(&mut self, n: u64) {
         // The high bits carry the mix; hashbrown takes its control bits from the top.
         self.0 = (self.0 ^ n).wrapping_mul(FIB_MULTIPLIER);
@@ -46,49 +52,70 @@ impl Hasher for ConnIdHasher {
 /// 2^64 / φ, odd: multiplying by it spreads consecutive ids over the high bits.
 const FIB_MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
 
-type ConnMap<V> = HashMap<u64, V, BuildHasherDefault<ConnIdHasher>>;
+/// The FIFOs of all lanes, by (priority, connection): one map for the queue, not one
+/// per lane. A map per lane cost each new lane its first table (~180 bytes) besides
+/// the lane itself, and a peer giving each message a priority of its own (65,536 of
+/// them) made every queued message, charged `MESSAGE_OVERHEAD` (512 bytes), hold ~810.
+type FifoMap<V> = HashMap<(u16, u64), V, BuildHasherDefault<ConnIdHasher>>;
 
-/// How many emptied per-connection deques a lane keeps for reuse, so a connection
+/// How many emptied per-connection deques the queue keeps for reuse, so a connection
 /// whose backlog drains and refills (the steady state of a busy dispatch thread) does
-/// not free and allocate a deque each time.
-const SPARE_DEQUES: usize = 8;
+/// not free and allocate a deque each time: 8 for each lane kept empty.
+const SPARE_DEQUES: usize = 8 * 2 * KEEP_EMPTY_LANES;
 
 /// A spare deque keeps at most this much capacity (items); a larger one, left by a
 /// burst, is dropped rather than kept holding memory.
 const SPARE_CAPACITY: usize = 64;
 
-/// One priority level: the connections with queued items, served in rotation.
-struct Lane<T> {
-    /// Invariant: holds each key of `by_conn` exactly once.
+/// One priority level: the connections with queued items, served in rotation. Their
+/// FIFOs are in the queue's [`Fifos`].
+struct Lane {
+    /// Invariant: holds each connection with a FIFO at this priority exactly once.
     rotation: VecDeque<u64>,
-    /// Invariant: no empty deque is stored.
-    by_conn: ConnMap<VecDeque<T>>,
-    /// Emptied deques for reuse (at most [`SPARE_DEQUES`], each at most
-    /// [`SPARE_CAPACITY`] items of capacity).
-    spare: Vec<VecDeque<T>>,
     len: usize,
     /// Smooth WRR running weight (unused for strict lanes).
     current: i64,
 }
 
-impl<T> Lane<T> {
+impl Lane {
+    /// Room for one connection in turn: a new lane is made for the message that fills
+    /// it, and most lanes a peer makes are of one connection (a deque's first growth
+    /// makes room for 4). A lane with more connections waiting grows as any deque; the
+    /// lanes kept keep their room.
     fn new() -> Self {
-        Lane {
-            rotation: VecDeque::new(),
-            by_conn: ConnMap::default(),
-            spare: Vec::new(),
-            len: 0,
-            current: 0,
-        }
+        Lane { rotation: VecDeque::with_capacity(1), len: 0, current: 0 }
+    }
+}
+
+/// Every lane's per-connection FIFOs.
+struct Fifos<T> {
+    /// Invariant: no empty deque is stored.
+    by_key: FifoMap<VecDeque<T>>,
+    /// Emptied deques for reuse (at most [`SPARE_DEQUES`], each at most
+    /// [`SPARE_CAPACITY`] items of capacity).
+    spare: Vec<VecDeque<T>>,
+}
+
+impl<T> Fifos<T> {
+    fn new() -> Self {
+        Fifos { by_key: FifoMap::default(), spare: Vec::new() }
     }
 
-    /// Queues `first` and then what `more` yields, all for `conn`, in that order; returns
-    /// how many. The connection's FIFO is looked up once for the run.
-    fn push_run(&mut self, conn: u64, first: T, mut more: impl FnMut() -> Option<T>) -> usize {
+    /// Queues `first` and then what `more` yields, all for `conn`, in that order, in
+    /// `lane` (of priority `prio`); returns how many. The connection's FIFO is looked up
+    /// once for the run.
+    fn push_run(
+        &mut self,
+        lane: &mut Lane,
+        prio: u16,
+        conn: u64,
+        first: T,
+        mut more: impl FnMut() -> Option<T>,
+    ) -> usize {
         let spare = &mut self.spare;
-        let q = self.by_conn.entry(conn).or_insert_with(|| spare.pop().unwrap_or_default());
+        let q = self.by_key.entry((prio, conn)).or_insert_with(|| spare.pop().unwrap_or_default());
         if q.is_empty() {
-            self.rotation.push_back(conn);
+            lane.rotation.push_back(conn);
         }
         q.push_back(first);
         let mut n = 1;
@@ -96,62 +123,63 @@ impl<T> Lane<T> {
             q.push_back(item);
             n += 1;
         }
-        self.len += n;
+        lane.len += n;
         n
     }
 
-    fn pop(&mut self) -> Option<T> {
-        if self.rotation.len() == 1 {
+    /// The next item of `lane` (of priority `prio`).
+    fn pop(&mut self, lane: &mut Lane, prio: u16) -> Option<T> {
+        if lane.rotation.len() == 1 {
             // One connection waiting (the usual case): its turn comes round again at
             // once, so the rotation stays as it is.
-            let conn = *self.rotation.front()?;
-            let q = self.by_conn.get_mut(&conn)?;
+            let conn = *lane.rotation.front()?;
+            let q = self.by_key.get_mut(&(prio, conn))?;
             let item = q.pop_front();
             if q.is_empty() {
-                self.rotation.clear();
-                if let Some(q) = self.by_conn.remove(&conn) {
+                lane.rotation.clear();
+                if let Some(q) = self.by_key.remove(&(prio, conn)) {
                     self.recycle(q);
                 }
             }
             if item.is_some() {
-                self.len -= 1;
+                lane.len -= 1;
             }
             return item;
         }
-        let conn = self.rotation.pop_front()?;
-        let q = self.by_conn.get_mut(&conn)?;
+        let conn = lane.rotation.pop_front()?;
+        let q = self.by_key.get_mut(&(prio, conn))?;
         let item = q.pop_front();
         if q.is_empty() {
-            if let Some(q) = self.by_conn.remove(&conn) {
+            if let Some(q) = self.by_key.remove(&(prio, conn)) {
                 self.recycle(q);
             }
         } else {
-            self.rotation.push_back(conn);
+            lane.rotation.push_back(conn);
         }
         if item.is_some() {
-            self.len -= 1;
+            lane.len -= 1;
         }
         item
     }
 
-    /// Keeps an emptied deque for the next connection that queues here, within bounds.
+    /// Keeps an emptied deque for the next connection that queues, within bounds.
     fn recycle(&mut self, q: VecDeque<T>) {
         if self.spare.len() < SPARE_DEQUES && q.capacity() <= SPARE_CAPACITY {
             self.spare.push(q);
         }
     }
 
-    fn remove_conn(&mut self, conn: u64, out: &mut Vec<T>) {
-        if let Some(q) = self.by_conn.remove(&conn) {
-            self.len -= q.len();
+    fn remove_conn(&mut self, lane: &mut Lane, prio: u16, conn: u64, out: &mut Vec<T>) {
+        if let Some(q) = self.by_key.remove(&(prio, conn)) {
+            lane.len -= q.len();
             out.extend(q);
-            self.rotation.retain(|c| *c != conn);
+            lane.rotation.retain(|c| *c != conn);
         }
     }
 
-    /// The first waiting item of each connection.
+    /// The first waiting item of each (priority, connection).
     fn heads(&self) -> impl Iterator<Item = &T> {
-        self.by_conn.values().filter_map(VecDeque::front)
+        self.by_key.values().filter_map(VecDeque::front)
     }
 }
 
@@ -163,9 +191,11 @@ const KEEP_EMPTY_LANES: usize = 8; // per class (strict, round robin)
 /// Messages ordered by priority, then connection, then arrival.
 pub(crate) struct PrioQueue<T> {
     /// Priorities above `PRIO_HIGH`. Lanes may be empty (see [`KEEP_EMPTY_LANES`]).
-    strict: BTreeMap<u16, Lane<T>>,
+    strict: BTreeMap<u16, Lane>,
     /// The others. Lanes may be empty; an empty lane's WRR weight is reset to 0.
-    wrr: BTreeMap<u16, Lane<T>>,
+    wrr: BTreeMap<u16, Lane>,
+    /// Every lane's FIFOs.
+    fifos: Fifos<T>,
     /// Lanes of `strict` with items.
     strict_busy: usize,
     /// Lanes of `wrr` with items: with one, its turn needs no weighing (see `pop_wrr`).
@@ -178,6 +208,7 @@ impl<T> PrioQueue<T> {
         PrioQueue {
             strict: BTreeMap::new(),
             wrr: BTreeMap::new(),
+            fifos: Fifos::new(),
             strict_busy: 0,
             wrr_busy: 0,
             len: 0,
@@ -199,12 +230,13 @@ impl<T> PrioQueue<T> {
 
     pub(crate) fn push(&mut self, priority: u16, conn: u64, item: T) {
         let priority = Self::effective_priority(priority);
-        self.len += self.lane_to_fill(priority).push_run(conn, item, || None);
+        let (lane, fifos) = self.lane_to_fill(priority);
+        self.len += fifos.push_run(lane, priority, conn, item, || None);
     }
 
     /// The lane of `priority` (an effective one), created if missing and counted busy if
-    /// it was empty: the caller queues at least one item in it.
-    fn lane_to_fill(&mut self, priority: u16) -> &mut Lane<T> {
+    /// it was empty: the caller queues at least one item in it; and the FIFOs.
+    fn lane_to_fill(&mut self, priority: u16) -> (&mut Lane, &mut Fifos<T>) {
         let (map, busy) = if priority > PRIO_HIGH {
             (&mut self.strict, &mut self.strict_busy)
         } else {
@@ -214,7 +246,7 @@ impl<T> PrioQueue<T> {
         if lane.len == 0 {
             *busy += 1;
         }
-        lane
+        (lane, &mut self.fifos)
     }
 
     /// Queues the `(priority, item)`s of `items`, all of connection `conn`, in their
@@ -230,7 +262,8 @@ impl<T> PrioQueue<T> {
                     .next_if(|(p, _)| Self::effective_priority(*p) == priority)
                     .map(|(_, item)| item)
             };
-            self.len += self.lane_to_fill(priority).push_run(conn, first, more);
+            let (lane, fifos) = self.lane_to_fill(priority);
+            self.len += fifos.push_run(lane, priority, conn, first, more);
         }
     }
 
@@ -246,7 +279,7 @@ impl<T> PrioQueue<T> {
         let item = match strict {
             Some((prio, lane)) => {
                 let prio = *prio;
-                let item = lane.pop();
+                let item = self.fifos.pop(lane, prio);
                 if lane.len == 0 {
                     self.strict_busy -= 1;
                     Self::trim(&mut self.strict, prio);
@@ -261,7 +294,7 @@ impl<T> PrioQueue<T> {
         item
     }
 
-    fn trim(map: &mut BTreeMap<u16, Lane<T>>, prio: u16) {
+    fn trim(map: &mut BTreeMap<u16, Lane>, prio: u16) {
         if map.len() > KEEP_EMPTY_LANES {
             map.remove(&prio);
         }
@@ -274,7 +307,7 @@ impl<T> PrioQueue<T> {
             // every running weight as it was. The dispatch thread pops per message, and
             // the weighing walked the lanes twice (~150 instructions at one lane).
             let (&prio, lane) = self.wrr.iter_mut().find(|(_, l)| l.len > 0)?;
-            let item = lane.pop();
+            let item = self.fifos.pop(lane, prio);
             if lane.len == 0 {
                 lane.current = 0;
                 self.wrr_busy -= 1;
@@ -295,7 +328,7 @@ impl<T> PrioQueue<T> {
         let (prio, _) = best?;
         let lane = self.wrr.get_mut(&prio)?;
         lane.current -= total;
-        let item = lane.pop();
+        let item = self.fifos.pop(lane, prio);
         if lane.len == 0 {
             // Leaving the rotation: it re-enters with no credit or debt, as a new lane.
             lane.current = 0;
@@ -309,8 +342,8 @@ impl<T> PrioQueue<T> {
     pub(crate) fn remove_conn(&mut self, conn: u64) -> Vec<T> {
         let mut out = Vec::new();
         for map in [&mut self.strict, &mut self.wrr] {
-            for lane in map.values_mut() {
-                lane.remove_conn(conn, &mut out);
+            for (&prio, lane) in map.iter_mut() {
+                self.fifos.remove_conn(lane, prio, conn, &mut out);
                 if lane.len == 0 {
                     lane.current = 0;
                 }
@@ -328,7 +361,7 @@ impl<T> PrioQueue<T> {
     /// The first waiting item of every (priority, connection) pair: each is the oldest of
     /// its FIFO, so the oldest item of all is among them.
     pub(crate) fn heads(&self) -> impl Iterator<Item = &T> {
-        self.strict.values().chain(self.wrr.values()).flat_map(Lane::heads)
+        self.fifos.heads()
     }
 
     /// Removes everything.
@@ -581,17 +614,16 @@ mod tests {
                 }
             }
             assert_eq!(got, expect);
-            let lane = q.wrr.get(&PRIO_DEFAULT).expect("lane kept");
-            assert_eq!(lane.spare.len(), SPARE_DEQUES);
+            assert_eq!(q.fifos.spare.len(), SPARE_DEQUES);
         }
         // A burst leaves a deque too large to keep.
         for i in 0..(4 * SPARE_CAPACITY as u64) {
             q.push(PRIO_DEFAULT, 99, (9, 99, i));
         }
         let _ = q.drain();
-        let lane = q.wrr.get(&PRIO_DEFAULT).expect("lane kept");
-        assert!(lane.spare.iter().all(|d| d.capacity() <= SPARE_CAPACITY));
-        assert!(lane.spare.len() <= SPARE_DEQUES);
+        let spare = &q.fifos.spare;
+        assert!(spare.iter().all(|d| d.capacity() <= SPARE_CAPACITY));
+        assert!(spare.len() <= SPARE_DEQUES);
     }
 
     #[test]

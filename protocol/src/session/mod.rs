@@ -127,6 +127,14 @@ pub struct Session {
     pub(crate) peer_gid: i64,
 }
 
+/// Room (in messages, 8 KiB) `Session::sent` keeps once acks empty it: a window of
+/// messages in flight fills and empties it once per round trip and keeps its room
+/// (windows of up to this many regrow nothing), but a peer that held its acks back
+/// while we sent a burst (as many as the send bound allows: half a million small
+/// messages) must not leave the connection holding the burst's room (4 MiB) for its
+/// life.
+const SENT_KEEP: usize = 1024;
+
 /// A session's numbers at one moment ([`Machine::seqs`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Seqs {
@@ -250,6 +258,10 @@ impl Session {
             }
             any = true;
         }
+        if any && self.sent.is_empty() && self.sent.capacity() > SENT_KEEP {
+            // A burst held unacked is over: its room goes, the steady state's stays.
+            self.sent.shrink_to(SENT_KEEP);
+        }
         any
     }
 }
@@ -319,6 +331,30 @@ mod tests {
         s.ack(Seq(100));
         s.discard_requeued_up_to(Seq(9));
         assert_eq!(s.out_seq, Seq(9));
+    }
+
+    // A peer holding its acks back while we send many small messages grows `sent` (as
+    // the send bound allows: 256 MiB of 512-byte costs is half a million messages);
+    // once its acks empty it, the connection must not keep the room for its life.
+    #[test]
+    fn sent_gives_back_its_room_once_acked() {
+        const N: u64 = 100_000;
+        let mut s = Session::default();
+        for seq in 1..=N {
+            let mut m = Message::new(2, Bytes::new());
+            m.set_seq(seq);
+            s.out_seq = Seq(seq);
+            s.push_sent(m);
+        }
+        let grown = s.sent.capacity();
+        assert!(s.ack(Seq(N / 2)));
+        assert!(s.sent.capacity() >= N as usize / 2, "half still waits: the room stays");
+        assert!(s.ack(Seq(N)));
+        let kept = s.sent.capacity() * std::mem::size_of::<Message>();
+        assert!(
+            kept <= SENT_KEEP * std::mem::size_of::<Message>(),
+            "{N} messages acked, `sent` keeps {kept} bytes of room (grew to {grown} slots)"
+        );
     }
 
     #[test]

@@ -7,6 +7,12 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::Error;
 
+/// Room (in chunks) the buffer keeps once a frame that waited in many reads is
+/// gathered: a secure-mode frame is kept whole before it is opened, a chunk per read
+/// of at least [`copy_below`], and the room it grew to (32 bytes per 16 KiB of frame:
+/// 256 KiB after a 128 MiB frame) stayed for the connection's life.
+const CHUNKS_KEEP: usize = 16;
+
 /// Below how long a read that continues bytes still waiting is copied into the buffer's
 /// own memory ([`RxBuf::push`], [`RxBuf::settle`]) instead of kept as a slice of the
 /// driver's read buffer, for reads of `read_size` ([`super::Config::read_size`]): a
@@ -119,6 +125,10 @@ impl RxBuf {
                 if c.is_empty() {
                     self.chunks.pop_front();
                 }
+            }
+            if self.chunks.capacity() > CHUNKS_KEEP && self.chunks.len() < CHUNKS_KEEP {
+                // A copy was made anyway: giving back a large frame's room costs no more.
+                self.chunks.shrink_to(CHUNKS_KEEP);
             }
             self.chunks.push_front(buf.freeze());
         }
@@ -278,5 +288,48 @@ mod tests {
         assert_eq!((rx.take_byte(), rx.len()), (None, 0));
         rx.push(Bytes::from_static(b"e"), COPY_BELOW);
         assert_eq!((rx.take_byte(), rx.len()), (Some(b'e'), 0));
+    }
+}
+
+#[cfg(test)]
+mod room_tests {
+    use crate::auth::ConMode;
+    use crate::session::Machine;
+    use crate::testing::{numbered, numbers, Pair};
+    use crate::v2::V2;
+    use crate::{Connection, Policy};
+    use bytes::Bytes;
+    use std::time::Instant;
+
+    // A large secure-mode message arriving in reads of 16 KiB (each kept as a chunk
+    // until the frame is all there) must not leave the connection holding a chunk slot
+    // per read once it is read.
+    #[test]
+    // The virtual clock starts at the real one; the machines see it only as an input.
+    #[allow(clippy::disallowed_methods)]
+    fn a_large_secure_frame_leaves_no_chunk_room_behind() {
+        const LEN: usize = 2 << 20;
+        let mut p = Pair::with_test_auth(
+            Instant::now(),
+            Policy::lossless_client(),
+            Policy::stateful_server(),
+            &[ConMode::SECURE],
+        );
+        p.send(0, numbered(0));
+        p.drive();
+        p.splitter = Some(Box::new(|n| n.min(16 << 10)));
+        let mut m = numbered(1);
+        m.set_data(Bytes::from(vec![7u8; LEN]));
+        p.send(0, m);
+        p.drive();
+        assert_eq!(numbers(&p.nodes[1].received), [0, 1]);
+        let b = p.session_ep(1).expect("the server's session");
+        let Connection::V2(c) = &p.eps[b].conn else { panic!("a msgr2 connection") };
+        let machine: &Machine<V2> = c;
+        let kept = machine.rx.chunks.capacity() * std::mem::size_of::<Bytes>();
+        assert!(
+            kept <= super::CHUNKS_KEEP * std::mem::size_of::<Bytes>(),
+            "after a {LEN}-byte secure frame in 16 KiB reads the receive buffer keeps {kept} bytes of chunk room"
+        );
     }
 }
