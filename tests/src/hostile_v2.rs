@@ -78,13 +78,24 @@ pub fn client_hello(server: EntityAddr) -> Vec<u8> {
 /// held back). `me` is the address the machine announces.
 pub fn v2_socket_at_ident(server: EntityAddr, me: EntityAddr, policy: Policy) -> TcpStream {
     let cfg = Arc::new(protocol::Config::new(EntityName::new(EntityType::CLIENT, -1), me));
+    v2_socket_at_ident_with(cfg, server, EntityType::OSD, policy)
+}
+
+/// As [`v2_socket_at_ident`], with the machine's configuration `cfg` (who we are, our
+/// addresses, our auth) dialling a `server_type` at `server`.
+pub fn v2_socket_at_ident_with(
+    cfg: Arc<protocol::Config>,
+    server: EntityAddr,
+    server_type: EntityType,
+    policy: Policy,
+) -> TcpStream {
     let now = Instant::now();
     let mut machine = protocol::Connection::connect(
         cfg,
         protocol::ProtocolVersion::V2,
         policy,
         server,
-        EntityType::OSD,
+        server_type,
         now,
     );
     let mut sock = TcpStream::connect(server.addr.expect("server address")).expect("connect");

@@ -210,7 +210,9 @@ impl Decision {
     /// `handle_connect_message_2` and `handle_existing_connection` stop a lossy existing
     /// connection). An msgr2 reconnect resumes the session whatever its policy: Ceph's
     /// `handle_reconnect` never looks at it, so a session marked disposable after it
-    /// opened is resumed (SESSION_RECONNECT_OK), not reset.
+    /// opened is resumed (SESSION_RECONNECT_OK), not reset. A WAIT nudges the existing
+    /// connection only when it answers a connection race (an ident or v1 connect against
+    /// an existing session that is not being replaced).
     pub fn table_effect(
         &self,
         request: &RequestKind,
@@ -224,7 +226,11 @@ impl Decision {
                 TableEffect::ResetExisting
             }
             (Decision::Replace { .. }, Some(_)) => TableEffect::Replace,
-            (Decision::Wait, Some(_)) => TableEffect::NudgeExisting,
+            // Only a connection race kicks our own connection (Ceph's
+            // handle_existing_connection and v1's handle_connect_message_2); the WAIT of
+            // a session being replaced, or of an msgr2 reconnect race (handle_reconnect),
+            // leaves the existing session alone.
+            (Decision::Wait, Some(e)) if !resumes && !e.replacing => TableEffect::NudgeExisting,
             _ => TableEffect::Nothing,
         }
     }
@@ -263,11 +269,12 @@ mod tests {
         };
         let effect =
             |d: &Decision, r: &RequestKind, e: Option<&ExistingSession>| d.table_effect(r, e);
+        let replacing = ExistingSession { replacing: true, ..open };
         for r in [&connect, &ident, &reconnect] {
             assert_eq!(effect(&Decision::Open, r, Some(&open)), TableEffect::Register);
             assert_eq!(effect(&keep, r, None), TableEffect::Register);
             assert_eq!(effect(&keep, r, Some(&open)), TableEffect::Replace);
-            assert_eq!(effect(&Decision::Wait, r, Some(&open)), TableEffect::NudgeExisting);
+            assert_eq!(effect(&Decision::Wait, r, Some(&replacing)), TableEffect::Nothing);
             assert_eq!(effect(&Decision::Wait, r, None), TableEffect::Nothing);
             assert_eq!(effect(&Decision::Drop, r, Some(&open)), TableEffect::Nothing);
             assert_eq!(effect(&Decision::Refuse, r, Some(&open)), TableEffect::Nothing);
@@ -279,5 +286,10 @@ mod tests {
         assert_eq!(effect(&keep, &connect, Some(&lossy)), TableEffect::ResetExisting);
         assert_eq!(effect(&keep, &ident, Some(&lossy)), TableEffect::ResetExisting);
         assert_eq!(effect(&keep, &reconnect, Some(&lossy)), TableEffect::Replace);
+        // A connection race kicks our own connection; an msgr2 reconnect race does not
+        // (Ceph's handle_reconnect answers WAIT and nothing else).
+        assert_eq!(effect(&Decision::Wait, &connect, Some(&open)), TableEffect::NudgeExisting);
+        assert_eq!(effect(&Decision::Wait, &ident, Some(&open)), TableEffect::NudgeExisting);
+        assert_eq!(effect(&Decision::Wait, &reconnect, Some(&open)), TableEffect::Nothing);
     }
 }
