@@ -84,9 +84,14 @@ const BUSY_PERCENT: u64 = 80;
 
 /// A center's running time against its time in `poll`, judged every
 /// [`LOAD_WINDOW_NS`]: the time from one `poll`'s return to the next `poll` is running.
+///
+/// Iterations follow one another (each runs from the previous `poll`'s return), so a
+/// window's running and polling sum to the time since it began: one clock subtraction
+/// per iteration (the polling) and one per window (the total), not two per iteration.
 #[derive(Debug, Default)]
 struct LoadMeter {
-    running_ns: u64,
+    /// The `poll` return the window's first iteration ran from, and when it is complete.
+    window: Option<(Instant, Instant)>,
     polling_ns: u64,
 }
 
@@ -96,15 +101,18 @@ impl LoadMeter {
     /// mostly busy once a window is complete.
     fn record(&mut self, ran_from: Instant, polled_from: Instant, now: Instant) -> Option<bool> {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.running_ns =
-            self.running_ns.saturating_add(ns(polled_from.saturating_duration_since(ran_from)));
+        let (began, complete) = *self.window.get_or_insert_with(|| {
+            let complete = ran_from.checked_add(Duration::from_nanos(LOAD_WINDOW_NS));
+            (ran_from, complete.unwrap_or(ran_from))
+        });
         self.polling_ns =
             self.polling_ns.saturating_add(ns(now.saturating_duration_since(polled_from)));
-        let total = self.running_ns.saturating_add(self.polling_ns);
-        if total < LOAD_WINDOW_NS {
+        if now < complete {
             return None;
         }
-        let busy = self.running_ns.saturating_mul(100) >= total.saturating_mul(BUSY_PERCENT);
+        let total = ns(now.saturating_duration_since(began)).max(self.polling_ns);
+        let running_ns = total - self.polling_ns;
+        let busy = running_ns.saturating_mul(100) >= total.saturating_mul(BUSY_PERCENT);
         *self = LoadMeter::default();
         Some(busy)
     }
@@ -135,6 +143,9 @@ pub struct EventCenter {
     timer_armed: Option<Instant>,
     /// Running against polling, for [`Context::mostly_busy`].
     load: LoadMeter,
+    /// The clock the last callback of the previous iteration read as it ended, for
+    /// [`run`](Self::run)'s next iteration (see `Context::ended_at`).
+    poll_from: Option<Instant>,
 }
 
 impl fmt::Debug for EventCenter {
@@ -176,6 +187,7 @@ impl EventCenter {
                 shared,
                 now: Instant::now(),
                 mostly_busy: false,
+                ended_at: None,
             },
             iterations: 0,
             shut_down: false,
@@ -183,6 +195,7 @@ impl EventCenter {
             timerfd,
             timer_armed: None,
             load: LoadMeter::default(),
+            poll_from: None,
         })
     }
 
@@ -225,24 +238,37 @@ impl EventCenter {
     /// One loop iteration, sleeping in `poll` at most `max_wait` (`None`: until an event or
     /// the nearest timer). Returns `poll`'s error, if any (EINTR is not an error).
     pub fn run_once(&mut self, max_wait: Option<Duration>) -> io::Result<()> {
+        // The caller may have spent any time since the last iteration: read the clock.
+        self.poll_from = None;
+        self.iterate(max_wait)
+    }
+
+    /// [`run_once`](Self::run_once), for [`run`](Self::run): taking the clock the last
+    /// callback of the iteration just before read as it ended, if it did.
+    fn iterate(&mut self, max_wait: Option<Duration>) -> io::Result<()> {
         self.core.shared.claim_owner();
 
+        // One clock read before `poll` (or the one the last callback of the previous
+        // iteration made as it ended, `Context::ended_at`: nothing but the loop's own
+        // steps ran since), for the nearest timer's arming and the busy-poll
+        // limit, and to split what the center ran since the last `poll` from what it
+        // waited (or spun) in this one (arming the timerfd, when it moves earlier, then
+        // counts as waiting: one syscall, against a read on every iteration).
+        let polled_from = self.poll_from.take().unwrap_or_else(Instant::now);
         let mut timeout = max_wait;
         if let Some(deadline) = self.core.timers.next_deadline() {
-            let now = Instant::now();
-            let until = poll_timeout(now, deadline);
-            if until.is_zero() || !self.arm_timer(now, deadline) {
+            // Due (`poll_timeout` zero) or no timerfd to wake us: `poll` times out. Compared
+            // first: the subtraction is for that case only.
+            if deadline <= polled_from || !self.arm_timer(polled_from, deadline) {
+                let until = poll_timeout(polled_from, deadline);
                 timeout = Some(timeout.map_or(until, |t| t.min(until)));
             }
         }
         if !self.inbox.is_empty() || self.core.shared.is_stopping() {
             timeout = Some(Duration::ZERO);
         }
-        // One clock read more per iteration: what the center ran since the last `poll`
-        // against what it waited (or spun) in this one.
-        let polled_from = Instant::now();
         let spinning = timeout != Some(Duration::ZERO) && !self.busy_poll.is_zero();
-        let timeout = if spinning { self.spin(timeout)? } else { Some(timeout) };
+        let timeout = if spinning { self.spin(polled_from, timeout)? } else { Some(timeout) };
         if let Some(timeout) = timeout {
             self.poll_events(timeout)?;
         }
@@ -303,6 +329,8 @@ impl EventCenter {
                 None => break,
             }
         }
+        // Set only if the callback that ran last read the clock as it ended.
+        self.poll_from = self.core.ended_at.take();
         Ok(())
     }
 
@@ -344,10 +372,14 @@ impl EventCenter {
     }
 
     /// Polls without sleeping until an event arrives or the busy-poll time (at most
-    /// `timeout`) is over. Returns `None` when events arrived, else what is left of
-    /// `timeout` for the sleeping `poll`.
-    fn spin(&mut self, timeout: Option<Duration>) -> io::Result<Option<Option<Duration>>> {
-        let start = Instant::now();
+    /// `timeout`, both counted from `start`, the iteration's clock read before `poll`) is
+    /// over. Returns `None` when events arrived, else what is left of `timeout` for the
+    /// sleeping `poll`.
+    fn spin(
+        &mut self,
+        start: Instant,
+        timeout: Option<Duration>,
+    ) -> io::Result<Option<Option<Duration>>> {
         let limit = timeout.map_or(self.busy_poll, |t| t.min(self.busy_poll));
         loop {
             self.poll_events(Some(Duration::ZERO))?;
@@ -367,7 +399,7 @@ impl EventCenter {
     pub fn run(&mut self) -> io::Result<()> {
         let mut result = Ok(());
         while !self.core.shared.is_stopping() {
-            if let Err(e) = self.run_once(None) {
+            if let Err(e) = self.iterate(None) {
                 error!(target: LOG, "center {}: poll failed: {e}", self.core.shared.id());
                 result = Err(e);
                 break;

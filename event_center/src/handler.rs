@@ -120,6 +120,9 @@ pub(crate) struct Core {
     pub(crate) now: Instant,
     /// Whether the last judged window was mostly running (see `center::LoadMeter`).
     pub(crate) mostly_busy: bool,
+    /// A clock the callback running last read as it ended ([`Context::ended_at`]);
+    /// cleared as each callback begins.
+    pub(crate) ended_at: Option<Instant>,
 }
 
 impl Core {
@@ -140,6 +143,7 @@ pub(crate) fn run_handler(
     let Some(mut handler) = core.handlers.take(id) else {
         return false;
     };
+    core.ended_at = None;
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut cx = Context { core: &mut *core, current: Some(id) };
         f(handler.as_mut(), &mut cx);
@@ -161,6 +165,7 @@ pub(crate) fn run_handler(
 
 /// Runs a closure (timer or external event) under `catch_unwind`.
 pub(crate) fn run_closure(core: &mut Core, what: &str, f: ExternalFn) {
+    core.ended_at = None;
     let result = catch_unwind(AssertUnwindSafe(|| f(&mut core.context())));
     if let Err(payload) = result {
         core.shared.note_panic(what, payload.as_ref());
@@ -179,6 +184,15 @@ impl Context<'_> {
     /// Monotonic time, read once per loop iteration (after `poll` returns).
     pub fn now(&self) -> Instant {
         self.core.now
+    }
+
+    /// Tells the center that this callback read the clock, `now`, as its last work: if
+    /// no other callback runs after it in this iteration, the center takes it as the
+    /// moment its next `poll` begins instead of reading the clock again (the load
+    /// judgement of [`mostly_busy`](Self::mostly_busy) then counts the loop's own few
+    /// steps after it as waiting).
+    pub fn ended_at(&mut self, now: Instant) {
+        self.core.ended_at = Some(now);
     }
 
     /// Whether this center spent at least 80 % of its last ~2 ms running handlers

@@ -156,8 +156,14 @@ impl Driver {
                         now = Instant::now();
                         clock_read = true;
                     }
-                    let ns = now.saturating_duration_since(queued_at).as_nanos();
-                    let ns = u64::try_from(ns).unwrap_or(u64::MAX);
+                    // A stamp at or after the clock waited nothing: no subtraction (~55
+                    // instructions) for what fast dispatch sent in this iteration.
+                    let ns = if queued_at >= now {
+                        0
+                    } else {
+                        let ns = now.saturating_duration_since(queued_at).as_nanos();
+                        u64::try_from(ns).unwrap_or(u64::MAX)
+                    };
                     last = Some((queued_at, ns));
                     ns
                 }

@@ -414,6 +414,8 @@ impl Driver {
         let send_time = ended.saturating_duration_since(read_done);
         WorkerCounters::add_own_time(&self.counters.running_send_time_ns, send_time);
         WorkerCounters::add_own_time(&self.counters.running_total_time_ns, recv_time + send_time);
+        // The center's next `poll` starts from this read if nothing runs after the pump.
+        cx.ended_at(ended);
     }
 
     fn start(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
