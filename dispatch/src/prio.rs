@@ -633,4 +633,302 @@ mod tests {
         q.push(PRIO_DEFAULT, 1, "b");
         assert_eq!(q.drain(), ["a", "b"]);
     }
+
+    /// Where a random run stands (seed, step), for failure messages, formatted only
+    /// when one is.
+    struct At(u64, u64);
+
+    impl std::fmt::Display for At {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "seed {} step {}", self.0, self.1)
+        }
+    }
+
+    /// A small xorshift64* generator, so a failing seed replays exactly.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn new(seed: u64) -> Self {
+            // Any seed, 0 included, gives a non-zero state.
+            XorShift((seed ^ 0x853c_49e6_748f_ea9b).wrapping_mul(FIB_MULTIPLIER) | 1)
+        }
+
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            self.0 = x;
+            x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        fn prio(&mut self) -> u16 {
+            (self.next() >> 48) as u16
+        }
+    }
+
+    /// The queue's own bookkeeping: every rotation holds each connection with a FIFO at
+    /// its priority exactly once, no empty FIFO is stored, lane lengths, busy counts and
+    /// the total agree with the FIFOs, empty lanes and spare deques stay within bounds.
+    fn check_internals(q: &PrioQueue<u32>, at: &impl std::fmt::Display) {
+        // Each rotation entry names a stored FIFO of its lane, no rotation names one twice,
+        // and there are as many entries as FIFOs: so rotations and FIFOs match one to one.
+        let mut total = 0;
+        let mut turns = 0;
+        for (strict, map) in [(true, &q.strict), (false, &q.wrr)] {
+            let mut empty = 0;
+            for (&prio, lane) in map {
+                assert_ne!(prio, 0, "{at}: a lane for priority 0");
+                assert_eq!(prio > PRIO_HIGH, strict, "{at}: lane {prio} in the wrong class");
+                let mut len = 0;
+                for (i, &conn) in lane.rotation.iter().enumerate() {
+                    let twice = lane.rotation.iter().skip(i + 1).any(|c| *c == conn);
+                    assert!(!twice, "{at}: lane {prio} holds {conn} twice in its rotation");
+                    let fifo = q.fifos.by_key.get(&(prio, conn));
+                    let fifo =
+                        fifo.unwrap_or_else(|| panic!("{at}: {conn} in turn at {prio}, no FIFO"));
+                    assert!(!fifo.is_empty(), "{at}: empty FIFO stored for ({prio}, {conn})");
+                    len += fifo.len();
+                }
+                turns += lane.rotation.len();
+                assert_eq!(lane.len, len, "{at}: lane {prio}'s length");
+                if lane.len == 0 {
+                    empty += 1;
+                    assert_eq!(lane.current, 0, "{at}: empty lane {prio} keeps a WRR weight");
+                }
+                total += lane.len;
+            }
+            assert!(empty <= KEEP_EMPTY_LANES, "{at}: {empty} empty lanes (strict: {strict})");
+            let busy = map.values().filter(|l| l.len > 0).count();
+            let counted = if strict { q.strict_busy } else { q.wrr_busy };
+            assert_eq!(counted, busy, "{at}: busy lanes (strict: {strict})");
+        }
+        assert_eq!(turns, q.fifos.by_key.len(), "{at}: FIFOs out of any rotation");
+        assert_eq!(q.len, total, "{at}: len against the lanes");
+        assert!(q.fifos.spare.len() <= SPARE_DEQUES, "{at}: {} spares", q.fifos.spare.len());
+        for d in &q.fifos.spare {
+            assert!(d.is_empty(), "{at}: a spare deque holds items");
+            assert!(d.capacity() <= SPARE_CAPACITY, "{at}: a spare of {}", d.capacity());
+        }
+    }
+
+    /// What must have been queued, kept plainly: the FIFO of each (effective priority,
+    /// connection), what was handed out, and the exact policy ([`Model`]) for the order.
+    struct Plain {
+        fifos: BTreeMap<(u16, u64), VecDeque<u32>>,
+        /// By item (items are numbered from 0 in push order): its FIFO, and whether it
+        /// was handed out.
+        key_of: Vec<(u16, u64)>,
+        out: Vec<bool>,
+        /// By item: the last round of [`heads`](Self::heads) it was a head in.
+        seen: Vec<u64>,
+        round: u64,
+        len: usize,
+        policy: Model,
+    }
+
+    impl Plain {
+        fn push(&mut self, priority: u16, conn: u64, item: u32) {
+            let prio = PrioQueue::<u32>::effective_priority(priority);
+            self.fifos.entry((prio, conn)).or_default().push_back(item);
+            assert_eq!(self.key_of.len(), item as usize, "items are numbered in order");
+            self.key_of.push((prio, conn));
+            self.out.push(false);
+            self.seen.push(0);
+            self.policy.push(priority, conn, item);
+            self.len += 1;
+        }
+
+        fn hand_out(&mut self, item: u32, at: &impl std::fmt::Display) {
+            let out = self.out.get_mut(item as usize);
+            let out = out.unwrap_or_else(|| panic!("{at}: {item} was never queued"));
+            assert!(!*out, "{at}: {item} handed out twice");
+            *out = true;
+        }
+
+        /// Checks what the queue's pop gave.
+        fn popped(&mut self, got: Option<u32>, at: &impl std::fmt::Display) {
+            let expected = self.policy.pop();
+            // The model keeps every lane it made; an empty one has no weight, so it can go.
+            self.policy.lanes.retain(|_, (_, turns, _)| !turns.is_empty());
+            let Some(item) = got else {
+                assert_eq!(self.len, 0, "{at}: pop gave nothing with items queued");
+                assert_eq!(expected, None, "{at}: the policy had {expected:?}");
+                return;
+            };
+            self.hand_out(item, at);
+            let key = self.key_of[item as usize];
+            // Keys sort by priority first: the last is of the highest priority waiting.
+            let top = self.fifos.keys().next_back().map(|(p, _)| *p);
+            if let Some(top) = top.filter(|p| *p > PRIO_HIGH) {
+                assert_eq!(key.0, top, "{at}: {item} of {key:?} while strict {top} waits");
+            }
+            let fifo = self.fifos.get_mut(&key).expect("a FIFO for an item not yet out");
+            assert_eq!(fifo.front(), Some(&item), "{at}: {item} overtook its FIFO {key:?}");
+            fifo.pop_front();
+            if fifo.is_empty() {
+                self.fifos.remove(&key);
+            }
+            self.len -= 1;
+            assert_eq!(Some(item), expected, "{at}: served out of the policy's order");
+        }
+
+        fn removed(&mut self, conn: u64, mut got: Vec<u32>, at: &impl std::fmt::Display) {
+            for &item in &got {
+                self.hand_out(item, at);
+            }
+            let mut expected: Vec<u32> = Vec::new();
+            self.fifos.retain(|&(_, c), fifo| {
+                if c == conn {
+                    expected.extend(fifo.iter().copied());
+                }
+                c != conn
+            });
+            self.len -= expected.len();
+            self.policy.remove_conn(conn);
+            got.sort_unstable();
+            expected.sort_unstable();
+            assert_eq!(got, expected, "{at}: remove_conn({conn})");
+        }
+
+        /// Checks what the queue's `heads` gave: the front of each FIFO, each once.
+        fn heads<'a>(&mut self, heads: impl Iterator<Item = &'a u32>, at: &impl std::fmt::Display) {
+            self.round += 1;
+            let mut n = 0;
+            for &item in heads {
+                let key = self.key_of.get(item as usize).copied();
+                let key = key.unwrap_or_else(|| panic!("{at}: head {item} was never queued"));
+                let front = self.fifos.get(&key).and_then(VecDeque::front);
+                assert_eq!(front, Some(&item), "{at}: head {item} is not its FIFO's first");
+                // Distinct FIFOs have distinct fronts: a head seen twice this round is
+                // one FIFO given twice.
+                assert_ne!(self.seen[item as usize], self.round, "{at}: head {item} twice");
+                self.seen[item as usize] = self.round;
+                n += 1;
+            }
+            assert_eq!(n, self.fifos.len(), "{at}: heads of {} FIFOs", self.fifos.len());
+        }
+    }
+
+    /// Random pushes (at a few priorities, at a palette of the seed's own and at any of
+    /// the 65,536), runs of one connection, pops, removals of connections and drains,
+    /// against [`Plain`], with the queue's internals checked after every step.
+    #[test]
+    fn random_operations_keep_every_item_and_every_invariant() {
+        const SMALL: [u16; 10] = [
+            0,
+            1,
+            PRIO_LOW,
+            PRIO_DEFAULT,
+            PRIO_HIGH,
+            PRIO_HIGH + 1,
+            200,
+            PRIO_HIGHEST,
+            256,
+            u16::MAX,
+        ];
+        for seed in 0..150u64 {
+            let mut rng = XorShift::new(seed);
+            // Per seed: how many connections, how many priorities of its own, how long
+            // pushes outweigh pops and the other way round.
+            let conns = 1 + rng.below(5);
+            let palette: Vec<u16> = (0..4 + rng.below(24))
+                .map(|_| if rng.below(2) == 0 { rng.prio() % (PRIO_HIGH + 1) } else { rng.prio() })
+                .collect();
+            let wide = rng.below(4); // out of 10: priorities drawn from all of u16
+            let phase = 20 + rng.below(200);
+            let pick_prio = |rng: &mut XorShift| match rng.below(10) {
+                r if r < wide => rng.prio(),
+                r if r < 6 => SMALL[rng.below(SMALL.len() as u64) as usize],
+                _ => palette[rng.below(palette.len() as u64) as usize],
+            };
+            let mut q = PrioQueue::new();
+            let mut plain = Plain {
+                fifos: BTreeMap::new(),
+                key_of: Vec::new(),
+                out: Vec::new(),
+                seen: Vec::new(),
+                round: 0,
+                len: 0,
+                policy: Model::default(),
+            };
+            let mut item = 0u32;
+            for step in 0..1_000u64 {
+                let at = At(seed, step);
+                let filling = (step / phase).is_multiple_of(2);
+                match rng.below(100) {
+                    r if r < if filling { 40 } else { 20 } => {
+                        let (p, c) = (pick_prio(&mut rng), rng.below(conns));
+                        q.push(p, c, item);
+                        plain.push(p, c, item);
+                        item += 1;
+                    }
+                    r if r < if filling { 55 } else { 30 } => {
+                        // A read's batch: stretches of one priority, sometimes another,
+                        // 0 and PRIO_DEFAULT being the same one.
+                        let c = rng.below(conns);
+                        let mut p = pick_prio(&mut rng);
+                        let mut run = Vec::new();
+                        for _ in 0..rng.below(8) {
+                            match rng.below(6) {
+                                0 => p = pick_prio(&mut rng),
+                                1 if PrioQueue::<u32>::effective_priority(p) == PRIO_DEFAULT => {
+                                    p = if p == 0 { PRIO_DEFAULT } else { 0 };
+                                }
+                                _ => {}
+                            }
+                            run.push((p, item));
+                            plain.push(p, c, item);
+                            item += 1;
+                        }
+                        q.push_all(c, run);
+                    }
+                    r if r < 94 => plain.popped(q.pop(), &at),
+                    r if r < 98 => {
+                        let c = rng.below(conns + 1); // sometimes one with nothing queued
+                        plain.removed(c, q.remove_conn(c), &at);
+                    }
+                    98 if rng.below(3) > 0 => {
+                        // A burst: one FIFO past what a spare deque may keep.
+                        let (p, c) = (pick_prio(&mut rng), rng.below(conns));
+                        let n = SPARE_CAPACITY as u32 + 1 + rng.below(100) as u32;
+                        for i in item..item + n {
+                            plain.push(p, c, i);
+                        }
+                        q.push_all(c, (item..item + n).map(|i| (p, i)));
+                        item += n;
+                    }
+                    98 => {
+                        // Many FIFOs at once, at any priorities: more lanes than are
+                        // kept empty and, once popped, more deques than are kept spare.
+                        for _ in 0..rng.below(2 * SPARE_DEQUES as u64) {
+                            let (p, c) = (rng.prio(), rng.below(conns));
+                            q.push(p, c, item);
+                            plain.push(p, c, item);
+                            item += 1;
+                        }
+                    }
+                    _ => {
+                        for got in q.drain() {
+                            plain.popped(Some(got), &at);
+                        }
+                        assert_eq!(plain.len, 0, "{at}: drain left items");
+                    }
+                }
+                assert_eq!(q.len(), plain.len, "{at}: len");
+                plain.heads(q.heads(), &at);
+                check_internals(&q, &at);
+            }
+            for got in q.drain() {
+                plain.popped(Some(got), &At(seed, u64::MAX));
+            }
+            plain.popped(q.pop(), &At(seed, u64::MAX));
+            assert!(plain.out.iter().all(|out| *out), "seed {seed}: items lost");
+            check_internals(&q, &At(seed, u64::MAX));
+        }
+    }
 }
