@@ -107,10 +107,12 @@ fn wait_with_nothing_queued_dials_again_after_the_max_backoff() {
     l.set_nonblocking(false).expect("blocking");
     let (tx, done) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
-        let _ = tx.send(l.accept().map(|(mut s, _)| accept_v1_connect(&mut s, peer)));
+        // The socket goes back with the connect: held open, our side waits for the
+        // reply (a closed one would fault it into standby, which is right then).
+        let _ = tx.send(l.accept().map(|(mut s, _)| (accept_v1_connect(&mut s, peer), s)));
     });
     let again = done.recv_timeout(Duration::from_secs(5)).expect("no dial after WAIT");
-    let again = again.expect("accept");
+    let (again, _held) = again.expect("accept");
     assert_eq!(again.connect_seq, c.connect_seq, "a connect attempt keeps its connect_seq");
     assert_ne!(conn.state(), ConnState::Standby);
     m.shutdown();
