@@ -162,21 +162,19 @@ fn throttle_full_flood(proto: ProtocolVersion) {
             "{proto:?}: the other message never came ({} queued)",
             b.queued()
         );
-        // The released budget is taken up again: by the flood or by the other peer.
-        wait_until(
-            || b.queued() + 1 >= full,
-            || format!("{} queued, {full} when full", b.queued()),
-        );
+        // The released budget is taken up again, by the flood or by the other peer: the
+        // queue is as long as when the flood first waited. (Waiting only for one less,
+        // which the dispatch thread's taking the next message satisfies at once, let
+        // the test release the flood's queued messages faster than the other peer's
+        // worker, granted, could queue its own: up to 20 went first beside a soak.)
+        wait_until(|| b.queued() >= full, || format!("{} queued, {full} when full", b.queued()));
     }
     eprintln!("{proto:?}: {full} queued when the flood waited; {before} went first");
-    // Quiet, 3-4 go first: the held one, the flood's request ahead in the throttle's
-    // queue, its message ahead in the queue's turn. Beside other load, msgr2 let up to
-    // 20 of 125 through first (a CI run beside a soak; not root-caused: a flood message
-    // in progress takes its next windows ahead of new requests, and how the flood's
-    // bytes fall into reads varies). What must hold is that the other message does not
-    // wait for the flood's backlog: FIFO across connections would put it after all of it.
+    // 3-4 go first: the held one, the flood's request ahead of the other's in the
+    // throttle's queue, and its message ahead in the queue's turn between connections.
+    // FIFO across connections would put the other after the whole backlog.
     assert!(
-        before <= full as usize / 2,
+        before <= 6,
         "{proto:?}: {before} flood messages dispatched before the other peer's ({full} queued)"
     );
     for _ in 0..=FLOOD {
