@@ -20,10 +20,11 @@
 //! error came back several times in a row.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, TimerTarget};
 use mio::net::{UnixListener, UnixStream};
@@ -40,14 +41,34 @@ const MAX_COMMAND: usize = 64 << 10;
 /// Connections accepted per readiness event before yielding to the worker's other work.
 const ACCEPT_BATCH: usize = 64;
 
-/// How long one admin client may take to send its command and read the answer: a local
-/// client that connects and stalls (or never reads) holds a descriptor and up to
-/// [`CommandReader::MAX`] bytes (or an answer) of the worker's memory until then.
+/// Most bytes of an answer given to one write. A Unix socket frees the send buffer an
+/// answer fills only as the client reads each write whole: a client that reads any of
+/// its answer within the deadline, at least this much, counts as progressing.
+const WRITE_CHUNK: usize = 4096;
+
+/// The next chunk of `out` after `written`.
+fn chunk(out: &[u8], written: usize) -> &[u8] {
+    out.get(written..).map(|rest| rest.get(..WRITE_CHUNK).unwrap_or(rest)).unwrap_or_default()
+}
+
+/// How long one admin client may take to send its command, and then go without reading
+/// any of its answer (the default of [`MessengerConfig::admin_client_deadline`]): a local
+/// client that connects and stalls (or stops reading) holds a descriptor and up to
+/// [`CommandReader::MAX`] bytes (or an answer) of the worker's memory until then. One
+/// that keeps reading, however slowly, gets its whole answer: the `ceph` CLI reads the
+/// answer's length, then loops until it has that many bytes, and an answer cut short
+/// makes it spin on the closed socket for ever. (Ceph's admin socket writes the whole
+/// answer, blocking, with no deadline.)
+///
+/// [`MessengerConfig::admin_client_deadline`]: crate::MessengerConfig::admin_client_deadline
 pub const ADMIN_CLIENT_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Admin clients served at once; more are closed as they connect. Ceph's admin socket
-/// serves one at a time; this bounds what stalled clients hold (descriptors, which the
-/// messenger's sockets need too) to a handful.
+/// Admin clients served at once. This bounds what stalled clients hold (descriptors,
+/// which the messenger's sockets need too) to a handful. When all are taken, a newcomer
+/// takes the slot of the oldest client that has not sent a command yet (which is closed:
+/// it asked nothing), so idle clients cannot keep a command out; with none such, the
+/// newcomer is closed. (Ceph's admin socket serves one at a time, and one idle client
+/// keeps every other out.)
 pub const ADMIN_MAX_CLIENTS: usize = 16;
 
 /// A running admin socket; `stop` closes it and removes the socket file.
@@ -215,7 +236,8 @@ impl AdminSocket {
     /// be called on a worker; it runs after the registration, posted to the same center
     /// before it. The clients being served are closed with the listener: each holds
     /// the messenger's environment, and on a shared pool, whose worker outlives the
-    /// messenger, they stayed until their deadline.
+    /// messenger, they stayed until their deadline. One part-way through its answer gets
+    /// the rest in the background ([`AdminConn::finish_in_background`]).
     pub(crate) fn stop_keeping_file(self) {
         let listening = self.listening;
         let _ = self.center.dispatch_event_external(move |cx: &mut Context<'_>| {
@@ -224,7 +246,10 @@ impl AdminSocket {
                     .with_handler_as::<AdminListener, _>(id, |l, _| std::mem::take(&mut l.conns))
                     .unwrap_or_default();
                 for conn in conns {
-                    cx.with_handler_as::<AdminConn, _>(conn, |c, cx| c.close(cx, conn));
+                    cx.with_handler_as::<AdminConn, _>(conn, |c, cx| {
+                        c.finish_in_background();
+                        c.close(cx, conn);
+                    });
                 }
                 cx.remove(id);
             }
@@ -272,7 +297,9 @@ impl AdminListener {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     self.failures.accepted();
-                    if self.clients.load(Ordering::Relaxed) >= ADMIN_MAX_CLIENTS {
+                    if self.clients.load(Ordering::Relaxed) >= ADMIN_MAX_CLIENTS
+                        && !self.make_room(cx)
+                    {
                         log::debug!(target: "msgr::admin", "{ADMIN_MAX_CLIENTS} admin clients already: one more closed");
                         drop(stream);
                         continue;
@@ -280,6 +307,7 @@ impl AdminListener {
                     self.clients.fetch_add(1, Ordering::Relaxed);
                     let served = Served(self.clients.clone());
                     let env = self.env.clone();
+                    let patience = self.env.config.admin_client_deadline;
                     let registered = cx.register(stream, Interest::READABLE, |_, stream| {
                         Box::new(AdminConn {
                             stream,
@@ -287,13 +315,14 @@ impl AdminListener {
                             reader: CommandReader::default(),
                             output: None,
                             deadline: None,
+                            patience,
+                            progressed: Instant::now(),
                             _served: served,
                         })
                     });
                     match registered {
                         Ok(id) => {
-                            let timer = cx
-                                .create_time_event(ADMIN_CLIENT_DEADLINE, TimerTarget::Handler(id));
+                            let timer = cx.create_time_event(patience, TimerTarget::Handler(id));
                             cx.with_handler_as::<AdminConn, _>(id, |c, _| c.deadline = Some(timer));
                             self.conns.retain(|&c| cx.is_live(c));
                             self.conns.push(id);
@@ -320,6 +349,31 @@ impl AdminListener {
         if let Some(id) = cx.id() {
             cx.notify(id);
         }
+    }
+
+    /// Every slot is taken: frees the one of the oldest client that has not sent its
+    /// command (it is closed: it asked nothing), after letting each read what it was sent
+    /// meanwhile (a command that came with its connect, but whose readiness is not
+    /// handled yet, is taken, not lost). Whether a slot is free now.
+    fn make_room(&mut self, cx: &mut Context<'_>) -> bool {
+        self.conns.retain(|&c| cx.is_live(c));
+        for i in 0..self.conns.len() {
+            let Some(&id) = self.conns.get(i) else { break };
+            let idle = cx.with_handler_as::<AdminConn, _>(id, |c, cx| {
+                c.serve(cx, id);
+                c.output.is_none()
+            });
+            if !cx.is_live(id) {
+                // Served whole (or failed) as it read: its slot is free.
+                return true;
+            }
+            if idle == Some(true) {
+                log::debug!(target: "msgr::admin", "{ADMIN_MAX_CLIENTS} admin clients already: the oldest without a command closed for a newcomer");
+                cx.with_handler_as::<AdminConn, _>(id, |c, cx| c.close(cx, id));
+                return !cx.is_live(id);
+            }
+        }
+        false
     }
 
     /// Stops watching the listener and accepts again after [`ACCEPT_BACKOFF`].
@@ -435,8 +489,13 @@ struct AdminConn {
     reader: CommandReader,
     /// The framed answer and how much of it is written.
     output: Option<(Vec<u8>, usize)>,
-    /// Its [`ADMIN_CLIENT_DEADLINE`] timer.
+    /// Its deadline timer: for its command, then for each progress of its answer.
     deadline: Option<TimerId>,
+    /// How long it may take to send its command, then go without taking any of its
+    /// answer ([`MessengerConfig::admin_client_deadline`](crate::MessengerConfig)).
+    patience: Duration,
+    /// When its answer was ready, or the socket last took some of it.
+    progressed: Instant,
     _served: Served,
 }
 
@@ -487,9 +546,12 @@ impl AdminConn {
     fn write_answer(&mut self) -> io::Result<bool> {
         let Some((out, written)) = self.output.as_mut() else { return Ok(true) };
         while *written < out.len() {
-            match self.stream.write(out.get(*written..).unwrap_or_default()) {
+            match self.stream.write(chunk(out, *written)) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => *written += n,
+                Ok(n) => {
+                    *written += n;
+                    self.progressed = Instant::now();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -497,11 +559,45 @@ impl AdminConn {
         }
         Ok(true)
     }
-}
 
-impl Handler for AdminConn {
-    fn ready(&mut self, cx: &mut Context<'_>, _ready: Ready) {
-        let Some(id) = cx.id() else { return };
+    /// The admin socket stops (the messenger shuts down, or another admin socket replaced
+    /// it) with this client's answer part-way written: a blocking thread of its own
+    /// writes the rest, each write allowed the client's patience, and ends at the first
+    /// that takes nothing in that time (or fails), as the worker would have. It holds
+    /// the socket and the answer only, not the messenger.
+    ///
+    /// Ceph's `AdminSocket::shutdown` joins its admin thread, which finishes the answer
+    /// it is writing (blocking, with no deadline) before it sees the shutdown: the client
+    /// gets its whole answer, and the shutdown waits on that client, for ever if it
+    /// stops reading. Here the client gets it whole too, but the shutdown waits for
+    /// nobody; a client that stops reading holds a thread and its answer for the patience
+    /// only. Cut at once instead, the answer would leave the `ceph` CLI spinning on the
+    /// closed socket. A client still sending its command is closed unanswered, as before.
+    fn finish_in_background(&mut self) {
+        let Some((out, written)) = self.output.take() else { return };
+        if written >= out.len() {
+            return;
+        }
+        // The worker closes its descriptor (deregistered first): the copy keeps the socket.
+        let stream = match self.stream.as_fd().try_clone_to_owned() {
+            Ok(fd) => std::os::unix::net::UnixStream::from(fd),
+            Err(e) => {
+                log::info!(target: "msgr::admin", "admin answer cut at the stop: {e}");
+                return;
+            }
+        };
+        let patience = self.patience;
+        let spawned = std::thread::Builder::new()
+            .name("msgr-admin-rest".into())
+            .spawn(move || write_rest(&stream, &out, written, patience));
+        if let Err(e) = spawned {
+            log::info!(target: "msgr::admin", "admin answer cut at the stop: {e}");
+        }
+    }
+
+    /// Reads the command until it is complete, then answers it (as much as the socket
+    /// takes now), closing the client when done or failed.
+    fn serve(&mut self, cx: &mut Context<'_>, id: HandlerId) {
         if self.output.is_none() {
             match self.read_command() {
                 Ok(Some(command)) => {
@@ -512,6 +608,8 @@ impl Handler for AdminConn {
                     );
                     framed.extend_from_slice(&answer);
                     self.output = Some((framed, 0));
+                    // The answer's deadline counts from here.
+                    self.progressed = Instant::now();
                 }
                 Ok(None) => return,
                 // A client that connects and closes (a liveness probe) is no news.
@@ -538,12 +636,71 @@ impl Handler for AdminConn {
             }
         }
     }
+}
+
+/// Writes `out` from `written` on a blocking socket, each write allowed `patience`: what
+/// [`AdminConn::finish_in_background`] runs. The client is closed (the socket dropped)
+/// when it is all written, or when a write took nothing in time or failed. (A write that
+/// times out takes the room the client made meanwhile, if any: Linux looks at the send
+/// buffer again then.)
+fn write_rest(
+    stream: &std::os::unix::net::UnixStream,
+    out: &[u8],
+    mut written: usize,
+    patience: Duration,
+) {
+    let set = stream.set_nonblocking(false).and_then(|()| stream.set_write_timeout(Some(patience)));
+    if let Err(e) = set {
+        log::info!(target: "msgr::admin", "admin answer cut at the stop: {e}");
+        return;
+    }
+    let mut stream = stream;
+    while written < out.len() {
+        match stream.write(chunk(out, written)) {
+            Ok(0) => return,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::info!(target: "msgr::admin", "admin answer not sent after the stop: {e}");
+                return;
+            }
+        }
+    }
+}
+
+impl Handler for AdminConn {
+    fn ready(&mut self, cx: &mut Context<'_>, _ready: Ready) {
+        let Some(id) = cx.id() else { return };
+        self.serve(cx, id);
+    }
 
     fn timer(&mut self, cx: &mut Context<'_>, _timer: TimerId) {
         let Some(id) = cx.id() else { return };
-        log::info!(target: "msgr::admin", "admin client took over {ADMIN_CLIENT_DEADLINE:?}: closed");
         self.deadline = None;
+        if self.output.is_some() {
+            // Answering: closed only once the socket took none of it for the patience. It
+            // reports room (writable) only once the client has read three quarters of
+            // what it holds: room it has for less is found by writing.
+            self.serve(cx, id);
+            if !cx.is_live(id) {
+                // All written, or failed.
+                return;
+            }
+            let idle = self.progressed.elapsed();
+            if let Some(left) = self.patience.checked_sub(idle).filter(|d| !d.is_zero()) {
+                self.deadline = Some(cx.create_time_event(left, TimerTarget::Handler(id)));
+                return;
+            }
+            log::info!(target: "msgr::admin", "admin client read none of its answer for {:?}: closed", self.patience);
+        } else {
+            log::info!(target: "msgr::admin", "admin client sent no command within {:?}: closed", self.patience);
+        }
         self.close(cx, id);
+    }
+
+    /// The worker stops (its pool shuts down: the messenger's own, at its shutdown).
+    fn shutdown(&mut self, _cx: &mut Context<'_>) {
+        self.finish_in_background();
     }
 }
 

@@ -111,6 +111,12 @@ pub struct MessengerConfig {
     /// Bytes waiting to be sent that the socket takes none of for this long fault the
     /// connection: the peer stopped reading (ours; see the crate docs, "Bounds").
     pub write_timeout: Duration,
+    /// How long an admin-socket client may take to send its command, and then go
+    /// without reading any of its answer (the socket taking none of it): past it, the
+    /// client is closed. A client that keeps reading, however slowly, gets its whole
+    /// answer. (Ours: Ceph's admin socket has no deadline and serves one client at a
+    /// time.) Defaults to [`crate::ADMIN_CLIENT_DEADLINE`].
+    pub admin_client_deadline: Duration,
     /// `ms_connection_idle_timeout`: an open connection that receives nothing for this
     /// long (not counted while it waits for receive budget) faults, as Ceph's does: a
     /// lossy session is reset (`ms_handle_reset`), a lossless one reconnects or waits in
@@ -352,6 +358,7 @@ impl Default for MessengerConfig {
             connection_idle_timeout: Duration::from_secs(900),
             payload_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
+            admin_client_deadline: crate::admin::ADMIN_CLIENT_DEADLINE,
             keepalive_interval: None,
             dispatch_throttle_bytes: 100 << 20,
             crc_header: true,
@@ -463,6 +470,7 @@ impl MessengerConfig {
         duration("connection_idle_timeout", self.connection_idle_timeout)?;
         duration("payload_timeout", self.payload_timeout)?;
         duration("write_timeout", self.write_timeout)?;
+        duration("admin_client_deadline", self.admin_client_deadline)?;
         if let Some(every) = self.keepalive_interval {
             duration("keepalive_interval", every)?;
         }
