@@ -609,6 +609,7 @@ impl Replacement {
         debug_assert!(!old.has_events(), "{old}: events left at a hand-off");
         let session = old.0.take_session();
         machine.0.handle_accept_decision(now, policy, decision, session);
+        machine.0.adopt_keepalive(&mut old.0);
         machine
     }
 }

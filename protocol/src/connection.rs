@@ -308,6 +308,16 @@ impl Connection {
         each!(self, c => c.take_session(), _s => None)
     }
 
+    /// See [`crate::Machine::adopt_keepalive`]; nothing across protocols (a replace
+    /// never is).
+    pub fn adopt_keepalive(&mut self, old: &mut Connection) {
+        match (self, old) {
+            (Connection::V1(c), Connection::V1(o)) => c.adopt_keepalive(o),
+            (Connection::V2(c), Connection::V2(o)) => c.adopt_keepalive(o),
+            _ => {}
+        }
+    }
+
     /// See [`crate::Machine::mark_lossy`].
     #[inline]
     pub fn mark_lossy(&mut self) {

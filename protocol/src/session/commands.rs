@@ -77,6 +77,19 @@ impl<P: Protocol> Machine<P> {
         Some(s)
     }
 
+    /// Moves the keepalive `old`'s user asked for and `old` did not send yet into this
+    /// machine, which carries `old`'s session on (a replace, after
+    /// [`Self::take_session`]), with the wall-clock anchor of `old`'s stamps. Ceph's
+    /// replace moves the new socket into the existing connection, whose `keepalive` flag
+    /// stays set. An ack `old` owed is not moved: Ceph's replace clears the bytes the old
+    /// socket had not written, that ack with them.
+    pub fn adopt_keepalive(&mut self, old: &mut Self) {
+        self.keepalive.anchor = old.keepalive.anchor;
+        if let Some(stamp) = old.keepalive.pending.take() {
+            self.keepalive.pending = Some(stamp);
+        }
+    }
+
     /// Makes the session lossy from now on (Ceph's `mark_disposable`): the next fault
     /// resets it ([`super::Event::Reset`]) instead of reconnecting, nothing more is
     /// acked, and what is sent from now on is not kept for resending. What was sent

@@ -226,8 +226,9 @@ pub(crate) fn read_connect_reply(m: &mut Machine<V1>, now: Instant) -> bool {
         Tag::RESETSESSION => {
             Counters::bump(&m.config.counters.reset_session);
             log::info!(target: LOG, "{m}: peer reset our session");
+            // A keepalive asked for stays: it goes out on the new session (Ceph's
+            // `session_reset` leaves its `keepalive` flag alone).
             m.session.reset();
-            m.keepalive.pending = None;
             m.events.push_back(crate::session::Event::RemoteReset);
             resend_connect(m, connects, authorizer, answered);
             true

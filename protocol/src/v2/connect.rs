@@ -334,8 +334,9 @@ pub(crate) fn on_ident_reply(m: &mut Machine<V2>, now: Instant, f: &Frame) -> Re
             Counters::bump(&counters.reset_session);
             log::info!(target: LOG, "{m}: peer reset our session (full {})", r.full);
             if r.full {
+                // A keepalive asked for stays: it goes out on the new session (Ceph's
+                // `reset_session` leaves its `keepalive` flag alone).
                 m.session.reset();
-                m.keepalive.pending = None;
                 m.events.push_back(Event::RemoteReset);
             } else {
                 m.session.cookies.server = 0;
