@@ -239,6 +239,11 @@ impl Machine {
         self.0.send_keepalive(wall_clock);
     }
 
+    #[inline]
+    pub(crate) fn anchor_wall_clock(&mut self, wall_clock: KeepaliveStamp) {
+        self.0.anchor_wall_clock(wall_clock);
+    }
+
     /// Ceph's `mark_disposable`: the session becomes lossy.
     pub(crate) fn mark_lossy(&mut self) {
         self.0.mark_lossy();

@@ -284,6 +284,12 @@ impl Connection {
         each!(self, c => c.set_clock(now), _s => {})
     }
 
+    /// See [`crate::Machine::anchor_wall_clock`] (a session not yet past its banner has
+    /// no keepalives to stamp).
+    pub fn anchor_wall_clock(&mut self, wall_clock: KeepaliveStamp) {
+        each!(self, c => c.anchor_wall_clock(wall_clock), _s => {})
+    }
+
     /// See [`crate::Machine::send_message`].
     #[inline]
     pub fn send_message(&mut self, msg: Message) {

@@ -229,3 +229,37 @@ fn a_keepalive_pending_when_a_session_is_replaced_is_sent_on_the_new_socket() {
         srv.shutdown();
     }
 }
+
+/// The keepalives `keepalive_interval` sends carry our wall clock, as every KEEPALIVE2
+/// does (Ceph stamps each with `ceph_clock_now()`): the peer echoes the stamp, and
+/// `last_keepalive_ack` is what a user compares with the time now (MonClient's hunting
+/// does, on the monitor connection). Before, a connection whose user never called
+/// `send_keepalive` stamped them with the time since the connection was made, a date in
+/// January 1970.
+#[test]
+fn interval_keepalives_carry_the_wall_clock() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    for proto in [ProtocolVersion::V1, ProtocolVersion::V2] {
+        let (srv, _, _srx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+        let config = messenger::MessengerConfig {
+            keepalive_interval: Some(Duration::from_millis(20)),
+            ..test_config(2)
+        };
+        let (cli, _crx) = client_with(EntityType::CLIENT, 2, Policy::lossy_client(), config);
+        let c = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
+        send(&c, 1);
+        wait_until(
+            || c.last_keepalive_ack().is_some(),
+            || format!("{proto:?}: no KEEPALIVE2_ACK to an interval keepalive"),
+        );
+        let ack = c.last_keepalive_ack().expect("an ack");
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
+        let sec = u64::from(ack.sec);
+        assert!(
+            sec + 60 >= now && sec <= now + 60,
+            "{proto:?}: the interval keepalive was stamped {sec} s after 1970, now is {now}"
+        );
+        cli.shutdown();
+        srv.shutdown();
+    }
+}

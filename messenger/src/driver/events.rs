@@ -192,6 +192,9 @@ impl Driver {
                 self.machine.handle_authorizer_verdict(now, verdict);
             }
             Event::Opened(opened) => {
+                // Interval keepalives of this session are stamped from our wall clock,
+                // read once per open (the machine reads no clock).
+                self.machine.anchor_wall_clock(wall_stamp());
                 {
                     let mut p = self.conn.0.published.lock();
                     p.addr = Some(opened.peer_addr);

@@ -25,7 +25,8 @@ pub(crate) struct Keepalive {
     /// as it could send.
     pub(crate) ack_owed: Option<KeepaliveStamp>,
     /// Maps `Instant`s to wall-clock stamps for timer-driven keepalives: the instant and
-    /// stamp of the last `send_keepalive` (or creation and zero).
+    /// stamp of the last `send_keepalive` or `anchor_wall_clock` (the messenger anchors
+    /// each session as it opens), else creation and zero.
     pub(crate) anchor: (Instant, KeepaliveStamp),
     /// When the peer's last KEEPALIVE / KEEPALIVE2 arrived.
     pub(crate) last_received: Option<Instant>,

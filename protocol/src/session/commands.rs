@@ -32,6 +32,15 @@ impl<P: Protocol> Machine<P> {
         self.wake_from_standby();
     }
 
+    /// Tells the machine the wall clock at the time of its last input ([`Self::set_clock`]
+    /// or an input's `now`): the keepalives its `keepalive_interval` timer sends are
+    /// stamped from it (KEEPALIVE2 carries our wall clock, which the peer echoes into
+    /// our `last_keepalive_ack`). [`Self::send_keepalive`] anchors them too. Without
+    /// either, they counted from the machine's creation as if it were 1970.
+    pub fn anchor_wall_clock(&mut self, wall_clock: KeepaliveStamp) {
+        self.keepalive.anchor = (self.now, wall_clock);
+    }
+
     /// Queues a keepalive carrying `wall_clock` (v1 without KEEPALIVE2: a bare
     /// KEEPALIVE). Sent once open if not open yet. One not sent yet is replaced: the
     /// peer answers the newest stamp.
