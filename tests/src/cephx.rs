@@ -253,6 +253,9 @@ impl AuthProvider for Tap {
         let Some(inner) = self.inner.authorizer_client(peer_type)? else { return Ok(None) };
         Ok(Some(Box::new(TapClient { inner, counts: self.counts.clone() })))
     }
+    fn v1_required_features(&self, peer_type: EntityType, method: u32) -> Features {
+        self.inner.v1_required_features(peer_type, method)
+    }
     fn authorizer_server(&self) -> Option<Box<dyn AuthorizerServer>> {
         let inner = self.inner.authorizer_server()?;
         Some(Box::new(TapServer { inner, counts: self.counts.clone() }))

@@ -360,6 +360,29 @@ impl AuthConfig {
         }
     }
 
+    /// The feature bits a msgr v1 acceptor requires of a connect from a peer of type
+    /// `peer` that carries a cephx authorizer (Ceph's
+    /// `ProtocolV1::handle_connect_message_2`, which answers a peer lacking one with
+    /// FEATURES before it looks at the authorizer): MSG_AUTH where signatures are
+    /// required, CEPHX_V2 where cephx v2 is. As there, an OSD, MDS or MGR peer is held to
+    /// the cluster options and any other (a client, a monitor) to the service ones.
+    pub fn v1_cephx_required_features(&self, peer: EntityType) -> Features {
+        let cluster = matches!(peer, EntityType::OSD | EntityType::MDS | EntityType::MGR);
+        let (signatures, version) = if cluster {
+            (self.cephx_cluster_require_signatures, self.cephx_cluster_require_version)
+        } else {
+            (self.cephx_service_require_signatures, self.cephx_service_require_version)
+        };
+        let mut required = Features::NONE;
+        if self.cephx_require_signatures || signatures {
+            required = required | Features::MSG_AUTH;
+        }
+        if self.cephx_require_version >= 2 || version >= 2 {
+            required = required | Features::CEPHX_V2;
+        }
+        required
+    }
+
     /// Whether messages from a peer of type `peer` must be signed.
     pub fn requires_signatures(&self, peer: EntityType) -> bool {
         self.cephx_require_signatures

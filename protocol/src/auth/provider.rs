@@ -21,7 +21,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::error::Result;
-use crate::types::{AuthEntityName, EntityAddr, EntityType, AUTH_NONE};
+use crate::types::{AuthEntityName, EntityAddr, EntityType, Features, AUTH_NONE};
 
 use super::authorizer::{AuthorizerClient, AuthorizerServer};
 use super::cephx::ticket::AuthCapsInfo;
@@ -208,6 +208,16 @@ pub trait AuthProvider: Send + Sync {
         Ok(None)
     }
 
+    /// msgr v1: the feature bits an acceptor requires, beyond its policy's, of a connect
+    /// from a peer of `peer_type` whose authorizer is of `method` (Ceph's
+    /// `ProtocolV1::handle_connect_message_2` adds MSG_AUTH and CEPHX_V2 for cephx, as
+    /// its config requires). A peer lacking one is answered FEATURES, before its
+    /// authorizer is verified. None by default.
+    fn v1_required_features(&self, peer_type: EntityType, method: u32) -> Features {
+        let _ = (peer_type, method);
+        Features::NONE
+    }
+
     /// msgr v1: the verifier of the authorizers one accepted connection receives (it
     /// keeps the challenge it issued). `None`: the machine asks its driver instead
     /// ([`crate::Event::VerifyAuthorizer`]), as the messenger's dispatcher hooks do.
@@ -272,6 +282,10 @@ impl AuthProvider for WithConModes {
         peer_type: EntityType,
     ) -> std::result::Result<Option<Box<dyn AuthorizerClient>>, AuthError> {
         self.inner.authorizer_client(peer_type)
+    }
+
+    fn v1_required_features(&self, peer_type: EntityType, method: u32) -> Features {
+        self.inner.v1_required_features(peer_type, method)
     }
 
     fn authorizer_server(&self) -> Option<Box<dyn AuthorizerServer>> {

@@ -121,7 +121,7 @@ pub(crate) fn read_connect(m: &mut Machine<V1>, now: Instant) -> bool {
         retry_reply(m, &msg, Tag::BADPROTOVER, &[], 0, 0);
         return true;
     }
-    let missing = msg.features.missing_from(m.policy.features_required);
+    let missing = msg.features.missing_from(required_of(m, &msg));
     if !missing.is_empty() {
         again(m, link);
         m.peer_issue(PeerIssue::BadConnect, format_args!("peer lacks required features {missing}"));
@@ -258,13 +258,26 @@ fn request_decision(
     m.set_state(State::Handshake { deadline, step: Handshake::AwaitAcceptDecision(link, pending) });
 }
 
+/// The features required of `msg`: the policy's for the type it names, and those its
+/// authorizer's method asks for (Ceph's `handle_connect_message_2` adds MSG_AUTH and
+/// CEPHX_V2 to the connection's `policy.features_required` for a cephx connect, after
+/// the protocol version check).
+fn required_of(m: &Machine<V1>, msg: &ConnectMsg) -> Features {
+    m.policy.features_required
+        | m.config.auth.v1_required_features(msg.host_type, msg.authorizer_protocol)
+}
+
 /// A reply that leaves the peer to send another connect (or to give up), carrying
 /// `auth` as its authorizer bytes: features `(theirs & supported) | required`, as
-/// Ceph's `send_connect_message_reply`. The machine is back at AwaitConnect.
+/// Ceph's `send_connect_message_reply` (required with the authorizer method's bits but
+/// for BADPROTOVER, which Ceph sends before it adds them). The machine is back at
+/// AwaitConnect.
 fn retry_reply(m: &mut Machine<V1>, msg: &ConnectMsg, tag: Tag, auth: &[u8], gs: u32, cs: u32) {
+    let required =
+        if tag == Tag::BADPROTOVER { m.policy.features_required } else { required_of(m, msg) };
     let reply = ConnectReply {
         tag,
-        features: (msg.features & m.policy.features_supported) | m.policy.features_required,
+        features: (msg.features & m.policy.features_supported) | required,
         global_seq: gs,
         connect_seq: cs,
         protocol_version: proto_version(m.config.my_name.ty, msg.host_type, false),

@@ -547,6 +547,14 @@ impl AuthProvider for CephxProvider {
         }
     }
 
+    fn v1_required_features(&self, peer_type: EntityType, method: u32) -> Features {
+        if method == AUTH_CEPHX {
+            self.shared.config.v1_cephx_required_features(peer_type)
+        } else {
+            Features::NONE
+        }
+    }
+
     fn authorizer_server(&self) -> Option<Box<dyn AuthorizerServer>> {
         Some(Box::new(CephxAuthorizerServer {
             shared: self.shared.clone(),
