@@ -127,7 +127,7 @@ pub struct Session {
     pub(crate) peer_gid: i64,
 }
 
-/// Room (in messages, 8 KiB) `Session::sent` keeps once acks empty it: a window of
+/// Room (in messages, 8 KiB) `Session::sent` keeps once acks (nearly) empty it: a window of
 /// messages in flight fills and empties it once per round trip and keeps its room
 /// (windows of up to this many regrow nothing), but a peer that held its acks back
 /// while we sent a burst (as many as the send bound allows: half a million small
@@ -258,9 +258,13 @@ impl Session {
             }
             any = true;
         }
-        if any && self.sent.is_empty() && self.sent.capacity() > SENT_KEEP {
-            // A burst held unacked is over: its room goes, the steady state's stays.
-            self.sent.shrink_to(SENT_KEEP);
+        let room = self.sent.capacity();
+        if any && room > SENT_KEEP && self.sent.len() <= room / 4 {
+            // A burst held unacked is over: its room goes, the steady state's stays. Not
+            // only once `sent` is empty: with traffic going on, a message or a few are
+            // in flight whenever an ack comes. Shrunk to twice what waits, the room
+            // shrinks again only once `sent` halved (no reallocation per ack).
+            self.sent.shrink_to(SENT_KEEP.max(self.sent.len() * 2));
         }
         any
     }
@@ -354,6 +358,39 @@ mod tests {
         assert!(
             kept <= SENT_KEEP * std::mem::size_of::<Message>(),
             "{N} messages acked, `sent` keeps {kept} bytes of room (grew to {grown} slots)"
+        );
+    }
+
+    // The same burst, but the traffic goes on and the peer's acks (as any peer's whose
+    // ACK crosses our next message, or a hostile one acking all but the newest) never
+    // empty `sent`: one message or a few are always in flight. The burst's room must not
+    // stay for the connection's life because `sent` is never seen empty.
+    #[test]
+    fn sent_gives_back_its_room_while_a_message_stays_in_flight() {
+        const N: u64 = 100_000;
+        let mut s = Session::default();
+        let send = |s: &mut Session, seq: u64| {
+            let mut m = Message::new(2, Bytes::new());
+            m.set_seq(seq);
+            s.out_seq = Seq(seq);
+            s.push_sent(m);
+        };
+        for seq in 1..=N {
+            send(&mut s, seq);
+        }
+        let grown = s.sent.capacity();
+        // Acked up to the one before the newest, then one more sent and acked so, each
+        // round trip leaving the newest in flight.
+        assert!(s.ack(Seq(N - 1)));
+        for seq in N + 1..=N + 10 {
+            send(&mut s, seq);
+            assert!(s.ack(Seq(seq - 1)));
+            assert_eq!(s.sent.len(), 1);
+        }
+        let kept = s.sent.capacity() * std::mem::size_of::<Message>();
+        assert!(
+            kept <= SENT_KEEP * std::mem::size_of::<Message>(),
+            "{N} messages acked but one, `sent` keeps {kept} bytes of room (grew to {grown} slots)"
         );
     }
 
