@@ -82,7 +82,13 @@ impl RxBuf {
     }
 
     pub(crate) fn clear(&mut self) {
-        self.chunks.clear();
+        if self.chunks.capacity() > CHUNKS_KEEP {
+            // A frame cut short in many reads (a connection lost, a session reset):
+            // its room goes with it, as once it is gathered (`contiguous`).
+            self.chunks = VecDeque::new();
+        } else {
+            self.chunks.clear();
+        }
         self.tail = BytesMut::new();
         self.avail = 0;
     }
@@ -330,6 +336,42 @@ mod room_tests {
         assert!(
             kept <= super::CHUNKS_KEEP * std::mem::size_of::<Bytes>(),
             "after a {LEN}-byte secure frame in 16 KiB reads the receive buffer keeps {kept} bytes of chunk room"
+        );
+    }
+
+    // The same frame cut short by the peer, which then cannot be reached: the lossless
+    // session keeps its machine, backing off (for ever, were the peer a server that
+    // closed for good, or its own side parked in standby), and what the cut frame's
+    // reads grew the chunk list to must not stay with it. `clear` kept it.
+    #[test]
+    #[allow(clippy::disallowed_methods)]
+    fn a_large_secure_frame_cut_short_leaves_no_chunk_room_behind() {
+        const LEN: usize = 2 << 20;
+        let mut p = Pair::with_test_auth(
+            Instant::now(),
+            Policy::lossless_client(),
+            Policy::stateful_server(),
+            &[ConMode::SECURE],
+        );
+        p.send(0, numbered(0));
+        p.drive();
+        assert_eq!(numbers(&p.nodes[1].received), [0]);
+        p.splitter = Some(Box::new(|n| n.min(16 << 10)));
+        p.cut_after = Some(p.delivered + LEN as u64 / 2);
+        p.nodes[1].unreachable = true;
+        let mut m = numbered(1);
+        m.set_data(Bytes::from(vec![7u8; LEN]));
+        p.send(1, m);
+        p.drive();
+        assert!(p.nodes[0].received.is_empty(), "the frame was cut short");
+        let a = p.session_ep(0).expect("the client's session, backing off");
+        let Connection::V2(c) = &p.eps[a].conn else { panic!("a msgr2 connection") };
+        let machine: &Machine<V2> = c;
+        assert_eq!(machine.rx.len(), 0, "the cut connection's input is gone");
+        let kept = machine.rx.chunks.capacity() * std::mem::size_of::<Bytes>();
+        assert!(
+            kept <= super::CHUNKS_KEEP * std::mem::size_of::<Bytes>(),
+            "after half a {LEN}-byte secure frame in 16 KiB reads and a cut the receive buffer keeps {kept} bytes of chunk room"
         );
     }
 }
