@@ -67,6 +67,13 @@ const SPARE_DEQUES: usize = 8 * 2 * KEEP_EMPTY_LANES;
 /// burst, is dropped rather than kept holding memory.
 const SPARE_CAPACITY: usize = 64;
 
+/// Room (in FIFOs) the FIFO map keeps once the FIFOs it held were emptied: as many
+/// (priority, connection) pairs waiting at once regrow nothing, but a peer that gave
+/// each message of a flood a priority of its own (up to what the dispatch throttle
+/// holds, ~200,000 messages) must not leave the map holding the flood's room (~13 MiB
+/// of buckets) for the messenger's life: a map never shrinks on its own.
+const FIFOS_KEEP: usize = 1024;
+
 /// One priority level: the connections with queued items, served in rotation. Their
 /// FIFOs are in the queue's [`Fifos`].
 struct Lane {
@@ -140,6 +147,7 @@ impl<T> Fifos<T> {
                 if let Some(q) = self.by_key.remove(&(prio, conn)) {
                     self.recycle(q);
                 }
+                self.give_back_room();
             }
             if item.is_some() {
                 lane.len -= 1;
@@ -153,6 +161,7 @@ impl<T> Fifos<T> {
             if let Some(q) = self.by_key.remove(&(prio, conn)) {
                 self.recycle(q);
             }
+            self.give_back_room();
         } else {
             lane.rotation.push_back(conn);
         }
@@ -160,6 +169,18 @@ impl<T> Fifos<T> {
             lane.len -= 1;
         }
         item
+    }
+
+    /// After a FIFO was removed: the map gives back the room of a flood once it holds a
+    /// quarter of it or less, down to twice what it holds (so it shrinks again only once
+    /// that halved: no rehash per message), never below [`FIFOS_KEEP`].
+    fn give_back_room(&mut self) {
+        let room = self.by_key.capacity();
+        // Past twice the keep: a map shrunk to it may report more room than asked for
+        // (its buckets are a power of two), and must not be shrunk again at every pop.
+        if room > 2 * FIFOS_KEEP && self.by_key.len() <= room / 4 {
+            self.by_key.shrink_to(FIFOS_KEEP.max(self.by_key.len() * 2));
+        }
     }
 
     /// Keeps an emptied deque for the next connection that queues, within bounds.
@@ -174,6 +195,7 @@ impl<T> Fifos<T> {
             lane.len -= q.len();
             out.extend(q);
             lane.rotation.retain(|c| *c != conn);
+            self.give_back_room();
         }
     }
 
@@ -624,6 +646,36 @@ mod tests {
         let spare = &q.fifos.spare;
         assert!(spare.iter().all(|d| d.capacity() <= SPARE_CAPACITY));
         assert!(spare.len() <= SPARE_DEQUES);
+    }
+
+    /// A peer giving each message a priority of its own makes a FIFO key per message;
+    /// once its flood is dispatched, the one map of every lane's FIFOs must not keep the
+    /// flood's room (hashbrown never shrinks on its own) for the messenger's life, nor
+    /// when traffic goes on and the queue is never seen empty.
+    #[test]
+    fn a_flood_of_priorities_leaves_no_fifo_room_behind() {
+        let mut q = PrioQueue::new();
+        for prio in 1..=u16::MAX {
+            q.push(prio, 7, u32::from(prio));
+        }
+        let grown = q.fifos.by_key.capacity();
+        // Traffic goes on: another connection keeps a message waiting throughout.
+        q.push(PRIO_DEFAULT, 8, 0);
+        while q.len() > 1 {
+            q.pop();
+        }
+        for i in 1..=10 {
+            q.push(PRIO_DEFAULT, 8, i);
+            q.pop();
+        }
+        assert_eq!(q.len(), 1);
+        let slot = std::mem::size_of::<((u16, u64), VecDeque<u32>)>() + 1;
+        let kept = q.fifos.by_key.capacity() * slot;
+        // A thousand (priority, connection) pairs waiting at once regrow nothing.
+        assert!(
+            kept <= 2 * FIFOS_KEEP * slot,
+            "flood dispatched, the FIFO map keeps {kept} bytes of room (grew to {grown} keys)"
+        );
     }
 
     #[test]
