@@ -33,6 +33,7 @@ use bytes::Bytes;
 use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy};
 use protocol::types::{EntityAddr, EntityName, EntityType, Features};
 use protocol::Message;
+use tests::counting::Count;
 use tests::hostile::*;
 
 const MSG_TEST: u16 = 0x7f00;
@@ -140,32 +141,13 @@ fn rss_of(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Records reply arrivals for the good client.
-struct Replies(Arc<AtomicU64>);
-
-impl Dispatcher<Connection> for Replies {
-    fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Dispatched::Taken
-    }
-    fn ms_can_fast_dispatch_any(&self) -> bool {
-        true
-    }
-    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
-        true
-    }
-    fn ms_fast_dispatch(&self, _conn: &Connection, _msg: Message) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Round trips per second of the good client over `secs`, keeping `depth` in flight.
-fn measure(conn: &Connection, replies: &AtomicU64, sent: &mut u64, a: &Args, secs: u64) -> f64 {
-    let start_replies = replies.load(Ordering::Relaxed);
+fn measure(conn: &Connection, replies: &Count, sent: &mut u64, a: &Args, secs: u64) -> f64 {
+    let start_replies = replies.count();
     let started = Instant::now();
     let payload = Bytes::from(vec![7u8; a.size]);
     while started.elapsed() < Duration::from_secs(secs) {
-        while *sent < replies.load(Ordering::Relaxed) + a.depth {
+        while *sent < replies.count() + a.depth {
             let mut m = Message::new(MSG_TEST, payload.clone());
             m.set_tid(*sent);
             if conn.send_message(m).is_err() {
@@ -175,7 +157,7 @@ fn measure(conn: &Connection, replies: &AtomicU64, sent: &mut u64, a: &Args, sec
         }
         std::thread::sleep(Duration::from_micros(50));
     }
-    let done = replies.load(Ordering::Relaxed) - start_replies;
+    let done = replies.count() - start_replies;
     done as f64 / started.elapsed().as_secs_f64()
 }
 
@@ -329,8 +311,9 @@ fn run(kind: &str, a: &Args) -> std::io::Result<()> {
     )?;
     cli.set_default_policy(Policy::lossy_client());
     cli.start()?;
-    let replies = Arc::new(AtomicU64::new(0));
-    cli.add_dispatcher_head(Arc::new(Replies(replies.clone())))?;
+    // Records reply arrivals for the good client.
+    let replies = Count::new(true);
+    cli.add_dispatcher_head(replies.clone())?;
     let conn = cli.connect_to(EntityType::OSD, srv);
     let mut sent = 0;
     measure(&conn, &replies, &mut sent, a, 1); // warm-up

@@ -3,26 +3,35 @@
 //! [`SharedKeyStore`] holds the same rotating secrets the key server sealed them with.
 //! [`TestCluster::provider`] gives the [`CephxProvider`] of one entity; a [`Tap`]
 //! around a provider counts its sessions' signatures and can sign one message wrongly.
+//! [`monitor_client`] is a messenger that authenticates to a real monitor as
+//! client.admin ([`client_admin`]), its cephx provider holding the monitor key;
+//! [`monitor_session`] dials the monitor with it and asks for the monmap ([`get_map`]).
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use messenger::{Connection, Messenger, MessengerConfig, Policy};
 use protocol::auth::cephx::{
     CephxProvider, KeyServer, RngSource, RotatingKeyStore, SharedKeyStore, TicketStore, WallClock,
 };
 use protocol::auth::{
-    AuthClient, AuthConfig, AuthError, AuthProvider, AuthRole, AuthServer, AuthorizerClient,
-    AuthorizerRequest, AuthorizerServer, AuthorizerStep, ConMode, CryptoKey, KeyEntry, KeyRing,
-    SessionHandler,
+    parse_entity_name, AuthClient, AuthConfig, AuthError, AuthProvider, AuthRole, AuthServer,
+    AuthorizerClient, AuthorizerRequest, AuthorizerServer, AuthorizerStep, ConMode, CryptoKey,
+    KeyEntry, KeyRing, SessionHandler,
 };
 use protocol::encoding::UTime;
-use protocol::messages::MCommandReply;
+use protocol::messages::{MCommandReply, MsgType};
 use protocol::types::{AuthEntityName, EntityAddr, EntityName, EntityType, Features};
 use protocol::wire::{MsgFooter, MsgHeader};
+use protocol::Message;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+
+use crate::loopback::{start_recorded, Seen, WAIT};
 
 /// The services every entity gets a ticket for.
 const SERVICES: [EntityType; 4] =
@@ -41,6 +50,94 @@ pub fn wall_now() -> UTime {
 pub fn seeded_rng_source(seed: u64) -> RngSource {
     let next = Arc::new(AtomicU64::new(seed));
     Arc::new(move || Box::new(StdRng::seed_from_u64(next.fetch_add(1, Ordering::Relaxed))) as _)
+}
+
+/// A random source for providers from the operating system's generator.
+pub fn os_rng_source() -> RngSource {
+    Arc::new(|| Box::new(rand::rngs::OsRng) as _)
+}
+
+/// client.admin's name and key in `keyring` (a test monitor's: [`CephMon::keyring`]).
+///
+/// [`CephMon::keyring`]: crate::ceph::CephMon::keyring
+pub fn client_admin(keyring: &Path) -> (AuthEntityName, CryptoKey) {
+    let ring = KeyRing::load(keyring).expect("keyring");
+    let name = parse_entity_name("client.admin").expect("name");
+    let key = ring.key(&name).expect("client.admin key").clone();
+    (name, key)
+}
+
+/// A client messenger (a new client, nonce 1, lossy to everyone, started) whose cephx
+/// provider authenticates to monitors as `name` with `key` (Ceph's defaults, the wall
+/// clock, the OS's random numbers), keeping tickets and monitor sessions in `store`; on
+/// `config`, its auth provider replaced. Everything it sees goes to the receiver, from
+/// a [`Recorder`](crate::loopback::Recorder) that echoes nothing.
+pub fn monitor_client(
+    name: &AuthEntityName,
+    key: &CryptoKey,
+    store: &Arc<TicketStore>,
+    config: MessengerConfig,
+) -> (Messenger, Receiver<Seen>) {
+    let clock = WallClock::anchored(Instant::now(), wall_now());
+    let provider =
+        CephxProvider::new(name.clone(), AuthConfig::ceph_defaults(), clock, os_rng_source())
+            .with_monitor_key(key.clone(), store.clone());
+    let config = config.with_auth_provider(Arc::new(provider));
+    let msgr = Messenger::new(EntityName::new(EntityType::CLIENT, EntityName::NEW), 1, config)
+        .expect("messenger");
+    start_recorded(msgr, Policy::lossy_client())
+}
+
+/// An MMonGetMap, as a Pacific MonClient's first message to a monitor.
+pub fn get_map() -> Message {
+    let mut m = Message::new(MsgType::MON_GET_MAP.0, Bytes::new());
+    m.set_version(1);
+    m.set_compat_version(1);
+    m
+}
+
+/// What came on `conn` first: its monmap (`Ok`) or its reset/refusal (`Err`, saying
+/// which), within `within` (`Err` too when nothing did).
+pub fn monmap_or_reset(
+    rx: &Receiver<Seen>,
+    conn: &Connection,
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        match rx.recv_deadline(deadline) {
+            Ok(Seen::Message(c, m)) if &c == conn && m.msg_type() == MsgType::MON_MAP.0 => {
+                return Ok(())
+            }
+            Ok(Seen::Reset(c)) if &c == conn => return Err("reset".into()),
+            Ok(Seen::Refused(c)) if &c == conn => return Err("refused".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("nothing within {within:?}: {e}")),
+        }
+    }
+}
+
+/// Dials the monitor at `addr` and asks for its map ([`get_map`]): the connection once
+/// the MMonMap came, or `None` when the connection was refused or reset (the monitor
+/// refused our credentials). Panics when neither came within [`WAIT`].
+pub fn monitor_session(
+    msgr: &Messenger,
+    rx: &Receiver<Seen>,
+    addr: EntityAddr,
+) -> Option<Connection> {
+    let conn = msgr.connect_to(EntityType::MON, addr);
+    conn.send_message(get_map()).expect("send");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match rx.recv_deadline(deadline) {
+            Ok(Seen::Message(c, m)) if c == conn && m.msg_type() == MsgType::MON_MAP.0 => {
+                return Some(conn)
+            }
+            Ok(Seen::Reset(c) | Seen::Refused(c)) if c == conn => return None,
+            Ok(_) => {}
+            Err(e) => panic!("no monmap and no refusal within {WAIT:?}: {e}"),
+        }
+    }
 }
 
 /// A key server for a set of entities and what it minted.

@@ -1,4 +1,6 @@
-//! Loopback helpers for messenger tests: a recording dispatcher and messenger builders.
+//! Loopback helpers for messenger tests: a recording dispatcher, an adapter for
+//! dispatchers that take every message on the worker ([`OnWorker`]), and messenger
+//! builders.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,6 +78,40 @@ impl Dispatcher<Connection> for Recorder {
     fn ms_handle_refused(&self, conn: &Connection) -> bool {
         let _ = self.tx.send(Seen::Refused(conn.clone()));
         true
+    }
+}
+
+/// What a dispatcher wrapped in [`OnWorker`] does with each message, on the worker.
+pub trait FastHandler: Send + Sync + 'static {
+    /// `ms_fast_dispatch` of `msg`, received on `conn`.
+    fn on_message(&self, conn: &Connection, msg: Message);
+}
+
+/// A dispatcher that takes every message by fast dispatch, on the worker, and hands it
+/// to its [`FastHandler`]; a message that reaches `ms_dispatch` anyway (one queued
+/// before the dispatcher was added) is dropped unseen. Derefs to the handler, so a test
+/// reads the handler's fields through it.
+pub struct OnWorker<H>(pub H);
+
+impl<H> std::ops::Deref for OnWorker<H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.0
+    }
+}
+
+impl<H: FastHandler> Dispatcher<Connection> for OnWorker<H> {
+    fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
+        Dispatched::Taken
+    }
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
+        true
+    }
+    fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
+        self.0.on_message(conn, msg);
     }
 }
 
@@ -340,6 +376,12 @@ pub fn client_with(
     config: MessengerConfig,
 ) -> (Messenger, Receiver<Seen>) {
     let m = Messenger::new(EntityName::new(ty, nonce as i64), nonce, config).expect("messenger");
+    start_recorded(m, policy)
+}
+
+/// Starts client messenger `m` (no listener) with `policy` as its default and a
+/// recorder that echoes nothing at the head of its dispatchers.
+pub fn start_recorded(m: Messenger, policy: Policy) -> (Messenger, Receiver<Seen>) {
     m.set_default_policy(policy);
     m.start().expect("start");
     let (rec, rx) = Recorder::new(false);

@@ -4,7 +4,7 @@
 //! within a bound. The busy connection is a peer flooding small messages, or a local
 //! thread calling `send_message` in a tight loop on one connection.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, 
 use protocol::types::{EntityName, EntityType};
 use protocol::Message;
 use protocol::ProtocolVersion;
+use tests::counting::{Count, Forward};
 use tests::hostile::*;
 use tests::loopback::*;
 
@@ -21,31 +22,13 @@ use tests::loopback::*;
 /// read phases take even in a debug build on a loaded machine, far below "never".
 const STALL: Duration = Duration::from_secs(10);
 
-/// Counts what it is sent and drops it (fast dispatch, on the worker).
-struct Sink(AtomicU64);
-
-impl Dispatcher<Connection> for Sink {
-    fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Dispatched::Taken
-    }
-    fn ms_can_fast_dispatch_any(&self) -> bool {
-        true
-    }
-    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
-        true
-    }
-    fn ms_fast_dispatch(&self, _conn: &Connection, _msg: Message) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn one_worker_server(config: MessengerConfig) -> (Messenger, Arc<Sink>) {
+fn one_worker_server(config: MessengerConfig) -> (Messenger, Arc<Count>) {
     let m = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, config).expect("messenger");
     m.set_default_policy(Policy::stateless_server());
     m.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
     m.start().expect("start");
-    let sink = Arc::new(Sink(AtomicU64::new(0)));
+    // Counts what it is sent and drops it (fast dispatch, on the worker).
+    let sink = Count::new(true);
     m.add_dispatcher_head(sink.clone()).expect("dispatcher");
     (m, sink)
 }
@@ -85,7 +68,7 @@ fn timers_and_events_run_under_a_flood(proto: ProtocolVersion) {
     let (srv, sink) = one_worker_server(config);
     let stop = Arc::new(AtomicBool::new(false));
     let flood = small_flood(&srv, proto, stop.clone());
-    wait_until(|| sink.0.load(Ordering::Relaxed) > 10_000, || "the flood did not start".into());
+    wait_until(|| sink.count() > 10_000, || "the flood did not start".into());
 
     // A half-open connection: the banner only, never a handshake.
     let mut half = banner_socket(srv.my_addr().addr.expect("bound"));
@@ -142,16 +125,6 @@ impl Dispatcher<Connection> for Echo {
     }
 }
 
-/// Hands each reply's tid to the test.
-struct Replies(crossbeam_channel::Sender<u64>);
-
-impl Dispatcher<Connection> for Replies {
-    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
-        let _ = self.0.send(msg.tid());
-        Dispatched::Taken
-    }
-}
-
 /// A client on one worker: a thread sends 64 KiB messages in a tight loop on one
 /// connection (to a sink) while the test makes round trips on another (to an echo
 /// server), each within [`STALL`].
@@ -169,7 +142,8 @@ fn a_sending_thread_does_not_stall_another_connection(proto: ProtocolVersion) {
     client.set_default_policy(Policy::lossy_client());
     client.start().expect("start");
     let (tx, replies) = crossbeam_channel::unbounded();
-    client.add_dispatcher_head(Arc::new(Replies(tx))).expect("dispatcher");
+    // Hands each reply's tid to the test.
+    client.add_dispatcher_head(Forward::tids(tx, false)).expect("dispatcher");
 
     let busy = client.connect_to(EntityType::OSD, addr_for(proto, sink_srv.my_addr()));
     let quiet = client.connect_to(EntityType::OSD, addr_for(proto, echo_srv.my_addr()));
@@ -189,7 +163,7 @@ fn a_sending_thread_does_not_stall_another_connection(proto: ProtocolVersion) {
             sent
         })
     };
-    wait_until(|| sink.0.load(Ordering::Relaxed) > 100, || "the sender did not start".into());
+    wait_until(|| sink.count() > 100, || "the sender did not start".into());
     let started = Instant::now();
     let mut worst = Duration::ZERO;
     let mut trips = 0u64;
@@ -207,7 +181,7 @@ fn a_sending_thread_does_not_stall_another_connection(proto: ProtocolVersion) {
     let sent = sender.join().expect("sender");
     eprintln!(
         "{proto:?}: {trips} round trips, worst {worst:?}; sender queued {sent}, sink got {}",
-        sink.0.load(Ordering::Relaxed)
+        sink.count()
     );
     client.shutdown();
     sink_srv.shutdown();

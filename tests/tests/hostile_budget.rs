@@ -19,6 +19,7 @@ use protocol::message::MESSAGE_OVERHEAD;
 use protocol::session::DEFAULT_FIRST_WINDOW;
 use protocol::types::{EntityName, EntityType};
 use protocol::Message;
+use tests::counting::Forward;
 use tests::hostile::*;
 use tests::loopback::*;
 
@@ -536,25 +537,6 @@ fn a_message_after_an_aborted_one_asks_for_budget_as_its_own() {
     srv.shutdown();
 }
 
-/// Drops every message on the worker (fast dispatch), telling the test its tid.
-struct Dropper(crossbeam_channel::Sender<u64>);
-
-impl Dispatcher<Connection> for Dropper {
-    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
-        let _ = self.0.send(msg.tid());
-        Dispatched::Taken
-    }
-    fn ms_can_fast_dispatch_any(&self) -> bool {
-        true
-    }
-    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
-        true
-    }
-    fn ms_fast_dispatch(&self, _conn: &Connection, msg: Message) {
-        let _ = self.0.send(msg.tid());
-    }
-}
-
 /// A message of type `MSG_TEST` with `tid` and a front of `front` bytes, framed.
 fn framed_front(peer: &mut RawPeer, tid: u64, front: usize) -> Vec<u8> {
     let mut m = Message::new(MSG_TEST, Bytes::from(vec![5u8; front]));
@@ -593,7 +575,8 @@ fn a_credit_funded_message_after_an_aborted_one_leaves_no_budget_behind() {
     srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
     srv.start().expect("start");
     let (tx, rx) = crossbeam_channel::unbounded();
-    srv.add_dispatcher_head(Arc::new(Dropper(tx))).expect("dispatcher");
+    // Drops every message on the worker (fast dispatch), telling the test its tid.
+    srv.add_dispatcher_head(Forward::tids(tx, true)).expect("dispatcher");
 
     let mut peer =
         RawPeer::handshake(addr_for(ProtocolVersion::V2, srv.my_addr()), Policy::lossy_client());

@@ -11,39 +11,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use messenger::{Connection, Messenger, MessengerConfig, Policy};
-use protocol::auth::cephx::{CephxProvider, RngSource, TicketStore, WallClock};
-use protocol::auth::{parse_entity_name, AuthConfig, ConMode, ConModes, KeyRing};
+use protocol::auth::cephx::TicketStore;
+use protocol::auth::{ConMode, ConModes};
 use protocol::messages::MsgType;
 use protocol::types::{AddrType, EntityAddr, EntityName, EntityType};
 use protocol::Message;
 use tests::ceph::CephMon;
-use tests::cephx::wall_now;
+use tests::cephx::{client_admin, get_map, monitor_client, monmap_or_reset};
 use tests::chaos::{ChaosConfig, ChaosProxy};
 use tests::loopback::{init_logging, test_config, Recorder, Seen, WAIT};
 
 /// A client messenger authenticating to msgr2 monitors as client.admin with cephx (the
 /// provider's monitor key), lossy to monitors, in `mode`.
 fn v2_client(mon: &CephMon, mode: ConMode, config: MessengerConfig) -> (Messenger, Receiver<Seen>) {
-    let ring = KeyRing::load(mon.keyring()).expect("keyring");
-    let name = parse_entity_name("client.admin").expect("name");
-    let key = ring.key(&name).expect("client.admin key").clone();
+    let (name, key) = client_admin(&mon.keyring());
     let store = Arc::new(TicketStore::default());
-    let clock = WallClock::anchored(Instant::now(), wall_now());
-    let rng: RngSource = Arc::new(|| Box::new(rand::rngs::OsRng) as _);
-    let provider = CephxProvider::new(name, AuthConfig::ceph_defaults(), clock, rng)
-        .with_monitor_key(key, store);
-    let config = MessengerConfig { mon_client_mode: Some(ConModes(vec![mode])), ..config }
-        .with_auth_provider(Arc::new(provider));
-    let msgr = Messenger::new(EntityName::new(EntityType::CLIENT, EntityName::NEW), 1, config)
-        .expect("messenger");
-    msgr.set_default_policy(Policy::lossy_client());
-    msgr.start().expect("start");
-    let (rec, rx) = Recorder::new(false);
-    msgr.add_dispatcher_head(rec).expect("dispatcher");
-    (msgr, rx)
+    let config = MessengerConfig { mon_client_mode: Some(ConModes(vec![mode])), ..config };
+    monitor_client(&name, &key, &store, config)
 }
 
 /// A test config whose reconnects back off from 10 ms up to 200 ms.
@@ -52,30 +38,6 @@ fn fast_backoff() -> MessengerConfig {
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(200),
         ..test_config(1)
-    }
-}
-
-fn get_map() -> Message {
-    let mut m = Message::new(MsgType::MON_GET_MAP.0, Bytes::new());
-    m.set_version(1);
-    m.set_compat_version(1);
-    m
-}
-
-/// What came on `conn` first: its monmap (`Ok`) or its reset/refusal (`Err`), within
-/// `within`.
-fn monmap_or_reset(rx: &Receiver<Seen>, conn: &Connection, within: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + within;
-    loop {
-        match rx.recv_deadline(deadline) {
-            Ok(Seen::Message(c, m)) if &c == conn && m.msg_type() == MsgType::MON_MAP.0 => {
-                return Ok(())
-            }
-            Ok(Seen::Reset(c)) if &c == conn => return Err("reset".into()),
-            Ok(Seen::Refused(c)) if &c == conn => return Err("refused".into()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("nothing within {within:?}: {e}")),
-        }
     }
 }
 
@@ -352,9 +314,7 @@ fn v1_cephx_client_against_a_monitor_injecting_socket_failures() {
 fn v1_cephx_rounds(mon: &CephMon, proxy: Option<&ChaosProxy>) {
     use protocol::auth::cephx::{CephxClient, ClientConfig};
     use protocol::messages::{MAuthReply, MMonCommand, MMonCommandAck, TypedMessage};
-    let ring = KeyRing::load(mon.keyring()).expect("keyring");
-    let name = parse_entity_name("client.admin").expect("name");
-    let key = ring.key(&name).expect("key").clone();
+    let (name, key) = client_admin(&mon.keyring());
     let mut auth = CephxClient::new(ClientConfig::new(name, key), Box::new(rand::rngs::OsRng));
     let dial = proxy.map_or(mon.addr(), ChaosProxy::addr);
     let config = fast_backoff();

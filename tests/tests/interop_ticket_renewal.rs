@@ -30,15 +30,17 @@ use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use messenger::{Connection, Messenger, MessengerConfig, Policy};
 use protocol::auth::cephx::{
-    CephxClient, CephxProvider, ClientConfig, ClientEvent, ReceivedTicket, RngSource,
-    RotatingKeyStore, RotatingSecrets, SharedKeyStore, TicketSource, TicketStore, WallClock,
+    CephxClient, CephxProvider, ClientConfig, ClientEvent, ReceivedTicket, RotatingKeyStore,
+    RotatingSecrets, SharedKeyStore, TicketSource, TicketStore, WallClock,
 };
 use protocol::auth::{parse_entity_name, AuthConfig, ConMode, ConModes, KeyRing};
 use protocol::messages::{MAuthReply, MCommand, MCommandReply, MsgType, TypedMessage};
 use protocol::types::{AddrType, AuthEntityName, EntityAddr, EntityName, EntityType, Features};
 use tests::ceph::CephOsd;
-use tests::cephx::{assert_version_json, wall_now};
-use tests::loopback::{in_mode, init_logging, test_config, Recorder, Seen, WAIT};
+use tests::cephx::{
+    assert_version_json, client_admin, monitor_client, monitor_session, os_rng_source, wall_now,
+};
+use tests::loopback::{in_mode, init_logging, start_recorded, test_config, Recorder, Seen, WAIT};
 use tests::mon::MonClient;
 
 const VERSION: &str = r#"{"prefix": "version"}"#;
@@ -49,10 +51,6 @@ const SERVICE_TTL_ROTATION: u64 = 4;
 /// How long the renewal phase may take at most.
 const RENEWAL_LIMIT: Duration = Duration::from_secs(40);
 
-fn rng_source() -> RngSource {
-    Arc::new(|| Box::new(rand::rngs::OsRng) as _)
-}
-
 /// A provider for `name` whose tickets come from `tickets` (and, as a daemon, whose
 /// service secrets come from `keys`).
 fn provider(
@@ -61,8 +59,9 @@ fn provider(
     keys: Option<Arc<SharedKeyStore>>,
 ) -> Arc<CephxProvider> {
     let clock = WallClock::anchored(Instant::now(), wall_now());
-    let mut p = CephxProvider::new(name.clone(), AuthConfig::ceph_defaults(), clock, rng_source())
-        .with_tickets(tickets);
+    let mut p =
+        CephxProvider::new(name.clone(), AuthConfig::ceph_defaults(), clock, os_rng_source())
+            .with_tickets(tickets);
     if let Some(keys) = keys {
         p = p.with_keys(keys);
     }
@@ -78,11 +77,7 @@ fn client(
     let msgr =
         Messenger::new(me, rand::random::<u32>() | 1, in_mode(mode).with_auth_provider(provider))
             .expect("messenger");
-    msgr.set_default_policy(Policy::lossy_client());
-    msgr.start().expect("start");
-    let (rec, rx) = Recorder::new(false);
-    msgr.add_dispatcher_head(rec).expect("dispatcher");
-    (msgr, rx)
+    start_recorded(msgr, Policy::lossy_client())
 }
 
 /// Sends `version` to the OSD on `conn` as `tid` and waits for its answer: `Err` with
@@ -283,47 +278,19 @@ fn renewal(test: &str, mon_v2: bool) {
     let (mut took_next, mut took_previous) = (Vec::new(), Vec::new());
 
     // client.admin: its monitor session, its tickets in a store.
-    let ring = KeyRing::load(osd.mon().keyring()).expect("keyring");
-    let name = parse_entity_name("client.admin").expect("name");
-    let key = ring.key(&name).expect("client.admin key").clone();
+    let (name, key) = client_admin(&osd.mon().keyring());
     let store = Arc::new(TicketStore::default());
     let p = provider(&name, store.clone(), None);
     // Over msgr2 the monitor session's messenger also dials the OSD over msgr2 (as
     // librados: one messenger), its tickets from the same store.
     let (mon, mut auth, v2_shared) = if mon_v2 {
-        let clock = WallClock::anchored(Instant::now(), wall_now());
-        let provider =
-            CephxProvider::new(name.clone(), AuthConfig::ceph_defaults(), clock, rng_source())
-                .with_monitor_key(key.clone(), store.clone());
         let config = MessengerConfig {
             mon_client_mode: Some(ConModes(vec![ConMode::SECURE])),
             ..in_mode(Some(ConMode::SECURE))
         };
-        let msgr = Messenger::new(
-            EntityName::new(EntityType::CLIENT, EntityName::NEW),
-            1,
-            config.with_auth_provider(Arc::new(provider)),
-        )
-        .expect("messenger");
-        msgr.set_default_policy(Policy::lossy_client());
-        msgr.start().expect("start");
-        let (rec, rx) = Recorder::new(false);
-        msgr.add_dispatcher_head(rec).expect("dispatcher");
+        let (msgr, rx) = monitor_client(&name, &key, &store, config);
         let addr = mon_v2_addr(&osd);
-        let conn = msgr.connect_to(EntityType::MON, addr);
-        let mut get_map = protocol::Message::new(MsgType::MON_GET_MAP.0, Bytes::new());
-        get_map.set_version(1);
-        get_map.set_compat_version(1);
-        conn.send_message(get_map).expect("send");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match rx.recv_deadline(deadline) {
-                Ok(Seen::Message(c, m)) if c == conn && m.msg_type() == MsgType::MON_MAP.0 => break,
-                Ok(Seen::Reset(c) | Seen::Refused(c)) if c == conn => panic!("monitor refused us"),
-                Ok(_) => {}
-                Err(e) => panic!("no monmap: {e}"),
-            }
-        }
+        let conn = monitor_session(&msgr, &rx, addr).expect("monitor refused us");
         let auth = store.take_monitor_session(&addr).expect("the handshake's cephx session");
         msgr.set_myname(EntityName::new(EntityType::CLIENT, auth.global_id() as i64));
         (MonSession::V2 { conn, rx: rx.clone() }, auth, Some((msgr, rx)))

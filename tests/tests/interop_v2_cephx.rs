@@ -16,18 +16,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use messenger::{Connection, Messenger, MessengerConfig, Policy};
-use protocol::auth::cephx::{
-    CephxClient, CephxProvider, ClientEvent, RngSource, ServiceMask, TicketSource, TicketStore,
-    WallClock,
-};
-use protocol::auth::{parse_entity_name, AuthConfig, ConMode, ConModes, CryptoKey, KeyRing};
+use messenger::{Connection, MessengerConfig};
+use protocol::auth::cephx::{CephxClient, ClientEvent, ServiceMask, TicketSource, TicketStore};
+use protocol::auth::{ConMode, ConModes};
 use protocol::messages::{MAuthReply, MCommand, MCommandReply, MsgType, TypedMessage};
-use protocol::types::{AddrType, AuthEntityName, EntityAddr, EntityName, EntityType, Features};
+use protocol::types::{AddrType, EntityAddr, EntityType, Features};
 use protocol::Message;
 use tests::ceph::{CephMon, CephOsd};
-use tests::cephx::{assert_version_json, wall_now};
-use tests::loopback::{init_logging, test_config, Recorder, Seen, WAIT};
+use tests::cephx::{assert_version_json, client_admin, get_map, monitor_client, monitor_session};
+use tests::loopback::{init_logging, test_config, Seen, WAIT};
 
 /// Runs the `mon_client` example with `args`, bounded by 60 s.
 fn mon_client(args: &[&str]) -> Output {
@@ -109,20 +106,15 @@ fn real_osd_over_msgr2_with_cephx_from_monitor_issued_tickets_both_modes() {
     let osdmap: serde_json::Value = serde_json::from_slice(&out.stdout).expect("osd dump JSON");
     let osd_v2 = addr_from_json(&osdmap["osds"][0]["public_addrs"]["addrvec"], "v2")
         .expect("the OSD's v2 address");
-    let ring = KeyRing::load(osd.mon().keyring()).expect("keyring");
-    let name = parse_entity_name("client.admin").expect("name");
-    let key = ring.key(&name).expect("client.admin key").clone();
+    let (name, key) = client_admin(&osd.mon().keyring());
     for mode in [ConMode::SECURE, ConMode::CRC] {
         let store = Arc::new(TicketStore::default());
         let config = MessengerConfig { client_mode: Some(ConModes(vec![mode])), ..test_config(1) };
-        let (msgr, rx) = monitor_client_with(&name, &key, &store, config);
+        let (msgr, rx) = monitor_client(&name, &key, &store, config);
 
         // The monitor: MMonGetMap → MMonMap, after cephx in the AUTH frames.
         let mon = msgr.connect_to(EntityType::MON, mon_v2);
-        let mut get_map = Message::new(MsgType::MON_GET_MAP.0, Bytes::new());
-        get_map.set_version(1);
-        get_map.set_compat_version(1);
-        mon.send_message(get_map).expect("send");
+        mon.send_message(get_map()).expect("send");
         let (_, m) = reply_on(&rx, &mon);
         assert_eq!(m.msg_type(), MsgType::MON_MAP.0);
         assert_eq!(mon.con_mode(), Some(ConMode::SECURE), "ms_mon_client_mode default");
@@ -155,59 +147,6 @@ fn reply_on(rx: &crossbeam_channel::Receiver<Seen>, conn: &Connection) -> (Conne
             Ok(Seen::Reset(c) | Seen::Refused(c)) if &c == conn => panic!("{c:?} dropped"),
             Ok(_) => {}
             Err(e) => panic!("no reply within {WAIT:?}: {e}"),
-        }
-    }
-}
-
-/// A client messenger whose cephx provider authenticates to monitors over msgr2 as
-/// `name` with `key`, keeping tickets and monitor sessions in `store`.
-fn monitor_client(
-    name: &AuthEntityName,
-    key: &CryptoKey,
-    store: &Arc<TicketStore>,
-) -> (Messenger, Receiver<Seen>) {
-    monitor_client_with(name, key, store, test_config(1))
-}
-
-/// [`monitor_client`] on `config` (its auth provider replaced).
-fn monitor_client_with(
-    name: &AuthEntityName,
-    key: &CryptoKey,
-    store: &Arc<TicketStore>,
-    config: MessengerConfig,
-) -> (Messenger, Receiver<Seen>) {
-    let clock = WallClock::anchored(Instant::now(), wall_now());
-    let rng: RngSource = Arc::new(|| Box::new(rand::rngs::OsRng) as _);
-    let provider = CephxProvider::new(name.clone(), AuthConfig::ceph_defaults(), clock, rng)
-        .with_monitor_key(key.clone(), store.clone());
-    let config = config.with_auth_provider(Arc::new(provider));
-    let msgr = Messenger::new(EntityName::new(EntityType::CLIENT, EntityName::NEW), 1, config)
-        .expect("messenger");
-    msgr.set_default_policy(Policy::lossy_client());
-    msgr.start().expect("start");
-    let (rec, rx) = Recorder::new(false);
-    msgr.add_dispatcher_head(rec).expect("dispatcher");
-    (msgr, rx)
-}
-
-/// Dials the monitor at `addr` over msgr2 and asks for its map, as a Pacific
-/// MonClient's first message: the connection once the MMonMap came, or `None` when the
-/// connection was refused or reset (the monitor refused our credentials).
-fn monitor_session(msgr: &Messenger, rx: &Receiver<Seen>, addr: EntityAddr) -> Option<Connection> {
-    let conn = msgr.connect_to(EntityType::MON, addr);
-    let mut get_map = Message::new(MsgType::MON_GET_MAP.0, Bytes::new());
-    get_map.set_version(1);
-    get_map.set_compat_version(1);
-    conn.send_message(get_map).expect("send");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match rx.recv_deadline(deadline) {
-            Ok(Seen::Message(c, m)) if c == conn && m.msg_type() == MsgType::MON_MAP.0 => {
-                return Some(conn)
-            }
-            Ok(Seen::Reset(c) | Seen::Refused(c)) if c == conn => return None,
-            Ok(_) => {}
-            Err(e) => panic!("no monmap and no refusal within {WAIT:?}: {e}"),
         }
     }
 }
@@ -283,11 +222,9 @@ fn a_msgr2_monitor_session_renews_its_tickets_over_mauth() {
         return;
     };
     let addr = EntityAddr { ty: AddrType::MSGR2, nonce: 0, addr: Some(mon.addr()) };
-    let ring = KeyRing::load(mon.keyring()).expect("keyring");
-    let name = parse_entity_name("client.admin").expect("name");
-    let key = ring.key(&name).expect("client.admin key").clone();
+    let (name, key) = client_admin(&mon.keyring());
     let store = Arc::new(TicketStore::default());
-    let (msgr, rx) = monitor_client(&name, &key, &store);
+    let (msgr, rx) = monitor_client(&name, &key, &store, test_config(1));
     let conn = monitor_session(&msgr, &rx, addr).expect("authenticated over msgr2");
     let mut auth = store.take_monitor_session(&addr).expect("the handshake's cephx session");
     assert!(auth.is_authenticated());
@@ -325,7 +262,7 @@ fn a_msgr2_monitor_session_renews_its_tickets_over_mauth() {
     // A provider still holding the handshake's auth ticket is refused its reclaim.
     let stale = Arc::new(TicketStore::new(global_id));
     stale.insert(global_id, first);
-    let (old, old_rx) = monitor_client(&name, &key, &stale);
+    let (old, old_rx) = monitor_client(&name, &key, &stale, test_config(1));
     assert!(monitor_session(&old, &old_rx, addr).is_none(), "reclaimed with a rotated-out ticket");
     old.shutdown();
     // Ours reclaims the global id with the renewed one on a new connection.

@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
-use messenger::{Connection, Dispatched, Dispatcher, Messenger, Policy, Throttle};
+use messenger::{Messenger, Policy, Throttle};
 use protocol::types::{EntityName, EntityType};
 use protocol::{Message, ProtocolVersion};
-use tests::counting::live_bytes;
+use tests::counting::{live_bytes, Forward};
 use tests::hostile::RawPeer;
 use tests::loopback::{addr_for, test_config, WAIT};
 
@@ -28,33 +28,8 @@ static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 const MSG_KEEP: u16 = 0x7f30;
 
 /// Keeps [`MSG_KEEP`] messages, from fast dispatch (an OSD's ops) or `ms_dispatch`.
-struct Keeper {
-    kept: Sender<Message>,
-    fast: bool,
-}
-
-impl Keeper {
-    fn take(&self, msg: Message) {
-        if msg.msg_type() == MSG_KEEP {
-            let _ = self.kept.send(msg);
-        }
-    }
-}
-
-impl Dispatcher<Connection> for Keeper {
-    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
-        self.take(msg);
-        Dispatched::Taken
-    }
-    fn ms_can_fast_dispatch_any(&self) -> bool {
-        self.fast
-    }
-    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
-        self.fast
-    }
-    fn ms_fast_dispatch(&self, _conn: &Connection, msg: Message) {
-        self.take(msg);
-    }
+fn keeper(kept: Sender<Message>, fast: bool) -> Arc<Forward<Message>> {
+    Forward::filtered(kept, fast, |msg| (msg.msg_type() == MSG_KEEP).then_some(msg))
 }
 
 fn kept_small_messages(proto: ProtocolVersion, fast: bool) {
@@ -68,7 +43,7 @@ fn kept_small_messages(proto: ProtocolVersion, fast: bool) {
     srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
     srv.start().expect("start");
     let (kept_tx, kept_rx) = crossbeam_channel::unbounded();
-    srv.add_dispatcher_head(Arc::new(Keeper { kept: kept_tx, fast })).expect("dispatcher");
+    srv.add_dispatcher_head(keeper(kept_tx, fast)).expect("dispatcher");
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
     // Each small kept message goes with a large one the dispatcher drops: a read of the
     // shared buffer holds about one of each.
@@ -131,27 +106,6 @@ fn kept_queued_messages_hold_no_more_than_charged_v2() {
     kept_small_messages(ProtocolVersion::V2, false);
 }
 
-/// Drops every message at once (fast dispatch), telling the test of each.
-struct Dropper {
-    seen: Sender<u64>,
-}
-
-impl Dispatcher<Connection> for Dropper {
-    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
-        let _ = self.seen.send(msg.tid());
-        Dispatched::Taken
-    }
-    fn ms_can_fast_dispatch_any(&self) -> bool {
-        true
-    }
-    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
-        true
-    }
-    fn ms_fast_dispatch(&self, _conn: &Connection, msg: Message) {
-        let _ = self.seen.send(msg.tid());
-    }
-}
-
 // Peers each send a large message the server drops and, in the same write, the head of
 // a message with a small front and a large data segment, and go silent: each message in
 // progress holds its first window of the dispatch throttle, and must hold about that
@@ -165,7 +119,8 @@ fn messages_in_progress(proto: ProtocolVersion) {
     srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
     srv.start().expect("start");
     let (seen_tx, seen) = crossbeam_channel::unbounded();
-    srv.add_dispatcher_head(Arc::new(Dropper { seen: seen_tx })).expect("dispatcher");
+    // Drops every message at once (fast dispatch), telling the test of each.
+    srv.add_dispatcher_head(Forward::tids(seen_tx, true)).expect("dispatcher");
     let mut peers = Vec::new();
     for i in 0..K as u64 {
         let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
@@ -226,7 +181,7 @@ fn messages_waiting_for_budget(proto: ProtocolVersion) {
     srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
     srv.start().expect("start");
     let (kept_tx, kept_rx) = crossbeam_channel::unbounded();
-    srv.add_dispatcher_head(Arc::new(Keeper { kept: kept_tx, fast: true })).expect("dispatcher");
+    srv.add_dispatcher_head(keeper(kept_tx, true)).expect("dispatcher");
     let addr = addr_for(proto, srv.my_addr());
     let mut peers = Vec::new();
     for i in 0..K as u64 {

@@ -100,17 +100,8 @@ struct AnswerFromAnotherThread {
     sent: Receiver<()>,
 }
 
-impl Dispatcher<Connection> for AnswerFromAnotherThread {
-    fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
-        Dispatched::Taken
-    }
-    fn ms_can_fast_dispatch_any(&self) -> bool {
-        true
-    }
-    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
-        true
-    }
-    fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
+impl FastHandler for AnswerFromAnotherThread {
+    fn on_message(&self, conn: &Connection, msg: Message) {
         if self.requests.send((conn.clone(), msg.tid())).is_ok() {
             let _ = self.sent.recv_timeout(WAIT);
         }
@@ -129,8 +120,11 @@ fn send_queue_latency_counts_a_wait_begun_after_the_loops_clock() {
     srv.start().expect("start");
     let (req_tx, req_rx) = crossbeam_channel::unbounded::<(Connection, u64)>();
     let (sent_tx, sent_rx) = crossbeam_channel::unbounded();
-    srv.add_dispatcher_head(Arc::new(AnswerFromAnotherThread { requests: req_tx, sent: sent_rx }))
-        .expect("dispatcher");
+    srv.add_dispatcher_head(Arc::new(OnWorker(AnswerFromAnotherThread {
+        requests: req_tx,
+        sent: sent_rx,
+    })))
+    .expect("dispatcher");
     let helper = std::thread::spawn(move || {
         while let Ok((conn, tid)) = req_rx.recv() {
             let _ = conn.send_message(test_message(MSG_TEST, tid, Bytes::new()));
@@ -287,17 +281,8 @@ struct AfterMark {
     after: AtomicU64,
 }
 
-impl Dispatcher<Connection> for AfterMark {
-    fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
-        Dispatched::Taken
-    }
-    fn ms_can_fast_dispatch_any(&self) -> bool {
-        true
-    }
-    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
-        true
-    }
-    fn ms_fast_dispatch(&self, _conn: &Connection, _msg: Message) {
+impl FastHandler for AfterMark {
+    fn on_message(&self, _conn: &Connection, _msg: Message) {
         if self.marked.load(Ordering::Acquire) {
             self.after.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -320,11 +305,11 @@ fn mark_down_racing_a_stream_of_sends_over(proto: ProtocolVersion) {
         .expect("messenger");
     cli.set_default_policy(Policy::lossy_client());
     cli.start().expect("start");
-    let seen = Arc::new(AfterMark {
+    let seen = Arc::new(OnWorker(AfterMark {
         marked: std::sync::atomic::AtomicBool::new(false),
         before: AtomicU64::new(0),
         after: AtomicU64::new(0),
-    });
+    }));
     cli.add_dispatcher_head(seen.clone()).expect("dispatcher");
     let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     let sent = AtomicU64::new(0);
@@ -1287,11 +1272,11 @@ fn wait_on_a_shared_pool_returns_once_every_connection_is_gone() {
     srv.set_default_policy(Policy::stateless_server());
     srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
     srv.start().expect("start");
-    let counter = Arc::new(AfterMark {
+    let counter = Arc::new(OnWorker(AfterMark {
         marked: std::sync::atomic::AtomicBool::new(false),
         before: AtomicU64::new(0),
         after: AtomicU64::new(0),
-    });
+    }));
     srv.add_dispatcher_head(counter.clone()).expect("dispatcher");
     let clients: Vec<_> =
         (0..8).map(|i| client(EntityType::CLIENT, 10 + i, Policy::lossy_client())).collect();

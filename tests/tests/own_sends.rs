@@ -13,13 +13,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use messenger::{
-    Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion,
-    SendError,
+    Connection, Dispatcher, Messenger, MessengerConfig, Policy, ProtocolVersion, SendError,
 };
 use protocol::types::{EntityName, EntityType};
 use protocol::Message;
 use tests::hostile::RawPeer;
-use tests::loopback::{addr_for, test_config, wait_until, WAIT};
+use tests::loopback::{addr_for, test_config, wait_until, FastHandler, OnWorker, WAIT};
 
 const MSG_REPLY: u16 = 0x7f03;
 
@@ -54,17 +53,8 @@ fn reply(tid: u64, size: usize) -> Message {
     m
 }
 
-impl Dispatcher<Connection> for Burst {
-    fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
-        Dispatched::Taken
-    }
-    fn ms_can_fast_dispatch_any(&self) -> bool {
-        true
-    }
-    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
-        true
-    }
-    fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
+impl FastHandler for Burst {
+    fn on_message(&self, conn: &Connection, msg: Message) {
         let f = msg.front();
         let word = |at: usize| {
             f.get(at..at + 4).and_then(|b| b.try_into().ok()).map_or(0, u32::from_le_bytes)
@@ -108,7 +98,7 @@ fn server_with(config: MessengerConfig, dispatcher: Arc<dyn Dispatcher<Connectio
 /// A server on one worker answering with [`Burst`].
 fn burst_server(config: MessengerConfig) -> (Messenger, Receiver<Report>) {
     let (tx, rx) = unbounded();
-    (server_with(config, Arc::new(Burst { reports: tx })), rx)
+    (server_with(config, Arc::new(OnWorker(Burst { reports: tx }))), rx)
 }
 
 /// A server on one worker answering with [`Burst`], whose connections may queue `total`
@@ -333,17 +323,8 @@ impl Handoff {
     }
 }
 
-impl Dispatcher<Connection> for Handoff {
-    fn ms_dispatch(&self, _conn: &Connection, _msg: Message) -> Dispatched {
-        Dispatched::Taken
-    }
-    fn ms_can_fast_dispatch_any(&self) -> bool {
-        true
-    }
-    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
-        true
-    }
-    fn ms_fast_dispatch(&self, conn: &Connection, msg: Message) {
+impl FastHandler for Handoff {
+    fn on_message(&self, conn: &Connection, msg: Message) {
         if msg.front().first() == Some(&1) {
             conn.send_message(reply(1, 8)).expect("reply");
             self.by_other_thread(conn, 2);
@@ -355,7 +336,7 @@ impl Dispatcher<Connection> for Handoff {
 }
 
 fn ordered_with_another_thread(first: u8) {
-    let srv = server_with(test_config(1), Arc::new(Handoff { other: sender_thread() }));
+    let srv = server_with(test_config(1), Arc::new(OnWorker(Handoff { other: sender_thread() })));
     let mut peer = RawPeer::handshake(srv.my_addr(), Policy::lossy_client());
     let frame = peer.message(1, &[first]);
     std::io::Write::write_all(&mut peer.sock, &frame).expect("request");

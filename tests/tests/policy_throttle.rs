@@ -14,40 +14,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender};
-use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, Throttle};
+use crossbeam_channel::Receiver;
+use messenger::{Connection, Messenger, MessengerConfig, Policy, Throttle};
 use protocol::message::MESSAGE_OVERHEAD;
 use protocol::types::{EntityName, EntityType};
 use protocol::{Message, ProtocolVersion};
+use tests::counting::Forward;
 use tests::hostile::{head_len, trickle, RawPeer};
 use tests::loopback::{
     addr_for, client, hold_workers, test_config, test_message, wait_until, WAIT,
 };
 
 const MSG_TEST: u16 = 0x7f00;
-
-/// A dispatcher that keeps every message it is handed (sends it to the test, which
-/// holds it), from fast dispatch on the worker or from `ms_dispatch`.
-struct Keeper {
-    kept: Sender<Message>,
-    fast: bool,
-}
-
-impl Dispatcher<Connection> for Keeper {
-    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
-        let _ = self.kept.send(msg);
-        Dispatched::Taken
-    }
-    fn ms_can_fast_dispatch_any(&self) -> bool {
-        self.fast
-    }
-    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
-        self.fast
-    }
-    fn ms_fast_dispatch(&self, _conn: &Connection, msg: Message) {
-        let _ = self.kept.send(msg);
-    }
-}
 
 /// A started OSD server whose clients' messages are charged to `bytes` and `messages`,
 /// with a [`Keeper`] (fast or not), and what it keeps.
@@ -64,7 +42,8 @@ fn keeping_server(
     srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
     srv.start().expect("start");
     let (kept, rx) = crossbeam_channel::unbounded();
-    srv.add_dispatcher_head(Arc::new(Keeper { kept, fast })).expect("dispatcher");
+    // Keeps every message it is handed (sends it to the test, which holds it).
+    srv.add_dispatcher_head(Forward::new(kept, fast, |msg| msg)).expect("dispatcher");
     (srv, rx)
 }
 

@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use messenger::{Messenger, MessengerConfig, Policy};
-use protocol::auth::cephx::{CephxProvider, RngSource, TicketStore, WallClock};
-use protocol::auth::{parse_entity_name, AuthConfig, ConMode, ConModes, KeyRing};
+use messenger::MessengerConfig;
+use protocol::auth::cephx::TicketStore;
+use protocol::auth::{ConMode, ConModes};
 use protocol::messages::MsgType;
-use protocol::types::{AddrType, EntityAddr, EntityName, EntityType};
+use protocol::types::{AddrType, EntityAddr, EntityType};
 use protocol::Message;
 use tests::ceph::CephMon;
-use tests::cephx::wall_now;
-use tests::loopback::{init_logging, test_config, Recorder, Seen, WAIT};
+use tests::cephx::{client_admin, monitor_client};
+use tests::loopback::{init_logging, test_config, Seen, WAIT};
 
 const EDGES: [usize; 11] = [0, 1, 15, 16, 17, 47, 48, 49, 4095, 4096, 4097];
 
@@ -27,22 +27,10 @@ fn frames_at_every_padding_edge(test: &str, mode: ConMode) {
         return;
     };
     let addr = EntityAddr { ty: AddrType::MSGR2, nonce: 0, addr: Some(mon.addr()) };
-    let ring = KeyRing::load(mon.keyring()).expect("keyring");
-    let name = parse_entity_name("client.admin").expect("name");
-    let key = ring.key(&name).expect("client.admin key").clone();
+    let (name, key) = client_admin(&mon.keyring());
     let store = Arc::new(TicketStore::default());
-    let clock = WallClock::anchored(Instant::now(), wall_now());
-    let rng: RngSource = Arc::new(|| Box::new(rand::rngs::OsRng) as _);
-    let provider = CephxProvider::new(name.clone(), AuthConfig::ceph_defaults(), clock, rng)
-        .with_monitor_key(key, store.clone());
-    let config = MessengerConfig { mon_client_mode: Some(ConModes(vec![mode])), ..test_config(1) }
-        .with_auth_provider(Arc::new(provider));
-    let msgr = Messenger::new(EntityName::new(EntityType::CLIENT, EntityName::NEW), 1, config)
-        .expect("messenger");
-    msgr.set_default_policy(Policy::lossy_client());
-    msgr.start().expect("start");
-    let (rec, rx) = Recorder::new(false);
-    msgr.add_dispatcher_head(rec).expect("dispatcher");
+    let config = MessengerConfig { mon_client_mode: Some(ConModes(vec![mode])), ..test_config(1) };
+    let (msgr, rx) = monitor_client(&name, &key, &store, config);
     let conn = msgr.connect_to(EntityType::MON, addr);
     let pat =
         |n: usize, k: usize| Bytes::from((0..n).map(|i| (i * 31 + k) as u8).collect::<Vec<_>>());

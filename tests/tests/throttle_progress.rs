@@ -7,38 +7,16 @@
 //! messages in progress are dropped and replayed. Every message arrives within the wait.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::Sender;
-use messenger::{Connection, Dispatched, Dispatcher, Messenger, MessengerConfig, Policy, Throttle};
+use messenger::{Connection, Messenger, MessengerConfig, Policy, Throttle};
 use protocol::types::{EntityName, EntityType};
-use protocol::{Message, ProtocolVersion};
+use protocol::ProtocolVersion;
+use tests::counting::Forward;
 use tests::loopback::{addr_for, client, test_config, test_message, WAIT};
 
 const MSG_TEST: u16 = 0x7f00;
-
-struct Dropper {
-    seen: Sender<(u64, usize)>,
-    fast: bool,
-}
-
-impl Dispatcher<Connection> for Dropper {
-    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
-        let _ = self.seen.send((msg.tid(), msg.data().len()));
-        Dispatched::Taken
-    }
-    fn ms_can_fast_dispatch_any(&self) -> bool {
-        self.fast
-    }
-    fn ms_can_fast_dispatch(&self, _msg: &Message) -> bool {
-        self.fast
-    }
-    fn ms_fast_dispatch(&self, _conn: &Connection, msg: Message) {
-        let _ = self.seen.send((msg.tid(), msg.data().len()));
-    }
-}
 
 #[allow(clippy::too_many_arguments)]
 fn run(
@@ -62,7 +40,9 @@ fn run(
     srv.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
     srv.start().expect("start");
     let (tx, rx) = crossbeam_channel::unbounded();
-    srv.add_dispatcher_head(Arc::new(Dropper { seen: tx, fast })).expect("dispatcher");
+    // Drops every message, telling the test its tid and data length.
+    let dropper = Forward::new(tx, fast, |msg| (msg.tid(), msg.data().len()));
+    srv.add_dispatcher_head(dropper).expect("dispatcher");
     let data = Bytes::from(vec![9u8; len]);
     let mut clients = Vec::new();
     for p in 0..peers {

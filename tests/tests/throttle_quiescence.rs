@@ -14,6 +14,7 @@ use messenger::{
 };
 use protocol::types::{EntityName, EntityType};
 use protocol::{Message, ProtocolVersion};
+use tests::counting::Forward;
 use tests::hostile::{worker_counter, RawPeer};
 use tests::loopback::{addr_for, test_config, wait_until, WAIT};
 
@@ -329,18 +330,6 @@ impl Dispatcher<Connection> for Echo {
     }
 }
 
-/// A client dispatcher that counts the echoes.
-struct Count {
-    seen: Sender<(u16, u64)>,
-}
-
-impl Dispatcher<Connection> for Count {
-    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
-        let _ = self.seen.send((msg.msg_type(), msg.tid()));
-        Dispatched::Taken
-    }
-}
-
 // A lossless client sends a mix of small and large messages, fast-dispatched and
 // queued, to a server whose throttles are small, and both ends' sockets are cut over and
 // over while they flow; every echo comes back once, and then nothing is charged on
@@ -368,7 +357,9 @@ fn echo_under_cuts(proto: ProtocolVersion) {
     cli.set_default_policy(Policy::lossless_client());
     cli.start().expect("start");
     let (cli_seen_tx, cli_seen) = crossbeam_channel::unbounded();
-    cli.add_dispatcher_head(Arc::new(Count { seen: cli_seen_tx })).expect("dispatcher");
+    // Counts the echoes.
+    let count = Forward::new(cli_seen_tx, false, |msg| (msg.msg_type(), msg.tid()));
+    cli.add_dispatcher_head(count).expect("dispatcher");
     let conn = cli.connect_to(EntityType::OSD, addr_for(proto, srv.my_addr()));
     for tid in 1..=N {
         let ty = if tid % 3 == 0 { MSG_QUEUED } else { MSG_FAST };
