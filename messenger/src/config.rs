@@ -277,7 +277,9 @@ pub struct MessengerConfig {
     /// so both announced addresses carry the one port taken from the range, where Ceph
     /// takes two. Several messengers of a process (an OSD's public, cluster and
     /// heartbeat ones) each get the next free port, since the earlier ones hold theirs.
-    /// There is no rebind, so Ceph's `avoid_ports` has no counterpart.
+    /// [`crate::Messenger::rebind`] walks it too, skipping its `avoid_ports` and the old
+    /// port (Ceph's `avoid_ports`); without a range a rebind takes the kernel's port,
+    /// asking again (a bounded number of times) while it is one to avoid.
     ///
     /// `None` by default, unlike Ceph (`6800..=7300`): port 0 then binds an ephemeral
     /// port of the kernel's choosing, as it always did here, so tests and clients

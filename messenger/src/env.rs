@@ -5,8 +5,8 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use dispatch::{DispatchQueue, Dispatchers, QueueEvent, Throttle};
 use parking_lot::RwLock;
@@ -21,27 +21,35 @@ use crate::mailbox::SendBudget;
 use crate::policies::Policies;
 use crate::session_table::SessionTable;
 
+/// How much a rebind adds to the nonce: Ceph's `AsyncMessenger::rebind` (`nonce +=
+/// 1000000`, "we want our entity_addr_t to be truly unique"), so a peer never takes the
+/// rebound messenger for the one it knew, even at the same IP and port.
+pub(crate) const REBIND_NONCE_STEP: u32 = 1_000_000;
+
 /// Who the messenger is: its name, nonce and address, and the protocol configuration
 /// built from them when it starts.
 pub(crate) struct Identity {
     name: RwLock<EntityName>,
-    nonce: u32,
+    /// Changed only by a rebind ([`Identity::rebound`]), under `addr`'s write lock.
+    nonce: AtomicU32,
     addr: RwLock<EntityAddr>,
     /// Ceph's `global_seq`: one counter for every connect attempt of this messenger.
     global_seq: Arc<GlobalSeqCounter>,
-    /// Built on first use (at `start`) and fixed from then on: the name and address
-    /// machines announce.
-    protocol: OnceLock<Arc<ProtocolConfig>>,
+    /// Built on first use (at `start`) and fixed from then on, but by a rebind, which
+    /// replaces it with one announcing the new address: the name and address machines
+    /// announce. A machine keeps the one it was made with (it is marked down by the
+    /// rebind). Written under `addr`'s read or write lock, taken first.
+    protocol: RwLock<Option<Arc<ProtocolConfig>>>,
 }
 
 impl Identity {
     fn new(name: EntityName, nonce: u32) -> Identity {
         Identity {
             name: RwLock::new(name),
-            nonce,
+            nonce: AtomicU32::new(nonce),
             addr: RwLock::new(EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), nonce)),
             global_seq: Arc::new(GlobalSeqCounter::new()),
-            protocol: OnceLock::new(),
+            protocol: RwLock::new(None),
         }
     }
 
@@ -54,7 +62,7 @@ impl Identity {
     }
 
     pub(crate) fn nonce(&self) -> u32 {
-        self.nonce
+        self.nonce.load(Ordering::Acquire)
     }
 
     pub(crate) fn addr(&self) -> EntityAddr {
@@ -62,8 +70,8 @@ impl Identity {
     }
 
     /// The protocol configuration, if it was built.
-    pub(crate) fn protocol(&self) -> Option<&ProtocolConfig> {
-        self.protocol.get().map(|p| &**p)
+    pub(crate) fn protocol(&self) -> Option<Arc<ProtocolConfig>> {
+        self.protocol.read().clone()
     }
 
     /// The address we listen on (with our nonce), unless the protocol configuration was
@@ -72,11 +80,31 @@ impl Identity {
     /// for naming an address we do not announce.
     pub(crate) fn set_bound(&self, bound: SocketAddr) -> bool {
         let mut addr = self.addr.write();
-        if self.protocol.get().is_some() {
+        if self.protocol.read().is_some() {
             return false;
         }
-        *addr = EntityAddr::legacy(bound, self.nonce);
+        *addr = EntityAddr::legacy(bound, self.nonce());
         true
+    }
+
+    /// A rebind's new identity (Ceph's `rebind`: `nonce += 1000000`, then
+    /// `_finish_bind`): the nonce moves on by [`REBIND_NONCE_STEP`] (wrapping, as the
+    /// wire's 32 bits would), the address becomes `bound` with it, and a protocol
+    /// configuration already built is replaced by one announcing it (the same counters,
+    /// cookies, auth and `global_seq`, which Ceph keeps across a rebind too). Machines
+    /// made from here on announce the new address; returns the new nonce.
+    pub(crate) fn rebound(&self, bound: SocketAddr, config: &MessengerConfig) -> u32 {
+        let mut addr = self.addr.write();
+        let nonce = self.nonce().wrapping_add(REBIND_NONCE_STEP);
+        self.nonce.store(nonce, Ordering::Release);
+        *addr = EntityAddr::legacy(bound, nonce);
+        let mut protocol = self.protocol.write();
+        if let Some(old) = protocol.as_ref() {
+            let mut pc = ProtocolConfig::clone(old);
+            pc.my_addrs = machine::announced_addrs(*addr, config);
+            *protocol = Some(Arc::new(pc));
+        }
+        nonce
     }
 }
 
@@ -268,7 +296,7 @@ impl Env {
     /// The protocol configuration (built from who we are on first use).
     pub(crate) fn protocol_config(&self) -> Arc<ProtocolConfig> {
         let id = &self.identity;
-        if let Some(p) = id.protocol.get() {
+        if let Some(p) = id.protocol.read().as_ref() {
             return p.clone();
         }
         // All but the address is built before the lock: that part reads the OS's entropy
@@ -282,7 +310,8 @@ impl Env {
         // before the address is read, or sees the configuration built and fails.
         let addr = id.addr.read();
         id.protocol
-            .get_or_init(|| {
+            .write()
+            .get_or_insert_with(|| {
                 pc.my_addrs = machine::announced_addrs(*addr, &self.config);
                 Arc::new(pc)
             })
@@ -505,5 +534,31 @@ mod tests {
         // Too late: machines already announce the first address.
         assert!(!env.identity.set_bound(SocketAddr::from(([127, 0, 0, 1], 6801))));
         assert_eq!(env.protocol_config().my_addrs, want);
+    }
+
+    // A rebind (Ceph's `nonce += 1000000`, then `_finish_bind`) replaces the built
+    // configuration by one announcing the new address and nonce; what the connections
+    // share besides (counters, global_seq) stays the same.
+    #[test]
+    fn a_rebind_replaces_the_announced_address_and_keeps_the_rest() {
+        let name = EntityName::new(EntityType::OSD, 3);
+        let env = Env::new(name, 77, MessengerConfig::default(), 1);
+        assert!(env.identity.set_bound(SocketAddr::from(([127, 0, 0, 1], 6800))));
+        let old = env.protocol_config();
+        let moved = SocketAddr::from(([127, 0, 0, 1], 6801));
+        assert_eq!(env.identity.rebound(moved, &env.config), 77 + REBIND_NONCE_STEP);
+        let new = env.protocol_config();
+        let want = machine::announced_addrs(
+            EntityAddr::legacy(moved, 77 + REBIND_NONCE_STEP),
+            &env.config,
+        );
+        assert_eq!(new.my_addrs, want);
+        assert_eq!(env.my_addrs(), want);
+        assert_eq!(env.identity.nonce(), 77 + REBIND_NONCE_STEP);
+        assert!(Arc::ptr_eq(&new.counters, &old.counters));
+        assert!(Arc::ptr_eq(&new.global_seq, &old.global_seq));
+        // A nonce near the top wraps, as the wire's 32 bits would.
+        let env = Env::new(name, u32::MAX, MessengerConfig::default(), 1);
+        assert_eq!(env.identity.rebound(moved, &env.config), REBIND_NONCE_STEP - 1);
     }
 }

@@ -140,7 +140,18 @@
 //!   the fast dispatchers of that moment only: one added after the last such call never
 //!   hears it. Our address is fixed at start and never learned later, so start would be
 //!   the last call, before most dispatchers are added (the first one added starts a
-//!   messenger not yet started).
+//!   messenger not yet started); but a [`Messenger::rebind`] calls it again, as Ceph's.
+//! * [`Messenger::rebind`] binds the new listener before it tears anything down, so a
+//!   rebind that fails (every port avoided or taken) leaves the messenger listening where
+//!   it was, its nonce and sessions untouched; Ceph's stops its listeners, marks every
+//!   session down and moves its nonce on first, and is left listening nowhere (an OSD
+//!   then shuts down). It avoids the old port too: Ceph adds it to a set it then does not
+//!   pass to its bind, so it may take the old port again. Without a
+//!   `bind_port_range` (ours is off by default; Ceph always has one), the kernel's
+//!   ephemeral port is taken, asking again while it is one to avoid (at most 16 times).
+//!   A messenger bound with [`Messenger::bind_public`] is not rebound (`Unsupported`):
+//!   the public address is not ours to pick a port for (Ceph rebinds the announced
+//!   address, which behind a NAT fails to bind).
 //! * The send side is bounded and a peer that stops reading is faulted; receive budget
 //!   is taken window by window; a message in progress must keep progressing (see
 //!   "Bounds a peer cannot escape"). Ceph's out queue is unbounded and it reserves a

@@ -1,6 +1,7 @@
 //! [`Messenger`]: the lifecycle of one endpoint (bind, start, dispatchers, shutdown,
 //! wait) and its public operations, over the environment its drivers share.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +43,11 @@ pub struct Messenger {
     processor: Mutex<Option<Processor>>,
     /// A listener was bound (or a `bind` is binding one): a messenger has one.
     bound: AtomicBool,
+    /// Where the listener is bound, once a `bind` (or a `rebind`) succeeded: what a
+    /// `rebind` binds again, with port 0.
+    listen_at: Mutex<Option<ListenAt>>,
+    /// A `rebind` is under way (one at a time).
+    rebinding: AtomicBool,
     ready: AtomicBool,
     started: AtomicBool,
     /// The connection to ourselves (held here, not in the environment it points back to).
@@ -100,6 +106,8 @@ impl Messenger {
             owns_pool,
             processor: Mutex::new(None),
             bound: AtomicBool::new(false),
+            listen_at: Mutex::new(None),
+            rebinding: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             started: AtomicBool::new(false),
             loopback,
@@ -121,7 +129,8 @@ impl Messenger {
     ///
     /// Once, before `start` (as Ceph's `bind`), the first dispatcher or the first
     /// connection: a second call, or one after any of those, fails with `AlreadyExists`
-    /// and binds nothing. Why: what we announce is fixed at start (a later address
+    /// and binds nothing ([`Messenger::rebind`] moves a bound messenger to a new port).
+    /// Why: what we announce is fixed at start (a later address
     /// would not be announced, and msgr2 peers naming it would be refused), and a
     /// listener replaced after it started would stay registered on its worker,
     /// accepting on the old address past this messenger's shutdown, while the new one
@@ -163,14 +172,15 @@ impl Messenger {
             }
             Ok(())
         };
-        let (listener, bound) = match processor::bind(addr, &self.env.config, still_wanted) {
-            Ok(b) => b,
-            Err(e) => {
-                // Nothing was bound: a later call may try again.
-                self.bound.store(false, Ordering::Release);
-                return Err(e);
-            }
-        };
+        let (listener, bound) =
+            match processor::bind(addr, &self.env.config, &BTreeSet::new(), still_wanted) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Nothing was bound: a later call may try again.
+                    self.bound.store(false, Ordering::Release);
+                    return Err(e);
+                }
+            };
         let worker = self.pool.least_loaded().clone();
         // Decided under the lock `ready` takes the listener under after it sets `ready`:
         // either the listener is in place before `ready` looks for it, or this sees
@@ -185,10 +195,154 @@ impl Messenger {
             return Err(too_late());
         }
         *slot = Some(Processor::new(listener, worker));
+        *self.listen_at.lock() = Some(ListenAt { bound, public: public.is_some() });
         drop(slot);
         // As Ceph's `_finish_bind`: the loopback connection's peer (us) is at this address.
         self.env.init_local_connection(&self.loopback);
         Ok(bound)
+    }
+
+    /// Binds again, at the same IP with a new port and a new nonce, so that no peer
+    /// takes us for who we were (Ceph's `AsyncMessenger::rebind(avoid_ports)`, which an
+    /// OSD calls on its cluster and heartbeat messengers when the monitor wrongly marked
+    /// it down). Returns the new bound address; [`Messenger::my_addrs`] announces it
+    /// from then on (msgr2 and v1 alike, with the new nonce).
+    ///
+    /// In order: a new listener is bound at the old IP with port 0, never on a port of
+    /// `avoid_ports` nor the old port (the range's walk skips them; without a
+    /// [`MessengerConfig::bind_port_range`], a port the kernel picks that is to be
+    /// avoided is held while the kernel is asked again, at most 16 times, then
+    /// `AddrInUse`), with the retries of [`Messenger::bind`]
+    /// ([`MessengerConfig::bind_retry_count`], sleeping the caller, not on a worker);
+    /// then the old listener is closed (before this returns, but called on a worker,
+    /// where the close is posted); the nonce moves on by 1,000,000 (Ceph's "we want our
+    /// entity_addr_t to be truly unique") and the address becomes the new one; every
+    /// session ends as by [`Messenger::mark_down_all`] (each reported with
+    /// `ms_handle_reset`), so a peer that comes back finds none to resume and is reset;
+    /// then the new listener starts accepting (at once if the messenger is ready, else
+    /// when it becomes ready); last, once the messenger started, the fast dispatchers
+    /// hear `ms_handle_fast_connect` for the loopback connection, whose address changed
+    /// (as Ceph's `_finish_bind`), on the caller's thread. Connections dialled from then
+    /// on announce the new address. Do not call it holding a lock a dispatcher takes.
+    ///
+    /// Errors, each leaving the messenger as it was (listening where it listened, its
+    /// sessions and nonce untouched), where Ceph, which stops and marks down first,
+    /// would be left listening nowhere: `NotConnected` if it was never bound (Ceph
+    /// asserts), `Unsupported` if it was bound with [`Messenger::bind_public`] (the
+    /// announced address is not ours to bind again), `WouldBlock` while another rebind
+    /// is under way or the listener is being started by the first dispatcher (try
+    /// again), the bind's own error (`AddrInUse` when every port was avoided or taken),
+    /// or `Other` once the messenger shut down.
+    ///
+    /// Unlike Ceph's, the old port is avoided too: Ceph builds that set
+    /// (`new_avoid`) but passes `avoid_ports` to its bind, so it may take the old
+    /// port again. And the nonce changes only when the rebind succeeds.
+    #[doc(alias = "AsyncMessenger::rebind")]
+    pub fn rebind(&self, avoid_ports: &BTreeSet<u16>) -> io::Result<SocketAddr> {
+        let at = *self.listen_at.lock();
+        let Some(at) = at else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "rebind: the messenger was never bound",
+            ));
+        };
+        if at.public {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "rebind: the messenger announces a public address of its own (bind_public)",
+            ));
+        }
+        let shut_down = || io::Error::other("rebind: the messenger shut down");
+        if self.env.sessions.is_stopping() {
+            return Err(shut_down());
+        }
+        if self.rebinding.swap(true, Ordering::AcqRel) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "rebind: another rebind is under way",
+            ));
+        }
+        let _one_at_a_time = ClearOnDrop(&self.rebinding);
+        let mut avoid = avoid_ports.clone();
+        avoid.insert(at.bound.port());
+        let mut addr = at.bound;
+        addr.set_port(0);
+        log::info!(target: "msgr::bind", "rebind from {} avoiding ports {avoid:?}", at.bound);
+        // Bound before anything is torn down: a bind that fails leaves the messenger as
+        // it was. The old listener still holds the old port meanwhile.
+        let still_wanted =
+            || if self.env.sessions.is_stopping() { Err(shut_down()) } else { Ok(()) };
+        let (listener, bound) = processor::bind(addr, &self.env.config, &avoid, still_wanted)?;
+        let worker = self.pool.least_loaded().clone();
+        let old = {
+            let mut slot = self.processor.lock();
+            if self.env.sessions.is_stopping() {
+                return Err(shut_down());
+            }
+            match slot.take() {
+                Some(old) => old,
+                None => {
+                    // `ready` has it out, starting it: it puts it back started.
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "rebind: the listener is being started; try again",
+                    ));
+                }
+            }
+        };
+        // No more accepts on the old socket (Ceph: `Processor::stop`): closed on its
+        // worker before the new identity is published, so no connection accepted there
+        // runs under it.
+        old.stop();
+        // Who we are changes before the sessions end: a dial racing the mark-down that
+        // saw the old identity is marked down with the rest, and one after it
+        // announces the new address (the reverse would let a dial in between keep the
+        // old identity past the rebind).
+        let nonce = self.env.identity.rebound(bound, &self.env.config);
+        *self.listen_at.lock() = Some(ListenAt { bound, public: false });
+        self.env.init_local_connection(&self.loopback);
+        self.mark_down_all();
+        log::info!(target: "msgr::bind", "rebound from {} to {bound}, nonce {nonce}", at.bound);
+        self.install_processor(Processor::new(listener, worker))?;
+        // As Ceph's `_finish_bind` (`_init_local_connection`): the fast dispatchers of
+        // this moment hear `ms_handle_fast_connect` for the loopback connection, whose
+        // address changed; before the start, the start tells them. Last, with no lock
+        // held: a panicking hook leaves the messenger rebound.
+        let started = self.loopback_unannounced.lock().is_none();
+        if started && self.loopback.is_connected() {
+            self.env.dispatchers().handle_fast_connect(&self.loopback);
+        }
+        Ok(bound)
+    }
+
+    /// Puts a listener bound by `rebind` in place: started at once if the messenger is
+    /// ready, else left for `ready` to start. Decided under the lock `ready` takes the
+    /// listener under after it sets `ready`, as in `bind_announcing`; stopped at once if
+    /// a shutdown began, which found no listener to stop.
+    fn install_processor(&self, mut p: Processor) -> io::Result<()> {
+        let mut slot = self.processor.lock();
+        let stopped = || io::Error::other("rebind: the messenger shut down");
+        if !self.ready.load(Ordering::Acquire) {
+            if self.env.sessions.is_stopping() {
+                drop(slot);
+                p.stop();
+                return Err(stopped());
+            }
+            *slot = Some(p);
+            return Ok(());
+        }
+        // No lock while the listener's worker registers it.
+        drop(slot);
+        let started = p.start(self.env.clone(), self.pool.handles().to_vec());
+        slot = self.processor.lock();
+        if self.env.sessions.is_stopping() {
+            drop(slot);
+            p.stop();
+            return Err(stopped());
+        }
+        *slot = Some(p);
+        drop(slot);
+        started
     }
 
     /// The address a peer dials to reach us (after `bind`; blank IP and port 0 for a
@@ -246,7 +400,8 @@ impl Messenger {
         // Ceph's `start` (and `_finish_bind`) initialise the local connection, and the
         // fast dispatchers present hear its `ms_handle_fast_connect`; a dispatcher added
         // later hears it as it is added, not never (Ceph calls it again only when its
-        // address changes, which ours no longer does from here on).
+        // address changes, which ours does from here on only in a `rebind`, which calls
+        // it again too).
         let unannounced = self.loopback_unannounced.lock().take();
         let mut panicked = None;
         for d in unannounced.into_iter().flatten() {
@@ -607,7 +762,7 @@ impl Messenger {
     /// for tests and diagnostics.
     pub fn v1_counters(&self) -> CounterValues {
         // Read without building the protocol config: that fixes who we are (start does).
-        self.env.identity.protocol().map(machine::counter_values).unwrap_or_default()
+        self.env.identity.protocol().map(|p| machine::counter_values(&p)).unwrap_or_default()
     }
 
     /// Per-worker counters (index = worker index).
@@ -829,6 +984,24 @@ impl Drop for Messenger {
                 self.released = Some(released);
             }
         }
+    }
+}
+
+/// Where a messenger's listener is bound, for `rebind`.
+#[derive(Clone, Copy, Debug)]
+struct ListenAt {
+    /// The bound address (as `getsockname` reports it).
+    bound: SocketAddr,
+    /// Bound with `bind_public`: another address is announced.
+    public: bool,
+}
+
+/// Clears a flag when dropped: `rebinding`, on every way out of `rebind`.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

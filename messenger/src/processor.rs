@@ -9,6 +9,7 @@
 //! `max_queued_events` connection events waiting for the dispatch thread (each accepted
 //! connection adds some, and nothing else bounds them).
 
+use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -44,6 +45,15 @@ const EVENTS_BACKOFF: Duration = Duration::from_millis(10);
 /// Connections accepted per readiness event before yielding to the worker's other work.
 const ACCEPT_BATCH: usize = 256;
 
+/// How many ephemeral ports a bind to port 0 without a
+/// [`MessengerConfig::bind_port_range`] takes from the kernel, in one attempt, before it
+/// gives up finding one outside the ports to avoid (`Messenger::rebind`). Each port the
+/// kernel hands back that must be avoided is held until the attempt ends, so the kernel
+/// cannot hand it back again and every try is a new port; the kernel's choice is all but
+/// random, so an avoid set of a few ports is passed within two or three tries, and 16
+/// bounds the sockets held (and the loop) however many ports the caller avoids.
+pub(crate) const EPHEMERAL_TRIES: usize = 16;
+
 /// Binds a listener as Ceph's `Processor::bind` does: up to
 /// [`MessengerConfig::bind_retry_count`] attempts, [`MessengerConfig::bind_retry_delay`]
 /// apart; in each, port 0 with a [`MessengerConfig::bind_port_range`] tries the ports of
@@ -55,15 +65,21 @@ const ACCEPT_BATCH: usize = 256;
 /// or a handler) there is one attempt and no wait, as a sleep there would stall every
 /// connection of that worker. Before each retry, `still_wanted` may give up (the
 /// messenger started or shut down during the wait) with its error.
+///
+/// A port of `avoid` is never bound by a bind to port 0 (Ceph's `avoid_ports`, which
+/// `Messenger::rebind` passes): the range's walk skips it, and without a range a port
+/// the kernel hands back that is in `avoid` is held while the kernel is asked again, up
+/// to [`EPHEMERAL_TRIES`] times per attempt. A bind to another port binds it as asked.
 pub(crate) fn bind(
     addr: SocketAddr,
     config: &MessengerConfig,
+    avoid: &BTreeSet<u16>,
     still_wanted: impl Fn() -> io::Result<()>,
 ) -> io::Result<(std::net::TcpListener, SocketAddr)> {
     let attempts = if event_center::on_a_worker() { 1 } else { config.bind_retry_count.max(1) };
     let mut attempt = 1;
     loop {
-        let err = match bind_attempt(addr, config) {
+        let err = match bind_attempt(addr, config, avoid) {
             Ok(bound) => return Ok(bound),
             Err(e) => e,
         };
@@ -92,17 +108,20 @@ pub(crate) fn bind(
 /// loop from `ms_bind_port_min` to `ms_bind_port_max`). A port in use (or one this
 /// process may not bind: a privileged port, a security policy's label) moves on to the
 /// next; any other error is the address's, not the port's, and ends the attempt. A range
-/// without a free port fails with the last port's error, `AddrInUse` if it was in use.
+/// without a free port fails with the last port's error, `AddrInUse` if it was in use
+/// (or if every port of it is avoided). Ports of `avoid` are skipped (see [`bind`]).
 fn bind_attempt(
     addr: SocketAddr,
     config: &MessengerConfig,
+    avoid: &BTreeSet<u16>,
 ) -> io::Result<(std::net::TcpListener, SocketAddr)> {
     let range = match &config.bind_port_range {
         Some(range) if addr.port() == 0 => range.clone(),
+        _ if addr.port() == 0 && !avoid.is_empty() => return bind_ephemeral(addr, config, avoid),
         _ => return bind_port(addr, config),
     };
     let mut last = None;
-    for port in range.clone() {
+    for port in range.clone().filter(|p| !avoid.contains(p)) {
         let mut at = addr;
         at.set_port(port);
         match bind_port(at, config) {
@@ -132,11 +151,52 @@ fn bind_attempt(
     ))
 }
 
+/// Port 0 without a range, avoiding the ports of `avoid`: the kernel picks, and a port
+/// it picks that is avoided is kept bound (not listening) while it is asked again, so it
+/// cannot come back; at most [`EPHEMERAL_TRIES`] picks, then `AddrInUse`. Ceph always
+/// has a range (6800–7300 by default) and never asks the kernel; ours is off by default
+/// (see [`MessengerConfig::bind_port_range`]), so a rebind must be able to avoid ports
+/// of the kernel's choosing too.
+fn bind_ephemeral(
+    addr: SocketAddr,
+    config: &MessengerConfig,
+    avoid: &BTreeSet<u16>,
+) -> io::Result<(std::net::TcpListener, SocketAddr)> {
+    // Bound, never listening (a peer dialling an avoided port is refused, not queued),
+    // and closed when the attempt ends, whatever its outcome.
+    let mut avoided = Vec::new();
+    for _ in 0..EPHEMERAL_TRIES {
+        let (sock, bound) = bound_socket(addr, config)?;
+        if !avoid.contains(&bound.port()) {
+            return listen(sock, bound);
+        }
+        log::debug!(target: "msgr::bind", "{bound}: the kernel's port is to be avoided; asking again");
+        avoided.push(sock);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!(
+            "the kernel gave {EPHEMERAL_TRIES} ports to avoid in a row on {}; \
+             set bind_port_range",
+            addr.ip()
+        ),
+    ))
+}
+
 /// Socket, non-blocking, bind, getsockname, listen.
 fn bind_port(
     addr: SocketAddr,
     config: &MessengerConfig,
 ) -> io::Result<(std::net::TcpListener, SocketAddr)> {
+    let (sock, bound) = bound_socket(addr, config)?;
+    listen(sock, bound)
+}
+
+/// Socket, non-blocking, bind, getsockname: bound, not listening yet.
+fn bound_socket(
+    addr: SocketAddr,
+    config: &MessengerConfig,
+) -> io::Result<(socket2::Socket, SocketAddr)> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     sock.set_nonblocking(true)?;
@@ -145,10 +205,20 @@ fn bind_port(
         sock.set_recv_buffer_size(config.tcp_rcvbuf)?;
     }
     sock.bind(&addr.into())?;
+    let bound = sock
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("bound to an address that is not an IP address"))?;
+    Ok((sock, bound))
+}
+
+/// Listen on a socket [`bound_socket`] bound at `bound`.
+fn listen(
+    sock: socket2::Socket,
+    bound: SocketAddr,
+) -> io::Result<(std::net::TcpListener, SocketAddr)> {
     sock.listen(1024)?;
-    let listener: std::net::TcpListener = sock.into();
-    let bound = listener.local_addr()?;
-    Ok((listener, bound))
+    Ok((sock.into(), bound))
 }
 
 /// Where a listener's registration on its worker stands (the messenger's and the admin
@@ -629,6 +699,22 @@ mod tests {
         assert_eq!(log.take(t0 + PAUSE_WARN_EVERY), None);
     }
 
+    // A rebind without a port range asks the kernel, which may hand back a port to
+    // avoid: it asks again, a bounded number of times, then fails with AddrInUse (never
+    // binding an avoided port, never looping for ever).
+    #[test]
+    fn the_kernels_ports_all_avoided_fail_after_bounded_tries() {
+        let config = MessengerConfig { bind_retry_count: 1, ..MessengerConfig::default() };
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let every: BTreeSet<u16> = (1..=u16::MAX).collect();
+        let err = bind(any, &config, &every, || Ok(())).expect_err("every port avoided");
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        // Avoiding a few ports, the kernel's pick is outside them.
+        let few: BTreeSet<u16> = (32_768..32_800).collect();
+        let (_listener, bound) = bind(any, &config, &few, || Ok(())).expect("bind");
+        assert!(!few.contains(&bound.port()), "{bound}");
+    }
+
     /// A listener paused (here: the dispatch thread's events backlogged) with a notify
     /// of its own still queued, from a batch of accepts that was used up: that notify
     /// must not pause it again. It did, arming a second pause timer while the first was
@@ -645,7 +731,7 @@ mod tests {
         // Accepted sockets go to a worker that never runs: they wait in its queue.
         let elsewhere = EventCenter::new(1).expect("center");
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let (listener, addr) = bind(any, &env.config, || Ok(())).expect("bind");
+        let (listener, addr) = bind(any, &env.config, &BTreeSet::new(), || Ok(())).expect("bind");
         // More than one batch waits in the backlog.
         let clients: Vec<_> = (0..ACCEPT_BATCH + 8)
             .map(|_| std::net::TcpStream::connect(addr).expect("connect"))

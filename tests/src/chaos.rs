@@ -126,6 +126,8 @@ struct Control {
     armed: bool,
     /// Cuts asked for by [`ChaosProxy::cut_now`], not yet made.
     cut_requests: Vec<CutKind>,
+    /// A new upstream asked for by [`ChaosProxy::redirect`], not yet taken.
+    redirect: Option<SocketAddr>,
     stop: bool,
     stats: ChaosStats,
 }
@@ -211,6 +213,15 @@ impl ChaosProxy {
     pub fn stats(&self) -> ChaosStats {
         lock(&self.control).stats
     }
+
+    /// Forwards the connections the proxy accepts once its loop took this (it wakes for
+    /// it) to `upstream`, a server that moved (a rebound messenger), whose address it
+    /// rewrites from then on; the live ones stay where they are. A connection accepted
+    /// in the same wake-up may still go to the old upstream.
+    pub fn redirect(&self, upstream: SocketAddr) {
+        lock(&self.control).redirect = Some(upstream);
+        let _ = self.waker.wake();
+    }
 }
 
 impl Drop for ChaosProxy {
@@ -280,12 +291,15 @@ impl Loop {
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         loop {
-            let (armed, requests, stop) = {
+            let (armed, requests, stop, redirect) = {
                 let mut c = lock(&self.control);
-                (c.armed, std::mem::take(&mut c.cut_requests), c.stop)
+                (c.armed, std::mem::take(&mut c.cut_requests), c.stop, c.redirect.take())
             };
             if stop {
                 return;
+            }
+            if let Some(upstream) = redirect {
+                self.upstream = upstream;
             }
             for kind in requests {
                 self.cut(kind);

@@ -401,3 +401,33 @@ pub fn closed_by_server(s: &mut std::os::unix::net::UnixStream, within: Duration
         }
     }
 }
+
+/// `len` consecutive ports of 127.0.0.1, each bound a moment ago and released, below
+/// 32768 (the kernel's ephemeral ports start there unless the host says otherwise, so no
+/// port-0 bind or dial of another test takes one meanwhile) and never handed out twice
+/// in this process. The start depends on the process id, so two runs on one host (other
+/// worktrees) look in different places first. For tests of port ranges
+/// (`bind_port_range`); every other test binds port 0.
+pub fn free_port_range(len: u16) -> std::ops::RangeInclusive<u16> {
+    static NEXT: parking_lot::Mutex<u16> = parking_lot::Mutex::new(0);
+    let mut next = NEXT.lock();
+    if *next == 0 {
+        *next = 20_000 + (std::process::id() % 120) as u16 * 100;
+    }
+    let mut start = *next;
+    while start + len < 32_768 {
+        let held: Result<Vec<std::net::TcpListener>, u16> = (start..start + len)
+            .map(|p| {
+                std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], p))).map_err(|_| p)
+            })
+            .collect();
+        match held {
+            Ok(_released) => {
+                *next = start + len;
+                return start..=start + len - 1;
+            }
+            Err(taken) => start = taken + 1,
+        }
+    }
+    panic!("no {len} free consecutive ports below 32768 on 127.0.0.1");
+}

@@ -21,7 +21,7 @@ use event_center::{WorkerPool, WorkerPoolConfig};
 use messenger::{Messenger, MessengerConfig};
 use parking_lot::Mutex;
 use protocol::types::{EntityName, EntityType};
-use tests::loopback::{test_config, WAIT};
+use tests::loopback::{free_port_range, test_config, WAIT};
 
 type Hook = Box<dyn FnMut(&str) + Send>;
 
@@ -111,31 +111,6 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// `len` consecutive ports of 127.0.0.1, each bound a moment ago and released, below
-/// 32768 (the kernel's ephemeral ports start there unless the host says otherwise) and
-/// never handed out twice in this process. The start depends on the process id, so two
-/// runs of this binary on one host (other worktrees) look in different places first.
-fn free_range(len: u16) -> RangeInclusive<u16> {
-    static NEXT: Mutex<u16> = Mutex::new(0);
-    let mut next = NEXT.lock();
-    if *next == 0 {
-        *next = 20_000 + (std::process::id() % 100) as u16 * 100;
-    }
-    let mut start = *next;
-    while start + len < 32_768 {
-        let held: Result<Vec<TcpListener>, u16> =
-            (start..start + len).map(|p| TcpListener::bind(loopback(p)).map_err(|_| p)).collect();
-        match held {
-            Ok(_released) => {
-                *next = start + len;
-                return start..=start + len - 1;
-            }
-            Err(taken) => start = taken + 1,
-        }
-    }
-    panic!("no {len} free consecutive ports below 32768 on 127.0.0.1");
-}
-
 /// Listeners holding `ports` of 127.0.0.1 (a daemon already there).
 fn hold(ports: impl IntoIterator<Item = u16>) -> Vec<TcpListener> {
     ports.into_iter().map(|p| TcpListener::bind(loopback(p)).expect("hold a free port")).collect()
@@ -146,7 +121,7 @@ fn hold(ports: impl IntoIterator<Item = u16>) -> Vec<TcpListener> {
 /// `ms_bind_port_min`.
 #[test]
 fn port_zero_binds_the_first_port_of_the_range() {
-    let range = free_range(3);
+    let range = free_port_range(3);
     let m = messenger(1, config(Some(range.clone()), 1, Duration::from_millis(5)));
     let bound = m.bind(loopback(0)).expect("bind");
     assert_eq!(bound, loopback(*range.start()));
@@ -159,7 +134,7 @@ fn port_zero_binds_the_first_port_of_the_range() {
 /// address is the public one.
 #[test]
 fn bind_public_takes_its_port_from_the_range_too() {
-    let range = free_range(2);
+    let range = free_port_range(2);
     let _first = hold([*range.start()]);
     let m = messenger(2, config(Some(range.clone()), 1, Duration::from_millis(5)));
     let public = SocketAddr::from(([192, 0, 2, 7], 6800));
@@ -174,7 +149,7 @@ fn bind_public_takes_its_port_from_the_range_too() {
 /// heartbeat messengers each get their own port of the range).
 #[test]
 fn ports_in_use_are_skipped_for_the_next_free_one() {
-    let range = free_range(5);
+    let range = free_port_range(5);
     let start = *range.start();
     let _held = hold([start, start + 1]);
     let a = messenger(3, config(Some(range.clone()), 1, Duration::from_millis(5)));
@@ -190,7 +165,7 @@ fn ports_in_use_are_skipped_for_the_next_free_one() {
 /// any port in range", retried `ms_bind_retry_count` times in all.
 #[test]
 fn a_range_all_in_use_fails_with_addr_in_use_after_the_retries() {
-    let range = free_range(3);
+    let range = free_port_range(3);
     let held = hold(range.clone());
     let needle = format!("{}..={}", range.start(), range.end());
     let retries = retries_of(needle);
@@ -208,7 +183,7 @@ fn a_range_all_in_use_fails_with_addr_in_use_after_the_retries() {
     assert!(took < WAIT, "{took:?}");
     // Nothing was bound: once a port is free, a bind gets it.
     drop(held);
-    let m = messenger(6, config(Some(free_range(1)), 1, delay));
+    let m = messenger(6, config(Some(free_port_range(1)), 1, delay));
     m.bind(loopback(0)).expect("a free range binds");
     m.shutdown();
 }
@@ -218,7 +193,7 @@ fn a_range_all_in_use_fails_with_addr_in_use_after_the_retries() {
 /// binding thread at the first failure, before the wait.
 #[test]
 fn a_port_released_during_the_retry_delay_is_bound_by_the_retry() {
-    let port = *free_range(1).start();
+    let port = *free_port_range(1).start();
     let held = hold([port]);
     let retries = retries_of(loopback(port).to_string());
     at_first_retry_of(loopback(port).to_string(), move || drop(held));
@@ -231,7 +206,7 @@ fn a_port_released_during_the_retry_delay_is_bound_by_the_retry() {
 /// The same with port 0 and a range of one port: the retry walks the range again.
 #[test]
 fn a_range_port_released_during_the_retry_delay_is_bound_by_the_retry() {
-    let range = free_range(1);
+    let range = free_port_range(1);
     let port = *range.start();
     let held = hold([port]);
     let needle = format!("{port}..={port}");
@@ -265,7 +240,7 @@ fn port_zero_without_a_range_binds_an_ephemeral_port() {
 /// stall every connection of the worker. The delay is far beyond `WAIT`.
 #[test]
 fn a_bind_on_a_worker_thread_does_not_wait_to_retry() {
-    let port = *free_range(1).start();
+    let port = *free_port_range(1).start();
     let _held = hold([port]);
     let retries = retries_of(loopback(port).to_string());
     let m = Arc::new(messenger(10, config(None, 3, 2 * WAIT)));
@@ -286,7 +261,7 @@ fn a_bind_on_a_worker_thread_does_not_wait_to_retry() {
 /// ends, binding nothing, however many attempts were left.
 #[test]
 fn a_shutdown_during_the_retry_delay_ends_the_bind() {
-    let port = *free_range(1).start();
+    let port = *free_port_range(1).start();
     let _held = hold([port]);
     let retries = retries_of(loopback(port).to_string());
     let m = Arc::new(messenger(11, config(None, u32::MAX, Duration::from_millis(5))));
@@ -302,7 +277,7 @@ fn a_shutdown_during_the_retry_delay_ends_the_bind() {
 /// attempts; Ceph's retry defaults are kept.
 #[test]
 fn bad_bind_options_are_refused() {
-    let ok = config(Some(free_range(1)), 1, Duration::from_millis(5));
+    let ok = config(Some(free_port_range(1)), 1, Duration::from_millis(5));
     assert!(ok.validate().is_ok());
     let refused = |c: MessengerConfig| c.validate().expect_err("refused").option;
     assert_eq!(
