@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dispatch::{Dispatcher, ShutdownMode, Throttle};
@@ -56,6 +56,11 @@ pub struct Messenger {
     /// `ms_handle_fast_connect` for `loopback` when it starts; `None` from then on, when
     /// a dispatcher added hears it as it is added (see `add_dispatcher`).
     loopback_unannounced: Mutex<Option<Vec<Arc<dyn Dispatcher<Connection>>>>>,
+    /// Moved on by every `rebind` once the loopback connection shows the new address,
+    /// before it tells the fast dispatchers of the chain: a dispatcher being added
+    /// meanwhile (told before it joins the chain, perhaps of the old address) sees it
+    /// move and is told again (see `add_dispatcher`).
+    loopback_moves: AtomicU64,
     admin: Mutex<Option<AdminSocket>>,
     /// Dropped last (declared last): tells the thread a drop on a messenger's thread
     /// hands the pool and the environment to that they are its to drop (see `Drop`).
@@ -112,6 +117,7 @@ impl Messenger {
             started: AtomicBool::new(false),
             loopback,
             loopback_unannounced: Mutex::new(Some(Vec::new())),
+            loopback_moves: AtomicU64::new(0),
             admin: Mutex::new(None),
             released: None,
         }
@@ -301,6 +307,9 @@ impl Messenger {
         let nonce = self.env.identity.rebound(bound, &self.env.config);
         *self.listen_at.lock() = Some(ListenAt { bound, public: false });
         self.env.init_local_connection(&self.loopback);
+        // After the loopback connection shows the new address, before the chain is told
+        // (below): a fast dispatcher joining meanwhile is told by its own add.
+        self.loopback_moves.fetch_add(1, Ordering::SeqCst);
         self.mark_down_all();
         log::info!(target: "msgr::bind", "rebound from {} to {bound}, nonce {nonce}", at.bound);
         self.install_processor(Processor::new(listener, worker))?;
@@ -438,6 +447,7 @@ impl Messenger {
         // Asked once (as Ceph's add_dispatcher_head), here rather than by the chain:
         // `d` is told about the loopback connection before it joins.
         let fast = d.ms_can_fast_dispatch_any();
+        let moves = self.loopback_moves.load(Ordering::SeqCst);
         if fast {
             // Either `start` has taken the list (then `d` is told here), or it will
             // find `d` on it: never both, never neither. No lock while the hook runs.
@@ -452,8 +462,19 @@ impl Messenger {
                 self.announce_loopback_to(&*d);
             }
         }
-        self.env.dispatchers().add_asked(d, head, fast);
-        self.ready()
+        self.env.dispatchers().add_asked(Arc::clone(&d), head, fast);
+        let ready = self.ready();
+        // A rebind that moved the loopback connection while `d` was told (perhaps of the
+        // old address) and before it joined told the chain without it: told again here,
+        // after `ready` (a panic of this hook leaves the messenger ready). One that
+        // moved it after `d` joined told it itself.
+        if fast
+            && self.loopback_moves.load(Ordering::SeqCst) != moves
+            && self.loopback_unannounced.lock().is_none()
+        {
+            self.announce_loopback_to(&*d);
+        }
+        ready
     }
 
     /// `ms_handle_fast_connect` for the loopback connection on fast dispatcher `d`
