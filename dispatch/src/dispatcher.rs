@@ -185,6 +185,12 @@ pub trait Dispatcher<C: ConnectionRef>: Send + Sync + 'static {
     /// refuses it; one that decodes names the peer (`peer_auth`), whatever is answered
     /// here besides accepting.
     /// (Ceph 16's acceptor asks its `AuthServer`, not the dispatchers.)
+    ///
+    /// A connection a dispatcher judged here (with an implementation of its own) is
+    /// reported ended ([`ms_handle_reset`](Self::ms_handle_reset)) whether or not it
+    /// ever opens: refused, answered other than open, or dumped by a replace, as Ceph's
+    /// ProtocolV1 resets a connection that fails half-accepted. With only the default
+    /// here, a connection that never opens ends unreported.
     fn ms_verify_authorizer(
         &self,
         _conn: &C,
@@ -192,8 +198,16 @@ pub trait Dispatcher<C: ConnectionRef>: Send + Sync + 'static {
         _protocol: u32,
         _authorizer: &[u8],
     ) -> AuthVerdict {
+        DEFAULT_VERIFY.with(|d| d.set(true));
         AuthVerdict::Accept { reply: Vec::new() }
     }
+}
+
+thread_local! {
+    /// Set by the default [`Dispatcher::ms_verify_authorizer`]: how
+    /// [`Dispatchers::judge_authorizer`] tells a dispatcher that judged a connection
+    /// itself (and may keep state for it) from one that left it to the default.
+    static DEFAULT_VERIFY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// An immutable snapshot of a dispatcher list.
@@ -500,10 +514,28 @@ impl<C: ConnectionRef> Dispatchers<C> {
         protocol: u32,
         authorizer: &[u8],
     ) -> AuthVerdict {
+        self.judge_authorizer(conn, peer_type, protocol, authorizer).0
+    }
+
+    /// [`verify_authorizer`](Self::verify_authorizer), and whether a dispatcher judged
+    /// `conn` with an `ms_verify_authorizer` of its own (not the default): one that may
+    /// keep state for it, which must hear of its end (`ms_handle_reset`) even if it
+    /// never opens.
+    pub fn judge_authorizer(
+        &self,
+        conn: &C,
+        peer_type: u8,
+        protocol: u32,
+        authorizer: &[u8],
+    ) -> (AuthVerdict, bool) {
         let mut reply = Vec::new();
+        let mut judged = false;
         for d in self.all().iter() {
-            match d.ms_verify_authorizer(conn, peer_type, protocol, authorizer) {
-                AuthVerdict::Reject => return AuthVerdict::Reject,
+            DEFAULT_VERIFY.with(|f| f.set(false));
+            let verdict = d.ms_verify_authorizer(conn, peer_type, protocol, authorizer);
+            judged |= !DEFAULT_VERIFY.with(|f| f.replace(false));
+            match verdict {
+                AuthVerdict::Reject => return (AuthVerdict::Reject, judged),
                 AuthVerdict::Accept { reply: r } => {
                     if reply.is_empty() {
                         reply = r;
@@ -511,6 +543,6 @@ impl<C: ConnectionRef> Dispatchers<C> {
                 }
             }
         }
-        AuthVerdict::Accept { reply }
+        (AuthVerdict::Accept { reply }, judged)
     }
 }

@@ -83,9 +83,11 @@ impl Driver {
                     // Closed meanwhile: the socket is dropped and the peer connects again.
                     self.env.sessions.abort_replace(&existing);
                 }
-                // This driver's handle never opened; it vanishes without callbacks, and
-                // its handshake timer with it (left armed, it stayed in the worker's timer
-                // set until its deadline: one more per reconnect of a looping peer).
+                // This driver's handle never opened; it vanishes without callbacks (but
+                // the reset of a handle its dispatchers were shown), and its handshake
+                // timer with it (left armed, it stayed in the worker's timer set until
+                // its deadline: one more per reconnect of a looping peer).
+                self.report_unopened_end();
                 self.cleanup();
                 self.cancel_timer(cx);
                 cx.remove(id);

@@ -84,9 +84,11 @@ impl Drop for Driver {
         // this the session table would keep a dead session that swallows the peer's
         // reconnects.
         // Opened once, whatever it is now: a session reconnecting (Connecting) was heard
-        // of by its dispatchers as much as an open one.
+        // of by its dispatchers as much as an open one; so was a connection they were
+        // shown in `ms_verify_authorizer`.
         let env = Arc::clone(&self.env);
-        let pending = if self.opened { env.sessions.end_session(&self.conn) } else { None };
+        let pending =
+            if self.opened || self.named { env.sessions.end_session(&self.conn) } else { None };
         log::warn!(target: "msgr::conn", "{}: driver dropped without closing; cleaning up", self.machine);
         self.release();
         if let Some(pending) = pending {

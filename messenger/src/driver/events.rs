@@ -183,12 +183,18 @@ impl Driver {
                 }
             }
             Event::VerifyAuthorizer { peer_type, protocol, authorizer } => {
-                let verdict = self.env.dispatchers().verify_authorizer(
+                // Named before the hooks run: one that panics has seen it too. (A peer
+                // may connect again on the socket: a judgement of an earlier one stands.)
+                let before = self.named;
+                self.named = true;
+                let (verdict, judged) = self.env.dispatchers().judge_authorizer(
                     &self.conn,
                     peer_type.0,
                     protocol,
                     &authorizer,
                 );
+                // Only a dispatcher with a judgement of its own may keep state for it.
+                self.named = before || judged;
                 self.machine.handle_authorizer_verdict(now, verdict);
             }
             Event::Opened(opened) => {
@@ -330,6 +336,7 @@ impl Driver {
                     // ended, as from any other end of it, after `ms_handle_refused`.
                     self.report_reset();
                 }
+                self.report_unopened_end();
                 self.flush_held_messages();
                 self.finish(cx);
             }
@@ -356,6 +363,19 @@ impl Driver {
         if let Some(pending) = pending {
             self.env.queue.enqueue_event(QueueEvent::Reset(self.conn.clone()));
             drop(pending);
+        }
+    }
+
+    /// A connection its dispatchers were shown before it opened (`ms_verify_authorizer`)
+    /// ends without opening (its authorizer refused, its connect answered other than
+    /// open, its socket handed to the session it replaces): they hear it ended, as
+    /// Ceph's ProtocolV1 queues a reset for a connection faulting half-accepted and for
+    /// the new connection a replace dumps. Without it, state a dispatcher keeps per
+    /// connection it judged would grow by one entry per such connect. A connection no
+    /// dispatcher saw (a bad banner, a connect without an authorizer) ends silently.
+    pub(super) fn report_unopened_end(&mut self) {
+        if self.named && !self.opened {
+            self.report_reset();
         }
     }
 

@@ -132,6 +132,9 @@ pub(crate) struct Driver {
     /// or accept): whatever its state when the driver is dropped, ending it then is a
     /// reset they must hear of.
     opened: bool,
+    /// A dispatcher judged this connection in an `ms_verify_authorizer` of its own (it
+    /// may keep state for it): ending it unopened is a reset they must hear of.
+    named: bool,
     /// Fault injection (an empty type without the feature).
     seams: Seams,
 }
@@ -284,6 +287,7 @@ impl Driver {
             finished: false,
             cleaned: false,
             opened: false,
+            named: false,
             seams,
         }
     }
