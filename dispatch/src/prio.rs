@@ -541,6 +541,59 @@ mod tests {
         assert!(popped > 50_000, "{popped}");
     }
 
+    /// Floods of (priority, connection) pairs past what the FIFO map keeps (strict and
+    /// weighted lanes, a few thousand keys), drained with pushes and connection removals
+    /// interleaved: the map's room is given back as it empties (rehashes in the middle
+    /// of the traffic) and the queue still serves exactly what the plain model serves.
+    #[test]
+    fn serves_as_the_plain_policy_does_through_floods_of_keys() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let (mut q, mut model) = (PrioQueue::new(), Model::default());
+        let mut item = 0u32;
+        let mut grown = 0;
+        for flood in 0..3u64 {
+            for _ in 0..6_000 {
+                let (priority, conn) = (next(600) as u16, next(8));
+                q.push(priority, conn, item);
+                model.push(priority, conn, item);
+                item += 1;
+            }
+            grown = grown.max(q.fifos.by_key.capacity());
+            let mut popped = 0;
+            while q.len() > 0 {
+                match next(100) {
+                    0..=9 => {
+                        let (priority, conn) = (next(600) as u16, next(8));
+                        q.push(priority, conn, item);
+                        model.push(priority, conn, item);
+                        item += 1;
+                    }
+                    10 if flood > 0 => {
+                        let conn = next(8);
+                        let mut gone = q.remove_conn(conn);
+                        gone.sort_unstable();
+                        model.remove_conn(conn);
+                        assert!(gone.windows(2).all(|w| w[0] < w[1]));
+                    }
+                    _ => {
+                        let got = q.pop();
+                        assert_eq!(got, model.pop(), "flood {flood}, pop {popped}");
+                        popped += 1;
+                    }
+                }
+            }
+            assert_eq!(model.pop(), None);
+            assert!(grown > 2 * FIFOS_KEEP, "the flood grew the map to {grown} keys only");
+            assert!(q.fifos.by_key.capacity() <= 2 * FIFOS_KEEP, "flood {flood} drained");
+        }
+    }
+
     #[test]
     fn strict_first_then_fifo_per_connection() {
         let mut q = PrioQueue::new();

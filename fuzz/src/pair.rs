@@ -2,7 +2,7 @@
 //! two messengers' worth of state machines on an in-memory network with a virtual
 //! clock), driven by the input: which policies, how deliveries are chunked, and a
 //! program of sends, steps, cuts, timer advances, budget holds, unreachable peers,
-//! rewound global_seqs and explicit connects. It reaches the paths a single-sided
+//! rewound global_seqs, explicit connects and keepalives. It reaches the paths a single-sided
 //! target cannot: replays with a non-empty sent queue, connection races (WAIT),
 //! RETRY_SESSION, RETRY_GLOBAL and RESETSESSION, standby and wake.
 //!
@@ -148,6 +148,14 @@ pub fn v1_pair(data: &[u8]) -> Reached {
             0x76 => {
                 let node = usize::from(ops.next().unwrap_or(0) & 1);
                 p.nodes[node].unreachable = !p.nodes[node].unreachable;
+            }
+            0x77 => {
+                // A keepalive asked for (kept across a session reset, sent once open).
+                let arg = ops.next().unwrap_or(0);
+                if let Some(ep) = p.session_ep(usize::from(arg & 1)) {
+                    let stamp = protocol::wire::KeepaliveStamp { sec: u32::from(arg), nsec: 0 };
+                    p.conn(ep).send_keepalive(stamp);
+                }
             }
             _ => {
                 p.step();

@@ -1,9 +1,10 @@
 //! Fuzz bodies for the sans-IO v1 session state machine (`protocol::v1`), both sides,
 //! handshake included.
 //!
-//! Input layout: byte 0 seeds the chunking of the stream, byte 1 picks how the driver
-//! answers the machine's requests (accept decision, authorizer verdict, policy); the
-//! rest is the byte stream the peer sends. Properties checked on every input:
+//! Input layout: byte 0 seeds the chunking of the stream (and, for the accept side, its
+//! bits 0x40 and 0x20 pick a cephx acceptor, see [`accept_config`]), byte 1 picks how
+//! the driver answers the machine's requests (accept decision, authorizer verdict,
+//! policy); the rest is the byte stream the peer sends. Properties checked on every input:
 //! - no panic, whatever the bytes and however they are split;
 //! - the machine stays bounded: events per input chunk and bytes to transmit are
 //!   bounded, reading stops while a request is unanswered;
@@ -14,7 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use protocol::auth::cephx::{CephxProvider, WallClock};
+use protocol::auth::AuthConfig;
+use protocol::encoding::UTime;
 use protocol::message::DecodeLimits;
+use protocol::types::AuthEntityName;
 use protocol::types::{EntityAddr, EntityName, EntityType};
 use protocol::v1::Connection;
 use protocol::{
@@ -167,12 +172,37 @@ fn chunk_len_odd(seed: u8) -> bool {
     seed & 0x80 != 0
 }
 
+/// The acceptor's config for seed byte `seed`: bit 0x40 clear, no auth provider (the
+/// driver verifies authorizers); set, a cephx provider without keys (it refuses every
+/// cephx authorizer itself), whose config requires signatures and, bit 0x20 clear, cephx
+/// v2 (Ceph's default), so a cephx connect is held to `v1_required_features`
+/// (MSG_AUTH, CEPHX_V2) before its authorizer is looked at.
+fn accept_config(seed: u8, now: Instant) -> Arc<Config> {
+    let mut c = config(EntityType::MON, 6789, 0);
+    if seed & 0x40 != 0 {
+        let mut auth = AuthConfig::ceph_defaults();
+        auth.cephx_require_signatures = true;
+        if seed & 0x20 != 0 {
+            auth.cephx_require_version = 1;
+            auth.cephx_cluster_require_version = 1;
+            auth.cephx_service_require_version = 1;
+        }
+        let clock = WallClock::anchored(now, UTime::new(1_700_000_000, 0));
+        let rng: protocol::auth::cephx::RngSource =
+            Arc::new(|| Box::new(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7)) as _);
+        let name = AuthEntityName::new(EntityType::MON, "a");
+        Arc::make_mut(&mut c).auth = Arc::new(CephxProvider::new(name, auth, clock, rng));
+    }
+    c
+}
+
 /// The accept side fed a connector's bytes (banner, address, connect messages, in_seq,
 /// then open-session frames).
 /// Returns how many messages were delivered.
 pub fn v1_accept(data: &[u8]) -> usize {
-    let mut conn =
-        Connection::accept(config(EntityType::MON, 6789, 0), sa(40000), sa(6789), Instant::now());
+    let now = Instant::now();
+    let seed = data.first().copied().unwrap_or(0);
+    let mut conn = Connection::accept(accept_config(seed, now), sa(40000), sa(6789), now);
     run(&mut conn, data, false)
 }
 
@@ -281,6 +311,53 @@ mod tests {
                 v1_connect(&with_prefix(0x81, 2, &c));
             }
         }
+    }
+
+    /// The sample conversation toward the acceptor with its connect carrying a cephx
+    /// authorizer (method 2, same bytes) and without `features_off`.
+    fn cephx_connect(features_off: protocol::types::Features) -> Vec<u8> {
+        use protocol::types::LEGACY_ADDR_LEN;
+        use protocol::wire::{ConnectMsg, BANNER_LEN};
+        let (mut to_a, _) = sample_streams();
+        let at = BANNER_LEN + LEGACY_ADDR_LEN;
+        let (mut msg, auth, _) =
+            ConnectMsg::decode_with_authorizer(&to_a[at..], 4096).expect("the sample's connect");
+        let auth = auth.to_vec();
+        msg.authorizer_protocol = protocol::types::AUTH_CEPHX;
+        msg.features = msg.features & !features_off;
+        let mut out = Vec::new();
+        msg.encode_with_authorizer(&auth, &mut out);
+        // The connect only: what follows would be read as the next connect.
+        to_a.truncate(at);
+        to_a.extend_from_slice(&out);
+        to_a
+    }
+
+    /// With byte 0's bit 0x40 the acceptor holds a cephx connect to its provider's v1
+    /// required features: one lacking MSG_AUTH is answered FEATURES (the target reaches
+    /// `required_of`'s non-empty case); the same connect with the bit clear is not.
+    #[test]
+    fn the_cephx_acceptor_answers_features_to_a_connect_lacking_msg_auth() {
+        use protocol::types::Features;
+        use protocol::wire::{ConnectReply, Tag, ACCEPTOR_BLOCK_LEN};
+        let stream = cephx_connect(Features::MSG_AUTH);
+        let reply_to = |seed: u8| {
+            let now = Instant::now();
+            let mut conn = Connection::accept(accept_config(seed, now), sa(40000), sa(6789), now);
+            let mut closed = false;
+            let mut segs = Vec::new();
+            while conn.poll_transmit(&mut segs) > 0 {}
+            conn.handle_bytes(now, Bytes::from(stream.clone()));
+            drain_events(&mut conn, now, 2, &mut closed);
+            assert!(!closed);
+            while conn.poll_transmit(&mut segs) > 0 {}
+            let out: Vec<u8> = segs.iter().flat_map(|s| s.iter().copied()).collect();
+            ConnectReply::decode(&out[ACCEPTOR_BLOCK_LEN..]).expect("a connect reply").0
+        };
+        let reply = reply_to(0x40);
+        assert_eq!(reply.tag, Tag::FEATURES, "{reply:?}");
+        assert!(reply.features.contains(Features::MSG_AUTH | Features::CEPHX_V2), "{reply:?}");
+        assert_ne!(reply_to(0).tag, Tag::FEATURES);
     }
 
     /// The checked-in seeds (`corpus/v1_accept`, `corpus/v1_connect`) replay cleanly.

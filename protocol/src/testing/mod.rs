@@ -502,9 +502,11 @@ impl Pair {
         }
         let register = !(policy.lossy && policy.server);
         let mut transferred = None;
+        let mut replaced = None;
         match (decision.table_effect(&req.kind, existing.as_ref()), existing_ep) {
             (TableEffect::Replace, Some(old)) => {
                 transferred = self.eps[old].conn.take_session();
+                replaced = Some(old);
                 self.eps[old].alive = false;
                 self.detach(old);
                 self.nodes[node].sessions.insert(key, ep);
@@ -523,6 +525,18 @@ impl Pair {
             _ => {}
         }
         self.eps[ep].conn.handle_accept_decision(now, policy, decision, transferred);
+        // As the messenger's replace (`Replacement::adopt`): a keepalive the replaced
+        // machine was asked for and did not send goes out on the new one.
+        if let Some(old) = replaced.filter(|&old| old != ep) {
+            let (new, old) = if ep < old {
+                let (l, r) = self.eps.split_at_mut(old);
+                (&mut l[ep], &mut r[0])
+            } else {
+                let (l, r) = self.eps.split_at_mut(ep);
+                (&mut r[0], &mut l[old])
+            };
+            new.conn.adopt_keepalive(&mut old.conn);
+        }
     }
 
     fn handle_event(&mut self, ep: usize, ev: Event) {
