@@ -226,6 +226,14 @@ impl CephxClient {
     /// A previous global id and auth ticket are offered back (global_id reclaim,
     /// cephx.md 6), so the monitor keeps our id.
     pub fn start(&mut self, _now: Instant) {
+        if self.auth.is_none() && self.global_id != 0 {
+            // An id a challenge handed out to a session that never got its ticket (the
+            // connection was lost before the session key came): claimed without a
+            // ticket, the monitor refuses it for good (-EACCES). Ceph's MonClient keeps
+            // for reclaim only the id of a session that authenticated, with its ticket.
+            log::debug!(target: LOG, "{}: global_id {} came with no ticket: asking for a new one", self.config.name, self.global_id);
+            self.global_id = 0;
+        }
         log::debug!(target: LOG, "{}: start (global_id {})", self.config.name, self.global_id);
         self.phase = Phase::AwaitChallenge { sent: false };
         self.outstanding = None;

@@ -306,6 +306,38 @@ fn reconnect_reclaims_the_global_id_with_the_old_ticket() {
     assert_eq!(p.next_gid, 4101, "no new id was handed out");
 }
 
+// A session lost between the monitor's challenge (which hands out a new global id) and
+// its session key: the id came with no ticket, so the next session must not claim it.
+// Ceph's MonClient keeps for reclaim only the global id of a session that authenticated
+// (`_finish_hunting` takes the active connection's), with that session's ticket; a
+// claim without a ticket is refused -EACCES ("attempt to reclaim global_id without
+// presenting ticket"). Ours claimed it: a real monitor injecting socket failures refused
+// the next session for good.
+#[test]
+fn a_session_lost_after_the_challenge_does_not_claim_its_new_global_id() {
+    let mut cfg = ceph_config();
+    cfg.auth_allow_insecure_global_id_reclaim = false;
+    let mut p = Pair::new(23, "client.admin", cfg);
+    p.new_session();
+    let negotiate = p.client.poll_request(p.now).expect("the negotiation");
+    let challenge = p.request(&negotiate);
+    p.client.handle_reply(p.now, &challenge).expect("the challenge");
+    assert_eq!(challenge.global_id, 4101, "a new global id");
+    // The connection is lost before the session key request is answered.
+    p.new_session();
+    p.drive().expect("the next session authenticates");
+    assert!(
+        p.events.iter().any(|e| matches!(e, ClientEvent::Authenticated { .. })),
+        "{:?}",
+        p.events
+    );
+    // Once authenticated, the id is the session's to reclaim, with its ticket.
+    let gid = p.client.global_id();
+    p.new_session();
+    p.drive().expect("a reclaim");
+    assert_eq!(p.client.global_id(), gid);
+}
+
 // Without the old ticket, a reclaim of a global id and a renewal on an authenticated
 // session are refused -EACCES, but from a legacy client (struct_v < 3) where insecure
 // reclaim is allowed: Ceph's verify_old_ticket asks for the ticket in every state past
