@@ -136,7 +136,9 @@ pub trait Dispatcher<C: ConnectionRef>: Send + Sync + 'static {
 
     /// The connection's session ended here: it failed and was reset locally, or the
     /// messenger ended it (a messenger-level mark_down, mark_down_all or shutdown, each
-    /// session once); return `true` if handled (stops the walk).
+    /// session once); also a msgr v1 connection a dispatcher judged in an
+    /// [`ms_verify_authorizer`](Self::ms_verify_authorizer) of its own that ends without
+    /// opening. Return `true` if handled (stops the walk).
     fn ms_handle_reset(&self, _conn: &C) -> bool {
         false
     }

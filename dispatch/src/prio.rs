@@ -67,7 +67,7 @@ const SPARE_DEQUES: usize = 8 * 2 * KEEP_EMPTY_LANES;
 /// burst, is dropped rather than kept holding memory.
 const SPARE_CAPACITY: usize = 64;
 
-/// Room (in FIFOs) the FIFO map keeps once the FIFOs it held were emptied: as many
+/// Room (in FIFOs) the FIFO map keeps once the FIFOs it held were (nearly) emptied: as many
 /// (priority, connection) pairs waiting at once regrow nothing, but a peer that gave
 /// each message of a flood a priority of its own (up to what the dispatch throttle
 /// holds, ~200,000 messages) must not leave the map holding the flood's room (~13 MiB

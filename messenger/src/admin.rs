@@ -1,5 +1,6 @@
 //! The admin socket: Ceph's admin-socket protocol on a Unix socket, served by one
-//! worker's event loop (no thread of its own).
+//! worker's event loop (no thread of its own, but at a stop one per answer still
+//! half-written, `msgr-admin-rest`, which finishes it: [`AdminConn::finish_in_background`]).
 //!
 //! Protocol (what `ceph --admin-daemon PATH …` speaks): the client connects, sends a
 //! command — JSON such as `{"prefix": "perf dump"}`, or plain text from old clients —

@@ -27,7 +27,7 @@ use crate::session_table::SessionTable;
 pub(crate) const REBIND_NONCE_STEP: u32 = 1_000_000;
 
 /// Who the messenger is: its name, nonce and address, and the protocol configuration
-/// built from them when it starts.
+/// built from them when it starts (and again by a rebind).
 pub(crate) struct Identity {
     name: RwLock<EntityName>,
     /// Changed only by a rebind ([`Identity::rebound`]), under `addr`'s write lock.

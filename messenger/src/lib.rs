@@ -7,7 +7,9 @@
 //!
 //! Never: spawns threads beyond the configured workers and one dispatch thread per
 //! messenger (but `ms_reaper`, for a messenger dropped on a worker or a dispatch thread:
-//! see [`Messenger`]); holds a lock across a socket call or a dispatcher callback.
+//! see [`Messenger`]; and `msgr-admin-rest`, one per admin-socket client whose answer is
+//! half-written when the admin socket stops, ending with that answer); holds a lock
+//! across a socket call or a dispatcher callback.
 //!
 //! # Example
 //!
@@ -109,9 +111,10 @@
 //!
 //! * **Replace** (an incoming connect takes over a lossless session): the accepting
 //!   driver posts its socket and half-open state machine to the existing connection's
-//!   driver, which adopts them and moves its session (seqs, queues, unacked messages)
-//!   into the new machine. Ceph does the same hand-over under two connection locks; here
-//!   no two connections are ever locked together, and user handles stay valid.
+//!   driver, which adopts them and moves its session (seqs, queues, unacked messages,
+//!   and a keepalive asked for and not sent yet) into the new machine. Ceph does the
+//!   same hand-over under two connection locks; here no two connections are ever
+//!   locked together, and user handles stay valid.
 //! * **Who may take a session.** Sessions are found by the peer's announced address, as
 //!   in Ceph; but a peer that authenticated as another entity than the session under
 //!   that address is refused and closed (no reply; counted as a peer issue), instead of
@@ -134,13 +137,15 @@
 //! * Messages on the loopback connection are delivered by the dispatch thread (fast
 //!   dispatchers included), never on the sender's thread, which may hold its own locks.
 //! * The loopback connection's `ms_handle_fast_connect` reaches every fast dispatcher
-//!   once: those added before the messenger starts when it starts, a later one as it is
-//!   added (before it sees a message). Ceph calls it whenever it initialises its local
+//!   once (and again at each [`Messenger::rebind`]): those added before the messenger
+//!   starts when it starts, a later one as it is added (before it sees a message).
+//!   Ceph calls it whenever it initialises its local
 //!   connection (construction, bind, an unbound start, a learned or set address), for
 //!   the fast dispatchers of that moment only: one added after the last such call never
-//!   hears it. Our address is fixed at start and never learned later, so start would be
-//!   the last call, before most dispatchers are added (the first one added starts a
-//!   messenger not yet started); but a [`Messenger::rebind`] calls it again, as Ceph's.
+//!   hears it. Our address is fixed at start but for a rebind and never learned later,
+//!   so start would be the last call, before most dispatchers are added (the first one
+//!   added starts a messenger not yet started); but a [`Messenger::rebind`] calls it
+//!   again, as Ceph's (a fast dispatcher added while it runs hears the new address too).
 //! * [`Messenger::rebind`] binds the new listener before it tears anything down, so a
 //!   rebind that fails (every port avoided or taken) leaves the messenger listening where
 //!   it was, its nonce and sessions untouched; Ceph's stops its listeners, marks every

@@ -706,7 +706,8 @@ impl Messenger {
     }
 
     /// Serves Ceph's admin-socket protocol on a Unix socket at `path` from one of the
-    /// workers (no thread of its own): `perf dump` (also `perfcounters_dump` and `1`),
+    /// workers (no thread of its own, but for one that finishes an answer half-written
+    /// when the socket stops): `perf dump` (also `perfcounters_dump` and `1`),
     /// `perf schema` (also `perfcounters_schema` and `2`), `messenger dump`, `version`,
     /// `git_version`, `help`, `get_command_descriptions`, Ceph's ping (`0`, answered
     /// `2`) and its binary requests (codes 0, 1 and 2), so `ceph --admin-daemon PATH perf

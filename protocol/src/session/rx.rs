@@ -8,8 +8,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::error::Error;
 
 /// Room (in chunks) the buffer keeps once a frame that waited in many reads is
-/// gathered: a secure-mode frame is kept whole before it is opened, a chunk per read
-/// of at least [`copy_below`], and the room it grew to (32 bytes per 16 KiB of frame:
+/// gathered (or cut short: [`RxBuf::clear`]): a secure-mode frame is kept whole before
+/// it is opened, a chunk per read of at least [`copy_below`], and the room it grew to (32 bytes per 16 KiB of frame:
 /// 256 KiB after a 128 MiB frame) stayed for the connection's life.
 const CHUNKS_KEEP: usize = 16;
 
