@@ -502,3 +502,32 @@ pub fn head_len(proto: protocol::ProtocolVersion) -> usize {
         }
     }
 }
+
+/// A new client address (127.0.0.1, port 0) with a random odd nonce: another peer each
+/// call, so the acceptor's session table sees no earlier session of it.
+pub fn fresh_peer_addr() -> EntityAddr {
+    EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), rand::random::<u32>() | 1)
+}
+
+/// Sends the v1 connect `msg` carrying `auth` as its authorizer on a socket past the
+/// banners, and reads the reply (and its authorizer reply); on SEQ the acceptor's
+/// in_seq is read and ours (0, nothing received) sent. Returns the reply's tag.
+pub fn exchange_connect(sock: &mut TcpStream, msg: ConnectMsg, auth: &[u8]) -> Tag {
+    let msg = ConnectMsg { authorizer_len: u32::try_from(auth.len()).expect("small"), ..msg };
+    let mut out = Vec::new();
+    msg.encode_with_authorizer(auth, &mut out);
+    sock.write_all(&out).expect("send connect");
+    let mut head = [0u8; ConnectReply::LEN];
+    sock.read_exact(&mut head).expect("connect reply");
+    let (reply, _) = ConnectReply::decode(&head).expect("reply decodes");
+    let len = reply.authorizer_len as usize;
+    assert!(len <= MAX_AUTHORIZER_LEN, "authorizer reply of {len} bytes");
+    let mut rest = vec![0u8; len];
+    sock.read_exact(&mut rest).expect("authorizer reply");
+    if reply.tag == Tag::SEQ {
+        let mut seq = [0u8; 8];
+        sock.read_exact(&mut seq).expect("acceptor's seq");
+        sock.write_all(&0u64.to_le_bytes()).expect("our seq");
+    }
+    reply.tag
+}

@@ -18,10 +18,10 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 use messenger::{AuthVerdict, Connection, Dispatched, Dispatcher, Messenger, Policy};
 use protocol::auth::{AuthNoneAuthorizer, AuthorizerClient};
-use protocol::types::{AuthEntityName, EntityAddr, EntityName, EntityType, Features, AUTH_NONE};
-use protocol::wire::{ConnectMsg, ConnectReply, Tag, MAX_AUTHORIZER_LEN};
+use protocol::types::{AuthEntityName, EntityName, EntityType, Features, AUTH_NONE};
+use protocol::wire::{ConnectMsg, Tag};
 use protocol::Message;
-use tests::hostile::{banner_socket_as, good_protocol_version};
+use tests::hostile::{banner_socket_as, exchange_connect, fresh_peer_addr, good_protocol_version};
 use tests::loopback::{test_config, wait_for_connection_count, WAIT};
 
 /// Hostile connects per case.
@@ -86,30 +86,10 @@ fn connect_with_authorizer(sock: &mut TcpStream, connect_seq: u32, global_seq: u
         connect_seq,
         protocol_version: good_protocol_version(),
         authorizer_protocol: AUTH_NONE,
-        authorizer_len: u32::try_from(bytes.len()).expect("small"),
+        authorizer_len: 0,
         flags: 0,
     };
-    let mut out = Vec::new();
-    msg.encode_with_authorizer(&bytes, &mut out);
-    sock.write_all(&out).expect("send connect");
-    let mut head = [0u8; ConnectReply::LEN];
-    sock.read_exact(&mut head).expect("connect reply");
-    let (reply, _) = ConnectReply::decode(&head).expect("reply decodes");
-    let len = reply.authorizer_len as usize;
-    assert!(len <= MAX_AUTHORIZER_LEN);
-    let mut rest = vec![0u8; len];
-    sock.read_exact(&mut rest).expect("authorizer reply");
-    if reply.tag == Tag::SEQ {
-        // The acceptor's in_seq, then ours (nothing received).
-        let mut seq = [0u8; 8];
-        sock.read_exact(&mut seq).expect("acceptor's seq");
-        sock.write_all(&0u64.to_le_bytes()).expect("our seq");
-    }
-    reply.tag
-}
-
-fn fresh_addr() -> EntityAddr {
-    EntityAddr::legacy(SocketAddr::from(([127, 0, 0, 1], 0)), rand::random::<u32>() | 1)
+    exchange_connect(sock, msg, &bytes)
 }
 
 /// A socket that sends a bad banner and is closed: no dispatcher hears of it.
@@ -154,7 +134,7 @@ fn rejected_authorizer_connection_is_reported_ended() {
     let (m, addr, verified, resets) = server(false, Policy::stateless_server());
     bad_banner(addr);
     for _ in 0..N {
-        let mut sock = banner_socket_as(addr, fresh_addr());
+        let mut sock = banner_socket_as(addr, fresh_peer_addr());
         assert_eq!(connect_with_authorizer(&mut sock, 0, 1), Tag::BADAUTHORIZER);
     }
     bad_banner(addr);
@@ -168,7 +148,7 @@ fn rejected_authorizer_connection_is_reported_ended() {
 fn accepted_authorizer_connection_that_never_opens_is_reported_ended() {
     let (m, addr, verified, resets) = server(true, Policy::stateful_server());
     for _ in 0..N {
-        let mut sock = banner_socket_as(addr, fresh_addr());
+        let mut sock = banner_socket_as(addr, fresh_peer_addr());
         assert_eq!(connect_with_authorizer(&mut sock, 1, 1), Tag::RESETSESSION);
     }
     assert_each_verified_reset(&m, &verified, &resets);
@@ -181,7 +161,7 @@ fn accepted_authorizer_connection_that_never_opens_is_reported_ended() {
 fn connection_dumped_by_a_replace_is_reported_ended() {
     let (m, addr, verified, resets) = server(true, Policy::stateful_server());
     for _ in 0..N {
-        let me = fresh_addr();
+        let me = fresh_peer_addr();
         // The session, opened with an authorizer (shown to the dispatchers: one of N).
         let mut first = banner_socket_as(addr, me);
         let tag = connect_with_authorizer(&mut first, 0, 1);
