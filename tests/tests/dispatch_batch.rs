@@ -184,6 +184,34 @@ fn first_replies_before(
     first: usize,
     hold: u64,
 ) {
+    // Up to three servers: one whose worker the machine's load made look mostly busy
+    // as the burst came (a busy worker's early batches are 8 at least, by design, so the
+    // held request comes before any reply) is no verdict on the batching of an idle one.
+    // Every attempt checks the order of all the replies; the early batch must be seen
+    // in one of them.
+    let mut late = Vec::new();
+    for attempt in 1..=3 {
+        match replies_before(proto, dispatch_batch, front, reply, first, hold) {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("attempt {attempt}: {e}");
+                late.push(e);
+            }
+        }
+    }
+    panic!("the first batch was not answered early in any of 3 attempts: {late:?}");
+}
+
+/// One server and burst of [`first_replies_before`]: `Err` when the first replies did
+/// not come before the held request's.
+fn replies_before(
+    proto: ProtocolVersion,
+    dispatch_batch: usize,
+    front: &[u8],
+    reply: &[u8],
+    first: usize,
+    hold: u64,
+) -> Result<(), String> {
     let (srv, _, _rx) = batch_server(dispatch_batch);
     let (go_tx, go) = bounded(1);
     let (held, held_rx) = bounded(1);
@@ -196,20 +224,32 @@ fn first_replies_before(
     send_burst(&mut peer, front);
 
     // One read may bring more than a batch's replies (all those before the held one).
-    let first = peer.receive(first);
+    let early = peer.receive(first);
     go_tx.send(()).expect("release the held request");
-    let first = first.unwrap_or_else(|e| panic!("the first batch was not answered early: {e}"));
-    let tids: Vec<u64> = first.iter().map(Message::tid).collect();
+    let early = match early {
+        Ok(early) => early,
+        Err(e) => {
+            assert_eq!(held_rx.recv_timeout(WAIT), Ok(true), "the held request was released");
+            let all = peer.receive(BURST as usize).expect("the replies once released");
+            let tids: Vec<u64> = all.iter().map(Message::tid).collect();
+            assert_eq!(tids, (1..=BURST).collect::<Vec<_>>());
+            srv.shutdown();
+            srv.wait();
+            return Err(e);
+        }
+    };
+    let tids: Vec<u64> = early.iter().map(Message::tid).collect();
     assert_eq!(tids, (1..=tids.len() as u64).collect::<Vec<_>>());
     assert!(tids.len() < hold as usize, "{} replies before the held request's", tids.len());
     assert_eq!(held_rx.recv_timeout(WAIT), Ok(true), "the held request was released");
 
     // And the rest follows, in order.
-    let rest = peer.receive(BURST as usize - first.len()).expect("the rest of the replies");
+    let rest = peer.receive(BURST as usize - early.len()).expect("the rest of the replies");
     let tids: Vec<u64> = rest.iter().map(Message::tid).collect();
-    assert_eq!(tids, (first.len() as u64 + 1..=BURST).collect::<Vec<_>>());
+    assert_eq!(tids, (early.len() as u64 + 1..=BURST).collect::<Vec<_>>());
     srv.shutdown();
     srv.wait();
+    Ok(())
 }
 
 #[test]
