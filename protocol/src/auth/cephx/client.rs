@@ -382,6 +382,19 @@ impl CephxClient {
     /// An `MAuthReply` from the monitor. An error is final for this session (the
     /// state is `Failed` until the next [`CephxClient::start`]).
     pub fn handle_reply(&mut self, now: Instant, reply: &MAuthReply) -> Result<(), AuthError> {
+        if let Some((what, _)) = self.outstanding {
+            if reply.result >= 0
+                && reply.protocol == AUTH_CEPHX
+                && Self::answers_another(what, reply)
+            {
+                // A late reply to a request of an earlier session, from its lost connection
+                // (Ceph's MonClient drops replies from a connection not its own): taken, it
+                // failed this session, or (a ticket reply taken for the server challenge)
+                // answered a challenge the monitor never made, refused -EACCES.
+                log::warn!(target: LOG, "{}: MAuthReply to another request than {what:?} (a late reply of an earlier session?); ignored", self.config.name);
+                return Ok(());
+            }
+        }
         let Some((what, _)) = self.outstanding.take() else {
             log::warn!(target: LOG, "{}: MAuthReply without a request; ignored", self.config.name);
             return Ok(());
@@ -498,6 +511,30 @@ impl CephxClient {
         e.bytes(authorizer.bytes());
         ServiceTicketRequest { keys }.encode(&mut e);
         Some(e.into_bytes())
+    }
+
+    /// Whether `reply` is plainly the answer to another kind of request than `what`: a
+    /// ticket or secrets reply (a response header of a request type other than `what`'s,
+    /// or, waiting for the 9-byte server challenge, anything longer that starts with a
+    /// response header). A reply that is neither is `what`'s to judge.
+    fn answers_another(what: Outstanding, reply: &MAuthReply) -> bool {
+        let known = [
+            RequestType::GET_AUTH_SESSION_KEY,
+            RequestType::GET_PRINCIPAL_SESSION_KEY,
+            RequestType::GET_ROTATING_KEY,
+        ];
+        let mut d = Decoder::new(&reply.result_bl);
+        let Ok(h) = ResponseHeader::decode(&mut d) else { return false };
+        let expected = match what {
+            // `CephXServerChallenge` is struct_v 1 and a u64: exactly 9 bytes.
+            Outstanding::Negotiate => {
+                return reply.result_bl.len() > 9 && known.contains(&h.request_type)
+            }
+            Outstanding::SessionKey => RequestType::GET_AUTH_SESSION_KEY,
+            Outstanding::Principal(_) => RequestType::GET_PRINCIPAL_SESSION_KEY,
+            Outstanding::Rotating => RequestType::GET_ROTATING_KEY,
+        };
+        h.request_type != expected && known.contains(&h.request_type)
     }
 
     fn on_challenge(&mut self, reply: &MAuthReply) -> Result<(), AuthError> {

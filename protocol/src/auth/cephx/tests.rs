@@ -1003,3 +1003,182 @@ fn resume_with_another_global_id_keeps_no_service_ticket_of_the_old_one() {
         assert!(matches!(v, Ok(AuthorizerVerdict::Accepted(_))), "{}: {v:?}", service.name());
     }
 }
+
+// ---- sessions lost part-way (review cephxlost) ----
+
+/// A [`Pair`] with insecure reclaim off (a 16.2 monitor's default), authenticated.
+fn authenticated_pair(seed: u64, name: &str) -> Pair {
+    let mut cfg = ceph_config();
+    cfg.auth_allow_insecure_global_id_reclaim = false;
+    cfg.auth_mon_ticket_ttl = Duration::from_secs(120);
+    let mut p = Pair::new(seed, name, cfg);
+    p.new_session();
+    p.drive().expect("the first session authenticates");
+    assert_eq!(p.client.global_id(), 4101);
+    p
+}
+
+/// The last `Authenticated` event.
+fn last_authenticated(p: &Pair) -> Option<ClientEvent> {
+    p.events.iter().rev().find(|e| matches!(e, ClientEvent::Authenticated { .. })).cloned()
+}
+
+// (a) A reclaim's challenge came, the connection went before its session key: the next
+// session reclaims the same id with the same old ticket.
+#[test]
+fn a_session_lost_after_a_reclaim_challenge_reclaims_again_with_the_old_ticket() {
+    let mut p = authenticated_pair(71, "client.admin");
+    p.now += Duration::from_secs(5);
+    p.new_session();
+    let negotiate = p.client.poll_request(p.now).unwrap();
+    let challenge = p.request(&negotiate);
+    assert_eq!(challenge.global_id, 4101);
+    p.client.handle_reply(p.now, &challenge).unwrap();
+    p.new_session();
+    p.drive().expect("the next session reclaims");
+    assert_eq!(
+        last_authenticated(&p),
+        Some(ClientEvent::Authenticated { global_id: 4101, reclaimed: true })
+    );
+    assert_eq!(p.next_gid, 4101, "no new id was handed out");
+}
+
+// (b) A renewal whose reply was lost (the monitor renewed, the reply never came): the
+// next session reclaims with the ticket still held, whose session key opens the reply.
+#[test]
+fn a_session_lost_in_a_renewal_reclaims_with_the_ticket_held() {
+    let mut p = authenticated_pair(72, "client.admin");
+    p.advance_to_timeout().unwrap();
+    let renewal = p.client.poll_request(p.now).expect("the renewal");
+    let reply = p.request(&renewal);
+    assert_eq!(reply.result, 0, "the monitor renewed; its reply is lost");
+    p.new_session();
+    p.drive().expect("the next session reclaims");
+    assert_eq!(
+        last_authenticated(&p),
+        Some(ClientEvent::Authenticated { global_id: 4101, reclaimed: true })
+    );
+    // And it renews on from there.
+    p.advance_to_timeout().unwrap();
+    let before = p.events.len();
+    p.drive().expect("a renewal on the new session");
+    assert!(p.events[before..].contains(&ClientEvent::AuthTicketRenewed), "{:?}", p.events);
+}
+
+// (c) A service-ticket request lost with its session: asked again on the next one.
+#[test]
+fn a_service_ticket_request_lost_with_its_session_is_asked_again() {
+    let mut p = authenticated_pair(73, "client.admin");
+    p.client.request_service_tickets(ServiceMask::of(EntityType::MDS));
+    let req = p.client.poll_request(p.now).expect("GET_PRINCIPAL_SESSION_KEY");
+    assert_eq!(&req.auth_payload[..2], &[0x00, 0x02]);
+    p.new_session();
+    p.drive().unwrap();
+    assert!(p.client.is_authenticated());
+    assert!(p.client.service_ticket(EntityType::MDS, p.now).is_some(), "{:?}", p.events);
+}
+
+// (c) A rotating-secret request lost with its session: asked again on the next one.
+#[test]
+fn a_rotating_secret_request_lost_with_its_session_is_asked_again() {
+    let mut p = authenticated_pair(74, "osd.0");
+    p.client.request_rotating_secrets();
+    let req = p.client.poll_request(p.now).expect("GET_ROTATING_KEY");
+    assert_eq!(&req.auth_payload[..2], &[0x00, 0x04]);
+    p.new_session();
+    p.drive().unwrap();
+    assert!(p.events.iter().any(|e| matches!(e, ClientEvent::RotatingSecrets(_))));
+}
+
+// (d) The monitor answers a reclaim with another global id (the old ticket and service
+// tickets go), and that session is lost before its key: the next session asks for a new
+// id, without the old ticket.
+#[test]
+fn a_session_lost_after_a_refused_reclaim_asks_for_a_new_id() {
+    let mut p = authenticated_pair(75, "client.admin");
+    p.new_session();
+    let negotiate = p.client.poll_request(p.now).unwrap();
+    // The monitor forgot the id: it answers as to a new client.
+    let mut n = crate::messages::AuthNegotiation::decode(&negotiate.auth_payload).unwrap();
+    assert_eq!(n.global_id, 4101);
+    n.global_id = 0;
+    let challenge = p.request(&MAuth::negotiate(&n, 0));
+    assert_eq!(challenge.global_id, 4102);
+    p.client.handle_reply(p.now, &challenge).unwrap();
+    assert!(p.client.auth_ticket().is_none());
+    assert!(p.client.service_ticket(EntityType::OSD, p.now).is_none());
+    p.new_session();
+    p.drive().expect("the next session authenticates");
+    assert_eq!(
+        last_authenticated(&p),
+        Some(ClientEvent::Authenticated { global_id: 4103, reclaimed: false })
+    );
+}
+
+// (f) The reply to the old session's renewal arrives after the next session's
+// negotiation went out: it is no server challenge and must not be taken for one (the
+// session would answer a challenge the monitor never made, and fail on the real one).
+#[test]
+fn a_late_session_key_reply_is_not_taken_for_the_next_sessions_challenge() {
+    let mut p = authenticated_pair(76, "client.admin");
+    p.advance_to_timeout().unwrap();
+    let renewal = p.client.poll_request(p.now).expect("the renewal");
+    let late = p.request(&renewal);
+    assert_eq!(late.result, 0);
+    p.new_session();
+    let negotiate = p.client.poll_request(p.now).unwrap();
+    let _ = p.client.handle_reply(p.now, &late);
+    let challenge = p.request(&negotiate);
+    p.client.handle_reply(p.now, &challenge).expect("the real challenge is taken");
+    p.drive().expect("the session authenticates");
+    assert_eq!(
+        last_authenticated(&p),
+        Some(ClientEvent::Authenticated { global_id: 4101, reclaimed: true })
+    );
+}
+
+// (f) The reply to the old session's service-ticket request arrives while the next
+// session waits for its session key: it answers another request and must not fail the
+// session; the session key reply that follows authenticates it.
+#[test]
+fn a_late_service_ticket_reply_does_not_fail_the_next_sessions_authentication() {
+    let mut p = authenticated_pair(77, "client.admin");
+    p.client.request_service_tickets(ServiceMask::of(EntityType::MDS));
+    let principal = p.client.poll_request(p.now).expect("GET_PRINCIPAL_SESSION_KEY");
+    let late = p.request(&principal);
+    assert_eq!(late.result, 0);
+    p.new_session();
+    let negotiate = p.client.poll_request(p.now).unwrap();
+    let challenge = p.request(&negotiate);
+    p.client.handle_reply(p.now, &challenge).unwrap();
+    let session_key = p.client.poll_request(p.now).expect("GET_AUTH_SESSION_KEY");
+    p.client.handle_reply(p.now, &late).expect("a late reply is no error of this session");
+    let reply = p.request(&session_key);
+    p.client.handle_reply(p.now, &reply).expect("the session key");
+    p.drive().expect("the session goes on");
+    assert_eq!(
+        last_authenticated(&p),
+        Some(ClientEvent::Authenticated { global_id: 4101, reclaimed: true })
+    );
+    assert!(p.client.service_ticket(EntityType::MDS, p.now).is_some());
+}
+
+// (f) The reply to the old session's renewal arrives while the next (authenticated)
+// session waits for rotating secrets: ignored, the rotating secrets then taken.
+#[test]
+fn a_late_renewal_reply_does_not_fail_a_rotating_secret_request() {
+    let mut p = authenticated_pair(78, "osd.0");
+    p.advance_to_timeout().unwrap();
+    let renewal = p.client.poll_request(p.now).expect("the renewal");
+    let late = p.request(&renewal);
+    assert_eq!(late.result, 0);
+    p.new_session();
+    p.drive().expect("the next session authenticates");
+    p.client.request_rotating_secrets();
+    let rotating = p.client.poll_request(p.now).expect("GET_ROTATING_KEY");
+    p.client.handle_reply(p.now, &late).expect("a late reply is no error of this session");
+    let reply = p.request(&rotating);
+    p.client.handle_reply(p.now, &reply).expect("the rotating secrets");
+    assert!(std::iter::from_fn(|| p.client.poll_event())
+        .any(|e| matches!(e, ClientEvent::RotatingSecrets(_))));
+}
