@@ -476,18 +476,22 @@ mod tests {
         }
     }
 
+    /// A small deterministic generator (Knuth's MMIX LCG): `next(n)` is in `0..n`.
+    fn lcg(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        }
+    }
+
     /// Random pushes, pops and connection removals, mostly at one priority and from one
     /// connection (the dispatch thread's usual load), sometimes mixed: the queue serves
     /// exactly what the plain model serves.
     #[test]
     fn serves_as_the_plain_policy_does() {
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move |n: u64| {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (seed >> 33) % n
-        };
+        let mut next = lcg(0x2545_f491_4f6c_dd1d);
         let (mut q, mut model) = (PrioQueue::new(), Model::default());
         let mut item = 0u32;
         let mut popped = 0;
@@ -547,13 +551,7 @@ mod tests {
     /// of the traffic) and the queue still serves exactly what the plain model serves.
     #[test]
     fn serves_as_the_plain_policy_does_through_floods_of_keys() {
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move |n: u64| {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (seed >> 33) % n
-        };
+        let mut next = lcg(0x9e37_79b9_7f4a_7c15);
         let (mut q, mut model) = (PrioQueue::new(), Model::default());
         let mut item = 0u32;
         let mut grown = 0;
