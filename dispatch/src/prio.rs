@@ -74,6 +74,13 @@ const SPARE_CAPACITY: usize = 64;
 /// of buckets) for the messenger's life: a map never shrinks on its own.
 const FIFOS_KEEP: usize = 1024;
 
+/// Room (in connections) a lane's rotation keeps once the connections that waited in it
+/// at once (nearly) left: that many waiting together regrow nothing, but a burst of
+/// connections (every client of a daemon with a message waiting at one priority) must not
+/// leave each lane kept ([`KEEP_EMPTY_LANES`]) holding the burst's room for the
+/// messenger's life: a deque never shrinks on its own.
+const ROTATION_KEEP: usize = 256;
+
 /// One priority level: the connections with queued items, served in rotation. Their
 /// FIFOs are in the queue's [`Fifos`].
 struct Lane {
@@ -87,10 +94,21 @@ struct Lane {
 impl Lane {
     /// Room for one connection in turn: a new lane is made for the message that fills
     /// it, and most lanes a peer makes are of one connection (a deque's first growth
-    /// makes room for 4). A lane with more connections waiting grows as any deque; the
-    /// lanes kept keep their room.
+    /// makes room for 4). A lane with more connections waiting grows as any deque and
+    /// gives the room of a burst back as they leave ([`Lane::give_back_room`]).
     fn new() -> Self {
         Lane { rotation: VecDeque::with_capacity(1), len: 0, current: 0 }
+    }
+
+    /// After a connection left the rotation: gives back the room of a burst once the
+    /// rotation holds a quarter of it or less, down to twice what it holds (so it shrinks
+    /// again only once that halved: no reallocation per pop), never below
+    /// [`ROTATION_KEEP`].
+    fn give_back_room(&mut self) {
+        let room = self.rotation.capacity();
+        if room > 2 * ROTATION_KEEP && self.rotation.len() <= room / 4 {
+            self.rotation.shrink_to(ROTATION_KEEP.max(self.rotation.len() * 2));
+        }
     }
 }
 
@@ -144,6 +162,7 @@ impl<T> Fifos<T> {
             let item = q.pop_front();
             if q.is_empty() {
                 lane.rotation.clear();
+                lane.give_back_room();
                 if let Some(q) = self.by_key.remove(&(prio, conn)) {
                     self.recycle(q);
                 }
@@ -158,6 +177,7 @@ impl<T> Fifos<T> {
         let q = self.by_key.get_mut(&(prio, conn))?;
         let item = q.pop_front();
         if q.is_empty() {
+            lane.give_back_room();
             if let Some(q) = self.by_key.remove(&(prio, conn)) {
                 self.recycle(q);
             }
@@ -195,6 +215,7 @@ impl<T> Fifos<T> {
             lane.len -= q.len();
             out.extend(q);
             lane.rotation.retain(|c| *c != conn);
+            lane.give_back_room();
             self.give_back_room();
         }
     }
@@ -727,6 +748,46 @@ mod tests {
             kept <= 2 * FIFOS_KEEP * slot,
             "flood dispatched, the FIFO map keeps {kept} bytes of room (grew to {grown} keys)"
         );
+    }
+
+    /// Many connections waiting at once in one lane (a burst of N clients, strict and
+    /// weighted), then dispatched while traffic goes on: the lanes kept must not keep
+    /// the burst's rotation room (a deque never shrinks on its own) for the messenger's
+    /// life.
+    #[test]
+    fn a_burst_of_connections_leaves_no_rotation_room_behind() {
+        const CONNS: u64 = 20_000;
+        let mut q = PrioQueue::new();
+        for conn in 0..CONNS {
+            q.push(PRIO_DEFAULT, conn, 0u32);
+            q.push(PRIO_HIGHEST, conn, 1);
+        }
+        let room = |q: &PrioQueue<u32>| -> usize {
+            q.strict.values().chain(q.wrr.values()).map(|l| l.rotation.capacity()).sum()
+        };
+        let grown = room(&q);
+        assert!(grown >= 2 * CONNS as usize, "the burst grew the rotations to {grown} only");
+        // Traffic goes on: another connection keeps a message waiting throughout.
+        q.push(PRIO_DEFAULT, CONNS, 2);
+        while q.len() > 1 {
+            q.pop();
+        }
+        for i in 0..10 {
+            q.push(PRIO_DEFAULT, CONNS, i);
+            q.pop();
+            q.push(PRIO_HIGHEST, CONNS + 1, i);
+            q.pop();
+        }
+        assert_eq!(q.len(), 1);
+        let kept = room(&q) * std::mem::size_of::<u64>();
+        assert!(
+            kept <= 2 * 2 * ROTATION_KEEP * std::mem::size_of::<u64>(),
+            "burst dispatched, the two lanes' rotations keep {kept} bytes of room (grew to {grown})"
+        );
+        // And once everything is gone.
+        q.drain();
+        let kept = room(&q) * std::mem::size_of::<u64>();
+        assert!(kept <= 2 * 2 * ROTATION_KEEP * std::mem::size_of::<u64>(), "{kept} bytes");
     }
 
     #[test]
