@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use dispatch::{Dispatcher, ShutdownMode, Throttle};
 use event_center::{WorkerPool, WorkerPoolConfig};
@@ -674,6 +675,27 @@ impl Messenger {
     /// The dispatch throttle (`ms_dispatch_throttle_bytes`).
     pub fn dispatch_throttle(&self) -> &Arc<Throttle> {
         self.env.dispatch_throttle()
+    }
+
+    /// How many items wait for the dispatch thread: received messages not yet taken by
+    /// an `ms_dispatch` (the loopback connection's included) and connection events
+    /// (connect, accept, reset…) not yet delivered; neither the one being dispatched nor
+    /// messages fast dispatch took. Ceph's `get_dispatch_queue_len` (its queue holds the
+    /// events too; its loopback messages wait apart and are not counted there).
+    #[doc(alias = "get_dispatch_queue_len")]
+    pub fn dispatch_queue_len(&self) -> usize {
+        self.env.queue.len()
+    }
+
+    /// How long the longest-waiting message has waited for `ms_dispatch` since the
+    /// worker received it (zero when none waits; events are not counted), Ceph's
+    /// `get_dispatch_queue_max_age`: how far behind the dispatch thread is. An MDS
+    /// adds it to its session timeout before it marks a client's session stale
+    /// (`Server::find_idle_sessions`), so a client whose renewal still waits in the
+    /// queue is not taken for gone.
+    #[doc(alias = "get_dispatch_queue_max_age")]
+    pub fn dispatch_queue_max_age(&self) -> Duration {
+        self.env.queue.max_age()
     }
 
     /// Number of live connections of this messenger.

@@ -598,6 +598,25 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         self.shared.state.lock().events.len()
     }
 
+    /// Items waiting for the dispatch thread: messages (queued and local) and events
+    /// ([`QueueCounters::len`] alone).
+    pub fn len(&self) -> usize {
+        let st = self.shared.state.lock();
+        st.messages.len() + st.local.len() + st.events.len()
+    }
+
+    /// Whether nothing waits for the dispatch thread.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How long the longest-waiting message has waited ([`QueueCounters::oldest_age`]
+    /// alone): zero when none waits.
+    pub fn max_age(&self) -> Duration {
+        let oldest = self.shared.state.lock().oldest();
+        oldest.map(|t| t.elapsed()).unwrap_or_default()
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> QueueCounters {
         let s = &self.shared;
