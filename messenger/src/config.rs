@@ -88,6 +88,18 @@ pub struct MessengerConfig {
     /// states (README, "Performance"). [`MessengerConfig::validate`] refuses a name the
     /// kernel does not let this process use.
     pub tcp_congestion: Option<String>,
+    /// The priority of every socket's packets (`SO_PRIORITY`, Linux), dialled and
+    /// accepted alike, with the DSCP class CS6 in their IP header (`IP_TOS`, or
+    /// `IPV6_TCLASS`), as Ceph's `Messenger::set_socket_priority` does: an OSD's heartbeat
+    /// messengers take `SOCKET_PRIORITY_MIN_DELAY` (6) with
+    /// `osd_heartbeat_use_min_delay_socket`, so a link's queueing discipline lets its
+    /// pings pass the bulk traffic. `None` (the default) leaves both as the kernel sets
+    /// them. Above 6 the kernel asks for `CAP_NET_ADMIN`; [`MessengerConfig::validate`]
+    /// refuses a priority the kernel does not let this process set (Ceph logs the
+    /// failure on every socket and goes on).
+    #[doc(alias = "set_socket_priority")]
+    #[doc(alias = "SO_PRIORITY")]
+    pub socket_priority: Option<u32>,
     /// `ms_initial_backoff`: first reconnect delay of a lossless connection. Also the
     /// least time between a session's open and its redial: one cut sooner waits out the
     /// rest (Ceph redials a lost session at once, so a peer that opens every session and
@@ -354,6 +366,7 @@ impl Default for MessengerConfig {
             tcp_rcvbuf: 0,
             tcp_sndbuf: 0,
             tcp_congestion: None,
+            socket_priority: None,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
             connection_ready_timeout: Duration::from_secs(10),
@@ -442,7 +455,8 @@ impl MessengerConfig {
     /// Checks every option: zero (or, for a duration, under a millisecond) where it would
     /// spin (a keepalive interval, read budget or backoff), values so large that deadline
     /// arithmetic would overflow (`Duration::MAX`), contradictions (a maximum below its minimum), and a
-    /// `tcp_congestion` the kernel refuses (tried on a socket that is never connected).
+    /// `tcp_congestion` or `socket_priority` the kernel refuses (tried on a socket that is
+    /// never connected).
     /// Called by [`crate::Messenger::new`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(option: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
@@ -511,6 +525,10 @@ impl MessengerConfig {
         if let Some(name) = &self.tcp_congestion {
             check_tcp_congestion(name)
                 .map_err(|reason| ConfigError { option: "tcp_congestion", reason })?;
+        }
+        if let Some(prio) = self.socket_priority {
+            check_socket_priority(prio)
+                .map_err(|reason| ConfigError { option: "socket_priority", reason })?;
         }
         if self.max_queued_bytes == 0 {
             return bad("max_queued_bytes", "0 would refuse every message");
@@ -591,4 +609,58 @@ pub(crate) fn set_tcp_congestion(sock: socket2::SockRef<'_>, name: &str) -> std:
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn set_tcp_congestion(_sock: socket2::SockRef<'_>, _name: &str) -> std::io::Result<()> {
     Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "TCP_CONGESTION is Linux only"))
+}
+
+/// The DSCP class Ceph marks a prioritised socket's packets with (`IPTOS_CLASS_CS6`).
+pub const IPTOS_CLASS_CS6: u32 = 0xc0;
+
+/// Whether this process may give its sockets priority `prio`
+/// ([`MessengerConfig::socket_priority`]): the kernel's word on a fresh socket, so a
+/// priority that needs a capability the process lacks fails at startup rather than on
+/// every connection. [`MessengerConfig::validate`] checks `socket_priority` with it.
+pub fn check_socket_priority(prio: u32) -> Result<(), String> {
+    if i32::try_from(prio).is_err() {
+        return Err(format!("{prio} does not fit a socket option"));
+    }
+    let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .map_err(|e| format!("no socket to try priority {prio} on: {e}"))?;
+    set_socket_priority(socket2::SockRef::from(&probe), prio).map_err(|e| {
+        format!("the kernel refuses priority {prio}: {e} (above 6 needs CAP_NET_ADMIN)")
+    })
+}
+
+/// Marks `sock`'s packets with [`IPTOS_CLASS_CS6`] and gives them priority `prio`, in
+/// that order, as Ceph's `NetHandler::set_priority`: setting the TOS resets the
+/// priority.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_socket_priority(sock: socket2::SockRef<'_>, prio: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if sock.domain()? == socket2::Domain::IPV6 {
+        sock.set_tclass_v6(IPTOS_CLASS_CS6)?;
+    } else {
+        sock.set_tos(IPTOS_CLASS_CS6)?;
+    }
+    let prio = libc::c_int::try_from(prio)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live `c_int` on this
+    // stack frame; the descriptor is `sock`'s, open for the call's duration.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PRIORITY,
+            std::ptr::from_ref(&prio).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets `SO_PRIORITY` on `sock` (not offered here).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_socket_priority(_sock: socket2::SockRef<'_>, _prio: u32) -> std::io::Result<()> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "SO_PRIORITY is Linux only"))
 }

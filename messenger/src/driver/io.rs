@@ -244,6 +244,9 @@ impl Driver {
             if let Some(name) = &config.tcp_congestion {
                 crate::config::set_tcp_congestion(sock, name)?;
             }
+            if let Some(prio) = config.socket_priority {
+                crate::config::set_socket_priority(socket2::SockRef::from(s), prio)?;
+            }
         }
         Ok(())
     }
