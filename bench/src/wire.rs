@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use protocol::message::{seal_header, DecodeLimits, PRIO_DEFAULT};
+use protocol::message::{seal, DecodeLimits, PRIO_DEFAULT};
 use protocol::types::{EntityName, EntityType};
 use protocol::wire::{ceph_crc32c, FooterFlags, FooterFormat, MsgFooter, MsgHeader, Tag};
 
@@ -52,7 +52,7 @@ impl Framer {
     }
 
     /// The 54 bytes before the payload and the footer of message `tid` carrying `data`,
-    /// from the `protocol` crate's v1 encoder ([`seal_header`]: header crc, front,
+    /// from the `protocol` crate's v1 encoder ([`seal`]: header crc, front,
     /// middle and data crcs, as the messenger's own frames).
     pub fn frame(&mut self, tid: u64, data: &[u8]) -> ([u8; HEAD_LEN], [u8; FOOTER_LEN]) {
         let fields = MsgHeader {
@@ -64,14 +64,11 @@ impl Framer {
             ..MsgHeader::default()
         };
         self.next_seq += 1;
-        let (header, footer) = seal_header(fields, [&[], &[], data], self.crc, self.crc);
-        let mut head = [0u8; HEAD_LEN];
-        head[0] = Tag::MSG.0;
-        head[1..].copy_from_slice(&header.to_bytes());
-        let (bytes, _) = footer.to_bytes(FOOTER);
+        let sealed = seal(fields, [&[], &[], data], self.crc, self.crc);
+        let (bytes, _) = sealed.footer.to_bytes(FOOTER);
         let mut foot = [0u8; FOOTER_LEN];
         foot.copy_from_slice(&bytes[..FOOTER_LEN]);
-        (head, foot)
+        (sealed.head, foot)
     }
 
     /// Appends the whole frame of message `tid` to `out` (the payload is copied: what a

@@ -23,19 +23,8 @@ impl Message {
         crc_header: bool,
         crc_data: bool,
     ) -> (MsgHeader, MsgFooter) {
-        let fields = MsgHeader {
-            seq,
-            tid: self.0.tid,
-            msg_type: self.0.msg_type,
-            priority: self.0.priority,
-            version: self.0.version,
-            data_off: self.0.data_off,
-            src: self.src().unwrap_or(src),
-            compat_version: self.0.compat_version,
-            ..MsgHeader::default()
-        };
         let segments = [&self.0.front[..], &self.middle()[..], &self.0.data[..]];
-        seal_header(fields, segments, crc_header, crc_data)
+        seal_header(self.header_fields(seq, src), segments, crc_header, crc_data)
     }
 
     /// The complete wire form (tag, header, segments, footer) as message `seq`.
@@ -69,12 +58,73 @@ impl Message {
         head: &mut BytesMut,
         out: &mut Vec<Bytes>,
     ) -> usize {
-        let (header, mut footer) = self.encode_header(seq, src, opts.crc_header, opts.crc_data);
-        sign(&header, &mut footer);
-        let (footer, footer_len) = footer.to_bytes(opts.footer);
+        let fields = self.header_fields(seq, src);
+        let segments = [&self.0.front[..], &self.middle()[..], &self.0.data[..]];
+        let mut sealed = seal(fields, segments, opts.crc_header, opts.crc_data);
+        sign(&sealed.header, &mut sealed.footer);
+        let (footer, footer_len) = sealed.footer.to_bytes(opts.footer);
         let segments = [&self.0.front, self.middle(), &self.0.data];
-        gather(&tag_and_header(&header), segments, &footer[..footer_len], head, out)
+        gather(&sealed.head, segments, &footer[..footer_len], head, out)
     }
+
+    /// The header fields this message is sent with as message `seq` (lengths and crcs
+    /// are [`seal`]'s).
+    fn header_fields(&self, seq: u64, src: EntityName) -> MsgHeader {
+        MsgHeader {
+            seq,
+            tid: self.0.tid,
+            msg_type: self.0.msg_type,
+            priority: self.0.priority,
+            version: self.0.version,
+            data_off: self.0.data_off,
+            src: self.src().unwrap_or(src),
+            compat_version: self.0.compat_version,
+            ..MsgHeader::default()
+        }
+    }
+}
+
+/// A message's header and footer as [`seal_header`] makes them, with the tag and the
+/// header already in wire form.
+#[derive(Clone, Copy, Debug)]
+pub struct Sealed {
+    /// `Tag::MSG` and the encoded header (its crc in).
+    pub head: [u8; 1 + MsgHeader::LEN],
+    /// The header `head` encodes.
+    pub header: MsgHeader,
+    /// The footer (crcs and `COMPLETE`; no signature).
+    pub footer: MsgFooter,
+}
+
+/// [`seal_header`], with the tag and header encoded once: the header crc is taken over
+/// the bytes that go on the wire, rather than over a second encoding of the header.
+pub fn seal(fields: MsgHeader, segments: [&[u8]; 3], crc_header: bool, crc_data: bool) -> Sealed {
+    let [front, middle, data] = segments;
+    let mut header = MsgHeader {
+        front_len: len32(front.len()),
+        middle_len: len32(middle.len()),
+        data_len: len32(data.len()),
+        reserved: 0,
+        crc: 0,
+        ..fields
+    };
+    let mut head = [0u8; 1 + MsgHeader::LEN];
+    head[0] = Tag::MSG.0;
+    head[1..].copy_from_slice(&header.to_bytes());
+    let mut footer = MsgFooter { flags: FooterFlags::COMPLETE, ..Default::default() };
+    if crc_header {
+        let (covered, crc) = head[1..].split_at_mut(MsgHeader::CRC_COVERED);
+        header.crc = ceph_crc32c(0, covered);
+        crc.copy_from_slice(&header.crc.to_le_bytes());
+        footer.front_crc = ceph_crc32c(0, front);
+        footer.middle_crc = ceph_crc32c(0, middle);
+    }
+    if crc_data {
+        footer.data_crc = ceph_crc32c(0, data);
+    } else {
+        footer.flags = footer.flags | FooterFlags::NOCRC;
+    }
+    Sealed { head, header, footer }
 }
 
 /// The header and footer of a message sent with `fields` (seq, tid, type, priority,
@@ -89,27 +139,8 @@ pub fn seal_header(
     crc_header: bool,
     crc_data: bool,
 ) -> (MsgHeader, MsgFooter) {
-    let [front, middle, data] = segments;
-    let mut header = MsgHeader {
-        front_len: len32(front.len()),
-        middle_len: len32(middle.len()),
-        data_len: len32(data.len()),
-        reserved: 0,
-        crc: 0,
-        ..fields
-    };
-    let mut footer = MsgFooter { flags: FooterFlags::COMPLETE, ..Default::default() };
-    if crc_header {
-        header = header.with_crc();
-        footer.front_crc = ceph_crc32c(0, front);
-        footer.middle_crc = ceph_crc32c(0, middle);
-    }
-    if crc_data {
-        footer.data_crc = ceph_crc32c(0, data);
-    } else {
-        footer.flags = footer.flags | FooterFlags::NOCRC;
-    }
-    (header, footer)
+    let sealed = seal(fields, segments, crc_header, crc_data);
+    (sealed.header, sealed.footer)
 }
 
 /// How a connection sends messages (Ceph's `ms_crc_header`, `ms_crc_data`, MSG_AUTH).

@@ -587,7 +587,7 @@ impl fmt::Debug for Message {
 pub const UNNAMED_CLIENT: EntityName = EntityName { ty: EntityType::CLIENT, num: EntityName::NEW };
 
 pub use decoder::{DecodeLimits, DecodeOptions, MessageDecoder, Progress};
-pub use frame::{seal_header, EncodeOptions, Frame};
+pub use frame::{seal, seal_header, EncodeOptions, Frame, Sealed};
 pub(crate) use frame::{GATHERED_PER_FRAME, ZERO_COPY_MIN};
 
 #[cfg(test)]
