@@ -184,6 +184,12 @@ impl AuthClient for CephxMonClient {
         client
             .handle_reply(now, &Self::reply(global_id, payload))
             .map_err(|e| failed("auth ticket", &e))?;
+        if !client.is_authenticated() {
+            // The client ignores an MAuthReply answering another request (over msgr v1,
+            // a late reply of a lost connection); AUTH_DONE is this connection's only
+            // answer. Taken, the stored auth ticket's session key came back as this one's.
+            return Err(Error::Malformed("cephx AUTH_DONE answers another request"));
+        }
         let ticket = client.auth_ticket().ok_or(Error::Misuse("no auth ticket after AUTH_DONE"))?;
         let session_key = ticket.session_key.secret().to_vec();
         let secret = client.connection_secret().to_vec();

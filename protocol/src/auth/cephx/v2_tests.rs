@@ -819,6 +819,43 @@ fn cephx_auth_done_before_the_challenge_is_refused() {
     assert!(client.handle_done(Instant::now(), global_id, ConMode::CRC, &challenge_like).is_err());
 }
 
+// An AUTH_DONE whose payload answers another cephx request than GET_AUTH_SESSION_KEY
+// (a response header of GET_PRINCIPAL_SESSION_KEY or GET_ROTATING_KEY) is refused. The
+// cephx client ignores such an MAuthReply as a late reply of an earlier session's lost
+// connection (msgr v1), leaving its session waiting; msgr2's AUTH_DONE is this
+// connection's one answer, and taken as ignored it authenticated the handshake with the
+// stored auth ticket's session key under the global id AUTH_DONE named, no connection
+// secret, and no ticket of this session.
+#[test]
+fn cephx_auth_done_answering_another_request_is_refused() {
+    let start = Instant::now();
+    let c = cluster(15, start);
+    let (mut p, store) = client_and_monitor(&c, &[ConMode::CRC], c.admin.clone());
+    let (_, global_id) = exchange(&mut p);
+    assert!(store.ticket(EntityType::AUTH).is_some(), "a ticket to resume with");
+    let mon = provider(&c, EntityType::MON, "0", 201).with_key_server(c.server.clone());
+    let provider = p.nodes[0].config.auth.clone();
+    for other in [RequestType::GET_PRINCIPAL_SESSION_KEY, RequestType::GET_ROTATING_KEY] {
+        let mut client = provider.client(EntityType::MON, &mon_addr(), AUTH_CEPHX).unwrap();
+        let req = client.build_request().unwrap();
+        let mut sv = mon.server(EntityType::CLIENT, AUTH_CEPHX).unwrap();
+        let AuthStep::More(challenge) = sv.handle_request(start, ConMode::CRC, false, &req) else {
+            panic!("no challenge")
+        };
+        client.handle_reply_more(&challenge).unwrap();
+        // {request_type, status 0} and an empty ticket list.
+        let mut e = crate::encoding::Encoder::with_capacity(16);
+        other.encode(&mut e);
+        e.i32(0);
+        e.u8(1);
+        e.u32(0);
+        let done = client.handle_done(start, global_id + 1, ConMode::CRC, &e.into_bytes());
+        assert!(done.is_err(), "{other:?}: AUTH_DONE taken: {:?}", done.map(|o| o.session_key));
+        client.confirmed();
+        assert_eq!(store.ticket(EntityType::AUTH).map(|(g, _)| g), Some(global_id));
+    }
+}
+
 // A daemon (not a monitor) does not second-guess a name cephx proved: a peer whose HELLO
 // says "client" and whose ticket is osd.0's (as an mgr's librados, HELLO client, name
 // mgr.x) gets in even where the cluster methods (for osd names) lack cephx; only an auth
