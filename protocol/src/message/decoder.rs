@@ -291,17 +291,10 @@ impl MessageDecoder {
                 }
                 Stage::HeaderReady => return Ok(Progress::HeaderReady(self.header)),
                 Stage::AwaitHeader => {
-                    let crc = self.opts.crc.crc_header;
-                    let Some(header) = self.take_small(input, MsgHeader::LEN, |raw| {
-                        MsgHeader::decode_checked(raw, crc).map(|(h, _)| h)
-                    })?
-                    else {
+                    if !self.take_header(input)? {
                         return Ok(Progress::NeedMore);
-                    };
-                    self.check_header(&header)?;
-                    log::trace!(target: "msgr::message", "header seq {} type {} front {} middle {} data {}",
-                        header.seq, header.msg_type, header.front_len, header.middle_len, header.data_len);
-                    self.header = header;
+                    }
+                    let header = self.header;
                     self.stage = Stage::HeaderReady;
                     if let Some(at) = self.footer_at(input) {
                         if admit.take().is_some_and(|admit| admit(&header)) {
@@ -471,6 +464,46 @@ impl MessageDecoder {
         // segment's length).
         grow_within(&mut self.partial, need, n);
         Some((&mut self.partial, need))
+    }
+
+    /// Takes the next header into `self.header`, checked (crc, limits); false when it is
+    /// not all there yet. A header all in `input` with nothing pending is decoded straight
+    /// into place: decoded into a local first, it was spilled around the crc call and
+    /// copied twice more (~40 instructions per message). Always inlined: as a call of
+    /// its own (the compiler's choice with `#[inline]`) it cost what it saved.
+    #[inline(always)]
+    fn take_header(&mut self, input: &mut Bytes) -> Result<bool> {
+        let crc = self.opts.crc.crc_header;
+        match input.first_chunk::<{ MsgHeader::LEN }>() {
+            Some(raw) if self.partial.is_empty() => {
+                self.header = MsgHeader::from_bytes(raw);
+                if crc {
+                    let got = ceph_crc32c(0, raw.get(..MsgHeader::CRC_COVERED).unwrap_or_default());
+                    if got != self.header.crc {
+                        return Err(Error::BadCrc {
+                            what: "header",
+                            expected: self.header.crc,
+                            got,
+                        });
+                    }
+                }
+                input.advance(MsgHeader::LEN);
+            }
+            _ => {
+                let Some(header) = self.take_small(input, MsgHeader::LEN, |raw| {
+                    MsgHeader::decode_checked(raw, crc).map(|(h, _)| h)
+                })?
+                else {
+                    return Ok(false);
+                };
+                self.header = header;
+            }
+        }
+        self.check_header(&self.header)?;
+        let h = &self.header;
+        log::trace!(target: "msgr::message", "header seq {} type {} front {} middle {} data {}",
+            h.seq, h.msg_type, h.front_len, h.middle_len, h.data_len);
+        Ok(true)
     }
 
     /// Takes exactly `n` bytes of a fixed-size part (header, footer) and decodes them
