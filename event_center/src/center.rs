@@ -188,6 +188,8 @@ impl EventCenter {
                 now: Instant::now(),
                 mostly_busy: false,
                 ended_at: None,
+                fresh: false,
+                began_at: None,
             },
             iterations: 0,
             shut_down: false,
@@ -274,6 +276,7 @@ impl EventCenter {
         }
         let ran_from = self.core.now;
         self.core.now = Instant::now();
+        self.core.fresh = true;
         if let Some(busy) = self.load.record(ran_from, polled_from, self.core.now) {
             self.core.mostly_busy = busy;
         }

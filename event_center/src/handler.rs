@@ -123,12 +123,25 @@ pub(crate) struct Core {
     /// A clock the callback running last read as it ended ([`Context::ended_at`]);
     /// cleared as each callback begins.
     pub(crate) ended_at: Option<Instant>,
+    /// No callback ran yet since `now` was read: the next one begins at `now`.
+    pub(crate) fresh: bool,
+    /// When the running callback began, if known without a clock read
+    /// ([`Context::began_at`]).
+    pub(crate) began_at: Option<Instant>,
 }
 
 impl Core {
     /// A context for code that runs on no handler's behalf (set-up code, closures).
     pub(crate) fn context(&mut self) -> Context<'_> {
         Context { core: self, current: None }
+    }
+
+    /// A callback begins: it began at the iteration's clock if it is the iteration's
+    /// first, at the clock the callback before it read as it ended if that one did, and
+    /// at an unknown time otherwise (other work ran in between, untimed).
+    fn begin_callback(&mut self) {
+        let first = std::mem::take(&mut self.fresh);
+        self.began_at = self.ended_at.take().or(first.then_some(self.now));
     }
 }
 
@@ -143,7 +156,7 @@ pub(crate) fn run_handler(
     let Some(mut handler) = core.handlers.take(id) else {
         return false;
     };
-    core.ended_at = None;
+    core.begin_callback();
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut cx = Context { core: &mut *core, current: Some(id) };
         f(handler.as_mut(), &mut cx);
@@ -165,7 +178,7 @@ pub(crate) fn run_handler(
 
 /// Runs a closure (timer or external event) under `catch_unwind`.
 pub(crate) fn run_closure(core: &mut Core, what: &str, f: ExternalFn) {
-    core.ended_at = None;
+    core.begin_callback();
     let result = catch_unwind(AssertUnwindSafe(|| f(&mut core.context())));
     if let Err(payload) = result {
         core.shared.note_panic(what, payload.as_ref());
@@ -184,6 +197,16 @@ impl Context<'_> {
     /// Monotonic time, read once per loop iteration (after `poll` returns).
     pub fn now(&self) -> Instant {
         self.core.now
+    }
+
+    /// When this callback began, if the center knows it without reading the clock: the
+    /// iteration's clock ([`now`](Self::now)) for its first callback, else the clock the
+    /// callback just before it read as it ended ([`ended_at`](Self::ended_at)). `None`
+    /// when other work whose end nobody read ran in between (an external closure, a
+    /// handler that does not time itself): a callback timing its own work reads the
+    /// clock then, rather than count that work as its own.
+    pub fn began_at(&self) -> Option<Instant> {
+        self.core.began_at
     }
 
     /// Tells the center that this callback read the clock, `now`, as its last work: if

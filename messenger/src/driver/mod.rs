@@ -49,12 +49,6 @@ use crate::state::ConnState;
 /// one's output, so a small bound is enough and keeps one connection from hogging a worker.
 const MAX_ROUNDS: usize = 4;
 
-thread_local! {
-    /// When the last pump on this worker ended: where the next one's running time starts
-    /// if the loop iteration's clock is older (see `Driver::pump`).
-    static LAST_PUMP_END: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
-}
-
 pub(crate) struct Driver {
     conn: Connection,
     env: Arc<Env>,
@@ -317,12 +311,15 @@ impl Driver {
         if self.finished {
             return;
         }
-        // The loop iteration's cached clock is the start, or the end of the pump before
-        // this one on the worker if that was later (the drivers an iteration runs one
-        // after another each counted from its start, so 256 connections accepted at once
-        // summed to seconds within milliseconds); two clock reads per pump (after
-        // reading, at the end) give the recv and send run times; total is both.
-        let started_at = LAST_PUMP_END.get().map_or(cx.now(), |end| end.max(cx.now()));
+        // The callback's start as the center knows it (the iteration's clock for its
+        // first callback, the end of the pump before this one when it ran just before),
+        // else read: counted from the iteration's clock, the drivers an iteration runs
+        // one after another each counted from its start (256 connections accepted at
+        // once summed to seconds within milliseconds), and from the last pump's end, the
+        // other work run since (an external job, a timer closure, the admin socket's
+        // answer) counted as this messenger's. Two clock reads per pump (after reading,
+        // at the end) give the recv and send run times; total is both.
+        let started_at = cx.began_at().unwrap_or_else(Instant::now);
         self.batch_clock = None;
         (self.min_batch, self.early_sent) = match (cx.mostly_busy(), self.quick_messages) {
             (false, _) => (events::MIN_DISPATCH_BATCH, events::EARLY_SENT_BYTES),
@@ -350,7 +347,6 @@ impl Driver {
         self.apply_injected_cut();
         self.read(cx);
         let read_done = Instant::now();
-        LAST_PUMP_END.set(Some(read_done));
         let recv_time = read_done.saturating_duration_since(started_at);
         WorkerCounters::add_own_time(&self.counters.running_recv_time_ns, recv_time);
         for _ in 0..MAX_ROUNDS {
@@ -414,7 +410,6 @@ impl Driver {
         self.update_interest(cx);
         self.update_timer(cx);
         let ended = Instant::now();
-        LAST_PUMP_END.set(Some(ended));
         let send_time = ended.saturating_duration_since(read_done);
         WorkerCounters::add_own_time(&self.counters.running_send_time_ns, send_time);
         WorkerCounters::add_own_time(&self.counters.running_total_time_ns, recv_time + send_time);
