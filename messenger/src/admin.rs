@@ -737,6 +737,30 @@ fn pretty(v: &Value) -> Vec<u8> {
     out
 }
 
+/// `perf dump` narrowed as Ceph's `PerfCountersCollection::dump_formatted` narrows it:
+/// with a `logger`, only that section (none if there is no such section); with a
+/// `counter`, every section kept shows only that counter (an empty object where it has
+/// none). An empty argument, which the CLI sends for one left out before another
+/// (`perf dump "" msgr_recv_bytes`), filters nothing.
+fn filter_perf_dump(all: Value, logger: Option<&str>, counter: Option<&str>) -> Value {
+    let Value::Object(sections) = all else { return all };
+    let kept = sections.into_iter().filter(|(name, _)| logger.is_none_or(|l| l == name));
+    let kept = kept.map(|(name, section)| {
+        let section = match (counter, section) {
+            (Some(c), Value::Object(mut counters)) => {
+                let mut only = serde_json::Map::new();
+                if let Some(v) = counters.remove(c) {
+                    only.insert(c.to_string(), v);
+                }
+                Value::Object(only)
+            }
+            (_, section) => section,
+        };
+        (name, section)
+    });
+    Value::Object(kept.collect())
+}
+
 /// The answer to one command (JSON, or Ceph's error text for an unknown one).
 fn answer(env: &Env, command: &[u8]) -> Vec<u8> {
     let parsed = parse_command(command);
@@ -766,19 +790,8 @@ fn answer(env: &Env, command: &[u8]) -> Vec<u8> {
         // one byte for a stale socket to unlink.
         "0" => b"2".to_vec(),
         "perf dump" | "perfcounters_dump" | "1" => {
-            let all = env.perf_dump();
-            match parsed.get("logger").and_then(Value::as_str) {
-                Some(logger) => match all.get(logger) {
-                    Some(section) => match parsed.get("counter").and_then(Value::as_str) {
-                        Some(counter) => pretty(&json!({
-                            logger: { counter: section.get(counter).cloned().unwrap_or(Value::Null) }
-                        })),
-                        None => pretty(&json!({ logger: section })),
-                    },
-                    None => pretty(&json!({})),
-                },
-                None => pretty(&all),
-            }
+            let arg = |name| parsed.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
+            pretty(&filter_perf_dump(env.perf_dump(), arg("logger"), arg("counter")))
         }
         // Ceph's takes no arguments: always every section.
         "perf schema" | "perfcounters_schema" | "2" => pretty(&env.perf_schema()),

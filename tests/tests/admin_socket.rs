@@ -588,3 +588,56 @@ fn the_real_ceph_cli_asks_git_version() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON from the CLI");
     assert!(v["git_version"].is_string(), "{v}");
 }
+
+// `perf dump` narrowed to a counter answers as Ceph's `PerfCountersCollection::
+// dump_formatted` does: the counter filter applies to every section kept, a section
+// without the counter is an empty object (not the counter as null), and an empty logger
+// (what `ceph daemon X perf dump "" COUNTER` sends) filters no section. Before, a
+// counter without a logger was ignored (every counter of every section), an empty
+// logger answered `{}`, and an unknown counter was dumped as `null`.
+#[test]
+fn perf_dump_narrowed_to_a_counter_answers_as_cephs() {
+    let (srv, _addr, _rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let path = socket_path("filter");
+    srv.start_admin_socket(&path).expect("admin socket");
+    let json = |command: &[u8]| -> serde_json::Value {
+        serde_json::from_slice(&ask(&path, command)).expect("json")
+    };
+    let all = json(br#"{"prefix": "perf dump"}"#);
+    let sections = all.as_object().expect("object");
+    // Ceph's answer for counter `c`: every section, each with only `c` if it has it.
+    let only = |c: &str| -> serde_json::Value {
+        let narrowed = sections.iter().map(|(name, section)| {
+            let kept = section.get(c).map(|v| (c.to_string(), v.clone()));
+            (name.clone(), serde_json::Value::Object(kept.into_iter().collect()))
+        });
+        serde_json::Value::Object(narrowed.collect())
+    };
+    let want = only("msgr_recv_bytes");
+    assert_eq!(want["AsyncMessenger::Worker-1"], serde_json::json!({"msgr_recv_bytes": 0}));
+    assert_eq!(want["dispatch_queue"], serde_json::json!({}));
+    for command in [
+        &br#"{"prefix": "perf dump", "counter": "msgr_recv_bytes"}"#[..],
+        br#"{"prefix": "perf dump", "logger": "", "counter": "msgr_recv_bytes"}"#,
+    ] {
+        assert_eq!(json(command), want, "{}", String::from_utf8_lossy(command));
+    }
+    let unknown = json(
+        br#"{"prefix": "perf dump", "logger": "AsyncMessenger::Worker-0", "counter": "no_such"}"#,
+    );
+    assert_eq!(unknown, serde_json::json!({"AsyncMessenger::Worker-0": {}}));
+    assert_eq!(json(br#"{"prefix": "perf dump", "logger": ""}"#), all);
+
+    if ceph_available("perf_dump_narrowed_to_a_counter_answers_as_cephs") {
+        let out = std::process::Command::new("timeout")
+            .args(["60", "ceph", "--admin-daemon"])
+            .arg(&path)
+            .args(["perf", "dump", "", "msgr_recv_bytes"])
+            .output()
+            .expect("run ceph");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(got, want, "the CLI's perf dump \"\" msgr_recv_bytes");
+    }
+    srv.shutdown();
+}
