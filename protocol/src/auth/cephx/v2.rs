@@ -158,9 +158,12 @@ impl AuthClient for CephxMonClient {
         client
             .handle_reply(at, &Self::reply(asked, payload))
             .map_err(|e| failed("server challenge", &e))?;
+        // The client ignores a reply answering another request (over msgr v1, a lost
+        // connection's late one) and then has nothing to send: here it is the peer's
+        // doing, not ours.
         let req = client
             .poll_request(at)
-            .ok_or(Error::Misuse("cephx has no session key request to send"))?;
+            .ok_or(Error::Malformed("cephx AUTH_REPLY_MORE answers another request"))?;
         self.asked_for_key = true;
         Ok(req.auth_payload)
     }

@@ -856,6 +856,30 @@ fn cephx_auth_done_answering_another_request_is_refused() {
     }
 }
 
+// An AUTH_REPLY_MORE whose payload answers another cephx request than the challenge (a
+// ticket reply's header) is the peer's fault, reported as malformed input: the client
+// ignores such a reply and is left with no request to send, which read as our own
+// misuse ("API misuse: cephx has no session key request to send").
+#[test]
+fn cephx_auth_reply_more_answering_another_request_is_malformed() {
+    let start = Instant::now();
+    let c = cluster(16, start);
+    let (p, _store) = client_and_monitor(&c, &[ConMode::CRC], c.admin.clone());
+    let provider = p.nodes[0].config.auth.clone();
+    for other in [RequestType::GET_AUTH_SESSION_KEY, RequestType::GET_ROTATING_KEY] {
+        let mut client = provider.client(EntityType::MON, &mon_addr(), AUTH_CEPHX).unwrap();
+        client.build_request().unwrap();
+        // {request_type, status 0} and an empty ticket list.
+        let mut e = crate::encoding::Encoder::with_capacity(16);
+        other.encode(&mut e);
+        e.i32(0);
+        e.u8(1);
+        e.u32(0);
+        let err = client.handle_reply_more(&e.into_bytes()).expect_err("taken as a challenge");
+        assert_eq!(err.kind(), crate::error::ErrorKind::Malformed, "{other:?}: {err}");
+    }
+}
+
 // A daemon (not a monitor) does not second-guess a name cephx proved: a peer whose HELLO
 // says "client" and whose ticket is osd.0's (as an mgr's librados, HELLO client, name
 // mgr.x) gets in even where the cluster methods (for osd names) lack cephx; only an auth
