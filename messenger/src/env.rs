@@ -6,10 +6,11 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
-use dispatch::{DispatchQueue, Dispatchers, QueueEvent, Throttle};
-use parking_lot::RwLock;
+use dispatch::{DispatchQueue, Dispatcher, Dispatchers, QueueEvent, Throttle};
+use parking_lot::{Mutex, RwLock};
+use protocol::session::LearnedAddr;
 use protocol::types::{EntityAddr, EntityAddrVec, EntityName};
 use protocol::{GlobalSeqCounter, Message};
 
@@ -35,6 +36,11 @@ pub(crate) struct Identity {
     addr: RwLock<EntityAddr>,
     /// Ceph's `global_seq`: one counter for every connect attempt of this messenger.
     global_seq: Arc<GlobalSeqCounter>,
+    /// The IP our blank address takes (Ceph's `learned_addr`, `set_addr_unknowns`),
+    /// shared with every machine through the protocol configuration, which learns it.
+    /// Kept across a rebind, which binds the same IP again (Ceph's rebinds the learned
+    /// one).
+    learned: Arc<LearnedAddr>,
     /// Built on first use (at `start`) and fixed from then on, but by a rebind, which
     /// replaces it with one announcing the new address: the name and address machines
     /// announce. A machine keeps the one it was made with (it is marked down by the
@@ -49,6 +55,7 @@ impl Identity {
             nonce: AtomicU32::new(nonce),
             addr: RwLock::new(EntityAddr::legacy(SocketAddr::from(([0, 0, 0, 0], 0)), nonce)),
             global_seq: Arc::new(GlobalSeqCounter::new()),
+            learned: Arc::new(LearnedAddr::new()),
             protocol: RwLock::new(None),
         }
     }
@@ -125,6 +132,19 @@ pub(crate) struct Env {
     /// `default_send_priority`, `CEPH_MSG_PRIO_DEFAULT` unless the daemon sets another).
     default_send_priority: AtomicU16,
     next_id: AtomicU64,
+    /// The messenger's connection to itself, which the messenger holds (set once, as it
+    /// is built): told here when our address is learned on a worker.
+    loopback: OnceLock<Connection>,
+    /// The fast dispatchers added before the messenger started, which hear
+    /// `ms_handle_fast_connect` for the loopback connection when it starts; `None` from
+    /// then on, when a dispatcher added hears it as it is added (see
+    /// `Messenger::add_dispatcher`).
+    pub(crate) loopback_unannounced: Mutex<Option<Vec<Arc<dyn Dispatcher<Connection>>>>>,
+    /// Moved on each time the loopback connection shows a new address (a rebind, a
+    /// learned or set address), before the fast dispatchers of the chain are told: a
+    /// dispatcher being added meanwhile (told before it joins the chain, perhaps of the
+    /// old address) sees it move and is told again (see `Messenger::add_dispatcher`).
+    pub(crate) loopback_moves: AtomicU64,
 }
 
 impl Env {
@@ -167,6 +187,9 @@ impl Env {
             counters: (0..workers).map(|_| Arc::new(WorkerCounters::default())).collect(),
             default_send_priority: AtomicU16::new(protocol::message::PRIO_DEFAULT),
             next_id: AtomicU64::new(1),
+            loopback: OnceLock::new(),
+            loopback_unannounced: Mutex::new(Some(Vec::new())),
+            loopback_moves: AtomicU64::new(0),
             config,
         })
     }
@@ -309,18 +332,64 @@ impl Env {
         // lock, which `set_bound` writes under: a bind racing the first use either lands
         // before the address is read, or sees the configuration built and fails.
         let addr = id.addr.read();
+        pc.learned_addr = id.learned.clone();
         id.protocol
             .write()
             .get_or_insert_with(|| {
+                // The bound addresses, blank IP and all: an acceptor matches a blank IP
+                // with the socket's local address; a connector fills it from
+                // `learned_addr`.
                 pc.my_addrs = machine::announced_addrs(*addr, &self.config);
                 Arc::new(pc)
             })
             .clone()
     }
 
-    /// The addresses we announce: our bound address as msgr2 and as v1, each if bound.
+    /// The addresses we announce: our bound address as msgr2 and as v1, each if bound,
+    /// a blank IP filled with the one learned or set ([`LearnedAddr`]).
     pub(crate) fn my_addrs(&self) -> EntityAddrVec {
+        let mut addrs = self.bound_addrs();
+        self.identity.learned.fill(&mut addrs);
+        addrs
+    }
+
+    /// Our bound address as msgr2 and as v1, each if bound, blank IP and all.
+    fn bound_addrs(&self) -> EntityAddrVec {
         machine::announced_addrs(self.identity.addr(), &self.config)
+    }
+
+    /// Ceph's `set_addr_unknowns`: the blank IP of our bound address takes the IP of
+    /// the first of `addrs` of its family (port, nonce and type kept), unless it was
+    /// already learned or set. Returns whether it did; the loopback connection then
+    /// shows the new address and the fast dispatchers hear `ms_handle_fast_connect`
+    /// for it (Ceph's `_init_local_connection`).
+    pub(crate) fn set_addr_unknowns(&self, addrs: &EntityAddrVec) -> bool {
+        let set = self.identity.learned.set_unknowns(addrs, &self.bound_addrs());
+        if set {
+            log::info!(target: "msgr::bind", "set_addr_unknowns: my addrs are {:?}", self.my_addrs());
+            self.loopback_moved();
+        }
+        set
+    }
+
+    /// The messenger's loopback connection, once it is built.
+    pub(crate) fn set_loopback(&self, lo: Connection) {
+        let _ = self.loopback.set(lo);
+    }
+
+    /// Our address changed (learned from a peer, or set): the loopback connection shows
+    /// it, and once the messenger started the fast dispatchers of this moment hear
+    /// `ms_handle_fast_connect` for it (Ceph's `learned_addr` and `set_addr_unknowns`
+    /// call `_init_local_connection`); before, the start tells them. Runs on the
+    /// thread that changed it (a worker, for a learned address), with no lock held.
+    pub(crate) fn loopback_moved(&self) {
+        let Some(lo) = self.loopback.get() else { return };
+        self.init_local_connection(lo);
+        self.loopback_moves.fetch_add(1, Ordering::SeqCst);
+        let started = self.loopback_unannounced.lock().is_none();
+        if started && lo.is_connected() {
+            self.dispatchers().handle_fast_connect(lo);
+        }
     }
 
     /// The address a peer dials to reach us: our v1 one, or the first we announce.

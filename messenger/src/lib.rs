@@ -137,15 +137,32 @@
 //! * Messages on the loopback connection are delivered by the dispatch thread (fast
 //!   dispatchers included), never on the sender's thread, which may hold its own locks.
 //! * The loopback connection's `ms_handle_fast_connect` reaches every fast dispatcher
-//!   once (and again at each [`Messenger::rebind`]): those added before the messenger
-//!   starts when it starts, a later one as it is added (before it sees a message).
-//!   Ceph calls it whenever it initialises its local
+//!   once, and again each time our address changes after start (a
+//!   [`Messenger::rebind`], a learned address, [`Messenger::set_addr_unknowns`]): those
+//!   added before the messenger starts when it starts, a later one as it is added
+//!   (before it sees a message). Ceph calls it whenever it initialises its local
 //!   connection (construction, bind, an unbound start, a learned or set address), for
 //!   the fast dispatchers of that moment only: one added after the last such call never
-//!   hears it. Our address is fixed at start but for a rebind and never learned later,
-//!   so start would be the last call, before most dispatchers are added (the first one
-//!   added starts a messenger not yet started); but a [`Messenger::rebind`] calls it
-//!   again, as Ceph's (a fast dispatcher added while it runs hears the new address too).
+//!   hears it, and start is often that last call, before most dispatchers are added
+//!   (the first one added starts a messenger not yet started). Ours tells a later one
+//!   as it is added; a move of the address tells the chain again, as Ceph's (a fast
+//!   dispatcher added meanwhile hears the new address too). A learned address is told
+//!   on the worker of the connection that learned it.
+//! * **Our address** is the bound one (blank for a pure client: `0.0.0.0`, port 0) until
+//!   a blank IP is learned, as Ceph's `learned_addr`: the first connection we dial whose
+//!   acceptor says how it sees us (v1's banner reply, msgr2's HELLO) gives the IP, kept
+//!   for good (port, nonce and address types stay ours; a bound address takes only an
+//!   IP of its family, a never-bound client any; that first report decides even when
+//!   its family does not fit, as Ceph's `need_addr`), or
+//!   [`Messenger::set_addr_unknowns`] sets it. [`Messenger::my_addrs`] shows it and
+//!   every later connect announces it (v1's address block, msgr2's CLIENT_IDENT), racing
+//!   ones included. Unlike Ceph: a peer saying we are at `0.0.0.0` or `[::]` teaches
+//!   nothing (Ceph would keep that blank IP for good); and an acceptor of ours bound to
+//!   a wildcard keeps matching a connector's target, and announcing itself, by the
+//!   socket's local address, so a host reached at several addresses stays reachable at
+//!   each (Ceph's msgr2 acceptor refuses a target other than its learned address). A
+//!   connection whose address the messenger did not fill (another family: a `[::]`
+//!   listener seen over IPv4) announces what its own peer saw, as before.
 //! * [`Messenger::rebind`] binds the new listener before it tears anything down, so a
 //!   rebind that fails (every port avoided or taken) leaves the messenger listening where
 //!   it was, its nonce and sessions untouched; Ceph's stops its listeners, marks every

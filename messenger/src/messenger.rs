@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,15 +53,9 @@ pub struct Messenger {
     started: AtomicBool,
     /// The connection to ourselves (held here, not in the environment it points back to).
     loopback: Connection,
-    /// The fast dispatchers added before the messenger started, which hear
-    /// `ms_handle_fast_connect` for `loopback` when it starts; `None` from then on, when
-    /// a dispatcher added hears it as it is added (see `add_dispatcher`).
-    loopback_unannounced: Mutex<Option<Vec<Arc<dyn Dispatcher<Connection>>>>>,
-    /// Moved on by every `rebind` once the loopback connection shows the new address,
-    /// before it tells the fast dispatchers of the chain: a dispatcher being added
-    /// meanwhile (told before it joins the chain, perhaps of the old address) sees it
-    /// move and is told again (see `add_dispatcher`).
-    loopback_moves: AtomicU64,
+    // Who hears `ms_handle_fast_connect` for `loopback` and when its address moved are
+    // in the environment (`Env::loopback_unannounced`, `Env::loopback_moves`): a
+    // worker that learns our address tells them too.
     admin: Mutex<Option<AdminSocket>>,
     /// Dropped last (declared last): tells the thread a drop on a messenger's thread
     /// hands the pool and the environment to that they are its to drop (see `Drop`).
@@ -106,6 +100,7 @@ impl Messenger {
         let loopback = env.new_connection(true);
         loopback.set_state(ConnState::Open);
         env.init_local_connection(&loopback);
+        env.set_loopback(loopback.clone());
         Messenger {
             env,
             pool,
@@ -117,8 +112,6 @@ impl Messenger {
             ready: AtomicBool::new(false),
             started: AtomicBool::new(false),
             loopback,
-            loopback_unannounced: Mutex::new(Some(Vec::new())),
-            loopback_moves: AtomicU64::new(0),
             admin: Mutex::new(None),
             released: None,
         }
@@ -137,8 +130,10 @@ impl Messenger {
     /// Once, before `start` (as Ceph's `bind`), the first dispatcher or the first
     /// connection: a second call, or one after any of those, fails with `AlreadyExists`
     /// and binds nothing ([`Messenger::rebind`] moves a bound messenger to a new port).
-    /// Why: what we announce is fixed at start (a later address
-    /// would not be announced, and msgr2 peers naming it would be refused), and a
+    /// Why: the address we listen on is fixed at start (a later one
+    /// would not be announced, and msgr2 peers naming it would be refused; only a blank
+    /// IP is filled later, learned from a peer or by [`Messenger::set_addr_unknowns`]),
+    /// and a
     /// listener replaced after it started would stay registered on its worker,
     /// accepting on the old address past this messenger's shutdown, while the new one
     /// never started.
@@ -310,7 +305,7 @@ impl Messenger {
         self.env.init_local_connection(&self.loopback);
         // After the loopback connection shows the new address, before the chain is told
         // (below): a fast dispatcher joining meanwhile is told by its own add.
-        self.loopback_moves.fetch_add(1, Ordering::SeqCst);
+        self.env.loopback_moves.fetch_add(1, Ordering::SeqCst);
         self.mark_down_all();
         log::info!(target: "msgr::bind", "rebound from {} to {bound}, nonce {nonce}", at.bound);
         self.install_processor(Processor::new(listener, worker))?;
@@ -318,7 +313,7 @@ impl Messenger {
         // this moment hear `ms_handle_fast_connect` for the loopback connection, whose
         // address changed; before the start, the start tells them. Last, with no lock
         // held: a panicking hook leaves the messenger rebound.
-        let started = self.loopback_unannounced.lock().is_none();
+        let started = self.env.loopback_unannounced.lock().is_none();
         if started && self.loopback.is_connected() {
             self.env.dispatchers().handle_fast_connect(&self.loopback);
         }
@@ -355,9 +350,10 @@ impl Messenger {
         started
     }
 
-    /// The address a peer dials to reach us (after `bind`; blank IP and port 0 for a
-    /// pure client): our v1 address (Ceph's `get_myaddr_legacy`), or our msgr2 one
-    /// when only msgr2 is bound (`bind_msgr1 = false`), so dialling it always works.
+    /// The address a peer dials to reach us (after `bind`; port 0 for a pure client,
+    /// whose IP is blank until its first connection learns it): our v1 address (Ceph's
+    /// `get_myaddr_legacy`), or our msgr2 one when only msgr2 is bound (`bind_msgr1 =
+    /// false`), so dialling it always works.
     #[doc(alias = "get_myaddr_legacy")]
     pub fn my_addr(&self) -> EntityAddr {
         self.env.my_addr()
@@ -366,10 +362,34 @@ impl Messenger {
     /// Our address vector (Ceph's `get_myaddrs`): the bound address as msgr2 (first)
     /// and as msgr v1, each only if its protocol is bound (`bind_msgr2`, `bind_msgr1`).
     /// Both carry the same port: one listening socket serves both protocols (Ceph binds
-    /// one per protocol; see [`MessengerConfig::bind_msgr1`]).
+    /// one per protocol; see [`MessengerConfig::bind_msgr1`]). A blank IP (a pure
+    /// client, a listener on `0.0.0.0` or `[::]`) is the one learned from the first
+    /// peer we dialled that told us how it sees us (Ceph's `learned_addr`), or set by
+    /// [`Messenger::set_addr_unknowns`], once known; port and nonce stay ours.
     #[doc(alias = "get_myaddrs")]
     pub fn my_addrs(&self) -> EntityAddrVec {
         self.env.my_addrs()
+    }
+
+    /// Fills the blank IP of our bound address (a listener on `0.0.0.0` or `[::]`) with
+    /// the IP of the first of `addrs` of its family, keeping our port, nonce and address
+    /// types (Ceph's `set_addr_unknowns`: a daemon bound to a wildcard told its public
+    /// IP, as a monitor's from its monmap). Returns whether it did: not for a
+    /// messenger never bound (a pure client learns its IP from its first peer instead),
+    /// one bound to an IP, one whose IP was already learned from a peer or set, or when
+    /// `addrs` has no address of the family. Then [`Messenger::my_addrs`] shows it,
+    /// connections dialled from then on announce it, the loopback connection's peer
+    /// address follows, and the fast dispatchers hear `ms_handle_fast_connect` for it
+    /// (once the messenger started; before, the start tells them), on this thread.
+    ///
+    /// An acceptor still matches a connector's target address against the socket's
+    /// local address where we are bound to a wildcard, and announces that address in
+    /// its banner or SERVER_IDENT, as before: a host reached at several addresses stays
+    /// reachable at each (Ceph's msgr2 acceptor would refuse a target other than the
+    /// set address).
+    #[doc(alias = "AsyncMessenger::set_addr_unknowns")]
+    pub fn set_addr_unknowns(&self, addrs: &EntityAddrVec) -> bool {
+        self.env.set_addr_unknowns(addrs)
     }
 
     /// Our entity name.
@@ -412,7 +432,7 @@ impl Messenger {
         // later hears it as it is added, not never (Ceph calls it again only when its
         // address changes, which ours does from here on only in a `rebind`, which calls
         // it again too).
-        let unannounced = self.loopback_unannounced.lock().take();
+        let unannounced = self.env.loopback_unannounced.lock().take();
         let mut panicked = None;
         for d in unannounced.into_iter().flatten() {
             let announced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -448,11 +468,11 @@ impl Messenger {
         // Asked once (as Ceph's add_dispatcher_head), here rather than by the chain:
         // `d` is told about the loopback connection before it joins.
         let fast = d.ms_can_fast_dispatch_any();
-        let moves = self.loopback_moves.load(Ordering::SeqCst);
+        let moves = self.env.loopback_moves.load(Ordering::SeqCst);
         if fast {
             // Either `start` has taken the list (then `d` is told here), or it will
             // find `d` on it: never both, never neither. No lock while the hook runs.
-            let told_by_start = match self.loopback_unannounced.lock().as_mut() {
+            let told_by_start = match self.env.loopback_unannounced.lock().as_mut() {
                 Some(waiting) => {
                     waiting.push(Arc::clone(&d));
                     true
@@ -470,8 +490,8 @@ impl Messenger {
         // after `ready` (a panic of this hook leaves the messenger ready). One that
         // moved it after `d` joined told it itself.
         if fast
-            && self.loopback_moves.load(Ordering::SeqCst) != moves
-            && self.loopback_unannounced.lock().is_none()
+            && self.env.loopback_moves.load(Ordering::SeqCst) != moves
+            && self.env.loopback_unannounced.lock().is_none()
         {
             self.announce_loopback_to(&*d);
         }

@@ -276,6 +276,10 @@ impl Driver {
                 self.hand_on_batch(cx, size);
             }
             Event::Acked { .. } => {}
+            Event::LearnedAddr => {
+                log::info!(target: "msgr::conn", "{}: learned my addrs {:?}", self.machine, self.env.my_addrs());
+                self.env.loopback_moved();
+            }
             Event::KeepaliveReceived => {
                 self.conn.0.published.lock().last_keepalive = Some(now);
             }

@@ -11,6 +11,7 @@ use crate::types::{AuthEntityName, EntityAddr, EntityAddrVec, EntityName};
 
 use super::cookies::CookieSource;
 use super::issues::WarnLimit;
+use super::learned::LearnedAddr;
 use super::policy::{Policy, PolicyTable};
 use super::seq::GlobalSeqCounter;
 
@@ -50,8 +51,14 @@ pub struct Config {
     pub my_name: EntityName,
     /// The addresses we are bound to. msgr v1 announces the LEGACY one (or the first;
     /// [`Config::v1_addr`]); msgr2 sends them all in its idents. A pure client has one
-    /// address with a blank IP and port 0 (its IP is learned from the peer).
+    /// address with a blank IP and port 0 (its IP is learned from the peer:
+    /// [`Config::learned_addr`]).
     pub my_addrs: EntityAddrVec,
+    /// The IP our blank addresses take, learned by the first connection we dialled
+    /// whose acceptor told us how it sees us (or set by the messenger's
+    /// `set_addr_unknowns`): what every later connect announces. Shared by every
+    /// machine of one messenger (Ceph's `learned_addr`, once per messenger).
+    pub learned_addr: Arc<LearnedAddr>,
     /// Our policy for each peer type, where an acceptor looks up the feature bits it
     /// checks the peer against and advertises (its [`Policy::features_required`] and
     /// [`Policy::features_supported`]) as soon as it learns the peer's type: v1
@@ -230,6 +237,7 @@ impl Config {
         Config {
             my_name,
             my_addrs: my_addrs.into(),
+            learned_addr: Arc::new(LearnedAddr::new()),
             policies: Arc::new(Policy::default()),
             limits: DecodeLimits::default(),
             max_control_frame: DEFAULT_MAX_CONTROL_FRAME,
@@ -277,6 +285,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("my_name", &self.my_name)
             .field("my_addrs", &self.my_addrs)
+            .field("learned_addr", &self.learned_addr.ip())
             .field("policies", &"<policy table>")
             .field("limits", &self.limits)
             .field("crc_header", &self.crc_header)

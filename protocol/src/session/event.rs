@@ -161,6 +161,11 @@ pub enum Event {
     RemoteReset,
     /// The peer refused the connection for good (`ms_handle_refused`).
     Refused,
+    /// Connect side: this connection was the first to tell the messenger how a peer
+    /// sees us ([`super::Config::learned_addr`], Ceph's `learned_addr`): our blank
+    /// address may have taken its IP (the messenger updates its loopback connection,
+    /// as Ceph's `_init_local_connection`).
+    LearnedAddr,
     /// The connection is finished; the driver drops the socket and the machine.
     Closed {
         /// Who ended it.
@@ -187,6 +192,7 @@ impl Event {
             Event::Reset => "Reset",
             Event::RemoteReset => "RemoteReset",
             Event::Refused => "Refused",
+            Event::LearnedAddr => "LearnedAddr",
             Event::Closed { .. } => "Closed",
         }
     }

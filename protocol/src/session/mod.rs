@@ -41,6 +41,7 @@ mod event;
 mod fault;
 mod inputs;
 mod issues;
+mod learned;
 mod lifecycle;
 mod machine;
 mod open;
@@ -70,6 +71,7 @@ pub use fault::{
     fault_action, next_backoff, v1_still_connecting, Fault, FaultAction, FaultContext, Side,
 };
 pub use issues::{WarnLimit, WARN_LINES_PER_SECOND};
+pub use learned::LearnedAddr;
 pub(crate) use machine::machine_newtype;
 pub use machine::Machine;
 pub(crate) use machine::Protocol;

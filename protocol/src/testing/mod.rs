@@ -594,7 +594,7 @@ impl Pair {
                 self.detach(ep);
             }
             Event::Acked { .. } => self.nodes[node].acked += 1,
-            Event::KeepaliveReceived | Event::KeepaliveAck(_) => {}
+            Event::KeepaliveReceived | Event::KeepaliveAck(_) | Event::LearnedAddr => {}
         }
     }
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::auth::{AuthError, AuthorizerClient};
 use crate::error::Error;
 use crate::session::{
-    ConnectSeq, Counters, Fault, GlobalSeq, Machine, OpenNote, PeerIssue, Seq, State,
+    ConnectSeq, Counters, Event, Fault, GlobalSeq, Machine, OpenNote, PeerIssue, Seq, State,
     GLOBAL_SEQ_PLAUSIBLE,
 };
 use crate::types::{proto_version, unmapped, with_port, EntityType};
@@ -67,13 +67,27 @@ pub(crate) fn read_acceptor_banner(m: &mut Machine<V1>, now: Instant) -> bool {
             return false;
         }
     }
-    // Learn our IP from what the peer saw (ms_learn_addr_from_peer), keep port/nonce.
+    // Learn our IP from what the peer saw (ms_learn_addr_from_peer), keep port/nonce:
+    // the messenger's first such report decides for every connection (Ceph's
+    // `learned_addr`, then `get_myaddr_legacy`).
     let mut me = m.config.v1_addr();
     if me.is_blank_ip() {
-        if let Some(seen) = block.peer_addr.addr {
-            // An acceptor on a dual-stack `[::]` listener may see us as
-            // `[::ffff:a.b.c.d]`: we are reached at `a.b.c.d`.
-            me.addr = Some(with_port(unmapped(seen), me.port()));
+        // An acceptor on a dual-stack `[::]` listener may see us as
+        // `[::ffff:a.b.c.d]`: we are reached at `a.b.c.d`.
+        let seen = block.peer_addr.addr.map(unmapped);
+        if let Some(seen) = seen {
+            if m.config.learned_addr.learn(seen, &m.config.my_addrs) {
+                m.events.push_back(Event::LearnedAddr);
+            }
+        }
+        m.config.learned_addr.fill_one(&mut me);
+        // What the messenger does not take (a bound address of another family: a
+        // `[::]` listener seen over IPv4) this connection still announces as its peer
+        // saw it, so the peer does not key us by a blank IP.
+        if let (true, Some(seen)) = (me.is_blank_ip(), seen) {
+            if !seen.ip().is_unspecified() {
+                me.addr = Some(with_port(seen, me.port()));
+            }
         }
     }
     m.ctrl.extend_from_slice(&me.encode_legacy());

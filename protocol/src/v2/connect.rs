@@ -39,12 +39,23 @@ pub(crate) fn on_hello(m: &mut Machine<V2>, _now: Instant, f: &Frame) -> Result<
             return Ok(false);
         }
     }
-    // ms_learn_addr_from_peer: adopt the IP the acceptor saw, keep port and nonce.
-    // (An acceptor on a dual-stack `[::]` listener may see us as `[::ffff:a.b.c.d]`: we
-    // are reached at `a.b.c.d`.)
-    if let Some(seen) = hello.peer_addr.addr.map(unmapped) {
-        for a in &mut m.proto.my_addrs.addrs {
-            if a.is_blank_ip() {
+    // ms_learn_addr_from_peer: adopt the IP the acceptor saw, keep port and nonce; the
+    // messenger's first such report decides for every connection (Ceph's
+    // `learned_addr`, then `get_myaddrs` in CLIENT_IDENT). (An acceptor on a dual-stack
+    // `[::]` listener may see us as `[::ffff:a.b.c.d]`: we are reached at `a.b.c.d`.)
+    if m.proto.my_addrs.addrs.iter().any(|a| a.is_blank_ip()) {
+        let seen = hello.peer_addr.addr.map(unmapped);
+        if let Some(seen) = seen {
+            if m.config.learned_addr.learn(seen, &m.config.my_addrs) {
+                m.events.push_back(Event::LearnedAddr);
+            }
+        }
+        m.config.learned_addr.fill(&mut m.proto.my_addrs);
+        // What the messenger does not take (a bound address of another family: a
+        // `[::]` listener seen over IPv4) this connection still announces as its peer
+        // saw it, so the peer does not key us by a blank IP.
+        if let Some(seen) = seen.filter(|s| !s.ip().is_unspecified()) {
+            for a in m.proto.my_addrs.addrs.iter_mut().filter(|a| a.is_blank_ip()) {
                 a.addr = Some(with_port(seen, a.port()));
             }
         }
