@@ -278,12 +278,106 @@ pub fn cephx_requests(data: &[u8]) {
     let _ = KeyRing::parse(&String::from_utf8_lossy(rest), None);
 }
 
+/// The msgr2 monitor client (`CephxMonClient`) through its challenge round against a
+/// real monitor, then fed an AUTH_DONE payload from the input: raw (mode bits 0-1 = 0),
+/// `{request_type, status 0}` and the input sealed under the client's key (1), or the
+/// monitor's real AUTH_DONE with the input's (position, byte) pairs written over it
+/// (2, 3). Byte 0's bits 2-3 pick the request type of (1). Property: AUTH_DONE is taken
+/// only as the answer to the session key request that was sent (GET_AUTH_SESSION_KEY),
+/// with a session key; anything else is refused, and a refused session leaves the
+/// store's ticket as it was.
+pub fn cephx_v2_done(data: &[u8]) {
+    use protocol::auth::cephx::{CephxProvider, RngSource, TicketSource, TicketStore, WallClock};
+    use protocol::auth::{AuthProvider, AuthStep, ConMode};
+    use protocol::types::AUTH_CEPHX;
+    use std::sync::Arc;
+
+    let [mode, rest @ ..] = data else { return };
+    let now = Instant::now();
+    let clock = WallClock::anchored(now, NOW);
+    let rngs = |seed: u64| -> RngSource {
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(seed));
+        Arc::new(move || {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Box::new(StdRng::seed_from_u64(n)) as _
+        })
+    };
+    let store = Arc::new(TicketStore::default());
+    let client_p = CephxProvider::new(admin(), AuthConfig::ceph_defaults(), clock, rngs(1))
+        .with_monitor_key(key(0x11), store.clone());
+    let mon_p = CephxProvider::new(
+        AuthEntityName::new(EntityType::MON, "a"),
+        AuthConfig::ceph_defaults(),
+        clock,
+        rngs(100),
+    )
+    .with_key_server(Arc::new(key_server()));
+    let addr = protocol::testing::v2_addr(6789, 1);
+    let Some(mut client) = client_p.client(EntityType::MON, &addr, AUTH_CEPHX) else {
+        panic!("no cephx monitor client")
+    };
+    let Some(mut server) = mon_p.server(EntityType::CLIENT, AUTH_CEPHX) else {
+        panic!("no cephx monitor server")
+    };
+    let req = client.build_request().unwrap_or_else(|e| panic!("build_request: {e}"));
+    let AuthStep::More(challenge) = server.handle_request(now, ConMode::CRC, false, &req) else {
+        panic!("no challenge")
+    };
+    let more = client.handle_reply_more(&challenge).unwrap_or_else(|e| panic!("challenge: {e}"));
+    let payload: Bytes = match mode & 3 {
+        0 => Bytes::copy_from_slice(rest),
+        1 => {
+            let mut e = Encoder::new();
+            let request_type = [0x0100u16, 0x0200, 0x0400, 0x0800][usize::from(mode >> 2) % 4];
+            e.u16(request_type).i32(0);
+            key(0x11).seal_blob(&mut e, |e| {
+                e.bytes(rest);
+            });
+            e.into_bytes()
+        }
+        _ => {
+            let AuthStep::Done { payload, .. } =
+                server.handle_request(now, ConMode::CRC, true, &more)
+            else {
+                panic!("no AUTH_DONE")
+            };
+            let mut done = payload.to_vec();
+            for edit in rest.chunks_exact(3) {
+                let at = usize::from(u16::from_le_bytes([edit[0], edit[1]]));
+                if let Some(b) = done.get_mut(at) {
+                    *b = edit[2];
+                }
+            }
+            Bytes::from(done)
+        }
+    };
+    let global_id = 4100 + u64::from(mode >> 4);
+    match client.handle_done(now, global_id, ConMode::CRC, &payload) {
+        Ok(outcome) => {
+            assert_eq!(
+                payload.get(..2),
+                Some(&0x0100u16.to_le_bytes()[..]),
+                "AUTH_DONE taken answering another request"
+            );
+            assert!(outcome.session_key.is_some(), "AUTH_DONE taken without a session key");
+            client.confirmed();
+            assert_eq!(store.ticket(EntityType::AUTH).map(|(g, _)| g), Some(global_id));
+        }
+        Err(e) => {
+            assert!(mode & 2 == 0 || rest.len() >= 3, "the monitor's own AUTH_DONE refused: {e}");
+            client.confirmed();
+            assert!(store.ticket(EntityType::AUTH).is_none(), "a refused AUTH_DONE stored");
+        }
+    }
+}
+
 /// The cephx targets by name (corpus directory = name).
 pub const CEPHX_TARGETS: &[crate::Target] = &[
     ("cephx_tickets", cephx_tickets),
     ("cephx_replies", cephx_replies),
     ("cephx_authorizers", cephx_authorizers),
     ("cephx_requests", cephx_requests),
+    ("cephx_v2_done", cephx_v2_done),
 ];
 
 #[cfg(test)]

@@ -15,10 +15,13 @@ pub mod v2;
 
 use bytes::Bytes;
 use protocol::encoding::{Decoder, Encoder};
-use protocol::message::{DecodeLimits, DecodeOptions, EncodeOptions, MessageDecoder, Progress};
+use protocol::message::{
+    seal, seal_header, DecodeLimits, DecodeOptions, EncodeOptions, MessageDecoder, Progress,
+};
 use protocol::types::{EntityAddr, EntityAddrVec, EntityName, EntityType, Features};
 use protocol::wire::{
-    check_banner, AcceptorBanner, ConnectMsg, ConnectReply, FooterFormat, MsgFooter, MsgHeader,
+    ceph_crc32c, check_banner, AcceptorBanner, ConnectMsg, ConnectReply, FooterFlags, FooterFormat,
+    MsgFooter, MsgHeader, Tag,
 };
 
 /// Authorizer bound used by the targets (small, so the bound itself gets exercised).
@@ -70,6 +73,56 @@ pub fn header_footer(data: &[u8]) {
             assert_eq!(&b[..n], &data[..used]);
         }
     }
+    seal_agrees(data);
+}
+
+/// `seal` (the header encoded once, its crc taken over the wire bytes) against the
+/// header built field by field and encoded by `MsgHeader::to_bytes`, for header fields
+/// from the input's first 53 bytes, crc flags from the next and segments from the rest
+/// (split at the two bytes after the flags).
+fn seal_agrees(data: &[u8]) {
+    let Some((raw, rest)) = data.split_first_chunk::<{ MsgHeader::LEN }>() else { return };
+    let [flags, cut0, cut1, payload @ ..] = rest else { return };
+    let fields = MsgHeader::from_bytes(raw);
+    let (crc_header, crc_data) = (flags & 1 != 0, flags & 2 != 0);
+    let a = usize::from(*cut0).min(payload.len());
+    let b = (a + usize::from(*cut1)).min(payload.len());
+    let segments = [&payload[..a], &payload[a..b], &payload[b..]];
+    let sealed = seal(fields, segments, crc_header, crc_data);
+    let lens = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let mut header = MsgHeader {
+        front_len: lens(a),
+        middle_len: lens(b - a),
+        data_len: lens(payload.len() - b),
+        // Reserved goes out as 0 whatever the fields said.
+        reserved: 0,
+        crc: 0,
+        ..fields
+    };
+    if crc_header {
+        header = header.with_crc();
+        assert!(header.verify_crc().is_ok());
+    }
+    assert_eq!(sealed.header, header, "seal's header");
+    assert_eq!(sealed.head[0], Tag::MSG.0);
+    assert_eq!(&sealed.head[1..], &header.to_bytes()[..], "seal's wire bytes");
+    assert_eq!(
+        MsgHeader::decode_checked(&sealed.head[1..], crc_header),
+        Ok((header, MsgHeader::LEN))
+    );
+    assert_eq!(seal_header(fields, segments, crc_header, crc_data), (header, sealed.footer));
+    let f = sealed.footer;
+    assert!(f.flags.contains(FooterFlags::COMPLETE));
+    assert_eq!(f.flags.contains(FooterFlags::NOCRC), !crc_data);
+    if crc_header {
+        assert_eq!(
+            (f.front_crc, f.middle_crc),
+            (ceph_crc32c(0, segments[0]), ceph_crc32c(0, segments[1]))
+        );
+    }
+    if crc_data {
+        assert_eq!(f.data_crc, ceph_crc32c(0, segments[2]));
+    }
 }
 
 /// `entity_addr_t` / `entity_addrvec_t` inside messages (every marker).
@@ -94,6 +147,13 @@ pub fn entity_addr(data: &[u8]) {
 ///
 /// Byte 0 picks the options (crc flags, footer format), bytes 1-2 seed the chunk sizes;
 /// the rest is the byte stream after a MSG tag, possibly several messages back to back.
+///
+/// However the stream is split, the decoder must come to the same messages and the same
+/// error: a header wholly in a read is decoded in place (`take_header`'s fast path), one
+/// split across reads through the assembly buffer, and a message wholly in a read is
+/// taken in one go (`take_whole`, or `split_whole` when admitted with its header). The
+/// stream is decoded with the seeded chunking, in 1-byte reads (every header and footer
+/// split, at every offset), whole with `feed`, and whole with every header admitted.
 pub fn message_decoder(data: &[u8]) {
     let [opt, s0, s1, stream @ ..] = data else { return };
     let crc = EncodeOptions {
@@ -104,34 +164,87 @@ pub fn message_decoder(data: &[u8]) {
     // Small limits keep each run cheap and exercise the limit checks.
     let limits = DecodeLimits { max_front: 4096, max_middle: 1024, max_data: 8192 };
     let opts = DecodeOptions { limits, crc };
-    let mut dec = MessageDecoder::new(opts);
-    let mut state = u32::from(*s0) << 8 | u32::from(*s1) | 1;
     let all = Bytes::copy_from_slice(stream);
-    let mut at = 0;
-    while at < all.len() {
+    let mut state = u32::from(*s0) << 8 | u32::from(*s1) | 1;
+    let seeded = decode_stream(&all, opts, false, |left| {
         // xorshift: chunk sizes 1..=64, occasionally the whole rest.
         state ^= state << 13;
         state ^= state >> 17;
         state ^= state << 5;
-        let n = if state % 8 == 0 { all.len() - at } else { 1 + (state % 64) as usize };
-        let n = n.min(all.len() - at);
-        let mut chunk = all.slice(at..at + n);
+        if state % 8 == 0 {
+            left
+        } else {
+            1 + (state % 64) as usize
+        }
+    });
+    for m in seeded.iter().flatten() {
+        check_message(m, opts);
+    }
+    let bytewise = decode_stream(&all, opts, false, |_| 1);
+    assert_eq!(seeded, bytewise, "seeded chunks and 1-byte reads disagree");
+    let whole = decode_stream(&all, opts, false, |left| left);
+    assert_eq!(seeded, whole, "seeded chunks and one read disagree");
+    let admitted = decode_stream(&all, opts, true, |left| left);
+    assert_eq!(seeded, admitted, "feed and feed_admitting disagree");
+}
+
+/// What [`decode_stream`] came to: each message, then the error that stopped it, if any.
+type Decoded = Vec<Result<protocol::Message, String>>;
+
+/// Feeds `all` to a fresh decoder in chunks of `chunk(bytes left)` bytes (at least 1),
+/// proceeding after every header (or admitting every header when `admit`).
+fn decode_stream(
+    all: &Bytes,
+    opts: DecodeOptions,
+    admit: bool,
+    mut chunk: impl FnMut(usize) -> usize,
+) -> Decoded {
+    let limits = opts.limits;
+    let mut dec = MessageDecoder::new(opts);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < all.len() {
+        let n = chunk(all.len() - at).clamp(1, all.len() - at);
+        let mut input = all.slice(at..at + n);
         at += n;
         loop {
-            match dec.feed(&mut chunk) {
-                Err(_) => return,
-                Ok(Progress::NeedMore) => break,
+            let step = if admit {
+                dec.feed_admitting(&mut input, |h| {
+                    assert!(h.front_len <= limits.max_front && h.data_len <= limits.max_data);
+                    true
+                })
+            } else {
+                dec.feed(&mut input)
+            };
+            match step {
+                Err(e) => {
+                    out.push(Err(format!("{e:?}")));
+                    return out;
+                }
+                Ok(Progress::NeedMore) => {
+                    assert!(input.is_empty(), "NeedMore with input left");
+                    break;
+                }
                 Ok(Progress::HeaderReady(h)) => {
                     assert!(h.front_len <= limits.max_front);
+                    assert!(h.middle_len <= limits.max_middle);
                     assert!(h.data_len <= limits.max_data);
                     if dec.proceed().is_err() {
                         panic!("proceed refused after HeaderReady");
                     }
                 }
-                Ok(Progress::Message(m)) => check_message(&m, opts),
+                Ok(Progress::Message(m)) => {
+                    let h = dec.last_header();
+                    assert_eq!(
+                        (h.seq, h.tid, h.msg_type, h.front_len as usize, h.data_len as usize),
+                        (m.seq(), m.tid(), m.msg_type(), m.front().len(), m.data().len())
+                    );
+                    out.push(Ok(m));
+                }
             }
         }
     }
+    out
 }
 
 /// A decoded message re-encodes to a frame that decodes to the same message.
