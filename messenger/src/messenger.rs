@@ -430,8 +430,8 @@ impl Messenger {
         // Ceph's `start` (and `_finish_bind`) initialise the local connection, and the
         // fast dispatchers present hear its `ms_handle_fast_connect`; a dispatcher added
         // later hears it as it is added, not never (Ceph calls it again only when its
-        // address changes, which ours does from here on only in a `rebind`, which calls
-        // it again too).
+        // address changes, which ours does from here on in a `rebind`, a learned address
+        // or `set_addr_unknowns`, each of which calls it again too).
         let unannounced = self.env.loopback_unannounced.lock().take();
         let mut panicked = None;
         for d in unannounced.into_iter().flatten() {
@@ -450,7 +450,9 @@ impl Messenger {
     ///
     /// A fast dispatcher hears `ms_handle_fast_connect` for the loopback connection once,
     /// on the thread that starts the messenger if it was added before, else on this one
-    /// before it joins the chain (so before it sees any message). If that hook panics,
+    /// before it joins the chain (so before it sees any message), and again each time
+    /// our address moves after the start ([`Messenger::rebind`], a learned address,
+    /// [`Messenger::set_addr_unknowns`]). If that hook panics,
     /// the panic reaches the caller: here before the dispatcher joins (it is not added),
     /// in a start (this call's, when the messenger was not started yet) once the
     /// messenger has started, with the dispatcher added.
@@ -485,10 +487,10 @@ impl Messenger {
         }
         self.env.dispatchers().add_asked(Arc::clone(&d), head, fast);
         let ready = self.ready();
-        // A rebind that moved the loopback connection while `d` was told (perhaps of the
-        // old address) and before it joined told the chain without it: told again here,
-        // after `ready` (a panic of this hook leaves the messenger ready). One that
-        // moved it after `d` joined told it itself.
+        // A move of the loopback connection (a rebind, a learned or set address) while
+        // `d` was told (perhaps of the old address) and before it joined told the chain
+        // without it: told again here, after `ready` (a panic of this hook leaves the
+        // messenger ready). One that moved it after `d` joined told it itself.
         if fast
             && self.env.loopback_moves.load(Ordering::SeqCst) != moves
             && self.env.loopback_unannounced.lock().is_none()

@@ -17,7 +17,7 @@
 //! | [`wire`] | msgr v1 frames: banner, connect, reply, tags, header, footer, crc32c |
 //! | [`message`], [`messages`] | [`Message`] and its one v1 framing encoder and decoder; typed messages |
 //! | [`auth`] | the auth seam both machines call, auth none, cephx |
-//! | [`session`] | what both protocols share: the session and its numbers, queues, the fault policy, timers, [`Event`], the race vocabulary, [`Machine`] |
+//! | [`session`] | what both protocols share: the session and its numbers, queues, the fault policy, timers, [`Event`], the race vocabulary, the learned address, [`Machine`] |
 //! | [`v1`] | msgr v1: handshake, open session, race rules |
 //! | [`v2`] | msgr2.1: frames, frame layer, handshake, open session, race rules |
 //! | `connection.rs` | [`Connection`]: either protocol behind one type; the banner-sniffing acceptor |

@@ -1,7 +1,8 @@
-//! The one msgr v1 message encoder: [`Message::encode_header`] /
-//! [`Message::encode_frame_with`] produce a [`Frame`], which [`Frame::push_to`] appends
-//! to a write list. The session's transmit path and the golden vectors both go
-//! through here.
+//! The one msgr v1 message encoder: [`seal`] fills a header's lengths and crcs and
+//! encodes it once; [`Message::push_frame_to`] lays a message's frame straight onto a
+//! write list (the session's transmit path), and [`Message::encode_header`] /
+//! [`Message::encode_frame_with`] produce a [`Frame`] (the golden vectors), whose
+//! [`Frame::push_to`] lays it out the same way.
 
 use bytes::{Bytes, BytesMut};
 
@@ -84,8 +85,8 @@ impl Message {
     }
 }
 
-/// A message's header and footer as [`seal_header`] makes them, with the tag and the
-/// header already in wire form.
+/// A message's header and footer as [`seal`] makes them, with the tag and the header
+/// already in wire form.
 #[derive(Clone, Copy, Debug)]
 pub struct Sealed {
     /// `Tag::MSG` and the encoded header (its crc in).
@@ -96,8 +97,15 @@ pub struct Sealed {
     pub footer: MsgFooter,
 }
 
-/// [`seal_header`], with the tag and header encoded once: the header crc is taken over
-/// the bytes that go on the wire, rather than over a second encoding of the header.
+/// The header and footer of a message sent with `fields` (seq, tid, type, priority,
+/// versions, data_off, src; lengths and crcs are filled in here) and `segments`
+/// (front, middle, data): the segment lengths, the crcs when `crc_header` (header,
+/// front, middle) and `crc_data` (data, else `NOCRC`), and `COMPLETE`, with the tag and
+/// header encoded once: the header crc is taken over the bytes that go on the wire,
+/// rather than over a second encoding of the header. Every v1 sender computes them
+/// here: [`Message::push_frame_to`] (the session's), [`seal_header`] (so
+/// [`Message::encode_header`]), and peers that keep their payload in plain slices (the
+/// benchmark's).
 pub fn seal(fields: MsgHeader, segments: [&[u8]; 3], crc_header: bool, crc_data: bool) -> Sealed {
     let [front, middle, data] = segments;
     let mut header = MsgHeader {
@@ -127,12 +135,9 @@ pub fn seal(fields: MsgHeader, segments: [&[u8]; 3], crc_header: bool, crc_data:
     Sealed { head, header, footer }
 }
 
-/// The header and footer of a message sent with `fields` (seq, tid, type, priority,
-/// versions, data_off, src; lengths and crcs are filled in here) and `segments`
-/// (front, middle, data): the segment lengths, the crcs when `crc_header` (header,
-/// front, middle) and `crc_data` (data, else `NOCRC`), and `COMPLETE`. Every v1 sender
-/// computes them here: [`Message::encode_header`], and peers that keep their payload in
-/// plain slices (the benchmark's).
+/// [`seal`]'s header and footer, without the encoded tag and header: what
+/// [`Message::encode_header`] returns (so [`Frame`] and the golden vectors), for a
+/// sender that encodes the header itself.
 pub fn seal_header(
     fields: MsgHeader,
     segments: [&[u8]; 3],

@@ -1,7 +1,7 @@
 //! What msgr v1 and msgr2 share, written once: the session and its numbers, the out
 //! queue and the sent-but-unacked list, the fault and backoff policy, timers and
-//! keepalives, the open session's receive bookkeeping, and [`Machine`], the state
-//! machine skeleton both protocols run in.
+//! keepalives, the open session's receive bookkeeping, the address a messenger learns,
+//! and [`Machine`], the state machine skeleton both protocols run in.
 //!
 //! # Map
 //!
@@ -14,6 +14,7 @@
 //! | `policy.rs` | [`Policy`] (Ceph's `Messenger::Policy`, with its feature bits), [`PolicyTable`] |
 //! | `clock.rs` | deadlines that cannot overflow; keepalive wall-clock stamps |
 //! | `issues.rs` | peer misbehaviour: counted, logged at WARN once per kind and a few lines a second |
+//! | `learned.rs` | [`LearnedAddr`]: the IP a blank address takes from the first acceptor we dial (Ceph's `learned_addr`), or is set |
 //! | `config.rs` | [`Config`] of a messenger's machines, its [`Counters`] |
 //! | `fault.rs` | [`Fault`] and the pure [`fault_action`] policy |
 //! | `event.rs` | [`Event`], what a machine reports to its driver |
