@@ -125,14 +125,86 @@ fn mark_down_rounds(proto: ProtocolVersion, a_nonce: u32, b_nonce: u32) {
     rounds(proto, (a, a_rx), (b, b_rx), 30);
 }
 
+/// `addr` as a peer dials it: a wildcard's blank IP is reached at 127.0.0.1.
+fn reachable(addr: protocol::types::EntityAddr) -> protocol::types::EntityAddr {
+    match addr.addr {
+        Some(sa) if sa.ip().is_unspecified() => protocol::types::EntityAddr {
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], sa.port()))),
+            ..addr
+        },
+        _ => addr,
+    }
+}
+
+/// [`mark_down_rounds`] with both peers bound to `0.0.0.0:0` (their IPs learned from
+/// each other as the race runs) and dialling each other at 127.0.0.1.
+fn wildcard_rounds(proto: ProtocolVersion, a_nonce: u32, b_nonce: u32) {
+    let any = SocketAddr::from(([0, 0, 0, 0], 0));
+    let policy = Policy::lossless_peer();
+    let (a, _, a_rx) = server_on(EntityType::OSD, a_nonce, policy, false, any, race_config());
+    let (b, _, b_rx) = server_on(EntityType::OSD, b_nonce, policy, false, any, race_config());
+    rounds(proto, (a, a_rx), (b, b_rx), 30);
+}
+
+#[test]
+fn wildcard_bound_races_end_in_one_session_over_msgr1() {
+    wildcard_rounds(ProtocolVersion::V1, 1, 2);
+}
+
+#[test]
+fn wildcard_bound_races_end_in_one_session_over_msgr2() {
+    wildcard_rounds(ProtocolVersion::V2, 1, 2);
+}
+
+/// Equal nonces: the race key compares type, nonce, family, port, then IP.
+#[test]
+fn wildcard_bound_races_with_equal_nonces_end_in_one_session_over_msgr1() {
+    wildcard_rounds(ProtocolVersion::V1, 3, 3);
+}
+
+#[test]
+fn wildcard_bound_races_with_equal_nonces_end_in_one_session_over_msgr2() {
+    wildcard_rounds(ProtocolVersion::V2, 3, 3);
+}
+
+/// A dual-stack `[::]` listener and a `0.0.0.0` one with equal nonces, the `[::]` one
+/// on the lower port, dialling each other at 127.0.0.1: the `[::]` one does not take the
+/// IPv4 IP its peer sees it at, so it compares its own `[::]` address (family AF_INET6)
+/// while its peer compares the 127.0.0.1 one it dialled (AF_INET).
+fn dual_stack_rounds(proto: ProtocolVersion) {
+    let policy = Policy::lossless_peer();
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+    let v4 = SocketAddr::from(([0, 0, 0, 0], 0));
+    let (a, a_rx, b, b_rx) = loop {
+        let (a, pa, a_rx) = server_on(EntityType::OSD, 5, policy, false, v6, race_config());
+        let (b, pb, b_rx) = server_on(EntityType::OSD, 5, policy, false, v4, race_config());
+        if pa.port() < pb.port() {
+            break (a, a_rx, b, b_rx);
+        }
+        a.shutdown();
+        b.shutdown();
+    };
+    rounds(proto, (a, a_rx), (b, b_rx), 30);
+}
+
+#[test]
+fn dual_stack_and_ipv4_wildcard_races_end_in_one_session_over_msgr1() {
+    dual_stack_rounds(ProtocolVersion::V1);
+}
+
+#[test]
+fn dual_stack_and_ipv4_wildcard_races_end_in_one_session_over_msgr2() {
+    dual_stack_rounds(ProtocolVersion::V2);
+}
+
 fn rounds(
     proto: ProtocolVersion,
     (a, a_rx): (Messenger, Receiver<Seen>),
     (b, b_rx): (Messenger, Receiver<Seen>),
     rounds: u64,
 ) {
-    let b_addr = addr_for(proto, b.my_addr());
-    let a_addr = addr_for(proto, a.my_addr());
+    let b_addr = reachable(addr_for(proto, b.my_addr()));
+    let a_addr = reachable(addr_for(proto, a.my_addr()));
     let mut a_to_b = a.connect_to(EntityType::OSD, b_addr);
     let mut b_to_a = b.connect_to(EntityType::OSD, a_addr);
     const N: u64 = 200;

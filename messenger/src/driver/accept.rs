@@ -25,7 +25,22 @@ impl Driver {
     pub(super) fn decide_accept(&mut self, cx: &mut Context<'_>, req: AcceptRequest) {
         let now = cx.now();
         let policy = self.env.policies.policy(req.peer_type);
-        let my_addrs = self.env.my_addrs();
+        let mut my_addrs = self.env.my_addrs();
+        // A blank IP still ours (a `[::]` listener that took no IPv4 IP): the race
+        // compares us as this peer knows us, the IP it reached us on (what we announce
+        // to it, and what our own connects to it announce, as it saw them), not the
+        // blank one (another family: both ends would let the incoming connection win).
+        let blank = my_addrs.addrs.iter().any(|a| a.is_blank_ip() && a.addr.is_some());
+        let local = blank.then(|| self.io.socket.as_ref().and_then(|s| s.local_addr().ok()));
+        if let Some(local) = local.flatten() {
+            let ip = match local.ip() {
+                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(local.ip(), Into::into),
+                v4 => v4,
+            };
+            for a in my_addrs.addrs.iter_mut().filter(|a| a.is_blank_ip() && a.addr.is_some()) {
+                a.addr = Some(std::net::SocketAddr::new(ip, a.port()));
+            }
+        }
         {
             let mut p = self.conn.0.published.lock();
             p.addr = Some(req.peer_addr);
