@@ -482,12 +482,6 @@ impl SessionSnapshot {
     pub(crate) fn marked(self, disposable: bool) -> SessionSnapshot {
         SessionSnapshot { lossy: self.lossy || disposable, ..self }
     }
-
-    /// Whether `now` is still the msgr2 session this snapshot was taken of (the same
-    /// cookies; always for v1, which has none).
-    pub(crate) fn same_session(&self, now: &SessionSnapshot) -> bool {
-        (self.client_cookie, self.server_cookie) == (now.client_cookie, now.server_cookie)
-    }
 }
 
 /// The existing session an accept decision is taken against, as the session table
@@ -597,31 +591,12 @@ pub(crate) struct Replacement {
     machine: Machine,
     policy: Policy,
     decision: Decision,
-    /// The existing session as the decision saw it.
-    decided_on: Option<SessionSnapshot>,
 }
 
 impl Replacement {
     /// The accepting machine, to be adopted under `policy` as `verdict` says.
-    pub(crate) fn new(
-        machine: Machine,
-        policy: Policy,
-        verdict: Verdict,
-        decided_on: Option<SessionSnapshot>,
-    ) -> Replacement {
-        Replacement { machine, policy, decision: verdict.decision, decided_on }
-    }
-
-    /// Whether the existing session, `now`, is another one than the decision saw: it
-    /// opened (or was reset) while the hand-off travelled, e.g. a connect of ours that
-    /// the peer answered and that delivered messages meanwhile. Ceph stops the existing
-    /// connection in the decision's critical section (`reuse_connection` sets its
-    /// state to NONE under its lock), so its decision never meets a session that moved
-    /// on; adopting here would renumber (in_seq back to 0) a session that delivered
-    /// messages on the user's handle, and the peer's resend after a reset would deliver
-    /// them again.
-    pub(crate) fn is_stale(&self, now: &SessionSnapshot) -> bool {
-        self.decided_on.is_some_and(|seen| !seen.same_session(now))
+    pub(crate) fn new(machine: Machine, policy: Policy, verdict: Verdict) -> Replacement {
+        Replacement { machine, policy, decision: verdict.decision }
     }
 
     /// The policy the session continues under.
@@ -633,7 +608,7 @@ impl Replacement {
     /// machine and answers its connect; `old` is closed without further events. Returns
     /// the machine that carries the session from now on.
     pub(crate) fn adopt(self, old: &mut Machine, now: Instant) -> Machine {
-        let Replacement { mut machine, policy, decision, .. } = self;
+        let Replacement { mut machine, policy, decision } = self;
         // Whatever the old socket's machine raised was handled first: a message it
         // completed is counted in the session's in_seq and would be lost with it.
         debug_assert!(!old.has_events(), "{old}: events left at a hand-off");

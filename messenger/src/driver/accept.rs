@@ -53,14 +53,12 @@ impl Driver {
         };
         let authenticated = self.machine.peer_auth().cloned();
         let opening = self.machine.snapshot_on_open(&req, &policy);
-        let mut decided_on = None;
         let (verdict, existing, other_protocol) = self.env.sessions.decide_accept(
             &self.conn,
             req.peer_addr,
             authenticated.as_ref(),
             opening,
             |existing| {
-                decided_on = existing.map(|e| e.session);
                 let verdict = machine::decide(&req, existing, &policy, &my_addrs);
                 let claim = match verdict.action {
                     AcceptAction::HandOver => Claim::BeginReplace,
@@ -94,7 +92,7 @@ impl Driver {
                     now,
                 );
                 let accepted = std::mem::replace(&mut self.machine, fresh);
-                let replacement = Replacement::new(accepted, policy, verdict, decided_on);
+                let replacement = Replacement::new(accepted, policy, verdict);
                 let incoming = Incoming { socket, replacement };
                 if !existing.post(Command::TakeOver(Box::new(incoming))) {
                     // Closed meanwhile: the socket is dropped and the peer connects again.
@@ -168,14 +166,6 @@ impl Driver {
         if self.finished {
             // The session ended meanwhile: as if the hand-off had found it closed, the
             // socket is dropped and the peer connects again (to no session).
-            self.env.sessions.abort_replace(&self.conn);
-            return;
-        }
-        if replacement.is_stale(&self.machine.snapshot(self.policy.as_ref())) {
-            // The decision is stale (see `Replacement::is_stale`): as if the hand-off
-            // had found the session closed, the socket is dropped and its peer
-            // connects again, to be decided against the session as it is now.
-            log::info!(target: "msgr::conn", "{}: session changed since the replace was decided, dropping the incoming socket", self.machine);
             self.env.sessions.abort_replace(&self.conn);
             return;
         }
