@@ -33,10 +33,7 @@ impl Driver {
         let blank = my_addrs.addrs.iter().any(|a| a.is_blank_ip() && a.addr.is_some());
         let local = blank.then(|| self.io.socket.as_ref().and_then(|s| s.local_addr().ok()));
         if let Some(local) = local.flatten() {
-            let ip = match local.ip() {
-                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(local.ip(), Into::into),
-                v4 => v4,
-            };
+            let ip = protocol::types::unmapped(local).ip();
             for a in my_addrs.addrs.iter_mut().filter(|a| a.is_blank_ip() && a.addr.is_some()) {
                 a.addr = Some(std::net::SocketAddr::new(ip, a.port()));
             }

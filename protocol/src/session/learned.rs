@@ -109,10 +109,8 @@ impl LearnedAddr {
     /// `addrs` with their blank IPs filled as [`LearnedAddr::ip`] says (port, nonce and
     /// type kept).
     pub fn fill(&self, addrs: &mut EntityAddrVec) {
-        if let Some(ip) = self.ip() {
-            for a in addrs.addrs.iter_mut().filter(|a| takes(a, &ip)) {
-                a.addr = Some(with_port(ip, a.port()));
-            }
+        for a in &mut addrs.addrs {
+            self.fill_one(a);
         }
     }
 

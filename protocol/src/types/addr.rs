@@ -38,7 +38,7 @@ pub(crate) fn with_port(mut addr: SocketAddr, port: u16) -> SocketAddr {
 /// dual-stack listener on `[::]` from an IPv4 peer has the local address
 /// `[::ffff:a.b.c.d]`, which the peer knows as `a.b.c.d` (announced as it is, the peer's
 /// dialled-address check refuses it: the families differ).
-pub(crate) fn unmapped(addr: SocketAddr) -> SocketAddr {
+pub fn unmapped(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
             Some(ip) => SocketAddr::new(ip.into(), a.port()),

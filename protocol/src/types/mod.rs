@@ -5,7 +5,8 @@ mod addr;
 mod entity;
 mod features;
 
-pub(crate) use addr::{unmapped, with_port};
+pub use addr::unmapped;
+pub(crate) use addr::with_port;
 pub use addr::{AddrType, EntityAddr, EntityAddrVec, LEGACY_ADDR_LEN, RACE_KEY_LEN};
 pub use entity::{AuthEntityName, EntityName, EntityType};
 pub use features::Features;
