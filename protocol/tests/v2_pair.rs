@@ -774,3 +774,61 @@ fn reconnect_race_resolves_by_wait() {
     let dups: u64 = p.eps.iter().map(|e| e.conn.duplicates_dropped()).sum();
     assert_eq!(dups, 0);
 }
+
+// msgr-v2.md 7.3 "peer restarted" without resetcheck (lossless peers): the session kept
+// for the new CLIENT_IDENT starts over at connect_seq 0 on both sides, as the peer's
+// new session does. Kept at the old one, the next reconnect of the peer (connect_seq 1)
+// met a parked session with that same connect_seq and, the peer's address sorting
+// higher, was answered WAIT as if both were reconnecting: the parked side never dials,
+// so the peer sat out the whole WAIT backoff.
+#[test]
+fn peer_restart_without_resetcheck_starts_connect_seq_over() {
+    let mut p = Pair::v2(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
+    // Node 1 (whose address sorts higher) opens the session and reconnects it once: node
+    // 0's side of it is at connect_seq 1.
+    p.send(1, numbered(1));
+    p.drive();
+    p.cut_all();
+    p.drive();
+    p.send(1, numbered(2));
+    p.run_for(Duration::from_secs(1));
+    let a = p.session_ep(0).unwrap();
+    assert_eq!(p.eps[a].conn.seqs().connect_seq, ConnectSeq(1));
+    // Node 1 drops its session (a restart, or a mark_down) and dials again: a new client
+    // cookie against node 0's session, which it keeps (no resetcheck).
+    for e in 0..p.eps.len() {
+        if p.eps[e].node == 1 {
+            p.eps[e].alive = false;
+        }
+    }
+    p.nodes[1].sessions.clear();
+    p.nodes[1].unreachable = true;
+    p.cut_all();
+    p.drive();
+    p.nodes[1].unreachable = false;
+    p.send(1, numbered(3));
+    p.run_for(Duration::from_secs(1));
+    assert_one_session(&p);
+    let (a, b) = (p.session_ep(0).unwrap(), p.session_ep(1).unwrap());
+    assert_eq!(
+        p.eps[a].conn.seqs().connect_seq,
+        p.eps[b].conn.seqs().connect_seq,
+        "both ends of the new session count its reconnects from the same connect_seq"
+    );
+    // The link dies with nothing queued: both park. Node 1's next message resumes the
+    // session at once, with no WAIT.
+    p.cut_all();
+    p.drive();
+    p.send(1, numbered(4));
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(
+        numbers(&p.nodes[0].received),
+        [1, 2, 3, 4],
+        "{:?} / {:?}",
+        p.nodes[0].log,
+        p.nodes[1].log
+    );
+    let waits = p.nodes.iter().flat_map(|n| &n.log).filter(|l| l.contains("= Wait")).count();
+    assert_eq!(waits, 0, "{:?} / {:?}", p.nodes[0].log, p.nodes[1].log);
+    assert_one_session(&p);
+}

@@ -364,6 +364,14 @@ fn accept_new_session(
     m.session.peer_global_seq = global_seq;
     // A new session numbers from 1 both ways; kept messages are renumbered.
     m.session.renumber_from_start();
+    // And counts its reconnects from 0, as the peer does: CLIENT_IDENT starts a session
+    // at connect_seq 0 (Ceph's connector asserts it). Unlike Ceph, whose
+    // `reuse_connection` keeps the replaced session's connect_seq when it has no
+    // resetcheck to reset it: the two ends then disagree, and the peer's next reconnect
+    // (connect_seq 1) can meet our parked session at that same number, which
+    // `handle_reconnect` takes for a reconnect race and answers WAIT, though our side,
+    // in standby, will never dial: the peer sits out the whole WAIT backoff.
+    m.session.connect_seq = ConnectSeq(0);
     let si = ServerIdent {
         addrs: announced_addrs(m),
         gid: m.config.my_name.num,
