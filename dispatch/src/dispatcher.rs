@@ -7,6 +7,7 @@
 //! | `ms_fast_preprocess` / `ms_can_fast_dispatch` / `ms_fast_dispatch` | same names |
 //! | `ms_deliver_handle_connect` etc. | [`Dispatchers::handle_connect`] etc. |
 //! | `ms_get_authorizer` / `ms_verify_authorizer` | same names, seldom called (see each) |
+//! | `ms_handle_authentication` returning `int` | same name, returning [`Authentication`] |
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +77,19 @@ pub enum AuthVerdict {
     Reject,
 }
 
+/// What a dispatcher makes of a peer that authenticated
+/// ([`Dispatcher::ms_handle_authentication`]): Ceph's `int` (1, 0, negative) as a type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authentication {
+    /// Handled: the peer is let in, and later dispatchers are not asked (Ceph's 1).
+    Accept,
+    /// Not this dispatcher's business: ask the next one (Ceph's 0).
+    Pass,
+    /// Refused (caps that do not parse, an entity not wanted): the connection is closed
+    /// before it opens, and later dispatchers are not asked (Ceph's negative return).
+    Refuse,
+}
+
 /// The hooks through which received messages and connection events reach a daemon.
 ///
 /// Every method but [`ms_dispatch`](Self::ms_dispatch) has Ceph's default, so a
@@ -86,7 +100,8 @@ pub enum AuthVerdict {
 ///   (a worker, or the dispatch thread for the loopback connection's messages; its
 ///   `ms_handle_fast_connect`, the thread starting the messenger or adding the
 ///   dispatcher). They must not block.
-/// - `ms_verify_authorizer`, in the one case it is called: the worker doing the handshake.
+/// - `ms_verify_authorizer`, in the one case it is called, and
+///   `ms_handle_authentication`: the worker doing the handshake. They must not block.
 ///   `ms_get_authorizer` is never called by the messenger.
 ///
 /// A hook that panics on the `ms_dispatch` thread loses the message or event it was
@@ -202,6 +217,37 @@ pub trait Dispatcher<C: ConnectionRef>: Send + Sync + 'static {
     ) -> AuthVerdict {
         DEFAULT_VERIFY.with(|d| d.set(true));
         AuthVerdict::Accept { reply: Vec::new() }
+    }
+
+    /// A peer connecting to us got through authentication (Ceph's
+    /// `ms_handle_authentication`): `conn` shows who it proved to be
+    /// (`Connection::peer_auth`: a cephx ticket's entity, global id and caps; auth
+    /// none's claimed name; nothing for a msgr v1 peer that sent no authorizer), its
+    /// type and address. A daemon parses the caps here and keeps a session for the
+    /// peer (an OSD's `Session` in `set_priv`).
+    ///
+    /// Called on the accepting worker, with no lock held, head → tail until one answers
+    /// other than [`Authentication::Pass`], once for each connect the peer makes on the
+    /// socket (a msgr2 ident or reconnect; a v1 CONNECT, which a peer may send again on
+    /// the same socket) before the accept decision: before the session is registered, so
+    /// before any `ms_handle_accept` or message of it. [`Authentication::Refuse`] closes
+    /// the connection there, and our dispatchers hear nothing more of it: the peer's
+    /// handshake fails on a closed socket, as for any fault there (a lossy msgr v1
+    /// dialler ends the connection; others, as Ceph's, dial again after their backoff,
+    /// and are asked about again). A connection a dispatcher
+    /// answered [`Authentication::Accept`] for is reported ended
+    /// ([`ms_handle_reset`](Self::ms_handle_reset)) if it ends without opening, as one
+    /// judged in [`ms_verify_authorizer`](Self::ms_verify_authorizer), so what it kept
+    /// for it can go.
+    ///
+    /// Unlike Ceph 16, whose `AuthServer` (`MonClient::handle_auth_request`, the
+    /// monitor's own) calls it on one dispatcher (`handle_authentication_dispatcher`)
+    /// inside the auth exchange and ignores what it returns, the chain is asked and a
+    /// refusal closes the connection (as Nautilus's `ms_deliver_verify_authorizer` did,
+    /// which refused the authorizer on a negative return); and it comes after the
+    /// exchange, at the peer's connect, where our accept path takes its decisions.
+    fn ms_handle_authentication(&self, _conn: &C) -> Authentication {
+        Authentication::Pass
     }
 }
 
@@ -485,6 +531,18 @@ impl<C: ConnectionRef> Dispatchers<C> {
     /// `ms_handle_reset` head → tail until one returns `true`; returns whether one did.
     pub fn handle_reset(&self, conn: &C) -> bool {
         self.all().iter().any(|d| d.ms_handle_reset(conn))
+    }
+
+    /// `ms_handle_authentication` head → tail until one answers other than
+    /// [`Authentication::Pass`]; that answer, or `Pass` if none did (the peer is let
+    /// in).
+    #[doc(alias = "ms_handle_authentication")]
+    pub fn handle_authentication(&self, conn: &C) -> Authentication {
+        self.all()
+            .iter()
+            .map(|d| d.ms_handle_authentication(conn))
+            .find(|a| *a != Authentication::Pass)
+            .unwrap_or(Authentication::Pass)
     }
 
     /// `ms_handle_remote_reset` on every dispatcher.

@@ -37,6 +37,9 @@
 //!   a msgr v1 accept under auth none, and never calls `ms_get_authorizer`: credentials
 //!   and their verification come from the auth provider (cephx: `AuthConfig`), as
 //!   Ceph 16's `AuthClient`/`AuthServer` took them over from its dispatchers;
+//! - `ms_handle_authentication` asks the chain until one answers, and a refusal
+//!   closes the connection, where Ceph 16 asks one dispatcher and ignores the answer
+//!   ([`Dispatcher::ms_handle_authentication`]);
 //! - messages are `Message` values moved through the chain (a declining dispatcher
 //!   hands it back in [`Dispatched::NotTaken`]) instead of reference-counted pointers.
 #![forbid(unsafe_code)]
@@ -47,7 +50,8 @@ pub mod queue;
 pub mod throttle;
 
 pub use dispatcher::{
-    AuthVerdict, Authorizer, ChainCache, ConnectionRef, Dispatched, Dispatcher, Dispatchers,
+    AuthVerdict, Authentication, Authorizer, ChainCache, ConnectionRef, Dispatched, Dispatcher,
+    Dispatchers,
 };
 pub use queue::{
     on_a_dispatch_thread, Delivery, DispatchQueue, QueueCounters, QueueEvent, ReadBatch,

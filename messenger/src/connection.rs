@@ -23,7 +23,7 @@ use std::time::Instant;
 use event_center::{CenterHandle, HandlerId};
 use parking_lot::Mutex;
 use protocol::auth::{AuthPeer, ConMode};
-use protocol::types::{EntityAddr, EntityName, EntityType, Features};
+use protocol::types::{EntityAddr, EntityAddrVec, EntityName, EntityType, Features};
 use protocol::wire::KeepaliveStamp;
 use protocol::{Message, ProtocolVersion};
 
@@ -83,6 +83,13 @@ pub(crate) trait Home: Send + Sync {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Published {
     pub(crate) addr: Option<EntityAddr>,
+    /// The addresses the peer's msgr2 ident named (its CLIENT_IDENT on the accept side,
+    /// SERVER_IDENT on the connect side), set when the session opens; `None` for msgr v1
+    /// and before the first open.
+    pub(crate) ident_addrs: Option<EntityAddrVec>,
+    /// The number of the peer's entity name from its msgr2 ident (its gid), set when the
+    /// session opens; `None` for msgr v1.
+    pub(crate) ident_id: Option<i64>,
     pub(crate) entity_type: Option<EntityType>,
     pub(crate) name: Option<EntityName>,
     pub(crate) features: Features,
@@ -487,6 +494,53 @@ impl Connection {
     /// The peer's announced address, once known.
     pub fn peer_addr(&self) -> Option<EntityAddr> {
         self.0.published.lock().addr
+    }
+
+    /// The peer's address vector (Ceph's `get_peer_addrs`): over msgr2, the addresses
+    /// its ident named once the session opened (a client's CLIENT_IDENT on the accept
+    /// side, the server's SERVER_IDENT on the connect side), as Ceph's ProtocolV2 sets
+    /// them; over msgr v1, or before the session opened, the one address of
+    /// [`Connection::peer_addr`] (Ceph's v1 keeps a vector of that one legacy address);
+    /// on the loopback connection, [`Messenger::my_addrs`](crate::Messenger::my_addrs)
+    /// (as Ceph's local connection). Empty while no address is known.
+    #[doc(alias = "get_peer_addrs")]
+    pub fn peer_addrs(&self) -> EntityAddrVec {
+        let p = self.0.published.lock();
+        match (&p.ident_addrs, p.addr) {
+            (Some(addrs), _) if !addrs.addrs.is_empty() => addrs.clone(),
+            (_, Some(addr)) => EntityAddrVec::single(addr),
+            _ => EntityAddrVec::default(),
+        }
+    }
+
+    /// The number of the peer's entity name as its msgr2 ident gave it (Ceph's
+    /// `get_peer_id`: the 3 of `osd.3`, a client's global id), once the session opened.
+    /// `None` over msgr v1, whose handshake names no entity, and on the loopback
+    /// connection (Ceph's `-1` for both). [`Connection::peer_name`] is the name the last
+    /// received message came from.
+    #[doc(alias = "get_peer_id")]
+    pub fn peer_id(&self) -> Option<i64> {
+        self.0.published.lock().ident_id
+    }
+
+    /// The global id the peer authenticated with (Ceph's `get_peer_global_id`): the
+    /// global id of [`Connection::peer_auth`], so known on the accept side only (Ceph's
+    /// is 0 where ours is `None`).
+    #[doc(alias = "get_peer_global_id")]
+    pub fn peer_global_id(&self) -> Option<u64> {
+        self.0.published.lock().peer_auth.as_ref().map(|a| a.global_id)
+    }
+
+    /// Whether any bit of `f` is among the negotiated features (Ceph's `has_feature`,
+    /// `features & f`; meant for one bit).
+    pub fn has_feature(&self, f: Features) -> bool {
+        self.features().0 & f.0 != 0
+    }
+
+    /// Whether every bit of `f` is among the negotiated features (Ceph's
+    /// `has_features`, `(features & f) == f`).
+    pub fn has_features(&self, f: Features) -> bool {
+        self.features().contains(f)
     }
 
     /// The peer's socket address (the TCP endpoint), once connected.

@@ -113,6 +113,13 @@ impl Identity {
         }
         nonce
     }
+
+    /// A client reset's new identity (Ceph's `client_reset`: `nonce += 1000000` at the
+    /// same address): [`Identity::rebound`] to the address we have.
+    pub(crate) fn renonced(&self, config: &MessengerConfig) -> u32 {
+        let at = self.addr().addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        self.rebound(at, config)
+    }
 }
 
 /// The environment of a messenger's drivers (and its listener and admin socket).
@@ -145,6 +152,10 @@ pub(crate) struct Env {
     /// dispatcher being added meanwhile (told before it joins the chain, perhaps of the
     /// old address) sees it move and is told again (see `Messenger::add_dispatcher`).
     pub(crate) loopback_moves: AtomicU64,
+    /// The IP every connection we dial binds its socket to before connecting, port 0
+    /// (`Messenger::client_bind`, Ceph's `client_bind` with `ms_bind_before_connect`);
+    /// `None`: the kernel picks the source. Read once per dial.
+    pub(crate) source_ip: Mutex<Option<std::net::IpAddr>>,
 }
 
 impl Env {
@@ -190,6 +201,7 @@ impl Env {
             loopback: OnceLock::new(),
             loopback_unannounced: Mutex::new(Some(Vec::new())),
             loopback_moves: AtomicU64::new(0),
+            source_ip: Mutex::new(None),
             config,
         })
     }
@@ -408,6 +420,8 @@ impl Env {
         let mut p = lo.0.published.lock();
         let name = self.identity.name();
         p.addr = Some(self.my_addr());
+        // Ceph's local connection's `peer_addrs` is `my_addrs`, the whole vector.
+        p.ident_addrs = Some(self.my_addrs());
         p.entity_type = Some(name.ty);
         p.name = Some(name);
         p.features = machine::FEATURES_SUPPORTED;

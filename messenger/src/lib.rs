@@ -420,7 +420,7 @@ pub use admin::{
 };
 pub use config::{AuthProviderHandle, ConfigError, MessengerConfig, MIN_DURATION};
 pub use connection::{Connection, SendError};
-pub use dispatch::{AuthVerdict, Authorizer, Dispatched, Dispatcher, Throttle};
+pub use dispatch::{AuthVerdict, Authentication, Authorizer, Dispatched, Dispatcher, Throttle};
 pub use messenger::{Messenger, Totals};
 pub use protocol::{Policy, ProtocolVersion};
 pub use state::ConnState;

@@ -292,6 +292,14 @@ impl Machine {
         self.0.peer_auth()
     }
 
+    /// msgr2: the addresses and the entity number (gid) the peer's ident named (`None`
+    /// for v1, whose handshake names no entity, or before an ident).
+    pub(crate) fn peer_ident(&self) -> Option<(protocol::types::EntityAddrVec, i64)> {
+        let v2 = self.0.as_v2()?;
+        let name = v2.peer_name()?;
+        Some((v2.peer_addrs().clone(), name.num))
+    }
+
     #[inline]
     pub(crate) fn has_events(&self) -> bool {
         self.0.has_events()

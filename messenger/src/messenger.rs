@@ -204,6 +204,40 @@ impl Messenger {
         Ok(bound)
     }
 
+    /// Makes every connection this messenger dials come from `addr`'s IP: each
+    /// outgoing socket is bound to it, port 0, before it connects, so a peer sees our
+    /// connections come from that IP (Ceph's `client_bind` under
+    /// `ms_bind_before_connect`: a client on a host with several addresses picking the
+    /// one its peers' firewalls expect). `addr`'s port is not used. Takes effect for
+    /// dials from then on. A dial to a peer of the other address family than `addr`
+    /// is not bound (where Ceph's bind fails, and with it the dial).
+    ///
+    /// For a messenger that is not bound, before [`Messenger::start`] and its first
+    /// connection: after those, or on a bound messenger, it fails with
+    /// `AlreadyExists` and changes nothing (Ceph's returns -1 once started and does
+    /// nothing on a bound messenger). It may be called again meanwhile; the last call
+    /// wins.
+    ///
+    /// Unlike Ceph's, it needs no option set (calling it is the opt-in), and our own
+    /// address does not take `addr` at once: a pure client learns its IP from the first
+    /// peer it dials, which sees this one ([`Messenger::my_addrs`]). A bound messenger's
+    /// dials are not bound (Ceph, with the option set, binds those to its address too).
+    #[doc(alias = "ms_bind_before_connect")]
+    pub fn client_bind(&self, addr: SocketAddr) -> io::Result<()> {
+        let mut source = self.env.source_ip.lock();
+        if self.started.load(Ordering::Acquire)
+            || self.bound.load(Ordering::Acquire)
+            || self.env.identity.protocol().is_some()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "client_bind: the messenger is bound, started or has connected",
+            ));
+        }
+        *source = Some(addr.ip());
+        Ok(())
+    }
+
     /// Binds again, at the same IP with a new port and a new nonce, so that no peer
     /// takes us for who we were (Ceph's `AsyncMessenger::rebind(avoid_ports)`, which an
     /// OSD calls on its cluster and heartbeat messengers when the monitor wrongly marked
@@ -318,6 +352,46 @@ impl Messenger {
             self.env.dispatchers().handle_fast_connect(&self.loopback);
         }
         Ok(bound)
+    }
+
+    /// Forgets every peer and takes a new nonce, as a client that has to look new to
+    /// its peers (Ceph's `client_reset`, which a client blocklisted by the cluster calls
+    /// before it reconnects): every session ends as by [`Messenger::mark_down_all`]
+    /// (each reported with `ms_handle_reset`), after the nonce moved on by 1,000,000 at
+    /// the same address ([`Messenger::my_addrs`] shows it, the loopback connection's
+    /// peer address follows and the fast dispatchers hear `ms_handle_fast_connect` for
+    /// it once the messenger started, on this thread). Connections dialled from then on
+    /// announce the new nonce, so no peer resumes a session with us: each takes us for
+    /// a new entity. A listener, if any, stays where it is. Returns the new nonce.
+    ///
+    /// Unlike Ceph's, which marks the sessions down first, the nonce changes before
+    /// they end (as in [`Messenger::rebind`]): a dial racing the reset that saw the old
+    /// nonce is marked down with the rest, and one after it announces the new one.
+    /// Fails with `WouldBlock` while a [`Messenger::rebind`] (or another reset) is under
+    /// way, and with `Other` once the messenger shut down. Do not call it holding a lock
+    /// a dispatcher takes.
+    #[doc(alias = "AsyncMessenger::client_reset")]
+    pub fn client_reset(&self) -> io::Result<u32> {
+        if self.env.sessions.is_stopping() {
+            return Err(io::Error::other("client_reset: the messenger shut down"));
+        }
+        if self.rebinding.swap(true, Ordering::AcqRel) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "client_reset: a rebind or another reset is under way",
+            ));
+        }
+        let _one_at_a_time = ClearOnDrop(&self.rebinding);
+        let nonce = self.env.identity.renonced(&self.env.config);
+        log::info!(target: "msgr::bind", "client_reset: new nonce {nonce}");
+        self.env.init_local_connection(&self.loopback);
+        self.env.loopback_moves.fetch_add(1, Ordering::SeqCst);
+        self.mark_down_all();
+        let started = self.env.loopback_unannounced.lock().is_none();
+        if started && self.loopback.is_connected() {
+            self.env.dispatchers().handle_fast_connect(&self.loopback);
+        }
+        Ok(nonce)
     }
 
     /// Puts a listener bound by `rebind` in place: started at once if the messenger is
@@ -584,6 +658,25 @@ impl Messenger {
     /// .with_features(supported, required))`.
     pub fn set_policy(&self, peer_type: EntityType, policy: Policy) {
         self.env.policies.set(peer_type, policy);
+    }
+
+    /// The policy connections to and from peers of `peer_type` get: the one
+    /// [`Messenger::set_policy`] set for that type, else the default
+    /// ([`Messenger::default_policy`]). Ceph's `get_policy(type)`, except that the
+    /// throttlers are not part of it here ([`Messenger::set_policy_throttlers`] sets
+    /// them apart). A policy set later applies to connections whose peer type is
+    /// looked up from then on; one already open keeps the policy it opened with.
+    #[doc(alias = "get_policy")]
+    pub fn policy(&self, peer_type: EntityType) -> Policy {
+        self.env.policies.policy(peer_type)
+    }
+
+    /// The policy for peers of a type with no policy of its own: what
+    /// [`Messenger::set_default_policy`] set, else [`Policy::lossless_peer`] (see there
+    /// for how that differs from Ceph's default). Ceph's `get_default_policy`.
+    #[doc(alias = "get_default_policy")]
+    pub fn default_policy(&self) -> Policy {
+        self.env.policies.default_policy()
     }
 
     /// Throttlers charged for every message received from peers of `peer_type`: its

@@ -45,6 +45,11 @@ impl Policies {
         set.by_type.get(&peer.0).copied().unwrap_or(set.default)
     }
 
+    /// The policy for peers with no policy of their own.
+    pub(crate) fn default_policy(&self) -> Policy {
+        self.0.read().default
+    }
+
     /// The throttlers charged for messages from peers of type `peer`.
     pub(crate) fn throttlers(&self, peer: EntityType) -> ThrottlerPair {
         self.0.read().throttlers.get(&peer.0).cloned().unwrap_or((None, None))

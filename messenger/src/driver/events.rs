@@ -179,7 +179,7 @@ impl Driver {
         match ev {
             Event::AcceptRequest(req) => {
                 if let Some(req) = self.seams.hold_accept(now, *req) {
-                    self.decide_accept(cx, req);
+                    self.authenticate_then_decide(cx, req);
                 }
             }
             Event::VerifyAuthorizer { peer_type, protocol, authorizer } => {
@@ -206,6 +206,9 @@ impl Driver {
                     p.addr = Some(opened.peer_addr);
                     p.entity_type = Some(opened.peer_type);
                     p.features = opened.features;
+                    let (addrs, id) = self.machine.peer_ident().unzip();
+                    p.ident_addrs = addrs;
+                    p.ident_id = id;
                     p.protocol = self.machine.protocol();
                     p.con_mode = self.machine.con_mode();
                     // A session we dialled learns no name: one its peer proved before
@@ -575,7 +578,7 @@ impl Driver {
         if let Some(req) = self.seams.due_accept(now) {
             // A handshake that timed out meanwhile has nothing left to decide.
             if !self.machine.is_closed() {
-                self.decide_accept(cx, req);
+                self.authenticate_then_decide(cx, req);
             }
         }
         let held = self.seams.due_verdict(now);

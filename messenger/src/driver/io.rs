@@ -285,7 +285,11 @@ impl Driver {
             log::info!(target: "msgr::conn", "{}: injected socket failure (dial)", self.machine);
             return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "injected dial failure"));
         }
-        let s = TcpStream::connect(addr)?;
+        let source = *self.env.source_ip.lock();
+        let s = match source {
+            Some(ip) => dial_from(ip, addr)?,
+            None => TcpStream::connect(addr)?,
+        };
         self.io.socket = Some(s);
         self.io.dialling = true;
         // A dial that fails leaves no socket: the caller reports the failure to the
@@ -651,6 +655,31 @@ fn write_segments<const N: usize>(
         }
     }
     sock.write_vectored(&iov[..n])
+}
+
+/// A non-blocking connect to `addr` from a socket bound to `ip`, port 0 (the kernel
+/// picks the port): `Messenger::client_bind`, as Ceph's `generic_connect` binds
+/// `my_addrs.front()` with port 0 under `ms_bind_before_connect`. An `ip` of the other
+/// family than `addr` is not bound (the kernel picks the source), where Ceph's bind
+/// fails and so does every dial.
+fn dial_from(ip: std::net::IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    if ip.is_ipv4() != addr.is_ipv4() {
+        log::debug!(target: "msgr::conn", "client_bind {ip}: not of {addr}'s family, not bound");
+        return TcpStream::connect(addr);
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(ip, 0).into())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
 }
 
 #[cfg(test)]

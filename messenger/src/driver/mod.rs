@@ -14,6 +14,7 @@
 //! and the fault-injection seams (`seams`, empty without the feature).
 
 mod accept;
+mod authentication;
 mod budget;
 mod cleanup;
 mod events;
@@ -126,8 +127,9 @@ pub(crate) struct Driver {
     /// or accept): whatever its state when the driver is dropped, ending it then is a
     /// reset they must hear of.
     opened: bool,
-    /// A dispatcher judged this connection in an `ms_verify_authorizer` of its own (it
-    /// may keep state for it): ending it unopened is a reset they must hear of.
+    /// A dispatcher judged this connection in an `ms_verify_authorizer` of its own, or
+    /// answered `Authentication::Accept` in `ms_handle_authentication` (it may keep
+    /// state for it): ending it unopened is a reset they must hear of.
     named: bool,
     /// Fault injection (an empty type without the feature).
     seams: Seams,

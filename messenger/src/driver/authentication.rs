@@ -1,0 +1,57 @@
+//! `ms_handle_authentication`: the dispatchers' say on a peer that authenticated, asked
+//! on the accept path right before the accept decision, with no lock held.
+
+use dispatch::Authentication;
+use event_center::Context;
+
+use super::Driver;
+use crate::machine::AcceptRequest;
+
+impl Driver {
+    /// The accept decision for `req`, unless the dispatchers refuse the peer
+    /// ([`Driver::authentication_refused`]).
+    pub(super) fn authenticate_then_decide(&mut self, cx: &mut Context<'_>, req: AcceptRequest) {
+        if self.authentication_refused(cx, &req) {
+            return;
+        }
+        self.decide_accept(cx, req);
+    }
+
+    /// Asks the dispatchers about the peer of `req` (`ms_handle_authentication`, head
+    /// → tail) and closes the connection if one refuses it: the machine faults as on
+    /// a lost socket, which ends a connection not yet registered without a reply, an
+    /// open or any callback but the reset of one a dispatcher was shown before.
+    ///
+    /// Called before the decision so that a refused peer never touches the session
+    /// table: an existing session of the same address is neither replaced, reset nor
+    /// nudged by a connect that is refused.
+    fn authentication_refused(&mut self, cx: &mut Context<'_>, req: &AcceptRequest) -> bool {
+        {
+            // What the hook reads of the peer: who it claims to be, and who it proved
+            // to be. The session table reads a handle's proof only once the handle is
+            // registered (the decision does that), so publishing it here changes no
+            // other connection's decision.
+            let mut p = self.conn.0.published.lock();
+            p.addr = Some(req.peer_addr);
+            p.entity_type = Some(req.peer_type);
+            if let Some(a) = self.machine.peer_auth() {
+                p.peer_auth = Some(a.clone());
+            }
+        }
+        let answer = self.env.dispatchers().handle_authentication(&self.conn);
+        match answer {
+            Authentication::Pass => false,
+            Authentication::Accept => {
+                // That dispatcher may keep state for the connection: it hears of its
+                // end even if it never opens (`report_unopened_end`).
+                self.named = true;
+                false
+            }
+            Authentication::Refuse => {
+                log::info!(target: "msgr::conn", "{}: a dispatcher refused the authenticated peer {}", self.machine, req.peer_addr);
+                self.machine.handle_transport_closed(cx.now());
+                true
+            }
+        }
+    }
+}
