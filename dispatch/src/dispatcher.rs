@@ -238,7 +238,8 @@ pub trait Dispatcher<C: ConnectionRef>: Send + Sync + 'static {
     /// answered [`Authentication::Accept`] for is reported ended
     /// ([`ms_handle_reset`](Self::ms_handle_reset)) if it ends without opening, as one
     /// judged in [`ms_verify_authorizer`](Self::ms_verify_authorizer), so what it kept
-    /// for it can go.
+    /// for it can go; so is one whose hook panicked (the event center drops the
+    /// connection), as it may have kept something before it did.
     ///
     /// Unlike Ceph 16, whose `AuthServer` (`MonClient::handle_auth_request`, the
     /// monitor's own) calls it on one dispatcher (`handle_authentication_dispatcher`)

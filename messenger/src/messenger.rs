@@ -199,6 +199,10 @@ impl Messenger {
         *slot = Some(Processor::new(listener, worker));
         *self.listen_at.lock() = Some(ListenAt { bound, public: public.is_some() });
         drop(slot);
+        // A bound messenger's dials are not bound (`client_bind`): one made before this
+        // bind lapses. Under the lock `client_bind` reads `bound` under, after `bound`
+        // was set: a racing `client_bind` either is undone here or sees it and fails.
+        *self.env.source_ip.lock() = None;
         // As Ceph's `_finish_bind`: the loopback connection's peer (us) is at this address.
         self.env.init_local_connection(&self.loopback);
         Ok(bound)
@@ -221,7 +225,8 @@ impl Messenger {
     /// Unlike Ceph's, it needs no option set (calling it is the opt-in), and our own
     /// address does not take `addr` at once: a pure client learns its IP from the first
     /// peer it dials, which sees this one ([`Messenger::my_addrs`]). A bound messenger's
-    /// dials are not bound (Ceph, with the option set, binds those to its address too).
+    /// dials are not bound (Ceph, with the option set, binds those to its address too),
+    /// so a [`Messenger::bind`] after this call undoes it.
     #[doc(alias = "ms_bind_before_connect")]
     pub fn client_bind(&self, addr: SocketAddr) -> io::Result<()> {
         let mut source = self.env.source_ip.lock();

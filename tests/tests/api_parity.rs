@@ -345,3 +345,96 @@ fn a_handle_accepted_in_authentication_that_never_opens_is_reported_reset() {
         server.shutdown();
     }
 }
+
+/// A dispatcher whose `ms_handle_authentication` keeps the handle it is shown (as an
+/// OSD keeps a session for it) and then panics the first time, letting the peer in
+/// after that; it records every `ms_handle_reset`.
+struct PanicsOnce {
+    calls: AtomicUsize,
+    shown: parking_lot::Mutex<Vec<Connection>>,
+    resets: parking_lot::Mutex<Vec<Connection>>,
+}
+
+impl Dispatcher<Connection> for PanicsOnce {
+    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
+        Dispatched::NotTaken(msg)
+    }
+    fn ms_handle_authentication(&self, conn: &Connection) -> Authentication {
+        self.shown.lock().push(conn.clone());
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("ms_handle_authentication panics (on purpose)");
+        }
+        Authentication::Accept
+    }
+    fn ms_handle_reset(&self, conn: &Connection) -> bool {
+        self.resets.lock().push(conn.clone());
+        false
+    }
+}
+
+// A hook that panics in `ms_handle_authentication` may have kept state for the handle
+// it was shown, as one that panics in `ms_verify_authorizer`: the event center drops
+// the connection, and the dispatchers hear its reset (once), so that state can go. The
+// peer dials again and gets in.
+#[test]
+fn a_panic_in_authentication_drops_the_connection_and_reports_its_reset() {
+    for proto in PROTOCOLS {
+        let hook = Arc::new(PanicsOnce {
+            calls: AtomicUsize::new(0),
+            shown: Default::default(),
+            resets: Default::default(),
+        });
+        let m = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, test_config(2)).expect("m");
+        m.set_default_policy(Policy::stateful_server());
+        m.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        m.start().expect("start");
+        m.add_dispatcher_tail(hook.clone()).expect("dispatcher");
+        let (rec, srx) = Recorder::new(false);
+        m.add_dispatcher_tail(rec).expect("recorder");
+        let quick = backoff_config(
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_millis(50),
+        );
+        let (c, _crx) = client_with(EntityType::CLIENT, 61, Policy::lossless_client(), quick);
+        let conn = c.connect_to(EntityType::OSD, dial_addr(&m, proto));
+        let session = deliver(&conn, &srx, 1);
+        let shown = hook.shown.lock().clone();
+        assert!(shown.len() >= 2, "{proto:?}: asked again after the panic");
+        let dropped = shown[0].clone();
+        assert_ne!(dropped, session, "{proto:?}: the session came on a later connect");
+        wait_until(
+            || hook.resets.lock().contains(&dropped),
+            || format!("{proto:?}: the reset of the handle shown to the panicking hook"),
+        );
+        // Once, and not for the session.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let resets = hook.resets.lock().clone();
+        assert_eq!(resets.iter().filter(|r| **r == dropped).count(), 1, "{proto:?}: {resets:?}");
+        assert!(!resets.contains(&session), "{proto:?}");
+        assert!(session.is_connected(), "{proto:?}");
+        c.shutdown();
+        m.shutdown();
+    }
+}
+
+// A messenger bound after a `client_bind` is a bound one: its dials are not bound to
+// the client_bind IP any more (as its docs say of a bound messenger's, and as Ceph's,
+// which binds them to the messenger's own address then). Kept, a daemon bound to one
+// IP dialled its peers from another: 127.0.0.2 here, while it announces 127.0.0.1.
+#[test]
+fn a_bind_after_client_bind_leaves_the_dials_unbound() {
+    let bound_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    for proto in PROTOCOLS {
+        let (server, _, srx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+        let m = Messenger::new(EntityName::new(EntityType::OSD, 4), 4, test_config(1)).expect("m");
+        m.client_bind(SocketAddr::new(bound_ip, 0)).expect("client_bind before bind");
+        let at = m.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind after client_bind");
+        let (m, _rx) = start_recorded(m, Policy::lossless_peer());
+        let conn = m.connect_to(EntityType::OSD, dial_addr(&server, proto));
+        let theirs = deliver(&conn, &srx, 1);
+        let seen = theirs.peer_socket_addr().expect("the server's peer socket");
+        assert_eq!(seen.ip(), at.ip(), "{proto:?}: a bound messenger's dial is not bound");
+        m.shutdown();
+        server.shutdown();
+    }
+}

@@ -38,15 +38,18 @@ impl Driver {
                 p.peer_auth = Some(a.clone());
             }
         }
+        // Named while the hooks run, as for `ms_verify_authorizer`: one that panics may
+        // have kept state for the handle it was shown before it did, and the event
+        // center then drops this driver, whose `Drop` reports the reset only of a named
+        // handle. (A connect again on the socket: an earlier `Accept` stands.)
+        let before = self.named;
+        self.named = true;
         let answer = self.env.dispatchers().handle_authentication(&self.conn);
+        // Only a dispatcher that let the peer in may keep state for it: it hears of the
+        // end even if the connection never opens (`report_unopened_end`).
+        self.named = before || answer == Authentication::Accept;
         match answer {
-            Authentication::Pass => false,
-            Authentication::Accept => {
-                // That dispatcher may keep state for the connection: it hears of its
-                // end even if it never opens (`report_unopened_end`).
-                self.named = true;
-                false
-            }
+            Authentication::Pass | Authentication::Accept => false,
             Authentication::Refuse => {
                 log::info!(target: "msgr::conn", "{}: a dispatcher refused the authenticated peer {}", self.machine, req.peer_addr);
                 self.machine.handle_transport_closed(cx.now());
