@@ -1,0 +1,201 @@
+//! A replace decided against a session that moves on before the hand-off: the accept
+//! decision reads the existing session in the session table's critical section, but the
+//! existing session's driver adopts the incoming socket later (a command to its worker,
+//! here held by `ms_inject_internal_delays`). Ceph stops the existing connection in the
+//! decision's critical section (`reuse_connection` sets its state to NONE under its
+//! lock); ours kept running: a connect of ours the peer answered meanwhile opened and
+//! delivered messages, and the replace then renumbered that session from 0 on the same
+//! handle. The peer, resending what it had not seen acknowledged after the
+//! SESSION_RESET that followed, had it delivered twice.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use messenger::{Messenger, MessengerConfig, Policy, ProtocolVersion};
+use protocol::session::Decision;
+use protocol::types::{AddrType, EntityAddr, EntityName, EntityType};
+use protocol::v2::Tag as V2Tag;
+use protocol::Event;
+use tests::hostile_v2::*;
+use tests::loopback::*;
+
+const MSG_TEST: u16 = 0x7f00;
+/// The accept decision and the replace hand-off each wait this long.
+const HOLD: Duration = Duration::from_millis(1500);
+
+fn held(m: &Messenger) -> u64 {
+    m.worker_counters().iter().map(|c| c.inject_internal_delays.load(Relaxed)).sum()
+}
+
+/// A msgr2 peer driven by hand: a protocol machine over a blocking socket.
+struct Peer {
+    m: protocol::Connection,
+    sock: Option<TcpStream>,
+    /// Where it dials on a reconnect.
+    dial: SocketAddr,
+}
+
+impl Peer {
+    fn flush(&mut self) {
+        let mut out = Vec::new();
+        while self.m.poll_transmit(&mut out) > 0 {}
+        if let Some(sock) = &mut self.sock {
+            for seg in out {
+                if sock.write_all(&seg).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One round: writes what the machine has, reads what arrived within 10 ms, runs
+    /// due timers; returns the machine's events (a reconnect is dialled here).
+    fn step(&mut self) -> Vec<Event> {
+        self.flush();
+        if let Some(sock) = &mut self.sock {
+            sock.set_read_timeout(Some(Duration::from_millis(10))).expect("timeout");
+            let mut buf = vec![0u8; 65536];
+            match sock.read(&mut buf) {
+                Ok(0) => {
+                    self.sock = None;
+                    self.m.handle_transport_closed(Instant::now());
+                }
+                Ok(n) => self.m.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => {
+                    self.sock = None;
+                    self.m.handle_transport_closed(Instant::now());
+                }
+            }
+        }
+        if self.m.poll_timeout().is_some_and(|t| t <= Instant::now()) {
+            self.m.handle_timeout(Instant::now());
+        }
+        let mut events = Vec::new();
+        while let Some(ev) = self.m.poll_event() {
+            match ev {
+                Event::Reconnect { .. } => {
+                    self.sock = Some(TcpStream::connect(self.dial).expect("redial"));
+                    self.m.handle_transport_connected(Instant::now());
+                }
+                Event::VerifyAuthorizer { .. } => panic!("no authorizer to verify with auth none"),
+                ev => events.push(ev),
+            }
+        }
+        self.flush();
+        events
+    }
+}
+
+// The messenger dials the peer; the peer's acceptor holds the messenger's ident
+// unanswered while the peer dials the messenger and sends CLIENT_IDENT: a connection
+// race the peer wins (its nonce sorts lower), so the messenger decides to hand its
+// session to the incoming socket. While the hand-off waits, the peer answers the
+// messenger's ident (its own race decision, as a peer that knows us by another address
+// takes it) and sends messages: delivered there, then renumbered by the replace, they
+// came again with the peer's resends. Every message must reach the messenger's handle
+// once, whatever becomes of the race.
+// A known defect, not fixed yet: fails on every run (the first 20 messages delivered
+// twice). Two fixes tried (a freeze of the existing session's reads once the replace is
+// marked, as Ceph's `reuse_connection`; a decision taken again at the hand-off) each
+// stalled race rounds or the black-holed hand-off test in `handshake_lifecycle.rs`.
+// Run by hand with `-- --ignored`.
+#[test]
+#[ignore = "known defect: a replace decided before the existing session opened renumbers it (messages delivered twice)"]
+fn a_replace_decided_before_the_existing_session_opened_delivers_nothing_twice_over_msgr2() {
+    let config = MessengerConfig { inject_internal_delays: HOLD, ..test_config(2) };
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (m, _, rx) =
+        server_on(EntityType::OSD, 10, Policy::lossless_peer(), false, loopback, config);
+    let m_addr = addr_for(ProtocolVersion::V2, m.my_addr());
+
+    let listener = TcpListener::bind(loopback).expect("peer listener");
+    let p_addr = EntityAddr {
+        ty: AddrType::MSGR2,
+        ..EntityAddr::legacy(listener.local_addr().expect("addr"), 1)
+    };
+    let p_name = EntityName::new(EntityType::OSD, 1);
+    let cfg = Arc::new(protocol::Config::new(p_name, p_addr));
+
+    // The messenger dials the peer; the peer's acceptor reads its ident, unanswered.
+    let conn = m.connect_to(EntityType::OSD, p_addr);
+    let (s1, from) = listener.accept().expect("accept");
+    let local = s1.local_addr().expect("local");
+    let mut peer = Peer {
+        m: protocol::Connection::accept_v2(Arc::clone(&cfg), from, local, Instant::now()),
+        sock: Some(s1),
+        dial: m_addr.addr.expect("messenger address"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let request = loop {
+        assert!(Instant::now() < deadline, "the messenger's ident never came");
+        if let Some(Event::AcceptRequest(req)) =
+            peer.step().into_iter().find(|e| matches!(e, Event::AcceptRequest(_)))
+        {
+            break req;
+        }
+    };
+    drop(request);
+
+    // The peer dials the messenger: its ident wins the race there.
+    let mut s2 =
+        v2_socket_at_ident_with(Arc::clone(&cfg), m_addr, EntityType::OSD, Policy::lossless_peer());
+    let before = held(&m);
+    // From the peer's one global_seq counter, as its later connects.
+    let gs = cfg.global_seq.next().0;
+    s2.write_all(&ident_listing(m_addr, vec![p_addr], 0xC, gs)).expect("ident");
+    // Decided (held once), and the hand-off waiting at the existing session (twice).
+    wait_until(
+        || held(&m) >= before + 2,
+        || format!("the replace was never decided and handed off: {}", m.dump_connections()),
+    );
+
+    // Meanwhile the peer answers the messenger's ident and sends.
+    const N: u64 = 20;
+    peer.m.handle_accept_decision(Instant::now(), Policy::lossless_peer(), Decision::Open, None);
+    for tid in 1..=N {
+        peer.m.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[5; 32])));
+    }
+    peer.flush();
+    let mut seen = Vec::new();
+    let take = |seen: &mut Vec<u64>| {
+        while let Ok(s) = rx.try_recv() {
+            if let Seen::Message(c, msg) = s {
+                assert!(c == conn, "message {} on another handle {c:?}", msg.tid());
+                seen.push(msg.tid());
+            }
+        }
+    };
+
+    // The hand-off (after its hold): the incoming socket is answered, or closed.
+    s2.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let answer = read_frame(&mut s2).map(|(t, _)| t);
+    take(&mut seen);
+    if answer == Some(V2Tag::SERVER_IDENT) {
+        // Adopted: the messenger's connect (now the peer's session) is closed. What the
+        // messenger acknowledged there, if anything, is lost with the socket.
+        if let Some(mut s1) = peer.sock.take() {
+            s1.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+            let _ = std::io::copy(&mut s1, &mut std::io::sink());
+        }
+        peer.m.handle_transport_closed(Instant::now());
+    }
+
+    // One more message; then every one must have arrived once.
+    peer.m.send_message(test_message(MSG_TEST, N + 1, Bytes::from_static(&[5; 32])));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.contains(&(N + 1)) {
+        assert!(Instant::now() < deadline, "the last message never came: {seen:?}");
+        peer.step();
+        take(&mut seen);
+    }
+    let want: Vec<u64> = (1..=N + 1).collect();
+    assert_eq!(seen, want, "delivered on {conn:?} (answer to the racing ident: {answer:?})");
+    drop(s2);
+    m.shutdown();
+}
