@@ -30,9 +30,12 @@ const LENT_KEEP: usize = 128;
 /// Bytes of buffers a thread keeps handles to at most.
 const LENT_BYTES: usize = 1 << 20;
 
-/// The buffers this thread lent out, oldest first, with their capacities.
+/// The buffers this thread lent out, oldest first, with their capacities. Each is kept
+/// as the empty handle left behind the payload split off it: a handle on the same
+/// allocation that is the only one left once every message holding the payload is gone,
+/// and that then takes the whole allocation back without freeing it.
 struct Lent {
-    ring: VecDeque<(Bytes, usize)>,
+    ring: VecDeque<(BytesMut, usize)>,
     bytes: usize,
 }
 
@@ -43,10 +46,22 @@ impl Lent {
 
     /// `parts` copied into one buffer of `len` bytes (their sum), lent out.
     fn copy(&mut self, parts: &[&[u8]], len: usize) -> Bytes {
-        let buf = self.reclaim(len).unwrap_or_else(|| BytesMut::with_capacity(len));
-        let buf = fill(buf, parts);
-        let cap = buf.capacity();
-        let out = buf.freeze();
+        let (buf, cap) = match self.reclaim(len) {
+            Some(kept) => kept,
+            None => {
+                let buf = BytesMut::with_capacity(len);
+                let cap = buf.capacity();
+                (buf, cap)
+            }
+        };
+        let mut buf = fill(buf, parts);
+        // The payload goes out; what stays here is an empty handle on the same
+        // allocation. The split shares a new buffer's allocation (its one bookkeeping
+        // allocation); a reused one is shared already, and a reference count is all the
+        // split and the later reuse cost: before, the reuse turned the buffer back into
+        // an owned one and the handle kept here shared it again, an allocation and a
+        // free of that bookkeeping per message.
+        let out = buf.split().freeze();
         // A buffer larger than the whole bound is not kept, and makes no room.
         if cap <= LENT_BYTES {
             while self.ring.len() >= LENT_KEEP || self.bytes + cap > LENT_BYTES {
@@ -54,29 +69,31 @@ impl Lent {
                     break;
                 }
             }
-            self.ring.push_back((out.clone(), cap));
+            self.ring.push_back((buf, cap));
             self.bytes += cap;
         }
         out
     }
 
-    /// The oldest buffer, emptied, if nothing else holds it and it suits `len` bytes: at
-    /// least that large and at most twice as large, so a small message never holds a
-    /// large buffer. Messages are dispatched in the order they were queued, so the
-    /// oldest is the first to come back; only it is looked at. One that is back but does
-    /// not suit is freed.
-    fn reclaim(&mut self, len: usize) -> Option<BytesMut> {
-        if !self.ring.front()?.0.is_unique() {
+    /// The oldest buffer, emptied, with its capacity, if nothing else holds it and it
+    /// suits `len` bytes: at least that large and at most twice as large, so a small
+    /// message never holds a large buffer. Messages are dispatched in the order they
+    /// were queued, so the oldest is the first to come back; only it is looked at. One
+    /// that is back but does not suit is freed.
+    fn reclaim(&mut self, len: usize) -> Option<(BytesMut, usize)> {
+        let (front, cap) = self.ring.front_mut()?;
+        // Asking for the whole capacity, more than is left behind the payload split off
+        // it, takes the buffer back from its start, and only while this handle is the
+        // only one left; never allocates.
+        if *cap == 0 || !front.try_reclaim(*cap) {
             return None;
         }
         let (buf, cap) = self.ring.pop_front()?;
         self.bytes -= cap;
-        let mut buf = buf.try_into_mut().ok()?;
-        if buf.capacity() < len || buf.capacity() / 2 > len {
+        if cap < len || cap / 2 > len {
             return None;
         }
-        buf.clear();
-        Some(buf)
+        Some((buf, cap))
     }
 
     fn let_go_oldest(&mut self) -> bool {
