@@ -131,6 +131,9 @@ pub(crate) struct ConnShared {
     /// driver's next decision (read before every input and event it handles) and for
     /// another connection's accept decision against it (read by the session table).
     pub(crate) disposable: AtomicBool,
+    /// `Published::replacing`, mirrored for the driver's pump to read without the lock
+    /// (written only with `published` locked, see [`Connection::set_replacing`]).
+    replacing: AtomicBool,
     /// What the driver holds of this connection's messages (in the protocol's queues
     /// and its write list), as it last published it; with `mailbox_cost`,
     /// what the per-connection send bound counts.
@@ -177,6 +180,7 @@ impl Connection {
             marked_down: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             disposable: AtomicBool::new(false),
+            replacing: AtomicBool::new(false),
             driver_cost: AtomicU64::new(0),
             mailbox_cost: AtomicU64::new(0),
             standby_counted: AtomicU64::new(NOT_IN_STANDBY),
@@ -458,6 +462,21 @@ impl Connection {
         // Wakes the driver: it drops what it keeps for resending and shows the session
         // lossy to accept decisions without waiting for other work.
         let _ = self.post(Command::MarkDisposable);
+    }
+
+    /// Marks (or unmarks) this session as being replaced by another connection's
+    /// socket: `p` is its published state, locked by the caller, so the mark and what
+    /// an accept decision read of the session change together.
+    pub(crate) fn set_replacing(&self, p: &mut Published, on: bool) {
+        p.replacing = on;
+        self.0.replacing.store(on, Ordering::Release);
+    }
+
+    /// Whether a replace of this session was decided and its socket has not been
+    /// adopted yet (the driver's pump does nothing on its own socket meanwhile).
+    #[inline]
+    pub(crate) fn replace_pending(&self) -> bool {
+        self.0.replacing.load(Ordering::Acquire)
     }
 
     /// Whether [`Connection::mark_disposable`] was called.

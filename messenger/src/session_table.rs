@@ -218,8 +218,10 @@ impl SessionTable {
             foreign: foreign(p.peer_auth.as_ref(), p.entity_type, authenticated),
         });
         let (verdict, claim) = decide(view.as_ref());
-        match (claim, published.as_deref_mut()) {
-            (Claim::BeginReplace, Some(p)) => p.replacing = true,
+        match (claim, existing.as_ref().zip(published.as_deref_mut())) {
+            // From here the existing session's driver reads nothing more on its own
+            // socket (its pump loads the mark) until it adopts the decision's socket.
+            (Claim::BeginReplace, Some((c, p))) => c.set_replacing(p, true),
             (Claim::Register, _) => t.register_session(addr, me),
             _ => {}
         }
@@ -261,7 +263,7 @@ impl SessionTable {
     /// socket reached it): the peer's next connect is decided afresh.
     pub(crate) fn abort_replace(&self, existing: &Connection) {
         let _t = self.tables.lock();
-        existing.0.published.lock().replacing = false;
+        existing.set_replacing(&mut existing.0.published.lock(), false);
     }
 
     /// The live session registered for `addr`.

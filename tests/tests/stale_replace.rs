@@ -100,13 +100,9 @@ impl Peer {
 // takes it) and sends messages: delivered there, then renumbered by the replace, they
 // came again with the peer's resends. Every message must reach the messenger's handle
 // once, whatever becomes of the race.
-// A known defect, not fixed yet: fails on every run (the first 20 messages delivered
-// twice). Two fixes tried (a freeze of the existing session's reads once the replace is
-// marked, as Ceph's `reuse_connection`; a decision taken again at the hand-off) each
-// stalled race rounds or the black-holed hand-off test in `handshake_lifecycle.rs`.
-// Run by hand with `-- --ignored`.
+// The existing session reads nothing on its own socket from the replace decision to the
+// hand-off (as Ceph's `reuse_connection` stops it in the decision's critical section).
 #[test]
-#[ignore = "known defect: a replace decided before the existing session opened renumbers it (messages delivered twice)"]
 fn a_replace_decided_before_the_existing_session_opened_delivers_nothing_twice_over_msgr2() {
     let config = MessengerConfig { inject_internal_delays: HOLD, ..test_config(2) };
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -206,7 +206,7 @@ impl Driver {
             let mut p = self.conn.0.published.lock();
             p.session = now;
             if replace_done {
-                p.replacing = false;
+                self.conn.set_replacing(&mut p, false);
             }
         }
     }

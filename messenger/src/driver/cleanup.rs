@@ -59,7 +59,7 @@ impl Driver {
         // for it, as Ceph's stop(true) reports none for a closed connection.
         let _ = self.conn.stop_messages();
         self.conn.close();
-        self.conn.0.published.lock().replacing = false;
+        self.conn.set_replacing(&mut self.conn.0.published.lock(), false);
         self.recv = Default::default();
         self.credit = Default::default();
         self.seams.discard();

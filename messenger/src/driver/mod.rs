@@ -346,8 +346,19 @@ impl Driver {
         if self.finished {
             return;
         }
-        self.apply_injected_cut();
-        self.read(cx);
+        // A session another connection's accept decision is replacing reads nothing
+        // more on its own socket until the decision's socket arrives (a command in the
+        // mailbox, drained just before), as Ceph's `reuse_connection` stops the existing
+        // connection in the decision's critical section. The decision read the session
+        // as last published: read on, our own connect answered and its messages
+        // delivered, the session moved on under it, the replace renumbered it (in_seq
+        // back to 0), and the peer's resends after that were delivered twice. What was
+        // read before the mark is handled as usual. One load per pump.
+        let replaced = self.conn.replace_pending();
+        if !replaced {
+            self.apply_injected_cut();
+            self.read(cx);
+        }
         let read_done = Instant::now();
         let recv_time = read_done.saturating_duration_since(started_at);
         WorkerCounters::add_own_time(&self.counters.running_recv_time_ns, recv_time);
@@ -383,7 +394,7 @@ impl Driver {
         // Readable bytes the machine wants now but the read phase did not take: budget
         // granted during the rounds (after the read phase) resumes a paused read, and
         // edge-triggered readiness will not report those bytes again.
-        let unread = self.io.unread() && self.machine.wants_read();
+        let unread = !replaced && self.io.unread() && self.machine.wants_read();
         self.seams.run_before_settle();
         // What fast dispatch sent that the protocol had no room for waits in the mailbox.
         own_sends::spill(&self.conn);
@@ -393,7 +404,7 @@ impl Driver {
         let more = self.settle_mailbox()
             | self.machine.has_events()
             | unread
-            | self.cut_ready()
+            | (!replaced && self.cut_ready())
             | self.retry_congested_write()
             | self.more_to_write();
         if more {
