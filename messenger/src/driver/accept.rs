@@ -38,11 +38,8 @@ impl Driver {
                 a.addr = Some(std::net::SocketAddr::new(ip, a.port()));
             }
         }
-        {
-            let mut p = self.conn.0.published.lock();
-            p.addr = Some(req.peer_addr);
-            p.entity_type = Some(req.peer_type);
-        }
+        // The peer's address and type are published already, for the dispatchers'
+        // `ms_handle_authentication` just before (`authenticate_then_decide`).
         let (Some(id), true) = (self.id, self.io.socket.is_some()) else {
             // Not running or no socket: nothing to decide for (the machine faults).
             self.machine.handle_transport_closed(now);

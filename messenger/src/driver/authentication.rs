@@ -27,7 +27,8 @@ impl Driver {
     /// nudged by a connect that is refused.
     fn authentication_refused(&mut self, cx: &mut Context<'_>, req: &AcceptRequest) -> bool {
         {
-            // What the hook reads of the peer: who it claims to be, and who it proved
+            // What the hook reads of the peer (and the handle shows from here on, the
+            // decision's outcome whatever it is): who it claims to be, and who it proved
             // to be. The session table reads a handle's proof only once the handle is
             // registered (the decision does that), so publishing it here changes no
             // other connection's decision.
