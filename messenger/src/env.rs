@@ -3,14 +3,14 @@
 //! invariants (the session table, the policies, who we are); the messenger creates the
 //! environment once and hands it out in an `Arc`.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV6};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use dispatch::{DispatchQueue, Dispatcher, Dispatchers, QueueEvent, Throttle};
 use parking_lot::{Mutex, RwLock};
-use protocol::session::LearnedAddr;
+use protocol::session::{LearnedAddr, WarnLimit};
 use protocol::types::{EntityAddr, EntityAddrVec, EntityName};
 use protocol::{GlobalSeqCounter, Message};
 
@@ -152,10 +152,17 @@ pub(crate) struct Env {
     /// dispatcher being added meanwhile (told before it joins the chain, perhaps of the
     /// old address) sees it move and is told again (see `Messenger::add_dispatcher`).
     pub(crate) loopback_moves: AtomicU64,
-    /// The IP every connection we dial binds its socket to before connecting, port 0
-    /// (`Messenger::client_bind`, Ceph's `client_bind` with `ms_bind_before_connect`);
+    /// The address every connection we dial binds its socket to before connecting: an
+    /// IP, port 0, and for IPv6 the scope id given with it ([`dial_source`];
+    /// `Messenger::client_bind`, Ceph's `client_bind` with `ms_bind_before_connect`);
     /// `None`: the kernel picks the source. Read once per dial.
-    pub(crate) source_ip: Mutex<Option<std::net::IpAddr>>,
+    pub(crate) source_ip: Mutex<Option<SocketAddr>>,
+    /// The lines a second that log a peer the dispatchers refused
+    /// (`ms_handle_authentication`): a lossless or msgr2 peer redials and is refused at
+    /// every backoff, and a crowd of them would otherwise log a line each time. Apart
+    /// from the peer issues' limit (`ProtocolConfig::warn_limit`), so refusals do not
+    /// use up the lines of peers that misbehave.
+    pub(crate) refusal_log: WarnLimit,
 }
 
 impl Env {
@@ -202,6 +209,7 @@ impl Env {
             loopback_unannounced: Mutex::new(Some(Vec::new())),
             loopback_moves: AtomicU64::new(0),
             source_ip: Mutex::new(None),
+            refusal_log: WarnLimit::default(),
             config,
         })
     }
@@ -564,6 +572,17 @@ impl Home for Env {
     }
 }
 
+/// The address a dial binds its socket to for `Messenger::client_bind(addr)`: `addr`'s
+/// IP with port 0 (the kernel picks the port), and for IPv6 `addr`'s scope id, without
+/// which the kernel cannot bind a link-local address (`fe80::…%eth0`: `EINVAL`, so every
+/// dial failed). The flow label is not kept: it labels a flow, not the address.
+pub(crate) fn dial_source(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) => SocketAddr::from((*a.ip(), 0)),
+        SocketAddr::V6(a) => SocketAddrV6::new(*a.ip(), 0, 0, a.scope_id()).into(),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -643,5 +662,18 @@ mod tests {
         // A nonce near the top wraps, as the wire's 32 bits would.
         let env = Env::new(name, u32::MAX, MessengerConfig::default(), 1);
         assert_eq!(env.identity.rebound(moved, &env.config), REBIND_NONCE_STEP - 1);
+    }
+
+    // `client_bind` of a link-local IPv6 address keeps its interface (scope id) for the
+    // dials' bind, and drops the port (and flow label); an IPv4 address, its port.
+    #[test]
+    fn a_dial_binds_to_the_client_bind_ip_with_its_scope_id_and_port_0() {
+        let link_local: std::net::Ipv6Addr = "fe80::1".parse().unwrap();
+        let given = SocketAddr::V6(SocketAddrV6::new(link_local, 4444, 7, 3));
+        let SocketAddr::V6(source) = dial_source(given) else { panic!("{given}: not v6") };
+        assert_eq!((*source.ip(), source.port(), source.scope_id()), (link_local, 0, 3));
+        assert_eq!(source.flowinfo(), 0);
+        let v4 = SocketAddr::from(([127, 0, 0, 2], 4444));
+        assert_eq!(dial_source(v4), SocketAddr::from(([127, 0, 0, 2], 0)));
     }
 }

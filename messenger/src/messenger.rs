@@ -212,7 +212,8 @@ impl Messenger {
     /// outgoing socket is bound to it, port 0, before it connects, so a peer sees our
     /// connections come from that IP (Ceph's `client_bind` under
     /// `ms_bind_before_connect`: a client on a host with several addresses picking the
-    /// one its peers' firewalls expect). `addr`'s port is not used. Takes effect for
+    /// one its peers' firewalls expect). `addr`'s port is not used; an IPv6 `addr`'s scope
+    /// id is (a link-local address binds on that interface). Takes effect for
     /// dials from then on. A dial to a peer of the other address family than `addr`
     /// is not bound (where Ceph's bind fails, and with it the dial).
     ///
@@ -239,7 +240,7 @@ impl Messenger {
                 "client_bind: the messenger is bound, started or has connected",
             ));
         }
-        *source = Some(addr.ip());
+        *source = Some(crate::env::dial_source(addr));
         Ok(())
     }
 
@@ -365,7 +366,8 @@ impl Messenger {
     /// (each reported with `ms_handle_reset`), after the nonce moved on by 1,000,000 at
     /// the same address ([`Messenger::my_addrs`] shows it, the loopback connection's
     /// peer address follows and the fast dispatchers hear `ms_handle_fast_connect` for
-    /// it once the messenger started, on this thread). Connections dialled from then on
+    /// it once the messenger started, on this thread, unless a shutdown began
+    /// meanwhile). Connections dialled from then on
     /// announce the new nonce, so no peer resumes a session with us: each takes us for
     /// a new entity. A listener, if any, stays where it is. Returns the new nonce.
     ///
@@ -392,8 +394,12 @@ impl Messenger {
         self.env.init_local_connection(&self.loopback);
         self.env.loopback_moves.fetch_add(1, Ordering::SeqCst);
         self.mark_down_all();
+        // Not once a shutdown began (as `rebind`'s listener is not installed then:
+        // `install_processor`): one that began while the sessions were being marked down
+        // may be about to return, promising no dispatcher runs after, and it closes the
+        // loopback connection only at its end.
         let started = self.env.loopback_unannounced.lock().is_none();
-        if started && self.loopback.is_connected() {
+        if started && self.loopback.is_connected() && !self.env.sessions.is_stopping() {
             self.env.dispatchers().handle_fast_connect(&self.loopback);
         }
         Ok(nonce)

@@ -126,6 +126,85 @@ fn client_reset_ends_every_session_and_takes_a_new_nonce() {
     }
 }
 
+/// A fast dispatcher counting `ms_handle_fast_connect`s of the loopback connection made
+/// once `late` is set.
+#[derive(Default)]
+struct LateLoopbackConnects {
+    late: std::sync::atomic::AtomicBool,
+    connects: AtomicUsize,
+}
+
+impl Dispatcher<Connection> for LateLoopbackConnects {
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
+        Dispatched::NotTaken(msg)
+    }
+    fn ms_handle_fast_connect(&self, conn: &Connection) {
+        if conn.is_loopback() && self.late.load(Ordering::SeqCst) {
+            self.connects.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+// A shutdown that begins while `client_reset` marks the sessions down: the reset tells
+// no dispatcher of the loopback connection's new address after that (as `rebind`
+// installs no listener then). It did, while the shutdown was still ending the sessions.
+#[test]
+fn a_shutdown_racing_client_reset_hears_no_fast_connect_after_it_began() {
+    let (s1, _, s1rx) = server(EntityType::OSD, 1, Policy::stateless_server(), false);
+    let (s2, _, s2rx) = server(EntityType::OSD, 2, Policy::stateless_server(), false);
+    let (c, _crx) = client(EntityType::CLIENT, 31, Policy::lossless_client());
+    let c = Arc::new(c);
+    let late = Arc::new(LateLoopbackConnects::default());
+    c.add_dispatcher_head(late.clone()).expect("fast dispatcher");
+    let a = c.connect_to(EntityType::OSD, dial_addr(&s1, ProtocolVersion::V2));
+    let b = c.connect_to(EntityType::OSD, dial_addr(&s2, ProtocolVersion::V2));
+    deliver(&a, &s1rx, 1);
+    deliver(&b, &s2rx, 2);
+    // Every end of a session says so. The first (on client_reset's thread: it ends them
+    // all) waits until the shutdown began; the second, the shutdown's end of the other
+    // session on its thread, holds the shutdown there (the loopback connection still
+    // open) until client_reset returned.
+    let (ends_tx, ends) = crossbeam_channel::unbounded::<()>();
+    let (go_reset, reset_goes) = crossbeam_channel::bounded::<()>(1);
+    let (go_shutdown, shutdown_goes) = crossbeam_channel::bounded::<()>(1);
+    let calls = Arc::new(AtomicUsize::new(0));
+    for conn in [&a, &b] {
+        let (calls, ends_tx) = (calls.clone(), ends_tx.clone());
+        let (reset_goes, shutdown_goes) = (reset_goes.clone(), shutdown_goes.clone());
+        conn.inject_in_reset(move || {
+            let _ = ends_tx.send(());
+            let wait_for = match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => &reset_goes,
+                1 => &shutdown_goes,
+                _ => return,
+            };
+            let _ = wait_for.recv_timeout(WAIT);
+        });
+    }
+    let resetter = {
+        let c = c.clone();
+        std::thread::spawn(move || c.client_reset())
+    };
+    ends.recv_timeout(WAIT).expect("client_reset ends a session");
+    let stopper = {
+        let c = c.clone();
+        std::thread::spawn(move || c.shutdown())
+    };
+    ends.recv_timeout(WAIT).expect("the shutdown ends the other session");
+    late.late.store(true, Ordering::SeqCst);
+    go_reset.send(()).expect("release client_reset");
+    let reset = resetter.join().expect("client_reset thread");
+    go_shutdown.send(()).expect("release the shutdown");
+    stopper.join().expect("shutdown thread");
+    assert_eq!(reset.expect("client_reset"), 31 + NONCE_STEP);
+    assert_eq!(late.connects.load(Ordering::SeqCst), 0, "a fast connect after the shutdown began");
+    s1.shutdown();
+    s2.shutdown();
+}
+
 // Ceph's `get_peer_addrs`, `get_peer_id`, `get_peer_global_id`, `has_feature(s)`: over
 // msgr2 the peer's ident names its addresses and number (a server's SERVER_IDENT: its
 // msgr2 and v1 addresses; a client's CLIENT_IDENT: its gid); over v1 the one address
@@ -270,12 +349,21 @@ fn a_refused_authentication_closes_the_connection_before_it_opens() {
         assert!(authenticated, "{proto:?}: who it proved to be is shown");
         assert!(!open, "{proto:?}: asked before the connection opens");
         assert!(!conn.is_connected());
-        let grace = std::time::Instant::now() + std::time::Duration::from_millis(300);
-        while let Ok(ev) = srx.recv_deadline(grace) {
-            assert!(
-                !matches!(ev, Seen::Accept(_) | Seen::Message(..)),
-                "{proto:?}: the server's dispatchers saw {ev:?}"
-            );
+        // Up to a barrier: a message the server sends itself (its loopback connection)
+        // comes after every connection event queued before it (the dispatch thread takes
+        // events first), so an accept of the refused connection, queued at its decision
+        // before the refusal was seen above, would come before it, and so would any
+        // message of it (queued only after its accept).
+        let barrier = test_message(0x4242, 99, Bytes::from_static(b"barrier"));
+        server.get_loopback_connection().send_message(barrier).expect("loopback send");
+        loop {
+            match srx.recv_timeout(WAIT).expect("the loopback barrier") {
+                Seen::Message(on, msg) if on.is_loopback() && msg.tid() == 99 => break,
+                ev => assert!(
+                    !matches!(ev, Seen::Accept(_) | Seen::Message(..)),
+                    "{proto:?}: the server's dispatchers saw {ev:?}"
+                ),
+            }
         }
         if proto == ProtocolVersion::V1 {
             wait_for_connection_count(&server, 0, "the refused connection is gone");
@@ -348,11 +436,11 @@ fn a_handle_accepted_in_authentication_that_never_opens_is_reported_reset() {
 
 /// A dispatcher whose `ms_handle_authentication` keeps the handle it is shown (as an
 /// OSD keeps a session for it) and then panics the first time, letting the peer in
-/// after that; it records every `ms_handle_reset`.
+/// after that; it sends every `ms_handle_reset`'s handle, in order.
 struct PanicsOnce {
     calls: AtomicUsize,
     shown: parking_lot::Mutex<Vec<Connection>>,
-    resets: parking_lot::Mutex<Vec<Connection>>,
+    resets: Sender<Connection>,
 }
 
 impl Dispatcher<Connection> for PanicsOnce {
@@ -367,7 +455,7 @@ impl Dispatcher<Connection> for PanicsOnce {
         Authentication::Accept
     }
     fn ms_handle_reset(&self, conn: &Connection) -> bool {
-        self.resets.lock().push(conn.clone());
+        let _ = self.resets.send(conn.clone());
         false
     }
 }
@@ -379,10 +467,11 @@ impl Dispatcher<Connection> for PanicsOnce {
 #[test]
 fn a_panic_in_authentication_drops_the_connection_and_reports_its_reset() {
     for proto in PROTOCOLS {
+        let (resets_tx, resets) = crossbeam_channel::unbounded();
         let hook = Arc::new(PanicsOnce {
             calls: AtomicUsize::new(0),
             shown: Default::default(),
-            resets: Default::default(),
+            resets: resets_tx,
         });
         let m = Messenger::new(EntityName::new(EntityType::OSD, 0), 1, test_config(2)).expect("m");
         m.set_default_policy(Policy::stateful_server());
@@ -402,16 +491,22 @@ fn a_panic_in_authentication_drops_the_connection_and_reports_its_reset() {
         assert!(shown.len() >= 2, "{proto:?}: asked again after the panic");
         let dropped = shown[0].clone();
         assert_ne!(dropped, session, "{proto:?}: the session came on a later connect");
-        wait_until(
-            || hook.resets.lock().contains(&dropped),
-            || format!("{proto:?}: the reset of the handle shown to the panicking hook"),
-        );
-        // Once, and not for the session.
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        let resets = hook.resets.lock().clone();
-        assert_eq!(resets.iter().filter(|r| **r == dropped).count(), 1, "{proto:?}: {resets:?}");
-        assert!(!resets.contains(&session), "{proto:?}");
+        let first = resets.recv_timeout(WAIT).expect("the reset of the dropped handle");
+        assert_eq!(first, dropped, "{proto:?}: the first reset is the dropped handle's");
         assert!(session.is_connected(), "{proto:?}");
+        // Once, and not for the session: a later reset, the session's from a
+        // mark_down_all now, comes behind any other already queued (one event queue, in
+        // order), so what comes before it is every reset the drop and the reconnect made.
+        m.mark_down_all();
+        let mut before = Vec::new();
+        loop {
+            let r = resets.recv_timeout(WAIT).expect("the session's reset (the barrier)");
+            if r == session {
+                break;
+            }
+            before.push(r);
+        }
+        assert!(!before.contains(&dropped), "{proto:?}: reset again: {before:?}");
         c.shutdown();
         m.shutdown();
     }

@@ -287,7 +287,7 @@ impl Driver {
         }
         let source = *self.env.source_ip.lock();
         let s = match source {
-            Some(ip) => dial_from(ip, addr)?,
+            Some(from) => dial_from(from, addr)?,
             None => TcpStream::connect(addr)?,
         };
         self.io.socket = Some(s);
@@ -657,14 +657,14 @@ fn write_segments<const N: usize>(
     sock.write_vectored(&iov[..n])
 }
 
-/// A non-blocking connect to `addr` from a socket bound to `ip`, port 0 (the kernel
-/// picks the port): `Messenger::client_bind`, as Ceph's `generic_connect` binds
-/// `my_addrs.front()` with port 0 under `ms_bind_before_connect`. An `ip` of the other
-/// family than `addr` is not bound (the kernel picks the source), where Ceph's bind
-/// fails and so does every dial.
-fn dial_from(ip: std::net::IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
-    if ip.is_ipv4() != addr.is_ipv4() {
-        log::debug!(target: "msgr::conn", "client_bind {ip}: not of {addr}'s family, not bound");
+/// A non-blocking connect to `addr` from a socket bound to `from` (an IP with port 0,
+/// which the kernel picks, and its scope id: `env::dial_source`): `Messenger::client_bind`,
+/// as Ceph's `generic_connect` binds `my_addrs.front()` with port 0 under
+/// `ms_bind_before_connect`. A `from` of the other family than `addr` is not bound (the
+/// kernel picks the source), where Ceph's bind fails and so does every dial.
+fn dial_from(from: SocketAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    if from.is_ipv4() != addr.is_ipv4() {
+        log::debug!(target: "msgr::conn", "client_bind {from}: not of {addr}'s family, not bound");
         return TcpStream::connect(addr);
     }
     let socket = socket2::Socket::new(
@@ -673,7 +673,7 @@ fn dial_from(ip: std::net::IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_nonblocking(true)?;
-    socket.bind(&SocketAddr::new(ip, 0).into())?;
+    socket.bind(&from.into())?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
