@@ -382,6 +382,11 @@ impl Connection {
     /// socket. So N calls on a lossless session make N reconnects (a session parked in
     /// standby opens again when something is sent); on a lossy one the first cut ends
     /// the session and the rest are dropped with it.
+    ///
+    /// The cut is a command, which the driver takes between read phases, while a message
+    /// sent after this call may be taken in the middle of one and leave first. To have
+    /// what is sent next leave after the cut, wait until a closure queued with
+    /// [`Connection::inject_before_settle`] right after this call has run.
     #[cfg(feature = "fault-injection")]
     pub fn inject_socket_failure(&self) {
         let _ = self.post(Command::InjectFault);
