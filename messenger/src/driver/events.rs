@@ -294,6 +294,11 @@ impl Driver {
                 // ours (ms_handle_connect, as Ceph's client_ready) and a standby of it
                 // waits for our next message, not for its peer.
                 self.server_side = false;
+                // The connect_seq the fault moved on is published before the state, as
+                // at the open (see `SessionTable`): a racing connect from the peer
+                // decided meanwhile saw "connecting" beside the old number, and replaced
+                // the session where the new one breaks the tie (one more round).
+                self.publish_snapshot(false);
                 self.conn.set_state(ConnState::Connecting);
                 match self.io.dial.or_else(|| self.conn.peer_addr().and_then(|a| a.addr)) {
                     Some(addr) => {

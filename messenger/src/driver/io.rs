@@ -322,6 +322,8 @@ impl Driver {
             self.close_socket(cx);
         }
         if self.conn.state() == ConnState::Open {
+            // The connect_seq the fault moved on first (see `Event::Reconnect`'s).
+            self.publish_snapshot(false);
             self.conn.set_state(ConnState::Connecting);
         }
     }

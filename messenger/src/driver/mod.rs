@@ -636,6 +636,83 @@ mod tests {
         }
     }
 
+    /// Waits at every settle of `conn`'s pump for the first one that finds it
+    /// connecting, and sends what the session table held for it then.
+    #[cfg(feature = "fault-injection")]
+    fn observe_connecting(conn: Connection, tx: std::sync::mpsc::Sender<SessionSnapshot>) {
+        if conn.state() == ConnState::Connecting {
+            let _ = tx.send(conn.0.published.lock().session);
+        } else {
+            let again = conn.clone();
+            conn.inject_before_settle(move || observe_connecting(again, tx));
+        }
+    }
+
+    /// A lossless session's fault moves its connect_seq on and makes it connecting in
+    /// the same pump; another worker's accept decision reads both (the state and the
+    /// published numbers) in one critical section, so the number must be published by
+    /// the time the state says connecting. It was published at the pump's end: a
+    /// racing reconnect from the peer decided in between read "connecting" beside the
+    /// old number, and replaced the session where the new number breaks the tie. Both
+    /// ways a fault leaves an open session connecting: a redial at once (the case that
+    /// failed), and the wait of a session cut within the initial backoff of its open
+    /// (`young`), its socket closed (there the pump's flush published the number first,
+    /// unless the fault was that flush's write).
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn a_faulted_session_publishes_its_next_connect_seq_before_it_shows_connecting() {
+        for (v2, young) in [(false, false), (true, false), (false, true), (true, true)] {
+            let server = crate::Messenger::new(
+                EntityName::new(EntityType::OSD, 0),
+                1,
+                MessengerConfig { workers: 1, ..MessengerConfig::default() },
+            )
+            .expect("server");
+            server.set_default_policy(Policy::stateful_server());
+            server.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+            server.start().expect("start");
+            server.add_dispatcher_head(Arc::new(Quiet)).expect("dispatcher");
+            let client_config = MessengerConfig {
+                workers: 1,
+                initial_backoff: Duration::from_millis(if young { 10_000 } else { 1 }),
+                ..MessengerConfig::default()
+            };
+            let client =
+                crate::Messenger::new(EntityName::new(EntityType::CLIENT, 2), 2, client_config)
+                    .expect("client");
+            client.set_default_policy(Policy::lossless_client());
+            client.add_dispatcher_head(Arc::new(Quiet)).expect("dispatcher");
+            let mut addr = server.my_addr();
+            addr.ty = if v2 {
+                protocol::types::AddrType::MSGR2
+            } else {
+                protocol::types::AddrType::LEGACY
+            };
+            let conn = client.connect_to(EntityType::OSD, addr);
+            let mut m = Message::new(0x7f00, bytes::Bytes::from_static(b"x"));
+            m.set_tid(1);
+            conn.send_message(m).expect("send");
+            wait_for("the session", || conn.state() == ConnState::Open);
+            if !young {
+                // Past the initial backoff since the open: the fault redials at once.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let open = conn.0.published.lock().session;
+
+            let (tx, rx) = std::sync::mpsc::channel();
+            observe_connecting(conn.clone(), tx);
+            conn.inject_socket_failure();
+            let connecting = rx.recv_timeout(Duration::from_secs(20)).expect("connecting");
+            client.shutdown();
+            server.shutdown();
+            assert_ne!(
+                connecting, open,
+                "v2 {v2}, young {young}: connecting, and the table still held the open \
+                 session's numbers"
+            );
+        }
+    }
+
     /// A lossless peer whose socket keeps failing reconnects, and each accepted socket is
     /// handed to its session (a replace): the accepting driver vanishes, and with it the
     /// handshake timer it had armed. Before, that timer stayed in the center's timer set
