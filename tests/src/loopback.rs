@@ -233,6 +233,54 @@ pub fn wait_until(mut done: impl FnMut() -> bool, why: impl Fn() -> String) {
     }
 }
 
+/// Cuts `conn`'s socket ([`Connection::inject_socket_failure`]) and returns once its
+/// driver has taken the cut, so that what is sent from then on is framed after it.
+///
+/// The cut is a command, which the driver takes between read phases, while a message
+/// sent after it can be taken in the middle of one and leave first: under load a whole
+/// batch sent "after" the cut went out and was acknowledged before it, both sessions
+/// were idle when it landed, peers that may park (lossless_peer, stateful_server) went
+/// to standby, and a test waiting for the reconnect saw none. Call it on an open
+/// session: a cut asked for while none is open waits for the next open, which this does
+/// not wait for.
+#[track_caller]
+pub fn cut_before_the_rest(conn: &Connection) {
+    inject_cut(conn).wait();
+}
+
+/// Asks for a cut of `conn`'s socket without waiting for it: [`PendingCut::wait`] later
+/// returns once the driver has taken it. For a test that wants the cut to meet messages
+/// in flight (sent between this call and the wait) yet needs a message framed after the
+/// cut (sent after the wait) to wake sessions the cut may have parked.
+pub fn inject_cut(conn: &Connection) -> PendingCut {
+    conn.inject_socket_failure();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    // Commands are taken in order: this closure runs at the end of the pump that took
+    // the cut, or a later one.
+    conn.inject_before_settle(move || {
+        let _ = tx.send(());
+    });
+    PendingCut { conn: conn.clone(), taken: rx }
+}
+
+/// A cut asked for with [`inject_cut`].
+#[must_use = "wait for the cut to land"]
+pub struct PendingCut {
+    conn: Connection,
+    taken: Receiver<()>,
+}
+
+impl PendingCut {
+    /// Returns once the driver has taken the cut; panics after [`WAIT`].
+    #[track_caller]
+    pub fn wait(self) {
+        // Dropped unrun only if the connection closed first: then there is nothing to cut.
+        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = self.taken.recv_timeout(WAIT) {
+            panic!("the driver of {:?} never took the injected cut", self.conn);
+        }
+    }
+}
+
 /// Keeps every worker of `m` busy until the returned sender is dropped (or [`WAIT`]
 /// passes): what is written to it meanwhile waits in the socket, to be read in a few
 /// large reads however the machine's load would have batched it.

@@ -113,25 +113,6 @@ fn receive_round(a: &mut Side<'_>, b: &mut Side<'_>, base: u64, n: u64) {
     }
 }
 
-/// Cuts `conn`'s socket before anything sent after this call leaves. The cut is a
-/// command, which the driver takes between read phases, while what is sent after it can
-/// be taken in the middle of one (an early batch's write) and so leave first: under load
-/// the whole round went out both ways and was acknowledged before the cut landed, both
-/// idle sessions parked in standby (Ceph's fault with nothing queued), and the round saw
-/// no open at all. Returns once the driver has taken the cut (a closure queued behind
-/// it has run at the end of that pump): what is sent from then on is framed after it.
-fn cut_before_the_rest(conn: &Connection) {
-    conn.inject_socket_failure();
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    conn.inject_before_settle(move || {
-        let _ = tx.send(());
-    });
-    // Dropped unrun only if the connection closed first: then there is nothing to cut.
-    if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(WAIT) {
-        panic!("the driver of {conn:?} never took the injected cut");
-    }
-}
-
 fn acked(c: &Connection) -> bool {
     c.queued_send_bytes() == 0
 }

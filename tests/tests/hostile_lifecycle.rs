@@ -445,6 +445,8 @@ fn a_waiting_connection_queues_one_throttle_request_however_often_it_is_woken_ov
         let _ = probe_tx.send(());
     });
     probe_rx.recv_timeout(WAIT).expect("the driver took the keepalives");
+    // The probe orders the check after every wake-up; the window after it stays, as a
+    // timed retry (Ceph's way) would queue its requests later, with no event to wait on.
     let deadline = Instant::now() + Duration::from_millis(500);
     while Instant::now() < deadline {
         assert_eq!(srv.dispatch_throttle().waiting(), 1, "requests pile up");

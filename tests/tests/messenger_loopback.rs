@@ -1060,11 +1060,13 @@ fn replaced_private_data_is_dropped_outside_the_connections_lock() {
 /// 10 more `ms_handle_accept` on the server, whose session is replaced each time), and
 /// every message arrives exactly once, in order — Ceph's lossless promise.
 ///
-/// Each cut is asked for just before a tenth of the stream is sent, and the next only
-/// once its reconnect is seen: a cut landing when everything sent was acknowledged
-/// parks the session in standby until those sends wake it, so every cut costs exactly
-/// one reconnect however fast the stream runs (queued all at once, later cuts raced the
-/// stream's end and found nothing to resend).
+/// Each cut lands (the driver has taken it) before a tenth of the stream is sent, and
+/// the next is asked for only once its reconnect is seen: a cut landing when everything
+/// sent was acknowledged parks the session in standby until those sends wake it, so
+/// every cut costs exactly one reconnect however fast the stream runs. (Queued all at
+/// once, later cuts raced the stream's end and found nothing to resend; merely asked
+/// for, a cut could land after its tenth went out and was acknowledged, both ends idle
+/// and parked, and no reconnect came.)
 #[test]
 fn lossless_session_survives_repeated_socket_cuts_without_loss_or_duplicates() {
     let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateful_server(), false);
@@ -1076,7 +1078,7 @@ fn lossless_session_survives_repeated_socket_cuts_without_loss_or_duplicates() {
     assert!(wait_for_event(&cli_rx, is_connect), "the first session opened");
     let payload = Bytes::from_static(&[3u8; 256]);
     for cut in 0..CUTS {
-        conn.inject_socket_failure();
+        cut_before_the_rest(&conn);
         for tid in cut * (N / CUTS) + 1..=(cut + 1) * (N / CUTS) {
             conn.send_message(test_message(MSG_TEST, tid, payload.clone())).expect("send");
         }
@@ -1308,6 +1310,9 @@ fn wait_on_a_shared_pool_returns_once_every_connection_is_gone() {
         counter.marked.store(true, Ordering::Release);
         let left = srv.connection_count();
         // The peers go on for a moment: nothing of theirs may reach our dispatcher now.
+        // A window of time, not a barrier: what must not happen is a dispatch caused by
+        // traffic that keeps arriving after wait(), and the server, shut down, has no
+        // queue left to post a probe behind.
         std::thread::sleep(Duration::from_millis(200));
         stop.store(true, Ordering::Relaxed);
         assert_eq!(left, 0, "connections left on the shared workers after wait()");

@@ -89,11 +89,13 @@ fn one_port_serves_a_v1_and_a_msgr2_client() {
 /// each cut is one SESSION_RECONNECT, adopted by the server's existing session (the
 /// messenger's replace hand-off), and every message arrives exactly once, in order.
 ///
-/// Each cut is asked for just before a tenth of the stream is sent, and the next only
-/// once its reconnect is seen: a cut landing when everything sent was acknowledged
-/// parks the session in standby until those sends wake it, so every cut costs exactly
-/// one reconnect however fast the stream runs (queued all at once, later cuts raced
-/// the stream's end and found nothing to resend).
+/// Each cut lands (the driver has taken it) before a tenth of the stream is sent, and
+/// the next is asked for only once its reconnect is seen: a cut landing when everything
+/// sent was acknowledged parks the session in standby until those sends wake it, so
+/// every cut costs exactly one reconnect however fast the stream runs. (Queued all at
+/// once, later cuts raced the stream's end and found nothing to resend; merely asked
+/// for, a cut could land after its tenth went out and was acknowledged, both ends idle
+/// and parked, and no reconnect came.)
 #[test]
 fn lossless_msgr2_session_survives_repeated_socket_cuts_without_loss_or_duplicates() {
     let (srv, _addr, srv_rx) = server(EntityType::OSD, 1, Policy::stateful_server(), false);
@@ -105,7 +107,7 @@ fn lossless_msgr2_session_survives_repeated_socket_cuts_without_loss_or_duplicat
     assert!(wait_for_event(&cli_rx, is_connect), "the first session opened");
     let payload = Bytes::from_static(&[3u8; 256]);
     for cut in 0..CUTS {
-        conn.inject_socket_failure();
+        cut_before_the_rest(&conn);
         for tid in cut * (N / CUTS) + 1..=(cut + 1) * (N / CUTS) {
             conn.send_message(test_message(MSG_TEST, tid, payload.clone())).expect("send");
         }

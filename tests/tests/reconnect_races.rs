@@ -211,17 +211,17 @@ fn race_rounds(a_nonce: u32, b_nonce: u32, proto: ProtocolVersion) {
             send_both(tid);
         }
         // Alternate which end the cut is made from; both ends lose the socket either way.
-        if round.is_multiple_of(2) {
-            a_to_b.inject_socket_failure();
-        } else {
-            b_to_a.inject_socket_failure();
-        }
+        // The second half is sent while the cut is pending, so that it usually meets
+        // messages in flight both ways (both sides reconnect at once: the race).
+        let cut = if round.is_multiple_of(2) { inject_cut(&a_to_b) } else { inject_cut(&b_to_a) };
         for _ in 0..BATCH {
             tid += 1;
             send_both(tid);
         }
-        // If the cut only landed once everything was acked, both sides went to standby
-        // (lossless_peer): the next message of each wakes them, into the same race.
+        // The cut may land only after the whole round went out and was acknowledged:
+        // then both idle sessions park in standby (lossless_peer). The next message of
+        // each, sent once the cut has landed, wakes them into the same race.
+        cut.wait();
         let opens_b = receive_in_order("b", &b_rx, from, tid);
         let opens_a = receive_in_order("a", &a_rx, from, tid);
         tid += 1;
