@@ -60,8 +60,12 @@ impl Lent {
         // allocation); a reused one is shared already, and a reference count is all the
         // split and the later reuse cost: before, the reuse turned the buffer back into
         // an owned one and the handle kept here shared it again, an allocation and a
-        // free of that bookkeeping per message.
-        let out = buf.split().freeze();
+        // free of that bookkeeping per message. Split off at 0, not after the payload:
+        // the handle kept then stays at the buffer's start, which its reclaim only
+        // widens back to the whole capacity; one left after the payload was moved back
+        // to the start by the reclaim, and the split moved the payload's start (~55
+        // instructions per message at 64 B between the two).
+        let out = buf.split_off(0).freeze();
         // A buffer larger than the whole bound is not kept, and makes no room.
         if cap <= LENT_BYTES {
             while self.ring.len() >= LENT_KEEP || self.bytes + cap > LENT_BYTES {
@@ -82,9 +86,9 @@ impl Lent {
     /// that is back but does not suit is freed.
     fn reclaim(&mut self, len: usize) -> Option<(BytesMut, usize)> {
         let (front, cap) = self.ring.front_mut()?;
-        // Asking for the whole capacity, more than is left behind the payload split off
-        // it, takes the buffer back from its start, and only while this handle is the
-        // only one left; never allocates.
+        // The handle sits at the buffer's start with no capacity of its own (the payload
+        // was split off at 0): asking for the whole capacity widens it back over the
+        // buffer, and only while this handle is the only one left; never allocates.
         if *cap == 0 || !front.try_reclaim(*cap) {
             return None;
         }
@@ -121,7 +125,9 @@ pub(super) fn copy_of(parts: &[&[u8]], len: usize) -> Bytes {
 
 /// `parts` appended to `buf`.
 fn fill(mut buf: BytesMut, parts: &[&[u8]]) -> BytesMut {
-    for part in parts {
+    // Most payloads are one segment: the empty ones cost no copy call (~25
+    // instructions per message at 64 B).
+    for part in parts.iter().filter(|p| !p.is_empty()) {
         buf.extend_from_slice(part);
     }
     buf
