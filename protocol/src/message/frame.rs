@@ -107,8 +107,9 @@ pub struct Sealed {
 /// [`Message::encode_header`]), and peers that keep their payload in plain slices (the
 /// benchmark's).
 // Inlined into `push_frame_to`: out of line, returning the sealed head, header and
-// footer cost a copy of all three (~150 bytes) per message.
-#[inline]
+// footer cost a copy of all three (~150 bytes) per message. Forced: with `Message`'s
+// box a `PoolBox` the compiler's own weighing left it out of line.
+#[inline(always)]
 pub fn seal(fields: MsgHeader, segments: [&[u8]; 3], crc_header: bool, crc_data: bool) -> Sealed {
     let [front, middle, data] = segments;
     let mut header = MsgHeader {

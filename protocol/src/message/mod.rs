@@ -51,12 +51,13 @@ mod decoder;
 mod frame;
 mod lent;
 
-use std::cell::RefCell;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
+use std::thread::LocalKey;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use pool_box::{FreeList, PoolBox, Pooled};
 
 use crate::types::{EntityName, EntityType};
 use crate::wire::{MsgFooter, MsgHeader};
@@ -130,26 +131,25 @@ pub const PRIO_HIGHEST: u16 = 255;
 /// what the compiler copies inline), ~17 % of the CPU of a 64 B round trip. So a message
 /// is one pointer to its fields: one allocation per message (as Ceph's are), and every
 /// move copies 8 bytes.
+///
+/// The allocation is a [`PoolBox`]: a dropped message's goes to a free list of the
+/// dropping thread (`FIELDS`) for the next message built or decoded there, instead of
+/// back to malloc. Why: each end of a 64 B round trip built one message and dropped one,
+/// and glibc's malloc and free of them were ~250 instructions of the round trip's ~4,800.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Message(Box<Fields>);
+pub struct Message(PoolBox<Fields>);
 
 thread_local! {
-    /// Boxes of messages the protocol is done with on this thread (framed on a lossy
-    /// session, acknowledged on a lossless one), for the next message decoded here.
-    ///
-    /// Why: an end sends a batch (64 small messages) and drops them together once framed,
-    /// while glibc keeps 7 freed chunks of a size at hand; the rest took its slow free and
-    /// malloc paths, ~6.5 % of a 64 B round trip's CPU. Only the decoder takes from here:
-    /// what it builds is dropped by a dispatcher one message later, which refills glibc's
-    /// cache for the message the dispatcher sends, so both kinds stay on a fast path.
-    // The boxes themselves are what is kept: a `Vec<Fields>` would hold the fields, not
-    // the allocations they are reused in.
-    #[allow(clippy::vec_box)]
-    static SPARE: RefCell<Vec<Box<Fields>>> = const { RefCell::new(Vec::new()) };
+    /// Allocations of messages dropped on this thread, for the next built here (at most
+    /// [`pool_box::KEEP`]; beyond that a drop frees).
+    static FIELDS: FreeList<Fields> = const { FreeList::new() };
 }
 
-/// Spare boxes a thread keeps at most (~26 KiB): two batches' worth.
-const SPARE_KEEP: usize = 128;
+impl Pooled for Fields {
+    fn free_list() -> &'static LocalKey<FreeList<Self>> {
+        &FIELDS
+    }
+}
 
 /// What a [`Message`] holds, behind the one pointer that moves.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -242,8 +242,9 @@ impl Message {
     /// A message of `msg_type` whose front (payload) is `front`.
     pub fn new(msg_type: u16, front: Bytes) -> Self {
         // Every field written out: `..Default::default()` builds a whole default
-        // message and drops what it replaces, per message (seen in profiles).
-        Message(Box::new(Fields {
+        // message and drops what it replaces, per message (seen in profiles). Built in
+        // the allocation `new_with` took (with `PoolBox::new`, built aside and copied in).
+        Message(PoolBox::new_with(|| Fields {
             msg_type,
             version: 0,
             compat_version: 0,
@@ -263,25 +264,6 @@ impl Message {
         }))
     }
 
-    /// Drops the message, keeping its box for the next message decoded on this thread
-    /// (see [`SPARE`]); its payload is released now.
-    pub(crate) fn recycle(self) {
-        let mut b = self.0;
-        b.front = Bytes::new();
-        b.middle = Bytes::new();
-        b.data = Bytes::new();
-        // A received message sent on (forwarded) gives its charge back here, as a drop would.
-        b.charge = Charge::NONE;
-        // A thread being torn down (no cache any more) frees the box as a drop would.
-        let _ = SPARE.try_with(move |s| {
-            if let Ok(mut s) = s.try_borrow_mut() {
-                if s.len() < SPARE_KEEP {
-                    s.push(b);
-                }
-            }
-        });
-    }
-
     /// A received message from its decoded parts.
     pub fn from_parts(
         header: &MsgHeader,
@@ -290,55 +272,8 @@ impl Message {
         data: Bytes,
         footer: MsgFooter,
     ) -> Self {
-        let spare = SPARE.try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()));
-        if let Some(mut b) = spare.ok().flatten() {
-            // Field by field into the spare box: building the fields apart and moving
-            // them in cost a copy of the whole (a `memcpy` call) per message. What the
-            // payload fields replace holds no payload (cleared by `recycle`).
-            // Every field named, so a field added to `Fields` must be set here too.
-            let Fields {
-                msg_type,
-                version,
-                compat_version,
-                priority,
-                data_off,
-                src_type,
-                src_num,
-                tid,
-                seq,
-                front: old_front,
-                middle: old_middle,
-                data: old_data,
-                footer: old_footer,
-                recv_stamp,
-                dispatch_stamp,
-                charge,
-            } = &mut *b;
-            *msg_type = header.msg_type;
-            *version = header.version;
-            *compat_version = header.compat_version;
-            *priority = header.priority;
-            *data_off = header.data_off;
-            *src_type = Some(header.src.ty);
-            *src_num = header.src.num;
-            *tid = header.tid;
-            *seq = header.seq;
-            // What they replace is `recycle`'s `Bytes::new()` (only `recycle` fills
-            // `SPARE`), whose drop does nothing but cost an indirect call each: three
-            // per message. Forgotten instead (at worst a leak, never unsound).
-            for (old, new) in [(old_front, front), (old_middle, middle), (old_data, data)] {
-                let old = std::mem::replace(old, new);
-                debug_assert!(old.is_empty(), "a spare box held a payload");
-                std::mem::forget(old);
-            }
-            *old_footer = footer;
-            *recv_stamp = None;
-            *dispatch_stamp = None;
-            // Empty already (`recycle` cleared it); written so the box holds nothing old.
-            *charge = Charge::NONE;
-            return Message(b);
-        }
-        Message(Box::new(Fields {
+        // Built in place, as in `new`.
+        Message(PoolBox::new_with(|| Fields {
             msg_type: header.msg_type,
             version: header.version,
             compat_version: header.compat_version,
@@ -739,9 +674,9 @@ mod tests {
     }
 
     #[test]
-    fn a_recycled_box_serves_the_next_decoded_message_and_keeps_nothing_of_the_old() {
+    fn a_dropped_box_serves_the_next_decoded_message_and_keeps_nothing_of_the_old() {
         // Whatever an earlier test left on this thread goes first.
-        SPARE.with(|s| s.borrow_mut().clear());
+        FIELDS.with(FreeList::clear);
         let frame = sample().encode_frame(5, UNNAMED_CLIENT, &EncodeOptions::default());
         let mut wire = Vec::new();
         frame.write_to(&mut wire);
@@ -763,8 +698,8 @@ mod tests {
         old.set_recv_stamp(at);
         old.set_dispatch_stamp(at);
         let old_box = &*old.0 as *const Fields;
-        old.recycle();
-        assert!(payload.is_unique(), "a spare box still holds its message's payload");
+        drop(old);
+        assert!(payload.is_unique(), "a kept box still holds its message's payload");
 
         let reused = decode_all(&wire[1..], DecodeOptions::default()).unwrap();
         assert_eq!(&*reused.0 as *const Fields, old_box, "the spare box was not reused");
@@ -773,12 +708,35 @@ mod tests {
 
     #[test]
     fn a_thread_keeps_a_bounded_number_of_spare_boxes() {
-        SPARE.with(|s| s.borrow_mut().clear());
-        for i in 0..(SPARE_KEEP as u16 + 100) {
-            Message::new(i, Bytes::new()).recycle();
-        }
-        assert_eq!(SPARE.with(|s| s.borrow().len()), SPARE_KEEP);
-        SPARE.with(|s| s.borrow_mut().clear());
+        FIELDS.with(FreeList::clear);
+        let all: Vec<_> =
+            (0..(pool_box::KEEP as u16 + 100)).map(|i| Message::new(i, Bytes::new())).collect();
+        drop(all);
+        assert_eq!(FIELDS.with(FreeList::len), pool_box::KEEP);
+        FIELDS.with(FreeList::clear);
+    }
+
+    /// A message dropped on a thread other than its builder's (a dispatcher's) leaves
+    /// its box to that thread; the builder's thread keeps nothing of it.
+    #[test]
+    fn a_message_dropped_on_another_thread() {
+        FIELDS.with(FreeList::clear);
+        let payload = Bytes::from(vec![1u8; 64]);
+        let msgs: Vec<_> = (0..10).map(|i| Message::new(i, payload.clone())).collect();
+        // A test's own thread: `protocol` spawns none of its own (sans-IO).
+        #[allow(clippy::disallowed_methods)]
+        let (kept_there, reused) = std::thread::spawn(move || {
+            let at = &*msgs[9].0 as *const Fields;
+            drop(msgs);
+            let kept = FIELDS.with(FreeList::len);
+            let next = Message::new(1, Bytes::new());
+            (kept, std::ptr::eq(&*next.0, at))
+        })
+        .join()
+        .unwrap();
+        assert_eq!((kept_there, reused), (10, true));
+        assert!(payload.is_unique(), "a payload outlived its message");
+        assert_eq!(FIELDS.with(FreeList::len), 0);
     }
 
     #[test]
@@ -1035,8 +993,8 @@ mod tests {
     }
 
     /// A received message's throttle charge is counted once: its clone has none (and
-    /// compares equal all the same), and it goes when the message is dropped, or when a
-    /// message sent on has its box recycled.
+    /// compares equal all the same), and it goes when the message is dropped (its box
+    /// kept for reuse).
     #[test]
     fn a_throttle_charge_stays_with_its_message() {
         use std::sync::atomic::Ordering::Relaxed;
@@ -1050,9 +1008,9 @@ mod tests {
         assert!(released.dropped.load(Relaxed));
 
         let (m, released) = charged();
-        m.recycle();
-        assert!(released.dropped.load(Relaxed), "a recycled box kept its charge");
-        SPARE.with(|s| s.borrow_mut().clear());
+        drop(m);
+        assert!(released.dropped.load(Relaxed), "a kept box kept its charge");
+        FIELDS.with(FreeList::clear);
     }
 
     /// Ceph's release_message_throttle gives the count back; clear_payload and

@@ -329,8 +329,6 @@ impl<P: Protocol> Machine<P> {
     pub(crate) fn framed(&mut self, msg: Message) {
         if !self.lossy {
             self.session.push_sent(msg);
-        } else {
-            msg.recycle();
         }
     }
 

@@ -257,7 +257,6 @@ impl Session {
         while self.sent.front().is_some_and(|m| m.seq() <= seq.0) {
             if let Some(m) = self.sent.pop_front() {
                 self.sent_cost -= m.send_cost();
-                m.recycle();
             }
             any = true;
         }

@@ -1,0 +1,186 @@
+use super::*;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A value with heap of its own and a drop counter.
+struct Item {
+    n: u64,
+    heap: Vec<u8>,
+    drops: Arc<AtomicUsize>,
+}
+
+impl Drop for Item {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+thread_local! {
+    static ITEMS: FreeList<Item> = const { FreeList::new() };
+}
+
+impl Pooled for Item {
+    fn free_list() -> &'static LocalKey<FreeList<Self>> {
+        &ITEMS
+    }
+}
+
+fn item(n: u64, drops: &Arc<AtomicUsize>) -> PoolBox<Item> {
+    PoolBox::new(Item { n, heap: vec![n as u8; 100], drops: drops.clone() })
+}
+
+fn kept() -> usize {
+    ITEMS.with(FreeList::len)
+}
+
+fn drain() {
+    ITEMS.with(FreeList::clear);
+}
+
+#[test]
+fn a_dropped_box_drops_its_value_and_its_allocation_is_reused() {
+    drain();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let a = item(7, &drops);
+    assert_eq!((a.n, a.heap.len()), (7, 100));
+    let at = &*a as *const Item;
+    drop(a);
+    assert_eq!(drops.load(Ordering::Relaxed), 1, "the value was not dropped");
+    assert_eq!(kept(), 1);
+    let mut b = item(8, &drops);
+    assert_eq!(&*b as *const Item, at, "the kept allocation was not reused");
+    assert_eq!(kept(), 0);
+    b.n += 1;
+    b.heap.push(1);
+    assert_eq!((b.n, b.heap.len()), (9, 101));
+    drop(b);
+    assert_eq!(drops.load(Ordering::Relaxed), 2);
+    drain();
+}
+
+#[test]
+fn the_free_list_never_exceeds_its_bound() {
+    drain();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let boxes: Vec<_> = (0..(KEEP as u64 + 50)).map(|n| item(n, &drops)).collect();
+    drop(boxes);
+    assert_eq!(drops.load(Ordering::Relaxed), KEEP + 50, "every value dropped");
+    assert_eq!(kept(), KEEP);
+    // And taking them all back out and one more allocates afresh.
+    let again: Vec<_> = (0..(KEEP as u64 + 1)).map(|n| item(n, &drops)).collect();
+    assert_eq!(kept(), 0);
+    assert!(again.iter().enumerate().all(|(i, b)| b.n == i as u64));
+    drop(again);
+    assert_eq!(kept(), KEEP);
+    drain();
+}
+
+#[test]
+fn a_box_dropped_on_another_thread_goes_to_that_threads_list() {
+    drain();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let boxes: Vec<_> = (0..10).map(|n| item(n, &drops)).collect();
+    let d = drops.clone();
+    let other = std::thread::spawn(move || {
+        assert_eq!(kept(), 0);
+        drop(boxes);
+        assert_eq!(d.load(Ordering::Relaxed), 10);
+        let k = kept();
+        // Reused there: the next box built on that thread takes one.
+        let b = item(99, &d);
+        (k, kept(), b.n)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(other, (10, 9, 99));
+    // Nothing came to this thread's list; the other thread's was freed at its exit.
+    assert_eq!(kept(), 0);
+    assert_eq!(drops.load(Ordering::Relaxed), 11);
+}
+
+/// A thread-local whose destructor drops a `PoolBox`: registered after `ITEMS` is first
+/// used, so (thread-locals are destroyed in reverse order of registration, on glibc)
+/// it usually runs after `ITEMS` is gone, when the box must just be freed; either
+/// order must be fine.
+struct DropsLate(Option<PoolBox<Item>>);
+
+thread_local! {
+    static LATE: std::cell::RefCell<DropsLate> = const { std::cell::RefCell::new(DropsLate(None)) };
+}
+
+#[test]
+fn a_box_dropped_during_thread_teardown_is_fine() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    for late_first in [false, true] {
+        let d = drops.clone();
+        std::thread::spawn(move || {
+            if late_first {
+                LATE.with(|l| l.borrow_mut().0 = Some(item(1, &d)));
+                drop(item(2, &d));
+            } else {
+                drop(item(2, &d));
+                LATE.with(|l| l.borrow_mut().0 = Some(item(1, &d)));
+            }
+        })
+        .join()
+        .unwrap();
+    }
+    assert_eq!(drops.load(Ordering::Relaxed), 4, "every value dropped once");
+}
+
+/// A value whose drop drops another box of the same type (re-entering the list).
+// The inner box is held only to be dropped with the value.
+#[allow(dead_code)]
+struct Nested(Option<PoolBox<Nested>>, Rc<Cell<usize>>);
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        self.1.set(self.1.get() + 1);
+    }
+}
+
+thread_local! {
+    static NESTED: FreeList<Nested> = const { FreeList::new() };
+}
+
+impl Pooled for Nested {
+    fn free_list() -> &'static LocalKey<FreeList<Self>> {
+        &NESTED
+    }
+}
+
+#[test]
+fn a_value_whose_drop_drops_boxes_of_its_own_type() {
+    let drops = Rc::new(Cell::new(0));
+    let mut b = PoolBox::new(Nested(None, drops.clone()));
+    for _ in 0..(KEEP + 5) {
+        b = PoolBox::new(Nested(Some(b), drops.clone()));
+    }
+    drop(b);
+    assert_eq!(drops.get(), KEEP + 6);
+    assert_eq!(NESTED.with(FreeList::len), KEEP);
+    let c = PoolBox::new(Nested(None, drops.clone()));
+    assert_eq!(NESTED.with(FreeList::len), KEEP - 1);
+    drop(c);
+}
+
+#[test]
+fn clone_eq_default_and_debug_are_the_values() {
+    #[derive(Clone, Default, PartialEq, Eq, Debug)]
+    struct V(String);
+    thread_local! {
+        static VS: FreeList<V> = const { FreeList::new() };
+    }
+    impl Pooled for V {
+        fn free_list() -> &'static LocalKey<FreeList<Self>> {
+            &VS
+        }
+    }
+    let a = PoolBox::new(V("x".into()));
+    let b = a.clone();
+    assert!(!std::ptr::eq(&*a, &*b));
+    assert_eq!(a, b);
+    assert_ne!(a, PoolBox::default());
+    assert_eq!(format!("{a:?}"), "V(\"x\")");
+}
