@@ -488,3 +488,68 @@ fn marking_disposable_counts_an_unwritten_unacknowledged_message_once_over_msgr2
     srv.shutdown();
     drop(first);
 }
+
+// A replacing reconnect freezes its session (nothing read on the old socket) only until
+// the hand-off, which the accepting connection posts with its decision, not after
+// anything more from the peer: a peer that sends SESSION_RECONNECT and then goes silent
+// (reads nothing, writes nothing more, keeps the socket open) leaves the session on the
+// adopted socket, and its next reconnect is decided against the session
+// (SESSION_RECONNECT_OK), not told to retry for as long as the silent socket stays open
+// (SESSION_RETRY_GLOBAL, Ceph's answer while the session is `replacing`). Decisions and
+// the hand-off each wait HOLD here, so the freeze lasts long enough to be seen.
+#[test]
+fn a_silent_replacing_reconnect_does_not_freeze_the_session_over_msgr2() {
+    let config = MessengerConfig { inject_internal_delays: HOLD, ..test_config(1) };
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (srv, _, _rx) =
+        server_on(EntityType::OSD, 2, Policy::lossless_peer(), false, loopback, config);
+    let server = addr_for(ProtocolVersion::V2, srv.my_addr());
+    let me = v2_peer_addr(5000);
+    let mut first = v2_socket_at_ident(server, me, Policy::lossless_peer());
+    first.write_all(&client_ident(server, me, Features::PACIFIC_ADVERTISED, 0xC)).expect("ident");
+    let (tag, seg) = read_frame(&mut first).expect("ident reply");
+    assert_eq!(tag, V2Tag::SERVER_IDENT);
+    let server_cookie = ServerIdent::from_segment(&seg).expect("server ident").server_cookie;
+    let reconnect = |global_seq: u64, connect_seq: u64| {
+        control(&SessionReconnect {
+            addrs: EntityAddrVec { addrs: vec![me] },
+            client_cookie: 0xC,
+            server_cookie,
+            global_seq,
+            connect_seq,
+            msg_seq: 0,
+        })
+    };
+
+    // The silent reconnect: decided (held once), its hand-off waiting at the session
+    // (twice), which is frozen from the decision on.
+    let before = held(&srv);
+    let mut silent = v2_socket_at_ident(server, me, Policy::lossless_peer());
+    silent.write_all(&reconnect(100, 1)).expect("silent reconnect");
+    wait_until(
+        || held(&srv) >= before + 2,
+        || format!("the reconnect was never decided and handed off: {}", srv.dump_connections()),
+    );
+
+    // The peer's next reconnect, retried with a higher global_seq on each
+    // SESSION_RETRY_GLOBAL, must get the session once the hand-off is done.
+    let deadline = std::time::Instant::now() + HOLD * 10;
+    let mut tags = Vec::new();
+    for global_seq in (200..).step_by(100) {
+        let mut again = v2_socket_at_ident(server, me, Policy::lossless_peer());
+        again.write_all(&reconnect(global_seq, 10)).expect("reconnect");
+        let tag = read_frame(&mut again).map(|(t, _)| t);
+        tags.push(tag);
+        if tag == Some(V2Tag::SESSION_RECONNECT_OK) {
+            break;
+        }
+        assert_eq!(tag, Some(V2Tag::SESSION_RETRY_GLOBAL), "replies: {tags:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session stayed frozen for the silent reconnect: replies {tags:?}, {}",
+            srv.dump_connections()
+        );
+    }
+    drop(silent);
+    srv.shutdown();
+}

@@ -195,3 +195,91 @@ fn a_replace_decided_before_the_existing_session_opened_delivers_nothing_twice_o
     drop(s2);
     m.shutdown();
 }
+
+// The same race, the hand-off held longer than what is left of the messenger's own
+// handshake: its connect to the peer (unanswered) times out while its session is frozen
+// for the replace. Ceph's `reuse_connection` leaves the existing connection in state
+// NONE, where a fault (its tick's connect timeout included) does nothing, and restarts
+// the timer at the hand-off. Ours faulted the frozen session and redialled the peer
+// while the hand-off was in flight: one more connect for the peer to decide, against a
+// session whose number the replace is about to move.
+#[test]
+fn a_frozen_session_s_handshake_timer_does_not_redial_while_the_hand_off_is_in_flight() {
+    // The accept decision waits HOLD, then the hand-off HOLD more; the messenger's own
+    // connect times out in between (at 1.5 HOLD after it started), with HOLD / 2 of
+    // margin on either side.
+    const HOLD: Duration = Duration::from_millis(1500);
+    let config = MessengerConfig {
+        inject_internal_delays: HOLD,
+        connection_ready_timeout: HOLD * 3 / 2,
+        initial_backoff: Duration::from_millis(10),
+        ..test_config(2)
+    };
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (m, _, _rx) =
+        server_on(EntityType::OSD, 10, Policy::lossless_peer(), false, loopback, config);
+    let m_addr = addr_for(ProtocolVersion::V2, m.my_addr());
+
+    let listener = TcpListener::bind(loopback).expect("peer listener");
+    let p_addr = EntityAddr {
+        ty: AddrType::MSGR2,
+        ..EntityAddr::legacy(listener.local_addr().expect("addr"), 1)
+    };
+    let cfg = Arc::new(protocol::Config::new(EntityName::new(EntityType::OSD, 1), p_addr));
+
+    // The messenger dials the peer with a message to send (a session holding none
+    // would go to standby at the fault, not redial); the peer's acceptor reads its
+    // ident, unanswered.
+    let conn = m.connect_to(EntityType::OSD, p_addr);
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::from_static(&[5; 32]))).expect("send");
+    let (s1, from) = listener.accept().expect("accept");
+    let local = s1.local_addr().expect("local");
+    let mut peer = Peer {
+        m: protocol::Connection::accept_v2(Arc::clone(&cfg), from, local, Instant::now()),
+        sock: Some(s1),
+        dial: m_addr.addr.expect("messenger address"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !peer.step().iter().any(|e| matches!(e, Event::AcceptRequest(_))) {
+        assert!(Instant::now() < deadline, "the messenger's ident never came");
+    }
+
+    // The peer dials the messenger: its ident wins the race there.
+    let mut s2 =
+        v2_socket_at_ident_with(Arc::clone(&cfg), m_addr, EntityType::OSD, Policy::lossless_peer());
+    let before = held(&m);
+    let gs = cfg.global_seq.next().0;
+    s2.write_all(&ident_listing(m_addr, vec![p_addr], 0xC, gs)).expect("ident");
+    wait_until(
+        || held(&m) >= before + 2,
+        || format!("the replace was never decided and handed off: {}", m.dump_connections()),
+    );
+
+    // Until the hand-off answers the peer's ident (or closes it), the frozen session
+    // dials nobody.
+    listener.set_nonblocking(true).expect("nonblocking");
+    s2.set_read_timeout(Some(Duration::from_millis(10))).expect("timeout");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "the hand-off never came");
+        match listener.accept() {
+            Ok((_, from)) => panic!(
+                "the frozen session redialled the peer (from {from}) before its hand-off: {}",
+                m.dump_connections()
+            ),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::WouldBlock, "accept: {e}"),
+        }
+        match s2.peek(&mut [0u8; 1]) {
+            Ok(_) => break,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    s2.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    assert_eq!(
+        read_frame(&mut s2).map(|(t, _)| t),
+        Some(V2Tag::SERVER_IDENT),
+        "the hand-off did not answer the peer's ident"
+    );
+    m.shutdown();
+}

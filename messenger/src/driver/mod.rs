@@ -473,7 +473,13 @@ impl Driver {
     /// Keeps one timer armed at the earliest of the machine's deadline and what an
     /// injected delay holds.
     fn update_timer(&mut self, cx: &mut Context<'_>) {
-        let want = match (self.machine.poll_timeout(), self.seams.next_deadline()) {
+        // While a replace holds the session frozen, the machine's deadline waits: the
+        // hand-off brings a machine with deadlines of its own, and a replace abandoned
+        // wakes the driver (`SessionTable::abort_replace`), whose pump arms it again,
+        // fired at once if it passed meanwhile. Armed, a deadline gone by would fire in
+        // a loop, each time skipped (`Handler::timer`).
+        let machine = if self.conn.replace_pending() { None } else { self.machine.poll_timeout() };
+        let want = match (machine, self.seams.next_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -512,7 +518,12 @@ impl Handler for Driver {
         let _own = own_sends::Scope::enter(&self.conn);
         self.apply_disposable();
         self.set_progress_floor(cx.now());
-        self.machine.handle_timeout(cx.now());
+        // A session frozen for a replace times nothing out (see `update_timer`), as
+        // Ceph's connection in state NONE ignores its tick's fault: faulted, it redialled
+        // the peer while the hand-off was in flight.
+        if !self.conn.replace_pending() {
+            self.machine.handle_timeout(cx.now());
+        }
         self.release_held(cx);
         self.pump(cx);
     }
