@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use messenger::{Messenger, MessengerConfig, Policy, ProtocolVersion};
+use messenger::{Connection, Messenger, MessengerConfig, Policy, ProtocolVersion};
 use protocol::session::Decision;
 use protocol::types::{AddrType, EntityAddr, EntityName, EntityType};
 use protocol::v2::Tag as V2Tag;
-use protocol::Event;
+use protocol::{Event, Message};
 use tests::hostile_v2::*;
 use tests::loopback::*;
 
@@ -92,6 +92,58 @@ impl Peer {
     }
 }
 
+/// The race both tests start from, up to the held hand-off: `m` dials a peer driven by
+/// hand (with `first` queued, if any, so the session has something to send), whose
+/// acceptor reads `m`'s ident and leaves it unanswered; the peer then dials `m` and its
+/// CLIENT_IDENT wins the race there (its nonce sorts lower). Returns once the replace was
+/// decided and the hand-off waits at the existing session (held twice): the dial's
+/// handle, the peer (its machine holding the unanswered accept), its socket to `m` and
+/// its listener.
+fn race_to_a_held_hand_off(
+    m: &Messenger,
+    first: Option<Message>,
+) -> (Connection, Peer, TcpStream, TcpListener) {
+    let m_addr = addr_for(ProtocolVersion::V2, m.my_addr());
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let listener = TcpListener::bind(loopback).expect("peer listener");
+    let p_addr = EntityAddr {
+        ty: AddrType::MSGR2,
+        ..EntityAddr::legacy(listener.local_addr().expect("addr"), 1)
+    };
+    let cfg = Arc::new(protocol::Config::new(EntityName::new(EntityType::OSD, 1), p_addr));
+
+    // The messenger dials the peer; the peer's acceptor reads its ident, unanswered.
+    let conn = m.connect_to(EntityType::OSD, p_addr);
+    if let Some(msg) = first {
+        conn.send_message(msg).expect("send");
+    }
+    let (s1, from) = listener.accept().expect("accept");
+    let local = s1.local_addr().expect("local");
+    let mut peer = Peer {
+        m: protocol::Connection::accept_v2(Arc::clone(&cfg), from, local, Instant::now()),
+        sock: Some(s1),
+        dial: m_addr.addr.expect("messenger address"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !peer.step().iter().any(|e| matches!(e, Event::AcceptRequest(_))) {
+        assert!(Instant::now() < deadline, "the messenger's ident never came");
+    }
+
+    // The peer dials the messenger: its ident wins the race there.
+    let mut s2 =
+        v2_socket_at_ident_with(Arc::clone(&cfg), m_addr, EntityType::OSD, Policy::lossless_peer());
+    let before = held(m);
+    // From the peer's one global_seq counter, as its later connects.
+    let gs = cfg.global_seq.next().0;
+    s2.write_all(&ident_listing(m_addr, vec![p_addr], 0xC, gs)).expect("ident");
+    // Decided (held once), and the hand-off waiting at the existing session (twice).
+    wait_until(
+        || held(m) >= before + 2,
+        || format!("the replace was never decided and handed off: {}", m.dump_connections()),
+    );
+    (conn, peer, s2, listener)
+}
+
 // The messenger dials the peer; the peer's acceptor holds the messenger's ident
 // unanswered while the peer dials the messenger and sends CLIENT_IDENT: a connection
 // race the peer wins (its nonce sorts lower), so the messenger decides to hand its
@@ -108,48 +160,7 @@ fn a_replace_decided_before_the_existing_session_opened_delivers_nothing_twice_o
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let (m, _, rx) =
         server_on(EntityType::OSD, 10, Policy::lossless_peer(), false, loopback, config);
-    let m_addr = addr_for(ProtocolVersion::V2, m.my_addr());
-
-    let listener = TcpListener::bind(loopback).expect("peer listener");
-    let p_addr = EntityAddr {
-        ty: AddrType::MSGR2,
-        ..EntityAddr::legacy(listener.local_addr().expect("addr"), 1)
-    };
-    let p_name = EntityName::new(EntityType::OSD, 1);
-    let cfg = Arc::new(protocol::Config::new(p_name, p_addr));
-
-    // The messenger dials the peer; the peer's acceptor reads its ident, unanswered.
-    let conn = m.connect_to(EntityType::OSD, p_addr);
-    let (s1, from) = listener.accept().expect("accept");
-    let local = s1.local_addr().expect("local");
-    let mut peer = Peer {
-        m: protocol::Connection::accept_v2(Arc::clone(&cfg), from, local, Instant::now()),
-        sock: Some(s1),
-        dial: m_addr.addr.expect("messenger address"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let request = loop {
-        assert!(Instant::now() < deadline, "the messenger's ident never came");
-        if let Some(Event::AcceptRequest(req)) =
-            peer.step().into_iter().find(|e| matches!(e, Event::AcceptRequest(_)))
-        {
-            break req;
-        }
-    };
-    drop(request);
-
-    // The peer dials the messenger: its ident wins the race there.
-    let mut s2 =
-        v2_socket_at_ident_with(Arc::clone(&cfg), m_addr, EntityType::OSD, Policy::lossless_peer());
-    let before = held(&m);
-    // From the peer's one global_seq counter, as its later connects.
-    let gs = cfg.global_seq.next().0;
-    s2.write_all(&ident_listing(m_addr, vec![p_addr], 0xC, gs)).expect("ident");
-    // Decided (held once), and the hand-off waiting at the existing session (twice).
-    wait_until(
-        || held(&m) >= before + 2,
-        || format!("the replace was never decided and handed off: {}", m.dump_connections()),
-    );
+    let (conn, mut peer, mut s2, _listener) = race_to_a_held_hand_off(&m, None);
 
     // Meanwhile the peer answers the messenger's ident and sends.
     const N: u64 = 20;
@@ -218,42 +229,10 @@ fn a_frozen_session_s_handshake_timer_does_not_redial_while_the_hand_off_is_in_f
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let (m, _, _rx) =
         server_on(EntityType::OSD, 10, Policy::lossless_peer(), false, loopback, config);
-    let m_addr = addr_for(ProtocolVersion::V2, m.my_addr());
-
-    let listener = TcpListener::bind(loopback).expect("peer listener");
-    let p_addr = EntityAddr {
-        ty: AddrType::MSGR2,
-        ..EntityAddr::legacy(listener.local_addr().expect("addr"), 1)
-    };
-    let cfg = Arc::new(protocol::Config::new(EntityName::new(EntityType::OSD, 1), p_addr));
-
-    // The messenger dials the peer with a message to send (a session holding none
-    // would go to standby at the fault, not redial); the peer's acceptor reads its
-    // ident, unanswered.
-    let conn = m.connect_to(EntityType::OSD, p_addr);
-    conn.send_message(test_message(MSG_TEST, 1, Bytes::from_static(&[5; 32]))).expect("send");
-    let (s1, from) = listener.accept().expect("accept");
-    let local = s1.local_addr().expect("local");
-    let mut peer = Peer {
-        m: protocol::Connection::accept_v2(Arc::clone(&cfg), from, local, Instant::now()),
-        sock: Some(s1),
-        dial: m_addr.addr.expect("messenger address"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !peer.step().iter().any(|e| matches!(e, Event::AcceptRequest(_))) {
-        assert!(Instant::now() < deadline, "the messenger's ident never came");
-    }
-
-    // The peer dials the messenger: its ident wins the race there.
-    let mut s2 =
-        v2_socket_at_ident_with(Arc::clone(&cfg), m_addr, EntityType::OSD, Policy::lossless_peer());
-    let before = held(&m);
-    let gs = cfg.global_seq.next().0;
-    s2.write_all(&ident_listing(m_addr, vec![p_addr], 0xC, gs)).expect("ident");
-    wait_until(
-        || held(&m) >= before + 2,
-        || format!("the replace was never decided and handed off: {}", m.dump_connections()),
-    );
+    // The messenger dials with a message to send (a session holding none would go to
+    // standby at the fault, not redial).
+    let first = test_message(MSG_TEST, 1, Bytes::from_static(&[5; 32]));
+    let (_conn, _peer, mut s2, listener) = race_to_a_held_hand_off(&m, Some(first));
 
     // Until the hand-off answers the peer's ident (or closes it), the frozen session
     // dials nobody.

@@ -647,6 +647,17 @@ mod tests {
         }
     }
 
+    /// A one-worker client messenger (client.2, nonce 2) whose connections are
+    /// lossless_client, reconnecting after `initial_backoff`.
+    fn lossless_client(initial_backoff: Duration) -> crate::Messenger {
+        let config = MessengerConfig { workers: 1, initial_backoff, ..MessengerConfig::default() };
+        let client = crate::Messenger::new(EntityName::new(EntityType::CLIENT, 2), 2, config)
+            .expect("client");
+        client.set_default_policy(Policy::lossless_client());
+        client.add_dispatcher_head(Arc::new(Quiet)).expect("dispatcher");
+        client
+    }
+
     /// Waits at every settle of `conn`'s pump for the first one that finds it
     /// connecting, and sends what the session table held for it then.
     #[cfg(feature = "fault-injection")]
@@ -683,16 +694,7 @@ mod tests {
             server.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
             server.start().expect("start");
             server.add_dispatcher_head(Arc::new(Quiet)).expect("dispatcher");
-            let client_config = MessengerConfig {
-                workers: 1,
-                initial_backoff: Duration::from_millis(if young { 10_000 } else { 1 }),
-                ..MessengerConfig::default()
-            };
-            let client =
-                crate::Messenger::new(EntityName::new(EntityType::CLIENT, 2), 2, client_config)
-                    .expect("client");
-            client.set_default_policy(Policy::lossless_client());
-            client.add_dispatcher_head(Arc::new(Quiet)).expect("dispatcher");
+            let client = lossless_client(Duration::from_millis(if young { 10_000 } else { 1 }));
             let mut addr = server.my_addr();
             addr.ty = if v2 {
                 protocol::types::AddrType::MSGR2
@@ -757,16 +759,7 @@ mod tests {
             }
         });
 
-        let client_config = MessengerConfig {
-            workers: 1,
-            initial_backoff: Duration::from_millis(1),
-            ..MessengerConfig::default()
-        };
-        let client =
-            crate::Messenger::new(EntityName::new(EntityType::CLIENT, 2), 2, client_config)
-                .expect("client");
-        client.set_default_policy(Policy::lossless_client());
-        client.add_dispatcher_head(Arc::new(Quiet)).expect("dispatcher");
+        let client = lossless_client(Duration::from_millis(1));
         let conn = client.connect_to(EntityType::OSD, env.my_addr());
         let counters = env.worker_counters(0);
         let created = || counters.created_connections.load(Relaxed);
