@@ -20,6 +20,7 @@ use crossbeam_channel::Receiver;
 use event_center::{CenterHandle, Context, Handler, HandlerId, Ready, TimerId, TimerTarget};
 use mio::net::TcpListener;
 use mio::Interest;
+use protocol::session::log_limited;
 
 use crate::config::MessengerConfig;
 use crate::counters::WorkerCounters;
@@ -575,14 +576,14 @@ impl PauseLog {
     /// Logs the pause at `now` that `e` caused to `what` (a listener) under `target`:
     /// at WARN as [`PauseLog::take`] allows, else at DEBUG.
     pub(crate) fn note(&mut self, now: Instant, target: &str, what: &str, e: &io::Error) {
-        match self.take(now) {
-            Some(0) => log::warn!(target: target, "{what}: {e}; retrying every {ACCEPT_BACKOFF:?}"),
-            Some(n) => log::warn!(
-                target: target,
-                "{what}: {e}; retrying every {ACCEPT_BACKOFF:?} ({n} more failures not logged)"
-            ),
-            None => log::debug!(target: target, "{what}: {e}"),
-        }
+        log_limited(
+            self.take(now),
+            log::Level::Warn,
+            target,
+            format_args!("{what}: {e}; retrying every {ACCEPT_BACKOFF:?}"),
+            format_args!("more failures not logged"),
+            format_args!("{what}: {e}"),
+        );
     }
 }
 

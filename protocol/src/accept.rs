@@ -20,8 +20,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::message::Message;
 use crate::session::{
-    later, AcceptRequest, CloseReason, Config, Decision, Event, ExistingSession, Fault, Initiator,
-    PeerIssue, PeerIssues, Policy, RequestKind, WARN_LINES_PER_SECOND,
+    later, log_limited, AcceptRequest, CloseReason, Config, Decision, Event, ExistingSession,
+    Fault, Initiator, PeerIssue, PeerIssues, Policy, RequestKind, WARN_LINES_PER_SECOND,
 };
 use crate::types::EntityAddrVec;
 use crate::wire::KeepaliveStamp;
@@ -140,19 +140,16 @@ impl Sniffer {
         let is_v1 = self.seen[..n] == V1_PREFIX[..n];
         let is_v2 = self.seen[..n] == V2_PREFIX[..n];
         if !is_v1 && !is_v2 {
-            match self.issues.note(PeerIssue::BadBanner, &self.config.warn_limit, now) {
-                Some(0) => {
-                    log::warn!(target: "msgr::accept", "{}: not a Ceph banner", self.socket_peer)
-                }
-                Some(n) => log::warn!(
-                    target: "msgr::accept",
-                    "{}: not a Ceph banner ({n} more peer issues were not logged: at most {WARN_LINES_PER_SECOND} lines a second)",
-                    self.socket_peer
-                ),
-                None => {
-                    log::debug!(target: "msgr::accept", "{}: not a Ceph banner", self.socket_peer)
-                }
-            }
+            let line = self.issues.note(PeerIssue::BadBanner, &self.config.warn_limit, now);
+            let peer = self.socket_peer;
+            log_limited(
+                line,
+                log::Level::Warn,
+                "msgr::accept",
+                format_args!("{peer}: not a Ceph banner"),
+                format_args!("more peer issues were not logged: at most {WARN_LINES_PER_SECOND} lines a second"),
+                format_args!("{peer}: not a Ceph banner"),
+            );
             self.close(Initiator::Library, CloseReason::Fault(Fault::BadBanner));
             return Sniffed::Pending;
         }

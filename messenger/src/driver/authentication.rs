@@ -3,7 +3,7 @@
 
 use dispatch::Authentication;
 use event_center::Context;
-use protocol::session::WARN_LINES_PER_SECOND;
+use protocol::session::{log_limited, WARN_LINES_PER_SECOND};
 
 use super::Driver;
 use crate::machine::AcceptRequest;
@@ -56,19 +56,15 @@ impl Driver {
                 // Within the messenger's lines a second for refusals: a refused peer that
                 // redials at every backoff is refused each time.
                 let peer = req.peer_addr;
-                match self.env.refusal_log.take(cx.now()) {
-                    Some(0) => {
-                        log::info!(target: "msgr::conn", "{}: a dispatcher refused the authenticated peer {peer}", self.machine)
-                    }
-                    Some(n) => log::info!(
-                        target: "msgr::conn",
-                        "{}: a dispatcher refused the authenticated peer {peer} ({n} more refusals were not logged: at most {WARN_LINES_PER_SECOND} lines a second)",
-                        self.machine
-                    ),
-                    None => {
-                        log::debug!(target: "msgr::conn", "{}: a dispatcher refused the authenticated peer {peer}", self.machine)
-                    }
-                }
+                let machine = &self.machine;
+                log_limited(
+                    self.env.refusal_log.take(cx.now()),
+                    log::Level::Info,
+                    "msgr::conn",
+                    format_args!("{machine}: a dispatcher refused the authenticated peer {peer}"),
+                    format_args!("more refusals were not logged: at most {WARN_LINES_PER_SECOND} lines a second"),
+                    format_args!("{machine}: a dispatcher refused the authenticated peer {peer}"),
+                );
                 self.machine.handle_transport_closed(cx.now());
                 true
             }

@@ -1,6 +1,7 @@
 //! Peer misbehaviour a connection saw: counted always, logged at WARN once per kind, and
 //! at most [`WARN_LINES_PER_SECOND`] times a second over all connections of a messenger.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -43,6 +44,26 @@ impl WarnLimit {
             self.suppressed.fetch_add(1, Relaxed);
             None
         }
+    }
+}
+
+/// Logs one line that a rate limit ([`WarnLimit::take`] or the like) answered `line`
+/// for: `Some(0)` logs `text` at `level`; `Some(n)` logs `text ({n} skipped)`, saying
+/// how many lines went unlogged since the last; `None` logs `demoted` at DEBUG, so that a
+/// flood stays visible to whoever asks for it without costing the operator's log.
+/// One place for the three arms, so every rate-limited line reads the same way.
+pub fn log_limited(
+    line: Option<u64>,
+    level: log::Level,
+    target: &str,
+    text: fmt::Arguments<'_>,
+    skipped: fmt::Arguments<'_>,
+    demoted: fmt::Arguments<'_>,
+) {
+    match line {
+        Some(0) => log::log!(target: target, level, "{text}"),
+        Some(n) => log::log!(target: target, level, "{text} ({n} {skipped})"),
+        None => log::debug!(target: target, "{demoted}"),
     }
 }
 
@@ -121,6 +142,67 @@ mod tests {
     #[allow(clippy::disallowed_methods)]
     fn start() -> Instant {
         Instant::now()
+    }
+
+    /// The target [`Lines`] keeps the records of (others pass by).
+    const TARGET: &str = "msgr::test::log_limited";
+
+    std::thread_local! {
+        /// The records of [`TARGET`] logged on this thread: a test sees its own only.
+        static LINES: std::cell::RefCell<Vec<(log::Level, String)>> = const {
+            std::cell::RefCell::new(Vec::new())
+        };
+    }
+
+    /// This test binary's logger: keeps the records of [`TARGET`] in [`LINES`].
+    struct Lines;
+
+    impl log::Log for Lines {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.target() == TARGET
+        }
+
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                let line = (record.level(), record.args().to_string());
+                LINES.with(|l| l.borrow_mut().push(line));
+            }
+        }
+
+        fn flush(&self) {}
+    }
+
+    #[test]
+    fn a_limited_line_is_logged_with_the_count_skipped_or_demoted() {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            log::set_logger(&Lines).expect("the only logger of this test binary");
+            log::set_max_level(log::LevelFilter::Debug);
+        });
+        let (what, e) = ("accept", "Too many open files");
+        for line in [Some(0), Some(3), None] {
+            log_limited(
+                line,
+                log::Level::Info,
+                TARGET,
+                format_args!("{what}: {e}; retrying"),
+                format_args!("more failures not logged"),
+                format_args!("{what}: {e}"),
+            );
+        }
+        let lines = LINES.with(|l| l.take());
+        assert_eq!(
+            lines,
+            [
+                (log::Level::Info, "accept: Too many open files; retrying".to_string()),
+                (
+                    log::Level::Info,
+                    "accept: Too many open files; retrying (3 more failures not logged)"
+                        .to_string()
+                ),
+                (log::Level::Debug, "accept: Too many open files".to_string()),
+            ]
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::types::{EntityAddr, EntityType};
 use super::clock::later;
 use super::event::{CloseReason, Event, Initiator, Opened};
 use super::fault::{fault_action, Fault, FaultAction, FaultContext, Side};
-use super::issues::{PeerIssue, WARN_LINES_PER_SECOND};
+use super::issues::{log_limited, PeerIssue, WARN_LINES_PER_SECOND};
 use super::machine::{Machine, Protocol};
 use super::open::Open;
 use super::outputs::Written;
@@ -261,15 +261,16 @@ impl<P: Protocol> Machine<P> {
     /// Reports peer misbehaviour: WARN the first time `issue` happens on this
     /// connection, DEBUG afterwards; always counted.
     pub(crate) fn peer_issue(&mut self, issue: PeerIssue, what: fmt::Arguments<'_>) {
-        match self.issues.note(issue, &self.config.warn_limit, self.now) {
-            Some(0) => log::warn!(target: P::LOG, "{self}: {what}"),
-            Some(n) => log::warn!(
-                target: P::LOG,
-                "{self}: {what} ({n} more peer issues were not logged: at most {WARN_LINES_PER_SECOND} lines a second)"
+        let line = self.issues.note(issue, &self.config.warn_limit, self.now);
+        log_limited(
+            line,
+            log::Level::Warn,
+            P::LOG,
+            format_args!("{self}: {what}"),
+            format_args!(
+                "more peer issues were not logged: at most {WARN_LINES_PER_SECOND} lines a second"
             ),
-            None => {
-                log::debug!(target: P::LOG, "{self}: {what} (not logged at WARN: repeated or over the limit)")
-            }
-        }
+            format_args!("{self}: {what} (not logged at WARN: repeated or over the limit)"),
+        );
     }
 }

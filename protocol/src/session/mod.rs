@@ -71,7 +71,7 @@ pub use event::{AuthVerdict, CloseReason, Event, Initiator, Opened};
 pub use fault::{
     fault_action, next_backoff, v1_still_connecting, Fault, FaultAction, FaultContext, Side,
 };
-pub use issues::{WarnLimit, WARN_LINES_PER_SECOND};
+pub use issues::{log_limited, WarnLimit, WARN_LINES_PER_SECOND};
 pub use learned::LearnedAddr;
 pub(crate) use machine::machine_newtype;
 pub use machine::Machine;
