@@ -6,11 +6,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use dispatch::{Dispatcher, ShutdownMode, Throttle};
 use event_center::{WorkerPool, WorkerPoolConfig};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use protocol::types::{EntityAddr, EntityAddrVec, EntityName, EntityType};
 use protocol::Message;
 
@@ -49,6 +50,13 @@ pub struct Messenger {
     listen_at: Mutex<Option<ListenAt>>,
     /// A `rebind` is under way (one at a time).
     rebinding: AtomicBool,
+    /// The thread a `rebind` or `client_reset` is telling the fast dispatchers of the
+    /// loopback connection's new address on, if one is
+    /// ([`Messenger::announce_new_loopback_addr`]): a shutdown waits for it, so that no
+    /// hook runs after `shutdown` or `wait` returned. Held only to set or read it.
+    announcing: Mutex<Option<ThreadId>>,
+    /// Signalled when `announcing` is cleared.
+    announced: Condvar,
     ready: AtomicBool,
     started: AtomicBool,
     /// The connection to ourselves (held here, not in the environment it points back to).
@@ -109,6 +117,8 @@ impl Messenger {
             bound: AtomicBool::new(false),
             listen_at: Mutex::new(None),
             rebinding: AtomicBool::new(false),
+            announcing: Mutex::new(None),
+            announced: Condvar::new(),
             ready: AtomicBool::new(false),
             started: AtomicBool::new(false),
             loopback,
@@ -353,10 +363,7 @@ impl Messenger {
         // this moment hear `ms_handle_fast_connect` for the loopback connection, whose
         // address changed; before the start, the start tells them. Last, with no lock
         // held: a panicking hook leaves the messenger rebound.
-        let started = self.env.loopback_unannounced.lock().is_none();
-        if started && self.loopback.is_connected() {
-            self.env.dispatchers().handle_fast_connect(&self.loopback);
-        }
+        self.announce_new_loopback_addr();
         Ok(bound)
     }
 
@@ -394,15 +401,50 @@ impl Messenger {
         self.env.init_local_connection(&self.loopback);
         self.env.loopback_moves.fetch_add(1, Ordering::SeqCst);
         self.mark_down_all();
-        // Not once a shutdown began (as `rebind`'s listener is not installed then:
-        // `install_processor`): one that began while the sessions were being marked down
-        // may be about to return, promising no dispatcher runs after, and it closes the
-        // loopback connection only at its end.
-        let started = self.env.loopback_unannounced.lock().is_none();
-        if started && self.loopback.is_connected() && !self.env.sessions.is_stopping() {
-            self.env.dispatchers().handle_fast_connect(&self.loopback);
-        }
+        self.announce_new_loopback_addr();
         Ok(nonce)
+    }
+
+    /// Tells the fast dispatchers of the loopback connection's new address (the end of
+    /// `rebind` and `client_reset`), on this thread, once the messenger started (before,
+    /// the start tells them) and unless a shutdown began: one that began while the
+    /// sessions were being marked down may be about to return, promising no dispatcher
+    /// runs after, and it closes the loopback connection only at its end. A shutdown
+    /// that begins once this decided to tell them waits until they were told
+    /// ([`Messenger::wait_for_announcement`]); no lock is held while the hooks run.
+    fn announce_new_loopback_addr(&self) {
+        let started = self.env.loopback_unannounced.lock().is_none();
+        if !started || !self.loopback.is_connected() {
+            return;
+        }
+        {
+            // Decided under `announcing`, which a shutdown takes after it began: either
+            // it finds this thread here and waits, or this finds it began.
+            let mut announcing = self.announcing.lock();
+            if self.env.sessions.is_stopping() {
+                return;
+            }
+            *announcing = Some(thread::current().id());
+        }
+        // Cleared however the hooks return (a panicking one too).
+        let _told = ClearAnnouncing(self);
+        self.env.dispatchers().handle_fast_connect(&self.loopback);
+    }
+
+    /// Blocks while another thread tells the fast dispatchers of the loopback connection's
+    /// new address ([`Messenger::announce_new_loopback_addr`]), for a shutdown that began
+    /// (none starts after). Not on the thread doing it (a hook that shuts the messenger
+    /// down), nor on a thread of a messenger, where a shutdown does not wait for hooks
+    /// (see [`Messenger::shutdown`]): a `wait` from a thread of no messenger does.
+    fn wait_for_announcement(&self) {
+        if on_a_messenger_thread() {
+            return;
+        }
+        let me = thread::current().id();
+        let mut announcing = self.announcing.lock();
+        while announcing.is_some_and(|t| t != me) {
+            self.announced.wait(&mut announcing);
+        }
     }
 
     /// Puts a listener bound by `rebind` in place: started at once if the messenger is
@@ -986,8 +1028,11 @@ impl Messenger {
     /// `wait` from a thread of its own (as Ceph's daemons do).
     ///
     /// Unlike Ceph's, which only signals and leaves the joins to `wait`, it waits for an
-    /// `ms_dispatch` under way to return and for the resets to be delivered: do not call
-    /// it holding a lock a dispatcher takes.
+    /// `ms_dispatch` under way to return and for the resets to be delivered, and (except
+    /// on a thread of a messenger) for an `ms_handle_fast_connect` of the loopback
+    /// connection that a [`Messenger::rebind`] or [`Messenger::client_reset`] on another
+    /// thread began before the shutdown: do not call it holding a lock a dispatcher
+    /// takes.
     pub fn shutdown(&self) {
         if !self.stop() {
             // Another call began it (perhaps on the dispatch thread, which cannot join
@@ -1004,6 +1049,10 @@ impl Messenger {
     /// The shutdown itself; false if another call began it.
     fn stop(&self) -> bool {
         let Some(live) = self.env.sessions.begin_shutdown() else { return false };
+        // A `rebind` or `client_reset` that decided to tell the fast dispatchers of the
+        // loopback connection's new address before this began: told before this goes
+        // on, so none of those hooks runs after the shutdown returned.
+        self.wait_for_announcement();
         // Ceph's shutdown is mark_down_all (shutdown_connections(true)): every connection
         // not already closed is stopped and its reset queued, and the dispatch thread,
         // told to stop only later (in wait), delivers it. A daemon frees what it keeps
@@ -1063,6 +1112,8 @@ impl Messenger {
         // Not before the shutdown has queued its resets: the queue stopped here would
         // refuse them.
         self.env.sessions.wait_for_shutdown();
+        // As the shutdown does (which did not, on a messenger's thread).
+        self.wait_for_announcement();
         // Idempotent: joins the dispatch thread if the shutdown could not (it ran on that
         // thread), or waits for the shutdown joining it (not on a worker: see
         // `stop_dispatch_thread`).
@@ -1172,6 +1223,16 @@ struct ClearOnDrop<'a>(&'a AtomicBool);
 impl Drop for ClearOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Clears `Messenger::announcing` when dropped, waking a shutdown waiting for it.
+struct ClearAnnouncing<'a>(&'a Messenger);
+
+impl Drop for ClearAnnouncing<'_> {
+    fn drop(&mut self) {
+        *self.0.announcing.lock() = None;
+        self.0.announced.notify_all();
     }
 }
 

@@ -205,6 +205,105 @@ fn a_shutdown_racing_client_reset_hears_no_fast_connect_after_it_began() {
     s2.shutdown();
 }
 
+/// A fast dispatcher whose `ms_handle_fast_connect` of the loopback connection, once
+/// `armed`, says so on `entered`, waits for `release`, and sets `done` as it returns.
+struct HeldLoopbackConnect {
+    armed: std::sync::atomic::AtomicBool,
+    entered: Sender<()>,
+    release: Receiver<()>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Dispatcher<Connection> for HeldLoopbackConnect {
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
+        Dispatched::NotTaken(msg)
+    }
+    fn ms_handle_fast_connect(&self, conn: &Connection) {
+        if conn.is_loopback() && self.armed.swap(false, Ordering::SeqCst) {
+            let _ = self.entered.send(());
+            let _ = self.release.recv_timeout(WAIT);
+            self.done.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Calls `announce` (a `client_reset` or `rebind` of `m`) on a thread of its own and,
+/// while the `ms_handle_fast_connect` it makes for the loopback connection is held,
+/// shuts `m` down on another: the shutdown returns only after the hook did.
+fn shutdown_waits_for_the_loopback_announcement(
+    m: Messenger,
+    announce: impl FnOnce(&Messenger) -> std::io::Result<()> + Send + 'static,
+) {
+    let m = Arc::new(m);
+    let (entered_tx, entered) = crossbeam_channel::bounded(1);
+    let (release_tx, release) = crossbeam_channel::bounded(1);
+    let hook = Arc::new(HeldLoopbackConnect {
+        armed: std::sync::atomic::AtomicBool::new(false),
+        entered: entered_tx,
+        release,
+        done: std::sync::atomic::AtomicBool::new(false),
+    });
+    // Told of the loopback connection here (on this thread, before it joins): armed
+    // after, for the announcement only.
+    m.add_dispatcher_head(hook.clone()).expect("fast dispatcher");
+    hook.armed.store(true, Ordering::SeqCst);
+    let announcer = {
+        let m = m.clone();
+        std::thread::spawn(move || announce(&m))
+    };
+    entered.recv_timeout(WAIT).expect("the announcement reaches the fast dispatcher");
+    // A `wait` on a thread of its own, and the shutdown: each says whether the hook had
+    // returned when it did.
+    let (returned_tx, returned) = crossbeam_channel::bounded(2);
+    let [waiter, stopper] = [false, true].map(|shut| {
+        let (m, hook, returned_tx) = (m.clone(), hook.clone(), returned_tx.clone());
+        std::thread::spawn(move || {
+            if shut {
+                m.shutdown();
+            } else {
+                m.wait();
+            }
+            let who = if shut { "shutdown" } else { "wait" };
+            let _ = returned_tx.send((who, hook.done.load(Ordering::SeqCst)));
+        })
+    });
+    // The hook is held: a shutdown that does not wait for it returns meanwhile (at once
+    // on loopback), one that waits does not return until it is released. A loaded
+    // machine can only make the bug go unseen here, never fail a correct shutdown.
+    if let Ok((who, _)) = returned.recv_timeout(std::time::Duration::from_secs(1)) {
+        panic!("{who} returned while ms_handle_fast_connect was running");
+    }
+    release_tx.send(()).expect("release the hook");
+    for _ in 0..2 {
+        let (who, done) = returned.recv_timeout(WAIT).expect("returned once the hook did");
+        assert!(done, "{who} returned before the hook it waited for");
+    }
+    stopper.join().expect("shutdown thread");
+    waiter.join().expect("wait thread");
+    announcer.join().expect("announcer thread").expect("the reset or rebind");
+}
+
+// A shutdown that begins while `client_reset` is telling the fast dispatchers of the
+// loopback connection's new address waits for that call: no dispatcher hook runs after
+// `shutdown` returned (nor after `wait`). It returned meanwhile.
+#[test]
+fn a_shutdown_waits_for_client_reset_s_fast_connect_under_way() {
+    let (c, _crx) = client(EntityType::CLIENT, 41, Policy::lossless_client());
+    shutdown_waits_for_the_loopback_announcement(c, |m| m.client_reset().map(drop));
+}
+
+// The same for `rebind`'s `ms_handle_fast_connect` of the loopback connection.
+#[test]
+fn a_shutdown_waits_for_rebind_s_fast_connect_under_way() {
+    let (s, _, _srx) = server(EntityType::OSD, 42, Policy::stateless_server(), false);
+    shutdown_waits_for_the_loopback_announcement(s, |m| {
+        m.rebind(&std::collections::BTreeSet::new()).map(drop)
+    });
+}
+
 // Ceph's `get_peer_addrs`, `get_peer_id`, `get_peer_global_id`, `has_feature(s)`: over
 // msgr2 the peer's ident names its addresses and number (a server's SERVER_IDENT: its
 // msgr2 and v1 addresses; a client's CLIENT_IDENT: its gid); over v1 the one address
