@@ -131,6 +131,13 @@ pub fn next_message(rx: &Receiver<Seen>) -> (Connection, Message) {
 
 /// Asserts that no further message arrives within a short grace period (a duplicate or
 /// a stray delivery would); connection events are ignored.
+///
+/// A window, not a marker, because what its callers guard against is mostly not
+/// ordered by a marker sent on one connection: a refused peer's or a wrongly signed
+/// message (no session to send a marker on), a message of an old session or of the
+/// losing connection of a race (another connection), a resend after a reconnect that a
+/// later cut may still cause. A window can only miss a stray message, never report one
+/// that was not delivered; a caller whose guard is ordered may use a marker instead.
 pub fn assert_no_more_messages(rx: &Receiver<Seen>, why: &str) {
     let grace = Instant::now() + Duration::from_millis(300);
     while let Ok(seen) = rx.recv_deadline(grace) {
@@ -141,6 +148,11 @@ pub fn assert_no_more_messages(rx: &Receiver<Seen>, why: &str) {
 /// Counts the events matching `pred` until `expected` were seen (each within [`WAIT`]),
 /// then for a short grace period more, so one too many shows as a count above
 /// `expected`. Other events are skipped. Returns the count (below `expected` on timeout).
+///
+/// The grace period is a window, not a marker: the events counted (opens, resets) come
+/// from reconnects and ends that may happen after anything sent now, and the dispatch
+/// queue puts an event first only among those already queued, so a marker message
+/// proves no later one absent. A window can only miss an extra event.
 pub fn count_events(rx: &Receiver<Seen>, expected: usize, pred: impl Fn(&Seen) -> bool) -> usize {
     let mut n = 0;
     while n < expected {

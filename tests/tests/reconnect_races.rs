@@ -62,6 +62,12 @@ fn receive_in_order(who: &str, rx: &Receiver<Seen>, from: u64, to: u64) -> usize
 }
 
 /// Opens seen in a short grace period (a second reconnect would show here).
+///
+/// A window, not a marker: what it looks for is a reconnect that comes after the ones
+/// counted, a new socket and handshake that no message sent on the session now is
+/// ordered before (a marker would arrive on the open session first), and an open is
+/// queued only when it happens (the dispatch queue's events go first only among those
+/// already queued). A window can only miss one, never report one that did not happen.
 fn later_opens(who: &str, rx: &Receiver<Seen>) -> usize {
     let mut opens = 0;
     let grace = Instant::now() + Duration::from_millis(300);
