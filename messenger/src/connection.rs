@@ -412,6 +412,16 @@ impl Connection {
     }
 
     /// Test seam (feature `fault-injection`): runs `f` once on the connection's worker,
+    /// in the driver's next read phase right before it reads from its socket (a pump that
+    /// has bytes to read: after it loaded whether a replace freezes it, before the
+    /// machine sees them). What arrives while `f` runs is read right after it. Dropped
+    /// unrun if the connection closes first.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_before_read(&self, f: impl FnOnce() + Send + 'static) {
+        let _ = self.post(Command::InjectBeforeRead(Box::new(f)));
+    }
+
+    /// Test seam (feature `fault-injection`): runs `f` once on the connection's worker,
     /// halfway through the driver's next change of what it counts of this connection's
     /// messages: after one of the two counts that change has moved (the messenger's
     /// total, and the connection's own, which `send_message` checks the per-connection

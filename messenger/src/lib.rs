@@ -393,11 +393,11 @@
 //! * `Connection::inject_socket_failure`: cuts one connection's socket on request
 //!   (each call one cut, see its docs).
 //! * `Connection::inject_in_reset`, `inject_before_settle`, `inject_before_write`,
-//!   `inject_in_send_count`: run a test's hook at one point of the messenger's own work
-//!   (while a thread other than the connection's worker ends its session and has not
-//!   queued the reset yet; at the driver's settle; before its write; halfway through a
-//!   change of what the driver counts of the connection's messages), to run a race
-//!   inside that window.
+//!   `inject_before_read`, `inject_in_send_count`: run a test's hook at one point of the
+//!   messenger's own work (while a thread other than the connection's worker ends its
+//!   session and has not queued the reset yet; at the driver's settle; before its write;
+//!   before its read; halfway through a change of what the driver counts of the
+//!   connection's messages), to run a race inside that window.
 mod admin;
 pub mod config;
 mod connection;

@@ -32,6 +32,9 @@ pub(crate) enum Command {
     /// Test seam: run this right before the driver's next write.
     #[cfg(feature = "fault-injection")]
     InjectBeforeWrite(Box<dyn FnOnce() + Send>),
+    /// Test seam: run this right before the driver's next read from its socket.
+    #[cfg(feature = "fault-injection")]
+    InjectBeforeRead(Box<dyn FnOnce() + Send>),
     /// Test seam: run this halfway through the driver's next change of its send count.
     #[cfg(feature = "fault-injection")]
     InjectInSendCount(Box<dyn FnOnce() + Send>),

@@ -420,6 +420,7 @@ impl Driver {
         let mut budget = self.env.config.read_budget;
         let chunk = read_chunk(self.env.config.read_buffer);
         while budget > 0 && self.io.read_ready && self.machine.wants_read() {
+            self.seams.run_before_read();
             if self.seams.fail_socket() {
                 log::info!(target: "msgr::conn", "{}: injected socket failure (read)", self.machine);
                 self.cut_socket();

@@ -47,6 +47,8 @@ impl Driver {
                 #[cfg(feature = "fault-injection")]
                 Command::InjectBeforeWrite(f) => self.seams.add_before_write(f),
                 #[cfg(feature = "fault-injection")]
+                Command::InjectBeforeRead(f) => self.seams.add_before_read(f),
+                #[cfg(feature = "fault-injection")]
                 Command::InjectInSendCount(f) => self.seams.add_in_send_count(f),
             }
         }

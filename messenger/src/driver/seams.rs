@@ -58,6 +58,8 @@ mod imp {
         before_settle: Vec<Box<dyn FnOnce() + Send>>,
         /// `Connection::inject_before_write`: run before the next write, then dropped.
         before_write: Vec<Box<dyn FnOnce() + Send>>,
+        /// `Connection::inject_before_read`: run before the next read, then dropped.
+        before_read: Vec<Box<dyn FnOnce() + Send>>,
         /// `Connection::inject_in_send_count`: run halfway through the next change of
         /// the driver's send count, then dropped.
         in_send_count: Vec<Box<dyn FnOnce() + Send>>,
@@ -82,6 +84,7 @@ mod imp {
                 delayed: DelayQueue::default(),
                 before_settle: Vec::new(),
                 before_write: Vec::new(),
+                before_read: Vec::new(),
                 in_send_count: Vec::new(),
             }
         }
@@ -121,6 +124,18 @@ mod imp {
         /// Runs what `Connection::inject_before_settle` asked for, once.
         pub(in crate::driver) fn run_before_settle(&mut self) {
             for f in std::mem::take(&mut self.before_settle) {
+                f();
+            }
+        }
+
+        /// One more `Connection::inject_before_read`.
+        pub(in crate::driver) fn add_before_read(&mut self, f: Box<dyn FnOnce() + Send>) {
+            self.before_read.push(f);
+        }
+
+        /// Runs what `Connection::inject_before_read` asked for, once.
+        pub(in crate::driver) fn run_before_read(&mut self) {
+            for f in std::mem::take(&mut self.before_read) {
                 f();
             }
         }
@@ -359,6 +374,8 @@ mod imp {
         pub(in crate::driver) fn run_before_settle(&mut self) {}
         #[inline(always)]
         pub(in crate::driver) fn run_before_write(&mut self) {}
+        #[inline(always)]
+        pub(in crate::driver) fn run_before_read(&mut self) {}
         #[inline(always)]
         pub(in crate::driver) fn run_in_send_count(&mut self) {}
         #[inline(always)]
