@@ -599,12 +599,26 @@ pub(crate) struct Replacement {
     machine: Machine,
     policy: Policy,
     decision: Decision,
+    /// The existing session's numbers as the decision read them (its driver's last
+    /// published snapshot).
+    decided_against: SessionSnapshot,
 }
 
 impl Replacement {
-    /// The accepting machine, to be adopted under `policy` as `verdict` says.
-    pub(crate) fn new(machine: Machine, policy: Policy, verdict: Verdict) -> Replacement {
-        Replacement { machine, policy, decision: verdict.decision }
+    /// The accepting machine, to be adopted under `policy` as `verdict` says; `existing`
+    /// is the session the decision was taken against.
+    pub(crate) fn new(
+        machine: Machine,
+        policy: Policy,
+        verdict: Verdict,
+        existing: &Existing,
+    ) -> Replacement {
+        Replacement {
+            machine,
+            policy,
+            decision: verdict.decision,
+            decided_against: existing.session,
+        }
     }
 
     /// The policy the session continues under.
@@ -612,11 +626,26 @@ impl Replacement {
         self.policy
     }
 
+    /// Whether the decision still holds for the existing session, whose numbers are now
+    /// `now` (marked as the decision's view was, see `SessionTable::decide_accept`).
+    ///
+    /// The decision read what the session's driver last published. The driver's pump
+    /// loads the replace mark once, before it reads: one that loaded it before the
+    /// decision set it reads on, and what it reads (our connect answered: the session
+    /// opens, its numbers published at the open, its messages delivered) moves the
+    /// session under the decision. Taken against a session still connecting, a race's
+    /// replace then renumbered one that had opened and delivered. Any change voids the
+    /// decision (a redial after a write fault during the freeze too), as Ceph's lock on
+    /// `existing` allows none between its decision and `reuse_connection`.
+    pub(crate) fn still_holds(&self, now: SessionSnapshot) -> bool {
+        self.decided_against == now
+    }
+
     /// Moves `old`'s session (seqs, queued and unacknowledged messages) into the new
     /// machine and answers its connect; `old` is closed without further events. Returns
     /// the machine that carries the session from now on.
     pub(crate) fn adopt(self, old: &mut Machine, now: Instant) -> Machine {
-        let Replacement { mut machine, policy, decision } = self;
+        let Replacement { mut machine, policy, decision, .. } = self;
         // Whatever the old socket's machine raised was handled first: a message it
         // completed is counted in the session's in_seq and would be lost with it.
         debug_assert!(!old.has_events(), "{old}: events left at a hand-off");

@@ -47,12 +47,14 @@ impl Driver {
         };
         let authenticated = self.machine.peer_auth().cloned();
         let opening = self.machine.snapshot_on_open(&req, &policy);
+        let mut seen = None;
         let (verdict, existing, other_protocol) = self.env.sessions.decide_accept(
             &self.conn,
             req.peer_addr,
             authenticated.as_ref(),
             opening,
             |existing| {
+                seen = existing.copied();
                 let verdict = machine::decide(&req, existing, &policy, &my_addrs);
                 let claim = match verdict.action {
                     AcceptAction::HandOver => Claim::BeginReplace,
@@ -72,8 +74,8 @@ impl Driver {
             log::info!(target: "msgr::conn", "{}: existing {other:?} speaks the other protocol, marking it down", self.machine);
             other.mark_down();
         }
-        match (verdict.action, existing) {
-            (AcceptAction::HandOver, Some(existing)) => {
+        match (verdict.action, existing, seen) {
+            (AcceptAction::HandOver, Some(existing), Some(seen)) => {
                 // Lossless replace: the existing session adopts this socket. From here
                 // on nothing returns early with `replacing` set: either the existing
                 // driver adopts the socket (and clears it), or it is already closed.
@@ -86,7 +88,7 @@ impl Driver {
                     now,
                 );
                 let accepted = std::mem::replace(&mut self.machine, fresh);
-                let replacement = Replacement::new(accepted, policy, verdict);
+                let replacement = Replacement::new(accepted, policy, verdict, &seen);
                 let incoming = Incoming { socket, replacement };
                 if !existing.post(Command::TakeOver(Box::new(incoming))) {
                     // Closed meanwhile: the socket is dropped and the peer connects again.
@@ -101,7 +103,7 @@ impl Driver {
                 self.cancel_timer(cx);
                 cx.remove(id);
             }
-            (AcceptAction::ResetExisting, Some(existing)) => {
+            (AcceptAction::ResetExisting, Some(existing), _) => {
                 // Lossy existing session: it is reset, this one becomes the session. A
                 // v1 connect tells our dispatchers of a remote reset first (Ceph's
                 // ProtocolV1 calls the existing session's `session_reset` before its
@@ -112,16 +114,16 @@ impl Driver {
                 self.policy = Some(policy);
                 self.answer_registered(now, policy, verdict);
             }
-            (AcceptAction::NudgeExisting, Some(existing)) => {
+            (AcceptAction::NudgeExisting, Some(existing), _) => {
                 existing.send_keepalive();
                 self.machine.handle_verdict(now, policy, verdict);
             }
-            (AcceptAction::Proceed { register: true }, _) => {
+            (AcceptAction::Proceed { register: true }, _, _) => {
                 self.published = Some(opening);
                 self.policy = Some(policy);
                 self.answer_registered(now, policy, verdict);
             }
-            (AcceptAction::OpenUnregistered, _) => {
+            (AcceptAction::OpenUnregistered, _, _) => {
                 self.policy = Some(policy);
                 self.machine.handle_verdict(now, policy, verdict);
             }
@@ -160,6 +162,18 @@ impl Driver {
         if self.finished {
             // The session ended meanwhile: as if the hand-off had found it closed, the
             // socket is dropped and the peer connects again (to no session).
+            self.env.sessions.abort_replace(&self.conn);
+            return;
+        }
+        let current = self.machine.snapshot(self.policy.as_ref());
+        if !replacement.still_holds(current.marked(self.conn.is_disposable())) {
+            // The session moved on from the numbers the decision read (a pump that
+            // loaded the mark before the decision set it read on, see
+            // `Replacement::still_holds`): the decision is void. The socket is dropped
+            // unanswered, as when the hand-off finds the session closed, and the
+            // session resumes (woken: its pump reads again); the peer's next connect is
+            // decided afresh against what the session is now.
+            log::info!(target: "msgr::conn", "{}: session moved on since the replace was decided, dropping the incoming socket", self.machine);
             self.env.sessions.abort_replace(&self.conn);
             return;
         }
