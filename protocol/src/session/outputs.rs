@@ -115,9 +115,23 @@ impl<P: Protocol> Machine<P> {
     }
 
     /// The next event, if any. Drain after every input or command.
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;
-        Some(match ev {
+        // A message and a budget request (nearly every event) carry nothing noted
+        // elsewhere: handed back as popped, inlined into the driver's loop, without the
+        // call and the match below (~30 instructions per event at 64 B).
+        if matches!(ev, Event::Message(_) | Event::NeedBudget { .. }) {
+            return Some(ev);
+        }
+        Some(self.take_noted(ev))
+    }
+
+    /// [`Self::poll_event`]'s event `ev` just popped, with what was noted for it since it
+    /// was queued.
+    #[inline(never)]
+    fn take_noted(&mut self, ev: Event) -> Event {
+        match ev {
             Event::KeepaliveReceived => {
                 self.notes.keepalive = false;
                 ev
@@ -136,7 +150,7 @@ impl<P: Protocol> Machine<P> {
                 ev
             }
             ev => ev,
-        })
+        }
     }
 
     /// A KEEPALIVE or KEEPALIVE2 arrived (its time already in `keepalive`): queued
