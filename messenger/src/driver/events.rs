@@ -255,18 +255,19 @@ impl Driver {
                 // it is dropped (Ceph's Message holds its byte_throttler and
                 // msg_throttler until destroyed); the in-progress registrations end.
                 let cost = msg.queued_cost();
-                let (mut permit, mut charge) = self.recv.finish_message(cost);
                 // Not asked for: it was taken from the credit granted ahead, which is
                 // charged now and gives a permit only to a message that needs one.
-                let funded = permit.is_none() && self.credit.is_held();
-                if funded {
-                    charge = self.credit.spend(cost);
-                } else if let Some(p) = permit.as_mut() {
-                    p.settle(cost);
-                }
-                if let Some(c) = charge {
-                    c.attach(&mut msg);
-                }
+                let (mut permit, funded) = if self.recv.finish_unasked() {
+                    let funded = self.credit.is_held();
+                    if funded {
+                        if let Some(c) = self.credit.spend(cost) {
+                            c.attach(&mut msg);
+                        }
+                    }
+                    (None, funded)
+                } else {
+                    self.finish_asked(&mut msg, cost)
+                };
                 let conn = &self.conn;
                 if let Some(at) = self.seams.hold_until(now, || conn.peer_type()) {
                     if funded {
@@ -353,6 +354,25 @@ impl Driver {
                 self.finish(cx);
             }
         }
+    }
+
+    /// The budget of a received message that asked for its own (see
+    /// `RecvBudget::finish_unasked`), costing `cost`: its policy charge goes into `msg`;
+    /// returns its dispatch permit, and whether the credit paid for it after all (then
+    /// the credit charges it).
+    #[inline(never)]
+    fn finish_asked(&mut self, msg: &mut Message, cost: u64) -> (Option<Permit>, bool) {
+        let (mut permit, mut charge) = self.recv.release_all(cost);
+        let funded = permit.is_none() && self.credit.is_held();
+        if funded {
+            charge = self.credit.spend(cost);
+        } else if let Some(p) = permit.as_mut() {
+            p.settle(cost);
+        }
+        if let Some(c) = charge {
+            c.attach(msg);
+        }
+        (permit, funded)
     }
 
     /// Ends the session and reports it (`ms_handle_reset`), as Ceph's `stop`, then
