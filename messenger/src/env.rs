@@ -381,13 +381,15 @@ impl Env {
     /// Ceph's `set_addr_unknowns`: the blank IP of our bound address takes the IP of
     /// the first of `addrs` of its family (port, nonce and type kept), unless it was
     /// already learned or set. Returns whether it did; the loopback connection then
-    /// shows the new address and the fast dispatchers hear `ms_handle_fast_connect`
-    /// for it (Ceph's `_init_local_connection`).
+    /// shows the new address (Ceph's `_init_local_connection`), and the caller tells the
+    /// fast dispatchers (`Messenger::set_addr_unknowns`, where a shutdown waits for it).
     pub(crate) fn set_addr_unknowns(&self, addrs: &EntityAddrVec) -> bool {
         let set = self.identity.learned.set_unknowns(addrs, &self.bound_addrs());
         if set {
             log::info!(target: "msgr::bind", "set_addr_unknowns: my addrs are {:?}", self.my_addrs());
-            self.loopback_moved();
+            if let Some(lo) = self.loopback.get() {
+                self.loopback_shows_move(lo);
+            }
         }
         set
     }
@@ -397,19 +399,30 @@ impl Env {
         let _ = self.loopback.set(lo);
     }
 
-    /// Our address changed (learned from a peer, or set): the loopback connection shows
-    /// it, and once the messenger started the fast dispatchers of this moment hear
-    /// `ms_handle_fast_connect` for it (Ceph's `learned_addr` and `set_addr_unknowns`
-    /// call `_init_local_connection`); before, the start tells them. Runs on the
-    /// thread that changed it (a worker, for a learned address), with no lock held.
+    /// Our address was learned from a peer: the loopback connection shows it, and once
+    /// the messenger started the fast dispatchers of this moment hear
+    /// `ms_handle_fast_connect` for it (Ceph's `learned_addr` calls
+    /// `_init_local_connection`); before, the start tells them. Runs on the worker of
+    /// the connection that learned it, with no lock held. A shutdown does not wait for
+    /// it as for `Messenger::announce_loopback`: one from a thread of no messenger joins
+    /// the workers of a pool it owns, and on a shared pool it leaves the hooks a worker
+    /// began (as `Messenger::shutdown` says), while a `wait` waits for this connection
+    /// to leave its worker; and a worker waiting for a shutdown that waits for it would
+    /// deadlock (a hook calling `wait`).
     pub(crate) fn loopback_moved(&self) {
         let Some(lo) = self.loopback.get() else { return };
-        self.init_local_connection(lo);
-        self.loopback_moves.fetch_add(1, Ordering::SeqCst);
+        self.loopback_shows_move(lo);
         let started = self.loopback_unannounced.lock().is_none();
         if started && lo.is_connected() {
             self.dispatchers().handle_fast_connect(lo);
         }
+    }
+
+    /// The loopback connection `lo` shows our new address, and the move is counted
+    /// (before any fast dispatcher is told: see `loopback_moves`).
+    fn loopback_shows_move(&self, lo: &Connection) {
+        self.init_local_connection(lo);
+        self.loopback_moves.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The address a peer dials to reach us: our v1 one, or the first we announce.

@@ -147,7 +147,9 @@
 //!   (the first one added starts a messenger not yet started). Ours tells a later one
 //!   as it is added; a move of the address tells the chain again, as Ceph's (a fast
 //!   dispatcher added meanwhile hears the new address too). A learned address is told
-//!   on the worker of the connection that learned it.
+//!   on the worker of the connection that learned it. None but that one is told once a
+//!   shutdown began, and a shutdown from a thread of no messenger returns only after
+//!   those under way did (see [`Messenger::shutdown`]).
 //! * **Our address** is the bound one (blank for a pure client: `0.0.0.0`, port 0) until
 //!   a blank IP is learned, as Ceph's `learned_addr`: the first connection we dial whose
 //!   acceptor says how it sees us (v1's banner reply, msgr2's HELLO) gives the IP, kept

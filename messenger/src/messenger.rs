@@ -50,12 +50,13 @@ pub struct Messenger {
     listen_at: Mutex<Option<ListenAt>>,
     /// A `rebind` is under way (one at a time).
     rebinding: AtomicBool,
-    /// The thread a `rebind` or `client_reset` is telling the fast dispatchers of the
-    /// loopback connection's new address on, if one is
-    /// ([`Messenger::announce_new_loopback_addr`]): a shutdown waits for it, so that no
-    /// hook runs after `shutdown` or `wait` returned. Held only to set or read it.
-    announcing: Mutex<Option<ThreadId>>,
-    /// Signalled when `announcing` is cleared.
+    /// The threads telling fast dispatchers of the loopback connection, once each per
+    /// call under way ([`Messenger::announce_loopback`]: a `rebind`, `client_reset` or
+    /// `set_addr_unknowns` telling the chain of its new address, a dispatcher being
+    /// added or a start telling one of it): a shutdown waits for them, so that no hook
+    /// runs after `shutdown` or `wait` returned. Held only to change or read it.
+    announcing: Mutex<Vec<ThreadId>>,
+    /// Signalled when a thread leaves `announcing`.
     announced: Condvar,
     ready: AtomicBool,
     started: AtomicBool,
@@ -117,7 +118,7 @@ impl Messenger {
             bound: AtomicBool::new(false),
             listen_at: Mutex::new(None),
             rebinding: AtomicBool::new(false),
-            announcing: Mutex::new(None),
+            announcing: Mutex::new(Vec::new()),
             announced: Condvar::new(),
             ready: AtomicBool::new(false),
             started: AtomicBool::new(false),
@@ -406,15 +407,25 @@ impl Messenger {
     }
 
     /// Tells the fast dispatchers of the loopback connection's new address (the end of
-    /// `rebind` and `client_reset`), on this thread, once the messenger started (before,
-    /// the start tells them) and unless a shutdown began: one that began while the
-    /// sessions were being marked down may be about to return, promising no dispatcher
-    /// runs after, and it closes the loopback connection only at its end. A shutdown
-    /// that begins once this decided to tell them waits until they were told
-    /// ([`Messenger::wait_for_announcement`]); no lock is held while the hooks run.
+    /// `rebind`, `client_reset` and `set_addr_unknowns`), on this thread, once the
+    /// messenger started (before, the start tells them), as
+    /// [`Messenger::announce_loopback`] does.
     fn announce_new_loopback_addr(&self) {
         let started = self.env.loopback_unannounced.lock().is_none();
-        if !started || !self.loopback.is_connected() {
+        if started {
+            self.announce_loopback(|| self.env.dispatchers().handle_fast_connect(&self.loopback));
+        }
+    }
+
+    /// Runs `tell` (`ms_handle_fast_connect` of the loopback connection on some fast
+    /// dispatchers) on this thread, unless a shutdown began: one that began meanwhile
+    /// (while a `rebind` marked the sessions down, a dispatcher was being added) may be
+    /// about to return, promising no dispatcher runs after, and it closes the loopback
+    /// connection only at its end. A shutdown that begins once this decided to run it
+    /// waits until it returned ([`Messenger::wait_for_announcement`]); no lock is held
+    /// while the hooks run.
+    fn announce_loopback(&self, tell: impl FnOnce()) {
+        if !self.loopback.is_connected() {
             return;
         }
         {
@@ -424,25 +435,31 @@ impl Messenger {
             if self.env.sessions.is_stopping() {
                 return;
             }
-            *announcing = Some(thread::current().id());
+            announcing.push(thread::current().id());
         }
         // Cleared however the hooks return (a panicking one too).
         let _told = ClearAnnouncing(self);
-        self.env.dispatchers().handle_fast_connect(&self.loopback);
+        tell();
     }
 
-    /// Blocks while another thread tells the fast dispatchers of the loopback connection's
-    /// new address ([`Messenger::announce_new_loopback_addr`]), for a shutdown that began
-    /// (none starts after). Not on the thread doing it (a hook that shuts the messenger
-    /// down), nor on a thread of a messenger, where a shutdown does not wait for hooks
-    /// (see [`Messenger::shutdown`]): a `wait` from a thread of no messenger does.
+    /// Blocks while another thread tells fast dispatchers of the loopback connection
+    /// ([`Messenger::announce_loopback`]), for a shutdown that began (none starts after)
+    /// and has ended the sessions (a hook that waits for the shutdown, in a `wait` or a
+    /// second `shutdown`, gets that far). Not on a thread telling them itself (a hook
+    /// that shuts the messenger down, which runs after it returns anyway: two such hooks
+    /// on two threads would each wait for the other), nor on a thread of a messenger,
+    /// where a shutdown does not wait for hooks (see [`Messenger::shutdown`]): a `wait`
+    /// from a thread of no messenger does.
     fn wait_for_announcement(&self) {
         if on_a_messenger_thread() {
             return;
         }
         let me = thread::current().id();
         let mut announcing = self.announcing.lock();
-        while announcing.is_some_and(|t| t != me) {
+        if announcing.contains(&me) {
+            return;
+        }
+        while !announcing.is_empty() {
             self.announced.wait(&mut announcing);
         }
     }
@@ -507,7 +524,8 @@ impl Messenger {
     /// `addrs` has no address of the family. Then [`Messenger::my_addrs`] shows it,
     /// connections dialled from then on announce it, the loopback connection's peer
     /// address follows, and the fast dispatchers hear `ms_handle_fast_connect` for it
-    /// (once the messenger started; before, the start tells them), on this thread.
+    /// (once the messenger started; before, the start tells them), on this thread,
+    /// unless a shutdown began (one that begins meanwhile waits for them).
     ///
     /// An acceptor still matches a connector's target address against the socket's
     /// local address where we are bound to a wildcard, and announces that address in
@@ -516,7 +534,12 @@ impl Messenger {
     /// set address).
     #[doc(alias = "AsyncMessenger::set_addr_unknowns")]
     pub fn set_addr_unknowns(&self, addrs: &EntityAddrVec) -> bool {
-        self.env.set_addr_unknowns(addrs)
+        let set = self.env.set_addr_unknowns(addrs);
+        if set {
+            // As `rebind`'s: a shutdown waits for it, or it is not told once one began.
+            self.announce_new_loopback_addr();
+        }
+        set
     }
 
     /// Our entity name.
@@ -579,7 +602,8 @@ impl Messenger {
     /// on the thread that starts the messenger if it was added before, else on this one
     /// before it joins the chain (so before it sees any message), and again each time
     /// our address moves after the start ([`Messenger::rebind`], a learned address,
-    /// [`Messenger::set_addr_unknowns`]). If that hook panics,
+    /// [`Messenger::set_addr_unknowns`]); not once a shutdown began (one that begins
+    /// while the hook runs waits for it, as for a rebind's). If that hook panics,
     /// the panic reaches the caller: here before the dispatcher joins (it is not added),
     /// in a start (this call's, when the messenger was not started yet) once the
     /// messenger has started, with the dispatcher added.
@@ -628,12 +652,10 @@ impl Messenger {
     }
 
     /// `ms_handle_fast_connect` for the loopback connection on fast dispatcher `d`
-    /// (Ceph's `ms_deliver_handle_fast_connect(local_connection)`), unless it is closed
-    /// (shut down).
+    /// (Ceph's `ms_deliver_handle_fast_connect(local_connection)`), unless a shutdown
+    /// began; one that begins meanwhile waits for it ([`Messenger::announce_loopback`]).
     fn announce_loopback_to(&self, d: &dyn Dispatcher<Connection>) {
-        if self.loopback.is_connected() {
-            d.ms_handle_fast_connect(&self.loopback);
-        }
+        self.announce_loopback(|| d.ms_handle_fast_connect(&self.loopback));
     }
 
     fn ready(&self) -> io::Result<()> {
@@ -1029,10 +1051,12 @@ impl Messenger {
     ///
     /// Unlike Ceph's, which only signals and leaves the joins to `wait`, it waits for an
     /// `ms_dispatch` under way to return and for the resets to be delivered, and (except
-    /// on a thread of a messenger) for an `ms_handle_fast_connect` of the loopback
-    /// connection that a [`Messenger::rebind`] or [`Messenger::client_reset`] on another
-    /// thread began before the shutdown: do not call it holding a lock a dispatcher
-    /// takes.
+    /// on a thread of a messenger, and in such a hook) for an `ms_handle_fast_connect`
+    /// of the loopback connection that a [`Messenger::rebind`], [`Messenger::client_reset`],
+    /// [`Messenger::set_addr_unknowns`], a dispatcher being added or a start on another
+    /// thread began before the shutdown (none of those begins one after): do not call
+    /// it holding a lock a dispatcher takes. It waits for that hook only once the
+    /// sessions ended, so a hook that calls `wait` or `shutdown` goes on meanwhile.
     pub fn shutdown(&self) {
         if !self.stop() {
             // Another call began it (perhaps on the dispatch thread, which cannot join
@@ -1049,10 +1073,6 @@ impl Messenger {
     /// The shutdown itself; false if another call began it.
     fn stop(&self) -> bool {
         let Some(live) = self.env.sessions.begin_shutdown() else { return false };
-        // A `rebind` or `client_reset` that decided to tell the fast dispatchers of the
-        // loopback connection's new address before this began: told before this goes
-        // on, so none of those hooks runs after the shutdown returned.
-        self.wait_for_announcement();
         // Ceph's shutdown is mark_down_all (shutdown_connections(true)): every connection
         // not already closed is stopped and its reset queued, and the dispatch thread,
         // told to stop only later (in wait), delivers it. A daemon frees what it keeps
@@ -1070,6 +1090,12 @@ impl Messenger {
         // the admin socket's closes, which wait for a worker: a `wait` on that worker (a
         // fast dispatcher's) waits for this.
         self.env.sessions.sessions_ended();
+        // A call that decided to tell fast dispatchers of the loopback connection (a
+        // `rebind`, `client_reset` or `set_addr_unknowns` of its new address, a dispatcher
+        // being added) before this began has told them before this goes on, so none of
+        // those hooks runs after the shutdown returned. Only once the sessions ended: a
+        // hook that waits for the shutdown (a `wait`, a second `shutdown`) waits that far.
+        self.wait_for_announcement();
         let processor = self.processor.lock().take();
         if let Some(p) = processor {
             p.stop();
@@ -1226,12 +1252,18 @@ impl Drop for ClearOnDrop<'_> {
     }
 }
 
-/// Clears `Messenger::announcing` when dropped, waking a shutdown waiting for it.
+/// Takes this thread's entry (one: a hook may announce again inside) out of
+/// `Messenger::announcing` when dropped, waking a shutdown waiting for it.
 struct ClearAnnouncing<'a>(&'a Messenger);
 
 impl Drop for ClearAnnouncing<'_> {
     fn drop(&mut self) {
-        *self.0.announcing.lock() = None;
+        let me = thread::current().id();
+        let mut announcing = self.0.announcing.lock();
+        if let Some(at) = announcing.iter().rposition(|&t| t == me) {
+            announcing.swap_remove(at);
+        }
+        drop(announcing);
         self.0.announced.notify_all();
     }
 }

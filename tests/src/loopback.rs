@@ -491,3 +491,120 @@ pub fn free_port_range(len: u16) -> std::ops::RangeInclusive<u16> {
     }
     panic!("no {len} free consecutive ports below 32768 on 127.0.0.1");
 }
+
+/// A fast dispatcher whose `ms_handle_fast_connect` of the loopback connection, once
+/// armed ([`HeldLoopbackConnect::arm`]), says so on its `entered` channel, waits for its
+/// `release`, then shuts its messenger down if given one
+/// ([`HeldLoopbackConnect::then_shut_down`]), and says it returned: what a test needs to
+/// hold that hook while it checks what a shutdown does meanwhile.
+pub struct HeldLoopbackConnect {
+    armed: std::sync::atomic::AtomicBool,
+    entered: Sender<()>,
+    release: Receiver<()>,
+    shut_down: std::sync::OnceLock<std::sync::Weak<Messenger>>,
+    done: std::sync::atomic::AtomicBool,
+    returned: Sender<()>,
+}
+
+/// The channels of a [`HeldLoopbackConnect`].
+pub struct HeldHook {
+    /// The hook (not armed).
+    pub hook: Arc<HeldLoopbackConnect>,
+    /// Receives when the armed hook entered.
+    pub entered: Receiver<()>,
+    /// Lets the held hook go on.
+    pub release: Sender<()>,
+    /// Receives when the hook returned (after its shutdown, if it makes one).
+    pub returned: Receiver<()>,
+}
+
+/// A [`HeldLoopbackConnect`], not armed, and its channels.
+pub fn held_loopback_connect() -> HeldHook {
+    let (entered_tx, entered) = crossbeam_channel::bounded(1);
+    let (release, release_rx) = crossbeam_channel::bounded(1);
+    let (returned_tx, returned) = crossbeam_channel::bounded(1);
+    let hook = Arc::new(HeldLoopbackConnect {
+        armed: std::sync::atomic::AtomicBool::new(false),
+        entered: entered_tx,
+        release: release_rx,
+        shut_down: std::sync::OnceLock::new(),
+        done: std::sync::atomic::AtomicBool::new(false),
+        returned: returned_tx,
+    });
+    HeldHook { hook, entered, release, returned }
+}
+
+impl HeldLoopbackConnect {
+    /// Holds the next `ms_handle_fast_connect` of the loopback connection (armed after
+    /// the one a dispatcher hears as it is added, for the call a test means).
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Once released, the hook shuts `m` down before it returns.
+    pub fn then_shut_down(&self, m: &Arc<Messenger>) {
+        let _ = self.shut_down.set(Arc::downgrade(m));
+    }
+
+    /// Whether the held hook returned.
+    pub fn done(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Dispatcher<Connection> for HeldLoopbackConnect {
+    fn ms_can_fast_dispatch_any(&self) -> bool {
+        true
+    }
+    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
+        Dispatched::NotTaken(msg)
+    }
+    fn ms_handle_fast_connect(&self, conn: &Connection) {
+        use std::sync::atomic::Ordering;
+        if conn.is_loopback() && self.armed.swap(false, Ordering::SeqCst) {
+            let _ = self.entered.send(());
+            let _ = self.release.recv_timeout(WAIT);
+            if let Some(m) = self.shut_down.get().and_then(std::sync::Weak::upgrade) {
+                m.shutdown();
+            }
+            self.done.store(true, Ordering::SeqCst);
+            let _ = self.returned.send(());
+        }
+    }
+}
+
+/// Once `held`'s hook (armed, its `ms_handle_fast_connect` under way on another
+/// thread) entered, calls `m.wait()` and `m.shutdown()`, each on a thread of its own:
+/// neither may return while the hook is held; both must once it is released, and not
+/// before it returned.
+pub fn shutdown_waits_for_the_held_hook(m: &Arc<Messenger>, held: &HeldHook) {
+    held.entered.recv_timeout(WAIT).expect("the announcement reaches the fast dispatcher");
+    // A `wait` on a thread of its own, and the shutdown: each says whether the hook had
+    // returned when it did.
+    let (returned_tx, returned) = crossbeam_channel::bounded(2);
+    let [waiter, stopper] = [false, true].map(|shut| {
+        let (m, hook, returned_tx) = (m.clone(), held.hook.clone(), returned_tx.clone());
+        std::thread::spawn(move || {
+            if shut {
+                m.shutdown();
+            } else {
+                m.wait();
+            }
+            let who = if shut { "shutdown" } else { "wait" };
+            let _ = returned_tx.send((who, hook.done()));
+        })
+    });
+    // The hook is held: a shutdown that does not wait for it returns meanwhile (at once
+    // on loopback), one that waits does not return until it is released. A loaded
+    // machine can only make the bug go unseen here, never fail a correct shutdown.
+    if let Ok((who, _)) = returned.recv_timeout(Duration::from_secs(1)) {
+        panic!("{who} returned while ms_handle_fast_connect was running");
+    }
+    held.release.send(()).expect("release the hook");
+    for _ in 0..2 {
+        let (who, done) = returned.recv_timeout(WAIT).expect("returned once the hook did");
+        assert!(done, "{who} returned before the hook it waited for");
+    }
+    stopper.join().expect("shutdown thread");
+    waiter.join().expect("wait thread");
+}

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use messenger::{
     Authentication, Connection, Dispatched, Dispatcher, Messenger, Policy, ProtocolVersion,
 };
-use protocol::types::{EntityAddr, EntityName, EntityType, Features};
+use protocol::types::{EntityAddr, EntityAddrVec, EntityName, EntityType, Features};
 use protocol::Message;
 use tests::loopback::*;
 
@@ -205,85 +205,26 @@ fn a_shutdown_racing_client_reset_hears_no_fast_connect_after_it_began() {
     s2.shutdown();
 }
 
-/// A fast dispatcher whose `ms_handle_fast_connect` of the loopback connection, once
-/// `armed`, says so on `entered`, waits for `release`, and sets `done` as it returns.
-struct HeldLoopbackConnect {
-    armed: std::sync::atomic::AtomicBool,
-    entered: Sender<()>,
-    release: Receiver<()>,
-    done: std::sync::atomic::AtomicBool,
-}
-
-impl Dispatcher<Connection> for HeldLoopbackConnect {
-    fn ms_can_fast_dispatch_any(&self) -> bool {
-        true
-    }
-    fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
-        Dispatched::NotTaken(msg)
-    }
-    fn ms_handle_fast_connect(&self, conn: &Connection) {
-        if conn.is_loopback() && self.armed.swap(false, Ordering::SeqCst) {
-            let _ = self.entered.send(());
-            let _ = self.release.recv_timeout(WAIT);
-            self.done.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
-/// Calls `announce` (a `client_reset` or `rebind` of `m`) on a thread of its own and,
-/// while the `ms_handle_fast_connect` it makes for the loopback connection is held,
-/// shuts `m` down on another: the shutdown returns only after the hook did.
+/// Calls `announce` (a `client_reset`, `rebind` or `set_addr_unknowns` of `m`) on a
+/// thread of its own and, while the `ms_handle_fast_connect` it makes for the loopback
+/// connection is held, shuts `m` down on another: the shutdown returns only after the
+/// hook did.
 fn shutdown_waits_for_the_loopback_announcement(
     m: Messenger,
     announce: impl FnOnce(&Messenger) -> std::io::Result<()> + Send + 'static,
 ) {
     let m = Arc::new(m);
-    let (entered_tx, entered) = crossbeam_channel::bounded(1);
-    let (release_tx, release) = crossbeam_channel::bounded(1);
-    let hook = Arc::new(HeldLoopbackConnect {
-        armed: std::sync::atomic::AtomicBool::new(false),
-        entered: entered_tx,
-        release,
-        done: std::sync::atomic::AtomicBool::new(false),
-    });
+    let held = held_loopback_connect();
     // Told of the loopback connection here (on this thread, before it joins): armed
     // after, for the announcement only.
-    m.add_dispatcher_head(hook.clone()).expect("fast dispatcher");
-    hook.armed.store(true, Ordering::SeqCst);
+    m.add_dispatcher_head(held.hook.clone()).expect("fast dispatcher");
+    held.hook.arm();
     let announcer = {
         let m = m.clone();
         std::thread::spawn(move || announce(&m))
     };
-    entered.recv_timeout(WAIT).expect("the announcement reaches the fast dispatcher");
-    // A `wait` on a thread of its own, and the shutdown: each says whether the hook had
-    // returned when it did.
-    let (returned_tx, returned) = crossbeam_channel::bounded(2);
-    let [waiter, stopper] = [false, true].map(|shut| {
-        let (m, hook, returned_tx) = (m.clone(), hook.clone(), returned_tx.clone());
-        std::thread::spawn(move || {
-            if shut {
-                m.shutdown();
-            } else {
-                m.wait();
-            }
-            let who = if shut { "shutdown" } else { "wait" };
-            let _ = returned_tx.send((who, hook.done.load(Ordering::SeqCst)));
-        })
-    });
-    // The hook is held: a shutdown that does not wait for it returns meanwhile (at once
-    // on loopback), one that waits does not return until it is released. A loaded
-    // machine can only make the bug go unseen here, never fail a correct shutdown.
-    if let Ok((who, _)) = returned.recv_timeout(std::time::Duration::from_secs(1)) {
-        panic!("{who} returned while ms_handle_fast_connect was running");
-    }
-    release_tx.send(()).expect("release the hook");
-    for _ in 0..2 {
-        let (who, done) = returned.recv_timeout(WAIT).expect("returned once the hook did");
-        assert!(done, "{who} returned before the hook it waited for");
-    }
-    stopper.join().expect("shutdown thread");
-    waiter.join().expect("wait thread");
-    announcer.join().expect("announcer thread").expect("the reset or rebind");
+    shutdown_waits_for_the_held_hook(&m, &held);
+    announcer.join().expect("announcer thread").expect("the announcing call");
 }
 
 // A shutdown that begins while `client_reset` is telling the fast dispatchers of the
@@ -302,6 +243,122 @@ fn a_shutdown_waits_for_rebind_s_fast_connect_under_way() {
     shutdown_waits_for_the_loopback_announcement(s, |m| {
         m.rebind(&std::collections::BTreeSet::new()).map(drop)
     });
+}
+
+// The same for `set_addr_unknowns`'s (a messenger bound to a wildcard, told its IP).
+#[test]
+fn a_shutdown_waits_for_set_addr_unknowns_s_fast_connect_under_way() {
+    let any4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+    let (s, _, _srx) =
+        server_on(EntityType::OSD, 43, Policy::stateless_server(), false, any4, test_config(2));
+    let given = EntityAddrVec::single(EntityAddr::legacy("10.1.2.3:3300".parse().expect("a"), 0));
+    shutdown_waits_for_the_loopback_announcement(s, move |m| {
+        if m.set_addr_unknowns(&given) {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("set_addr_unknowns set nothing"))
+        }
+    });
+}
+
+// The same for the `ms_handle_fast_connect` of the loopback connection a fast dispatcher
+// added to a started messenger hears as it is added (on the adding thread).
+#[test]
+fn a_shutdown_waits_for_add_dispatcher_s_fast_connect_under_way() {
+    let (c, _crx) = client(EntityType::CLIENT, 44, Policy::lossless_client());
+    let m = Arc::new(c);
+    let held = held_loopback_connect();
+    held.hook.arm();
+    let adder = {
+        let (m, hook) = (m.clone(), held.hook.clone());
+        std::thread::spawn(move || m.add_dispatcher_tail(hook))
+    };
+    shutdown_waits_for_the_held_hook(&m, &held);
+    // Added after the shutdown began (the hook ran before it joined): refused or not,
+    // the add returns.
+    let _ = adder.join().expect("adder thread");
+}
+
+// A shutdown on one thread waits for `client_reset`'s `ms_handle_fast_connect` of the
+// loopback connection on another, and that hook shuts the messenger down too: its
+// shutdown returns without waiting for the first (which waits for it), and both return.
+#[test]
+fn a_loopback_fast_connect_that_shuts_down_while_a_shutdown_waits_for_it_returns() {
+    let (c, _crx) = client(EntityType::CLIENT, 45, Policy::lossless_client());
+    let m = Arc::new(c);
+    let held = held_loopback_connect();
+    held.hook.then_shut_down(&m);
+    m.add_dispatcher_head(held.hook.clone()).expect("fast dispatcher");
+    held.hook.arm();
+    let resetter = {
+        let m = m.clone();
+        std::thread::spawn(move || m.client_reset())
+    };
+    held.entered.recv_timeout(WAIT).expect("client_reset's announcement reaches the hook");
+    let (returned_tx, returned) = crossbeam_channel::bounded(1);
+    let stopper = {
+        let m = m.clone();
+        std::thread::spawn(move || {
+            m.shutdown();
+            let _ = returned_tx.send(());
+        })
+    };
+    // The shutdown began once `client_reset` says so (until then the reset under way
+    // refuses it with WouldBlock): the hook's shutdown comes second.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match m.client_reset() {
+            Err(e) if e.kind() == std::io::ErrorKind::Other => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("client_reset during the held reset: {other:?}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "the shutdown never began");
+        std::thread::yield_now();
+    }
+    held.release.send(()).expect("release the hook");
+    held.returned.recv_timeout(WAIT).expect("the hook's shutdown returned");
+    returned.recv_timeout(WAIT).expect("the first shutdown returned");
+    stopper.join().expect("shutdown thread");
+    resetter.join().expect("client_reset thread").expect("client_reset");
+}
+
+// Two threads tell fast dispatchers of the loopback connection at once (a
+// `set_addr_unknowns`, a dispatcher being added), and each hook shuts the messenger
+// down: neither shutdown waits for the other's hook (each would wait for the other),
+// and both return.
+#[test]
+fn two_loopback_fast_connects_that_shut_down_at_once_both_return() {
+    let any4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+    let (s, _, _srx) =
+        server_on(EntityType::OSD, 46, Policy::stateless_server(), false, any4, test_config(2));
+    let m = Arc::new(s);
+    let [first, second] = [(), ()].map(|()| {
+        let held = held_loopback_connect();
+        held.hook.then_shut_down(&m);
+        held
+    });
+    m.add_dispatcher_head(first.hook.clone()).expect("fast dispatcher");
+    first.hook.arm();
+    let setter = {
+        let m = m.clone();
+        let given =
+            EntityAddrVec::single(EntityAddr::legacy("10.1.2.3:3300".parse().expect("a"), 0));
+        std::thread::spawn(move || m.set_addr_unknowns(&given))
+    };
+    first.entered.recv_timeout(WAIT).expect("set_addr_unknowns' announcement reaches the hook");
+    second.hook.arm();
+    let adder = {
+        let (m, hook) = (m.clone(), second.hook.clone());
+        std::thread::spawn(move || m.add_dispatcher_tail(hook))
+    };
+    second.entered.recv_timeout(WAIT).expect("the add's announcement reaches the hook");
+    first.release.send(()).expect("release the first hook");
+    second.release.send(()).expect("release the second hook");
+    first.returned.recv_timeout(WAIT).expect("the first hook's shutdown returned");
+    second.returned.recv_timeout(WAIT).expect("the second hook's shutdown returned");
+    assert!(setter.join().expect("set_addr_unknowns thread"), "set");
+    let _ = adder.join().expect("adder thread");
+    m.wait();
 }
 
 // Ceph's `get_peer_addrs`, `get_peer_id`, `get_peer_global_id`, `has_feature(s)`: over

@@ -394,3 +394,20 @@ fn a_real_monitor_reports_the_address_our_client_learned() {
     assert_eq!(*addrvec, want, "the monitor knows us at our address: {sessions}");
     client.messenger().shutdown();
 }
+
+/// The fast dispatchers hear a learned address on the worker of the connection that
+/// learned it; a shutdown (and a `wait`) from a thread of no messenger with a pool of
+/// its own returns only once that hook did (it joins the workers): none runs after.
+#[test]
+fn a_shutdown_returns_after_the_learned_address_s_fast_connect() {
+    let (srv, _bound, _srv_rx) = server(EntityType::OSD, 12, Policy::stateless_server(), true);
+    let (cli, _cli_rx) = unbound_client(24);
+    let cli = Arc::new(cli);
+    let held = held_loopback_connect();
+    // Told as it is added (here): armed after, for the learned address only.
+    cli.add_dispatcher_head(held.hook.clone()).expect("fast dispatcher");
+    held.hook.arm();
+    let _conn = cli.connect_to(EntityType::OSD, srv.my_addr());
+    shutdown_waits_for_the_held_hook(&cli, &held);
+    srv.shutdown();
+}
