@@ -19,9 +19,11 @@ use crossbeam_channel::Receiver;
 
 use messenger::{Connection, Messenger, MessengerConfig, Policy, ProtocolVersion};
 use protocol::session::Decision;
-use protocol::types::{AddrType, EntityAddr, EntityName, EntityType};
+use protocol::types::{proto_version, AddrType, EntityAddr, EntityName, EntityType, Features};
 use protocol::v2::Tag as V2Tag;
+use protocol::wire::{ConnectMsg, ConnectReply, Tag as V1Tag, MAX_AUTHORIZER_LEN};
 use protocol::{Event, Message};
+use tests::hostile::banner_socket_as;
 use tests::hostile_v2::*;
 use tests::loopback::*;
 
@@ -84,7 +86,15 @@ impl Peer {
                     self.sock = Some(TcpStream::connect(self.dial).expect("redial"));
                     self.m.handle_transport_connected(Instant::now());
                 }
+                // A v1 acceptor has the auth-none authorizer verified too (msgr2 has none).
+                Event::VerifyAuthorizer { .. }
+                    if self.m.protocol() == Some(ProtocolVersion::V1) =>
+                {
+                    let accept = protocol::AuthVerdict::Accept { reply: Bytes::new() };
+                    self.m.handle_authorizer_verdict(Instant::now(), accept);
+                }
                 Event::VerifyAuthorizer { .. } => panic!("no authorizer to verify with auth none"),
+                Event::NeedBudget { .. } => self.m.grant_budget(Instant::now()),
                 ev => events.push(ev),
             }
         }
@@ -168,6 +178,27 @@ fn each_message_once(
     n: u64,
     wait: Duration,
 ) {
+    let answer = |s2: &mut TcpStream| {
+        let tag = read_frame(s2).map(|(t, _)| t);
+        (tag == Some(V2Tag::SERVER_IDENT), format!("{tag:?}"))
+    };
+    each_message_once_after(rx, conn, skip, peer, s2, n, wait, answer);
+}
+
+/// [`each_message_once`] with `answer` reading the messenger's answer to the racing
+/// connect on `s2`: whether it adopted the socket (the peer's session on its own connect
+/// then ends), and the answer as the failure message shows it.
+#[allow(clippy::too_many_arguments)]
+fn each_message_once_after(
+    rx: &Receiver<Seen>,
+    conn: &Connection,
+    skip: Option<&Connection>,
+    peer: &mut Peer,
+    s2: &mut TcpStream,
+    n: u64,
+    wait: Duration,
+    answer: impl FnOnce(&mut TcpStream) -> (bool, String),
+) {
     let mut seen = Vec::new();
     let take = |seen: &mut Vec<u64>| {
         while let Ok(s) = rx.try_recv() {
@@ -181,9 +212,9 @@ fn each_message_once(
         }
     };
     s2.set_read_timeout(Some(wait)).expect("timeout");
-    let answer = read_frame(s2).map(|(t, _)| t);
+    let (adopted, answer) = answer(s2);
     take(&mut seen);
-    if answer == Some(V2Tag::SERVER_IDENT) {
+    if adopted {
         // Adopted: the messenger's connect (now the peer's session) is closed. What the
         // messenger acknowledged there, if anything, is lost with the socket.
         if let Some(mut s1) = peer.sock.take() {
@@ -202,7 +233,7 @@ fn each_message_once(
         take(&mut seen);
     }
     let want: Vec<u64> = (1..=n + 1).collect();
-    assert_eq!(seen, want, "delivered on {conn:?} (answer to the racing ident: {answer:?})");
+    assert_eq!(seen, want, "delivered on {conn:?} (answer to the racing connect: {answer})");
 }
 
 // The messenger dials the peer; the peer's acceptor holds the messenger's ident
@@ -304,24 +335,7 @@ fn a_frozen_session_s_handshake_timer_does_not_redial_while_the_hand_off_is_in_f
 #[test]
 fn a_replace_decided_while_the_existing_session_opens_in_one_pump_delivers_nothing_twice() {
     let config = test_config(2);
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let (m, _, rx) =
-        server_on(EntityType::OSD, 10, Policy::lossless_peer(), false, loopback, config.clone());
-    let m_addr = addr_for(ProtocolVersion::V2, m.my_addr());
-
-    // A first session takes the listener's worker (the least loaded at bind, and ties go
-    // to the lowest index): the messenger's dial below runs on the other, and the racing
-    // ident's socket is accepted where the listener is, free while the dial's is held.
-    let (other, _orx) = client_with(EntityType::CLIENT, 3, Policy::lossless_client(), config);
-    let other_conn = other.connect_to(EntityType::OSD, m_addr);
-    other_conn.send_message(test_message(MSG_TEST, 1, Bytes::from_static(b"x"))).expect("queued");
-    let (other_server_side, _) = next_message(&rx);
-    let (tid_tx, tid_rx) = crossbeam_channel::bounded(4);
-    let tx = tid_tx.clone();
-    other_server_side.inject_before_settle(move || {
-        let _ = tx.send(std::thread::current().id());
-    });
-    let listener_worker = tid_rx.recv_timeout(WAIT).expect("the first session's pump ran");
+    let (m, rx, m_addr, first) = server_beside_a_first_session(config, ProtocolVersion::V2);
 
     // The messenger dials the peer; the peer dials it, up to its ident (accepted on the
     // listener's worker).
@@ -333,27 +347,18 @@ fn a_replace_decided_while_the_existing_session_opens_in_one_pump_delivers_nothi
 
     // The dial's pump held right before it reads (after it loaded the replace mark),
     // while the peer answers the messenger's ident and sends.
-    let (held_tx, held_rx) = crossbeam_channel::bounded::<()>(1);
-    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
-    conn.inject_before_read(move || {
-        let _ = tid_tx.send(std::thread::current().id());
-        let _ = held_tx.send(());
-        let _ = go_rx.recv_timeout(WAIT);
-    });
+    let pump = hold_the_next_read(&conn);
     const N: u64 = 20;
     peer.m.handle_accept_decision(Instant::now(), Policy::lossless_peer(), Decision::Open, None);
     for tid in 1..=N {
         peer.m.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[5; 32])));
     }
     peer.flush();
-    held_rx.recv_timeout(WAIT).expect("the dial's pump never read");
-    let dial_worker = tid_rx.recv_timeout(WAIT).expect("the dial's worker");
-    assert_ne!(dial_worker, listener_worker, "the dial on the listener's worker: none accepts");
+    pump.held_on_another_worker_than(&first);
 
     // The racing ident, decided on the listener's worker against a session still
     // connecting: the accepting connection hands its socket over and ends.
-    let active =
-        || -> u64 { m.worker_counters().iter().map(|c| c.active_connections.load(Relaxed)).sum() };
+    let active = || active_connections(&m);
     assert_eq!(active(), 3, "the first session, the dial and the racing socket");
     s2.write_all(&ident_listing(m_addr, vec![p_addr], 0xC, gs)).expect("ident");
     wait_until(
@@ -361,11 +366,299 @@ fn a_replace_decided_while_the_existing_session_opens_in_one_pump_delivers_nothi
         || format!("the racing ident was not handed over: {}", m.dump_connections()),
     );
     // The held pump reads on: our connect opens, the messages are delivered.
-    go_tx.send(()).expect("the pump waits");
+    pump.go.send(()).expect("the pump waits");
 
     // The hand-off: the incoming socket is answered, or closed.
-    each_message_once(&rx, &conn, Some(&other_server_side), &mut peer, &mut s2, N, WAIT);
+    each_message_once(&rx, &conn, Some(&first.server_side), &mut peer, &mut s2, N, WAIT);
     drop(s2);
-    other.shutdown();
+    first.client.shutdown();
+    m.shutdown();
+}
+
+/// A first session of a client of a messenger at `m_addr` (which reports on `rx`), which takes the
+/// listener's worker (the least loaded at bind, and ties go to the lowest index): a
+/// session the messenger dials next runs on the other, and a racing socket is accepted where the
+/// listener is, free while the dial's worker is held.
+struct FirstSession {
+    client: Messenger,
+    /// Its connection at `m`'s end.
+    server_side: Connection,
+    /// The listener's worker.
+    worker: std::thread::ThreadId,
+}
+
+/// An OSD messenger under `config` (a lossless peer, listening on loopback) and a first
+/// session of a client of it at its `proto` address: returns the messenger, what it
+/// reports, that address and the first session.
+fn server_beside_a_first_session(
+    config: MessengerConfig,
+    proto: ProtocolVersion,
+) -> (Messenger, Receiver<Seen>, EntityAddr, FirstSession) {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (m, _, rx) =
+        server_on(EntityType::OSD, 10, Policy::lossless_peer(), false, loopback, config.clone());
+    let m_addr = addr_for(proto, m.my_addr());
+    let (client, _crx) = client_with(EntityType::CLIENT, 3, Policy::lossless_client(), config);
+    let conn = client.connect_to(EntityType::OSD, m_addr);
+    conn.send_message(test_message(MSG_TEST, 1, Bytes::from_static(b"x"))).expect("queued");
+    let (server_side, _) = next_message(&rx);
+    let (tx, worker) = crossbeam_channel::bounded(1);
+    server_side.inject_before_settle(move || {
+        let _ = tx.send(std::thread::current().id());
+    });
+    let worker = worker.recv_timeout(WAIT).expect("the first session's pump ran");
+    (m, rx, m_addr, FirstSession { client, server_side, worker })
+}
+
+/// A connection's next read held right before it reads (after its pump loaded the
+/// replace mark), until `go`.
+struct HeldRead {
+    held: Receiver<std::thread::ThreadId>,
+    go: crossbeam_channel::Sender<()>,
+}
+
+fn hold_the_next_read(conn: &Connection) -> HeldRead {
+    let (held_tx, held) = crossbeam_channel::bounded(1);
+    let (go, go_rx) = crossbeam_channel::bounded::<()>(1);
+    conn.inject_before_read(move || {
+        let _ = held_tx.send(std::thread::current().id());
+        let _ = go_rx.recv_timeout(WAIT);
+    });
+    HeldRead { held, go }
+}
+
+impl HeldRead {
+    /// Waits until the read is held, and checks it is not on `first`'s worker (where
+    /// the racing socket must be accepted meanwhile).
+    fn held_on_another_worker_than(&self, first: &FirstSession) {
+        let worker = self.held.recv_timeout(WAIT).expect("the pump never read");
+        assert_ne!(worker, first.worker, "held on the listener's worker: none accepts");
+    }
+}
+
+/// Connections open on `m`'s workers.
+fn active_connections(m: &Messenger) -> u64 {
+    m.worker_counters().iter().map(|c| c.active_connections.load(Relaxed)).sum()
+}
+
+/// `m` dials a v1 peer driven by hand, whose acceptor has not read its connect yet.
+/// Returns the dial's handle, the peer, its config, its address and its listener.
+fn dial_a_v1_peer(
+    m: &Messenger,
+) -> (Connection, Peer, Arc<protocol::Config>, EntityAddr, TcpListener) {
+    let m_v1 = addr_for(ProtocolVersion::V1, m.my_addr());
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("peer listener");
+    let p_addr = EntityAddr::legacy(listener.local_addr().expect("addr"), 1);
+    let cfg = Arc::new(protocol::Config::new(EntityName::new(EntityType::OSD, 1), p_addr));
+    let conn = m.connect_to(EntityType::OSD, p_addr);
+    let (s1, from) = listener.accept().expect("accept");
+    let local = s1.local_addr().expect("local");
+    let peer = Peer {
+        m: protocol::Connection::accept_v1(Arc::clone(&cfg), from, local, Instant::now()),
+        sock: Some(s1),
+        dial: m_v1.addr.expect("messenger address"),
+    };
+    (conn, peer, cfg, p_addr, listener)
+}
+
+/// An OSD's v1 connect with no authorizer.
+fn osd_connect(global_seq: u32, connect_seq: u32) -> ConnectMsg {
+    ConnectMsg {
+        features: Features::PACIFIC_ADVERTISED,
+        host_type: EntityType::OSD,
+        global_seq,
+        connect_seq,
+        protocol_version: proto_version(EntityType::OSD, EntityType::OSD, true),
+        authorizer_protocol: 0,
+        authorizer_len: 0,
+        flags: 0,
+    }
+}
+
+/// The messenger's answer to a v1 connect on `sock`, read within `wait`: its tag (`None`
+/// if the socket closed first). On SEQ the acceptor's in_seq is read and the connector's
+/// (0: this session received nothing) sent, so the session opens on `sock`.
+fn read_v1_answer(sock: &mut TcpStream, wait: Duration) -> Option<(V1Tag, u64)> {
+    sock.set_read_timeout(Some(wait)).expect("timeout");
+    let mut head = [0u8; ConnectReply::LEN];
+    sock.read_exact(&mut head).ok()?;
+    let (reply, _) = ConnectReply::decode(&head).ok()?;
+    let mut auth = vec![0u8; (reply.authorizer_len as usize).min(MAX_AUTHORIZER_LEN)];
+    sock.read_exact(&mut auth).ok()?;
+    let mut in_seq = [0u8; 8];
+    if reply.tag == V1Tag::SEQ {
+        sock.read_exact(&mut in_seq).ok()?;
+        sock.write_all(&0u64.to_le_bytes()).ok()?;
+    }
+    Some((reply.tag, u64::from_le_bytes(in_seq)))
+}
+
+// The msgr v1 counterpart of the test above. The messenger dials the peer; the peer's
+// acceptor holds the messenger's connect unanswered while the peer dials the messenger
+// (banners and addresses exchanged, its connect not sent). The dial's pump is then held
+// after it loaded the replace mark, before its read, while the peer answers the
+// messenger's connect READY (as a peer that knows us by another address, or after a
+// reset, answers it) and sends; the peer's racing connect (connect_seq 0, sent before
+// that answer) is decided on the listener's worker against a session still connecting
+// at connect_seq 0: a race the peer wins (its address sorts lower), a replace keeping
+// the session. The held pump then reads on: the session opens at connect_seq 1 and the
+// messages are delivered under the decision. Every message must reach the messenger's
+// handle once, whatever becomes of the racing connect.
+#[test]
+fn a_replace_decided_while_the_existing_session_opens_in_one_pump_delivers_nothing_twice_over_msgr1(
+) {
+    let config = test_config(2);
+    let (m, rx, _, first) = server_beside_a_first_session(config, ProtocolVersion::V1);
+
+    // The messenger dials the peer over v1; the peer's acceptor reads its connect and
+    // leaves it unanswered.
+    let (conn, mut peer, cfg, p_addr, _listener) = dial_a_v1_peer(&m);
+    let deadline = Instant::now() + WAIT;
+    while !peer.step().iter().any(|e| matches!(e, Event::AcceptRequest(_))) {
+        assert!(Instant::now() < deadline, "the messenger's connect never came");
+    }
+    // The peer dials the messenger, up to its connect (not sent).
+    let mut s2 = banner_socket_as(peer.dial, p_addr);
+    // From the peer's one global_seq counter, before its acceptor answers (as the
+    // connect it sent before that answer).
+    let gs = cfg.global_seq.next().to_v1();
+
+    // The dial's pump held right before it reads (after it loaded the replace mark),
+    // while the peer answers the messenger's connect READY and sends: what the held
+    // pump reads opens the session and delivers them.
+    let pump = hold_the_next_read(&conn);
+    const N: u64 = 20;
+    // READY (no in_seq exchange): a peer's answer after a reset of its own; the session
+    // opens on the reply and the messages behind it are read in the same pump.
+    let ready = Decision::Replace { reset_existing: false, peer_restarted: true };
+    peer.m.handle_accept_decision(Instant::now(), Policy::lossless_peer(), ready, None);
+    for tid in 1..=N {
+        peer.m.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[5; 32])));
+    }
+    peer.flush();
+    pump.held_on_another_worker_than(&first);
+
+    // The racing connect, decided on the listener's worker against a session still
+    // connecting: the accepting connection hands its socket over and ends.
+    let active = || active_connections(&m);
+    assert_eq!(active(), 3, "the first session, the dial and the racing socket");
+    s2.write_all(&osd_connect(gs, 0).to_bytes()).expect("connect");
+    wait_until(
+        || active() == 2,
+        || format!("the racing connect was not handed over: {}", m.dump_connections()),
+    );
+    // The held pump reads on: our connect opens, the messages are delivered.
+    pump.go.send(()).expect("the pump waits");
+
+    // The hand-off: the incoming socket is answered (the session opens on it), or closed.
+    let answer = |s2: &mut TcpStream| {
+        let answer = read_v1_answer(s2, WAIT);
+        (matches!(answer, Some((V1Tag::SEQ | V1Tag::READY, _))), format!("{answer:?}"))
+    };
+    each_message_once_after(
+        &rx,
+        &conn,
+        Some(&first.server_side),
+        &mut peer,
+        &mut s2,
+        N,
+        WAIT,
+        answer,
+    );
+    drop(s2);
+    first.client.shutdown();
+    m.shutdown();
+}
+
+// A replace voided by a fault: the peer reconnects (its old socket closed, a connect with
+// the next connect_seq on a new one) while the session's pump, holding a message to
+// send, is held after it loaded the replace mark, before its read; the reconnect is
+// decided on the other worker (a replace keeping the session). The held pump then reads
+// the old socket's end: the session faults and redials at once (connect_seq moved on),
+// and the hand-off finds the decision void. The redial the fault asked for was dropped
+// with the events the hand-off discards as the replaced socket's: the session waited,
+// dialling nobody, for its handshake deadline. After the void it must carry on: it
+// dials the peer again, or the incoming socket is answered.
+#[test]
+fn a_replace_voided_by_a_fault_of_the_held_pump_still_redials() {
+    let config = MessengerConfig {
+        // The session opened below is past its initial backoff (its fault redials at
+        // once), and its handshake deadline far beyond what the test waits.
+        initial_backoff: Duration::from_millis(10),
+        connection_ready_timeout: PATIENCE,
+        ..test_config(2)
+    };
+    let (m, rx, _, first) = server_beside_a_first_session(config, ProtocolVersion::V1);
+
+    // The messenger dials the peer over v1 and the session opens.
+    let (conn, mut peer, cfg, p_addr, listener) = dial_a_v1_peer(&m);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "the session never opened");
+        let events = peer.step();
+        if events.iter().any(|e| matches!(e, Event::AcceptRequest(_))) {
+            peer.m.handle_accept_decision(
+                Instant::now(),
+                Policy::lossless_peer(),
+                Decision::Open,
+                None,
+            );
+        }
+        if events.iter().any(|e| matches!(e, Event::Opened(_))) {
+            break;
+        }
+    }
+    assert!(wait_for_event(&rx, |s| matches!(s, Seen::Connect(c) if *c == conn)), "not open");
+    // Past the session's initial backoff.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut s2 = banner_socket_as(peer.dial, p_addr);
+
+    // The session sends a message the peer never acknowledges (it reads no more).
+    conn.send_message(test_message(MSG_TEST, 7, Bytes::from_static(&[5; 32]))).expect("queued");
+    let s1 = peer.sock.take().expect("the peer's socket");
+    s1.set_read_timeout(Some(WAIT)).expect("timeout");
+    assert!(s1.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0), "the message never came");
+
+    // The peer reconnects: its old socket closed (the session's pump, woken by its end,
+    // held right before it reads), its connect on the new one (the next connect_seq, a
+    // newer global_seq), decided on the listener's worker.
+    let pump = hold_the_next_read(&conn);
+    s1.shutdown(std::net::Shutdown::Both).expect("shutdown");
+    drop(s1);
+    pump.held_on_another_worker_than(&first);
+    let active = || active_connections(&m);
+    assert_eq!(active(), 3, "the first session, ours and the peer's new socket");
+    s2.write_all(&osd_connect(cfg.global_seq.next().to_v1(), 2).to_bytes()).expect("connect");
+    wait_until(
+        || active() == 2,
+        || format!("the reconnect was not handed over: {}", m.dump_connections()),
+    );
+    // The held pump reads the old socket's end: the session faults.
+    pump.go.send(()).expect("the pump waits");
+
+    // The session carries on: the new socket is answered, or the session dials the peer.
+    listener.set_nonblocking(true).expect("nonblocking");
+    s2.set_read_timeout(Some(Duration::from_millis(10))).expect("timeout");
+    let within = Duration::from_secs(5);
+    let deadline = Instant::now() + within;
+    loop {
+        match listener.accept() {
+            Ok(_) => break,
+            Err(e) => assert_eq!(e.kind(), ErrorKind::WouldBlock, "accept: {e}"),
+        }
+        match s2.peek(&mut [0u8; 1]) {
+            Ok(n) if n > 0 => break,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            // Closed unanswered (the decision void): the session must dial.
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session neither answered the peer's reconnect nor dialled it within {within:?}: {}",
+            m.dump_connections()
+        );
+    }
+    drop(s2);
+    first.client.shutdown();
     m.shutdown();
 }

@@ -158,13 +158,6 @@ impl Driver {
         // opens, as it would have without the delay, before it moves on.
         let held = self.seams.take_verdict();
         self.answer_held(now, held);
-        self.handle_events_before_take_over(cx);
-        if self.finished {
-            // The session ended meanwhile: as if the hand-off had found it closed, the
-            // socket is dropped and the peer connects again (to no session).
-            self.env.sessions.abort_replace(&self.conn);
-            return;
-        }
         let current = self.machine.snapshot(self.policy.as_ref());
         if !replacement.still_holds(current.marked(self.conn.is_disposable())) {
             // The session moved on from the numbers the decision read (a pump that
@@ -172,8 +165,18 @@ impl Driver {
             // `Replacement::still_holds`): the decision is void. The socket is dropped
             // unanswered, as when the hand-off finds the session closed, and the
             // session resumes (woken: its pump reads again); the peer's next connect is
-            // decided afresh against what the session is now.
+            // decided afresh against what the session is now. Checked before the events
+            // are handled as a hand-off's: what the machine raised stays for the pump,
+            // a fault's redial among them (dropped as the replaced socket's, the session
+            // that moved on by that fault dialled nobody until its handshake deadline).
             log::info!(target: "msgr::conn", "{}: session moved on since the replace was decided, dropping the incoming socket", self.machine);
+            self.env.sessions.abort_replace(&self.conn);
+            return;
+        }
+        self.handle_events_before_take_over(cx);
+        if self.finished {
+            // The session ended meanwhile: as if the hand-off had found it closed, the
+            // socket is dropped and the peer connects again (to no session).
             self.env.sessions.abort_replace(&self.conn);
             return;
         }
