@@ -649,6 +649,30 @@ mod tests {
         }
     }
 
+    // The sender's path against the wire layout spelled out piece by piece (not through
+    // the gathering it shares with `Frame::push_to`): tag, header, segments, then the
+    // footer at its format's length, for each format and crc setting.
+    #[test]
+    fn push_frame_to_lays_out_each_footer_format() {
+        let m = sample();
+        for footer in [FooterFormat::New, FooterFormat::Old] {
+            for (crc_header, crc_data) in [(true, true), (true, false), (false, false)] {
+                let opts = EncodeOptions { crc_header, crc_data, footer };
+                let (mut head, mut out) = (BytesMut::new(), Vec::new());
+                let n = m.push_frame_to(3, UNNAMED_CLIENT, &opts, |_, _| {}, &mut head, &mut out);
+                out.push(head.freeze());
+                let (h, f) = m.encode_header(3, UNNAMED_CLIENT, crc_header, crc_data);
+                let mut want = vec![Tag::MSG.0];
+                want.extend_from_slice(&h.to_bytes());
+                for seg in [m.front(), m.middle(), m.data()] {
+                    want.extend_from_slice(seg);
+                }
+                f.encode(footer, &mut want);
+                assert_eq!((out.concat(), n), (want.clone(), want.len()), "{opts:?}");
+            }
+        }
+    }
+
     #[test]
     fn whole_segments_are_sliced_not_copied() {
         let frame = sample().encode_frame(1, UNNAMED_CLIENT, &EncodeOptions::default());
