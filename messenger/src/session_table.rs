@@ -260,13 +260,14 @@ impl SessionTable {
     }
 
     /// Ends a replace that will not happen (the replaced session closed before the
-    /// socket reached it): the peer's next connect is decided afresh.
+    /// socket reached it, or moved on since the decision: `Replacement::still_holds`):
+    /// the peer's next connect is decided afresh.
     pub(crate) fn abort_replace(&self, existing: &Connection) {
         {
             let _t = self.tables.lock();
             existing.set_replacing(&mut existing.0.published.lock(), false);
         }
-        // Its driver is ending (its mailbox closed, or it is the caller); were it not, a
+        // Its driver is the caller or is ending (its mailbox closed); were it neither, a
         // frozen driver would neither read nor time out anything until some pump armed
         // its timer again (`Driver::update_timer`): woken, with no lock held.
         existing.wake();
