@@ -56,6 +56,16 @@ impl Peer {
         }
     }
 
+    /// Answers the accept it holds with `decision` (as a lossless peer) and sends
+    /// messages 1 to `n` behind the answer.
+    fn answer_then_send(&mut self, decision: Decision, n: u64) {
+        self.m.handle_accept_decision(Instant::now(), Policy::lossless_peer(), decision, None);
+        for tid in 1..=n {
+            self.m.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[5; 32])));
+        }
+        self.flush();
+    }
+
     /// One round: writes what the machine has, reads what arrived within 10 ms, runs
     /// due timers; returns the machine's events (a reconnect is dialled here).
     fn step(&mut self) -> Vec<Event> {
@@ -256,11 +266,7 @@ fn a_replace_decided_before_the_existing_session_opened_delivers_nothing_twice_o
 
     // Meanwhile the peer answers the messenger's ident and sends.
     const N: u64 = 20;
-    peer.m.handle_accept_decision(Instant::now(), Policy::lossless_peer(), Decision::Open, None);
-    for tid in 1..=N {
-        peer.m.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[5; 32])));
-    }
-    peer.flush();
+    peer.answer_then_send(Decision::Open, N);
     // The hand-off (after its hold): the incoming socket is answered, or closed.
     each_message_once(&rx, &conn, None, &mut peer, &mut s2, N, Duration::from_secs(20));
     drop(s2);
@@ -349,11 +355,7 @@ fn a_replace_decided_while_the_existing_session_opens_in_one_pump_delivers_nothi
     // while the peer answers the messenger's ident and sends.
     let pump = hold_the_next_read(&conn);
     const N: u64 = 20;
-    peer.m.handle_accept_decision(Instant::now(), Policy::lossless_peer(), Decision::Open, None);
-    for tid in 1..=N {
-        peer.m.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[5; 32])));
-    }
-    peer.flush();
+    peer.answer_then_send(Decision::Open, N);
     pump.held_on_another_worker_than(&first);
 
     // The racing ident, decided on the listener's worker against a session still
@@ -531,11 +533,7 @@ fn a_replace_decided_while_the_existing_session_opens_in_one_pump_delivers_nothi
     // READY (no in_seq exchange): a peer's answer after a reset of its own; the session
     // opens on the reply and the messages behind it are read in the same pump.
     let ready = Decision::Replace { reset_existing: false, peer_restarted: true };
-    peer.m.handle_accept_decision(Instant::now(), Policy::lossless_peer(), ready, None);
-    for tid in 1..=N {
-        peer.m.send_message(test_message(MSG_TEST, tid, Bytes::from_static(&[5; 32])));
-    }
-    peer.flush();
+    peer.answer_then_send(ready, N);
     pump.held_on_another_worker_than(&first);
 
     // The racing connect, decided on the listener's worker against a session still
@@ -609,7 +607,9 @@ fn a_replace_voided_by_a_fault_of_the_held_pump_still_redials() {
         }
     }
     assert!(wait_for_event(&rx, |s| matches!(s, Seen::Connect(c) if *c == conn)), "not open");
-    // Past the session's initial backoff.
+    // A time that must pass, not a wait for an event: within its initial backoff of the
+    // open, the session's fault would redial later, from a timer, not from the event the
+    // hand-off dropped.
     std::thread::sleep(Duration::from_millis(50));
     let mut s2 = banner_socket_as(peer.dial, p_addr);
 
@@ -637,28 +637,30 @@ fn a_replace_voided_by_a_fault_of_the_held_pump_still_redials() {
     pump.go.send(()).expect("the pump waits");
 
     // The session carries on: the new socket is answered, or the session dials the peer.
-    listener.set_nonblocking(true).expect("nonblocking");
-    s2.set_read_timeout(Some(Duration::from_millis(10))).expect("timeout");
+    let (dialled_tx, dialled) = crossbeam_channel::bounded(1);
+    let peer_listens = std::thread::spawn(move || {
+        let _ = dialled_tx.send(listener.accept().map(drop));
+    });
     let within = Duration::from_secs(5);
-    let deadline = Instant::now() + within;
-    loop {
-        match listener.accept() {
-            Ok(_) => break,
-            Err(e) => assert_eq!(e.kind(), ErrorKind::WouldBlock, "accept: {e}"),
+    s2.set_read_timeout(Some(within)).expect("timeout");
+    let carried_on = match s2.peek(&mut [0u8; 1]) {
+        Ok(n) if n > 0 => true,
+        // Still open, unanswered: only a dial meanwhile will do.
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            dialled.try_recv().is_ok()
         }
-        match s2.peek(&mut [0u8; 1]) {
-            Ok(n) if n > 0 => break,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            // Closed unanswered (the decision void): the session must dial.
-            _ => std::thread::sleep(Duration::from_millis(10)),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the session neither answered the peer's reconnect nor dialled it within {within:?}: {}",
-            m.dump_connections()
-        );
-    }
+        // Closed unanswered (the decision void): the session must dial.
+        _ => dialled.recv_timeout(within).is_ok(),
+    };
+    assert!(
+        carried_on,
+        "the session neither answered the peer's reconnect nor dialled it within {within:?}: {}",
+        m.dump_connections()
+    );
     drop(s2);
     first.client.shutdown();
     m.shutdown();
+    // Unblocks the peer's accept if nothing dialled it.
+    let _ = TcpStream::connect(p_addr.addr.expect("peer address"));
+    peer_listens.join().expect("the peer's listener");
 }
