@@ -599,25 +599,35 @@ pub(crate) struct Replacement {
     machine: Machine,
     policy: Policy,
     decision: Decision,
-    /// The existing session's numbers as the decision read them (its driver's last
-    /// published snapshot).
-    decided_against: SessionSnapshot,
+    /// The existing session as the decision read it (its driver's last published
+    /// snapshot and state).
+    decided_against: Existing,
+    /// The connect decided, and our addresses as the decision compared them: to decide
+    /// it again against the session's numbers at the hand-off (see
+    /// [`Replacement::still_holds`]).
+    req: AcceptRequest,
+    my_addrs: EntityAddrVec,
 }
 
 impl Replacement {
     /// The accepting machine, to be adopted under `policy` as `verdict` says; `existing`
-    /// is the session the decision was taken against.
+    /// is the session the decision was taken against, for the peer's `req`, with our
+    /// addresses `my_addrs`.
     pub(crate) fn new(
         machine: Machine,
         policy: Policy,
         verdict: Verdict,
         existing: &Existing,
+        req: AcceptRequest,
+        my_addrs: EntityAddrVec,
     ) -> Replacement {
         Replacement {
             machine,
             policy,
             decision: verdict.decision,
-            decided_against: existing.session,
+            decided_against: *existing,
+            req,
+            my_addrs,
         }
     }
 
@@ -627,18 +637,44 @@ impl Replacement {
     }
 
     /// Whether the decision still holds for the existing session, whose numbers are now
-    /// `now` (marked as the decision's view was, see `SessionTable::decide_accept`).
+    /// `now` (marked as the decision's view was, see `SessionTable::decide_accept`) and
+    /// whose machine is open (`open`) or not.
     ///
     /// The decision read what the session's driver last published. The driver's pump
     /// loads the replace mark once, before it reads: one that loaded it before the
     /// decision set it reads on, and what it reads (our connect answered: the session
     /// opens, its numbers published at the open, its messages delivered) moves the
     /// session under the decision. Taken against a session still connecting, a race's
-    /// replace then renumbered one that had opened and delivered. Any change voids the
-    /// decision (a redial after a write fault during the freeze too), as Ceph's lock on
-    /// `existing` allows none between its decision and `reuse_connection`.
-    pub(crate) fn still_holds(&self, now: SessionSnapshot) -> bool {
-        self.decided_against == now
+    /// replace then renumbered one that had opened and delivered. Ceph's lock on
+    /// `existing` allows no change between its decision and `reuse_connection`. Here
+    /// the decision holds if the session's numbers did not move, or if the one change
+    /// is the client cookie a session connecting then, and still not open, drew for its
+    /// own CLIENT_IDENT since (its cookie was 0), and the same connect decided again
+    /// against the numbers now gets the same decision: with no server cookie the race
+    /// rules decide it the same either way, and voided, the peer paid one more
+    /// reconnect for nothing (a third of the voids in `connect_race_rounds`). Any other
+    /// change voids it (a redial after a fault, an open, a reset), whatever a decision
+    /// taken now would say: the state the decision read may since have moved in ways
+    /// its snapshot does not show.
+    pub(crate) fn still_holds(&self, now: SessionSnapshot, open: bool) -> bool {
+        let then = &self.decided_against;
+        if then.session == now {
+            return true;
+        }
+        let only_drew_a_cookie = then.session.client_cookie == 0
+            && SessionSnapshot { client_cookie: now.client_cookie, ..then.session } == now;
+        if !only_drew_a_cookie || open || then.state != ConnState::Connecting {
+            return false;
+        }
+        // Not being replaced but by this decision (which saw no mark), as then.
+        let current = Existing { session: now, replacing: false, ..*then };
+        let again = decide(&self.req, Some(&current), &self.policy, &self.my_addrs);
+        again.action == AcceptAction::HandOver && again.decision == self.decision
+    }
+
+    /// The existing session as the decision read it (for the log of a void).
+    pub(crate) fn decided_against(&self) -> &Existing {
+        &self.decided_against
     }
 
     /// Moves `old`'s session (seqs, queued and unacknowledged messages) into the new
@@ -653,5 +689,86 @@ impl Replacement {
         machine.0.handle_accept_decision(now, policy, decision, session);
         machine.0.adopt_keepalive(&mut old.0);
         machine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use protocol::GlobalSeq;
+
+    use super::*;
+
+    fn v2(port: u16) -> EntityAddrVec {
+        EntityAddrVec::single(EntityAddr {
+            ty: AddrType::MSGR2,
+            nonce: 7,
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+        })
+    }
+
+    /// A replace decided for a peer's CLIENT_IDENT (cookie 0xC, global_seq 50) against
+    /// our session connecting to it as `then` shows it: a race the peer wins (our
+    /// address sorts above its own).
+    fn decided(then: SessionSnapshot) -> Replacement {
+        let socket = SocketAddr::from(([127, 0, 0, 1], 40000));
+        let req = AcceptRequest {
+            peer_addr: protocol::v2::race::msgr2_addr(&v2(6800)),
+            peer_type: EntityType::OSD,
+            socket_peer: socket,
+            kind: RequestKind::Ident {
+                peer_addrs: v2(6800),
+                global_seq: GlobalSeq(50),
+                client_cookie: 0xC,
+                features: Features::PACIFIC_ADVERTISED,
+                gid: 1,
+                lossy: false,
+            },
+        };
+        let existing = Existing {
+            state: ConnState::Connecting,
+            session: then,
+            replacing: false,
+            foreign: false,
+        };
+        let (policy, me) = (Policy::lossless_peer(), v2(6801));
+        let verdict = decide(&req, Some(&existing), &policy, &me);
+        assert_eq!(verdict.action, AcceptAction::HandOver, "{verdict:?}");
+        let config =
+            Arc::new(protocol::Config::new(EntityName::new(EntityType::OSD, 0), me.clone()));
+        let machine = Machine::accept(config, socket, socket, Instant::now());
+        Replacement::new(machine, policy, verdict, &existing, req, me)
+    }
+
+    /// The decision holds against a session that only drew its client cookie for its
+    /// own CLIENT_IDENT since (no server cookie: the race decides it either way), and is
+    /// void against one that opened, learned a server cookie, or saw a newer connect of
+    /// the peer. It was void against any change: the peer reconnected once more for
+    /// nothing.
+    #[test]
+    fn a_replace_holds_against_a_client_cookie_drawn_after_it_and_no_other_change() {
+        let then = SessionSnapshot {
+            connect_seq: ConnectSeq(0),
+            peer_global_seq: GlobalSeq(0),
+            client_cookie: 0,
+            server_cookie: 0,
+            lossy: false,
+            server_policy: false,
+            protocol: Some(ProtocolVersion::V2),
+        };
+        let r = decided(then);
+        assert!(r.still_holds(then, false), "unchanged");
+        let cookie = SessionSnapshot { client_cookie: 0xABC, ..then };
+        assert!(r.still_holds(cookie, false), "only the client cookie drawn for our own ident");
+        assert!(!r.still_holds(cookie, true), "the session opened");
+        let served =
+            SessionSnapshot { server_cookie: 0xDEF, peer_global_seq: GlobalSeq(40), ..cookie };
+        assert!(!r.still_holds(served, true), "the session opened on SERVER_IDENT");
+        assert!(!r.still_holds(served, false), "a server cookie: the peer restarted, not a race");
+        let newer = SessionSnapshot { peer_global_seq: GlobalSeq(60), ..cookie };
+        assert!(!r.still_holds(newer, false), "the peer's ident is older than its session now");
+        let lossy = SessionSnapshot { lossy: true, ..cookie };
+        assert!(!r.still_holds(lossy, false), "marked disposable: reset, not kept");
     }
 }

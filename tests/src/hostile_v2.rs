@@ -101,40 +101,70 @@ pub fn v2_socket_at_ident_with(
     let mut sock = TcpStream::connect(server.addr.expect("server address")).expect("connect");
     sock.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     machine.handle_transport_connected(Instant::now());
-    let (mut out, mut buf) = (Vec::new(), vec![0u8; 4096]);
-    // What the machine transmitted and we have not written yet, and whether the banner
-    // (which is not a frame) went already.
-    let mut pending: Vec<u8> = Vec::new();
-    let mut banner_sent = false;
+    let mut buf = vec![0u8; 4096];
+    let mut relay = V2Relay::default();
     for _ in 0..64 {
-        out.clear();
-        machine.poll_transmit(&mut out);
-        for seg in &out {
-            pending.extend_from_slice(seg);
-        }
-        loop {
-            if !banner_sent {
-                if pending.len() < BANNER_LEN {
-                    break;
-                }
-                sock.write_all(&pending[..BANNER_LEN]).expect("banner");
-                pending.drain(..BANNER_LEN);
-                banner_sent = true;
-                continue;
-            }
-            let Some((tag, len)) = next_frame(&pending) else { break };
-            if tag == Tag::CLIENT_IDENT || tag == Tag::SESSION_RECONNECT {
-                return sock;
-            }
-            let Some(frame) = pending.get(..len) else { break };
-            sock.write_all(frame).expect("frame");
-            pending.drain(..len);
+        if relay.write_until(&mut machine, &mut sock, |tag| {
+            tag == Tag::CLIENT_IDENT || tag == Tag::SESSION_RECONNECT
+        }) {
+            return sock;
         }
         let n = sock.read(&mut buf).expect("read");
         assert!(n > 0, "server closed during the handshake");
         machine.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
     }
     panic!("the handshake did not reach the ident");
+}
+
+/// Writes a sans-IO msgr2 machine's output to its socket frame by frame, so that a test
+/// can hold back the first frame of a kind (and what follows it) unwritten.
+#[derive(Default)]
+pub struct V2Relay {
+    /// What the machine transmitted and was not written yet.
+    pending: Vec<u8>,
+    /// Whether the banner (which is not a frame) went already.
+    banner_sent: bool,
+}
+
+impl V2Relay {
+    /// Takes what `machine` has to transmit and writes it to `sock`, up to the first
+    /// frame whose tag `stop` accepts: true once that frame is reached (it and what
+    /// follows stay unwritten, see [`V2Relay::into_pending`]).
+    pub fn write_until(
+        &mut self,
+        machine: &mut protocol::Connection,
+        sock: &mut TcpStream,
+        stop: impl Fn(Tag) -> bool,
+    ) -> bool {
+        let mut out = Vec::new();
+        while machine.poll_transmit(&mut out) > 0 {}
+        for seg in &out {
+            self.pending.extend_from_slice(seg);
+        }
+        loop {
+            if !self.banner_sent {
+                if self.pending.len() < BANNER_LEN {
+                    return false;
+                }
+                sock.write_all(&self.pending[..BANNER_LEN]).expect("banner");
+                self.pending.drain(..BANNER_LEN);
+                self.banner_sent = true;
+                continue;
+            }
+            let Some((tag, len)) = next_frame(&self.pending) else { return false };
+            if stop(tag) {
+                return true;
+            }
+            let Some(frame) = self.pending.get(..len) else { return false };
+            sock.write_all(frame).expect("frame");
+            self.pending.drain(..len);
+        }
+    }
+
+    /// What was held back: the stopping frame and everything after it.
+    pub fn into_pending(self) -> Vec<u8> {
+        self.pending
+    }
 }
 
 /// The tag and wire length of the crc-mode frame at the start of `stream`, once its

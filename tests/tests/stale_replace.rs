@@ -44,6 +44,27 @@ struct Peer {
 }
 
 impl Peer {
+    /// Steps the peer's acceptor until the messenger's connect opened a lossless session
+    /// (the peer's decision: open).
+    fn open_lossless(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "the session never opened");
+            let events = self.step();
+            if events.iter().any(|e| matches!(e, Event::AcceptRequest(_))) {
+                self.m.handle_accept_decision(
+                    Instant::now(),
+                    Policy::lossless_peer(),
+                    Decision::Open,
+                    None,
+                );
+            }
+            if events.iter().any(|e| matches!(e, Event::Opened(_))) {
+                break;
+            }
+        }
+    }
+
     fn flush(&mut self) {
         let mut out = Vec::new();
         while self.m.poll_transmit(&mut out) > 0 {}
@@ -360,13 +381,7 @@ fn a_replace_decided_while_the_existing_session_opens_in_one_pump_delivers_nothi
 
     // The racing ident, decided on the listener's worker against a session still
     // connecting: the accepting connection hands its socket over and ends.
-    let active = || active_connections(&m);
-    assert_eq!(active(), 3, "the first session, the dial and the racing socket");
-    s2.write_all(&ident_listing(m_addr, vec![p_addr], 0xC, gs)).expect("ident");
-    wait_until(
-        || active() == 2,
-        || format!("the racing ident was not handed over: {}", m.dump_connections()),
-    );
+    send_the_racing_ident(&m, &mut s2, m_addr, p_addr, gs);
     // The held pump reads on: our connect opens, the messages are delivered.
     pump.go.send(()).expect("the pump waits");
 
@@ -461,6 +476,25 @@ fn dial_a_v1_peer(
         dial: m_v1.addr.expect("messenger address"),
     };
     (conn, peer, cfg, p_addr, listener)
+}
+
+/// Writes the peer's CLIENT_IDENT (cookie 0xC, `global_seq`) on `s2`, a msgr2 socket at
+/// its ident, while the messenger holds the first session, its dial to the peer and
+/// `s2`; returns once the accepting connection handed its socket over and ended.
+fn send_the_racing_ident(
+    m: &Messenger,
+    s2: &mut TcpStream,
+    m_addr: EntityAddr,
+    p_addr: EntityAddr,
+    global_seq: u64,
+) {
+    let active = || active_connections(m);
+    assert_eq!(active(), 3, "the first session, the dial and the racing socket");
+    s2.write_all(&ident_listing(m_addr, vec![p_addr], 0xC, global_seq)).expect("ident");
+    wait_until(
+        || active() == 2,
+        || format!("the racing ident was not handed over: {}", m.dump_connections()),
+    );
 }
 
 /// An OSD's v1 connect with no authorizer.
@@ -590,22 +624,7 @@ fn a_replace_voided_by_a_fault_of_the_held_pump_still_redials() {
 
     // The messenger dials the peer over v1 and the session opens.
     let (conn, mut peer, cfg, p_addr, listener) = dial_a_v1_peer(&m);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        assert!(Instant::now() < deadline, "the session never opened");
-        let events = peer.step();
-        if events.iter().any(|e| matches!(e, Event::AcceptRequest(_))) {
-            peer.m.handle_accept_decision(
-                Instant::now(),
-                Policy::lossless_peer(),
-                Decision::Open,
-                None,
-            );
-        }
-        if events.iter().any(|e| matches!(e, Event::Opened(_))) {
-            break;
-        }
-    }
+    peer.open_lossless();
     assert!(wait_for_event(&rx, |s| matches!(s, Seen::Connect(c) if *c == conn)), "not open");
     // A time that must pass, not a wait for an event: within its initial backoff of the
     // open, the session's fault would redial later, from a timer, not from the event the
@@ -663,4 +682,136 @@ fn a_replace_voided_by_a_fault_of_the_held_pump_still_redials() {
     // Unblocks the peer's accept if nothing dialled it.
     let _ = TcpStream::connect(p_addr.addr.expect("peer address"));
     peer_listens.join().expect("the peer's listener");
+}
+
+/// Runs the peer's msgr2 acceptor `m` on `sock` (the messenger's dial) until it answers
+/// the messenger's AUTH_REQUEST: what it sent before is written, its AUTH_DONE and what
+/// follows (its AUTH_SIGNATURE) are returned unwritten. The messenger's connect then
+/// waits for them, its CLIENT_IDENT (and client cookie) not drawn yet.
+fn accept_up_to_auth_done(m: &mut protocol::Connection, sock: &mut TcpStream) -> Vec<u8> {
+    sock.set_read_timeout(Some(WAIT)).expect("timeout");
+    let (mut relay, mut buf) = (V2Relay::default(), vec![0u8; 4096]);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "the messenger's AUTH_REQUEST never came");
+        if relay.write_until(m, sock, |tag| tag == V2Tag::AUTH_DONE) {
+            return relay.into_pending();
+        }
+        let n = sock.read(&mut buf).expect("read");
+        assert!(n > 0, "the messenger closed its dial during the handshake");
+        m.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
+        while let Some(ev) = m.poll_event() {
+            if let Event::NeedBudget { .. } = ev {
+                m.grant_budget(Instant::now());
+            }
+        }
+    }
+}
+
+// A race's replace decided against a connecting msgr2 session that had not sent its
+// CLIENT_IDENT yet (no client cookie, no server cookie), whose held pump then reads the
+// peer's AUTH_DONE and draws its client cookie for the ident before the hand-off comes.
+// Against the new cookie the decision is the same (with no server cookie the race
+// decides it either way), and the adoption takes the session as it is then: the hand-off
+// carries it out. It was voided (any change of the numbers did): the racing socket
+// dropped unanswered, and the peer paid one more reconnect for nothing (a third of the
+// voids `connect_race_rounds` showed).
+#[test]
+fn a_replace_decided_before_the_existing_session_drew_its_client_cookie_is_carried_out() {
+    let config = test_config(2);
+    let (m, _rx, m_addr, first) = server_beside_a_first_session(config, ProtocolVersion::V2);
+
+    // The messenger dials the peer, whose acceptor holds back its AUTH_DONE.
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("listener");
+    let p_addr = EntityAddr {
+        ty: AddrType::MSGR2,
+        ..EntityAddr::legacy(listener.local_addr().expect("addr"), 1)
+    };
+    let cfg = Arc::new(protocol::Config::new(EntityName::new(EntityType::OSD, 1), p_addr));
+    let conn = m.connect_to(EntityType::OSD, p_addr);
+    let (mut s1, from) = listener.accept().expect("accept");
+    let local = s1.local_addr().expect("local");
+    let mut acceptor =
+        protocol::Connection::accept_v2(Arc::clone(&cfg), from, local, Instant::now());
+    let auth_done = accept_up_to_auth_done(&mut acceptor, &mut s1);
+    // The peer dials the messenger, up to its ident (accepted on the listener's worker).
+    let mut s2 =
+        v2_socket_at_ident_with(Arc::clone(&cfg), m_addr, EntityType::OSD, Policy::lossless_peer());
+    let gs = cfg.global_seq.next().0;
+
+    // The dial's pump held right before it reads (after it loaded the replace mark), the
+    // AUTH_DONE waiting on its socket.
+    let pump = hold_the_next_read(&conn);
+    s1.write_all(&auth_done).expect("AUTH_DONE");
+    pump.held_on_another_worker_than(&first);
+
+    // The racing ident, decided on the listener's worker against a session connecting
+    // with no cookies (a race the peer wins: its nonce sorts lower): the accepting
+    // connection hands its socket over and ends.
+    send_the_racing_ident(&m, &mut s2, m_addr, p_addr, gs);
+    // The held pump reads on: the AUTH_DONE, its client cookie drawn for its ident; then
+    // the hand-off.
+    pump.go.send(()).expect("the pump waits");
+
+    s2.set_read_timeout(Some(WAIT)).expect("timeout");
+    let answer = read_frame(&mut s2).map(|(t, _)| t);
+    assert_eq!(
+        answer,
+        Some(V2Tag::SERVER_IDENT),
+        "the replace was voided by the client cookie the session drew after it was decided \
+         (None: the racing socket closed unanswered): {}",
+        m.dump_connections()
+    );
+    drop(s2);
+    drop(s1);
+    first.client.shutdown();
+    m.shutdown();
+}
+
+// A session frozen for a replace writes nothing until the hand-off, as Ceph's
+// `reuse_connection` stops the existing connection's writes (`can_write = false`) in
+// the decision's critical section. The messenger's open v1 session is being replaced by
+// the peer's reconnect (the hand-off held); meanwhile the peer's old socket is reset and
+// a message is sent on the session. Written, it faulted the frozen session (the write
+// failed), which voided the decision at the hand-off: the peer's reconnect was closed
+// unanswered and the peer had to connect once more. Unwritten, the message goes out on
+// the adopted socket, and the reconnect is answered.
+#[test]
+fn a_frozen_session_writes_nothing_so_a_dead_socket_does_not_void_its_replace() {
+    let config = MessengerConfig { inject_internal_delays: HOLD, ..test_config(2) };
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (m, _, rx) =
+        server_on(EntityType::OSD, 10, Policy::lossless_peer(), false, loopback, config);
+
+    // The messenger dials the peer over v1 and the session opens.
+    let (conn, mut peer, cfg, p_addr, _listener) = dial_a_v1_peer(&m);
+    peer.open_lossless();
+    assert!(wait_for_event(&rx, |s| matches!(s, Seen::Connect(c) if *c == conn)), "not open");
+
+    // The peer reconnects (the next connect_seq, a newer global_seq): decided, a replace
+    // keeping the session, and the hand-off held at the session.
+    let mut s2 = banner_socket_as(peer.dial, p_addr);
+    let before = held(&m);
+    s2.write_all(&osd_connect(cfg.global_seq.next().to_v1(), 2).to_bytes()).expect("connect");
+    wait_until(
+        || held(&m) >= before + 2,
+        || format!("the reconnect was never decided and handed off: {}", m.dump_connections()),
+    );
+
+    // Frozen: the peer's old socket is reset, and the session has a message to send.
+    let s1 = peer.sock.take().expect("the peer's socket");
+    socket2::SockRef::from(&s1).set_linger(Some(Duration::ZERO)).expect("linger");
+    drop(s1);
+    conn.send_message(test_message(MSG_TEST, 7, Bytes::from_static(&[5; 32]))).expect("queued");
+
+    // The hand-off (after its hold) answers the reconnect.
+    let answer = read_v1_answer(&mut s2, WAIT);
+    assert!(
+        matches!(answer, Some((V1Tag::SEQ | V1Tag::READY, _))),
+        "the reconnect was not answered ({answer:?}): a write of the frozen session \
+         faulted it and voided the replace: {}",
+        m.dump_connections()
+    );
+    drop(s2);
+    m.shutdown();
 }

@@ -79,7 +79,13 @@ impl Driver {
                 // Lossless replace: the existing session adopts this socket. From here
                 // on nothing returns early with `replacing` set: either the existing
                 // driver adopts the socket (and clears it), or it is already closed.
-                let Some(socket) = self.io.socket.take() else { return };
+                let Some(socket) = self.io.socket.take() else {
+                    // Not reached: the socket was there before the decision, and nothing
+                    // since takes it. Were it gone, the mark must not outlive it.
+                    self.env.sessions.abort_replace(&existing);
+                    self.machine.handle_transport_closed(now);
+                    return;
+                };
                 let _ = cx.deregister(id);
                 let fresh = Machine::accept(
                     self.env.protocol_config(),
@@ -88,7 +94,7 @@ impl Driver {
                     now,
                 );
                 let accepted = std::mem::replace(&mut self.machine, fresh);
-                let replacement = Replacement::new(accepted, policy, verdict, &seen);
+                let replacement = Replacement::new(accepted, policy, verdict, &seen, req, my_addrs);
                 let incoming = Incoming { socket, replacement };
                 if !existing.post(Command::TakeOver(Box::new(incoming))) {
                     // Closed meanwhile: the socket is dropped and the peer connects again.
@@ -158,8 +164,9 @@ impl Driver {
         // opens, as it would have without the delay, before it moves on.
         let held = self.seams.take_verdict();
         self.answer_held(now, held);
-        let current = self.machine.snapshot(self.policy.as_ref());
-        if !replacement.still_holds(current.marked(self.conn.is_disposable())) {
+        let current = self.machine.snapshot(self.policy.as_ref()).marked(self.conn.is_disposable());
+        let open = self.machine.is_open();
+        if !replacement.still_holds(current, open) {
             // The session moved on from the numbers the decision read (a pump that
             // loaded the mark before the decision set it read on, see
             // `Replacement::still_holds`): the decision is void. The socket is dropped
@@ -169,7 +176,13 @@ impl Driver {
             // are handled as a hand-off's: what the machine raised stays for the pump,
             // a fault's redial among them (dropped as the replaced socket's, the session
             // that moved on by that fault dialled nobody until its handshake deadline).
-            log::info!(target: "msgr::conn", "{}: session moved on since the replace was decided, dropping the incoming socket", self.machine);
+            log::info!(target: "msgr::conn", "{}: session moved on since the replace was decided ({:?}, now {current:?}, open {open}), dropping the incoming socket", self.machine, replacement.decided_against());
+            // The numbers it moved to are published with the end of the replace, as at
+            // an adoption: the mark cleared first, a connect decided before this pump
+            // published them read the old ones without it, and was voided in turn (one
+            // more reconnect of the peer). (Any held decision was answered above, so
+            // nothing keeps the publication back.)
+            self.publish_snapshot(true);
             self.env.sessions.abort_replace(&self.conn);
             return;
         }

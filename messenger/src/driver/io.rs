@@ -517,7 +517,18 @@ impl Driver {
 
     /// Writes everything the machine has queued, vectored. Returns whether bytes moved.
     pub(super) fn flush(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.io.dialling || self.io.socket.is_none() {
+        // Nothing is written while the session is frozen for a replace, from the moment
+        // the decision marks it (the load is per flush, not per pump: a pump that began
+        // before the mark wrote on for its rounds), as Ceph's `reuse_connection` sets
+        // the existing connection's `can_write` to false in the decision's critical
+        // section. A write to a socket the peer had left faulted the session, which
+        // voided the decision (`Replacement::still_holds`) and cost the peer one more
+        // reconnect. What waits goes out on the adopted socket (or on this one once a
+        // voided replace wakes the session); nothing grows meanwhile that does not
+        // anyway: the protocol's queue takes `MAX_IN_PROTOCOL` messages at most and the
+        // rest wait in the mailbox under the send bounds. The write deadline waits too
+        // (the machine's timer is not armed while frozen).
+        if self.io.dialling || self.io.socket.is_none() || self.conn.replace_pending() {
             return false;
         }
         // What other connections' accept decisions read of this session is published
@@ -634,7 +645,9 @@ impl Driver {
     /// Whether another flush would write now: the socket takes more and the machine has
     /// something to frame (one flush frames a bounded batch).
     pub(super) fn more_to_write(&self) -> bool {
-        self.io.write_ready && self.machine.wants_write()
+        // Not while frozen for a replace: no flush writes, and the pump would run again
+        // at once until the hand-off came.
+        self.io.write_ready && self.machine.wants_write() && !self.conn.replace_pending()
     }
 
     /// A write refused by injected congestion is retried after the worker's other work

@@ -353,7 +353,8 @@ impl Driver {
         // as last published: read on, our own connect answered and its messages
         // delivered, the session moved on under it, the replace renumbered it (in_seq
         // back to 0), and the peer's resends after that were delivered twice. What was
-        // read before the mark is handled as usual. One load per pump.
+        // read before the mark is handled as usual. One load per pump (and one per
+        // flush: nor does it write, see `flush`).
         let replaced = self.conn.replace_pending();
         if !replaced {
             self.apply_injected_cut();
