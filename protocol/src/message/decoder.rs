@@ -648,6 +648,15 @@ impl MessageDecoder {
         if h.front_len <= l.max_front && h.middle_len <= l.max_middle && h.data_len <= l.max_data {
             return Ok(());
         }
+        Err(Self::too_large(h, l))
+    }
+
+    /// [`Self::check_header`]'s error, out of line: inlined, the naming of the segment
+    /// was computed alongside the comparisons for every header (~20 instructions per
+    /// message).
+    #[cold]
+    #[inline(never)]
+    fn too_large(h: &MsgHeader, l: &DecodeLimits) -> Error {
         let (what, len, limit) = if h.front_len > l.max_front {
             ("front", h.front_len, l.max_front)
         } else if h.middle_len > l.max_middle {
@@ -655,11 +664,14 @@ impl MessageDecoder {
         } else {
             ("data", h.data_len, l.max_data)
         };
-        Err(Error::TooLarge { what, len: len.into(), limit: limit.into() })
+        Error::TooLarge { what, len: len.into(), limit: limit.into() }
     }
 
     /// Checks the footer's flags and crcs against the segments; `taken` holds the crcs
     /// already taken of segments as they arrived ([`Self::crc_arrived`]).
+    // Inlined: called per message by `split_whole`, where the slices and the footer
+    // passed through memory to a call of its own.
+    #[inline(always)]
     fn check_footer(
         &self,
         f: &MsgFooter,
