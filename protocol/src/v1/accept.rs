@@ -174,7 +174,7 @@ pub(crate) fn read_connect(m: &mut Machine<V1>, now: Instant) -> bool {
             m.events.push_back(Event::VerifyAuthorizer {
                 peer_type,
                 protocol: msg.authorizer_protocol,
-                authorizer,
+                authorizer: Box::new(authorizer),
             });
             m.set_state(State::Handshake {
                 deadline,
