@@ -87,6 +87,10 @@ pub(crate) struct Driver {
     inbox: VecDeque<(Message, Instant)>,
     /// Messages delivered since the last batch was handed on (`hand_on_batch`).
     delivered_since_batch: usize,
+    /// The count of `delivered_since_batch` at which its next check point falls (the
+    /// next multiple of `check_every`): kept, where the remainder was a division per
+    /// message.
+    next_check: usize,
     /// Their payload bytes.
     bytes_since_batch: usize,
     /// What was sent since then (`Message::send_cost`) by fast dispatch on this thread
@@ -246,6 +250,7 @@ impl Driver {
         io: Io,
     ) -> Driver {
         let counters = env.worker_counters(center.id());
+        let next_check = events::check_every(env.config.dispatch_batch);
         let seams = Seams::new(&env.config, env.identity.nonce(), conn.id(), counters.clone());
         Driver {
             conn,
@@ -268,6 +273,7 @@ impl Driver {
             peer_name: None,
             inbox: VecDeque::new(),
             delivered_since_batch: 0,
+            next_check,
             bytes_since_batch: 0,
             sent_since_batch: 0,
             own_sent_since_batch: 0,
