@@ -184,3 +184,32 @@ fn clone_eq_default_and_debug_are_the_values() {
     assert_ne!(a, PoolBox::default());
     assert_eq!(format!("{a:?}"), "V(\"x\")");
 }
+
+#[test]
+fn a_slot_takes_a_kept_allocation_and_an_unfilled_one_goes_back() {
+    drain();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let a = item(1, &drops);
+    let at = &*a as *const Item;
+    drop(a);
+    assert_eq!(kept(), 1);
+    // Taken and dropped unfilled: back in the list, no value dropped (there was none).
+    let slot = Slot::<Item>::take();
+    assert_eq!(kept(), 0, "the slot did not take the kept allocation");
+    drop(slot);
+    assert_eq!((kept(), drops.load(Ordering::Relaxed)), (1, 1));
+    // Filled: the same allocation, holding the value, given back again when dropped.
+    let b = Slot::take().fill(Item { n: 5, heap: vec![5; 10], drops: drops.clone() });
+    assert_eq!(&*b as *const Item, at, "the slot's allocation was not the kept one");
+    assert_eq!((b.n, b.heap.len(), kept()), (5, 10, 0));
+    drop(b);
+    assert_eq!((kept(), drops.load(Ordering::Relaxed)), (1, 2));
+    // With the list full, an unfilled slot frees its allocation instead.
+    let full: Vec<_> = (0..KEEP as u64 + 1).map(|n| item(n, &drops)).collect();
+    let slot = Slot::<Item>::take();
+    drop(full);
+    assert_eq!(kept(), KEEP);
+    drop(slot);
+    assert_eq!(kept(), KEEP, "the list grew past its bound");
+    drain();
+}

@@ -57,7 +57,7 @@ use std::thread::LocalKey;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use pool_box::{FreeList, PoolBox, Pooled};
+use pool_box::{FreeList, PoolBox, Pooled, Slot};
 
 use crate::types::{EntityName, EntityType};
 use crate::wire::{MsgFooter, MsgHeader};
@@ -243,8 +243,9 @@ impl Message {
     pub fn new(msg_type: u16, front: Bytes) -> Self {
         // Every field written out: `..Default::default()` builds a whole default
         // message and drops what it replaces, per message (seen in profiles). Built in
-        // the allocation `new_with` took (with `PoolBox::new`, built aside and copied in).
-        Message(PoolBox::new_with(|| Fields {
+        // the allocation taken first (with `PoolBox::new`, built aside and copied in;
+        // with `PoolBox::new_with`, the parts copied into its closure and out again).
+        Message(Slot::take().fill(Fields {
             msg_type,
             version: 0,
             compat_version: 0,
@@ -273,7 +274,7 @@ impl Message {
         footer: MsgFooter,
     ) -> Self {
         // Built in place, as in `new`.
-        Message(PoolBox::new_with(|| Fields {
+        Message(Slot::take().fill(Fields {
             msg_type: header.msg_type,
             version: header.version,
             compat_version: header.compat_version,
