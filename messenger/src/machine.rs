@@ -230,8 +230,8 @@ impl Machine {
     }
 
     #[inline]
-    pub(crate) fn send_message(&mut self, msg: Message) {
-        self.0.send_message(msg);
+    pub(crate) fn send_messages(&mut self, msgs: impl IntoIterator<Item = Message>) {
+        self.0.send_messages(msgs);
     }
 
     #[inline]

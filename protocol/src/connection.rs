@@ -296,6 +296,12 @@ impl Connection {
         each!(self, c => c.send_message(msg), s => s.send_message(msg))
     }
 
+    /// See [`crate::Machine::send_messages`].
+    #[inline]
+    pub fn send_messages(&mut self, msgs: impl IntoIterator<Item = Message>) {
+        each!(self, c => c.send_messages(msgs), s => msgs.into_iter().for_each(|m| s.send_message(m)))
+    }
+
     /// See [`crate::Machine::send_keepalive`].
     #[inline]
     pub fn send_keepalive(&mut self, wall_clock: KeepaliveStamp) {

@@ -530,10 +530,9 @@ fn server_restart_answers_resetsession() {
     assert_eq!(numbers(&p.nodes[1].received), [1, 2]);
 }
 
-// Standby and wake: a lossless peer with nothing queued parks on a cut; a new message
-// wakes it; the reconnect with an equal connect_seq gets RETRY_SESSION, then replaces.
-#[test]
-fn standby_then_wake_on_send_via_retry_session() {
+/// A lossless v1 pair whose dialling session delivered message 1 and, cut with
+/// nothing queued, parked in standby; returns the pair and that session's endpoint.
+fn lossless_pair_in_standby() -> (Pair, usize) {
     let mut p = Pair::v1(Instant::now(), Policy::lossless_peer(), Policy::lossless_peer());
     p.send(0, numbered(1));
     p.drive();
@@ -541,6 +540,14 @@ fn standby_then_wake_on_send_via_retry_session() {
     p.drive();
     let a = p.session_ep(0).unwrap();
     assert_eq!(p.eps[a].conn.state(), SessionState::Standby);
+    (p, a)
+}
+
+// Standby and wake: a lossless peer with nothing queued parks on a cut; a new message
+// wakes it; the reconnect with an equal connect_seq gets RETRY_SESSION, then replaces.
+#[test]
+fn standby_then_wake_on_send_via_retry_session() {
+    let (mut p, a) = lossless_pair_in_standby();
     assert!(p.nodes[0].log.contains(&"Standby".to_string()));
     assert!(p.eps[a].conn.poll_timeout().is_none(), "standby arms no timer");
     p.send(0, numbered(2));
@@ -549,6 +556,26 @@ fn standby_then_wake_on_send_via_retry_session() {
     assert_eq!(numbers(&p.nodes[1].received), [1, 2]);
     // cs 1 → standby reconnect with 1 → RETRY_SESSION(2) → replace → 3.
     assert_eq!(p.eps[a].conn.seqs().connect_seq, ConnectSeq(3));
+}
+
+// `send_messages` is `send_message` one by one: a batch handed to a session in standby
+// wakes it once, keeps the order within a priority and the priority order across them,
+// and a closed session takes (and drops) the whole batch.
+#[test]
+fn a_batch_wakes_standby_and_keeps_the_order_of_one_by_one_sends() {
+    let (mut p, a) = lossless_pair_in_standby();
+    let mut high = numbered(4);
+    high.set_priority(255);
+    p.conn(a).send_messages([numbered(2), numbered(3), high, numbered(5)]);
+    p.conn(a).send_messages(std::iter::empty());
+    p.run_for(Duration::from_secs(5));
+    assert_one_session(&p);
+    assert_eq!(numbers(&p.nodes[1].received), [1, 4, 2, 3, 5]);
+    p.conn(a).close(Instant::now());
+    let kept = numbered(6);
+    p.conn(a).send_messages([kept.clone(), numbered(7)]);
+    assert!(kept.front().is_unique(), "a closed session kept a message of the batch");
+    assert_eq!(p.conn(a).pending_messages(), 0);
 }
 
 // RETRY_GLOBAL: a connect whose global_seq is below what the acceptor saw last.

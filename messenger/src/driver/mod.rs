@@ -85,6 +85,9 @@ pub(crate) struct Driver {
     peer_name: Option<EntityName>,
     /// Scratch for messages taken from the mailbox (kept for its capacity).
     inbox: VecDeque<(Message, Instant)>,
+    /// Scratch for the messages fast dispatch on this thread sent (`own_sends::take`;
+    /// kept for its capacity, which it trades with that queue).
+    own_inbox: Vec<Message>,
     /// Messages delivered since the last batch was handed on (`hand_on_batch`).
     delivered_since_batch: usize,
     /// The count of `delivered_since_batch` at which its next check point falls (the
@@ -272,6 +275,7 @@ impl Driver {
             published: None,
             peer_name: None,
             inbox: VecDeque::new(),
+            own_inbox: Vec::new(),
             delivered_since_batch: 0,
             next_check,
             bytes_since_batch: 0,

@@ -32,6 +32,26 @@ impl<P: Protocol> Machine<P> {
         self.wake_from_standby();
     }
 
+    /// Queues `msgs` for sending, in their order, as [`send_message`](Self::send_message)
+    /// would one by one. Why: the driver hands over what its mailbox held in one go, and
+    /// the per-call work (the closed check, the standby wake, the call itself) was ~25
+    /// instructions per message at 64 B. Takes every item (dropping them when closed).
+    pub fn send_messages(&mut self, msgs: impl IntoIterator<Item = Message>) {
+        if self.state.is_closed() {
+            log::debug!(target: P::LOG, "{self}: messages dropped, connection closed");
+            msgs.into_iter().for_each(drop);
+            return;
+        }
+        let mut any = false;
+        for msg in msgs {
+            self.session.queue.push_back(msg);
+            any = true;
+        }
+        if any {
+            self.wake_from_standby();
+        }
+    }
+
     /// Tells the machine the wall clock at the time of its last input ([`Self::set_clock`]
     /// or an input's `now`): the keepalives its `keepalive_interval` timer sends are
     /// stamped from it (KEEPALIVE2 carries our wall clock, which the peer echoes into
