@@ -272,6 +272,8 @@ pub(crate) fn take(conn: &Connection, room: usize, out: &mut Vec<Message>) -> u6
     .unwrap_or(0)
 }
 
+/// The driver is about to leave its mailbox for others (the end of its pump): what it
+/// could not take goes there.
 pub(crate) fn spill(conn: &Connection) {
     let rest = OWN.try_with(|own| match own.try_borrow_mut() {
         Ok(mut own) if own.is(conn) && !own.messages.is_empty() => Some(own.detach()),

@@ -239,14 +239,14 @@ impl<T: Pooled> Drop for Slot<T> {
 }
 
 /// A fresh allocation for one `T` (not zero-sized); out of line, the list's miss path.
-/// (`PoolBox::new_with`'s compile-time assertion is the only guard for the size, so
-/// nothing else calls this.)
+/// (The compile-time assertions of `PoolBox::new_with` and `Slot::take` are the only
+/// guard for the size, so nothing else calls this.)
 #[cold]
 #[inline(never)]
 fn alloc_one<T>() -> NonNull<T> {
     let layout = Layout::new::<T>();
-    // SAFETY: `layout` is not zero-sized (asserted at compile time by `PoolBox::new`, the
-    // one caller).
+    // SAFETY: `layout` is not zero-sized (asserted at compile time by `PoolBox::new_with`
+    // and `Slot::take`, the two callers).
     let p = unsafe { alloc::alloc(layout) };
     match NonNull::new(p.cast::<T>()) {
         Some(p) => p,

@@ -213,3 +213,46 @@ fn a_slot_takes_a_kept_allocation_and_an_unfilled_one_goes_back() {
     assert_eq!(kept(), KEEP, "the list grew past its bound");
     drain();
 }
+
+thread_local! {
+    static LATE_SLOT: std::cell::RefCell<Option<Slot<Item>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What `Message::new`'s `Slot::take().fill(Fields { .. })` relies on: a panic while
+/// the value is built, after the slot was taken, gives the allocation back (no value
+/// dropped, none leaked); a slot dropped while its thread's list is torn down (held by
+/// another thread-local) frees its allocation, whichever is destroyed first. Run under
+/// Miri for the frees.
+#[test]
+fn a_slot_goes_back_after_a_panic_before_its_fill_and_is_freed_at_thread_teardown() {
+    drain();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let kept_one = item(1, &drops);
+    drop(kept_one);
+    assert_eq!(kept(), 1);
+    let built = std::panic::catch_unwind(|| {
+        Slot::<Item>::take().fill(Item {
+            n: 2,
+            heap: if kept() == 0 { panic!("building the value") } else { Vec::new() },
+            drops: Arc::new(AtomicUsize::new(0)),
+        })
+    });
+    assert!(built.is_err(), "the value's construction did not panic");
+    assert_eq!((kept(), drops.load(Ordering::Relaxed)), (1, 1), "the slot's allocation");
+    drain();
+    for slot_first in [false, true] {
+        let d = drops.clone();
+        std::thread::spawn(move || {
+            if slot_first {
+                LATE_SLOT.with(|l| *l.borrow_mut() = Some(Slot::take()));
+                drop(item(3, &d));
+            } else {
+                drop(item(3, &d));
+                LATE_SLOT.with(|l| *l.borrow_mut() = Some(Slot::take()));
+            }
+        })
+        .join()
+        .unwrap();
+    }
+    assert_eq!(drops.load(Ordering::Relaxed), 3, "a slot drops no value");
+}

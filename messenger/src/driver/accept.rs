@@ -177,12 +177,14 @@ impl Driver {
             // a fault's redial among them (dropped as the replaced socket's, the session
             // that moved on by that fault dialled nobody until its handshake deadline).
             log::info!(target: "msgr::conn", "{}: session moved on since the replace was decided ({:?}, now {current:?}, open {open}), dropping the incoming socket", self.machine, replacement.decided_against());
-            // The numbers it moved to are published with the end of the replace, as at
-            // an adoption: the mark cleared first, a connect decided before this pump
-            // published them read the old ones without it, and was voided in turn (one
-            // more reconnect of the peer). (Any held decision was answered above, so
+            // The numbers it moved to are published while the mark still stands, then
+            // `abort_replace` clears it under the table's lock: a connect decided in
+            // between waits, and none reads the old numbers without the mark (it was
+            // voided in turn, one more reconnect of the peer). Cleared here instead, a
+            // decision between the two could set the mark again, for `abort_replace` to
+            // clear under its hand-off. (Any held decision was answered above, so
             // nothing keeps the publication back.)
-            self.publish_snapshot(true);
+            self.publish_snapshot(false);
             self.env.sessions.abort_replace(&self.conn);
             return;
         }
