@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 
-use messenger::{Connection, Messenger, MessengerConfig, Policy, ProtocolVersion};
+use messenger::{ConnState, Connection, Messenger, MessengerConfig, Policy, ProtocolVersion};
 use protocol::session::Decision;
 use protocol::types::{proto_version, AddrType, EntityAddr, EntityName, EntityType, Features};
 use protocol::v2::Tag as V2Tag;
@@ -463,19 +463,27 @@ fn active_connections(m: &Messenger) -> u64 {
 fn dial_a_v1_peer(
     m: &Messenger,
 ) -> (Connection, Peer, Arc<protocol::Config>, EntityAddr, TcpListener) {
-    let m_v1 = addr_for(ProtocolVersion::V1, m.my_addr());
+    dial_a_peer(m, ProtocolVersion::V1)
+}
+
+/// As [`dial_a_v1_peer`], over `proto`.
+fn dial_a_peer(
+    m: &Messenger,
+    proto: ProtocolVersion,
+) -> (Connection, Peer, Arc<protocol::Config>, EntityAddr, TcpListener) {
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("peer listener");
-    let p_addr = EntityAddr::legacy(listener.local_addr().expect("addr"), 1);
+    let p_addr = addr_for(proto, EntityAddr::legacy(listener.local_addr().expect("addr"), 1));
     let cfg = Arc::new(protocol::Config::new(EntityName::new(EntityType::OSD, 1), p_addr));
     let conn = m.connect_to(EntityType::OSD, p_addr);
     let (s1, from) = listener.accept().expect("accept");
     let local = s1.local_addr().expect("local");
-    let peer = Peer {
-        m: protocol::Connection::accept_v1(Arc::clone(&cfg), from, local, Instant::now()),
-        sock: Some(s1),
-        dial: m_v1.addr.expect("messenger address"),
+    let config = Arc::clone(&cfg);
+    let acceptor = match proto {
+        ProtocolVersion::V1 => protocol::Connection::accept_v1(config, from, local, Instant::now()),
+        ProtocolVersion::V2 => protocol::Connection::accept_v2(config, from, local, Instant::now()),
     };
-    (conn, peer, cfg, p_addr, listener)
+    let dial = addr_for(proto, m.my_addr()).addr.expect("messenger address");
+    (conn, Peer { m: acceptor, sock: Some(s1), dial }, cfg, p_addr, listener)
 }
 
 /// Writes the peer's CLIENT_IDENT (cookie 0xC, `global_seq`) on `s2`, a msgr2 socket at
@@ -722,18 +730,9 @@ fn a_replace_decided_before_the_existing_session_drew_its_client_cookie_is_carri
     let (m, _rx, m_addr, first) = server_beside_a_first_session(config, ProtocolVersion::V2);
 
     // The messenger dials the peer, whose acceptor holds back its AUTH_DONE.
-    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("listener");
-    let p_addr = EntityAddr {
-        ty: AddrType::MSGR2,
-        ..EntityAddr::legacy(listener.local_addr().expect("addr"), 1)
-    };
-    let cfg = Arc::new(protocol::Config::new(EntityName::new(EntityType::OSD, 1), p_addr));
-    let conn = m.connect_to(EntityType::OSD, p_addr);
-    let (mut s1, from) = listener.accept().expect("accept");
-    let local = s1.local_addr().expect("local");
-    let mut acceptor =
-        protocol::Connection::accept_v2(Arc::clone(&cfg), from, local, Instant::now());
-    let auth_done = accept_up_to_auth_done(&mut acceptor, &mut s1);
+    let (conn, mut peer, cfg, p_addr, _listener) = dial_a_peer(&m, ProtocolVersion::V2);
+    let mut s1 = peer.sock.take().expect("the peer's socket");
+    let auth_done = accept_up_to_auth_done(&mut peer.m, &mut s1);
     // The peer dials the messenger, up to its ident (accepted on the listener's worker).
     let mut s2 =
         v2_socket_at_ident_with(Arc::clone(&cfg), m_addr, EntityType::OSD, Policy::lossless_peer());
@@ -814,4 +813,132 @@ fn a_frozen_session_writes_nothing_so_a_dead_socket_does_not_void_its_replace() 
     );
     drop(s2);
     m.shutdown();
+}
+
+/// `conn`'s worker held at the end of the first pump that leaves its session connecting
+/// (its redial in flight), until `go`.
+struct HeldRedial {
+    held: Receiver<std::thread::ThreadId>,
+    go: crossbeam_channel::Sender<()>,
+}
+
+fn hold_the_redial(conn: &Connection) -> HeldRedial {
+    let (held_tx, held) = crossbeam_channel::bounded(1);
+    let (go, go_rx) = crossbeam_channel::bounded::<()>(1);
+    hold_once_connecting(conn, held_tx, go_rx);
+    HeldRedial { held, go }
+}
+
+/// Installs the hook of [`hold_the_redial`] again at every pump until one ends with the
+/// session connecting.
+fn hold_once_connecting(
+    conn: &Connection,
+    held: crossbeam_channel::Sender<std::thread::ThreadId>,
+    go: Receiver<()>,
+) {
+    let again = conn.clone();
+    conn.inject_before_settle(move || {
+        if again.state() == ConnState::Connecting {
+            let _ = held.send(std::thread::current().id());
+            let _ = go.recv_timeout(WAIT);
+        } else {
+            hold_once_connecting(&again, held, go);
+        }
+    });
+}
+
+// A session frozen for a replace takes no dial result until the freeze ends, as Ceph's
+// existing connection in state NONE after `reuse_connection` ignores its connect's. The
+// messenger's open msgr2 session faults (the peer's socket closed, a message
+// unacknowledged) and redials the peer at once; its worker is held right after the dial
+// went out while the peer's reconnect is decided on the listener's worker (a reconnect
+// race the peer wins: a replace keeping the session) and the hand-off is held at the
+// session. The dial then settles while the session is frozen: refused (the peer's
+// listener gone), it faulted the session, whose connect_seq moved on (a msgr2 session
+// counts its attempts), and the hand-off voided the decision: the reconnect was closed
+// unanswered and the peer had to connect once more. Accepted, it moves nothing; either
+// way the hand-off must answer the reconnect (the dial dropped with the old socket).
+#[test]
+fn a_dial_settling_while_its_session_is_frozen_does_not_void_the_replace() {
+    for refused in [true, false] {
+        let config = MessengerConfig {
+            inject_internal_delays: HOLD,
+            // The session opened below is past its initial backoff (its fault redials
+            // at once), and its handshake deadline far beyond what the test waits.
+            initial_backoff: Duration::from_millis(10),
+            connection_ready_timeout: PATIENCE,
+            ..test_config(2)
+        };
+        let (m, rx, _, first) = server_beside_a_first_session(config, ProtocolVersion::V2);
+
+        // The messenger dials the peer over msgr2 and the session opens.
+        let (conn, mut peer, _cfg, _p_addr, listener) = dial_a_peer(&m, ProtocolVersion::V2);
+        peer.open_lossless();
+        assert!(wait_for_event(&rx, |s| matches!(s, Seen::Connect(c) if *c == conn)), "not open");
+        // A time that must pass, not a wait for an event: within its initial backoff of
+        // the open, the session's fault would redial later, from a timer.
+        std::thread::sleep(Duration::from_millis(50));
+
+        // The session sends a message the peer never acknowledges (it reads no more):
+        // faulted, it redials rather than waiting in standby.
+        conn.send_message(test_message(MSG_TEST, 7, Bytes::from_static(&[5; 32]))).expect("queued");
+        let s1 = peer.sock.take().expect("the peer's socket");
+        s1.set_read_timeout(Some(WAIT)).expect("timeout");
+        assert!(s1.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0), "the message never came");
+
+        // The peer's old socket closes: the session faults and redials, to no listener
+        // (refused) or to one that never accepts (the kernel completes the connect), and
+        // its worker is held before it learns how the dial went.
+        let kept = (!refused).then_some(listener);
+        let pump = hold_the_redial(&conn);
+        s1.shutdown(std::net::Shutdown::Both).expect("shutdown");
+        drop(s1);
+        let worker = pump.held.recv_timeout(WAIT).expect("the session never redialled");
+        assert_ne!(worker, first.worker, "held on the listener's worker: none accepts");
+
+        // The peer reconnects (its RECONNECT at the connect_seq its own fault counted,
+        // the session's too): decided on the listener's worker after its hold, a race
+        // the peer wins (its nonce sorts lower), the accepting connection handing its
+        // socket over.
+        let before = held(&m);
+        // (With a message to send: with none it would wait in standby.)
+        peer.m.send_message(test_message(MSG_TEST, 1, Bytes::from_static(&[5; 32])));
+        peer.m.handle_transport_closed(Instant::now());
+        let deadline = Instant::now() + WAIT;
+        while held(&m) == before || active_connections(&m) != 2 {
+            assert!(
+                Instant::now() < deadline,
+                "no reconnect handed over: {}",
+                m.dump_connections()
+            );
+            let events = peer.step();
+            assert!(events.is_empty() || refused, "the peer's reconnect ended: {events:?}");
+        }
+        let reconnect = peer.sock.as_ref().and_then(|s| s.local_addr().ok());
+        assert!(reconnect.is_some(), "the peer's reconnect closed before the hand-off");
+        // The session's worker goes on: the dial's result comes while the hand-off is
+        // held at the session.
+        pump.go.send(()).expect("the pump waits");
+
+        // The hand-off answers the reconnect on the socket the decision was taken on.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "the session never reopened");
+            let events = peer.step();
+            let now = peer.sock.as_ref().and_then(|s| s.local_addr().ok());
+            assert_eq!(
+                now,
+                reconnect,
+                "refused {refused}: the peer's reconnect was closed unanswered ({events:?}): \
+                 the dial's result faulted the frozen session and voided the replace: {}",
+                m.dump_connections()
+            );
+            if events.iter().any(|e| matches!(e, Event::Opened(_))) {
+                break;
+            }
+        }
+        drop(kept);
+        first.client.shutdown();
+        m.shutdown();
+    }
 }

@@ -60,6 +60,10 @@ pub(super) struct Io {
     pub(super) dial: Option<SocketAddr>,
     /// TCP connect in progress.
     pub(super) dialling: bool,
+    /// The connect in progress completed or failed while the session was frozen for a
+    /// replace: its result is taken once the freeze ends (`Driver::finish_deferred_dial`),
+    /// or dropped with the socket at the hand-off.
+    dial_settled: bool,
     /// Frames handed to us by the machine and not yet fully written.
     wsegs: VecDeque<Bytes>,
     /// Bytes in `wsegs`.
@@ -91,6 +95,7 @@ impl Io {
             socket,
             dial,
             dialling: false,
+            dial_settled: false,
             wsegs: VecDeque::new(),
             wsegs_bytes: 0,
             scratch: Vec::new(),
@@ -357,6 +362,7 @@ impl Driver {
         self.io.wsegs.clear();
         self.io.wsegs_bytes = 0;
         self.io.dialling = false;
+        self.io.dial_settled = false;
     }
 
     /// Readiness of the socket: remembered, and a dial in progress completes or fails.
@@ -371,26 +377,52 @@ impl Driver {
             self.io.write_ready = true;
         }
         if self.io.dialling && (ready.writable || ready.closed) {
-            let now = cx.now();
-            let connected = match self.io.socket.as_ref() {
-                Some(s) => match s.take_error() {
-                    Ok(None) => s.peer_addr(),
-                    Ok(Some(e)) | Err(e) => Err(e),
-                },
-                None => Err(io::ErrorKind::NotConnected.into()),
-            };
-            match connected {
-                Ok(peer) => {
-                    self.io.dialling = false;
-                    self.conn.0.published.lock().socket_addr = Some(peer);
-                    self.machine.handle_transport_connected(now);
-                }
-                Err(e) => {
-                    self.io.dialling = false;
-                    self.close_socket(cx);
-                    self.report_refused_dial(&e);
-                    self.machine.handle_transport_closed(now);
-                }
+            if self.conn.replace_pending() {
+                // Frozen for a replace: the session takes no input, as Ceph's existing
+                // connection in state NONE after `reuse_connection` ignores its
+                // connect's result. A failed dial handled now faulted the session (its
+                // connect_seq moved on), which voided the decision at the hand-off: one
+                // more reconnect of the peer. Kept for the end of the freeze (the edge
+                // does not come again): taken by the pump once the mark is gone (a
+                // voided replace wakes it), or dropped with the socket at the adoption.
+                log::debug!(target: "msgr::conn", "{}: dial settled while frozen for a replace, its result kept", self.machine);
+                self.io.dial_settled = true;
+                return;
+            }
+            self.take_dial_result(cx);
+        }
+    }
+
+    /// Takes the result of a dial whose socket settled while the session was frozen
+    /// for a replace (see [`Self::on_ready`]), once the freeze is over.
+    pub(super) fn finish_deferred_dial(&mut self, cx: &mut Context<'_>) {
+        if std::mem::take(&mut self.io.dial_settled) && self.io.dialling {
+            self.take_dial_result(cx);
+        }
+    }
+
+    /// The socket of the dial in progress settled: the machine hears that it connected,
+    /// or that it failed.
+    fn take_dial_result(&mut self, cx: &mut Context<'_>) {
+        let now = cx.now();
+        let connected = match self.io.socket.as_ref() {
+            Some(s) => match s.take_error() {
+                Ok(None) => s.peer_addr(),
+                Ok(Some(e)) | Err(e) => Err(e),
+            },
+            None => Err(io::ErrorKind::NotConnected.into()),
+        };
+        self.io.dialling = false;
+        self.io.dial_settled = false;
+        match connected {
+            Ok(peer) => {
+                self.conn.0.published.lock().socket_addr = Some(peer);
+                self.machine.handle_transport_connected(now);
+            }
+            Err(e) => {
+                self.close_socket(cx);
+                self.report_refused_dial(&e);
+                self.machine.handle_transport_closed(now);
             }
         }
     }

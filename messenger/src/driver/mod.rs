@@ -367,6 +367,8 @@ impl Driver {
         // flush: nor does it write, see `flush`).
         let replaced = self.conn.replace_pending();
         if !replaced {
+            // A dial that settled during a freeze now ended (see `on_ready`).
+            self.finish_deferred_dial(cx);
             self.apply_injected_cut();
             self.read(cx);
         }
