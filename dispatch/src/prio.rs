@@ -156,7 +156,7 @@ impl<T> Fifos<T> {
         prio: u16,
         conn: u64,
         first: T,
-        mut more: impl FnMut() -> Option<T>,
+        more: impl Iterator<Item = T>,
     ) -> usize {
         let q = match &mut self.hot {
             Some((key, q)) if *key == (prio, conn) => q,
@@ -168,12 +168,12 @@ impl<T> Fifos<T> {
         if q.is_empty() {
             lane.rotation.push_back(conn);
         }
+        let before = q.len();
         q.push_back(first);
-        let mut n = 1;
-        while let Some(item) = more() {
-            q.push_back(item);
-            n += 1;
-        }
+        // An iterator of known length (a batch's messages) is written in place after
+        // one reservation.
+        q.extend(more);
+        let n = q.len() - before;
         lane.len += n;
         n
     }
@@ -324,7 +324,7 @@ impl<T> PrioQueue<T> {
     pub(crate) fn push(&mut self, priority: u16, conn: u64, item: T) {
         let priority = Self::effective_priority(priority);
         let (lane, fifos) = self.lane_to_fill(priority);
-        self.len += fifos.push_run(lane, priority, conn, item, || None);
+        self.len += fifos.push_run(lane, priority, conn, item, std::iter::empty());
     }
 
     /// The lane of `priority` (an effective one), created if missing and counted busy if
@@ -350,14 +350,33 @@ impl<T> PrioQueue<T> {
         let mut items = items.into_iter().peekable();
         while let Some((priority, first)) = items.next() {
             let priority = Self::effective_priority(priority);
-            let more = || {
+            let more = std::iter::from_fn(|| {
                 items
                     .next_if(|(p, _)| Self::effective_priority(*p) == priority)
                     .map(|(_, item)| item)
-            };
+            });
             let (lane, fifos) = self.lane_to_fill(priority);
             self.len += fifos.push_run(lane, priority, conn, first, more);
         }
+    }
+
+    /// Queues every item of `items`, all of connection `conn` and of `priority`, in
+    /// their order: [`push_all`](Self::push_all) for a run known to be of one priority,
+    /// without a look at each item's (a read's batch is usually one run: ~25
+    /// instructions per message fewer at 64 B).
+    pub(crate) fn push_run(
+        &mut self,
+        priority: u16,
+        conn: u64,
+        items: impl IntoIterator<Item = T>,
+    ) {
+        let mut items = items.into_iter();
+        let Some(first) = items.next() else {
+            return;
+        };
+        let priority = Self::effective_priority(priority);
+        let (lane, fifos) = self.lane_to_fill(priority);
+        self.len += fifos.push_run(lane, priority, conn, first, items);
     }
 
     pub(crate) fn pop(&mut self) -> Option<T> {
@@ -583,7 +602,13 @@ mod tests {
                     for &(p, it) in &run {
                         model.push(p, conn, it);
                     }
-                    q.push_all(conn, run);
+                    // A run of one priority, as the queue's receive path hands it over.
+                    match run.first() {
+                        Some(&(p, _)) if run.iter().all(|r| r.0 == p) && next(2) == 0 => {
+                            q.push_run(p, conn, run.into_iter().map(|(_, it)| it));
+                        }
+                        _ => q.push_all(conn, run),
+                    }
                 }
                 1..=4 => {
                     let priority = if mixed {
@@ -1117,7 +1142,11 @@ mod tests {
                         for i in item..item + n {
                             plain.push(p, c, i);
                         }
-                        q.push_all(c, (item..item + n).map(|i| (p, i)));
+                        if rng.below(2) == 0 {
+                            q.push_all(c, (item..item + n).map(|i| (p, i)));
+                        } else {
+                            q.push_run(p, c, item..item + n);
+                        }
                         item += n;
                     }
                     98 => {

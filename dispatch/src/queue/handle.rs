@@ -371,17 +371,28 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         if batch.is_empty() {
             return;
         }
-        // Copies, if any, are made before the lock is taken.
+        // Copies, if any, are made before the lock is taken. A read's messages are nearly
+        // always of one priority: then they are queued as one run, without a look at
+        // each one's priority under the lock.
         let compact_below = self.shared.compact_below.load(Ordering::Relaxed);
+        let mut one_priority = batch.first().map(|(msg, _)| msg.priority());
         for (msg, _) in batch.iter_mut() {
             msg.compact(compact_below);
+            one_priority = one_priority.filter(|p| *p == msg.priority());
         }
         let id = conn.conn_id();
-        let admitted = self.admit(conn, |st| {
-            let queued = batch
-                .drain(..)
-                .map(|(msg, budget)| (msg.priority(), Queued::new(conn.clone(), msg, budget)));
-            st.messages.push_all(id, queued);
+        let admitted = self.admit(conn, |st| match one_priority {
+            Some(priority) => {
+                let queued =
+                    batch.drain(..).map(|(msg, budget)| Queued::new(conn.clone(), msg, budget));
+                st.messages.push_run(priority, id, queued);
+            }
+            None => {
+                let queued = batch
+                    .drain(..)
+                    .map(|(msg, budget)| (msg.priority(), Queued::new(conn.clone(), msg, budget)));
+                st.messages.push_all(id, queued);
+            }
         });
         if !admitted {
             self.refused(batch.len());
