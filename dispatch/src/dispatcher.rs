@@ -314,6 +314,22 @@ fn fast_on<C: ConnectionRef>(
     mut msg: Message,
     compact_below: usize,
 ) -> Option<Message> {
+    // One fast dispatcher (the usual chain): found once for its three calls, with no
+    // walk. Walked twice, each call worked out again where the dispatcher sits behind
+    // its `Arc`, with the loops around them (~50 instructions per 64 B round trip
+    // under callgrind).
+    if let [d] = fast.as_slice() {
+        let d: &dyn Dispatcher<C> = &**d;
+        d.ms_fast_preprocess(conn, &msg);
+        if !d.ms_can_fast_dispatch(&msg) {
+            return Some(msg);
+        }
+        if msg.has_throttle_charge() {
+            msg.compact(compact_below);
+        }
+        d.ms_fast_dispatch(conn, msg);
+        return None;
+    }
     for d in fast.iter() {
         d.ms_fast_preprocess(conn, &msg);
     }

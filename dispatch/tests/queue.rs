@@ -881,6 +881,52 @@ fn a_read_batch_sees_dispatchers_added_after_its_first_message() {
     q.shutdown(ShutdownMode::Drain);
 }
 
+/// With more than one fast dispatcher, every one preprocesses each message (head to
+/// tail) and the first that wants it fast-dispatches it; the others never see it, and
+/// one nobody wants goes to the queue. On both paths: a worker's read batch (its cached
+/// chains) and a delivery without one. (One fast dispatcher takes a path of its own.)
+#[test]
+fn every_fast_dispatcher_preprocesses_and_the_first_that_wants_a_message_takes_it() {
+    let (ta, ra) = unbounded();
+    let (tb, rb) = unbounded();
+    let d = Dispatchers::new();
+    let mut a = Recorder::new("a", ta);
+    a.fast = vec![10];
+    let mut b = Recorder::new("b", tb);
+    b.fast = vec![10, 12];
+    d.add_tail(arc(a));
+    d.add_tail(arc(b));
+    // Not started: what is queued stays queued.
+    let q = queue(&d);
+    let conn = TestConn(3);
+    let mut batch = ReadBatch::new();
+    let mut kinds = Vec::new();
+    for (tid, ty) in [(1, 10), (2, 12), (3, 11)] {
+        kinds.push(q.deliver_into_with(&conn, msg(ty, PRIO_DEFAULT, tid, 0), || None, &mut batch));
+    }
+    for (tid, ty) in [(4, 10), (5, 12), (6, 11)] {
+        kinds.push(q.deliver(&conn, msg(ty, PRIO_DEFAULT, tid, 0), None));
+    }
+    use Delivery::{Fast, Queued};
+    assert_eq!(kinds, [Fast, Fast, Queued, Fast, Fast, Queued]);
+    let saw = |rx: &Receiver<Seen>| -> (Vec<u64>, Vec<u64>) {
+        let (mut pre, mut fast) = (Vec::new(), Vec::new());
+        for s in rx.try_iter() {
+            match s {
+                Seen::Preprocess { conn: 3, tid } => pre.push(tid),
+                Seen::Fast { conn: 3, tid, .. } => fast.push(tid),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (pre, fast)
+    };
+    assert_eq!(saw(&ra), (vec![1, 2, 3, 4, 5, 6], vec![1, 4]));
+    assert_eq!(saw(&rb), (vec![1, 2, 3, 4, 5, 6], vec![2, 5]));
+    q.enqueue_batch(&conn, &mut batch);
+    assert_eq!(q.counters().messages, 2);
+    q.shutdown(ShutdownMode::Discard);
+}
+
 /// Panics on messages with tid 0 and on the first reset; reports the rest.
 struct PanicsOnce(crossbeam_channel::Sender<u64>);
 
