@@ -240,6 +240,9 @@ impl Eq for Charge {}
 
 impl Message {
     /// A message of `msg_type` whose front (payload) is `front`.
+    // Inlinable into other crates (a dispatcher building its reply): as a call, with
+    // `set_data`'s, ~75 more instructions per 64 B round trip under callgrind.
+    #[inline]
     pub fn new(msg_type: u16, front: Bytes) -> Self {
         // Every field written out: `..Default::default()` builds a whole default
         // message and drops what it replaces, per message (seen in profiles). Built in
@@ -266,6 +269,11 @@ impl Message {
     }
 
     /// A received message from its decoded parts.
+    // Always inlined (into the decoder's per-message path): as a call, the three
+    // segments were built on the stack, passed by reference and copied again into the
+    // message; inlined, they go straight into it (~90 fewer instructions per 64 B round
+    // trip under callgrind). `#[inline]` alone left it a call.
+    #[inline(always)]
     pub fn from_parts(
         header: &MsgHeader,
         front: Bytes,
@@ -377,6 +385,7 @@ impl Message {
         &self.0.data
     }
     /// Sets the data segment.
+    #[inline]
     pub fn set_data(&mut self, data: Bytes) {
         self.0.data = data;
     }
