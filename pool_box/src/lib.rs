@@ -203,6 +203,7 @@ pub struct Slot<T: Pooled> {
 impl<T: Pooled> Slot<T> {
     /// An allocation from this thread's free list, or a new one.
     #[inline]
+    #[must_use = "a slot dropped unfilled only goes back to the free list"]
     pub fn take() -> Self {
         const { assert!(size_of::<T>() != 0, "PoolBox of a zero-sized type") };
         let ptr = match T::free_list().try_with(FreeList::pop) {
