@@ -383,6 +383,14 @@ impl<T> PrioQueue<T> {
         if self.len == 0 {
             return None;
         }
+        if let Some((lane, q)) = self.hot_alone() {
+            // Taken straight into the return value: an item handed back through a
+            // helper's `Option` was moved once more (~6 instructions per message).
+            let item = q.pop_front();
+            lane.len -= 1;
+            self.len -= 1;
+            return item;
+        }
         let strict = if self.strict_busy > 0 {
             self.strict.iter_mut().rev().find(|(_, lane)| lane.len > 0)
         } else {
@@ -404,6 +412,29 @@ impl<T> PrioQueue<T> {
             self.len -= 1;
         }
         item
+    }
+
+    /// For [`pop`](Self::pop): the hot FIFO and its lane when every queued item is in
+    /// that FIFO, of a round-robin lane, and it keeps at least one once popped: the
+    /// dispatch thread working through one connection's batch. Then its lane is the only
+    /// busy one, with that connection alone in its rotation, so the general pop would
+    /// serve it, leave the rotation and the WRR weights as they are and only count the
+    /// item off; here the lane is looked up by the hot FIFO's priority instead of found
+    /// by a walk of the lanes, and the FIFO needs no lookup (~40 instructions per
+    /// message at 64 B). `None` when that is not the case.
+    #[inline(always)]
+    fn hot_alone(&mut self) -> Option<(&mut Lane, &mut VecDeque<T>)> {
+        if self.strict_busy != 0 {
+            return None;
+        }
+        let ((prio, _), q) = self.fifos.hot.as_mut()?;
+        // All the items in one FIFO, none in a strict lane: its lane is the only busy
+        // one and holds only it.
+        if q.len() < 2 || q.len() != self.len {
+            return None;
+        }
+        let lane = self.wrr.get_mut(prio)?;
+        Some((lane, q))
     }
 
     fn trim(map: &mut BTreeMap<u16, Lane>, prio: u16) {
