@@ -322,7 +322,9 @@ impl EventCenter {
         // external events once per iteration. Popped in this drain, it ran up to
         // EXTERNAL_BATCH times in a row while every other connection of the worker
         // waited.
-        let queued = self.inbox.len().min(EXTERNAL_BATCH);
+        // Asked whether any wait first: most iterations find none, and counting a
+        // channel's events costs twice as much as seeing it empty.
+        let queued = if self.inbox.is_empty() { 0 } else { self.inbox.len().min(EXTERNAL_BATCH) };
         for _ in 0..queued {
             match self.inbox.pop() {
                 Some(External::Run(f)) => run_closure(&mut self.core, "external event", f),
