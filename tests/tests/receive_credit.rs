@@ -17,7 +17,9 @@ use protocol::types::EntityType;
 use protocol::ProtocolVersion;
 use tests::hostile::{handshaken_socket, msg_frame, RawPeer};
 use tests::hostile_v2::message_pieces;
-use tests::loopback::{addr_for, next_message, server_on, test_config, wait_until, Seen};
+use tests::loopback::{
+    addr_for, hold_workers, next_message, server_on, test_config, wait_until, Seen,
+};
 
 /// Messages written one at a time, each after the last was dispatched.
 const LONE: u64 = 20;
@@ -217,4 +219,42 @@ fn lone_messages_take_no_budget_round_v1() {
 #[test]
 fn lone_messages_take_no_budget_round_v2() {
     lone_messages_take_no_budget_round(ProtocolVersion::V2);
+}
+
+/// A burst of `BURST` messages of 4 KiB, written while the server's worker is held so
+/// that it reads them in a few large reads, to a server without early batches (which
+/// hands on whole batches of `dispatch_batch` only, as it does for a peer on its own
+/// CPU): the credit granted after a read's second message covers the rest of the
+/// burst up to the batch, so few messages ask for their budget. (Credit that stopped
+/// where an early batch would have been made, 16 KiB in, made every message after the
+/// fourth ask.) All arrive in order and whole, and the credit goes back.
+fn a_burst_without_early_batches_asks_a_few_times(proto: ProtocolVersion) {
+    const BURST: u64 = 24;
+    let config = MessengerConfig { early_batches: false, ..test_config(1) };
+    let (srv, seen, mut peer) = serve(proto, config);
+    let front = vec![3u8; 4096];
+    let burst: Vec<u8> = (1..=BURST).flat_map(|tid| peer.message(tid, &front)).collect();
+    let hold = hold_workers(&srv);
+    peer.sock.write_all(&burst).expect("write");
+    drop(hold);
+    for tid in 1..=BURST {
+        let (_, msg) = next_message(&seen);
+        assert_eq!((msg.tid(), msg.front().len()), (tid, front.len()), "{proto:?}: in order");
+    }
+    let asked = budget_requests(&srv);
+    // Two per read phase at most (its first message, and the second, which takes the
+    // credit for the rest); the burst arrives in one or two.
+    assert!(asked <= 6, "{proto:?}: {asked} of {BURST} messages asked for their budget");
+    wait_until_released(proto, &srv);
+    srv.shutdown();
+}
+
+#[test]
+fn a_burst_without_early_batches_asks_a_few_times_v1() {
+    a_burst_without_early_batches_asks_a_few_times(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_burst_without_early_batches_asks_a_few_times_v2() {
+    a_burst_without_early_batches_asks_a_few_times(ProtocolVersion::V2);
 }

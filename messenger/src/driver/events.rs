@@ -475,8 +475,7 @@ impl Driver {
         // the window goes in one write, or in writes of COLOCATED_WRITE_BYTES, as a
         // single-threaded codec's does. Queued messages still go to the dispatch thread
         // batch by batch: it may run on another CPU.
-        let config = &self.env.config;
-        if !config.early_batches || (config.colocated_peer_batching && self.io.peer_on_our_cpu()) {
+        if self.batches_whole() {
             if done >= most {
                 self.restart_batch_count();
                 self.bytes_since_batch = 0;
@@ -524,6 +523,15 @@ impl Driver {
         self.batch_clock = Some(Instant::now());
     }
 
+    /// Whether `hand_on_batch` hands on whole batches only (of `dispatch_batch`), with
+    /// no early batches and no check points: without `early_batches`, and for a peer on
+    /// our own CPU (which runs only once this thread sleeps).
+    #[inline]
+    fn batches_whole(&mut self) -> bool {
+        let config = &self.env.config;
+        !config.early_batches || (config.colocated_peer_batching && self.io.peer_on_our_cpu())
+    }
+
     /// A batch was handed on: the count of the next starts at 0, its first check point
     /// a `check_every` on.
     fn restart_batch_count(&mut self) {
@@ -547,9 +555,15 @@ impl Driver {
     /// `hand_on_batch` hands a batch on or makes a check point (counting the next one):
     /// receive credit stops there, so a burst parsed without budget requests is still
     /// answered batch by batch.
-    pub(super) fn messages_to_batch(&self, size: usize) -> usize {
+    pub(super) fn messages_to_batch(&mut self, size: usize) -> usize {
         let done = self.delivered_since_batch;
         let most = self.env.config.dispatch_batch;
+        // Without early batches (and for a peer on our CPU) nothing happens before a
+        // whole batch: credit stopping at the early batch's point (4 requests of 4 KiB)
+        // made most messages of such a burst ask for their budget one by one.
+        if self.batches_whole() {
+            return most.saturating_sub(done).max(1);
+        }
         // The next multiple of `check_every(most)` above `done` (see `hand_on_batch`).
         let to_check = self.next_check.saturating_sub(done).min(most.saturating_sub(done)).max(1);
         let early = (self.last_burst / 4).max(self.min_batch).saturating_sub(done.min(self.burst));
