@@ -169,7 +169,7 @@ pub fn handshaken_socket(server: EntityAddr, policy: Policy) -> (TcpStream, Foot
                 return (sock, FooterFormat::for_features(o.features));
             }
         }
-        let n = sock.read(&mut buf).expect("read");
+        let n = crate::read_some(&mut sock, &mut buf).expect("read");
         assert!(n > 0, "server closed during the handshake");
         conn.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
     }
@@ -219,7 +219,7 @@ pub fn drain_in_background(
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
         while !stop.load(Ordering::Relaxed) {
-            match sock.read(&mut buf) {
+            match crate::read_some(&mut sock, &mut buf) {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(e)
@@ -362,7 +362,7 @@ impl RawPeer {
                     return Ok(RawPeer { sock, machine });
                 }
             }
-            match sock.read(&mut buf) {
+            match crate::read_some(&mut sock, &mut buf) {
                 Ok(0) => return Err("the server closed during the handshake".into()),
                 Ok(n) => machine.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
                 Err(e) => return Err(format!("the handshake's read failed: {e}")),
@@ -415,7 +415,7 @@ impl RawPeer {
         let mut read_total = 0u64;
         let mut buf = vec![0u8; 64 << 10];
         while got.len() < n {
-            let read = self.sock.read(&mut buf).map_err(|e| {
+            let read = crate::read_some(&mut self.sock, &mut buf).map_err(|e| {
                 format!("{} of {n} messages arrived, then the read failed: {e}", got.len())
             })?;
             if read == 0 {

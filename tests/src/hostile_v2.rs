@@ -109,7 +109,7 @@ pub fn v2_socket_at_ident_with(
         }) {
             return sock;
         }
-        let n = sock.read(&mut buf).expect("read");
+        let n = crate::read_some(&mut sock, &mut buf).expect("read");
         assert!(n > 0, "server closed during the handshake");
         machine.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
     }

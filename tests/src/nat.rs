@@ -15,7 +15,7 @@
 //! One blocking thread per direction of each connection: the proxy carries a handful of
 //! connections in a test, never a load.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -256,7 +256,7 @@ impl Direction {
         // How much of `head` was forwarded already.
         let mut head_sent = 0;
         loop {
-            let n = match self.from.read(&mut buf) {
+            let n = match crate::read_some(&mut self.from, &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };

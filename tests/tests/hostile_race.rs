@@ -257,7 +257,7 @@ fn reconnect_reply(
 /// Whether `sock` has nothing to read yet (and was not closed).
 fn nothing_yet(sock: &TcpStream) -> bool {
     sock.set_nonblocking(true).expect("nonblocking");
-    let got = sock.peek(&mut [0u8; 1]);
+    let got = tests::peek_some(sock, &mut [0u8; 1]);
     sock.set_nonblocking(false).expect("blocking");
     matches!(got, Err(e) if e.kind() == ErrorKind::WouldBlock)
 }

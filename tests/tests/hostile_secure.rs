@@ -6,7 +6,7 @@
 //! uncharged, and go on serving the others; what it sends in secure mode is read back
 //! by an independent reader.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -181,7 +181,7 @@ impl SecurePeer {
     fn fill(&mut self, n: usize) {
         let mut buf = vec![0u8; 64 << 10];
         while self.inbuf.len() < n {
-            let k = self.sock.read(&mut buf).expect("read");
+            let k = tests::read_some(&mut self.sock, &mut buf).expect("read");
             assert!(k > 0, "EOF");
             self.inbuf.extend_from_slice(&buf[..k]);
         }

@@ -3,7 +3,7 @@
 //! a busy loop (the dials in a bounded window are counted against a bound), and what a
 //! lossless connection queued reaches a good server once one answers, in order, once.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -154,7 +154,7 @@ fn serve(
             let mut buf = [0u8; 4096];
             let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
             while !stop.load(Relaxed) {
-                match sock.read(&mut buf) {
+                match tests::read_some(&mut sock, &mut buf) {
                     Ok(0) => return,
                     Ok(_) => {}
                     Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
@@ -225,7 +225,7 @@ fn serve(
         if c.poll_timeout().is_some_and(|t| t <= now) {
             c.handle_timeout(now);
         }
-        match sock.read(&mut buf) {
+        match tests::read_some(&mut sock, &mut buf) {
             Ok(0) => return,
             Ok(n) => c.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}

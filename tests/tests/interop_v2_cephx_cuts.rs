@@ -112,7 +112,7 @@ fn pump(
         let mut frame = vec![0u8; if raw { 0 } else { PREAMBLE_LEN }];
         let tag = if raw {
             frame.resize(64 << 10, 0);
-            match from.read(&mut frame) {
+            match tests::read_some(&mut from, &mut frame) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => frame.truncate(n),
             }

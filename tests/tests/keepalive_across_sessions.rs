@@ -9,7 +9,7 @@
 //! whose flag stays set: the keepalive goes out on the next session, ahead of the next
 //! message `write_event` writes.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
@@ -132,7 +132,7 @@ fn serve(mut sock: TcpStream, me: EntityAddr, reset_first: bool, heard: Option<S
         if c.wants_write() {
             continue;
         }
-        match sock.read(&mut buf) {
+        match tests::read_some(&mut sock, &mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => c.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
         }

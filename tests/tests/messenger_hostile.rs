@@ -2,7 +2,7 @@
 //! connection, while a well-behaved client's traffic goes on untouched. Over msgr v1 and,
 //! with msgr2's own attacks (bad preambles, huge segments, stalled frames), over msgr2.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ fn wait_closed_by_server(mut sock: TcpStream) {
     let deadline = Instant::now() + WAIT;
     let mut buf = [0u8; 4096];
     loop {
-        match sock.read(&mut buf) {
+        match tests::read_some(&mut sock, &mut buf) {
             Ok(0) => return,
             Ok(_) => {}
             Err(e)

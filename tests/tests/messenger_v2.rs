@@ -153,12 +153,11 @@ fn simultaneous_msgr2_connect_yields_one_session_and_loses_nothing() {
 /// Reads until the server closes `sock` (or [`WAIT`] passes); returns what it sent, or
 /// `None` if it kept the socket open.
 fn read_until_closed(sock: &mut std::net::TcpStream) -> Option<Vec<u8>> {
-    use std::io::Read;
     sock.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match sock.read(&mut buf) {
+        match tests::read_some(sock, &mut buf) {
             Ok(0) => return Some(got),
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(got),

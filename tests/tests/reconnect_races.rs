@@ -277,7 +277,7 @@ impl RawPeer {
     /// Writes what the machine has, reads once (or until `deadline`), feeds the bytes,
     /// and returns the events.
     fn pump(&mut self, deadline: Instant) -> Vec<protocol::Event> {
-        use std::io::{Read, Write};
+        use std::io::Write;
         let mut events = Vec::new();
         let now = Instant::now();
         let mut out = Vec::new();
@@ -289,7 +289,7 @@ impl RawPeer {
             let wait = deadline.saturating_duration_since(now).max(Duration::from_millis(1));
             s.set_read_timeout(Some(wait)).expect("timeout");
             let mut buf = vec![0u8; 64 << 10];
-            match s.read(&mut buf) {
+            match tests::read_some(s, &mut buf) {
                 Ok(0) => self.machine.handle_transport_closed(Instant::now()),
                 Ok(n) => {
                     buf.truncate(n);

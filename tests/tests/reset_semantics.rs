@@ -705,7 +705,7 @@ fn serve_acceptor(
     me: protocol::types::EntityAddr,
     required: protocol::types::Features,
 ) -> bool {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let mut cfg = protocol::Config::new(
         protocol::types::EntityName::new(EntityType::OSD, 0),
         protocol::types::EntityAddrVec { addrs: vec![me] },
@@ -767,7 +767,7 @@ fn serve_acceptor(
         if c.wants_write() {
             continue;
         }
-        match sock.read(&mut buf) {
+        match tests::read_some(sock, &mut buf) {
             Ok(0) | Err(_) => return false,
             Ok(n) => c.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
         }

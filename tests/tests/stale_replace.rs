@@ -94,7 +94,7 @@ impl Peer {
         if let Some(sock) = &mut self.sock {
             sock.set_read_timeout(Some(Duration::from_millis(10))).expect("timeout");
             let mut buf = vec![0u8; 65536];
-            match sock.read(&mut buf) {
+            match tests::read_some(sock, &mut buf) {
                 Ok(0) => {
                     self.sock = None;
                     self.m.handle_transport_closed(Instant::now());
@@ -335,7 +335,7 @@ fn a_frozen_session_s_handshake_timer_does_not_redial_while_the_hand_off_is_in_f
             ),
             Err(e) => assert_eq!(e.kind(), ErrorKind::WouldBlock, "accept: {e}"),
         }
-        match s2.peek(&mut [0u8; 1]) {
+        match tests::peek_some(&s2, &mut [0u8; 1]) {
             Ok(_) => break,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => break,
@@ -644,7 +644,7 @@ fn a_replace_voided_by_a_fault_of_the_held_pump_still_redials() {
     conn.send_message(test_message(MSG_TEST, 7, Bytes::from_static(&[5; 32]))).expect("queued");
     let s1 = peer.sock.take().expect("the peer's socket");
     s1.set_read_timeout(Some(WAIT)).expect("timeout");
-    assert!(s1.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0), "the message never came");
+    assert!(tests::peek_some(&s1, &mut [0u8; 1]).is_ok_and(|n| n > 0), "the message never came");
 
     // The peer reconnects: its old socket closed (the session's pump, woken by its end,
     // held right before it reads), its connect on the new one (the next connect_seq, a
@@ -670,7 +670,7 @@ fn a_replace_voided_by_a_fault_of_the_held_pump_still_redials() {
     });
     let within = Duration::from_secs(5);
     s2.set_read_timeout(Some(within)).expect("timeout");
-    let carried_on = match s2.peek(&mut [0u8; 1]) {
+    let carried_on = match tests::peek_some(&s2, &mut [0u8; 1]) {
         Ok(n) if n > 0 => true,
         // Still open, unanswered: only a dial meanwhile will do.
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
@@ -705,7 +705,7 @@ fn accept_up_to_auth_done(m: &mut protocol::Connection, sock: &mut TcpStream) ->
         if relay.write_until(m, sock, |tag| tag == V2Tag::AUTH_DONE) {
             return relay.into_pending();
         }
-        let n = sock.read(&mut buf).expect("read");
+        let n = tests::read_some(sock, &mut buf).expect("read");
         assert!(n > 0, "the messenger closed its dial during the handshake");
         m.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n]));
         while let Some(ev) = m.poll_event() {
@@ -884,7 +884,10 @@ fn a_dial_settling_while_its_session_is_frozen_does_not_void_the_replace() {
         conn.send_message(test_message(MSG_TEST, 7, Bytes::from_static(&[5; 32]))).expect("queued");
         let s1 = peer.sock.take().expect("the peer's socket");
         s1.set_read_timeout(Some(WAIT)).expect("timeout");
-        assert!(s1.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0), "the message never came");
+        assert!(
+            tests::peek_some(&s1, &mut [0u8; 1]).is_ok_and(|n| n > 0),
+            "the message never came"
+        );
 
         // The peer's old socket closes: the session faults and redials, to no listener
         // (refused) or to one that never accepts (the kernel completes the connect), and

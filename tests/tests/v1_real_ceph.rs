@@ -84,7 +84,7 @@ fn pump(
         if !conn.wants_read() {
             continue;
         }
-        match stream.read(&mut buf) {
+        match tests::read_some(stream, &mut buf) {
             Ok(0) => conn.handle_transport_closed(Instant::now()),
             Ok(n) => conn.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}

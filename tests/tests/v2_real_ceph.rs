@@ -11,7 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -108,7 +108,7 @@ fn pump_with(
         if !conn.wants_read() {
             continue;
         }
-        match stream.read(&mut buf) {
+        match tests::read_some(stream, &mut buf) {
             Ok(0) => conn.handle_transport_closed(Instant::now()),
             Ok(n) => conn.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
@@ -551,7 +551,7 @@ fn serve_mini_mon(
         if !conn.wants_read() {
             continue;
         }
-        match stream.read(&mut buf) {
+        match tests::read_some(&mut stream, &mut buf) {
             Ok(0) => conn.handle_transport_closed(Instant::now()),
             Ok(n) => conn.handle_bytes(Instant::now(), Bytes::copy_from_slice(&buf[..n])),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
