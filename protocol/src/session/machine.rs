@@ -307,6 +307,10 @@ impl<P: Protocol> Machine<P> {
 
     /// The next message to frame, numbered with the next out_seq (a requeued message
     /// keeps its number: Ceph's `requeue_sent` rolled out_seq back).
+    // Always inlined (into the transmit loops): as a call the popped message came back
+    // through memory; inlined, ~24 fewer instructions per 64 B round trip under callgrind
+    // (the compiler's own choice flipped with unrelated edits).
+    #[inline(always)]
     pub(crate) fn next_outgoing(&mut self) -> Option<Message> {
         let resend = self.session.queue.next_is_requeued();
         let mut msg = self.session.queue.pop()?;
@@ -326,6 +330,9 @@ impl<P: Protocol> Machine<P> {
     }
 
     /// `msg` went into the write list: a lossless session keeps it until acked.
+    // Always inlined into the transmit loops (where the compiler put it already): pinned
+    // with `next_outgoing`, so edits elsewhere do not make it a per-message call.
+    #[inline(always)]
     pub(crate) fn framed(&mut self, msg: Message) {
         if !self.lossy {
             self.session.push_sent(msg);

@@ -265,6 +265,9 @@ fn feed_chunk(m: &mut Machine<V1>, now: Instant, chunk: &mut Bytes) -> Fed {
 }
 
 /// While open: the ACK we owe, a pending keepalive, then messages, up to the batch.
+// Always inlined into `V1::transmit` (its only caller, a one-line forward): pinned with
+// `next_outgoing`, as edits elsewhere made it a call of its own.
+#[inline(always)]
 pub(crate) fn transmit(m: &mut Machine<V1>, head: &mut BytesMut, out: &mut Vec<Bytes>) {
     let lossless = !m.lossy;
     let in_seq = m.session.in_seq;
