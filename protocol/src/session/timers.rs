@@ -70,6 +70,8 @@ impl<P: Protocol> Machine<P> {
                     (a, b) => a.or(b),
                 };
                 let mut due = earliest(open.keepalive_due, self.write_deadline());
+                // While the budget waits for the throttles, neither the payload's deadline
+                // (`Budget::deadline` is none then) nor idleness runs.
                 if !open.budget.is_waiting() {
                     due = earliest(due, open.budget.deadline(self.config.payload_timeout));
                     due = earliest(due, Some(later(self.last_rx, self.config.idle_timeout)));
