@@ -155,53 +155,48 @@ impl Driver {
         if !own_msgs.is_empty() {
             self.machine.send_messages(own_msgs.drain(..).map(outgoing));
         }
-        if inbox.is_empty() {
-            // Only own sends: they waited nothing, which adds nothing to the wait's sum.
-            if moved > 0 {
-                WorkerCounters::add_own(&self.counters.send_messages_queue_lat_count, moved as u64);
-            }
-            own_msgs.shrink_to(MAX_IN_PROTOCOL);
-            return (moved, commands);
-        }
-        // Summed here and added once per drain: an atomic add per message and counter
-        // showed in profiles. A run of equal stamps costs one clock subtraction, not one
-        // per message (~55 instructions each at 64 B).
-        let mut waited_ns: u64 = 0;
-        let mut last = (now, 0);
-        self.machine.send_messages(inbox.drain(..).map(|(msg, queued_at)| {
-            let ns = match last {
-                (at, ns) if at == queued_at => ns,
-                _ => {
-                    // One subtraction answers both whether the stamp is older than the
-                    // clock and by how much (two comparisons before it cost ~12
-                    // instructions per message sent from another thread).
-                    let ns = match now.checked_duration_since(queued_at) {
-                        Some(waited) => nanos(waited),
-                        // Sent by another thread after this loop iteration read its
-                        // clock: the cached clock would count no wait at all.
-                        None if !clock_read => {
-                            now = Instant::now();
-                            clock_read = true;
-                            now.checked_duration_since(queued_at).map_or(0, nanos)
-                        }
-                        None => 0,
-                    };
-                    last = (queued_at, ns);
-                    ns
-                }
-            };
-            waited_ns = waited_ns.saturating_add(ns);
-            outgoing(msg)
-        }));
-        if moved > 0 {
+        if !inbox.is_empty() {
+            // Summed here and added once per drain: an atomic add per message and counter
+            // showed in profiles. A run of equal stamps costs one clock subtraction, not one
+            // per message (~55 instructions each at 64 B).
+            let mut waited_ns: u64 = 0;
+            let mut last = (now, 0);
+            self.machine.send_messages(inbox.drain(..).map(|(msg, queued_at)| {
+                let ns = match last {
+                    (at, ns) if at == queued_at => ns,
+                    _ => {
+                        // One subtraction answers both whether the stamp is older than
+                        // the clock and by how much (two comparisons before it cost ~12
+                        // instructions per message sent from another thread).
+                        let ns = match now.checked_duration_since(queued_at) {
+                            Some(waited) => nanos(waited),
+                            // Sent by another thread after this loop iteration read its
+                            // clock: the cached clock would count no wait at all.
+                            None if !clock_read => {
+                                now = Instant::now();
+                                clock_read = true;
+                                now.checked_duration_since(queued_at).map_or(0, nanos)
+                            }
+                            None => 0,
+                        };
+                        last = (queued_at, ns);
+                        ns
+                    }
+                };
+                waited_ns = waited_ns.saturating_add(ns);
+                outgoing(msg)
+            }));
             WorkerCounters::add_own(&self.counters.send_messages_queue_lat_ns, waited_ns);
+            // The scratch queue is kept, but not at a burst's size: a mailbox handed over
+            // whole (the swap above) can be far larger than what one drain takes. Cut down
+            // rather than let go: under a sustained backlog the next swap hands it to the
+            // mailbox, which then regrows only past MAX_IN_PROTOCOL, not from nothing.
+            inbox.shrink_to(MAX_IN_PROTOCOL);
+        }
+        // Own sends waited nothing: they add to the count, not to the wait's sum.
+        if moved > 0 {
             WorkerCounters::add_own(&self.counters.send_messages_queue_lat_count, moved as u64);
         }
-        // The scratch queue is kept, but not at a burst's size: a mailbox handed over
-        // whole (the swap above) can be far larger than what one drain takes. Cut down
-        // rather than let go: under a sustained backlog the next swap hands it to the
-        // mailbox, which then regrows only past MAX_IN_PROTOCOL, not from nothing.
-        inbox.shrink_to(MAX_IN_PROTOCOL);
         // The same for the other scratch (it changes places with the own-sends queue).
         self.own_inbox.shrink_to(MAX_IN_PROTOCOL);
         (moved, commands)
