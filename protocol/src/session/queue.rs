@@ -94,26 +94,56 @@ impl OutQueue {
         self.len += n;
     }
 
+    /// The next message to frame: requeued ones first, then the highest priority's
+    /// oldest.
+    // Always inlined (into `next_outgoing`, so into the transmit loops), the common case
+    // first (nothing requeued, the first lane holding the next message), the rest out of
+    // line: as a call of its own it cost ~53 instructions per message at 64 B; inlined,
+    // the pop and the loop together take ~24 fewer (callgrind, 64 B depth 128).
+    #[inline(always)]
     pub(crate) fn pop(&mut self) -> Option<Message> {
-        if self.len == 0 {
-            return None;
+        let first = match self.lanes.first_mut() {
+            Some(first) if self.requeued.is_empty() => first.msgs.pop_front(),
+            _ => None,
+        };
+        match first {
+            Some(msg) => {
+                self.took(&msg);
+                Some(msg)
+            }
+            // Empty: the end of every transmit loop, not worth a call.
+            None if self.len == 0 => None,
+            None => self.pop_other(),
         }
+    }
+
+    /// [`Self::pop`] when the first lane does not hold the next message and the queue
+    /// is not empty: a requeued one, or a later lane's.
+    #[inline(never)]
+    fn pop_other(&mut self) -> Option<Message> {
         // Requeued messages first. Then the lane, then one pop: `find_map` over the pops
         // moved the message through two more `Option`s.
         let msg = match self.requeued.pop_front() {
             Some(m) => m,
             None => self.lanes.iter_mut().find(|l| !l.msgs.is_empty())?.msgs.pop_front()?,
         };
+        self.took(&msg);
+        Some(msg)
+    }
+
+    /// `msg` left the queue.
+    #[inline(always)]
+    fn took(&mut self, msg: &Message) {
         self.len -= 1;
         self.cost -= msg.send_cost();
         if self.len == 0 {
             self.trim();
         }
-        Some(msg)
     }
 
     /// The queue just emptied (`pop`, `discard_requeued_up_to`): surplus lanes go, and
     /// the rest give back room beyond [`LANE_KEEP`].
+    #[inline(never)]
     fn trim(&mut self) {
         if self.lanes.len() > MAX_LANES {
             self.lanes.clear();
