@@ -456,6 +456,12 @@ impl Driver {
         self.burst += 1;
         let done = self.delivered_since_batch;
         let most = self.env.config.dispatch_batch;
+        // Nearly every message: short of the next check point and of a whole batch, and
+        // too few bytes for an early batch. Decided before `early` is worked out (~6
+        // instructions per small message).
+        if done < self.next_check && done < most && self.bytes_since_batch < EARLY_RECV_BYTES {
+            return;
+        }
         let early = (self.last_burst / 4).max(self.min_batch);
         // Counted in this read phase too: the batch counters carry over from earlier
         // reads, and a count carried in would cut a read of fewer than `early` messages
