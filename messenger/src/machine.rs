@@ -261,6 +261,12 @@ impl Machine {
         self.0.poll_event()
     }
 
+    /// The next event if it is a received message (see `Connection::poll_message`).
+    #[inline]
+    pub(crate) fn poll_message(&mut self) -> Option<Message> {
+        self.0.poll_message()
+    }
+
     #[inline]
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.0.poll_timeout()

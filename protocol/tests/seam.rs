@@ -85,6 +85,43 @@ fn receive_credit_reads_whole_messages_without_budget_requests() {
     }
 }
 
+// `poll_message` takes a received message only when it is the next event: anything
+// else (a budget request here) stays for `poll_event`, in order, and the messages come
+// out in order.
+#[test]
+fn poll_message_takes_only_a_message_at_the_front() {
+    for version in [ProtocolVersion::V1, ProtocolVersion::V2] {
+        let mut p =
+            Pair::new(Instant::now(), version, Policy::lossy_client(), Policy::stateless_server());
+        let a = p.connect(0);
+        p.drive();
+        // A stateless server keeps no session record: its endpoint is the accepted one.
+        let b = p.eps.iter().position(|e| e.node == 1 && e.alive).unwrap();
+        assert!(a < b && p.eps[a].conn.is_open() && p.eps[b].conn.is_open(), "{version:?}");
+        let now = p.now;
+        let (lo, hi) = p.eps.split_at_mut(b);
+        let (ca, cb) = (&mut lo[a].conn, &mut hi[0].conn);
+        for id in 1..=3 {
+            ca.send_message(numbered(id));
+        }
+        let mut segs = Vec::new();
+        assert!(ca.poll_transmit(&mut segs) > 0);
+        for s in segs {
+            cb.handle_bytes(now, s);
+        }
+        assert!(cb.poll_message().is_none(), "{version:?}: a budget request is next");
+        assert!(
+            matches!(cb.poll_event(), Some(Event::NeedBudget { first: true, .. })),
+            "{version:?}: the request was left for poll_event"
+        );
+        cb.add_receive_credit(2, 1 << 20);
+        cb.grant_budget(now);
+        let got: Vec<_> = std::iter::from_fn(|| cb.poll_message()).collect();
+        assert_eq!(numbers(&got), [1, 2, 3], "{version:?}");
+        assert!(cb.poll_event().is_none() && cb.poll_message().is_none(), "{version:?}");
+    }
+}
+
 // One listener for both protocols: the acceptor reads the peer's banner, becomes the
 // machine of that protocol, and the session works as with a listener bound to it.
 // ACKs trim the sender's sent queue whether or not they are reported; with

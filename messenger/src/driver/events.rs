@@ -114,16 +114,20 @@ impl Driver {
         let mut any = false;
         // Before each event: the last one's fast dispatch may have marked the
         // connection disposable, and a fault queued behind it is then a reset.
-        while let Some(ev) = self.poll_event() {
-            any = true;
-            // A message (nearly every event) goes straight to `handle_message`: through
-            // `handle_event` each paid that function's large frame (a stack probe, seven
-            // saved registers), the jump over every variant and the check for a session
-            // event (~37 instructions per 64 B round trip).
-            match ev {
-                Event::Message(msg) => self.handle_message(cx, msg),
-                ev => self.handle_event(cx, ev),
+        loop {
+            self.apply_disposable();
+            // A message (nearly every event) is taken as itself and goes straight to
+            // `handle_message`: through `handle_event` each paid that function's large
+            // frame (a stack probe, seven saved registers), the jump over every variant
+            // and the check for a session event (~37 instructions per 64 B round trip).
+            if let Some(msg) = self.machine.poll_message() {
+                self.handle_message(cx, msg);
+            } else if let Some(ev) = self.machine.poll_event() {
+                self.handle_event(cx, ev);
+            } else {
+                break;
             }
+            any = true;
             if self.finished {
                 break;
             }
