@@ -100,7 +100,10 @@ pub(crate) fn announced_addrs(addr: EntityAddr, config: &MessengerConfig) -> Ent
 /// commands change what it will send, outputs are `poll_*`; after any input or command
 /// the driver drains [`Machine::poll_event`], writes what [`Machine::poll_transmit`]
 /// returns and re-arms its timer from [`Machine::poll_timeout`].
-pub(crate) struct Machine(Connection);
+///
+/// The flag beside it says the session's snapshot cannot have moved since
+/// [`Machine::snapshot_noted`] last built it (see [`Machine::snapshot_unmoved`]).
+pub(crate) struct Machine(Connection, bool);
 
 impl Machine {
     /// The connect side towards `addr` (the driver dials, then
@@ -112,7 +115,10 @@ impl Machine {
         peer_type: EntityType,
         now: Instant,
     ) -> Machine {
-        Machine(Connection::connect(config, dialled_protocol(&addr), policy, addr, peer_type, now))
+        Machine(
+            Connection::connect(config, dialled_protocol(&addr), policy, addr, peer_type, now),
+            false,
+        )
     }
 
     /// The accept side of a socket just accepted from `peer` on `local`. Serving both
@@ -132,7 +138,7 @@ impl Machine {
             (false, true) => Connection::accept_v2(config, peer, local, now),
             _ => Connection::accept(config, peer, local, now),
         };
-        Machine(c)
+        Machine(c, false)
     }
 
     // ----- inputs -----
@@ -246,6 +252,8 @@ impl Machine {
 
     /// Ceph's `mark_disposable`: the session becomes lossy.
     pub(crate) fn mark_lossy(&mut self) {
+        // The snapshot's `lossy` moves with no event, the session staying open.
+        self.1 = false;
         self.0.mark_lossy();
     }
 
@@ -258,7 +266,23 @@ impl Machine {
 
     #[inline]
     pub(crate) fn poll_event(&mut self) -> Option<Event> {
-        self.0.poll_event()
+        let ev = self.0.poll_event();
+        // Any event but the open session's traffic may come with moved numbers (an
+        // open, a fault's redial, a reset): the next snapshot is built again. (Looked at
+        // in place: the event is not moved out and back.)
+        if !matches!(
+            ev,
+            None | Some(
+                Event::Message(_)
+                    | Event::NeedBudget { .. }
+                    | Event::Acked { .. }
+                    | Event::KeepaliveReceived
+                    | Event::KeepaliveAck(_)
+            )
+        ) {
+            self.1 = false;
+        }
+        ev
     }
 
     /// The next event if it is a received message (see `Connection::poll_message`).
@@ -411,6 +435,31 @@ impl Machine {
             server_policy: policy.is_some_and(|p| p.server),
             protocol: self.0.protocol(),
         }
+    }
+
+    /// Whether the session's snapshot cannot have moved since [`Self::snapshot_noted`]
+    /// last built it: the session stayed open and no event but its traffic (messages,
+    /// budget, acks, keepalives) was taken since, nor a [`Self::mark_lossy`] made. The
+    /// protocol moves the numbers only while no session is open (the handshake, which
+    /// ends in `Event::Opened`; a fault, which leaves it closed, standing by or
+    /// reconnecting, and its redial needs `Event::Reconnect`), and the messenger's
+    /// `policy` for an open session changes only with a new machine (a replace).
+    #[inline]
+    pub(crate) fn snapshot_unmoved(&self) -> bool {
+        self.1 && self.0.is_open()
+    }
+
+    /// [`Self::snapshot`], noted for [`Self::snapshot_unmoved`]: the caller keeps it
+    /// as what it last published.
+    pub(crate) fn snapshot_noted(&mut self, policy: Option<&Policy>) -> SessionSnapshot {
+        self.1 = self.0.is_open();
+        self.snapshot(policy)
+    }
+
+    /// [`Self::snapshot_unmoved`] is false until the next [`Self::snapshot_noted`]
+    /// (what the caller compares with was set from elsewhere).
+    pub(crate) fn forget_snapshot(&mut self) {
+        self.1 = false;
     }
 
     /// What this accepting connection's session will publish once `req` opens it under
@@ -694,6 +743,8 @@ impl Replacement {
         let session = old.0.take_session();
         machine.0.handle_accept_decision(now, policy, decision, session);
         machine.0.adopt_keepalive(&mut old.0);
+        // The session's numbers moved in: whatever it noted before is not theirs.
+        machine.forget_snapshot();
         machine
     }
 }
@@ -745,6 +796,200 @@ mod tests {
             Arc::new(protocol::Config::new(EntityName::new(EntityType::OSD, 0), me.clone()));
         let machine = Machine::accept(config, socket, socket, Instant::now());
         Replacement::new(machine, policy, verdict, &existing, req, me)
+    }
+
+    /// One side of a session as a driver runs it, for the snapshot's test: what it
+    /// published last, and how many looks found nothing to build.
+    struct Side {
+        machine: Machine,
+        policy: Option<Policy>,
+        published: Option<SessionSnapshot>,
+        skipped: usize,
+        /// Looks only after taking events, and only at an open session: what may have
+        /// moved is then known from the events alone.
+        blind: bool,
+    }
+
+    impl Side {
+        /// The driver's look at the snapshot (`Driver::publish_snapshot`): a look that
+        /// builds nothing must find the numbers as published.
+        fn look(&mut self, step: &str) {
+            if !self.blind {
+                self.look_now(step);
+            }
+        }
+
+        fn look_now(&mut self, step: &str) {
+            if self.machine.snapshot_unmoved() {
+                self.skipped += 1;
+                let now = self.machine.snapshot(self.policy.as_ref());
+                assert_eq!(self.published, Some(now), "{step}: moved without a rebuild");
+            } else {
+                self.published = Some(self.machine.snapshot_noted(self.policy.as_ref()));
+            }
+        }
+
+        /// Takes the machine's events as the driver does (an accept decision against no
+        /// existing session, auth none), looking at the snapshot after each.
+        fn events(&mut self, now: Instant, my_addrs: &EntityAddrVec, step: &str) -> usize {
+            let mut messages = 0;
+            while let Some(ev) = self.machine.poll_event() {
+                match ev {
+                    Event::AcceptRequest(req) => {
+                        let policy = Policy::lossless_peer();
+                        self.policy = Some(policy);
+                        let verdict = decide(&req, None, &policy, my_addrs);
+                        self.machine.handle_verdict(now, policy, verdict);
+                    }
+                    Event::VerifyAuthorizer { .. } => {
+                        let accept = dispatch::AuthVerdict::Accept { reply: Vec::new() };
+                        self.machine.handle_authorizer_verdict(now, accept);
+                    }
+                    Event::NeedBudget { .. } => self.machine.handle_budget_granted(now),
+                    Event::Message(_) => messages += 1,
+                    _ => {}
+                }
+                if !self.blind || self.machine.is_open() {
+                    self.look_now(step);
+                }
+            }
+            messages
+        }
+    }
+
+    /// One side's turn: its events, then what it sends handed to the other. Returns
+    /// whether it sent anything and the messages the other received.
+    fn turn(from: &mut Side, to: &mut Side, now: Instant, step: &str) -> (bool, usize) {
+        let addrs = v2(6800);
+        from.events(now, &addrs, step);
+        from.look(step);
+        let mut out = Vec::new();
+        from.machine.poll_transmit(&mut out);
+        from.look(step);
+        let mut moved = false;
+        for bytes in out.into_iter().filter(|b| !b.is_empty()) {
+            moved = true;
+            to.machine.handle_bytes(now, bytes);
+            to.look(step);
+        }
+        (moved, to.events(now, &addrs, step))
+    }
+
+    /// Runs both sides until neither has bytes for the other; returns the messages the
+    /// server received.
+    fn exchange(client: &mut Side, server: &mut Side, now: Instant, step: &str) -> usize {
+        let mut messages = 0;
+        for _ in 0..64 {
+            let (sent, got) = turn(client, server, now, step);
+            messages += got;
+            let (answered, _) = turn(server, client, now, step);
+            if !sent && !answered {
+                return messages;
+            }
+        }
+        panic!("{step}: the sides never settled");
+    }
+
+    /// The snapshot is built again whenever its numbers may have moved, for either
+    /// protocol: at the handshake (seqs, cookies, policy), a mark of lossy on an open
+    /// session (no event), a fault (the connector's connect_seq); an open session
+    /// carrying messages is not looked at again. Missing the mark of lossy (not
+    /// clearing the flag) or a fault that left the session (no check of `is_open`)
+    /// fails with "moved without a rebuild".
+    #[test]
+    fn the_snapshot_is_rebuilt_whenever_its_numbers_may_have_moved() {
+        for ty in [AddrType::LEGACY, AddrType::MSGR2] {
+            let now = Instant::now();
+            let addrs = |port| {
+                EntityAddrVec::single(EntityAddr {
+                    ty,
+                    nonce: 7,
+                    addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+                })
+            };
+            let (server_addrs, client_addrs) = (addrs(6800), addrs(6801));
+            let config = |me: EntityAddrVec, num| {
+                Arc::new(protocol::Config::new(EntityName::new(EntityType::OSD, num), me))
+            };
+            let target = server_addrs.addrs[0];
+            let socket = SocketAddr::from(([127, 0, 0, 1], 40000));
+            let policy = Policy::lossless_peer();
+            let mut client = Side {
+                machine: Machine::connect(
+                    config(client_addrs, 1),
+                    policy,
+                    target,
+                    EntityType::OSD,
+                    now,
+                ),
+                policy: Some(policy),
+                published: None,
+                skipped: 0,
+                blind: false,
+            };
+            let mut server = Side {
+                machine: Machine::accept(config(server_addrs, 0), socket, socket, now),
+                policy: None,
+                published: None,
+                skipped: 0,
+                blind: false,
+            };
+            client.look("start");
+            server.look("start");
+            client.machine.handle_transport_connected(now);
+            client.look("connected");
+            exchange(&mut client, &mut server, now, "handshake");
+            assert!(client.machine.is_open() && server.machine.is_open(), "{ty:?}: not open");
+            assert_ne!(client.published.map(|s| s.peer_global_seq), Some(GlobalSeq(0)));
+            let skipped = client.skipped + server.skipped;
+            for i in 0..5 {
+                client.machine.send_messages([Message::new(0x7f00, Bytes::from_static(b"x"))]);
+                client.look("send");
+                assert_eq!(exchange(&mut client, &mut server, now, "traffic"), 1, "message {i}");
+            }
+            assert!(client.skipped + server.skipped > skipped + 10, "{ty:?}: traffic rebuilt it");
+            // Lossy with no event, the session open.
+            server.machine.mark_lossy();
+            let before = server.published;
+            server.look("mark_lossy");
+            assert_ne!(server.published, before, "{ty:?}: marked lossy, not published");
+            // A fault of the session marked lossy resets it (its numbers cleared), the
+            // events not taken yet: seen by the state left open.
+            let before = server.published;
+            server.machine.handle_transport_closed(now);
+            server.look("fault");
+            assert_ne!(server.published, before, "{ty:?}: the reset session, not published");
+            // The client's fault and redial with no look until its events (a driver
+            // that looks only after taking them): the open is among them.
+            client.blind = true;
+            client.machine.handle_transport_closed(now);
+            let later = now + std::time::Duration::from_secs(30);
+            client.machine.handle_timeout(later);
+            // In standby until it has something to send: a message wakes it.
+            client.machine.send_messages([Message::new(0x7f00, Bytes::from_static(b"y"))]);
+            client.events(later, &v2(6801), "redial");
+            // A restarted peer further on in its global_seq: the numbers move.
+            let restarted = config(addrs(6800), 0);
+            restarted.global_seq.next();
+            restarted.global_seq.next();
+            let mut server = Side {
+                machine: Machine::accept(restarted, socket, socket, later),
+                policy: None,
+                published: None,
+                skipped: 0,
+                blind: false,
+            };
+            client.machine.handle_transport_connected(later);
+            let before = client.published;
+            exchange(&mut client, &mut server, later, "reconnect");
+            assert!(
+                client.machine.is_open(),
+                "{ty:?}: not open again: {} / {}",
+                client.machine,
+                server.machine
+            );
+            assert_ne!(client.published, before, "{ty:?}: the new session, not published");
+        }
     }
 
     /// The decision holds against a session that only drew its client cookie for its

@@ -116,6 +116,7 @@ impl Driver {
                 // `replace`); msgr2's only of the reset.
                 let v1 = matches!(req.kind, RequestKind::Connect { .. });
                 self.published = Some(opening);
+                self.machine.forget_snapshot();
                 self.env.reset_session(&existing, v1);
                 self.policy = Some(policy);
                 self.answer_registered(now, policy, verdict);
@@ -126,6 +127,7 @@ impl Driver {
             }
             (AcceptAction::Proceed { register: true }, _, _) => {
                 self.published = Some(opening);
+                self.machine.forget_snapshot();
                 self.policy = Some(policy);
                 self.answer_registered(now, policy, verdict);
             }
@@ -222,13 +224,25 @@ impl Driver {
 
     /// Writes what another connection's accept decision needs to the handle (and ends a
     /// replace when `replace_done`).
+    #[inline]
     pub(super) fn publish_snapshot(&mut self, replace_done: bool) {
+        // Not built again while the open session only carried traffic since it was last
+        // (see `Machine::snapshot_unmoved`): every pump looks twice.
+        if !replace_done && self.machine.snapshot_unmoved() {
+            return;
+        }
+        self.publish_moved_snapshot(replace_done);
+    }
+
+    /// [`Self::publish_snapshot`] when the numbers may have moved.
+    #[inline(never)]
+    fn publish_moved_snapshot(&mut self, replace_done: bool) {
         if self.seams.holds_verdict() {
             // The machine has not got the decision that registered it: until it has,
             // the numbers published with the registration stand for its session.
             return;
         }
-        let now = self.machine.snapshot(self.policy.as_ref());
+        let now = self.machine.snapshot_noted(self.policy.as_ref());
         // These change only on (re)connects: skip the lock on every other pump.
         if self.published != Some(now) || replace_done {
             self.published = Some(now);
