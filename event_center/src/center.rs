@@ -86,33 +86,46 @@ const BUSY_PERCENT: u64 = 80;
 /// [`LOAD_WINDOW_NS`]: the time from one `poll`'s return to the next `poll` is running.
 ///
 /// Iterations follow one another (each runs from the previous `poll`'s return), so a
-/// window's running and polling sum to the time since it began: one clock subtraction
-/// per iteration (the polling) and one per window (the total), not two per iteration.
+/// window's running and polling sum to the time since it began: the running is summed
+/// and the window's total taken once. An iteration whose callbacks each began where the
+/// one before it ended, the last one's end being where the next `poll` began
+/// (`Context::ended_at`), ran for the sum of what they reported: no clock subtraction
+/// then; otherwise one per iteration.
 #[derive(Debug, Default)]
 struct LoadMeter {
     /// The `poll` return the window's first iteration ran from, and when it is complete.
     window: Option<(Instant, Instant)>,
-    polling_ns: u64,
+    running_ns: u64,
 }
 
 impl LoadMeter {
-    /// Adds one iteration: the previous `poll` returned at `ran_from`, this one was
-    /// entered at `polled_from` and returned at `now`. Returns whether the center was
-    /// mostly busy once a window is complete.
-    fn record(&mut self, ran_from: Instant, polled_from: Instant, now: Instant) -> Option<bool> {
+    /// Adds one iteration: the previous `poll` returned at `ran_from`, the center ran
+    /// until it entered this one at `polled_from` (for `ran` if its callbacks reported
+    /// it) and it returned at `now`. Returns whether the center was mostly busy once a
+    /// window is complete.
+    fn record(
+        &mut self,
+        ran_from: Instant,
+        polled_from: Instant,
+        ran_ns: Option<u64>,
+        now: Instant,
+    ) -> Option<bool> {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let (began, complete) = *self.window.get_or_insert_with(|| {
             let complete = ran_from.checked_add(Duration::from_nanos(LOAD_WINDOW_NS));
             (ran_from, complete.unwrap_or(ran_from))
         });
-        self.polling_ns =
-            self.polling_ns.saturating_add(ns(now.saturating_duration_since(polled_from)));
+        let ran = match ran_ns {
+            Some(ran) => ran,
+            None => ns(polled_from.saturating_duration_since(ran_from)),
+        };
+        self.running_ns = self.running_ns.saturating_add(ran);
         if now < complete {
             return None;
         }
-        let total = ns(now.saturating_duration_since(began)).max(self.polling_ns);
-        let running_ns = total - self.polling_ns;
-        let busy = running_ns.saturating_mul(100) >= total.saturating_mul(BUSY_PERCENT);
+        let total = ns(now.saturating_duration_since(began));
+        let running = self.running_ns.min(total);
+        let busy = running.saturating_mul(100) >= total.saturating_mul(BUSY_PERCENT);
         *self = LoadMeter::default();
         Some(busy)
     }
@@ -144,8 +157,11 @@ pub struct EventCenter {
     /// Running against polling, for [`Context::mostly_busy`].
     load: LoadMeter,
     /// The clock the last callback of the previous iteration read as it ended, for
-    /// [`run`](Self::run)'s next iteration (see `Context::ended_at`).
+    /// [`run`](Self::run)'s next iteration (see `Context::ended_at`), and how long that
+    /// iteration ran if its callbacks said (see `LoadMeter`).
     poll_from: Option<Instant>,
+    /// The nanoseconds the previous iteration ran, when its callbacks said.
+    poll_ran_ns: Option<u64>,
 }
 
 impl fmt::Debug for EventCenter {
@@ -188,6 +204,8 @@ impl EventCenter {
                 now: Instant::now(),
                 mostly_busy: false,
                 ended_at: None,
+                ran_ns: None,
+                ended_ran_ns: 0,
                 fresh: false,
                 began_at: None,
             },
@@ -198,6 +216,7 @@ impl EventCenter {
             timer_armed: None,
             load: LoadMeter::default(),
             poll_from: None,
+            poll_ran_ns: None,
         })
     }
 
@@ -256,7 +275,10 @@ impl EventCenter {
         // limit, and to split what the center ran since the last `poll` from what it
         // waited (or spun) in this one (arming the timerfd, when it moves earlier, then
         // counts as waiting: one syscall, against a read on every iteration).
-        let polled_from = self.poll_from.take().unwrap_or_else(Instant::now);
+        let (polled_from, ran) = match self.poll_from.take() {
+            Some(at) => (at, self.poll_ran_ns),
+            None => (Instant::now(), None),
+        };
         let mut timeout = max_wait;
         if let Some(deadline) = self.core.timers.next_deadline() {
             // Due (`poll_timeout` zero) or no timerfd to wake us: `poll` times out. Compared
@@ -277,7 +299,8 @@ impl EventCenter {
         let ran_from = self.core.now;
         self.core.now = Instant::now();
         self.core.fresh = true;
-        if let Some(busy) = self.load.record(ran_from, polled_from, self.core.now) {
+        self.core.ran_ns = Some(0);
+        if let Some(busy) = self.load.record(ran_from, polled_from, ran, self.core.now) {
             self.core.mostly_busy = busy;
         }
         self.iterations += 1;
@@ -335,7 +358,10 @@ impl EventCenter {
             }
         }
         // Set only if the callback that ran last read the clock as it ended.
-        self.poll_from = self.core.ended_at.take();
+        (self.poll_from, self.poll_ran_ns) = match self.core.end_iteration() {
+            Some((at, ran)) => (Some(at), ran),
+            None => (None, None),
+        };
         Ok(())
     }
 
@@ -447,5 +473,61 @@ impl EventCenter {
 impl Drop for EventCenter {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_meter_takes_the_running_time_reported_instead_of_the_clocks() {
+        let t0 = Instant::now();
+        // The clocks say the center ran for nothing: 2 ms in `poll`.
+        let mut meter = LoadMeter::default();
+        assert_eq!(meter.record(t0, t0, None, t0 + 2 * MS), Some(false));
+        // The same clocks with 1.9 ms of running reported: busy.
+        let mut meter = LoadMeter::default();
+        assert_eq!(meter.record(t0, t0, Some(1_900_000), t0 + 2 * MS), Some(true));
+        // Unreported, the clocks give the running: 1.9 ms of 2.
+        let mut meter = LoadMeter::default();
+        assert_eq!(meter.record(t0, t0 + MS * 19 / 10, None, t0 + 2 * MS), Some(true));
+        // Summed over the window's iterations, none judged before it is complete.
+        let mut meter = LoadMeter::default();
+        assert_eq!(meter.record(t0, t0 + MS, None, t0 + MS), None);
+        assert_eq!(meter.record(t0 + MS, t0 + MS, Some(100_000), t0 + 2 * MS), Some(false));
+    }
+
+    #[test]
+    fn callbacks_chained_by_their_ends_report_the_iterations_running_time() {
+        let mut center = EventCenter::new(0).expect("center");
+        let core = &mut center.core;
+        let t0 = core.now;
+        let begin = |core: &mut Core| {
+            core.fresh = true;
+            core.ran_ns = Some(0);
+        };
+        let ends_at = |at: Instant, ran: Duration| -> ExternalFn {
+            Box::new(move |cx: &mut Context<'_>| cx.ended_at(at, ran))
+        };
+        // Each began where the one before ended: the iteration ran for their sum.
+        begin(core);
+        run_closure(core, "first", ends_at(t0 + MS, MS));
+        run_closure(core, "second", ends_at(t0 + 3 * MS, 2 * MS));
+        assert_eq!(core.end_iteration(), Some((t0 + 3 * MS, Some(3_000_000))));
+        // One that did not say when it ended: the next began at an unknown time, and
+        // the center measures the iteration from the clocks.
+        begin(core);
+        run_closure(core, "first", ends_at(t0 + MS, MS));
+        run_closure(core, "untimed", Box::new(|_cx: &mut Context<'_>| {}));
+        run_closure(core, "last", ends_at(t0 + 3 * MS, MS));
+        assert_eq!(core.end_iteration(), Some((t0 + 3 * MS, None)));
+        // The last callback untimed: the next `poll` reads the clock.
+        begin(core);
+        run_closure(core, "first", ends_at(t0 + MS, MS));
+        run_closure(core, "untimed", Box::new(|_cx: &mut Context<'_>| {}));
+        assert_eq!(core.end_iteration(), None);
     }
 }

@@ -120,9 +120,16 @@ pub(crate) struct Core {
     pub(crate) now: Instant,
     /// Whether the last judged window was mostly running (see `center::LoadMeter`).
     pub(crate) mostly_busy: bool,
-    /// A clock the callback running last read as it ended ([`Context::ended_at`]);
-    /// cleared as each callback begins.
+    /// A clock the callback running last read as it ended, and how long it ran from
+    /// its `began_at` ([`Context::ended_at`]); cleared as each callback begins.
     pub(crate) ended_at: Option<Instant>,
+    /// Nanoseconds the callback that set `ended_at` ran from its `began_at`.
+    pub(crate) ended_ran_ns: u64,
+    /// What the iteration's callbacks reported running, summed while each began where
+    /// the one before it ended (the first at `now`): their sum is then the time from
+    /// `now` to the last one's end (see `center::LoadMeter`). `None` once one began at
+    /// a time nobody read.
+    pub(crate) ran_ns: Option<u64>,
     /// No callback ran yet since `now` was read: the next one begins at `now`.
     pub(crate) fresh: bool,
     /// When the running callback began, if known without a clock read
@@ -136,12 +143,31 @@ impl Core {
         Context { core: self, current: None }
     }
 
+    /// The iteration's callbacks are done: the clock the last one read as it ended, if
+    /// it did, for the next `poll`, with the iteration's running time if every callback
+    /// began where the one before it ended.
+    pub(crate) fn end_iteration(&mut self) -> Option<(Instant, Option<u64>)> {
+        let at = self.ended_at.take()?;
+        Some((at, self.ran_ns.take().map(|ran| ran.saturating_add(self.ended_ran_ns))))
+    }
+
     /// A callback begins: it began at the iteration's clock if it is the iteration's
     /// first, at the clock the callback before it read as it ended if that one did, and
     /// at an unknown time otherwise (other work ran in between, untimed).
     fn begin_callback(&mut self) {
         let first = std::mem::take(&mut self.fresh);
-        self.began_at = self.ended_at.take().or(first.then_some(self.now));
+        match self.ended_at.take() {
+            Some(at) => {
+                self.began_at = Some(at);
+                self.ran_ns = self.ran_ns.map(|sum| sum.saturating_add(self.ended_ran_ns));
+            }
+            None => {
+                self.began_at = first.then_some(self.now);
+                if !first {
+                    self.ran_ns = None;
+                }
+            }
+        }
     }
 }
 
@@ -209,13 +235,17 @@ impl Context<'_> {
         self.core.began_at
     }
 
-    /// Tells the center that this callback read the clock, `now`, as its last work: if
-    /// no other callback runs after it in this iteration, the center takes it as the
-    /// moment its next `poll` begins instead of reading the clock again (the load
-    /// judgement of [`mostly_busy`](Self::mostly_busy) then counts the loop's own few
-    /// steps after it as waiting).
-    pub fn ended_at(&mut self, now: Instant) {
+    /// Tells the center that this callback read the clock, `now`, as its last work, and
+    /// ran for `ran` from [`began_at`](Self::began_at) (when that was known; otherwise
+    /// `ran` is not used): if no other callback runs after it in this iteration, the
+    /// center takes `now` as the moment its next `poll` begins instead of reading the
+    /// clock again (the load judgement of [`mostly_busy`](Self::mostly_busy) then
+    /// counts the loop's own few steps after it as waiting), and, when every callback
+    /// of the iteration began where the one before it ended, the sum of their `ran` as
+    /// the iteration's running time instead of subtracting clocks.
+    pub fn ended_at(&mut self, now: Instant, ran: Duration) {
         self.core.ended_at = Some(now);
+        self.core.ended_ran_ns = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
     }
 
     /// Whether this center spent at least 80 % of its last ~2 ms running handlers

@@ -438,9 +438,12 @@ impl Driver {
         let ended = Instant::now();
         let send_time = ended.saturating_duration_since(read_done);
         WorkerCounters::add_own_time(&self.counters.running_send_time_ns, send_time);
-        WorkerCounters::add_own_time(&self.counters.running_total_time_ns, recv_time + send_time);
-        // The center's next `poll` starts from this read if nothing runs after the pump.
-        cx.ended_at(ended);
+        let total_time = recv_time + send_time;
+        WorkerCounters::add_own_time(&self.counters.running_total_time_ns, total_time);
+        // The center's next `poll` starts from this read if nothing runs after the pump,
+        // and its load meter takes the pump's run time (from `began_at` when known) as
+        // it is instead of subtracting clocks again.
+        cx.ended_at(ended, total_time);
     }
 
     fn start(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
