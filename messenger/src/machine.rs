@@ -749,6 +749,19 @@ impl Replacement {
     }
 }
 
+impl Machine {
+    /// [`protocol::Machine::send_message_vec`]: the driver's own sends, handed over as a
+    /// buffer where they can be.
+    #[inline]
+    pub(crate) fn send_message_vec(
+        &mut self,
+        msgs: &mut Vec<Message>,
+        prepare: impl FnMut(&mut Message),
+    ) {
+        self.0.send_message_vec(msgs, prepare);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;

@@ -302,6 +302,19 @@ impl Connection {
         each!(self, c => c.send_messages(msgs), s => msgs.into_iter().for_each(|m| s.send_message(m)))
     }
 
+    /// See [`crate::Machine::send_message_vec`].
+    #[inline]
+    pub fn send_message_vec(
+        &mut self,
+        msgs: &mut Vec<Message>,
+        mut prepare: impl FnMut(&mut Message),
+    ) {
+        each!(self, c => c.send_message_vec(msgs, prepare), s => msgs.drain(..).for_each(|mut m| {
+            prepare(&mut m);
+            s.send_message(m)
+        }))
+    }
+
     /// See [`crate::Machine::send_keepalive`].
     #[inline]
     pub fn send_keepalive(&mut self, wall_clock: KeepaliveStamp) {

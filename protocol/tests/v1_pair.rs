@@ -578,6 +578,44 @@ fn a_batch_wakes_standby_and_keeps_the_order_of_one_by_one_sends() {
     assert_eq!(p.conn(a).pending_messages(), 0);
 }
 
+// `send_message_vec` is `send_messages` with each message prepared first: a batch of
+// one priority goes in whole (into the empty lane, and behind the messages a lane holds),
+// one whose preparation mixed priorities message by message, and a closed session empties
+// the batch, dropping it.
+#[test]
+fn a_vec_batch_keeps_the_order_of_one_by_one_sends() {
+    let (mut p, a) = lossless_pair_in_standby();
+    let number = |m: &Message| numbers(std::slice::from_ref(m))[0];
+    // Large enough to be handed over as a buffer, then one too small to be, then one
+    // large enough whose preparation mixes priorities.
+    let mut batch = vec![numbered(2), numbered(3), numbered(4), numbered(5)];
+    p.conn(a).send_message_vec(&mut batch, |_| {});
+    assert!(batch.is_empty());
+    batch.extend([numbered(6), numbered(7)]);
+    p.conn(a).send_message_vec(&mut batch, |_| {});
+    // Raised by its preparation: it goes first, the rest after the lane's.
+    batch.extend([numbered(8), numbered(9), numbered(10), numbered(11)]);
+    p.conn(a).send_message_vec(&mut batch, |m| {
+        if number(m) == 9 {
+            m.set_priority(255);
+        }
+    });
+    assert!(batch.is_empty());
+    assert_eq!(p.conn(a).pending_messages(), 10);
+    p.run_for(Duration::from_secs(5));
+    assert_one_session(&p);
+    assert_eq!(numbers(&p.nodes[1].received), [1, 9, 2, 3, 4, 5, 6, 7, 8, 10, 11]);
+    let prios: Vec<u16> = p.nodes[1].received.iter().map(Message::priority).collect();
+    assert_eq!(prios[1], 255, "the preparation's priority was sent");
+    p.conn(a).close(Instant::now());
+    let kept = numbered(12);
+    batch.extend([kept.clone(), numbered(13)]);
+    p.conn(a).send_message_vec(&mut batch, |_| {});
+    assert!(batch.is_empty(), "a closed session left the batch");
+    assert!(kept.front().is_unique(), "a closed session kept a message of the batch");
+    assert_eq!(p.conn(a).pending_messages(), 0);
+}
+
 // RETRY_GLOBAL: a connect whose global_seq is below what the acceptor saw last.
 #[test]
 fn stale_global_seq_gets_retry_global() {
