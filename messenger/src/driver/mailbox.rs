@@ -161,7 +161,7 @@ impl Driver {
             // per message (~55 instructions each at 64 B).
             let mut waited_ns: u64 = 0;
             let mut last = (now, 0);
-            self.machine.send_messages(inbox.drain(..).map(|(msg, queued_at)| {
+            self.machine.send_messages(inbox.drain(..).map(|(mut msg, queued_at)| {
                 let ns = match last {
                     (at, ns) if at == queued_at => ns,
                     _ => {
@@ -184,7 +184,6 @@ impl Driver {
                     }
                 };
                 waited_ns = waited_ns.saturating_add(ns);
-                let mut msg = msg;
                 prepare(&mut msg);
                 msg
             }));
