@@ -376,4 +376,115 @@ mod tests {
         assert_eq!(q.pop().map(|m| m.front()[0]), Some(1));
         assert!(q.is_empty());
     }
+
+    /// Every mix of the queue's operations (one-by-one pushes and uniform batches of
+    /// any size and priority, requeues, acks discarding requeued messages) pops in the
+    /// order of a plain model (requeued first, then highest priority, FIFO within),
+    /// with `len` and `cost` exact after every step, and an emptied queue keeps no
+    /// lane's room beyond `LANE_KEEP`.
+    #[test]
+    fn the_queue_pops_as_a_plain_model_under_any_mix_of_operations() {
+        use rand::{rngs::SmallRng, Rng, SeedableRng};
+        use std::collections::BTreeMap;
+        // A model message: (tag, prio, seq); its payload (the tag, then padding that
+        // varies with it) gives each a cost of its own.
+        type M = (u32, u16, u64);
+        let make = |(tag, prio, seq): M| {
+            let mut front = tag.to_le_bytes().to_vec();
+            front.resize(4 + tag as usize % 37, 0);
+            let mut m = Message::new(2, Bytes::from(front));
+            m.set_priority(prio);
+            m.set_seq(seq);
+            m
+        };
+        let tag_of = |m: &Message| {
+            let b = m.front();
+            (u32::from_le_bytes([b[0], b[1], b[2], b[3]]), m.priority(), m.seq())
+        };
+        let prios = [PRIO_HIGHEST, 196, PRIO_DEFAULT, 64, 3, 1000];
+        for seed in 0..60u64 {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut q = OutQueue::default();
+            let mut requeued: VecDeque<M> = VecDeque::new();
+            let mut lanes: BTreeMap<std::cmp::Reverse<u16>, VecDeque<M>> = BTreeMap::new();
+            let mut next_tag = 0u32;
+            let mut next_seq = 1u64;
+            let mut scratch: Vec<Message> = Vec::new();
+            for _ in 0..400 {
+                let mut fresh = |prio: u16| {
+                    next_tag += 1;
+                    (next_tag, prio, 0)
+                };
+                match rng.gen_range(0..10) {
+                    0..=2 => {
+                        let m = fresh(prios[rng.gen_range(0..prios.len())]);
+                        q.push_back(make(m));
+                        lanes.entry(std::cmp::Reverse(m.1)).or_default().push_back(m);
+                    }
+                    3..=4 => {
+                        let prio = prios[rng.gen_range(0..prios.len())];
+                        let n = rng.gen_range(0..12);
+                        let batch: Vec<M> = (0..n).map(|_| fresh(prio)).collect();
+                        scratch.extend(batch.iter().copied().map(make));
+                        let cost = scratch.iter().map(Message::send_cost).sum();
+                        q.append_uniform(&mut scratch, prio, cost);
+                        assert!(scratch.is_empty());
+                        lanes.entry(std::cmp::Reverse(prio)).or_default().extend(batch);
+                    }
+                    5 => {
+                        // Sent messages put back: numbered in order, ahead of the rest.
+                        let n = rng.gen_range(0..5);
+                        let sent: Vec<M> = (0..n)
+                            .map(|_| {
+                                let mut m = fresh(PRIO_DEFAULT);
+                                m.2 = next_seq;
+                                next_seq += 1;
+                                m
+                            })
+                            .collect();
+                        q.requeue_front(sent.iter().copied().map(make));
+                        for m in sent.into_iter().rev() {
+                            requeued.push_front(m);
+                        }
+                    }
+                    6 => {
+                        let acked = rng.gen_range(0..next_seq + 1);
+                        let mut n = 0;
+                        while requeued.front().is_some_and(|m| m.2 != 0 && m.2 <= acked) {
+                            requeued.pop_front();
+                            n += 1;
+                        }
+                        assert_eq!(q.discard_requeued_up_to(Seq(acked)), n, "seed {seed}");
+                    }
+                    _ => {
+                        for _ in 0..rng.gen_range(1..8) {
+                            let want = requeued.pop_front().or_else(|| {
+                                lanes.values_mut().find(|l| !l.is_empty())?.pop_front()
+                            });
+                            assert_eq!(q.pop().as_ref().map(tag_of), want, "seed {seed}");
+                        }
+                    }
+                }
+                let model: Vec<M> =
+                    requeued.iter().chain(lanes.values().flatten()).copied().collect();
+                let cost: u64 = model.iter().map(|&m| make(m).send_cost()).sum();
+                assert_eq!((q.len(), q.cost()), (model.len(), cost), "seed {seed}");
+                assert_eq!(q.is_empty(), model.is_empty());
+                assert_eq!(q.next_is_requeued(), !requeued.is_empty());
+                if q.is_empty() {
+                    let room: Vec<usize> = q.lanes.iter().map(|l| l.msgs.capacity()).collect();
+                    assert!(room.iter().all(|&c| c <= LANE_KEEP), "seed {seed}: {room:?}");
+                    assert!(q.lanes.len() <= MAX_LANES);
+                }
+            }
+            while let Some(m) = q.pop() {
+                let want = requeued
+                    .pop_front()
+                    .or_else(|| lanes.values_mut().find(|l| !l.is_empty())?.pop_front());
+                assert_eq!(Some(tag_of(&m)), want, "seed {seed}");
+            }
+            assert!(requeued.is_empty() && lanes.values().all(VecDeque::is_empty));
+            assert_eq!((q.len(), q.cost()), (0, 0));
+        }
+    }
 }
