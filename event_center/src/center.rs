@@ -530,4 +530,109 @@ mod tests {
         run_closure(core, "untimed", Box::new(|_cx: &mut Context<'_>| {}));
         assert_eq!(core.end_iteration(), None);
     }
+
+    /// The meter as it was before callbacks reported their running time: the polling
+    /// summed, the running the window's total less it.
+    #[derive(Default)]
+    struct ClockMeter {
+        window: Option<(Instant, Instant)>,
+        polling_ns: u64,
+    }
+
+    impl ClockMeter {
+        fn record(
+            &mut self,
+            ran_from: Instant,
+            polled_from: Instant,
+            now: Instant,
+        ) -> Option<bool> {
+            let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            let (began, complete) = *self
+                .window
+                .get_or_insert_with(|| (ran_from, ran_from + Duration::from_nanos(LOAD_WINDOW_NS)));
+            self.polling_ns += ns(now.saturating_duration_since(polled_from));
+            if now < complete {
+                return None;
+            }
+            let total = ns(now.saturating_duration_since(began)).max(self.polling_ns);
+            let running = total - self.polling_ns;
+            let busy = running * 100 >= total * BUSY_PERCENT;
+            *self = ClockMeter::default();
+            Some(busy)
+        }
+    }
+
+    /// Iterations of timed callbacks (as the driver's pump: from `began_at` when known,
+    /// else from a clock of its own), untimed ones (closures) and gaps between them, in
+    /// any mix, on a clock of their own: the meter fed what the callbacks reported
+    /// judges every window as the clocks alone did (the running time reported is the
+    /// clocks' exactly, or not reported).
+    #[test]
+    fn the_reported_running_time_judges_every_window_as_the_clocks_did() {
+        let mut center = EventCenter::new(0).expect("center");
+        let core = &mut center.core;
+        let t0 = core.now;
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |below: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % below
+        };
+        let us = |n: u64| Duration::from_micros(n);
+        let (mut meter, mut clocks) = (LoadMeter::default(), ClockMeter::default());
+        let (mut reported, mut busy, mut idle) = (0, 0, 0);
+        // The previous iteration's `poll` return and where its callbacks ended.
+        let mut ran_from = t0;
+        let mut poll_from: Option<(Instant, Option<u64>)> = None;
+        let mut clock = t0;
+        for _ in 0..20_000 {
+            // The next `poll`: from the last callback's end, else a clock read after the
+            // loop's own steps; then it waits a while (often not at all).
+            let (polled_from, ran) = match poll_from {
+                Some((at, ran)) => (at, ran),
+                None => (clock + us(next(3)), None),
+            };
+            let now = polled_from + us([0, 0, 1, 20, 300][next(5) as usize]);
+            let verdict = meter.record(ran_from, polled_from, ran, now);
+            assert_eq!(
+                verdict,
+                clocks.record(ran_from, polled_from, now),
+                "ran_from {:?} polled_from {:?} ran {ran:?} now {:?}",
+                ran_from - t0,
+                polled_from - t0,
+                now - t0,
+            );
+            reported += usize::from(ran.is_some());
+            match verdict {
+                Some(true) => busy += 1,
+                Some(false) => idle += 1,
+                None => {}
+            }
+            core.now = now;
+            core.fresh = true;
+            core.ran_ns = Some(0);
+            ran_from = now;
+            clock = now;
+            for _ in 0..next(4) {
+                // The loop's own steps between callbacks, then the callback.
+                clock += us(next(2));
+                let start = clock;
+                clock += us(1 + next(200));
+                let end = clock;
+                if next(4) == 0 {
+                    run_closure(core, "untimed", Box::new(|_cx: &mut Context<'_>| {}));
+                } else {
+                    let timed: ExternalFn = Box::new(move |cx: &mut Context<'_>| {
+                        let began = cx.began_at().unwrap_or(start);
+                        cx.ended_at(end, end.saturating_duration_since(began));
+                    });
+                    run_closure(core, "timed", timed);
+                }
+            }
+            poll_from = core.end_iteration();
+        }
+        // Both verdicts reached, many iterations measured from what was reported.
+        assert!(busy > 10 && idle > 10 && reported > 1000, "{busy} {idle} {reported}");
+    }
 }
