@@ -225,15 +225,17 @@ impl Connection {
             home.deliver_local(self, msg);
             return Ok(());
         }
-        if too_large_to_frame(&msg) {
+        // Worked out once for both paths below. No segment is too long for a header
+        // while the whole cost fits in `u32`: one comparison for nearly every message.
+        let cost = msg.send_cost();
+        if cost > u64::from(u32::MAX) && too_large_to_frame(&msg) {
             return Err(SendError::TooLarge);
         }
         // A reply from fast dispatch, on the thread running this connection's driver.
-        let msg = match own_sends::try_send(self, msg) {
+        let msg = match own_sends::try_send(self, msg, cost) {
             Ok(sent) => return sent,
             Err(msg) => msg,
         };
-        let cost = msg.send_cost();
         // Read before the lock: every sender of this connection contends for it. On the
         // driver's own worker (a reply from fast dispatch) the loop's clock serves: the
         // driver takes the message in the same pass, and the clock read per message

@@ -184,9 +184,14 @@ impl Drop for Scope {
     }
 }
 
-/// Queues `msg` on this thread if `conn`'s driver runs here; gives it back otherwise.
+/// Queues `msg` (whose `Message::send_cost` is `cost`) on this thread if `conn`'s driver
+/// runs here; gives it back otherwise.
 #[inline]
-pub(crate) fn try_send(conn: &Connection, msg: Message) -> Result<Result<(), SendError>, Message> {
+pub(crate) fn try_send(
+    conn: &Connection,
+    msg: Message,
+    cost: u64,
+) -> Result<Result<(), SendError>, Message> {
     let mut slot = Some(msg);
     let sent = OWN.try_with(|own| {
         let mut own = own.try_borrow_mut().ok()?;
@@ -194,7 +199,7 @@ pub(crate) fn try_send(conn: &Connection, msg: Message) -> Result<Result<(), Sen
             return None;
         }
         let msg = slot.take()?;
-        Some(own.send(conn, msg))
+        Some(own.send(conn, msg, cost))
     });
     match (sent, slot) {
         (Ok(Some(result)), _) => result,
@@ -205,10 +210,15 @@ pub(crate) fn try_send(conn: &Connection, msg: Message) -> Result<Result<(), Sen
 }
 
 impl Own {
-    /// Queues `msg`, or refuses it as `send_message` would; gives it back when it must
-    /// go through the mailbox.
+    /// Queues `msg` (costing `cost`), or refuses it as `send_message` would; gives it
+    /// back when it must go through the mailbox.
     #[inline]
-    fn send(&mut self, conn: &Connection, msg: Message) -> Result<Result<(), SendError>, Message> {
+    fn send(
+        &mut self,
+        conn: &Connection,
+        msg: Message,
+        cost: u64,
+    ) -> Result<Result<(), SendError>, Message> {
         let shared = &conn.0;
         // Ended by another thread (a newcomer's reset, the standby bound) counts as
         // closed too: the mailbox refuses then, and a reply taken here would only be
@@ -221,7 +231,6 @@ impl Own {
             // Behind what waits there (see the module's docs).
             return Err(msg);
         }
-        let cost = msg.send_cost();
         let budget: &SendBudget = &shared.send_budget;
         let held = shared.driver_cost.load(Relaxed);
         if !budget.within_conn(held, cost) {
@@ -236,9 +245,38 @@ impl Own {
         self.reserve -= cost;
         shared.driver_cost.store(held + cost, Relaxed);
         self.cost += cost;
-        self.messages.push(msg);
+        push_inline(&mut self.messages, msg);
         Ok(Ok(()))
     }
+}
+
+/// `v.push(msg)` with the store inline in the caller and only the growth out of line:
+/// `Vec::push` was left out of line here (its growth path drops the message if it
+/// unwinds), a call, three saved registers and a reload of the length: ~12 instructions
+/// per reply sent from fast dispatch, 0.7 % of a 64 B round trip at depth 128 under
+/// callgrind.
+#[inline(always)]
+fn push_inline(v: &mut Vec<Message>, msg: Message) {
+    if v.len() == v.capacity() {
+        grow(v);
+    }
+    let len = v.len();
+    match v.spare_capacity_mut().first_mut() {
+        Some(slot) => {
+            slot.write(msg);
+            // SAFETY: the slot at `len`, within the capacity, was just written.
+            unsafe { v.set_len(len + 1) };
+        }
+        // Not after the growth above; kept so no path drops the message.
+        None => v.push(msg),
+    }
+}
+
+/// Room for at least one more message (the growth `Vec::push` would make).
+#[cold]
+#[inline(never)]
+fn grow(v: &mut Vec<Message>) {
+    v.reserve(1);
 }
 
 /// Moves up to `room` of the messages this thread queued for `conn` onto the end of
@@ -324,6 +362,17 @@ mod tests {
         let mut own = queue_with(KEPT_CAPACITY + 1, 0);
         let _rest = own.detach();
         assert_eq!(own.messages.capacity(), 0);
+    }
+
+    #[test]
+    fn pushed_messages_keep_their_order_across_growth() {
+        let mut v = Vec::new();
+        for tid in 0..40 {
+            let mut msg = Message::new(1, Bytes::new());
+            msg.set_tid(tid);
+            push_inline(&mut v, msg);
+        }
+        assert_eq!(v.iter().map(Message::tid).collect::<Vec<_>>(), (0..40).collect::<Vec<_>>());
     }
 
     #[test]
