@@ -538,7 +538,7 @@ pub const UNNAMED_CLIENT: EntityName = EntityName { ty: EntityType::CLIENT, num:
 
 pub use decoder::{DecodeLimits, DecodeOptions, MessageDecoder, Progress};
 pub use frame::{seal, seal_header, EncodeOptions, Frame, Sealed};
-pub(crate) use frame::{GATHERED_PER_FRAME, ZERO_COPY_MIN};
+pub(crate) use frame::{FRAMES_PER_RESERVE, GATHERED_PER_FRAME, ZERO_COPY_MIN};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -657,6 +657,34 @@ mod tests {
                 "data of {data_len}"
             );
         }
+    }
+
+    // A burst of frames with payloads sent by reference, more than one reservation
+    // covers (as a transmit round of 4 KiB messages): the small pieces between the
+    // payloads come from a buffer per `FRAMES_PER_RESERVE` frames. Growing only by what
+    // each frame needed, once the payload's split had shared the buffer, took a buffer
+    // per frame (an allocation and a shared-buffer header each).
+    #[test]
+    fn a_burst_of_zero_copy_frames_gathers_into_few_buffers() {
+        let frames = 5 * FRAMES_PER_RESERVE;
+        // Nothing but the payload, so each frame gathers `GATHERED_PER_FRAME` bytes.
+        let mut m = Message::new(2, Bytes::new());
+        m.set_data(Bytes::from(vec![5u8; ZERO_COPY_MIN]));
+        let opts = EncodeOptions::default();
+        let (mut head, mut out) = (BytesMut::new(), Vec::new());
+        head.reserve(FRAMES_PER_RESERVE * GATHERED_PER_FRAME);
+        for seq in 1..=frames as u64 {
+            m.push_frame_to(seq, UNNAMED_CLIENT, &opts, |_, _| {}, &mut head, &mut out);
+        }
+        out.push(head.freeze());
+        let small: Vec<&Bytes> = out.iter().filter(|b| b.as_ptr() != m.data().as_ptr()).collect();
+        assert_eq!(small.len(), frames + 1);
+        // A piece that does not start where the one before it ended began a new buffer.
+        let buffers = 1 + small
+            .windows(2)
+            .filter(|w| w[1].as_ptr() as usize != w[0].as_ptr() as usize + w[0].len())
+            .count();
+        assert!(buffers <= 6, "{buffers} buffers for {frames} frames");
     }
 
     // The sender's path against the wire layout spelled out piece by piece (not through

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::message::{DecodeOptions, EncodeOptions, MessageDecoder, Progress, GATHERED_PER_FRAME};
+use crate::message::{
+    DecodeOptions, EncodeOptions, MessageDecoder, Progress, FRAMES_PER_RESERVE, GATHERED_PER_FRAME,
+};
 use crate::session::CloseReason;
 use crate::session::{Config, Counters, Event, Fault, Initiator, Machine, PeerIssue, Seq};
 use crate::types::Features;
@@ -21,9 +23,6 @@ use super::state::{Next, OpenRx, LOG, V1};
 /// connection cannot build an unbounded write list (the driver calls again after
 /// writing).
 const TRANSMIT_BATCH_BYTES: usize = 1 << 20;
-
-/// Frames whose small pieces one reservation covers (about 4 KiB).
-const FRAMES_PER_RESERVE: usize = 64;
 
 /// The receive side of a session opening with `features` negotiated.
 pub(crate) fn open_rx(config: &Config, features: Features) -> OpenRx {
