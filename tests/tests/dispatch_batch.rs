@@ -318,6 +318,17 @@ fn front_burst_on_busy_worker(
     tids: std::ops::RangeInclusive<u64>,
     front: &[u8],
 ) {
+    let written = spin_worker(srv);
+    peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    write_requests(peer, tids, front);
+    written.store(true, Ordering::Release);
+}
+
+/// Makes the server's only worker spin for 10 ms and until the returned flag is set
+/// (once the test wrote its whole burst): the loop iteration that reads the burst
+/// closes a load window of nothing but running, so its pump starts busy, and reads all
+/// of it.
+fn spin_worker(srv: &messenger::Messenger) -> Arc<AtomicBool> {
     let (spinning_tx, spinning) = bounded(1);
     let written = Arc::new(AtomicBool::new(false));
     let burst_in = written.clone();
@@ -337,9 +348,7 @@ fn front_burst_on_busy_worker(
         })
         .expect("post");
     spinning.recv_timeout(WAIT).expect("the worker runs the spin");
-    peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    write_requests(peer, tids, front);
-    written.store(true, Ordering::Release);
+    written
 }
 
 /// But a worker that was mostly busy (`Context::mostly_busy`) makes early batches of 8
@@ -476,6 +485,64 @@ fn small_requests_with_large_replies_are_answered_at_a_check_point() {
 #[test]
 fn small_requests_with_large_replies_are_answered_at_a_check_point_over_msgr2() {
     burst_is_answered_in_batches(ProtocolVersion::V2, 4 * BATCH, b"ping", &[9; 4096]);
+}
+
+/// A read phase that has delivered a whole `dispatch_batch` (64) makes no more early
+/// batches: its peer keeps sending while the server parses, and each early batch would
+/// be one more small `writev` (4 KiB at depth 128). One burst lands at once on a busy
+/// worker (one read phase): 64 small requests, then 24 of 4 KiB, the 20th of those
+/// held in its dispatch. The 64 replies of the first batch were written (the batch and
+/// a check point), but nothing after them: an early batch of 8 or 16 (4 KiB requests on
+/// a busy worker) would have gone at the 8th or 16th, and the check point at the 16th
+/// has too few small replies to write.
+fn after_a_whole_batch_nothing_goes_early(proto: ProtocolVersion) {
+    let config = MessengerConfig { colocated_peer_batching: false, ..test_config(1) };
+    let most = config.dispatch_batch as u64;
+    assert_eq!(most, 64, "the default");
+    let (srv, _, _rx) = server_with(config);
+    let hold = most + 20;
+    let (go_tx, go) = bounded(1);
+    let (held, held_rx) = bounded(1);
+    let (entered, entered_rx) = crossbeam_channel::unbounded();
+    let d = Hold { hold: vec![hold], reply: Bytes::new(), entered, go, held };
+    srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
+    let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
+    let last = most + BURST;
+    let mut wire: Vec<u8> = (1..=most).flat_map(|tid| peer.message(tid, b"ping")).collect();
+    wire.extend((most + 1..=last).flat_map(|tid| peer.message(tid, &[7; 4096])));
+    let spin = spin_worker(&srv);
+    peer.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    std::io::Write::write_all(&mut peer.sock, &wire).expect("burst");
+    spin.store(true, Ordering::Release);
+
+    assert_eq!(entered_rx.recv_timeout(WAIT), Ok(hold), "request {hold} was dispatched");
+    // The worker is held: whatever it wrote is in the socket.
+    let first = peer.receive(most as usize);
+    let after = peek_written(&peer);
+    go_tx.send(()).expect("release the held request");
+    let first = first.expect("the first batch's replies");
+    let tids: Vec<u64> = first.iter().map(Message::tid).collect();
+    assert_eq!(tids, (1..=most).collect::<Vec<_>>(), "the replies written before request {hold}");
+    match after {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("an early batch was written after the whole batch: {other:?}"),
+    }
+    assert_eq!(held_rx.recv_timeout(WAIT), Ok(true), "the held request was released");
+    let rest = peer.receive(BURST as usize).expect("the rest of the replies");
+    let tids: Vec<u64> = rest.iter().map(Message::tid).collect();
+    assert_eq!(tids, (most + 1..=last).collect::<Vec<_>>());
+    srv.shutdown();
+    srv.wait();
+}
+
+#[test]
+fn after_a_whole_batch_in_one_read_phase_nothing_goes_early() {
+    after_a_whole_batch_nothing_goes_early(ProtocolVersion::V1);
+}
+
+#[test]
+fn after_a_whole_batch_in_one_read_phase_nothing_goes_early_over_msgr2() {
+    after_a_whole_batch_nothing_goes_early(ProtocolVersion::V2);
 }
 
 /// Takes every message but one (tid `hold`) in `ms_dispatch`, reporting its tid; holds

@@ -441,7 +441,8 @@ impl Driver {
     /// received [`EARLY_RECV_BYTES`] in a quarter of the previous read phase's burst, at
     /// least [`MIN_DISPATCH_BATCH`] ([`MIN_BUSY_DISPATCH_BATCH`] while the worker is
     /// mostly busy, [`QUICK_BUSY_DISPATCH_BATCH`] if its messages are also quick), and at
-    /// least that many of this read phase's, so a
+    /// least that many of this read phase's (and none once the phase has delivered
+    /// `dispatch_batch`: `early_batches_pay`), so a
     /// peer with little in flight (its whole window a burst of 4–31 messages of 4 KiB)
     /// gets its first replies after 4 instead of sitting idle while we parse, and a read
     /// of fewer is answered in one write at its end — or sent: every quarter of
@@ -470,8 +471,12 @@ impl Driver {
         // Counted in this read phase too: the batch counters carry over from earlier
         // reads, and a count carried in would cut a read of fewer than `early` messages
         // (4 requests of 4 KiB per connection among 1,000) into two writes.
-        let received =
-            done >= early && self.burst >= early && self.bytes_since_batch >= EARLY_RECV_BYTES;
+        // None once this read phase delivered a whole `dispatch_batch`: the rest of its
+        // replies go by the batch and the check points (see `early_batches_pay`).
+        let received = done >= early
+            && self.burst >= early
+            && self.bytes_since_batch >= EARLY_RECV_BYTES
+            && self.early_batches_pay(most);
         // `done` is a multiple of `check_every(most)` (counted from 0 by ones).
         let at_check = done == self.next_check;
         if at_check {
@@ -533,6 +538,21 @@ impl Driver {
         self.batch_clock = Some(Instant::now());
     }
 
+    /// Whether a batch may still go early for what it received ([`EARLY_RECV_BYTES`]):
+    /// only while this read phase has delivered fewer than `most` (`dispatch_batch`)
+    /// messages. Early batches are for a peer whose window we could drain before it
+    /// gets a reply (4 KiB at depth 32: 1.10–1.15× the round trips); a read phase that
+    /// has gone on for a whole batch is one whose peer keeps sending while we parse,
+    /// and there each further early batch of small replies was a `writev` of ~1 KiB, a
+    /// syscall and a receive on the peer's side for replies it mostly read together
+    /// anyway: 4 KiB at depth 128 made ~5 of them per read phase of ~96 requests, half
+    /// of both ends' writes. The rest of such a phase is answered by the batch, at the
+    /// check points and at its end.
+    #[inline]
+    fn early_batches_pay(&self, most: usize) -> bool {
+        self.burst < most
+    }
+
     /// Whether `hand_on_batch` hands on whole batches only (of `dispatch_batch`), with
     /// no early batches and no check points: without `early_batches`, and for a peer on
     /// our own CPU (which runs only once this thread sleeps).
@@ -579,6 +599,7 @@ impl Driver {
         let early = (self.last_burst / 4).max(self.min_batch).saturating_sub(done.min(self.burst));
         let bytes_left = EARLY_RECV_BYTES.saturating_sub(self.bytes_since_batch);
         let to_early = match size {
+            _ if !self.early_batches_pay(most) => usize::MAX,
             0 if bytes_left > 0 => usize::MAX,
             0 => early,
             size => early.max(bytes_left.div_ceil(size)),
