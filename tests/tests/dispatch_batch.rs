@@ -135,6 +135,21 @@ struct Hold {
     held: Sender<bool>,
 }
 
+/// Adds a `Hold` dispatcher (empty replies) at the head of `srv`'s that holds request
+/// `hold` in fast dispatch: returns the sender that releases it, the receiver told
+/// whether it was held, and the receiver of the tids entering dispatch.
+fn hold_request(
+    srv: &messenger::Messenger,
+    hold: u64,
+) -> (Sender<()>, Receiver<bool>, Receiver<u64>) {
+    let (go_tx, go) = bounded(1);
+    let (held, held_rx) = bounded(1);
+    let (entered, entered_rx) = crossbeam_channel::unbounded();
+    let d = Hold { hold: vec![hold], reply: Bytes::new(), entered, go, held };
+    srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
+    (go_tx, held_rx, entered_rx)
+}
+
 impl Dispatcher<Connection> for Hold {
     fn ms_dispatch(&self, _conn: &Connection, msg: Message) -> Dispatched {
         Dispatched::NotTaken(msg)
@@ -358,11 +373,7 @@ fn spin_worker(srv: &messenger::Messenger) -> Arc<AtomicBool> {
 /// an idle worker, above).
 fn a_busy_worker_batches_at_least_8(proto: ProtocolVersion) {
     let (srv, _, _rx) = batch_server(MessengerConfig::default().dispatch_batch);
-    let (go_tx, go) = bounded(1);
-    let (held, held_rx) = bounded(1);
-    let (entered, entered_rx) = crossbeam_channel::unbounded();
-    let d = Hold { hold: vec![8], reply: Bytes::new(), entered, go, held };
-    srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
+    let (go_tx, held_rx, entered_rx) = hold_request(&srv, 8);
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
     burst_on_busy_worker(&srv, &mut peer, 1..=BURST);
     nothing_written_before(&peer, &entered_rx, &go_tx, 8, "a busy worker answered early");
@@ -411,11 +422,7 @@ fn busy_worker_second_burst(proto: ProtocolVersion, quick_message: Duration, sec
     assert_eq!(config.dispatch_batch, 64, "the default");
     let (srv, _, _rx) = server_with(config);
     let hold = BURST + second.held;
-    let (go_tx, go) = bounded(1);
-    let (held, held_rx) = bounded(1);
-    let (entered, entered_rx) = crossbeam_channel::unbounded();
-    let d = Hold { hold: vec![hold], reply: Bytes::new(), entered, go, held };
-    srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
+    let (go_tx, held_rx, entered_rx) = hold_request(&srv, hold);
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
     burst_on_busy_worker(&srv, &mut peer, 1..=BURST);
     let first = peer.receive(BURST as usize).expect("the first burst's replies");
@@ -501,11 +508,7 @@ fn after_a_whole_batch_nothing_goes_early(proto: ProtocolVersion) {
     assert_eq!(most, 64, "the default");
     let (srv, _, _rx) = server_with(config);
     let hold = most + 20;
-    let (go_tx, go) = bounded(1);
-    let (held, held_rx) = bounded(1);
-    let (entered, entered_rx) = crossbeam_channel::unbounded();
-    let d = Hold { hold: vec![hold], reply: Bytes::new(), entered, go, held };
-    srv.add_dispatcher_head(Arc::new(d)).expect("dispatcher");
+    let (go_tx, held_rx, entered_rx) = hold_request(&srv, hold);
     let mut peer = RawPeer::handshake(addr_for(proto, srv.my_addr()), Policy::lossy_client());
     let last = most + BURST;
     let mut wire: Vec<u8> = (1..=most).flat_map(|tid| peer.message(tid, b"ping")).collect();
