@@ -16,7 +16,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use protocol::auth::ConMode;
 use protocol::message::PRIO_DEFAULT;
-use protocol::testing::{carry_with_credit, Pair};
+use protocol::testing::{ack_back, carry_with_credit, Pair};
 use protocol::{Connection, Message, Policy};
 
 /// Sends `batch` messages from `a` to `b`; returns how many `b` delivered.
@@ -34,12 +34,7 @@ fn one_way(
     let mut got = 0;
     let _ = carry_with_credit(a, b, now, segs, |_| got += 1);
     // The ACK back, so the sender's unacked queue stays bounded.
-    segs.clear();
-    b.poll_transmit(segs);
-    for s in segs.drain(..) {
-        a.handle_bytes(now, s);
-    }
-    while a.poll_event().is_some() {}
+    ack_back(a, b, now, segs);
     got
 }
 

@@ -236,22 +236,272 @@ fn exchange(
         }
         for s in segs.drain(..) {
             to.handle_bytes(now, s);
-            while let Some(ev) = to.poll_event() {
-                match ev {
-                    Event::NeedBudget { bytes, .. } => {
-                        requests += 1;
-                        if credit {
-                            add_bench_credit(to, bytes);
-                        }
-                        to.grant_budget(now);
-                    }
-                    Event::Message(m) => on_message(m),
-                    _ => {}
-                }
-            }
+            requests += answer_events(to, now, credit, &mut on_message);
         }
     }
     requests
+}
+
+/// Answers `to`'s events as the exchanges do: budget granted at once (with receive
+/// credit ahead when `credit`), messages to `on_message`, the rest ignored. Returns how
+/// many budget requests there were.
+fn answer_events(
+    to: &mut Connection,
+    now: Instant,
+    credit: bool,
+    on_message: &mut impl FnMut(Message),
+) -> u64 {
+    let mut requests = 0;
+    while let Some(ev) = to.poll_event() {
+        match ev {
+            Event::NeedBudget { bytes, .. } => {
+                requests += 1;
+                if credit {
+                    add_bench_credit(to, bytes);
+                }
+                to.grant_budget(now);
+            }
+            Event::Message(m) => on_message(m),
+            _ => {}
+        }
+    }
+    requests
+}
+
+/// How much one read of [`Reads`] takes at most by default: the messenger's default
+/// `read_buffer` (64 KiB), the size its driver's socket reads ask for.
+pub const READ_CHUNK: usize = 64 << 10;
+
+/// One read [`carry_reads`] made, as [`Reads::recording`] keeps it.
+#[derive(Debug, Clone)]
+pub struct LoggedRead {
+    /// The bytes read (a copy: keeping the slice handed over would pin the read buffer
+    /// and change how it is reused).
+    pub bytes: Bytes,
+    /// Read straight into the receiver's assembly buffer
+    /// ([`Connection::direct_read_buffer`]), not into the read buffer.
+    pub direct: bool,
+    /// The most this read could take: the chunk, or what the assembly buffer asked for.
+    pub limit: usize,
+}
+
+/// The socket between two machines as the messenger's driver reads it, for
+/// [`carry_reads`]: the sender's write list is queued as its `writev` hands it to the
+/// kernel, and the receiver takes it in reads of at most [`Reads::chunk`] bytes, each
+/// copied into one reused read buffer (that copy stands for the kernel's copy into the
+/// driver's buffer) and split off as one `Bytes` for one
+/// [`Connection::handle_bytes`] (`messenger/src/driver/io.rs`: `read`,
+/// `read_into_spare`). While the receiver assembles a large payload it offers its own
+/// buffer for ([`Connection::direct_read_buffer`]), the read goes there instead, as the
+/// driver's does. Reused across calls, so the buffers' allocations are too.
+pub struct Reads {
+    /// The most one read takes ([`READ_CHUNK`] unless set otherwise).
+    pub chunk: usize,
+    /// Reads made into the read buffer.
+    pub reads: u64,
+    /// Reads made straight into the receiver's assembly buffer.
+    pub direct_reads: u64,
+    /// Everything the sender wrote, in order (kept only when recording).
+    pub written: Vec<Bytes>,
+    /// Every read, in order (kept only when recording).
+    pub log: Vec<LoggedRead>,
+    record: bool,
+    /// The sender's write list, reused for each `poll_transmit`.
+    segs: Vec<Bytes>,
+    /// Written and not read yet (the socket's queue); the front one may be part-read.
+    wire: VecDeque<Bytes>,
+    /// Bytes in `wire`.
+    wire_bytes: usize,
+    /// The driver's read buffer: reads land in its spare room and are split off.
+    buf: BytesMut,
+}
+
+impl Default for Reads {
+    fn default() -> Self {
+        Reads::new(READ_CHUNK)
+    }
+}
+
+impl Reads {
+    /// Reads of at most `chunk` bytes (at least 1).
+    pub fn new(chunk: usize) -> Self {
+        Reads {
+            chunk: chunk.max(1),
+            reads: 0,
+            direct_reads: 0,
+            written: Vec::new(),
+            log: Vec::new(),
+            record: false,
+            segs: Vec::new(),
+            wire: VecDeque::new(),
+            wire_bytes: 0,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// [`Reads::new`], keeping a copy of everything written and of every read in
+    /// [`Reads::written`] and [`Reads::log`] (for tests).
+    pub fn recording(chunk: usize) -> Self {
+        Reads { record: true, ..Reads::new(chunk) }
+    }
+
+    /// Bytes written and not read yet.
+    pub fn pending(&self) -> usize {
+        self.wire_bytes
+    }
+
+    /// Takes what `from` has to send while less than a read waits: the sender's driver
+    /// writes a batch whenever its list drained, and the socket then holds enough for
+    /// the next read to be a full one.
+    fn fill(&mut self, from: &mut Connection) {
+        while self.wire_bytes < self.chunk {
+            self.segs.clear();
+            if from.poll_transmit(&mut self.segs) == 0 {
+                break;
+            }
+            for s in self.segs.drain(..) {
+                if self.record {
+                    self.written.push(Bytes::copy_from_slice(&s));
+                }
+                self.wire_bytes += s.len();
+                self.wire.push_back(s);
+            }
+        }
+    }
+
+    /// Moves the next `n` bytes of the socket's queue (`n <= wire_bytes`) to the end of
+    /// `dst`, whose spare room holds them.
+    fn copy_out(wire: &mut VecDeque<Bytes>, wire_bytes: &mut usize, dst: &mut BytesMut, n: usize) {
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = wire.front_mut() else { break };
+            let k = front.len().min(left);
+            dst.extend_from_slice(&front[..k]);
+            if k == front.len() {
+                wire.pop_front();
+            } else {
+                bytes::Buf::advance(front, k);
+            }
+            left -= k;
+        }
+        *wire_bytes -= n - left;
+    }
+
+    /// One read into `to`: straight into its assembly buffer when it offers one, else
+    /// into the read buffer, split off and handed over whole. Returns the bytes read.
+    fn read_into(&mut self, to: &mut Connection, now: Instant) -> usize {
+        if let Some((dst, need)) = to.direct_read_buffer() {
+            // As the driver's `read_into_spare(sock, buf, need, need)`: at most `need`.
+            let n = need.min(self.wire_bytes);
+            let start = dst.len();
+            Reads::copy_out(&mut self.wire, &mut self.wire_bytes, dst, n);
+            if self.record {
+                let bytes = Bytes::copy_from_slice(&dst[start..]);
+                self.log.push(LoggedRead { bytes, direct: true, limit: need });
+            }
+            self.direct_reads += 1;
+            to.handle_direct_read(now, n);
+            return n;
+        }
+        // As the driver's `read_into_spare`: the buffer is renewed (or reclaimed, once
+        // the slices of its earlier reads are gone) when less than a quarter of a read
+        // is left in it; a read takes what room is left, at most a chunk.
+        if self.buf.capacity() - self.buf.len() < (self.chunk / 4).max(1) {
+            self.buf.reserve(self.chunk);
+        }
+        let room = (self.buf.capacity() - self.buf.len()).min(self.chunk);
+        let n = room.min(self.wire_bytes);
+        Reads::copy_out(&mut self.wire, &mut self.wire_bytes, &mut self.buf, n);
+        let data = self.buf.split().freeze();
+        if self.record {
+            let bytes = Bytes::copy_from_slice(&data);
+            self.log.push(LoggedRead { bytes, direct: false, limit: room });
+        }
+        self.reads += 1;
+        to.handle_bytes(now, data);
+        n
+    }
+}
+
+/// [`carry_with_credit`] with the bytes delivered as the messenger's driver reads them
+/// ([`Reads`]): the sender's write list goes through one reused read buffer in reads of
+/// up to [`Reads::chunk`] bytes (64 KiB, the driver's default), each handed to `to`
+/// once, so messages mostly arrive whole, with their footers, and are split off without
+/// a copy. [`carry`] and [`carry_with_credit`] hand each piece of the write list over
+/// as a read of its own: a payload sent by reference then arrives without its footer
+/// and is copied into a buffer of the receiver's own, which the messenger's reads seldom
+/// make it do. Budget and credit as [`carry_with_credit`]. Stops when `from` has nothing
+/// more to send and everything was read, or when `to` stops reading (it closed): what
+/// it did not read stays in `reads` for the next call. Returns how many budget requests
+/// `to` made.
+pub fn carry_reads(
+    from: &mut Connection,
+    to: &mut Connection,
+    now: Instant,
+    reads: &mut Reads,
+    mut on_message: impl FnMut(Message),
+) -> u64 {
+    let mut requests = 0;
+    loop {
+        reads.fill(from);
+        if reads.wire_bytes == 0 || !to.wants_read() {
+            break;
+        }
+        reads.read_into(to, now);
+        requests += answer_events(to, now, true, &mut on_message);
+    }
+    let _ = to.take_receive_credit();
+    requests
+}
+
+/// How [`one_way`] feeds the receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// [`carry_reads`]: as the messenger's driver reads its socket.
+    Reads,
+    /// [`carry_with_credit`]: each piece of the write list a read of its own.
+    Pieces,
+    /// [`carry`]: pieces, one budget request per message.
+    BudgetPerMessage,
+}
+
+/// What the sans-IO benches and the instruction-count example repeat: `batch` clones of
+/// `msg` sent from `a` to `b`, delivered as `delivery` says, then `b`'s ACK carried
+/// back ([`ack_back`]) so `a`'s unacked queue stays bounded. Returns how many messages
+/// `b` delivered.
+#[allow(clippy::too_many_arguments)]
+pub fn one_way(
+    a: &mut Connection,
+    b: &mut Connection,
+    msg: &Message,
+    batch: u64,
+    delivery: Delivery,
+    now: Instant,
+    reads: &mut Reads,
+    segs: &mut Vec<Bytes>,
+) -> u64 {
+    for _ in 0..batch {
+        a.send_message(msg.clone());
+    }
+    let mut got = 0;
+    let _ = match delivery {
+        Delivery::Reads => carry_reads(a, b, now, reads, |_| got += 1),
+        Delivery::Pieces => carry_with_credit(a, b, now, segs, |_| got += 1),
+        Delivery::BudgetPerMessage => carry(a, b, now, segs, |_| got += 1),
+    };
+    ack_back(a, b, now, segs);
+    got
+}
+
+/// Carries what `b` has to send (after a one-way exchange: its ACK) to `a`, piece by
+/// piece, and drops `a`'s events.
+pub fn ack_back(a: &mut Connection, b: &mut Connection, now: Instant, segs: &mut Vec<Bytes>) {
+    segs.clear();
+    b.poll_transmit(segs);
+    for s in segs.drain(..) {
+        a.handle_bytes(now, s);
+    }
+    while a.poll_event().is_some() {}
 }
 
 /// A test message numbered `id` (its front is `id`, little-endian) at `PRIO_DEFAULT`:
@@ -311,6 +561,43 @@ impl Pair {
     /// [`Pair::new`] over msgr v1.
     pub fn v1(now: Instant, policy0: Policy, policy1: Policy) -> Self {
         Pair::new(now, ProtocolVersion::V1, policy0, policy1)
+    }
+
+    /// Two v1 machines opened with each other, crc on both ends or neither: the
+    /// session lossy (a `lossy_client` dialling a `stateless_server`: in v1 the
+    /// acceptor's flag decides) or lossless (two `lossless_peer`s), checked at both
+    /// ends. Returns the pair, the dialler's endpoint and the acceptor's (a stateless
+    /// server registers no session: its end is the accepted endpoint still alive).
+    pub fn open_v1(now: Instant, crc: bool, lossy: bool) -> (Pair, usize, usize) {
+        let (p0, p1) = if lossy {
+            (Policy::lossy_client(), Policy::stateless_server())
+        } else {
+            (Policy::lossless_peer(), Policy::lossless_peer())
+        };
+        let mut c0 = node_config(ProtocolVersion::V1, 0, 6789, 1);
+        let mut c1 = node_config(ProtocolVersion::V1, 1, 6790, 2);
+        for c in [&mut c0, &mut c1] {
+            c.crc_header = crc;
+            c.crc_data = crc;
+        }
+        let mut p = Pair::with_configs(now, ProtocolVersion::V1, c0, p0, c1, p1);
+        let a = p.connect(0);
+        p.drive();
+        let b = (0..p.eps.len()).find(|&e| p.eps[e].accepted && p.eps[e].alive);
+        let b = b.unwrap_or_else(|| panic!("no accepted endpoint alive"));
+        for e in [a, b] {
+            assert!(p.eps[e].conn.is_open(), "endpoint {e}: {}", p.eps[e].conn);
+            assert_eq!(p.eps[e].conn.is_lossy(), lossy, "endpoint {e}'s lossiness");
+        }
+        assert!(a < b, "the dialler's endpoint comes first");
+        (p, a, b)
+    }
+
+    /// The connections of endpoints `a` and `b` (`a < b`), both borrowed at once.
+    pub fn ends_mut(&mut self, a: usize, b: usize) -> (&mut Connection, &mut Connection) {
+        assert!(a < b, "endpoint {a} must come before {b}");
+        let (lo, hi) = self.eps.split_at_mut(b);
+        (&mut lo[a].conn, &mut hi[0].conn)
     }
 
     /// [`Pair::new`] over msgr2 (crc mode).

@@ -1,0 +1,45 @@
+//! The `v1` bench's exchange (`testing::one_way`, as benches/v1.rs runs it) a fixed number of times, with no clock or
+//! thread, for counting instructions per 4 KiB message under callgrind:
+//!
+//! `v1_one_way CRC(0|1) lossy|lossless reads|pieces|budget BATCH ITERS`
+//!
+//! (`reads`: `carry_reads`; `pieces`: `carry_with_credit`; `budget`: `carry`.) Per
+//! message: (Ir of 2·ITERS − Ir of ITERS) ÷ (ITERS · BATCH), which leaves out the setup.
+#![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
+
+extern crate asyncmsgr_protocol as protocol;
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use protocol::message::PRIO_DEFAULT;
+use protocol::testing::{one_way, Delivery, Pair, Reads};
+use protocol::Message;
+
+#[allow(clippy::disallowed_methods)]
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    let crc = arg(1) != "0";
+    let lossy = arg(2) == "lossy";
+    let delivery = match arg(3) {
+        "pieces" => Delivery::Pieces,
+        "budget" => Delivery::BudgetPerMessage,
+        _ => Delivery::Reads,
+    };
+    let batch: u64 = arg(4).parse().unwrap_or(250);
+    let iters: u64 = arg(5).parse().unwrap_or(100);
+    let (mut p, a, b) = Pair::open_v1(Instant::now(), crc, lossy);
+    let now = p.now;
+    let (ca, cb) = p.ends_mut(a, b);
+    let mut msg = Message::new(2, Bytes::from(vec![0xa5u8; 4096]));
+    msg.set_priority(PRIO_DEFAULT);
+    let (mut segs, mut reads) = (Vec::new(), Reads::default());
+    let mut total = 0;
+    for _ in 0..iters {
+        let got = one_way(ca, cb, &msg, batch, delivery, now, &mut reads, &mut segs);
+        assert_eq!(got, batch);
+        total += got;
+    }
+    println!("{total} messages, {} reads, {} direct", reads.reads, reads.direct_reads);
+}
