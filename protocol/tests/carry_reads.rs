@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use protocol::message::PRIO_DEFAULT;
-use protocol::testing::{carry_reads, Pair, Reads, READ_CHUNK};
+use protocol::testing::{ack_back, carry_reads, Pair, Reads, READ_CHUNK};
 use protocol::Message;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -37,9 +37,8 @@ fn concat<'a>(parts: impl Iterator<Item = &'a Bytes>) -> Vec<u8> {
 /// threshold) through `carry_reads` with reads of `chunk`, the ACK back after each round.
 fn run(lossy: bool, chunk: usize, seed: u64) {
     let (mut p, a, b) = Pair::open_v1(Instant::now(), true, lossy);
-    let (lo, hi) = p.eps.split_at_mut(b);
-    let (ca, cb) = (&mut lo[a].conn, &mut hi[0].conn);
     let now = p.now;
+    let (ca, cb) = p.ends_mut(a, b);
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut reads = Reads::recording(chunk);
     let (mut sent, mut got) = (Vec::new(), Vec::new());
@@ -59,12 +58,7 @@ fn run(lossy: bool, chunk: usize, seed: u64) {
         }
         carry_reads(ca, cb, now, &mut reads, |m| got.push(m));
         assert_eq!(reads.pending(), 0, "everything written was read");
-        let mut segs = Vec::new();
-        cb.poll_transmit(&mut segs);
-        for s in segs {
-            ca.handle_bytes(now, s);
-        }
-        while ca.poll_event().is_some() {}
+        ack_back(ca, cb, now, &mut Vec::new());
     }
     // Each byte written handed over once, in order.
     let written = concat(reads.written.iter());

@@ -388,8 +388,8 @@ impl Reads {
     }
 
     /// One read into `to`: straight into its assembly buffer when it offers one, else
-    /// into the read buffer, split off and handed over whole. Returns the bytes read.
-    fn read_into(&mut self, to: &mut Connection, now: Instant) -> usize {
+    /// into the read buffer, split off and handed over whole.
+    fn read_into(&mut self, to: &mut Connection, now: Instant) {
         if let Some((dst, need)) = to.direct_read_buffer() {
             // As the driver's `read_into_spare(sock, buf, need, need)`: at most `need`.
             let n = need.min(self.wire_bytes);
@@ -401,7 +401,7 @@ impl Reads {
             }
             self.direct_reads += 1;
             to.handle_direct_read(now, n);
-            return n;
+            return;
         }
         // As the driver's `read_into_spare`: the buffer is renewed (or reclaimed, once
         // the slices of its earlier reads are gone) when less than a quarter of a read
@@ -419,7 +419,6 @@ impl Reads {
         }
         self.reads += 1;
         to.handle_bytes(now, data);
-        n
     }
 }
 
@@ -444,7 +443,7 @@ pub fn carry_reads(
     let mut requests = 0;
     loop {
         reads.fill(from);
-        if reads.wire_bytes == 0 || !to.wants_read() {
+        if reads.pending() == 0 || !to.wants_read() {
             break;
         }
         reads.read_into(to, now);
