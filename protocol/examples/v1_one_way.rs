@@ -1,10 +1,13 @@
-//! The `v1` bench's exchange (`testing::one_way`, as benches/v1.rs runs it) a fixed number of times, with no clock or
-//! thread, for counting instructions per 4 KiB message under callgrind:
+//! The sans-IO benches' exchange (`testing::one_way`, as benches/v1.rs and benches/v2.rs
+//! run it) a fixed number of times, with no clock or thread, for counting instructions
+//! per 4 KiB message under callgrind:
 //!
-//! `v1_one_way CRC(0|1) lossy|lossless reads|pieces|budget BATCH ITERS`
+//! `v1_one_way CRC(0|1) lossy|lossless reads|pieces|budget BATCH ITERS [v1|v2|v2secure]`
 //!
-//! (`reads`: `carry_reads`; `pieces`: `carry_with_credit`; `budget`: `carry`.) Per
-//! message: (Ir of 2·ITERS − Ir of ITERS) ÷ (ITERS · BATCH), which leaves out the setup.
+//! (`reads`: `carry_reads`; `pieces`: `carry_with_credit`; `budget`: `carry`. The last
+//! word picks the machines: msgr v1 by default, msgr2 in crc or secure mode, for which
+//! CRC is ignored: msgr2's crc mode always checks its crcs.) Per message: (Ir of 2·ITERS
+//! − Ir of ITERS) ÷ (ITERS · BATCH), which leaves out the setup.
 #![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
 
 extern crate asyncmsgr_protocol as protocol;
@@ -12,6 +15,7 @@ extern crate asyncmsgr_protocol as protocol;
 use std::time::Instant;
 
 use bytes::Bytes;
+use protocol::auth::ConMode;
 use protocol::message::PRIO_DEFAULT;
 use protocol::testing::{one_way, Delivery, Pair, Reads};
 use protocol::Message;
@@ -29,7 +33,11 @@ fn main() {
     };
     let batch: u64 = arg(4).parse().unwrap_or(250);
     let iters: u64 = arg(5).parse().unwrap_or(100);
-    let (mut p, a, b) = Pair::open_v1(Instant::now(), crc, lossy);
+    let (mut p, a, b) = match arg(6) {
+        "v2" => Pair::open_v2(Instant::now(), ConMode::CRC, lossy),
+        "v2secure" => Pair::open_v2(Instant::now(), ConMode::SECURE, lossy),
+        _ => Pair::open_v1(Instant::now(), crc, lossy),
+    };
     let now = p.now;
     let (ca, cb) = p.ends_mut(a, b);
     let mut msg = Message::new(2, Bytes::from(vec![0xa5u8; 4096]));

@@ -548,6 +548,16 @@ pub fn node_config(version: ProtocolVersion, num: i64, port: u16, nonce: u32) ->
     c
 }
 
+/// [`Pair::new`]'s two msgr2 node configurations, each authenticating with
+/// [`TestAuthProvider`] preferring `modes`.
+fn test_auth_configs(modes: &[crate::auth::ConMode]) -> (Config, Config) {
+    let mut c0 = node_config(ProtocolVersion::V2, 0, 6789, 1);
+    let mut c1 = node_config(ProtocolVersion::V2, 1, 6790, 2);
+    c0.auth = Arc::new(TestAuthProvider::new(modes));
+    c1.auth = Arc::new(TestAuthProvider::new(modes));
+    (c0, c1)
+}
+
 impl Pair {
     /// Node 0 is `mon.0` at 127.0.0.1:6789 nonce 1, node 1 `mon.1` at :6790 nonce 2 (node
     /// 0's address sorts lower), speaking `version`, auth none, with the given policies.
@@ -562,24 +572,50 @@ impl Pair {
         Pair::new(now, ProtocolVersion::V1, policy0, policy1)
     }
 
-    /// Two v1 machines opened with each other, crc on both ends or neither: the
-    /// session lossy (a `lossy_client` dialling a `stateless_server`: in v1 the
-    /// acceptor's flag decides) or lossless (two `lossless_peer`s), checked at both
-    /// ends. Returns the pair, the dialler's endpoint and the acceptor's (a stateless
-    /// server registers no session: its end is the accepted endpoint still alive).
+    /// Two v1 machines opened with each other, crc on both ends or neither, the session
+    /// lossy or lossless as [`Pair::open_with`] makes it. Returns the pair, the dialler's
+    /// endpoint and the acceptor's.
     pub fn open_v1(now: Instant, crc: bool, lossy: bool) -> (Pair, usize, usize) {
-        let (p0, p1) = if lossy {
-            (Policy::lossy_client(), Policy::stateless_server())
-        } else {
-            (Policy::lossless_peer(), Policy::lossless_peer())
-        };
         let mut c0 = node_config(ProtocolVersion::V1, 0, 6789, 1);
         let mut c1 = node_config(ProtocolVersion::V1, 1, 6790, 2);
         for c in [&mut c0, &mut c1] {
             c.crc_header = crc;
             c.crc_data = crc;
         }
-        let mut p = Pair::with_configs(now, ProtocolVersion::V1, c0, p0, c1, p1);
+        Pair::open_with(now, ProtocolVersion::V1, c0, c1, lossy)
+    }
+
+    /// Two msgr2 machines opened with each other in `mode` (both authenticating with
+    /// [`TestAuthProvider`], as [`Pair::with_test_auth`]), the session lossy or lossless
+    /// as [`Pair::open_with`] makes it. Returns the pair, the dialler's endpoint and the
+    /// acceptor's.
+    pub fn open_v2(now: Instant, mode: crate::auth::ConMode, lossy: bool) -> (Pair, usize, usize) {
+        let (c0, c1) = test_auth_configs(&[mode]);
+        let (p, a, b) = Pair::open_with(now, ProtocolVersion::V2, c0, c1, lossy);
+        for e in [a, b] {
+            assert_eq!(p.eps[e].conn.con_mode(), Some(mode), "endpoint {e}'s mode");
+        }
+        (p, a, b)
+    }
+
+    /// Node 0 (`c0`) dials node 1 (`c1`) and the pair is driven until both ends are
+    /// open: the session lossy (a `lossy_client` dialling a `stateless_server`) or
+    /// lossless (two `lossless_peer`s), checked at both ends. Returns the pair, the
+    /// dialler's endpoint and the acceptor's (a stateless server registers no session:
+    /// its end is the accepted endpoint still alive).
+    fn open_with(
+        now: Instant,
+        version: ProtocolVersion,
+        c0: Config,
+        c1: Config,
+        lossy: bool,
+    ) -> (Pair, usize, usize) {
+        let (p0, p1) = if lossy {
+            (Policy::lossy_client(), Policy::stateless_server())
+        } else {
+            (Policy::lossless_peer(), Policy::lossless_peer())
+        };
+        let mut p = Pair::with_configs(now, version, c0, p0, c1, p1);
         let a = p.connect(0);
         p.drive();
         let b = (0..p.eps.len()).find(|&e| p.eps[e].accepted && p.eps[e].alive);
@@ -612,10 +648,7 @@ impl Pair {
         policy1: Policy,
         modes: &[crate::auth::ConMode],
     ) -> Self {
-        let mut c0 = node_config(ProtocolVersion::V2, 0, 6789, 1);
-        let mut c1 = node_config(ProtocolVersion::V2, 1, 6790, 2);
-        c0.auth = Arc::new(TestAuthProvider::new(modes));
-        c1.auth = Arc::new(TestAuthProvider::new(modes));
+        let (c0, c1) = test_auth_configs(modes);
         Pair::with_configs(now, ProtocolVersion::V2, c0, policy0, c1, policy1)
     }
 
