@@ -228,7 +228,7 @@ pub(crate) const FRAMES_PER_RESERVE: usize = 64;
 /// doubling either way.
 #[cold]
 #[inline(never)]
-fn grow_head(head: &mut BytesMut, need: usize) {
+pub(crate) fn grow_head(head: &mut BytesMut, need: usize) {
     head.reserve(need.max(FRAMES_PER_RESERVE * GATHERED_PER_FRAME));
 }
 

@@ -537,8 +537,8 @@ impl fmt::Debug for Message {
 pub const UNNAMED_CLIENT: EntityName = EntityName { ty: EntityType::CLIENT, num: EntityName::NEW };
 
 pub use decoder::{DecodeLimits, DecodeOptions, MessageDecoder, Progress};
+pub(crate) use frame::{grow_head, FRAMES_PER_RESERVE, GATHERED_PER_FRAME, ZERO_COPY_MIN};
 pub use frame::{seal, seal_header, EncodeOptions, Frame, Sealed};
-pub(crate) use frame::{FRAMES_PER_RESERVE, GATHERED_PER_FRAME, ZERO_COPY_MIN};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -96,7 +96,8 @@ pub(crate) fn send_control<F: ControlFrame>(
     f: &F,
 ) {
     let seg = f.to_segment();
-    let mut buf = BytesMut::new();
+    // Exactly the frame: an empty buffer would grow by a batch of messages' worth.
+    let mut buf = BytesMut::with_capacity(m.proto.encoder.wire_len(&[seg.len()]));
     let mut spill = Vec::new();
     match m.proto.encoder.encode(F::TAG, &[&seg], &mut buf, &mut spill) {
         Ok(_) => {
