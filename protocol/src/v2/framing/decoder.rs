@@ -547,8 +547,11 @@ impl FrameDecoder {
         if num > 1 {
             let (late, crcs) = epilogue.split_at(1);
             let mut at = seg0_end;
-            let slots = segments.iter_mut().zip(lens).zip(SEGMENT_NAMES).take(num).skip(1);
-            for (((slot, len), what), crc) in slots.zip(crcs.chunks_exact(CRC_LEN)) {
+            // Segments 1.. sliced off, not skipped: `skip` on a `take` was a call of
+            // `Take::nth` per message (~75 instructions at 4 KiB).
+            let slots = segments[1..].iter_mut().zip(&lens[1..]).zip(&SEGMENT_NAMES[1..]);
+            for (((slot, &len), &what), crc) in slots.zip(crcs.chunks_exact(CRC_LEN)).take(num - 1)
+            {
                 let len = len as usize;
                 // In bounds: the segments end where the epilogue starts, within `input`.
                 let segment = if len == 0 { Bytes::new() } else { input.slice(at..at + len) };
