@@ -38,26 +38,10 @@ impl FrameEncoder {
 
     /// Bytes the frame with these segment lengths takes on the wire.
     pub fn wire_len(&self, lens: &[usize]) -> usize {
-        let num = effective_segments(lens);
         if self.secure.is_some() {
-            let p0 = pad16(lens.first().copied().unwrap_or(0));
-            let mut n = SECURE_HEAD_LEN + p0.saturating_sub(INLINE_LEN);
-            if p0 > INLINE_LEN {
-                n += TAG_LEN;
-            }
-            if num > 1 {
-                n += lens[1..num].iter().map(|&l| pad16(l)).sum::<usize>()
-                    + SECURE_EPILOGUE_LEN
-                    + TAG_LEN;
-            }
-            n
+            secure_wire_len(lens)
         } else {
-            let l0 = lens.first().copied().unwrap_or(0);
-            let mut n = PREAMBLE_LEN + if l0 > 0 { l0 + CRC_LEN } else { 0 };
-            if num > 1 {
-                n += lens[1..num].iter().sum::<usize>() + CRC_EPILOGUE_LEN;
-            }
-            n
+            crc_wire_len(lens)
         }
     }
 
@@ -112,10 +96,10 @@ impl FrameEncoder {
             })?;
             *desc = SegmentDesc { len, align };
         }
-        let total = self.wire_len(&lens[..num]);
         let pre = pre.to_bytes();
         match self.secure.as_mut() {
             None => {
+                let total = crc_wire_len(&lens[..num]);
                 // Everything but the segments sent by reference is copied into `buf`.
                 // Reserving only this frame's need took an allocation (and a
                 // shared-buffer header) per frame once a payload's split had shared
@@ -132,18 +116,28 @@ impl FrameEncoder {
                     buf.put_u32_le(ceph_crc32c(SEGMENT_CRC_SEED, segment0));
                 }
                 if num > 1 {
-                    let mut crcs = [0u32; MAX_SEGMENTS - 1];
-                    for (seg, crc) in rest.iter().take(num - 1).zip(&mut crcs) {
-                        push_segment(seg, buf, out);
-                        *crc = ceph_crc32c(SEGMENT_CRC_SEED, seg);
+                    // Built on the stack and copied once: each `put_*` on `buf` is a
+                    // call of its own.
+                    let mut epilogue = [0u8; CRC_EPILOGUE_LEN];
+                    epilogue[0] = LATE_STATUS_COMPLETE;
+                    let crcs = epilogue[1..].chunks_exact_mut(CRC_LEN);
+                    for (seg, crc) in rest.iter().zip(crcs).take(num - 1) {
+                        // Most messages leave a segment or two empty: no copy call for
+                        // nothing, and the crc of nothing is the seed.
+                        let c = if seg.is_empty() {
+                            SEGMENT_CRC_SEED
+                        } else {
+                            push_segment(seg, buf, out);
+                            ceph_crc32c(SEGMENT_CRC_SEED, seg)
+                        };
+                        crc.copy_from_slice(&c.to_le_bytes());
                     }
-                    buf.put_u8(LATE_STATUS_COMPLETE);
-                    for c in crcs {
-                        buf.put_u32_le(c);
-                    }
+                    buf.extend_from_slice(&epilogue);
                 }
+                Ok(total)
             }
             Some(gcm) => {
+                let total = secure_wire_len(&lens[..num]);
                 buf.reserve(total);
                 // Block A: preamble + the first 48 bytes of segment 0, zero padded.
                 let start = buf.len();
@@ -171,10 +165,37 @@ impl FrameEncoder {
                     buf.put_bytes(0, SECURE_EPILOGUE_LEN - 1);
                     seal_tail(gcm, buf, start)?;
                 }
+                Ok(total)
             }
         }
-        Ok(total)
     }
+}
+
+/// [`FrameEncoder::wire_len`] in crc mode.
+#[inline]
+fn crc_wire_len(lens: &[usize]) -> usize {
+    let num = effective_segments(lens);
+    let l0 = lens.first().copied().unwrap_or(0);
+    let mut n = PREAMBLE_LEN + if l0 > 0 { l0 + CRC_LEN } else { 0 };
+    if num > 1 {
+        n += lens[1..num].iter().sum::<usize>() + CRC_EPILOGUE_LEN;
+    }
+    n
+}
+
+/// [`FrameEncoder::wire_len`] in secure mode.
+#[inline]
+fn secure_wire_len(lens: &[usize]) -> usize {
+    let num = effective_segments(lens);
+    let p0 = pad16(lens.first().copied().unwrap_or(0));
+    let mut n = SECURE_HEAD_LEN + p0.saturating_sub(INLINE_LEN);
+    if p0 > INLINE_LEN {
+        n += TAG_LEN;
+    }
+    if num > 1 {
+        n += lens[1..num].iter().map(|&l| pad16(l)).sum::<usize>() + SECURE_EPILOGUE_LEN + TAG_LEN;
+    }
+    n
 }
 
 /// The number of segments sent: up to the last non-empty one, at least 1.
