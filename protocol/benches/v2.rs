@@ -23,12 +23,9 @@ extern crate asyncmsgr_protocol as protocol;
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use protocol::auth::ConMode;
-use protocol::message::PRIO_DEFAULT;
-use protocol::testing::{one_way, Delivery, Pair, Reads};
-use protocol::Message;
+use protocol::testing::{Delivery, OneWay, Pair};
 
 /// Messages per iteration: 1 MiB of 4 KiB messages, as benches/v1.rs (see its module
 /// docs for why).
@@ -46,22 +43,14 @@ fn bench_pair(c: &mut Criterion) {
         ("secure/lossless/reads", Some(ConMode::SECURE), false, Delivery::Reads),
         ("crc/lossless/pieces", Some(ConMode::CRC), false, Delivery::Pieces),
     ] {
-        let (mut p, a, b) = match mode {
+        let open = match mode {
             Some(mode) => Pair::open_v2(Instant::now(), mode, lossy),
             None => Pair::open_v1(Instant::now(), true, lossy),
         };
-        let now = p.now;
-        let (ca, cb) = p.ends_mut(a, b);
-        let mut msg = Message::new(2, Bytes::from(vec![0xa5u8; 4096]));
-        msg.set_priority(PRIO_DEFAULT);
-        let mut segs = Vec::new();
-        let mut reads = Reads::default();
+        let mut case = OneWay::new(open, 4096);
         group.throughput(Throughput::Elements(BATCH));
         group.bench_function(BenchmarkId::new("4KiB", name), |bench| {
-            bench.iter(|| {
-                let got = one_way(ca, cb, &msg, BATCH, delivery, now, &mut reads, &mut segs);
-                assert_eq!(got, BATCH);
-            });
+            bench.iter(|| assert_eq!(case.run(BATCH, delivery), BATCH));
         });
     }
     group.finish();

@@ -1,4 +1,4 @@
-//! The sans-IO benches' exchange (`testing::one_way`, as benches/v1.rs and benches/v2.rs
+//! The sans-IO benches' exchange (`testing::OneWay`, as benches/v1.rs and benches/v2.rs
 //! run it) a fixed number of times, with no clock or thread, for counting instructions
 //! per 4 KiB message under callgrind:
 //!
@@ -14,11 +14,8 @@ extern crate asyncmsgr_protocol as protocol;
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use protocol::auth::ConMode;
-use protocol::message::PRIO_DEFAULT;
-use protocol::testing::{one_way, Delivery, Pair, Reads};
-use protocol::Message;
+use protocol::testing::{Delivery, OneWay, Pair};
 
 #[allow(clippy::disallowed_methods)]
 fn main() {
@@ -33,21 +30,17 @@ fn main() {
     };
     let batch: u64 = arg(4).parse().unwrap_or(250);
     let iters: u64 = arg(5).parse().unwrap_or(100);
-    let (mut p, a, b) = match arg(6) {
+    let open = match arg(6) {
         "v2" => Pair::open_v2(Instant::now(), ConMode::CRC, lossy),
         "v2secure" => Pair::open_v2(Instant::now(), ConMode::SECURE, lossy),
         _ => Pair::open_v1(Instant::now(), crc, lossy),
     };
-    let now = p.now;
-    let (ca, cb) = p.ends_mut(a, b);
-    let mut msg = Message::new(2, Bytes::from(vec![0xa5u8; 4096]));
-    msg.set_priority(PRIO_DEFAULT);
-    let (mut segs, mut reads) = (Vec::new(), Reads::default());
+    let mut case = OneWay::new(open, 4096);
     let mut total = 0;
     for _ in 0..iters {
-        let got = one_way(ca, cb, &msg, batch, delivery, now, &mut reads, &mut segs);
+        let got = case.run(batch, delivery);
         assert_eq!(got, batch);
         total += got;
     }
-    println!("{total} messages, {} reads, {} direct", reads.reads, reads.direct_reads);
+    println!("{total} messages, {} reads, {} direct", case.reads.reads, case.reads.direct_reads);
 }

@@ -492,6 +492,36 @@ pub fn one_way(
     got
 }
 
+/// One case of the sans-IO benches' exchange, set up to be repeated: an open pair (as
+/// [`Pair::open_v1`] and [`Pair::open_v2`] return it), the message [`one_way`] sends
+/// (`size` bytes of data at `PRIO_DEFAULT`) and its reused buffers.
+pub struct OneWay {
+    pair: Pair,
+    a: usize,
+    b: usize,
+    msg: Message,
+    /// The reads [`Delivery::Reads`] made, counted.
+    pub reads: Reads,
+    segs: Vec<Bytes>,
+}
+
+impl OneWay {
+    /// The case over `open` (the pair, the sending end and the receiving end, `a < b`).
+    pub fn new((pair, a, b): (Pair, usize, usize), size: usize) -> Self {
+        let mut msg = Message::new(2, Bytes::from(vec![0xa5u8; size]));
+        msg.set_priority(crate::message::PRIO_DEFAULT);
+        OneWay { pair, a, b, msg, reads: Reads::default(), segs: Vec::new() }
+    }
+
+    /// [`one_way`] once: `batch` messages delivered as `delivery` says, the ACK back.
+    /// Returns how many messages were delivered.
+    pub fn run(&mut self, batch: u64, delivery: Delivery) -> u64 {
+        let now = self.pair.now;
+        let (a, b) = self.pair.ends_mut(self.a, self.b);
+        one_way(a, b, &self.msg, batch, delivery, now, &mut self.reads, &mut self.segs)
+    }
+}
+
 /// Carries what `b` has to send (after a one-way exchange: its ACK) to `a`, piece by
 /// piece, and drops `a`'s events.
 pub fn ack_back(a: &mut Connection, b: &mut Connection, now: Instant, segs: &mut Vec<Bytes>) {
