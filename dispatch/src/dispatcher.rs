@@ -465,6 +465,9 @@ impl<C: ConnectionRef> Dispatchers<C> {
     }
 
     /// [`dispatch`](Self::dispatch) through the caller's [`ChainCache`].
+    // Inlined into the dispatch thread's loop: called apart, its frame and the moves of
+    // its arguments cost ~20 instructions per queued message at 64 B.
+    #[inline(always)]
     pub(crate) fn dispatch_cached(
         &self,
         cache: &mut ChainCache<C>,
