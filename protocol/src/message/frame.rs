@@ -155,8 +155,12 @@ fn seal_in_place(
     header.data_len = len32(data.len());
     header.reserved = 0;
     header.crc = 0;
-    head[0] = Tag::MSG.0;
-    head[1..].copy_from_slice(&header.to_bytes());
+    let (tag, rest) = head.split_at_mut(1);
+    tag[0] = Tag::MSG.0;
+    // Encoded in place (`rest` is the header's 53 bytes): no array returned and copied.
+    if let Ok(rest) = <&mut [u8; MsgHeader::LEN]>::try_from(rest) {
+        header.write_to(rest);
+    }
     let mut footer = MsgFooter { flags: FooterFlags::COMPLETE, ..Default::default() };
     if crc_header {
         let (covered, crc) = head[1..].split_at_mut(MsgHeader::CRC_COVERED);

@@ -62,12 +62,21 @@ impl MsgHeader {
     pub const CRC_COVERED: usize = 49;
 
     /// The 53 bytes, with `crc` written as stored.
+    #[inline]
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        self.write_to(&mut out);
+        out
+    }
+
+    /// [`MsgHeader::to_bytes`] written into `out` (every byte of it): the per-message
+    /// send path encodes the header straight into its tag-and-header array, where
+    /// returning the array cost a zeroing here and a 53-byte copy in the caller.
     // Never inlined: as a call of its own, `push_frame_to` (the per-message send path)
     // is ~59 instructions cheaper per 64 B round trip under callgrind for ~44 in here
     // (net ~15); the compiler's own choice flipped between unrelated edits.
     #[inline(never)]
-    pub fn to_bytes(&self) -> [u8; Self::LEN] {
-        let mut out = [0u8; Self::LEN];
+    pub fn write_to(&self, out: &mut [u8; Self::LEN]) {
         out[0..8].copy_from_slice(&self.seq.to_le_bytes());
         out[8..16].copy_from_slice(&self.tid.to_le_bytes());
         out[16..18].copy_from_slice(&self.msg_type.to_le_bytes());
@@ -81,7 +90,6 @@ impl MsgHeader {
         out[45..47].copy_from_slice(&self.compat_version.to_le_bytes());
         out[47..49].copy_from_slice(&self.reserved.to_le_bytes());
         out[49..53].copy_from_slice(&self.crc.to_le_bytes());
-        out
     }
 
     /// The crc Ceph computes over the first 49 bytes.
