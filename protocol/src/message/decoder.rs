@@ -416,18 +416,23 @@ impl MessageDecoder {
             0 => Bytes::new(),
             n => input.split_to(n as usize),
         };
-        let (front, middle, data) = (
+        // The message is built before its footer is checked (dropped if that fails):
+        // the segments go straight into it, where held across the crc calls they were
+        // spilled and copied twice on the way in.
+        let msg = Message::from_parts(
+            &self.header,
             segment(self.header.front_len),
             segment(self.header.middle_len),
             segment(self.header.data_len),
+            footer,
         );
         input.advance(format.encoded_len());
-        self.check_footer(&footer, [&front, &middle, &data], [None; 3])?;
+        self.check_footer(&footer, [msg.front(), msg.middle(), msg.data()], [None; 3])?;
         self.stage = Stage::AwaitHeader;
         self.allowance = 0;
         self.payload_left = 0;
         self.drop_spare_tail();
-        Ok(Message::from_parts(&self.header, front, middle, data, footer))
+        Ok(msg)
     }
 
     /// At the end of a message: the spare capacity `take_partial` kept after a small
