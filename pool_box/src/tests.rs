@@ -256,3 +256,69 @@ fn a_slot_goes_back_after_a_panic_before_its_fill_and_is_freed_at_thread_teardow
     }
     assert_eq!(drops.load(Ordering::Relaxed), 3, "a slot drops no value");
 }
+
+/// Counts the live allocations of [`Big`]'s size (no other type in these tests has it),
+/// to see that a thread's kept allocations are freed when it exits.
+struct Counting;
+
+const BIG: usize = 3001;
+static LIVE_BIG: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; only counted.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.size() == BIG {
+            LIVE_BIG.fetch_add(1, Ordering::SeqCst);
+        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if layout.size() == BIG {
+            LIVE_BIG.fetch_sub(1, Ordering::SeqCst);
+        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+struct Big([u8; BIG]);
+
+thread_local! {
+    static BIGS: FreeList<Big> = const { FreeList::new() };
+    static BIG_LATE: std::cell::RefCell<Option<PoolBox<Big>>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Pooled for Big {
+    fn free_list() -> &'static LocalKey<FreeList<Self>> {
+        &BIGS
+    }
+}
+
+/// The list has no destructor of its own: what it keeps is freed by the teardown hook
+/// its first keep registered, and a box dropped after that (by a thread-local destroyed
+/// later) frees its allocation; either order of the two leaves nothing allocated.
+#[test]
+fn what_a_thread_kept_is_freed_when_it_exits() {
+    for late_first in [None, Some(false), Some(true)] {
+        std::thread::spawn(move || {
+            let late = || BIG_LATE.with(|l| *l.borrow_mut() = Some(PoolBox::new(Big([1; BIG]))));
+            if late_first == Some(true) {
+                late();
+            }
+            let boxes: Vec<_> = (0..5).map(|i| PoolBox::new(Big([i; BIG]))).collect();
+            assert_eq!(boxes.iter().map(|b| b.0[BIG - 1]).sum::<u8>(), 10);
+            drop(boxes);
+            assert_eq!(BIGS.with(FreeList::len), 5, "the dropped boxes were not kept");
+            if late_first == Some(false) {
+                late();
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(LIVE_BIG.load(Ordering::SeqCst), 0, "leaked at thread exit ({late_first:?})");
+    }
+}
