@@ -63,7 +63,7 @@ pub trait Pooled: Sized + 'static {
 ///
 /// The list has no destructor of its own (a thread-local without one is accessed with
 /// no check of its state): its first keep registers a teardown hook with this thread's
-/// one [`Teardowns`], which frees what the list holds when the thread exits and closes
+/// one `Teardowns`, which frees what the list holds when the thread exits and closes
 /// the list. Why: each access of a thread-local with a destructor checked whether that
 /// destructor was registered yet, ~3 instructions per box built and per box dropped
 /// (four of each per 64 B round trip in the messenger).
@@ -73,7 +73,7 @@ pub struct FreeList<T> {
     slots: [Cell<*mut T>; KEEP],
     len: Cell<usize>,
     /// How many allocations the list may hold now (never above [`KEEP`]): 0 until its
-    /// teardown hook is registered (the first keep does that, see [`keep`]), [`KEEP`]
+    /// teardown hook is registered (the first keep does that, see `keep`), [`KEEP`]
     /// then, and 0 again once the thread tore the list down. One comparison per keep
     /// serves the bound and both states.
     room: Cell<usize>,

@@ -838,6 +838,29 @@ mod tests {
         assert!(matches!(got, Err(Error::BadCrc { what: "header", .. })), "{got:?}");
     }
 
+    // A whole message admitted with a corrupt front or data fails its footer check in the
+    // one call (the message built from it is dropped: nothing of the input is held), and
+    // the decoder refuses further input.
+    #[test]
+    fn a_whole_admitted_message_with_a_bad_payload_crc_fails_and_holds_nothing() {
+        let (one, _) = wire(64, true);
+        for (at, what) in [(MsgHeader::LEN + 1, "front"), (MsgHeader::LEN + 5 + 30, "data")] {
+            let mut bad = one.clone();
+            bad[at] ^= 1;
+            let mut dec = MessageDecoder::new(DecodeOptions::default());
+            let mut input = Bytes::from(bad);
+            let got = dec.feed_admitting(&mut input, |_| true);
+            assert!(
+                matches!(got, Err(Error::BadCrc { what: w, .. }) if w == what),
+                "{what}: {got:?}"
+            );
+            drop(got);
+            assert!(input.is_unique(), "{what}: a segment of the input is still held");
+            let again = dec.feed(&mut Bytes::copy_from_slice(&one));
+            assert!(matches!(again, Err(Error::Misuse(_))), "{what}: {again:?}");
+        }
+    }
+
     // A message whose segments arrived in pieces (a small data segment grown piece by
     // piece, a split header) leaves the decoder holding nothing once it is delivered:
     // the assembly buffer's spare tail stayed, counted by `held_bytes`.
