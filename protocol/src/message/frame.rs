@@ -50,6 +50,7 @@ impl Message {
     /// [`Message::encode_frame_with`] straight onto a write list, laid out as
     /// [`Frame::push_to`] lays a frame out, without the [`Frame`] in between: a payload
     /// segment copied into `head` is not first shared with it. Returns the frame's length.
+    #[inline]
     pub fn push_frame_to(
         &self,
         seq: u64,
