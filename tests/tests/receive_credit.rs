@@ -258,3 +258,42 @@ fn a_burst_without_early_batches_asks_a_few_times_v1() {
 fn a_burst_without_early_batches_asks_a_few_times_v2() {
     a_burst_without_early_batches_asks_a_few_times(ProtocolVersion::V2);
 }
+
+/// A burst of `BURST` messages of 4 KiB that crosses `dispatch_batch` (24 here) with
+/// early batches on, read in one read phase (written while the worker is held): an
+/// early batch is made every 4 (or 8) messages while the phase has delivered fewer than
+/// `dispatch_batch` (`early_batches_pay`), and each takes one budget request, after
+/// which the credit runs to the next batch. The credit granted 4 short of
+/// `dispatch_batch` must run past it to the next check point: it stopped where the
+/// early batch would have been, which the burst's reaching `dispatch_batch` cancels, so
+/// the message after it asked for its budget for nothing (8 requests instead of 7 for
+/// the 25; 6 on a worker busy with quick messages, whose early batches are of 16).
+fn a_burst_crossing_the_batch_asks_once_per_early_batch(proto: ProtocolVersion) {
+    const BURST: u64 = 25;
+    let config =
+        MessengerConfig { dispatch_batch: 24, colocated_peer_batching: false, ..test_config(1) };
+    let (srv, seen, mut peer) = serve(proto, config);
+    let front = vec![4u8; 4096];
+    let burst: Vec<u8> = (1..=BURST).flat_map(|tid| peer.message(tid, &front)).collect();
+    let hold = hold_workers(&srv);
+    peer.sock.write_all(&burst).expect("write");
+    drop(hold);
+    for tid in 1..=BURST {
+        let (_, msg) = next_message(&seen);
+        assert_eq!((msg.tid(), msg.front().len()), (tid, front.len()), "{proto:?}: in order");
+    }
+    let asked = budget_requests(&srv);
+    assert!(asked <= 7, "{proto:?}: {asked} of {BURST} messages asked for their budget");
+    wait_until_released(proto, &srv);
+    srv.shutdown();
+}
+
+#[test]
+fn a_burst_crossing_the_batch_asks_once_per_early_batch_v1() {
+    a_burst_crossing_the_batch_asks_once_per_early_batch(ProtocolVersion::V1);
+}
+
+#[test]
+fn a_burst_crossing_the_batch_asks_once_per_early_batch_v2() {
+    a_burst_crossing_the_batch_asks_once_per_early_batch(ProtocolVersion::V2);
+}

@@ -476,7 +476,7 @@ impl Driver {
         let received = done >= early
             && self.burst >= early
             && self.bytes_since_batch >= EARLY_RECV_BYTES
-            && self.early_batches_pay(most);
+            && self.early_batches_pay(self.burst, most);
         // `done` is a multiple of `check_every(most)` (counted from 0 by ones).
         let at_check = done == self.next_check;
         if at_check {
@@ -547,10 +547,11 @@ impl Driver {
     /// syscall and a receive on the peer's side for replies it mostly read together
     /// anyway: 4 KiB at depth 128 made ~5 of them per read phase of ~96 requests, half
     /// of both ends' writes. The rest of such a phase is answered by the batch, at the
-    /// check points and at its end.
+    /// check points and at its end. `burst`: the phase's count with the message that
+    /// would make the batch.
     #[inline]
-    fn early_batches_pay(&self, most: usize) -> bool {
-        self.burst < most
+    fn early_batches_pay(&self, burst: usize, most: usize) -> bool {
+        burst < most
     }
 
     /// Whether `hand_on_batch` hands on whole batches only (of `dispatch_batch`), with
@@ -599,11 +600,15 @@ impl Driver {
         let early = (self.last_burst / 4).max(self.min_batch).saturating_sub(done.min(self.burst));
         let bytes_left = EARLY_RECV_BYTES.saturating_sub(self.bytes_since_batch);
         let to_early = match size {
-            _ if !self.early_batches_pay(most) => usize::MAX,
             0 if bytes_left > 0 => usize::MAX,
             0 => early,
             size => early.max(bytes_left.div_ceil(size)),
         };
+        // Judged at the message that would make it, which counts in the burst: where
+        // that one takes the burst to `dispatch_batch`, no early batch is made there,
+        // and credit stopping at it made the next message ask for its budget.
+        let early_pays = self.early_batches_pay(self.burst.saturating_add(to_early.max(1)), most);
+        let to_early = if early_pays { to_early } else { usize::MAX };
         to_check.min(to_early).max(1)
     }
 
