@@ -18,7 +18,7 @@ use protocol::ProtocolVersion;
 use tests::hostile::{handshaken_socket, msg_frame, RawPeer};
 use tests::hostile_v2::message_pieces;
 use tests::loopback::{
-    addr_for, hold_workers, next_message, server_on, test_config, wait_until, Seen,
+    addr_for, hold_workers, next_message, server_on, test_config, wait_until, Seen, WAIT,
 };
 
 /// Messages written one at a time, each after the last was dispatched.
@@ -259,6 +259,23 @@ fn a_burst_without_early_batches_asks_a_few_times_v2() {
     a_burst_without_early_batches_asks_a_few_times(ProtocolVersion::V2);
 }
 
+/// Waits until `sock`'s send queue (bytes not sent, or not acknowledged) is empty: on
+/// loopback, what it sent is then in its peer's socket. A write can return with part of
+/// it still queued on our side (a loaded host), and the peer's reads would end at that
+/// gap.
+fn wait_until_sent(sock: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    let queued = || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ stores one c_int through the pointer, valid for the call.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+        assert_eq!(rc, 0, "TIOCOUTQ: {}", std::io::Error::last_os_error());
+        n
+    };
+    wait_until(|| queued() == 0, || format!("{} bytes still queued to send", queued()));
+}
+
 /// A burst of `BURST` messages of 4 KiB that crosses `dispatch_batch` (24 here) with
 /// early batches on, read in one read phase (written while the worker is held): an
 /// early batch is made every 4 (or 8) messages while the phase has delivered fewer than
@@ -275,9 +292,20 @@ fn a_burst_crossing_the_batch_asks_once_per_early_batch(proto: ProtocolVersion) 
     let (srv, seen, mut peer) = serve(proto, config);
     let front = vec![4u8; 4096];
     let burst: Vec<u8> = (1..=BURST).flat_map(|tid| peer.message(tid, &front)).collect();
-    let hold = hold_workers(&srv);
+    // The worker is held (inside the hold: not reading the burst's first bytes as the
+    // hold is posted) until all of the burst is in the server's socket: one read phase.
+    let (go, wait) = crossbeam_channel::bounded::<()>(0);
+    let (inside, held) = crossbeam_channel::bounded::<()>(1);
+    srv.pool().handles()[0]
+        .dispatch_event_external(move |_| {
+            let _ = inside.send(());
+            let _ = wait.recv_timeout(WAIT);
+        })
+        .expect("post");
+    held.recv_timeout(WAIT).expect("the worker held");
     peer.sock.write_all(&burst).expect("write");
-    drop(hold);
+    wait_until_sent(&peer.sock);
+    drop(go);
     for tid in 1..=BURST {
         let (_, msg) = next_message(&seen);
         assert_eq!((msg.tid(), msg.front().len()), (tid, front.len()), "{proto:?}: in order");
