@@ -86,6 +86,23 @@ fn send_lone(proto: ProtocolVersion, peer: &mut RawPeer, seen: &Receiver<Seen>) 
 }
 
 /// Waits until `srv`'s dispatch throttle holds nothing: the credit went back.
+/// Waits for a burst's `n` messages (tids 1.., each with a front of `front_len` bytes),
+/// checking they arrive whole and in order; returns how many budget requests the server
+/// made.
+fn burst_arrived(
+    proto: ProtocolVersion,
+    srv: &messenger::Messenger,
+    seen: &Receiver<Seen>,
+    n: u64,
+    front_len: usize,
+) -> u64 {
+    for tid in 1..=n {
+        let (_, msg) = next_message(seen);
+        assert_eq!((msg.tid(), msg.front().len()), (tid, front_len), "{proto:?}: in order");
+    }
+    budget_requests(srv)
+}
+
 fn wait_until_released(proto: ProtocolVersion, srv: &messenger::Messenger) {
     wait_until(
         || srv.dispatch_throttle().current() == 0,
@@ -237,11 +254,7 @@ fn a_burst_without_early_batches_asks_a_few_times(proto: ProtocolVersion) {
     let hold = hold_workers(&srv);
     peer.sock.write_all(&burst).expect("write");
     drop(hold);
-    for tid in 1..=BURST {
-        let (_, msg) = next_message(&seen);
-        assert_eq!((msg.tid(), msg.front().len()), (tid, front.len()), "{proto:?}: in order");
-    }
-    let asked = budget_requests(&srv);
+    let asked = burst_arrived(proto, &srv, &seen, BURST, front.len());
     // Two per read phase at most (its first message, and the second, which takes the
     // credit for the rest); the burst arrives in one or two.
     assert!(asked <= 6, "{proto:?}: {asked} of {BURST} messages asked for their budget");
@@ -306,11 +319,7 @@ fn a_burst_crossing_the_batch_asks_once_per_early_batch(proto: ProtocolVersion) 
     peer.sock.write_all(&burst).expect("write");
     wait_until_sent(&peer.sock);
     drop(go);
-    for tid in 1..=BURST {
-        let (_, msg) = next_message(&seen);
-        assert_eq!((msg.tid(), msg.front().len()), (tid, front.len()), "{proto:?}: in order");
-    }
-    let asked = budget_requests(&srv);
+    let asked = burst_arrived(proto, &srv, &seen, BURST, front.len());
     assert!(asked <= 7, "{proto:?}: {asked} of {BURST} messages asked for their budget");
     wait_until_released(proto, &srv);
     srv.shutdown();
