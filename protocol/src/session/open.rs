@@ -93,6 +93,7 @@ impl Credit {
 /// The receive budget of the message being received (see
 /// [`super::Event::NeedBudget`]).
 #[derive(Clone, Copy, Debug, Default)]
+#[cfg_attr(test, derive(PartialEq))]
 pub(crate) struct Budget {
     /// Payload bytes granted so far.
     granted: u64,
@@ -115,6 +116,12 @@ pub(crate) struct Budget {
     floor: u64,
     /// The message's payload length, once its header was read.
     len: u64,
+    /// Whether anything moved the budget from its default since the last
+    /// [`Budget::finish`]: a message taken whole on credit in msgr v1 never does, and
+    /// its reset of every field showed per message (~8 instructions). Set by every
+    /// method that changes a field ([`Budget::grant`] and [`Budget::progress`] change
+    /// only what an [`Budget::ask`] started).
+    touched: bool,
 }
 
 impl Budget {
@@ -135,6 +142,7 @@ impl Budget {
 
     /// The message whose header was just read has a payload of `len` bytes.
     pub(crate) fn set_len(&mut self, len: u64) {
+        self.touched = true;
         self.len = len;
     }
 
@@ -159,6 +167,9 @@ impl Budget {
 
     /// The message is complete (or dropped): the next one starts afresh.
     pub(crate) fn finish(&mut self) -> Option<u64> {
+        if !self.touched {
+            return None;
+        }
         let credited = self.credited;
         *self = Budget::default();
         credited
@@ -167,6 +178,7 @@ impl Budget {
     /// The message's payload of `len` bytes was paid for from the receive credit (its
     /// first window, or the whole message taken in one call).
     pub(crate) fn funded_by_credit(&mut self, len: u64) {
+        self.touched = true;
         self.credited = Some(len);
     }
 
@@ -177,6 +189,7 @@ impl Budget {
         if first {
             *self = Budget::default();
         }
+        self.touched = true;
         self.asked = Some((bytes, first));
         if self.clock.is_some() {
             self.paused_at = Some(now);
@@ -206,6 +219,7 @@ impl Budget {
     /// more than `window` (0: the window alone). Progress already enough for the new
     /// rule restarts the clock, as a byte arriving would.
     pub(crate) fn set_floor(&mut self, bytes: u64, window: u32, now: Instant) {
+        self.touched = true;
         self.floor = bytes;
         if let (Some((_, progressed)), None) = (self.clock, self.asked) {
             if progressed >= u64::from(window.max(1)).max(bytes) {
@@ -222,5 +236,37 @@ impl Budget {
         let required = u64::from(window.max(1)).max(self.floor);
         self.clock =
             if progressed >= required { Some((now, 0)) } else { Some((since, progressed)) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // `finish` skips its reset when nothing touched the budget: each way of touching it
+    // must still be undone, so the next message starts from the default.
+    #[test]
+    // The instants are only inputs here.
+    #[allow(clippy::disallowed_methods)]
+    fn finish_resets_whatever_touched_the_budget_and_leaves_an_untouched_one_default() {
+        let now = Instant::now();
+        let mut b = Budget::default();
+        assert_eq!((b.finish(), b), (None, Budget::default()), "untouched: stays default");
+
+        let touch: [&dyn Fn(&mut Budget); 4] =
+            [&|b| b.set_floor(100, 10, now), &|b| b.set_len(7), &|b| b.funded_by_credit(7), &|b| {
+                b.ask(5, true, now);
+                b.grant(Some(now));
+                b.progress(3, 10, now);
+            }];
+        for (i, f) in touch.iter().enumerate() {
+            let mut b = Budget::default();
+            f(&mut b);
+            assert_ne!(b, Budget::default(), "touch {i} changed the budget");
+            let credited = b.finish();
+            assert_eq!(credited, (i == 2).then_some(7), "touch {i}: what the credit paid");
+            assert_eq!(b, Budget::default(), "touch {i}: finish starts the next message afresh");
+            assert_eq!(b.finish(), None, "touch {i}: a second finish gives nothing back");
+        }
     }
 }
