@@ -78,6 +78,12 @@ impl Own {
         }
     }
 
+    /// Whether [`detach`](Self::detach) would hand over anything: messages, their cost,
+    /// or a buffer too large to keep.
+    fn holds_anything(&self) -> bool {
+        !self.messages.is_empty() || self.messages.capacity() > KEPT_CAPACITY || self.cost != 0
+    }
+
     fn is(&self, conn: &Connection) -> bool {
         self.conn.as_ref().is_some_and(|c| Arc::ptr_eq(&c.0, &conn.0))
     }
@@ -168,17 +174,23 @@ impl Drop for Scope {
         }
         let _ = OWN.try_with(|own| {
             // Taken out first: what runs below (a wake-up, drops) must find the queue free.
-            let (conn, mut rest) = match own.try_borrow_mut() {
+            let (conn, rest, reserve) = match own.try_borrow_mut() {
                 Ok(mut own) => {
-                    let mut rest = own.detach();
-                    rest.reserve = std::mem::take(&mut own.reserve);
-                    (own.conn.take(), rest)
+                    // Nearly every turn ends with the queue taken (the pump's last drain,
+                    // `spill`) and its buffer small enough to keep: then `detach` would
+                    // hand over nothing, and building, spilling and dropping that empty
+                    // `Own` cost ~45 instructions per turn (two turns per round trip at
+                    // depth 1).
+                    let rest = own.holds_anything().then(|| own.detach());
+                    (own.conn.take(), rest, std::mem::take(&mut own.reserve))
                 }
                 Err(_) => return,
             };
             if let Some(conn) = conn {
-                rest.spill(&conn);
-                conn.0.send_budget.adjust(rest.reserve, 0);
+                if let Some(mut rest) = rest {
+                    rest.spill(&conn);
+                }
+                conn.0.send_budget.adjust(reserve, 0);
             }
         });
     }
@@ -287,32 +299,57 @@ fn grow(v: &mut Vec<Message>) {
 /// this queue keeps `out`'s room for the next turn. (Moved one by one into the mailbox's
 /// scratch queue, each stamped with the time, they cost ~25 instructions per message
 /// at 64 B: stamped only to be found to have waited nothing.)
+///
+/// Inline up to the emptiness check, the moves out of line: most calls (a pump drains at
+/// its start and in every round) find the queue empty, and a call to the whole function
+/// paid its frame (saved registers, ~15 instructions) for nothing, four times per round
+/// trip at depth 1.
+#[inline]
 pub(crate) fn take(conn: &Connection, room: usize, out: &mut Vec<Message>) -> u64 {
     OWN.try_with(|own| {
         let Ok(mut own) = own.try_borrow_mut() else { return 0 };
         if !own.is(conn) || own.messages.is_empty() || room == 0 {
             return 0;
         }
-        let n = room.min(own.messages.len());
-        if n == own.messages.len() {
-            if out.is_empty() {
-                std::mem::swap(&mut own.messages, out);
-            } else {
-                out.append(&mut own.messages);
-            }
-            return std::mem::take(&mut own.cost);
-        }
-        let cost: u64 = own.messages[..n].iter().map(Message::send_cost).sum();
-        out.extend(own.messages.drain(..n));
-        own.cost -= cost;
-        cost
+        take_queued(&mut own, room, out)
     })
     .unwrap_or(0)
 }
 
+/// [`take`] once the queue holds messages for this driver and it has room for some.
+#[inline(never)]
+fn take_queued(own: &mut Own, room: usize, out: &mut Vec<Message>) -> u64 {
+    let n = room.min(own.messages.len());
+    if n == own.messages.len() {
+        if out.is_empty() {
+            std::mem::swap(&mut own.messages, out);
+        } else {
+            out.append(&mut own.messages);
+        }
+        return std::mem::take(&mut own.cost);
+    }
+    let cost: u64 = own.messages[..n].iter().map(Message::send_cost).sum();
+    out.extend(own.messages.drain(..n));
+    own.cost -= cost;
+    cost
+}
+
 /// The driver is about to leave its mailbox for others (the end of its pump): what it
-/// could not take goes there.
+/// could not take goes there. Inline: it mostly finds the queue empty (taken by the
+/// pump's last drain), and the call cost more than the check.
+#[inline]
 pub(crate) fn spill(conn: &Connection) {
+    let queued = OWN
+        .try_with(|own| own.try_borrow().is_ok_and(|own| own.is(conn) && !own.messages.is_empty()))
+        .unwrap_or(false);
+    if queued {
+        spill_queued(conn);
+    }
+}
+
+/// [`spill`] once the queue holds messages for `conn`.
+#[inline(never)]
+fn spill_queued(conn: &Connection) {
     let rest = OWN.try_with(|own| match own.try_borrow_mut() {
         Ok(mut own) if own.is(conn) && !own.messages.is_empty() => Some(own.detach()),
         _ => None,
@@ -373,6 +410,114 @@ mod tests {
             push_inline(&mut v, msg);
         }
         assert_eq!(v.iter().map(Message::tid).collect::<Vec<_>>(), (0..40).collect::<Vec<_>>());
+    }
+
+    /// Sends `n` messages to `conn` through this thread's queue (its driver's turn runs).
+    fn send_own(conn: &Connection, n: u64) {
+        for tid in 0..n {
+            let mut msg = Message::new(1, Bytes::new());
+            msg.set_tid(tid);
+            let cost = msg.send_cost();
+            assert!(matches!(try_send(conn, msg, cost), Ok(Ok(()))), "queued on this thread");
+        }
+    }
+
+    fn queued_here() -> (usize, usize) {
+        OWN.with(|own| {
+            let own = own.borrow();
+            (own.messages.len(), own.messages.capacity())
+        })
+    }
+
+    // The turn's end skips handing over an empty queue; one that still holds messages
+    // (sent after the pump's last drain, or that the protocol had no room for) hands
+    // them to the mailbox, in order, with their cost moved to the mailbox's count.
+    #[test]
+    fn a_turn_that_ends_with_sends_queued_hands_them_to_the_mailbox() {
+        let conn = crate::connection::testing::detached(1, false);
+        let scope = Scope::enter(&conn);
+        send_own(&conn, 3);
+        let cost = conn.0.driver_cost.load(Relaxed);
+        assert!(cost > 0);
+        drop(scope);
+        let mb = conn.0.mailbox.lock();
+        let tids: Vec<u64> = mb.messages.iter().map(|(m, _)| m.tid()).collect();
+        assert_eq!(tids, vec![0, 1, 2]);
+        assert!(mb.notified, "the spill woke the driver");
+        drop(mb);
+        assert_eq!(conn.0.mailbox_cost.load(Relaxed), cost);
+        assert_eq!(conn.0.driver_cost.load(Relaxed), 0);
+        assert_eq!(queued_here().0, 0, "nothing left on the thread");
+    }
+
+    // An emptied queue whose buffer grew past `KEPT_CAPACITY` (a burst of replies, taken
+    // by the driver) still gives the buffer back at the turn's end: only a small one is
+    // kept for the next turn.
+    #[test]
+    fn a_turn_that_took_a_burst_gives_its_large_buffer_back() {
+        let conn = crate::connection::testing::detached(1, false);
+        let scope = Scope::enter(&conn);
+        let burst = KEPT_CAPACITY as u64 + 1;
+        send_own(&conn, burst);
+        // Taken behind a message already there: appended, the thread keeps its buffer.
+        let mut out = vec![Message::new(1, Bytes::new())];
+        let cost = take(&conn, usize::MAX, &mut out);
+        assert!(cost > 0);
+        assert_eq!(out.len(), burst as usize + 1);
+        let (len, capacity) = queued_here();
+        assert_eq!(len, 0);
+        assert!(capacity > KEPT_CAPACITY, "the burst's buffer is still the thread's");
+        drop(scope);
+        assert_eq!(queued_here(), (0, 0), "given back at the turn's end");
+        assert!(conn.0.mailbox.lock().messages.is_empty());
+    }
+
+    // `take` returns early for an empty queue; one holding messages gives up to `room`
+    // of them, in order, with their cost.
+    #[test]
+    fn take_moves_what_the_queue_holds_up_to_the_room() {
+        let conn = crate::connection::testing::detached(1, false);
+        let other = crate::connection::testing::detached(2, false);
+        let _scope = Scope::enter(&conn);
+        let mut out = Vec::new();
+        assert_eq!(take(&conn, usize::MAX, &mut out), 0, "nothing queued");
+        send_own(&conn, 3);
+        assert_eq!(take(&other, usize::MAX, &mut out), 0, "not the running driver's");
+        assert_eq!(take(&conn, 0, &mut out), 0, "no room");
+        let one = take(&conn, 1, &mut out);
+        assert!(one > 0);
+        assert_eq!(out.iter().map(Message::tid).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(take(&conn, usize::MAX, &mut out), 2 * one);
+        assert_eq!(out.iter().map(Message::tid).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(queued_here().0, 0);
+    }
+
+    // `spill` returns early for an empty queue (or another connection's); one holding
+    // messages hands them to the mailbox.
+    #[test]
+    fn spill_hands_queued_messages_to_the_mailbox() {
+        let conn = crate::connection::testing::detached(1, false);
+        let other = crate::connection::testing::detached(2, false);
+        let _scope = Scope::enter(&conn);
+        spill(&conn);
+        assert!(conn.0.mailbox.lock().messages.is_empty());
+        send_own(&conn, 2);
+        spill(&other);
+        assert_eq!(queued_here().0, 2, "not the running driver's: left");
+        spill(&conn);
+        assert_eq!(queued_here().0, 0);
+        let tids: Vec<u64> = conn.0.mailbox.lock().messages.iter().map(|(m, _)| m.tid()).collect();
+        assert_eq!(tids, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_queue_holds_anything_with_messages_cost_or_a_large_buffer() {
+        assert!(!queue_with(KEPT_CAPACITY, 0).holds_anything());
+        assert!(queue_with(8, 1).holds_anything());
+        assert!(queue_with(KEPT_CAPACITY + 1, 0).holds_anything());
+        let mut own = queue_with(8, 0);
+        own.cost = 1;
+        assert!(own.holds_anything());
     }
 
     #[test]

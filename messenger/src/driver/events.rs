@@ -530,7 +530,7 @@ impl Driver {
         self.deliver_pending();
         // Commands (a mark_down, a replacing socket) wait for the end of the read: they
         // change the session, which this is in the middle of parsing.
-        let (moved, _) = self.take_mailbox(cx, false);
+        let (moved, _) = self.take_mailbox(cx, false, false);
         if moved > 0 || taken {
             self.flush(cx);
         }
@@ -575,7 +575,7 @@ impl Driver {
     /// `own_sent_since_batch` (written later, by the caller's rule or the pump's end).
     fn take_sent(&mut self, cx: &mut Context<'_>) {
         let (before, own_before) = (self.send_held, self.own_sent_total);
-        self.take_mailbox(cx, false);
+        self.take_mailbox(cx, false, false);
         self.sent_since_batch =
             self.sent_since_batch.saturating_add(self.send_held.saturating_sub(before));
         let own = self.own_sent_total.wrapping_sub(own_before);

@@ -351,8 +351,7 @@ impl Driver {
         }
         // While the driver runs, senders need not wake it: it re-drains the mailbox before
         // each write, so replies sent from fast dispatch leave in the same writev.
-        self.conn.0.mailbox.lock().notified = true;
-        self.drain_mailbox(cx);
+        self.drain_mailbox(cx, true);
         if self.finished {
             return;
         }
@@ -376,7 +375,7 @@ impl Driver {
         let recv_time = read_done.saturating_duration_since(started_at);
         WorkerCounters::add_own_time(&self.counters.running_recv_time_ns, recv_time);
         for _ in 0..MAX_ROUNDS {
-            self.drain_mailbox(cx);
+            self.drain_mailbox(cx, false);
             if self.finished {
                 return;
             }
