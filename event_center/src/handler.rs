@@ -244,8 +244,14 @@ impl Context<'_> {
     /// of the iteration began where the one before it ended, the sum of their `ran` as
     /// the iteration's running time instead of subtracting clocks.
     pub fn ended_at(&mut self, now: Instant, ran: Duration) {
+        self.ended_at_ns(now, u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// [`ended_at`](Self::ended_at) with `ran` in nanoseconds (saturated at `u64::MAX`),
+    /// for a callback that counts its run time in them already.
+    pub fn ended_at_ns(&mut self, now: Instant, ran_ns: u64) {
         self.core.ended_at = Some(now);
-        self.core.ended_ran_ns = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
+        self.core.ended_ran_ns = ran_ns;
     }
 
     /// Whether this center spent at least 80 % of its last ~2 ms running handlers

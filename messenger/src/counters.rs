@@ -144,7 +144,9 @@ pub(crate) fn perf_schema_section(rows: &[(&str, PerfType, PerfUnit, &str)]) -> 
     serde_json::Value::Object(section)
 }
 
-fn ns(d: Duration) -> u64 {
+/// `d` in nanoseconds, saturated at `u64::MAX` (a driver's running times are added in
+/// them).
+pub(crate) fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -168,11 +170,6 @@ impl WorkerCounters {
     /// a lock) publishes it with everything before it.
     pub(crate) fn add_own(counter: &AtomicU64, n: u64) {
         counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
-    }
-
-    /// [`add_own`](Self::add_own) for a nanosecond counter (a driver's running times).
-    pub(crate) fn add_own_time(counter: &AtomicU64, d: Duration) {
-        Self::add_own(counter, ns(d));
     }
 
     /// Adds `d` to a nanosecond counter.
