@@ -85,13 +85,15 @@ impl MsgFooter {
         out[0..4].copy_from_slice(&self.front_crc.to_le_bytes());
         out[4..8].copy_from_slice(&self.middle_crc.to_le_bytes());
         out[8..12].copy_from_slice(&self.data_crc.to_le_bytes());
-        match format {
-            FooterFormat::Old => out[12] = self.flags.0,
-            FooterFormat::New => {
-                out[12..20].copy_from_slice(&self.sig.to_le_bytes());
-                out[20] = self.flags.0;
-            }
-        }
+        // One layout for both formats, the old one's flags written over the first byte
+        // of a zero signature: written per format, the compiler merged the two arrays
+        // byte by byte (shifts and byte stores on every message sent).
+        let (sig, flags_at) = match format {
+            FooterFormat::Old => (0, 12),
+            FooterFormat::New => (self.sig, 20),
+        };
+        out[12..20].copy_from_slice(&sig.to_le_bytes());
+        out[flags_at] = self.flags.0;
         (out, format.encoded_len())
     }
 
@@ -127,6 +129,29 @@ impl MsgFooter {
 mod tests {
     use super::*;
     use crate::wire::ceph_crc32c;
+
+    // Every field in its place in both formats, a signature only in the new one (the
+    // old format's array is zero past its flags).
+    #[test]
+    fn to_bytes_lays_out_each_format() {
+        let f = MsgFooter {
+            front_crc: 0x0403_0201,
+            middle_crc: 0x0807_0605,
+            data_crc: 0x0c0b_0a09,
+            sig: 0x1817_1615_1413_1211,
+            flags: FooterFlags::COMPLETE | FooterFlags::NOCRC,
+        };
+        let crcs = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        let flags = f.flags.0;
+        let (new, n) = f.to_bytes(FooterFormat::New);
+        assert_eq!(n, 21);
+        assert_eq!(new[..12], crcs);
+        assert_eq!(new[12..], [0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, flags]);
+        let (old, n) = f.to_bytes(FooterFormat::Old);
+        assert_eq!(n, 13);
+        assert_eq!(old[..12], crcs);
+        assert_eq!(old[12..], [flags, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
 
     #[test]
     fn golden_mauth_footer() {
