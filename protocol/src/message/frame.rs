@@ -151,9 +151,14 @@ fn seal_in_place(
     crc_data: bool,
 ) -> MsgFooter {
     let [front, middle, data] = segments;
-    header.front_len = len32(front.len());
-    header.middle_len = len32(middle.len());
-    header.data_len = len32(data.len());
+    let (f, m, d) = (front.len(), middle.len(), data.len());
+    if u32::try_from(f | m | d).is_ok() {
+        // All three fit (every message but a caller's bug): one test, not a check and
+        // a clamp per length (~8 instructions per message sent).
+        (header.front_len, header.middle_len, header.data_len) = (f as u32, m as u32, d as u32);
+    } else {
+        (header.front_len, header.middle_len, header.data_len) = (len32(f), len32(m), len32(d));
+    }
     header.reserved = 0;
     header.crc = 0;
     let (tag, rest) = head.split_at_mut(1);
@@ -343,7 +348,13 @@ fn gather(
     // The caller reserves room for a batch ([`GATHERED_PER_FRAME`] each): reserving
     // only what this frame needs cost an allocation (and a shared-buffer header) per
     // message.
-    let gathered: usize = segments.iter().map(|s| s.len()).filter(|&l| l < ZERO_COPY_MIN).sum();
+    // A payload under `ZERO_COPY_MIN` is all gathered (each segment is shorter): no
+    // segment by segment sum for the common small message (~10 instructions a frame).
+    let gathered: usize = if payload < ZERO_COPY_MIN {
+        payload
+    } else {
+        segments.iter().map(|s| s.len()).filter(|&l| l < ZERO_COPY_MIN).sum()
+    };
     let need = tag_header.len() + gathered + footer_len;
     if head.capacity() - head.len() < need {
         grow_head(head, need);

@@ -630,6 +630,29 @@ mod tests {
         assert_eq!((&head[..], n), (&want[..], want.len()));
     }
 
+    // Segments each under `ZERO_COPY_MIN` are gathered into `head` whatever their sum
+    // (a payload of 4 KiB or more in small segments too); only a longer segment goes
+    // onto the write list by reference. The same bytes as the frame's either way.
+    #[test]
+    fn push_frame_to_gathers_every_short_segment() {
+        let short = ZERO_COPY_MIN - 1;
+        for (front, data, by_ref) in
+            [(10, 20, false), (short, short, false), (short, ZERO_COPY_MIN, true)]
+        {
+            let mut m = Message::new(17, Bytes::from(vec![1u8; front]));
+            m.set_data(Bytes::from(vec![2u8; data]));
+            let opts = EncodeOptions::default();
+            let (mut head, mut out) = (BytesMut::new(), Vec::new());
+            let n = m.push_frame_to(5, UNNAMED_CLIENT, &opts, |_, _| {}, &mut head, &mut out);
+            let shared = out.iter().any(|b| b.as_ptr() == m.data().as_ptr());
+            assert_eq!((shared, out.is_empty()), (by_ref, !by_ref), "{front} + {data}");
+            out.push(head.freeze());
+            let mut want = Vec::new();
+            m.encode_frame(5, UNNAMED_CLIENT, &opts).write_to(&mut want);
+            assert_eq!((out.concat(), n), (want.clone(), want.len()), "{front} + {data}");
+        }
+    }
+
     // The sender's path, without a Frame: the same bytes as the frame's, each seal seen
     // by the signer, a large data segment shared.
     #[test]
