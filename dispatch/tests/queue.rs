@@ -969,3 +969,57 @@ fn a_panicking_dispatcher_costs_its_message_not_the_thread() {
     assert_eq!(q.counters().panics, 2);
     q.shutdown(ShutdownMode::Drain);
 }
+
+/// Keeps every message it is given: sends it on.
+struct Keeper(crossbeam_channel::Sender<Message>);
+
+impl Dispatcher<TestConn> for Keeper {
+    fn ms_dispatch(&self, _conn: &TestConn, m: Message) -> Dispatched {
+        let _ = self.0.send(m);
+        Dispatched::Taken
+    }
+}
+
+/// A read batch's small messages, queued by `enqueue_batch`, are copied out of the read
+/// buffer they were sliced from into chunks they share (one after the other in memory),
+/// byte for byte; one kept by its dispatcher reads its payload still after the others
+/// are gone and more batches were copied. Before, each got a buffer of its own.
+#[test]
+fn enqueue_batch_packs_small_payloads_out_of_the_read_buffer_and_a_kept_one_outlives_the_rest()
+{
+    let (tx, rx) = unbounded();
+    let d = Dispatchers::new();
+    d.add_tail(Arc::new(Keeper(tx)));
+    let q = queue(&d);
+    q.set_compact_below(32 << 10);
+    q.start().expect("start");
+    let read = bytes::Bytes::from((0..64u32 << 10).map(|i| (i * 7) as u8).collect::<Vec<_>>());
+    let range = read.as_ptr() as usize..read.as_ptr() as usize + read.len();
+    let conn = TestConn(5);
+    let batch_of = |from: usize| {
+        let mut batch = ReadBatch::new();
+        for i in 0..30 {
+            let mut m = msg(11, PRIO_DEFAULT, i as u64, 0);
+            m.set_data(read.slice(from + i * 100..from + i * 100 + 64));
+            q.deliver_into(&conn, m, None, &mut batch);
+        }
+        q.enqueue_batch(&conn, &mut batch);
+        recv_n(&rx, 30)
+    };
+    let got = batch_of(0);
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.data(), &read.slice(i * 100..i * 100 + 64), "message {i}");
+        assert!(!range.contains(&(m.data().as_ptr() as usize)), "still a slice of the read buffer");
+    }
+    let next_to_each_other = got
+        .windows(2)
+        .filter(|w| w[0].data().as_ptr() as usize + 64 == w[1].data().as_ptr() as usize)
+        .count();
+    assert!(next_to_each_other >= 28, "{next_to_each_other} of 29 pairs packed together");
+    let kept = got.into_iter().nth(17).expect("30 messages");
+    for round in 1..20 {
+        drop(batch_of(round * 3000));
+    }
+    assert_eq!(kept.data(), &read.slice(1700..1764));
+    q.shutdown(ShutdownMode::Drain);
+}

@@ -371,13 +371,14 @@ impl<C: ConnectionRef> DispatchQueue<C> {
         if batch.is_empty() {
             return;
         }
-        // Copies, if any, are made before the lock is taken. A read's messages are nearly
-        // always of one priority: then they are queued as one run, without a look at
-        // each one's priority under the lock.
+        // Copies, if any, are made before the lock is taken, for the whole batch at once:
+        // its small payloads share a chunk (`Message::compact_all`). A read's messages
+        // are nearly always of one priority: then they are queued as one run, without a
+        // look at each one's priority under the lock.
         let compact_below = self.shared.compact_below.load(Ordering::Relaxed);
+        Message::compact_all(batch, |(msg, _)| msg, compact_below);
         let mut one_priority = batch.first().map(|(msg, _)| msg.priority());
-        for (msg, _) in batch.iter_mut() {
-            msg.compact(compact_below);
+        for (msg, _) in batch.iter() {
             one_priority = one_priority.filter(|p| *p == msg.priority());
         }
         let id = conn.conn_id();

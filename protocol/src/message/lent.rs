@@ -27,6 +27,8 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
+use super::Message;
+
 thread_local! {
     static LENT: RefCell<Lent> = const { RefCell::new(Lent::new()) };
 }
@@ -177,6 +179,111 @@ pub(super) fn copy_of(parts: &[&[u8]], len: usize) -> Bytes {
         // A thread being torn down, or a copy made while one is under way (not
         // expected): a plain buffer.
         _ => fill(BytesMut::with_capacity(len), parts).freeze(),
+    }
+}
+
+/// What [`Message::compact_all`] does: for each message whose payload is below `below`
+/// bytes, a copy; the small ones packed into the open chunk one after the other and
+/// handed out once the chunk is full or the batch done, with one split of the chunk
+/// and one slice of that per message (a split of the chunk per message costs twice
+/// that).
+pub(super) fn compact_all<T>(
+    msgs: &mut [T],
+    mut message: impl FnMut(&mut T) -> &mut Message,
+    below: usize,
+) {
+    if below == 0 {
+        return;
+    }
+    let done = LENT.try_with(|l| match l.try_borrow_mut() {
+        Ok(mut lent) => {
+            lent.compact_all(msgs, &mut message, below);
+            true
+        }
+        Err(_) => false,
+    });
+    if done != Ok(true) {
+        // A thread being torn down, or a copy made while one is under way (not
+        // expected): one by one, each in a plain buffer.
+        for m in msgs.iter_mut() {
+            message(m).compact(below);
+        }
+    }
+}
+
+/// Whether a payload of `len` bytes is packed into a chunk when compacted below `below`.
+#[inline]
+fn packed(len: usize, below: usize) -> bool {
+    len != 0 && len < below && len <= PACK_MAX
+}
+
+impl Lent {
+    fn compact_all<T>(
+        &mut self,
+        msgs: &mut [T],
+        message: &mut impl FnMut(&mut T) -> &mut Message,
+        below: usize,
+    ) {
+        // `msgs[from..i]` holds the packed payloads copied into the open chunk and not
+        // yet handed out: `pending` of them, `filled` bytes.
+        let (mut from, mut pending, mut filled) = (0, 0, 0);
+        for i in 0..msgs.len() {
+            let m = message(&mut msgs[i]);
+            let len = m.payload_len();
+            if !packed(len, below) {
+                if len != 0 && len < below {
+                    let own = self.copy(&m.payload_parts(), len);
+                    m.set_payload_copy(own);
+                }
+                continue;
+            }
+            let open = match &mut self.open {
+                Some(open) if open.capacity() >= len => open,
+                _ => {
+                    if pending > 0 {
+                        self.hand_out(&mut msgs[from..i], message, below, pending, filled);
+                    }
+                    (from, pending, filled) = (i, 0, 0);
+                    self.next_chunk()
+                }
+            };
+            fill_in(open, &message(&mut msgs[i]).payload_parts());
+            pending += 1;
+            filled += len;
+        }
+        if pending > 0 {
+            self.hand_out(&mut msgs[from..], message, below, pending, filled);
+        }
+    }
+
+    /// Gives each of the `pending` packed messages of `msgs` its slice of the first
+    /// `filled` bytes of the open chunk, where their payloads were copied in order.
+    fn hand_out<T>(
+        &mut self,
+        msgs: &mut [T],
+        message: &mut impl FnMut(&mut T) -> &mut Message,
+        below: usize,
+        mut pending: usize,
+        filled: usize,
+    ) {
+        let Some(open) = &mut self.open else {
+            return;
+        };
+        let mut block = open.split_to(filled).freeze();
+        for item in msgs.iter_mut() {
+            let m = message(item);
+            let len = m.payload_len();
+            if !packed(len, below) {
+                continue;
+            }
+            pending -= 1;
+            // The last one takes what is left, without a reference count of its own.
+            let own = if pending == 0 { std::mem::take(&mut block) } else { block.split_to(len) };
+            m.set_payload_copy(own);
+            if pending == 0 {
+                break;
+            }
+        }
     }
 }
 
@@ -389,6 +496,108 @@ mod tests {
             }
         }
         // The ring keeps its handles bounded while a chunk stays pinned.
+        let (n, bytes) = held();
+        assert!(n <= LENT_KEEP && bytes <= LENT_BYTES, "{n} buffers, {bytes} bytes");
+    }
+
+    /// A batch of mixed messages, as a read gives them: each slices the shared read
+    /// buffer at `at`, `len` bytes, in `segs` segments.
+    fn mixed(shared: &Bytes) -> Vec<(Message, (usize, usize))> {
+        (0..300usize)
+            .map(|i| {
+                let at = (i * 523) % (30 << 10);
+                let len = match i % 10 {
+                    0 => 0,
+                    1 => 2000,     // over PACK_MAX: a buffer of its own
+                    2 => 33 << 10, // not below the threshold: stays a slice
+                    3 => PACK_MAX, // the largest packed
+                    _ => 40 + i % 50,
+                };
+                let mut m = Message::new(17, Bytes::new());
+                if i % 4 == 0 && len >= 9 {
+                    m.set_front(shared.slice(at..at + 5));
+                    m.set_middle(shared.slice(at + 5..at + 9));
+                    m.set_data(shared.slice(at + 9..at + len));
+                } else {
+                    m.set_data(shared.slice(at..at + len));
+                }
+                (m, (at, len))
+            })
+            .collect()
+    }
+
+    fn payload(m: &Message) -> Vec<u8> {
+        [&m.front()[..], &m.middle()[..], &m.data()[..]].concat()
+    }
+
+    #[test]
+    fn compact_all_copies_what_compact_copies_byte_for_byte_packing_the_small_ones() {
+        let shared = shared();
+        let range = shared.as_ptr() as usize..shared.as_ptr() as usize + shared.len();
+        let mut batch = mixed(&shared);
+        let before = held();
+        Message::compact_all(&mut batch, |(m, _)| m, 32 << 10);
+        for (i, (m, (at, len))) in batch.iter().enumerate() {
+            assert_eq!(payload(m), shared.slice(*at..at + len), "message {i}");
+            assert_eq!(m.payload_len(), *len);
+            let in_read_buffer = [m.front(), m.middle(), m.data()]
+                .iter()
+                .any(|b| !b.is_empty() && range.contains(&(b.as_ptr() as usize)));
+            assert_eq!(in_read_buffer, *len >= 32 << 10, "message {i} of {len} bytes");
+            // A copied message's empty segments do not hold the read buffer either.
+            if *len != 0 && *len < 32 << 10 {
+                for b in [m.front(), m.middle(), m.data()] {
+                    assert!(!range.contains(&(b.as_ptr() as usize)), "message {i}");
+                }
+            }
+        }
+        // The packed payloads follow one another within a chunk: only a new chunk breaks
+        // the run, and each chunk is CHUNK bytes.
+        let packed: Vec<&Message> =
+            batch.iter().filter(|(_, (_, l))| super::packed(*l, 32 << 10)).map(|(m, _)| m).collect();
+        let start = |m: &Message| {
+            [m.front(), m.middle(), m.data()].into_iter().find(|b| !b.is_empty()).map_or(0, |b| b.as_ptr() as usize)
+        };
+        let breaks =
+            packed.windows(2).filter(|w| start(w[0]) + w[0].payload_len() != start(w[1])).count();
+        let (n, bytes) = held();
+        let own = batch.iter().filter(|(_, (_, l))| *l == 2000).count();
+        let chunks = n - before.0 - own;
+        assert!(breaks <= chunks, "{breaks} breaks in {chunks} full chunks");
+        assert!(chunks <= packed.iter().map(|m| m.payload_len()).sum::<usize>() / (CHUNK - PACK_MAX) + 1);
+        assert_eq!(bytes - before.1, chunks * CHUNK + own * 2000);
+        // Nothing to do below 0.
+        let mut again = mixed(&shared);
+        Message::compact_all(&mut again, |(m, _)| m, 0);
+        assert!(again.iter().all(|(m, (_, l))| *l == 0 || range.contains(&(m.data().as_ptr() as usize))));
+    }
+
+    #[test]
+    fn a_message_kept_from_a_compacted_batch_outlives_the_others_and_its_chunk_is_not_reused() {
+        let shared = shared();
+        let batch = |from: usize| -> Vec<(Message, ())> {
+            let mut b: Vec<(Message, ())> =
+                (0..200).map(|i| (received(&shared.slice(from + i..), 64), ())).collect();
+            Message::compact_all(&mut b, |(m, _)| m, 32 << 10);
+            b
+        };
+        let mut first = batch(0);
+        let (kept, ()) = first.swap_remove(70);
+        let at = kept.data().as_ptr() as usize;
+        drop(first);
+        let mut later = Vec::new();
+        for round in 1..10 {
+            later.push(batch(round * 1000));
+            if later.len() > 2 {
+                later.remove(0);
+            }
+            assert_eq!(kept.data(), &shared.slice(70..134), "round {round}");
+            for (m, ()) in later.iter().flatten() {
+                let p = m.data().as_ptr() as usize;
+                assert!(p + 64 <= at || p >= at + 64, "a later payload overlaps the kept one");
+            }
+        }
+        // The chunks of dropped batches were reused: fewer chunks were made than filled.
         let (n, bytes) = held();
         assert!(n <= LENT_KEEP && bytes <= LENT_BYTES, "{n} buffers, {bytes} bytes");
     }

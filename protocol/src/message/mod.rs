@@ -414,7 +414,27 @@ impl Message {
         if len == 0 || len >= below {
             return;
         }
-        let own = lent::copy_of(&[&self.0.front, self.middle(), &self.0.data], len);
+        let own = lent::copy_of(&self.payload_parts(), len);
+        self.set_payload_copy(own);
+    }
+    /// [`Self::compact`] for each message of `msgs` (`message` finds it in an item):
+    /// the same copies, but the small payloads of a batch are copied one after the
+    /// other into a chunk shared by them, split into their slices once the batch (or
+    /// the chunk) is done. A message kept long still pins at most one chunk (4 KiB).
+    pub fn compact_all<T>(
+        msgs: &mut [T],
+        message: impl FnMut(&mut T) -> &mut Message,
+        below: usize,
+    ) {
+        lent::compact_all(msgs, message, below);
+    }
+    /// The payload's three segments, in order.
+    fn payload_parts(&self) -> [&[u8]; 3] {
+        [&self.0.front, self.middle(), &self.0.data]
+    }
+    /// Replaces the payload by `own`, a copy of it (of `payload_len` bytes).
+    fn set_payload_copy(&mut self, own: Bytes) {
+        let len = own.len();
         let (f, m) = (self.0.front.len(), self.0.front.len() + self.middle().len());
         // Empty segments become empty handles (an empty slice may still hold the read
         // buffer), and a segment that is the whole payload takes the buffer itself.
