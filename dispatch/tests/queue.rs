@@ -1015,7 +1015,8 @@ fn enqueue_batch_packs_small_payloads_out_of_the_read_buffer_and_a_kept_one_outl
         .windows(2)
         .filter(|w| w[0].data().as_ptr() as usize + 64 == w[1].data().as_ptr() as usize)
         .count();
-    assert!(next_to_each_other >= 28, "{next_to_each_other} of 29 pairs packed together");
+    // 1,920 bytes in chunks of at least 1 KiB, the first perhaps partly filled before.
+    assert!(next_to_each_other >= 26, "{next_to_each_other} of 29 pairs packed together");
     let kept = got.into_iter().nth(17).expect("30 messages");
     for round in 1..20 {
         drop(batch_of(round * 3000));

@@ -420,7 +420,7 @@ impl Message {
     /// [`Self::compact`] for each message of `msgs` (`message` finds it in an item):
     /// the same copies, but the small payloads of a batch are copied one after the
     /// other into a chunk shared by them, split into their slices once the batch (or
-    /// the chunk) is done. A message kept long still pins at most one chunk (4 KiB).
+    /// the chunk) is done. A message kept long still pins at most one chunk (1 KiB).
     pub fn compact_all<T>(
         msgs: &mut [T],
         message: impl FnMut(&mut T) -> &mut Message,
@@ -429,10 +429,12 @@ impl Message {
         lent::compact_all(msgs, message, below);
     }
     /// The payload's three segments, in order.
+    #[inline]
     fn payload_parts(&self) -> [&[u8]; 3] {
         [&self.0.front, self.middle(), &self.0.data]
     }
     /// Replaces the payload by `own`, a copy of it (of `payload_len` bytes).
+    #[inline]
     fn set_payload_copy(&mut self, own: Bytes) {
         let len = own.len();
         let (f, m) = (self.0.front.len(), self.0.front.len() + self.middle().len());
