@@ -985,8 +985,7 @@ impl Dispatcher<TestConn> for Keeper {
 /// byte for byte; one kept by its dispatcher reads its payload still after the others
 /// are gone and more batches were copied. Before, each got a buffer of its own.
 #[test]
-fn enqueue_batch_packs_small_payloads_out_of_the_read_buffer_and_a_kept_one_outlives_the_rest()
-{
+fn enqueue_batch_packs_small_payloads_out_of_the_read_buffer_and_a_kept_one_outlives_the_rest() {
     let (tx, rx) = unbounded();
     let d = Dispatchers::new();
     d.add_tail(Arc::new(Keeper(tx)));

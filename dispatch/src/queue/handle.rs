@@ -122,11 +122,13 @@ impl<C: ConnectionRef> DispatchQueue<C> {
     }
 
     /// Messages queued by [`enqueue`](Self::enqueue) with a payload below `n` bytes are
-    /// copied into an allocation of their own ([`Message::compact`]): received messages
-    /// are slices of large shared read buffers, which a small message waiting here
-    /// would otherwise keep alive. So are those holding a policy-throttle charge that go
-    /// to a fast dispatcher, which may keep them (the charge is then what bounds them).
-    /// 0 (the default) never copies.
+    /// copied out of their read buffer ([`Message::compact`]; a payload of at most 256
+    /// bytes into a 1 KiB chunk it shares with the ones copied before and after it,
+    /// a larger one into an allocation of its own): received messages are slices of
+    /// large shared read buffers, which a small message waiting here would otherwise
+    /// keep alive. So are those holding a policy-throttle charge that go to a fast
+    /// dispatcher, which may keep them (the charge is then what bounds them, to within
+    /// twice). 0 (the default) never copies.
     pub fn set_compact_below(&self, n: usize) {
         self.shared.compact_below.store(n, Ordering::Relaxed);
     }

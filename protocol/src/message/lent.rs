@@ -445,7 +445,10 @@ mod tests {
             let len = 50 + i % 31;
             let whole: Vec<u8> = [&m.front()[..], &m.middle()[..], &m.data()[..]].concat();
             assert_eq!(whole, shared.slice(at..at + len), "message {i}");
-            assert!(!range.contains(&(m.data().as_ptr() as usize)), "still a slice of the read buffer");
+            assert!(
+                !range.contains(&(m.data().as_ptr() as usize)),
+                "still a slice of the read buffer"
+            );
             total += len;
         }
         // Packed: a chunk per CHUNK bytes of payloads, not a buffer per message; and each
@@ -496,7 +499,10 @@ mod tests {
         for b in &later {
             for m in b {
                 let at = m.data().as_ptr() as usize;
-                assert!(at + 64 <= kept_chunk || at >= kept_chunk + 64, "overwrote the kept payload");
+                assert!(
+                    at + 64 <= kept_chunk || at >= kept_chunk + 64,
+                    "overwrote the kept payload"
+                );
             }
         }
         // The ring keeps its handles bounded while a chunk stays pinned.
@@ -557,10 +563,16 @@ mod tests {
         }
         // The packed payloads follow one another within a chunk: only a new chunk breaks
         // the run, and each chunk is CHUNK bytes.
-        let packed: Vec<&Message> =
-            batch.iter().filter(|(_, (_, l))| super::packed(*l, 32 << 10)).map(|(m, _)| m).collect();
+        let packed: Vec<&Message> = batch
+            .iter()
+            .filter(|(_, (_, l))| super::packed(*l, 32 << 10))
+            .map(|(m, _)| m)
+            .collect();
         let start = |m: &Message| {
-            [m.front(), m.middle(), m.data()].into_iter().find(|b| !b.is_empty()).map_or(0, |b| b.as_ptr() as usize)
+            [m.front(), m.middle(), m.data()]
+                .into_iter()
+                .find(|b| !b.is_empty())
+                .map_or(0, |b| b.as_ptr() as usize)
         };
         let breaks =
             packed.windows(2).filter(|w| start(w[0]) + w[0].payload_len() != start(w[1])).count();
@@ -568,12 +580,17 @@ mod tests {
         let own = batch.iter().filter(|(_, (_, l))| *l == 2000).count();
         let chunks = n - before.0 - own;
         assert!(breaks <= chunks, "{breaks} breaks in {chunks} full chunks");
-        assert!(chunks <= packed.iter().map(|m| m.payload_len()).sum::<usize>() / (CHUNK - PACK_MAX) + 1);
+        assert!(
+            chunks
+                <= packed.iter().map(|m| m.payload_len()).sum::<usize>() / (CHUNK - PACK_MAX) + 1
+        );
         assert_eq!(bytes - before.1, chunks * CHUNK + own * 2000);
         // Nothing to do below 0.
         let mut again = mixed(&shared);
         Message::compact_all(&mut again, |(m, _)| m, 0);
-        assert!(again.iter().all(|(m, (_, l))| *l == 0 || range.contains(&(m.data().as_ptr() as usize))));
+        assert!(again
+            .iter()
+            .all(|(m, (_, l))| *l == 0 || range.contains(&(m.data().as_ptr() as usize))));
     }
 
     #[test]

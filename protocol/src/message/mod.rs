@@ -403,10 +403,12 @@ impl Message {
     pub fn send_cost(&self) -> u64 {
         self.queued_cost().saturating_add(FRAME_OVERHEAD)
     }
-    /// Copies the payload into one buffer of its own when it is smaller than `below`
-    /// bytes. A received message's segments are usually slices of a large read buffer
-    /// shared with other messages; a small message kept for long (queued for dispatch)
-    /// would keep all of that buffer alive. Costs one copy of the payload. The buffer is
+    /// Copies the payload out of the buffer it is a slice of when it is smaller than
+    /// `below` bytes. A received message's segments are usually slices of a large read
+    /// buffer shared with other messages; a small message kept for long (queued for
+    /// dispatch) would keep all of that buffer alive. Costs one copy of the payload. A
+    /// payload of at most 256 bytes goes into a 1 KiB chunk shared with the payloads
+    /// copied before and after it on this thread; a larger one into a buffer of its own,
     /// one this thread lent to an earlier message when that one is gone, else a new
     /// allocation (see `lent.rs`).
     pub fn compact(&mut self, below: usize) {
@@ -434,7 +436,7 @@ impl Message {
         [&self.0.front, self.middle(), &self.0.data]
     }
     /// Replaces the payload by `own`, a copy of it (of `payload_len` bytes).
-    #[inline]
+    #[inline(always)]
     fn set_payload_copy(&mut self, own: Bytes) {
         let len = own.len();
         let (f, m) = (self.0.front.len(), self.0.front.len() + self.middle().len());
