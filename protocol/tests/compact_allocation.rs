@@ -66,30 +66,46 @@ fn received(shared: &Bytes, len: usize) -> Message {
 }
 
 /// Steady state of the queued path: a worker compacts each message it queues, the
-/// dispatch thread drops it, and the next copy reuses its buffer without allocating.
+/// dispatch thread drops it, and the next copy reuses its buffer without allocating; a
+/// small payload goes into the open chunk, beside the ones copied before it.
 #[test]
 fn compacting_into_a_buffer_that_came_back_allocates_nothing() {
     let shared = Bytes::from((0..64u32 << 10).map(|i| i as u8).collect::<Vec<_>>());
-    // The first copies make the buffers (and the ring that keeps their handles).
-    for _ in 0..4 {
-        let mut m = received(&shared, 64);
-        m.compact(32 << 10);
-        drop(m);
+    for (first, lens) in [(64, [64, 60, 33, 64]), (2000, [2000, 1900, 1500, 2000])] {
+        // The first copies make the buffers (and the ring that keeps their handles).
+        for _ in 0..4 {
+            let mut m = received(&shared, first);
+            m.compact(32 << 10);
+            drop(m);
+        }
+        for len in lens {
+            let mut m = received(&shared, len);
+            let ((), n) = allocations_during(|| m.compact(32 << 10));
+            assert_eq!(
+                n, 0,
+                "compacting {len} bytes into a buffer that came back allocated {n} times"
+            );
+            assert_eq!(m.data(), &shared.slice(..len), "the copy reads what was received");
+            drop(m);
+        }
     }
-    for len in [64, 60, 33, 64] {
-        let mut m = received(&shared, len);
-        let ((), n) = allocations_during(|| m.compact(32 << 10));
-        assert_eq!(n, 0, "compacting {len} bytes into a buffer that came back allocated {n} times");
-        assert_eq!(m.data(), &shared.slice(..len), "the copy reads what was received");
-        drop(m);
-    }
-    // A buffer still held (a dispatcher keeps its message) is not reused: the next copy
-    // gets one of its own, and the kept message still reads its own bytes.
-    let mut kept = received(&shared, 64);
+    // A buffer of its own still held (a dispatcher keeps its message) is not reused: the
+    // next copy gets one of its own, and the kept message still reads its own bytes.
+    let mut kept = received(&shared, 2000);
     kept.compact(32 << 10);
-    let mut next = received(&shared, 64);
+    let mut next = received(&shared, 2000);
     let ((), n) = allocations_during(|| next.compact(32 << 10));
     assert!(n >= 1, "a copy made while the only buffer back is held allocated nothing");
     assert_ne!(next.data().as_ptr(), kept.data().as_ptr());
+    assert_eq!(kept.data(), &shared.slice(..2000));
+    // A small one kept holds its chunk, and the next goes beside it: no allocation, and
+    // neither overwrites the other.
+    let mut kept = received(&shared, 64);
+    kept.compact(32 << 10);
+    let mut next = received(&shared.slice(100..), 64);
+    let ((), n) = allocations_during(|| next.compact(32 << 10));
+    assert_eq!(n, 0, "a small copy beside a kept one allocated {n} times");
+    assert_eq!(next.data().as_ptr() as usize, kept.data().as_ptr() as usize + 64);
     assert_eq!(kept.data(), &shared.slice(..64));
+    assert_eq!(next.data(), &shared.slice(100..164));
 }
