@@ -27,16 +27,53 @@
 /// Feeds `data` to a CRC-32C register and returns the register: no inversion on the way
 /// in or out. Ceph's `ceph_crc32c(seed, data)` is exactly this; the standard CRC-32C of
 /// `data` is `!update(!0, data)`.
+///
+/// It checks the CPU on every call (about six instructions where it is inlined); a
+/// caller that makes many calls can check once and keep a [`Chain`].
 #[inline]
 pub fn update(register: u32, data: &[u8]) -> u32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("sse4.2") {
-            // SAFETY: the CPU has SSE4.2, the only feature `x86::update` is compiled for.
-            return unsafe { x86::update(register, data) };
+    match Chain::detect() {
+        Some(chain) => chain.update(register, data),
+        None => three_streams(register, data),
+    }
+}
+
+/// Proof that this CPU runs [`update`]'s one chain of the `crc32` instruction (x86-64
+/// with SSE4.2). Only [`Chain::detect`] makes one, so [`Chain::update`] needs no check
+/// of its own: a caller that keeps the proof (the protocol crate caches it once per
+/// process) pays the CPU check once instead of on every call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chain(());
+
+impl Chain {
+    /// The proof, where this CPU has the instruction; `None` elsewhere (then
+    /// [`three_streams`] is the kernel).
+    #[inline]
+    pub fn detect() -> Option<Chain> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("sse4.2") {
+                return Some(Chain(()));
+            }
+        }
+        None
+    }
+
+    /// [`update`] without its CPU check: the same register in and out.
+    #[inline]
+    pub fn update(self, register: u32, data: &[u8]) -> u32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: `self` exists, so `detect` found SSE4.2 on this CPU: the only
+            // feature `x86::update` is compiled for.
+            unsafe { x86::update(register, data) }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            // Never reached: `detect` makes no `Chain` off x86-64.
+            three_streams(register, data)
         }
     }
-    three_streams(register, data)
 }
 
 /// Whether [`fold_update`] runs its 256-bit folding here (x86-64 with AVX2, PCLMULQDQ,
@@ -461,6 +498,31 @@ mod tests {
             let moved = unsafe { x86::shift_constant(n).map(|k| x86::mul_reflected(reg, k)) };
             assert_eq!(moved, Some(three_streams(reg, &zeros[..n])), "{n} bytes");
         }
+    }
+
+    /// A [`Chain`] is made exactly where the CPU has SSE4.2, and computes what the
+    /// `crc32c` crate does at every length to 4 KiB.
+    #[test]
+    fn a_chain_is_detected_where_the_cpu_has_the_instruction_and_matches() {
+        #[cfg(target_arch = "x86_64")]
+        let has = std::arch::is_x86_feature_detected!("sse4.2");
+        #[cfg(not(target_arch = "x86_64"))]
+        let has = false;
+        assert_eq!(Chain::detect().is_some(), has);
+        let Some(chain) = Chain::detect() else {
+            eprintln!("no SSE4.2 here: nothing more to check");
+            return;
+        };
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0xc4a1);
+        let mut buf = vec![0u8; 4096 + 8];
+        rng.fill_bytes(&mut buf);
+        for len in 0..=4096 {
+            let off = len % 8;
+            let data = &buf[off..off + len];
+            let reg: u32 = rng.gen();
+            assert_eq!(chain.update(reg, data), three_streams(reg, data), "length {len}");
+        }
+        assert_eq!(chain.update(0, b"123456789"), update(0, b"123456789"));
     }
 
     #[test]

@@ -125,7 +125,34 @@ pub fn ceph_crc32c(seed: u32, data: &[u8]) -> u32 {
     } else if data.len() >= FOLD256_MIN {
         medium(seed, data)
     } else {
-        short_crc::update(seed, data)
+        short(seed, data)
+    }
+}
+
+/// The proof that this CPU runs `short_crc`'s one chain, once found (never set where it
+/// does not). Read per call where `short_crc::update` checked the CPU itself: that
+/// check, inlined at each of the ~6 calls of a 64 B round trip, was a load of std's
+/// feature cache (through the GOT), a test for "not yet detected" and a test of its
+/// bit, six instructions; this is four (the once-state through the GOT, one test).
+static CHAIN: OnceLock<short_crc::Chain> = OnceLock::new();
+
+/// [`ceph_crc32c`] of a short input: `short_crc`'s one chain, its CPU check paid once.
+#[inline]
+fn short(seed: u32, data: &[u8]) -> u32 {
+    match CHAIN.get() {
+        Some(chain) => chain.update(seed, data),
+        None => short_first(seed, data),
+    }
+}
+
+/// [`short`] before the chain is known to run here (the first call), and on every call
+/// on a CPU without it. Out of line, so that the common path stays one compare.
+#[cold]
+#[inline(never)]
+fn short_first(seed: u32, data: &[u8]) -> u32 {
+    match short_crc::Chain::detect() {
+        Some(chain) => CHAIN.get_or_init(|| chain).update(seed, data),
+        None => short_crc::three_streams(seed, data),
     }
 }
 
@@ -216,8 +243,9 @@ mod tests {
     }
 
     /// Every kernel, so each is checked whatever [`LONG_MIN`] and [`long_kernel`] pick.
-    const KERNELS: [(&str, Kernel); 5] = [
+    const KERNELS: [(&str, Kernel); 6] = [
         ("ceph_crc32c", ceph_crc32c),
+        ("short (cached chain)", short),
         ("three_streams", short_crc::three_streams),
         ("folded", folded),
         ("fold_update", short_crc::fold_update),
@@ -256,6 +284,17 @@ mod tests {
         );
     }
 
+    /// The chain is cached exactly where `short_crc` finds it, and what goes through the
+    /// cache (first call and later ones) is the reference's crc.
+    #[test]
+    fn the_short_chain_is_cached_where_the_cpu_has_it() {
+        let h = mauth_header_49();
+        assert_eq!(short(0, &h), 0xe2ab4b69);
+        assert_eq!(CHAIN.get().copied(), short_crc::Chain::detect());
+        assert_eq!(short(0, &h), 0xe2ab4b69);
+        assert_eq!(short_first(0, &h), 0xe2ab4b69);
+    }
+
     /// Every length from 0 to 64 KiB, at a random alignment with a random seed, gives
     /// the `crc32c` crate's answer, from every kernel. Set `CRC_SEED` to replay a failure.
     #[test]
@@ -276,6 +315,7 @@ mod tests {
             let want = reference(register, data);
             assert_eq!(folded(register, data), want, "len {len} at {at} seed {register:#x}");
             assert_eq!(short_crc::update(register, data), want, "len {len} at {at}");
+            assert_eq!(short(register, data), want, "len {len} at {at}");
             assert_eq!(short_crc::fold_update(register, data), want, "len {len} at {at}");
             assert_eq!(ceph_crc32c(register, data), want, "len {len}");
         }
