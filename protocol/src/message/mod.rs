@@ -444,12 +444,25 @@ impl Message {
         // buffer), and a segment that is the whole payload takes the buffer itself.
         let part =
             |r: std::ops::Range<usize>| if r.is_empty() { Bytes::new() } else { own.slice(r) };
-        let (front, middle, data) = match (f, m) {
-            (0, 0) => (Bytes::new(), Bytes::new(), own),
-            (f, m) if f == len && m == len => (own, Bytes::new(), Bytes::new()),
-            (f, m) => (part(0..f), part(f..m), part(m..len)),
-        };
-        (self.0.front, self.0.middle, self.0.data) = (front, middle, data);
+        // The common shapes, one segment holding it all: an empty segment that holds
+        // nothing (the decoder's `Bytes::new()`) is left as it is, where replacing it
+        // dropped it through its vtable (~20 instructions per 64 B message compacted).
+        let fields = &mut *self.0;
+        match (f, m) {
+            (0, 0) => {
+                clear(&mut fields.front);
+                clear(&mut fields.middle);
+                fields.data = own;
+            }
+            (f, m) if f == len && m == len => {
+                fields.front = own;
+                clear(&mut fields.middle);
+                clear(&mut fields.data);
+            }
+            (f, m) => {
+                (fields.front, fields.middle, fields.data) = (part(0..f), part(f..m), part(m..len))
+            }
+        }
     }
     /// The footer as received (default for a locally built message).
     pub fn footer(&self) -> &MsgFooter {
@@ -530,6 +543,24 @@ impl Message {
     }
 }
 
+/// Makes the empty segment `seg` hold nothing: replaced by `Bytes::new()` unless it is
+/// one already ([`holds_nothing`]).
+#[inline(always)]
+fn clear(seg: &mut Bytes) {
+    if !holds_nothing(seg) {
+        *seg = Bytes::new();
+    }
+}
+
+/// Whether `seg` certainly holds no buffer: it is empty at `Bytes::new()`'s address,
+/// which no buffer has (an empty slice of a buffer, which may hold it, points into that
+/// buffer). Other handles that hold nothing (an empty static slice elsewhere) read as
+/// `false`, and are then replaced as if they held something.
+#[inline(always)]
+fn holds_nothing(seg: &Bytes) -> bool {
+    seg.is_empty() && seg.as_ptr() == Bytes::new().as_ptr()
+}
+
 /// A `u32` segment length; a local segment above 4 GiB cannot be sent in msgr v1 and is
 /// a caller bug, logged and clamped rather than silently wrapped.
 fn len32(len: usize) -> u32 {
@@ -570,7 +601,7 @@ mod tests {
     use super::*;
     use crate::error::{Error, Result};
     use crate::wire::{FooterFlags, FooterFormat, Tag};
-    use bytes::BytesMut;
+    use bytes::{Buf, BytesMut};
 
     fn sample() -> Message {
         let mut m = Message::new(17, Bytes::from_static(b"front bytes"));
@@ -1188,6 +1219,52 @@ mod tests {
         assert_eq!(m.src(), None);
         m.set_src(UNNAMED_CLIENT);
         assert_eq!(m.src(), Some(UNNAMED_CLIENT));
+    }
+
+    /// Compaction leaves an empty segment that holds nothing as it is, but one that
+    /// is an empty slice of the read buffer (which holds it) is still let go, whichever
+    /// segment holds the payload, one message at a time or a batch.
+    #[test]
+    fn compaction_lets_go_of_an_empty_segment_that_holds_the_buffer() {
+        // An empty handle that still holds `buf`: its bytes advanced past.
+        let empty_of = |buf: &Bytes| {
+            let mut b = buf.slice(4..8);
+            b.advance(4);
+            b
+        };
+        for batch in [false, true] {
+            for data in [false, true] {
+                let buf = Bytes::from(vec![7u8; 4 << 10]);
+                let mut m = Message::new(17, Bytes::new());
+                m.set_middle(empty_of(&buf));
+                let payload = buf.slice(100..164);
+                if data {
+                    m.set_front(empty_of(&buf));
+                    m.set_data(payload.clone());
+                } else {
+                    m.set_front(payload.clone());
+                    m.set_data(empty_of(&buf));
+                }
+                drop(payload);
+                if batch {
+                    Message::compact_all(std::slice::from_mut(&mut m), |m| m, 1 << 10);
+                } else {
+                    m.compact(1 << 10);
+                }
+                assert_eq!(m.payload_len(), 64);
+                assert!(m.front().iter().chain(m.data().iter()).all(|&b| b == 7));
+                assert!(buf.is_unique(), "batch {batch} data {data}: the buffer is still held");
+                // An empty segment that holds nothing is compacted the same.
+                let mut plain = Message::new(17, Bytes::new());
+                plain.set_data(buf.slice(..64));
+                plain.compact(1 << 10);
+                assert!(plain.front().is_empty() && plain.middle().is_empty());
+                assert!(buf.is_unique(), "batch {batch} data {data}: a plain one holds it");
+            }
+        }
+        assert!(holds_nothing(&Bytes::new()) && holds_nothing(&Message::default().front().clone()));
+        let buf = Bytes::from(vec![0u8; 16]);
+        assert!(!holds_nothing(&empty_of(&buf)) && !holds_nothing(&buf.slice(16..)));
     }
 
     #[test]
