@@ -42,14 +42,11 @@ impl Preamble {
         let mut out = [0u8; PREAMBLE_LEN];
         out[0] = self.tag.0;
         out[1] = self.num_segments;
-        for (i, s) in self.segments.iter().enumerate() {
-            let at = 2 + 6 * i;
-            out[at..at + 4].copy_from_slice(&s.len.to_le_bytes());
-            out[at + 4..at + 6].copy_from_slice(&s.align.to_le_bytes());
+        for (i, &s) in self.segments.iter().enumerate() {
+            put_desc(&mut out, i, s);
         }
         out[26] = self.flags;
-        let crc = ceph_crc32c(PREAMBLE_CRC_SEED, &out[..PREAMBLE_CRC_COVERED]);
-        out[PREAMBLE_CRC_COVERED..].copy_from_slice(&crc.to_le_bytes());
+        seal(&mut out);
         out
     }
 
@@ -91,6 +88,25 @@ impl Preamble {
         }
         out
     }
+}
+
+/// Writes the crc of the first 28 bytes of the preamble `out` into its last four.
+#[inline]
+pub(super) fn seal(out: &mut [u8; PREAMBLE_LEN]) {
+    let crc = ceph_crc32c(PREAMBLE_CRC_SEED, &out[..PREAMBLE_CRC_COVERED]);
+    out[PREAMBLE_CRC_COVERED..].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Writes descriptor `i` (`len`, `align`) into the preamble `out`.
+#[inline]
+pub(super) fn put_desc(
+    out: &mut [u8; PREAMBLE_LEN],
+    i: usize,
+    SegmentDesc { len, align }: SegmentDesc,
+) {
+    let at = 2 + 6 * i;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    out[at + 4..at + 6].copy_from_slice(&align.to_le_bytes());
 }
 
 #[cfg(test)]
